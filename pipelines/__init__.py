@@ -1,0 +1,1 @@
+"""Diffusers glue for clipcond, installed as ``clipcond.pipelines``."""

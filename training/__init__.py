@@ -1,0 +1,1 @@
+"""Accelerate-based training loops for clipcond, installed as ``clipcond.training``."""
