@@ -1,3 +1,27 @@
-"""clipcond: CLIP (and T5) text conditioning for diffusers text-to-image pipelines."""
+"""clipcond: CLIP (and T5) text conditioning for diffusers text-to-image pipelines.
+
+Public API:
+    TextConditioner, PromptEmbeds   prompts -> embeddings, for every diffusers family
+    parse_prompt, Fragment          the prompt weighting syntax
+    Recipe, get_recipe              how encoders combine
+    clip_tokenizer                  the real CLIP tokenizer, offline
+    ConditionerConfig               YAML config of a conditioner (custom recipe)
+"""
+
+from clipcond.conditioning import TextConditioner
+from clipcond.embeds import PromptEmbeds
+from clipcond.prompts import Fragment, parse_prompt
+from clipcond.recipes import Recipe, get_recipe
+from clipcond.tokenization import clip_tokenizer
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Fragment",
+    "PromptEmbeds",
+    "Recipe",
+    "TextConditioner",
+    "clip_tokenizer",
+    "get_recipe",
+    "parse_prompt",
+]

@@ -1,0 +1,186 @@
+"""Weighted prompt fragments -> fixed-size token windows for a text encoder.
+
+CLIP reads at most `window_length` tokens (77: BOS + 75 + EOS). A longer prompt is cut into
+windows of at most `window_length - 2` content tokens, each wrapped in BOS/EOS and padded,
+so the windows can be encoded as a batch and joined on the sequence axis. A ``BREAK``
+fragment closes the current window; when a window fills up mid-word, the partial word moves
+to the next window (a word boundary is preferred within `WORD_LOOKBACK` tokens).
+
+T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
+dropped and reported, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from clipcond.prompts import Fragment
+
+logger = logging.getLogger(__name__)
+
+# How far back (in tokens) a full window looks for the end of a word before it hard-splits.
+WORD_LOOKBACK = 20
+
+
+@dataclass
+class TokenWindows:
+    """One prompt tokenized for one encoder.
+
+    Attributes:
+        ids: (windows, length) int64 token ids, each window complete with special tokens and padding.
+        weights: (windows, length) float32 per-token weights (1.0 for special and padding tokens).
+        mask: (windows, length) int64, 1 for BOS, content and EOS tokens, 0 for padding.
+        dropped: number of content tokens dropped for lack of room (T5 only; CLIP never drops).
+    """
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    mask: torch.Tensor
+    dropped: int = 0
+
+    @property
+    def num_windows(self) -> int:
+        """Number of windows (chunks) this prompt occupies."""
+        return self.ids.shape[0]
+
+    @property
+    def is_weighted(self) -> bool:
+        """True when any token carries a weight other than 1.0."""
+        return bool((self.weights != 1.0).any())
+
+
+def _token_ids_per_fragment(tokenizer, prompts: Sequence[Sequence[Fragment]]) -> list[list[list[int]]]:
+    """Token ids (no special tokens) of every non-break fragment, one tokenizer call for all."""
+    texts = [fragment.text for fragments in prompts for fragment in fragments if not fragment.is_break]
+    # verbose=False: long prompts are expected here (we window them), so no length warning.
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    position = 0
+    result = []
+    for fragments in prompts:
+        per_prompt = []
+        for fragment in fragments:
+            if fragment.is_break:
+                per_prompt.append([])
+            else:
+                per_prompt.append(list(encoded[position]))
+                position += 1
+        result.append(per_prompt)
+    return result
+
+
+def _word_end_flags(tokenizer, ids: list[int]) -> list[bool]:
+    """Whether each CLIP token closes a word (its vocabulary entry ends in "</w>")."""
+    return [str(token).endswith("</w>") for token in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def _close_window(content: list[tuple[int, float]], length: int, bos: int, eos: int, pad: int):
+    ids = [bos] + [token for token, _ in content] + [eos]
+    weights = [1.0] + [weight for _, weight in content] + [1.0]
+    real = len(ids)
+    ids += [pad] * (length - real)
+    weights += [1.0] * (length - real)
+    return ids, weights, [1] * real + [0] * (length - real)
+
+
+def clip_windows(
+    tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77
+) -> list[TokenWindows]:
+    """Tokenize each prompt's fragments into CLIP windows of `window_length` tokens.
+
+    Args:
+        tokenizer: a transformers CLIP tokenizer (BOS, EOS and pad tokens set).
+        prompts: one list of fragments per prompt (see `clipcond.prompts.parse_prompt`).
+        window_length: tokens per window including BOS and EOS (77 for CLIP).
+
+    Returns:
+        One `TokenWindows` per prompt; always at least one window (an empty prompt is
+        BOS, EOS, padding — exactly what the tokenizer gives for "").
+    """
+    capacity = window_length - 2
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None:
+        pad = eos
+    per_fragment = _token_ids_per_fragment(tokenizer, prompts)
+    result = []
+    for fragments, fragment_ids in zip(prompts, per_fragment):
+        windows: list[list[tuple[int, float]]] = []
+        current: list[tuple[int, float]] = []
+        current_word_ends: list[bool] = []
+        for fragment, ids in zip(fragments, fragment_ids):
+            if fragment.is_break:
+                if current:
+                    windows.append(current)
+                    current, current_word_ends = [], []
+                continue
+            word_ends = _word_end_flags(tokenizer, ids)
+            for token, word_end in zip(ids, word_ends):
+                if len(current) == capacity:
+                    split = capacity
+                    for back in range(1, min(WORD_LOOKBACK, capacity) + 1):
+                        if current_word_ends[capacity - back]:
+                            split = capacity - back + 1
+                            break
+                    windows.append(current[:split])
+                    current, current_word_ends = current[split:], current_word_ends[split:]
+                current.append((token, fragment.weight))
+                current_word_ends.append(word_end)
+        if current or not windows:
+            windows.append(current)
+        rows = [_close_window(window, window_length, bos, eos, pad) for window in windows]
+        result.append(
+            TokenWindows(
+                ids=torch.tensor([row[0] for row in rows], dtype=torch.long),
+                weights=torch.tensor([row[1] for row in rows], dtype=torch.float32),
+                mask=torch.tensor([row[2] for row in rows], dtype=torch.long),
+            )
+        )
+    return result
+
+
+def t5_sequence(tokenizer, prompts: Sequence[Sequence[Fragment]], max_length: int) -> list[TokenWindows]:
+    """Tokenize each prompt's fragments into one T5 sequence of `max_length` tokens.
+
+    Content beyond `max_length - 1` tokens is dropped (EOS always ends the sequence), and a
+    warning names how many tokens were dropped. ``BREAK`` has no meaning for T5 and is skipped.
+
+    Returns:
+        One `TokenWindows` with a single window per prompt.
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None:
+        pad = 0
+    per_fragment = _token_ids_per_fragment(tokenizer, prompts)
+    result = []
+    for fragments, fragment_ids in zip(prompts, per_fragment):
+        content = [
+            (token, fragment.weight)
+            for fragment, ids in zip(fragments, fragment_ids)
+            if not fragment.is_break
+            for token in ids
+        ]
+        dropped = max(0, len(content) - (max_length - 1))
+        if dropped:
+            kept_text = tokenizer.decode([token for token, _ in content[: max_length - 1]][-8:])
+            logger.warning(
+                "T5 prompt truncated to max_sequence_length=%d tokens: %d tokens dropped after '...%s'",
+                max_length,
+                dropped,
+                kept_text,
+            )
+            content = content[: max_length - 1]
+        ids = [token for token, _ in content] + [eos]
+        weights = [weight for _, weight in content] + [1.0]
+        real = len(ids)
+        result.append(
+            TokenWindows(
+                ids=torch.tensor([ids + [pad] * (max_length - real)], dtype=torch.long),
+                weights=torch.tensor([weights + [1.0] * (max_length - real)], dtype=torch.float32),
+                mask=torch.tensor([[1] * real + [0] * (max_length - real)], dtype=torch.long),
+                dropped=dropped,
+            )
+        )
+    return result

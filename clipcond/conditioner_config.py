@@ -1,0 +1,201 @@
+"""`ConditionerConfig`: a conditioner (usually the ``custom`` recipe) described in YAML.
+
+Example (configs/conditioners/clip-l-t5-sequence.yaml)::
+
+    recipe: custom
+    clip:
+      - path: openai/clip-vit-large-patch14
+    t5:
+      path: google/t5-v1_1-base
+    combine: concat_sequence
+    projection_dim: 768
+    t5_max_sequence_length: 128
+
+Encoders load through transformers (`from_pretrained`), from a local folder or a hub id.
+A CLIP folder without tokenizer files gets the offline CLIP tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from clipcond.config import load_config
+from clipcond.recipes import BUILTIN_RECIPES, RECIPE_NAMES, Recipe
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EncoderSource:
+    """Where one text encoder comes from.
+
+    Attributes:
+        path: local folder or hub id of the transformers model.
+        subfolder: subfolder inside `path` (e.g. "text_encoder" in a diffusers pipeline folder).
+        tokenizer: folder or hub id of the tokenizer; default: `path`.
+        tokenizer_subfolder: subfolder of the tokenizer (e.g. "tokenizer").
+    """
+
+    path: str
+    subfolder: str | None = None
+    tokenizer: str | None = None
+    tokenizer_subfolder: str | None = None
+
+
+@dataclass
+class ConditionerConfig:
+    """Everything needed to build a `TextConditioner` without code.
+
+    Attributes:
+        recipe: "custom" or a built-in recipe name (then the encoders must fit it).
+        clip: CLIP text encoders, in channel order.
+        t5: the T5 encoder, or None.
+        combine: custom only: "concat_channels", "concat_sequence" or
+            "clip_pooled_t5_tokens"; default picked from the encoders given.
+        clip_layer_from_end: custom only: CLIP hidden state to read (1 = last).
+        clip_final_norm: custom only: pass it through the CLIP final layer norm.
+        pooled: custom only: "none", "last" or "concat" CLIP pooled vectors.
+        t5_max_sequence_length: T5 token budget, EOS included; None: the recipe's default
+            (custom: 256).
+        t5_attention_mask: custom only: mask T5 padding inside the encoder.
+        return_mask: custom only: return the attention mask with the embeddings.
+        projection_dim: custom only: learned linear projection to this width.
+        clip_skip: skip this many final CLIP layers.
+        parse_weights: read the weighting syntax in prompts.
+        cache_size: prompts kept in memory (0: no cache).
+        cache_dir: on-disk cache folder, or None.
+        dtype: "float32", "float16" or "bfloat16" for the loaded encoders.
+    """
+
+    recipe: str = "custom"
+    clip: list[EncoderSource] = field(default_factory=list)
+    t5: EncoderSource | None = None
+    combine: Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"] | None = None
+    clip_layer_from_end: int = 1
+    clip_final_norm: bool = True
+    pooled: Literal["none", "last", "concat"] = "last"
+    t5_max_sequence_length: int | None = None
+    t5_attention_mask: bool = True
+    return_mask: bool = False
+    projection_dim: int | None = None
+    clip_skip: int | None = None
+    parse_weights: bool = True
+    cache_size: int = 512
+    cache_dir: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"unknown `recipe` {self.recipe!r}; expected one of {RECIPE_NAMES}")
+        if not self.clip and self.t5 is None:
+            raise ValueError("a conditioner config needs at least one encoder under `clip` or `t5`")
+        custom_only = {
+            "combine": None,
+            "clip_layer_from_end": 1,
+            "clip_final_norm": True,
+            "pooled": "last",
+            "t5_attention_mask": True,
+            "return_mask": False,
+            "projection_dim": None,
+        }
+        if self.recipe != "custom":
+            changed = [name for name, default in custom_only.items() if getattr(self, name) != default]
+            if changed:
+                raise ValueError(f"keys {changed} apply to recipe 'custom' only, not {self.recipe!r}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ConditionerConfig:
+        """Load and validate a YAML file (an unknown key is an error naming key and file)."""
+        return load_config(cls, path)
+
+    def to_recipe(self) -> Recipe:
+        """The `Recipe` this config describes."""
+        if self.recipe != "custom":
+            recipe = BUILTIN_RECIPES[self.recipe]
+            if self.t5_max_sequence_length is not None:
+                recipe = replace(recipe, t5_max_length=self.t5_max_sequence_length)
+            return recipe
+        combine = self.combine
+        if combine is None:
+            if self.clip and self.t5 is not None:
+                combine = "concat_sequence"
+            elif self.t5 is not None:
+                combine = "clip_pooled_t5_tokens"
+            else:
+                combine = "concat_channels"
+        return Recipe(
+            name="custom",
+            combine=combine,
+            clip_layer_from_end=self.clip_layer_from_end,
+            clip_final_norm=self.clip_final_norm,
+            pooled=self.pooled if self.clip else "none",
+            t5_max_length=self.t5_max_sequence_length or 256,
+            t5_attention_mask=self.t5_attention_mask,
+            return_mask=self.return_mask,
+        )
+
+
+def _load_tokenizer(source: EncoderSource, kind: str):
+    from transformers import AutoTokenizer
+
+    from clipcond.tokenization import clip_tokenizer
+
+    path = source.tokenizer or source.path
+    subfolder = source.tokenizer_subfolder
+    if source.tokenizer is None and subfolder is None and Path(path).is_dir() and source.subfolder:
+        sibling = Path(path) / "tokenizer"
+        subfolder = "tokenizer" if sibling.is_dir() else source.subfolder
+    try:
+        kwargs = {"subfolder": subfolder} if subfolder else {}
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        if kind == "clip":
+            return clip_tokenizer()
+        raise ValueError(f"could not load the T5 tokenizer from {path!r} (subfolder {subfolder!r}): {error}") from error
+
+
+def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a CLIP text encoder: `CLIPTextModelWithProjection` when the saved
+    architecture has the projection, else `CLIPTextModel`."""
+    from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
+    config = AutoConfig.from_pretrained(source.path, **kwargs)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+    model = model_class.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    return model, _load_tokenizer(source, "clip")
+
+
+def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a T5 encoder (`T5EncoderModel`)."""
+    from transformers import T5EncoderModel
+
+    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
+    model = T5EncoderModel.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    return model, _load_tokenizer(source, "t5")
+
+
+def build_conditioner(config: ConditionerConfig | str | Path):
+    """A `TextConditioner` from a `ConditionerConfig` or the path of its YAML file."""
+    from clipcond.conditioning import TextConditioner
+
+    if not isinstance(config, ConditionerConfig):
+        config = ConditionerConfig.from_yaml(config)
+    dtype = _DTYPES[config.dtype]
+    clip = [load_clip_encoder(source, dtype) for source in config.clip]
+    t5 = load_t5_encoder(config.t5, dtype) if config.t5 is not None else None
+    return TextConditioner(
+        config.to_recipe(),
+        clip=clip,
+        t5=t5,
+        clip_skip=config.clip_skip,
+        projection_dim=config.projection_dim,
+        parse_weights=config.parse_weights,
+        cache_size=config.cache_size,
+        cache_dir=config.cache_dir,
+    )

@@ -1,0 +1,119 @@
+"""Configs as data: dataclasses loaded from YAML, validated key by key.
+
+`load_config(cls, path)` reads a YAML mapping into the dataclass `cls`. An unknown key, a
+missing required key or a value of the wrong type is a `ValueError` that names the key
+(with its dotted path inside the file) and the file. Nested dataclasses, lists, optionals
+and `Literal` choices are supported; nothing else is needed by our configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load the YAML file at `path` into the dataclass `cls`, validating every key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        data = {}
+    return config_from_dict(cls, data, source=str(path))
+
+
+def config_from_dict(cls: type[T], data: Any, source: str = "<dict>") -> T:
+    """Build the dataclass `cls` from a plain mapping, validating as `load_config` does."""
+    return _convert(cls, data, key="", source=source)
+
+
+def _fail(key: str, source: str, message: str) -> ValueError:
+    where = f"key `{key}`" if key else "top level"
+    return ValueError(f"{source}: {where}: {message}")
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build_dataclass(tp, value, key, source)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key, source)
+            except ValueError as error:
+                errors.append(str(error))
+        raise _fail(key, source, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise _fail(key, source, f"expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _fail(key, source, f"expected a list, got {type(value).__name__} {value!r}")
+        item_type = args[0] if args else Any
+        items = [_convert(item_type, item, f"{key}[{i}]", source) for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(key, source, f"expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(key, source, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(key, source, f"expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(key, source, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(key, source, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} at key `{key}` is not supported by clipcond.config")
+
+
+def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
+    if not isinstance(value, dict):
+        raise _fail(key, source, f"expected a mapping for {cls.__name__}, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        name = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise _fail(name, source, f"unknown key for {cls.__name__}; known keys: {sorted(fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        child = f"{key}.{name}" if key else name
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], child, source)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise _fail(child, source, f"required key is missing for {cls.__name__}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {key or cls.__name__}: {error}") from error
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -1,0 +1,53 @@
+"""`PromptEmbeds`: the conditioning a text encoder setup hands to a diffusion model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PromptEmbeds:
+    """Per-token prompt embeddings, an optional pooled vector and an optional mask.
+
+    Attributes:
+        tokens: (batch, seq, width) per-token embeddings read by cross-attention.
+        pooled: (batch, pooled_width) pooled prompt vector, or None when the recipe has none.
+        mask: (batch, seq) int64 attention mask (1 = real token, 0 = padding), or None when
+            the recipe does not use one.
+    """
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 3:
+            raise ValueError(f"`tokens` must be (batch, seq, width), got shape {tuple(self.tokens.shape)}")
+        batch, seq = self.tokens.shape[:2]
+        if self.pooled is not None and (self.pooled.ndim != 2 or self.pooled.shape[0] != batch):
+            raise ValueError(f"`pooled` must be ({batch}, width), got shape {tuple(self.pooled.shape)}")
+        if self.mask is not None and tuple(self.mask.shape) != (batch, seq):
+            raise ValueError(f"`mask` must be ({batch}, {seq}), got shape {tuple(self.mask.shape)}")
+
+    @property
+    def batch_size(self) -> int:
+        """Number of prompts in the batch."""
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PromptEmbeds:
+        """Move to `device` and cast the floating tensors to `dtype`; the mask keeps its integer dtype."""
+        return PromptEmbeds(
+            tokens=self.tokens.to(device=device, dtype=dtype),
+            pooled=None if self.pooled is None else self.pooled.to(device=device, dtype=dtype),
+            mask=None if self.mask is None else self.mask.to(device=device),
+        )
+
+    def repeat(self, times: int) -> PromptEmbeds:
+        """Repeat every prompt `times` times in place order: [a, b] -> [a, a, b, b]."""
+        return PromptEmbeds(
+            tokens=self.tokens.repeat_interleave(times, dim=0),
+            pooled=None if self.pooled is None else self.pooled.repeat_interleave(times, dim=0),
+            mask=None if self.mask is None else self.mask.repeat_interleave(times, dim=0),
+        )

@@ -1,0 +1,143 @@
+"""Text encoders over transformers models: which hidden state, which pooled vector.
+
+A `TextEncoder` pairs a transformers model with its tokenizer and knows its kind (CLIP or
+T5). The forward helpers read the hidden state a recipe asks for without copying weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+EncoderKind = Literal["clip", "t5"]
+
+_CLIP_MODEL_TYPES = ("clip_text_model", "clip")
+_T5_MODEL_TYPES = ("t5", "umt5", "mt5", "t5gemma")
+
+
+def encoder_kind(model: nn.Module) -> EncoderKind:
+    """"clip" or "t5" from the model's config; a TypeError for anything else."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in _CLIP_MODEL_TYPES:
+        return "clip"
+    if model_type in _T5_MODEL_TYPES:
+        return "t5"
+    raise TypeError(
+        f"text encoder must be a transformers CLIP text model or T5 encoder, got {type(model).__name__} "
+        f"(config.model_type={model_type!r})"
+    )
+
+
+@dataclass(eq=False)
+class TextEncoder:
+    """A transformers text model with its tokenizer.
+
+    Attributes:
+        model: `CLIPTextModel`, `CLIPTextModelWithProjection` or `T5EncoderModel` (used as is).
+        tokenizer: the matching transformers tokenizer.
+        kind: "clip" or "t5", read from the model config.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(self.model).__name__}")
+        if self.tokenizer is None or not callable(self.tokenizer):
+            raise TypeError(f"`tokenizer` must be a transformers tokenizer, got {type(self.tokenizer).__name__}")
+        self.kind: EncoderKind = encoder_kind(self.model)
+
+    @property
+    def width(self) -> int:
+        """Width of the per-token hidden states."""
+        config = self.model.config
+        return config.hidden_size if self.kind == "clip" else config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer layers."""
+        config = self.model.config
+        return config.num_hidden_layers if self.kind == "clip" else config.num_layers
+
+    @property
+    def window_length(self) -> int:
+        """Tokens per CLIP window: the tokenizer's length, capped by the position embeddings."""
+        limit = getattr(self.model.config, "max_position_embeddings", 77)
+        return min(int(self.tokenizer.model_max_length), int(limit))
+
+    @property
+    def pooled_width(self) -> int:
+        """Width of the pooled vector: the projection width when the model has a projection."""
+        if hasattr(self.model, "text_projection"):
+            return self.model.config.projection_dim
+        return self.width
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's first floating parameter."""
+        for parameter in self.model.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
+
+    @property
+    def uses_attention_mask(self) -> bool:
+        """CLIP models trained with a padding mask say so in their config (as diffusers checks)."""
+        return bool(getattr(self.model.config, "use_attention_mask", False))
+
+
+def clip_final_layer_norm(model: nn.Module) -> nn.Module:
+    """The CLIP final layer norm, in transformers 4 (`model.text_model`) and 5 layouts alike."""
+    return getattr(model, "text_model", model).final_layer_norm
+
+
+def run_clip(
+    encoder: TextEncoder,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layer_from_end: int,
+    final_norm: bool,
+    want_tokens: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Run a CLIP text model over windows of token ids.
+
+    Args:
+        encoder: a CLIP `TextEncoder`.
+        input_ids: (windows, length) token ids.
+        attention_mask: (windows, length) or None.
+        layer_from_end: hidden state to return, counted from the end (1 = last layer).
+        final_norm: apply the final layer norm to that hidden state.
+        want_tokens: False when only the pooled vector is needed (saves the hidden states).
+
+    Returns:
+        tokens: (windows, length, width) or None; pooled: (windows, pooled_width), the
+        projected `text_embeds` for models with a projection, else `pooler_output`.
+    """
+    model = encoder.model
+    plain_last = layer_from_end == 1 and final_norm
+    output = model(
+        input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last
+    )
+    pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
+    if not want_tokens:
+        return None, pooled
+    if plain_last:
+        return output.last_hidden_state, pooled
+    tokens = output.hidden_states[-layer_from_end]
+    if final_norm:
+        tokens = clip_final_layer_norm(model)(tokens)
+    return tokens, pooled
+
+
+def run_t5(encoder: TextEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Run a T5 encoder: (batch, length) ids -> (batch, length, width) last hidden state."""
+    return encoder.model(input_ids, attention_mask=attention_mask)[0]

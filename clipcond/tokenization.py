@@ -1,0 +1,279 @@
+"""Text tokenizers for the conditioning encoders, built offline.
+
+`clip_tokenizer()` returns OpenAI's CLIP byte-level BPE tokenizer as a
+transformers tokenizer, built from the vocabulary shipped with this package
+(`clipcond/data/bpe_simple_vocab_16e6.txt.gz`), so no hub download is needed.
+Its ids equal OpenAI's reference `clip.simple_tokenizer.SimpleTokenizer`:
+transformers' CLIP tokenizer alone skips the reference's ftfy/html text
+cleaning, so the subclass here applies that cleaning to every text it encodes.
+
+`t5_tokenizer()` loads a T5 tokenizer through `transformers.AutoTokenizer`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import transformers
+
+__all__ = [
+    "CLIP_BOS_TOKEN",
+    "CLIP_EOS_TOKEN",
+    "CLIP_VOCAB_SIZE",
+    "CLIPTokenizerWithTextCleaning",
+    "bytes_to_unicode",
+    "clean_clip_text",
+    "clip_tokenizer",
+    "load_clip_bpe",
+    "t5_tokenizer",
+]
+
+CLIP_BOS_TOKEN = "<|startoftext|>"
+CLIP_EOS_TOKEN = "<|endoftext|>"
+CLIP_VOCAB_SIZE = 49408
+"""256 byte symbols, the same 256 ending a word, 48894 merges and the two special tokens."""
+
+_BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+# OpenAI keeps the first 49152 - 256 - 2 merges of the file (line 0 is a version header).
+_NUM_MERGES = 49152 - 256 - 2
+_WORD_END = "</w>"
+
+# transformers 5 made `CLIPTokenizer` the tokenizers-backed class and takes the
+# vocabulary in memory; in 4.x that name is the pure-Python class and the fast
+# one is `CLIPTokenizerFast`, which wants vocab/merges files.
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+_TransformersCLIPTokenizer = (
+    transformers.CLIPTokenizer if _TRANSFORMERS_MAJOR >= 5 else transformers.CLIPTokenizerFast
+)
+_SAVED_TOKENIZER_CLASS = "CLIPTokenizer"
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """Map every byte value to a printable unicode character (GPT-2's byte-level BPE alphabet).
+
+    Printable Latin-1 bytes map to themselves; the remaining 68 bytes (controls,
+    space, a few Latin-1 gaps) map, in increasing byte order, to U+0100 onwards,
+    so that no BPE symbol is whitespace or a control character.
+
+    Returns:
+        `{byte: character}` with 256 entries, ordered by the printable bytes first
+        and then the remapped ones; this order is the order of CLIP's first 256 ids.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {byte: chr(byte) for byte in printable}
+    next_code_point = 256
+    for byte in range(256):
+        if byte not in mapping:
+            mapping[byte] = chr(next_code_point)
+            next_code_point += 1
+    return mapping
+
+
+def load_clip_bpe(path: str | os.PathLike[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Read CLIP's BPE vocabulary file and build the token-to-id table and the merge list.
+
+    Args:
+        path: a gzip file in OpenAI's `bpe_simple_vocab_16e6.txt.gz` format; `None`
+            reads the copy shipped in `clipcond/data/`.
+
+    Returns:
+        `(vocab, merges)`: `vocab` maps each of the 49408 tokens to its id (byte
+        symbols 0-255, byte symbols ending a word 256-511, one token per merge,
+        then `<|startoftext|>` = 49406 and `<|endoftext|>` = 49407); `merges` is
+        the 48894 merge rules as `(left, right)` pairs in priority order.
+    """
+    if path is None:
+        resource = importlib.resources.files("clipcond") / "data" / _BPE_FILE_NAME
+        data = resource.read_bytes()
+    else:
+        data = Path(path).read_bytes()
+    lines = gzip.decompress(data).decode("utf-8").split("\n")
+    merge_lines = lines[1 : _NUM_MERGES + 1]
+    merges: list[tuple[str, str]] = []
+    for line_number, line in enumerate(merge_lines, start=2):
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(
+                f"{path or _BPE_FILE_NAME}: line {line_number} should hold two BPE symbols, got {line!r}"
+            )
+        merges.append((parts[0], parts[1]))
+    if len(merges) != _NUM_MERGES:
+        raise ValueError(f"{path or _BPE_FILE_NAME}: expected {_NUM_MERGES} merges, found {len(merges)}")
+
+    byte_symbols = list(bytes_to_unicode().values())
+    tokens = [
+        *byte_symbols,
+        *(symbol + _WORD_END for symbol in byte_symbols),
+        *("".join(merge) for merge in merges),
+        CLIP_BOS_TOKEN,
+        CLIP_EOS_TOKEN,
+    ]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise ValueError(f"{path or _BPE_FILE_NAME}: expected {CLIP_VOCAB_SIZE} distinct tokens, got {len(vocab)}")
+    return vocab, merges
+
+
+def clean_clip_text(text: str) -> str:
+    """Clean a prompt the way OpenAI's CLIP tokenizer does before BPE.
+
+    Repairs broken unicode and mojibake with `ftfy.fix_text` (which also applies
+    NFC), unescapes HTML entities twice (so `&amp;amp;` becomes `&`), collapses
+    whitespace runs to one space, strips the ends and lowercases.
+
+    Returns:
+        The cleaned text; the special-token strings `<|startoftext|>` and
+        `<|endoftext|>` pass through unchanged.
+    """
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return _WHITESPACE_RUN.sub(" ", text).strip().lower()
+
+
+def _clean_nested(value: Any) -> Any:
+    """Apply `clean_clip_text` to a str, or to every str inside (nested) lists and tuples."""
+    if isinstance(value, str):
+        return clean_clip_text(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clean_nested(item) for item in value)
+    return value
+
+
+class CLIPTokenizerWithTextCleaning(_TransformersCLIPTokenizer):
+    """transformers' fast CLIP tokenizer plus OpenAI's ftfy/html text cleaning.
+
+    Every text that enters (single strings, batches, text pairs, pre-split
+    words) goes through `clean_clip_text` first, which makes the ids equal to
+    OpenAI's reference tokenizer; transformers alone only applies NFC, whitespace
+    collapsing and lowercasing. Build one with `clip_tokenizer()`.
+
+    One known difference remains: a literal `<|endoftext|>` or `<|startoftext|>`
+    glued to a preceding punctuation mark or emoji (`"hi!<|endoftext|>"`) is the
+    special token here, while OpenAI's regex reads it as punctuation and letters.
+
+    `save_pretrained` writes `"tokenizer_class": "CLIPTokenizer"`, so the folder
+    loads with plain `transformers.CLIPTokenizer` / `AutoTokenizer` or diffusers;
+    such a reload loses only the ftfy/html cleaning (ids differ only on text that
+    cleaning would change: mojibake, HTML entities, curly quotes, ligatures,
+    full-width letters and the like).
+    """
+
+    # transformers 4.x fast tokenizers funnel every encode call through
+    # `_batch_encode_plus`; transformers 5 through `_encode_plus`. Clean in
+    # exactly one of them: cleaning twice would unescape HTML four times.
+    if hasattr(_TransformersCLIPTokenizer, "_batch_encode_plus"):
+
+        def _batch_encode_plus(self, batch_text_or_text_pairs: Any, *args: Any, **kwargs: Any) -> Any:
+            return super()._batch_encode_plus(_clean_nested(batch_text_or_text_pairs), *args, **kwargs)
+
+    else:
+
+        def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return super()._encode_plus(_clean_nested(text), _clean_nested(text_pair), *args, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        legacy_format: bool | None = None,
+        filename_prefix: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> tuple[str, ...]:
+        """Save as a plain transformers `CLIPTokenizer` folder.
+
+        Writes what transformers writes, with `tokenizer_config.json` naming
+        `"tokenizer_class": "CLIPTokenizer"` (not this subclass, which plain
+        transformers/diffusers cannot import) and with `vocab.json`/`merges.txt`
+        present so transformers 4's pure-Python `CLIPTokenizer` loads it too.
+        Reloading with plain transformers gives the same tokenizer without the
+        ftfy/html cleaning of `clean_clip_text`.
+
+        Returns:
+            The paths of the files written, as transformers returns them.
+        """
+        if push_to_hub:
+            raise ValueError(
+                "CLIPTokenizerWithTextCleaning.save_pretrained(push_to_hub=True) is not supported: "
+                "save to a local folder, then upload it with huggingface_hub.upload_folder."
+            )
+        saved = super().save_pretrained(
+            save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix, **kwargs
+        )
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        config_path = Path(save_directory) / f"{prefix}tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = _SAVED_TOKENIZER_CLASS
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        if not (Path(save_directory) / f"{prefix}vocab.json").exists():
+            extra = self.backend_tokenizer.model.save(str(save_directory), filename_prefix)
+            saved = (*saved, *extra)
+        return saved
+
+
+def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) -> CLIPTokenizerWithTextCleaning:
+    """Build OpenAI's CLIP tokenizer offline from the vocabulary shipped with clipcond.
+
+    Args:
+        model_max_length: the text encoder's context length; `truncation=True` and
+            `padding="max_length"` use it. 77 for every CLIP text encoder in SD 1.x/2.x/SDXL.
+        pad_token: `"<|endoftext|>"` (id 49407) as in OpenAI CLIP and SD 1.x, or
+            `"!"` (id 0) as in SD 2.x and SDXL's second text encoder (OpenCLIP).
+            Must be a token of the vocabulary.
+
+    Returns:
+        A `CLIPTokenizerWithTextCleaning` (a transformers CLIP tokenizer) with
+        49408 tokens, bos `<|startoftext|>` = 49406, eos `<|endoftext|>` = 49407.
+        `tok(texts, padding="max_length", truncation=True).input_ids` gives lists of
+        `model_max_length` ids, equal to OpenAI's `clip.tokenize` when the pad is
+        `<|endoftext|>`. Building takes a fraction of a second; keep the instance.
+    """
+    if model_max_length < 2:
+        raise ValueError(f"model_max_length must be at least 2 (bos and eos), got {model_max_length}")
+    vocab, merges = load_clip_bpe()
+    if pad_token not in vocab:
+        raise ValueError(
+            f"pad_token {pad_token!r} is not in the CLIP vocabulary; use '<|endoftext|>' "
+            "(OpenAI CLIP, SD 1.x) or '!' (OpenCLIP: SD 2.x, SDXL's second encoder)"
+        )
+    options = {"model_max_length": model_max_length, "pad_token": pad_token}
+    if _TRANSFORMERS_MAJOR >= 5:
+        return CLIPTokenizerWithTextCleaning(vocab=vocab, merges=merges, **options)
+    # transformers 4.x: the fast tokenizer is converted from files, read once at construction.
+    with tempfile.TemporaryDirectory(prefix="clipcond-bpe-") as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        merges_file = Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text(
+            "#version: 0.2\n" + "\n".join(f"{left} {right}" for left, right in merges) + "\n", encoding="utf-8"
+        )
+        return CLIPTokenizerWithTextCleaning(vocab_file=str(vocab_file), merges_file=str(merges_file), **options)
+
+
+def t5_tokenizer(path_or_id: str, **kwargs: Any) -> transformers.PreTrainedTokenizerBase:
+    """Load a T5 tokenizer (T5, T5 v1.1, Flan-T5, the SD3/Flux T5-XXL) with `AutoTokenizer`.
+
+    Args:
+        path_or_id: a local folder or a hub id such as `"google/t5-v1_1-xxl"`; a hub
+            id downloads unless the files are cached or `HF_HUB_OFFLINE=1`.
+        **kwargs: passed to `transformers.AutoTokenizer.from_pretrained`
+            (e.g. `model_max_length=512`, `subfolder="tokenizer_3"`).
+
+    Returns:
+        The tokenizer transformers picks for that folder (usually the fast
+        sentencepiece-converted `T5Tokenizer`); eos `</s>` = 1 and pad `<pad>` = 0.
+    """
+    return transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)
