@@ -53,9 +53,20 @@ class TokenWindows:
         return bool((self.weights != 1.0).any())
 
 
-def _token_ids_per_fragment(tokenizer, prompts: Sequence[Sequence[Fragment]]) -> list[list[list[int]]]:
-    """Token ids (no special tokens) of every non-break fragment, one tokenizer call for all."""
-    texts = [fragment.text for fragments in prompts for fragment in fragments if not fragment.is_break]
+def _token_ids_per_fragment(
+    tokenizer, prompts: Sequence[Sequence[Fragment]], strip: bool = False
+) -> list[list[list[int]]]:
+    """Token ids (no special tokens) of every non-break fragment, one tokenizer call for all.
+
+    `strip` trims each fragment first: SentencePiece tokenizers (T5) mark a word's leading
+    space on the word itself, so a fragment ending in a space would gain a lone "▁" token.
+    """
+    texts = [
+        fragment.text.strip() if strip else fragment.text
+        for fragments in prompts
+        for fragment in fragments
+        if not fragment.is_break
+    ]
     # verbose=False: long prompts are expected here (we window them), so no length warning.
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
     position = 0
@@ -153,7 +164,7 @@ def t5_sequence(tokenizer, prompts: Sequence[Sequence[Fragment]], max_length: in
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if pad is None:
         pad = 0
-    per_fragment = _token_ids_per_fragment(tokenizer, prompts)
+    per_fragment = _token_ids_per_fragment(tokenizer, prompts, strip=True)
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
         content = [

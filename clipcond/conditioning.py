@@ -324,8 +324,12 @@ class TextConditioner:
         return fragments
 
     def _encoders_need_grad(self) -> bool:
+        """True while an encoder is being trained: in train mode with trainable parameters and
+        grad enabled. Then outputs keep their graph and bypass the cache; otherwise encoders
+        run under no_grad (models from `from_pretrained` are in eval mode)."""
         return torch.is_grad_enabled() and any(
-            parameter.requires_grad for encoder in self.encoders for parameter in encoder.model.parameters()
+            encoder.model.training and any(p.requires_grad for p in encoder.model.parameters())
+            for encoder in self.encoders
         )
 
     def _settings_key(self) -> str:

@@ -25,6 +25,11 @@ from typing import Any
 import ftfy
 import transformers
 
+# diffusers records a pipeline component as (module, class) in model_index.json and, to load
+# it back, looks up the transformers base classes *by name on that module*. Exposing them here
+# lets a pipeline holding our tokenizer round-trip through save_pretrained/from_pretrained.
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
 __all__ = [
     "CLIP_BOS_TOKEN",
     "CLIP_EOS_TOKEN",

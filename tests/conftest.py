@@ -1,0 +1,68 @@
+"""Session fixtures: tiny pipelines of every family, saved and loaded back through
+`save_pretrained` / `from_pretrained` (the real loading path), and tiny encoder folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny_pipelines
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_path(tmp_path_factory):
+    return tiny_pipelines.save_t5_tokenizer(tmp_path_factory.mktemp("t5_tokenizer"))
+
+
+def _saved_and_reloaded(pipe, tmp_path_factory, name):
+    folder = tmp_path_factory.mktemp(name)
+    pipe.save_pretrained(folder)
+    reloaded = type(pipe).from_pretrained(folder)
+    reloaded.set_progress_bar_config(disable=True)
+    return reloaded.to("cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def sd_pipe(tmp_path_factory):
+    return _saved_and_reloaded(tiny_pipelines.build_sd(), tmp_path_factory, "sd")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(tmp_path_factory):
+    return _saved_and_reloaded(tiny_pipelines.build_sdxl(), tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd3_pipe(tmp_path_factory, t5_tokenizer_path):
+    return _saved_and_reloaded(tiny_pipelines.build_sd3(t5_tokenizer_path), tmp_path_factory, "sd3")
+
+
+@pytest.fixture(scope="session")
+def flux_pipe(tmp_path_factory, t5_tokenizer_path):
+    return _saved_and_reloaded(tiny_pipelines.build_flux(t5_tokenizer_path), tmp_path_factory, "flux")
+
+
+@pytest.fixture(scope="session")
+def pixart_pipe(tmp_path_factory, t5_tokenizer_path):
+    return _saved_and_reloaded(tiny_pipelines.build_pixart(t5_tokenizer_path), tmp_path_factory, "pixart")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_text_path(tmp_path_factory):
+    """A saved CLIPTextModel with the offline CLIP tokenizer in the same folder."""
+    folder = tmp_path_factory.mktemp("clip_text")
+    tiny_pipelines.clip_text_model(11).save_pretrained(folder)
+    tiny_pipelines.clip_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_encoder_path(tmp_path_factory, t5_tokenizer_path):
+    """A saved T5EncoderModel (width 24, unlike CLIP's 32) with the tiny T5 tokenizer."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("t5_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    tiny_pipelines.t5_encoder(12, len(tokenizer), width=24).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

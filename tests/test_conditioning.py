@@ -1,0 +1,358 @@
+"""TextConditioner beyond plain prompts: long prompts, weights, cache, custom recipe, bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPTextModel, T5EncoderModel
+
+from clipcond import TextConditioner
+from clipcond.chunking import clip_windows
+from clipcond.encoders import clip_final_layer_norm
+from clipcond.prompts import Fragment
+from clipcond.tokenization import clip_tokenizer
+
+LONG_PROMPT = (
+    "a large red circle to the left of a small blue square, above two green triangles and a yellow star, "
+    "on a white background with soft shadows, drawn in a flat vector style with thin black outlines, "
+    "next to a purple hexagon below an orange rectangle, a cyan ellipse in the upper right corner, "
+    "and a pink diamond floating above a grey cloud in the lower left corner of the picture"
+)
+
+
+def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 1.0 - F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+@pytest.fixture(scope="module")
+def sd_cond(sd_pipe):
+    return TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer()
+
+
+# ---------------------------------------------------------------------------------- long prompts
+
+
+def test_long_prompt_windows_keep_every_token_and_split_at_word_ends(tokenizer):
+    plain = tokenizer(LONG_PROMPT, add_special_tokens=False).input_ids
+    assert len(plain) > 75, "the test prompt must need more than one window"
+    (windows,) = clip_windows(tokenizer, [[Fragment(LONG_PROMPT, 1.0)]], 77)
+    assert windows.num_windows == -(-len(plain) // 75) or windows.num_windows == -(-len(plain) // 75) + 1
+    content = []
+    for ids, mask in zip(windows.ids.tolist(), windows.mask.tolist()):
+        real = sum(mask)
+        assert ids[0] == tokenizer.bos_token_id and ids[real - 1] == tokenizer.eos_token_id
+        assert real - 2 <= 75
+        assert all(token == tokenizer.pad_token_id for token in ids[real:])
+        content.append(ids[1 : real - 1])
+    assert sum(content, []) == plain
+    for window in content[:-1]:
+        assert tokenizer.convert_ids_to_tokens(window[-1:])[0].endswith("</w>")
+
+
+def test_break_starts_a_new_window(tokenizer):
+    (windows,) = clip_windows(
+        tokenizer, [[Fragment("a red circle", 1.0), Fragment("", 1.0, True), Fragment("a blue square", 1.0)]], 77
+    )
+    assert windows.num_windows == 2
+    second = windows.ids[1][windows.mask[1].bool()].tolist()
+    assert second == tokenizer("a blue square").input_ids
+
+
+def test_long_prompt_is_the_windows_encoded_and_joined(sd_pipe, sd_cond, tokenizer):
+    embeds = sd_cond.encode(LONG_PROMPT)
+    (windows,) = clip_windows(tokenizer, [[Fragment(LONG_PROMPT, 1.0)]], 77)
+    assert embeds.tokens.shape == (1, 77 * windows.num_windows, sd_pipe.text_encoder.config.hidden_size)
+    with torch.no_grad():
+        direct = sd_pipe.text_encoder(windows.ids)[0]
+    torch.testing.assert_close(embeds.tokens[0], direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
+
+
+def test_negative_prompt_is_padded_to_the_same_windows(sd_cond):
+    kwargs = sd_cond.pipeline_kwargs(LONG_PROMPT, negative_prompt="blurry")
+    positive, negative = kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]
+    assert positive.shape == negative.shape and positive.shape[1] > 77
+    torch.testing.assert_close(negative[:, :77], sd_cond.encode("blurry").tokens, rtol=0, atol=1e-6)
+    empty = sd_cond.encode("").tokens
+    for start in range(77, negative.shape[1], 77):
+        torch.testing.assert_close(negative[:, start : start + 77], empty, rtol=0, atol=1e-6)
+
+
+def test_batch_of_short_and_long_prompts_shares_one_length(sd_cond):
+    embeds = sd_cond.encode(["a cat", LONG_PROMPT])
+    alone = sd_cond.encode("a cat").tokens
+    torch.testing.assert_close(embeds.tokens[0, :77], alone[0], rtol=0, atol=1e-6)
+
+
+def test_sdxl_long_prompt_pooled_comes_from_first_window(sdxl_pipe):
+    cond = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0)
+    long_embeds = cond.encode(LONG_PROMPT)
+    width = sdxl_pipe.text_encoder.config.hidden_size + sdxl_pipe.text_encoder_2.config.hidden_size
+    assert long_embeds.tokens.shape[1] % 77 == 0 and long_embeds.tokens.shape[1] > 77
+    assert long_embeds.tokens.shape[2] == width
+    tokenizer = sdxl_pipe.tokenizer_2
+    (windows,) = clip_windows(tokenizer, [[Fragment(LONG_PROMPT, 1.0)]], 77)
+    with torch.no_grad():
+        pooled = sdxl_pipe.text_encoder_2(windows.ids[:1]).text_embeds
+    torch.testing.assert_close(long_embeds.pooled, pooled, rtol=0, atol=1e-6)
+
+
+def test_sd3_long_prompt_puts_clip_windows_before_t5(sd3_pipe):
+    cond = TextConditioner.from_pipeline(sd3_pipe, cache_size=0, max_sequence_length=32)
+    embeds = cond.encode(LONG_PROMPT)
+    t5_width = sd3_pipe.text_encoder_3.config.d_model
+    assert embeds.tokens.shape[2] == t5_width
+    clip_length = embeds.tokens.shape[1] - 32
+    assert clip_length > 77 and clip_length % 77 == 0
+
+
+def test_t5_truncation_is_reported(flux_pipe, caplog):
+    cond = TextConditioner.from_pipeline(flux_pipe, cache_size=0, max_sequence_length=16)
+    with caplog.at_level(logging.WARNING, logger="clipcond"):
+        embeds = cond.encode(LONG_PROMPT)
+    assert embeds.tokens.shape[1] == 16
+    assert any("truncated" in record.message for record in caplog.records)
+
+
+# ---------------------------------------------------------------------------------- weights
+
+FAMILIES = ["sd_pipe", "sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weight_one_is_exactly_the_plain_prompt(family, request):
+    cond = TextConditioner.from_pipeline(request.getfixturevalue(family), cache_size=0)
+    plain = cond.encode("a red circle above a blue square")
+    weighted = cond.encode("a red (circle:1.0) above a blue square")
+    torch.testing.assert_close(weighted.tokens, plain.tokens, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_larger_weight_moves_embedding_further(family, request):
+    cond = TextConditioner.from_pipeline(request.getfixturevalue(family), cache_size=0)
+    plain = cond.encode("a red circle above a blue square").tokens
+    distances = [
+        _cosine_distance(cond.encode(f"a red (circle:{w}) above a blue square").tokens, plain)
+        for w in (1.1, 1.3, 1.6, 2.0, 3.0)
+    ]
+    assert distances[0] > 0
+    assert all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
+    down = [
+        _cosine_distance(cond.encode(f"a red (circle:{w}) above a blue square").tokens, plain)
+        for w in (0.9, 0.6, 0.3)
+    ]
+    assert all(later > earlier for earlier, later in zip(down, down[1:])), down
+
+
+def test_weight_scales_exactly_the_weighted_tokens(sd_cond, tokenizer):
+    plain = sd_cond.encode("a red circle").tokens[0]
+    weighted = sd_cond.encode("a red (circle:1.5)").tokens[0]
+    circle = len(tokenizer("a red", add_special_tokens=False).input_ids) + 1  # after BOS
+    torch.testing.assert_close(weighted[circle], plain[circle] * 1.5, rtol=0, atol=0)
+    others = [i for i in range(77) if i != circle]
+    torch.testing.assert_close(weighted[others], plain[others], rtol=0, atol=0)
+
+
+def test_parse_weights_false_reads_brackets_literally(sd_pipe):
+    literal = TextConditioner.from_pipeline(sd_pipe, cache_size=0, parse_weights=False)
+    expected = sd_pipe.encode_prompt("a (red) circle", "cpu", 1, False)[0]
+    torch.testing.assert_close(literal.encode("a (red) circle").tokens, expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- cache
+
+
+class _ForwardCounter:
+    def __init__(self, module):
+        self.calls = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+def _fresh_sd_encoder(path):
+    return CLIPTextModel.from_pretrained(path).eval(), clip_tokenizer()
+
+
+def test_repeat_encode_is_a_lookup(tiny_clip_text_path):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    cond = TextConditioner("sd", clip=[(model, tokenizer)])
+    counter = _ForwardCounter(model)
+    first = cond.encode(["a red circle", "a blue square"])
+    assert counter.calls == 1
+    second = cond.encode(["a blue square", "a red circle"])
+    assert counter.calls == 1
+    torch.testing.assert_close(second.tokens, first.tokens.flip(0), rtol=0, atol=0)
+    assert cond.cache.hits == 2
+
+
+@pytest.mark.parametrize("change", ["in_place", "load_state_dict", "replace_data"])
+def test_changed_weights_never_return_stale_embeddings(tiny_clip_text_path, change):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    cond = TextConditioner("sd", clip=[(model, tokenizer)])
+    before = cond.encode("a red circle").tokens.clone()
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        if change == "in_place":
+            weight.mul_(1.5)
+        elif change == "load_state_dict":
+            state = {k: v * 1.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            model.load_state_dict(state)
+        else:
+            weight.data = weight.data * 1.5
+    after = cond.encode("a red circle").tokens
+    with torch.no_grad():
+        expected = model(tokenizer("a red circle", padding="max_length", return_tensors="pt").input_ids)[0]
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+
+
+def test_disk_cache_survives_a_new_conditioner_and_notices_new_weights(tiny_clip_text_path, tmp_path):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    first = TextConditioner("sd", clip=[(model, tokenizer)], cache_dir=str(tmp_path))
+    stored = first.encode("a red circle").tokens
+    files = list(tmp_path.iterdir())
+    assert [f.suffix for f in files] == [".safetensors"]
+
+    same_model, _ = _fresh_sd_encoder(tiny_clip_text_path)
+    second = TextConditioner("sd", clip=[(same_model, tokenizer)], cache_dir=str(tmp_path))
+    counter = _ForwardCounter(same_model)
+    torch.testing.assert_close(second.encode("a red circle").tokens, stored, rtol=0, atol=0)
+    assert counter.calls == 0
+
+    changed_model, _ = _fresh_sd_encoder(tiny_clip_text_path)
+    with torch.no_grad():
+        changed_model.get_input_embeddings().weight[320] += 0.5  # token "a</w>"
+    third = TextConditioner("sd", clip=[(changed_model, tokenizer)], cache_dir=str(tmp_path))
+    counter = _ForwardCounter(changed_model)
+    fresh = third.encode("a red circle").tokens
+    assert counter.calls == 1 and not torch.equal(fresh, stored)
+
+
+def test_clip_skip_changes_the_cache_key(tiny_clip_text_path, tmp_path):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    plain = TextConditioner("sd", clip=[(model, tokenizer)], cache_dir=str(tmp_path)).encode("a cat").tokens
+    skipped = TextConditioner("sd", clip=[(model, tokenizer)], cache_dir=str(tmp_path), clip_skip=1).encode("a cat")
+    ids = tokenizer("a cat", padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states[-2]
+        expected = clip_final_layer_norm(model)(hidden)
+    assert not torch.equal(plain, skipped.tokens)
+    torch.testing.assert_close(skipped.tokens, expected, rtol=0, atol=1e-6)
+
+
+def test_trainable_encoder_bypasses_cache_and_keeps_gradients(tiny_clip_text_path):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    model.train()
+    cond = TextConditioner("sd", clip=[(model, tokenizer)])
+    loss = cond.encode("a red circle").tokens.square().mean()
+    loss.backward()
+    assert model.get_input_embeddings().weight.grad is not None
+    assert len(cond.cache) == 0
+
+
+# ---------------------------------------------------------------------------------- custom recipe
+
+
+@pytest.fixture(scope="module")
+def clip_pair(tiny_clip_text_path):
+    return _fresh_sd_encoder(tiny_clip_text_path)
+
+
+@pytest.fixture(scope="module")
+def t5_pair(tiny_t5_encoder_path):
+    from transformers import AutoTokenizer
+
+    return T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval(), AutoTokenizer.from_pretrained(tiny_t5_encoder_path)
+
+
+def test_custom_mismatched_widths_without_projection_is_an_error(clip_pair, t5_pair):
+    if clip_pair[0].config.hidden_size == t5_pair[0].config.d_model:
+        pytest.skip("fixture widths happen to match")
+    with pytest.raises(ValueError, match="projection_dim"):
+        TextConditioner("custom", clip=[clip_pair], t5=t5_pair)
+
+
+@pytest.mark.parametrize(
+    "combine,expected_length",
+    [("concat_sequence", 77 + 24), ("clip_pooled_t5_tokens", 24)],
+)
+def test_custom_projection_shapes_and_gradients(clip_pair, t5_pair, combine, expected_length):
+    from clipcond.recipes import Recipe
+
+    recipe = Recipe(name="custom", combine=combine, pooled="last", t5_max_length=24, t5_attention_mask=True)
+    cond = TextConditioner(recipe, clip=[clip_pair], t5=t5_pair, projection_dim=48)
+    embeds = cond.encode(["a red circle", "two blue squares"])
+    assert embeds.tokens.shape == (2, expected_length, 48)
+    assert embeds.pooled.shape == (2, clip_pair[0].config.hidden_size)
+    embeds.tokens.sum().backward()
+    assert all(p.grad is not None for p in cond.projection.parameters())
+    # The projection is applied after the cache: a changed projection changes the output.
+    with torch.no_grad():
+        for p in cond.projection.parameters():
+            p.add_(0.1)
+    assert not torch.allclose(cond.encode(["a red circle", "two blue squares"]).tokens, embeds.tokens)
+
+
+def test_custom_concat_channels_joins_two_clips(clip_pair):
+    cond = TextConditioner("custom", clip=[clip_pair, clip_pair], cache_size=0)
+    one = TextConditioner("sd", clip=[clip_pair], cache_size=0).encode("a cat").tokens
+    both = cond.encode("a cat").tokens
+    torch.testing.assert_close(both, torch.cat([one, one], dim=-1), rtol=0, atol=0)
+
+
+def test_custom_t5_alone_and_clip_pooled(clip_pair, t5_pair):
+    cond = TextConditioner("custom", clip=[clip_pair], t5=t5_pair, projection_dim=None, cache_size=0,
+                           ) if clip_pair[0].config.hidden_size == t5_pair[0].config.d_model else None
+    t5_only = TextConditioner("custom", t5=t5_pair, cache_size=0)
+    embeds = t5_only.encode("a red circle")
+    assert embeds.pooled is None and embeds.tokens.shape[2] == t5_pair[0].config.d_model
+    assert cond is None or cond.encode("x").tokens.shape[2] == t5_pair[0].config.d_model
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_bad_constructor_arguments(clip_pair, t5_pair):
+    with pytest.raises(ValueError, match="recipe"):
+        TextConditioner("sd4", clip=[clip_pair])
+    with pytest.raises(ValueError, match="recipe 'sd' needs"):
+        TextConditioner("sd", clip=[clip_pair, clip_pair])
+    with pytest.raises(ValueError, match="concat_channels"):
+        from clipcond.recipes import Recipe
+
+        TextConditioner(Recipe(name="custom", combine="concat_channels"), clip=[clip_pair], t5=t5_pair)
+    with pytest.raises(TypeError, match="clip"):
+        TextConditioner("sd", clip=clip_pair)
+    with pytest.raises(TypeError, match="t5"):
+        TextConditioner("custom", clip=[clip_pair], t5=clip_pair)
+    with pytest.raises(ValueError, match="projection_dim"):
+        TextConditioner("sd", clip=[clip_pair], projection_dim=32)
+    for clip_skip in (-1, 99):
+        with pytest.raises(ValueError, match="clip_skip"):
+            TextConditioner("sd", clip=[clip_pair], clip_skip=clip_skip)
+    for clip_skip in (1.5, True, "1"):
+        with pytest.raises(TypeError, match="clip_skip"):
+            TextConditioner("sd", clip=[clip_pair], clip_skip=clip_skip)
+
+
+def test_bad_prompts(sd_cond):
+    with pytest.raises(ValueError, match="`prompt`"):
+        sd_cond.encode([])
+    with pytest.raises(TypeError, match="`prompt`"):
+        sd_cond.encode(["a cat", None])
+    with pytest.raises(TypeError, match="`prompt`"):
+        sd_cond.encode(42)
+    with pytest.raises(ValueError, match="`negative_prompt`"):
+        sd_cond.pipeline_kwargs(["a", "b"], negative_prompt=["c"])
+    with pytest.raises(TypeError, match="`negative_prompt`"):
+        sd_cond.pipeline_kwargs(["a", "b"], negative_prompt=["c", 2])
+    assert sd_cond.encode("").tokens.shape[1] == 77

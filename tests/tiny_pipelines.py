@@ -1,0 +1,268 @@
+"""Tiny, seeded diffusers pipelines of every supported family, built from configs.
+
+Sizes follow diffusers' own `get_dummy_components` in spirit: every model is a few layers of
+width 32 or less, so building, saving and reloading all of them takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from clipcond.tokenization import clip_tokenizer
+
+WIDTH = 32
+
+
+def clip_text_config(**overrides) -> CLIPTextConfig:
+    """A CLIP text config with the real vocabulary and window, tiny otherwise."""
+    values = dict(
+        vocab_size=49408,
+        hidden_size=WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+        projection_dim=WIDTH,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    values.update(overrides)
+    return CLIPTextConfig(**values)
+
+
+def clip_text_model(seed: int, with_projection: bool = False, **overrides):
+    torch.manual_seed(seed)
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(clip_text_config(**overrides)).eval()
+
+
+def captions(count: int = 2000, seed: int = 0) -> list[str]:
+    """Simple English captions to train the tiny T5 tokenizer on."""
+    rng = random.Random(seed)
+    colors = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "grey"]
+    shapes = ["circle", "square", "triangle", "star", "hexagon", "rectangle", "cat", "dog", "house", "tree"]
+    relations = ["to the left of", "to the right of", "above", "below", "next to", "behind"]
+    extras = ["a photo of", "a painting of", "an astronaut riding a horse", "a lighthouse at dusk", "blurry"]
+    return [
+        f"{rng.choice(extras)} a {rng.choice(['small', 'large', ''])} {rng.choice(colors)} {rng.choice(shapes)} "
+        f"{rng.choice(relations)} {rng.choice(['a', 'two', 'three'])} {rng.choice(colors)} {rng.choice(shapes)}s"
+        for _ in range(count)
+    ]
+
+
+def save_t5_tokenizer(path: Path) -> Path:
+    """Train a tiny SentencePiece-unigram T5-style tokenizer locally and save it to `path`.
+
+    Special tokens follow T5: <pad>=0, </s>=1, <unk>=2; "</s>" ends every sequence.
+    """
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    trained = SentencePieceUnigramTokenizer()
+    trained.train_from_iterator(
+        captions(), vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    backend = trained._tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512
+    )
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def t5_encoder(seed: int, vocab_size: int, width: int = WIDTH) -> T5EncoderModel:
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=width,
+        d_ff=37,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _t5_tokenizer(t5_tokenizer_path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(t5_tokenizer_path)
+
+
+def _small_vae(**overrides):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    values = dict(
+        block_out_channels=(4,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=1,
+        sample_size=32,
+    )
+    values.update(overrides)
+    return AutoencoderKL(**values)
+
+
+def build_sd():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=2,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=_small_vae(),
+        scheduler=DDIMScheduler(),
+        text_encoder=clip_text_model(1),
+        tokenizer=clip_tokenizer(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sdxl():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + WIDTH,
+        cross_attention_dim=2 * WIDTH,
+        norm_num_groups=2,
+    )
+    return StableDiffusionXLPipeline(
+        unet=unet,
+        vae=_small_vae(),
+        scheduler=EulerDiscreteScheduler(),
+        text_encoder=clip_text_model(1),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=clip_text_model(2, with_projection=True),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+    )
+
+
+def build_sd3(t5_tokenizer_path: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer_3 = _t5_tokenizer(t5_tokenizer_path)
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=WIDTH,
+        joint_attention_dim=WIDTH,
+        pooled_projection_dim=2 * WIDTH,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_small_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_text_model(1, with_projection=True),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=clip_text_model(2, with_projection=True),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        text_encoder_3=t5_encoder(3, len(tokenizer_3)),
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def build_flux(t5_tokenizer_path: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer_2 = _t5_tokenizer(t5_tokenizer_path)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=WIDTH,
+        pooled_projection_dim=WIDTH,
+        axes_dims_rope=[4, 4, 8],
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_small_vae(latent_channels=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_text_model(1),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=t5_encoder(2, len(tokenizer_2)),
+        tokenizer_2=tokenizer_2,
+    )
+
+
+def build_pixart(t5_tokenizer_path: Path):
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    tokenizer = _t5_tokenizer(t5_tokenizer_path)
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=WIDTH,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    return PixArtAlphaPipeline(
+        transformer=transformer,
+        vae=_small_vae(),
+        scheduler=DDIMScheduler(),
+        text_encoder=t5_encoder(1, len(tokenizer)),
+        tokenizer=tokenizer,
+    )
