@@ -258,7 +258,7 @@ class TextConditioner:
 
     def pipeline_kwargs(
         self, prompt: str | list[str], negative_prompt: str | list[str] | None = None
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Keyword arguments for the pipeline family's `__call__`.
 
         Returns `prompt_embeds` and `negative_prompt_embeds`, plus `pooled_prompt_embeds` /
@@ -303,6 +303,7 @@ class TextConditioner:
                 positive.mask,
             )
             kwargs.update(self._named(zeros, "negative_"))
+        kwargs.update(dict(self.recipe.call_overrides))
         return kwargs
 
     def _named(self, embeds: PromptEmbeds, prefix: str) -> dict[str, torch.Tensor]:

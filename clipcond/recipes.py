@@ -18,7 +18,7 @@ reproduce the `encode_prompt` of their diffusers pipeline family exactly for pla
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 Combine = Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"]
 Pooled = Literal["none", "last", "concat"]
@@ -49,6 +49,9 @@ class Recipe:
         lowercase: lower-case and strip prompts before tokenizing (PixArt).
         zero_negative_when_absent: with no negative prompt, negatives are zeros (SDXL).
         negative_optional: with no negative prompt, give no negative embeddings (Flux).
+        call_overrides: extra keyword arguments `pipeline_kwargs` adds for the family's
+            `__call__` (PixArt defaults `negative_prompt=""`, which it refuses next to
+            `negative_prompt_embeds`, so it gets an explicit None).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Recipe:
     lowercase: bool = False
     zero_negative_when_absent: bool = False
     negative_optional: bool = False
+    call_overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_MODES:
@@ -114,6 +118,7 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
         t5_attention_mask=True,
         return_mask=True,
         lowercase=True,
+        call_overrides=(("negative_prompt", None),),
     ),
 }
 

@@ -1,0 +1,282 @@
+"""For plain prompts, TextConditioner equals each diffusers family's own `encode_prompt`.
+
+Tolerance: max abs diff <= 1e-6 in float32. Every reference runs under `torch.no_grad()`, as
+inside a pipeline call: with grad enabled PyTorch may pick another attention kernel, and
+diffusers' own output then moves by ~6e-6 (measured on the tiny SD3 T5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipcond import TextConditioner
+from clipcond.encoders import clip_final_layer_norm
+
+PROMPTS = [
+    "a photo of an astronaut riding a horse",
+    "",
+    "Two RED circles to the left of a blue square",
+    "a lighthouse on a cliff above a stormy sea at dusk, waves crashing on the rocks, seagulls around "
+    "the lantern, a small boat with a red sail, heavy clouds lit from below by the setting sun, rain",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+NEGATIVES = [None, "blurry, low quality", ["blurry", "", "ugly", "dark and grainy"]]
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_long_test_prompt_fits_one_window(sd_pipe):
+    assert len(sd_pipe.tokenizer(PROMPTS[3]).input_ids) <= 77
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_sd(sd_pipe, negative):
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    assert cond.recipe.name == "sd"
+    expected = sd_pipe.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=_listify(negative))
+    kwargs = cond.pipeline_kwargs(PROMPTS, negative)
+    assert set(kwargs) == {"prompt_embeds", "negative_prompt_embeds"}
+    close(kwargs["prompt_embeds"], expected[0])
+    close(kwargs["negative_prompt_embeds"], expected[1])
+    embeds = cond.encode(PROMPTS)
+    close(embeds.tokens, expected[0])
+    assert embeds.pooled is None and embeds.mask is None
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_sdxl(sdxl_pipe, negative):
+    cond = TextConditioner.from_pipeline(sdxl_pipe)
+    assert cond.recipe.name == "sdxl"
+    expected = sdxl_pipe.encode_prompt(
+        prompt=PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt=_listify(negative),
+    )
+    kwargs = cond.pipeline_kwargs(PROMPTS, negative)
+    assert set(kwargs) == {
+        "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"
+    }
+    close(kwargs["prompt_embeds"], expected[0])
+    close(kwargs["negative_prompt_embeds"], expected[1])
+    close(kwargs["pooled_prompt_embeds"], expected[2])
+    close(kwargs["negative_pooled_prompt_embeds"], expected[3])
+    if negative is None:
+        assert not kwargs["negative_prompt_embeds"].any() and not kwargs["negative_pooled_prompt_embeds"].any()
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_sd3(sd3_pipe, negative):
+    cond = TextConditioner.from_pipeline(sd3_pipe)
+    assert cond.recipe.name == "sd3"
+    expected = sd3_pipe.encode_prompt(
+        prompt=PROMPTS, prompt_2=None, prompt_3=None, device="cpu", num_images_per_prompt=1,
+        do_classifier_free_guidance=True, negative_prompt=_listify(negative),
+    )
+    kwargs = cond.pipeline_kwargs(PROMPTS, negative)
+    assert kwargs["prompt_embeds"].shape[1] == 77 + 256
+    for key, value in zip(
+        ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"], expected
+    ):
+        close(kwargs[key], value)
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_flux(flux_pipe, negative):
+    cond = TextConditioner.from_pipeline(flux_pipe)
+    assert cond.recipe.name == "flux"
+    prompt_embeds, pooled, _ = flux_pipe.encode_prompt(prompt=PROMPTS, prompt_2=None, device="cpu", num_images_per_prompt=1)
+    kwargs = cond.pipeline_kwargs(PROMPTS, negative)
+    close(kwargs["prompt_embeds"], prompt_embeds)
+    close(kwargs["pooled_prompt_embeds"], pooled)
+    if negative is None:
+        assert set(kwargs) == {"prompt_embeds", "pooled_prompt_embeds"}
+    else:
+        negatives = [negative] * len(PROMPTS) if isinstance(negative, str) else negative
+        neg_embeds, neg_pooled, _ = flux_pipe.encode_prompt(
+            prompt=negatives, prompt_2=None, device="cpu", num_images_per_prompt=1
+        )
+        close(kwargs["negative_prompt_embeds"], neg_embeds)
+        close(kwargs["negative_pooled_prompt_embeds"], neg_pooled)
+
+
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_pixart(pixart_pipe, negative):
+    cond = TextConditioner.from_pipeline(pixart_pipe)
+    assert cond.recipe.name == "pixart"
+    expected = pixart_pipe.encode_prompt(
+        PROMPTS, do_classifier_free_guidance=True, negative_prompt=negative if negative is not None else "",
+        device="cpu", clean_caption=False,
+    )
+    kwargs = cond.pipeline_kwargs(PROMPTS, negative)
+    assert set(kwargs) == {
+        "prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask",
+        "negative_prompt",
+    }
+    assert kwargs["negative_prompt"] is None  # PixArt's __call__ defaults it to "" and refuses both
+    close(kwargs["prompt_embeds"], expected[0])
+    assert torch.equal(kwargs["prompt_attention_mask"], expected[1])
+    close(kwargs["negative_prompt_embeds"], expected[2])
+    assert torch.equal(kwargs["negative_prompt_attention_mask"], expected[3])
+    embeds = cond.encode(PROMPTS)
+    assert torch.equal(embeds.mask, expected[1])
+
+
+# ----------------------------------------------------------------------------- clip_skip
+
+
+def _hidden(model, tokenizer, prompts, index):
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids, output_hidden_states=True).hidden_states[index]
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_sd_clip_skip_matches_diffusers_formula(sd_pipe, clip_skip):
+    cond = TextConditioner.from_pipeline(sd_pipe, clip_skip=clip_skip)
+    kwargs = cond.pipeline_kwargs(PROMPTS, "blurry")
+    norm = clip_final_layer_norm(sd_pipe.text_encoder)
+    with torch.no_grad():
+        expected = norm(_hidden(sd_pipe.text_encoder, sd_pipe.tokenizer, PROMPTS, -(clip_skip + 1)))
+        expected_negative = norm(_hidden(sd_pipe.text_encoder, sd_pipe.tokenizer, ["blurry"] * 4, -(clip_skip + 1)))
+    close(kwargs["prompt_embeds"], expected)
+    # Our convention: clip_skip applies to the negative prompt too (diffusers skips it there).
+    close(kwargs["negative_prompt_embeds"], expected_negative)
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_sdxl_clip_skip_matches_diffusers(sdxl_pipe, clip_skip):
+    cond = TextConditioner.from_pipeline(sdxl_pipe, clip_skip=clip_skip)
+    expected = sdxl_pipe.encode_prompt(
+        prompt=PROMPTS, device="cpu", do_classifier_free_guidance=False, clip_skip=clip_skip
+    )
+    embeds = cond.encode(PROMPTS)
+    close(embeds.tokens, expected[0])
+    close(embeds.pooled, expected[2])
+    formula = torch.cat(
+        [
+            _hidden(sdxl_pipe.text_encoder, sdxl_pipe.tokenizer, PROMPTS, -(clip_skip + 2)),
+            _hidden(sdxl_pipe.text_encoder_2, sdxl_pipe.tokenizer_2, PROMPTS, -(clip_skip + 2)),
+        ],
+        dim=-1,
+    )
+    close(embeds.tokens, formula)
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_sd3_clip_skip_matches_diffusers(sd3_pipe, clip_skip):
+    cond = TextConditioner.from_pipeline(sd3_pipe, clip_skip=clip_skip)
+    expected = sd3_pipe.encode_prompt(
+        prompt=PROMPTS, prompt_2=None, prompt_3=None, device="cpu", do_classifier_free_guidance=False,
+        clip_skip=clip_skip,
+    )
+    embeds = cond.encode(PROMPTS)
+    close(embeds.tokens, expected[0])
+    close(embeds.pooled, expected[2])
+
+
+@pytest.mark.parametrize("family", ["sd_pipe", "sdxl_pipe", "sd3_pipe"])
+def test_clip_skip_out_of_range(family, request):
+    pipe = request.getfixturevalue(family)
+    layers = pipe.text_encoder.config.num_hidden_layers
+    for bad in (-1, layers, 100):
+        with pytest.raises(ValueError, match="clip_skip"):
+            TextConditioner.from_pipeline(pipe, clip_skip=bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="clip_skip"):
+            TextConditioner.from_pipeline(pipe, clip_skip=bad)
+
+
+def test_clip_skip_on_t5_recipes_is_an_error(flux_pipe):
+    with pytest.raises(ValueError, match="clip_skip"):
+        TextConditioner.from_pipeline(flux_pipe, clip_skip=1)
+
+
+# ----------------------------------------------------------------------------- pipelines run
+
+
+def _listify(negative):
+    if isinstance(negative, str):
+        return [negative] * len(PROMPTS)
+    return negative
+
+
+CALLS = {
+    "sd_pipe": dict(height=32, width=32),
+    "sdxl_pipe": dict(height=32, width=32),
+    "sd3_pipe": dict(height=32, width=32),
+    "flux_pipe": dict(height=16, width=16, true_cfg_scale=2.0),
+    "pixart_pipe": dict(height=16, width=16, clean_caption=False, use_resolution_binning=False),
+}
+
+
+@pytest.mark.parametrize("family", list(CALLS))
+def test_pipeline_runs_with_our_kwargs_and_gives_the_same_image(family, request):
+    pipe = request.getfixturevalue(family)
+    cond = TextConditioner.from_pipeline(pipe)
+    prompt, negative = "a red circle above a blue square", "blurry"
+    extra = dict(CALLS[family], num_inference_steps=2, output_type="np")
+    ours = pipe(**cond.pipeline_kwargs(prompt, negative), generator=torch.Generator().manual_seed(0), **extra).images
+    theirs = pipe(prompt=prompt, negative_prompt=negative, generator=torch.Generator().manual_seed(0), **extra).images
+    assert ours.shape == theirs.shape and np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- from_pipeline
+
+
+def test_siblings_map_to_their_family(sd_pipe, sdxl_pipe, sd3_pipe, flux_pipe):
+    import diffusers
+
+    siblings = [
+        ("StableDiffusionImg2ImgPipeline", sd_pipe, "sd"),
+        ("StableDiffusionInpaintPipeline", sd_pipe, "sd"),
+        ("StableDiffusionXLImg2ImgPipeline", sdxl_pipe, "sdxl"),
+        ("StableDiffusionXLInpaintPipeline", sdxl_pipe, "sdxl"),
+        ("StableDiffusion3Img2ImgPipeline", sd3_pipe, "sd3"),
+        ("FluxImg2ImgPipeline", flux_pipe, "flux"),
+    ]
+    for name, base, recipe in siblings:
+        pipe = getattr(diffusers, name)(**base.components)
+        cond = TextConditioner.from_pipeline(pipe)
+        assert cond.recipe.name == recipe, name
+        assert cond.clip[0].model is base.text_encoder, name
+        close(cond.encode("a cat").tokens, TextConditioner.from_pipeline(base).encode("a cat").tokens)
+
+
+def test_from_pipeline_reuses_the_encoders(sd3_pipe, pixart_pipe):
+    cond = TextConditioner.from_pipeline(sd3_pipe)
+    assert cond.clip[0].model is sd3_pipe.text_encoder and cond.clip[1].model is sd3_pipe.text_encoder_2
+    assert cond.t5.model is sd3_pipe.text_encoder_3 and cond.t5.tokenizer is sd3_pipe.tokenizer_3
+    assert TextConditioner.from_pipeline(pixart_pipe).t5.model is pixart_pipe.text_encoder
+
+
+def test_sdxl_refiner_without_first_encoder(sdxl_pipe):
+    import diffusers
+
+    components = dict(sdxl_pipe.components, text_encoder=None, tokenizer=None)
+    refiner = diffusers.StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
+    cond = TextConditioner.from_pipeline(refiner)
+    expected = refiner.encode_prompt(prompt=PROMPTS, device="cpu", do_classifier_free_guidance=False)
+    embeds = cond.encode(PROMPTS)
+    close(embeds.tokens, expected[0])
+    close(embeds.pooled, expected[2])
+
+
+def test_unsupported_pipeline_class_is_named(sd_pipe):
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline(unet=sd_pipe.unet, scheduler=sd_pipe.scheduler)
+    with pytest.raises(ValueError, match="DDPMPipeline"):
+        TextConditioner.from_pipeline(pipe)
+    with pytest.raises(ValueError, match="not supported"):
+        TextConditioner.from_pipeline(object())
