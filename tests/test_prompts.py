@@ -1,4 +1,4 @@
-"""The prompt weighting syntax: exact cases and a fuzz that it never raises."""
+"""The prompt weighting syntax: exact cases, an oracle built from syntax trees, and fuzzing."""
 
 from __future__ import annotations
 
@@ -8,96 +8,326 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipcond.prompts import MAX_WEIGHT, MIN_WEIGHT, Fragment, has_weights, parse_prompt, prompt_text
+from clipcond.prompts import (
+    MAX_WEIGHT,
+    MIN_WEIGHT,
+    ROUND_MULTIPLIER,
+    SQUARE_MULTIPLIER,
+    Fragment,
+    has_weights,
+    parse_prompt,
+    prompt_text,
+)
+
+UP, DOWN = 1.1, 1 / 1.1
+BREAK = "<BREAK>"  # stands for a break marker in the tables below
 
 CASES = [
+    # plain prompts: one fragment, the text unchanged
     ("a photo of a cat", [("a photo of a cat", 1.0)]),
     ("", [("", 1.0)]),
-    ("  spaced  out  ", [("  spaced  out  ", 1.0)]),
-    ("(word:1.3)", [("word", 1.3)]),
-    ("(word: 1.3 )", [("word", 1.3)]),
-    ("(word:.5)", [("word", 0.5)]),
-    ("(word:2)", [("word", 2.0)]),
-    ("(word)", [("word", 1.1)]),
-    ("((word))", [("word", 1.1**2)]),
-    ("[word]", [("word", 1 / 1.1)]),
+    ("  spaced \t out \n", [("  spaced \t out \n", 1.0)]),
+    ("time: noon, ratio 3:2", [("time: noon, ratio 3:2", 1.0)]),
+    ("break BREAKING xBREAK BREAK_1", [("break BREAKING xBREAK BREAK_1", 1.0)]),
+    # round and square brackets, nesting multiplies
+    ("(word)", [("word", UP)]),
+    ("((word))", [("word", UP**2)]),
+    ("(((word)))", [("word", UP**3)]),
+    ("[word]", [("word", DOWN)]),
+    ("[[word]]", [("word", DOWN**2)]),
     ("[(word)]", [("word", 1.0)]),
-    ("((a:1.5) b)", [("a", 1.65), (" b", 1.1)]),
+    ("a (red) cat", [("a ", 1.0), ("red", UP), (" cat", 1.0)]),
+    ("(a [b] c)", [("a ", UP), ("b", UP * DOWN), (" c", UP)]),
+    # explicit weights
+    ("(word:1.3)", [("word", 1.3)]),
+    ("(word:0.5)", [("word", 0.5)]),
+    ("(word:2)", [("word", 2.0)]),
+    ("(word:.5)", [("word", 0.5)]),
+    ("(word:1.)", [("word", 1.0)]),
+    ("(word:+1.5)", [("word", 1.5)]),
+    ("(word:1e-1)", [("word", 0.1)]),
+    ("(word: 1.2 )", [("word", 1.2)]),
+    ("(word:\t1.2\n)", [("word", 1.2)]),
+    ("((a:1.5) b)", [("a", 1.5 * UP), (" b", UP)]),
+    ("((a b):0.5)", [("a b", UP * 0.5)]),
+    ("[(a:1.5)]", [("a", 1.5 * DOWN)]),
     ("a (red:1.2) cat", [("a ", 1.0), ("red", 1.2), (" cat", 1.0)]),
     ("a (cat:1.0) b", [("a cat b", 1.0)]),
+    ("(a:1.2)(b:1.2)", [("ab", 1.2)]),
+    ("(a:1.2)(b:1.3)", [("a", 1.2), ("b", 1.3)]),
+    # weights that are not finite and > 0: their text stays, brackets act as ( )
+    ("(a:-1)", [("a:-1", UP)]),
+    ("(a:0)", [("a:0", UP)]),
+    ("(a:0.0)", [("a:0.0", UP)]),
+    ("(a:1e999)", [("a:1e999", UP)]),
+    ("(a:inf)", [("a:inf", UP)]),
+    ("(a:nan)", [("a:nan", UP)]),
+    ("(a:.)", [("a:.", UP)]),
+    ("(a:1.2.3)", [("a:1.2.3", UP)]),
+    ("(a:1,5)", [("a:1,5", UP)]),
+    ("(a:b:1.5)", [("a:b", 1.5)]),
+    # square brackets never take a weight (A1111 prompt editing reads as text)
+    ("[word:1.5]", [("word:1.5", DOWN)]),
+    ("[a:b:0.5]", [("a:b:0.5", DOWN)]),
+    # escapes
     (r"\(not weighted\)", [("(not weighted)", 1.0)]),
     (r"\[x\] \\ y", [("[x] \\ y", 1.0)]),
+    (r"(\(a\))", [("(a)", UP)]),
+    (r"\\(a)", [("\\", 1.0), ("a", UP)]),
+    (r"(a\:1.5)", [("a\\", 1.5)]),  # ":" is not escapable: the backslash is text
+    (r"C:\path\x", [("C:\\path\\x", 1.0)]),
+    ("a\\", [("a\\", 1.0)]),
+    # unbalanced brackets: an open one weights the rest, a stray closing one is text
     ("a ) b ] c", [("a ) b ] c", 1.0)]),
-    ("a (cat", [("a ", 1.0), ("cat", 1.1)]),
-    ("a [cat", [("a ", 1.0), ("cat", 1 / 1.1)]),
-    ("(a:-1)", [("a:-1", 1.1)]),
-    ("(a:0)", [("a:0", 1.1)]),
-    ("(a:1e999)", [("a:1e999", 1.1)]),
-    ("[w:1.5]", [("w:1.5", 1 / 1.1)]),
-    ("time: noon", [("time: noon", 1.0)]),
+    ("a (cat", [("a ", 1.0), ("cat", UP)]),
+    ("a [cat", [("a ", 1.0), ("cat", DOWN)]),
+    ("((a) b", [("a", UP**2), (" b", UP)]),
+    ("(a:1.5", [("a:1.5", UP)]),
+    ("(a:1.5))", [("a", 1.5), (")", 1.0)]),
+    ("a ()[] b", [("a  b", 1.0)]),
+    ("()", [("", 1.0)]),
+    ("((((", [("", 1.0)]),
+    # round and square brackets are matched separately, as in A1111
+    ("(a [b) c]", [("a ", UP), ("b", UP * DOWN), (" c", DOWN)]),
+    ("([a:1.5)]", [("a", 1.5 * DOWN)]),
+    ("[a (b] c)", [("a ", DOWN), ("b", DOWN * UP), (" c", UP)]),
+    # BREAK
+    ("a red circle BREAK a blue square", [("a red circle", 1.0), BREAK, ("a blue square", 1.0)]),
+    ("a  \n BREAK\t\tb", [("a", 1.0), BREAK, ("b", 1.0)]),
+    ("BREAK", [BREAK]),
+    ("BREAK a", [BREAK, ("a", 1.0)]),
+    ("a BREAK", [("a", 1.0), BREAK]),
+    ("a BREAK BREAK b", [("a", 1.0), BREAK, BREAK, ("b", 1.0)]),
+    ("a,BREAK,b", [("a,", 1.0), BREAK, (",b", 1.0)]),
+    ("(a BREAK b)", [("a", UP), BREAK, ("b", UP)]),
+    ("(a) BREAK (b)", [("a", UP), BREAK, ("b", UP)]),
+    ("(a ) BREAK", [("a ", UP), BREAK]),
+    ("a BREAK (b:1.2) c", [("a", 1.0), BREAK, ("b", 1.2), (" c", 1.0)]),
+    ("(BREAK:1.5)", [BREAK]),
+    ("Break break", [("Break break", 1.0)]),
 ]
 
 
-@pytest.mark.parametrize("text,expected", CASES)
-def test_syntax(text, expected):
+def _expected(rows) -> list[Fragment]:
+    return [Fragment("", 1.0, True) if row == BREAK else Fragment(*row) for row in rows]
+
+
+@pytest.mark.parametrize("text,rows", CASES)
+def test_syntax(text, rows):
     fragments = parse_prompt(text)
-    assert [f.text for f in fragments] == [t for t, _ in expected]
-    assert [f.weight for f in fragments] == pytest.approx([w for _, w in expected])
-    assert not any(f.is_break for f in fragments)
+    expected = _expected(rows)
+    assert [(f.text, f.is_break) for f in fragments] == [(f.text, f.is_break) for f in expected]
+    assert [f.weight for f in fragments] == pytest.approx([f.weight for f in expected], rel=1e-12)
 
 
-def test_plain_prompt_is_returned_unchanged():
-    text = "a red circle, to the left of a blue square; 3 dogs & 2 cats!"
-    assert parse_prompt(text) == [Fragment(text, 1.0)]
-    assert not has_weights(parse_prompt(text))
+def test_multipliers_are_a1111s():
+    assert ROUND_MULTIPLIER == 1.1
+    assert SQUARE_MULTIPLIER == 1 / 1.1
 
 
-def test_break_splits_and_trims():
-    fragments = parse_prompt("a red circle BREAK a (blue:1.2) square")
-    assert [(f.text, f.is_break) for f in fragments] == [
-        ("a red circle", False), ("", True), ("a ", False), ("blue", False), (" square", False)
-    ]
-    assert has_weights(fragments)
-    assert prompt_text(fragments) == "a red circle a blue square"
-    assert not any(f.is_break for f in parse_prompt("BREAKING news break"))
+@pytest.mark.parametrize(
+    "text", ["a red circle, to the left of a blue square; 3 dogs & 2 cats!", " ", "\n\n", "é 日本 🙂 ::"]
+)
+def test_plain_prompt_is_one_unchanged_fragment(text):
+    fragments = parse_prompt(text)
+    assert fragments == [Fragment(text, 1.0)]
+    assert type(fragments[0].weight) is float
+    assert not has_weights(fragments)
+    assert prompt_text(fragments) == text
+
+
+def test_weight_exactly_one_outside_brackets():
+    # Exactly 1.0, not approximately: unweighted text must encode like a plain prompt.
+    fragments = parse_prompt("a (b) c [d] e [(f)]")
+    assert [(f.text, f.weight) for f in fragments if f.weight == 1.0] == [("a ", 1.0), (" c ", 1.0), (" e f", 1.0)]
 
 
 def test_weights_are_clamped():
-    deep = parse_prompt("(" * 2000 + "x")
-    assert deep[-1].weight == MAX_WEIGHT
-    tiny = parse_prompt("[" * 2000 + "x")
-    assert tiny[-1].weight == MIN_WEIGHT
-    huge = parse_prompt("(((a:9e30):9e30):9e30)")
-    assert huge[0].weight == MAX_WEIGHT
+    assert parse_prompt("(" * 2000 + "x") == [Fragment("x", MAX_WEIGHT)]
+    assert parse_prompt("[" * 2000 + "x") == [Fragment("x", MIN_WEIGHT)]
+    assert parse_prompt("(" * 2000 + "x" + ")" * 2000) == [Fragment("x", MAX_WEIGHT)]
+    assert parse_prompt("(((a:9e30):9e30):9e30)") == [Fragment("a", MAX_WEIGHT)]
+    assert parse_prompt("(((a:1e-300):1e-300):1e-300)") == [Fragment("a", MIN_WEIGHT)]
+    assert parse_prompt("(a:20000)(b:30000)") == [Fragment("ab", MAX_WEIGHT)]
+    # In range: kept as is.
+    assert parse_prompt("(a:9999)") == [Fragment("a", 9999.0)]
+    assert parse_prompt("(a:0.0002)") == [Fragment("a", 0.0002)]
 
 
-def _check(text: str) -> None:
+def test_not_a_string_is_a_type_error():
+    with pytest.raises(TypeError, match="must be a string, got list"):
+        parse_prompt(["a cat"])
+    with pytest.raises(TypeError, match="got NoneType"):
+        parse_prompt(None)
+
+
+def test_fragment_is_frozen():
+    with pytest.raises(AttributeError):
+        parse_prompt("a")[0].weight = 2.0
+
+
+def test_has_weights():
+    assert not has_weights([Fragment("a", 1.0)])
+    assert not has_weights(parse_prompt("a [(b)] c \\(d\\)"))
+    assert has_weights(parse_prompt("a (b)"))
+    assert has_weights(parse_prompt("a [b]"))
+    assert has_weights(parse_prompt("a BREAK b"))
+    assert not has_weights([])
+
+
+def test_prompt_text():
+    assert prompt_text(parse_prompt("a (red:1.2) cat BREAK [on] a \\(mat\\)")) == "a red cat on a (mat)"
+    assert prompt_text(parse_prompt("")) == ""
+    assert prompt_text([]) == ""
+
+
+# ------------------------------------------------------------------ oracle from syntax trees
+# A tree of nodes renders to a prompt; walking the tree gives the fragments it must parse to.
+# Nodes: ("text", s), ("break",), ("round", kids), ("square", kids), ("weight", kids, number).
+
+LEAF_CHARS = "ab z,.é1\t()[]\\"  # brackets and backslash are rendered escaped
+WEIGHT_NUMBERS = st.one_of(
+    st.floats(min_value=1e-3, max_value=1e3).map(repr),
+    st.sampled_from(["1.3", ".5", "2", "1.", "+0.8", "1e1", "25E-1", " 1.2 ", "\t0.9"]),
+)
+LEAVES = st.one_of(
+    st.tuples(st.just("text"), st.text(alphabet=LEAF_CHARS, min_size=1, max_size=5)),
+    st.tuples(st.just("break")),
+)
+TREES = st.lists(
+    st.recursive(
+        LEAVES,
+        lambda kids: st.one_of(
+            st.tuples(st.just("round"), st.lists(kids, max_size=3)),
+            st.tuples(st.just("square"), st.lists(kids, max_size=3)),
+            st.tuples(st.just("weight"), st.lists(kids, max_size=3), WEIGHT_NUMBERS),
+        ),
+        max_leaves=12,
+    ),
+    max_size=5,
+)
+
+
+def _render(nodes) -> str:
+    parts = []
+    for node in nodes:
+        kind = node[0]
+        if kind == "text":
+            parts.append("".join("\\" + c if c in "()[]\\" else c for c in node[1]))
+        elif kind == "break":
+            parts.append(" BREAK ")
+        elif kind == "round":
+            parts.append("(" + _render(node[1]) + ")")
+        elif kind == "square":
+            parts.append("[" + _render(node[1]) + "]")
+        else:
+            parts.append("(" + _render(node[1]) + ":" + node[2] + ")")
+    return "".join(parts)
+
+
+def _items(nodes, factors, out) -> None:
+    """Flatten to ("char", c, weight), ("edge",) where a bracket or weight spec is, ("break",)."""
+    for node in nodes:
+        kind = node[0]
+        if kind == "text":
+            weight = 1.0
+            for factor in reversed(factors):  # innermost bracket closes, and multiplies, first
+                weight *= factor
+            out.extend(("char", c, weight) for c in node[1])
+        elif kind == "break":
+            out.append(("break",))
+        else:
+            factor = {"round": 1.1, "square": 1 / 1.1}.get(kind) or float(node[2])
+            out.append(("edge",))
+            _items(node[1], factors + [factor], out)
+            out.append(("edge",))
+
+
+def _oracle(nodes) -> list[Fragment]:
+    items: list = []
+    _items(nodes, [], items)
+    kept: list = []
+    skip_space = False
+    for item in items:
+        if item[0] == "break":
+            while kept and kept[-1][0] == "char" and kept[-1][1].isspace():
+                kept.pop()  # whitespace right before BREAK, up to a bracket
+            kept.append(item)
+            skip_space = True
+        elif item[0] == "char" and skip_space and item[1].isspace():
+            continue  # whitespace right after BREAK
+        else:
+            skip_space = item[0] == "break"
+            kept.append(item)
+    fragments: list[Fragment] = []
+    for item in kept:
+        if item[0] == "break":
+            fragments.append(Fragment("", 1.0, True))
+        elif item[0] == "char":
+            weight = min(max(item[2], MIN_WEIGHT), MAX_WEIGHT)
+            if fragments and not fragments[-1].is_break and fragments[-1].weight == weight:
+                fragments[-1] = Fragment(fragments[-1].text + item[1], weight)
+            else:
+                fragments.append(Fragment(item[1], weight))
+    return fragments or [Fragment("", 1.0)]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(TREES)
+def test_matches_oracle_on_well_formed_prompts(nodes):
+    # Exact equality: same float operations in the same order, so merging agrees too.
+    assert parse_prompt(_render(nodes)) == _oracle(nodes)
+
+
+# ------------------------------------------------------------------ fuzz: never raises, invariants
+
+
+def _is_subsequence(small: str, big: str) -> bool:
+    chars = iter(big)
+    return all(c in chars for c in small)
+
+
+def _check_invariants(text: str) -> None:
     fragments = parse_prompt(text)
     assert fragments
     for fragment in fragments:
-        assert isinstance(fragment.weight, float)
-        assert math.isfinite(fragment.weight) and fragment.weight > 0
+        assert type(fragment.weight) is float
+        assert math.isfinite(fragment.weight) and MIN_WEIGHT <= fragment.weight <= MAX_WEIGHT
         if fragment.is_break:
             assert fragment.text == "" and fragment.weight == 1.0
-        elif len(fragments) > 1:
-            assert fragment.text
-    allowed = set(text)
-    assert set(prompt_text(fragments)) <= allowed | {" "}
+        elif fragments != [Fragment("", 1.0)]:
+            assert fragment.text, fragments
+    for left, right in zip(fragments, fragments[1:]):
+        assert left.is_break or right.is_break or left.weight != right.weight, "unmerged neighbours"
+    # Parsing only removes characters (syntax, escape backslashes, BREAK and its whitespace).
+    assert _is_subsequence("".join(f.text for f in fragments), text)
+    if not any(c in "()[]\\:" for c in text) and "BREAK" not in text:
+        assert fragments == [Fragment(text, 1.0)]
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.text())
 def test_fuzz_any_text(text):
-    _check(text)
+    _check_invariants(text)
 
 
-SYNTAX = st.lists(
-    st.sampled_from(["(", ")", "[", "]", ":", "\\", " ", ".", "1", "0", "-", "e", "9", "BREAK", "cat", ":1.5)", ":-2)", ":inf)"]),
-    max_size=40,
-).map("".join)
+SYNTAX_PIECES = [
+    "(", ")", "[", "]", ":", "\\", " ", "\t", ".", "0", "1", "9", "-", "+", "e", "E", "B", "BREAK", " BREAK ",
+    "cat", "é", ":1.5)", ": 2 )", ":-2)", ":0)", ":inf)", ":1e999)", ":9e30)", ":.5)", "\\(", "\\)", "\\\\",
+    "((", "]]", "((a:1.5) b)", "[(x)]", "(y:0.5", "[z:1.2]",
+]
+# Flat lists of pieces: cheap to generate, and brackets still nest and cross at random.
+SYNTAX_TEXT = st.lists(st.sampled_from(SYNTAX_PIECES), max_size=30).map("".join)
 
 
 @settings(max_examples=3000, deadline=None)
-@given(SYNTAX)
+@given(SYNTAX_TEXT)
 def test_fuzz_syntax_heavy_text(text):
-    _check(text)
+    _check_invariants(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_characters="B"), max_size=30))
+def test_escaped_text_reads_literally(text):
+    escaped = "".join("\\" + c if c in "()[]\\" else c for c in text)
+    assert parse_prompt(escaped) == [Fragment(text, 1.0)]

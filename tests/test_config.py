@@ -1,0 +1,97 @@
+"""Conditioner configs: YAML loading, validation errors that name key and file, building."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from clipcond import TextConditioner
+from clipcond.conditioner_config import ConditionerConfig
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "conditioners").glob("*.yaml"))
+
+
+def test_shipped_configs_exist():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    config = ConditionerConfig.from_yaml(path)
+    assert config.to_recipe().name == config.recipe
+
+
+def _write(tmp_path, data, name="conditioner.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    path = _write(tmp_path, {"recipe": "custom", "clip": [{"path": "x"}], "projection_dims": 8})
+    with pytest.raises(ValueError, match=r"conditioner\.yaml.*projection_dims"):
+        ConditionerConfig.from_yaml(path)
+    nested = _write(tmp_path, {"clip": [{"path": "x", "subfoldr": "a"}]}, "nested.yaml")
+    with pytest.raises(ValueError, match=r"nested\.yaml.*clip\[0\]\.subfoldr"):
+        ConditionerConfig.from_yaml(nested)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"clip": [{"path": "x"}], "combine": "stack"}, "combine"),
+        ({"clip": [{"path": "x"}], "projection_dim": "768"}, "projection_dim"),
+        ({"clip": [{"path": "x"}], "recipe": "sd5"}, "recipe"),
+        ({"recipe": "custom"}, "at least one encoder"),
+        ({"recipe": "sd", "clip": [{"path": "x"}], "projection_dim": 8}, "projection_dim.*custom.* only"),
+        ({"clip": {"path": "x"}}, "clip"),
+    ],
+)
+def test_bad_values_are_clear_errors(tmp_path, data, message):
+    with pytest.raises(ValueError, match=message):
+        ConditionerConfig.from_yaml(_write(tmp_path, data))
+
+
+def test_config_builds_a_working_custom_conditioner(tmp_path, tiny_clip_text_path, tiny_t5_encoder_path):
+    path = _write(
+        tmp_path,
+        {
+            "recipe": "custom",
+            "clip": [{"path": str(tiny_clip_text_path)}],
+            "t5": {"path": str(tiny_t5_encoder_path)},
+            "combine": "concat_sequence",
+            "t5_max_sequence_length": 20,
+            "projection_dim": 16,
+            "return_mask": True,
+        },
+    )
+    cond = TextConditioner.from_config(path)
+    embeds = cond.encode(["a red circle", "a (blue:1.3) square"])
+    assert embeds.tokens.shape == (2, 77 + 20, 16)
+    assert embeds.mask.shape == (2, 97) and embeds.mask[:, :77].all()
+    assert embeds.pooled.shape == (2, 32)
+
+
+def test_config_mismatched_widths_without_projection(tmp_path, tiny_clip_text_path, tiny_t5_encoder_path):
+    path = _write(
+        tmp_path,
+        {"clip": [{"path": str(tiny_clip_text_path)}], "t5": {"path": str(tiny_t5_encoder_path)}},
+    )
+    with pytest.raises(ValueError, match="projection_dim"):
+        TextConditioner.from_config(path)
+
+
+def test_builtin_recipe_from_a_pipeline_folder(tmp_path, sd_pipe):
+    folder = tmp_path / "pipe"
+    sd_pipe.save_pretrained(folder)
+    path = _write(
+        tmp_path,
+        {"recipe": "sd", "clip": [{"path": str(folder), "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}]},
+    )
+    cond = TextConditioner.from_config(path)
+    with torch.no_grad():
+        expected = sd_pipe.encode_prompt("a cat", "cpu", 1, False)[0]
+    torch.testing.assert_close(cond.encode("a cat").tokens, expected, rtol=0, atol=1e-6)

@@ -1,0 +1,43 @@
+"""A plain `pip install .` (a wheel, not the editable checkout) imports every subpackage
+and carries the CLIP vocabulary as package data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+CHECK = """
+import sys, clipcond, clipcond.pipelines, clipcond.training
+site = sys.argv[1]
+for module in (clipcond, clipcond.pipelines, clipcond.training):
+    assert module.__file__.startswith(site), (module.__name__, module.__file__)
+from clipcond import clip_tokenizer
+assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+print("ok")
+"""
+
+
+def test_wheel_installs_and_imports_every_subpackage(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("clipcond-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        cwd=tmp_path,
+    )
+    env = dict(os.environ, PYTHONPATH=str(site))
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
