@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from clipcond.config import load_config
-from clipcond.recipes import BUILTIN_RECIPES, RECIPE_NAMES, Recipe
+from clipcond.recipes import BUILTIN_RECIPES, RECIPE_NAMES, Recipe, custom_recipe
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,20 +119,13 @@ class ConditionerConfig:
             if self.t5_max_sequence_length is not None:
                 recipe = replace(recipe, t5_max_length=self.t5_max_sequence_length)
             return recipe
-        combine = self.combine
-        if combine is None:
-            if self.clip and self.t5 is not None:
-                combine = "concat_sequence"
-            elif self.t5 is not None:
-                combine = "clip_pooled_t5_tokens"
-            else:
-                combine = "concat_channels"
-        return Recipe(
-            name="custom",
-            combine=combine,
+        return custom_recipe(
+            has_clip=bool(self.clip),
+            has_t5=self.t5 is not None,
+            combine=self.combine,
             clip_layer_from_end=self.clip_layer_from_end,
             clip_final_norm=self.clip_final_norm,
-            pooled=self.pooled if self.clip else "none",
+            pooled=self.pooled,
             t5_max_length=self.t5_max_sequence_length or 256,
             t5_attention_mask=self.t5_attention_mask,
             return_mask=self.return_mask,

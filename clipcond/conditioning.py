@@ -26,7 +26,7 @@ from clipcond.embeds import PromptEmbeds
 from clipcond.encoders import TextEncoder, run_clip, run_t5
 from clipcond.fingerprint import WeightsWatch
 from clipcond.prompts import Fragment, parse_prompt
-from clipcond.recipes import Recipe, get_recipe
+from clipcond.recipes import Recipe, custom_recipe, get_recipe
 
 EncoderLike = TextEncoder | tuple[nn.Module, Any]
 
@@ -122,13 +122,7 @@ class TextConditioner:
         if isinstance(recipe, Recipe):
             return recipe
         if recipe == "custom":
-            if self.clip and self.t5 is not None:
-                combine = "concat_sequence"
-            elif self.t5 is not None:
-                combine = "clip_pooled_t5_tokens"
-            else:
-                combine = "concat_channels"
-            return Recipe(name="custom", combine=combine, pooled="last" if self.clip else "none")
+            return custom_recipe(bool(self.clip), self.t5 is not None)
         return get_recipe(recipe)
 
     def _check_encoders(self, t5_zeros: tuple[int, int] | None) -> None:

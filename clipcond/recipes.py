@@ -125,6 +125,23 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
 RECIPE_NAMES: tuple[str, ...] = (*BUILTIN_RECIPES, "custom")
 
 
+def custom_recipe(has_clip: bool, has_t5: bool, combine: Combine | None = None, **settings: Any) -> Recipe:
+    """A ``custom`` recipe; without `combine`, the join follows the encoders given:
+    CLIP only -> ``concat_channels``, CLIP + T5 -> ``concat_sequence``, T5 only ->
+    ``clip_pooled_t5_tokens``. Without CLIP there is no pooled vector."""
+    if combine is None:
+        if has_clip and has_t5:
+            combine = "concat_sequence"
+        elif has_t5:
+            combine = "clip_pooled_t5_tokens"
+        else:
+            combine = "concat_channels"
+    settings.setdefault("pooled", "last")
+    if not has_clip:
+        settings["pooled"] = "none"
+    return Recipe(name="custom", combine=combine, **settings)
+
+
 def get_recipe(name: str) -> Recipe:
     """The built-in recipe called `name` (``custom`` recipes come from a `ConditionerConfig`)."""
     if not isinstance(name, str):

@@ -123,12 +123,25 @@ def test_t5_truncation_is_reported(flux_pipe, caplog):
 
 # ---------------------------------------------------------------------------------- weights
 
-FAMILIES = ["sd_pipe", "sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe"]
+FAMILIES = ["sd_pipe", "sdxl_pipe", "sd3_pipe", "flux_pipe", "pixart_pipe", "custom"]
+
+
+def _conditioner(family, request):
+    if family == "custom":
+        # CLIP and T5 of equal width (32) joined on the sequence axis, no projection.
+        flux = request.getfixturevalue("flux_pipe")
+        return TextConditioner(
+            "custom",
+            clip=[(flux.text_encoder, flux.tokenizer)],
+            t5=(flux.text_encoder_2, flux.tokenizer_2),
+            cache_size=0,
+        )
+    return TextConditioner.from_pipeline(request.getfixturevalue(family), cache_size=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_weight_one_is_exactly_the_plain_prompt(family, request):
-    cond = TextConditioner.from_pipeline(request.getfixturevalue(family), cache_size=0)
+    cond = _conditioner(family, request)
     plain = cond.encode("a red circle above a blue square")
     weighted = cond.encode("a red (circle:1.0) above a blue square")
     torch.testing.assert_close(weighted.tokens, plain.tokens, rtol=0, atol=0)
@@ -136,7 +149,7 @@ def test_weight_one_is_exactly_the_plain_prompt(family, request):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_larger_weight_moves_embedding_further(family, request):
-    cond = TextConditioner.from_pipeline(request.getfixturevalue(family), cache_size=0)
+    cond = _conditioner(family, request)
     plain = cond.encode("a red circle above a blue square").tokens
     distances = [
         _cosine_distance(cond.encode(f"a red (circle:{w}) above a blue square").tokens, plain)
