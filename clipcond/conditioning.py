@@ -340,7 +340,10 @@ class TextConditioner:
     def _records(self, prompts: list[str]) -> list[Record]:
         """Encoder outputs of every prompt, from the cache where possible."""
         if self.cache is None or self._encoders_need_grad():
-            return self._encode_records(prompts)
+            # Identical prompts in a batch (a negative prompt repeated per image) run once.
+            unique = list(dict.fromkeys(prompts))
+            by_text = dict(zip(unique, self._encode_records(unique)))
+            return [by_text[text] for text in prompts]
         state = self._watch.state()
         if state != self._seen_state:
             # Weights were written or replaced: every in-memory record is stale.

@@ -207,6 +207,21 @@ def test_repeat_encode_is_a_lookup(tiny_clip_text_path):
     assert cond.cache.hits == 2
 
 
+def test_repeated_prompts_in_a_batch_run_once_without_cache(tiny_clip_text_path):
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    cond = TextConditioner("sd", clip=[(model, tokenizer)], cache_size=0)
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, kwargs_or_out: seen.append(args[0].shape[0]))
+    kwargs = cond.pipeline_kwargs(["a red circle", "a blue square", "a cat"], negative_prompt="blurry")
+    handle.remove()
+    assert seen == [4]  # three prompts + one negative, not six rows
+    negatives = kwargs["negative_prompt_embeds"]
+    torch.testing.assert_close(negatives[0], negatives[2], rtol=0, atol=0)
+    ids = tokenizer(["blurry"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(negatives[:1], model(ids)[0], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("change", ["in_place", "load_state_dict", "replace_data"])
 def test_changed_weights_never_return_stale_embeddings(tiny_clip_text_path, change):
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
