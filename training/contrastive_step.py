@@ -31,6 +31,7 @@ def contrastive_backward(
     loss_fn: Loss,
     micro_batches: Sequence[dict[str, torch.Tensor]],
     no_sync: Callable[[], object] | None = None,
+    backward: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Backpropagate the contrastive loss of all `micro_batches` taken together.
 
@@ -41,20 +42,25 @@ def contrastive_backward(
         micro_batches: the batch split in pieces that fit in memory.
         no_sync: context manager factory that suspends DDP gradient sync (accelerate's
             `accelerator.no_sync(model)`), used for all but the last re-encoding.
+        backward: how to backpropagate a scalar (`accelerator.backward`, which scales fp16
+            losses); default `tensor.backward()`.
 
     Returns:
         The loss value (detached).
     """
+    backward = backward or (lambda tensor: tensor.backward())
     if len(micro_batches) == 1:
         images, texts = encode(micro_batches[0])
         loss = loss_fn(images, texts)
-        loss.backward()
+        backward(loss)
         return loss.detach()
     with torch.no_grad():
         features = [encode(batch) for batch in micro_batches]
     images = torch.cat([f[0] for f in features]).requires_grad_(True)
     texts = torch.cat([f[1] for f in features]).requires_grad_(True)
     loss = loss_fn(images, texts)
+    # The loss's own scaling (fp16) is undone on the feature gradients by using plain
+    # backward here; `backward` applies it to the surrogate, which carries the same scale.
     loss.backward()
     image_grads = images.grad.split([f[0].shape[0] for f in features])
     text_grads = texts.grad.split([f[1].shape[0] for f in features])
@@ -64,5 +70,5 @@ def contrastive_backward(
         with context:
             batch_images, batch_texts = encode(batch)
             surrogate = (batch_images * image_grads[index]).sum() + (batch_texts * text_grads[index]).sum()
-            surrogate.backward()
+            backward(surrogate)
     return loss.detach()

@@ -1,0 +1,117 @@
+"""`TrainClipConfig`: a contrastive training run described in YAML (validated, unknown keys
+are errors naming the key and the file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from clipcond.config import load_config
+
+Mode = Literal["pretrain", "finetune", "text_only", "lit", "lora"]
+
+
+@dataclass
+class DataConfig:
+    """Where image-caption pairs come from.
+
+    Attributes:
+        source: "shapes" (the synthetic stream), "webdataset" (tar shards) or "manifest" (JSONL).
+        urls: webdataset shard paths or brace patterns.
+        manifest: path of the JSONL manifest.
+        max_objects: shapes only: objects per scene (1 to 4).
+        split: shapes only: "train" (held-out colour-shape pairs never appear) or "test".
+    """
+
+    source: Literal["shapes", "webdataset", "manifest"] = "shapes"
+    urls: list[str] = field(default_factory=list)
+    manifest: str | None = None
+    max_objects: int = 1
+    split: Literal["train", "test"] = "train"
+
+    def __post_init__(self) -> None:
+        if self.source == "webdataset" and not self.urls:
+            raise ValueError("data.source 'webdataset' needs data.urls")
+        if self.source == "manifest" and not self.manifest:
+            raise ValueError("data.source 'manifest' needs data.manifest")
+        if not 1 <= self.max_objects <= 4:
+            raise ValueError(f"data.max_objects must be 1 to 4, got {self.max_objects}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the attention projections of both towers."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+
+@dataclass
+class TrainClipConfig:
+    """A contrastive CLIP run.
+
+    Attributes:
+        model: path of the model YAML (configs/models/...).
+        init_from: a folder written by `clipcond.models.save_clip` to start from (needed by
+            every mode but "pretrain"; "lit" takes only its image tower).
+        mode: "pretrain" (random init, all trained), "finetune" (all trained), "text_only"
+            (image tower frozen), "lit" (pretrained image tower locked, text tower from
+            scratch), "lora" (both towers frozen, LoRA adapters trained).
+        loss: "clip" (symmetric InfoNCE) or "siglip".
+        hard_negatives: add a caption with swapped attributes per sample as an extra negative
+            (shapes data only).
+        batch_size: the contrastive batch per process; `micro_batch_size` splits it for memory
+            while keeping one loss over the whole batch.
+        steps, lr, weight_decay, warmup_steps, betas, eps: AdamW with warm-up + cosine.
+        mixed_precision: "no", "fp16" or "bf16" (accelerate).
+        gradient_checkpointing: recompute activations in the backward pass.
+        checkpoint_every, keep_checkpoints: safetensors checkpoints in output_dir.
+        log_every: steps between progress-bar / tracker updates; log_with: an accelerate
+            tracker name ("tensorboard") or None.
+    """
+
+    model: str
+    init_from: str | None = None
+    mode: Mode = "pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: Literal["clip", "siglip"] = "clip"
+    hard_negatives: bool = False
+    batch_size: int = 64
+    micro_batch_size: int | None = None
+    steps: int = 1000
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_steps: int = 100
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/clip"
+    seed: int = 0
+    log_every: int = 10
+    log_with: str | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if self.mode != "pretrain" and self.init_from is None:
+            raise ValueError(f"mode {self.mode!r} needs `init_from` (a saved CLIP folder)")
+        if self.batch_size < 2:
+            raise ValueError(f"`batch_size` must be >= 2 for a contrastive loss, got {self.batch_size}")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ValueError(f"`micro_batch_size` must be between 1 and batch_size, got {self.micro_batch_size}")
+        if self.steps < 1 or self.checkpoint_every < 1:
+            raise ValueError("`steps` and `checkpoint_every` must be >= 1")
+        if len(self.betas) != 2:
+            raise ValueError(f"`betas` must hold two numbers, got {self.betas}")
+        if self.hard_negatives and self.data.source != "shapes":
+            raise ValueError("`hard_negatives` needs data.source 'shapes' (it swaps scene attributes)")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainClipConfig:
+        """Load and validate a YAML run config."""
+        return load_config(cls, path)
