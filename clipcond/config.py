@@ -51,6 +51,10 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
+        options = [option for option in args if option is not type(None)]
+        if len(options) == 1:
+            # an optional section: its own error (naming the inner key) is the useful one
+            return _convert(options[0], value, key, source)
         errors = []
         for option in args:
             if option is type(None):

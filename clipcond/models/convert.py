@@ -1,0 +1,222 @@
+"""OpenAI CLIP and open_clip ViT checkpoints -> the transformers `CLIPModel` layout.
+
+Both use OpenAI's key names (`visual.conv1.weight`, `transformer.resblocks.N.attn.in_proj_weight`,
+...). open_clip's `CustomTextCLIP` keeps the text tower in a submodule, so its text keys carry
+a `text.` prefix (`text.token_embedding.weight`, `text.transformer.resblocks.N...`); the prefix
+is removed first. The sizes are read from the tensor shapes; only the head count is not stored
+anywhere, and follows OpenAI's rule heads = width // 64 unless given.
+
+What changes on the way:
+- `attn.in_proj_weight` / `in_proj_bias` stack q, k, v on the first axis; transformers keeps
+  three separate `q_proj` / `k_proj` / `v_proj` linears.
+- `visual.proj` and `text_projection` are (width, embed) matrices applied as `x @ proj`;
+  transformers' projections are `nn.Linear` weights, (embed, width): transposed.
+- positional embeddings are raw parameters in OpenAI's layout and `nn.Embedding` weights here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import torch
+from transformers import CLIPConfig
+
+# Non-tensor leftovers that OpenAI's TorchScript checkpoints carry (their `build_model` drops them too),
+# and the causal mask that some open_clip versions store as a buffer (transformers builds its own).
+_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+# open_clip `CustomTextCLIP`: the text tower's keys live under `text.`.
+_TEXT_TOWER_PREFIX = "text."
+
+_BLOCK_RENAMES = {
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+
+
+def convert_openai_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    quick_gelu: bool = True,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Convert an OpenAI / open_clip ViT CLIP state dict for transformers' `CLIPModel`.
+
+    Args:
+        state_dict: the checkpoint's tensors under OpenAI key names; a `module.` prefix (from a
+            DDP-wrapped open_clip training run) and a `text.` prefix on the text tower's keys
+            (open_clip `CustomTextCLIP`) are removed.
+        quick_gelu: True for OpenAI's models and open_clip's `*-quickgelu` ones (x * sigmoid(1.702 x));
+            False for open_clip models trained with plain GELU. Nothing in the weights tells them apart.
+        text_heads, vision_heads: attention heads, when not width // 64.
+
+    Returns:
+        (config, hf_state_dict): `CLIPModel(config).load_state_dict(hf_state_dict)` loads strictly.
+        Sizes read from shapes: widths, layers, MLP widths, patch size, image size
+        (patch * sqrt(positions - 1)), embed dim, context length, vocabulary. The text
+        config's bos/eos are vocab - 2 / vocab - 1 (49406 / 49407 for CLIP's vocabulary),
+        so pooling at the first eos equals OpenAI's argmax over token ids.
+    """
+    source = _openai_keys(state_dict)
+    _check_layout(source)
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        used.add(key)
+        return source[key]
+
+    # --- sizes, from shapes ---
+    patch_weight = source["visual.conv1.weight"]  # (vision_width, 3, patch, patch)
+    vision_width, patch_size = patch_weight.shape[0], patch_weight.shape[-1]
+    grid = math.isqrt(source["visual.positional_embedding"].shape[0] - 1)
+    if grid * grid + 1 != source["visual.positional_embedding"].shape[0]:
+        raise ValueError("visual.positional_embedding must hold 1 + grid * grid positions for a square image")
+    vision_layers = _count_blocks(source, "visual.transformer.resblocks.")
+    text_width = source["token_embedding.weight"].shape[1]
+    vocab_size = source["token_embedding.weight"].shape[0]
+    context_length = source["positional_embedding"].shape[0]
+    text_layers = _count_blocks(source, "transformer.resblocks.")
+    embed_dim = source["text_projection"].shape[1]
+    if source["visual.proj"].shape != (vision_width, embed_dim):
+        raise ValueError(
+            f"visual.proj has shape {tuple(source['visual.proj'].shape)}, expected ({vision_width}, {embed_dim}) "
+            "(vision width, embed dim taken from text_projection)"
+        )
+    act = "quick_gelu" if quick_gelu else "gelu"
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": text_width,
+            "intermediate_size": source["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "projection_dim": embed_dim,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_heads or _heads(text_width, "text"),
+            "max_position_embeddings": context_length,
+            "hidden_act": act,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+        },
+        vision_config={
+            "hidden_size": vision_width,
+            "intermediate_size": source["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "projection_dim": embed_dim,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": vision_heads or _heads(vision_width, "vision"),
+            "image_size": grid * patch_size,
+            "patch_size": patch_size,
+            "hidden_act": act,
+        },
+        projection_dim=embed_dim,
+    )
+
+    # --- tensors ---
+    out: dict[str, torch.Tensor] = {
+        "logit_scale": take("logit_scale").reshape(()),
+        # text
+        "text_model.embeddings.token_embedding.weight": take("token_embedding.weight"),
+        "text_model.embeddings.position_embedding.weight": take("positional_embedding"),
+        "text_model.final_layer_norm.weight": take("ln_final.weight"),
+        "text_model.final_layer_norm.bias": take("ln_final.bias"),
+        "text_projection.weight": take("text_projection").t(),
+        # vision
+        "vision_model.embeddings.patch_embedding.weight": take("visual.conv1.weight"),
+        "vision_model.embeddings.class_embedding": take("visual.class_embedding"),
+        "vision_model.embeddings.position_embedding.weight": take("visual.positional_embedding"),
+        "vision_model.pre_layrnorm.weight": take("visual.ln_pre.weight"),  # sic: transformers' name
+        "vision_model.pre_layrnorm.bias": take("visual.ln_pre.bias"),
+        "vision_model.post_layernorm.weight": take("visual.ln_post.weight"),
+        "vision_model.post_layernorm.bias": take("visual.ln_post.bias"),
+        "visual_projection.weight": take("visual.proj").t(),
+    }
+    for layer in range(text_layers):
+        out.update(_convert_block(take, f"transformer.resblocks.{layer}.", f"text_model.encoder.layers.{layer}."))
+    for layer in range(vision_layers):
+        out.update(
+            _convert_block(take, f"visual.transformer.resblocks.{layer}.", f"vision_model.encoder.layers.{layer}.")
+        )
+
+    unused = sorted(set(source) - used)
+    if unused:
+        raise ValueError(
+            f"{len(unused)} checkpoint tensors have no place in a transformers CLIPModel, e.g. {unused[:4]}; "
+            "only OpenAI-layout ViT CLIP models are supported (not ResNet towers, attention-pooled or "
+            "SigLIP-style open_clip variants)"
+        )
+    return config, {key: value.contiguous() for key, value in out.items()}
+
+
+def _convert_block(take: Callable[[str], torch.Tensor], prefix: str, target: str) -> dict[str, torch.Tensor]:
+    """One residual attention block: split the stacked q/k/v, rename the rest."""
+    out = {}
+    for suffix in ("weight", "bias"):
+        query, key, value = take(f"{prefix}attn.in_proj_{suffix}").chunk(3, dim=0)
+        out[f"{target}self_attn.q_proj.{suffix}"] = query
+        out[f"{target}self_attn.k_proj.{suffix}"] = key
+        out[f"{target}self_attn.v_proj.{suffix}"] = value
+    for name, new_name in _BLOCK_RENAMES.items():
+        out[target + new_name] = take(prefix + name)
+    return out
+
+
+def _openai_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors under OpenAI's plain key names, without the keys that carry no weights."""
+    out: dict[str, torch.Tensor] = {}
+    for original, value in state_dict.items():
+        key = original[len("module.") :] if original.startswith("module.") else original
+        if key.startswith(_TEXT_TOWER_PREFIX):
+            key = key[len(_TEXT_TOWER_PREFIX) :]
+        if key in _IGNORED_KEYS:
+            continue
+        if key in out:
+            raise ValueError(f"{original!r} and another key both mean {key!r}; the state dict mixes two layouts")
+        out[key] = value
+    return out
+
+
+def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(match.group(1)) for key in state_dict if (match := pattern.match(key))}
+    if not indices or indices != set(range(len(indices))):
+        raise ValueError(f"expected residual blocks {prefix}0, {prefix}1, ...; found indices {sorted(indices)}")
+    return len(indices)
+
+
+def _heads(width: int, tower: str) -> int:
+    if width % 64:
+        raise ValueError(
+            f"{tower} width {width} is not a multiple of 64, so OpenAI's heads = width // 64 rule does not apply; "
+            f"pass {tower}_heads"
+        )
+    return width // 64
+
+
+def _check_layout(state_dict: dict[str, torch.Tensor]) -> None:
+    required = (
+        "visual.conv1.weight",
+        "visual.class_embedding",
+        "visual.positional_embedding",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
+        "logit_scale",
+    )
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        hint = ""
+        if "visual.layer1.0.conv1.weight" in state_dict:
+            hint = " (this is a ResNet CLIP; only ViT checkpoints convert to CLIPModel)"
+        elif any(key.startswith(("text_model.", "vision_model.")) for key in state_dict):
+            hint = " (this already is a transformers CLIPModel state dict)"
+        raise ValueError(f"not an OpenAI / open_clip ViT CLIP state dict: missing {missing}{hint}")
