@@ -89,7 +89,7 @@ def _assert_within(actual: torch.Tensor, expected: torch.Tensor, atol: float) ->
 # ----------------------------------------------------------------------------- configs and sizes
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "clip-rn-tiny", "clip-vit-b-32", "clip-vit-l-14", "clip-rn50"])
+@pytest.mark.parametrize("name", ["clip-tiny", "clip-tiny-vit", "clip-rn-tiny", "clip-vit-b-32", "clip-vit-l-14", "clip-rn50"])
 def test_shipped_configs_load_and_round_trip_through_dict(name):
     config = _config(name)
     assert model_config_from_dict(config.to_dict()) == config
@@ -124,7 +124,7 @@ def test_vit_parameter_counts_equal_transformers_clip_model(name, peer_config, e
 
 
 def test_count_parameters_equals_an_allocated_model():
-    for name in ("clip-tiny", "clip-rn-tiny"):
+    for name in ("clip-tiny-vit", "clip-rn-tiny"):
         model = ClipTwoTower(_config(name))
         assert count_parameters(_config(name)) == sum(p.numel() for p in model.parameters())
 
@@ -235,7 +235,7 @@ def test_missing_config_file_is_file_not_found(tmp_path):
 
 
 def test_vit_two_tower_equals_transformers_clip_model_both_ways():
-    config = _config("clip-tiny")
+    config = _config("clip-tiny-vit")
     ids, pixels = _token_ids([3, 7, 0]), _pixels(2)
 
     torch.manual_seed(0)
@@ -258,7 +258,7 @@ def test_vit_two_tower_equals_transformers_clip_model_both_ways():
 
 
 def test_load_clip_state_dict_reports_missing_and_unknown_keys():
-    model = ClipTwoTower(_config("clip-tiny"))
+    model = ClipTwoTower(_config("clip-tiny-vit"))
     state = model.clip_state_dict()
     del state["logit_scale"]
     state["extra.weight"] = torch.zeros(1)
@@ -267,7 +267,7 @@ def test_load_clip_state_dict_reports_missing_and_unknown_keys():
 
 
 def test_from_clip_model_refuses_settings_it_cannot_hold():
-    config = hf_clip_config(_config("clip-tiny"))
+    config = hf_clip_config(_config("clip-tiny-vit"))
     config.text_config.layer_norm_eps = 1e-6
     with pytest.raises(ValueError, match="layer_norm_eps"):
         ClipTwoTower.from_clip_model(CLIPModel(config))
@@ -331,7 +331,7 @@ def test_resnet_tower_is_backbone_then_pool(pooling):
 
 @pytest.fixture(scope="module")
 def saved_vit(tmp_path_factory):
-    model = _seeded(_config("clip-tiny"), seed=5)
+    model = _seeded(_config("clip-tiny-vit"), seed=5)
     with torch.no_grad():
         model.logit_scale.fill_(2.5)
     return model, save_clip(model, tmp_path_factory.mktemp("vit"))
@@ -378,7 +378,7 @@ def test_saved_vit_image_encoder_is_a_transformers_folder(saved_vit):
 
 
 def test_save_load_keeps_bfloat16(tmp_path):
-    model = _seeded(_config("clip-tiny")).to(torch.bfloat16)
+    model = _seeded(_config("clip-tiny-vit")).to(torch.bfloat16)
     loaded = load_clip(save_clip(model, tmp_path))
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     for key, value in model.state_dict().items():
@@ -552,7 +552,7 @@ def test_convert_rejects_what_it_cannot_convert():
         convert_openai_state_dict(resnet_like, text_heads=2)
 
     with pytest.raises(ValueError, match="already is a transformers CLIPModel"):
-        convert_openai_state_dict(build_clip_model(_config("clip-tiny")).state_dict())
+        convert_openai_state_dict(build_clip_model(_config("clip-tiny-vit")).state_dict())
 
 
 # ----------------------------------------------------------------------------- gradient checkpointing
@@ -589,7 +589,7 @@ def _training_step(model: ClipTwoTower) -> tuple[torch.Tensor, dict[str, torch.T
     return loss.detach(), grads, [counter[0] for counter in counters]
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "clip-rn-tiny"])
+@pytest.mark.parametrize("name", ["clip-tiny-vit", "clip-rn-tiny"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name):
     plain = _seeded(_config(name)).train()
     checkpointed = copy.deepcopy(plain)

@@ -58,8 +58,8 @@ def test_heldout_split_is_balanced_and_disjoint():
     held, train = heldout_pairs(), train_pairs()
     assert held == sorted(HELDOUT_PAIRS) and train == sorted(train)
     assert set(held).isdisjoint(train) and set(held) | set(train) == set(classes)
-    assert Counter(c for c, _ in held) == Counter({c: 1 for c in COLOURS})  # each colour held out once
-    assert set(Counter(s for _, s in held).values()) == {len(COLOURS) // len(SHAPES)}
+    assert max(Counter(c for c, _ in held).values()) == 1  # a colour is held out at most once
+    assert Counter(s for _, s in held) == Counter({s: 1 for s in SHAPES})  # each shape exactly once
     # every colour and every shape is still seen in training
     assert {c for c, _ in train} == set(COLOURS) and {s for _, s in train} == set(SHAPES)
 
