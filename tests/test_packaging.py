@@ -11,9 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 CHECK = """
-import sys, clipcond, clipcond.pipelines, clipcond.training
+import sys, clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.losses, clipcond.cli
+import clipcond.training.clip_loop
 site = sys.argv[1]
-for module in (clipcond, clipcond.pipelines, clipcond.training):
+for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.training.clip_loop):
     assert module.__file__.startswith(site), (module.__name__, module.__file__)
 from clipcond import clip_tokenizer
 assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -20,23 +20,31 @@ class DataConfig:
         source: "shapes" (the synthetic stream), "webdataset" (tar shards) or "manifest" (JSONL).
         urls: webdataset shard paths or brace patterns.
         manifest: path of the JSONL manifest.
-        max_objects: shapes only: objects per scene (1 to 4).
-        split: shapes only: "train" (held-out colour-shape pairs never appear) or "test".
+        min_objects, max_objects: shapes only: objects per scene (1 to 4).
+        split: shapes only: "train" (held-out colour-shape pairs never appear), "heldout" or "all".
+        num_workers: DataLoader worker processes that decode / render images (0: in the loop's process).
     """
 
     source: Literal["shapes", "webdataset", "manifest"] = "shapes"
     urls: list[str] = field(default_factory=list)
     manifest: str | None = None
+    min_objects: int = 1
     max_objects: int = 1
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "heldout", "all"] = "train"
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.source == "webdataset" and not self.urls:
             raise ValueError("data.source 'webdataset' needs data.urls")
         if self.source == "manifest" and not self.manifest:
             raise ValueError("data.source 'manifest' needs data.manifest")
-        if not 1 <= self.max_objects <= 4:
-            raise ValueError(f"data.max_objects must be 1 to 4, got {self.max_objects}")
+        if not 1 <= self.min_objects <= self.max_objects <= 4:
+            raise ValueError(
+                f"data.min_objects and data.max_objects must satisfy 1 <= min <= max <= 4, "
+                f"got {self.min_objects} and {self.max_objects}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -54,9 +62,12 @@ class TrainClipConfig:
     """A contrastive CLIP run.
 
     Attributes:
-        model: path of the model YAML (configs/models/...).
+        model: path of the model YAML (configs/models/...), relative paths resolved against the
+            working directory and then the run config's folder; needed by "pretrain" (the
+            other modes take the architecture from `init_from`).
         init_from: a folder written by `clipcond.models.save_clip` to start from (needed by
-            every mode but "pretrain"; "lit" takes only its image tower).
+            every mode but "pretrain"; "lit" takes only its image tower and starts the text
+            tower from scratch).
         mode: "pretrain" (random init, all trained), "finetune" (all trained), "text_only"
             (image tower frozen), "lit" (pretrained image tower locked, text tower from
             scratch), "lora" (both towers frozen, LoRA adapters trained).
@@ -71,9 +82,11 @@ class TrainClipConfig:
         checkpoint_every, keep_checkpoints: safetensors checkpoints in output_dir.
         log_every: steps between progress-bar / tracker updates; log_with: an accelerate
             tracker name ("tensorboard") or None.
+        eval_every: steps between shapes zero-shot evaluations (0: only at the end; shapes data only).
+        eval_images_per_class: images per colour-shape class in that evaluation.
     """
 
-    model: str
+    model: str | None = None
     init_from: str | None = None
     mode: Mode = "pretrain"
     data: DataConfig = field(default_factory=DataConfig)
@@ -95,9 +108,19 @@ class TrainClipConfig:
     seed: int = 0
     log_every: int = 10
     log_with: str | None = None
+    eval_every: int = 0
+    eval_images_per_class: int = 20
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
+        if self.mode == "pretrain" and self.model is None:
+            raise ValueError("mode 'pretrain' needs `model` (a model YAML such as configs/models/clip-tiny.yaml)")
+        if self.eval_every < 0 or self.eval_images_per_class < 1:
+            raise ValueError("`eval_every` must be >= 0 and `eval_images_per_class` >= 1")
+        if self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("`log_every` and `keep_checkpoints` must be >= 1")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(f"`lr` must be > 0 and `warmup_steps` >= 0, got {self.lr}, {self.warmup_steps}")
         if self.mode != "pretrain" and self.init_from is None:
             raise ValueError(f"mode {self.mode!r} needs `init_from` (a saved CLIP folder)")
         if self.batch_size < 2:

@@ -1,0 +1,283 @@
+"""The contrastive training loop end to end, on clip-tiny and a few steps of the shapes stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from clipcond.models import load_clip
+from clipcond.training.clip_config import DataConfig, TrainClipConfig
+from clipcond.training.clip_loop import TrainingDiverged, train_clip
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")  # ResNet image tower
+TINY_VIT_MODEL = str(REPO / "configs" / "models" / "clip-tiny-vit.yaml")
+
+
+def tiny_config(output_dir: Path, **overrides) -> TrainClipConfig:
+    settings = dict(
+        model=TINY_MODEL,
+        batch_size=8,
+        steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        checkpoint_every=2,
+        log_every=1,
+        output_dir=str(output_dir),
+        eval_images_per_class=1,
+    )
+    settings.update(overrides)
+    return TrainClipConfig(**settings)
+
+
+def model_weights(folder: Path) -> dict[str, torch.Tensor]:
+    clip = load_clip(folder)
+    return {key: value.clone() for key, value in clip.clip_state_dict().items()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[key].float() - b[key].float()).abs().max().item() for key in a)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A clip-tiny trained for 3 steps: the starting point of the fine-tuning modes."""
+    output = tmp_path_factory.mktemp("pretrained")
+    result = train_clip(tiny_config(output), show_progress=False)
+    return result.model_dir
+
+
+def test_pretrain_writes_model_checkpoints_and_metrics(pretrained: Path) -> None:
+    run = pretrained.parent
+    clip = load_clip(pretrained)
+    assert clip.config.embed_dim == 64
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert {"temperature", "samples_per_second", "lr"} <= set(records[0])
+    assert any("eval/top1" in r for r in records)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-000000002", "step-000000003"]
+    assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt"))
+
+
+def test_training_lowers_the_loss(tmp_path: Path) -> None:
+    result = train_clip(tiny_config(tmp_path, steps=25, lr=2e-3, warmup_steps=2, checkpoint_every=100), show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    first = np.mean([r["loss"] for r in records[:3]])
+    last = np.mean([r["loss"] for r in records[-3:]])
+    assert last < first - 0.1, (first, last)
+    assert result.steps == 25
+
+
+@pytest.mark.parametrize("mode", ["finetune", "text_only", "lit", "lora"])
+def test_modes_train_what_they_should(tmp_path: Path, pretrained: Path, mode: str) -> None:
+    before = model_weights(pretrained)
+    config = tiny_config(tmp_path, model=None, mode=mode, init_from=str(pretrained), steps=2, lr=1e-2)
+    after = model_weights(train_clip(config, show_progress=False).model_dir)
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    text_keys = {key for key in before if key.startswith("text_model") or key.startswith("text_projection")}
+    vision_keys = set(before) - text_keys - {"logit_scale"}
+    if mode == "finetune":
+        assert changed & text_keys and changed & vision_keys
+    elif mode in ("text_only", "lit"):
+        assert not changed & vision_keys
+        assert changed & text_keys
+    else:  # lora: adapters merged back; only attention projections (and the temperature) move
+        assert changed & text_keys and changed & vision_keys
+        assert all(any(part in key for part in ("q_proj", "k_proj", "v_proj", "out_proj")) for key in changed - {"logit_scale"})
+    if mode == "lit":
+        # the text tower starts from scratch: far from the pretrained one, not a small update of it
+        embedding = "text_model.embeddings.token_embedding.weight"
+        assert (before[embedding] - after[embedding]).abs().max() > 0.05
+
+
+def test_siglip_and_hard_negatives_run(tmp_path: Path) -> None:
+    for name, overrides in {"siglip": dict(loss="siglip"), "negclip": dict(hard_negatives=True,
+                             data=DataConfig(max_objects=2))}.items():
+        result = train_clip(tiny_config(tmp_path / name, steps=2, **overrides), show_progress=False)
+        assert np.isfinite(result.loss)
+    weights = load_file(str(tmp_path / "siglip" / "checkpoints" / "step-000000002" / "model.safetensors"))
+    assert "logit_bias" in weights
+
+
+def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
+    """The loop's step with micro-batches of 3 yields the gradients of the whole batch of 8
+    (weights after AdamW are not compared: Adam's normalisation magnifies float rounding in
+    near-zero gradients)."""
+    from accelerate import Accelerator
+
+    from clipcond.tokenization import clip_tokenizer
+    from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches
+    from clipcond.training.clip_loop import ContrastiveStep, make_optimizer
+    from clipcond.training.clip_model_setup import build_contrastive_model
+
+    # ViT towers: a batch-norm tower (ResNet) computes its statistics per micro-batch, which is
+    # a different function of the batch, as it is under any data-parallel split.
+    config = tiny_config(tmp_path, model=TINY_VIT_MODEL, hard_negatives=True, data=DataConfig(max_objects=2))
+    tokenizer = CaptionTokenizer(clip_tokenizer(), 77)
+    batch = next(ContrastiveBatches(config.data, tokenizer, 32, 8, seed=0, hard_negatives=True))
+    gradients = {}
+    for micro in (None, 3):
+        torch.manual_seed(0)
+        model = build_contrastive_model(config)
+        optimizer, scheduler = make_optimizer(model, config)
+        step = ContrastiveStep(Accelerator(cpu=True), model, optimizer, scheduler, micro_batch_size=micro)
+        loss = step.backward(batch)
+        gradients[micro] = (loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (loss_whole, whole), (loss_split, split) = gradients[None], gradients[3]
+    assert abs(loss_whole.item() - loss_split.item()) < 1e-6
+    assert whole.keys() == split.keys() and len(whole) > 10
+    assert max_difference(whole, split) < 1e-5  # gradients are O(0.1-1): float32 rounding
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
+    plain = train_clip(tiny_config(tmp_path / "plain", steps=2, checkpoint_every=10), show_progress=False)
+    recompute = train_clip(
+        tiny_config(tmp_path / "recompute", steps=2, checkpoint_every=10, gradient_checkpointing=True), show_progress=False
+    )
+    assert max_difference(model_weights(plain.model_dir), model_weights(recompute.model_dir)) < 1e-6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    import clipcond.training.clip_loop as loop
+
+    calls = {"n": 0}
+    real_loss = loop.clip_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(loop, "clip_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 3.*step-000000002"):
+        train_clip(tiny_config(tmp_path, steps=5, checkpoint_every=2), show_progress=False)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000000002"
+    assert not (tmp_path / "checkpoints" / "step-000000003").exists()
+    assert not (tmp_path / "model").exists()
+
+
+def _write_shard(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w") as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for index in range(12):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buffer, format="PNG")
+            image = buffer.getvalue()
+            caption = f"a picture number {index}".encode()
+            if index == 3:
+                image = b"not an image at all"
+            if index == 5:
+                caption = b"   "
+            add(f"{index:04d}.png", image)
+            add(f"{index:04d}.txt", caption)
+
+
+def test_webdataset_with_bad_samples_trains_and_counts_them(tmp_path: Path) -> None:
+    shard = tmp_path / "shard-000.tar"
+    _write_shard(shard)
+    config = tiny_config(tmp_path / "run", data=DataConfig(source="webdataset", urls=[str(shard)]), batch_size=4, steps=4)
+    result = train_clip(config, show_progress=False)
+    assert np.isfinite(result.loss)
+    # 10 usable samples of 12 per pass; 4 steps x 4 samples read all of pass 1 and the first
+    # 8 entries of pass 2 (where entries 3 and 5 are unusable again)
+    assert result.skipped == {"undecodable image": 2, "empty caption": 2}
+
+
+def test_run_folder_is_protected(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, steps=1)
+    train_clip(config, show_progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train_clip(config, show_progress=False)
+    with pytest.raises(ValueError, match="config changed.*lr"):
+        train_clip(dataclasses.replace(config, lr=0.5), resume=True, show_progress=False)
+
+
+def test_bad_configs_fail_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fp16"):
+        if torch.cuda.is_available():
+            pytest.skip("fp16 is valid with a GPU")
+        train_clip(tiny_config(tmp_path / "a", mixed_precision="fp16"), show_progress=False)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="init_from"):
+        tiny_config(tmp_path, mode="finetune")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train_clip(tiny_config(tmp_path / "b", model=None, mode="finetune", init_from=str(tmp_path / "nope")), show_progress=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": TINY_MODEL, "batch_sise": 8}))
+    with pytest.raises(ValueError, match="batch_sise"):
+        TrainClipConfig.from_yaml(path)
+
+
+def _write_yaml(path: Path, config: TrainClipConfig) -> Path:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    return path
+
+
+def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    steps = 60
+    reference = train_clip(tiny_config(tmp_path / "reference", steps=steps, checkpoint_every=3, log_every=10), show_progress=False)
+
+    config = tiny_config(tmp_path / "killed", steps=steps, checkpoint_every=3, log_every=10)
+    config_path = _write_yaml(tmp_path / "killed.yaml", config)
+    command = [sys.executable, "-m", "clipcond.training.train_clip", "--config", str(config_path), "--no-progress"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and process.poll() is None:
+        if latest.is_file() and latest.read_text().strip() >= "step-000000009":
+            process.send_signal(signal.SIGKILL)
+            killed_at = latest.read_text().strip()
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert killed_at is not None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model").exists()
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    difference = max_difference(model_weights(reference.model_dir), model_weights(tmp_path / "killed" / "model"))
+    assert difference <= 1e-6, f"killed at {killed_at}: max difference {difference}"
+
+
+def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
+    from clipcond.cli import main
+
+    config_path = _write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", steps=2))
+    assert main(["train-clip", "--config", str(config_path), "--no-progress"]) == 0
+    assert "model saved to" in capsys.readouterr().out
+    output = tmp_path / "metrics.json"
+    assert main(["eval-clip", "--model", str(tmp_path / "run" / "model"), "--images-per-class", "2",
+                 "--pairs", "16", "--output", str(output)]) == 0
+    metrics = json.loads(output.read_text())
+    assert 0.0 <= metrics["zero_shot"]["top1"] <= 1.0
+    assert {"seen_top1", "heldout_top1"} <= set(metrics["zero_shot"])
+    assert "image_to_text@1" in metrics["retrieval"]
+    with pytest.raises(FileNotFoundError, match="--model"):
+        main(["eval-clip", "--model", str(tmp_path / "missing")])

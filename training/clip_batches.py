@@ -1,0 +1,204 @@
+"""Batches for contrastive training: images as CLIP tensors, captions as token ids.
+
+Every step of every process gets a batch that depends only on (seed, step, rank), so a
+resumed run reads exactly what the uninterrupted run would have read:
+
+- the shapes stream is random access: sample `i` is rendered from (seed, split, i), and step
+  `s` of rank `r` takes samples ``(s * world + r) * batch + k``;
+- webdataset shards and JSONL manifests are read in order, endlessly (epoch after epoch);
+  rank `r` takes every `world`-th sample, and a resumed run skips what was already read.
+
+A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 normalised
+with CLIP's mean/std, ``input_ids`` (batch, seq) int64 padded to the longest caption with
+the tokenizer's pad id, and with hard negatives ``negative_input_ids`` (batch, seq_neg).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipcond.shapes import ShapesStream, negative_caption
+from clipcond.training.clip_config import DataConfig
+from clipcond.training.data import ClipImageTransform, SkipCounter, manifest_samples, webdataset_samples
+
+
+@dataclass
+class CaptionTokenizer:
+    """Captions -> (batch, seq) int64 ids padded to the longest caption, with a cache (shapes
+    captions repeat a lot). Captions longer than the context are truncated and counted."""
+
+    tokenizer: object
+    context_length: int
+    cache_size: int = 100_000
+    truncated: int = 0
+    _cache: dict[str, list[int]] = field(default_factory=dict)
+
+    def ids(self, caption: str) -> list[int]:
+        """Token ids of one caption, with BOS and EOS, at most `context_length` long."""
+        cached = self._cache.get(caption)
+        if cached is not None:
+            return cached
+        ids = self.tokenizer(caption, truncation=False)["input_ids"]
+        if len(ids) > self.context_length:
+            self.truncated += 1
+            ids = ids[: self.context_length - 1] + [ids[-1]]
+        if len(self._cache) < self.cache_size:
+            self._cache[caption] = ids
+        return ids
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        """(len(captions), longest) int64 ids, padded after EOS with the tokenizer's pad id."""
+        rows = [self.ids(caption) for caption in captions]
+        longest = max(len(row) for row in rows)
+        batch = torch.full((len(rows), longest), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        for index, row in enumerate(rows):
+            batch[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return batch
+
+
+class _ShapesSamples(Dataset):
+    """Map-style view of the shapes stream: index -> (image tensor, caption, negative caption)."""
+
+    def __init__(self, data: DataConfig, seed: int, image_size: int, with_negatives: bool) -> None:
+        self.stream = ShapesStream(
+            seed=seed,
+            image_size=image_size,
+            min_objects=data.min_objects,
+            max_objects=data.max_objects,
+            split=data.split,
+        )
+        self.seed = seed
+        self.transform = ClipImageTransform(image_size)
+        self.with_negatives = with_negatives
+
+    def __len__(self) -> int:  # endless: DataLoader only needs it for samplers we do not use
+        return 2**62
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str | None]:
+        sample = self.stream.sample(index)
+        negative = None
+        if self.with_negatives:
+            negative = negative_caption(sample.scene, random.Random(f"negative:{self.seed}:{index}"))
+        return self.transform(sample.image), sample.caption, negative
+
+
+class _StepIndices:
+    """The sample indices of each step of one rank, from `start_step` on (a batch sampler)."""
+
+    def __init__(self, start_step: int, batch_size: int, rank: int, world: int) -> None:
+        self.start_step, self.batch_size, self.rank, self.world = start_step, batch_size, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            first = (step * self.world + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            step += 1
+
+
+def _collate(items: list[tuple[torch.Tensor, str, str | None]]) -> tuple[torch.Tensor, list[str], list[str | None]]:
+    return torch.stack([item[0] for item in items]), [item[1] for item in items], [item[2] for item in items]
+
+
+def _endless(data: DataConfig, skipped: SkipCounter) -> Iterator[tuple[object, str]]:
+    """Shards or manifest, epoch after epoch; an epoch with no usable sample is an error."""
+    while True:
+        count = 0
+        source = webdataset_samples(data.urls, skipped) if data.source == "webdataset" else manifest_samples(
+            data.manifest, skipped
+        )
+        for sample in source:
+            count += 1
+            yield sample
+        if count == 0:
+            where = data.urls if data.source == "webdataset" else data.manifest
+            raise ValueError(f"no usable sample in {where} ({skipped.report()})")
+
+
+class ContrastiveBatches:
+    """Endless batches for one rank, starting at `start_step`.
+
+    Args:
+        data: the data section of the run config.
+        tokenizer: a `CaptionTokenizer`.
+        image_size: side of the square images, in pixels (the image tower's input size).
+        batch_size: samples per step on this rank.
+        seed: the run seed (selects the shapes samples and the hard negatives).
+        start_step: the first step to produce (0, or the resumed step).
+        rank, world: this process and the number of processes.
+        hard_negatives: add ``negative_input_ids`` (shapes only).
+        skipped: counts unusable samples (shards and manifests).
+    """
+
+    def __init__(
+        self,
+        data: DataConfig,
+        tokenizer: CaptionTokenizer,
+        image_size: int,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        hard_negatives: bool = False,
+        skipped: SkipCounter | None = None,
+    ) -> None:
+        self.data = data
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.hard_negatives = hard_negatives
+        self.skipped = skipped if skipped is not None else SkipCounter()
+        if data.source == "shapes":
+            dataset = _ShapesSamples(data, seed, image_size, hard_negatives)
+            self._items = iter(
+                DataLoader(
+                    dataset,
+                    batch_sampler=_StepIndices(start_step, batch_size, rank, world),
+                    num_workers=data.num_workers,
+                    collate_fn=_collate,
+                    prefetch_factor=4 if data.num_workers else None,
+                    persistent_workers=data.num_workers > 0,
+                )
+            )
+        else:
+            transform = ClipImageTransform(image_size)
+            self._items = self._sequential(transform, start_step * batch_size * world, rank, world)
+
+    def _sequential(
+        self, transform: ClipImageTransform, skip: int, rank: int, world: int
+    ) -> Iterator[tuple[torch.Tensor, list[str], list[None]]]:
+        samples = _endless(self.data, self.skipped)
+        position = 0
+        pending: list[tuple[torch.Tensor, str]] = []
+        for image, caption in samples:
+            mine = position % world == rank
+            position += 1
+            if position <= skip or not mine:
+                continue
+            pending.append((transform(image), caption))
+            if len(pending) == self.batch_size:
+                yield torch.stack([p[0] for p in pending]), [p[1] for p in pending], [None] * len(pending)
+                pending = []
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        pixels, captions, negatives = next(self._items)
+        batch = {"pixel_values": pixels, "input_ids": self.tokenizer(captions)}
+        if self.hard_negatives:
+            batch["negative_input_ids"] = self.tokenizer(negatives)
+        return batch
+
+
+def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> list[dict[str, torch.Tensor]]:
+    """Cut a batch into micro-batches of at most `micro_batch_size` rows (None: one piece)."""
+    if micro_batch_size is None:
+        return [batch]
+    total = batch["input_ids"].shape[0]
+    return [{key: value[start : start + micro_batch_size] for key, value in batch.items()} for start in range(0, total, micro_batch_size)]

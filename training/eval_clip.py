@@ -1,0 +1,68 @@
+"""``clipcond eval-clip``: zero-shot classification on the shapes world and retrieval recall@K
+on image-caption pairs (shapes stream, webdataset shards or a JSONL manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `eval-clip`."""
+    parser.add_argument("--model", required=True, help="a folder written by save_clip (e.g. runs/clip/model)")
+    parser.add_argument("--images-per-class", type=int, default=50, help="shapes zero-shot images per colour-shape class")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation images")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--webdataset", nargs="+", metavar="URL", help="retrieval on these tar shards")
+    source.add_argument("--manifest", help="retrieval on this JSONL manifest")
+    parser.add_argument("--pairs", type=int, default=1000, help="image-caption pairs for retrieval")
+    parser.add_argument("--output", help="also write the metrics to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the metrics as JSON. Returns the exit status."""
+    from clipcond.models import load_clip
+    from clipcond.shapes import ShapesStream
+    from clipcond.tokenization import clip_tokenizer
+    from clipcond.training.clip_batches import CaptionTokenizer
+    from clipcond.training.clip_eval import pair_retrieval, shapes_zero_shot
+    from clipcond.training.data import SkipCounter, manifest_samples, webdataset_samples
+
+    if args.images_per_class < 1 or args.pairs < 2:
+        raise ValueError("--images-per-class must be >= 1 and --pairs >= 2")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model: no such folder {model_dir}")
+    clip = load_clip(model_dir).float()
+    length = clip.config.text.context_length
+    tokenizer = CaptionTokenizer(clip_tokenizer(model_max_length=length), length)
+    metrics: dict[str, object] = {"zero_shot": shapes_zero_shot(clip, tokenizer, args.images_per_class, args.seed)}
+    skipped = SkipCounter()
+    if args.webdataset:
+        pairs = webdataset_samples(args.webdataset, skipped)
+    elif args.manifest:
+        pairs = manifest_samples(args.manifest, skipped)
+    else:
+        stream = ShapesStream(seed=args.seed, image_size=clip.config.vision.image_size, split="all")
+        pairs = ((sample.image, sample.caption) for sample in stream)
+    metrics["retrieval"] = pair_retrieval(clip, tokenizer, pairs, limit=args.pairs)
+    metrics["skipped"] = dict(skipped.counts)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m clipcond.training.eval_clip --model ...`."""
+    parser = argparse.ArgumentParser(prog="eval_clip", description="evaluate a saved CLIP")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

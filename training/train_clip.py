@@ -1,0 +1,60 @@
+"""Command-line entry of the contrastive loop, for ``accelerate launch -m clipcond.training.train_clip``.
+
+``clipcond train-clip`` runs the same function; both take ``--config`` and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `train-clip`."""
+    parser.add_argument("--config", required=True, help="run config YAML (e.g. configs/train/clip-tiny-shapes.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--steps", type=int, help="override the config's steps")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, train, print where the model went. Returns the exit status."""
+    import dataclasses
+
+    from clipcond.training.clip_config import TrainClipConfig
+    from clipcond.training.clip_loop import TrainingDiverged, train_clip
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    config = TrainClipConfig.from_yaml(path)
+    overrides = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    try:
+        result = train_clip(config, resume=args.resume, config_dir=path.parent, show_progress=not args.no_progress)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print(f"model saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})")
+    if result.evaluation:
+        print("zero-shot: " + ", ".join(f"{key} {value:.3f}" for key, value in result.evaluation.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m clipcond.training.train_clip --config ...`."""
+    parser = argparse.ArgumentParser(prog="train_clip", description="contrastive CLIP training")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
