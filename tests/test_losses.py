@@ -74,18 +74,24 @@ def _token_ids(generator: torch.Generator, batch: int, length: int, vocab_size: 
     return ids
 
 
-def test_clip_loss_equals_transformers_clip_model_loss_and_gradients():
-    from transformers import CLIPConfig, CLIPModel
-
-    vocab_size = 99
+def _tiny_tower_settings(vocab_size: int, max_positions: int) -> tuple[dict, dict]:
+    """Text and vision settings of a tiny two-tower peer model (CLIP or SigLIP); eos is the last id."""
     text = dict(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=16, bos_token_id=vocab_size - 2,
+        num_attention_heads=2, max_position_embeddings=max_positions, bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1, pad_token_id=0,
     )  # fmt: skip
     vision = dict(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2
     )
+    return text, vision
+
+
+def test_clip_loss_equals_transformers_clip_model_loss_and_gradients():
+    from transformers import CLIPConfig, CLIPModel
+
+    vocab_size = 99
+    text, vision = _tiny_tower_settings(vocab_size, max_positions=16)
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     g = torch.Generator().manual_seed(1)
@@ -109,14 +115,7 @@ def test_siglip_loss_equals_transformers_siglip_model_loss():
     from transformers import SiglipConfig, SiglipModel
 
     vocab_size = 99
-    text = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=10, bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1, pad_token_id=0,
-    )  # fmt: skip
-    vision = dict(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2
-    )
+    text, vision = _tiny_tower_settings(vocab_size, max_positions=10)
     torch.manual_seed(0)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     with torch.no_grad():  # the paper's starting point, shaped (1,) as transformers stores them

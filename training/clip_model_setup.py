@@ -59,7 +59,7 @@ class ContrastiveModel(nn.Module):
         return self
 
     def _text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.clip.text(input_ids=input_ids).text_embeds, dim=-1)
+        return torch.nn.functional.normalize(self.clip.encode_text(input_ids), dim=-1)
 
     def forward(
         self,
@@ -67,7 +67,7 @@ class ContrastiveModel(nn.Module):
         input_ids: torch.Tensor,
         negative_input_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.nn.functional.normalize(self.clip.vision(pixel_values=pixel_values).image_embeds, dim=-1)
+        images = torch.nn.functional.normalize(self.clip.encode_image(pixel_values), dim=-1)
         texts = self._text(input_ids)
         if negative_input_ids is not None:
             texts = torch.stack([texts, self._text(negative_input_ids)], dim=1)
