@@ -281,3 +281,18 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
     assert "image_to_text@1" in metrics["retrieval"]
     with pytest.raises(FileNotFoundError, match="--model"):
         main(["eval-clip", "--model", str(tmp_path / "missing")])
+
+
+def test_metrics_reach_the_tensorboard_tracker(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_clip(tiny_config(tmp_path, steps=2, log_with="tensorboard"), show_progress=False)
+    accumulators = []
+    for events in sorted(tmp_path.rglob("events.out.tfevents.*")):  # scalars, and hparams in a subfolder
+        accumulators.append(EventAccumulator(str(events)))
+        accumulators[-1].Reload()
+    (accumulator,) = [a for a in accumulators if "loss" in a.Tags()["scalars"]]
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"loss", "temperature", "samples_per_second", "eval/top1"} <= tags
+    assert [event.step for event in accumulator.Scalars("loss")] == [1, 2]
