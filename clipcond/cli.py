@@ -23,9 +23,15 @@ def _eval_clip(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _convert_clip(args: argparse.Namespace) -> int:
+    from clipcond.training.convert_clip import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from clipcond.training import eval_clip, train_clip
+    from clipcond.training import convert_clip, eval_clip, train_clip
 
     parser = argparse.ArgumentParser(prog="clipcond", description="CLIP (and T5) text conditioning for diffusers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval-clip", help="zero-shot and retrieval evaluation of a saved CLIP")
     eval_clip.add_arguments(evaluate)
     evaluate.set_defaults(handler=_eval_clip)
+    convert = commands.add_parser("convert-clip", help="OpenAI / open_clip ViT checkpoint -> a clipcond model folder")
+    convert_clip.add_arguments(convert)
+    convert.set_defaults(handler=_convert_clip)
     return parser
 
 

@@ -296,3 +296,58 @@ def test_metrics_reach_the_tensorboard_tracker(tmp_path: Path) -> None:
     tags = set(accumulator.Tags()["scalars"])
     assert {"loss", "temperature", "samples_per_second", "eval/top1"} <= tags
     assert [event.step for event in accumulator.Scalars("loss")] == [1, 2]
+
+
+def test_cli_converts_an_openai_checkpoint_and_refuses_untrusted_pickles(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference_openai_clip import OpenAIStyleCLIP
+    from safetensors.torch import save_file
+
+    from clipcond.cli import main
+
+    torch.manual_seed(0)
+    reference = OpenAIStyleCLIP(
+        embed_dim=24, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+        context_length=16, vocab_size=49408, text_width=32, text_layers=2, text_heads=2,
+    ).eval()  # fmt: skip
+    pickle_path = tmp_path / "ViT-tiny.pt"
+    torch.save(reference.state_dict(), pickle_path)
+    heads = ["--text-heads", "2", "--vision-heads", "2"]
+    with pytest.raises(ValueError, match="refusing to load the pickle"):
+        main(["convert-clip", "--checkpoint", str(pickle_path), "--output", str(tmp_path / "a"), *heads])
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a*"))
+
+    assert main(["convert-clip", "--checkpoint", str(pickle_path), "--output", str(tmp_path / "a"), *heads,
+                 "--trust-pickle"]) == 0  # fmt: skip
+    safetensors_path = tmp_path / "ViT-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(safetensors_path))
+    assert main(["convert-clip", "--checkpoint", str(safetensors_path), "--output", str(tmp_path / "b"), *heads]) == 0
+    with pytest.raises(FileExistsError, match="--output"):
+        main(["convert-clip", "--checkpoint", str(safetensors_path), "--output", str(tmp_path / "b"), *heads])
+
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.encode_image(pixels)
+        for folder in ("a", "b"):
+            converted = load_clip(tmp_path / folder)
+            assert (converted.encode_image(pixels) - expected).abs().max() < 1e-5
+
+
+def test_bf16_mixed_precision_and_a_manifest_source(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    lines = []
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
+    lines.append(json.dumps({"image": "missing.png", "caption": "gone"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
+    config = tiny_config(tmp_path / "run", data=data, batch_size=4, steps=2, mixed_precision="bf16")
+    # its own process: accelerate keeps one mixed-precision setting per process
+    command = [sys.executable, "-m", "clipcond.training.train_clip", "--no-progress",
+               "--config", str(_write_yaml(tmp_path / "run.yaml", config))]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "skipped samples: 1 (missing image: 1)" in finished.stdout
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 2 and np.isfinite(losses).all()

@@ -1,0 +1,80 @@
+"""``clipcond convert-clip``: an OpenAI CLIP or open_clip ViT checkpoint -> a `save_clip` folder.
+
+Pickle-based checkpoints (``.pt``, ``.pth``, ``.bin``, OpenAI's TorchScript archives) can run
+code when loaded, so they are read only with ``--trust-pickle``; ``.safetensors`` files need
+no flag. The output folder is written next to its final place and renamed into it, so a failed
+conversion leaves nothing half-written, and an existing folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `convert-clip`."""
+    parser.add_argument("--checkpoint", required=True, help="OpenAI / open_clip ViT weights (.pt, .bin, .safetensors)")
+    parser.add_argument("--output", required=True, help="new folder for the converted model (must not exist)")
+    parser.add_argument("--gelu", action="store_true", help="plain GELU (open_clip models not named *-quickgelu)")
+    parser.add_argument("--text-heads", type=int, help="text attention heads, when not width // 64")
+    parser.add_argument("--vision-heads", type=int, help="vision attention heads, when not width // 64")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow unpickling a checkpoint you trust")
+
+
+def _state_dict(loaded: Any) -> dict:
+    """The tensors of whatever the checkpoint held: a state dict, an open_clip training
+    checkpoint ({"state_dict": ...}) or a (TorchScript) module."""
+    if hasattr(loaded, "state_dict") and callable(loaded.state_dict):
+        return dict(loaded.state_dict())
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        return loaded["state_dict"]
+    if isinstance(loaded, dict):
+        return loaded
+    raise ValueError(f"--checkpoint: expected a state dict or a module, found {type(loaded).__name__}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, check it loads, write atomically. Returns the exit status."""
+    from transformers import CLIPModel
+
+    from clipcond.models import ClipTwoTower, convert_openai_state_dict, save_clip
+    from clipcond.training.checkpoint import load_pickle
+
+    checkpoint, output = Path(args.checkpoint), Path(args.output)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint: no such file {checkpoint}")
+    if output.exists():
+        raise FileExistsError(f"--output {output} already exists; choose a new folder")
+    state = _state_dict(load_pickle(checkpoint, trust_pickle=args.trust_pickle))
+    config, weights = convert_openai_state_dict(
+        state, quick_gelu=not args.gelu, text_heads=args.text_heads, vision_heads=args.vision_heads
+    )
+    model = CLIPModel(config)
+    model.load_state_dict(weights)
+    temporary = output.with_name(f".{output.name}.tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    try:
+        save_clip(ClipTwoTower.from_clip_model(model), temporary)
+        temporary.rename(output)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    print(f"converted {checkpoint} -> {output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m clipcond.training.convert_clip --checkpoint ... --output ...`."""
+    parser = argparse.ArgumentParser(prog="convert_clip", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
