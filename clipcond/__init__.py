@@ -16,7 +16,18 @@ from clipcond.tokenization import clip_tokenizer
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The pipeline needs diffusers; import it only when asked for (the core stays light).
+    if name == "CLIPConditionedPipeline":
+        from clipcond.pipelines import CLIPConditionedPipeline
+
+        return CLIPConditionedPipeline
+    raise AttributeError(f"module 'clipcond' has no attribute {name!r}")
+
+
 __all__ = [
+    "CLIPConditionedPipeline",
     "Fragment",
     "PromptEmbeds",
     "Recipe",

@@ -13,6 +13,7 @@ ROOT = Path(__file__).parents[1]
 CHECK = """
 import sys, clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.losses, clipcond.cli
 import clipcond.training.clip_loop
+from clipcond import CLIPConditionedPipeline
 site = sys.argv[1]
 for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.training.clip_loop):
     assert module.__file__.startswith(site), (module.__name__, module.__file__)

@@ -1,0 +1,296 @@
+"""`CLIPConditionedPipeline`: text-to-image with a UNet conditioned through `TextConditioner`.
+
+A real `diffusers.DiffusionPipeline`: components `unet`, `scheduler`, optional `vae` (pixel
+space when absent), `text_encoder` + `tokenizer` (CLIP), optional `text_encoder_2` +
+`tokenizer_2` (T5). The recipe and clip-skip live in its config (`model_index.json`), so
+`save_pretrained` / `from_pretrained` rebuild the same pipeline. Every prompt goes through
+the conditioner: weights, long prompts, negative prompts and the embedding cache.
+
+With the `sd` recipe and the components of a `StableDiffusionPipeline`, images are identical
+to that pipeline's for the same generator (tested).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+    T5EncoderModel,
+)
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from clipcond.conditioning import TextConditioner, as_prompt_list
+
+
+class CLIPConditionedPipeline(DiffusionPipeline):
+    """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
+
+    Args:
+        unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's
+            token width.
+        scheduler: any diffusers scheduler.
+        text_encoder, tokenizer: the CLIP text tower (`CLIPTextModel` or
+            `CLIPTextModelWithProjection`) and its tokenizer.
+        vae: an `AutoencoderKL`, or None for a UNet that works on pixels in [-1, 1].
+        text_encoder_2, tokenizer_2: an optional T5 encoder and tokenizer (`custom` recipe).
+        recipe: "sd" (one CLIP, last layer) or "custom" (CLIP and/or T5 joined as the
+            conditioner decides).
+        clip_skip: skip this many final CLIP layers.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["vae", "text_encoder_2", "tokenizer_2"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
+        tokenizer: PreTrainedTokenizerBase,
+        vae: AutoencoderKL | None = None,
+        text_encoder_2: T5EncoderModel | None = None,
+        tokenizer_2: PreTrainedTokenizerBase | None = None,
+        recipe: str = "sd",
+        clip_skip: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            scheduler=scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            vae=vae,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+        )
+        self.register_to_config(recipe=recipe, clip_skip=clip_skip)
+        self._conditioner: TextConditioner | None = None
+        self._conditioner_key: tuple | None = None
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ components
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (1 in pixel space)."""
+        vae = getattr(self, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Height and width must be multiples of this: VAE factor times the UNet's own downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def conditioner(self) -> TextConditioner:
+        """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
+        key = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
+               self.config.recipe, self.config.clip_skip)  # fmt: skip
+        if self._conditioner is None or self._conditioner_key != key:
+            t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
+            conditioner = TextConditioner(
+                self.config.recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip
+            )
+            width = self.unet.config.cross_attention_dim
+            produced = conditioner.clip_width if t5 is None or self.config.recipe == "sd" else max(
+                conditioner.clip_width, conditioner.t5_width
+            )
+            if produced != width:
+                raise ValueError(
+                    f"the text encoders give {produced}-wide tokens but unet.config.cross_attention_dim is {width}; "
+                    "use an encoder of that width, or a `custom` TextConditioner with projection_dim="
+                    f"{width} (a learned adapter) and pass its prompt_embeds"
+                )
+            self._conditioner, self._conditioner_key = conditioner, key
+        return self._conditioner
+
+    # ------------------------------------------------------------------ checks
+
+    def check_inputs(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        generator: Any,
+        output_type: str,
+    ) -> int:
+        """Validate every argument before any work; returns the number of prompts."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
+        if prompt is not None:
+            count = len(as_prompt_list(prompt, "prompt"))
+            if negative_prompt is not None and not isinstance(negative_prompt, str):
+                negatives = as_prompt_list(negative_prompt, "negative_prompt")
+                if len(negatives) != count:
+                    raise ValueError(
+                        f"`negative_prompt` has {len(negatives)} entries but `prompt` has {count}; "
+                        "give one per prompt, or a single string"
+                    )
+        else:
+            if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
+                raise TypeError("`prompt_embeds` must be a (batch, seq, width) tensor")
+            count = prompt_embeds.shape[0]
+            if negative_prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+                raise ValueError(
+                    f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have the shape of "
+                    f"`prompt_embeds` {tuple(prompt_embeds.shape)}"
+                )
+        factor = self.downsampling_factor
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < factor or value % factor:
+                raise ValueError(f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+        if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
+            raise ValueError(
+                f"got {len(generator)} generators for {count * num_images_per_prompt} images "
+                "(prompts x num_images_per_prompt); pass one generator or one per image"
+            )
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return count
+
+    # ------------------------------------------------------------------ generation
+
+    def _embeds(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        guidance: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if prompt_embeds is None:
+            kwargs = self.conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
+            prompt_embeds = kwargs["prompt_embeds"]
+            if guidance:
+                negative_prompt_embeds = kwargs["negative_prompt_embeds"]
+        elif guidance and negative_prompt_embeds is None:
+            negative_prompt_embeds = self.conditioner.pipeline_kwargs([""] * prompt_embeds.shape[0])["prompt_embeds"]
+        return prompt_embeds, negative_prompt_embeds if guidance else None
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        eta: float = 0.0,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images.
+
+        Returns:
+            `ImagePipelineOutput(images=...)` (or a 1-tuple): PIL images, a (n, H, W, 3) float
+            array in [0, 1] ("np"), a (n, 3, H, W) tensor in [0, 1] ("pt"), or the final
+            latents ("latent"), n = prompts x num_images_per_prompt.
+        """
+        height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
+        width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
+        count = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
+            num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
+        )  # fmt: skip
+        device = self._execution_device
+        guidance = guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+        positive, negative = self._embeds(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance)
+        dtype = self.unet.dtype
+        positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if negative is not None:
+            negative = negative.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+            context = torch.cat([negative, positive])
+        else:
+            context = positive
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (count * num_images_per_prompt, self.unet.config.in_channels,
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)  # fmt: skip
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        step_kwargs = {}
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        if "eta" in step_parameters:
+            step_kwargs["eta"] = eta
+        if "generator" in step_parameters:
+            step_kwargs["generator"] = generator
+
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for t in self.scheduler.timesteps:
+                model_input = torch.cat([latents] * 2) if guidance else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
+                if guidance:
+                    unconditional, conditional = noise.chunk(2)
+                    noise = unconditional + guidance_scale * (conditional - unconditional)
+                latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+                progress.update()
+
+        if output_type == "latent":
+            images = latents
+        else:
+            if self.vae is not None:
+                images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            else:
+                images = latents
+            images = self.image_processor.postprocess(images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+def swap_text_encoder(pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None) -> DiffusionPipeline:
+    """Put `text_encoder` (and `tokenizer`, when given) into an existing SD-family pipeline, in place.
+
+    Typical use: a CLIP text tower fine-tuned by `clipcond train-clip`
+    (`transformers.CLIPTextModel.from_pretrained(run / "model" / "text_encoder")`) into a
+    `StableDiffusionPipeline`. The encoder's width must equal the UNet's `cross_attention_dim`.
+
+    Raises:
+        TypeError: the pipeline has no `text_encoder` component.
+        ValueError: the widths differ (names the adapter option to use instead).
+    """
+    if "text_encoder" not in pipe.components:
+        raise TypeError(f"{type(pipe).__name__} has no `text_encoder` component to swap")
+    width = getattr(text_encoder.config, "hidden_size", None)
+    expected = pipe.unet.config.cross_attention_dim
+    if width != expected:
+        raise ValueError(
+            f"text_encoder is {width} wide but unet.config.cross_attention_dim is {expected}; use an encoder of "
+            f"that width, or a `custom` TextConditioner with projection_dim={expected} (a learned adapter)"
+        )
+    modules = {"text_encoder": text_encoder.to(pipe.unet.device)}
+    if tokenizer is not None:
+        modules["tokenizer"] = tokenizer
+    pipe.register_modules(**modules)
+    return pipe

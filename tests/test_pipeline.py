@@ -1,0 +1,140 @@
+"""CLIPConditionedPipeline against diffusers' StableDiffusionPipeline on the same components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipcond import CLIPConditionedPipeline
+
+
+def ours_from(sd_pipe) -> CLIPConditionedPipeline:
+    return CLIPConditionedPipeline(
+        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer,
+    )  # fmt: skip
+
+
+def run(pipe, **kwargs) -> np.ndarray:
+    settings = dict(num_inference_steps=3, guidance_scale=6.0, output_type="np")
+    settings.update(kwargs)
+    return pipe(generator=torch.Generator().manual_seed(0), **settings).images
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompt="a red circle"),
+        dict(prompt=["a red circle", "two blue squares"], negative_prompt=["blurry", "green"]),
+        dict(prompt="a red circle", guidance_scale=1.0),
+        dict(prompt="a red circle", num_images_per_prompt=2, negative_prompt="ugly"),
+    ],
+)
+def test_images_equal_stable_diffusion_pipeline(sd_pipe, kwargs) -> None:
+    expected = run(sd_pipe, **kwargs)
+    ours = run(ours_from(sd_pipe), **kwargs)
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() == 0.0
+
+
+def test_prompt_embeds_path_and_output_types(sd_pipe) -> None:
+    pipe = ours_from(sd_pipe)
+    embeds = pipe.conditioner.pipeline_kwargs("a red circle", "blurry")
+    by_text = run(pipe, prompt="a red circle", negative_prompt="blurry")
+    by_embeds = run(pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"])
+    assert np.abs(by_text - by_embeds).max() == 0.0
+    pil = run(pipe, prompt="a red circle", output_type="pil")
+    tensor = run(pipe, prompt="a red circle", output_type="pt")
+    side = sd_pipe.unet.config.sample_size * sd_pipe.vae_scale_factor
+    assert pil[0].size == (side, side) and tuple(tensor.shape) == (1, 3, side, side)
+    plain = run(pipe, prompt="a red circle")
+    assert np.abs(tensor.permute(0, 2, 3, 1).numpy() - plain).max() < 1e-6
+    assert np.abs(np.asarray(pil[0]) / 255.0 - plain[0]).max() <= 1 / 255 + 1e-6
+
+
+def test_save_and_load_give_identical_images(sd_pipe, tmp_path) -> None:
+    pipe = CLIPConditionedPipeline(
+        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer, clip_skip=1,
+    )  # fmt: skip
+    before = run(pipe, prompt="(red:1.3) circle BREAK a blue square")
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert not list((tmp_path / "pipe").rglob("*.bin"))
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.clip_skip == 1 and loaded.config.recipe == "sd"
+    assert np.abs(run(loaded, prompt="(red:1.3) circle BREAK a blue square") - before).max() == 0.0
+
+
+def test_from_pipe_swaps_the_text_encoder(sd_pipe) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(7)  # the SD fixture's encoder was seeded with 1
+    other = CLIPTextModel(CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict()})).eval()
+    swapped = CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=other)
+    assert swapped.text_encoder is other and swapped.unet is sd_pipe.unet
+    assert np.abs(run(swapped, prompt="a red circle") - run(ours_from(sd_pipe), prompt="a red circle")).max() > 0
+    narrow = CLIPTextModel(CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16,
+                                             "intermediate_size": 37})).eval()  # fmt: skip
+    with pytest.raises(ValueError, match="projection_dim"):
+        run(CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow), prompt="a red circle")
+
+
+def test_pixel_space_without_a_vae() -> None:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from clipcond import clip_tokenizer
+    from tiny_pipelines import WIDTH, clip_text_model
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=3, out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH, norm_num_groups=4,
+    )  # fmt: skip
+    pipe = CLIPConditionedPipeline(unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer())
+    images = run(pipe, prompt="a red circle")
+    assert images.shape == (1, 16, 16, 3) and 0.0 <= images.min() and images.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt="a", height=33), "height"),
+        (dict(prompt="a", width=0), "width"),
+        (dict(prompt="a", num_inference_steps=0), "num_inference_steps"),
+        (dict(prompt="a", guidance_scale=float("nan")), "guidance_scale"),
+        (dict(prompt=["a", "b"], negative_prompt=["c"]), "negative_prompt"),
+        (dict(), "exactly one of"),
+        (dict(prompt="a", prompt_embeds=torch.zeros(1, 77, 32)), "exactly one of"),
+        (dict(prompt="a", generator=[torch.Generator()] * 3), "generators"),
+        (dict(prompt="a", output_type="jpeg"), "output_type"),
+    ],
+)
+def test_bad_input_fails_before_any_work(sd_pipe, kwargs, message, monkeypatch) -> None:
+    pipe = ours_from(sd_pipe)
+    calls = []
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises((ValueError, TypeError), match=message):
+        pipe(**{"num_inference_steps": 2, **kwargs})
+    assert not calls
+
+
+def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from clipcond.pipelines import swap_text_encoder
+    from tiny_pipelines import build_sd
+
+    sd = build_sd()
+    before = run(sd, prompt="a red circle")
+    torch.manual_seed(7)
+    other = CLIPTextModel(CLIPTextConfig(**sd.text_encoder.config.to_dict())).eval()
+    assert swap_text_encoder(sd, other) is sd and sd.text_encoder is other
+    after = run(sd, prompt="a red circle")
+    assert np.abs(after - before).max() > 0
+    assert np.abs(after - run(ours_from(sd), prompt="a red circle")).max() == 0.0
+    narrow = CLIPTextModel(CLIPTextConfig(**{**sd.text_encoder.config.to_dict(), "hidden_size": 16})).eval()
+    with pytest.raises(ValueError, match="projection_dim"):
+        swap_text_encoder(sd, narrow)
+    assert sd.text_encoder is other
