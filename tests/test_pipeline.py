@@ -138,3 +138,53 @@ def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
     with pytest.raises(ValueError, match="projection_dim"):
         swap_text_encoder(sd, narrow)
     assert sd.text_encoder is other
+
+
+def test_clip_and_t5_custom_recipe_round_trips(sd_pipe, t5_tokenizer_path, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from tiny_pipelines import t5_encoder
+
+    tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    pipe = CLIPConditionedPipeline(
+        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer,
+        text_encoder_2=t5_encoder(3, len(tokenizer_2)), tokenizer_2=tokenizer_2, recipe="custom",
+    )  # fmt: skip
+    embeds = pipe.conditioner.pipeline_kwargs("a red circle left of a blue square", "blurry")
+    assert embeds["prompt_embeds"].shape[1] > 77  # CLIP tokens, then T5 tokens on the sequence axis
+    by_text = run(pipe, prompt="a red circle left of a blue square", negative_prompt="blurry")
+    by_embeds = run(pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"])
+    assert np.abs(by_text - by_embeds).max() == 0.0
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.recipe == "custom" and loaded.text_encoder_2 is not None
+    again = run(loaded, prompt="a red circle left of a blue square", negative_prompt="blurry")
+    assert np.abs(again - by_text).max() == 0.0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_half_precision_matches_float32(dtype) -> None:
+    from tiny_pipelines import build_sd  # fresh modules: the session fixture's stay on the CPU
+
+    reference = run(ours_from(build_sd()), prompt="a red circle")
+    images = run(ours_from(build_sd()).to("cuda", dtype), prompt="a red circle")
+    assert np.isfinite(images).all() and np.abs(images - reference).mean() < 0.05
+
+
+@cuda
+def test_gpu_model_cpu_offload_and_xformers() -> None:
+    from tiny_pipelines import build_sd
+
+    reference = run(ours_from(build_sd()), prompt="a red circle")
+    pipe = ours_from(build_sd())
+    pipe.enable_model_cpu_offload()
+    offloaded = run(pipe, prompt="a red circle")
+    assert np.abs(offloaded - reference).max() < 1e-3
+    pytest.importorskip("xformers")
+    pipe.enable_xformers_memory_efficient_attention()
+    assert np.abs(run(pipe, prompt="a red circle") - reference).max() < 1e-2
