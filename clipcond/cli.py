@@ -29,6 +29,12 @@ def _convert_clip(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from clipcond.pipelines.generate import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from clipcond.training import convert_clip, eval_clip, train_clip
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert-clip", help="OpenAI / open_clip ViT checkpoint -> a clipcond model folder")
     convert_clip.add_arguments(convert)
     convert.set_defaults(handler=_convert_clip)
+    from clipcond.pipelines import generate
+
+    make = commands.add_parser("generate", help="prompt -> PNG with a saved pipeline")
+    generate.add_arguments(make)
+    make.set_defaults(handler=_generate)
     return parser
 
 

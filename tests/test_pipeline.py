@@ -188,3 +188,22 @@ def test_gpu_model_cpu_offload_and_xformers() -> None:
     pytest.importorskip("xformers")
     pipe.enable_xformers_memory_efficient_attention()
     assert np.abs(run(pipe, prompt="a red circle") - reference).max() < 1e-2
+
+
+def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
+    from PIL import Image
+
+    from clipcond.cli import main
+
+    ours_from(sd_pipe).save_pretrained(tmp_path / "ours")
+    sd_pipe.save_pretrained(tmp_path / "sd")
+    common = ["--steps", "2", "--seed", "3", "--negative", "blurry"]
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "one.png"), "--model", str(tmp_path / "ours"), *common]) == 0
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "sd.png"), "--model", str(tmp_path / "sd"), *common]) == 0
+    one, via_sd = np.asarray(Image.open(tmp_path / "one.png")), np.asarray(Image.open(tmp_path / "sd.png"))
+    assert one.shape == (32, 32, 3) and np.array_equal(one, via_sd)
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "grid.png"), "--model", str(tmp_path / "ours"),
+                 "--n", "3", *common]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "grid.png").size == (64, 64)  # 2 x 2 grid, one cell blank
+    with pytest.raises(ValueError, match="--output"):
+        main(["generate", "a", "-o", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "ours")])

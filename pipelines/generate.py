@@ -1,0 +1,80 @@
+"""``clipcond generate``: prompt -> PNG with a saved pipeline.
+
+`--model` takes a folder (or hub id) holding a saved `CLIPConditionedPipeline`, or any diffusers
+Stable Diffusion pipeline, which is then driven through clipcond's conditioner
+(`CLIPConditionedPipeline.from_pipe`). With `--n` above 1 the images are written as one grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "clipcond" / "data" / "shapes-model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `generate`."""
+    parser.add_argument("prompt", help='the prompt, e.g. "a red circle to the left of a blue square"')
+    parser.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --n > 1)")
+    parser.add_argument("--model", help="saved CLIPConditionedPipeline or diffusers SD pipeline (folder or hub id)")
+    parser.add_argument("--negative", help="negative prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    parser.add_argument("--n", type=int, default=1, help="images to generate (written as a grid)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+
+
+def load_pipeline(model: str | Path) -> Any:
+    """A `CLIPConditionedPipeline` from a saved one, or wrapping any diffusers SD-family pipeline."""
+    from diffusers import DiffusionPipeline
+
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    index = Path(model) / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
+        return CLIPConditionedPipeline.from_pretrained(model)
+    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the arguments, generate, write the PNG. Returns the exit status."""
+    from diffusers.utils import make_image_grid
+
+    if args.n < 1 or args.steps < 1:
+        raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"-o/--output must end in .png, got {output}")
+    model = args.model
+    if model is None:
+        if not (BUNDLED_MODEL / "model_index.json").is_file():
+            raise FileNotFoundError(
+                "this install has no bundled shapes model yet; pass --model with a saved CLIPConditionedPipeline "
+                "or a diffusers Stable Diffusion pipeline"
+            )
+        model = BUNDLED_MODEL
+    pipe = load_pipeline(model)
+    generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
+    images = pipe(
+        args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        height=args.height, width=args.width, num_images_per_prompt=args.n, generator=generators,
+    ).images  # fmt: skip
+    columns = math.ceil(math.sqrt(args.n))
+    picture = images[0] if args.n == 1 else make_image_grid(
+        images + [images[0].copy().point(lambda _: 0)] * (columns * math.ceil(args.n / columns) - args.n),
+        rows=math.ceil(args.n / columns), cols=columns,
+    )  # fmt: skip
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp.png")
+    picture.save(temporary)
+    temporary.replace(output)
+    print(f"wrote {output}")
+    return 0
