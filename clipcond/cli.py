@@ -29,6 +29,12 @@ def _convert_clip(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _train_diffusion(args: argparse.Namespace) -> int:
+    from clipcond.training.train_diffusion import run
+
+    return run(args)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from clipcond.pipelines.generate import run
 
@@ -37,7 +43,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from clipcond.training import convert_clip, eval_clip, train_clip
+    from clipcond.training import convert_clip, eval_clip, train_clip, train_diffusion
 
     parser = argparse.ArgumentParser(prog="clipcond", description="CLIP (and T5) text conditioning for diffusers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert-clip", help="OpenAI / open_clip ViT checkpoint -> a clipcond model folder")
     convert_clip.add_arguments(convert)
     convert.set_defaults(handler=_convert_clip)
+    diffusion = commands.add_parser("train-diffusion", help="train a UNet or LoRA against a frozen CLIP text tower")
+    train_diffusion.add_arguments(diffusion)
+    diffusion.set_defaults(handler=_train_diffusion)
     from clipcond.pipelines import generate
 
     make = commands.add_parser("generate", help="prompt -> PNG with a saved pipeline")

@@ -16,7 +16,7 @@ the tokenizer's pad id, and with hard negatives ``negative_input_ids`` (batch, s
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +64,9 @@ class CaptionTokenizer:
 class _ShapesSamples(Dataset):
     """Map-style view of the shapes stream: index -> (image tensor, caption, negative caption)."""
 
-    def __init__(self, data: DataConfig, seed: int, image_size: int, with_negatives: bool) -> None:
+    def __init__(
+        self, data: DataConfig, seed: int, image_size: int, with_negatives: bool, transform: Callable | None = None
+    ) -> None:
         self.stream = ShapesStream(
             seed=seed,
             image_size=image_size,
@@ -73,7 +75,7 @@ class _ShapesSamples(Dataset):
             split=data.split,
         )
         self.seed = seed
-        self.transform = ClipImageTransform(image_size)
+        self.transform = transform or ClipImageTransform(image_size)
         self.with_negatives = with_negatives
 
     def __len__(self) -> int:  # endless: DataLoader only needs it for samplers we do not use
@@ -133,6 +135,7 @@ class ContrastiveBatches:
         rank, world: this process and the number of processes.
         hard_negatives: add ``negative_input_ids`` (shapes only).
         skipped: counts unusable samples (shards and manifests).
+        transform: PIL image -> (3, size, size) tensor; default CLIP's preprocessing.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class ContrastiveBatches:
         world: int = 1,
         hard_negatives: bool = False,
         skipped: SkipCounter | None = None,
+        transform: Callable | None = None,
     ) -> None:
         self.data = data
         self.tokenizer = tokenizer
@@ -154,7 +158,7 @@ class ContrastiveBatches:
         self.hard_negatives = hard_negatives
         self.skipped = skipped if skipped is not None else SkipCounter()
         if data.source == "shapes":
-            dataset = _ShapesSamples(data, seed, image_size, hard_negatives)
+            dataset = _ShapesSamples(data, seed, image_size, hard_negatives, transform)
             self._items = iter(
                 DataLoader(
                     dataset,
@@ -166,11 +170,10 @@ class ContrastiveBatches:
                 )
             )
         else:
-            transform = ClipImageTransform(image_size)
-            self._items = self._sequential(transform, start_step * batch_size * world, rank, world)
+            self._items = self._sequential(transform or ClipImageTransform(image_size), start_step * batch_size * world, rank, world)
 
     def _sequential(
-        self, transform: ClipImageTransform, skip: int, rank: int, world: int
+        self, transform: Callable, skip: int, rank: int, world: int
     ) -> Iterator[tuple[torch.Tensor, list[str], list[None]]]:
         samples = _endless(self.data, self.skipped)
         position = 0
@@ -187,6 +190,11 @@ class ContrastiveBatches:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
+
+    def next_with_captions(self) -> tuple[torch.Tensor, list[str]]:
+        """The next batch as (pixels (batch, 3, size, size), captions) without tokenizing."""
+        pixels, captions, _ = next(self._items)
+        return pixels, captions
 
     def __next__(self) -> dict[str, torch.Tensor]:
         pixels, captions, negatives = next(self._items)

@@ -1,0 +1,45 @@
+"""Command-line entry of the diffusion loop (``clipcond train-diffusion`` and
+``accelerate launch -m clipcond.training.train_diffusion``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `train-diffusion`."""
+    parser.add_argument("--config", required=True, help="run config YAML (TrainDiffusionConfig)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, train, print where the pipeline went. Returns the exit status."""
+    from clipcond.training.clip_loop import TrainingDiverged
+    from clipcond.training.diffusion_config import TrainDiffusionConfig
+    from clipcond.training.diffusion_loop import train_diffusion
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    try:
+        result = train_diffusion(TrainDiffusionConfig.from_yaml(path), resume=args.resume, show_progress=not args.no_progress)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print(f"pipeline saved to {result.pipeline_dir} after {result.steps} steps (loss {result.loss:.4f})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m clipcond.training.train_diffusion --config ...`."""
+    parser = argparse.ArgumentParser(prog="train_diffusion", description="diffusion training against a frozen conditioner")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
