@@ -6,11 +6,9 @@ import dataclasses
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
+from killing import kill_after_checkpoint
 from clipcond.training.clip_config import DataConfig, TrainClipConfig
 from clipcond.training.clip_loop import TrainingDiverged, train_clip
 
@@ -244,20 +243,7 @@ def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tmp_path: Path) -
     config_path = _write_yaml(tmp_path / "killed.yaml", config)
     command = [sys.executable, "-m", "clipcond.training.train_clip", "--config", str(config_path), "--no-progress"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    killed_at = None
-    while time.time() < deadline and process.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step-000000009":
-            process.send_signal(signal.SIGKILL)
-            killed_at = latest.read_text().strip()
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert killed_at is not None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
-    assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "model").exists()
+    killed_at = kill_after_checkpoint(command, tmp_path / "killed", at_least=9, env=env)
 
     resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from clipcond import CLIPConditionedPipeline
+from killing import kill_after_checkpoint
 from clipcond.training.clip_loop import TrainingDiverged
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_loop import train_diffusion
@@ -119,17 +117,7 @@ def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tiny_clip_text_pa
     config_path = tmp_path / "killed.yaml"
     config_path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
     command = [sys.executable, "-m", "clipcond.training.train_diffusion", "--config", str(config_path), "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    killed_at, deadline = None, time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step-000000009":
-            process.send_signal(signal.SIGKILL)
-            killed_at = latest.read_text().strip()
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert killed_at is not None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    killed_at = kill_after_checkpoint(command, tmp_path / "killed", at_least=9)
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = unet_weights(reference.pipeline_dir), unet_weights(tmp_path / "killed" / "pipeline")
