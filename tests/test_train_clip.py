@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from clipcond.models import load_clip
 from killing import kill_after_checkpoint
 from clipcond.training.clip_config import DataConfig, TrainClipConfig
-from clipcond.training.clip_loop import TrainingDiverged, train_clip
+from clipcond.training.clip_loop import train_clip
+from clipcond.training.run_folder import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")  # ResNet image tower

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from clipcond import CLIPConditionedPipeline
 from killing import kill_after_checkpoint
-from clipcond.training.clip_loop import TrainingDiverged
+from clipcond.training.run_folder import TrainingDiverged
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_loop import train_diffusion
 

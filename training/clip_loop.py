@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from clipcond.losses import clip_loss, siglip_loss
@@ -41,16 +41,12 @@ from clipcond.training.clip_model_setup import (
 from clipcond.training.contrastive_step import contrastive_backward
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
+from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
 
 logger = logging.getLogger(__name__)
 
-CONFIG_SNAPSHOT = "train_config.yaml"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.jsonl"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
 
 
 @dataclass
@@ -72,38 +68,6 @@ class TrainClipResult:
     samples_per_second: float
     skipped: dict[str, int]
     evaluation: dict[str, float] | None
-
-
-def _check_runtime(config: TrainClipConfig) -> None:
-    """Errors that depend on the machine, raised before any work."""
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
-    if config.log_with == "tensorboard":
-        from accelerate.utils import is_tensorboard_available
-
-        if not is_tensorboard_available():
-            raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
-
-
-def _prepare_output_dir(config: TrainClipConfig, resume: bool) -> Path:
-    """Create the run folder, refuse to overwrite a different run, snapshot the config."""
-    output_dir = Path(config.output_dir)
-    snapshot = output_dir / CONFIG_SNAPSHOT
-    current = dataclasses.asdict(config)
-    if snapshot.is_file():
-        if not resume:
-            raise ValueError(
-                f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
-            )
-        previous = yaml.safe_load(snapshot.read_text())
-        changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
-        if changed:
-            raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = snapshot.with_suffix(".tmp")
-    temporary.write_text(yaml.safe_dump(current, sort_keys=False))
-    temporary.replace(snapshot)
-    return output_dir
 
 
 def train_clip(
@@ -128,12 +92,12 @@ def train_clip(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    _check_runtime(config)
+    check_runtime(config.mixed_precision, config.log_with)
     config_dir = Path(config_dir) if config_dir is not None else None
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, log_with=config.log_with, project_dir=config.output_dir
     )
-    output_dir = _prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
+    output_dir = prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
     accelerator.wait_for_everyone()
 
     set_seed(config.seed)
@@ -189,14 +153,9 @@ def train_clip(
         batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
         loss = take_step.backward(batch)
         loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
-        if not torch.isfinite(torch.tensor(loss_value)):
-            optimizer.zero_grad(set_to_none=True)
+        if not np.isfinite(loss_value):
             progress.close()
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
-                "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
-            )
+            stop_if_diverged(loss_value, step, last_checkpoint, optimizer)
         take_step.update()
         progress.update(1)
         window_steps += 1

@@ -28,9 +28,9 @@ from clipcond.conditioning import TextConditioner
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from clipcond.training.clip_batches import ContrastiveBatches
-from clipcond.training.clip_loop import TrainingDiverged, _prepare_output_dir
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.optim import param_groups, warmup_cosine
+from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
 
 PIPELINE_DIR = "pipeline"
 
@@ -109,11 +109,10 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
 
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
+    check_runtime(config.mixed_precision)
     text_encoder = load_frozen_text_encoder(config.text_encoder)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=config.output_dir)
-    output_dir = _prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
+    output_dir = prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
     accelerator.wait_for_everyone()
     set_seed(config.seed)
 
@@ -172,10 +171,8 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         accelerator.backward(loss)
         loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
         if not np.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
             progress.close()
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {loss_value} at step {step}; stopped without saving this state ({kept})")
+            stop_if_diverged(loss_value, step, last_checkpoint, optimizer)
         accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         scheduler.step()

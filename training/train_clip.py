@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clipcond.training.clip_config import TrainClipConfig
-    from clipcond.training.clip_loop import TrainingDiverged, train_clip
+    from clipcond.training.clip_loop import train_clip
+    from clipcond.training.run_folder import TrainingDiverged
 
     path = Path(args.config)
     if not path.is_file():

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the pipeline went. Returns the exit status."""
-    from clipcond.training.clip_loop import TrainingDiverged
+    from clipcond.training.run_folder import TrainingDiverged
     from clipcond.training.diffusion_config import TrainDiffusionConfig
     from clipcond.training.diffusion_loop import train_diffusion
 

@@ -1,0 +1,63 @@
+"""What every training loop does around its steps: check the machine before work, own the
+run folder (refuse to overwrite another run, refuse to resume a changed config), and stop on a
+diverged loss without saving the bad state."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+CONFIG_SNAPSHOT = "train_config.yaml"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
+    """Errors that depend on the machine, raised before any work."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
+    if log_with == "tensorboard":
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
+
+
+def prepare_output_dir(config: Any, resume: bool) -> Path:
+    """Create `config.output_dir`, refuse to overwrite a different run, snapshot the config (a dataclass)."""
+    output_dir = Path(config.output_dir)
+    snapshot = output_dir / CONFIG_SNAPSHOT
+    current = dataclasses.asdict(config)
+    if snapshot.is_file():
+        if not resume:
+            raise ValueError(
+                f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
+            )
+        previous = yaml.safe_load(snapshot.read_text())
+        changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
+        if changed:
+            raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    temporary = snapshot.with_suffix(".tmp")
+    temporary.write_text(yaml.safe_dump(current, sort_keys=False))
+    temporary.replace(snapshot)
+    return output_dir
+
+
+def stop_if_diverged(loss_value: float, step: int, last_checkpoint: Path | None, optimizer: torch.optim.Optimizer) -> None:
+    """Raise `TrainingDiverged` (gradients dropped, nothing saved) when the loss is NaN/inf."""
+    if math.isfinite(loss_value):
+        return
+    optimizer.zero_grad(set_to_none=True)
+    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+    raise TrainingDiverged(
+        f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
+        "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
+    )
