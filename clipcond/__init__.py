@@ -6,6 +6,8 @@ Public API:
     Recipe, get_recipe              how encoders combine
     clip_tokenizer                  the real CLIP tokenizer, offline
     ConditionerConfig               YAML config of a conditioner (custom recipe)
+    TextProjection                  the learned adapter of a custom recipe (a diffusers model)
+    CLIPConditionedPipeline         prompt -> image (a diffusers pipeline)
 """
 
 from clipcond.conditioning import TextConditioner
@@ -18,11 +20,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # The pipeline needs diffusers; import it only when asked for (the core stays light).
+    # The pipeline and the projection need diffusers; import them only when asked for (the core stays light).
     if name == "CLIPConditionedPipeline":
         from clipcond.pipelines import CLIPConditionedPipeline
 
         return CLIPConditionedPipeline
+    if name == "TextProjection":
+        from clipcond.projection import TextProjection
+
+        return TextProjection
     raise AttributeError(f"module 'clipcond' has no attribute {name!r}")
 
 
@@ -32,6 +38,7 @@ __all__ = [
     "PromptEmbeds",
     "Recipe",
     "TextConditioner",
+    "TextProjection",
     "clip_tokenizer",
     "get_recipe",
     "parse_prompt",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from clipcond.encoders import TextEncoder, run_clip, run_t5
 from clipcond.fingerprint import WeightsWatch
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe, custom_recipe, get_recipe
+
+if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner imports it only when used
+    from clipcond.projection import TextProjection
 
 EncoderLike = TextEncoder | tuple[nn.Module, Any]
 
@@ -72,7 +75,10 @@ class TextConditioner:
             Applied to prompts and negative prompts alike.
         projection_dim: add a learned `torch.nn.Linear` to this width (``custom`` only):
             one on the joined channels (``concat_channels``), one per source
-            (``concat_sequence``), or on the T5 tokens (``clip_pooled_t5_tokens``).
+            (``concat_sequence``), or on the T5 tokens (``clip_pooled_t5_tokens``). The layers
+            live in a `TextProjection` (`self.projection`).
+        projection: an existing `TextProjection` (e.g. a pipeline's trained `text_projection`)
+            to use instead of a new one; its layers must fit the recipe and encoders.
         parse_weights: read the weighting syntax `(word:1.3)`, `[word]`, `BREAK`; False treats
             every prompt as plain text.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
@@ -89,6 +95,7 @@ class TextConditioner:
         *,
         clip_skip: int | None = None,
         projection_dim: int | None = None,
+        projection: TextProjection | None = None,
         parse_weights: bool = True,
         cache_size: int = 512,
         cache_dir: str | None = None,
@@ -111,7 +118,7 @@ class TextConditioner:
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
         self.t5_zeros = t5_zeros
-        self.projection = self._build_projection(projection_dim)
+        self.projection = self._build_projection(projection_dim, projection)
         self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._seen_state: tuple | None = None
@@ -187,34 +194,58 @@ class TextConditioner:
             return self.t5.width
         return self.t5_zeros[1] if self.t5_zeros is not None else 0
 
-    def _build_projection(self, projection_dim: int | None) -> nn.ModuleDict | None:
+    def _needed_projection_widths(self) -> dict[str, int]:
+        """Source -> input width of the projection layers this recipe and these encoders need."""
+        combine = self.recipe.combine
+        if combine == "concat_channels":
+            return {"clip": self.clip_width}
+        if combine == "concat_sequence":
+            return {**({"clip": self.clip_width} if self.clip else {}), **({"t5": self.t5_width} if self.t5_width else {})}
+        return {"t5": self.t5_width}
+
+    def _check_widths_without_projection(self) -> None:
         recipe = self.recipe
-        if projection_dim is not None:
-            if isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
-                raise ValueError(f"`projection_dim` must be a positive int or None, got {projection_dim!r}")
-            if recipe.name != "custom":
-                raise ValueError(f"`projection_dim` is for the 'custom' recipe only, not {recipe.name!r}")
         if recipe.combine == "concat_sequence" and self.clip and self.t5_width:
-            if projection_dim is None and not recipe.pad_clip_to_t5_width and self.clip_width != self.t5_width:
+            if not recipe.pad_clip_to_t5_width and self.clip_width != self.t5_width:
                 raise ValueError(
                     f"combine='concat_sequence' joins CLIP tokens (width {self.clip_width}) and T5 tokens "
                     f"(width {self.t5_width}) on the sequence axis; their widths differ, so set "
                     "`projection_dim` to project both to one width"
                 )
-        if projection_dim is None:
+
+    def _build_projection(self, projection_dim: int | None, projection: TextProjection | None) -> TextProjection | None:
+        recipe = self.recipe
+        if projection_dim is None and projection is None:
+            self._check_widths_without_projection()
             return None
+        from clipcond.projection import TextProjection
+
+        if recipe.name != "custom":
+            raise ValueError(f"`projection_dim` / `projection` are for the 'custom' recipe only, not {recipe.name!r}")
+        if projection_dim is not None and (
+            isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1
+        ):
+            raise ValueError(f"`projection_dim` must be a positive int or None, got {projection_dim!r}")
+        if projection is not None:
+            if not isinstance(projection, TextProjection):
+                raise TypeError(f"`projection` must be a TextProjection, got {type(projection).__name__}")
+            if projection_dim is not None and projection_dim != projection.config.projection_dim:
+                raise ValueError(
+                    f"`projection_dim` ({projection_dim}) differs from the given projection's "
+                    f"({projection.config.projection_dim}); pass one of them"
+                )
+            projection_dim = projection.config.projection_dim
+        needed = self._needed_projection_widths()
+        if projection is not None:
+            if projection.input_widths() != needed:
+                raise ValueError(
+                    f"the given projection has layers {projection.input_widths()} (source: input width) but recipe "
+                    f"{recipe.name!r} with these encoders needs {needed}"
+                )
+            return projection
         first = self.encoders[0]
-        if recipe.combine == "concat_channels":
-            layers = {"clip": nn.Linear(self.clip_width, projection_dim)}
-        elif recipe.combine == "concat_sequence":
-            layers = {}
-            if self.clip:
-                layers["clip"] = nn.Linear(self.clip_width, projection_dim)
-            if self.t5_width:
-                layers["t5"] = nn.Linear(self.t5_width, projection_dim)
-        else:
-            layers = {"t5": nn.Linear(self.t5_width, projection_dim)}
-        return nn.ModuleDict(layers).to(device=first.device, dtype=first.dtype)
+        built = TextProjection(projection_dim, clip_width=needed.get("clip"), t5_width=needed.get("t5"))
+        return built.to(device=first.device, dtype=first.dtype)
 
     # ------------------------------------------------------------------ public API
 

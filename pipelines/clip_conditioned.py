@@ -2,7 +2,8 @@
 
 A real `diffusers.DiffusionPipeline`: components `unet`, `scheduler`, optional `vae` (pixel
 space when absent), `text_encoder` + `tokenizer` (CLIP), optional `text_encoder_2` +
-`tokenizer_2` (T5). The recipe and clip-skip live in its config (`model_index.json`), so
+`tokenizer_2` (T5), optional `text_projection` (the learned adapter of a `custom` recipe,
+a `TextProjection`). The recipe and clip-skip live in its config (`model_index.json`), so
 `save_pretrained` / `from_pretrained` rebuild the same pipeline. Every prompt goes through
 the conditioner: weights, long prompts, negative prompts and the embedding cache.
 
@@ -28,6 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
+from clipcond.projection import TextProjection
 
 
 class CLIPConditionedPipeline(DiffusionPipeline):
@@ -41,13 +43,16 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             `CLIPTextModelWithProjection`) and its tokenizer.
         vae: an `AutoencoderKL`, or None for a UNet that works on pixels in [-1, 1].
         text_encoder_2, tokenizer_2: an optional T5 encoder and tokenizer (`custom` recipe).
+        text_projection: an optional `TextProjection` (`custom` recipe) mapping the token
+            states to `unet.config.cross_attention_dim`: the adapter that lets an encoder of
+            another width condition the UNet (trained by `clipcond train-diffusion`).
         recipe: "sd" (one CLIP, last layer) or "custom" (CLIP and/or T5 joined as the
             conditioner decides).
         clip_skip: skip this many final CLIP layers.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
-    _optional_components = ["vae", "text_encoder_2", "tokenizer_2"]
+    _optional_components = ["vae", "text_encoder_2", "tokenizer_2", "text_projection"]
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None = None,
         text_encoder_2: T5EncoderModel | None = None,
         tokenizer_2: PreTrainedTokenizerBase | None = None,
+        text_projection: TextProjection | None = None,
         recipe: str = "sd",
         clip_skip: int | None = None,
     ) -> None:
@@ -70,6 +76,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             vae=vae,
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
+            text_projection=text_projection,
         )
         self.register_to_config(recipe=recipe, clip_skip=clip_skip)
         self._conditioner: TextConditioner | None = None
@@ -92,22 +99,30 @@ class CLIPConditionedPipeline(DiffusionPipeline):
     @property
     def conditioner(self) -> TextConditioner:
         """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
+        projection = getattr(self, "text_projection", None)
         key = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
-               self.config.recipe, self.config.clip_skip)  # fmt: skip
+               id(projection), self.config.recipe, self.config.clip_skip)  # fmt: skip
         if self._conditioner is None or self._conditioner_key != key:
             t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
+            if projection is not None and self.config.recipe != "custom":
+                raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}")
             conditioner = TextConditioner(
-                self.config.recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip
-            )
+                self.config.recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip,
+                projection=projection,
+            )  # fmt: skip
             width = self.unet.config.cross_attention_dim
-            produced = conditioner.clip_width if t5 is None or self.config.recipe == "sd" else max(
-                conditioner.clip_width, conditioner.t5_width
-            )
+            if projection is not None:
+                produced = projection.config.projection_dim
+            elif t5 is None or self.config.recipe == "sd":
+                produced = conditioner.clip_width
+            else:
+                produced = max(conditioner.clip_width, conditioner.t5_width)
             if produced != width:
                 raise ValueError(
                     f"the text encoders give {produced}-wide tokens but unet.config.cross_attention_dim is {width}; "
-                    "use an encoder of that width, or a `custom` TextConditioner with projection_dim="
-                    f"{width} (a learned adapter) and pass its prompt_embeds"
+                    "use an encoder of that width, or add a learned adapter: recipe='custom' with "
+                    f"text_projection=TextProjection(projection_dim={width}, ...) (trained with "
+                    "`clipcond train-diffusion`, `train: adapter`)"
                 )
             self._conditioner, self._conditioner_key = conditioner, key
         return self._conditioner
@@ -287,7 +302,9 @@ def swap_text_encoder(pipe: DiffusionPipeline, text_encoder: torch.nn.Module, to
     if width != expected:
         raise ValueError(
             f"text_encoder is {width} wide but unet.config.cross_attention_dim is {expected}; use an encoder of "
-            f"that width, or a `custom` TextConditioner with projection_dim={expected} (a learned adapter)"
+            f"that width, or a learned adapter: CLIPConditionedPipeline.from_pipe(pipe, text_encoder=..., "
+            f"text_projection=TextProjection(projection_dim={expected}, clip_width={width}), recipe='custom'), "
+            "trained with `clipcond train-diffusion` (`train: adapter`)"
         )
     modules = {"text_encoder": text_encoder.to(pipe.unet.device)}
     if tokenizer is not None:

@@ -8,6 +8,7 @@ Stable Diffusion pipeline, which is then driven through clipcond's conditioner
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import math
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 
 import torch
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "clipcond" / "data" / "shapes-model"
+# The tiny shapes model shipped as package data (found through importlib, so the same in a
+# wheel install and in an editable checkout, where clipcond.pipelines lives outside clipcond/).
+BUNDLED_MODEL = Path(str(importlib.resources.files("clipcond") / "data" / "shapes-model"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -80,6 +80,36 @@ def test_from_pipe_swaps_the_text_encoder(sd_pipe) -> None:
         run(CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow), prompt="a red circle")
 
 
+def test_text_projection_adapts_a_narrow_encoder_and_round_trips(sd_pipe, tmp_path) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from clipcond import TextConditioner, TextProjection
+
+    torch.manual_seed(3)
+    narrow = CLIPTextModel(CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16,
+                                             "intermediate_size": 37})).eval()  # fmt: skip
+    width = sd_pipe.unet.config.cross_attention_dim
+    projection = TextProjection(projection_dim=width, clip_width=16)
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow, text_projection=projection, recipe="custom")
+    images = run(pipe, prompt="a red circle", negative_prompt="blurry")
+    # the same as a hand-built custom conditioner with that projection, fed as prompt_embeds
+    manual = TextConditioner("custom", clip=[(narrow, sd_pipe.tokenizer)], projection=projection)
+    embeds = manual.pipeline_kwargs("a red circle", "blurry")
+    with torch.no_grad():
+        by_embeds = run(ours_from(sd_pipe), prompt_embeds=embeds["prompt_embeds"],
+                        negative_prompt_embeds=embeds["negative_prompt_embeds"])  # fmt: skip
+    assert np.abs(images - by_embeds).max() == 0.0
+    pipe.save_pretrained(tmp_path / "adapted")
+    assert (tmp_path / "adapted" / "text_projection" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "adapted")
+    assert isinstance(loaded.text_projection, TextProjection)
+    assert np.abs(run(loaded, prompt="a red circle", negative_prompt="blurry") - images).max() == 0.0
+    with pytest.raises(ValueError, match="recipe 'custom'"):
+        run(CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow, text_projection=projection), prompt="a")
+    with pytest.raises(ValueError, match="needs"):
+        TextConditioner("custom", clip=[(sd_pipe.text_encoder, sd_pipe.tokenizer)], projection=projection)
+
+
 def test_pixel_space_without_a_vae() -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 

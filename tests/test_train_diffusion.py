@@ -123,3 +123,130 @@ def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tiny_clip_text_pa
     expected, got = unet_weights(reference.pipeline_dir), unet_weights(tmp_path / "killed" / "pipeline")
     difference = max((expected[k] - got[k]).abs().max().item() for k in expected)
     assert difference <= 1e-6, f"killed at {killed_at}: max difference {difference}"
+
+
+def projection_weights(pipeline_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(pipeline_dir / "text_projection" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_adapter_trains_only_the_projection_of_a_narrower_encoder(trained: Path, tmp_path: Path) -> None:
+    from tiny_pipelines import clip_text_model, clip_tokenizer
+
+    narrow = tmp_path / "narrow"
+    clip_text_model(5, hidden_size=16, num_attention_heads=2).save_pretrained(narrow)
+    clip_tokenizer().save_pretrained(narrow)
+    config = tiny_config(narrow, tmp_path / "adapter", unet=None, init_from=str(trained), train="adapter",
+                         projection_dim=32, steps=2, lr=1e-2, ema_decay=None)  # fmt: skip
+    adapter = train_diffusion(config, show_progress=False)
+    before, after = unet_weights(trained), unet_weights(adapter.pipeline_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the UNet is frozen
+    learned = projection_weights(adapter.pipeline_dir)
+    assert learned["layers.clip.weight"].shape == (32, 16)
+    first = load_file(str(tmp_path / "adapter" / "checkpoints" / "step-000000002" / "projection.safetensors"))
+    assert all(torch.equal(first[k], learned[k]) for k in learned)
+    pipe = CLIPConditionedPipeline.from_pretrained(adapter.pipeline_dir)
+    assert pipe.config.recipe == "custom" and pipe.text_projection is not None
+    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+    # adapter + LoRA on cross-attention, starting from that adapter: both move, nothing else
+    both = train_diffusion(
+        dataclasses.replace(config, init_from=str(adapter.pipeline_dir), projection_dim=None, adapter_lora=True,
+                            output_dir=str(tmp_path / "adapter_lora")), show_progress=False,
+    )  # fmt: skip
+    changed = {k for k, v in unet_weights(both.pipeline_dir).items() if not torch.equal(v, after[k])}
+    assert changed and all(".attn2.to_" in k for k in changed)
+    assert any(not torch.equal(v, learned[k]) for k, v in projection_weights(both.pipeline_dir).items())
+
+
+def test_clip_and_t5_with_a_projection_train_and_resume_exactly(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_clip_text_path, tmp_path / "t5", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24)
+    straight = train_diffusion(config, show_progress=False)
+    pipe = CLIPConditionedPipeline.from_pretrained(straight.pipeline_dir)
+    assert pipe.text_encoder_2 is not None and pipe.text_projection.input_widths() == {"clip": 32, "t5": 24}
+    assert pipe.unet.config.cross_attention_dim == 24
+    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert np.isfinite(images).all()
+    # the projection trained with the UNet: it differs from its step-2 state
+    checkpoints = tmp_path / "t5" / "checkpoints"
+    names = ("projection", "unet", "ema")
+    step2 = {n: load_file(str(checkpoints / "step-000000002" / f"{n}.safetensors")) for n in names}
+    step3 = {n: load_file(str(checkpoints / "step-000000003" / f"{n}.safetensors")) for n in names}
+    assert any(not torch.equal(step2["projection"][k], v) for k, v in step3["projection"].items())
+    # resume from step 2 and redo step 3: the same projection, UNet and EMA
+    import shutil
+
+    shutil.rmtree(checkpoints / "step-000000003")
+    shutil.rmtree(straight.pipeline_dir)
+    train_diffusion(config, resume=True, show_progress=False)
+    for n in names:
+        again = load_file(str(checkpoints / "step-000000003" / f"{n}.safetensors"))
+        assert again.keys() == step3[n].keys()
+        assert all(torch.allclose(step3[n][k], again[k], atol=1e-6) for k in again), n
+
+
+def test_adapter_config_errors(tiny_clip_text_path, trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="init_from"):
+        tiny_config(tiny_clip_text_path, tmp_path, train="adapter")
+    with pytest.raises(ValueError, match="adapter_lora"):
+        tiny_config(tiny_clip_text_path, tmp_path, adapter_lora=True)
+    with pytest.raises(ValueError, match="projection_dim"):
+        train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "a", unet=None, init_from=str(trained), train="adapter"),
+                        show_progress=False)  # fmt: skip
+    from tiny_pipelines import clip_text_model, clip_tokenizer
+
+    narrow = tmp_path / "narrow"
+    clip_text_model(5, hidden_size=16, num_attention_heads=2).save_pretrained(narrow)
+    clip_tokenizer().save_pretrained(narrow)
+    with pytest.raises(ValueError, match="projection_dim: 32"):
+        train_diffusion(tiny_config(narrow, tmp_path / "b", unet=None, init_from=str(trained), train="lora"), show_progress=False)
+
+
+def test_fine_tuning_a_stable_diffusion_unet_on_vae_latents(tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from tiny_pipelines import build_sd
+
+    sd = build_sd()
+    sd.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
+    sd.save_pretrained(tmp_path / "sd")
+    config = tiny_config(tmp_path / "sd", tmp_path / "tuned", unet=None, init_from=str(tmp_path / "sd"), steps=2,
+                         lr=1e-2, ema_decay=None)  # fmt: skip
+    result = train_diffusion(config, show_progress=False)
+    assert np.isfinite(result.loss)
+    pipe = CLIPConditionedPipeline.from_pretrained(result.pipeline_dir)
+    assert pipe.vae is not None and pipe.unet.config.in_channels == 4
+    # the noise schedule (and prediction type) of the pipeline it started from
+    for key in ("beta_schedule", "beta_start", "beta_end", "prediction_type"):
+        assert pipe.scheduler.config[key] == sd.scheduler.config[key], key
+    before = load_file(str(tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = unet_weights(result.pipeline_dir)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    images = pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    # the diffusers pipeline loads the fine-tuned parts back as well
+    tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", unet=pipe.unet, safety_checker=None)
+    assert tuned.unet is pipe.unet
+
+
+def test_vae_that_does_not_fit_the_image_size_is_an_error(tiny_clip_text_path, tmp_path: Path) -> None:
+    from tiny_pipelines import _small_vae
+
+    _small_vae(block_out_channels=(4, 4), down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "vae")  # fmt: skip
+    with pytest.raises(ValueError, match="multiple of the VAE's downsampling"):
+        train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run", vae=str(tmp_path / "vae"), image_size=15),
+                        show_progress=False)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_pipeline_from_the_last_checkpoint_equals_the_saved_pipeline(trained: Path) -> None:
+    from clipcond.training.diffusion_setup import pipeline_from_checkpoint
+
+    config = TrainDiffusionConfig.from_yaml(trained.parent / "train_config.yaml")
+    pipe = pipeline_from_checkpoint(config, trained.parent / "checkpoints" / "step-000000003")
+    saved = unet_weights(trained)
+    assert all(torch.equal(saved[k], v) for k, v in pipe.unet.state_dict().items())
+    raw = pipeline_from_checkpoint(config, trained.parent / "checkpoints" / "step-000000003", use_ema=False)
+    assert any(not torch.equal(saved[k], v) for k, v in raw.unet.state_dict().items())

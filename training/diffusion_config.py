@@ -1,4 +1,4 @@
-"""`TrainDiffusionConfig`: a UNet (or LoRA adapter) trained against a frozen text conditioner,
+"""`TrainDiffusionConfig`: a UNet (or LoRA, or a projection adapter) trained against a frozen text conditioner,
 described in YAML (validated: an unknown key is an error naming the key and the file)."""
 
 from __future__ import annotations
@@ -23,17 +23,32 @@ class DiffusionLoraSettings:
 
 @dataclass
 class TrainDiffusionConfig:
-    """A diffusion training run in pixel space.
+    """A diffusion training run, in pixel space or on a VAE's latents.
 
     Attributes:
         text_encoder: folder of the frozen CLIP text tower: a `save_clip` folder (its
             `text_encoder/`), or a transformers text-encoder folder.
+        t5_encoder: folder of a frozen transformers T5 encoder (tokenizer in the folder or its
+            `tokenizer/`), joined to CLIP with the `custom` recipe (CLIP then T5 tokens on the
+            sequence axis); None for CLIP alone (the `sd` recipe).
+        projection_dim: width of a learned `TextProjection` (the `custom` recipe's adapter)
+            between the encoders and the UNet, which then reads tokens of this width; needed
+            when CLIP and T5 widths differ. Taken from `init_from` when its pipeline has one.
         unet: `UNet2DConditionModel` arguments for a UNet from scratch (`sample_size`,
             `in_channels`/`out_channels` (3), `cross_attention_dim` are set by the run); or None
             with `init_from`.
-        init_from: a saved `CLIPConditionedPipeline` whose UNet is fine-tuned (or gets LoRA).
-        train: "unet" (every UNet weight) or "lora" (adapters on cross-attention only).
-        prediction_type: "epsilon" or "v_prediction" (DDPM noise schedule of `num_train_timesteps`).
+        init_from: a saved `CLIPConditionedPipeline`, or a diffusers Stable Diffusion pipeline
+            folder, whose UNet is fine-tuned (or gets LoRA / an adapter). Its noise schedule
+            (`scheduler/`) is the one trained with, and its `vae/` (if any) is used.
+        vae: folder of a frozen `AutoencoderKL` (or a pipeline folder with `vae/`): the UNet
+            then works on its latents (`image_size` must be a multiple of its downsampling).
+            Default: `init_from`'s VAE if it has one, else pixel space.
+        train: "unet" (every UNet weight, and the projection if any), "lora" (LoRA on the
+            UNet's cross-attention only) or "adapter" (only the projection, against a frozen
+            UNet; with `adapter_lora` also LoRA on cross-attention).
+        adapter_lora: with `train: adapter`, also train LoRA (`lora`) on cross-attention.
+        prediction_type: "epsilon" or "v_prediction"; None: `init_from`'s, or "epsilon" (DDPM
+            noise schedule of `num_train_timesteps` from scratch).
         image_size: side of the training images in pixels.
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
         ema_decay: decay of the weight EMA saved as the final UNet; None turns EMA off.
@@ -41,11 +56,15 @@ class TrainDiffusionConfig:
     """
 
     text_encoder: str
+    t5_encoder: str | None = None
+    projection_dim: int | None = None
     unet: dict[str, Any] | None = None
     init_from: str | None = None
-    train: Literal["unet", "lora"] = "unet"
+    vae: str | None = None
+    train: Literal["unet", "lora", "adapter"] = "unet"
+    adapter_lora: bool = False
     lora: DiffusionLoraSettings = field(default_factory=DiffusionLoraSettings)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
     num_train_timesteps: int = 1000
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int = 32
@@ -70,8 +89,12 @@ class TrainDiffusionConfig:
     def __post_init__(self) -> None:
         if (self.unet is None) == (self.init_from is None):
             raise ValueError("give exactly one of `unet` (a UNet from scratch) and `init_from` (a saved pipeline)")
-        if self.train == "lora" and self.init_from is None:
-            raise ValueError("`train: lora` needs `init_from` (adapters go on a trained UNet)")
+        if self.train in ("lora", "adapter") and self.init_from is None:
+            raise ValueError(f"`train: {self.train}` needs `init_from` (it trains against a trained UNet)")
+        if self.adapter_lora and self.train != "adapter":
+            raise ValueError("`adapter_lora` goes with `train: adapter` (for LoRA alone use `train: lora`)")
+        if self.projection_dim is not None and (isinstance(self.projection_dim, bool) or self.projection_dim < 1):
+            raise ValueError(f"`projection_dim` must be a positive int or null, got {self.projection_dim!r}")
         if self.unet is not None:
             from diffusers import UNet2DConditionModel
 

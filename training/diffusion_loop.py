@@ -1,5 +1,7 @@
-"""The diffusion training loop: a pixel-space UNet (or LoRA on its cross-attention) learns to
-denoise images given the prompt embeddings of a frozen CLIP text tower, on accelerate.
+"""The diffusion training loop: a pixel-space UNet (or LoRA on its cross-attention, or only the
+`custom` recipe's projection adapter) learns to denoise images (pixels or VAE latents) given the prompt embeddings of
+frozen text encoders (CLIP, optionally with T5), on accelerate. The models come from
+`diffusion_setup.build_diffusion_models`.
 
 `train_diffusion(config)` reads image-caption batches (the same sources as the CLIP loop),
 noises them with diffusers' DDPM schedule, regresses the noise (or v), drops captions for
@@ -10,7 +12,6 @@ safetensors checkpoints and resumes from them exactly, writes sample grids, and 
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -24,11 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipcond.conditioning import TextConditioner
-from clipcond.tokenization import clip_tokenizer
 from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from clipcond.training.clip_batches import ContrastiveBatches
 from clipcond.training.diffusion_config import TrainDiffusionConfig
+from clipcond.training.diffusion_setup import Denoiser, DiffusionModels, build_diffusion_models, final_denoiser, make_pipeline
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
 
@@ -46,21 +46,6 @@ def pixels_in_unit_range(image: Any, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def load_frozen_text_encoder(path: str) -> nn.Module:
-    """The CLIP text tower of a `save_clip` folder or a transformers folder, frozen, in eval mode."""
-    from transformers import CLIPTextModel
-
-    folder = Path(path)
-    if (folder / "text_encoder").is_dir():
-        folder = folder / "text_encoder"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"text_encoder: no text encoder at {path} (expected config.json or text_encoder/)")
-    # CLIPTextModel (not ...WithProjection): its first output is the per-token states, which is
-    # what a StableDiffusionPipeline reads too; projection weights, if stored, are ignored.
-    model = CLIPTextModel.from_pretrained(folder)
-    return model.eval().requires_grad_(False)
-
-
 @dataclass
 class TrainDiffusionResult:
     """What a finished run reports: where the pipeline went, steps, last loss, throughput."""
@@ -72,30 +57,6 @@ class TrainDiffusionResult:
     skipped: dict[str, int]
 
 
-def _build_unet(config: TrainDiffusionConfig, width: int) -> nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    if config.init_from is not None:
-        folder = Path(config.init_from) / "unet"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
-        unet = UNet2DConditionModel.from_pretrained(folder)
-    else:
-        settings = {"in_channels": 3, "out_channels": 3, **config.unet}
-        unet = UNet2DConditionModel(**settings, sample_size=config.image_size, cross_attention_dim=width)
-    if unet.config.cross_attention_dim != width:
-        raise ValueError(
-            f"the UNet reads {unet.config.cross_attention_dim}-wide tokens but the text encoder gives {width}"
-        )
-    if config.train == "lora":
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
-                                    target_modules=list(config.lora.target_modules), init_lora_weights="gaussian"))  # fmt: skip
-    return unet
-
-
 def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_progress: bool = True) -> TrainDiffusionResult:
     """Run (or resume) the diffusion training described by `config` (see the module docstring).
 
@@ -104,30 +65,27 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-
     check_runtime(config.mixed_precision)
-    text_encoder = load_frozen_text_encoder(config.text_encoder)
+    set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
+    models = build_diffusion_models(config)
+    denoiser, conditioner = models.denoiser, models.conditioner
     accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=config.output_dir)
     output_dir = prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
     accelerator.wait_for_everyone()
-    set_seed(config.seed)
 
-    tokenizer = clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
-    conditioner = TextConditioner("sd", clip=[(text_encoder, tokenizer)], cache_size=100_000)
-    unet = _build_unet(config, text_encoder.config.hidden_size).train()
-    trainable = [parameter for parameter in unet.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(unet, config.weight_decay), lr=config.lr, fused=True)
+    trainable = [parameter for parameter in denoiser.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(denoiser, config.weight_decay), lr=config.lr, fused=True)
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
-    noise_schedule = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
+    noise_schedule = models.noise_schedule
+    prediction_type = noise_schedule.config.prediction_type
     ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay is not None else None
     # EMA weights as a module so checkpoints hold them (the Parameters share the EMA's storage).
     ema_weights = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in ema.shadow_params]) if ema else None
 
-    modules = {"unet": unet, **({"ema": ema_weights} if ema else {})}
+    modules = {"unet": denoiser.unet, **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
+               **({"ema": ema_weights} if ema else {})}  # fmt: skip
     start_step, checkpoint = 0, (latest_checkpoint(output_dir) if resume else None)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
@@ -136,8 +94,10 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
             ema.optimization_step = state["extra"]["ema_step"]
         accelerator.print(f"resuming from {checkpoint} (step {start_step})")
 
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
     conditioner.to(accelerator.device)
+    if models.vae is not None:
+        models.vae.to(accelerator.device)
     batches = ContrastiveBatches(
         config.data, None, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
         start_step=start_step, rank=accelerator.process_index, world=accelerator.num_processes,
@@ -157,16 +117,19 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
             < config.caption_dropout else caption
             for row, caption in enumerate(captions)
         ]  # fmt: skip
-        with torch.no_grad():
+        # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
+        with torch.enable_grad() if models.projection_trains else torch.no_grad():
             context = conditioner.encode(captions).tokens
         # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
         generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + accelerator.process_index)
-        noise = torch.randn(pixels.shape, generator=generator).to(pixels.device)
-        timesteps = torch.randint(0, config.num_train_timesteps, (pixels.shape[0],), generator=generator).to(pixels.device)
-        noisy = noise_schedule.add_noise(pixels, noise, timesteps)
-        target = noise if config.prediction_type == "epsilon" else noise_schedule.get_velocity(pixels, noise, timesteps)
+        clean = models.to_model_space(pixels, generator)
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+        timesteps = timesteps.to(clean.device)
+        noisy = noise_schedule.add_noise(clean, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else noise_schedule.get_velocity(clean, noise, timesteps)
         with accelerator.autocast():
-            prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
+            prediction = wrapped(noisy, timesteps, context)
         loss = F.mse_loss(prediction.float(), target.float())
         accelerator.backward(loss)
         loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
@@ -189,12 +152,12 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
                 with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
         if accelerator.is_main_process and config.sample_every and step % config.sample_every == 0:
-            _write_samples(config, accelerator.unwrap_model(unet), text_encoder, tokenizer, output_dir / "samples" / f"step-{step:07d}.png")
+            _write_samples(config, models, accelerator.unwrap_model(wrapped), output_dir / "samples" / f"step-{step:07d}.png")
         if step % config.checkpoint_every == 0 or step == config.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 last_checkpoint = save_checkpoint(
-                    output_dir, step, {**modules, "unet": accelerator.unwrap_model(unet)},
+                    output_dir, step, modules,
                     optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                     scheduler=scheduler, extra={"ema_step": ema.optimization_step if ema else 0},
                     keep=config.keep_checkpoints,
@@ -205,8 +168,7 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     pipeline_dir = output_dir / PIPELINE_DIR
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = _final_unet(accelerator.unwrap_model(unet), ema)
-        pipe = _pipeline(CLIPConditionedPipeline, final, text_encoder, tokenizer, config)
+        pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
         pipe.save_pretrained(pipeline_dir)
         accelerator.print(batches.skipped.report())
     return TrainDiffusionResult(
@@ -216,37 +178,15 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     )  # fmt: skip
 
 
-def _final_unet(unet: nn.Module, ema: Any) -> nn.Module:
-    """A plain UNet to ship: EMA weights when kept, LoRA merged into the weights."""
-    final = copy.deepcopy(unet)
-    if ema is not None:
-        ema.copy_to([p for p in final.parameters() if p.requires_grad])
-    if getattr(final, "peft_config", None):
-        final.fuse_lora()
-        final.unload_lora()
-    return final.eval()
-
-
-def _pipeline(pipeline_class: Any, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, config: TrainDiffusionConfig) -> Any:
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    pipe = pipeline_class(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _write_samples(config: TrainDiffusionConfig, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any, path: Path) -> None:
+def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denoiser: Denoiser, path: Path) -> None:
     """A row of samples of `config.sample_prompts` with the current weights (fixed seed)."""
     from diffusers.utils import make_image_grid
 
-    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-
-    was_training = unet.training
-    pipe = _pipeline(CLIPConditionedPipeline, unet.eval(), text_encoder, tokenizer, config)
-    images = pipe(list(config.sample_prompts), num_inference_steps=config.sample_steps, guidance_scale=3.0,
-                  generator=torch.Generator().manual_seed(0)).images  # fmt: skip
-    unet.train(was_training)
+    was_training = denoiser.training
+    pipe = make_pipeline(models, denoiser.eval(), config)
+    with torch.no_grad():
+        images = pipe(list(config.sample_prompts), num_inference_steps=config.sample_steps, guidance_scale=3.0,
+                      generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    denoiser.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_image_grid(images, rows=1, cols=len(images)).save(path)
-

@@ -30,6 +30,18 @@ def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
             raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
 
 
+def _defaults(config_class: type) -> dict[str, Any]:
+    """Field -> default value (as `dataclasses.asdict` writes it) for fields that have one."""
+    defaults = {}
+    for field in dataclasses.fields(config_class):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+            defaults[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return defaults
+
+
 def prepare_output_dir(config: Any, resume: bool) -> Path:
     """Create `config.output_dir`, refuse to overwrite a different run, snapshot the config (a dataclass)."""
     output_dir = Path(config.output_dir)
@@ -41,6 +53,8 @@ def prepare_output_dir(config: Any, resume: bool) -> Path:
                 f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
             )
         previous = yaml.safe_load(snapshot.read_text())
+        # A key missing from the snapshot (a field added since it was written) reads as its default.
+        previous = {**_defaults(type(config)), **previous}
         changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
         if changed:
             raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")

@@ -1,0 +1,266 @@
+"""The models of a diffusion training run: frozen text encoders, the conditioner over them,
+the UNet, the optional learned projection (the `custom` recipe's adapter), the optional frozen
+VAE and the noise schedule, with the parts `config.train` names set trainable; and the
+pipeline they make when saved.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipcond.conditioning import TextConditioner
+from clipcond.tokenization import clip_tokenizer
+from clipcond.training.diffusion_config import TrainDiffusionConfig
+
+PROJECTION_DIR = "text_projection"
+
+
+def load_frozen_text_encoder(path: str) -> nn.Module:
+    """The CLIP text tower of a `save_clip` folder or a transformers folder, frozen, in eval mode."""
+    from transformers import CLIPTextModel
+
+    folder = Path(path)
+    if (folder / "text_encoder").is_dir():
+        folder = folder / "text_encoder"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_encoder: no text encoder at {path} (expected config.json or text_encoder/)")
+    # CLIPTextModel (not ...WithProjection): its first output is the per-token states, which is
+    # what a StableDiffusionPipeline reads too; projection weights, if stored, are ignored (and
+    # transformers' report of them as unexpected keys is silenced).
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = CLIPTextModel.from_pretrained(folder)
+    finally:
+        transformers_logging.set_verbosity(level)
+    return model.eval().requires_grad_(False)
+
+
+def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
+    """A transformers T5 encoder and its tokenizer from `path` (tokenizer files in the folder
+    or in `tokenizer/`; the model in the folder or in `text_encoder/`), frozen, in eval mode."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = Path(path)
+    model_folder = folder / "text_encoder" if (folder / "text_encoder" / "config.json").is_file() else folder
+    if not (model_folder / "config.json").is_file():
+        raise FileNotFoundError(f"t5_encoder: no T5 encoder at {path} (expected config.json or text_encoder/)")
+    tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    model = T5EncoderModel.from_pretrained(model_folder)
+    return model.eval().requires_grad_(False), tokenizer
+
+
+class Denoiser(nn.Module):
+    """Everything a run may train: the UNet and the optional projection.
+
+    `forward(noisy, timesteps, context)` -> the UNet's prediction (batch, C, H, W). The
+    projection is applied by the conditioner when it builds `context`; holding it here puts
+    it in the same optimiser, EMA, checkpoint and distributed wrapper as the UNet.
+    """
+
+    def __init__(self, unet: nn.Module, projection: nn.Module | None = None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.projection = projection
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=context).sample
+
+
+@dataclass
+class DiffusionModels:
+    """The models of a run. `recipe` is "sd" (CLIP alone, no projection) or "custom"."""
+
+    denoiser: Denoiser
+    conditioner: TextConditioner
+    text_encoder: nn.Module
+    tokenizer: Any
+    t5_encoder: nn.Module | None
+    t5_tokenizer: Any
+    recipe: str
+    vae: nn.Module | None
+    noise_schedule: Any
+
+    def to_model_space(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Training images (batch, 3, H, W) in [-1, 1] -> what the UNet denoises: the pixels,
+        or VAE latents (batch, C, H/f, W/f) sampled with `generator` and scaled (and shifted)
+        as the pipeline's decoder expects."""
+        if self.vae is None:
+            return pixels
+        with torch.no_grad():
+            distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            noise = torch.randn(distribution.mean.shape, generator=generator).to(distribution.mean)
+            latents = distribution.mean + distribution.std * noise
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((latents - shift) * self.vae.config.scaling_factor).to(pixels.dtype)
+
+    @property
+    def projection_trains(self) -> bool:
+        """Whether prompts must be encoded with gradients (the projection learns)."""
+        projection = self.denoiser.projection
+        return projection is not None and any(p.requires_grad for p in projection.parameters())
+
+
+def _load_init_projection(config: TrainDiffusionConfig) -> nn.Module | None:
+    if config.init_from is None or not (Path(config.init_from) / PROJECTION_DIR).is_dir():
+        return None
+    from clipcond.projection import TextProjection
+
+    return TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
+
+
+def _load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
+    from diffusers import AutoencoderKL
+
+    source = config.vae
+    if source is None and config.init_from is not None and (Path(config.init_from) / "vae").is_dir():
+        source = config.init_from
+    if source is None:
+        return None
+    folder = Path(source) / "vae" if (Path(source) / "vae").is_dir() else Path(source)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"vae: no AutoencoderKL at {source} (expected config.json or vae/)")
+    vae = AutoencoderKL.from_pretrained(folder).eval().requires_grad_(False)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if config.image_size % factor:
+        raise ValueError(f"image_size ({config.image_size}) must be a multiple of the VAE's downsampling ({factor})")
+    return vae
+
+
+def _noise_schedule(config: TrainDiffusionConfig) -> Any:
+    """DDPM training schedule: `init_from`'s scheduler config when it has one, else a fresh one."""
+    from diffusers import DDPMScheduler
+
+    folder = None if config.init_from is None else Path(config.init_from) / "scheduler"
+    if folder is not None and (folder / "scheduler_config.json").is_file():
+        inherited = DDPMScheduler.load_config(folder)
+        overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
+        return DDPMScheduler.from_config(inherited, **overrides)
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type or "epsilon")
+
+
+def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    if config.init_from is not None:
+        folder = Path(config.init_from) / "unet"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
+        unet = UNet2DConditionModel.from_pretrained(folder)
+    else:
+        channels = 3 if vae is None else vae.config.latent_channels
+        size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+        settings = {"in_channels": channels, "out_channels": channels, **config.unet}
+        unet = UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
+    if unet.config.cross_attention_dim != width:
+        raise ValueError(
+            f"the UNet reads {unet.config.cross_attention_dim}-wide tokens but the conditioner gives {width}; "
+            f"set projection_dim: {unet.config.cross_attention_dim} (a learned adapter, `train: adapter`)"
+        )
+    return unet
+
+
+def _add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
+                                target_modules=list(config.lora.target_modules), init_lora_weights="gaussian"))  # fmt: skip
+
+
+def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
+    """Load the encoders, build the conditioner, the UNet and the projection, and set which
+    weights train (`config.train`: "unet" -> UNet and projection; "lora" -> LoRA only;
+    "adapter" -> the projection, plus LoRA with `adapter_lora`).
+
+    Raises:
+        ValueError: `train: adapter` without a projection, or widths that do not fit.
+    """
+    text_encoder = load_frozen_text_encoder(config.text_encoder)
+    tokenizer = clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
+    t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
+    projection = _load_init_projection(config)
+    if config.train == "adapter" and projection is None and config.projection_dim is None:
+        raise ValueError("`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one")
+    recipe = "custom" if (t5_encoder is not None or projection is not None or config.projection_dim) else "sd"
+    conditioner = TextConditioner(
+        recipe, clip=[(text_encoder, tokenizer)], t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
+        projection=projection, projection_dim=config.projection_dim, cache_size=100_000,
+    )  # fmt: skip
+    projection = conditioner.projection
+    width = projection.config.projection_dim if projection is not None else conditioner.clip_width
+    vae = _load_vae(config)
+    unet = _build_unet(config, width, vae)
+    unet.requires_grad_(config.train == "unet")
+    if projection is not None:
+        projection.requires_grad_(config.train in ("unet", "adapter"))
+    if config.train == "lora" or config.adapter_lora:
+        _add_lora(unet, config)
+    denoiser = Denoiser(unet, projection).train()
+    return DiffusionModels(
+        denoiser, conditioner, text_encoder, tokenizer, t5_encoder, t5_tokenizer, recipe, vae, _noise_schedule(config)
+    )
+
+
+def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiffusionConfig) -> Any:
+    """A `CLIPConditionedPipeline` over `denoiser`'s UNet and projection (shared, not copied)
+    and the run's encoders and VAE, with a DDIM scheduler on the training noise schedule."""
+    from diffusers import DDIMScheduler
+
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    scheduler = DDIMScheduler.from_config(models.noise_schedule.config)
+    pipe = CLIPConditionedPipeline(
+        unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
+        text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
+        recipe=models.recipe,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def final_denoiser(denoiser: Denoiser, ema: Any) -> Denoiser:
+    """A copy to ship: EMA weights when kept, LoRA merged into the UNet, in eval mode."""
+    final = copy.deepcopy(denoiser)
+    if ema is not None:
+        ema.copy_to([p for p in final.parameters() if p.requires_grad])
+    if getattr(final.unet, "peft_config", None):
+        final.unet.fuse_lora()
+        final.unet.unload_lora()
+    return final.eval().requires_grad_(False)
+
+
+def pipeline_from_checkpoint(config: TrainDiffusionConfig, checkpoint: str | Path, use_ema: bool = True) -> Any:
+    """The pipeline a run would save, from one of its checkpoints (e.g. to judge a run midway).
+
+    Args:
+        config: the run's config (the one in its `train_config.yaml`).
+        checkpoint: a `checkpoints/step-*` folder of that run.
+        use_ema: take the EMA weights when the checkpoint holds them (as the final save does).
+    """
+    from clipcond.training.checkpoint import load_checkpoint
+
+    models = build_diffusion_models(config)
+    denoiser = models.denoiser
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    modules: dict[str, nn.Module] = {"unet": denoiser.unet}
+    if denoiser.projection is not None:
+        modules["projection"] = denoiser.projection
+    has_ema = (Path(checkpoint) / "ema.safetensors").is_file()
+    ema_weights = nn.ParameterList([nn.Parameter(torch.empty_like(p), requires_grad=False) for p in trainable])
+    if use_ema and has_ema:
+        modules["ema"] = ema_weights
+    load_checkpoint(checkpoint, modules, restore_rng=False)
+    if use_ema and has_ema:
+        with torch.no_grad():
+            for parameter, average in zip(trainable, ema_weights):
+                parameter.copy_(average)
+    return make_pipeline(models, final_denoiser(denoiser, None), config)
