@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 CHECK = """
-import sys, clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.losses, clipcond.cli
+import sys, clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.losses, clipcond.cli, clipcond.lab
 import clipcond.training.clip_loop
 from clipcond import CLIPConditionedPipeline
 site = sys.argv[1]

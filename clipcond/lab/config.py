@@ -1,0 +1,211 @@
+"""The experiment config: which suites, through which setups, with which seeds and metrics.
+
+An experiment YAML (``configs/experiments/*.yaml``)::
+
+    name: bundled-vs-finetuned
+    suites: [configs/suites/single.yaml, configs/suites/binding.yaml]
+    setups:
+      - name: bundled                      # a folder name: letters, digits, "_", "-", "."
+        pipeline: clipcond/data/shapes-model
+      - name: sd15-native
+        pipeline: /models/stable-diffusion-v1-5
+        native: true                       # run the diffusers pipeline as saved (see SetupConfig)
+        guidance_scale: 7.5                # overrides the experiment's value for this setup
+        steps: 30
+    seeds: [0, 1, 2, 3]                    # one image per prompt and seed
+    steps: 25
+    guidance_scale: 5.0
+    height: null                           # null: the pipeline's default size
+    width: null
+    metrics: [judge, clip_score]
+    clip_score_model: runs/clip-tiny-shapes/model
+    output_dir: runs/experiments/bundled-vs-finetuned
+    batch_size: 8
+
+Paths: `suites`, `pipeline` and `clip_score_model` are taken as written when they exist
+relative to the working directory, else relative to the config file's folder (as
+`clipcond train-clip` resolves its paths); `load_experiment_config` resolves them.
+`output_dir` is relative to the working directory, like every run folder.
+
+Checks happen in two places, both before any generation: `ExperimentConfig` checks values
+(names, seeds, steps, metrics, a CLIP model when `clip_score` is asked); `check_experiment`
+checks the files (every suite loads, every pipeline folder and the CLIP folder exist).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from clipcond.config import load_config
+from clipcond.lab.metrics import check_metrics
+from clipcond.lab.suites import SAFE_NAME, PromptSuite, load_suite
+
+_CLIPCOND_PIPELINE = "CLIPConditionedPipeline"
+_WHERE = " (a relative path is read from the working directory, then from the config file's folder)"
+
+
+@dataclass
+class SetupConfig:
+    """One conditioning setup: a saved pipeline and how to sample it.
+
+    Attributes:
+        name: names the setup in the report and its image folder.
+        pipeline: folder of a saved `CLIPConditionedPipeline` or of a diffusers pipeline.
+        guidance_scale, steps: override the experiment's values for this setup.
+        native: for a diffusers pipeline folder, run the pipeline as saved, with its own
+            `encode_prompt` (which truncates prompts at 77 tokens). False (the default) wraps a
+            Stable Diffusion 1.x/2.x pipeline in `CLIPConditionedPipeline`, so prompts go
+            through clipcond's conditioner (long prompts in chunks); pipelines with a second
+            text encoder (SDXL, SD3, Flux, ...) need `native: true`. Ignored for a saved
+            `CLIPConditionedPipeline`.
+    """
+
+    name: str
+    pipeline: str
+    guidance_scale: float | None = None
+    steps: int | None = None
+    native: bool = False
+
+    def __post_init__(self) -> None:
+        if not SAFE_NAME.match(self.name):
+            raise ValueError(f"setup name {self.name!r} is not a folder name (letters, digits, '_', '-', '.')")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"setup {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
+            raise ValueError(f"setup {self.name!r}: guidance_scale must be finite, got {self.guidance_scale}")
+
+
+@dataclass
+class ExperimentConfig:
+    """A prompt-following experiment (the YAML format is in the module docstring).
+
+    Attributes:
+        name: the experiment's name (report title).
+        suites: suite files (`clipcond.lab.suites`); their names must differ.
+        setups: the conditioning setups compared; their names must differ.
+        seeds: one image per prompt and seed, each from `torch.Generator().manual_seed(seed)`.
+        steps, guidance_scale: sampling settings of every setup that does not override them.
+        height, width: image size in pixels; None lets each pipeline use its default.
+        metrics: names from `clipcond.lab.metrics.METRICS`.
+        clip_score_model: CLIP folder for `clip_score` (clipcond `save_clip` or transformers).
+        output_dir: the run folder (images, results.jsonl, experiment.json, report).
+        batch_size: images per pipeline call; results do not depend on it.
+    """
+
+    name: str
+    suites: list[str]
+    setups: list[SetupConfig]
+    seeds: list[int]
+    output_dir: str
+    steps: int = 25
+    guidance_scale: float = 5.0
+    height: int | None = None
+    width: int | None = None
+    metrics: list[str] = field(default_factory=lambda: ["judge"])
+    clip_score_model: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name must be a non-empty string")
+        for key in ("suites", "setups", "seeds"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must list at least one entry")
+        _unique("setup names", [setup.name for setup in self.setups])
+        _unique("seeds", self.seeds)
+        if any(seed < 0 for seed in self.seeds):
+            raise ValueError(f"seeds must be >= 0, got {self.seeds}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be a positive number of pixels or null, got {value}")
+        check_metrics(self.metrics)
+        _unique("metrics", self.metrics)
+        if "clip_score" in self.metrics and not self.clip_score_model:
+            raise ValueError("metric clip_score needs `clip_score_model`: a CLIP folder (clipcond save_clip or transformers)")
+
+    def setup_steps(self, setup: SetupConfig) -> int:
+        """Denoising steps of `setup` (its own, else the experiment's)."""
+        return setup.steps if setup.steps is not None else self.steps
+
+    def setup_guidance(self, setup: SetupConfig) -> float:
+        """Guidance scale of `setup` (its own, else the experiment's)."""
+        return setup.guidance_scale if setup.guidance_scale is not None else self.guidance_scale
+
+
+def _unique(what: str, values: list) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must differ, repeated: {repeated}")
+
+
+def _resolve(path: str, config_dir: Path) -> str:
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists() or not (config_dir / candidate).exists():
+        return str(candidate)  # when neither exists, the error names the path as written
+    return str(config_dir / candidate)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load an experiment YAML and resolve its input paths (see the module docstring).
+
+    Raises:
+        ValueError: an unknown or mistyped key, or a bad value (named with the file).
+    """
+    path = Path(path)
+    config = load_config(ExperimentConfig, path)
+    folder = path.parent
+    return replace(
+        config,
+        suites=[_resolve(suite, folder) for suite in config.suites],
+        setups=[replace(setup, pipeline=_resolve(setup.pipeline, folder)) for setup in config.setups],
+        clip_score_model=None if config.clip_score_model is None else _resolve(config.clip_score_model, folder),
+    )
+
+
+def _check_pipeline(setup: SetupConfig) -> None:
+    folder = Path(setup.pipeline)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        reason = "has no model_index.json (not a saved diffusers pipeline)" if folder.exists() else f"does not exist{_WHERE}"
+        raise FileNotFoundError(f"setup {setup.name!r}: pipeline folder {folder} {reason}")
+    components = json.loads(index.read_text(encoding="utf-8"))
+    wrapped = components.get("_class_name") != _CLIPCOND_PIPELINE and not setup.native
+    second_encoder = any(components.get(key) not in (None, [None, None]) for key in ("text_encoder_2", "text_encoder_3"))
+    if wrapped and (second_encoder or "text_encoder" not in components):
+        raise ValueError(
+            f"setup {setup.name!r}: {folder} holds a {components.get('_class_name')}, which clipcond can only wrap "
+            "when it has one CLIP text encoder (Stable Diffusion 1.x/2.x); set `native: true` to run it as saved"
+        )
+
+
+def check_experiment(config: ExperimentConfig) -> list[PromptSuite]:
+    """Check every file the experiment reads, before any generation; returns the loaded suites.
+
+    Raises:
+        FileNotFoundError: a suite file, pipeline folder or the CLIP folder is missing.
+        ValueError: a malformed suite entry (file and entry named), two suites of one name,
+            or a pipeline clipcond cannot wrap without `native: true`.
+    """
+    suites = [load_suite(path) for path in config.suites]
+    _unique("suite names", [suite.name for suite in suites])
+    for setup in config.setups:
+        _check_pipeline(setup)
+    if "clip_score" in config.metrics:
+        folder = Path(config.clip_score_model)
+        if not ((folder / "clip_config.yaml").is_file() or (folder / "config.json").is_file()):
+            raise FileNotFoundError(
+                f"clip_score_model {folder} is not a CLIP folder: expected clip_config.yaml (clipcond save_clip) "
+                f"or config.json (transformers CLIPModel){'' if folder.exists() else '; it does not exist' + _WHERE}"
+            )
+    return suites
+
+
+__all__ = ["ExperimentConfig", "SetupConfig", "check_experiment", "load_experiment_config"]

@@ -1,0 +1,156 @@
+"""The report of an experiment, written from its run folder alone (experiment.json and
+results.jsonl), so it can be rebuilt at any time (`clipcond experiment --report-only`):
+
+    report.md             settings, then per suite a table: (category, metric) x setup, each cell
+                          "mean [95% interval] (n)"; rates use Wilson intervals, means a bootstrap
+    plots/<metric>.png    bars per suite/category, one per setup, with the intervals
+    grids/<suite>.png     the suite's first prompts under every setup and seed, side by side
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from clipcond.lab.grids import suite_grid
+from clipcond.lab.metrics import JUDGE_VALUES, METRICS
+from clipcond.lab.plots import plot_metric
+from clipcond.lab.results import RESULTS_NAME, read_results
+from clipcond.lab.summary import ALL_CATEGORIES, Cell, summarise
+
+REPORT_NAME = "report.md"
+GRID_PROMPTS = 8
+
+
+def _metric_order(cells: list[Cell]) -> list[str]:
+    present = list(dict.fromkeys(cell.metric for cell in cells))
+    known = [name for name in [*JUDGE_VALUES, "clip_score"] if name in present]
+    return known + [name for name in present if name not in known]
+
+
+def _cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return "–"
+    return f"{cell.mean:.3f} [{cell.low:.3f}, {cell.high:.3f}] ({cell.count})"
+
+
+def _suite_table(cells: list[Cell], suite: str, setups: list[str], metrics: list[str]) -> list[str]:
+    mine = [cell for cell in cells if cell.suite == suite]
+    by_key = {(cell.setup, cell.category, cell.metric): cell for cell in mine}
+    categories = [c for c in dict.fromkeys(cell.category for cell in mine) if c != ALL_CATEGORIES]
+    if len(categories) > 1:
+        categories.append(ALL_CATEGORIES)
+    rows = ["| category | metric | " + " | ".join(setups) + " |", "|---|---|" + "---|" * len(setups)]
+    for category in categories:
+        for metric in metrics:
+            values = [by_key.get((setup, category, metric)) for setup in setups]
+            if any(values):
+                rows.append(f"| {category} | {metric} | " + " | ".join(_cell_text(v) for v in values) + " |")
+    return rows
+
+
+def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected: int) -> list[str]:
+    settings = experiment.get("settings", {})
+    paths = experiment.get("paths", {})
+    text = [
+        f"Fingerprint `{experiment.get('fingerprint', '?')[:16]}`; {len(lines)} of {expected} images "
+        + ("(complete)." if len(lines) >= expected else "(**incomplete**: run the experiment again to finish)."),
+        "",
+        f"Seeds {settings.get('seeds')}, metrics {settings.get('metrics')}, image size "
+        f"{settings.get('height') or 'pipeline default'} x {settings.get('width') or 'pipeline default'}.",
+        "",
+        "| setup | pipeline | steps | guidance | native | weights digest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setup in experiment.get("setups", []):
+        text.append(
+            f"| {setup['name']} | `{paths.get('pipelines', {}).get(setup['name'], '?')}` | {setup['steps']} | "
+            f"{setup['guidance_scale']} | {setup['native']} | `{setup['pipeline_digest'][:12]}` |"
+        )
+    text += ["", "| suite | file | prompts | digest |", "|---|---|---|---|"]
+    prompts = experiment.get("suite_prompts", {})
+    for suite in experiment.get("suites", []):
+        file = paths.get("suites", {}).get(suite["name"], "?")
+        text.append(f"| {suite['name']} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |")
+    if experiment.get("clip_digest"):
+        text += ["", f"CLIP score model: `{paths.get('clip_score_model')}` (`{experiment['clip_digest'][:12]}`)."]
+    return text
+
+
+def _notes(lines: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    notes = ["## Notes", ""]
+    for name in metrics:
+        meaning = JUDGE_VALUES.get(name) or METRICS.get(name, "")
+        notes.append(f"- `{name}`: {meaning}.")
+    notes.append(
+        "- The judge scores only prompts that carry a scene (shapes-world prompts); text-only prompts "
+        "have CLIP score alone. Rates: 95% Wilson interval; means: 95% percentile bootstrap of the mean."
+    )
+    truncated = sorted({line["prompt"] for line in lines if line.get("clip_truncated")})
+    if truncated:
+        notes.append(
+            f"- {len(truncated)} prompt(s) exceed the CLIP context; their CLIP score saw only the start: "
+            + "; ".join(f"\"{prompt[:60]}...\"" for prompt in truncated[:5])
+        )
+    return notes
+
+
+def check_report_dependencies() -> None:
+    """Raise an `ImportError` saying what to install when matplotlib (the charts) is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("the experiment report draws its charts with matplotlib: pip install matplotlib")
+
+
+def write_report(run_folder: str | Path) -> Path:
+    """Write report.md, plots/ and grids/ into an experiment's run folder.
+
+    Returns:
+        The path of report.md.
+
+    Raises:
+        FileNotFoundError: the folder holds no experiment.json (not an experiment's output).
+    """
+    check_report_dependencies()
+    run_folder = Path(run_folder)
+    record_path = run_folder / "experiment.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{run_folder} is not an experiment's run folder: experiment.json is missing")
+    experiment = json.loads(record_path.read_text(encoding="utf-8"))
+    lines, _ = read_results(run_folder / RESULTS_NAME)
+    setups = [setup["name"] for setup in experiment.get("setups", [])]
+    suites = [suite["name"] for suite in experiment.get("suites", [])]
+    seeds = experiment.get("seeds", [])
+    expected = len(setups) * len(seeds) * sum(len(p) for p in experiment.get("suite_prompts", {}).values())
+    cells = summarise(lines)
+    metrics = _metric_order(cells)
+
+    written: set[Path] = set()
+    text = [f"# Experiment: {experiment.get('name', run_folder.name)}", "", *_settings(experiment, lines, expected), ""]
+    for suite in suites:
+        text += [f"## Suite `{suite}`", "", *_suite_table(cells, suite, setups, metrics), ""]
+        if any(line["suite"] == suite for line in lines):
+            grid_path = run_folder / "grids" / f"{suite}.png"
+            grid_path.parent.mkdir(parents=True, exist_ok=True)
+            suite_grid(run_folder, lines, suite, setups, seeds, max_prompts=GRID_PROMPTS).save(grid_path)
+            written.add(grid_path)
+            text += [f"![{suite}: first {GRID_PROMPTS} prompts, every setup and seed](grids/{suite}.png)", ""]
+    if cells:
+        text += ["## Plots", ""]
+        for metric in metrics:
+            written.add(plot_metric(cells, metric, run_folder / "plots" / f"{metric}.png"))
+            text += [f"![{metric}](plots/{metric}.png)", ""]
+    text += _notes(lines, metrics)
+    for folder in ("plots", "grids"):  # charts of metrics or suites the experiment no longer has
+        for stale in (run_folder / folder).glob("*.png"):
+            if stale not in written:
+                stale.unlink()
+    path = run_folder / REPORT_NAME
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("\n".join(text) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+__all__ = ["REPORT_NAME", "check_report_dependencies", "write_report"]

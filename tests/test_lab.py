@@ -1,0 +1,554 @@
+"""The prompt-following lab: suites, metrics against hand computations, an experiment end to
+end on tiny pixel-space pipelines, resuming, stale results, batching, and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from clipcond.cli import SUBCOMMANDS
+from clipcond.lab import (
+    ExperimentConfig,
+    SetupConfig,
+    TextPrompt,
+    bootstrap_interval,
+    clip_score,
+    load_clip_scorer,
+    load_experiment_config,
+    load_suite,
+    run_experiment,
+    shapes_judge_metrics,
+    summarise,
+    wilson_interval,
+)
+from clipcond.lab.grids import GAP, cell_size
+from clipcond.lab.runner import EXPERIMENT_NAME
+from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+from clipcond.shapes import render_scene
+from clipcond.shapes.prompt_suite import SuitePrompt, scene_from_spec
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = {
+    "name": "mini",
+    "prompts": [
+        {"category": "single", "prompt": "a red circle", "objects": [["red", "circle"]]},
+        {"category": "relation", "prompt": "a blue square to the left of a yellow triangle",
+         "objects": [["blue", "square"], ["yellow", "triangle"]], "relation": [0, "left of", 1]},
+        {"category": "count", "prompt": "two green squares", "objects": [["green", "square"], ["green", "square"]]},
+        {"category": "free", "prompt": "a lighthouse at dusk"},
+    ],
+}  # fmt: skip
+LONG_PROMPT = "a plain flat drawing on a bright white background, " * 9 + "a red circle"
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def cli_main(argv: list[str]) -> int:
+    """`clipcond experiment ...`, through its own parser (the full CLI imports every subcommand)."""
+    import argparse
+
+    from clipcond.lab import experiment
+
+    assert ("experiment", "clipcond.lab.experiment") in [entry[:2] for entry in SUBCOMMANDS]
+    assert argv[0] == "experiment"
+    parser = argparse.ArgumentParser(prog="clipcond experiment")
+    experiment.add_arguments(parser)
+    return experiment.run(parser.parse_args(argv[1:]))
+
+
+def _save_pipeline(folder: Path, seed: int) -> Path:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from clipcond import clip_tokenizer
+    from tiny_pipelines import WIDTH, clip_text_model
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=3, out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH, norm_num_groups=4,
+    )  # fmt: skip
+    pipe = CLIPConditionedPipeline(unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer())
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lab_pipelines")
+    return {"a": _save_pipeline(root / "a", 0), "b": _save_pipeline(root / "b", 1)}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    from clipcond.models import ClipTwoTower, load_model_config, save_clip
+
+    torch.manual_seed(0)
+    model = ClipTwoTower(load_model_config(REPO / "configs/models/clip-tiny.yaml"))
+    return save_clip(model, tmp_path_factory.mktemp("lab_clip") / "clip")
+
+
+def _write_suite(path: Path, suite: dict = SUITE) -> Path:
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def _write_config(folder: Path, pipelines: dict[str, Path], clip_dir: Path | None, **overrides) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    suite = overrides.pop("suite", None) or _write_suite(folder / "mini.yaml")
+    config = {
+        "name": "mini experiment", "suites": [str(suite)],
+        "setups": [{"name": name, "pipeline": str(path)} for name, path in pipelines.items()],
+        "seeds": [0, 1], "steps": 2, "guidance_scale": 2.0, "metrics": ["judge", "clip_score"],
+        "clip_score_model": str(clip_dir) if clip_dir else None, "output_dir": str(folder / "out"), "batch_size": 3,
+    }  # fmt: skip
+    config.update(overrides)
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _results(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """Images per CLIPConditionedPipeline call, recorded."""
+    recorded: list[int] = []
+    original = CLIPConditionedPipeline.__call__
+
+    def counting(self, *args, **kwargs):
+        recorded.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", counting)
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, pipelines, clip_dir) -> Path:
+    """A finished experiment run through the command line: 4 prompts x 2 seeds x 2 setups."""
+    config = _write_config(tmp_path_factory.mktemp("lab_run"), pipelines, clip_dir)
+    assert cli_main(["experiment", str(config), "--no-progress"]) == 0
+    return Path(load_experiment_config(config).output_dir)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_experiment_writes_results_images_report_plots_and_grids(finished: Path) -> None:
+    lines = _results(finished)
+    assert len(lines) == 4 * 2 * 2
+    assert {(l["setup"], l["index"], l["seed"]) for l in lines} == {(s, i, d) for s in "ab" for i in range(4) for d in (0, 1)}
+    judged = {"objects_found", "objects", "colour", "shape", "count", "exact"}
+    for line in lines:
+        assert line["suite"] == "mini" and line["prompt"] == SUITE["prompts"][line["index"]]["prompt"]
+        assert line["category"] == SUITE["prompts"][line["index"]]["category"]
+        assert line["image"] == f"images/{line['setup']}/mini/{line['index']}-{line['seed']}.png"
+        assert Image.open(finished / line["image"]).size == (16, 16)
+        expected = {"clip_score"} | {
+            0: judged, 1: judged | {"relation"}, 2: judged, 3: set()}[line["index"]]  # fmt: skip
+        assert set(line["metrics"]) == expected, line
+        assert -1.0 <= line["metrics"]["clip_score"] <= 1.0 and line["clip_truncated"] is False
+    assert {p.name for p in (finished / "plots").glob("*.png")} == {f"{m}.png" for m in judged | {"relation", "clip_score"}}
+    assert (finished / "grids" / "mini.png").is_file()
+    report = (finished / "report.md").read_text()
+    assert "(complete)" in report and "| category | metric | a | b |" in report
+    for cell in summarise(lines):  # every pooled cell is in the report, with its interval and count
+        assert f"{cell.mean:.3f} [{cell.low:.3f}, {cell.high:.3f}] ({cell.count})" in report
+    exact_a = [c for c in summarise(lines) if (c.setup, c.category, c.metric) == ("a", "(all)", "exact")][0]
+    assert exact_a.count == 6  # the three shapes prompts x two seeds; the text prompt is not judged
+    record = json.loads((finished / EXPERIMENT_NAME).read_text())
+    assert [s["name"] for s in record["setups"]] == ["a", "b"] and len(record["fingerprint"]) == 64
+
+
+def test_grid_shows_each_setup_and_seed_upscaled_with_nearest(finished: Path) -> None:
+    grid = np.asarray(Image.open(finished / "grids" / "mini.png").convert("RGB"))
+    size = cell_size([16])
+    assert size == 96
+    step = size + GAP
+    assert grid.shape == (28 + 4 * step, 220 + 4 * step, 3)  # rows: 4 prompts; columns: 2 setups x 2 seeds
+    for row, column, setup, seed in ((0, 0, "a", 0), (1, 3, "b", 1), (3, 2, "b", 0)):
+        image = Image.open(finished / f"images/{setup}/mini/{row}-{seed}.png").convert("RGB")
+        top, left = 28 + row * step, 220 + column * step
+        cell = grid[top : top + size, left : left + size]
+        np.testing.assert_array_equal(cell, np.asarray(image.resize((size, size), Image.NEAREST)))
+
+
+def test_result_clip_scores_are_the_cosine_of_the_saved_images(finished: Path, clip_dir: Path) -> None:
+    from clipcond.models import load_clip
+
+    lines = [l for l in _results(finished) if l["setup"] == "b"]
+    model = load_clip(clip_dir)
+    images = [Image.open(finished / l["image"]).convert("RGB") for l in lines]
+    expected = _hand_clip_score(model, images, [_ids(l["prompt"]) for l in lines])
+    got = torch.tensor([l["metrics"]["clip_score"] for l in lines])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- resuming and stale results
+
+
+def test_second_run_generates_nothing_and_a_new_seed_only_its_images(tmp_path, pipelines, clip_dir, calls) -> None:
+    config_path = _write_config(tmp_path, {"a": pipelines["a"]}, clip_dir)
+    output = run_experiment(load_experiment_config(config_path), show_progress=False)
+    assert sum(calls) == 8
+    before = (output / "results.jsonl").read_text()
+    calls.clear()
+    run_experiment(load_experiment_config(config_path), show_progress=False)
+    assert calls == [] and (output / "results.jsonl").read_text() == before
+    _write_config(tmp_path, {"a": pipelines["a"]}, clip_dir, seeds=[0, 1, 2], suite=tmp_path / "mini.yaml")
+    run_experiment(load_experiment_config(config_path), show_progress=False)
+    assert sum(calls) == 4
+    lines = _results(output)
+    assert len(lines) == 12 and sorted({l["seed"] for l in lines}) == [0, 1, 2]
+    assert (output / "results.jsonl").read_text().startswith(before)  # the first results were kept as they were
+
+
+def test_a_torn_last_line_is_dropped_and_redone(tmp_path, pipelines, calls) -> None:
+    config_path = _write_config(tmp_path, {"a": pipelines["a"]}, None, metrics=["judge"])
+    output = run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    text = (output / "results.jsonl").read_text()
+    (output / "results.jsonl").write_text(text[: len(text) - 20])  # a run killed while writing its last line
+    calls.clear()
+    run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    assert sum(calls) == 1
+    assert (output / "results.jsonl").read_text() == text
+
+
+def test_changed_settings_suite_or_weights_never_mix_stale_results(tmp_path, pipelines, clip_dir, calls) -> None:
+    weights_a = tmp_path / "a"
+    shutil.copytree(pipelines["a"], weights_a)
+    setups = {"a": weights_a, "b": pipelines["b"]}
+    config_path = _write_config(tmp_path, setups, None, metrics=["judge"])
+    output = run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    first = {(l["setup"], l["index"], l["seed"]): l for l in _results(output)}
+
+    # one setup's steps change: only its images are drawn again
+    calls.clear()
+    config = yaml.safe_load(config_path.read_text())
+    config["setups"][1]["steps"] = 3
+    config_path.write_text(yaml.safe_dump(config))
+    run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    assert sum(calls) == 8
+    lines = _results(output)
+    assert len(lines) == 16
+    assert all(l == first[(l["setup"], l["index"], l["seed"])] for l in lines if l["setup"] == "a")
+    assert all(l["key"] != first[(l["setup"], l["index"], l["seed"])]["key"] for l in lines if l["setup"] == "b")
+
+    # one suite entry changes: only that entry is drawn again, and its old prompt is gone
+    calls.clear()
+    suite = json.loads(json.dumps(SUITE))
+    suite["prompts"][0] = {"category": "single", "prompt": "a blue circle", "objects": [["blue", "circle"]]}
+    _write_suite(tmp_path / "mini.yaml", suite)
+    run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    assert sum(calls) == 2 * 2
+    lines = _results(output)
+    assert len(lines) == 16 and "a red circle" not in {l["prompt"] for l in lines}
+
+    # the weights of a pipeline change: its images are drawn again
+    calls.clear()
+    pipe = CLIPConditionedPipeline.from_pretrained(weights_a)
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.add_(0.5)
+    pipe.save_pretrained(weights_a)
+    run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
+    assert sum(calls) == 8 and len(_results(output)) == 16
+
+
+def test_images_do_not_depend_on_batch_size(tmp_path, pipelines) -> None:
+    suite = json.loads(json.dumps(SUITE))
+    suite["prompts"].append({"category": "long", "prompt": LONG_PROMPT, "objects": [["red", "circle"]]})
+    suite_path = _write_suite(tmp_path / "mini.yaml", suite)
+    outputs = []
+    for batch_size in (1, 10):
+        config = _write_config(tmp_path / f"b{batch_size}", {"a": pipelines["a"]}, None, metrics=["judge"],
+                               batch_size=batch_size, suite=suite_path)  # fmt: skip
+        outputs.append(run_experiment(load_experiment_config(config), show_progress=False, write_report=False))
+    for line in _results(outputs[0]):
+        one, batched = (np.asarray(Image.open(output / line["image"]), dtype=np.int16) for output in outputs)
+        assert np.abs(one - batched).max() <= 1, line["prompt"]  # equal up to float rounding of batched kernels
+
+
+def test_a_diffusers_sd_pipeline_runs_wrapped_and_native(tmp_path, clip_dir) -> None:
+    """A setup that is not a shapes model still works; wrapped in clipcond's conditioner, an SD
+    pipeline draws the images its own encode_prompt draws (prompts under 77 tokens)."""
+    import tiny_pipelines
+
+    folder = tmp_path / "sd"
+    tiny_pipelines.build_sd().save_pretrained(folder)
+    config = _write_config(tmp_path, {}, clip_dir, seeds=[0], setups=[
+        {"name": "wrapped", "pipeline": str(folder)}, {"name": "native", "pipeline": str(folder), "native": True}])  # fmt: skip
+    output = run_experiment(load_experiment_config(config), show_progress=False)
+    lines = _results(output)
+    assert len(lines) == 8
+    for index in range(4):
+        wrapped, native = (np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16) for s in ("wrapped", "native"))
+        assert wrapped.shape == (32, 32, 3) and np.abs(wrapped - native).max() <= 1
+
+
+# ---------------------------------------------------------------------------- checks before any work
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(metrics=["judge", "fid"]), ValueError, r"unknown metric.*fid.*known metrics: \['clip_score', 'judge'\]"),
+        (dict(clip_score_model=None), ValueError, "clip_score needs `clip_score_model`"),
+        (dict(colour="red"), ValueError, r"key `colour`: unknown key for ExperimentConfig"),
+        (dict(seeds=[1, 1]), ValueError, "seeds must differ"),
+        (dict(setups=[{"name": "x", "pipeline": "nowhere/at/all"}]), FileNotFoundError, "setup 'x': pipeline folder nowhere/at/all does not exist"),
+        (dict(clip_score_model="nowhere/clip"), FileNotFoundError, "clip_score_model nowhere/clip is not a CLIP folder"),
+        (dict(setups=[{"name": "a/b", "pipeline": "x"}]), ValueError, "not a folder name"),
+    ],
+)  # fmt: skip
+def test_bad_experiments_fail_before_any_generation(tmp_path, pipelines, clip_dir, calls, overrides, error, message) -> None:
+    config = _write_config(tmp_path, pipelines, clip_dir, **overrides)
+    with pytest.raises(error, match=message) as raised:
+        run_experiment(load_experiment_config(config), show_progress=False)
+    if "key `" in message:
+        assert str(config) in str(raised.value)
+    assert calls == [] and not (tmp_path / "out").exists()
+    assert cli_main(["experiment", str(config), "--no-progress"]) == 2
+
+
+def test_malformed_suite_fails_before_any_generation(tmp_path, pipelines, calls) -> None:
+    suite = json.loads(json.dumps(SUITE))
+    suite["prompts"][2]["objects"][1] = ["green", "hexagon"]
+    path = _write_suite(tmp_path / "broken.yaml", suite)
+    config = _write_config(tmp_path, pipelines, None, metrics=["judge"], suite=path)
+    with pytest.raises(ValueError, match=r"broken\.yaml: prompts\[2\]: key `objects\[1\]`: unknown shape 'hexagon'"):
+        run_experiment(load_experiment_config(config), show_progress=False)
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_a_missing_matplotlib_fails_before_any_generation(tmp_path, pipelines, calls, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    config = _write_config(tmp_path, pipelines, None, metrics=["judge"])
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        run_experiment(load_experiment_config(config), show_progress=False)
+    assert calls == []
+    run_experiment(load_experiment_config(config), show_progress=False, write_report=False)  # results without a report
+    assert sum(calls) == 16
+
+
+def test_a_pipeline_with_two_text_encoders_needs_native(tmp_path, pipelines) -> None:
+    folder = tmp_path / "sdxl"
+    shutil.copytree(pipelines["a"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "CLIPTextModelWithProjection"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config = _write_config(tmp_path, {"xl": folder}, None, metrics=["judge"])
+    with pytest.raises(ValueError, match="setup 'xl'.*StableDiffusionXLPipeline.*native: true"):
+        run_experiment(load_experiment_config(config), show_progress=False)
+
+
+def test_relative_paths_resolve_from_the_working_directory_then_the_config_folder(tmp_path, pipelines, monkeypatch) -> None:
+    folder = tmp_path / "configs"
+    _write_suite(tmp_path / "mini.yaml")
+    shutil.copytree(pipelines["a"], folder / "pipes" / "a")
+    path = _write_config(folder, {"a": Path("pipes/a")}, None, metrics=["judge"], suite="../mini.yaml", output_dir="out")
+    monkeypatch.chdir(tmp_path)
+    config = load_experiment_config(path)
+    assert config.setups[0].pipeline == str(folder / "pipes" / "a")  # not in the working directory
+    assert config.suites == [str(folder / "../mini.yaml")]
+    assert config.output_dir == "out"
+    (tmp_path / "pipes").mkdir()
+    shutil.copytree(pipelines["b"], tmp_path / "pipes" / "a")
+    assert load_experiment_config(path).setups[0].pipeline == "pipes/a"  # the working directory comes first
+
+
+# ---------------------------------------------------------------------------- suites
+
+
+def _entries_with(**change) -> dict:
+    entry = {"category": "single", "prompt": "a red circle", "objects": [["red", "circle"]]}
+    entry.update(change)
+    return {"prompts": [{"category": "ok", "prompt": "a blue square", "objects": [["blue", "square"]]}, entry]}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (_entries_with(objects=[["pink", "circle"]]), r"prompts\[1\]: key `objects\[0\]`: unknown colour 'pink'"),
+        (_entries_with(objects=[["red", "star"]]), r"prompts\[1\]: key `objects\[0\]`: unknown shape 'star'"),
+        (_entries_with(objects=[["red"]]), r"prompts\[1\]: key `objects\[0\]`: expected \[colour, shape\]"),
+        (_entries_with(prompt=""), r"prompts\[1\]: key `prompt`: must be a non-empty string"),
+        (_entries_with(colour="red"), r"key `prompts\[1\]\.colour`: unknown key"),
+        (_entries_with(relation=[0, "near", 1]), r"prompts\[1\]: key `relation`: expected \[i, relation, j\]"),
+        (_entries_with(objects=[["red", "circle"], ["blue", "square"]], prompt="a red circle left of a blue square",
+                       relation=[0, "left of", 5]), r"prompts\[1\]: key `relation`: i and j must be two different object indices in \[0, 2\)"),
+        (_entries_with(objects=[["red", "circle"], ["red", "circle"]], prompt="a red circle above a red circle",
+                       relation=[0, "above", 1]), r"prompts\[1\]: key `relation`: objects\[0\] \(red circle\) is not the only one"),
+        (_entries_with(objects=None, relation=[0, "left of", 1]), r"prompts\[1\]: key `relation`: needs `objects`"),
+        (_entries_with(prompt="a blue circle"), r"prompts\[1\]: key `objects\[0\]`: the prompt 'a blue circle' does not name 'red'"),
+        ({"prompts": [{"prompt": "a red circle"}]}, r"key `prompts\[0\]\.category`: required key is missing"),
+        ({"prompts": []}, "the suite holds no prompt"),
+    ],
+)  # fmt: skip
+def test_suite_errors_name_the_file_the_entry_and_the_key(tmp_path, entry, message) -> None:
+    path = _write_suite(tmp_path / "bad-suite.yaml", entry)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_suite(path)
+    assert str(path) in str(raised.value)
+
+
+def test_suite_entries_become_suite_prompts_or_text_prompts(tmp_path) -> None:
+    suite = load_suite(_write_suite(tmp_path / "mini.yaml"))
+    assert suite.name == "mini" and len(suite.prompts) == 4
+    assert suite.prompts[1] == SuitePrompt(
+        "relation", SUITE["prompts"][1]["prompt"], scene_from_spec([("blue", "square"), ("yellow", "triangle")], (0, "left of", 1))
+    )
+    assert suite.prompts[3] == TextPrompt("free", "a lighthouse at dusk") and suite.prompts[3].scene is None
+
+
+def test_shipped_suites_load_and_match_their_generator() -> None:
+    from clipcond import clip_tokenizer
+    from clipcond.shapes import COLOURS, train_pairs
+
+    spec = importlib.util.spec_from_file_location("make_suites", REPO / "benchmarks" / "make_suites.py")
+    make_suites = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_suites)
+    assert make_suites.main(["--check"]) == 0  # the files are what the generator writes
+    suites = {path.stem: load_suite(path) for path in sorted((REPO / "configs" / "suites").glob("*.yaml"))}
+    assert set(suites) == {"single", "binding", "spatial", "counting", "long", "paraphrase"}
+    seen = set(train_pairs())
+    for suite in suites.values():
+        assert 12 <= len(suite.prompts) <= 48, suite.name
+        assert all(o.pair in seen for entry in suite.prompts for o in entry.scene.objects), suite.name
+    assert {entry.scene.objects[0].pair for entry in suites["single"].prompts} == seen
+    binding = suites["binding"].prompts
+    for first, swapped in zip(binding[::2], binding[1::2]):  # each pair is followed by its colour swap
+        (a, b), (c, d) = (o.pair for o in first.scene.objects), (o.pair for o in swapped.scene.objects)
+        assert (c, d) == ((b[0], a[1]), (a[0], b[1]))
+    assert {entry.scene.relation[1] for entry in suites["spatial"].prompts} == {"left of", "right of", "above", "below"}
+    assert {len(entry.scene.objects) for entry in suites["counting"].prompts} == {2, 3}
+    tokenizer = clip_tokenizer()
+    for entry in suites["long"].prompts:
+        first_colour = min(entry.prompt.index(f" {c} ") for c in COLOURS if f" {c} " in entry.prompt)
+        assert len(tokenizer(entry.prompt)["input_ids"]) > 77
+        assert len(tokenizer(entry.prompt[:first_colour])["input_ids"]) > 77  # the objects come after the window
+    example = load_experiment_config(REPO / "configs" / "experiments" / "example-bundled.yaml")
+    assert [Path(p).stem for p in example.suites] == ["single", "binding", "spatial", "counting", "long", "paraphrase"]
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_judge_metrics_are_all_correct_on_rendered_suite_scenes() -> None:
+    entries = [entry for path in sorted((REPO / "configs" / "suites").glob("*.yaml")) for entry in load_suite(path).prompts]
+    for entry in entries[::3]:
+        values = shapes_judge_metrics(render_scene(entry.scene, 32), entry.scene)
+        assert values.pop("objects_found") == 1.0 and all(v is True for v in values.values()), entry.prompt
+        assert ("relation" in values) == (entry.scene.relation is not None)
+
+
+def test_judge_metrics_on_wrong_images() -> None:
+    asked = scene_from_spec([("red", "circle"), ("blue", "square")], (0, "left of", 1))
+    swapped_colours = scene_from_spec([("blue", "circle"), ("red", "square")], (0, "left of", 1))
+    values = shapes_judge_metrics(render_scene(swapped_colours, 32), asked)
+    assert values == {"objects_found": 0.0, "objects": False, "colour": True, "shape": True, "count": False,
+                      "relation": False, "exact": False}  # fmt: skip
+    flipped = scene_from_spec([("red", "circle"), ("blue", "square")], (0, "right of", 1))
+    values = shapes_judge_metrics(render_scene(flipped, 32), asked)
+    assert values["objects"] and values["count"] and not values["relation"] and not values["exact"]
+    blank = shapes_judge_metrics(Image.new("RGB", (32, 32), (255, 255, 255)), asked)
+    assert blank["objects_found"] == 0.0 and not any(v for k, v in blank.items() if k != "objects_found")
+
+
+def _hand_clip_score(model, images: list[Image.Image], token_rows: list[list[int]]) -> torch.Tensor:
+    """Training's preprocessing, encode_image / encode_text (one prompt at a time: no padding), cosine."""
+    from clipcond.training.data import ClipImageTransform
+
+    transform = ClipImageTransform(model.config.vision.image_size)
+    with torch.no_grad():
+        image = model.encode_image(torch.stack([transform(i) for i in images]))
+        texts = torch.cat([model.encode_text(torch.tensor([row])) for row in token_rows])
+    return torch.nn.functional.cosine_similarity(image, texts, dim=-1)
+
+
+def _ids(prompt: str) -> list[int]:
+    from clipcond import clip_tokenizer
+
+    return clip_tokenizer()(prompt)["input_ids"]
+
+
+def test_clip_score_is_the_cosine_of_encode_image_and_encode_text(clip_dir) -> None:
+    from clipcond.models import load_clip
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for s in (16, 32, 64)]
+    prompts = ["a red circle", "two blue squares to the left of a green triangle", "a lighthouse"]
+    model = load_clip(clip_dir)
+    expected = _hand_clip_score(model, images, [_ids(p) for p in prompts])
+    torch.testing.assert_close(clip_score(images, prompts, model), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(clip_score(images, prompts, load_clip_scorer(clip_dir)), expected, atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="1 prompt.*truncated"):
+        long = clip_score(images[:1], [LONG_PROMPT], model)
+    kept = _ids(LONG_PROMPT)[:76] + [49407]  # BOS and the first 75 tokens, then EOS
+    assert len(_ids(LONG_PROMPT)) > 77
+    torch.testing.assert_close(long, _hand_clip_score(model, images[:1], [kept]), atol=1e-5, rtol=0)
+
+
+def test_clip_score_of_a_transformers_clip_model_equals_its_two_tower_twin(tmp_path) -> None:
+    from clipcond.models import ClipTwoTower, build_clip_model, load_model_config
+
+    torch.manual_seed(0)
+    hf_model = build_clip_model(load_model_config(REPO / "configs/models/clip-tiny-vit.yaml")).eval()
+    twin = ClipTwoTower.from_clip_model(hf_model).eval()
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    prompts = ["a red circle", "a blue square"]
+    torch.testing.assert_close(clip_score(images, prompts, hf_model), clip_score(images, prompts, twin), atol=1e-6, rtol=0)
+    hf_model.save_pretrained(tmp_path / "hf")
+    torch.testing.assert_close(
+        clip_score(images, prompts, load_clip_scorer(tmp_path / "hf")), clip_score(images, prompts, twin), atol=1e-6, rtol=0
+    )
+
+
+# ---------------------------------------------------------------------------- intervals
+
+
+def test_wilson_interval_matches_the_formula_and_scipy() -> None:
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    low, high = wilson_interval(8, 10)
+    z = 1.959963984540054
+    centre, half = (0.8 + z * z / 20) / (1 + z * z / 10), z * math.sqrt(0.016 + z * z / 400) / (1 + z * z / 10)
+    assert abs(low - (centre - half)) < 1e-12 and abs(high - (centre + half)) < 1e-12
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in ((3, 7), (0, 5), (41, 50)):
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert abs(wilson_interval(k, n)[0] - ci.low) < 1e-9 and abs(wilson_interval(k, n)[1] - ci.high) < 1e-9
+
+
+def test_bootstrap_interval_of_a_mean_is_near_the_normal_interval() -> None:
+    values = np.random.default_rng(0).normal(0.3, 0.1, size=400)
+    low, high = bootstrap_interval(values)
+    half = 1.96 * values.std() / math.sqrt(values.size)
+    assert abs(low - (values.mean() - half)) < 0.002 and abs(high - (values.mean() + half)) < 0.002
+    assert bootstrap_interval(values) == (low, high)  # a fixed seed: reports are reproducible
+    assert bootstrap_interval([0.25]) == (0.25, 0.25)
+
+
+def test_config_values_are_checked_when_built() -> None:
+    setup = SetupConfig(name="a", pipeline="p")
+    base = dict(name="x", suites=["s.yaml"], setups=[setup], seeds=[0], output_dir="o")
+    assert ExperimentConfig(**base).metrics == ["judge"]
+    with pytest.raises(ValueError, match="setup names must differ"):
+        ExperimentConfig(**{**base, "setups": [setup, setup]})
+    with pytest.raises(ValueError, match="steps and batch_size must be >= 1"):
+        ExperimentConfig(**base, batch_size=0)

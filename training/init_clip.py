@@ -1,0 +1,48 @@
+"""``clipcond init-clip``: a CLIP two-tower with fresh random weights, saved as a model folder.
+
+The control of a text-encoder comparison: the same architecture as a trained tower, never
+trained. ``clipcond init-clip --model configs/models/clip-tiny.yaml --seed 0 -o runs/clip-random/model``
+writes the folder layout `save_clip` writes (its `text_encoder/` conditions a UNet like any other).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `init-clip`."""
+    parser.add_argument("--model", required=True, help="model YAML (e.g. configs/models/clip-tiny.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    parser.add_argument("-o", "--output", required=True, help="model folder to write (must not exist)")
+
+
+def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path:
+    """Build the two-tower described by `model_yaml` with weights drawn from `seed` and save it
+    to `output` (refused if it exists). Returns the folder."""
+    import torch
+
+    from clipcond.models import ClipTwoTower, save_clip
+    from clipcond.models.config import load_model_config
+
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"-o/--output: {output} already exists; choose another folder")
+    config = load_model_config(model_yaml)
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = ClipTwoTower(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return save_clip(model.eval(), output)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the arguments, build, save. Returns the exit status."""
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"--model: no such file {args.model}")
+    folder = init_clip(args.model, args.output, args.seed)
+    print(f"random-init CLIP saved to {folder}")
+    return 0

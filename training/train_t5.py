@@ -1,0 +1,60 @@
+"""Command-line entry of T5 pretraining, for ``accelerate launch -m clipcond.training.train_t5``.
+
+``clipcond train-t5`` runs the same function; both take ``--config`` and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `train-t5`."""
+    parser.add_argument("--config", required=True, help="run config YAML (e.g. configs/train/t5-tiny-shapes.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--steps", type=int, help="override the config's steps")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, train, print where the encoder went and its held-out scores. Returns the exit status."""
+    import dataclasses
+
+    from clipcond.training.run_folder import TrainingDiverged
+    from clipcond.training.t5_config import TrainT5Config
+    from clipcond.training.t5_loop import train_t5
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    config = TrainT5Config.from_yaml(path)
+    overrides = {}
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    try:
+        result = train_t5(config, resume=args.resume, show_progress=not args.no_progress)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print(f"T5 encoder and tokenizer saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})")
+    print("held-out: " + ", ".join(f"{key} {value:.4f}" for key, value in result.evaluation.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m clipcond.training.train_t5 --config ...`."""
+    parser = argparse.ArgumentParser(prog="train_t5", description="span-corruption pretraining of a small T5")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
