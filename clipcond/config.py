@@ -121,3 +121,27 @@ def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def apply_overrides(config: T, assignments: list[str], source: str = "--set") -> T:
+    """A copy of the dataclass `config` with ``KEY=VALUE`` assignments applied and re-validated.
+
+    KEY may be dotted for nested sections (``data.split=heldout``); VALUE is read as YAML
+    (``true``, ``0.5``, ``[a, b]``, ``null``, or a plain string). An unknown key or a value of
+    the wrong type is a `ValueError` naming the key, as when loading a file.
+    """
+    data = dataclasses.asdict(config)
+    for assignment in assignments:
+        key, separator, text = assignment.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"{source}: expected KEY=VALUE, got {assignment!r}")
+        *parents, leaf = key.strip().split(".")
+        target = data
+        for depth, part in enumerate(parents):
+            if not isinstance(target.get(part), dict):
+                raise _fail(".".join(parents[: depth + 1]), source, "is not a section of this config")
+            target = target[part]
+        if leaf not in target:
+            raise _fail(key.strip(), source, f"unknown key; expected one of {sorted(target)}")
+        target[leaf] = yaml.safe_load(text) if text.strip() else ""
+    return config_from_dict(type(config), data, source=source)

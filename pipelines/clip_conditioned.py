@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
 from clipcond.projection import TextProjection
+from clipcond.recipes import custom_recipe
 
 
 class CLIPConditionedPipeline(DiffusionPipeline):
@@ -49,6 +50,8 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         recipe: "sd" (one CLIP, last layer) or "custom" (CLIP and/or T5 joined as the
             conditioner decides).
         clip_skip: skip this many final CLIP layers.
+        t5_max_length: `custom` recipe with T5: the T5 token budget (EOS included); None: the
+            recipe's default (256). Must be the length the UNet was trained with.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
@@ -66,6 +69,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         text_projection: TextProjection | None = None,
         recipe: str = "sd",
         clip_skip: int | None = None,
+        t5_max_length: int | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -78,7 +82,9 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             tokenizer_2=tokenizer_2,
             text_projection=text_projection,
         )
-        self.register_to_config(recipe=recipe, clip_skip=clip_skip)
+        if t5_max_length is not None and (recipe != "custom" or text_encoder_2 is None):
+            raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
+        self.register_to_config(recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length)
         self._conditioner: TextConditioner | None = None
         self._conditioner_key: tuple | None = None
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -101,13 +107,16 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
         projection = getattr(self, "text_projection", None)
         key = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
-               id(projection), self.config.recipe, self.config.clip_skip)  # fmt: skip
+               id(projection), self.config.recipe, self.config.clip_skip, self.config.get("t5_max_length"))  # fmt: skip
         if self._conditioner is None or self._conditioner_key != key:
             t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
             if projection is not None and self.config.recipe != "custom":
                 raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}")
+            recipe = self.config.recipe
+            if recipe == "custom" and self.config.get("t5_max_length") is not None:
+                recipe = custom_recipe(True, True, t5_max_length=self.config.t5_max_length)
             conditioner = TextConditioner(
-                self.config.recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip,
+                recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip,
                 projection=projection,
             )  # fmt: skip
             width = self.unet.config.cross_attention_dim

@@ -95,3 +95,41 @@ def test_builtin_recipe_from_a_pipeline_folder(tmp_path, sd_pipe):
     with torch.no_grad():
         expected = sd_pipe.encode_prompt("a cat", "cpu", 1, False)[0]
     torch.testing.assert_close(cond.encode("a cat").tokens, expected, rtol=0, atol=1e-6)
+
+
+def test_set_overrides_apply_and_validate():
+    from clipcond.config import apply_overrides
+    from clipcond.training.diffusion_config import TrainDiffusionConfig
+
+    base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    changed = apply_overrides(base, ["text_encoder=runs/b/model", "data.split=heldout", "projection_dim=32",
+                                     "sample_prompts=[a red circle]", "ema_decay=null"])  # fmt: skip
+    assert changed.text_encoder == "runs/b/model" and changed.data.split == "heldout"
+    assert changed.projection_dim == 32 and changed.sample_prompts == ["a red circle"] and changed.ema_decay is None
+    assert base.text_encoder == "clip"
+    with pytest.raises(ValueError, match="unknown key"):
+        apply_overrides(base, ["text_encodr=x"])
+    with pytest.raises(ValueError, match=r"data\.split"):
+        apply_overrides(base, ["data.split=everything"])
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides(base, ["lr.x=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides(base, ["lr"])
+    with pytest.raises(ValueError, match="steps"):
+        apply_overrides(base, ["steps=many"])
+
+
+def test_train_commands_take_set_overrides(tmp_path):
+    import argparse
+
+    from clipcond.training import train_diffusion
+
+    parser = argparse.ArgumentParser()
+    train_diffusion.add_arguments(parser)
+    args = parser.parse_args(["--config", "x.yaml", "--set", "lr=0.5", "--set", "data.max_objects=1", "--steps", "7",
+                              "--output-dir", str(tmp_path)])  # fmt: skip
+    from clipcond.training.cli_overrides import config_with_overrides
+    from clipcond.training.diffusion_config import TrainDiffusionConfig
+
+    config = config_with_overrides(TrainDiffusionConfig(text_encoder="clip", unet={}), args)
+    assert (config.lr, config.data.max_objects, config.steps, config.output_dir) == (0.5, 1, 7, str(tmp_path))

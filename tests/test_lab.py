@@ -552,3 +552,63 @@ def test_config_values_are_checked_when_built() -> None:
         ExperimentConfig(**{**base, "setups": [setup, setup]})
     with pytest.raises(ValueError, match="steps and batch_size must be >= 1"):
         ExperimentConfig(**base, batch_size=0)
+
+
+# ---------------------------------------------------------------------------- prepare steps
+
+
+def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from clipcond.lab.prepare import PrepareStep, unique_steps
+
+    clip = tmp_path / "models" / "clip-random"
+    run = tmp_path / "models" / "unet"
+    diffusion = tmp_path / "diffusion.yaml"
+    diffusion.write_text(yaml.safe_dump({
+        "text_encoder": "PLACEHOLDER", "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
+        "image_size": 16, "batch_size": 2, "steps": 2, "warmup_steps": 1, "output_dir": "PLACEHOLDER",
+    }))  # fmt: skip
+    steps = [
+        {"command": "init-clip", "args": ["--model", str(REPO / "configs/models/clip-tiny.yaml"), "-o", str(clip)],
+         "creates": str(clip)},
+        {"command": "train-diffusion", "args": ["--config", str(diffusion), "--set", f"text_encoder={clip}",
+                                                "--output-dir", str(run), "--no-progress"],
+         "creates": str(run / "pipeline")},
+    ]  # fmt: skip
+    config = _write_config(
+        tmp_path / "exp", {}, None, metrics=["judge"], seeds=[0],
+        setups=[{"name": "random", "pipeline": str(run / "pipeline"), "prepare": steps},
+                {"name": "random-again", "pipeline": str(run / "pipeline"), "prepare": steps[:1] + steps[1:]}],
+    )  # fmt: skip
+    assert cli_main(["experiment", str(config), "--check"]) == 0  # plans, makes nothing
+    assert not clip.exists()
+    launched = []
+    original = subprocess.run
+
+    def counting(command, *args, **kwargs):
+        launched.append(command[3])
+        return original(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counting)
+    assert cli_main(["experiment", str(config), "--no-progress"]) == 0
+    assert launched == ["init-clip", "train-diffusion"]  # shared steps run once
+    assert (run / "pipeline" / "model_index.json").is_file()
+    assert len(_results(tmp_path / "exp" / "out")) == 2 * len(SUITE["prompts"])
+    launched.clear()
+    assert cli_main(["experiment", str(config), "--no-progress"]) == 0
+    assert launched == []  # everything exists: nothing trains again
+    with pytest.raises(ValueError, match="two different prepare steps"):
+        unique_steps([[PrepareStep(**steps[0])], [PrepareStep(**{**steps[0], "args": ["--model", "other.yaml"]})]])
+
+
+def test_a_prepare_step_naming_a_missing_config_fails_before_anything_runs(tmp_path, pipelines) -> None:
+    step = {"command": "train-clip", "args": ["--config", str(tmp_path / "missing.yaml")], "creates": str(tmp_path / "m")}
+    config = _write_config(tmp_path, {}, None, metrics=["judge"],
+                           setups=[{"name": "a", "pipeline": str(pipelines["a"]), "prepare": [step]}])  # fmt: skip
+    assert cli_main(["experiment", str(config), "--no-progress"]) == 2
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"setups\[0\]\.prepare\[0\]\.command.*got .rm."):
+        load_experiment_config(_write_config(tmp_path / "b", {}, None, metrics=["judge"], setups=[
+            {"name": "a", "pipeline": str(pipelines["a"]), "prepare": [{**step, "command": "rm"}]}]))  # fmt: skip

@@ -160,11 +160,15 @@ def test_adapter_trains_only_the_projection_of_a_narrower_encoder(trained: Path,
 
 
 def test_clip_and_t5_with_a_projection_train_and_resume_exactly(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_clip_text_path, tmp_path / "t5", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24)
+    config = tiny_config(tiny_clip_text_path, tmp_path / "t5", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24,
+                         t5_max_length=16)  # fmt: skip
     straight = train_diffusion(config, show_progress=False)
     pipe = CLIPConditionedPipeline.from_pretrained(straight.pipeline_dir)
     assert pipe.text_encoder_2 is not None and pipe.text_projection.input_widths() == {"clip": 32, "t5": 24}
     assert pipe.unet.config.cross_attention_dim == 24
+    # the T5 budget of training is stored and used when sampling: 77 CLIP + 16 T5 tokens
+    assert pipe.config.t5_max_length == 16
+    assert tuple(pipe.conditioner.encode("a red circle").tokens.shape) == (1, 77 + 16, 24)
     images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert np.isfinite(images).all()
     # the projection trained with the UNet: it differs from its step-2 state

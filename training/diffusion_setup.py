@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from clipcond.conditioning import TextConditioner
+from clipcond.recipes import custom_recipe
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 
@@ -87,6 +88,7 @@ class DiffusionModels:
     t5_encoder: nn.Module | None
     t5_tokenizer: Any
     recipe: str
+    t5_max_length: int | None
     vae: nn.Module | None
     noise_schedule: Any
 
@@ -191,8 +193,9 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     if config.train == "adapter" and projection is None and config.projection_dim is None:
         raise ValueError("`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one")
     recipe = "custom" if (t5_encoder is not None or projection is not None or config.projection_dim) else "sd"
+    t5_max_length = config.t5_max_length if t5_encoder is not None else None
     conditioner = TextConditioner(
-        recipe, clip=[(text_encoder, tokenizer)], t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
+        custom_recipe(True, True, t5_max_length=t5_max_length) if t5_max_length else recipe, clip=[(text_encoder, tokenizer)], t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
         projection=projection, projection_dim=config.projection_dim, cache_size=100_000,
     )  # fmt: skip
     projection = conditioner.projection
@@ -206,7 +209,8 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         _add_lora(unet, config)
     denoiser = Denoiser(unet, projection).train()
     return DiffusionModels(
-        denoiser, conditioner, text_encoder, tokenizer, t5_encoder, t5_tokenizer, recipe, vae, _noise_schedule(config)
+        denoiser, conditioner, text_encoder, tokenizer, t5_encoder, t5_tokenizer, recipe, t5_max_length, vae,
+        _noise_schedule(config),
     )
 
 
@@ -221,7 +225,7 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
     pipe = CLIPConditionedPipeline(
         unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
         text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
-        recipe=models.recipe,
+        recipe=models.recipe, t5_max_length=models.t5_max_length,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,20 +10,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipcond.training.cli_overrides import add_override_arguments, config_with_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-clip`."""
     parser.add_argument("--config", required=True, help="run config YAML (e.g. configs/train/clip-tiny-shapes.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument("--steps", type=int, help="override the config's steps")
+    add_override_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the model went. Returns the exit status."""
-    import dataclasses
-
     from clipcond.training.clip_config import TrainClipConfig
     from clipcond.training.clip_loop import train_clip
     from clipcond.training.run_folder import TrainingDiverged
@@ -32,13 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {path}")
     config = TrainClipConfig.from_yaml(path)
-    overrides = {}
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if overrides:
-        config = dataclasses.replace(config, **overrides)
+    config = config_with_overrides(config, args)
     try:
         result = train_clip(config, resume=args.resume, config_dir=path.parent, show_progress=not args.no_progress)
     except TrainingDiverged as error:

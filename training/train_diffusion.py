@@ -8,12 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipcond.training.cli_overrides import add_override_arguments, config_with_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-diffusion`."""
     parser.add_argument("--config", required=True, help="run config YAML (TrainDiffusionConfig)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    add_override_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {path}")
     try:
-        result = train_diffusion(TrainDiffusionConfig.from_yaml(path), resume=args.resume, show_progress=not args.no_progress)
+        config = config_with_overrides(TrainDiffusionConfig.from_yaml(path), args)
+        result = train_diffusion(config, resume=args.resume, show_progress=not args.no_progress)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

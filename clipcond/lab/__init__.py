@@ -3,6 +3,7 @@
 Public API:
     load_suite, PromptSuite, TextPrompt, LabPrompt     suite YAML files -> prompts (and scenes)
     ExperimentConfig, SetupConfig                       the experiment YAML
+    PrepareStep, PREPARE_COMMANDS                       training commands that make a setup's models
     load_experiment_config, check_experiment            load (resolving paths), check every file
     run_experiment                                      generate, measure, record; resumable
     write_report                                        report.md, plots/, grids/ from a run folder
@@ -16,6 +17,7 @@ The command line is `clipcond experiment CONFIG.yaml` (`clipcond.lab.experiment`
 """
 
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment, load_experiment_config
+from clipcond.lab.prepare import PREPARE_COMMANDS, PrepareStep
 from clipcond.lab.metrics import (
     JUDGE_VALUES,
     METRICS,
@@ -38,6 +40,8 @@ __all__ = [
     "JUDGE_VALUES",
     "LabPrompt",
     "METRICS",
+    "PREPARE_COMMANDS",
+    "PrepareStep",
     "PromptSuite",
     "SetupConfig",
     "TextPrompt",

@@ -12,6 +12,12 @@ An experiment YAML (``configs/experiments/*.yaml``)::
         native: true                       # run the diffusers pipeline as saved (see SetupConfig)
         guidance_scale: 7.5                # overrides the experiment's value for this setup
         steps: 30
+      - name: trained-here                 # made by training commands before the run
+        pipeline: runs/lab/clip-unet/pipeline
+        prepare:                           # see clipcond.lab.prepare
+          - command: train-diffusion
+            args: [--config, configs/diffusion/shapes-tiny.yaml, --output-dir, runs/lab/clip-unet]
+            creates: runs/lab/clip-unet/pipeline
     seeds: [0, 1, 2, 3]                    # one image per prompt and seed
     steps: 25
     guidance_scale: 5.0
@@ -41,6 +47,7 @@ from pathlib import Path
 
 from clipcond.config import load_config
 from clipcond.lab.metrics import check_metrics
+from clipcond.lab.prepare import PrepareStep
 from clipcond.lab.suites import SAFE_NAME, PromptSuite, load_suite
 
 _CLIPCOND_PIPELINE = "CLIPConditionedPipeline"
@@ -61,6 +68,8 @@ class SetupConfig:
             through clipcond's conditioner (long prompts in chunks); pipelines with a second
             text encoder (SDXL, SD3, Flux, ...) need `native: true`. Ignored for a saved
             `CLIPConditionedPipeline`.
+        prepare: commands that make the pipeline (and what it needs) when missing
+            (`clipcond.lab.prepare`); run by `clipcond experiment` before anything else.
     """
 
     name: str
@@ -68,6 +77,7 @@ class SetupConfig:
     guidance_scale: float | None = None
     steps: int | None = None
     native: bool = False
+    prepare: list[PrepareStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not SAFE_NAME.match(self.name):
@@ -170,8 +180,10 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     )
 
 
-def _check_pipeline(setup: SetupConfig) -> None:
+def _check_pipeline(setup: SetupConfig, allow_pending: bool) -> None:
     folder = Path(setup.pipeline)
+    if allow_pending and not folder.exists() and any(Path(step.creates) == folder for step in setup.prepare):
+        return  # a prepare step will make it
     index = folder / "model_index.json"
     if not index.is_file():
         reason = "has no model_index.json (not a saved diffusers pipeline)" if folder.exists() else f"does not exist{_WHERE}"
@@ -186,8 +198,11 @@ def _check_pipeline(setup: SetupConfig) -> None:
         )
 
 
-def check_experiment(config: ExperimentConfig) -> list[PromptSuite]:
+def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> list[PromptSuite]:
     """Check every file the experiment reads, before any generation; returns the loaded suites.
+
+    With `allow_pending`, a missing pipeline folder that one of its setup's prepare steps
+    creates passes (for checking a plan before training).
 
     Raises:
         FileNotFoundError: a suite file, pipeline folder or the CLIP folder is missing.
@@ -197,7 +212,7 @@ def check_experiment(config: ExperimentConfig) -> list[PromptSuite]:
     suites = [load_suite(path) for path in config.suites]
     _unique("suite names", [suite.name for suite in suites])
     for setup in config.setups:
-        _check_pipeline(setup)
+        _check_pipeline(setup, allow_pending)
     if "clip_score" in config.metrics:
         folder = Path(config.clip_score_model)
         if not ((folder / "clip_config.yaml").is_file() or (folder / "config.json").is_file()):

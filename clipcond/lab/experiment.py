@@ -1,8 +1,10 @@
 """``clipcond experiment CONFIG.yaml``: run prompt suites through conditioning setups and
 write the report (`clipcond.lab.runner`, `clipcond.lab.report`).
 
-Every check (config keys and values, suite files, pipeline and CLIP folders) runs before the
-first image. Re-running the same command resumes: finished images are not generated again.
+First the setups' prepare steps run (`clipcond.lab.prepare`: the training commands that make
+missing models, each resumable). Every check (config keys and values, suite files, prepare
+inputs, pipeline and CLIP folders) runs before the first training step or image. Re-running the
+same command resumes: made models and finished images are not made again.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (clipcond.lab.config.ExperimentConfig)")
     parser.add_argument("--device", help='where pipelines run, e.g. "cpu" or "cuda" (default: cuda when available)')
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
-    parser.add_argument("--check", action="store_true", help="check the config and its files, print the plan, generate nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config and its files, print the plan (prepare steps and images), run nothing")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
     from clipcond.lab.config import check_experiment, load_experiment_config
+    from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.runner import run_experiment
 
@@ -32,18 +36,23 @@ def run(args: argparse.Namespace) -> int:
         if args.report_only:
             print(f"wrote {write_report(config.output_dir)}")
             return 0
-        suites = check_experiment(config)
+        steps = unique_steps([setup.prepare for setup in config.setups])
+        check_steps(steps)
+        suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()
     except (FileNotFoundError, ValueError, ImportError) as error:  # the config or the install: the message says what to fix
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.check:
+        for step in pending_steps(steps):
+            print(f"prepare: clipcond {step.command} {' '.join(step.args)}  (creates {step.creates})")
         prompts = sum(len(suite.prompts) for suite in suites)
         total = prompts * len(config.seeds) * len(config.setups)
         print(f"{config.name}: {len(suites)} suite(s), {prompts} prompts x {len(config.seeds)} seed(s) x "
               f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}")  # fmt: skip
         return 0
+    run_steps(steps)
     output = run_experiment(config, show_progress=not args.no_progress, device=args.device)
     print(f"wrote {output / 'report.md'}")
     return 0

@@ -1,0 +1,33 @@
+"""Command-line overrides shared by the training commands: ``--output-dir``, ``--steps`` and
+``--set KEY=VALUE`` (any config key, dotted for nested sections, value read as YAML).
+
+One config file can then drive several runs, e.g. the setups of an experiment:
+``clipcond train-diffusion --config base.yaml --set text_encoder=runs/clip-b/model --output-dir runs/b``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TypeVar
+
+from clipcond.config import apply_overrides
+
+T = TypeVar("T")
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--output-dir``, ``--steps`` and ``--set`` to a training command's parser."""
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--steps", type=int, help="override the config's steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (dotted for nested sections; VALUE is YAML); repeatable")  # fmt: skip
+
+
+def config_with_overrides(config: T, args: argparse.Namespace) -> T:
+    """`config` with the command line's overrides applied and validated."""
+    assignments = list(args.set)
+    if args.output_dir:
+        assignments.append(f"output_dir={args.output_dir}")
+    if args.steps is not None:
+        assignments.append(f"steps={args.steps}")
+    return apply_overrides(config, assignments) if assignments else config
