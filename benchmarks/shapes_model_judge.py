@@ -83,7 +83,7 @@ def main() -> None:
         pipe = pipeline_from_checkpoint(TrainDiffusionConfig.from_yaml(args.config), args.checkpoint)
         args.model = args.checkpoint
     else:
-        pipe = load_pipeline(args.model)
+        pipe = load_pipeline(args.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     suite = shapes_model_suite()
     prompts, seeds = [entry.prompt for entry in suite], list(range(len(suite)))

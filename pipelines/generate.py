@@ -35,16 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int)
 
 
-def load_pipeline(model: str | Path) -> Any:
-    """A `CLIPConditionedPipeline` from a saved one, or wrapping any diffusers SD-family pipeline."""
+def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
+    """A `CLIPConditionedPipeline` from a saved one, or wrapping any diffusers SD-family pipeline.
+
+    `torch_dtype` casts the weights as they load (None keeps the stored dtype; the bundled
+    model is stored in float16 to keep the package small and loads in float32 on a CPU).
+    """
     from diffusers import DiffusionPipeline
 
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     index = Path(model) / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
-        return CLIPConditionedPipeline.from_pretrained(model)
-    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model))
+        return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
+    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model, **kwargs))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 "or a diffusers Stable Diffusion pipeline"
             )
         model = BUNDLED_MODEL
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, torch_dtype=torch.float32)  # runs on the CPU: float32 whatever the stored dtype
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     images = pipe(
         args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,

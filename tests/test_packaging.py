@@ -1,5 +1,5 @@
 """A plain `pip install .` (a wheel, not the editable checkout) imports every subpackage
-and carries the CLIP vocabulary as package data."""
+and carries the CLIP vocabulary and the bundled shapes model as package data."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models,
     assert module.__file__.startswith(site), (module.__name__, module.__file__)
 from clipcond import clip_tokenizer
 assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+from clipcond.pipelines.generate import BUNDLED_MODEL
+assert str(BUNDLED_MODEL).startswith(site) and (BUNDLED_MODEL / "model_index.json").is_file(), BUNDLED_MODEL
 print("ok")
 """
 
@@ -37,9 +39,14 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
         check=True,
         cwd=tmp_path,
     )
-    env = dict(os.environ, PYTHONPATH=str(site))
+    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", CHECK, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+    # the bundled model generates from the installed wheel, offline, with no --model
+    generate = [sys.executable, "-m", "clipcond.cli", "generate", "a red circle", "-o", str(tmp_path / "out.png"), "--steps", "5"]
+    result = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out.png").is_file()

@@ -237,3 +237,19 @@ def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
     assert Image.open(tmp_path / "grid.png").size == (64, 64)  # 2 x 2 grid, one cell blank
     with pytest.raises(ValueError, match="--output"):
         main(["generate", "a", "-o", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "ours")])
+
+
+def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    from clipcond.cli import main
+    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["generate", "a red circle to the left of a blue square", "-o", str(tmp_path / "a.png"), "--steps", "3"]) == 0
+    assert main(["generate", "a red circle to the left of a blue square", "-o", str(tmp_path / "b.png"), "--steps", "3",
+                 "--model", str(BUNDLED_MODEL)]) == 0  # fmt: skip
+    first, second = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
+    assert first.shape == (32, 32, 3) and np.array_equal(first, second)
+    pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
+    assert pipe.unet.dtype == torch.float32 and pipe.vae is None
