@@ -1,4 +1,4 @@
-"""Command-line overrides shared by the training commands: ``--output-dir``, ``--steps`` and
+"""What the training commands share: the body of `run` (`run_training_command`) and the overrides ``--output-dir``, ``--steps`` and
 ``--set KEY=VALUE`` (any config key, dotted for nested sections, value read as YAML).
 
 One config file can then drive several runs, e.g. the setups of an experiment:
@@ -8,7 +8,10 @@ One config file can then drive several runs, e.g. the setups of an experiment:
 from __future__ import annotations
 
 import argparse
-from typing import TypeVar
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 from clipcond.config import apply_overrides
 
@@ -31,3 +34,30 @@ def config_with_overrides(config: T, args: argparse.Namespace) -> T:
     if args.steps is not None:
         assignments.append(f"steps={args.steps}")
     return apply_overrides(config, assignments) if assignments else config
+
+
+def run_training_command(
+    args: argparse.Namespace,
+    config_class: type,
+    train: Callable[[Any, Path], Any],
+    report: Callable[[Any], list[str]],
+) -> int:
+    """The body of every training command: load `--config` as `config_class`, apply the
+    overrides, call `train(config, config_dir)`, print `report(result)`.
+
+    Returns 0, or 3 when the loss diverged (the message names the last good checkpoint).
+    """
+    from clipcond.training.run_folder import TrainingDiverged
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    config = config_with_overrides(config_class.from_yaml(path), args)
+    try:
+        result = train(config, path.parent)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    for line in report(result):
+        print(line)
+    return 0

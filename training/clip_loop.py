@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
 from clipcond.tokenization import clip_tokenizer
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches, split_batch
 from clipcond.training.clip_config import TrainClipConfig
 from clipcond.training.clip_eval import shapes_zero_shot
@@ -41,7 +41,7 @@ from clipcond.training.clip_model_setup import (
 from clipcond.training.contrastive_step import contrastive_backward
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
 
 logger = logging.getLogger(__name__)
 
@@ -183,18 +183,8 @@ def train_clip(
                 if config.log_with:
                     accelerator.log({f"eval/{k}": v for k, v in evaluation.items()}, step=step)
 
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                last_checkpoint = save_checkpoint(
-                    output_dir,
-                    step,
-                    {"model": unwrapped},
-                    optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                    scheduler=scheduler,
-                    extra={"skipped": dict(skipped.counts)},
-                    keep=config.keep_checkpoints,
-                )
+        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, {"model": unwrapped}, optimizer,
+                                            scheduler, {"skipped": dict(skipped.counts)}, last_checkpoint)  # fmt: skip
     progress.close()
     elapsed = time.perf_counter() - started
     steps_run = max(step - start_step, 0)

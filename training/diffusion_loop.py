@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import ContrastiveBatches
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_setup import Denoiser, DiffusionModels, build_diffusion_models, final_denoiser, make_pipeline
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
 
 PIPELINE_DIR = "pipeline"
 
@@ -153,15 +153,8 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
                     handle.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
         if accelerator.is_main_process and config.sample_every and step % config.sample_every == 0:
             _write_samples(config, models, accelerator.unwrap_model(wrapped), output_dir / "samples" / f"step-{step:07d}.png")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                last_checkpoint = save_checkpoint(
-                    output_dir, step, modules,
-                    optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                    scheduler=scheduler, extra={"ema_step": ema.optimization_step if ema else 0},
-                    keep=config.keep_checkpoints,
-                )  # fmt: skip
+        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, modules, optimizer, scheduler,
+                                            {"ema_step": ema.optimization_step if ema else 0}, last_checkpoint)  # fmt: skip
     progress.close()
     elapsed = time.perf_counter() - started
 

@@ -75,3 +75,29 @@ def stop_if_diverged(loss_value: float, step: int, last_checkpoint: Path | None,
         f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
         "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
     )
+
+
+def checkpoint_if_due(
+    accelerator: Any,
+    step: int,
+    config: Any,
+    output_dir: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer: Any,
+    scheduler: Any,
+    extra: dict[str, Any],
+    last: Path | None,
+) -> Path | None:
+    """Write a checkpoint every `config.checkpoint_every` steps and at `config.steps` (main
+    process; every rank waits); returns the newest checkpoint folder (`last` when none is due)."""
+    from clipcond.training.checkpoint import save_checkpoint
+
+    if step % config.checkpoint_every and step != config.steps:
+        return last
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return last
+    return save_checkpoint(
+        output_dir, step, modules, optimizer=getattr(optimizer, "optimizer", optimizer), scheduler=scheduler,
+        extra=extra, keep=config.keep_checkpoints,
+    )  # fmt: skip

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import CaptionTokenizer
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
 from clipcond.training.span_corruption import IGNORE_INDEX, SpanCorruption
 from clipcond.training.t5_batches import CaptionSource, SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5_config import T5ModelSettings, TrainT5Config
@@ -303,18 +303,8 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         if config.eval_every and step % config.eval_every == 0 and step != config.steps and accelerator.is_main_process:
             evaluate(step)
 
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                last_checkpoint = save_checkpoint(
-                    output_dir,
-                    step,
-                    {"model": unwrapped},
-                    optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                    scheduler=scheduler,
-                    extra={"skipped": dict(skipped.counts)},
-                    keep=config.keep_checkpoints,
-                )
+        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, {"model": unwrapped}, optimizer,
+                                            scheduler, {"skipped": dict(skipped.counts)}, last_checkpoint)  # fmt: skip
     elapsed = time.perf_counter() - started
     steps_run = step - start_step
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from clipcond.training.cli_overrides import add_override_arguments, config_with_overrides
+from clipcond.training.cli_overrides import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,22 +24,18 @@ def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the model went. Returns the exit status."""
     from clipcond.training.clip_config import TrainClipConfig
     from clipcond.training.clip_loop import train_clip
-    from clipcond.training.run_folder import TrainingDiverged
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    config = TrainClipConfig.from_yaml(path)
-    config = config_with_overrides(config, args)
-    try:
-        result = train_clip(config, resume=args.resume, config_dir=path.parent, show_progress=not args.no_progress)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    print(f"model saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})")
-    if result.evaluation:
-        print("zero-shot: " + ", ".join(f"{key} {value:.3f}" for key, value in result.evaluation.items()))
-    return 0
+    def report(result) -> list[str]:
+        lines = [f"model saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})"]
+        if result.evaluation:
+            lines.append("zero-shot: " + ", ".join(f"{key} {value:.3f}" for key, value in result.evaluation.items()))
+        return lines
+
+    return run_training_command(
+        args, TrainClipConfig,
+        lambda config, folder: train_clip(config, resume=args.resume, config_dir=folder, show_progress=not args.no_progress),
+        report,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

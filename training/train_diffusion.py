@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from clipcond.training.cli_overrides import add_override_arguments, config_with_overrides
+from clipcond.training.cli_overrides import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,21 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the pipeline went. Returns the exit status."""
-    from clipcond.training.run_folder import TrainingDiverged
     from clipcond.training.diffusion_config import TrainDiffusionConfig
     from clipcond.training.diffusion_loop import train_diffusion
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    try:
-        config = config_with_overrides(TrainDiffusionConfig.from_yaml(path), args)
-        result = train_diffusion(config, resume=args.resume, show_progress=not args.no_progress)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    print(f"pipeline saved to {result.pipeline_dir} after {result.steps} steps (loss {result.loss:.4f})")
-    return 0
+    return run_training_command(
+        args, TrainDiffusionConfig,
+        lambda config, _: train_diffusion(config, resume=args.resume, show_progress=not args.no_progress),
+        lambda result: [f"pipeline saved to {result.pipeline_dir} after {result.steps} steps (loss {result.loss:.4f})"],
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from clipcond.training.cli_overrides import add_override_arguments, config_with_overrides
+from clipcond.training.cli_overrides import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,23 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the encoder went and its held-out scores. Returns the exit status."""
-    from clipcond.training.run_folder import TrainingDiverged
     from clipcond.training.t5_config import TrainT5Config
     from clipcond.training.t5_loop import train_t5
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    config = TrainT5Config.from_yaml(path)
-    config = config_with_overrides(config, args)
-    try:
-        result = train_t5(config, resume=args.resume, show_progress=not args.no_progress)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    print(f"T5 encoder and tokenizer saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})")
-    print("held-out: " + ", ".join(f"{key} {value:.4f}" for key, value in result.evaluation.items()))
-    return 0
+    return run_training_command(
+        args, TrainT5Config,
+        lambda config, _: train_t5(config, resume=args.resume, show_progress=not args.no_progress),
+        lambda result: [
+            f"T5 encoder and tokenizer saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})",
+            "held-out: " + ", ".join(f"{key} {value:.4f}" for key, value in result.evaluation.items()),
+        ],
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
