@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
 from clipcond.tokenization import clip_tokenizer
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches, split_batch
 from clipcond.training.clip_config import TrainClipConfig
 from clipcond.training.clip_eval import shapes_zero_shot
@@ -41,7 +40,7 @@ from clipcond.training.clip_model_setup import (
 from clipcond.training.contrastive_step import contrastive_backward
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +104,9 @@ def train_clip(
     model.train()
     optimizer, scheduler = make_optimizer(model, config)
 
-    start_step, skipped = 0, SkipCounter()
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, {"model": model}, optimizer, scheduler)
-        start_step = state["step"]
-        skipped.counts.update(state["extra"].get("skipped", {}))
-        accelerator.print(f"resuming from {checkpoint} (step {start_step})")
+    skipped = SkipCounter()
+    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, {"model": model}, optimizer, scheduler)
+    skipped.counts.update(extra.get("skipped", {}))
 
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: ContrastiveModel = accelerator.unwrap_model(prepared_model)

@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import ContrastiveBatches
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_setup import Denoiser, DiffusionModels, build_diffusion_models, final_denoiser, make_pipeline
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
 
 PIPELINE_DIR = "pipeline"
 
@@ -86,13 +85,9 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
 
     modules = {"unet": denoiser.unet, **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
                **({"ema": ema_weights} if ema else {})}  # fmt: skip
-    start_step, checkpoint = 0, (latest_checkpoint(output_dir) if resume else None)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
-        start_step = state["step"]
-        if ema is not None:
-            ema.optimization_step = state["extra"]["ema_step"]
-        accelerator.print(f"resuming from {checkpoint} (step {start_step})")
+    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, modules, optimizer, scheduler)
+    if ema is not None and checkpoint is not None:
+        ema.optimization_step = extra["ema_step"]
 
     wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
     conditioner.to(accelerator.device)

@@ -101,3 +101,21 @@ def checkpoint_if_due(
         output_dir, step, modules, optimizer=getattr(optimizer, "optimizer", optimizer), scheduler=scheduler,
         extra=extra, keep=config.keep_checkpoints,
     )  # fmt: skip
+
+
+def resume_latest(
+    accelerator: Any, output_dir: Path, resume: bool, modules: dict[str, torch.nn.Module], optimizer: Any, scheduler: Any
+) -> tuple[int, dict[str, Any], Path | None]:
+    """With `resume`, load the newest checkpoint of `output_dir` into the objects given.
+
+    Returns (the step to continue after, the checkpoint's `extra`, its folder); (0, {}, None)
+    when not resuming or nothing was saved yet.
+    """
+    from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if checkpoint is None:
+        return 0, {}, None
+    state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
+    accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
+    return state["step"], state["extra"], checkpoint

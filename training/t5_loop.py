@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
 from clipcond.training.clip_batches import CaptionTokenizer
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, stop_if_diverged
+from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
 from clipcond.training.span_corruption import IGNORE_INDEX, SpanCorruption
 from clipcond.training.t5_batches import CaptionSource, SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5_config import T5ModelSettings, TrainT5Config
@@ -234,13 +233,8 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
     )
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
 
-    start_step = 0
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, {"model": model}, optimizer, scheduler)
-        start_step = state["step"]
-        skipped.counts.update(state["extra"].get("skipped", {}))
-        accelerator.print(f"resuming from {checkpoint} (step {start_step})")
+    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, {"model": model}, optimizer, scheduler)
+    skipped.counts.update(extra.get("skipped", {}))
 
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(prepared_model)
