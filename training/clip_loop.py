@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
@@ -40,7 +39,14 @@ from clipcond.training.clip_model_setup import (
 from clipcond.training.contrastive_step import contrastive_backward
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
+from clipcond.training.run_folder import (
+    check_runtime,
+    checkpoint_if_due,
+    prepare_output_dir,
+    progress_bar,
+    resume_latest,
+    stop_if_diverged,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +137,7 @@ def train_clip(
     take_step = ContrastiveStep(accelerator, prepared_model, optimizer, scheduler, config.micro_batch_size)
 
     global_batch = config.batch_size * accelerator.num_processes
-    progress = tqdm(
-        total=config.steps,
-        initial=start_step,
-        desc="train-clip",
-        disable=not (show_progress and accelerator.is_local_main_process),
-        dynamic_ncols=True,
-    )
+    progress = progress_bar(accelerator, config.steps, start_step, "train-clip", show_progress)
     evaluation = None
     loss_value = float("nan")
     started = time.perf_counter()

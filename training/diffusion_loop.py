@@ -23,13 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from clipcond.training.clip_batches import ContrastiveBatches
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_setup import Denoiser, DiffusionModels, build_diffusion_models, final_denoiser, make_pipeline
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
+from clipcond.training.run_folder import (
+    check_runtime,
+    checkpoint_if_due,
+    prepare_output_dir,
+    progress_bar,
+    resume_latest,
+    stop_if_diverged,
+)
 
 PIPELINE_DIR = "pipeline"
 
@@ -99,8 +105,7 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         transform=lambda image: pixels_in_unit_range(image, config.image_size),
     )  # fmt: skip
 
-    progress = tqdm(total=config.steps, initial=start_step, desc="train-diffusion",
-                    disable=not (show_progress and accelerator.is_local_main_process), dynamic_ncols=True)  # fmt: skip
+    progress = progress_bar(accelerator, config.steps, start_step, "train-diffusion", show_progress)
     loss_value, last_checkpoint, step = float("nan"), checkpoint, start_step
     started = window = time.perf_counter()
     for step in range(start_step + 1, config.steps + 1):

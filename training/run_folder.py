@@ -119,3 +119,11 @@ def resume_latest(
     state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
     accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
     return state["step"], state["extra"], checkpoint
+
+
+def progress_bar(accelerator: Any, total: int, start_step: int, name: str, show: bool) -> Any:
+    """The run's tqdm bar over steps, drawn on the local main process only when `show`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start_step, desc=name, dynamic_ncols=True,
+                disable=not (show and accelerator.is_local_main_process))  # fmt: skip

@@ -25,12 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from clipcond.training.clip_batches import CaptionTokenizer
 from clipcond.training.data import SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import check_runtime, checkpoint_if_due, prepare_output_dir, resume_latest, stop_if_diverged
+from clipcond.training.run_folder import (
+    check_runtime,
+    checkpoint_if_due,
+    prepare_output_dir,
+    progress_bar,
+    resume_latest,
+    stop_if_diverged,
+)
 from clipcond.training.span_corruption import IGNORE_INDEX, SpanCorruption
 from clipcond.training.t5_batches import CaptionSource, SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5_config import T5ModelSettings, TrainT5Config
@@ -248,13 +254,7 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
     ]
 
     global_batch = config.batch_size * accelerator.num_processes
-    progress = tqdm(
-        total=config.steps,
-        initial=start_step,
-        desc="train-t5",
-        disable=not (show_progress and accelerator.is_local_main_process),
-        dynamic_ncols=True,
-    )
+    progress = progress_bar(accelerator, config.steps, start_step, "train-t5", show_progress)
 
     def evaluate(step: int) -> dict[str, float]:
         result = evaluate_span_corruption(unwrapped, heldout, markers, accelerator.autocast)
