@@ -49,7 +49,15 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     index = Path(model) / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
-    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model, **kwargs))
+    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    second = getattr(pipe, "text_encoder_2", None)
+    if second is not None and type(second).__name__ != "T5EncoderModel":
+        raise ValueError(
+            f"--model {model} is a {type(pipe).__name__} with a second CLIP text encoder "
+            f"({type(second).__name__}); CLIPConditionedPipeline takes one CLIP and an optional T5. "
+            "Run that pipeline with prompt embeddings from clipcond.TextConditioner.from_pipeline(pipe) instead"
+        )
+    return CLIPConditionedPipeline.from_pipe(pipe)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -253,3 +253,11 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
     assert first.shape == (32, 32, 3) and np.array_equal(first, second)
     pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32 and pipe.vae is None
+
+
+def test_generate_refuses_a_pipeline_with_two_clip_encoders(sdxl_pipe, tmp_path) -> None:
+    from clipcond.pipelines.generate import load_pipeline
+
+    sdxl_pipe.save_pretrained(tmp_path / "sdxl")
+    with pytest.raises(ValueError, match="second CLIP text encoder.*TextConditioner.from_pipeline"):
+        load_pipeline(tmp_path / "sdxl")
