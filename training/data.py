@@ -60,7 +60,8 @@ def decode_image(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
-def _clean_caption(raw: bytes | str) -> str:
+def clean_caption(raw: bytes | str) -> str:
+    """A caption as text with runs of whitespace collapsed to one space."""
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     return " ".join(text.split())
 
@@ -87,7 +88,7 @@ def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Itera
         if image_key is None:
             skipped.skip("no image", key)
             continue
-        caption = _clean_caption(sample.get("txt", b""))
+        caption = clean_caption(sample.get("txt", b""))
         if not caption:
             skipped.skip("empty caption", key)
             continue
@@ -99,9 +100,13 @@ def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Itera
         yield image, caption
 
 
-def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sample]:
-    """Samples from a JSONL manifest: one ``{"image": path, "caption": text}`` per line, image
-    paths relative to the manifest's folder (``"text"`` is accepted for the caption too)."""
+def manifest_entries(manifest: str | Path, skipped: SkipCounter) -> Iterator[tuple[Path | None, str]]:
+    """The lines of a JSONL manifest as (image path or None, caption), in order.
+
+    Each line is ``{"image": path, "caption": text}`` (``"text"`` is accepted for the caption;
+    image paths are relative to the manifest's folder). Unparsable lines and empty captions
+    are skipped and counted.
+    """
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest}")
@@ -111,23 +116,33 @@ def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sam
                 continue
             try:
                 entry = json.loads(line)
-                path = manifest.parent / entry["image"]
-                caption = _clean_caption(entry.get("caption", entry.get("text", "")))
-            except (ValueError, KeyError, TypeError) as error:
+                image = entry.get("image")
+                caption = clean_caption(entry.get("caption", entry.get("text", "")))
+            except (ValueError, AttributeError, TypeError) as error:
                 skipped.skip("bad manifest line", f"{manifest}:{number}: {error!r}")
                 continue
             if not caption:
                 skipped.skip("empty caption", f"{manifest}:{number}")
                 continue
-            try:
-                image = decode_image(path.read_bytes())
-            except FileNotFoundError:
-                skipped.skip("missing image", str(path))
-                continue
-            except Exception as error:  # noqa: BLE001
-                skipped.skip("undecodable image", f"{path}: {error!r}")
-                continue
-            yield image, caption
+            yield (None if image is None else manifest.parent / image), caption
+
+
+def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sample]:
+    """Samples (decoded image, caption) from a JSONL manifest (`manifest_entries`); lines
+    without an image, missing and undecodable images are skipped and counted."""
+    for path, caption in manifest_entries(manifest, skipped):
+        if path is None:
+            skipped.skip("bad manifest line", f"{manifest}: no image for {caption!r}")
+            continue
+        try:
+            image = decode_image(path.read_bytes())
+        except FileNotFoundError:
+            skipped.skip("missing image", str(path))
+            continue
+        except Exception as error:  # noqa: BLE001
+            skipped.skip("undecodable image", f"{path}: {error!r}")
+            continue
+        yield image, caption
 
 
 class ClipImageTransform:

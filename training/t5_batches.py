@@ -14,7 +14,6 @@ uninterrupted one:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from clipcond.shapes import ShapesStream
 from clipcond.training.clip_batches import CaptionTokenizer
 from clipcond.training.clip_config import DataConfig
-from clipcond.training.data import SkipCounter
+from clipcond.training.data import SkipCounter, clean_caption, manifest_entries
 from clipcond.training.span_corruption import EVAL_STREAM, TRAIN_STREAM, SpanCorruption
 
 # Captions do not depend on the rendering, so render as little as the stream allows.
@@ -81,33 +80,10 @@ class CaptionSource:
         return [self.caption(index) for index in range(count)]
 
 
-def _clean(text: str | bytes) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return " ".join(text.split())
-
-
 def manifest_captions(manifest: str | Path | None, skipped: SkipCounter) -> list[str]:
-    """Every caption of a JSONL manifest (``"caption"`` or ``"text"`` of each line), in order."""
-    path = Path(str(manifest))
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    captions = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                caption = _clean(entry.get("caption", entry.get("text", "")))
-            except (ValueError, AttributeError, TypeError) as error:
-                skipped.skip("bad manifest line", f"{path}:{number}: {error!r}")
-                continue
-            if not caption:
-                skipped.skip("empty caption", f"{path}:{number}")
-                continue
-            captions.append(caption)
-    return captions
+    """Every caption of a JSONL manifest (``"caption"`` or ``"text"`` of each line), in order;
+    image files are neither needed nor read."""
+    return [caption for _, caption in manifest_entries(str(manifest), skipped)]
 
 
 def webdataset_captions(urls: Sequence[str], skipped: SkipCounter) -> list[str]:
@@ -120,7 +96,7 @@ def webdataset_captions(urls: Sequence[str], skipped: SkipCounter) -> list[str]:
 
     captions = []
     for sample in wds.WebDataset(list(urls), shardshuffle=False, handler=on_error, empty_check=False):
-        caption = _clean(sample.get("txt", b""))
+        caption = clean_caption(sample.get("txt", b""))
         if caption:
             captions.append(caption)
         else:
