@@ -254,3 +254,45 @@ def test_pipeline_from_the_last_checkpoint_equals_the_saved_pipeline(trained: Pa
     assert all(torch.equal(saved[k], v) for k, v in pipe.unet.state_dict().items())
     raw = pipeline_from_checkpoint(config, trained.parent / "checkpoints" / "step-000000003", use_ema=False)
     assert any(not torch.equal(saved[k], v) for k, v in raw.unet.state_dict().items())
+
+
+def test_cosine_schedule_min_snr_and_trailing_spacing_reach_the_saved_pipeline(tiny_clip_text_path, tmp_path: Path) -> None:
+    run = train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "cos", prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2",
+                    snr_gamma=5.0, timestep_spacing="trailing", steps=2),
+        show_progress=False,
+    )  # fmt: skip
+    assert np.isfinite(run.loss)
+    scheduler = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir).scheduler.config
+    assert (scheduler.beta_schedule, scheduler.prediction_type, scheduler.timestep_spacing) == (
+        "squaredcos_cap_v2", "v_prediction", "trailing")  # fmt: skip
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_each_example_by_its_clipped_snr(prediction_type: str) -> None:
+    from diffusers import DDPMScheduler
+
+    from clipcond.training.diffusion_loop import _denoising_loss
+
+    schedule = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    timesteps = torch.tensor([5, 300, 900])
+    prediction, target = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    alphas_cumprod = schedule.alphas_cumprod[timesteps].double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = torch.clamp(snr, max=5.0) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    per_example = ((prediction - target) ** 2).mean(dim=(1, 2, 3)).double()
+    expected = (per_example * weights).mean()
+    assert torch.allclose(_denoising_loss(prediction, target, timesteps, schedule, 5.0).double(), expected, rtol=1e-5)
+    assert weights[0] < 1 and weights[2] > weights[0]  # the low-noise example is down-weighted
+    plain = _denoising_loss(prediction, target, timesteps, schedule, None)
+    assert torch.allclose(plain, ((prediction - target) ** 2).mean())
+
+
+def test_bad_snr_gamma_and_beta_schedule_are_rejected(tiny_clip_text_path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="snr_gamma"):
+        tiny_config(tiny_clip_text_path, tmp_path, snr_gamma=0.0)
+    from clipcond.config import config_from_dict
+
+    settings = dataclasses.asdict(tiny_config(tiny_clip_text_path, tmp_path))
+    with pytest.raises(ValueError, match="beta_schedule"):
+        config_from_dict(TrainDiffusionConfig, {**settings, "beta_schedule": "cosine"})

@@ -51,6 +51,14 @@ class TrainDiffusionConfig:
         adapter_lora: with `train: adapter`, also train LoRA (`lora`) on cross-attention.
         prediction_type: "epsilon" or "v_prediction"; None: `init_from`'s, or "epsilon" (DDPM
             noise schedule of `num_train_timesteps` from scratch).
+        beta_schedule: the DDPM noise schedule of a run from scratch: "linear" (DDPM's),
+            "scaled_linear" (Stable Diffusion's) or "squaredcos_cap_v2" (the cosine schedule,
+            better for small images); `init_from` runs inherit theirs.
+        snr_gamma: Min-SNR loss weighting (Hang et al. 2023, as diffusers' training scripts'
+            `--snr_gamma`): each example's loss is weighted by min(SNR(t), gamma) / SNR(t)
+            (epsilon) or min(SNR(t), gamma) / (SNR(t) + 1) (v); None: plain MSE.
+        timestep_spacing: how the saved pipeline's DDIM scheduler spaces its sampling steps
+            ("leading", "trailing" or "linspace"; "trailing" starts at the last training step).
         image_size: side of the training images in pixels.
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
         ema_decay: decay of the weight EMA saved as the final UNet; None turns EMA off.
@@ -69,6 +77,9 @@ class TrainDiffusionConfig:
     lora: DiffusionLoraSettings = field(default_factory=DiffusionLoraSettings)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
     num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    snr_gamma: float | None = None
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int = 32
     batch_size: int = 64
@@ -108,6 +119,8 @@ class TrainDiffusionConfig:
             fixed = sorted({"sample_size", "cross_attention_dim"} & set(self.unet))
             if fixed:
                 raise ValueError(f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"`snr_gamma` must be positive or null, got {self.snr_gamma}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -130,7 +130,7 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         target = noise if prediction_type == "epsilon" else noise_schedule.get_velocity(clean, noise, timesteps)
         with accelerator.autocast():
             prediction = wrapped(noisy, timesteps, context)
-        loss = F.mse_loss(prediction.float(), target.float())
+        loss = _denoising_loss(prediction, target, timesteps, noise_schedule, config.snr_gamma)
         accelerator.backward(loss)
         loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
         if not np.isfinite(loss_value):
@@ -169,6 +169,21 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         samples_per_second=config.batch_size * accelerator.num_processes * (step - start_step) / max(elapsed, 1e-9),
         skipped=dict(batches.skipped.counts),
     )  # fmt: skip
+
+
+def _denoising_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_schedule: Any,
+                    snr_gamma: float | None) -> torch.Tensor:
+    """MSE of the (batch, C, H, W) prediction, optionally Min-SNR weighted per example (see
+    `TrainDiffusionConfig.snr_gamma`); a scalar."""
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_schedule, timesteps).float()
+    clipped = torch.clamp(snr, max=snr_gamma)
+    weights = clipped / (snr + 1) if noise_schedule.config.prediction_type == "v_prediction" else clipped / snr
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_example * weights).mean()
 
 
 def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denoiser: Denoiser, path: Path) -> None:

@@ -147,7 +147,10 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
         inherited = DDPMScheduler.load_config(folder)
         overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
         return DDPMScheduler.from_config(inherited, **overrides)
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type or "epsilon")
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type or "epsilon",
+    )  # fmt: skip
 
 
 def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
@@ -221,7 +224,7 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
 
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 
-    scheduler = DDIMScheduler.from_config(models.noise_schedule.config)
+    scheduler = DDIMScheduler.from_config(models.noise_schedule.config, timestep_spacing=config.timestep_spacing)
     pipe = CLIPConditionedPipeline(
         unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
         text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
