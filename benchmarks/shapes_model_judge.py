@@ -48,7 +48,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
 
 
 def table(report) -> list[str]:
-    columns = ("objects", "colour", "shape", "count", "relation", "exact")
+    columns = ("objects", "colour", "shape", "count", "relation", "relation_if_found", "exact")
     lines = ["| category | images | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for name, result in report.categories.items():
         cells = [f"{result.rates[c]:.1%}" if c in result.rates else "" for c in columns]
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="judge this training checkpoint instead of --model (needs --config)")
     parser.add_argument("--config", help="the run config of --checkpoint")
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--scheduler", help="a diffusers scheduler class to sample with instead of the model's "
+                        "(e.g. DDPMScheduler, EulerAncestralDiscreteScheduler), built from its scheduler config")
     parser.add_argument("--guidance", type=float, nargs="+", default=[5.0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--output", default=str(RESULTS / "shapes_model.md"))
@@ -84,6 +86,10 @@ def main() -> None:
         args.model = args.checkpoint
     else:
         pipe = load_pipeline(args.model, torch_dtype=torch.float32)
+    if args.scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     suite = shapes_model_suite()
     prompts, seeds = [entry.prompt for entry in suite], list(range(len(suite)))
@@ -91,7 +97,7 @@ def main() -> None:
         "# The shapes diffusion model, judged",
         "",
         f"model: `{Path(args.model).resolve().relative_to(REPO) if Path(args.model).resolve().is_relative_to(REPO) else args.model}`, "
-        f"{args.steps} DDIM steps, one image per suite entry (seed = entry index), "
+        f"{args.steps} steps of {type(pipe.scheduler).__name__}, one image per suite entry (seed = entry index), "
         f"suite `shapes_model_suite()`: {len(suite)} prompts. Rates are fractions of images.",
         "",
         "Goals (issue 4): single object colour+shape >= 90% (`single`, objects), relation >= 80% "

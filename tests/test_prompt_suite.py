@@ -71,6 +71,7 @@ def test_judge_scores_wrong_images_wrong():
     report = judge_suite(flipped, relations)
     assert report.categories["relation"].rates["objects"] == 1.0
     assert report.categories["relation"].rates["relation"] == 0.0
+    assert report.categories["relation"].rates["relation_if_found"] == 0.0
     # colours swapped between the two objects: both bindings wrong, colours and shapes still right
     two = [entry for entry in suite if entry.category == "two_objects"]
     two = [e for e in two if e.scene.objects[0].colour != e.scene.objects[1].colour

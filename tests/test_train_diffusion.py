@@ -259,11 +259,13 @@ def test_pipeline_from_the_last_checkpoint_equals_the_saved_pipeline(trained: Pa
 def test_cosine_schedule_min_snr_and_trailing_spacing_reach_the_saved_pipeline(tiny_clip_text_path, tmp_path: Path) -> None:
     run = train_diffusion(
         tiny_config(tiny_clip_text_path, tmp_path / "cos", prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2",
-                    snr_gamma=5.0, timestep_spacing="trailing", steps=2),
+                    snr_gamma=5.0, timestep_spacing="trailing", sample_scheduler="DDPMScheduler", steps=2),
         show_progress=False,
     )  # fmt: skip
     assert np.isfinite(run.loss)
-    scheduler = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir).scheduler.config
+    scheduler = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir).scheduler
+    assert type(scheduler).__name__ == "DDPMScheduler"
+    scheduler = scheduler.config
     assert (scheduler.beta_schedule, scheduler.prediction_type, scheduler.timestep_spacing) == (
         "squaredcos_cap_v2", "v_prediction", "trailing")  # fmt: skip
 
@@ -291,6 +293,9 @@ def test_min_snr_weights_each_example_by_its_clipped_snr(prediction_type: str) -
 def test_bad_snr_gamma_and_beta_schedule_are_rejected(tiny_clip_text_path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="snr_gamma"):
         tiny_config(tiny_clip_text_path, tmp_path, snr_gamma=0.0)
+    for name in ("DDPMPipeline", "NoSuchScheduler", "DDPM"):
+        with pytest.raises(ValueError, match="sample_scheduler"):
+            tiny_config(tiny_clip_text_path, tmp_path, sample_scheduler=name)
     from clipcond.config import config_from_dict
 
     settings = dataclasses.asdict(tiny_config(tiny_clip_text_path, tmp_path))

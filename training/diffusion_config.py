@@ -57,7 +57,10 @@ class TrainDiffusionConfig:
         snr_gamma: Min-SNR loss weighting (Hang et al. 2023, as diffusers' training scripts'
             `--snr_gamma`): each example's loss is weighted by min(SNR(t), gamma) / SNR(t)
             (epsilon) or min(SNR(t), gamma) / (SNR(t) + 1) (v); None: plain MSE.
-        timestep_spacing: how the saved pipeline's DDIM scheduler spaces its sampling steps
+        sample_scheduler: the diffusers scheduler class the saved pipeline samples with (built
+            from the training noise schedule), e.g. "DDIMScheduler" or "DDPMScheduler"
+            (ancestral: fresh noise at every step).
+        timestep_spacing: how the saved pipeline's scheduler spaces its sampling steps
             ("leading", "trailing" or "linspace"; "trailing" starts at the last training step).
         image_size: side of the training images in pixels.
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
@@ -79,6 +82,7 @@ class TrainDiffusionConfig:
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     snr_gamma: float | None = None
+    sample_scheduler: str = "DDIMScheduler"
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int = 32
@@ -121,6 +125,11 @@ class TrainDiffusionConfig:
                 raise ValueError(f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"`snr_gamma` must be positive or null, got {self.snr_gamma}")
+        import diffusers
+
+        scheduler_class = getattr(diffusers, self.sample_scheduler, None)
+        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
+            raise ValueError(f"`sample_scheduler` must name a diffusers scheduler class (e.g. DDIMScheduler), got {self.sample_scheduler!r}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

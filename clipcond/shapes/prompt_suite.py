@@ -145,7 +145,8 @@ class CategoryResult:
         rates: fraction of images for which each check held: "objects" (every
             object found with its colour and shape bound right), "colour",
             "shape", "count", "relation" (only for prompts with a relation),
-            "exact" (`SceneScore.all_correct`: nothing missing, nothing extra).
+            "relation_if_found" (the relation among the images that found both
+            objects: placement apart from binding), "exact" (`SceneScore.all_correct`: nothing missing, nothing extra).
     """
 
     images: int
@@ -180,6 +181,10 @@ def _pool(scores: list[SceneScore]) -> CategoryResult:
     with_relation = [s.relation_correct for s in scores if s.relation_correct is not None]
     if with_relation:
         checks["relation"] = with_relation
+        # placement alone: of the images that drew both objects, how many placed them as stated
+        placed = [s.relation_correct for s in scores if s.relation_correct is not None and s.objects_found == s.expected]
+        if placed:
+            checks["relation_if_found"] = placed
     return CategoryResult(images=len(scores), rates={k: float(np.mean(v)) for k, v in checks.items()})
 
 
