@@ -87,9 +87,9 @@ def main() -> None:
     else:
         pipe = load_pipeline(args.model, torch_dtype=torch.float32)
     if args.scheduler:
-        import diffusers
+        from clipcond.training.diffusion_config import scheduler_class
 
-        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_class(args.scheduler, "--scheduler").from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     suite = shapes_model_suite()
     prompts, seeds = [entry.prompt for entry in suite], list(range(len(suite)))

@@ -21,6 +21,20 @@ class DiffusionLoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"])
 
 
+def scheduler_class(name: str, argument: str = "scheduler") -> type:
+    """The diffusers scheduler class called `name` (e.g. "DDIMScheduler").
+
+    Raises:
+        ValueError: `name` is not a diffusers `SchedulerMixin` class; the message names `argument`.
+    """
+    import diffusers
+
+    found = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin)):
+        raise ValueError(f"`{argument}` must name a diffusers scheduler class (e.g. DDIMScheduler), got {name!r}")
+    return found
+
+
 @dataclass
 class TrainDiffusionConfig:
     """A diffusion training run, in pixel space or on a VAE's latents.
@@ -125,11 +139,7 @@ class TrainDiffusionConfig:
                 raise ValueError(f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"`snr_gamma` must be positive or null, got {self.snr_gamma}")
-        import diffusers
-
-        scheduler_class = getattr(diffusers, self.sample_scheduler, None)
-        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
-            raise ValueError(f"`sample_scheduler` must name a diffusers scheduler class (e.g. DDIMScheduler), got {self.sample_scheduler!r}")
+        scheduler_class(self.sample_scheduler, "sample_scheduler")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -220,12 +220,10 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
 def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiffusionConfig) -> Any:
     """A `CLIPConditionedPipeline` over `denoiser`'s UNet and projection (shared, not copied)
     and the run's encoders and VAE, with `config.sample_scheduler` on the training noise schedule."""
-    import diffusers
-
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+    from clipcond.training.diffusion_config import scheduler_class
 
-    scheduler_class = getattr(diffusers, config.sample_scheduler)
-    scheduler = scheduler_class.from_config(models.noise_schedule.config, timestep_spacing=config.timestep_spacing)
+    scheduler = scheduler_class(config.sample_scheduler, "sample_scheduler").from_config(models.noise_schedule.config, timestep_spacing=config.timestep_spacing)
     pipe = CLIPConditionedPipeline(
         unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
         text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
