@@ -255,6 +255,29 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
     assert pipe.unet.dtype == torch.float32 and pipe.vae is None
 
 
+def test_the_bundled_model_draws_what_it_is_asked() -> None:
+    """A quality floor for the shipped weights (benchmarks/shapes_model_judge.py measures them in
+    full): single objects by colour and shape, and two objects with both bindings."""
+    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.shapes import score_image
+    from clipcond.shapes.prompt_suite import scene_from_spec
+
+    pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    asks = [([("red", "circle")], "a red circle"), ([("blue", "square")], "a blue square"),
+            ([("yellow", "triangle")], "a yellow triangle"), ([("purple", "circle")], "a purple circle"),
+            ([("red", "circle"), ("blue", "square")], "a red circle and a blue square"),
+            ([("yellow", "triangle"), ("cyan", "square")], "a yellow triangle and a cyan square")]  # fmt: skip
+    seeds = range(3)
+    prompts = [prompt for _, prompt in asks for _ in seeds]
+    generators = [torch.Generator().manual_seed(seed) for _ in asks for seed in seeds]
+    images = pipe(prompts, num_inference_steps=30, guidance_scale=3.0, generator=generators).images
+    scenes = [scene_from_spec(objects) for objects, _ in asks for _ in seeds]
+    found = [score_image(image, scene).objects_found == len(scene.objects) for image, scene in zip(images, scenes)]
+    single, pairs = found[: 4 * len(seeds)], found[4 * len(seeds) :]
+    assert sum(single) >= 10 and sum(pairs) >= 2, (found, prompts)  # measured: 12 of 12, 4 of 6
+
+
 def test_generate_refuses_a_pipeline_with_two_clip_encoders(sdxl_pipe, tmp_path) -> None:
     from clipcond.pipelines.generate import load_pipeline
 
