@@ -577,8 +577,8 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
                                                 "--output-dir", str(run), "--no-progress"],
          "creates": str(run / "pipeline")},
     ]  # fmt: skip
-    config = _write_config(
-        tmp_path / "exp", {}, None, metrics=["judge"], seeds=[0],
+    config = _write_config(  # the CLIP-score model too is made by a prepare step
+        tmp_path / "exp", {}, clip, seeds=[0],
         setups=[{"name": "random", "pipeline": str(run / "pipeline"), "prepare": steps},
                 {"name": "random-again", "pipeline": str(run / "pipeline"), "prepare": steps[:1] + steps[1:]}],
     )  # fmt: skip
@@ -588,14 +588,16 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
     original = subprocess.run
 
     def counting(command, *args, **kwargs):
-        launched.append(command[3])
+        if isinstance(command, list) and command[1:3] == ["-m", "clipcond.cli"]:  # our prepare steps, not a library's calls
+            launched.append(command[3])
         return original(command, *args, **kwargs)
 
     monkeypatch.setattr(subprocess, "run", counting)
     assert cli_main(["experiment", str(config), "--no-progress"]) == 0
     assert launched == ["init-clip", "train-diffusion"]  # shared steps run once
     assert (run / "pipeline" / "model_index.json").is_file()
-    assert len(_results(tmp_path / "exp" / "out")) == 2 * len(SUITE["prompts"])
+    results = _results(tmp_path / "exp" / "out")
+    assert len(results) == 2 * len(SUITE["prompts"]) and all(-1.0 <= line["metrics"]["clip_score"] <= 1.0 for line in results)
     launched.clear()
     assert cli_main(["experiment", str(config), "--no-progress"]) == 0
     assert launched == []  # everything exists: nothing trains again

@@ -202,7 +202,8 @@ def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> l
     """Check every file the experiment reads, before any generation; returns the loaded suites.
 
     With `allow_pending`, a missing pipeline folder that one of its setup's prepare steps
-    creates passes (for checking a plan before training).
+    creates passes, and so does a missing `clip_score_model` that any prepare step creates
+    (for checking a plan before training; `run_experiment` checks again after preparing).
 
     Raises:
         FileNotFoundError: a suite file, pipeline folder or the CLIP folder is missing.
@@ -215,6 +216,9 @@ def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> l
         _check_pipeline(setup, allow_pending)
     if "clip_score" in config.metrics:
         folder = Path(config.clip_score_model)
+        made_by_prepare = any(Path(step.creates) == folder for setup in config.setups for step in setup.prepare)
+        if allow_pending and not folder.exists() and made_by_prepare:
+            return suites  # a prepare step will make it
         if not ((folder / "clip_config.yaml").is_file() or (folder / "config.json").is_file()):
             raise FileNotFoundError(
                 f"clip_score_model {folder} is not a CLIP folder: expected clip_config.yaml (clipcond save_clip) "
