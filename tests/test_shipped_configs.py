@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from clipcond.cli import main as cli_main
 from clipcond.lab.config import load_experiment_config
 from training.clip_config import TrainClipConfig
 from training.diffusion_config import TrainDiffusionConfig
 from training.t5_config import TrainT5Config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 def _files(folder: str) -> list[Path]:
@@ -41,6 +43,17 @@ def test_diffusion_recipes_load(path: Path) -> None:
 def test_experiments_load(path: Path) -> None:
     config = load_experiment_config(path)
     assert config.setups and config.suites
+
+
+@pytest.mark.parametrize("path", _files("experiments"), ids=lambda p: p.name)
+def test_experiments_plan_on_a_fresh_checkout(path: Path, tmp_path, monkeypatch, capsys) -> None:
+    """`clipcond experiment X --check` passes with nothing trained yet: every model the
+    experiment reads is there or made by one of its prepare steps."""
+    for name in ("configs", "clipcond"):  # a checkout without runs/
+        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["experiment", f"configs/experiments/{path.name}", "--check"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # planned, nothing made
 
 
 def test_bundled_recipe_reads_the_hard_negative_tower() -> None:
