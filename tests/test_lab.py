@@ -346,6 +346,27 @@ def test_a_missing_matplotlib_fails_before_any_generation(tmp_path, pipelines, c
     assert sum(calls) == 16
 
 
+def test_a_float16_pipeline_runs_in_float32_on_the_cpu(tmp_path, pipelines, monkeypatch) -> None:
+    """A pipeline stored in float16 (as the bundled model is) samples in float32 on a CPU, and
+    draws what its float32 original draws, up to the weights' float16 rounding."""
+    half = tmp_path / "half"
+    CLIPConditionedPipeline.from_pretrained(pipelines["a"]).to(torch.float16).save_pretrained(half)
+    dtypes = []
+    original = CLIPConditionedPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        dtypes.append((self.unet.dtype, self.text_encoder.dtype))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", recording)
+    config = _write_config(tmp_path, {"full": pipelines["a"], "half": half}, None, metrics=["judge"], seeds=[0])
+    output = run_experiment(load_experiment_config(config), show_progress=False, device="cpu", write_report=False)
+    assert dtypes and set(dtypes) == {(torch.float32, torch.float32)}
+    for index in range(len(SUITE["prompts"])):
+        full, halved = (np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16) for s in ("full", "half"))
+        assert np.abs(full - halved).mean() <= 2.0
+
+
 def test_a_pipeline_with_two_text_encoders_needs_native(tmp_path, pipelines) -> None:
     folder = tmp_path / "sdxl"
     shutil.copytree(pipelines["a"], folder)

@@ -165,17 +165,23 @@ def _keep_valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[set[str
 
 
 def _setup_pipeline(setup: SetupConfig, device: str) -> Any:
-    """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own)."""
+    """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
+
+    On a CPU the weights load in float32 whatever their stored dtype (a float16 pipeline such
+    as the bundled model would otherwise run in half precision, which CPUs do slowly or not
+    at all); elsewhere they keep the stored dtype.
+    """
     from diffusers import DiffusionPipeline
 
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
     from clipcond.pipelines.generate import load_pipeline
 
+    dtype = torch.float32 if torch.device(device).type == "cpu" else None
     index = json.loads((Path(setup.pipeline) / "model_index.json").read_text(encoding="utf-8"))
     if setup.native and index.get("_class_name") != CLIPConditionedPipeline.__name__:
-        pipe = DiffusionPipeline.from_pretrained(setup.pipeline)
+        pipe = DiffusionPipeline.from_pretrained(setup.pipeline, **({} if dtype is None else {"dtype": dtype}))
     else:
-        pipe = load_pipeline(setup.pipeline)
+        pipe = load_pipeline(setup.pipeline, torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
