@@ -10,6 +10,7 @@ transformers `PreTrainedTokenizerFast`, saved with `save_pretrained` and loaded 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ def train_t5_tokenizer(captions: Sequence[str], vocab_size: int, sentinels: int,
     trained.train_from_iterator(
         corpus, vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token=UNK, show_progress=False
     )
-    backend = trained._tokenizer  # the `tokenizers.Tokenizer` inside the implementation wrapper
+    backend = _canonical_piece_order(trained._tokenizer)  # the `tokenizers.Tokenizer` inside the wrapper
     eos_id = backend.token_to_id(EOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
@@ -70,6 +71,33 @@ def train_t5_tokenizer(captions: Sequence[str], vocab_size: int, sentinels: int,
     if ids != [0, 1, 2]:
         raise RuntimeError(f"expected <pad>, </s>, <unk> at ids 0, 1, 2, got {ids}")
     return tokenizer
+
+
+def _canonical_piece_order(backend: Any) -> Any:
+    """The same tokenizer with its pieces in an order that does not change between calls.
+
+    The unigram trainer appends the characters that no piece covers with made-up scores
+    (each a little below the last) in the order of a Rust hash map, which differs from call
+    to call; the ids, and with them a T5 trained on them, would differ between two runs of one
+    recipe. Here those characters take the same made-up scores in alphabetical order, and the
+    pieces are numbered by score, ties by spelling. The special tokens keep ids 0-2.
+    """
+    from tokenizers import Tokenizer
+
+    state = json.loads(backend.to_str())
+    pieces = state["model"]["vocab"]
+    head = [piece for piece, _ in pieces[: len(SPECIAL_TOKENS)]]
+    if head != list(SPECIAL_TOKENS):
+        raise RuntimeError(f"expected the unigram vocabulary to start with {list(SPECIAL_TOKENS)}, got {head}")
+    rest = pieces[len(SPECIAL_TOKENS) :]
+    letters = [(piece, score) for piece, score in rest if len(piece) == 1]
+    lowest = min((score for _, score in rest), default=0.0)  # the appended block sits at the bottom,
+    appended = [(piece, score) for piece, score in letters if score <= lowest + 1e-4 * (len(letters) + 1)]  # 1e-4 apart
+    renamed = dict(zip(sorted(piece for piece, _ in appended), sorted((score for _, score in appended), reverse=True)))
+    rest = sorted(([piece, renamed.get(piece, score)] for piece, score in rest), key=lambda item: (-item[1], item[0]))
+    state["model"]["vocab"] = pieces[: len(SPECIAL_TOKENS)] + rest
+    state["model"]["unk_id"] = SPECIAL_TOKENS.index(UNK)
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def sentinel_ids(tokenizer: Any) -> tuple[int, ...]:
