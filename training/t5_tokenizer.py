@@ -90,9 +90,10 @@ def _canonical_piece_order(backend: Any) -> Any:
     if head != list(SPECIAL_TOKENS):
         raise RuntimeError(f"expected the unigram vocabulary to start with {list(SPECIAL_TOKENS)}, got {head}")
     rest = pieces[len(SPECIAL_TOKENS) :]
+    # the appended letters sit at the bottom of the vocabulary, their scores 1e-4 apart
     letters = [(piece, score) for piece, score in rest if len(piece) == 1]
-    lowest = min((score for _, score in rest), default=0.0)  # the appended block sits at the bottom,
-    appended = [(piece, score) for piece, score in letters if score <= lowest + 1e-4 * (len(letters) + 1)]  # 1e-4 apart
+    lowest = min((score for _, score in rest), default=0.0)
+    appended = [(piece, score) for piece, score in letters if score <= lowest + 1e-4 * (len(letters) + 1)]
     renamed = dict(zip(sorted(piece for piece, _ in appended), sorted((score for _, score in appended), reverse=True)))
     rest = sorted(([piece, renamed.get(piece, score)] for piece, score in rest), key=lambda item: (-item[1], item[0]))
     state["model"]["vocab"] = pieces[: len(SPECIAL_TOKENS)] + rest
