@@ -149,9 +149,14 @@ def test_corrupt_spans_refuses_more_spans_than_sentinels() -> None:
 
 
 @pytest.fixture(scope="module")
-def shapes_tokenizer():
+def shapes_captions() -> list[str]:
     stream = ShapesStream(0, 16, 1, 2, "train")
-    return train_t5_tokenizer([stream.sample(i).caption for i in range(2000)], 512, 8, 64)
+    return [stream.sample(i).caption for i in range(2000)]
+
+
+@pytest.fixture(scope="module")
+def shapes_tokenizer(shapes_captions):
+    return train_t5_tokenizer(shapes_captions, 512, 8, 64)
 
 
 def test_tokenizer_round_trips_and_follows_t5_ids(shapes_tokenizer, tmp_path: Path) -> None:
@@ -180,16 +185,14 @@ def test_tokenizer_round_trips_and_follows_t5_ids(shapes_tokenizer, tmp_path: Pa
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
 
 
-def test_tokenizer_training_gives_the_same_ids_every_time(shapes_tokenizer) -> None:
+def test_tokenizer_training_gives_the_same_ids_every_time(shapes_captions, shapes_tokenizer) -> None:
     """The unigram trainer appends uncovered letters in hash-map order; the ids must not follow
     it (scores may differ in the last bit: its sums run in hash-map order too)."""
     import json
 
-    stream = ShapesStream(0, 16, 1, 2, "train")
-    captions = [stream.sample(i).caption for i in range(2000)]
     first = json.loads(shapes_tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
     for _ in range(3):
-        again = train_t5_tokenizer(captions, 512, 8, 64)
+        again = train_t5_tokenizer(shapes_captions, 512, 8, 64)
         assert again.get_vocab() == shapes_tokenizer.get_vocab()
         scores = json.loads(again.backend_tokenizer.to_str())["model"]["vocab"]
         assert [piece for piece, _ in scores] == [piece for piece, _ in first]
