@@ -30,7 +30,7 @@ from clipcond.lab import (
     summarise,
     wilson_interval,
 )
-from clipcond.lab.grids import GAP, cell_size
+from clipcond.lab.grids import GAP, cell_size, header_height, labelled_grid
 from clipcond.lab.runner import EXPERIMENT_NAME
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 from clipcond.shapes import render_scene
@@ -184,6 +184,18 @@ def test_grid_shows_each_setup_and_seed_upscaled_with_nearest(finished: Path) ->
         top, left = 28 + row * step, 220 + column * step
         cell = grid[top : top + size, left : left + size]
         np.testing.assert_array_equal(cell, np.asarray(image.resize((size, size), Image.NEAREST)))
+
+
+def test_grid_wraps_long_column_labels_instead_of_cutting_them() -> None:
+    red = Image.new("RGB", (32, 32), (255, 0, 0))
+    labels = ["clip-random s0", "clip-random s1"]  # 14 characters: wider than a 96 px column
+    header = header_height(labels, 96)
+    assert header_height(["a s0", "b s1"], 96) == 28 < header
+    grid = np.asarray(labelled_grid([[red, red]], ["p"], labels))
+    assert grid.shape == (header + 96 + GAP, 220 + 2 * (96 + GAP), 3)
+    np.testing.assert_array_equal(grid[header : header + 96, 220 : 220 + 96], np.asarray(red.resize((96, 96))))
+    second_line = grid[24:header, 220 : 220 + 96]  # under a one-line label, above the cells
+    assert (second_line < 128).any(), "the label's second line (the seed) is drawn"
 
 
 def test_result_clip_scores_are_the_cosine_of_the_saved_images(finished: Path, clip_dir: Path) -> None:

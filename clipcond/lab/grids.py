@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 MIN_CELL = 96
 MAX_CELL = 256
 _LABEL_WIDTH = 220
-_HEADER_HEIGHT = 28
+_HEADER_MARGIN = 8  # white pixels above and below the column labels
+_MIN_HEADER = 28
 GAP = 4  # white pixels between cells
 _MISSING = (200, 200, 200)
 _BACKGROUND = (255, 255, 255)
@@ -34,6 +35,25 @@ def cell_size(sides: Sequence[int]) -> int:
     if side < MIN_CELL:
         return side * math.ceil(MIN_CELL / side)
     return min(side, MAX_CELL)
+
+
+def _column_label_lines(label: str, size: int) -> list[str]:
+    """`label` wrapped to the width of a `size` px column (about 7 px per character), at most
+    three lines: "clip-random s0" over a 96 px cell is "clip-random" then "s0"."""
+    lines = textwrap.wrap(label, max(4, size // 7)) or [""]
+    return lines[:3]
+
+
+def header_height(column_labels: Sequence[str], size: int) -> int:
+    """Height in pixels of a grid's header row for `size` px columns: at least 28, and room for
+    the tallest wrapped column label in the default font with a margin under it."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = ImageFont.load_default()
+    bottoms = [
+        draw.multiline_textbbox((0, _HEADER_MARGIN), "\n".join(_column_label_lines(label, size)), font=font, spacing=2)[3]
+        for label in column_labels
+    ]
+    return max([_MIN_HEADER] + [bottom + _HEADER_MARGIN for bottom in bottoms])
 
 
 def fit_cell(image: Image.Image, size: int) -> Image.Image:
@@ -56,22 +76,25 @@ def labelled_grid(
 
     Returns:
         An RGB image; the cell in row r, column c has its top left corner at
-        (`_LABEL_WIDTH` + c * (cell + `GAP`), `_HEADER_HEIGHT` + r * (cell + `GAP`)), cell from `cell_size`.
+        (`_LABEL_WIDTH` + c * (cell + `GAP`), header + r * (cell + `GAP`)), cell from `cell_size`
+        and header from `header_height` (28 px when every column label fits on one line).
     """
     if len(cells) != len(row_labels) or any(len(row) != len(column_labels) for row in cells):
         raise ValueError("cells must have one row per row label and one column per column label")
     present = [image for row in cells for image in row if image is not None]
     size = cell_size([max(image.size) for image in present] or [MIN_CELL])
     step = size + GAP
-    grid = Image.new("RGB", (_LABEL_WIDTH + step * len(column_labels), _HEADER_HEIGHT + step * len(cells)), _BACKGROUND)
+    header = header_height(column_labels, size)
+    grid = Image.new("RGB", (_LABEL_WIDTH + step * len(column_labels), header + step * len(cells)), _BACKGROUND)
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     for c, label in enumerate(column_labels):
-        draw.text((_LABEL_WIDTH + c * step + 3, 8), label[: max(4, size // 7)], fill=_TEXT, font=font)
+        lines = _column_label_lines(label, size)
+        draw.multiline_text((_LABEL_WIDTH + c * step + 3, _HEADER_MARGIN), "\n".join(lines), fill=_TEXT, font=font, spacing=2)
     line_chars = _LABEL_WIDTH // 7
     max_lines = max(1, (size - 6) // 12)
     for r, (row, label) in enumerate(zip(cells, row_labels)):
-        top = _HEADER_HEIGHT + r * step
+        top = header + r * step
         lines = textwrap.wrap(label, line_chars)
         if len(lines) > max_lines:
             lines = lines[: max_lines - 1] + ["... " + lines[-1][-(line_chars - 4) :]]
@@ -117,4 +140,4 @@ def suite_grid(
     return labelled_grid(cells, [f"{index}: {prompts[index]}" for index in rows], columns)
 
 
-__all__ = ["GAP", "MAX_CELL", "MIN_CELL", "cell_size", "fit_cell", "labelled_grid", "suite_grid"]
+__all__ = ["GAP", "MAX_CELL", "MIN_CELL", "cell_size", "fit_cell", "header_height", "labelled_grid", "suite_grid"]
