@@ -19,6 +19,7 @@ MAX_CELL = 256
 _LABEL_WIDTH = 220
 _HEADER_MARGIN = 8  # white pixels above and below the column labels
 _MIN_HEADER = 28
+_COLUMN_LINE_SPACING = 2  # extra pixels between the lines of a column label
 GAP = 4  # white pixels between cells
 _MISSING = (200, 200, 200)
 _BACKGROUND = (255, 255, 255)
@@ -50,7 +51,7 @@ def header_height(column_labels: Sequence[str], size: int) -> int:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font = ImageFont.load_default()
     bottoms = [
-        draw.multiline_textbbox((0, _HEADER_MARGIN), "\n".join(_column_label_lines(label, size)), font=font, spacing=2)[3]
+        draw.multiline_textbbox((0, _HEADER_MARGIN), "\n".join(_column_label_lines(label, size)), font=font, spacing=_COLUMN_LINE_SPACING)[3]
         for label in column_labels
     ]
     return max([_MIN_HEADER] + [bottom + _HEADER_MARGIN for bottom in bottoms])
@@ -90,7 +91,7 @@ def labelled_grid(
     font = ImageFont.load_default()
     for c, label in enumerate(column_labels):
         lines = _column_label_lines(label, size)
-        draw.multiline_text((_LABEL_WIDTH + c * step + 3, _HEADER_MARGIN), "\n".join(lines), fill=_TEXT, font=font, spacing=2)
+        draw.multiline_text((_LABEL_WIDTH + c * step + 3, _HEADER_MARGIN), "\n".join(lines), fill=_TEXT, font=font, spacing=_COLUMN_LINE_SPACING)
     line_chars = _LABEL_WIDTH // 7
     max_lines = max(1, (size - 6) // 12)
     for r, (row, label) in enumerate(zip(cells, row_labels)):
