@@ -597,12 +597,7 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
 
     clip = tmp_path / "models" / "clip-random"
     run = tmp_path / "models" / "unet"
-    diffusion = tmp_path / "diffusion.yaml"
-    diffusion.write_text(yaml.safe_dump({
-        "text_encoder": "PLACEHOLDER", "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
-        "image_size": 16, "batch_size": 2, "steps": 2, "warmup_steps": 1, "output_dir": "PLACEHOLDER",
-    }))  # fmt: skip
+    diffusion = _tiny_diffusion_config(tmp_path / "diffusion.yaml")
     steps = [
         {"command": "init-clip", "args": ["--model", str(REPO / "configs/models/clip-tiny.yaml"), "-o", str(clip)],
          "creates": str(clip)},
@@ -618,14 +613,14 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
     assert cli_main(["experiment", str(config), "--check"]) == 0  # plans, makes nothing
     assert not clip.exists()
     launched = []
-    original = subprocess.run
+    original = subprocess.Popen
 
     def counting(command, *args, **kwargs):
         if isinstance(command, list) and command[1:3] == ["-m", "clipcond.cli"]:  # our prepare steps, not a library's calls
             launched.append(command[3])
         return original(command, *args, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", counting)
+    monkeypatch.setattr(subprocess, "Popen", counting)
     assert cli_main(["experiment", str(config), "--no-progress"]) == 0
     assert launched == ["init-clip", "train-diffusion"]  # shared steps run once
     assert (run / "pipeline" / "model_index.json").is_file()
@@ -636,6 +631,92 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
     assert launched == []  # everything exists: nothing trains again
     with pytest.raises(ValueError, match="two different prepare steps"):
         unique_steps([[PrepareStep(**steps[0])], [PrepareStep(**{**steps[0], "args": ["--model", "other.yaml"]})]])
+
+
+def _tiny_diffusion_config(path: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "text_encoder": "PLACEHOLDER", "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
+        "image_size": 16, "batch_size": 2, "steps": 2, "warmup_steps": 1, "output_dir": "PLACEHOLDER",
+    }))  # fmt: skip
+    return path
+
+
+def test_a_step_needs_the_earlier_steps_whose_path_it_names_in_its_args_or_config(tmp_path) -> None:
+    from clipcond.lab.prepare import PrepareStep, step_dependencies
+
+    model = str(REPO / "configs/models/clip-tiny.yaml")
+    clip, clip_large = tmp_path / "clip", tmp_path / "clip-large"
+    in_config = tmp_path / "diffusion-b.yaml"
+    in_config.write_text(f"text_encoder: {clip_large}/model\n")
+    steps = [
+        PrepareStep("init-clip", str(clip / "model"), ["--model", model, "-o", str(clip / "model")]),
+        PrepareStep("init-clip", str(clip_large / "model"), ["--model", model, "-o", str(clip_large / "model")]),
+        PrepareStep("train-diffusion", str(tmp_path / "a"), ["--config", str(in_config), "--set", f"text_encoder={clip}/model"]),
+        PrepareStep("train-diffusion", str(tmp_path / "b"), ["--config", str(in_config)]),  # names it only in its config
+        PrepareStep("init-clip", str(tmp_path / "c"), ["--model", model, "-o", str(tmp_path / "c")]),
+    ]  # fmt: skip
+    assert step_dependencies(steps) == [set(), set(), {0, 1}, {1}, set()]  # clip is not a part of clip-large
+
+
+def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_path, monkeypatch) -> None:
+    import os
+    import subprocess
+
+    from clipcond.lab.prepare import PrepareStep, run_steps
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    model = str(REPO / "configs/models/clip-tiny.yaml")
+    first, second, unet = tmp_path / "first", tmp_path / "second", tmp_path / "unet"
+    steps = [
+        PrepareStep("init-clip", str(first), ["--model", model, "-o", str(first)]),
+        PrepareStep("init-clip", str(second), ["--model", model, "--seed", "1", "-o", str(second)]),
+        PrepareStep("train-diffusion", str(unet / "pipeline"),
+                    ["--config", str(_tiny_diffusion_config(tmp_path / "d.yaml")), "--set", f"text_encoder={first}",
+                     "--output-dir", str(unet), "--no-progress"]),
+    ]  # fmt: skip
+    launches = []  # (creates path of the step, {path: still running} of the steps launched before it, env)
+    processes = {}
+    original = subprocess.Popen
+
+    def recording(command, *args, **kwargs):
+        creates = command[command.index("-o") + 1] if "-o" in command else str(unet / "pipeline")
+        launches.append((creates, {path: process.poll() is None for path, process in processes.items()}, kwargs.get("env")))
+        processes[creates] = original(command, *args, **kwargs)
+        return processes[creates]
+
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
+    assert [creates for creates, _, _ in launches] == [str(first), str(second), str(unet / "pipeline")]
+    assert launches[1][1] == {str(first): True}  # the second started while the first ran
+    assert launches[2][1][str(first)] is False  # the UNet waited for its text encoder
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert all(env is not None and env["OMP_NUM_THREADS"] == threads for _, _, env in launches)
+    assert (unet / "pipeline" / "model_index.json").is_file() and (second / "clip_config.yaml").is_file()
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["1-init-clip.log", "2-init-clip.log", "3-train-diffusion.log"]
+    launches.clear()
+    run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
+    assert launches == []  # all made: nothing runs again
+
+
+def test_a_failing_side_by_side_step_stops_the_others_and_shows_its_log(tmp_path) -> None:
+    from clipcond.lab.prepare import PrepareStep, run_steps
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_key: 1\n")
+    steps = [
+        PrepareStep("train-clip", str(tmp_path / "never"), ["--config", str(bad)]),
+        PrepareStep("init-clip", str(tmp_path / "clip"), ["--model", str(REPO / "configs/models/clip-tiny.yaml"),
+                                                           "-o", str(tmp_path / "clip")]),
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"(?s)clipcond train-clip. failed with status 2; its log .*1-train-clip.log ends:.*no_such_key"):
+        run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
+    for jobs, log_dir, message in [(0, tmp_path, "jobs must be an integer >= 1"), (True, tmp_path, "jobs must be"),
+                                   (2, None, "needs a log_dir")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            run_steps(steps, jobs=jobs, log_dir=log_dir)
+    with pytest.raises(SystemExit):
+        cli_main(["experiment", str(bad), "--jobs", "0"])
 
 
 def test_a_prepare_step_naming_a_missing_config_fails_before_anything_runs(tmp_path, pipelines) -> None:

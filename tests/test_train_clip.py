@@ -231,6 +231,20 @@ def test_bad_configs_fail_before_work(tmp_path: Path) -> None:
         TrainClipConfig.from_yaml(path)
 
 
+def test_the_training_command_reports_a_bad_config_without_a_traceback(tmp_path: Path, capsys) -> None:
+    from clipcond.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": TINY_MODEL, "batch_sise": 8}))
+    assert main(["train-clip", "--config", str(path), "--no-progress"]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+    assert main(["train-clip", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "--config: no such file" in capsys.readouterr().err
+    good = _write_yaml(tmp_path / "good.yaml", tiny_config(tmp_path / "run", steps=1))
+    assert main(["train-clip", "--config", str(good), "--set", "lr=fast", "--no-progress"]) == 2
+    assert "lr" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def _write_yaml(path: Path, config: TrainClipConfig) -> Path:
     path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
     return path

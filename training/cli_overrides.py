@@ -45,14 +45,19 @@ def run_training_command(
     """The body of every training command: load `--config` as `config_class`, apply the
     overrides, call `train(config, config_dir)`, print `report(result)`.
 
-    Returns 0, or 3 when the loss diverged (the message names the last good checkpoint).
+    Returns 0; 2 when the config or an override is wrong (said before any work); 3 when the
+    loss diverged (the message names the last good checkpoint).
     """
     from clipcond.training.run_folder import TrainingDiverged
 
     path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    config = config_with_overrides(config_class.from_yaml(path), args)
+    try:  # a bad config is the user's to fix: its message, not a traceback
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path}")
+        config = config_with_overrides(config_class.from_yaml(path), args)
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         result = train(config, path.parent)
     except TrainingDiverged as error:

@@ -19,9 +19,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (clipcond.lab.config.ExperimentConfig)")
     parser.add_argument("--device", help='where pipelines run, e.g. "cpu" or "cuda" (default: cuda when available)')
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument("--jobs", type=_positive_int, default=1,
+                        help="prepare steps that do not need each other run this many at a time, sharing the CPU "
+                             "cores; their logs go to OUTPUT_DIR/prepare-logs (default: 1, in order)")  # fmt: skip
     parser.add_argument("--check", action="store_true",
                         help="check the config and its files, print the plan (prepare steps and images), run nothing")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{config.name}: {len(suites)} suite(s), {prompts} prompts x {len(config.seeds)} seed(s) x "
               f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}")  # fmt: skip
         return 0
-    run_steps(steps)
+    run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
     output = run_experiment(config, show_progress=not args.no_progress, device=args.device)
     print(f"wrote {output / 'report.md'}")
     return 0

@@ -18,12 +18,20 @@ A step runs (as ``python -m clipcond.cli <command> <args>``, in its own process)
 its `creates` path is missing, so one command reproduces a whole experiment and re-running it
 skips what exists. Training commands get ``--resume``: a step stopped midway continues from
 its last checkpoint. Steps shared by several setups (the same `creates`) run once.
+
+With ``jobs > 1`` independent steps run side by side. A step waits for every earlier step
+whose `creates` path it names, in its arguments or in the text of the config file it reads;
+each running step gets ``cpu_count // jobs`` threads (unless ``OMP_NUM_THREADS`` is set) and
+writes its output to a log file, since several interleaved progress logs cannot be read.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,18 +104,114 @@ def pending_steps(steps: Sequence[PrepareStep]) -> list[PrepareStep]:
     return [step for step in steps if not Path(step.creates).exists()]
 
 
-def run_steps(steps: Sequence[PrepareStep]) -> None:
-    """Run every pending step in order, each in its own process.
+def step_dependencies(steps: Sequence[PrepareStep]) -> list[set[int]]:
+    """For each step, the indices of the earlier steps it needs.
+
+    A step needs an earlier one when it names that step's `creates` path, in an argument
+    (``text_encoder=runs/clip/model``) or in the text of a config file it reads (`input_files`).
+    Only earlier steps count: the listed order is already one that works one at a time. A
+    mention that is not really the path (``/elsewhere/runs/clip``) only makes a step wait.
+    """
+    needs: list[set[int]] = []
+    for index, step in enumerate(steps):
+        texts = list(step.args) + [path.read_text() for path in step.input_files() if path.is_file()]
+        needs.append({
+            earlier for earlier in range(index)
+            if any(_names_path(text, steps[earlier].creates) for text in texts)
+        })  # fmt: skip
+    return needs
+
+
+def _names_path(text: str, path: str) -> bool:
+    """Whether `text` mentions `path` (as written, or normalised: ``./runs/x/`` is ``runs/x``)
+    as a whole path or a folder above one: ``runs/clip`` is in ``runs/clip/model``, not in
+    ``runs/clip-large``."""
+    for spelling in {path, os.path.normpath(path)}:
+        if re.search(rf"(?<![\w.-]){re.escape(spelling)}(?![\w.-])", text):
+            return True
+    return False
+
+
+def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path | None = None) -> None:
+    """Run every pending step, each in its own process, at most `jobs` at a time.
+
+    Args:
+        steps: from `unique_steps`, in an order that works one at a time.
+        jobs: how many steps may run side by side (>= 1). With 1 the steps run in order and
+            write to this terminal; with more, independent steps overlap (`step_dependencies`),
+            each with ``os.cpu_count() // jobs`` threads and its output in `log_dir`.
+        log_dir: where the logs of side-by-side steps go (``<n>-<command>.log``); needed when
+            ``jobs > 1``.
 
     Raises:
-        RuntimeError: a command failed, or did not make its `creates` path.
+        ValueError: jobs < 1, or jobs > 1 without a log_dir.
+        RuntimeError: a command failed (the others running are stopped; each resumes from its
+            last checkpoint next time), or did not make its `creates` path.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and log_dir is None:
+        raise ValueError("jobs > 1 needs a log_dir for the steps' output")
     check_steps(steps)
     todo = pending_steps(steps)
-    for number, step in enumerate(todo, start=1):
-        print(f"[prepare {number}/{len(todo)}] clipcond {step.command} {' '.join(step.args)}", flush=True)
-        status = subprocess.run(step.command_line()).returncode
-        if status != 0:
-            raise RuntimeError(f"prepare step `clipcond {step.command}` failed with status {status}")
-        if not Path(step.creates).exists():
-            raise RuntimeError(f"prepare step `clipcond {step.command}` finished but did not create {step.creates}")
+    needs = step_dependencies(todo)
+    env = _child_environment(jobs)
+    if jobs > 1:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    waiting = list(range(len(todo)))
+    running: dict[int, tuple[subprocess.Popen, Path | None]] = {}
+    done: set[int] = set()
+    try:
+        while waiting or running:
+            ready = [index for index in waiting if needs[index] <= done]
+            while ready and len(running) < jobs:
+                index = ready.pop(0)
+                waiting.remove(index)
+                running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
+            for index, (process, log) in list(running.items()):
+                status = process.poll() if jobs > 1 else process.wait()
+                if status is None:
+                    continue
+                del running[index]
+                _check_finished(todo[index], status, log)
+                done.add(index)
+                if jobs > 1:
+                    print(f"[prepare {index + 1}/{len(todo)}] done: clipcond {todo[index].command} "
+                          f"(creates {todo[index].creates})", flush=True)  # fmt: skip
+            if running and jobs > 1:
+                time.sleep(0.2)
+    finally:
+        for process, _ in running.values():  # only after a failure or an interrupt
+            process.terminate()
+        for process, _ in running.values():
+            process.wait()
+
+
+def _child_environment(jobs: int) -> dict[str, str] | None:
+    """The environment of side-by-side steps: the cores shared out, unless the user chose."""
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
+def _start(step: PrepareStep, number: int, total: int, env: dict[str, str] | None, log_dir: Path | None):
+    line = f"[prepare {number}/{total}] clipcond {step.command} {' '.join(step.args)}"
+    if log_dir is None:
+        print(line, flush=True)
+        return subprocess.Popen(step.command_line()), None
+    log = log_dir / f"{number}-{step.command}.log"
+    print(f"{line}  (log: {log})", flush=True)
+    with open(log, "w") as handle:  # the child keeps its own copy of the file descriptor
+        process = subprocess.Popen(step.command_line(), stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return process, log
+
+
+def _check_finished(step: PrepareStep, status: int, log: Path | None) -> None:
+    if status != 0:
+        tail = ""
+        if log is not None:
+            lines = log.read_text(errors="replace").splitlines()[-20:]
+            tail = f"; its log {log} ends:\n" + "\n".join(lines)
+        raise RuntimeError(f"prepare step `clipcond {step.command}` failed with status {status}{tail}")
+    if not Path(step.creates).exists():
+        raise RuntimeError(f"prepare step `clipcond {step.command}` finished but did not create {step.creates}")
