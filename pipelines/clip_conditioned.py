@@ -29,6 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
+from clipcond.pipelines.scheduler_guards import guard_timesteps, warn_if_not_finite
 from clipcond.projection import TextProjection
 from clipcond.recipes import custom_recipe
 
@@ -254,6 +255,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             context = positive
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        guard_timesteps(self.scheduler, num_inference_steps)
         shape = (count * num_images_per_prompt, self.unet.config.in_channels,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)  # fmt: skip
         if latents is None:
@@ -279,6 +281,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
                 progress.update()
 
+        warn_if_not_finite(latents)
         if output_type == "latent":
             images = latents
         else:

@@ -127,6 +127,64 @@ def test_pixel_space_without_a_vae() -> None:
     assert images.shape == (1, 16, 16, 3) and 0.0 <= images.min() and images.max() <= 1.0
 
 
+def _cosine_ancestral_config() -> dict:
+    # the bundled shapes model's sampler: its first sigma is ~2e4
+    return dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", prediction_type="v_prediction")
+
+
+def test_an_ancestral_sampler_on_the_cosine_schedule_gives_finite_images_where_float32_would_not(sd_pipe, caplog) -> None:
+    """diffusers' float32 sigma split is NaN at 3 steps on this schedule (diffusers issue
+    #14213); the pipeline then samples with float64 sigmas, and elsewhere it is unchanged."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from clipcond.pipelines.scheduler_guards import ancestral_split_is_negative
+
+    scheduler = EulerAncestralDiscreteScheduler(**_cosine_ancestral_config())
+    scheduler.set_timesteps(3)
+    assert scheduler.sigmas.dtype == torch.float32 and ancestral_split_is_negative(scheduler.sigmas)
+    assert not ancestral_split_is_negative(scheduler.sigmas.double())
+    upstream_pipe = type(sd_pipe)(**{**sd_pipe.components, "scheduler": scheduler})  # sd_pipe is shared: not changed
+    upstream_pipe.set_progress_bar_config(disable=True)
+    with np.errstate(invalid="ignore"):
+        upstream = run(upstream_pipe, prompt="a red circle")
+    assert np.isnan(upstream).all()  # what diffusers' own pipeline draws
+    ours = ours_from(upstream_pipe)
+    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"):
+        images = run(ours, prompt="a red circle")
+    assert np.isfinite(images).all() and images.std() > 0
+    assert "float64 sigmas" in caplog.text and "num_inference_steps=3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"):  # 4 steps: nothing to fix
+        assert np.abs(run(ours, prompt="a red circle", num_inference_steps=4)
+                      - run(upstream_pipe, prompt="a red circle", num_inference_steps=4)).max() == 0.0  # fmt: skip
+    assert caplog.text == "" and ours.scheduler.sigmas.dtype == torch.float32
+
+
+def test_a_scheduler_with_nan_timesteps_is_refused_before_the_unet_runs(sd_pipe, monkeypatch) -> None:
+    from diffusers import KDPM2AncestralDiscreteScheduler
+
+    pipe = ours_from(sd_pipe)
+    pipe.scheduler = KDPM2AncestralDiscreteScheduler(**_cosine_ancestral_config())
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(ValueError, match=r"KDPM2AncestralDiscreteScheduler \(squaredcos_cap_v2\) has NaN .* num_inference_steps=3"):
+        run(pipe, prompt="a red circle")
+
+
+def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
+    pipe = ours_from(sd_pipe)
+    pipe.scheduler = type(sd_pipe.scheduler).from_config(sd_pipe.scheduler.config)  # its own, not the shared one
+    original = pipe.scheduler.step
+
+    def poisoned(*args, **kwargs):
+        result = original(*args, **kwargs)
+        return (result[0] * float("nan"),) + tuple(result[1:])
+
+    monkeypatch.setattr(pipe.scheduler, "step", poisoned)
+    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"), np.errstate(invalid="ignore"):
+        run(pipe, prompt="a red circle")
+    assert "contain NaN or infinite values" in caplog.text
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -251,6 +309,7 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
                  "--model", str(BUNDLED_MODEL)]) == 0  # fmt: skip
     first, second = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert first.shape == (32, 32, 3) and np.array_equal(first, second)
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) > 2  # a drawing, not a blank (NaN) image
     pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32 and pipe.vae is None
 
