@@ -20,9 +20,10 @@ skips what exists. Training commands get ``--resume``: a step stopped midway con
 its last checkpoint. Steps shared by several setups (the same `creates`) run once.
 
 With ``jobs > 1`` independent steps run side by side. A step waits for every earlier step
-whose `creates` path it names, in its arguments or in the text of the config file it reads;
-each running step gets ``cpu_count // jobs`` threads (unless ``OMP_NUM_THREADS`` is set) and
-writes its output to a log file, since several interleaved progress logs cannot be read.
+whose `creates` path it names, in its arguments or in the text of the config file it reads.
+A step gets the cores shared among the steps that start or run beside it (``cpu_count // n``
+torch threads, n <= jobs; a step that will run alone gets them all; ``OMP_NUM_THREADS``, when
+set, wins) and writes its output to a log file, since interleaved progress logs cannot be read.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
         steps: from `unique_steps`, in an order that works one at a time.
         jobs: how many steps may run side by side (>= 1). With 1 the steps run in order and
             write to this terminal; with more, independent steps overlap (`step_dependencies`),
-            each with ``os.cpu_count() // jobs`` threads and its output in `log_dir`.
+            sharing the cores (module docstring), each with its output in `log_dir`.
         log_dir: where the logs of side-by-side steps go (``<n>-<command>.log``); needed when
             ``jobs > 1``.
 
@@ -155,7 +156,6 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
     check_steps(steps)
     todo = pending_steps(steps)
     needs = step_dependencies(todo)
-    env = _child_environment(jobs)
     if jobs > 1:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     waiting = list(range(len(todo)))
@@ -165,8 +165,10 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
         while waiting or running:
             ready = [index for index in waiting if needs[index] <= done]
             while ready and len(running) < jobs:
+                side_by_side = min(jobs, len(running) + len(ready))  # this step and those running beside it
                 index = ready.pop(0)
                 waiting.remove(index)
+                env = _child_environment(jobs, side_by_side)
                 running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
             for index, (process, log) in list(running.items()):
                 status = process.poll() if jobs > 1 else process.wait()
@@ -187,11 +189,12 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
             process.wait()
 
 
-def _child_environment(jobs: int) -> dict[str, str] | None:
-    """The environment of side-by-side steps: the cores shared out, unless the user chose."""
+def _child_environment(jobs: int, side_by_side: int) -> dict[str, str] | None:
+    """The environment of a step started with `side_by_side - 1` others running or ready to run
+    beside it: the cores shared among them, unless the user chose (``OMP_NUM_THREADS``)."""
     if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
         return None
-    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, side_by_side)))}
 
 
 def _start(step: PrepareStep, number: int, total: int, env: dict[str, str] | None, log_dir: Path | None):
