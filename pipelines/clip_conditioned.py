@@ -29,6 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
+from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.scheduler_guards import guard_timesteps, warn_if_not_finite
 from clipcond.projection import TextProjection
 from clipcond.recipes import custom_recipe
@@ -53,6 +54,9 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         clip_skip: skip this many final CLIP layers.
         t5_max_length: `custom` recipe with T5: the T5 token budget (EOS included); None: the
             recipe's default (256). Must be the length the UNet was trained with.
+        coordinate_channels: the UNet also reads two channels of pixel coordinates (x, y in
+            [-1, 1]) after the image ones (`clipcond.pipelines.coordinates`); its `in_channels`
+            is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
@@ -71,6 +75,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         recipe: str = "sd",
         clip_skip: int | None = None,
         t5_max_length: int | None = None,
+        coordinate_channels: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -85,7 +90,15 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         )
         if t5_max_length is not None and (recipe != "custom" or text_encoder_2 is None):
             raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
-        self.register_to_config(recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length)
+        if not isinstance(coordinate_channels, bool):
+            raise TypeError(f"`coordinate_channels` must be a bool, got {coordinate_channels!r}")
+        if coordinate_channels and unet is not None and unet.config.in_channels != unet.config.out_channels + COORDINATE_CHANNELS:
+            raise ValueError(
+                f"`coordinate_channels` needs a UNet with in_channels = out_channels + {COORDINATE_CHANNELS}, got "
+                f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
+            )
+        self.register_to_config(recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length,
+                                coordinate_channels=coordinate_channels)  # fmt: skip
         self._conditioner: TextConditioner | None = None
         self._conditioner_key: tuple | None = None
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -256,7 +269,9 @@ class CLIPConditionedPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         guard_timesteps(self.scheduler, num_inference_steps)
-        shape = (count * num_images_per_prompt, self.unet.config.in_channels,
+        coordinates = bool(self.config.get("coordinate_channels", False))
+        channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
+        shape = (count * num_images_per_prompt, channels,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)  # fmt: skip
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -274,6 +289,8 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             for t in self.scheduler.timesteps:
                 model_input = torch.cat([latents] * 2) if guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
+                if coordinates:
+                    model_input = append_coordinates(model_input)
                 noise = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
                 if guidance:
                     unconditional, conditional = noise.chunk(2)

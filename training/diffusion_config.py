@@ -53,6 +53,11 @@ class TrainDiffusionConfig:
         unet: `UNet2DConditionModel` arguments for a UNet from scratch (`sample_size`,
             `in_channels`/`out_channels` (3), `cross_attention_dim` are set by the run); or None
             with `init_from`.
+        coordinate_channels: the UNet also reads the pixel coordinates as two input channels
+            (`clipcond.pipelines.coordinates`: lets it place things left or right, above or
+            below, where its receptive field does not reach the image border). A UNet from
+            scratch gets two more input channels; `init_from` runs inherit the setting of the
+            pipeline they start from (giving a different one is an error).
         init_from: a saved `CLIPConditionedPipeline`, or a diffusers Stable Diffusion pipeline
             folder, whose UNet is fine-tuned (or gets LoRA / an adapter). Its noise schedule
             (`scheduler/`) is the one trained with, and its `vae/` (if any) is used.
@@ -87,6 +92,7 @@ class TrainDiffusionConfig:
     projection_dim: int | None = None
     t5_max_length: int = 64
     unet: dict[str, Any] | None = None
+    coordinate_channels: bool | None = None
     init_from: str | None = None
     vae: str | None = None
     train: Literal["unet", "lora", "adapter"] = "unet"

@@ -7,6 +7,7 @@ pipeline they make when saved.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from clipcond.conditioning import TextConditioner
+from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.recipes import custom_recipe
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.diffusion_config import TrainDiffusionConfig
@@ -68,12 +70,15 @@ class Denoiser(nn.Module):
     it in the same optimiser, EMA, checkpoint and distributed wrapper as the UNet.
     """
 
-    def __init__(self, unet: nn.Module, projection: nn.Module | None = None) -> None:
+    def __init__(self, unet: nn.Module, projection: nn.Module | None = None, coordinate_channels: bool = False) -> None:
         super().__init__()
         self.unet = unet
         self.projection = projection
+        self.coordinate_channels = coordinate_channels
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.coordinate_channels:
+            noisy = append_coordinates(noisy)
         return self.unet(noisy, timesteps, encoder_hidden_states=context).sample
 
 
@@ -153,6 +158,25 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
     )  # fmt: skip
 
 
+def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
+    """Whether the run's UNet reads coordinate channels: `config.coordinate_channels`, or for an
+    `init_from` run, the setting of the pipeline it starts from.
+
+    Raises:
+        ValueError: the config asks for a setting other than `init_from`'s.
+    """
+    if config.init_from is None:
+        return bool(config.coordinate_channels)
+    index = Path(config.init_from) / "model_index.json"
+    inherited = bool(json.loads(index.read_text()).get("coordinate_channels", False)) if index.is_file() else False
+    if config.coordinate_channels is not None and config.coordinate_channels != inherited:
+        raise ValueError(
+            f"coordinate_channels: {config.coordinate_channels} differs from init_from's pipeline "
+            f"({config.init_from}: {inherited}); a trained UNet keeps its inputs (leave the key out)"
+        )
+    return inherited
+
+
 def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
     from diffusers import UNet2DConditionModel
 
@@ -164,7 +188,8 @@ def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None)
     else:
         channels = 3 if vae is None else vae.config.latent_channels
         size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
-        settings = {"in_channels": channels, "out_channels": channels, **config.unet}
+        extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
+        settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
         unet = UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
     if unet.config.cross_attention_dim != width:
         raise ValueError(
@@ -210,7 +235,7 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         projection.requires_grad_(config.train in ("unet", "adapter"))
     if config.train == "lora" or config.adapter_lora:
         _add_lora(unet, config)
-    denoiser = Denoiser(unet, projection).train()
+    denoiser = Denoiser(unet, projection, uses_coordinate_channels(config)).train()
     return DiffusionModels(
         denoiser, conditioner, text_encoder, tokenizer, t5_encoder, t5_tokenizer, recipe, t5_max_length, vae,
         _noise_schedule(config),
@@ -227,7 +252,7 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
     pipe = CLIPConditionedPipeline(
         unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
         text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
-        recipe=models.recipe, t5_max_length=models.t5_max_length,
+        recipe=models.recipe, t5_max_length=models.t5_max_length, coordinate_channels=denoiser.coordinate_channels,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
