@@ -675,20 +675,22 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
                     ["--config", str(_tiny_diffusion_config(tmp_path / "d.yaml")), "--set", f"text_encoder={first}",
                      "--output-dir", str(unet), "--no-progress"]),
     ]  # fmt: skip
-    launches = []  # (creates path of the step, {path: still running} of the steps launched before it, env)
+    # (creates path of the step, {path: not yet reaped by the scheduler} of the steps launched before it, env):
+    # `returncode` is set only once the scheduler's poll has seen the process end, so this is its own view
+    launches = []
     processes = {}
     original = subprocess.Popen
 
     def recording(command, *args, **kwargs):
         creates = command[command.index("-o") + 1] if "-o" in command else str(unet / "pipeline")
-        launches.append((creates, {path: process.poll() is None for path, process in processes.items()}, kwargs.get("env")))
+        launches.append((creates, {path: process.returncode is None for path, process in processes.items()}, kwargs.get("env")))
         processes[creates] = original(command, *args, **kwargs)
         return processes[creates]
 
     monkeypatch.setattr(subprocess, "Popen", recording)
     run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
     assert [creates for creates, _, _ in launches] == [str(first), str(second), str(unet / "pipeline")]
-    assert launches[1][1] == {str(first): True}  # the second started while the first ran
+    assert launches[1][1] == {str(first): True}  # the second started while the first ran (init-clip takes seconds)
     assert launches[2][1][str(first)] is False  # the UNet waited for its text encoder
     cores = os.cpu_count() or 1
     assert [env["OMP_NUM_THREADS"] for _, _, env in launches[:2]] == [str(max(1, cores // 2))] * 2  # two ready: shared

@@ -163,13 +163,8 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
     done: set[int] = set()
     try:
         while waiting or running:
-            ready = [index for index in waiting if needs[index] <= done]
-            while ready and len(running) < jobs:
-                side_by_side = min(jobs, len(running) + len(ready))  # this step and those running beside it
-                index = ready.pop(0)
-                waiting.remove(index)
-                env = _child_environment(jobs, side_by_side)
-                running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
+            # reap the steps that ended first, so a step started now shares the cores only with
+            # those really still running
             for index, (process, log) in list(running.items()):
                 status = process.poll() if jobs > 1 else process.wait()
                 if status is None:
@@ -180,6 +175,13 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
                 if jobs > 1:
                     print(f"[prepare {index + 1}/{len(todo)}] done: clipcond {todo[index].command} "
                           f"(creates {todo[index].creates})", flush=True)  # fmt: skip
+            ready = [index for index in waiting if needs[index] <= done]
+            while ready and len(running) < jobs:
+                side_by_side = min(jobs, len(running) + len(ready))  # this step and those running beside it
+                index = ready.pop(0)
+                waiting.remove(index)
+                env = _child_environment(jobs, side_by_side)
+                running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
             if running and jobs > 1:
                 time.sleep(0.2)
     finally:
