@@ -123,3 +123,11 @@ def test_runs_without_the_key_keep_three_input_channels(tiny_clip_text_path, tmp
     run = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "plain", steps=1), show_progress=False)
     pipe = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir)
     assert pipe.config.coordinate_channels is False and pipe.unet.config.in_channels == 3
+
+
+def test_a_config_that_also_sets_in_channels_is_refused(tiny_clip_text_path, tmp_path: Path) -> None:
+    from test_train_diffusion import UNET, tiny_config
+
+    with pytest.raises(ValueError, match="`in_channels` is set by the run with `coordinate_channels`"):
+        tiny_config(tiny_clip_text_path, tmp_path / "run", coordinate_channels=True, unet={**UNET, "in_channels": 3})
+    assert not (tmp_path / "run").exists()

@@ -140,6 +140,8 @@ class TrainDiffusionConfig:
             unknown = sorted(set(self.unet) - allowed)
             if unknown:
                 raise ValueError(f"unet: unknown UNet2DConditionModel arguments {unknown}")
+            if self.coordinate_channels and "in_channels" in self.unet:
+                raise ValueError("unet: `in_channels` is set by the run with `coordinate_channels` (image channels + 2); remove it")
             fixed = sorted({"sample_size", "cross_attention_dim"} & set(self.unet))
             if fixed:
                 raise ValueError(f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them")
