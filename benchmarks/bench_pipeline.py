@@ -1,11 +1,16 @@
-"""Time per image: CLIPConditionedPipeline / StableDiffusionPipeline on the same components.
+"""Time per image (and, on a GPU, peak memory): CLIPConditionedPipeline / StableDiffusionPipeline
+on the same components.
 
-SD-1.5-shaped components scaled down to run on a CPU (random weights): UNet with four
-levels (channels 32/64/128/128, two layers per block, cross-attention on the first three),
-a four-level VAE, a 4-layer CLIP text encoder 128 wide; DDIM, classifier-free guidance 7.5.
-Both pipelines share the very same module objects; runs alternate, medians are compared.
+`--size small` (the default): SD-1.5-shaped components scaled down to run on a CPU (random
+weights): UNet with four levels (channels 32/64/128/128, two layers per block, cross-attention
+on the first three), a four-level VAE, a 4-layer CLIP text encoder 128 wide. `--size sd15`:
+the full Stable Diffusion 1.5 shapes (860M-parameter UNet, its VAE, the ViT-L/14 text
+encoder), random weights, for a GPU. DDIM, classifier-free guidance 7.5. Both pipelines
+share the very same module objects; runs alternate, medians are compared.
 
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes benchmarks/results/pipeline.md
+    python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --steps 20 \
+        --output benchmarks/results/pipeline_gpu.md                # adds peak GPU memory and CPU offload
 """
 
 from __future__ import annotations
@@ -20,13 +25,28 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def components() -> dict:
+def components(size: str = "small") -> dict:
+    """The shared UNet, VAE, CLIP text encoder, tokenizer and DDIM scheduler (random weights,
+    seed 0, on the current default device) for `size` "small" or "sd15"."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from clipcond import clip_tokenizer
 
     torch.manual_seed(0)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False)  # fmt: skip
+    if size == "sd15":
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD-1.5's
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+        )  # fmt: skip
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                            num_attention_heads=12, max_position_embeddings=77, vocab_size=49408,
+                                            projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
+                                            eos_token_id=49407, pad_token_id=49407)).eval()  # fmt: skip
+        return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 64, 128, 128), cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
@@ -40,8 +60,6 @@ def components() -> dict:
     text = CLIPTextModel(CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                                         num_attention_heads=4, max_position_embeddings=77, vocab_size=49408,
                                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()  # fmt: skip
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False)  # fmt: skip
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
@@ -53,9 +71,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", choices=["small", "sd15"], default="small")
+    parser.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pipeline.md"))
     args = parser.parse_args()
-    parts = components()
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be >= 1")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    on_gpu = device.type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible")
+    with device:  # random init straight on the device (an 860M-parameter UNet inits slowly on a CPU)
+        parts = components(args.size)
+    for module in ("unet", "vae", "text_encoder"):
+        parts[module].to(device, dtype)
     ours = CLIPConditionedPipeline(**parts)
     peer = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     for pipe in (ours, peer):
@@ -63,9 +93,13 @@ def main() -> None:
     prompt, negative = "a red circle to the left of a blue square", "blurry"
 
     def timed(pipe) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.5,
              generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+        if on_gpu:
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     # ours twice: as shipped (the repeated prompt comes from the embedding cache) and with the
@@ -74,8 +108,14 @@ def main() -> None:
     uncached.set_progress_bar_config(disable=True)
     uncached.conditioner.cache = None
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
-    for _, pipe in sides:
-        timed(pipe)  # warm-up
+    peak = {}
+    for name, pipe in sides:
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        timed(pipe)  # warm-up, and the peak memory of one image
+        if on_gpu:
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
     times = {name: [] for name, _ in sides}
     for repeat in range(args.repeats):
         for name, pipe in sides if repeat % 2 == 0 else sides[::-1]:
@@ -83,23 +123,49 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     ratio = median["ours"] / median["peer"]
     ratio_uncached = median["ours_uncached"] / median["peer"]
+    side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in both sizes
+    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
+    shapes = ("full Stable Diffusion 1.5 shapes (860M UNet, VAE, ViT-L/14 text encoder)" if args.size == "sd15"
+              else "SD-1.5-shaped UNet/VAE/CLIP scaled down")  # fmt: skip
+    memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
         "",
-        f"CPU, float32, 256x256, {args.steps} DDIM steps, CFG 7.5 with a negative prompt, medians of {args.repeats} "
-        "alternating runs; SD-1.5-shaped UNet/VAE/CLIP scaled down (random weights)",
+        f"{where}, {args.dtype}, {side}x{side}, {args.steps} DDIM steps, CFG 7.5 with a negative prompt, medians of "
+        f"{args.repeats} alternating runs; {shapes} (random weights)",
         "",
-        "| pipeline | seconds per image |",
-        "|---|---|",
-        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |",
-        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |",
-        f"| StableDiffusionPipeline | {median['peer']:.3f} |",
+        "| pipeline | seconds per image |" + (" peak GPU memory (GiB) |" if on_gpu else ""),
+        "|---|---|" + ("---|" if on_gpu else ""),
+        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |" + memory("ours"),
+        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |" + memory("ours_uncached"),
+        f"| StableDiffusionPipeline | {median['peer']:.3f} |" + memory("peer"),
         "",
         f"ratio ours/peer: **{ratio:.3f}** with the cache, **{ratio_uncached:.3f}** without (goal <= 1.02)",
         "",
     ]
+    if on_gpu:
+        lines += offload_rows(parts, ours, peer, timed, device)
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def offload_rows(parts: dict, ours, peer, timed, device: torch.device) -> list[str]:
+    """One image each with `enable_model_cpu_offload()` (accelerate hooks move each model to
+    the GPU only while it runs): seconds and peak GPU memory, as markdown lines. The pipelines
+    share modules, so each one's hooks are removed before the other's are set."""
+    rows = []
+    for name, pipe in (("CLIPConditionedPipeline", ours), ("StableDiffusionPipeline", peer)):
+        for module in ("unet", "vae", "text_encoder"):
+            parts[module].to("cpu")
+        torch.cuda.empty_cache()
+        pipe.enable_model_cpu_offload(device=device)
+        timed(pipe)  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        seconds = timed(pipe)
+        rows.append(f"| {name} | {seconds:.3f} | {torch.cuda.max_memory_allocated() / 2**30:.2f} |")
+        pipe.remove_all_hooks()
+    return ["With `enable_model_cpu_offload()` (one image after a warm-up):", "",
+            "| pipeline | seconds per image | peak GPU memory (GiB) |", "|---|---|---|", *rows, ""]  # fmt: skip
 
 
 if __name__ == "__main__":

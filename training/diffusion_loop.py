@@ -80,6 +80,9 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     output_dir = prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
     accelerator.wait_for_everyone()
 
+    # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
+    # are made where the weights are, and its update mixes the two
+    denoiser.to(accelerator.device)
     trainable = [parameter for parameter in denoiser.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(denoiser, config.weight_decay), lr=config.lr, fused=True)
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
