@@ -89,8 +89,9 @@ def shapes_zero_shot(
                 pixels.append(transform(render_scene(single_object_scene(colour, shape, rng), image_size)))
                 labels.append(label)
         label_tensor = torch.tensor(labels)
-        embeds = encode_images(clip, torch.stack(pixels))
-        overall = zero_shot_accuracy(embeds, classifier.to(embeds.device), label_tensor)
+        # scored on the CPU, where the labels and the held-out mask are (the model may be on a GPU)
+        embeds, classifier = encode_images(clip, torch.stack(pixels)).cpu(), classifier.float().cpu()
+        overall = zero_shot_accuracy(embeds, classifier, label_tensor)
         heldout = set(heldout_pairs())
         is_heldout = torch.tensor([classes[label] in heldout for label in labels])
         result = {

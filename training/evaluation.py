@@ -60,7 +60,8 @@ def zero_shot_accuracy(image_embeds: torch.Tensor, classifier: torch.Tensor, lab
         classifier: (classes, dim) from `class_embeddings`.
         labels: (n,) int class indices.
     """
-    logits = F.normalize(image_embeds.float(), dim=-1) @ classifier.T
+    logits = F.normalize(image_embeds.float(), dim=-1) @ classifier.float().T
+    labels = labels.to(logits.device)
     top = logits.topk(min(5, classifier.shape[0]), dim=-1).indices
     correct1 = top[:, 0] == labels
     correct5 = (top == labels[:, None]).any(dim=-1)
@@ -84,7 +85,7 @@ def retrieval_recall(
     if image_embeds.shape[0] != text_embeds.shape[0]:
         raise ValueError("retrieval needs one text per image (paired rows)")
     similarity = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T
-    target = torch.arange(similarity.shape[0])
+    target = torch.arange(similarity.shape[0], device=similarity.device)
     result = {}
     for direction, scores in (("image_to_text", similarity), ("text_to_image", similarity.T)):
         # rank of the true match = number of candidates scoring strictly higher
