@@ -322,25 +322,32 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
 
 def test_the_bundled_model_draws_what_it_is_asked() -> None:
     """A quality floor for the shipped weights (benchmarks/shapes_model_judge.py measures them in
-    full): single objects by colour and shape, and two objects with both bindings."""
+    full): single objects by colour and shape, two objects with both bindings, and two objects
+    placed as the prompt says."""
     from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
     from clipcond.shapes import score_image
     from clipcond.shapes.prompt_suite import scene_from_spec
 
     pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    asks = [([("red", "circle")], "a red circle"), ([("blue", "square")], "a blue square"),
-            ([("yellow", "triangle")], "a yellow triangle"), ([("purple", "circle")], "a purple circle"),
-            ([("red", "circle"), ("blue", "square")], "a red circle and a blue square"),
-            ([("yellow", "triangle"), ("cyan", "square")], "a yellow triangle and a cyan square")]  # fmt: skip
+    red_circle, blue_square = ("red", "circle"), ("blue", "square")
+    yellow_triangle, green_square = ("yellow", "triangle"), ("green", "square")
+    asks = [([red_circle], None, "a red circle"), ([blue_square], None, "a blue square"),
+            ([yellow_triangle], None, "a yellow triangle"), ([("purple", "circle")], None, "a purple circle"),
+            ([red_circle, blue_square], None, "a red circle and a blue square"),
+            ([yellow_triangle, ("cyan", "square")], None, "a yellow triangle and a cyan square"),
+            ([red_circle, blue_square], (0, "left of", 1), "a red circle to the left of a blue square"),
+            ([yellow_triangle, green_square], (0, "above", 1), "a yellow triangle above a green square")]  # fmt: skip
     seeds = range(3)
-    prompts = [prompt for _, prompt in asks for _ in seeds]
+    prompts = [prompt for _, _, prompt in asks for _ in seeds]
     generators = [torch.Generator().manual_seed(seed) for _ in asks for seed in seeds]
     images = pipe(prompts, num_inference_steps=30, guidance_scale=3.0, generator=generators).images
-    scenes = [scene_from_spec(objects) for objects, _ in asks for _ in seeds]
-    found = [score_image(image, scene).objects_found == len(scene.objects) for image, scene in zip(images, scenes)]
-    single, pairs = found[: 4 * len(seeds)], found[4 * len(seeds) :]
-    assert sum(single) >= 10 and sum(pairs) >= 2, (found, prompts)  # measured: 12 of 12, 4 of 6
+    scores = [score_image(image, scene_from_spec(objects, relation))
+              for image, (objects, relation, _) in zip(images, [ask for ask in asks for _ in seeds])]  # fmt: skip
+    found = [score.objects_found == score.expected for score in scores]
+    single, pairs = found[: 4 * len(seeds)], found[4 * len(seeds) : 6 * len(seeds)]
+    placed = [score.relation_correct for score in scores[6 * len(seeds) :]]
+    assert sum(single) >= 10 and sum(pairs) >= 4 and sum(placed) >= 4, (found, placed, prompts)  # measured: 12 of 12, 5 of 6, 6 of 6
 
 
 def test_generate_refuses_a_pipeline_with_two_clip_encoders(sdxl_pipe, tmp_path) -> None:
