@@ -88,12 +88,11 @@ def shapes_zero_shot(
             for _ in range(images_per_class):
                 pixels.append(transform(render_scene(single_object_scene(colour, shape, rng), image_size)))
                 labels.append(label)
-        label_tensor = torch.tensor(labels)
-        # scored on the CPU, where the labels and the held-out mask are (the model may be on a GPU)
-        embeds, classifier = encode_images(clip, torch.stack(pixels)).cpu(), classifier.float().cpu()
-        overall = zero_shot_accuracy(embeds, classifier, label_tensor)
+        embeds = encode_images(clip, torch.stack(pixels))
+        label_tensor = torch.tensor(labels, device=embeds.device)  # labels and mask where the scores are
+        overall = zero_shot_accuracy(embeds, classifier.to(embeds.device), label_tensor)
         heldout = set(heldout_pairs())
-        is_heldout = torch.tensor([classes[label] in heldout for label in labels])
+        is_heldout = torch.tensor([classes[label] in heldout for label in labels], device=embeds.device)
         result = {
             "top1": overall.top1,
             "top5": overall.top5,
