@@ -133,3 +133,26 @@ def test_train_commands_take_set_overrides(tmp_path):
 
     config = config_with_overrides(TrainDiffusionConfig(text_encoder="clip", unet={}), args)
     assert (config.lr, config.data.max_objects, config.steps, config.output_dir) == (0.5, 1, 7, str(tmp_path))
+
+
+def test_object_count_weights_reach_the_training_stream():
+    from clipcond.config import apply_overrides
+    from clipcond.shapes import ShapesStream
+    from clipcond.training.clip_batches import ContrastiveBatches
+    from clipcond.training.diffusion_config import TrainDiffusionConfig
+
+    base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    config = apply_overrides(base, ["data.max_objects=2", "data.object_count_weights=[1, 3]"])
+    assert config.data.object_count_weights == [1, 3]
+    batches = ContrastiveBatches(config.data, None, 32, 8, seed=4)
+    _, captions = batches.next_with_captions()
+    stream = ShapesStream(seed=4, image_size=32, min_objects=1, max_objects=2, count_weights=[1, 3])
+    assert captions == [stream.sample(i).caption for i in range(8)]
+    plain = ShapesStream(seed=4, image_size=32, min_objects=1, max_objects=2)
+    assert captions != [plain.sample(i).caption for i in range(8)]
+    with pytest.raises(ValueError, match=r"data\.object_count_weights must hold one weight per object count 1\.\.2"):
+        apply_overrides(base, ["data.max_objects=2", "data.object_count_weights=[1, 2, 3]"])
+    with pytest.raises(ValueError, match=r"data\.object_count_weights.*finite numbers >= 0"):
+        apply_overrides(base, ["data.max_objects=2", "data.object_count_weights=[1, -3]"])
+    with pytest.raises(ValueError, match=r"data\.object_count_weights applies to data.source 'shapes' only"):
+        apply_overrides(base, ["data.source=manifest", "data.manifest=m.jsonl", "data.object_count_weights=[1]"])

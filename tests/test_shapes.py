@@ -121,6 +121,42 @@ def test_random_scene_rejects_bad_arguments(kwargs, word):
         random_scene(random.Random(0), **kwargs)
 
 
+def test_random_scene_draws_object_counts_by_weight():
+    rng = random.Random(3)
+    counts = Counter(len(random_scene(rng, 1, 3, count_weights=[1, 3, 0]).objects) for _ in range(2000))
+    assert counts[3] == 0
+    assert 0.70 < counts[2] / 2000 < 0.80  # 3 in 4, with room for sampling noise (sd ~0.01)
+    only_two = {len(random_scene(rng, 1, 2, count_weights=(0, 2.5)).objects) for _ in range(50)}
+    assert only_two == {2}
+
+
+def test_random_scene_without_weights_draws_what_it_always_did():
+    # The count used to be rng.randint(min, max); None must consume the rng the same way, so that
+    # every stream (and every model trained on one) stays reproducible.
+    for seed in range(20):
+        rng = random.Random(seed)
+        expected_count = rng.randint(1, 4)
+        scene = random_scene(random.Random(seed), 1, 4)
+        assert len(scene.objects) == expected_count
+        assert scene == random_scene(random.Random(seed), 1, 4, count_weights=None)
+
+
+@pytest.mark.parametrize(
+    "weights, error, word",
+    [
+        ([1, 1], ValueError, "one weight per object count 1..3"),
+        ([1, -1, 1], ValueError, ">= 0"),
+        ([1, float("nan"), 1], ValueError, "finite"),
+        ([0, 0, 0], ValueError, "at least one"),
+        ([1, True, 1], TypeError, "numbers"),
+        ("113", TypeError, "list of numbers"),
+    ],
+)
+def test_random_scene_rejects_bad_count_weights(weights, error, word):
+    with pytest.raises(error, match=f"count_weights.*{re.escape(word)}"):
+        random_scene(random.Random(0), 1, 3, count_weights=weights)
+
+
 def test_scene_validation():
     a = ShapeObject("circle", "red", "small", 0.2, 0.5)
     b = ShapeObject("square", "blue", "small", 0.8, 0.5)
@@ -289,6 +325,25 @@ def test_stream_splits():
         assert {o.pair for o in heldout.scene(i).objects} & held
         seen_all |= {o.pair for o in everything.scene(i).objects}
     assert seen_all == set(colour_shape_classes())
+
+
+def test_stream_count_weights_make_a_new_stream_and_none_keeps_the_old_one():
+    plain = ShapesStream(seed=2, min_objects=1, max_objects=2)
+    # The stream's sample i is random_scene with its own seeded rng; the key of a stream without
+    # weights is the one of earlier versions, so runs trained on it can be reproduced.
+    rng = random.Random("clipcond.shapes:2:train:1:2:5")
+    assert plain.scene(5) == random_scene(rng, 1, 2, pairs=shapes.train_pairs())
+    weighted = ShapesStream(seed=2, min_objects=1, max_objects=2, count_weights=[1, 3])
+    assert weighted.count_weights == (1.0, 3.0) and "count_weights=(1.0, 3.0)" in repr(weighted)
+    counts = Counter(len(weighted.scene(i).objects) for i in range(1000))
+    assert 0.70 < counts[2] / 1000 < 0.80
+    uniform = ShapesStream(seed=2, min_objects=1, max_objects=2, count_weights=[1, 1])
+    assert [uniform.scene(i) for i in range(20)] != [plain.scene(i) for i in range(20)]
+    for i in range(30):
+        sample = weighted.sample(i)
+        assert_caption_true(sample.caption, sample.scene)
+    with pytest.raises(ValueError, match="count_weights"):
+        ShapesStream(min_objects=1, max_objects=2, count_weights=[1, 2, 3])
 
 
 def test_stream_sample_caption_matches_scene():

@@ -67,10 +67,11 @@ def test_bundled_recipe_reads_the_hard_negative_tower() -> None:
 def test_bundled_relations_recipe_fine_tunes_the_coordinate_run() -> None:
     """The bundled model's last step starts from the coordinate-channel run of shapes-tiny.yaml
     (README: `--set coordinate_channels=true --output-dir runs/shapes-tiny-coords`), on the
-    same text tower, and trains only on two-object scenes."""
+    same text tower, and trains on two-object scenes 3 times in 4 and single objects once in 4."""
     base = TrainDiffusionConfig.from_yaml(CONFIGS / "diffusion" / "shapes-tiny.yaml")
     relations = TrainDiffusionConfig.from_yaml(CONFIGS / "diffusion" / "shapes-tiny-relations.yaml")
     assert Path(relations.init_from) == Path("runs/shapes-tiny-coords/pipeline")
     assert relations.text_encoder == base.text_encoder and relations.unet is None
-    assert relations.data.min_objects == relations.data.max_objects == 2
+    assert (relations.data.min_objects, relations.data.max_objects) == (1, 2)
+    assert relations.data.object_count_weights == [1, 3]
     assert relations.sample_scheduler == base.sample_scheduler and relations.timestep_spacing == base.timestep_spacing

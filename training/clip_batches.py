@@ -73,6 +73,7 @@ class _ShapesSamples(Dataset):
             min_objects=data.min_objects,
             max_objects=data.max_objects,
             split=data.split,
+            count_weights=data.object_count_weights,
         )
         self.seed = seed
         self.transform = transform or ClipImageTransform(image_size)

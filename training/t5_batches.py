@@ -44,8 +44,10 @@ class CaptionSource:
         self._stream: ShapesStream | None = None
         self._captions: list[str] = []
         if data.source == "shapes":
-            self._stream = ShapesStream(seed, _SHAPES_IMAGE_SIZE, data.min_objects, data.max_objects, data.split)
-            heldout = ShapesStream(seed + 1, _SHAPES_IMAGE_SIZE, data.min_objects, data.max_objects, "heldout")
+            counts = (data.min_objects, data.max_objects)
+            weights = data.object_count_weights
+            self._stream = ShapesStream(seed, _SHAPES_IMAGE_SIZE, *counts, data.split, count_weights=weights)
+            heldout = ShapesStream(seed + 1, _SHAPES_IMAGE_SIZE, *counts, "heldout", count_weights=weights)
             self.heldout = [heldout.sample(i).caption for i in range(heldout_count)]
             return
         if data.source == "manifest":

@@ -9,6 +9,7 @@ both the scene sampler and the judge use.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -215,16 +216,48 @@ def _check_pairs(pairs: Iterable[tuple[str, str]], name: str) -> list[tuple[str,
     return checked
 
 
+def check_count_weights(
+    weights: Sequence[float] | None, min_objects: int, max_objects: int, name: str = "count_weights"
+) -> tuple[float, ...] | None:
+    """Validate relative weights of the object counts `min_objects..max_objects`.
+
+    Returns them as a tuple of floats (None stays None: counts are uniform).
+    Raises ValueError/TypeError naming `name` unless there is one finite weight
+    >= 0 per count and at least one of them is > 0.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise TypeError(f"{name} must be a list of numbers, got {type(weights).__name__}")
+    expected = max_objects - min_objects + 1
+    if len(weights) != expected:
+        raise ValueError(
+            f"{name} must hold one weight per object count {min_objects}..{max_objects} "
+            f"({expected} numbers), got {len(weights)}: {list(weights)!r}"
+        )
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"{name} must hold numbers, got {weight!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{name} must hold finite numbers >= 0, got {weight!r}")
+    if not any(weight > 0 for weight in weights):
+        raise ValueError(f"{name} must give at least one object count a weight > 0, got {list(weights)!r}")
+    return tuple(float(weight) for weight in weights)
+
+
 def random_scene(
     rng: random.Random,
     min_objects: int = 1,
     max_objects: int = MAX_OBJECTS,
     pairs: Iterable[tuple[str, str]] | None = None,
     must_include: Iterable[tuple[str, str]] | None = None,
+    count_weights: Sequence[float] | None = None,
 ) -> Scene:
     """Draw a scene of non-overlapping objects.
 
-    The object count is uniform in `[min_objects, max_objects]`. Objects come
+    The object count is uniform in `[min_objects, max_objects]`, or drawn with
+    `count_weights` (relative weights of `min_objects, ..., max_objects`; e.g.
+    `[1, 3]` with counts 1..2 gives two-object scenes 3 times in 4). Objects come
     in groups of one `(colour, shape)` each; a group is sometimes two or more
     identical objects (same colour, shape and size) for counting. When two or
     more objects are alone in their group, the scene usually (most 2-object
@@ -237,6 +270,8 @@ def random_scene(
         pairs: allowed `(colour, shape)` combinations; all of them when None.
         must_include: if given, at least one object's combination is drawn
             from these (they need not be in `pairs`).
+        count_weights: see above; None (uniform) draws exactly the scenes it
+            always did for the same `rng` state.
     """
     if not isinstance(rng, random.Random):
         raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
@@ -247,8 +282,12 @@ def random_scene(
         raise ValueError(f"min_objects ({min_objects}) must not exceed max_objects ({max_objects})")
     allowed = _check_pairs(pairs, "pairs") if pairs is not None else [(c, s) for c in COLOURS for s in SHAPES]
     required = _check_pairs(must_include, "must_include") if must_include is not None else None
+    weights = check_count_weights(count_weights, min_objects, max_objects)
 
-    n = rng.randint(min_objects, max_objects)
+    if weights is None:
+        n = rng.randint(min_objects, max_objects)
+    else:
+        n = rng.choices(range(min_objects, max_objects + 1), weights=weights)[0]
     groups: list[list] = []  # [pair, count, size]
     remaining = n
     while remaining:

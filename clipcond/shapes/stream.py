@@ -9,14 +9,14 @@ every run sees the same data.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
 from clipcond.shapes.captions import caption_scene
 from clipcond.shapes.render import MIN_IMAGE_SIZE, render_scene
-from clipcond.shapes.scene import MAX_OBJECTS, Scene, random_scene
+from clipcond.shapes.scene import MAX_OBJECTS, Scene, check_count_weights, random_scene
 from clipcond.shapes.splits import colour_shape_classes, heldout_pairs, train_pairs
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
@@ -42,6 +42,10 @@ class ShapesStream:
         split: "train" (only `train_pairs()`), "heldout" (every scene holds at
             least one held-out pair; the other objects may be any pair) or
             "all" (any pair).
+        count_weights: relative weights of the object counts
+            `min_objects..max_objects` (one number each); None: uniform. A
+            stream with weights is a different stream from one without, even
+            for uniform weights; None keeps the samples of earlier versions.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class ShapesStream:
         min_objects: int = 1,
         max_objects: int = MAX_OBJECTS,
         split: str = "train",
+        count_weights: Sequence[float] | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
@@ -63,6 +68,7 @@ class ShapesStream:
             raise ValueError(f"min_objects ({min_objects}) must not exceed max_objects ({max_objects})")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.count_weights = check_count_weights(count_weights, min_objects, max_objects)
         self.seed = seed
         self.image_size = image_size
         self.min_objects = min_objects
@@ -72,11 +78,14 @@ class ShapesStream:
     def __repr__(self) -> str:
         return (
             f"ShapesStream(seed={self.seed}, image_size={self.image_size}, min_objects={self.min_objects}, "
-            f"max_objects={self.max_objects}, split={self.split!r})"
+            f"max_objects={self.max_objects}, split={self.split!r}, count_weights={self.count_weights!r})"
         )
 
     def _rng(self, index: int) -> random.Random:
-        return random.Random(f"clipcond.shapes:{self.seed}:{self.split}:{self.min_objects}:{self.max_objects}:{index}")
+        key = f"clipcond.shapes:{self.seed}:{self.split}:{self.min_objects}:{self.max_objects}"
+        if self.count_weights is not None:
+            key += ":weights=" + ",".join(repr(weight) for weight in self.count_weights)
+        return random.Random(f"{key}:{index}")
 
     def scene(self, index: int) -> Scene:
         """The scene of sample `index` (no rendering)."""
@@ -87,13 +96,20 @@ class ShapesStream:
             raise ValueError(f"index must be a non-negative int, got {index!r}")
         rng = self._rng(index)
         if self.split == "train":
-            scene = random_scene(rng, self.min_objects, self.max_objects, pairs=train_pairs())
+            scene = random_scene(
+                rng, self.min_objects, self.max_objects, pairs=train_pairs(), count_weights=self.count_weights
+            )
         elif self.split == "heldout":
             scene = random_scene(
-                rng, self.min_objects, self.max_objects, pairs=colour_shape_classes(), must_include=heldout_pairs()
+                rng,
+                self.min_objects,
+                self.max_objects,
+                pairs=colour_shape_classes(),
+                must_include=heldout_pairs(),
+                count_weights=self.count_weights,
             )
         else:
-            scene = random_scene(rng, self.min_objects, self.max_objects)
+            scene = random_scene(rng, self.min_objects, self.max_objects, count_weights=self.count_weights)
         return scene, rng
 
     def sample(self, index: int) -> ShapesSample:
