@@ -4,6 +4,9 @@
 - `state()`: a cheap token that changes whenever any parameter or buffer is replaced
   (a different tensor object or storage) or modified in place (torch bumps a tensor's
   version counter on every in-place write: optimizer steps, `load_state_dict`, `copy_`).
+  For modules placed by accelerate hooks (`enable_model_cpu_offload`), whose storage moves
+  on every call by design, a change of dtype or device stands in for a change of storage.
+  The settings of peft adapter layers (scale, active, merged, disabled) are part of it too.
 - `content_hash()`: a hash of the weights' names, shapes, dtypes and bytes, stable across
   processes (used for the on-disk cache); computed once per state, since it reads every byte.
 """
@@ -27,7 +30,8 @@ def _tensors(modules: Sequence[nn.Module]) -> list[tuple[str, torch.Tensor]]:
 
 
 def weights_hash(modules: Sequence[nn.Module]) -> str:
-    """Hex digest (blake2b, 32 bytes) of every tensor's name, dtype, shape and bytes."""
+    """Hex digest (blake2b, 32 bytes) of every tensor's name, dtype, shape and bytes, and of
+    the modules' peft adapter settings."""
     digest = hashlib.blake2b(digest_size=32)
     for name, tensor in _tensors(modules):
         data = tensor.detach()
@@ -36,7 +40,29 @@ def weights_hash(modules: Sequence[nn.Module]) -> str:
             raise ValueError(f"cannot fingerprint weights on the meta device ({name}); load them first")
         data = data.to("cpu").contiguous().reshape(-1).view(torch.uint8)
         digest.update(memoryview(data.numpy()))
+    for index, module in enumerate(modules):
+        digest.update(f"{index}|adapters|{_adapter_settings(module)!r}".encode())
     return digest.hexdigest()
+
+
+def _placed_by_hook(module: nn.Module) -> bool:
+    """True when accelerate hooks place `module`'s weights (`enable_model_cpu_offload`)."""
+    return any(getattr(part, "_hf_hook", None) is not None for part in module.modules())
+
+
+def _adapter_settings(module: nn.Module) -> tuple:
+    """The settings of peft adapter layers in `module` that change its output without touching
+    a weight: each layer's scaling per adapter, active adapters, merged adapters, and whether
+    adapters are disabled (`set_adapters`, `scale_layer`, `disable_adapter_layers`)."""
+    settings = []
+    for name, part in module.named_modules():
+        scaling = getattr(part, "scaling", None)
+        if isinstance(scaling, dict) and hasattr(part, "active_adapters"):
+            settings.append((
+                name, tuple(sorted(scaling.items())), tuple(part.active_adapters),
+                tuple(getattr(part, "merged_adapters", ())), bool(getattr(part, "disable_adapters", False)),
+            ))  # fmt: skip
+    return tuple(settings)
 
 
 class WeightsWatch:
@@ -52,7 +78,16 @@ class WeightsWatch:
 
     def state(self) -> tuple:
         """A token equal between two calls if and only if no weight was replaced or written."""
-        tensors = [tensor for _, tensor in _tensors(self._modules)]
+        tensors: list[torch.Tensor] = []
+        marks: list[tuple] = []
+        for module in self._modules:
+            placed_by_hook = _placed_by_hook(module)
+            for tensor in module.state_dict(keep_vars=True).values():
+                tensors.append(tensor)
+                # A hook moves the weights for each forward and back after: their storage
+                # changes on every call while their values do not.
+                where = (tensor.dtype, tensor.device) if placed_by_hook else tensor.data_ptr()
+                marks.append((tensor._version, where))
         same_objects = len(tensors) == len(self._refs) and all(
             ref() is tensor for ref, tensor in zip(self._refs, tensors)
         )
@@ -60,8 +95,8 @@ class WeightsWatch:
             # New tensor objects: start a new generation, so a recycled id() can never match.
             self._generation += 1
             self._refs = [weakref.ref(tensor) for tensor in tensors]
-        versions = tuple((tensor._version, tensor.data_ptr()) for tensor in tensors)
-        state = (self._generation, versions)
+        adapters = tuple(_adapter_settings(module) for module in self._modules)
+        state = (self._generation, tuple(marks), adapters)
         self._last_state = state
         return state
 

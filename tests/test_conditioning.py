@@ -243,6 +243,70 @@ def test_changed_weights_never_return_stale_embeddings(tiny_clip_text_path, chan
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
 
 
+def test_offload_hooks_moving_the_weights_keep_the_cache(tiny_clip_text_path):
+    """`enable_model_cpu_offload` moves an encoder's weights to the GPU and back on every call
+    (same parameters, new storage, same values). The cache must survive those moves, and
+    still notice a real write or a cast."""
+    from accelerate import cpu_offload_with_hook
+
+    def move(module):  # what an offload round trip does to each parameter: new storage, same values
+        module._apply(lambda tensor: tensor.clone())
+
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    plain = TextConditioner("sd", clip=[(model, tokenizer)])
+    counter = _ForwardCounter(model)
+    plain.encode("a red circle")
+    move(model)
+    plain.encode("a red circle")
+    assert counter.calls == 2  # without a hook, new storage is a new weight (`.data = ...`)
+
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    cpu_offload_with_hook(model, execution_device="cpu")
+    cond = TextConditioner("sd", clip=[(model, tokenizer)])
+    counter = _ForwardCounter(model)
+    first = cond.encode("a red circle").tokens.clone()
+    move(model)
+    torch.testing.assert_close(cond.encode("a red circle").tokens, first, rtol=0, atol=0)
+    assert counter.calls == 1
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1.5)
+    written = cond.encode("a red circle").tokens.clone()
+    assert counter.calls == 2 and not torch.equal(written, first)
+    model.to(torch.float64)
+    assert cond.encode("a red circle").tokens.dtype == torch.float64 and counter.calls == 3
+
+
+@pytest.mark.parametrize("cache_on_disk", [False, True])
+def test_lora_adapter_settings_are_part_of_the_cache_key(tiny_clip_text_path, tmp_path, cache_on_disk):
+    """A peft LoRA's scale, or turning its layers off, changes the encoder's output without
+    writing a weight: the cache (in memory and on disk) must not return the old embeddings."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
+    model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), model)
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    settings = dict(cache_dir=str(tmp_path)) if cache_on_disk else {}
+    cond = TextConditioner("sd", clip=[(model, tokenizer)], **settings)
+
+    def fresh() -> torch.Tensor:
+        return TextConditioner("sd", clip=[(model, tokenizer)], cache_size=0).encode("a red circle").tokens
+
+    full = cond.encode("a red circle").tokens.clone()
+    for layer in layers:
+        layer.scale_layer(0.5)
+    half = cond.encode("a red circle").tokens.clone()
+    assert not torch.equal(half, full)
+    torch.testing.assert_close(half, fresh(), rtol=0, atol=0)
+    for layer in layers:
+        layer.enable_adapters(False)
+    torch.testing.assert_close(cond.encode("a red circle").tokens, fresh(), rtol=0, atol=0)
+    assert not torch.equal(fresh(), half)
+    for layer in layers:
+        layer.enable_adapters(True)
+    torch.testing.assert_close(cond.encode("a red circle").tokens, half, rtol=0, atol=0)
+
+
 def test_disk_cache_survives_a_new_conditioner_and_notices_new_weights(tiny_clip_text_path, tmp_path):
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
     first = TextConditioner("sd", clip=[(model, tokenizer)], cache_dir=str(tmp_path))
