@@ -10,7 +10,7 @@ share the very same module objects; runs alternate, medians are compared.
 
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes benchmarks/results/pipeline.md
     python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --steps 20 \
-        --output benchmarks/results/pipeline_gpu.md                # adds peak GPU memory and CPU offload
+        --output benchmarks/results/pipeline_gpu.md                # adds peak GPU memory, xformers and CPU offload
 """
 
 from __future__ import annotations
@@ -144,28 +144,91 @@ def main() -> None:
         "",
     ]
     if on_gpu:
-        lines += offload_rows(parts, ours, peer, timed, device)
+        lines += xformers_rows(ours, peer, timed, args.repeats)
+        for module in ("unet", "vae", "text_encoder"):  # off the GPU: the offload peaks are read alone
+            parts[module].to("cpu")
+        lines += offload_rows(args.size, dtype, device, timed, args.repeats)
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def offload_rows(parts: dict, ours, peer, timed, device: torch.device) -> list[str]:
-    """One image each with `enable_model_cpu_offload()` (accelerate hooks move each model to
-    the GPU only while it runs): seconds and peak GPU memory, as markdown lines. The pipelines
-    share modules, so each one's hooks are removed before the other's are set."""
-    rows = []
-    for name, pipe in (("CLIPConditionedPipeline", ours), ("StableDiffusionPipeline", peer)):
+def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, repeats: int) -> list[str]:
+    """Seconds per image and peak GPU memory with `enable_model_cpu_offload()` (accelerate hooks
+    move each model to the GPU only while it runs), as markdown lines: ours with the cache on
+    (the default), ours with it off, and the peer. Each pipeline gets its own copy of the
+    components (same seed, same weights), so their hooks never meet; runs alternate and the
+    medians of `repeats` runs are compared."""
+    from diffusers import StableDiffusionPipeline
+
+    from clipcond import CLIPConditionedPipeline
+
+    def fresh_parts() -> dict:
+        with device:
+            parts = components(size)
         for module in ("unet", "vae", "text_encoder"):
-            parts[module].to("cpu")
-        torch.cuda.empty_cache()
+            parts[module].to(dtype=dtype)
+        return parts
+
+    ours = CLIPConditionedPipeline(**fresh_parts())
+    uncached = CLIPConditionedPipeline(**fresh_parts())
+    uncached.conditioner.cache = None
+    peer = StableDiffusionPipeline(**fresh_parts(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)  # fmt: skip
+    sides = [("CLIPConditionedPipeline (cache on)", ours), ("CLIPConditionedPipeline (cache off)", uncached),
+             ("StableDiffusionPipeline", peer)]  # fmt: skip
+    for _, pipe in sides:  # all weights on the CPU before any peak is read
+        pipe.set_progress_bar_config(disable=True)
         pipe.enable_model_cpu_offload(device=device)
+    torch.cuda.empty_cache()
+    peak = {}
+    for name, pipe in sides:
         timed(pipe)  # warm-up
         torch.cuda.reset_peak_memory_stats()
-        seconds = timed(pipe)
-        rows.append(f"| {name} | {seconds:.3f} | {torch.cuda.max_memory_allocated() / 2**30:.2f} |")
+        timed(pipe)
+        peak[name] = torch.cuda.max_memory_allocated() / 2**30
+    times = {name: [] for name, _ in sides}
+    for repeat in range(repeats):  # each pipeline takes each place in the order in turn
+        shift = repeat % len(sides)
+        for name, pipe in sides[shift:] + sides[:shift]:
+            times[name].append(timed(pipe))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rows = [f"| {name} | {median[name]:.3f} | {peak[name]:.2f} |" for name, _ in sides]
+    peer_time = median["StableDiffusionPipeline"]
+    ratios = ", ".join(f"{median[name] / peer_time:.3f} ({label})" for name, label in
+                       ((sides[0][0], "cache on"), (sides[1][0], "cache off")))  # fmt: skip
+    for _, pipe in sides:
         pipe.remove_all_hooks()
-    return ["With `enable_model_cpu_offload()` (one image after a warm-up):", "",
-            "| pipeline | seconds per image | peak GPU memory (GiB) |", "|---|---|---|", *rows, ""]  # fmt: skip
+    return [f"With `enable_model_cpu_offload()` (medians of {repeats} alternating runs, each pipeline on its own "
+            "copy of the components):", "",
+            "| pipeline | seconds per image | peak GPU memory (GiB) |", "|---|---|---|", *rows, "",
+            f"ratio ours/peer with offload: {ratios}", ""]  # fmt: skip
+
+
+def xformers_rows(ours, peer, timed, repeats: int) -> list[str]:
+    """Seconds per image of ours and the peer with xformers attention on the shared UNet and VAE
+    (alternating, medians), as markdown lines; none when xformers is not installed."""
+    try:
+        import xformers
+    except ImportError:
+        return []
+    try:
+        ours.enable_xformers_memory_efficient_attention()  # the modules are shared: the peer's too
+    except (NotImplementedError, RuntimeError) as error:  # e.g. a wheel built for another torch
+        reason = str(error).strip().splitlines()[0]
+        return [f"xformers {xformers.__version__} is installed but its attention does not run here: {reason}", ""]
+    sides = [("CLIPConditionedPipeline", ours), ("StableDiffusionPipeline", peer)]
+    for _, pipe in sides:
+        timed(pipe)  # warm-up
+    times = {name: [] for name, _ in sides}
+    for repeat in range(repeats):
+        for name, pipe in sides if repeat % 2 == 0 else sides[::-1]:
+            times[name].append(timed(pipe))
+    ours.disable_xformers_memory_efficient_attention()
+    median = {name: statistics.median(values) for name, values in times.items()}
+    ratio = median["CLIPConditionedPipeline"] / median["StableDiffusionPipeline"]
+    return [f"With `enable_xformers_memory_efficient_attention()` (xformers {xformers.__version__}, medians of "
+            f"{repeats} alternating runs):", "", "| pipeline | seconds per image |", "|---|---|",
+            *(f"| {name} | {median[name]:.3f} |" for name, _ in sides), "", f"ratio ours/peer: {ratio:.3f}", ""]  # fmt: skip
 
 
 if __name__ == "__main__":
