@@ -26,6 +26,13 @@ from transformers import (
 )
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    StableDiffusionPipeline,
+    rescale_noise_cfg,
+    retrieve_timesteps,
+)
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
@@ -35,8 +42,17 @@ from clipcond.projection import TextProjection
 from clipcond.recipes import custom_recipe
 
 
-class CLIPConditionedPipeline(DiffusionPipeline):
+def _per_call(name: str, doc: str) -> property:
+    """A read-only property over `self._<name>`, which each `__call__` sets."""
+    return property(lambda self: getattr(self, f"_{name}"), doc=doc)
+
+
+class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
+
+    LoRA weights load as in Stable Diffusion (`load_lora_weights`, `set_adapters`,
+    `fuse_lora`); `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text
+    encoders alike.
 
     Args:
         unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's
@@ -61,6 +77,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _optional_components = ["vae", "text_encoder_2", "tokenizer_2", "text_projection"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -116,6 +133,19 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         """Height and width must be multiples of this: VAE factor times the UNet's own downsampling."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    # The running call's settings, read by step-end callbacks as in diffusers' pipelines (a
+    # callback may set `pipe._guidance_scale = 0.0` to stop guidance, or `pipe._interrupt = True`).
+    guidance_scale = _per_call("guidance_scale", "The classifier-free guidance scale.")
+    guidance_rescale = _per_call("guidance_rescale", "The guidance rescale factor (0: none).")
+    cross_attention_kwargs = _per_call("cross_attention_kwargs", "Keyword arguments for the attention processors.")
+    num_timesteps = _per_call("num_timesteps", "Number of timesteps the scheduler runs.")
+    interrupt = _per_call("interrupt", "True: the remaining steps are skipped.")
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Guidance runs the UNet on negative and positive prompts (off for guidance-distilled UNets)."""
+        return self._guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+
     @property
     def conditioner(self) -> TextConditioner:
         """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
@@ -166,7 +196,7 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         generator: Any,
         output_type: str,
     ) -> int:
-        """Validate every argument before any work; returns the number of prompts."""
+        """Validate the prompt, size, step and output arguments; returns the number of prompts."""
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
         if prompt is not None:
@@ -206,6 +236,35 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         return count
 
+    def check_sampling_inputs(
+        self, timesteps: Any, sigmas: Any, guidance_rescale: Any, cross_attention_kwargs: Any,
+        callback_on_step_end: Any, tensor_inputs: list[str],
+    ) -> None:  # fmt: skip
+        """Validate the schedule, guidance-rescale, attention and callback arguments."""
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("give at most one of `timesteps` and `sigmas`")
+        for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if schedule is not None:
+                if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__len__") or len(schedule) == 0:
+                    raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
+                accepted = set(inspect.signature(self.scheduler.set_timesteps).parameters)
+                if name not in accepted:
+                    raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `{name}`")
+        if (
+            isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float))
+            or not math.isfinite(guidance_rescale) or guidance_rescale < 0
+        ):  # fmt: skip
+            raise ValueError(f"`guidance_rescale` must be a finite number >= 0, got {guidance_rescale!r}")
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise TypeError(f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError("`callback_on_step_end` must be callable: (pipe, step, timestep, tensors) -> dict")
+        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; choose from {self._callback_tensor_inputs}"
+            )
+
     # ------------------------------------------------------------------ generation
 
     def _embeds(
@@ -215,7 +274,18 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
         guidance: bool,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if prompt_embeds is None and lora_scale is not None:
+            # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
+            encoders = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
+            for encoder in encoders:
+                scale_lora_layers(encoder, lora_scale)
+            try:
+                return self._embeds(prompt, negative_prompt, None, negative_prompt_embeds, guidance)
+            finally:
+                for encoder in encoders:
+                    unscale_lora_layers(encoder, lora_scale)
         if prompt_embeds is None:
             kwargs = self.conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
             prompt_embeds = kwargs["prompt_embeds"]
@@ -242,8 +312,23 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         eta: float = 0.0,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        guidance_rescale: float = 0.0,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Any = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
+
+        The arguments are StableDiffusionPipeline's, with the same meaning: `timesteps` or
+        `sigmas` replace the scheduler's spacing (then `num_inference_steps` is their count),
+        `guidance_rescale` rescales the guided prediction (arXiv 2305.08891, section 3.4),
+        `cross_attention_kwargs` go to the UNet's attention processors (`"scale"` also scales a
+        LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
+        runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
+        (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
+        return replacements for them.
 
         Returns:
             `ImagePipelineOutput(images=...)` (or a 1-tuple): PIL images, a (n, H, W, 3) float
@@ -252,13 +337,22 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         """
         height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
         width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
+        tensor_inputs = ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
         count = self.check_inputs(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
             num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
         )  # fmt: skip
+        self.check_sampling_inputs(timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end,
+                                   tensor_inputs)  # fmt: skip
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
         device = self._execution_device
-        guidance = guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
-        positive, negative = self._embeds(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance)
+        lora_scale = (cross_attention_kwargs or {}).get("scale")
+        positive, negative = self._embeds(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, self.do_classifier_free_guidance, lora_scale
+        )  # fmt: skip
         dtype = self.unet.dtype
         positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative is not None:
@@ -267,12 +361,12 @@ class CLIPConditionedPipeline(DiffusionPipeline):
         else:
             context = positive
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        schedule, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
         guard_timesteps(self.scheduler, num_inference_steps)
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
-        shape = (count * num_images_per_prompt, channels,
-                 height // self.vae_scale_factor, width // self.vae_scale_factor)  # fmt: skip
+        images_count = count * num_images_per_prompt
+        shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
@@ -284,19 +378,42 @@ class CLIPConditionedPipeline(DiffusionPipeline):
             step_kwargs["eta"] = eta
         if "generator" in step_parameters:
             step_kwargs["generator"] = generator
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:  # a guidance-distilled UNet reads the scale
+            scale = torch.tensor(guidance_scale - 1).repeat(images_count)
+            timestep_cond = StableDiffusionPipeline.get_guidance_scale_embedding(
+                self, scale, embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)  # fmt: skip
 
+        self._num_timesteps = len(schedule)
+        warmup = len(schedule) - num_inference_steps * self.scheduler.order
         with self.progress_bar(total=num_inference_steps) as progress:
-            for t in self.scheduler.timesteps:
-                model_input = torch.cat([latents] * 2) if guidance else latents
+            for index, t in enumerate(schedule):
+                if self.interrupt:
+                    continue
+                guided = self.do_classifier_free_guidance  # a callback may turn guidance off
+                model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 if coordinates:
                     model_input = append_coordinates(model_input)
-                noise = self.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
-                if guidance:
+                noise = self.unet(
+                    model_input, t, encoder_hidden_states=context, timestep_cond=timestep_cond,
+                    cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
+                )[0]  # fmt: skip
+                if guided:
                     unconditional, conditional = noise.chunk(2)
-                    noise = unconditional + guidance_scale * (conditional - unconditional)
+                    noise = unconditional + self.guidance_scale * (conditional - unconditional)
+                    if self.guidance_rescale > 0.0:
+                        noise = rescale_noise_cfg(noise, conditional, guidance_rescale=self.guidance_rescale)
                 latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-                progress.update()
+                if callback_on_step_end is not None:
+                    current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": negative}
+                    returned = callback_on_step_end(self, index, t, {name: current[name] for name in tensor_inputs})
+                    latents = returned.pop("latents", latents)
+                    context = returned.pop("prompt_embeds", context)
+                    negative = returned.pop("negative_prompt_embeds", negative)
+                if index == len(schedule) - 1 or (index + 1 > warmup and (index + 1) % self.scheduler.order == 0):
+                    progress.update()
 
         warn_if_not_finite(latents)
         if output_type == "latent":

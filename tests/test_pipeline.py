@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -197,6 +199,15 @@ def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
         (dict(prompt="a", prompt_embeds=torch.zeros(1, 77, 32)), "exactly one of"),
         (dict(prompt="a", generator=[torch.Generator()] * 3), "generators"),
         (dict(prompt="a", output_type="jpeg"), "output_type"),
+        (dict(prompt="a", timesteps=[999, 1], sigmas=[1.0, 0.0]), "at most one of `timesteps` and `sigmas`"),
+        (dict(prompt="a", timesteps=[999, 500]), "DDIMScheduler does not accept custom `timesteps`"),
+        (dict(prompt="a", timesteps=[]), "timesteps"),
+        (dict(prompt="a", guidance_rescale=-0.1), "guidance_rescale"),
+        (dict(prompt="a", guidance_rescale=float("nan")), "guidance_rescale"),
+        (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
+        (dict(prompt="a", callback_on_step_end="print"), "callback_on_step_end"),
+        (dict(prompt="a", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
+         "callback_on_step_end_tensor_inputs"),
     ],
 )
 def test_bad_input_fails_before_any_work(sd_pipe, kwargs, message, monkeypatch) -> None:
@@ -206,6 +217,114 @@ def test_bad_input_fails_before_any_work(sd_pipe, kwargs, message, monkeypatch) 
     with pytest.raises((ValueError, TypeError), match=message):
         pipe(**{"num_inference_steps": 2, **kwargs})
     assert not calls
+
+
+def _scale_latents_once(pipe, step, timestep, tensors):
+    return {"latents": tensors["latents"] * 0.9} if step == 0 else {}
+
+
+def _stop_guidance_after_the_first_step(pipe, step, timestep, tensors):
+    """diffusers' documented recipe: drop classifier-free guidance for the remaining steps."""
+    if step != 0:
+        return {}
+    pipe._guidance_scale = 0.0
+    return {"prompt_embeds": tensors["prompt_embeds"].chunk(2)[-1]}
+
+
+def _interrupt_after_the_first_step(pipe, step, timestep, tensors):
+    pipe._interrupt = True
+    return {}
+
+
+@pytest.mark.parametrize(
+    "scheduler, kwargs",
+    [
+        ("DDIMScheduler", dict(guidance_rescale=0.7)),
+        ("EulerDiscreteScheduler", dict(timesteps=[999, 600, 250, 40])),
+        ("EulerDiscreteScheduler", dict(sigmas=[14.6, 3.0, 0.8, 0.1])),
+        ("DDIMScheduler", dict(callback_on_step_end=_scale_latents_once)),
+        ("DDIMScheduler", dict(callback_on_step_end=_stop_guidance_after_the_first_step,
+                               callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])),
+        ("DDIMScheduler", dict(callback_on_step_end=_interrupt_after_the_first_step)),
+        ("HeunDiscreteScheduler", dict()),  # a second-order scheduler: two UNet calls per step
+    ],
+)
+def test_diffusers_call_arguments_give_stable_diffusions_images(sd_pipe, scheduler, kwargs) -> None:
+    """The StableDiffusionPipeline arguments beyond the basics (custom timesteps or sigmas,
+    guidance rescale, step-end callbacks that change latents, drop guidance or interrupt)
+    mean what they mean there: the same images, bit for bit."""
+    import diffusers
+
+    peer, ours = copy.copy(sd_pipe), ours_from(sd_pipe)
+    for pipe in (peer, ours):
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(sd_pipe.scheduler.config)
+    settings = dict(prompt="a red circle", negative_prompt="blurry", num_inference_steps=4, **kwargs)
+    expected = run(peer, **settings)
+    assert np.array_equal(run(ours, **settings), expected)
+    if kwargs:
+        plain = {name: value for name, value in settings.items() if name not in kwargs}
+        assert not np.array_equal(run(peer, **plain), expected)  # the argument changed something
+    if "callback_on_step_end" in kwargs:
+        assert ours.num_timesteps == 4
+
+
+def test_a_guidance_distilled_unet_reads_the_guidance_scale(sd_pipe) -> None:
+    """A UNet with `time_cond_proj_dim` (LCM-style, guidance distilled into it) gets the guidance
+    scale as an embedding and no classifier-free batch, as in StableDiffusionPipeline."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**sd_pipe.unet.config, "time_cond_proj_dim": 8})
+    parts = dict(unet=unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
+                 tokenizer=sd_pipe.tokenizer)  # fmt: skip
+    peer = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ours = CLIPConditionedPipeline(**parts)
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    batch_sizes = []
+    unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    for scale in (2.0, 8.0):
+        assert np.array_equal(run(ours, prompt="a red circle", guidance_scale=scale),
+                              run(peer, prompt="a red circle", guidance_scale=scale))  # fmt: skip
+    assert set(batch_sizes) == {1}
+    assert not np.array_equal(run(ours, prompt="a red circle", guidance_scale=2.0),
+                              run(ours, prompt="a red circle", guidance_scale=8.0))  # fmt: skip
+
+
+def test_lora_weights_load_and_scale_as_in_stable_diffusion(tmp_path) -> None:
+    """`load_lora_weights` on a LoRA for the UNet and the text encoder (saved the diffusers way),
+    and `cross_attention_kwargs={"scale": s}`, give StableDiffusionPipeline's images; the
+    embedding cache follows the scale of the text encoder's LoRA."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from tiny_pipelines import build_sd
+
+    source = build_sd()
+    torch.manual_seed(1)
+    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                       init_lora_weights=False))  # fmt: skip
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                            source.text_encoder)  # fmt: skip
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "lora",
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
+    )
+    peer, ours = build_sd(), ours_from(build_sd())
+    without = run(ours, prompt="a red circle")
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(tmp_path / "lora")
+    with_lora = run(ours, prompt="a red circle")
+    assert np.array_equal(with_lora, run(peer, prompt="a red circle")) and not np.array_equal(with_lora, without)
+    half = dict(prompt="a red circle", cross_attention_kwargs={"scale": 0.5})
+    assert np.array_equal(run(ours, **half), run(peer, **half)) and not np.array_equal(run(ours, **half), with_lora)
+    assert np.array_equal(run(ours, prompt="a red circle"), with_lora)  # the cache did not keep the scaled embeddings
+    ours.unload_lora_weights()
+    assert np.array_equal(run(ours, prompt="a red circle"), without)
 
 
 def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
