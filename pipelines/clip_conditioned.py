@@ -116,8 +116,8 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             )
         self.register_to_config(recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length,
                                 coordinate_channels=coordinate_channels)  # fmt: skip
-        self._conditioner: TextConditioner | None = None
-        self._conditioner_key: tuple | None = None
+        self._conditioners: dict[int | None, TextConditioner] = {}
+        self._conditioners_for: tuple | None = None  # the components they were built over
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------ components
@@ -149,36 +149,51 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
     @property
     def conditioner(self) -> TextConditioner:
         """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
+        return self.conditioner_for(self.config.clip_skip)
+
+    def conditioner_for(self, clip_skip: int | None) -> TextConditioner:
+        """The conditioner with `clip_skip` (a call's `clip_skip` argument; the pipeline's own
+        setting otherwise). Built once per value and kept, each with its own embedding cache,
+        until a component is swapped.
+
+        Raises:
+            ValueError, TypeError: a `clip_skip` the recipe or the encoder cannot take, or
+                encoders whose width does not fit the UNet.
+        """
         projection = getattr(self, "text_projection", None)
-        key = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
-               id(projection), self.config.recipe, self.config.clip_skip, self.config.get("t5_max_length"))  # fmt: skip
-        if self._conditioner is None or self._conditioner_key != key:
-            t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
-            if projection is not None and self.config.recipe != "custom":
-                raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}")
-            recipe = self.config.recipe
-            if recipe == "custom" and self.config.get("t5_max_length") is not None:
-                recipe = custom_recipe(True, True, t5_max_length=self.config.t5_max_length)
-            conditioner = TextConditioner(
-                recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=self.config.clip_skip,
-                projection=projection,
-            )  # fmt: skip
-            width = self.unet.config.cross_attention_dim
-            if projection is not None:
-                produced = projection.config.projection_dim
-            elif t5 is None or self.config.recipe == "sd":
-                produced = conditioner.clip_width
-            else:
-                produced = max(conditioner.clip_width, conditioner.t5_width)
-            if produced != width:
-                raise ValueError(
-                    f"the text encoders give {produced}-wide tokens but unet.config.cross_attention_dim is {width}; "
-                    "use an encoder of that width, or add a learned adapter: recipe='custom' with "
-                    f"text_projection=TextProjection(projection_dim={width}, ...) (trained with "
-                    "`clipcond train-diffusion`, `train: adapter`)"
-                )
-            self._conditioner, self._conditioner_key = conditioner, key
-        return self._conditioner
+        components = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
+                      id(projection), self.config.recipe, self.config.get("t5_max_length"))  # fmt: skip
+        if self._conditioners_for != components:
+            self._conditioners, self._conditioners_for = {}, components
+        if clip_skip not in self._conditioners:
+            self._conditioners[clip_skip] = self._build_conditioner(clip_skip, projection)
+        return self._conditioners[clip_skip]
+
+    def _build_conditioner(self, clip_skip: int | None, projection: TextProjection | None) -> TextConditioner:
+        t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
+        if projection is not None and self.config.recipe != "custom":
+            raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}")
+        recipe = self.config.recipe
+        if recipe == "custom" and self.config.get("t5_max_length") is not None:
+            recipe = custom_recipe(True, True, t5_max_length=self.config.t5_max_length)
+        conditioner = TextConditioner(
+            recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=clip_skip, projection=projection,
+        )  # fmt: skip
+        width = self.unet.config.cross_attention_dim
+        if projection is not None:
+            produced = projection.config.projection_dim
+        elif t5 is None or self.config.recipe == "sd":
+            produced = conditioner.clip_width
+        else:
+            produced = max(conditioner.clip_width, conditioner.t5_width)
+        if produced != width:
+            raise ValueError(
+                f"the text encoders give {produced}-wide tokens but unet.config.cross_attention_dim is {width}; "
+                "use an encoder of that width, or add a learned adapter: recipe='custom' with "
+                f"text_projection=TextProjection(projection_dim={width}, ...) (trained with "
+                "`clipcond train-diffusion`, `train: adapter`)"
+            )
+        return conditioner
 
     # ------------------------------------------------------------------ checks
 
@@ -274,6 +289,7 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
         guidance: bool,
+        conditioner: TextConditioner,
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if prompt_embeds is None and lora_scale is not None:
@@ -282,17 +298,17 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             for encoder in encoders:
                 scale_lora_layers(encoder, lora_scale)
             try:
-                return self._embeds(prompt, negative_prompt, None, negative_prompt_embeds, guidance)
+                return self._embeds(prompt, negative_prompt, None, negative_prompt_embeds, guidance, conditioner)
             finally:
                 for encoder in encoders:
                     unscale_lora_layers(encoder, lora_scale)
         if prompt_embeds is None:
-            kwargs = self.conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
+            kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
             prompt_embeds = kwargs["prompt_embeds"]
             if guidance:
                 negative_prompt_embeds = kwargs["negative_prompt_embeds"]
         elif guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds = self.conditioner.pipeline_kwargs([""] * prompt_embeds.shape[0])["prompt_embeds"]
+            negative_prompt_embeds = conditioner.pipeline_kwargs([""] * prompt_embeds.shape[0])["prompt_embeds"]
         return prompt_embeds, negative_prompt_embeds if guidance else None
 
     @torch.no_grad()
@@ -318,6 +334,7 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Any = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        clip_skip: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
 
@@ -328,7 +345,7 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
-        return replacements for them.
+        return replacements for them. `clip_skip` overrides the pipeline's own for this call.
 
         Returns:
             `ImagePipelineOutput(images=...)` (or a 1-tuple): PIL images, a (n, H, W, 3) float
@@ -344,6 +361,7 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         )  # fmt: skip
         self.check_sampling_inputs(timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end,
                                    tensor_inputs)  # fmt: skip
+        conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._cross_attention_kwargs = cross_attention_kwargs
@@ -351,7 +369,8 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         device = self._execution_device
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         positive, negative = self._embeds(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, self.do_classifier_free_guidance, lora_scale
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, self.do_classifier_free_guidance,
+            conditioner, lora_scale,
         )  # fmt: skip
         dtype = self.unet.dtype
         positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)

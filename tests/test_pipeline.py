@@ -206,6 +206,8 @@ def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
         (dict(prompt="a", guidance_rescale=float("nan")), "guidance_rescale"),
         (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
         (dict(prompt="a", callback_on_step_end="print"), "callback_on_step_end"),
+        (dict(prompt="a", clip_skip=-1), "clip_skip"),
+        (dict(prompt="a", clip_skip="2"), "clip_skip"),
         (dict(prompt="a", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
          "callback_on_step_end_tensor_inputs"),
     ],
@@ -266,6 +268,20 @@ def test_diffusers_call_arguments_give_stable_diffusions_images(sd_pipe, schedul
         assert not np.array_equal(run(peer, **plain), expected)  # the argument changed something
     if "callback_on_step_end" in kwargs:
         assert ours.num_timesteps == 4
+
+
+def test_clip_skip_for_one_call_equals_the_pipelines_setting(sd_pipe) -> None:
+    """`pipe(..., clip_skip=k)` gives the images of a pipeline built with `clip_skip=k` (whose
+    embeddings follow diffusers' formula, tests/test_exactness.py), and leaves the pipeline's
+    own setting for the next call. (diffusers' own `clip_skip` reads `text_encoder.text_model`,
+    which transformers 5 no longer has, so it cannot be the reference here.)"""
+    ours = ours_from(sd_pipe)
+    configured = CLIPConditionedPipeline(**{**ours.components, "clip_skip": 1})
+    settings = dict(prompt="a red circle", negative_prompt="blurry")
+    plain = run(ours, **settings)
+    skipped = run(ours, clip_skip=1, **settings)
+    assert np.array_equal(skipped, run(configured, **settings)) and not np.array_equal(skipped, plain)
+    assert np.array_equal(run(ours, **settings), plain)
 
 
 def test_a_guidance_distilled_unet_reads_the_guidance_scale(sd_pipe) -> None:
