@@ -41,22 +41,28 @@ def weights_hash(modules: Sequence[nn.Module]) -> str:
         data = data.to("cpu").contiguous().reshape(-1).view(torch.uint8)
         digest.update(memoryview(data.numpy()))
     for index, module in enumerate(modules):
-        digest.update(f"{index}|adapters|{_adapter_settings(module)!r}".encode())
+        digest.update(f"{index}|adapters|{_adapter_settings(list(module.named_modules()))!r}".encode())
     return digest.hexdigest()
 
 
-def _placed_by_hook(module: nn.Module) -> bool:
-    """True when accelerate hooks place `module`'s weights (`enable_model_cpu_offload`)."""
-    return any(getattr(part, "_hf_hook", None) is not None for part in module.modules())
+# Hooks and adapter settings are plain attributes: read from __dict__, which skips
+# nn.Module.__getattr__'s slow miss on the many modules that lack them.
 
 
-def _adapter_settings(module: nn.Module) -> tuple:
-    """The settings of peft adapter layers in `module` that change its output without touching
-    a weight: each layer's scaling per adapter, active adapters, merged adapters, and whether
-    adapters are disabled (`set_adapters`, `scale_layer`, `disable_adapter_layers`)."""
+def _placed_by_hook(parts: list[tuple[str, nn.Module]]) -> bool:
+    """True when accelerate hooks place the weights of a module, given its `named_modules()`
+    (`enable_model_cpu_offload`)."""
+    return any(part.__dict__.get("_hf_hook") is not None for _, part in parts)
+
+
+def _adapter_settings(parts: list[tuple[str, nn.Module]]) -> tuple:
+    """The settings of peft adapter layers among a module's `named_modules()` that change its
+    output without touching a weight: each layer's scaling per adapter, active adapters,
+    merged adapters, and whether adapters are disabled (`set_adapters`, `scale_layer`,
+    `disable_adapter_layers`)."""
     settings = []
-    for name, part in module.named_modules():
-        scaling = getattr(part, "scaling", None)
+    for name, part in parts:
+        scaling = part.__dict__.get("scaling")
         if isinstance(scaling, dict) and hasattr(part, "active_adapters"):
             settings.append((
                 name, tuple(sorted(scaling.items())), tuple(part.active_adapters),
@@ -80,8 +86,11 @@ class WeightsWatch:
         """A token equal between two calls if and only if no weight was replaced or written."""
         tensors: list[torch.Tensor] = []
         marks: list[tuple] = []
+        adapters = []
         for module in self._modules:
-            placed_by_hook = _placed_by_hook(module)
+            parts = list(module.named_modules())
+            placed_by_hook = _placed_by_hook(parts)
+            adapters.append(_adapter_settings(parts))
             for tensor in module.state_dict(keep_vars=True).values():
                 tensors.append(tensor)
                 # A hook moves the weights for each forward and back after: their storage
@@ -95,8 +104,7 @@ class WeightsWatch:
             # New tensor objects: start a new generation, so a recycled id() can never match.
             self._generation += 1
             self._refs = [weakref.ref(tensor) for tensor in tensors]
-        adapters = tuple(_adapter_settings(module) for module in self._modules)
-        state = (self._generation, tuple(marks), adapters)
+        state = (self._generation, tuple(marks), tuple(adapters))
         self._last_state = state
         return state
 
