@@ -26,7 +26,7 @@ from transformers import (
 )
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
     rescale_noise_cfg,
@@ -47,12 +47,13 @@ def _per_call(name: str, doc: str) -> property:
     return property(lambda self: getattr(self, f"_{name}"), doc=doc)
 
 
-class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
 
     LoRA weights load as in Stable Diffusion (`load_lora_weights`, `set_adapters`,
     `fuse_lora`); `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text
-    encoders alike.
+    encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
+    naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
 
     Args:
         unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's
@@ -303,6 +304,9 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                 for encoder in encoders:
                     unscale_lora_layers(encoder, lora_scale)
         if prompt_embeds is None:
+            prompt = self.maybe_convert_prompt(prompt, self.tokenizer)  # textual inversion's extra vectors
+            if guidance and negative_prompt is not None:
+                negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)
             kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
             prompt_embeds = kwargs["prompt_embeds"]
             if guidance:

@@ -343,6 +343,27 @@ def test_lora_weights_load_and_scale_as_in_stable_diffusion(tmp_path) -> None:
     assert np.array_equal(run(ours, prompt="a red circle"), without)
 
 
+def test_textual_inversion_loads_and_expands_as_in_stable_diffusion(tmp_path) -> None:
+    """`load_textual_inversion` of a two-vector embedding: a prompt (and a negative prompt)
+    naming its token gives StableDiffusionPipeline's images, bit for bit."""
+    from safetensors.torch import save_file
+
+    from tiny_pipelines import build_sd
+
+    peer, ours = build_sd(), ours_from(build_sd())
+    torch.manual_seed(3)
+    vectors = torch.randn(2, peer.text_encoder.get_input_embeddings().weight.shape[1])
+    save_file({"emb_params": vectors}, tmp_path / "toy.safetensors")
+    settings = dict(prompt="a <toy> circle", negative_prompt="a blurry <toy>")
+    before = run(ours, **settings)
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_textual_inversion(tmp_path / "toy.safetensors", token="<toy>")
+    assert ours.tokenizer.tokenize("a <toy> circle") == ["a</w>", "<toy>", "circle</w>"]
+    after = run(ours, **settings)
+    assert np.array_equal(after, run(peer, **settings)) and not np.array_equal(after, before)
+
+
 def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
