@@ -215,23 +215,30 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         """Validate the prompt, size, step and output arguments; returns the number of prompts."""
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give at most one of `negative_prompt` and `negative_prompt_embeds`")
         if prompt is not None:
             count = len(as_prompt_list(prompt, "prompt"))
-            if negative_prompt is not None and not isinstance(negative_prompt, str):
-                negatives = as_prompt_list(negative_prompt, "negative_prompt")
-                if len(negatives) != count:
-                    raise ValueError(
-                        f"`negative_prompt` has {len(negatives)} entries but `prompt` has {count}; "
-                        "give one per prompt, or a single string"
-                    )
         else:
             if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
                 raise TypeError("`prompt_embeds` must be a (batch, seq, width) tensor")
             count = prompt_embeds.shape[0]
-            if negative_prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            negatives = as_prompt_list(negative_prompt, "negative_prompt")
+            if len(negatives) != count:
                 raise ValueError(
-                    f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have the shape of "
-                    f"`prompt_embeds` {tuple(prompt_embeds.shape)}"
+                    f"`negative_prompt` has {len(negatives)} entries but there are {count} prompts; "
+                    "give one per prompt, or a single string"
+                )
+        if negative_prompt_embeds is not None:
+            if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.ndim != 3:
+                raise TypeError("`negative_prompt_embeds` must be a (batch, seq, width) tensor")
+            if negative_prompt_embeds.shape[0] != count or (
+                prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
+            ):  # fmt: skip
+                raise ValueError(
+                    f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
+                    f"({count}) and the prompt embeddings' shape"
                 )
         factor = self.downsampling_factor
         for name, value in (("height", height), ("width", width)):
@@ -303,17 +310,59 @@ class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
             finally:
                 for encoder in encoders:
                     unscale_lora_layers(encoder, lora_scale)
+        encode_negative = guidance and negative_prompt_embeds is None
+        if encode_negative and negative_prompt is not None:
+            negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)  # textual inversion
         if prompt_embeds is None:
-            prompt = self.maybe_convert_prompt(prompt, self.tokenizer)  # textual inversion's extra vectors
-            if guidance and negative_prompt is not None:
-                negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)
-            kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt if guidance else None)
+            prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+            # Prompts and negatives in one batch: padded to one length.
+            kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt if encode_negative else None)
             prompt_embeds = kwargs["prompt_embeds"]
-            if guidance:
+            if encode_negative:
                 negative_prompt_embeds = kwargs["negative_prompt_embeds"]
-        elif guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds = conditioner.pipeline_kwargs([""] * prompt_embeds.shape[0])["prompt_embeds"]
+        elif encode_negative:
+            count = prompt_embeds.shape[0]
+            if negative_prompt is None or isinstance(negative_prompt, str):
+                negative_prompt = [negative_prompt or ""] * count
+            negative_prompt_embeds = conditioner.pipeline_kwargs(negative_prompt)["prompt_embeds"]
+        if guidance and negative_prompt_embeds.shape != prompt_embeds.shape:
+            raise ValueError(
+                f"the negative prompt's embeddings {tuple(negative_prompt_embeds.shape)} must have the shape of the "
+                f"prompt's {tuple(prompt_embeds.shape)} (a prompt longer than 77 tokens makes more tokens: encode "
+                "prompt and negative prompt together, with `pipe.conditioner.pipeline_kwargs`)"
+            )
         return prompt_embeds, negative_prompt_embeds if guidance else None
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | str,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """StableDiffusionPipeline.encode_prompt's contract, through the conditioner (prompt
+        weights, long prompts and the cache included), for code written against it.
+
+        Returns:
+            prompt_embeds (n, seq, width) and negative_prompt_embeds (the same shape, or the
+            given one, or None without guidance), n = prompts x num_images_per_prompt, on
+            `device` in the text encoder's dtype.
+        """
+        conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
+        positive, negative = self._embeds(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_classifier_free_guidance,
+            conditioner, lora_scale,
+        )  # fmt: skip
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        positive = positive.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if negative is not None:
+            negative = negative.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        return positive, negative if do_classifier_free_guidance else negative_prompt_embeds
 
     @torch.no_grad()
     def __call__(

@@ -207,6 +207,9 @@ def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
         (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
         (dict(prompt="a", callback_on_step_end="print"), "callback_on_step_end"),
         (dict(prompt="a", clip_skip=-1), "clip_skip"),
+        (dict(prompt="a", negative_prompt="b", negative_prompt_embeds=torch.zeros(1, 77, 32)), "at most one of"),
+        (dict(prompt_embeds=torch.zeros(2, 77, 32), negative_prompt=["b"]), "negative_prompt"),
+        (dict(prompt=["a", "b"], negative_prompt_embeds=torch.zeros(1, 77, 32)), "negative_prompt_embeds"),
         (dict(prompt="a", clip_skip="2"), "clip_skip"),
         (dict(prompt="a", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
          "callback_on_step_end_tensor_inputs"),
@@ -268,6 +271,37 @@ def test_diffusers_call_arguments_give_stable_diffusions_images(sd_pipe, schedul
         assert not np.array_equal(run(peer, **plain), expected)  # the argument changed something
     if "callback_on_step_end" in kwargs:
         assert ours.num_timesteps == 4
+
+
+def test_encode_prompt_is_stable_diffusions(sd_pipe) -> None:
+    """`encode_prompt` keeps StableDiffusionPipeline's contract and gives its tensors, bit for bit:
+    with and without guidance, several images per prompt, and given negative embeddings."""
+    ours = ours_from(sd_pipe)
+    prompts, negatives = ["a red circle", "two blue squares"], ["blurry", "dark"]
+    for args, kwargs in [
+        ((prompts, "cpu", 2, True), dict(negative_prompt=negatives)),
+        ((prompts, "cpu", 1, False), dict()),
+        (("a red circle", "cpu", 3, True), dict()),
+        (("a red circle", "cpu", 2, True), dict(negative_prompt_embeds=torch.randn(1, 77, 32))),
+    ]:
+        expected, got = sd_pipe.encode_prompt(*args, **kwargs), ours.encode_prompt(*args, **kwargs)
+        assert torch.equal(got[0], expected[0])
+        assert (got[1] is None and expected[1] is None) or torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("mixed", ["prompt_with_negative_embeds", "embeds_with_negative_prompt"])
+def test_text_and_embeddings_mixed_as_in_stable_diffusion(sd_pipe, mixed) -> None:
+    """A text prompt with negative embeddings, or prompt embeddings with a negative text prompt,
+    mean what they mean in StableDiffusionPipeline: the same images."""
+    ours = ours_from(sd_pipe)
+    if mixed == "prompt_with_negative_embeds":
+        settings = dict(prompt="a red circle", negative_prompt_embeds=torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(5)))
+        baseline = dict(prompt="a red circle")
+    else:
+        settings = dict(prompt_embeds=sd_pipe.encode_prompt("a red circle", "cpu", 1, False)[0], negative_prompt="blurry")
+        baseline = dict(prompt_embeds=settings["prompt_embeds"])
+    images = run(ours, **settings)
+    assert np.array_equal(images, run(sd_pipe, **settings)) and not np.array_equal(images, run(ours, **baseline))
 
 
 def test_clip_skip_for_one_call_equals_the_pipelines_setting(sd_pipe) -> None:
