@@ -27,6 +27,7 @@ from transformers import (
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
     rescale_noise_cfg,
@@ -47,13 +48,16 @@ def _per_call(name: str, doc: str) -> property:
     return property(lambda self: getattr(self, f"_{name}"), doc=doc)
 
 
-class CLIPConditionedPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
+class CLIPConditionedPipeline(
+    DiffusionPipeline, StableDiffusionMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
 
     LoRA weights load as in Stable Diffusion (`load_lora_weights`, `set_adapters`,
     `fuse_lora`); `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text
     encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
     naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
+    `enable_freeu` and `fuse_qkv_projections` work as there too.
 
     Args:
         unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's

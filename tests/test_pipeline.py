@@ -304,6 +304,30 @@ def test_text_and_embeddings_mixed_as_in_stable_diffusion(sd_pipe, mixed) -> Non
     assert np.array_equal(images, run(sd_pipe, **settings)) and not np.array_equal(images, run(ours, **baseline))
 
 
+@pytest.mark.parametrize("feature", ["freeu", "fused_qkv"])
+def test_unet_features_of_stable_diffusion_pipelines(feature) -> None:
+    """`enable_freeu` and `fuse_qkv_projections` (StableDiffusionMixin) give StableDiffusionPipeline's
+    images; `disable_freeu` / `unfuse_qkv_projections` give back the plain ones."""
+    from tiny_pipelines import build_sd
+
+    peer, ours = build_sd(), ours_from(build_sd())
+    plain = run(ours, prompt="a red circle")
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+        if feature == "freeu":
+            pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+        else:
+            pipe.fuse_qkv_projections()
+    changed = run(ours, prompt="a red circle")
+    assert np.array_equal(changed, run(peer, prompt="a red circle"))
+    if feature == "freeu":
+        assert not np.array_equal(changed, plain)
+        ours.disable_freeu()
+    else:
+        ours.unfuse_qkv_projections()
+    np.testing.assert_allclose(run(ours, prompt="a red circle"), plain, rtol=0, atol=1e-6)
+
+
 def test_clip_skip_for_one_call_equals_the_pipelines_setting(sd_pipe) -> None:
     """`pipe(..., clip_skip=k)` gives the images of a pipeline built with `clip_skip=k` (whose
     embeddings follow diffusers' formula, tests/test_exactness.py), and leaves the pipeline's
