@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1, help="images to generate (written as a grid)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
+    parser.add_argument("--lora", help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id)")
+    parser.add_argument("--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)")
+    parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
 
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
@@ -69,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise ValueError(f"-o/--output must end in .png, got {output}")
+    lora_scale = args.lora_scale
+    if lora_scale is not None and (args.lora is None or not math.isfinite(lora_scale)):
+        raise ValueError(f"--lora-scale needs --lora and a finite number, got {lora_scale}")
     model = args.model
     if model is None:
         if not (BUNDLED_MODEL / "model_index.json").is_file():
@@ -78,10 +84,14 @@ def run(args: argparse.Namespace) -> int:
             )
         model = BUNDLED_MODEL
     pipe = load_pipeline(model, torch_dtype=torch.float32)  # runs on the CPU: float32 whatever the stored dtype
+    if args.lora is not None:
+        pipe.load_lora_weights(args.lora)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     images = pipe(
         args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
         height=args.height, width=args.width, num_images_per_prompt=args.n, generator=generators,
+        clip_skip=args.clip_skip,
+        cross_attention_kwargs=None if lora_scale is None else {"scale": lora_scale},
     ).images  # fmt: skip
     columns = math.ceil(math.sqrt(args.n))
     picture = images[0] if args.n == 1 else make_image_grid(

@@ -369,24 +369,9 @@ def test_lora_weights_load_and_scale_as_in_stable_diffusion(tmp_path) -> None:
     """`load_lora_weights` on a LoRA for the UNet and the text encoder (saved the diffusers way),
     and `cross_attention_kwargs={"scale": s}`, give StableDiffusionPipeline's images; the
     embedding cache follows the scale of the text encoder's LoRA."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
     from tiny_pipelines import build_sd
 
-    source = build_sd()
-    torch.manual_seed(1)
-    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                       init_lora_weights=False))  # fmt: skip
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-                            source.text_encoder)  # fmt: skip
-    StableDiffusionPipeline.save_lora_weights(
-        tmp_path / "lora",
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
-    )
+    _saved_lora(tmp_path / "lora")
     peer, ours = build_sd(), ours_from(build_sd())
     without = run(ours, prompt="a red circle")
     for pipe in (peer, ours):
@@ -547,6 +532,53 @@ def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
     assert Image.open(tmp_path / "grid.png").size == (64, 64)  # 2 x 2 grid, one cell blank
     with pytest.raises(ValueError, match="--output"):
         main(["generate", "a", "-o", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "ours")])
+
+
+def _saved_lora(folder) -> None:
+    """A LoRA on the tiny SD UNet and text encoder, saved the diffusers way in `folder`."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from tiny_pipelines import build_sd
+
+    source = build_sd()
+    torch.manual_seed(1)
+    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                       init_lora_weights=False))  # fmt: skip
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                            source.text_encoder)  # fmt: skip
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
+    )
+
+
+def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path) -> None:
+    """`--lora`, `--lora-scale` and `--clip-skip` give the image of the pipeline called with them."""
+    from PIL import Image
+
+    from clipcond.cli import main
+    from tiny_pipelines import build_sd
+
+    ours_from(build_sd()).save_pretrained(tmp_path / "ours")
+    _saved_lora(tmp_path / "lora")
+    common = ["a red circle", "--model", str(tmp_path / "ours"), "--steps", "2", "--seed", "3"]
+    assert main(["generate", *common, "-o", str(tmp_path / "lora.png"), "--lora", str(tmp_path / "lora"),
+                 "--lora-scale", "0.5", "--clip-skip", "1"]) == 0  # fmt: skip
+    assert main(["generate", *common, "-o", str(tmp_path / "plain.png")]) == 0
+    pipe = CLIPConditionedPipeline.from_pretrained(tmp_path / "ours")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(tmp_path / "lora")
+    expected = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, generator=[torch.Generator().manual_seed(3)],
+                    cross_attention_kwargs={"scale": 0.5}, clip_skip=1).images[0]  # fmt: skip
+    written = np.asarray(Image.open(tmp_path / "lora.png"))
+    assert np.array_equal(written, np.asarray(expected))
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain.png")))
+    with pytest.raises(ValueError, match="--lora-scale"):
+        main(["generate", *common, "-o", str(tmp_path / "x.png"), "--lora-scale", "0.5"])
 
 
 def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> None:
