@@ -116,11 +116,7 @@ def main() -> None:
         timed(pipe)  # warm-up, and the peak memory of one image
         if on_gpu:
             peak[name] = torch.cuda.max_memory_allocated() / 2**30
-    times = {name: [] for name, _ in sides}
-    for repeat in range(args.repeats):
-        for name, pipe in sides if repeat % 2 == 0 else sides[::-1]:
-            times[name].append(timed(pipe))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = median_seconds(sides, timed, args.repeats)
     ratio = median["ours"] / median["peer"]
     ratio_uncached = median["ours_uncached"] / median["peer"]
     side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in both sizes
@@ -150,6 +146,17 @@ def main() -> None:
         lines += offload_rows(args.size, dtype, device, timed, args.repeats)
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def median_seconds(sides: list[tuple[str, object]], timed, repeats: int) -> dict[str, float]:
+    """Median of `repeats` timed runs per named pipeline. The order rotates each round, so every
+    pipeline runs first, middle and last equally often (no side always follows the same one)."""
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for repeat in range(repeats):
+        shift = repeat % len(sides)
+        for name, pipe in sides[shift:] + sides[:shift]:
+            times[name].append(timed(pipe))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, repeats: int) -> list[str]:
@@ -186,12 +193,7 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
         torch.cuda.reset_peak_memory_stats()
         timed(pipe)
         peak[name] = torch.cuda.max_memory_allocated() / 2**30
-    times = {name: [] for name, _ in sides}
-    for repeat in range(repeats):  # each pipeline takes each place in the order in turn
-        shift = repeat % len(sides)
-        for name, pipe in sides[shift:] + sides[:shift]:
-            times[name].append(timed(pipe))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = median_seconds(sides, timed, repeats)
     rows = [f"| {name} | {median[name]:.3f} | {peak[name]:.2f} |" for name, _ in sides]
     peer_time = median["StableDiffusionPipeline"]
     ratios = ", ".join(f"{median[name] / peer_time:.3f} ({label})" for name, label in
@@ -219,12 +221,8 @@ def xformers_rows(ours, peer, timed, repeats: int) -> list[str]:
     sides = [("CLIPConditionedPipeline", ours), ("StableDiffusionPipeline", peer)]
     for _, pipe in sides:
         timed(pipe)  # warm-up
-    times = {name: [] for name, _ in sides}
-    for repeat in range(repeats):
-        for name, pipe in sides if repeat % 2 == 0 else sides[::-1]:
-            times[name].append(timed(pipe))
+    median = median_seconds(sides, timed, repeats)
     ours.disable_xformers_memory_efficient_attention()
-    median = {name: statistics.median(values) for name, values in times.items()}
     ratio = median["CLIPConditionedPipeline"] / median["StableDiffusionPipeline"]
     return [f"With `enable_xformers_memory_efficient_attention()` (xformers {xformers.__version__}, medians of "
             f"{repeats} alternating runs):", "", "| pipeline | seconds per image |", "|---|---|",

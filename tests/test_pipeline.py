@@ -365,6 +365,28 @@ def test_a_guidance_distilled_unet_reads_the_guidance_scale(sd_pipe) -> None:
                               run(ours, prompt="a red circle", guidance_scale=8.0))  # fmt: skip
 
 
+def _saved_lora(folder) -> None:
+    """A LoRA on the tiny SD UNet and text encoder, saved the diffusers way in `folder`."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from tiny_pipelines import build_sd
+
+    source = build_sd()
+    torch.manual_seed(1)
+    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                       init_lora_weights=False))  # fmt: skip
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                            source.text_encoder)  # fmt: skip
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
+    )
+
+
 def test_lora_weights_load_and_scale_as_in_stable_diffusion(tmp_path) -> None:
     """`load_lora_weights` on a LoRA for the UNet and the text encoder (saved the diffusers way),
     and `cross_attention_kwargs={"scale": s}`, give StableDiffusionPipeline's images; the
@@ -532,28 +554,6 @@ def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
     assert Image.open(tmp_path / "grid.png").size == (64, 64)  # 2 x 2 grid, one cell blank
     with pytest.raises(ValueError, match="--output"):
         main(["generate", "a", "-o", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "ours")])
-
-
-def _saved_lora(folder) -> None:
-    """A LoRA on the tiny SD UNet and text encoder, saved the diffusers way in `folder`."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    from tiny_pipelines import build_sd
-
-    source = build_sd()
-    torch.manual_seed(1)
-    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                       init_lora_weights=False))  # fmt: skip
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-                            source.text_encoder)  # fmt: skip
-    StableDiffusionPipeline.save_lora_weights(
-        folder,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
-    )
 
 
 def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path) -> None:
