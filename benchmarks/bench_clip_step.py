@@ -146,8 +146,12 @@ def main() -> None:
             )
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(side, runs[side][-1], flush=True)
-    median = {side: {key: statistics.median(r[key] for r in results) for key in ("samples_per_second", "peak_rss_increase_mib")}
-              for side, results in runs.items()}
+    median = {
+        side: {
+            key: statistics.median(r[key] for r in results) for key in ("samples_per_second", "peak_rss_increase_mib")
+        }
+        for side, results in runs.items()
+    }
     speed_ratio = median["ours"]["samples_per_second"] / median["peer"]["samples_per_second"]
     memory_ratio = median["ours"]["peak_rss_increase_mib"] / median["peer"]["peak_rss_increase_mib"]
     lines = [
@@ -159,7 +163,10 @@ def main() -> None:
         "",
         "| side | samples/s | peak RSS increase (MiB) |",
         "|---|---|---|",
-        *(f"| {side} | {m['samples_per_second']:.1f} | {m['peak_rss_increase_mib']:.1f} |" for side, m in median.items()),
+        *(
+            f"| {side} | {m['samples_per_second']:.1f} | {m['peak_rss_increase_mib']:.1f} |"
+            for side, m in median.items()
+        ),
         "",
         f"samples/s ratio ours/peer: **{speed_ratio:.3f}** (goal >= 1.0); peak memory ratio: **{memory_ratio:.3f}** (goal <= 1.0)",
         "",

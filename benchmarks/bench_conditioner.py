@@ -127,6 +127,7 @@ LONG_BODY = (
 
 def weighted_prompts(style: str, down: bool) -> list[str]:
     """Four ~150-token prompts with the same weights in A1111 (`ours`) or compel syntax."""
+
     def weight(text: str, value: float) -> str:
         if style == "a1111":
             return f"({text}:{value})"
@@ -175,7 +176,9 @@ def main() -> None:
 
     ours, theirs = compare(lambda: uncached.encode(PLAIN_PROMPTS), diffusers_encode, args.repeats)
     rows.append(("sd encode, ViT-L/14 text, batch 8 / diffusers encode_prompt", ours, theirs, "<= 1.00"))
-    ours, theirs = compare(lambda: uncached.pipeline_kwargs(PLAIN_PROMPTS, negatives), diffusers_encode_cfg, args.repeats)
+    ours, theirs = compare(
+        lambda: uncached.pipeline_kwargs(PLAIN_PROMPTS, negatives), diffusers_encode_cfg, args.repeats
+    )
     rows.append(("sd prompt + negative, batch 8 / diffusers encode_prompt (CFG)", ours, theirs, "<= 1.00"))
 
     compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False, device="cpu")
@@ -191,13 +194,13 @@ def main() -> None:
         length = len(tokenizer(ours_prompts[0], add_special_tokens=False).input_ids)
         label = "up+down weights" if down else "up-weights only"
         ours, theirs = compare(
-            lambda: uncached.encode(ours_prompts), lambda: compel_encode(their_prompts), args.repeats
+            lambda ours_prompts=ours_prompts: uncached.encode(ours_prompts),
+            lambda their_prompts=their_prompts: compel_encode(their_prompts),
+            args.repeats,
         )
         rows.append((f"weighted long prompts (~{length} tokens, {label}), batch 4 / compel", ours, theirs, "<= 0.80"))
 
-    cold = statistics.median(
-        timed(lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)), args.repeats)
-    )
+    cold = statistics.median(timed(lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)), args.repeats))
     cached.encode(PLAIN_PROMPTS)
     warm = statistics.median(timed(lambda: cached.encode(PLAIN_PROMPTS), args.repeats * 10))
     rows.append(("cached repeat, batch 8 / uncached encode", warm, cold, "<= 0.01"))

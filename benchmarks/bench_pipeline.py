@@ -34,32 +34,73 @@ def components(size: str = "small") -> dict:
     from clipcond import clip_tokenizer
 
     torch.manual_seed(0)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False)  # fmt: skip
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False
+    )
     if size == "sd15":
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD-1.5's
         vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
-        )  # fmt: skip
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, max_position_embeddings=77, vocab_size=49408,
-                                            projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406,
-                                            eos_token_id=49407, pad_token_id=49407)).eval()  # fmt: skip
-        return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
+            block_out_channels=(128, 256, 512, 512),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            sample_size=512,
+        )
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                vocab_size=49408,
+                projection_dim=768,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        ).eval()
+        return dict(
+            unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler
+        )
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(32, 64, 128, 128), cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 128, 128),
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=16,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )  # fmt: skip
+    )
     vae = AutoencoderKL(
-        block_out_channels=(16, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                        num_attention_heads=4, max_position_embeddings=77, vocab_size=49408,
-                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()  # fmt: skip
+        block_out_channels=(16, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    ).eval()
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
@@ -96,8 +137,14 @@ def main() -> None:
         if on_gpu:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.5,
-             generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+        pipe(
+            prompt,
+            negative_prompt=negative,
+            num_inference_steps=args.steps,
+            guidance_scale=7.5,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
         if on_gpu:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -121,8 +168,11 @@ def main() -> None:
     ratio_uncached = median["ours_uncached"] / median["peer"]
     side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in both sizes
     where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    shapes = ("full Stable Diffusion 1.5 shapes (860M UNet, VAE, ViT-L/14 text encoder)" if args.size == "sd15"
-              else "SD-1.5-shaped UNet/VAE/CLIP scaled down")  # fmt: skip
+    shapes = (
+        "full Stable Diffusion 1.5 shapes (860M UNet, VAE, ViT-L/14 text encoder)"
+        if args.size == "sd15"
+        else "SD-1.5-shaped UNet/VAE/CLIP scaled down"
+    )
     memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
@@ -179,10 +229,14 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
     ours = CLIPConditionedPipeline(**fresh_parts())
     uncached = CLIPConditionedPipeline(**fresh_parts())
     uncached.conditioner.cache = None
-    peer = StableDiffusionPipeline(**fresh_parts(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)  # fmt: skip
-    sides = [("CLIPConditionedPipeline (cache on)", ours), ("CLIPConditionedPipeline (cache off)", uncached),
-             ("StableDiffusionPipeline", peer)]  # fmt: skip
+    peer = StableDiffusionPipeline(
+        **fresh_parts(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    sides = [
+        ("CLIPConditionedPipeline (cache on)", ours),
+        ("CLIPConditionedPipeline (cache off)", uncached),
+        ("StableDiffusionPipeline", peer),
+    ]
     for _, pipe in sides:  # all weights on the CPU before any peak is read
         pipe.set_progress_bar_config(disable=True)
         pipe.enable_model_cpu_offload(device=device)
@@ -196,14 +250,23 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
     median = median_seconds(sides, timed, repeats)
     rows = [f"| {name} | {median[name]:.3f} | {peak[name]:.2f} |" for name, _ in sides]
     peer_time = median["StableDiffusionPipeline"]
-    ratios = ", ".join(f"{median[name] / peer_time:.3f} ({label})" for name, label in
-                       ((sides[0][0], "cache on"), (sides[1][0], "cache off")))  # fmt: skip
+    ratios = ", ".join(
+        f"{median[name] / peer_time:.3f} ({label})"
+        for name, label in ((sides[0][0], "cache on"), (sides[1][0], "cache off"))
+    )
     for _, pipe in sides:
         pipe.remove_all_hooks()
-    return [f"With `enable_model_cpu_offload()` (medians of {repeats} alternating runs, each pipeline on its own "
-            "copy of the components):", "",
-            "| pipeline | seconds per image | peak GPU memory (GiB) |", "|---|---|---|", *rows, "",
-            f"ratio ours/peer with offload: {ratios}", ""]  # fmt: skip
+    return [
+        f"With `enable_model_cpu_offload()` (medians of {repeats} alternating runs, each pipeline on its own "
+        "copy of the components):",
+        "",
+        "| pipeline | seconds per image | peak GPU memory (GiB) |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"ratio ours/peer with offload: {ratios}",
+        "",
+    ]
 
 
 def xformers_rows(ours, peer, timed, repeats: int) -> list[str]:
@@ -224,9 +287,17 @@ def xformers_rows(ours, peer, timed, repeats: int) -> list[str]:
     median = median_seconds(sides, timed, repeats)
     ours.disable_xformers_memory_efficient_attention()
     ratio = median["CLIPConditionedPipeline"] / median["StableDiffusionPipeline"]
-    return [f"With `enable_xformers_memory_efficient_attention()` (xformers {xformers.__version__}, medians of "
-            f"{repeats} alternating runs):", "", "| pipeline | seconds per image |", "|---|---|",
-            *(f"| {name} | {median[name]:.3f} |" for name, _ in sides), "", f"ratio ours/peer: {ratio:.3f}", ""]  # fmt: skip
+    return [
+        f"With `enable_xformers_memory_efficient_attention()` (xformers {xformers.__version__}, medians of "
+        f"{repeats} alternating runs):",
+        "",
+        "| pipeline | seconds per image |",
+        "|---|---|",
+        *(f"| {name} | {median[name]:.3f} |" for name, _ in sides),
+        "",
+        f"ratio ours/peer: {ratio:.3f}",
+        "",
+    ]
 
 
 if __name__ == "__main__":

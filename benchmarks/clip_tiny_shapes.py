@@ -35,13 +35,27 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "clipcond.cli", "train-clip", "--config", str(CONFIG), "--no-progress"],
-            cwd=REPO, check=True,
+            cwd=REPO,
+            check=True,
         )
         seconds = time.perf_counter() - start
     evaluation = subprocess.run(
-        [sys.executable, "-m", "clipcond.cli", "eval-clip", "--model", str(run_dir / "model"),
-         "--images-per-class", str(args.images_per_class), "--seed", "2026"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "clipcond.cli",
+            "eval-clip",
+            "--model",
+            str(run_dir / "model"),
+            "--images-per-class",
+            str(args.images_per_class),
+            "--seed",
+            "2026",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     metrics = json.loads(evaluation.stdout)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in line]
@@ -50,13 +64,18 @@ def main() -> None:
         "# clip-tiny pretrained from scratch on the shapes stream (CPU)",
         "",
         f"config: `configs/train/clip-tiny-shapes.yaml` (model `configs/models/clip-tiny.yaml`), "
-        f"wall time of the training command: {seconds / 60:.1f} min" if seconds else "wall time: not measured",
+        f"wall time of the training command: {seconds / 60:.1f} min"
+        if seconds
+        else "wall time: not measured",
         "",
         "zero-shot during training (20 images per class):",
         "",
         "| step | top-1 (18 classes) | seen combinations | held-out combinations |",
         "|---|---|---|---|",
-        *(f"| {r['step']} | {r['eval/top1']:.3f} | {r['eval/seen_top1']:.3f} | {r['eval/heldout_top1']:.3f} |" for r in curve),
+        *(
+            f"| {r['step']} | {r['eval/top1']:.3f} | {r['eval/seen_top1']:.3f} | {r['eval/heldout_top1']:.3f} |"
+            for r in curve
+        ),
         "",
         f"final evaluation, {args.images_per_class} fresh images per class (seed 2026):",
         "",

@@ -46,9 +46,10 @@ def _two_colour_pairs(count: int) -> list[tuple[tuple[str, str], tuple[str, str]
     (colours exchanged) is also seen; picked greedily so colours and shapes are used evenly."""
     seen = set(train_pairs())
     candidates = [
-        (a, b) for a, b in itertools.permutations(train_pairs(), 2)
+        (a, b)
+        for a, b in itertools.permutations(train_pairs(), 2)
         if a[0] != b[0] and a[1] != b[1] and (b[0], a[1]) in seen and (a[0], b[1]) in seen
-    ]  # fmt: skip
+    ]
     uses: Counter = Counter()
     chosen: list[tuple[tuple[str, str], tuple[str, str]]] = []
     for _ in range(min(count, len(candidates))):
@@ -95,14 +96,19 @@ def spatial(per_relation: int = 6) -> list[dict]:
 def counting() -> list[dict]:
     return [
         _entry(_COUNT_WORDS[n], f"{_COUNT_WORDS[n]} {colour} {shape}s", [(colour, shape)] * n)
-        for n in _COUNT_WORDS for colour, shape in train_pairs()
-    ]  # fmt: skip
+        for n in _COUNT_WORDS
+        for colour, shape in train_pairs()
+    ]
 
 
 def long() -> list[dict]:
     entries = [_entry("long_single", f"{LONG_PREFIX} a {_name(pair)}", [pair]) for pair in train_pairs()]
     for a, b in _two_colour_pairs(6):
-        entries.append(_entry("long_relation", f"{LONG_PREFIX} a {_name(a)} to the left of a {_name(b)}", [a, b], [0, "left of", 1]))
+        entries.append(
+            _entry(
+                "long_relation", f"{LONG_PREFIX} a {_name(a)} to the left of a {_name(b)}", [a, b], [0, "left of", 1]
+            )
+        )
     return entries
 
 
@@ -120,8 +126,9 @@ def paraphrase() -> list[dict]:
     pairs = train_pairs()[::2]
     return [
         _entry(category, template.format(colour=colour, shape=shape), [(colour, shape)])
-        for colour, shape in pairs for category, template in PARAPHRASES
-    ]  # fmt: skip
+        for colour, shape in pairs
+        for category, template in PARAPHRASES
+    ]
 
 
 SUITES = {

@@ -68,12 +68,19 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="judge this training checkpoint instead of --model (needs --config)")
     parser.add_argument("--config", help="the run config of --checkpoint")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--scheduler", help="a diffusers scheduler class to sample with instead of the model's "
-                        "(e.g. DDPMScheduler, EulerAncestralDiscreteScheduler), built from its scheduler config")
+    parser.add_argument(
+        "--scheduler",
+        help="a diffusers scheduler class to sample with instead of the model's "
+        "(e.g. DDPMScheduler, EulerAncestralDiscreteScheduler), built from its scheduler config",
+    )
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--category", action="append", help="judge only this suite category (repeatable; "
-                        "each image keeps the seed it has in the whole suite, so figures match a full run's)")
+    parser.add_argument(
+        "--category",
+        action="append",
+        help="judge only this suite category (repeatable; "
+        "each image keeps the seed it has in the whole suite, so figures match a full run's)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "shapes_model.md"))
     parser.add_argument("--grid", default=str(RESULTS / "shapes_model_grid.png"), help="'' for no grid")
     args = parser.parse_args()
@@ -98,7 +105,11 @@ def main() -> None:
 
         pipe.scheduler = scheduler_class(args.scheduler, "--scheduler").from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    indexed = [(k, entry) for k, entry in enumerate(shapes_model_suite()) if not args.category or entry.category in args.category]
+    indexed = [
+        (k, entry)
+        for k, entry in enumerate(shapes_model_suite())
+        if not args.category or entry.category in args.category
+    ]
     suite = [entry for _, entry in indexed]
     prompts, seeds = [entry.prompt for entry in suite], [k for k, _ in indexed]
     lines = [
@@ -125,8 +136,16 @@ def main() -> None:
             for name, (check, goal) in GOALS.items()
             if name in report.categories
         ]
-        lines += ["", f"## guidance {guidance:g}", "", f"{len(images)} images in {seconds:.0f} s on this machine's CPU", "",
-                  *table(report), "", "; ".join(verdicts)]  # fmt: skip
+        lines += [
+            "",
+            f"## guidance {guidance:g}",
+            "",
+            f"{len(images)} images in {seconds:.0f} s on this machine's CPU",
+            "",
+            *table(report),
+            "",
+            "; ".join(verdicts),
+        ]
         print("\n".join(lines[-len(report.categories) - 5 :]), flush=True)
 
     if not args.grid:
@@ -135,11 +154,15 @@ def main() -> None:
         return
     guidance = args.guidance[0]
     rows = [generate(pipe, [prompt] * 6, list(range(6)), args.steps, guidance, 6) for prompt in GRID_PROMPTS]
-    grid = make_image_grid([image.resize((96, 96), Image.NEAREST) for row in rows for image in row],
-                           rows=len(GRID_PROMPTS), cols=6)  # fmt: skip
+    grid = make_image_grid(
+        [image.resize((96, 96), Image.NEAREST) for row in rows for image in row], rows=len(GRID_PROMPTS), cols=6
+    )
     Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.grid)
-    lines += ["", f"grid (`{Path(args.grid).name}`, guidance {guidance:g}, seeds 0-5, rows): " + "; ".join(GRID_PROMPTS)]
+    lines += [
+        "",
+        f"grid (`{Path(args.grid).name}`, guidance {guidance:g}, seeds 0-5, rows): " + "; ".join(GRID_PROMPTS),
+    ]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output} and {args.grid}")
 

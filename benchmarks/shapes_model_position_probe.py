@@ -85,7 +85,9 @@ def model_mean(pipe, prompt: str, timestep: int, noises: int, seed: int, pair_a:
     # the sample at `timestep` when the clean image is unknown: almost pure noise (scaled as training does)
     sample = noise
     model_input = append_coordinates(sample) if pipe.config.get("coordinate_channels", False) else sample
-    output = unet(model_input, torch.full((noises,), timestep), encoder_hidden_states=embeds.expand(noises, -1, -1)).sample
+    output = unet(
+        model_input, torch.full((noises,), timestep), encoder_hidden_states=embeds.expand(noises, -1, -1)
+    ).sample
     if schedule.config.prediction_type == "v_prediction":
         x0 = alpha_bar.sqrt() * sample.double() - (1 - alpha_bar).sqrt() * output.double()
     else:
@@ -96,8 +98,13 @@ def model_mean(pipe, prompt: str, timestep: int, noises: int, seed: int, pair_a:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                        help="a saved CLIPConditionedPipeline (repeatable); default: the bundled model")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a saved CLIPConditionedPipeline (repeatable); default: the bundled model",
+    )
     parser.add_argument("--timesteps", default="999,975", help="comma-separated training timesteps")
     parser.add_argument("--noises", type=int, default=64)
     parser.add_argument("--scenes", type=int, default=300)

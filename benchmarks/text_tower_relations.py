@@ -54,7 +54,12 @@ def prompt_pairs(pairs: int, seed: int) -> dict[str, list[tuple[str, str]]]:
 
     rng = random.Random(seed)
     seen = train_pairs()
-    kinds: dict[str, list[tuple[str, str]]] = {"relation flip": [], "object swap": [], "colour change": [], "shape change": []}
+    kinds: dict[str, list[tuple[str, str]]] = {
+        "relation flip": [],
+        "object swap": [],
+        "colour change": [],
+        "shape change": [],
+    }
     while len(kinds["relation flip"]) < pairs:
         a, b = rng.sample(seen, 2)
         words = rng.choice(tuple(FLIPS))
@@ -95,8 +100,11 @@ def main() -> None:
     from clipcond.pipelines.generate import load_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="NAME=PATH of a saved pipeline (repeatable); "
-                        "default: the bundled model's run and the lab's setups")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="NAME=PATH of a saved pipeline (repeatable); default: the bundled model's run and the lab's setups",
+    )
     parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(RESULTS / "text_tower_relations.md"))
@@ -126,7 +134,7 @@ def main() -> None:
     ]
     for name, path in models:
         pipe = load_pipeline(path, torch_dtype=torch.float32)
-        encoders = [(name, lambda prompts: pipe.conditioner.pipeline_kwargs(prompts)["prompt_embeds"])]
+        encoders = [(name, lambda prompts, pipe=pipe: pipe.conditioner.pipeline_kwargs(prompts)["prompt_embeds"])]
         if pipe.text_encoder_2 is not None:
             encoders.append((f"{name}: its T5 alone", t5_states(pipe)))
         for label, encode in encoders:

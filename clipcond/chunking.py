@@ -97,9 +97,7 @@ def _close_window(content: list[tuple[int, float]], length: int, bos: int, eos: 
     return ids, weights, [1] * real + [0] * (length - real)
 
 
-def clip_windows(
-    tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77
-) -> list[TokenWindows]:
+def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77) -> list[TokenWindows]:
     """Tokenize each prompt's fragments into CLIP windows of `window_length` tokens.
 
     Args:

@@ -18,7 +18,11 @@ SUBCOMMANDS = (
     ("eval-clip", "clipcond.training.eval_clip", "zero-shot and retrieval evaluation of a saved CLIP"),
     ("convert-clip", "clipcond.training.convert_clip", "OpenAI / open_clip ViT checkpoint -> a clipcond model folder"),
     ("init-clip", "clipcond.training.init_clip", "a CLIP with fresh random weights (the untrained control)"),
-    ("train-diffusion", "clipcond.training.train_diffusion", "train a UNet, LoRA or a projection adapter against frozen text encoders"),
+    (
+        "train-diffusion",
+        "clipcond.training.train_diffusion",
+        "train a UNet, LoRA or a projection adapter against frozen text encoders",
+    ),
     ("train-t5", "clipcond.training.train_t5", "pretrain a small T5 encoder on captions (span corruption)"),
     ("generate", "clipcond.pipelines.generate", "prompt -> PNG with a saved pipeline"),
     ("experiment", "clipcond.lab.experiment", "run a prompt suite through conditioning setups and write a report"),

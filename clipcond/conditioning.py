@@ -101,13 +101,17 @@ class TextConditioner:
         cache_dir: str | None = None,
         t5_zeros: tuple[int, int] | None = None,
     ) -> None:
-        if isinstance(clip, (TextEncoder, nn.Module)) or (isinstance(clip, tuple) and len(clip) == 2 and isinstance(clip[0], nn.Module)):
+        if isinstance(clip, (TextEncoder, nn.Module)) or (
+            isinstance(clip, tuple) and len(clip) == 2 and isinstance(clip[0], nn.Module)
+        ):
             raise TypeError("`clip` must be a sequence of encoders, e.g. clip=[(text_encoder, tokenizer)]")
         self.clip = [_as_encoder(item, "clip") for item in clip]
         self.t5 = None if t5 is None else _as_encoder(t5, "t5")
         for encoder in self.clip:
             if encoder.kind != "clip":
-                raise TypeError(f"`clip` holds a {encoder.kind} model ({type(encoder.model).__name__}); pass it as `t5`")
+                raise TypeError(
+                    f"`clip` holds a {encoder.kind} model ({type(encoder.model).__name__}); pass it as `t5`"
+                )
         if self.t5 is not None and self.t5.kind != "t5":
             raise TypeError(f"`t5` must be a T5 encoder, got {type(self.t5.model).__name__}")
         self.recipe = self._resolve_recipe(recipe)
@@ -200,7 +204,10 @@ class TextConditioner:
         if combine == "concat_channels":
             return {"clip": self.clip_width}
         if combine == "concat_sequence":
-            return {**({"clip": self.clip_width} if self.clip else {}), **({"t5": self.t5_width} if self.t5_width else {})}
+            return {
+                **({"clip": self.clip_width} if self.clip else {}),
+                **({"t5": self.t5_width} if self.t5_width else {}),
+            }
         return {"t5": self.t5_width}
 
     def _check_widths_without_projection(self) -> None:
@@ -296,7 +303,11 @@ class TextConditioner:
         prompts = as_prompt_list(prompt, "prompt")
         negatives: list[str] | None
         if negative_prompt is None:
-            negatives = None if (self.recipe.negative_optional or self.recipe.zero_negative_when_absent) else [""] * len(prompts)
+            negatives = (
+                None
+                if (self.recipe.negative_optional or self.recipe.zero_negative_when_absent)
+                else [""] * len(prompts)
+            )
         elif isinstance(negative_prompt, str):
             negatives = [negative_prompt] * len(prompts)
         else:

@@ -19,7 +19,7 @@ _T5_MODEL_TYPES = ("t5", "umt5", "mt5", "t5gemma")
 
 
 def encoder_kind(model: nn.Module) -> EncoderKind:
-    """"clip" or "t5" from the model's config; a TypeError for anything else."""
+    """ "clip" or "t5" from the model's config; a TypeError for anything else."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in _CLIP_MODEL_TYPES:
         return "clip"
@@ -124,9 +124,7 @@ def run_clip(
     """
     model = encoder.model
     plain_last = layer_from_end == 1 and final_norm
-    output = model(
-        input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last
-    )
+    output = model(input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last)
     pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
     if not want_tokens:
         return None, pooled

@@ -66,7 +66,9 @@ def conditioner_from_pipeline(cls, pipe: Any, clip_skip: int | None = None, **kw
     if family == "sd":
         clip = [_pair(pipe, "text_encoder", "tokenizer")]
     elif family == "sdxl":
-        clip = [p for p in (_pair(pipe, "text_encoder", "tokenizer"), _pair(pipe, "text_encoder_2", "tokenizer_2")) if p]
+        clip = [
+            p for p in (_pair(pipe, "text_encoder", "tokenizer"), _pair(pipe, "text_encoder_2", "tokenizer_2")) if p
+        ]
         force_zeros = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True))
         recipe = dataclasses.replace(recipe, zero_negative_when_absent=force_zeros)
     elif family == "sd3":
@@ -74,7 +76,10 @@ def conditioner_from_pipeline(cls, pipe: Any, clip_skip: int | None = None, **kw
         t5 = _pair(pipe, "text_encoder_3", "tokenizer_3")
         if t5 is None:
             # diffusers then feeds zeros of the CLIP length at the transformer's joint width.
-            t5_zeros = (int(getattr(pipe, "tokenizer_max_length", 77)), int(pipe.transformer.config.joint_attention_dim))
+            t5_zeros = (
+                int(getattr(pipe, "tokenizer_max_length", 77)),
+                int(pipe.transformer.config.joint_attention_dim),
+            )
     elif family == "flux":
         clip = [_pair(pipe, "text_encoder", "tokenizer")]
         t5 = _pair(pipe, "text_encoder_2", "tokenizer_2")

@@ -64,10 +64,15 @@ def _adapter_settings(parts: list[tuple[str, nn.Module]]) -> tuple:
     for name, part in parts:
         scaling = part.__dict__.get("scaling")
         if isinstance(scaling, dict) and hasattr(part, "active_adapters"):
-            settings.append((
-                name, tuple(sorted(scaling.items())), tuple(part.active_adapters),
-                tuple(getattr(part, "merged_adapters", ())), bool(getattr(part, "disable_adapters", False)),
-            ))  # fmt: skip
+            settings.append(
+                (
+                    name,
+                    tuple(sorted(scaling.items())),
+                    tuple(part.active_adapters),
+                    tuple(getattr(part, "merged_adapters", ())),
+                    bool(getattr(part, "disable_adapters", False)),
+                )
+            )
     return tuple(settings)
 
 

@@ -37,7 +37,9 @@ class TextProjection(ModelMixin, ConfigMixin):
             if value is None and name != "projection_dim":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int{'' if name == 'projection_dim' else ' or None'}, got {value!r}")
+                raise ValueError(
+                    f"`{name}` must be a positive int{'' if name == 'projection_dim' else ' or None'}, got {value!r}"
+                )
         if clip_width is None and t5_width is None:
             raise ValueError("a TextProjection needs `clip_width` and/or `t5_width`")
         widths = {"clip": clip_width, "t5": t5_width}

@@ -56,9 +56,7 @@ _WORD_END = "</w>"
 # vocabulary in memory; in 4.x that name is the pure-Python class and the fast
 # one is `CLIPTokenizerFast`, which wants vocab/merges files.
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-_TransformersCLIPTokenizer = (
-    transformers.CLIPTokenizer if _TRANSFORMERS_MAJOR >= 5 else transformers.CLIPTokenizerFast
-)
+_TransformersCLIPTokenizer = transformers.CLIPTokenizer if _TRANSFORMERS_MAJOR >= 5 else transformers.CLIPTokenizerFast
 _SAVED_TOKENIZER_CLASS = "CLIPTokenizer"
 
 _WHITESPACE_RUN = re.compile(r"\s+")
@@ -113,9 +111,7 @@ def load_clip_bpe(path: str | os.PathLike[str] | None = None) -> tuple[dict[str,
     for line_number, line in enumerate(merge_lines, start=2):
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(
-                f"{path or _BPE_FILE_NAME}: line {line_number} should hold two BPE symbols, got {line!r}"
-            )
+            raise ValueError(f"{path or _BPE_FILE_NAME}: line {line_number} should hold two BPE symbols, got {line!r}")
         merges.append((parts[0], parts[1]))
     if len(merges) != _NUM_MERGES:
         raise ValueError(f"{path or _BPE_FILE_NAME}: expected {_NUM_MERGES} merges, found {len(merges)}")
@@ -222,7 +218,9 @@ class CLIPTokenizerWithTextCleaning(_TransformersCLIPTokenizer):
         config_path = Path(save_directory) / f"{prefix}tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = _SAVED_TOKENIZER_CLASS
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        config_path.write_text(
+            json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         if not (Path(save_directory) / f"{prefix}vocab.json").exists():
             extra = self.backend_tokenizer.model.save(str(save_directory), filename_prefix)
             saved = (*saved, *extra)

@@ -18,12 +18,6 @@ import math
 from typing import Any
 
 import torch
-from transformers import (
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    PreTrainedTokenizerBase,
-    T5EncoderModel,
-)
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
@@ -35,6 +29,12 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
 )
 from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+    T5EncoderModel,
+)
 
 from clipcond.conditioning import TextConditioner, as_prompt_list
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
@@ -114,13 +114,18 @@ class CLIPConditionedPipeline(
             raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
         if not isinstance(coordinate_channels, bool):
             raise TypeError(f"`coordinate_channels` must be a bool, got {coordinate_channels!r}")
-        if coordinate_channels and unet is not None and unet.config.in_channels != unet.config.out_channels + COORDINATE_CHANNELS:
+        if (
+            coordinate_channels
+            and unet is not None
+            and unet.config.in_channels != unet.config.out_channels + COORDINATE_CHANNELS
+        ):
             raise ValueError(
                 f"`coordinate_channels` needs a UNet with in_channels = out_channels + {COORDINATE_CHANNELS}, got "
                 f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
             )
-        self.register_to_config(recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length,
-                                coordinate_channels=coordinate_channels)  # fmt: skip
+        self.register_to_config(
+            recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length, coordinate_channels=coordinate_channels
+        )
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -166,8 +171,15 @@ class CLIPConditionedPipeline(
                 encoders whose width does not fit the UNet.
         """
         projection = getattr(self, "text_projection", None)
-        components = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), id(self.tokenizer_2),
-                      id(projection), self.config.recipe, self.config.get("t5_max_length"))  # fmt: skip
+        components = (
+            id(self.text_encoder),
+            id(self.tokenizer),
+            id(self.text_encoder_2),
+            id(self.tokenizer_2),
+            id(projection),
+            self.config.recipe,
+            self.config.get("t5_max_length"),
+        )
         if self._conditioners_for != components:
             self._conditioners, self._conditioners_for = {}, components
         if clip_skip not in self._conditioners:
@@ -177,13 +189,19 @@ class CLIPConditionedPipeline(
     def _build_conditioner(self, clip_skip: int | None, projection: TextProjection | None) -> TextConditioner:
         t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
         if projection is not None and self.config.recipe != "custom":
-            raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}")
+            raise ValueError(
+                f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}"
+            )
         recipe = self.config.recipe
         if recipe == "custom" and self.config.get("t5_max_length") is not None:
             recipe = custom_recipe(True, True, t5_max_length=self.config.t5_max_length)
         conditioner = TextConditioner(
-            recipe, clip=[(self.text_encoder, self.tokenizer)], t5=t5, clip_skip=clip_skip, projection=projection,
-        )  # fmt: skip
+            recipe,
+            clip=[(self.text_encoder, self.tokenizer)],
+            t5=t5,
+            clip_skip=clip_skip,
+            projection=projection,
+        )
         width = self.unet.config.cross_attention_dim
         if projection is not None:
             produced = projection.config.projection_dim
@@ -239,7 +257,7 @@ class CLIPConditionedPipeline(
                 raise TypeError("`negative_prompt_embeds` must be a (batch, seq, width) tensor")
             if negative_prompt_embeds.shape[0] != count or (
                 prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
-            ):  # fmt: skip
+            ):
                 raise ValueError(
                     f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
                     f"({count}) and the prompt embeddings' shape"
@@ -247,7 +265,9 @@ class CLIPConditionedPipeline(
         factor = self.downsampling_factor
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value < factor or value % factor:
-                raise ValueError(f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}")
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}"
+                )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
@@ -264,9 +284,14 @@ class CLIPConditionedPipeline(
         return count
 
     def check_sampling_inputs(
-        self, timesteps: Any, sigmas: Any, guidance_rescale: Any, cross_attention_kwargs: Any,
-        callback_on_step_end: Any, tensor_inputs: list[str],
-    ) -> None:  # fmt: skip
+        self,
+        timesteps: Any,
+        sigmas: Any,
+        guidance_rescale: Any,
+        cross_attention_kwargs: Any,
+        callback_on_step_end: Any,
+        tensor_inputs: list[str],
+    ) -> None:
         """Validate the schedule, guidance-rescale, attention and callback arguments."""
         if timesteps is not None and sigmas is not None:
             raise ValueError("give at most one of `timesteps` and `sigmas`")
@@ -278,12 +303,16 @@ class CLIPConditionedPipeline(
                 if name not in accepted:
                     raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `{name}`")
         if (
-            isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float))
-            or not math.isfinite(guidance_rescale) or guidance_rescale < 0
-        ):  # fmt: skip
+            isinstance(guidance_rescale, bool)
+            or not isinstance(guidance_rescale, (int, float))
+            or not math.isfinite(guidance_rescale)
+            or guidance_rescale < 0
+        ):
             raise ValueError(f"`guidance_rescale` must be a finite number >= 0, got {guidance_rescale!r}")
         if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise TypeError(f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}")
+            raise TypeError(
+                f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}"
+            )
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError("`callback_on_step_end` must be callable: (pipe, step, timestep, tensors) -> dict")
         unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
@@ -359,9 +388,14 @@ class CLIPConditionedPipeline(
         """
         conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
         positive, negative = self._embeds(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_classifier_free_guidance,
-            conditioner, lora_scale,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            do_classifier_free_guidance,
+            conditioner,
+            lora_scale,
+        )
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         positive = positive.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative is not None:
@@ -411,13 +445,25 @@ class CLIPConditionedPipeline(
         """
         height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
         width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
-        tensor_inputs = ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
+        tensor_inputs = (
+            ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
+        )
         count = self.check_inputs(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
-            num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
-        )  # fmt: skip
-        self.check_sampling_inputs(timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end,
-                                   tensor_inputs)  # fmt: skip
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            generator,
+            output_type,
+        )
+        self.check_sampling_inputs(
+            timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end, tensor_inputs
+        )
         conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
@@ -426,9 +472,14 @@ class CLIPConditionedPipeline(
         device = self._execution_device
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         positive, negative = self._embeds(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, self.do_classifier_free_guidance,
-            conditioner, lora_scale,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            self.do_classifier_free_guidance,
+            conditioner,
+            lora_scale,
+        )
         dtype = self.unet.dtype
         positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative is not None:
@@ -437,7 +488,9 @@ class CLIPConditionedPipeline(
         else:
             context = positive
 
-        schedule, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+        schedule, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
         guard_timesteps(self.scheduler, num_inference_steps)
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
@@ -459,7 +512,7 @@ class CLIPConditionedPipeline(
             scale = torch.tensor(guidance_scale - 1).repeat(images_count)
             timestep_cond = StableDiffusionPipeline.get_guidance_scale_embedding(
                 self, scale, embedding_dim=self.unet.config.time_cond_proj_dim
-            ).to(device=device, dtype=latents.dtype)  # fmt: skip
+            ).to(device=device, dtype=latents.dtype)
 
         self._num_timesteps = len(schedule)
         warmup = len(schedule) - num_inference_steps * self.scheduler.order
@@ -473,9 +526,13 @@ class CLIPConditionedPipeline(
                 if coordinates:
                     model_input = append_coordinates(model_input)
                 noise = self.unet(
-                    model_input, t, encoder_hidden_states=context, timestep_cond=timestep_cond,
-                    cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
-                )[0]  # fmt: skip
+                    model_input,
+                    t,
+                    encoder_hidden_states=context,
+                    timestep_cond=timestep_cond,
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                    return_dict=False,
+                )[0]
                 if guided:
                     unconditional, conditional = noise.chunk(2)
                     noise = unconditional + self.guidance_scale * (conditional - unconditional)
@@ -496,7 +553,9 @@ class CLIPConditionedPipeline(
             images = latents
         else:
             if self.vae is not None:
-                images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+                images = self.vae.decode(
+                    latents / self.vae.config.scaling_factor, return_dict=False, generator=generator
+                )[0]
             else:
                 images = latents
             images = self.image_processor.postprocess(images, output_type=output_type)
@@ -506,7 +565,9 @@ class CLIPConditionedPipeline(
         return ImagePipelineOutput(images=images)
 
 
-def swap_text_encoder(pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None) -> DiffusionPipeline:
+def swap_text_encoder(
+    pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None
+) -> DiffusionPipeline:
     """Put `text_encoder` (and `tokenizer`, when given) into an existing SD-family pipeline, in place.
 
     Typical use: a CLIP text tower fine-tuned by `clipcond train-clip`

@@ -19,8 +19,9 @@ import torch
 COORDINATE_CHANNELS = 2
 
 
-def coordinate_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str | None = None) -> torch.Tensor:  # fmt: skip
+def coordinate_grid(
+    height: int, width: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """The (2, height, width) grid of pixel-centre coordinates in [-1, 1].
 
     Channel 0 is x (left -1 to right +1), channel 1 is y (top -1 to bottom +1).

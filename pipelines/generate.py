@@ -33,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1, help="images to generate (written as a grid)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
-    parser.add_argument("--lora", help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id)")
-    parser.add_argument("--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)")
+    parser.add_argument(
+        "--lora", help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id)"
+    )
+    parser.add_argument(
+        "--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)"
+    )
     parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
 
 
@@ -88,16 +92,27 @@ def run(args: argparse.Namespace) -> int:
         pipe.load_lora_weights(args.lora)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     images = pipe(
-        args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        height=args.height, width=args.width, num_images_per_prompt=args.n, generator=generators,
+        args.prompt,
+        negative_prompt=args.negative,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height,
+        width=args.width,
+        num_images_per_prompt=args.n,
+        generator=generators,
         clip_skip=args.clip_skip,
         cross_attention_kwargs=None if lora_scale is None else {"scale": lora_scale},
-    ).images  # fmt: skip
+    ).images
     columns = math.ceil(math.sqrt(args.n))
-    picture = images[0] if args.n == 1 else make_image_grid(
-        images + [images[0].copy().point(lambda _: 0)] * (columns * math.ceil(args.n / columns) - args.n),
-        rows=math.ceil(args.n / columns), cols=columns,
-    )  # fmt: skip
+    picture = (
+        images[0]
+        if args.n == 1
+        else make_image_grid(
+            images + [images[0].copy().point(lambda _: 0)] * (columns * math.ceil(args.n / columns) - args.n),
+            rows=math.ceil(args.n / columns),
+            cols=columns,
+        )
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp.png")
     picture.save(temporary)

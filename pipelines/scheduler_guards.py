@@ -58,8 +58,10 @@ def guard_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> None
         if ancestral_split_is_negative(scheduler.sigmas):
             logger.warning(
                 "%s at num_inference_steps=%d: float32 rounding makes sigma_down NaN (diffusers issue #14213); "
-                "using float64 sigmas for this call", name, num_inference_steps,
-            )  # fmt: skip
+                "using float64 sigmas for this call",
+                name,
+                num_inference_steps,
+            )
             scheduler.sigmas = scheduler.sigmas.to(torch.float64)
 
 

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 import tiny_pipelines
+import torch
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,13 @@ class VisionTransformer(nn.Module):
     """The image tower: patchify with a bias-free convolution, prepend a class token, encode, project."""
 
     def __init__(
-        self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int,
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
         activation: type[nn.Module],
     ) -> None:
         super().__init__()
@@ -156,12 +162,15 @@ class OpenAIStyleCLIP(nn.Module):
 
 # The attributes of OpenAI's top-level CLIP that open_clip's `CustomTextCLIP` moves into its `text` submodule.
 _TEXT_TOWER_NAMES = (
-    "token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection", "attn_mask"
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.",
+    "ln_final.",
+    "text_projection",
+    "attn_mask",
 )
 
 
 def as_custom_text_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same weights under open_clip `CustomTextCLIP` names: the text tower's keys gain a `text.` prefix."""
-    return {
-        (f"text.{key}" if key.startswith(_TEXT_TOWER_NAMES) else key): value for key, value in state_dict.items()
-    }
+    return {(f"text.{key}" if key.startswith(_TEXT_TOWER_NAMES) else key): value for key, value in state_dict.items()}

@@ -52,7 +52,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
     random.seed(1), np.random.seed(1)
     model, optimizer, scheduler = _setup()
-    for step in range(3):
+    for _ in range(3):
         _step(model, optimizer, scheduler)
     save_checkpoint(tmp_path, 3, {"model": model}, optimizer, scheduler, extra={"samples": 12})
     for _ in range(5):  # the run goes on (and is then lost), disturbing every RNG
@@ -89,7 +89,9 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
         save_checkpoint(tmp_path, step, {"model": model}, optimizer, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert names == ["step-000000003", "step-000000004"]
-    assert all(p.suffix == ".safetensors" or p.name == "trainer.json" for p in (tmp_path / "checkpoints" / names[-1]).iterdir())
+    assert all(
+        p.suffix == ".safetensors" or p.name == "trainer.json" for p in (tmp_path / "checkpoints" / names[-1]).iterdir()
+    )
 
 
 def test_pickle_checkpoints_need_explicit_trust(tmp_path):

@@ -158,8 +158,7 @@ def test_larger_weight_moves_embedding_further(family, request):
     assert distances[0] > 0
     assert all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
     down = [
-        _cosine_distance(cond.encode(f"a red (circle:{w}) above a blue square").tokens, plain)
-        for w in (0.9, 0.6, 0.3)
+        _cosine_distance(cond.encode(f"a red (circle:{w}) above a blue square").tokens, plain) for w in (0.9, 0.6, 0.3)
     ]
     assert all(later > earlier for earlier, later in zip(down, down[1:])), down
 
@@ -284,7 +283,9 @@ def test_lora_adapter_settings_are_part_of_the_cache_key(tiny_clip_text_path, tm
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
-    model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), model)
+    model = inject_adapter_in_model(
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), model
+    )
     layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
     settings = dict(cache_dir=str(tmp_path)) if cache_on_disk else {}
     cond = TextConditioner("sd", clip=[(model, tokenizer)], **settings)
@@ -363,7 +364,9 @@ def clip_pair(tiny_clip_text_path):
 def t5_pair(tiny_t5_encoder_path):
     from transformers import AutoTokenizer
 
-    return T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval(), AutoTokenizer.from_pretrained(tiny_t5_encoder_path)
+    return T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval(), AutoTokenizer.from_pretrained(
+        tiny_t5_encoder_path
+    )
 
 
 def test_custom_mismatched_widths_without_projection_is_an_error(clip_pair, t5_pair):
@@ -402,8 +405,17 @@ def test_custom_concat_channels_joins_two_clips(clip_pair):
 
 
 def test_custom_t5_alone_and_clip_pooled(clip_pair, t5_pair):
-    cond = TextConditioner("custom", clip=[clip_pair], t5=t5_pair, projection_dim=None, cache_size=0,
-                           ) if clip_pair[0].config.hidden_size == t5_pair[0].config.d_model else None
+    cond = (
+        TextConditioner(
+            "custom",
+            clip=[clip_pair],
+            t5=t5_pair,
+            projection_dim=None,
+            cache_size=0,
+        )
+        if clip_pair[0].config.hidden_size == t5_pair[0].config.d_model
+        else None
+    )
     t5_only = TextConditioner("custom", t5=t5_pair, cache_size=0)
     embeds = t5_only.encode("a red circle")
     assert embeds.pooled is None and embeds.tokens.shape[2] == t5_pair[0].config.d_model

@@ -89,7 +89,10 @@ def test_builtin_recipe_from_a_pipeline_folder(tmp_path, sd_pipe):
     sd_pipe.save_pretrained(folder)
     path = _write(
         tmp_path,
-        {"recipe": "sd", "clip": [{"path": str(folder), "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}]},
+        {
+            "recipe": "sd",
+            "clip": [{"path": str(folder), "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}],
+        },
     )
     cond = TextConditioner.from_config(path)
     with torch.no_grad():
@@ -102,8 +105,16 @@ def test_set_overrides_apply_and_validate():
     from clipcond.training.diffusion_config import TrainDiffusionConfig
 
     base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
-    changed = apply_overrides(base, ["text_encoder=runs/b/model", "data.split=heldout", "projection_dim=32",
-                                     "sample_prompts=[a red circle]", "ema_decay=null"])  # fmt: skip
+    changed = apply_overrides(
+        base,
+        [
+            "text_encoder=runs/b/model",
+            "data.split=heldout",
+            "projection_dim=32",
+            "sample_prompts=[a red circle]",
+            "ema_decay=null",
+        ],
+    )
     assert changed.text_encoder == "runs/b/model" and changed.data.split == "heldout"
     assert changed.projection_dim == 32 and changed.sample_prompts == ["a red circle"] and changed.ema_decay is None
     assert base.text_encoder == "clip"
@@ -126,8 +137,20 @@ def test_train_commands_take_set_overrides(tmp_path):
 
     parser = argparse.ArgumentParser()
     train_diffusion.add_arguments(parser)
-    args = parser.parse_args(["--config", "x.yaml", "--set", "lr=0.5", "--set", "data.max_objects=1", "--steps", "7",
-                              "--output-dir", str(tmp_path)])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--config",
+            "x.yaml",
+            "--set",
+            "lr=0.5",
+            "--set",
+            "data.max_objects=1",
+            "--steps",
+            "7",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     from clipcond.training.cli_overrides import config_with_overrides
     from clipcond.training.diffusion_config import TrainDiffusionConfig
 

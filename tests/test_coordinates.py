@@ -41,25 +41,41 @@ def test_bad_grid_sizes(height) -> None:
 
 def _pixel_pipeline(coordinate_channels: bool, in_channels: int = 5) -> CLIPConditionedPipeline:
     from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from tiny_pipelines import WIDTH, clip_text_model
 
     from clipcond import clip_tokenizer
-    from tiny_pipelines import WIDTH, clip_text_model
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=in_channels, out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH, norm_num_groups=4,
-    )  # fmt: skip
-    pipe = CLIPConditionedPipeline(unet=unet, scheduler=EulerAncestralDiscreteScheduler(), text_encoder=clip_text_model(1),
-                                   tokenizer=clip_tokenizer(), coordinate_channels=coordinate_channels)  # fmt: skip
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=4,
+    )
+    pipe = CLIPConditionedPipeline(
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(),
+        text_encoder=clip_text_model(1),
+        tokenizer=clip_tokenizer(),
+        coordinate_channels=coordinate_channels,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def _images(pipe: CLIPConditionedPipeline) -> np.ndarray:
-    return pipe("a red circle left of a blue square", num_inference_steps=3, guidance_scale=3.0, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    return pipe(
+        "a red circle left of a blue square",
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
 
 
 def test_the_pipeline_feeds_the_grid_to_the_unet_at_every_step(tmp_path: Path) -> None:
@@ -83,7 +99,9 @@ def test_the_grid_changes_the_images() -> None:
     # the same UNet weights read the coordinates or zeros in their place: the grid is really read
     with_grid = _images(_pixel_pipeline(True))
     pipe = _pixel_pipeline(True)
-    pipe.unet.register_forward_pre_hook(lambda module, args: (torch.cat([args[0][:, :3], torch.zeros_like(args[0][:, 3:])], 1), *args[1:]))
+    pipe.unet.register_forward_pre_hook(
+        lambda module, args: (torch.cat([args[0][:, :3], torch.zeros_like(args[0][:, 3:])], 1), *args[1:])
+    )
     assert np.abs(_images(pipe) - with_grid).max() > 1e-3
 
 
@@ -98,22 +116,37 @@ def test_a_unet_that_does_not_read_two_more_channels_is_refused() -> None:
 def test_training_builds_and_saves_a_unet_that_reads_the_grid(tiny_clip_text_path, tmp_path: Path) -> None:
     from test_train_diffusion import tiny_config, unet_weights
 
-    run = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "coords", coordinate_channels=True, steps=2),
-                          show_progress=False)  # fmt: skip
+    run = train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "coords", coordinate_channels=True, steps=2), show_progress=False
+    )
     pipe = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir)
     assert pipe.config.coordinate_channels is True
     assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels) == (5, 3)
-    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
 
     # fine-tuning it keeps the grid without being told; asking to drop it is an error
-    tuned = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "tuned", unet=None, init_from=str(run.pipeline_dir),
-                                        steps=1), show_progress=False)  # fmt: skip
+    tuned = train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "tuned", unet=None, init_from=str(run.pipeline_dir), steps=1),
+        show_progress=False,
+    )
     assert CLIPConditionedPipeline.from_pretrained(tuned.pipeline_dir).config.coordinate_channels is True
-    assert any(not torch.equal(unet_weights(tuned.pipeline_dir)[k], v) for k, v in unet_weights(run.pipeline_dir).items())
+    assert any(
+        not torch.equal(unet_weights(tuned.pipeline_dir)[k], v) for k, v in unet_weights(run.pipeline_dir).items()
+    )
     with pytest.raises(ValueError, match="coordinate_channels: False differs from init_from"):
-        train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "dropped", unet=None, init_from=str(run.pipeline_dir),
-                                    coordinate_channels=False), show_progress=False)  # fmt: skip
+        train_diffusion(
+            tiny_config(
+                tiny_clip_text_path,
+                tmp_path / "dropped",
+                unet=None,
+                init_from=str(run.pipeline_dir),
+                coordinate_channels=False,
+            ),
+            show_progress=False,
+        )
     assert not (tmp_path / "dropped").exists()
 
 

@@ -50,7 +50,7 @@ def shard(tmp_path):
         _add(archive, "c.png", _png((0, 0, 255)))
         _add(archive, "c.txt", b"   ")
         _add(archive, "d.jpg", _jpg((0, 255, 0)))
-        _add(archive, "d.txt", "a green   square\n".encode())
+        _add(archive, "d.txt", b"a green   square\n")
         _add(archive, "e.txt", b"caption without image")
     return path
 
@@ -82,9 +82,7 @@ def test_manifest_skips_and_counts_bad_samples(tmp_path):
     skipped = SkipCounter()
     captions = [caption for _, caption in manifest_samples(manifest, skipped)]
     assert captions == ["a dark square", "alternative key"]
-    assert skipped.counts == {
-        "undecodable image": 1, "missing image": 1, "empty caption": 1, "bad manifest line": 2
-    }
+    assert skipped.counts == {"undecodable image": 1, "missing image": 1, "empty caption": 1, "bad manifest line": 2}
     with pytest.raises(FileNotFoundError):
         list(manifest_samples(tmp_path / "nope.jsonl", SkipCounter()))
 

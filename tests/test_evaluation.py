@@ -9,7 +9,9 @@ from clipcond.training.evaluation import class_embeddings, retrieval_recall, zer
 
 def test_class_embeddings_average_normalised_templates():
     table = {"a cat": [1.0, 0.0], "the cat": [0.0, 2.0], "a dog": [0.0, 1.0], "the dog": [0.0, 3.0]}
-    weights = class_embeddings(lambda texts: torch.tensor([table[t] for t in texts]), ["cat", "dog"], ["a {}", "the {}"])
+    weights = class_embeddings(
+        lambda texts: torch.tensor([table[t] for t in texts]), ["cat", "dog"], ["a {}", "the {}"]
+    )
     torch.testing.assert_close(weights[0], torch.tensor([2**-0.5, 2**-0.5]))
     torch.testing.assert_close(weights[1], torch.tensor([0.0, 1.0]))
 

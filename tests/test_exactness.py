@@ -59,12 +59,18 @@ def test_sdxl(sdxl_pipe, negative):
     cond = TextConditioner.from_pipeline(sdxl_pipe)
     assert cond.recipe.name == "sdxl"
     expected = sdxl_pipe.encode_prompt(
-        prompt=PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+        prompt=PROMPTS,
+        device="cpu",
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
         negative_prompt=_listify(negative),
     )
     kwargs = cond.pipeline_kwargs(PROMPTS, negative)
     assert set(kwargs) == {
-        "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
     }
     close(kwargs["prompt_embeds"], expected[0])
     close(kwargs["negative_prompt_embeds"], expected[1])
@@ -79,8 +85,13 @@ def test_sd3(sd3_pipe, negative):
     cond = TextConditioner.from_pipeline(sd3_pipe)
     assert cond.recipe.name == "sd3"
     expected = sd3_pipe.encode_prompt(
-        prompt=PROMPTS, prompt_2=None, prompt_3=None, device="cpu", num_images_per_prompt=1,
-        do_classifier_free_guidance=True, negative_prompt=_listify(negative),
+        prompt=PROMPTS,
+        prompt_2=None,
+        prompt_3=None,
+        device="cpu",
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=_listify(negative),
     )
     kwargs = cond.pipeline_kwargs(PROMPTS, negative)
     assert kwargs["prompt_embeds"].shape[1] == 77 + 256
@@ -94,7 +105,9 @@ def test_sd3(sd3_pipe, negative):
 def test_flux(flux_pipe, negative):
     cond = TextConditioner.from_pipeline(flux_pipe)
     assert cond.recipe.name == "flux"
-    prompt_embeds, pooled, _ = flux_pipe.encode_prompt(prompt=PROMPTS, prompt_2=None, device="cpu", num_images_per_prompt=1)
+    prompt_embeds, pooled, _ = flux_pipe.encode_prompt(
+        prompt=PROMPTS, prompt_2=None, device="cpu", num_images_per_prompt=1
+    )
     kwargs = cond.pipeline_kwargs(PROMPTS, negative)
     close(kwargs["prompt_embeds"], prompt_embeds)
     close(kwargs["pooled_prompt_embeds"], pooled)
@@ -114,12 +127,18 @@ def test_pixart(pixart_pipe, negative):
     cond = TextConditioner.from_pipeline(pixart_pipe)
     assert cond.recipe.name == "pixart"
     expected = pixart_pipe.encode_prompt(
-        PROMPTS, do_classifier_free_guidance=True, negative_prompt=negative if negative is not None else "",
-        device="cpu", clean_caption=False,
+        PROMPTS,
+        do_classifier_free_guidance=True,
+        negative_prompt=negative if negative is not None else "",
+        device="cpu",
+        clean_caption=False,
     )
     kwargs = cond.pipeline_kwargs(PROMPTS, negative)
     assert set(kwargs) == {
-        "prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask",
+        "prompt_embeds",
+        "prompt_attention_mask",
+        "negative_prompt_embeds",
+        "negative_prompt_attention_mask",
         "negative_prompt",
     }
     assert kwargs["negative_prompt"] is None  # PixArt's __call__ defaults it to "" and refuses both
@@ -176,7 +195,11 @@ def test_sdxl_clip_skip_matches_diffusers(sdxl_pipe, clip_skip):
 def test_sd3_clip_skip_matches_diffusers(sd3_pipe, clip_skip):
     cond = TextConditioner.from_pipeline(sd3_pipe, clip_skip=clip_skip)
     expected = sd3_pipe.encode_prompt(
-        prompt=PROMPTS, prompt_2=None, prompt_3=None, device="cpu", do_classifier_free_guidance=False,
+        prompt=PROMPTS,
+        prompt_2=None,
+        prompt_3=None,
+        device="cpu",
+        do_classifier_free_guidance=False,
         clip_skip=clip_skip,
     )
     embeds = cond.encode(PROMPTS)

@@ -41,12 +41,16 @@ SUITE = {
     "name": "mini",
     "prompts": [
         {"category": "single", "prompt": "a red circle", "objects": [["red", "circle"]]},
-        {"category": "relation", "prompt": "a blue square to the left of a yellow triangle",
-         "objects": [["blue", "square"], ["yellow", "triangle"]], "relation": [0, "left of", 1]},
+        {
+            "category": "relation",
+            "prompt": "a blue square to the left of a yellow triangle",
+            "objects": [["blue", "square"], ["yellow", "triangle"]],
+            "relation": [0, "left of", 1],
+        },
         {"category": "count", "prompt": "two green squares", "objects": [["green", "square"], ["green", "square"]]},
         {"category": "free", "prompt": "a lighthouse at dusk"},
     ],
-}  # fmt: skip
+}
 LONG_PROMPT = "a plain flat drawing on a bright white background, " * 9 + "a red circle"
 
 
@@ -68,17 +72,25 @@ def cli_main(argv: list[str]) -> int:
 
 def _save_pipeline(folder: Path, seed: int) -> Path:
     from diffusers import DDPMScheduler, UNet2DConditionModel
+    from tiny_pipelines import WIDTH, clip_text_model
 
     from clipcond import clip_tokenizer
-    from tiny_pipelines import WIDTH, clip_text_model
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=3, out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH, norm_num_groups=4,
-    )  # fmt: skip
-    pipe = CLIPConditionedPipeline(unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer())
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=4,
+    )
+    pipe = CLIPConditionedPipeline(
+        unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
+    )
     pipe.save_pretrained(folder)
     return folder
 
@@ -107,11 +119,17 @@ def _write_config(folder: Path, pipelines: dict[str, Path], clip_dir: Path | Non
     folder.mkdir(parents=True, exist_ok=True)
     suite = overrides.pop("suite", None) or _write_suite(folder / "mini.yaml")
     config = {
-        "name": "mini experiment", "suites": [str(suite)],
+        "name": "mini experiment",
+        "suites": [str(suite)],
         "setups": [{"name": name, "pipeline": str(path)} for name, path in pipelines.items()],
-        "seeds": [0, 1], "steps": 2, "guidance_scale": 2.0, "metrics": ["judge", "clip_score"],
-        "clip_score_model": str(clip_dir) if clip_dir else None, "output_dir": str(folder / "out"), "batch_size": 3,
-    }  # fmt: skip
+        "seeds": [0, 1],
+        "steps": 2,
+        "guidance_scale": 2.0,
+        "metrics": ["judge", "clip_score"],
+        "clip_score_model": str(clip_dir) if clip_dir else None,
+        "output_dir": str(folder / "out"),
+        "batch_size": 3,
+    }
     config.update(overrides)
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -150,18 +168,21 @@ def finished(tmp_path_factory, pipelines, clip_dir) -> Path:
 def test_experiment_writes_results_images_report_plots_and_grids(finished: Path) -> None:
     lines = _results(finished)
     assert len(lines) == 4 * 2 * 2
-    assert {(l["setup"], l["index"], l["seed"]) for l in lines} == {(s, i, d) for s in "ab" for i in range(4) for d in (0, 1)}
+    assert {(row["setup"], row["index"], row["seed"]) for row in lines} == {
+        (s, i, d) for s in "ab" for i in range(4) for d in (0, 1)
+    }
     judged = {"objects_found", "objects", "colour", "shape", "count", "exact"}
     for line in lines:
         assert line["suite"] == "mini" and line["prompt"] == SUITE["prompts"][line["index"]]["prompt"]
         assert line["category"] == SUITE["prompts"][line["index"]]["category"]
         assert line["image"] == f"images/{line['setup']}/mini/{line['index']}-{line['seed']}.png"
         assert Image.open(finished / line["image"]).size == (16, 16)
-        expected = {"clip_score"} | {
-            0: judged, 1: judged | {"relation"}, 2: judged, 3: set()}[line["index"]]  # fmt: skip
+        expected = {"clip_score"} | {0: judged, 1: judged | {"relation"}, 2: judged, 3: set()}[line["index"]]
         assert set(line["metrics"]) == expected, line
         assert -1.0 <= line["metrics"]["clip_score"] <= 1.0 and line["clip_truncated"] is False
-    assert {p.name for p in (finished / "plots").glob("*.png")} == {f"{m}.png" for m in judged | {"relation", "clip_score"}}
+    assert {p.name for p in (finished / "plots").glob("*.png")} == {
+        f"{m}.png" for m in judged | {"relation", "clip_score"}
+    }
     assert (finished / "grids" / "mini.png").is_file()
     report = (finished / "report.md").read_text()
     assert "(complete)" in report and "| category | metric | a | b |" in report
@@ -201,11 +222,11 @@ def test_grid_wraps_long_column_labels_instead_of_cutting_them() -> None:
 def test_result_clip_scores_are_the_cosine_of_the_saved_images(finished: Path, clip_dir: Path) -> None:
     from clipcond.models import load_clip
 
-    lines = [l for l in _results(finished) if l["setup"] == "b"]
+    lines = [row for row in _results(finished) if row["setup"] == "b"]
     model = load_clip(clip_dir)
-    images = [Image.open(finished / l["image"]).convert("RGB") for l in lines]
-    expected = _hand_clip_score(model, images, [_ids(l["prompt"]) for l in lines])
-    got = torch.tensor([l["metrics"]["clip_score"] for l in lines])
+    images = [Image.open(finished / row["image"]).convert("RGB") for row in lines]
+    expected = _hand_clip_score(model, images, [_ids(row["prompt"]) for row in lines])
+    got = torch.tensor([row["metrics"]["clip_score"] for row in lines])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
@@ -224,7 +245,7 @@ def test_second_run_generates_nothing_and_a_new_seed_only_its_images(tmp_path, p
     run_experiment(load_experiment_config(config_path), show_progress=False)
     assert sum(calls) == 4
     lines = _results(output)
-    assert len(lines) == 12 and sorted({l["seed"] for l in lines}) == [0, 1, 2]
+    assert len(lines) == 12 and sorted({row["seed"] for row in lines}) == [0, 1, 2]
     assert (output / "results.jsonl").read_text().startswith(before)  # the first results were kept as they were
 
 
@@ -245,7 +266,7 @@ def test_changed_settings_suite_or_weights_never_mix_stale_results(tmp_path, pip
     setups = {"a": weights_a, "b": pipelines["b"]}
     config_path = _write_config(tmp_path, setups, None, metrics=["judge"])
     output = run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
-    first = {(l["setup"], l["index"], l["seed"]): l for l in _results(output)}
+    first = {(row["setup"], row["index"], row["seed"]): row for row in _results(output)}
 
     # one setup's steps change: only its images are drawn again
     calls.clear()
@@ -256,8 +277,10 @@ def test_changed_settings_suite_or_weights_never_mix_stale_results(tmp_path, pip
     assert sum(calls) == 8
     lines = _results(output)
     assert len(lines) == 16
-    assert all(l == first[(l["setup"], l["index"], l["seed"])] for l in lines if l["setup"] == "a")
-    assert all(l["key"] != first[(l["setup"], l["index"], l["seed"])]["key"] for l in lines if l["setup"] == "b")
+    assert all(row == first[(row["setup"], row["index"], row["seed"])] for row in lines if row["setup"] == "a")
+    assert all(
+        row["key"] != first[(row["setup"], row["index"], row["seed"])]["key"] for row in lines if row["setup"] == "b"
+    )
 
     # one suite entry changes: only that entry is drawn again, and its old prompt is gone
     calls.clear()
@@ -267,7 +290,7 @@ def test_changed_settings_suite_or_weights_never_mix_stale_results(tmp_path, pip
     run_experiment(load_experiment_config(config_path), show_progress=False, write_report=False)
     assert sum(calls) == 2 * 2
     lines = _results(output)
-    assert len(lines) == 16 and "a red circle" not in {l["prompt"] for l in lines}
+    assert len(lines) == 16 and "a red circle" not in {row["prompt"] for row in lines}
 
     # the weights of a pipeline change: its images are drawn again
     calls.clear()
@@ -285,8 +308,14 @@ def test_images_do_not_depend_on_batch_size(tmp_path, pipelines) -> None:
     suite_path = _write_suite(tmp_path / "mini.yaml", suite)
     outputs = []
     for batch_size in (1, 10):
-        config = _write_config(tmp_path / f"b{batch_size}", {"a": pipelines["a"]}, None, metrics=["judge"],
-                               batch_size=batch_size, suite=suite_path)  # fmt: skip
+        config = _write_config(
+            tmp_path / f"b{batch_size}",
+            {"a": pipelines["a"]},
+            None,
+            metrics=["judge"],
+            batch_size=batch_size,
+            suite=suite_path,
+        )
         outputs.append(run_experiment(load_experiment_config(config), show_progress=False, write_report=False))
     for line in _results(outputs[0]):
         one, batched = (np.asarray(Image.open(output / line["image"]), dtype=np.int16) for output in outputs)
@@ -300,13 +329,24 @@ def test_a_diffusers_sd_pipeline_runs_wrapped_and_native(tmp_path, clip_dir) -> 
 
     folder = tmp_path / "sd"
     tiny_pipelines.build_sd().save_pretrained(folder)
-    config = _write_config(tmp_path, {}, clip_dir, seeds=[0], setups=[
-        {"name": "wrapped", "pipeline": str(folder)}, {"name": "native", "pipeline": str(folder), "native": True}])  # fmt: skip
+    config = _write_config(
+        tmp_path,
+        {},
+        clip_dir,
+        seeds=[0],
+        setups=[
+            {"name": "wrapped", "pipeline": str(folder)},
+            {"name": "native", "pipeline": str(folder), "native": True},
+        ],
+    )
     output = run_experiment(load_experiment_config(config), show_progress=False)
     lines = _results(output)
     assert len(lines) == 8
     for index in range(4):
-        wrapped, native = (np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16) for s in ("wrapped", "native"))
+        wrapped, native = (
+            np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16)
+            for s in ("wrapped", "native")
+        )
         assert wrapped.shape == (32, 32, 3) and np.abs(wrapped - native).max() <= 1
 
 
@@ -320,12 +360,22 @@ def test_a_diffusers_sd_pipeline_runs_wrapped_and_native(tmp_path, clip_dir) -> 
         (dict(clip_score_model=None), ValueError, "clip_score needs `clip_score_model`"),
         (dict(colour="red"), ValueError, r"key `colour`: unknown key for ExperimentConfig"),
         (dict(seeds=[1, 1]), ValueError, "seeds must differ"),
-        (dict(setups=[{"name": "x", "pipeline": "nowhere/at/all"}]), FileNotFoundError, "setup 'x': pipeline folder nowhere/at/all does not exist"),
-        (dict(clip_score_model="nowhere/clip"), FileNotFoundError, "clip_score_model nowhere/clip is not a CLIP folder"),
+        (
+            dict(setups=[{"name": "x", "pipeline": "nowhere/at/all"}]),
+            FileNotFoundError,
+            "setup 'x': pipeline folder nowhere/at/all does not exist",
+        ),
+        (
+            dict(clip_score_model="nowhere/clip"),
+            FileNotFoundError,
+            "clip_score_model nowhere/clip is not a CLIP folder",
+        ),
         (dict(setups=[{"name": "a/b", "pipeline": "x"}]), ValueError, "not a folder name"),
     ],
-)  # fmt: skip
-def test_bad_experiments_fail_before_any_generation(tmp_path, pipelines, clip_dir, calls, overrides, error, message) -> None:
+)
+def test_bad_experiments_fail_before_any_generation(
+    tmp_path, pipelines, clip_dir, calls, overrides, error, message
+) -> None:
     config = _write_config(tmp_path, pipelines, clip_dir, **overrides)
     with pytest.raises(error, match=message) as raised:
         run_experiment(load_experiment_config(config), show_progress=False)
@@ -375,7 +425,9 @@ def test_a_float16_pipeline_runs_in_float32_on_the_cpu(tmp_path, pipelines, monk
     output = run_experiment(load_experiment_config(config), show_progress=False, device="cpu", write_report=False)
     assert dtypes and set(dtypes) == {(torch.float32, torch.float32)}
     for index in range(len(SUITE["prompts"])):
-        full, halved = (np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16) for s in ("full", "half"))
+        full, halved = (
+            np.asarray(Image.open(output / f"images/{s}/mini/{index}-0.png"), dtype=np.int16) for s in ("full", "half")
+        )
         assert np.abs(full - halved).mean() <= 2.0
 
 
@@ -383,18 +435,24 @@ def test_a_pipeline_with_two_text_encoders_needs_native(tmp_path, pipelines) -> 
     folder = tmp_path / "sdxl"
     shutil.copytree(pipelines["a"], folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "CLIPTextModelWithProjection"])
+    index.update(
+        _class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "CLIPTextModelWithProjection"]
+    )
     (folder / "model_index.json").write_text(json.dumps(index))
     config = _write_config(tmp_path, {"xl": folder}, None, metrics=["judge"])
     with pytest.raises(ValueError, match="setup 'xl'.*StableDiffusionXLPipeline.*native: true"):
         run_experiment(load_experiment_config(config), show_progress=False)
 
 
-def test_relative_paths_resolve_from_the_working_directory_then_the_config_folder(tmp_path, pipelines, monkeypatch) -> None:
+def test_relative_paths_resolve_from_the_working_directory_then_the_config_folder(
+    tmp_path, pipelines, monkeypatch
+) -> None:
     folder = tmp_path / "configs"
     _write_suite(tmp_path / "mini.yaml")
     shutil.copytree(pipelines["a"], folder / "pipes" / "a")
-    path = _write_config(folder, {"a": Path("pipes/a")}, None, metrics=["judge"], suite="../mini.yaml", output_dir="out")
+    path = _write_config(
+        folder, {"a": Path("pipes/a")}, None, metrics=["judge"], suite="../mini.yaml", output_dir="out"
+    )
     monkeypatch.chdir(tmp_path)
     config = load_experiment_config(path)
     assert config.setups[0].pipeline == str(folder / "pipes" / "a")  # not in the working directory
@@ -423,16 +481,31 @@ def _entries_with(**change) -> dict:
         (_entries_with(prompt=""), r"prompts\[1\]: key `prompt`: must be a non-empty string"),
         (_entries_with(colour="red"), r"key `prompts\[1\]\.colour`: unknown key"),
         (_entries_with(relation=[0, "near", 1]), r"prompts\[1\]: key `relation`: expected \[i, relation, j\]"),
-        (_entries_with(objects=[["red", "circle"], ["blue", "square"]], prompt="a red circle left of a blue square",
-                       relation=[0, "left of", 5]), r"prompts\[1\]: key `relation`: i and j must be two different object indices in \[0, 2\)"),
-        (_entries_with(objects=[["red", "circle"], ["red", "circle"]], prompt="a red circle above a red circle",
-                       relation=[0, "above", 1]), r"prompts\[1\]: key `relation`: objects\[0\] \(red circle\) is not the only one"),
+        (
+            _entries_with(
+                objects=[["red", "circle"], ["blue", "square"]],
+                prompt="a red circle left of a blue square",
+                relation=[0, "left of", 5],
+            ),
+            r"prompts\[1\]: key `relation`: i and j must be two different object indices in \[0, 2\)",
+        ),
+        (
+            _entries_with(
+                objects=[["red", "circle"], ["red", "circle"]],
+                prompt="a red circle above a red circle",
+                relation=[0, "above", 1],
+            ),
+            r"prompts\[1\]: key `relation`: objects\[0\] \(red circle\) is not the only one",
+        ),
         (_entries_with(objects=None, relation=[0, "left of", 1]), r"prompts\[1\]: key `relation`: needs `objects`"),
-        (_entries_with(prompt="a blue circle"), r"prompts\[1\]: key `objects\[0\]`: the prompt 'a blue circle' does not name 'red'"),
+        (
+            _entries_with(prompt="a blue circle"),
+            r"prompts\[1\]: key `objects\[0\]`: the prompt 'a blue circle' does not name 'red'",
+        ),
         ({"prompts": [{"prompt": "a red circle"}]}, r"key `prompts\[0\]\.category`: required key is missing"),
         ({"prompts": []}, "the suite holds no prompt"),
     ],
-)  # fmt: skip
+)
 def test_suite_errors_name_the_file_the_entry_and_the_key(tmp_path, entry, message) -> None:
     path = _write_suite(tmp_path / "bad-suite.yaml", entry)
     with pytest.raises(ValueError, match=message) as raised:
@@ -444,7 +517,9 @@ def test_suite_entries_become_suite_prompts_or_text_prompts(tmp_path) -> None:
     suite = load_suite(_write_suite(tmp_path / "mini.yaml"))
     assert suite.name == "mini" and len(suite.prompts) == 4
     assert suite.prompts[1] == SuitePrompt(
-        "relation", SUITE["prompts"][1]["prompt"], scene_from_spec([("blue", "square"), ("yellow", "triangle")], (0, "left of", 1))
+        "relation",
+        SUITE["prompts"][1]["prompt"],
+        scene_from_spec([("blue", "square"), ("yellow", "triangle")], (0, "left of", 1)),
     )
     assert suite.prompts[3] == TextPrompt("free", "a lighthouse at dusk") and suite.prompts[3].scene is None
 
@@ -483,7 +558,9 @@ def test_shipped_suites_load_and_match_their_generator() -> None:
 
 
 def test_judge_metrics_are_all_correct_on_rendered_suite_scenes() -> None:
-    entries = [entry for path in sorted((REPO / "configs" / "suites").glob("*.yaml")) for entry in load_suite(path).prompts]
+    entries = [
+        entry for path in sorted((REPO / "configs" / "suites").glob("*.yaml")) for entry in load_suite(path).prompts
+    ]
     for entry in entries[::3]:
         values = shapes_judge_metrics(render_scene(entry.scene, 32), entry.scene)
         assert values.pop("objects_found") == 1.0 and all(v is True for v in values.values()), entry.prompt
@@ -494,8 +571,15 @@ def test_judge_metrics_on_wrong_images() -> None:
     asked = scene_from_spec([("red", "circle"), ("blue", "square")], (0, "left of", 1))
     swapped_colours = scene_from_spec([("blue", "circle"), ("red", "square")], (0, "left of", 1))
     values = shapes_judge_metrics(render_scene(swapped_colours, 32), asked)
-    assert values == {"objects_found": 0.0, "objects": False, "colour": True, "shape": True, "count": False,
-                      "relation": False, "exact": False}  # fmt: skip
+    assert values == {
+        "objects_found": 0.0,
+        "objects": False,
+        "colour": True,
+        "shape": True,
+        "count": False,
+        "relation": False,
+        "exact": False,
+    }
     flipped = scene_from_spec([("red", "circle"), ("blue", "square")], (0, "right of", 1))
     values = shapes_judge_metrics(render_scene(flipped, 32), asked)
     assert values["objects"] and values["count"] and not values["relation"] and not values["exact"]
@@ -546,10 +630,15 @@ def test_clip_score_of_a_transformers_clip_model_equals_its_two_tower_twin(tmp_p
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
     prompts = ["a red circle", "a blue square"]
-    torch.testing.assert_close(clip_score(images, prompts, hf_model), clip_score(images, prompts, twin), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        clip_score(images, prompts, hf_model), clip_score(images, prompts, twin), atol=1e-6, rtol=0
+    )
     hf_model.save_pretrained(tmp_path / "hf")
     torch.testing.assert_close(
-        clip_score(images, prompts, load_clip_scorer(tmp_path / "hf")), clip_score(images, prompts, twin), atol=1e-6, rtol=0
+        clip_score(images, prompts, load_clip_scorer(tmp_path / "hf")),
+        clip_score(images, prompts, twin),
+        atol=1e-6,
+        rtol=0,
     )
 
 
@@ -599,24 +688,45 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
     run = tmp_path / "models" / "unet"
     diffusion = _tiny_diffusion_config(tmp_path / "diffusion.yaml")
     steps = [
-        {"command": "init-clip", "args": ["--model", str(REPO / "configs/models/clip-tiny.yaml"), "-o", str(clip)],
-         "creates": str(clip)},
-        {"command": "train-diffusion", "args": ["--config", str(diffusion), "--set", f"text_encoder={clip}",
-                                                "--output-dir", str(run), "--no-progress"],
-         "creates": str(run / "pipeline")},
-    ]  # fmt: skip
+        {
+            "command": "init-clip",
+            "args": ["--model", str(REPO / "configs/models/clip-tiny.yaml"), "-o", str(clip)],
+            "creates": str(clip),
+        },
+        {
+            "command": "train-diffusion",
+            "args": [
+                "--config",
+                str(diffusion),
+                "--set",
+                f"text_encoder={clip}",
+                "--output-dir",
+                str(run),
+                "--no-progress",
+            ],
+            "creates": str(run / "pipeline"),
+        },
+    ]
     config = _write_config(  # the CLIP-score model too is made by a prepare step
-        tmp_path / "exp", {}, clip, seeds=[0],
-        setups=[{"name": "random", "pipeline": str(run / "pipeline"), "prepare": steps},
-                {"name": "random-again", "pipeline": str(run / "pipeline"), "prepare": steps[:1] + steps[1:]}],
-    )  # fmt: skip
+        tmp_path / "exp",
+        {},
+        clip,
+        seeds=[0],
+        setups=[
+            {"name": "random", "pipeline": str(run / "pipeline"), "prepare": steps},
+            {"name": "random-again", "pipeline": str(run / "pipeline"), "prepare": steps[:1] + steps[1:]},
+        ],
+    )
     assert cli_main(["experiment", str(config), "--check"]) == 0  # plans, makes nothing
     assert not clip.exists()
     launched = []
     original = subprocess.Popen
 
     def counting(command, *args, **kwargs):
-        if isinstance(command, list) and command[1:3] == ["-m", "clipcond.cli"]:  # our prepare steps, not a library's calls
+        if isinstance(command, list) and command[1:3] == [
+            "-m",
+            "clipcond.cli",
+        ]:  # our prepare steps, not a library's calls
             launched.append(command[3])
         return original(command, *args, **kwargs)
 
@@ -625,7 +735,9 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
     assert launched == ["init-clip", "train-diffusion"]  # shared steps run once
     assert (run / "pipeline" / "model_index.json").is_file()
     results = _results(tmp_path / "exp" / "out")
-    assert len(results) == 2 * len(SUITE["prompts"]) and all(-1.0 <= line["metrics"]["clip_score"] <= 1.0 for line in results)
+    assert len(results) == 2 * len(SUITE["prompts"]) and all(
+        -1.0 <= line["metrics"]["clip_score"] <= 1.0 for line in results
+    )
     launched.clear()
     assert cli_main(["experiment", str(config), "--no-progress"]) == 0
     assert launched == []  # everything exists: nothing trains again
@@ -634,11 +746,25 @@ def test_prepare_steps_make_missing_models_once_then_the_experiment_runs(tmp_pat
 
 
 def _tiny_diffusion_config(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "text_encoder": "PLACEHOLDER", "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
-        "image_size": 16, "batch_size": 2, "steps": 2, "warmup_steps": 1, "output_dir": "PLACEHOLDER",
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "text_encoder": "PLACEHOLDER",
+                "unet": {
+                    "block_out_channels": [8, 16],
+                    "layers_per_block": 1,
+                    "norm_num_groups": 4,
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                },
+                "image_size": 16,
+                "batch_size": 2,
+                "steps": 2,
+                "warmup_steps": 1,
+                "output_dir": "PLACEHOLDER",
+            }
+        )
+    )
     return path
 
 
@@ -652,10 +778,14 @@ def test_a_step_needs_the_earlier_steps_whose_path_it_names_in_its_args_or_confi
     steps = [
         PrepareStep("init-clip", str(clip / "model"), ["--model", model, "-o", str(clip / "model")]),
         PrepareStep("init-clip", str(clip_large / "model"), ["--model", model, "-o", str(clip_large / "model")]),
-        PrepareStep("train-diffusion", str(tmp_path / "a"), ["--config", str(in_config), "--set", f"text_encoder={clip}/model"]),
-        PrepareStep("train-diffusion", str(tmp_path / "b"), ["--config", str(in_config)]),  # names it only in its config
+        PrepareStep(
+            "train-diffusion", str(tmp_path / "a"), ["--config", str(in_config), "--set", f"text_encoder={clip}/model"]
+        ),
+        PrepareStep(
+            "train-diffusion", str(tmp_path / "b"), ["--config", str(in_config)]
+        ),  # names it only in its config
         PrepareStep("init-clip", str(tmp_path / "c"), ["--model", model, "-o", str(tmp_path / "c")]),
-    ]  # fmt: skip
+    ]
     assert step_dependencies(steps) == [set(), set(), {0, 1}, {1}, set()]  # clip is not a part of clip-large
 
 
@@ -671,10 +801,20 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
     steps = [
         PrepareStep("init-clip", str(first), ["--model", model, "-o", str(first)]),
         PrepareStep("init-clip", str(second), ["--model", model, "--seed", "1", "-o", str(second)]),
-        PrepareStep("train-diffusion", str(unet / "pipeline"),
-                    ["--config", str(_tiny_diffusion_config(tmp_path / "d.yaml")), "--set", f"text_encoder={first}",
-                     "--output-dir", str(unet), "--no-progress"]),
-    ]  # fmt: skip
+        PrepareStep(
+            "train-diffusion",
+            str(unet / "pipeline"),
+            [
+                "--config",
+                str(_tiny_diffusion_config(tmp_path / "d.yaml")),
+                "--set",
+                f"text_encoder={first}",
+                "--output-dir",
+                str(unet),
+                "--no-progress",
+            ],
+        ),
+    ]
     # (creates path of the step, {path: not yet reaped by the scheduler} of the steps launched before it, env):
     # `returncode` is set only once the scheduler's poll has seen the process end, so this is its own view
     launches = []
@@ -683,7 +823,9 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
 
     def recording(command, *args, **kwargs):
         creates = command[command.index("-o") + 1] if "-o" in command else str(unet / "pipeline")
-        launches.append((creates, {path: process.returncode is None for path, process in processes.items()}, kwargs.get("env")))
+        launches.append(
+            (creates, {path: process.returncode is None for path, process in processes.items()}, kwargs.get("env"))
+        )
         processes[creates] = original(command, *args, **kwargs)
         return processes[creates]
 
@@ -697,7 +839,11 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
     beside = launches[2][1][str(second)]  # the UNet starts alone (all cores) or beside the second
     assert launches[2][2]["OMP_NUM_THREADS"] == str(max(1, cores // (2 if beside else 1)))
     assert (unet / "pipeline" / "model_index.json").is_file() and (second / "clip_config.yaml").is_file()
-    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["1-init-clip.log", "2-init-clip.log", "3-train-diffusion.log"]
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
+        "1-init-clip.log",
+        "2-init-clip.log",
+        "3-train-diffusion.log",
+    ]
     launches.clear()
     run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
     assert launches == []  # all made: nothing runs again
@@ -710,13 +856,22 @@ def test_a_failing_side_by_side_step_stops_the_others_and_shows_its_log(tmp_path
     bad.write_text("no_such_key: 1\n")
     steps = [
         PrepareStep("train-clip", str(tmp_path / "never"), ["--config", str(bad)]),
-        PrepareStep("init-clip", str(tmp_path / "clip"), ["--model", str(REPO / "configs/models/clip-tiny.yaml"),
-                                                           "-o", str(tmp_path / "clip")]),
-    ]  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"(?s)clipcond train-clip. failed with status 2; its log .*1-train-clip.log ends:.*no_such_key"):
+        PrepareStep(
+            "init-clip",
+            str(tmp_path / "clip"),
+            ["--model", str(REPO / "configs/models/clip-tiny.yaml"), "-o", str(tmp_path / "clip")],
+        ),
+    ]
+    with pytest.raises(
+        RuntimeError,
+        match=r"(?s)clipcond train-clip. failed with status 2; its log .*1-train-clip.log ends:.*no_such_key",
+    ):
         run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
-    for jobs, log_dir, message in [(0, tmp_path, "jobs must be an integer >= 1"), (True, tmp_path, "jobs must be"),
-                                   (2, None, "needs a log_dir")]:  # fmt: skip
+    for jobs, log_dir, message in [
+        (0, tmp_path, "jobs must be an integer >= 1"),
+        (True, tmp_path, "jobs must be"),
+        (2, None, "needs a log_dir"),
+    ]:
         with pytest.raises(ValueError, match=message):
             run_steps(steps, jobs=jobs, log_dir=log_dir)
     with pytest.raises(SystemExit):
@@ -724,11 +879,27 @@ def test_a_failing_side_by_side_step_stops_the_others_and_shows_its_log(tmp_path
 
 
 def test_a_prepare_step_naming_a_missing_config_fails_before_anything_runs(tmp_path, pipelines) -> None:
-    step = {"command": "train-clip", "args": ["--config", str(tmp_path / "missing.yaml")], "creates": str(tmp_path / "m")}
-    config = _write_config(tmp_path, {}, None, metrics=["judge"],
-                           setups=[{"name": "a", "pipeline": str(pipelines["a"]), "prepare": [step]}])  # fmt: skip
+    step = {
+        "command": "train-clip",
+        "args": ["--config", str(tmp_path / "missing.yaml")],
+        "creates": str(tmp_path / "m"),
+    }
+    config = _write_config(
+        tmp_path,
+        {},
+        None,
+        metrics=["judge"],
+        setups=[{"name": "a", "pipeline": str(pipelines["a"]), "prepare": [step]}],
+    )
     assert cli_main(["experiment", str(config), "--no-progress"]) == 2
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=r"setups\[0\]\.prepare\[0\]\.command.*got .rm."):
-        load_experiment_config(_write_config(tmp_path / "b", {}, None, metrics=["judge"], setups=[
-            {"name": "a", "pipeline": str(pipelines["a"]), "prepare": [{**step, "command": "rm"}]}]))  # fmt: skip
+        load_experiment_config(
+            _write_config(
+                tmp_path / "b",
+                {},
+                None,
+                metrics=["judge"],
+                setups=[{"name": "a", "pipeline": str(pipelines["a"]), "prepare": [{**step, "command": "rm"}]}],
+            )
+        )

@@ -77,10 +77,16 @@ def _token_ids(generator: torch.Generator, batch: int, length: int, vocab_size: 
 def _tiny_tower_settings(vocab_size: int, max_positions: int) -> tuple[dict, dict]:
     """Text and vision settings of a tiny two-tower peer model (CLIP or SigLIP); eos is the last id."""
     text = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=max_positions, bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1, pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=0,
+    )
     vision = dict(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2
     )
@@ -145,9 +151,12 @@ def test_siglip_loss_equals_the_pairwise_formula(with_negatives):
     negatives = negatives if with_negatives else None
     log_scale, bias = 1.7, -3.0
     ours = siglip_loss(
-        images, texts, torch.tensor(log_scale, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64),
+        images,
+        texts,
+        torch.tensor(log_scale, dtype=torch.float64),
+        torch.tensor(bias, dtype=torch.float64),
         negative_text_features=negatives,
-    )  # fmt: skip
+    )
     assert ours.item() == pytest.approx(_siglip_formula(images, texts, log_scale, bias, negatives), abs=1e-10)
 
 
@@ -157,9 +166,7 @@ def test_hard_negatives_equal_the_formula_and_only_raise_the_loss():
     without = clip_loss(images, texts, log_scale)
     with_negatives = clip_loss(images, texts, log_scale, negative_text_features=negatives)
     assert without.item() == pytest.approx(_clip_formula(images, texts, log_scale.item()), abs=1e-10)
-    assert with_negatives.item() == pytest.approx(
-        _clip_formula(images, texts, log_scale.item(), negatives), abs=1e-10
-    )
+    assert with_negatives.item() == pytest.approx(_clip_formula(images, texts, log_scale.item(), negatives), abs=1e-10)
     assert with_negatives > without  # more competitors in the image -> text softmax
 
     # The text -> image direction ignores the negatives: only the image side of the loss moves.
@@ -390,8 +397,6 @@ def test_gather_features_is_the_identity_with_a_world_of_one(tmp_path):
         assert gather_features(features) is features
         images, texts, _ = _features()
         log_scale = torch.tensor(2.0, dtype=torch.float64)
-        assert clip_loss(images, texts, log_scale).item() == pytest.approx(
-            _clip_formula(images, texts, 2.0), abs=1e-10
-        )
+        assert clip_loss(images, texts, log_scale).item() == pytest.approx(_clip_formula(images, texts, 2.0), abs=1e-10)
     finally:
         torch.distributed.destroy_process_group()

@@ -9,8 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_pipelines
 import torch
 import torch.nn.functional as F
+from reference_openai_clip import OpenAIStyleCLIP, as_custom_text_clip
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -20,7 +22,6 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-import tiny_pipelines
 from clipcond import TextConditioner
 from clipcond.models import (
     AttentionPool2d,
@@ -38,7 +39,6 @@ from clipcond.models import (
     save_clip,
 )
 from clipcond.tokenization import clip_tokenizer
-from reference_openai_clip import OpenAIStyleCLIP, as_custom_text_clip
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 BOS, EOS = 49406, 49407
@@ -89,7 +89,9 @@ def _assert_within(actual: torch.Tensor, expected: torch.Tensor, atol: float) ->
 # ----------------------------------------------------------------------------- configs and sizes
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "clip-tiny-vit", "clip-rn-tiny", "clip-vit-b-32", "clip-vit-l-14", "clip-rn50"])
+@pytest.mark.parametrize(
+    "name", ["clip-tiny", "clip-tiny-vit", "clip-rn-tiny", "clip-vit-b-32", "clip-vit-l-14", "clip-rn50"]
+)
 def test_shipped_configs_load_and_round_trip_through_dict(name):
     config = _config(name)
     assert model_config_from_dict(config.to_dict()) == config
@@ -100,11 +102,22 @@ def _openai_clip_config(text: tuple[int, int, int], vision: tuple[int, int, int,
     text_width, text_layers, text_heads = text
     vision_width, vision_layers, vision_heads, patch = vision
     return CLIPConfig(
-        text_config=dict(hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
-                         num_attention_heads=text_heads, max_position_embeddings=77, vocab_size=49408),
-        vision_config=dict(hidden_size=vision_width, intermediate_size=4 * vision_width,
-                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=224,
-                           patch_size=patch),
+        text_config=dict(
+            hidden_size=text_width,
+            intermediate_size=4 * text_width,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            max_position_embeddings=77,
+            vocab_size=49408,
+        ),
+        vision_config=dict(
+            hidden_size=vision_width,
+            intermediate_size=4 * vision_width,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=224,
+            patch_size=patch,
+        ),
         projection_dim=embed_dim,
     )
 
@@ -168,31 +181,60 @@ VIT_LINE = "vit: {patch_size: 8, width: 32, layers: 2, heads: 2}"
 @pytest.mark.parametrize(
     "base, old, new, message",
     [
-        _broken("unknown-nested-key", TINY_YAML, "layers: 2, heads: 2}\nvision", "layrs: 2, heads: 2}\nvision",
-                "text.layrs"),
+        _broken(
+            "unknown-nested-key", TINY_YAML, "layers: 2, heads: 2}\nvision", "layrs: 2, heads: 2}\nvision", "text.layrs"
+        ),
         _broken("unknown-top-key", TINY_YAML, "embed_dim: 32", "embed_dim: 32\nembed_size: 32", "embed_size"),
         _broken("missing-required-key", TINY_YAML, "embed_dim: 32\n", "", "embed_dim"),
         _broken("wrong-type", TINY_YAML, "text: {width: 32,", "text: {width: 32.5,", "text.width"),
-        _broken("text-heads", TINY_YAML, "text: {width: 32, layers: 2, heads: 2}",
-                "text: {width: 32, layers: 2, heads: 3}", "not divisible into 3 attention heads"),
+        _broken(
+            "text-heads",
+            TINY_YAML,
+            "text: {width: 32, layers: 2, heads: 2}",
+            "text: {width: 32, layers: 2, heads: 3}",
+            "not divisible into 3 attention heads",
+        ),
         _broken("vit-heads", TINY_YAML, VIT_LINE, VIT_LINE.replace("heads: 2", "heads: 5"), "vision.vit"),
         _broken("vit-unknown-key", TINY_YAML, "patch_size: 8", "patch_sise: 8", "vision.vit"),
-        _broken("image-not-multiple-of-patch", TINY_YAML, "patch_size: 8", "patch_size: 7",
-                "not a multiple of vision.vit.patch_size 7"),
+        _broken(
+            "image-not-multiple-of-patch",
+            TINY_YAML,
+            "patch_size: 8",
+            "patch_size: 7",
+            "not a multiple of vision.vit.patch_size 7",
+        ),
         _broken("vit-without-vit-section", TINY_YAML, f"  {VIT_LINE}\n", "", "`vision.vit` section is missing"),
-        _broken("resnet-without-resnet-section", TINY_YAML, "kind: vit", "kind: resnet",
-                "`vision.resnet` section is missing"),
+        _broken(
+            "resnet-without-resnet-section",
+            TINY_YAML,
+            "kind: vit",
+            "kind: resnet",
+            "`vision.resnet` section is missing",
+        ),
         _broken("unknown-kind", TINY_YAML, "kind: vit", "kind: swin", "expected one of ['vit', 'resnet']"),
-        _broken("image-size-zero", TINY_YAML, "image_size: 32", "image_size: 0",
-                "vision.image_size must be a positive integer"),
-        _broken("embed-dim-negative", TINY_YAML, "embed_dim: 32", "embed_dim: -1",
-                "embed_dim must be a positive integer"),
-        _broken("vit-kind-with-resnet-section", RESNET_YAML, "kind: resnet", "kind: vit",
-                "`vision.vit` section is missing"),
-        _broken("resnet-with-vit-section", RESNET_YAML, "pool_heads: 2}", f"pool_heads: 2}}\n  {VIT_LINE}",
-                "remove the `vision.vit` section"),
-        _broken("image-not-multiple-of-downsampling", RESNET_YAML, "image_size: 32", "image_size: 36",
-                "not a multiple of 8"),
+        _broken(
+            "image-size-zero",
+            TINY_YAML,
+            "image_size: 32",
+            "image_size: 0",
+            "vision.image_size must be a positive integer",
+        ),
+        _broken(
+            "embed-dim-negative", TINY_YAML, "embed_dim: 32", "embed_dim: -1", "embed_dim must be a positive integer"
+        ),
+        _broken(
+            "vit-kind-with-resnet-section", RESNET_YAML, "kind: resnet", "kind: vit", "`vision.vit` section is missing"
+        ),
+        _broken(
+            "resnet-with-vit-section",
+            RESNET_YAML,
+            "pool_heads: 2}",
+            f"pool_heads: 2}}\n  {VIT_LINE}",
+            "remove the `vision.vit` section",
+        ),
+        _broken(
+            "image-not-multiple-of-downsampling", RESNET_YAML, "image_size: 32", "image_size: 36", "not a multiple of 8"
+        ),
         _broken("stages-mismatch", RESNET_YAML, "depths: [1, 1]", "depths: [1]", "vision.resnet"),
         _broken("pool-heads", RESNET_YAML, "pool_heads: 2", "pool_heads: 3", "vision.resnet"),
     ],
@@ -205,13 +247,23 @@ def test_config_errors_name_the_key_and_the_file(tmp_path, base, old, new, messa
 @pytest.mark.parametrize(
     "base, old, new, message",
     [
-        _broken("vit-heads", TINY_YAML, VIT_LINE, VIT_LINE.replace("heads: 2", "heads: 5"),
-                "vision.vit: width 32 is not divisible into 5 attention heads"),
+        _broken(
+            "vit-heads",
+            TINY_YAML,
+            VIT_LINE,
+            VIT_LINE.replace("heads: 2", "heads: 5"),
+            "vision.vit: width 32 is not divisible into 5 attention heads",
+        ),
         _broken("vit-unknown-key", TINY_YAML, "patch_size: 8", "patch_sise: 8", "vision.vit.patch_sise"),
         _broken("stages-mismatch", RESNET_YAML, "depths: [1, 1]", "depths: [1]", "need one entry per stage"),
         _broken("pool-heads", RESNET_YAML, "pool_heads: 2", "pool_heads: 3", "not divisible into 3 attention heads"),
-        _broken("pooling", RESNET_YAML, "pool_heads: 2", "pool_heads: 2, pooling: max",
-                "expected one of ['attention', 'mean']"),
+        _broken(
+            "pooling",
+            RESNET_YAML,
+            "pool_heads: 2",
+            "pool_heads: 2, pooling: max",
+            "expected one of ['attention', 'mean']",
+        ),
     ],
 )
 def test_errors_inside_a_vision_section_keep_their_reason(tmp_path, base, old, new, message):
@@ -286,14 +338,25 @@ def test_attention_pool_equals_torch_multi_head_attention():
     cells = features.flatten(2).permute(2, 0, 1)  # (grid*grid, batch, C)
     tokens = torch.cat([cells.mean(dim=0, keepdim=True), cells]) + pool.positional_embedding[:, None]
     expected, _ = F.multi_head_attention_forward(
-        query=tokens[:1], key=tokens, value=tokens,
-        embed_dim_to_check=channels, num_heads=heads,
-        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-        out_proj_weight=pool.out_proj.weight, out_proj_bias=pool.out_proj.bias,
+        query=tokens[:1],
+        key=tokens,
+        value=tokens,
+        embed_dim_to_check=channels,
+        num_heads=heads,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None,
+        bias_v=None,
+        add_zero_attn=False,
+        dropout_p=0.0,
+        out_proj_weight=pool.out_proj.weight,
+        out_proj_bias=pool.out_proj.bias,
         use_separate_proj_weight=True,
-        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
-        training=False, need_weights=False,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+        training=False,
+        need_weights=False,
     )
     with torch.no_grad():
         _assert_within(pool(features), expected[0], 1e-6)
@@ -356,9 +419,15 @@ def test_save_load_round_trip_is_exact_and_safetensors_only(request, saved):
     model, folder = request.getfixturevalue(saved)
     files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     assert not [name for name in files if name.endswith(WEIGHT_SUFFIXES_NOT_SAFETENSORS)], files
-    assert {"clip_config.yaml", "logit_scale.safetensors", "text_encoder/config.json",
-            "text_encoder/model.safetensors", "image_encoder/model.safetensors", "tokenizer/vocab.json",
-            "tokenizer/merges.txt"} <= set(files)
+    assert {
+        "clip_config.yaml",
+        "logit_scale.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "image_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    } <= set(files)
 
     loaded = load_clip(folder)
     assert loaded.config == model.config and not loaded.training
@@ -386,8 +455,13 @@ def test_save_load_keeps_bfloat16(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "remove", ["clip_config.yaml", "logit_scale.safetensors", "text_encoder/model.safetensors",
-               "image_encoder/model.safetensors"],
+    "remove",
+    [
+        "clip_config.yaml",
+        "logit_scale.safetensors",
+        "text_encoder/model.safetensors",
+        "image_encoder/model.safetensors",
+    ],
 )
 def test_load_clip_names_the_missing_file(saved_vit, tmp_path, remove):
     folder = tmp_path / "copy"
@@ -443,8 +517,11 @@ def test_saved_text_tower_conditions_a_diffusers_pipeline(saved_vit):
     # SD 1.x reads the same folder as a CLIPTextModel (the projection is simply not used).
     base = tiny_pipelines.build_sd()
     pipe = StableDiffusionPipeline(
-        **{**base.components, "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
-           "tokenizer": tokenizer}
+        **{
+            **base.components,
+            "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
+            "tokenizer": tokenizer,
+        }
     )
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
@@ -456,7 +533,8 @@ def test_saved_text_tower_conditions_a_diffusers_pipeline(saved_vit):
     run = dict(num_inference_steps=1, height=32, width=32, output_type="latent")
     with torch.no_grad():
         latents = pipe(
-            **conditioner.pipeline_kwargs(prompts[0], negative_prompt="blurry"), **run,
+            **conditioner.pipeline_kwargs(prompts[0], negative_prompt="blurry"),
+            **run,
             generator=torch.Generator().manual_seed(0),
         ).images
         expected_latents = pipe(
@@ -473,8 +551,18 @@ def _reference_clip(quick_gelu: bool, seed: int = 0) -> OpenAIStyleCLIP:
     """A tiny OpenAI-layout CLIP with every weight random (LayerNorms and biases included)."""
     torch.manual_seed(seed)
     model = OpenAIStyleCLIP(
-        embed_dim=24, image_size=32, patch_size=8, vision_width=128, vision_layers=2, vision_heads=2,
-        context_length=16, vocab_size=49408, text_width=32, text_layers=2, text_heads=2, quick_gelu=quick_gelu,
+        embed_dim=24,
+        image_size=32,
+        patch_size=8,
+        vision_width=128,
+        vision_layers=2,
+        vision_heads=2,
+        context_length=16,
+        vocab_size=49408,
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+        quick_gelu=quick_gelu,
     )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -490,8 +578,12 @@ def _reference_clip(quick_gelu: bool, seed: int = 0) -> OpenAIStyleCLIP:
 def _layout(state: dict[str, torch.Tensor], layout: str, model: OpenAIStyleCLIP) -> dict[str, torch.Tensor]:
     if layout == "openai":
         # OpenAI's TorchScript checkpoints carry these non-weight entries.
-        return {**state, "input_resolution": torch.tensor(32), "context_length": torch.tensor(16),
-                "vocab_size": torch.tensor(49408)}
+        return {
+            **state,
+            "input_resolution": torch.tensor(32),
+            "context_length": torch.tensor(16),
+            "vocab_size": torch.tensor(49408),
+        }
     if layout == "open_clip":
         # A DDP-saved open_clip CLIP, with the causal mask stored as a buffer.
         return {f"module.{key}": value for key, value in {**state, "attn_mask": model.causal_mask(16)}.items()}
@@ -516,7 +608,10 @@ def test_converted_checkpoint_matches_the_reference(layout, quick_gelu):
     ours = ClipTwoTower.from_clip_model(peer).eval()
     assert ours.config.quick_gelu is quick_gelu
     assert (ours.config.vision.image_size, ours.config.vision.vit.patch_size, ours.config.text.context_length) == (
-        32, 8, 16)
+        32,
+        8,
+        16,
+    )
 
     ids, pixels = _token_ids([0, 4, 9, 14], context=16), _pixels(3)
     with torch.no_grad():

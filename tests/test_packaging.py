@@ -46,7 +46,17 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
     # the bundled model generates from the installed wheel, offline, with no --model
-    generate = [sys.executable, "-m", "clipcond.cli", "generate", "a red circle", "-o", str(tmp_path / "out.png"), "--steps", "5"]
+    generate = [
+        sys.executable,
+        "-m",
+        "clipcond.cli",
+        "generate",
+        "a red circle",
+        "-o",
+        str(tmp_path / "out.png"),
+        "--steps",
+        "5",
+    ]
     result = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out.png").is_file()

@@ -13,9 +13,12 @@ from clipcond import CLIPConditionedPipeline
 
 def ours_from(sd_pipe) -> CLIPConditionedPipeline:
     return CLIPConditionedPipeline(
-        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer,
-    )  # fmt: skip
+        unet=sd_pipe.unet,
+        scheduler=sd_pipe.scheduler,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+    )
 
 
 def run(pipe, **kwargs) -> np.ndarray:
@@ -44,7 +47,9 @@ def test_prompt_embeds_path_and_output_types(sd_pipe) -> None:
     pipe = ours_from(sd_pipe)
     embeds = pipe.conditioner.pipeline_kwargs("a red circle", "blurry")
     by_text = run(pipe, prompt="a red circle", negative_prompt="blurry")
-    by_embeds = run(pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"])
+    by_embeds = run(
+        pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"]
+    )
     assert np.abs(by_text - by_embeds).max() == 0.0
     pil = run(pipe, prompt="a red circle", output_type="pil")
     tensor = run(pipe, prompt="a red circle", output_type="pt")
@@ -57,9 +62,13 @@ def test_prompt_embeds_path_and_output_types(sd_pipe) -> None:
 
 def test_save_and_load_give_identical_images(sd_pipe, tmp_path) -> None:
     pipe = CLIPConditionedPipeline(
-        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer, clip_skip=1,
-    )  # fmt: skip
+        unet=sd_pipe.unet,
+        scheduler=sd_pipe.scheduler,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+        clip_skip=1,
+    )
     before = run(pipe, prompt="(red:1.3) circle BREAK a blue square")
     pipe.save_pretrained(tmp_path / "pipe")
     assert not list((tmp_path / "pipe").rglob("*.bin"))
@@ -76,8 +85,9 @@ def test_from_pipe_swaps_the_text_encoder(sd_pipe) -> None:
     swapped = CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=other)
     assert swapped.text_encoder is other and swapped.unet is sd_pipe.unet
     assert np.abs(run(swapped, prompt="a red circle") - run(ours_from(sd_pipe), prompt="a red circle")).max() > 0
-    narrow = CLIPTextModel(CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16,
-                                             "intermediate_size": 37})).eval()  # fmt: skip
+    narrow = CLIPTextModel(
+        CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16, "intermediate_size": 37})
+    ).eval()
     with pytest.raises(ValueError, match="projection_dim"):
         run(CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow), prompt="a red circle")
 
@@ -88,8 +98,9 @@ def test_text_projection_adapts_a_narrow_encoder_and_round_trips(sd_pipe, tmp_pa
     from clipcond import TextConditioner, TextProjection
 
     torch.manual_seed(3)
-    narrow = CLIPTextModel(CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16,
-                                             "intermediate_size": 37})).eval()  # fmt: skip
+    narrow = CLIPTextModel(
+        CLIPTextConfig(**{**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16, "intermediate_size": 37})
+    ).eval()
     width = sd_pipe.unet.config.cross_attention_dim
     projection = TextProjection(projection_dim=width, clip_width=16)
     pipe = CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=narrow, text_projection=projection, recipe="custom")
@@ -98,8 +109,11 @@ def test_text_projection_adapts_a_narrow_encoder_and_round_trips(sd_pipe, tmp_pa
     manual = TextConditioner("custom", clip=[(narrow, sd_pipe.tokenizer)], projection=projection)
     embeds = manual.pipeline_kwargs("a red circle", "blurry")
     with torch.no_grad():
-        by_embeds = run(ours_from(sd_pipe), prompt_embeds=embeds["prompt_embeds"],
-                        negative_prompt_embeds=embeds["negative_prompt_embeds"])  # fmt: skip
+        by_embeds = run(
+            ours_from(sd_pipe),
+            prompt_embeds=embeds["prompt_embeds"],
+            negative_prompt_embeds=embeds["negative_prompt_embeds"],
+        )
     assert np.abs(images - by_embeds).max() == 0.0
     pipe.save_pretrained(tmp_path / "adapted")
     assert (tmp_path / "adapted" / "text_projection" / "diffusion_pytorch_model.safetensors").is_file()
@@ -114,17 +128,25 @@ def test_text_projection_adapts_a_narrow_encoder_and_round_trips(sd_pipe, tmp_pa
 
 def test_pixel_space_without_a_vae() -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
+    from tiny_pipelines import WIDTH, clip_text_model
 
     from clipcond import clip_tokenizer
-    from tiny_pipelines import WIDTH, clip_text_model
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=3, out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH, norm_num_groups=4,
-    )  # fmt: skip
-    pipe = CLIPConditionedPipeline(unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer())
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=4,
+    )
+    pipe = CLIPConditionedPipeline(
+        unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
+    )
     images = run(pipe, prompt="a red circle")
     assert images.shape == (1, 16, 16, 3) and 0.0 <= images.min() and images.max() <= 1.0
 
@@ -134,7 +156,9 @@ def _cosine_ancestral_config() -> dict:
     return dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", prediction_type="v_prediction")
 
 
-def test_an_ancestral_sampler_on_the_cosine_schedule_gives_finite_images_where_float32_would_not(sd_pipe, caplog) -> None:
+def test_an_ancestral_sampler_on_the_cosine_schedule_gives_finite_images_where_float32_would_not(
+    sd_pipe, caplog
+) -> None:
     """diffusers' float32 sigma split is NaN at 3 steps on this schedule (diffusers issue
     #14213); the pipeline then samples with float64 sigmas, and elsewhere it is unchanged."""
     from diffusers import EulerAncestralDiscreteScheduler
@@ -157,8 +181,13 @@ def test_an_ancestral_sampler_on_the_cosine_schedule_gives_finite_images_where_f
     assert "float64 sigmas" in caplog.text and "num_inference_steps=3" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"):  # 4 steps: nothing to fix
-        assert np.abs(run(ours, prompt="a red circle", num_inference_steps=4)
-                      - run(upstream_pipe, prompt="a red circle", num_inference_steps=4)).max() == 0.0  # fmt: skip
+        assert (
+            np.abs(
+                run(ours, prompt="a red circle", num_inference_steps=4)
+                - run(upstream_pipe, prompt="a red circle", num_inference_steps=4)
+            ).max()
+            == 0.0
+        )
     assert caplog.text == "" and ours.scheduler.sigmas.dtype == torch.float32
 
 
@@ -168,7 +197,9 @@ def test_a_scheduler_with_nan_timesteps_is_refused_before_the_unet_runs(sd_pipe,
     pipe = ours_from(sd_pipe)
     pipe.scheduler = KDPM2AncestralDiscreteScheduler(**_cosine_ancestral_config())
     monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
-    with pytest.raises(ValueError, match=r"KDPM2AncestralDiscreteScheduler \(squaredcos_cap_v2\) has NaN .* num_inference_steps=3"):
+    with pytest.raises(
+        ValueError, match=r"KDPM2AncestralDiscreteScheduler \(squaredcos_cap_v2\) has NaN .* num_inference_steps=3"
+    ):
         run(pipe, prompt="a red circle")
 
 
@@ -211,8 +242,10 @@ def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
         (dict(prompt_embeds=torch.zeros(2, 77, 32), negative_prompt=["b"]), "negative_prompt"),
         (dict(prompt=["a", "b"], negative_prompt_embeds=torch.zeros(1, 77, 32)), "negative_prompt_embeds"),
         (dict(prompt="a", clip_skip="2"), "clip_skip"),
-        (dict(prompt="a", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
-         "callback_on_step_end_tensor_inputs"),
+        (
+            dict(prompt="a", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]),
+            "callback_on_step_end_tensor_inputs",
+        ),
     ],
 )
 def test_bad_input_fails_before_any_work(sd_pipe, kwargs, message, monkeypatch) -> None:
@@ -248,8 +281,13 @@ def _interrupt_after_the_first_step(pipe, step, timestep, tensors):
         ("EulerDiscreteScheduler", dict(timesteps=[999, 600, 250, 40])),
         ("EulerDiscreteScheduler", dict(sigmas=[14.6, 3.0, 0.8, 0.1])),
         ("DDIMScheduler", dict(callback_on_step_end=_scale_latents_once)),
-        ("DDIMScheduler", dict(callback_on_step_end=_stop_guidance_after_the_first_step,
-                               callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])),
+        (
+            "DDIMScheduler",
+            dict(
+                callback_on_step_end=_stop_guidance_after_the_first_step,
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+            ),
+        ),
         ("DDIMScheduler", dict(callback_on_step_end=_interrupt_after_the_first_step)),
         ("HeunDiscreteScheduler", dict()),  # a second-order scheduler: two UNet calls per step
     ],
@@ -295,10 +333,15 @@ def test_text_and_embeddings_mixed_as_in_stable_diffusion(sd_pipe, mixed) -> Non
     mean what they mean in StableDiffusionPipeline: the same images."""
     ours = ours_from(sd_pipe)
     if mixed == "prompt_with_negative_embeds":
-        settings = dict(prompt="a red circle", negative_prompt_embeds=torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(5)))
+        settings = dict(
+            prompt="a red circle",
+            negative_prompt_embeds=torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(5)),
+        )
         baseline = dict(prompt="a red circle")
     else:
-        settings = dict(prompt_embeds=sd_pipe.encode_prompt("a red circle", "cpu", 1, False)[0], negative_prompt="blurry")
+        settings = dict(
+            prompt_embeds=sd_pipe.encode_prompt("a red circle", "cpu", 1, False)[0], negative_prompt="blurry"
+        )
         baseline = dict(prompt_embeds=settings["prompt_embeds"])
     images = run(ours, **settings)
     assert np.array_equal(images, run(sd_pipe, **settings)) and not np.array_equal(images, run(ours, **baseline))
@@ -349,8 +392,13 @@ def test_a_guidance_distilled_unet_reads_the_guidance_scale(sd_pipe) -> None:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**sd_pipe.unet.config, "time_cond_proj_dim": 8})
-    parts = dict(unet=unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
-                 tokenizer=sd_pipe.tokenizer)  # fmt: skip
+    parts = dict(
+        unet=unet,
+        scheduler=sd_pipe.scheduler,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+    )
     peer = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     ours = CLIPConditionedPipeline(**parts)
     for pipe in (peer, ours):
@@ -358,11 +406,14 @@ def test_a_guidance_distilled_unet_reads_the_guidance_scale(sd_pipe) -> None:
     batch_sizes = []
     unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
     for scale in (2.0, 8.0):
-        assert np.array_equal(run(ours, prompt="a red circle", guidance_scale=scale),
-                              run(peer, prompt="a red circle", guidance_scale=scale))  # fmt: skip
+        assert np.array_equal(
+            run(ours, prompt="a red circle", guidance_scale=scale),
+            run(peer, prompt="a red circle", guidance_scale=scale),
+        )
     assert set(batch_sizes) == {1}
-    assert not np.array_equal(run(ours, prompt="a red circle", guidance_scale=2.0),
-                              run(ours, prompt="a red circle", guidance_scale=8.0))  # fmt: skip
+    assert not np.array_equal(
+        run(ours, prompt="a red circle", guidance_scale=2.0), run(ours, prompt="a red circle", guidance_scale=8.0)
+    )
 
 
 def _saved_lora(folder) -> None:
@@ -371,15 +422,16 @@ def _saved_lora(folder) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
-
     from tiny_pipelines import build_sd
 
     source = build_sd()
     torch.manual_seed(1)
-    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                       init_lora_weights=False))  # fmt: skip
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-                            source.text_encoder)  # fmt: skip
+    source.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), source.text_encoder
+    )
     StableDiffusionPipeline.save_lora_weights(
         folder,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
@@ -412,7 +464,6 @@ def test_textual_inversion_loads_and_expands_as_in_stable_diffusion(tmp_path) ->
     """`load_textual_inversion` of a two-vector embedding: a prompt (and a negative prompt)
     naming its token gives StableDiffusionPipeline's images, bit for bit."""
     from safetensors.torch import save_file
-
     from tiny_pipelines import build_sd
 
     peer, ours = build_sd(), ours_from(build_sd())
@@ -430,10 +481,10 @@ def test_textual_inversion_loads_and_expands_as_in_stable_diffusion(tmp_path) ->
 
 
 def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
+    from tiny_pipelines import build_sd
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from clipcond.pipelines import swap_text_encoder
-    from tiny_pipelines import build_sd
 
     sd = build_sd()
     before = run(sd, prompt="a red circle")
@@ -450,20 +501,26 @@ def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
 
 
 def test_clip_and_t5_custom_recipe_round_trips(sd_pipe, t5_tokenizer_path, tmp_path) -> None:
-    from transformers import AutoTokenizer
-
     from tiny_pipelines import t5_encoder
+    from transformers import AutoTokenizer
 
     tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
     pipe = CLIPConditionedPipeline(
-        unet=sd_pipe.unet, scheduler=sd_pipe.scheduler, vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer,
-        text_encoder_2=t5_encoder(3, len(tokenizer_2)), tokenizer_2=tokenizer_2, recipe="custom",
-    )  # fmt: skip
+        unet=sd_pipe.unet,
+        scheduler=sd_pipe.scheduler,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+        text_encoder_2=t5_encoder(3, len(tokenizer_2)),
+        tokenizer_2=tokenizer_2,
+        recipe="custom",
+    )
     embeds = pipe.conditioner.pipeline_kwargs("a red circle left of a blue square", "blurry")
     assert embeds["prompt_embeds"].shape[1] > 77  # CLIP tokens, then T5 tokens on the sequence axis
     by_text = run(pipe, prompt="a red circle left of a blue square", negative_prompt="blurry")
-    by_embeds = run(pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"])
+    by_embeds = run(
+        pipe, prompt_embeds=embeds["prompt_embeds"], negative_prompt_embeds=embeds["negative_prompt_embeds"]
+    )
     assert np.abs(by_text - by_embeds).max() == 0.0
     pipe.save_pretrained(tmp_path / "pipe")
     loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
@@ -545,12 +602,32 @@ def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
     ours_from(sd_pipe).save_pretrained(tmp_path / "ours")
     sd_pipe.save_pretrained(tmp_path / "sd")
     common = ["--steps", "2", "--seed", "3", "--negative", "blurry"]
-    assert main(["generate", "a red circle", "-o", str(tmp_path / "one.png"), "--model", str(tmp_path / "ours"), *common]) == 0
-    assert main(["generate", "a red circle", "-o", str(tmp_path / "sd.png"), "--model", str(tmp_path / "sd"), *common]) == 0
+    assert (
+        main(["generate", "a red circle", "-o", str(tmp_path / "one.png"), "--model", str(tmp_path / "ours"), *common])
+        == 0
+    )
+    assert (
+        main(["generate", "a red circle", "-o", str(tmp_path / "sd.png"), "--model", str(tmp_path / "sd"), *common])
+        == 0
+    )
     one, via_sd = np.asarray(Image.open(tmp_path / "one.png")), np.asarray(Image.open(tmp_path / "sd.png"))
     assert one.shape == (32, 32, 3) and np.array_equal(one, via_sd)
-    assert main(["generate", "a red circle", "-o", str(tmp_path / "grid.png"), "--model", str(tmp_path / "ours"),
-                 "--n", "3", *common]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "-o",
+                str(tmp_path / "grid.png"),
+                "--model",
+                str(tmp_path / "ours"),
+                "--n",
+                "3",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "grid.png").size == (64, 64)  # 2 x 2 grid, one cell blank
     with pytest.raises(ValueError, match="--output"):
         main(["generate", "a", "-o", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "ours")])
@@ -559,21 +636,42 @@ def test_generate_cli_writes_an_image_and_a_grid(sd_pipe, tmp_path) -> None:
 def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path) -> None:
     """`--lora`, `--lora-scale` and `--clip-skip` give the image of the pipeline called with them."""
     from PIL import Image
+    from tiny_pipelines import build_sd
 
     from clipcond.cli import main
-    from tiny_pipelines import build_sd
 
     ours_from(build_sd()).save_pretrained(tmp_path / "ours")
     _saved_lora(tmp_path / "lora")
     common = ["a red circle", "--model", str(tmp_path / "ours"), "--steps", "2", "--seed", "3"]
-    assert main(["generate", *common, "-o", str(tmp_path / "lora.png"), "--lora", str(tmp_path / "lora"),
-                 "--lora-scale", "0.5", "--clip-skip", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                *common,
+                "-o",
+                str(tmp_path / "lora.png"),
+                "--lora",
+                str(tmp_path / "lora"),
+                "--lora-scale",
+                "0.5",
+                "--clip-skip",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert main(["generate", *common, "-o", str(tmp_path / "plain.png")]) == 0
     pipe = CLIPConditionedPipeline.from_pretrained(tmp_path / "ours")
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(tmp_path / "lora")
-    expected = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, generator=[torch.Generator().manual_seed(3)],
-                    cross_attention_kwargs={"scale": 0.5}, clip_skip=1).images[0]  # fmt: skip
+    expected = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        generator=[torch.Generator().manual_seed(3)],
+        cross_attention_kwargs={"scale": 0.5},
+        clip_skip=1,
+    ).images[0]
     written = np.asarray(Image.open(tmp_path / "lora.png"))
     assert np.array_equal(written, np.asarray(expected))
     assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain.png")))
@@ -588,9 +686,25 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
     from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["generate", "a red circle to the left of a blue square", "-o", str(tmp_path / "a.png"), "--steps", "3"]) == 0
-    assert main(["generate", "a red circle to the left of a blue square", "-o", str(tmp_path / "b.png"), "--steps", "3",
-                 "--model", str(BUNDLED_MODEL)]) == 0  # fmt: skip
+    assert (
+        main(["generate", "a red circle to the left of a blue square", "-o", str(tmp_path / "a.png"), "--steps", "3"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle to the left of a blue square",
+                "-o",
+                str(tmp_path / "b.png"),
+                "--steps",
+                "3",
+                "--model",
+                str(BUNDLED_MODEL),
+            ]
+        )
+        == 0
+    )
     first, second = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert first.shape == (32, 32, 3) and np.array_equal(first, second)
     assert len(np.unique(first.reshape(-1, 3), axis=0)) > 2  # a drawing, not a blank (NaN) image
@@ -610,18 +724,24 @@ def test_the_bundled_model_draws_what_it_is_asked() -> None:
     pipe.set_progress_bar_config(disable=True)
     red_circle, blue_square = ("red", "circle"), ("blue", "square")
     yellow_triangle, green_square = ("yellow", "triangle"), ("green", "square")
-    asks = [([red_circle], None, "a red circle"), ([blue_square], None, "a blue square"),
-            ([yellow_triangle], None, "a yellow triangle"), ([("purple", "circle")], None, "a purple circle"),
-            ([red_circle, blue_square], None, "a red circle and a blue square"),
-            ([yellow_triangle, ("cyan", "square")], None, "a yellow triangle and a cyan square"),
-            ([red_circle, blue_square], (0, "left of", 1), "a red circle to the left of a blue square"),
-            ([yellow_triangle, green_square], (0, "above", 1), "a yellow triangle above a green square")]  # fmt: skip
+    asks = [
+        ([red_circle], None, "a red circle"),
+        ([blue_square], None, "a blue square"),
+        ([yellow_triangle], None, "a yellow triangle"),
+        ([("purple", "circle")], None, "a purple circle"),
+        ([red_circle, blue_square], None, "a red circle and a blue square"),
+        ([yellow_triangle, ("cyan", "square")], None, "a yellow triangle and a cyan square"),
+        ([red_circle, blue_square], (0, "left of", 1), "a red circle to the left of a blue square"),
+        ([yellow_triangle, green_square], (0, "above", 1), "a yellow triangle above a green square"),
+    ]
     seeds = range(3)
     prompts = [prompt for _, _, prompt in asks for _ in seeds]
     generators = [torch.Generator().manual_seed(seed) for _ in asks for seed in seeds]
     images = pipe(prompts, num_inference_steps=30, guidance_scale=3.0, generator=generators).images
-    scores = [score_image(image, scene_from_spec(objects, relation))
-              for image, (objects, relation, _) in zip(images, [ask for ask in asks for _ in seeds])]  # fmt: skip
+    scores = [
+        score_image(image, scene_from_spec(objects, relation))
+        for image, (objects, relation, _) in zip(images, [ask for ask in asks for _ in seeds])
+    ]
     found = [score.objects_found == score.expected for score in scores]
     single, pairs = found[: 4 * len(seeds)], found[4 * len(seeds) : 6 * len(seeds)]
     alone = [score.detected == 1 for score in scores[: 4 * len(seeds)]]  # no extra object beside it

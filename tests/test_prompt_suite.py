@@ -74,8 +74,12 @@ def test_judge_scores_wrong_images_wrong():
     assert report.categories["relation"].rates["relation_if_found"] == 0.0
     # colours swapped between the two objects: both bindings wrong, colours and shapes still right
     two = [entry for entry in suite if entry.category == "two_objects"]
-    two = [e for e in two if e.scene.objects[0].colour != e.scene.objects[1].colour
-           and e.scene.objects[0].shape != e.scene.objects[1].shape]  # fmt: skip
+    two = [
+        e
+        for e in two
+        if e.scene.objects[0].colour != e.scene.objects[1].colour
+        and e.scene.objects[0].shape != e.scene.objects[1].shape
+    ]
     crossed = []
     for entry in two:
         a, b = entry.scene.objects

@@ -14,7 +14,6 @@ from PIL import Image
 from clipcond import shapes
 from clipcond.shapes import (
     ATTRIBUTES,
-    AttributeTally,
     BACKGROUND,
     COLOURS,
     HELDOUT_PAIRS,
@@ -22,6 +21,7 @@ from clipcond.shapes import (
     RELATIONS,
     SHAPES,
     SIZES,
+    AttributeTally,
     Scene,
     ShapeObject,
     ShapesStream,

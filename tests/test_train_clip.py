@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from killing import kill_after_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
-from killing import kill_after_checkpoint
 from clipcond.training.clip_config import DataConfig, TrainClipConfig
 from clipcond.training.clip_loop import train_clip
 from clipcond.training.run_folder import TrainingDiverged
@@ -78,7 +78,9 @@ def test_pretrain_writes_model_checkpoints_and_metrics(pretrained: Path) -> None
 
 
 def test_training_lowers_the_loss(tmp_path: Path) -> None:
-    result = train_clip(tiny_config(tmp_path, steps=25, lr=2e-3, warmup_steps=2, checkpoint_every=100), show_progress=False)
+    result = train_clip(
+        tiny_config(tmp_path, steps=25, lr=2e-3, warmup_steps=2, checkpoint_every=100), show_progress=False
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     first = np.mean([r["loss"] for r in records[:3]])
     last = np.mean([r["loss"] for r in records[-3:]])
@@ -101,7 +103,9 @@ def test_modes_train_what_they_should(tmp_path: Path, pretrained: Path, mode: st
         assert changed & text_keys
     else:  # lora: adapters merged back; only attention projections (and the temperature) move
         assert changed & text_keys and changed & vision_keys
-        assert all(any(part in key for part in ("q_proj", "k_proj", "v_proj", "out_proj")) for key in changed - {"logit_scale"})
+        assert all(
+            any(part in key for part in ("q_proj", "k_proj", "v_proj", "out_proj")) for key in changed - {"logit_scale"}
+        )
     if mode == "lit":
         # the text tower starts from scratch: far from the pretrained one, not a small update of it
         embedding = "text_model.embeddings.token_embedding.weight"
@@ -109,8 +113,10 @@ def test_modes_train_what_they_should(tmp_path: Path, pretrained: Path, mode: st
 
 
 def test_siglip_and_hard_negatives_run(tmp_path: Path) -> None:
-    for name, overrides in {"siglip": dict(loss="siglip"), "negclip": dict(hard_negatives=True,
-                             data=DataConfig(max_objects=2))}.items():
+    for name, overrides in {
+        "siglip": dict(loss="siglip"),
+        "negclip": dict(hard_negatives=True, data=DataConfig(max_objects=2)),
+    }.items():
         result = train_clip(tiny_config(tmp_path / name, steps=2, **overrides), show_progress=False)
         assert np.isfinite(result.loss)
     weights = load_file(str(tmp_path / "siglip" / "checkpoints" / "step-000000002" / "model.safetensors"))
@@ -150,7 +156,8 @@ def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
 def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
     plain = train_clip(tiny_config(tmp_path / "plain", steps=2, checkpoint_every=10), show_progress=False)
     recompute = train_clip(
-        tiny_config(tmp_path / "recompute", steps=2, checkpoint_every=10, gradient_checkpointing=True), show_progress=False
+        tiny_config(tmp_path / "recompute", steps=2, checkpoint_every=10, gradient_checkpointing=True),
+        show_progress=False,
     )
     assert max_difference(model_weights(plain.model_dir), model_weights(recompute.model_dir)) < 1e-6
 
@@ -177,6 +184,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
 def _write_shard(path: Path) -> None:
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -198,7 +206,9 @@ def _write_shard(path: Path) -> None:
 def test_webdataset_with_bad_samples_trains_and_counts_them(tmp_path: Path) -> None:
     shard = tmp_path / "shard-000.tar"
     _write_shard(shard)
-    config = tiny_config(tmp_path / "run", data=DataConfig(source="webdataset", urls=[str(shard)]), batch_size=4, steps=4)
+    config = tiny_config(
+        tmp_path / "run", data=DataConfig(source="webdataset", urls=[str(shard)]), batch_size=4, steps=4
+    )
     result = train_clip(config, show_progress=False)
     assert np.isfinite(result.loss)
     # 10 usable samples of 12 per pass; 4 steps x 4 samples read all of pass 1 and the first
@@ -224,7 +234,10 @@ def test_bad_configs_fail_before_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="init_from"):
         tiny_config(tmp_path, mode="finetune")
     with pytest.raises(FileNotFoundError, match="init_from"):
-        train_clip(tiny_config(tmp_path / "b", model=None, mode="finetune", init_from=str(tmp_path / "nope")), show_progress=False)
+        train_clip(
+            tiny_config(tmp_path / "b", model=None, mode="finetune", init_from=str(tmp_path / "nope")),
+            show_progress=False,
+        )
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": TINY_MODEL, "batch_sise": 8}))
     with pytest.raises(ValueError, match="batch_sise"):
@@ -252,7 +265,9 @@ def _write_yaml(path: Path, config: TrainClipConfig) -> Path:
 
 def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tmp_path: Path) -> None:
     steps = 60
-    reference = train_clip(tiny_config(tmp_path / "reference", steps=steps, checkpoint_every=3, log_every=10), show_progress=False)
+    reference = train_clip(
+        tiny_config(tmp_path / "reference", steps=steps, checkpoint_every=3, log_every=10), show_progress=False
+    )
 
     config = tiny_config(tmp_path / "killed", steps=steps, checkpoint_every=3, log_every=10)
     config_path = _write_yaml(tmp_path / "killed.yaml", config)
@@ -274,8 +289,22 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
     assert main(["train-clip", "--config", str(config_path), "--no-progress"]) == 0
     assert "model saved to" in capsys.readouterr().out
     output = tmp_path / "metrics.json"
-    assert main(["eval-clip", "--model", str(tmp_path / "run" / "model"), "--images-per-class", "2",
-                 "--pairs", "16", "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "eval-clip",
+                "--model",
+                str(tmp_path / "run" / "model"),
+                "--images-per-class",
+                "2",
+                "--pairs",
+                "16",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(output.read_text())
     assert 0.0 <= metrics["zero_shot"]["top1"] <= 1.0
     assert {"seen_top1", "heldout_top1"} <= set(metrics["zero_shot"])
@@ -308,9 +337,18 @@ def test_cli_converts_an_openai_checkpoint_and_refuses_untrusted_pickles(tmp_pat
 
     torch.manual_seed(0)
     reference = OpenAIStyleCLIP(
-        embed_dim=24, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-        context_length=16, vocab_size=49408, text_width=32, text_layers=2, text_heads=2,
-    ).eval()  # fmt: skip
+        embed_dim=24,
+        image_size=32,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        context_length=16,
+        vocab_size=49408,
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+    ).eval()
     pickle_path = tmp_path / "ViT-tiny.pt"
     torch.save(reference.state_dict(), pickle_path)
     heads = ["--text-heads", "2", "--vision-heads", "2"]
@@ -318,8 +356,20 @@ def test_cli_converts_an_openai_checkpoint_and_refuses_untrusted_pickles(tmp_pat
         main(["convert-clip", "--checkpoint", str(pickle_path), "--output", str(tmp_path / "a"), *heads])
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a*"))
 
-    assert main(["convert-clip", "--checkpoint", str(pickle_path), "--output", str(tmp_path / "a"), *heads,
-                 "--trust-pickle"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert-clip",
+                "--checkpoint",
+                str(pickle_path),
+                "--output",
+                str(tmp_path / "a"),
+                *heads,
+                "--trust-pickle",
+            ]
+        )
+        == 0
+    )
     safetensors_path = tmp_path / "ViT-tiny.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(safetensors_path))
     assert main(["convert-clip", "--checkpoint", str(safetensors_path), "--output", str(tmp_path / "b"), *heads]) == 0
@@ -345,10 +395,20 @@ def test_bf16_mixed_precision_and_a_manifest_source(tmp_path: Path) -> None:
     data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
     config = tiny_config(tmp_path / "run", data=data, batch_size=4, steps=2, mixed_precision="bf16")
     # its own process: accelerate keeps one mixed-precision setting per process
-    command = [sys.executable, "-m", "clipcond.training.train_clip", "--no-progress",
-               "--config", str(_write_yaml(tmp_path / "run.yaml", config))]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "clipcond.training.train_clip",
+        "--no-progress",
+        "--config",
+        str(_write_yaml(tmp_path / "run.yaml", config)),
+    ]
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "skipped samples: 1 (missing image: 1)" in finished.stdout
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     assert len(losses) == 2 and np.isfinite(losses).all()

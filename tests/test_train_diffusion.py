@@ -12,23 +12,38 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from killing import kill_after_checkpoint
 from safetensors.torch import load_file
 
 from clipcond import CLIPConditionedPipeline
-from killing import kill_after_checkpoint
-from clipcond.training.run_folder import TrainingDiverged
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 from clipcond.training.diffusion_loop import train_diffusion
+from clipcond.training.run_folder import TrainingDiverged
 
 UNET = dict(
-    block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-)  # fmt: skip
+    block_out_channels=[16, 32],
+    layers_per_block=1,
+    norm_num_groups=8,
+    attention_head_dim=8,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+)
 
 
 def tiny_config(text_encoder: Path, output_dir: Path, **overrides) -> TrainDiffusionConfig:
-    settings = dict(text_encoder=str(text_encoder), unet=UNET, image_size=16, batch_size=4, steps=3, lr=1e-3,
-                    warmup_steps=1, checkpoint_every=2, log_every=1, output_dir=str(output_dir), ema_decay=0.9)  # fmt: skip
+    settings = dict(
+        text_encoder=str(text_encoder),
+        unet=UNET,
+        image_size=16,
+        batch_size=4,
+        steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        checkpoint_every=2,
+        log_every=1,
+        output_dir=str(output_dir),
+        ema_decay=0.9,
+    )
     settings.update(overrides)
     return TrainDiffusionConfig(**settings)
 
@@ -40,12 +55,16 @@ def unet_weights(pipeline_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def trained(tiny_clip_text_path, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("diffusion")
-    return train_diffusion(tiny_config(tiny_clip_text_path, output, sample_every=3, sample_steps=2), show_progress=False).pipeline_dir
+    return train_diffusion(
+        tiny_config(tiny_clip_text_path, output, sample_every=3, sample_steps=2), show_progress=False
+    ).pipeline_dir
 
 
 def test_run_writes_a_pipeline_that_generates(trained: Path) -> None:
     pipe = CLIPConditionedPipeline.from_pretrained(trained)
-    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
     run = trained.parent
     assert (run / "samples" / "step-0000003.png").is_file()
@@ -64,14 +83,24 @@ def test_final_unet_holds_the_ema_weights(tiny_clip_text_path, tmp_path: Path) -
 
 
 def test_v_prediction_and_lora_on_cross_attention(trained: Path, tiny_clip_text_path, tmp_path: Path) -> None:
-    v = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "v", prediction_type="v_prediction", steps=2), show_progress=False)
+    v = train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "v", prediction_type="v_prediction", steps=2), show_progress=False
+    )
     assert np.isfinite(v.loss)
     assert CLIPConditionedPipeline.from_pretrained(v.pipeline_dir).scheduler.config.prediction_type == "v_prediction"
     lora = train_diffusion(
-        tiny_config(tiny_clip_text_path, tmp_path / "lora", unet=None, init_from=str(trained), train="lora", steps=2,
-                    lr=1e-2, ema_decay=None),
+        tiny_config(
+            tiny_clip_text_path,
+            tmp_path / "lora",
+            unet=None,
+            init_from=str(trained),
+            train="lora",
+            steps=2,
+            lr=1e-2,
+            ema_decay=None,
+        ),
         show_progress=False,
-    )  # fmt: skip
+    )
     before, after = unet_weights(trained), unet_weights(lora.pipeline_dir)
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -111,8 +140,10 @@ def test_bad_configs(tiny_clip_text_path, tmp_path: Path) -> None:
 
 def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tiny_clip_text_path, tmp_path: Path) -> None:
     steps = 40
-    reference = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "reference", steps=steps, checkpoint_every=3,
-                                            log_every=10), show_progress=False)  # fmt: skip
+    reference = train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "reference", steps=steps, checkpoint_every=3, log_every=10),
+        show_progress=False,
+    )
     config = tiny_config(tiny_clip_text_path, tmp_path / "killed", steps=steps, checkpoint_every=3, log_every=10)
     config_path = tmp_path / "killed.yaml"
     config_path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
@@ -135,8 +166,17 @@ def test_adapter_trains_only_the_projection_of_a_narrower_encoder(trained: Path,
     narrow = tmp_path / "narrow"
     clip_text_model(5, hidden_size=16, num_attention_heads=2).save_pretrained(narrow)
     clip_tokenizer().save_pretrained(narrow)
-    config = tiny_config(narrow, tmp_path / "adapter", unet=None, init_from=str(trained), train="adapter",
-                         projection_dim=32, steps=2, lr=1e-2, ema_decay=None)  # fmt: skip
+    config = tiny_config(
+        narrow,
+        tmp_path / "adapter",
+        unet=None,
+        init_from=str(trained),
+        train="adapter",
+        projection_dim=32,
+        steps=2,
+        lr=1e-2,
+        ema_decay=None,
+    )
     adapter = train_diffusion(config, show_progress=False)
     before, after = unet_weights(trained), unet_weights(adapter.pipeline_dir)
     assert all(torch.equal(before[k], after[k]) for k in before)  # the UNet is frozen
@@ -146,22 +186,33 @@ def test_adapter_trains_only_the_projection_of_a_narrower_encoder(trained: Path,
     assert all(torch.equal(first[k], learned[k]) for k in learned)
     pipe = CLIPConditionedPipeline.from_pretrained(adapter.pipeline_dir)
     assert pipe.config.recipe == "custom" and pipe.text_projection is not None
-    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
 
     # adapter + LoRA on cross-attention, starting from that adapter: both move, nothing else
     both = train_diffusion(
-        dataclasses.replace(config, init_from=str(adapter.pipeline_dir), projection_dim=None, adapter_lora=True,
-                            output_dir=str(tmp_path / "adapter_lora")), show_progress=False,
-    )  # fmt: skip
+        dataclasses.replace(
+            config,
+            init_from=str(adapter.pipeline_dir),
+            projection_dim=None,
+            adapter_lora=True,
+            output_dir=str(tmp_path / "adapter_lora"),
+        ),
+        show_progress=False,
+    )
     changed = {k for k, v in unet_weights(both.pipeline_dir).items() if not torch.equal(v, after[k])}
     assert changed and all(".attn2.to_" in k for k in changed)
     assert any(not torch.equal(v, learned[k]) for k, v in projection_weights(both.pipeline_dir).items())
 
 
-def test_clip_and_t5_with_a_projection_train_and_resume_exactly(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_clip_text_path, tmp_path / "t5", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24,
-                         t5_max_length=16)  # fmt: skip
+def test_clip_and_t5_with_a_projection_train_and_resume_exactly(
+    tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        tiny_clip_text_path, tmp_path / "t5", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24, t5_max_length=16
+    )
     straight = train_diffusion(config, show_progress=False)
     pipe = CLIPConditionedPipeline.from_pretrained(straight.pipeline_dir)
     assert pipe.text_encoder_2 is not None and pipe.text_projection.input_widths() == {"clip": 32, "t5": 24}
@@ -169,7 +220,9 @@ def test_clip_and_t5_with_a_projection_train_and_resume_exactly(tiny_clip_text_p
     # the T5 budget of training is stored and used when sampling: 77 CLIP + 16 T5 tokens
     assert pipe.config.t5_max_length == 16
     assert tuple(pipe.conditioner.encode("a red circle").tokens.shape) == (1, 77 + 16, 24)
-    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert np.isfinite(images).all()
     # the projection trained with the UNet: it differs from its step-2 state
     checkpoints = tmp_path / "t5" / "checkpoints"
@@ -195,27 +248,33 @@ def test_adapter_config_errors(tiny_clip_text_path, trained: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="adapter_lora"):
         tiny_config(tiny_clip_text_path, tmp_path, adapter_lora=True)
     with pytest.raises(ValueError, match="projection_dim"):
-        train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "a", unet=None, init_from=str(trained), train="adapter"),
-                        show_progress=False)  # fmt: skip
+        train_diffusion(
+            tiny_config(tiny_clip_text_path, tmp_path / "a", unet=None, init_from=str(trained), train="adapter"),
+            show_progress=False,
+        )
     from tiny_pipelines import clip_text_model, clip_tokenizer
 
     narrow = tmp_path / "narrow"
     clip_text_model(5, hidden_size=16, num_attention_heads=2).save_pretrained(narrow)
     clip_tokenizer().save_pretrained(narrow)
     with pytest.raises(ValueError, match="projection_dim: 32"):
-        train_diffusion(tiny_config(narrow, tmp_path / "b", unet=None, init_from=str(trained), train="lora"), show_progress=False)
+        train_diffusion(
+            tiny_config(narrow, tmp_path / "b", unet=None, init_from=str(trained), train="lora"), show_progress=False
+        )
 
 
 def test_fine_tuning_a_stable_diffusion_unet_on_vae_latents(tmp_path: Path) -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     from tiny_pipelines import build_sd
 
     sd = build_sd()
-    sd.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
+    sd.scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"
+    )
     sd.save_pretrained(tmp_path / "sd")
-    config = tiny_config(tmp_path / "sd", tmp_path / "tuned", unet=None, init_from=str(tmp_path / "sd"), steps=2,
-                         lr=1e-2, ema_decay=None)  # fmt: skip
+    config = tiny_config(
+        tmp_path / "sd", tmp_path / "tuned", unet=None, init_from=str(tmp_path / "sd"), steps=2, lr=1e-2, ema_decay=None
+    )
     result = train_diffusion(config, show_progress=False)
     assert np.isfinite(result.loss)
     pipe = CLIPConditionedPipeline.from_pretrained(result.pipeline_dir)
@@ -226,8 +285,14 @@ def test_fine_tuning_a_stable_diffusion_unet_on_vae_latents(tmp_path: Path) -> N
     before = load_file(str(tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors"))
     after = unet_weights(result.pipeline_dir)
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    images = pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    images = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
     # the diffusers pipeline loads the fine-tuned parts back as well
     tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", unet=pipe.unet, safety_checker=None)
@@ -237,11 +302,16 @@ def test_fine_tuning_a_stable_diffusion_unet_on_vae_latents(tmp_path: Path) -> N
 def test_vae_that_does_not_fit_the_image_size_is_an_error(tiny_clip_text_path, tmp_path: Path) -> None:
     from tiny_pipelines import _small_vae
 
-    _small_vae(block_out_channels=(4, 4), down_block_types=("DownEncoderBlock2D",) * 2,
-               up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "vae")  # fmt: skip
+    _small_vae(
+        block_out_channels=(4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).save_pretrained(tmp_path / "vae")
     with pytest.raises(ValueError, match="multiple of the VAE's downsampling"):
-        train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run", vae=str(tmp_path / "vae"), image_size=15),
-                        show_progress=False)  # fmt: skip
+        train_diffusion(
+            tiny_config(tiny_clip_text_path, tmp_path / "run", vae=str(tmp_path / "vae"), image_size=15),
+            show_progress=False,
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -256,18 +326,31 @@ def test_pipeline_from_the_last_checkpoint_equals_the_saved_pipeline(trained: Pa
     assert any(not torch.equal(saved[k], v) for k, v in raw.unet.state_dict().items())
 
 
-def test_cosine_schedule_min_snr_and_trailing_spacing_reach_the_saved_pipeline(tiny_clip_text_path, tmp_path: Path) -> None:
+def test_cosine_schedule_min_snr_and_trailing_spacing_reach_the_saved_pipeline(
+    tiny_clip_text_path, tmp_path: Path
+) -> None:
     run = train_diffusion(
-        tiny_config(tiny_clip_text_path, tmp_path / "cos", prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2",
-                    snr_gamma=5.0, timestep_spacing="trailing", sample_scheduler="DDPMScheduler", steps=2),
+        tiny_config(
+            tiny_clip_text_path,
+            tmp_path / "cos",
+            prediction_type="v_prediction",
+            beta_schedule="squaredcos_cap_v2",
+            snr_gamma=5.0,
+            timestep_spacing="trailing",
+            sample_scheduler="DDPMScheduler",
+            steps=2,
+        ),
         show_progress=False,
-    )  # fmt: skip
+    )
     assert np.isfinite(run.loss)
     scheduler = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir).scheduler
     assert type(scheduler).__name__ == "DDPMScheduler"
     scheduler = scheduler.config
     assert (scheduler.beta_schedule, scheduler.prediction_type, scheduler.timestep_spacing) == (
-        "squaredcos_cap_v2", "v_prediction", "trailing")  # fmt: skip
+        "squaredcos_cap_v2",
+        "v_prediction",
+        "trailing",
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -318,7 +401,9 @@ def test_gpu_training_in_mixed_precision(tiny_clip_text_path, tmp_path: Path, mi
     weights = unet_weights(result.pipeline_dir)
     assert all(tensor.dtype == torch.float32 and torch.isfinite(tensor).all() for tensor in weights.values())
     pipe = CLIPConditionedPipeline.from_pretrained(result.pipeline_dir).to("cuda")
-    images = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
     checkpoints = tmp_path / "checkpoints"
     step3 = load_file(str(checkpoints / "step-000000003" / "unet.safetensors"))
@@ -326,4 +411,6 @@ def test_gpu_training_in_mixed_precision(tiny_clip_text_path, tmp_path: Path, mi
     shutil.rmtree(result.pipeline_dir)
     train_diffusion(config, resume=True, show_progress=False)
     again = load_file(str(checkpoints / "step-000000003" / "unet.safetensors"))
-    assert max((step3[name] - again[name]).abs().max().item() for name in step3) < 1e-4  # GPU kernels need not be bit-exact
+    assert (
+        max((step3[name] - again[name]).abs().max().item() for name in step3) < 1e-4
+    )  # GPU kernels need not be bit-exact

@@ -41,7 +41,9 @@ EOS = 1
 
 def tiny_config(output_dir: Path, **overrides) -> TrainT5Config:
     settings = dict(
-        model=T5ModelSettings(d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8),
+        model=T5ModelSettings(
+            d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8
+        ),
         tokenizer=T5TokenizerSettings(vocab_size=256, sentinels=8, train_captions=400, max_length=32),
         data=DataConfig(source="shapes", min_objects=1, max_objects=2),
         batch_size=8,
@@ -133,7 +135,9 @@ def test_span_batch_pads_inputs_with_pad_and_labels_with_ignore_index() -> None:
     for index, (inputs, targets) in enumerate(pairs):
         assert batch["input_ids"][index, : len(inputs)].tolist() == inputs
         assert (batch["input_ids"][index, len(inputs) :] == 0).all()
-        assert batch["attention_mask"][index].tolist() == [1] * len(inputs) + [0] * (batch["input_ids"].shape[1] - len(inputs))
+        assert batch["attention_mask"][index].tolist() == [1] * len(inputs) + [0] * (
+            batch["input_ids"].shape[1] - len(inputs)
+        )
         assert batch["labels"][index, : len(targets)].tolist() == targets
         assert (batch["labels"][index, len(targets) :] == IGNORE_INDEX).all()
     assert all(value.dtype == torch.long for value in batch.values())
@@ -254,8 +258,14 @@ def test_saved_folder_loads_for_diffusion_and_conditions_prompts(trained: Path, 
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
-    settings = dict(steps=4, checkpoint_every=2, keep_checkpoints=3, model=T5ModelSettings(
-        d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.1))
+    settings = dict(
+        steps=4,
+        checkpoint_every=2,
+        keep_checkpoints=3,
+        model=T5ModelSettings(
+            d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.1
+        ),
+    )
     straight = tmp_path / "straight"
     train_t5(tiny_config(straight, **settings), show_progress=False)
     resumed = tmp_path / "resumed"
@@ -267,12 +277,19 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     b = load_file(resumed / "checkpoints" / "step-000000004" / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    assert any(not torch.equal(a[k], load_file(straight / "checkpoints" / "step-000000002" / "model.safetensors")[k]) for k in a)
+    assert any(
+        not torch.equal(a[k], load_file(straight / "checkpoints" / "step-000000002" / "model.safetensors")[k])
+        for k in a
+    )
 
 
 def test_training_lowers_the_loss(tmp_path: Path) -> None:
-    result = train_t5(tiny_config(tmp_path, steps=30, batch_size=16, warmup_steps=3, checkpoint_every=30), show_progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    result = train_t5(
+        tiny_config(tmp_path, steps=30, batch_size=16, warmup_steps=3, checkpoint_every=30), show_progress=False
+    )
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert result.evaluation["loss"] < np.mean(losses[:5])
@@ -350,11 +367,22 @@ def test_cli_runs_train_t5(tmp_path: Path, capsys) -> None:
 
     config = tiny_config(tmp_path / "run", steps=2)
     data = {
-        "model": vars(config.model), "tokenizer": vars(config.tokenizer), "data": {"min_objects": 1, "max_objects": 2},
-        "batch_size": 8, "steps": 5, "warmup_steps": 1, "eval_captions": 8, "output_dir": str(tmp_path / "ignored"),
+        "model": vars(config.model),
+        "tokenizer": vars(config.tokenizer),
+        "data": {"min_objects": 1, "max_objects": 2},
+        "batch_size": 8,
+        "steps": 5,
+        "warmup_steps": 1,
+        "eval_captions": 8,
+        "output_dir": str(tmp_path / "ignored"),
     }
     path = _write(tmp_path, data)
-    assert main(["train-t5", "--config", str(path), "--steps", "2", "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (
+        main(
+            ["train-t5", "--config", str(path), "--steps", "2", "--output-dir", str(tmp_path / "run"), "--no-progress"]
+        )
+        == 0
+    )
     output = capsys.readouterr().out
     assert "held-out: loss" in output and str(tmp_path / "run" / "model") in output
     assert (tmp_path / "run" / "model" / "tokenizer" / "tokenizer.json").is_file()
@@ -367,6 +395,10 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "clipcond.training.train_t5", "--no-progress", "--config", str(path)]
     finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     assert len(losses) == 3 and np.isfinite(losses).all()
     assert "held-out: loss" in finished.stdout

@@ -229,7 +229,13 @@ def build_flux(t5_tokenizer_path: Path):
     return FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_small_vae(latent_channels=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        vae=_small_vae(
+            latent_channels=1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+        ),
         text_encoder=clip_text_model(1),
         tokenizer=clip_tokenizer(),
         text_encoder_2=t5_encoder(2, len(tokenizer_2)),

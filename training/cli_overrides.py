@@ -22,8 +22,13 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--output-dir``, ``--steps`` and ``--set`` to a training command's parser."""
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--steps", type=int, help="override the config's steps")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key (dotted for nested sections; VALUE is YAML); repeatable")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key (dotted for nested sections; VALUE is YAML); repeatable",
+    )
 
 
 def config_with_overrides(config: T, args: argparse.Namespace) -> T:

@@ -112,8 +112,10 @@ def _endless(data: DataConfig, skipped: SkipCounter) -> Iterator[tuple[object, s
     """Shards or manifest, epoch after epoch; an epoch with no usable sample is an error."""
     while True:
         count = 0
-        source = webdataset_samples(data.urls, skipped) if data.source == "webdataset" else manifest_samples(
-            data.manifest, skipped
+        source = (
+            webdataset_samples(data.urls, skipped)
+            if data.source == "webdataset"
+            else manifest_samples(data.manifest, skipped)
         )
         for sample in source:
             count += 1
@@ -171,7 +173,9 @@ class ContrastiveBatches:
                 )
             )
         else:
-            self._items = self._sequential(transform or ClipImageTransform(image_size), start_step * batch_size * world, rank, world)
+            self._items = self._sequential(
+                transform or ClipImageTransform(image_size), start_step * batch_size * world, rank, world
+            )
 
     def _sequential(
         self, transform: Callable, skip: int, rank: int, world: int
@@ -210,4 +214,7 @@ def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int | None) ->
     if micro_batch_size is None:
         return [batch]
     total = batch["input_ids"].shape[0]
-    return [{key: value[start : start + micro_batch_size] for key, value in batch.items()} for start in range(0, total, micro_batch_size)]
+    return [
+        {key: value[start : start + micro_batch_size] for key, value in batch.items()}
+        for start in range(0, total, micro_batch_size)
+    ]

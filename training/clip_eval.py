@@ -29,7 +29,9 @@ from clipcond.training.evaluation import class_embeddings, retrieval_recall, zer
 
 
 @torch.no_grad()
-def encode_texts(clip: ClipTwoTower, tokenizer: CaptionTokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def encode_texts(
+    clip: ClipTwoTower, tokenizer: CaptionTokenizer, texts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """(len(texts), embed_dim) text embeddings (not normalised), in batches."""
     device = clip.logit_scale.device
     parts = [

@@ -111,13 +111,17 @@ def train_clip(
     optimizer, scheduler = make_optimizer(model, config)
 
     skipped = SkipCounter()
-    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, {"model": model}, optimizer, scheduler)
+    start_step, extra, checkpoint = resume_latest(
+        accelerator, output_dir, resume, {"model": model}, optimizer, scheduler
+    )
     skipped.counts.update(extra.get("skipped", {}))
 
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: ContrastiveModel = accelerator.unwrap_model(prepared_model)
     clip_config = unwrapped.clip.config
-    tokenizer = CaptionTokenizer(clip_tokenizer(model_max_length=clip_config.text.context_length), clip_config.text.context_length)
+    tokenizer = CaptionTokenizer(
+        clip_tokenizer(model_max_length=clip_config.text.context_length), clip_config.text.context_length
+    )
     batches = ContrastiveBatches(
         config.data,
         tokenizer,
@@ -160,8 +164,13 @@ def train_clip(
             speed = global_batch * window_steps / max(now - window_start, 1e-9)
             window_start, window_steps = now, 0
             scale = unwrapped.logit_scale.exp().item()
-            metrics = {"loss": loss_value, "logit_scale": scale, "temperature": 1.0 / scale,
-                       "lr": scheduler.get_last_lr()[0], "samples_per_second": speed}
+            metrics = {
+                "loss": loss_value,
+                "logit_scale": scale,
+                "temperature": 1.0 / scale,
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_second": speed,
+            }
             progress.set_postfix(loss=f"{loss_value:.4f}", temp=f"{1.0 / scale:.4f}", samples_s=f"{speed:.0f}")
             if config.log_with:
                 accelerator.log(metrics, step=step)
@@ -178,8 +187,17 @@ def train_clip(
                 if config.log_with:
                     accelerator.log({f"eval/{k}": v for k, v in evaluation.items()}, step=step)
 
-        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, {"model": unwrapped}, optimizer,
-                                            scheduler, {"skipped": dict(skipped.counts)}, last_checkpoint)  # fmt: skip
+        last_checkpoint = checkpoint_if_due(
+            accelerator,
+            step,
+            config,
+            output_dir,
+            {"model": unwrapped},
+            optimizer,
+            scheduler,
+            {"skipped": dict(skipped.counts)},
+            last_checkpoint,
+        )
     progress.close()
     elapsed = time.perf_counter() - started
     steps_run = max(step - start_step, 0)
@@ -237,7 +255,9 @@ class ContrastiveStep:
         if texts.ndim == 3:
             texts, negatives = texts[:, 0], texts[:, 1]
         if self.model.logit_bias is not None:
-            return siglip_loss(images, texts, self.model.logit_scale, self.model.logit_bias, negative_text_features=negatives)
+            return siglip_loss(
+                images, texts, self.model.logit_scale, self.model.logit_bias, negative_text_features=negatives
+            )
         return clip_loss(images, texts, self.model.logit_scale, negative_text_features=negatives)
 
     def backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

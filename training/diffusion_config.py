@@ -18,7 +18,9 @@ class DiffusionLoraSettings:
 
     r: int = 8
     alpha: int = 8
-    target_modules: list[str] = field(default_factory=lambda: ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+    )
 
 
 def scheduler_class(name: str, argument: str = "scheduler") -> type:
@@ -141,10 +143,14 @@ class TrainDiffusionConfig:
             if unknown:
                 raise ValueError(f"unet: unknown UNet2DConditionModel arguments {unknown}")
             if self.coordinate_channels and "in_channels" in self.unet:
-                raise ValueError("unet: `in_channels` is set by the run with `coordinate_channels` (image channels + 2); remove it")
+                raise ValueError(
+                    "unet: `in_channels` is set by the run with `coordinate_channels` (image channels + 2); remove it"
+                )
             fixed = sorted({"sample_size", "cross_attention_dim"} & set(self.unet))
             if fixed:
-                raise ValueError(f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them")
+                raise ValueError(
+                    f"unet: {fixed} are set by the run (image_size, the text encoder's width); remove them"
+                )
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"`snr_gamma` must be positive or null, got {self.snr_gamma}")
         scheduler_class(self.sample_scheduler, "sample_scheduler")

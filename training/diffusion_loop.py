@@ -26,7 +26,13 @@ from torch import nn
 
 from clipcond.training.clip_batches import ContrastiveBatches
 from clipcond.training.diffusion_config import TrainDiffusionConfig
-from clipcond.training.diffusion_setup import Denoiser, DiffusionModels, build_diffusion_models, final_denoiser, make_pipeline
+from clipcond.training.diffusion_setup import (
+    Denoiser,
+    DiffusionModels,
+    build_diffusion_models,
+    final_denoiser,
+    make_pipeline,
+)
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import (
     check_runtime,
@@ -62,7 +68,9 @@ class TrainDiffusionResult:
     skipped: dict[str, int]
 
 
-def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_progress: bool = True) -> TrainDiffusionResult:
+def train_diffusion(
+    config: TrainDiffusionConfig, resume: bool = False, show_progress: bool = True
+) -> TrainDiffusionResult:
     """Run (or resume) the diffusion training described by `config` (see the module docstring).
 
     Raises:
@@ -92,8 +100,11 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     # EMA weights as a module so checkpoints hold them (the Parameters share the EMA's storage).
     ema_weights = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in ema.shadow_params]) if ema else None
 
-    modules = {"unet": denoiser.unet, **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
-               **({"ema": ema_weights} if ema else {})}  # fmt: skip
+    modules = {
+        "unet": denoiser.unet,
+        **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
+        **({"ema": ema_weights} if ema else {}),
+    }
     start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, modules, optimizer, scheduler)
     if ema is not None and checkpoint is not None:
         ema.optimization_step = extra["ema_step"]
@@ -103,10 +114,16 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
     if models.vae is not None:
         models.vae.to(accelerator.device)
     batches = ContrastiveBatches(
-        config.data, None, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-        start_step=start_step, rank=accelerator.process_index, world=accelerator.num_processes,
+        config.data,
+        None,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
         transform=lambda image: pixels_in_unit_range(image, config.image_size),
-    )  # fmt: skip
+    )
 
     progress = progress_bar(accelerator, config.steps, start_step, "train-diffusion", show_progress)
     loss_value, last_checkpoint, step = float("nan"), checkpoint, start_step
@@ -116,10 +133,12 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         pixels = pixels.to(accelerator.device)
         # caption dropout, decided per (seed, step, row): identical after a resume
         captions = [
-            "" if random.Random(f"dropout:{config.seed}:{step}:{accelerator.process_index}:{row}").random()
-            < config.caption_dropout else caption
+            ""
+            if random.Random(f"dropout:{config.seed}:{step}:{accelerator.process_index}:{row}").random()
+            < config.caption_dropout
+            else caption
             for row, caption in enumerate(captions)
-        ]  # fmt: skip
+        ]
         # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
         with torch.enable_grad() if models.projection_trains else torch.no_grad():
             context = conditioner.encode(captions).tokens
@@ -153,11 +172,24 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
             progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{speed:.0f}")
             if accelerator.is_main_process:
                 with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+                    handle.write(
+                        json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n"
+                    )
         if accelerator.is_main_process and config.sample_every and step % config.sample_every == 0:
-            _write_samples(config, models, accelerator.unwrap_model(wrapped), output_dir / "samples" / f"step-{step:07d}.png")
-        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, modules, optimizer, scheduler,
-                                            {"ema_step": ema.optimization_step if ema else 0}, last_checkpoint)  # fmt: skip
+            _write_samples(
+                config, models, accelerator.unwrap_model(wrapped), output_dir / "samples" / f"step-{step:07d}.png"
+            )
+        last_checkpoint = checkpoint_if_due(
+            accelerator,
+            step,
+            config,
+            output_dir,
+            modules,
+            optimizer,
+            scheduler,
+            {"ema_step": ema.optimization_step if ema else 0},
+            last_checkpoint,
+        )
     progress.close()
     elapsed = time.perf_counter() - started
 
@@ -168,14 +200,21 @@ def train_diffusion(config: TrainDiffusionConfig, resume: bool = False, show_pro
         pipe.save_pretrained(pipeline_dir)
         accelerator.print(batches.skipped.report())
     return TrainDiffusionResult(
-        pipeline_dir=pipeline_dir, steps=step, loss=loss_value,
+        pipeline_dir=pipeline_dir,
+        steps=step,
+        loss=loss_value,
         samples_per_second=config.batch_size * accelerator.num_processes * (step - start_step) / max(elapsed, 1e-9),
         skipped=dict(batches.skipped.counts),
-    )  # fmt: skip
+    )
 
 
-def _denoising_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_schedule: Any,
-                    snr_gamma: float | None) -> torch.Tensor:
+def _denoising_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_schedule: Any,
+    snr_gamma: float | None,
+) -> torch.Tensor:
     """MSE of the (batch, C, H, W) prediction, optionally Min-SNR weighted per example (see
     `TrainDiffusionConfig.snr_gamma`); a scalar."""
     if snr_gamma is None:
@@ -196,8 +235,12 @@ def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denois
     was_training = denoiser.training
     pipe = make_pipeline(models, denoiser.eval(), config)
     with torch.no_grad():
-        images = pipe(list(config.sample_prompts), num_inference_steps=config.sample_steps, guidance_scale=3.0,
-                      generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+        images = pipe(
+            list(config.sample_prompts),
+            num_inference_steps=config.sample_steps,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        ).images
     denoiser.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_image_grid(images, rows=1, cols=len(images)).save(path)

@@ -153,9 +153,10 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
         overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
         return DDPMScheduler.from_config(inherited, **overrides)
     return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type or "epsilon",
-    )  # fmt: skip
+    )
 
 
 def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
@@ -202,8 +203,14 @@ def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None)
 def _add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
     from peft import LoraConfig
 
-    unet.add_adapter(LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
-                                target_modules=list(config.lora.target_modules), init_lora_weights="gaussian"))  # fmt: skip
+    unet.add_adapter(
+        LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            target_modules=list(config.lora.target_modules),
+            init_lora_weights="gaussian",
+        )
+    )
 
 
 def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
@@ -219,13 +226,19 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
     projection = _load_init_projection(config)
     if config.train == "adapter" and projection is None and config.projection_dim is None:
-        raise ValueError("`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one")
+        raise ValueError(
+            "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one"
+        )
     recipe = "custom" if (t5_encoder is not None or projection is not None or config.projection_dim) else "sd"
     t5_max_length = config.t5_max_length if t5_encoder is not None else None
     conditioner = TextConditioner(
-        custom_recipe(True, True, t5_max_length=t5_max_length) if t5_max_length else recipe, clip=[(text_encoder, tokenizer)], t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
-        projection=projection, projection_dim=config.projection_dim, cache_size=100_000,
-    )  # fmt: skip
+        custom_recipe(True, True, t5_max_length=t5_max_length) if t5_max_length else recipe,
+        clip=[(text_encoder, tokenizer)],
+        t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
+        projection=projection,
+        projection_dim=config.projection_dim,
+        cache_size=100_000,
+    )
     projection = conditioner.projection
     width = projection.config.projection_dim if projection is not None else conditioner.clip_width
     vae = _load_vae(config)
@@ -237,7 +250,15 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         _add_lora(unet, config)
     denoiser = Denoiser(unet, projection, uses_coordinate_channels(config)).train()
     return DiffusionModels(
-        denoiser, conditioner, text_encoder, tokenizer, t5_encoder, t5_tokenizer, recipe, t5_max_length, vae,
+        denoiser,
+        conditioner,
+        text_encoder,
+        tokenizer,
+        t5_encoder,
+        t5_tokenizer,
+        recipe,
+        t5_max_length,
+        vae,
         _noise_schedule(config),
     )
 
@@ -248,12 +269,22 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
     from clipcond.training.diffusion_config import scheduler_class
 
-    scheduler = scheduler_class(config.sample_scheduler, "sample_scheduler").from_config(models.noise_schedule.config, timestep_spacing=config.timestep_spacing)
+    scheduler = scheduler_class(config.sample_scheduler, "sample_scheduler").from_config(
+        models.noise_schedule.config, timestep_spacing=config.timestep_spacing
+    )
     pipe = CLIPConditionedPipeline(
-        unet=denoiser.unet, scheduler=scheduler, text_encoder=models.text_encoder, tokenizer=models.tokenizer, vae=models.vae,
-        text_encoder_2=models.t5_encoder, tokenizer_2=models.t5_tokenizer, text_projection=denoiser.projection,
-        recipe=models.recipe, t5_max_length=models.t5_max_length, coordinate_channels=denoiser.coordinate_channels,
-    )  # fmt: skip
+        unet=denoiser.unet,
+        scheduler=scheduler,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        vae=models.vae,
+        text_encoder_2=models.t5_encoder,
+        tokenizer_2=models.t5_tokenizer,
+        text_projection=denoiser.projection,
+        recipe=models.recipe,
+        t5_max_length=models.t5_max_length,
+        coordinate_channels=denoiser.coordinate_channels,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

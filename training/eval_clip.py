@@ -13,7 +13,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `eval-clip`."""
     parser.add_argument("--model", required=True, help="a folder written by save_clip (e.g. runs/clip/model)")
-    parser.add_argument("--images-per-class", type=int, default=50, help="shapes zero-shot images per colour-shape class")
+    parser.add_argument(
+        "--images-per-class", type=int, default=50, help="shapes zero-shot images per colour-shape class"
+    )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation images")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--webdataset", nargs="+", metavar="URL", help="retrieval on these tar shards")

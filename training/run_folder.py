@@ -65,7 +65,9 @@ def prepare_output_dir(config: Any, resume: bool) -> Path:
     return output_dir
 
 
-def stop_if_diverged(loss_value: float, step: int, last_checkpoint: Path | None, optimizer: torch.optim.Optimizer) -> None:
+def stop_if_diverged(
+    loss_value: float, step: int, last_checkpoint: Path | None, optimizer: torch.optim.Optimizer
+) -> None:
     """Raise `TrainingDiverged` (gradients dropped, nothing saved) when the loss is NaN/inf."""
     if math.isfinite(loss_value):
         return
@@ -98,13 +100,23 @@ def checkpoint_if_due(
     if not accelerator.is_main_process:
         return last
     return save_checkpoint(
-        output_dir, step, modules, optimizer=getattr(optimizer, "optimizer", optimizer), scheduler=scheduler,
-        extra=extra, keep=config.keep_checkpoints,
-    )  # fmt: skip
+        output_dir,
+        step,
+        modules,
+        optimizer=getattr(optimizer, "optimizer", optimizer),
+        scheduler=scheduler,
+        extra=extra,
+        keep=config.keep_checkpoints,
+    )
 
 
 def resume_latest(
-    accelerator: Any, output_dir: Path, resume: bool, modules: dict[str, torch.nn.Module], optimizer: Any, scheduler: Any
+    accelerator: Any,
+    output_dir: Path,
+    resume: bool,
+    modules: dict[str, torch.nn.Module],
+    optimizer: Any,
+    scheduler: Any,
 ) -> tuple[int, dict[str, Any], Path | None]:
     """With `resume`, load the newest checkpoint of `output_dir` into the objects given.
 
@@ -125,5 +137,10 @@ def progress_bar(accelerator: Any, total: int, start_step: int, name: str, show:
     """The run's tqdm bar over steps, drawn on the local main process only when `show`."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start_step, desc=name, dynamic_ncols=True,
-                disable=not (show and accelerator.is_local_main_process))  # fmt: skip
+    return tqdm(
+        total=total,
+        initial=start_step,
+        desc=name,
+        dynamic_ncols=True,
+        disable=not (show and accelerator.is_local_main_process),
+    )

@@ -38,8 +38,15 @@ class T5ModelSettings:
     feed_forward_proj: Literal["gated-gelu", "relu"] = "gated-gelu"
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "d_ff", "d_kv", "num_layers", "num_heads", "relative_attention_num_buckets",
-                     "relative_attention_max_distance"):
+        for name in (
+            "d_model",
+            "d_ff",
+            "d_kv",
+            "num_layers",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
@@ -138,7 +145,9 @@ class TrainT5Config:
         if self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("`log_every` and `keep_checkpoints` must be >= 1")
         if self.eval_every < 0 or self.eval_captions < 1:
-            raise ValueError(f"`eval_every` must be >= 0 and `eval_captions` >= 1, got {self.eval_every}, {self.eval_captions}")
+            raise ValueError(
+                f"`eval_every` must be >= 0 and `eval_captions` >= 1, got {self.eval_every}, {self.eval_captions}"
+            )
         if self.data.num_workers:
             raise ValueError("data.num_workers must be 0 for train-t5: captions are made in the loop's process")
         needed = max_spans(self.tokenizer.max_length, self.noise_density, self.mean_noise_span_length)

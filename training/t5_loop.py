@@ -227,8 +227,12 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
     )
     captions = CaptionTokenizer(tokenizer, config.tokenizer.max_length)
     corruption = SpanCorruption(
-        config.noise_density, config.mean_noise_span_length, sentinels, tokenizer.eos_token_id,
-        tokenizer.pad_token_id, config.seed,
+        config.noise_density,
+        config.mean_noise_span_length,
+        sentinels,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        config.seed,
     )
 
     set_seed(config.seed)
@@ -239,13 +243,21 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
     )
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
 
-    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, {"model": model}, optimizer, scheduler)
+    start_step, extra, checkpoint = resume_latest(
+        accelerator, output_dir, resume, {"model": model}, optimizer, scheduler
+    )
     skipped.counts.update(extra.get("skipped", {}))
 
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(prepared_model)
     batches = SpanCorruptionBatches(
-        source, captions, corruption, config.batch_size, start_step, accelerator.process_index, accelerator.num_processes
+        source,
+        captions,
+        corruption,
+        config.batch_size,
+        start_step,
+        accelerator.process_index,
+        accelerator.num_processes,
     )
     markers = {*sentinels, tokenizer.eos_token_id}
     heldout = [
@@ -288,8 +300,12 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
             speed = global_batch * window_steps / max(now - window_start, 1e-9)
             window_start, window_steps = now, 0
             accuracy = correct.item() / max(int((batch["labels"] != IGNORE_INDEX).sum()), 1)
-            metrics = {"loss": loss_value, "token_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
-                       "captions_per_second": speed}
+            metrics = {
+                "loss": loss_value,
+                "token_accuracy": accuracy,
+                "lr": scheduler.get_last_lr()[0],
+                "captions_per_second": speed,
+            }
             progress.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.3f}", captions_s=f"{speed:.0f}")
             if accelerator.is_main_process:
                 _append_metrics(output_dir, {"step": step, **metrics})
@@ -297,8 +313,17 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         if config.eval_every and step % config.eval_every == 0 and step != config.steps and accelerator.is_main_process:
             evaluate(step)
 
-        last_checkpoint = checkpoint_if_due(accelerator, step, config, output_dir, {"model": unwrapped}, optimizer,
-                                            scheduler, {"skipped": dict(skipped.counts)}, last_checkpoint)  # fmt: skip
+        last_checkpoint = checkpoint_if_due(
+            accelerator,
+            step,
+            config,
+            output_dir,
+            {"model": unwrapped},
+            optimizer,
+            scheduler,
+            {"skipped": dict(skipped.counts)},
+            last_checkpoint,
+        )
     elapsed = time.perf_counter() - started
     steps_run = step - start_step
 

@@ -32,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
         return lines
 
     return run_training_command(
-        args, TrainClipConfig,
-        lambda config, folder: train_clip(config, resume=args.resume, config_dir=folder, show_progress=not args.no_progress),
+        args,
+        TrainClipConfig,
+        lambda config, folder: train_clip(
+            config, resume=args.resume, config_dir=folder, show_progress=not args.no_progress
+        ),
         report,
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,15 +24,18 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.training.diffusion_loop import train_diffusion
 
     return run_training_command(
-        args, TrainDiffusionConfig,
+        args,
+        TrainDiffusionConfig,
         lambda config, _: train_diffusion(config, resume=args.resume, show_progress=not args.no_progress),
         lambda result: [f"pipeline saved to {result.pipeline_dir} after {result.steps} steps (loss {result.loss:.4f})"],
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m clipcond.training.train_diffusion --config ...`."""
-    parser = argparse.ArgumentParser(prog="train_diffusion", description="diffusion training against a frozen conditioner")
+    parser = argparse.ArgumentParser(
+        prog="train_diffusion", description="diffusion training against a frozen conditioner"
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -26,13 +26,14 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.training.t5_loop import train_t5
 
     return run_training_command(
-        args, TrainT5Config,
+        args,
+        TrainT5Config,
         lambda config, _: train_t5(config, resume=args.resume, show_progress=not args.no_progress),
         lambda result: [
             f"T5 encoder and tokenizer saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})",
             "held-out: " + ", ".join(f"{key} {value:.4f}" for key, value in result.evaluation.items()),
         ],
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

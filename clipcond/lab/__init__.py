@@ -17,7 +17,6 @@ The command line is `clipcond experiment CONFIG.yaml` (`clipcond.lab.experiment`
 """
 
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment, load_experiment_config
-from clipcond.lab.prepare import PREPARE_COMMANDS, PrepareStep
 from clipcond.lab.metrics import (
     JUDGE_VALUES,
     METRICS,
@@ -28,6 +27,7 @@ from clipcond.lab.metrics import (
     load_clip_scorer,
     shapes_judge_metrics,
 )
+from clipcond.lab.prepare import PREPARE_COMMANDS, PrepareStep
 from clipcond.lab.report import write_report
 from clipcond.lab.runner import run_experiment
 from clipcond.lab.suites import LabPrompt, PromptSuite, TextPrompt, load_suite

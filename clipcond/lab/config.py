@@ -139,7 +139,9 @@ class ExperimentConfig:
         check_metrics(self.metrics)
         _unique("metrics", self.metrics)
         if "clip_score" in self.metrics and not self.clip_score_model:
-            raise ValueError("metric clip_score needs `clip_score_model`: a CLIP folder (clipcond save_clip or transformers)")
+            raise ValueError(
+                "metric clip_score needs `clip_score_model`: a CLIP folder (clipcond save_clip or transformers)"
+            )
 
     def setup_steps(self, setup: SetupConfig) -> int:
         """Denoising steps of `setup` (its own, else the experiment's)."""
@@ -186,11 +188,15 @@ def _check_pipeline(setup: SetupConfig, allow_pending: bool) -> None:
         return  # a prepare step will make it
     index = folder / "model_index.json"
     if not index.is_file():
-        reason = "has no model_index.json (not a saved diffusers pipeline)" if folder.exists() else f"does not exist{_WHERE}"
+        reason = (
+            "has no model_index.json (not a saved diffusers pipeline)" if folder.exists() else f"does not exist{_WHERE}"
+        )
         raise FileNotFoundError(f"setup {setup.name!r}: pipeline folder {folder} {reason}")
     components = json.loads(index.read_text(encoding="utf-8"))
     wrapped = components.get("_class_name") != _CLIPCOND_PIPELINE and not setup.native
-    second_encoder = any(components.get(key) not in (None, [None, None]) for key in ("text_encoder_2", "text_encoder_3"))
+    second_encoder = any(
+        components.get(key) not in (None, [None, None]) for key in ("text_encoder_2", "text_encoder_3")
+    )
     if wrapped and (second_encoder or "text_encoder" not in components):
         raise ValueError(
             f"setup {setup.name!r}: {folder} holds a {components.get('_class_name')}, which clipcond can only wrap "

@@ -38,10 +38,12 @@ def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> s
     cache = {} if cache is None else cache
     total = hashlib.sha256()
     files = sorted(
-        path for path in folder.rglob("*")
-        if path.is_file() and path.suffix.lower() not in _IGNORED_SUFFIXES
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() not in _IGNORED_SUFFIXES
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )  # fmt: skip
+    )
     for path in files:
         stat = path.stat()
         key = str(path.resolve())

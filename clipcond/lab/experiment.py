@@ -19,11 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (clipcond.lab.config.ExperimentConfig)")
     parser.add_argument("--device", help='where pipelines run, e.g. "cpu" or "cuda" (default: cuda when available)')
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
-    parser.add_argument("--jobs", type=_positive_int, default=1,
-                        help="prepare steps that do not need each other run this many at a time, sharing the CPU "
-                             "cores; their logs go to OUTPUT_DIR/prepare-logs (default: 1, in order)")  # fmt: skip
-    parser.add_argument("--check", action="store_true",
-                        help="check the config and its files, print the plan (prepare steps and images), run nothing")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="prepare steps that do not need each other run this many at a time, sharing the CPU "
+        "cores; their logs go to OUTPUT_DIR/prepare-logs (default: 1, in order)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config and its files, print the plan (prepare steps and images), run nothing",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
 
 
@@ -54,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
         suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()
-    except (FileNotFoundError, ValueError, ImportError) as error:  # the config or the install: the message says what to fix
+    except (
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+    ) as error:  # the config or the install: the message says what to fix
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.check:
@@ -62,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"prepare: clipcond {step.command} {' '.join(step.args)}  (creates {step.creates})")
         prompts = sum(len(suite.prompts) for suite in suites)
         total = prompts * len(config.seeds) * len(config.setups)
-        print(f"{config.name}: {len(suites)} suite(s), {prompts} prompts x {len(config.seeds)} seed(s) x "
-              f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}")  # fmt: skip
+        print(
+            f"{config.name}: {len(suites)} suite(s), {prompts} prompts x {len(config.seeds)} seed(s) x "
+            f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}"
+        )
         return 0
     run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
     output = run_experiment(config, show_progress=not args.no_progress, device=args.device)

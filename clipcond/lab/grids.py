@@ -51,7 +51,9 @@ def header_height(column_labels: Sequence[str], size: int) -> int:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font = ImageFont.load_default()
     bottoms = [
-        draw.multiline_textbbox((0, _HEADER_MARGIN), "\n".join(_column_label_lines(label, size)), font=font, spacing=_COLUMN_LINE_SPACING)[3]
+        draw.multiline_textbbox(
+            (0, _HEADER_MARGIN), "\n".join(_column_label_lines(label, size)), font=font, spacing=_COLUMN_LINE_SPACING
+        )[3]
         for label in column_labels
     ]
     return max([_MIN_HEADER] + [bottom + _HEADER_MARGIN for bottom in bottoms])
@@ -91,7 +93,13 @@ def labelled_grid(
     font = ImageFont.load_default()
     for c, label in enumerate(column_labels):
         lines = _column_label_lines(label, size)
-        draw.multiline_text((_LABEL_WIDTH + c * step + 3, _HEADER_MARGIN), "\n".join(lines), fill=_TEXT, font=font, spacing=_COLUMN_LINE_SPACING)
+        draw.multiline_text(
+            (_LABEL_WIDTH + c * step + 3, _HEADER_MARGIN),
+            "\n".join(lines),
+            fill=_TEXT,
+            font=font,
+            spacing=_COLUMN_LINE_SPACING,
+        )
     line_chars = _LABEL_WIDTH // 7
     max_lines = max(1, (size - 6) // 12)
     for r, (row, label) in enumerate(zip(cells, row_labels)):
@@ -115,7 +123,12 @@ def _read_rgb(path: Path) -> Image.Image:
 
 
 def suite_grid(
-    run_folder: str | Path, lines: Sequence[dict], suite: str, setups: Sequence[str], seeds: Sequence[int], max_prompts: int = 8
+    run_folder: str | Path,
+    lines: Sequence[dict],
+    suite: str,
+    setups: Sequence[str],
+    seeds: Sequence[int],
+    max_prompts: int = 8,
 ) -> Image.Image:
     """The grid of one suite from an experiment's result lines.
 

@@ -170,7 +170,9 @@ def clip_scorer(model: Any, processor: Any = None) -> ClipScorer:
     elif hasattr(model, "get_text_features") and hasattr(model.config, "vision_config"):
         context, size = model.config.text_config.max_position_embeddings, model.config.vision_config.image_size
     else:
-        raise TypeError(f"model must be a clipcond ClipTwoTower or a transformers CLIPModel, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a clipcond ClipTwoTower or a transformers CLIPModel, got {type(model).__name__}"
+        )
     if processor is not None:
         return ClipScorer(model.eval(), processor.tokenizer, processor.image_processor, context)
     return ClipScorer(model.eval(), clip_tokenizer(model_max_length=context), _image_processor(size), context)
@@ -211,7 +213,9 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
     )
 
 
-def clip_score(images: Sequence[Image.Image], prompts: Sequence[str], model: Any, processor: Any = None) -> torch.Tensor:
+def clip_score(
+    images: Sequence[Image.Image], prompts: Sequence[str], model: Any, processor: Any = None
+) -> torch.Tensor:
     """CLIP score of each (image, prompt) pair.
 
     Args:
@@ -233,8 +237,9 @@ def clip_score(images: Sequence[Image.Image], prompts: Sequence[str], model: Any
     if too_long:
         warnings.warn(
             f"{too_long} prompt(s) are longer than the CLIP context ({scorer.context_length} tokens) and were "
-            "truncated for CLIP score", stacklevel=2,
-        )  # fmt: skip
+            "truncated for CLIP score",
+            stacklevel=2,
+        )
     return (scorer.embed_images(images) * scorer.embed_texts(prompts)).sum(dim=-1).cpu()
 
 

@@ -54,7 +54,9 @@ def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str
     axes.set_xticks(range(len(groups)), [f"{suite}/{category}" for suite, category in groups], rotation=45, ha="right")
     if all(cell.kind == "rate" for cell in chosen) or metric == "objects_found":
         axes.set_ylim(0.0, 1.0)
-        axes.set_ylabel(f"{metric} (rate, 95% Wilson interval)" if chosen[0].kind == "rate" else f"{metric} (mean, 95% bootstrap)")
+        axes.set_ylabel(
+            f"{metric} (rate, 95% Wilson interval)" if chosen[0].kind == "rate" else f"{metric} (mean, 95% bootstrap)"
+        )
     else:
         axes.set_ylabel(f"{metric} (mean, 95% bootstrap interval)")
     axes.set_title(title or metric)

@@ -116,10 +116,9 @@ def step_dependencies(steps: Sequence[PrepareStep]) -> list[set[int]]:
     needs: list[set[int]] = []
     for index, step in enumerate(steps):
         texts = list(step.args) + [path.read_text() for path in step.input_files() if path.is_file()]
-        needs.append({
-            earlier for earlier in range(index)
-            if any(_names_path(text, steps[earlier].creates) for text in texts)
-        })  # fmt: skip
+        needs.append(
+            {earlier for earlier in range(index) if any(_names_path(text, steps[earlier].creates) for text in texts)}
+        )
     return needs
 
 
@@ -173,8 +172,11 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
                 _check_finished(todo[index], status, log)
                 done.add(index)
                 if jobs > 1:
-                    print(f"[prepare {index + 1}/{len(todo)}] done: clipcond {todo[index].command} "
-                          f"(creates {todo[index].creates})", flush=True)  # fmt: skip
+                    print(
+                        f"[prepare {index + 1}/{len(todo)}] done: clipcond {todo[index].command} "
+                        f"(creates {todo[index].creates})",
+                        flush=True,
+                    )
             ready = [index for index in waiting if needs[index] <= done]
             while ready and len(running) < jobs:
                 side_by_side = min(jobs, len(running) + len(ready))  # this step and those running beside it

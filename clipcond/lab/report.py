@@ -73,7 +73,9 @@ def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected:
     prompts = experiment.get("suite_prompts", {})
     for suite in experiment.get("suites", []):
         file = paths.get("suites", {}).get(suite["name"], "?")
-        text.append(f"| {suite['name']} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |")
+        text.append(
+            f"| {suite['name']} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |"
+        )
     if experiment.get("clip_digest"):
         text += ["", f"CLIP score model: `{paths.get('clip_score_model')}` (`{experiment['clip_digest'][:12]}`)."]
     return text
@@ -92,7 +94,7 @@ def _notes(lines: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     if truncated:
         notes.append(
             f"- {len(truncated)} prompt(s) exceed the CLIP context; their CLIP score saw only the start: "
-            + "; ".join(f"\"{prompt[:60]}...\"" for prompt in truncated[:5])
+            + "; ".join(f'"{prompt[:60]}..."' for prompt in truncated[:5])
         )
     return notes
 

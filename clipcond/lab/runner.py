@@ -81,9 +81,14 @@ def _hash(data: Any) -> str:
 
 def _setup_record(config: ExperimentConfig, setup: SetupConfig, digest: str) -> dict[str, Any]:
     return {
-        "name": setup.name, "pipeline_digest": digest, "native": setup.native, "steps": config.setup_steps(setup),
-        "guidance_scale": config.setup_guidance(setup), "height": config.height, "width": config.width,
-    }  # fmt: skip
+        "name": setup.name,
+        "pipeline_digest": digest,
+        "native": setup.native,
+        "steps": config.setup_steps(setup),
+        "guidance_scale": config.setup_guidance(setup),
+        "height": config.height,
+        "width": config.width,
+    }
 
 
 def plan_jobs(
@@ -103,7 +108,9 @@ def plan_jobs(
             for index, entry in enumerate(suite.prompts):
                 spec = prompt_spec(entry)
                 for seed in config.seeds:
-                    key = _hash({"setup": record, "suite": suite.name, "index": index, "entry": spec, "seed": seed, **measured})
+                    key = _hash(
+                        {"setup": record, "suite": suite.name, "index": index, "entry": spec, "seed": seed, **measured}
+                    )
                     jobs.append(ImageJob(setup, suite.name, index, entry, seed, key))
     return jobs
 
@@ -113,9 +120,10 @@ def _experiment_record(
 ) -> dict[str, Any]:
     """What experiment.json records; `fingerprint` hashes all of it but the paths."""
     settings = {
-        key: value for key, value in dataclasses.asdict(config).items()
+        key: value
+        for key, value in dataclasses.asdict(config).items()
         if key not in ("output_dir", "batch_size", "suites", "setups", "clip_score_model")
-    }  # fmt: skip
+    }
     identity = {
         "settings": settings,
         "setups": [_setup_record(config, setup, pipeline_digests[setup.name]) for setup in config.setups],
@@ -222,17 +230,27 @@ def _generate(pipe: Any, config: ExperimentConfig, batch: Sequence[ImageJob]) ->
     return list(pipe(**kwargs).images)
 
 
-def _measure(images: Sequence[Any], batch: Sequence[ImageJob], config: ExperimentConfig, scorer: ClipScorer | None) -> list[dict[str, Any]]:
+def _measure(
+    images: Sequence[Any], batch: Sequence[ImageJob], config: ExperimentConfig, scorer: ClipScorer | None
+) -> list[dict[str, Any]]:
     lines = []
     for job, image in zip(batch, images):
         metrics: dict[str, Any] = {}
         if "judge" in config.metrics and job.entry.scene is not None:
             metrics.update(shapes_judge_metrics(image, job.entry.scene))
-        lines.append({
-            "key": job.key, "setup": job.setup.name, "suite": job.suite, "index": job.index,
-            "category": job.entry.category, "prompt": job.entry.prompt, "seed": job.seed, "image": job.image,
-            "metrics": metrics,
-        })  # fmt: skip
+        lines.append(
+            {
+                "key": job.key,
+                "setup": job.setup.name,
+                "suite": job.suite,
+                "index": job.index,
+                "category": job.entry.category,
+                "prompt": job.entry.prompt,
+                "seed": job.seed,
+                "image": job.image,
+                "metrics": metrics,
+            }
+        )
     if scorer is not None:
         prompts = [job.entry.prompt for job in batch]
         scores = (scorer.embed_images(images) * scorer.embed_texts(prompts)).sum(dim=-1).cpu()
@@ -289,13 +307,21 @@ def run_experiment(
         print(f"{output / RESULTS_NAME}: dropped {dropped} result line(s) ({why}); kept {len(done)}", file=sys.stderr)
     folders = [str(Path(setup.pipeline).resolve()) for setup in config.setups]
     folders += [str(Path(config.clip_score_model).resolve())] if clip_digest is not None else []
-    file_cache = {path: entry for path, entry in file_cache.items() if any(path.startswith(f + os.sep) for f in folders)}
+    file_cache = {
+        path: entry for path, entry in file_cache.items() if any(path.startswith(f + os.sep) for f in folders)
+    }
     write_json_atomic(output / EXPERIMENT_NAME, {**record, "name": config.name, "file_digests": file_cache})
 
     pending = [job for job in jobs if job.key not in done]
     scorer = load_clip_scorer(config.clip_score_model, device) if pending and clip_digest is not None else None
-    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"experiment {config.name}", unit="image",
-              disable=not show_progress, dynamic_ncols=True) as progress:  # fmt: skip
+    with tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(pending),
+        desc=f"experiment {config.name}",
+        unit="image",
+        disable=not show_progress,
+        dynamic_ncols=True,
+    ) as progress:
         for setup in config.setups:
             todo = [job for job in pending if job.setup is setup]
             if not todo:

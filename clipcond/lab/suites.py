@@ -101,7 +101,9 @@ class _EntrySpec:
                 raise ValueError("key `relation`: needs `objects` (a relation joins two of them)")
             return
         if not self.objects:
-            raise ValueError("key `objects`: must list at least one [colour, shape] (or leave it out for a text prompt)")
+            raise ValueError(
+                "key `objects`: must list at least one [colour, shape] (or leave it out for a text prompt)"
+            )
         words = set(re.findall(r"[a-z]+", self.prompt.lower()))
         for k, item in enumerate(self.objects):
             key = f"objects[{k}]"
@@ -117,11 +119,15 @@ class _EntrySpec:
         if self.relation is not None:
             relation = self.relation
             if len(relation) != 3 or relation[1] not in RELATIONS:
-                raise ValueError(f"key `relation`: expected [i, relation, j] with relation one of {list(RELATIONS)}, got {relation!r}")
+                raise ValueError(
+                    f"key `relation`: expected [i, relation, j] with relation one of {list(RELATIONS)}, got {relation!r}"
+                )
             i, j = relation[0], relation[2]
             n = len(self.objects)
             if not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < n for k in (i, j)) or i == j:
-                raise ValueError(f"key `relation`: i and j must be two different object indices in [0, {n}), got {relation!r}")
+                raise ValueError(
+                    f"key `relation`: i and j must be two different object indices in [0, {n}), got {relation!r}"
+                )
             for k in (i, j):
                 if self.objects.count(self.objects[k]) > 1:
                     raise ValueError(
@@ -176,7 +182,9 @@ def load_suite(path: str | Path) -> PromptSuite:
             prompts.append(_to_prompt(entry))
         except (TypeError, ValueError) as error:  # the scene itself is impossible (e.g. relation indices)
             raise ValueError(f"{path}: prompts[{k}]: {error}") from error
-    return PromptSuite(name=spec.name or path.stem, path=path, prompts=tuple(prompts), digest=hashlib.sha256(raw).hexdigest())
+    return PromptSuite(
+        name=spec.name or path.stem, path=path, prompts=tuple(prompts), digest=hashlib.sha256(raw).hexdigest()
+    )
 
 
 def prompt_spec(entry: LabPrompt) -> dict[str, Any]:

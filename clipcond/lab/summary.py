@@ -35,7 +35,9 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
     return (max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half)))
 
 
-def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of the mean of `values` (a point for one value)."""
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:

@@ -96,7 +96,9 @@ def model_config_from_hf(config: CLIPConfig) -> ClipModelConfig:
     text, vision = config.text_config, config.vision_config
     activations = {text.hidden_act, vision.hidden_act}
     if not activations <= {"quick_gelu", "gelu"} or len(activations) != 1:
-        raise ValueError(f"both towers must use quick_gelu or both gelu, got text {text.hidden_act!r}, vision {vision.hidden_act!r}")
+        raise ValueError(
+            f"both towers must use quick_gelu or both gelu, got text {text.hidden_act!r}, vision {vision.hidden_act!r}"
+        )
     # Settings a ClipModelConfig does not hold: refuse rather than build a model that computes something else.
     if text.layer_norm_eps != _LAYER_NORM_EPS or vision.layer_norm_eps != _LAYER_NORM_EPS:
         raise ValueError(

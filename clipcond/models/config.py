@@ -48,12 +48,19 @@ class TextTowerConfig:
     pad_token_id: int = CLIP_EOS_TOKEN_ID
 
     def __post_init__(self) -> None:
-        _check_positive("text", width=self.width, layers=self.layers, context_length=self.context_length,
-                        intermediate_size=self.intermediate_size)
+        _check_positive(
+            "text",
+            width=self.width,
+            layers=self.layers,
+            context_length=self.context_length,
+            intermediate_size=self.intermediate_size,
+        )
         _check_heads("text", self.width, self.heads)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} = {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
+                raise ValueError(
+                    f"text.{name} = {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})"
+                )
 
 
 @dataclass
@@ -67,8 +74,13 @@ class ViTTowerConfig:
     intermediate_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check_positive("vision.vit", patch_size=self.patch_size, width=self.width, layers=self.layers,
-                        intermediate_size=self.intermediate_size)
+        _check_positive(
+            "vision.vit",
+            patch_size=self.patch_size,
+            width=self.width,
+            layers=self.layers,
+            intermediate_size=self.intermediate_size,
+        )
         _check_heads("vision.vit", self.width, self.heads)
 
 

@@ -20,7 +20,7 @@ from clipcond.shapes.facts import Group, SceneFacts, facts_hold, scene_facts
 from clipcond.shapes.judge import DetectedObject, judge_image
 from clipcond.shapes.negatives import NEGATIVE_KINDS, negative_caption, negative_facts
 from clipcond.shapes.render import render_scene, render_scene_array
-from clipcond.shapes.scene import ShapeObject, Scene, random_scene, relation_holds, single_object_scene
+from clipcond.shapes.scene import Scene, ShapeObject, random_scene, relation_holds, single_object_scene
 from clipcond.shapes.scoring import (
     ATTRIBUTES,
     AttributeTally,

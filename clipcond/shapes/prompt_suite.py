@@ -35,7 +35,12 @@ _RELATION_SLOTS: dict[str, tuple[int, int]] = {"left of": (0, 1), "right of": (1
 
 # The prompt wording of each relation in the suite (one per relation: the suite tests
 # binding and layout, not paraphrase).
-RELATION_WORDS: dict[str, str] = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+RELATION_WORDS: dict[str, str] = {
+    "left of": "to the left of",
+    "right of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,7 @@ class SuitePrompt:
             raise TypeError(f"scene must be a Scene, got {type(self.scene).__name__}")
 
 
-def scene_from_spec(
-    objects: Sequence[tuple[str, str]], relation: tuple[int, str, int] | None = None
-) -> Scene:
+def scene_from_spec(objects: Sequence[tuple[str, str]], relation: tuple[int, str, int] | None = None) -> Scene:
     """A scene of small objects on the canonical layout.
 
     Args:
@@ -116,7 +119,9 @@ def shapes_model_suite(seed: int = 1234, seeds_per_single: int = 8, pairs_per_ca
     two-object combinations are drawn independently of the training stream.
     """
     if seeds_per_single < 1 or pairs_per_category < 1:
-        raise ValueError(f"seeds_per_single and pairs_per_category must be >= 1, got {seeds_per_single}, {pairs_per_category}")
+        raise ValueError(
+            f"seeds_per_single and pairs_per_category must be >= 1, got {seeds_per_single}, {pairs_per_category}"
+        )
     rng = random.Random(f"clipcond.shapes_model_suite:{seed}")
     suite: list[SuitePrompt] = []
     for pair in train_pairs():
@@ -182,7 +187,9 @@ def _pool(scores: list[SceneScore]) -> CategoryResult:
     if with_relation:
         checks["relation"] = with_relation
         # placement alone: of the images that drew both objects, how many placed them as stated
-        placed = [s.relation_correct for s in scores if s.relation_correct is not None and s.objects_found == s.expected]
+        placed = [
+            s.relation_correct for s in scores if s.relation_correct is not None and s.objects_found == s.expected
+        ]
         if placed:
             checks["relation_if_found"] = placed
     return CategoryResult(images=len(scores), rates={k: float(np.mean(v)) for k, v in checks.items()})
@@ -192,7 +199,9 @@ def judge_suite(images: Sequence[Image.Image | np.ndarray], suite: Sequence[Suit
     """Score `images[k]` (PIL or (H, W, 3) uint8) against `suite[k].scene` with the shapes judge."""
     if len(images) != len(suite):
         raise ValueError(f"images ({len(images)}) and suite ({len(suite)}) must be as many")
-    return SuiteReport(prompts=tuple(suite), scores=tuple(score_image(image, entry.scene) for image, entry in zip(images, suite)))
+    return SuiteReport(
+        prompts=tuple(suite), scores=tuple(score_image(image, entry.scene) for image, entry in zip(images, suite))
+    )
 
 
 __all__ = [

@@ -152,9 +152,7 @@ class AttributeTally:
 def _match_by_position(detected: list[DetectedObject], objects: tuple[ShapeObject, ...]) -> dict[int, DetectedObject]:
     """Scene object index -> nearest detection, one-to-one, closest pairs first."""
     pairs = sorted(
-        (float(np.hypot(d.x - o.x, d.y - o.y)), k, m)
-        for k, o in enumerate(objects)
-        for m, d in enumerate(detected)
+        (float(np.hypot(d.x - o.x, d.y - o.y)), k, m) for k, o in enumerate(objects) for m, d in enumerate(detected)
     )
     matched: dict[int, DetectedObject] = {}
     used: set[int] = set()
