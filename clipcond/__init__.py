@@ -3,7 +3,7 @@
 Public API:
     TextConditioner, PromptEmbeds   prompts -> embeddings, for every diffusers family
     parse_prompt, Fragment          the prompt weighting syntax
-    Recipe, get_recipe              how encoders combine
+    Recipe, get_recipe              how encoders combine (the built-in ones: rows of clipcond.families)
     clip_tokenizer                  the real CLIP tokenizer, offline
     ConditionerConfig               YAML config of a conditioner (custom recipe)
     TextProjection                  the learned adapter of a custom recipe (a diffusers model)
@@ -12,8 +12,9 @@ Public API:
 
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
+from clipcond.families import get_recipe
 from clipcond.prompts import Fragment, parse_prompt
-from clipcond.recipes import Recipe, get_recipe
+from clipcond.recipes import Recipe
 from clipcond.tokenization import clip_tokenizer
 
 __version__ = "0.1.0"

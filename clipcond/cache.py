@@ -1,8 +1,8 @@
 """Content-addressed cache of encoder outputs: an in-memory LRU and optional safetensors files.
 
 Keys are hex digests the caller builds from everything the result depends on (encoder
-weights, recipe settings, prompt text). Values are flat dicts of tensors. On disk each entry
-is one ``<key>.safetensors`` file, written to a temporary file and renamed into place, so a
+weights, recipe settings, prompt text). Values are `EncodedPrompt` records. On disk each
+entry is one ``<key>.safetensors`` file holding the record's tensors, written to a temporary file and renamed into place, so a
 crash never leaves a half-written entry under a valid name.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-Record = dict[str, torch.Tensor]
+from clipcond.records import EncodedPrompt
 
 
 class EmbeddingCache:
@@ -36,7 +36,7 @@ class EmbeddingCache:
             if self.directory.exists() and not self.directory.is_dir():
                 raise ValueError(f"`cache_dir` {self.directory} exists and is not a directory")
             self.directory.mkdir(parents=True, exist_ok=True)
-        self._memory: OrderedDict[str, Record] = OrderedDict()
+        self._memory: OrderedDict[str, EncodedPrompt] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -46,7 +46,7 @@ class EmbeddingCache:
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
-    def get(self, key: str, device: torch.device | None = None) -> Record | None:
+    def get(self, key: str, device: torch.device | None = None) -> EncodedPrompt | None:
         """The record stored under `key` (memory first, then disk), or None."""
         record = self._memory.get(key)
         if record is not None:
@@ -56,18 +56,19 @@ class EmbeddingCache:
         if self.directory is not None:
             path = self._path(key)
             if path.is_file():
-                record = load_file(path, device=str(device) if device is not None else "cpu")
+                tensors = load_file(path, device=str(device) if device is not None else "cpu")
+                record = EncodedPrompt.from_tensors(tensors)
                 self._remember(key, record)
                 self.hits += 1
                 return record
         self.misses += 1
         return None
 
-    def put(self, key: str, record: Record, text: str = "") -> None:
+    def put(self, key: str, record: EncodedPrompt, text: str = "") -> None:
         """Store `record` under `key` in memory and, when a directory is set, on disk."""
         self._remember(key, record)
         if self.directory is not None and not self._path(key).exists():
-            tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in record.items()}
+            tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in record.tensors().items()}
             handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             os.close(handle)
             try:
@@ -77,7 +78,7 @@ class EmbeddingCache:
                 if os.path.exists(temporary):
                     os.unlink(temporary)
 
-    def _remember(self, key: str, record: Record) -> None:
+    def _remember(self, key: str, record: EncodedPrompt) -> None:
         if self.max_entries == 0:
             return
         self._memory[key] = record

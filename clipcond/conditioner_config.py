@@ -11,8 +11,10 @@ Example (configs/conditioners/clip-l-t5-sequence.yaml)::
     projection_dim: 768
     t5_max_sequence_length: 128
 
-Encoders load through transformers (`from_pretrained`), from a local folder or a hub id.
-A CLIP folder without tokenizer files gets the offline CLIP tokenizer.
+Encoders load through transformers (`from_pretrained`), from a local folder or a hub id
+(`clipcond.encoder_loading`); `TextConditioner.from_config` builds the conditioner. Settings
+left unset take the family table's defaults (`clipcond.families`, the ``custom`` row for a
+custom recipe).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Literal
 import torch
 
 from clipcond.config import load_config
-from clipcond.recipes import BUILTIN_RECIPES, RECIPE_NAMES, Recipe, custom_recipe
+from clipcond.families import BUILTIN_RECIPES, RECIPE_NAMES, custom_recipe
+from clipcond.recipes import Recipe
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -36,7 +39,8 @@ class EncoderSource:
     Attributes:
         path: local folder or hub id of the transformers model.
         subfolder: subfolder inside `path` (e.g. "text_encoder" in a diffusers pipeline folder).
-        tokenizer: folder or hub id of the tokenizer; default: `path`.
+        tokenizer: folder or hub id of the tokenizer; default: `path`. ``builtin-clip``:
+            OpenAI's CLIP tokenizer shipped with clipcond (pad token "<|endoftext|>").
         tokenizer_subfolder: subfolder of the tokenizer (e.g. "tokenizer").
     """
 
@@ -61,7 +65,8 @@ class ConditionerConfig:
         pooled: custom only: "none", "last" or "concat" CLIP pooled vectors.
         t5_max_sequence_length: T5 token budget, EOS included; None: the recipe's default
             (custom: 256).
-        t5_attention_mask: custom only: mask T5 padding inside the encoder.
+        t5_attention_mask: custom only: mask T5 padding inside the encoder; None: the custom
+            recipe's default (False, as the pipelines and training use it).
         return_mask: custom only: return the attention mask with the embeddings.
         projection_dim: custom only: learned linear projection to this width.
         clip_skip: skip this many final CLIP layers.
@@ -79,7 +84,7 @@ class ConditionerConfig:
     clip_final_norm: bool = True
     pooled: Literal["none", "last", "concat"] = "last"
     t5_max_sequence_length: int | None = None
-    t5_attention_mask: bool = True
+    t5_attention_mask: bool | None = None
     return_mask: bool = False
     projection_dim: int | None = None
     clip_skip: int | None = None
@@ -98,7 +103,7 @@ class ConditionerConfig:
             "clip_layer_from_end": 1,
             "clip_final_norm": True,
             "pooled": "last",
-            "t5_attention_mask": True,
+            "t5_attention_mask": None,
             "return_mask": False,
             "projection_dim": None,
         }
@@ -106,6 +111,11 @@ class ConditionerConfig:
             changed = [name for name, default in custom_only.items() if getattr(self, name) != default]
             if changed:
                 raise ValueError(f"keys {changed} apply to recipe 'custom' only, not {self.recipe!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The `dtype` setting as a torch dtype."""
+        return _DTYPES[self.dtype]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ConditionerConfig:
@@ -126,69 +136,7 @@ class ConditionerConfig:
             clip_layer_from_end=self.clip_layer_from_end,
             clip_final_norm=self.clip_final_norm,
             pooled=self.pooled,
-            t5_max_length=self.t5_max_sequence_length or 256,
+            t5_max_length=self.t5_max_sequence_length,
             t5_attention_mask=self.t5_attention_mask,
             return_mask=self.return_mask,
         )
-
-
-def _load_tokenizer(source: EncoderSource, kind: str):
-    from transformers import AutoTokenizer
-
-    from clipcond.tokenization import clip_tokenizer
-
-    path = source.tokenizer or source.path
-    subfolder = source.tokenizer_subfolder
-    if source.tokenizer is None and subfolder is None and Path(path).is_dir() and source.subfolder:
-        sibling = Path(path) / "tokenizer"
-        subfolder = "tokenizer" if sibling.is_dir() else source.subfolder
-    try:
-        kwargs = {"subfolder": subfolder} if subfolder else {}
-        return AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, TypeError) as error:
-        if kind == "clip":
-            return clip_tokenizer()
-        raise ValueError(f"could not load the T5 tokenizer from {path!r} (subfolder {subfolder!r}): {error}") from error
-
-
-def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for a CLIP text encoder: `CLIPTextModelWithProjection` when the saved
-    architecture has the projection, else `CLIPTextModel`."""
-    from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
-    config = AutoConfig.from_pretrained(source.path, **kwargs)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
-    model = model_class.from_pretrained(source.path, **kwargs).to(dtype).eval()
-    return model, _load_tokenizer(source, "clip")
-
-
-def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for a T5 encoder (`T5EncoderModel`)."""
-    from transformers import T5EncoderModel
-
-    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
-    model = T5EncoderModel.from_pretrained(source.path, **kwargs).to(dtype).eval()
-    return model, _load_tokenizer(source, "t5")
-
-
-def build_conditioner(config: ConditionerConfig | str | Path):
-    """A `TextConditioner` from a `ConditionerConfig` or the path of its YAML file."""
-    from clipcond.conditioning import TextConditioner
-
-    if not isinstance(config, ConditionerConfig):
-        config = ConditionerConfig.from_yaml(config)
-    dtype = _DTYPES[config.dtype]
-    clip = [load_clip_encoder(source, dtype) for source in config.clip]
-    t5 = load_t5_encoder(config.t5, dtype) if config.t5 is not None else None
-    return TextConditioner(
-        config.to_recipe(),
-        clip=clip,
-        t5=t5,
-        clip_skip=config.clip_skip,
-        projection_dim=config.projection_dim,
-        parse_weights=config.parse_weights,
-        cache_size=config.cache_size,
-        cache_dir=config.cache_dir,
-    )

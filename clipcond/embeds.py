@@ -51,3 +51,24 @@ class PromptEmbeds:
             pooled=None if self.pooled is None else self.pooled.repeat_interleave(times, dim=0),
             mask=None if self.mask is None else self.mask.repeat_interleave(times, dim=0),
         )
+
+    def split(self, count: int) -> tuple[PromptEmbeds, PromptEmbeds | None]:
+        """(the first `count` prompts, the rest or None when there is no rest)."""
+
+        def part(rows: slice) -> PromptEmbeds:
+            return PromptEmbeds(
+                tokens=self.tokens[rows],
+                pooled=None if self.pooled is None else self.pooled[rows],
+                mask=None if self.mask is None else self.mask[rows],
+            )
+
+        rest = part(slice(count, None)) if count < self.batch_size else None
+        return part(slice(0, count)), rest
+
+    def zeros_like(self) -> PromptEmbeds:
+        """Zero tokens and pooled vector of the same shapes (SDXL's empty negative); the mask is kept."""
+        return PromptEmbeds(
+            tokens=torch.zeros_like(self.tokens),
+            pooled=None if self.pooled is None else torch.zeros_like(self.pooled),
+            mask=self.mask,
+        )

@@ -1,4 +1,11 @@
-"""Which recipe an existing diffusers pipeline uses, and where its encoders are.
+"""The pipeline families: one row of data per family, read by everything that needs to know one.
+
+A `Family` row says which diffusers pipeline classes belong to the family, which of their
+components hold the text encoders, which encoders the family's recipe takes, the keyword
+names its `__call__` reads, and the family's defaults (the `Recipe`: layers, T5 budget, T5
+attention mask, negatives). `TextConditioner` (validation, `pipeline_kwargs`,
+`from_pipeline`), `CLIPConditionedPipeline` and the diffusion training setup all read these
+rows; none of them spells a family's knowledge out again.
 
 The core does not import diffusers: a pipeline is recognised by the names of its class and
 base classes, so subclasses of a supported pipeline work too.
@@ -7,84 +14,286 @@ base classes, so subclasses of a supported pipeline work too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from clipcond.recipes import BUILTIN_RECIPES, Recipe
+from clipcond.recipes import Combine, Recipe
 
-PIPELINE_FAMILIES: dict[str, str] = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "StableDiffusion3Img2ImgPipeline": "sd3",
-    "StableDiffusion3InpaintPipeline": "sd3",
-    "FluxPipeline": "flux",
-    "FluxImg2ImgPipeline": "flux",
-    "FluxInpaintPipeline": "flux",
-    "PixArtAlphaPipeline": "pixart",
-    "PixArtSigmaPipeline": "pixart",
+
+@dataclass(frozen=True)
+class EncoderSlot:
+    """Where a pipeline keeps one text encoder.
+
+    Attributes:
+        kind: "clip" or "t5".
+        model: the component holding the model ("text_encoder_2").
+        tokenizer: the component holding its tokenizer ("tokenizer_2").
+    """
+
+    kind: Literal["clip", "t5"]
+    model: str
+    tokenizer: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """One pipeline family.
+
+    Attributes:
+        name: the family's name, also its recipe's name ("sd", "sdxl", ...; "custom").
+        recipe: how its encoders combine, with the family's defaults.
+        pipeline_classes: diffusers pipeline classes of the family (subclasses match too).
+        slots: the pipeline components holding the encoders, CLIPs first in channel order.
+        clip_counts: numbers of CLIP encoders the recipe takes.
+        t5: "required", "absent" or "optional" (or zeros in its place: `t5_zeros_when_missing`).
+        t5_zeros_when_missing: a pipeline without its T5 feeds zero tokens of the CLIP length
+            at the denoiser's joint width (SD3 without `text_encoder_3`).
+        t5_length_by_class: the T5 budget of pipeline classes whose `__call__` default differs
+            from the recipe's (PixArt-Sigma: 300).
+        force_zeros_flag: the pipeline config flag that decides whether a missing negative
+            prompt means zeros (SDXL's `force_zeros_for_empty_prompt`).
+        embeds_keyword, pooled_keyword, mask_keyword: the `__call__` keyword names of the
+            token embeddings, the pooled vector and the attention mask; negatives take the
+            prefix ``negative_``.
+    """
+
+    name: str
+    recipe: Recipe
+    pipeline_classes: tuple[str, ...] = ()
+    slots: tuple[EncoderSlot, ...] = ()
+    clip_counts: tuple[int, ...] = ()
+    t5: Literal["required", "absent", "optional"] = "optional"
+    t5_zeros_when_missing: bool = False
+    t5_length_by_class: tuple[tuple[str, int], ...] = ()
+    force_zeros_flag: str | None = None
+    embeds_keyword: str = "prompt_embeds"
+    pooled_keyword: str = "pooled_prompt_embeds"
+    mask_keyword: str = "prompt_attention_mask"
+
+    def encoders_fit(self, clip_count: int, has_t5: bool, has_t5_zeros: bool = False) -> bool:
+        """Whether `clip_count` CLIP encoders and a T5 (or its zeros) are what the recipe takes."""
+        if self.clip_counts and clip_count not in self.clip_counts:
+            return False
+        if self.t5 == "absent":
+            return not has_t5
+        if self.t5 == "required":
+            return has_t5 or (self.t5_zeros_when_missing and has_t5_zeros)
+        return True
+
+    def expected_encoders(self) -> str:
+        """The encoders the recipe takes, in words ("two CLIP encoders and a T5 encoder")."""
+        words = {0: "no CLIP", 1: "one CLIP encoder", 2: "two CLIP encoders"}
+        clips = " or ".join(words[count] for count in self.clip_counts).replace(
+            "one CLIP encoder or two CLIP encoders", "one or two CLIP encoders"
+        )
+        if self.clip_counts == (1,) and self.t5 == "absent":
+            clips = "exactly one CLIP encoder"
+        t5 = {"required": "a T5 encoder", "absent": "no T5", "optional": "an optional T5 encoder"}[self.t5]
+        if self.clip_counts == (0,):
+            return f"{t5} and no CLIP"
+        return f"{clips} and {t5}"
+
+    def call_keywords(self, embeds: Any, prefix: str = "") -> dict[str, Any]:
+        """`PromptEmbeds` -> the family's `__call__` keyword arguments, names prefixed by `prefix`
+        ("" or "negative_"); the pooled vector and the mask where the embeddings have them
+        (assembly gives a mask only where the recipe returns one)."""
+        named = {f"{prefix}{self.embeds_keyword}": embeds.tokens}
+        if embeds.pooled is not None:
+            named[f"{prefix}{self.pooled_keyword}"] = embeds.pooled
+        if embeds.mask is not None:
+            named[f"{prefix}{self.mask_keyword}"] = embeds.mask
+        return named
+
+
+_CLIP = EncoderSlot("clip", "text_encoder", "tokenizer")
+_CLIP_2 = EncoderSlot("clip", "text_encoder_2", "tokenizer_2")
+
+
+def _classes(*stems: str) -> tuple[str, ...]:
+    """A text-to-image class and its img2img and inpaint siblings."""
+    return tuple(f"{stem}{suffix}" for stem in stems for suffix in ("Pipeline", "Img2ImgPipeline", "InpaintPipeline"))
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "sd",
+            Recipe(name="sd", combine="concat_channels", clip_layer_from_end=1, clip_final_norm=True),
+            pipeline_classes=_classes("StableDiffusion"),
+            slots=(_CLIP,),
+            clip_counts=(1,),
+            t5="absent",
+        ),
+        Family(
+            "sdxl",
+            Recipe(
+                name="sdxl",
+                combine="concat_channels",
+                clip_layer_from_end=2,
+                clip_final_norm=False,
+                pooled="last",
+                zero_negative_when_absent=True,
+            ),
+            pipeline_classes=_classes("StableDiffusionXL"),
+            slots=(_CLIP, _CLIP_2),
+            clip_counts=(1, 2),
+            t5="absent",
+            force_zeros_flag="force_zeros_for_empty_prompt",
+        ),
+        Family(
+            "sd3",
+            Recipe(
+                name="sd3",
+                combine="concat_sequence",
+                clip_layer_from_end=2,
+                clip_final_norm=False,
+                pooled="concat",
+                pad_clip_to_t5_width=True,
+                t5_max_length=256,
+            ),
+            pipeline_classes=_classes("StableDiffusion3"),
+            slots=(_CLIP, _CLIP_2, EncoderSlot("t5", "text_encoder_3", "tokenizer_3")),
+            clip_counts=(2,),
+            t5="required",
+            t5_zeros_when_missing=True,
+        ),
+        Family(
+            "flux",
+            Recipe(
+                name="flux", combine="clip_pooled_t5_tokens", pooled="last", t5_max_length=512, negative_optional=True
+            ),
+            pipeline_classes=_classes("Flux"),
+            slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2")),
+            clip_counts=(1,),
+            t5="required",
+        ),
+        Family(
+            "pixart",
+            Recipe(
+                name="pixart",
+                combine="clip_pooled_t5_tokens",
+                t5_max_length=120,
+                t5_attention_mask=True,
+                return_mask=True,
+                lowercase=True,
+                # PixArt's __call__ defaults negative_prompt="", which it refuses next to
+                # negative_prompt_embeds: pipeline_kwargs passes an explicit None.
+                call_overrides=(("negative_prompt", None),),
+            ),
+            pipeline_classes=("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+            slots=(EncoderSlot("t5", "text_encoder", "tokenizer"),),
+            clip_counts=(0,),
+            t5="required",
+            t5_length_by_class=(("PixArtSigmaPipeline", 300),),
+        ),
+        # Any CLIPs and/or a T5, joined as configured: clipcond's own pipeline and training.
+        # Its recipe holds the defaults of every custom setting (`custom_recipe`).
+        Family(
+            "custom",
+            Recipe(name="custom", pooled="last", t5_max_length=256, t5_attention_mask=False),
+            pipeline_classes=("CLIPConditionedPipeline",),
+            slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2")),
+        ),
+    )
 }
 
-# Default T5 budget of each pipeline's __call__ where it differs from the recipe's.
-_T5_LENGTH_BY_CLASS = {"PixArtSigmaPipeline": 300}
+RECIPE_NAMES: tuple[str, ...] = tuple(FAMILIES)
+BUILTIN_RECIPES: dict[str, Recipe] = {name: family.recipe for name, family in FAMILIES.items() if name != "custom"}
 
 
-def pipeline_family(pipe: Any) -> tuple[str, str]:
-    """(recipe name, matched class name) for a diffusers pipeline; ValueError if unsupported."""
+def get_family(name: str) -> Family:
+    """The family row called `name`; ValueError naming the known ones otherwise."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; expected one of {RECIPE_NAMES}")
+    return FAMILIES[name]
+
+
+def get_recipe(name: str) -> Recipe:
+    """The built-in recipe called `name` (``custom`` recipes come from `custom_recipe` or a
+    `ConditionerConfig`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"`recipe` must be a string naming one of {RECIPE_NAMES}, got {type(name).__name__}")
+    if name not in BUILTIN_RECIPES:
+        hint = " (build a custom recipe with a ConditionerConfig)" if name == "custom" else ""
+        raise ValueError(f"unknown `recipe` {name!r}; expected one of {RECIPE_NAMES}{hint}")
+    return BUILTIN_RECIPES[name]
+
+
+def custom_recipe(has_clip: bool, has_t5: bool, combine: Combine | None = None, **settings: Any) -> Recipe:
+    """A ``custom`` recipe: the custom row's defaults with `settings` applied. Without
+    `combine`, the join follows the encoders given: CLIP only -> ``concat_channels``,
+    CLIP + T5 -> ``concat_sequence``, T5 only -> ``clip_pooled_t5_tokens``. Without CLIP
+    there is no pooled vector. A setting given as None keeps the default."""
+    if combine is None:
+        if has_clip and has_t5:
+            combine = "concat_sequence"
+        elif has_t5:
+            combine = "clip_pooled_t5_tokens"
+        else:
+            combine = "concat_channels"
+    settings = {name: value for name, value in settings.items() if value is not None}
+    if not has_clip:
+        settings["pooled"] = "none"
+    return dataclasses.replace(FAMILIES["custom"].recipe, combine=combine, **settings)
+
+
+def pipeline_family(pipe: Any) -> tuple[Family, str]:
+    """(family row, matched class name) of a diffusers pipeline; ValueError if unsupported.
+
+    `CLIPConditionedPipeline` is not matched here: its recipe lives in its own config.
+    """
     for klass in type(pipe).__mro__:
-        if klass.__name__ in PIPELINE_FAMILIES:
-            return PIPELINE_FAMILIES[klass.__name__], klass.__name__
-    supported = ", ".join(sorted(PIPELINE_FAMILIES))
+        for family in FAMILIES.values():
+            if family.name != "custom" and klass.__name__ in family.pipeline_classes:
+                return family, klass.__name__
+    supported = ", ".join(sorted(name for f in FAMILIES.values() if f.name != "custom" for name in f.pipeline_classes))
     raise ValueError(
         f"`pipe` of class {type(pipe).__name__} is not supported by TextConditioner.from_pipeline; "
         f"supported classes (and their subclasses): {supported}"
     )
 
 
-def _pair(pipe: Any, model_name: str, tokenizer_name: str):
-    model = getattr(pipe, model_name, None)
-    if model is None:
-        return None
-    tokenizer = getattr(pipe, tokenizer_name, None)
-    if tokenizer is None:
-        raise ValueError(f"pipeline has `{model_name}` but no `{tokenizer_name}`")
-    return (model, tokenizer)
+def encoders_in(family: Family, pipe: Any) -> tuple[list[tuple[Any, Any]], tuple[Any, Any] | None]:
+    """The (model, tokenizer) pairs in `pipe`'s components that `family`'s slots name:
+    (CLIP pairs in channel order, the T5 pair or None). An empty slot is skipped.
+
+    Raises:
+        ValueError: a slot holds a model but its tokenizer component is missing.
+    """
+    clip, t5 = [], None
+    for slot in family.slots:
+        model = getattr(pipe, slot.model, None)
+        if model is None:
+            continue
+        tokenizer = getattr(pipe, slot.tokenizer, None)
+        if tokenizer is None:
+            raise ValueError(f"pipeline has `{slot.model}` but no `{slot.tokenizer}`")
+        if slot.kind == "clip":
+            clip.append((model, tokenizer))
+        else:
+            t5 = (model, tokenizer)
+    return clip, t5
 
 
 def conditioner_from_pipeline(cls, pipe: Any, clip_skip: int | None = None, **kwargs: Any):
     """Build `cls` (a TextConditioner) from `pipe`'s own encoders and tokenizers; no weights copied."""
     family, class_name = pipeline_family(pipe)
-    recipe: Recipe = BUILTIN_RECIPES[family]
-    max_sequence_length = kwargs.pop("max_sequence_length", None)
-    t5_length = max_sequence_length or _T5_LENGTH_BY_CLASS.get(class_name)
+    recipe = family.recipe
+    t5_length = kwargs.pop("max_sequence_length", None) or dict(family.t5_length_by_class).get(class_name)
     if t5_length is not None:
         recipe = dataclasses.replace(recipe, t5_max_length=t5_length)
-    clip, t5, t5_zeros = [], None, None
-    if family == "sd":
-        clip = [_pair(pipe, "text_encoder", "tokenizer")]
-    elif family == "sdxl":
-        clip = [
-            p for p in (_pair(pipe, "text_encoder", "tokenizer"), _pair(pipe, "text_encoder_2", "tokenizer_2")) if p
-        ]
-        force_zeros = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True))
+    if family.force_zeros_flag is not None:
+        force_zeros = bool(getattr(pipe.config, family.force_zeros_flag, True))
         recipe = dataclasses.replace(recipe, zero_negative_when_absent=force_zeros)
-    elif family == "sd3":
-        clip = [_pair(pipe, "text_encoder", "tokenizer"), _pair(pipe, "text_encoder_2", "tokenizer_2")]
-        t5 = _pair(pipe, "text_encoder_3", "tokenizer_3")
-        if t5 is None:
-            # diffusers then feeds zeros of the CLIP length at the transformer's joint width.
-            t5_zeros = (
-                int(getattr(pipe, "tokenizer_max_length", 77)),
-                int(pipe.transformer.config.joint_attention_dim),
-            )
-    elif family == "flux":
-        clip = [_pair(pipe, "text_encoder", "tokenizer")]
-        t5 = _pair(pipe, "text_encoder_2", "tokenizer_2")
-    elif family == "pixart":
-        t5 = _pair(pipe, "text_encoder", "tokenizer")
-    if any(item is None for item in clip):
-        raise ValueError(f"{class_name} is missing a CLIP text encoder or tokenizer needed by recipe {family!r}")
+    clip, t5 = encoders_in(family, pipe)
+    t5_zeros = None
+    if t5 is None and family.t5_zeros_when_missing:
+        # diffusers then feeds zeros of the CLIP length at the transformer's joint width.
+        t5_zeros = (int(getattr(pipe, "tokenizer_max_length", 77)), int(pipe.transformer.config.joint_attention_dim))
+    if not family.encoders_fit(len(clip), t5 is not None, t5_zeros is not None):
+        raise ValueError(
+            f"{class_name} is missing a text encoder or tokenizer needed by recipe {family.name!r} "
+            f"(it needs {family.expected_encoders()}; found {len(clip)} CLIP and {'a' if t5 else 'no'} T5)"
+        )
     return cls(recipe, clip=clip, t5=t5, clip_skip=clip_skip, t5_zeros=t5_zeros, **kwargs)

@@ -1,7 +1,8 @@
-"""Recipes: how a setup of text encoders turns into prompt embeddings, as data.
+"""`Recipe`: how a setup of text encoders turns into prompt embeddings, as data.
 
-Every recipe is run by the one mechanism in `clipcond.conditioning`; the built-in ones
-reproduce the `encode_prompt` of their diffusers pipeline family exactly for plain prompts:
+Every recipe is run by the one mechanism in `clipcond.conditioning`. The built-in recipes
+are rows of the family table (`clipcond.families.FAMILIES`), each reproducing the
+`encode_prompt` of its diffusers pipeline family exactly for plain prompts:
 
 - ``sd``: one CLIP, last hidden state after the final layer norm (clip-skip moves up the
   stack, still through the norm).
@@ -83,70 +84,3 @@ class Recipe:
         if not clip_skip:
             return self
         return replace(self, clip_layer_from_end=self.clip_layer_from_end + clip_skip)
-
-
-BUILTIN_RECIPES: dict[str, Recipe] = {
-    "sd": Recipe(name="sd", combine="concat_channels", clip_layer_from_end=1, clip_final_norm=True),
-    "sdxl": Recipe(
-        name="sdxl",
-        combine="concat_channels",
-        clip_layer_from_end=2,
-        clip_final_norm=False,
-        pooled="last",
-        zero_negative_when_absent=True,
-    ),
-    "sd3": Recipe(
-        name="sd3",
-        combine="concat_sequence",
-        clip_layer_from_end=2,
-        clip_final_norm=False,
-        pooled="concat",
-        pad_clip_to_t5_width=True,
-        t5_max_length=256,
-    ),
-    "flux": Recipe(
-        name="flux",
-        combine="clip_pooled_t5_tokens",
-        pooled="last",
-        t5_max_length=512,
-        negative_optional=True,
-    ),
-    "pixart": Recipe(
-        name="pixart",
-        combine="clip_pooled_t5_tokens",
-        t5_max_length=120,
-        t5_attention_mask=True,
-        return_mask=True,
-        lowercase=True,
-        call_overrides=(("negative_prompt", None),),
-    ),
-}
-
-RECIPE_NAMES: tuple[str, ...] = (*BUILTIN_RECIPES, "custom")
-
-
-def custom_recipe(has_clip: bool, has_t5: bool, combine: Combine | None = None, **settings: Any) -> Recipe:
-    """A ``custom`` recipe; without `combine`, the join follows the encoders given:
-    CLIP only -> ``concat_channels``, CLIP + T5 -> ``concat_sequence``, T5 only ->
-    ``clip_pooled_t5_tokens``. Without CLIP there is no pooled vector."""
-    if combine is None:
-        if has_clip and has_t5:
-            combine = "concat_sequence"
-        elif has_t5:
-            combine = "clip_pooled_t5_tokens"
-        else:
-            combine = "concat_channels"
-    settings.setdefault("pooled", "last")
-    if not has_clip:
-        settings["pooled"] = "none"
-    return Recipe(name="custom", combine=combine, **settings)
-
-
-def get_recipe(name: str) -> Recipe:
-    """The built-in recipe called `name` (``custom`` recipes come from a `ConditionerConfig`)."""
-    if not isinstance(name, str):
-        raise TypeError(f"`recipe` must be a string naming one of {RECIPE_NAMES}, got {type(name).__name__}")
-    if name not in BUILTIN_RECIPES:
-        hint = " (build a custom recipe with a ConditionerConfig)" if name == "custom" else ""
-        raise ValueError(f"unknown `recipe` {name!r}; expected one of {RECIPE_NAMES}{hint}")
-    return BUILTIN_RECIPES[name]

@@ -13,8 +13,12 @@ __all__ = ["CLIPConditionedPipeline", "swap_text_encoder"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from clipcond.pipelines import clip_conditioned
+    if name == "CLIPConditionedPipeline":
+        from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 
-        return getattr(clip_conditioned, name)
+        return CLIPConditionedPipeline
+    if name == "swap_text_encoder":
+        from clipcond.pipelines.swap import swap_text_encoder
+
+        return swap_text_encoder
     raise AttributeError(f"module 'clipcond.pipelines' has no attribute {name!r}")

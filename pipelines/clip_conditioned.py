@@ -9,12 +9,15 @@ the conditioner: weights, long prompts, negative prompts and the embedding cache
 
 With the `sd` recipe and the components of a `StableDiffusionPipeline`, images are identical
 to that pipeline's for the same generator (tested).
+
+Why this module is over 400 lines: it is one diffusers pipeline class whose `__call__` reads
+top to bottom in numbered steps, as diffusers' own pipelines do; its argument checks live in
+`input_checks.py` and `swap_text_encoder` in `swap.py`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -36,11 +39,12 @@ from transformers import (
     T5EncoderModel,
 )
 
-from clipcond.conditioning import TextConditioner, as_prompt_list
+from clipcond.conditioning import TextConditioner
+from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
+from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.scheduler_guards import guard_timesteps, warn_if_not_finite
 from clipcond.projection import TextProjection
-from clipcond.recipes import custom_recipe
 
 
 def _per_call(name: str, doc: str) -> property:
@@ -49,7 +53,11 @@ def _per_call(name: str, doc: str) -> property:
 
 
 class CLIPConditionedPipeline(
-    DiffusionPipeline, StableDiffusionMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+    DiffusionPipeline,
+    StableDiffusionMixin,
+    StableDiffusionLoraLoaderMixin,
+    TextualInversionLoaderMixin,
+    CallInputChecks,
 ):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
 
@@ -110,6 +118,8 @@ class CLIPConditionedPipeline(
             tokenizer_2=tokenizer_2,
             text_projection=text_projection,
         )
+        if recipe not in ("sd", "custom"):
+            raise ValueError(f"`recipe` must be 'sd' or 'custom' (rows of clipcond.families), got {recipe!r}")
         if t5_max_length is not None and (recipe != "custom" or text_encoder_2 is None):
             raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
         if not isinstance(coordinate_channels, bool):
@@ -187,139 +197,29 @@ class CLIPConditionedPipeline(
         return self._conditioners[clip_skip]
 
     def _build_conditioner(self, clip_skip: int | None, projection: TextProjection | None) -> TextConditioner:
-        t5 = None if self.text_encoder_2 is None else (self.text_encoder_2, self.tokenizer_2)
-        if projection is not None and self.config.recipe != "custom":
+        family = get_family(self.config.recipe)
+        if projection is not None and family.name != "custom":
             raise ValueError(
-                f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {self.config.recipe!r}"
+                f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {family.name!r}"
             )
-        recipe = self.config.recipe
-        if recipe == "custom" and self.config.get("t5_max_length") is not None:
-            recipe = custom_recipe(True, True, t5_max_length=self.config.t5_max_length)
-        conditioner = TextConditioner(
-            recipe,
-            clip=[(self.text_encoder, self.tokenizer)],
-            t5=t5,
-            clip_skip=clip_skip,
-            projection=projection,
-        )
+        unread = [slot for slot in FAMILIES["custom"].slots if slot not in family.slots]
+        for slot in unread:
+            if getattr(self, slot.model, None) is not None:
+                raise ValueError(f"recipe {family.name!r} reads no `{slot.model}`; use recipe 'custom' to add it")
+        clip, t5 = encoders_in(family, self)
+        recipe = family.recipe
+        if family.name == "custom":
+            recipe = custom_recipe(bool(clip), t5 is not None, t5_max_length=self.config.get("t5_max_length"))
+        conditioner = TextConditioner(recipe, clip=clip, t5=t5, clip_skip=clip_skip, projection=projection)
         width = self.unet.config.cross_attention_dim
-        if projection is not None:
-            produced = projection.config.projection_dim
-        elif t5 is None or self.config.recipe == "sd":
-            produced = conditioner.clip_width
-        else:
-            produced = max(conditioner.clip_width, conditioner.t5_width)
-        if produced != width:
+        if conditioner.token_width != width:
             raise ValueError(
-                f"the text encoders give {produced}-wide tokens but unet.config.cross_attention_dim is {width}; "
-                "use an encoder of that width, or add a learned adapter: recipe='custom' with "
+                f"the text encoders give {conditioner.token_width}-wide tokens but unet.config.cross_attention_dim "
+                f"is {width}; use an encoder of that width, or add a learned adapter: recipe='custom' with "
                 f"text_projection=TextProjection(projection_dim={width}, ...) (trained with "
                 "`clipcond train-diffusion`, `train: adapter`)"
             )
         return conditioner
-
-    # ------------------------------------------------------------------ checks
-
-    def check_inputs(
-        self,
-        prompt: Any,
-        negative_prompt: Any,
-        prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        guidance_scale: float,
-        num_images_per_prompt: int,
-        generator: Any,
-        output_type: str,
-    ) -> int:
-        """Validate the prompt, size, step and output arguments; returns the number of prompts."""
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("give at most one of `negative_prompt` and `negative_prompt_embeds`")
-        if prompt is not None:
-            count = len(as_prompt_list(prompt, "prompt"))
-        else:
-            if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
-                raise TypeError("`prompt_embeds` must be a (batch, seq, width) tensor")
-            count = prompt_embeds.shape[0]
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            negatives = as_prompt_list(negative_prompt, "negative_prompt")
-            if len(negatives) != count:
-                raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries but there are {count} prompts; "
-                    "give one per prompt, or a single string"
-                )
-        if negative_prompt_embeds is not None:
-            if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.ndim != 3:
-                raise TypeError("`negative_prompt_embeds` must be a (batch, seq, width) tensor")
-            if negative_prompt_embeds.shape[0] != count or (
-                prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
-            ):
-                raise ValueError(
-                    f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
-                    f"({count}) and the prompt embeddings' shape"
-                )
-        factor = self.downsampling_factor
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < factor or value % factor:
-                raise ValueError(
-                    f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}"
-                )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
-        if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
-            raise ValueError(
-                f"got {len(generator)} generators for {count * num_images_per_prompt} images "
-                "(prompts x num_images_per_prompt); pass one generator or one per image"
-            )
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        return count
-
-    def check_sampling_inputs(
-        self,
-        timesteps: Any,
-        sigmas: Any,
-        guidance_rescale: Any,
-        cross_attention_kwargs: Any,
-        callback_on_step_end: Any,
-        tensor_inputs: list[str],
-    ) -> None:
-        """Validate the schedule, guidance-rescale, attention and callback arguments."""
-        if timesteps is not None and sigmas is not None:
-            raise ValueError("give at most one of `timesteps` and `sigmas`")
-        for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
-            if schedule is not None:
-                if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__len__") or len(schedule) == 0:
-                    raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
-                accepted = set(inspect.signature(self.scheduler.set_timesteps).parameters)
-                if name not in accepted:
-                    raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `{name}`")
-        if (
-            isinstance(guidance_rescale, bool)
-            or not isinstance(guidance_rescale, (int, float))
-            or not math.isfinite(guidance_rescale)
-            or guidance_rescale < 0
-        ):
-            raise ValueError(f"`guidance_rescale` must be a finite number >= 0, got {guidance_rescale!r}")
-        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise TypeError(
-                f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}"
-            )
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError("`callback_on_step_end` must be callable: (pipe, step, timestep, tensors) -> dict")
-        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has {unknown}; choose from {self._callback_tensor_inputs}"
-            )
 
     # ------------------------------------------------------------------ generation
 
@@ -443,6 +343,7 @@ class CLIPConditionedPipeline(
             array in [0, 1] ("np"), a (n, 3, H, W) tensor in [0, 1] ("pt"), or the final
             latents ("latent"), n = prompts x num_images_per_prompt.
         """
+        # 1. Check inputs (all of them, before any work)
         height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
         width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
         tensor_inputs = (
@@ -464,12 +365,14 @@ class CLIPConditionedPipeline(
         self.check_sampling_inputs(
             timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end, tensor_inputs
         )
+        # 2. Define call parameters
         conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         device = self._execution_device
+        # 3. Encode input prompt: (n, seq, width) each; the guided batch is negatives first
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         positive, negative = self._embeds(
             prompt,
@@ -488,10 +391,12 @@ class CLIPConditionedPipeline(
         else:
             context = positive
 
+        # 4. Prepare timesteps
         schedule, num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, device, timesteps, sigmas
         )
         guard_timesteps(self.scheduler, num_inference_steps)
+        # 5. Prepare latent variables: (n, channels, height / vae factor, width / vae factor)
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
         images_count = count * num_images_per_prompt
@@ -501,6 +406,7 @@ class CLIPConditionedPipeline(
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        # 6. Prepare extra step kwargs and the guidance embedding of guidance-distilled UNets
         step_kwargs = {}
         step_parameters = set(inspect.signature(self.scheduler.step).parameters)
         if "eta" in step_parameters:
@@ -514,6 +420,7 @@ class CLIPConditionedPipeline(
                 self, scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
+        # 7. Denoising loop
         self._num_timesteps = len(schedule)
         warmup = len(schedule) - num_inference_steps * self.scheduler.order
         with self.progress_bar(total=num_inference_steps) as progress:
@@ -548,6 +455,7 @@ class CLIPConditionedPipeline(
                 if index == len(schedule) - 1 or (index + 1 > warmup and (index + 1) % self.scheduler.order == 0):
                     progress.update()
 
+        # 8. Decode latents into images
         warn_if_not_finite(latents)
         if output_type == "latent":
             images = latents
@@ -563,34 +471,3 @@ class CLIPConditionedPipeline(
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-
-
-def swap_text_encoder(
-    pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None
-) -> DiffusionPipeline:
-    """Put `text_encoder` (and `tokenizer`, when given) into an existing SD-family pipeline, in place.
-
-    Typical use: a CLIP text tower fine-tuned by `clipcond train-clip`
-    (`transformers.CLIPTextModel.from_pretrained(run / "model" / "text_encoder")`) into a
-    `StableDiffusionPipeline`. The encoder's width must equal the UNet's `cross_attention_dim`.
-
-    Raises:
-        TypeError: the pipeline has no `text_encoder` component.
-        ValueError: the widths differ (names the adapter option to use instead).
-    """
-    if "text_encoder" not in pipe.components:
-        raise TypeError(f"{type(pipe).__name__} has no `text_encoder` component to swap")
-    width = getattr(text_encoder.config, "hidden_size", None)
-    expected = pipe.unet.config.cross_attention_dim
-    if width != expected:
-        raise ValueError(
-            f"text_encoder is {width} wide but unet.config.cross_attention_dim is {expected}; use an encoder of "
-            f"that width, or a learned adapter: CLIPConditionedPipeline.from_pipe(pipe, text_encoder=..., "
-            f"text_projection=TextProjection(projection_dim={expected}, clip_width={width}), recipe='custom'), "
-            "trained with `clipcond train-diffusion` (`train: adapter`)"
-        )
-    modules = {"text_encoder": text_encoder.to(pipe.unet.device)}
-    if tokenizer is not None:
-        modules["tokenizer"] = tokenizer
-    pipe.register_modules(**modules)
-    return pipe

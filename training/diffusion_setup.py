@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from clipcond.conditioning import TextConditioner
+from clipcond.families import custom_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
-from clipcond.recipes import custom_recipe
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.diffusion_config import TrainDiffusionConfig
 

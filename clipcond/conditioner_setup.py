@@ -1,0 +1,157 @@
+"""What a `TextConditioner` is built from, checked before any work: encoders, recipe,
+clip-skip and the optional learned projection. Each check raises a ValueError or TypeError
+that names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from clipcond.encoders import TextEncoder
+from clipcond.families import FAMILIES, Family, custom_recipe, get_family, get_recipe
+from clipcond.recipes import Recipe
+
+if TYPE_CHECKING:  # the projection module needs diffusers; it is imported only when used
+    from clipcond.projection import TextProjection
+
+EncoderLike = TextEncoder | tuple[nn.Module, Any]
+
+
+def as_encoders(clip: Sequence[EncoderLike], t5: EncoderLike | None) -> tuple[list[TextEncoder], TextEncoder | None]:
+    """(CLIP encoders, T5 encoder) from `TextEncoder`s or (model, tokenizer) pairs, each of the
+    kind its argument says."""
+    if isinstance(clip, (TextEncoder, nn.Module)) or (
+        isinstance(clip, tuple) and len(clip) == 2 and isinstance(clip[0], nn.Module)
+    ):
+        raise TypeError("`clip` must be a sequence of encoders, e.g. clip=[(text_encoder, tokenizer)]")
+    clip_encoders = [_as_encoder(item, "clip") for item in clip]
+    t5_encoder = None if t5 is None else _as_encoder(t5, "t5")
+    for encoder in clip_encoders:
+        if encoder.kind != "clip":
+            raise TypeError(f"`clip` holds a {encoder.kind} model ({type(encoder.model).__name__}); pass it as `t5`")
+    if t5_encoder is not None and t5_encoder.kind != "t5":
+        raise TypeError(f"`t5` must be a T5 encoder, got {type(t5_encoder.model).__name__}")
+    return clip_encoders, t5_encoder
+
+
+def _as_encoder(value: EncoderLike, argument: str) -> TextEncoder:
+    if isinstance(value, TextEncoder):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return TextEncoder(model=value[0], tokenizer=value[1])
+    raise TypeError(f"`{argument}` must hold TextEncoder objects or (model, tokenizer) pairs, got {value!r}")
+
+
+def resolve_recipe(recipe: str | Recipe, has_clip: bool, has_t5: bool) -> Recipe:
+    """A `Recipe` as given, a built-in one by name, or "custom" joined as the encoders suggest."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe == "custom":
+        return custom_recipe(has_clip, has_t5)
+    return get_recipe(recipe)
+
+
+def family_of(recipe: Recipe) -> Family:
+    """The family row of `recipe` (the custom row for a recipe of any other name)."""
+    return get_family(recipe.name if recipe.name in FAMILIES else "custom")
+
+
+def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tuple[int, int] | None) -> None:
+    """The encoders fit the recipe's family and its join."""
+    family = family_of(recipe)
+    if family.name != "custom" and not family.encoders_fit(clip_count, has_t5, t5_zeros is not None):
+        raise ValueError(
+            f"recipe {recipe.name!r} needs {family.expected_encoders()}; got {clip_count} CLIP encoder(s) and "
+            f"{'a' if has_t5 else 'no'} T5 encoder"
+        )
+    if clip_count == 0 and not has_t5:
+        raise ValueError("a TextConditioner needs at least one encoder: pass `clip` and/or `t5`")
+    if recipe.combine == "concat_channels" and has_t5:
+        raise ValueError(
+            "combine='concat_channels' joins CLIP encoders on channels and cannot take a T5 encoder "
+            "(their sequence lengths differ); use 'concat_sequence' or 'clip_pooled_t5_tokens'"
+        )
+    if recipe.combine == "clip_pooled_t5_tokens" and not has_t5 and t5_zeros is None:
+        raise ValueError("combine='clip_pooled_t5_tokens' needs a `t5` encoder")
+    if recipe.combine == "concat_channels" and clip_count == 0:
+        raise ValueError("combine='concat_channels' needs at least one `clip` encoder")
+    if recipe.pooled != "none" and clip_count == 0:
+        raise ValueError(f"pooled={recipe.pooled!r} needs a `clip` encoder; use pooled='none'")
+
+
+def check_clip_skip(recipe: Recipe, clip: Sequence[TextEncoder], clip_skip: Any) -> int | None:
+    """`clip_skip` as an int the recipe and the shallowest CLIP can take (or None)."""
+    if clip_skip is None:
+        return None
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
+        raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
+    if not clip or recipe.combine == "clip_pooled_t5_tokens":
+        raise ValueError(f"`clip_skip` has no effect on recipe {recipe.name!r}: it reads no CLIP token states")
+    deepest = min(encoder.num_layers for encoder in clip)
+    limit = deepest - recipe.clip_layer_from_end
+    if clip_skip < 0 or clip_skip > limit:
+        raise ValueError(
+            f"`clip_skip` must be between 0 and {limit} for recipe {recipe.name!r} with a "
+            f"{deepest}-layer CLIP (it reads hidden state -{recipe.clip_layer_from_end} - clip_skip), "
+            f"got {clip_skip}"
+        )
+    return clip_skip
+
+
+def projection_widths(recipe: Recipe, clip_width: int, t5_width: int) -> dict[str, int]:
+    """Source ("clip", "t5") -> input width of the projection layers the recipe's join needs."""
+    if recipe.combine == "concat_channels":
+        return {"clip": clip_width}
+    if recipe.combine == "concat_sequence":
+        return {**({"clip": clip_width} if clip_width else {}), **({"t5": t5_width} if t5_width else {})}
+    return {"t5": t5_width}
+
+
+def build_projection(
+    recipe: Recipe,
+    clip_width: int,
+    t5_width: int,
+    projection_dim: int | None,
+    projection: TextProjection | None,
+    like: TextEncoder,
+) -> TextProjection | None:
+    """The learned projection of a custom recipe: `projection` checked against the encoders'
+    widths, or a new one of `projection_dim` on `like`'s device and dtype; None without either
+    (then CLIP and T5 tokens joined on the sequence axis must already share a width)."""
+    if projection_dim is None and projection is None:
+        if recipe.combine == "concat_sequence" and clip_width and t5_width:
+            if not recipe.pad_clip_to_t5_width and clip_width != t5_width:
+                raise ValueError(
+                    f"combine='concat_sequence' joins CLIP tokens (width {clip_width}) and T5 tokens "
+                    f"(width {t5_width}) on the sequence axis; their widths differ, so set "
+                    "`projection_dim` to project both to one width"
+                )
+        return None
+    from clipcond.projection import TextProjection
+
+    if recipe.name != "custom":
+        raise ValueError(f"`projection_dim` / `projection` are for the 'custom' recipe only, not {recipe.name!r}")
+    if projection_dim is not None and (
+        isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1
+    ):
+        raise ValueError(f"`projection_dim` must be a positive int or None, got {projection_dim!r}")
+    needed = projection_widths(recipe, clip_width, t5_width)
+    if projection is None:
+        built = TextProjection(projection_dim, clip_width=needed.get("clip"), t5_width=needed.get("t5"))
+        return built.to(device=like.device, dtype=like.dtype)
+    if not isinstance(projection, TextProjection):
+        raise TypeError(f"`projection` must be a TextProjection, got {type(projection).__name__}")
+    if projection_dim is not None and projection_dim != projection.config.projection_dim:
+        raise ValueError(
+            f"`projection_dim` ({projection_dim}) differs from the given projection's "
+            f"({projection.config.projection_dim}); pass one of them"
+        )
+    if projection.input_widths() != needed:
+        raise ValueError(
+            f"the given projection has layers {projection.input_widths()} (source: input width) but recipe "
+            f"{recipe.name!r} with these encoders needs {needed}"
+        )
+    return projection

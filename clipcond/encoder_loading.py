@@ -1,0 +1,77 @@
+"""Loading the text encoders a `ConditionerConfig` names, through transformers' `from_pretrained`.
+
+A tokenizer that cannot be loaded is an error naming the place it was looked for: a silent
+fallback to another tokenizer could give the wrong pad token (OpenCLIP-style encoders pad
+with "!", OpenAI's with "<|endoftext|>"). The bundled OpenAI CLIP tokenizer is used only when
+asked for by name (`tokenizer: builtin-clip`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipcond.conditioner_config import EncoderSource
+
+BUILTIN_CLIP_TOKENIZER = "builtin-clip"
+
+
+def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | None = None) -> Any:
+    """The tokenizer of `source`: from `source.tokenizer` (default `source.path`); inside a
+    diffusers pipeline folder, the `tokenizer/` folder beside the encoder's subfolder.
+
+    Args:
+        source: where the encoder and its tokenizer are.
+        kind: "clip" or "t5" (named in errors).
+        model_max_length: the encoder's context length, for the builtin CLIP tokenizer.
+
+    Raises:
+        ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause).
+    """
+    from transformers import AutoTokenizer
+
+    from clipcond.tokenization import clip_tokenizer
+
+    if source.tokenizer == BUILTIN_CLIP_TOKENIZER:
+        if kind != "clip":
+            raise ValueError(
+                f"`tokenizer: {BUILTIN_CLIP_TOKENIZER}` is a CLIP tokenizer; a {kind} encoder needs its own"
+            )
+        return clip_tokenizer(model_max_length=model_max_length or 77)
+    path = source.tokenizer or source.path
+    subfolder = source.tokenizer_subfolder
+    if source.tokenizer is None and subfolder is None and Path(path).is_dir() and source.subfolder:
+        sibling = Path(path) / "tokenizer"
+        subfolder = "tokenizer" if sibling.is_dir() else source.subfolder
+    try:
+        kwargs = {"subfolder": subfolder} if subfolder else {}
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
+        raise ValueError(
+            f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
+        ) from error
+
+
+def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) for a CLIP text encoder: `CLIPTextModelWithProjection` when the saved
+    architecture has the projection, else `CLIPTextModel`; in eval mode, in `dtype`."""
+    from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
+    config = AutoConfig.from_pretrained(source.path, **kwargs)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+    model = model_class.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    return model, load_tokenizer(source, "clip", model.config.max_position_embeddings)
+
+
+def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) for a T5 encoder (`T5EncoderModel`), in eval mode, in `dtype`."""
+    from transformers import T5EncoderModel
+
+    kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
+    model = T5EncoderModel.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    return model, load_tokenizer(source, "t5")

@@ -1,0 +1,120 @@
+"""The checks of `CLIPConditionedPipeline.__call__`'s arguments, run before any work.
+
+A mixin, as diffusers keeps `check_inputs` on the pipeline: it reads the pipeline's
+`downsampling_factor`, `scheduler` and `_callback_tensor_inputs`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+
+from clipcond.conditioning import as_prompt_list
+
+
+class CallInputChecks:
+    """`check_inputs` and `check_sampling_inputs` of a text-to-image pipeline."""
+
+    def check_inputs(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        generator: Any,
+        output_type: str,
+    ) -> int:
+        """Validate the prompt, size, step and output arguments; returns the number of prompts."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give at most one of `negative_prompt` and `negative_prompt_embeds`")
+        if prompt is not None:
+            count = len(as_prompt_list(prompt, "prompt"))
+        else:
+            if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
+                raise TypeError("`prompt_embeds` must be a (batch, seq, width) tensor")
+            count = prompt_embeds.shape[0]
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            negatives = as_prompt_list(negative_prompt, "negative_prompt")
+            if len(negatives) != count:
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries but there are {count} prompts; "
+                    "give one per prompt, or a single string"
+                )
+        if negative_prompt_embeds is not None:
+            if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.ndim != 3:
+                raise TypeError("`negative_prompt_embeds` must be a (batch, seq, width) tensor")
+            if negative_prompt_embeds.shape[0] != count or (
+                prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape
+            ):
+                raise ValueError(
+                    f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
+                    f"({count}) and the prompt embeddings' shape"
+                )
+        factor = self.downsampling_factor
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < factor or value % factor:
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}"
+                )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+        if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
+            raise ValueError(
+                f"got {len(generator)} generators for {count * num_images_per_prompt} images "
+                "(prompts x num_images_per_prompt); pass one generator or one per image"
+            )
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return count
+
+    def check_sampling_inputs(
+        self,
+        timesteps: Any,
+        sigmas: Any,
+        guidance_rescale: Any,
+        cross_attention_kwargs: Any,
+        callback_on_step_end: Any,
+        tensor_inputs: list[str],
+    ) -> None:
+        """Validate the schedule, guidance-rescale, attention and callback arguments."""
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("give at most one of `timesteps` and `sigmas`")
+        for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if schedule is not None:
+                if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__len__") or len(schedule) == 0:
+                    raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
+                accepted = set(inspect.signature(self.scheduler.set_timesteps).parameters)
+                if name not in accepted:
+                    raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `{name}`")
+        if (
+            isinstance(guidance_rescale, bool)
+            or not isinstance(guidance_rescale, (int, float))
+            or not math.isfinite(guidance_rescale)
+            or guidance_rescale < 0
+        ):
+            raise ValueError(f"`guidance_rescale` must be a finite number >= 0, got {guidance_rescale!r}")
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise TypeError(
+                f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}"
+            )
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError("`callback_on_step_end` must be callable: (pipe, step, timestep, tensors) -> dict")
+        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; choose from {self._callback_tensor_inputs}"
+            )
