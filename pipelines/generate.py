@@ -3,6 +3,10 @@
 `--model` takes a folder (or hub id) holding a saved `CLIPConditionedPipeline`, or any diffusers
 Stable Diffusion pipeline, which is then driven through clipcond's conditioner
 (`CLIPConditionedPipeline.from_pipe`). With `--n` above 1 the images are written as one grid.
+
+A pipeline folder may hold `vocabulary.txt`, the words its training captions used (one per
+line; the bundled shapes model has one): a prompt with other words, or an empty prompt, is
+then named in a warning before sampling, since such a model draws shapes whatever it is asked.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import importlib.resources
 import json
 import math
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)"
     )
     parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
+
+
+VOCABULARY_FILE = "vocabulary.txt"
+
+
+def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:
+    """The words of `prompt` (weights syntax and BREAK aside, lower case, in order, once each)
+    that are not in `vocabulary`."""
+    from clipcond.prompts import parse_prompt
+
+    text = " ".join(fragment.text for fragment in parse_prompt(prompt) if not fragment.is_break)
+    words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
+    return [word for word in words if word not in vocabulary]
+
+
+def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
+    """The warning for a prompt the model at `model` never read in training (None when it has
+    no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too."""
+    path = Path(model) / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    vocabulary = frozenset(path.read_text(encoding="utf-8").split())
+    if not prompt.strip():
+        message = "the prompt is empty: the model draws an unconditional sample"
+    else:
+        unknown = unknown_words(prompt, vocabulary)
+        if not unknown:
+            return None
+        message = (
+            f"the model never read {', '.join(repr(word) for word in unknown)} in training, so it will draw what it "
+            f"knows instead; its words are listed in {path}"
+        )
+    print(f"warning: {message}", file=sys.stderr)
+    return message
 
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
@@ -87,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 "or a diffusers Stable Diffusion pipeline"
             )
         model = BUNDLED_MODEL
+    warn_about_vocabulary(args.prompt, model)
     pipe = load_pipeline(model, torch_dtype=torch.float32)  # runs on the CPU: float32 whatever the stored dtype
     if args.lora is not None:
         pipe.load_lora_weights(args.lora)

@@ -757,3 +757,19 @@ def test_generate_refuses_a_pipeline_with_two_clip_encoders(sdxl_pipe, tmp_path)
     sdxl_pipe.save_pretrained(tmp_path / "sdxl")
     with pytest.raises(ValueError, match="second CLIP text encoder.*TextConditioner.from_pipeline"):
         load_pipeline(tmp_path / "sdxl")
+
+
+def test_generate_warns_about_words_the_bundled_model_never_read(tmp_path, capsys) -> None:
+    """ "a cat" or "" on the bundled shapes model still draws shapes: generate says so before
+    sampling, naming the unknown words; a prompt in its vocabulary gets no warning."""
+    from clipcond.cli import main
+    from clipcond.pipelines.generate import BUNDLED_MODEL, unknown_words, warn_about_vocabulary
+
+    assert warn_about_vocabulary("a (red:1.2) circle to the left of a blue square BREAK", BUNDLED_MODEL) is None
+    assert unknown_words("a Cat and a red DOG, cat", frozenset({"a", "and", "red"})) == ["cat", "dog"]
+    assert "empty" in warn_about_vocabulary("  ", BUNDLED_MODEL)
+    assert warn_about_vocabulary("a cat", tmp_path) is None  # no vocabulary.txt: nothing to say
+    capsys.readouterr()
+    assert main(["generate", "a cat on a red square", "-o", str(tmp_path / "cat.png"), "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "never read 'cat'" in err and "'square'" not in err and (tmp_path / "cat.png").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -511,3 +512,35 @@ def test_score_image_against_its_scene_and_others():
 
     blank = score_image(Image.new("RGB", (32, 32), BACKGROUND), scene)
     assert blank.detected == 0 and not blank.all_correct and blank.relation_correct is False
+
+
+@pytest.mark.parametrize("max_objects", [2, 4])
+def test_caption_vocabulary_is_exactly_the_words_of_the_stream(max_objects: int) -> None:
+    """Every word the stream's captions use is in the vocabulary; at two objects, every
+    vocabulary word also occurs (four objects make "three"/"four" groups rare, so only the
+    first direction is checked there)."""
+    from clipcond.shapes.captions import caption_vocabulary
+
+    stream = ShapesStream(seed=3, image_size=32, max_objects=max_objects)
+    seen = set()
+    for index in range(3000):
+        seen.update(re.findall(r"[a-z]+", stream.sample(index).caption.lower()))
+    vocabulary = caption_vocabulary(max_objects)
+    assert seen <= vocabulary
+    if max_objects == 2:
+        assert seen == vocabulary and "three" not in vocabulary
+
+
+def test_the_bundled_model_lists_the_words_it_was_trained_on() -> None:
+    """vocabulary.txt beside the bundled model is the vocabulary of its training stream
+    (configs/diffusion/shapes-tiny*.yaml: at most two objects)."""
+    import yaml
+
+    from clipcond.pipelines.generate import BUNDLED_MODEL, VOCABULARY_FILE
+    from clipcond.shapes.captions import caption_vocabulary
+
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("shapes-tiny.yaml", "shapes-tiny-relations.yaml"):
+        assert yaml.safe_load((repo / "configs" / "diffusion" / name).read_text())["data"]["max_objects"] == 2
+    listed = (BUNDLED_MODEL / VOCABULARY_FILE).read_text(encoding="utf-8").split()
+    assert listed == sorted(caption_vocabulary(2))

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from clipcond.shapes.facts import Group, SceneFacts, scene_facts
 from clipcond.shapes.scene import Scene
-from clipcond.shapes.vocab import COLOURS, INVERSE_RELATIONS, SHAPES
+from clipcond.shapes.vocab import COLOURS, INVERSE_RELATIONS, SHAPES, SIZES
 
 # Fill "{}" with a class name such as "red circle" (see `class_name`).
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
@@ -113,3 +113,17 @@ def caption_scene(scene: Scene, rng: random.Random) -> str:
     facts = scene_facts(scene, with_sizes=True)
     groups = tuple(g if rng.random() < _SIZE_PROBABILITY else replace(g, size=None) for g in facts.groups)
     return write_caption(replace(facts, groups=groups), rng)
+
+
+def caption_vocabulary(max_objects: int = max(_COUNT_WORDS)) -> frozenset[str]:
+    """Every word a caption of `caption_scene` can contain (lower case, punctuation apart) for
+    scenes of at most `max_objects` objects: what a model trained on that stream has read."""
+    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+        raise ValueError(f"`max_objects` must be an int >= 1, got {max_objects!r}")
+    counts = [word for count, word in _COUNT_WORDS.items() if count <= max_objects]
+    words = {"a", "an", "and", "is", "are", *counts, *COLOURS, *SIZES}
+    words.update(shape + plural for shape in SHAPES for plural in ("", "s"))
+    for phrases in (_FRAMES, *_RELATION_PHRASES.values()):
+        for phrase in phrases:
+            words.update(phrase.replace("{be}", "").replace("{}", "").split())
+    return frozenset(words)
