@@ -1,35 +1,47 @@
 """Prompt weighting syntax -> weighted fragments.
 
-The syntax of AUTOMATIC1111's web UI (``parse_prompt_attention`` in its
-``modules/prompt_parser.py``); compel's own syntax (``word+``, ``(word)1.3``) is not read:
+The attention syntax of AUTOMATIC1111's web UI (``parse_prompt_attention`` in its
+``modules/prompt_parser.py``), read the same way; compel's own syntax (``word+``,
+``(words)1.3``, ``.blend()``) is not read:
 
     a (red) cat         "red" x 1.1                 ((red)) -> x 1.21
     a [red] cat         "red" / 1.1                 [[red]] -> / 1.21
     a (red:1.3) cat     "red" x 1.3                 (red: .5 ) -> x 0.5
+    (red:0) (red:-1)    weight 0, weight -1         any sign, any size
     ((a:1.5) b)         "a" x 1.65, " b" x 1.1      nesting multiplies
     [(red)]             "red" x 1.0                 1.1 / 1.1
     \\( \\) \\[ \\] \\\\      a literal ( ) [ ] \\, never syntax
     a cat BREAK a dog   "a cat", a break marker, "a dog"
 
-Rules, in A1111's words where A1111 has them:
+The rules, as A1111 reads them:
 
-- An explicit weight is ``:`` + a number + ``)``, with optional spaces around the number. It
-  closes the innermost open round bracket. The number may have a sign, a fraction and an
-  exponent (``2``, ``.5``, ``1.``, ``1e-1``); one that is not finite and > 0 (``-1``, ``0``,
-  ``1e999``) is not a weight: its text stays in the prompt and the brackets act as ``( )``.
-- Square brackets only divide by 1.1: ``[word:1.5]`` is A1111's prompt editing, not a weight,
-  so it reads as the text "word:1.5" at 1 / 1.1.
-- Round and square brackets are matched separately, as in A1111: ``(a [b) c]`` gives
-  a x 1.1, b x 1.1 / 1.1, c / 1.1.
+- An explicit weight is ``:``, optional spaces, a number of digits and dots with an optional
+  sign (``2``, ``.5``, ``1.``, ``-1``), optional spaces, ``)``. It closes the innermost open
+  round bracket. With no round bracket open, all of it is text.
+- Square brackets only divide by 1.1 (``[word:1.5]`` is prompt editing, `clipcond.schedule`'s
+  business: read alone it is the text "word:1.5" at 1 / 1.1).
+- Round and square brackets are matched separately: ``(a [b) c]`` gives a x 1.1,
+  b x 1.1 / 1.1, c / 1.1.
 - A bracket never closed weights the rest of the prompt; a ``)`` or ``]`` with no open bracket
-  of its kind is plain text.
-- A backslash before anything but ``( ) [ ] \\`` is kept as text (A1111 drops it).
-- ``BREAK``, in upper case and not part of a longer word (the neighbours are not letters,
-  digits or ``_``), ends the current CLIP window. The whitespace on both sides of it is
-  dropped. A break inside brackets is still a break.
-- Every weight is clamped into [`MIN_WEIGHT`, `MAX_WEIGHT`], so it is finite and > 0 however
-  deep the nesting or large the numbers.
+  of its kind is text.
+- A backslash before ``( ) [ ] \\`` makes that character text; any other backslash is dropped.
+- ``BREAK``, in upper case and not part of a longer word, ends the current CLIP window; the
+  whitespace around it (up to the nearest bracket, colon or backslash) is dropped.
 - Adjacent fragments of equal weight are merged; fragments with no text are dropped.
+
+Where clipcond differs from A1111, on purpose (each pinned by a test):
+
+- A number A1111 cannot read (``(a:1.2.3)``, ``(a:.)``) makes A1111 raise; here its colon is
+  text and the bracket an ordinary ``( )``.
+- Weights are kept within [-`MAX_WEIGHT`, `MAX_WEIGHT`]: a product beyond is clamped (deep
+  nesting, or a run of hundreds of digits, makes A1111's weights infinite and the embeddings NaN).
+- A ``BREAK`` inside brackets is a break. A1111 marks breaks with the weight -1, which
+  brackets then multiply, and its tokenizer reads such a marker as the word "BREAK".
+- A weight is the product of its round brackets' multipliers times the product of its square
+  brackets', each taken outermost first, in time linear in the prompt's length. A1111
+  multiplies in the order the brackets close, in quadratic time, so the last bits of a weight
+  can differ (relative 1e-16 per bracket): rarely, two adjacent fragments whose weights differ
+  only there are merged by one and not by the other.
 
 `parse_prompt` never raises on a string. A prompt with none of ``( ) [ ] \\ :`` and no
 ``BREAK`` comes back as one fragment holding the text unchanged at weight 1.0, so plain
@@ -38,20 +50,32 @@ prompts tokenize exactly like the raw string.
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
-MIN_WEIGHT = 1e-4
 MAX_WEIGHT = 1e4
 
-_ESCAPABLE = "()[]\\"
 _SYNTAX_CHARS = "()[]\\:"
-_EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*\)")
-# `match(text, position)` sees the character before `position`, so \b checks the raw neighbour.
-_BREAK_WORD = re.compile(r"\bBREAK\b")
+# One token of the syntax, tried in this order (the alternatives A1111 reads; A1111's number is
+# any run of digits and dots, and it raises on one that is no number, where this reads a colon).
+_TOKEN = re.compile(
+    r"""
+      \\(?P<escaped>[()\[\]\\])           # a backslash makes a bracket or a backslash text
+    | (?P<backslash>\\)                   # any other backslash is dropped
+    | (?P<open>[(\[])
+    | :\s*(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # an explicit weight, closing a round bracket
+    | (?P<close>[)\]])
+    | (?P<text>[^\\()\[\]:]+)
+    | (?P<colon>:)
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,8 @@ class Fragment:
 
     Attributes:
         text: the text, escapes resolved ("" for a break marker).
-        weight: finite and > 0; 1.0 means unweighted (always 1.0 for a break marker).
+        weight: finite, within [-MAX_WEIGHT, MAX_WEIGHT]; 1.0 means unweighted (always 1.0 for a
+            break marker).
         is_break: True for a ``BREAK`` marker: the text after it starts a new CLIP window.
     """
 
@@ -72,37 +97,76 @@ class Fragment:
 BREAK_MARKER = Fragment("", 1.0, is_break=True)
 
 
-class _Run:
-    """A mutable piece of text while parsing: brackets multiply `weight` when they close."""
+class _Brackets:
+    """The brackets of one kind opened so far, as a tree: each bracket's parent is the bracket
+    that was open around it. Node 0 is the root (no bracket)."""
 
-    __slots__ = ("text", "weight")
+    __slots__ = ("default", "multiplier", "open", "parent")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.weight = 1.0
+    def __init__(self, default: float) -> None:
+        self.default = default
+        self.parent = [0]
+        self.multiplier = [1.0]
+        self.open = [0]  # the stack of open brackets; the root stays at the bottom
+
+    @property
+    def innermost(self) -> int:
+        return self.open[-1]
+
+    def push(self) -> None:
+        self.parent.append(self.open[-1])
+        self.multiplier.append(self.default)  # a bracket never closed keeps the default
+        self.open.append(len(self.parent) - 1)
+
+    def close(self, multiplier: float | None = None) -> bool:
+        """Close the innermost bracket with `multiplier` (its default when None); False if none is open."""
+        if len(self.open) == 1:
+            return False
+        node = self.open.pop()
+        if multiplier is not None:
+            self.multiplier[node] = multiplier
+        return True
+
+    def products(self) -> tuple[list[float], list[int]]:
+        """Per node, the product of the multipliers from the root down to it, as mantissas and
+        exponents (`math.frexp`), so that deep nesting neither overflows nor turns a zero into
+        NaN. Parallel lists of numbers, which the garbage collector need not track."""
+        mantissas, exponents = [1.0], [0]
+        for node in range(1, len(self.parent)):
+            parent = self.parent[node]
+            mantissa, shift = math.frexp(mantissas[parent] * self.multiplier[node])
+            mantissas.append(mantissa)
+            exponents.append(exponents[parent] + shift)
+        return mantissas, exponents
 
 
-def _explicit_weight(text: str, position: int) -> tuple[float, int] | None:
-    """The weight spec starting at the ``:`` at `position`: (weight, end), or None if invalid."""
-    match = _EXPLICIT_WEIGHT.match(text, position)
-    if match is None:
-        return None
-    weight = float(match.group(1))
-    # `weight == weight` is False for nan; `< inf` rules out overflowed numbers like 1e999.
-    if not (0.0 < weight < float("inf")):
-        return None
-    return weight, match.end()
+def _explicit_weight(number: str) -> float:
+    """The factor an explicit number gives. A run of digits too long for a float reads as the
+    largest float (A1111: inf); the product it joins is then kept within MAX_WEIGHT like any."""
+    value = float(number)
+    return value if math.isfinite(value) else math.copysign(sys.float_info.max, value)
+
+
+def _weight(mantissa: float, exponent: int) -> float:
+    """mantissa * 2**exponent, kept within [-MAX_WEIGHT, MAX_WEIGHT]."""
+    if mantissa == 0.0 or exponent < -1100:
+        return 0.0 * mantissa
+    if exponent > 64:  # far beyond MAX_WEIGHT: clamp without overflowing ldexp
+        return math.copysign(MAX_WEIGHT, mantissa)
+    return min(max(math.ldexp(mantissa, exponent), -MAX_WEIGHT), MAX_WEIGHT)
 
 
 def parse_prompt(text: str) -> list[Fragment]:
     """Parse the weighting syntax of `text` (see the module docstring); never raises on a string.
+
+    Time and memory are linear in the length of `text`, whatever its brackets.
 
     Args:
         text: one prompt.
 
     Returns:
         At least one fragment: ``[Fragment("", 1.0)]`` when no text is left (e.g. for "").
-        Text fragments are non-empty with weights in [`MIN_WEIGHT`, `MAX_WEIGHT`]; BREAK
+        Text fragments are non-empty with weights in [-`MAX_WEIGHT`, `MAX_WEIGHT`]; BREAK
         markers are ``Fragment("", 1.0, is_break=True)``.
 
     Raises:
@@ -113,77 +177,69 @@ def parse_prompt(text: str) -> list[Fragment]:
     if not any(char in _SYNTAX_CHARS for char in text) and "BREAK" not in text:
         return [Fragment(text, 1.0)]
 
-    runs: list[_Run | None] = []  # None is a BREAK marker.
-    round_open: list[int] = []  # index into `runs` where each open "(" started
-    square_open: list[int] = []  # the same for "["
-    pending: list[str] = []  # characters of the run being read
+    round_brackets, square_brackets = _Brackets(ROUND_MULTIPLIER), _Brackets(SQUARE_MULTIPLIER)
+    round_open, square_open = round_brackets.open, square_brackets.open
+    # Per piece of text: the text ("" is a BREAK) and its innermost round and square brackets.
+    # Parallel lists of str and int, which the garbage collector need not track.
+    texts: list[str] = []
+    rounds: list[int] = []
+    squares: list[int] = []
 
-    def end_run() -> None:
-        if pending:  # so every run has text
-            runs.append(_Run("".join(pending)))
-            pending.clear()
+    def add(piece: str) -> None:
+        texts.append(piece)
+        rounds.append(round_open[-1])
+        squares.append(square_open[-1])
 
-    def multiply_from(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            if run is not None:
-                run.weight *= factor
+    for token in _TOKEN.finditer(text):
+        kind = token.lastgroup
+        if kind == "text":
+            piece = token.group()
+            if "BREAK" in piece:
+                for index, part in enumerate(_BREAK.split(piece)):
+                    if index:
+                        add("")
+                    if part:
+                        add(part)
+            else:
+                add(piece)
+        elif kind == "open":
+            (round_brackets if token.group() == "(" else square_brackets).push()
+        elif kind == "close":
+            if not (round_brackets if token.group() == ")" else square_brackets).close():
+                add(token.group())
+        elif kind == "number":
+            if len(round_open) == 1:  # no round bracket to close: all of it is text
+                add(token.group())
+            else:
+                round_brackets.close(_explicit_weight(token.group("number")))
+        elif kind == "escaped":
+            add(token.group("escaped"))
+        elif kind == "colon":
+            add(":")
+        # kind == "backslash": dropped
 
-    position = 0
-    while position < len(text):
-        char = text[position]
-        if char == "\\" and position + 1 < len(text) and text[position + 1] in _ESCAPABLE:
-            pending.append(text[position + 1])
-            position += 2
-            continue
-        if char == "(":
-            end_run()
-            round_open.append(len(runs))
-        elif char == "[":
-            end_run()
-            square_open.append(len(runs))
-        elif char == ")" and round_open:
-            end_run()
-            multiply_from(round_open.pop(), ROUND_MULTIPLIER)
-        elif char == "]" and square_open:
-            end_run()
-            multiply_from(square_open.pop(), SQUARE_MULTIPLIER)
-        elif char == ":" and round_open and (spec := _explicit_weight(text, position)):
-            end_run()
-            weight, position = spec
-            multiply_from(round_open.pop(), weight)
-            continue
-        elif char == "B" and _BREAK_WORD.match(text, position):
-            while pending and pending[-1].isspace():
-                pending.pop()
-            end_run()
-            runs.append(None)
-            position += len("BREAK")
-            while position < len(text) and text[position].isspace():
-                position += 1
-            continue
-        else:
-            pending.append(char)
-        position += 1
-    end_run()
-    # Brackets left open weight everything after them (A1111 does the same).
-    for start in round_open:
-        multiply_from(start, ROUND_MULTIPLIER)
-    for start in square_open:
-        multiply_from(start, SQUARE_MULTIPLIER)
-
+    (round_mantissas, round_exponents), (square_mantissas, square_exponents) = (
+        round_brackets.products(),
+        square_brackets.products(),
+    )
     fragments: list[Fragment] = []
-    for run in runs:
-        if run is None:
-            fragments.append(BREAK_MARKER)
-            continue
-        # A product of finite positive factors overflows to inf or underflows to 0.0 but is
-        # never nan, so clamping is enough to keep it finite and positive.
-        weight = min(max(run.weight, MIN_WEIGHT), MAX_WEIGHT)
-        previous = fragments[-1] if fragments else None
-        if previous is not None and not previous.is_break and previous.weight == weight:
-            fragments[-1] = Fragment(previous.text + run.text, weight)
+    run: list[str] = []  # texts of the fragment being merged, joined once (no quadratic concatenation)
+    run_weight = 1.0
+    for piece, round_node, square_node in zip(texts, rounds, squares):
+        weight = None
+        if piece:
+            mantissa = round_mantissas[round_node] * square_mantissas[square_node]
+            weight = _weight(mantissa, round_exponents[round_node] + square_exponents[square_node])
+        if run and (not piece or weight != run_weight):
+            fragments.append(Fragment("".join(run), run_weight))
+            run = []
+        if piece:
+            run.append(piece)
+            run_weight = weight
         else:
-            fragments.append(Fragment(run.text, weight))
+            fragments.append(BREAK_MARKER)
+    if run:
+        fragments.append(Fragment("".join(run), run_weight))
     return fragments or [Fragment("", 1.0)]
 
 
