@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
-from clipcond.training.clip_config import DataConfig, TrainClipConfig
-from clipcond.training.clip_loop import train_clip
+from clipcond.training.clip.config import DataConfig, TrainClipConfig
+from clipcond.training.clip.loop import train_clip
 from clipcond.training.run_folder import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,9 +130,9 @@ def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
     from accelerate import Accelerator
 
     from clipcond.tokenization import clip_tokenizer
-    from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches
-    from clipcond.training.clip_loop import ContrastiveStep, make_optimizer
-    from clipcond.training.clip_model_setup import build_contrastive_model
+    from clipcond.training.clip.loop import ContrastiveStep, make_optimizer
+    from clipcond.training.clip.model_setup import build_contrastive_model
+    from clipcond.training.data.batches import CaptionTokenizer, ContrastiveBatches
 
     # ViT towers: a batch-norm tower (ResNet) computes its statistics per micro-batch, which is
     # a different function of the batch, as it is under any data-parallel split.
@@ -163,7 +163,7 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    import clipcond.training.clip_loop as loop
+    import clipcond.training.clip.loop as loop
 
     calls = {"n": 0}
     real_loss = loop.clip_loss

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the model went. Returns the exit status."""
-    from clipcond.training.clip_config import TrainClipConfig
-    from clipcond.training.clip_loop import train_clip
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.clip.loop import train_clip
 
     def report(result) -> list[str]:
         lines = [f"model saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})"]

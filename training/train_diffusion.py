@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the pipeline went. Returns the exit status."""
-    from clipcond.training.diffusion_config import TrainDiffusionConfig
-    from clipcond.training.diffusion_loop import train_diffusion
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+    from clipcond.training.diffusion.loop import train_diffusion
 
     return run_training_command(
         args,

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_override_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the encoder went and its held-out scores. Returns the exit status."""
-    from clipcond.training.t5_config import TrainT5Config
-    from clipcond.training.t5_loop import train_t5
+    from clipcond.training.t5.config import TrainT5Config
+    from clipcond.training.t5.loop import train_t5
 
     return run_training_command(
         args,

@@ -27,17 +27,17 @@ import torch
 from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
 from clipcond.tokenization import clip_tokenizer
-from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches, split_batch
-from clipcond.training.clip_config import TrainClipConfig
-from clipcond.training.clip_eval import shapes_zero_shot
-from clipcond.training.clip_model_setup import (
+from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.clip.contrastive_step import contrastive_backward
+from clipcond.training.clip.evaluation import shapes_zero_shot
+from clipcond.training.clip.model_setup import (
     ContrastiveModel,
     build_contrastive_model,
     clamp_logit_scale_,
     export_clip,
 )
-from clipcond.training.contrastive_step import contrastive_backward
 from clipcond.training.data import SkipCounter
+from clipcond.training.data.batches import CaptionTokenizer, ContrastiveBatches, split_batch
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import (
     check_runtime,

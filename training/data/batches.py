@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipcond.shapes import ShapesStream, negative_caption
-from clipcond.training.clip_config import DataConfig
-from clipcond.training.data import ClipImageTransform, SkipCounter, manifest_samples, webdataset_samples
+from clipcond.training.clip.config import DataConfig
+from clipcond.training.data.sources import ClipImageTransform, SkipCounter, manifest_samples, webdataset_samples
 
 
 @dataclass

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from clipcond.shapes import ShapesStream
-from clipcond.training.clip_batches import CaptionTokenizer
-from clipcond.training.clip_config import DataConfig
+from clipcond.training.clip.config import DataConfig
 from clipcond.training.data import SkipCounter, clean_caption, manifest_entries
-from clipcond.training.span_corruption import EVAL_STREAM, TRAIN_STREAM, SpanCorruption
+from clipcond.training.data.batches import CaptionTokenizer
+from clipcond.training.t5.span_corruption import EVAL_STREAM, TRAIN_STREAM, SpanCorruption
 
 # Captions do not depend on the rendering, so render as little as the stream allows.
 _SHAPES_IMAGE_SIZE = 16

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipcond.training.clip_batches import CaptionTokenizer
 from clipcond.training.data import SkipCounter
+from clipcond.training.data.batches import CaptionTokenizer
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import (
     check_runtime,
@@ -37,10 +37,10 @@ from clipcond.training.run_folder import (
     resume_latest,
     stop_if_diverged,
 )
-from clipcond.training.span_corruption import IGNORE_INDEX, SpanCorruption
-from clipcond.training.t5_batches import CaptionSource, SpanCorruptionBatches, heldout_batches
-from clipcond.training.t5_config import T5ModelSettings, TrainT5Config
-from clipcond.training.t5_tokenizer import sentinel_ids, train_t5_tokenizer
+from clipcond.training.t5.batches import CaptionSource, SpanCorruptionBatches, heldout_batches
+from clipcond.training.t5.config import T5ModelSettings, TrainT5Config
+from clipcond.training.t5.span_corruption import IGNORE_INDEX, SpanCorruption
+from clipcond.training.t5.tokenizer import sentinel_ids, train_t5_tokenizer
 
 MODEL_DIR = "model"
 ENCODER_DIR = "text_encoder"

@@ -29,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.models import load_clip
     from clipcond.shapes import ShapesStream
     from clipcond.tokenization import clip_tokenizer
-    from clipcond.training.clip_batches import CaptionTokenizer
-    from clipcond.training.clip_eval import pair_retrieval, shapes_zero_shot
+    from clipcond.training.clip.evaluation import pair_retrieval, shapes_zero_shot
     from clipcond.training.data import SkipCounter, manifest_samples, webdataset_samples
+    from clipcond.training.data.batches import CaptionTokenizer
 
     if args.images_per_class < 1 or args.pairs < 2:
         raise ValueError("--images-per-class must be >= 1 and --pairs >= 2")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m clipcond.training.eval_clip --model ...`."""
+    """`python -m clipcond.training.clip.eval_command --model ...`."""
     parser = argparse.ArgumentParser(prog="eval_clip", description="evaluate a saved CLIP")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipcond.training.clip_batches import ContrastiveBatches
-from clipcond.training.diffusion_config import TrainDiffusionConfig
-from clipcond.training.diffusion_setup import (
+from clipcond.training.data.batches import ContrastiveBatches
+from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.setup import (
     Denoiser,
     DiffusionModels,
     build_diffusion_models,
