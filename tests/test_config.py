@@ -161,7 +161,7 @@ def test_train_commands_take_set_overrides(tmp_path):
 def test_object_count_weights_reach_the_training_stream():
     from clipcond.config import apply_overrides
     from clipcond.shapes import ShapesStream
-    from clipcond.training.data.batches import ContrastiveBatches
+    from clipcond.training.data import ImageCaptionBatches as ContrastiveBatches
     from clipcond.training.diffusion.config import TrainDiffusionConfig
 
     base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})

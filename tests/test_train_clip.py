@@ -20,8 +20,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
-from clipcond.training.clip.config import DataConfig, TrainClipConfig
+from clipcond.training.clip.config import TrainClipConfig
 from clipcond.training.clip.loop import train_clip
+from clipcond.training.data import DataConfig
 from clipcond.training.run_folder import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,8 @@ def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
     from clipcond.tokenization import clip_tokenizer
     from clipcond.training.clip.loop import ContrastiveStep, make_optimizer
     from clipcond.training.clip.model_setup import build_contrastive_model
-    from clipcond.training.data.batches import CaptionTokenizer, ContrastiveBatches
+    from clipcond.training.data import CaptionTokenizer
+    from clipcond.training.data import ImageCaptionBatches as ContrastiveBatches
 
     # ViT towers: a batch-norm tower (ResNet) computes its statistics per micro-batch, which is
     # a different function of the batch, as it is under any data-parallel split.

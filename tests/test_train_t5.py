@@ -20,8 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from clipcond.shapes import ShapesStream
-from clipcond.training.clip.config import DataConfig
-from clipcond.training.t5.batches import CaptionSource
+from clipcond.training.data import CaptionSource, DataConfig
 from clipcond.training.t5.config import T5ModelSettings, T5TokenizerSettings, TrainT5Config
 from clipcond.training.t5.loop import build_t5, train_t5
 from clipcond.training.t5.span_corruption import (

@@ -30,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.shapes import ShapesStream
     from clipcond.tokenization import clip_tokenizer
     from clipcond.training.clip.evaluation import pair_retrieval, shapes_zero_shot
-    from clipcond.training.data import SkipCounter, manifest_samples, webdataset_samples
-    from clipcond.training.data.batches import CaptionTokenizer
+    from clipcond.training.data import CaptionTokenizer, SkipCounter, manifest_samples, webdataset_samples
 
     if args.images_per_class < 1 or args.pairs < 2:
         raise ValueError("--images-per-class must be >= 1 and --pairs >= 2")

@@ -24,8 +24,7 @@ from clipcond.shapes import (
     single_object_scene,
 )
 from clipcond.training.clip.metrics import class_embeddings, retrieval_recall, zero_shot_accuracy
-from clipcond.training.data import ClipImageTransform
-from clipcond.training.data.batches import CaptionTokenizer
+from clipcond.training.data import CaptionTokenizer, ClipImageTransform
 
 
 @torch.no_grad()

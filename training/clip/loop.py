@@ -28,7 +28,7 @@ from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.clip.config import TrainClipConfig
-from clipcond.training.clip.contrastive_step import contrastive_backward
+from clipcond.training.clip.contrastive_step import contrastive_backward, split_batch
 from clipcond.training.clip.evaluation import shapes_zero_shot
 from clipcond.training.clip.model_setup import (
     ContrastiveModel,
@@ -36,8 +36,7 @@ from clipcond.training.clip.model_setup import (
     clamp_logit_scale_,
     export_clip,
 )
-from clipcond.training.data import SkipCounter
-from clipcond.training.data.batches import CaptionTokenizer, ContrastiveBatches, split_batch
+from clipcond.training.data import CaptionTokenizer, ImageCaptionBatches, SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import (
     check_runtime,
@@ -122,7 +121,7 @@ def train_clip(
     tokenizer = CaptionTokenizer(
         clip_tokenizer(model_max_length=clip_config.text.context_length), clip_config.text.context_length
     )
-    batches = ContrastiveBatches(
+    batches = ImageCaptionBatches(
         config.data,
         tokenizer,
         image_size=clip_config.vision.image_size,

@@ -1,9 +1,10 @@
-"""Image-caption data for training: webdataset tar shards, a JSONL manifest, the shapes world.
+"""The files training reads: webdataset tar shards and JSONL manifests.
 
-Every source yields `(PIL.Image in RGB, caption)` pairs. A sample that cannot be used (an
-image that does not decode, a missing file, an empty caption, a malformed manifest line, a
-broken tar member) is skipped and counted in a `SkipCounter` by reason: never fatal, always
-reported at the end of a run.
+Each source gives `(PIL.Image in RGB, caption)` pairs (`webdataset_samples`,
+`manifest_samples`) or its captions alone, without opening an image (`webdataset_captions`,
+`manifest_captions`). A sample that cannot be used (an image that does not decode, a missing
+file, an empty caption, a malformed manifest line, a broken tar member) is skipped and counted
+in a `SkipCounter` by reason: never fatal, always reported at the end of a run.
 """
 
 from __future__ import annotations
@@ -16,15 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Sample = tuple[Image.Image, str]
 
@@ -145,26 +142,25 @@ def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sam
         yield image, caption
 
 
-class ClipImageTransform:
-    """PIL image -> (3, size, size) float32 tensor, as CLIP preprocesses: resize the shorter side
-    to `size` (bicubic), centre-crop, scale to [0, 1], normalise with CLIP's mean and std."""
+def manifest_captions(manifest: str | Path | None, skipped: SkipCounter) -> list[str]:
+    """Every caption of a JSONL manifest (``"caption"`` or ``"text"`` of each line), in order;
+    image files are neither needed nor read."""
+    return [caption for _, caption in manifest_entries(str(manifest), skipped)]
 
-    def __init__(self, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
-        if size < 1:
-            raise ValueError(f"`size` must be >= 1, got {size}")
-        self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = self.size / min(width, height)
-        if (width, height) != (self.size, self.size):
-            resized = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
-            image = image.resize(resized, Image.BICUBIC)
-            left = (resized[0] - self.size) // 2
-            top = (resized[1] - self.size) // 2
-            image = image.crop((left, top, left + self.size, top + self.size))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - self.mean) / self.std
+def webdataset_captions(urls: Sequence[str], skipped: SkipCounter) -> list[str]:
+    """Every ``txt`` member of webdataset shards, in order (image members are not decoded)."""
+    import webdataset as wds
+
+    def on_error(error: Exception) -> bool:
+        skipped.skip("unreadable tar member", repr(error))
+        return True
+
+    captions = []
+    for sample in wds.WebDataset(list(urls), shardshuffle=False, handler=on_error, empty_check=False):
+        caption = clean_caption(sample.get("txt", b""))
+        if caption:
+            captions.append(caption)
+        else:
+            skipped.skip("empty caption", sample.get("__key__", "?"))
+    return captions

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipcond.training.data.batches import ContrastiveBatches
+from clipcond.training.data import ImageCaptionBatches, pixels_in_unit_range
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.diffusion.setup import (
     Denoiser,
@@ -44,17 +44,6 @@ from clipcond.training.run_folder import (
 )
 
 PIPELINE_DIR = "pipeline"
-
-
-def pixels_in_unit_range(image: Any, size: int) -> torch.Tensor:
-    """PIL image -> (3, size, size) float32 in [-1, 1] (resized with bicubic when needed)."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 @dataclass
@@ -113,7 +102,7 @@ def train_diffusion(
     conditioner.to(accelerator.device)
     if models.vae is not None:
         models.vae.to(accelerator.device)
-    batches = ContrastiveBatches(
+    batches = ImageCaptionBatches(
         config.data,
         None,
         image_size=config.image_size,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from clipcond.config import load_config
-from clipcond.training.clip.config import DataConfig
+from clipcond.training.data import DataConfig
 from clipcond.training.t5.span_corruption import max_spans
 
 

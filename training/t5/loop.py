@@ -26,8 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipcond.training.data import SkipCounter
-from clipcond.training.data.batches import CaptionTokenizer
+from clipcond.training.data import CaptionSource, CaptionTokenizer, SkipCounter
 from clipcond.training.optim import param_groups, warmup_cosine
 from clipcond.training.run_folder import (
     check_runtime,
@@ -37,7 +36,7 @@ from clipcond.training.run_folder import (
     resume_latest,
     stop_if_diverged,
 )
-from clipcond.training.t5.batches import CaptionSource, SpanCorruptionBatches, heldout_batches
+from clipcond.training.t5.batches import SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5.config import T5ModelSettings, TrainT5Config
 from clipcond.training.t5.span_corruption import IGNORE_INDEX, SpanCorruption
 from clipcond.training.t5.tokenizer import sentinel_ids, train_t5_tokenizer
