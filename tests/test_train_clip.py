@@ -23,7 +23,7 @@ from clipcond.models import load_clip
 from clipcond.training.clip.config import TrainClipConfig
 from clipcond.training.clip.loop import train_clip
 from clipcond.training.data import DataConfig
-from clipcond.training.run_folder import TrainingDiverged
+from clipcond.training.loop import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")  # ResNet image tower

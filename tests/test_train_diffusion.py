@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from clipcond import CLIPConditionedPipeline
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.diffusion.loop import train_diffusion
-from clipcond.training.run_folder import TrainingDiverged
+from clipcond.training.loop import TrainingDiverged
 
 UNET = dict(
     block_out_channels=[16, 32],

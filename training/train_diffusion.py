@@ -7,15 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.command import add_override_arguments, run_training_command
+from clipcond.training.command import add_training_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-diffusion`."""
-    parser.add_argument("--config", required=True, help="run config YAML (TrainDiffusionConfig)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
-    add_override_arguments(parser)
+    add_training_arguments(parser, "run config YAML (TrainDiffusionConfig)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,25 +1,25 @@
-"""The diffusion training loop: a pixel-space UNet (or LoRA on its cross-attention, or only the
-`custom` recipe's projection adapter) learns to denoise images (pixels or VAE latents) given the prompt embeddings of
-frozen text encoders (CLIP, optionally with T5), on accelerate. The models come from
-`diffusion_setup.build_diffusion_models`.
+"""The diffusion training loop: a UNet (or LoRA on its cross-attention, or only the `custom`
+recipe's projection adapter) learns to denoise images (pixels or VAE latents) given the prompt
+embeddings of frozen text encoders (CLIP, optionally with T5), on accelerate.
 
-`train_diffusion(config)` reads image-caption batches (the same sources as the CLIP loop),
-noises them with diffusers' DDPM schedule, regresses the noise (or v), drops captions for
-classifier-free guidance, keeps an EMA of the weights (diffusers' `EMAModel`), writes atomic
-safetensors checkpoints and resumes from them exactly, writes sample grids, and saves a
-`CLIPConditionedPipeline` to ``<output_dir>/pipeline``.
+`train_diffusion(config)` runs one `TrainDiffusionConfig` on the loop skeleton
+(`clipcond.training.loop.TrainingRun`: run folder, resume, logging, checkpoints). What is
+diffusion's is here: the models (`diffusion.setup.build_diffusion_models`), image-caption
+batches (the same sources as the CLIP loop), the step (captions dropped for classifier-free
+guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
+weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
+grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
+Noise, timesteps and dropped captions depend only on (seed, step, rank), so a resumed run
+takes the steps of the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,15 +33,8 @@ from clipcond.training.diffusion.setup import (
     final_denoiser,
     make_pipeline,
 )
-from clipcond.training.optim import param_groups, warmup_cosine
-from clipcond.training.run_folder import (
-    check_runtime,
-    checkpoint_if_due,
-    prepare_output_dir,
-    progress_bar,
-    resume_latest,
-    stop_if_diverged,
-)
+from clipcond.training.loop import TrainingRun
+from clipcond.training.optim import adamw_with_warmup_cosine
 
 PIPELINE_DIR = "pipeline"
 
@@ -65,135 +58,115 @@ def train_diffusion(
     Raises:
         TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
 
-    check_runtime(config.mixed_precision)
-    set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
-    models = build_diffusion_models(config)
-    denoiser, conditioner = models.denoiser, models.conditioner
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=config.output_dir)
-    output_dir = prepare_output_dir(config, resume) if accelerator.is_main_process else Path(config.output_dir)
-    accelerator.wait_for_everyone()
-
-    # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
-    # are made where the weights are, and its update mixes the two
-    denoiser.to(accelerator.device)
-    trainable = [parameter for parameter in denoiser.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(denoiser, config.weight_decay), lr=config.lr, fused=True)
-    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
-    noise_schedule = models.noise_schedule
-    prediction_type = noise_schedule.config.prediction_type
-    ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay is not None else None
-    # EMA weights as a module so checkpoints hold them (the Parameters share the EMA's storage).
-    ema_weights = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in ema.shadow_params]) if ema else None
-
-    modules = {
-        "unet": denoiser.unet,
-        **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
-        **({"ema": ema_weights} if ema else {}),
-    }
-    start_step, extra, checkpoint = resume_latest(accelerator, output_dir, resume, modules, optimizer, scheduler)
-    if ema is not None and checkpoint is not None:
-        ema.optimization_step = extra["ema_step"]
-
-    wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
-    conditioner.to(accelerator.device)
-    if models.vae is not None:
-        models.vae.to(accelerator.device)
-    batches = ImageCaptionBatches(
-        config.data,
-        None,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        rank=accelerator.process_index,
-        world=accelerator.num_processes,
-        transform=lambda image: pixels_in_unit_range(image, config.image_size),
-    )
-
-    progress = progress_bar(accelerator, config.steps, start_step, "train-diffusion", show_progress)
-    loss_value, last_checkpoint, step = float("nan"), checkpoint, start_step
-    started = window = time.perf_counter()
-    for step in range(start_step + 1, config.steps + 1):
-        pixels, captions = batches.next_with_captions()
-        pixels = pixels.to(accelerator.device)
-        # caption dropout, decided per (seed, step, row): identical after a resume
-        captions = [
-            ""
-            if random.Random(f"dropout:{config.seed}:{step}:{accelerator.process_index}:{row}").random()
-            < config.caption_dropout
-            else caption
-            for row, caption in enumerate(captions)
-        ]
-        # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
-        with torch.enable_grad() if models.projection_trains else torch.no_grad():
-            context = conditioner.encode(captions).tokens
-        # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
-        generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + accelerator.process_index)
-        clean = models.to_model_space(pixels, generator)
-        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=generator)
-        timesteps = timesteps.to(clean.device)
-        noisy = noise_schedule.add_noise(clean, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else noise_schedule.get_velocity(clean, noise, timesteps)
-        with accelerator.autocast():
-            prediction = wrapped(noisy, timesteps, context)
-        loss = _denoising_loss(prediction, target, timesteps, noise_schedule, config.snr_gamma)
-        accelerator.backward(loss)
-        loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
-        if not np.isfinite(loss_value):
-            progress.close()
-            stop_if_diverged(loss_value, step, last_checkpoint, optimizer)
-        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(trainable)
-        progress.update(1)
-        if step % config.log_every == 0 or step == config.steps:
-            now = time.perf_counter()
-            speed = config.batch_size * accelerator.num_processes * config.log_every / max(now - window, 1e-9)
-            window = now
-            progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{speed:.0f}")
-            if accelerator.is_main_process:
-                with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(
-                        json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n"
-                    )
-        if accelerator.is_main_process and config.sample_every and step % config.sample_every == 0:
-            _write_samples(
-                config, models, accelerator.unwrap_model(wrapped), output_dir / "samples" / f"step-{step:07d}.png"
-            )
-        last_checkpoint = checkpoint_if_due(
-            accelerator,
-            step,
-            config,
-            output_dir,
-            modules,
-            optimizer,
-            scheduler,
-            {"ema_step": ema.optimization_step if ema else 0},
-            last_checkpoint,
+    with TrainingRun(config, "train-diffusion", resume, show_progress) as run:
+        accelerator = run.accelerator
+        set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
+        models = build_diffusion_models(config)
+        denoiser, conditioner, noise_schedule = models.denoiser, models.conditioner, models.noise_schedule
+        # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
+        # are made where the weights are, and its update mixes the two
+        denoiser.to(accelerator.device)
+        trainable = [parameter for parameter in denoiser.parameters() if parameter.requires_grad]
+        optimizer, scheduler = adamw_with_warmup_cosine(
+            denoiser, config.lr, config.weight_decay, config.warmup_steps, config.steps
         )
-    progress.close()
-    elapsed = time.perf_counter() - started
+        ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay is not None else None
+        # EMA weights as a module so checkpoints hold them (the Parameters share the EMA's storage).
+        ema_weights = (
+            nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in ema.shadow_params]) if ema else None
+        )
+        modules = {
+            "unet": denoiser.unet,
+            **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
+            **({"ema": ema_weights} if ema else {}),
+        }
+        start_step, extra = run.resume(modules, optimizer, scheduler)
+        if ema is not None and run.resume_from is not None:
+            ema.optimization_step = extra["ema_step"]
 
-    pipeline_dir = output_dir / PIPELINE_DIR
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
-        pipe.save_pretrained(pipeline_dir)
-        accelerator.print(batches.skipped.report())
+        wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
+        conditioner.to(accelerator.device)
+        if models.vae is not None:
+            models.vae.to(accelerator.device)
+        batches = ImageCaptionBatches(
+            config.data,
+            None,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+            skipped=run.skipped,
+            transform=lambda image: pixels_in_unit_range(image, config.image_size),
+        )
+        rank = accelerator.process_index
+
+        def backward(step: int) -> torch.Tensor:
+            pixels, captions = batches.next_with_captions()
+            pixels = pixels.to(accelerator.device)
+            # caption dropout, decided per (seed, step, row): identical after a resume
+            captions = [
+                ""
+                if random.Random(f"dropout:{config.seed}:{step}:{rank}:{row}").random() < config.caption_dropout
+                else caption
+                for row, caption in enumerate(captions)
+            ]
+            # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
+            with torch.enable_grad() if models.projection_trains else torch.no_grad():
+                context = conditioner.encode(captions).tokens
+            # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
+            generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + rank)
+            clean = models.to_model_space(pixels, generator)
+            noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+            timesteps = torch.randint(
+                0, noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=generator
+            )
+            timesteps = timesteps.to(clean.device)
+            noisy = noise_schedule.add_noise(clean, noise, timesteps)
+            if noise_schedule.config.prediction_type == "epsilon":
+                target = noise
+            else:
+                target = noise_schedule.get_velocity(clean, noise, timesteps)
+            with accelerator.autocast():
+                prediction = wrapped(noisy, timesteps, context)
+            loss = _denoising_loss(prediction, target, timesteps, noise_schedule, config.snr_gamma)
+            accelerator.backward(loss)
+            return loss
+
+        def update() -> None:
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainable)
+
+        def write_samples_if_due(step: int) -> None:
+            if config.sample_every and step % config.sample_every == 0:
+                path = run.output_dir / "samples" / f"step-{step:07d}.png"
+                _write_samples(config, models, accelerator.unwrap_model(wrapped), path)
+
+        outcome = run.train(
+            backward,
+            update,
+            after_step=write_samples_if_due,
+            extra=lambda: {"ema_step": ema.optimization_step if ema else 0},
+        )
+
+        pipeline_dir = run.output_dir / PIPELINE_DIR
+        if accelerator.is_main_process:
+            pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
+            pipe.save_pretrained(pipeline_dir)
     return TrainDiffusionResult(
         pipeline_dir=pipeline_dir,
-        steps=step,
-        loss=loss_value,
-        samples_per_second=config.batch_size * accelerator.num_processes * (step - start_step) / max(elapsed, 1e-9),
-        skipped=dict(batches.skipped.counts),
+        steps=outcome.steps,
+        loss=outcome.loss,
+        samples_per_second=outcome.throughput,
+        skipped=dict(run.skipped.counts),
     )
 
 
