@@ -59,10 +59,11 @@ def run_training_command(
     report: Callable[[Any], list[str]],
 ) -> int:
     """The body of every training command: load `--config` as `config_class`, apply the
-    overrides, call `train(config, config_dir)`, print `report(result)`.
+    overrides, check the data files it names, call `train(config, config_dir)`, print
+    `report(result)`.
 
-    Returns 0; 2 when the config or an override is wrong (said before any work); 3 when the
-    loss diverged (the message names the last good checkpoint).
+    Returns 0; 2 when the config or an override is wrong or names missing data files (said
+    before any work); 3 when the loss diverged (the message names the last good checkpoint).
     """
     from clipcond.training.loop import TrainingDiverged
 
@@ -71,6 +72,7 @@ def run_training_command(
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path}")
         config = config_with_overrides(config_class.from_yaml(path), args)
+        config.data.check_files()
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
         ...save the result on the main process...                          #    (the objective)
                                                                             # 4. leaving the block
 
-1. Before any work: the machine (`check_runtime`) and the run folder (another run's folder
-   is refused, `run_folder.check_output_dir`); nothing is written.
+1. Before any work: the machine (`check_runtime`), the data's files
+   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder
+   (another run's folder is refused, `run_folder.check_output_dir`); nothing is written.
 2. The config snapshot is written once the objective's parts are built, so a wrong model path
    leaves no run folder behind; when resuming, the newest checkpoint is loaded.
 3. Each step: the objective's backward; the loss averaged over processes and checked (NaN or
@@ -114,8 +115,8 @@ class TrainingRun:
     """One invocation of a training loop (see the module docstring for its stages).
 
     Args:
-        config: the run config: a dataclass with `output_dir`, `steps`, `batch_size`,
-            `mixed_precision`, `log_every`, `checkpoint_every` and `keep_checkpoints`.
+        config: the run config: a dataclass with `data` (a `DataConfig`), `output_dir`, `steps`,
+            `batch_size`, `mixed_precision`, `log_every`, `checkpoint_every` and `keep_checkpoints`.
         name: the command ("train-clip"): the progress bar's label and the tracker's project.
         resume: continue from the newest checkpoint in `config.output_dir` (a fresh start when
             there is none); without it, a folder that holds another run is an error.
@@ -144,6 +145,7 @@ class TrainingRun:
         from accelerate import Accelerator
 
         check_runtime(config.mixed_precision, log_with)
+        config.data.check_files()
         self.config = config
         self.name = name
         self.show_progress = show_progress

@@ -8,8 +8,9 @@
 - `CaptionTokenizer`: captions -> padded token ids; `ClipImageTransform`,
   `pixels_in_unit_range`: images -> tensors;
 - `SkipCounter`: unusable samples are skipped and counted by reason, never fatal;
-- the file readers under them: `webdataset_samples`, `webdataset_captions`,
-  `manifest_samples`, `manifest_captions`, `manifest_entries`.
+- the file readers under them: `webdataset_samples`, `webdataset_captions` (shards named
+  as webdataset takes them: `shard_urls`), `manifest_samples`, `manifest_captions`,
+  `manifest_entries`; `DataConfig.check_files` checks the files exist before any work.
 """
 
 from clipcond.training.data.batches import ImageCaptionBatches
@@ -23,6 +24,7 @@ from clipcond.training.data.sources import (
     manifest_captions,
     manifest_entries,
     manifest_samples,
+    shard_urls,
     webdataset_captions,
     webdataset_samples,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "manifest_entries",
     "manifest_samples",
     "pixels_in_unit_range",
+    "shard_urls",
     "webdataset_captions",
     "webdataset_samples",
 ]

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from clipcond.shapes.scene import check_count_weights
+from clipcond.training.data.sources import shard_urls
 
 
 @dataclass
 class DataConfig:
-    """Where image-caption pairs come from.
+    """Where image-caption pairs (or, for T5, captions) come from.
 
     Attributes:
         source: "shapes" (the synthetic stream), "webdataset" (tar shards) or "manifest" (JSONL).
-        urls: webdataset shard paths or brace patterns.
+        urls: webdataset shards, as webdataset and open_clip take them: a path or URL with brace
+            ranges (``shards/train-{000000..000099}.tar``), several joined with ``::``, or a
+            list of those (see `clipcond.training.data.shard_urls`).
         manifest: path of the JSONL manifest.
         min_objects, max_objects: shapes only: objects per scene (1 to 4).
         object_count_weights: shapes only: relative weights of the object counts
@@ -25,7 +29,7 @@ class DataConfig:
     """
 
     source: Literal["shapes", "webdataset", "manifest"] = "shapes"
-    urls: list[str] = field(default_factory=list)
+    urls: str | list[str] = field(default_factory=list)
     manifest: str | None = None
     min_objects: int = 1
     max_objects: int = 1
@@ -34,8 +38,13 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.source == "webdataset" and not self.urls:
-            raise ValueError("data.source 'webdataset' needs data.urls")
+        if self.source == "webdataset":
+            patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
+            if not patterns or not all(isinstance(pattern, str) and pattern.strip() for pattern in patterns):
+                raise ValueError(
+                    "data.source 'webdataset' needs data.urls: a shard pattern such as "
+                    f"'shards/train-{{000000..000099}}.tar' ('::' between several) or a list of them, got {self.urls!r}"
+                )
         if self.source == "manifest" and not self.manifest:
             raise ValueError("data.source 'manifest' needs data.manifest")
         if not 1 <= self.min_objects <= self.max_objects <= 4:
@@ -51,3 +60,11 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+    def check_files(self) -> None:
+        """Before any work: the files this section names exist (every shard of `urls`, the
+        `manifest`); a `FileNotFoundError` names the key otherwise."""
+        if self.source == "webdataset":
+            shard_urls(self.urls, "data.urls")
+        elif self.source == "manifest" and not Path(self.manifest).is_file():
+            raise FileNotFoundError(f"data.manifest: no such file {self.manifest}")

@@ -1,5 +1,9 @@
 """The files training reads: webdataset tar shards and JSONL manifests.
 
+Shards are named as webdataset and open_clip take them (`shard_urls`): a path or URL with
+brace ranges (``data/train-{000000..000099}.tar``), several joined with ``::``, or a list of
+those. A local pattern that matches no existing file is an error, not an empty epoch.
+
 Each source gives `(PIL.Image in RGB, caption)` pairs (`webdataset_samples`,
 `manifest_samples`) or its captions alone, without opening an image (`webdataset_captions`,
 `manifest_captions`). A sample that cannot be used (an image that does not decode, a missing
@@ -16,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from PIL import Image
 
@@ -63,23 +68,71 @@ def clean_caption(raw: bytes | str) -> str:
     return " ".join(text.split())
 
 
-def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
-    """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
+def shard_urls(urls: str | Sequence[str], argument: str = "urls") -> list[str]:
+    """The shards named by webdataset patterns, in order.
 
     Args:
-        urls: a shard path, a brace pattern (``data/shard-{000..009}.tar``) or a list of them.
-        skipped: receives one count per unusable sample or broken shard member.
+        urls: one pattern or a list of them. A pattern is a path or URL, with brace ranges
+            (``train-{000000..000099}.tar``) and several patterns joined with ``::``, expanded
+            by webdataset (`webdataset.shardlists.expand_urls`, which braceexpand does for it).
+        argument: the name errors give the patterns ("data.urls", "--webdataset").
+
+    Raises:
+        ValueError: no pattern, or an empty one.
+        FileNotFoundError: a local pattern matches no existing file ("no shard matches
+            PATTERN"), or misses some of the files it names. Remote URLs (``pipe:``,
+            ``https://``, ``s3://`` ...) are not checked.
     """
+    from webdataset.shardlists import expand_urls
+
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    patterns = [pattern for item in listed for pattern in item.split("::")] if listed else []
+    if not patterns or not all(pattern.strip() for pattern in patterns):
+        raise ValueError(f"{argument}: expected a shard pattern, '::'-joined patterns or a list of them, got {urls!r}")
+    shards: list[str] = []
+    for pattern in patterns:
+        expanded = expand_urls(pattern)
+        local = [path for path in map(_local_path, expanded) if path is not None]
+        missing = [path for path in local if not path.is_file()]
+        if local and len(missing) == len(local):
+            raise FileNotFoundError(f"{argument}: no shard matches {pattern!r}")
+        if missing:
+            raise FileNotFoundError(
+                f"{argument}: {len(missing)} of the {len(local)} shards of {pattern!r} do not exist (first: {missing[0]})"
+            )
+        shards.extend(expanded)
+    return shards
+
+
+def _local_path(url: str) -> Path | None:
+    """The file a shard URL reads, or None for a remote one (webdataset opens any other scheme)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "":
+        return Path(url)
+    return Path(parsed.path) if parsed.scheme == "file" else None
+
+
+def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[dict]:
+    """The samples of the shards `urls` names (see `shard_urls`), in order, as webdataset groups
+    tar members by key; a member that cannot be read is skipped and counted."""
     import webdataset as wds
 
     def on_error(error: Exception) -> bool:
         skipped.skip("unreadable tar member", repr(error))
         return True
 
-    dataset = wds.WebDataset(
-        urls if isinstance(urls, str) else list(urls), shardshuffle=False, handler=on_error, empty_check=False
-    )
-    for sample in dataset:
+    yield from wds.WebDataset(shard_urls(urls), shardshuffle=False, handler=on_error, empty_check=False)
+
+
+def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
+    """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
+
+    Args:
+        urls: shard patterns (see `shard_urls`): ``data/shard-{000..009}.tar``, ``a.tar::b.tar``,
+            or a list of them.
+        skipped: receives one count per unusable sample or broken shard member.
+    """
+    for sample in _tar_members(urls, skipped):
         key = sample.get("__key__", "?")
         image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
         if image_key is None:
@@ -148,16 +201,11 @@ def manifest_captions(manifest: str | Path | None, skipped: SkipCounter) -> list
     return [caption for _, caption in manifest_entries(str(manifest), skipped)]
 
 
-def webdataset_captions(urls: Sequence[str], skipped: SkipCounter) -> list[str]:
-    """Every ``txt`` member of webdataset shards, in order (image members are not decoded)."""
-    import webdataset as wds
-
-    def on_error(error: Exception) -> bool:
-        skipped.skip("unreadable tar member", repr(error))
-        return True
-
+def webdataset_captions(urls: str | Sequence[str], skipped: SkipCounter) -> list[str]:
+    """Every ``txt`` member of webdataset shards (patterns as `shard_urls` takes them), in
+    order; image members are not decoded."""
     captions = []
-    for sample in wds.WebDataset(list(urls), shardshuffle=False, handler=on_error, empty_check=False):
+    for sample in _tar_members(urls, skipped):
         caption = clean_caption(sample.get("txt", b""))
         if caption:
             captions.append(caption)
