@@ -21,7 +21,11 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
    inf stops the run without saving: `TrainingDiverged`); the objective's update; at each
    logging step ``metrics.jsonl``, the trackers and the progress bar, with the throughput of
    the window just logged (`Throughput`); the objective's evaluations; a checkpoint when due.
-4. On success, the skipped samples are reported and the trackers closed.
+4. On success, the skipped samples are reported and the trackers closed. On an error before
+   the run's first checkpoint, the config snapshot and metrics are set aside
+   (``train_config.failed.yaml``, ``metrics.failed.jsonl``): the folder holds no run any more,
+   and the retry, plain or with ``--resume``, with the same config or a corrected one, starts
+   afresh without manual deletion. A folder holding a checkpoint stays the run's.
 
 What differs between objectives (models, batches, the step, evaluations) comes in as plain
 functions given to `TrainingRun.train`.
@@ -42,7 +46,7 @@ import torch
 
 from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from clipcond.training.data import SkipCounter
-from clipcond.training.run_folder import METRICS_FILE, check_output_dir, prepare_output_dir
+from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, check_output_dir, prepare_output_dir, set_aside
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,6 +168,7 @@ class TrainingRun:
         self._start_step = 0
         self._saved: tuple[dict[str, torch.nn.Module], Any, Any] | None = None
         self._progress: Any = None
+        self._took_folder = False
 
     def __enter__(self) -> TrainingRun:
         return self
@@ -172,6 +177,7 @@ class TrainingRun:
         if self._progress is not None:
             self._progress.close()
         if error is not None:
+            self._hand_back_folder_without_checkpoint()
             return
         if self.accelerator.is_main_process:
             self.accelerator.print(self.skipped.report())
@@ -195,6 +201,9 @@ class TrainingRun:
         accelerator = self.accelerator
         if accelerator.is_main_process:
             prepare_output_dir(self.config, self._resume)
+            self._took_folder = True
+            if self.resume_from is None:  # records of an attempt that left no checkpoint
+                set_aside(self.output_dir, METRICS_FILE)
         accelerator.wait_for_everyone()
         self._saved = (modules, optimizer, scheduler)
         if self.resume_from is None:
@@ -267,6 +276,16 @@ class TrainingRun:
         self._append_metrics({"step": step, **named})
         if self.log_with:
             self.accelerator.log(named, step=step)
+
+    def _hand_back_folder_without_checkpoint(self) -> None:
+        """After an error: a folder this run took and left without a checkpoint is freed."""
+        if not (self._took_folder and latest_checkpoint(self.output_dir) is None):
+            return
+        moved = set_aside(self.output_dir, CONFIG_SNAPSHOT, METRICS_FILE)
+        self.accelerator.print(
+            f"{self.name} stopped before its first checkpoint: {self.output_dir} holds no run any more "
+            f"(set aside: {', '.join(path.name for path in moved)}); rerun to start afresh"
+        )
 
     def _log_step(self, step: int, record: dict[str, float]) -> None:
         short = self.throughput_name.replace("_per_second", "_s")

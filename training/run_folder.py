@@ -3,7 +3,9 @@
 A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds a run),
 ``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/`` and what
 the run saves at the end. A new run refuses a folder that holds another run, and a resume
-refuses a changed config.
+refuses a changed config. A run that fails before its first checkpoint has nothing to keep or
+continue: its loop sets its snapshot and metrics aside (`set_aside`, as ``*.failed.*``), so the
+folder no longer holds a run and the retry, plain or with ``--resume``, needs no manual deletion.
 """
 
 from __future__ import annotations
@@ -59,3 +61,17 @@ def prepare_output_dir(config: Any, resume: bool) -> Path:
     temporary.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     temporary.replace(snapshot)
     return output_dir
+
+
+def set_aside(output_dir: Path, *names: str) -> list[Path]:
+    """Rename the files `names` of `output_dir` that exist to ``<stem>.failed<suffix>``
+    (replacing an older one), keeping what a failed attempt wrote out of the next one's way.
+    Returns the new paths."""
+    moved = []
+    for name in names:
+        path = Path(output_dir) / name
+        if path.is_file():
+            target = path.with_name(f"{path.stem}.failed{path.suffix}")
+            path.replace(target)
+            moved.append(target)
+    return moved

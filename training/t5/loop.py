@@ -61,12 +61,13 @@ class TrainT5Result:
     captions_per_second: float
 
 
-def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir: Path, resume: bool) -> Any:
-    """Train the tokenizer (and keep it in the run folder), or load the kept one on resume."""
+def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir: Path, resuming: bool) -> Any:
+    """Train the tokenizer (and keep it in the run folder), or load the kept one when resuming
+    from a checkpoint (a kept tokenizer without one may be a failed attempt's, of another config)."""
     from transformers import AutoTokenizer
 
     kept = output_dir / TOKENIZER_DIR
-    if resume and (kept / "tokenizer_config.json").is_file():
+    if resuming and (kept / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(kept)
     settings = config.tokenizer
     tokenizer = train_t5_tokenizer(
@@ -94,7 +95,7 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         accelerator, output_dir = run.accelerator, run.output_dir
         source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
         if accelerator.is_main_process:
-            tokenizer = _tokenizer_for_run(config, source, output_dir, resume)
+            tokenizer = _tokenizer_for_run(config, source, output_dir, run.resume_from is not None)
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             from transformers import AutoTokenizer
