@@ -54,9 +54,9 @@ def worker(args: argparse.Namespace) -> dict:
     from transformers import CLIPModel
 
     from clipcond.models import ClipTwoTower, build_clip_model, model_config_from_dict
-    from clipcond.training.clip_config import TrainClipConfig
-    from clipcond.training.clip_loop import ContrastiveStep, make_optimizer
-    from clipcond.training.clip_model_setup import ContrastiveModel
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.clip.loop import ContrastiveStep, make_optimizer
+    from clipcond.training.clip.model_setup import ContrastiveModel
 
     torch.manual_seed(0)
     model_data = yaml.safe_load(Path(args.model).read_text()) if args.model else DEFAULT_MODEL

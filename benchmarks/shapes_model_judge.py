@@ -91,8 +91,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.checkpoint:
-        from clipcond.training.diffusion_config import TrainDiffusionConfig
-        from clipcond.training.diffusion_setup import pipeline_from_checkpoint
+        from clipcond.training.diffusion.config import TrainDiffusionConfig
+        from clipcond.training.diffusion.setup import pipeline_from_checkpoint
 
         if not args.config:
             raise ValueError("--checkpoint needs --config (the run's config)")
@@ -101,7 +101,7 @@ def main() -> None:
     else:
         pipe = load_pipeline(args.model, torch_dtype=torch.float32)
     if args.scheduler:
-        from clipcond.training.diffusion_config import scheduler_class
+        from clipcond.training.diffusion.config import scheduler_class
 
         pipe.scheduler = scheduler_class(args.scheduler, "--scheduler").from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 # (name, module, one-line help)
 SUBCOMMANDS = (
     ("train-clip", "clipcond.training.train_clip", "pretrain or fine-tune CLIP towers (contrastive)"),
-    ("eval-clip", "clipcond.training.eval_clip", "zero-shot and retrieval evaluation of a saved CLIP"),
-    ("convert-clip", "clipcond.training.convert_clip", "OpenAI / open_clip ViT checkpoint -> a clipcond model folder"),
-    ("init-clip", "clipcond.training.init_clip", "a CLIP with fresh random weights (the untrained control)"),
+    ("eval-clip", "clipcond.training.clip.eval_command", "zero-shot and retrieval evaluation of a saved CLIP"),
+    ("convert-clip", "clipcond.training.clip.convert", "OpenAI / open_clip ViT checkpoint -> a clipcond model folder"),
+    ("init-clip", "clipcond.training.clip.random_init", "a CLIP with fresh random weights (the untrained control)"),
     (
         "train-diffusion",
         "clipcond.training.train_diffusion",

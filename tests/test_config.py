@@ -102,7 +102,7 @@ def test_builtin_recipe_from_a_pipeline_folder(tmp_path, sd_pipe):
 
 def test_set_overrides_apply_and_validate():
     from clipcond.config import apply_overrides
-    from clipcond.training.diffusion_config import TrainDiffusionConfig
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
 
     base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
     changed = apply_overrides(
@@ -151,8 +151,8 @@ def test_train_commands_take_set_overrides(tmp_path):
             str(tmp_path),
         ]
     )
-    from clipcond.training.cli_overrides import config_with_overrides
-    from clipcond.training.diffusion_config import TrainDiffusionConfig
+    from clipcond.training.command import config_with_overrides
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
 
     config = config_with_overrides(TrainDiffusionConfig(text_encoder="clip", unet={}), args)
     assert (config.lr, config.data.max_objects, config.steps, config.output_dir) == (0.5, 1, 7, str(tmp_path))
@@ -161,8 +161,8 @@ def test_train_commands_take_set_overrides(tmp_path):
 def test_object_count_weights_reach_the_training_stream():
     from clipcond.config import apply_overrides
     from clipcond.shapes import ShapesStream
-    from clipcond.training.clip_batches import ContrastiveBatches
-    from clipcond.training.diffusion_config import TrainDiffusionConfig
+    from clipcond.training.data import ImageCaptionBatches as ContrastiveBatches
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
 
     base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
     config = apply_overrides(base, ["data.max_objects=2", "data.object_count_weights=[1, 3]"])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipcond.training.contrastive_step import contrastive_backward
+from clipcond.training.clip.contrastive_step import contrastive_backward
 
 
 def _loss(scale):

@@ -12,7 +12,7 @@ import torch
 
 from clipcond import CLIPConditionedPipeline
 from clipcond.pipelines.coordinates import append_coordinates, coordinate_grid
-from clipcond.training.diffusion_loop import train_diffusion
+from clipcond.training.diffusion.loop import train_diffusion
 
 
 def test_grid_holds_pixel_centre_coordinates() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clipcond.training.evaluation import class_embeddings, retrieval_recall, zero_shot_accuracy
+from clipcond.training.clip.metrics import class_embeddings, retrieval_recall, zero_shot_accuracy
 
 
 def test_class_embeddings_average_normalised_templates():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clipcond.models import load_clip
-from clipcond.training.diffusion_setup import load_frozen_text_encoder
-from clipcond.training.init_clip import init_clip
+from clipcond.training.clip.random_init import init_clip
+from clipcond.training.diffusion.setup import load_frozen_text_encoder
 
 MODEL = Path(__file__).parents[1] / "configs" / "models" / "clip-tiny.yaml"
 

@@ -12,10 +12,10 @@ ROOT = Path(__file__).parents[1]
 
 CHECK = """
 import sys, clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.losses, clipcond.cli, clipcond.lab
-import clipcond.training.clip_loop
+import clipcond.training.clip.loop, clipcond.training.diffusion.loop, clipcond.training.t5.loop
 from clipcond import CLIPConditionedPipeline
 site = sys.argv[1]
-for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.training.clip_loop):
+for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models, clipcond.shapes, clipcond.training.clip.loop, clipcond.training.diffusion.loop, clipcond.training.t5.loop):
     assert module.__file__.startswith(site), (module.__name__, module.__file__)
 from clipcond import clip_tokenizer
 assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
-from clipcond.training.diffusion_config import TrainDiffusionConfig
+from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.run_folder import CONFIG_SNAPSHOT, prepare_output_dir
 
 

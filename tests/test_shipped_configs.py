@@ -12,9 +12,9 @@ import pytest
 
 from clipcond.cli import main as cli_main
 from clipcond.lab.config import load_experiment_config
-from training.clip_config import TrainClipConfig
-from training.diffusion_config import TrainDiffusionConfig
-from training.t5_config import TrainT5Config
+from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.t5.config import TrainT5Config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

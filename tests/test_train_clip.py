@@ -20,9 +20,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
-from clipcond.training.clip_config import DataConfig, TrainClipConfig
-from clipcond.training.clip_loop import train_clip
-from clipcond.training.run_folder import TrainingDiverged
+from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.clip.loop import train_clip
+from clipcond.training.data import DataConfig
+from clipcond.training.loop import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")  # ResNet image tower
@@ -130,9 +131,10 @@ def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
     from accelerate import Accelerator
 
     from clipcond.tokenization import clip_tokenizer
-    from clipcond.training.clip_batches import CaptionTokenizer, ContrastiveBatches
-    from clipcond.training.clip_loop import ContrastiveStep, make_optimizer
-    from clipcond.training.clip_model_setup import build_contrastive_model
+    from clipcond.training.clip.loop import ContrastiveStep, make_optimizer
+    from clipcond.training.clip.model_setup import build_contrastive_model
+    from clipcond.training.data import CaptionTokenizer
+    from clipcond.training.data import ImageCaptionBatches as ContrastiveBatches
 
     # ViT towers: a batch-norm tower (ResNet) computes its statistics per micro-batch, which is
     # a different function of the batch, as it is under any data-parallel split.
@@ -163,7 +165,7 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    import clipcond.training.clip_loop as loop
+    import clipcond.training.clip.loop as loop
 
     calls = {"n": 0}
     real_loss = loop.clip_loss

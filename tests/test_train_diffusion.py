@@ -16,9 +16,9 @@ from killing import kill_after_checkpoint
 from safetensors.torch import load_file
 
 from clipcond import CLIPConditionedPipeline
-from clipcond.training.diffusion_config import TrainDiffusionConfig
-from clipcond.training.diffusion_loop import train_diffusion
-from clipcond.training.run_folder import TrainingDiverged
+from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.loop import train_diffusion
+from clipcond.training.loop import TrainingDiverged
 
 UNET = dict(
     block_out_channels=[16, 32],
@@ -108,7 +108,7 @@ def test_v_prediction_and_lora_on_cross_attention(trained: Path, tiny_clip_text_
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_clip_text_path, tmp_path: Path, monkeypatch) -> None:
-    import clipcond.training.diffusion_loop as loop
+    import clipcond.training.diffusion.loop as loop
 
     calls = {"n": 0}
     real = loop.F.mse_loss
@@ -316,7 +316,7 @@ def test_vae_that_does_not_fit_the_image_size_is_an_error(tiny_clip_text_path, t
 
 
 def test_pipeline_from_the_last_checkpoint_equals_the_saved_pipeline(trained: Path) -> None:
-    from clipcond.training.diffusion_setup import pipeline_from_checkpoint
+    from clipcond.training.diffusion.setup import pipeline_from_checkpoint
 
     config = TrainDiffusionConfig.from_yaml(trained.parent / "train_config.yaml")
     pipe = pipeline_from_checkpoint(config, trained.parent / "checkpoints" / "step-000000003")
@@ -357,7 +357,7 @@ def test_cosine_schedule_min_snr_and_trailing_spacing_reach_the_saved_pipeline(
 def test_min_snr_weights_each_example_by_its_clipped_snr(prediction_type: str) -> None:
     from diffusers import DDPMScheduler
 
-    from clipcond.training.diffusion_loop import _denoising_loss
+    from clipcond.training.diffusion.loop import _denoising_loss
 
     schedule = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
     timesteps = torch.tensor([5, 300, 900])

@@ -20,8 +20,10 @@ import yaml
 from safetensors.torch import load_file
 
 from clipcond.shapes import ShapesStream
-from clipcond.training.clip_config import DataConfig
-from clipcond.training.span_corruption import (
+from clipcond.training.data import CaptionSource, DataConfig
+from clipcond.training.t5.config import T5ModelSettings, T5TokenizerSettings, TrainT5Config
+from clipcond.training.t5.loop import build_t5, train_t5
+from clipcond.training.t5.span_corruption import (
     IGNORE_INDEX,
     SpanCorruption,
     corrupt_spans,
@@ -29,10 +31,7 @@ from clipcond.training.span_corruption import (
     noise_mask,
     span_counts,
 )
-from clipcond.training.t5_batches import CaptionSource
-from clipcond.training.t5_config import T5ModelSettings, T5TokenizerSettings, TrainT5Config
-from clipcond.training.t5_loop import build_t5, train_t5
-from clipcond.training.t5_tokenizer import sentinel_ids, sentinel_token, train_t5_tokenizer
+from clipcond.training.t5.tokenizer import sentinel_ids, sentinel_token, train_t5_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SENTINELS = tuple(range(1000, 1032))
@@ -244,7 +243,7 @@ def test_saved_folder_loads_for_diffusion_and_conditions_prompts(trained: Path, 
     from transformers import AutoTokenizer, CLIPTextModel
 
     from clipcond import TextConditioner
-    from clipcond.training.diffusion_setup import load_frozen_t5
+    from clipcond.training.diffusion.setup import load_frozen_t5
 
     model, tokenizer = load_frozen_t5(str(trained / "model"))
     assert model.config.d_model == 32 and not any(p.requires_grad for p in model.parameters())

@@ -1,9 +1,10 @@
-"""Optimiser conventions of CLIP training: AdamW with no weight decay on gains, biases and
-the temperature, and a linear warm-up followed by a cosine decay."""
+"""The optimiser every training loop uses: AdamW with no weight decay on gains, biases and
+the temperature (as CLIP trains), and a linear warm-up followed by a cosine decay."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,3 +43,21 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw_with_warmup_cosine(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `param_groups(model, weight_decay)` and its `warmup_cosine` schedule.
+
+    The fused kernel updates every parameter in one pass: the same update, less memory traffic.
+    `betas` and `eps` default to torch's.
+    """
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=True)
+    return optimizer, warmup_cosine(optimizer, warmup_steps, total_steps)

@@ -1,33 +1,23 @@
-"""What every training loop does around its steps: check the machine before work, own the
-run folder (refuse to overwrite another run, refuse to resume a changed config), and stop on a
-diverged loss without saving the bad state."""
+"""The run folder (`config.output_dir`): what it holds and who may use it.
+
+A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds a run),
+``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/`` and what
+the run saves at the end. A new run refuses a folder that holds another run, and a resume
+refuses a changed config. A run that fails before its first checkpoint has nothing to keep or
+continue: its loop sets its snapshot and metrics aside (`set_aside`, as ``*.failed.*``), so the
+folder no longer holds a run and the retry, plain or with ``--resume``, needs no manual deletion.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 CONFIG_SNAPSHOT = "train_config.yaml"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
-
-
-def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
-    """Errors that depend on the machine, raised before any work."""
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
-    if log_with == "tensorboard":
-        from accelerate.utils import is_tensorboard_available
-
-        if not is_tensorboard_available():
-            raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
+METRICS_FILE = "metrics.jsonl"
 
 
 def _defaults(config_class: type) -> dict[str, Any]:
@@ -42,105 +32,46 @@ def _defaults(config_class: type) -> dict[str, Any]:
     return defaults
 
 
-def prepare_output_dir(config: Any, resume: bool) -> Path:
-    """Create `config.output_dir`, refuse to overwrite a different run, snapshot the config (a dataclass)."""
+def check_output_dir(config: Any, resume: bool) -> None:
+    """Refuse `config.output_dir` (a `ValueError`) when it holds a run and `resume` is not set,
+    or when `resume` is set and that run's config differs from `config` (a dataclass).
+    Writes nothing."""
     output_dir = Path(config.output_dir)
     snapshot = output_dir / CONFIG_SNAPSHOT
+    if not snapshot.is_file():
+        return
+    if not resume:
+        raise ValueError(f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir")
+    previous = yaml.safe_load(snapshot.read_text())
+    # A key missing from the snapshot (a field added since it was written) reads as its default.
+    previous = {**_defaults(type(config)), **previous}
     current = dataclasses.asdict(config)
-    if snapshot.is_file():
-        if not resume:
-            raise ValueError(
-                f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
-            )
-        previous = yaml.safe_load(snapshot.read_text())
-        # A key missing from the snapshot (a field added since it was written) reads as its default.
-        previous = {**_defaults(type(config)), **previous}
-        changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
-        if changed:
-            raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+    changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
+    if changed:
+        raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+
+
+def prepare_output_dir(config: Any, resume: bool) -> Path:
+    """Check the folder (`check_output_dir`), create it and snapshot `config` (a dataclass) in it, atomically."""
+    check_output_dir(config, resume)
+    output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = output_dir / CONFIG_SNAPSHOT
     temporary = snapshot.with_suffix(".tmp")
-    temporary.write_text(yaml.safe_dump(current, sort_keys=False))
+    temporary.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     temporary.replace(snapshot)
     return output_dir
 
 
-def stop_if_diverged(
-    loss_value: float, step: int, last_checkpoint: Path | None, optimizer: torch.optim.Optimizer
-) -> None:
-    """Raise `TrainingDiverged` (gradients dropped, nothing saved) when the loss is NaN/inf."""
-    if math.isfinite(loss_value):
-        return
-    optimizer.zero_grad(set_to_none=True)
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-    raise TrainingDiverged(
-        f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
-        "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
-    )
-
-
-def checkpoint_if_due(
-    accelerator: Any,
-    step: int,
-    config: Any,
-    output_dir: Path,
-    modules: dict[str, torch.nn.Module],
-    optimizer: Any,
-    scheduler: Any,
-    extra: dict[str, Any],
-    last: Path | None,
-) -> Path | None:
-    """Write a checkpoint every `config.checkpoint_every` steps and at `config.steps` (main
-    process; every rank waits); returns the newest checkpoint folder (`last` when none is due)."""
-    from clipcond.training.checkpoint import save_checkpoint
-
-    if step % config.checkpoint_every and step != config.steps:
-        return last
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return last
-    return save_checkpoint(
-        output_dir,
-        step,
-        modules,
-        optimizer=getattr(optimizer, "optimizer", optimizer),
-        scheduler=scheduler,
-        extra=extra,
-        keep=config.keep_checkpoints,
-    )
-
-
-def resume_latest(
-    accelerator: Any,
-    output_dir: Path,
-    resume: bool,
-    modules: dict[str, torch.nn.Module],
-    optimizer: Any,
-    scheduler: Any,
-) -> tuple[int, dict[str, Any], Path | None]:
-    """With `resume`, load the newest checkpoint of `output_dir` into the objects given.
-
-    Returns (the step to continue after, the checkpoint's `extra`, its folder); (0, {}, None)
-    when not resuming or nothing was saved yet.
-    """
-    from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint
-
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is None:
-        return 0, {}, None
-    state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
-    accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
-    return state["step"], state["extra"], checkpoint
-
-
-def progress_bar(accelerator: Any, total: int, start_step: int, name: str, show: bool) -> Any:
-    """The run's tqdm bar over steps, drawn on the local main process only when `show`."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start_step,
-        desc=name,
-        dynamic_ncols=True,
-        disable=not (show and accelerator.is_local_main_process),
-    )
+def set_aside(output_dir: Path, *names: str) -> list[Path]:
+    """Rename the files `names` of `output_dir` that exist to ``<stem>.failed<suffix>``
+    (replacing an older one), keeping what a failed attempt wrote out of the next one's way.
+    Returns the new paths."""
+    moved = []
+    for name in names:
+        path = Path(output_dir) / name
+        if path.is_file():
+            target = path.with_name(f"{path.stem}.failed{path.suffix}")
+            path.replace(target)
+            moved.append(target)
+    return moved

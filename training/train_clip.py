@@ -9,21 +9,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_training_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-clip`."""
-    parser.add_argument("--config", required=True, help="run config YAML (e.g. configs/train/clip-tiny-shapes.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    add_override_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    add_training_arguments(parser, "run config YAML (e.g. configs/train/clip-tiny-shapes.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the model went. Returns the exit status."""
-    from clipcond.training.clip_config import TrainClipConfig
-    from clipcond.training.clip_loop import train_clip
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.clip.loop import train_clip
 
     def report(result) -> list[str]:
         lines = [f"model saved to {result.model_dir} after {result.steps} steps (loss {result.loss:.4f})"]

@@ -7,21 +7,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_training_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-diffusion`."""
-    parser.add_argument("--config", required=True, help="run config YAML (TrainDiffusionConfig)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
-    add_override_arguments(parser)
+    add_training_arguments(parser, "run config YAML (TrainDiffusionConfig)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the pipeline went. Returns the exit status."""
-    from clipcond.training.diffusion_config import TrainDiffusionConfig
-    from clipcond.training.diffusion_loop import train_diffusion
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+    from clipcond.training.diffusion.loop import train_diffusion
 
     return run_training_command(
         args,

@@ -9,21 +9,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipcond.training.cli_overrides import add_override_arguments, run_training_command
+from clipcond.training.command import add_training_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `train-t5`."""
-    parser.add_argument("--config", required=True, help="run config YAML (e.g. configs/train/t5-tiny-shapes.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    add_override_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    add_training_arguments(parser, "run config YAML (e.g. configs/train/t5-tiny-shapes.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the encoder went and its held-out scores. Returns the exit status."""
-    from clipcond.training.t5_config import TrainT5Config
-    from clipcond.training.t5_loop import train_t5
+    from clipcond.training.t5.config import TrainT5Config
+    from clipcond.training.t5.loop import train_t5
 
     return run_training_command(
         args,

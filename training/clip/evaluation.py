@@ -23,9 +23,8 @@ from clipcond.shapes import (
     render_scene,
     single_object_scene,
 )
-from clipcond.training.clip_batches import CaptionTokenizer
-from clipcond.training.data import ClipImageTransform
-from clipcond.training.evaluation import class_embeddings, retrieval_recall, zero_shot_accuracy
+from clipcond.training.clip.metrics import class_embeddings, retrieval_recall, zero_shot_accuracy
+from clipcond.training.data import CaptionTokenizer, ClipImageTransform
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import nn
 
 from clipcond.losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
 from clipcond.models import ClipTwoTower, build_text_tower, load_clip, load_model_config
-from clipcond.training.clip_config import TrainClipConfig
+from clipcond.training.clip.config import TrainClipConfig
 
 
 class ContrastiveModel(nn.Module):

@@ -1,5 +1,7 @@
-"""What the training commands share: the body of `run` (`run_training_command`) and the overrides ``--output-dir``, ``--steps`` and
-``--set KEY=VALUE`` (any config key, dotted for nested sections, value read as YAML).
+"""What the training commands (``train-clip``, ``train-diffusion``, ``train-t5``) share: their
+options (`add_training_arguments`: ``--config``, ``--resume``, ``--no-progress`` and the
+overrides ``--output-dir``, ``--steps``, ``--set KEY=VALUE`` with any config key, dotted for
+nested sections, value read as YAML) and the body of their `run` (`run_training_command`).
 
 One config file can then drive several runs, e.g. the setups of an experiment:
 ``clipcond train-diffusion --config base.yaml --set text_encoder=runs/clip-b/model --output-dir runs/b``.
@@ -16,6 +18,15 @@ from typing import Any, TypeVar
 from clipcond.config import apply_overrides
 
 T = TypeVar("T")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The options of a training command: ``--config`` (described by `config_help`),
+    ``--resume``, ``--no-progress`` and the overrides."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    add_override_arguments(parser)
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +59,20 @@ def run_training_command(
     report: Callable[[Any], list[str]],
 ) -> int:
     """The body of every training command: load `--config` as `config_class`, apply the
-    overrides, call `train(config, config_dir)`, print `report(result)`.
+    overrides, check the data files it names, call `train(config, config_dir)`, print
+    `report(result)`.
 
-    Returns 0; 2 when the config or an override is wrong (said before any work); 3 when the
-    loss diverged (the message names the last good checkpoint).
+    Returns 0; 2 when the config or an override is wrong or names missing data files (said
+    before any work); 3 when the loss diverged (the message names the last good checkpoint).
     """
-    from clipcond.training.run_folder import TrainingDiverged
+    from clipcond.training.loop import TrainingDiverged
 
     path = Path(args.config)
     try:  # a bad config is the user's to fix: its message, not a traceback
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path}")
         config = config_with_overrides(config_class.from_yaml(path), args)
+        config.data.check_files()
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

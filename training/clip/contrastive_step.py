@@ -72,3 +72,14 @@ def contrastive_backward(
             surrogate = (batch_images * image_grads[index]).sum() + (batch_texts * text_grads[index]).sum()
             backward(surrogate)
     return loss.detach()
+
+
+def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> list[dict[str, torch.Tensor]]:
+    """Cut a batch into micro-batches of at most `micro_batch_size` rows (None: one piece)."""
+    if micro_batch_size is None:
+        return [batch]
+    total = batch["input_ids"].shape[0]
+    return [
+        {key: value[start : start + micro_batch_size] for key, value in batch.items()}
+        for start in range(0, total, micro_batch_size)
+    ]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from clipcond.config import load_config
-from clipcond.training.clip_config import DataConfig
-from clipcond.training.span_corruption import max_spans
+from clipcond.training.data import DataConfig
+from clipcond.training.t5.span_corruption import max_spans
 
 
 @dataclass

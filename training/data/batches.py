@@ -1,4 +1,5 @@
-"""Batches for contrastive training: images as CLIP tensors, captions as token ids.
+"""Endless image-caption batches of one process: `ImageCaptionBatches`, through which every
+objective that reads images (CLIP, diffusion) gets its data, whatever the source.
 
 Every step of every process gets a batch that depends only on (seed, step, rank), so a
 resumed run reads exactly what the uninterrupted run would have read:
@@ -8,57 +9,26 @@ resumed run reads exactly what the uninterrupted run would have read:
 - webdataset shards and JSONL manifests are read in order, endlessly (epoch after epoch);
   rank `r` takes every `world`-th sample, and a resumed run skips what was already read.
 
-A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 normalised
-with CLIP's mean/std, ``input_ids`` (batch, seq) int64 padded to the longest caption with
-the tokenizer's pad id, and with hard negatives ``negative_input_ids`` (batch, seq_neg).
+A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 (CLIP's
+normalisation unless another transform is given), ``input_ids`` (batch, seq) int64 padded to
+the longest caption with the tokenizer's pad id, and with hard negatives
+``negative_input_ids`` (batch, seq_neg); or, untokenized, (pixels, captions)
+(`next_with_captions`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipcond.shapes import ShapesStream, negative_caption
-from clipcond.training.clip_config import DataConfig
-from clipcond.training.data import ClipImageTransform, SkipCounter, manifest_samples, webdataset_samples
-
-
-@dataclass
-class CaptionTokenizer:
-    """Captions -> (batch, seq) int64 ids padded to the longest caption, with a cache (shapes
-    captions repeat a lot). Captions longer than the context are truncated and counted."""
-
-    tokenizer: object
-    context_length: int
-    cache_size: int = 100_000
-    truncated: int = 0
-    _cache: dict[str, list[int]] = field(default_factory=dict)
-
-    def ids(self, caption: str) -> list[int]:
-        """Token ids of one caption, with BOS and EOS, at most `context_length` long."""
-        cached = self._cache.get(caption)
-        if cached is not None:
-            return cached
-        ids = self.tokenizer(caption, truncation=False)["input_ids"]
-        if len(ids) > self.context_length:
-            self.truncated += 1
-            ids = ids[: self.context_length - 1] + [ids[-1]]
-        if len(self._cache) < self.cache_size:
-            self._cache[caption] = ids
-        return ids
-
-    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
-        """(len(captions), longest) int64 ids, padded after EOS with the tokenizer's pad id."""
-        rows = [self.ids(caption) for caption in captions]
-        longest = max(len(row) for row in rows)
-        batch = torch.full((len(rows), longest), int(self.tokenizer.pad_token_id), dtype=torch.long)
-        for index, row in enumerate(rows):
-            batch[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return batch
+from clipcond.training.data.caption_tokenizer import CaptionTokenizer
+from clipcond.training.data.config import DataConfig
+from clipcond.training.data.sources import SkipCounter, manifest_samples, webdataset_samples
+from clipcond.training.data.transforms import ClipImageTransform
 
 
 class _ShapesSamples(Dataset):
@@ -125,12 +95,12 @@ def _endless(data: DataConfig, skipped: SkipCounter) -> Iterator[tuple[object, s
             raise ValueError(f"no usable sample in {where} ({skipped.report()})")
 
 
-class ContrastiveBatches:
+class ImageCaptionBatches:
     """Endless batches for one rank, starting at `start_step`.
 
     Args:
         data: the data section of the run config.
-        tokenizer: a `CaptionTokenizer`.
+        tokenizer: a `CaptionTokenizer`, or None for batches read with `next_with_captions` only.
         image_size: side of the square images, in pixels (the image tower's input size).
         batch_size: samples per step on this rank.
         seed: the run seed (selects the shapes samples and the hard negatives).
@@ -144,7 +114,7 @@ class ContrastiveBatches:
     def __init__(
         self,
         data: DataConfig,
-        tokenizer: CaptionTokenizer,
+        tokenizer: CaptionTokenizer | None,
         image_size: int,
         batch_size: int,
         seed: int,
@@ -207,14 +177,3 @@ class ContrastiveBatches:
         if self.hard_negatives:
             batch["negative_input_ids"] = self.tokenizer(negatives)
         return batch
-
-
-def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> list[dict[str, torch.Tensor]]:
-    """Cut a batch into micro-batches of at most `micro_batch_size` rows (None: one piece)."""
-    if micro_batch_size is None:
-        return [batch]
-    total = batch["input_ids"].shape[0]
-    return [
-        {key: value[start : start + micro_batch_size] for key, value in batch.items()}
-        for start in range(0, total, micro_batch_size)
-    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clipcond.config import load_config
-from clipcond.training.clip_config import DataConfig
+from clipcond.training.data import DataConfig
 
 
 @dataclass

@@ -19,7 +19,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.families import custom_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.tokenization import clip_tokenizer
-from clipcond.training.diffusion_config import TrainDiffusionConfig
+from clipcond.training.diffusion.config import TrainDiffusionConfig
 
 PROJECTION_DIR = "text_projection"
 
@@ -267,7 +267,7 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
     """A `CLIPConditionedPipeline` over `denoiser`'s UNet and projection (shared, not copied)
     and the run's encoders and VAE, with `config.sample_scheduler` on the training noise schedule."""
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-    from clipcond.training.diffusion_config import scheduler_class
+    from clipcond.training.diffusion.config import scheduler_class
 
     scheduler = scheduler_class(config.sample_scheduler, "sample_scheduler").from_config(
         models.noise_schedule.config, timestep_spacing=config.timestep_spacing

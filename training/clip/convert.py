@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m clipcond.training.convert_clip --checkpoint ... --output ...`."""
+    """`python -m clipcond.training.clip.convert --checkpoint ... --output ...`."""
     parser = argparse.ArgumentParser(prog="convert_clip", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation images")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--webdataset", nargs="+", metavar="URL", help="retrieval on these tar shards")
+    source.add_argument(
+        "--webdataset",
+        nargs="+",
+        metavar="PATTERN",
+        help="retrieval on these tar shards: paths or brace patterns (shards/test-{000..009}.tar), '::' between several",
+    )
     source.add_argument("--manifest", help="retrieval on this JSONL manifest")
     parser.add_argument("--pairs", type=int, default=1000, help="image-caption pairs for retrieval")
     parser.add_argument("--output", help="also write the metrics to this JSON file")
@@ -29,22 +34,24 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.models import load_clip
     from clipcond.shapes import ShapesStream
     from clipcond.tokenization import clip_tokenizer
-    from clipcond.training.clip_batches import CaptionTokenizer
-    from clipcond.training.clip_eval import pair_retrieval, shapes_zero_shot
-    from clipcond.training.data import SkipCounter, manifest_samples, webdataset_samples
+    from clipcond.training.clip.evaluation import pair_retrieval, shapes_zero_shot
+    from clipcond.training.data import CaptionTokenizer, SkipCounter, manifest_samples, shard_urls, webdataset_samples
 
     if args.images_per_class < 1 or args.pairs < 2:
         raise ValueError("--images-per-class must be >= 1 and --pairs >= 2")
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"--model: no such folder {model_dir}")
+    shards = shard_urls(args.webdataset, "--webdataset") if args.webdataset else None
+    if args.manifest and not Path(args.manifest).is_file():
+        raise FileNotFoundError(f"--manifest: no such file {args.manifest}")
     clip = load_clip(model_dir).float()
     length = clip.config.text.context_length
     tokenizer = CaptionTokenizer(clip_tokenizer(model_max_length=length), length)
     metrics: dict[str, object] = {"zero_shot": shapes_zero_shot(clip, tokenizer, args.images_per_class, args.seed)}
     skipped = SkipCounter()
     if args.webdataset:
-        pairs = webdataset_samples(args.webdataset, skipped)
+        pairs = webdataset_samples(shards, skipped)
     elif args.manifest:
         pairs = manifest_samples(args.manifest, skipped)
     else:
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m clipcond.training.eval_clip --model ...`."""
+    """`python -m clipcond.training.clip.eval_command --model ...`."""
     parser = argparse.ArgumentParser(prog="eval_clip", description="evaluate a saved CLIP")
     add_arguments(parser)
     return run(parser.parse_args(argv))

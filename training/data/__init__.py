@@ -1,0 +1,51 @@
+"""Training data: every source enters here, and loops never know which one they read.
+
+- `DataConfig`: the data section of every run config (the shapes stream, webdataset shards or
+  a JSONL manifest);
+- `ImageCaptionBatches`: endless batches of (image tensor, caption) for one process, resumable
+  at any step (CLIP and diffusion training);
+- `CaptionSource`: captions alone by sample index, with held-out ones (T5 pretraining);
+- `CaptionTokenizer`: captions -> padded token ids; `ClipImageTransform`,
+  `pixels_in_unit_range`: images -> tensors;
+- `SkipCounter`: unusable samples are skipped and counted by reason, never fatal;
+- the file readers under them: `webdataset_samples`, `webdataset_captions` (shards named
+  as webdataset takes them: `shard_urls`), `manifest_samples`, `manifest_captions`,
+  `manifest_entries`; `DataConfig.check_files` checks the files exist before any work.
+"""
+
+from clipcond.training.data.batches import ImageCaptionBatches
+from clipcond.training.data.caption_tokenizer import CaptionTokenizer
+from clipcond.training.data.captions import CaptionSource
+from clipcond.training.data.config import DataConfig
+from clipcond.training.data.sources import (
+    SkipCounter,
+    clean_caption,
+    decode_image,
+    manifest_captions,
+    manifest_entries,
+    manifest_samples,
+    shard_urls,
+    webdataset_captions,
+    webdataset_samples,
+)
+from clipcond.training.data.transforms import CLIP_MEAN, CLIP_STD, ClipImageTransform, pixels_in_unit_range
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CaptionSource",
+    "CaptionTokenizer",
+    "ClipImageTransform",
+    "DataConfig",
+    "ImageCaptionBatches",
+    "SkipCounter",
+    "clean_caption",
+    "decode_image",
+    "manifest_captions",
+    "manifest_entries",
+    "manifest_samples",
+    "pixels_in_unit_range",
+    "shard_urls",
+    "webdataset_captions",
+    "webdataset_samples",
+]

@@ -1,0 +1,214 @@
+"""The files training reads: webdataset tar shards and JSONL manifests.
+
+Shards are named as webdataset and open_clip take them (`shard_urls`): a path or URL with
+brace ranges (``data/train-{000000..000099}.tar``), several joined with ``::``, or a list of
+those. A local pattern that matches no existing file is an error, not an empty epoch.
+
+Each source gives `(PIL.Image in RGB, caption)` pairs (`webdataset_samples`,
+`manifest_samples`) or its captions alone, without opening an image (`webdataset_captions`,
+`manifest_captions`). A sample that cannot be used (an image that does not decode, a missing
+file, an empty caption, a malformed manifest line, a broken tar member) is skipped and counted
+in a `SkipCounter` by reason: never fatal, always reported at the end of a run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+Sample = tuple[Image.Image, str]
+
+
+@dataclass
+class SkipCounter:
+    """Counts skipped samples by reason."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str, detail: str = "") -> None:
+        """Record one skipped sample (logged at debug level with `detail`)."""
+        self.counts[reason] += 1
+        logger.debug("skipped sample (%s) %s", reason, detail)
+
+    @property
+    def total(self) -> int:
+        """Samples skipped so far."""
+        return sum(self.counts.values())
+
+    def report(self) -> str:
+        """One line: the total and the count per reason."""
+        if not self.total:
+            return "skipped samples: 0"
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.counts.items()))
+        return f"skipped samples: {self.total} ({reasons})"
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode encoded image bytes into an RGB image; raises on anything Pillow cannot read."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def clean_caption(raw: bytes | str) -> str:
+    """A caption as text with runs of whitespace collapsed to one space."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    return " ".join(text.split())
+
+
+def shard_urls(urls: str | Sequence[str], argument: str = "urls") -> list[str]:
+    """The shards named by webdataset patterns, in order.
+
+    Args:
+        urls: one pattern or a list of them. A pattern is a path or URL, with brace ranges
+            (``train-{000000..000099}.tar``) and several patterns joined with ``::``, expanded
+            by webdataset (`webdataset.shardlists.expand_urls`, which braceexpand does for it).
+        argument: the name errors give the patterns ("data.urls", "--webdataset").
+
+    Raises:
+        ValueError: no pattern, or an empty one.
+        FileNotFoundError: a local pattern matches no existing file ("no shard matches
+            PATTERN"), or misses some of the files it names. Remote URLs (``pipe:``,
+            ``https://``, ``s3://`` ...) are not checked.
+    """
+    from webdataset.shardlists import expand_urls
+
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    patterns = [pattern for item in listed for pattern in item.split("::")] if listed else []
+    if not patterns or not all(pattern.strip() for pattern in patterns):
+        raise ValueError(f"{argument}: expected a shard pattern, '::'-joined patterns or a list of them, got {urls!r}")
+    shards: list[str] = []
+    for pattern in patterns:
+        expanded = expand_urls(pattern)
+        local = [path for path in map(_local_path, expanded) if path is not None]
+        missing = [path for path in local if not path.is_file()]
+        if local and len(missing) == len(local):
+            raise FileNotFoundError(f"{argument}: no shard matches {pattern!r}")
+        if missing:
+            raise FileNotFoundError(
+                f"{argument}: {len(missing)} of the {len(local)} shards of {pattern!r} do not exist (first: {missing[0]})"
+            )
+        shards.extend(expanded)
+    return shards
+
+
+def _local_path(url: str) -> Path | None:
+    """The file a shard URL reads, or None for a remote one (webdataset opens any other scheme)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "":
+        return Path(url)
+    return Path(parsed.path) if parsed.scheme == "file" else None
+
+
+def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[dict]:
+    """The samples of the shards `urls` names (see `shard_urls`), in order, as webdataset groups
+    tar members by key; a member that cannot be read is skipped and counted."""
+    import webdataset as wds
+
+    def on_error(error: Exception) -> bool:
+        skipped.skip("unreadable tar member", repr(error))
+        return True
+
+    yield from wds.WebDataset(shard_urls(urls), shardshuffle=False, handler=on_error, empty_check=False)
+
+
+def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
+    """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
+
+    Args:
+        urls: shard patterns (see `shard_urls`): ``data/shard-{000..009}.tar``, ``a.tar::b.tar``,
+            or a list of them.
+        skipped: receives one count per unusable sample or broken shard member.
+    """
+    for sample in _tar_members(urls, skipped):
+        key = sample.get("__key__", "?")
+        image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if image_key is None:
+            skipped.skip("no image", key)
+            continue
+        caption = clean_caption(sample.get("txt", b""))
+        if not caption:
+            skipped.skip("empty caption", key)
+            continue
+        try:
+            image = decode_image(sample[image_key])
+        except Exception as error:  # noqa: BLE001 - any decoder failure means a bad sample
+            skipped.skip("undecodable image", f"{key}: {error!r}")
+            continue
+        yield image, caption
+
+
+def manifest_entries(manifest: str | Path, skipped: SkipCounter) -> Iterator[tuple[Path | None, str]]:
+    """The lines of a JSONL manifest as (image path or None, caption), in order.
+
+    Each line is ``{"image": path, "caption": text}`` (``"text"`` is accepted for the caption;
+    image paths are relative to the manifest's folder). Unparsable lines and empty captions
+    are skipped and counted.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
+    with open(manifest, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                image = entry.get("image")
+                caption = clean_caption(entry.get("caption", entry.get("text", "")))
+            except (ValueError, AttributeError, TypeError) as error:
+                skipped.skip("bad manifest line", f"{manifest}:{number}: {error!r}")
+                continue
+            if not caption:
+                skipped.skip("empty caption", f"{manifest}:{number}")
+                continue
+            yield (None if image is None else manifest.parent / image), caption
+
+
+def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sample]:
+    """Samples (decoded image, caption) from a JSONL manifest (`manifest_entries`); lines
+    without an image, missing and undecodable images are skipped and counted."""
+    for path, caption in manifest_entries(manifest, skipped):
+        if path is None:
+            skipped.skip("bad manifest line", f"{manifest}: no image for {caption!r}")
+            continue
+        try:
+            image = decode_image(path.read_bytes())
+        except FileNotFoundError:
+            skipped.skip("missing image", str(path))
+            continue
+        except Exception as error:  # noqa: BLE001
+            skipped.skip("undecodable image", f"{path}: {error!r}")
+            continue
+        yield image, caption
+
+
+def manifest_captions(manifest: str | Path | None, skipped: SkipCounter) -> list[str]:
+    """Every caption of a JSONL manifest (``"caption"`` or ``"text"`` of each line), in order;
+    image files are neither needed nor read."""
+    return [caption for _, caption in manifest_entries(str(manifest), skipped)]
+
+
+def webdataset_captions(urls: str | Sequence[str], skipped: SkipCounter) -> list[str]:
+    """Every ``txt`` member of webdataset shards (patterns as `shard_urls` takes them), in
+    order; image members are not decoded."""
+    captions = []
+    for sample in _tar_members(urls, skipped):
+        caption = clean_caption(sample.get("txt", b""))
+        if caption:
+            captions.append(caption)
+        else:
+            skipped.skip("empty caption", sample.get("__key__", "?"))
+    return captions

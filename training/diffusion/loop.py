@@ -1,0 +1,208 @@
+"""The diffusion training loop: a UNet (or LoRA on its cross-attention, or only the `custom`
+recipe's projection adapter) learns to denoise images (pixels or VAE latents) given the prompt
+embeddings of frozen text encoders (CLIP, optionally with T5), on accelerate.
+
+`train_diffusion(config)` runs one `TrainDiffusionConfig` on the loop skeleton
+(`clipcond.training.loop.TrainingRun`: run folder, resume, logging, checkpoints). What is
+diffusion's is here: the models (`diffusion.setup.build_diffusion_models`), image-caption
+batches (the same sources as the CLIP loop), the step (captions dropped for classifier-free
+guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
+weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
+grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
+Noise, timesteps and dropped captions depend only on (seed, step, rank), so a resumed run
+takes the steps of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipcond.training.data import ImageCaptionBatches, pixels_in_unit_range
+from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.setup import (
+    Denoiser,
+    DiffusionModels,
+    build_diffusion_models,
+    final_denoiser,
+    make_pipeline,
+)
+from clipcond.training.loop import TrainingRun
+from clipcond.training.optim import adamw_with_warmup_cosine
+
+PIPELINE_DIR = "pipeline"
+
+
+@dataclass
+class TrainDiffusionResult:
+    """What a finished run reports: where the pipeline went, steps, last loss, throughput."""
+
+    pipeline_dir: Path
+    steps: int
+    loss: float
+    samples_per_second: float
+    skipped: dict[str, int]
+
+
+def train_diffusion(
+    config: TrainDiffusionConfig, resume: bool = False, show_progress: bool = True
+) -> TrainDiffusionResult:
+    """Run (or resume) the diffusion training described by `config` (see the module docstring).
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+    """
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    with TrainingRun(config, "train-diffusion", resume, show_progress) as run:
+        accelerator = run.accelerator
+        set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
+        models = build_diffusion_models(config)
+        denoiser, conditioner, noise_schedule = models.denoiser, models.conditioner, models.noise_schedule
+        # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
+        # are made where the weights are, and its update mixes the two
+        denoiser.to(accelerator.device)
+        trainable = [parameter for parameter in denoiser.parameters() if parameter.requires_grad]
+        optimizer, scheduler = adamw_with_warmup_cosine(
+            denoiser, config.lr, config.weight_decay, config.warmup_steps, config.steps
+        )
+        ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay is not None else None
+        # EMA weights as a module so checkpoints hold them (the Parameters share the EMA's storage).
+        ema_weights = (
+            nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in ema.shadow_params]) if ema else None
+        )
+        modules = {
+            "unet": denoiser.unet,
+            **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
+            **({"ema": ema_weights} if ema else {}),
+        }
+        start_step, extra = run.resume(modules, optimizer, scheduler)
+        if ema is not None and run.resume_from is not None:
+            ema.optimization_step = extra["ema_step"]
+
+        wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
+        conditioner.to(accelerator.device)
+        if models.vae is not None:
+            models.vae.to(accelerator.device)
+        batches = ImageCaptionBatches(
+            config.data,
+            None,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+            skipped=run.skipped,
+            transform=lambda image: pixels_in_unit_range(image, config.image_size),
+        )
+        rank = accelerator.process_index
+
+        def backward(step: int) -> torch.Tensor:
+            pixels, captions = batches.next_with_captions()
+            pixels = pixels.to(accelerator.device)
+            # caption dropout, decided per (seed, step, row): identical after a resume
+            captions = [
+                ""
+                if random.Random(f"dropout:{config.seed}:{step}:{rank}:{row}").random() < config.caption_dropout
+                else caption
+                for row, caption in enumerate(captions)
+            ]
+            # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
+            with torch.enable_grad() if models.projection_trains else torch.no_grad():
+                context = conditioner.encode(captions).tokens
+            # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
+            generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + rank)
+            clean = models.to_model_space(pixels, generator)
+            noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+            timesteps = torch.randint(
+                0, noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=generator
+            )
+            timesteps = timesteps.to(clean.device)
+            noisy = noise_schedule.add_noise(clean, noise, timesteps)
+            if noise_schedule.config.prediction_type == "epsilon":
+                target = noise
+            else:
+                target = noise_schedule.get_velocity(clean, noise, timesteps)
+            with accelerator.autocast():
+                prediction = wrapped(noisy, timesteps, context)
+            loss = _denoising_loss(prediction, target, timesteps, noise_schedule, config.snr_gamma)
+            accelerator.backward(loss)
+            return loss
+
+        def update() -> None:
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainable)
+
+        def write_samples_if_due(step: int) -> None:
+            if config.sample_every and step % config.sample_every == 0:
+                path = run.output_dir / "samples" / f"step-{step:07d}.png"
+                _write_samples(config, models, accelerator.unwrap_model(wrapped), path)
+
+        outcome = run.train(
+            backward,
+            update,
+            after_step=write_samples_if_due,
+            extra=lambda: {"ema_step": ema.optimization_step if ema else 0},
+        )
+
+        pipeline_dir = run.output_dir / PIPELINE_DIR
+        if accelerator.is_main_process:
+            pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
+            pipe.save_pretrained(pipeline_dir)
+    return TrainDiffusionResult(
+        pipeline_dir=pipeline_dir,
+        steps=outcome.steps,
+        loss=outcome.loss,
+        samples_per_second=outcome.throughput,
+        skipped=dict(run.skipped.counts),
+    )
+
+
+def _denoising_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_schedule: Any,
+    snr_gamma: float | None,
+) -> torch.Tensor:
+    """MSE of the (batch, C, H, W) prediction, optionally Min-SNR weighted per example (see
+    `TrainDiffusionConfig.snr_gamma`); a scalar."""
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_schedule, timesteps).float()
+    clipped = torch.clamp(snr, max=snr_gamma)
+    weights = clipped / (snr + 1) if noise_schedule.config.prediction_type == "v_prediction" else clipped / snr
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_example * weights).mean()
+
+
+def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denoiser: Denoiser, path: Path) -> None:
+    """A row of samples of `config.sample_prompts` with the current weights (fixed seed)."""
+    from diffusers.utils import make_image_grid
+
+    was_training = denoiser.training
+    pipe = make_pipeline(models, denoiser.eval(), config)
+    with torch.no_grad():
+        images = pipe(
+            list(config.sample_prompts),
+            num_inference_steps=config.sample_steps,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        ).images
+    denoiser.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_image_grid(images, rows=1, cols=len(images)).save(path)

@@ -1,0 +1,356 @@
+"""The training-loop skeleton: what every objective's loop does around its own step.
+
+`TrainingRun` is one invocation of a loop, on accelerate (processes, mixed precision and
+device placement stay out of the objectives, as in accelerate's examples). An objective's
+``train_*`` function meets it in this order::
+
+    with TrainingRun(config, "train-t5", resume, show_progress) as run:    # 1. checks, accelerator
+        ...build the models, optimizer and schedule...                     #    (the objective)
+        start_step, extra = run.resume(modules, optimizer, scheduler)      # 2. run folder, resume
+        ...accelerator.prepare, batches from start_step...                 #    (the objective)
+        outcome = run.train(backward, update, metrics=..., after_step=...)  # 3. the steps
+        ...save the result on the main process...                          #    (the objective)
+                                                                            # 4. leaving the block
+
+1. Before any work: the machine (`check_runtime`), the data's files
+   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder
+   (another run's folder is refused, `run_folder.check_output_dir`); nothing is written.
+2. The config snapshot is written once the objective's parts are built, so a wrong model path
+   leaves no run folder behind; when resuming, the newest checkpoint is loaded.
+3. Each step: the objective's backward; the loss averaged over processes and checked (NaN or
+   inf stops the run without saving: `TrainingDiverged`); the objective's update; at each
+   logging step ``metrics.jsonl``, the trackers and the progress bar, with the throughput of
+   the window just logged (`Throughput`); the objective's evaluations; a checkpoint when due.
+4. On success, the skipped samples are reported and the trackers closed. On an error before
+   the run's first checkpoint, the config snapshot and metrics are set aside
+   (``train_config.failed.yaml``, ``metrics.failed.jsonl``): the folder holds no run any more,
+   and the retry, plain or with ``--resume``, with the same config or a corrected one, starts
+   afresh without manual deletion. A folder holding a checkpoint stays the run's.
+
+What differs between objectives (models, batches, the step, evaluations) comes in as plain
+functions given to `TrainingRun.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipcond.training.data import SkipCounter
+from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, check_output_dir, prepare_output_dir, set_aside
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
+    """Errors that depend on the machine, raised before any work."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU")
+    if log_with == "tensorboard":
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
+
+
+class Throughput:
+    """Samples per second of a loop: over the window since the last reading, and overall.
+
+    A window holds the steps actually taken since the previous reading (or since the meter
+    started), so a short last window and the first window after a resume are measured on
+    their own steps, not on `log_every`.
+
+    Args:
+        samples_per_step: samples one step reads on all processes together.
+        clock: seconds, monotonic (default `time.perf_counter`).
+    """
+
+    def __init__(self, samples_per_step: int, clock: Callable[[], float] | None = None) -> None:
+        self.samples_per_step = samples_per_step
+        self._clock = clock or time.perf_counter
+        self._started = self._window_started = self._clock()
+        self._steps = self._window_steps = 0
+
+    def step(self) -> None:
+        """Count one step taken."""
+        self._steps += 1
+        self._window_steps += 1
+
+    def window(self) -> float:
+        """Samples per second over the steps since the previous call; starts the next window."""
+        now = self._clock()
+        rate = self.samples_per_step * self._window_steps / max(now - self._window_started, 1e-9)
+        self._window_started, self._window_steps = now, 0
+        return rate
+
+    def overall(self) -> float:
+        """Samples per second over every step counted (0.0 before the first)."""
+        elapsed = self._clock() - self._started
+        return self.samples_per_step * self._steps / elapsed if self._steps and elapsed > 0 else 0.0
+
+
+@dataclass
+class TrainingOutcome:
+    """What the steps of one invocation came to.
+
+    Attributes:
+        steps: optimizer steps taken in total (including those before a resume).
+        loss: the loss of the last step (nan when this invocation took no step).
+        throughput: samples per second over this invocation's steps.
+    """
+
+    steps: int
+    loss: float
+    throughput: float
+
+
+class TrainingRun:
+    """One invocation of a training loop (see the module docstring for its stages).
+
+    Args:
+        config: the run config: a dataclass with `data` (a `DataConfig`), `output_dir`, `steps`,
+            `batch_size`, `mixed_precision`, `log_every`, `checkpoint_every` and `keep_checkpoints`.
+        name: the command ("train-clip"): the progress bar's label and the tracker's project.
+        resume: continue from the newest checkpoint in `config.output_dir` (a fresh start when
+            there is none); without it, a folder that holds another run is an error.
+        show_progress: draw the progress bar (on the local main process).
+        log_with: an accelerate tracker ("tensorboard") that also receives the metrics, or None.
+        throughput_name: the metric the throughput is logged as.
+
+    Attributes:
+        accelerator: the `accelerate.Accelerator` of the run.
+        output_dir: the run folder.
+        resume_from: the checkpoint `resume` will load (None: a fresh start), known before
+            anything is built.
+        skipped: unusable samples, counted across resumes: give it to the data sources.
+        last_checkpoint: the newest checkpoint of the run (None before the first).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        name: str,
+        resume: bool = False,
+        show_progress: bool = True,
+        log_with: str | None = None,
+        throughput_name: str = "samples_per_second",
+    ) -> None:
+        from accelerate import Accelerator
+
+        check_runtime(config.mixed_precision, log_with)
+        config.data.check_files()
+        self.config = config
+        self.name = name
+        self.show_progress = show_progress
+        self.log_with = log_with
+        self.throughput_name = throughput_name
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir
+        )
+        self.output_dir = Path(config.output_dir)
+        self._resume = resume
+        if self.accelerator.is_main_process:
+            check_output_dir(config, resume)
+        self.resume_from = latest_checkpoint(self.output_dir) if resume else None
+        self.last_checkpoint = self.resume_from
+        self.skipped = SkipCounter()
+        self._start_step = 0
+        self._saved: tuple[dict[str, torch.nn.Module], Any, Any] | None = None
+        self._progress: Any = None
+        self._took_folder = False
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, error_type: type | None, error: BaseException | None, traceback: Any) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if error is not None:
+            self._hand_back_folder_without_checkpoint()
+            return
+        if self.accelerator.is_main_process:
+            self.accelerator.print(self.skipped.report())
+        if self.log_with:
+            self.accelerator.end_training()
+
+    def resume(
+        self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """Take the run folder (write the config snapshot) and, when resuming, load the newest
+        checkpoint into the objects given: the ones every checkpoint of this run saves.
+
+        Args:
+            modules: name -> module, each saved as ``<name>.safetensors``.
+            optimizer: the optimizer (before `accelerator.prepare`; its state is saved).
+            scheduler: the learning-rate schedule (its `state_dict` is saved).
+
+        Returns:
+            (the step to continue after: 0 on a fresh start, the checkpoint's `extra` values).
+        """
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            prepare_output_dir(self.config, self._resume)
+            self._took_folder = True
+            if self.resume_from is None:  # records of an attempt that left no checkpoint
+                set_aside(self.output_dir, METRICS_FILE)
+        accelerator.wait_for_everyone()
+        self._saved = (modules, optimizer, scheduler)
+        if self.resume_from is None:
+            return 0, {}
+        state = load_checkpoint(self.resume_from, modules, optimizer, scheduler)
+        accelerator.print(f"resuming from {self.resume_from} (step {state['step']})")
+        self.skipped.counts.update(state["extra"].get("skipped", {}))
+        self._start_step = state["step"]
+        return state["step"], state["extra"]
+
+    def train(
+        self,
+        backward: Callable[[int], torch.Tensor],
+        update: Callable[[], None],
+        metrics: Callable[[], dict[str, float]] | None = None,
+        after_step: Callable[[int], None] | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> TrainingOutcome:
+        """Take the steps after the resumed one up to `config.steps`.
+
+        Args:
+            backward: step (1-based) -> the loss of this process on that step's batch (a
+                scalar tensor), its gradients computed.
+            update: applies the gradients (optimizer, schedule, and whatever the objective
+                adds) and clears them; called only for a finite loss.
+            metrics: the objective's numbers at a logging step, logged after ``loss``.
+            after_step: step -> None, on the main process after each step's logging
+                (evaluations, samples).
+            extra: JSON values saved with each checkpoint besides the skipped-sample counts
+                (given back by `resume`).
+
+        Raises:
+            TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+        """
+        if self._saved is None:
+            raise RuntimeError("TrainingRun.resume(modules, optimizer, scheduler) must come before train()")
+        accelerator, config = self.accelerator, self.config
+        _, optimizer, scheduler = self._saved
+        if self.log_with:
+            accelerator.init_trackers(f"clipcond-{self.name}", config=_flat(dataclasses.asdict(config)))
+        self._progress = _progress_bar(accelerator, config.steps, self._start_step, self.name, self.show_progress)
+        throughput = Throughput(config.batch_size * accelerator.num_processes)
+        loss_value, step = float("nan"), self._start_step
+        for step in range(self._start_step + 1, config.steps + 1):
+            loss = backward(step)
+            loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
+            if not math.isfinite(loss_value):
+                self._stop_diverged(loss_value, step, optimizer)
+            update()
+            self._progress.update(1)
+            throughput.step()
+            if step % config.log_every == 0 or step == config.steps:
+                objective_metrics = metrics() if metrics is not None else {}
+                record = {"loss": loss_value, **objective_metrics, "lr": scheduler.get_last_lr()[0]}
+                self._log_step(step, {**record, self.throughput_name: throughput.window()})
+            if after_step is not None and accelerator.is_main_process:
+                after_step(step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                self._save_checkpoint(step, extra() if extra is not None else {})
+        self._progress.close()
+        accelerator.wait_for_everyone()
+        return TrainingOutcome(steps=step, loss=loss_value, throughput=throughput.overall())
+
+    def log_evaluation(self, step: int, label: str, result: dict[str, float]) -> None:
+        """An evaluation's numbers (main process): a line under the progress bar, ``eval/<key>``
+        in ``metrics.jsonl`` and the trackers."""
+        write = self._progress.write if self._progress is not None else self.accelerator.print
+        write(f"step {step}: {label} " + ", ".join(f"{key} {value:.4f}" for key, value in result.items()))
+        named = {f"eval/{key}": value for key, value in result.items()}
+        self._append_metrics({"step": step, **named})
+        if self.log_with:
+            self.accelerator.log(named, step=step)
+
+    def _hand_back_folder_without_checkpoint(self) -> None:
+        """After an error: a folder this run took and left without a checkpoint is freed."""
+        if not (self._took_folder and latest_checkpoint(self.output_dir) is None):
+            return
+        moved = set_aside(self.output_dir, CONFIG_SNAPSHOT, METRICS_FILE)
+        self.accelerator.print(
+            f"{self.name} stopped before its first checkpoint: {self.output_dir} holds no run any more "
+            f"(set aside: {', '.join(path.name for path in moved)}); rerun to start afresh"
+        )
+
+    def _log_step(self, step: int, record: dict[str, float]) -> None:
+        short = self.throughput_name.replace("_per_second", "_s")
+        shown = {key: f"{value:.4g}" for key, value in record.items() if key not in ("lr", self.throughput_name)}
+        self._progress.set_postfix(**shown, **{short: f"{record[self.throughput_name]:.0f}"})
+        if self.log_with:
+            self.accelerator.log(record, step=step)
+        if self.accelerator.is_main_process:
+            self._append_metrics({"step": step, **record})
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _stop_diverged(self, loss_value: float, step: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
+            "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
+        )
+
+    def _save_checkpoint(self, step: int, extra: dict[str, Any]) -> None:
+        """Every rank waits; the main process writes (see `clipcond.training.checkpoint`)."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        modules, optimizer, scheduler = self._saved
+        self.last_checkpoint = save_checkpoint(
+            self.output_dir,
+            step,
+            modules,
+            optimizer=getattr(optimizer, "optimizer", optimizer),
+            scheduler=scheduler,
+            extra={"skipped": dict(self.skipped.counts), **extra},
+            keep=self.config.keep_checkpoints,
+        )
+
+
+def _progress_bar(accelerator: Any, total: int, start_step: int, name: str, show: bool) -> Any:
+    """The run's tqdm bar over steps, drawn on the local main process only when `show`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start_step,
+        desc=name,
+        dynamic_ncols=True,
+        disable=not (show and accelerator.is_local_main_process),
+    )
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat {"data.source": ...} with values trackers accept (numbers, strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

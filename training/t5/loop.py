@@ -1,0 +1,188 @@
+"""The T5 pretraining loop (span corruption on captions), on accelerate.
+
+`train_t5(config)` runs one `TrainT5Config` on the loop skeleton
+(`clipcond.training.loop.TrainingRun`: run folder, resume, logging, checkpoints). What is T5's
+is here: a SentencePiece-unigram tokenizer trained on the first captions of the data (kept in
+``<output_dir>/tokenizer`` for resumes), a transformers `T5ForConditionalGeneration` built from
+the config (`t5.model`), AdamW steps with warm-up + cosine on span-corrupted batches, the
+held-out evaluation, and what a diffusion run needs saved at the end, the encoder alone::
+
+    <output_dir>/model/text_encoder/   T5EncoderModel (config.json + model.safetensors)
+    <output_dir>/model/tokenizer/      the tokenizer (AutoTokenizer.from_pretrained)
+
+so ``t5_encoder: <output_dir>/model`` in a `train-diffusion` config loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipcond.training.data import CaptionSource, CaptionTokenizer
+from clipcond.training.loop import TrainingRun
+from clipcond.training.optim import adamw_with_warmup_cosine
+from clipcond.training.t5.batches import SpanCorruptionBatches, heldout_batches
+from clipcond.training.t5.config import TrainT5Config
+from clipcond.training.t5.model import (
+    TOKENIZER_DIR,
+    build_t5,
+    evaluate_span_corruption,
+    save_t5_encoder,
+    span_logits,
+    span_loss,
+)
+from clipcond.training.t5.span_corruption import IGNORE_INDEX, SpanCorruption
+from clipcond.training.t5.tokenizer import sentinel_ids, train_t5_tokenizer
+
+MODEL_DIR = "model"
+
+
+@dataclass
+class TrainT5Result:
+    """What a finished run reports.
+
+    Attributes:
+        model_dir: the folder holding ``text_encoder/`` and ``tokenizer/``.
+        steps: optimizer steps taken in total (including those before a resume).
+        loss: the training loss of the last step (nan when this invocation took no step).
+        evaluation: the held-out result at the end (see `evaluate_span_corruption`).
+        vocab_size: the tokenizer's size (pieces + sentinels), the model's vocabulary.
+        captions_per_second: training throughput of this invocation.
+    """
+
+    model_dir: Path
+    steps: int
+    loss: float
+    evaluation: dict[str, float]
+    vocab_size: int
+    captions_per_second: float
+
+
+def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir: Path, resuming: bool) -> Any:
+    """Train the tokenizer (and keep it in the run folder), or load the kept one when resuming
+    from a checkpoint (a kept tokenizer without one may be a failed attempt's, of another config)."""
+    from transformers import AutoTokenizer
+
+    kept = output_dir / TOKENIZER_DIR
+    if resuming and (kept / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(kept)
+    settings = config.tokenizer
+    tokenizer = train_t5_tokenizer(
+        source.first(settings.train_captions), settings.vocab_size, settings.sentinels, settings.max_length
+    )
+    tokenizer.save_pretrained(kept)
+    return tokenizer
+
+
+def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = True) -> TrainT5Result:
+    """Run (or resume) the span-corruption pretraining described by `config`.
+
+    Args:
+        config: the validated run config.
+        resume: continue from the newest checkpoint in `config.output_dir` (a fresh start when
+            there is none); without it, an output_dir that already holds a run is an error.
+        show_progress: draw the tqdm bar (on the main process).
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+    """
+    from accelerate.utils import set_seed
+
+    with TrainingRun(config, "train-t5", resume, show_progress, throughput_name="captions_per_second") as run:
+        accelerator, output_dir = run.accelerator, run.output_dir
+        source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
+        if accelerator.is_main_process:
+            tokenizer = _tokenizer_for_run(config, source, output_dir, run.resume_from is not None)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(output_dir / TOKENIZER_DIR)
+        sentinels = sentinel_ids(tokenizer)
+        pieces = len(tokenizer) - len(sentinels)
+        accelerator.print(
+            f"tokenizer: {pieces} pieces (at most {config.tokenizer.vocab_size} asked) + {len(sentinels)} sentinels"
+        )
+        captions = CaptionTokenizer(tokenizer, config.tokenizer.max_length)
+        corruption = SpanCorruption(
+            config.noise_density,
+            config.mean_noise_span_length,
+            sentinels,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            config.seed,
+        )
+
+        set_seed(config.seed)
+        model = build_t5(config.model, len(tokenizer))
+        model.train()
+        optimizer, scheduler = adamw_with_warmup_cosine(
+            model, config.lr, config.weight_decay, config.warmup_steps, config.steps, betas=config.betas, eps=config.eps
+        )
+        start_step, _ = run.resume({"model": model}, optimizer, scheduler)
+
+        prepared_model, optimizer = accelerator.prepare(model, optimizer)
+        unwrapped = accelerator.unwrap_model(prepared_model)
+        batches = SpanCorruptionBatches(
+            source,
+            captions,
+            corruption,
+            config.batch_size,
+            start_step,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        markers = {*sentinels, tokenizer.eos_token_id}
+        heldout = [
+            {key: value.to(accelerator.device) for key, value in batch.items()}
+            for batch in heldout_batches(source.heldout, captions, corruption, config.batch_size)
+        ]
+        last: dict[str, torch.Tensor] = {}  # the batch and argmax hits of the latest step, for its accuracy
+
+        def backward(step: int) -> torch.Tensor:
+            batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
+            with accelerator.autocast():
+                logits = span_logits(prepared_model, batch)
+            loss, last["correct"] = span_loss(logits, batch["labels"])
+            last["labels"] = batch["labels"]
+            accelerator.backward(loss)
+            return loss
+
+        def update() -> None:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def token_accuracy() -> dict[str, float]:
+            targets = max(int((last["labels"] != IGNORE_INDEX).sum()), 1)
+            return {"token_accuracy": last["correct"].item() / targets}
+
+        def evaluate(step: int) -> dict[str, float]:
+            result = evaluate_span_corruption(unwrapped, heldout, markers, accelerator.autocast)
+            run.log_evaluation(step, "held-out", result)
+            return result
+
+        def evaluate_if_due(step: int) -> None:
+            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+                evaluate(step)
+
+        outcome = run.train(backward, update, metrics=token_accuracy, after_step=evaluate_if_due)
+
+        model_dir = output_dir / MODEL_DIR
+        evaluation: dict[str, float] = {}
+        if accelerator.is_main_process:
+            evaluation = evaluate(outcome.steps)
+            save_t5_encoder(unwrapped, tokenizer, model_dir)
+            if captions.truncated:
+                accelerator.print(f"captions truncated to {config.tokenizer.max_length} tokens: {captions.truncated}")
+    return TrainT5Result(
+        model_dir=model_dir,
+        steps=outcome.steps,
+        loss=outcome.loss,
+        evaluation=evaluation,
+        vocab_size=len(tokenizer),
+        captions_per_second=outcome.throughput,
+    )
