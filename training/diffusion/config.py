@@ -50,8 +50,9 @@ class TrainDiffusionConfig:
         projection_dim: width of a learned `TextProjection` (the `custom` recipe's adapter)
             between the encoders and the UNet, which then reads tokens of this width; needed
             when CLIP and T5 widths differ. Taken from `init_from` when its pipeline has one.
-        t5_max_length: T5 token budget (EOS included) of prompts with `t5_encoder`; stored in
-            the saved pipeline so sampling uses the same length.
+        t5_max_length: T5 token budget (EOS included) of prompts with `t5_encoder`; None: the
+            custom family's default (`clipcond.families`, 256). Stored in the saved pipeline so
+            sampling uses the same length.
         unet: `UNet2DConditionModel` arguments for a UNet from scratch (`sample_size`,
             `in_channels`/`out_channels` (3), `cross_attention_dim` are set by the run); or None
             with `init_from`.
@@ -92,7 +93,7 @@ class TrainDiffusionConfig:
     text_encoder: str
     t5_encoder: str | None = None
     projection_dim: int | None = None
-    t5_max_length: int = 64
+    t5_max_length: int | None = None
     unet: dict[str, Any] | None = None
     coordinate_channels: bool | None = None
     init_from: str | None = None

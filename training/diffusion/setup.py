@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from clipcond.conditioning import TextConditioner
-from clipcond.families import custom_recipe
+from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.diffusion.config import TrainDiffusionConfig
@@ -229,10 +229,15 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         raise ValueError(
             "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one"
         )
-    recipe = "custom" if (t5_encoder is not None or projection is not None or config.projection_dim) else "sd"
-    t5_max_length = config.t5_max_length if t5_encoder is not None else None
+    # The recipe is a row of the family table: "sd" for a CLIP alone, "custom" (with the row's
+    # defaults, e.g. its T5 budget when `t5_max_length` is unset) for a T5 or an adapter.
+    custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
+    recipe = (
+        custom_recipe(True, t5_encoder is not None, t5_max_length=config.t5_max_length) if custom else get_recipe("sd")
+    )
+    t5_max_length = recipe.t5_max_length if t5_encoder is not None else None
     conditioner = TextConditioner(
-        custom_recipe(True, True, t5_max_length=t5_max_length) if t5_max_length else recipe,
+        recipe,
         clip=[(text_encoder, tokenizer)],
         t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
         projection=projection,
@@ -256,7 +261,7 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         tokenizer,
         t5_encoder,
         t5_tokenizer,
-        recipe,
+        recipe.name,
         t5_max_length,
         vae,
         _noise_schedule(config),
