@@ -20,7 +20,8 @@ much of that positional mean a model reproduces:
 A UNet whose cross-attention sits at its lowest resolution only, and that cannot see the image
 border from the middle of the image, scores near 0 at t=999 whatever its text tower knows; a
 UNet that reads coordinate channels (`coordinate_channels: true`) can score near 1.
-Results: benchmarks/results/shapes_model_position_probe.md.
+Prints the table; `--output PATH` also writes it (the recorded results:
+benchmarks/results/shapes_model_position_probe.md, updated by hand with the command used).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from result_paths import REPO, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 PAIRS = (  # (colour, shape) of A and B; training pairs, six colours
     (("red", "circle"), ("blue", "square")),
     (("yellow", "square"), ("purple", "triangle")),
@@ -96,21 +96,52 @@ def model_mean(pipe, prompt: str, timestep: int, noises: int, seed: int, pair_a:
     return contrast(images, pair_a, pair_b).mean(0)
 
 
-def main() -> None:
+def timesteps_list(text: str) -> list[int]:
+    """`--timesteps` "999,975" -> [999, 975]; each must be a training timestep, 0..999."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(not 0 <= value <= 999 for value in values):
+        raise argparse.ArgumentTypeError(f"timesteps must lie in 0..999, got {text!r}")
+    return values
+
+
+def named_path(text: str) -> tuple[str, str]:
+    """`--model` NAME=PATH -> (NAME, PATH)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this probe."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
         action="append",
+        type=named_path,
         default=[],
         metavar="NAME=PATH",
         help="a saved CLIPConditionedPipeline (repeatable); default: the bundled model",
     )
-    parser.add_argument("--timesteps", default="999,975", help="comma-separated training timesteps")
-    parser.add_argument("--noises", type=int, default=64)
-    parser.add_argument("--scenes", type=int, default=300)
+    parser.add_argument(
+        "--timesteps", type=timesteps_list, default="999,975", help="comma-separated training timesteps"
+    )
+    parser.add_argument("--noises", type=int, default=64, help="pure-noise inputs per prompt (default 64)")
+    parser.add_argument("--scenes", type=int, default=300, help="rendered scenes per relation and pair (default 300)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="write the markdown table here")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, help="also write the markdown table here (default: print only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("noises", "scenes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
     from diffusers import DDPMScheduler
 
@@ -119,15 +150,14 @@ def main() -> None:
     from clipcond.shapes.prompt_suite import RELATION_WORDS
     from clipcond.shapes.vocab import RELATIONS
 
-    models = args.model or ["bundled=" + str(REPO / "clipcond" / "data" / "shapes-model")]
-    timesteps = [int(t) for t in args.timesteps.split(",")]
+    models = args.model or [("bundled", str(REPO / "clipcond" / "data" / "shapes-model"))]
+    timesteps = args.timesteps
     ideal = {(rel, a, b): data_mean(rel, a, b, args.scenes, args.seed) for rel in RELATIONS for a, b in PAIRS}
     lines = [f"| model | {' | '.join(f't={t}' for t in timesteps)} |", "|---|" + "---|" * len(timesteps)]
-    for entry in models:
-        name, _, path = entry.partition("=")
+    for name, path in models:
         pipe = load_pipeline(path, torch_dtype=torch.float32)
         if not isinstance(pipe, CLIPConditionedPipeline):
-            raise SystemExit(f"--model {entry}: not a CLIPConditionedPipeline")
+            raise SystemExit(f"--model {name}={path}: not a CLIPConditionedPipeline")
         pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # its alphas_cumprod, whatever sampler
         scores = []
         for t in timesteps:
@@ -143,7 +173,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.output:
-        args.output.write_text(table + "\n")
+        write_result(args.output, table + "\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ embedding (a contrastive loss does not need the difference when both wordings of
 to put the objects. The ratio `relation flip / colour change` says how visible a relation is
 next to a colour, which every tower must keep. For a pipeline with a T5 beside CLIP, a second
 row measures the T5's own last hidden states (in the joined embedding, CLIP's part dominates the
-norm). Results: benchmarks/results/text_tower_relations.md.
+norm). Writes runs/benchmarks/text_tower_relations.md; give
+`--output benchmarks/results/text_tower_relations.md` to update the recorded result.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ import random
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from result_paths import default_output, write_result
 
 # The lab's quick setups (configs/experiments/encoders-shapes-quick.yaml): their towers are the
 # full experiment's; only the UNets (which this benchmark does not use) trained for fewer steps.
@@ -96,29 +95,42 @@ def t5_states(pipe):
     return encode
 
 
-def main() -> None:
-    from clipcond.pipelines.generate import load_pipeline
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
         action="append",
-        help="NAME=PATH of a saved pipeline (repeatable); default: the bundled model's run and the lab's setups",
+        metavar="NAME=PATH",
+        help="a saved pipeline (repeatable); default: the lab's quick setups in runs/lab/quick",
     )
-    parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind")
+    parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind (default 48)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(RESULTS / "text_tower_relations.md"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("text_tower_relations.md"),
+        help="the markdown table (default: runs/benchmarks/text_tower_relations.md; "
+        "give benchmarks/results/text_tower_relations.md to update the recorded result)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from clipcond.pipelines.generate import load_pipeline
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.pairs < 1:
-        raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
     specs = args.model or list(DEFAULT_MODELS)
     models = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--model must be NAME=PATH, got {spec!r}")
+            parser.error(f"--model must be NAME=PATH, got {spec!r}")
         if not (Path(path) / "model_index.json").is_file():
-            raise ValueError(f"--model {spec!r}: no saved pipeline at {path}")
+            parser.error(f"--model {spec!r}: no saved pipeline at {path}")
         models.append((name, path))
 
     kinds = prompt_pairs(args.pairs, args.seed)
@@ -142,7 +154,7 @@ def main() -> None:
             row = " | ".join(f"{d[k]:.3f}" for k in kinds)
             lines.append(f"| {label} | `{path}` | {row} | {d['relation flip'] / d['colour change']:.2f} |")
             print(lines[-1], flush=True)
-    Path(args.output).write_text("\n".join(lines) + "\n")
+    write_result(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
 
