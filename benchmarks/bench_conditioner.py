@@ -30,14 +30,18 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from median_timing import median_seconds
 from result_paths import default_output, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 
 def vit_l14_text_encoder():
     """A CLIP ViT-L/14-sized text tower (as in SD 1.x), random weights."""
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -111,6 +115,8 @@ def compare(ours, theirs, repeats: int, warmup: int = 2) -> tuple[float, float]:
 
 def outputs_note(ours: torch.Tensor, theirs: torch.Tensor, by_design: str = "") -> str:
     """How the two sides' embeddings compare: equal, or how far apart (and why, when known)."""
+    import torch
+
     if ours.shape != theirs.shape:
         gap = f"shapes {tuple(ours.shape)} vs {tuple(theirs.shape)}"
     else:
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
 
+    import torch
     from compel import Compel
 
     from clipcond import TextConditioner, clip_tokenizer

@@ -20,15 +20,19 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from median_timing import median_seconds
 from result_paths import default_output, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 
 def components(size: str = "small") -> dict:
     """The shared UNet, VAE, CLIP text encoder, tokenizer and DDIM scheduler (random weights,
     seed 0, on the current default device) for `size` "small" or "sd15"."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -124,14 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffusers import StableDiffusionPipeline
-
-    from clipcond import CLIPConditionedPipeline
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from clipcond import CLIPConditionedPipeline
+
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
@@ -218,6 +224,7 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
     (the default), ours with it off, and the peer. Each pipeline gets its own copy of the
     components (same seed, same weights), so their hooks never meet; runs alternate and the
     medians of `repeats` runs are compared."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from clipcond import CLIPConditionedPipeline

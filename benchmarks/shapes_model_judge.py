@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
 from result_paths import REPO, default_output, write_result
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GRID_PROMPTS = (
     "a red circle",
@@ -41,6 +43,8 @@ GOALS = {"single": ("objects", 0.90), "relation": ("relation", 0.80), "two_objec
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> list[Image.Image]:
+    import torch
+
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch):
         chunk = slice(start, start + batch)
@@ -97,11 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffusers.utils import make_image_grid
-
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
-    from clipcond.shapes.prompt_suite import judge_suite, shapes_model_suite
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.checkpoint and not args.config:
@@ -109,6 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+    import torch
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.shapes.prompt_suite import judge_suite, shapes_model_suite
+
     args.model = args.model or str(BUNDLED_MODEL)
     categories = sorted({entry.category for entry in shapes_model_suite()})
     for name in args.category or []:

@@ -30,10 +30,12 @@ import argparse
 import dataclasses
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from result_paths import REPO, write_result
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PAIRS = (  # (colour, shape) of A and B; training pairs, six colours
     (("red", "circle"), ("blue", "square")),
@@ -45,6 +47,8 @@ PAIRS = (  # (colour, shape) of A and B; training pairs, six colours
 
 def contrast(images: np.ndarray, a: str, b: str) -> np.ndarray:
     """(n, H, W, 3) images in [-1, 1] -> (n, H, W): <x - white, colour_a - colour_b> per pixel."""
+    import numpy as np
+
     from clipcond.shapes.vocab import COLOURS
 
     direction = (np.asarray(COLOURS[a], np.float32) - np.asarray(COLOURS[b], np.float32)) / 127.5
@@ -53,6 +57,8 @@ def contrast(images: np.ndarray, a: str, b: str) -> np.ndarray:
 
 def data_mean(relation: str, pair_a: tuple[str, str], pair_b: tuple[str, str], scenes: int, seed: int) -> np.ndarray:
     """(H, W) mean contrast map of `scenes` rendered training-like scenes 'A <relation> B'."""
+    import numpy as np
+
     from clipcond.shapes.render import render_scene_array
     from clipcond.shapes.scene import Scene, random_scene
 
@@ -71,29 +77,31 @@ def data_mean(relation: str, pair_a: tuple[str, str], pair_b: tuple[str, str], s
     return np.mean(maps, axis=0)
 
 
-@torch.no_grad()
 def model_mean(pipe, prompt: str, timestep: int, noises: int, seed: int, pair_a: str, pair_b: str) -> np.ndarray:
     """(H, W) mean contrast map of the x0 a pipeline's UNet predicts from pure noise at `timestep`."""
+    import torch
+
     from clipcond.pipelines.coordinates import append_coordinates
 
-    unet = pipe.unet
-    schedule = pipe.scheduler
-    alpha_bar = schedule.alphas_cumprod[timestep].double()
-    embeds = pipe.conditioner.pipeline_kwargs([prompt])["prompt_embeds"].to(unet.dtype)
-    size = unet.config.sample_size
-    noise = torch.randn(noises, unet.config.out_channels, size, size, generator=torch.Generator().manual_seed(seed))
-    # the sample at `timestep` when the clean image is unknown: almost pure noise (scaled as training does)
-    sample = noise
-    model_input = append_coordinates(sample) if pipe.config.get("coordinate_channels", False) else sample
-    output = unet(
-        model_input, torch.full((noises,), timestep), encoder_hidden_states=embeds.expand(noises, -1, -1)
-    ).sample
-    if schedule.config.prediction_type == "v_prediction":
-        x0 = alpha_bar.sqrt() * sample.double() - (1 - alpha_bar).sqrt() * output.double()
-    else:
-        x0 = (sample.double() - (1 - alpha_bar).sqrt() * output.double()) / alpha_bar.sqrt()
-    images = x0.clamp(-1, 1).permute(0, 2, 3, 1).float().numpy()
-    return contrast(images, pair_a, pair_b).mean(0)
+    with torch.no_grad():  # inference only: no autograd graph
+        unet = pipe.unet
+        schedule = pipe.scheduler
+        alpha_bar = schedule.alphas_cumprod[timestep].double()
+        embeds = pipe.conditioner.pipeline_kwargs([prompt])["prompt_embeds"].to(unet.dtype)
+        size = unet.config.sample_size
+        noise = torch.randn(noises, unet.config.out_channels, size, size, generator=torch.Generator().manual_seed(seed))
+        # the sample at `timestep` when the clean image is unknown: almost pure noise (scaled as training does)
+        sample = noise
+        model_input = append_coordinates(sample) if pipe.config.get("coordinate_channels", False) else sample
+        output = unet(
+            model_input, torch.full((noises,), timestep), encoder_hidden_states=embeds.expand(noises, -1, -1)
+        ).sample
+        if schedule.config.prediction_type == "v_prediction":
+            x0 = alpha_bar.sqrt() * sample.double() - (1 - alpha_bar).sqrt() * output.double()
+        else:
+            x0 = (sample.double() - (1 - alpha_bar).sqrt() * output.double()) / alpha_bar.sqrt()
+        images = x0.clamp(-1, 1).permute(0, 2, 3, 1).float().numpy()
+        return contrast(images, pair_a, pair_b).mean(0)
 
 
 def timesteps_list(text: str) -> list[int]:
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
+    import torch
     from diffusers import DDPMScheduler
 
     from clipcond import CLIPConditionedPipeline

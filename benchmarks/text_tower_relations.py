@@ -30,9 +30,12 @@ from __future__ import annotations
 import argparse
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from result_paths import default_output, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 # The lab's quick setups (configs/experiments/encoders-shapes-quick.yaml): their towers are the
 # full experiment's; only the UNets (which this benchmark does not use) trained for fewer steps.
@@ -72,16 +75,18 @@ def prompt_pairs(pairs: int, seed: int) -> dict[str, list[tuple[str, str]]]:
     return kinds
 
 
-@torch.no_grad()
 def relative_distances(encode, kinds: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
     """Mean `||E(a) - E(b)|| / ||E(a)||` per pair kind; `encode` maps a list of prompts to a
     (batch, tokens, width) tensor E."""
-    out = {}
-    for kind, pairs in kinds.items():
-        first = encode([a for a, _ in pairs]).float()
-        second = encode([b for _, b in pairs]).float()
-        out[kind] = float(((first - second).flatten(1).norm(dim=1) / first.flatten(1).norm(dim=1)).mean())
-    return out
+    import torch
+
+    with torch.no_grad():  # inference only: no autograd graph
+        out = {}
+        for kind, pairs in kinds.items():
+            first = encode([a for a, _ in pairs]).float()
+            second = encode([b for _, b in pairs]).float()
+            out[kind] = float(((first - second).flatten(1).norm(dim=1) / first.flatten(1).norm(dim=1)).mean())
+        return out
 
 
 def t5_states(pipe):
@@ -117,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from clipcond.pipelines.generate import load_pipeline
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.pairs < 1:
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
         if not (Path(path) / "model_index.json").is_file():
             parser.error(f"--model {spec!r}: no saved pipeline at {path}")
         models.append((name, path))
+
+    import torch
+
+    from clipcond.pipelines.generate import load_pipeline
 
     kinds = prompt_pairs(args.pairs, args.seed)
     lines = [
