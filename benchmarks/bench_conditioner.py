@@ -1,33 +1,47 @@
 """Speed of TextConditioner against its peers, measured in one process on the CPU.
 
-Run:  python benchmarks/bench_conditioner.py [--repeats 10] [--out benchmarks/results/conditioner.md]
+    python benchmarks/bench_conditioner.py --repeats 20        # writes runs/benchmarks/conditioner.md
+    python benchmarks/bench_conditioner.py --repeats 20 --output benchmarks/results/conditioner.md
+                                                               # update the recorded result
 
 Rows (ratios < 1 mean clipcond is faster):
 1. `sd` recipe, CLIP ViT-L/14-sized text tower (random weights), batch 8, float32:
    `cond.encode` / `StableDiffusionPipeline.encode_prompt` (no guidance), and
    `cond.pipeline_kwargs` / `encode_prompt` with a negative prompt (guidance on).
    Both sides run under `torch.no_grad()`, as inside a pipeline call; caching is off.
+   Both return the same embeddings (the `outputs` column measures it).
 2. Weighted long prompts (~150 tokens, A1111 weights vs the same weights in compel syntax),
    batch 4: `cond.encode` / `compel(prompts)` with `truncate_long_prompts=False`.
-   Once with up-weights only, once with up- and down-weights.
+   Once with up-weights only, once with up- and down-weights. These outputs differ by design:
+   clipcond multiplies each token's embedding by its weight; compel moves a token's embedding
+   away from the empty prompt's by its weight and, per down-weighted fragment, encodes the
+   prompt again without it and blends the two.
 3. Cached repeat: a repeated `cond.encode` of the same batch / the uncached call.
 
-Timings are medians over interleaved repeats after warm-up.
+Each row: two warm-up calls per side, then medians of `--repeats` rounds whose order rotates
+(`median_timing.median_seconds`), so neither side always runs first.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
+import shlex
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from median_timing import median_seconds
+from result_paths import default_output, write_result
+
+if TYPE_CHECKING:
+    import torch
 
 
 def vit_l14_text_encoder():
     """A CLIP ViT-L/14-sized text tower (as in SD 1.x), random weights."""
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -83,25 +97,33 @@ def sd_pipeline(text_encoder, tokenizer):
     )
 
 
-def timed(function, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(function) -> float:
+    """Wall time of one call of `function`."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def compare(ours, theirs, repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of `ours` and `theirs`, interleaved so drift hits both alike."""
+    """Median seconds of `ours` and `theirs` over `repeats` rounds whose order rotates."""
     for _ in range(warmup):
         ours()
         theirs()
-    ours_times, their_times = [], []
-    for _ in range(repeats):
-        ours_times += timed(ours, 1)
-        their_times += timed(theirs, 1)
-    return statistics.median(ours_times), statistics.median(their_times)
+    median = median_seconds([("ours", ours), ("theirs", theirs)], seconds, repeats)
+    return median["ours"], median["theirs"]
+
+
+def outputs_note(ours: torch.Tensor, theirs: torch.Tensor, by_design: str = "") -> str:
+    """How the two sides' embeddings compare: equal, or how far apart (and why, when known)."""
+    import torch
+
+    if ours.shape != theirs.shape:
+        gap = f"shapes {tuple(ours.shape)} vs {tuple(theirs.shape)}"
+    else:
+        gap = f"max abs diff {float((ours - theirs).abs().max()):.1e}"
+    if by_design:
+        return f"differ by design ({by_design}): {gap}"
+    return f"{'equal' if ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5) else 'DIFFER'}: {gap}"
 
 
 PLAIN_PROMPTS = [
@@ -147,13 +169,31 @@ def weighted_prompts(style: str, down: bool) -> list[str]:
     return prompts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results/conditioner.md")
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+COMPEL_FORMULA = "compel's weighting formula"
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per row (default 10)")
+    parser.add_argument(
+        "--output",
+        "--out",
+        type=Path,
+        default=default_output("conditioner.md"),
+        help="the markdown table (default: runs/benchmarks/conditioner.md; "
+        "give benchmarks/results/conditioner.md to update the recorded result)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+
+    import torch
     from compel import Compel
 
     from clipcond import TextConditioner, clip_tokenizer
@@ -166,27 +206,30 @@ def main() -> None:
     negatives = ["blurry, low quality"] * len(PLAIN_PROMPTS)
     rows = []
 
+    @torch.no_grad()
     def diffusers_encode():
-        with torch.no_grad():
-            pipe.encode_prompt(PLAIN_PROMPTS, "cpu", 1, False)
+        return pipe.encode_prompt(PLAIN_PROMPTS, "cpu", 1, False)[0]
 
+    @torch.no_grad()
     def diffusers_encode_cfg():
-        with torch.no_grad():
-            pipe.encode_prompt(PLAIN_PROMPTS, "cpu", 1, True, negative_prompt=negatives)
+        return torch.cat(pipe.encode_prompt(PLAIN_PROMPTS, "cpu", 1, True, negative_prompt=negatives))
+
+    def ours_cfg():
+        kwargs = uncached.pipeline_kwargs(PLAIN_PROMPTS, negatives)
+        return torch.cat([kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]])
 
     ours, theirs = compare(lambda: uncached.encode(PLAIN_PROMPTS), diffusers_encode, args.repeats)
-    rows.append(("sd encode, ViT-L/14 text, batch 8 / diffusers encode_prompt", ours, theirs, "<= 1.00"))
-    ours, theirs = compare(
-        lambda: uncached.pipeline_kwargs(PLAIN_PROMPTS, negatives), diffusers_encode_cfg, args.repeats
-    )
-    rows.append(("sd prompt + negative, batch 8 / diffusers encode_prompt (CFG)", ours, theirs, "<= 1.00"))
+    note = outputs_note(uncached.encode(PLAIN_PROMPTS).tokens, diffusers_encode())
+    rows.append(("sd encode, ViT-L/14 text, batch 8 / diffusers encode_prompt", ours, theirs, "<= 1.00", note))
+    ours, theirs = compare(ours_cfg, diffusers_encode_cfg, args.repeats)
+    note = outputs_note(ours_cfg(), diffusers_encode_cfg())
+    rows.append(("sd prompt + negative, batch 8 / diffusers encode_prompt (CFG)", ours, theirs, "<= 1.00", note))
 
     compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False, device="cpu")
 
+    @torch.no_grad()
     def compel_encode(prompts):
-        with torch.no_grad():
-            embeds = compel(prompts)
-        return embeds
+        return compel(prompts)
 
     for down in (False, True):
         ours_prompts = weighted_prompts("a1111", down)
@@ -198,29 +241,43 @@ def main() -> None:
             lambda their_prompts=their_prompts: compel_encode(their_prompts),
             args.repeats,
         )
-        rows.append((f"weighted long prompts (~{length} tokens, {label}), batch 4 / compel", ours, theirs, "<= 0.80"))
+        why = COMPEL_FORMULA + (", extra passes per down-weight" if down else "")
+        note = outputs_note(uncached.encode(ours_prompts).tokens, compel_encode(their_prompts), why)
+        name = f"weighted long prompts (~{length} tokens, {label}), batch 4 / compel"
+        rows.append((name, ours, theirs, "<= 0.80", note))
 
-    cold = statistics.median(timed(lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)), args.repeats))
     cached.encode(PLAIN_PROMPTS)
-    warm = statistics.median(timed(lambda: cached.encode(PLAIN_PROMPTS), args.repeats * 10))
-    rows.append(("cached repeat, batch 8 / uncached encode", warm, cold, "<= 0.01"))
+    warm, cold = compare(
+        lambda: cached.encode(PLAIN_PROMPTS),
+        lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)),
+        args.repeats,
+    )
+    note = outputs_note(cached.encode(PLAIN_PROMPTS).tokens, uncached.encode(PLAIN_PROMPTS).tokens)
+    rows.append(("cached repeat, batch 8 / uncached encode", warm, cold, "<= 0.01", note))
 
+    command = shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# TextConditioner benchmark",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}. Command: `python benchmarks/bench_conditioner.py --repeats {args.repeats}`.",
+        f"torch {torch.__version__}. Command: `python benchmarks/bench_conditioner.py {command}`. "
+        f"Medians of {args.repeats} rounds per row, the order of the two sides rotating each round.",
         "",
-        "| measurement | clipcond (ms) | peer (ms) | ratio | goal |",
-        "|---|---:|---:|---:|---|",
+        "| measurement | clipcond (ms) | peer (ms) | ratio | goal | outputs |",
+        "|---|---:|---:|---:|---|---|",
     ]
-    for name, ours, theirs, goal in rows:
-        lines.append(f"| {name} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ours / theirs:.3f} | {goal} |")
+    for name, ours, theirs, goal, note in rows:
+        lines.append(f"| {name} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ours / theirs:.3f} | {goal} | {note} |")
+    lines += [
+        "",
+        "The compel rows time two different computations: clipcond multiplies each token's embedding by its "
+        "weight; compel moves it away from the empty prompt's embedding by its weight and encodes the prompt "
+        "once more per down-weighted fragment (without it), blending the results. They are the same prompts "
+        "and weights, not the same output.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    print(f"wrote {write_result(args.output, text)}")
 
 
 if __name__ == "__main__":

@@ -8,26 +8,31 @@ the full Stable Diffusion 1.5 shapes (860M-parameter UNet, its VAE, the ViT-L/14
 encoder), random weights, for a GPU. DDIM, classifier-free guidance 7.5. Both pipelines
 share the very same module objects; runs alternate, medians are compared.
 
-    python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes benchmarks/results/pipeline.md
-    python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --steps 20 \
-        --output benchmarks/results/pipeline_gpu.md                # adds peak GPU memory, xformers and CPU offload
+    python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes runs/benchmarks/pipeline.md
+    python benchmarks/bench_pipeline.py --steps 10 --repeats 5 --output benchmarks/results/pipeline.md
+                                                                   # update the recorded result
+    python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --steps 20 --output benchmarks/results/pipeline_gpu.md
+                                                                   # adds peak GPU memory, xformers and CPU offload
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from median_timing import median_seconds
+from result_paths import default_output, write_result
 
-REPO = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    import torch
 
 
 def components(size: str = "small") -> dict:
     """The shared UNet, VAE, CLIP text encoder, tokenizer and DDIM scheduler (random weights,
     seed 0, on the current default device) for `size` "small" or "sd15"."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -104,21 +109,35 @@ def components(size: str = "small") -> dict:
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per image (default 10)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed images per pipeline (default 5)")
+    parser.add_argument("--size", choices=["small", "sd15"], default="small")
+    parser.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("pipeline.md"),
+        help="the markdown table (default: runs/benchmarks/pipeline.md; "
+        "give benchmarks/results/pipeline.md to update the recorded result)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be >= 1")
+
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from clipcond import CLIPConditionedPipeline
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", choices=["small", "sd15"], default="small")
-    parser.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pipeline.md"))
-    args = parser.parse_args()
-    if args.steps < 1 or args.repeats < 1:
-        parser.error("--steps and --repeats must be >= 1")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
@@ -194,19 +213,9 @@ def main() -> None:
         for module in ("unet", "vae", "text_encoder"):  # off the GPU: the offload peaks are read alone
             parts[module].to("cpu")
         lines += offload_rows(args.size, dtype, device, timed, args.repeats)
-    Path(args.output).write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
-def median_seconds(sides: list[tuple[str, object]], timed, repeats: int) -> dict[str, float]:
-    """Median of `repeats` timed runs per named pipeline. The order rotates each round, so every
-    pipeline runs first, middle and last equally often (no side always follows the same one)."""
-    times: dict[str, list[float]] = {name: [] for name, _ in sides}
-    for repeat in range(repeats):
-        shift = repeat % len(sides)
-        for name, pipe in sides[shift:] + sides[:shift]:
-            times[name].append(timed(pipe))
-    return {name: statistics.median(values) for name, values in times.items()}
+    text = "\n".join(lines)
+    print(text)
+    print(f"wrote {write_result(args.output, text)}")
 
 
 def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, repeats: int) -> list[str]:
@@ -215,6 +224,7 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
     (the default), ours with it off, and the peer. Each pipeline gets its own copy of the
     components (same seed, same weights), so their hooks never meet; runs alternate and the
     medians of `repeats` runs are compared."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from clipcond import CLIPConditionedPipeline

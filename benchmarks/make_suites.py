@@ -1,7 +1,8 @@
 """Write the lab's prompt suites, configs/suites/*.yaml, from the shapes world's vocabulary.
 
-    python benchmarks/make_suites.py              # rewrite configs/suites/
-    python benchmarks/make_suites.py --check      # exit 1 if a file differs from what this writes
+    python benchmarks/make_suites.py                               # write runs/suites/*.yaml
+    python benchmarks/make_suites.py --output-dir configs/suites   # rewrite the shipped suites
+    python benchmarks/make_suites.py --check      # exit 1 if a file in configs/suites/ differs from what this writes
 
 Deterministic: no randomness, every choice is an ordered walk over `train_pairs()`. Only
 colour-shape combinations seen in training are used, so the suites measure prompt following,
@@ -20,7 +21,9 @@ from pathlib import Path
 from clipcond.shapes import RELATIONS, train_pairs
 from clipcond.shapes.prompt_suite import RELATION_WORDS
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "configs" / "suites"
+REPO = Path(__file__).resolve().parent.parent
+SUITES_DIR = REPO / "configs" / "suites"
+DEFAULT_OUTPUT_DIR = REPO / "runs" / "suites"
 _COUNT_WORDS = {2: "two", 3: "three"}
 
 # Words about the picture only: no colour of the shapes world, no shape, no size, no count.
@@ -159,13 +162,27 @@ def render(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this generator."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--output-dir",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR,
+        help="where to write the suites (default: runs/suites; give configs/suites to rewrite the shipped ones)",
+    )
+    mode.add_argument(
+        "--check", action="store_true", help="compare configs/suites/ with what this writes instead of writing"
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     stale = []
     for name in SUITES:
-        path = SUITES_DIR / f"{name}.yaml"
+        path = (SUITES_DIR if args.check else args.output_dir) / f"{name}.yaml"
         text = render(name)
         if args.check:
             if not path.is_file() or path.read_text(encoding="utf-8") != text:

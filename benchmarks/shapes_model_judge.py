@@ -6,10 +6,13 @@
     python benchmarks/shapes_model_judge.py --checkpoint runs/shapes-tiny-diffusion/checkpoints/step-000003000 \
         --config configs/diffusion/shapes-tiny.yaml --output /tmp/midway.md   # a run midway (EMA weights)
     python benchmarks/shapes_model_judge.py --category relation --grid '' --output /tmp/relation.md
+    python benchmarks/shapes_model_judge.py --output benchmarks/results/shapes_model.md \
+        --grid benchmarks/results/shapes_model_grid.png       # update the recorded result and the README picture
 
 Generates one image per suite entry (`clipcond.shapes.prompt_suite.shapes_model_suite`), image k
-with seed k, scores it with the judge, and writes benchmarks/results/shapes_model.md plus a
-grid of example prompts (benchmarks/results/shapes_model_grid.png, the README picture).
+with seed k, scores it with the judge, and writes runs/benchmarks/shapes_model.md plus a grid of
+example prompts (runs/benchmarks/shapes_model_grid.png); the recorded result and the README
+picture in benchmarks/results/ change only when their paths are given.
 Goals (issue 4): single object colour+shape >= 90%, relation (position) >= 80%, two objects with
 both bindings right >= 50%.
 """
@@ -19,12 +22,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
+from result_paths import REPO, default_output, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+if TYPE_CHECKING:
+    from PIL import Image
 
 GRID_PROMPTS = (
     "a red circle",
@@ -40,6 +43,8 @@ GOALS = {"single": ("objects", 0.90), "relation": ("relation", 0.80), "two_objec
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> list[Image.Image]:
+    import torch
+
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch):
         chunk = slice(start, start + batch)
@@ -57,45 +62,71 @@ def table(report) -> list[str]:
     return lines
 
 
-def main() -> None:
-    from diffusers.utils import make_image_grid
-
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
-    from clipcond.shapes.prompt_suite import judge_suite, shapes_model_suite
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(BUNDLED_MODEL))
+    parser.add_argument("--model", help="a saved pipeline folder (default: the bundled model)")
     parser.add_argument("--checkpoint", help="judge this training checkpoint instead of --model (needs --config)")
     parser.add_argument("--config", help="the run config of --checkpoint")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps per image (default 50)")
     parser.add_argument(
         "--scheduler",
         help="a diffusers scheduler class to sample with instead of the model's "
         "(e.g. DDPMScheduler, EulerAncestralDiscreteScheduler), built from its scheduler config",
     )
-    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--guidance", type=float, nargs="+", default=[3.0], help="guidance scales, one table each (default 3)"
+    )
+    parser.add_argument("--batch", type=int, default=64, help="images per pipeline call (default 64)")
     parser.add_argument(
         "--category",
         action="append",
         help="judge only this suite category (repeatable; "
         "each image keeps the seed it has in the whole suite, so figures match a full run's)",
     )
-    parser.add_argument("--output", default=str(RESULTS / "shapes_model.md"))
-    parser.add_argument("--grid", default=str(RESULTS / "shapes_model_grid.png"), help="'' for no grid")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("shapes_model.md"),
+        help="the markdown report (default: runs/benchmarks/shapes_model.md; "
+        "give benchmarks/results/shapes_model.md to update the recorded result)",
+    )
+    parser.add_argument(
+        "--grid",
+        default=str(default_output("shapes_model_grid.png")),
+        help="the example grid (default: runs/benchmarks/shapes_model_grid.png; '' for none; "
+        "give benchmarks/results/shapes_model_grid.png to update the README picture)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.checkpoint and not args.config:
+        parser.error("--checkpoint needs --config (the run's config)")
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+    import torch
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.shapes.prompt_suite import judge_suite, shapes_model_suite
+
+    args.model = args.model or str(BUNDLED_MODEL)
     categories = sorted({entry.category for entry in shapes_model_suite()})
     for name in args.category or []:
         if name not in categories:
-            raise ValueError(f"--category must be one of {categories}, got {name!r}")
+            parser.error(f"--category must be one of {categories}, got {name!r}")
 
     torch.manual_seed(0)
     if args.checkpoint:
         from clipcond.training.diffusion.config import TrainDiffusionConfig
         from clipcond.training.diffusion.setup import pipeline_from_checkpoint
 
-        if not args.config:
-            raise ValueError("--checkpoint needs --config (the run's config)")
         pipe = pipeline_from_checkpoint(TrainDiffusionConfig.from_yaml(args.config), args.checkpoint)
         args.model = args.checkpoint
     else:
@@ -149,7 +180,7 @@ def main() -> None:
         print("\n".join(lines[-len(report.categories) - 5 :]), flush=True)
 
     if not args.grid:
-        Path(args.output).write_text("\n".join(lines) + "\n")
+        write_result(args.output, "\n".join(lines) + "\n")
         print(f"wrote {args.output}")
         return
     guidance = args.guidance[0]
@@ -163,7 +194,7 @@ def main() -> None:
         "",
         f"grid (`{Path(args.grid).name}`, guidance {guidance:g}, seeds 0-5, rows): " + "; ".join(GRID_PROMPTS),
     ]
-    Path(args.output).write_text("\n".join(lines) + "\n")
+    write_result(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output} and {args.grid}")
 
 

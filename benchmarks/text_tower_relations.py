@@ -21,7 +21,8 @@ embedding (a contrastive loss does not need the difference when both wordings of
 to put the objects. The ratio `relation flip / colour change` says how visible a relation is
 next to a colour, which every tower must keep. For a pipeline with a T5 beside CLIP, a second
 row measures the T5's own last hidden states (in the joined embedding, CLIP's part dominates the
-norm). Results: benchmarks/results/text_tower_relations.md.
+norm). Writes runs/benchmarks/text_tower_relations.md; give
+`--output benchmarks/results/text_tower_relations.md` to update the recorded result.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from __future__ import annotations
 import argparse
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from result_paths import default_output, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+if TYPE_CHECKING:
+    import torch
 
 # The lab's quick setups (configs/experiments/encoders-shapes-quick.yaml): their towers are the
 # full experiment's; only the UNets (which this benchmark does not use) trained for fewer steps.
@@ -73,16 +75,18 @@ def prompt_pairs(pairs: int, seed: int) -> dict[str, list[tuple[str, str]]]:
     return kinds
 
 
-@torch.no_grad()
 def relative_distances(encode, kinds: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
     """Mean `||E(a) - E(b)|| / ||E(a)||` per pair kind; `encode` maps a list of prompts to a
     (batch, tokens, width) tensor E."""
-    out = {}
-    for kind, pairs in kinds.items():
-        first = encode([a for a, _ in pairs]).float()
-        second = encode([b for _, b in pairs]).float()
-        out[kind] = float(((first - second).flatten(1).norm(dim=1) / first.flatten(1).norm(dim=1)).mean())
-    return out
+    import torch
+
+    with torch.no_grad():  # inference only: no autograd graph
+        out = {}
+        for kind, pairs in kinds.items():
+            first = encode([a for a, _ in pairs]).float()
+            second = encode([b for _, b in pairs]).float()
+            out[kind] = float(((first - second).flatten(1).norm(dim=1) / first.flatten(1).norm(dim=1)).mean())
+        return out
 
 
 def t5_states(pipe):
@@ -96,30 +100,45 @@ def t5_states(pipe):
     return encode
 
 
-def main() -> None:
-    from clipcond.pipelines.generate import load_pipeline
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
         action="append",
-        help="NAME=PATH of a saved pipeline (repeatable); default: the bundled model's run and the lab's setups",
+        metavar="NAME=PATH",
+        help="a saved pipeline (repeatable); default: the lab's quick setups in runs/lab/quick",
     )
-    parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind")
+    parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind (default 48)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(RESULTS / "text_tower_relations.md"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output("text_tower_relations.md"),
+        help="the markdown table (default: runs/benchmarks/text_tower_relations.md; "
+        "give benchmarks/results/text_tower_relations.md to update the recorded result)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.pairs < 1:
-        raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
     specs = args.model or list(DEFAULT_MODELS)
     models = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--model must be NAME=PATH, got {spec!r}")
+            parser.error(f"--model must be NAME=PATH, got {spec!r}")
         if not (Path(path) / "model_index.json").is_file():
-            raise ValueError(f"--model {spec!r}: no saved pipeline at {path}")
+            parser.error(f"--model {spec!r}: no saved pipeline at {path}")
         models.append((name, path))
+
+    import torch
+
+    from clipcond.pipelines.generate import load_pipeline
 
     kinds = prompt_pairs(args.pairs, args.seed)
     lines = [
@@ -142,7 +161,7 @@ def main() -> None:
             row = " | ".join(f"{d[k]:.3f}" for k in kinds)
             lines.append(f"| {label} | `{path}` | {row} | {d['relation flip'] / d['colour change']:.2f} |")
             print(lines[-1], flush=True)
-    Path(args.output).write_text("\n".join(lines) + "\n")
+    write_result(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
 

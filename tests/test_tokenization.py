@@ -1,13 +1,23 @@
-"""clipcond.tokenization against OpenAI's reference CLIP tokenizer (clip-anytorch's simple_tokenizer.py)."""
+"""clipcond.tokenization against two references (tests/reference_clip.py): OpenAI's
+simple_tokenizer.py read out of the clip-anytorch wheel (skipped, with the command that fetches
+the wheel, when it is absent) and transformers' plain CLIPTokenizer built from the same
+vocabulary (always run)."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import transformers
-from reference_clip import reference_clip_tokenizer
+from reference_clip import (
+    TransformersReference,
+    clip_wheel_path,
+    openai_bpe_bytes,
+    openai_reference_tokenizer,
+    packaged_bpe_bytes,
+)
 
 from clipcond.tokenization import (
     CLIP_VOCAB_SIZE,
@@ -196,8 +206,26 @@ def tok() -> CLIPTokenizerWithTextCleaning:
 
 
 @pytest.fixture(scope="module")
-def ref():
-    return reference_clip_tokenizer()
+def wheel():
+    path, reason = clip_wheel_path()
+    if path is None:
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def openai_ref(wheel):
+    return openai_reference_tokenizer(wheel)
+
+
+@pytest.fixture(scope="module")
+def transformers_ref(tmp_path_factory):
+    return TransformersReference(packaged_bpe_bytes(), tmp_path_factory.mktemp("transformers-clip"))
+
+
+@pytest.fixture(scope="module", params=["openai", "transformers"])
+def ref(request):
+    return request.getfixturevalue(f"{request.param}_ref")
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +242,13 @@ def test_cases_cover_the_pools() -> None:
     assert len(set(CASES)) > 250
     for name, fragments in POOLS.items():
         assert any(fragment in case for case in CASES for fragment in fragments), name
+
+
+def test_references_share_the_packaged_vocabulary_and_leave_clip_unimported(wheel, openai_ref) -> None:
+    # both references tokenize with one BPE file: the wheel's is byte for byte the one clipcond ships
+    assert openai_bpe_bytes(wheel) == packaged_bpe_bytes()
+    assert len(openai_ref.encoder) == CLIP_VOCAB_SIZE
+    assert "clip" not in sys.modules  # read from the wheel file, never imported as a package
 
 
 def test_literal_ids(tok) -> None:
@@ -280,14 +315,14 @@ def test_padded_truncated_batch_matches_reference(tok, ref_ids) -> None:
         assert mask == [1] * length + [0] * (CONTEXT - length)
 
 
-def test_special_token_glued_to_punctuation_is_a_known_difference(tok, ref) -> None:
+def test_special_token_glued_to_punctuation_is_a_known_difference(tok, openai_ref) -> None:
     # OpenAI's regex lets a punctuation run swallow "<|" when "<|endoftext|>" directly follows
     # punctuation or emoji; transformers matches the special token wherever it appears.
     text = "hello!<|endoftext|>"
     assert tok(text, add_special_tokens=False).input_ids == [3306, 256, EOS]  # "hello</w>", "!</w>", eos
-    assert ref.encode(text)[:2] == [3306, 0] and EOS not in ref.encode(text)  # "hello</w>", "!", "<", ...
-    assert tok("hello! <|endoftext|>", add_special_tokens=False).input_ids == ref.encode("hello! <|endoftext|>")
-    assert tok("hello<|endoftext|>", add_special_tokens=False).input_ids == ref.encode("hello<|endoftext|>")
+    assert openai_ref.encode(text)[:2] == [3306, 0] and EOS not in openai_ref.encode(text)  # "hello</w>", "!", "<", ...
+    assert tok("hello! <|endoftext|>", add_special_tokens=False).input_ids == openai_ref.encode("hello! <|endoftext|>")
+    assert tok("hello<|endoftext|>", add_special_tokens=False).input_ids == openai_ref.encode("hello<|endoftext|>")
 
 
 def test_pairs_and_pre_split_words_are_cleaned(tok, ref) -> None:

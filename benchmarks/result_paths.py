@@ -1,0 +1,29 @@
+"""Where the benchmark scripts write: under runs/ (git-ignored) unless the user names a path.
+
+A recorded result in benchmarks/results/ (tracked) is only ever replaced when its path is
+given explicitly, e.g. `--output benchmarks/results/clip_step.md`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "runs" / "benchmarks"
+
+
+def default_output(name: str) -> Path:
+    """The default path of a benchmark's output file `name`: runs/benchmarks/<name>."""
+    return RUNS / name
+
+
+def write_result(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to `path` (parent folders created), through a temporary file renamed into
+    place, so an interrupted run never leaves a half-written result. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+    return path
