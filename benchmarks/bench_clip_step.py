@@ -2,7 +2,7 @@
 
 Both sides train the same network from the same weights on the same batches:
 
-- ours: `clipcond.training.clip_loop.ContrastiveStep` (the loop's own step: ContrastiveModel,
+- ours: `clipcond.training.clip.loop.ContrastiveStep` (the loop's own step: ContrastiveModel,
   `clip_loss`, AdamW without decay on gains/biases/temperature, fused kernel, warm-up+cosine);
 - peer: `transformers.CLIPModel(return_loss=True)` + `torch.optim.AdamW` (defaults), the
   usual hand-written loop.

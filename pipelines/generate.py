@@ -15,7 +15,6 @@ import argparse
 import importlib.resources
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,26 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
 
 
-VOCABULARY_FILE = "vocabulary.txt"
-
-
-def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:
-    """The words of `prompt` (weights syntax and BREAK aside, lower case, in order, once each)
-    that are not in `vocabulary`."""
-    from clipcond.prompts import parse_prompt
-
-    text = " ".join(fragment.text for fragment in parse_prompt(prompt) if not fragment.is_break)
-    words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
-    return [word for word in words if word not in vocabulary]
-
-
 def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
     """The warning for a prompt the model at `model` never read in training (None when it has
     no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too."""
+    from clipcond.pipelines.vocabulary import VOCABULARY_FILE, read_vocabulary, unknown_words
+
     path = Path(model) / VOCABULARY_FILE
-    if not path.is_file():
+    vocabulary = read_vocabulary(model)
+    if vocabulary is None:
         return None
-    vocabulary = frozenset(path.read_text(encoding="utf-8").split())
     if not prompt.strip():
         message = "the prompt is empty: the model draws an unconditional sample"
     else:

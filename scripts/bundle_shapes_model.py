@@ -8,7 +8,8 @@
 Writes the same pipeline with its weights stored in float16, which halves the package data;
 `clipcond generate` loads it back in float32. The output folder is replaced atomically (written
 beside it, then renamed); an existing output must be a saved pipeline (model_index.json), and
-the markdown files at its top (a model card) are carried over. The judge figures in
+the markdown files at its top (a model card) are carried over, and the pipeline's
+vocabulary.txt (the words of its training captions) is copied. The judge figures in
 benchmarks/results/shapes_model.md were measured on the float32 run pipeline; this copy draws
 the same images within rounding. Checked for the bundled model of 2026-11-27: mean pixel
 difference 0.0002, max 0.051, on 8 images of 50 Euler-ancestral steps with the same seeds; for
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
     try:
         pipe.save_pretrained(staging)
+        vocabulary = Path(args.pipeline) / "vocabulary.txt"  # the words its training captions used
+        if vocabulary.is_file():
+            shutil.copy2(vocabulary, staging / vocabulary.name)
         if target.exists():
             for card in target.glob("*.md"):
                 shutil.copy2(card, staging / card.name)

@@ -763,7 +763,8 @@ def test_generate_warns_about_words_the_bundled_model_never_read(tmp_path, capsy
     """ "a cat" or "" on the bundled shapes model still draws shapes: generate says so before
     sampling, naming the unknown words; a prompt in its vocabulary gets no warning."""
     from clipcond.cli import main
-    from clipcond.pipelines.generate import BUNDLED_MODEL, unknown_words, warn_about_vocabulary
+    from clipcond.pipelines.generate import BUNDLED_MODEL, warn_about_vocabulary
+    from clipcond.pipelines.vocabulary import unknown_words
 
     assert warn_about_vocabulary("a (red:1.2) circle to the left of a blue square BREAK", BUNDLED_MODEL) is None
     assert unknown_words("a Cat and a red DOG, cat", frozenset({"a", "and", "red"})) == ["cat", "dog"]

@@ -68,6 +68,12 @@ def test_run_writes_a_pipeline_that_generates(trained: Path) -> None:
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
     run = trained.parent
     assert (run / "samples" / "step-0000003.png").is_file()
+    # trained on the shapes stream: the pipeline lists its captions' words, for generate's warning
+    from clipcond.pipelines.vocabulary import read_vocabulary
+    from clipcond.shapes.captions import caption_vocabulary
+
+    max_objects = tiny_config(Path("x"), Path("y")).data.max_objects
+    assert read_vocabulary(trained) == caption_vocabulary(max_objects)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and np.isfinite(losses).all()
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000000002", "step-000000003"]

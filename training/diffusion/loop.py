@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipcond.pipelines.vocabulary import write_vocabulary
+from clipcond.shapes.captions import caption_vocabulary
 from clipcond.training.data import ImageCaptionBatches, pixels_in_unit_range
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.diffusion.setup import (
@@ -161,6 +163,8 @@ def train_diffusion(
         if accelerator.is_main_process:
             pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
             pipe.save_pretrained(pipeline_dir)
+            if config.data.source == "shapes":  # its captions' words are known: generate can warn about others
+                write_vocabulary(pipeline_dir, caption_vocabulary(config.data.max_objects))
     return TrainDiffusionResult(
         pipeline_dir=pipeline_dir,
         steps=outcome.steps,

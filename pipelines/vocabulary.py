@@ -1,0 +1,39 @@
+"""The words a pipeline's UNet read in training: `vocabulary.txt` beside its components.
+
+`clipcond train-diffusion` writes it for runs on the shapes stream, whose caption vocabulary is
+known exactly (`clipcond.shapes.captions.caption_vocabulary`); the bundled model has one.
+`clipcond generate` reads it to warn about prompt words the model never saw.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+VOCABULARY_FILE = "vocabulary.txt"
+
+
+def write_vocabulary(folder: str | Path, words: Iterable[str]) -> Path:
+    """Write `words` (sorted, one per line) to `folder`/vocabulary.txt; returns the path."""
+    path = Path(folder) / VOCABULARY_FILE
+    path.write_text("".join(f"{word}\n" for word in sorted(set(words))), encoding="utf-8")
+    return path
+
+
+def read_vocabulary(folder: str | Path) -> frozenset[str] | None:
+    """The words in `folder`/vocabulary.txt, or None when the folder has none."""
+    path = Path(folder) / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    return frozenset(path.read_text(encoding="utf-8").split())
+
+
+def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:
+    """The words of `prompt` (weights syntax and BREAK aside, lower case, in order, once each)
+    that are not in `vocabulary`."""
+    from clipcond.prompts import parse_prompt
+
+    text = " ".join(fragment.text for fragment in parse_prompt(prompt) if not fragment.is_break)
+    words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
+    return [word for word in words if word not in vocabulary]
