@@ -34,12 +34,16 @@ class TokenWindows:
         ids: (windows, length) int64 token ids, each window complete with special tokens and padding.
         weights: (windows, length) float32 per-token weights (1.0 for special and padding tokens).
         mask: (windows, length) int64, 1 for BOS, content and EOS tokens, 0 for padding.
+        fragments: (windows, length) int64, the index (into the prompt's fragments) of the
+            fragment each content token came from; -1 for special and padding tokens. None
+            where nobody asked (an aligned empty window).
         dropped: number of content tokens dropped for lack of room (T5 only; CLIP never drops).
     """
 
     ids: torch.Tensor
     weights: torch.Tensor
     mask: torch.Tensor
+    fragments: torch.Tensor | None = None
     dropped: int = 0
 
     @property
@@ -88,13 +92,15 @@ def _word_end_flags(tokenizer, ids: list[int]) -> list[bool]:
     return [str(token).endswith("</w>") for token in tokenizer.convert_ids_to_tokens(ids)]
 
 
-def _close_window(content: list[tuple[int, float]], length: int, bos: int, eos: int, pad: int):
-    ids = [bos] + [token for token, _ in content] + [eos]
-    weights = [1.0] + [weight for _, weight in content] + [1.0]
+def _close_window(content: list[tuple[int, float, int]], length: int, bos: int, eos: int, pad: int):
+    ids = [bos] + [token for token, _, _ in content] + [eos]
+    weights = [1.0] + [weight for _, weight, _ in content] + [1.0]
+    sources = [-1] + [source for _, _, source in content] + [-1]
     real = len(ids)
     ids += [pad] * (length - real)
     weights += [1.0] * (length - real)
-    return ids, weights, [1] * real + [0] * (length - real)
+    sources += [-1] * (length - real)
+    return ids, weights, [1] * real + [0] * (length - real), sources
 
 
 def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77) -> list[TokenWindows]:
@@ -116,10 +122,10 @@ def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length
     per_fragment = _token_ids_per_fragment(tokenizer, prompts)
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
-        windows: list[list[tuple[int, float]]] = []
-        current: list[tuple[int, float]] = []
+        windows: list[list[tuple[int, float, int]]] = []
+        current: list[tuple[int, float, int]] = []  # (token id, weight, fragment index)
         current_word_ends: list[bool] = []
-        for fragment, ids in zip(fragments, fragment_ids):
+        for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids)):
             if fragment.is_break:
                 if current:
                     windows.append(current)
@@ -135,7 +141,7 @@ def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length
                             break
                     windows.append(current[:split])
                     current, current_word_ends = current[split:], current_word_ends[split:]
-                current.append((token, fragment.weight))
+                current.append((token, fragment.weight, source))
                 current_word_ends.append(word_end)
         if current or not windows:
             windows.append(current)
@@ -145,6 +151,7 @@ def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length
                 ids=torch.tensor([row[0] for row in rows], dtype=torch.long),
                 weights=torch.tensor([row[1] for row in rows], dtype=torch.float32),
                 mask=torch.tensor([row[2] for row in rows], dtype=torch.long),
+                fragments=torch.tensor([row[3] for row in rows], dtype=torch.long),
             )
         )
     return result
@@ -166,14 +173,14 @@ def t5_sequence(tokenizer, prompts: Sequence[Sequence[Fragment]], max_length: in
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
         content = [
-            (token, fragment.weight)
-            for fragment, ids in zip(fragments, fragment_ids)
+            (token, fragment.weight, source)
+            for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids))
             if not fragment.is_break
             for token in ids
         ]
         dropped = max(0, len(content) - (max_length - 1))
         if dropped:
-            kept_text = tokenizer.decode([token for token, _ in content[: max_length - 1]][-8:])
+            kept_text = tokenizer.decode([token for token, _, _ in content[: max_length - 1]][-8:])
             logger.warning(
                 "T5 prompt truncated to max_sequence_length=%d tokens: %d tokens dropped after '...%s'",
                 max_length,
@@ -181,14 +188,16 @@ def t5_sequence(tokenizer, prompts: Sequence[Sequence[Fragment]], max_length: in
                 kept_text,
             )
             content = content[: max_length - 1]
-        ids = [token for token, _ in content] + [eos]
-        weights = [weight for _, weight in content] + [1.0]
+        ids = [token for token, _, _ in content] + [eos]
+        weights = [weight for _, weight, _ in content] + [1.0]
+        sources = [source for _, _, source in content] + [-1]
         real = len(ids)
         result.append(
             TokenWindows(
                 ids=torch.tensor([ids + [pad] * (max_length - real)], dtype=torch.long),
                 weights=torch.tensor([weights + [1.0] * (max_length - real)], dtype=torch.float32),
                 mask=torch.tensor([[1] * real + [0] * (max_length - real)], dtype=torch.long),
+                fragments=torch.tensor([sources + [-1] * (max_length - real)], dtype=torch.long),
                 dropped=dropped,
             )
         )

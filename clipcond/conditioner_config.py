@@ -71,6 +71,8 @@ class ConditionerConfig:
         projection_dim: custom only: learned linear projection to this width.
         clip_skip: skip this many final CLIP layers.
         parse_weights: read the weighting syntax in prompts.
+        emphasis: how weights change token states ("multiply", "a1111", "comfy", "compel";
+            `clipcond.emphasis`); any recipe.
         cache_size: prompts kept in memory (0: no cache).
         cache_dir: on-disk cache folder, or None.
         dtype: "float32", "float16" or "bfloat16" for the loaded encoders.
@@ -89,6 +91,7 @@ class ConditionerConfig:
     projection_dim: int | None = None
     clip_skip: int | None = None
     parse_weights: bool = True
+    emphasis: Literal["multiply", "a1111", "comfy", "compel"] = "multiply"
     cache_size: int = 512
     cache_dir: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

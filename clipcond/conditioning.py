@@ -14,6 +14,7 @@ The path of a batch of prompts (`TextConditioner.encode`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from clipcond.conditioner_setup import (
     resolve_recipe,
 )
 from clipcond.embeds import PromptEmbeds
+from clipcond.emphasis import check_emphasis
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
@@ -80,6 +82,13 @@ class TextConditioner:
             to use instead of a new one; its layers must fit the recipe and encoders.
         parse_weights: read the weighting syntax `(word:1.3)`, `[word]`, `BREAK`; False treats
             every prompt as plain text.
+        emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
+            "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
+            mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"
+            (compel's up-weighting and masked down-weighting). None: the recipe's, "multiply"
+            for every family. That default scales each token's states by its weight and
+            nothing else, so a weight touches only its own tokens, as it always has here; pick
+            the mode of the UI a prompt was written for to get its image.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.
         t5_zeros: (length, width) of zero T5 tokens to use when a recipe expects T5 but none is
@@ -96,12 +105,15 @@ class TextConditioner:
         projection_dim: int | None = None,
         projection: TextProjection | None = None,
         parse_weights: bool = True,
+        emphasis: str | None = None,
         cache_size: int = 512,
         cache_dir: str | None = None,
         t5_zeros: tuple[int, int] | None = None,
     ) -> None:
         self.clip, self.t5 = as_encoders(clip, t5)
         self.recipe = resolve_recipe(recipe, bool(self.clip), self.t5 is not None)
+        if emphasis is not None:  # part of the recipe, so of the cache key
+            self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))
         check_encoders(self.recipe, len(self.clip), self.t5 is not None, t5_zeros)
         self.clip_skip = check_clip_skip(self.recipe, self.clip, clip_skip)
         self._active_recipe = self.recipe.with_clip_skip(self.clip_skip)
@@ -282,7 +294,8 @@ class TextConditioner:
         fragments = [self._fragments(text) for text in prompts]
         context = torch.enable_grad() if self._encoders_need_grad() else torch.no_grad()
         with context:
-            return encode_fragments(fragments, self.clip, self.t5, self._active_recipe)
+            recipe = self._active_recipe
+            return encode_fragments(fragments, self.clip, self.t5, recipe, recipe.emphasis)
 
     def _assemble(self, records: list[EncodedPrompt]) -> PromptEmbeds:
         return assemble(
@@ -331,6 +344,7 @@ class TextConditioner:
             clip_skip=config.clip_skip,
             projection_dim=config.projection_dim,
             parse_weights=config.parse_weights,
+            emphasis=config.emphasis,
             cache_size=config.cache_size,
             cache_dir=config.cache_dir,
         )

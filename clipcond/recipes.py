@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from clipcond.emphasis import DEFAULT_EMPHASIS, check_emphasis
+
 Combine = Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"]
 Pooled = Literal["none", "last", "concat"]
 
@@ -50,6 +52,8 @@ class Recipe:
         lowercase: lower-case and strip prompts before tokenizing (PixArt).
         zero_negative_when_absent: with no negative prompt, negatives are zeros (SDXL).
         negative_optional: with no negative prompt, give no negative embeddings (Flux).
+        emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
+            "compel" (`clipcond.emphasis`).
         call_overrides: extra keyword arguments `pipeline_kwargs` adds for the family's
             `__call__` (PixArt defaults `negative_prompt=""`, which it refuses next to
             `negative_prompt_embeds`, so it gets an explicit None).
@@ -67,6 +71,7 @@ class Recipe:
     lowercase: bool = False
     zero_negative_when_absent: bool = False
     negative_optional: bool = False
+    emphasis: str = DEFAULT_EMPHASIS
     call_overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -78,6 +83,7 @@ class Recipe:
             raise ValueError(f"`clip_layer_from_end` must be an int >= 1, got {self.clip_layer_from_end!r}")
         if not isinstance(self.t5_max_length, int) or self.t5_max_length < 2:
             raise ValueError(f"`t5_max_length` must be an int >= 2, got {self.t5_max_length!r}")
+        check_emphasis(self.emphasis)
 
     def with_clip_skip(self, clip_skip: int | None) -> Recipe:
         """The recipe reading `clip_skip` layers further up the CLIP stack (None or 0: unchanged)."""

@@ -2,17 +2,25 @@
 
 Every window of every prompt goes through each encoder in one batch. CLIP windows of the
 encoders of a multi-CLIP recipe are aligned (the same number per prompt), so their token
-states join on channels; T5 reads one sequence per prompt. Token states are multiplied by
-their fragment's weight.
+states join on channels; T5 reads one sequence per prompt. Weights change the token states of
+each encoder as the emphasis mode says (`clipcond.emphasis`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from clipcond.chunking import TokenWindows, clip_windows, t5_sequence
+from clipcond.emphasis import (
+    DEFAULT_EMPHASIS,
+    away_from_empty,
+    compel_blend,
+    compel_blend_weight,
+    multiply,
+    multiply_keeping_window_means,
+)
 from clipcond.encoders import TextEncoder, run_clip, run_t5
 from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
@@ -24,6 +32,7 @@ def encode_fragments(
     clip: Sequence[TextEncoder],
     t5: TextEncoder | None,
     recipe: Recipe,
+    emphasis: str = DEFAULT_EMPHASIS,
 ) -> list[EncodedPrompt]:
     """One record per prompt: its CLIP windows' token states and pooled vector, its T5 tokens.
 
@@ -32,17 +41,26 @@ def encode_fragments(
         clip: the CLIP encoders, in channel order (may be empty).
         t5: the T5 encoder, or None.
         recipe: which hidden states and pooled vectors to read (clip-skip already applied).
+        emphasis: how weights change token states (`clipcond.emphasis`), per encoder.
     """
     records = [EncodedPrompt() for _ in fragments]
     if clip:
-        _encode_clip(fragments, clip, recipe, records)
+        _encode_clip(fragments, clip, recipe, emphasis, records)
     if t5 is not None:
-        _encode_t5(fragments, t5, recipe, records)
+        _encode_t5(fragments, t5, recipe, emphasis, records)
     return records
 
 
+# Runs an encoder: (rows, length) ids and an optional mask -> (states or None, pooled or None).
+EncoderRun = Callable[[torch.Tensor, "torch.Tensor | None"], tuple["torch.Tensor | None", "torch.Tensor | None"]]
+
+
 def _encode_clip(
-    fragments: Sequence[Sequence[Fragment]], clip: Sequence[TextEncoder], recipe: Recipe, records: list[EncodedPrompt]
+    fragments: Sequence[Sequence[Fragment]],
+    clip: Sequence[TextEncoder],
+    recipe: Recipe,
+    emphasis: str,
+    records: list[EncodedPrompt],
 ) -> None:
     want_tokens = recipe.combine != "clip_pooled_t5_tokens"
     per_encoder = [clip_windows(encoder.tokenizer, fragments, encoder.window_length) for encoder in clip]
@@ -51,13 +69,12 @@ def _encode_clip(
     counts = [windows.num_windows for windows in per_encoder[0]]
     tokens_per_encoder, pooled_per_encoder = [], []
     for encoder, windows in zip(clip, per_encoder):
-        device = encoder.device
-        ids = torch.cat([w.ids for w in windows]).to(device)  # (all windows, window_length)
-        mask = torch.cat([w.mask for w in windows]).to(device) if encoder.uses_attention_mask else None
-        tokens, pooled = run_clip(encoder, ids, mask, recipe.clip_layer_from_end, recipe.clip_final_norm, want_tokens)
-        if tokens is not None and any(w.is_weighted for w in windows):
-            weights = torch.cat([w.weights for w in windows]).to(device=device, dtype=tokens.dtype)
-            tokens = tokens * weights.unsqueeze(-1)  # (all windows, window_length, width)
+
+        def run(ids, mask, encoder=encoder):
+            return run_clip(encoder, ids, mask, recipe.clip_layer_from_end, recipe.clip_final_norm, want_tokens)
+
+        empty = clip_windows(encoder.tokenizer, [[Fragment("", 1.0)]], encoder.window_length)[0]
+        tokens, pooled = _weighted_states(run, windows, empty, encoder, encoder.uses_attention_mask, emphasis)
         tokens_per_encoder.append(None if tokens is None else tokens.split(counts))
         # The pooled vector of a prompt comes from its first window.
         starts = torch.tensor([0, *counts[:-1]]).cumsum(0).to(pooled.device)
@@ -74,19 +91,118 @@ def _encode_clip(
 
 
 def _encode_t5(
-    fragments: Sequence[Sequence[Fragment]], encoder: TextEncoder, recipe: Recipe, records: list[EncodedPrompt]
+    fragments: Sequence[Sequence[Fragment]],
+    encoder: TextEncoder,
+    recipe: Recipe,
+    emphasis: str,
+    records: list[EncodedPrompt],
 ) -> None:
     sequences = t5_sequence(encoder.tokenizer, fragments, recipe.t5_max_length)
-    device = encoder.device
-    ids = torch.cat([s.ids for s in sequences]).to(device)  # (prompts, t5_max_length)
-    mask = torch.cat([s.mask for s in sequences]).to(device)
-    tokens = run_t5(encoder, ids, mask if recipe.t5_attention_mask else None)  # (prompts, length, width)
-    if any(s.is_weighted for s in sequences):
-        weights = torch.cat([s.weights for s in sequences]).to(device=device, dtype=tokens.dtype)
-        tokens = tokens * weights.unsqueeze(-1)
+    empty = t5_sequence(encoder.tokenizer, [[Fragment("", 1.0)]], recipe.t5_max_length)[0]
+
+    def run(ids, mask):
+        return run_t5(encoder, ids, mask), None
+
+    tokens, _ = _weighted_states(run, sequences, empty, encoder, recipe.t5_attention_mask, emphasis)
+    mask = torch.cat([s.mask for s in sequences]).to(tokens.device)
     for index, record in enumerate(records):
-        record.t5_tokens = tokens[index]
+        record.t5_tokens = tokens[index]  # (t5_max_length, width)
         record.t5_mask = mask[index]
+
+
+def _weighted_states(
+    run: EncoderRun,
+    prompts: Sequence[TokenWindows],
+    empty: TokenWindows,
+    encoder: TextEncoder,
+    uses_mask: bool,
+    emphasis: str,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Every window of every prompt through the encoder in one batch, weighted by `emphasis`.
+
+    Returns (states (all windows, length, width) or None, pooled (all windows, pooled_width)
+    or None). The modes that move tokens away from the empty prompt encode its window in the
+    same batch, as ComfyUI does.
+    """
+    device = encoder.device
+    ids = torch.cat([w.ids for w in prompts]).to(device)  # (all windows, length)
+    mask = torch.cat([w.mask for w in prompts]).to(device)
+    weighted = any(w.is_weighted for w in prompts)
+    with_empty = weighted and emphasis in ("comfy", "compel")
+    if with_empty:
+        ids = torch.cat([ids, empty.ids.to(device)])
+        mask = torch.cat([mask, empty.mask.to(device)])
+    states, pooled = run(ids, mask if uses_mask else None)
+    empty_states = None
+    if with_empty:
+        empty_states = None if states is None else states[-1]  # (length, width)
+        states = None if states is None else states[:-1]
+        pooled = None if pooled is None else pooled[:-1]
+    if states is None or not weighted:
+        return states, pooled
+    weights = torch.cat([w.weights for w in prompts]).to(device=device, dtype=states.dtype)
+    if emphasis == "multiply":
+        return multiply(states, weights), pooled
+    if emphasis == "a1111":
+        return multiply_keeping_window_means(states, weights), pooled
+    if emphasis == "comfy":
+        return away_from_empty(states, weights, empty_states), pooled
+    base_mask = mask[: states.shape[0]] if uses_mask else torch.ones_like(mask[: states.shape[0]])
+    return _compel(run, prompts, ids[: states.shape[0]], base_mask, states, weights, empty_states), pooled
+
+
+def _compel(
+    run: EncoderRun,
+    prompts: Sequence[TokenWindows],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    states: torch.Tensor,
+    weights: torch.Tensor,
+    empty: torch.Tensor,
+) -> torch.Tensor:
+    """compel's weighting of every prompt's windows (see `clipcond.emphasis`): the masked
+    versions of all prompts' down-weighted fragments are encoded in one more batch."""
+    sources = torch.cat([w.fragments for w in prompts]).to(ids.device)  # (all windows, length)
+    result = away_from_empty(states, weights, empty)
+    # (prompt's first window, its window count, fragment index, fragment weight) per version
+    versions, rows, row_masks = [], [], []
+    start = 0
+    for prompt in prompts:
+        span = slice(start, start + prompt.num_windows)
+        down = sorted(set(sources[span][weights[span] < 1].tolist()))
+        for fragment in down:
+            fragment_weight = float(weights[span][sources[span] == fragment][0])
+            versions.append((start, prompt.num_windows, fragment, fragment_weight))
+            for window in range(start, start + prompt.num_windows):
+                if bool((sources[window] == fragment).any()):
+                    rows.append(window)
+                    row_masks.append(mask[window] * (sources[window] != fragment))
+        start += prompt.num_windows
+    if not versions:
+        return result
+    masked_states, _ = run(ids[rows], torch.stack(row_masks))
+    masked_by_row: dict[tuple[int, int], torch.Tensor] = {}
+    cursor = 0
+    for first, count, fragment, _ in versions:
+        for window in range(first, first + count):
+            if bool((sources[window] == fragment).any()):
+                masked_by_row[(fragment, window)] = masked_states[cursor]
+                cursor += 1
+    start = 0
+    for prompt in prompts:
+        span = slice(start, start + prompt.num_windows)
+        mine = [version for version in versions if version[0] == start]
+        if mine:
+            blends, blend_weights = [result[span]], [1.0]
+            for first, count, fragment, fragment_weight in mine:
+                without = torch.stack(
+                    [masked_by_row.get((fragment, window), states[window]) for window in range(first, first + count)]
+                )
+                blends.append(away_from_empty(without, weights[span], empty))
+                blend_weights.append(compel_blend_weight(fragment_weight))
+            result[span] = compel_blend(blends, blend_weights)
+        start += prompt.num_windows
+    return result
 
 
 def _align_window_counts(per_encoder: list[list[TokenWindows]], encoders: Sequence[TextEncoder]) -> None:
@@ -103,4 +219,5 @@ def _align_window_counts(per_encoder: list[list[TokenWindows]], encoders: Sequen
                     ids=torch.cat([item.ids, empty.ids.expand(missing, -1)]),
                     weights=torch.cat([item.weights, empty.weights.expand(missing, -1)]),
                     mask=torch.cat([item.mask, empty.mask.expand(missing, -1)]),
+                    fragments=torch.cat([item.fragments, empty.fragments.expand(missing, -1)]),
                 )

@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from clipcond.conditioning import TextConditioner
+from clipcond.emphasis import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -86,6 +87,8 @@ class CLIPConditionedPipeline(
         coordinate_channels: the UNet also reads two channels of pixel coordinates (x, y in
             [-1, 1]) after the image ones (`clipcond.pipelines.coordinates`); its `in_channels`
             is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
+        emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
+            "compel" (`clipcond.emphasis`; see `TextConditioner`).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
@@ -106,6 +109,7 @@ class CLIPConditionedPipeline(
         clip_skip: int | None = None,
         t5_max_length: int | None = None,
         coordinate_channels: bool = False,
+        emphasis: str = "multiply",
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -133,8 +137,13 @@ class CLIPConditionedPipeline(
                 f"`coordinate_channels` needs a UNet with in_channels = out_channels + {COORDINATE_CHANNELS}, got "
                 f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
             )
+        check_emphasis(emphasis)
         self.register_to_config(
-            recipe=recipe, clip_skip=clip_skip, t5_max_length=t5_max_length, coordinate_channels=coordinate_channels
+            recipe=recipe,
+            clip_skip=clip_skip,
+            t5_max_length=t5_max_length,
+            coordinate_channels=coordinate_channels,
+            emphasis=emphasis,
         )
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
@@ -189,6 +198,7 @@ class CLIPConditionedPipeline(
             id(projection),
             self.config.recipe,
             self.config.get("t5_max_length"),
+            self.config.get("emphasis", "multiply"),
         )
         if self._conditioners_for != components:
             self._conditioners, self._conditioners_for = {}, components
@@ -210,7 +220,14 @@ class CLIPConditionedPipeline(
         recipe = family.recipe
         if family.name == "custom":
             recipe = custom_recipe(bool(clip), t5 is not None, t5_max_length=self.config.get("t5_max_length"))
-        conditioner = TextConditioner(recipe, clip=clip, t5=t5, clip_skip=clip_skip, projection=projection)
+        conditioner = TextConditioner(
+            recipe,
+            clip=clip,
+            t5=t5,
+            clip_skip=clip_skip,
+            projection=projection,
+            emphasis=self.config.get("emphasis", "multiply"),
+        )
         width = self.unet.config.cross_attention_dim
         if conditioner.token_width != width:
             raise ValueError(

@@ -1,0 +1,74 @@
+"""Emphasis: how a token's weight changes its encoder states, as each UI does it.
+
+The states of one window (CLIP: BOS + up to 75 tokens + EOS + padding; T5: its one sequence)
+are `states` (windows, length, width); `weights` (windows, length) holds each token's weight
+(1.0 for special and padding tokens). Every mode leaves a window whose weights are all 1.0
+exactly as it was.
+
+- ``multiply`` (A1111's "No norm"): each token's states times its weight.
+- ``a1111`` (A1111's default, "Original", ``modules/sd_emphasis.py``): multiply, then rescale
+  the window so the mean of all its states (every position and channel) is what it was before
+  weighting. A1111 takes that mean over the batch of windows it encodes together (one prompt,
+  or the texts of one prompt's editing schedule); here each prompt's window is its own batch,
+  which is the same for a prompt without editing.
+- ``comfy`` (ComfyUI, ``comfy/sd1_clip.py``): a weighted token moves away from the empty
+  prompt's state at the same position: ``empty + (state - empty) * weight``.
+- ``compel`` (compel's ``EmbeddingsProvider``, its default down-weighting by masking): every
+  weight moves a token as ``comfy`` does; then, for each fragment weighted below 1, the prompt
+  is encoded again with that fragment masked out of attention, weighted the same way, and the
+  results are blended with weights 1 and tan((1 - max(w, 1e-5)) * pi / 2) per such fragment,
+  normalised to sum to 1 (so weight 0.5 lands half-way to the prompt without the fragment).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+EMPHASIS_MODES: tuple[str, ...] = ("multiply", "a1111", "comfy", "compel")
+DEFAULT_EMPHASIS = "multiply"
+
+# compel clamps a down-weight before taking the tangent, so that weight 0 stays finite.
+COMPEL_MIN_WEIGHT = 1e-5
+
+
+def check_emphasis(emphasis: object, argument: str = "emphasis") -> str:
+    """`emphasis` if it names a mode; a ValueError naming the modes otherwise."""
+    if not isinstance(emphasis, str) or emphasis not in EMPHASIS_MODES:
+        raise ValueError(f"`{argument}` must be one of {EMPHASIS_MODES}, got {emphasis!r}")
+    return emphasis
+
+
+def multiply(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(windows, length, width) states times (windows, length) weights."""
+    return states * weights.unsqueeze(-1)
+
+
+def multiply_keeping_window_means(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original": multiply, then scale each window back to its unweighted mean."""
+    original_mean = states.mean(dim=(1, 2), keepdim=True)  # (windows, 1, 1)
+    weighted = multiply(states, weights)
+    return weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
+
+
+def away_from_empty(states: torch.Tensor, weights: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's and compel's up-weighting: ``empty + (states - empty) * weight`` where the
+    weight is not 1; `empty` (length, width) is the empty prompt's window."""
+    moved = empty + (states - empty) * weights.unsqueeze(-1)
+    return torch.where((weights == 1.0).unsqueeze(-1), states, moved)
+
+
+def compel_blend_weight(weight: float) -> float:
+    """The blend weight of the prompt encoded without a fragment of `weight` (< 1)."""
+    return math.tan((1.0 - max(COMPEL_MIN_WEIGHT, weight)) * math.pi / 2)
+
+
+def compel_blend(versions: Sequence[torch.Tensor], blend_weights: Sequence[float]) -> torch.Tensor:
+    """Blend versions of one prompt's states (each (windows, length, width)) with weights
+    normalised to sum to 1, as compel does."""
+    stacked = torch.stack(list(versions))  # (versions, windows, length, width)
+    weights = torch.tensor(blend_weights, dtype=stacked.dtype, device=stacked.device)
+    weights = weights / weights.sum()
+    return (stacked * weights.reshape(-1, 1, 1, 1)).sum(dim=0)

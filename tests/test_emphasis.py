@@ -1,0 +1,189 @@
+"""Emphasis modes against reference formulas written here, on every family's tiny pipeline, and
+the compel mode against compel itself (SD and SDXL, the families compel supports).
+
+The reference takes the unweighted token states from the plain prompt that tokenizes to the
+same ids ("a red circle" for "a (red:1.3) circle": A1111 tokenizes each fragment alone, and BPE
+splits at the spaces anyway), the empty prompt's states from "", and the per-token weights
+from the tokenizer, then applies each mode's formula per encoder.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipcond import TextConditioner
+from clipcond.emphasis import EMPHASIS_MODES
+
+FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
+WEIGHTED = [("a ", 1.0), ("red", 1.3), (" circle and a ", 1.0), ("blue", 1.1 * 1.1), (" square", 1.0)]
+PROMPT = "a (red:1.3) circle and a ((blue)) square"
+PLAIN = "a red circle and a blue square"
+
+
+@pytest.fixture
+def pipes(request):
+    return {name: request.getfixturevalue(f"{name}_pipe") for name in FAMILIES}
+
+
+def _token_weights(tokenizer, pieces, length: int, special_start: bool, strip: bool) -> torch.Tensor:
+    """(length,) weights per position: BOS (CLIP), each piece's tokens at its weight, EOS, pad 1.0."""
+    weights = [1.0] if special_start else []
+    for text, weight in pieces:
+        ids = tokenizer(text.strip() if strip else text, add_special_tokens=False).input_ids
+        weights += [weight] * len(ids)
+    weights += [1.0] * (length - len(weights))
+    return torch.tensor(weights[:length])
+
+
+def _segments(cond: TextConditioner):
+    """(positions, channels, weights) per encoder: the slices of the output each encoder fills."""
+    parts = []
+    recipe = cond.recipe
+    position = 0
+    if cond.clip and recipe.combine != "clip_pooled_t5_tokens":
+        length = cond.clip[0].window_length
+        weights = _token_weights(cond.clip[0].tokenizer, WEIGHTED, length, True, False)
+        channel = 0
+        for encoder in cond.clip:
+            parts.append((slice(0, length), slice(channel, channel + encoder.width), weights))
+            channel += encoder.width
+        position = length
+    if cond.t5 is not None:
+        length = recipe.t5_max_length
+        pieces = [(text.lower(), w) for text, w in WEIGHTED] if recipe.lowercase else WEIGHTED
+        weights = _token_weights(cond.t5.tokenizer, pieces, length, False, True)
+        parts.append((slice(position, position + length), slice(0, cond.t5.width), weights))
+    return parts
+
+
+def _reference(mode: str, plain: torch.Tensor, empty: torch.Tensor, segments) -> torch.Tensor:
+    out = plain.clone()
+    for positions, channels, weights in segments:
+        z, e, w = plain[positions, channels], empty[positions, channels], weights[:, None]
+        if mode == "multiply":
+            out[positions, channels] = z * w
+        elif mode == "a1111":  # multiply, then restore the window's mean over positions and channels
+            out[positions, channels] = z * w * (z.mean() / (z * w).mean())
+        else:  # comfy, and compel with up-weights only: away from the empty prompt's states
+            out[positions, channels] = torch.where(w == 1, z, e + (z - e) * w)
+    return out
+
+
+@pytest.mark.parametrize("mode", EMPHASIS_MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_mode_matches_its_formula_on_every_family(family: str, mode: str, pipes) -> None:
+    pipe = pipes[family]
+    cond = TextConditioner.from_pipeline(pipe, emphasis=mode, cache_size=0)
+    plain = TextConditioner.from_pipeline(pipe, cache_size=0)
+    with torch.no_grad():
+        got = cond.encode(PROMPT).tokens[0]
+        expected = _reference(mode, plain.encode(PLAIN).tokens[0], plain.encode("").tokens[0], _segments(cond))
+        # the weights moved something, so the formula is tested, not an identity
+        assert not torch.allclose(expected, plain.encode(PLAIN).tokens[0], atol=1e-4)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # no weights: exactly the plain result in every mode
+        assert torch.equal(cond.encode(PLAIN).tokens, plain.encode(PLAIN).tokens)
+        # the pooled vector is never weighted (comfy and compel encode the empty window in the same
+        # batch, which can move the last bits)
+        if plain.encode(PLAIN).pooled is not None:
+            torch.testing.assert_close(cond.encode(PROMPT).pooled, plain.encode(PLAIN).pooled, rtol=1e-6, atol=1e-6)
+
+
+def test_a1111_keeps_each_window_mean_of_a_long_prompt(sd_pipe) -> None:
+    """Two windows: each keeps its own unweighted mean (A1111 processes a prompt chunk by chunk)."""
+    words = " ".join(["red circle"] * 45)  # 90 tokens: two windows
+    cond = TextConditioner.from_pipeline(sd_pipe, emphasis="a1111", cache_size=0)
+    plain = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    with torch.no_grad():
+        got = cond.encode(f"({words}:1.4)").tokens[0].reshape(2, 77, -1)
+        z = plain.encode(words).tokens[0].reshape(2, 77, -1)
+    tokenizer = sd_pipe.tokenizer
+    for window, weights in enumerate(_long_weights(tokenizer, words, 1.4)):
+        w = weights[:, None]
+        expected = z[window] * w * (z[window].mean() / (z[window] * w).mean())
+        torch.testing.assert_close(got[window], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[window].mean(), z[window].mean(), rtol=1e-5, atol=1e-6)
+
+
+def _long_weights(tokenizer, words: str, weight: float) -> list[torch.Tensor]:
+    ids = tokenizer(words, add_special_tokens=False).input_ids
+    first = 75
+    while not tokenizer.convert_ids_to_tokens(ids[first - 1]).endswith("</w>"):
+        first -= 1  # the window split falls at a word end
+    rows = []
+    for content in (ids[:first], ids[first:]):
+        rows.append(torch.tensor([1.0] + [weight] * len(content) + [1.0] * (76 - len(content))))
+    return rows
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_compel_mode_equals_compel_itself(family: str, pipes) -> None:
+    """compel's own EmbeddingsProvider, fed the same fragments and weights (up and down)."""
+    from compel.embeddings_provider import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType
+
+    pipe = pipes[family]
+    fragments = ["a ", "red", " circle and a ", "blue", " square on a ", "green", " mat"]
+    weights = [1.0, 1.3, 1.0, 0.5, 1.0, 0.0, 1.0]
+    prompt = "a (red:1.3) circle and a (blue:0.5) square on a (green:0) mat"
+    layer = (
+        ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
+        if family == "sd"
+        else ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+    )
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if family == "sdxl":
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    with torch.no_grad():
+        theirs = torch.cat(
+            [
+                EmbeddingsProvider(
+                    tokenizer=tokenizer,
+                    text_encoder=encoder,
+                    returned_embeddings_type=layer,
+                    downweight_mode=DownweightMode.MASK,
+                    truncate=True,
+                ).get_embeddings_for_weighted_prompt_fragments([fragments], [weights])
+                for tokenizer, encoder in encoders
+            ],
+            dim=-1,
+        )
+        ours = TextConditioner.from_pipeline(pipe, emphasis="compel", cache_size=0).encode(prompt).tokens
+        multiplied = TextConditioner.from_pipeline(pipe, cache_size=0).encode(prompt).tokens
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(multiplied, theirs, atol=1e-3)  # a different formula, so this bites
+
+
+def test_emphasis_is_validated_and_part_of_the_cache_key(sd_pipe, tmp_path) -> None:
+    with pytest.raises(ValueError, match="`emphasis` must be one of"):
+        TextConditioner.from_pipeline(sd_pipe, emphasis="loud")
+    shared = str(tmp_path / "cache")
+    first = TextConditioner.from_pipeline(sd_pipe, cache_dir=shared).encode(PROMPT).tokens
+    other = TextConditioner.from_pipeline(sd_pipe, cache_dir=shared, emphasis="comfy").encode(PROMPT).tokens
+    assert not torch.allclose(first, other)
+    assert torch.equal(
+        other, TextConditioner.from_pipeline(sd_pipe, emphasis="comfy", cache_size=0).encode(PROMPT).tokens
+    )
+
+
+def test_the_pipeline_and_yaml_carry_the_mode(sd_pipe, tmp_path, tiny_clip_text_path) -> None:
+    import yaml
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe, emphasis="a1111")
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.emphasis == "a1111" and loaded.conditioner.recipe.emphasis == "a1111"
+    with torch.no_grad():
+        reference = TextConditioner.from_pipeline(sd_pipe, emphasis="a1111", cache_size=0).encode(PROMPT).tokens
+        torch.testing.assert_close(loaded.conditioner.encode(PROMPT).tokens, reference, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`emphasis` must be one of"):
+        CLIPConditionedPipeline.from_pipe(sd_pipe, emphasis="loud")
+    path = tmp_path / "cond.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "sd", "clip": [{"path": str(tiny_clip_text_path)}], "emphasis": "comfy"}))
+    assert TextConditioner.from_config(path).recipe.emphasis == "comfy"
+    path.write_text(yaml.safe_dump({"recipe": "sd", "clip": [{"path": str(tiny_clip_text_path)}], "emphasis": "x"}))
+    with pytest.raises(ValueError, match="emphasis"):
+        TextConditioner.from_config(path)
