@@ -16,7 +16,13 @@ Rows (ratios < 1 mean clipcond is faster):
    clipcond multiplies each token's embedding by its weight; compel moves a token's embedding
    away from the empty prompt's by its weight and, per down-weighted fragment, encodes the
    prompt again without it and blends the two.
-3. Cached repeat: a repeated `cond.encode` of the same batch / the uncached call.
+3. Emphasis modes (`TextConditioner(emphasis=...)`) on the weighted long prompts, each against
+   the default "multiply" on the same prompts: "a1111", "comfy" and "compel" with up-weights,
+   "compel" with down-weights too (it encodes the prompt once more per down-weighted fragment,
+   as compel does).
+4. `emphasis="compel"` against compel itself on short weighted prompts (one window), where both
+   compute the same thing: the `outputs` column says how closely they agree.
+5. Cached repeat: a repeated `cond.encode` of the same batch / the uncached call.
 
 Each row: two warm-up calls per side, then medians of `--repeats` rounds whose order rotates
 (`median_timing.median_seconds`), so neither side always runs first.
@@ -245,6 +251,54 @@ def main(argv: list[str] | None = None) -> None:
         note = outputs_note(uncached.encode(ours_prompts).tokens, compel_encode(their_prompts), why)
         name = f"weighted long prompts (~{length} tokens, {label}), batch 4 / compel"
         rows.append((name, ours, theirs, "<= 0.80", note))
+
+    up_prompts, down_prompts = weighted_prompts("a1111", False), weighted_prompts("a1111", True)
+    for mode, prompts, label in (
+        ("a1111", up_prompts, "up-weights"),
+        ("comfy", up_prompts, "up-weights"),
+        ("compel", up_prompts, "up-weights"),
+        ("compel", down_prompts, "up+down weights: one more pass per down-weighted fragment"),
+    ):
+        moded = TextConditioner.from_pipeline(pipe, cache_size=0, emphasis=mode)
+        ours, theirs = compare(
+            lambda moded=moded, prompts=prompts: moded.encode(prompts),
+            lambda prompts=prompts: uncached.encode(prompts),
+            args.repeats,
+        )
+        note = outputs_note(moded.encode(prompts).tokens, uncached.encode(prompts).tokens, f"{mode}'s formula")
+        goal = "<= 1.10" if "down" not in label else "-"
+        rows.append(
+            (f'emphasis="{mode}", long prompts ({label}), batch 4 / emphasis="multiply"', ours, theirs, goal, note)
+        )
+
+    short_ours = [f"a ({word}:1.3) fox in the (snow:0.7), oil painting" for word in ("red", "white", "tiny", "old")]
+    short_fragments = [
+        ["a ", word, " fox in the ", "snow", ", oil painting"] for word in ("red", "white", "tiny", "old")
+    ]
+    short_weights = [[1.0, 1.3, 1.0, 0.7, 1.0]] * 4
+    same_as_compel = TextConditioner.from_pipeline(pipe, cache_size=0, emphasis="compel")
+    provider = Compel(tokenizer=tokenizer, text_encoder=text_encoder, device="cpu").conditioning_provider
+
+    @torch.no_grad()
+    def compel_fragments():
+        return torch.cat(
+            [
+                provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])
+                for fragments, weights in zip(short_fragments, short_weights)
+            ]
+        )
+
+    ours, theirs = compare(lambda: same_as_compel.encode(short_ours), compel_fragments, args.repeats)
+    note = outputs_note(same_as_compel.encode(short_ours).tokens, compel_fragments())
+    rows.append(
+        (
+            'emphasis="compel", short weighted prompts, batch 4 / compel (the same computation)',
+            ours,
+            theirs,
+            "<= 1.00",
+            note,
+        )
+    )
 
     cached.encode(PLAIN_PROMPTS)
     warm, cold = compare(

@@ -40,6 +40,7 @@ from clipcond.fingerprint import WeightsWatch
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
 from clipcond.records import EncodedPrompt
+from clipcond.scheduled_embeds import PromptSchedule, StepSwap, build_schedule, check_steps, schedule_for_pipeline
 from clipcond.window_encoding import encode_fragments
 
 if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner imports it only when used
@@ -200,7 +201,10 @@ class TextConditioner:
         return self._assemble(self._records(prompts))
 
     def pipeline_kwargs(
-        self, prompt: str | list[str], negative_prompt: str | list[str] | None = None
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments for the pipeline family's `__call__`.
 
@@ -210,6 +214,17 @@ class TextConditioner:
         missing negative prompt means "" — or zeros when the recipe says so (SDXL's
         `force_zeros_for_empty_prompt`), or no negative at all for Flux. Prompts and negatives
         are encoded in one batch and padded to the same length.
+
+        With `num_inference_steps`, prompt editing and alternation (`clipcond.schedule`) take
+        effect: the embeddings are step 0's, and `callback_on_step_end` with
+        `callback_on_step_end_tensor_inputs` swap in each later step's where its text changes
+        (SD, SDXL, SD3; pass `num_inference_steps` to the pipeline too). A prompt whose text never
+        changes gets no callback and exactly the keyword arguments it gets without steps.
+
+        Raises:
+            ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`),
+                editing syntax without `num_inference_steps`, or a schedule the family's
+                callback cannot apply (Flux's cannot replace the pooled vector, PixArt has none).
         """
         prompts = as_prompt_list(prompt, "prompt")
         negatives: list[str] | None
@@ -228,8 +243,12 @@ class TextConditioner:
                     f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}; "
                     "give one negative prompt per prompt, or a single string for all"
                 )
-        embeds = self._assemble(self._records(prompts + (negatives or [])))  # prompts, then negatives
-        positive, negative = embeds.split(len(prompts))
+        schedule = schedule_for_pipeline(self.encode, self.family, prompts, negatives, num_inference_steps)
+        if schedule is not None:
+            positive, negative = schedule.embeds_at(0)
+        else:
+            embeds = self._assemble(self._records(prompts + (negatives or [])))  # prompts, then negatives
+            positive, negative = embeds.split(len(prompts))
         family = self.family
         kwargs = family.call_keywords(positive)
         if negatives is not None:
@@ -237,7 +256,34 @@ class TextConditioner:
         elif self.recipe.zero_negative_when_absent:
             kwargs.update(family.call_keywords(positive.zeros_like(), "negative_"))
         kwargs.update(dict(self.recipe.call_overrides))
+        if schedule is not None:
+            swap = StepSwap(schedule, family)
+            kwargs.update(callback_on_step_end=swap, callback_on_step_end_tensor_inputs=swap.tensor_inputs)
         return kwargs
+
+    def schedule(
+        self,
+        prompt: str | list[str],
+        num_inference_steps: int,
+        negative_prompt: str | list[str] | None = None,
+    ) -> PromptSchedule:
+        """Which text (and embeddings) conditions each of `num_inference_steps` denoising steps.
+
+        Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` read as A1111 reads them
+        (`clipcond.schedule`); every distinct text is encoded once, all in one batch (repeats
+        are cache hits). `schedule.segments(i)` lists prompt `i`'s (first step, end step, text).
+
+        Raises:
+            TypeError, ValueError: bad prompts, or `num_inference_steps` not an int >= 1.
+        """
+        prompts = as_prompt_list(prompt, "prompt")
+        negatives = None
+        if isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        elif negative_prompt is not None:
+            negatives = as_prompt_list(negative_prompt, "negative_prompt")
+        check_steps(num_inference_steps)
+        return build_schedule(self.encode, prompts, negatives, num_inference_steps)
 
     # ------------------------------------------------------------------ encoding
 

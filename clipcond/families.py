@@ -55,6 +55,11 @@ class Family:
         embeds_keyword, pooled_keyword, mask_keyword: the `__call__` keyword names of the
             token embeddings, the pooled vector and the attention mask; negatives take the
             prefix ``negative_``.
+        step_callback_tensors: what the family's `callback_on_step_end` can replace between
+            steps: ("tokens" | "pooled", the tensor input's name) pairs; empty when its
+            `__call__` has no such callback.
+        step_callback_negatives: under classifier-free guidance those tensors hold the
+            negatives' rows, then the prompts' (False: the prompts' alone).
     """
 
     name: str
@@ -69,6 +74,8 @@ class Family:
     embeds_keyword: str = "prompt_embeds"
     pooled_keyword: str = "pooled_prompt_embeds"
     mask_keyword: str = "prompt_attention_mask"
+    step_callback_tensors: tuple[tuple[str, str], ...] = ()
+    step_callback_negatives: bool = True
 
     def encoders_fit(self, clip_count: int, has_t5: bool, has_t5_zeros: bool = False) -> bool:
         """Whether `clip_count` CLIP encoders and a T5 (or its zeros) are what the recipe takes."""
@@ -124,6 +131,7 @@ FAMILIES: dict[str, Family] = {
             slots=(_CLIP,),
             clip_counts=(1,),
             t5="absent",
+            step_callback_tensors=(("tokens", "prompt_embeds"),),
         ),
         Family(
             "sdxl",
@@ -140,6 +148,7 @@ FAMILIES: dict[str, Family] = {
             clip_counts=(1, 2),
             t5="absent",
             force_zeros_flag="force_zeros_for_empty_prompt",
+            step_callback_tensors=(("tokens", "prompt_embeds"), ("pooled", "add_text_embeds")),
         ),
         Family(
             "sd3",
@@ -157,6 +166,7 @@ FAMILIES: dict[str, Family] = {
             clip_counts=(2,),
             t5="required",
             t5_zeros_when_missing=True,
+            step_callback_tensors=(("tokens", "prompt_embeds"), ("pooled", "pooled_prompt_embeds")),
         ),
         Family(
             "flux",
@@ -167,6 +177,8 @@ FAMILIES: dict[str, Family] = {
             slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2")),
             clip_counts=(1,),
             t5="required",
+            step_callback_tensors=(("tokens", "prompt_embeds"),),
+            step_callback_negatives=False,
         ),
         Family(
             "pixart",

@@ -12,7 +12,8 @@ to that pipeline's for the same generator (tested).
 
 Why this module is over 400 lines: it is one diffusers pipeline class whose `__call__` reads
 top to bottom in numbered steps, as diffusers' own pipelines do; its argument checks live in
-`input_checks.py` and `swap_text_encoder` in `swap.py`.
+`input_checks.py`, `swap_text_encoder` in `swap.py`, and the per-step plan of prompt
+editing and AND in `composable.py`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from transformers import (
 from clipcond.conditioning import TextConditioner
 from clipcond.emphasis import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
+from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.scheduler_guards import guard_timesteps, warn_if_not_finite
@@ -389,24 +391,39 @@ class CLIPConditionedPipeline(
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         device = self._execution_device
-        # 3. Encode input prompt: (n, seq, width) each; the guided batch is negatives first
+        # 3. Encode input prompt: (n, seq, width) each; the guided batch is negatives first. Prompt
+        #    editing, alternation and AND give each step its own context (`composable.DenoisingPlan`).
         lora_scale = (cross_attention_kwargs or {}).get("scale")
-        positive, negative = self._embeds(
+        dtype = self.unet.dtype
+        plan = plan_for_call(
+            self,
+            conditioner,
             prompt,
             negative_prompt,
-            prompt_embeds,
             negative_prompt_embeds,
-            self.do_classifier_free_guidance,
-            conditioner,
+            len(timesteps) if timesteps is not None else len(sigmas) if sigmas is not None else num_inference_steps,
+            num_images_per_prompt,
             lora_scale,
         )
-        dtype = self.unet.dtype
-        positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        if negative is not None:
-            negative = negative.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
-            context = torch.cat([negative, positive])
+        if plan is not None:
+            negative = None
+            context = plan.context(0, device, dtype)
         else:
-            context = positive
+            positive, negative = self._embeds(
+                prompt,
+                negative_prompt,
+                prompt_embeds,
+                negative_prompt_embeds,
+                self.do_classifier_free_guidance,
+                conditioner,
+                lora_scale,
+            )
+            positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+            if negative is not None:
+                negative = negative.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+                context = torch.cat([negative, positive])
+            else:
+                context = positive
 
         # 4. Prepare timesteps
         schedule, num_inference_steps = retrieve_timesteps(
@@ -445,7 +462,12 @@ class CLIPConditionedPipeline(
                 if self.interrupt:
                     continue
                 guided = self.do_classifier_free_guidance  # a callback may turn guidance off
-                model_input = torch.cat([latents] * 2) if guided else latents
+                if plan is not None:
+                    if index and plan.step_of(index) != plan.step_of(index - 1):
+                        context = plan.context(index, device, dtype)  # the text changed at this step
+                    model_input = plan.model_input(latents)
+                else:
+                    model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 if coordinates:
                     model_input = append_coordinates(model_input)
@@ -457,7 +479,11 @@ class CLIPConditionedPipeline(
                     cross_attention_kwargs=self.cross_attention_kwargs,
                     return_dict=False,
                 )[0]
-                if guided:
+                if plan is not None:
+                    noise, text_noise = plan.combine(noise, self.guidance_scale)
+                    if text_noise is not None and self.guidance_rescale > 0.0:
+                        noise = rescale_noise_cfg(noise, text_noise, guidance_rescale=self.guidance_rescale)
+                elif guided:
                     unconditional, conditional = noise.chunk(2)
                     noise = unconditional + self.guidance_scale * (conditional - unconditional)
                     if self.guidance_rescale > 0.0:

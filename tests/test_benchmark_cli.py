@@ -50,6 +50,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         ),
         (["--output", "out/pipe.md"], {"output": Path("out/pipe.md")}),
     ],
+    "benchmarks/bench_prompt_language.py": [
+        (
+            ["--steps", "5", "--repeats", "2", "--output", "out/lang.md"],
+            {"steps": 5, "repeats": 2, "output": Path("out/lang.md")},
+        ),
+    ],
     "benchmarks/clip_tiny_shapes.py": [
         (
             ["--reuse", "--train-seconds", "380.5", "--images-per-class", "20", "--output", "out/tiny.md"],
@@ -118,6 +124,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_clip_step.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
+    "benchmarks/bench_prompt_language.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
     "benchmarks/shapes_model_judge.py": ([], ("output", "grid")),
@@ -151,7 +158,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 9
+    assert len(SCRIPTS) == 10
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

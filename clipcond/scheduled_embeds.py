@@ -1,0 +1,191 @@
+"""Embeddings that change between denoising steps: prompt editing and alternation, encoded once.
+
+`PromptSchedule` holds every distinct text a batch of prompts (and negatives) reads over the
+steps, encoded in one batch (so all share one sequence length and a step's embeddings can
+replace another's), and which row conditions each prompt at each step. `StepSwap` is a
+`callback_on_step_end` for a diffusers pipeline that puts the next step's rows in place where
+the text changes; which tensors it may replace is the family's (`Family.step_callback_tensors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clipcond.embeds import PromptEmbeds
+from clipcond.families import Family
+from clipcond.schedule import has_schedule, split_and, texts_per_step
+
+
+@dataclass
+class PromptSchedule:
+    """What conditions each step of a batch of prompts.
+
+    Attributes:
+        texts: the distinct texts read at some step (prompts' and negatives'), in first use order.
+        embeds: their embeddings, one row per text: tokens (texts, seq, width).
+        prompt_rows: per step, the row in `embeds` of each prompt.
+        negative_rows: per step, the row of each negative prompt; None without negatives.
+    """
+
+    texts: list[str]
+    embeds: PromptEmbeds
+    prompt_rows: list[list[int]]
+    negative_rows: list[list[int]] | None
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.prompt_rows)
+
+    def rows_at(self, step: int) -> tuple[list[int], list[int] | None]:
+        """(prompt rows, negative rows or None) of denoising step `step` (from 0)."""
+        return self.prompt_rows[step], None if self.negative_rows is None else self.negative_rows[step]
+
+    def embeds_at(self, step: int) -> tuple[PromptEmbeds, PromptEmbeds | None]:
+        """(prompts' embeddings, negatives' or None) of step `step`: (prompts, seq, width) each."""
+        prompts, negatives = self.rows_at(step)
+        return self._select(prompts), None if negatives is None else self._select(negatives)
+
+    def changes_after(self, step: int) -> bool:
+        """True when step `step + 1` reads another text than step `step` for some prompt."""
+        return step + 1 < self.num_steps and self.rows_at(step + 1) != self.rows_at(step)
+
+    @property
+    def changes(self) -> bool:
+        """True when any prompt reads another text at some step."""
+        return any(self.changes_after(step) for step in range(self.num_steps - 1))
+
+    def segments(self, index: int = 0) -> list[tuple[int, int, str]]:
+        """(first step, end step exclusive, text) runs of prompt `index`."""
+        runs: list[tuple[int, int, str]] = []
+        for step, rows in enumerate(self.prompt_rows):
+            text = self.texts[rows[index]]
+            if runs and runs[-1][2] == text:
+                runs[-1] = (runs[-1][0], step + 1, text)
+            else:
+                runs.append((step, step + 1, text))
+        return runs
+
+    def _select(self, rows: list[int]) -> PromptEmbeds:
+        index = torch.tensor(rows, device=self.embeds.tokens.device)
+        return PromptEmbeds(
+            tokens=self.embeds.tokens.index_select(0, index),
+            pooled=None if self.embeds.pooled is None else self.embeds.pooled.index_select(0, index),
+            mask=None if self.embeds.mask is None else self.embeds.mask.index_select(0, index),
+        )
+
+
+def build_schedule(
+    encode, prompts: Sequence[str], negatives: Sequence[str] | None, num_inference_steps: int
+) -> PromptSchedule:
+    """The schedule of `prompts` (and `negatives`) over `num_inference_steps` steps; `encode`
+    (a list of texts -> `PromptEmbeds`) runs once, on every distinct text."""
+    per_prompt = [texts_per_step(prompt, num_inference_steps) for prompt in prompts]
+    per_negative = None if negatives is None else [texts_per_step(n, num_inference_steps) for n in negatives]
+    texts = list(dict.fromkeys(t for steps in (per_prompt + (per_negative or [])) for t in steps))
+    row = {text: index for index, text in enumerate(texts)}
+
+    def rows(per_text: list[list[str]]) -> list[list[int]]:
+        return [[row[steps[step]] for steps in per_text] for step in range(num_inference_steps)]
+
+    return PromptSchedule(
+        texts=texts,
+        embeds=encode(texts),
+        prompt_rows=rows(per_prompt),
+        negative_rows=None if per_negative is None else rows(per_negative),
+    )
+
+
+class StepSwap:
+    """A `callback_on_step_end` that replaces the embeddings where the schedule's text changes.
+
+    After step `step` it returns the tensors of step `step + 1`, laid out as the pipeline keeps
+    them: negatives' rows first under guidance (when the family's tensors hold them), each
+    prompt's row repeated for its `num_images_per_prompt` images, on the tensor's device and in
+    its dtype. A schedule without negatives under guidance gives zeros in their place (SDXL
+    without a negative prompt).
+    """
+
+    def __init__(self, schedule: PromptSchedule, family: Family) -> None:
+        self.schedule = schedule
+        self.family = family
+        self.tensor_inputs = [name for _, name in family.step_callback_tensors]
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if not self.schedule.changes_after(step):
+            return {}
+        positive, negative = self.schedule.embeds_at(step + 1)
+        guided = bool(getattr(pipe, "do_classifier_free_guidance", False)) and self.family.step_callback_negatives
+        replaced = {}
+        for part, name in self.family.step_callback_tensors:
+            current = tensors[name]
+            rows = [positive.tokens if part == "tokens" else positive.pooled]
+            if guided:  # without negatives under guidance, they are zeros (SDXL's empty negative)
+                if negative is None:
+                    rows.insert(0, torch.zeros_like(rows[0]))
+                else:
+                    rows.insert(0, negative.tokens if part == "tokens" else negative.pooled)
+            stacked = torch.cat(rows)  # (guided halves x prompts, ...)
+            images = current.shape[0] // stacked.shape[0]
+            replaced[name] = stacked.repeat_interleave(images, dim=0).to(device=current.device, dtype=current.dtype)
+        return replaced
+
+
+def check_steps(num_inference_steps: Any) -> None:
+    """A ValueError unless `num_inference_steps` is an int >= 1."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
+
+
+def schedule_for_pipeline(
+    encode, family: Family, prompts: list[str], negatives: list[str] | None, num_inference_steps: int | None
+) -> PromptSchedule | None:
+    """The schedule `TextConditioner.pipeline_kwargs` applies through `family`'s step callback,
+    or None when no text changes between steps.
+
+    Raises:
+        ValueError: an ``AND`` (composable prompts run the UNet per part: CLIPConditionedPipeline
+            does that), editing without `num_inference_steps`, or a change the family's callback
+            cannot replace.
+    """
+    texts = prompts + (negatives or [])
+    for text in texts:
+        if len(split_and(text)) > 1:
+            raise ValueError(
+                f"{text!r} combines prompts with AND (composable diffusion), which needs the UNet run on each part "
+                "at every step: use CLIPConditionedPipeline, which does that"
+            )
+    if num_inference_steps is None:
+        edited = [text for text in texts if has_schedule(text)]
+        if edited:
+            raise ValueError(
+                f"{edited[0]!r} uses prompt editing or alternation, which depends on the step: pass "
+                "`num_inference_steps` (the number the pipeline will run)"
+            )
+        return None
+    check_steps(num_inference_steps)
+    if not any(has_schedule(text, num_inference_steps) for text in texts):
+        return None
+    schedule = build_schedule(encode, prompts, negatives, num_inference_steps)
+    swappable = dict(family.step_callback_tensors)
+    missing = []
+    if "tokens" not in swappable:
+        missing.append("the prompt embeddings")
+    pooled = schedule.embeds.pooled
+    if pooled is not None and "pooled" not in swappable:
+        first = pooled[schedule.prompt_rows[0]]
+        if any(not torch.equal(pooled[rows], first) for rows in schedule.prompt_rows):
+            missing.append("the pooled vector")
+    if schedule.negative_rows is not None and not family.step_callback_negatives:
+        if any(rows != schedule.negative_rows[0] for rows in schedule.negative_rows):
+            missing.append("the negative prompt's embeddings")
+    if missing:
+        raise ValueError(
+            f"this schedule changes {' and '.join(missing)} between steps, which the {family.name!r} pipelines' "
+            "callback_on_step_end cannot replace; use a prompt without editing or alternation for this family, "
+            "or CLIPConditionedPipeline"
+        )
+    return schedule

@@ -1,0 +1,178 @@
+"""What the UNet reads at each step when prompts change over the steps or combine with AND.
+
+A1111's prompt editing and alternation (`clipcond.schedule`) give each step its own text, and
+its ``AND`` (composable diffusion, Liu et al. 2022) splits a prompt into weighted parts whose
+noise predictions combine as
+
+    noise = uncond + sum over parts of (weight * guidance_scale) * (cond_part - uncond)
+
+`DenoisingPlan` holds every distinct text's embeddings (encoded once, in one batch), builds
+each step's cross-attention context, lays the latents out to match, and combines the UNet's
+predictions. Rows: the unconditional ones first (one per image), then each image's parts.
+Without guidance and without AND, the rows are the prompts alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
+
+from clipcond.conditioning import as_prompt_list
+from clipcond.schedule import has_schedule, split_and
+from clipcond.scheduled_embeds import PromptSchedule
+
+
+@dataclass
+class DenoisingPlan:
+    """The per-step conditioning of one `CLIPConditionedPipeline` call.
+
+    Attributes:
+        schedule: every part's and negative's text per step, encoded.
+        part_rows: (parts x images,) long: which row of the schedule's parts, each repeated
+            per image, comes at each position of the context (image by image, its parts).
+        part_image: (parts x images,) long: the image each part row belongs to.
+        part_weight: (parts,) the AND weight of each part row.
+        images_per_prompt: how many images each prompt makes.
+        guided: whether unconditional rows are run (guidance, or any AND).
+        order: the scheduler's order (UNet calls per step).
+    """
+
+    schedule: PromptSchedule
+    part_rows: torch.Tensor
+    part_image: torch.Tensor
+    part_weight: torch.Tensor
+    images_per_prompt: int
+    guided: bool
+    order: int = 1
+
+    def step_of(self, index: int) -> int:
+        """The schedule step of loop iteration `index` (second-order schedulers call twice a step)."""
+        return min(index // self.order, self.schedule.num_steps - 1)
+
+    def context(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, seq, width): the unconditional rows (if guided), then the parts' rows."""
+        positive, negative = self.schedule.embeds_at(self.step_of(index))
+        parts = positive.tokens.repeat_interleave(self.images_per_prompt, dim=0)  # (parts x images, seq, width)
+        parts = parts.index_select(0, self.part_rows.to(parts.device))
+        rows = [parts]
+        if self.guided:
+            uncond = negative.tokens.repeat_interleave(self.images_per_prompt, dim=0)
+            rows.insert(0, uncond)
+        return torch.cat(rows).to(device=device, dtype=dtype)
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents laid out as the context's rows."""
+        parts = latents.index_select(0, self.part_image.to(latents.device))
+        return torch.cat([latents, parts]) if self.guided else parts
+
+    def combine(self, noise: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the guided prediction per image, the text-only prediction for guidance rescale)."""
+        if not self.guided:
+            return noise, None
+        images = noise.shape[0] - self.part_image.numel()
+        uncond, cond = noise[:images], noise[images:]
+        index = self.part_image.to(noise.device)
+        scale = (self.part_weight.to(noise.device, noise.dtype) * guidance_scale).reshape(-1, *([1] * (noise.ndim - 1)))
+        delta = cond - uncond.index_select(0, index)
+        weights = self.part_weight.to(noise.device, noise.dtype).reshape(scale.shape)
+        return uncond.index_add(0, index, delta * scale), uncond.index_add(0, index, delta * weights)
+
+
+def build_plan(
+    conditioner,
+    prompts: list[str],
+    negatives: list[str],
+    num_steps: int,
+    images_per_prompt: int,
+    guided: bool,
+    order: int,
+) -> DenoisingPlan:
+    """The plan of a call: prompts split at AND, every text scheduled over `num_steps` steps.
+
+    Raises:
+        ValueError: an AND in a negative prompt (A1111 reads negatives whole).
+    """
+    for negative in negatives:
+        if len(split_and(negative)) > 1:
+            raise ValueError(f"`negative_prompt` {negative!r} has AND: negative prompts are read whole, as in A1111")
+    parts, weights, owners = [], [], []
+    for index, prompt in enumerate(prompts):
+        for text, weight in split_and(prompt):
+            parts.append(text)
+            weights.append(weight)
+            owners.append(index)
+    any_and = len(parts) > len(prompts)
+    guided = guided or any_and
+    schedule = conditioner.schedule(parts, num_steps, negatives if guided else None)
+    # After repeat_interleave, part p's copy for image j of its prompt is row p * n + j; the
+    # context wants image by image, each image's parts together.
+    n = images_per_prompt
+    rows, part_image, part_weight = [], [], []
+    for prompt_index in range(len(prompts)):
+        mine = [part for part, owner in enumerate(owners) if owner == prompt_index]
+        for copy in range(n):
+            for part in mine:
+                rows.append(part * n + copy)
+                part_image.append(prompt_index * n + copy)
+                part_weight.append(weights[part])
+    return DenoisingPlan(
+        schedule=schedule,
+        part_rows=torch.tensor(rows, dtype=torch.long),
+        part_image=torch.tensor(part_image, dtype=torch.long),
+        part_weight=torch.tensor(part_weight, dtype=torch.float64),
+        images_per_prompt=n,
+        guided=guided,
+        order=max(1, int(order)),
+    )
+
+
+def plan_for_call(
+    pipe: Any,
+    conditioner: Any,
+    prompt: Any,
+    negative_prompt: Any,
+    negative_prompt_embeds: torch.Tensor | None,
+    num_steps: int,
+    images_per_prompt: int,
+    lora_scale: float | None,
+) -> DenoisingPlan | None:
+    """The plan of a `CLIPConditionedPipeline` call when a prompt edits, alternates or has AND;
+    None otherwise (then the plain path runs, equal to StableDiffusionPipeline's). Textual
+    inversion and a text-encoder LoRA's scale apply as in the plain path."""
+    if prompt is None:
+        return None
+    prompts = as_prompt_list(prompt, "prompt")
+    if isinstance(negative_prompt, str) or negative_prompt is None:
+        negatives = [negative_prompt or ""] * len(prompts)
+    else:
+        negatives = as_prompt_list(negative_prompt, "negative_prompt")
+    if not any(len(split_and(text)) > 1 or has_schedule(text, num_steps) for text in prompts + negatives):
+        return None
+    if negative_prompt_embeds is not None:
+        raise ValueError(
+            "`negative_prompt_embeds` cannot go with a prompt that edits, alternates or has AND: give "
+            "`negative_prompt` as text"
+        )
+    prompts = pipe.maybe_convert_prompt(prompts, pipe.tokenizer)  # textual inversion
+    negatives = pipe.maybe_convert_prompt(negatives, pipe.tokenizer)
+    encoders = [encoder for encoder in (pipe.text_encoder, pipe.text_encoder_2) if encoder is not None]
+    if lora_scale is not None:  # as in encode_prompt: a LoRA in the text encoders at this scale
+        for encoder in encoders:
+            scale_lora_layers(encoder, lora_scale)
+    try:
+        return build_plan(
+            conditioner,
+            prompts,
+            negatives,
+            num_steps,
+            images_per_prompt,
+            pipe.do_classifier_free_guidance,
+            pipe.scheduler.order,
+        )
+    finally:
+        if lora_scale is not None:
+            for encoder in encoders:
+                unscale_lora_layers(encoder, lora_scale)

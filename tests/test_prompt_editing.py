@@ -1,0 +1,233 @@
+"""Prompt editing, alternation and AND in images: diffusers pipelines through pipeline_kwargs'
+step callback, and CLIPConditionedPipeline natively, each against a reference that switches or
+combines by hand at steps written out here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipcond import CLIPConditionedPipeline, TextConditioner
+
+STEPS = 4
+EDITED = "a [red:blue:0.5] circle"  # 0.5 x 4 = step 2: steps 0, 1, 2 read "red", step 3 "blue"
+SWITCH_AFTER = 2
+
+
+def _generator():
+    return torch.Generator().manual_seed(0)
+
+
+def _hand_switch(embeds_by_step):
+    """A callback that puts the embeddings of the next step in place, from a table per step."""
+
+    def callback(pipe, step, timestep, tensors):
+        return embeds_by_step.get(step + 1, {})
+
+    return callback
+
+
+def test_schedule_lists_each_text_and_its_steps(sd_pipe):
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    schedule = cond.schedule(EDITED, STEPS)
+    assert schedule.segments() == [(0, 3, "a red circle"), (3, 4, "a blue circle")]
+    assert schedule.texts == ["a red circle", "a blue circle"]
+    plain = cond.encode(["a red circle", "a blue circle"])
+    assert torch.equal(schedule.embeds.tokens, plain.tokens)  # encoded once, in one batch
+    alternating = cond.schedule("[cat|dog]", 4)
+    assert [text for _, _, text in alternating.segments()] == ["cat", "dog", "cat"]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_diffusers_pipelines_switch_where_the_schedule_says(family, request):
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    cond = TextConditioner.from_pipeline(pipe)
+    kwargs = cond.pipeline_kwargs(EDITED, "blurry", num_inference_steps=STEPS)
+    assert callable(kwargs["callback_on_step_end"])
+    got = pipe(**kwargs, num_inference_steps=STEPS, generator=_generator(), output_type="latent").images
+
+    red_blue = cond.pipeline_kwargs(["a red circle", "a blue circle"], "blurry")
+    first = {key: value[:1] for key, value in red_blue.items()}
+    after = {key: value[1:] for key, value in red_blue.items()}
+    switched = {"prompt_embeds": torch.cat([after["negative_prompt_embeds"], after["prompt_embeds"]])}
+    inputs = ["prompt_embeds"]
+    if family == "sdxl":
+        switched["add_text_embeds"] = torch.cat([after["negative_pooled_prompt_embeds"], after["pooled_prompt_embeds"]])
+        inputs.append("add_text_embeds")
+    elif family == "sd3":
+        switched["pooled_prompt_embeds"] = torch.cat(
+            [after["negative_pooled_prompt_embeds"], after["pooled_prompt_embeds"]]
+        )
+        inputs.append("pooled_prompt_embeds")
+    reference = pipe(
+        **first,
+        num_inference_steps=STEPS,
+        generator=_generator(),
+        output_type="latent",
+        callback_on_step_end=_hand_switch({SWITCH_AFTER + 1: switched}),
+        callback_on_step_end_tensor_inputs=inputs,
+    ).images
+    plain = pipe(**first, num_inference_steps=STEPS, generator=_generator(), output_type="latent").images
+    assert torch.equal(got, reference)
+    assert not torch.equal(got, plain)  # the switch changed the image
+
+
+def test_two_images_per_prompt_and_two_prompts(sd_pipe):
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    prompts = [EDITED, "a green square"]
+    kwargs = cond.pipeline_kwargs(prompts, num_inference_steps=STEPS)
+    got = sd_pipe(
+        **kwargs, num_inference_steps=STEPS, num_images_per_prompt=2, generator=_generator(), output_type="latent"
+    ).images
+    texts = cond.pipeline_kwargs(["a red circle", "a green square", "a blue circle", "a green square"])
+    before = {key: value[:2] for key, value in texts.items()}
+    after_positive = texts["prompt_embeds"][2:].repeat_interleave(2, dim=0)
+    after_negative = texts["negative_prompt_embeds"][2:].repeat_interleave(2, dim=0)
+    reference = sd_pipe(
+        **before,
+        num_inference_steps=STEPS,
+        num_images_per_prompt=2,
+        generator=_generator(),
+        output_type="latent",
+        callback_on_step_end=_hand_switch(
+            {SWITCH_AFTER + 1: {"prompt_embeds": torch.cat([after_negative, after_positive])}}
+        ),
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+    ).images
+    assert torch.equal(got, reference)
+
+
+def test_a_prompt_without_editing_gets_todays_kwargs(sd_pipe, sdxl_pipe):
+    for pipe in (sd_pipe, sdxl_pipe):
+        cond = TextConditioner.from_pipeline(pipe)
+        with_steps = cond.pipeline_kwargs("a (red:1.2) circle [x]", "blurry", num_inference_steps=STEPS)
+        without = cond.pipeline_kwargs("a (red:1.2) circle [x]", "blurry")
+        assert "callback_on_step_end" not in with_steps and with_steps.keys() == without.keys()
+        assert all(torch.equal(with_steps[key], without[key]) for key in without)
+
+
+def test_families_whose_callback_cannot_swap_say_so(flux_pipe, pixart_pipe, sd_pipe):
+    with pytest.raises(ValueError, match="pooled vector.*'flux'"):
+        TextConditioner.from_pipeline(flux_pipe).pipeline_kwargs(EDITED, num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match="prompt embeddings.*'pixart'"):
+        TextConditioner.from_pipeline(pixart_pipe).pipeline_kwargs(EDITED, num_inference_steps=STEPS)
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    with pytest.raises(ValueError, match="AND.*CLIPConditionedPipeline"):
+        cond.pipeline_kwargs("a cat AND a dog", num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match="pass `num_inference_steps`"):
+        cond.pipeline_kwargs(EDITED)
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an int >= 1"):
+        cond.pipeline_kwargs(EDITED, num_inference_steps=0)
+
+
+def test_clip_conditioned_pipeline_edits_natively(sd_pipe):
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    got = pipe(
+        EDITED, negative_prompt="[blurry|dark]", num_inference_steps=STEPS, generator=_generator(), output_type="latent"
+    ).images
+    texts = pipe.conditioner.pipeline_kwargs(["a red circle", "a blue circle", "blurry", "dark"])["prompt_embeds"]
+    red, blue, blurry, dark = (texts[i : i + 1] for i in range(4))
+    # negative alternation: blurry at steps 0, 1, then dark, blurry (A1111's rule); prompt: red, red, red, blue
+    table = {
+        1: {"prompt_embeds": torch.cat([blurry, red])},
+        2: {"prompt_embeds": torch.cat([dark, red])},
+        3: {"prompt_embeds": torch.cat([blurry, blue])},
+    }
+    reference = pipe(
+        prompt_embeds=red,
+        negative_prompt_embeds=blurry,
+        num_inference_steps=STEPS,
+        generator=_generator(),
+        output_type="latent",
+        callback_on_step_end=_hand_switch(table),
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+    ).images
+    assert torch.equal(got, reference)
+
+
+def _hand_loop(pipe, contexts, combine, steps=3):
+    """The denoising loop written out: UNet on every row, combined by `combine`."""
+    pipe.scheduler.set_timesteps(steps)
+    shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    latents = torch.randn(shape, generator=_generator()) * pipe.scheduler.init_noise_sigma
+    for t in pipe.scheduler.timesteps:
+        rows = torch.cat([latents] * contexts.shape[0])
+        with torch.no_grad():
+            noise = pipe.unet(pipe.scheduler.scale_model_input(rows, t), t, encoder_hidden_states=contexts).sample
+        latents = pipe.scheduler.step(combine(noise), t, latents).prev_sample
+    return latents
+
+
+def test_and_combines_the_parts_as_a1111(sd_pipe):
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    got = pipe(
+        "a red circle :1.2 AND a blue square :0.8",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=6.0,
+        generator=_generator(),
+        output_type="latent",
+    ).images
+    embeds = pipe.conditioner.encode(["blurry", "a red circle", " a blue square"]).tokens
+
+    def combine(noise):  # uncond + sum of weight x scale x (cond_i - uncond)
+        uncond, red, blue = noise[0:1], noise[1:2], noise[2:3]
+        return uncond + (red - uncond) * (1.2 * 6.0) + (blue - uncond) * (0.8 * 6.0)
+
+    reference = _hand_loop(pipe, embeds, combine)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    single = pipe(
+        "a red circle",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=6.0,
+        generator=_generator(),
+        output_type="latent",
+    ).images
+    assert not torch.allclose(got, single, atol=1e-3)
+
+
+def test_and_with_editing_inside_a_part(sd_pipe):
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    got = pipe(
+        "a [red:green:1] circle AND a blue square :0.5",
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        generator=_generator(),
+        output_type="latent",
+    ).images
+    embeds = pipe.conditioner.encode(["", "a red circle", "a green circle", " a blue square"]).tokens
+    empty, red, green, blue = (embeds[i : i + 1] for i in range(4))
+    pipe.scheduler.set_timesteps(3)
+    latents = torch.randn((1, 4, 32, 32), generator=_generator()) * pipe.scheduler.init_noise_sigma
+    for step, t in enumerate(pipe.scheduler.timesteps):
+        contexts = torch.cat([empty, red if step <= 1 else green, blue])  # [red:green:1]: steps 0, 1 read red
+        with torch.no_grad():
+            noise = pipe.unet(torch.cat([latents] * 3), t, encoder_hidden_states=contexts).sample
+        uncond = noise[0:1]
+        combined = uncond + (noise[1:2] - uncond) * 4.0 + (noise[2:3] - uncond) * (0.5 * 4.0)
+        latents = pipe.scheduler.step(combined, t, latents).prev_sample
+    torch.testing.assert_close(got, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_prompts_keep_the_plain_path(sd_pipe):
+    """No editing and no AND: the image is StableDiffusionPipeline's, bit for bit (unchanged)."""
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    ours = pipe(
+        "a (red:1.2) circle",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        generator=_generator(),
+        output_type="latent",
+    ).images
+    kwargs = pipe.conditioner.pipeline_kwargs("a (red:1.2) circle", "blurry")
+    theirs = sd_pipe(**kwargs, num_inference_steps=3, generator=_generator(), output_type="latent").images
+    assert torch.equal(ours, theirs)
+
+
+def test_bad_combinations_are_refused_before_any_work(sd_pipe):
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    with pytest.raises(ValueError, match="negative prompts are read whole"):
+        pipe("a cat", negative_prompt="x AND y", num_inference_steps=2)
+    with pytest.raises(ValueError, match="`negative_prompt_embeds` cannot go with"):
+        pipe(EDITED, negative_prompt_embeds=torch.zeros(1, 77, 32), num_inference_steps=2)

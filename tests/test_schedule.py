@@ -1,0 +1,134 @@
+"""Prompt editing, alternation and AND: A1111's own examples, properties, and linear work."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipcond.schedule import MAX_DEPTH, has_schedule, prompt_schedule, split_and, texts_per_step
+
+# The docstring of A1111's get_learned_conditioning_prompt_schedules, 10 steps.
+A1111_EXAMPLES = [
+    ("test", [(10, "test")]),
+    ("a [b:3]", [(3, "a "), (10, "a b")]),
+    ("a [b: 3]", [(3, "a "), (10, "a b")]),
+    ("a [[[b]]:2]", [(2, "a "), (10, "a [[b]]")]),
+    ("[(a:2):3]", [(3, ""), (10, "(a:2)")]),
+    ("a [b : c : 1] d", [(1, "a b  d"), (10, "a  c  d")]),
+    ("a[b:[c:d:2]:1]e", [(1, "abe"), (2, "ace"), (10, "ade")]),
+    ("a [unbalanced", [(10, "a [unbalanced")]),
+    ("a [b:.5] c", [(5, "a  c"), (10, "a b c")]),
+    ("((a][:b:c [d:3]", [(3, "((a][:b:c "), (10, "((a][:b:c d")]),
+    ("[a|(b:1.1)]", [(step, "a" if step % 2 else "(b:1.1)") for step in range(1, 11)]),
+    ("[fe|]male", [(step, "female" if step % 2 else "male") for step in range(1, 11)]),
+    ("[fe|||]male", [(step, "female" if step % 4 == 1 else "male") for step in range(1, 11)]),
+    # A1111's docstring lists [(5, 'a  c'), (10, 'a {b|d{ c')] here, from an older lark; lark 1.x,
+    # and so A1111 today, cannot parse it and leaves the prompt as text, as clipcond does.
+    ("a [{b|d{:.5] c", [(10, "a [{b|d{:.5] c")]),
+]
+
+
+@pytest.mark.parametrize("prompt,expected", A1111_EXAMPLES)
+def test_a1111_docstring_examples(prompt, expected):
+    assert prompt_schedule(prompt, 10) == expected
+
+
+@pytest.mark.parametrize(
+    "prompt,steps,expected",
+    [
+        ("a [cat:dog:0.5]", 10, ["a cat"] * 6 + ["a dog"] * 4),  # step i reads the first entry ending >= i
+        ("a [cat:dog:4]", 10, ["a cat"] * 5 + ["a dog"] * 5),
+        ("a [cat:dog:20]", 10, ["a cat"] * 10 + []),  # `when` past the end: capped at the steps
+        ("a [cat:dog:0]", 10, ["a dog"] * 10),  # `when` before the start: "to" from step 0
+        ("a [cat:dog:-3]", 10, ["a dog"] * 10),
+        ("[a|b|c]", 6, ["a", "a", "b", "c", "a", "b"]),
+        ("x [:y:0.5]", 4, ["x "] * 3 + ["x y"]),  # "[to:when]" with an empty "from"
+        ("x [y::0.5]", 4, ["x y"] * 3 + ["x "]),  # "[from::when]"
+        ("a [b:c:1e1]", 20, ["a b"] * 11 + ["a c"] * 9),  # an exponent is a step number
+    ],
+)
+def test_which_text_each_step_reads(prompt, steps, expected):
+    assert texts_per_step(prompt, steps) == expected
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["a | b [c:d:5]", "[c:d:5] tail\\", "[a:b]", "[a:b:c]", "a ]b[ c", "[a:b:5", "(a [b:c:2]"],
+)
+def test_what_is_not_the_syntax_stays_text(prompt):
+    """A "|" outside brackets or a trailing backslash: the whole prompt is text (as in A1111);
+    a square bracket with a colon and no number, or unbalanced: that part is text."""
+    schedule = prompt_schedule(prompt, 10)
+    if "|" in prompt or prompt.endswith("\\") or prompt in ("[a:b]", "[a:b:c]", "a ]b[ c", "[a:b:5"):
+        assert schedule == [(10, prompt)]
+    else:  # "(a" is stray text, the schedule after it still applies
+        assert [text for _, text in schedule] == ["(a b", "(a c"]
+
+
+def test_split_and_follows_a1111():
+    assert split_and("a cat :1.2 AND a dog :0.8") == [("a cat", 1.2), (" a dog", 0.8)]
+    assert split_and("a cat AND a dog") == [("a cat", 1.0), (" a dog", 1.0)]  # trailing spaces go
+    assert split_and("a cat :-0.5 AND dog : .5") == [("a cat", -0.5), (" dog", 0.5)]
+    assert split_and("ANDROID and ANDy") == [("ANDROID and ANDy", 1.0)]  # a whole word, upper case
+    assert split_and("a [cat:dog:3] AND b") == [("a [cat:dog:3]", 1.0), (" b", 1.0)]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="`steps` must be an int >= 1"):
+        prompt_schedule("a [b:c:1]", 0)
+    with pytest.raises(TypeError, match="`prompt` must be a string"):
+        prompt_schedule(None, 10)
+
+
+def test_nesting_deeper_than_the_limit_is_text_not_a_crash():
+    deep = "[a:" * (MAX_DEPTH + 5) + "b" + ":1]" * (MAX_DEPTH + 5)
+    assert prompt_schedule(deep, 10) == [(10, deep)]
+    shallow = "[a:" * 5 + "b" + ":1]" * 5
+    assert len(prompt_schedule(shallow, 10)) == 2
+
+
+SCHEDULE_PIECES = ["[", "]", "(", ")", ":", "|", "\\", " ", "a", "b", "1", "0.5", ".3", "-2", "[a:b:", ":2]", "AND"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(SCHEDULE_PIECES), max_size=25).map("".join), st.integers(1, 30))
+def test_never_raises_and_ends_at_the_last_step(prompt, steps):
+    schedule = prompt_schedule(prompt, steps)
+    ends = [end for end, _ in schedule]
+    assert ends == sorted(set(ends)) and ends[-1] == steps and ends[0] >= 1
+    assert len(texts_per_step(prompt, steps)) == steps
+    if "[" not in prompt:
+        assert schedule == [(steps, prompt)] and not has_schedule(prompt, steps)
+    parts = split_and(prompt)
+    assert parts and all(isinstance(weight, float) for _, weight in parts)
+
+
+def _lines_executed(function, *args) -> int:
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename.endswith("schedule.py"):
+            if event == "line":
+                count += 1
+            return tracer
+        return None
+
+    sys.settrace(tracer)
+    try:
+        function(*args)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize("unit", ["[a", "[a:", "[a|", "(a", "[a:b:", "]a[", "[(a:1"])
+def test_parsing_work_grows_linearly(unit):
+    """Brackets that never close are retried at every position by a naive parser (quadratic);
+    results kept per position make the work linear."""
+    small = _lines_executed(prompt_schedule, unit * 1000, 10)
+    large = _lines_executed(prompt_schedule, unit * 2000, 10)
+    assert large <= 2.2 * small, (unit, small, large)
