@@ -62,6 +62,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"reuse": True, "train_seconds": 380.5, "images_per_class": 20, "output": Path("out/tiny.md")},
         ),
     ],
+    "benchmarks/prompt_language_grid.py": [
+        (
+            ["--seed", "1", "--steps", "10", "--output", "out/grid.png"],
+            {"seed": 1, "steps": 10, "output": Path("out/grid.png")},
+        ),
+    ],
     "benchmarks/make_suites.py": [
         (["--output-dir", "out/suites"], {"output_dir": Path("out/suites"), "check": False}),
         (["--check"], {"check": True}),
@@ -127,6 +133,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
+    "benchmarks/prompt_language_grid.py": ([], ("output",)),
     "benchmarks/shapes_model_judge.py": ([], ("output", "grid")),
     "benchmarks/shapes_model_position_probe.py": ([], ()),  # prints; writes only an explicit --output
     "benchmarks/text_tower_relations.py": ([], ("output",)),
@@ -158,7 +165,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 10
+    assert len(SCRIPTS) == 11
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
