@@ -66,13 +66,8 @@ def test_break_starts_a_new_window(tokenizer):
     assert second == tokenizer("a blue square").input_ids
 
 
-def test_long_prompt_is_the_windows_encoded_and_joined(sd_pipe, sd_cond, tokenizer):
-    embeds = sd_cond.encode(LONG_PROMPT)
-    (windows,) = clip_windows(tokenizer, [[Fragment(LONG_PROMPT, 1.0)]], 77)
-    assert embeds.tokens.shape == (1, 77 * windows.num_windows, sd_pipe.text_encoder.config.hidden_size)
-    with torch.no_grad():
-        direct = sd_pipe.text_encoder(windows.ids)[0]
-    torch.testing.assert_close(embeds.tokens[0], direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
+# The long prompt against the text encoder run on windows built independently (whole words):
+# tests/test_windows.py (test_long_prompt_is_the_word_windows_encoded_and_joined).
 
 
 def test_negative_prompt_is_padded_to_the_same_windows(sd_cond):
@@ -404,22 +399,30 @@ def test_custom_concat_channels_joins_two_clips(clip_pair):
     torch.testing.assert_close(both, torch.cat([one, one], dim=-1), rtol=0, atol=0)
 
 
-def test_custom_t5_alone_and_clip_pooled(clip_pair, t5_pair):
-    cond = (
-        TextConditioner(
-            "custom",
-            clip=[clip_pair],
-            t5=t5_pair,
-            projection_dim=None,
-            cache_size=0,
-        )
-        if clip_pair[0].config.hidden_size == t5_pair[0].config.d_model
-        else None
-    )
+def test_custom_t5_alone_and_clip_with_t5_of_one_width(clip_pair, t5_pair, tmp_path):
+    """T5 alone: T5's tokens, no pooled vector. CLIP + a T5 of CLIP's width, no projection:
+    CLIP's tokens then T5's on the sequence axis, CLIP's pooled vector, by value."""
+    import tiny_pipelines
+
     t5_only = TextConditioner("custom", t5=t5_pair, cache_size=0)
-    embeds = t5_only.encode("a red circle")
-    assert embeds.pooled is None and embeds.tokens.shape[2] == t5_pair[0].config.d_model
-    assert cond is None or cond.encode("x").tokens.shape[2] == t5_pair[0].config.d_model
+    with torch.no_grad():
+        embeds = t5_only.encode("a red circle")
+        ids = t5_pair[1]("a red circle", max_length=256, padding="max_length", return_tensors="pt").input_ids
+        torch.testing.assert_close(embeds.tokens[0], t5_pair[0](ids)[0][0], rtol=0, atol=1e-6)
+    assert embeds.pooled is None
+
+    clip_model, clip_tokenizer_ = clip_pair
+    width = clip_model.config.hidden_size
+    t5_model = tiny_pipelines.t5_encoder(3, len(t5_pair[1]), width=width)
+    assert t5_model.config.d_model == width != t5_pair[0].config.d_model  # the branch the fixtures miss
+    cond = TextConditioner("custom", clip=[clip_pair], t5=(t5_model, t5_pair[1]), cache_size=0)
+    with torch.no_grad():
+        got = cond.encode("a red circle")
+        clip_ids = clip_tokenizer_("a red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        clip_out = clip_model(clip_ids)
+        t5_out = t5_model(ids)[0][0]
+    torch.testing.assert_close(got.tokens[0], torch.cat([clip_out.last_hidden_state[0], t5_out]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.pooled[0], clip_out.pooler_output[0], rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -1,0 +1,122 @@
+"""Where long prompts split, against windows built here from whole words, and what the encoders
+make of them, against the models run directly on those windows.
+
+The reference splits independently of clipcond's chunking: CLIP's BPE never merges across a
+space, so tokenizing each word alone gives the prompt's tokens word by word, and a window takes
+whole words while they fit in 75 tokens (a word longer than a window is cut, which these prompts
+avoid).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipcond import TextConditioner
+from clipcond.chunking import clip_windows, t5_sequence
+from clipcond.prompts import Fragment
+from clipcond.tokenization import clip_tokenizer
+
+LONG_WORDS = ["photorealistic", "antidisestablishmentarianism", "hyperrealistic", "supercalifragilistic"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer()
+
+
+def _word_windows(tokenizer, text: str, capacity: int = 75) -> list[list[int]]:
+    windows, current = [], []
+    for word in text.split():
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if current and len(current) + len(ids) > capacity:
+            windows.append(current)
+            current = []
+        current = current + ids
+    windows.append(current)
+    return windows
+
+
+def _window_rows(tokenizer, windows: list[list[int]], length: int = 77) -> torch.Tensor:
+    rows = []
+    for content in windows:
+        row = [tokenizer.bos_token_id, *content, tokenizer.eos_token_id]
+        rows.append(row + [tokenizer.pad_token_id] * (length - len(row)))
+    return torch.tensor(rows)
+
+
+def _boundary_prompts(tokenizer) -> list[str]:
+    """Prompts whose long word straddles token 75 in several ways (its first, middle or last
+    sub-token would be the 75th)."""
+    prompts = []
+    for word in LONG_WORDS:
+        pieces = len(tokenizer(word, add_special_tokens=False).input_ids)
+        assert pieces >= 2, word
+        for before in range(75 - pieces - 1, 76):
+            prompts.append("a " * before + word + " a a")
+    return prompts
+
+
+def test_a_word_across_the_window_boundary_moves_to_the_next_window(tokenizer):
+    prompts = _boundary_prompts(tokenizer)
+    windows = clip_windows(tokenizer, [[Fragment(text, 1.0)] for text in prompts], 77)
+    for text, got in zip(prompts, windows):
+        expected = _window_rows(tokenizer, _word_windows(tokenizer, text))
+        assert torch.equal(got.ids, expected), text
+
+
+def test_the_issue_example_keeps_photorealistic_whole(tokenizer):
+    text = "a " * 73 + "photorealistic a a"
+    (got,) = clip_windows(tokenizer, [[Fragment(text, 1.0)]], 77)
+    first = got.ids[0][got.mask[0].bool()].tolist()[1:-1]
+    assert tokenizer.decode(first).split()[-1] != "photore"  # never a word cut at the boundary
+    assert torch.equal(got.ids, _window_rows(tokenizer, _word_windows(tokenizer, text)))
+
+
+def test_long_prompt_is_the_word_windows_encoded_and_joined(sd_pipe, tokenizer):
+    """The conditioner's output is the text encoder run on windows built here."""
+    text = "a " * 73 + "photorealistic portrait of a red fox in the snow"
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    rows = _window_rows(tokenizer, _word_windows(tokenizer, text))
+    with torch.no_grad():
+        direct = sd_pipe.text_encoder(rows)[0]  # (windows, 77, width)
+        got = cond.encode(text).tokens[0]
+    assert rows.shape[0] == 2
+    torch.testing.assert_close(got, direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_length", [8, 9, 16])
+def test_t5_keeps_exactly_the_first_tokens_that_fit(flux_pipe, max_length):
+    """T5 reads one sequence: the first max_length - 1 tokens, cut mid-word if need be (as
+    diffusers does), then EOS; the rest is dropped and counted."""
+    tokenizer = flux_pipe.tokenizer_2
+    text = "photorealistic antidisestablishmentarianism of a red fox"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    (got,) = t5_sequence(tokenizer, [[Fragment(text, 1.0)]], max_length)
+    kept = min(len(ids), max_length - 1)
+    assert got.ids[0, :kept].tolist() == ids[:kept]
+    assert got.ids[0, kept].item() == tokenizer.eos_token_id
+    assert got.dropped == max(0, len(ids) - (max_length - 1))
+
+
+def test_sd3_long_prompt_is_clip_windows_then_t5_by_value(sd3_pipe):
+    """Values, not only shapes: SD3's long prompt is each CLIP's windows (penultimate layer,
+    joined on channels, zero-padded to T5's width), then T5's tokens."""
+    text = "a " * 73 + "photorealistic red fox in the snow"
+    cond = TextConditioner.from_pipeline(sd3_pipe, cache_size=0, max_sequence_length=16)
+    with torch.no_grad():
+        got = cond.encode(text).tokens[0]
+        clips = []
+        for encoder, tokenizer in (
+            (sd3_pipe.text_encoder, sd3_pipe.tokenizer),
+            (sd3_pipe.text_encoder_2, sd3_pipe.tokenizer_2),
+        ):
+            rows = _window_rows(tokenizer, _word_windows(tokenizer, text))
+            states = encoder(rows, output_hidden_states=True).hidden_states[-2]
+            clips.append(states.reshape(-1, states.shape[-1]))
+        clip = torch.cat(clips, dim=-1)
+        t5_ids = sd3_pipe.tokenizer_3(text, max_length=16, truncation=True, padding="max_length", return_tensors="pt")
+        t5 = sd3_pipe.text_encoder_3(t5_ids.input_ids)[0][0]
+    width = t5.shape[-1]
+    expected = torch.cat([torch.nn.functional.pad(clip, (0, width - clip.shape[-1])), t5])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
