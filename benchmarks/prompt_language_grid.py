@@ -4,9 +4,11 @@
     python benchmarks/prompt_language_grid.py --output benchmarks/results/prompt_language_grid.png
                                                          # update the README picture
 
-Row 1: "a red circle", "a [red:blue:0.5] circle" (red for the first half of the steps, then
-blue), "a blue circle". Row 2: "a red circle", "a red circle AND a blue square" (composable
-diffusion), "a blue square". Same seed in every cell; the bundled model's sampler (Euler
+Row 1: "a red circle", then "a [red:blue:0.2] circle" and "a [red:blue:0.3] circle" (red for
+the first 20% or 30% of the steps, then blue): the toy model settles the colour early, so the
+switch at 0.2 gives a blue circle and the one at 0.3 a red one. Row 2: "a red circle AND a blue
+square" (composable diffusion) with the weights 1.5/0.5, 1/1 and 0.5/1.5: the toy model draws
+one shape, and the weights decide which. Same seed in every cell; the bundled model's sampler (Euler
 ancestral), 50 steps, guidance 3; each 32x32 image enlarged 4 times, nearest neighbour, with its
 prompt written under it.
 """
@@ -19,8 +21,12 @@ from pathlib import Path
 from result_paths import default_output
 
 ROWS = [
-    ["a red circle", "a [red:blue:0.5] circle", "a blue circle"],
-    ["a red circle", "a red circle AND a blue square", "a blue square"],
+    ["a red circle", "a [red:blue:0.2] circle", "a [red:blue:0.3] circle"],
+    [
+        "a red circle :1.5 AND a blue square :0.5",
+        "a red circle AND a blue square",
+        "a red circle :0.5 AND a blue square :1.5",
+    ],
 ]
 
 
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     scale, label = 4, 14
     cell = 32 * scale
-    width = 232  # room for the longest prompt under its image
+    width = 256  # room for the longest prompt under its image
     grid = Image.new("RGB", (width * 3, (cell + label) * 2), "white")
     draw = ImageDraw.Draw(grid)
     for row, prompts in enumerate(ROWS):
