@@ -1,22 +1,40 @@
 """Content-addressed cache of encoder outputs: an in-memory LRU and optional safetensors files.
 
 Keys are hex digests the caller builds from everything the result depends on (encoder
-weights, recipe settings, prompt text). Values are `EncodedPrompt` records. On disk each
-entry is one ``<key>.safetensors`` file holding the record's tensors, written to a temporary file and renamed into place, so a
-crash never leaves a half-written entry under a valid name.
+weights, tokenizers, recipe settings, prompt text). Values are `EncodedPrompt` records.
+
+On disk each entry is one ``<key>.safetensors`` file holding the record's tensors and, in
+its metadata, its key. The disk level never raises and never returns a wrong record:
+- reading: a file that does not parse, records another key, or holds other tensors than the
+  caller's `RecordSpec` (names, shapes, dtype, finite values) is a miss, logged once as a
+  warning naming the file; the caller recomputes and `put` overwrites it. A file that is
+  missing or vanishes (another process deleted it) is a plain miss.
+- writing: to a hidden temporary file created with the user's umask, renamed into place, so a
+  crash or a concurrent reader never sees half an entry. A folder that cannot be created or
+  written (permissions, a full disk) turns the cache to memory only, with one warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
-import tempfile
+import secrets
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
+from clipcond.record_spec import RecordSpec
 from clipcond.records import EncodedPrompt
+
+logger = logging.getLogger(__name__)
+
+# How much of a prompt a file keeps in its metadata, for people reading the folder.
+_TEXT_IN_METADATA = 4096
 
 
 class EmbeddingCache:
@@ -25,17 +43,14 @@ class EmbeddingCache:
     Args:
         max_entries: records kept in memory (0 disables the memory level).
         directory: folder for safetensors files (created if missing), or None for memory only.
+            A folder that cannot be created leaves the cache in memory only, with a warning.
     """
 
     def __init__(self, max_entries: int = 512, directory: str | os.PathLike | None = None) -> None:
         if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 0:
             raise ValueError(f"`max_entries` must be an int >= 0, got {max_entries!r}")
         self.max_entries = max_entries
-        self.directory = None if directory is None else Path(directory)
-        if self.directory is not None:
-            if self.directory.exists() and not self.directory.is_dir():
-                raise ValueError(f"`cache_dir` {self.directory} exists and is not a directory")
-            self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = None if directory is None else _usable_directory(Path(directory))
         self._memory: OrderedDict[str, EncodedPrompt] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -46,17 +61,23 @@ class EmbeddingCache:
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
-    def get(self, key: str, device: torch.device | None = None) -> EncodedPrompt | None:
-        """The record stored under `key` (memory first, then disk), or None."""
+    def get(self, key: str, expected: RecordSpec, device: torch.device | None = None) -> EncodedPrompt | None:
+        """The record stored under `key` (memory first, then disk), or None.
+
+        Args:
+            expected: what a record under this key must hold; a file that differs is a miss.
+            device: where a record read from disk is put (default: the CPU).
+        """
         record = self._memory.get(key)
         if record is not None:
             self._memory.move_to_end(key)
             self.hits += 1
             return record
         if self.directory is not None:
-            path = self._path(key)
-            if path.is_file():
-                tensors = load_file(path, device=str(device) if device is not None else "cpu")
+            tensors = self._read(key, expected)
+            if tensors is not None:
+                if device is not None:
+                    tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
                 record = EncodedPrompt.from_tensors(tensors)
                 self._remember(key, record)
                 self.hits += 1
@@ -64,19 +85,46 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, record: EncodedPrompt, text: str = "") -> None:
-        """Store `record` under `key` in memory and, when a directory is set, on disk."""
+    def put(self, key: str, record: EncodedPrompt, expected: RecordSpec, text: str = "") -> None:
+        """Store `record` under `key` in memory and, when a directory is set, on disk
+        (replacing what is there). A record that does not fit `expected` (NaNs from the
+        encoder, say) stays in memory only, with a warning."""
         self._remember(key, record)
-        if self.directory is not None and not self._path(key).exists():
-            tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in record.tensors().items()}
-            handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            os.close(handle)
-            try:
-                save_file(tensors, temporary, metadata={"text": text[:4096]})
-                os.replace(temporary, self._path(key))
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
+        if self.directory is None:
+            return
+        path = self._path(key)
+        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in record.tensors().items()}
+        problem = expected.problem(tensors)
+        if problem is not None:
+            logger.warning("embedding cache: not writing %s: %s", path, problem)
+            return
+        # The text is only for people reading the folder: cut, and with lone surrogates escaped
+        # (safetensors metadata must be valid UTF-8).
+        text = text[:_TEXT_IN_METADATA].encode("utf-8", "backslashreplace").decode("utf-8")
+        data = save(tensors, metadata={"key": key, "text": text})
+        try:
+            _write_atomically(path, data)
+        except OSError as error:
+            logger.warning(
+                "embedding cache: cannot write to %s (%s); caching in memory only from now on", self.directory, error
+            )
+            self.directory = None
+
+    def _read(self, key: str, expected: RecordSpec) -> dict[str, torch.Tensor] | None:
+        """The tensors of the file of `key`, or None (with a warning when the file is damaged)."""
+        path = self._path(key)
+        try:
+            # One read of the whole file: a concurrent delete or replace cannot change it midway.
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            logger.warning("embedding cache: cannot read %s (%s); recomputing it", path, error)
+            return None
+        tensors, problem = _parse_entry(data, key, expected)
+        if problem is not None:
+            logger.warning("embedding cache: %s is damaged (%s); recomputing and overwriting it", path, problem)
+        return tensors
 
     def _remember(self, key: str, record: EncodedPrompt) -> None:
         if self.max_entries == 0:
@@ -89,3 +137,57 @@ class EmbeddingCache:
     def clear_memory(self) -> None:
         """Forget every in-memory record (files on disk stay)."""
         self._memory.clear()
+
+
+def _usable_directory(directory: Path) -> Path | None:
+    """`directory`, created if missing; None (with a warning) when it cannot be created."""
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"`cache_dir` {directory} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("embedding cache: cannot create %s (%s); caching in memory only", directory, error)
+        return None
+    return directory
+
+
+def _parse_entry(
+    data: bytes, key: str, expected: RecordSpec
+) -> tuple[dict[str, torch.Tensor], None] | tuple[None, str]:
+    """The tensors of an entry file's bytes, or what is wrong with them."""
+    try:
+        # The safetensors layout: an 8-byte little-endian header length, then a JSON header.
+        header_length = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_length > len(data) - 8:
+            return None, f"truncated: {len(data)} bytes"
+        header = json.loads(data[8 : 8 + header_length])
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        tensors = load(data)
+    # json's and unicode's errors are ValueErrors; absurdly nested JSON is a RecursionError
+    except (SafetensorError, ValueError, TypeError, RecursionError) as error:
+        return None, f"not a safetensors file: {error}"
+    recorded = metadata.get("key") if isinstance(metadata, dict) else None
+    if recorded != key:
+        shown = "no key" if recorded is None else f"key {str(recorded)[:16]}..."
+        return None, f"it records {shown}, not its own"
+    problem = expected.problem(tensors)
+    if problem is not None:
+        return None, problem
+    return tensors, None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
+    for any file the user writes (`tempfile.mkstemp` would make it 0o600)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -1,8 +1,9 @@
 """Cache keys of encoded prompts: everything an `EncodedPrompt` depends on, hashed.
 
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
-disk), the active recipe (clip-skip included), whether weights are parsed, each encoder's
-class, window length and mask use, and the prompt text.
+disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`), the active recipe
+(clip-skip included), whether weights are parsed, each encoder's class, window length and
+mask use, and the prompt text. Any Python string makes a key, lone surrogates included.
 """
 
 from __future__ import annotations
@@ -14,16 +15,32 @@ from clipcond.encoders import TextEncoder
 from clipcond.recipes import Recipe
 
 # Bump when the meaning of cached records changes, so old files on disk are never read.
-CACHE_KEY_VERSION = "clipcond-embeds-v1"
+# v2: keys cover the tokenizers; files record their key and are checked when read.
+CACHE_KEY_VERSION = "clipcond-embeds-v2"
 
 
-def settings_key(recipe: Recipe, parse_weights: bool, encoders: Sequence[TextEncoder]) -> str:
-    """The part of every key that the conditioner's settings decide."""
+def settings_key(
+    recipe: Recipe, parse_weights: bool, encoders: Sequence[TextEncoder], tokenizer_fingerprints: Sequence[str]
+) -> str:
+    """The part of every key that the conditioner's settings and tokenizers decide.
+
+    Args:
+        tokenizer_fingerprints: one per encoder, in the order of `encoders`
+            (`clipcond.tokenizer_fingerprint.TokenizerFingerprints`).
+    """
+    if len(tokenizer_fingerprints) != len(encoders):
+        raise ValueError(
+            f"`tokenizer_fingerprints` must have one entry per encoder ({len(encoders)}), "
+            f"got {len(tokenizer_fingerprints)}"
+        )
     parts = [
         CACHE_KEY_VERSION,
         repr(recipe),
         f"parse={parse_weights}",
-        *(f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}" for e in encoders),
+        *(
+            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{fingerprint}"
+            for e, fingerprint in zip(encoders, tokenizer_fingerprints)
+        ),
     ]
     return "|".join(parts)
 
@@ -31,4 +48,6 @@ def settings_key(recipe: Recipe, parse_weights: bool, encoders: Sequence[TextEnc
 def prompt_keys(weights_id: str, settings: str, texts: Sequence[str]) -> list[str]:
     """One hex key (sha256) per text, under the given weights identity and settings."""
     prefix = f"{weights_id}|{settings}|"
-    return [hashlib.sha256((prefix + text).encode("utf-8")).hexdigest() for text in texts]
+    # surrogatepass: a lone surrogate (any str can hold one) encodes instead of raising, and
+    # distinct strings still give distinct bytes.
+    return [hashlib.sha256((prefix + text).encode("utf-8", "surrogatepass")).hexdigest() for text in texts]

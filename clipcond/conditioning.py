@@ -39,8 +39,10 @@ from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
+from clipcond.record_spec import expected_record
 from clipcond.records import EncodedPrompt
 from clipcond.scheduled_embeds import PromptSchedule, StepSwap, build_schedule, check_steps, schedule_for_pipeline
+from clipcond.tokenizer_fingerprint import TokenizerFingerprints
 from clipcond.window_encoding import encode_fragments
 
 if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner imports it only when used
@@ -127,6 +129,7 @@ class TextConditioner:
         )
         self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
+        self._tokenizer_fingerprints = TokenizerFingerprints()
         self._seen_state: tuple | None = None
 
     # ------------------------------------------------------------------ what it is built from
@@ -317,21 +320,24 @@ class TextConditioner:
             self.cache.clear_memory()
             self._seen_state = state
         weights_id = self._watch.content_hash() if self.cache.directory is not None else f"state{state[0]}"
-        settings = settings_key(self._active_recipe, self.parse_weights, self.encoders)
+        encoders = self.encoders
+        tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
+        settings = settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers)
         keys = prompt_keys(weights_id, settings, prompts)
+        expected = expected_record(self.clip, self.t5, self._active_recipe)  # what a file must hold
         found: dict[str, EncodedPrompt] = {}
         missing: dict[str, str] = {}  # key -> text, each once
         for key, text in zip(keys, prompts):
             if key in found or key in missing:
                 continue
-            record = self.cache.get(key, device=self.device)
+            record = self.cache.get(key, expected, device=self.device)
             if record is None:
                 missing[key] = text
             else:
                 found[key] = record
         if missing:
             for (key, text), record in zip(missing.items(), self._encode_records(list(missing.values()))):
-                self.cache.put(key, record, text=text)
+                self.cache.put(key, record, expected, text=text)
                 found[key] = record
         return [found[key] for key in keys]
 

@@ -4,11 +4,15 @@
 missing required key or a value of the wrong type is a `ValueError` that names the key
 (with its dotted path inside the file) and the file. Nested dataclasses, lists, optionals
 and `Literal` choices are supported; nothing else is needed by our configs.
+
+Errors quote a value through `quoted`, at most about 200 characters of it: a few hundred
+bytes of YAML aliases ("billion laughs") expand to a value whose full repr is gigabytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -17,6 +21,29 @@ from typing import Any, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+
+QUOTE_LIMIT = 200
+
+
+def _short_repr() -> reprlib.Repr:
+    # reprlib stops at these counts and depths, so the quote is built from a bounded part of
+    # the value: a nested list is cut to 8 items per level, 3 levels deep.
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxtuple = short.maxlist = short.maxarray = short.maxdict = 8
+    short.maxset = short.maxfrozenset = short.maxdeque = 8
+    short.maxstring = short.maxlong = short.maxother = QUOTE_LIMIT
+    return short
+
+
+_SHORT_REPR = _short_repr()
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)` of at most `QUOTE_LIMIT` characters (then "..."), without ever building the
+    whole repr."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
@@ -37,6 +64,8 @@ def config_from_dict(cls: type[T], data: Any, source: str = "<dict>") -> T:
 
 
 def _fail(key: str, source: str, message: str) -> ValueError:
+    if len(key) > QUOTE_LIMIT:
+        key = key[:QUOTE_LIMIT] + "..."
     where = f"key `{key}`" if key else "top level"
     return ValueError(f"{source}: {where}: {message}")
 
@@ -63,14 +92,14 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
                 return _convert(option, value, key, source)
             except ValueError as error:
                 errors.append(str(error))
-        raise _fail(key, source, f"expected {_type_name(tp)}, got {value!r}")
+        raise _fail(key, source, f"expected {_type_name(tp)}, got {quoted(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise _fail(key, source, f"expected one of {list(args)}, got {value!r}")
+            raise _fail(key, source, f"expected one of {list(args)}, got {quoted(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise _fail(key, source, f"expected a list, got {type(value).__name__} {value!r}")
+            raise _fail(key, source, f"expected a list, got {type(value).__name__} {quoted(value)}")
         item_type = args[0] if args else Any
         items = [_convert(item_type, item, f"{key}[{i}]", source) for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -80,19 +109,19 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         return dict(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(key, source, f"expected a number, got {value!r}")
+            raise _fail(key, source, f"expected a number, got {quoted(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(key, source, f"expected an integer, got {value!r}")
+            raise _fail(key, source, f"expected an integer, got {quoted(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise _fail(key, source, f"expected true or false, got {value!r}")
+            raise _fail(key, source, f"expected true or false, got {quoted(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise _fail(key, source, f"expected a string, got {value!r}")
+            raise _fail(key, source, f"expected a string, got {quoted(value)}")
         return value
     raise TypeError(f"config type {tp!r} at key `{key}` is not supported by clipcond.config")
 
@@ -102,7 +131,7 @@ def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
         raise _fail(key, source, f"expected a mapping for {cls.__name__}, got {type(value).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(value) - set(fields))
+    unknown = sorted(set(value) - set(fields), key=str)  # YAML keys may be numbers, not only strings
     if unknown:
         name = f"{key}.{unknown[0]}" if key else str(unknown[0])
         raise _fail(name, source, f"unknown key for {cls.__name__}; known keys: {sorted(fields)}")
@@ -134,7 +163,7 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
     for assignment in assignments:
         key, separator, text = assignment.partition("=")
         if not separator or not key.strip():
-            raise ValueError(f"{source}: expected KEY=VALUE, got {assignment!r}")
+            raise ValueError(f"{source}: expected KEY=VALUE, got {quoted(assignment)}")
         *parents, leaf = key.strip().split(".")
         target = data
         for depth, part in enumerate(parents):

@@ -179,3 +179,53 @@ def test_object_count_weights_reach_the_training_stream():
         apply_overrides(base, ["data.max_objects=2", "data.object_count_weights=[1, -3]"])
     with pytest.raises(ValueError, match=r"data\.object_count_weights applies to data.source 'shapes' only"):
         apply_overrides(base, ["data.source=manifest", "data.manifest=m.jsonl", "data.object_count_weights=[1]"])
+
+
+def _alias_bomb(levels: int) -> str:
+    """A YAML flow list of `levels` anchored lists, each holding the previous one 9 times: a
+    few hundred bytes whose last item has 9**levels leaves ("billion laughs")."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]" for level in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize("key", ["recipe", "pooled", "clip_final_norm", "projection_dim", "cache_dir"])
+def test_an_alias_bomb_gives_a_short_error_in_bounded_memory(tmp_path, key):
+    """Seven levels: a 24 MB repr if the error quoted the whole value (nine levels, as in the
+    classic bomb, would be 1.2 GB)."""
+    import tracemalloc
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"{key}: {_alias_bomb(7)}\n")
+    assert path.stat().st_size < 400
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as error:
+            ConditionerConfig.from_yaml(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(error.value)
+    assert len(message) < 400, message[:1000]
+    assert peak < 50 * 2**20
+    assert "bomb.yaml" in message and f"`{key}`" in message and "lol" in message
+
+
+def test_set_override_quotes_at_most_200_characters():
+    from clipcond.config import apply_overrides
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    with pytest.raises(ValueError, match="steps") as error:
+        apply_overrides(base, [f"steps={_alias_bomb(7)}"])
+    assert len(str(error.value)) < 400
+    with pytest.raises(ValueError, match="KEY=VALUE") as error:
+        apply_overrides(base, ["x" * 100_000])
+    assert len(str(error.value)) < 400
+
+
+def test_numeric_yaml_keys_are_named_not_crashed_on(tmp_path):
+    path = tmp_path / "numbers.yaml"
+    path.write_text("recipe: custom\n1: a\nzz: b\n")
+    with pytest.raises(ValueError, match=r"numbers\.yaml.*key `1`"):
+        ConditionerConfig.from_yaml(path)

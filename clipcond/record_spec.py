@@ -1,0 +1,98 @@
+"""`RecordSpec`: which tensors, of which shapes and dtypes, an `EncodedPrompt` must hold.
+
+The disk cache checks every entry it reads against the spec of the conditioner asking
+(`expected_record`), so a file that parses but holds the wrong tensors (another model's
+width, a cast, NaNs, a missing or extra tensor) is a miss instead of a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from clipcond.encoders import TextEncoder
+from clipcond.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a record.
+
+    Attributes:
+        shape: the size of each axis; None on an axis of any size >= 1 (the CLIP windows).
+        dtype: the dtype the encoders produce.
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        """The shape as text, "windows" on an axis of any size."""
+        return "(" + ", ".join("windows" if size is None else str(size) for size in self.shape) + ")"
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """True when `shape` has this spec's sizes (any size >= 1 on a None axis)."""
+        return len(shape) == len(self.shape) and all(
+            size >= 1 if expected is None else size == expected for size, expected in zip(shape, self.shape)
+        )
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """The tensors of a record, by `EncodedPrompt` field name."""
+
+    tensors: Mapping[str, TensorSpec]
+
+    def problem(self, tensors: Mapping[str, torch.Tensor]) -> str | None:
+        """What is wrong with `tensors` as a record of this spec (names, shapes, dtypes, finite
+        values), or None when they fit."""
+        missing = sorted(set(self.tensors) - set(tensors))
+        if missing:
+            return f"missing tensors {missing}"
+        extra = sorted(set(tensors) - set(self.tensors))
+        if extra:
+            return f"unexpected tensors {extra}"
+        for name, spec in self.tensors.items():
+            tensor = tensors[name]
+            if not spec.fits(tensor.shape):
+                return f"`{name}` has shape {tuple(tensor.shape)}, expected {spec.describe()}"
+            if tensor.dtype != spec.dtype:
+                return f"`{name}` is {tensor.dtype}, expected {spec.dtype}"
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"`{name}` holds NaN or infinite values"
+        return None
+
+
+def _joined_dtype(encoders: Sequence[TextEncoder]) -> torch.dtype:
+    """The dtype of the encoders' outputs joined with `torch.cat` (it promotes)."""
+    dtype = encoders[0].dtype
+    for encoder in encoders[1:]:
+        dtype = torch.promote_types(dtype, encoder.dtype)
+    return dtype
+
+
+def expected_record(clip: Sequence[TextEncoder], t5: TextEncoder | None, recipe: Recipe) -> RecordSpec:
+    """The spec of the records `clipcond.window_encoding.encode_fragments` makes with these
+    encoders and this recipe (clip-skip already applied).
+
+    - ``clip_tokens``: (windows, window_length, sum of CLIP widths), unless the recipe reads
+      only CLIP's pooled vector;
+    - ``pooled``: (pooled_width,) of the last CLIP, or of all CLIPs joined (``concat``);
+    - ``t5_tokens``: (t5_max_length, t5_width) and ``t5_mask``: (t5_max_length,) int64.
+    """
+    tensors: dict[str, TensorSpec] = {}
+    if clip:
+        dtype = _joined_dtype(clip)
+        if recipe.combine != "clip_pooled_t5_tokens":
+            width = sum(encoder.width for encoder in clip)
+            tensors["clip_tokens"] = TensorSpec((None, clip[0].window_length, width), dtype)
+        if recipe.pooled == "last":
+            tensors["pooled"] = TensorSpec((clip[-1].pooled_width,), clip[-1].dtype)
+        elif recipe.pooled == "concat":
+            tensors["pooled"] = TensorSpec((sum(encoder.pooled_width for encoder in clip),), dtype)
+    if t5 is not None:
+        tensors["t5_tokens"] = TensorSpec((recipe.t5_max_length, t5.width), t5.dtype)
+        tensors["t5_mask"] = TensorSpec((recipe.t5_max_length,), torch.int64)
+    return RecordSpec(tensors)
