@@ -244,6 +244,12 @@ def test_a_module_of_another_size_does_not_load(tmp_path):
     bigger = torch.optim.AdamW([nn.Parameter(torch.zeros(3))] + list(model.parameters()), lr=1.0)
     with pytest.raises(CheckpointDamaged, match=r"parameter groups of \[1, 4\] parameters, the run's optimizer \[6\]"):
         load_checkpoint(folder, {"model": model}, bigger)
+    _step(model, optimizer, scheduler)  # the optimizer now holds moments of each parameter's shape
+    folder = save_checkpoint(tmp_path, 2, {"model": model}, optimizer, scheduler)
+    decay, free = param_groups(model, 0.1)
+    wider = torch.optim.AdamW([{**decay, "params": [nn.Parameter(torch.zeros(9, 8))]}, free], lr=1.0)
+    with pytest.raises(CheckpointDamaged, match=r"0\.exp_avg is \[8, 8\], its parameter \[9, 8\]"):
+        load_checkpoint(folder, {}, wider)
 
 
 def test_the_latest_pointer_is_only_a_hint(tmp_path):

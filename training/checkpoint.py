@@ -168,13 +168,14 @@ def save_checkpoint(
     pointer = root / f".latest-{os.getpid()}"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
-    older = [folder for folder in checkpoint_folders(run_dir) if _step_of(folder) < step]
+    older = [folder for folder in checkpoint_folders(run_dir) if checkpoint_step(folder) < step]
     for old in older[max(keep - 1, 0) :]:
         shutil.rmtree(old)
     return final
 
 
-def _step_of(folder: Path) -> int:
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint folder ``step-<N>``, from its name."""
     return int(_STEP_FOLDER.fullmatch(folder.name).group(1))
 
 
@@ -185,7 +186,7 @@ def checkpoint_folders(run_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     folders = [path for path in root.iterdir() if _STEP_FOLDER.fullmatch(path.name) and path.is_dir()]
-    return sorted(folders, key=_step_of, reverse=True)
+    return sorted(folders, key=checkpoint_step, reverse=True)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -312,8 +313,8 @@ def _read_trainer(folder: Path, scheduler: Any | None) -> dict[str, Any]:
     if not isinstance(trainer, dict):
         raise _damaged(folder, "trainer.json is not a JSON object")
     step = trainer.get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or step != _step_of(folder):
-        raise _damaged(folder, f"trainer.json names step {step!r}, the folder step {_step_of(folder)}")
+    if not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(folder):
+        raise _damaged(folder, f"trainer.json names step {step!r}, the folder step {checkpoint_step(folder)}")
     if not isinstance(trainer.get("extra"), dict):
         raise _damaged(folder, "trainer.json has no `extra` mapping")
     if scheduler is not None and not isinstance(trainer.get("scheduler"), dict):

@@ -54,6 +54,7 @@ import torch
 
 from clipcond.training.checkpoint import (
     checkpoint_folders,
+    checkpoint_step,
     latest_checkpoint,
     load_newest_intact,
     remove_unfinished_writes,
@@ -212,22 +213,27 @@ class TrainingRun:
         self._resumed_loss = float("nan")
         self._lock = RunFolderLock(self.output_dir) if self.accelerator.is_main_process else None
         self._made_output_dir = not self.output_dir.exists()
-        if self._lock is not None:
-            dead_holder = self._lock.acquire()
         try:
-            if self._lock is not None:
-                check_output_dir(config, resume)
-                if dead_holder is not None:
-                    self.accelerator.print(f"took over the lock of a run that ended ({dead_holder})")
-            self.resume_from = latest_checkpoint(self.output_dir) if resume else None
-            self._stop_if_finished()
-            if self._lock is not None:
-                for path in remove_unfinished_writes(self.output_dir):
-                    self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")
+            self._check_folder(resume)
         except BaseException:
             self._release_folder()
             raise
         self.last_checkpoint = self.resume_from
+
+    def _check_folder(self, resume: bool) -> None:
+        """Stage 1 for the run folder: its lock taken (main process), then refused when it holds
+        another run or a changed config, done when it holds this run finished, cleared of what
+        killed checkpoint writers left (only now: under the lock, no other writer lives)."""
+        if self._lock is not None:
+            dead_holder = self._lock.acquire()
+            check_output_dir(self.config, resume)
+            if dead_holder is not None:
+                self.accelerator.print(f"took over the lock of a run that ended ({dead_holder})")
+        self.resume_from = latest_checkpoint(self.output_dir) if resume else None
+        self._stop_if_finished()
+        if self._lock is not None:
+            for path in remove_unfinished_writes(self.output_dir):
+                self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")
 
     def _stop_if_finished(self) -> None:
         """A resume of a run whose last checkpoint is its last step, marked finished after its
@@ -236,7 +242,7 @@ class TrainingRun:
         if (
             self.resume_from is not None
             and step == self.config.steps
-            and self.resume_from.name == f"step-{step:09d}"
+            and checkpoint_step(self.resume_from) == step
             and self.result_dir.exists()
         ):
             raise RunAlreadyFinished(
@@ -336,8 +342,8 @@ class TrainingRun:
             metrics: the objective's numbers at a logging step, logged after ``loss``.
             after_step: step -> None, on the main process after each step's logging
                 (evaluations, samples).
-            extra: JSON values saved with each checkpoint besides the skipped-sample counts
-                (given back by `resume`).
+            extra: JSON values saved with each checkpoint besides the loop's own (how many metrics
+                records were written), given back by `resume`.
 
         Raises:
             TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
