@@ -72,6 +72,16 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         (["--output-dir", "out/suites"], {"output_dir": Path("out/suites"), "check": False}),
         (["--check"], {"check": True}),
     ],
+    "benchmarks/reliability.py": [
+        (
+            ["--only", "checkpoint", "--only", "lock", "--kills", "2", "--seed", "7"],
+            {"only": ["checkpoint", "lock"], "kills": 2, "seed": 7},
+        ),
+        (
+            ["--work-dir", "out/work", "--output", "out/rel.md"],
+            {"work_dir": Path("out/work"), "output": Path("out/rel.md"), "only": None, "kills": 3},
+        ),
+    ],
     "benchmarks/shapes_model_judge.py": [
         (
             ["--model", "runs/m/pipeline", "--steps", "10", "--scheduler", "DDPMScheduler", "--batch", "16"],
@@ -117,6 +127,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
     "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
+    "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
     "benchmarks/shapes_model_position_probe.py": [
         ["--model", "no-name"],
         ["--timesteps", "1000"],
@@ -134,6 +145,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
     "benchmarks/prompt_language_grid.py": ([], ("output",)),
+    "benchmarks/reliability.py": ([], ("output", "work_dir")),
     "benchmarks/shapes_model_judge.py": ([], ("output", "grid")),
     "benchmarks/shapes_model_position_probe.py": ([], ()),  # prints; writes only an explicit --output
     "benchmarks/text_tower_relations.py": ([], ("output",)),
@@ -165,7 +177,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 11
+    assert len(SCRIPTS) == 12
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

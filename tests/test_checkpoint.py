@@ -1,9 +1,11 @@
-"""Checkpoints (atomic safetensors, exact resume, pickle refusal) and optimiser conventions."""
+"""Checkpoints (atomic safetensors, exact resume, pickle refusal, damage found before loading and
+passed over for the previous checkpoint) and optimiser conventions."""
 
 from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -124,3 +126,162 @@ def test_warmup_then_cosine():
     assert rates[8] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert rates[12] == pytest.approx(0.1) and rates[13] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _wrong_shape(path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    tensors["linear.weight"] = torch.zeros(8, 9)
+    save_file(tensors, str(path))
+
+
+DAMAGE = {
+    "truncated module file": (
+        lambda folder: _truncate(folder / "model.safetensors"),
+        "model.safetensors cannot be read",
+    ),
+    "truncated optimizer file": (
+        lambda folder: _truncate(folder / "optimizer.safetensors"),
+        "optimizer.safetensors cannot be read",
+    ),
+    "missing optimizer file": (
+        lambda folder: (folder / "optimizer.safetensors").unlink(),
+        "optimizer.safetensors is missing",
+    ),
+    "missing rng file": (lambda folder: (folder / "rng.safetensors").unlink(), "rng.safetensors is missing"),
+    "missing trainer.json": (lambda folder: (folder / "trainer.json").unlink(), "trainer.json is missing"),
+    "trainer.json not JSON": (
+        lambda folder: (folder / "trainer.json").write_bytes(b'{"step": 4, \xff'),
+        "trainer.json does not parse",
+    ),
+    "trainer.json of another step": (
+        lambda folder: (folder / "trainer.json").write_text(
+            (folder / "trainer.json").read_text().replace('"step": 4', '"step": 7')
+        ),
+        "trainer.json names step 7, the folder step 4",
+    ),
+    "trainer.json without RNG states": (
+        lambda folder: (folder / "trainer.json").write_text(
+            (folder / "trainer.json").read_text().replace('"python"', '"pithon"')
+        ),
+        "no usable random-number states",
+    ),
+    "wrong-shape tensor": (
+        lambda folder: _wrong_shape(folder / "model.safetensors"),
+        "linear.weight is [8, 9], the model's [8, 8]",
+    ),
+}
+
+
+def _run_with_checkpoints(run_dir, steps=(2, 4)):
+    """Train Tiny for max(steps) steps from a fixed start, with a checkpoint at each of `steps`;
+    returns the weights after each of them."""
+    random.seed(1), np.random.seed(1)
+    model, optimizer, scheduler = _setup()
+    weights = {}
+    for step in range(1, max(steps) + 1):
+        _step(model, optimizer, scheduler)
+        if step in steps:
+            save_checkpoint(run_dir, step, {"model": model}, optimizer, scheduler, keep=len(steps))
+            weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+    return weights
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one(tmp_path, damage):
+    from clipcond.training.checkpoint import CheckpointDamaged, load_newest_intact
+
+    weights = _run_with_checkpoints(tmp_path)
+    newest = tmp_path / "checkpoints" / "step-000000004"
+    harm, problem = DAMAGE[damage]
+    harm(newest)
+
+    model, optimizer, scheduler = _setup(seed=99)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointDamaged, match=re.escape(problem)):
+        load_checkpoint(newest, {"model": model}, optimizer, scheduler)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
+
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 2 and point.folder.name == "step-000000002"
+    assert [(folder, problem in text) for folder, text in point.passed_over] == [(newest, True)]
+    assert all(torch.equal(weights[2][k], v) for k, v in model.state_dict().items())
+
+
+def test_no_intact_checkpoint_is_one_error_naming_each_problem(tmp_path):
+    from clipcond.training.checkpoint import NoIntactCheckpoint, load_newest_intact
+
+    _run_with_checkpoints(tmp_path)
+    (tmp_path / "checkpoints" / "step-000000004" / "trainer.json").unlink()
+    _truncate(tmp_path / "checkpoints" / "step-000000002" / "model.safetensors")
+    model, optimizer, scheduler = _setup()
+    with pytest.raises(NoIntactCheckpoint) as error:
+        load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    message = str(error.value)
+    assert "\n" not in message and isinstance(error.value, ValueError)
+    assert "step-000000004: trainer.json is missing" in message
+    assert "step-000000002: model.safetensors cannot be read" in message
+    assert load_newest_intact(tmp_path / "elsewhere", {"model": model}) is None  # no checkpoint: a fresh start
+
+
+def test_a_module_of_another_size_does_not_load(tmp_path):
+    from clipcond.training.checkpoint import CheckpointDamaged
+
+    model, optimizer, scheduler = _setup()
+    folder = save_checkpoint(tmp_path, 1, {"model": model}, optimizer, scheduler)
+    other = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(CheckpointDamaged, match="tensors the model does not have: linear.bias"):
+        load_checkpoint(folder, {"model": other})
+    bigger = torch.optim.AdamW([nn.Parameter(torch.zeros(3))] + list(model.parameters()), lr=1.0)
+    with pytest.raises(CheckpointDamaged, match=r"parameter groups of \[1, 4\] parameters, the run's optimizer \[6\]"):
+        load_checkpoint(folder, {"model": model}, bigger)
+    _step(model, optimizer, scheduler)  # the optimizer now holds moments of each parameter's shape
+    folder = save_checkpoint(tmp_path, 2, {"model": model}, optimizer, scheduler)
+    decay, free = param_groups(model, 0.1)
+    wider = torch.optim.AdamW([{**decay, "params": [nn.Parameter(torch.zeros(9, 8))]}, free], lr=1.0)
+    with pytest.raises(CheckpointDamaged, match=r"0\.exp_avg is \[8, 8\], its parameter \[9, 8\]"):
+        load_checkpoint(folder, {}, wider)
+
+
+def test_the_latest_pointer_is_only_a_hint(tmp_path):
+    _run_with_checkpoints(tmp_path)
+    pointer = tmp_path / "checkpoints" / "latest"
+    pointer.write_bytes(b"\xff\xfe step-000000002")
+    assert latest_checkpoint(tmp_path).name == "step-000000004"
+    pointer.write_text("step-000000099")
+    assert latest_checkpoint(tmp_path).name == "step-000000004"
+    pointer.unlink()
+    assert latest_checkpoint(tmp_path).name == "step-000000004"
+
+
+def test_unfinished_writes_are_removed(tmp_path):
+    from clipcond.training.checkpoint import remove_unfinished_writes
+
+    _run_with_checkpoints(tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step-000000006-4242").mkdir()
+    (root / ".tmp-step-000000006-4242" / "model.safetensors").write_bytes(b"half")
+    (root / ".latest-4242").write_text("step-000000006")
+    removed = remove_unfinished_writes(tmp_path)
+    assert sorted(path.name for path in removed) == [".latest-4242", ".tmp-step-000000006-4242"]
+    assert sorted(path.name for path in root.iterdir()) == ["latest", "step-000000002", "step-000000004"]
+
+
+def test_a_damaged_later_checkpoint_never_costs_the_new_one(tmp_path):
+    """keep=1 with a leftover folder of a later step: the new checkpoint stays, older ones go."""
+    model, optimizer, scheduler = _setup()
+    save_checkpoint(tmp_path, 9, {"model": model}, optimizer, keep=1)
+    (tmp_path / "checkpoints" / "step-000000009" / "trainer.json").unlink()
+    for step in (6, 7):
+        save_checkpoint(tmp_path, step, {"model": model}, optimizer, keep=1)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert names == ["step-000000007", "step-000000009"]

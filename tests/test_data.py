@@ -1,4 +1,5 @@
-"""Training data sources: corrupt images and empty captions are skipped and counted."""
+"""Training data sources: a sample that cannot be used, whatever is wrong with it (its JSON types,
+its encoding, its image file), is skipped and counted by reason."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from clipcond.training.data import (
     CLIP_STD,
     ClipImageTransform,
     SkipCounter,
+    clean_caption,
+    manifest_captions,
     manifest_samples,
+    webdataset_captions,
     webdataset_samples,
 )
 
@@ -97,3 +101,110 @@ def test_clip_transform_resizes_crops_and_normalises():
     cropped = ClipImageTransform(20)(gradient)
     assert cropped.shape == (3, 20, 20)
     assert cropped[0, 0, 0] > (0 - CLIP_MEAN[0]) / CLIP_STD[0]  # the left edge was cropped away
+
+
+def _truncated_png() -> bytes:
+    data = _png((1, 2, 3), size=(64, 64))
+    return data[: len(data) // 2]
+
+
+def bad_manifest(folder) -> tuple[object, list[str], dict[str, int]]:
+    """A manifest holding one line of each kind a user can get wrong, between good ones:
+    (its path, the captions it yields, the skips it counts)."""
+    (folder / "images").mkdir()
+    (folder / "images" / "ok.png").write_bytes(_png((10, 20, 30)))
+    (folder / "images" / "notes.txt").write_text("not an image at all")
+    (folder / "images" / "cut.png").write_bytes(_truncated_png())
+    (folder / "images" / "folder.png").mkdir()
+    lines = [
+        json.dumps({"image": "images/ok.png", "caption": "first"}),
+        json.dumps({"image": 5, "caption": "an image that is a number"}),
+        json.dumps({"image": ["images/ok.png"], "caption": "an image that is a list"}),
+        json.dumps({"image": "images/ok.png", "caption": 7}),
+        json.dumps({"image": "images/ok.png", "caption": None}),
+        json.dumps({"image": "images/ok.png"}),
+        json.dumps({"image": "images/ok.png", "caption": ["a", "list"]}),
+        json.dumps({"image": "images/gone.png", "caption": "a missing file"}),
+        json.dumps({"image": "images/notes.txt", "caption": "a text file"}),
+        json.dumps({"image": "images/cut.png", "caption": "a truncated png"}),
+        json.dumps({"image": "images/folder.png", "caption": "a folder"}),
+        json.dumps({"image": "images/ok\u0000.png", "caption": "a NUL in the path"}),
+        json.dumps(["images/ok.png", "a list, not an object"]),
+        "null",
+        json.dumps({"image": "images/ok.png", "caption": "second"}),
+    ]
+    data = ("\n".join(lines) + "\n").encode() + b'{"image": "images/ok.png", "caption": "caf\xe9 in latin-1"}\n'
+    manifest = folder / "manifest.jsonl"
+    manifest.write_bytes(data + json.dumps({"image": "images/ok.png", "caption": "third"}).encode() + b"\n")
+    skipped = {
+        "bad manifest line": 7,  # image 5, image list, caption 7, caption list, JSON list, null, latin-1
+        "no caption": 2,  # caption null, no caption key
+        "missing image": 1,
+        "undecodable image": 2,  # a text file, a truncated PNG
+        "unreadable image": 2,  # a folder, a NUL in the path
+    }
+    return manifest, ["first", "second", "third"], skipped
+
+
+def test_a_manifest_line_of_any_wrong_type_or_encoding_is_skipped_and_counted(tmp_path):
+    manifest, captions, expected = bad_manifest(tmp_path)
+    skipped = SkipCounter()
+    samples = list(manifest_samples(manifest, skipped))
+    assert [caption for _, caption in samples] == captions
+    assert all(image.size == (12, 10) for image, _ in samples)
+    assert dict(skipped.counts) == expected
+    only_captions = SkipCounter()  # captions alone: images are not opened, so image files are not judged
+    assert manifest_captions(manifest, only_captions) == [
+        "first",
+        "a missing file",
+        "a text file",
+        "a truncated png",
+        "a folder",
+        "a NUL in the path",
+        "second",
+        "third",
+    ]
+    assert dict(only_captions.counts) == {"bad manifest line": 7, "no caption": 2}
+
+
+def bad_shard(path) -> tuple[list[str], dict[str, int]]:
+    """A shard holding a sample of each kind a shard can get wrong, between good ones: (the
+    captions it yields, the skips it counts)."""
+    with tarfile.open(path, "w") as archive:
+        _add(archive, "a.png", _png((255, 0, 0)))
+        _add(archive, "a.txt", b"first")
+        _add(archive, "b.png", _png((0, 255, 0)))
+        _add(archive, "b.txt", b"caf\xe9 in latin-1")
+        _add(archive, "c.png", b"\x89PNG\r\n\x1a\n but no image")
+        _add(archive, "c.txt", b"an image that does not decode")
+        _add(archive, "d.png", _truncated_png())
+        _add(archive, "d.txt", b"a truncated png")
+        _add(archive, "e.png", _png((0, 0, 255)))  # no caption member
+        _add(archive, "f.txt", b"no image member")
+        _add(archive, "g.jpg", _jpg((9, 9, 9)))
+        _add(archive, "g.txt", b"second")
+    return ["first", "second"], {"caption not UTF-8": 1, "undecodable image": 2, "no caption": 1, "no image": 1}
+
+
+def test_a_shard_member_of_any_wrong_kind_is_skipped_and_counted(tmp_path):
+    captions, expected = bad_shard(tmp_path / "bad-000.tar")
+    skipped = SkipCounter()
+    assert [caption for _, caption in webdataset_samples(str(tmp_path / "bad-000.tar"), skipped)] == captions
+    assert dict(skipped.counts) == expected
+    only_captions = SkipCounter()
+    assert webdataset_captions(str(tmp_path / "bad-000.tar"), only_captions) == [
+        "first",
+        "an image that does not decode",
+        "a truncated png",
+        "no image member",
+        "second",
+    ]
+    assert dict(only_captions.counts) == {"caption not UTF-8": 1, "no caption": 1}
+
+
+def test_a_caption_that_is_not_text_is_a_type_error():
+    assert clean_caption(b"a  red\n square ") == "a red square"
+    with pytest.raises(TypeError, match="caption must be text, got int"):
+        clean_caption(7)
+    with pytest.raises(UnicodeDecodeError):
+        clean_caption(b"caf\xe9")

@@ -1,14 +1,22 @@
-"""The run folder: config snapshots and what counts as a changed config on resume."""
+"""The run folder: config snapshots, what counts as a changed config on resume (not the folder's
+own path), metrics cut back on resume, and the lock that keeps one live run per folder."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from clipcond.training.diffusion.config import TrainDiffusionConfig
-from clipcond.training.run_folder import CONFIG_SNAPSHOT, prepare_output_dir
+from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, RunFolderError, keep_metrics, prepare_output_dir
+from clipcond.training.run_lock import LOCK_FILE, RunFolderInUse, RunFolderLock
 
 
 def test_a_snapshot_from_before_a_new_field_resumes_while_the_field_keeps_its_default(tmp_path):
@@ -27,3 +35,90 @@ def test_a_snapshot_from_before_a_new_field_resumes_while_the_field_keeps_its_de
         prepare_output_dir(dataclasses.replace(config, lr=0.5), resume=True)
     with pytest.raises(ValueError, match="--resume"):
         prepare_output_dir(config, resume=False)
+
+
+def test_a_moved_run_folder_resumes_while_other_changes_are_refused(tmp_path):
+    config = TrainDiffusionConfig(text_encoder="clip", unet={}, output_dir=str(tmp_path / "run"))
+    prepare_output_dir(config, resume=False)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = dataclasses.replace(config, output_dir=str(tmp_path / "moved"))
+    assert prepare_output_dir(moved, resume=True) == tmp_path / "moved"
+    assert yaml.safe_load((tmp_path / "moved" / CONFIG_SNAPSHOT).read_text())["output_dir"] == moved.output_dir
+    with pytest.raises(RunFolderError, match=r"config changed \(seed\)"):
+        prepare_output_dir(dataclasses.replace(moved, seed=5), resume=True)
+
+
+def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
+    records = [
+        {"step": 1, "loss": 3.0},
+        {"step": 2, "loss": 2.5},
+        {"step": 2, "eval/top1": 0.5},
+        {"step": 3, "loss": 2.0},
+    ]
+    text = "".join(json.dumps(record) + "\n" for record in records) + '{"step": 4, "lo'  # cut by a kill
+    (tmp_path / METRICS_FILE).write_text(text)
+    assert keep_metrics(tmp_path, 3, step=2) == records[:3]
+    assert (tmp_path / METRICS_FILE).read_text() == "".join(json.dumps(record) + "\n" for record in records[:3])
+    (tmp_path / METRICS_FILE).write_text(text)
+    assert keep_metrics(tmp_path, None, step=2) == records[:3]  # a checkpoint that did not count: by step
+    assert keep_metrics(tmp_path / "nothing", 5, step=2) == []
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _hold_lock(folder):
+    """A live process holding the lock of `folder` until its stdin closes."""
+    code = (
+        "import sys; from clipcond.training.run_lock import RunFolderLock; "
+        f"lock = RunFolderLock({str(folder)!r}); lock.acquire(); print('held', flush=True); sys.stdin.read()"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_live_run_is_refused_and_the_lock_freed_when_its_holder_ends(tmp_path):
+    holder = _hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(
+            RunFolderInUse, match=rf"in use by another run \(pid {holder.pid} on {socket.gethostname()}"
+        ):
+            RunFolderLock(tmp_path / "run").acquire()
+        with RunFolderLock(tmp_path / "other") as other:  # another folder is free
+            assert other.held
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with RunFolderLock(tmp_path / "run") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(RunFolderInUse):  # the flock decides, even within one process
+            RunFolderLock(tmp_path / "run").acquire()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_a_dead_runs_lock_is_taken_over(tmp_path):
+    dead = _dead_pid()
+    stale = {"pid": dead, "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(stale))
+    lock = RunFolderLock(tmp_path)
+    previous = lock.acquire()
+    assert previous is not None and previous.pid == dead and not previous.is_alive_here()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    (tmp_path / LOCK_FILE).write_text('{"pi')  # a holder killed while writing it
+    with RunFolderLock(tmp_path) as lock:
+        assert lock.held
+
+
+def test_a_lock_of_another_host_is_refused(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "started": "?"}))
+    with pytest.raises(RunFolderInUse, match=rf"another host .*delete {re.escape(str(tmp_path / LOCK_FILE))}"):
+        RunFolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == "elsewhere.example"

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -414,3 +415,36 @@ def test_bf16_mixed_precision_and_a_manifest_source(tmp_path: Path) -> None:
         if '"loss"' in line
     ]
     assert len(losses) == 2 and np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("source", ["manifest", "webdataset"])
+def test_training_goes_on_past_every_kind_of_bad_sample(tmp_path: Path, source: str) -> None:
+    from test_data import bad_manifest, bad_shard
+
+    if source == "manifest":
+        manifest, captions, per_pass = bad_manifest(tmp_path)
+        data = DataConfig(source="manifest", manifest=str(manifest))
+    else:
+        captions, per_pass = bad_shard(tmp_path / "bad-000.tar")
+        data = DataConfig(source="webdataset", urls=str(tmp_path / "bad-000.tar"))
+    passes = 2
+    config = tiny_config(tmp_path / "run", data=data, batch_size=len(captions), steps=passes, log_every=1)
+    result = train_clip(config, show_progress=False)
+    assert result.steps == passes and np.isfinite(result.loss)
+    assert result.skipped == {reason: passes * count for reason, count in per_pass.items()}
+
+
+def test_skipped_samples_are_counted_once_across_a_resume(tmp_path: Path) -> None:
+    """The resumed run reads again the samples before its checkpoint (it fast-forwards through
+    them): their skips count once, as in the uninterrupted run."""
+    shard = tmp_path / "shard-000.tar"
+    _write_shard(shard)
+    data = DataConfig(source="webdataset", urls=[str(shard)])
+    settings = dict(data=data, batch_size=4, steps=6, checkpoint_every=2, keep_checkpoints=3)
+    straight = train_clip(tiny_config(tmp_path / "straight", **settings), show_progress=False)
+    train_clip(tiny_config(tmp_path / "resumed", **settings), show_progress=False)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000000006")
+    resumed = train_clip(tiny_config(tmp_path / "resumed", **settings), resume=True, show_progress=False)
+    # 24 samples: two passes of 10 usable, then 4 more (sample 3 is skipped a third time, sample 5 not yet)
+    assert straight.skipped == {"undecodable image": 3, "empty caption": 2}
+    assert resumed.skipped == straight.skipped

@@ -401,3 +401,18 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
     ]
     assert len(losses) == 3 and np.isfinite(losses).all()
     assert "held-out: loss" in finished.stdout
+
+
+def test_skipped_captions_are_counted_once_across_a_resume(tmp_path: Path) -> None:
+    """Every invocation reads all the captions (and counts their skips) again: a resumed run's
+    counts are those of one read, as the uninterrupted run's are."""
+    manifest = tmp_path / "captions.jsonl"
+    lines = [json.dumps({"caption": f"a red circle number {i}"}) for i in range(40)]
+    manifest.write_text("\n".join([*lines[:5], "{not json", json.dumps({"caption": 7}), *lines[5:]]) + "\n")
+    data = DataConfig(source="manifest", manifest=str(manifest))
+    settings = dict(data=data, steps=4, checkpoint_every=2, keep_checkpoints=3, eval_captions=4)
+    straight = train_t5(tiny_config(tmp_path / "straight", **settings), show_progress=False)
+    train_t5(tiny_config(tmp_path / "resumed", **settings), show_progress=False)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000000004")
+    resumed = train_t5(tiny_config(tmp_path / "resumed", **settings), resume=True, show_progress=False)
+    assert straight.skipped == resumed.skipped == {"bad manifest line": 2}

@@ -1,29 +1,42 @@
 """The loop skeleton every objective runs on (`clipcond.training.loop`): throughput measured
-over the window actually logged, and the run folder of a failed run given back."""
+over the window actually logged, the run folder of a failed run given back, and resumes of what
+a kill, a disk or a hand left (damaged checkpoints, unfinished writes, metrics logged past the
+last checkpoint, a finished run, a moved folder, a second live run)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+import socket
 import types
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from shards import write_shard, write_shards
+from test_train_clip import model_weights
 from test_train_diffusion import tiny_config
 from test_train_t5 import tiny_config as tiny_t5_config
 
 import clipcond.training.clip.loop as clip_loop
 import clipcond.training.loop as loop
 from clipcond.cli import main as cli_main
+from clipcond.training.checkpoint import NoIntactCheckpoint
 from clipcond.training.clip.config import TrainClipConfig
 from clipcond.training.clip.loop import train_clip
 from clipcond.training.data import DataConfig
 from clipcond.training.diffusion.loop import train_diffusion
 from clipcond.training.loop import Throughput, TrainingDiverged
-from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, prepare_output_dir
+from clipcond.training.run_folder import (
+    CONFIG_SNAPSHOT,
+    FINISHED_MARKER,
+    METRICS_FILE,
+    RunAlreadyFinished,
+    prepare_output_dir,
+)
+from clipcond.training.run_lock import LOCK_FILE, RunFolderInUse
 from clipcond.training.t5.loop import train_t5
 
 TINY_MODEL = str(Path(__file__).resolve().parents[1] / "configs" / "models" / "clip-tiny.yaml")
@@ -198,3 +211,213 @@ def test_t5_retrains_its_tokenizer_after_a_failed_attempt(tmp_path: Path, monkey
     fresh = train_t5(dataclasses.replace(smaller, output_dir=str(tmp_path / "fresh")), show_progress=False)
     first = train_t5(dataclasses.replace(config, output_dir=str(tmp_path / "first")), show_progress=False)
     assert retried.vocab_size == fresh.vocab_size != first.vocab_size
+
+
+# ---------------------------------------------------------------- resuming what a kill, a disk or a hand left
+
+
+def _six_steps(shard_folder: Path, output_dir: Path) -> TrainClipConfig:
+    """Six steps over two good shards and one whose 4 images do not decode, a checkpoint every
+    2 steps, all three kept."""
+    urls = f"{shard_folder}/good-000000.tar::{shard_folder}/broken-000000.tar::{shard_folder}/good-000001.tar"
+    return _clip_on_shards(urls, output_dir, steps=6, checkpoint_every=2, keep_checkpoints=3, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shard_folder: Path, tmp_path_factory) -> tuple[Path, object]:
+    """The run every resumed run is compared with: (its folder, its result)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    return folder, train_clip(_six_steps(shard_folder, folder), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def killed_after_step_6(shard_folder: Path, tmp_path_factory) -> Path:
+    """A run folder as a kill after the checkpoint of its last step leaves it: no result yet."""
+    folder = tmp_path_factory.mktemp("killed")
+    train_clip(_six_steps(shard_folder, folder), show_progress=False)
+    shutil.rmtree(folder / "model")
+    (folder / FINISHED_MARKER).unlink()
+    return folder
+
+
+def _copy(run: Path, to: Path) -> Path:
+    """The run folder copied elsewhere: a resume there must not mind the move."""
+    shutil.copytree(run, to)
+    return to
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _one_tensor_reshaped(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    key = sorted(tensors)[0]
+    tensors[key] = torch.zeros(*tensors[key].shape, 2)
+    save_file(tensors, str(path))
+
+
+STEP_6 = Path("checkpoints") / "step-000000006"
+DAMAGES = {
+    "truncated model file": (lambda run: _truncate(run / STEP_6 / "model.safetensors"), "cannot be read"),
+    "missing optimizer file": (lambda run: (run / STEP_6 / "optimizer.safetensors").unlink(), "is missing"),
+    "trainer.json garbage": (lambda run: (run / STEP_6 / "trainer.json").write_bytes(b"\x00garbage"), "does not parse"),
+    "wrong-shape tensor": (lambda run: _one_tensor_reshaped(run / STEP_6 / "model.safetensors"), "wrong shape"),
+    "latest pointer not UTF-8, newest truncated": (
+        lambda run: (
+            (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe\x00step"),
+            _truncate(run / STEP_6 / "optimizer.safetensors"),
+        ),
+        "cannot be read",
+    ),
+}
+
+
+def _metrics_steps(run: Path, key: str = "loss") -> list[int]:
+    return [
+        record["step"] for record in map(json.loads, (run / METRICS_FILE).read_text().splitlines()) if key in record
+    ]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_with_the_same_weights(
+    damage: str, uninterrupted, killed_after_step_6: Path, shard_folder: Path, tmp_path: Path, capsys
+) -> None:
+    reference_dir, reference = uninterrupted
+    run = _copy(killed_after_step_6, tmp_path / "run")
+    harm, problem = DAMAGES[damage]
+    harm(run)
+    capsys.readouterr()
+    result = train_clip(_six_steps(shard_folder, run), resume=True, show_progress=False)
+    out, err = capsys.readouterr()
+    assert f"resuming from {run / 'checkpoints' / 'step-000000004'} (step 4)" in out
+    assert f"checkpoint {run / STEP_6} is damaged" in err and problem in err
+    assert (run / "checkpoints" / "damaged-step-000000006").is_dir()  # set aside, replaced by a good step 6
+    assert result.steps == 6 and result.skipped == reference.skipped == {"undecodable image": 12}  # 3 passes
+    expected, got = model_weights(reference_dir / "model"), model_weights(run / "model")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert _metrics_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_with_no_intact_checkpoint_is_one_clear_error(
+    killed_after_step_6: Path, shard_folder: Path, tmp_path: Path, capsys
+) -> None:
+    run = _copy(killed_after_step_6, tmp_path / "run")
+    for step in (2, 4, 6):
+        (run / "checkpoints" / f"step-{step:09d}" / "trainer.json").unlink()
+    with pytest.raises(NoIntactCheckpoint, match="none of its 3 checkpoints can be loaded"):
+        train_clip(_six_steps(shard_folder, run), resume=True, show_progress=False)
+    assert sorted(path.name for path in (run / "checkpoints").glob("step-*")) == [
+        "step-000000002",
+        "step-000000004",
+        "step-000000006",
+    ]  # nothing set aside: the user may have changed the model
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(_six_steps(shard_folder, run))))
+    capsys.readouterr()
+    assert cli_main(["train-clip", "--config", str(path), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot resume") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_kill_between_logging_and_checkpointing_leaves_each_step_recorded_once(
+    uninterrupted, killed_after_step_6: Path, shard_folder: Path, tmp_path: Path
+) -> None:
+    """Steps 5 and 6 were logged, then the run died before its step-6 checkpoint: the resumed
+    run logs them again, and only its records of them remain."""
+    reference_dir, _ = uninterrupted
+    run = _copy(killed_after_step_6, tmp_path / "run")
+    shutil.rmtree(run / STEP_6)
+    logged = (run / METRICS_FILE).read_text().splitlines()
+    (run / METRICS_FILE).write_text("\n".join(logged) + '\n{"step": 7, "lo')  # and one cut mid-line
+    train_clip(_six_steps(shard_folder, run), resume=True, show_progress=False)
+    assert _metrics_steps(run) == [1, 2, 3, 4, 5, 6]
+    records = (run / METRICS_FILE).read_text().splitlines()
+    assert records[:4] == logged[:4] and len(records) == 6
+    expected, got = model_weights(reference_dir / "model"), model_weights(run / "model")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_what_killed_checkpoint_writers_left_is_removed(killed_after_step_6: Path, shard_folder: Path, tmp_path):
+    run = _copy(killed_after_step_6, tmp_path / "run")
+    unfinished = run / "checkpoints" / ".tmp-step-000000008-4242"
+    shutil.copytree(run / STEP_6, unfinished)
+    (run / "checkpoints" / ".latest-4242").write_text("step-000000008")
+    train_clip(_six_steps(shard_folder, run), resume=True, show_progress=False)
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == [
+        "latest",
+        "step-000000002",
+        "step-000000004",
+        "step-000000006",
+    ]
+
+
+def test_a_finished_run_says_so_and_one_killed_while_saving_saves_again(
+    uninterrupted, killed_after_step_6: Path, shard_folder: Path, tmp_path: Path, capsys
+) -> None:
+    reference_dir, reference = uninterrupted
+    finished = _copy(reference_dir, tmp_path / "finished")
+    saved = {path: path.stat().st_mtime_ns for path in (finished / "model").iterdir()}
+    with pytest.raises(RunAlreadyFinished, match="run already finished at step 6; nothing to do"):
+        train_clip(_six_steps(shard_folder, finished), resume=True, show_progress=False)
+    path = tmp_path / "finished.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(_six_steps(shard_folder, finished))))
+    capsys.readouterr()
+    assert cli_main(["train-clip", "--config", str(path), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run already finished at step 6; nothing to do") and "nan" not in out
+    assert {path: path.stat().st_mtime_ns for path in (finished / "model").iterdir()} == saved
+    assert not (finished / LOCK_FILE).exists()
+
+    killed = _copy(killed_after_step_6, tmp_path / "killed")  # killed while saving its model
+    result = train_clip(_six_steps(shard_folder, killed), resume=True, show_progress=False)
+    assert result.steps == 6 and result.loss == reference.loss  # the loss logged at step 6, not nan
+    assert _metrics_steps(killed) == [1, 2, 3, 4, 5, 6]
+    expected, got = model_weights(reference_dir / "model"), model_weights(killed / "model")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert json.loads((killed / FINISHED_MARKER).read_text()) == {"step": 6}
+
+
+def test_a_live_run_holds_its_folder_and_a_dead_ones_lock_is_taken_over(
+    killed_after_step_6: Path, shard_folder: Path, tmp_path: Path, capsys
+) -> None:
+    from test_run_folder import _dead_pid, _hold_lock
+
+    run = _copy(killed_after_step_6, tmp_path / "run")
+    config = _six_steps(shard_folder, run)
+    before = (run / METRICS_FILE).read_text()
+    holder = _hold_lock(run)
+    try:
+        with pytest.raises(RunFolderInUse, match=f"pid {holder.pid}"):
+            train_clip(config, resume=True, show_progress=False)
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        capsys.readouterr()
+        assert cli_main(["train-clip", "--config", str(path), "--resume", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "is in use by another run" in err and err.count("\n") == 1
+        assert (run / METRICS_FILE).read_text() == before and not (run / "model").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"}
+    (run / LOCK_FILE).write_text(json.dumps(stale))
+    capsys.readouterr()
+    assert train_clip(config, resume=True, show_progress=False).steps == 6
+    assert f"took over the lock of a run that ended (pid {stale['pid']}" in capsys.readouterr().out
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_the_lock_is_given_back_when_a_run_fails(shard_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="no usable sample"):
+        train_clip(_clip_on_shards(f"{shard_folder}/broken-000000.tar", run), show_progress=False)
+    assert not (run / LOCK_FILE).exists()
+    with pytest.raises(FileNotFoundError):  # fails while building, before the folder is taken
+        train_clip(
+            _clip_on_shards(f"{shard_folder}/good-000000.tar", tmp_path / "new", model=str(tmp_path / "none.yaml")),
+            show_progress=False,
+        )
+    assert not (tmp_path / "new").exists()  # the lock's folder does not outlive it

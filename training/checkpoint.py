@@ -1,4 +1,5 @@
-"""Training checkpoints: safetensors only, written atomically, resumable bit for bit.
+"""Training checkpoints: safetensors only, written atomically, resumable bit for bit, and
+checked before they are loaded.
 
 A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding:
 
@@ -8,11 +9,19 @@ A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding:
   with the rest of the optimizer state (param groups, scalars) as JSON metadata;
 - ``rng.safetensors``: the torch CPU (and CUDA, when present) generator states;
 - ``trainer.json``: step, scheduler state, Python and NumPy RNG states, and whatever the loop
-  adds (samples seen, skipped samples).
+  adds (e.g. how many metrics records it had written).
 
-It is written into a hidden temporary folder and renamed into place, and ``latest`` (a text
-file naming the newest step folder) is replaced atomically afterwards, so a run killed at
-any moment leaves either the previous checkpoint or the new one, never half of one.
+It is written into a hidden temporary folder (``.tmp-step-<N>-<pid>``) and renamed into place,
+and ``latest`` (a text file naming the newest step folder) is replaced atomically afterwards,
+so a run killed at any moment leaves either the previous checkpoint or the new one, never half
+of one; what a killed writer leaves (`remove_unfinished_writes`) is removed at the next start.
+``latest`` is for people and tools: readers order the step folders by their names.
+
+What a disk, a copy or a hand can still do to a checkpoint (a truncated file, a missing one, a
+trainer.json that does not parse, a tensor of another shape) is found before anything is
+loaded: `load_checkpoint` checks every file against the objects it loads into (headers, names,
+shapes, trainer state) and raises `CheckpointDamaged` naming what is wrong, leaving the objects
+untouched; `load_newest_intact` falls back to the newest checkpoint that passes.
 
 Pickle files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) can run code when loaded: `load_pickle`
 refuses them unless the caller says `trust_pickle=True`.
@@ -20,21 +29,38 @@ refuses them unless the caller says `trust_pickle=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from clipcond.training.run_folder import RunFolderError
+
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 _STEP_PREFIX = "step-"
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+_UNFINISHED = (".tmp-step-", ".latest-")
+_DAMAGED_PREFIX = "damaged-"
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint folder that cannot be loaded into the given objects; the message names the
+    folder and what is wrong with it."""
+
+
+class NoIntactCheckpoint(RunFolderError):
+    """A run has checkpoints, and none of them can be loaded (each one's problem is named)."""
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -106,7 +132,8 @@ def save_checkpoint(
         modules: name -> module; each is saved to ``<name>.safetensors``.
         optimizer, scheduler: saved when given (scheduler via its `state_dict`, as JSON).
         extra: JSON-serialisable values the loop wants back on resume.
-        keep: how many checkpoints to keep (older ones are deleted after the new one is in place).
+        keep: how many checkpoints up to this one to keep (older ones are deleted after the new
+            one is in place; the new one never is).
 
     Returns:
         The checkpoint folder.
@@ -141,21 +168,175 @@ def save_checkpoint(
     pointer = root / f".latest-{os.getpid()}"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
-    for old in sorted(p for p in root.iterdir() if p.name.startswith(_STEP_PREFIX))[:-keep]:
+    older = [folder for folder in checkpoint_folders(run_dir) if checkpoint_step(folder) < step]
+    for old in older[max(keep - 1, 0) :]:
         shutil.rmtree(old)
     return final
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint folder ``step-<N>``, from its name."""
+    return int(_STEP_FOLDER.fullmatch(folder.name).group(1))
+
+
+def checkpoint_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders of a run (``checkpoints/step-<N>``), newest first, whatever they
+    hold (see `load_checkpoint` for what makes one usable)."""
     root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        folder = root / pointer.read_text().strip()
-        if (folder / "trainer.json").is_file():
-            return folder
-    complete = sorted(p for p in root.glob(f"{_STEP_PREFIX}*") if (p / "trainer.json").is_file())
-    return complete[-1] if complete else None
+    if not root.is_dir():
+        return []
+    folders = [path for path in root.iterdir() if _STEP_FOLDER.fullmatch(path.name) and path.is_dir()]
+    return sorted(folders, key=checkpoint_step, reverse=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint folder of a run, or None; not checked (see `load_newest_intact`)."""
+    folders = checkpoint_folders(run_dir)
+    return folders[0] if folders else None
+
+
+def remove_unfinished_writes(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete what checkpoint writers killed mid-write left in ``checkpoints/``: ``.tmp-step-*``
+    folders (a whole checkpoint each) and ``.latest-*`` pointers. Call it only while holding the
+    run folder's lock: a live writer's files look the same. Returns what was deleted."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(_UNFINISHED):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def set_aside_damaged(folder: str | os.PathLike) -> Path:
+    """Rename a damaged checkpoint folder to ``damaged-step-<N>`` (replacing an older one of
+    that name): kept for a look, no longer a checkpoint of the run. Returns the new path."""
+    folder = Path(folder)
+    target = folder.with_name(_DAMAGED_PREFIX + folder.name)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(folder, target)
+    return target
+
+
+# ---------------------------------------------------------------- checking a checkpoint
+
+
+def _damaged(folder: Path, problem: str) -> CheckpointDamaged:
+    return CheckpointDamaged(f"{folder}: {problem}")
+
+
+def _read_header(folder: Path, file_name: str) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """(tensor name -> shape, metadata) of a safetensors file; safetensors refuses a file whose
+    length does not match its header, so a truncated file fails here."""
+    path = folder / file_name
+    if not path.is_file():
+        raise _damaged(folder, f"{file_name} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return shapes, handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _damaged(folder, f"{file_name} cannot be read ({error})") from None
+
+
+def _check_module(folder: Path, name: str, module: nn.Module) -> None:
+    """The file of `module` holds exactly its tensors, each of its shape. A tensor the file does
+    not name is fine when it shares its storage with one it names (tied weights, which
+    `save_model` writes once)."""
+    shapes, _ = _read_header(folder, f"{name}.safetensors")
+    live = module.state_dict()
+    unexpected = sorted(set(shapes) - set(live))
+    wrong = [
+        f"{key} is {shapes[key]}, the model's {list(live[key].shape)}"
+        for key in sorted(set(shapes) & set(live))
+        if shapes[key] != list(live[key].shape)
+    ]
+
+    def storage(tensor: torch.Tensor) -> tuple[int, int]:
+        return tensor.untyped_storage().data_ptr(), tensor.storage_offset()
+
+    saved_storages = {storage(live[key]) for key in shapes if key in live}
+    missing = sorted(key for key in set(live) - set(shapes) if storage(live[key]) not in saved_storages)
+    problems = []
+    if wrong:
+        problems.append(f"wrong shape: {'; '.join(wrong[:3])}")
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"tensors the model does not have: {', '.join(unexpected[:5])}")
+    if problems:
+        raise _damaged(folder, f"{name}.safetensors does not fit the model ({'; '.join(problems)})")
+
+
+def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Param groups of the same sizes as the optimizer's; every state tensor keyed by one of its
+    parameters, a scalar or of that parameter's shape (as AdamW's moments are)."""
+    shapes, metadata = _read_header(folder, "optimizer.safetensors")
+    try:
+        saved = json.loads(metadata["optimizer"])
+        groups, scalars = saved["param_groups"], saved["scalars"]
+        sizes = [len(group["params"]) for group in groups]
+        ids = [param_id for group in groups for param_id in group["params"]]
+        if not isinstance(scalars, dict) or not all(isinstance(param_id, int) for param_id in ids):
+            raise TypeError("unexpected types")
+    except (KeyError, TypeError, ValueError) as error:
+        raise _damaged(folder, f"optimizer.safetensors holds no readable optimizer state ({error!r})") from None
+    live_sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if sizes != live_sizes:
+        raise _damaged(
+            folder,
+            f"optimizer.safetensors has parameter groups of {sizes} parameters, the run's optimizer {live_sizes}",
+        )
+    parameters = dict(zip(ids, (p for group in optimizer.param_groups for p in group["params"])))
+    for key, shape in shapes.items():
+        param_id, _, state_name = key.partition(".")
+        parameter = parameters.get(int(param_id)) if param_id.isdigit() and state_name else None
+        if parameter is None:
+            raise _damaged(folder, f"optimizer.safetensors holds {key!r}, which names no parameter of the run")
+        if shape and shape != list(parameter.shape):
+            raise _damaged(folder, f"optimizer.safetensors: {key} is {shape}, its parameter {list(parameter.shape)}")
+
+
+def _read_trainer(folder: Path, scheduler: Any | None) -> dict[str, Any]:
+    """trainer.json, checked: the step of the folder's name, an `extra` mapping, a scheduler
+    state when a scheduler is to be loaded, RNG states that the generators accept."""
+    path = folder / "trainer.json"
+    if not path.is_file():
+        raise _damaged(folder, "trainer.json is missing")
+    try:
+        trainer = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise _damaged(folder, f"trainer.json does not parse ({error})") from None
+    if not isinstance(trainer, dict):
+        raise _damaged(folder, "trainer.json is not a JSON object")
+    step = trainer.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(folder):
+        raise _damaged(folder, f"trainer.json names step {step!r}, the folder step {checkpoint_step(folder)}")
+    if not isinstance(trainer.get("extra"), dict):
+        raise _damaged(folder, "trainer.json has no `extra` mapping")
+    if scheduler is not None and not isinstance(trainer.get("scheduler"), dict):
+        raise _damaged(folder, "trainer.json has no scheduler state")
+    try:
+        version, values, gauss = trainer["rng"]["python"]
+        random.Random().setstate((version, tuple(values), gauss))
+        name, keys, *rest = trainer["rng"]["numpy"]
+        np.random.RandomState().set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    except (KeyError, TypeError, ValueError) as error:
+        raise _damaged(folder, f"trainer.json holds no usable random-number states ({error!r})") from None
+    return trainer
+
+
+def _read_rng(folder: Path) -> dict[str, torch.Tensor]:
+    _read_header(folder, "rng.safetensors")
+    try:
+        tensors = load_file(str(folder / "rng.safetensors"))
+        torch.Generator().set_state(tensors["torch_cpu"])
+    except (SafetensorError, OSError, KeyError, RuntimeError) as error:
+        raise _damaged(folder, f"rng.safetensors holds no usable torch generator state ({error!r})") from None
+    return tensors
 
 
 def load_checkpoint(
@@ -167,22 +348,88 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` into the given objects.
 
+    Every file is checked before anything is loaded: present, readable to its end, holding the
+    tensors of the given modules with their shapes, an optimizer state that fits `optimizer`,
+    and a trainer state that parses.
+
     Returns:
         ``{"step": int, "extra": dict}`` as saved.
+
+    Raises:
+        CheckpointDamaged: what is wrong with the folder; the objects are untouched.
     """
     folder = Path(folder)
-    if not (folder / "trainer.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a complete clipcond checkpoint (no trainer.json)")
+    if not folder.is_dir() or not _STEP_FOLDER.fullmatch(folder.name):
+        raise CheckpointDamaged(f"{folder} is not a checkpoint folder (checkpoints/step-<N>)")
+    trainer = _read_trainer(folder, scheduler)
     for name, module in modules.items():
-        load_model(module, str(folder / f"{name}.safetensors"))
+        _check_module(folder, name, module)
     if optimizer is not None:
-        _optimizer_from_safetensors(optimizer, folder / "optimizer.safetensors")
-    trainer = json.loads((folder / "trainer.json").read_text())
-    if scheduler is not None and trainer["scheduler"] is not None:
-        scheduler.load_state_dict(trainer["scheduler"])
+        _check_optimizer(folder, optimizer)
+    rng = _read_rng(folder) if restore_rng else {}
+    try:
+        for name, module in modules.items():
+            load_model(module, str(folder / f"{name}.safetensors"))
+        if optimizer is not None:
+            _optimizer_from_safetensors(optimizer, folder / "optimizer.safetensors")
+        if scheduler is not None:
+            scheduler.load_state_dict(trainer["scheduler"])
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as error:
+        # checked above, so the files changed or the disk failed while loading
+        raise _damaged(folder, f"loading failed ({error!r})") from None
     if restore_rng:
-        _restore_rng(load_file(str(folder / "rng.safetensors")), trainer["rng"])
+        _restore_rng(rng, trainer["rng"])
     return {"step": trainer["step"], "extra": trainer["extra"]}
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from.
+
+    Attributes:
+        folder: the checkpoint loaded.
+        step: its step.
+        extra: the values the loop saved with it.
+        passed_over: the newer checkpoints that could not be loaded, with what is wrong with each.
+    """
+
+    folder: Path
+    step: int
+    extra: dict[str, Any]
+    passed_over: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+
+def load_newest_intact(
+    run_dir: str | os.PathLike,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+) -> ResumePoint | None:
+    """Load the newest checkpoint of a run that passes `load_checkpoint`'s checks.
+
+    Returns:
+        Where the run resumes (with the newer checkpoints passed over), or None when the run
+        has no checkpoint folder.
+
+    Raises:
+        NoIntactCheckpoint: the run has checkpoints and none loads; the message names each
+            one's problem. Nothing is loaded.
+    """
+    passed_over: list[tuple[Path, str]] = []
+    for folder in checkpoint_folders(run_dir):
+        try:
+            state = load_checkpoint(folder, modules, optimizer, scheduler)
+        except CheckpointDamaged as damage:
+            passed_over.append((folder, str(damage).removeprefix(f"{folder}: ")))
+            continue
+        return ResumePoint(folder, state["step"], state["extra"], passed_over)
+    if not passed_over:
+        return None
+    problems = "; ".join(f"{folder.name}: {problem}" for folder, problem in passed_over)
+    raise NoIntactCheckpoint(
+        f"cannot resume {run_dir}: none of its {len(passed_over)} checkpoints can be loaded ({problems}). "
+        f"Fix the model config if it changed, or move {Path(run_dir) / 'checkpoints'} aside to start afresh"
+    )
 
 
 def load_pickle(path: str | os.PathLike, trust_pickle: bool = False) -> Any:

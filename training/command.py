@@ -62,10 +62,13 @@ def run_training_command(
     overrides, check the data files it names, call `train(config, config_dir)`, print
     `report(result)`.
 
-    Returns 0; 2 when the config or an override is wrong or names missing data files (said
-    before any work); 3 when the loss diverged (the message names the last good checkpoint).
+    Returns 0 (also when a resumed run had already finished: said in one line); 2 when the
+    config or an override is wrong or names missing data files (said before any work), or the
+    run folder cannot be used as asked (`RunFolderError`, one line); 3 when the loss diverged
+    (the message names the last good checkpoint).
     """
     from clipcond.training.loop import TrainingDiverged
+    from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError
 
     path = Path(args.config)
     try:  # a bad config is the user's to fix: its message, not a traceback
@@ -81,6 +84,12 @@ def run_training_command(
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except RunFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunAlreadyFinished as done:
+        print(done)
+        return 0
     for line in report(result):
         print(line)
     return 0

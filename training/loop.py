@@ -4,7 +4,7 @@
 device placement stay out of the objectives, as in accelerate's examples). An objective's
 ``train_*`` function meets it in this order::
 
-    with TrainingRun(config, "train-t5", resume, show_progress) as run:    # 1. checks, accelerator
+    with TrainingRun(config, "train-t5", resume, show_progress) as run:    # 1. checks, lock, accelerator
         ...build the models, optimizer and schedule...                     #    (the objective)
         start_step, extra = run.resume(modules, optimizer, scheduler)      # 2. run folder, resume
         ...accelerator.prepare, batches from start_step...                 #    (the objective)
@@ -13,15 +13,22 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
                                                                             # 4. leaving the block
 
 1. Before any work: the machine (`check_runtime`), the data's files
-   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder
-   (another run's folder is refused, `run_folder.check_output_dir`); nothing is written.
+   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: its
+   lock is taken (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead
+   run's lock taken over), another run's folder is refused (`run_folder.check_output_dir`), a
+   resume of a run that finished and saved its result stops here (`RunAlreadyFinished`), and
+   what writers killed mid-checkpoint left is removed.
 2. The config snapshot is written once the objective's parts are built, so a wrong model path
-   leaves no run folder behind; when resuming, the newest checkpoint is loaded.
+   leaves no run folder behind. When resuming, the newest checkpoint that passes its checks is
+   loaded (`checkpoint.load_newest_intact`; damaged newer ones are named in a warning and set
+   aside as ``damaged-step-<N>``), and ``metrics.jsonl`` is cut back to what it held at that
+   checkpoint (`run_folder.keep_metrics`), so the steps taken again are not recorded twice.
 3. Each step: the objective's backward; the loss averaged over processes and checked (NaN or
    inf stops the run without saving: `TrainingDiverged`); the objective's update; at each
    logging step ``metrics.jsonl``, the trackers and the progress bar, with the throughput of
    the window just logged (`Throughput`); the objective's evaluations; a checkpoint when due.
-4. On success, the skipped samples are reported and the trackers closed. On an error before
+4. On success, the skipped samples are reported, the trackers closed and the run marked
+   finished (`run_folder.mark_finished`). Always, the lock is given back. On an error before
    the run's first checkpoint, the config snapshot and metrics are set aside
    (``train_config.failed.yaml``, ``metrics.failed.jsonl``): the folder holds no run any more,
    and the retry, plain or with ``--resume``, with the same config or a corrected one, starts
@@ -36,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +52,31 @@ from typing import Any
 
 import torch
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipcond.training.checkpoint import (
+    checkpoint_folders,
+    checkpoint_step,
+    latest_checkpoint,
+    load_newest_intact,
+    remove_unfinished_writes,
+    save_checkpoint,
+    set_aside_damaged,
+)
 from clipcond.training.data import SkipCounter
-from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, check_output_dir, prepare_output_dir, set_aside
+from clipcond.training.run_folder import (
+    CONFIG_SNAPSHOT,
+    METRICS_FILE,
+    RunAlreadyFinished,
+    check_output_dir,
+    finished_step,
+    keep_metrics,
+    mark_finished,
+    prepare_output_dir,
+    set_aside,
+)
+from clipcond.training.run_lock import RunFolderLock
+
+# the loop's own value in each checkpoint's `extra`: the metrics records written before it
+_METRICS_RECORDS = "metrics_records"
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,7 +136,8 @@ class TrainingOutcome:
 
     Attributes:
         steps: optimizer steps taken in total (including those before a resume).
-        loss: the loss of the last step (nan when this invocation took no step).
+        loss: the loss of the last step; when this invocation took no step (resumed at the
+            last one), the loss logged for it (nan if none was).
         throughput: samples per second over this invocation's steps.
     """
 
@@ -122,19 +153,29 @@ class TrainingRun:
         config: the run config: a dataclass with `data` (a `DataConfig`), `output_dir`, `steps`,
             `batch_size`, `mixed_precision`, `log_every`, `checkpoint_every` and `keep_checkpoints`.
         name: the command ("train-clip"): the progress bar's label and the tracker's project.
-        resume: continue from the newest checkpoint in `config.output_dir` (a fresh start when
-            there is none); without it, a folder that holds another run is an error.
+        resume: continue from the newest intact checkpoint in `config.output_dir` (a fresh start
+            when there is none); without it, a folder that holds another run is an error.
         show_progress: draw the progress bar (on the local main process).
         log_with: an accelerate tracker ("tensorboard") that also receives the metrics, or None.
         throughput_name: the metric the throughput is logged as.
+        result: the folder of `output_dir` the objective saves its result to ("model",
+            "pipeline"): a resume finds a run finished only when it is there.
 
     Attributes:
         accelerator: the `accelerate.Accelerator` of the run.
         output_dir: the run folder.
-        resume_from: the checkpoint `resume` will load (None: a fresh start), known before
-            anything is built.
-        skipped: unusable samples, counted across resumes: give it to the data sources.
+        result_dir: where the objective saves its result (``output_dir / result``).
+        resume_from: known before anything is built: the newest checkpoint folder (None: a
+            fresh start); after `resume`, the checkpoint loaded (an older one when it was damaged).
+        skipped: unusable samples, give it to the data sources. Not restored from checkpoints:
+            a resumed run's sources read again what came before the checkpoint (the shards and
+            manifests are fast-forwarded, T5 reads every caption), counting its skips once more.
         last_checkpoint: the newest checkpoint of the run (None before the first).
+
+    Raises:
+        RunFolderInUse: another live run holds `output_dir`.
+        RunFolderError: `output_dir` holds another run, or its config changed (`check_output_dir`).
+        RunAlreadyFinished: resuming a run that took all its steps and saved its result.
     """
 
     def __init__(
@@ -145,6 +186,7 @@ class TrainingRun:
         show_progress: bool = True,
         log_with: str | None = None,
         throughput_name: str = "samples_per_second",
+        result: str = "model",
     ) -> None:
         from accelerate import Accelerator
 
@@ -159,36 +201,86 @@ class TrainingRun:
             mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir
         )
         self.output_dir = Path(config.output_dir)
+        self.result_dir = self.output_dir / result
         self._resume = resume
-        if self.accelerator.is_main_process:
-            check_output_dir(config, resume)
-        self.resume_from = latest_checkpoint(self.output_dir) if resume else None
-        self.last_checkpoint = self.resume_from
         self.skipped = SkipCounter()
         self._start_step = 0
         self._saved: tuple[dict[str, torch.nn.Module], Any, Any] | None = None
         self._progress: Any = None
         self._took_folder = False
+        self._trained_to_end = False
+        self._metrics_records = 0
+        self._resumed_loss = float("nan")
+        self._lock = RunFolderLock(self.output_dir) if self.accelerator.is_main_process else None
+        self._made_output_dir = not self.output_dir.exists()
+        try:
+            self._check_folder(resume)
+        except BaseException:
+            self._release_folder()
+            raise
+        self.last_checkpoint = self.resume_from
+
+    def _check_folder(self, resume: bool) -> None:
+        """Stage 1 for the run folder: its lock taken (main process), then refused when it holds
+        another run or a changed config, done when it holds this run finished, cleared of what
+        killed checkpoint writers left (only now: under the lock, no other writer lives)."""
+        if self._lock is not None:
+            dead_holder = self._lock.acquire()
+            check_output_dir(self.config, resume)
+            if dead_holder is not None:
+                self.accelerator.print(f"took over the lock of a run that ended ({dead_holder})")
+        self.resume_from = latest_checkpoint(self.output_dir) if resume else None
+        self._stop_if_finished()
+        if self._lock is not None:
+            for path in remove_unfinished_writes(self.output_dir):
+                self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")
+
+    def _stop_if_finished(self) -> None:
+        """A resume of a run whose last checkpoint is its last step, marked finished after its
+        result was saved, has nothing to do."""
+        step = finished_step(self.output_dir)
+        if (
+            self.resume_from is not None
+            and step == self.config.steps
+            and checkpoint_step(self.resume_from) == step
+            and self.result_dir.exists()
+        ):
+            raise RunAlreadyFinished(
+                f"run already finished at step {step}; nothing to do (its result: {self.result_dir})"
+            )
+
+    def _release_folder(self) -> None:
+        """Give the lock back; remove the run folder when this run made it and left it empty."""
+        if self._lock is None:
+            return
+        self._lock.release()
+        if self._made_output_dir and self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
+            self.output_dir.rmdir()
 
     def __enter__(self) -> TrainingRun:
         return self
 
     def __exit__(self, error_type: type | None, error: BaseException | None, traceback: Any) -> None:
-        if self._progress is not None:
-            self._progress.close()
-        if error is not None:
-            self._hand_back_folder_without_checkpoint()
-            return
-        if self.accelerator.is_main_process:
-            self.accelerator.print(self.skipped.report())
-        if self.log_with:
-            self.accelerator.end_training()
+        try:
+            if self._progress is not None:
+                self._progress.close()
+            if error is not None:
+                self._hand_back_folder_without_checkpoint()
+                return
+            if self.accelerator.is_main_process:
+                self.accelerator.print(self.skipped.report())
+                if self._trained_to_end:
+                    mark_finished(self.output_dir, self.config.steps)
+            if self.log_with:
+                self.accelerator.end_training()
+        finally:
+            self._release_folder()
 
     def resume(
         self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
     ) -> tuple[int, dict[str, Any]]:
         """Take the run folder (write the config snapshot) and, when resuming, load the newest
-        checkpoint into the objects given: the ones every checkpoint of this run saves.
+        intact checkpoint into the objects given: the ones every checkpoint of this run saves.
 
         Args:
             modules: name -> module, each saved as ``<name>.safetensors``.
@@ -197,6 +289,9 @@ class TrainingRun:
 
         Returns:
             (the step to continue after: 0 on a fresh start, the checkpoint's `extra` values).
+
+        Raises:
+            NoIntactCheckpoint: the run has checkpoints and none of them can be loaded.
         """
         accelerator = self.accelerator
         if accelerator.is_main_process:
@@ -208,11 +303,26 @@ class TrainingRun:
         self._saved = (modules, optimizer, scheduler)
         if self.resume_from is None:
             return 0, {}
-        state = load_checkpoint(self.resume_from, modules, optimizer, scheduler)
-        accelerator.print(f"resuming from {self.resume_from} (step {state['step']})")
-        self.skipped.counts.update(state["extra"].get("skipped", {}))
-        self._start_step = state["step"]
-        return state["step"], state["extra"]
+        point = load_newest_intact(self.output_dir, modules, optimizer, scheduler)
+        if point is None:  # its checkpoint folders were deleted since the start (by hand: we hold the lock)
+            self.resume_from = None
+            return 0, {}
+        for folder, problem in point.passed_over:
+            accelerator.print(
+                f"warning: checkpoint {folder} is damaged ({problem}); not resuming from it", file=sys.stderr
+            )
+        accelerator.wait_for_everyone()  # every process has read the checkpoints it passed over
+        if accelerator.is_main_process:
+            for folder, _ in point.passed_over:
+                accelerator.print(f"warning: set aside as {set_aside_damaged(folder)}", file=sys.stderr)
+            kept = keep_metrics(self.output_dir, point.extra.get(_METRICS_RECORDS), point.step)
+            self._metrics_records = len(kept)
+            losses = [r["loss"] for r in kept if r.get("step") == point.step and isinstance(r.get("loss"), float)]
+            self._resumed_loss = losses[-1] if losses else float("nan")
+        accelerator.print(f"resuming from {point.folder} (step {point.step})")
+        self.resume_from = self.last_checkpoint = point.folder
+        self._start_step = point.step
+        return point.step, point.extra
 
     def train(
         self,
@@ -232,8 +342,8 @@ class TrainingRun:
             metrics: the objective's numbers at a logging step, logged after ``loss``.
             after_step: step -> None, on the main process after each step's logging
                 (evaluations, samples).
-            extra: JSON values saved with each checkpoint besides the skipped-sample counts
-                (given back by `resume`).
+            extra: JSON values saved with each checkpoint besides the loop's own (how many metrics
+                records were written), given back by `resume`.
 
         Raises:
             TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
@@ -246,7 +356,7 @@ class TrainingRun:
             accelerator.init_trackers(f"clipcond-{self.name}", config=_flat(dataclasses.asdict(config)))
         self._progress = _progress_bar(accelerator, config.steps, self._start_step, self.name, self.show_progress)
         throughput = Throughput(config.batch_size * accelerator.num_processes)
-        loss_value, step = float("nan"), self._start_step
+        loss_value, step = self._resumed_loss, self._start_step
         for step in range(self._start_step + 1, config.steps + 1):
             loss = backward(step)
             loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
@@ -265,6 +375,7 @@ class TrainingRun:
                 self._save_checkpoint(step, extra() if extra is not None else {})
         self._progress.close()
         accelerator.wait_for_everyone()
+        self._trained_to_end = True
         return TrainingOutcome(steps=step, loss=loss_value, throughput=throughput.overall())
 
     def log_evaluation(self, step: int, label: str, result: dict[str, float]) -> None:
@@ -279,7 +390,7 @@ class TrainingRun:
 
     def _hand_back_folder_without_checkpoint(self) -> None:
         """After an error: a folder this run took and left without a checkpoint is freed."""
-        if not (self._took_folder and latest_checkpoint(self.output_dir) is None):
+        if not self._took_folder or checkpoint_folders(self.output_dir):
             return
         moved = set_aside(self.output_dir, CONFIG_SNAPSHOT, METRICS_FILE)
         self.accelerator.print(
@@ -299,6 +410,7 @@ class TrainingRun:
     def _append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        self._metrics_records += 1
 
     def _stop_diverged(self, loss_value: float, step: int, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -324,7 +436,7 @@ class TrainingRun:
             modules,
             optimizer=getattr(optimizer, "optimizer", optimizer),
             scheduler=scheduler,
-            extra={"skipped": dict(self.skipped.counts), **extra},
+            extra={**extra, _METRICS_RECORDS: self._metrics_records},
             keep=self.config.keep_checkpoints,
         )
 

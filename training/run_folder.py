@@ -1,16 +1,24 @@
 """The run folder (`config.output_dir`): what it holds and who may use it.
 
 A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds a run),
-``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/`` and what
-the run saves at the end. A new run refuses a folder that holds another run, and a resume
-refuses a changed config. A run that fails before its first checkpoint has nothing to keep or
-continue: its loop sets its snapshot and metrics aside (`set_aside`, as ``*.failed.*``), so the
-folder no longer holds a run and the retry, plain or with ``--resume``, needs no manual deletion.
+``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/``, what the
+run saves at the end and, once that is saved, ``finished.json`` (the step it finished at).
+While a run uses the folder it also holds ``run.lock`` (`clipcond.training.run_lock`).
+
+A new run refuses a folder that holds another run, and a resume refuses a changed config (the
+folder's own path is not part of what a config is: a moved or copied run folder resumes). A
+run that fails before its first checkpoint has nothing to keep or continue: its loop sets its
+snapshot and metrics aside (`set_aside`, as ``*.failed.*``), so the folder no longer holds a
+run and the retry, plain or with ``--resume``, needs no manual deletion. A resume keeps the
+metrics records written up to the checkpoint it continues from (`keep_metrics`), so no step
+is recorded twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,20 @@ import yaml
 
 CONFIG_SNAPSHOT = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
+FINISHED_MARKER = "finished.json"
+
+# Where a run lives is not what it is: a run folder moved or copied elsewhere resumes.
+_NOT_IDENTITY = ("output_dir",)
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (it holds another run, its config changed, another
+    live run holds it, no checkpoint of it can be loaded); the message says why and what to do,
+    in one line."""
+
+
+class RunAlreadyFinished(Exception):
+    """A resume found nothing to do: the run took all its steps and saved its result."""
 
 
 def _defaults(config_class: type) -> dict[str, Any]:
@@ -33,22 +55,30 @@ def _defaults(config_class: type) -> dict[str, Any]:
 
 
 def check_output_dir(config: Any, resume: bool) -> None:
-    """Refuse `config.output_dir` (a `ValueError`) when it holds a run and `resume` is not set,
-    or when `resume` is set and that run's config differs from `config` (a dataclass).
-    Writes nothing."""
+    """Refuse `config.output_dir` (a `RunFolderError`) when it holds a run and `resume` is not
+    set, or when `resume` is set and that run's config differs from `config` (a dataclass) in
+    anything but `output_dir`. Writes nothing."""
     output_dir = Path(config.output_dir)
     snapshot = output_dir / CONFIG_SNAPSHOT
     if not snapshot.is_file():
         return
     if not resume:
-        raise ValueError(f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir")
-    previous = yaml.safe_load(snapshot.read_text())
+        raise RunFolderError(
+            f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
+        )
+    try:
+        previous = yaml.safe_load(snapshot.read_bytes())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"cannot resume {output_dir}: its {CONFIG_SNAPSHOT} does not parse ({error})") from None
+    if not isinstance(previous, dict):
+        raise RunFolderError(f"cannot resume {output_dir}: its {CONFIG_SNAPSHOT} is not a mapping of config keys")
     # A key missing from the snapshot (a field added since it was written) reads as its default.
     previous = {**_defaults(type(config)), **previous}
     current = dataclasses.asdict(config)
-    changed = sorted(key for key in set(current) | set(previous) if current.get(key) != previous.get(key))
+    keys = (set(current) | set(previous)) - set(_NOT_IDENTITY)
+    changed = sorted(key for key in keys if current.get(key) != previous.get(key))
     if changed:
-        raise ValueError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+        raise RunFolderError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
 
 
 def prepare_output_dir(config: Any, resume: bool) -> Path:
@@ -75,3 +105,55 @@ def set_aside(output_dir: Path, *names: str) -> list[Path]:
             path.replace(target)
             moved.append(target)
     return moved
+
+
+def keep_metrics(output_dir: Path, records: int | None, step: int) -> list[dict[str, Any]]:
+    """Cut ``metrics.jsonl`` back to what it held when the checkpoint of `step` was written:
+    its first `records` lines, or, for a checkpoint that did not count them (None), the records
+    of steps up to `step`. A run killed after logging steps past its last checkpoint takes those
+    steps again when resumed, and logs them again. The file is replaced atomically.
+
+    Returns:
+        The records kept, parsed (lines that do not parse are dropped).
+    """
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().splitlines(keepends=True)
+    if records is not None:
+        lines = lines[:records]
+    kept_lines, kept = [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill, or not ours
+            continue
+        if not isinstance(record, dict) or (records is None and not _at_or_before(record, step)):
+            continue
+        kept_lines.append(line if line.endswith(b"\n") else line + b"\n")
+        kept.append(record)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(b"".join(kept_lines))
+    temporary.replace(path)
+    return kept
+
+
+def _at_or_before(record: dict[str, Any], step: int) -> bool:
+    return isinstance(record.get("step"), int) and record["step"] <= step
+
+
+def mark_finished(output_dir: Path, step: int) -> None:
+    """Record that the run took its last step, `step`, and saved its result."""
+    path = Path(output_dir) / FINISHED_MARKER
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"step": step}))
+    temporary.replace(path)
+
+
+def finished_step(output_dir: Path) -> int | None:
+    """The step `mark_finished` recorded, or None (none recorded, or unreadable)."""
+    try:
+        step = json.loads((Path(output_dir) / FINISHED_MARKER).read_bytes()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -78,11 +78,14 @@ def train_clip(
 
     Raises:
         TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+        RunFolderError: the output_dir cannot be used as asked (another live run holds it, it
+            holds another run, its config changed, none of its checkpoints can be loaded).
+        RunAlreadyFinished: `resume` of a run that took all its steps and saved its result.
     """
     from accelerate.utils import set_seed
 
     config_dir = Path(config_dir) if config_dir is not None else None
-    with TrainingRun(config, "train-clip", resume, show_progress, log_with=config.log_with) as run:
+    with TrainingRun(config, "train-clip", resume, show_progress, log_with=config.log_with, result=MODEL_DIR) as run:
         accelerator = run.accelerator
         set_seed(config.seed)
         model = build_contrastive_model(config, config_dir)
@@ -127,7 +130,7 @@ def train_clip(
 
         outcome = run.train(backward, take_step.update, metrics=temperature, after_step=evaluate_if_due)
 
-        model_dir = run.output_dir / MODEL_DIR
+        model_dir = run.result_dir
         if accelerator.is_main_process:
             save_clip(export_clip(unwrapped), model_dir)
             if tokenizer.truncated:

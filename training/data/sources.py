@@ -6,9 +6,19 @@ those. A local pattern that matches no existing file is an error, not an empty e
 
 Each source gives `(PIL.Image in RGB, caption)` pairs (`webdataset_samples`,
 `manifest_samples`) or its captions alone, without opening an image (`webdataset_captions`,
-`manifest_captions`). A sample that cannot be used (an image that does not decode, a missing
-file, an empty caption, a malformed manifest line, a broken tar member) is skipped and counted
-in a `SkipCounter` by reason: never fatal, always reported at the end of a run.
+`manifest_captions`). A sample that cannot be used is skipped and counted in a `SkipCounter` by
+reason: never fatal, always reported at the end of a run. Whatever reading one sample can raise
+is caught at that sample, and only there:
+
+- a manifest line: not UTF-8, not JSON, not a JSON object, an ``image`` that is not a path
+  ("bad manifest line"), a ``caption`` that is not text ("bad manifest line"), missing or null
+  ("no caption") or blank ("empty caption");
+- a shard member: a caption that is not UTF-8 ("caption not UTF-8"), missing ("no caption") or
+  blank ("empty caption"), no image member ("no image"), a tar member that cannot be read
+  ("unreadable tar member");
+- an image: a missing file ("missing image"), one that cannot be read (a folder, no
+  permission: "unreadable image"), bytes Pillow cannot decode, a truncated file included
+  ("undecodable image").
 """
 
 from __future__ import annotations
@@ -63,9 +73,25 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def clean_caption(raw: bytes | str) -> str:
-    """A caption as text with runs of whitespace collapsed to one space."""
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return " ".join(text.split())
+    """A caption as text with runs of whitespace collapsed to one space.
+
+    Raises:
+        UnicodeDecodeError: `raw` is bytes that are not UTF-8.
+        TypeError: `raw` is neither bytes nor a string.
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    if not isinstance(raw, str):
+        raise TypeError(f"a caption must be text, got {type(raw).__name__}: {raw!r:.80}")
+    return " ".join(raw.split())
+
+
+class _Unusable(Exception):
+    """One sample that cannot be used, and the reason it is counted under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def shard_urls(urls: str | Sequence[str], argument: str = "urls") -> list[str]:
@@ -124,6 +150,28 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
     yield from wds.WebDataset(shard_urls(urls), shardshuffle=False, handler=on_error, empty_check=False)
 
 
+def _member_caption(sample: dict) -> str:
+    """The caption of a shard sample (its ``txt`` member); raises `_Unusable`."""
+    if "txt" not in sample:
+        raise _Unusable("no caption", "")
+    try:
+        caption = clean_caption(sample["txt"])
+    except UnicodeDecodeError as error:
+        raise _Unusable("caption not UTF-8", repr(error)) from None
+    if not caption:
+        raise _Unusable("empty caption", "")
+    return caption
+
+
+def _decoded(data: bytes) -> Image.Image:
+    """`decode_image`, raising `_Unusable`: Pillow's decoders raise many types (OSError,
+    SyntaxError, ValueError, struct.error, DecompressionBombError ...) for bad bytes."""
+    try:
+        return decode_image(data)
+    except Exception as error:  # noqa: BLE001 - whatever the decoder raises, this image is unusable
+        raise _Unusable("undecodable image", repr(error)) from None
+
+
 def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
     """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
 
@@ -135,62 +183,82 @@ def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Itera
     for sample in _tar_members(urls, skipped):
         key = sample.get("__key__", "?")
         image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-        if image_key is None:
-            skipped.skip("no image", key)
-            continue
-        caption = clean_caption(sample.get("txt", b""))
-        if not caption:
-            skipped.skip("empty caption", key)
-            continue
         try:
-            image = decode_image(sample[image_key])
-        except Exception as error:  # noqa: BLE001 - any decoder failure means a bad sample
-            skipped.skip("undecodable image", f"{key}: {error!r}")
+            if image_key is None:
+                raise _Unusable("no image", "")
+            caption = _member_caption(sample)
+            image = _decoded(sample[image_key])
+        except _Unusable as unusable:
+            skipped.skip(unusable.reason, f"{key}: {unusable}")
             continue
         yield image, caption
+
+
+def _manifest_line(line: bytes) -> tuple[str | None, str]:
+    """(image path as written or None, caption) of one manifest line; raises `_Unusable`."""
+    try:
+        entry = json.loads(line)  # bytes that are not UTF-8 raise UnicodeDecodeError, a ValueError
+    except ValueError as error:
+        raise _Unusable("bad manifest line", repr(error)) from None
+    if not isinstance(entry, dict):
+        raise _Unusable("bad manifest line", f"a JSON {type(entry).__name__}, not an object")
+    image = entry.get("image")
+    if image is not None and not (isinstance(image, str) and image.strip()):
+        raise _Unusable("bad manifest line", f"'image' must be a path, got {image!r:.80}")
+    caption = entry.get("caption", entry.get("text"))
+    if caption is None:
+        raise _Unusable("no caption", "")
+    if not isinstance(caption, str):
+        raise _Unusable("bad manifest line", f"the caption must be text, got {caption!r:.80}")
+    caption = clean_caption(caption)
+    if not caption:
+        raise _Unusable("empty caption", "")
+    return image, caption
 
 
 def manifest_entries(manifest: str | Path, skipped: SkipCounter) -> Iterator[tuple[Path | None, str]]:
     """The lines of a JSONL manifest as (image path or None, caption), in order.
 
     Each line is ``{"image": path, "caption": text}`` (``"text"`` is accepted for the caption;
-    image paths are relative to the manifest's folder). Unparsable lines and empty captions
-    are skipped and counted.
+    image paths are relative to the manifest's folder). Unusable lines (see the module
+    docstring) are skipped and counted.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest}")
-    with open(manifest, encoding="utf-8") as lines:
+    with open(manifest, "rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-                image = entry.get("image")
-                caption = clean_caption(entry.get("caption", entry.get("text", "")))
-            except (ValueError, AttributeError, TypeError) as error:
-                skipped.skip("bad manifest line", f"{manifest}:{number}: {error!r}")
-                continue
-            if not caption:
-                skipped.skip("empty caption", f"{manifest}:{number}")
+                image, caption = _manifest_line(line)
+            except _Unusable as unusable:
+                skipped.skip(unusable.reason, f"{manifest}:{number}: {unusable}")
                 continue
             yield (None if image is None else manifest.parent / image), caption
 
 
+def _image_file(path: Path) -> Image.Image:
+    """The decoded image at `path`; raises `_Unusable`."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _Unusable("missing image", "") from None
+    except (OSError, ValueError) as error:  # a folder, no permission, a NUL in the path ...
+        raise _Unusable("unreadable image", repr(error)) from None
+    return _decoded(data)
+
+
 def manifest_samples(manifest: str | Path, skipped: SkipCounter) -> Iterator[Sample]:
     """Samples (decoded image, caption) from a JSONL manifest (`manifest_entries`); lines
-    without an image, missing and undecodable images are skipped and counted."""
+    without an image, missing, unreadable and undecodable images are skipped and counted."""
     for path, caption in manifest_entries(manifest, skipped):
-        if path is None:
-            skipped.skip("bad manifest line", f"{manifest}: no image for {caption!r}")
-            continue
         try:
-            image = decode_image(path.read_bytes())
-        except FileNotFoundError:
-            skipped.skip("missing image", str(path))
-            continue
-        except Exception as error:  # noqa: BLE001
-            skipped.skip("undecodable image", f"{path}: {error!r}")
+            if path is None:
+                raise _Unusable("bad manifest line", f"no image for {caption!r}")
+            image = _image_file(path)
+        except _Unusable as unusable:
+            skipped.skip(unusable.reason, f"{path or manifest}: {unusable}")
             continue
         yield image, caption
 
@@ -206,9 +274,8 @@ def webdataset_captions(urls: str | Sequence[str], skipped: SkipCounter) -> list
     order; image members are not decoded."""
     captions = []
     for sample in _tar_members(urls, skipped):
-        caption = clean_caption(sample.get("txt", b""))
-        if caption:
-            captions.append(caption)
-        else:
-            skipped.skip("empty caption", sample.get("__key__", "?"))
+        try:
+            captions.append(_member_caption(sample))
+        except _Unusable as unusable:
+            skipped.skip(unusable.reason, f"{sample.get('__key__', '?')}: {unusable}")
     return captions

@@ -59,11 +59,14 @@ def train_diffusion(
 
     Raises:
         TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+        RunFolderError: the output_dir cannot be used as asked (another live run holds it, it
+            holds another run, its config changed, none of its checkpoints can be loaded).
+        RunAlreadyFinished: `resume` of a run that took all its steps and saved its result.
     """
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
 
-    with TrainingRun(config, "train-diffusion", resume, show_progress) as run:
+    with TrainingRun(config, "train-diffusion", resume, show_progress, result=PIPELINE_DIR) as run:
         accelerator = run.accelerator
         set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
         models = build_diffusion_models(config)
@@ -159,7 +162,7 @@ def train_diffusion(
             extra=lambda: {"ema_step": ema.optimization_step if ema else 0},
         )
 
-        pipeline_dir = run.output_dir / PIPELINE_DIR
+        pipeline_dir = run.result_dir
         if accelerator.is_main_process:
             pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
             pipe.save_pretrained(pipeline_dir)

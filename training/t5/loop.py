@@ -51,6 +51,7 @@ class TrainT5Result:
         evaluation: the held-out result at the end (see `evaluate_span_corruption`).
         vocab_size: the tokenizer's size (pieces + sentinels), the model's vocabulary.
         captions_per_second: training throughput of this invocation.
+        skipped: unusable captions (manifest lines, shard members) skipped, by reason.
     """
 
     model_dir: Path
@@ -59,6 +60,7 @@ class TrainT5Result:
     evaluation: dict[str, float]
     vocab_size: int
     captions_per_second: float
+    skipped: dict[str, int]
 
 
 def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir: Path, resuming: bool) -> Any:
@@ -88,10 +90,15 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
 
     Raises:
         TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+        RunFolderError: the output_dir cannot be used as asked (another live run holds it, it
+            holds another run, its config changed, none of its checkpoints can be loaded).
+        RunAlreadyFinished: `resume` of a run that took all its steps and saved its result.
     """
     from accelerate.utils import set_seed
 
-    with TrainingRun(config, "train-t5", resume, show_progress, throughput_name="captions_per_second") as run:
+    with TrainingRun(
+        config, "train-t5", resume, show_progress, throughput_name="captions_per_second", result=MODEL_DIR
+    ) as run:
         accelerator, output_dir = run.accelerator, run.output_dir
         source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
         if accelerator.is_main_process:
@@ -171,7 +178,7 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
 
         outcome = run.train(backward, update, metrics=token_accuracy, after_step=evaluate_if_due)
 
-        model_dir = output_dir / MODEL_DIR
+        model_dir = run.result_dir
         evaluation: dict[str, float] = {}
         if accelerator.is_main_process:
             evaluation = evaluate(outcome.steps)
@@ -185,4 +192,5 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         evaluation=evaluation,
         vocab_size=len(tokenizer),
         captions_per_second=outcome.throughput,
+        skipped=dict(run.skipped.counts),
     )
