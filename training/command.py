@@ -10,12 +10,12 @@ One config file can then drive several runs, e.g. the setups of an experiment:
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clipcond.config import apply_overrides
+from clipcond.errors import RunFailed, UsageError, user_errors
 
 T = TypeVar("T")
 
@@ -59,28 +59,39 @@ def run_training_command(
     report: Callable[[Any], list[str]],
 ) -> int:
     """The body of every training command: load `--config` as `config_class`, apply the
-    overrides, check the data files it names, call `train(config, config_dir)`, print
-    `report(result)`.
+    overrides, check the data files it names and the run folder, call `train(config,
+    config_dir)`, print `report(result)`. Returns 0.
 
-    Returns 0; 2 when the config or an override is wrong or names missing data files (said
-    before any work); 3 when the loss diverged (the message names the last good checkpoint).
+    Raises:
+        UsageError: (exit 2, before any work) the config file is missing, is not valid YAML
+            (or holds a tag such as ``!!python``), has a wrong key or value, or names missing
+            data files; an override is wrong; `output_dir` holds another run (no ``--resume``),
+            or a run whose config differs from this one (``--resume``), or an unreadable
+            config snapshot; a file or folder the
+            config names does not exist.
+        RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
+    import yaml
+
     from clipcond.training.loop import TrainingDiverged
+    from clipcond.training.run_folder import CONFIG_SNAPSHOT, check_output_dir
 
     path = Path(args.config)
-    try:  # a bad config is the user's to fix: its message, not a traceback
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: no such file {path}")
+    if not path.is_file():
+        raise UsageError(f"--config: no such file {path}")
+    with user_errors(FileNotFoundError, ValueError, TypeError, yaml.YAMLError):  # their messages name the file
         config = config_with_overrides(config_class.from_yaml(path), args)
         config.data.check_files()
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
+    # The run folder is the user's too: another run in it, a changed config on --resume, or a
+    # config snapshot that is not YAML any more.
+    snapshot = Path(config.output_dir) / CONFIG_SNAPSHOT
+    unreadable = f"{snapshot} is not a readable config snapshot; move it aside to start a new run there: "
+    with user_errors(ValueError), user_errors(yaml.YAMLError, context=unreadable):
+        check_output_dir(config, args.resume)
+    # A path the config names (a text encoder, a checkpoint to start from) is checked as the
+    # objective builds its parts, before the first step.
+    with user_errors(FileNotFoundError), user_errors(TrainingDiverged, error=RunFailed):
         result = train(config, path.parent)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
     for line in report(result):
         print(line)
     return 0
