@@ -46,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help='the prompt, e.g. "a red circle to the left of a blue square"')
     parser.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --n > 1); must not exist")
     parser.add_argument("--force", action="store_true", help="replace the -o file if it exists")
-    parser.add_argument("--model", help="saved CLIPConditionedPipeline or diffusers SD pipeline (folder or hub id)")
+    parser.add_argument(
+        "--model",
+        help="saved CLIPConditionedPipeline or diffusers SD pipeline: a folder, or a hub id `org/name` "
+        "(a path starting with . / ~ or holding two slashes is always a folder); default: the bundled shapes model",
+    )
     parser.add_argument("--negative", help="negative prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")

@@ -47,14 +47,19 @@ def test_help_and_the_parser_load_no_heavy_library() -> None:
     assert seen == {step: [] for step in seen}
 
 
-def test_the_prompt_parser_and_the_tokenizer_load_no_torch() -> None:
+def test_the_prompt_parser_and_the_tokenizer_load_no_torch_and_the_conditioner_no_diffusers() -> None:
     seen = loaded_after(
         {
             "parse_prompt": "from clipcond import parse_prompt; parse_prompt('a (red:1.2) cat')",
             "clip_tokenizer": "from clipcond import clip_tokenizer; clip_tokenizer()('a red cat')",
+            "TextConditioner": "from clipcond import PromptEmbeds, Recipe, TextConditioner, get_recipe",
         }
     )
-    assert seen == {"parse_prompt": [], "clip_tokenizer": ["transformers"]}
+    assert seen == {
+        "parse_prompt": [],
+        "clip_tokenizer": ["transformers"],
+        "TextConditioner": ["torch", "transformers"],
+    }
 
 
 def test_the_public_names_resolve_to_their_modules() -> None:
