@@ -8,39 +8,28 @@ Public API:
     ConditionerConfig               YAML config of a conditioner (custom recipe)
     TextProjection                  the learned adapter of a custom recipe (a diffusers model)
     CLIPConditionedPipeline         prompt -> image (a diffusers pipeline)
+
+Each name is imported from its module when first used (`clipcond.lazy_exports`): the parser
+needs no torch, the tokenizer only transformers' tokenizer classes, the pipeline diffusers.
 """
 
-from clipcond.conditioning import TextConditioner
-from clipcond.embeds import PromptEmbeds
-from clipcond.families import get_recipe
-from clipcond.prompts import Fragment, parse_prompt
-from clipcond.recipes import Recipe
-from clipcond.tokenization import clip_tokenizer
+from clipcond.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "CLIPConditionedPipeline": "clipcond.pipelines",
+    "ConditionerConfig": "clipcond.conditioner_config",
+    "Fragment": "clipcond.prompts",
+    "PromptEmbeds": "clipcond.embeds",
+    "Recipe": "clipcond.recipes",
+    "TextConditioner": "clipcond.conditioning",
+    "TextProjection": "clipcond.projection",
+    "clip_tokenizer": "clipcond.tokenization",
+    "get_recipe": "clipcond.families",
+    "parse_prompt": "clipcond.prompts",
+}
 
-def __getattr__(name: str):
-    # The pipeline and the projection need diffusers; import them only when asked for (the core stays light).
-    if name == "CLIPConditionedPipeline":
-        from clipcond.pipelines import CLIPConditionedPipeline
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-        return CLIPConditionedPipeline
-    if name == "TextProjection":
-        from clipcond.projection import TextProjection
-
-        return TextProjection
-    raise AttributeError(f"module 'clipcond' has no attribute {name!r}")
-
-
-__all__ = [
-    "CLIPConditionedPipeline",
-    "Fragment",
-    "PromptEmbeds",
-    "Recipe",
-    "TextConditioner",
-    "TextProjection",
-    "clip_tokenizer",
-    "get_recipe",
-    "parse_prompt",
-]
+__all__ = sorted(_EXPORTS)

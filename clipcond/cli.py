@@ -1,8 +1,13 @@
 """The `clipcond` command.
 
 Each subcommand lives in a module with `add_arguments(parser)` and `run(args) -> int`; the
-modules import their machinery inside `run`, so ``clipcond --help`` is fast and the core never
-imports training code at import time.
+modules import their machinery inside `run`, so ``clipcond --help`` loads neither torch nor
+diffusers (tests/test_imports.py) and the core never imports training code at import time.
+
+A mistake the user can fix is raised as a `clipcond.errors.UserError` and printed here as one
+line, ``error: ...``, with exit status 2 for a wrong command line or file (as argparse's own
+errors) and 1 for a run that failed; ``--debug`` shows its traceback. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from clipcond.errors import add_debug_argument, run_command
 
 # (name, module, one-line help)
 SUBCOMMANDS = (
@@ -32,19 +39,21 @@ SUBCOMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="clipcond", description="CLIP (and T5) text conditioning for diffusers")
+    add_debug_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module_name, summary in SUBCOMMANDS:
         module = importlib.import_module(module_name)
         subparser = commands.add_parser(name, help=summary)
         module.add_arguments(subparser)
+        add_debug_argument(subparser, top_level=False)
         subparser.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `clipcond` console script."""
+    """Entry point of the `clipcond` console script: the subcommand's exit status."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return run_command(args.handler, args)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,30 @@
     CLIPConditionedPipeline     text-to-image DiffusionPipeline whose prompts go through TextConditioner
     swap_text_encoder           put another CLIP text encoder into an existing SD-family pipeline
 
-Both are imported on first use, so that `clipcond.pipelines.generate`'s argument parser (the
-CLI) does not load diffusers.
+Both are imported on first use (`clipcond.lazy_exports`), so that `clipcond.pipelines.generate`'s
+argument parser (the CLI) loads neither torch nor diffusers.
 """
 
+import importlib
 from typing import Any
 
-__all__ = ["CLIPConditionedPipeline", "swap_text_encoder"]
+from clipcond.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "CLIPConditionedPipeline": "clipcond.pipelines.clip_conditioned",
+    "swap_text_encoder": "clipcond.pipelines.swap",
+}
+
+_export, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name == "CLIPConditionedPipeline":
-        from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+        # A saved CLIPConditionedPipeline names `clipcond.tokenization` as its tokenizer's library,
+        # and diffusers loads components only from modules already imported (`import clipcond`
+        # no longer imports it), so `from_pretrained` needs it imported with the class.
+        importlib.import_module("clipcond.tokenization")
+    return _export(name)
 
-        return CLIPConditionedPipeline
-    if name == "swap_text_encoder":
-        from clipcond.pipelines.swap import swap_text_encoder
 
-        return swap_text_encoder
-    raise AttributeError(f"module 'clipcond.pipelines' has no attribute {name!r}")
+__all__ = sorted(_EXPORTS)

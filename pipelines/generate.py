@@ -7,6 +7,11 @@ Stable Diffusion pipeline, which is then driven through clipcond's conditioner
 A pipeline folder may hold `vocabulary.txt`, the words its training captions used (one per
 line; the bundled shapes model has one): a prompt with other words, or an empty prompt, is
 then named in a warning before sampling, since such a model draws shapes whatever it is asked.
+
+Every argument is checked before the model loads (`check_output`, `model_source`), and what
+depends on the model (size, clip-skip) before sampling. Latents that turn NaN or infinite stop
+the run at that step (`RunFailed`, exit 1) and nothing is written; an existing PNG is replaced
+only with ``--force``.
 """
 
 from __future__ import annotations
@@ -15,22 +20,37 @@ import argparse
 import importlib.resources
 import json
 import math
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from clipcond.errors import RunFailed, UsageError, user_errors
+from clipcond.output_paths import check_output_location
+
+if TYPE_CHECKING:
+    import torch
 
 # The tiny shapes model shipped as package data (found through importlib, so the same in a
 # wheel install and in an editable checkout, where clipcond.pipelines lives outside clipcond/).
 BUNDLED_MODEL = Path(str(importlib.resources.files("clipcond") / "data" / "shapes-model"))
 
+# A Hugging Face Hub id: `name` or `org/name`, letters, digits, '-', '_' and '.', each part
+# starting with a letter or a digit.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `generate`."""
     parser.add_argument("prompt", help='the prompt, e.g. "a red circle to the left of a blue square"')
-    parser.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --n > 1)")
-    parser.add_argument("--model", help="saved CLIPConditionedPipeline or diffusers SD pipeline (folder or hub id)")
+    parser.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --n > 1); must not exist")
+    parser.add_argument("--force", action="store_true", help="replace the -o file if it exists")
+    parser.add_argument(
+        "--model",
+        help="saved CLIPConditionedPipeline or diffusers SD pipeline: a folder, or a hub id `org/name` "
+        "(a path starting with . / ~ or holding two slashes is always a folder); default: the bundled shapes model",
+    )
     parser.add_argument("--negative", help="negative prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
@@ -70,6 +90,45 @@ def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
     return message
 
 
+def model_source(value: str, option: str) -> str | Path:
+    """Where `--model` or `--lora` (`option`) points: a local path, or a Hugging Face Hub id.
+
+    The rule: a value that exists on disk is that path (``~`` expanded). Otherwise it is a hub
+    id only if it has a hub id's form, ``name`` or ``org/name`` (letters, digits, ``-``, ``_``
+    and ``.``, each part starting with a letter or digit) and is not a weights file name
+    (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``). Anything else (starting
+    with ``.``, ``/`` or ``~``, more than one ``/``, a backslash) is a local path that does not
+    exist.
+
+    Raises:
+        UsageError: a local path that does not exist ("no such file or folder").
+    """
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    if _HUB_ID.fullmatch(value) and not value.lower().endswith(_WEIGHT_FILE_SUFFIXES):
+        return value
+    raise UsageError(f"{option} {value}: no such file or folder (a hub id is `name` or `org/name`)")
+
+
+def check_output(output: str | Path, force: bool) -> Path:
+    """Check that the PNG `output` can be written, before any work: it ends in ``.png``, is not
+    a folder, does not exist unless `force`, and its folder takes a new file
+    (`check_output_location`). Returns it as a `Path`.
+
+    Raises:
+        UsageError: saying which of these fails and what to do.
+    """
+    output = Path(output).expanduser()
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"-o/--output must end in .png, got {output}")
+    if output.is_dir():
+        raise UsageError(f"-o/--output {output} is a folder; name a .png file")
+    if output.exists() and not force:
+        raise UsageError(f"-o/--output {output} already exists; pass --force to replace it, or choose another file")
+    return check_output_location(output, "-o/--output")
+
+
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
     """A `CLIPConditionedPipeline` from a saved one, or wrapping any diffusers SD-family pipeline.
 
@@ -78,7 +137,7 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     """
     from diffusers import DiffusionPipeline
 
-    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+    from clipcond.pipelines import CLIPConditionedPipeline  # with the tokenizer's module its folders name
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     index = Path(model) / "model_index.json"
@@ -95,30 +154,82 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     return CLIPConditionedPipeline.from_pipe(pipe)
 
 
+def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | Path | None]:
+    """The checks that need no model: numbers, `-o`, `--model` and `--lora`.
+    Returns (the output PNG, the model, the LoRA or None)."""
+    if args.n < 1 or args.steps < 1:
+        raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    if not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.lora_scale is not None and (args.lora is None or not math.isfinite(args.lora_scale)):
+        raise UsageError(f"--lora-scale needs --lora and a finite number, got {args.lora_scale}")
+    output = check_output(args.output, args.force)
+    if args.model is not None:
+        model = model_source(args.model, "--model")
+    elif (BUNDLED_MODEL / "model_index.json").is_file():
+        model = BUNDLED_MODEL
+    else:
+        raise UsageError(
+            "this install has no bundled shapes model; pass --model with a saved CLIPConditionedPipeline "
+            "or a diffusers Stable Diffusion pipeline"
+        )
+    lora = None if args.lora is None else model_source(args.lora, "--lora")
+    return output, model, lora
+
+
+def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
+    """The checks that need the loaded pipeline: the image size and `--clip-skip`."""
+    factor = pipe.downsampling_factor
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and (value < factor or value % factor):
+            raise UsageError(f"{option} must be a positive multiple of {factor} for this model, got {value}")
+    if args.clip_skip is not None:
+        with user_errors(ValueError, TypeError, context=f"--clip-skip {args.clip_skip}: "):
+            pipe.conditioner_for(args.clip_skip)
+
+
+def _stop_on_non_finite_latents(steps: int) -> Any:
+    """A step-end callback raising `RunFailed` at the first step whose latents hold NaN or
+    infinity: the image would be black, so the run stops there and writes nothing."""
+    import torch
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not bool(torch.isfinite(tensors["latents"]).all()):
+            raise RunFailed(
+                f"the latents became NaN or infinite at step {step + 1} of {steps}, so the image would be black; "
+                "nothing was written. Try another --steps or --seed, or a lower --guidance"
+            )
+        return {}
+
+    return callback
+
+
+def _load(model: str | Path, lora: str | Path | None) -> Any:
+    """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with `lora` loaded."""
+    import torch
+
+    where = "no such folder, and the Hugging Face Hub could not provide it" if isinstance(model, str) else "cannot load"
+    # diffusers reports a folder it cannot read, or a hub id it cannot fetch, as OSError or ValueError
+    with user_errors(OSError, ValueError, context=f"--model {model}: {where}: "):
+        pipe = load_pipeline(model, torch_dtype=torch.float32)
+    if lora is not None:
+        with user_errors(OSError, ValueError, KeyError, context=f"--lora {lora}: cannot load LoRA weights: "):
+            pipe.load_lora_weights(lora)
+    return pipe
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
+    # 1. Check the arguments, before anything loads
+    output, model, lora = _check_arguments(args)
+    warn_about_vocabulary(args.prompt, model)
+    import torch
     from diffusers.utils import make_image_grid
 
-    if args.n < 1 or args.steps < 1:
-        raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise ValueError(f"-o/--output must end in .png, got {output}")
-    lora_scale = args.lora_scale
-    if lora_scale is not None and (args.lora is None or not math.isfinite(lora_scale)):
-        raise ValueError(f"--lora-scale needs --lora and a finite number, got {lora_scale}")
-    model = args.model
-    if model is None:
-        if not (BUNDLED_MODEL / "model_index.json").is_file():
-            raise FileNotFoundError(
-                "this install has no bundled shapes model yet; pass --model with a saved CLIPConditionedPipeline "
-                "or a diffusers Stable Diffusion pipeline"
-            )
-        model = BUNDLED_MODEL
-    warn_about_vocabulary(args.prompt, model)
-    pipe = load_pipeline(model, torch_dtype=torch.float32)  # runs on the CPU: float32 whatever the stored dtype
-    if args.lora is not None:
-        pipe.load_lora_weights(args.lora)
+    # 2. Load the pipeline and check what depends on it
+    pipe = _load(model, lora)
+    _check_against_model(args, pipe)
+    # 3. Sample, stopping at the first non-finite latents
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     images = pipe(
         args.prompt,
@@ -130,8 +241,10 @@ def run(args: argparse.Namespace) -> int:
         num_images_per_prompt=args.n,
         generator=generators,
         clip_skip=args.clip_skip,
-        cross_attention_kwargs=None if lora_scale is None else {"scale": lora_scale},
+        cross_attention_kwargs=None if args.lora_scale is None else {"scale": args.lora_scale},
+        callback_on_step_end=_stop_on_non_finite_latents(args.steps),
     ).images
+    # 4. Write the image, or the grid (its last cells blank), atomically
     columns = math.ceil(math.sqrt(args.n))
     picture = (
         images[0]

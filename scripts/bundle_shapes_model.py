@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+    from clipcond.pipelines import CLIPConditionedPipeline
 
     pipe = CLIPConditionedPipeline.from_pretrained(args.pipeline)
     pipe.to(torch.float16)

@@ -39,6 +39,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         (["--output", "out/step.md", "--side", "peer"], {"output": Path("out/step.md"), "side": "peer"}),
         (["--output=out/step.md", "--batch=4"], {"output": Path("out/step.md"), "batch": 4}),
     ],
+    "benchmarks/bench_cold_start.py": [
+        (
+            ["--repeats", "3", "--steps", "10", "--output", "out/cold.md"],
+            {"repeats": 3, "steps": 10, "output": Path("out/cold.md")},
+        ),
+    ],
     "benchmarks/bench_conditioner.py": [
         (["--repeats", "3", "--output", "out/cond.md"], {"repeats": 3, "output": Path("out/cond.md")}),
         (["--out", "out/cond.md"], {"output": Path("out/cond.md")}),
@@ -125,6 +131,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
 # command lines each parser must refuse (exit status 2, before any work)
 REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
+    "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
@@ -139,6 +146,7 @@ REJECTED: dict[str, list[list[str]]] = {
 # script -> (argv that reaches the defaults, the attributes that name files or folders it writes)
 OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_clip_step.py": ([], ("output",)),
+    "benchmarks/bench_cold_start.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
@@ -177,7 +185,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 12
+    assert len(SCRIPTS) == 13
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

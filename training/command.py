@@ -10,12 +10,12 @@ One config file can then drive several runs, e.g. the setups of an experiment:
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clipcond.config import apply_overrides
+from clipcond.errors import RunFailed, UsageError, user_errors
 
 T = TypeVar("T")
 
@@ -59,34 +59,41 @@ def run_training_command(
     report: Callable[[Any], list[str]],
 ) -> int:
     """The body of every training command: load `--config` as `config_class`, apply the
-    overrides, check the data files it names, call `train(config, config_dir)`, print
-    `report(result)`.
+    overrides, check the data files it names and the run folder, call `train(config,
+    config_dir)`, print `report(result)`.
 
-    Returns 0 (also when a resumed run had already finished: said in one line); 2 when the
-    config or an override is wrong or names missing data files (said before any work), or the
-    run folder cannot be used as asked (`RunFolderError`, one line); 3 when the loss diverged
-    (the message names the last good checkpoint).
+    Returns 0, also when a resumed run had already finished (said in one line).
+
+    Raises:
+        UsageError: (exit 2, before any work) the config file is missing, is not valid YAML
+            (or holds a tag such as ``!!python``), has a wrong key or value, or names missing
+            data files; an override is wrong; the run folder cannot be used as asked (it holds
+            another run and ``--resume`` is not given, the config changed, another live run
+            holds it, no checkpoint of it can be loaded: `RunFolderError`); a file or folder
+            the config names does not exist.
+        RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
+    import yaml
+
     from clipcond.training.loop import TrainingDiverged
-    from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError
+    from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError, check_output_dir
 
     path = Path(args.config)
-    try:  # a bad config is the user's to fix: its message, not a traceback
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: no such file {path}")
+    if not path.is_file():
+        raise UsageError(f"--config: no such file {path}")
+    with user_errors(FileNotFoundError, ValueError, TypeError, yaml.YAMLError):  # their messages name the file
         config = config_with_overrides(config_class.from_yaml(path), args)
         config.data.check_files()
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # The run folder is the user's too: another run in it, a changed config on --resume, or a
+    # config snapshot that is not YAML any more (each a `RunFolderError`).
+    with user_errors(RunFolderError):
+        check_output_dir(config, args.resume)
+    # A path the config names (a text encoder, a checkpoint to start from) is checked as the
+    # objective builds its parts, before the first step; a live run holding the folder, or no
+    # loadable checkpoint, shows once the run starts.
     try:
-        result = train(config, path.parent)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except RunFolderError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        with user_errors(FileNotFoundError, RunFolderError), user_errors(TrainingDiverged, error=RunFailed):
+            result = train(config, path.parent)
     except RunAlreadyFinished as done:
         print(done)
         return 0

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from clipcond.errors import add_debug_argument, run_command
 from clipcond.training.command import add_training_arguments, run_training_command
 
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m clipcond.training.train_clip --config ...`."""
     parser = argparse.ArgumentParser(prog="train_clip", description="contrastive CLIP training")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_argument(parser)
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

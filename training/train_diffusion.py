@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from clipcond.errors import add_debug_argument, run_command
 from clipcond.training.command import add_training_arguments, run_training_command
 
 
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="train_diffusion", description="diffusion training against a frozen conditioner"
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_argument(parser)
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

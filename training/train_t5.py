@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from clipcond.errors import add_debug_argument, run_command
 from clipcond.training.command import add_training_arguments, run_training_command
 
 
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m clipcond.training.train_t5 --config ...`."""
     parser = argparse.ArgumentParser(prog="train_t5", description="span-corruption pretraining of a small T5")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_argument(parser)
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

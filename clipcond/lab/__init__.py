@@ -12,50 +12,40 @@ Public API:
     clip_score, clip_scorer, load_clip_scorer, ClipScorer   CLIP image-prompt cosine
     wilson_interval, bootstrap_interval, summarise, Cell    pooling with 95% intervals
 
-diffusers (the pipelines) and matplotlib (the charts) are imported only when used.
+Each name is imported from its module on first use (`clipcond.lazy_exports`), so torch,
+diffusers (the pipelines) and matplotlib (the charts) load only when used.
 The command line is `clipcond experiment CONFIG.yaml` (`clipcond.lab.experiment`).
 """
 
-from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment, load_experiment_config
-from clipcond.lab.metrics import (
-    JUDGE_VALUES,
-    METRICS,
-    ClipScorer,
-    check_metrics,
-    clip_score,
-    clip_scorer,
-    load_clip_scorer,
-    shapes_judge_metrics,
-)
-from clipcond.lab.prepare import PREPARE_COMMANDS, PrepareStep
-from clipcond.lab.report import write_report
-from clipcond.lab.runner import run_experiment
-from clipcond.lab.suites import LabPrompt, PromptSuite, TextPrompt, load_suite
-from clipcond.lab.summary import Cell, bootstrap_interval, summarise, wilson_interval
+from clipcond.lazy_exports import lazy_exports
 
-__all__ = [
-    "Cell",
-    "ClipScorer",
-    "ExperimentConfig",
-    "JUDGE_VALUES",
-    "LabPrompt",
-    "METRICS",
-    "PREPARE_COMMANDS",
-    "PrepareStep",
-    "PromptSuite",
-    "SetupConfig",
-    "TextPrompt",
-    "bootstrap_interval",
-    "check_experiment",
-    "check_metrics",
-    "clip_score",
-    "clip_scorer",
-    "load_clip_scorer",
-    "load_experiment_config",
-    "load_suite",
-    "run_experiment",
-    "shapes_judge_metrics",
-    "summarise",
-    "wilson_interval",
-    "write_report",
-]
+_EXPORTS = {
+    "Cell": "clipcond.lab.summary",
+    "ClipScorer": "clipcond.lab.metrics",
+    "ExperimentConfig": "clipcond.lab.config",
+    "JUDGE_VALUES": "clipcond.lab.metrics",
+    "LabPrompt": "clipcond.lab.suites",
+    "METRICS": "clipcond.lab.metrics",
+    "PREPARE_COMMANDS": "clipcond.lab.prepare",
+    "PrepareStep": "clipcond.lab.prepare",
+    "PromptSuite": "clipcond.lab.suites",
+    "SetupConfig": "clipcond.lab.config",
+    "TextPrompt": "clipcond.lab.suites",
+    "bootstrap_interval": "clipcond.lab.summary",
+    "check_experiment": "clipcond.lab.config",
+    "check_metrics": "clipcond.lab.metrics",
+    "clip_score": "clipcond.lab.metrics",
+    "clip_scorer": "clipcond.lab.metrics",
+    "load_clip_scorer": "clipcond.lab.metrics",
+    "load_experiment_config": "clipcond.lab.config",
+    "load_suite": "clipcond.lab.suites",
+    "run_experiment": "clipcond.lab.runner",
+    "shapes_judge_metrics": "clipcond.lab.metrics",
+    "summarise": "clipcond.lab.summary",
+    "wilson_interval": "clipcond.lab.summary",
+    "write_report": "clipcond.lab.report",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

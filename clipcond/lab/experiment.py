@@ -10,8 +10,9 @@ same command resumes: made models and finished images are not made again.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from clipcond.errors import RunFailed, user_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,12 +47,15 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
+    import yaml
+
     from clipcond.lab.config import check_experiment, load_experiment_config
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.runner import run_experiment
 
-    try:
+    # the config, its files and the install: the message says what to fix
+    with user_errors(FileNotFoundError, ValueError, ImportError, yaml.YAMLError):
         config = load_experiment_config(Path(args.config))
         if args.report_only:
             print(f"wrote {write_report(config.output_dir)}")
@@ -61,13 +65,6 @@ def run(args: argparse.Namespace) -> int:
         suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()
-    except (
-        FileNotFoundError,
-        ValueError,
-        ImportError,
-    ) as error:  # the config or the install: the message says what to fix
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if args.check:
         for step in pending_steps(steps):
             print(f"prepare: clipcond {step.command} {' '.join(step.args)}  (creates {step.creates})")
@@ -78,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}"
         )
         return 0
-    run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
+    with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
+        run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
     output = run_experiment(config, show_progress=not args.no_progress, device=args.device)
     print(f"wrote {output / 'report.md'}")
     return 0

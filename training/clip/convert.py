@@ -9,11 +9,15 @@ conversion leaves nothing half-written, and an existing folder is never overwrit
 from __future__ import annotations
 
 import argparse
+import pickle
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
+from clipcond.output_paths import check_output_location
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +39,12 @@ def _state_dict(loaded: Any) -> dict:
         return loaded["state_dict"]
     if isinstance(loaded, dict):
         return loaded
-    raise ValueError(f"--checkpoint: expected a state dict or a module, found {type(loaded).__name__}")
+    raise ValueError(f"expected a state dict or a module, found {type(loaded).__name__}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert, check it loads, write atomically. Returns the exit status."""
+    from safetensors import SafetensorError
     from transformers import CLIPModel
 
     from clipcond.models import ClipTwoTower, convert_openai_state_dict, save_clip
@@ -47,13 +52,18 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint, output = Path(args.checkpoint), Path(args.output)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint: no such file {checkpoint}")
+        raise UsageError(f"--checkpoint: no such file {checkpoint}")
     if output.exists():
-        raise FileExistsError(f"--output {output} already exists; choose a new folder")
-    state = _state_dict(load_pickle(checkpoint, trust_pickle=args.trust_pickle))
-    config, weights = convert_openai_state_dict(
-        state, quick_gelu=not args.gelu, text_heads=args.text_heads, vision_heads=args.vision_heads
-    )
+        raise UsageError(f"--output {output} already exists; choose a new folder")
+    check_output_location(output, "--output")
+    # Reading the file: refused when untrusted, or unreadable (truncated, not a checkpoint)
+    unreadable = (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError)
+    with user_errors(*unreadable, context=f"--checkpoint {checkpoint}: "):
+        state = _state_dict(load_pickle(checkpoint, trust_pickle=args.trust_pickle))
+    with user_errors(ValueError, context=f"--checkpoint {checkpoint}: "):
+        config, weights = convert_openai_state_dict(
+            state, quick_gelu=not args.gelu, text_heads=args.text_heads, vision_heads=args.vision_heads
+        )
     model = CLIPModel(config)
     model.load_state_dict(weights)
     temporary = output.with_name(f".{output.name}.tmp")
@@ -73,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m clipcond.training.clip.convert --checkpoint ... --output ...`."""
     parser = argparse.ArgumentParser(prog="convert_clip", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_argument(parser)
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `eval-clip`."""
@@ -31,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the metrics as JSON. Returns the exit status."""
+    from safetensors import SafetensorError
+
     from clipcond.models import load_clip
     from clipcond.shapes import ShapesStream
     from clipcond.tokenization import clip_tokenizer
@@ -38,14 +42,18 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.training.data import CaptionTokenizer, SkipCounter, manifest_samples, shard_urls, webdataset_samples
 
     if args.images_per_class < 1 or args.pairs < 2:
-        raise ValueError("--images-per-class must be >= 1 and --pairs >= 2")
+        raise UsageError("--images-per-class must be >= 1 and --pairs >= 2")
     model_dir = Path(args.model)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: no such folder {model_dir}")
-    shards = shard_urls(args.webdataset, "--webdataset") if args.webdataset else None
+        raise UsageError(f"--model: no such folder {model_dir}")
+    with user_errors(FileNotFoundError, ValueError):  # shard patterns: the message names the pattern
+        shards = shard_urls(args.webdataset, "--webdataset") if args.webdataset else None
     if args.manifest and not Path(args.manifest).is_file():
-        raise FileNotFoundError(f"--manifest: no such file {args.manifest}")
-    clip = load_clip(model_dir).float()
+        raise UsageError(f"--manifest: no such file {args.manifest}")
+    if args.output and not Path(args.output).absolute().parent.is_dir():
+        raise UsageError(f"--output {args.output}: no such folder {Path(args.output).absolute().parent}")
+    with user_errors(OSError, ValueError, SafetensorError, context=f"--model {model_dir}: cannot load a CLIP: "):
+        clip = load_clip(model_dir).float()
     length = clip.config.text.context_length
     tokenizer = CaptionTokenizer(clip_tokenizer(model_max_length=length), length)
     metrics: dict[str, object] = {"zero_shot": shapes_zero_shot(clip, tokenizer, args.images_per_class, args.seed)}
@@ -70,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m clipcond.training.clip.eval_command --model ...`."""
     parser = argparse.ArgumentParser(prog="eval_clip", description="evaluate a saved CLIP")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_argument(parser)
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipcond.errors import UsageError, user_errors
+from clipcond.output_paths import check_output_location
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `init-clip`."""
@@ -41,8 +44,18 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, build, save. Returns the exit status."""
+    import yaml
+
+    from clipcond.models.config import load_model_config
+
     if not Path(args.model).is_file():
-        raise FileNotFoundError(f"--model: no such file {args.model}")
+        raise UsageError(f"--model: no such file {args.model}")
+    with user_errors(ValueError, TypeError, yaml.YAMLError):  # the messages name the file and the key
+        load_model_config(args.model)
+    output = Path(args.output)
+    if output.exists():
+        raise UsageError(f"-o/--output {output} already exists; choose another folder")
+    check_output_location(output, "-o/--output")
     folder = init_clip(args.model, args.output, args.seed)
     print(f"random-init CLIP saved to {folder}")
     return 0

@@ -1,0 +1,83 @@
+"""The mistakes a user of the ``clipcond`` command can make, and how the command reports them.
+
+A `UserError` is printed as one line, ``error: <what is wrong and the fix>``, on stderr, and the
+command exits with its `exit_code`; any other exception is a bug and keeps its traceback
+(`run_command`, the one place that prints them). ``--debug`` prints a `UserError`'s traceback
+too, with the exception it was made from.
+
+    UsageError   the command line, or a file or folder it names, is wrong: a missing path, a bad
+                 value, a config that does not validate, an output that exists, a run folder
+                 that holds another run. Found before any work; exit 2, as argparse's own errors.
+    RunFailed    the work started and could not finish for a reason the user can act on (the
+                 loss diverged, the latents became NaN, a prepare step failed); exit 1.
+
+Library functions keep raising `ValueError`, `TypeError` or `FileNotFoundError` for bad input.
+A command marks the blocks where such an exception is the user's to fix with `user_errors`,
+naming the exception types it expects there; the same types raised anywhere else stay bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """A mistake the user can fix; its message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """The command line or a file it names is wrong (found before any work)."""
+
+    exit_code = 2
+
+
+class RunFailed(UserError):
+    """The work started and stopped for a reason the user can act on."""
+
+    exit_code = 1
+
+
+@contextmanager
+def user_errors(*kinds: type[BaseException], error: type[UserError] = UsageError, context: str = "") -> Iterator[None]:
+    """Inside the block, an exception of one of `kinds` is the user's to fix: it is raised
+    again as `error` with its message after `context` (e.g. ``"--model runs/x: "``), chained
+    to the original so that ``--debug`` shows where it came from."""
+    try:
+        yield
+    except kinds as caught:
+        raise error(f"{context}{one_line(caught)}") from caught
+
+
+def one_line(error: BaseException) -> str:
+    """`error`'s message on one line (whitespace runs, newlines included, become one space);
+    its type's name when it has no message."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def add_debug_argument(parser: argparse.ArgumentParser, top_level: bool = True) -> None:
+    """Add ``--debug`` to `parser`. A subcommand's parser (`top_level` False) takes it too, so
+    that it may follow the subcommand, without resetting the top-level parser's value."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="show the traceback of an error, not just its one-line message",
+    )
+
+
+def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call `run(args)` and return its exit status; a `UserError` is printed as one line
+    (after its traceback when ``args.debug``) and gives its `exit_code`."""
+    try:
+        return run(args)
+    except UserError as error:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return error.exit_code

@@ -1,0 +1,332 @@
+"""Every subcommand answers a mistake the user can fix with one line, ``error: ...``, on stderr:
+exit 2 for a wrong command line or file, 1 for a run that failed; ``--debug`` adds the
+traceback, and an unexpected exception (a bug) keeps its traceback.
+
+Most cases call `clipcond.cli.main` in-process; two run the installed ``clipcond`` script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipcond.cli import main
+from clipcond.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")
+PYTHON_TAG = '!!python/object/apply:os.system ["echo pwned > {marker}"]\n'
+
+
+def one_error(capsys, argv: list[str], status: int) -> str:
+    """Run `clipcond argv`, check its exit status and that stderr holds exactly one line
+    starting with ``error:`` and no traceback; return that line."""
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+# ------------------------------------------------------------------ generate
+
+
+def test_generate_refuses_missing_local_paths_before_loading_anything(tmp_path, capsys) -> None:
+    png = str(tmp_path / "a.png")
+    for value in (str(tmp_path / "missing"), "./missing-model", "~/missing-model", "runs/a/model"):
+        line = one_error(capsys, ["generate", "a", "-o", png, "--model", value], 2)
+        assert f"--model {value}: no such file or folder" in line
+    for value in (str(tmp_path / "lora.safetensors"), "my-lora.safetensors"):
+        line = one_error(capsys, ["generate", "a", "-o", png, "--lora", value], 2)
+        assert f"--lora {value}: no such file or folder" in line
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_the_hub_id_rule(tmp_path, monkeypatch) -> None:
+    """`name` and `org/name` are hub ids unless they exist on disk; other forms are local paths."""
+    from clipcond.pipelines.generate import model_source
+
+    assert model_source("org/name", "--model") == "org/name"
+    assert model_source("stable-diffusion-v1-5", "--model") == "stable-diffusion-v1-5"
+    for local in ("./name", "/name", "~/name", "a/b/c", "a\\b", ".hidden", "org/name.safetensors", "org/../x"):
+        with pytest.raises(UsageError, match="no such file or folder"):
+            model_source(local, "--lora")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert model_source("org/name", "--model") == Path("org/name")  # on disk: the folder wins
+
+
+def test_generate_checks_the_output_before_any_work(tmp_path, capsys, monkeypatch) -> None:
+    existing = tmp_path / "old.png"
+    existing.write_bytes(b"precious")
+    line = one_error(capsys, ["generate", "a", "-o", str(existing)], 2)
+    assert "already exists; pass --force" in line and existing.read_bytes() == b"precious"
+    monkeypatch.chdir(tmp_path)  # the default -o out.png is refused the same way
+    Path("out.png").write_bytes(b"precious")
+    assert "out.png already exists" in one_error(capsys, ["generate", "a"], 2)
+    assert Path("out.png").read_bytes() == b"precious"
+    (tmp_path / "file").write_text("")
+    assert "is a file, not a folder" in one_error(capsys, ["generate", "a", "-o", "file/x/a.png"], 2)
+    assert "must end in .png" in one_error(capsys, ["generate", "a", "-o", "a.jpg"], 2)
+    (tmp_path / "folder.png").mkdir()
+    assert "is a folder" in one_error(capsys, ["generate", "a", "-o", "folder.png"], 2)
+    assert "--n and --steps must be >= 1" in one_error(capsys, ["generate", "a", "-o", "b.png", "--steps", "0"], 2)
+    line = one_error(capsys, ["generate", "a", "-o", "b.png", "--lora-scale", "0.5"], 2)
+    assert "--lora-scale needs --lora" in line
+    assert "--guidance must be a finite" in one_error(capsys, ["generate", "a", "-o", "b.png", "--guidance", "nan"], 2)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder nobody can create files in")
+def test_generate_tries_writing_where_the_output_goes(capsys) -> None:
+    line = one_error(capsys, ["generate", "a", "-o", "/proc/out.png"], 2)
+    assert "-o/--output /proc/out.png: cannot write in /proc" in line
+
+
+def test_generate_reports_what_needs_the_model_in_one_line(tmp_path, capsys) -> None:
+    png = str(tmp_path / "a.png")
+    (tmp_path / "not-a-pipeline").mkdir()
+    line = one_error(capsys, ["generate", "a", "-o", png, "--model", str(tmp_path / "not-a-pipeline")], 2)
+    assert "cannot load" in line and "model_index.json" in line
+    assert "--height must be a positive multiple of 4" in one_error(
+        capsys, ["generate", "a", "-o", png, "--height", "30"], 2
+    )
+    assert "--clip-skip 40: `clip_skip` must be between" in one_error(
+        capsys, ["generate", "a", "-o", png, "--clip-skip", "40"], 2
+    )
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "weights.safetensors").write_bytes(b"not safetensors")
+    line = one_error(capsys, ["generate", "a", "-o", png, "--lora", str(tmp_path / "lora"), "--steps", "1"], 2)
+    assert f"--lora {tmp_path / 'lora'}: cannot load LoRA weights" in line
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_generate_stops_on_non_finite_latents_and_writes_nothing(tmp_path, capsys, monkeypatch) -> None:
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler  # the bundled model's
+
+    original = EulerAncestralDiscreteScheduler.step
+
+    def step_into_nan(self, model_output, timestep, sample, *args, **kwargs):
+        (latents, *rest) = original(self, model_output, timestep, sample, *args, **kwargs)
+        return (torch.full_like(latents, float("nan")), *rest) if self.step_index == 2 else (latents, *rest)
+
+    monkeypatch.setattr(EulerAncestralDiscreteScheduler, "step", step_into_nan)
+    line = one_error(capsys, ["generate", "a red circle", "-o", str(tmp_path / "a.png"), "--steps", "3"], 1)
+    assert "latents became NaN or infinite at step 2 of 3" in line and "nothing was written" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the training commands
+
+
+def _clip_config(tmp_path: Path, **overrides) -> Path:
+    settings = dict(model=TINY_MODEL, batch_size=8, steps=3, output_dir=str(tmp_path / "run"), **overrides)
+    path = tmp_path / "clip.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _snapshot(output_dir: Path, config) -> None:
+    """A run folder holding `config`'s run (what `prepare_output_dir` writes)."""
+    output_dir.mkdir(parents=True)
+    (output_dir / "train_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+@pytest.mark.parametrize("command", ["train-clip", "train-diffusion", "train-t5"])
+def test_training_commands_report_config_mistakes_in_one_line(command, tmp_path, capsys) -> None:
+    line = one_error(capsys, [command, "--config", str(tmp_path / "missing.yaml")], 2)
+    assert f"--config: no such file {tmp_path / 'missing.yaml'}" in line
+    marker = tmp_path / "pwned"
+    untrusted = tmp_path / "untrusted.yaml"
+    untrusted.write_text("steps: " + PYTHON_TAG.format(marker=marker))
+    line = one_error(capsys, [command, "--config", str(untrusted)], 2)
+    assert "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply" in line
+    assert str(untrusted) in line and not marker.exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("steps: [1, 2\n")
+    assert str(broken) in one_error(capsys, [command, "--config", str(broken)], 2)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("stepz: 3\n")
+    assert "stepz" in one_error(capsys, [command, "--config", str(unknown)], 2)
+
+
+def test_a_run_folder_of_another_run_or_config_is_refused_in_one_line(tmp_path, capsys) -> None:
+    from clipcond.training.clip.config import TrainClipConfig
+
+    path = _clip_config(tmp_path)
+    _snapshot(tmp_path / "run", TrainClipConfig.from_yaml(path))
+    line = one_error(capsys, ["train-clip", "--config", str(path), "--no-progress"], 2)
+    assert f"{tmp_path / 'run'} already holds a run; pass --resume" in line
+    line = one_error(capsys, ["train-clip", "--config", str(path), "--resume", "--steps", "5", "--no-progress"], 2)
+    assert "the config changed (steps)" in line
+    (tmp_path / "run" / "train_config.yaml").write_text("steps: [3\n")  # a corrupt snapshot
+    line = one_error(capsys, ["train-clip", "--config", str(path), "--resume", "--no-progress"], 2)
+    assert f"cannot resume {tmp_path / 'run'}: its train_config.yaml does not parse" in line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["train_config.yaml"]
+
+
+def test_a_path_the_training_config_names_is_reported_in_one_line(tmp_path, capsys) -> None:
+    config = {
+        "text_encoder": str(tmp_path / "no-encoder"),
+        "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8},
+        "image_size": 16,
+        "batch_size": 2,
+        "steps": 1,
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "diffusion.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = one_error(capsys, ["train-diffusion", "--config", str(path), "--no-progress"], 2)
+    assert f"no text encoder at {tmp_path / 'no-encoder'}" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_run_exits_1_in_one_line(tmp_path, capsys, monkeypatch) -> None:
+    import clipcond.training.clip.loop as loop
+    from clipcond.training.loop import TrainingDiverged
+
+    def diverging(config, **kwargs):
+        raise TrainingDiverged("the loss became nan at step 3; the last good checkpoint is runs/x/step-000000002")
+
+    monkeypatch.setattr(loop, "train_clip", diverging)
+    line = one_error(capsys, ["train-clip", "--config", str(_clip_config(tmp_path)), "--no-progress"], 1)
+    assert "loss became nan at step 3" in line
+
+
+# ------------------------------------------------------------------ the CLIP commands
+
+
+def test_eval_clip_mistakes(tmp_path, capsys) -> None:
+    line = one_error(capsys, ["eval-clip", "--model", str(tmp_path / "missing")], 2)
+    assert f"--model: no such folder {tmp_path / 'missing'}" in line
+    assert "--pairs >= 2" in one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--pairs", "1"], 2)
+    line = one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--manifest", str(tmp_path / "m.jsonl")], 2)
+    assert "--manifest: no such file" in line
+    line = one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--output", str(tmp_path / "no" / "m.json")], 2)
+    assert f"no such folder {tmp_path / 'no'}" in line
+    line = one_error(capsys, ["eval-clip", "--model", str(tmp_path)], 2)  # a folder, but no CLIP in it
+    assert f"--model {tmp_path}: cannot load a CLIP" in line
+
+
+def test_convert_clip_mistakes(tmp_path, capsys) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    output = ["--output", str(tmp_path / "out")]
+    line = one_error(capsys, ["convert-clip", "--checkpoint", str(tmp_path / "missing.pt"), *output], 2)
+    assert "--checkpoint: no such file" in line
+    pickled = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2)}, pickled)
+    assert "refusing to load the pickle" in one_error(
+        capsys, ["convert-clip", "--checkpoint", str(pickled), *output], 2
+    )
+    line = one_error(capsys, ["convert-clip", "--checkpoint", str(pickled), *output, "--trust-pickle"], 2)
+    assert "not an OpenAI / open_clip ViT CLIP state dict" in line
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(pickled.read_bytes()[:50])
+    line = one_error(capsys, ["convert-clip", "--checkpoint", str(truncated), *output, "--trust-pickle"], 2)
+    assert line.startswith(f"error: --checkpoint {truncated}: ")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 16)
+    assert f"--checkpoint {corrupt}: " in one_error(capsys, ["convert-clip", "--checkpoint", str(corrupt), *output], 2)
+    weights = tmp_path / "w.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(weights))
+    line = one_error(capsys, ["convert-clip", "--checkpoint", str(weights), "--output", str(tmp_path)], 2)
+    assert "already exists" in line
+    (tmp_path / "file").write_text("")
+    line = one_error(
+        capsys, ["convert-clip", "--checkpoint", str(weights), "--output", str(tmp_path / "file" / "b")], 2
+    )
+    assert f"{tmp_path / 'file'} is a file, not a folder" in line
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_init_clip_mistakes(tmp_path, capsys) -> None:
+    out = ["-o", str(tmp_path / "m")]
+    assert "--model: no such file" in one_error(capsys, ["init-clip", "--model", str(tmp_path / "x.yaml"), *out], 2)
+    marker = tmp_path / "pwned"
+    untrusted = tmp_path / "untrusted.yaml"
+    untrusted.write_text("text: " + PYTHON_TAG.format(marker=marker))
+    assert "could not determine a constructor" in one_error(capsys, ["init-clip", "--model", str(untrusted), *out], 2)
+    assert not marker.exists()
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(Path(TINY_MODEL).read_text() + "colour: red\n")
+    assert "colour" in one_error(capsys, ["init-clip", "--model", str(unknown), *out], 2)
+    line = one_error(capsys, ["init-clip", "--model", TINY_MODEL, "-o", str(tmp_path)], 2)
+    assert "already exists" in line
+    (tmp_path / "file").write_text("")
+    line = one_error(capsys, ["init-clip", "--model", TINY_MODEL, "-o", str(tmp_path / "file" / "m")], 2)
+    assert f"{tmp_path / 'file'} is a file, not a folder" in line
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------ experiment
+
+
+def test_experiment_mistakes(tmp_path, capsys, monkeypatch) -> None:
+    import clipcond.lab.prepare as prepare
+
+    assert str(tmp_path / "x.yaml") in one_error(capsys, ["experiment", str(tmp_path / "x.yaml")], 2)
+    marker = tmp_path / "pwned"
+    untrusted = tmp_path / "untrusted.yaml"
+    untrusted.write_text("name: " + PYTHON_TAG.format(marker=marker))
+    assert "could not determine a constructor" in one_error(capsys, ["experiment", str(untrusted)], 2)
+    assert not marker.exists()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("prepare step `clipcond train-clip` failed with status 2")
+
+    monkeypatch.setattr(prepare, "run_steps", failing)
+    for name in ("configs", "clipcond"):  # a checkout without runs/: the shipped experiment plans its prepare steps
+        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    line = one_error(capsys, ["experiment", "configs/experiments/example-bundled.yaml", "--no-progress"], 1)
+    assert "prepare step `clipcond train-clip` failed with status 2" in line
+
+
+# ------------------------------------------------------------------ --debug, and bugs
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys) -> None:
+    for argv in (["--debug", "generate", "a", "-o", "a.jpg"], ["generate", "a", "-o", "a.jpg", "--debug"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and "UsageError" in err
+        assert err.splitlines()[-1] == "error: -o/--output must end in .png, got a.jpg"
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps: [1, 2\n")
+    assert main(["--debug", "train-t5", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "yaml.parser.ParserError" in err and "The above exception was the direct cause" in err
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch) -> None:
+    import clipcond.pipelines.generate as generate
+
+    def buggy(args):
+        raise ValueError("a bug, not a mistake of the user")
+
+    monkeypatch.setattr(generate, "_check_arguments", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["generate", "a"])
+
+
+def test_the_installed_command_prints_one_line(tmp_path) -> None:
+    """The console script, end to end: exactly one line on stderr, status 2; --debug adds the traceback."""
+    script = Path(sys.executable).with_name("clipcond")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "clipcond.cli"]
+    argv = ["generate", "a red circle", "--model", str(tmp_path / "missing")]
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr
+        == f"error: --model {tmp_path / 'missing'}: no such file or folder (a hub id is `name` or `org/name`)\n"
+    )
+    done = subprocess.run([*command, "--debug", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("Traceback (most recent call last)")
