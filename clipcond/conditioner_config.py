@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from clipcond.conditioner_setup import DEFAULT_MAX_BATCH_WINDOWS, check_max_batch_windows
 from clipcond.config import load_config
 from clipcond.families import BUILTIN_RECIPES, RECIPE_NAMES, custom_recipe
 from clipcond.recipes import Recipe
@@ -75,6 +76,8 @@ class ConditionerConfig:
             `clipcond.emphasis`); any recipe.
         cache_size: prompts kept in memory (0: no cache).
         cache_dir: on-disk cache folder, or None.
+        max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes;
+            None: every window of an `encode` call in one batch.
         dtype: "float32", "float16" or "bfloat16" for the loaded encoders.
     """
 
@@ -94,11 +97,13 @@ class ConditionerConfig:
     emphasis: Literal["multiply", "a1111", "comfy", "compel"] = "multiply"
     cache_size: int = 512
     cache_dir: str | None = None
+    max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPE_NAMES:
             raise ValueError(f"unknown `recipe` {self.recipe!r}; expected one of {RECIPE_NAMES}")
+        check_max_batch_windows(self.max_batch_windows)
         if not self.clip and self.t5 is None:
             raise ValueError("a conditioner config needs at least one encoder under `clip` or `t5`")
         custom_only = {

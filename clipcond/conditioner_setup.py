@@ -19,6 +19,23 @@ if TYPE_CHECKING:  # the projection module needs diffusers; it is imported only 
 
 EncoderLike = TextEncoder | tuple[nn.Module, Any]
 
+# Windows per encoder call: every batch diffusers' own encode_prompt is compared with fits in
+# one call (so results stay equal to it), and a CLIP-G window batch of this size needs about
+# 0.4 GB of activations per layer in float32.
+DEFAULT_MAX_BATCH_WINDOWS = 256
+
+
+def check_max_batch_windows(value: object) -> int | None:
+    """`value` if it is None or a positive int; a TypeError or ValueError naming
+    `max_batch_windows` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`max_batch_windows` must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"`max_batch_windows` must be >= 1, got {value}")
+    return value
+
 
 def as_encoders(clip: Sequence[EncoderLike], t5: EncoderLike | None) -> tuple[list[TextEncoder], TextEncoder | None]:
     """(CLIP encoders, T5 encoder) from `TextEncoder`s or (model, tokenizer) pairs, each of the

@@ -24,16 +24,18 @@ from clipcond.assembly import assemble
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import prompt_keys, settings_key
 from clipcond.conditioner_setup import (
+    DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
     as_encoders,
     build_projection,
     check_clip_skip,
     check_encoders,
+    check_max_batch_windows,
     family_of,
     resolve_recipe,
 )
 from clipcond.embeds import PromptEmbeds
-from clipcond.emphasis import check_emphasis
+from clipcond.emphasis_modes import check_emphasis
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
@@ -94,6 +96,10 @@ class TextConditioner:
             the mode of the UI a prompt was written for to get its image.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.
+        max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes, so
+            that a huge prompt or thousands of prompts encode in bounded memory; None: all
+            windows of an `encode` call in one batch. Up to this size the result is that of
+            one batch.
         t5_zeros: (length, width) of zero T5 tokens to use when a recipe expects T5 but none is
             given (SD3 pipelines loaded without `text_encoder_3`).
     """
@@ -111,6 +117,7 @@ class TextConditioner:
         emphasis: str | None = None,
         cache_size: int = 512,
         cache_dir: str | None = None,
+        max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS,
         t5_zeros: tuple[int, int] | None = None,
     ) -> None:
         self.clip, self.t5 = as_encoders(clip, t5)
@@ -123,6 +130,7 @@ class TextConditioner:
         if not isinstance(parse_weights, bool):
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
+        self.max_batch_windows = check_max_batch_windows(max_batch_windows)
         self.t5_zeros = t5_zeros
         self.projection = build_projection(
             self.recipe, self.clip_width, self.t5_width, projection_dim, projection, self.encoders[0]
@@ -347,7 +355,7 @@ class TextConditioner:
         context = torch.enable_grad() if self._encoders_need_grad() else torch.no_grad()
         with context:
             recipe = self._active_recipe
-            return encode_fragments(fragments, self.clip, self.t5, recipe, recipe.emphasis)
+            return encode_fragments(fragments, self.clip, self.t5, recipe, recipe.emphasis, self.max_batch_windows)
 
     def _assemble(self, records: list[EncodedPrompt]) -> PromptEmbeds:
         return assemble(
@@ -399,4 +407,5 @@ class TextConditioner:
             emphasis=config.emphasis,
             cache_size=config.cache_size,
             cache_dir=config.cache_dir,
+            max_batch_windows=config.max_batch_windows,
         )

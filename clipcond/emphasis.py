@@ -18,6 +18,9 @@ exactly as it was.
   is encoded again with that fragment masked out of attention, weighted the same way, and the
   results are blended with weights 1 and tan((1 - max(w, 1e-5)) * pi / 2) per such fragment,
   normalised to sum to 1 (so weight 0.5 lands half-way to the prompt without the fragment).
+
+The mode names and their check live in `clipcond.emphasis_modes`, which imports no torch (the
+command line offers them in ``--help``).
 """
 
 from __future__ import annotations
@@ -27,18 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
-EMPHASIS_MODES: tuple[str, ...] = ("multiply", "a1111", "comfy", "compel")
-DEFAULT_EMPHASIS = "multiply"
-
 # compel clamps a down-weight before taking the tangent, so that weight 0 stays finite.
 COMPEL_MIN_WEIGHT = 1e-5
-
-
-def check_emphasis(emphasis: object, argument: str = "emphasis") -> str:
-    """`emphasis` if it names a mode; a ValueError naming the modes otherwise."""
-    if not isinstance(emphasis, str) or emphasis not in EMPHASIS_MODES:
-        raise ValueError(f"`{argument}` must be one of {EMPHASIS_MODES}, got {emphasis!r}")
-    return emphasis
 
 
 def multiply(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from clipcond.emphasis import DEFAULT_EMPHASIS, check_emphasis
+from clipcond.emphasis_modes import DEFAULT_EMPHASIS, check_emphasis
 
 Combine = Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"]
 Pooled = Literal["none", "last", "concat"]

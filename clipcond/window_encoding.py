@@ -1,9 +1,12 @@
 """Weighted fragments -> `EncodedPrompt` records: tokenize into windows, run the encoders, weight.
 
-Every window of every prompt goes through each encoder in one batch. CLIP windows of the
-encoders of a multi-CLIP recipe are aligned (the same number per prompt), so their token
-states join on channels; T5 reads one sequence per prompt. Weights change the token states of
-each encoder as the emphasis mode says (`clipcond.emphasis`).
+Every window of every prompt goes through each encoder in one batch, or in batches of at most
+`max_batch_windows` windows (rows) when there are more, so that a huge prompt or thousands of
+prompts run in bounded memory. CLIP windows of the encoders of a multi-CLIP recipe are aligned
+(the same number per prompt), so their token states join on channels; T5 reads one sequence per
+prompt. Weights change the token states of each encoder as the emphasis mode says
+(`clipcond.emphasis`). Each batch's states are checked to be finite (one reduction): an encoder
+that gives NaN or infinity raises `NonFiniteEncoding` instead of handing it on.
 """
 
 from __future__ import annotations
@@ -14,17 +17,22 @@ import torch
 
 from clipcond.chunking import TokenWindows, clip_windows, t5_sequence
 from clipcond.emphasis import (
-    DEFAULT_EMPHASIS,
     away_from_empty,
     compel_blend,
     compel_blend_weight,
     multiply,
     multiply_keeping_window_means,
 )
+from clipcond.emphasis_modes import DEFAULT_EMPHASIS
 from clipcond.encoders import TextEncoder, run_clip, run_t5
 from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
 from clipcond.records import EncodedPrompt
+
+
+class NonFiniteEncoding(FloatingPointError):
+    """A text encoder gave NaN or infinite states; the message names the encoder, its dtype and
+    whether its weights hold non-finite values."""
 
 
 def encode_fragments(
@@ -33,6 +41,7 @@ def encode_fragments(
     t5: TextEncoder | None,
     recipe: Recipe,
     emphasis: str = DEFAULT_EMPHASIS,
+    max_batch_windows: int | None = None,
 ) -> list[EncodedPrompt]:
     """One record per prompt: its CLIP windows' token states and pooled vector, its T5 tokens.
 
@@ -42,12 +51,17 @@ def encode_fragments(
         t5: the T5 encoder, or None.
         recipe: which hidden states and pooled vectors to read (clip-skip already applied).
         emphasis: how weights change token states (`clipcond.emphasis`), per encoder.
+        max_batch_windows: the most windows (CLIP windows or T5 sequences) one encoder call
+            takes; None: all of them in one call.
+
+    Raises:
+        NonFiniteEncoding: an encoder gave NaN or infinite states.
     """
     records = [EncodedPrompt() for _ in fragments]
     if clip:
-        _encode_clip(fragments, clip, recipe, emphasis, records)
+        _encode_clip(fragments, clip, recipe, emphasis, max_batch_windows, records)
     if t5 is not None:
-        _encode_t5(fragments, t5, recipe, emphasis, records)
+        _encode_t5(fragments, t5, recipe, emphasis, max_batch_windows, records)
     return records
 
 
@@ -55,11 +69,46 @@ def encode_fragments(
 EncoderRun = Callable[[torch.Tensor, "torch.Tensor | None"], tuple["torch.Tensor | None", "torch.Tensor | None"]]
 
 
+def _checked_in_batches(run: EncoderRun, encoder: TextEncoder, max_rows: int | None) -> EncoderRun:
+    """`run` on at most `max_rows` rows per call (all rows when None), the results joined on
+    rows, each call's output checked to be finite."""
+
+    def checked(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        states, pooled = run(ids, mask)
+        for output in (states, pooled):
+            if output is not None and not bool(torch.isfinite(output).all()):
+                raise NonFiniteEncoding(_non_finite_message(encoder, output.dtype))
+        return states, pooled
+
+    def batched(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if max_rows is None or ids.shape[0] <= max_rows:
+            return checked(ids, mask)
+        parts = [
+            checked(ids[start : start + max_rows], None if mask is None else mask[start : start + max_rows])
+            for start in range(0, ids.shape[0], max_rows)
+        ]
+        states = None if parts[0][0] is None else torch.cat([part[0] for part in parts])
+        pooled = None if parts[0][1] is None else torch.cat([part[1] for part in parts])
+        return states, pooled
+
+    return batched
+
+
+def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
+    bad_weights = any(not bool(torch.isfinite(p).all()) for p in encoder.model.parameters() if p.is_floating_point())
+    name = f"the {encoder.kind.upper()} encoder {type(encoder.model).__name__} ({dtype})"
+    if bad_weights:
+        return f"{name} gave NaN or infinite states: its weights hold NaN or infinite values (a damaged file?)"
+    fix = "; in float16 try bfloat16 or float32" if dtype == torch.float16 else ""
+    return f"{name} gave NaN or infinite states although its weights are finite{fix}"
+
+
 def _encode_clip(
     fragments: Sequence[Sequence[Fragment]],
     clip: Sequence[TextEncoder],
     recipe: Recipe,
     emphasis: str,
+    max_batch_windows: int | None,
     records: list[EncodedPrompt],
 ) -> None:
     want_tokens = recipe.combine != "clip_pooled_t5_tokens"
@@ -74,6 +123,7 @@ def _encode_clip(
             return run_clip(encoder, ids, mask, recipe.clip_layer_from_end, recipe.clip_final_norm, want_tokens)
 
         empty = clip_windows(encoder.tokenizer, [[Fragment("", 1.0)]], encoder.window_length)[0]
+        run = _checked_in_batches(run, encoder, max_batch_windows)
         tokens, pooled = _weighted_states(run, windows, empty, encoder, encoder.uses_attention_mask, emphasis)
         tokens_per_encoder.append(None if tokens is None else tokens.split(counts))
         # The pooled vector of a prompt comes from its first window.
@@ -95,6 +145,7 @@ def _encode_t5(
     encoder: TextEncoder,
     recipe: Recipe,
     emphasis: str,
+    max_batch_windows: int | None,
     records: list[EncodedPrompt],
 ) -> None:
     sequences = t5_sequence(encoder.tokenizer, fragments, recipe.t5_max_length)
@@ -103,6 +154,7 @@ def _encode_t5(
     def run(ids, mask):
         return run_t5(encoder, ids, mask), None
 
+    run = _checked_in_batches(run, encoder, max_batch_windows)
     tokens, _ = _weighted_states(run, sequences, empty, encoder, recipe.t5_attention_mask, emphasis)
     mask = torch.cat([s.mask for s in sequences]).to(tokens.device)
     for index, record in enumerate(records):
@@ -118,7 +170,7 @@ def _weighted_states(
     uses_mask: bool,
     emphasis: str,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Every window of every prompt through the encoder in one batch, weighted by `emphasis`.
+    """Every window of every prompt through `run` (one batch, or batches of bounded size), weighted by `emphasis`.
 
     Returns (states (all windows, length, width) or None, pooled (all windows, pooled_width)
     or None). The modes that move tokens away from the empty prompt encode its window in the

@@ -41,12 +41,12 @@ from transformers import (
 )
 
 from clipcond.conditioning import TextConditioner
-from clipcond.emphasis import check_emphasis
+from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
-from clipcond.pipelines.scheduler_guards import guard_timesteps, warn_if_not_finite
+from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
 from clipcond.projection import TextProjection
 
 
@@ -345,6 +345,7 @@ class CLIPConditionedPipeline(
         callback_on_step_end: Any = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         clip_skip: int | None = None,
+        non_finite: str = "raise",
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
 
@@ -356,6 +357,9 @@ class CLIPConditionedPipeline(
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
         return replacements for them. `clip_skip` overrides the pipeline's own for this call.
+        `non_finite` (not in diffusers, where such images come out black with a warning):
+        "raise" (default) stops with `NonFiniteLatents` when the final latents hold NaN or
+        infinity, before decoding; "warn" logs it and returns the images.
 
         Returns:
             `ImagePipelineOutput(images=...)` (or a 1-tuple): PIL images, a (n, H, W, 3) float
@@ -363,6 +367,7 @@ class CLIPConditionedPipeline(
             latents ("latent"), n = prompts x num_images_per_prompt.
         """
         # 1. Check inputs (all of them, before any work)
+        check_non_finite_policy(non_finite)
         height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
         width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
         tensor_inputs = (
@@ -499,7 +504,7 @@ class CLIPConditionedPipeline(
                     progress.update()
 
         # 8. Decode latents into images
-        warn_if_not_finite(latents)
+        check_finite_latents(latents, non_finite)
         if output_type == "latent":
             images = latents
         else:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
 from clipcond.output_paths import check_output_location
 
@@ -65,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)"
     )
     parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
+    parser.add_argument(
+        "--emphasis",
+        choices=EMPHASIS_MODES,
+        help="how (word:1.3) weights change the text encoder's states (clipcond.emphasis); "
+        "default: the model's own setting (multiply unless it was saved with another)",
+    )
 
 
 def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
@@ -226,24 +233,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from diffusers.utils import make_image_grid
 
+    from clipcond.pipelines.scheduler_guards import NonFiniteLatents
+    from clipcond.window_encoding import NonFiniteEncoding
+
     # 2. Load the pipeline and check what depends on it
     pipe = _load(model, lora)
+    if args.emphasis is not None:
+        pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
     _check_against_model(args, pipe)
-    # 3. Sample, stopping at the first non-finite latents
+    # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
-    images = pipe(
-        args.prompt,
-        negative_prompt=args.negative,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        height=args.height,
-        width=args.width,
-        num_images_per_prompt=args.n,
-        generator=generators,
-        clip_skip=args.clip_skip,
-        cross_attention_kwargs=None if args.lora_scale is None else {"scale": args.lora_scale},
-        callback_on_step_end=_stop_on_non_finite_latents(args.steps),
-    ).images
+    with user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "):
+        images = pipe(
+            args.prompt,
+            negative_prompt=args.negative,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
+            num_images_per_prompt=args.n,
+            generator=generators,
+            clip_skip=args.clip_skip,
+            cross_attention_kwargs=None if args.lora_scale is None else {"scale": args.lora_scale},
+            callback_on_step_end=_stop_on_non_finite_latents(args.steps),
+        ).images
     # 4. Write the image, or the grid (its last cells blank), atomically
     columns = math.ceil(math.sqrt(args.n))
     picture = (

@@ -65,13 +65,40 @@ def guard_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> None
             scheduler.sigmas = scheduler.sigmas.to(torch.float64)
 
 
-def warn_if_not_finite(images: torch.Tensor) -> None:
-    """Say so when sampled images contain NaN or infinity (they would be saved as black)."""
-    if not bool(torch.isfinite(images).all()):
-        logger.warning(
-            "the sampled images contain NaN or infinite values; in float16 try bfloat16 or float32, "
-            "or another scheduler or step count"
-        )
+NON_FINITE_POLICIES = ("raise", "warn")
 
 
-__all__ = ["ancestral_split_is_negative", "guard_timesteps", "warn_if_not_finite"]
+class NonFiniteLatents(FloatingPointError):
+    """Sampling ended with NaN or infinite latents: the images would be black."""
+
+
+def check_non_finite_policy(non_finite: object) -> str:
+    """`non_finite` if it is "raise" or "warn"; a ValueError naming the argument otherwise."""
+    if not isinstance(non_finite, str) or non_finite not in NON_FINITE_POLICIES:
+        raise ValueError(f"`non_finite` must be one of {NON_FINITE_POLICIES}, got {non_finite!r}")
+    return non_finite
+
+
+def check_finite_latents(latents: torch.Tensor, non_finite: str = "raise") -> None:
+    """Raise `NonFiniteLatents` (or, with `non_finite="warn"`, log a warning) when the final
+    latents (batch, channels, height, width) hold NaN or infinity: decoded, they would be
+    saved as black images."""
+    if bool(torch.isfinite(latents).all()):
+        return
+    message = (
+        f"the sampled latents contain NaN or infinite values ({latents.dtype}), so the images would be black; "
+        "in float16 try bfloat16 or float32, or another scheduler or step count"
+    )
+    if non_finite == "raise":
+        raise NonFiniteLatents(message + "; pass non_finite='warn' to get the images anyway")
+    logger.warning(message)
+
+
+__all__ = [
+    "NON_FINITE_POLICIES",
+    "NonFiniteLatents",
+    "ancestral_split_is_negative",
+    "check_finite_latents",
+    "check_non_finite_policy",
+    "guard_timesteps",
+]

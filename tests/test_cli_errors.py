@@ -122,6 +122,23 @@ def test_generate_stops_on_non_finite_latents_and_writes_nothing(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_generate_with_a_text_encoder_giving_nan_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch) -> None:
+    import torch
+
+    from clipcond import window_encoding
+
+    original = window_encoding.run_clip
+
+    def nan_states(*args, **kwargs):
+        states, pooled = original(*args, **kwargs)
+        return (None if states is None else torch.full_like(states, float("nan"))), pooled
+
+    monkeypatch.setattr(window_encoding, "run_clip", nan_states)
+    line = one_error(capsys, ["generate", "a red circle", "-o", str(tmp_path / "a.png"), "--steps", "2"], 1)
+    assert "nothing was written: the CLIP encoder CLIPTextModel (torch.float32) gave NaN" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the training commands
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clipcond import TextConditioner
-from clipcond.emphasis import EMPHASIS_MODES
+from clipcond.emphasis_modes import EMPHASIS_MODES
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
 WEIGHTED = [("a ", 1.0), ("red", 1.3), (" circle and a ", 1.0), ("blue", 1.1 * 1.1), (" square", 1.0)]

@@ -203,7 +203,9 @@ def test_a_scheduler_with_nan_timesteps_is_refused_before_the_unet_runs(sd_pipe,
         run(pipe, prompt="a red circle")
 
 
-def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
+def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, monkeypatch) -> None:
+    from clipcond.pipelines.scheduler_guards import NonFiniteLatents
+
     pipe = ours_from(sd_pipe)
     pipe.scheduler = type(sd_pipe.scheduler).from_config(sd_pipe.scheduler.config)  # its own, not the shared one
     original = pipe.scheduler.step
@@ -213,9 +215,17 @@ def test_nan_images_are_reported(sd_pipe, caplog, monkeypatch) -> None:
         return (result[0] * float("nan"),) + tuple(result[1:])
 
     monkeypatch.setattr(pipe.scheduler, "step", poisoned)
-    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"), np.errstate(invalid="ignore"):
+    decoded = []
+    pipe.vae.decoder.register_forward_hook(lambda *_: decoded.append(1))
+    with pytest.raises(NonFiniteLatents, match="latents contain NaN or infinite values .*non_finite='warn'"):
         run(pipe, prompt="a red circle")
-    assert "contain NaN or infinite values" in caplog.text
+    assert decoded == []
+    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"), np.errstate(invalid="ignore"):
+        images = run(pipe, prompt="a red circle", non_finite="warn")
+    assert "contain NaN or infinite values" in caplog.text and images.shape == (1, 32, 32, 3) and decoded == [1]
+    monkeypatch.setattr(pipe.scheduler, "step", original)
+    with pytest.raises(ValueError, match="`non_finite` must be one of"):
+        run(pipe, prompt="a red circle", non_finite="ignore")
 
 
 @pytest.mark.parametrize(
@@ -677,6 +687,31 @@ def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path, capsys) -> No
     assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain.png")))
     assert main(["generate", *common, "-o", str(tmp_path / "x.png"), "--lora-scale", "0.5"]) == 2
     assert "--lora-scale needs --lora" in capsys.readouterr().err
+
+
+def test_generate_cli_emphasis(tmp_path, capsys) -> None:
+    """`--emphasis` gives the image of a pipeline built with that mode; a weighted prompt
+    changes with the mode, and an unknown mode is refused by the parser (exit 2)."""
+    from PIL import Image
+    from tiny_pipelines import build_sd
+
+    from clipcond.cli import main
+
+    sd = build_sd()
+    ours_from(sd).save_pretrained(tmp_path / "ours")
+    prompt = "a (red:1.8) circle"
+    common = [prompt, "--model", str(tmp_path / "ours"), "--steps", "2", "--seed", "3"]
+    assert main(["generate", *common, "-o", str(tmp_path / "a1111.png"), "--emphasis", "a1111"]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "plain.png")]) == 0
+    pipe = CLIPConditionedPipeline.from_pipe(sd, emphasis="a1111")
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt, num_inference_steps=2, guidance_scale=3.0, generator=[torch.Generator().manual_seed(3)])
+    written = np.asarray(Image.open(tmp_path / "a1111.png"))
+    assert np.array_equal(written, np.asarray(expected.images[0]))
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain.png")))
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", *common, "-o", str(tmp_path / "x.png"), "--emphasis", "loud"])
+    assert stopped.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
 
 
 def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> None:
