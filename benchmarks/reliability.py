@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from result_paths import REPO, RUNS, default_output, write_result
 
-GROUPS = ("kill", "checkpoint", "lock", "run-folder", "data", "cache", "prompts")
+GROUPS = ("kill", "checkpoint", "lock", "run-folder", "data", "cache", "prompts", "encode")
 TINY_MODEL = REPO / "configs" / "models" / "clip-tiny.yaml"
 PROMPT_BUDGET_MS = 50.0
 KILL_STEPS = 24  # the runs that are killed, and the one that holds the lock
@@ -730,21 +730,93 @@ def prompt_cases() -> list[Case]:
 
     cases = []
     for text, name in (("(a" * 20000, '"(a" * 20000'), ("[a" * 20000, '"[a" * 20000'), ("(" * 40000, '"(" * 40000')):
-        times = []
+        # CPU time of this process is the criterion: on a shared machine the wall clock also
+        # counts the other processes' turns.
+        cpu, wall = [], []
         for _ in range(7):
-            started = time.perf_counter()
+            started_cpu, started_wall = time.process_time(), time.perf_counter()
             fragments = parse_prompt(text)
-            times.append((time.perf_counter() - started) * 1e3)
-        median = statistics.median(times)
+            cpu.append((time.process_time() - started_cpu) * 1e3)
+            wall.append((time.perf_counter() - started_wall) * 1e3)
+        median = statistics.median(cpu)
         cases.append(
             Case(
                 "prompts",
                 f"parse_prompt({name}), {len(text) // 1000} KB",
-                f"median < {PROMPT_BUDGET_MS:.0f} ms",
-                f"median {median:.1f} ms of 7 (max {max(times):.1f}); {len(fragments)} fragments",
+                f"median CPU time < {PROMPT_BUDGET_MS:.0f} ms",
+                f"median {median:.1f} ms CPU of 7 (max {max(cpu):.1f}), wall clock {statistics.median(wall):.1f} ms; "
+                f"{len(fragments)} fragments",
                 median < PROMPT_BUDGET_MS,
             )
         )
+    return cases
+
+
+def encode_cases() -> list[Case]:
+    """Huge inputs in bounded encoder batches, and an encoder with NaN weights."""
+    import torch
+
+    from clipcond.window_encoding import NonFiniteEncoding
+
+    conditioner = tiny_conditioner(None)
+    conditioner.cache = None  # every prompt through the encoder
+    rows: list[int] = []
+
+    def record(module, args, kwargs):
+        rows.append((args[0] if args else kwargs["input_ids"]).shape[0])
+
+    conditioner.clip[0].model.register_forward_pre_hook(record, with_kwargs=True)
+    limit = conditioner.max_batch_windows
+    cases = []
+    prompts = [f"a red circle number {index} to the left of a blue square" for index in range(10_000)]
+    started = time.perf_counter()
+    embeds = conditioner.encode(prompts)
+    seconds = time.perf_counter() - started
+    alone = conditioner.encode(prompts[-3:]).tokens  # a batch of 3: one encoder call
+    difference = float((embeds.tokens[-3:] - alone).abs().max())
+    cases.append(
+        Case(
+            "encode",
+            "10,000 prompts in one encode",
+            f"at most max_batch_windows={limit} windows per encoder call; the last 3 equal to encoding them alone "
+            "(within 1e-6)",
+            f"{len(rows)} calls, largest {max(rows)} windows, {seconds:.1f} s; max difference {difference:.1e}",
+            max(rows) <= limit and difference <= 1e-6,
+        )
+    )
+    rows.clear()
+    words = "a red circle to the left of a blue square and a green triangle above them "
+    huge = words * (1_000_000 // len(words))
+    started = time.perf_counter()
+    tokens = conditioner.encode(huge).tokens
+    seconds = time.perf_counter() - started
+    cases.append(
+        Case(
+            "encode",
+            f"one prompt of {len(huge) / 1e6:.1f} MB",
+            f"at most {limit} windows per encoder call",
+            f"{tokens.shape[1] // 77} windows in {len(rows)} calls, largest {max(rows)}; {seconds:.1f} s",
+            max(rows) <= limit,
+        )
+    )
+    with torch.no_grad():
+        model = conditioner.clip[0].model
+        next(p for name, p in model.named_parameters() if name.endswith("layers.0.mlp.fc1.weight"))[0, 0] = float("nan")
+    try:
+        conditioner.encode("a red circle")
+        observed, passed = "encoded without an error", False
+    except NonFiniteEncoding as error:
+        observed = f"NonFiniteEncoding: {error}"
+        passed = "CLIPTextModel" in str(error) and "float32" in str(error) and "weights hold NaN" in str(error)
+    cases.append(
+        Case(
+            "encode",
+            "NaN in the text encoder's weights",
+            "encode raises an error naming the encoder, its dtype and the non-finite weights",
+            observed,
+            passed,
+        )
+    )
     return cases
 
 
@@ -812,8 +884,10 @@ def main(argv: list[str] | None = None) -> None:
             cases += data_cases(work)
         elif group == "cache":
             cases += cache_cases(work)
-        else:
+        elif group == "prompts":
             cases += prompt_cases()
+        else:
+            cases += encode_cases()
         for case in cases[-1:]:
             print(f"  last: {case.name}: {case.passed}", flush=True)
     command = "python benchmarks/reliability.py " + shlex.join(sys.argv[1:] if argv is None else argv)
