@@ -36,6 +36,10 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
 
 What differs between objectives (models, batches, the step, evaluations) comes in as plain
 functions given to `TrainingRun.train`.
+
+Why this module is over 400 lines: `TrainingRun` is the one lifecycle every objective shares,
+and its four stages above read in order in one class; what each stage calls (checkpoints, the
+run folder, its lock, throughput) lives in its own module.
 """
 
 from __future__ import annotations
