@@ -310,8 +310,9 @@ class CLIPConditionedPipeline(
         self.check_text_encoders(prompt_embeds is None, encode_negative)
         conditioner = self.conditioner_for(clip_skip)
         # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
-        encoders = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
-        for encoder in encoders if lora_scale is not None else []:
+        scaled = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
+        scaled = scaled if lora_scale is not None else []
+        for encoder in scaled:
             scale_lora_layers(encoder, lora_scale)
         try:
             if encode_negative and negative_prompt is not None:
@@ -331,7 +332,7 @@ class CLIPConditionedPipeline(
                     negative_prompt = [negative_prompt or ""] * count
                 negative_prompt_embeds = conditioner.encode(negative_prompt).tokens
         finally:
-            for encoder in encoders if lora_scale is not None else []:
+            for encoder in scaled:
                 unscale_lora_layers(encoder, lora_scale)
         if guidance and negative_prompt_embeds.shape != prompt_embeds.shape:
             raise ValueError(
