@@ -6,7 +6,9 @@ weights): UNet with four levels (channels 32/64/128/128, two layers per block, c
 on the first three), a four-level VAE, a 4-layer CLIP text encoder 128 wide. `--size sd15`:
 the full Stable Diffusion 1.5 shapes (860M-parameter UNet, its VAE, the ViT-L/14 text
 encoder), random weights, for a GPU. DDIM, classifier-free guidance 7.5. Both pipelines
-share the very same module objects; runs alternate, medians are compared.
+share the very same module objects; runs alternate, medians are compared. A last table times
+the text encoder alone on prompt and negative in one batch against two batches (what both
+pipelines run, as diffusers' `encode_prompt` does), and what the difference is per image.
 
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes runs/benchmarks/pipeline.md
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5 --output benchmarks/results/pipeline.md
@@ -40,7 +42,12 @@ def components(size: str = "small") -> dict:
 
     torch.manual_seed(0)
     scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     if size == "sd15":
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD-1.5's
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"ratio ours/peer: **{ratio:.3f}** with the cache, **{ratio_uncached:.3f}** without (goal <= 1.02)",
         "",
+        *text_batch_rows(parts, prompt, negative, median["peer"], on_gpu, max(args.repeats, 20)),
     ]
     if on_gpu:
         lines += xformers_rows(ours, peer, timed, args.repeats)
@@ -216,6 +224,47 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     print(f"wrote {write_result(args.output, text)}")
+
+
+def text_batch_rows(
+    parts: dict, prompt: str, negative: str, seconds_per_image: float, on_gpu: bool, repeats: int
+) -> list[str]:
+    """The text encoder on prompt and negative in one batch of 2 against two batches of 1 (the
+    two encodes of diffusers' `encode_prompt`, which the pipelines run), alternating, medians of
+    `repeats`; as markdown lines with the difference's share of `seconds_per_image`."""
+    import torch
+
+    encoder, tokenizer = parts["text_encoder"], parts["tokenizer"]
+    ids = tokenizer([prompt, negative], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    ids = ids.input_ids.to(encoder.device)
+
+    def timed(batches: list[torch.Tensor]) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                encoder(batch)
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    sides = [("one batch", [ids]), ("two batches", [ids[:1], ids[1:]])]
+    for _, batches in sides:
+        timed(batches)  # warm-up
+    median = median_seconds(sides, timed, repeats)
+    extra = median["two batches"] - median["one batch"]
+    return [
+        f"Text encoder on prompt and negative (medians of {repeats} alternating runs):",
+        "",
+        "| text encoder runs | milliseconds |",
+        "|---|---|",
+        *(f"| {name} | {median[name] * 1e3:.2f} |" for name, _ in sides),
+        "",
+        f"two batches (diffusers' encode_prompt, and ours since it is bit-identical to it) cost {extra * 1e3:+.2f} ms "
+        f"per uncached image: {extra / seconds_per_image:+.2%} of StableDiffusionPipeline's {seconds_per_image:.3f} s",
+        "",
+    ]
 
 
 def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, repeats: int) -> list[str]:

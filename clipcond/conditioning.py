@@ -226,8 +226,9 @@ class TextConditioner:
         `negative_pooled_prompt_embeds` when the recipe has a pooled vector and
         `prompt_attention_mask` / `negative_prompt_attention_mask` when it has a mask. A
         missing negative prompt means "" — or zeros when the recipe says so (SDXL's
-        `force_zeros_for_empty_prompt`), or no negative at all for Flux. Prompts and negatives
-        are encoded in one batch and padded to the same length.
+        `force_zeros_for_empty_prompt`), or no negative at all for Flux. The encoders run on the
+        prompts, then on the negatives, the two batches of diffusers' `encode_prompt` (so that
+        the numbers are diffusers' to the bit); both are padded to the same length.
 
         With `num_inference_steps`, prompt editing and alternation (`clipcond.schedule`) take
         effect: the embeddings are step 0's, and `callback_on_step_end` with
@@ -261,7 +262,8 @@ class TextConditioner:
         if schedule is not None:
             positive, negative = schedule.embeds_at(0)
         else:
-            embeds = self._assemble(self._records(prompts + (negatives or [])))  # prompts, then negatives
+            records = self._records(prompts) + (self._records(negatives) if negatives else [])
+            embeds = self._assemble(records)  # prompts, then negatives
             positive, negative = embeds.split(len(prompts))
         family = self.family
         kwargs = family.call_keywords(positive)

@@ -8,7 +8,10 @@ a `TextProjection`). The recipe and clip-skip live in its config (`model_index.j
 the conditioner: weights, long prompts, negative prompts and the embedding cache.
 
 With the `sd` recipe and the components of a `StableDiffusionPipeline`, images are identical
-to that pipeline's for the same generator (tested).
+to that pipeline's for the same generator, bit for bit (tested over the prompt suites in
+tests/test_sd_parity.py): the constructor rewrites the scheduler config as SD's does, the text
+encoder runs on the batches SD's `encode_prompt` runs (prompts, then negatives), and a safety
+checker runs as in SD.
 
 Why this module is over 400 lines: it is one diffusers pipeline class whose `__call__` reads
 top to bottom in numbered steps, as diffusers' own pipelines do; its argument checks live in
@@ -19,21 +22,25 @@ editing and AND in `composable.py`.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
     rescale_noise_cfg,
     retrieve_timesteps,
 )
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import (
+    CLIPImageProcessor,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     PreTrainedTokenizerBase,
@@ -47,7 +54,10 @@ from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
+from clipcond.pipelines.sd_components import check_safety_checker, normalise_scheduler_config
 from clipcond.projection import TextProjection
+
+logger = logging.getLogger(__name__)
 
 
 def _per_call(name: str, doc: str) -> property:
@@ -91,10 +101,35 @@ class CLIPConditionedPipeline(
             is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`; see `TextConditioner`).
+        safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
+            `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
+            `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
+            checker expects the same images (flagged ones black) and `nsfw_content_detected`.
+        requires_safety_checker: as in Stable Diffusion's config: True warns when
+            `safety_checker` is None. False by default, since clipcond's own models carry none;
+            `from_pipe` takes the value of the pipeline it starts from.
+
+    `unet`, `scheduler`, `vae`, `text_encoder` and `tokenizer` may be None where Stable
+    Diffusion allows it: `encode_prompt` needs no UNet, and a call with `prompt_embeds` (and
+    `negative_prompt_embeds` under guidance) needs no text encoder.
+
+    With recipe "sd" and a VAE the pipeline stands in for `StableDiffusionPipeline`, so its
+    constructor rewrites the scheduler config as SD's does (`steps_offset` 1, `clip_sample`
+    False; `clipcond.pipelines.sd_components`). Pixel-space and `custom` pipelines keep theirs:
+    there `clip_sample` means what it says (pixels are in [-1, 1]) and the schedule is the one
+    the UNet was trained and sampled with.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
-    _optional_components = ["vae", "text_encoder_2", "tokenizer_2", "text_projection"]
+    _optional_components = [
+        "vae",
+        "text_encoder_2",
+        "tokenizer_2",
+        "text_projection",
+        "safety_checker",
+        "feature_extractor",
+    ]
+    _exclude_from_cpu_offload = ["safety_checker"]  # as in Stable Diffusion: it runs once, on the images
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -112,6 +147,9 @@ class CLIPConditionedPipeline(
         t5_max_length: int | None = None,
         coordinate_channels: bool = False,
         emphasis: str = "multiply",
+        safety_checker: StableDiffusionSafetyChecker | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+        requires_safety_checker: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -123,6 +161,8 @@ class CLIPConditionedPipeline(
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
             text_projection=text_projection,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
         )
         if recipe not in ("sd", "custom"):
             raise ValueError(f"`recipe` must be 'sd' or 'custom' (rows of clipcond.families), got {recipe!r}")
@@ -140,12 +180,22 @@ class CLIPConditionedPipeline(
                 f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
             )
         check_emphasis(emphasis)
+        if check_safety_checker(safety_checker, feature_extractor, requires_safety_checker):
+            logger.warning(
+                "%s has no `safety_checker` but its config says `requires_safety_checker=True` (as a Stable "
+                "Diffusion checkpoint's does): images are not filtered. Respect the model's license when you "
+                "show them; pass requires_safety_checker=False to silence this.",
+                type(self).__name__,
+            )
+        if recipe == "sd" and vae is not None:
+            normalise_scheduler_config(scheduler)
         self.register_to_config(
             recipe=recipe,
             clip_skip=clip_skip,
             t5_max_length=t5_max_length,
             coordinate_channels=coordinate_channels,
             emphasis=emphasis,
+            requires_safety_checker=requires_safety_checker,
         )
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
@@ -230,7 +280,7 @@ class CLIPConditionedPipeline(
             projection=projection,
             emphasis=self.config.get("emphasis", "multiply"),
         )
-        width = self.unet.config.cross_attention_dim
+        width = self.unet.config.cross_attention_dim if self.unet is not None else conditioner.token_width
         if conditioner.token_width != width:
             raise ValueError(
                 f"the text encoders give {conditioner.token_width}-wide tokens but unet.config.cross_attention_dim "
@@ -249,34 +299,41 @@ class CLIPConditionedPipeline(
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
         guidance: bool,
-        conditioner: TextConditioner,
+        clip_skip: int | None,
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if prompt_embeds is None and lora_scale is not None:
-            # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
-            encoders = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
-            for encoder in encoders:
-                scale_lora_layers(encoder, lora_scale)
-            try:
-                return self._embeds(prompt, negative_prompt, None, negative_prompt_embeds, guidance, conditioner)
-            finally:
-                for encoder in encoders:
-                    unscale_lora_layers(encoder, lora_scale)
+        """(prompt embeddings, negative ones or None without guidance), encoding what was given
+        as text. The conditioner is built only when there is text to encode."""
         encode_negative = guidance and negative_prompt_embeds is None
-        if encode_negative and negative_prompt is not None:
-            negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)  # textual inversion
-        if prompt_embeds is None:
-            prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
-            # Prompts and negatives in one batch: padded to one length.
-            kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt if encode_negative else None)
-            prompt_embeds = kwargs["prompt_embeds"]
-            if encode_negative:
-                negative_prompt_embeds = kwargs["negative_prompt_embeds"]
-        elif encode_negative:
-            count = prompt_embeds.shape[0]
-            if negative_prompt is None or isinstance(negative_prompt, str):
-                negative_prompt = [negative_prompt or ""] * count
-            negative_prompt_embeds = conditioner.pipeline_kwargs(negative_prompt)["prompt_embeds"]
+        if prompt_embeds is not None and not encode_negative:
+            return prompt_embeds, negative_prompt_embeds if guidance else None
+        self.check_text_encoders(prompt_embeds is None, encode_negative)
+        conditioner = self.conditioner_for(clip_skip)
+        # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
+        scaled = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
+        scaled = scaled if lora_scale is not None else []
+        for encoder in scaled:
+            scale_lora_layers(encoder, lora_scale)
+        try:
+            if encode_negative and negative_prompt is not None:
+                negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)  # textual inversion
+            if prompt_embeds is None:
+                prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+                if encode_negative:
+                    # Prompts and negatives padded to one length; the encoders run on the prompts,
+                    # then on the negatives: the two batches of StableDiffusionPipeline.encode_prompt.
+                    kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt)
+                    prompt_embeds, negative_prompt_embeds = kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]
+                else:
+                    prompt_embeds = conditioner.encode(prompt).tokens
+            else:
+                count = prompt_embeds.shape[0]
+                if negative_prompt is None or isinstance(negative_prompt, str):
+                    negative_prompt = [negative_prompt or ""] * count
+                negative_prompt_embeds = conditioner.encode(negative_prompt).tokens
+        finally:
+            for encoder in scaled:
+                unscale_lora_layers(encoder, lora_scale)
         if guidance and negative_prompt_embeds.shape != prompt_embeds.shape:
             raise ValueError(
                 f"the negative prompt's embeddings {tuple(negative_prompt_embeds.shape)} must have the shape of the "
@@ -298,24 +355,30 @@ class CLIPConditionedPipeline(
         clip_skip: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """StableDiffusionPipeline.encode_prompt's contract, through the conditioner (prompt
-        weights, long prompts and the cache included), for code written against it.
+        weights, long prompts and the cache included), for code written against it. Needs no
+        UNet; needs the text encoder only for what is given as text.
 
         Returns:
             prompt_embeds (n, seq, width) and negative_prompt_embeds (the same shape, or the
             given one, or None without guidance), n = prompts x num_images_per_prompt, on
-            `device` in the text encoder's dtype.
+            `device` in the text encoder's dtype (the UNet's without a text encoder).
+
+        Raises:
+            ValueError: text to encode but no text encoder or tokenizer (names the missing ones).
         """
-        conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
         positive, negative = self._embeds(
             prompt,
             negative_prompt,
             prompt_embeds,
             negative_prompt_embeds,
             do_classifier_free_guidance,
-            conditioner,
+            clip_skip if clip_skip is not None else self.config.clip_skip,
             lora_scale,
         )
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        if self.text_encoder is not None:
+            dtype = self.text_encoder.dtype
+        else:
+            dtype = self.unet.dtype if self.unet is not None else positive.dtype
         positive = positive.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative is not None:
             negative = negative.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
@@ -326,7 +389,7 @@ class CLIPConditionedPipeline(
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = 50,
         guidance_scale: float = 7.5,
         height: int | None = None,
         width: int | None = None,
@@ -346,11 +409,12 @@ class CLIPConditionedPipeline(
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         clip_skip: int | None = None,
         non_finite: str = "raise",
-    ) -> ImagePipelineOutput | tuple:
+    ) -> StableDiffusionPipelineOutput | tuple:
         """Generate images.
 
         The arguments are StableDiffusionPipeline's, with the same meaning: `timesteps` or
-        `sigmas` replace the scheduler's spacing (then `num_inference_steps` is their count),
+        `sigmas` replace the scheduler's spacing (then `num_inference_steps` is their count and
+        may be None),
         `guidance_rescale` rescales the guided prediction (arXiv 2305.08891, section 3.4),
         `cross_attention_kwargs` go to the UNet's attention processors (`"scale"` also scales a
         LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
@@ -362,9 +426,15 @@ class CLIPConditionedPipeline(
         infinity, before decoding; "warn" logs it and returns the images.
 
         Returns:
-            `ImagePipelineOutput(images=...)` (or a 1-tuple): PIL images, a (n, H, W, 3) float
-            array in [0, 1] ("np"), a (n, 3, H, W) tensor in [0, 1] ("pt"), or the final
-            latents ("latent"), n = prompts x num_images_per_prompt.
+            `StableDiffusionPipelineOutput(images, nsfw_content_detected)` (or that 2-tuple), as
+            Stable Diffusion's: images are PIL images, a (n, H, W, 3) float array in [0, 1]
+            ("np"), a (n, 3, H, W) tensor in [0, 1] ("pt"), or the final latents ("latent"),
+            n = prompts x num_images_per_prompt; `nsfw_content_detected` is a list of n bools
+            from the safety checker (flagged images are black), None without one.
+
+        Raises:
+            ValueError, TypeError: bad arguments, or text to encode without a text encoder;
+                all before any work.
         """
         # 1. Check inputs (all of them, before any work)
         check_non_finite_policy(non_finite)
@@ -380,21 +450,32 @@ class CLIPConditionedPipeline(
             negative_prompt_embeds,
             height,
             width,
-            num_inference_steps,
             guidance_scale,
             num_images_per_prompt,
             generator,
             output_type,
         )
         self.check_sampling_inputs(
-            timesteps, sigmas, guidance_rescale, cross_attention_kwargs, callback_on_step_end, tensor_inputs
+            num_inference_steps,
+            timesteps,
+            sigmas,
+            guidance_rescale,
+            cross_attention_kwargs,
+            callback_on_step_end,
+            tensor_inputs,
         )
-        # 2. Define call parameters
-        conditioner = self.conditioner_for(clip_skip if clip_skip is not None else self.config.clip_skip)
+        # 2. Define call parameters, and the conditioner where there is text to encode (which
+        #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
+        clip_skip = clip_skip if clip_skip is not None else self.config.clip_skip
+        encode_negative = self.do_classifier_free_guidance and negative_prompt_embeds is None
+        conditioner = None
+        if prompt is not None or encode_negative:
+            self.check_text_encoders(prompt is not None, encode_negative)
+            conditioner = self.conditioner_for(clip_skip)
         device = self._execution_device
         # 3. Encode input prompt: (n, seq, width) each; the guided batch is negatives first. Prompt
         #    editing, alternation and AND give each step its own context (`composable.DenoisingPlan`).
@@ -420,7 +501,7 @@ class CLIPConditionedPipeline(
                 prompt_embeds,
                 negative_prompt_embeds,
                 self.do_classifier_free_guidance,
-                conditioner,
+                clip_skip,
                 lora_scale,
             )
             positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
@@ -505,6 +586,7 @@ class CLIPConditionedPipeline(
 
         # 8. Decode latents into images
         check_finite_latents(latents, non_finite)
+        nsfw = None
         if output_type == "latent":
             images = latents
         else:
@@ -514,8 +596,12 @@ class CLIPConditionedPipeline(
                 )[0]
             else:
                 images = latents
-            images = self.image_processor.postprocess(images, output_type=output_type)
+            # 9. Safety checker, as in Stable Diffusion: flagged images come back black (not denormalised)
+            checker_dtype = self.text_encoder.dtype if self.text_encoder is not None else dtype
+            images, nsfw = StableDiffusionPipeline.run_safety_checker(self, images, device, checker_dtype)
+            denormalize = None if nsfw is None else [not flagged for flagged in nsfw]
+            images = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+            return (images, nsfw)
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=nsfw)

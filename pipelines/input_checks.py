@@ -1,7 +1,8 @@
 """The checks of `CLIPConditionedPipeline.__call__`'s arguments, run before any work.
 
 A mixin, as diffusers keeps `check_inputs` on the pipeline: it reads the pipeline's
-`downsampling_factor`, `scheduler` and `_callback_tensor_inputs`.
+`downsampling_factor`, `scheduler`, `_callback_tensor_inputs`, its recipe and its text-encoder
+components.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 import torch
 
 from clipcond.conditioning import as_prompt_list
+from clipcond.families import FAMILIES
 
 
 class CallInputChecks:
-    """`check_inputs` and `check_sampling_inputs` of a text-to-image pipeline."""
+    """`check_inputs`, `check_sampling_inputs` and `check_text_encoders` of a text-to-image pipeline."""
 
     def check_inputs(
         self,
@@ -26,13 +28,12 @@ class CallInputChecks:
         negative_prompt_embeds: torch.Tensor | None,
         height: int,
         width: int,
-        num_inference_steps: int,
         guidance_scale: float,
         num_images_per_prompt: int,
         generator: Any,
         output_type: str,
     ) -> int:
-        """Validate the prompt, size, step and output arguments; returns the number of prompts."""
+        """Validate the prompt, size, guidance and output arguments; returns the number of prompts."""
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
         if negative_prompt is not None and negative_prompt_embeds is not None:
@@ -66,8 +67,6 @@ class CallInputChecks:
                 raise ValueError(
                     f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}"
                 )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
             raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -83,6 +82,7 @@ class CallInputChecks:
 
     def check_sampling_inputs(
         self,
+        num_inference_steps: Any,
         timesteps: Any,
         sigmas: Any,
         guidance_rescale: Any,
@@ -90,9 +90,20 @@ class CallInputChecks:
         callback_on_step_end: Any,
         tensor_inputs: list[str],
     ) -> None:
-        """Validate the schedule, guidance-rescale, attention and callback arguments."""
+        """Validate the schedule, guidance-rescale, attention and callback arguments.
+
+        As in Stable Diffusion (`retrieve_timesteps`), custom `timesteps` or `sigmas` set the
+        step count themselves: `num_inference_steps` may then be None, and is not read.
+        """
         if timesteps is not None and sigmas is not None:
             raise ValueError("give at most one of `timesteps` and `sigmas`")
+        custom_schedule = timesteps is not None or sigmas is not None
+        count_ok = type(num_inference_steps) is int and num_inference_steps >= 1
+        if not (custom_schedule or count_ok):
+            raise ValueError(
+                f"`num_inference_steps` must be an int >= 1 (or None with custom `timesteps` or `sigmas`), "
+                f"got {num_inference_steps!r}"
+            )
         for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
             if schedule is not None:
                 if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__len__") or len(schedule) == 0:
@@ -118,3 +129,35 @@ class CallInputChecks:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has {unknown}; choose from {self._callback_tensor_inputs}"
             )
+
+    def check_text_encoders(self, prompt_is_text: bool, negative_is_text: bool) -> None:
+        """Refuse text to encode when the pipeline has no encoder for it, naming the missing
+        components (Stable Diffusion lets `text_encoder` and `tokenizer` be None when every
+        prompt comes as embeddings).
+
+        Args:
+            prompt_is_text: the prompt comes as text (no `prompt_embeds`).
+            negative_is_text: guidance needs the negative prompt encoded (no
+                `negative_prompt_embeds`; a missing negative prompt means "").
+
+        Raises:
+            ValueError: there is text to encode and no slot of the recipe holds both a text
+                encoder and its tokenizer.
+        """
+        if not (prompt_is_text or negative_is_text):
+            return
+        slots = FAMILIES[self.config.recipe].slots
+        names = [name for slot in slots for name in (slot.model, slot.tokenizer)]
+        if any(
+            getattr(self, slot.model, None) is not None and getattr(self, slot.tokenizer, None) is not None
+            for slot in slots
+        ):
+            return
+        missing = ", ".join(f"`{name}`" for name in names if getattr(self, name, None) is None)
+        if prompt_is_text:
+            what = "`prompt` is text"
+            instead = "pass `prompt_embeds` (and `negative_prompt_embeds` under guidance) instead"
+        else:
+            what = "classifier-free guidance needs the negative prompt encoded"
+            instead = "pass `negative_prompt_embeds`, or guidance_scale <= 1"
+        raise ValueError(f"{what}, but this pipeline has no {missing} to encode it; {instead}")

@@ -208,7 +208,7 @@ def test_repeated_prompts_in_a_batch_run_once_without_cache(tiny_clip_text_path)
     handle = model.register_forward_hook(lambda module, args, kwargs_or_out: seen.append(args[0].shape[0]))
     kwargs = cond.pipeline_kwargs(["a red circle", "a blue square", "a cat"], negative_prompt="blurry")
     handle.remove()
-    assert seen == [4]  # three prompts + one negative, not six rows
+    assert seen == [3, 1]  # three prompts, then one negative (not three): diffusers' two batches, repeats once
     negatives = kwargs["negative_prompt_embeds"]
     torch.testing.assert_close(negatives[0], negatives[2], rtol=0, atol=0)
     ids = tokenizer(["blurry"], padding="max_length", return_tensors="pt").input_ids

@@ -121,8 +121,11 @@ def _small_vae(**overrides):
     return AutoencoderKL(**values)
 
 
-def build_sd():
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def sd_components() -> dict:
+    """Fresh tiny SD 1.x components (seeded): `unet`, `vae`, `scheduler` (a default
+    `DDIMScheduler`, whose config has `steps_offset: 0` and `clip_sample: true`, as SD
+    checkpoints of 2022 do), `text_encoder`, `tokenizer`."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -136,15 +139,20 @@ def build_sd():
         cross_attention_dim=WIDTH,
         norm_num_groups=2,
     )
-    return StableDiffusionPipeline(
+    return dict(
         unet=unet,
         vae=_small_vae(),
         scheduler=DDIMScheduler(),
         text_encoder=clip_text_model(1),
         tokenizer=clip_tokenizer(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    )
+
+
+def build_sd():
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        **sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
 
 
