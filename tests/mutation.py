@@ -75,9 +75,13 @@ def staged_pyproject(module: str, tests: list[str] | None = None) -> str:
     )
 
 
+def _tree(module: str, root: Path) -> Path:
+    return root / Path(module).with_suffix("").as_posix().replace("/", ".")
+
+
 def stage(module: str, root: Path, tests: list[str] | None = None) -> Path:
     """Build a fresh staged tree for `module` under `root` and return its folder."""
-    tree = root / Path(module).with_suffix("").as_posix().replace("/", ".")
+    tree = _tree(module, root)
     if tree.exists():
         shutil.rmtree(tree)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -98,10 +102,20 @@ def outcomes(tree: Path, module: str) -> dict[str, str]:
     return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
 
 
-def run(module: str, root: Path, max_children: int = 1, only: str | None = None, tests: list[str] | None = None):
+def run(
+    module: str,
+    root: Path,
+    max_children: int = 1,
+    only: str | None = None,
+    tests: list[str] | None = None,
+    keep: bool = False,
+):
     """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob)
-    and return {mutant name: verdict}."""
-    tree = stage(module, root, tests)
+    and return {mutant name: verdict}. `keep` resumes in the tree staged before: mutmut skips
+    the mutants it has a verdict for."""
+    tree = _tree(module, root)
+    if not (keep and tree.exists()):
+        tree = stage(module, root, tests)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     subprocess.run(command + ([only] if only else []), cwd=tree, check=True)
     return outcomes(tree, module)
@@ -113,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO / ".mutation", help="where staged trees go")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut's worker processes")
     parser.add_argument("--only", help="run only the mutants matching this mutmut name glob")
+    parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
     args = parser.parse_args(argv)
-    verdicts = run(args.module, args.root, args.max_children, args.only)
+    verdicts = run(args.module, args.root, args.max_children, args.only, keep=args.keep)
     counts = Counter(verdicts.values())
     print(f"{args.module}: {len(verdicts)} mutants, " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
     for name, verdict in sorted(verdicts.items()):
