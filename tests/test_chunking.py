@@ -154,17 +154,18 @@ def test_t5_without_pad_token_pads_with_zero(t5):
     assert got.ids.tolist() == [whole + [0] * (10 - len(whole))]
 
 
-def test_t5_truncation_is_reported_with_what_was_kept(t5, caplog):
-    text = "photorealistic portrait of a red fox in the snow"
+def test_t5_truncation_keeps_the_first_tokens_and_reports_the_last_eight(t5, caplog):
+    text = "photorealistic portrait of a red fox in the snow at dawn under a pale blue winter sky"
     ids = _ids(t5, text)
+    assert len(ids) > 14
     with caplog.at_level(logging.WARNING, logger="clipcond.chunking"):
-        (got,) = t5_sequence(t5, [[Fragment(text, 1.0)]], 6)
-    dropped = len(ids) - 5
-    assert got.dropped == dropped > 0
+        (got,) = t5_sequence(t5, [[Fragment(text, 1.0)]], 14)
+    assert got.ids.tolist() == [ids[:13] + [t5.eos_token_id]]
+    assert got.dropped == len(ids) - 13
     (record,) = caplog.records
-    kept = t5.decode(ids[:5])
     assert record.getMessage() == (
-        f"T5 prompt truncated to max_sequence_length=6 tokens: {dropped} tokens dropped after '...{kept}'"
+        f"T5 prompt truncated to max_sequence_length=14 tokens: {len(ids) - 13} tokens dropped after "
+        f"'...{t5.decode(ids[5:13])}'"
     )
 
 
@@ -172,3 +173,43 @@ def test_t5_fitting_prompt_reports_nothing(t5, caplog):
     with caplog.at_level(logging.WARNING, logger="clipcond.chunking"):
         (got,) = t5_sequence(t5, [[Fragment("a cat", 1.0)]], 16)
     assert got.dropped == 0 and not caplog.records
+
+
+@pytest.fixture
+def float64_by_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_weights_are_float32_whatever_the_default_dtype(clip, t5, float64_by_default):
+    (clip_got,) = clip_windows(clip, [WEIGHTED], 12)
+    (t5_got,) = t5_sequence(t5, [WEIGHTED], 12)
+    assert clip_got.weights.dtype == t5_got.weights.dtype == torch.float32
+
+
+def test_default_window_is_clips_77_tokens(clip):
+    (got,) = clip_windows(clip, [[Fragment("a cat", 1.0)]])
+    assert got.ids.shape == (1, 77)
+
+
+@pytest.fixture
+def transformers_logs(caplog):
+    """transformers' log records, which its library logger does not pass on by default."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_propagation()
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        yield caplog
+    transformers_logging.disable_propagation()
+
+
+def test_long_prompts_are_windowed_without_the_tokenizers_length_warning(transformers_logs):
+    fresh = clip_tokenizer()  # transformers warns once per tokenizer
+    text = "a red fox " * 40
+    assert len(_ids(clip_tokenizer(), text)) > 77
+    transformers_logs.clear()
+    (got,) = clip_windows(fresh, [[Fragment(text, 1.0)]], 77)
+    assert got.num_windows == 2
+    assert not [r for r in transformers_logs.records if "longer than the specified maximum" in r.getMessage()]
