@@ -205,7 +205,7 @@ def transformers_logs(caplog):
     transformers_logging.disable_propagation()
 
 
-def test_long_prompts_are_windowed_without_the_tokenizers_length_warning(transformers_logs):
+def test_windowed_prompts_skip_the_tokenizers_length_warning(transformers_logs):
     fresh = clip_tokenizer()  # transformers warns once per tokenizer
     text = "a red fox " * 40
     assert len(_ids(clip_tokenizer(), text)) > 77
