@@ -1,11 +1,11 @@
 """Mutation testing of one core module against its own tests (mutmut), in a staged copy.
 
-    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB]
+    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB] [--keep]
 
 Why a staged copy: pipelines/ and training/ install as `clipcond.pipelines` and
 `clipcond.training` (pyproject's package-dir), but mutmut names a mutant after its file's path
-(`pipelines/checkpoint.py` gives `pipelines.checkpoint`) while it records which tests reach a
-function under the function's module name (`clipcond.pipelines.checkpoint`); in the repository
+(`training/checkpoint.py` gives `training.checkpoint`) while it records which tests reach a
+function under the function's module name (`clipcond.training.checkpoint`); in the repository
 the two never meet, and the tests would import the editable install's unmutated files. The staged
 tree lays the package out as it installs (`clipcond/pipelines`, `clipcond/training`), so paths and
 module names agree and the mutated copy is the one imported.
@@ -109,7 +109,7 @@ def run(
     only: str | None = None,
     tests: list[str] | None = None,
     keep: bool = False,
-):
+) -> dict[str, str]:
     """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob)
     and return {mutant name: verdict}. `keep` resumes in the tree staged before: mutmut skips
     the mutants it has a verdict for."""
