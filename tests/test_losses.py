@@ -252,6 +252,8 @@ def test_scale_and_bias_of_more_than_one_element_are_rejected():
         clip_loss(images, texts, torch.ones(1, 1))
     with pytest.raises(ValueError, match=r"logit_bias must be a one-element tensor .*got float"):
         siglip_loss(images, texts, torch.tensor(1.0), -10.0)
+    with pytest.raises(ValueError, match=r"^logit_scale must be a one-element tensor .*got \(2,\)"):
+        siglip_loss(images, texts, torch.ones(2), torch.tensor(-10.0))
 
 
 def test_gather_features_is_the_identity_in_one_process():
