@@ -15,7 +15,7 @@ def test_mutmut_kills_every_mutant_of_prompt_keys(tmp_path):
         "clipcond/cache_key.py",
         tmp_path,
         only="clipcond.cache_key.x_prompt_keys__mutmut_*",
-        tests=["tests/test_cache_key.py", "-k", "prompt_keys or surrogate"],
+        tests=["tests/test_cache_key_parts.py", "-k", "prompt_keys or surrogate"],
     )
     ran = {name: verdict for name, verdict in verdicts.items() if ".x_prompt_keys__" in name}
     assert len(ran) >= 5, verdicts

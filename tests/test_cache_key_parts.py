@@ -1,5 +1,6 @@
-"""The cache key: every setting it covers changes it, and a conditioner with one setting flipped
-misses the other's entries on disk and in memory."""
+"""The cache key's parts, function by function: every setting `settings_key` covers changes it,
+and `prompt_keys` gives one key per text that changes with each of its inputs (through the
+conditioner, on disk and in memory: tests/test_cache_key.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ import re
 from types import SimpleNamespace
 
 import pytest
-import torch
-from transformers import CLIPTextModel
 
-from clipcond import TextConditioner
 from clipcond.cache_key import prompt_keys, settings_key
 from clipcond.recipes import Recipe
-from clipcond.tokenization import clip_tokenizer
 
 
 class CLIPStandIn:
@@ -92,51 +89,3 @@ def test_a_lone_surrogate_keys_apart_from_its_replacements():
     # surrogatepass keeps the surrogate's own bytes: "replace" or "ignore" would collide with these
     texts = ["a \ud800 cat", "a ? cat", "a  cat", "a \ufffd cat", "a \udfff cat"]
     assert len(set(prompt_keys("w", "s", texts))) == len(texts)
-
-
-# ----------------------------------------------------------------------- through the conditioner
-
-
-class _ForwardCounter:
-    def __init__(self, module):
-        self.calls = 0
-        module.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.calls += 1
-
-
-WEIGHTED = "a (red:1.5) circle"
-
-
-@pytest.fixture
-def clip_pair(tiny_clip_text_path):
-    return CLIPTextModel.from_pretrained(tiny_clip_text_path).eval(), clip_tokenizer()
-
-
-@pytest.mark.parametrize(
-    "setting",
-    [dict(parse_weights=False), dict(clip_skip=1), dict(emphasis="a1111")],
-    ids=lambda setting: next(iter(setting)),
-)
-def test_a_flipped_setting_misses_the_disk_cache(clip_pair, tmp_path, setting):
-    model, tokenizer = clip_pair
-    TextConditioner("sd", clip=[clip_pair], cache_dir=str(tmp_path)).encode(WEIGHTED)
-    flipped = TextConditioner("sd", clip=[clip_pair], cache_dir=str(tmp_path), **setting)
-    counter = _ForwardCounter(model)
-    got = flipped.encode(WEIGHTED).tokens
-    assert counter.calls == 1
-    uncached = TextConditioner("sd", clip=[clip_pair], cache_size=0, **setting).encode(WEIGHTED).tokens
-    torch.testing.assert_close(got, uncached, rtol=0, atol=0)
-
-
-def test_parse_weights_flipped_in_place_misses_the_memory_cache(clip_pair):
-    model, _ = clip_pair
-    cond = TextConditioner("sd", clip=[clip_pair])
-    weighted = cond.encode(WEIGHTED).tokens
-    cond.parse_weights = False
-    counter = _ForwardCounter(model)
-    literal = cond.encode(WEIGHTED).tokens
-    assert counter.calls == 1 and not torch.equal(literal, weighted)
-    uncached = TextConditioner("sd", clip=[clip_pair], cache_size=0, parse_weights=False).encode(WEIGHTED).tokens
-    torch.testing.assert_close(literal, uncached, rtol=0, atol=0)
