@@ -252,11 +252,26 @@ def test_scale_and_bias_of_more_than_one_element_are_rejected():
         clip_loss(images, texts, torch.ones(1, 1))
     with pytest.raises(ValueError, match=r"logit_bias must be a one-element tensor .*got float"):
         siglip_loss(images, texts, torch.tensor(1.0), -10.0)
+    with pytest.raises(ValueError, match=r"^logit_scale must be a one-element tensor .*got \(2,\)"):
+        siglip_loss(images, texts, torch.ones(2), torch.tensor(-10.0))
 
 
 def test_gather_features_is_the_identity_in_one_process():
     features = torch.randn(3, 4)
     assert gather_features(features) is features
+    labels = torch.randn(3)  # (batch,): any tensor with a batch axis
+    assert gather_features(labels) is labels
+    with pytest.raises(ValueError, match=r"^features must have a batch axis, got shape \(\)$"):
+        gather_features(torch.tensor(1.0))
+
+
+def test_losses_compute_on_the_features_device():
+    """The labels are made on the features' device (meta stands in for an accelerator here:
+    cross-entropy refuses labels on another device)."""
+    images, texts = torch.randn(4, 3, device="meta"), torch.randn(4, 3, device="meta")
+    scale, bias = torch.tensor(2.0, device="meta"), torch.tensor(-1.0, device="meta")
+    assert clip_loss(images, texts, scale).device.type == "meta"
+    assert siglip_loss(images, texts, scale, bias).device.type == "meta"
 
 
 # --- two processes (gloo, launched by accelerate's debug_launcher) ---------------------------------

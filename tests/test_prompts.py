@@ -198,6 +198,17 @@ A1111_EXAMPLES = [
 ]
 
 
+def test_products_beyond_the_float_range_are_exact_limits():
+    """A product below the smallest float is zero with its sign; a factor beyond the largest
+    float (a long digit run) times a zero inside it is zero, not NaN."""
+    tiny = "0." + "0" * 199 + "1"  # 1e-200: two of them multiply to 1e-400, below any float
+    assert parse_prompt(f"((a:{tiny}):{tiny}) b") == [Fragment("a", 0.0), Fragment(" b", 1.0)]
+    (negative,) = parse_prompt(f"((a:-{tiny}):{tiny})")
+    assert negative.weight == 0.0 and math.copysign(1.0, negative.weight) == -1.0
+    huge = "9" * 400
+    assert parse_prompt(f"((red:0) cat:{huge})") == [Fragment("red", 0.0), Fragment(" cat", MAX_WEIGHT)]
+
+
 @pytest.mark.parametrize("text,rows", A1111_EXAMPLES)
 def test_a1111_docstring_examples_exactly(text, rows):
     """Texts and weights equal to the last bit (the products of these examples come out the same

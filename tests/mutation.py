@@ -1,0 +1,142 @@
+"""Mutation testing of one core module against its own tests (mutmut), in a staged copy.
+
+    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB] [--keep]
+
+Why a staged copy: pipelines/ and training/ install as `clipcond.pipelines` and
+`clipcond.training` (pyproject's package-dir), but mutmut names a mutant after its file's path
+(`training/checkpoint.py` gives `training.checkpoint`) while it records which tests reach a
+function under the function's module name (`clipcond.training.checkpoint`); in the repository
+the two never meet, and the tests would import the editable install's unmutated files. The staged
+tree lays the package out as it installs (`clipcond/pipelines`, `clipcond/training`), so paths and
+module names agree and the mutated copy is the one imported.
+
+Each module gets its own tree under `.mutation/<module>/` (git-ignored), with a pyproject.toml
+made of the repository's `[tool.pytest.ini_options]` and `[tool.mutmut]`, plus `only_mutate` for
+the module and its tests from `[tool.mutmut.module_tests]`. mutmut's own commands work in it
+afterwards (`mutmut results`, `mutmut show NAME`, `mutmut run NAME` to re-run one mutant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+try:
+    from tomllib import loads as toml_loads
+except ModuleNotFoundError:  # Python 3.10: mutmut brings `toml` there
+    from toml import loads as toml_loads
+
+REPO = Path(__file__).resolve().parents[1]
+# where each top-level source folder sits in the installed package (pyproject's package-dir)
+PACKAGE_LAYOUT = {"clipcond": "clipcond", "pipelines": "clipcond/pipelines", "training": "clipcond/training"}
+
+
+def staged_path(module: str) -> str:
+    """The path of a repository file in the staged tree: `training/checkpoint.py` ->
+    `clipcond/training/checkpoint.py`."""
+    top, _, rest = module.partition("/")
+    if top not in PACKAGE_LAYOUT or not rest.endswith(".py"):
+        raise ValueError(f"`module` must be a .py file under {sorted(PACKAGE_LAYOUT)}, got {module!r}")
+    return f"{PACKAGE_LAYOUT[top]}/{rest}"
+
+
+def _toml_value(value: object) -> str:
+    # JSON's strings, numbers and lists of them are valid TOML; booleans are spelled the same
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _toml_table(name: str, table: dict) -> str:
+    lines = [f"[{name}]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if not isinstance(value, dict)]
+    return "\n".join(lines) + "\n"
+
+
+def staged_pyproject(module: str, tests: list[str] | None = None) -> str:
+    """The staged tree's pyproject.toml: pytest's options and mutmut's, for this module only.
+
+    Args:
+        module: a repository path listed in `[tool.mutmut.module_tests]`.
+        tests: pytest selections replacing the module's listed tests (a smaller slice).
+    """
+    config = toml_loads((REPO / "pyproject.toml").read_text())
+    mutmut = dict(config["tool"]["mutmut"])
+    module_tests = mutmut.pop("module_tests")
+    if module not in module_tests:
+        raise ValueError(f"`module` must be one of [tool.mutmut.module_tests] {sorted(module_tests)}, got {module!r}")
+    mutmut["only_mutate"] = [staged_path(module)]
+    mutmut["pytest_add_cli_args_test_selection"] = list(tests or module_tests[module])
+    return _toml_table("tool.pytest.ini_options", config["tool"]["pytest"]["ini_options"]) + _toml_table(
+        "tool.mutmut", mutmut
+    )
+
+
+def _tree(module: str, root: Path) -> Path:
+    return root / Path(module).with_suffix("").as_posix().replace("/", ".")
+
+
+def stage(module: str, root: Path, tests: list[str] | None = None) -> Path:
+    """Build a fresh staged tree for `module` under `root` and return its folder."""
+    tree = _tree(module, root)
+    if tree.exists():
+        shutil.rmtree(tree)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for top, target in PACKAGE_LAYOUT.items():
+        shutil.copytree(REPO / top, tree / target, ignore=ignore)
+    for folder in ("tests", "configs", ".reference-wheels"):
+        if (REPO / folder).exists():
+            shutil.copytree(REPO / folder, tree / folder, ignore=ignore)
+    (tree / "pyproject.toml").write_text(staged_pyproject(module, tests))
+    return tree
+
+
+def outcomes(tree: Path, module: str) -> dict[str, str]:
+    """Each mutant's name and mutmut's verdict (killed, survived, timeout, no tests, ...)."""
+    from mutmut.stats import status_by_exit_code
+
+    meta = json.loads((tree / "mutants" / (staged_path(module) + ".meta")).read_text())
+    return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+
+
+def run(
+    module: str,
+    root: Path,
+    max_children: int = 1,
+    only: str | None = None,
+    tests: list[str] | None = None,
+    keep: bool = False,
+) -> dict[str, str]:
+    """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob)
+    and return {mutant name: verdict}. `keep` resumes in the tree staged before: mutmut skips
+    the mutants it has a verdict for."""
+    tree = _tree(module, root)
+    if not (keep and tree.exists()):
+        tree = stage(module, root, tests)
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    subprocess.run(command + ([only] if only else []), cwd=tree, check=True)
+    return outcomes(tree, module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("module", help="a repository path listed in [tool.mutmut.module_tests]")
+    parser.add_argument("--root", type=Path, default=REPO / ".mutation", help="where staged trees go")
+    parser.add_argument("--max-children", type=int, default=1, help="mutmut's worker processes")
+    parser.add_argument("--only", help="run only the mutants matching this mutmut name glob")
+    parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
+    args = parser.parse_args(argv)
+    verdicts = run(args.module, args.root, args.max_children, args.only, keep=args.keep)
+    counts = Counter(verdicts.values())
+    print(f"{args.module}: {len(verdicts)} mutants, " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
+    for name, verdict in sorted(verdicts.items()):
+        if verdict != "killed":
+            print(f"  {verdict}: {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

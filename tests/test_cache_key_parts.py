@@ -1,0 +1,91 @@
+"""The cache key's parts, function by function: every setting `settings_key` covers changes it,
+and `prompt_keys` gives one key per text that changes with each of its inputs (through the
+conditioner, on disk and in memory: tests/test_cache_key.py)."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from clipcond.cache_key import prompt_keys, settings_key
+from clipcond.recipes import Recipe
+
+
+class CLIPStandIn:
+    pass
+
+
+class T5StandIn:
+    pass
+
+
+def _encoder(model=CLIPStandIn, window_length: int = 77, uses_attention_mask: bool = False):
+    # settings_key reads an encoder's class name, window length and mask use, nothing else
+    return SimpleNamespace(model=model(), window_length=window_length, uses_attention_mask=uses_attention_mask)
+
+
+BASE = dict(recipe=Recipe(name="sd"), parse_weights=True, encoders=[_encoder()], fingerprints=["tok-a"])
+
+
+def _key(**changes) -> str:
+    args = {**BASE, **changes}
+    return settings_key(args["recipe"], args["parse_weights"], args["encoders"], args["fingerprints"])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(parse_weights=False),
+        dict(recipe=Recipe(name="sd", emphasis="a1111")),
+        dict(recipe=Recipe(name="sd").with_clip_skip(1)),
+        dict(recipe=Recipe(name="sd", lowercase=True)),
+        dict(recipe=Recipe(name="custom")),
+        dict(encoders=[_encoder(model=T5StandIn)]),
+        dict(encoders=[_encoder(window_length=78)]),
+        dict(encoders=[_encoder(uses_attention_mask=True)]),
+        dict(fingerprints=["tok-b"]),
+        dict(encoders=[_encoder(), _encoder()], fingerprints=["tok-a", "tok-a"]),
+    ],
+    ids=lambda changes: ",".join(changes),
+)
+def test_every_setting_changes_the_settings_key(changes):
+    assert _key(**changes) != _key()
+
+
+def test_equal_settings_give_equal_keys():
+    same = dict(recipe=Recipe(name="sd"), encoders=[_encoder()], fingerprints=["tok-a"])
+    assert _key(**same) == _key()
+
+
+def test_encoder_order_is_part_of_the_key():
+    clip, t5 = _encoder(), _encoder(model=T5StandIn, window_length=256, uses_attention_mask=True)
+    assert _key(encoders=[clip, t5], fingerprints=["c", "t"]) != _key(encoders=[t5, clip], fingerprints=["t", "c"])
+
+
+def test_one_fingerprint_per_encoder_or_a_value_error():
+    with pytest.raises(
+        ValueError, match=re.escape("`tokenizer_fingerprints` must have one entry per encoder (1), got 2")
+    ):
+        _key(fingerprints=["tok-a", "tok-b"])
+
+
+def test_prompt_keys_are_one_sha256_per_text_in_order():
+    keys = prompt_keys("w", "s", ["a cat", "a dog", "a cat"])
+    assert len(keys) == 3 and keys[0] == keys[2] != keys[1]
+    assert all(re.fullmatch("[0-9a-f]{64}", key) for key in keys)
+    assert prompt_keys("w", "s", ["a dog"]) == [keys[1]]
+
+
+def test_prompt_keys_depend_on_weights_settings_and_text():
+    key = prompt_keys("w", "s", ["a cat"])
+    assert prompt_keys("v", "s", ["a cat"]) != key
+    assert prompt_keys("w", "t", ["a cat"]) != key
+    assert prompt_keys("w", "s", ["a cot"]) != key
+
+
+def test_a_lone_surrogate_keys_apart_from_its_replacements():
+    # surrogatepass keeps the surrogate's own bytes: "replace" or "ignore" would collide with these
+    texts = ["a \ud800 cat", "a ? cat", "a  cat", "a \ufffd cat", "a \udfff cat"]
+    assert len(set(prompt_keys("w", "s", texts))) == len(texts)

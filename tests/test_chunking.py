@@ -1,0 +1,215 @@
+"""Token windows cell by cell: ids, weights, mask and fragment index of weighted prompts, BREAK,
+padding, tokenizers without a pad token, T5's truncation report and the hard split of a word
+longer than the look-back. References are the tokenizers run on the whole text."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from clipcond.chunking import WORD_LOOKBACK, clip_windows, t5_sequence
+from clipcond.prompts import BREAK_MARKER, Fragment
+from clipcond.tokenization import clip_tokenizer
+
+WEIGHTED = [Fragment("a ", 1.0), Fragment("red", 1.5), Fragment(" cat", 1.0)]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return clip_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def t5(t5_tokenizer_path):
+    return AutoTokenizer.from_pretrained(t5_tokenizer_path)
+
+
+class WithoutPad:
+    """A tokenizer that has no pad token (the chunker must choose one)."""
+
+    pad_token_id = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos_token_id = tokenizer.bos_token_id
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def convert_ids_to_tokens(self, ids):
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_clip_weighted_prompt_cell_by_cell(clip):
+    (got,) = clip_windows(clip, [WEIGHTED], 12)
+    a, red, cat = _ids(clip, "a"), _ids(clip, "red"), _ids(clip, "cat")
+    assert a + red + cat == _ids(clip, "a red cat")
+    real = [clip.bos_token_id, *a, *red, *cat, clip.eos_token_id]
+    padding = 12 - len(real)
+    assert got.ids.tolist() == [real + [clip.pad_token_id] * padding]
+    assert got.weights.tolist() == [[1.0] * (1 + len(a)) + [1.5] * len(red) + [1.0] * (len(cat) + 1 + padding)]
+    assert got.mask.tolist() == [[1] * len(real) + [0] * padding]
+    assert got.fragments.tolist() == [[-1] + [0] * len(a) + [1] * len(red) + [2] * len(cat) + [-1] * (1 + padding)]
+    assert got.ids.dtype == got.mask.dtype == got.fragments.dtype == torch.long
+    assert got.weights.dtype == torch.float32
+    assert got.num_windows == 1 and got.is_weighted and got.dropped == 0
+
+
+def test_clip_unweighted_prompt_is_not_weighted(clip):
+    (got,) = clip_windows(clip, [[Fragment("a red cat", 1.0)]], 12)
+    assert not got.is_weighted
+
+
+def test_clip_break_closes_the_window_and_repeated_breaks_add_none(clip):
+    prompt = [Fragment("a red", 1.0), BREAK_MARKER, BREAK_MARKER, Fragment("cat", 1.0), BREAK_MARKER]
+    (got,) = clip_windows(clip, [prompt], 8)
+    rows = []
+    for text in ("a red", "cat"):
+        real = [clip.bos_token_id, *_ids(clip, text), clip.eos_token_id]
+        rows.append(real + [clip.pad_token_id] * (8 - len(real)))
+    assert got.ids.tolist() == rows
+    assert got.num_windows == 2
+    assert got.fragments[1, 1].item() == 3  # the fragment's index counts the break markers
+
+
+def test_clip_empty_prompt_is_one_window_of_bos_eos_padding(clip):
+    (got,) = clip_windows(clip, [[BREAK_MARKER]], 77)
+    expected = clip("", padding="max_length", max_length=77).input_ids
+    assert got.ids.tolist() == [expected]
+    assert got.mask[0].sum().item() == 2
+
+
+def test_clip_without_pad_token_pads_with_eos(clip):
+    (got,) = clip_windows(WithoutPad(clip), [[Fragment("a cat", 1.0)]], 10)
+    real = [clip.bos_token_id, *_ids(clip, "a cat"), clip.eos_token_id]
+    assert got.ids.tolist() == [real + [clip.eos_token_id] * (10 - len(real))]
+
+
+@pytest.mark.parametrize(
+    "before, first_window",
+    [(75 - WORD_LOOKBACK, 75), (75 - WORD_LOOKBACK + 1, 75 - WORD_LOOKBACK + 1)],
+    ids=["word-end-just-out-of-reach", "word-end-just-in-reach"],
+)
+def test_clip_split_looks_back_exactly_word_lookback_tokens(clip, before, first_window):
+    """A full window moves a partial word on only when a word ends within the last
+    WORD_LOOKBACK tokens; otherwise it cuts the word at the window edge."""
+    word = "qzxv" * 12
+    assert len(_ids(clip, word)) > WORD_LOOKBACK + 2
+    text = "a " * before + word
+    ids = _ids(clip, text)
+    (got,) = clip_windows(clip, [[Fragment(text, 1.0)]], 77)
+    assert got.ids[0, 1 : 1 + first_window].tolist() == ids[:first_window]
+    assert got.mask[0].sum().item() == first_window + 2
+    assert got.ids[1, 1 : 1 + len(ids) - first_window].tolist() == ids[first_window:]
+
+
+def test_clip_word_within_the_look_back_moves_whole(clip):
+    word = "qzxv" * 4
+    pieces = len(_ids(clip, word))
+    assert 2 <= pieces < WORD_LOOKBACK
+    before = 75 - pieces + 1  # the word's last token would be the 76th
+    text = "a " * before + word
+    (got,) = clip_windows(clip, [[Fragment(text, 1.0)]], 77)
+    assert got.mask[0].sum().item() == before + 2
+    assert got.ids[1, 1 : 1 + pieces].tolist() == _ids(clip, word)
+
+
+def test_t5_weighted_prompt_cell_by_cell(t5):
+    (got,) = t5_sequence(t5, [WEIGHTED], 12)
+    whole = t5("a red cat").input_ids  # ends in EOS
+    red = len(_ids(t5, "red"))
+    assert whole[:-1] == _ids(t5, "a") + _ids(t5, "red") + _ids(t5, "cat")
+    padding = 12 - len(whole)
+    assert got.ids.tolist() == [whole + [t5.pad_token_id] * padding]
+    a = len(_ids(t5, "a"))
+    cat = len(_ids(t5, "cat"))
+    assert got.weights.tolist() == [[1.0] * a + [1.5] * red + [1.0] * (cat + 1 + padding)]
+    assert got.mask.tolist() == [[1] * len(whole) + [0] * padding]
+    assert got.fragments.tolist() == [[0] * a + [1] * red + [2] * cat + [-1] * (1 + padding)]
+    assert got.num_windows == 1 and got.dropped == 0
+
+
+def test_t5_skips_break(t5):
+    (got,) = t5_sequence(t5, [[Fragment("a red", 1.0), BREAK_MARKER, Fragment("cat", 1.0)]], 12)
+    whole = t5("a red cat").input_ids
+    assert got.ids[0, : len(whole)].tolist() == whole
+    assert got.fragments[0, -len(_ids(t5, "cat")) - 1 - (12 - len(whole))].item() == 2
+
+
+def test_t5_without_pad_token_pads_with_zero(t5):
+    assert t5.pad_token_id != 1
+    (got,) = t5_sequence(WithoutPad(t5), [[Fragment("a cat", 1.0)]], 10)
+    whole = t5("a cat").input_ids
+    assert got.ids.tolist() == [whole + [0] * (10 - len(whole))]
+
+
+def test_t5_truncation_keeps_the_first_tokens_and_reports_the_last_eight(t5, caplog):
+    text = "photorealistic portrait of a red fox in the snow at dawn under a pale blue winter sky"
+    ids = _ids(t5, text)
+    assert len(ids) > 14
+    with caplog.at_level(logging.WARNING, logger="clipcond.chunking"):
+        (got,) = t5_sequence(t5, [[Fragment(text, 1.0)]], 14)
+    assert got.ids.tolist() == [ids[:13] + [t5.eos_token_id]]
+    assert got.dropped == len(ids) - 13
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"T5 prompt truncated to max_sequence_length=14 tokens: {len(ids) - 13} tokens dropped after "
+        f"'...{t5.decode(ids[5:13])}'"
+    )
+
+
+def test_t5_fitting_prompt_reports_nothing(t5, caplog):
+    with caplog.at_level(logging.WARNING, logger="clipcond.chunking"):
+        (got,) = t5_sequence(t5, [[Fragment("a cat", 1.0)]], 16)
+    assert got.dropped == 0 and not caplog.records
+
+
+@pytest.fixture
+def float64_by_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_weights_are_float32_whatever_the_default_dtype(clip, t5, float64_by_default):
+    (clip_got,) = clip_windows(clip, [WEIGHTED], 12)
+    (t5_got,) = t5_sequence(t5, [WEIGHTED], 12)
+    assert clip_got.weights.dtype == t5_got.weights.dtype == torch.float32
+
+
+def test_default_window_is_clips_77_tokens(clip):
+    (got,) = clip_windows(clip, [[Fragment("a cat", 1.0)]])
+    assert got.ids.shape == (1, 77)
+
+
+@pytest.fixture
+def transformers_logs(caplog):
+    """transformers' log records, which its library logger does not pass on by default."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_propagation()
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        yield caplog
+    transformers_logging.disable_propagation()
+
+
+def test_windowed_prompts_skip_the_tokenizers_length_warning(transformers_logs):
+    fresh = clip_tokenizer()  # transformers warns once per tokenizer
+    text = "a red fox " * 40
+    assert len(_ids(clip_tokenizer(), text)) > 77
+    transformers_logs.clear()
+    (got,) = clip_windows(fresh, [[Fragment(text, 1.0)]], 77)
+    assert got.num_windows == 2
+    assert not [r for r in transformers_logs.records if "longer than the specified maximum" in r.getMessage()]
