@@ -40,10 +40,19 @@ def multiply(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def multiply_keeping_window_means(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111's "Original": multiply, then scale each window back to its unweighted mean."""
+    """A1111's "Original": multiply, then scale each window back to its unweighted mean.
+
+    A window whose weights are all 1 is returned as it is. Where the weighted mean is 0 the
+    ratio of the means is not finite (A1111 then divides by zero and draws infinities): that
+    window is left multiplied, not rescaled. It happens with untrained encoders, whose final
+    layer norm has no bias, so that the mean of their states is 0 up to rounding.
+    """
     original_mean = states.mean(dim=(1, 2), keepdim=True)  # (windows, 1, 1)
     weighted = multiply(states, weights)
-    return weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
+    ratio = original_mean / weighted.mean(dim=(1, 2), keepdim=True)
+    ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
+    unweighted = (weights == 1.0).all(dim=1).reshape(-1, 1, 1)
+    return torch.where(unweighted, states, weighted * ratio)
 
 
 def away_from_empty(states: torch.Tensor, weights: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:

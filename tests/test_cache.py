@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forward_counter import ForwardCounter
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
@@ -46,15 +47,6 @@ def _cache_warnings(caplog) -> list[str]:
 
 def _entries(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
-
-
-class _ForwardCounter:
-    def __init__(self, module):
-        self.calls = 0
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.calls += 1
 
 
 # ---------------------------------------------------------------------------------- damaged files
@@ -113,7 +105,7 @@ def test_a_damaged_entry_is_recomputed_rewritten_and_reported_once(model, tmp_pa
     damage(entry, other)
     expected = _uncached(model, PROMPT)
 
-    counter = _ForwardCounter(model)
+    counter = ForwardCounter(model)
     with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
         tokens = _conditioner(model, tmp_path).encode(PROMPT).tokens
     torch.testing.assert_close(tokens, expected, rtol=0, atol=0)

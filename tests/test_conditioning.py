@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from forward_counter import ForwardCounter
 from transformers import CLIPTextModel, T5EncoderModel
 
 from clipcond import TextConditioner
@@ -176,15 +177,6 @@ def test_parse_weights_false_reads_brackets_literally(sd_pipe):
 # ---------------------------------------------------------------------------------- cache
 
 
-class _ForwardCounter:
-    def __init__(self, module):
-        self.calls = 0
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, *_):
-        self.calls += 1
-
-
 def _fresh_sd_encoder(path):
     return CLIPTextModel.from_pretrained(path).eval(), clip_tokenizer()
 
@@ -192,7 +184,7 @@ def _fresh_sd_encoder(path):
 def test_repeat_encode_is_a_lookup(tiny_clip_text_path):
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
     cond = TextConditioner("sd", clip=[(model, tokenizer)])
-    counter = _ForwardCounter(model)
+    counter = ForwardCounter(model)
     first = cond.encode(["a red circle", "a blue square"])
     assert counter.calls == 1
     second = cond.encode(["a blue square", "a red circle"])
@@ -248,7 +240,7 @@ def test_offload_hooks_moving_the_weights_keep_the_cache(tiny_clip_text_path):
 
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
     plain = TextConditioner("sd", clip=[(model, tokenizer)])
-    counter = _ForwardCounter(model)
+    counter = ForwardCounter(model)
     plain.encode("a red circle")
     move(model)
     plain.encode("a red circle")
@@ -257,7 +249,7 @@ def test_offload_hooks_moving_the_weights_keep_the_cache(tiny_clip_text_path):
     model, tokenizer = _fresh_sd_encoder(tiny_clip_text_path)
     cpu_offload_with_hook(model, execution_device="cpu")
     cond = TextConditioner("sd", clip=[(model, tokenizer)])
-    counter = _ForwardCounter(model)
+    counter = ForwardCounter(model)
     first = cond.encode("a red circle").tokens.clone()
     move(model)
     torch.testing.assert_close(cond.encode("a red circle").tokens, first, rtol=0, atol=0)
@@ -312,7 +304,7 @@ def test_disk_cache_survives_a_new_conditioner_and_notices_new_weights(tiny_clip
 
     same_model, _ = _fresh_sd_encoder(tiny_clip_text_path)
     second = TextConditioner("sd", clip=[(same_model, tokenizer)], cache_dir=str(tmp_path))
-    counter = _ForwardCounter(same_model)
+    counter = ForwardCounter(same_model)
     torch.testing.assert_close(second.encode("a red circle").tokens, stored, rtol=0, atol=0)
     assert counter.calls == 0
 
@@ -320,7 +312,7 @@ def test_disk_cache_survives_a_new_conditioner_and_notices_new_weights(tiny_clip
     with torch.no_grad():
         changed_model.get_input_embeddings().weight[320] += 0.5  # token "a</w>"
     third = TextConditioner("sd", clip=[(changed_model, tokenizer)], cache_dir=str(tmp_path))
-    counter = _ForwardCounter(changed_model)
+    counter = ForwardCounter(changed_model)
     fresh = third.encode("a red circle").tokens
     assert counter.calls == 1 and not torch.equal(fresh, stored)
 

@@ -187,3 +187,14 @@ def test_the_pipeline_and_yaml_carry_the_mode(sd_pipe, tmp_path, tiny_clip_text_
     path.write_text(yaml.safe_dump({"recipe": "sd", "clip": [{"path": str(tiny_clip_text_path)}], "emphasis": "x"}))
     with pytest.raises(ValueError, match="emphasis"):
         TextConditioner.from_config(path)
+
+
+def test_a1111_leaves_a_window_whose_weighted_mean_is_zero_multiplied_not_infinite() -> None:
+    from clipcond.emphasis import multiply_keeping_window_means
+
+    states = torch.tensor([[[1.0], [-2.0]], [[1.0], [3.0]]])  # (windows 2, length 2, width 1)
+    weights = torch.tensor([[2.0, 1.0], [2.0, 1.0]])
+    result = multiply_keeping_window_means(states, weights)
+    assert torch.equal(result[0], torch.tensor([[2.0], [-2.0]]))  # mean 0 after weighting: no rescale
+    torch.testing.assert_close(result[1], torch.tensor([[2.0], [3.0]]) * (2.0 / 2.5))  # the mean kept
+    assert torch.equal(multiply_keeping_window_means(states, torch.ones(2, 2)), states)
