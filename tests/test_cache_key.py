@@ -27,7 +27,12 @@ def _nudge(model: torch.nn.Module) -> None:
 
 
 def _sd_parts(sd_pipe):
-    return copy.deepcopy(sd_pipe.text_encoder), copy.deepcopy(sd_pipe.tokenizer)
+    """Copies of the SD text encoder and tokenizer. The final layer norm gets a bias, as trained
+    CLIPs have: with none, every window's mean is 0 and the a1111 emphasis cannot rescale."""
+    model = copy.deepcopy(sd_pipe.text_encoder)
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if name.endswith("final_layer_norm.bias")).add_(0.1)
+    return model, copy.deepcopy(sd_pipe.tokenizer)
 
 
 def _variants(sd_pipe) -> dict[str, dict]:
