@@ -10,6 +10,7 @@ import a1111_attention_reference
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from line_counter import lines_executed
 
 from clipcond.prompts import (
     MAX_WEIGHT,
@@ -518,26 +519,8 @@ def test_deliberate_differences_from_a1111(text, ours):
 
 
 def _lines_executed(text: str) -> int:
-    """Python lines run inside clipcond.prompts while parsing `text`: a count of work that,
-    unlike a clock, is the same on every machine."""
-    import sys
-
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename.endswith("prompts.py"):
-            if event == "line":
-                count += 1
-            return tracer
-        return None
-
-    sys.settrace(tracer)
-    try:
-        parse_prompt(text)
-    finally:
-        sys.settrace(None)
-    return count
+    """Python lines run inside clipcond.prompts while parsing `text`."""
+    return lines_executed("prompts.py", parse_prompt, text)
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from line_counter import lines_executed
 
 from clipcond.schedule import MAX_DEPTH, has_schedule, prompt_schedule, split_and, texts_per_step
 
@@ -106,29 +105,10 @@ def test_never_raises_and_ends_at_the_last_step(prompt, steps):
     assert parts and all(isinstance(weight, float) for _, weight in parts)
 
 
-def _lines_executed(function, *args) -> int:
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename.endswith("schedule.py"):
-            if event == "line":
-                count += 1
-            return tracer
-        return None
-
-    sys.settrace(tracer)
-    try:
-        function(*args)
-    finally:
-        sys.settrace(None)
-    return count
-
-
 @pytest.mark.parametrize("unit", ["[a", "[a:", "[a|", "(a", "[a:b:", "]a[", "[(a:1"])
 def test_parsing_work_grows_linearly(unit):
     """Brackets that never close are retried at every position by a naive parser (quadratic);
     results kept per position make the work linear."""
-    small = _lines_executed(prompt_schedule, unit * 1000, 10)
-    large = _lines_executed(prompt_schedule, unit * 2000, 10)
+    small = lines_executed("schedule.py", prompt_schedule, unit * 1000, 10)
+    large = lines_executed("schedule.py", prompt_schedule, unit * 2000, 10)
     assert large <= 2.2 * small, (unit, small, large)
