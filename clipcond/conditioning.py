@@ -39,6 +39,7 @@ from clipcond.conditioner_setup import (
 )
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
+from clipcond.empty_states import EmptyPromptStates
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
@@ -142,6 +143,7 @@ class TextConditioner:
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._tokenizer_fingerprints = TokenizerFingerprints()
         self._seen_state: tuple | None = None
+        self._empty_states = EmptyPromptStates()
 
     # ------------------------------------------------------------------ what it is built from
 
@@ -360,7 +362,24 @@ class TextConditioner:
         context = torch.enable_grad() if self._encoders_need_grad() else torch.no_grad()
         with context:
             recipe = self._active_recipe
-            return encode_fragments(fragments, self.clip, self.t5, recipe, recipe.emphasis, self.max_batch_windows)
+            return encode_fragments(
+                fragments,
+                self.clip,
+                self.t5,
+                recipe,
+                recipe.emphasis,
+                self.max_batch_windows,
+                empty_states=self._empty_states_now(),
+            )
+
+    def _empty_states_now(self):
+        """The memo of the empty prompt's states, keyed by everything they depend on; None
+        (computed on each call, with their graph) while an encoder is being trained."""
+        if self._encoders_need_grad():
+            return None
+        tokenizers = tuple(self._tokenizer_fingerprints(encoder.tokenizer) for encoder in self.encoders)
+        key = (self._watch.state(), tokenizers, self._active_recipe)
+        return lambda slot, compute: self._empty_states.get(key, slot, compute)
 
     def _assemble(self, records: list[EncodedPrompt]) -> PromptEmbeds:
         return assemble(

@@ -5,7 +5,8 @@ Every window of every prompt goes through each encoder in one batch, or in batch
 prompts run in bounded memory. CLIP windows of the encoders of a multi-CLIP recipe are aligned
 (the same number per prompt), so their token states join on channels; T5 reads one sequence per
 prompt. Weights change the token states of each encoder as the emphasis mode says
-(`clipcond.emphasis`). Each batch's states are checked to be finite (one reduction): an encoder
+(`clipcond.emphasis`); the modes that need the empty prompt's states encode its window alone,
+once per `EmptyStates` key when the caller keeps a memo (`clipcond.empty_states`). Each batch's states are checked to be finite (one reduction): an encoder
 that gives NaN or infinity raises `NonFiniteEncoding` instead of handing it on.
 """
 
@@ -42,6 +43,7 @@ def encode_fragments(
     recipe: Recipe,
     emphasis: str = DEFAULT_EMPHASIS,
     max_batch_windows: int | None = None,
+    empty_states: EmptyStates | None = None,
 ) -> list[EncodedPrompt]:
     """One record per prompt: its CLIP windows' token states and pooled vector, its T5 tokens.
 
@@ -53,16 +55,28 @@ def encode_fragments(
         emphasis: how weights change token states (`clipcond.emphasis`), per encoder.
         max_batch_windows: the most windows (CLIP windows or T5 sequences) one encoder call
             takes; None: all of them in one call.
+        empty_states: where the empty prompt's states of each encoder come from, for the
+            modes that need them: `(slot, compute) -> (length, width)` states, `slot` naming
+            the encoder ("clip0", "clip1", "t5"). None: computed on each call.
 
     Raises:
         NonFiniteEncoding: an encoder gave NaN or infinite states.
     """
     records = [EncodedPrompt() for _ in fragments]
+    empty_states = empty_states or _compute_each_time
     if clip:
-        _encode_clip(fragments, clip, recipe, emphasis, max_batch_windows, records)
+        _encode_clip(fragments, clip, recipe, emphasis, max_batch_windows, empty_states, records)
     if t5 is not None:
-        _encode_t5(fragments, t5, recipe, emphasis, max_batch_windows, records)
+        _encode_t5(fragments, t5, recipe, emphasis, max_batch_windows, empty_states, records)
     return records
+
+
+# (slot, compute) -> the empty prompt's (length, width) states of the encoder in `slot`.
+EmptyStates = Callable[[str, Callable[[], torch.Tensor]], torch.Tensor]
+
+
+def _compute_each_time(slot: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return compute()
 
 
 # Runs an encoder: (rows, length) ids and an optional mask -> (states or None, pooled or None).
@@ -109,6 +123,7 @@ def _encode_clip(
     recipe: Recipe,
     emphasis: str,
     max_batch_windows: int | None,
+    empty_states: EmptyStates,
     records: list[EncodedPrompt],
 ) -> None:
     want_tokens = recipe.combine != "clip_pooled_t5_tokens"
@@ -117,14 +132,15 @@ def _encode_clip(
         _align_window_counts(per_encoder, clip)
     counts = [windows.num_windows for windows in per_encoder[0]]
     tokens_per_encoder, pooled_per_encoder = [], []
-    for encoder, windows in zip(clip, per_encoder):
+    for slot, (encoder, windows) in enumerate(zip(clip, per_encoder)):
 
         def run(ids, mask, encoder=encoder):
             return run_clip(encoder, ids, mask, recipe.clip_layer_from_end, recipe.clip_final_norm, want_tokens)
 
         empty = clip_windows(encoder.tokenizer, [[Fragment("", 1.0)]], encoder.window_length)[0]
         run = _checked_in_batches(run, encoder, max_batch_windows)
-        tokens, pooled = _weighted_states(run, windows, empty, encoder, encoder.uses_attention_mask, emphasis)
+        empty_of = _empty_of(run, empty, encoder, encoder.uses_attention_mask, f"clip{slot}", empty_states)
+        tokens, pooled = _weighted_states(run, windows, empty_of, encoder, encoder.uses_attention_mask, emphasis)
         tokens_per_encoder.append(None if tokens is None else tokens.split(counts))
         # The pooled vector of a prompt comes from its first window.
         starts = torch.tensor([0, *counts[:-1]]).cumsum(0).to(pooled.device)
@@ -146,6 +162,7 @@ def _encode_t5(
     recipe: Recipe,
     emphasis: str,
     max_batch_windows: int | None,
+    empty_states: EmptyStates,
     records: list[EncodedPrompt],
 ) -> None:
     sequences = t5_sequence(encoder.tokenizer, fragments, recipe.t5_max_length)
@@ -155,17 +172,31 @@ def _encode_t5(
         return run_t5(encoder, ids, mask), None
 
     run = _checked_in_batches(run, encoder, max_batch_windows)
-    tokens, _ = _weighted_states(run, sequences, empty, encoder, recipe.t5_attention_mask, emphasis)
+    empty_of = _empty_of(run, empty, encoder, recipe.t5_attention_mask, "t5", empty_states)
+    tokens, _ = _weighted_states(run, sequences, empty_of, encoder, recipe.t5_attention_mask, emphasis)
     mask = torch.cat([s.mask for s in sequences]).to(tokens.device)
     for index, record in enumerate(records):
         record.t5_tokens = tokens[index]  # (t5_max_length, width)
         record.t5_mask = mask[index]
 
 
+def _empty_of(
+    run: EncoderRun, empty: TokenWindows, encoder: TextEncoder, uses_mask: bool, slot: str, empty_states: EmptyStates
+) -> Callable[[], torch.Tensor]:
+    """The empty prompt's (length, width) states through `run`, from `empty_states`."""
+
+    def compute() -> torch.Tensor:
+        device = encoder.device
+        states, _ = run(empty.ids.to(device), empty.mask.to(device) if uses_mask else None)
+        return states[0]
+
+    return lambda: empty_states(slot, compute)
+
+
 def _weighted_states(
     run: EncoderRun,
     prompts: Sequence[TokenWindows],
-    empty: TokenWindows,
+    empty_of: Callable[[], torch.Tensor],
     encoder: TextEncoder,
     uses_mask: bool,
     emphasis: str,
@@ -173,25 +204,17 @@ def _weighted_states(
     """Every window of every prompt through `run` (one batch, or batches of bounded size), weighted by `emphasis`.
 
     Returns (states (all windows, length, width) or None, pooled (all windows, pooled_width)
-    or None). The modes that move tokens away from the empty prompt encode its window in the
-    same batch, as ComfyUI does.
+    or None). The modes that move tokens away from the empty prompt take its states from
+    `empty_of()`: encoded alone, so that they do not depend on the batch they are used in.
     """
     device = encoder.device
     ids = torch.cat([w.ids for w in prompts]).to(device)  # (all windows, length)
     mask = torch.cat([w.mask for w in prompts]).to(device)
     weighted = any(w.is_weighted for w in prompts)
-    with_empty = weighted and emphasis in ("comfy", "compel")
-    if with_empty:
-        ids = torch.cat([ids, empty.ids.to(device)])
-        mask = torch.cat([mask, empty.mask.to(device)])
     states, pooled = run(ids, mask if uses_mask else None)
-    empty_states = None
-    if with_empty:
-        empty_states = None if states is None else states[-1]  # (length, width)
-        states = None if states is None else states[:-1]
-        pooled = None if pooled is None else pooled[:-1]
     if states is None or not weighted:
         return states, pooled
+    empty_states = empty_of().to(device) if emphasis in ("comfy", "compel") else None
     weights = torch.cat([w.weights for w in prompts]).to(device=device, dtype=states.dtype)
     if emphasis == "multiply":
         return multiply(states, weights), pooled

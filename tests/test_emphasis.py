@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forward_counter import ForwardCounter
 
 from clipcond import TextConditioner
 from clipcond.emphasis_modes import EMPHASIS_MODES
@@ -84,10 +85,10 @@ def test_each_mode_matches_its_formula_on_every_family(family: str, mode: str, p
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         # no weights: exactly the plain result in every mode
         assert torch.equal(cond.encode(PLAIN).tokens, plain.encode(PLAIN).tokens)
-        # the pooled vector is never weighted (comfy and compel encode the empty window in the same
-        # batch, which can move the last bits)
+        # the pooled vector is never weighted (and the empty prompt's window, encoded alone,
+        # does not share the prompt's batch)
         if plain.encode(PLAIN).pooled is not None:
-            torch.testing.assert_close(cond.encode(PROMPT).pooled, plain.encode(PLAIN).pooled, rtol=1e-6, atol=1e-6)
+            assert torch.equal(cond.encode(PROMPT).pooled, plain.encode(PLAIN).pooled)
 
 
 def test_a1111_keeps_each_window_mean_of_a_long_prompt(sd_pipe) -> None:
@@ -198,3 +199,24 @@ def test_a1111_leaves_a_window_whose_weighted_mean_is_zero_multiplied_not_infini
     assert torch.equal(result[0], torch.tensor([[2.0], [-2.0]]))  # mean 0 after weighting: no rescale
     torch.testing.assert_close(result[1], torch.tensor([[2.0], [3.0]]) * (2.0 / 2.5))  # the mean kept
     assert torch.equal(multiply_keeping_window_means(states, torch.ones(2, 2)), states)
+
+
+@pytest.mark.parametrize("mode", ["comfy", "compel"])
+def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) -> None:
+    # Uncached, so that every call runs the encoder on its prompts: the empty window must not
+    # ride along each time, yet a weights change must bring a fresh one.
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0, emphasis=mode)
+    counter = ForwardCounter(cond.clip[0].model)
+    first = cond.encode(PROMPT).tokens
+    assert counter.calls == 2  # the prompt's window, then the empty prompt's alone
+    assert torch.equal(cond.encode(PROMPT).tokens, first)
+    assert counter.calls == 3  # the prompt's window only
+
+    with torch.no_grad():
+        next(p for name, p in cond.clip[0].model.named_parameters() if name.endswith("layers.0.mlp.fc1.weight")).mul_(
+            1.5
+        )
+    moved = cond.encode(PROMPT).tokens
+    assert counter.calls == 5  # prompt and empty again: the old empty states are stale
+    fresh = TextConditioner.from_pipeline(sd_pipe, cache_size=0, emphasis=mode)
+    assert torch.equal(moved, fresh.encode(PROMPT).tokens)
