@@ -1,6 +1,7 @@
 """Speed of TextConditioner against its peers, measured in one process on the CPU.
 
     python benchmarks/bench_conditioner.py --repeats 20        # writes runs/benchmarks/conditioner.md
+    python benchmarks/bench_conditioner.py --rows emphasis     # only the emphasis-mode rows
     python benchmarks/bench_conditioner.py --repeats 20 --output benchmarks/results/conditioner.md
                                                                # update the recorded result
 
@@ -190,7 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the markdown table (default: runs/benchmarks/conditioner.md; "
         "give benchmarks/results/conditioner.md to update the recorded result)",
     )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROW_GROUPS,
+        default=list(ROW_GROUPS),
+        help="which groups of rows to run (default: all): " + ", ".join(ROW_GROUPS),
+    )
     return parser
+
+
+# the groups of rows, in the order of the module docstring
+ROW_GROUPS = ("diffusers", "compel", "emphasis", "compel-same", "cache")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,12 +236,13 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = uncached.pipeline_kwargs(PLAIN_PROMPTS, negatives)
         return torch.cat([kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]])
 
-    ours, theirs = compare(lambda: uncached.encode(PLAIN_PROMPTS), diffusers_encode, args.repeats)
-    note = outputs_note(uncached.encode(PLAIN_PROMPTS).tokens, diffusers_encode())
-    rows.append(("sd encode, ViT-L/14 text, batch 8 / diffusers encode_prompt", ours, theirs, "<= 1.00", note))
-    ours, theirs = compare(ours_cfg, diffusers_encode_cfg, args.repeats)
-    note = outputs_note(ours_cfg(), diffusers_encode_cfg())
-    rows.append(("sd prompt + negative, batch 8 / diffusers encode_prompt (CFG)", ours, theirs, "<= 1.00", note))
+    if "diffusers" in args.rows:
+        ours, theirs = compare(lambda: uncached.encode(PLAIN_PROMPTS), diffusers_encode, args.repeats)
+        note = outputs_note(uncached.encode(PLAIN_PROMPTS).tokens, diffusers_encode())
+        rows.append(("sd encode, ViT-L/14 text, batch 8 / diffusers encode_prompt", ours, theirs, "<= 1.00", note))
+        ours, theirs = compare(ours_cfg, diffusers_encode_cfg, args.repeats)
+        note = outputs_note(ours_cfg(), diffusers_encode_cfg())
+        rows.append(("sd prompt + negative, batch 8 / diffusers encode_prompt (CFG)", ours, theirs, "<= 1.00", note))
 
     compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False, device="cpu")
 
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     def compel_encode(prompts):
         return compel(prompts)
 
-    for down in (False, True):
+    for down in (False, True) if "compel" in args.rows else ():
         ours_prompts = weighted_prompts("a1111", down)
         their_prompts = weighted_prompts("compel", down)
         length = len(tokenizer(ours_prompts[0], add_special_tokens=False).input_ids)
@@ -253,12 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, ours, theirs, "<= 0.80", note))
 
     up_prompts, down_prompts = weighted_prompts("a1111", False), weighted_prompts("a1111", True)
-    for mode, prompts, label in (
+    emphasis_rows = (
         ("a1111", up_prompts, "up-weights"),
         ("comfy", up_prompts, "up-weights"),
         ("compel", up_prompts, "up-weights"),
         ("compel", down_prompts, "up+down weights: one more pass per down-weighted fragment"),
-    ):
+    )
+    for mode, prompts, label in emphasis_rows if "emphasis" in args.rows else ():
         moded = TextConditioner.from_pipeline(pipe, cache_size=0, emphasis=mode)
         ours, theirs = compare(
             lambda moded=moded, prompts=prompts: moded.encode(prompts),
@@ -288,26 +302,21 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
 
-    ours, theirs = compare(lambda: same_as_compel.encode(short_ours), compel_fragments, args.repeats)
-    note = outputs_note(same_as_compel.encode(short_ours).tokens, compel_fragments())
-    rows.append(
-        (
-            'emphasis="compel", short weighted prompts, batch 4 / compel (the same computation)',
-            ours,
-            theirs,
-            "<= 1.00",
-            note,
-        )
-    )
+    if "compel-same" in args.rows:
+        ours, theirs = compare(lambda: same_as_compel.encode(short_ours), compel_fragments, args.repeats)
+        note = outputs_note(same_as_compel.encode(short_ours).tokens, compel_fragments())
+        name = 'emphasis="compel", short weighted prompts, batch 4 / compel (the same computation)'
+        rows.append((name, ours, theirs, "<= 1.00", note))
 
-    cached.encode(PLAIN_PROMPTS)
-    warm, cold = compare(
-        lambda: cached.encode(PLAIN_PROMPTS),
-        lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)),
-        args.repeats,
-    )
-    note = outputs_note(cached.encode(PLAIN_PROMPTS).tokens, uncached.encode(PLAIN_PROMPTS).tokens)
-    rows.append(("cached repeat, batch 8 / uncached encode", warm, cold, "<= 0.01", note))
+    if "cache" in args.rows:
+        cached.encode(PLAIN_PROMPTS)
+        warm, cold = compare(
+            lambda: cached.encode(PLAIN_PROMPTS),
+            lambda: (cached.cache.clear_memory(), cached.encode(PLAIN_PROMPTS)),
+            args.repeats,
+        )
+        note = outputs_note(cached.encode(PLAIN_PROMPTS).tokens, uncached.encode(PLAIN_PROMPTS).tokens)
+        rows.append(("cached repeat, batch 8 / uncached encode", warm, cold, "<= 0.01", note))
 
     command = shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [

@@ -48,6 +48,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
     "benchmarks/bench_conditioner.py": [
         (["--repeats", "3", "--output", "out/cond.md"], {"repeats": 3, "output": Path("out/cond.md")}),
         (["--out", "out/cond.md"], {"output": Path("out/cond.md")}),
+        (["--rows", "emphasis", "cache"], {"rows": ["emphasis", "cache"]}),
     ],
     "benchmarks/bench_pipeline.py": [
         (
