@@ -1,5 +1,5 @@
 """Time per image (and, on a GPU, peak memory): CLIPConditionedPipeline / StableDiffusionPipeline
-on the same components.
+on the same components, and CLIPConditionedPipeline / StableDiffusionXLPipeline on SDXL-shaped ones.
 
 `--size small` (the default): SD-1.5-shaped components scaled down to run on a CPU (random
 weights): UNet with four levels (channels 32/64/128/128, two layers per block, cross-attention
@@ -10,11 +10,18 @@ share the very same module objects; runs alternate, medians are compared. A last
 the text encoder alone on prompt and negative in one batch against two batches (what both
 pipelines run, as diffusers' `encode_prompt` does), and what the difference is per image.
 
+The SDXL rows (`--family sdxl` or `both`, the default; CPU-sized whatever `--size` says):
+SDXL-shaped components scaled down: a three-level UNet (channels 32/64/128, two layers per
+block, cross-attention on the lower two, transformer depths 1/2 as SDXL's 2/10 scaled) with
+SDXL's added "text_time" embedding, two CLIP text encoders (64 and 128 wide, the second with a
+projection for the pooled vector), a four-level VAE, Euler, guidance 5.0 with a negative prompt.
+
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5   # writes runs/benchmarks/pipeline.md
     python benchmarks/bench_pipeline.py --steps 10 --repeats 5 --output benchmarks/results/pipeline.md
                                                                    # update the recorded result
     python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --steps 20 --output benchmarks/results/pipeline_gpu.md
                                                                    # adds peak GPU memory, xformers and CPU offload
+    python benchmarks/bench_pipeline.py --family sdxl --steps 10 --repeats 9   # the SDXL rows alone
 """
 
 from __future__ import annotations
@@ -116,6 +123,125 @@ def components(size: str = "small") -> dict:
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
+def sdxl_components() -> dict:
+    """SDXL-shaped components scaled down for a CPU (random weights, seed 0): `unet`, `vae`,
+    `scheduler` (Euler, SDXL's betas), `text_encoder`, `tokenizer`, `text_encoder_2` (with
+    projection), `tokenizer_2`."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from clipcond import clip_tokenizer
+
+    torch.manual_seed(0)
+    ids_width, pooled_width = 32, 128
+
+    def clip_config(width: int, layers: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            projection_dim=pooled_width,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 8),
+        transformer_layers_per_block=(1, 1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=64 + 128,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=ids_width,
+        projection_class_embeddings_input_dim=6 * ids_width + pooled_width,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    )
+    return dict(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        scheduler=scheduler,
+        text_encoder=CLIPTextModel(clip_config(64, 3)).eval(),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(128, 4)).eval(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+    )
+
+
+def sdxl_rows(steps: int, repeats: int) -> list[str]:
+    """Seconds per image of CLIPConditionedPipeline (cache on, cache off) and
+    StableDiffusionXLPipeline on the same SDXL-shaped components (`sdxl_components`), on the
+    CPU in float32, alternating, medians of `repeats`; as markdown lines with the ratios."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from clipcond import CLIPConditionedPipeline
+
+    parts = sdxl_components()
+    peer = StableDiffusionXLPipeline(**parts, add_watermarker=False)
+    ours, uncached = CLIPConditionedPipeline.from_pipe(peer), CLIPConditionedPipeline.from_pipe(peer)
+    uncached.conditioner.cache = None
+    prompt, negative = "a red circle to the left of a blue square", "blurry"
+
+    def timed(pipe) -> float:
+        start = time.perf_counter()
+        pipe(
+            prompt,
+            negative_prompt=negative,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
+        return time.perf_counter() - start
+
+    sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
+    for _, pipe in sides:
+        pipe.set_progress_bar_config(disable=True)
+        timed(pipe)  # warm-up
+    median = median_seconds(sides, timed, repeats)
+    side = parts["unet"].config.sample_size * 8
+    return [
+        "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
+        "",
+        f"CPU, float32, {side}x{side}, {steps} Euler steps, CFG 5.0 with a negative prompt, medians of {repeats} "
+        "alternating runs; SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) "
+        "and VAE, scaled down (random weights)",
+        "",
+        "| pipeline | seconds per image |",
+        "|---|---|",
+        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |",
+        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |",
+        f"| StableDiffusionXLPipeline | {median['peer']:.3f} |",
+        "",
+        f"ratio ours/peer: **{median['ours'] / median['peer']:.3f}** with the cache, "
+        f"**{median['ours_uncached'] / median['peer']:.3f}** without (goal <= 1.02)",
+        "",
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", choices=["small", "sd15"], default="small")
     parser.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--family",
+        choices=["sd", "sdxl", "both"],
+        default="both",
+        help="which rows: Stable Diffusion's, SDXL's (CPU-sized, float32) or both (default)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -140,6 +272,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
 
+    lines = sd_rows(args, parser) if args.family != "sdxl" else []
+    if args.family != "sd":
+        lines += sdxl_rows(args.steps, args.repeats)
+    text = "\n".join(lines)
+    print(text)
+    print(f"wrote {write_result(args.output, text)}")
+
+
+def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The Stable Diffusion tables (and, on a GPU, memory, xformers and offload), as markdown lines."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -221,9 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         for module in ("unet", "vae", "text_encoder"):  # off the GPU: the offload peaks are read alone
             parts[module].to("cpu")
         lines += offload_rows(args.size, dtype, device, timed, args.repeats)
-    text = "\n".join(lines)
-    print(text)
-    print(f"wrote {write_result(args.output, text)}")
+    return lines
 
 
 def text_batch_rows(

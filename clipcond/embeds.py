@@ -65,6 +65,23 @@ class PromptEmbeds:
         rest = part(slice(count, None)) if count < self.batch_size else None
         return part(slice(0, count)), rest
 
+    def select(self, rows: torch.Tensor) -> PromptEmbeds:
+        """The prompts at `rows` ((k,) long indices, repeats allowed), in that order."""
+        return PromptEmbeds(
+            tokens=self.tokens.index_select(0, rows),
+            pooled=None if self.pooled is None else self.pooled.index_select(0, rows),
+            mask=None if self.mask is None else self.mask.index_select(0, rows),
+        )
+
+    @staticmethod
+    def cat(parts: list[PromptEmbeds]) -> PromptEmbeds:
+        """The prompts of `parts` one after another (all with or all without pooled vectors and masks)."""
+        return PromptEmbeds(
+            tokens=torch.cat([part.tokens for part in parts]),
+            pooled=None if parts[0].pooled is None else torch.cat([part.pooled for part in parts]),
+            mask=None if parts[0].mask is None else torch.cat([part.mask for part in parts]),
+        )
+
     def zeros_like(self) -> PromptEmbeds:
         """Zero tokens and pooled vector of the same shapes (SDXL's empty negative); the mask is kept."""
         return PromptEmbeds(

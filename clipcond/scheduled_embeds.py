@@ -70,12 +70,7 @@ class PromptSchedule:
         return runs
 
     def _select(self, rows: list[int]) -> PromptEmbeds:
-        index = torch.tensor(rows, device=self.embeds.tokens.device)
-        return PromptEmbeds(
-            tokens=self.embeds.tokens.index_select(0, index),
-            pooled=None if self.embeds.pooled is None else self.embeds.pooled.index_select(0, index),
-            mask=None if self.embeds.mask is None else self.embeds.mask.index_select(0, index),
-        )
+        return self.embeds.select(torch.tensor(rows, device=self.embeds.tokens.device))
 
 
 def build_schedule(

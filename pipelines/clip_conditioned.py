@@ -13,14 +13,25 @@ tests/test_sd_parity.py): the constructor rewrites the scheduler config as SD's 
 encoder runs on the batches SD's `encode_prompt` runs (prompts, then negatives), and a safety
 checker runs as in SD.
 
+SDXL-class UNets are served by this same class, not a sibling: the pipeline reads the UNet's
+config, and a UNet whose added embedding is `text_time` makes the recipe "sdxl" (two CLIPs,
+the second with its projection for the pooled vector; `sdxl_components.py`) and adds SDXL's
+micro-conditioning (`sdxl_time_ids.py`) to each UNet call. Everything else (weights, long
+prompts, the cache, clip-skip, LoRA, textual inversion, callbacks, offload, prompt editing
+and AND) is one code path for both, which a sibling class would have to copy. With the
+components of a `StableDiffusionXLPipeline` images equal that pipeline's, bit for bit
+(tests/test_sdxl_pipeline.py).
+
 Why this module is over 400 lines: it is one diffusers pipeline class whose `__call__` reads
 top to bottom in numbered steps, as diffusers' own pipelines do; its argument checks live in
-`input_checks.py`, `swap_text_encoder` in `swap.py`, and the per-step plan of prompt
-editing and AND in `composable.py`.
+`input_checks.py`, `swap_text_encoder` in `swap.py`, the per-step plan of prompt editing and
+AND in `composable.py`, LoRA loading per family in `lora_loading.py` and what SDXL adds in
+`sdxl_components.py` and `sdxl_time_ids.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from typing import Any
@@ -28,7 +39,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
@@ -37,6 +48,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     retrieve_timesteps,
 )
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import (
@@ -48,13 +60,23 @@ from transformers import (
 )
 
 from clipcond.conditioning import TextConditioner
+from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
+from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
 from clipcond.pipelines.sd_components import check_safety_checker, normalise_scheduler_config
+from clipcond.pipelines.sdxl_components import (
+    SDXL_RECIPE,
+    check_added_width,
+    check_sdxl_components,
+    decode_latents,
+    resolve_recipe,
+)
+from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.projection import TextProjection
 
 logger = logging.getLogger(__name__)
@@ -68,15 +90,15 @@ def _per_call(name: str, doc: str) -> property:
 class CLIPConditionedPipeline(
     DiffusionPipeline,
     StableDiffusionMixin,
-    StableDiffusionLoraLoaderMixin,
+    RecipeLoraLoaderMixin,
     TextualInversionLoaderMixin,
     CallInputChecks,
 ):
-    """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
+    """Prompt -> image with a CLIP (and optionally T5) conditioned UNet, SDXL's included.
 
-    LoRA weights load as in Stable Diffusion (`load_lora_weights`, `set_adapters`,
-    `fuse_lora`); `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text
-    encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
+    LoRA weights load as in Stable Diffusion, or as in SDXL for an SDXL pipeline (also into
+    `text_encoder_2`) (`load_lora_weights`, `set_adapters`, `fuse_lora`);
+    `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
     naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
     `enable_freeu` and `fuse_qkv_projections` work as there too.
 
@@ -87,12 +109,16 @@ class CLIPConditionedPipeline(
         text_encoder, tokenizer: the CLIP text tower (`CLIPTextModel` or
             `CLIPTextModelWithProjection`) and its tokenizer.
         vae: an `AutoencoderKL`, or None for a UNet that works on pixels in [-1, 1].
-        text_encoder_2, tokenizer_2: an optional T5 encoder and tokenizer (`custom` recipe).
+        text_encoder_2, tokenizer_2: SDXL's second CLIP (a `CLIPTextModelWithProjection`,
+            whose projection gives the pooled vector) and its tokenizer, or an optional T5
+            encoder and tokenizer (`custom` recipe).
         text_projection: an optional `TextProjection` (`custom` recipe) mapping the token
             states to `unet.config.cross_attention_dim`: the adapter that lets an encoder of
             another width condition the UNet (trained by `clipcond train-diffusion`).
-        recipe: "sd" (one CLIP, last layer) or "custom" (CLIP and/or T5 joined as the
-            conditioner decides).
+        recipe: "sd" (one CLIP, last layer), "sdxl" (two CLIPs, penultimate layers, and the
+            pooled vector) or "custom" (CLIP and/or T5 joined as the conditioner decides).
+            None (default): "sdxl" for an SDXL-class UNet (`addition_embed_type` "text_time"),
+            "sd" otherwise.
         clip_skip: skip this many final CLIP layers.
         t5_max_length: `custom` recipe with T5: the T5 token budget (EOS included); None: the
             recipe's default (256). Must be the length the UNet was trained with.
@@ -108,6 +134,11 @@ class CLIPConditionedPipeline(
         requires_safety_checker: as in Stable Diffusion's config: True warns when
             `safety_checker` is None. False by default, since clipcond's own models carry none;
             `from_pipe` takes the value of the pipeline it starts from.
+        force_zeros_for_empty_prompt: SDXL only (None elsewhere): a missing negative prompt
+            means zero embeddings (True, SDXL's default) or the empty prompt's (False).
+        requires_aesthetics_score: SDXL only: the UNet is a refiner, whose time ids end in an
+            aesthetic score instead of the target size. None: read from the UNet (5 time ids
+            in its added embedding: a refiner).
 
     `unet`, `scheduler`, `vae`, `text_encoder` and `tokenizer` may be None where Stable
     Diffusion allows it: `encode_prompt` needs no UNet, and a call with `prompt_embeds` (and
@@ -120,7 +151,7 @@ class CLIPConditionedPipeline(
     the UNet was trained and sampled with.
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"  # SDXL's, without the image encoder
     _optional_components = [
         "vae",
         "text_encoder_2",
@@ -130,7 +161,13 @@ class CLIPConditionedPipeline(
         "feature_extractor",
     ]
     _exclude_from_cpu_offload = ["safety_checker"]  # as in Stable Diffusion: it runs once, on the images
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    @property
+    def _callback_tensor_inputs(self) -> list[str]:
+        """What `callback_on_step_end` may read and replace: SD's tensors, and SDXL's added
+        conditioning rows (`add_text_embeds` (rows, pooled width), `add_time_ids` (rows, ids))."""
+        names = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+        return names + ["add_text_embeds", "add_time_ids"] if self.config.recipe == SDXL_RECIPE else names
 
     def __init__(
         self,
@@ -139,10 +176,10 @@ class CLIPConditionedPipeline(
         text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
         tokenizer: PreTrainedTokenizerBase,
         vae: AutoencoderKL | None = None,
-        text_encoder_2: T5EncoderModel | None = None,
+        text_encoder_2: T5EncoderModel | CLIPTextModelWithProjection | None = None,
         tokenizer_2: PreTrainedTokenizerBase | None = None,
         text_projection: TextProjection | None = None,
-        recipe: str = "sd",
+        recipe: str | None = None,
         clip_skip: int | None = None,
         t5_max_length: int | None = None,
         coordinate_channels: bool = False,
@@ -150,6 +187,8 @@ class CLIPConditionedPipeline(
         safety_checker: StableDiffusionSafetyChecker | None = None,
         feature_extractor: CLIPImageProcessor | None = None,
         requires_safety_checker: bool = False,
+        force_zeros_for_empty_prompt: bool | None = None,
+        requires_aesthetics_score: bool | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -164,8 +203,24 @@ class CLIPConditionedPipeline(
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
         )
-        if recipe not in ("sd", "custom"):
-            raise ValueError(f"`recipe` must be 'sd' or 'custom' (rows of clipcond.families), got {recipe!r}")
+        recipe = resolve_recipe(recipe, unet, text_encoder_2)
+        if recipe == SDXL_RECIPE:
+            requires_aesthetics_score = check_sdxl_components(
+                unet, text_encoder, text_encoder_2, requires_aesthetics_score
+            )
+            if force_zeros_for_empty_prompt is None:
+                force_zeros_for_empty_prompt = True
+            if not isinstance(force_zeros_for_empty_prompt, bool):
+                raise TypeError(f"`force_zeros_for_empty_prompt` must be a bool, got {force_zeros_for_empty_prompt!r}")
+        else:
+            for name, value in (
+                ("force_zeros_for_empty_prompt", force_zeros_for_empty_prompt),
+                ("requires_aesthetics_score", requires_aesthetics_score),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"`{name}` applies to recipe 'sdxl' (an SDXL-class UNet) only; got recipe {recipe!r}"
+                    )
         if t5_max_length is not None and (recipe != "custom" or text_encoder_2 is None):
             raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
         if not isinstance(coordinate_channels, bool):
@@ -196,6 +251,8 @@ class CLIPConditionedPipeline(
             coordinate_channels=coordinate_channels,
             emphasis=emphasis,
             requires_safety_checker=requires_safety_checker,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            requires_aesthetics_score=requires_aesthetics_score,
         )
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
@@ -221,6 +278,19 @@ class CLIPConditionedPipeline(
     cross_attention_kwargs = _per_call("cross_attention_kwargs", "Keyword arguments for the attention processors.")
     num_timesteps = _per_call("num_timesteps", "Number of timesteps the scheduler runs.")
     interrupt = _per_call("interrupt", "True: the remaining steps are skipped.")
+
+    denoising_end = _per_call("denoising_end", "The fraction of the schedule run before stopping (None: all).")
+
+    @property
+    def reads_time_ids(self) -> bool:
+        """Whether the UNet reads SDXL's pooled text and time ids (recipe "sdxl")."""
+        return self.config.recipe == SDXL_RECIPE
+
+    @property
+    def inversion_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer whose textual-inversion tokens expand a prompt: the first CLIP's (the
+        second's in a refiner, which has only that one)."""
+        return self.tokenizer if self.tokenizer is not None else self.tokenizer_2
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -251,6 +321,7 @@ class CLIPConditionedPipeline(
             self.config.recipe,
             self.config.get("t5_max_length"),
             self.config.get("emphasis", "multiply"),
+            self.config.get("force_zeros_for_empty_prompt"),
         )
         if self._conditioners_for != components:
             self._conditioners, self._conditioners_for = {}, components
@@ -264,14 +335,16 @@ class CLIPConditionedPipeline(
             raise ValueError(
                 f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {family.name!r}"
             )
-        unread = [slot for slot in FAMILIES["custom"].slots if slot not in family.slots]
-        for slot in unread:
-            if getattr(self, slot.model, None) is not None:
+        read = {slot.model for slot in family.slots}
+        for slot in FAMILIES["custom"].slots:
+            if slot.model not in read and getattr(self, slot.model, None) is not None:
                 raise ValueError(f"recipe {family.name!r} reads no `{slot.model}`; use recipe 'custom' to add it")
         clip, t5 = encoders_in(family, self)
         recipe = family.recipe
         if family.name == "custom":
             recipe = custom_recipe(bool(clip), t5 is not None, t5_max_length=self.config.get("t5_max_length"))
+        if family.force_zeros_flag is not None:
+            recipe = dataclasses.replace(recipe, zero_negative_when_absent=self.config[family.force_zeros_flag])
         conditioner = TextConditioner(
             recipe,
             clip=clip,
@@ -296,93 +369,129 @@ class CLIPConditionedPipeline(
         self,
         prompt: Any,
         negative_prompt: Any,
-        prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
+        given: PromptEmbeds | None,
+        given_negative: PromptEmbeds | None,
         guidance: bool,
         clip_skip: int | None,
         lora_scale: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[PromptEmbeds, PromptEmbeds | None]:
         """(prompt embeddings, negative ones or None without guidance), encoding what was given
-        as text. The conditioner is built only when there is text to encode."""
-        encode_negative = guidance and negative_prompt_embeds is None
-        if prompt_embeds is not None and not encode_negative:
-            return prompt_embeds, negative_prompt_embeds if guidance else None
-        self.check_text_encoders(prompt_embeds is None, encode_negative)
+        as text; tokens (n, seq, width) and, for SDXL, pooled vectors (n, pooled width). The
+        conditioner is built only when there is text to encode."""
+        encode_negative = guidance and given_negative is None
+        zero_negative = (
+            encode_negative and negative_prompt is None and bool(self.config.get("force_zeros_for_empty_prompt"))
+        )
+        if given is not None and (not encode_negative or zero_negative):
+            # As SDXL's encode_prompt: zeros of the given embeddings' shapes for a missing negative.
+            negative = given.zeros_like() if zero_negative else given_negative
+            return given, negative if guidance else None
+        self.check_text_encoders(given is None, encode_negative)
         conditioner = self.conditioner_for(clip_skip)
         # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
         scaled = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
         scaled = scaled if lora_scale is not None else []
         for encoder in scaled:
             scale_lora_layers(encoder, lora_scale)
+        family = conditioner.family
         try:
+            tokenizer = self.inversion_tokenizer
             if encode_negative and negative_prompt is not None:
-                negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)  # textual inversion
-            if prompt_embeds is None:
-                prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+                negative_prompt = self.maybe_convert_prompt(negative_prompt, tokenizer)  # textual inversion
+            if given is None:
+                prompt = self.maybe_convert_prompt(prompt, tokenizer)
                 if encode_negative:
                     # Prompts and negatives padded to one length; the encoders run on the prompts,
-                    # then on the negatives: the two batches of StableDiffusionPipeline.encode_prompt.
+                    # then on the negatives: the two batches of diffusers' encode_prompt. A missing
+                    # negative is "" or, for SDXL with force_zeros_for_empty_prompt, zeros.
                     kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt)
-                    prompt_embeds, negative_prompt_embeds = kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]
+                    given = PromptEmbeds(kwargs[family.embeds_keyword], kwargs.get(family.pooled_keyword))
+                    given_negative = PromptEmbeds(
+                        kwargs[f"negative_{family.embeds_keyword}"], kwargs.get(f"negative_{family.pooled_keyword}")
+                    )
                 else:
-                    prompt_embeds = conditioner.encode(prompt).tokens
+                    given = conditioner.encode(prompt)
             else:
-                count = prompt_embeds.shape[0]
+                count = given.batch_size
                 if negative_prompt is None or isinstance(negative_prompt, str):
                     negative_prompt = [negative_prompt or ""] * count
-                negative_prompt_embeds = conditioner.encode(negative_prompt).tokens
+                given_negative = conditioner.encode(negative_prompt)
         finally:
             for encoder in scaled:
                 unscale_lora_layers(encoder, lora_scale)
-        if guidance and negative_prompt_embeds.shape != prompt_embeds.shape:
+        if guidance and given_negative.tokens.shape != given.tokens.shape:
             raise ValueError(
-                f"the negative prompt's embeddings {tuple(negative_prompt_embeds.shape)} must have the shape of the "
-                f"prompt's {tuple(prompt_embeds.shape)} (a prompt longer than 77 tokens makes more tokens: encode "
+                f"the negative prompt's embeddings {tuple(given_negative.tokens.shape)} must have the shape of the "
+                f"prompt's {tuple(given.tokens.shape)} (a prompt longer than 77 tokens makes more tokens: encode "
                 "prompt and negative prompt together, with `pipe.conditioner.pipeline_kwargs`)"
             )
-        return prompt_embeds, negative_prompt_embeds if guidance else None
+        if not self.reads_time_ids:
+            given = PromptEmbeds(given.tokens)
+            given_negative = None if given_negative is None else PromptEmbeds(given_negative.tokens)
+        return given, given_negative if guidance else None
 
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
-        device: torch.device | str,
-        num_images_per_prompt: int,
-        do_classifier_free_guidance: bool,
+        device: torch.device | str | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         lora_scale: float | None = None,
         clip_skip: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """StableDiffusionPipeline.encode_prompt's contract, through the conditioner (prompt
-        weights, long prompts and the cache included), for code written against it. Needs no
-        UNet; needs the text encoder only for what is given as text.
+        *,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, ...]:
+        """diffusers' encode_prompt contract, through the conditioner (prompt weights, long
+        prompts and the cache included), for code written against it. Needs no UNet; needs the
+        text encoders only for what is given as text. The arguments take SD's positional order;
+        an SDXL pipeline also takes the pooled embeddings (keywords only; `prompt_2` is not
+        taken) and returns SDXL's four tensors.
 
         Returns:
-            prompt_embeds (n, seq, width) and negative_prompt_embeds (the same shape, or the
-            given one, or None without guidance), n = prompts x num_images_per_prompt, on
-            `device` in the text encoder's dtype (the UNet's without a text encoder).
+            SD: prompt_embeds (n, seq, width) and negative_prompt_embeds (the same shape, or
+            the given one, or None without guidance), n = prompts x num_images_per_prompt, on
+            `device` in the last text encoder's dtype (the UNet's without one).
+            SDXL: those two, then pooled_prompt_embeds (n, pooled width) and
+            negative_pooled_prompt_embeds (the same, or None without guidance).
 
         Raises:
             ValueError: text to encode but no text encoder or tokenizer (names the missing ones).
         """
+        device = device if device is not None else self._execution_device
+        given = None if prompt_embeds is None else PromptEmbeds(prompt_embeds, pooled_prompt_embeds)
+        given_negative = (
+            None
+            if negative_prompt_embeds is None
+            else PromptEmbeds(negative_prompt_embeds, negative_pooled_prompt_embeds)
+        )
         positive, negative = self._embeds(
             prompt,
             negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
+            given,
+            given_negative,
             do_classifier_free_guidance,
             clip_skip if clip_skip is not None else self.config.clip_skip,
             lora_scale,
         )
-        if self.text_encoder is not None:
-            dtype = self.text_encoder.dtype
+        encoder = self.text_encoder_2 if self.reads_time_ids else self.text_encoder
+        if encoder is not None:
+            dtype = encoder.dtype
         else:
-            dtype = self.unet.dtype if self.unet is not None else positive.dtype
-        positive = positive.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+            dtype = self.unet.dtype if self.unet is not None else positive.tokens.dtype
+        positive = positive.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
         if negative is not None:
-            negative = negative.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        return positive, negative if do_classifier_free_guidance else negative_prompt_embeds
+            negative = negative.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
+        if not do_classifier_free_guidance:
+            negative = given_negative
+        if not self.reads_time_ids:
+            return positive.tokens, None if negative is None else negative.tokens
+        if negative is None:
+            return positive.tokens, None, positive.pooled, None
+        return positive.tokens, negative.tokens, positive.pooled, negative.pooled
 
     @torch.no_grad()
     def __call__(
@@ -390,7 +499,7 @@ class CLIPConditionedPipeline(
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
@@ -409,10 +518,23 @@ class CLIPConditionedPipeline(
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         clip_skip: int | None = None,
         non_finite: str = "raise",
-    ) -> StableDiffusionPipelineOutput | tuple:
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        denoising_end: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] | None = None,
+        negative_target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
+    ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Generate images.
 
-        The arguments are StableDiffusionPipeline's, with the same meaning: `timesteps` or
+        The arguments are StableDiffusionPipeline's (and, for an SDXL UNet,
+        StableDiffusionXLPipeline's), with the same meaning: `guidance_scale` defaults to
+        the family's (7.5, SDXL 5.0); `timesteps` or
         `sigmas` replace the scheduler's spacing (then `num_inference_steps` is their count and
         may be None),
         `guidance_rescale` rescales the guided prediction (arXiv 2305.08891, section 3.4),
@@ -425,12 +547,20 @@ class CLIPConditionedPipeline(
         "raise" (default) stops with `NonFiniteLatents` when the final latents hold NaN or
         infinity, before decoding; "warn" logs it and returns the images.
 
+        SDXL only: `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` (n, pooled width)
+        go with given token embeddings; `original_size`, `crops_coords_top_left`,
+        `target_size` and their `negative_` versions (pixels), or a refiner's
+        `aesthetic_score` / `negative_aesthetic_score`, are the micro-conditioning
+        (`clipcond.pipelines.sdxl_time_ids`); `denoising_end` in (0, 1] stops after that
+        fraction of the schedule (any UNet), leaving the rest to another model.
+
         Returns:
             `StableDiffusionPipelineOutput(images, nsfw_content_detected)` (or that 2-tuple), as
             Stable Diffusion's: images are PIL images, a (n, H, W, 3) float array in [0, 1]
             ("np"), a (n, 3, H, W) tensor in [0, 1] ("pt"), or the final latents ("latent"),
             n = prompts x num_images_per_prompt; `nsfw_content_detected` is a list of n bools
-            from the safety checker (flagged images are black), None without one.
+            from the safety checker (flagged images are black), None without one. An SDXL
+            pipeline returns SDXL's `StableDiffusionXLPipelineOutput(images)` (or `(images,)`).
 
         Raises:
             ValueError, TypeError: bad arguments, or text to encode without a text encoder;
@@ -438,6 +568,8 @@ class CLIPConditionedPipeline(
         """
         # 1. Check inputs (all of them, before any work)
         check_non_finite_policy(non_finite)
+        if guidance_scale is None:
+            guidance_scale = 5.0 if self.reads_time_ids else 7.5
         height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
         width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
         tensor_inputs = (
@@ -463,12 +595,29 @@ class CLIPConditionedPipeline(
             cross_attention_kwargs,
             callback_on_step_end,
             tensor_inputs,
+            denoising_end,
+        )
+        sizes = SizeConditioning(
+            original_size,
+            crops_coords_top_left,
+            target_size,
+            negative_original_size,
+            negative_crops_coords_top_left,
+            negative_target_size,
+            aesthetic_score,
+            negative_aesthetic_score,
+        )
+        requires_aesthetics_score = bool(self.config.get("requires_aesthetics_score"))
+        sizes.check(self.reads_time_ids, requires_aesthetics_score)
+        self.check_pooled_inputs(
+            prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
         )
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._cross_attention_kwargs = cross_attention_kwargs
+        self._denoising_end = denoising_end
         self._interrupt = False
         clip_skip = clip_skip if clip_skip is not None else self.config.clip_skip
         encode_negative = self.do_classifier_free_guidance and negative_prompt_embeds is None
@@ -477,8 +626,9 @@ class CLIPConditionedPipeline(
             self.check_text_encoders(prompt is not None, encode_negative)
             conditioner = self.conditioner_for(clip_skip)
         device = self._execution_device
-        # 3. Encode input prompt: (n, seq, width) each; the guided batch is negatives first. Prompt
-        #    editing, alternation and AND give each step its own context (`composable.DenoisingPlan`).
+        # 3. Encode input prompt: tokens (n, seq, width) and SDXL's pooled (n, pooled width); the
+        #    guided batch is negatives first. Prompt editing, alternation and AND give each step
+        #    its own rows (`composable.DenoisingPlan`).
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         dtype = self.unet.dtype
         plan = plan_for_call(
@@ -491,35 +641,52 @@ class CLIPConditionedPipeline(
             num_images_per_prompt,
             lora_scale,
         )
+        negative = None
         if plan is not None:
-            negative = None
-            context = plan.context(0, device, dtype)
+            rows = plan.rows(0, device, dtype)
         else:
+            given = None if prompt_embeds is None else PromptEmbeds(prompt_embeds, pooled_prompt_embeds)
+            given_negative = None
+            if negative_prompt_embeds is not None:
+                given_negative = PromptEmbeds(negative_prompt_embeds, negative_pooled_prompt_embeds)
             positive, negative = self._embeds(
                 prompt,
                 negative_prompt,
-                prompt_embeds,
-                negative_prompt_embeds,
+                given,
+                given_negative,
                 self.do_classifier_free_guidance,
                 clip_skip,
                 lora_scale,
             )
-            positive = positive.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+            positive = positive.to(device, dtype).repeat(num_images_per_prompt)
             if negative is not None:
-                negative = negative.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
-                context = torch.cat([negative, positive])
-            else:
-                context = positive
+                negative = negative.to(device, dtype).repeat(num_images_per_prompt)
+            rows = PromptEmbeds.cat([negative, positive]) if negative is not None else positive
+        context, negative = rows.tokens, None if negative is None else negative.tokens
+        images_count = count * num_images_per_prompt
+        # SDXL's added conditioning, row for row with the context: pooled text (rows, pooled
+        # width) and time ids (rows, 6 or 5), the negative ids on the unconditional rows.
+        added = None
+        if self.reads_time_ids:
+            check_added_width(self.unet, rows.pooled.shape[-1], requires_aesthetics_score)
+            ids, negative_ids = sizes.time_ids(height, width, requires_aesthetics_score, dtype)
+            unconditional = plan.unconditional_rows() if plan is not None else images_count * (negative is not None)
+            time_ids = torch.cat([negative_ids.repeat(unconditional, 1), ids.repeat(len(context) - unconditional, 1)])
+            added = {"text_embeds": rows.pooled, "time_ids": time_ids.to(device)}
 
-        # 4. Prepare timesteps
+        # 4. Prepare timesteps (the first `denoising_end` of them, when given)
         schedule, num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, device, timesteps, sigmas
         )
         guard_timesteps(self.scheduler, num_inference_steps)
+        if denoising_end is not None and denoising_end < 1:
+            total = self.scheduler.config.num_train_timesteps
+            cutoff = int(round(total - denoising_end * total))
+            num_inference_steps = len([t for t in schedule if t >= cutoff])
+            schedule = schedule[:num_inference_steps]
         # 5. Prepare latent variables: (n, channels, height / vae factor, width / vae factor)
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
-        images_count = count * num_images_per_prompt
         shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -539,10 +706,12 @@ class CLIPConditionedPipeline(
             timestep_cond = StableDiffusionPipeline.get_guidance_scale_embedding(
                 self, scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
+        if self.reads_time_ids and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)  # as SDXL's pipeline
 
         # 7. Denoising loop
         self._num_timesteps = len(schedule)
-        warmup = len(schedule) - num_inference_steps * self.scheduler.order
+        warmup = max(len(schedule) - num_inference_steps * self.scheduler.order, 0)
         with self.progress_bar(total=num_inference_steps) as progress:
             for index, t in enumerate(schedule):
                 if self.interrupt:
@@ -550,7 +719,10 @@ class CLIPConditionedPipeline(
                 guided = self.do_classifier_free_guidance  # a callback may turn guidance off
                 if plan is not None:
                     if index and plan.step_of(index) != plan.step_of(index - 1):
-                        context = plan.context(index, device, dtype)  # the text changed at this step
+                        rows = plan.rows(index, device, dtype)  # the text changed at this step
+                        context = rows.tokens
+                        if added is not None:
+                            added["text_embeds"] = rows.pooled
                     model_input = plan.model_input(latents)
                 else:
                     model_input = torch.cat([latents] * 2) if guided else latents
@@ -563,6 +735,7 @@ class CLIPConditionedPipeline(
                     encoder_hidden_states=context,
                     timestep_cond=timestep_cond,
                     cross_attention_kwargs=self.cross_attention_kwargs,
+                    added_cond_kwargs=added,
                     return_dict=False,
                 )[0]
                 if plan is not None:
@@ -577,10 +750,15 @@ class CLIPConditionedPipeline(
                 latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": negative}
+                    if added is not None:
+                        current.update(add_text_embeds=added["text_embeds"], add_time_ids=added["time_ids"])
                     returned = callback_on_step_end(self, index, t, {name: current[name] for name in tensor_inputs})
                     latents = returned.pop("latents", latents)
                     context = returned.pop("prompt_embeds", context)
                     negative = returned.pop("negative_prompt_embeds", negative)
+                    if added is not None:
+                        added["text_embeds"] = returned.pop("add_text_embeds", added["text_embeds"])
+                        added["time_ids"] = returned.pop("add_time_ids", added["time_ids"])
                 if index == len(schedule) - 1 or (index + 1 > warmup and (index + 1) % self.scheduler.order == 0):
                     progress.update()
 
@@ -589,6 +767,9 @@ class CLIPConditionedPipeline(
         nsfw = None
         if output_type == "latent":
             images = latents
+        elif self.reads_time_ids:  # SDXL's decode (float32 for a float16 VAE that overflows) and no checker
+            images = decode_latents(self.vae, latents) if self.vae is not None else latents
+            images = self.image_processor.postprocess(images, output_type=output_type)
         else:
             if self.vae is not None:
                 images = self.vae.decode(
@@ -602,6 +783,8 @@ class CLIPConditionedPipeline(
             denormalize = None if nsfw is None else [not flagged for flagged in nsfw]
             images = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize)
         self.maybe_free_model_hooks()
+        if self.reads_time_ids:
+            return StableDiffusionXLPipelineOutput(images=images) if return_dict else (images,)
         if not return_dict:
             return (images, nsfw)
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=nsfw)

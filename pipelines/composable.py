@@ -21,6 +21,7 @@ import torch
 from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from clipcond.conditioning import as_prompt_list
+from clipcond.embeds import PromptEmbeds
 from clipcond.schedule import has_schedule, split_and
 from clipcond.scheduled_embeds import PromptSchedule
 
@@ -52,16 +53,30 @@ class DenoisingPlan:
         """The schedule step of loop iteration `index` (second-order schedulers call twice a step)."""
         return min(index // self.order, self.schedule.num_steps - 1)
 
-    def context(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(rows, seq, width): the unconditional rows (if guided), then the parts' rows."""
+    def rows(self, index: int, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
+        """The UNet rows' embeddings at loop iteration `index`: tokens (rows, seq, width) and
+        the pooled vectors (rows, pooled width) where the recipe has them; the unconditional
+        rows (if guided; zeros when the plan says so), then the parts' rows."""
         positive, negative = self.schedule.embeds_at(self.step_of(index))
-        parts = positive.tokens.repeat_interleave(self.images_per_prompt, dim=0)  # (parts x images, seq, width)
-        parts = parts.index_select(0, self.part_rows.to(parts.device))
+        parts = positive.repeat(self.images_per_prompt)  # (parts x images, seq, width)
+        parts = parts.select(self.part_rows.to(parts.tokens.device))
         rows = [parts]
         if self.guided:
-            uncond = negative.tokens.repeat_interleave(self.images_per_prompt, dim=0)
+            images = self.part_image.max().item() + 1
+            if negative is None:  # SDXL's zeros for a missing negative prompt
+                uncond = parts.select(torch.zeros(images, dtype=torch.long, device=parts.tokens.device)).zeros_like()
+            else:
+                uncond = negative.repeat(self.images_per_prompt)
             rows.insert(0, uncond)
-        return torch.cat(rows).to(device=device, dtype=dtype)
+        return PromptEmbeds.cat(rows).to(device=device, dtype=dtype)
+
+    def context(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, seq, width): the unconditional rows (if guided), then the parts' rows."""
+        return self.rows(index, device, dtype).tokens
+
+    def unconditional_rows(self) -> int:
+        """How many of the rows are unconditional (one per image when guided, else none)."""
+        return self.part_image.max().item() + 1 if self.guided else 0
 
     def model_input(self, latents: torch.Tensor) -> torch.Tensor:
         """The latents laid out as the context's rows."""
@@ -84,18 +99,19 @@ class DenoisingPlan:
 def build_plan(
     conditioner,
     prompts: list[str],
-    negatives: list[str],
+    negatives: list[str] | None,
     num_steps: int,
     images_per_prompt: int,
     guided: bool,
     order: int,
 ) -> DenoisingPlan:
     """The plan of a call: prompts split at AND, every text scheduled over `num_steps` steps.
+    `negatives` None: the unconditional rows are zeros (SDXL's `force_zeros_for_empty_prompt`).
 
     Raises:
         ValueError: an AND in a negative prompt (A1111 reads negatives whole).
     """
-    for negative in negatives:
+    for negative in negatives or []:
         if len(split_and(negative)) > 1:
             raise ValueError(f"`negative_prompt` {negative!r} has AND: negative prompts are read whole, as in A1111")
     parts, weights, owners = [], [], []
@@ -106,7 +122,7 @@ def build_plan(
             owners.append(index)
     any_and = len(parts) > len(prompts)
     guided = guided or any_and
-    schedule = conditioner.schedule(parts, num_steps, negatives if guided else None)
+    schedule = conditioner.schedule(parts, num_steps, negatives if guided and negatives is not None else None)
     # After repeat_interleave, part p's copy for image j of its prompt is row p * n + j; the
     # context wants image by image, each image's parts together.
     n = images_per_prompt
@@ -156,8 +172,11 @@ def plan_for_call(
             "`negative_prompt_embeds` cannot go with a prompt that edits, alternates or has AND: give "
             "`negative_prompt` as text"
         )
-    prompts = pipe.maybe_convert_prompt(prompts, pipe.tokenizer)  # textual inversion
-    negatives = pipe.maybe_convert_prompt(negatives, pipe.tokenizer)
+    tokenizer = pipe.inversion_tokenizer
+    prompts = pipe.maybe_convert_prompt(prompts, tokenizer)  # textual inversion
+    negatives = pipe.maybe_convert_prompt(negatives, tokenizer)
+    if negative_prompt is None and conditioner.recipe.zero_negative_when_absent:
+        negatives = None  # SDXL's zeros, as in the plain path
     encoders = [encoder for encoder in (pipe.text_encoder, pipe.text_encoder_2) if encoder is not None]
     if lora_scale is not None:  # as in encode_prompt: a LoRA in the text encoders at this scale
         for encoder in encoders:

@@ -137,7 +137,7 @@ def check_output(output: str | Path, force: bool) -> Path:
 
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
-    """A `CLIPConditionedPipeline` from a saved one, or wrapping any diffusers SD-family pipeline.
+    """A `CLIPConditionedPipeline` from a saved one, or wrapping a diffusers SD or SDXL pipeline.
 
     `torch_dtype` casts the weights as they load (None keeps the stored dtype; the bundled
     model is stored in float16 to keep the package small and loads in float32 on a CPU).
@@ -150,15 +150,7 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     index = Path(model) / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
-    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
-    second = getattr(pipe, "text_encoder_2", None)
-    if second is not None and type(second).__name__ != "T5EncoderModel":
-        raise ValueError(
-            f"--model {model} is a {type(pipe).__name__} with a second CLIP text encoder "
-            f"({type(second).__name__}); CLIPConditionedPipeline takes one CLIP and an optional T5. "
-            "Run that pipeline with prompt embeddings from clipcond.TextConditioner.from_pipeline(pipe) instead"
-        )
-    return CLIPConditionedPipeline.from_pipe(pipe)
+    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model, **kwargs))
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | Path | None]:

@@ -18,7 +18,8 @@ from clipcond.families import FAMILIES
 
 
 class CallInputChecks:
-    """`check_inputs`, `check_sampling_inputs` and `check_text_encoders` of a text-to-image pipeline."""
+    """`check_inputs`, `check_sampling_inputs`, `check_pooled_inputs` and `check_text_encoders` of
+    a text-to-image pipeline."""
 
     def check_inputs(
         self,
@@ -89,8 +90,10 @@ class CallInputChecks:
         cross_attention_kwargs: Any,
         callback_on_step_end: Any,
         tensor_inputs: list[str],
+        denoising_end: Any = None,
     ) -> None:
-        """Validate the schedule, guidance-rescale, attention and callback arguments.
+        """Validate the schedule, guidance-rescale, attention, callback and `denoising_end`
+        arguments.
 
         As in Stable Diffusion (`retrieve_timesteps`), custom `timesteps` or `sigmas` set the
         step count themselves: `num_inference_steps` may then be None, and is not read.
@@ -129,6 +132,58 @@ class CallInputChecks:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has {unknown}; choose from {self._callback_tensor_inputs}"
             )
+        if denoising_end is not None and (
+            isinstance(denoising_end, bool) or not isinstance(denoising_end, (int, float)) or not 0 < denoising_end <= 1
+        ):
+            raise ValueError(
+                f"`denoising_end` must be None or a fraction of the schedule in (0, 1], got {denoising_end!r}"
+            )
+
+    def check_pooled_inputs(
+        self,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: Any,
+        negative_pooled_prompt_embeds: Any,
+    ) -> None:
+        """SDXL's pooled embeddings: each goes with its token embeddings, (batch, pooled width)
+        with one row per token row, as StableDiffusionXLPipeline asks; refused elsewhere.
+
+        Raises:
+            ValueError: a pooled tensor for a UNet without time ids, token embeddings without
+                their pooled ones (SDXL), a pooled tensor without its token embeddings, or a
+                pooled tensor of the wrong shape.
+        """
+        pairs = (
+            ("prompt_embeds", prompt_embeds, "pooled_prompt_embeds", pooled_prompt_embeds),
+            (
+                "negative_prompt_embeds",
+                negative_prompt_embeds,
+                "negative_pooled_prompt_embeds",
+                negative_pooled_prompt_embeds,
+            ),
+        )
+        for tokens_name, tokens, pooled_name, pooled in pairs:
+            if pooled is not None and not self.reads_time_ids:
+                raise ValueError(
+                    f"`{pooled_name}` is read by SDXL-class UNets only; this pipeline's recipe is "
+                    f"{self.config.recipe!r}"
+                )
+            if pooled is not None and tokens is None:
+                raise ValueError(f"`{pooled_name}` needs `{tokens_name}` (the token embeddings it was pooled from)")
+            if tokens is not None and pooled is None and self.reads_time_ids:
+                raise ValueError(
+                    f"an SDXL UNet reads pooled text: `{tokens_name}` needs `{pooled_name}`, from the same text "
+                    "encoders (`pipe.conditioner.pipeline_kwargs` gives both)"
+                )
+            if pooled is not None and (
+                not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or pooled.shape[0] != tokens.shape[0]
+            ):
+                shape = tuple(pooled.shape) if isinstance(pooled, torch.Tensor) else type(pooled).__name__
+                raise ValueError(
+                    f"`{pooled_name}` must be a ({tokens.shape[0]}, pooled width) tensor, one row per row of "
+                    f"`{tokens_name}`, got {shape}"
+                )
 
     def check_text_encoders(self, prompt_is_text: bool, negative_is_text: bool) -> None:
         """Refuse text to encode when the pipeline has no encoder for it, naming the missing

@@ -56,6 +56,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"steps": 2, "repeats": 3, "size": "sd15", "device": "cuda:1", "dtype": "bfloat16"},
         ),
         (["--output", "out/pipe.md"], {"output": Path("out/pipe.md")}),
+        (["--family", "sdxl"], {"family": "sdxl"}),
     ],
     "benchmarks/bench_prompt_language.py": [
         (
@@ -133,7 +134,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
 REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
-    "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"]],
+    "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"], ["--family", "sd3"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
     "benchmarks/shapes_model_position_probe.py": [

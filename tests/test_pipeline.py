@@ -786,12 +786,15 @@ def test_the_bundled_model_draws_what_it_is_asked() -> None:
     assert sum(pairs) >= 4 and sum(placed) >= 4, (found, placed, prompts)
 
 
-def test_generate_refuses_a_pipeline_with_two_clip_encoders(sdxl_pipe, tmp_path) -> None:
+def test_generate_loads_an_sdxl_pipeline(sdxl_pipe, tmp_path) -> None:
+    """An SDXL folder (two CLIPs, the second with projection) loads as an SDXL-recipe pipeline
+    over the same components, which draws SDXL's image (tests/test_sdxl_pipeline.py)."""
     from clipcond.pipelines.generate import load_pipeline
 
     sdxl_pipe.save_pretrained(tmp_path / "sdxl")
-    with pytest.raises(ValueError, match="second CLIP text encoder.*TextConditioner.from_pipeline"):
-        load_pipeline(tmp_path / "sdxl")
+    pipe = load_pipeline(tmp_path / "sdxl")
+    assert isinstance(pipe, CLIPConditionedPipeline) and pipe.config.recipe == "sdxl"
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
 
 
 def test_generate_warns_about_words_the_bundled_model_never_read(tmp_path, capsys) -> None:

@@ -1,0 +1,105 @@
+"""SDXL's micro-conditioning: the "time ids" an SDXL UNet reads beside the pooled text.
+
+The base model was trained on (original size, crop corner, target size), the refiner on
+(original size, crop corner, aesthetic score) (Podell et al. 2023, section 2.2). Defaults and
+the negative rows follow diffusers, so that images equal `StableDiffusionXLPipeline`'s:
+
+- original and target size default to the image's (height, width), the crop corner to (0, 0);
+- base model: the negative rows read `negative_original_size`, `negative_crops_coords_top_left`
+  and `negative_target_size` only when both negative sizes are given (as diffusers'
+  text-to-image pipeline), and the positive ids otherwise;
+- refiner: the negative rows read `negative_original_size` (default: `original_size`),
+  `negative_crops_coords_top_left` (default (0, 0)) and `negative_aesthetic_score` (as
+  diffusers' SDXL img2img pipeline, whose `requires_aesthetics_score` this is).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BASE_ONLY = ("target_size", "negative_target_size")
+REFINER_ONLY = ("aesthetic_score", "negative_aesthetic_score")
+
+
+@dataclass(frozen=True)
+class SizeConditioning:
+    """The micro-conditioning arguments of one call, as given (None: the default).
+
+    Attributes:
+        original_size, target_size, negative_original_size, negative_target_size:
+            (height, width) in pixels.
+        crops_coords_top_left, negative_crops_coords_top_left: (top, left) in pixels.
+        aesthetic_score, negative_aesthetic_score: the refiner's scores (defaults 6.0, 2.5).
+    """
+
+    original_size: Any = None
+    crops_coords_top_left: Any = None
+    target_size: Any = None
+    negative_original_size: Any = None
+    negative_crops_coords_top_left: Any = None
+    negative_target_size: Any = None
+    aesthetic_score: Any = None
+    negative_aesthetic_score: Any = None
+
+    def given(self) -> list[str]:
+        """The names of the arguments that were given."""
+        return [name for name in self.__dataclass_fields__ if getattr(self, name) is not None]
+
+    def check(self, reads_time_ids: bool, requires_aesthetics_score: bool) -> None:
+        """Refuse what the UNet cannot read, before any work.
+
+        Raises:
+            TypeError: a size or corner that is not a pair of ints, or a score that is not a
+                finite number.
+            ValueError: any of them for a UNet without time ids; target sizes for a refiner,
+                aesthetic scores for a base model (each would be silently ignored).
+        """
+        given = self.given()
+        if given and not reads_time_ids:
+            raise ValueError(
+                f"`{given[0]}` is SDXL's micro-conditioning, but this pipeline's UNet reads no time ids "
+                "(its addition_embed_type is not 'text_time')"
+            )
+        unread = REFINER_ONLY if not requires_aesthetics_score else BASE_ONLY
+        for name in given:
+            if name in unread:
+                model = "a refiner (requires_aesthetics_score=True)" if name in REFINER_ONLY else "a base model"
+                raise ValueError(f"`{name}` is read by {model} only; this pipeline's UNet does not read it")
+        for name in given:
+            value = getattr(self, name)
+            if name in REFINER_ONLY:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise TypeError(f"`{name}` must be a finite number, got {value!r}")
+            elif (
+                not isinstance(value, (tuple, list))
+                or len(value) != 2
+                or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+            ):
+                raise TypeError(f"`{name}` must be a pair of ints (in pixels), got {value!r}")
+
+    def time_ids(
+        self, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive, negative) time ids, (1, 6) each for a base model, (1, 5) for a refiner,
+        for an image of `height` x `width` pixels."""
+        original = tuple(self.original_size or (height, width))
+        crops = tuple(self.crops_coords_top_left or (0, 0))
+        negative_crops = tuple(self.negative_crops_coords_top_left or (0, 0))
+        if requires_aesthetics_score:
+            score = 6.0 if self.aesthetic_score is None else self.aesthetic_score
+            negative_score = 2.5 if self.negative_aesthetic_score is None else self.negative_aesthetic_score
+            positive = original + crops + (score,)
+            negative = tuple(self.negative_original_size or original) + negative_crops + (negative_score,)
+        else:
+            positive = original + crops + tuple(self.target_size or (height, width))
+            negative = positive
+            if self.negative_original_size is not None and self.negative_target_size is not None:
+                negative = tuple(self.negative_original_size) + negative_crops + tuple(self.negative_target_size)
+        return torch.tensor([positive], dtype=dtype), torch.tensor([negative], dtype=dtype)
+
+
+__all__ = ["SizeConditioning"]

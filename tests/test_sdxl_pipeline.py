@@ -1,0 +1,499 @@
+"""CLIPConditionedPipeline on SDXL-class UNets against diffusers' StableDiffusionXLPipeline on
+the same tiny components: images bit for bit over SD's argument coverage, SDXL's own
+arguments (pooled embeddings, micro-conditioning, the refiner's aesthetic score,
+`denoising_end`), what the SD path has (weights, cache, clip-skip, LoRA, textual inversion,
+callbacks, prompt editing and AND), and the errors for components that do not fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from tiny_pipelines import WIDTH, build_sdxl, clip_text_model
+
+from clipcond import CLIPConditionedPipeline
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def ours_from(peer) -> CLIPConditionedPipeline:
+    """A fresh pipeline (and so a fresh embedding cache) over the peer's components."""
+    pipe = CLIPConditionedPipeline.from_pipe(peer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, **kwargs):
+    settings = dict(num_inference_steps=2, output_type="np")
+    settings.update(kwargs)
+    return pipe(generator=torch.Generator().manual_seed(0), **settings).images
+
+
+def equal(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b)
+
+
+def fresh_sdxl() -> StableDiffusionXLPipeline:
+    peer = build_sdxl()
+    peer.set_progress_bar_config(disable=True)
+    return peer
+
+
+# ---------------------------------------------------------------- images, bit for bit
+
+
+def _scale_latents_once(pipe, step, timestep, tensors):
+    return {"latents": tensors["latents"] * 0.9} if step == 0 else {}
+
+
+def _stop_guidance_after_the_first_step(pipe, step, timestep, tensors):
+    """diffusers' documented SDXL recipe: drop guidance, keep the prompts' rows of each tensor."""
+    if step != 0:
+        return {}
+    pipe._guidance_scale = 0.0
+    return {name: tensors[name].chunk(2)[-1] for name in ("prompt_embeds", "add_text_embeds", "add_time_ids")}
+
+
+def _interrupt(pipe, step, timestep, tensors):
+    pipe._interrupt = True
+    return {}
+
+
+CALLS = {
+    "zeros_for_the_missing_negative": dict(prompt="a red circle"),
+    "two_prompts_two_negatives": dict(prompt=["a red circle", "two blue squares"], negative_prompt=["blurry", "dark"]),
+    "no_guidance": dict(prompt="a red circle", guidance_scale=1.0),
+    "two_images_per_prompt": dict(prompt="a red circle", negative_prompt="ugly", num_images_per_prompt=2),
+    "a_generator_per_image": dict(prompt=["a", "b"], negative_prompt=["c", "d"], generators=True),
+    "latent_output": dict(prompt="a red circle", output_type="latent"),
+    "tensor_output": dict(prompt="a red circle", output_type="pt"),
+    "custom_timesteps": dict(prompt="a red circle", timesteps=[999, 600, 250, 40], num_inference_steps=None),
+    "custom_sigmas": dict(prompt="a red circle", sigmas=[14.6, 3.0, 0.8, 0.1], num_inference_steps=None),
+    "guidance_rescale": dict(prompt="a red circle", negative_prompt="blurry", guidance_rescale=0.7),
+    "micro_conditioning": dict(
+        prompt="a red circle", original_size=(64, 48), crops_coords_top_left=(4, 8), target_size=(32, 40)
+    ),
+    "negative_micro_conditioning": dict(
+        prompt="a red circle",
+        negative_prompt="blurry",
+        negative_original_size=(16, 16),
+        negative_crops_coords_top_left=(2, 2),
+        negative_target_size=(24, 24),
+    ),
+    "denoising_end": dict(prompt="a red circle", denoising_end=0.6, num_inference_steps=5, output_type="latent"),
+    "callback_changes_latents": dict(prompt="a red circle", callback_on_step_end=_scale_latents_once),
+    "callback_stops_guidance": dict(
+        prompt="a red circle",
+        negative_prompt="blurry",
+        callback_on_step_end=_stop_guidance_after_the_first_step,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
+    ),
+    "callback_interrupts": dict(prompt="a red circle", callback_on_step_end=_interrupt),
+    "clip_skip_zero_negative": dict(prompt="a red circle", clip_skip=1),
+}
+
+
+def call(pipe, kwargs: dict):
+    """`run`, or with one generator per image (seeds 0, 1) where `kwargs` says `generators`."""
+    kwargs = dict(kwargs)
+    if kwargs.pop("generators", False):
+        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+        return pipe(generator=generators, **{"num_inference_steps": 2, "output_type": "np", **kwargs}).images
+    return run(pipe, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_images_equal_stable_diffusion_xl_pipelines(sdxl_pipe, name) -> None:
+    """`from_pipe(sdxl)` gives StableDiffusionXLPipeline's images to the bit, over SD's
+    argument coverage and SDXL's own arguments; each argument changes the image."""
+    kwargs = CALLS[name]
+    expected = call(sdxl_pipe, kwargs)
+    assert equal(call(ours_from(sdxl_pipe), kwargs), expected)
+    changed = set(kwargs) - {"prompt", "negative_prompt", "output_type", "callback_on_step_end_tensor_inputs"}
+    if changed and not {"timesteps", "sigmas"} & changed:
+        plain = {key: value for key, value in kwargs.items() if key not in changed}
+        assert not equal(call(sdxl_pipe, plain), expected), changed
+
+
+def test_from_pretrained_of_an_sdxl_folder(sdxl_pipe, tmp_path) -> None:
+    """A folder saved by StableDiffusionXLPipeline loads into CLIPConditionedPipeline (recipe
+    "sdxl" read from the UNet) and gives its images; our own save round-trips."""
+    sdxl_pipe.save_pretrained(tmp_path / "sdxl")
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "sdxl")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.recipe == "sdxl" and loaded.config.force_zeros_for_empty_prompt is True
+    assert loaded.config.requires_aesthetics_score is False
+    settings = dict(prompt="a red circle", negative_prompt="blurry")
+    expected = run(sdxl_pipe, **settings)
+    assert np.array_equal(run(loaded, **settings), expected)
+    loaded.save_pretrained(tmp_path / "ours")
+    again = CLIPConditionedPipeline.from_pretrained(tmp_path / "ours")
+    again.set_progress_bar_config(disable=True)
+    assert again.config.recipe == "sdxl" and np.array_equal(run(again, **settings), expected)
+    assert again(prompt="a", num_inference_steps=1, return_dict=False)[0][0].size == (32, 32)  # SDXL's 1-tuple
+
+
+def test_force_zeros_for_empty_prompt_false_reads_the_empty_prompt(tmp_path) -> None:
+    """`force_zeros_for_empty_prompt=False` (a pipeline config setting, as in SDXL): a missing
+    negative is the empty prompt's embeddings, as in StableDiffusionXLPipeline."""
+    peer = StableDiffusionXLPipeline(**{**fresh_sdxl().components, "force_zeros_for_empty_prompt": False})
+    peer.set_progress_bar_config(disable=True)
+    ours = ours_from(peer)
+    assert ours.config.force_zeros_for_empty_prompt is False
+    expected = run(peer, prompt="a red circle")
+    assert np.array_equal(run(ours, prompt="a red circle"), expected)
+    assert not np.array_equal(expected, run(ours_from(fresh_sdxl()), prompt="a red circle"))
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_encode_prompt_and_given_embeddings_are_sdxls(sdxl_pipe) -> None:
+    """`encode_prompt` returns SDXL's four tensors, bit for bit; the pipeline called with them
+    (all four, the prompt's alone with zeros for the negative, or the prompt's with a negative
+    text prompt) gives SDXL's images."""
+    for args in [
+        dict(prompt=["a red circle", "two blue squares"], num_images_per_prompt=2, negative_prompt=["x", "y"]),
+        dict(prompt="a red circle", do_classifier_free_guidance=False),
+        dict(prompt="a red circle"),
+    ]:
+        ours = ours_from(sdxl_pipe)  # a fresh cache: see test_cached_pooled_vectors_stay_within_the_measured_bound
+        with torch.no_grad():  # as inside a call: with grad on, torch may pick other kernels
+            expected = sdxl_pipe.encode_prompt(device="cpu", **args)
+            got = ours.encode_prompt(device="cpu", **args)
+        assert len(got) == 4
+        for a, b in zip(got, expected):
+            assert (a is None and b is None) or torch.equal(a, b)
+    with torch.no_grad():
+        e = sdxl_pipe.encode_prompt("a red circle", device="cpu", negative_prompt="blurry")
+    for settings in [
+        dict(
+            prompt_embeds=e[0],
+            negative_prompt_embeds=e[1],
+            pooled_prompt_embeds=e[2],
+            negative_pooled_prompt_embeds=e[3],
+        ),
+        dict(prompt_embeds=e[0], pooled_prompt_embeds=e[2]),
+        dict(prompt_embeds=e[0], pooled_prompt_embeds=e[2], negative_prompt="blurry"),
+    ]:
+        assert np.array_equal(run(ours, **settings), run(sdxl_pipe, **settings))
+
+
+def test_weights_long_prompts_and_break_go_through_the_conditioner(sdxl_pipe) -> None:
+    """Weighted, BREAK and longer-than-77-token prompts give the images of SDXL fed the
+    conditioner's embeddings (diffusers itself would truncate and ignore the syntax)."""
+    ours = ours_from(sdxl_pipe)
+    long = ", ".join(["a small red circle next to a large blue square"] * 9)
+    for prompt, negative in [("a (red:1.4) circle BREAK a [blue] square", "blurry"), (long, None)]:
+        kwargs = ours.conditioner.pipeline_kwargs(prompt, negative)
+        assert np.array_equal(run(ours, prompt=prompt, negative_prompt=negative), run(sdxl_pipe, **kwargs))
+    assert ours.conditioner.pipeline_kwargs(long)["prompt_embeds"].shape[1] > 77
+
+
+def test_a_repeated_prompt_comes_from_the_cache(sdxl_pipe) -> None:
+    ours = ours_from(sdxl_pipe)
+    calls = []
+    hooks = [
+        encoder.register_forward_hook(lambda *_: calls.append(1))
+        for encoder in (ours.text_encoder, ours.text_encoder_2)
+    ]
+    try:
+        first = run(ours, prompt="a red circle", negative_prompt="blurry")
+        encoded = len(calls)
+        assert np.array_equal(run(ours, prompt="a red circle", negative_prompt="blurry"), first)
+        assert encoded == 4 and len(calls) == encoded  # two encoders, prompts then negatives; then none
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_cached_pooled_vectors_stay_within_the_measured_bound(sdxl_pipe) -> None:
+    """The one place where SDXL's images are not bit-identical: the text projection that
+    makes the pooled vector is a matrix product whose CPU kernel depends on the batch size,
+    so a pooled vector computed in a batch of another size (a cache hit, or one negative for
+    several prompts, encoded once) differs in the last bit. Measured: images within 2e-6."""
+    ours = ours_from(sdxl_pipe)
+    run(ours, prompt="a red circle")  # caches "a red circle" from a batch of one
+    settings = dict(prompt=["a red circle", "two blue squares"], negative_prompt="blurry")
+    got, expected = run(ours, **settings), run(sdxl_pipe, **settings)
+    assert np.abs(got - expected).max() <= 2e-6
+
+
+# ---------------------------------------------------------------- the refiner
+
+
+def refiner_parts() -> dict:
+    """An SDXL refiner: one CLIP with projection (`text_encoder_2`), a UNet reading 5 time ids."""
+    base = build_sdxl()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **{**base.unet.config, "projection_class_embeddings_input_dim": 5 * 8 + WIDTH, "cross_attention_dim": WIDTH}
+    )
+    return dict(
+        unet=unet,
+        scheduler=base.scheduler,
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(aesthetic_score=9.0, negative_aesthetic_score=1.0, negative_prompt="blurry"),
+        dict(original_size=(64, 64), crops_coords_top_left=(8, 0)),
+    ],
+)
+def test_a_refiner_reads_aesthetic_scores_as_sdxl_img2img_does(kwargs) -> None:
+    """A UNet with room for 5 time ids is a refiner (requires_aesthetics_score read from it):
+    its time ids end in the aesthetic score. Reference: SDXL's img2img pipeline at strength 1
+    from a zero latent, which starts from the same noise."""
+    parts = refiner_parts()
+    peer = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True)
+    peer.set_progress_bar_config(disable=True)
+    ours = CLIPConditionedPipeline(**parts)
+    ours.set_progress_bar_config(disable=True)
+    assert ours.config.requires_aesthetics_score is True and ours.config.recipe == "sdxl"
+    settings = dict(prompt="a red circle", output_type="latent", **kwargs)
+    expected = run(peer, image=torch.zeros(1, 4, 32, 32), strength=1.0, **settings)
+    got = run(ours, **settings)
+    assert torch.equal(got, expected)
+    if kwargs:
+        assert not torch.equal(got, run(ours, prompt="a red circle", output_type="latent"))
+
+
+# ---------------------------------------------------------------- what the SD path has
+
+
+def _sdxl_lora(folder) -> None:
+    """A LoRA on the tiny SDXL UNet and both text encoders, saved the diffusers way."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    source = build_sdxl()
+    torch.manual_seed(1)
+    source.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    text = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    for encoder in (source.text_encoder, source.text_encoder_2):
+        inject_adapter_in_model(text, encoder)
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder)),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(source.text_encoder_2)),
+    )
+
+
+def test_lora_loads_into_both_text_encoders_and_scales_as_in_sdxl(tmp_path) -> None:
+    """`load_lora_weights` follows SDXL's loader (the second text encoder too), and
+    `cross_attention_kwargs={"scale": s}`, `unload_lora_weights` and `fuse_lora` give
+    StableDiffusionXLPipeline's images (the embedding cache follows the LoRA scale)."""
+    _sdxl_lora(tmp_path / "lora")
+    peer, ours = fresh_sdxl(), ours_from(fresh_sdxl())
+    without = run(ours, prompt="a red circle", negative_prompt="blurry")
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(tmp_path / "lora")
+    assert any("lora" in name for name, _ in ours.text_encoder_2.named_parameters())
+    settings = dict(prompt="a red circle", negative_prompt="blurry")
+    with_lora = run(ours, **settings)
+    assert np.array_equal(with_lora, run(peer, **settings)) and not np.array_equal(with_lora, without)
+    half = dict(settings, cross_attention_kwargs={"scale": 0.5})
+    assert np.array_equal(run(ours, **half), run(peer, **half)) and not np.array_equal(run(ours, **half), with_lora)
+    for pipe in (peer, ours):
+        pipe.fuse_lora()  # SDXL's default components: the UNet and both text encoders
+    fused = run(ours, **settings)
+    assert np.array_equal(fused, run(peer, **settings)) and np.abs(fused - with_lora).max() < 1e-5
+    ours.unfuse_lora()
+    ours.unload_lora_weights()
+    # Within 1e-6, not bit-equal (measured 1e-7): unfusing subtracts the LoRA's delta again.
+    assert np.abs(run(ours, **settings) - without).max() < 1e-6
+
+
+def test_textual_inversion_in_both_encoders_as_in_sdxl(tmp_path) -> None:
+    """An SDXL embedding (`clip_l` and `clip_g` vectors, two each) loaded into each encoder as
+    diffusers documents it: a prompt and a negative naming its token give SDXL's images."""
+    peer, ours = fresh_sdxl(), ours_from(fresh_sdxl())
+    torch.manual_seed(3)
+    vectors = {name: torch.randn(2, WIDTH) for name in ("clip_l", "clip_g")}
+    settings = dict(prompt="a <toy> circle", negative_prompt="a blurry <toy>")
+    before = run(ours, **settings)
+    for pipe in (peer, ours):
+        pipe.load_textual_inversion(
+            vectors["clip_l"], token="<toy>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+        )
+        pipe.load_textual_inversion(
+            vectors["clip_g"], token="<toy>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+        )
+    after = run(ours, **settings)
+    assert np.array_equal(after, run(peer, **settings)) and not np.array_equal(after, before)
+
+
+def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
+    """`[red:blue:0.5]` natively equals SDXL driven by `pipeline_kwargs`' step callback, which
+    swaps `prompt_embeds` and `add_text_embeds`; with a negative and with SDXL's zeros."""
+    ours = ours_from(sdxl_pipe)
+    for negative in ("[blurry|dark]", None):
+        edited = dict(prompt="a [red:blue:0.5] circle", negative_prompt=negative, num_inference_steps=4)
+        kwargs = ours.conditioner.pipeline_kwargs(edited["prompt"], negative, num_inference_steps=4)
+        expected = run(sdxl_pipe, **kwargs, num_inference_steps=4, output_type="latent")
+        got = run(ours, **edited, output_type="latent")
+        assert torch.equal(got, expected), negative
+        assert not torch.equal(got, run(ours, prompt="a red circle", negative_prompt=negative, output_type="latent"))
+
+
+def test_and_gives_each_part_its_own_pooled_row(sdxl_pipe) -> None:
+    """`AND` with SDXL: the UNet runs on the unconditional rows (zeros: no negative) and each
+    part's row, each with its pooled vector and time ids; predictions combine as A1111."""
+    ours = ours_from(sdxl_pipe)
+    got = run(
+        ours,
+        prompt="a red circle :1.2 AND a blue square :0.8",
+        guidance_scale=6.0,
+        num_inference_steps=3,
+        output_type="latent",
+    )
+    parts = ours.conditioner.encode(["a red circle", " a blue square"])
+    tokens = torch.cat([torch.zeros_like(parts.tokens[:1]), parts.tokens])
+    pooled = torch.cat([torch.zeros_like(parts.pooled[:1]), parts.pooled])
+    time_ids = torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]]).repeat(3, 1)
+    scheduler = ours.scheduler
+    scheduler.set_timesteps(3)
+    latents = torch.randn((1, 4, 32, 32), generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        rows = scheduler.scale_model_input(torch.cat([latents] * 3), t)
+        with torch.no_grad():
+            noise = ours.unet(
+                rows, t, encoder_hidden_states=tokens, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+            ).sample
+        uncond = noise[0:1]
+        combined = uncond + (noise[1:2] - uncond) * (1.2 * 6.0) + (noise[2:3] - uncond) * (0.8 * 6.0)
+        latents = scheduler.step(combined, t, latents).prev_sample
+    torch.testing.assert_close(got, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_the_offload_sequence_names_the_second_text_encoder() -> None:
+    assert CLIPConditionedPipeline.model_cpu_offload_seq.split("->")[:2] == ["text_encoder", "text_encoder_2"]
+
+
+@cuda
+def test_gpu_model_cpu_offload_of_an_sdxl_pipeline() -> None:
+    """`enable_model_cpu_offload()` moves both text encoders, the UNet and the VAE in turn:
+    SDXL's images, and every model back on the CPU after the call."""
+    reference = run(fresh_sdxl().to("cuda"), prompt="a red circle", negative_prompt="blurry")
+    pipe = ours_from(fresh_sdxl())
+    pipe.enable_model_cpu_offload()
+    images = run(pipe, prompt="a red circle", negative_prompt="blurry")
+    assert np.abs(images - reference).max() < 1e-3
+    assert all(model.device.type == "cpu" for model in (pipe.text_encoder, pipe.text_encoder_2, pipe.unet))
+
+
+# ---------------------------------------------------------------- components that do not fit
+
+
+@pytest.fixture(scope="module")
+def sdxl_parts() -> dict:
+    parts = dict(build_sdxl().components)
+    parts.pop("image_encoder"), parts.pop("feature_extractor")
+    return parts
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(text_encoder_2=None, tokenizer_2=None), ValueError, "needs two CLIP text encoders.*no `text_encoder_2`"),
+        (dict(text_encoder_2="plain_clip"), TypeError, "must be a CLIPTextModelWithProjection, got CLIPTextModel"),
+        (dict(unet="wrong_added_width"), ValueError, r"takes 88 inputs .* 6 time ids x addition_time_embed_dim 8"),
+        (dict(requires_aesthetics_score=True), ValueError, "reads 6 time ids: pass requires_aesthetics_score=False"),
+        (dict(recipe="sd"), ValueError, "`recipe` 'sd' cannot drive an SDXL-class UNet"),
+        (dict(unet="sd_unet", recipe="sdxl"), ValueError, "`recipe` 'sdxl' needs an SDXL-class UNet"),
+        (dict(force_zeros_for_empty_prompt="yes"), TypeError, "`force_zeros_for_empty_prompt` must be a bool"),
+    ],
+)
+def test_components_that_do_not_fit_an_sdxl_unet_are_refused(sdxl_parts, change, error, message) -> None:
+    parts = dict(sdxl_parts)
+    for name, value in change.items():
+        if value == "plain_clip":
+            value = clip_text_model(2)
+        elif value in ("wrong_added_width", "sd_unet"):
+            overrides = dict(projection_class_embeddings_input_dim=7 * 8 + WIDTH)
+            if value == "sd_unet":
+                overrides = dict(addition_embed_type=None, projection_class_embeddings_input_dim=None)
+            torch.manual_seed(0)
+            value = UNet2DConditionModel(**{**sdxl_parts["unet"].config, **overrides})
+        parts[name] = value
+    with pytest.raises(error, match=message):
+        CLIPConditionedPipeline(**parts)
+
+
+def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> None:
+    for name in ("force_zeros_for_empty_prompt", "requires_aesthetics_score"):
+        with pytest.raises(ValueError, match=f"`{name}` applies to recipe 'sdxl'"):
+            CLIPConditionedPipeline.from_pipe(sd_pipe, **{name: True})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt_embeds=torch.zeros(1, 77, 64)), "`prompt_embeds` needs `pooled_prompt_embeds`"),
+        (
+            dict(
+                prompt_embeds=torch.zeros(1, 77, 64),
+                pooled_prompt_embeds=torch.zeros(1, 32),
+                negative_prompt_embeds=torch.zeros(1, 77, 64),
+            ),
+            "`negative_prompt_embeds` needs `negative_pooled_prompt_embeds`",
+        ),
+        (dict(prompt="a", pooled_prompt_embeds=torch.zeros(1, 32)), "needs `prompt_embeds`"),
+        (dict(prompt_embeds=torch.zeros(2, 77, 64), pooled_prompt_embeds=torch.zeros(1, 32)), r"must be a \(2, pooled"),
+        (dict(prompt_embeds=torch.zeros(1, 77, 64), pooled_prompt_embeds=torch.zeros(1, 16)), "takes 80 inputs"),
+        (dict(prompt="a", aesthetic_score=6.0), "`aesthetic_score` is read by a refiner"),
+        (dict(prompt="a", original_size=(32,)), "`original_size` must be a pair of ints"),
+        (dict(prompt="a", crops_coords_top_left=(0.5, 0)), "`crops_coords_top_left` must be a pair of ints"),
+        (dict(prompt="a", denoising_end=0.0), "`denoising_end` must be None or a fraction"),
+        (dict(prompt="a", denoising_end=1.5), "`denoising_end` must be None or a fraction"),
+        (
+            dict(prompt="a", callback_on_step_end=_interrupt, callback_on_step_end_tensor_inputs=["time_ids"]),
+            "choose from",
+        ),
+    ],
+)
+def test_bad_sdxl_arguments_fail_before_any_work(sdxl_pipe, kwargs, message, monkeypatch) -> None:
+    ours = ours_from(sdxl_pipe)
+    calls = []
+    for model in (ours.unet, ours.text_encoder, ours.text_encoder_2):
+        monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises((ValueError, TypeError), match=message):
+        ours(**{"num_inference_steps": 2, **kwargs})
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(original_size=(64, 64)), "`original_size` is SDXL's micro-conditioning"),
+        (dict(pooled_prompt_embeds=torch.zeros(1, 32)), "`pooled_prompt_embeds` is read by SDXL-class UNets only"),
+        (dict(callback_on_step_end=_interrupt, callback_on_step_end_tensor_inputs=["add_time_ids"]), "choose from"),
+    ],
+)
+def test_sdxl_arguments_on_a_stable_diffusion_pipeline_fail_before_any_work(sd_pipe, kwargs, message, monkeypatch):
+    ours = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    calls = []
+    monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match=message):
+        ours(prompt="a", num_inference_steps=2, **kwargs)
+    assert not calls
+
+
+def test_a_refiner_refuses_the_base_models_target_size(monkeypatch) -> None:
+    ours = CLIPConditionedPipeline(**refiner_parts())
+    monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(ValueError, match="`target_size` is read by a base model only"):
+        ours("a", target_size=(32, 32), num_inference_steps=2)
