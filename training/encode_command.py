@@ -121,7 +121,7 @@ def _train_config(path: str) -> Any:
 
 def _captions(args: argparse.Namespace, train_config: Any) -> tuple[list[str], Any]:
     """Every caption of the chosen source, in order (duplicates kept), and the skip counter."""
-    from clipcond.training.data import CaptionSource, DataConfig, SkipCounter
+    from clipcond.training.data import CaptionSource, DataConfig, SkipCounter, shard_urls
     from clipcond.training.data.prompt_file import prompt_file_captions
 
     skipped = SkipCounter()
@@ -130,8 +130,12 @@ def _captions(args: argparse.Namespace, train_config: Any) -> tuple[list[str], A
             return prompt_file_captions(args.prompts, skipped), skipped
     seed = args.seed
     if args.manifest:
+        if not Path(args.manifest).is_file():
+            raise UsageError(f"--manifest: no such file {args.manifest}")
         data = DataConfig(source="manifest", manifest=args.manifest)
     elif args.webdataset:
+        with user_errors(FileNotFoundError, ValueError):  # the message names the pattern
+            shard_urls(args.webdataset, "--webdataset")
         data = DataConfig(source="webdataset", urls=args.webdataset)
     elif train_config is not None and (args.shapes is None or train_config.data.source == "shapes"):
         data, seed = train_config.data, train_config.seed
