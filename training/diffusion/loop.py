@@ -5,7 +5,9 @@ embeddings of frozen text encoders (CLIP, optionally with T5), on accelerate.
 `train_diffusion(config)` runs one `TrainDiffusionConfig` on the loop skeleton
 (`clipcond.training.loop.TrainingRun`: run folder, resume, logging, checkpoints). What is
 diffusion's is here: the models (`diffusion.setup.build_diffusion_models`), image-caption
-batches (the same sources as the CLIP loop), the step (captions dropped for classifier-free
+batches (the same sources as the CLIP loop), the captions' context (the live conditioner, or
+with ``data.embeddings`` the records ``clipcond encode`` stored, checked against the
+conditioner's weights and settings, and assembled by it), the step (captions dropped for classifier-free
 guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
 weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
 grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
