@@ -64,12 +64,13 @@ def test_training_on_encoded_shards_gives_the_weights_of_the_live_encoders(
         extra = dict(t5_encoder=str(tiny_t5_encoder_path), projection_dim=24, t5_max_length=16)
     settings = dict(steps=4, caption_dropout=0.5, data=DiffusionDataConfig(max_objects=2), **extra)
     live = tiny_config(tiny_clip_text_path, tmp_path / "live", **settings)
-    config_path = write_config(live, tmp_path / "live.yaml")
+    embeddings = DiffusionDataConfig(max_objects=2, embeddings=str(tmp_path / "emb"))
+    read = tiny_config(tiny_clip_text_path, tmp_path / "read", **{**settings, "data": embeddings})
+    # encoded from the config that reads them, which names the folder before it exists
+    config_path = write_config(read, tmp_path / "read.yaml")
     assert (
         clipcond(["encode", "--train-config", str(config_path), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
     )
-    embeddings = DiffusionDataConfig(max_objects=2, embeddings=str(tmp_path / "emb"))
-    read = tiny_config(tiny_clip_text_path, tmp_path / "read", **{**settings, "data": embeddings})
     from clipcond import conditioning
 
     encoder_runs = []

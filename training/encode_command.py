@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shapes",
         type=int,
         metavar="COUNT",
-        help="the first COUNT samples of the shapes stream (default with a shapes --train-config: steps x batch_size)",
+        help="the first COUNT samples of the shapes stream (default with a shapes --train-config: steps x batch_size, "
+        "what one process reads; multiply by the processes of a multi-process run)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the shapes stream (a --train-config's own seed wins)"
@@ -144,7 +145,7 @@ def _captions(args: argparse.Namespace, train_config: Any) -> tuple[list[str], A
     else:
         raise UsageError("give the captions: --prompts, --manifest, --webdataset or --shapes COUNT (or --train-config)")
     with user_errors(FileNotFoundError, ValueError):
-        data.check_files()
+        DataConfig.check_files(data)  # the sources only: a run config's data.embeddings may be --out, not made yet
     if data.source == "shapes":
         count = args.shapes if args.shapes is not None else train_config.steps * train_config.batch_size
         if count < 1:
