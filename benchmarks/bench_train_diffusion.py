@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every side")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="only time the parts of a step that differ between the sides (text encoder forward, the "
+        "script's tokenizer, AdamW default vs fused) on --work-dir's components, and print them",
+    )
     return parser
 
 
@@ -279,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     work = args.work_dir
+    if args.phases:
+        print("\n".join(phase_lines(work / "sd", work / "data" / "manifest.jsonl", args.batch)))
+        return
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -318,6 +327,49 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {round_} {name}: {rates[name][-1]:.2f} samples/s", flush=True)
     write_result(args.output, report(args, rates, curves, encode_seconds))
     print(f"wrote {args.output}")
+
+
+def phase_lines(sd: Path, manifest: Path, batch: int, repeats: int = 15) -> list[str]:
+    """Markdown rows: median milliseconds of the parts of a step that differ between the sides,
+    each timed alone on the benchmark's components (`write_sd_folder`) and captions."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    def median_ms(work) -> float:
+        work()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
+
+    captions = [json.loads(line)["caption"] for line in manifest.read_text().splitlines()[:batch]]
+    tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder").eval().requires_grad_(False)
+
+    def tokenize_one_by_one() -> list:
+        return [
+            tokenizer([c], max_length=77, padding="max_length", truncation=True, return_tensors="pt") for c in captions
+        ]
+
+    ids = torch.cat([encoded.input_ids for encoded in tokenize_one_by_one()])
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet").train()
+    for parameter in unet.parameters():
+        parameter.grad = torch.randn_like(parameter) * 1e-3
+    default = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=0.0)
+    fused = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    with torch.no_grad():
+        encoder_ms = median_ms(lambda: text_encoder(ids)[0])
+    return [
+        f"| part of a step | ms (median of {repeats}) | who runs it |",
+        "|---|---:|---|",
+        f"| text encoder forward, batch {batch} x 77 tokens | {encoder_ms:.1f} | the script and ours live; not ours pre-encoded |",
+        f"| the script's tokenizer, {batch} captions one by one | {median_ms(tokenize_one_by_one):.1f} | the script |",
+        f"| AdamW step over the UNet, torch's default | {median_ms(default.step):.1f} | the script |",
+        f"| AdamW step over the UNet, fused | {median_ms(fused.step):.1f} | ours |",
+    ]
 
 
 def report(
