@@ -285,11 +285,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     work = args.work_dir
+    ours = (work / "sd" / "model_index.json").is_file() and (work / "data" / "manifest.jsonl").is_file()
     if args.phases:
+        if not ours:
+            parser.error(f"--phases reads the components of a finished run: none in --work-dir {work}")
         print("\n".join(phase_lines(work / "sd", work / "data" / "manifest.jsonl", args.batch)))
         return
+    if work.exists() and any(work.iterdir()) and not ours:
+        parser.error(f"--work-dir {work} holds files that are not this benchmark's; give an empty or new folder")
     if work.exists():
-        shutil.rmtree(work)
+        shutil.rmtree(work)  # a previous run's work folder
     work.mkdir(parents=True)
     sd, data = work / "sd", work / "data"
     write_sd_folder(sd)
