@@ -352,3 +352,20 @@ def test_shards_are_written_once_and_readers_see_only_finished_ones(tiny_clip_te
     shard_path(tmp_path, 1).write_bytes(b"not a shard")
     with pytest.raises(EmbeddingShardError, match="not a readable embedding shard"):
         EmbeddingShards(tmp_path, identity)
+
+
+def test_a_reader_keeps_a_bounded_number_of_shards_open(tiny_clip_text_path, tmp_path: Path, monkeypatch) -> None:
+    from clipcond.training.data import embedding_shards
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity
+
+    conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path / "run"))
+    identity = EmbeddingIdentity(*conditioner.identity())
+    captions = ["a red circle", "a blue square", "a green star"]
+    records = conditioner.encode_records(captions)
+    for index, (caption, record) in enumerate(zip(captions, records)):
+        write_shard(tmp_path, index, {caption_hash(caption): record}, identity)
+    monkeypatch.setattr(embedding_shards, "_OPEN_SHARDS", 2)
+    shards = EmbeddingShards(tmp_path, identity)
+    for caption, record in [*zip(captions, records), *zip(captions[::-1], records[::-1])]:
+        assert torch.equal(shards.record(caption).clip_tokens, record.clip_tokens)
+        assert len(shards._open) <= 2
