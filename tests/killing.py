@@ -21,6 +21,10 @@ def kill_when(command: list[str], ready: Callable[[], str | None], env: dict | N
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
+    if reached is None and process.poll() is None:  # too slow (a loaded machine), not finished: stop it
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        raise AssertionError("the command did not reach the state to kill it at within 120 s")
     process.wait()
     assert reached is not None, f"the command ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
     assert process.returncode == -signal.SIGKILL
