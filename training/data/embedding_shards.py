@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from clipcond.records import EncodedPrompt
 SHARD_FORMAT = "clipcond-caption-embeddings-v1"
 _SHARD_NAME = re.compile(r"^embeddings-(\d{6,})\.safetensors$")
 _TEMPORARY_GLOB = ".embeddings-*.tmp"
+_OPEN_SHARDS = 64
 
 
 def caption_hash(caption: str) -> str:
@@ -201,7 +203,7 @@ class EmbeddingShards:
             for name in names:
                 key, _, field = name.partition(".")
                 self._fields.setdefault(key, (path, []))[1].append(field)
-        self._open: dict[Path, object] = {}
+        self._open: OrderedDict[Path, object] = OrderedDict()  # the most recently read shards
 
     def __len__(self) -> int:
         return len(self._fields)
@@ -238,8 +240,13 @@ class EmbeddingShards:
         path, fields = found
         shard = self._open.get(path)
         if shard is None:
-            # One handle per shard, kept: its header is parsed once and its tensors memory-mapped.
+            # A handle per shard, kept while it is among the last _OPEN_SHARDS read: its header is
+            # parsed once and its tensors memory-mapped, and a folder of thousands of shards does
+            # not hold as many open files.
             shard = self._open[path] = safe_open(str(path), framework="pt", device="cpu")
+            if len(self._open) > _OPEN_SHARDS:
+                self._open.popitem(last=False)
+        self._open.move_to_end(path)
         tensors = {field: shard.get_tensor(f"{key}.{field}") for field in fields}
         if device is not None:
             tensors = {field: tensor.to(device) for field, tensor in tensors.items()}
