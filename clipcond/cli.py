@@ -26,6 +26,11 @@ SUBCOMMANDS = (
     ("convert-clip", "clipcond.training.clip.convert", "OpenAI / open_clip ViT checkpoint -> a clipcond model folder"),
     ("init-clip", "clipcond.training.clip.random_init", "a CLIP with fresh random weights (the untrained control)"),
     (
+        "encode",
+        "clipcond.training.encode_command",
+        "pre-encode a dataset's captions for train-diffusion (data.embeddings)",
+    ),
+    (
         "train-diffusion",
         "clipcond.training.train_diffusion",
         "train a UNet, LoRA or a projection adapter against frozen text encoders",

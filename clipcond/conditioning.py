@@ -45,7 +45,7 @@ from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
-from clipcond.record_spec import expected_record
+from clipcond.record_spec import RecordSpec, expected_record
 from clipcond.records import EncodedPrompt
 from clipcond.scheduled_embeds import PromptSchedule, StepSwap, build_schedule, check_steps, schedule_for_pipeline
 from clipcond.tokenizer_fingerprint import TokenizerFingerprints
@@ -303,6 +303,44 @@ class TextConditioner:
         check_steps(num_inference_steps)
         return build_schedule(self.encode, prompts, negatives, num_inference_steps)
 
+    # ------------------------------------------------------------------ records, for pre-encoding
+
+    def identity(self) -> tuple[str, str]:
+        """(weights fingerprint, settings): what decides the record an encoder makes of a prompt.
+
+        The fingerprint is the content hash of every encoder's weights (`clipcond.fingerprint`,
+        stable across processes); the settings are the settings part of the cache key (the
+        recipe with clip-skip, weight parsing, each encoder's class, window, mask use and
+        tokenizer). Records made under equal identities are interchangeable; the projection is
+        not part of it (records are taken before it).
+        """
+        encoders = self.encoders
+        tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
+        return self._watch.content_hash(), settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers)
+
+    @property
+    def record_spec(self) -> RecordSpec:
+        """The tensors (names, shapes, dtypes) every record of this conditioner holds."""
+        return expected_record(self.clip, self.t5, self._active_recipe)
+
+    def encode_records(self, prompt: str | list[str]) -> list[EncodedPrompt]:
+        """What the encoders make of each prompt, before assembly: one `EncodedPrompt` per
+        prompt (through the cache, like `encode`). `assemble` turns them into embeddings."""
+        return self._records(as_prompt_list(prompt, "prompt"))
+
+    def assemble(self, records: Sequence[EncodedPrompt], empty_prompt: EncodedPrompt | None = None) -> PromptEmbeds:
+        """Records of a batch (from `encode_records`, possibly stored and read back) ->
+        `PromptEmbeds` exactly as `encode` makes them: windows padded with the empty prompt's,
+        encoders joined, the projection applied (with its graph when it trains).
+
+        Args:
+            records: one per prompt, all of this conditioner's `record_spec`.
+            empty_prompt: the record of "" for padding; None: encoded (or cached) here.
+        """
+        if not records:
+            raise ValueError("`records` must hold at least one EncodedPrompt")
+        return self._assemble(list(records), empty_prompt)
+
     # ------------------------------------------------------------------ encoding
 
     def _fragments(self, text: str) -> list[Fragment]:
@@ -381,11 +419,11 @@ class TextConditioner:
         key = (self._watch.state(), tokenizers, self._active_recipe)
         return lambda slot, compute: self._empty_states.get(key, slot, compute)
 
-    def _assemble(self, records: list[EncodedPrompt]) -> PromptEmbeds:
+    def _assemble(self, records: list[EncodedPrompt], empty_prompt: EncodedPrompt | None = None) -> PromptEmbeds:
         return assemble(
             records,
             self._active_recipe,
-            lambda: self._records([""])[0].clip_tokens,
+            lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
             projection=self.projection,
             t5_zeros=self.t5_zeros,
             dtype=self.dtype,

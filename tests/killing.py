@@ -1,28 +1,47 @@
-"""Run a training command in a subprocess and SIGKILL it once a checkpoint has been written."""
+"""Run a command in a subprocess and SIGKILL it midway: once a training run has written a
+checkpoint (`kill_after_checkpoint`), or once any condition on its output holds (`kill_when`)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def kill_when(command: list[str], ready: Callable[[], str | None], env: dict | None = None) -> str:
+    """Start `command`, poll `ready()` until it returns a description of the state reached (not
+    None), then SIGKILL it. Returns that description; fails if the command ended first."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reached, deadline = None, time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        reached = ready()
+        if reached is not None:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    if reached is None and process.poll() is None:  # too slow (a loaded machine), not finished: stop it
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        raise AssertionError("the command did not reach the state to kill it at within 120 s")
+    process.wait()
+    assert reached is not None, f"the command ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    assert process.returncode == -signal.SIGKILL
+    return reached
 
 
 def kill_after_checkpoint(command: list[str], run_dir: Path, at_least: int, env: dict | None = None) -> str:
     """Start `command`, wait until ``run_dir/checkpoints/latest`` names step >= `at_least`, then
     SIGKILL it. Returns the checkpoint name it was killed at; fails if the run ended first."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = run_dir / "checkpoints" / "latest"
     wanted = f"step-{at_least:09d}"
-    killed_at, deadline = None, time.time() + 120
-    while time.time() < deadline and process.poll() is None:
+
+    def checkpoint_reached() -> str | None:
         if latest.is_file() and latest.read_text().strip() >= wanted:
-            process.send_signal(signal.SIGKILL)
-            killed_at = latest.read_text().strip()
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert killed_at is not None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
-    assert process.returncode == -signal.SIGKILL
+            return latest.read_text().strip()
+        return None
+
+    killed_at = kill_when(command, checkpoint_reached, env)
     assert not (run_dir / "model").exists() and not (run_dir / "pipeline").exists()
     return killed_at

@@ -64,6 +64,16 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"steps": 5, "repeats": 2, "output": Path("out/lang.md")},
         ),
     ],
+    "benchmarks/bench_train_diffusion.py": [
+        (
+            ["--image-size", "32", "--batch", "4", "--steps", "6", "--warmup", "1", "--repeats", "2", "--lr", "1e-3"],
+            {"image_size": 32, "batch": 4, "steps": 6, "warmup": 1, "repeats": 2, "lr": 1e-3},
+        ),
+        (
+            ["--seed", "3", "--threads", "2", "--work-dir", "out/work", "--output", "out/td.md", "--phases"],
+            {"seed": 3, "threads": 2, "work_dir": Path("out/work"), "output": Path("out/td.md"), "phases": True},
+        ),
+    ],
     "benchmarks/clip_tiny_shapes.py": [
         (
             ["--reuse", "--train-seconds", "380.5", "--images-per-class", "20", "--output", "out/tiny.md"],
@@ -135,6 +145,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"], ["--family", "sd3"]],
+    "benchmarks/bench_train_diffusion.py": [["--batch", "x"], ["--lr", "fast"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
     "benchmarks/shapes_model_position_probe.py": [
@@ -152,6 +163,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
+    "benchmarks/bench_train_diffusion.py": ([], ("output", "work_dir")),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
     "benchmarks/prompt_language_grid.py": ([], ("output",)),
@@ -187,7 +199,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 13
+    assert len(SCRIPTS) == 14
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

@@ -10,7 +10,10 @@
 - `SkipCounter`: unusable samples are skipped and counted by reason, never fatal;
 - the file readers under them: `webdataset_samples`, `webdataset_captions` (shards named
   as webdataset takes them: `shard_urls`), `manifest_samples`, `manifest_captions`,
-  `manifest_entries`; `DataConfig.check_files` checks the files exist before any work.
+  `manifest_entries`; `DataConfig.check_files` checks the files exist before any work;
+- a text file of prompts (`prompt_file.prompt_file_captions`), for ``clipcond encode``;
+- captions encoded beforehand (`embedding_shards`): the shards ``clipcond encode`` writes and
+  diffusion training reads (``data.embeddings``).
 """
 
 from clipcond.training.data.batches import ImageCaptionBatches

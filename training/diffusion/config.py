@@ -3,6 +3,7 @@ described in YAML (validated: an unknown key is an error naming the key and the 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,34 @@ class DiffusionLoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
     )
+
+
+@dataclass
+class DiffusionDataConfig(DataConfig):
+    """The data section of a diffusion run: `DataConfig`'s sources, and optionally captions
+    encoded beforehand.
+
+    Attributes:
+        embeddings: a folder of caption embeddings written by ``clipcond encode`` (for example
+            ``clipcond encode --train-config this.yaml --out DIR``): each step reads its
+            captions' encoder outputs there instead of running the text encoders. Every shard
+            must have been encoded with this run's encoder weights and conditioner settings
+            (else the run refuses to start), and every caption the run reads (and "", for
+            caption dropout) must be there (else the run stops, naming the caption's hash).
+    """
+
+    embeddings: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embeddings is not None and not (isinstance(self.embeddings, str) and self.embeddings.strip()):
+            raise ValueError(f"data.embeddings must be a folder path or null, got {self.embeddings!r}")
+
+    def check_files(self) -> None:
+        """`DataConfig.check_files`, and the `embeddings` folder exists."""
+        super().check_files()
+        if self.embeddings is not None and not Path(self.embeddings).is_dir():
+            raise FileNotFoundError(f"data.embeddings: no such folder {self.embeddings}")
 
 
 def scheduler_class(name: str, argument: str = "scheduler") -> type:
@@ -87,6 +116,8 @@ class TrainDiffusionConfig:
         image_size: side of the training images in pixels.
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
         ema_decay: decay of the weight EMA saved as the final UNet; None turns EMA off.
+        data: where images and captions come from, and optionally the captions' embeddings
+            (`DiffusionDataConfig.embeddings`, written by ``clipcond encode``).
         sample_every, sample_prompts, sample_steps: write a grid of samples during training.
     """
 
@@ -107,7 +138,7 @@ class TrainDiffusionConfig:
     snr_gamma: float | None = None
     sample_scheduler: str = "DDIMScheduler"
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
     image_size: int = 32
     batch_size: int = 64
     steps: int = 1000
@@ -128,6 +159,8 @@ class TrainDiffusionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if type(self.data) is DataConfig:  # a plain data section, built in code: no embeddings
+            self.data = DiffusionDataConfig(**dataclasses.asdict(self.data))
         if (self.unet is None) == (self.init_from is None):
             raise ValueError("give exactly one of `unet` (a UNet from scratch) and `init_from` (a saved pipeline)")
         if self.train in ("lora", "adapter") and self.init_from is None:

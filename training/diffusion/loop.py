@@ -5,7 +5,9 @@ embeddings of frozen text encoders (CLIP, optionally with T5), on accelerate.
 `train_diffusion(config)` runs one `TrainDiffusionConfig` on the loop skeleton
 (`clipcond.training.loop.TrainingRun`: run folder, resume, logging, checkpoints). What is
 diffusion's is here: the models (`diffusion.setup.build_diffusion_models`), image-caption
-batches (the same sources as the CLIP loop), the step (captions dropped for classifier-free
+batches (the same sources as the CLIP loop), the captions' context (the live conditioner, or
+with ``data.embeddings`` the records ``clipcond encode`` stored, checked against the
+conditioner's weights and settings, and assembled by it), the step (captions dropped for classifier-free
 guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
 weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
 grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
@@ -16,9 +18,10 @@ takes the steps of the uninterrupted one.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,10 @@ from clipcond.training.diffusion.setup import (
 )
 from clipcond.training.loop import TrainingRun
 from clipcond.training.optim import adamw_with_warmup_cosine
+
+if TYPE_CHECKING:
+    from clipcond.conditioning import TextConditioner
+    from clipcond.training.data.embedding_shards import EmbeddingShards
 
 PIPELINE_DIR = "pipeline"
 
@@ -71,6 +78,7 @@ def train_diffusion(
         set_seed(config.seed)  # before the models: a UNet from scratch takes its initial weights from it
         models = build_diffusion_models(config)
         denoiser, conditioner, noise_schedule = models.denoiser, models.conditioner, models.noise_schedule
+        embeddings = _embedding_shards(config, conditioner)  # stale ones refused before any step
         # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
         # are made where the weights are, and its update mixes the two
         denoiser.to(accelerator.device)
@@ -94,6 +102,7 @@ def train_diffusion(
 
         wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
         conditioner.to(accelerator.device)
+        encode_captions = _caption_encoding(conditioner, embeddings)
         if models.vae is not None:
             models.vae.to(accelerator.device)
         batches = ImageCaptionBatches(
@@ -122,7 +131,7 @@ def train_diffusion(
             ]
             # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
             with torch.enable_grad() if models.projection_trains else torch.no_grad():
-                context = conditioner.encode(captions).tokens
+                context = encode_captions(captions)
             # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
             generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + rank)
             clean = models.to_model_space(pixels, generator)
@@ -175,6 +184,33 @@ def train_diffusion(
         samples_per_second=outcome.throughput,
         skipped=dict(run.skipped.counts),
     )
+
+
+def _embedding_shards(config: TrainDiffusionConfig, conditioner: TextConditioner) -> EmbeddingShards | None:
+    """The run's `data.embeddings` folder, checked against the conditioner's weights and
+    settings (`StaleEmbeddings` otherwise), or None when captions are encoded live."""
+    if config.data.embeddings is None:
+        return None
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards
+
+    identity = EmbeddingIdentity(*conditioner.identity())
+    return EmbeddingShards(config.data.embeddings, identity, argument="data.embeddings")
+
+
+def _caption_encoding(
+    conditioner: TextConditioner, embeddings: EmbeddingShards | None
+) -> Callable[[list[str]], torch.Tensor]:
+    """captions -> context tokens (batch, seq, width) for the UNet: the conditioner's `encode`,
+    or the captions' records read from `embeddings` and assembled by the conditioner (the same
+    padding, join and projection; only the encoders' forward is skipped)."""
+    if embeddings is None:
+        return lambda captions: conditioner.encode(captions).tokens
+    empty = embeddings.record("", conditioner.device)  # pads short prompts, and is the dropped caption
+
+    def read(captions: list[str]) -> torch.Tensor:
+        return conditioner.assemble(embeddings.records(captions, conditioner.device), empty).tokens
+
+    return read
 
 
 def _denoising_loss(

@@ -213,13 +213,16 @@ def _add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
     )
 
 
-def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
-    """Load the encoders, build the conditioner, the UNet and the projection, and set which
-    weights train (`config.train`: "unet" -> UNet and projection; "lora" -> LoRA only;
-    "adapter" -> the projection, plus LoRA with `adapter_lora`).
+def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
+    """The run's frozen encoders (`text_encoder`, `t5_encoder`) and the conditioner over them,
+    with the projection (`init_from`'s, or a new one of `projection_dim`) when there is one.
+
+    The recipe is a row of the family table: "sd" for a CLIP alone, "custom" (with the row's
+    defaults, e.g. its T5 budget when `t5_max_length` is unset) for a T5 or an adapter.
+    `clipcond encode --train-config` builds the same conditioner, so that its embeddings fit.
 
     Raises:
-        ValueError: `train: adapter` without a projection, or widths that do not fit.
+        ValueError: `train: adapter` without a projection.
     """
     text_encoder = load_frozen_text_encoder(config.text_encoder)
     tokenizer = clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
@@ -229,14 +232,11 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         raise ValueError(
             "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one"
         )
-    # The recipe is a row of the family table: "sd" for a CLIP alone, "custom" (with the row's
-    # defaults, e.g. its T5 budget when `t5_max_length` is unset) for a T5 or an adapter.
     custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
     recipe = (
         custom_recipe(True, t5_encoder is not None, t5_max_length=config.t5_max_length) if custom else get_recipe("sd")
     )
-    t5_max_length = recipe.t5_max_length if t5_encoder is not None else None
-    conditioner = TextConditioner(
+    return TextConditioner(
         recipe,
         clip=[(text_encoder, tokenizer)],
         t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
@@ -244,6 +244,18 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         projection_dim=config.projection_dim,
         cache_size=100_000,
     )
+
+
+def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
+    """Load the encoders, build the conditioner (`build_conditioner`), the UNet and the
+    projection, and set which weights train (`config.train`: "unet" -> UNet and projection;
+    "lora" -> LoRA only; "adapter" -> the projection, plus LoRA with `adapter_lora`).
+
+    Raises:
+        ValueError: `train: adapter` without a projection, or widths that do not fit.
+    """
+    conditioner = build_conditioner(config)
+    clip, t5 = conditioner.clip[0], conditioner.t5
     projection = conditioner.projection
     width = projection.config.projection_dim if projection is not None else conditioner.clip_width
     vae = _load_vae(config)
@@ -257,12 +269,12 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     return DiffusionModels(
         denoiser,
         conditioner,
-        text_encoder,
-        tokenizer,
-        t5_encoder,
-        t5_tokenizer,
-        recipe.name,
-        t5_max_length,
+        clip.model,
+        clip.tokenizer,
+        None if t5 is None else t5.model,
+        None if t5 is None else t5.tokenizer,
+        conditioner.recipe.name,
+        conditioner.recipe.t5_max_length if t5 is not None else None,
         vae,
         _noise_schedule(config),
     )

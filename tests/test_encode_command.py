@@ -1,0 +1,371 @@
+"""``clipcond encode`` and ``train-diffusion`` on its shards (``data.embeddings``): the same
+weights as the live frozen encoders, a SIGKILL and resume, stale and missing embeddings, and
+bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from killing import kill_when
+from safetensors import safe_open
+from test_train_diffusion import tiny_config, unet_weights
+
+from clipcond.cli import main as clipcond
+from clipcond.training.data.embedding_shards import (
+    EmbeddingShards,
+    MissingEmbedding,
+    StaleEmbeddings,
+    caption_hash,
+    shard_path,
+    write_shard,
+)
+from clipcond.training.diffusion.config import DiffusionDataConfig, TrainDiffusionConfig
+from clipcond.training.diffusion.loop import train_diffusion
+from clipcond.training.diffusion.setup import build_conditioner
+
+
+def write_config(config: TrainDiffusionConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    return path
+
+
+def shard_contents(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """caption hash -> {field: tensor}, over every shard of `folder` (each hash once)."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for path in sorted(folder.glob("embeddings-*.safetensors")):
+        with safe_open(str(path), framework="pt") as shard:
+            for name in shard.keys():
+                key, _, field = name.partition(".")
+                assert key not in found or field not in found[key], f"{key} twice"
+                found.setdefault(key, {})[field] = shard.get_tensor(name)
+    return found
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    first, second = unet_weights(a), unet_weights(b)
+    assert first.keys() == second.keys()
+    return max((first[k] - second[k]).abs().max().item() for k in first)
+
+
+@pytest.mark.parametrize("encoders", ["clip", "clip+t5+projection"])
+def test_training_on_encoded_shards_gives_the_weights_of_the_live_encoders(
+    encoders: str, tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path, monkeypatch
+) -> None:
+    extra = {}
+    if encoders != "clip":  # the projection trains: records are stored before it, so it still learns
+        extra = dict(t5_encoder=str(tiny_t5_encoder_path), projection_dim=24, t5_max_length=16)
+    settings = dict(steps=4, caption_dropout=0.5, data=DiffusionDataConfig(max_objects=2), **extra)
+    live = tiny_config(tiny_clip_text_path, tmp_path / "live", **settings)
+    embeddings = DiffusionDataConfig(max_objects=2, embeddings=str(tmp_path / "emb"))
+    read = tiny_config(tiny_clip_text_path, tmp_path / "read", **{**settings, "data": embeddings})
+    # encoded from the config that reads them, which names the folder before it exists
+    config_path = write_config(read, tmp_path / "read.yaml")
+    assert (
+        clipcond(["encode", "--train-config", str(config_path), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    )
+    from clipcond import conditioning
+
+    encoder_runs = []
+    real = conditioning.encode_fragments
+
+    def counted(*args, **kwargs):
+        encoder_runs.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conditioning, "encode_fragments", counted)
+    live_run = train_diffusion(live, show_progress=False)
+    assert encoder_runs  # the live run runs the encoders ...
+    encoder_runs.clear()
+    read_run = train_diffusion(read, show_progress=False)
+    assert encoder_runs == []  # ... the run on shards never does (not even for "")
+    assert max_weight_difference(live_run.pipeline_dir, read_run.pipeline_dir) <= 1e-6
+    if encoders != "clip":
+        live_projection = tmp_path / "live" / "checkpoints" / "step-000000004" / "projection.safetensors"
+        read_projection = tmp_path / "read" / "checkpoints" / "step-000000004" / "projection.safetensors"
+        with safe_open(str(live_projection), "pt") as a, safe_open(str(read_projection), "pt") as b:
+            assert all(torch.allclose(a.get_tensor(k), b.get_tensor(k), atol=1e-6, rtol=0) for k in a.keys())
+
+
+def test_each_distinct_caption_is_encoded_once_with_the_conditioners_identity(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue  square\na red circle\n(a green:1.3) star\na blue square\n")
+    out = tmp_path / "emb"
+    args = ["encode", "--train-config", str(config), "--prompts", str(prompts), "--out", str(out)]
+    assert clipcond([*args, "--batch-size", "2", "--shard-size", "2", "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    assert "4 captions encoded into 2 new shards" in report and "2 duplicates" in report
+    assert "skipped samples: 1 (empty caption: 1)" in report
+    captions = ["", "a red circle", "a blue square", "(a green:1.3) star"]
+    contents = shard_contents(out)
+    assert sorted(contents) == sorted(caption_hash(caption) for caption in captions)
+    conditioner = build_conditioner(TrainDiffusionConfig.from_yaml(config))
+    expected = conditioner.encode_records(captions)
+    for caption, record in zip(captions, expected):
+        stored = contents[caption_hash(caption)]
+        assert stored.keys() == record.tensors().keys()
+        assert all(torch.allclose(stored[k], v, atol=1e-6, rtol=0) for k, v in record.tensors().items())
+    weights, settings = conditioner.identity()
+    for path in out.glob("embeddings-*.safetensors"):
+        with safe_open(str(path), "pt") as shard:
+            assert (shard.metadata()["weights"], shard.metadata()["settings"]) == (weights, settings)
+    # run again: everything is there, nothing is encoded
+    assert clipcond([*args, "--no-progress"]) == 0
+    assert "0 captions encoded into 0 new shards" in capsys.readouterr().out
+    assert len(list(out.glob("embeddings-*.safetensors"))) == 2
+
+
+def test_a_pipeline_folder_and_a_conditioner_yaml_encode_as_their_conditioners(sd_pipe, tmp_path: Path) -> None:
+    from clipcond import TextConditioner
+
+    sd_pipe.save_pretrained(tmp_path / "sd")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\na (red:1.4) cat BREAK on a mat\n")
+    assert (
+        clipcond(
+            [
+                "encode",
+                "--pipeline",
+                str(tmp_path / "sd"),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "a"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    conditioner_yaml = tmp_path / "conditioner.yaml"
+    conditioner_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "sd",
+                "clip": [{"path": str(tmp_path / "sd"), "subfolder": "text_encoder"}],
+                "parse_weights": False,
+            }
+        )
+    )
+    assert (
+        clipcond(
+            [
+                "encode",
+                "--conditioner",
+                str(conditioner_yaml),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "b"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    captions = ["", *prompts.read_text().splitlines()]
+    for folder, conditioner in (
+        ("a", TextConditioner.from_pipeline(sd_pipe)),
+        ("b", TextConditioner.from_config(conditioner_yaml)),
+    ):
+        shards = EmbeddingShards(tmp_path / folder)
+        assert (shards.identity.weights, shards.identity.settings) == conditioner.identity()
+        for caption, record in zip(captions, conditioner.encode_records(captions)):
+            stored = shards.record(caption)
+            assert all(torch.allclose(getattr(stored, k), v, atol=1e-6, rtol=0) for k, v in record.tensors().items())
+    # the two differ in settings (weights parsed or not): their folders are not interchangeable
+    assert (
+        EmbeddingShards(tmp_path / "a")
+        .identity.difference(EmbeddingShards(tmp_path / "b").identity)
+        .startswith("conditioner settings")
+    )
+
+
+def test_sigkill_and_resume_give_every_caption_once_with_the_conditioners_records(
+    tiny_clip_text_path, tmp_path: Path
+) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    captions = [f"caption number {i} with a {'red blue green'.split()[i % 3]} shape" for i in range(600)]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(captions) + "\n")
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "clipcond.training.encode_command", "--train-config", str(config),
+            "--prompts", str(prompts), "--out", str(out), "--batch-size", "10", "--shard-size", "20", "--no-progress",
+        ]  # fmt: skip
+
+    def two_shards() -> str | None:
+        written = sorted((tmp_path / "killed").glob("embeddings-*.safetensors"))
+        return f"{len(written)} shards" if len(written) >= 2 else None
+
+    # one torch thread: on a shared 2-core machine two threads wait on each other (20x slower)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_at = kill_when(command(tmp_path / "killed"), two_shards, env)
+    before = shard_contents(tmp_path / "killed")
+    assert 40 <= len(before) < len(captions) + 1, killed_at  # killed midway, finished shards kept whole
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(captions) + 1 - len(before)} captions encoded" in resumed.stdout
+    got = shard_contents(tmp_path / "killed")
+    everything = ["", *captions]
+    assert sorted(got) == sorted(caption_hash(c) for c in everything)  # each once (shard_contents checks)
+    assert all(torch.equal(before[k]["clip_tokens"], got[k]["clip_tokens"]) for k in before)  # not rewritten
+    # what an uninterrupted encode makes: the conditioner's records
+    conditioner = build_conditioner(TrainDiffusionConfig.from_yaml(config))
+    for caption, record in zip(everything, conditioner.encode_records(everything)):
+        assert torch.allclose(got[caption_hash(caption)]["clip_tokens"], record.clip_tokens, atol=1e-6, rtol=0)
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+def test_stale_shards_are_refused_before_any_step(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    from tiny_pipelines import clip_text_model, clip_tokenizer
+
+    other = tmp_path / "other_clip"
+    clip_text_model(12).save_pretrained(other)  # same architecture, other weights
+    clip_tokenizer().save_pretrained(other)
+    encoded = write_config(tiny_config(other, tmp_path / "x"), tmp_path / "other.yaml")
+    assert clipcond(["encode", "--train-config", str(encoded), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    config = tiny_config(
+        tiny_clip_text_path, tmp_path / "run", data=DiffusionDataConfig(embeddings=str(tmp_path / "emb"))
+    )
+    with pytest.raises(StaleEmbeddings, match=r"embeddings-000000.safetensors was encoded with encoder weights"):
+        train_diffusion(config, show_progress=False)
+    assert not (tmp_path / "run").exists()
+    # through the command: a one-line error, exit 2
+    assert clipcond(["train-diffusion", "--config", str(write_config(config, tmp_path / "run.yaml"))]) == 2
+    assert "stale" in capsys.readouterr().err
+    # and encoding into that folder with other weights is refused, leaving it as it was
+    before = sorted(p.name for p in (tmp_path / "emb").iterdir())
+    mine = write_config(tiny_config(tiny_clip_text_path, tmp_path / "y"), tmp_path / "mine.yaml")
+    assert clipcond(["encode", "--train-config", str(mine), "--out", str(tmp_path / "emb"), "--no-progress"]) == 2
+    assert "--out: " in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == before
+
+
+def test_a_missing_caption_stops_the_run_naming_its_hash_and_the_folder(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a caption the run never reads\n")
+    config = tiny_config(
+        tiny_clip_text_path, tmp_path / "run", data=DiffusionDataConfig(embeddings=str(tmp_path / "emb"))
+    )
+    config_path = write_config(config, tmp_path / "run.yaml")
+    assert (
+        clipcond(
+            [
+                "encode",
+                "--train-config",
+                str(config_path),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "emb"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    with pytest.raises(MissingEmbedding) as missing:
+        train_diffusion(config, show_progress=False)
+    from clipcond.shapes import ShapesStream
+
+    step_0 = [ShapesStream(0, 16, 1, 1, "train").sample(i).caption for i in range(config.batch_size)]
+    named = re.search(r"caption '(.*)' \(hash ([0-9a-f]{64})\) is not in (\S+);", str(missing.value))
+    assert named is not None, missing.value
+    assert named[1] in step_0 and caption_hash(named[1]) == named[2] and named[3] == str(tmp_path / "emb")
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    assert clipcond(["train-diffusion", "--config", str(config_path), "--no-progress"]) == 1
+    assert "is not in" in capsys.readouterr().err
+
+
+def test_bad_input_is_refused_before_any_work(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    base = ["encode", "--train-config", str(config), "--no-progress"]
+    cases = {
+        "--batch-size": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--batch-size", "0"],
+        "--shard-size": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--shard-size", "0"],
+        "not a folder": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "file")],
+        "prompt file not found": [*base, "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")],
+        "not UTF-8": [*base, "--prompts", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "o")],
+        "--manifest": [*base, "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")],
+        "no shard matches": [*base, "--webdataset", str(tmp_path / "x-{0..1}.tar"), "--out", str(tmp_path / "o")],
+        "--shapes": [*base, "--shapes", "0", "--out", str(tmp_path / "o")],
+        "--train-config: no such file": ["encode", "--train-config", str(tmp_path / "no.yaml"), "--out", "o"],
+        "--pipeline: no such folder": [
+            "encode",
+            "--pipeline",
+            str(tmp_path / "none"),
+            "--prompts",
+            str(prompts),
+            "--out",
+            "o",
+        ],
+        "give the captions": ["encode", "--conditioner", str(tmp_path / "file"), "--out", str(tmp_path / "o")],
+    }
+    for expected, argv in cases.items():
+        assert clipcond(argv) == 2, expected
+        assert expected in capsys.readouterr().err, expected
+    assert not (tmp_path / "o").exists()
+    # the run config's data.embeddings is checked with its other files
+    bad = tiny_config(
+        tiny_clip_text_path, tmp_path / "r", data=DiffusionDataConfig(embeddings=str(tmp_path / "nowhere"))
+    )
+    assert clipcond(["train-diffusion", "--config", str(write_config(bad, tmp_path / "bad.yaml"))]) == 2
+    assert "data.embeddings: no such folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="data.embeddings must be a folder path"):
+        DiffusionDataConfig(embeddings=" ")
+
+
+def test_shards_are_written_once_and_readers_see_only_finished_ones(tiny_clip_text_path, tmp_path: Path) -> None:
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShardError
+
+    conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path / "run"))
+    identity = EmbeddingIdentity(*conditioner.identity())
+    record = conditioner.encode_records("a red circle")[0]
+    with pytest.raises(EmbeddingShardError, match="no embedding shard"):
+        EmbeddingShards(tmp_path)
+    write_shard(tmp_path, 0, {caption_hash("a red circle"): record}, identity)
+    with pytest.raises(FileExistsError):
+        write_shard(tmp_path, 0, {caption_hash("a blue square"): record}, identity)
+    with pytest.raises(ValueError, match="caption_hash"):
+        write_shard(tmp_path, 1, {"a red circle": record}, identity)
+    (tmp_path / ".embeddings-000001.safetensors.123.abcd.tmp").write_bytes(b"half a shard")
+    shards = EmbeddingShards(tmp_path, identity)
+    assert len(shards) == 1 and shards.next_index == 1
+    assert torch.equal(shards.record("a red circle").clip_tokens, record.clip_tokens)
+    shard_path(tmp_path, 1).write_bytes(b"not a shard")
+    with pytest.raises(EmbeddingShardError, match="not a readable embedding shard"):
+        EmbeddingShards(tmp_path, identity)
+
+
+def test_a_reader_keeps_a_bounded_number_of_shards_open(tiny_clip_text_path, tmp_path: Path, monkeypatch) -> None:
+    from clipcond.training.data import embedding_shards
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity
+
+    conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path / "run"))
+    identity = EmbeddingIdentity(*conditioner.identity())
+    captions = ["a red circle", "a blue square", "a green star"]
+    records = conditioner.encode_records(captions)
+    for index, (caption, record) in enumerate(zip(captions, records)):
+        write_shard(tmp_path, index, {caption_hash(caption): record}, identity)
+    monkeypatch.setattr(embedding_shards, "_OPEN_SHARDS", 2)
+    shards = EmbeddingShards(tmp_path, identity)
+    for caption, record in [*zip(captions, records), *zip(captions[::-1], records[::-1])]:
+        assert torch.equal(shards.record(caption).clip_tokens, record.clip_tokens)
+        assert len(shards._open) <= 2
