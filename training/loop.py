@@ -12,7 +12,8 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
         ...save the result on the main process...                          #    (the objective)
                                                                             # 4. leaving the block
 
-1. Before any work: the machine (`check_runtime`), the data's files
+1. Before any work: the machine (`check_runtime`), how accelerate spread the processes
+   (`check_distributed_type`: data parallel only, as rank 0 saves whole weights), the data's files
    (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: its
    lock is taken (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead
    run's lock taken over), another run's folder is refused (`run_folder.check_output_dir`), a
@@ -96,6 +97,31 @@ def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
 
         if not is_tensorboard_available():
             raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
+
+
+# The ways accelerate can split the weights across processes. The checkpoints and the saved
+# result are whole modules written by rank 0 (`_save_checkpoint`), which has every weight only
+# when each process keeps a full copy (data parallel: DDP); sharded weights and optimizer
+# states would need a gather on every rank first, which the loops do not do.
+_SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def check_distributed_type(distributed_type: Any) -> None:
+    """Refuse a process layout whose weights are sharded, before any work.
+
+    Args:
+        distributed_type: `accelerator.distributed_type` (an accelerate `DistributedType`).
+
+    Raises:
+        ValueError: FSDP, DeepSpeed or Megatron-LM: rank 0 would save only its shard.
+    """
+    name = getattr(distributed_type, "name", str(distributed_type))
+    if name in _SHARDED:
+        raise ValueError(
+            f"accelerate's {name} is not supported by clipcond's training loops: their checkpoints and "
+            "results are written by rank 0 from whole weights, which sharded training does not keep on one "
+            "process; launch with data parallelism (`accelerate launch --multi_gpu`, DDP)"
+        )
 
 
 class Throughput:
@@ -204,6 +230,7 @@ class TrainingRun:
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir
         )
+        check_distributed_type(self.accelerator.distributed_type)
         self.output_dir = Path(config.output_dir)
         self.result_dir = self.output_dir / result
         self._resume = resume

@@ -1,4 +1,4 @@
-"""OpenAI CLIP and open_clip ViT checkpoints -> the transformers `CLIPModel` layout.
+"""OpenAI CLIP, open_clip and Long-CLIP ViT checkpoints -> the transformers `CLIPModel` layout.
 
 Both use OpenAI's key names (`visual.conv1.weight`, `transformer.resblocks.N.attn.in_proj_weight`,
 ...). open_clip's `CustomTextCLIP` keeps the text tower in a submodule, so its text keys carry
@@ -12,6 +12,14 @@ What changes on the way:
 - `visual.proj` and `text_projection` are (width, embed) matrices applied as `x @ proj`;
   transformers' projections are `nn.Linear` weights, (embed, width): transposed.
 - positional embeddings are raw parameters in OpenAI's layout and `nn.Embedding` weights here.
+- Long-CLIP (github.com/beichenzbc/Long-CLIP, `model/model_longclip.py`) is OpenAI's layout with
+  a 248-row text `positional_embedding` (the first 20 rows of the 77-row original, the rest
+  stretched 4x) plus a trainable `positional_embedding_res` of the same shape. Its `encode_text`
+  adds `positional_embedding * mask1 + positional_embedding_res * mask2`, where `mask1` is 1 on
+  the first 20 positions and `mask2` on the rest: each position reads exactly one of the two
+  tables. transformers has one table, so it is folded: rows 0-19 from `positional_embedding`,
+  rows 20-247 from `positional_embedding_res`. Adding the folded row equals Long-CLIP's sum to
+  the bit (the other table's row is multiplied by 0). The text context becomes 248.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ _IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask"
 
 # open_clip `CustomTextCLIP`: the text tower's keys live under `text.`.
 _TEXT_TOWER_PREFIX = "text."
+
+# Long-CLIP keeps its original positions 0..19 ("knowledge-preserved stretching", mask1 in its
+# `encode_text`) and reads `positional_embedding_res` from position 20 on.
+LONG_CLIP_KEPT_POSITIONS = 20
 
 _BLOCK_RENAMES = {
     "attn.out_proj.weight": "self_attn.out_proj.weight",
@@ -50,12 +62,14 @@ def convert_openai_state_dict(
     text_heads: int | None = None,
     vision_heads: int | None = None,
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Convert an OpenAI / open_clip ViT CLIP state dict for transformers' `CLIPModel`.
+    """Convert an OpenAI / open_clip / Long-CLIP ViT CLIP state dict for transformers' `CLIPModel`.
 
     Args:
         state_dict: the checkpoint's tensors under OpenAI key names; a `module.` prefix (from a
             DDP-wrapped open_clip training run) and a `text.` prefix on the text tower's keys
-            (open_clip `CustomTextCLIP`) are removed.
+            (open_clip `CustomTextCLIP`) are removed. A Long-CLIP checkpoint (with
+            `positional_embedding_res`) gets one folded position table, as its forward pass
+            combines the two (see the module docstring).
         quick_gelu: True for OpenAI's models and open_clip's `*-quickgelu` ones (x * sigmoid(1.702 x));
             False for open_clip models trained with plain GELU. Nothing in the weights tells them apart.
         text_heads, vision_heads: attention heads, when not width // 64.
@@ -125,7 +139,7 @@ def convert_openai_state_dict(
         "logit_scale": take("logit_scale").reshape(()),
         # text
         "text_model.embeddings.token_embedding.weight": take("token_embedding.weight"),
-        "text_model.embeddings.position_embedding.weight": take("positional_embedding"),
+        "text_model.embeddings.position_embedding.weight": _text_positions(take, source),
         "text_model.final_layer_norm.weight": take("ln_final.weight"),
         "text_model.final_layer_norm.bias": take("ln_final.bias"),
         "text_projection.weight": take("text_projection").t(),
@@ -154,6 +168,22 @@ def convert_openai_state_dict(
             "SigLIP-style open_clip variants)"
         )
     return config, {key: value.contiguous() for key, value in out.items()}
+
+
+def _text_positions(take: Callable[[str], torch.Tensor], source: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(context, text_width) position table: OpenAI's as it is, Long-CLIP's two folded into one."""
+    table = take("positional_embedding")
+    if "positional_embedding_res" not in source:
+        return table
+    stretched = take("positional_embedding_res")
+    if stretched.shape != table.shape or table.shape[0] <= LONG_CLIP_KEPT_POSITIONS:
+        raise ValueError(
+            f"Long-CLIP's positional_embedding_res has shape {tuple(stretched.shape)} and positional_embedding "
+            f"{tuple(table.shape)}; expected the same (context, width) shape with more than "
+            f"{LONG_CLIP_KEPT_POSITIONS} positions (248 in Long-CLIP's checkpoints)"
+        )
+    kept = LONG_CLIP_KEPT_POSITIONS
+    return torch.cat([table[:kept], stretched[kept:]])  # (context, text_width)
 
 
 def _convert_block(take: Callable[[str], torch.Tensor], prefix: str, target: str) -> dict[str, torch.Tensor]:

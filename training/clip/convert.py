@@ -1,4 +1,8 @@
-"""``clipcond convert-clip``: an OpenAI CLIP or open_clip ViT checkpoint -> a `save_clip` folder.
+"""``clipcond convert-clip``: an OpenAI CLIP, open_clip or Long-CLIP ViT checkpoint -> a `save_clip` folder.
+
+A Long-CLIP checkpoint (its `positional_embedding_res` tells it apart) becomes a text tower with
+248 positions and a tokenizer of 248 tokens, so a `TextConditioner` built on the folder reads
+248-token windows (`clipcond.models.convert` says how its two position tables become one).
 
 Pickle-based checkpoints (``.pt``, ``.pth``, ``.bin``, OpenAI's TorchScript archives) can run
 code when loaded, so they are read only with ``--trust-pickle``; ``.safetensors`` files need
@@ -22,7 +26,9 @@ from clipcond.output_paths import check_output_location
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `convert-clip`."""
-    parser.add_argument("--checkpoint", required=True, help="OpenAI / open_clip ViT weights (.pt, .bin, .safetensors)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="OpenAI / open_clip / Long-CLIP ViT weights (.pt, .bin, .safetensors)"
+    )
     parser.add_argument("--output", required=True, help="new folder for the converted model (must not exist)")
     parser.add_argument("--gelu", action="store_true", help="plain GELU (open_clip models not named *-quickgelu)")
     parser.add_argument("--text-heads", type=int, help="text attention heads, when not width // 64")
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
-    print(f"converted {checkpoint} -> {output}")
+    print(f"converted {checkpoint} -> {output} (text context {config.text_config.max_position_embeddings} tokens)")
     return 0
 
 

@@ -8,6 +8,8 @@
 - `CaptionTokenizer`: captions -> padded token ids; `ClipImageTransform`,
   `pixels_in_unit_range`: images -> tensors;
 - `SkipCounter`: unusable samples are skipped and counted by reason, never fatal;
+- `SampleGenerators`: random draws per sample, keyed by its global index (the same on any
+  number of processes);
 - the file readers under them: `webdataset_samples`, `webdataset_captions` (shards named
   as webdataset takes them: `shard_urls`), `manifest_samples`, `manifest_captions`,
   `manifest_entries`; `DataConfig.check_files` checks the files exist before any work;
@@ -20,6 +22,7 @@ from clipcond.training.data.batches import ImageCaptionBatches
 from clipcond.training.data.caption_tokenizer import CaptionTokenizer
 from clipcond.training.data.captions import CaptionSource
 from clipcond.training.data.config import DataConfig
+from clipcond.training.data.sample_random import SampleGenerators
 from clipcond.training.data.sources import (
     SkipCounter,
     clean_caption,
@@ -41,6 +44,7 @@ __all__ = [
     "ClipImageTransform",
     "DataConfig",
     "ImageCaptionBatches",
+    "SampleGenerators",
     "SkipCounter",
     "clean_caption",
     "decode_image",

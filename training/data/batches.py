@@ -2,12 +2,17 @@
 objective that reads images (CLIP, diffusion) gets its data, whatever the source.
 
 Every step of every process gets a batch that depends only on (seed, step, rank), so a
-resumed run reads exactly what the uninterrupted run would have read:
+resumed run reads exactly what the uninterrupted run would have read. Step `s` (0-based) of
+rank `r` reads the global samples ``(s * world + r) * batch + k`` (`indices`): the ranks'
+batches are consecutive, disjoint parts of the step's global batch, in rank order, so
+`world` processes of `batch` samples read what one process of `world * batch` samples reads,
+in the same order (the order in which the contrastive loss gathers them):
 
-- the shapes stream is random access: sample `i` is rendered from (seed, split, i), and step
-  `s` of rank `r` takes samples ``(s * world + r) * batch + k``;
-- webdataset shards and JSONL manifests are read in order, endlessly (epoch after epoch);
-  rank `r` takes every `world`-th sample, and a resumed run skips what was already read.
+- the shapes stream is random access: sample `i` is rendered from (seed, split, i);
+- webdataset shards and JSONL manifests are read in order, endlessly (epoch after epoch), by
+  every rank, which keeps the samples of its own part of each step; a resumed run skips what
+  was already read. (Every rank decodes every sample: which samples are unusable, and so
+  which sample has which index, is then known to all ranks without talking.)
 
 A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 (CLIP's
 normalisation unless another transform is given), ``input_ids`` (batch, seq) int64 padded to
@@ -60,6 +65,13 @@ class _ShapesSamples(Dataset):
         return self.transform(sample.image), sample.caption, negative
 
 
+def step_indices(step: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Global indices of the samples rank `rank` of `world` reads at `step` (0-based), `batch_size`
+    of them: its consecutive part of the step's global batch of ``world * batch_size``."""
+    first = (step * world + rank) * batch_size
+    return list(range(first, first + batch_size))
+
+
 class _StepIndices:
     """The sample indices of each step of one rank, from `start_step` on (a batch sampler)."""
 
@@ -69,8 +81,7 @@ class _StepIndices:
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
         while True:
-            first = (step * self.world + self.rank) * self.batch_size
-            yield list(range(first, first + self.batch_size))
+            yield step_indices(step, self.batch_size, self.rank, self.world)
             step += 1
 
 
@@ -127,7 +138,7 @@ class ImageCaptionBatches:
     ) -> None:
         self.data = data
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.hard_negatives = hard_negatives
         self.skipped = skipped if skipped is not None else SkipCounter()
         if data.source == "shapes":
@@ -154,7 +165,7 @@ class ImageCaptionBatches:
         position = 0
         pending: list[tuple[torch.Tensor, str]] = []
         for image, caption in samples:
-            mine = position % world == rank
+            mine = (position // self.batch_size) % world == rank  # this rank's part of its step
             position += 1
             if position <= skip or not mine:
                 continue
@@ -162,6 +173,11 @@ class ImageCaptionBatches:
             if len(pending) == self.batch_size:
                 yield torch.stack([p[0] for p in pending]), [p[1] for p in pending], [None] * len(pending)
                 pending = []
+
+    def indices(self, step: int) -> list[int]:
+        """Global indices of the samples this rank reads at `step` (0-based): what keys a
+        sample's randomness, so that it does not depend on how the global batch is split."""
+        return step_indices(step, self.batch_size, self.rank, self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

@@ -11,8 +11,9 @@ conditioner's weights and settings, and assembled by it), the step (captions dro
 guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
 weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
 grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
-Noise, timesteps and dropped captions depend only on (seed, step, rank), so a resumed run
-takes the steps of the uninterrupted one.
+Noise, timesteps and dropped captions depend only on (seed, the sample's global index), so a
+resumed run takes the steps of the uninterrupted one, and `world` processes of `batch_size`
+take the steps of one process of `world * batch_size`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from clipcond.pipelines.vocabulary import write_vocabulary
 from clipcond.shapes.captions import caption_vocabulary
-from clipcond.training.data import ImageCaptionBatches, pixels_in_unit_range
+from clipcond.training.data import ImageCaptionBatches, SampleGenerators, pixels_in_unit_range
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.diffusion.setup import (
     Denoiser,
@@ -117,29 +118,24 @@ def train_diffusion(
             skipped=run.skipped,
             transform=lambda image: pixels_in_unit_range(image, config.image_size),
         )
-        rank = accelerator.process_index
 
         def backward(step: int) -> torch.Tensor:
             pixels, captions = batches.next_with_captions()
             pixels = pixels.to(accelerator.device)
-            # caption dropout, decided per (seed, step, row): identical after a resume
+            samples = batches.indices(step - 1)  # global sample indices: what keys each sample's randomness
+            # caption dropout, decided per (seed, sample): identical after a resume and on any number of processes
             captions = [
-                ""
-                if random.Random(f"dropout:{config.seed}:{step}:{rank}:{row}").random() < config.caption_dropout
-                else caption
-                for row, caption in enumerate(captions)
+                "" if random.Random(f"dropout:{config.seed}:{sample}").random() < config.caption_dropout else caption
+                for sample, caption in zip(samples, captions)
             ]
             # encoders are frozen (run without grad inside the conditioner); a learning projection needs the graph
             with torch.enable_grad() if models.projection_trains else torch.no_grad():
                 context = encode_captions(captions)
-            # noise and timesteps from a generator seeded by (seed, step, rank): identical after a resume
-            generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + rank)
-            clean = models.to_model_space(pixels, generator)
-            noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-            timesteps = torch.randint(
-                0, noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=generator
-            )
-            timesteps = timesteps.to(clean.device)
+            # latent sample, noise and timestep from each sample's own generator (seed, sample index)
+            generators = SampleGenerators(config.seed, samples)
+            clean = models.to_model_space(pixels, generators)
+            noise = generators.normal(clean.shape).to(clean.device)
+            timesteps = generators.integers(noise_schedule.config.num_train_timesteps).to(clean.device)
             noisy = noise_schedule.add_noise(clean, noise, timesteps)
             if noise_schedule.config.prediction_type == "epsilon":
                 target = noise

@@ -19,6 +19,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.tokenization import clip_tokenizer
+from clipcond.training.data import SampleGenerators
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 
 PROJECTION_DIR = "text_projection"
@@ -97,15 +98,15 @@ class DiffusionModels:
     vae: nn.Module | None
     noise_schedule: Any
 
-    def to_model_space(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def to_model_space(self, pixels: torch.Tensor, generators: SampleGenerators) -> torch.Tensor:
         """Training images (batch, 3, H, W) in [-1, 1] -> what the UNet denoises: the pixels,
-        or VAE latents (batch, C, H/f, W/f) sampled with `generator` and scaled (and shifted)
-        as the pipeline's decoder expects."""
+        or VAE latents (batch, C, H/f, W/f) sampled with each image's generator and scaled (and
+        shifted) as the pipeline's decoder expects."""
         if self.vae is None:
             return pixels
         with torch.no_grad():
             distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            noise = torch.randn(distribution.mean.shape, generator=generator).to(distribution.mean)
+            noise = generators.normal(distribution.mean.shape).to(distribution.mean)
             latents = distribution.mean + distribution.std * noise
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * self.vae.config.scaling_factor).to(pixels.dtype)
