@@ -1,8 +1,9 @@
 """The pipeline families: one row of data per family, read by everything that needs to know one.
 
 A `Family` row says which diffusers pipeline classes belong to the family, which of their
-components hold the text encoders, which encoders the family's recipe takes, the keyword
-names its `__call__` reads, and the family's defaults (the `Recipe`: layers, T5 budget, T5
+components hold the text encoders and which prompt argument each reads (`prompt_2`, ...), which
+encoders the family's recipe takes, the keyword names its `__call__` reads, and the family's
+defaults (the `Recipe`: layers, T5 budget, T5
 attention mask, negatives). `TextConditioner` (validation, `pipeline_kwargs`,
 `from_pipeline`), `CLIPConditionedPipeline` and the diffusion training setup all read these
 rows; none of them spells a family's knowledge out again.

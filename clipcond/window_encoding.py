@@ -2,9 +2,10 @@
 
 Every window of every prompt goes through each encoder in one batch, or in batches of at most
 `max_batch_windows` windows (rows) when there are more, so that a huge prompt or thousands of
-prompts run in bounded memory. CLIP windows of the encoders of a multi-CLIP recipe are aligned
-(the same number per prompt), so their token states join on channels; T5 reads one sequence per
-prompt. Weights change the token states of each encoder as the emphasis mode says
+prompts run in bounded memory. Each encoder reads its own text of a prompt (the same one,
+unless per-encoder prompts such as SDXL's `prompt_2` make them differ). CLIP windows of the
+encoders of a multi-CLIP recipe are aligned (the same number per prompt, the shorter padded
+with empty windows), so their token states join on channels; T5 reads one sequence per prompt. Weights change the token states of each encoder as the emphasis mode says
 (`clipcond.emphasis`). Each batch's states are checked to be finite (one reduction): an encoder
 that gives NaN or infinity raises `NonFiniteEncoding` instead of handing it on.
 """

@@ -148,6 +148,10 @@ def test_a_left_out_prompt_2_is_the_first_prompt(sd3_pipe, left_out):
     for name in ("prompt_2", "prompt_3"):
         assert torch.equal(cond.encode(PROMPTS, **{name: left_out}).tokens, plain.tokens)
         assert torch.equal(cond.encode(PROMPTS, **{name: PROMPTS}).tokens, plain.tokens)
+    with_third = cond.encode(PROMPTS, prompt_3=THIRD)
+    left_out_second = cond.encode(PROMPTS, prompt_2=left_out, prompt_3=THIRD)  # beside a given prompt_3
+    assert torch.equal(left_out_second.pooled, with_third.pooled)
+    assert torch.equal(left_out_second.pooled, cond.encode(PROMPTS, prompt_2=PROMPTS, prompt_3=THIRD).pooled)
 
 
 REFUSED = [
