@@ -14,7 +14,7 @@ The path of a batch of prompts (`TextConditioner.encode`):
 `pipeline_kwargs` names the result as the pipeline family's `__call__` expects
 (`clipcond.families`). This module keeps the checks of what a conditioner is built from.
 
-Why this module is over 500 lines: `TextConditioner` is the public class users meet, and its
+Why this module is over 400 lines: `TextConditioner` is the public class users meet, and its
 docstrings (each argument, each mode) are most of it; the work is in the modules named above.
 """
 
