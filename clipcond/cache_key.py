@@ -3,7 +3,9 @@
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
 disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`), the active recipe
 (clip-skip included), whether weights are parsed, each encoder's class, window length and
-mask use, and the prompt text. Any Python string makes a key, lone surrogates included.
+mask use, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
+SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
+a key, lone surrogates included.
 """
 
 from __future__ import annotations
@@ -51,3 +53,26 @@ def prompt_keys(weights_id: str, settings: str, texts: Sequence[str]) -> list[st
     # surrogatepass: a lone surrogate (any str can hold one) encodes instead of raising, and
     # distinct strings still give distinct bytes.
     return [hashlib.sha256((prefix + text).encode("utf-8", "surrogatepass")).hexdigest() for text in texts]
+
+
+def reading_keys(weights_id: str, settings: str, readings: Sequence[Sequence[str]]) -> list[str]:
+    """One hex key (sha256) per reading: the text each encoder reads, in encoder order.
+
+    A reading whose encoders all read one text keys as that text does in `prompt_keys`, so
+    files cached before per-encoder prompts stay valid. Any other reading hashes a 0xFF byte
+    after the prefix, then each text length-prefixed: no UTF-8 text (surrogates included)
+    holds a 0xFF byte, so it never meets a single text's key, and the texts cannot run into
+    one another.
+    """
+    keys = []
+    for reading in readings:
+        if len(set(reading)) == 1:
+            keys.extend(prompt_keys(weights_id, settings, reading[:1]))
+            continue
+        digest = hashlib.sha256(f"{weights_id}|{settings}|".encode("utf-8", "surrogatepass") + b"\xff")
+        for text in reading:
+            data = text.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        keys.append(digest.hexdigest())
+    return keys

@@ -1,8 +1,11 @@
 """`TextConditioner`: prompts -> `PromptEmbeds` for any recipe, one mechanism for all.
 
 The path of a batch of prompts (`TextConditioner.encode`):
-1. parse each prompt into weighted fragments (`clipcond.prompts`);
-2. look each prompt up in the cache (`clipcond.cache_key`, `clipcond.cache`);
+0. resolve which text each encoder reads (`clipcond.prompt_arguments`: `prompt_2`, `prompt_3`),
+   with multi-vector textual-inversion tokens expanded (`clipcond.textual_inversion`);
+1. parse each text into weighted fragments (`clipcond.prompts`);
+2. look each prompt up in the cache by the texts its encoders read (`clipcond.cache_key`,
+   `clipcond.cache`);
 3. for the misses, tokenize into windows, run every window of every prompt through each
    encoder in one batch and scale token states by their weights (`clipcond.window_encoding`);
 4. assemble: pad prompts to the same number of CLIP windows, join windows and encoders as the
@@ -25,7 +28,7 @@ import torch
 
 from clipcond.assembly import assemble
 from clipcond.cache import EmbeddingCache
-from clipcond.cache_key import prompt_keys, settings_key
+from clipcond.cache_key import reading_keys, settings_key
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -43,32 +46,28 @@ from clipcond.empty_states import EmptyPromptStates
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
+from clipcond.prompt_arguments import Reading, as_prompt_list, check_readers, readings
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
 from clipcond.record_spec import RecordSpec, expected_record
 from clipcond.records import EncodedPrompt
 from clipcond.scheduled_embeds import PromptSchedule, StepSwap, build_schedule, check_steps, schedule_for_pipeline
+from clipcond.textual_inversion import (
+    add_vectors,
+    check_new_tokens,
+    expand_tokens,
+    multi_vector_tokens,
+    placements,
+    read_textual_inversion,
+    vector_tokens,
+)
 from clipcond.tokenizer_fingerprint import TokenizerFingerprints
 from clipcond.window_encoding import encode_fragments
 
 if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner imports it only when used
     from clipcond.projection import TextProjection
 
-
-def as_prompt_list(prompt: Any, argument: str = "prompt") -> list[str]:
-    """Validate a prompt argument (a string or a non-empty list of strings) into a list."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)):
-        if not prompt:
-            raise ValueError(f"`{argument}` must be a string or a non-empty list of strings, got an empty list")
-        for index, item in enumerate(prompt):
-            if not isinstance(item, str):
-                raise TypeError(
-                    f"`{argument}` must contain only strings, but item {index} is {type(item).__name__}: {item!r}"
-                )
-        return list(prompt)
-    raise TypeError(f"`{argument}` must be a string or a list of strings, got {type(prompt).__name__}")
+__all__ = ["TextConditioner", "as_prompt_list"]  # as_prompt_list lives in clipcond.prompt_arguments
 
 
 class TextConditioner:
@@ -153,6 +152,13 @@ class TextConditioner:
         return family_of(self.recipe)
 
     @property
+    def prompt_readers(self) -> tuple[str, ...]:
+        """The prompt argument each encoder reads, CLIPs in order then T5: ("prompt",
+        "prompt_2") for SDXL, ("prompt", "prompt_2", "prompt_3") for SD3, ("prompt",
+        "prompt_2") for Flux (its T5 reads `prompt_2`), ("prompt",) for SD and PixArt."""
+        return self.family.prompt_readers(len(self.clip), self.t5 is not None)
+
+    @property
     def encoders(self) -> list[TextEncoder]:
         """Every encoder, CLIPs first, then T5."""
         return [*self.clip, *([self.t5] if self.t5 is not None else [])]
@@ -202,25 +208,46 @@ class TextConditioner:
             self.projection.to(device=device, dtype=dtype)
         return self
 
-    def encode(self, prompt: str | list[str]) -> PromptEmbeds:
+    def encode(
+        self,
+        prompt: str | list[str],
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+    ) -> PromptEmbeds:
         """Encode a prompt or a batch of prompts.
 
         Args:
             prompt: a string or a non-empty list of strings; "" is the unconditional prompt.
+            prompt_2, prompt_3: the text of the other encoders, as in diffusers (see
+                `prompt_readers`): SDXL's second CLIP and SD3's CLIP-G read `prompt_2`, Flux's
+                T5 reads `prompt_2`, SD3's T5 reads `prompt_3`. Left out (None or ""), they are
+                `prompt`. A string is used for every prompt of the batch, a list gives one text
+                per prompt. Weights, ``BREAK`` and long prompts work in each text; the CLIP
+                windows of one prompt are padded to the same count across encoders.
 
         Returns:
             `PromptEmbeds` with tokens (batch, seq, width). All prompts of a batch share one
             sequence length: prompts needing fewer CLIP windows are padded with the empty
             prompt's window.
+
+        Raises:
+            ValueError: `prompt_2` / `prompt_3` given where no encoder reads it (SD, PixArt,
+                `prompt_3` on SDXL or Flux).
         """
         prompts = as_prompt_list(prompt, "prompt")
-        return self._assemble(self._records(prompts))
+        items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
+        return self._assemble(self._records(items))
 
     def pipeline_kwargs(
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
+        *,
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments for the pipeline family's `__call__`.
 
@@ -232,6 +259,9 @@ class TextConditioner:
         prompts, then on the negatives, the two batches of diffusers' `encode_prompt` (so that
         the numbers are diffusers' to the bit); both are padded to the same length.
 
+        `prompt_2`, `prompt_3` and their negatives are read as in the family's `encode_prompt`
+        (see `encode`); `negative_prompt_2` defaults to `negative_prompt`.
+
         With `num_inference_steps`, prompt editing and alternation (`clipcond.schedule`) take
         effect: the embeddings are step 0's, and `callback_on_step_end` with
         `callback_on_step_end_tensor_inputs` swap in each later step's where its text changes
@@ -240,10 +270,18 @@ class TextConditioner:
 
         Raises:
             ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`),
-                editing syntax without `num_inference_steps`, or a schedule the family's
-                callback cannot apply (Flux's cannot replace the pooled vector, PixArt has none).
+                editing syntax without `num_inference_steps`, a schedule the family's
+                callback cannot apply (Flux's cannot replace the pooled vector, PixArt has none),
+                a per-encoder argument no encoder reads, or `negative_prompt_2` /
+                `negative_prompt_3` without `negative_prompt` where the missing negative means
+                zeros (SDXL) or none (Flux): diffusers ignores them there.
         """
         prompts = as_prompt_list(prompt, "prompt")
+        extra = {"prompt_2": prompt_2, "prompt_3": prompt_3}
+        negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
+        check_readers(
+            self.prompt_readers, {f"negative_{name}": value for name, value in negative_extra.items()}, self.recipe.name
+        )
         negatives: list[str] | None
         if negative_prompt is None:
             negatives = (
@@ -260,11 +298,17 @@ class TextConditioner:
                     f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}; "
                     "give one negative prompt per prompt, or a single string for all"
                 )
-        schedule = schedule_for_pipeline(self.encode, self.family, prompts, negatives, num_inference_steps)
+        items = self._prompt_items(prompts, extra)
+        negative_items = None
+        if negatives is not None:
+            negative_items = self._prompt_items(negatives, negative_extra, "negative_")
+        else:
+            self._check_unread_negatives(negative_extra)
+        schedule = schedule_for_pipeline(self._embeds_of, self.family, items, negative_items, num_inference_steps)
         if schedule is not None:
             positive, negative = schedule.embeds_at(0)
         else:
-            records = self._records(prompts) + (self._records(negatives) if negatives else [])
+            records = self._records(items) + (self._records(negative_items) if negative_items else [])
             embeds = self._assemble(records)  # prompts, then negatives
             positive, negative = embeds.split(len(prompts))
         family = self.family
@@ -284,24 +328,118 @@ class TextConditioner:
         prompt: str | list[str],
         num_inference_steps: int,
         negative_prompt: str | list[str] | None = None,
+        *,
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
     ) -> PromptSchedule:
         """Which text (and embeddings) conditions each of `num_inference_steps` denoising steps.
 
         Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` read as A1111 reads them
         (`clipcond.schedule`); every distinct text is encoded once, all in one batch (repeats
         are cache hits). `schedule.segments(i)` lists prompt `i`'s (first step, end step, text).
+        With per-encoder prompts (`prompt_2`, ...; see `encode`) each encoder's text is
+        scheduled on its own and a segment's text is the tuple of texts the encoders read.
 
         Raises:
-            TypeError, ValueError: bad prompts, or `num_inference_steps` not an int >= 1.
+            TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads, or
+                `num_inference_steps` not an int >= 1.
         """
         prompts = as_prompt_list(prompt, "prompt")
+        negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
+        check_readers(
+            self.prompt_readers, {f"negative_{name}": value for name, value in negative_extra.items()}, self.recipe.name
+        )
+        items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
         negatives = None
         if isinstance(negative_prompt, str):
             negatives = [negative_prompt] * len(prompts)
         elif negative_prompt is not None:
             negatives = as_prompt_list(negative_prompt, "negative_prompt")
+        negative_items = None
+        if negatives is not None:
+            negative_items = self._prompt_items(negatives, negative_extra, "negative_")
+        elif any(negative_extra.values()):
+            raise ValueError("`negative_prompt_2` / `negative_prompt_3` need `negative_prompt` (their default)")
         check_steps(num_inference_steps)
-        return build_schedule(self.encode, prompts, negatives, num_inference_steps)
+        return build_schedule(self._embeds_of, items, negative_items, num_inference_steps)
+
+    def load_textual_inversion(self, path_or_state_dict: Any, token: str | None = None) -> None:
+        """Load a textual-inversion embedding into this conditioner's CLIP encoders.
+
+        Reads diffusers' files (`learned_embeds.safetensors` / `.bin`, or their folder),
+        A1111's `.pt` (`string_to_param`) and `.safetensors` (`emb_params`), and SDXL / SD3
+        `clip_l` + `clip_g` pairs (`clipcond.textual_inversion`). A pair goes into the two
+        CLIPs (`clip_l` the first), a single set into the CLIP of its width. A token of several
+        vectors becomes ``token``, ``token_1``, ... and a prompt naming it reads all of them,
+        as in diffusers (for tokens diffusers' loader added too; a prompt a pipeline already
+        expanded is read as it is). The tokenizer and encoder change in place: when they are a pipeline's
+        (`from_pipeline`), the pipeline sees the token too, as after its own
+        `load_textual_inversion`. Cached embeddings of the encoders before the change are not
+        reused.
+
+        Args:
+            path_or_state_dict: a file or folder path, a state dict, or a tensor of vectors.
+            token: the token that names the embedding in prompts; None: the one the source
+                names (required for a tensor or a state dict that names none).
+
+        Raises:
+            ValueError: vectors of a width no encoder has (naming the source, the encoder and
+                both widths), a token already in the tokenizer, a file that needs full
+                unpickling, or an unknown layout; nothing has changed then.
+            FileNotFoundError: no such file.
+        """
+        embedding = read_textual_inversion(path_or_state_dict, token)
+        placed = placements(embedding, self.clip)
+        names = [vector_tokens(embedding.token, vectors.shape[0]) for _, vectors in placed]
+        for (index, _), tokens in zip(placed, names):
+            check_new_tokens(self.clip[index], index, tokens, embedding.source)
+        for (index, vectors), tokens in zip(placed, names):
+            add_vectors(self.clip[index], tokens, vectors)
+
+    # ------------------------------------------------------------------ what each encoder reads
+
+    def _prompt_items(self, prompts: list[str], extra: dict[str, Any], prefix: str = "") -> list[str | Reading]:
+        """The texts of a batch: `prompts` itself when every encoder reads them, else one
+        reading per prompt (the text of each encoder). ValueError for an argument in `extra`
+        (name without `prefix` -> value) that no encoder reads."""
+        readers = self.prompt_readers
+        check_readers(readers, {prefix + name: value for name, value in extra.items()}, self.recipe.name)
+        if not any(extra.values()):
+            return prompts
+        return readings(readers, prompts, extra, prefix)
+
+    def _check_unread_negatives(self, negative_extra: dict[str, Any]) -> None:
+        """Per-encoder negatives with no negative prompt, where that means zeros or none."""
+        for name, value in negative_extra.items():
+            if value:
+                meaning = "zeros (force_zeros_for_empty_prompt)" if self.recipe.zero_negative_when_absent else "none"
+                raise ValueError(
+                    f"`negative_{name}` without `negative_prompt`: recipe {self.recipe.name!r} then has {meaning} "
+                    f"for the negatives and diffusers ignores `negative_{name}`; pass `negative_prompt` too "
+                    '(negative_prompt="" encodes the empty prompt)'
+                )
+
+    def _readings(self, items: Sequence[str | Reading]) -> list[Reading]:
+        """The text each encoder reads of each item, with the multi-vector textual-inversion
+        tokens of each CLIP's tokenizer expanded (`clipcond.textual_inversion.expand_tokens`)."""
+        count = len(self.encoders)
+        texts = [(item,) * count if isinstance(item, str) else tuple(item) for item in items]
+        multi_vector = [multi_vector_tokens(encoder.tokenizer) for encoder in self.clip]
+        if not any(multi_vector):
+            return texts
+        return [
+            tuple(
+                expand_tokens(text, self.clip[index].tokenizer, multi_vector[index]) if index < len(self.clip) else text
+                for index, text in enumerate(reading)
+            )
+            for reading in texts
+        ]
+
+    def _embeds_of(self, items: list[str | Reading]) -> PromptEmbeds:
+        """`PromptEmbeds` of a batch of texts or readings (what schedules encode)."""
+        return self._assemble(self._records(items))
 
     # ------------------------------------------------------------------ records, for pre-encoding
 
@@ -360,8 +498,10 @@ class TextConditioner:
             for encoder in self.encoders
         )
 
-    def _records(self, prompts: list[str]) -> list[EncodedPrompt]:
-        """Encoder outputs of every prompt, from the cache where possible."""
+    def _records(self, items: Sequence[str | Reading]) -> list[EncodedPrompt]:
+        """Encoder outputs of every prompt (a text all encoders read, or a reading), from the
+        cache where possible."""
+        prompts = self._readings(items)
         if self.cache is None or self._encoders_need_grad():
             # Identical prompts in a batch (a negative prompt repeated per image) run once.
             unique = list(dict.fromkeys(prompts))
@@ -376,10 +516,10 @@ class TextConditioner:
         encoders = self.encoders
         tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
         settings = settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers)
-        keys = prompt_keys(weights_id, settings, prompts)
+        keys = reading_keys(weights_id, settings, prompts)
         expected = expected_record(self.clip, self.t5, self._active_recipe)  # what a file must hold
         found: dict[str, EncodedPrompt] = {}
-        missing: dict[str, str] = {}  # key -> text, each once
+        missing: dict[str, Reading] = {}  # key -> reading, each once
         for key, text in zip(keys, prompts):
             if key in found or key in missing:
                 continue
@@ -390,13 +530,22 @@ class TextConditioner:
                 found[key] = record
         if missing:
             for (key, text), record in zip(missing.items(), self._encode_records(list(missing.values()))):
-                self.cache.put(key, record, expected, text=text)
+                self.cache.put(key, record, expected, text=" | ".join(dict.fromkeys(text)))
                 found[key] = record
         return [found[key] for key in keys]
 
-    def _encode_records(self, prompts: list[str]) -> list[EncodedPrompt]:
-        """Run the encoders on `prompts` (no cache). One record per prompt."""
-        fragments = [self._fragments(text) for text in prompts]
+    def _encode_records(self, prompts: Sequence[str | Reading]) -> list[EncodedPrompt]:
+        """Run the encoders on `prompts` (texts every encoder reads, or readings; no cache,
+        no token expansion). One record per prompt."""
+        count = len(self.encoders)
+        texts = [(item,) * count if isinstance(item, str) else item for item in prompts]
+        parsed: dict[str, list[Fragment]] = {}
+        for reading in texts:
+            for text in reading:
+                if text not in parsed:
+                    parsed[text] = self._fragments(text)
+        # (encoders, prompts, fragments): what each encoder reads of each prompt
+        fragments = [[parsed[reading[index]] for reading in texts] for index in range(count)]
         context = torch.enable_grad() if self._encoders_need_grad() else torch.no_grad()
         with context:
             recipe = self._active_recipe

@@ -1,8 +1,9 @@
 """The pipeline families: one row of data per family, read by everything that needs to know one.
 
 A `Family` row says which diffusers pipeline classes belong to the family, which of their
-components hold the text encoders, which encoders the family's recipe takes, the keyword
-names its `__call__` reads, and the family's defaults (the `Recipe`: layers, T5 budget, T5
+components hold the text encoders and which prompt argument each reads (`prompt_2`, ...), which
+encoders the family's recipe takes, the keyword names its `__call__` reads, and the family's
+defaults (the `Recipe`: layers, T5 budget, T5
 attention mask, negatives). `TextConditioner` (validation, `pipeline_kwargs`,
 `from_pipeline`), `CLIPConditionedPipeline` and the diffusion training setup all read these
 rows; none of them spells a family's knowledge out again.
@@ -28,11 +29,14 @@ class EncoderSlot:
         kind: "clip" or "t5".
         model: the component holding the model ("text_encoder_2").
         tokenizer: the component holding its tokenizer ("tokenizer_2").
+        prompt: the `__call__` argument whose text this encoder reads ("prompt_2"); its
+            negative is the same name prefixed with ``negative_``.
     """
 
     kind: Literal["clip", "t5"]
     model: str
     tokenizer: str
+    prompt: str = "prompt"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,19 @@ class Family:
             return f"{t5} and no CLIP"
         return f"{clips} and {t5}"
 
+    def prompt_readers(self, clip_count: int, has_t5: bool) -> tuple[str, ...]:
+        """The prompt argument each encoder reads, CLIPs in order then T5 ("prompt", "prompt_2", ...).
+
+        CLIP encoders take the family's CLIP slots in order, so a pipeline without its first
+        CLIP (SDXL's refiner) has its only CLIP read `prompt`, as diffusers' `encode_prompt`
+        pairs prompts with the encoders it has. CLIPs beyond the family's slots (``custom``)
+        read `prompt`.
+        """
+        clip_slots = [slot for slot in self.slots if slot.kind == "clip"]
+        t5_slots = [slot for slot in self.slots if slot.kind == "t5"]
+        clips = tuple(clip_slots[index].prompt if index < len(clip_slots) else "prompt" for index in range(clip_count))
+        return clips + ((t5_slots[0].prompt if t5_slots else "prompt",) if has_t5 else ())
+
     def call_keywords(self, embeds: Any, prefix: str = "") -> dict[str, Any]:
         """`PromptEmbeds` -> the family's `__call__` keyword arguments, names prefixed by `prefix`
         ("" or "negative_"); the pooled vector and the mask where the embeddings have them
@@ -113,7 +130,7 @@ class Family:
 
 
 _CLIP = EncoderSlot("clip", "text_encoder", "tokenizer")
-_CLIP_2 = EncoderSlot("clip", "text_encoder_2", "tokenizer_2")
+_CLIP_2 = EncoderSlot("clip", "text_encoder_2", "tokenizer_2", prompt="prompt_2")
 
 
 def _classes(*stems: str) -> tuple[str, ...]:
@@ -162,7 +179,7 @@ FAMILIES: dict[str, Family] = {
                 t5_max_length=256,
             ),
             pipeline_classes=_classes("StableDiffusion3"),
-            slots=(_CLIP, _CLIP_2, EncoderSlot("t5", "text_encoder_3", "tokenizer_3")),
+            slots=(_CLIP, _CLIP_2, EncoderSlot("t5", "text_encoder_3", "tokenizer_3", prompt="prompt_3")),
             clip_counts=(2,),
             t5="required",
             t5_zeros_when_missing=True,
@@ -174,7 +191,7 @@ FAMILIES: dict[str, Family] = {
                 name="flux", combine="clip_pooled_t5_tokens", pooled="last", t5_max_length=512, negative_optional=True
             ),
             pipeline_classes=_classes("Flux"),
-            slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2")),
+            slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2", prompt="prompt_2")),
             clip_counts=(1,),
             t5="required",
             step_callback_tensors=(("tokens", "prompt_embeds"),),

@@ -5,6 +5,9 @@ steps, encoded in one batch (so all share one sequence length and a step's embed
 replace another's), and which row conditions each prompt at each step. `StepSwap` is a
 `callback_on_step_end` for a diffusers pipeline that puts the next step's rows in place where
 the text changes; which tensors it may replace is the family's (`Family.step_callback_tensors`).
+
+A prompt is a text every encoder reads, or a tuple of one text per encoder (per-encoder
+prompts such as SDXL's `prompt_2`); each text of a tuple is scheduled on its own.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
 from clipcond.schedule import has_schedule, split_and, texts_per_step
 
+# A text every encoder reads, or one text per encoder.
+PromptText = str | tuple[str, ...]
+
 
 @dataclass
 class PromptSchedule:
     """What conditions each step of a batch of prompts.
 
     Attributes:
-        texts: the distinct texts read at some step (prompts' and negatives'), in first use order.
+        texts: the distinct texts (or per-encoder tuples of texts) read at some step (prompts'
+            and negatives'), in first use order.
         embeds: their embeddings, one row per text: tokens (texts, seq, width).
         prompt_rows: per step, the row in `embeds` of each prompt.
         negative_rows: per step, the row of each negative prompt; None without negatives.
@@ -58,9 +65,9 @@ class PromptSchedule:
         """True when any prompt reads another text at some step."""
         return any(self.changes_after(step) for step in range(self.num_steps - 1))
 
-    def segments(self, index: int = 0) -> list[tuple[int, int, str]]:
+    def segments(self, index: int = 0) -> list[tuple[int, int, PromptText]]:
         """(first step, end step exclusive, text) runs of prompt `index`."""
-        runs: list[tuple[int, int, str]] = []
+        runs: list[tuple[int, int, PromptText]] = []
         for step, rows in enumerate(self.prompt_rows):
             text = self.texts[rows[index]]
             if runs and runs[-1][2] == text:
@@ -73,17 +80,28 @@ class PromptSchedule:
         return self.embeds.select(torch.tensor(rows, device=self.embeds.tokens.device))
 
 
+def _per_step(prompt: PromptText, steps: int) -> list[PromptText]:
+    """The text (or per-encoder tuple) `prompt` reads at each of `steps` steps."""
+    if isinstance(prompt, str):
+        return texts_per_step(prompt, steps)
+    return list(zip(*(texts_per_step(text, steps) for text in prompt)))
+
+
+def _texts_of(prompt: PromptText) -> tuple[str, ...]:
+    return (prompt,) if isinstance(prompt, str) else tuple(prompt)
+
+
 def build_schedule(
-    encode, prompts: Sequence[str], negatives: Sequence[str] | None, num_inference_steps: int
+    encode, prompts: Sequence[PromptText], negatives: Sequence[PromptText] | None, num_inference_steps: int
 ) -> PromptSchedule:
     """The schedule of `prompts` (and `negatives`) over `num_inference_steps` steps; `encode`
-    (a list of texts -> `PromptEmbeds`) runs once, on every distinct text."""
-    per_prompt = [texts_per_step(prompt, num_inference_steps) for prompt in prompts]
-    per_negative = None if negatives is None else [texts_per_step(n, num_inference_steps) for n in negatives]
+    (a list of texts or per-encoder tuples -> `PromptEmbeds`) runs once, on every distinct one."""
+    per_prompt = [_per_step(prompt, num_inference_steps) for prompt in prompts]
+    per_negative = None if negatives is None else [_per_step(n, num_inference_steps) for n in negatives]
     texts = list(dict.fromkeys(t for steps in (per_prompt + (per_negative or [])) for t in steps))
     row = {text: index for index, text in enumerate(texts)}
 
-    def rows(per_text: list[list[str]]) -> list[list[int]]:
+    def rows(per_text: list[list[PromptText]]) -> list[list[int]]:
         return [[row[steps[step]] for steps in per_text] for step in range(num_inference_steps)]
 
     return PromptSchedule(
@@ -136,7 +154,11 @@ def check_steps(num_inference_steps: Any) -> None:
 
 
 def schedule_for_pipeline(
-    encode, family: Family, prompts: list[str], negatives: list[str] | None, num_inference_steps: int | None
+    encode,
+    family: Family,
+    prompts: Sequence[PromptText],
+    negatives: Sequence[PromptText] | None,
+    num_inference_steps: int | None,
 ) -> PromptSchedule | None:
     """The schedule `TextConditioner.pipeline_kwargs` applies through `family`'s step callback,
     or None when no text changes between steps.
@@ -146,7 +168,7 @@ def schedule_for_pipeline(
             does that), editing without `num_inference_steps`, or a change the family's callback
             cannot replace.
     """
-    texts = prompts + (negatives or [])
+    texts = [text for prompt in [*prompts, *(negatives or [])] for text in _texts_of(prompt)]
     for text in texts:
         if len(split_and(text)) > 1:
             raise ValueError(

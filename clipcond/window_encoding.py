@@ -2,11 +2,14 @@
 
 Every window of every prompt goes through each encoder in one batch, or in batches of at most
 `max_batch_windows` windows (rows) when there are more, so that a huge prompt or thousands of
-prompts run in bounded memory. CLIP windows of the encoders of a multi-CLIP recipe are aligned
-(the same number per prompt), so their token states join on channels; T5 reads one sequence per
-prompt. Weights change the token states of each encoder as the emphasis mode says
-(`clipcond.emphasis`); the modes that need the empty prompt's states encode its window alone,
-once per `EmptyStates` key when the caller keeps a memo (`clipcond.empty_states`). Each batch's states are checked to be finite (one reduction): an encoder
+prompts run in bounded memory. Each encoder reads its own text of a prompt (the same one,
+unless per-encoder prompts such as SDXL's `prompt_2` make them differ). CLIP windows of the
+encoders of a multi-CLIP recipe are aligned (the same number per prompt, the shorter padded
+with empty windows), so their token states join on channels; T5 reads one sequence per prompt.
+Weights change the token states of each encoder as the emphasis mode says (`clipcond.emphasis`);
+the modes that need the empty prompt's states encode its window alone, once per `EmptyStates`
+key when the caller keeps a memo (`clipcond.empty_states`). Each batch's states are checked to
+be finite (one reduction): an encoder
 that gives NaN or infinity raises `NonFiniteEncoding` instead of handing it on.
 """
 
@@ -37,7 +40,7 @@ class NonFiniteEncoding(FloatingPointError):
 
 
 def encode_fragments(
-    fragments: Sequence[Sequence[Fragment]],
+    fragments: Sequence[Sequence[Sequence[Fragment]]],
     clip: Sequence[TextEncoder],
     t5: TextEncoder | None,
     recipe: Recipe,
@@ -48,7 +51,9 @@ def encode_fragments(
     """One record per prompt: its CLIP windows' token states and pooled vector, its T5 tokens.
 
     Args:
-        fragments: one list of weighted fragments per prompt.
+        fragments: per encoder (the CLIPs in order, then T5), one list of weighted fragments
+            per prompt: what that encoder reads of each prompt (per-encoder prompts such as
+            SDXL's `prompt_2` make them differ).
         clip: the CLIP encoders, in channel order (may be empty).
         t5: the T5 encoder, or None.
         recipe: which hidden states and pooled vectors to read (clip-skip already applied).
@@ -62,12 +67,15 @@ def encode_fragments(
     Raises:
         NonFiniteEncoding: an encoder gave NaN or infinite states.
     """
-    records = [EncodedPrompt() for _ in fragments]
+    expected = len(clip) + (t5 is not None)
+    if len(fragments) != expected:
+        raise ValueError(f"`fragments` must hold one list per encoder ({expected}), got {len(fragments)}")
+    records = [EncodedPrompt() for _ in fragments[0]]
     empty_states = empty_states or _compute_each_time
     if clip:
-        _encode_clip(fragments, clip, recipe, emphasis, max_batch_windows, empty_states, records)
+        _encode_clip(fragments[: len(clip)], clip, recipe, emphasis, max_batch_windows, empty_states, records)
     if t5 is not None:
-        _encode_t5(fragments, t5, recipe, emphasis, max_batch_windows, empty_states, records)
+        _encode_t5(fragments[-1], t5, recipe, emphasis, max_batch_windows, empty_states, records)
     return records
 
 
@@ -118,7 +126,7 @@ def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
 
 
 def _encode_clip(
-    fragments: Sequence[Sequence[Fragment]],
+    fragments: Sequence[Sequence[Sequence[Fragment]]],
     clip: Sequence[TextEncoder],
     recipe: Recipe,
     emphasis: str,
@@ -127,7 +135,9 @@ def _encode_clip(
     records: list[EncodedPrompt],
 ) -> None:
     want_tokens = recipe.combine != "clip_pooled_t5_tokens"
-    per_encoder = [clip_windows(encoder.tokenizer, fragments, encoder.window_length) for encoder in clip]
+    per_encoder = [
+        clip_windows(encoder.tokenizer, read, encoder.window_length) for encoder, read in zip(clip, fragments)
+    ]
     if len(clip) > 1:
         _align_window_counts(per_encoder, clip)
     counts = [windows.num_windows for windows in per_encoder[0]]

@@ -1,0 +1,90 @@
+"""The prompt arguments of a call -> the text each encoder reads, with diffusers' meaning.
+
+SDXL, SD3 and Flux pipelines take a prompt per encoder: `prompt_2` (SDXL's second CLIP, SD3's
+CLIP-G, Flux's T5) and `prompt_3` (SD3's T5), each with a negative (`negative_prompt_2`, ...).
+Which encoder reads which argument is the family's (`Family.prompt_readers`). As in each
+family's `encode_prompt`, an argument left out (None, "" or an empty list: diffusers'
+``prompt_2 or prompt``) means the first one: `prompt_2` defaults to `prompt`,
+`negative_prompt_2` to `negative_prompt`.
+
+A *reading* is one prompt as the encoders see it: a tuple with one text per encoder (CLIPs in
+order, then T5). It is what the conditioner encodes and what its cache keys name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Reading = tuple[str, ...]
+
+# The per-encoder arguments besides `prompt` / `negative_prompt`, in diffusers' spelling.
+EXTRA_PROMPTS: tuple[str, ...] = ("prompt_2", "prompt_3")
+
+
+def as_prompt_list(prompt: Any, argument: str = "prompt") -> list[str]:
+    """Validate a prompt argument (a string or a non-empty list of strings) into a list."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ValueError(f"`{argument}` must be a string or a non-empty list of strings, got an empty list")
+        for index, item in enumerate(prompt):
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"`{argument}` must contain only strings, but item {index} is {type(item).__name__}: {item!r}"
+                )
+        return list(prompt)
+    raise TypeError(f"`{argument}` must be a string or a list of strings, got {type(prompt).__name__}")
+
+
+def check_readers(readers: Sequence[str], given: Mapping[str, Any], recipe_name: str) -> None:
+    """A ValueError naming the first argument in `given` (name -> value, None = not given)
+    that no encoder reads; `readers` are `Family.prompt_readers` of the conditioner."""
+    for name, value in given.items():
+        if value is None or name.removeprefix("negative_") in readers:
+            continue
+        read = ", ".join(f"`{reader}` (encoder {index + 1})" for index, reader in enumerate(readers))
+        raise ValueError(
+            f"`{name}` has no encoder to read it: recipe {recipe_name!r} with these encoders reads {read}; "
+            f"leave `{name}` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
+            "prompt_3: SD3 with its T5)"
+        )
+
+
+def texts_or_default(name: str, value: Any, default: list[str]) -> list[str]:
+    """The texts of argument `name` for a batch of `len(default)` prompts: `default` when it is
+    left out (None, "" or an empty list), a string repeated per prompt, or a list of one text
+    per prompt."""
+    if value is not None and not isinstance(value, (str, list, tuple)):
+        raise TypeError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}")
+    if not value:  # diffusers' `prompt_2 or prompt`
+        return default
+    if isinstance(value, str):
+        return [value] * len(default)
+    texts = as_prompt_list(value, name)
+    if len(texts) != len(default):
+        raise ValueError(
+            f"`{name}` has {len(texts)} entries but the batch has {len(default)} prompts; give one text per "
+            "prompt, or a single string for all"
+        )
+    return texts
+
+
+def readings(readers: Sequence[str], first: list[str], extra: Mapping[str, Any], prefix: str = "") -> list[Reading]:
+    """One reading per prompt of the batch `first` (the validated `prompt` or `negative_prompt`).
+
+    Args:
+        readers: the argument each encoder reads (`Family.prompt_readers`).
+        first: the texts of `prompt` (or of `negative_prompt`), one per prompt.
+        extra: the per-encoder arguments as given, by name without `prefix` ("prompt_2": value).
+        prefix: "" for prompts, "negative_" for negatives (names in messages).
+
+    Returns:
+        (len(first),) readings of len(readers) texts each.
+    """
+    columns = {"prompt": first}
+    for name in EXTRA_PROMPTS:
+        if name in readers:
+            columns[name] = texts_or_default(prefix + name, extra.get(name), first)
+    return list(zip(*(columns[reader] for reader in readers)))
