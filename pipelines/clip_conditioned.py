@@ -43,6 +43,7 @@ from transformers import (
     CLIPImageProcessor,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
     PreTrainedTokenizerBase,
     T5EncoderModel,
 )
@@ -53,6 +54,7 @@ from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
+from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
 from clipcond.pipelines.sd_components import check_safety_checker, normalise_scheduler_config
 from clipcond.projection import TextProjection
@@ -70,6 +72,7 @@ class CLIPConditionedPipeline(
     StableDiffusionMixin,
     StableDiffusionLoraLoaderMixin,
     TextualInversionLoaderMixin,
+    IPAdapterSupport,
     CallInputChecks,
 ):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet.
@@ -78,7 +81,9 @@ class CLIPConditionedPipeline(
     `fuse_lora`); `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text
     encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
     naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
-    `enable_freeu` and `fuse_qkv_projections` work as there too.
+    `enable_freeu` and `fuse_qkv_projections` work as there too. IP-Adapters load with
+    `load_ip_adapter` and read `ip_adapter_image` / `ip_adapter_image_embeds` as in Stable
+    Diffusion (`clipcond.pipelines.ip_adapter`).
 
     Args:
         unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's
@@ -105,6 +110,9 @@ class CLIPConditionedPipeline(
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
             checker expects the same images (flagged ones black) and `nsfw_content_detected`.
+        image_encoder: Stable Diffusion's optional `CLIPVisionModelWithProjection` for
+            IP-Adapter images (`load_ip_adapter` loads one where it is None); its input is
+            prepared by `feature_extractor`.
         requires_safety_checker: as in Stable Diffusion's config: True warns when
             `safety_checker` is None. False by default, since clipcond's own models carry none;
             `from_pipe` takes the value of the pipeline it starts from.
@@ -120,7 +128,7 @@ class CLIPConditionedPipeline(
     the UNet was trained and sampled with.
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
     _optional_components = [
         "vae",
         "text_encoder_2",
@@ -128,6 +136,7 @@ class CLIPConditionedPipeline(
         "text_projection",
         "safety_checker",
         "feature_extractor",
+        "image_encoder",
     ]
     _exclude_from_cpu_offload = ["safety_checker"]  # as in Stable Diffusion: it runs once, on the images
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -150,6 +159,7 @@ class CLIPConditionedPipeline(
         safety_checker: StableDiffusionSafetyChecker | None = None,
         feature_extractor: CLIPImageProcessor | None = None,
         requires_safety_checker: bool = False,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -163,6 +173,7 @@ class CLIPConditionedPipeline(
             text_projection=text_projection,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
         )
         if recipe not in ("sd", "custom"):
             raise ValueError(f"`recipe` must be 'sd' or 'custom' (rows of clipcond.families), got {recipe!r}")
@@ -366,7 +377,7 @@ class CLIPConditionedPipeline(
         Raises:
             ValueError: text to encode but no text encoder or tokenizer (names the missing ones).
         """
-        positive, negative = self._embeds(
+        encoded, encoded_negative = self._embeds(
             prompt,
             negative_prompt,
             prompt_embeds,
@@ -378,11 +389,15 @@ class CLIPConditionedPipeline(
         if self.text_encoder is not None:
             dtype = self.text_encoder.dtype
         else:
-            dtype = self.unet.dtype if self.unet is not None else positive.dtype
-        positive = positive.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        if negative is not None:
-            negative = negative.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        return positive, negative if do_classifier_free_guidance else negative_prompt_embeds
+            dtype = self.unet.dtype if self.unet is not None else encoded.dtype
+        prompt_embeds = encoded.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:  # without guidance a given negative comes back as it was, as in SD
+            negative_prompt_embeds = encoded_negative.to(device=device, dtype=dtype).repeat_interleave(
+                num_images_per_prompt, dim=0
+            )
+        # The names of SD's return, which diffusers' `test_encode_prompt_works_in_isolation` reads
+        # from the source to pass the outputs on as `__call__` arguments.
+        return prompt_embeds, negative_prompt_embeds
 
     @torch.no_grad()
     def __call__(
@@ -400,6 +415,8 @@ class CLIPConditionedPipeline(
         return_dict: bool = True,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         eta: float = 0.0,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
@@ -421,6 +438,9 @@ class CLIPConditionedPipeline(
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
         return replacements for them. `clip_skip` overrides the pipeline's own for this call.
+        `ip_adapter_image` (one per loaded IP-Adapter) or `ip_adapter_image_embeds` (a list of
+        one tensor per adapter, negatives first under guidance) condition on images as in Stable
+        Diffusion; `pipe.load_ip_adapter` first.
         `non_finite` (not in diffusers, where such images come out black with a warning):
         "raise" (default) stops with `NonFiniteLatents` when the final latents hold NaN or
         infinity, before decoding; "warn" logs it and returns the images.
@@ -438,8 +458,10 @@ class CLIPConditionedPipeline(
         """
         # 1. Check inputs (all of them, before any work)
         check_non_finite_policy(non_finite)
-        height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
-        width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
+        sample_size = self.unet.config.sample_size  # an int, or (height, width) as SD accepts
+        sample_height, sample_width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        height = height if height is not None else sample_height * self.vae_scale_factor
+        width = width if width is not None else sample_width * self.vae_scale_factor
         tensor_inputs = (
             ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
         )
@@ -464,6 +486,7 @@ class CLIPConditionedPipeline(
             callback_on_step_end,
             tensor_inputs,
         )
+        use_ip_adapter = self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
@@ -510,6 +533,21 @@ class CLIPConditionedPipeline(
                 context = torch.cat([negative, positive])
             else:
                 context = positive
+        # 3.1 IP-Adapter image embeddings, as Stable Diffusion makes them: per adapter (n, images,
+        #     width), the guided batch negatives first like the context
+        image_embeds = None
+        if use_ip_adapter:
+            if plan is not None:
+                raise ValueError(
+                    "an IP-Adapter cannot go with a prompt that edits, alternates or has AND; give a plain prompt"
+                )
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                count * num_images_per_prompt,
+                self.do_classifier_free_guidance,
+            )
 
         # 4. Prepare timesteps
         schedule, num_inference_steps = retrieve_timesteps(
@@ -563,6 +601,7 @@ class CLIPConditionedPipeline(
                     encoder_hidden_states=context,
                     timestep_cond=timestep_cond,
                     cross_attention_kwargs=self.cross_attention_kwargs,
+                    added_cond_kwargs={"image_embeds": image_embeds} if image_embeds is not None else None,
                     return_dict=False,
                 )[0]
                 if plan is not None:
