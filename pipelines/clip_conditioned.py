@@ -55,6 +55,7 @@ from transformers import (
     CLIPImageProcessor,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
     PreTrainedTokenizerBase,
     T5EncoderModel,
 )
@@ -66,6 +67,7 @@ from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
 from clipcond.pipelines.composable import plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
+from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
 from clipcond.pipelines.sd_components import check_safety_checker, normalise_scheduler_config
@@ -92,6 +94,7 @@ class CLIPConditionedPipeline(
     StableDiffusionMixin,
     RecipeLoraLoaderMixin,
     TextualInversionLoaderMixin,
+    IPAdapterSupport,
     CallInputChecks,
 ):
     """Prompt -> image with a CLIP (and optionally T5) conditioned UNet, SDXL's included.
@@ -100,7 +103,9 @@ class CLIPConditionedPipeline(
     `text_encoder_2`) (`load_lora_weights`, `set_adapters`, `fuse_lora`);
     `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
     naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
-    `enable_freeu` and `fuse_qkv_projections` work as there too.
+    `enable_freeu` and `fuse_qkv_projections` work as there too. IP-Adapters load with
+    `load_ip_adapter` and read `ip_adapter_image` / `ip_adapter_image_embeds` as in Stable
+    Diffusion (`clipcond.pipelines.ip_adapter`).
 
     Args:
         unet: a `UNet2DConditionModel` whose `cross_attention_dim` equals the conditioner's
@@ -131,6 +136,9 @@ class CLIPConditionedPipeline(
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
             checker expects the same images (flagged ones black) and `nsfw_content_detected`.
+        image_encoder: Stable Diffusion's optional `CLIPVisionModelWithProjection` for
+            IP-Adapter images (`load_ip_adapter` loads one where it is None); its input is
+            prepared by `feature_extractor`.
         requires_safety_checker: as in Stable Diffusion's config: True warns when
             `safety_checker` is None. False by default, since clipcond's own models carry none;
             `from_pipe` takes the value of the pipeline it starts from.
@@ -151,7 +159,7 @@ class CLIPConditionedPipeline(
     the UNet was trained and sampled with.
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"  # SDXL's, without the image encoder
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
     _optional_components = [
         "vae",
         "text_encoder_2",
@@ -159,6 +167,7 @@ class CLIPConditionedPipeline(
         "text_projection",
         "safety_checker",
         "feature_extractor",
+        "image_encoder",
     ]
     _exclude_from_cpu_offload = ["safety_checker"]  # as in Stable Diffusion: it runs once, on the images
 
@@ -189,6 +198,7 @@ class CLIPConditionedPipeline(
         requires_safety_checker: bool = False,
         force_zeros_for_empty_prompt: bool | None = None,
         requires_aesthetics_score: bool | None = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -202,6 +212,7 @@ class CLIPConditionedPipeline(
             text_projection=text_projection,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
         )
         recipe = resolve_recipe(recipe, unet, text_encoder_2)
         if recipe == SDXL_RECIPE:
@@ -485,13 +496,16 @@ class CLIPConditionedPipeline(
         positive = positive.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
         if negative is not None:
             negative = negative.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
-        if not do_classifier_free_guidance:
+        if not do_classifier_free_guidance:  # without guidance a given negative comes back as it was, as in SD
             negative = given_negative
+        prompt_embeds, pooled_prompt_embeds = positive.tokens, positive.pooled
+        negative_prompt_embeds = None if negative is None else negative.tokens
+        negative_pooled_prompt_embeds = None if negative is None else negative.pooled
+        # The names of SD's return (and SDXL's), which diffusers' `test_encode_prompt_works_in_isolation`
+        # reads from the source to pass the outputs on as `__call__` arguments.
         if not self.reads_time_ids:
-            return positive.tokens, None if negative is None else negative.tokens
-        if negative is None:
-            return positive.tokens, None, positive.pooled, None
-        return positive.tokens, negative.tokens, positive.pooled, negative.pooled
+            return prompt_embeds, negative_prompt_embeds
+        return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
 
     @torch.no_grad()
     def __call__(
@@ -509,6 +523,8 @@ class CLIPConditionedPipeline(
         return_dict: bool = True,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         eta: float = 0.0,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
@@ -543,6 +559,9 @@ class CLIPConditionedPipeline(
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
         return replacements for them. `clip_skip` overrides the pipeline's own for this call.
+        `ip_adapter_image` (one per loaded IP-Adapter) or `ip_adapter_image_embeds` (a list of
+        one tensor per adapter, negatives first under guidance) condition on images as in Stable
+        Diffusion; `pipe.load_ip_adapter` first.
         `non_finite` (not in diffusers, where such images come out black with a warning):
         "raise" (default) stops with `NonFiniteLatents` when the final latents hold NaN or
         infinity, before decoding; "warn" logs it and returns the images.
@@ -570,8 +589,10 @@ class CLIPConditionedPipeline(
         check_non_finite_policy(non_finite)
         if guidance_scale is None:
             guidance_scale = 5.0 if self.reads_time_ids else 7.5
-        height = height if height is not None else self.unet.config.sample_size * self.vae_scale_factor
-        width = width if width is not None else self.unet.config.sample_size * self.vae_scale_factor
+        sample_size = self.unet.config.sample_size  # an int, or (height, width) as SD accepts
+        sample_height, sample_width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        height = height if height is not None else sample_height * self.vae_scale_factor
+        width = width if width is not None else sample_width * self.vae_scale_factor
         tensor_inputs = (
             ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
         )
@@ -612,6 +633,7 @@ class CLIPConditionedPipeline(
         self.check_pooled_inputs(
             prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
         )
+        use_ip_adapter = self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
@@ -673,6 +695,22 @@ class CLIPConditionedPipeline(
             unconditional = plan.unconditional_rows() if plan is not None else images_count * (negative is not None)
             time_ids = torch.cat([negative_ids.repeat(unconditional, 1), ids.repeat(len(context) - unconditional, 1)])
             added = {"text_embeds": rows.pooled, "time_ids": time_ids.to(device)}
+        # 3.1 IP-Adapter image embeddings, as Stable Diffusion makes them: per adapter (n, images,
+        #     width), the guided batch negatives first like the context
+        image_embeds = None
+        if use_ip_adapter:
+            if plan is not None:
+                raise ValueError(
+                    "an IP-Adapter cannot go with a prompt that edits, alternates or has AND; give a plain prompt"
+                )
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                images_count,
+                self.do_classifier_free_guidance,
+            )
+            added = {**(added or {}), "image_embeds": image_embeds}
 
         # 4. Prepare timesteps (the first `denoising_end` of them, when given)
         schedule, num_inference_steps = retrieve_timesteps(

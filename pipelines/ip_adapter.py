@@ -1,0 +1,99 @@
+"""IP-Adapter for `CLIPConditionedPipeline`, as Stable Diffusion has it.
+
+An IP-Adapter conditions the UNet on an image as well as on the prompt: an image encoder
+(`CLIPVisionModelWithProjection`) turns the image into an embedding, the adapter's image
+projection turns that into a few extra context tokens, and extra key/value projections in
+every cross-attention read them next to the text tokens (arXiv 2308.06721).
+
+Nothing of that is ours. diffusers' `IPAdapterMixin` loads an adapter folder or state dict
+into the UNet (and the image encoder and its `CLIPImageProcessor` where the pipeline has none),
+and `StableDiffusionPipeline.encode_image` / `prepare_ip_adapter_image_embeds` turn images or
+given embeddings into the UNet's `image_embeds`; the mixin below borrows those two functions
+from SD's class (called, not copied), so the embeddings are SD's by construction. What is
+ours: the checks that a call's IP-Adapter arguments fit the loaded adapters, made before any
+work with messages that say what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.loaders import IPAdapterMixin
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+
+
+def loaded_ip_adapters(unet: Any) -> int:
+    """How many IP-Adapters `unet` holds (0 when none is loaded, or there is no UNet)."""
+    projection = getattr(unet, "encoder_hid_proj", None)
+    if not isinstance(projection, MultiIPAdapterImageProjection):  # `load_ip_adapter` sets one
+        return 0
+    return len(projection.image_projection_layers)
+
+
+class IPAdapterSupport(IPAdapterMixin):
+    """diffusers' `IPAdapterMixin` (`load_ip_adapter`, `set_ip_adapter_scale`,
+    `unload_ip_adapter`) with Stable Diffusion's image-embedding steps, for a pipeline with
+    `unet`, `image_encoder` and `feature_extractor` components."""
+
+    encode_image = StableDiffusionPipeline.encode_image
+    prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
+
+    def check_ip_adapter_inputs(self, ip_adapter_image: Any, ip_adapter_image_embeds: Any) -> bool:
+        """Check a call's IP-Adapter arguments against the loaded adapters; returns whether the
+        call uses an IP-Adapter.
+
+        Args:
+            ip_adapter_image: one image (PIL, array or tensor) or a list with one per adapter.
+            ip_adapter_image_embeds: a list with one tensor per adapter, (2 x batch, images,
+                width) under classifier-free guidance (negatives first), (batch, images, width)
+                otherwise, as in Stable Diffusion; 4-D for adapters that read hidden states.
+
+        Raises:
+            ValueError: both arguments given, no IP-Adapter loaded, a count that is not the
+                number of loaded adapters, image input without an `image_encoder`, or embeddings
+                that are not 3-D or 4-D.
+            TypeError: `ip_adapter_image_embeds` is not a list of tensors.
+        """
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return False
+        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
+            raise ValueError("give at most one of `ip_adapter_image` and `ip_adapter_image_embeds`")
+        name = "ip_adapter_image" if ip_adapter_image is not None else "ip_adapter_image_embeds"
+        adapters = loaded_ip_adapters(self.unet)
+        if adapters == 0:
+            raise ValueError(
+                f"`{name}` needs an IP-Adapter in the UNet, and none is loaded: call "
+                "`pipe.load_ip_adapter(folder, subfolder=..., weight_name=...)` first"
+            )
+        if ip_adapter_image is not None:
+            given = len(ip_adapter_image) if isinstance(ip_adapter_image, list) else 1
+            if self.image_encoder is None:
+                raise ValueError(
+                    "`ip_adapter_image` needs an `image_encoder` (a CLIPVisionModelWithProjection); load one with "
+                    "`load_ip_adapter(..., image_encoder_folder=...)`, or pass `ip_adapter_image_embeds`"
+                )
+        else:
+            if not isinstance(ip_adapter_image_embeds, list) or not all(
+                isinstance(embeds, torch.Tensor) for embeds in ip_adapter_image_embeds
+            ):
+                raise TypeError(
+                    f"`ip_adapter_image_embeds` must be a list of tensors, one per IP-Adapter, got "
+                    f"{type(ip_adapter_image_embeds).__name__}"
+                )
+            dims = sorted({embeds.ndim for embeds in ip_adapter_image_embeds} - {3, 4})
+            if dims:
+                raise ValueError(
+                    f"`ip_adapter_image_embeds` must hold 3-D (batch, images, width) or 4-D tensors, got {dims[0]}-D"
+                )
+            given = len(ip_adapter_image_embeds)
+        if given != adapters:
+            raise ValueError(
+                f"`{name}` has {given} entries but {adapters} IP-Adapter(s) are loaded; give one per adapter, "
+                "in the order they were loaded"
+            )
+        return True
+
+
+__all__ = ["IPAdapterSupport", "loaded_ip_adapters"]

@@ -1,0 +1,187 @@
+"""IP-Adapter in `CLIPConditionedPipeline` equals Stable Diffusion's: a tiny random adapter saved
+with safetensors in a local folder (with a tiny image encoder), loaded through
+`load_ip_adapter` into both pipelines, gives the same images for the same image, embeddings,
+scales and generator; misuse is refused before any work."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from tiny_ip_adapter import IMAGE_SIZE, save_ip_adapter
+from tiny_pipelines import sd_components
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from clipcond import CLIPConditionedPipeline
+
+
+@pytest.fixture(scope="module")
+def parts() -> dict:
+    built = sd_components()
+    built["scheduler"] = DDIMScheduler(steps_offset=1, clip_sample=False)  # as SD's constructor leaves it
+    return built
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(parts, tmp_path_factory):
+    """Two adapters (seeds 0 and 1) and the image encoder, in one local folder."""
+    folder = tmp_path_factory.mktemp("ip_adapter")
+    for seed in (0, 1):
+        save_ip_adapter(folder, parts["unet"], seed, name=f"adapter_{seed}")
+    return folder
+
+
+def picture(seed: int, size: tuple[int, int] = (40, 48)) -> PIL.Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(pixels)
+
+
+def loaded(pipeline_class, parts: dict, folder, adapters: int = 1, **load_kwargs):
+    """A pipeline of `pipeline_class` on copies of `parts`, with `adapters` IP-Adapters loaded from `folder`."""
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = pipeline_class(**copy.deepcopy(parts), **extra)
+    pipe.set_progress_bar_config(disable=True)
+    names = [f"adapter_{seed}.safetensors" for seed in range(adapters)]
+    pipe.load_ip_adapter([str(folder)] * adapters, subfolder=[""] * adapters, weight_name=names, **load_kwargs)
+    return pipe
+
+
+def images(pipe, **kwargs) -> np.ndarray:
+    settings = dict(prompt="a red circle", num_inference_steps=2, guidance_scale=6.0, output_type="np")
+    settings.update(kwargs)
+    return pipe(generator=torch.Generator().manual_seed(0), **settings).images
+
+
+def test_load_ip_adapter_brings_the_image_encoder_and_its_processor(parts, adapter_folder) -> None:
+    """As in SD: the folder's `image_encoder` and a CLIPImageProcessor of its image size become
+    the pipeline's optional components, and the UNet holds the adapter."""
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    assert isinstance(pipe.image_encoder, CLIPVisionModelWithProjection)
+    assert isinstance(pipe.feature_extractor, CLIPImageProcessor)
+    assert pipe.feature_extractor.crop_size["height"] == IMAGE_SIZE
+    assert pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
+
+
+@pytest.mark.parametrize(
+    "adapters, scale, kwargs",
+    [
+        (1, 1.0, dict(ip_adapter_image=picture(0), negative_prompt="blurry")),
+        (1, 0.6, dict(ip_adapter_image=picture(0), guidance_scale=1.0)),
+        (
+            2,
+            [0.5, 1.5],
+            dict(
+                prompt=["a red circle", "two blue squares"],
+                ip_adapter_image=[picture(0), picture(1)],
+                num_images_per_prompt=2,
+            ),
+        ),
+    ],
+    ids=["one_adapter", "no_guidance", "two_adapters_two_prompts"],
+)
+def test_images_equal_stable_diffusion_with_the_same_adapter(parts, adapter_folder, adapters, scale, kwargs) -> None:
+    peer = loaded(StableDiffusionPipeline, parts, adapter_folder, adapters)
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder, adapters)
+    for each in (peer, pipe):
+        each.set_ip_adapter_scale(scale)
+    expected = images(peer, **kwargs)
+    assert np.array_equal(images(pipe, **kwargs), expected)
+    peer.set_ip_adapter_scale(0.0 if adapters == 1 else [0.0] * adapters)
+    assert np.abs(images(peer, **kwargs) - expected).max() > 1e-3  # the adapter is read
+
+
+def test_precomputed_image_embeds_equal_the_image(parts, adapter_folder) -> None:
+    """`ip_adapter_image_embeds` made once with `prepare_ip_adapter_image_embeds` (SD's
+    documented way to reuse them) give the images of `ip_adapter_image`, and SD's."""
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    embeds = pipe.prepare_ip_adapter_image_embeds(picture(0), None, "cpu", 1, True)
+    by_image = images(pipe, ip_adapter_image=picture(0))
+    assert np.array_equal(images(pipe, ip_adapter_image_embeds=embeds), by_image)
+    peer = loaded(StableDiffusionPipeline, parts, adapter_folder)
+    assert np.array_equal(images(peer, ip_adapter_image_embeds=embeds), by_image)
+
+
+def test_from_pipe_keeps_the_adapter_and_unload_removes_it(parts, adapter_folder) -> None:
+    """`from_pipe(sd_with_an_adapter)` shares the UNet (with its adapter) and the image encoder;
+    after `unload_ip_adapter` the images are the plain pipeline's again."""
+    peer = loaded(StableDiffusionPipeline, parts, adapter_folder)
+    pipe = CLIPConditionedPipeline.from_pipe(peer)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.image_encoder is peer.image_encoder and pipe.unet is peer.unet
+    assert np.array_equal(images(pipe, ip_adapter_image=picture(0)), images(peer, ip_adapter_image=picture(0)))
+    plain = CLIPConditionedPipeline(**copy.deepcopy(parts))
+    plain.set_progress_bar_config(disable=True)
+    pipe.unload_ip_adapter()
+    assert pipe.image_encoder is None and pipe.unet.encoder_hid_proj is None
+    assert np.array_equal(images(pipe), images(plain))
+
+
+def _refused(pipe, monkeypatch, message, error=ValueError, **kwargs) -> None:
+    calls = []
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises(error, match=message):
+        pipe(prompt="a red circle", num_inference_steps=2, **kwargs)
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(ip_adapter_image=picture(0)), dict(ip_adapter_image_embeds=[torch.zeros(2, 1, 32)])],
+    ids=["image", "embeds"],
+)
+def test_ip_adapter_input_without_a_loaded_adapter_is_refused(parts, monkeypatch, kwargs) -> None:
+    pipe = CLIPConditionedPipeline(**copy.deepcopy(parts))
+    _refused(
+        pipe, monkeypatch, r"needs an IP-Adapter in the UNet, and none is loaded: call `pipe.load_ip_adapter", **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message, error",
+    [
+        (
+            dict(ip_adapter_image=[picture(0), picture(1)]),
+            r"`ip_adapter_image` has 2 entries but 1 IP-Adapter",
+            ValueError,
+        ),
+        (dict(ip_adapter_image_embeds=[torch.zeros(2, 1, 32)] * 3), r"has 3 entries but 1 IP-Adapter", ValueError),
+        (
+            dict(ip_adapter_image=picture(0), ip_adapter_image_embeds=[torch.zeros(2, 1, 32)]),
+            "at most one of `ip_adapter_image` and `ip_adapter_image_embeds`",
+            ValueError,
+        ),
+        (dict(ip_adapter_image_embeds=torch.zeros(2, 1, 32)), "must be a list of tensors", TypeError),
+        (
+            dict(ip_adapter_image_embeds=[torch.zeros(2, 32)]),
+            r"3-D \(batch, images, width\) or 4-D tensors, got 2-D",
+            ValueError,
+        ),
+    ],
+    ids=["two_images_one_adapter", "three_embeds_one_adapter", "both", "embeds_not_a_list", "embeds_2d"],
+)
+def test_ip_adapter_inputs_that_do_not_fit_the_adapters_are_refused(
+    parts, adapter_folder, monkeypatch, kwargs, message, error
+) -> None:
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    _refused(pipe, monkeypatch, message, error, **kwargs)
+
+
+def test_an_image_without_an_image_encoder_is_refused(parts, adapter_folder, monkeypatch) -> None:
+    """An adapter loaded with `image_encoder_folder=None` reads embeddings only."""
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder, image_encoder_folder=None)
+    assert pipe.image_encoder is None
+    _refused(pipe, monkeypatch, r"`ip_adapter_image` needs an `image_encoder`", ip_adapter_image=picture(0))
+
+
+def test_an_ip_adapter_with_prompt_editing_is_refused_before_the_unet(parts, adapter_folder, monkeypatch) -> None:
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    calls = []
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="an IP-Adapter cannot go with a prompt that edits, alternates or has AND"):
+        pipe(prompt="a [red:blue:0.5] circle", num_inference_steps=2, ip_adapter_image=picture(0))
+    assert not calls
