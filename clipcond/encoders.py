@@ -21,6 +21,9 @@ EncoderKind = Literal["clip", "t5"]
 _CLIP_MODEL_TYPES = ("clip_text_model", "clip")
 _T5_MODEL_TYPES = ("t5", "umt5", "mt5", "t5gemma")
 
+# Where a model cast to a `compute_dtype` keeps the dtype its weights had (the states' dtype).
+_STATES_DTYPE = "_clipcond_states_dtype"
+
 
 def encoder_kind(model: nn.Module) -> EncoderKind:
     """ "clip" or "t5" from the model's config; a TypeError for anything else."""
@@ -46,8 +49,10 @@ class TextEncoder:
         compute_dtype: a floating dtype to run the model in, or None (its own). Its weights are
             cast to it once, here (the model object is shared: a pipeline holding it computes
             in it too), and its states are cast back to the dtype the weights had, which stays
-            `dtype`. Casting the weights away from `compute_dtype` later (`TextConditioner.to`)
-            ends the setting: states then come in the weights' dtype.
+            `dtype`. That dtype is remembered on the model (`_STATES_DTYPE`), so that a second
+            encoder over the same model returns the same dtype. Casting the weights away from
+            `compute_dtype` later (`TextConditioner.to`) ends the setting: states then come in
+            the weights' dtype.
         kind: "clip" or "t5", read from the model config.
     """
 
@@ -64,6 +69,7 @@ class TextEncoder:
         self._states_dtype = self.weights_dtype
         if self.compute_dtype is not None:
             self._cast_to_compute_dtype()
+            self._states_dtype = self.model.__dict__.get(_STATES_DTYPE, self._states_dtype)
 
     def _cast_to_compute_dtype(self) -> None:
         dtype = self.compute_dtype
@@ -77,6 +83,7 @@ class TextEncoder:
                 f"({type(self.model.hf_quantizer).__name__}) and cannot be cast; load it with "
                 f"`torch_dtype={dtype}` instead"
             )
+        self.model.__dict__[_STATES_DTYPE] = self._states_dtype
         self.model.to(dtype=dtype)
 
     @property

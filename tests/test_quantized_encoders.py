@@ -281,21 +281,26 @@ def test_float16_t5_overflow_names_encoder_and_dtype_and_the_fix(t5_tokenizer) -
 
 
 @pytest.mark.parametrize("per_encoder", [False, True])
-def test_compute_dtype_float32_fixes_the_float16_overflow(t5_tokenizer, per_encoder) -> None:
+def test_compute_dtype_float32_fixes_the_float16_overflow(t5_tokenizer, tmp_path, per_encoder) -> None:
     # float32 from the float16 weights: the states `compute_dtype` must give, before the cast back
     rounded = overflowing_t5(len(t5_tokenizer)).half().float()
     reference = t5_conditioner(rounded, t5_tokenizer, cache_size=0).encode(PROMPT).tokens
     assert torch.isfinite(reference).all()
     half = overflowing_t5(len(t5_tokenizer)).half()
     if per_encoder:
-        conditioner = TextConditioner("custom", t5=TextEncoder(half, t5_tokenizer, compute_dtype=torch.float32))
+        encoder = TextEncoder(half, t5_tokenizer, compute_dtype=torch.float32)
+        conditioner = TextConditioner("custom", t5=encoder, cache_dir=str(tmp_path))
     else:
-        conditioner = t5_conditioner(half, t5_tokenizer, compute_dtype=torch.float32)
+        conditioner = t5_conditioner(half, t5_tokenizer, compute_dtype=torch.float32, cache_dir=str(tmp_path))
     tokens = conditioner.encode(PROMPT).tokens
     assert conditioner.dtype == tokens.dtype == torch.float16  # states cast back to the conditioner's dtype
     assert first_attention_query(half).dtype == torch.float32  # the encoder runs in the safe dtype
     assert torch.equal(tokens, reference.half())
-    assert torch.equal(conditioner.encode(PROMPT).tokens, tokens)  # cached, in float16
+    # the records are float16 too: a second conditioner reads them from the disk cache
+    again = t5_conditioner(half, t5_tokenizer, compute_dtype=torch.float32, cache_dir=str(tmp_path))
+    counter = ForwardCounter(half)
+    assert torch.equal(again.encode(PROMPT).tokens, tokens)
+    assert counter.calls == 0
 
 
 def test_compute_dtype_on_a_quantized_encoder_is_refused_before_casting(tiny_t5_encoder_path, t5_tokenizer) -> None:
