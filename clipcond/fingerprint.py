@@ -54,13 +54,16 @@ def stored_tensors(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Ten
 
 def _watched_tensors(parts: list[tuple[str, nn.Module]]) -> list[torch.Tensor]:
     """The plain tensors that hold the weights of a module, given its `named_modules()`: each
-    part's own parameters and buffers (`stored_tensors`), then a bitsandbytes 8-bit layer's
-    scale, wherever it is now (on the weight until the first forward, on the layer after).
-    Parameters and buffers, not the state dict: bitsandbytes builds new tensors for its state
-    dict on every call (`weight_format`, the packed 4-bit `quant_state`)."""
+    part's own parameters and persistent buffers (`stored_tensors`; those of the state dict),
+    then a bitsandbytes 8-bit layer's scale, wherever it is now (on the weight until the first
+    forward, on the layer after). Not the state dict itself: bitsandbytes builds new tensors
+    for it on every call (`weight_format`, the packed 4-bit `quant_state`)."""
     tensors = []
     for _, part in parts:
-        for name, weight in (*part._parameters.items(), *part._buffers.items()):
+        buffers = [
+            (name, buffer) for name, buffer in part._buffers.items() if name not in part._non_persistent_buffers_set
+        ]
+        for name, weight in (*part._parameters.items(), *buffers):
             if weight is not None:
                 tensors.extend(tensor for _, tensor in stored_tensors(name, weight))
         scale = getattr(part._parameters.get("weight"), "SCB", None)
