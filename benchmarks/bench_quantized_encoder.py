@@ -184,7 +184,7 @@ def report(
         f"torch {torch.__version__}, transformers {transformers.__version__}, torchao {torchao.__version__}; {now}.",
         "",
         "A random T5 encoder of T5-v1.1-base shape (768 wide, d_ff 2048 gated GELU, 12 layers, 12 heads, "
-        "vocabulary 32128: 110M parameters with the untied embedding), saved in float32 and loaded through "
+        "vocabulary 32128: 110M parameters, the embedding counted once), saved in float32 and loaded through "
         "transformers. Memory, per variant in a fresh process (/proc/self/status, less `VmRSS` after the "
         "imports): `resident after load` and `after encode` are `VmRSS` after `from_pretrained` and after one "
         "encode, `peak` is `VmHWM` (the process's peak resident set) at the end; `weights`: bytes of the stored "
