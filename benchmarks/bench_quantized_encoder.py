@@ -210,19 +210,27 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The options of the benchmark (and the hidden ones of its per-variant child processes)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="timing rounds, each encodes once per variant")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--output", default=str(default_output("quantized_encoder.md")))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to compare")
+    parser.add_argument(
+        "--output", type=Path, default=default_output("quantized_encoder.md"), help="markdown table to write"
+    )
     parser.add_argument("--measure", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, in a child process
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    parser.add_argument("--states", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--states", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.measure:
-        print(json.dumps(measure_memory(args.measure, Path(args.folder), Path(args.states))))
+        print(json.dumps(measure_memory(args.measure, args.folder, args.states)))
         return 0
     if "fp32" not in args.variants:
         parser.error("--variants must include fp32, the reference of the cosines")

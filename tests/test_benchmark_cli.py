@@ -62,6 +62,16 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"steps": 5, "repeats": 2, "output": Path("out/lang.md")},
         ),
     ],
+    "benchmarks/bench_quantized_encoder.py": [
+        (
+            ["--repeats", "3", "--variants", "fp32", "int8", "--output", "out/quant.md"],
+            {"repeats": 3, "variants": ["fp32", "int8"], "output": Path("out/quant.md")},
+        ),
+        (
+            ["--measure", "int8-bf16", "--folder", "out/t5", "--states", "out/int8.pt"],
+            {"measure": "int8-bf16", "folder": Path("out/t5"), "states": Path("out/int8.pt")},
+        ),
+    ],
     "benchmarks/clip_tiny_shapes.py": [
         (
             ["--reuse", "--train-seconds", "380.5", "--images-per-class", "20", "--output", "out/tiny.md"],
@@ -133,6 +143,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"]],
+    "benchmarks/bench_quantized_encoder.py": [["--variants", "int4"], ["--repeats", "x"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
     "benchmarks/shapes_model_position_probe.py": [
@@ -150,6 +161,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
+    "benchmarks/bench_quantized_encoder.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
     "benchmarks/prompt_language_grid.py": ([], ("output",)),
@@ -185,7 +197,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 13
+    assert len(SCRIPTS) == 14
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
