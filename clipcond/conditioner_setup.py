@@ -5,9 +5,11 @@ that names the argument and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from clipcond.encoders import TextEncoder
@@ -37,13 +39,20 @@ def check_max_batch_windows(value: object) -> int | None:
     return value
 
 
-def as_encoders(clip: Sequence[EncoderLike], t5: EncoderLike | None) -> tuple[list[TextEncoder], TextEncoder | None]:
+def as_encoders(
+    clip: Sequence[EncoderLike], t5: EncoderLike | None, compute_dtype: torch.dtype | None = None
+) -> tuple[list[TextEncoder], TextEncoder | None]:
     """(CLIP encoders, T5 encoder) from `TextEncoder`s or (model, tokenizer) pairs, each of the
-    kind its argument says."""
+    kind its argument says, each computing in `compute_dtype` when it is given (a
+    `TextEncoder` with its own `compute_dtype` keeps it)."""
     if isinstance(clip, (TextEncoder, nn.Module)) or (
         isinstance(clip, tuple) and len(clip) == 2 and isinstance(clip[0], nn.Module)
     ):
         raise TypeError("`clip` must be a sequence of encoders, e.g. clip=[(text_encoder, tokenizer)]")
+    if compute_dtype is not None and (
+        not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point
+    ):
+        raise TypeError(f"`compute_dtype` must be a floating torch.dtype such as torch.float32, got {compute_dtype!r}")
     clip_encoders = [_as_encoder(item, "clip") for item in clip]
     t5_encoder = None if t5 is None else _as_encoder(t5, "t5")
     for encoder in clip_encoders:
@@ -51,7 +60,17 @@ def as_encoders(clip: Sequence[EncoderLike], t5: EncoderLike | None) -> tuple[li
             raise TypeError(f"`clip` holds a {encoder.kind} model ({type(encoder.model).__name__}); pass it as `t5`")
     if t5_encoder is not None and t5_encoder.kind != "t5":
         raise TypeError(f"`t5` must be a T5 encoder, got {type(t5_encoder.model).__name__}")
+    if compute_dtype is not None:  # casts weights: only once the encoders are known to be right
+        clip_encoders = [_computing_in(encoder, compute_dtype) for encoder in clip_encoders]
+        t5_encoder = None if t5_encoder is None else _computing_in(t5_encoder, compute_dtype)
     return clip_encoders, t5_encoder
+
+
+def _computing_in(encoder: TextEncoder, compute_dtype: torch.dtype) -> TextEncoder:
+    """`encoder` computing in `compute_dtype`, unless it has a `compute_dtype` of its own."""
+    if encoder.compute_dtype is not None:
+        return encoder
+    return dataclasses.replace(encoder, compute_dtype=compute_dtype)
 
 
 def _as_encoder(value: EncoderLike, argument: str) -> TextEncoder:

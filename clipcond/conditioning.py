@@ -105,6 +105,10 @@ class TextConditioner:
             one batch.
         t5_zeros: (length, width) of zero T5 tokens to use when a recipe expects T5 but none is
             given (SD3 pipelines loaded without `text_encoder_3`).
+        compute_dtype: run every encoder in this dtype (e.g. ``torch.float32`` for a float16
+            T5, which overflows into NaN) and return states in the dtype its weights had; the
+            weights are cast once (`clipcond.encoders.TextEncoder`, which also takes it per
+            encoder). None: each encoder computes in its own dtype.
     """
 
     def __init__(
@@ -122,8 +126,9 @@ class TextConditioner:
         cache_dir: str | None = None,
         max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS,
         t5_zeros: tuple[int, int] | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
-        self.clip, self.t5 = as_encoders(clip, t5)
+        self.clip, self.t5 = as_encoders(clip, t5, compute_dtype)
         self.recipe = resolve_recipe(recipe, bool(self.clip), self.t5 is not None)
         if emphasis is not None:  # part of the recipe, so of the cache key
             self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))

@@ -2,6 +2,10 @@
 
 A `TextEncoder` pairs a transformers model with its tokenizer and knows its kind (CLIP or
 T5). The forward helpers read the hidden state a recipe asks for without copying weights.
+
+An encoder may run in a dtype other than the one its states are returned in
+(`compute_dtype`): T5 in float16 overflows (activations beyond 65504 turn into NaN,
+diffusers #8604), so it can compute in float32 and hand float16 states on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ EncoderKind = Literal["clip", "t5"]
 
 _CLIP_MODEL_TYPES = ("clip_text_model", "clip")
 _T5_MODEL_TYPES = ("t5", "umt5", "mt5", "t5gemma")
+
+# Where a model cast to a `compute_dtype` keeps the dtype its weights had (the states' dtype).
+_STATES_DTYPE = "_clipcond_states_dtype"
 
 
 def encoder_kind(model: nn.Module) -> EncoderKind:
@@ -36,13 +43,22 @@ class TextEncoder:
     """A transformers text model with its tokenizer.
 
     Attributes:
-        model: `CLIPTextModel`, `CLIPTextModelWithProjection` or `T5EncoderModel` (used as is).
+        model: `CLIPTextModel`, `CLIPTextModelWithProjection` or `T5EncoderModel` (used as is,
+            quantized ones included: torchao, bitsandbytes).
         tokenizer: the matching transformers tokenizer.
+        compute_dtype: a floating dtype to run the model in, or None (its own). Its weights are
+            cast to it once, here (the model object is shared: a pipeline holding it computes
+            in it too), and its states are cast back to the dtype the weights had, which stays
+            `dtype`. That dtype is remembered on the model (`_STATES_DTYPE`), so that a second
+            encoder over the same model returns the same dtype. Casting the weights away from
+            `compute_dtype` later (`TextConditioner.to`) ends the setting: states then come in
+            the weights' dtype.
         kind: "clip" or "t5", read from the model config.
     """
 
     model: nn.Module
     tokenizer: Any
+    compute_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -50,6 +66,25 @@ class TextEncoder:
         if self.tokenizer is None or not callable(self.tokenizer):
             raise TypeError(f"`tokenizer` must be a transformers tokenizer, got {type(self.tokenizer).__name__}")
         self.kind: EncoderKind = encoder_kind(self.model)
+        self._states_dtype = self.weights_dtype
+        if self.compute_dtype is not None:
+            self._cast_to_compute_dtype()
+            self._states_dtype = self.model.__dict__.get(_STATES_DTYPE, self._states_dtype)
+
+    def _cast_to_compute_dtype(self) -> None:
+        dtype = self.compute_dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`compute_dtype` must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+        if dtype == self._states_dtype:
+            return
+        if getattr(self.model, "hf_quantizer", None) is not None:
+            raise ValueError(
+                f"`compute_dtype` ({dtype}) casts the weights of {type(self.model).__name__}, which is quantized "
+                f"({type(self.model.hf_quantizer).__name__}) and cannot be cast; load it with "
+                f"`torch_dtype={dtype}` instead"
+            )
+        self.model.__dict__[_STATES_DTYPE] = self._states_dtype
+        self.model.to(dtype=dtype)
 
     @property
     def width(self) -> int:
@@ -82,12 +117,26 @@ class TextEncoder:
         return next(self.model.parameters()).device
 
     @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the model's first floating parameter."""
+    def weights_dtype(self) -> torch.dtype:
+        """Dtype of the model's first floating parameter (what it computes in)."""
         for parameter in self.model.parameters():
             if parameter.is_floating_point():
                 return parameter.dtype
         return torch.float32
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the states it returns: the weights' dtype, or while the weights are in
+        `compute_dtype`, the dtype they had before."""
+        weights = self.weights_dtype
+        if self.compute_dtype is not None and weights == self.compute_dtype:
+            return self._states_dtype
+        return weights
+
+    def as_states(self, output: torch.Tensor) -> torch.Tensor:
+        """`output` of the model in the dtype of its states (`dtype`); the same tensor when
+        they already agree."""
+        return output.to(self.dtype)
 
     @property
     def uses_attention_mask(self) -> bool:
@@ -126,16 +175,18 @@ def run_clip(
     plain_last = layer_from_end == 1 and final_norm
     output = model(input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last)
     pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
+    pooled = encoder.as_states(pooled)
     if not want_tokens:
         return None, pooled
     if plain_last:
-        return output.last_hidden_state, pooled
+        return encoder.as_states(output.last_hidden_state), pooled
     tokens = output.hidden_states[-layer_from_end]
     if final_norm:
         tokens = clip_final_layer_norm(model)(tokens)
-    return tokens, pooled
+    return encoder.as_states(tokens), pooled
 
 
 def run_t5(encoder: TextEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Run a T5 encoder: (batch, length) ids -> (batch, length, width) last hidden state."""
-    return encoder.model(input_ids, attention_mask=attention_mask)[0]
+    """Run a T5 encoder: (batch, length) ids -> (batch, length, width) last hidden state, in
+    the encoder's `dtype`."""
+    return encoder.as_states(encoder.model(input_ids, attention_mask=attention_mask)[0])

@@ -9,6 +9,12 @@
   The settings of peft adapter layers (scale, active, merged, disabled) are part of it too.
 - `content_hash()`: a hash of the weights' names, shapes, dtypes and bytes, stable across
   processes (used for the on-disk cache); computed once per state, since it reads every byte.
+
+Quantized weights are watched through the plain tensors that hold their values
+(`stored_tensors`): a tensor subclass such as torchao's `Int8Tensor` reports no storage of its
+own (`data_ptr()` is 0, its bytes cannot be viewed) and a write to its inner `qdata` or
+`scale` leaves its own version counter alone; bitsandbytes keeps the scales of a quantized
+weight beside it (on the parameter, or on its layer).
 """
 
 from __future__ import annotations
@@ -19,9 +25,66 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+# Where bitsandbytes keeps a 4-bit weight's scales: attributes of its `Params4bit`. (An 8-bit
+# weight's scale `SCB` moves from the weight to its layer on the first forward: `_watched_tensors`.)
+_BITSANDBYTES_SCALES = (("quant_state", "absmax"), ("quant_state", "state2", "absmax"))
+
+
+def stored_tensors(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The plain tensors that hold the values of the weight `name`, each with a name: the
+    weight itself; for a tensor subclass (torchao's quantized tensors), its inner tensors,
+    recursively (``name.qdata``, ``name.scale``); for a bitsandbytes 4-bit parameter, the
+    packed weight and its scales (``name.quant_state.absmax``)."""
+    if is_traceable_wrapper_subclass(tensor):
+        inner, _ = tensor.__tensor_flatten__()
+        return [
+            part for attribute in inner for part in stored_tensors(f"{name}.{attribute}", getattr(tensor, attribute))
+        ]
+    found = [(name, tensor)]
+    for path in _BITSANDBYTES_SCALES:
+        value = tensor
+        for attribute in path:
+            value = getattr(value, "__dict__", {}).get(attribute)
+        if isinstance(value, torch.Tensor):
+            found.append((".".join((name, *path)), value))
+    return found
+
+
+def _watched_tensors(parts: list[tuple[str, nn.Module]]) -> list[torch.Tensor]:
+    """The plain tensors that hold the weights of a module, given its `named_modules()`: each
+    part's own parameters and persistent buffers (`stored_tensors`; those of the state dict),
+    then a bitsandbytes 8-bit layer's scale, wherever it is now (on the weight until the first
+    forward, on the layer after). Not the state dict itself: bitsandbytes builds new tensors
+    for it on every call (`weight_format`, the packed 4-bit `quant_state`)."""
+    tensors = []
+    for _, part in parts:
+        buffers = [
+            (name, buffer) for name, buffer in part._buffers.items() if name not in part._non_persistent_buffers_set
+        ]
+        for name, weight in (*part._parameters.items(), *buffers):
+            if weight is not None:
+                tensors.extend(tensor for _, tensor in stored_tensors(name, weight))
+        scale = getattr(part._parameters.get("weight"), "SCB", None)
+        if scale is None:
+            scale = getattr(part.__dict__.get("state"), "SCB", None)
+        if isinstance(scale, torch.Tensor):
+            tensors.append(scale)
+    return tensors
+
+
+def _layout(tensor: torch.Tensor) -> str:
+    """What a tensor subclass adds to its inner tensors' bytes: its type and flatten context
+    (torchao: block size, original dtype, activation quantization); "" for a plain tensor."""
+    if not is_traceable_wrapper_subclass(tensor):
+        return ""
+    _, context = tensor.__tensor_flatten__()
+    return f"{type(tensor).__qualname__}{context!r}"
 
 
 def _tensors(modules: Sequence[nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of the modules' state dicts (quantized ones as they are), by "index.name"."""
     named = []
     for index, module in enumerate(modules):
         for name, tensor in module.state_dict(keep_vars=True).items():
@@ -30,16 +93,22 @@ def _tensors(modules: Sequence[nn.Module]) -> list[tuple[str, torch.Tensor]]:
 
 
 def weights_hash(modules: Sequence[nn.Module]) -> str:
-    """Hex digest (blake2b, 32 bytes) of every tensor's name, dtype, shape and bytes, and of
-    the modules' peft adapter settings."""
+    """Hex digest (blake2b, 32 bytes) of every tensor's name, dtype, shape and bytes (a
+    quantized tensor's: of its layout and its inner tensors, `stored_tensors`), and of the
+    modules' peft adapter settings."""
     digest = hashlib.blake2b(digest_size=32)
     for name, tensor in _tensors(modules):
-        data = tensor.detach()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        if data.device.type == "meta":
-            raise ValueError(f"cannot fingerprint weights on the meta device ({name}); load them first")
-        data = data.to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        digest.update(memoryview(data.numpy()))
+        layout = _layout(tensor)  # appended only for subclasses: plain weights hash as they always have
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}{'|' + layout if layout else ''}".encode())
+        for part_name, part in stored_tensors(name, tensor):
+            if part is not tensor:
+                digest.update(f"{part_name}|{part.dtype}|{tuple(part.shape)}".encode())
+            data = part.detach()
+            if data.device.type == "meta":
+                raise ValueError(f"cannot fingerprint weights on the meta device ({part_name}); load them first")
+            # as a plain tensor: bitsandbytes' parameter classes change what `.to` does
+            data = data.as_subclass(torch.Tensor).to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            digest.update(memoryview(data.numpy()))
     for index, module in enumerate(modules):
         digest.update(f"{index}|adapters|{_adapter_settings(list(module.named_modules()))!r}".encode())
     return digest.hexdigest()
@@ -96,7 +165,7 @@ class WeightsWatch:
             parts = list(module.named_modules())
             placed_by_hook = _placed_by_hook(parts)
             adapters.append(_adapter_settings(parts))
-            for tensor in module.state_dict(keep_vars=True).values():
+            for tensor in _watched_tensors(parts):
                 tensors.append(tensor)
                 # A hook moves the weights for each forward and back after: their storage
                 # changes on every call while their values do not.

@@ -29,6 +29,7 @@ from clipcond.emphasis import (
 )
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS
 from clipcond.encoders import TextEncoder, run_clip, run_t5
+from clipcond.fingerprint import stored_tensors
 from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
 from clipcond.records import EncodedPrompt
@@ -117,11 +118,21 @@ def _checked_in_batches(run: EncoderRun, encoder: TextEncoder, max_rows: int | N
 
 
 def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
-    bad_weights = any(not bool(torch.isfinite(p).all()) for p in encoder.model.parameters() if p.is_floating_point())
-    name = f"the {encoder.kind.upper()} encoder {type(encoder.model).__name__} ({dtype})"
+    # quantized weights are read through the plain tensors that hold them (their scales)
+    bad_weights = any(
+        not bool(torch.isfinite(part).all())
+        for name, weight in encoder.model.named_parameters()
+        for _, part in stored_tensors(name, weight)
+        if part.is_floating_point()
+    )
+    computed = encoder.weights_dtype
+    where = f"{dtype}" if computed == dtype else f"{dtype}, computed in {computed}"
+    name = f"the {encoder.kind.upper()} encoder {type(encoder.model).__name__} ({where})"
     if bad_weights:
         return f"{name} gave NaN or infinite states: its weights hold NaN or infinite values (a damaged file?)"
-    fix = "; in float16 try bfloat16 or float32" if dtype == torch.float16 else ""
+    fix = ""
+    if computed == torch.float16:
+        fix = "; in float16 pass compute_dtype=torch.float32 (TextConditioner or TextEncoder), or load it in bfloat16"
     return f"{name} gave NaN or infinite states although its weights are finite{fix}"
 
 

@@ -74,6 +74,16 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"seed": 3, "threads": 2, "work_dir": Path("out/work"), "output": Path("out/td.md"), "phases": True},
         ),
     ],
+    "benchmarks/bench_quantized_encoder.py": [
+        (
+            ["--repeats", "3", "--variants", "fp32", "int8", "--output", "out/quant.md"],
+            {"repeats": 3, "variants": ["fp32", "int8"], "output": Path("out/quant.md")},
+        ),
+        (
+            ["--measure", "int8-bf16", "--folder", "out/t5", "--states", "out/int8.pt"],
+            {"measure": "int8-bf16", "folder": Path("out/t5"), "states": Path("out/int8.pt")},
+        ),
+    ],
     "benchmarks/clip_tiny_shapes.py": [
         (
             ["--reuse", "--train-seconds", "380.5", "--images-per-class", "20", "--output", "out/tiny.md"],
@@ -146,6 +156,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"], ["--family", "sd3"]],
     "benchmarks/bench_train_diffusion.py": [["--batch", "x"], ["--lr", "fast"]],
+    "benchmarks/bench_quantized_encoder.py": [["--variants", "int4"], ["--repeats", "x"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
     "benchmarks/shapes_model_position_probe.py": [
@@ -164,6 +175,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
     "benchmarks/bench_train_diffusion.py": ([], ("output", "work_dir")),
+    "benchmarks/bench_quantized_encoder.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
     "benchmarks/prompt_language_grid.py": ([], ("output",)),
@@ -199,7 +211,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 14
+    assert len(SCRIPTS) == 15
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
