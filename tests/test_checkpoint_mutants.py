@@ -1,0 +1,108 @@
+"""Checkpoint files outside the step folders: `load_pickle` (safetensors read directly, pickles
+refused unless trusted, read onto the CPU and safely first) and `set_aside_damaged` (a damaged
+step folder renamed, replacing an older one). Written against the mutation run of issue 24
+(benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipcond.training.checkpoint import checkpoint_folders, load_pickle, set_aside_damaged
+
+
+@dataclasses.dataclass
+class TrainingNote:
+    """A plain Python object in a pickle: `torch.load(weights_only=True)` refuses it."""
+
+    text: str
+
+
+def _save_as_if_from_cuda(obj, path, monkeypatch):
+    """torch.save, with every storage tagged as saved from `cuda:0`: loading it without a
+    `map_location` on a machine with no CUDA fails."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(obj, path)
+
+
+@pytest.fixture
+def torch_load_calls(monkeypatch):
+    """The keyword arguments of every `torch.load` call (each call still loads)."""
+    calls = []
+    real_load = torch.load
+
+    def recording_load(path, **kwargs):
+        calls.append(kwargs)
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    return calls
+
+
+def test_a_safetensors_file_loads_without_trust(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.arange(3.0)}, str(path))
+    loaded = load_pickle(path)
+    assert list(loaded) == ["w"] and torch.equal(loaded["w"], torch.arange(3.0))
+
+
+def test_the_refusal_names_the_file_and_both_ways_out(tmp_path):
+    path = tmp_path / "weights.ckpt"
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(ValueError) as error:
+        load_pickle(str(path))
+    assert str(error.value) == (
+        f"refusing to load the pickle checkpoint {path}: unpickling can run arbitrary code. "
+        "Convert it to safetensors, or pass trust_pickle=True (--trust-pickle) if you trust its source."
+    )
+
+
+def test_a_trusted_tensor_pickle_is_read_safely_once_onto_the_cpu(tmp_path, monkeypatch, torch_load_calls):
+    path = tmp_path / "weights.pt"
+    _save_as_if_from_cuda({"w": torch.arange(4.0)}, path, monkeypatch)
+    loaded = load_pickle(str(path), trust_pickle=True)
+    assert loaded["w"].device == torch.device("cpu") and torch.equal(loaded["w"], torch.arange(4.0))
+    assert torch_load_calls == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_a_trusted_pickle_of_python_objects_falls_back_to_a_full_unpickle_onto_the_cpu(
+    tmp_path, monkeypatch, torch_load_calls
+):
+    path = tmp_path / "weights.pth"
+    _save_as_if_from_cuda({"w": torch.ones(2), "note": TrainingNote("step 7")}, path, monkeypatch)
+    loaded = load_pickle(path, trust_pickle=True)
+    assert loaded["note"] == TrainingNote("step 7")
+    assert loaded["w"].device == torch.device("cpu") and torch.equal(loaded["w"], torch.ones(2))
+    assert torch_load_calls == [
+        {"map_location": "cpu", "weights_only": True},
+        {"map_location": "cpu", "weights_only": False},
+    ]
+
+
+def test_a_damaged_folder_is_renamed_aside_with_its_files(tmp_path):
+    root = tmp_path / "checkpoints"
+    folder = root / "step-000000004"
+    folder.mkdir(parents=True)
+    (folder / "trainer.json").write_text("half")
+    moved = set_aside_damaged(str(folder))
+    assert moved == root / "damaged-step-000000004"
+    assert not folder.exists() and (moved / "trainer.json").read_text() == "half"
+    assert checkpoint_folders(tmp_path) == []  # no longer a checkpoint of the run
+
+
+def test_setting_aside_again_replaces_the_older_damaged_folder(tmp_path):
+    root = tmp_path / "checkpoints"
+    older = root / "damaged-step-000000004"
+    older.mkdir(parents=True)
+    (older / "stale.safetensors").write_bytes(b"old")
+    folder = root / "step-000000004"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"new")
+    moved = set_aside_damaged(folder)
+    assert moved == older
+    assert sorted(path.name for path in moved.iterdir()) == ["model.safetensors"]
+    assert sorted(path.name for path in root.iterdir()) == ["damaged-step-000000004"]
