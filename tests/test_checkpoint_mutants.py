@@ -128,3 +128,49 @@ def test_every_cuda_generator_state_is_saved_and_restored_to_its_device(tmp_path
     load_checkpoint(folder, {"model": model})
     assert [int(state[0]) for state in restored] == list(range(devices))
     assert all(torch.equal(got, expected) for got, expected in zip(restored, states))
+
+
+class ShadowSGD(torch.optim.SGD):
+    """SGD that keeps, per parameter, a state tensor whose name holds a dot and a Python int:
+    the optimizer state format (`<param>.<field>` tensors, other values as JSON) allows both."""
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                state = self.state[parameter]
+                state["shadow.mean"] = parameter.detach().clone()
+                state["updates"] = state.get("updates", 0) + 1
+        return loss
+
+
+def test_optimizer_fields_with_dots_and_python_values_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = ShadowSGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        model(torch.randn(4, 3)).square().mean().backward()
+        optimizer.step()
+    folder = save_checkpoint(tmp_path, 2, {"model": model}, optimizer)
+
+    fresh = ShadowSGD(model.parameters(), lr=0.1, momentum=0.9)
+    load_checkpoint(folder, {"model": model}, fresh)
+    saved, loaded = optimizer.state_dict()["state"], fresh.state_dict()["state"]
+    assert loaded.keys() == saved.keys() == {0, 1}
+    for param_id, fields in saved.items():
+        assert loaded[param_id].keys() == fields.keys() == {"momentum_buffer", "shadow.mean", "updates"}
+        assert loaded[param_id]["updates"] == 2
+        assert torch.equal(loaded[param_id]["shadow.mean"], fields["shadow.mean"])
+
+
+def test_an_rng_file_without_the_torch_state_is_named_as_such(tmp_path):
+    from clipcond.training.checkpoint import CheckpointDamaged
+
+    model = torch.nn.Linear(2, 2)
+    folder = save_checkpoint(tmp_path, 1, {"model": model})
+    save_file({"numpy": torch.zeros(2)}, str(folder / "rng.safetensors"))
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, {"model": model})
+    assert (
+        str(error.value) == f"{folder}: rng.safetensors holds no usable torch generator state (KeyError('torch_cpu'))"
+    )
