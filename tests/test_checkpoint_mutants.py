@@ -6,6 +6,7 @@ step folder renamed, replacing an older one). Written against the mutation run o
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -173,4 +174,66 @@ def test_an_rng_file_without_the_torch_state_is_named_as_such(tmp_path):
         load_checkpoint(folder, {"model": model})
     assert (
         str(error.value) == f"{folder}: rng.safetensors holds no usable torch generator state (KeyError('torch_cpu'))"
+    )
+
+
+def _adamw_checkpoint(tmp_path):
+    """(folder, model, optimizer) of a checkpoint after one AdamW step of a tiny linear model."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).square().mean().backward()
+    optimizer.step()
+    return save_checkpoint(tmp_path, 1, {"model": model}, optimizer), model, optimizer
+
+
+def _load_error(folder, modules, optimizer=None) -> str:
+    from clipcond.training.checkpoint import CheckpointDamaged
+
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, modules, optimizer)
+    return str(error.value)
+
+
+def _rewrite_optimizer_file(folder, tensors, metadata):
+    save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"optimizer": metadata})
+
+
+def test_a_module_file_missing_a_tensor_is_named_and_nothing_is_loaded(tmp_path):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    grown = torch.nn.Linear(3, 2)
+    grown.register_parameter("scale", torch.nn.Parameter(torch.ones(2)))
+    before = {name: tensor.clone() for name, tensor in grown.state_dict().items()}
+    message = _load_error(folder, {"model": grown})
+    assert message == f"{folder}: model.safetensors does not fit the model (missing tensors: scale)"
+    assert all(torch.equal(before[name], tensor) for name, tensor in grown.state_dict().items())
+
+
+def test_optimizer_groups_of_other_sizes_are_named_with_the_folder(tmp_path):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    other = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
+    assert _load_error(folder, {"model": model}, other) == (
+        f"{folder}: optimizer.safetensors has parameter groups of [2] parameters, the run's optimizer [1, 1]"
+    )
+
+
+def test_optimizer_state_of_unexpected_types_is_unreadable(tmp_path):
+    folder, model, optimizer = _adamw_checkpoint(tmp_path)
+    groups = [
+        {**group, "params": [str(param_id) for param_id in group["params"]]}
+        for group in optimizer.state_dict()["param_groups"]
+    ]
+    _rewrite_optimizer_file(folder, {}, json.dumps({"param_groups": groups, "scalars": {}}))
+    assert _load_error(folder, {"model": model}, optimizer) == (
+        f"{folder}: optimizer.safetensors holds no readable optimizer state (TypeError('unexpected types'))"
+    )
+
+
+@pytest.mark.parametrize("key", ["x.exp_avg", "7", "9.exp_avg"])
+def test_an_optimizer_tensor_of_no_parameter_is_named(tmp_path, key):
+    folder, model, optimizer = _adamw_checkpoint(tmp_path)
+    groups = optimizer.state_dict()["param_groups"]
+    _rewrite_optimizer_file(folder, {key: torch.zeros(2)}, json.dumps({"param_groups": groups, "scalars": {}}))
+    assert _load_error(folder, {"model": model}, optimizer) == (
+        f"{folder}: optimizer.safetensors holds {key!r}, which names no parameter of the run"
     )
