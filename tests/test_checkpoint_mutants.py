@@ -237,3 +237,30 @@ def test_an_optimizer_tensor_of_no_parameter_is_named(tmp_path, key):
     assert _load_error(folder, {"model": model}, optimizer) == (
         f"{folder}: optimizer.safetensors holds {key!r}, which names no parameter of the run"
     )
+
+
+def _edit_trainer(folder, edit):
+    trainer = json.loads((folder / "trainer.json").read_text())
+    (folder / "trainer.json").write_text(json.dumps(edit(trainer)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda trainer: [trainer], "trainer.json is not a JSON object"),
+        (lambda trainer: {**trainer, "step": True}, "trainer.json names step True, the folder step 1"),
+        (lambda trainer: {**trainer, "step": 1.0}, "trainer.json names step 1.0, the folder step 1"),
+        (lambda trainer: {**trainer, "extra": []}, "trainer.json has no `extra` mapping"),
+        (lambda trainer: {**trainer, "scheduler": None}, "trainer.json has no scheduler state"),
+    ],
+    ids=["a list", "a boolean step", "a float step", "extra not a mapping", "no scheduler state"],
+)
+def test_a_trainer_state_that_does_not_fit_is_named(tmp_path, edit, problem):
+    folder, model, optimizer = _adamw_checkpoint(tmp_path)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    _edit_trainer(folder, edit)
+    from clipcond.training.checkpoint import CheckpointDamaged
+
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, {"model": model}, optimizer, scheduler)
+    assert str(error.value) == f"{folder}: {problem}"
