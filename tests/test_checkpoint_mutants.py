@@ -264,3 +264,25 @@ def test_a_trainer_state_that_does_not_fit_is_named(tmp_path, edit, problem):
     with pytest.raises(CheckpointDamaged) as error:
         load_checkpoint(folder, {"model": model}, optimizer, scheduler)
     assert str(error.value) == f"{folder}: {problem}"
+
+
+def test_every_tensor_that_does_not_fit_is_listed(tmp_path):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    other = torch.nn.Module()
+    other.register_parameter("gain", torch.nn.Parameter(torch.ones(2)))
+    other.register_parameter("shift", torch.nn.Parameter(torch.zeros(2)))
+    assert _load_error(folder, {"model": other}) == (
+        f"{folder}: model.safetensors does not fit the model (missing tensors: gain, shift; "
+        "tensors the model does not have: bias, weight)"
+    )
+
+
+@pytest.mark.parametrize("name", ["step-x", "latest-1", None])
+def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path, name):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    if name is None:  # the right name, but a file
+        folder = tmp_path / "checkpoints" / "step-000000005"
+        folder.write_text("")
+    else:
+        folder = folder.rename(folder.with_name(name))
+    assert _load_error(folder, {"model": model}) == f"{folder} is not a checkpoint folder (checkpoints/step-<N>)"
