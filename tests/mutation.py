@@ -32,6 +32,11 @@ except ModuleNotFoundError:  # Python 3.10: mutmut brings `toml` there
     from toml import loads as toml_loads
 
 REPO = Path(__file__).resolve().parents[1]
+# mutmut stops a mutant's worker after (its tests' measured seconds + timeout_constant) x 15 s of
+# wall time, a timeout. Its default constant (1 s) gives fast tests 15 s, less than a niced worker
+# on a shared 2-core machine needs to start pytest and import torch: every families.py mutant timed
+# out with it. The staged config gets this one unless [tool.mutmut] sets its own.
+TIMEOUT_CONSTANT = 20.0
 # where each top-level source folder sits in the installed package (pyproject's package-dir)
 PACKAGE_LAYOUT = {"clipcond": "clipcond", "pipelines": "clipcond/pipelines", "training": "clipcond/training"}
 
@@ -68,6 +73,7 @@ def staged_pyproject(module: str, tests: list[str] | None = None) -> str:
     module_tests = mutmut.pop("module_tests")
     if module not in module_tests:
         raise ValueError(f"`module` must be one of [tool.mutmut.module_tests] {sorted(module_tests)}, got {module!r}")
+    mutmut.setdefault("timeout_constant", TIMEOUT_CONSTANT)
     mutmut["only_mutate"] = [staged_path(module)]
     mutmut["pytest_add_cli_args_test_selection"] = list(tests or module_tests[module])
     return _toml_table("tool.pytest.ini_options", config["tool"]["pytest"]["ini_options"]) + _toml_table(
@@ -145,8 +151,10 @@ def run(
     names = [only] if only else []
     if every != 1:
         names = sample(mutant_names(tree), every)
-        if keep:  # mutmut re-runs every mutant it is named: name only those without a verdict
-            done = {name for name, verdict in outcomes(tree, module).items() if verdict != "not checked"}
+        if keep:  # mutmut re-runs every mutant it is named: name those without a verdict (or timed out)
+            done = {
+                name for name, verdict in outcomes(tree, module).items() if verdict not in ("not checked", "timeout")
+            }
             names = [name for name in names if name not in done]
     if names or every == 1:
         subprocess.run(command + names, cwd=tree, check=True)
