@@ -286,3 +286,40 @@ def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path, name):
     else:
         folder = folder.rename(folder.with_name(name))
     assert _load_error(folder, {"model": model}) == f"{folder} is not a checkpoint folder (checkpoints/step-<N>)"
+
+
+def test_step_folders_are_ordered_by_step_not_by_name(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name in ("step-9", "step-10", "step-000000008"):
+        (root / name).mkdir(parents=True)
+    assert [folder.name for folder in checkpoint_folders(tmp_path)] == ["step-10", "step-9", "step-000000008"]
+
+
+def test_the_default_keeps_two_checkpoints(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"model": model})
+    assert [folder.name for folder in checkpoint_folders(tmp_path)] == ["step-000000003", "step-000000002"]
+
+
+def test_saving_a_step_again_replaces_its_folder(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 3, {"model": model})
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    folder = save_checkpoint(tmp_path, 3, {"model": model})
+    fresh = torch.nn.Linear(2, 2)
+    load_checkpoint(folder, {"model": fresh})
+    assert torch.equal(fresh.weight, torch.full((2, 2), 7.0))
+
+
+def test_a_failure_while_loading_checked_files_is_named(tmp_path, monkeypatch):
+    import clipcond.training.checkpoint as checkpoint
+
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+
+    def failing_load(module, path):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(checkpoint, "load_model", failing_load)
+    assert _load_error(folder, {"model": model}) == f"{folder}: loading failed (RuntimeError('the disk went away'))"
