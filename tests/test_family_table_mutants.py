@@ -15,6 +15,7 @@ import torch
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import (
     FAMILIES,
+    Family,
     conditioner_from_pipeline,
     custom_recipe,
     encoders_in,
@@ -136,6 +137,11 @@ def test_expected_encoders_in_words():
         "pixart": "a T5 encoder and no CLIP",
         "custom": " and an optional T5 encoder",
     }
+
+
+def test_expected_encoders_of_a_row_that_takes_no_clip_or_one():
+    row = Family("either", Recipe(name="custom"), clip_counts=(0, 1), t5="optional")
+    assert row.expected_encoders() == "no CLIP or one CLIP encoder and an optional T5 encoder"
 
 
 def test_call_keywords_name_what_the_embeddings_hold():
