@@ -276,3 +276,10 @@ def test_from_pipeline_names_what_is_missing():
     with pytest.raises(ValueError, match=r"found 0 CLIP and no T5\)$"):
         conditioner_from_pipeline(_recorded, two)
     assert conditioner_from_pipeline(_recorded, pipe)["clip"] == [("L", "tok L")]
+
+
+def test_from_pipeline_names_a_t5_it_found():
+    pipe = _pipe("FluxPipeline", text_encoder_2="T5", tokenizer_2="tok T5")
+    with pytest.raises(ValueError) as error:
+        conditioner_from_pipeline(_recorded, pipe)
+    assert str(error.value).endswith("(it needs one CLIP encoder and a T5 encoder; found 0 CLIP and a T5)")
