@@ -1,6 +1,6 @@
 """Mutation testing of one core module against its own tests (mutmut), in a staged copy.
 
-    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB] [--keep]
+    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB] [--every K] [--keep]
 
 Why a staged copy: pipelines/ and training/ install as `clipcond.pipelines` and
 `clipcond.training` (pyproject's package-dir), but mutmut names a mutant after its file's path
@@ -32,6 +32,11 @@ except ModuleNotFoundError:  # Python 3.10: mutmut brings `toml` there
     from toml import loads as toml_loads
 
 REPO = Path(__file__).resolve().parents[1]
+# mutmut stops a mutant's worker after (its tests' measured seconds + timeout_constant) x 15 s of
+# wall time, a timeout. Its default constant (1 s) gives fast tests 15 s, less than a niced worker
+# on a shared 2-core machine needs to start pytest and import torch: every families.py mutant timed
+# out with it. The staged config gets this one unless [tool.mutmut] sets its own.
+TIMEOUT_CONSTANT = 20.0
 # where each top-level source folder sits in the installed package (pyproject's package-dir)
 PACKAGE_LAYOUT = {"clipcond": "clipcond", "pipelines": "clipcond/pipelines", "training": "clipcond/training"}
 
@@ -68,6 +73,7 @@ def staged_pyproject(module: str, tests: list[str] | None = None) -> str:
     module_tests = mutmut.pop("module_tests")
     if module not in module_tests:
         raise ValueError(f"`module` must be one of [tool.mutmut.module_tests] {sorted(module_tests)}, got {module!r}")
+    mutmut.setdefault("timeout_constant", TIMEOUT_CONSTANT)
     mutmut["only_mutate"] = [staged_path(module)]
     mutmut["pytest_add_cli_args_test_selection"] = list(tests or module_tests[module])
     return _toml_table("tool.pytest.ini_options", config["tool"]["pytest"]["ini_options"]) + _toml_table(
@@ -94,6 +100,27 @@ def stage(module: str, root: Path, tests: list[str] | None = None) -> Path:
     return tree
 
 
+def mutant_names(tree: Path) -> list[str]:
+    """Every mutant mutmut makes in a staged tree, sorted by name; generates them (no test runs)."""
+    # the steps of `mutmut run` before its first test run, in mutmut's own functions
+    generate = (
+        "import os; import mutmut.__main__ as m; os.makedirs('mutants', exist_ok=True); m.copy_src_dir(); "
+        "m.copy_also_copy_files(); m.setup_source_paths(); m.store_lines_covered_by_tests(); m.create_mutants(1)"
+    )
+    subprocess.run([sys.executable, "-c", generate], cwd=tree, check=True)
+    names = []
+    for meta in (tree / "mutants").rglob("*.py.meta"):
+        names += json.loads(meta.read_text())["exit_code_by_key"]
+    return sorted(names)
+
+
+def sample(names: list[str], every: int) -> list[str]:
+    """A fixed sample of mutant names: the 1st, (1 + every)-th, ... of the sorted names."""
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
+    return sorted(names)[::every]
+
+
 def outcomes(tree: Path, module: str) -> dict[str, str]:
     """Each mutant's name and mutmut's verdict (killed, survived, timeout, no tests, ...)."""
     from mutmut.stats import status_by_exit_code
@@ -109,16 +136,30 @@ def run(
     only: str | None = None,
     tests: list[str] | None = None,
     keep: bool = False,
+    every: int = 1,
 ) -> dict[str, str]:
-    """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob)
-    and return {mutant name: verdict}. `keep` resumes in the tree staged before: mutmut skips
+    """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob,
+    or on every `every`-th of its mutants' sorted names: a fixed sample) and return {mutant
+    name: verdict} of the mutants run. `keep` resumes in the tree staged before: mutmut skips
     the mutants it has a verdict for."""
+    if only and every != 1:
+        raise ValueError("give `only` or `every`, not both")
     tree = _tree(module, root)
     if not (keep and tree.exists()):
         tree = stage(module, root, tests)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    subprocess.run(command + ([only] if only else []), cwd=tree, check=True)
-    return outcomes(tree, module)
+    names = [only] if only else []
+    if every != 1:
+        names = sample(mutant_names(tree), every)
+        if keep:  # mutmut re-runs every mutant it is named: name those without a verdict (or timed out)
+            done = {
+                name for name, verdict in outcomes(tree, module).items() if verdict not in ("not checked", "timeout")
+            }
+            names = [name for name in names if name not in done]
+    if names or every == 1:
+        subprocess.run(command + names, cwd=tree, check=True)
+    verdicts = outcomes(tree, module)
+    return {name: verdicts[name] for name in sample(list(verdicts), every)} if every != 1 else verdicts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO / ".mutation", help="where staged trees go")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut's worker processes")
     parser.add_argument("--only", help="run only the mutants matching this mutmut name glob")
+    parser.add_argument("--every", type=int, default=1, help="run every K-th mutant of the sorted names (a sample)")
     parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
     args = parser.parse_args(argv)
-    verdicts = run(args.module, args.root, args.max_children, args.only, keep=args.keep)
+    verdicts = run(args.module, args.root, args.max_children, args.only, keep=args.keep, every=args.every)
     counts = Counter(verdicts.values())
-    print(f"{args.module}: {len(verdicts)} mutants, " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
+    made = f" (a sample: every {args.every}th)" if args.every != 1 else ""
+    print(f"{args.module}: {len(verdicts)} mutants{made}, " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
     for name, verdict in sorted(verdicts.items()):
         if verdict != "killed":
             print(f"  {verdict}: {name}")

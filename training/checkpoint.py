@@ -83,7 +83,9 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def _restore_rng(tensors: dict[str, torch.Tensor], json_state: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        # by device number: sorted as text, torch_cuda_10 would come before torch_cuda_2
+        names = [name for name in tensors if name.startswith("torch_cuda_")]
+        states = [tensors[name] for name in sorted(names, key=lambda name: int(name.removeprefix("torch_cuda_")))]
         if states:
             torch.cuda.set_rng_state_all(states)
     version, values, gauss = json_state["python"]

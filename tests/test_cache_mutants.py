@@ -1,0 +1,263 @@
+"""`EmbeddingCache` on its own, with records written in the test (no model): memory and disk
+levels, hit and miss counts, what an entry file holds, and each way a file or folder can fail.
+Written against the mutation run of issue 24 (benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from clipcond.cache import EmbeddingCache
+from clipcond.record_spec import RecordSpec, TensorSpec
+from clipcond.records import EncodedPrompt
+
+SPEC = RecordSpec({"clip_tokens": TensorSpec((None, 3, 2), torch.float32), "pooled": TensorSpec((2,), torch.float32)})
+
+
+def _record(value: float, windows: int = 1) -> EncodedPrompt:
+    return EncodedPrompt(clip_tokens=torch.full((windows, 3, 2), value), pooled=torch.full((2,), value))
+
+
+def _assert_same(record: EncodedPrompt, value: float, windows: int = 1) -> None:
+    expected = _record(value, windows)
+    assert record.tensors().keys() == expected.tensors().keys()
+    for name, tensor in expected.tensors().items():
+        assert torch.equal(record.tensors()[name], tensor), name
+
+
+def _warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "clipcond.cache"]
+
+
+def _file(directory, key: str = "k1"):
+    return directory / f"{key}.safetensors"
+
+
+@pytest.mark.parametrize("max_entries", [-1, True, 2.0, "3"])
+def test_max_entries_must_be_a_whole_number_of_at_least_zero(max_entries):
+    with pytest.raises(ValueError, match=rf"`max_entries` must be an int >= 0, got {max_entries!r}"):
+        EmbeddingCache(max_entries=max_entries)
+
+
+def test_the_default_memory_keeps_512_records():
+    cache = EmbeddingCache()
+    for index in range(513):
+        cache.put(str(index), _record(float(index)), SPEC)
+    assert len(cache) == 512 and cache.directory is None
+    assert cache.get("0", SPEC) is None
+    _assert_same(cache.get("1", SPEC), 1.0)
+
+
+def test_memory_hits_and_misses_are_counted():
+    cache = EmbeddingCache(max_entries=2)
+    assert cache.get("k1", SPEC) is None
+    cache.put("k1", _record(1.0), SPEC)
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    assert (cache.hits, cache.misses) == (2, 1)
+
+
+def test_a_read_refreshes_a_record_and_the_oldest_goes_first():
+    cache = EmbeddingCache(max_entries=2)
+    cache.put("k1", _record(1.0), SPEC)
+    cache.put("k2", _record(2.0), SPEC)
+    assert cache.get("k1", SPEC) is not None
+    cache.put("k3", _record(3.0), SPEC)
+    assert cache.get("k2", SPEC) is None
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    _assert_same(cache.get("k3", SPEC), 3.0)
+    cache.put("k3", _record(4.0), SPEC)  # a put refreshes too, and replaces the record
+    cache.get("k1", SPEC)
+    cache.put("k5", _record(5.0), SPEC)
+    assert len(cache) == 2 and cache.get("k3", SPEC) is None
+
+
+def test_zero_entries_keep_nothing_in_memory_and_still_use_the_disk(tmp_path):
+    cache = EmbeddingCache(max_entries=0, directory=tmp_path)
+    cache.put("k1", _record(1.0), SPEC)
+    assert len(cache) == 0
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    assert len(cache) == 0 and (cache.hits, cache.misses) == (1, 0)
+
+
+def test_a_record_read_from_disk_is_counted_remembered_and_put_on_the_device(tmp_path):
+    EmbeddingCache(directory=tmp_path).put("k1", _record(1.5, windows=2), SPEC)
+    cache = EmbeddingCache(directory=str(tmp_path))
+    record = cache.get("k1", SPEC)
+    _assert_same(record, 1.5, windows=2)
+    assert record.clip_tokens.device == torch.device("cpu")
+    assert (cache.hits, cache.misses, len(cache)) == (1, 0, 1)
+    _file(tmp_path).unlink()
+    assert cache.get("k1", SPEC) is record  # from memory now
+
+    EmbeddingCache(directory=tmp_path).put("k2", _record(2.0), SPEC)
+    on_meta = EmbeddingCache(directory=tmp_path).get("k2", SPEC, device=torch.device("meta"))
+    assert {tensor.device.type for tensor in on_meta.tensors().values()} == {"meta"}
+
+
+def test_clear_memory_forgets_records_and_keeps_files(tmp_path):
+    cache = EmbeddingCache(directory=tmp_path)
+    cache.put("k1", _record(1.0), SPEC)
+    cache.clear_memory()
+    assert len(cache) == 0 and _file(tmp_path).is_file()
+    _assert_same(cache.get("k1", SPEC), 1.0)
+
+
+def test_an_entry_file_holds_the_record_its_key_and_the_prompts_start(tmp_path):
+    text = "a red circle " + "x" * 5000 + "\ud800"
+    EmbeddingCache(directory=tmp_path).put("k1", _record(1.0), SPEC, text=text)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["k1.safetensors"]  # no temporary left
+    with safe_open(str(_file(tmp_path)), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert sorted(handle.keys()) == ["clip_tokens", "pooled"]
+    assert metadata == {"key": "k1", "text": text[:4096]}
+    EmbeddingCache(directory=tmp_path).put("k2", _record(1.0), SPEC, text="\ud800 lone")
+    with safe_open(str(_file(tmp_path, "k2")), framework="pt") as handle:
+        assert handle.metadata()["text"] == "\\ud800 lone"
+
+
+def test_a_record_that_does_not_fit_stays_in_memory_with_a_warning(tmp_path, caplog):
+    cache = EmbeddingCache(directory=tmp_path)
+    bad = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), float("nan")), pooled=torch.zeros(2))
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        cache.put("k1", bad, SPEC)
+    assert _warnings(caplog) == [
+        f"embedding cache: not writing {_file(tmp_path)}: `clip_tokens` holds NaN or infinite values"
+    ]
+    assert list(tmp_path.iterdir()) == [] and cache.get("k1", SPEC) is bad
+
+
+def _damaged(tmp_path, data: bytes, caplog) -> list[str]:
+    """The warnings of reading `data` as the entry of k1 (which must be a miss)."""
+    _file(tmp_path).write_bytes(data)
+    cache = EmbeddingCache(directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        assert cache.get("k1", SPEC) is None
+    assert (cache.hits, cache.misses) == (0, 1)
+    return _warnings(caplog)
+
+
+def _entry(key: str | None, tensors=None) -> bytes:
+    tensors = _record(1.0).tensors() if tensors is None else tensors
+    return save(tensors, metadata=None if key is None else {"key": key})
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "truncated: 0 bytes"),
+        (b"\x02\x00\x00\x00\x00\x00\x00", "truncated: 7 bytes"),
+        (struct.pack("<Q", 8) + b"{}", "truncated: 10 bytes"),
+        (struct.pack("<Q", 2) + b"{}", "it records no key, not its own"),
+        (_entry("0123456789abcdef0123"), "it records key 0123456789abcdef..., not its own"),
+        (_entry(None), "it records no key, not its own"),
+        (_entry("k1", {"pooled": torch.zeros(2)}), "missing tensors ['clip_tokens']"),
+    ],
+    ids=["empty", "short header length", "header past the end", "no metadata", "other key", "no key", "tensor missing"],
+)
+def test_a_damaged_entry_is_a_miss_with_one_warning_naming_the_problem(tmp_path, caplog, data, problem):
+    assert _damaged(tmp_path, data, caplog) == [
+        f"embedding cache: {_file(tmp_path)} is damaged ({problem}); recomputing and overwriting it"
+    ]
+
+
+def test_a_file_that_is_not_safetensors_is_a_miss_naming_the_parser_error(tmp_path, caplog):
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    for data in (struct.pack("<Q", 5) + b"[[[[[garbage", struct.pack("<Q", len(header)) + header):
+        caplog.clear()
+        (warning,) = _damaged(tmp_path, data, caplog)
+        assert warning.startswith(f"embedding cache: {_file(tmp_path)} is damaged (not a safetensors file: ")
+
+
+def test_an_unreadable_entry_is_a_miss_with_a_warning(tmp_path, caplog, monkeypatch):
+    EmbeddingCache(directory=tmp_path).put("k1", _record(1.0), SPEC)
+    cache = EmbeddingCache(directory=tmp_path)
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(_file(tmp_path)), "read_bytes", unreadable)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        assert cache.get("k1", SPEC) is None
+    assert _warnings(caplog) == [
+        f"embedding cache: cannot read {_file(tmp_path)} ([Errno 13] Permission denied); recomputing it"
+    ]
+
+
+def test_a_missing_entry_is_a_silent_miss(tmp_path, caplog):
+    cache = EmbeddingCache(directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        assert cache.get("k1", SPEC) is None
+    assert _warnings(caplog) == [] and (cache.hits, cache.misses) == (0, 1)
+
+
+def test_a_cache_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "cache"
+    path.write_text("not a folder")
+    with pytest.raises(ValueError, match=f"`cache_dir` {path} exists and is not a directory"):
+        EmbeddingCache(directory=path)
+
+
+def test_a_nested_cache_dir_is_created(tmp_path):
+    cache = EmbeddingCache(directory=tmp_path / "a" / "b")
+    assert cache.directory == tmp_path / "a" / "b" and cache.directory.is_dir()
+
+
+def test_a_cache_dir_that_cannot_be_created_leaves_memory_only(tmp_path, caplog, monkeypatch):
+    def refused(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(tmp_path), "mkdir", refused)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        cache = EmbeddingCache(directory=tmp_path / "cache")
+    assert cache.directory is None
+    assert _warnings(caplog) == [
+        f"embedding cache: cannot create {tmp_path / 'cache'} ([Errno 13] Permission denied); caching in memory only"
+    ]
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_turns_to_memory(tmp_path, caplog, monkeypatch):
+    cache = EmbeddingCache(directory=tmp_path)
+
+    def failing_replace(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        cache.put("k1", _record(1.0), SPEC)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == [] and cache.directory is None
+    assert _warnings(caplog) == [
+        f"embedding cache: cannot write to {tmp_path} ([Errno 28] No space left on device); "
+        "caching in memory only from now on"
+    ]
+    _assert_same(cache.get("k1", SPEC), 1.0)
+
+
+def test_temporary_names_differ_between_writes(tmp_path, monkeypatch):
+    """Two writers of one key (threads, processes) never share a temporary file."""
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777):
+        opened.append((os.fspath(path), flags, mode))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    cache = EmbeddingCache(directory=tmp_path)
+    cache.put("k1", _record(1.0), SPEC)
+    cache.put("k1", _record(2.0), SPEC)
+    monkeypatch.undo()
+    (first, flags, mode), (second, _, _) = opened
+    assert first != second
+    for name in (first, second):
+        assert os.path.basename(name).startswith(f".k1.safetensors.{os.getpid()}.") and name.endswith(".tmp")
+    assert flags == os.O_WRONLY | os.O_CREAT | os.O_EXCL and mode == 0o666
+    _assert_same(EmbeddingCache(directory=tmp_path).get("k1", SPEC), 2.0)

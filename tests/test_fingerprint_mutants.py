@@ -1,0 +1,192 @@
+"""Weights fingerprints on their own, with tiny modules (no encoder): what `weights_hash` reads
+(names, module order, dtypes, shapes, bytes, adapter settings), when `WeightsWatch.state()`
+changes (in-place writes, replaced tensors, accelerate-placed weights, adapter settings) and how
+often `content_hash` reads the bytes. Written against the mutation run of issue 24
+(benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import clipcond.fingerprint as fingerprint
+from clipcond.fingerprint import WeightsWatch, weights_hash
+
+
+class Holder(nn.Module):
+    """Parameters by name, nothing else."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        super().__init__()
+        for name, tensor in tensors.items():
+            self.register_parameter(name, nn.Parameter(tensor.clone(), requires_grad=False))
+
+
+class AdapterLayer(nn.Module):
+    """The attributes of a peft LoRA layer that `weights_hash` reads (peft's `LoraLayer` has
+    them): scaling per adapter, the active and merged adapters, whether adapters are off."""
+
+    def __init__(self, scaling: dict, active=("default",), **extra) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 2), requires_grad=False)
+        self.scaling = dict(scaling)
+        self.active_adapters = list(active)
+        for name, value in extra.items():
+            setattr(self, name, value)
+
+
+class Hooked(nn.Module):
+    """A module whose weights an accelerate hook places (`enable_model_cpu_offload`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(2, 2)
+        self.inner._hf_hook = object()
+
+
+def _linear(seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(3, 2)
+
+
+def test_the_hash_is_64_hex_digits_and_the_same_for_equal_weights():
+    digest = weights_hash([_linear()])
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert weights_hash([copy.deepcopy(_linear())]) == digest
+
+
+def test_the_hash_reads_every_byte_name_dtype_and_shape():
+    values = torch.arange(6.0)
+    base = weights_hash([Holder(w=values)])
+    changed = values.clone()
+    changed[5] = 5.5
+    others = [
+        Holder(w=changed),  # one value
+        Holder(v=values),  # the name
+        Holder(w=values.reshape(2, 3)),  # the shape, same bytes
+        Holder(w=values.view(torch.int32)),  # the dtype, same bytes
+    ]
+    hashes = {weights_hash([other]) for other in others}
+    assert len(hashes) == len(others) and base not in hashes
+
+
+def test_the_hash_knows_which_module_holds_a_tensor():
+    a, b = torch.ones(2), torch.zeros(2)
+    together = weights_hash([Holder(a=a, b=b), Holder()])
+    apart = weights_hash([Holder(a=a), Holder(b=b)])
+    assert together != apart
+
+
+def test_the_hash_reads_strided_tensors_in_their_logical_order():
+    values = torch.arange(6.0).reshape(2, 3)
+    assert weights_hash([Holder(w=values.t())]) == weights_hash([Holder(w=values.t().contiguous())])
+
+
+def test_weights_on_the_meta_device_are_refused_by_name():
+    with torch.device("meta"):
+        module = nn.Linear(2, 2)
+    with pytest.raises(
+        ValueError, match=r"^cannot fingerprint weights on the meta device \(0\.weight\); load them first$"
+    ):
+        weights_hash([module])
+
+
+def _with_adapter(**settings) -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 2), AdapterLayer(**settings))
+
+
+def test_each_adapter_setting_changes_the_hash_and_the_state():
+    base = dict(scaling={"a": 1.0, "b": 2.0}, active=("a",), merged_adapters=[], disable_adapters=False)
+    variants = [
+        {**base, "scaling": {"a": 1.0, "b": 3.0}},
+        {**base, "active": ("b",)},
+        {**base, "merged_adapters": ["a"]},
+        {**base, "disable_adapters": True},
+    ]
+    torch.manual_seed(0)
+    reference = _with_adapter(**base)
+    hashes = set()
+    for settings in variants:
+        torch.manual_seed(0)
+        module = _with_adapter(**settings)
+        hashes.add(weights_hash([module]))
+        assert WeightsWatch([module]).state()[2] != WeightsWatch([reference]).state()[2]
+    assert len(hashes) == len(variants) and weights_hash([reference]) not in hashes
+
+
+def test_adapter_settings_are_read_whatever_their_order_and_with_peft_defaults():
+    torch.manual_seed(0)
+    explicit = _with_adapter(scaling={"a": 1.0, "b": 2.0}, merged_adapters=(), disable_adapters=False)
+    torch.manual_seed(0)
+    defaults = _with_adapter(scaling={"b": 2.0, "a": 1.0})
+    assert weights_hash([explicit]) == weights_hash([defaults])
+
+
+def test_modules_that_only_look_like_adapters_are_ignored():
+    """An attention layer's float `scaling`, or a dict `scaling` on a module without adapters, is
+    no adapter setting."""
+    attention = nn.Linear(2, 2)
+    attention.scaling = 0.125
+    attention.active_adapters = ["default"]
+    table = nn.Linear(2, 2)
+    table.scaling = {"a": 1.0}
+    for module in (attention, table):
+        plain = copy.deepcopy(module)
+        del plain.scaling
+        assert weights_hash([module]) == weights_hash([plain])
+        assert WeightsWatch([module]).state()[2] == ((),)
+
+
+def test_the_state_changes_with_in_place_writes_and_replaced_tensors():
+    module = _linear()
+    watch = WeightsWatch([module])
+    first = watch.state()
+    assert watch.state() == first
+    with torch.no_grad():
+        module.weight.add_(0.0)  # same values, a write all the same
+    written = watch.state()
+    assert written != first
+    module.bias = nn.Parameter(module.bias.detach().clone())  # the same values in a new tensor
+    replaced = watch.state()
+    assert replaced != written and replaced[0] == written[0] + 1
+    assert watch.state() == replaced
+
+
+def test_weights_placed_by_a_hook_may_move_but_not_change_dtype():
+    module = Hooked()
+    watch = WeightsWatch([module])
+    first = watch.state()
+    module.inner.weight.data = module.inner.weight.data.clone()  # a new storage, as offload does
+    assert watch.state() == first
+    module.inner.weight.data = module.inner.weight.data.double()
+    assert watch.state() != first
+
+    plain = nn.Linear(2, 2)
+    plain_watch = WeightsWatch([plain])
+    before = plain_watch.state()
+    plain.weight.data = plain.weight.data.clone()
+    assert plain_watch.state() != before
+
+
+def test_content_hash_reads_the_bytes_once_per_state(monkeypatch):
+    calls = []
+    real_hash = fingerprint.weights_hash
+
+    def counting_hash(modules):
+        calls.append(1)
+        return real_hash(modules)
+
+    monkeypatch.setattr(fingerprint, "weights_hash", counting_hash)
+    module = _linear()
+    watch = WeightsWatch([module])
+    first = watch.content_hash()
+    assert watch.content_hash() == first and len(calls) == 1
+    with torch.no_grad():
+        module.weight.mul_(2.0)
+    second = watch.content_hash()
+    assert second != first and len(calls) == 2
+    assert second == real_hash([module])
+    assert watch.content_hash() == second and len(calls) == 2
