@@ -36,6 +36,7 @@ import yaml
 from killing import kill_after_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
+from test_train_diffusion import UNET
 
 from clipcond.models import load_clip
 from clipcond.training.clip.config import TrainClipConfig
@@ -48,14 +49,6 @@ from clipcond.training.loop import check_distributed_type
 REPO = Path(__file__).resolve().parents[1]
 # A ViT: a ResNet tower's BatchNorm normalises over each process's batch, so it cannot match one process.
 TINY_VIT = str(REPO / "configs" / "models" / "clip-tiny-vit.yaml")
-UNET = dict(
-    block_out_channels=[16, 32],
-    layers_per_block=1,
-    norm_num_groups=8,
-    attention_head_dim=8,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-)
 WORLD = 2
 TOLERANCE = 1e-5
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import tiny_pipelines
 import torch
+from tensor_checks import close, differs
 
 from clipcond import TextConditioner
 from clipcond.cache_key import prompt_keys, reading_keys
@@ -25,14 +26,6 @@ LONG = ", ".join(f"a {colour} circle next to a {colour} square" for colour in ["
 def _no_grad():
     with torch.no_grad():
         yield
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
-
-
-def differs(actual, expected) -> bool:
-    return actual.shape != expected.shape or (actual - expected).abs().max().item() > 1e-4
 
 
 def _listify(value):

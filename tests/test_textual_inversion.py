@@ -14,6 +14,7 @@ import tiny_pipelines
 import torch
 from diffusers.loaders import TextualInversionLoaderMixin
 from safetensors.torch import save_file
+from tensor_checks import close, differs
 
 from clipcond import TextConditioner
 
@@ -25,14 +26,6 @@ NEGATIVES = ["a blurry <toy>", "dark"]
 def _no_grad():
     with torch.no_grad():
         yield
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
-
-
-def differs(actual, expected) -> bool:
-    return actual.shape != expected.shape or (actual - expected).abs().max().item() > 1e-4
 
 
 def vectors(count: int, width: int = 32, seed: int = 3) -> torch.Tensor:
