@@ -37,10 +37,18 @@ def encode_images(vae: Any, images: torch.Tensor, generator: Any) -> torch.Tenso
 
 
 def tile_to(tensor: torch.Tensor, count: int) -> torch.Tensor:
-    """`tensor` (k, ...) repeated whole to (count, ...), `count` a multiple of k: diffusers lays
-    out a batch of source images (and masks) this way, image 0, 1, ..., 0, 1, ..., while the
-    prompts' rows repeat each prompt in place; kept, so that images equal diffusers'."""
-    return tensor.repeat(count // tensor.shape[0], *([1] * (tensor.ndim - 1)))
+    """`tensor` (k, ...) repeated whole to (count, ...), `count` a multiple of k; returned as it is
+    when k == count. diffusers lays out a batch of source images and masks this way (image 0,
+    1, ..., 0, 1, ...), while the prompts' rows repeat each prompt in place; kept, so that
+    images equal diffusers'.
+
+    Which copy diffusers makes matters too: a PIL source becomes a channels-last tensor, a
+    `repeat` copy is contiguous, a `torch.cat` copy keeps channels-last, and the UNet's
+    convolutions take other kernels, with other last bits, on each layout. This is the
+    `repeat` of diffusers' masks; the pipelines copy their source latents as diffusers does.
+    """
+    copies = count // tensor.shape[0]
+    return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.ndim - 1)))
 
 
 def start_at_strength(

@@ -26,7 +26,7 @@ from clipcond.pipelines.image_inputs import (
     check_strength,
     steps_after_strength,
 )
-from clipcond.pipelines.image_latents import encode_images, start_at_strength, tile_to
+from clipcond.pipelines.image_latents import encode_images, start_at_strength
 
 
 class SourceImageSteps:
@@ -210,9 +210,10 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
             source = image
         else:
             if isinstance(generator, list):  # one generator per output: each encodes its own copy
-                image = tile_to(image, images_count)
+                image = torch.cat([image] * (images_count // image.shape[0]))
             source = encode_images(self.vae, image, generator)
-        source = tile_to(source, images_count)  # (images_count, 4, h, w)
+        # (images_count, 4, h, w), copied with torch.cat as diffusers' img2img copies (image_latents.tile_to)
+        source = torch.cat([source] * (images_count // source.shape[0]))
         noise = randn_tensor(source.shape, generator=generator, device=device, dtype=dtype)
         return self.scheduler.add_noise(source, noise, schedule[:1].repeat(images_count))
 

@@ -233,7 +233,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         if not self._inpainting_unet or (latents is None and not full_strength):
             source = image.to(device=device, dtype=dtype)
             source = source if source.shape[1] == channels else encode_images(self.vae, source, generator)
-            source = tile_to(source, images_count)
+            # copied with repeat even for one image, as diffusers' inpaint copies (image_latents.tile_to)
+            source = source.repeat(images_count // source.shape[0], 1, 1, 1)
         if latents is None:
             noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             if full_strength:
