@@ -296,21 +296,32 @@ def test_a_callback_reads_and_replaces_the_mask_and_can_stop_guidance(inpaint) -
 
 
 def test_prompt_editing_counts_the_steps_that_run(img2img) -> None:
-    """At strength 0.5 of 8 steps, 4 run; `[a red circle:two blue squares:0.5]` switches after
-    the second of them: diffusers' img2img with a callback that swaps the embeddings there."""
+    """At strength 0.5 of 8 steps, 4 run; `[a red circle:two blue squares:0.5]` switches within
+    them, after the third (when = 0.5 x 4; counting all 8 would not switch at all): diffusers' img2img with
+    the schedule's embeddings (both texts encoded in one batch, as the pipeline encodes them)
+    and a callback that swaps them there."""
     peer, ours = img2img
-    first, second = embeds_of(ours, "a red circle"), embeds_of(ours, "two blue squares")
+    edited = "[a red circle:two blue squares:0.5]"
+    schedule = ours.conditioner.schedule([edited], 4, [""])
+    (first, first_negative), (second, second_negative) = schedule.embeds_at(0), schedule.embeds_at(3)
+    last_of_first = next(step for step in range(4) if schedule.changes_after(step))
+    assert last_of_first == 2 and not torch.equal(first.tokens, second.tokens)
 
     def switch(pipe, step, timestep, tensors):
-        if step != 1:
+        if step != last_of_first:
             return {}
-        return {"prompt_embeds": torch.cat([second["negative_prompt_embeds"], second["prompt_embeds"]])}
+        return {"prompt_embeds": torch.cat([second_negative.tokens, second.tokens])}
 
     settings = dict(image=source_image(), strength=0.5, num_inference_steps=8)
     expected = run(
-        peer, **first, callback_on_step_end=switch, callback_on_step_end_tensor_inputs=["prompt_embeds"], **settings
+        peer,
+        prompt_embeds=first.tokens,
+        negative_prompt_embeds=first_negative.tokens,
+        callback_on_step_end=switch,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        **settings,
     )
-    assert as_equal(run(ours, prompt="[a red circle:two blue squares:0.5]", **settings), expected)
+    assert as_equal(run(ours, prompt=edited, **settings), expected)
 
 
 # ---------------------------------------------------------------- switching tasks keeps the components
