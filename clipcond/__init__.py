@@ -8,6 +8,8 @@ Public API:
     ConditionerConfig               YAML config of a conditioner (custom recipe)
     TextProjection                  the learned adapter of a custom recipe (a diffusers model)
     CLIPConditionedPipeline         prompt -> image (a diffusers pipeline)
+    CLIPConditionedImg2ImgPipeline  image + prompt -> image
+    CLIPConditionedInpaintPipeline  image + mask + prompt -> image
 
 Each name is imported from its module when first used (`clipcond.lazy_exports`): the parser
 needs no torch, the tokenizer only transformers' tokenizer classes, the pipeline diffusers.
@@ -18,6 +20,8 @@ from clipcond.lazy_exports import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "CLIPConditionedImg2ImgPipeline": "clipcond.pipelines",
+    "CLIPConditionedInpaintPipeline": "clipcond.pipelines",
     "CLIPConditionedPipeline": "clipcond.pipelines",
     "ConditionerConfig": "clipcond.conditioner_config",
     "Fragment": "clipcond.prompts",

@@ -1,9 +1,11 @@
 """Diffusers glue for clipcond, installed as ``clipcond.pipelines``.
 
     CLIPConditionedPipeline     text-to-image DiffusionPipeline whose prompts go through TextConditioner
+    CLIPConditionedImg2ImgPipeline   its img2img sibling (StableDiffusionImg2ImgPipeline's call)
+    CLIPConditionedInpaintPipeline   its inpainting sibling (StableDiffusionInpaintPipeline's call)
     swap_text_encoder           put another CLIP text encoder into an existing SD-family pipeline
 
-Both are imported on first use (`clipcond.lazy_exports`), so that `clipcond.pipelines.generate`'s
+All are imported on first use (`clipcond.lazy_exports`), so that `clipcond.pipelines.generate`'s
 argument parser (the CLI) loads neither torch nor diffusers.
 """
 
@@ -13,15 +15,19 @@ from typing import Any
 from clipcond.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    "CLIPConditionedImg2ImgPipeline": "clipcond.pipelines.img2img",
+    "CLIPConditionedInpaintPipeline": "clipcond.pipelines.inpaint",
     "CLIPConditionedPipeline": "clipcond.pipelines.clip_conditioned",
     "swap_text_encoder": "clipcond.pipelines.swap",
 }
+
+_PIPELINES = ("CLIPConditionedPipeline", "CLIPConditionedImg2ImgPipeline", "CLIPConditionedInpaintPipeline")
 
 _export, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "CLIPConditionedPipeline":
+    if name in _PIPELINES:
         # A saved CLIPConditionedPipeline names `clipcond.tokenization` as its tokenizer's library,
         # and diffusers loads components only from modules already imported (`import clipcond`
         # no longer imports it), so `from_pretrained` needs it imported with the class.

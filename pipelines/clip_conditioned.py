@@ -641,6 +641,7 @@ class CLIPConditionedPipeline(
         self._cross_attention_kwargs = cross_attention_kwargs
         self._denoising_end = denoising_end
         self._interrupt = False
+        self._loop_tensors = {}
         clip_skip = clip_skip if clip_skip is not None else self.config.clip_skip
         encode_negative = self.do_classifier_free_guidance and negative_prompt_embeds is None
         conditioner = None
@@ -659,7 +660,7 @@ class CLIPConditionedPipeline(
             prompt,
             negative_prompt,
             negative_prompt_embeds,
-            len(timesteps) if timesteps is not None else len(sigmas) if sigmas is not None else num_inference_steps,
+            self._steps_to_run(num_inference_steps, timesteps, sigmas),
             num_images_per_prompt,
             lora_scale,
         )
@@ -713,24 +714,9 @@ class CLIPConditionedPipeline(
             added = {**(added or {}), "image_embeds": image_embeds}
 
         # 4. Prepare timesteps (the first `denoising_end` of them, when given)
-        schedule, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas
-        )
-        guard_timesteps(self.scheduler, num_inference_steps)
-        if denoising_end is not None and denoising_end < 1:
-            total = self.scheduler.config.num_train_timesteps
-            cutoff = int(round(total - denoising_end * total))
-            num_inference_steps = len([t for t in schedule if t >= cutoff])
-            schedule = schedule[:num_inference_steps]
+        schedule, num_inference_steps = self._prepare_timesteps(num_inference_steps, device, timesteps, sigmas)
         # 5. Prepare latent variables: (n, channels, height / vae factor, width / vae factor)
-        coordinates = bool(self.config.get("coordinate_channels", False))
-        channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
-        shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        latents = self._prepare_latents(images_count, height, width, schedule, generator, device, dtype, latents)
         # 6. Prepare extra step kwargs and the guidance embedding of guidance-distilled UNets
         step_kwargs = {}
         step_parameters = set(inspect.signature(self.scheduler.step).parameters)
@@ -757,16 +743,15 @@ class CLIPConditionedPipeline(
                 guided = self.do_classifier_free_guidance  # a callback may turn guidance off
                 if plan is not None:
                     if index and plan.step_of(index) != plan.step_of(index - 1):
-                        rows = plan.rows(index, device, dtype)  # the text changed at this step
-                        context = rows.tokens
+                        embeds = plan.rows(index, device, dtype)  # the text changed at this step
+                        context = embeds.tokens
                         if added is not None:
-                            added["text_embeds"] = rows.pooled
-                    model_input = plan.model_input(latents)
+                            added["text_embeds"] = embeds.pooled
+                    layout = plan.model_input
                 else:
-                    model_input = torch.cat([latents] * 2) if guided else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                if coordinates:
-                    model_input = append_coordinates(model_input)
+                    layout = _guided_rows if guided else _plain_rows
+                model_input = self.scheduler.scale_model_input(layout(latents), t)
+                model_input = self._unet_input(model_input, layout)
                 noise = self.unet(
                     model_input,
                     t,
@@ -786,14 +771,18 @@ class CLIPConditionedPipeline(
                     if self.guidance_rescale > 0.0:
                         noise = rescale_noise_cfg(noise, conditional, guidance_rescale=self.guidance_rescale)
                 latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = self._after_step(latents, index, schedule)
                 if callback_on_step_end is not None:
                     current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": negative}
+                    current.update(self._loop_tensors)
                     if added is not None:
                         current.update(add_text_embeds=added["text_embeds"], add_time_ids=added["time_ids"])
                     returned = callback_on_step_end(self, index, t, {name: current[name] for name in tensor_inputs})
                     latents = returned.pop("latents", latents)
                     context = returned.pop("prompt_embeds", context)
                     negative = returned.pop("negative_prompt_embeds", negative)
+                    for name in self._loop_tensors.keys() & returned.keys():
+                        self._loop_tensors[name] = returned[name]
                     if added is not None:
                         added["text_embeds"] = returned.pop("add_text_embeds", added["text_embeds"])
                         added["time_ids"] = returned.pop("add_time_ids", added["time_ids"])
@@ -826,3 +815,71 @@ class CLIPConditionedPipeline(
         if not return_dict:
             return (images, nsfw)
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=nsfw)
+
+    # ------------------------------------------------------------------ the steps img2img and inpainting change
+    # `CLIPConditionedImg2ImgPipeline` and `CLIPConditionedInpaintPipeline` run this `__call__`
+    # and override these steps only, so that text encoding, guidance, prompt editing and the
+    # callbacks are one code path for the three tasks.
+
+    def _steps_to_run(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
+        """How many denoising steps this call runs (what prompt editing's `when` counts)."""
+        return len(timesteps) if timesteps is not None else len(sigmas) if sigmas is not None else num_inference_steps
+
+    def _prepare_timesteps(
+        self, num_inference_steps: int | None, device: torch.device, timesteps: Any, sigmas: Any
+    ) -> tuple[torch.Tensor, int]:
+        """(the timesteps the loop runs, the number of steps), the scheduler set for them."""
+        schedule, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
+        guard_timesteps(self.scheduler, num_inference_steps)
+        denoising_end = self._denoising_end
+        if denoising_end is not None and denoising_end < 1:  # SDXL's: the first part of the schedule only
+            total = self.scheduler.config.num_train_timesteps
+            cutoff = int(round(total - denoising_end * total))
+            num_inference_steps = len([t for t in schedule if t >= cutoff])
+            schedule = schedule[:num_inference_steps]
+        return schedule, num_inference_steps
+
+    def _prepare_latents(
+        self,
+        images_count: int,
+        height: int,
+        width: int,
+        schedule: torch.Tensor,
+        generator: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The starting latents (images_count, channels, height / vae factor, width / vae factor):
+        the given ones or noise, scaled by the scheduler's initial sigma. (`schedule`, the
+        timesteps the loop runs, tells img2img how much noise to add.)"""
+        coordinates = bool(self.config.get("coordinate_channels", False))
+        channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
+        shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def _unet_input(self, model_input: torch.Tensor, rows: Any) -> torch.Tensor:
+        """The UNet's input from the scaled latent rows: channels appended after the image ones.
+        `rows` lays out per-image tensors as the latent rows (guidance, AND)."""
+        if self.config.get("coordinate_channels", False):
+            return append_coordinates(model_input)
+        return model_input
+
+    def _after_step(self, latents: torch.Tensor, index: int, schedule: torch.Tensor) -> torch.Tensor:
+        """The latents after scheduler step `index` of `schedule` (unchanged in text-to-image)."""
+        return latents
+
+
+def _guided_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance's rows: the unconditional copy first, then the conditional one."""
+    return torch.cat([tensor] * 2)
+
+
+def _plain_rows(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor

@@ -65,6 +65,8 @@ def test_the_prompt_parser_and_the_tokenizer_load_no_torch_and_the_conditioner_n
 def test_the_public_names_resolve_to_their_modules() -> None:
     import clipcond
     from clipcond import (
+        CLIPConditionedImg2ImgPipeline,
+        CLIPConditionedInpaintPipeline,
         CLIPConditionedPipeline,
         ConditionerConfig,
         Fragment,
@@ -81,6 +83,8 @@ def test_the_public_names_resolve_to_their_modules() -> None:
     from clipcond.embeds import PromptEmbeds as embeds_class
     from clipcond.families import get_recipe as get_recipe_function
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline as pipeline_class
+    from clipcond.pipelines.img2img import CLIPConditionedImg2ImgPipeline as img2img_class
+    from clipcond.pipelines.inpaint import CLIPConditionedInpaintPipeline as inpaint_class
     from clipcond.projection import TextProjection as projection_class
     from clipcond.prompts import Fragment as fragment_class
     from clipcond.prompts import parse_prompt as parse_function
@@ -89,6 +93,8 @@ def test_the_public_names_resolve_to_their_modules() -> None:
 
     pairs = [
         (CLIPConditionedPipeline, pipeline_class),
+        (CLIPConditionedImg2ImgPipeline, img2img_class),
+        (CLIPConditionedInpaintPipeline, inpaint_class),
         (ConditionerConfig, config_class),
         (Fragment, fragment_class),
         (PromptEmbeds, embeds_class),

@@ -26,6 +26,9 @@ SUBSTITUTIONS = {
     "runs/my-clip/model/text_encoder": "tower",  # a CLIPTextModel as wide as the tiny SD UNet reads
 }
 
+# README text -> what the test runs instead: the tiny stand-ins need small images, not 512 pixels
+SCALED_DOWN = {"(512, 512)": "(32, 32)", "(128, 128, 384, 384)": "(8, 8, 24, 24)"}
+
 
 def python_blocks(text: str) -> list[str]:
     """The bodies of the ```python fenced blocks of a markdown text, in order."""
@@ -47,6 +50,8 @@ def test_the_readme_has_the_snippets_this_test_runs() -> None:
     assert len(blocks) >= 3
     used = {key for key in SUBSTITUTIONS if any(f'"{key}"' in block for block in blocks)}
     assert used == set(SUBSTITUTIONS), f"substitutions no snippet uses: {set(SUBSTITUTIONS) - used}"
+    scaled = {key for key in SCALED_DOWN if any(key in block for block in blocks)}
+    assert scaled == set(SCALED_DOWN), f"scaled-down texts no snippet has: {set(SCALED_DOWN) - scaled}"
     named = {name for block in blocks for name in re.findall(r'from_pretrained\("([^"]+)"', block)}
     assert named <= set(SUBSTITUTIONS), f"snippets load {named - set(SUBSTITUTIONS)}: add a tiny stand-in"
 
@@ -56,6 +61,8 @@ def test_readme_snippet_runs(index: int, stand_ins, tmp_path, monkeypatch) -> No
     block = python_blocks(README.read_text(encoding="utf-8"))[index]
     for name, path in stand_ins.items():
         block = block.replace(f'"{name}"', repr(str(path)))
+    for text, small in SCALED_DOWN.items():
+        block = block.replace(text, small)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)

@@ -121,10 +121,11 @@ def _small_vae(**overrides):
     return AutoencoderKL(**values)
 
 
-def sd_components() -> dict:
+def sd_components(unet_in_channels: int = 4) -> dict:
     """Fresh tiny SD 1.x components (seeded): `unet`, `vae`, `scheduler` (a default
     `DDIMScheduler`, whose config has `steps_offset: 0` and `clip_sample: true`, as SD
-    checkpoints of 2022 do), `text_encoder`, `tokenizer`."""
+    checkpoints of 2022 do), `text_encoder`, `tokenizer`. `unet_in_channels=9`: an inpainting
+    UNet (latents, mask, masked image's latents: 4 + 1 + 4), as SD's inpainting checkpoints."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -132,7 +133,7 @@ def sd_components() -> dict:
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=32,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -153,6 +154,15 @@ def build_sd():
 
     return StableDiffusionPipeline(
         **sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def build_sd_inpaint():
+    """A StableDiffusionInpaintPipeline over the tiny SD components with a 9-channel inpainting UNet."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return StableDiffusionInpaintPipeline(
+        **sd_components(unet_in_channels=9), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
 
 

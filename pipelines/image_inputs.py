@@ -1,0 +1,189 @@
+"""The image arguments of img2img and inpainting, checked before any work.
+
+diffusers' `StableDiffusionImg2ImgPipeline` and `StableDiffusionInpaintPipeline` take `image`
+and `mask_image` as a PIL image, a numpy array, a torch tensor, or a list of one of these
+(`PipelineImageInput`), and `strength` in [0, 1]. They find a wrong type, a strength that
+leaves no step, or a batch that does not divide deep inside the call, after the text encoder
+has run. These functions find them first, with a message that names the argument.
+
+Layouts, as `VaeImageProcessor.preprocess` reads them:
+    image: PIL; tensor (batch, channels, H, W) or (channels, H, W); array (batch, H, W,
+        channels) or (H, W, channels). A tensor with `latent_channels` channels is latents
+        (batch, latent_channels, H / vae factor, W / vae factor), not encoded again.
+    mask: PIL; tensor (batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W); array (batch, H,
+        W, 1), (batch, H, W), (H, W, 1) or (H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+IMAGE_TYPES = "a PIL image, a numpy array, a torch tensor, or a non-empty list of one of these"
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """What an image argument holds: `count` images of `height` x `width` pixels."""
+
+    count: int
+    height: int
+    width: int
+
+
+def check_image(value: Any, name: str, vae_scale_factor: int = 1, latent_channels: int = 4) -> ImageBatch:
+    """The count and pixel size of an `image` argument.
+
+    Args:
+        value: the argument, in one of the layouts of the module docstring.
+        name: the argument's name, for messages.
+        vae_scale_factor: pixels per latent cell (for images given as latents).
+        latent_channels: a tensor with this many channels is latents.
+
+    Raises:
+        TypeError: not one of the accepted types, or a list that mixes them.
+        ValueError: an empty list, a layout of the wrong rank, or images of different sizes.
+    """
+    return _batch(value, name, lambda item: _image_size(item, name, vae_scale_factor, latent_channels))
+
+
+def check_mask(value: Any, name: str = "mask_image") -> ImageBatch:
+    """The count and pixel size of a `mask_image` argument (one channel).
+
+    Raises:
+        TypeError, ValueError: as `check_image`.
+    """
+    return _batch(value, name, lambda item: _mask_size(item, name))
+
+
+def check_mask_fits(image: ImageBatch, mask: ImageBatch) -> None:
+    """The mask must cover the image pixel for pixel (diffusers resizes both to the output size
+    on its own, so a mask drawn for another image would be stretched over this one silently).
+
+    Raises:
+        ValueError: the sizes differ.
+    """
+    if (mask.height, mask.width) != (image.height, image.width):
+        raise ValueError(
+            f"`mask_image` is {mask.height}x{mask.width} pixels but `image` is {image.height}x{image.width}; "
+            "give a mask of the image's size (white: repaint, black: keep)"
+        )
+
+
+def check_strength(strength: Any) -> float:
+    """`strength` as a float in [0, 1].
+
+    Raises:
+        ValueError: not a finite number in [0, 1].
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}")
+    return float(strength)
+
+
+def steps_after_strength(num_inference_steps: int, strength: float) -> int:
+    """How many of `num_inference_steps` run at `strength` (the last ones): diffusers'
+    `get_timesteps`, `min(int(steps * strength), steps)`.
+
+    Raises:
+        ValueError: none would run (`strength` too small for that many steps).
+    """
+    steps = min(int(num_inference_steps * strength), num_inference_steps)
+    if steps < 1:
+        raise ValueError(
+            f"`strength` {strength} runs int({num_inference_steps} x {strength}) = 0 of num_inference_steps="
+            f"{num_inference_steps} steps; raise `strength` or `num_inference_steps`"
+        )
+    return steps
+
+
+def check_batch_fits(images: ImageBatch, images_count: int, name: str) -> None:
+    """diffusers repeats `count` images over `images_count` outputs (prompts x
+    num_images_per_prompt), which needs `count` to divide it.
+
+    Raises:
+        ValueError: it does not.
+    """
+    if images.count > images_count or images_count % images.count:
+        raise ValueError(
+            f"`{name}` has {images.count} images for {images_count} outputs (prompts x num_images_per_prompt); "
+            "give one image, or a number that divides the outputs"
+        )
+
+
+def _batch(value: Any, name: str, size_of) -> ImageBatch:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError(f"`{name}` must be {IMAGE_TYPES}, got an empty list")
+    kinds = {_kind(item, name) for item in items}
+    if len(kinds) > 1:
+        raise TypeError(f"`{name}` is a list that mixes {sorted(kinds)}; give one type")
+    counts_and_sizes = [size_of(item) for item in items]
+    sizes = {size for _, size in counts_and_sizes}
+    if len(sizes) > 1:
+        raise ValueError(f"`{name}` holds images of different sizes {sorted(sizes)}; give them one size")
+    (height, width), count = sizes.pop(), sum(count for count, _ in counts_and_sizes)
+    return ImageBatch(count=count, height=height, width=width)
+
+
+def _kind(item: Any, name: str) -> str:
+    for kind in (PIL.Image.Image, np.ndarray, torch.Tensor):
+        if isinstance(item, kind):
+            return kind.__name__
+    raise TypeError(f"`{name}` must be {IMAGE_TYPES}, got {type(item).__name__}")
+
+
+def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: int) -> tuple[int, tuple[int, int]]:
+    """(images, (height, width)) of one entry."""
+    if isinstance(item, PIL.Image.Image):
+        return 1, (item.height, item.width)
+    if item.ndim not in (3, 4):
+        layout = (
+            "(batch, channels, H, W) or (channels, H, W)"
+            if isinstance(item, torch.Tensor)
+            else "(batch, H, W, channels) or (H, W, channels)"
+        )
+        raise ValueError(f"`{name}` must be {layout}, got shape {tuple(item.shape)}")
+    count = item.shape[0] if item.ndim == 4 else 1
+    if isinstance(item, torch.Tensor):
+        channels, height, width = item.shape[-3:]
+        if channels == latent_channels:  # latents: not encoded again
+            return count, (height * vae_scale_factor, width * vae_scale_factor)
+        return count, (height, width)
+    return count, tuple(item.shape[-3:-1])
+
+
+def _mask_size(item: Any, name: str) -> tuple[int, tuple[int, int]]:
+    if isinstance(item, PIL.Image.Image):
+        return 1, (item.height, item.width)
+    shape = tuple(item.shape)
+    if isinstance(item, torch.Tensor):
+        # (batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W): the last two axes are pixels
+        if len(shape) in (2, 3) or (len(shape) == 4 and shape[1] == 1):
+            return (shape[0] if len(shape) >= 3 else 1), shape[-2:]
+        layout = "(batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W)"
+    else:
+        # (batch, H, W, 1), (batch, H, W), (H, W, 1) or (H, W)
+        if len(shape) == 2:
+            return 1, shape
+        if len(shape) == 3:
+            return (1, shape[:2]) if shape[-1] == 1 else (shape[0], shape[1:])
+        if len(shape) == 4 and shape[-1] == 1:
+            return shape[0], shape[1:3]
+        layout = "(batch, H, W, 1), (batch, H, W), (H, W, 1) or (H, W)"
+    raise ValueError(f"`{name}` is a one-channel mask: {layout}; got shape {shape}")
+
+
+__all__ = [
+    "ImageBatch",
+    "check_batch_fits",
+    "check_image",
+    "check_mask",
+    "check_mask_fits",
+    "check_strength",
+    "steps_after_strength",
+]

@@ -1,0 +1,437 @@
+"""CLIPConditionedImg2ImgPipeline and CLIPConditionedInpaintPipeline against diffusers'
+StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline on the same tiny components:
+images equal to the bit (np and pt outputs), the text-to-image pipeline's prompt features
+through them, `from_pipe` without copies, and bad input refused before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import (
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
+from tiny_pipelines import sd_components
+
+from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
+
+SIDE = 32
+
+
+def peer_and_ours(peer_class, our_class, unet_in_channels: int = 4):
+    """A diffusers pipeline on fresh tiny components, and ours from it (the same modules)."""
+    peer = peer_class(
+        **sd_components(unet_in_channels), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    ours = our_class.from_pipe(peer)
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    return peer, ours
+
+
+@pytest.fixture(scope="module")
+def img2img():
+    return peer_and_ours(StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline)
+
+
+@pytest.fixture(scope="module", params=[9, 4], ids=["inpainting_unet", "plain_unet_blend"])
+def inpaint(request):
+    return peer_and_ours(StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline, request.param)
+
+
+def source_image(seed: int = 3, count: int = 1) -> torch.Tensor:
+    """(count, 3, 32, 32) in [0, 1]."""
+    return torch.rand(count, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+def box_mask(count: int = 1) -> torch.Tensor:
+    """(count, 1, 32, 32): 1 (repaint) in a box, 0 (keep) elsewhere."""
+    mask = torch.zeros(count, 1, SIDE, SIDE)
+    mask[..., 8:24, 4:20] = 1
+    return mask
+
+
+def pil_pair(height: int = 48, width: int = 40) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """A random RGB image and a mask with a white box, as PIL (they become channels-last
+    tensors, on which the UNet's convolutions give other last bits than on contiguous ones:
+    image_latents.tile_to)."""
+    pixels = (np.random.RandomState(0).rand(height, width, 3) * 255).astype(np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[20:30, 10:22] = 255
+    return PIL.Image.fromarray(pixels), PIL.Image.fromarray(mask)
+
+
+def run(pipe, seed: int = 0, **kwargs):
+    settings = dict(num_inference_steps=4, guidance_scale=6.0, output_type="np")
+    settings.update(kwargs)
+    generator = kwargs.pop("generator", None)
+    if generator is None:
+        settings["generator"] = torch.Generator().manual_seed(seed)
+    images = pipe(**settings).images
+    if settings["output_type"] == "pil":
+        return np.stack([np.asarray(image) for image in images])
+    return images
+
+
+def as_equal(got, expected) -> bool:
+    if isinstance(expected, torch.Tensor):
+        return torch.equal(got, expected)
+    return got.shape == expected.shape and np.array_equal(got, expected)
+
+
+# ---------------------------------------------------------------- diffusers' images, bit for bit
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompt="a red circle", negative_prompt="blurry"),
+        dict(prompt=["a red circle", "two blue squares"], num_images_per_prompt=2, negative_prompt=["dark", "ugly"]),
+        dict(prompt="a red circle", strength=0.5, num_inference_steps=6, output_type="pt"),
+        dict(prompt="a red circle", guidance_scale=1.0, strength=1.0),
+        dict(prompt="a red circle", image="pil"),
+        dict(prompt=["a red circle", "two blue squares"], image="pil"),
+        dict(prompt="a red circle", image="numpy"),
+        dict(prompt="a red circle", image="latents"),
+    ],
+    ids=["plain", "batch", "strength_half_pt", "no_guidance_full_strength", "pil", "pil_batch", "numpy", "latents"],
+)
+def test_img2img_images_equal_diffusers(img2img, kwargs) -> None:
+    peer, ours = img2img
+    kwargs = dict(kwargs)  # parameters are shared objects: pop from a copy
+    image = kwargs.pop("image", None)
+    if image == "pil":
+        image = pil_pair()[0]
+    elif image == "numpy":
+        image = source_image().permute(0, 2, 3, 1).numpy()
+    elif image == "latents":
+        image = torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(4))
+    else:
+        image = source_image()
+    expected = run(peer, image=image, **kwargs)
+    assert as_equal(run(ours, image=image, **kwargs), expected)
+
+
+def test_img2img_with_a_generator_per_image_and_custom_sigmas_equal_diffusers() -> None:
+    """One generator per output (each encodes its own copy of the image), and an Euler schedule
+    of custom sigmas cut by strength (the scheduler's begin index moves)."""
+    peer, ours = peer_and_ours(StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline)
+    settings = dict(prompt="a red circle", image=source_image(), num_images_per_prompt=2)
+    outputs = [
+        run(pipe, generator=[torch.Generator().manual_seed(i) for i in range(2)], **settings) for pipe in (peer, ours)
+    ]
+    assert as_equal(outputs[1], outputs[0]) and not np.array_equal(outputs[0][0], outputs[0][1])
+    for pipe in (peer, ours):
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    settings.update(num_inference_steps=None, sigmas=[14.6, 6.0, 3.0, 0.8, 0.1], strength=0.6)
+    assert as_equal(run(ours, **settings), run(peer, **settings))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompt="a red circle", negative_prompt="blurry"),
+        dict(prompt=["a red circle", "two blue squares"], num_images_per_prompt=2),
+        dict(prompt="a red circle", strength=0.5, num_inference_steps=6, output_type="pt"),
+        dict(prompt="a red circle", guidance_scale=1.0, strength=0.75),
+        dict(prompt="a red circle", image="pil", padding_mask_crop=2, output_type="pil"),
+        dict(prompt="a red circle", image="pil", height=24, width=32),
+        dict(prompt=["a red circle", "two blue squares"], image="pil", height=24, width=32),
+        dict(prompt="a red circle", masked_image_latents=True),
+        dict(prompt="a red circle", latents=True, strength=0.5),
+    ],
+    ids=[
+        "plain",
+        "batch",
+        "strength_half_pt",
+        "no_guidance",
+        "padding_mask_crop",
+        "resized",
+        "resized_pil_batch",
+        "masked_image_latents",
+        "latents",
+    ],
+)
+def test_inpaint_images_equal_diffusers(inpaint, kwargs) -> None:
+    """Both UNets: the inpainting one (9 channels) and a plain one with the mask blend."""
+    peer, ours = inpaint
+    kwargs = dict(kwargs)  # the parameter is shared by both UNets' runs: pop from a copy
+    image, mask = source_image(), box_mask()
+    if kwargs.pop("image", None) == "pil":
+        image, mask = pil_pair()
+    if kwargs.pop("masked_image_latents", None):
+        kwargs["masked_image_latents"] = torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
+    if kwargs.pop("latents", None):
+        kwargs["latents"] = torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(6))
+    expected = run(peer, image=image, mask_image=mask, **kwargs)
+    assert as_equal(run(ours, image=image, mask_image=mask, **kwargs), expected)
+
+
+def test_the_mask_keeps_the_source_outside_it_with_a_plain_unet() -> None:
+    """The blend's meaning, not only diffusers' numbers: outside the mask the final latents are
+    the source's, so changing the prompt changes the images inside the mask only (up to what
+    the tiny VAE's decoder spreads across a few pixels)."""
+    _, ours = peer_and_ours(StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline, 4)
+    settings = dict(image=source_image(), mask_image=box_mask(), output_type="latent")
+    red, blue = run(ours, prompt="a red circle", **settings), run(ours, prompt="a blue square", **settings)
+    inside = box_mask().bool().expand_as(red)
+    assert torch.equal(red[~inside], blue[~inside]) and not torch.equal(red[inside], blue[inside])
+
+
+# ---------------------------------------------------------------- the text-to-image prompt features
+
+
+def embeds_of(pipe, prompt: str, negative: str = "", **kwargs) -> dict:
+    """The prompt and negative embeddings CLIPConditionedPipeline's encode_prompt gives (on the same components)."""
+    t2i = CLIPConditionedPipeline.from_pipe(pipe)
+    positive, negative = t2i.encode_prompt(prompt, "cpu", 1, True, negative_prompt=negative, **kwargs)
+    return dict(prompt_embeds=positive, negative_prompt_embeds=negative)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a (red:1.4) circle, [blurry]",
+        "a red circle BREAK two blue squares",
+        ", ".join(["a red circle on a green square next to a yellow star"] * 8),  # 3 windows
+    ],
+    ids=["weights", "break", "long"],
+)
+def test_prompt_syntax_goes_through_the_text_to_image_encoding(img2img, inpaint, prompt) -> None:
+    """Weights, BREAK and long prompts: img2img and inpaint give diffusers' images for the
+    embeddings CLIPConditionedPipeline makes of the prompt (one encoding path), and those
+    differ from the plain prompt's."""
+    for (peer, ours), extra in ((img2img, {}), (inpaint, dict(mask_image=box_mask()))):
+        settings = dict(image=source_image(), **extra)
+        expected = run(peer, **embeds_of(ours, prompt, "ugly"), **settings)
+        got = run(ours, prompt=prompt, negative_prompt="ugly", **settings)
+        assert as_equal(got, expected)
+        assert not np.array_equal(got, run(ours, prompt="a red circle", negative_prompt="ugly", **settings))
+
+
+def test_clip_skip_and_the_cache_in_img2img(img2img) -> None:
+    """`clip_skip` as in text-to-image; a second call with the same prompts runs no text encoder
+    (the conditioner's cache) and gives the same images."""
+    peer, ours = img2img
+    settings = dict(image=source_image())
+    skipped = run(ours, prompt="a red circle", negative_prompt="blurry", clip_skip=1, **settings)
+    assert as_equal(skipped, run(peer, **embeds_of(ours, "a red circle", "blurry", clip_skip=1), **settings))
+    assert not np.array_equal(skipped, run(ours, prompt="a red circle", negative_prompt="blurry", **settings))
+    calls = []
+    hook = ours.text_encoder.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        again = run(ours, prompt="a red circle", negative_prompt="blurry", clip_skip=1, **settings)
+    finally:
+        hook.remove()
+    assert not calls and as_equal(again, skipped)
+
+
+def test_textual_inversion_in_inpaint(tmp_path) -> None:
+    """An embedding loaded with `load_textual_inversion` expands as in diffusers' inpaint pipeline
+    (which holds the same tokenizer and text encoder, so it is loaded once, into ours)."""
+    from safetensors.torch import save_file
+
+    peer, ours = peer_and_ours(StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline, 9)
+    width = peer.text_encoder.get_input_embeddings().weight.shape[1]
+    save_file(
+        {"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(3))}, tmp_path / "t.safetensors"
+    )
+    settings = dict(
+        prompt="a <toy> circle", negative_prompt="a blurry <toy>", image=source_image(), mask_image=box_mask()
+    )
+    before = run(ours, **settings)
+    ours.load_textual_inversion(tmp_path / "t.safetensors", token="<toy>")  # the peer shares the tokenizer and encoder
+    after = run(ours, **settings)
+    assert as_equal(after, run(peer, **settings)) and not np.array_equal(after, before)
+
+
+def _scale_latents_once(pipe, step, timestep, tensors):
+    return {"latents": tensors["latents"] * 0.9} if step == 0 else {}
+
+
+def _interrupt_after_the_first_step(pipe, step, timestep, tensors):
+    pipe._interrupt = True
+    return {}
+
+
+@pytest.mark.parametrize("callback", [_scale_latents_once, _interrupt_after_the_first_step])
+def test_step_end_callbacks_as_in_diffusers(img2img, inpaint, callback) -> None:
+    for (peer, ours), extra in ((img2img, {}), (inpaint, dict(mask_image=box_mask()))):
+        settings = dict(prompt="a red circle", image=source_image(), callback_on_step_end=callback, **extra)
+        expected = run(peer, **settings)
+        assert as_equal(run(ours, **settings), expected)
+        assert not np.array_equal(expected, run(ours, prompt="a red circle", image=source_image(), **extra))
+
+
+def test_a_callback_reads_and_replaces_the_mask_and_can_stop_guidance(inpaint) -> None:
+    """`mask` and `masked_image_latents` are callback tensors, per image: replacing the mask
+    changes the images, and diffusers' recipe for turning guidance off mid-run (set
+    `_guidance_scale` to 0, keep the conditional embeddings) works with them unchanged."""
+    _, ours = inpaint
+    seen = []
+
+    def clear_the_mask(pipe, step, timestep, tensors):
+        seen.append((tuple(tensors["mask"].shape), tuple(tensors["masked_image_latents"].shape)))
+        return {"mask": torch.zeros_like(tensors["mask"])}
+
+    def stop_guidance(pipe, step, timestep, tensors):
+        pipe._guidance_scale = 0.0
+        return {"prompt_embeds": tensors["prompt_embeds"].chunk(2)[-1]}
+
+    settings = dict(prompt="a red circle", image=source_image(), mask_image=box_mask())
+    plain = run(ours, **settings)
+    cleared = run(
+        ours,
+        callback_on_step_end=clear_the_mask,
+        callback_on_step_end_tensor_inputs=["mask", "masked_image_latents"],
+        **settings,
+    )
+    assert seen[0] == ((1, 1, SIDE, SIDE), (1, 4, SIDE, SIDE)) and not np.array_equal(cleared, plain)
+    stopped = run(
+        ours, callback_on_step_end=stop_guidance, callback_on_step_end_tensor_inputs=["prompt_embeds"], **settings
+    )
+    assert np.isfinite(stopped).all() and not np.array_equal(stopped, plain)
+
+
+def test_prompt_editing_counts_the_steps_that_run(img2img) -> None:
+    """At strength 0.5 of 8 steps, 4 run; `[a red circle:two blue squares:0.5]` switches within
+    them, after the third (when = 0.5 x 4; counting all 8 would not switch at all): diffusers' img2img with
+    the schedule's embeddings (both texts encoded in one batch, as the pipeline encodes them)
+    and a callback that swaps them there."""
+    peer, ours = img2img
+    edited = "[a red circle:two blue squares:0.5]"
+    schedule = ours.conditioner.schedule([edited], 4, [""])
+    (first, first_negative), (second, second_negative) = schedule.embeds_at(0), schedule.embeds_at(3)
+    last_of_first = next(step for step in range(4) if schedule.changes_after(step))
+    assert last_of_first == 2 and not torch.equal(first.tokens, second.tokens)
+
+    def switch(pipe, step, timestep, tensors):
+        if step != last_of_first:
+            return {}
+        return {"prompt_embeds": torch.cat([second_negative.tokens, second.tokens])}
+
+    settings = dict(image=source_image(), strength=0.5, num_inference_steps=8)
+    expected = run(
+        peer,
+        prompt_embeds=first.tokens,
+        negative_prompt_embeds=first_negative.tokens,
+        callback_on_step_end=switch,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        **settings,
+    )
+    assert as_equal(run(ours, prompt=edited, **settings), expected)
+
+
+# ---------------------------------------------------------------- switching tasks keeps the components
+
+
+def test_from_pipe_moves_between_tasks_without_copies() -> None:
+    """diffusers' SD pipeline -> our img2img -> our inpaint -> our text-to-image -> diffusers'
+    img2img and inpaint: every step holds the same module objects."""
+    start = StableDiffusionPipeline(
+        **sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    chain = [start]
+    for target in (
+        CLIPConditionedImg2ImgPipeline,
+        CLIPConditionedInpaintPipeline,
+        CLIPConditionedPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        CLIPConditionedImg2ImgPipeline,
+    ):
+        chain.append(target.from_pipe(chain[-1]))
+        assert type(chain[-1]) is target
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert all(getattr(pipe, name) is getattr(start, name) for pipe in chain), name
+
+
+def test_from_pretrained_of_a_saved_inpainting_pipeline(tmp_path) -> None:
+    """A saved StableDiffusionInpaintPipeline folder loads into ours: the same images."""
+    peer, _ = peer_and_ours(StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline, 9)
+    peer.save_pretrained(tmp_path)
+    loaded = CLIPConditionedInpaintPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    settings = dict(prompt="a red circle", image=source_image(), mask_image=box_mask())
+    assert loaded.unet.config.in_channels == 9 and as_equal(run(loaded, **settings), run(peer, **settings))
+
+
+# ---------------------------------------------------------------- bad input, before any work
+
+
+@pytest.mark.parametrize(
+    "task, kwargs, error, message",
+    [
+        ("img2img", dict(strength=-0.1), ValueError, r"`strength` must be a number in \[0, 1\], got -0.1"),
+        ("img2img", dict(strength=1.5), ValueError, "`strength` must be a number in"),
+        ("img2img", dict(strength="0.5"), ValueError, "`strength` must be a number in"),
+        ("img2img", dict(strength=0.1), ValueError, r"`strength` 0.1 runs int\(4 x 0.1\) = 0"),
+        ("img2img", dict(image=None), TypeError, "`image` must be a PIL image, a numpy array, a torch tensor"),
+        ("img2img", dict(image="photo.png"), TypeError, "`image` must be .* got str"),
+        ("img2img", dict(image=[]), ValueError, "`image` must be .* got an empty list"),
+        ("img2img", dict(image=[source_image(), np.zeros((32, 32, 3))]), TypeError, "mixes"),
+        ("img2img", dict(image=torch.rand(32, 32)), ValueError, r"`image` must be \(batch, channels, H, W\)"),
+        ("img2img", dict(image=source_image(count=3), prompt=["a", "b"]), ValueError, "`image` has 3 images for 2"),
+        ("img2img", dict(unet_in_channels=9), ValueError, "an inpainting UNet needs `mask_image`"),
+        ("inpaint", dict(mask_image=None), ValueError, "an inpainting UNet needs `mask_image`"),
+        (
+            "inpaint",
+            dict(mask_image=torch.zeros(1, 1, 16, 16)),
+            ValueError,
+            "`mask_image` is 16x16 pixels but `image` is 32x32",
+        ),
+        ("inpaint", dict(mask_image=torch.zeros(1, 3, 32, 32)), ValueError, "one-channel mask"),
+        ("inpaint", dict(strength=2), ValueError, "`strength` must be a number in"),
+        ("inpaint", dict(image=b"png"), TypeError, "`image` must be .* got bytes"),
+        ("inpaint", dict(padding_mask_crop=4), TypeError, "`padding_mask_crop` needs `image` as one PIL image"),
+        ("inpaint", dict(padding_mask_crop=4, pil=True, output_type="np"), ValueError, "output_type must be 'pil'"),
+        ("inpaint", dict(padding_mask_crop=-1), ValueError, "`padding_mask_crop` must be an int >= 0"),
+        ("inpaint", dict(mask_image=box_mask(3), prompt=["a", "b"]), ValueError, "`mask_image` has 3 images for 2"),
+        ("inpaint", dict(masked_image_latents=np.zeros((1, 4, 32, 32))), TypeError, "`masked_image_latents` must be"),
+        ("inpaint", dict(unet_in_channels=5), ValueError, "this UNet reads 5 channels; inpainting needs 4"),
+        ("inpaint", dict(prompt=None), ValueError, "exactly one of `prompt` and `prompt_embeds`"),
+    ],
+)
+def test_bad_input_fails_before_any_work(task, kwargs, error, message, monkeypatch) -> None:
+    """Each refused with an error naming the argument, before the text encoder, the VAE or the
+    UNet runs."""
+    kwargs = dict(kwargs)  # parameters are shared objects: pop from a copy
+    channels = kwargs.pop("unet_in_channels", 9 if task == "inpaint" else 4)
+    parts = sd_components(channels)
+    pipe = (CLIPConditionedImg2ImgPipeline if task == "img2img" else CLIPConditionedInpaintPipeline)(**parts)
+    settings = dict(prompt="a red circle", image=source_image(), num_inference_steps=4)
+    if task == "inpaint":
+        settings["mask_image"] = box_mask()
+    if kwargs.pop("pil", False):
+        settings["image"], settings["mask_image"] = pil_pair()
+    settings.update(kwargs)
+    calls = []
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.register_forward_pre_hook(lambda *args: calls.append(1))
+    monkeypatch.setattr(pipe.vae, "encode", lambda *a, **k: calls.append(1))
+    with pytest.raises(error, match=message):
+        pipe(**settings)
+    assert not calls
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_an_sdxl_unet_is_refused_before_any_work(task) -> None:
+    """SDXL img2img and inpainting are not built: a clear error naming the class and the peer to
+    use, not a shape error from deep inside the UNet."""
+    from tiny_pipelines import build_sdxl
+
+    sdxl = build_sdxl()
+    pipe_class = CLIPConditionedImg2ImgPipeline if task == "img2img" else CLIPConditionedInpaintPipeline
+    pipe = pipe_class.from_pipe(sdxl)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    settings = dict(prompt="a red circle", image=torch.rand(1, 3, 32, 32), num_inference_steps=2)
+    if task == "inpaint":
+        settings["mask_image"] = torch.ones(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=f"{pipe_class.__name__} takes SD-class UNets.*StableDiffusionXL"):
+        pipe(**settings)
+    assert not calls
