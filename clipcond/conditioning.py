@@ -41,7 +41,7 @@ from clipcond.conditioner_setup import (
     resolve_recipe,
 )
 from clipcond.embeds import PromptEmbeds
-from clipcond.emphasis_modes import check_emphasis
+from clipcond.emphasis_modes import MODES_FROM_EMPTY, check_emphasis
 from clipcond.empty_states import EmptyPromptStates
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
@@ -566,8 +566,9 @@ class TextConditioner:
 
     def _empty_states_now(self):
         """The memo of the empty prompt's states, keyed by everything they depend on; None
-        (computed on each call, with their graph) while an encoder is being trained."""
-        if self._encoders_need_grad():
+        (computed on each call, with their graph) while an encoder is being trained, and for the
+        modes that never read them (no key to build on every call)."""
+        if self._active_recipe.emphasis not in MODES_FROM_EMPTY or self._encoders_need_grad():
             return None
         tokenizers = tuple(self._tokenizer_fingerprints(encoder.tokenizer) for encoder in self.encoders)
         key = (self._watch.state(), tokenizers, self._active_recipe)

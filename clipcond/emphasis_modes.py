@@ -7,6 +7,8 @@ torch.
 from __future__ import annotations
 
 EMPHASIS_MODES: tuple[str, ...] = ("multiply", "a1111", "comfy", "compel")
+# the modes that move weighted tokens away from the empty prompt's states
+MODES_FROM_EMPTY: tuple[str, ...] = ("comfy", "compel")
 DEFAULT_EMPHASIS = "multiply"
 
 

@@ -27,7 +27,7 @@ from clipcond.emphasis import (
     multiply,
     multiply_keeping_window_means,
 )
-from clipcond.emphasis_modes import DEFAULT_EMPHASIS
+from clipcond.emphasis_modes import DEFAULT_EMPHASIS, MODES_FROM_EMPTY
 from clipcond.encoders import TextEncoder, run_clip, run_t5
 from clipcond.fingerprint import stored_tensors
 from clipcond.prompts import Fragment
@@ -235,7 +235,7 @@ def _weighted_states(
     states, pooled = run(ids, mask if uses_mask else None)
     if states is None or not weighted:
         return states, pooled
-    empty_states = empty_of().to(device) if emphasis in ("comfy", "compel") else None
+    empty_states = empty_of().to(device) if emphasis in MODES_FROM_EMPTY else None
     weights = torch.cat([w.weights for w in prompts]).to(device=device, dtype=states.dtype)
     if emphasis == "multiply":
         return multiply(states, weights), pooled
