@@ -80,6 +80,7 @@ from clipcond.pipelines.sdxl_components import (
 )
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.projection import TextProjection
+from clipcond.prompt_arguments import as_prompt_list
 
 logger = logging.getLogger(__name__)
 
@@ -385,10 +386,13 @@ class CLIPConditionedPipeline(
         guidance: bool,
         clip_skip: int | None,
         lora_scale: float | None = None,
+        prompt_2: Any = None,
+        negative_prompt_2: Any = None,
     ) -> tuple[PromptEmbeds, PromptEmbeds | None]:
         """(prompt embeddings, negative ones or None without guidance), encoding what was given
-        as text; tokens (n, seq, width) and, for SDXL, pooled vectors (n, pooled width). The
-        conditioner is built only when there is text to encode."""
+        as text; tokens (n, seq, width) and, for SDXL, pooled vectors (n, pooled width). SDXL's
+        second CLIP reads `prompt_2` / `negative_prompt_2` where given (the first prompt's text
+        otherwise). The conditioner is built only when there is text to encode."""
         encode_negative = guidance and given_negative is None
         zero_negative = (
             encode_negative and negative_prompt is None and bool(self.config.get("force_zeros_for_empty_prompt"))
@@ -406,27 +410,31 @@ class CLIPConditionedPipeline(
             scale_lora_layers(encoder, lora_scale)
         family = conditioner.family
         try:
+            # Textual inversion through diffusers' hook; the conditioner expands a multi-vector
+            # token in each encoder's text by that encoder's tokenizer too (`prompt_2` included).
             tokenizer = self.inversion_tokenizer
             if encode_negative and negative_prompt is not None:
-                negative_prompt = self.maybe_convert_prompt(negative_prompt, tokenizer)  # textual inversion
+                negative_prompt = self.maybe_convert_prompt(negative_prompt, tokenizer)
             if given is None:
                 prompt = self.maybe_convert_prompt(prompt, tokenizer)
                 if encode_negative:
                     # Prompts and negatives padded to one length; the encoders run on the prompts,
                     # then on the negatives: the two batches of diffusers' encode_prompt. A missing
                     # negative is "" or, for SDXL with force_zeros_for_empty_prompt, zeros.
-                    kwargs = conditioner.pipeline_kwargs(prompt, negative_prompt)
+                    kwargs = conditioner.pipeline_kwargs(
+                        prompt, negative_prompt, prompt_2=prompt_2, negative_prompt_2=negative_prompt_2
+                    )
                     given = PromptEmbeds(kwargs[family.embeds_keyword], kwargs.get(family.pooled_keyword))
                     given_negative = PromptEmbeds(
                         kwargs[f"negative_{family.embeds_keyword}"], kwargs.get(f"negative_{family.pooled_keyword}")
                     )
                 else:
-                    given = conditioner.encode(prompt)
+                    given = conditioner.encode(prompt, prompt_2=prompt_2)
             else:
                 count = given.batch_size
                 if negative_prompt is None or isinstance(negative_prompt, str):
                     negative_prompt = [negative_prompt or ""] * count
-                given_negative = conditioner.encode(negative_prompt)
+                given_negative = conditioner.encode(negative_prompt, prompt_2=negative_prompt_2)
         finally:
             for encoder in scaled:
                 unscale_lora_layers(encoder, lora_scale)
@@ -455,12 +463,15 @@ class CLIPConditionedPipeline(
         *,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
     ) -> tuple[torch.Tensor | None, ...]:
         """diffusers' encode_prompt contract, through the conditioner (prompt weights, long
         prompts and the cache included), for code written against it. Needs no UNet; needs the
         text encoders only for what is given as text. The arguments take SD's positional order;
-        an SDXL pipeline also takes the pooled embeddings (keywords only; `prompt_2` is not
-        taken) and returns SDXL's four tensors.
+        an SDXL pipeline also takes the pooled embeddings and `prompt_2` / `negative_prompt_2`
+        (the second CLIP's text, defaulting to the first prompt's; keywords only) and returns
+        SDXL's four tensors.
 
         Returns:
             SD: prompt_embeds (n, seq, width) and negative_prompt_embeds (the same shape, or
@@ -470,8 +481,17 @@ class CLIPConditionedPipeline(
             negative_pooled_prompt_embeds (the same, or None without guidance).
 
         Raises:
-            ValueError: text to encode but no text encoder or tokenizer (names the missing ones).
+            ValueError: text to encode but no text encoder or tokenizer (names the missing ones),
+                or `prompt_2` / `negative_prompt_2` where no encoder reads them or beside
+                their embeddings.
         """
+        if prompt is not None:
+            count = len(as_prompt_list(prompt, "prompt"))
+        else:
+            count = prompt_embeds.shape[0] if prompt_embeds is not None else 1
+        self.check_per_encoder_prompts(
+            prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
+        )
         device = device if device is not None else self._execution_device
         given = None if prompt_embeds is None else PromptEmbeds(prompt_embeds, pooled_prompt_embeds)
         given_negative = (
@@ -487,6 +507,8 @@ class CLIPConditionedPipeline(
             do_classifier_free_guidance,
             clip_skip if clip_skip is not None else self.config.clip_skip,
             lora_scale,
+            prompt_2,
+            negative_prompt_2,
         )
         encoder = self.text_encoder_2 if self.reads_time_ids else self.text_encoder
         if encoder is not None:
@@ -545,6 +567,8 @@ class CLIPConditionedPipeline(
         negative_target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
     ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Generate images.
 
@@ -566,7 +590,10 @@ class CLIPConditionedPipeline(
         "raise" (default) stops with `NonFiniteLatents` when the final latents hold NaN or
         infinity, before decoding; "warn" logs it and returns the images.
 
-        SDXL only: `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` (n, pooled width)
+        SDXL only: `prompt_2` / `negative_prompt_2` are the second CLIP's text (as in
+        StableDiffusionXLPipeline: left out, it reads `prompt` / `negative_prompt`; a
+        `negative_prompt_2` needs `negative_prompt` where a missing negative means zeros);
+        `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` (n, pooled width)
         go with given token embeddings; `original_size`, `crops_coords_top_left`,
         `target_size` and their `negative_` versions (pixels), or a refiner's
         `aesthetic_score` / `negative_aesthetic_score`, are the micro-conditioning
@@ -633,6 +660,9 @@ class CLIPConditionedPipeline(
         self.check_pooled_inputs(
             prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
         )
+        self.check_per_encoder_prompts(
+            prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
+        )
         use_ip_adapter = self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
@@ -663,6 +693,8 @@ class CLIPConditionedPipeline(
             self._steps_to_run(num_inference_steps, timesteps, sigmas),
             num_images_per_prompt,
             lora_scale,
+            prompt_2,
+            negative_prompt_2,
         )
         negative = None
         if plan is not None:
@@ -680,6 +712,8 @@ class CLIPConditionedPipeline(
                 self.do_classifier_free_guidance,
                 clip_skip,
                 lora_scale,
+                prompt_2,
+                negative_prompt_2,
             )
             positive = positive.to(device, dtype).repeat(num_images_per_prompt)
             if negative is not None:

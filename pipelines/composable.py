@@ -104,12 +104,17 @@ def build_plan(
     images_per_prompt: int,
     guided: bool,
     order: int,
+    prompt_2: Any = None,
+    negative_prompt_2: Any = None,
 ) -> DenoisingPlan:
     """The plan of a call: prompts split at AND, every text scheduled over `num_steps` steps.
     `negatives` None: the unconditional rows are zeros (SDXL's `force_zeros_for_empty_prompt`).
+    `prompt_2` / `negative_prompt_2`: SDXL's second CLIP's text, scheduled on its own (see
+    `TextConditioner.schedule`).
 
     Raises:
-        ValueError: an AND in a negative prompt (A1111 reads negatives whole).
+        ValueError: an AND in a negative prompt (A1111 reads negatives whole), or in a
+            prompt that has a `prompt_2` (which part would the second text go with?).
     """
     for negative in negatives or []:
         if len(split_and(negative)) > 1:
@@ -121,8 +126,20 @@ def build_plan(
             weights.append(weight)
             owners.append(index)
     any_and = len(parts) > len(prompts)
+    if any_and and prompt_2:
+        raise ValueError(
+            "a prompt with AND cannot go with `prompt_2`: AND splits `prompt` into parts, and the second "
+            "encoder's text has no part to go with; put the parts in `prompt` alone"
+        )
     guided = guided or any_and
-    schedule = conditioner.schedule(parts, num_steps, negatives if guided and negatives is not None else None)
+    negatives = negatives if guided and negatives is not None else None
+    schedule = conditioner.schedule(
+        parts,
+        num_steps,
+        negatives,
+        prompt_2=prompt_2,
+        negative_prompt_2=negative_prompt_2 if negatives is not None else None,
+    )
     # After repeat_interleave, part p's copy for image j of its prompt is row p * n + j; the
     # context wants image by image, each image's parts together.
     n = images_per_prompt
@@ -154,10 +171,17 @@ def plan_for_call(
     num_steps: int,
     images_per_prompt: int,
     lora_scale: float | None,
+    prompt_2: Any = None,
+    negative_prompt_2: Any = None,
 ) -> DenoisingPlan | None:
-    """The plan of a `CLIPConditionedPipeline` call when a prompt edits, alternates or has AND;
-    None otherwise (then the plain path runs, equal to StableDiffusionPipeline's). Textual
-    inversion and a text-encoder LoRA's scale apply as in the plain path."""
+    """The plan of a `CLIPConditionedPipeline` call when a prompt (or SDXL's `prompt_2`, or a
+    negative) edits, alternates or has AND; None otherwise (then the plain path runs, equal to
+    StableDiffusionPipeline's). Textual inversion and a text-encoder LoRA's scale apply as in
+    the plain path.
+
+    Raises:
+        ValueError: AND in `prompt_2` / `negative_prompt_2` (AND splits `prompt` only).
+    """
     if prompt is None:
         return None
     prompts = as_prompt_list(prompt, "prompt")
@@ -165,7 +189,18 @@ def plan_for_call(
         negatives = [negative_prompt or ""] * len(prompts)
     else:
         negatives = as_prompt_list(negative_prompt, "negative_prompt")
-    if not any(len(split_and(text)) > 1 or has_schedule(text, num_steps) for text in prompts + negatives):
+    second = {
+        name: [value] if isinstance(value, str) else as_prompt_list(value, name)
+        for name, value in (("prompt_2", prompt_2), ("negative_prompt_2", negative_prompt_2))
+        if value
+    }
+    for name, texts in second.items():
+        if any(len(split_and(text)) > 1 for text in texts):
+            raise ValueError(
+                f"`{name}` has AND: AND splits `prompt` into parts, the second encoder's text is read whole"
+            )
+    texts = prompts + negatives + [text for texts in second.values() for text in texts]
+    if not any(len(split_and(text)) > 1 or has_schedule(text, num_steps) for text in texts):
         return None
     if negative_prompt_embeds is not None:
         raise ValueError(
@@ -190,6 +225,8 @@ def plan_for_call(
             images_per_prompt,
             pipe.do_classifier_free_guidance,
             pipe.scheduler.order,
+            prompt_2,
+            negative_prompt_2,
         )
     finally:
         if lora_scale is not None:

@@ -15,11 +15,12 @@ import torch
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.families import FAMILIES
+from clipcond.prompt_arguments import check_readers, texts_or_default
 
 
 class CallInputChecks:
-    """`check_inputs`, `check_sampling_inputs`, `check_pooled_inputs` and `check_text_encoders` of
-    a text-to-image pipeline."""
+    """`check_inputs`, `check_sampling_inputs`, `check_pooled_inputs`, `check_per_encoder_prompts`
+    and `check_text_encoders` of a text-to-image pipeline."""
 
     def check_inputs(
         self,
@@ -184,6 +185,42 @@ class CallInputChecks:
                     f"`{pooled_name}` must be a ({tokens.shape[0]}, pooled width) tensor, one row per row of "
                     f"`{tokens_name}`, got {shape}"
                 )
+
+    def check_per_encoder_prompts(
+        self,
+        prompt_2: Any,
+        negative_prompt_2: Any,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        count: int,
+        negative_prompt: Any = None,
+    ) -> None:
+        """SDXL's `prompt_2` / `negative_prompt_2` (the second CLIP's text): refused where no
+        encoder reads them (SD, a refiner with one CLIP) and beside the embeddings they would
+        be encoded into, as StableDiffusionXLPipeline refuses them; a string, or one text per
+        prompt (`count` prompts). A `negative_prompt_2` without `negative_prompt` is refused
+        where a missing negative prompt means zeros (`force_zeros_for_empty_prompt`):
+        StableDiffusionXLPipeline would ignore it.
+
+        Raises:
+            ValueError, TypeError: as above, naming the argument.
+        """
+        given = {"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2}
+        for name, value, embeds_name, embeds in (
+            ("prompt_2", prompt_2, "prompt_embeds", prompt_embeds),
+            ("negative_prompt_2", negative_prompt_2, "negative_prompt_embeds", negative_prompt_embeds),
+        ):
+            if value is not None and embeds is not None:
+                raise ValueError(f"give at most one of `{name}` and `{embeds_name}` (the embeddings are its encoding)")
+            texts_or_default(name, value, [""] * count)
+        if negative_prompt_2 and negative_prompt is None and self.config.get("force_zeros_for_empty_prompt"):
+            raise ValueError(
+                "`negative_prompt_2` needs `negative_prompt`: without one, this pipeline's negative is zeros "
+                "(force_zeros_for_empty_prompt=True) and the second encoder's text would be ignored"
+            )
+        family = FAMILIES[self.config.recipe]
+        clip_count = sum(getattr(self, slot.model, None) is not None for slot in family.slots if slot.kind == "clip")
+        check_readers(family.prompt_readers(clip_count, False), given, self.config.recipe)
 
     def check_text_encoders(self, prompt_is_text: bool, negative_is_text: bool) -> None:
         """Refuse text to encode when the pipeline has no encoder for it, naming the missing

@@ -91,6 +91,13 @@ CALLS = {
     ),
     "callback_interrupts": dict(prompt="a red circle", callback_on_step_end=_interrupt),
     "clip_skip_zero_negative": dict(prompt="a red circle", clip_skip=1),
+    "a_second_prompt": dict(prompt="a red circle", prompt_2="a blue square"),
+    "second_prompts_and_negatives": dict(
+        prompt=["a red circle", "two blue squares"],
+        prompt_2=["in the rain", "at night"],
+        negative_prompt=["blurry", "dark"],
+        negative_prompt_2="low quality",
+    ),
 }
 
 
@@ -144,6 +151,10 @@ def test_force_zeros_for_empty_prompt_false_reads_the_empty_prompt(tmp_path) -> 
     expected = run(peer, prompt="a red circle")
     assert np.array_equal(run(ours, prompt="a red circle"), expected)
     assert not np.array_equal(expected, run(ours_from(fresh_sdxl()), prompt="a red circle"))
+    # There a missing negative is "" for the first encoder, and `negative_prompt_2` is the second's.
+    settings = dict(prompt="a red circle", negative_prompt_2="blurry")
+    assert np.array_equal(run(ours, **settings), run(peer, **settings))
+    assert not np.array_equal(run(ours, **settings), expected)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -157,6 +168,7 @@ def test_encode_prompt_and_given_embeddings_are_sdxls(sdxl_pipe) -> None:
         dict(prompt=["a red circle", "two blue squares"], num_images_per_prompt=2, negative_prompt=["x", "y"]),
         dict(prompt="a red circle", do_classifier_free_guidance=False),
         dict(prompt="a red circle"),
+        dict(prompt=["a", "b"], prompt_2=["at night", "c"], negative_prompt="x", negative_prompt_2=["y", "z"]),
     ]:
         ours = ours_from(sdxl_pipe)  # a fresh cache: see test_cached_pooled_vectors_stay_within_the_measured_bound
         with torch.no_grad():  # as inside a call: with grad on, torch may pick other kernels
@@ -176,6 +188,7 @@ def test_encode_prompt_and_given_embeddings_are_sdxls(sdxl_pipe) -> None:
         ),
         dict(prompt_embeds=e[0], pooled_prompt_embeds=e[2]),
         dict(prompt_embeds=e[0], pooled_prompt_embeds=e[2], negative_prompt="blurry"),
+        dict(prompt_embeds=e[0], pooled_prompt_embeds=e[2], negative_prompt="blurry", negative_prompt_2="dark"),
     ]:
         assert np.array_equal(run(ours, **settings), run(sdxl_pipe, **settings))
 
@@ -334,6 +347,9 @@ def test_textual_inversion_in_both_encoders_as_in_sdxl(tmp_path) -> None:
         )
     after = run(ours, **settings)
     assert np.array_equal(after, run(peer, **settings)) and not np.array_equal(after, before)
+    # The second encoder's own text names the token too (expanded by its tokenizer, as in SDXL).
+    settings = dict(prompt="a circle", prompt_2="a <toy> circle", negative_prompt="x", negative_prompt_2="<toy>")
+    assert np.array_equal(run(ours, **settings), run(peer, **settings))
 
 
 def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
@@ -347,6 +363,24 @@ def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
         got = run(ours, **edited, output_type="latent")
         assert torch.equal(got, expected), negative
         assert not torch.equal(got, run(ours, prompt="a red circle", negative_prompt=negative, output_type="latent"))
+
+
+def test_prompt_editing_in_the_second_prompt(sdxl_pipe) -> None:
+    """An edit in `prompt_2` alone (or in `negative_prompt_2`) swaps the second encoder's text
+    at its step: natively equal to SDXL driven by `pipeline_kwargs`' step callback."""
+    ours = ours_from(sdxl_pipe)
+    for second in (dict(prompt_2="a [red:blue:0.5] circle"), dict(prompt_2="a", negative_prompt_2="[dark|dim] x")):
+        edited = dict(prompt="a circle", negative_prompt="blurry", num_inference_steps=4, **second)
+        kwargs = ours.conditioner.pipeline_kwargs(
+            "a circle",
+            "blurry",
+            num_inference_steps=4,
+            prompt_2=second["prompt_2"],
+            negative_prompt_2=second.get("negative_prompt_2"),
+        )
+        assert "callback_on_step_end" in kwargs
+        expected = run(sdxl_pipe, **kwargs, num_inference_steps=4, output_type="latent")
+        assert torch.equal(run(ours, **edited, output_type="latent"), expected)
 
 
 def test_and_gives_each_part_its_own_pooled_row(sdxl_pipe) -> None:
@@ -463,6 +497,24 @@ def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> No
             dict(prompt="a", callback_on_step_end=_interrupt, callback_on_step_end_tensor_inputs=["time_ids"]),
             "choose from",
         ),
+        (
+            dict(prompt_embeds=torch.zeros(1, 77, 64), pooled_prompt_embeds=torch.zeros(1, 32), prompt_2="b"),
+            "at most one of `prompt_2` and `prompt_embeds`",
+        ),
+        (
+            dict(
+                prompt="a",
+                negative_prompt_embeds=torch.zeros(1, 77, 64),
+                negative_pooled_prompt_embeds=torch.zeros(1, 32),
+                negative_prompt_2="b",
+            ),
+            "at most one of `negative_prompt_2` and `negative_prompt_embeds`",
+        ),
+        (dict(prompt=["a", "b"], prompt_2=["c", "d", "e"]), "`prompt_2` has 3 entries but the batch has 2"),
+        (dict(prompt="a", prompt_2=7), "`prompt_2` must be a string or a list of strings"),
+        (dict(prompt="a", negative_prompt_2="b"), "`negative_prompt_2` needs `negative_prompt`"),
+        (dict(prompt="a red AND a blue", prompt_2="c"), "AND cannot go with `prompt_2`"),
+        (dict(prompt="a", prompt_2="c AND d"), "`prompt_2` has AND"),
     ],
 )
 def test_bad_sdxl_arguments_fail_before_any_work(sdxl_pipe, kwargs, message, monkeypatch) -> None:
@@ -481,6 +533,8 @@ def test_bad_sdxl_arguments_fail_before_any_work(sdxl_pipe, kwargs, message, mon
         (dict(original_size=(64, 64)), "`original_size` is SDXL's micro-conditioning"),
         (dict(pooled_prompt_embeds=torch.zeros(1, 32)), "`pooled_prompt_embeds` is read by SDXL-class UNets only"),
         (dict(callback_on_step_end=_interrupt, callback_on_step_end_tensor_inputs=["add_time_ids"]), "choose from"),
+        (dict(prompt_2="b"), "`prompt_2` has no encoder to read it: recipe 'sd'"),
+        (dict(negative_prompt_2="b"), "`negative_prompt_2` has no encoder to read it"),
     ],
 )
 def test_sdxl_arguments_on_a_stable_diffusion_pipeline_fail_before_any_work(sd_pipe, kwargs, message, monkeypatch):
@@ -490,6 +544,15 @@ def test_sdxl_arguments_on_a_stable_diffusion_pipeline_fail_before_any_work(sd_p
     with pytest.raises(ValueError, match=message):
         ours(prompt="a", num_inference_steps=2, **kwargs)
     assert not calls
+
+
+def test_a_refiner_has_no_second_prompt(monkeypatch) -> None:
+    """A refiner's only CLIP reads `prompt` (diffusers pairs prompts with the encoders it has
+    and drops `prompt_2` unread); ours says so instead."""
+    ours = CLIPConditionedPipeline(**refiner_parts())
+    monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(ValueError, match="`prompt_2` has no encoder to read it"):
+        ours("a", prompt_2="b", num_inference_steps=2)
 
 
 def test_a_refiner_refuses_the_base_models_target_size(monkeypatch) -> None:
