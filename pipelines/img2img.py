@@ -256,6 +256,12 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
             )
         batch = check_image(image, "image", self.vae_scale_factor, latent_channels)
         factor = self.vae_scale_factor
+        cells = (latent_channels, batch.height // factor, batch.width // factor)
+        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape[1:]) != cells):
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(
+                f"`latents` must have shape (n, {', '.join(map(str, cells))}) (the image's size), got {shape}"
+            )
         self._source = _Img2ImgCall(image, strength, denoising_start, batches=[("image", batch)])
         try:
             # 2.-8. The text-to-image call, with this pipeline's timesteps and starting latents
@@ -315,7 +321,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
             shape = (images_count, self.vae.config.latent_channels, height // self.vae_scale_factor)
             shape += (width // self.vae_scale_factor,)
             if tuple(latents.shape) != shape:
-                raise ValueError(f"`latents` must have shape {shape} (the image's size), got {tuple(latents.shape)}")
+                raise ValueError(f"`latents` must have shape {shape} (one row per output), got {tuple(latents.shape)}")
             return latents.to(device, dtype)
         image = self.image_processor.preprocess(self._source.image).to(device=device, dtype=dtype)
         if image.shape[1] == self.vae.config.latent_channels:
