@@ -130,12 +130,14 @@ IMG2IMG_CALLS = {
         crops_coords_top_left=(4, 8),
         target_size=(32, 40),
     ),
+    # img2img's negative rows: `negative_original_size` alone counts, with the positive crop
+    # (text-to-image would read neither)
     "negative_micro_conditioning": dict(
         prompt="a red circle",
         negative_prompt="blurry",
         strength=0.6,
+        crops_coords_top_left=(4, 8),
         negative_original_size=(16, 16),
-        negative_target_size=(24, 24),
     ),
     "denoising_end": dict(prompt="a red circle", strength=0.9, num_inference_steps=6, denoising_end=0.7),
     "denoising_start": dict(prompt="a red circle", image="latents", denoising_start=0.6, num_inference_steps=6),
