@@ -290,15 +290,12 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         source = None
         if not self._inpainting_unet or (latents is None and not full_strength) or image.shape[1] == channels:
             source = image.to(device=device, dtype=dtype)
-            source = (
-                source if source.shape[1] == channels else encode_images(self.vae, source, generator, upcast=upcast)
-            )
+            if source.shape[1] != channels:
+                source = encode_images(self.vae, source, generator, upcast=upcast)
             # copied with repeat even for one image, as diffusers' inpaint copies (image_latents.tile_to)
             source = source.repeat(images_count // source.shape[0], 1, 1, 1)
-        if continued:
-            noise = randn_tensor(
-                shape, generator=generator, device=device, dtype=dtype
-            )  # the blend's, drawn as diffusers
+        if continued:  # diffusers draws noise here too: the blend's, and the generator's state after it
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             latents = source
         elif latents is None:
             noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)

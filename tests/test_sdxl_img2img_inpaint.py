@@ -449,6 +449,29 @@ def test_from_pipe_moves_between_sdxl_tasks_without_copies() -> None:
         assert as_equal(run(quiet(our_class.from_pipe(start)), **settings), run(peer, **settings))
 
 
+@pytest.mark.parametrize("saved", ["inpainting_unet", "refiner"])
+def test_from_pretrained_of_saved_sdxl_folders(refiner_parts, saved, tmp_path) -> None:
+    """A saved StableDiffusionXLInpaintPipeline (9-channel UNet) and a saved refiner
+    StableDiffusionXLImg2ImgPipeline (no first text encoder) load into ours: the images of
+    diffusers' pipeline loaded from the same folder (a loaded text encoder may pick another
+    attention kernel than a constructed one, so both sides load)."""
+    if saved == "refiner":
+        peer_class, our_class, parts = StableDiffusionXLImg2ImgPipeline, CLIPConditionedImg2ImgPipeline, refiner_parts
+        peer = quiet(peer_class(**parts, add_watermarker=False, requires_aesthetics_score=True))
+        settings = dict(prompt="a red circle", image=source_image(), strength=0.6)
+    else:
+        peer_class, our_class = StableDiffusionXLInpaintPipeline, CLIPConditionedInpaintPipeline
+        peer = quiet(peer_class(**base_parts(9), add_watermarker=False))
+        settings = dict(prompt="a red circle", image=source_image(), mask_image=box_mask())
+    peer.save_pretrained(tmp_path)
+    # A refiner's folder names no first text encoder; ours lists `text_encoder` and `tokenizer`
+    # as required (as Stable Diffusion does), so they are passed as None, as diffusers allows.
+    absent = dict(text_encoder=None, tokenizer=None) if saved == "refiner" else {}
+    loaded = quiet(our_class.from_pretrained(tmp_path, **absent))
+    assert loaded.config.recipe == "sdxl" and loaded.config.requires_aesthetics_score is (saved == "refiner")
+    assert as_equal(run(loaded, **settings), run(quiet(peer_class.from_pretrained(tmp_path)), **settings))
+
+
 # ---------------------------------------------------------------- bad input, before any work
 
 
