@@ -12,7 +12,9 @@ pipelines run, as diffusers' `encode_prompt` does), and what the difference is p
 img2img and inpainting: `CLIPConditionedImg2ImgPipeline` / `StableDiffusionImg2ImgPipeline`
 (strength 0.75) and `CLIPConditionedInpaintPipeline` / `StableDiffusionInpaintPipeline` with
 the same plain UNet (the mask blend) and with an inpainting UNet of 9 input channels (the same
-shapes otherwise, seed 1), on a random source image and a box mask.
+shapes otherwise, seed 1), on a random source image and a box mask. The SDXL rows end with the
+same img2img and inpainting rows against `StableDiffusionXLImg2ImgPipeline` and
+`StableDiffusionXLInpaintPipeline` (guidance 5.0).
 
 The SDXL rows (`--family sdxl` or `both`, the default; CPU-sized whatever `--size` says):
 SDXL-shaped components scaled down: a three-level UNet (channels 32/64/128, two layers per
@@ -243,6 +245,7 @@ def sdxl_rows(steps: int, repeats: int) -> list[str]:
         f"ratio ours/peer: **{median['ours'] / median['peer']:.3f}** with the cache, "
         f"**{median['ours_uncached'] / median['peer']:.3f}** without (goal <= 1.02)",
         "",
+        *image_task_rows(parts, prompt, negative, steps, False, repeats, family="sdxl"),
     ]
 
 
@@ -412,14 +415,30 @@ def text_batch_rows(
     ]
 
 
-def image_task_rows(parts: dict, prompt: str, negative: str, steps: int, on_gpu: bool, repeats: int) -> list[str]:
+def image_task_rows(
+    parts: dict, prompt: str, negative: str, steps: int, on_gpu: bool, repeats: int, family: str = "sd"
+) -> list[str]:
     """Seconds per image of our img2img and inpaint pipelines against diffusers' on the same
-    modules (alternating, medians of `repeats`), as markdown lines."""
+    modules (alternating, medians of `repeats`), as markdown lines. `family` "sd": against
+    StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline, guidance 7.5; "sdxl" (SDXL
+    components): against their SDXL siblings, guidance 5.0, no watermark."""
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
+        UNet2DConditionModel,
+    )
 
     from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline
 
+    if family == "sdxl":
+        img2img_peer, inpaint_peer, guidance = StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, 5.0
+        peer_settings = dict(add_watermarker=False)
+    else:
+        img2img_peer, inpaint_peer, guidance = StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, 7.5
+        peer_settings = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     unet = parts["unet"]
     torch.manual_seed(1)
     inpainting_unet = UNet2DConditionModel(**{**unet.config, "in_channels": 9}).to(unet.device, unet.dtype).eval()
@@ -430,21 +449,21 @@ def image_task_rows(parts: dict, prompt: str, negative: str, steps: int, on_gpu:
     tasks = [
         (
             "img2img, strength 0.75",
-            StableDiffusionImg2ImgPipeline,
+            img2img_peer,
             CLIPConditionedImg2ImgPipeline,
             {},
             dict(strength=0.75),
         ),
         (
             "inpaint, plain UNet (mask blend)",
-            StableDiffusionInpaintPipeline,
+            inpaint_peer,
             CLIPConditionedInpaintPipeline,
             {},
             dict(mask_image=mask),
         ),
         (
             "inpaint, inpainting UNet (9 channels)",
-            StableDiffusionInpaintPipeline,
+            inpaint_peer,
             CLIPConditionedInpaintPipeline,
             dict(unet=inpainting_unet),
             dict(mask_image=mask),
@@ -452,9 +471,7 @@ def image_task_rows(parts: dict, prompt: str, negative: str, steps: int, on_gpu:
     ]
     rows, ratios = [], []
     for name, peer_class, our_class, swapped, call in tasks:
-        peer = peer_class(
-            **{**parts, **swapped}, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        peer = peer_class(**{**parts, **swapped}, **peer_settings)
         ours = our_class.from_pipe(peer)
         for pipe in (peer, ours):
             pipe.set_progress_bar_config(disable=True)
@@ -468,7 +485,7 @@ def image_task_rows(parts: dict, prompt: str, negative: str, steps: int, on_gpu:
                 image=source,
                 negative_prompt=negative,
                 num_inference_steps=steps,
-                guidance_scale=7.5,
+                guidance_scale=guidance,
                 generator=torch.Generator().manual_seed(0),
                 output_type="np",
                 **call,
@@ -484,8 +501,9 @@ def image_task_rows(parts: dict, prompt: str, negative: str, steps: int, on_gpu:
         ratio = median["ours"] / median["peer"]
         rows.append(f"| {name} | {median['ours']:.3f} | {median['peer']:.3f} | {ratio:.3f} |")
         ratios.append(ratio)
+    peers = "their SDXL siblings" if family == "sdxl" else "diffusers' pipelines"
     return [
-        f"img2img and inpainting against diffusers' pipelines on the same modules (medians of {repeats} alternating "
+        f"img2img and inpainting against {peers} on the same modules (medians of {repeats} alternating "
         "runs, embedding cache on):",
         "",
         "| task | ours (s per image) | diffusers (s per image) | ratio |",

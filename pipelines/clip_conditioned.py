@@ -726,7 +726,7 @@ class CLIPConditionedPipeline(
         added = None
         if self.reads_time_ids:
             check_added_width(self.unet, rows.pooled.shape[-1], requires_aesthetics_score)
-            ids, negative_ids = sizes.time_ids(height, width, requires_aesthetics_score, dtype)
+            ids, negative_ids = self._time_ids(sizes, height, width, requires_aesthetics_score, dtype)
             unconditional = plan.unconditional_rows() if plan is not None else images_count * (negative is not None)
             time_ids = torch.cat([negative_ids.repeat(unconditional, 1), ids.repeat(len(context) - unconditional, 1)])
             added = {"text_embeds": rows.pooled, "time_ids": time_ids.to(device)}
@@ -764,8 +764,6 @@ class CLIPConditionedPipeline(
             timestep_cond = StableDiffusionPipeline.get_guidance_scale_embedding(
                 self, scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
-        if self.reads_time_ids and hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)  # as SDXL's pipeline
 
         # 7. Denoising loop
         self._num_timesteps = len(schedule)
@@ -867,6 +865,9 @@ class CLIPConditionedPipeline(
             self.scheduler, num_inference_steps, device, timesteps, sigmas
         )
         guard_timesteps(self.scheduler, num_inference_steps)
+        if self.reads_time_ids and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)  # as SDXL's pipeline
+        schedule, num_inference_steps = self._start_of_schedule(schedule, num_inference_steps)
         denoising_end = self._denoising_end
         if denoising_end is not None and denoising_end < 1:  # SDXL's: the first part of the schedule only
             total = self.scheduler.config.num_train_timesteps
@@ -874,6 +875,17 @@ class CLIPConditionedPipeline(
             num_inference_steps = len([t for t in schedule if t >= cutoff])
             schedule = schedule[:num_inference_steps]
         return schedule, num_inference_steps
+
+    def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
+        """The part of the set schedule the call runs from, and its number of steps (all of it
+        in text-to-image; `denoising_end` then cuts its end)."""
+        return schedule, num_inference_steps
+
+    def _time_ids(
+        self, sizes: SizeConditioning, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL's (positive, negative) time ids, (1, 6 or 5) each, for `height` x `width` outputs."""
+        return sizes.time_ids(height, width, requires_aesthetics_score, dtype)
 
     def _prepare_latents(
         self,
@@ -887,8 +899,8 @@ class CLIPConditionedPipeline(
         latents: torch.Tensor | None,
     ) -> torch.Tensor:
         """The starting latents (images_count, channels, height / vae factor, width / vae factor):
-        the given ones or noise, scaled by the scheduler's initial sigma. (`schedule`, the
-        timesteps the loop runs, tells img2img how much noise to add.)"""
+        the given ones or noise, scaled by the scheduler's initial sigma (`schedule`: the
+        timesteps the loop runs)."""
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
         shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)

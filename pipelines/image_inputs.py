@@ -85,6 +85,53 @@ def check_strength(strength: Any) -> float:
     return float(strength)
 
 
+def check_denoising_start(denoising_start: Any, strength: Any, denoising_end: Any, reads_time_ids: bool) -> None:
+    """SDXL's `denoising_start`: the fraction of the schedule already run by another model (the
+    base of a base + refiner run, which stopped at its `denoising_end`); the source image is
+    then that model's latents and gets no noise added.
+
+    Args:
+        denoising_start: the argument (None: not given).
+        strength: the call's `strength` as given (None: not given); diffusers ignores it when
+            `denoising_start` is given.
+        denoising_end: the call's `denoising_end` (None: not given).
+        reads_time_ids: the UNet is SDXL-class.
+
+    Raises:
+        ValueError: `denoising_start` for a UNet that is not SDXL-class, outside (0, 1), with a
+            `strength`, or not below `denoising_end` (diffusers' condition).
+    """
+    if denoising_start is None:
+        return
+    if not reads_time_ids:
+        raise ValueError(
+            "`denoising_start` is SDXL's (the refiner's part of a base + refiner run), but this pipeline's UNet "
+            "reads no time ids (its addition_embed_type is not 'text_time'); use `strength`"
+        )
+    if (
+        isinstance(denoising_start, bool)
+        or not isinstance(denoising_start, (int, float))
+        or not 0 < denoising_start < 1
+    ):
+        raise ValueError(f"`denoising_start` must be a fraction of the schedule in (0, 1), got {denoising_start!r}")
+    if strength is not None:
+        raise ValueError(
+            f"give `strength` or `denoising_start`, not both (got {strength!r} and {denoising_start!r}): "
+            "`denoising_start` sets where the schedule starts, and diffusers ignores `strength` then"
+        )
+    if denoising_end is not None and denoising_start >= denoising_end:
+        raise ValueError(
+            f"`denoising_start` {denoising_start} must be below `denoising_end` {denoising_end}: the call runs the "
+            "part of the schedule between them"
+        )
+
+
+def holds_latents(value: Any, latent_channels: int) -> bool:
+    """Whether a checked `image` argument is latents (tensors of `latent_channels` channels)."""
+    first = value[0] if isinstance(value, list) else value
+    return isinstance(first, torch.Tensor) and first.ndim in (3, 4) and first.shape[-3] == latent_channels
+
+
 def steps_after_strength(num_inference_steps: int, strength: float) -> int:
     """How many of `num_inference_steps` run at `strength` (the last ones): diffusers'
     `get_timesteps`, `min(int(steps * strength), steps)`.
@@ -181,9 +228,11 @@ def _mask_size(item: Any, name: str) -> tuple[int, tuple[int, int]]:
 __all__ = [
     "ImageBatch",
     "check_batch_fits",
+    "check_denoising_start",
     "check_image",
     "check_mask",
     "check_mask_fits",
     "check_strength",
+    "holds_latents",
     "steps_after_strength",
 ]

@@ -16,7 +16,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from clipcond.pipelines.image_inputs import steps_after_strength
 
 
-def encode_images(vae: Any, images: torch.Tensor, generator: Any) -> torch.Tensor:
+def encode_images(
+    vae: Any, images: torch.Tensor, generator: Any, *, upcast: bool = False, standardise: bool = False
+) -> torch.Tensor:
     """Latents of `images`: `scaling_factor` x a sample of the VAE posterior.
 
     Args:
@@ -24,15 +26,41 @@ def encode_images(vae: Any, images: torch.Tensor, generator: Any) -> torch.Tenso
         images: (n, 3, H, W) in [-1, 1].
         generator: a `torch.Generator`, None, or a list of them: image i is then sampled with
             generator i (as diffusers' `_encode_vae_image`, image by image).
+        upcast: as SDXL's img2img and inpaint pipelines: a VAE whose config says `force_upcast`
+            (a float16 VAE overflows) encodes float32 images in float32; the VAE then returns
+            to its own dtype (diffusers casts it to the prompt embeddings' dtype, the same one
+            unless the pipeline mixes dtypes) and the latents come back in `images`' dtype.
+        standardise: as SDXL's img2img pipeline (not its inpaint one): a VAE with
+            `latents_mean` and `latents_std` in its config gives (sample - mean) x
+            scaling_factor / std instead.
 
     Returns:
         (n, latent_channels, H / vae factor, W / vae factor).
     """
-    if isinstance(generator, list):
-        latents = [retrieve_latents(vae.encode(images[i : i + 1]), generator=generator[i]) for i in range(len(images))]
-        latents = torch.cat(latents)
-    else:
-        latents = retrieve_latents(vae.encode(images), generator=generator)
+    dtype, vae_dtype = images.dtype, vae.dtype
+    forced = upcast and bool(vae.config.get("force_upcast", False))
+    if forced:
+        images = images.float()
+        vae.to(dtype=torch.float32)
+    try:
+        if isinstance(generator, list):
+            latents = [
+                retrieve_latents(vae.encode(images[i : i + 1]), generator=generator[i]) for i in range(len(images))
+            ]
+            latents = torch.cat(latents)
+        else:
+            latents = retrieve_latents(vae.encode(images), generator=generator)
+    finally:
+        if forced:
+            vae.to(dtype=vae_dtype)
+    if upcast:  # SDXL's pipelines return the latents in the images' dtype, upcast or not
+        latents = latents.to(dtype)
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if standardise and mean is not None and std is not None:
+        shape = (1, latents.shape[1], 1, 1)
+        mean = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
+        return (latents - mean) * vae.config.scaling_factor / std
     return vae.config.scaling_factor * latents
 
 

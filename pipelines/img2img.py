@@ -1,11 +1,15 @@
-"""`CLIPConditionedImg2ImgPipeline`: image + prompt -> image, as `StableDiffusionImg2ImgPipeline`.
+"""`CLIPConditionedImg2ImgPipeline`: image + prompt -> image, as `StableDiffusionImg2ImgPipeline`
+and, on an SDXL-class UNet, as `StableDiffusionXLImg2ImgPipeline` (the refiner included).
 
 A sibling of `CLIPConditionedPipeline` with the same components and config, so `from_pipe`
-moves between them (and from diffusers' SD pipelines) without copying a module. It runs the
-text-to-image `__call__` and changes two of its steps: the timesteps (only the last
-`strength` share runs) and the starting latents (the source image's, noised to the first
-timestep kept). Text encoding (weights, long prompts, BREAK, the cache, clip_skip, textual
+moves between them (and from diffusers' SD and SDXL pipelines) without copying a module. It
+runs the text-to-image `__call__` and changes its steps: where the schedule starts (the last
+`strength` share, or SDXL's `denoising_start`), the starting latents (the source image's,
+noised to the first timestep kept) and, for SDXL, the negative time ids (img2img's rule,
+`sdxl_time_ids`). Text encoding (weights, long prompts, BREAK, the cache, clip_skip, textual
 inversion, LoRA scale), guidance and the callbacks are the text-to-image pipeline's own code.
+One class for both families, as for text-to-image: the UNet's config decides, and SDXL adds
+arguments without changing a step of the SD path.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
@@ -22,18 +29,21 @@ from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
 from clipcond.pipelines.image_inputs import (
     ImageBatch,
     check_batch_fits,
+    check_denoising_start,
     check_image,
     check_strength,
     steps_after_strength,
 )
 from clipcond.pipelines.image_latents import encode_images, start_at_strength
+from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 
 
 class SourceImageSteps:
     """What img2img and inpainting share, a mixin before `CLIPConditionedPipeline`: only the
-    last `strength` share of the schedule runs (diffusers' `get_timesteps`), and the source
-    images must divide the outputs. The running call's arguments are `self._source`, with
-    `strength` and `batches` ((argument name, ImageBatch) pairs)."""
+    last `strength` share of the schedule runs (diffusers' `get_timesteps`), or, for SDXL, the
+    part after `denoising_start`; the source images must divide the outputs; SDXL's negative
+    time ids follow diffusers' img2img rule. The running call's arguments are `self._source`,
+    with `strength`, `denoising_start` and `batches` ((argument name, ImageBatch) pairs)."""
 
     def check_inputs(
         self,
@@ -48,16 +58,7 @@ class SourceImageSteps:
         generator: Any,
         output_type: str,
     ) -> int:
-        """The text-to-image checks, then: each source argument's images divide the outputs.
-        SDXL-class UNets are refused here (their img2img time ids and `denoising_start` are not
-        built yet)."""
-        if self.reads_time_ids:
-            raise ValueError(
-                f"{type(self).__name__} takes SD-class UNets; this UNet reads SDXL's time ids "
-                "(addition_embed_type 'text_time'), which it does not support yet: use diffusers' "
-                "StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline with "
-                "`TextConditioner.from_pipeline(pipe).pipeline_kwargs(...)`"
-            )
+        """The text-to-image checks, then: each source argument's images divide the outputs."""
         count = super().check_inputs(
             prompt,
             negative_prompt,
@@ -75,15 +76,46 @@ class SourceImageSteps:
         return count
 
     def _steps_to_run(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
-        return steps_after_strength(
-            super()._steps_to_run(num_inference_steps, timesteps, sigmas), self._source.strength
-        )
+        """The steps after `strength` or `denoising_start` (what prompt editing's `when` counts).
 
-    def _prepare_timesteps(
-        self, num_inference_steps: int | None, device: torch.device, timesteps: Any, sigmas: Any
-    ) -> tuple[torch.Tensor, int]:
-        schedule, steps = super()._prepare_timesteps(num_inference_steps, device, timesteps, sigmas)
-        return start_at_strength(self.scheduler, schedule, steps, self._source.strength)
+        Raises:
+            ValueError: none would run.
+        """
+        denoising_start = self._source.denoising_start
+        if denoising_start is None:
+            return steps_after_strength(
+                super()._steps_to_run(num_inference_steps, timesteps, sigmas), self._source.strength
+            )
+        # Where `denoising_start` cuts depends on the timesteps themselves: set them here (the
+        # call sets them again) and count as diffusers' `get_timesteps` does.
+        _, steps = retrieve_timesteps(self.scheduler, num_inference_steps, None, timesteps, sigmas)
+        _, kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(self, steps, 1.0, None, denoising_start)
+        if kept < 1:
+            raise ValueError(
+                f"`denoising_start` {denoising_start} leaves none of the {steps} steps to run; lower it or raise "
+                "`num_inference_steps`"
+            )
+        return kept
+
+    def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
+        """The last `strength` share of the schedule, or the steps after `denoising_start`
+        (diffusers' SDXL `get_timesteps`, called: a second-order scheduler keeps whole pairs).
+        Its first timestep is kept in `self._source.start`: the source is noised to it even
+        when `denoising_end` then leaves no step, as in diffusers."""
+        denoising_start = self._source.denoising_start
+        if denoising_start is None:
+            kept = start_at_strength(self.scheduler, schedule, num_inference_steps, self._source.strength)
+        else:
+            kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(
+                self, num_inference_steps, 1.0, schedule.device, denoising_start
+            )
+        self._source.start = kept[0][:1]  # (1,)
+        return kept
+
+    def _time_ids(
+        self, sizes: SizeConditioning, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sizes.time_ids(height, width, requires_aesthetics_score, dtype, from_image=True)
 
     def _latent_channels(self) -> int:
         """The VAE's latent channels; refuses a pipeline without a VAE (img2img and inpainting
@@ -97,6 +129,18 @@ class SourceImageSteps:
         coordinates = COORDINATE_CHANNELS if self.config.get("coordinate_channels", False) else 0
         return self.unet.config.in_channels - coordinates
 
+    def _strength(self, strength: Any, denoising_start: Any, denoising_end: Any, sd: float, sdxl: float) -> float:
+        """`strength` checked, None resolved to the family's default (`sd` or `sdxl`, diffusers'
+        defaults of the peer pipelines); `denoising_start` checked with it.
+
+        Raises:
+            ValueError: as `check_strength` and `check_denoising_start`.
+        """
+        check_denoising_start(denoising_start, strength, denoising_end, self.reads_time_ids)
+        if strength is None:
+            return sdxl if self.reads_time_ids else sd
+        return check_strength(strength)
+
 
 @dataclass
 class _Img2ImgCall:
@@ -104,15 +148,19 @@ class _Img2ImgCall:
 
     image: Any
     strength: float
+    denoising_start: float | None
     batches: list[tuple[str, ImageBatch]]
+    start: torch.Tensor | None = None  # (1,): the first timestep kept
 
 
 class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
     """Image + prompt -> image with a CLIP-conditioned UNet; `CLIPConditionedPipeline`'s
-    components and constructor (see there), `StableDiffusionImg2ImgPipeline`'s call.
+    components and constructor (see there), `StableDiffusionImg2ImgPipeline`'s call and, for an
+    SDXL-class UNet, `StableDiffusionXLImg2ImgPipeline`'s.
 
-    With recipe "sd" on a `StableDiffusionImg2ImgPipeline`'s components, images equal that
-    pipeline's bit for bit for the same generator (tests/test_img2img_inpaint.py).
+    On a `StableDiffusionImg2ImgPipeline`'s components (recipe "sd") or a
+    `StableDiffusionXLImg2ImgPipeline`'s (base or refiner), images equal that pipeline's bit for
+    bit for the same generator (tests/test_img2img_inpaint.py, tests/test_sdxl_img2img_inpaint.py).
     """
 
     @torch.no_grad()
@@ -120,11 +168,11 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         self,
         prompt: str | list[str] | None = None,
         image: Any = None,
-        strength: float = 0.8,
+        strength: float | None = None,
         num_inference_steps: int | None = 50,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
@@ -139,11 +187,25 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         guidance_rescale: float = 0.0,
         non_finite: str = "raise",
-    ) -> StableDiffusionPipelineOutput | tuple:
+        latents: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] | None = None,
+        negative_target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
+    ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Transform `image` as the prompt says.
 
-        The arguments are `StableDiffusionImg2ImgPipeline`'s, with the same meaning; the others
-        are `CLIPConditionedPipeline.__call__`'s (`guidance_rescale` and `non_finite` are ours).
+        The arguments are `StableDiffusionImg2ImgPipeline`'s (and, for an SDXL UNet,
+        `StableDiffusionXLImg2ImgPipeline`'s), with the same meaning; the others are
+        `CLIPConditionedPipeline.__call__`'s (`guidance_rescale` and `non_finite` are ours).
 
         Args:
             image: the source, `PipelineImageInput` (clipcond.pipelines.image_inputs): PIL,
@@ -153,17 +215,39 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 them that divides the outputs (repeated whole, as in diffusers).
             strength: in [0, 1]: how much noise is added to the source; only the last
                 int(num_inference_steps x strength) steps run (at least one must). 1 ignores
-                the source. Prompt editing's `when` counts the steps that run.
+                the source. None: diffusers' default, 0.8 (SD) or 0.3 (SDXL). Prompt editing's
+                `when` counts the steps that run.
+            guidance_scale: None: diffusers' default, 7.5 (SD) or 5.0 (SDXL).
+
+        SDXL only (refused for other UNets, before any work):
+            latents: (n, 4, H / 8, W / 8): the starting latents as they are (no noise is added
+                and the source is not encoded), as diffusers' SDXL img2img uses them.
+            pooled_prompt_embeds, negative_pooled_prompt_embeds, original_size,
+                crops_coords_top_left, target_size, their `negative_` versions,
+                aesthetic_score, negative_aesthetic_score: as in text-to-image; the negative
+                time ids follow diffusers' img2img rule (`sdxl_time_ids`), and a refiner's
+                scores default to 6.0 and 2.5.
+            denoising_start: in (0, 1): the fraction of the schedule another model ran (a base
+                pipeline called with `denoising_end` and output_type="latent", whose latents
+                are `image`): the steps after it run, and the source gets no noise. Replaces
+                `strength` (giving both is refused).
+            denoising_end: as in text-to-image (any UNet): stop after that fraction.
 
         Returns:
             As `CLIPConditionedPipeline.__call__`.
 
         Raises:
             ValueError, TypeError: bad arguments (among them an `image` of another type, a
-                `strength` outside [0, 1], an inpainting UNet), all before any work.
+                `strength` outside [0, 1], an inpainting UNet, `denoising_start` outside (0, 1)
+                or not below `denoising_end`), all before any work.
         """
         # 1. Check the source image; the text-to-image call checks the rest, all before any work
-        strength = check_strength(strength)
+        strength = self._strength(strength, denoising_start, denoising_end, sd=0.8, sdxl=0.3)
+        if latents is not None and not self.reads_time_ids:
+            raise ValueError(
+                "`latents` (the starting latents, used as they are) is SDXL img2img's; this pipeline's UNet is "
+                "not SDXL-class, and StableDiffusionImg2ImgPipeline takes no `latents`"
+            )
         latent_channels = self._latent_channels()
         if self._unet_image_channels() != latent_channels:
             raise ValueError(
@@ -172,7 +256,13 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
             )
         batch = check_image(image, "image", self.vae_scale_factor, latent_channels)
         factor = self.vae_scale_factor
-        self._source = _Img2ImgCall(image=image, strength=strength, batches=[("image", batch)])
+        cells = (latent_channels, batch.height // factor, batch.width // factor)
+        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape[1:]) != cells):
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(
+                f"`latents` must have shape (n, {', '.join(map(str, cells))}) (the image's size), got {shape}"
+            )
+        self._source = _Img2ImgCall(image, strength, denoising_start, batches=[("image", batch)])
         try:
             # 2.-8. The text-to-image call, with this pipeline's timesteps and starting latents
             return super().__call__(
@@ -184,6 +274,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 width=batch.width - batch.width % factor,
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,
+                latents=latents,
                 output_type=output_type,
                 return_dict=return_dict,
                 prompt_embeds=prompt_embeds,
@@ -197,6 +288,17 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 clip_skip=clip_skip,
                 non_finite=non_finite,
+                pooled_prompt_embeds=pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                denoising_end=denoising_end,
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                target_size=target_size,
+                negative_original_size=negative_original_size,
+                negative_crops_coords_top_left=negative_crops_coords_top_left,
+                negative_target_size=negative_target_size,
+                aesthetic_score=aesthetic_score,
+                negative_aesthetic_score=negative_aesthetic_score,
             )
         finally:
             self._source = None  # no reference to the caller's images after the call
@@ -213,18 +315,28 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         latents: torch.Tensor | None,
     ) -> torch.Tensor:
         """The source's latents noised to the first timestep kept (images_count, 4, h, w), in
-        diffusers' order of random draws: the VAE's sample, then the noise."""
+        diffusers' order of random draws: the VAE's sample, then the noise. SDXL: given
+        `latents` as they are; after `denoising_start` the source's latents without noise."""
+        if latents is not None:
+            shape = (images_count, self.vae.config.latent_channels, height // self.vae_scale_factor)
+            shape += (width // self.vae_scale_factor,)
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"`latents` must have shape {shape} (one row per output), got {tuple(latents.shape)}")
+            return latents.to(device, dtype)
         image = self.image_processor.preprocess(self._source.image).to(device=device, dtype=dtype)
         if image.shape[1] == self.vae.config.latent_channels:
             source = image
         else:
             if isinstance(generator, list):  # one generator per output: each encodes its own copy
                 image = torch.cat([image] * (images_count // image.shape[0]))
-            source = encode_images(self.vae, image, generator)
+            sdxl = self.reads_time_ids
+            source = encode_images(self.vae, image, generator, upcast=sdxl, standardise=sdxl)
         # (images_count, 4, h, w), copied with torch.cat as diffusers' img2img copies (image_latents.tile_to)
         source = torch.cat([source] * (images_count // source.shape[0]))
+        if self._source.denoising_start is not None:
+            return source  # another model's latents, already as noisy as this point of the schedule
         noise = randn_tensor(source.shape, generator=generator, device=device, dtype=dtype)
-        return self.scheduler.add_noise(source, noise, schedule[:1].repeat(images_count))
+        return self.scheduler.add_noise(source, noise, self._source.start.repeat(images_count))
 
 
 __all__ = ["CLIPConditionedImg2ImgPipeline", "SourceImageSteps"]

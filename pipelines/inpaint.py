@@ -1,11 +1,12 @@
 """`CLIPConditionedInpaintPipeline`: image + mask + prompt -> image, as
-`StableDiffusionInpaintPipeline`.
+`StableDiffusionInpaintPipeline` and, on an SDXL-class UNet, `StableDiffusionXLInpaintPipeline`.
 
 A sibling of `CLIPConditionedPipeline` (the same components, so `from_pipe` moves between
-them without copies) that runs the text-to-image `__call__` with four of its steps changed:
-the timesteps (the last `strength` share, as img2img), the starting latents (noise, or the
-source noised when strength < 1), the UNet's input, and the latents after each step. Two
-kinds of UNet, told apart by their input channels:
+them without copies) that runs the text-to-image `__call__` with its steps changed: the
+timesteps (the last `strength` share, or SDXL's `denoising_start`, as img2img), the starting
+latents (noise, or the source noised when strength < 1, or the source as it is after
+`denoising_start`), SDXL's negative time ids (img2img's rule), the UNet's input, and the
+latents after each step. Two kinds of UNet, told apart by their input channels:
 
     inpainting UNet (9 = 4 + 1 + 4): reads the latents, the mask and the masked source's
         latents, concatenated on the channel axis;
@@ -22,10 +23,11 @@ import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-from clipcond.pipelines.image_inputs import ImageBatch, check_image, check_mask, check_mask_fits, check_strength
+from clipcond.pipelines.image_inputs import ImageBatch, check_image, check_mask, check_mask_fits, holds_latents
 from clipcond.pipelines.image_latents import encode_images, tile_to
 from clipcond.pipelines.img2img import SourceImageSteps
 
@@ -38,9 +40,11 @@ class _InpaintCall:
     mask_image: Any
     masked_image_latents: torch.Tensor | None
     strength: float
+    denoising_start: float | None
     padding_mask_crop: int | None
     batches: list[tuple[str, ImageBatch]]
     crop: tuple[int, int, int, int] | None = None
+    start: torch.Tensor | None = None  # (1,): the first timestep kept (SourceImageSteps)
     blend_source: tuple[torch.Tensor, torch.Tensor] | None = None  # (source latents, noise), plain UNet
 
 
@@ -51,7 +55,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
 
     With recipe "sd" on a `StableDiffusionInpaintPipeline`'s components (an inpainting UNet of
     9 input channels, or a plain one of 4), images equal that pipeline's bit for bit for the
-    same generator (tests/test_img2img_inpaint.py).
+    same generator (tests/test_img2img_inpaint.py); on a `StableDiffusionXLInpaintPipeline`'s
+    (base, 9 or 4 channels, or refiner), that pipeline's (tests/test_sdxl_img2img_inpaint.py).
     """
 
     # As in StableDiffusionInpaintPipeline, callbacks may read and replace the mask and the
@@ -79,7 +84,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         height: int | None = None,
         width: int | None = None,
         padding_mask_crop: int | None = None,
-        strength: float = 1.0,
+        strength: float | None = None,
         num_inference_steps: int | None = 50,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
@@ -99,11 +104,24 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         guidance_rescale: float = 0.0,
         non_finite: str = "raise",
-    ) -> StableDiffusionPipelineOutput | tuple:
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] | None = None,
+        negative_target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
+    ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Repaint the white part of `mask_image` in `image`.
 
-        The arguments are `StableDiffusionInpaintPipeline`'s, with the same meaning; the others
-        are `CLIPConditionedPipeline.__call__`'s (`guidance_rescale` and `non_finite` are ours).
+        The arguments are `StableDiffusionInpaintPipeline`'s (and, for an SDXL UNet,
+        `StableDiffusionXLInpaintPipeline`'s), with the same meaning; the others are
+        `CLIPConditionedPipeline.__call__`'s (`guidance_rescale` and `non_finite` are ours).
 
         Args:
             image: the source, as for `CLIPConditionedImg2ImgPipeline`; resized to
@@ -115,10 +133,18 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 encoded (skips encoding it).
             padding_mask_crop: repaint only a crop around the mask, this many pixels wider on
                 each side, and paste it back into the source (PIL image and mask, "pil" output).
-            strength: in [0, 1] (default 1: start from noise); below 1 only the last
-                int(num_inference_steps x strength) steps run, from the noised source.
+            strength: in [0, 1]; 1 starts from noise; below 1 only the last
+                int(num_inference_steps x strength) steps run, from the noised source. None:
+                diffusers' default, 1.0 (SD) or 0.9999 (SDXL, which so runs 49 of 50 steps,
+                from the source noised to the first of them).
             latents: (n, 4, height / 8, width / 8) starting noise, used as diffusers uses it
                 (it replaces the noised source, whatever the strength).
+
+        SDXL only (refused for other UNets, before any work): the pooled embeddings, the
+        micro-conditioning, `denoising_start` and `denoising_end`, as
+        `CLIPConditionedImg2ImgPipeline.__call__` takes them. After `denoising_start`, `image`
+        is usually the base pipeline's latents (output_type="latent"); an inpainting UNet
+        then needs `masked_image_latents` too.
 
         Returns:
             As `CLIPConditionedPipeline.__call__`.
@@ -130,7 +156,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         """
         # 1. Check the source, the mask and the UNet; the text-to-image call checks the rest,
         #    all before any work
-        strength = check_strength(strength)
+        strength = self._strength(strength, denoising_start, denoising_end, sd=1.0, sdxl=0.9999)
         latent_channels = self._latent_channels()
         unet_channels = self._unet_image_channels()
         if unet_channels not in (latent_channels, 2 * latent_channels + 1):
@@ -142,6 +168,16 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
             unet = "an inpainting UNet" if unet_channels != latent_channels else "inpainting"
             raise ValueError(f"{unet} needs `mask_image` (white: repaint, black: keep); none was given")
         source = check_image(image, "image", self.vae_scale_factor, latent_channels)
+        if unet_channels != latent_channels and masked_image_latents is None and holds_latents(image, latent_channels):
+            raise ValueError(
+                "an inpainting UNet reads the masked source, which latents cannot be masked into: with `image` as "
+                "latents give `masked_image_latents` too"
+            )
+        if latents is not None and denoising_start is not None:
+            raise ValueError(
+                "`latents` and `denoising_start` cannot go together: after `denoising_start` the call starts from "
+                "`image` (the first model's latents), and diffusers ignores `latents`"
+            )
         mask = check_mask(mask_image)
         check_mask_fits(source, mask)
         batches = [("image", source), ("mask_image", mask)]
@@ -153,7 +189,9 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
             batches.append(("masked_image_latents", ImageBatch(count, height_cells * cells, width_cells * cells)))
         if padding_mask_crop is not None:
             self._check_padding_mask_crop(padding_mask_crop, image, mask_image, output_type)
-        self._source = _InpaintCall(image, mask_image, masked_image_latents, strength, padding_mask_crop, batches)
+        self._source = _InpaintCall(
+            image, mask_image, masked_image_latents, strength, denoising_start, padding_mask_crop, batches
+        )
         try:
             # 2.-8. The text-to-image call, with this pipeline's timesteps, latents, UNet input
             #    and blend
@@ -180,6 +218,17 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 clip_skip=clip_skip,
                 non_finite=non_finite,
+                pooled_prompt_embeds=pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                denoising_end=denoising_end,
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                target_size=target_size,
+                negative_original_size=negative_original_size,
+                negative_crops_coords_top_left=negative_crops_coords_top_left,
+                negative_target_size=negative_target_size,
+                aesthetic_score=aesthetic_score,
+                negative_aesthetic_score=negative_aesthetic_score,
             )
             # 9. Paste a cropped repaint back into the source
             if padding_mask_crop is not None:
@@ -189,7 +238,9 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 ]
         finally:
             self._source = None  # no reference to the caller's images after the call
-        return output if return_dict else (output.images, output.nsfw_content_detected)
+        if return_dict:
+            return output
+        return (output.images,) if self.reads_time_ids else (output.images, output.nsfw_content_detected)
 
     @staticmethod
     def _check_padding_mask_crop(padding_mask_crop: Any, image: Any, mask_image: Any, output_type: str) -> None:
@@ -219,8 +270,10 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         latents: torch.Tensor | None,
     ) -> torch.Tensor:
         """The starting latents (images_count, 4, h, w), and the mask (images_count, 1, h, w)
-        and masked source latents (images_count, 4, h, w) the loop reads; random draws in
-        diffusers' order: the source's VAE sample, the noise, the masked source's VAE sample."""
+        and masked source latents (images_count, 4, h, w; None for a source given as latents
+        without them, which only a plain UNet takes) the loop reads; random draws in
+        diffusers' order: the source's VAE sample, the noise, the masked source's VAE sample.
+        After SDXL's `denoising_start` the source's latents are the start, as they are."""
         call = self._source
         resize_mode = "default"
         if call.padding_mask_crop is not None:
@@ -232,18 +285,24 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         channels, factor = self.vae.config.latent_channels, self.vae_scale_factor
         shape = (images_count, channels, height // factor, width // factor)
         full_strength = call.strength == 1.0
+        continued = call.denoising_start is not None  # latents another model left at this point of the schedule
+        upcast = self.reads_time_ids  # SDXL's pipelines encode in float32 when the VAE asks for it
         source = None
-        if not self._inpainting_unet or (latents is None and not full_strength):
+        if not self._inpainting_unet or (latents is None and not full_strength) or image.shape[1] == channels:
             source = image.to(device=device, dtype=dtype)
-            source = source if source.shape[1] == channels else encode_images(self.vae, source, generator)
+            if source.shape[1] != channels:
+                source = encode_images(self.vae, source, generator, upcast=upcast)
             # copied with repeat even for one image, as diffusers' inpaint copies (image_latents.tile_to)
             source = source.repeat(images_count // source.shape[0], 1, 1, 1)
-        if latents is None:
+        if continued:  # diffusers draws noise here too: the blend's, and the generator's state after it
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = source
+        elif latents is None:
             noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             if full_strength:
                 latents = noise * self.scheduler.init_noise_sigma
             else:
-                latents = self.scheduler.add_noise(source, noise, schedule[:1].repeat(images_count))
+                latents = self.scheduler.add_noise(source, noise, call.start.repeat(images_count))
         else:
             if tuple(latents.shape) != shape:
                 raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
@@ -253,12 +312,17 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
             call.blend_source = (source, noise)
         # The mask at latent size, and the masked source's latents
         mask = self.mask_processor.preprocess(call.mask_image, **size)  # (n, 1, height, width) in {0, 1}
-        masked = image * (mask < 0.5) if call.masked_image_latents is None else call.masked_image_latents
+        masked = call.masked_image_latents
+        if masked is None and image.shape[1] != channels:  # latents cannot be masked (a plain UNet needs none)
+            masked = image * (mask < 0.5)
         mask = torch.nn.functional.interpolate(mask, size=shape[-2:]).to(device=device, dtype=dtype)
-        masked = masked.to(device=device, dtype=dtype)
-        masked = masked if masked.shape[1] == channels else encode_images(self.vae, masked, generator)
         self._loop_tensors["mask"] = tile_to(mask, images_count)
-        self._loop_tensors["masked_image_latents"] = tile_to(masked, images_count).to(device=device, dtype=dtype)
+        self._loop_tensors["masked_image_latents"] = None
+        if masked is not None:
+            masked = masked.to(device=device, dtype=dtype)
+            if masked.shape[1] != channels:
+                masked = encode_images(self.vae, masked, generator, upcast=upcast)
+            self._loop_tensors["masked_image_latents"] = tile_to(masked, images_count).to(device=device, dtype=dtype)
         return latents
 
     def _unet_input(self, model_input: torch.Tensor, rows: Any) -> torch.Tensor:

@@ -8,7 +8,11 @@ the negative rows follow diffusers, so that images equal `StableDiffusionXLPipel
 - base model: the negative rows read `negative_original_size`, `negative_crops_coords_top_left`
   and `negative_target_size` only when both negative sizes are given (as diffusers'
   text-to-image pipeline), and the positive ids otherwise;
-- refiner: the negative rows read `negative_original_size` (default: `original_size`),
+- base model in img2img and inpainting (as diffusers' SDXL img2img and inpaint pipelines): the
+  negative rows read `negative_original_size` (default: `original_size`), the positive
+  `crops_coords_top_left` (diffusers' img2img reads no `negative_crops_coords_top_left` for a
+  base model; kept, so that images equal its) and `negative_target_size` (default: `target_size`);
+- refiner, in every task: the negative rows read `negative_original_size` (default: `original_size`),
   `negative_crops_coords_top_left` (default (0, 0)) and `negative_aesthetic_score` (as
   diffusers' SDXL img2img pipeline, whose `requires_aesthetics_score` this is).
 """
@@ -82,10 +86,16 @@ class SizeConditioning:
                 raise TypeError(f"`{name}` must be a pair of ints (in pixels), got {value!r}")
 
     def time_ids(
-        self, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
+        self,
+        height: int,
+        width: int,
+        requires_aesthetics_score: bool,
+        dtype: torch.dtype,
+        from_image: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(positive, negative) time ids, (1, 6) each for a base model, (1, 5) for a refiner,
-        for an image of `height` x `width` pixels."""
+        for an image of `height` x `width` pixels; `from_image`: img2img's and inpainting's
+        negative rows for a base model (module docstring)."""
         original = tuple(self.original_size or (height, width))
         crops = tuple(self.crops_coords_top_left or (0, 0))
         negative_crops = tuple(self.negative_crops_coords_top_left or (0, 0))
@@ -95,9 +105,13 @@ class SizeConditioning:
             positive = original + crops + (score,)
             negative = tuple(self.negative_original_size or original) + negative_crops + (negative_score,)
         else:
-            positive = original + crops + tuple(self.target_size or (height, width))
+            target = tuple(self.target_size or (height, width))
+            positive = original + crops + target
             negative = positive
-            if self.negative_original_size is not None and self.negative_target_size is not None:
+            if from_image:
+                negative_original = tuple(self.negative_original_size or original)
+                negative = negative_original + crops + tuple(self.negative_target_size or target)
+            elif self.negative_original_size is not None and self.negative_target_size is not None:
                 negative = tuple(self.negative_original_size) + negative_crops + tuple(self.negative_target_size)
         return torch.tensor([positive], dtype=dtype), torch.tensor([negative], dtype=dtype)
 

@@ -416,22 +416,3 @@ def test_bad_input_fails_before_any_work(task, kwargs, error, message, monkeypat
     with pytest.raises(error, match=message):
         pipe(**settings)
     assert not calls
-
-
-@pytest.mark.parametrize("task", ["img2img", "inpaint"])
-def test_an_sdxl_unet_is_refused_before_any_work(task) -> None:
-    """SDXL img2img and inpainting are not built: a clear error naming the class and the peer to
-    use, not a shape error from deep inside the UNet."""
-    from tiny_pipelines import build_sdxl
-
-    sdxl = build_sdxl()
-    pipe_class = CLIPConditionedImg2ImgPipeline if task == "img2img" else CLIPConditionedInpaintPipeline
-    pipe = pipe_class.from_pipe(sdxl)
-    calls = []
-    pipe.unet.register_forward_hook(lambda *_: calls.append(1))
-    settings = dict(prompt="a red circle", image=torch.rand(1, 3, 32, 32), num_inference_steps=2)
-    if task == "inpaint":
-        settings["mask_image"] = torch.ones(1, 1, 32, 32)
-    with pytest.raises(ValueError, match=f"{pipe_class.__name__} takes SD-class UNets.*StableDiffusionXL"):
-        pipe(**settings)
-    assert not calls

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from tiny_pipelines import WIDTH, build_sdxl, clip_text_model
+from tiny_pipelines import WIDTH, build_sdxl, clip_text_model, sdxl_refiner_components
 
 from clipcond import CLIPConditionedPipeline
 
@@ -236,24 +236,6 @@ def test_cached_pooled_vectors_stay_within_the_measured_bound(sdxl_pipe) -> None
 # ---------------------------------------------------------------- the refiner
 
 
-def refiner_parts() -> dict:
-    """An SDXL refiner: one CLIP with projection (`text_encoder_2`), a UNet reading 5 time ids."""
-    base = build_sdxl()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        **{**base.unet.config, "projection_class_embeddings_input_dim": 5 * 8 + WIDTH, "cross_attention_dim": WIDTH}
-    )
-    return dict(
-        unet=unet,
-        scheduler=base.scheduler,
-        vae=base.vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer_2=base.tokenizer_2,
-    )
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -266,7 +248,7 @@ def test_a_refiner_reads_aesthetic_scores_as_sdxl_img2img_does(kwargs) -> None:
     """A UNet with room for 5 time ids is a refiner (requires_aesthetics_score read from it):
     its time ids end in the aesthetic score. Reference: SDXL's img2img pipeline at strength 1
     from a zero latent, which starts from the same noise."""
-    parts = refiner_parts()
+    parts = sdxl_refiner_components()
     peer = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True)
     peer.set_progress_bar_config(disable=True)
     ours = CLIPConditionedPipeline(**parts)
@@ -556,7 +538,7 @@ def test_a_refiner_has_no_second_prompt(monkeypatch) -> None:
 
 
 def test_a_refiner_refuses_the_base_models_target_size(monkeypatch) -> None:
-    ours = CLIPConditionedPipeline(**refiner_parts())
+    ours = CLIPConditionedPipeline(**sdxl_refiner_components())
     monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
     with pytest.raises(ValueError, match="`target_size` is read by a base model only"):
         ours("a", target_size=(32, 32), num_inference_steps=2)

@@ -166,7 +166,8 @@ def build_sd_inpaint():
     )
 
 
-def build_sdxl():
+def build_sdxl(unet_in_channels: int = 4):
+    """A tiny StableDiffusionXLPipeline (seeded); `unet_in_channels=9`: an inpainting UNet."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -174,7 +175,7 @@ def build_sdxl():
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=32,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -195,6 +196,33 @@ def build_sdxl():
         tokenizer=clip_tokenizer(),
         text_encoder_2=clip_text_model(2, with_projection=True),
         tokenizer_2=clip_tokenizer(pad_token="!"),
+    )
+
+
+def sdxl_refiner_components(unet_in_channels: int = 4) -> dict:
+    """An SDXL refiner's components: one CLIP with projection (`text_encoder_2`; `text_encoder`
+    and `tokenizer` None) and a UNet whose added embedding reads 5 time ids (the aesthetic
+    score instead of the target size); VAE and scheduler as `build_sdxl`'s."""
+    from diffusers import UNet2DConditionModel
+
+    base = build_sdxl()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **{
+            **base.unet.config,
+            "in_channels": unet_in_channels,
+            "projection_class_embeddings_input_dim": 5 * 8 + WIDTH,
+            "cross_attention_dim": WIDTH,
+        }
+    )
+    return dict(
+        unet=unet,
+        scheduler=base.scheduler,
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2,
     )
 
 
