@@ -200,6 +200,8 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         negative_target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
     ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Transform `image` as the prompt says.
 
@@ -222,6 +224,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         SDXL only (refused for other UNets, before any work):
             latents: (n, 4, H / 8, W / 8): the starting latents as they are (no noise is added
                 and the source is not encoded), as diffusers' SDXL img2img uses them.
+            prompt_2, negative_prompt_2: the second CLIP's text, as in text-to-image.
             pooled_prompt_embeds, negative_pooled_prompt_embeds, original_size,
                 crops_coords_top_left, target_size, their `negative_` versions,
                 aesthetic_score, negative_aesthetic_score: as in text-to-image; the negative
@@ -299,6 +302,8 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 negative_target_size=negative_target_size,
                 aesthetic_score=aesthetic_score,
                 negative_aesthetic_score=negative_aesthetic_score,
+                prompt_2=prompt_2,
+                negative_prompt_2=negative_prompt_2,
             )
         finally:
             self._source = None  # no reference to the caller's images after the call

@@ -116,6 +116,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         negative_target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
     ) -> StableDiffusionPipelineOutput | StableDiffusionXLPipelineOutput | tuple:
         """Repaint the white part of `mask_image` in `image`.
 
@@ -140,7 +142,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
             latents: (n, 4, height / 8, width / 8) starting noise, used as diffusers uses it
                 (it replaces the noised source, whatever the strength).
 
-        SDXL only (refused for other UNets, before any work): the pooled embeddings, the
+        SDXL only (refused for other UNets, before any work): `prompt_2` / `negative_prompt_2`, the pooled embeddings, the
         micro-conditioning, `denoising_start` and `denoising_end`, as
         `CLIPConditionedImg2ImgPipeline.__call__` takes them. After `denoising_start`, `image`
         is usually the base pipeline's latents (output_type="latent"); an inpainting UNet
@@ -229,6 +231,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 negative_target_size=negative_target_size,
                 aesthetic_score=aesthetic_score,
                 negative_aesthetic_score=negative_aesthetic_score,
+                prompt_2=prompt_2,
+                negative_prompt_2=negative_prompt_2,
             )
             # 9. Paste a cropped repaint back into the source
             if padding_mask_crop is not None:

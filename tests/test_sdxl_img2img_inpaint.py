@@ -145,6 +145,9 @@ IMG2IMG_CALLS = {
     "clip_skip_zero_negative": dict(prompt="a red circle", strength=0.6, clip_skip=1),
     "callback_changes_latents": dict(prompt="a red circle", strength=0.6, callback_on_step_end=_scale_latents_once),
     "callback_stops_guidance": dict(prompt="a red circle", negative_prompt="blurry", strength=0.6, **STOP_GUIDANCE),
+    "second_prompts": dict(
+        prompt="a red circle", prompt_2="at night", negative_prompt="blurry", negative_prompt_2="dark", strength=0.6
+    ),
 }
 
 
@@ -173,6 +176,7 @@ def test_img2img_arguments_change_the_image(img2img) -> None:
         dict(negative_prompt="blurry", negative_original_size=(16, 16), negative_target_size=(24, 24)),
         dict(strength=0.9),
         dict(latents=torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(6))),
+        dict(prompt_2="at night"),
     ):
         assert not as_equal(run(peer, image=source_image(), **{**plain, **change}), reference), change
 
@@ -216,6 +220,9 @@ INPAINT_CALLS = {
     "denoising_end": dict(prompt="a red circle", num_inference_steps=6, denoising_end=0.6, output_type="latent"),
     "denoising_start": dict(prompt="a red circle", num_inference_steps=6, denoising_start=0.5),
     "callback_changes_latents": dict(prompt="a red circle", callback_on_step_end=_scale_latents_once),
+    "second_prompts": dict(
+        prompt=["a red circle", "a"], prompt_2=["at night", "b"], negative_prompt_2="dark", negative_prompt=["x", "y"]
+    ),
 }
 
 

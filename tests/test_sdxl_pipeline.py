@@ -531,7 +531,7 @@ def test_sdxl_arguments_on_a_stable_diffusion_pipeline_fail_before_any_work(sd_p
 def test_a_refiner_has_no_second_prompt(monkeypatch) -> None:
     """A refiner's only CLIP reads `prompt` (diffusers pairs prompts with the encoders it has
     and drops `prompt_2` unread); ours says so instead."""
-    ours = CLIPConditionedPipeline(**refiner_parts())
+    ours = CLIPConditionedPipeline(**sdxl_refiner_components())
     monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
     with pytest.raises(ValueError, match="`prompt_2` has no encoder to read it"):
         ours("a", prompt_2="b", num_inference_steps=2)
