@@ -65,3 +65,13 @@ def tiny_t5_encoder_path(tmp_path_factory, t5_tokenizer_path):
     tiny_pipelines.t5_encoder(12, len(tokenizer), width=24).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by mark
+def pytest_collection_modifyitems(items):
+    """A test class may name inherited checks in `slow_checks`: those of its tests carry
+    @pytest.mark.slow (the mixin checks of tests/pipeline_checks.py that a class inherits but
+    that add little to what another class checks by default)."""
+    for item in items:
+        if item.originalname in getattr(item.cls, "slow_checks", ()):
+            item.add_marker(pytest.mark.slow)
