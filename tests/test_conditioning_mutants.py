@@ -83,6 +83,18 @@ def test_records_assembled_are_the_encoding(tiny_clip_text_path):
         cond.encode_records([3])
 
 
+def test_windows_reach_the_encoder_in_batches_of_max_batch_windows(tiny_clip_text_path):
+    cond = _fresh_sd(tiny_clip_text_path, cache_size=0, max_batch_windows=2)
+    batches = []
+    model = cond.clip[0].model
+    handle = model.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    try:
+        cond.encode(["a red circle", "a blue square", "a green star"])
+    finally:
+        handle.remove()
+    assert batches == [2, 1]  # three one-window prompts, at most two windows a call
+
+
 def test_identity_names_the_weight_parsing(tiny_clip_text_path):
     model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
     parsed = TextConditioner("sd", clip=[(model, clip_tokenizer())]).identity()
@@ -106,6 +118,7 @@ def test_textual_inversion_vectors_land_in_the_embedding_table(tiny_clip_text_pa
     cond.load_textual_inversion(vectors, token="<toy>")
     ids = encoder.tokenizer.convert_tokens_to_ids(["<toy>", "<toy>_1"])
     close(encoder.model.get_input_embeddings().weight[ids].detach(), vectors)
+    close(cond.encode("a <toy> cat").tokens, cond.encode("a <toy> <toy>_1 cat").tokens)  # the token reads both
     with pytest.raises(ValueError, match="<toy>"):  # loaded once: its tokens exist now
         cond.load_textual_inversion(vectors, token="<toy>")
 
