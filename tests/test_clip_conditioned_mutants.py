@@ -1,0 +1,26 @@
+"""`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
+both embeddings. Tiny SD components (the session fixture). Written against the mutation run of
+issue 24 (benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import torch
+
+from clipcond import CLIPConditionedPipeline
+
+
+def test_encode_prompt_puts_both_embeddings_on_the_device_asked(sd_pipe) -> None:
+    """diffusers' contract: the embeddings come back on `device` (the meta device stands in for
+    an accelerator: the encoders stay on the CPU, the result must not)."""
+    pipe = CLIPConditionedPipeline(
+        unet=sd_pipe.unet,
+        scheduler=sd_pipe.scheduler,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+    )
+    positive, negative = pipe.encode_prompt("a red circle", "meta", 2, True, "blurry")
+    width = sd_pipe.text_encoder.config.hidden_size
+    assert positive.shape == negative.shape == (2, 77, width)
+    assert positive.device.type == negative.device.type == "meta"
+    assert negative.dtype == positive.dtype == torch.float32
