@@ -1,5 +1,5 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
-both embeddings. Tiny SD components (the session fixture). Written against the mutation run of
+both embeddings, a LoRA scale given to a pipeline without a LoRA. Tiny SD components (the session fixture). Written against the mutation run of
 issue 24 (benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
@@ -9,18 +9,32 @@ import torch
 from clipcond import CLIPConditionedPipeline
 
 
-def test_encode_prompt_puts_both_embeddings_on_the_device_asked(sd_pipe) -> None:
-    """diffusers' contract: the embeddings come back on `device` (the meta device stands in for
-    an accelerator: the encoders stay on the CPU, the result must not)."""
-    pipe = CLIPConditionedPipeline(
+def _ours(sd_pipe) -> CLIPConditionedPipeline:
+    return CLIPConditionedPipeline(
         unet=sd_pipe.unet,
         scheduler=sd_pipe.scheduler,
         vae=sd_pipe.vae,
         text_encoder=sd_pipe.text_encoder,
         tokenizer=sd_pipe.tokenizer,
     )
+
+
+def test_encode_prompt_puts_both_embeddings_on_the_device_asked(sd_pipe) -> None:
+    """diffusers' contract: the embeddings come back on `device` (the meta device stands in for
+    an accelerator: the encoders stay on the CPU, the result must not)."""
+    pipe = _ours(sd_pipe)
     positive, negative = pipe.encode_prompt("a red circle", "meta", 2, True, "blurry")
     width = sd_pipe.text_encoder.config.hidden_size
     assert positive.shape == negative.shape == (2, 77, width)
     assert positive.device.type == negative.device.type == "meta"
     assert negative.dtype == positive.dtype == torch.float32
+
+
+def test_a_lora_scale_without_a_lora_changes_nothing(sd_pipe) -> None:
+    """As in diffusers, `lora_scale` scales the LoRA layers of the text encoder for the call;
+    with none loaded the embeddings are those without it."""
+    pipe = _ours(sd_pipe)
+    plain = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    scaled = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry", lora_scale=0.5)
+    for expected, actual in zip(plain, scaled):
+        assert torch.equal(actual, expected)
