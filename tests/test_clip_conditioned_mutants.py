@@ -1,5 +1,6 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
-both embeddings, a LoRA scale given to a pipeline without a LoRA. Tiny SD components (the session fixture). Written against the mutation run of
+both embeddings, a LoRA scale given to a pipeline without a LoRA, a pipeline of text
+components only. Tiny SD components (the session fixture). Written against the mutation run of
 issue 24 (benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
@@ -38,3 +39,14 @@ def test_a_lora_scale_without_a_lora_changes_nothing(sd_pipe) -> None:
     scaled = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry", lora_scale=0.5)
     for expected, actual in zip(plain, scaled):
         assert torch.equal(actual, expected)
+
+
+def test_encode_prompt_needs_no_unet(sd_pipe) -> None:
+    """The text components alone encode as the whole pipeline does (diffusers' fast tests build
+    such a pipeline for `encode_prompt`)."""
+    text_only = CLIPConditionedPipeline(
+        unet=None, scheduler=sd_pipe.scheduler, text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer
+    )
+    expected = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    for actual, wanted in zip(text_only.encode_prompt("a red circle", "cpu", 1, True, "blurry"), expected):
+        assert torch.equal(actual, wanted)
