@@ -1,10 +1,15 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
 both embeddings, a LoRA scale given to a pipeline without a LoRA, a pipeline of text
-components only. Tiny SD components (the session fixture). Written against the mutation run of
+components only, the constructor's words for SDXL-only settings and a missing safety checker.
+Tiny SD components (the session fixture). Written against the mutation run of
 issue 24 (benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
 
+import logging
+import re
+
+import pytest
 import torch
 
 from clipcond import CLIPConditionedPipeline
@@ -50,3 +55,33 @@ def test_encode_prompt_needs_no_unet(sd_pipe) -> None:
     expected = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
     for actual, wanted in zip(text_only.encode_prompt("a red circle", "cpu", 1, True, "blurry"), expected):
         assert torch.equal(actual, wanted)
+
+
+@pytest.mark.parametrize("name", ["force_zeros_for_empty_prompt", "requires_aesthetics_score"])
+def test_sdxl_only_settings_on_an_sd_unet_are_refused_by_name(sd_pipe, name) -> None:
+    message = f"`{name}` applies to recipe 'sdxl' (an SDXL-class UNet) only; got recipe 'sd'"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CLIPConditionedPipeline(
+            unet=sd_pipe.unet,
+            scheduler=sd_pipe.scheduler,
+            text_encoder=sd_pipe.text_encoder,
+            tokenizer=sd_pipe.tokenizer,
+            **{name: True},
+        )
+
+
+def test_a_required_but_missing_safety_checker_is_one_warning_that_says_what_to_do(sd_pipe, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="clipcond.pipelines.clip_conditioned"):
+        CLIPConditionedPipeline(
+            unet=sd_pipe.unet,
+            scheduler=sd_pipe.scheduler,
+            text_encoder=sd_pipe.text_encoder,
+            tokenizer=sd_pipe.tokenizer,
+            requires_safety_checker=True,
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "clipcond.pipelines.clip_conditioned"]
+    assert warnings == [
+        "CLIPConditionedPipeline has no `safety_checker` but its config says `requires_safety_checker=True` (as a "
+        "Stable Diffusion checkpoint's does): images are not filtered. Respect the model's license when you show "
+        "them; pass requires_safety_checker=False to silence this."
+    ]
