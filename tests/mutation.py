@@ -1,6 +1,6 @@
 """Mutation testing of one core module against its own tests (mutmut), in a staged copy.
 
-    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB] [--every K] [--keep]
+    nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB...] [--every K] [--keep]
 
 Why a staged copy: pipelines/ and training/ install as `clipcond.pipelines` and
 `clipcond.training` (pyproject's package-dir), but mutmut names a mutant after its file's path
@@ -13,7 +13,8 @@ module names agree and the mutated copy is the one imported.
 Each module gets its own tree under `.mutation/<module>/` (git-ignored), with a pyproject.toml
 made of the repository's `[tool.pytest.ini_options]` and `[tool.mutmut]`, plus `only_mutate` for
 the module and its tests from `[tool.mutmut.module_tests]`. mutmut's own commands work in it
-afterwards (`mutmut results`, `mutmut show NAME`, `mutmut run NAME` to re-run one mutant).
+afterwards (`mutmut results`, `mutmut show NAME`). A staged tree holds the tests of its day: after
+writing a test, re-run survivors with `--only NAME...`, which stages afresh.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 
 try:
@@ -133,22 +136,22 @@ def run(
     module: str,
     root: Path,
     max_children: int = 1,
-    only: str | None = None,
+    only: str | Sequence[str] | None = None,
     tests: list[str] | None = None,
     keep: bool = False,
     every: int = 1,
 ) -> dict[str, str]:
-    """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob,
-    or on every `every`-th of its mutants' sorted names: a fixed sample) and return {mutant
-    name: verdict} of the mutants run. `keep` resumes in the tree staged before: mutmut skips
-    the mutants it has a verdict for."""
+    """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob
+    or a list of them, or on every `every`-th of its mutants' sorted names: a fixed sample) and
+    return {mutant name: verdict} of the mutants run. `keep` resumes in the tree staged before:
+    mutmut skips the mutants it has a verdict for."""
     if only and every != 1:
         raise ValueError("give `only` or `every`, not both")
     tree = _tree(module, root)
     if not (keep and tree.exists()):
         tree = stage(module, root, tests)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    names = [only] if only else []
+    names = ([only] if isinstance(only, str) else list(only)) if only else []
     if every != 1:
         names = sample(mutant_names(tree), every)
         if keep:  # mutmut re-runs every mutant it is named: name those without a verdict (or timed out)
@@ -159,6 +162,8 @@ def run(
     if names or every == 1:
         subprocess.run(command + names, cwd=tree, check=True)
     verdicts = outcomes(tree, module)
+    if only:
+        return {name: verdict for name, verdict in verdicts.items() if any(fnmatch(name, glob) for glob in names)}
     return {name: verdicts[name] for name in sample(list(verdicts), every)} if every != 1 else verdicts
 
 
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("module", help="a repository path listed in [tool.mutmut.module_tests]")
     parser.add_argument("--root", type=Path, default=REPO / ".mutation", help="where staged trees go")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut's worker processes")
-    parser.add_argument("--only", help="run only the mutants matching this mutmut name glob")
+    parser.add_argument("--only", nargs="+", help="run only the mutants matching these mutmut names or globs")
     parser.add_argument("--every", type=int, default=1, help="run every K-th mutant of the sorted names (a sample)")
     parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
     args = parser.parse_args(argv)

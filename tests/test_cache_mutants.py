@@ -64,6 +64,16 @@ def test_memory_hits_and_misses_are_counted():
     assert (cache.hits, cache.misses) == (2, 1)
 
 
+def test_hits_and_misses_accumulate_on_both_levels(tmp_path):
+    """Counts add up over calls: two misses, then two hits read from disk (nothing in memory)."""
+    cache = EmbeddingCache(max_entries=0, directory=tmp_path)
+    assert cache.get("k1", SPEC) is None and cache.get("k2", SPEC) is None
+    cache.put("k1", _record(1.0), SPEC)
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    assert (cache.hits, cache.misses) == (2, 2)
+
+
 def test_a_read_refreshes_a_record_and_the_oldest_goes_first():
     cache = EmbeddingCache(max_entries=2)
     cache.put("k1", _record(1.0), SPEC)

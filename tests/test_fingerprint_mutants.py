@@ -7,10 +7,13 @@ often `content_hash` reads the bytes. Written against the mutation run of issue 
 from __future__ import annotations
 
 import copy
+import hashlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from torch.testing._internal.two_tensor import TwoTensor
 
 import clipcond.fingerprint as fingerprint
 from clipcond.fingerprint import WeightsWatch, weights_hash
@@ -190,3 +193,88 @@ def test_content_hash_reads_the_bytes_once_per_state(monkeypatch):
     assert second != first and len(calls) == 2
     assert second == real_hash([module])
     assert watch.content_hash() == second and len(calls) == 2
+
+
+# ------------------------------------------------------------------ the hash as a formula
+
+
+def _reference_hash(parts: list[tuple[str, torch.Tensor | None]], modules: int) -> str:
+    """blake2b (32 bytes) of each header and the bytes of its tensor (None: a header alone),
+    then each module's adapter settings (none here): the format `weights_hash` documents,
+    rebuilt in the test so that the on-disk cache keys of plain weights stay what they were."""
+    digest = hashlib.blake2b(digest_size=32)
+    for header, tensor in parts:
+        digest.update(header.encode())
+        if tensor is not None:
+            digest.update(tensor.contiguous().numpy().tobytes())
+    for index in range(modules):
+        digest.update(f"{index}|adapters|()".encode())
+    return digest.hexdigest()
+
+
+def test_plain_weights_hash_to_their_names_dtypes_shapes_and_bytes_only():
+    weight = torch.arange(6.0).reshape(2, 3)
+    counts = torch.tensor([3, 1], dtype=torch.int64)
+    modules = [Holder(w=weight), Holder(n=counts)]
+    expected = _reference_hash([("0.w|torch.float32|(2, 3)", weight), ("1.n|torch.int64|(2,)", counts)], 2)
+    assert weights_hash(modules) == expected
+
+
+def test_a_tensor_subclass_hashes_its_type_context_and_inner_tensors():
+    """A traceable wrapper subclass (torchao's quantized tensors are; torch's test `TwoTensor`
+    stands in): its header names its type and flatten context, then each inner tensor follows
+    with its own header and bytes."""
+    inner_a, inner_b = torch.arange(6.0).reshape(2, 3), torch.full((2, 3), 0.5)
+    module = nn.Module()
+    module.register_buffer("t", TwoTensor(inner_a, inner_b))
+    expected = _reference_hash(
+        [
+            ("0.t|torch.float32|(2, 3)|TwoTensorNone", None),
+            ("0.t.a|torch.float32|(2, 3)", inner_a),
+            ("0.t.b|torch.float32|(2, 3)", inner_b),
+        ],
+        1,
+    )
+    assert weights_hash([module]) == expected
+
+
+# ------------------------------------------------------------------ bitsandbytes' scales
+
+
+def _four_bit_layer() -> nn.Linear:
+    """A layer whose weight carries a bitsandbytes 4-bit `quant_state` (its block scales
+    `absmax`, and the nested `state2.absmax`) as a Python attribute, as `Params4bit` does."""
+    layer = nn.Linear(2, 2)
+    layer.weight.quant_state = SimpleNamespace(absmax=torch.ones(2), state2=SimpleNamespace(absmax=torch.ones(1)))
+    return layer
+
+
+@pytest.mark.parametrize("path", [("absmax",), ("state2", "absmax")])
+def test_the_scales_of_a_four_bit_weight_are_hashed_and_watched(path):
+    layer = _four_bit_layer()
+    watch = WeightsWatch([layer])
+    before_hash, before_state = weights_hash([layer]), watch.state()
+    holder = layer.weight.quant_state
+    for attribute in path[:-1]:
+        holder = getattr(holder, attribute)
+    with torch.no_grad():
+        getattr(holder, path[-1]).mul_(2.0)  # a scale written in place, the packed weight untouched
+    assert weights_hash([layer]) != before_hash
+    assert watch.state() != before_state
+
+
+@pytest.mark.parametrize("on", ["weight", "layer"])
+def test_an_eight_bit_scale_is_watched_on_the_weight_and_on_the_layer(on):
+    """bitsandbytes' 8-bit `SCB` sits on the weight until the first forward, then on the
+    layer's `state`: a write to it is a change wherever it is."""
+    layer = nn.Linear(2, 2)
+    scale = torch.ones(2)
+    if on == "weight":
+        layer.weight.SCB = scale
+    else:
+        layer.state = SimpleNamespace(SCB=scale)
+    watch = WeightsWatch([layer])
+    before = watch.state()
+    with torch.no_grad():
+        scale.mul_(2.0)
+    assert watch.state() != before
