@@ -18,8 +18,6 @@ upstream skips them.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -27,7 +25,6 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LCMScheduler,
-    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
 from pipeline_checks import (
@@ -39,13 +36,13 @@ from pipeline_checks import (
     SDFunctionChecks,
     cuda,
     default_attention,
-    diffusers_pipeline,
     max_diff,
     with_guidance_embedding,
 )
 from upstream_components import sdxl_components
 
 from clipcond import CLIPConditionedPipeline
+from clipcond.pipelines import CLIPConditionedImg2ImgPipeline
 
 
 def _lcm(parts: dict) -> dict:
@@ -166,9 +163,9 @@ class TestStableDiffusionXLPipelineFast(SDFunctionChecks, IPAdapterChecks, Laten
     def test_two_pipelines_share_the_schedule_at_denoising_end(self, components, scheduler_class, split) -> None:
         """upstream `test_stable_diffusion_two_xl_mixture_of_denoiser_fast` (10 steps, split at
         timestep 300 or 700, Euler and Heun): our pipeline with `denoising_end` runs the
-        timesteps >= the split and returns latents; StableDiffusionXLImg2ImgPipeline (diffusers'
-        own: ours does not take SDXL UNets yet) with `denoising_start` runs the rest from them
-        (a second-order scheduler repeats the last one), so both together run the whole schedule."""
+        timesteps >= the split and returns latents; our img2img pipeline over the same components
+        with `denoising_start` runs the rest from them (a second-order scheduler repeats the last
+        one), so both together run the whole schedule."""
         steps = 10
         done = []
 
@@ -179,7 +176,8 @@ class TestStableDiffusionXLPipelineFast(SDFunctionChecks, IPAdapterChecks, Laten
 
         first = default_attention(self.make(components))
         first.scheduler = Recording.from_config(first.scheduler.config)
-        second = diffusers_pipeline(StableDiffusionXLImg2ImgPipeline, components)
+        second = CLIPConditionedImg2ImgPipeline.from_pipe(first)
+        second.set_progress_bar_config(disable=True)
         second.scheduler = Recording.from_config(first.scheduler.config)
         first.scheduler.set_timesteps(steps)
         schedule = [float(t) for t in first.scheduler.timesteps]
@@ -192,13 +190,10 @@ class TestStableDiffusionXLPipelineFast(SDFunctionChecks, IPAdapterChecks, Laten
         latents = first(**{**inputs, "denoising_end": fraction, "output_type": "latent"}).images
         assert done == expected_first
         # what is checked is the timesteps: the second pipeline's latents are not decoded
+        inputs = {name: value for name, value in inputs.items() if name not in ("height", "width")}  # from `image`
         second(**{**inputs, "denoising_start": fraction, "image": latents, "output_type": "latent"})
         assert done[len(expected_first) :] == expected_second
 
-    @pytest.mark.skipif(
-        "prompt_2" not in inspect.signature(CLIPConditionedPipeline.__call__).parameters,
-        reason="`prompt_2` / `negative_prompt_2` in CLIPConditionedPipeline.__call__ land with issue 20 point 6",
-    )
     def test_multi_prompts(self, components) -> None:
         """upstream `test_stable_diffusion_xl_multi_prompts`: `prompt_2` equal to `prompt` (and
         `negative_prompt_2` equal to `negative_prompt`) gives the image without it (< 1e-4);
