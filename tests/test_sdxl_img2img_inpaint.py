@@ -17,6 +17,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from test_img2img_inpaint import as_equal, box_mask, pil_pair, source_image
+from test_sdxl_pipeline import _scale_latents_once, _stop_guidance_after_the_first_step
 from tiny_pipelines import build_sdxl, sd_components, sdxl_refiner_components
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
@@ -85,20 +86,8 @@ def source_for(kind: str | None):
     return source_image()
 
 
-def _scale_latents_once(pipe, step, timestep, tensors):
-    return {"latents": tensors["latents"] * 0.9} if step == 0 else {}
-
-
-def _stop_guidance(pipe, step, timestep, tensors):
-    """diffusers' documented SDXL recipe: drop guidance, keep the prompts' rows."""
-    if step != 0:
-        return {}
-    pipe._guidance_scale = 0.0
-    return {name: tensors[name].chunk(2)[-1] for name in ("prompt_embeds", "add_text_embeds", "add_time_ids")}
-
-
 STOP_GUIDANCE = dict(
-    callback_on_step_end=_stop_guidance,
+    callback_on_step_end=_stop_guidance_after_the_first_step,
     callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
 )
 
@@ -281,7 +270,7 @@ def test_stopping_guidance_in_inpaint_needs_no_change_to_the_mask(inpaint) -> No
     peer, ours = fresh(inpaint)
 
     def stop_guidance_and_halve_the_mask(pipe, step, timestep, tensors):
-        returned = _stop_guidance(pipe, step, timestep, tensors)
+        returned = _stop_guidance_after_the_first_step(pipe, step, timestep, tensors)
         if step == 0:
             returned.update({name: tensors[name].chunk(2)[-1] for name in ("mask", "masked_image_latents")})
         return returned
@@ -537,7 +526,10 @@ def _pipe(task: str, family: str, unet_in_channels: int = 4):
         (
             "inpaint",
             "sdxl",
-            dict(callback_on_step_end=_stop_guidance, callback_on_step_end_tensor_inputs=["time_ids"]),
+            dict(
+                callback_on_step_end=_stop_guidance_after_the_first_step,
+                callback_on_step_end_tensor_inputs=["time_ids"],
+            ),
             "choose from",
         ),
     ],
