@@ -347,6 +347,16 @@ def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
         assert not torch.equal(got, run(ours, prompt="a red circle", negative_prompt=negative, output_type="latent"))
 
 
+def test_one_second_prompt_string_goes_with_every_prompt(sdxl_pipe) -> None:
+    """docs/pipeline.md: a single `prompt_2` string reads as that text for each prompt of a
+    list (StableDiffusionXLPipeline fails on it: its batches would differ in size)."""
+    ours = ours_from(sdxl_pipe)
+    prompts = dict(prompt=["a red circle", "two blue squares"], negative_prompt=["x", "y"])
+    shared = run(ours, **prompts, prompt_2="at night")
+    assert np.array_equal(shared, run(ours_from(sdxl_pipe), **prompts, prompt_2=["at night", "at night"]))
+    assert not np.array_equal(shared, run(ours_from(sdxl_pipe), **prompts))
+
+
 def test_prompt_editing_in_the_second_prompt(sdxl_pipe) -> None:
     """An edit in `prompt_2` alone (or in `negative_prompt_2`) swaps the second encoder's text
     at its step: natively equal to SDXL driven by `pipeline_kwargs`' step callback."""
