@@ -1,5 +1,7 @@
 """``clipcond encode``: encode the captions of a dataset once, into safetensors shards that
-``clipcond train-diffusion`` reads (``data.embeddings``) instead of running the text encoders.
+``clipcond train-diffusion`` reads (``data.embeddings``) instead of running the text encoders;
+and with ``--latents DIR`` its images once through the run's VAE (``data.latents``), instead
+of the VAE's forward on every step.
 
 The conditioner is the one a training run builds (``--train-config``), a diffusers pipeline's
 (``--pipeline``, `TextConditioner.from_pipeline`) or one described in YAML
@@ -12,13 +14,19 @@ padding), in batches of ``--batch-size``, and written ``--shard-size`` records t
 (`clipcond.training.data.embedding_shards`), atomically. A killed run is resumed by running the
 same command again: captions already in finished shards are skipped. A folder that holds
 embeddings of other weights or settings is refused.
+
+``--latents`` takes the VAE, the image size and (by default) the data from ``--train-config``;
+each distinct image, as the run transforms it, is encoded once (its latent distribution:
+`clipcond.training.data.latent_shards`), with the same batching, shards, resumption and
+refusal of another VAE's latents. ``--out`` and ``--latents`` may be given together or alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,31 +61,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the shapes stream (a --train-config's own seed wins)"
     )
-    parser.add_argument("--out", required=True, help="folder of the shards (created; resumed when it holds some)")
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per encoder call")
-    parser.add_argument("--shard-size", type=int, default=1024, help="captions per shard file")
+    parser.add_argument("--out", help="folder of the caption shards (created; resumed when it holds some)")
+    parser.add_argument(
+        "--latents",
+        metavar="DIR",
+        help="also (or only) encode the images with --train-config's VAE into this folder (data.latents)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="captions (or images) per encoder call")
+    parser.add_argument("--shard-size", type=int, default=1024, help="captions (or images) per shard file")
     parser.add_argument("--device", default="cpu", help="where the encoders run (cpu, cuda, cuda:1 ...)")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Encode the captions into ``--out``; print what was done. Returns the exit status."""
+    """Encode the captions into ``--out`` and the images into ``--latents``; print what was
+    done. Returns the exit status."""
+    # Check the command line and read the config, before any weight is loaded
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise UsageError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
+    if args.out is None and args.latents is None:
+        raise UsageError("give --out (the captions' embeddings), --latents (the images' latents) or both")
+    if args.latents is not None and args.train_config is None:
+        raise UsageError("--latents needs --train-config: the run's VAE, image size and (by default) data")
+    if args.latents is not None and args.prompts:
+        raise UsageError("--latents: --prompts holds captions only; give the images (the run's data, --manifest, ...)")
+    for option, folder in (("--out", args.out), ("--latents", args.latents)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UsageError(f"{option}: {folder} exists and is not a folder")
+    train_config = _train_config(args.train_config) if args.train_config else None
+    reports = []
+    if args.out is not None:
+        reports.append(_encode_captions(args, train_config, Path(args.out)))
+    if args.latents is not None:
+        reports.append(_encode_images(args, train_config, Path(args.latents)))
+    print("\n".join(reports))
+    return 0
+
+
+def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> str:
+    """Encode the chosen captions into the shards of `out`; the report line."""
     from clipcond.training.data.embedding_shards import (
+        CAPTION_EMBEDDINGS,
         EmbeddingIdentity,
         EmbeddingShardError,
         EmbeddingShards,
+        caption_hash,
         remove_temporary_files,
     )
     from clipcond.training.run_folder import RunFolderError
     from clipcond.training.run_lock import RunFolderLock
 
-    # 1. Check the command line and read the captions, before any weight is loaded
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise UsageError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} exists and is not a folder")
-    train_config = _train_config(args.train_config) if args.train_config else None
+    # 1. Read the captions, before any weight is loaded
     captions, skipped = _captions(args, train_config)
 
     # 2. Build the conditioner; the folder must hold embeddings of the same weights and settings
@@ -90,22 +124,82 @@ def run(args: argparse.Namespace) -> int:
 
         # 3. Each distinct caption once, the empty prompt first; skip those already written
         distinct = list(dict.fromkeys(["", *captions]))
-        todo = [caption for caption in distinct if _hash(caption) not in done]
+        todo = [(caption_hash(caption), caption) for caption in distinct if caption_hash(caption) not in done]
 
         # 4. Encode in batches, write full shards as they fill
-        written = _encode_into_shards(conditioner, todo, out, done.next_index, identity, args)
-    print(
+        written = _encode_into_shards(
+            todo, conditioner.encode_records, out, done.next_index, identity, CAPTION_EMBEDDINGS, args, len(todo)
+        )
+    return (
         f"{len(todo)} captions encoded into {written} new shards in {out} "
         f"({len(distinct) - len(todo)} already there, {len(captions) + 1 - len(distinct)} duplicates; "
         f"{len(done) + len(todo)} captions in the folder); {skipped.report()}"
     )
-    return 0
 
 
-def _hash(caption: str) -> str:
-    from clipcond.training.data.embedding_shards import caption_hash
+def _encode_images(args: argparse.Namespace, train_config: Any, out: Path) -> str:
+    """Encode each distinct image of the chosen data, as the run transforms it, with the run's
+    VAE into the latent shards of `out`; the report line."""
+    import torch
 
-    return caption_hash(caption)
+    from clipcond.training.data import SkipCounter, pixels_in_unit_range, source_images
+    from clipcond.training.data.embedding_shards import EmbeddingShardError, remove_temporary_files
+    from clipcond.training.data.latent_shards import (
+        LATENTS,
+        ImageLatents,
+        LatentShards,
+        image_hash,
+        latent_moments,
+        vae_identity,
+    )
+    from clipcond.training.diffusion.setup import load_vae
+    from clipcond.training.run_folder import RunFolderError
+    from clipcond.training.run_lock import RunFolderLock
+
+    data, seed = _data_source(args, train_config)
+    count = _shapes_count(args, train_config) if data.source == "shapes" else None
+    with user_errors(FileNotFoundError, ValueError, context="--train-config: "):
+        vae = load_vae(train_config)
+    if vae is None:
+        raise UsageError(
+            "--latents: the run trains in pixel space (no `vae`, and `init_from` has no vae/): there are no latents"
+        )
+    with user_errors(RuntimeError, context="--device: "):
+        vae.to(args.device)
+    identity = vae_identity(vae)
+    size = train_config.image_size
+    skipped = SkipCounter()
+    counts = {"present": 0, "duplicates": 0, "encoded": 0}
+
+    def new_images(done: LatentShards):
+        """(hash, pixels) of each image not in the folder yet, once."""
+        seen: set[str] = set()
+        for pixels in source_images(data, seed, size, lambda image: pixels_in_unit_range(image, size), count, skipped):
+            key = image_hash(pixels)
+            if key in seen or key in done:
+                counts["duplicates" if key in seen else "present"] += 1
+                seen.add(key)
+                continue
+            seen.add(key)
+            counts["encoded"] += 1
+            yield key, pixels
+
+    def encode(images: list) -> list:
+        mean, std = latent_moments(vae, torch.stack(images).to(args.device))
+        return [ImageLatents(m.clone(), s.clone()) for m, s in zip(mean, std)]
+
+    with user_errors(RunFolderError), RunFolderLock(out):
+        remove_temporary_files(out, LATENTS)
+        with user_errors(EmbeddingShardError, context="--latents: "):
+            done = LatentShards(out, identity, argument=str(out), require_shards=False)
+        written = _encode_into_shards(
+            new_images(done), encode, out, done.next_index, identity, LATENTS, args, count, unit="image"
+        )
+    return (
+        f"{counts['encoded']} images encoded into {written} new latent shards in {out} "
+        f"({counts['present']} already there, {counts['duplicates']} duplicates; "
+        f"{len(done) + counts['encoded']} images in the folder); {skipped.report()}"
+    )
 
 
 def _train_config(path: str) -> Any:
@@ -122,13 +216,28 @@ def _train_config(path: str) -> Any:
 
 def _captions(args: argparse.Namespace, train_config: Any) -> tuple[list[str], Any]:
     """Every caption of the chosen source, in order (duplicates kept), and the skip counter."""
-    from clipcond.training.data import CaptionSource, DataConfig, SkipCounter, shard_urls
+    from clipcond.training.data import CaptionSource, SkipCounter
     from clipcond.training.data.prompt_file import prompt_file_captions
 
     skipped = SkipCounter()
     if args.prompts:
         with user_errors(FileNotFoundError, ValueError, context="--prompts: "):
             return prompt_file_captions(args.prompts, skipped), skipped
+    data, seed = _data_source(args, train_config)
+    if data.source == "shapes":
+        source = CaptionSource(data, seed, heldout_count=0, skipped=skipped)
+        return [source.caption(index) for index in range(_shapes_count(args, train_config))], skipped
+    where = data.manifest if data.source == "manifest" else data.urls
+    with user_errors(ValueError, context=f"{where}: "):
+        source = CaptionSource(data, seed, heldout_count=0, skipped=skipped)
+    return source.first(source.size), skipped
+
+
+def _data_source(args: argparse.Namespace, train_config: Any) -> tuple[Any, int]:
+    """(DataConfig, seed) of the samples the command line names (its files checked): the
+    ``--manifest``, ``--webdataset`` or ``--shapes`` given, else the run config's data."""
+    from clipcond.training.data import DataConfig, shard_urls
+
     seed = args.seed
     if args.manifest:
         if not Path(args.manifest).is_file():
@@ -145,17 +254,18 @@ def _captions(args: argparse.Namespace, train_config: Any) -> tuple[list[str], A
     else:
         raise UsageError("give the captions: --prompts, --manifest, --webdataset or --shapes COUNT (or --train-config)")
     with user_errors(FileNotFoundError, ValueError):
-        DataConfig.check_files(data)  # the sources only: a run config's data.embeddings may be --out, not made yet
-    if data.source == "shapes":
-        count = args.shapes if args.shapes is not None else train_config.steps * train_config.batch_size
-        if count < 1:
-            raise UsageError(f"--shapes: expected a count >= 1, got {count}")
-        source = CaptionSource(data, seed, heldout_count=0, skipped=skipped)
-        return [source.caption(index) for index in range(count)], skipped
-    where = data.manifest if data.source == "manifest" else data.urls
-    with user_errors(ValueError, context=f"{where}: "):
-        source = CaptionSource(data, seed, heldout_count=0, skipped=skipped)
-    return source.first(source.size), skipped
+        # the sources only: a run config's data.embeddings (or data.latents) may be the folder being made
+        DataConfig.check_files(data)
+    return data, seed
+
+
+def _shapes_count(args: argparse.Namespace, train_config: Any) -> int:
+    """How many samples of the shapes stream to read: ``--shapes``, else what one process of
+    the run reads (steps x batch_size)."""
+    count = args.shapes if args.shapes is not None else train_config.steps * train_config.batch_size
+    if count < 1:
+        raise UsageError(f"--shapes: expected a count >= 1, got {count}")
+    return count
 
 
 def _conditioner(args: argparse.Namespace, train_config: Any) -> Any:
@@ -189,27 +299,36 @@ def _conditioner(args: argparse.Namespace, train_config: Any) -> Any:
 
 
 def _encode_into_shards(
-    conditioner: Any, captions: list[str], out: Path, first_index: int, identity: Any, args: argparse.Namespace
+    keyed_items: Iterable[tuple[str, Any]],
+    encode: Callable[[list[Any]], Sequence[Any]],
+    out: Path,
+    first_index: int,
+    identity: Any,
+    kind: Any,
+    args: argparse.Namespace,
+    total: int | None,
+    unit: str = "caption",
 ) -> int:
-    """Encode `captions` in batches into shards numbered from `first_index`; returns how many
-    shards were written. A shard is written once it is full, and the last one at the end."""
+    """Encode the items of (key, item) pairs in batches of ``--batch-size`` (`encode`: items ->
+    one record each) into shards of `kind` numbered from `first_index`; returns how many shards
+    were written. A shard is written once it is full, and the last one at the end."""
     from tqdm.auto import tqdm
 
-    from clipcond.training.data.embedding_shards import caption_hash, write_shard
+    from clipcond.training.data.embedding_shards import write_shard
 
     pending: dict[str, Any] = {}
     index = first_index
-    with tqdm(total=len(captions), unit="caption", desc="encode", disable=args.no_progress) as progress:
-        for start in range(0, len(captions), args.batch_size):
-            batch = captions[start : start + args.batch_size]
-            for caption, record in zip(batch, conditioner.encode_records(batch)):
-                pending[caption_hash(caption)] = record
+    items = iter(keyed_items)
+    with tqdm(total=total, unit=unit, desc="encode", disable=args.no_progress) as progress:
+        while batch := list(itertools.islice(items, args.batch_size)):
+            for (key, _), record in zip(batch, encode([item for _, item in batch])):
+                pending[key] = record
                 if len(pending) == args.shard_size:
-                    write_shard(out, index, pending, identity)
+                    write_shard(out, index, pending, identity, kind)
                     index, pending = index + 1, {}
             progress.update(len(batch))
         if pending:
-            write_shard(out, index, pending, identity)
+            write_shard(out, index, pending, identity, kind)
             index += 1
     return index - first_index
 

@@ -19,14 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the pipeline went. Returns the exit status."""
     from clipcond.errors import RunFailed, user_errors
-    from clipcond.training.data.embedding_shards import EmbeddingShardError, MissingEmbedding
+    from clipcond.training.data.embedding_shards import EmbeddingShardError, MissingRecord
     from clipcond.training.diffusion.config import TrainDiffusionConfig
     from clipcond.training.diffusion.loop import train_diffusion
 
     def train(config: TrainDiffusionConfig, _: object) -> object:
-        # data.embeddings: stale or unreadable shards are found before any step (a usage error);
-        # a caption missing from them stops the run at its step (resumable once encoded)
-        with user_errors(EmbeddingShardError), user_errors(MissingEmbedding, error=RunFailed):
+        # data.embeddings, data.latents: stale or unreadable shards are found before any step (a
+        # usage error); a caption or image missing from them stops the run at its step (resumable
+        # once encoded)
+        with user_errors(EmbeddingShardError), user_errors(MissingRecord, error=RunFailed):
             return train_diffusion(config, resume=args.resume, show_progress=not args.no_progress)
 
     return run_training_command(

@@ -3,7 +3,8 @@
 - `DataConfig`: the data section of every run config (the shapes stream, webdataset shards or
   a JSONL manifest);
 - `ImageCaptionBatches`: endless batches of (image tensor, caption) for one process, resumable
-  at any step (CLIP and diffusion training);
+  at any step (CLIP and diffusion training); `source_images`: the images of one pass over a
+  source (for pre-encoding them);
 - `CaptionSource`: captions alone by sample index, with held-out ones (T5 pretraining);
 - `CaptionTokenizer`: captions -> padded token ids; `ClipImageTransform`,
   `pixels_in_unit_range`: images -> tensors;
@@ -15,10 +16,11 @@
   `manifest_entries`; `DataConfig.check_files` checks the files exist before any work;
 - a text file of prompts (`prompt_file.prompt_file_captions`), for ``clipcond encode``;
 - captions encoded beforehand (`embedding_shards`): the shards ``clipcond encode`` writes and
-  diffusion training reads (``data.embeddings``).
+  diffusion training reads (``data.embeddings``); images encoded beforehand by a VAE
+  (`latent_shards`, ``data.latents``).
 """
 
-from clipcond.training.data.batches import ImageCaptionBatches
+from clipcond.training.data.batches import ImageCaptionBatches, source_images
 from clipcond.training.data.caption_tokenizer import CaptionTokenizer
 from clipcond.training.data.captions import CaptionSource
 from clipcond.training.data.config import DataConfig
@@ -53,6 +55,7 @@ __all__ = [
     "manifest_samples",
     "pixels_in_unit_range",
     "shard_urls",
+    "source_images",
     "webdataset_captions",
     "webdataset_samples",
 ]

@@ -89,6 +89,25 @@ def _collate(items: list[tuple[torch.Tensor, str, str | None]]) -> tuple[torch.T
     return torch.stack([item[0] for item in items]), [item[1] for item in items], [item[2] for item in items]
 
 
+def source_images(
+    data: DataConfig, seed: int, image_size: int, transform: Callable, count: int | None, skipped: SkipCounter
+) -> Iterator[torch.Tensor]:
+    """The images of one pass over a source, each as `transform` makes it (what a run's
+    batches hold): the shapes stream's first `count` samples (`count` is needed there), or
+    every usable sample of the shards or the manifest once, in order (`count` ignored)."""
+    if data.source == "shapes":
+        if count is None:
+            raise ValueError("the shapes stream is endless: give how many of its images to read")
+        samples = _ShapesSamples(data, seed, image_size, False, transform)
+        return (samples[index][0] for index in range(count))
+    source = (
+        webdataset_samples(data.urls, skipped)
+        if data.source == "webdataset"
+        else manifest_samples(data.manifest, skipped)
+    )
+    return (transform(image) for image, _ in source)
+
+
 def _endless(data: DataConfig, skipped: SkipCounter) -> Iterator[tuple[object, str]]:
     """Shards or manifest, epoch after epoch; an epoch with no usable sample is an error."""
     while True:

@@ -1,7 +1,10 @@
 """Pre-encoded captions on disk: a folder of safetensors shards keyed by caption hash.
 
 `clipcond encode` writes them (`write_shard`), `clipcond train-diffusion` reads them
-(`EmbeddingShards`, `data.embeddings`) instead of running the text encoders.
+(`EmbeddingShards`, `data.embeddings`) instead of running the text encoders. The mechanism
+(atomic shards of keyed records, an identity every shard must share, a bounded set of open
+files) is `KeyedShards`, configured by a `ShardKind`; the images' VAE latents
+(`latent_shards`, ``data.latents``) are its other kind.
 
 A shard ``embeddings-000000.safetensors`` holds, for each caption, the tensors of its
 `EncodedPrompt` (the encoder outputs before assembly, so a learned projection still trains)
@@ -25,15 +28,48 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from clipcond.records import EncodedPrompt
 
-SHARD_FORMAT = "clipcond-caption-embeddings-v1"
-_SHARD_NAME = re.compile(r"^embeddings-(\d{6,})\.safetensors$")
-_TEMPORARY_GLOB = ".embeddings-*.tmp"
 _OPEN_SHARDS = 64
+
+
+@dataclass(frozen=True)
+class ShardKind:
+    """What a folder of shards holds.
+
+    Attributes:
+        format: the ``format`` metadata of every shard of this kind.
+        prefix: shard files are ``<prefix>-NNNNNN.safetensors``; also what messages call the
+            records ("embeddings", "latents").
+        noun: a shard's name in messages ("embedding" shard).
+        item: what a key stands for, in messages ("caption", "image").
+        reader: whose identity a reader expects, in messages ("the conditioner's").
+    """
+
+    format: str
+    prefix: str
+    noun: str
+    item: str
+    reader: str
+
+    def shard_name(self) -> re.Pattern:
+        return re.compile(rf"^{re.escape(self.prefix)}-(\d{{6,}})\.safetensors$")
+
+
+CAPTION_EMBEDDINGS = ShardKind(
+    "clipcond-caption-embeddings-v1", "embeddings", "embedding", "caption", "the conditioner's"
+)
+SHARD_FORMAT = CAPTION_EMBEDDINGS.format
+
+
+class HasTensors(Protocol):
+    """A record that a shard stores: its named tensors."""
+
+    def tensors(self) -> dict[str, torch.Tensor]: ...
 
 
 def caption_hash(caption: str) -> str:
@@ -49,17 +85,24 @@ class StaleEmbeddings(EmbeddingShardError):
     """A shard was encoded with other weights or settings than the conditioner reading it."""
 
 
-class MissingEmbedding(EmbeddingShardError):
+class MissingRecord(EmbeddingShardError):
+    """A key the run reads has no record in the folder (a run stops at that step; it can
+    resume once the folder holds it)."""
+
+
+class MissingEmbedding(MissingRecord):
     """A caption has no embedding in the folder."""
 
 
 @dataclass(frozen=True)
 class EmbeddingIdentity:
-    """What the records of a folder were made with (`TextConditioner.identity`).
+    """What the records of a folder were made with (`TextConditioner.identity` for captions,
+    `latent_shards.vae_identity` for latents).
 
     Attributes:
-        weights: the content hash of the encoders' weights.
-        settings: the conditioner's settings key (recipe, parsing, encoders, tokenizers).
+        weights: the content hash of the models' weights (the encoders', the VAE's).
+        settings: their settings (the conditioner's settings key: recipe, parsing, encoders,
+            tokenizers; the VAE's class and dtype).
     """
 
     weights: str
@@ -78,16 +121,23 @@ class EmbeddingIdentity:
         return None
 
 
-def shard_path(folder: Path, index: int) -> Path:
-    """The file of shard number `index` (>= 0) in `folder`."""
-    return folder / f"embeddings-{index:06d}.safetensors"
+def shard_path(folder: Path, index: int, kind: ShardKind = CAPTION_EMBEDDINGS) -> Path:
+    """The file of shard number `index` (>= 0) of `kind` in `folder`."""
+    return folder / f"{kind.prefix}-{index:06d}.safetensors"
 
 
-def write_shard(folder: Path, index: int, records: Mapping[str, EncodedPrompt], identity: EmbeddingIdentity) -> Path:
-    """Write `records` (caption hash -> record) as shard `index` of `folder`, atomically.
+def write_shard(
+    folder: Path,
+    index: int,
+    records: Mapping[str, HasTensors],
+    identity: EmbeddingIdentity,
+    kind: ShardKind = CAPTION_EMBEDDINGS,
+) -> Path:
+    """Write `records` (key -> record: caption hash -> `EncodedPrompt`, or image hash ->
+    `ImageLatents` with the latents' kind) as shard `index` of `folder`, atomically.
 
     Raises:
-        ValueError: no records, or a key that is not a caption hash.
+        ValueError: no records, or a key that is not a hash (64 hex digits).
         FileExistsError: the shard exists already (a shard is never overwritten).
     """
     from safetensors.torch import save
@@ -96,8 +146,8 @@ def write_shard(folder: Path, index: int, records: Mapping[str, EncodedPrompt], 
         raise ValueError("a shard needs at least one record")
     bad = next((key for key in records if not re.fullmatch(r"[0-9a-f]{64}", key)), None)
     if bad is not None:
-        raise ValueError(f"records must be keyed by caption_hash(caption), got {bad!r:.80}")
-    path = shard_path(folder, index)
+        raise ValueError(f"records must be keyed by {kind.item}_hash({kind.item}) (64 hex digits), got {bad!r:.80}")
+    path = shard_path(folder, index, kind)
     if path.exists():
         raise FileExistsError(f"{path} exists; shards are written once")
     tensors = {
@@ -106,7 +156,7 @@ def write_shard(folder: Path, index: int, records: Mapping[str, EncodedPrompt], 
         for name, tensor in record.tensors().items()
     }
     metadata = {
-        "format": SHARD_FORMAT,
+        "format": kind.format,
         "weights": identity.weights,
         "settings": identity.settings,
         "count": str(len(records)),
@@ -126,17 +176,17 @@ def write_shard(folder: Path, index: int, records: Mapping[str, EncodedPrompt], 
     return path
 
 
-def remove_temporary_files(folder: Path) -> int:
-    """Delete the temporary files a killed writer left in `folder`; returns how many."""
+def remove_temporary_files(folder: Path, kind: ShardKind = CAPTION_EMBEDDINGS) -> int:
+    """Delete the temporary files a killed writer of `kind` left in `folder`; returns how many."""
     removed = 0
-    for leftover in folder.glob(_TEMPORARY_GLOB):
+    for leftover in folder.glob(f".{kind.prefix}-*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
             removed += 1
     return removed
 
 
-def _read_header(path: Path) -> tuple[dict[str, str], list[str]]:
+def _read_header(path: Path, kind: ShardKind) -> tuple[dict[str, str], list[str]]:
     """(metadata, tensor names) of a shard; EmbeddingShardError when it is not one."""
     from safetensors import SafetensorError, safe_open
 
@@ -144,16 +194,17 @@ def _read_header(path: Path) -> tuple[dict[str, str], list[str]]:
         with safe_open(str(path), framework="pt") as shard:
             return dict(shard.metadata() or {}), list(shard.keys())
     except (SafetensorError, OSError, ValueError) as error:
-        raise EmbeddingShardError(f"{path} is not a readable embedding shard: {error}") from None
+        raise EmbeddingShardError(f"{path} is not a readable {kind.noun} shard: {error}") from None
 
 
-class EmbeddingShards:
-    """The finished shards of a folder: which captions they hold and their records.
+class KeyedShards:
+    """The finished shards of one `kind` in a folder: which keys they hold and their tensors.
 
     Args:
         folder: the folder `clipcond encode` wrote.
-        expected: the identity the records must have (the reading conditioner's); None
-            accepts the folder's own, which every shard must then share.
+        kind: what the shards hold (their file names and format).
+        expected: the identity the records must have (the reader's); None accepts the
+            folder's own, which every shard must then share.
         argument: how errors name the folder (e.g. "data.embeddings").
         require_shards: an empty folder is an error (readers) rather than an empty set (a
             writer resuming).
@@ -168,37 +219,40 @@ class EmbeddingShards:
     def __init__(
         self,
         folder: str | os.PathLike,
+        kind: ShardKind,
         expected: EmbeddingIdentity | None = None,
         argument: str = "embeddings",
         require_shards: bool = True,
     ) -> None:
         self.folder = Path(folder)
+        self.kind = kind
         self.argument = argument
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{argument}: no folder {self.folder}")
+        self._shard_name = kind.shard_name()
         self.paths = sorted(
-            (path for path in self.folder.iterdir() if _SHARD_NAME.match(path.name)), key=lambda path: path.name
+            (path for path in self.folder.iterdir() if self._shard_name.match(path.name)), key=lambda path: path.name
         )
         if require_shards and not self.paths:
             raise EmbeddingShardError(
-                f"{argument}: {self.folder} holds no embedding shard (embeddings-NNNNNN.safetensors); "
+                f"{argument}: {self.folder} holds no {kind.noun} shard ({kind.prefix}-NNNNNN.safetensors); "
                 "write them with `clipcond encode`"
             )
         self.identity = expected
-        self._fields: dict[str, tuple[Path, list[str]]] = {}  # caption hash -> (shard, its tensor fields)
+        self._fields: dict[str, tuple[Path, list[str]]] = {}  # key -> (shard, its tensor fields)
         for path in self.paths:
-            metadata, names = _read_header(path)
-            if metadata.get("format") != SHARD_FORMAT:
-                raise EmbeddingShardError(f"{argument}: {path} is not a {SHARD_FORMAT} shard")
+            metadata, names = _read_header(path, kind)
+            if metadata.get("format") != kind.format:
+                raise EmbeddingShardError(f"{argument}: {path} is not a {kind.format} shard")
             found = EmbeddingIdentity(metadata.get("weights", ""), metadata.get("settings", ""))
             if self.identity is None:
                 self.identity = found
             difference = found.difference(self.identity)
             if difference is not None:
-                whose = "the conditioner's" if expected is not None else f"{self.paths[0].name}'s"
+                whose = kind.reader if expected is not None else f"{self.paths[0].name}'s"
                 raise StaleEmbeddings(
-                    f"{argument}: {path} was encoded with {difference} ({whose}); these embeddings are stale: "
-                    "encode the captions again into an empty folder with `clipcond encode`"
+                    f"{argument}: {path} was encoded with {difference} ({whose}); these {kind.prefix} are stale: "
+                    f"encode the {kind.item}s again into an empty folder with `clipcond encode`"
                 )
             for name in names:
                 key, _, field = name.partition(".")
@@ -213,30 +267,23 @@ class EmbeddingShards:
 
     @property
     def hashes(self) -> set[str]:
-        """The caption hashes the shards hold."""
+        """The keys (hashes) the shards hold."""
         return set(self._fields)
 
     @property
     def next_index(self) -> int:
         """The number of the next shard to write."""
-        numbers = [int(_SHARD_NAME.match(path.name).group(1)) for path in self.paths]
+        numbers = [int(self._shard_name.match(path.name).group(1)) for path in self.paths]
         return max(numbers, default=-1) + 1
 
-    def record(self, caption: str, device: torch.device | str | None = None) -> EncodedPrompt:
-        """The record of `caption`, on `device` (default the CPU).
-
-        Raises:
-            MissingEmbedding: no shard holds it (the message names its hash and the folder).
-        """
+    def tensors(self, key: str, device: torch.device | str | None = None) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under `key` (field -> tensor) on `device` (default the CPU), or
+        None when no shard holds it."""
         from safetensors import safe_open
 
-        key = caption_hash(caption)
         found = self._fields.get(key)
         if found is None:
-            raise MissingEmbedding(
-                f"{self.argument}: caption {caption[:80]!r} (hash {key}) is not in {self.folder}; "
-                "encode the run's captions with `clipcond encode` into that folder (it resumes)"
-            )
+            return None
         path, fields = found
         shard = self._open.get(path)
         if shard is None:
@@ -250,6 +297,35 @@ class EmbeddingShards:
         tensors = {field: shard.get_tensor(f"{key}.{field}") for field in fields}
         if device is not None:
             tensors = {field: tensor.to(device) for field, tensor in tensors.items()}
+        return tensors
+
+
+class EmbeddingShards(KeyedShards):
+    """The finished caption-embedding shards of a folder (`KeyedShards` of
+    `CAPTION_EMBEDDINGS`): which captions they hold and their records."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        expected: EmbeddingIdentity | None = None,
+        argument: str = "embeddings",
+        require_shards: bool = True,
+    ) -> None:
+        super().__init__(folder, CAPTION_EMBEDDINGS, expected, argument, require_shards)
+
+    def record(self, caption: str, device: torch.device | str | None = None) -> EncodedPrompt:
+        """The record of `caption`, on `device` (default the CPU).
+
+        Raises:
+            MissingEmbedding: no shard holds it (the message names its hash and the folder).
+        """
+        key = caption_hash(caption)
+        tensors = self.tensors(key, device)
+        if tensors is None:
+            raise MissingEmbedding(
+                f"{self.argument}: caption {caption[:80]!r} (hash {key}) is not in {self.folder}; "
+                "encode the run's captions with `clipcond encode` into that folder (it resumes)"
+            )
         return EncodedPrompt.from_tensors(tensors)
 
     def records(self, captions: Sequence[str], device: torch.device | str | None = None) -> list[EncodedPrompt]:

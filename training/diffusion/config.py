@@ -36,20 +36,31 @@ class DiffusionDataConfig(DataConfig):
             must have been encoded with this run's encoder weights and conditioner settings
             (else the run refuses to start), and every caption the run reads (and "", for
             caption dropout) must be there (else the run stops, naming the caption's hash).
+        latents: a folder of the images' VAE latent distributions written by ``clipcond encode
+            --latents DIR`` (a run on a VAE's latents only): each step reads its images' latent
+            mean and std there instead of running the VAE, and draws the latent from them as
+            the live VAE's would be drawn. The shards must come from this run's VAE (weights,
+            dtype; else the run refuses to start), and every image the run reads, as it
+            transforms it (`image_size`), must be there (else the run stops, naming the hash).
     """
 
     embeddings: str | None = None
+    latents: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.embeddings is not None and not (isinstance(self.embeddings, str) and self.embeddings.strip()):
-            raise ValueError(f"data.embeddings must be a folder path or null, got {self.embeddings!r}")
+        for name in ("embeddings", "latents"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"data.{name} must be a folder path or null, got {value!r}")
 
     def check_files(self) -> None:
-        """`DataConfig.check_files`, and the `embeddings` folder exists."""
+        """`DataConfig.check_files`, and the `embeddings` and `latents` folders exist."""
         super().check_files()
-        if self.embeddings is not None and not Path(self.embeddings).is_dir():
-            raise FileNotFoundError(f"data.embeddings: no such folder {self.embeddings}")
+        for name in ("embeddings", "latents"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_dir():
+                raise FileNotFoundError(f"data.{name}: no such folder {value}")
 
 
 def scheduler_class(name: str, argument: str = "scheduler") -> type:

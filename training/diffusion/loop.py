@@ -7,7 +7,8 @@ embeddings of frozen text encoders (CLIP, optionally with T5), on accelerate.
 diffusion's is here: the models (`diffusion.setup.build_diffusion_models`), image-caption
 batches (the same sources as the CLIP loop), the captions' context (the live conditioner, or
 with ``data.embeddings`` the records ``clipcond encode`` stored, checked against the
-conditioner's weights and settings, and assembled by it), the step (captions dropped for classifier-free
+conditioner's weights and settings, and assembled by it), the images' latents (the live VAE,
+or with ``data.latents`` the distributions ``clipcond encode --latents`` stored), the step (captions dropped for classifier-free
 guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
 weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
 grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
@@ -45,6 +46,7 @@ from clipcond.training.optim import adamw_with_warmup_cosine
 if TYPE_CHECKING:
     from clipcond.conditioning import TextConditioner
     from clipcond.training.data.embedding_shards import EmbeddingShards
+    from clipcond.training.data.latent_shards import LatentShards
 
 PIPELINE_DIR = "pipeline"
 
@@ -80,6 +82,7 @@ def train_diffusion(
         models = build_diffusion_models(config)
         denoiser, conditioner, noise_schedule = models.denoiser, models.conditioner, models.noise_schedule
         embeddings = _embedding_shards(config, conditioner)  # stale ones refused before any step
+        stored_latents = _latent_shards(config, models.vae)  # likewise
         # on the training device before the optimizer and the EMA are made: the EMA's shadow copies
         # are made where the weights are, and its update mixes the two
         denoiser.to(accelerator.device)
@@ -133,7 +136,7 @@ def train_diffusion(
                 context = encode_captions(captions)
             # latent sample, noise and timestep from each sample's own generator (seed, sample index)
             generators = SampleGenerators(config.seed, samples)
-            clean = models.to_model_space(pixels, generators)
+            clean = models.to_model_space(pixels, generators, stored_latents)
             noise = generators.normal(clean.shape).to(clean.device)
             timesteps = generators.integers(noise_schedule.config.num_train_timesteps).to(clean.device)
             noisy = noise_schedule.add_noise(clean, noise, timesteps)
@@ -191,6 +194,27 @@ def _embedding_shards(config: TrainDiffusionConfig, conditioner: TextConditioner
 
     identity = EmbeddingIdentity(*conditioner.identity())
     return EmbeddingShards(config.data.embeddings, identity, argument="data.embeddings")
+
+
+def _latent_shards(config: TrainDiffusionConfig, vae: nn.Module | None) -> LatentShards | None:
+    """The run's `data.latents` folder, checked against its VAE (`StaleEmbeddings` otherwise),
+    or None when images are encoded live.
+
+    Raises:
+        EmbeddingShardError: `data.latents` in a run without a VAE (pixel space: nothing to read).
+    """
+    from clipcond.training.data.embedding_shards import EmbeddingShardError
+
+    if config.data.latents is None:
+        return None
+    if vae is None:
+        raise EmbeddingShardError(
+            "data.latents: this run trains in pixel space (no `vae`, and `init_from` has no vae/); "
+            "latents are read only by runs on a VAE's latents"
+        )
+    from clipcond.training.data.latent_shards import LatentShards, vae_identity
+
+    return LatentShards(config.data.latents, vae_identity(vae), argument="data.latents")
 
 
 def _caption_encoding(

@@ -20,6 +20,7 @@ from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.data import SampleGenerators
+from clipcond.training.data.latent_shards import LatentShards, latent_moments
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 
 PROJECTION_DIR = "text_projection"
@@ -98,16 +99,21 @@ class DiffusionModels:
     vae: nn.Module | None
     noise_schedule: Any
 
-    def to_model_space(self, pixels: torch.Tensor, generators: SampleGenerators) -> torch.Tensor:
+    def to_model_space(
+        self, pixels: torch.Tensor, generators: SampleGenerators, stored: LatentShards | None = None
+    ) -> torch.Tensor:
         """Training images (batch, 3, H, W) in [-1, 1] -> what the UNet denoises: the pixels,
         or VAE latents (batch, C, H/f, W/f) sampled with each image's generator and scaled (and
-        shifted) as the pipeline's decoder expects."""
+        shifted) as the pipeline's decoder expects. With `stored` (``data.latents``) the latent
+        distribution of each image is read there instead of running the VAE; the draw is the same."""
         if self.vae is None:
             return pixels
-        with torch.no_grad():
-            distribution = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            noise = generators.normal(distribution.mean.shape).to(distribution.mean)
-            latents = distribution.mean + distribution.std * noise
+        if stored is None:
+            mean, std = latent_moments(self.vae, pixels)
+        else:
+            mean, std = stored.moments(pixels, pixels.device)
+        noise = generators.normal(mean.shape).to(mean)
+        latents = mean + std * noise
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * self.vae.config.scaling_factor).to(pixels.dtype)
 
@@ -126,7 +132,13 @@ def _load_init_projection(config: TrainDiffusionConfig) -> nn.Module | None:
     return TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
 
 
-def _load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
+def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
+    """The run's frozen VAE (`config.vae`, else `init_from`'s ``vae/``), or None in pixel space.
+
+    Raises:
+        FileNotFoundError: `config.vae` holds no AutoencoderKL.
+        ValueError: `image_size` is not a multiple of the VAE's downsampling.
+    """
     from diffusers import AutoencoderKL
 
     source = config.vae
@@ -259,7 +271,7 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     clip, t5 = conditioner.clip[0], conditioner.t5
     projection = conditioner.projection
     width = projection.config.projection_dim if projection is not None else conditioner.clip_width
-    vae = _load_vae(config)
+    vae = load_vae(config)
     unet = _build_unet(config, width, vae)
     unet.requires_grad_(config.train == "unet")
     if projection is not None:
