@@ -19,8 +19,11 @@ uses none either), no shuffling (both read the same samples in the same order), 
 no validation or checkpoint within the timed steps.
 
 Ours is `clipcond.training.diffusion.loop.train_diffusion` in the same process, on the same
-folder (``init_from``), data (a JSONL manifest) and settings, once with the captions
-pre-encoded by ``clipcond encode`` (``data.embeddings``) and once with the live frozen encoder.
+folder (``init_from``), data (a JSONL manifest) and settings: with the captions pre-encoded
+by ``clipcond encode`` (``data.embeddings``); with the captions and the images' VAE latents
+pre-encoded (``clipcond encode --latents``, ``data.latents``: the VAE's forward is read, the
+latent is still drawn per step, as the script's ``latent_dist.sample()``); and with the live
+frozen encoder and VAE.
 Each run's step times are those of its own steps (ours: the loop's per-step throughput in
 ``metrics.jsonl``; the peer: the same window, from the end of one step to the end of the
 next, data loading included); the first ``--warmup`` steps of every run are dropped. The
@@ -111,7 +114,14 @@ def write_manifest(folder: Path, count: int, image_size: int, seed: int) -> Path
 # ------------------------------------------------------------------ ours
 
 
-def our_config(args: argparse.Namespace, sd: Path, manifest: Path, output: Path, embeddings: Path | None):
+def our_config(
+    args: argparse.Namespace,
+    sd: Path,
+    manifest: Path,
+    output: Path,
+    embeddings: Path | None,
+    latents: Path | None = None,
+):
     from clipcond.training.diffusion.config import DiffusionDataConfig, TrainDiffusionConfig
 
     return TrainDiffusionConfig(
@@ -119,7 +129,10 @@ def our_config(args: argparse.Namespace, sd: Path, manifest: Path, output: Path,
         init_from=str(sd),
         train="unet",
         data=DiffusionDataConfig(
-            source="manifest", manifest=str(manifest), embeddings=None if embeddings is None else str(embeddings)
+            source="manifest",
+            manifest=str(manifest),
+            embeddings=None if embeddings is None else str(embeddings),
+            latents=None if latents is None else str(latents),
         ),
         image_size=args.image_size,
         batch_size=args.batch,
@@ -289,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phases:
         if not ours:
             parser.error(f"--phases reads the components of a finished run: none in --work-dir {work}")
-        print("\n".join(phase_lines(work / "sd", work / "data" / "manifest.jsonl", args.batch)))
+        print("\n".join(phase_lines(work / "sd", work / "data" / "manifest.jsonl", args.batch, args.image_size)))
         return
     if work.exists() and any(work.iterdir()) and not ours:
         parser.error(f"--work-dir {work} holds files that are not this benchmark's; give an empty or new folder")
@@ -308,14 +321,17 @@ def main(argv: list[str] | None = None) -> None:
 
     config_path.write_text(yaml.safe_dump(dataclasses.asdict(our_config(args, sd, manifest, work / "x", None))))
     encode = [sys.executable, "-m", "clipcond.training.encode_command", "--train-config", str(config_path)]
-    encode += ["--out", str(work / "embeddings"), "--no-progress"]
+    encode += ["--out", str(work / "embeddings"), "--latents", str(work / "latents"), "--no-progress"]
     started = time.perf_counter()
     subprocess.run(encode, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     encode_seconds = time.perf_counter() - started
 
     sides = {
-        "ours, pre-encoded": lambda r: run_ours(
+        "ours, captions pre-encoded": lambda r: run_ours(
             our_config(args, sd, manifest, work / f"ours-pre-{r}", work / "embeddings")
+        ),
+        "ours, captions and images pre-encoded": lambda r: run_ours(
+            our_config(args, sd, manifest, work / f"ours-lat-{r}", work / "embeddings", work / "latents")
         ),
         "ours, live encoder": lambda r: run_ours(our_config(args, sd, manifest, work / f"ours-live-{r}", None)),
         "diffusers recipe": lambda r: PeerRecipe(args, sd, manifest).run(),
@@ -334,11 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.output}")
 
 
-def phase_lines(sd: Path, manifest: Path, batch: int, repeats: int = 15) -> list[str]:
+def phase_lines(sd: Path, manifest: Path, batch: int, image_size: int, repeats: int = 15) -> list[str]:
     """Markdown rows: median milliseconds of the parts of a step that differ between the sides,
     each timed alone on the benchmark's components (`write_sd_folder`) and captions."""
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     def median_ms(work) -> float:
@@ -365,13 +381,18 @@ def phase_lines(sd: Path, manifest: Path, batch: int, repeats: int = 15) -> list
         parameter.grad = torch.randn_like(parameter) * 1e-3
     default = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=0.0)
     fused = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    vae = AutoencoderKL.from_pretrained(sd, subfolder="vae").eval().requires_grad_(False)
+    size = image_size
+    pixels = torch.rand(batch, 3, size, size) * 2 - 1
     with torch.no_grad():
         encoder_ms = median_ms(lambda: text_encoder(ids)[0])
+        vae_ms = median_ms(lambda: vae.encode(pixels).latent_dist.sample())
     return [
         f"| part of a step | ms (median of {repeats}) | who runs it |",
         "|---|---:|---|",
         f"| text encoder forward, batch {batch} x 77 tokens | {encoder_ms:.1f} | the script and ours live; not ours pre-encoded |",
         f"| the script's tokenizer, {batch} captions one by one | {median_ms(tokenize_one_by_one):.1f} | the script |",
+        f"| VAE encode and sample, batch {batch} x {size} px | {vae_ms:.1f} | the script and ours but with images pre-encoded |",
         f"| AdamW step over the UNet, torch's default | {median_ms(default.step):.1f} | the script |",
         f"| AdamW step over the UNet, fused | {median_ms(fused.step):.1f} | ours |",
     ]
@@ -400,8 +421,9 @@ def report(
         f"4-layer CLIP text encoder 128 wide), {args.image_size} px images ({args.image_size // 8} px latents), "
         f"batch {args.batch}, {args.steps} steps per run of which the first {args.warmup} are not timed, "
         f"float32, AdamW lr {args.lr} with cosine decay, gradient clipping 1.0, {args.batch * args.steps} "
-        f"distinct captions; medians of {args.repeats} rounds (order rotating). Pre-encoding the "
-        f"{args.batch * args.steps} captions with `clipcond encode` took {encode_seconds:.1f} s (process start included).",
+        f"distinct captions and images; medians of {args.repeats} rounds (order rotating). Pre-encoding the "
+        f"{args.batch * args.steps} captions and images with `clipcond encode --latents` took {encode_seconds:.1f} s "
+        "(process start included).",
         "",
         "| side | samples/s (median) | per round | ours / diffusers |",
         "|---|---:|---|---:|",
