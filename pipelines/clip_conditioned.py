@@ -75,6 +75,7 @@ from clipcond.pipelines.sdxl_components import (
     SDXL_RECIPE,
     check_added_width,
     check_sdxl_components,
+    components_saved_as_none,
     decode_latents,
     resolve_recipe,
 )
@@ -178,6 +179,18 @@ class CLIPConditionedPipeline(
         conditioning rows (`add_text_embeds` (rows, pooled width), `add_time_ids` (rows, ids))."""
         names = ["latents", "prompt_embeds", "negative_prompt_embeds"]
         return names + ["add_text_embeds", "add_time_ids"] if self.config.recipe == SDXL_RECIPE else names
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+        """`DiffusionPipeline.from_pretrained`. A pipeline saved without a first text encoder
+        (an SDXL refiner: its model_index.json records `text_encoder` and `tokenizer` as null)
+        loads with them None, as diffusers' SDXL pipelines load it; they stay required
+        components otherwise (as in Stable Diffusion), so a saved SD folder without them is
+        still an error (diffusers' own)."""
+        absent = ("text_encoder", "tokenizer")
+        for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
+            kwargs.setdefault(name, None)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __init__(
         self,

@@ -90,6 +90,24 @@ def check_sdxl_components(
     return requires_aesthetics_score
 
 
+# what `DiffusionPipeline.load_config` takes of `from_pretrained`'s keywords to find model_index.json
+_CONFIG_LOOKUP_KEYWORDS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+def components_saved_as_none(source: Any, names: tuple[str, ...], load_kwargs: dict) -> list[str]:
+    """Which of `names` the pipeline saved at `source` (a folder or a hub id) records as None
+    (``[null, null]`` in its model_index.json): an SDXL refiner's `text_encoder` and
+    `tokenizer`. [] when the index cannot be read (`from_pretrained` then says why)."""
+    from diffusers import DiffusionPipeline
+
+    lookup = {key: load_kwargs[key] for key in _CONFIG_LOOKUP_KEYWORDS if key in load_kwargs}
+    try:
+        index = DiffusionPipeline.load_config(source, **lookup)
+    except (OSError, ValueError, TypeError):
+        return []
+    return [name for name in names if name in index and list(index[name] or ()) == [None, None]]
+
+
 def time_id_count(requires_aesthetics_score: bool) -> int:
     """How many time ids the UNet reads: 5 for a refiner, 6 otherwise."""
     return REFINER_TIME_IDS if requires_aesthetics_score else BASE_TIME_IDS

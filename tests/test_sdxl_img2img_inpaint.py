@@ -460,12 +460,25 @@ def test_from_pretrained_of_saved_sdxl_folders(refiner_parts, saved, tmp_path) -
         peer = quiet(peer_class(**base_parts(9), add_watermarker=False))
         settings = dict(prompt="a red circle", image=source_image(), mask_image=box_mask())
     peer.save_pretrained(tmp_path)
-    # A refiner's folder names no first text encoder; ours lists `text_encoder` and `tokenizer`
-    # as required (as Stable Diffusion does), so they are passed as None, as diffusers allows.
-    absent = dict(text_encoder=None, tokenizer=None) if saved == "refiner" else {}
-    loaded = quiet(our_class.from_pretrained(tmp_path, **absent))
+    # a refiner's folder records no first text encoder: loaded as diffusers' SDXL pipelines load it
+    loaded = quiet(our_class.from_pretrained(tmp_path))
     assert loaded.config.recipe == "sdxl" and loaded.config.requires_aesthetics_score is (saved == "refiner")
+    assert (loaded.text_encoder is None) is (saved == "refiner") and (loaded.tokenizer is None) is (saved == "refiner")
     assert as_equal(run(loaded, **settings), run(quiet(peer_class.from_pretrained(tmp_path)), **settings))
+    # and the text-to-image class reads the same folder (the refiner reads `prompt` with its one CLIP)
+    text_to_image = quiet(CLIPConditionedPipeline.from_pretrained(tmp_path))
+    assert text_to_image.text_encoder_2 is not None and (text_to_image.text_encoder is None) is (saved == "refiner")
+
+
+def test_a_saved_sd_folder_without_its_text_encoder_is_still_refused(tmp_path) -> None:
+    """Only a folder that records the first text encoder as absent loads without it: a Stable
+    Diffusion folder whose text_encoder/ is missing stays an error (diffusers' own, naming the weights file it did not find)."""
+    import shutil
+
+    quiet(CLIPConditionedImg2ImgPipeline(**sd_components())).save_pretrained(tmp_path)
+    shutil.rmtree(tmp_path / "text_encoder")
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        CLIPConditionedImg2ImgPipeline.from_pretrained(tmp_path)
 
 
 # ---------------------------------------------------------------- bad input, before any work
