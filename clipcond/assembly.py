@@ -3,6 +3,13 @@
 Prompts that need fewer CLIP windows are padded with the empty prompt's window, windows are
 joined on the sequence axis, encoders as the recipe says (channels, sequence, or T5 tokens
 with CLIP's pooled vector), and the optional learned projection is applied.
+
+Pooled vectors are finished here: records hold each CLIP's pooled state, and an encoder with a
+`text_projection` (SDXL's and SD3's second CLIP) projects it now, over each group of rows the
+caller names (a call's prompts, then its negatives). That matrix product rounds differently
+with its number of rows on the CPU, so running it over the rows diffusers' `encode_prompt`
+runs it over gives its pooled vectors bit for bit, whether a record was just encoded, came
+from the cache or stands for several rows (one negative for all prompts).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ def assemble(
     *,
     projection: Any = None,
     t5_zeros: tuple[int, int] | None = None,
+    pooled_parts: Sequence[tuple[int, Any]] = (),
+    groups: Sequence[int] | None = None,
     dtype: torch.dtype,
     device: torch.device,
 ) -> PromptEmbeds:
@@ -37,6 +46,11 @@ def assemble(
             clip_width); called only when some prompt needs padding windows.
         projection: a `TextProjection` (its layers ``"clip"`` / ``"t5"``), or None.
         t5_zeros: (length, width) of zero T5 tokens standing in for a missing T5 encoder.
+        pooled_parts: what a record's pooled state is made of, in order: (width, a function
+            (rows, width) states -> (rows, pooled_width) vectors, or None to keep the states)
+            per CLIP encoder that the recipe pools (`TextEncoder.project_pooled`).
+        groups: row counts, summing to the batch, over which each text projection runs
+            separately (default: the whole batch at once).
         dtype, device: of the returned embeddings (without a projection, which keeps its own).
     """
     batch = len(records)
@@ -50,6 +64,8 @@ def assemble(
         t5_tokens = torch.zeros(batch, length, width, device=device, dtype=dtype)
         t5_mask = torch.ones(batch, length, dtype=torch.long, device=device)
     pooled = torch.stack([record.pooled for record in records]) if recipe.pooled != "none" else None
+    if pooled is not None and any(project is not None for _, project in pooled_parts):
+        pooled = _projected_pooled(pooled, pooled_parts, groups or [batch])
 
     mask = None
     if recipe.combine == "concat_channels":
@@ -78,6 +94,23 @@ def assemble(
         pooled=None if pooled is None else pooled.to(device=tokens.device, dtype=dtype),
         mask=mask.to(tokens.device) if (recipe.return_mask and mask is not None) else None,
     )
+
+
+def _projected_pooled(pooled: torch.Tensor, parts: Sequence[tuple[int, Any]], groups: Sequence[int]) -> torch.Tensor:
+    """(batch, sum of widths) pooled states -> pooled vectors: each part's columns through its
+    projection (if any), each group of rows on its own."""
+    widths = [width for width, _ in parts]
+    if sum(widths) != pooled.shape[-1] or sum(groups) != pooled.shape[0]:
+        raise ValueError(
+            f"pooled states of shape {tuple(pooled.shape)} do not split into parts of widths {widths} "
+            f"and groups of rows {list(groups)}"
+        )
+    rows = []
+    for group in pooled.split(list(groups)):
+        states = group.split(widths, dim=-1)
+        columns = [state if project is None else project(state) for state, (_, project) in zip(states, parts)]
+        rows.append(torch.cat([column.to(columns[0].device) for column in columns], dim=-1))
+    return torch.cat(rows)
 
 
 def _joined_clip_windows(

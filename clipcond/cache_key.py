@@ -18,7 +18,8 @@ from clipcond.recipes import Recipe
 
 # Bump when the meaning of cached records changes, so old files on disk are never read.
 # v2: keys cover the tokenizers; files record their key and are checked when read.
-CACHE_KEY_VERSION = "clipcond-embeds-v2"
+# v3: records hold the pooled state before the text projection (applied at assembly).
+CACHE_KEY_VERSION = "clipcond-embeds-v3"
 
 
 def settings_key(

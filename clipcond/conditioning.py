@@ -314,7 +314,8 @@ class TextConditioner:
             positive, negative = schedule.embeds_at(0)
         else:
             records = self._records(items) + (self._records(negative_items) if negative_items else [])
-            embeds = self._assemble(records)  # prompts, then negatives
+            groups = [len(items)] + ([len(negative_items)] if negative_items else [])
+            embeds = self._assemble(records, groups=groups)  # prompts, then negatives
             positive, negative = embeds.split(len(prompts))
         family = self.family
         kwargs = family.call_keywords(positive)
@@ -574,13 +575,23 @@ class TextConditioner:
         key = (self._watch.state(), tokenizers, self._active_recipe)
         return lambda slot, compute: self._empty_states.get(key, slot, compute)
 
-    def _assemble(self, records: list[EncodedPrompt], empty_prompt: EncodedPrompt | None = None) -> PromptEmbeds:
+    def _assemble(
+        self, records: list[EncodedPrompt], empty_prompt: EncodedPrompt | None = None, groups: list[int] | None = None
+    ) -> PromptEmbeds:
+        """`assemble` with this conditioner's settings; `groups`: the row counts over which
+        text projections run apart (a call's prompts, then its negatives, as diffusers runs them)."""
+        pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
         return assemble(
             records,
             self._active_recipe,
             lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
             projection=self.projection,
             t5_zeros=self.t5_zeros,
+            pooled_parts=[
+                (encoder.width, encoder.project_pooled if encoder.pooled_projection is not None else None)
+                for encoder in pooling
+            ],
+            groups=groups,
             dtype=self.dtype,
             device=self.device,
         )

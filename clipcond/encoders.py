@@ -107,9 +107,28 @@ class TextEncoder:
     @property
     def pooled_width(self) -> int:
         """Width of the pooled vector: the projection width when the model has a projection."""
-        if hasattr(self.model, "text_projection"):
+        if self.pooled_projection is not None:
             return self.model.config.projection_dim
         return self.width
+
+    @property
+    def pooled_projection(self) -> nn.Module | None:
+        """The model's `text_projection` (CLIP with projection: SDXL's and SD3's second
+        encoder), which makes the pooled vector from the pooled state; None without one.
+        Records hold the pooled state, and assembly applies this to a call's rows
+        (`clipcond.assembly`): its matrix product rounds differently with the number of rows,
+        so it runs over the batches diffusers runs it over."""
+        projection = getattr(self.model, "text_projection", None)
+        return projection if isinstance(projection, nn.Module) else None
+
+    def project_pooled(self, states: torch.Tensor) -> torch.Tensor:
+        """(rows, width) pooled states -> (rows, pooled_width) pooled vectors: through the
+        model's `text_projection`, in the dtype the model computes in (the states as they are
+        without one)."""
+        projection = self.pooled_projection
+        if projection is None:
+            return states
+        return self.as_states(projection(states.to(self.weights_dtype)))
 
     @property
     def device(self) -> torch.device:
@@ -168,14 +187,28 @@ def run_clip(
         want_tokens: False when only the pooled vector is needed (saves the hidden states).
 
     Returns:
-        tokens: (windows, length, width) or None; pooled: (windows, pooled_width), the
-        projected `text_embeds` for models with a projection, else `pooler_output`.
+        tokens: (windows, length, width) or None; pooled: (windows, width), the pooled state
+        (`pooler_output`; for models with a projection, what the model feeds its
+        `text_projection`, so that the projection can run later over other rows:
+        `TextEncoder.pooled_projection`).
     """
     model = encoder.model
     plain_last = layer_from_end == 1 and final_norm
-    output = model(input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last)
-    pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
-    pooled = encoder.as_states(pooled)
+    projection = encoder.pooled_projection
+    pooled_states: list[torch.Tensor] = []
+    # The model's own pooling (its EOS rule) and its hooks (offloading) run as they do for
+    # diffusers; the pooled state is read where it enters the projection.
+    hook = (
+        None
+        if projection is None
+        else projection.register_forward_pre_hook(lambda _, args: pooled_states.append(args[0]))
+    )
+    try:
+        output = model(input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last)
+    finally:
+        if hook is not None:
+            hook.remove()
+    pooled = encoder.as_states(pooled_states[-1] if projection is not None else output.pooler_output)
     if not want_tokens:
         return None, pooled
     if plain_last:

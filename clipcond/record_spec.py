@@ -79,7 +79,8 @@ def expected_record(clip: Sequence[TextEncoder], t5: TextEncoder | None, recipe:
 
     - ``clip_tokens``: (windows, window_length, sum of CLIP widths), unless the recipe reads
       only CLIP's pooled vector;
-    - ``pooled``: (pooled_width,) of the last CLIP, or of all CLIPs joined (``concat``);
+    - ``pooled``: (width,) pooled state of the last CLIP, or of all CLIPs joined (``concat``),
+      before any `text_projection` (assembly applies it: `clipcond.assembly`);
     - ``t5_tokens``: (t5_max_length, t5_width) and ``t5_mask``: (t5_max_length,) int64.
     """
     tensors: dict[str, TensorSpec] = {}
@@ -89,9 +90,9 @@ def expected_record(clip: Sequence[TextEncoder], t5: TextEncoder | None, recipe:
             width = sum(encoder.width for encoder in clip)
             tensors["clip_tokens"] = TensorSpec((None, clip[0].window_length, width), dtype)
         if recipe.pooled == "last":
-            tensors["pooled"] = TensorSpec((clip[-1].pooled_width,), clip[-1].dtype)
+            tensors["pooled"] = TensorSpec((clip[-1].width,), clip[-1].dtype)
         elif recipe.pooled == "concat":
-            tensors["pooled"] = TensorSpec((sum(encoder.pooled_width for encoder in clip),), dtype)
+            tensors["pooled"] = TensorSpec((sum(encoder.width for encoder in clip),), dtype)
     if t5 is not None:
         tensors["t5_tokens"] = TensorSpec((recipe.t5_max_length, t5.width), t5.dtype)
         tensors["t5_mask"] = TensorSpec((recipe.t5_max_length,), torch.int64)

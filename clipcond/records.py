@@ -19,7 +19,8 @@ class EncodedPrompt:
         clip_tokens: (windows, window_length, clip_width) CLIP token states, the encoders
             joined on channels; None without CLIP or when the recipe reads only CLIP's pooled
             vector.
-        pooled: (pooled_width,) pooled vector, or None when the recipe has none.
+        pooled: (width,) pooled state (of the CLIPs the recipe pools, joined), before any
+            `text_projection`, which assembly applies; None when the recipe has none.
         t5_tokens: (t5_length, t5_width) T5 token states, or None without T5.
         t5_mask: (t5_length,) int64, 1 for real tokens and 0 for padding; None without T5.
     """
