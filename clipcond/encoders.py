@@ -132,7 +132,13 @@ class TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's first parameter."""
+        """Where the model computes: the execution device of an accelerate hook placing its
+        weights (`enable_model_cpu_offload`, `enable_sequential_cpu_offload`, whose weights
+        wait on the CPU or the meta device), else the device of its first parameter."""
+        for module in self.model.modules():
+            execution = getattr(module.__dict__.get("_hf_hook"), "execution_device", None)
+            if execution is not None:
+                return torch.device(execution)
         return next(self.model.parameters()).device
 
     @property

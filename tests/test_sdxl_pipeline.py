@@ -416,6 +416,32 @@ def test_the_offload_sequence_names_the_second_text_encoder() -> None:
     assert CLIPConditionedPipeline.model_cpu_offload_seq.split("->")[:2] == ["text_encoder", "text_encoder_2"]
 
 
+def test_model_cpu_offload_hooks_on_the_cpu_keep_sdxls_images() -> None:
+    """`enable_model_cpu_offload(device="cpu")` runs accelerate's hooks (each model placed
+    for its forward) without an accelerator: SDXL's images bit for bit, also from the cache
+    (the pooled state projected at assembly, outside the text encoder's hooked forward)."""
+    reference = run(fresh_sdxl(), prompt="a red circle", negative_prompt="blurry")
+    pipe = ours_from(fresh_sdxl())
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert pipe.text_encoder_2.__dict__.get("_hf_hook") is not None
+    assert np.array_equal(run(pipe, prompt="a red circle", negative_prompt="blurry"), reference)
+    assert np.array_equal(run(pipe, prompt="a red circle", negative_prompt="blurry"), reference)  # cached
+
+
+def test_an_encoder_placed_by_hooks_computes_on_their_execution_device() -> None:
+    """Sequential offload leaves the weights on the meta device and places them per layer at
+    its execution device: prompts go there, not to the first weight's device."""
+    from accelerate import cpu_offload
+
+    from clipcond.encoders import TextEncoder
+
+    pipe = fresh_sdxl()
+    encoder = TextEncoder(pipe.text_encoder_2, pipe.tokenizer_2)
+    cpu_offload(pipe.text_encoder_2, execution_device=torch.device("cpu"))
+    assert next(pipe.text_encoder_2.parameters()).device.type == "meta"
+    assert encoder.device == torch.device("cpu")
+
+
 @cuda
 def test_gpu_model_cpu_offload_of_an_sdxl_pipeline() -> None:
     """`enable_model_cpu_offload()` moves both text encoders, the UNet and the VAE in turn:
