@@ -37,10 +37,11 @@ def write_config(config: TrainDiffusionConfig, path: Path) -> Path:
     return path
 
 
-def shard_contents(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """caption hash -> {field: tensor}, over every shard of `folder` (each hash once)."""
+def shard_contents(folder: Path, prefix: str = "embeddings") -> dict[str, dict[str, torch.Tensor]]:
+    """key (caption or image hash) -> {field: tensor}, over every ``<prefix>-*`` shard of
+    `folder` (each key once)."""
     found: dict[str, dict[str, torch.Tensor]] = {}
-    for path in sorted(folder.glob("embeddings-*.safetensors")):
+    for path in sorted(folder.glob(f"{prefix}-*.safetensors")):
         with safe_open(str(path), framework="pt") as shard:
             for name in shard.keys():
                 key, _, field = name.partition(".")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from test_encode_command import max_weight_difference, write_config
+from test_encode_command import max_weight_difference, shard_contents, write_config
 from test_train_diffusion import tiny_config
 
 from clipcond.cli import main as clipcond
@@ -41,14 +41,7 @@ def latent_run(sd: Path, output: Path, **overrides):
 
 def stored_latents(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     """image hash -> {"mean", "std"} over every latent shard of `folder` (each hash once)."""
-    found: dict[str, dict[str, torch.Tensor]] = {}
-    for path in sorted(folder.glob("latents-*.safetensors")):
-        with safe_open(str(path), framework="pt") as shard:
-            for name in shard.keys():
-                key, _, field = name.partition(".")
-                assert key not in found or field not in found[key], f"{key} twice"
-                found.setdefault(key, {})[field] = shard.get_tensor(name)
-    return found
+    return shard_contents(folder, "latents")
 
 
 def the_vae(sd: Path):

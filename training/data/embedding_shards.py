@@ -48,6 +48,7 @@ class ShardKind:
         noun: a shard's name in messages ("embedding" shard).
         item: what a key stands for, in messages ("caption", "image").
         reader: whose identity a reader expects, in messages ("the conditioner's").
+        command: the command that writes them, in messages.
     """
 
     format: str
@@ -55,6 +56,7 @@ class ShardKind:
     noun: str
     item: str
     reader: str
+    command: str = "clipcond encode"
 
     def shard_name(self) -> re.Pattern:
         return re.compile(rf"^{re.escape(self.prefix)}-(\d{{6,}})\.safetensors$")
@@ -198,14 +200,15 @@ def _read_header(path: Path, kind: ShardKind) -> tuple[dict[str, str], list[str]
 
 
 class KeyedShards:
-    """The finished shards of one `kind` in a folder: which keys they hold and their tensors.
+    """The finished shards of one kind in a folder: which keys they hold and their tensors.
+    A subclass names the kind (`kind`: file names and format) and how errors name the folder
+    by default (`argument`).
 
     Args:
         folder: the folder `clipcond encode` wrote.
-        kind: what the shards hold (their file names and format).
         expected: the identity the records must have (the reader's); None accepts the
             folder's own, which every shard must then share.
-        argument: how errors name the folder (e.g. "data.embeddings").
+        argument: how errors name the folder (e.g. "data.embeddings"); None: the class's.
         require_shards: an empty folder is an error (readers) rather than an empty set (a
             writer resuming).
 
@@ -216,17 +219,19 @@ class KeyedShards:
         StaleEmbeddings: a shard's identity differs from `expected` or from the other shards'.
     """
 
+    kind: ShardKind
+    argument: str
+
     def __init__(
         self,
         folder: str | os.PathLike,
-        kind: ShardKind,
         expected: EmbeddingIdentity | None = None,
-        argument: str = "embeddings",
+        argument: str | None = None,
         require_shards: bool = True,
     ) -> None:
         self.folder = Path(folder)
-        self.kind = kind
-        self.argument = argument
+        kind = self.kind
+        self.argument = argument = argument if argument is not None else self.argument
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{argument}: no folder {self.folder}")
         self._shard_name = kind.shard_name()
@@ -276,6 +281,19 @@ class KeyedShards:
         numbers = [int(self._shard_name.match(path.name).group(1)) for path in self.paths]
         return max(numbers, default=-1) + 1
 
+    def required(
+        self, key: str, what: str, missing: type[MissingRecord], device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`tensors` of `key`, which must be there: else `missing` is raised, naming `what`
+        (e.g. "caption 'a red circle'"), the key, the folder and the command that adds it."""
+        tensors = self.tensors(key, device)
+        if tensors is None:
+            raise missing(
+                f"{self.argument}: {what} (hash {key}) is not in {self.folder}; encode the run's "
+                f"{self.kind.item}s with `{self.kind.command}` into that folder (it resumes)"
+            )
+        return tensors
+
     def tensors(self, key: str, device: torch.device | str | None = None) -> dict[str, torch.Tensor] | None:
         """The tensors stored under `key` (field -> tensor) on `device` (default the CPU), or
         None when no shard holds it."""
@@ -304,14 +322,8 @@ class EmbeddingShards(KeyedShards):
     """The finished caption-embedding shards of a folder (`KeyedShards` of
     `CAPTION_EMBEDDINGS`): which captions they hold and their records."""
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        expected: EmbeddingIdentity | None = None,
-        argument: str = "embeddings",
-        require_shards: bool = True,
-    ) -> None:
-        super().__init__(folder, CAPTION_EMBEDDINGS, expected, argument, require_shards)
+    kind = CAPTION_EMBEDDINGS
+    argument = "embeddings"
 
     def record(self, caption: str, device: torch.device | str | None = None) -> EncodedPrompt:
         """The record of `caption`, on `device` (default the CPU).
@@ -319,13 +331,7 @@ class EmbeddingShards(KeyedShards):
         Raises:
             MissingEmbedding: no shard holds it (the message names its hash and the folder).
         """
-        key = caption_hash(caption)
-        tensors = self.tensors(key, device)
-        if tensors is None:
-            raise MissingEmbedding(
-                f"{self.argument}: caption {caption[:80]!r} (hash {key}) is not in {self.folder}; "
-                "encode the run's captions with `clipcond encode` into that folder (it resumes)"
-            )
+        tensors = self.required(caption_hash(caption), f"caption {caption[:80]!r}", MissingEmbedding, device)
         return EncodedPrompt.from_tensors(tensors)
 
     def records(self, captions: Sequence[str], device: torch.device | str | None = None) -> list[EncodedPrompt]:

@@ -17,7 +17,6 @@ image's latents; the shards' identity is the VAE's weights fingerprint, its clas
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,9 @@ from clipcond.training.data.embedding_shards import (
     ShardKind,
 )
 
-LATENTS = ShardKind("clipcond-image-latents-v1", "latents", "latent", "image", "the run's VAE's")
+LATENTS = ShardKind(
+    "clipcond-image-latents-v1", "latents", "latent", "image", "the run's VAE's", "clipcond encode --latents"
+)
 
 
 class MissingLatents(MissingRecord):
@@ -80,14 +81,8 @@ class LatentShards(KeyedShards):
     """The finished latent shards of a folder, checked against `expected` (the run's
     `vae_identity`); see `KeyedShards` for the arguments and errors."""
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        expected: EmbeddingIdentity | None = None,
-        argument: str = "data.latents",
-        require_shards: bool = True,
-    ) -> None:
-        super().__init__(folder, LATENTS, expected, argument, require_shards)
+    kind = LATENTS
+    argument = "data.latents"
 
     def moments(
         self, pixels: torch.Tensor, device: torch.device | str | None = None
@@ -100,13 +95,7 @@ class LatentShards(KeyedShards):
         """
         means, stds = [], []
         for position, image in enumerate(pixels):
-            key = image_hash(image)
-            stored = self.tensors(key, device)
-            if stored is None:
-                raise MissingLatents(
-                    f"{self.argument}: image {position} of the batch (hash {key}) is not in {self.folder}; "
-                    "encode the run's images with `clipcond encode --latents` into that folder (it resumes)"
-                )
+            stored = self.required(image_hash(image), f"image {position} of the batch", MissingLatents, device)
             means.append(stored["mean"])
             stds.append(stored["std"])
         return torch.stack(means), torch.stack(stds)
