@@ -128,7 +128,12 @@ class TextEncoder:
         projection = self.pooled_projection
         if projection is None:
             return states
-        return self.as_states(projection(states.to(self.weights_dtype)))
+        # Where its weights are: a cache hit under model offload projects on the CPU, without
+        # bringing the encoder back to the GPU. Weights on the meta device are placed by a hook
+        # (sequential offload), which also moves the input.
+        weight = next(projection.parameters(), None)
+        where = states.device if weight is None or weight.device.type == "meta" else weight.device
+        return self.as_states(projection(states.to(device=where, dtype=self.weights_dtype))).to(states.device)
 
     @property
     def device(self) -> torch.device:

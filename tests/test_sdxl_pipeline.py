@@ -437,9 +437,14 @@ def test_an_encoder_placed_by_hooks_computes_on_their_execution_device() -> None
 
     pipe = fresh_sdxl()
     encoder = TextEncoder(pipe.text_encoder_2, pipe.tokenizer_2)
-    cpu_offload(pipe.text_encoder_2, execution_device=torch.device("cpu"))
-    assert next(pipe.text_encoder_2.parameters()).device.type == "meta"
-    assert encoder.device == torch.device("cpu")
+    states = torch.randn(3, pipe.text_encoder_2.config.hidden_size)
+    with torch.no_grad():
+        projected = encoder.project_pooled(states)
+        cpu_offload(pipe.text_encoder_2, execution_device=torch.device("cpu"))
+        assert next(pipe.text_encoder_2.parameters()).device.type == "meta"
+        assert encoder.device == torch.device("cpu")
+        # the pooled projection, run outside the model's forward, is placed by its own hook
+        assert torch.equal(encoder.project_pooled(states), projected)
 
 
 @cuda
