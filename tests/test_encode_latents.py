@@ -50,11 +50,20 @@ def the_vae(sd: Path):
     return AutoencoderKL.from_pretrained(sd / "vae").eval()
 
 
-def test_training_on_encoded_latents_gives_the_weights_of_the_live_vae(sd_folder: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("source", ["shapes", "webdataset"])
+def test_training_on_encoded_latents_gives_the_weights_of_the_live_vae(
+    source: str, sd_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
     from diffusers import AutoencoderKL
 
-    live = latent_run(sd_folder, tmp_path / "live")
-    data = DiffusionDataConfig(latents=str(tmp_path / "lat"), embeddings=str(tmp_path / "emb"))
+    sources = {}
+    if source == "webdataset":  # 8 samples of 20x24 px, resized by the run to 16 px
+        from shards import write_shards
+
+        write_shards(tmp_path / "shards", "train", 2)
+        sources = dict(source="webdataset", urls=str(tmp_path / "shards" / "train-{000000..000001}.tar"))
+    live = latent_run(sd_folder, tmp_path / "live", data=DiffusionDataConfig(**sources))
+    data = DiffusionDataConfig(latents=str(tmp_path / "lat"), embeddings=str(tmp_path / "emb"), **sources)
     read = latent_run(sd_folder, tmp_path / "read", data=data)
     config = write_config(read, tmp_path / "read.yaml")
     argv = ["encode", "--train-config", str(config), "--out", str(tmp_path / "emb"), "--latents", str(tmp_path / "lat")]
