@@ -50,8 +50,8 @@ class Family:
         slots: the pipeline components holding the encoders, CLIPs first in channel order.
         clip_counts: numbers of CLIP encoders the recipe takes.
         t5: "required", "absent" or "optional" (or zeros in its place: `t5_zeros_when_missing`).
-        t5_zeros_when_missing: a pipeline without its T5 feeds zero tokens of the CLIP length
-            at the denoiser's joint width (SD3 without `text_encoder_3`).
+        t5_zeros_when_missing: a pipeline without its T5 feeds zero tokens of the T5 length
+            (`max_sequence_length`) at the denoiser's joint width (SD3 without `text_encoder_3`).
         t5_length_by_class: the T5 budget of pipeline classes whose `__call__` default differs
             from the recipe's (PixArt-Sigma: 300).
         force_zeros_flag: the pipeline config flag that decides whether a missing negative
@@ -318,8 +318,8 @@ def conditioner_from_pipeline(cls, pipe: Any, clip_skip: int | None = None, **kw
     clip, t5 = encoders_in(family, pipe)
     t5_zeros = None
     if t5 is None and family.t5_zeros_when_missing:
-        # diffusers then feeds zeros of the CLIP length at the transformer's joint width.
-        t5_zeros = (int(getattr(pipe, "tokenizer_max_length", 77)), int(pipe.transformer.config.joint_attention_dim))
+        # diffusers then feeds zeros of `max_sequence_length` tokens at the transformer's joint width.
+        t5_zeros = (int(recipe.t5_max_length), int(pipe.transformer.config.joint_attention_dim))
     if not family.encoders_fit(len(clip), t5 is not None, t5_zeros is not None):
         raise ValueError(
             f"{class_name} is missing a text encoder or tokenizer needed by recipe {family.name!r} "

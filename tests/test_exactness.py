@@ -102,6 +102,27 @@ def test_sd3(sd3_pipe, negative):
         close(kwargs[key], value)
 
 
+@pytest.mark.parametrize("max_sequence_length", [None, 32])
+def test_sd3_without_its_t5(sd3_pipe, max_sequence_length):
+    """SD3 without `text_encoder_3`: diffusers feeds zero T5 tokens of `max_sequence_length`
+    (256 by default) after the CLIP tokens; so do we."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**{**sd3_pipe.components, "text_encoder_3": None, "tokenizer_3": None})
+    length = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    cond = TextConditioner.from_pipeline(pipe, **length)
+    kwargs = cond.pipeline_kwargs(PROMPTS[:2], negative_prompt="blurry")
+    expected = pipe.encode_prompt(
+        PROMPTS[:2], None, None, device="cpu", negative_prompt="blurry", negative_prompt_2=None,
+        negative_prompt_3=None, **length,
+    )  # fmt: skip
+    assert kwargs["prompt_embeds"].shape[1] == 77 + (max_sequence_length or 256)
+    for name, tensor in zip(
+        ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"], expected
+    ):
+        close(kwargs[name], tensor)
+
+
 @pytest.mark.parametrize("negative", NEGATIVES)
 def test_flux(flux_pipe, negative):
     cond = TextConditioner.from_pipeline(flux_pipe)

@@ -255,13 +255,13 @@ def test_from_pipeline_reads_sdxls_force_zeros_flag(config, zeros):
     assert built["clip"] == [("G", "tok G")]
 
 
-def test_sd3_without_its_t5_gets_zeros_of_the_clip_length_at_the_joint_width():
+def test_sd3_without_its_t5_gets_zeros_of_the_t5_length_at_the_joint_width():
     transformer = SimpleNamespace(config=SimpleNamespace(joint_attention_dim=48))
     clips = dict(text_encoder="L", tokenizer="tok L", text_encoder_2="G", tokenizer_2="tok G")
     built = conditioner_from_pipeline(_recorded, _pipe("StableDiffusion3Pipeline", transformer=transformer, **clips))
-    assert built["t5"] is None and built["t5_zeros"] == (77, 48)
+    assert built["t5"] is None and built["t5_zeros"] == (256, 48)  # SD3's default max_sequence_length
     pipe = _pipe("StableDiffusion3Pipeline", transformer=transformer, tokenizer_max_length=20, **clips)
-    assert conditioner_from_pipeline(_recorded, pipe)["t5_zeros"] == (20, 48)
+    assert conditioner_from_pipeline(_recorded, pipe, max_sequence_length=40)["t5_zeros"] == (40, 48)
 
 
 def test_from_pipeline_names_what_is_missing():
