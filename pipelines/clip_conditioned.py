@@ -31,6 +31,7 @@ AND in `composable.py`, LoRA loading per family in `lora_loading.py` and what SD
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
@@ -588,8 +589,9 @@ class CLIPConditionedPipeline(
         The arguments are StableDiffusionPipeline's (and, for an SDXL UNet,
         StableDiffusionXLPipeline's), with the same meaning: `guidance_scale` defaults to
         the family's (7.5, SDXL 5.0); `timesteps` or
-        `sigmas` replace the scheduler's spacing (then `num_inference_steps` is their count and
-        may be None),
+        `sigmas` replace the scheduler's spacing (then `num_inference_steps` may be None, and the
+        steps are those the scheduler makes of them: Euler's take the last sigma as the final
+        one, so prompt editing counts `len(sigmas) - 1` steps there),
         `guidance_rescale` rescales the guided prediction (arXiv 2305.08891, section 3.4),
         `cross_attention_kwargs` go to the UNet's attention processors (`"scale"` also scales a
         LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
@@ -867,8 +869,16 @@ class CLIPConditionedPipeline(
     # callbacks are one code path for the three tasks.
 
     def _steps_to_run(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
-        """How many denoising steps this call runs (what prompt editing's `when` counts)."""
-        return len(timesteps) if timesteps is not None else len(sigmas) if sigmas is not None else num_inference_steps
+        """How many denoising steps this call runs (what prompt editing's `when` counts). For
+        custom `timesteps` or `sigmas`, as the scheduler sets them (on a copy, before the
+        prompt is encoded, as in diffusers): Euler's schedulers take the last sigma as the
+        final one, so four sigmas are three steps; a second-order scheduler's repeated
+        timesteps count once."""
+        if timesteps is None and sigmas is None:
+            return num_inference_steps
+        probe = copy.deepcopy(self.scheduler)
+        schedule, _ = retrieve_timesteps(probe, None, "cpu", timesteps, sigmas)
+        return -(-len(schedule) // probe.order)
 
     def _prepare_timesteps(
         self, num_inference_steps: int | None, device: torch.device, timesteps: Any, sigmas: Any

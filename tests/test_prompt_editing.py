@@ -145,6 +145,31 @@ def test_clip_conditioned_pipeline_edits_natively(sd_pipe):
     assert torch.equal(got, reference)
 
 
+def test_editing_counts_the_steps_that_custom_sigmas_make(sd_pipe):
+    """Euler's schedulers take the last of `sigmas` as the final sigma: their own four sigmas of
+    `set_timesteps(3)` are three steps, so `[red:blue:0.5]` reads "red" at steps 0 and 1 (up
+    to 0.5 x 3) and "blue" at step 2, as with `num_inference_steps=3` (counting four steps
+    would switch one step later)."""
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler.from_config(sd_pipe.scheduler.config)
+    scheduler.set_timesteps(3)
+    sigmas = scheduler.sigmas.tolist()
+    pipe = CLIPConditionedPipeline(**{**CLIPConditionedPipeline.from_pipe(sd_pipe).components, "scheduler": scheduler})
+    contexts = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"][-1]), with_kwargs=True
+    )
+    try:
+        pipe(EDITED, sigmas=sigmas, guidance_scale=1.0, output_type="latent", generator=_generator())
+    finally:
+        hook.remove()
+    red, blue = pipe.conditioner.pipeline_kwargs(["a red circle", "a blue circle"])["prompt_embeds"]
+    assert len(sigmas) == 4 and len(contexts) == 3
+    assert [torch.equal(context, red) for context in contexts] == [True, True, False]
+    assert torch.equal(contexts[2], blue)
+
+
 def _hand_loop(pipe, contexts, combine, steps=3):
     """The denoising loop written out: UNet on every row, combined by `combine`."""
     pipe.scheduler.set_timesteps(steps)
