@@ -69,6 +69,30 @@ def test_sdxl_negative_prompt_2_without_a_negative_names_what_the_negatives_are(
         cond.pipeline_kwargs("a cat", negative_prompt_2="ugly")
 
 
+def test_sd3_without_a_t5_joins_the_zero_tokens_it_is_given(sd3_pipe):
+    """`t5_zeros` (what `from_pipeline` passes for an SD3 pipeline loaded without
+    `text_encoder_3`): zero T5 tokens of that length after the CLIP tokens, which are those of
+    the conditioner with the T5."""
+    clip = [(sd3_pipe.text_encoder, sd3_pipe.tokenizer), (sd3_pipe.text_encoder_2, sd3_pipe.tokenizer_2)]
+    width = sd3_pipe.transformer.config.joint_attention_dim
+    cond = TextConditioner("sd3", clip=clip, t5_zeros=(7, width), cache_size=0)
+    with_t5 = TextConditioner.from_pipeline(sd3_pipe, cache_size=0)
+    clip_tokens = with_t5.encode("a red circle").tokens[:, :77]
+    close(cond.encode("a red circle").tokens, torch.cat([clip_tokens, torch.zeros(1, 7, width)], dim=1))
+
+
+def test_a_given_projection_is_the_one_applied(tiny_clip_text_path):
+    from clipcond.projection import TextProjection
+
+    model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
+    projection = TextProjection(16, clip_width=model.config.hidden_size)
+    cond = TextConditioner("custom", clip=[(model, clip_tokenizer())], projection=projection, cache_size=0)
+    plain = TextConditioner("sd", clip=[(model, clip_tokenizer())], cache_size=0)
+    assert cond.projection is projection
+    with torch.no_grad():
+        close(cond.encode("a red circle").tokens, projection["clip"](plain.encode("a red circle").tokens))
+
+
 # ------------------------------------------------------------------ records, identity
 
 
