@@ -1,8 +1,10 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
-both embeddings, a LoRA scale given to a pipeline without a LoRA, a pipeline of text
-components only, the constructor's words for SDXL-only settings and a missing safety checker.
-Tiny SD components (the session fixture). Written against the mutation run of
-issue 24 (benchmarks/results/mutation.md)."""
+both embeddings, a LoRA scale with and without a text-encoder LoRA, a pipeline of text
+components only, the constructor's words for SDXL-only settings, a missing safety checker and
+`t5_max_length`; given embeddings (SDXL's zero negatives, dtype, `negative_prompt_2`) and
+latents, a text encoder swapped in place, the steps of `sigmas` and SDXL's first step. Tiny
+SD and SDXL components (the session fixtures). Written against the mutation runs of issue 24
+(benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
 
@@ -206,3 +208,59 @@ def test_prompt_editing_with_sigmas_switches_where_the_same_steps_do(sd_pipe) ->
     assert not torch.equal(by_count[0], by_count[-1])  # the text changed within the four steps
     for by_sigmas, by_steps in zip(contexts, by_count):
         assert torch.equal(by_sigmas, by_steps)
+
+
+def test_t5_max_length_needs_the_custom_recipe_with_a_t5(sd_pipe, tiny_t5_encoder_path) -> None:
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    parts = {**_ours(sd_pipe).components, "recipe": "custom", "t5_max_length": 8}
+    message = "`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CLIPConditionedPipeline(**parts)
+    t5 = T5EncoderModel.from_pretrained(tiny_t5_encoder_path)
+    tokenizer_2 = AutoTokenizer.from_pretrained(tiny_t5_encoder_path)
+    with_t5 = CLIPConditionedPipeline(**{**parts, "text_encoder_2": t5, "tokenizer_2": tokenizer_2})
+    assert with_t5.config.t5_max_length == 8
+
+
+def test_a_long_prompt_beside_short_negative_embeddings_says_how_to_encode_both(sd_pipe) -> None:
+    negative = torch.zeros(1, 77, sd_pipe.text_encoder.config.hidden_size)
+    message = (
+        "the negative prompt's embeddings (1, 77, 32) must have the shape of the prompt's (1, 154, 32) (a prompt "
+        "longer than 77 tokens makes more tokens: encode prompt and negative prompt together, with "
+        "`pipe.conditioner.pipeline_kwargs`)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _ours(sd_pipe).encode_prompt("a red circle " * 30, "cpu", 1, True, negative_prompt_embeds=negative)
+
+
+def test_one_second_negative_prompt_per_given_embedding(sdxl_pipe) -> None:
+    """Given embeddings of two prompts take one `negative_prompt_2` each, as in SDXL."""
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    with torch.no_grad():
+        embeds, _, pooled, _ = sdxl_pipe.encode_prompt(["a red circle", "a blue square"], device="cpu")
+        settings = dict(
+            prompt=None,
+            device="cpu",
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            negative_prompt=["blurry", "dark"],
+            negative_prompt_2=["grainy", "flat"],
+        )
+        expected = sdxl_pipe.encode_prompt(**settings)
+        got = ours.encode_prompt(**settings)
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
+
+
+def test_sdxl_starts_at_the_first_step_of_a_schedule_that_repeats_it(sdxl_pipe) -> None:
+    """SDXL's pipeline starts its scheduler at index 0 (`set_begin_index(0)`); without it the
+    scheduler would look the first timestep up, and take its second place when it repeats."""
+    settings = dict(prompt="a red circle", timesteps=[999, 999, 500, 40], num_inference_steps=None)
+    settings.update(output_type="latent", generator=torch.Generator().manual_seed(0))
+    expected = sdxl_pipe(**settings).images
+    settings.update(generator=torch.Generator().manual_seed(0))
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    ours.set_progress_bar_config(disable=True)
+    assert torch.equal(ours(**settings).images, expected)
+    assert ours.scheduler.begin_index == 0

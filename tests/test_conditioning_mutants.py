@@ -1,8 +1,9 @@
 """`TextConditioner`'s methods that the conditioning and exactness tests never call, or call
 without looking at what a mutant changes: edited prompts with negatives (`pipeline_kwargs` with
 steps, `schedule`), records and their assembly, `identity`, `to`, textual inversion, the dtype
-`from_config` loads in, and the per-encoder negatives refused. Tiny encoders. Written against
-the mutation run of issue 24 (benchmarks/results/mutation.md)."""
+`from_config` loads in, the per-encoder negatives refused, a given projection and SD3's zero
+T5 tokens. Tiny encoders. Written against the mutation runs of issue 24
+(benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
 
