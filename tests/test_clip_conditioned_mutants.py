@@ -264,3 +264,52 @@ def test_sdxl_starts_at_the_first_step_of_a_schedule_that_repeats_it(sdxl_pipe) 
     ours.set_progress_bar_config(disable=True)
     assert torch.equal(ours(**settings).images, expected)
     assert ours.scheduler.begin_index == 0
+
+
+def test_a_narrow_text_encoder_is_refused_with_what_to_do(sd_pipe) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = {**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16, "intermediate_size": 37}
+    pipe = CLIPConditionedPipeline(
+        **{**_ours(sd_pipe).components, "text_encoder": CLIPTextModel(CLIPTextConfig(**config))}
+    )
+    message = (
+        "the text encoders give 16-wide tokens but unet.config.cross_attention_dim is 32; use an encoder of that "
+        "width, or add a learned adapter: recipe='custom' with text_projection=TextProjection(projection_dim=32, "
+        "...) (trained with `clipcond train-diffusion`, `train: adapter`)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pipe.encode_prompt("a red circle", "cpu", 1, False)
+
+
+def test_sdxl_without_guidance_reads_prompt_2(sdxl_pipe) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    settings = dict(prompt="a red circle", prompt_2="at night", device="cpu", do_classifier_free_guidance=False)
+    with torch.no_grad():
+        expected = sdxl_pipe.encode_prompt(**settings)
+        got = ours.encode_prompt(**settings)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
+
+
+def test_clip_skip_of_encode_prompt_is_the_pipelines_setting(sd_pipe) -> None:
+    configured = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "clip_skip": 1})
+    expected = configured.encode_prompt("a red circle", "cpu", 1, False)[0]
+    got = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False, clip_skip=1)[0]
+    assert torch.equal(got, expected) and not torch.equal(
+        got, _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False)[0]
+    )
+
+
+def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd_pipe) -> None:
+    """As StableDiffusionPipeline.encode_prompt without a text encoder: the UNet's dtype."""
+    from diffusers import StableDiffusionPipeline
+
+    parts = {**sd_pipe.components, "text_encoder": None, "tokenizer": None}
+    embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
+    settings = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds.flip(1))
+    expected = StableDiffusionPipeline(**parts).encode_prompt(None, "cpu", 1, True, **settings)
+    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "text_encoder": None, "tokenizer": None})
+    got = ours.encode_prompt(None, "cpu", 1, True, **settings)
+    assert got[0].dtype == torch.float32
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
