@@ -223,6 +223,20 @@ def test_t5_max_length_needs_the_custom_recipe_with_a_t5(sd_pipe, tiny_t5_encode
     assert with_t5.config.t5_max_length == 8
 
 
+def test_t5_max_length_set_in_the_config_takes_effect(sd_pipe, t5_tokenizer_path) -> None:
+    """The conditioner is rebuilt when the pipeline's `t5_max_length` changes (as it is for the
+    other settings the conditioner reads from the config)."""
+    from tiny_pipelines import t5_encoder
+    from transformers import AutoTokenizer
+
+    tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    parts = {**_ours(sd_pipe).components, "text_encoder_2": t5_encoder(3, len(tokenizer_2)), "tokenizer_2": tokenizer_2}
+    pipe = CLIPConditionedPipeline(**parts, recipe="custom", t5_max_length=8)
+    assert pipe.encode_prompt("a red circle", "cpu", 1, False)[0].shape[1] == 77 + 8
+    pipe.register_to_config(t5_max_length=12)
+    assert pipe.encode_prompt("a red circle", "cpu", 1, False)[0].shape[1] == 77 + 12
+
+
 def test_a_long_prompt_beside_short_negative_embeddings_says_how_to_encode_both(sd_pipe) -> None:
     negative = torch.zeros(1, 77, sd_pipe.text_encoder.config.hidden_size)
     message = (
