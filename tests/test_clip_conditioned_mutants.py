@@ -1,9 +1,11 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
 both embeddings, a LoRA scale with and without a text-encoder LoRA, a pipeline of text
 components only, the constructor's words for SDXL-only settings, a missing safety checker and
-`t5_max_length`; given embeddings (SDXL's zero negatives, dtype, `negative_prompt_2`) and
-latents, a text encoder swapped in place, the steps of `sigmas` and SDXL's first step. Tiny
-SD and SDXL components (the session fixtures). Written against the mutation runs of issue 24
+`t5_max_length` (also set in the config later) and a too narrow text encoder; given embeddings
+(SDXL's zero negatives, dtype with and without a text encoder, `negative_prompt_2`) and latents,
+`encode_prompt`'s `clip_skip`, SDXL's `prompt_2` without guidance, a text encoder swapped in
+place, the steps of `sigmas` and SDXL's first step. Tiny SD and SDXL components (the session
+fixtures). Written against the mutation runs of issue 24
 (benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
