@@ -1,14 +1,20 @@
 """`CLIPConditionedPipeline` where the pipeline tests look past it: `encode_prompt`'s device for
-both embeddings, a LoRA scale given to a pipeline without a LoRA, a pipeline of text
-components only, the constructor's words for SDXL-only settings and a missing safety checker.
-Tiny SD components (the session fixture). Written against the mutation run of
-issue 24 (benchmarks/results/mutation.md)."""
+both embeddings, a LoRA scale with and without a text-encoder LoRA, a pipeline of text
+components only, the constructor's words for SDXL-only settings, a missing safety checker and
+`t5_max_length` (also set in the config later) and a too narrow text encoder; given embeddings
+(SDXL's zero negatives, dtype with and without a text encoder, `negative_prompt_2`) and latents,
+`encode_prompt`'s `clip_skip`, SDXL's `prompt_2` without guidance, a text encoder swapped in
+place, the steps of `sigmas` and SDXL's first step. Tiny SD and SDXL components (the session
+fixtures). Written against the mutation runs of issue 24
+(benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +91,241 @@ def test_a_required_but_missing_safety_checker_is_one_warning_that_says_what_to_
         "Stable Diffusion checkpoint's does): images are not filtered. Respect the model's license when you show "
         "them; pass requires_safety_checker=False to silence this."
     ]
+
+
+def test_a_text_encoder_swapped_in_place_is_the_one_that_encodes(sd_pipe) -> None:
+    """The conditioner is kept between calls (with its cache) and rebuilt when a text encoder is
+    assigned to the pipeline."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    pipe = _ours(sd_pipe)
+    before = pipe.encode_prompt("a red circle", "cpu", 1, False)[0]
+    assert pipe.conditioner is pipe.conditioner
+    torch.manual_seed(7)  # the fixture's encoder was seeded with 1
+    other = CLIPTextModel(CLIPTextConfig(**sd_pipe.text_encoder.config.to_dict())).eval()
+    pipe.text_encoder = other
+    expected = CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=other).encode_prompt(
+        "a red circle", "cpu", 1, False
+    )
+    after = pipe.encode_prompt("a red circle", "cpu", 1, False)[0]
+    assert torch.equal(after, expected[0]) and not torch.equal(after, before)
+
+
+def test_given_latents_are_stable_diffusions_and_a_wrong_shape_is_named(sd_pipe) -> None:
+    unet = sd_pipe.unet.config
+    latents = torch.randn(
+        1, unet.in_channels, unet.sample_size, unet.sample_size, generator=torch.Generator().manual_seed(5)
+    )
+    settings = dict(prompt="a red circle", num_inference_steps=2, output_type="np", latents=latents)
+    pipe = _ours(sd_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    assert np.array_equal(pipe(**settings).images, sd_pipe(**settings).images)
+    shape = (1, unet.in_channels, unet.sample_size, unet.sample_size)
+    message = f"`latents` must have shape {shape}, got {(1, unet.in_channels, 4, 4)}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pipe(**{**settings, "latents": latents[:, :, :4, :4]})
+
+
+def test_given_sdxl_embeddings_without_a_negative_are_sdxls_zeros(sdxl_pipe) -> None:
+    """SDXL's encode_prompt with the prompt's embeddings and pooled vector only: they come back
+    as given, and the negatives are zeros (force_zeros_for_empty_prompt)."""
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    with torch.no_grad():
+        embeds, _, pooled, _ = sdxl_pipe.encode_prompt("a red circle", device="cpu", negative_prompt="blurry")
+        given = dict(prompt=None, device="cpu", prompt_embeds=embeds, pooled_prompt_embeds=pooled)
+        expected = sdxl_pipe.encode_prompt(**given)
+        got = ours.encode_prompt(**given)
+    assert torch.equal(got[2], pooled) and not torch.any(got[1]) and not torch.any(got[3])
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
+
+
+def test_a_second_negative_prompt_beside_its_embeddings_is_refused(sdxl_pipe) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    embeds = dict(negative_prompt_embeds=torch.zeros(1, 77, 64), negative_pooled_prompt_embeds=torch.zeros(1, 32))
+    message = "give at most one of `negative_prompt_2` and `negative_prompt_embeds` (the embeddings are its encoding)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ours.encode_prompt("a red circle", "cpu", negative_prompt_2="dark", **embeds)
+
+
+def test_given_embeddings_come_back_in_the_text_encoders_dtype(sd_pipe) -> None:
+    """As StableDiffusionPipeline.encode_prompt: given bfloat16 embeddings are cast to the
+    (float32) text encoder's dtype."""
+    embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = sd_pipe.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds)
+        got = _ours(sd_pipe).encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds)
+    assert got[0].dtype == got[1].dtype == torch.float32
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
+
+
+def test_a_lora_in_the_text_encoder_runs_at_the_scale_given(sd_pipe) -> None:
+    """`lora_scale` scales a text-encoder LoRA for the call, as StableDiffusionPipeline's
+    encode_prompt does (peft layers, non-zero from the start)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(1)
+    encoder = inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        copy.deepcopy(sd_pipe.text_encoder),
+    )
+    peer = StableDiffusionPipeline(**{**sd_pipe.components, "text_encoder": encoder})
+    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "text_encoder": encoder})
+    args = ("a red circle", "cpu", 1, True, "blurry")
+    with torch.no_grad():
+        full = peer.encode_prompt(*args)
+        for scale in (0.5, None):
+            expected = peer.encode_prompt(*args, lora_scale=scale)
+            for actual, wanted in zip(ours.encode_prompt(*args, lora_scale=scale), expected):
+                assert torch.equal(actual, wanted)
+    assert not torch.equal(expected[0], peer.encode_prompt(*args, lora_scale=0.5)[0])  # the scale shows
+    assert torch.equal(expected[0], full[0])
+
+
+def test_prompt_editing_with_sigmas_switches_where_the_same_steps_do(sd_pipe) -> None:
+    """`sigmas` set the steps (diffusers ignores `num_inference_steps` then): Euler's own sigmas
+    of four steps (five values, the last one final) switch `[red:blue:0.5]` at the step where
+    `num_inference_steps=4` does."""
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler.from_config(sd_pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    sigmas = scheduler.sigmas.tolist()
+    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "scheduler": scheduler})
+    ours.set_progress_bar_config(disable=True)
+    contexts = []
+    hook = ours.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
+    settings = dict(prompt="a [red:blue:0.5] circle", height=32, width=32, output_type="latent")
+    try:
+        ours(num_inference_steps=4, **settings)
+        by_count, contexts[:] = list(contexts), []
+        ours(sigmas=sigmas, **settings)
+    finally:
+        hook.remove()
+    assert len(sigmas) == 5 and len(contexts) == len(by_count) == 4
+    assert not torch.equal(by_count[0], by_count[-1])  # the text changed within the four steps
+    for by_sigmas, by_steps in zip(contexts, by_count):
+        assert torch.equal(by_sigmas, by_steps)
+
+
+def test_t5_max_length_needs_the_custom_recipe_with_a_t5(sd_pipe, tiny_t5_encoder_path) -> None:
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    parts = {**_ours(sd_pipe).components, "recipe": "custom", "t5_max_length": 8}
+    message = "`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CLIPConditionedPipeline(**parts)
+    t5 = T5EncoderModel.from_pretrained(tiny_t5_encoder_path)
+    tokenizer_2 = AutoTokenizer.from_pretrained(tiny_t5_encoder_path)
+    with_t5 = CLIPConditionedPipeline(**{**parts, "text_encoder_2": t5, "tokenizer_2": tokenizer_2})
+    assert with_t5.config.t5_max_length == 8
+
+
+def test_t5_max_length_set_in_the_config_takes_effect(sd_pipe, t5_tokenizer_path) -> None:
+    """The conditioner is rebuilt when the pipeline's `t5_max_length` changes (as it is for the
+    other settings the conditioner reads from the config)."""
+    from tiny_pipelines import t5_encoder
+    from transformers import AutoTokenizer
+
+    tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    parts = {**_ours(sd_pipe).components, "text_encoder_2": t5_encoder(3, len(tokenizer_2)), "tokenizer_2": tokenizer_2}
+    pipe = CLIPConditionedPipeline(**parts, recipe="custom", t5_max_length=8)
+    assert pipe.encode_prompt("a red circle", "cpu", 1, False)[0].shape[1] == 77 + 8
+    pipe.register_to_config(t5_max_length=12)
+    assert pipe.encode_prompt("a red circle", "cpu", 1, False)[0].shape[1] == 77 + 12
+
+
+def test_a_long_prompt_beside_short_negative_embeddings_says_how_to_encode_both(sd_pipe) -> None:
+    negative = torch.zeros(1, 77, sd_pipe.text_encoder.config.hidden_size)
+    message = (
+        "the negative prompt's embeddings (1, 77, 32) must have the shape of the prompt's (1, 154, 32) (a prompt "
+        "longer than 77 tokens makes more tokens: encode prompt and negative prompt together, with "
+        "`pipe.conditioner.pipeline_kwargs`)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _ours(sd_pipe).encode_prompt("a red circle " * 30, "cpu", 1, True, negative_prompt_embeds=negative)
+
+
+def test_one_second_negative_prompt_per_given_embedding(sdxl_pipe) -> None:
+    """Given embeddings of two prompts take one `negative_prompt_2` each, as in SDXL."""
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    with torch.no_grad():
+        embeds, _, pooled, _ = sdxl_pipe.encode_prompt(["a red circle", "a blue square"], device="cpu")
+        settings = dict(
+            prompt=None,
+            device="cpu",
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            negative_prompt=["blurry", "dark"],
+            negative_prompt_2=["grainy", "flat"],
+        )
+        expected = sdxl_pipe.encode_prompt(**settings)
+        got = ours.encode_prompt(**settings)
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
+
+
+def test_sdxl_starts_at_the_first_step_of_a_schedule_that_repeats_it(sdxl_pipe) -> None:
+    """SDXL's pipeline starts its scheduler at index 0 (`set_begin_index(0)`); without it the
+    scheduler would look the first timestep up, and take its second place when it repeats."""
+    settings = dict(prompt="a red circle", timesteps=[999, 999, 500, 40], num_inference_steps=None)
+    settings.update(output_type="latent", generator=torch.Generator().manual_seed(0))
+    expected = sdxl_pipe(**settings).images
+    settings.update(generator=torch.Generator().manual_seed(0))
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    ours.set_progress_bar_config(disable=True)
+    assert torch.equal(ours(**settings).images, expected)
+    assert ours.scheduler.begin_index == 0
+
+
+def test_a_narrow_text_encoder_is_refused_with_what_to_do(sd_pipe) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = {**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16, "intermediate_size": 37}
+    pipe = CLIPConditionedPipeline(
+        **{**_ours(sd_pipe).components, "text_encoder": CLIPTextModel(CLIPTextConfig(**config))}
+    )
+    message = (
+        "the text encoders give 16-wide tokens but unet.config.cross_attention_dim is 32; use an encoder of that "
+        "width, or add a learned adapter: recipe='custom' with text_projection=TextProjection(projection_dim=32, "
+        "...) (trained with `clipcond train-diffusion`, `train: adapter`)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pipe.encode_prompt("a red circle", "cpu", 1, False)
+
+
+def test_sdxl_without_guidance_reads_prompt_2(sdxl_pipe) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    settings = dict(prompt="a red circle", prompt_2="at night", device="cpu", do_classifier_free_guidance=False)
+    with torch.no_grad():
+        expected = sdxl_pipe.encode_prompt(**settings)
+        got = ours.encode_prompt(**settings)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
+
+
+def test_clip_skip_of_encode_prompt_is_the_pipelines_setting(sd_pipe) -> None:
+    configured = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "clip_skip": 1})
+    expected = configured.encode_prompt("a red circle", "cpu", 1, False)[0]
+    got = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False, clip_skip=1)[0]
+    assert torch.equal(got, expected) and not torch.equal(
+        got, _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False)[0]
+    )
+
+
+def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd_pipe) -> None:
+    """As StableDiffusionPipeline.encode_prompt without a text encoder: the UNet's dtype."""
+    from diffusers import StableDiffusionPipeline
+
+    parts = {**sd_pipe.components, "text_encoder": None, "tokenizer": None}
+    embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
+    settings = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds.flip(1))
+    expected = StableDiffusionPipeline(**parts).encode_prompt(None, "cpu", 1, True, **settings)
+    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "text_encoder": None, "tokenizer": None})
+    got = ours.encode_prompt(None, "cpu", 1, True, **settings)
+    assert got[0].dtype == torch.float32
+    for actual, wanted in zip(got, expected):
+        assert torch.equal(actual, wanted)
