@@ -139,7 +139,7 @@ def test_each_distinct_image_is_encoded_once_with_the_vaes_identity_and_resumes(
     # a lost shard (a killed run writes whole shards or none): only its image is encoded again
     (out / "latents-000001.safetensors").unlink()
     assert clipcond([*argv, "--no-progress"]) == 0
-    assert "1 images encoded into 1 new latent shards" in capsys.readouterr().out
+    assert "1 image encoded into 1 new latent shard in" in capsys.readouterr().out
     again = stored_latents(out)
     assert again.keys() == expected.keys()
     assert all(torch.equal(again[key]["mean"], stored[key]["mean"]) for key in expected)

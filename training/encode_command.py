@@ -131,9 +131,9 @@ def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> 
             todo, conditioner.encode_records, out, done.next_index, identity, CAPTION_EMBEDDINGS, args, len(todo)
         )
     return (
-        f"{len(todo)} captions encoded into {written} new shards in {out} "
+        f"{_counted(len(todo), 'caption')} encoded into {_counted(written, 'new shard')} in {out} "
         f"({len(distinct) - len(todo)} already there, {len(captions) + 1 - len(distinct)} duplicates; "
-        f"{len(done) + len(todo)} captions in the folder); {skipped.report()}"
+        f"{_counted(len(done) + len(todo), 'caption')} in the folder); {skipped.report()}"
     )
 
 
@@ -196,10 +196,15 @@ def _encode_images(args: argparse.Namespace, train_config: Any, out: Path) -> st
             new_images(done), encode, out, done.next_index, identity, LATENTS, args, count, unit="image"
         )
     return (
-        f"{counts['encoded']} images encoded into {written} new latent shards in {out} "
+        f"{_counted(counts['encoded'], 'image')} encoded into {_counted(written, 'new latent shard')} in {out} "
         f"({counts['present']} already there, {counts['duplicates']} duplicates; "
-        f"{len(done) + counts['encoded']} images in the folder); {skipped.report()}"
+        f"{_counted(len(done) + counts['encoded'], 'image')} in the folder); {skipped.report()}"
     )
+
+
+def _counted(count: int, noun: str) -> str:
+    """ "1 caption", "2 captions" (the plural by an s)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _train_config(path: str) -> Any:
