@@ -140,11 +140,16 @@ class TextEncoder:
         """Where the model computes: the execution device of an accelerate hook placing its
         weights (`enable_model_cpu_offload`, `enable_sequential_cpu_offload`, whose weights
         wait on the CPU or the meta device), else the device of its first parameter."""
-        for module in self.model.modules():
+        first = next(self.model.parameters()).device
+        # Model offload hooks the model itself; sequential offload hooks its layers and leaves
+        # the weights on the meta device. Only then are the layers searched (this runs per
+        # prompt on cache hits: a CLIP-G has ~400 modules).
+        hooks = [self.model] if first.type != "meta" else self.model.modules()
+        for module in hooks:
             execution = getattr(module.__dict__.get("_hf_hook"), "execution_device", None)
             if execution is not None:
                 return torch.device(execution)
-        return next(self.model.parameters()).device
+        return first
 
     @property
     def weights_dtype(self) -> torch.dtype:
