@@ -17,24 +17,15 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_pipeline import ours_from
 
 from clipcond import CLIPConditionedPipeline
-
-
-def _ours(sd_pipe) -> CLIPConditionedPipeline:
-    return CLIPConditionedPipeline(
-        unet=sd_pipe.unet,
-        scheduler=sd_pipe.scheduler,
-        vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder,
-        tokenizer=sd_pipe.tokenizer,
-    )
 
 
 def test_encode_prompt_puts_both_embeddings_on_the_device_asked(sd_pipe) -> None:
     """diffusers' contract: the embeddings come back on `device` (the meta device stands in for
     an accelerator: the encoders stay on the CPU, the result must not)."""
-    pipe = _ours(sd_pipe)
+    pipe = ours_from(sd_pipe)
     positive, negative = pipe.encode_prompt("a red circle", "meta", 2, True, "blurry")
     width = sd_pipe.text_encoder.config.hidden_size
     assert positive.shape == negative.shape == (2, 77, width)
@@ -45,7 +36,7 @@ def test_encode_prompt_puts_both_embeddings_on_the_device_asked(sd_pipe) -> None
 def test_a_lora_scale_without_a_lora_changes_nothing(sd_pipe) -> None:
     """As in diffusers, `lora_scale` scales the LoRA layers of the text encoder for the call;
     with none loaded the embeddings are those without it."""
-    pipe = _ours(sd_pipe)
+    pipe = ours_from(sd_pipe)
     plain = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry")
     scaled = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry", lora_scale=0.5)
     for expected, actual in zip(plain, scaled):
@@ -58,7 +49,7 @@ def test_encode_prompt_needs_no_unet(sd_pipe) -> None:
     text_only = CLIPConditionedPipeline(
         unet=None, scheduler=sd_pipe.scheduler, text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer
     )
-    expected = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    expected = ours_from(sd_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
     for actual, wanted in zip(text_only.encode_prompt("a red circle", "cpu", 1, True, "blurry"), expected):
         assert torch.equal(actual, wanted)
 
@@ -98,7 +89,7 @@ def test_a_text_encoder_swapped_in_place_is_the_one_that_encodes(sd_pipe) -> Non
     assigned to the pipeline."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    pipe = _ours(sd_pipe)
+    pipe = ours_from(sd_pipe)
     before = pipe.encode_prompt("a red circle", "cpu", 1, False)[0]
     assert pipe.conditioner is pipe.conditioner
     torch.manual_seed(7)  # the fixture's encoder was seeded with 1
@@ -117,7 +108,7 @@ def test_given_latents_are_stable_diffusions_and_a_wrong_shape_is_named(sd_pipe)
         1, unet.in_channels, unet.sample_size, unet.sample_size, generator=torch.Generator().manual_seed(5)
     )
     settings = dict(prompt="a red circle", num_inference_steps=2, output_type="np", latents=latents)
-    pipe = _ours(sd_pipe)
+    pipe = ours_from(sd_pipe)
     pipe.set_progress_bar_config(disable=True)
     assert np.array_equal(pipe(**settings).images, sd_pipe(**settings).images)
     shape = (1, unet.in_channels, unet.sample_size, unet.sample_size)
@@ -154,7 +145,7 @@ def test_given_embeddings_come_back_in_the_text_encoders_dtype(sd_pipe) -> None:
     embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
     with torch.no_grad():
         expected = sd_pipe.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds)
-        got = _ours(sd_pipe).encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds)
+        got = ours_from(sd_pipe).encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds)
     assert got[0].dtype == got[1].dtype == torch.float32
     for actual, wanted in zip(got, expected):
         assert torch.equal(actual, wanted)
@@ -172,7 +163,7 @@ def test_a_lora_in_the_text_encoder_runs_at_the_scale_given(sd_pipe) -> None:
         copy.deepcopy(sd_pipe.text_encoder),
     )
     peer = StableDiffusionPipeline(**{**sd_pipe.components, "text_encoder": encoder})
-    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "text_encoder": encoder})
+    ours = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, "text_encoder": encoder})
     args = ("a red circle", "cpu", 1, True, "blurry")
     with torch.no_grad():
         full = peer.encode_prompt(*args)
@@ -193,7 +184,7 @@ def test_prompt_editing_with_sigmas_switches_where_the_same_steps_do(sd_pipe) ->
     scheduler = EulerDiscreteScheduler.from_config(sd_pipe.scheduler.config)
     scheduler.set_timesteps(4)
     sigmas = scheduler.sigmas.tolist()
-    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "scheduler": scheduler})
+    ours = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, "scheduler": scheduler})
     ours.set_progress_bar_config(disable=True)
     contexts = []
     hook = ours.unet.register_forward_pre_hook(
@@ -215,7 +206,7 @@ def test_prompt_editing_with_sigmas_switches_where_the_same_steps_do(sd_pipe) ->
 def test_t5_max_length_needs_the_custom_recipe_with_a_t5(sd_pipe, tiny_t5_encoder_path) -> None:
     from transformers import AutoTokenizer, T5EncoderModel
 
-    parts = {**_ours(sd_pipe).components, "recipe": "custom", "t5_max_length": 8}
+    parts = {**ours_from(sd_pipe).components, "recipe": "custom", "t5_max_length": 8}
     message = "`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         CLIPConditionedPipeline(**parts)
@@ -232,7 +223,11 @@ def test_t5_max_length_set_in_the_config_takes_effect(sd_pipe, t5_tokenizer_path
     from transformers import AutoTokenizer
 
     tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
-    parts = {**_ours(sd_pipe).components, "text_encoder_2": t5_encoder(3, len(tokenizer_2)), "tokenizer_2": tokenizer_2}
+    parts = {
+        **ours_from(sd_pipe).components,
+        "text_encoder_2": t5_encoder(3, len(tokenizer_2)),
+        "tokenizer_2": tokenizer_2,
+    }
     pipe = CLIPConditionedPipeline(**parts, recipe="custom", t5_max_length=8)
     assert pipe.encode_prompt("a red circle", "cpu", 1, False)[0].shape[1] == 77 + 8
     pipe.register_to_config(t5_max_length=12)
@@ -247,7 +242,7 @@ def test_a_long_prompt_beside_short_negative_embeddings_says_how_to_encode_both(
         "`pipe.conditioner.pipeline_kwargs`)"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        _ours(sd_pipe).encode_prompt("a red circle " * 30, "cpu", 1, True, negative_prompt_embeds=negative)
+        ours_from(sd_pipe).encode_prompt("a red circle " * 30, "cpu", 1, True, negative_prompt_embeds=negative)
 
 
 def test_one_second_negative_prompt_per_given_embedding(sdxl_pipe) -> None:
@@ -287,7 +282,7 @@ def test_a_narrow_text_encoder_is_refused_with_what_to_do(sd_pipe) -> None:
 
     config = {**sd_pipe.text_encoder.config.to_dict(), "hidden_size": 16, "intermediate_size": 37}
     pipe = CLIPConditionedPipeline(
-        **{**_ours(sd_pipe).components, "text_encoder": CLIPTextModel(CLIPTextConfig(**config))}
+        **{**ours_from(sd_pipe).components, "text_encoder": CLIPTextModel(CLIPTextConfig(**config))}
     )
     message = (
         "the text encoders give 16-wide tokens but unet.config.cross_attention_dim is 32; use an encoder of that "
@@ -308,11 +303,11 @@ def test_sdxl_without_guidance_reads_prompt_2(sdxl_pipe) -> None:
 
 
 def test_clip_skip_of_encode_prompt_is_the_pipelines_setting(sd_pipe) -> None:
-    configured = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "clip_skip": 1})
+    configured = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, "clip_skip": 1})
     expected = configured.encode_prompt("a red circle", "cpu", 1, False)[0]
-    got = _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False, clip_skip=1)[0]
+    got = ours_from(sd_pipe).encode_prompt("a red circle", "cpu", 1, False, clip_skip=1)[0]
     assert torch.equal(got, expected) and not torch.equal(
-        got, _ours(sd_pipe).encode_prompt("a red circle", "cpu", 1, False)[0]
+        got, ours_from(sd_pipe).encode_prompt("a red circle", "cpu", 1, False)[0]
     )
 
 
@@ -324,7 +319,7 @@ def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd
     embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
     settings = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds.flip(1))
     expected = StableDiffusionPipeline(**parts).encode_prompt(None, "cpu", 1, True, **settings)
-    ours = CLIPConditionedPipeline(**{**_ours(sd_pipe).components, "text_encoder": None, "tokenizer": None})
+    ours = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, "text_encoder": None, "tokenizer": None})
     got = ours.encode_prompt(None, "cpu", 1, True, **settings)
     assert got[0].dtype == torch.float32
     for actual, wanted in zip(got, expected):

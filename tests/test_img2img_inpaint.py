@@ -192,15 +192,19 @@ def embeds_of(pipe, prompt: str, negative: str = "", **kwargs) -> dict:
     return dict(prompt_embeds=positive, negative_prompt_embeds=negative)
 
 
-@pytest.mark.parametrize(
+# weights, BREAK and a long prompt (3 windows): what img2img and inpaint must encode as text-to-image does
+SYNTAX_PROMPTS = pytest.mark.parametrize(
     "prompt",
     [
         "a (red:1.4) circle, [blurry]",
         "a red circle BREAK two blue squares",
-        ", ".join(["a red circle on a green square next to a yellow star"] * 8),  # 3 windows
+        ", ".join(["a red circle on a green square next to a yellow star"] * 8),
     ],
     ids=["weights", "break", "long"],
 )
+
+
+@SYNTAX_PROMPTS
 def test_prompt_syntax_goes_through_the_text_to_image_encoding(img2img, inpaint, prompt) -> None:
     """Weights, BREAK and long prompts: img2img and inpaint give diffusers' images for the
     embeddings CLIPConditionedPipeline makes of the prompt (one encoding path), and those

@@ -16,7 +16,7 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
-from test_img2img_inpaint import as_equal, box_mask, pil_pair, source_image
+from test_img2img_inpaint import SYNTAX_PROMPTS, as_equal, box_mask, pil_pair, source_image
 from test_sdxl_pipeline import _scale_latents_once, _stop_guidance_after_the_first_step
 from tiny_pipelines import build_sdxl, sd_components, sdxl_refiner_components
 
@@ -395,15 +395,7 @@ def test_latent_statistics_of_the_vae_as_in_diffusers() -> None:
 # ---------------------------------------------------------------- the text-to-image prompt features
 
 
-@pytest.mark.parametrize(
-    "prompt",
-    [
-        "a (red:1.4) circle, [blurry]",
-        "a red circle BREAK two blue squares",
-        ", ".join(["a red circle on a green square next to a yellow star"] * 8),  # 3 windows
-    ],
-    ids=["weights", "break", "long"],
-)
+@SYNTAX_PROMPTS
 def test_prompt_syntax_goes_through_the_conditioner(img2img, inpaint, prompt) -> None:
     """Weights, BREAK and long prompts: diffusers' images for the conditioner's embeddings
     (diffusers itself would truncate the prompt and read the syntax as text)."""
