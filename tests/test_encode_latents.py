@@ -239,12 +239,22 @@ def test_bad_latents_input_is_refused_before_any_work(
             out,
         ],
         "--latents: the run trains in pixel space": ["encode", "--train-config", str(pixel_space), "--latents", out],
+        # with --out too: refused before any caption is encoded
+        "the run trains in pixel space": [
+            "encode",
+            "--train-config",
+            str(pixel_space),
+            "--out",
+            str(tmp_path / "emb"),
+            "--latents",
+            out,
+        ],  # fmt: skip
         "is not a folder": ["encode", "--train-config", str(latent), "--latents", str(tmp_path / "file")],
     }
     for expected, argv in cases.items():
         assert clipcond([*argv, "--no-progress"]) == 2, expected
         assert expected in capsys.readouterr().err, expected
-    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists() and not (tmp_path / "emb").exists()
     # the run config: data.latents is checked with its other files, and needs a VAE
     (tmp_path / "lat").mkdir()
     for config, message in (

@@ -89,11 +89,13 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise UsageError(f"{option}: {folder} exists and is not a folder")
     train_config = _train_config(args.train_config) if args.train_config else None
+    # the images' source and the VAE are checked before any caption is encoded
+    images = _image_source(args, train_config) if args.latents is not None else None
     reports = []
     if args.out is not None:
         reports.append(_encode_captions(args, train_config, Path(args.out)))
-    if args.latents is not None:
-        reports.append(_encode_images(args, train_config, Path(args.latents)))
+    if images is not None:
+        reports.append(_encode_images(args, images, Path(args.latents)))
     print("\n".join(reports))
     return 0
 
@@ -137,9 +139,27 @@ def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> 
     )
 
 
-def _encode_images(args: argparse.Namespace, train_config: Any, out: Path) -> str:
-    """Encode each distinct image of the chosen data, as the run transforms it, with the run's
-    VAE into the latent shards of `out`; the report line."""
+def _image_source(args: argparse.Namespace, train_config: Any) -> tuple[Any, Any, int, int | None, int]:
+    """What ``--latents`` encodes, checked: (the run's VAE on ``--device``, DataConfig, seed,
+    shapes count or None, image size)."""
+    from clipcond.training.diffusion.setup import load_vae
+
+    data, seed = _data_source(args, train_config)
+    count = _shapes_count(args, train_config) if data.source == "shapes" else None
+    with user_errors(FileNotFoundError, ValueError, context="--train-config: "):
+        vae = load_vae(train_config)
+    if vae is None:
+        raise UsageError(
+            "--latents: the run trains in pixel space (no `vae`, and `init_from` has no vae/): there are no latents"
+        )
+    with user_errors(RuntimeError, context="--device: "):
+        vae.to(args.device)
+    return vae, data, seed, count, train_config.image_size
+
+
+def _encode_images(args: argparse.Namespace, images: tuple[Any, Any, int, int | None, int], out: Path) -> str:
+    """Encode each distinct image of the chosen data (`_image_source`), as the run transforms
+    it, with the run's VAE into the latent shards of `out`; the report line."""
     import torch
 
     from clipcond.training.data import SkipCounter, pixels_in_unit_range, source_images
@@ -152,22 +172,11 @@ def _encode_images(args: argparse.Namespace, train_config: Any, out: Path) -> st
         latent_moments,
         vae_identity,
     )
-    from clipcond.training.diffusion.setup import load_vae
     from clipcond.training.run_folder import RunFolderError
     from clipcond.training.run_lock import RunFolderLock
 
-    data, seed = _data_source(args, train_config)
-    count = _shapes_count(args, train_config) if data.source == "shapes" else None
-    with user_errors(FileNotFoundError, ValueError, context="--train-config: "):
-        vae = load_vae(train_config)
-    if vae is None:
-        raise UsageError(
-            "--latents: the run trains in pixel space (no `vae`, and `init_from` has no vae/): there are no latents"
-        )
-    with user_errors(RuntimeError, context="--device: "):
-        vae.to(args.device)
+    vae, data, seed, count, size = images
     identity = vae_identity(vae)
-    size = train_config.image_size
     skipped = SkipCounter()
     counts = {"present": 0, "duplicates": 0, "encoded": 0}
 
