@@ -152,7 +152,6 @@ class WeightsWatch:
         self._modules = list(modules)
         self._refs: list[weakref.ref] = []
         self._generation = 0
-        self._last_state: tuple | None = None
         self._hash_state: tuple | None = None
         self._hash: str | None = None
 
@@ -178,9 +177,7 @@ class WeightsWatch:
             # New tensor objects: start a new generation, so a recycled id() can never match.
             self._generation += 1
             self._refs = [weakref.ref(tensor) for tensor in tensors]
-        state = (self._generation, tuple(marks), tuple(adapters))
-        self._last_state = state
-        return state
+        return (self._generation, tuple(marks), tuple(adapters))
 
     def content_hash(self) -> str:
         """`weights_hash` of the modules, recomputed only when `state()` changed."""
