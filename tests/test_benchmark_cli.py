@@ -38,6 +38,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         ),
         (["--output", "out/step.md", "--side", "peer"], {"output": Path("out/step.md"), "side": "peer"}),
         (["--output=out/step.md", "--batch=4"], {"output": Path("out/step.md"), "batch": 4}),
+        (["--peer", "open_clip", "--peak-tflops", "989.4"], {"peer": "open_clip", "peak_tflops": 989.4}),
     ],
     "benchmarks/bench_cold_start.py": [
         (
@@ -56,7 +57,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"steps": 2, "repeats": 3, "size": "sd15", "device": "cuda:1", "dtype": "bfloat16"},
         ),
         (["--output", "out/pipe.md"], {"output": Path("out/pipe.md")}),
-        (["--family", "sdxl"], {"family": "sdxl"}),
+        (["--family", "sdxl", "--sdxl-size", "full"], {"family": "sdxl", "sdxl_size": "full"}),
     ],
     "benchmarks/bench_prompt_language.py": [
         (
@@ -73,6 +74,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             ["--seed", "3", "--threads", "2", "--work-dir", "out/work", "--output", "out/td.md", "--phases"],
             {"seed": 3, "threads": 2, "work_dir": Path("out/work"), "output": Path("out/td.md"), "phases": True},
         ),
+        (["--size", "sd15", "--mixed-precision", "bf16"], {"size": "sd15", "mixed_precision": "bf16"}),
     ],
     "benchmarks/bench_quantized_encoder.py": [
         (
@@ -152,10 +154,26 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
 
 # command lines each parser must refuse (exit status 2, before any work)
 REJECTED: dict[str, list[list[str]]] = {
-    "benchmarks/bench_clip_step.py": [["--device", "tpu"], ["--mixed-precision", "fp8"], ["--batch", "x"]],
+    "benchmarks/bench_clip_step.py": [
+        ["--device", "tpu"],
+        ["--mixed-precision", "fp8"],
+        ["--batch", "x"],
+        ["--peer", "timm"],
+        ["--peak-tflops", "fast"],
+    ],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
-    "benchmarks/bench_pipeline.py": [["--size", "huge"], ["--dtype", "int8"], ["--family", "sd3"]],
-    "benchmarks/bench_train_diffusion.py": [["--batch", "x"], ["--lr", "fast"]],
+    "benchmarks/bench_pipeline.py": [
+        ["--size", "huge"],
+        ["--dtype", "int8"],
+        ["--family", "sd3"],
+        ["--sdxl-size", "sd15"],
+    ],
+    "benchmarks/bench_train_diffusion.py": [
+        ["--batch", "x"],
+        ["--lr", "fast"],
+        ["--size", "sdxl"],
+        ["--mixed-precision", "fp8"],
+    ],
     "benchmarks/bench_quantized_encoder.py": [["--variants", "int4"], ["--repeats", "x"]],
     "benchmarks/make_suites.py": [["--check", "--output-dir", "out/suites"]],
     "benchmarks/reliability.py": [["--only", "everything"], ["--kills", "x"]],
@@ -279,6 +297,7 @@ def test_clip_step_workers_get_the_settings_but_not_the_output(tmp_path, monkeyp
         workers.append(worker)
         speed, memory = (100.0, 30.0) if worker.side == "ours" else (50.0, 60.0)
         result = {"samples_per_second": speed, "peak_rss_increase_mib": memory, "weights_mib": 6.0, "peak_reset": True}
+        result |= {"parameters": 1000, "flops_per_sample": 3e9}
         return subprocess.CompletedProcess(command, 0, stdout=json.dumps(result) + "\n", stderr="")
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
@@ -291,6 +310,27 @@ def test_clip_step_workers_get_the_settings_but_not_the_output(tmp_path, monkeyp
     table = output.read_text()
     assert "ratio ours/peer: **2.000**" in table and "training memory ratio: **0.500**" in table
     assert f"--output {output}" in table  # the command is recorded with the result
+    assert "| ours | 100.0 | 30.0 | 6.0 | 3 | 0.3 |" in table  # 3 GFLOP x 100 samples/s
+    assert "MFU" not in table  # no peak on the CPU unless given
+
+
+def test_clip_step_mfu_is_counted_flops_times_throughput_over_the_peak() -> None:
+    module = load_script("benchmarks/bench_clip_step.py")
+    args = module.build_parser().parse_args(["--peer", "open_clip", "--device", "cuda", "--mixed-precision", "bf16"])
+    side = {"peak_rss_increase_mib": 1.0, "weights_mib": 1.0, "peak_reset": True, "parameters": 7}
+    side |= {"peak_gpu_increase_mib": 1.0, "device_name": "NVIDIA H200"}
+    runs = {
+        "ours": [side | {"samples_per_second": 2000.0, "flops_per_sample": 4.4e10}],
+        "peer": [side | {"samples_per_second": 1000.0, "flops_per_sample": 4.4e10}],
+    }
+    table = "\n".join(module.report(args, runs, ""))
+    assert "MFU against 989.4 TFLOP/s" in table  # the H200's data-sheet bf16 figure
+    assert "| 88 | 8.9% |" in table and "| 44 | 4.4% |" in table  # 4.4e10 * 2000 = 88 TFLOP/s
+    assert "open_clip's training step" in table and "goal >= 1.1" in table
+    args.mixed_precision = "no"  # float32 on a GPU: no tensor-core figure applies unless given
+    assert "MFU" not in "\n".join(module.report(args, runs, ""))
+    args.peak_tflops = 100.0
+    assert "| 88 | 88.0% |" in "\n".join(module.report(args, runs, ""))
 
 
 def test_median_seconds_rotates_the_order() -> None:
