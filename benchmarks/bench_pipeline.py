@@ -129,10 +129,11 @@ def components(size: str = "small") -> dict:
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
-def sdxl_components() -> dict:
-    """SDXL-shaped components scaled down for a CPU (random weights, seed 0): `unet`, `vae`,
-    `scheduler` (Euler, SDXL's betas), `text_encoder`, `tokenizer`, `text_encoder_2` (with
-    projection), `tokenizer_2`."""
+def sdxl_components(size: str = "small") -> dict:
+    """SDXL-shaped components (random weights, seed 0, on the current default device): `unet`,
+    `vae`, `scheduler` (Euler, SDXL's betas), `text_encoder`, `tokenizer`, `text_encoder_2` (with
+    projection), `tokenizer_2`. `size` "small": scaled down for a CPU; "full": SDXL base 1.0's
+    shapes (2.6B UNet, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, 1024 px VAE)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -140,20 +141,62 @@ def sdxl_components() -> dict:
     from clipcond import clip_tokenizer
 
     torch.manual_seed(0)
-    ids_width, pooled_width = 32, 128
+    full = size == "full"
+    ids_width, pooled_width = (256, 1280) if full else (32, 128)
+    with torch.device("cpu"):  # the scheduler's tables stay on the CPU (set_timesteps reads them with numpy)
+        scheduler = EulerDiscreteScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
 
-    def clip_config(width: int, layers: int) -> CLIPTextConfig:
+    def clip_config(width: int, layers: int, heads: int = 4, activation: str = "quick_gelu") -> CLIPTextConfig:
         return CLIPTextConfig(
             hidden_size=width,
             intermediate_size=4 * width,
             num_hidden_layers=layers,
-            num_attention_heads=4,
+            num_attention_heads=heads,
+            hidden_act=activation,
             max_position_embeddings=77,
             vocab_size=49408,
-            projection_dim=pooled_width,
+            projection_dim=pooled_width if width == pooled_width else width,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
+        )
+
+    if full:  # diffusers' stabilityai/stable-diffusion-xl-base-1.0 configs
+        return dict(
+            unet=UNet2DConditionModel(
+                sample_size=128,
+                layers_per_block=2,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(5, 10, 20),
+                transformer_layers_per_block=(1, 2, 10),
+                use_linear_projection=True,
+                cross_attention_dim=768 + 1280,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=ids_width,
+                projection_class_embeddings_input_dim=6 * ids_width + pooled_width,
+            ).eval(),
+            vae=AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                sample_size=1024,
+                scaling_factor=0.13025,
+                force_upcast=True,
+            ).eval(),
+            scheduler=scheduler,
+            text_encoder=CLIPTextModel(clip_config(768, 12, heads=12)).eval(),
+            tokenizer=clip_tokenizer(),
+            text_encoder_2=CLIPTextModelWithProjection(clip_config(1280, 32, heads=20, activation="gelu")).eval(),
+            tokenizer_2=clip_tokenizer(pad_token="!"),
         )
 
     unet = UNet2DConditionModel(
@@ -182,9 +225,6 @@ def sdxl_components() -> dict:
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
-    )
     return dict(
         unet=unet.eval(),
         vae=vae.eval(),
@@ -196,57 +236,94 @@ def sdxl_components() -> dict:
     )
 
 
-def sdxl_rows(steps: int, repeats: int) -> list[str]:
+def sdxl_rows(args: argparse.Namespace) -> list[str]:
     """Seconds per image of CLIPConditionedPipeline (cache on, cache off) and
-    StableDiffusionXLPipeline on the same SDXL-shaped components (`sdxl_components`), on the
-    CPU in float32, alternating, medians of `repeats`; as markdown lines with the ratios."""
+    StableDiffusionXLPipeline on the same SDXL-shaped components (`sdxl_components` of
+    ``--sdxl-size``) on ``--device`` in ``--dtype``, alternating, medians of ``--repeats``; then
+    img2img and inpaint, and on a GPU `enable_model_cpu_offload()`; as markdown lines with the
+    ratios."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 
     from clipcond import CLIPConditionedPipeline
 
-    parts = sdxl_components()
-    peer = StableDiffusionXLPipeline(**parts, add_watermarker=False)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    on_gpu = device.type == "cuda"
+
+    def fresh_parts() -> dict:
+        with device:  # random init straight on the device (a 2.6B-parameter UNet inits slowly on a CPU)
+            parts = sdxl_components(args.sdxl_size)
+        for module in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            parts[module].to(device, dtype)
+        return parts
+
+    def make_peer(parts: dict) -> StableDiffusionXLPipeline:
+        return StableDiffusionXLPipeline(**parts, add_watermarker=False)
+
+    parts = fresh_parts()
+    peer = make_peer(parts)
     ours, uncached = CLIPConditionedPipeline.from_pipe(peer), CLIPConditionedPipeline.from_pipe(peer)
     uncached.conditioner.cache = None
     prompt, negative = "a red circle to the left of a blue square", "blurry"
 
     def timed(pipe) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         pipe(
             prompt,
             negative_prompt=negative,
-            num_inference_steps=steps,
+            num_inference_steps=args.steps,
             guidance_scale=5.0,
             generator=torch.Generator().manual_seed(0),
             output_type="np",
         )
+        if on_gpu:
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
-    for _, pipe in sides:
+    peak = {}
+    for name, pipe in sides:
         pipe.set_progress_bar_config(disable=True)
-        timed(pipe)  # warm-up
-    median = median_seconds(sides, timed, repeats)
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        timed(pipe)  # warm-up, and the peak memory of one image
+        if on_gpu:
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
+    median = median_seconds(sides, timed, args.repeats)
     side = parts["unet"].config.sample_size * 8
-    return [
+    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
+    shapes = (
+        "SDXL base 1.0's shapes (2.6B UNet, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, VAE)"
+        if args.sdxl_size == "full"
+        else "SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) and VAE, scaled down"
+    )
+    memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
+    lines = [
         "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
         "",
-        f"CPU, float32, {side}x{side}, {steps} Euler steps, CFG 5.0 with a negative prompt, medians of {repeats} "
-        "alternating runs; SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) "
-        "and VAE, scaled down (random weights)",
+        f"{where}, {args.dtype}, {side}x{side}, {args.steps} Euler steps, CFG 5.0 with a negative prompt, medians "
+        f"of {args.repeats} alternating runs; {shapes} (random weights)",
         "",
-        "| pipeline | seconds per image |",
-        "|---|---|",
-        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |",
-        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |",
-        f"| StableDiffusionXLPipeline | {median['peer']:.3f} |",
+        "| pipeline | seconds per image |" + (" peak GPU memory (GiB) |" if on_gpu else ""),
+        "|---|---|" + ("---|" if on_gpu else ""),
+        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |" + memory("ours"),
+        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |" + memory("ours_uncached"),
+        f"| StableDiffusionXLPipeline | {median['peer']:.3f} |" + memory("peer"),
         "",
         f"ratio ours/peer: **{median['ours'] / median['peer']:.3f}** with the cache, "
         f"**{median['ours_uncached'] / median['peer']:.3f}** without (goal <= 1.02)",
         "",
-        *image_task_rows(parts, prompt, negative, steps, False, repeats, family="sdxl"),
+        *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats, family="sdxl"),
     ]
+    if on_gpu:
+        del ours, uncached, peer, sides
+        for module in ("unet", "vae", "text_encoder", "text_encoder_2"):  # off the GPU: offload peaks read alone
+            parts[module].to("cpu")
+        lines += offload_rows(fresh_parts, make_peer, "StableDiffusionXLPipeline", timed, args.repeats)
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,14 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per image (default 10)")
     parser.add_argument("--repeats", type=int, default=5, help="timed images per pipeline (default 5)")
-    parser.add_argument("--size", choices=["small", "sd15"], default="small")
+    parser.add_argument(
+        "--size", choices=["small", "sd15"], default="small", help="Stable Diffusion's components (default small)"
+    )
+    parser.add_argument(
+        "--sdxl-size",
+        choices=["small", "full"],
+        default="small",
+        help="SDXL's components: scaled down (default) or SDXL base 1.0's shapes (for a GPU)",
+    )
     parser.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument(
         "--family",
         choices=["sd", "sdxl", "both"],
         default="both",
-        help="which rows: Stable Diffusion's, SDXL's (CPU-sized, float32) or both (default)",
+        help="which rows: Stable Diffusion's, SDXL's or both (default)",
     )
     parser.add_argument(
         "--output",
@@ -281,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = sd_rows(args, parser) if args.family != "sdxl" else []
     if args.family != "sd":
-        lines += sdxl_rows(args.steps, args.repeats)
+        lines += sdxl_rows(args)
     text = "\n".join(lines)
     print(text)
     print(f"wrote {write_result(args.output, text)}")
@@ -370,7 +455,20 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         lines += xformers_rows(ours, peer, timed, args.repeats)
         for module in ("unet", "vae", "text_encoder"):  # off the GPU: the offload peaks are read alone
             parts[module].to("cpu")
-        lines += offload_rows(args.size, dtype, device, timed, args.repeats)
+
+        def fresh_parts() -> dict:
+            with device:
+                parts = components(args.size)
+            for module in ("unet", "vae", "text_encoder"):
+                parts[module].to(dtype=dtype)
+            return parts
+
+        def make_peer(parts: dict) -> StableDiffusionPipeline:
+            return StableDiffusionPipeline(
+                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+
+        lines += offload_rows(fresh_parts, make_peer, "StableDiffusionPipeline", timed, args.repeats)
     return lines
 
 
@@ -441,7 +539,8 @@ def image_task_rows(
         peer_settings = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     unet = parts["unet"]
     torch.manual_seed(1)
-    inpainting_unet = UNet2DConditionModel(**{**unet.config, "in_channels": 9}).to(unet.device, unet.dtype).eval()
+    with unet.device:  # random init on the UNet's device (a full-size one inits slowly on a CPU)
+        inpainting_unet = UNet2DConditionModel(**{**unet.config, "in_channels": 9}).to(dtype=unet.dtype).eval()
     side = unet.config.sample_size * 8
     source = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(2)).to(unet.device)
     mask = torch.zeros(1, 1, side, side, device=unet.device)
@@ -515,36 +614,27 @@ def image_task_rows(
     ]
 
 
-def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, repeats: int) -> list[str]:
+def offload_rows(fresh_parts, make_peer, peer_name: str, timed, repeats: int) -> list[str]:
     """Seconds per image and peak GPU memory with `enable_model_cpu_offload()` (accelerate hooks
     move each model to the GPU only while it runs), as markdown lines: ours with the cache on
-    (the default), ours with it off, and the peer. Each pipeline gets its own copy of the
-    components (same seed, same weights), so their hooks never meet; runs alternate and the
-    medians of `repeats` runs are compared."""
+    (the default), ours with it off, and the peer (`make_peer(parts)`, named `peer_name`). Each
+    pipeline gets its own copy of the components (`fresh_parts()`: same seed, same weights), so
+    their hooks never meet; runs alternate and the medians of `repeats` runs are compared."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from clipcond import CLIPConditionedPipeline
-
-    def fresh_parts() -> dict:
-        with device:
-            parts = components(size)
-        for module in ("unet", "vae", "text_encoder"):
-            parts[module].to(dtype=dtype)
-        return parts
 
     ours = CLIPConditionedPipeline(**fresh_parts())
     uncached = CLIPConditionedPipeline(**fresh_parts())
     uncached.conditioner.cache = None
-    peer = StableDiffusionPipeline(
-        **fresh_parts(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    peer = make_peer(fresh_parts())
     sides = [
         ("CLIPConditionedPipeline (cache on)", ours),
         ("CLIPConditionedPipeline (cache off)", uncached),
-        ("StableDiffusionPipeline", peer),
+        (peer_name, peer),
     ]
     for _, pipe in sides:  # all weights on the CPU before any peak is read
+        device = pipe.device
         pipe.set_progress_bar_config(disable=True)
         pipe.enable_model_cpu_offload(device=device)
     torch.cuda.empty_cache()
@@ -556,7 +646,7 @@ def offload_rows(size: str, dtype: torch.dtype, device: torch.device, timed, rep
         peak[name] = torch.cuda.max_memory_allocated() / 2**30
     median = median_seconds(sides, timed, repeats)
     rows = [f"| {name} | {median[name]:.3f} | {peak[name]:.2f} |" for name, _ in sides]
-    peer_time = median["StableDiffusionPipeline"]
+    peer_time = median[peer_name]
     ratios = ", ".join(
         f"{median[name] / peer_time:.3f} ({label})"
         for name, label in ((sides[0][0], "cache on"), (sides[1][0], "cache off"))

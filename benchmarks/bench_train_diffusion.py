@@ -32,6 +32,11 @@ caption is distinct, so the live encoder's in-memory cache never answers.
 
     python benchmarks/bench_train_diffusion.py                 # writes runs/benchmarks/train_diffusion.md
     python benchmarks/bench_train_diffusion.py --output benchmarks/results/train_diffusion.md
+    python benchmarks/bench_train_diffusion.py --size sd15 --image-size 256 --mixed-precision bf16 \
+        --threads 16 --repeats 2       # on a lent GPU: both sides train on it (accelerate picks it)
+
+With ``--mixed-precision bf16`` (or fp16) both sides train in accelerate's mixed precision, and
+the script's frozen VAE and text encoder are cast to that dtype, as its ``weight_dtype`` does.
 """
 
 from __future__ import annotations
@@ -65,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every side")
     parser.add_argument(
+        "--size",
+        choices=["small", "sd15"],
+        default="small",
+        help="bench_pipeline's components: scaled down (default) or Stable Diffusion 1.5's full shapes",
+    )
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument(
         "--phases",
         action="store_true",
         help="only time the parts of a step that differ between the sides (text encoder forward, the "
@@ -83,12 +95,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 # ------------------------------------------------------------------ shared setup
 
 
-def write_sd_folder(folder: Path) -> None:
-    """bench_pipeline's SD-1.5-shaped components scaled down, saved as a Stable Diffusion
-    folder (the DDIM config as the training schedule, as SD's own folders hold it)."""
+def write_sd_folder(folder: Path, size: str = "small") -> None:
+    """bench_pipeline's SD-1.5-shaped components (`size` "small": scaled down; "sd15": full),
+    saved as a Stable Diffusion folder (the DDIM config as the training schedule, as SD's own
+    folders hold it)."""
     from diffusers import StableDiffusionPipeline
 
-    parts = components("small")
+    parts = components(size)
     StableDiffusionPipeline(
         **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     ).save_pretrained(folder)
@@ -143,7 +156,7 @@ def our_config(
         max_grad_norm=1.0,
         caption_dropout=0.0,
         ema_decay=None,
-        mixed_precision="no",
+        mixed_precision=args.mixed_precision,
         checkpoint_every=args.steps,
         log_every=1,
         output_dir=str(output),
@@ -219,7 +232,7 @@ class PeerRecipe:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         args, folder = self.args, str(self.sd)
-        accelerator = Accelerator(mixed_precision="no")
+        accelerator = Accelerator(mixed_precision=args.mixed_precision)
         set_seed(args.seed)
         noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
@@ -241,7 +254,7 @@ class PeerRecipe:
         )
         lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=0, num_training_steps=args.steps)
         unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-        weight_dtype = torch.float32
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
         text_encoder.to(accelerator.device, dtype=weight_dtype)
         vae.to(accelerator.device, dtype=weight_dtype)
 
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work)  # a previous run's work folder
     work.mkdir(parents=True)
     sd, data = work / "sd", work / "data"
-    write_sd_folder(sd)
+    write_sd_folder(sd, args.size)
     manifest = write_manifest(data, args.batch * args.steps, args.image_size, args.seed)
 
     # pre-encode the captions once, with the command a user runs
@@ -398,6 +411,21 @@ def phase_lines(sd: Path, manifest: Path, batch: int, image_size: int, repeats: 
     ]
 
 
+SIZES = {
+    "small": "bench_pipeline's SD-1.5-shaped components scaled down (UNet 32/64/128/128, four-level VAE, "
+    "4-layer CLIP text encoder 128 wide)",
+    "sd15": "bench_pipeline's components at Stable Diffusion 1.5's full shapes (860M UNet, VAE, ViT-L/14 "
+    "text encoder; random weights)",
+}
+
+
+def device_words() -> str:
+    """Where the sides trained: the GPU accelerate picks, else the CPU."""
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
+
+
 def report(
     args: argparse.Namespace, rates: dict[str, list[float]], curves: dict[str, list[float]], encode_seconds: float
 ) -> str:
@@ -412,15 +440,14 @@ def report(
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; torch {torch.__version__} with {args.threads} thread(s), "
+        f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device_words()}, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__} with {args.threads} thread(s), "
         f"diffusers {diffusers.__version__}. Peer: `{UPSTREAM}`, its per-step work re-expressed in the "
         "benchmark (see its docstring).",
         "",
-        f"Setup: bench_pipeline's SD-1.5-shaped components scaled down (UNet 32/64/128/128, four-level VAE, "
-        f"4-layer CLIP text encoder 128 wide), {args.image_size} px images ({args.image_size // 8} px latents), "
+        f"Setup: {SIZES[args.size]}, {args.image_size} px images ({args.image_size // 8} px latents), "
         f"batch {args.batch}, {args.steps} steps per run of which the first {args.warmup} are not timed, "
-        f"float32, AdamW lr {args.lr} with cosine decay, gradient clipping 1.0, {args.batch * args.steps} "
+        f"{'float32' if args.mixed_precision == 'no' else args.mixed_precision + ' mixed precision'}, AdamW lr {args.lr} with cosine decay, gradient clipping 1.0, {args.batch * args.steps} "
         f"distinct captions and images; medians of {args.repeats} rounds (order rotating). Pre-encoding the "
         f"{args.batch * args.steps} captions and images with `clipcond encode --latents` took {encode_seconds:.1f} s "
         "(process start included).",

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every check of the open issues that needs a GPU, prepared to run in one or two calls of the
+# device tool (an H200 here; about 4 + 4 minutes there, its start not counted):
+#
+#   bash benchmarks/gpu_wheels.sh                    # here, once: the wheels it lacks, into .whl/
+#   device run: command "bash benchmarks/gpu_checks.sh clip-step train-diffusion", carry [".whl"]
+#   device run: command "bash benchmarks/gpu_checks.sh gpu-tests sdxl", carry [".whl"]
+#
+# Parts (all of them when none is named), each under its own time limit:
+#   clip-step        issue 22.5: our contrastive step vs open_clip's, ViT-B/32, bf16, batch 256,
+#                    224 px, samples/s and MFU (bench_clip_step.py --peer open_clip)
+#   train-diffusion  issue 22.5: train-diffusion on the GPU, captions pre-encoded vs live encoders,
+#                    against diffusers' recipe, SD 1.5 shapes, bf16 (bench_train_diffusion.py)
+#   gpu-tests        issue 20: the tests that need CUDA (half precision, model and sequential
+#                    offload, xformers, group offloading; SD and SDXL)
+#   sdxl             issue 20: SDXL base 1.0 shapes, float16, ours / StableDiffusionXLPipeline,
+#                    img2img, inpaint and model offload (bench_pipeline.py --family sdxl)
+# Results go to $OUT (the device tool brings them back), else runs/gpu/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-runs/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(clip-step train-diffusion gpu-tests sdxl)
+
+# the carried wheels, then this checkout (not editable: its package folders are mapped in pyproject;
+# pytest runs with -P so that the checkout's own clipcond/ folder does not shadow the installed package)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing .whl/ failed: run benchmarks/gpu_wheels.sh here and carry .whl"; exit 1; }
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/clipcond . \
+    || { echo "installing the checkout failed"; exit 1; }
+export PYTHONPATH=/tmp/clipcond:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, transformers, diffusers, accelerate; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/gpu.txt"
+
+status=0
+step() {  # step NAME SECONDS COMMAND...: run it under its limit, its output to $out/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    local started=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    tail -25 "$out/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - started)) s"
+    [ $rc -eq 0 ] || status=1
+}
+
+for part in "${parts[@]}"; do
+    case $part in
+    clip-step)
+        step clip_step 170 python3 benchmarks/bench_clip_step.py --peer open_clip --device cuda \
+            --mixed-precision bf16 --model configs/models/clip-vit-b-32.yaml --batch 256 --seq 77 \
+            --steps 20 --warmup 5 --repeats 3 --output "$out/clip_step_open_clip_gpu.md" ;;
+    train-diffusion)
+        step train_diffusion 260 python3 benchmarks/bench_train_diffusion.py --size sd15 --image-size 256 \
+            --mixed-precision bf16 --threads 16 --batch 8 --steps 24 --warmup 4 --repeats 2 \
+            --work-dir /tmp/train_diffusion_work --output "$out/train_diffusion_gpu.md" ;;
+    gpu-tests)
+        step gpu_tests 150 python3 -P -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
+            tests/test_pipeline.py tests/test_sdxl_pipeline.py tests/test_train_diffusion.py \
+            tests/test_diffusers_fast_sd.py tests/test_diffusers_fast_sdxl.py \
+            tests/test_diffusers_fast_img2img.py tests/test_diffusers_fast_inpaint.py ;;
+    sdxl)
+        step sdxl 270 python3 benchmarks/bench_pipeline.py --family sdxl --sdxl-size full --device cuda \
+            --dtype float16 --steps 20 --repeats 3 --output "$out/pipeline_sdxl_gpu.md" ;;
+    *)
+        echo "unknown part '$part' (clip-step, train-diffusion, gpu-tests, sdxl)"; exit 2 ;;
+    esac
+done
+exit $status
