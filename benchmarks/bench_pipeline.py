@@ -129,6 +129,36 @@ def components(size: str = "small") -> dict:
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
+# SDXL's shapes by size: UNet and VAE settings over their shared ones, the width of the UNet's
+# time ids, and each text encoder as (width, layers, heads, activation); the second one's width
+# is the pooled vector's. "full" is diffusers' stabilityai/stable-diffusion-xl-base-1.0 configs.
+SDXL_SHAPES = {
+    "small": dict(
+        unet=dict(
+            sample_size=32,
+            block_out_channels=(32, 64, 128),
+            attention_head_dim=(2, 4, 8),
+            transformer_layers_per_block=(1, 1, 2),
+            norm_num_groups=16,
+        ),
+        vae=dict(block_out_channels=(16, 32, 64, 64), norm_num_groups=16),
+        ids_width=32,
+        encoders=((64, 3, 4, "quick_gelu"), (128, 4, 4, "quick_gelu")),
+    ),
+    "full": dict(
+        unet=dict(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+        ),
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024, scaling_factor=0.13025),
+        ids_width=256,
+        encoders=((768, 12, 12, "quick_gelu"), (1280, 32, 20, "gelu")),
+    ),
+}
+
+
 def sdxl_components(size: str = "small") -> dict:
     """SDXL-shaped components (random weights, seed 0, on the current default device): `unet`,
     `vae`, `scheduler` (Euler, SDXL's betas), `text_encoder`, `tokenizer`, `text_encoder_2` (with
@@ -140,19 +170,11 @@ def sdxl_components(size: str = "small") -> dict:
 
     from clipcond import clip_tokenizer
 
-    torch.manual_seed(0)
-    full = size == "full"
-    ids_width, pooled_width = (256, 1280) if full else (32, 128)
-    with torch.device("cpu"):  # the scheduler's tables stay on the CPU (set_timesteps reads them with numpy)
-        scheduler = EulerDiscreteScheduler(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            steps_offset=1,
-            timestep_spacing="leading",
-        )
+    shapes = SDXL_SHAPES[size]
+    first, second = shapes["encoders"]
+    ids_width, pooled_width = shapes["ids_width"], second[0]
 
-    def clip_config(width: int, layers: int, heads: int = 4, activation: str = "quick_gelu") -> CLIPTextConfig:
+    def clip_config(width: int, layers: int, heads: int, activation: str) -> CLIPTextConfig:
         return CLIPTextConfig(
             hidden_size=width,
             intermediate_size=4 * width,
@@ -161,77 +183,42 @@ def sdxl_components(size: str = "small") -> dict:
             hidden_act=activation,
             max_position_embeddings=77,
             vocab_size=49408,
-            projection_dim=pooled_width if width == pooled_width else width,
+            projection_dim=pooled_width,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
         )
 
-    if full:  # diffusers' stabilityai/stable-diffusion-xl-base-1.0 configs
-        return dict(
-            unet=UNet2DConditionModel(
-                sample_size=128,
-                layers_per_block=2,
-                block_out_channels=(320, 640, 1280),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=(5, 10, 20),
-                transformer_layers_per_block=(1, 2, 10),
-                use_linear_projection=True,
-                cross_attention_dim=768 + 1280,
-                addition_embed_type="text_time",
-                addition_time_embed_dim=ids_width,
-                projection_class_embeddings_input_dim=6 * ids_width + pooled_width,
-            ).eval(),
-            vae=AutoencoderKL(
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2,
-                sample_size=1024,
-                scaling_factor=0.13025,
-                force_upcast=True,
-            ).eval(),
-            scheduler=scheduler,
-            text_encoder=CLIPTextModel(clip_config(768, 12, heads=12)).eval(),
-            tokenizer=clip_tokenizer(),
-            text_encoder_2=CLIPTextModelWithProjection(clip_config(1280, 32, heads=20, activation="gelu")).eval(),
-            tokenizer_2=clip_tokenizer(pad_token="!"),
-        )
-
+    torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
         layers_per_block=2,
-        block_out_channels=(32, 64, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4, 8),
-        transformer_layers_per_block=(1, 1, 2),
         use_linear_projection=True,
-        cross_attention_dim=64 + 128,
+        cross_attention_dim=first[0] + second[0],
         addition_embed_type="text_time",
         addition_time_embed_dim=ids_width,
         projection_class_embeddings_input_dim=6 * ids_width + pooled_width,
-        norm_num_groups=16,
+        **shapes["unet"],
     )
     vae = AutoencoderKL(
-        block_out_channels=(16, 32, 64, 64),
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **shapes["vae"]
     )
+    with torch.device("cpu"):  # the scheduler's tables stay on the CPU (set_timesteps reads them with numpy)
+        scheduler = EulerDiscreteScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
     return dict(
         unet=unet.eval(),
         vae=vae.eval(),
         scheduler=scheduler,
-        text_encoder=CLIPTextModel(clip_config(64, 3)).eval(),
+        text_encoder=CLIPTextModel(clip_config(*first)).eval(),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(128, 4)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(*second)).eval(),
         tokenizer_2=clip_tokenizer(pad_token="!"),
     )
 
