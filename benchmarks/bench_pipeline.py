@@ -270,16 +270,7 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
         return time.perf_counter() - start
 
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
-    peak = {}
-    for name, pipe in sides:
-        pipe.set_progress_bar_config(disable=True)
-        if on_gpu:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        timed(pipe)  # warm-up, and the peak memory of one image
-        if on_gpu:
-            peak[name] = torch.cuda.max_memory_allocated() / 2**30
-    median = median_seconds(sides, timed, args.repeats)
+    median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
     side = parts["unet"].config.sample_size * 8
     where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     shapes = (
@@ -287,22 +278,13 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
         if args.sdxl_size == "full"
         else "SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) and VAE, scaled down"
     )
-    memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
     lines = [
         "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
         "",
         f"{where}, {args.dtype}, {side}x{side}, {args.steps} Euler steps, CFG 5.0 with a negative prompt, medians "
         f"of {args.repeats} alternating runs; {shapes} (random weights)",
         "",
-        "| pipeline | seconds per image |" + (" peak GPU memory (GiB) |" if on_gpu else ""),
-        "|---|---|" + ("---|" if on_gpu else ""),
-        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |" + memory("ours"),
-        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |" + memory("ours_uncached"),
-        f"| StableDiffusionXLPipeline | {median['peer']:.3f} |" + memory("peer"),
-        "",
-        f"ratio ours/peer: **{median['ours'] / median['peer']:.3f}** with the cache, "
-        f"**{median['ours_uncached'] / median['peer']:.3f}** without (goal <= 1.02)",
-        "",
+        *pipeline_table(median, peak, "StableDiffusionXLPipeline", on_gpu),
         *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats, family="sdxl"),
     ]
     if on_gpu:
@@ -402,17 +384,7 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
     uncached.set_progress_bar_config(disable=True)
     uncached.conditioner.cache = None
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
-    peak = {}
-    for name, pipe in sides:
-        if on_gpu:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        timed(pipe)  # warm-up, and the peak memory of one image
-        if on_gpu:
-            peak[name] = torch.cuda.max_memory_allocated() / 2**30
-    median = median_seconds(sides, timed, args.repeats)
-    ratio = median["ours"] / median["peer"]
-    ratio_uncached = median["ours_uncached"] / median["peer"]
+    median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
     side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in both sizes
     where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     shapes = (
@@ -420,21 +392,13 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         if args.size == "sd15"
         else "SD-1.5-shaped UNet/VAE/CLIP scaled down"
     )
-    memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
         "",
         f"{where}, {args.dtype}, {side}x{side}, {args.steps} DDIM steps, CFG 7.5 with a negative prompt, medians of "
         f"{args.repeats} alternating runs; {shapes} (random weights)",
         "",
-        "| pipeline | seconds per image |" + (" peak GPU memory (GiB) |" if on_gpu else ""),
-        "|---|---|" + ("---|" if on_gpu else ""),
-        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |" + memory("ours"),
-        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |" + memory("ours_uncached"),
-        f"| StableDiffusionPipeline | {median['peer']:.3f} |" + memory("peer"),
-        "",
-        f"ratio ours/peer: **{ratio:.3f}** with the cache, **{ratio_uncached:.3f}** without (goal <= 1.02)",
-        "",
+        *pipeline_table(median, peak, "StableDiffusionPipeline", on_gpu),
         *text_batch_rows(parts, prompt, negative, median["peer"], on_gpu, max(args.repeats, 20)),
         *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats),
     ]
@@ -457,6 +421,41 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
 
         lines += offload_rows(fresh_parts, make_peer, "StableDiffusionPipeline", timed, args.repeats)
     return lines
+
+
+def warm_and_time(sides: list[tuple[str, object]], timed, repeats: int, on_gpu: bool) -> tuple[dict, dict]:
+    """Run each of `sides` ("ours", "ours_uncached", "peer") once to warm it up, reading its peak
+    GPU memory there on a GPU; then `timed` over alternating runs. Returns (median seconds per
+    side over `repeats`, peak GiB per side, empty on the CPU)."""
+    import torch
+
+    peak = {}
+    for name, pipe in sides:
+        pipe.set_progress_bar_config(disable=True)
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        timed(pipe)  # warm-up, and the peak memory of one image
+        if on_gpu:
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
+    return median_seconds(sides, timed, repeats), peak
+
+
+def pipeline_table(median: dict, peak: dict, peer_name: str, on_gpu: bool) -> list[str]:
+    """Markdown lines: seconds per image (and peak GPU memory) of ours with the cache on and off
+    and of the peer `peer_name`, then the two ratios."""
+    memory = lambda name: f" {peak[name]:.2f} |" if on_gpu else ""  # noqa: E731
+    return [
+        "| pipeline | seconds per image |" + (" peak GPU memory (GiB) |" if on_gpu else ""),
+        "|---|---|" + ("---|" if on_gpu else ""),
+        f"| CLIPConditionedPipeline (embedding cache on, the default) | {median['ours']:.3f} |" + memory("ours"),
+        f"| CLIPConditionedPipeline (cache off) | {median['ours_uncached']:.3f} |" + memory("ours_uncached"),
+        f"| {peer_name} | {median['peer']:.3f} |" + memory("peer"),
+        "",
+        f"ratio ours/peer: **{median['ours'] / median['peer']:.3f}** with the cache, "
+        f"**{median['ours_uncached'] / median['peer']:.3f}** without (goal <= 1.02)",
+        "",
+    ]
 
 
 def text_batch_rows(
