@@ -333,6 +333,37 @@ def test_clip_step_mfu_is_counted_flops_times_throughput_over_the_peak() -> None
     assert "| 88 | 88.0% |" in "\n".join(module.report(args, runs, ""))
 
 
+def test_clip_step_builds_open_clips_own_vit_b_32_from_our_config() -> None:
+    # open_clip's model_configs/ViT-B-32-quickgelu.json (open_clip_torch 3.3), with the defaults of
+    # its CLIPVisionCfg (head_width 64, mlp_ratio 4) and CLIPTextCfg (mlp_ratio 4) written out
+    import yaml
+
+    from clipcond.models import model_config_from_dict
+
+    module = load_script("benchmarks/bench_clip_step.py")
+    config = model_config_from_dict(yaml.safe_load((REPO / "configs/models/clip-vit-b-32.yaml").read_text()))
+    assert module.open_clip_sizes(config) == {
+        "embed_dim": 512,
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": 12,
+            "width": 768,
+            "patch_size": 32,
+            "head_width": 64,
+            "mlp_ratio": 4.0,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 512,
+            "heads": 8,
+            "layers": 12,
+            "mlp_ratio": 4.0,
+        },
+    }
+
+
 def test_median_seconds_rotates_the_order() -> None:
     median_seconds = load_script("benchmarks/median_timing.py").median_seconds
     calls = []
