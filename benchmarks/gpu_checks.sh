@@ -24,14 +24,13 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(clip-step train-diffusion gpu-tests sdxl)
 
-# the carried wheels, then this checkout (not editable: its package folders are mapped in pyproject;
-# pytest runs with -P so that the checkout's own clipcond/ folder does not shadow the installed package)
+# the carried wheels (ahead of the machine's own packages on PYTHONPATH), then this checkout,
+# editable: pyproject maps clipcond.pipelines and clipcond.training to other folders, which only
+# an installed package resolves when the checkout's own clipcond/ is on sys.path (python -m, pytest)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed: run benchmarks/gpu_wheels.sh here and carry .whl"; exit 1; }
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/clipcond . \
-    || { echo "installing the checkout failed"; exit 1; }
-export PYTHONPATH=/tmp/clipcond:/tmp/site
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "installing the checkout failed"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, diffusers, accelerate; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/gpu.txt"
@@ -60,7 +59,7 @@ for part in "${parts[@]}"; do
             --mixed-precision bf16 --threads 16 --batch 8 --steps 24 --warmup 4 --repeats 2 \
             --work-dir /tmp/train_diffusion_work --output "$out/train_diffusion_gpu.md" ;;
     gpu-tests)
-        step gpu_tests 150 python3 -P -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
+        step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
             tests/test_pipeline.py tests/test_sdxl_pipeline.py tests/test_train_diffusion.py \
             tests/test_diffusers_fast_sd.py tests/test_diffusers_fast_sdxl.py \
             tests/test_diffusers_fast_img2img.py tests/test_diffusers_fast_inpaint.py ;;
