@@ -581,16 +581,22 @@ class TextConditioner:
         """`assemble` with this conditioner's settings; `groups`: the row counts over which
         text projections run apart (a call's prompts, then its negatives, as diffusers runs them)."""
         pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
+        # The text projections run under the encoders' own grad mode (`_encode_records`): no graph
+        # into frozen weights, the graph while an encoder trains.
+        grad_mode = torch.enable_grad if self._encoders_need_grad() else torch.no_grad
+
+        def projector(encoder: TextEncoder):
+            if encoder.pooled_projection is None:
+                return None
+            return lambda states: grad_mode()(encoder.project_pooled)(states)
+
         return assemble(
             records,
             self._active_recipe,
             lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
             projection=self.projection,
             t5_zeros=self.t5_zeros,
-            pooled_parts=[
-                (encoder.width, encoder.project_pooled if encoder.pooled_projection is not None else None)
-                for encoder in pooling
-            ],
+            pooled_parts=[(encoder.width, projector(encoder)) for encoder in pooling],
             groups=groups,
             dtype=self.dtype,
             device=self.device,

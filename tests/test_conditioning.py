@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import tiny_pipelines
 import torch
 import torch.nn.functional as F
 from forward_counter import ForwardCounter
@@ -337,6 +338,29 @@ def test_trainable_encoder_bypasses_cache_and_keeps_gradients(tiny_clip_text_pat
     loss.backward()
     assert model.get_input_embeddings().weight.grad is not None
     assert len(cond.cache) == 0
+
+
+def test_pooled_vectors_of_frozen_encoders_carry_no_graph():
+    # Regression: the text projection ran outside no_grad, so SDXL's pooled vectors (not its
+    # tokens) held a graph into text_projection.weight whenever the weights required grad, as
+    # they do in a pipeline loaded by diffusers (eval mode, requires_grad left on).
+    pipe = tiny_pipelines.build_sdxl()
+    assert all(p.requires_grad for p in pipe.text_encoder_2.parameters()) and not pipe.text_encoder_2.training
+    cond = TextConditioner.from_pipeline(pipe)
+    for conditioner in (cond, TextConditioner.from_pipeline(pipe, cache_size=0)):
+        encoded = conditioner.encode("a red circle")
+        assert not encoded.tokens.requires_grad and not encoded.pooled.requires_grad
+        kwargs = conditioner.pipeline_kwargs("a red circle", negative_prompt="blurry")
+        assert not any(value.requires_grad for value in kwargs.values() if torch.is_tensor(value))
+
+
+def test_a_trained_encoder_gets_gradients_through_its_pooled_projection():
+    pipe = tiny_pipelines.build_sdxl()
+    pipe.text_encoder_2.train()
+    cond = TextConditioner.from_pipeline(pipe)
+    cond.encode("a red circle").pooled.square().mean().backward()
+    assert pipe.text_encoder_2.text_projection.weight.grad is not None
+    assert pipe.text_encoder_2.get_input_embeddings().weight.grad is not None
 
 
 # ---------------------------------------------------------------------------------- custom recipe
