@@ -168,6 +168,14 @@ class TextEncoder:
             return self._states_dtype
         return weights
 
+    @property
+    def pooled_state_dtype(self) -> torch.dtype:
+        """Dtype of the pooled state `run_clip` returns and records hold: `dtype`, except before
+        a `pooled_projection`, where it is the dtype the model computes in (they differ only under
+        `compute_dtype`): the projection reads the unrounded state and its output alone is
+        rounded to `dtype`, as a run in the compute dtype would be."""
+        return self.weights_dtype if self.pooled_projection is not None else self.dtype
+
     def as_states(self, output: torch.Tensor) -> torch.Tensor:
         """`output` of the model in the dtype of its states (`dtype`); the same tensor when
         they already agree."""
@@ -206,7 +214,7 @@ def run_clip(
         tokens: (windows, length, width) or None; pooled: (windows, width), the pooled state
         (`pooler_output`; for models with a projection, what the model feeds its
         `text_projection`, so that the projection can run later over other rows:
-        `TextEncoder.pooled_projection`).
+        `TextEncoder.pooled_projection`), in `TextEncoder.pooled_state_dtype`.
     """
     model = encoder.model
     plain_last = layer_from_end == 1 and final_norm
@@ -224,7 +232,9 @@ def run_clip(
     finally:
         if hook is not None:
             hook.remove()
-    pooled = encoder.as_states(pooled_states[-1] if projection is not None else output.pooler_output)
+    # A pooled state stays in the dtype the model computes in until its projection reads it
+    # (`pooled_state_dtype`): rounding it to the states' dtype first would round twice.
+    pooled = pooled_states[-1] if projection is not None else encoder.as_states(output.pooler_output)
     if not want_tokens:
         return None, pooled
     if plain_last:

@@ -65,11 +65,11 @@ class RecordSpec:
         return None
 
 
-def _joined_dtype(encoders: Sequence[TextEncoder]) -> torch.dtype:
-    """The dtype of the encoders' outputs joined with `torch.cat` (it promotes)."""
-    dtype = encoders[0].dtype
-    for encoder in encoders[1:]:
-        dtype = torch.promote_types(dtype, encoder.dtype)
+def _joined_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    """The dtype of tensors of `dtypes` joined with `torch.cat` (it promotes)."""
+    dtype = dtypes[0]
+    for other in dtypes[1:]:
+        dtype = torch.promote_types(dtype, other)
     return dtype
 
 
@@ -80,18 +80,20 @@ def expected_record(clip: Sequence[TextEncoder], t5: TextEncoder | None, recipe:
     - ``clip_tokens``: (windows, window_length, sum of CLIP widths), unless the recipe reads
       only CLIP's pooled vector;
     - ``pooled``: (width,) pooled state of the last CLIP, or of all CLIPs joined (``concat``),
-      before any `text_projection` (assembly applies it: `clipcond.assembly`);
+      before any `text_projection` (assembly applies it: `clipcond.assembly`), in
+      `TextEncoder.pooled_state_dtype`;
     - ``t5_tokens``: (t5_max_length, t5_width) and ``t5_mask``: (t5_max_length,) int64.
     """
     tensors: dict[str, TensorSpec] = {}
     if clip:
-        dtype = _joined_dtype(clip)
         if recipe.combine != "clip_pooled_t5_tokens":
             width = sum(encoder.width for encoder in clip)
+            dtype = _joined_dtype([encoder.dtype for encoder in clip])
             tensors["clip_tokens"] = TensorSpec((None, clip[0].window_length, width), dtype)
         if recipe.pooled == "last":
-            tensors["pooled"] = TensorSpec((clip[-1].width,), clip[-1].dtype)
+            tensors["pooled"] = TensorSpec((clip[-1].width,), clip[-1].pooled_state_dtype)
         elif recipe.pooled == "concat":
+            dtype = _joined_dtype([encoder.pooled_state_dtype for encoder in clip])
             tensors["pooled"] = TensorSpec((sum(encoder.width for encoder in clip),), dtype)
     if t5 is not None:
         tensors["t5_tokens"] = TensorSpec((recipe.t5_max_length, t5.width), t5.dtype)
