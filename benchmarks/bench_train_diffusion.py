@@ -165,11 +165,15 @@ def our_config(
 
 
 def run_ours(config) -> tuple[list[float], list[float]]:
-    """(seconds per step, loss per step) of one `train_diffusion` run."""
+    """(seconds per step, loss per step) of one `train_diffusion` run. Its run folder is deleted
+    after (its checkpoint and model: about 14 GB a run at SD 1.5's full shapes)."""
+    import shutil
+
     from clipcond.training.diffusion.loop import train_diffusion
 
     train_diffusion(config, show_progress=False)
     records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(config.output_dir)
     steps = [record for record in records if "loss" in record]
     return [config.batch_size / record["samples_per_second"] for record in steps], [record["loss"] for record in steps]
 

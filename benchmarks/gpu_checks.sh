@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every check of the open issues that needs a GPU, prepared to run in one or two calls of the
-# device tool (an H200 here; about 4 + 4 minutes there, its start not counted):
+# device tool (an H200 here). Each part runs under a time limit; with about 30 s of installs the
+# two calls below stay under 7.2 and 6 minutes, and the parts should take about half their limits
+# (an estimate: none has run on a GPU yet). The lease is 15 minutes with the machine's start.
 #
 #   bash benchmarks/gpu_wheels.sh                    # here, once: the wheels it lacks, into .whl/
 #   device run: command "bash benchmarks/gpu_checks.sh clip-step train-diffusion", carry [".whl"]
@@ -55,17 +57,17 @@ for part in "${parts[@]}"; do
             --mixed-precision bf16 --model configs/models/clip-vit-b-32.yaml --batch 256 --seq 77 \
             --steps 20 --warmup 5 --repeats 3 --output "$out/clip_step_open_clip_gpu.md" ;;
     train-diffusion)
-        step train_diffusion 260 python3 benchmarks/bench_train_diffusion.py --size sd15 --image-size 256 \
-            --mixed-precision bf16 --threads 16 --batch 8 --steps 24 --warmup 4 --repeats 2 \
+        step train_diffusion 230 python3 benchmarks/bench_train_diffusion.py --size sd15 --image-size 256 \
+            --mixed-precision bf16 --threads 16 --batch 8 --steps 16 --warmup 4 --repeats 2 \
             --work-dir /tmp/train_diffusion_work --output "$out/train_diffusion_gpu.md" ;;
     gpu-tests)
-        step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
+        step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
             tests/test_pipeline.py tests/test_sdxl_pipeline.py tests/test_train_diffusion.py \
             tests/test_diffusers_fast_sd.py tests/test_diffusers_fast_sdxl.py \
             tests/test_diffusers_fast_img2img.py tests/test_diffusers_fast_inpaint.py ;;
     sdxl)
-        step sdxl 270 python3 benchmarks/bench_pipeline.py --family sdxl --sdxl-size full --device cuda \
-            --dtype float16 --steps 20 --repeats 3 --output "$out/pipeline_sdxl_gpu.md" ;;
+        step sdxl 210 python3 benchmarks/bench_pipeline.py --family sdxl --sdxl-size full --device cuda \
+            --dtype float16 --steps 10 --repeats 3 --output "$out/pipeline_sdxl_gpu.md" ;;
     *)
         echo "unknown part '$part' (clip-step, train-diffusion, gpu-tests, sdxl)"; exit 2 ;;
     esac
