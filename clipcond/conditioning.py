@@ -70,6 +70,12 @@ if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner impo
 __all__ = ["TextConditioner", "as_prompt_list"]  # as_prompt_list lives in clipcond.prompt_arguments
 
 
+def _trains(module: torch.nn.Module) -> bool:
+    """True while `module` is being trained: in train mode, with trainable parameters, and with
+    grad enabled."""
+    return torch.is_grad_enabled() and module.training and any(p.requires_grad for p in module.parameters())
+
+
 class TextConditioner:
     """Turns prompts into `PromptEmbeds` with a recipe and its text encoders.
 
@@ -496,13 +502,10 @@ class TextConditioner:
         return fragments
 
     def _encoders_need_grad(self) -> bool:
-        """True while an encoder is being trained: in train mode with trainable parameters and
-        grad enabled. Then outputs keep their graph and bypass the cache; otherwise encoders
-        run under no_grad (models from `from_pretrained` are in eval mode)."""
-        return torch.is_grad_enabled() and any(
-            encoder.model.training and any(p.requires_grad for p in encoder.model.parameters())
-            for encoder in self.encoders
-        )
+        """True while an encoder is being trained (`_trains`). Then outputs keep their graph
+        and bypass the cache; otherwise encoders run under no_grad (models from
+        `from_pretrained` are in eval mode)."""
+        return any(_trains(encoder.model) for encoder in self.encoders)
 
     def _records(self, items: Sequence[str | Reading]) -> list[EncodedPrompt]:
         """Encoder outputs of every prompt (a text all encoders read, or a reading), from the
@@ -581,26 +584,29 @@ class TextConditioner:
         """`assemble` with this conditioner's settings; `groups`: the row counts over which
         text projections run apart (a call's prompts, then its negatives, as diffusers runs them)."""
         pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
-        # The text projections run under the encoders' own grad mode (`_encode_records`): no graph
-        # into frozen weights, the graph while an encoder trains.
-        grad_mode = torch.enable_grad if self._encoders_need_grad() else torch.no_grad
+        # No graph into frozen weights: the encoders' text projections run in their grad mode
+        # (`_encode_records`), the learned projection keeps its graph only while it trains, and
+        # the records' own graph (an encoder training) is kept by either.
+        encoders_mode = torch.enable_grad if self._encoders_need_grad() else torch.no_grad
+        keeps_graph = self._encoders_need_grad() or (self.projection is not None and _trains(self.projection))
 
         def projector(encoder: TextEncoder):
             if encoder.pooled_projection is None:
                 return None
-            return lambda states: grad_mode()(encoder.project_pooled)(states)
+            return lambda states: encoders_mode()(encoder.project_pooled)(states)
 
-        return assemble(
-            records,
-            self._active_recipe,
-            lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
-            projection=self.projection,
-            t5_zeros=self.t5_zeros,
-            pooled_parts=[(encoder.width, projector(encoder)) for encoder in pooling],
-            groups=groups,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        with torch.enable_grad() if keeps_graph else torch.no_grad():
+            return assemble(
+                records,
+                self._active_recipe,
+                lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
+                projection=self.projection,
+                t5_zeros=self.t5_zeros,
+                pooled_parts=[(encoder.width, projector(encoder)) for encoder in pooling],
+                groups=groups,
+                dtype=self.dtype,
+                device=self.device,
+            )
 
     # ------------------------------------------------------------------ constructors
 

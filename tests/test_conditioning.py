@@ -434,6 +434,25 @@ def test_custom_projection_shapes_and_gradients(clip_pair, t5_pair, combine, exp
     assert not torch.allclose(cond.encode(["a red circle", "two blue squares"]).tokens, embeds.tokens)
 
 
+def test_a_learned_projection_keeps_its_graph_only_while_it_trains(clip_pair, t5_pair, tmp_path):
+    from clipcond.projection import TextProjection
+    from clipcond.recipes import Recipe
+
+    recipe = Recipe(name="custom", combine="concat_sequence", pooled="last", t5_max_length=24)
+    trained = TextConditioner(recipe, clip=[clip_pair], t5=t5_pair, projection_dim=48).projection
+    assert trained.training  # built fresh, as a run builds it: it trains
+    trained.save_pretrained(tmp_path)
+    loaded = TextProjection.from_pretrained(tmp_path)  # eval mode, requires_grad left on
+    cond = TextConditioner(recipe, clip=[clip_pair], t5=t5_pair, projection=loaded)
+    frozen = cond.encode("a red circle").tokens
+    assert not frozen.requires_grad  # regression: it held a graph into the loaded weights
+    loaded.train()
+    training = cond.encode("a red circle").tokens
+    assert training.requires_grad and torch.equal(training.detach(), frozen)
+    with torch.no_grad():
+        assert not cond.encode("a red circle").tokens.requires_grad
+
+
 def test_custom_concat_channels_joins_two_clips(clip_pair):
     cond = TextConditioner("custom", clip=[clip_pair, clip_pair], cache_size=0)
     one = TextConditioner("sd", clip=[clip_pair], cache_size=0).encode("a cat").tokens
