@@ -157,6 +157,39 @@ def test_force_zeros_for_empty_prompt_false_reads_the_empty_prompt(tmp_path) -> 
     assert not np.array_equal(run(ours, **settings), expected)
 
 
+@pytest.mark.parametrize("task", ["text_to_image", "img2img", "inpaint"])
+def test_float16_images_and_the_vae_upcast_as_diffusers(task) -> None:
+    """SDXL in float16 (on the CPU): a float16 VAE whose config says `force_upcast` decodes (and
+    for img2img and inpaint, encodes) in float32 and is cast back, as diffusers' SDXL pipelines
+    do: images equal to the bit, the shared VAE left in float16."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline
+
+    classes = {
+        "text_to_image": (StableDiffusionXLPipeline, CLIPConditionedPipeline),
+        "img2img": (StableDiffusionXLImg2ImgPipeline, CLIPConditionedImg2ImgPipeline),
+        "inpaint": (StableDiffusionXLInpaintPipeline, CLIPConditionedInpaintPipeline),
+    }
+    peer_class, our_class = classes[task]
+    peer = peer_class(**fresh_sdxl().components).to(torch.float16)
+    ours = our_class.from_pipe(peer, torch_dtype=torch.float16)  # from_pipe casts to float32 by default
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    assert ours.vae is peer.vae and peer.vae.dtype == torch.float16 and peer.vae.config.force_upcast
+    settings = dict(prompt="a red circle", negative_prompt="blurry")
+    if task != "text_to_image":
+        settings["image"] = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        settings["strength"] = 0.75  # of 2 steps, 1 runs (at img2img's default 0.3, none would)
+    if task == "inpaint":
+        settings["mask_image"] = torch.zeros(1, 1, 64, 64)
+        settings["mask_image"][..., 16:48, 8:40] = 1
+    expected = run(peer, **settings)
+    assert peer.vae.dtype == torch.float16
+    assert np.isfinite(expected).all() and np.array_equal(run(ours, **settings), expected)
+    assert peer.vae.dtype == torch.float16
+
+
 # ---------------------------------------------------------------- embeddings
 
 
