@@ -61,7 +61,7 @@ for part in "${parts[@]}"; do
             --mixed-precision bf16 --threads 16 --batch 8 --steps 16 --warmup 4 --repeats 2 \
             --work-dir /tmp/train_diffusion_work --output "$out/train_diffusion_gpu.md" ;;
     gpu-tests)
-        step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider -rs -k "gpu or float16 or to_device or offload or xformers" \
+        step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider -rs -k "gpu or half or float16 or to_device or offload or xformers" \
             tests/test_pipeline.py tests/test_sdxl_pipeline.py tests/test_train_diffusion.py \
             tests/test_diffusers_fast_sd.py tests/test_diffusers_fast_sdxl.py \
             tests/test_diffusers_fast_img2img.py tests/test_diffusers_fast_inpaint.py ;;

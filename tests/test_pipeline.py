@@ -542,17 +542,17 @@ def test_clip_and_t5_custom_recipe_round_trips(sd_pipe, t5_tokenizer_path, tmp_p
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_half_precision_is_diffusers_to_the_bit(dtype) -> None:
-    """In half precision on the GPU our images are StableDiffusionPipeline's, bit for bit (same
-    components, dtype and generator). Both differ from float32 by the same amount, so that gap
-    is the tiny random model's rounding, not ours (measured on an H200: mean |fp16 - fp32| =
-    0.141, |bf16 - fp32| = 0.146 for both pipelines; 3 DDIM steps, guidance 6)."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_diffusers_to_the_bit(dtype, device) -> None:
+    """In half precision our images are StableDiffusionPipeline's, bit for bit (same components,
+    dtype and generator), on the CPU and on a GPU. Both differ from float32 by the same amount,
+    so that gap is the tiny random model's rounding, not ours (measured on an H200: mean
+    |fp16 - fp32| = 0.141, |bf16 - fp32| = 0.146 for both pipelines; 3 DDIM steps, guidance 6)."""
     from tiny_pipelines import build_sd  # fresh modules: the session fixture's stay on the CPU
 
-    peer = build_sd().to("cuda", dtype)
-    ours = ours_from(build_sd()).to("cuda", dtype)
+    peer = build_sd().to(device, dtype)
+    ours = ours_from(build_sd()).to(device, dtype)
     assert ours.unet.dtype == dtype and ours.text_encoder.dtype == dtype
     images = run(ours, prompt="a red circle")
     assert np.isfinite(images).all() and np.array_equal(images, run(peer, prompt="a red circle"))
