@@ -243,8 +243,10 @@ def _open_clip_side(args, model_config, device) -> tuple[object, Callable[[dict]
     from open_clip_train.scheduler import cosine_lr
 
     model = CLIP(**open_clip_sizes(model_config), output_dict=True).to(device).train()
-    # main.py: no weight decay on gains, biases, norms and the temperature
-    excluded = lambda name, p: p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name  # noqa: E731
+
+    def excluded(name: str, p: torch.nn.Parameter) -> bool:  # main.py: no decay on gains, biases, temperature
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
