@@ -234,7 +234,11 @@ def run_clip(
             hook.remove()
     # A pooled state stays in the dtype the model computes in until its projection reads it
     # (`pooled_state_dtype`): rounding it to the states' dtype first would round twice.
-    pooled = pooled_states[-1] if projection is not None else encoder.as_states(output.pooler_output)
+    pooled = (
+        pooled_states[-1].to(encoder.pooled_state_dtype)
+        if projection is not None
+        else encoder.as_states(output.pooler_output)
+    )
     if not want_tokens:
         return None, pooled
     if plain_last:
