@@ -253,36 +253,14 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
     uncached.conditioner.cache = None
     prompt, negative = "a red circle to the left of a blue square", "blurry"
 
-    def timed(pipe) -> float:
-        if on_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        pipe(
-            prompt,
-            negative_prompt=negative,
-            num_inference_steps=args.steps,
-            guidance_scale=5.0,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        )
-        if on_gpu:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    timed = image_timer(prompt, negative, args.steps, 5.0, on_gpu)
 
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
     median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
-    side = parts["unet"].config.sample_size * 8
-    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    shapes = (
-        "SDXL base 1.0's shapes (2.6B UNet, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, VAE)"
-        if args.sdxl_size == "full"
-        else "SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) and VAE, scaled down"
-    )
     lines = [
         "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
         "",
-        f"{where}, {args.dtype}, {side}x{side}, {args.steps} Euler steps, CFG 5.0 with a negative prompt, medians "
-        f"of {args.repeats} alternating runs; {shapes} (random weights)",
+        settings_line(args, parts, device, "Euler", 5.0, SHAPES_IN_WORDS["sdxl", args.sdxl_size]),
         "",
         *pipeline_table(median, peak, "StableDiffusionXLPipeline", on_gpu),
         *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats, family="sdxl"),
@@ -362,21 +340,7 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         pipe.set_progress_bar_config(disable=True)
     prompt, negative = "a red circle to the left of a blue square", "blurry"
 
-    def timed(pipe) -> float:
-        if on_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        pipe(
-            prompt,
-            negative_prompt=negative,
-            num_inference_steps=args.steps,
-            guidance_scale=7.5,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        )
-        if on_gpu:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    timed = image_timer(prompt, negative, args.steps, 7.5, on_gpu)
 
     # ours twice: as shipped (the repeated prompt comes from the embedding cache) and with the
     # cache turned off (every call encodes, as the peer does)
@@ -385,18 +349,10 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
     uncached.conditioner.cache = None
     sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
     median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
-    side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in both sizes
-    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    shapes = (
-        "full Stable Diffusion 1.5 shapes (860M UNet, VAE, ViT-L/14 text encoder)"
-        if args.size == "sd15"
-        else "SD-1.5-shaped UNet/VAE/CLIP scaled down"
-    )
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
         "",
-        f"{where}, {args.dtype}, {side}x{side}, {args.steps} DDIM steps, CFG 7.5 with a negative prompt, medians of "
-        f"{args.repeats} alternating runs; {shapes} (random weights)",
+        settings_line(args, parts, device, "DDIM", 7.5, SHAPES_IN_WORDS["sd", args.size]),
         "",
         *pipeline_table(median, peak, "StableDiffusionPipeline", on_gpu),
         *text_batch_rows(parts, prompt, negative, median["peer"], on_gpu, max(args.repeats, 20)),
@@ -421,6 +377,52 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
 
         lines += offload_rows(fresh_parts, make_peer, "StableDiffusionPipeline", timed, args.repeats)
     return lines
+
+
+# (family, size) -> the components in words, for the results' settings line
+SHAPES_IN_WORDS = {
+    ("sd", "small"): "SD-1.5-shaped UNet/VAE/CLIP scaled down",
+    ("sd", "sd15"): "full Stable Diffusion 1.5 shapes (860M UNet, VAE, ViT-L/14 text encoder)",
+    ("sdxl", "small"): "SDXL-shaped UNet (text_time added embedding), two CLIPs (the second with projection) and "
+    "VAE, scaled down",
+    ("sdxl", "full"): "SDXL base 1.0's shapes (2.6B UNet, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, VAE)",
+}
+
+
+def image_timer(prompt: str, negative: str, steps: int, guidance: float, on_gpu: bool):
+    """pipe -> seconds of one text-to-image call with these settings (seed 0, numpy output),
+    the GPU synchronised around it."""
+    import torch
+
+    def timed(pipe) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        pipe(
+            prompt,
+            negative_prompt=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return timed
+
+
+def settings_line(args: argparse.Namespace, parts: dict, device, sampler: str, guidance: float, shapes: str) -> str:
+    """The line under a table's title: where, dtype, image size, steps, guidance, repeats, shapes."""
+    import torch
+
+    side = parts["unet"].config.sample_size * 8  # the VAE downsamples by 8 in every size
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (
+        f"{where}, {args.dtype}, {side}x{side}, {args.steps} {sampler} steps, CFG {guidance} with a negative prompt, "
+        f"medians of {args.repeats} alternating runs; {shapes} (random weights)"
+    )
 
 
 def warm_and_time(sides: list[tuple[str, object]], timed, repeats: int, on_gpu: bool) -> tuple[dict, dict]:
