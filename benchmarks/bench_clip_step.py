@@ -4,18 +4,17 @@ Both sides train the same architecture on the same batches; the peer is one of:
 
 - ``--peer transformers`` (default): `transformers.CLIPModel(return_loss=True)` +
   `torch.optim.AdamW` (defaults), the usual hand-written loop, from our very weights;
-- ``--peer open_clip``: open_clip's own training step, re-expressed from
-  ``open_clip_train/train.py`` (``train_one_epoch``, ``accum_freq`` 1) and ``main.py`` (the
-  optimizer) of open_clip_torch 3.3: its `open_clip.model.CLIP` built from the same sizes (same
-  parameter count), AdamW with weight decay 0.2 on matrices only (not on gains, biases or the
-  temperature), betas (0.9, 0.98), eps 1e-6, its ``cosine_lr`` schedule called every step, the
-  forward and `open_clip.loss.ClipLoss` under its autocast (``amp_bf16`` / ``amp``), backward,
-  optimizer step, the temperature clamped to ln(100). Its own random initialisation (the two
-  libraries name weights differently); the work per step does not depend on the values.
-  open_clip's tokenizer pads every caption to the context length (77) and its text tower
-  takes nothing shorter, so the peer's captions are padded so (pad id 0), where ours pad to
-  the batch's longest caption (``--seq``): give ``--seq 77`` for the same work on both sides.
-  Needs ``pip install open_clip_torch`` (which needs torchvision).
+- ``--peer open_clip``: open_clip's own training loop, ``open_clip_train.train.train_one_epoch``
+  of open_clip_torch 3.3 (in its wheel), called on the batches with the setup its ``main.py``
+  makes (re-expressed here: main.py is a script): `open_clip.model.CLIP` built from the same
+  sizes (same parameter count), AdamW with weight decay 0.2 on matrices only (not on gains,
+  biases or the temperature), betas (0.9, 0.98), eps 1e-6, its ``cosine_lr`` schedule,
+  `open_clip.loss.ClipLoss`, precision ``amp_bf16`` / ``amp`` (with its GradScaler) / ``fp32``.
+  Its own random initialisation (the two libraries name weights differently); the work per
+  step does not depend on the values. open_clip's tokenizer pads every caption to the context
+  length (77) and its text tower takes nothing shorter, so the peer's captions are padded so
+  (pad id 0), where ours pad to the batch's longest caption (``--seq``): give ``--seq 77`` for
+  the same work on both sides. Needs ``pip install open_clip_torch`` (which needs torchvision).
 
 - ours: `clipcond.training.clip.loop.ContrastiveStep` (the loop's own step: ContrastiveModel,
   `clip_loss`, AdamW without decay on gains/biases/temperature, fused kernel, warm-up+cosine).
@@ -97,11 +96,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     # 1. each side's model on its device and its optimizer: all before the baseline
     if args.side == "ours":
-        trained, train_step = _our_side(args, clip)
+        trained, train = per_batch(_our_side(args, clip), device)
     elif args.peer == "transformers":
-        trained, train_step = _transformers_side(args, clip, model_config, device)
+        trained, train = per_batch(_transformers_side(args, clip, model_config, device), device)
     else:
-        trained, train_step = _open_clip_side(args, model_config, device)
+        trained, train = _open_clip_side(args, model_config, device)
 
     def synchronise():
         if args.device == "cuda":
@@ -116,12 +115,10 @@ def worker(args: argparse.Namespace) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     # 3. warm-up and timed steps
-    for batch in batches[: args.warmup]:
-        train_step({k: v.to(device) for k, v in batch.items()})
+    train(batches[: args.warmup])
     synchronise()
     start = time.perf_counter()
-    for batch in batches[args.warmup : -1]:
-        loss = train_step({k: v.to(device) for k, v in batch.items()})
+    train(batches[args.warmup : -1])
     synchronise()
     elapsed = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -132,24 +129,38 @@ def worker(args: argparse.Namespace) -> dict:
         "weights_mib": sum(p.numel() * p.element_size() for p in trained.parameters()) / 2**20,
         "parameters": sum(p.numel() for p in trained.parameters()),
         "peak_reset": peak_reset,
-        "final_loss": float(loss),
     }
     if args.device == "cuda":
         result["peak_gpu_increase_mib"] = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20
         result["device_name"] = torch.cuda.get_device_name(device)
     # 4. one more step, counted (after the timing: the counter slows the step it watches)
-    result["flops_per_sample"] = step_flops(train_step, {k: v.to(device) for k, v in batches[-1].items()}) / args.batch
+    result["flops_per_sample"] = step_flops(train, batches[-1:]) / args.batch
     return result
 
 
-def step_flops(train_step: Callable[[dict], object], batch: dict) -> int:
-    """Floating-point operations of one call of `train_step` (forward and backward: matrix
+# A side's training: a list of (cpu) batches -> None, one optimizer step per batch.
+Train = Callable[[list[dict]], None]
+
+
+def per_batch(side: tuple[object, Callable[[dict], object]], device) -> tuple[object, Train]:
+    """(model, one step on a batch on `device`) -> (model, training on a list of batches)."""
+    trained, train_step = side
+
+    def train(batches: list[dict]) -> None:
+        for batch in batches:
+            train_step({k: v.to(device) for k, v in batch.items()})
+
+    return trained, train
+
+
+def step_flops(train: Train, batches: list[dict]) -> int:
+    """Floating-point operations of `train` on `batches` (forward and backward: matrix
     products, convolutions, attention), counted by `torch.utils.flop_counter.FlopCounterMode`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(batch)
+        train(batches)
     return counter.get_total_flops()
 
 
@@ -233,16 +244,16 @@ def open_clip_sizes(model_config) -> dict:
     }
 
 
-def _open_clip_side(args, model_config, device) -> tuple[object, Callable[[dict], object]]:
-    """open_clip's training step (open_clip_train/train.py, main.py), in our words."""
-    import math
-
+def _open_clip_side(args, model_config, device) -> tuple[object, Train]:
+    """open_clip's `train_one_epoch` (open_clip_train/train.py) on the batches, set up as its
+    main.py sets up a run (AdamW groups, cosine_lr, ClipLoss, the GradScaler for ``amp``)."""
     import torch
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP
     from open_clip_train.scheduler import cosine_lr
+    from open_clip_train.train import train_one_epoch
 
-    model = CLIP(**open_clip_sizes(model_config), output_dict=True).to(device).train()
+    model = CLIP(**open_clip_sizes(model_config), output_dict=True).to(device)
 
     def excluded(name: str, p: torch.nn.Parameter) -> bool:  # main.py: no decay on gains, biases, temperature
         return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
@@ -257,28 +268,60 @@ def _open_clip_side(args, model_config, device) -> tuple[object, Callable[[dict]
         betas=(0.9, 0.98),
         eps=1e-6,
     )
+    precision = {"bf16": "amp_bf16", "fp16": "amp", "no": "fp32"}[args.mixed_precision]
+    settings = argparse.Namespace(  # what train_one_epoch reads of main.py's arguments
+        device=str(device),
+        precision=precision,
+        distill=False,
+        accum_freq=1,
+        skip_scheduler=False,
+        grad_clip_norm=None,
+        log_every_n_steps=100,
+        batch_size=args.batch,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        wandb=False,
+        horovod=False,
+    )
+    scaler = torch.amp.GradScaler(device.type) if precision == "amp" else None
+    # main.py's schedule runs over every step of the run; the epochs here are the warm-up, the
+    # timed steps and the counted one
     schedule = cosine_lr(optimizer, 1e-4, 10, args.warmup + args.steps + 1)
-    loss_fn = ClipLoss()
-    dtype = _autocast_dtype(args)
-    steps_done = [0]
+    loss = ClipLoss(cache_labels=True, rank=0, world_size=1)
+    epochs = [0]
 
-    def train_step(batch):
-        schedule(steps_done[0])
-        steps_done[0] += 1
-        ids = batch["input_ids"]
-        texts = torch.nn.functional.pad(ids, (0, model.context_length - ids.shape[1]), value=0)  # as its tokenizer
-        optimizer.zero_grad()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(batch["pixel_values"], texts)
-            losses = loss_fn(**out, output_dict=True)
-            total = sum(losses.values())
-        total.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        return total
+    def train(batches: list[dict]) -> None:
+        pairs = [
+            # open_clip's tokenizer pads every caption to the context length
+            (
+                b["pixel_values"],
+                torch.nn.functional.pad(b["input_ids"], (0, model.context_length - b["input_ids"].shape[1])),
+            )
+            for b in batches
+        ]
+        data = {"train": _OpenClipData(pairs)}
+        train_one_epoch(model, data, loss, epochs[0], optimizer, scaler, schedule, None, settings)
+        epochs[0] += 1
 
-    return model, train_step
+    return model, train
+
+
+class _OpenClipData:
+    """What `train_one_epoch` reads of open_clip_train's `DataInfo`: `set_epoch`, and a
+    `dataloader` of (images, texts) with `num_batches` and `num_samples`."""
+
+    class _Loader(list):
+        num_batches: int
+        num_samples: int
+
+    def __init__(self, pairs: list) -> None:
+        self.dataloader = self._Loader(pairs)
+        self.dataloader.num_batches = len(pairs)
+        self.dataloader.num_samples = sum(len(images) for images, _ in pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
 
 
 def reset_peak_rss() -> bool:
@@ -311,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer",
         default="transformers",
         choices=["transformers", "open_clip"],
-        help="transformers' CLIPModel (default) or open_clip's training step (needs open_clip_torch)",
+        help="transformers' CLIPModel (default) or open_clip's own training loop (needs open_clip_torch)",
     )
     parser.add_argument(
         "--peak-tflops",
@@ -358,7 +401,7 @@ def worker_command(args: argparse.Namespace, side: str) -> list[str]:
 
 PEER_TITLES = {
     "transformers": "transformers CLIPModel(return_loss=True) + AdamW",
-    "open_clip": "open_clip's training step (open_clip_train/train.py)",
+    "open_clip": "open_clip's own training loop (open_clip_train.train.train_one_epoch)",
 }
 
 
