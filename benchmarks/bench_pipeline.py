@@ -232,8 +232,6 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from clipcond import CLIPConditionedPipeline
-
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     on_gpu = device.type == "cuda"
 
@@ -248,14 +246,9 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
         return StableDiffusionXLPipeline(**parts, add_watermarker=False)
 
     parts = fresh_parts()
-    peer = make_peer(parts)
-    ours, uncached = CLIPConditionedPipeline.from_pipe(peer), CLIPConditionedPipeline.from_pipe(peer)
-    uncached.conditioner.cache = None
+    sides = three_sides(make_peer(parts), dtype)
     prompt, negative = "a red circle to the left of a blue square", "blurry"
-
     timed = image_timer(prompt, negative, args.steps, 5.0, on_gpu)
-
-    sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
     median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
     lines = [
         "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
@@ -266,7 +259,7 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
         *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats, family="sdxl"),
     ]
     if on_gpu:
-        del ours, uncached, peer, sides
+        del sides
         for module in ("unet", "vae", "text_encoder", "text_encoder_2"):  # off the GPU: offload peaks read alone
             parts[module].to("cpu")
         lines += offload_rows(fresh_parts, make_peer, "StableDiffusionXLPipeline", timed, args.repeats)
@@ -324,30 +317,27 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from clipcond import CLIPConditionedPipeline
-
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
-    with device:  # random init straight on the device (an 860M-parameter UNet inits slowly on a CPU)
-        parts = components(args.size)
-    for module in ("unet", "vae", "text_encoder"):
-        parts[module].to(device, dtype)
-    ours = CLIPConditionedPipeline(**parts)
-    peer = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    for pipe in (ours, peer):
-        pipe.set_progress_bar_config(disable=True)
+
+    def fresh_parts() -> dict:
+        with device:  # random init straight on the device (an 860M-parameter UNet inits slowly on a CPU)
+            parts = components(args.size)
+        for module in ("unet", "vae", "text_encoder"):
+            parts[module].to(device, dtype)
+        return parts
+
+    def make_peer(parts: dict) -> StableDiffusionPipeline:
+        return StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+
+    parts = fresh_parts()
+    sides = three_sides(make_peer(parts), dtype)
     prompt, negative = "a red circle to the left of a blue square", "blurry"
-
     timed = image_timer(prompt, negative, args.steps, 7.5, on_gpu)
-
-    # ours twice: as shipped (the repeated prompt comes from the embedding cache) and with the
-    # cache turned off (every call encodes, as the peer does)
-    uncached = CLIPConditionedPipeline(**parts)
-    uncached.set_progress_bar_config(disable=True)
-    uncached.conditioner.cache = None
-    sides = [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
     median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
@@ -359,22 +349,10 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats),
     ]
     if on_gpu:
-        lines += xformers_rows(ours, peer, timed, args.repeats)
+        pipes = dict(sides)
+        lines += xformers_rows(pipes["ours"], pipes["peer"], timed, args.repeats)
         for module in ("unet", "vae", "text_encoder"):  # off the GPU: the offload peaks are read alone
             parts[module].to("cpu")
-
-        def fresh_parts() -> dict:
-            with device:
-                parts = components(args.size)
-            for module in ("unet", "vae", "text_encoder"):
-                parts[module].to(dtype=dtype)
-            return parts
-
-        def make_peer(parts: dict) -> StableDiffusionPipeline:
-            return StableDiffusionPipeline(
-                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-            )
-
         lines += offload_rows(fresh_parts, make_peer, "StableDiffusionPipeline", timed, args.repeats)
     return lines
 
@@ -423,6 +401,20 @@ def settings_line(args: argparse.Namespace, parts: dict, device, sampler: str, g
         f"{where}, {args.dtype}, {side}x{side}, {args.steps} {sampler} steps, CFG {guidance} with a negative prompt, "
         f"medians of {args.repeats} alternating runs; {shapes} (random weights)"
     )
+
+
+def three_sides(peer, dtype) -> list[tuple[str, object]]:
+    """The sides of a table, on the peer's modules: ours as shipped (a repeated prompt comes from
+    the embedding cache), ours with the cache off (every call encodes, as the peer does), the
+    peer. `from_pipe` is told the dtype: it casts the shared modules to float32 otherwise."""
+    from clipcond import CLIPConditionedPipeline
+
+    ours = CLIPConditionedPipeline.from_pipe(peer, torch_dtype=dtype)
+    uncached = CLIPConditionedPipeline.from_pipe(peer, torch_dtype=dtype)
+    uncached.conditioner.cache = None
+    if peer.unet.dtype != dtype:
+        raise SystemExit(f"the pipelines run in {peer.unet.dtype}, not the asked {dtype}")
+    return [("ours", ours), ("ours_uncached", uncached), ("peer", peer)]
 
 
 def warm_and_time(sides: list[tuple[str, object]], timed, repeats: int, on_gpu: bool) -> tuple[dict, dict]:
@@ -559,7 +551,7 @@ def image_task_rows(
     rows, ratios = [], []
     for name, peer_class, our_class, swapped, call in tasks:
         peer = peer_class(**{**parts, **swapped}, **peer_settings)
-        ours = our_class.from_pipe(peer)
+        ours = our_class.from_pipe(peer, torch_dtype=unet.dtype)  # float32 otherwise, shared modules too
         for pipe in (peer, ours):
             pipe.set_progress_bar_config(disable=True)
 
