@@ -584,16 +584,16 @@ class TextConditioner:
         """`assemble` with this conditioner's settings; `groups`: the row counts over which
         text projections run apart (a call's prompts, then its negatives, as diffusers runs them)."""
         pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
-        # No graph into frozen weights: the encoders' text projections run in their grad mode
-        # (`_encode_records`), the learned projection keeps its graph only while it trains, and
-        # the records' own graph (an encoder training) is kept by either.
-        encoders_mode = torch.enable_grad if self._encoders_need_grad() else torch.no_grad
-        keeps_graph = self._encoders_need_grad() or (self.projection is not None and _trains(self.projection))
+        # No graph into frozen weights: the learned projection keeps its graph only while it
+        # trains, the encoders' text projections only while an encoder trains (their records
+        # were made so: `_encode_records`), and the records' own graph is kept either way.
+        encoders_train = self._encoders_need_grad()
+        keeps_graph = encoders_train or (self.projection is not None and _trains(self.projection))
 
         def projector(encoder: TextEncoder):
             if encoder.pooled_projection is None:
                 return None
-            return lambda states: encoders_mode()(encoder.project_pooled)(states)
+            return encoder.project_pooled if encoders_train else torch.no_grad()(encoder.project_pooled)
 
         with torch.enable_grad() if keeps_graph else torch.no_grad():
             return assemble(

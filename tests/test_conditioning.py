@@ -453,6 +453,17 @@ def test_a_learned_projection_keeps_its_graph_only_while_it_trains(clip_pair, t5
         assert not cond.encode("a red circle").tokens.requires_grad
 
 
+def test_a_training_learned_projection_leaves_a_frozen_text_projection_without_graph(t5_pair):
+    from clipcond.recipes import Recipe
+
+    recipe = Recipe(name="custom", combine="concat_sequence", pooled="last", t5_max_length=24)
+    clip = (tiny_pipelines.clip_text_model(2, with_projection=True), clip_tokenizer())
+    cond = TextConditioner(recipe, clip=[clip], t5=t5_pair, projection_dim=48)
+    assert cond.projection.training and not clip[0].training  # the adapter learns, the CLIP is frozen
+    encoded = cond.encode("a red circle")
+    assert encoded.tokens.requires_grad and not encoded.pooled.requires_grad
+
+
 def test_custom_concat_channels_joins_two_clips(clip_pair):
     cond = TextConditioner("custom", clip=[clip_pair, clip_pair], cache_size=0)
     one = TextConditioner("sd", clip=[clip_pair], cache_size=0).encode("a cat").tokens
