@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
@@ -291,11 +292,6 @@ class CLIPConditionedPipeline(
         """Pixels per latent cell (1 in pixel space)."""
         vae = getattr(self, "vae", None)
         return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-
-    @property
-    def downsampling_factor(self) -> int:
-        """Height and width must be multiples of this: VAE factor times the UNet's own downsampling."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     # The running call's settings, read by step-end callbacks as in diffusers' pipelines (a
     # callback may set `pipe._guidance_scale = 0.0` to stop guidance, or `pipe._interrupt = True`).
@@ -597,7 +593,8 @@ class CLIPConditionedPipeline(
         LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
-        return replacements for them. `clip_skip` overrides the pipeline's own for this call.
+        return replacements for them; diffusers' ready-made callbacks (`PipelineCallback`,
+        `MultiPipelineCallbacks`, e.g. `SDCFGCutoffCallback`) name their own tensors, as there. `clip_skip` overrides the pipeline's own for this call.
         `ip_adapter_image` (one per loaded IP-Adapter) or `ip_adapter_image_embeds` (a list of
         one tensor per adapter, negatives first under guidance) condition on images as in Stable
         Diffusion; `pipe.load_ip_adapter` first.
@@ -635,6 +632,8 @@ class CLIPConditionedPipeline(
         sample_height, sample_width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         height = height if height is not None else sample_height * self.vae_scale_factor
         width = width if width is not None else sample_width * self.vae_scale_factor
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # as diffusers' pipelines
         tensor_inputs = (
             ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
         )

@@ -178,10 +178,11 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
 
 def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
     """The checks that need the loaded pipeline: the image size and `--clip-skip`."""
-    factor = pipe.downsampling_factor
+    from clipcond.pipelines.input_checks import image_size_fits, image_size_rule
+
     for option, value in (("--height", args.height), ("--width", args.width)):
-        if value is not None and (value < factor or value % factor):
-            raise UsageError(f"{option} must be a positive multiple of {factor} for this model, got {value}")
+        if value is not None and not image_size_fits(value, pipe.vae_scale_factor):
+            raise UsageError(f"{option} must be {image_size_rule(pipe.vae_scale_factor)} for this model, got {value}")
     if args.clip_skip is not None:
         with user_errors(ValueError, TypeError, context=f"--clip-skip {args.clip_skip}: "):
             pipe.conditioner_for(args.clip_skip)

@@ -1,7 +1,7 @@
 """The checks of `CLIPConditionedPipeline.__call__`'s arguments, run before any work.
 
 A mixin, as diffusers keeps `check_inputs` on the pipeline: it reads the pipeline's
-`downsampling_factor`, `scheduler`, `_callback_tensor_inputs`, its recipe and its text-encoder
+`vae_scale_factor`, `scheduler`, `_callback_tensor_inputs`, its recipe and its text-encoder
 components.
 """
 
@@ -16,6 +16,25 @@ import torch
 from clipcond.conditioning import as_prompt_list
 from clipcond.families import FAMILIES
 from clipcond.prompt_arguments import check_readers, texts_or_default
+
+
+def image_size_fits(value: Any, vae_scale_factor: int) -> bool:
+    """Whether `value` can be an image's height or width: a positive multiple of the VAE's
+    scale factor (pixels per latent cell; 1 in pixel space). As in diffusers, the UNet's own
+    downsampling sets no further multiple: its up blocks take the sizes of their skips."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= vae_scale_factor
+        and not value % vae_scale_factor
+    )
+
+
+def image_size_rule(vae_scale_factor: int) -> str:
+    """`image_size_fits` in words, for error messages."""
+    if vae_scale_factor == 1:
+        return "a positive int"
+    return f"a positive multiple of {vae_scale_factor} (the VAE's scale factor)"
 
 
 class CallInputChecks:
@@ -63,12 +82,9 @@ class CallInputChecks:
                     f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
                     f"({count}) and the prompt embeddings' shape"
                 )
-        factor = self.downsampling_factor
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < factor or value % factor:
-                raise ValueError(
-                    f"`{name}` must be a positive multiple of {factor} (the UNet's downsampling), got {value}"
-                )
+            if not image_size_fits(value, self.vae_scale_factor):
+                raise ValueError(f"`{name}` must be {image_size_rule(self.vae_scale_factor)}, got {value!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
             raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:

@@ -93,8 +93,8 @@ def test_generate_reports_what_needs_the_model_in_one_line(tmp_path, capsys) -> 
     (tmp_path / "not-a-pipeline").mkdir()
     line = one_error(capsys, ["generate", "a", "-o", png, "--model", str(tmp_path / "not-a-pipeline")], 2)
     assert "cannot load" in line and "model_index.json" in line
-    assert "--height must be a positive multiple of 4" in one_error(
-        capsys, ["generate", "a", "-o", png, "--height", "30"], 2
+    assert "--height must be a positive int for this model, got 0" in one_error(
+        capsys, ["generate", "a", "-o", png, "--height", "0"], 2
     )
     assert "--clip-skip 40: `clip_skip` must be between" in one_error(
         capsys, ["generate", "a", "-o", png, "--clip-skip", "40"], 2

@@ -420,3 +420,68 @@ def test_bad_input_fails_before_any_work(task, kwargs, error, message, monkeypat
     with pytest.raises(error, match=message):
         pipe(**settings)
     assert not calls
+
+
+def _deep_components(unet_in_channels: int) -> dict:
+    """SD components whose UNet halves the latents three times under a VAE of factor 2: sizes
+    that are multiples of 8 but not of 2 x 2**3 = 16 make up-blocks meet skips of odd sizes."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from tiny_pipelines import WIDTH
+
+    parts = sd_components(unet_in_channels)
+    torch.manual_seed(0)
+    parts["unet"] = UNet2DConditionModel(
+        block_out_channels=(4, 8, 8, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=unet_in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=2,
+    )
+    parts["vae"] = AutoencoderKL(
+        block_out_channels=(4, 4),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=1,
+        sample_size=32,
+    )
+    return parts
+
+
+@pytest.mark.parametrize(
+    "peer_class, our_class, unet_in_channels",
+    [
+        (StableDiffusionPipeline, CLIPConditionedPipeline, 4),
+        (StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline, 4),
+        (StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline, 9),
+    ],
+    ids=["text_to_image", "img2img", "inpaint"],
+)
+def test_any_multiple_of_8_as_in_diffusers_however_deep_the_unet(peer_class, our_class, unet_in_channels) -> None:
+    """diffusers asks a multiple of 8 of the size, not of the UNet's downsampling: 40 x 24
+    through a UNet that halves 24 / 2 = 12 latents three times (12, 6, 3, 2) gives its image,
+    bit for bit; for img2img the size is the source image's (a photo's, 40 x 24; inpaint, as
+    diffusers', takes `height` and `width`, and resizes the photo to them)."""
+    parts = _deep_components(unet_in_channels)
+    peer = peer_class(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ours = our_class.from_pipe(peer)
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    photo, mask = pil_pair(height=40, width=24)
+    settings = {
+        StableDiffusionPipeline: dict(height=40, width=24),
+        StableDiffusionImg2ImgPipeline: dict(image=photo, strength=0.75),
+        StableDiffusionInpaintPipeline: dict(image=photo, mask_image=mask, strength=0.75, height=40, width=24),
+    }[peer_class]
+    expected = run(peer, prompt="a red circle", negative_prompt="blurry", **settings)
+    assert expected.shape == (1, 40, 24, 3)
+    assert np.array_equal(run(ours, prompt="a red circle", negative_prompt="blurry", **settings), expected)
+    if peer_class is StableDiffusionPipeline:
+        with pytest.raises(ValueError, match=r"`height` must be a positive multiple of 2 \(the VAE's scale factor\)"):
+            ours(prompt="a", height=41, width=24)

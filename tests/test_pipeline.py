@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 
 from clipcond import CLIPConditionedPipeline
 
@@ -299,13 +300,23 @@ def _interrupt_after_the_first_step(pipe, step, timestep, tensors):
             ),
         ),
         ("DDIMScheduler", dict(callback_on_step_end=_interrupt_after_the_first_step)),
+        ("DDIMScheduler", dict(callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))),  # names its tensors
+        (
+            "DDIMScheduler",
+            dict(
+                callback_on_step_end=MultiPipelineCallbacks(
+                    [SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0)]
+                )
+            ),
+        ),
         ("HeunDiscreteScheduler", dict()),  # a second-order scheduler: two UNet calls per step
     ],
 )
 def test_diffusers_call_arguments_give_stable_diffusions_images(sd_pipe, scheduler, kwargs) -> None:
     """The StableDiffusionPipeline arguments beyond the basics (custom timesteps or sigmas,
-    guidance rescale, step-end callbacks that change latents, drop guidance or interrupt)
-    mean what they mean there: the same images, bit for bit."""
+    guidance rescale, step-end callbacks that change latents, drop guidance or interrupt, and
+    diffusers' ready-made callback objects, which name the tensors they read) mean what they
+    mean there: the same images, bit for bit."""
     import diffusers
 
     peer, ours = copy.copy(sd_pipe), ours_from(sd_pipe)

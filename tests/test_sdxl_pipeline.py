@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, SDXLCFGCutoffCallback
 from tiny_pipelines import WIDTH, build_sdxl, clip_text_model, sdxl_refiner_components
 
 from clipcond import CLIPConditionedPipeline
@@ -90,6 +91,13 @@ CALLS = {
         callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
     ),
     "callback_interrupts": dict(prompt="a red circle", callback_on_step_end=_interrupt),
+    "ready_made_callback": dict(  # diffusers' callback object names the tensors it reads
+        prompt="a red circle",
+        negative_prompt="blurry",
+        callback_on_step_end=MultiPipelineCallbacks(
+            [SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0)]
+        ),
+    ),
     "clip_skip_zero_negative": dict(prompt="a red circle", clip_skip=1),
     "a_second_prompt": dict(prompt="a red circle", prompt_2="a blue square"),
     "second_prompts_and_negatives": dict(
