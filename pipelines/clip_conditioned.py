@@ -678,6 +678,7 @@ class CLIPConditionedPipeline(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )
         use_ip_adapter = self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        self._check_given_latents(latents, count * num_images_per_prompt, height, width)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
@@ -923,14 +924,29 @@ class CLIPConditionedPipeline(
         """The starting latents (images_count, channels, height / vae factor, width / vae factor):
         the given ones or noise, scaled by the scheduler's initial sigma (`schedule`: the
         timesteps the loop runs)."""
+        if latents is None:
+            latents = randn_tensor(
+                self._latents_shape(images_count, height, width), generator=generator, device=device, dtype=dtype
+            )
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def _check_given_latents(self, latents: Any, images_count: int, height: int, width: int) -> None:
+        """Refuse given `latents` that are not `images_count` rows of `_latents_shape`, before any work."""
+        if latents is None:
+            return
+        expected = self._latents_shape(images_count, height, width)
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(
+                f"`latents` must have shape {expected} (one row per image: prompts x num_images_per_prompt), got {got}"
+            )
+
+    def _latents_shape(self, images_count: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """The shape of the starting latents of `images_count` images of `height` x `width`
+        pixels: (images_count, the UNet's image channels, height / vae factor, width / vae factor)."""
         coordinates = bool(self.config.get("coordinate_channels", False))
         channels = self.unet.config.in_channels - (COORDINATE_CHANNELS if coordinates else 0)
-        shape = (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        return (images_count, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
 
     def _unet_input(self, model_input: torch.Tensor, rows: Any) -> torch.Tensor:
         """The UNet's input from the scaled latent rows: channels appended after the image ones.

@@ -7,9 +7,11 @@ leaves no step, or a batch that does not divide deep inside the call, after the 
 has run. These functions find them first, with a message that names the argument.
 
 Layouts, as `VaeImageProcessor.preprocess` reads them:
-    image: PIL; tensor (batch, channels, H, W) or (channels, H, W); array (batch, H, W,
-        channels) or (H, W, channels). A tensor with `latent_channels` channels is latents
-        (batch, latent_channels, H / vae factor, W / vae factor), not encoded again.
+    image: PIL (mode RGB); tensor (batch, 3, H, W) or (3, H, W); array (batch, H, W, 3) or
+        (H, W, 3). A tensor with `latent_channels` channels is latents (batch,
+        latent_channels, H / vae factor, W / vae factor), not encoded again. diffusers would
+        take an RGBA or CMYK image for latents too (4 channels) and fail on a grey one, deep
+        inside; here each is refused first.
     mask: PIL; tensor (batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W); array (batch, H,
         W, 1), (batch, H, W), (H, W, 1) or (H, W).
 """
@@ -23,6 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+RGB_CHANNELS = 3  # what the VAE encodes
 IMAGE_TYPES = "a PIL image, a numpy array, a torch tensor, or a non-empty list of one of these"
 
 
@@ -46,7 +49,8 @@ def check_image(value: Any, name: str, vae_scale_factor: int = 1, latent_channel
 
     Raises:
         TypeError: not one of the accepted types, or a list that mixes them.
-        ValueError: an empty list, a layout of the wrong rank, or images of different sizes.
+        ValueError: an empty list, a layout of the wrong rank, channels that are neither RGB
+            nor latents, a PIL image not in mode RGB, or images of different sizes.
     """
     return _batch(value, name, lambda item: _image_size(item, name, vae_scale_factor, latent_channels))
 
@@ -185,8 +189,10 @@ def _kind(item: Any, name: str) -> str:
 
 
 def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: int) -> tuple[int, tuple[int, int]]:
-    """(images, (height, width)) of one entry."""
+    """(images, (height, width)) of one entry: RGB pixels, or (tensors only) latents."""
     if isinstance(item, PIL.Image.Image):
+        if item.mode != "RGB":  # diffusers would read RGBA or CMYK as 4-channel latents, L as 1 channel
+            raise ValueError(f"`{name}` is a PIL image in mode {item.mode!r}; give RGB images (`image.convert('RGB')`)")
         return 1, (item.height, item.width)
     if item.ndim not in (3, 4):
         layout = (
@@ -200,7 +206,16 @@ def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: in
         channels, height, width = item.shape[-3:]
         if channels == latent_channels:  # latents: not encoded again
             return count, (height * vae_scale_factor, width * vae_scale_factor)
+        if channels != RGB_CHANNELS:
+            raise ValueError(
+                f"`{name}` has {channels} channels (axis -3); give RGB pixels ({RGB_CHANNELS} channels) or latents "
+                f"({latent_channels} channels)"
+            )
         return count, (height, width)
+    if item.shape[-1] != RGB_CHANNELS:
+        raise ValueError(
+            f"`{name}` has {item.shape[-1]} channels (last axis); give RGB pixels ({RGB_CHANNELS} channels)"
+        )
     return count, tuple(item.shape[-3:-1])
 
 

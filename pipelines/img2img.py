@@ -117,6 +117,12 @@ class SourceImageSteps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return sizes.time_ids(height, width, requires_aesthetics_score, dtype, from_image=True)
 
+    def _latents_shape(self, images_count: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """The starting latents' shape: (images_count, the VAE's latent channels, height / vae
+        factor, width / vae factor), whatever the UNet reads beside them."""
+        factor = self.vae_scale_factor
+        return (images_count, self._latent_channels(), height // factor, width // factor)
+
     def _latent_channels(self) -> int:
         """The VAE's latent channels; refuses a pipeline without a VAE (img2img and inpainting
         start from an image encoded by it)."""
@@ -326,11 +332,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         """The source's latents noised to the first timestep kept (images_count, 4, h, w), in
         diffusers' order of random draws: the VAE's sample, then the noise. SDXL: given
         `latents` as they are; after `denoising_start` the source's latents without noise."""
-        if latents is not None:
-            shape = (images_count, self.vae.config.latent_channels, height // self.vae_scale_factor)
-            shape += (width // self.vae_scale_factor,)
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"`latents` must have shape {shape} (one row per output), got {tuple(latents.shape)}")
+        if latents is not None:  # its shape checked before any work (`_latents_shape`)
             return latents.to(device, dtype)
         image = self.image_processor.preprocess(self._source.image).to(device=device, dtype=dtype)
         if image.shape[1] == self.vae.config.latent_channels:

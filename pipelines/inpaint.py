@@ -266,6 +266,18 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
     def _inpainting_unet(self) -> bool:
         return self._unet_image_channels() != self.vae.config.latent_channels
 
+    def _check_given_latents(self, latents: Any, images_count: int, height: int, width: int) -> None:
+        """The starting latents' check, and `masked_image_latents` of the latents' size (diffusers
+        takes them as they are, unlike `image` and `mask_image`, which it resizes)."""
+        super()._check_given_latents(latents, images_count, height, width)
+        masked = self._source.masked_image_latents
+        cells = self._latents_shape(images_count, height, width)[1:]
+        if masked is not None and tuple(masked.shape[1:]) != cells:
+            raise ValueError(
+                f"`masked_image_latents` must have shape (n, {', '.join(map(str, cells))}) (the latents of a "
+                f"{height}x{width} image), got {tuple(masked.shape)}"
+            )
+
     def _prepare_latents(
         self,
         images_count: int,
@@ -290,8 +302,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         size = dict(height=height, width=width, crops_coords=call.crop, resize_mode=resize_mode)
         image = self.image_processor.preprocess(call.image, **size).to(dtype=torch.float32)
         # The starting latents: pure noise at strength 1, else the source noised to the first timestep kept
-        channels, factor = self.vae.config.latent_channels, self.vae_scale_factor
-        shape = (images_count, channels, height // factor, width // factor)
+        shape = self._latents_shape(images_count, height, width)
+        channels = shape[1]
         full_strength = call.strength == 1.0
         continued = call.denoising_start is not None  # latents another model left at this point of the schedule
         upcast = self.reads_time_ids  # SDXL's pipelines encode in float32 when the VAE asks for it
@@ -311,9 +323,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 latents = noise * self.scheduler.init_noise_sigma
             else:
                 latents = self.scheduler.add_noise(source, noise, call.start.repeat(images_count))
-        else:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        else:  # its shape checked before any work
             noise = latents.to(device)
             latents = noise * self.scheduler.init_noise_sigma
         if not self._inpainting_unet:

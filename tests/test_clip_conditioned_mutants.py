@@ -112,9 +112,23 @@ def test_given_latents_are_stable_diffusions_and_a_wrong_shape_is_named(sd_pipe)
     pipe.set_progress_bar_config(disable=True)
     assert np.array_equal(pipe(**settings).images, sd_pipe(**settings).images)
     shape = (1, unet.in_channels, unet.sample_size, unet.sample_size)
-    message = f"`latents` must have shape {shape}, got {(1, unet.in_channels, 4, 4)}"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        pipe(**{**settings, "latents": latents[:, :, :4, :4]})
+    message = (
+        f"`latents` must have shape {shape} (one row per image: prompts x num_images_per_prompt), "
+        f"got {(1, unet.in_channels, 4, 4)}"
+    )
+    encoded = []
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda *args: encoded.append(1))
+    try:
+        for wrong in (latents[:, :, :4, :4], "noise"):
+            with pytest.raises(ValueError, match="^`latents` must have shape"):
+                pipe(**{**settings, "latents": wrong})
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            pipe(**{**settings, "latents": latents[:, :, :4, :4]})
+        with pytest.raises(ValueError, match=r"got \(1, 4, 32, 32\)"):  # two images need two rows
+            pipe(**{**settings, "num_images_per_prompt": 2})
+    finally:
+        hook.remove()
+    assert not encoded  # refused before any work
 
 
 def test_given_sdxl_embeddings_without_a_negative_are_sdxls_zeros(sdxl_pipe) -> None:

@@ -232,7 +232,8 @@ def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, m
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(prompt="a", height=33), "height"),
+        (dict(prompt="a", height=-8), "height"),
+        (dict(prompt="a", height=True), "height"),
         (dict(prompt="a", width=0), "width"),
         (dict(prompt="a", num_inference_steps=0), "num_inference_steps"),
         (dict(prompt="a", guidance_scale=float("nan")), "guidance_scale"),
