@@ -74,6 +74,8 @@ class ConditionerConfig:
         parse_weights: read the weighting syntax in prompts.
         emphasis: how weights change token states ("multiply", "a1111", "comfy", "compel";
             `clipcond.emphasis`); any recipe.
+        clean_caption: recipe "pixart" only: clean prompts as PixArt's pipelines do (True,
+            their default) or only lower-case them (False); None: the recipe's.
         cache_size: prompts kept in memory (0: no cache).
         cache_dir: on-disk cache folder, or None.
         max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes;
@@ -95,6 +97,7 @@ class ConditionerConfig:
     clip_skip: int | None = None
     parse_weights: bool = True
     emphasis: Literal["multiply", "a1111", "comfy", "compel"] = "multiply"
+    clean_caption: bool | None = None
     cache_size: int = 512
     cache_dir: str | None = None
     max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS
@@ -115,6 +118,8 @@ class ConditionerConfig:
             "return_mask": False,
             "projection_dim": None,
         }
+        if self.clean_caption is not None and self.recipe != "pixart":
+            raise ValueError(f"`clean_caption` applies to recipe 'pixart' only, not {self.recipe!r}")
         if self.recipe != "custom":
             changed = [name for name, default in custom_only.items() if getattr(self, name) != default]
             if changed:

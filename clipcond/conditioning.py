@@ -29,6 +29,7 @@ import torch
 from clipcond.assembly import assemble
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
+from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -111,6 +112,11 @@ class TextConditioner:
             one batch.
         t5_zeros: (length, width) of zero T5 tokens to use when a recipe expects T5 but none is
             given (SD3 pipelines loaded without `text_encoder_3`).
+        clean_caption: PixArt's switch of that name (its `__call__`'s, default True): clean
+            the prompt as diffusers' PixArt pipelines do (URLs, HTML, most punctuation
+            removed; needs beautifulsoup4 and ftfy, else lower-cased and stripped, as there), or
+            (False) only lower-case and strip it. None: the recipe's (`clipcond.caption_cleaning`);
+            for a recipe that reads prompts as they are, an error.
         compute_dtype: run every encoder in this dtype (e.g. ``torch.float32`` for a float16
             T5, which overflows into NaN) and return states in the dtype its weights had; the
             weights are cast once (`clipcond.encoders.TextEncoder`, which also takes it per
@@ -133,11 +139,15 @@ class TextConditioner:
         max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS,
         t5_zeros: tuple[int, int] | None = None,
         compute_dtype: torch.dtype | None = None,
+        clean_caption: bool | None = None,
     ) -> None:
         self.clip, self.t5 = as_encoders(clip, t5, compute_dtype)
         self.recipe = resolve_recipe(recipe, bool(self.clip), self.t5 is not None)
         if emphasis is not None:  # part of the recipe, so of the cache key
             self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))
+        cleaning = cleaning_for(self.recipe.caption_cleaning, clean_caption)  # as used: part of the cache key
+        self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
+        self._clean = CaptionCleaner(cleaning)
         check_encoders(self.recipe, len(self.clip), self.t5 is not None, t5_zeros)
         self.clip_skip = check_clip_skip(self.recipe, self.clip, clip_skip)
         self._active_recipe = self.recipe.with_clip_skip(self.clip_skip)
@@ -494,12 +504,13 @@ class TextConditioner:
     # ------------------------------------------------------------------ encoding
 
     def _fragments(self, text: str) -> list[Fragment]:
-        if self.recipe.lowercase:
-            text = text.strip()
+        """The weighted fragments of a prompt, each fragment's text cleaned as the recipe says
+        (after parsing, so that PixArt's cleaning, which drops brackets, keeps the weights)."""
+        if self.recipe.caption_cleaning == "none":
+            return parse_prompt(text) if self.parse_weights else [Fragment(text, 1.0)]
+        text = text.strip()
         fragments = parse_prompt(text) if self.parse_weights else [Fragment(text, 1.0)]
-        if self.recipe.lowercase:
-            fragments = [Fragment(f.text.lower(), f.weight, f.is_break) for f in fragments]
-        return fragments
+        return [Fragment(self._clean(f.text), f.weight, f.is_break) for f in fragments]
 
     def _encoders_need_grad(self) -> bool:
         """True while an encoder is being trained (`_trains`). Then outputs keep their graph
@@ -618,7 +629,7 @@ class TextConditioner:
         `StableDiffusion3Pipeline`, `FluxPipeline`, `PixArtAlphaPipeline`,
         `PixArtSigmaPipeline` and their img2img / inpaint siblings (and subclasses).
         Extra keyword arguments (`max_sequence_length`, `cache_size`, `cache_dir`,
-        `parse_weights`) pass through.
+        `parse_weights`, `emphasis`, `clean_caption`, ...) pass through.
         """
         from clipcond.families import conditioner_from_pipeline
 
@@ -645,6 +656,7 @@ class TextConditioner:
             projection_dim=config.projection_dim,
             parse_weights=config.parse_weights,
             emphasis=config.emphasis,
+            clean_caption=config.clean_caption,
             cache_size=config.cache_size,
             cache_dir=config.cache_dir,
             max_batch_windows=config.max_batch_windows,

@@ -205,7 +205,7 @@ FAMILIES: dict[str, Family] = {
                 t5_max_length=120,
                 t5_attention_mask=True,
                 return_mask=True,
-                lowercase=True,
+                caption_cleaning="clean_caption",  # PixArt's __call__ defaults clean_caption=True
                 # PixArt's __call__ defaults negative_prompt="", which it refuses next to
                 # negative_prompt_embeds: pipeline_kwargs passes an explicit None.
                 call_overrides=(("negative_prompt", None),),

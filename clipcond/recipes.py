@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from clipcond.caption_cleaning import check_caption_cleaning
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS, check_emphasis
 
 Combine = Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"]
@@ -49,7 +50,8 @@ class Recipe:
         t5_max_length: T5 token budget including the end-of-sequence token.
         t5_attention_mask: pass the padding mask to the T5 encoder.
         return_mask: put the (T5) attention mask into `PromptEmbeds.mask`.
-        lowercase: lower-case and strip prompts before tokenizing (PixArt).
+        caption_cleaning: what the text goes through before tokenizing: "none",
+            "lowercase" or "clean_caption" (PixArt's `clean_caption`; `clipcond.caption_cleaning`).
         zero_negative_when_absent: with no negative prompt, negatives are zeros (SDXL).
         negative_optional: with no negative prompt, give no negative embeddings (Flux).
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
@@ -68,7 +70,7 @@ class Recipe:
     t5_max_length: int = 256
     t5_attention_mask: bool = False
     return_mask: bool = False
-    lowercase: bool = False
+    caption_cleaning: str = "none"
     zero_negative_when_absent: bool = False
     negative_optional: bool = False
     emphasis: str = DEFAULT_EMPHASIS
@@ -84,6 +86,7 @@ class Recipe:
         if not isinstance(self.t5_max_length, int) or self.t5_max_length < 2:
             raise ValueError(f"`t5_max_length` must be an int >= 2, got {self.t5_max_length!r}")
         check_emphasis(self.emphasis)
+        check_caption_cleaning(self.caption_cleaning)
 
     def with_clip_skip(self, clip_skip: int | None) -> Recipe:
         """The recipe reading `clip_skip` layers further up the CLIP stack (None or 0: unchanged)."""

@@ -40,7 +40,7 @@ def _key(**changes) -> str:
         dict(parse_weights=False),
         dict(recipe=Recipe(name="sd", emphasis="a1111")),
         dict(recipe=Recipe(name="sd").with_clip_skip(1)),
-        dict(recipe=Recipe(name="sd", lowercase=True)),
+        dict(recipe=Recipe(name="sd", caption_cleaning="lowercase")),
         dict(recipe=Recipe(name="custom")),
         dict(encoders=[_encoder(model=T5StandIn)]),
         dict(encoders=[_encoder(window_length=78)]),

@@ -52,7 +52,7 @@ def _segments(cond: TextConditioner):
         position = length
     if cond.t5 is not None:
         length = recipe.t5_max_length
-        pieces = [(text.lower(), w) for text, w in WEIGHTED] if recipe.lowercase else WEIGHTED
+        pieces = [(text.lower(), w) for text, w in WEIGHTED] if recipe.caption_cleaning != "none" else WEIGHTED
         weights = _token_weights(cond.t5.tokenizer, pieces, length, False, True)
         parts.append((slice(position, position + length), slice(0, cond.t5.width), weights))
     return parts

@@ -7,6 +7,8 @@ diffusers' own output then moves by ~6e-6 (measured on the tiny SD3 T5).
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -144,16 +146,19 @@ def test_flux(flux_pipe, negative):
         close(kwargs["negative_pooled_prompt_embeds"], neg_pooled)
 
 
+@pytest.mark.parametrize("clean_caption", [False, True])
 @pytest.mark.parametrize("negative", NEGATIVES)
-def test_pixart(pixart_pipe, negative):
-    cond = TextConditioner.from_pipeline(pixart_pipe)
+def test_pixart(pixart_pipe, negative, clean_caption):
+    if clean_caption:
+        pytest.importorskip("bs4", reason="PixArt's clean_caption needs beautifulsoup4 (in [dev])")
+    cond = TextConditioner.from_pipeline(pixart_pipe, clean_caption=clean_caption)
     assert cond.recipe.name == "pixart"
     expected = pixart_pipe.encode_prompt(
         PROMPTS,
         do_classifier_free_guidance=True,
         negative_prompt=negative if negative is not None else "",
         device="cpu",
-        clean_caption=False,
+        clean_caption=clean_caption,
     )
     kwargs = cond.pipeline_kwargs(PROMPTS, negative)
     assert set(kwargs) == {
@@ -170,6 +175,63 @@ def test_pixart(pixart_pipe, negative):
     assert torch.equal(kwargs["negative_prompt_attention_mask"], expected[3])
     embeds = cond.encode(PROMPTS)
     assert torch.equal(embeds.mask, expected[1])
+
+
+# PixArt's caption cleaning changes each of these (URL, HTML, @name, #id, size, "+", shop words,
+# curly quotes, en dash, percent-encoding); "(red:1.3)" is weight syntax, read before cleaning
+CAPTIONS_TO_CLEAN = [
+    "A photo of a cat + a dog, https://example.com/cat.jpg",
+    "cat_dog 1920x1080 wallpaper <b>HD</b> @artist #42",
+    "a cat, free shipping \u2013 \u201cbest\u201d price %20 today",
+    "a (red:1.3) circle on a BLUE square",
+]
+
+
+def test_pixart_cleans_captions_as_its_pipeline_by_default(pixart_pipe):
+    """PixArt's `__call__` defaults `clean_caption=True`: `from_pipeline` does the same, and
+    gives `encode_prompt(clean_caption=True)`'s tensors for text that cleaning changes; the
+    weight syntax is read first, so the weight survives the cleaning of brackets."""
+    pytest.importorskip("bs4", reason="PixArt's clean_caption needs beautifulsoup4 (in [dev])")
+    cond = TextConditioner.from_pipeline(pixart_pipe)
+    assert cond.recipe.caption_cleaning == "clean_caption"
+    plain = CAPTIONS_TO_CLEAN[:3]
+    expected = pixart_pipe.encode_prompt(plain, do_classifier_free_guidance=False, device="cpu", clean_caption=True)
+    close(cond.encode(plain).tokens, expected[0])
+    lowered = pixart_pipe.encode_prompt(plain, do_classifier_free_guidance=False, device="cpu", clean_caption=False)
+    assert not torch.equal(expected[0], lowered[0])  # the cleaning changed what the encoder read
+    weighted = TextConditioner.from_pipeline(pixart_pipe, cache_size=0)
+    unweighted = TextConditioner.from_pipeline(pixart_pipe, cache_size=0, parse_weights=False)
+    assert not torch.equal(weighted.encode(CAPTIONS_TO_CLEAN[3]).tokens, unweighted.encode(CAPTIONS_TO_CLEAN[3]).tokens)
+
+
+def test_without_beautifulsoup_clean_caption_falls_back_as_diffusers_does(pixart_pipe, monkeypatch, caplog):
+    """diffusers' PixArt warns and only lower-cases when beautifulsoup4 is missing; so does the
+    conditioner (once, when built), and the tensors are those of diffusers' fallback."""
+    import importlib.util
+
+    import diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha as pixart_module
+
+    from clipcond import caption_cleaning
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        caption_cleaning.importlib.util, "find_spec", lambda name: None if name == "bs4" else real_find_spec(name)
+    )
+    monkeypatch.setattr(pixart_module, "is_bs4_available", lambda: False)
+    with caplog.at_level("WARNING", logger="clipcond.caption_cleaning"):
+        cond = TextConditioner.from_pipeline(pixart_pipe)
+    assert cond.recipe.caption_cleaning == "lowercase" and "needs beautifulsoup4" in caplog.text
+    expected = pixart_pipe.encode_prompt(
+        CAPTIONS_TO_CLEAN[:3], do_classifier_free_guidance=False, device="cpu", clean_caption=True
+    )
+    close(cond.encode(CAPTIONS_TO_CLEAN[:3]).tokens, expected[0])
+
+
+def test_clean_caption_is_pixarts_only(sd_pipe):
+    with pytest.raises(ValueError, match="`clean_caption` is PixArt's"):
+        TextConditioner.from_pipeline(sd_pipe, clean_caption=True)
+    with pytest.raises(TypeError, match="`clean_caption` must be None or a bool, got 'yes'"):
+        TextConditioner.from_pipeline(sd_pipe, clean_caption="yes")
 
 
 # ----------------------------------------------------------------------------- clip_skip
@@ -260,7 +322,7 @@ CALLS = {
     "sdxl_pipe": dict(height=32, width=32),
     "sd3_pipe": dict(height=32, width=32),
     "flux_pipe": dict(height=16, width=16, true_cfg_scale=2.0),
-    "pixart_pipe": dict(height=16, width=16, clean_caption=False, use_resolution_binning=False),
+    "pixart_pipe": dict(height=16, width=16, use_resolution_binning=False),  # clean_caption: its default
 }
 
 
@@ -269,6 +331,8 @@ def test_pipeline_runs_with_our_kwargs_and_gives_the_same_image(family, request)
     pipe = request.getfixturevalue(family)
     cond = TextConditioner.from_pipeline(pipe)
     prompt, negative = "a red circle above a blue square", "blurry"
+    if family == "pixart_pipe" and importlib.util.find_spec("bs4") is not None:
+        prompt = CAPTIONS_TO_CLEAN[0]  # PixArt cleans it by default: so does the conditioner
     extra = dict(CALLS[family], num_inference_steps=2, output_type="np")
     ours = pipe(**cond.pipeline_kwargs(prompt, negative), generator=torch.Generator().manual_seed(0), **extra).images
     theirs = pipe(prompt=prompt, negative_prompt=negative, generator=torch.Generator().manual_seed(0), **extra).images
