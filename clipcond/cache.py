@@ -5,8 +5,10 @@ weights, tokenizers, recipe settings, prompt text). Values are `EncodedPrompt` r
 
 On disk each entry is one ``<key>.safetensors`` file holding the record's tensors and, in
 its metadata, its key. The disk level never raises and never returns a wrong record:
-- reading: a file that does not parse, records another key, or holds other tensors than the
-  caller's `RecordSpec` (names, shapes, dtype, finite values) is a miss, logged once as a
+- reading: a file that does not parse, records another key, holds tensors whose bytes do not
+  match the digest it records (`clipcond.tensor_digest`: a flipped byte inside the data), or
+  holds other tensors than the caller's `RecordSpec` (names, shapes, dtype, finite values) is
+  a miss, logged once as a
   warning naming the file; the caller recomputes and `put` overwrites it. A file that is
   missing or vanishes (another process deleted it) is a plain miss.
 - writing: to a hidden temporary file created with the user's umask, renamed into place, so a
@@ -30,6 +32,7 @@ from safetensors.torch import load, save
 
 from clipcond.record_spec import RecordSpec
 from clipcond.records import EncodedPrompt
+from clipcond.tensor_digest import DIGEST_METADATA_KEY, digest_problem, tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class EmbeddingCache:
         # The text is only for people reading the folder: cut, and with lone surrogates escaped
         # (safetensors metadata must be valid UTF-8).
         text = text[:_TEXT_IN_METADATA].encode("utf-8", "backslashreplace").decode("utf-8")
-        data = save(tensors, metadata={"key": key, "text": text})
+        data = save(tensors, metadata={"key": key, "text": text, DIGEST_METADATA_KEY: tensor_digest(tensors)})
         try:
             _write_atomically(path, data)
         except OSError as error:
@@ -170,7 +173,7 @@ def _parse_entry(
     if recorded != key:
         shown = "no key" if recorded is None else f"key {str(recorded)[:16]}..."
         return None, f"it records {shown}, not its own"
-    problem = expected.problem(tensors)
+    problem = digest_problem(tensors, metadata) or expected.problem(tensors)
     if problem is not None:
         return None, problem
     return tensors, None

@@ -19,7 +19,8 @@ from clipcond.recipes import Recipe
 # Bump when the meaning of cached records changes, so old files on disk are never read.
 # v2: keys cover the tokenizers; files record their key and are checked when read.
 # v3: records hold the pooled state before the text projection (applied at assembly).
-CACHE_KEY_VERSION = "clipcond-embeds-v3"
+# v4: files record a digest of their tensors' bytes (older files would all read as damaged).
+CACHE_KEY_VERSION = "clipcond-embeds-v4"
 
 
 def settings_key(

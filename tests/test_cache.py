@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from clipcond import TextConditioner
+from clipcond.tensor_digest import tensor_digest
 from clipcond.tokenization import clip_tokenizer
 
 PROMPT = "a red circle"
@@ -52,8 +53,13 @@ def _entries(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------- damaged files
 
 
-def _rewrite(path: Path, tensors: dict[str, torch.Tensor], key: str | None = None) -> None:
-    save_file(tensors, str(path), metadata={"key": key or path.stem, "text": PROMPT})
+def _rewrite(path: Path, tensors: dict[str, torch.Tensor], key: str | None = None, digest: bool = True) -> None:
+    """A well-formed entry holding `tensors` (with their true digest, so that what is wrong
+    is only what the damage changed)."""
+    metadata = {"key": key or path.stem, "text": PROMPT}
+    if digest:
+        metadata["tensor_digest"] = tensor_digest(tensors)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def _truncate(path: Path, other: Path) -> None:
@@ -88,12 +94,34 @@ def _extra_tensor(path: Path, other: Path) -> None:
     _rewrite(path, {"clip_tokens": tokens, "pooled": tokens[0, 0].clone()})
 
 
+def _flipped_byte(path: Path, other: Path) -> None:
+    """One byte inside the tensor data changed: a valid float, so only the digest shows it."""
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01  # the low byte of a float32 mantissa near the end of the data
+    path.write_bytes(bytes(data))
+
+
+def _no_digest(path: Path, other: Path) -> None:
+    _rewrite(path, load_file(path), digest=False)
+
+
 def _wrong_key(path: Path, other: Path) -> None:
     """Another prompt's valid entry under this prompt's name (a copied or renamed file)."""
     path.write_bytes(other.read_bytes())
 
 
-DAMAGES = [_truncate, _garbage, _wrong_shape, _wrong_dtype, _nan, _missing_tensor, _extra_tensor, _wrong_key]
+DAMAGES = [
+    _truncate,
+    _garbage,
+    _wrong_shape,
+    _wrong_dtype,
+    _nan,
+    _missing_tensor,
+    _extra_tensor,
+    _flipped_byte,
+    _no_digest,
+    _wrong_key,
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda damage: damage.__name__.strip("_"))

@@ -17,6 +17,7 @@ from safetensors.torch import save
 from clipcond.cache import EmbeddingCache
 from clipcond.record_spec import RecordSpec, TensorSpec
 from clipcond.records import EncodedPrompt
+from clipcond.tensor_digest import tensor_digest
 
 SPEC = RecordSpec({"clip_tokens": TensorSpec((None, 3, 2), torch.float32), "pooled": TensorSpec((2,), torch.float32)})
 
@@ -127,7 +128,7 @@ def test_an_entry_file_holds_the_record_its_key_and_the_prompts_start(tmp_path):
     with safe_open(str(_file(tmp_path)), framework="pt") as handle:
         metadata = handle.metadata()
         assert sorted(handle.keys()) == ["clip_tokens", "pooled"]
-    assert metadata == {"key": "k1", "text": text[:4096]}
+    assert metadata == {"key": "k1", "text": text[:4096], "tensor_digest": tensor_digest(_record(1.0).tensors())}
     EmbeddingCache(directory=tmp_path).put("k2", _record(1.0), SPEC, text="\ud800 lone")
     with safe_open(str(_file(tmp_path, "k2")), framework="pt") as handle:
         assert handle.metadata()["text"] == "\\ud800 lone"
@@ -154,9 +155,13 @@ def _damaged(tmp_path, data: bytes, caplog) -> list[str]:
     return _warnings(caplog)
 
 
-def _entry(key: str | None, tensors=None) -> bytes:
+def _entry(key: str | None, tensors=None, digest: str | None = "true") -> bytes:
+    """An entry's bytes: its tensors, and its key and digest ("true": the tensors' own) unless None."""
     tensors = _record(1.0).tensors() if tensors is None else tensors
-    return save(tensors, metadata=None if key is None else {"key": key})
+    metadata = {} if key is None else {"key": key}
+    if digest is not None:
+        metadata["tensor_digest"] = tensor_digest(tensors) if digest == "true" else digest
+    return save(tensors, metadata=metadata or None)
 
 
 @pytest.mark.parametrize(
@@ -169,8 +174,20 @@ def _entry(key: str | None, tensors=None) -> bytes:
         (_entry("0123456789abcdef0123"), "it records key 0123456789abcdef..., not its own"),
         (_entry(None), "it records no key, not its own"),
         (_entry("k1", {"pooled": torch.zeros(2)}), "missing tensors ['clip_tokens']"),
+        (_entry("k1", digest=None), "it records no digest of its tensors"),
+        (_entry("k1", digest="0" * 32), "its tensor bytes do not match the digest it records"),
     ],
-    ids=["empty", "short header length", "header past the end", "no metadata", "other key", "no key", "tensor missing"],
+    ids=[
+        "empty",
+        "short header length",
+        "header past the end",
+        "no metadata",
+        "other key",
+        "no key",
+        "tensor missing",
+        "no digest",
+        "other digest",
+    ],
 )
 def test_a_damaged_entry_is_a_miss_with_one_warning_naming_the_problem(tmp_path, caplog, data, problem):
     assert _damaged(tmp_path, data, caplog) == [
@@ -271,3 +288,23 @@ def test_temporary_names_differ_between_writes(tmp_path, monkeypatch):
         assert os.path.basename(name).startswith(f".k1.safetensors.{os.getpid()}.") and name.endswith(".tmp")
     assert flags == os.O_WRONLY | os.O_CREAT | os.O_EXCL and mode == 0o666
     _assert_same(EmbeddingCache(directory=tmp_path).get("k1", SPEC), 2.0)
+
+
+def test_the_tensor_digest_sees_every_byte_name_dtype_and_shape_but_not_layout() -> None:
+    """Equal for equal tensors (another insertion order, a transposed copy made contiguous);
+    different for one flipped bit, a renamed tensor, another dtype of the same bytes or
+    another shape of the same elements; bfloat16 and bool digest too."""
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tensors = {"a": base, "b": torch.ones(2, dtype=torch.bfloat16), "c": torch.tensor([True, False])}
+    digest = tensor_digest(tensors)
+    assert len(digest) == 32 and digest == tensor_digest(dict(reversed(list(tensors.items()))))
+    assert tensor_digest({**tensors, "a": base.t().contiguous().t()}) == digest  # strides differ, values equal
+    flipped = base.clone()
+    flipped.view(torch.int32)[2, 3] ^= 1
+    others = [
+        {**tensors, "a": flipped},
+        {"z": base, "b": tensors["b"], "c": tensors["c"]},
+        {**tensors, "a": base.view(torch.int32)},
+        {**tensors, "a": base.reshape(4, 3)},
+    ]
+    assert len({digest, *(tensor_digest(other) for other in others)}) == 5
