@@ -62,15 +62,16 @@ def _token_ids_per_fragment(
 ) -> list[list[list[int]]]:
     """Token ids (no special tokens) of every non-break fragment, one tokenizer call for all.
 
-    `strip` trims each fragment first: SentencePiece tokenizers (T5) mark a word's leading
-    space on the word itself, so a fragment ending in a space would gain a lone "▁" token.
+    `strip` trims each fragment of a prompt of several fragments first: SentencePiece
+    tokenizers (T5) mark a word's leading space on the word itself, so a fragment ending in a
+    space would gain a lone "▁" token. A prompt of one fragment (plain text) is tokenized as it
+    is, as diffusers tokenizes a prompt: whether its end spaces make tokens is the tokenizer's
+    to say.
     """
-    texts = [
-        fragment.text.strip() if strip else fragment.text
-        for fragments in prompts
-        for fragment in fragments
-        if not fragment.is_break
-    ]
+    texts = []
+    for fragments in prompts:
+        pieces = [fragment.text for fragment in fragments if not fragment.is_break]
+        texts += [piece.strip() for piece in pieces] if strip and len(pieces) > 1 else pieces
     # verbose=False: long prompts are expected here (we window them), so no length warning.
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
     position = 0

@@ -146,7 +146,8 @@ class TextConditioner:
         if emphasis is not None:  # part of the recipe, so of the cache key
             self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))
         cleaning = cleaning_for(self.recipe.caption_cleaning, clean_caption)  # as used: part of the cache key
-        self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
+        if cleaning != self.recipe.caption_cleaning:
+            self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
         self._clean = CaptionCleaner(cleaning)
         check_encoders(self.recipe, len(self.clip), self.t5 is not None, t5_zeros)
         self.clip_skip = check_clip_skip(self.recipe, self.clip, clip_skip)

@@ -104,6 +104,25 @@ def test_sd3(sd3_pipe, negative):
         close(kwargs[key], value)
 
 
+# End spaces and a newline (a prompt read from a file): the T5 tokenizer of the tests makes a
+# lone "▁" token of them, as hub T5 tokenizers whose pre-tokenizer is Metaspace alone do
+PROMPTS_WITH_END_SPACES = ["a red circle ", "a red circle\n", "  two blue squares", " "]
+
+
+def test_t5_reads_a_plain_prompt_as_diffusers_does_end_spaces_included(sd3_pipe, flux_pipe):
+    """A plain prompt goes to the T5 tokenizer as it is, as in diffusers (only the fragments of
+    a weighted prompt are trimmed): SD3's and Flux's embeddings bit for bit."""
+    tokens = [sd3_pipe.tokenizer_3.tokenize(prompt) for prompt in PROMPTS_WITH_END_SPACES[:2]]
+    assert tokens[0] != sd3_pipe.tokenizer_3.tokenize("a red circle") and tokens[0] == tokens[1]
+    sd3 = sd3_pipe.encode_prompt(
+        prompt=PROMPTS_WITH_END_SPACES, prompt_2=None, prompt_3=None, device="cpu", do_classifier_free_guidance=False
+    )
+    kwargs = TextConditioner.from_pipeline(sd3_pipe).pipeline_kwargs(PROMPTS_WITH_END_SPACES)
+    close(kwargs["prompt_embeds"], sd3[0])
+    flux, _, _ = flux_pipe.encode_prompt(prompt=PROMPTS_WITH_END_SPACES, prompt_2=None, device="cpu")
+    close(TextConditioner.from_pipeline(flux_pipe).pipeline_kwargs(PROMPTS_WITH_END_SPACES)["prompt_embeds"], flux)
+
+
 @pytest.mark.parametrize("max_sequence_length", [None, 32])
 def test_sd3_without_its_t5(sd3_pipe, max_sequence_length):
     """SD3 without `text_encoder_3`: diffusers feeds zero T5 tokens of `max_sequence_length`
