@@ -2,8 +2,8 @@
 
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
 disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`), the active recipe
-(clip-skip included), whether weights are parsed, each encoder's class, window length and
-mask use, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
+(clip-skip included), whether weights are parsed, each encoder's class, window length, mask
+use and attention kernel, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
 SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
 a key, lone surrogates included.
 """
@@ -42,11 +42,17 @@ def settings_key(
         repr(recipe),
         f"parse={parse_weights}",
         *(
-            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{fingerprint}"
+            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:{fingerprint}"
             for e, fingerprint in zip(encoders, tokenizer_fingerprints)
         ),
     ]
     return "|".join(parts)
+
+
+def _attention(model) -> str:
+    """The attention kernel transformers runs the model with ("sdpa", "eager", ...): kernels
+    agree only to ~1e-7, and `set_attn_implementation` changes no weight."""
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", None))
 
 
 def prompt_keys(weights_id: str, settings: str, texts: Sequence[str]) -> list[str]:

@@ -379,6 +379,21 @@ def test_a_changed_tokenizer_misses_the_cache_on_disk_and_in_memory(model, tmp_p
     torch.testing.assert_close(on_disk.encode(prompt).tokens, after, rtol=0, atol=0)
 
 
+def test_another_attention_kernel_misses_the_cache_on_disk_and_in_memory(tiny_clip_text_path, tmp_path):
+    """`set_attn_implementation` changes no weight, but the states (by ~1e-7 here): a record
+    made with SDPA is not served to the same model running eager attention."""
+    model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
+    prompt = "two red circles to the left of a blue square"
+    in_memory = _conditioner(model, None)
+    sdpa = in_memory.encode(prompt).tokens
+    _conditioner(model, tmp_path).encode(prompt)
+    model.set_attn_implementation("eager")
+    eager = _uncached(model, prompt)
+    assert not torch.equal(sdpa, eager)  # the kernels differ in the last bits
+    torch.testing.assert_close(in_memory.encode(prompt).tokens, eager, rtol=0, atol=0)
+    torch.testing.assert_close(_conditioner(model, tmp_path).encode(prompt).tokens, eager, rtol=0, atol=0)
+
+
 def test_a_lone_surrogate_encodes_with_the_cache_as_without(model, tmp_path):
     prompt = "a \ud800 cat"
     expected = _uncached(model, prompt)
