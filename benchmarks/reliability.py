@@ -19,7 +19,8 @@ Groups (``--only``):
 - data: a manifest and a shard holding one sample of each kind a user can get wrong.
 - cache: `TextConditioner`'s disk cache: a garbage, truncated or wrong-shape entry, an
   unwritable cache_dir, two processes sharing one cache_dir.
-- prompts: `parse_prompt` on 40 KB of nested brackets, median time.
+- prompts: `parse_prompt` on 40 KB of nested brackets or of spaces before a BREAK, `split_and`
+  on spaces before an AND, median time.
 
 Work files go to ``--work-dir`` (emptied first). A few minutes on 2 CPU cores.
 """
@@ -727,25 +728,34 @@ def make_writable(folder: Path) -> None:
 
 def prompt_cases() -> list[Case]:
     from clipcond.prompts import parse_prompt
+    from clipcond.schedule import split_and
 
+    spaces = " " * 40000  # A1111's BREAK and AND patterns rescan such a run from each position
+    inputs = [
+        (parse_prompt, "(a" * 20000, 'parse_prompt("(a" * 20000)', "fragments"),
+        (parse_prompt, "[a" * 20000, 'parse_prompt("[a" * 20000)', "fragments"),
+        (parse_prompt, "(" * 40000, 'parse_prompt("(" * 40000)', "fragments"),
+        (parse_prompt, f"a{spaces}b BREAK c", 'parse_prompt("a" + " " * 40000 + "b BREAK c")', "fragments"),
+        (split_and, f"a{spaces}b AND c :1.2", 'split_and("a" + " " * 40000 + "b AND c :1.2")', "parts"),
+    ]
     cases = []
-    for text, name in (("(a" * 20000, '"(a" * 20000'), ("[a" * 20000, '"[a" * 20000'), ("(" * 40000, '"(" * 40000')):
+    for function, text, name, noun in inputs:
         # CPU time of this process is the criterion: on a shared machine the wall clock also
         # counts the other processes' turns.
         cpu, wall = [], []
         for _ in range(7):
             started_cpu, started_wall = time.process_time(), time.perf_counter()
-            fragments = parse_prompt(text)
+            result = function(text)
             cpu.append((time.process_time() - started_cpu) * 1e3)
             wall.append((time.perf_counter() - started_wall) * 1e3)
         median = statistics.median(cpu)
         cases.append(
             Case(
                 "prompts",
-                f"parse_prompt({name}), {len(text) // 1000} KB",
+                f"{name}, {len(text) // 1000} KB",
                 f"median CPU time < {PROMPT_BUDGET_MS:.0f} ms",
                 f"median {median:.1f} ms CPU of 7 (max {max(cpu):.1f}), wall clock {statistics.median(wall):.1f} ms; "
-                f"{len(fragments)} fragments",
+                f"{len(result)} {noun}",
                 median < PROMPT_BUDGET_MS,
             )
         )

@@ -75,7 +75,20 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK = re.compile(r"\bBREAK\b")
+
+
+def _split_at_breaks(text: str) -> list[str]:
+    """`text` split at every whole-word ``BREAK``, the whitespace around each one dropped (A1111's
+    ``\\s*\\bBREAK\\b\\s*``, in linear time: that pattern rescans a long run of spaces from
+    each of its positions)."""
+    parts = _BREAK.split(text)
+    for index in range(len(parts)):
+        if index > 0:  # after a BREAK
+            parts[index] = parts[index].lstrip()
+        if index < len(parts) - 1:  # before one
+            parts[index] = parts[index].rstrip()
+    return parts
 
 
 @dataclass(frozen=True)
@@ -195,7 +208,7 @@ def parse_prompt(text: str) -> list[Fragment]:
         if kind == "text":
             piece = token.group()
             if "BREAK" in piece:
-                for index, part in enumerate(_BREAK.split(piece)):
+                for index, part in enumerate(_split_at_breaks(piece)):
                     if index:
                         add("")
                     if part:

@@ -257,7 +257,7 @@ def has_schedule(prompt: str, steps: int = 2) -> bool:
 
 
 _AND = re.compile(r"\bAND\b")
-_AND_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+_AND_WEIGHT = re.compile(r"\s*[-+]?(?:\d+\.?|\d*\.\d+)")  # what follows a part's last ":"
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
@@ -271,9 +271,15 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
         raise TypeError(f"`prompt` must be a string, got {type(prompt).__name__}")
     if "AND" not in prompt:
         return [(prompt, 1.0)]
-    parts = []
-    for part in _AND.split(prompt):
-        match = _AND_WEIGHT.search(part)
-        text, weight = match.groups() if match is not None else (part, None)
-        parts.append((text, float(weight) if weight is not None else 1.0))
-    return parts
+    return [_weighted_part(part) for part in _AND.split(prompt)]
+
+
+def _weighted_part(part: str) -> tuple[str, float]:
+    """A1111's `^((?:\\s|.)*?)(?:\\s*:\\s*(number))?\\s*$` on one part, in linear time (the
+    pattern rescans a long run of spaces from each of its positions): the part without its end
+    spaces and, when it ends in ":number", without that suffix and the spaces before it."""
+    text = part.rstrip()
+    colon = text.rfind(":")  # a number holds no ":", so only the last one can start the suffix
+    if colon >= 0 and _AND_WEIGHT.fullmatch(text, colon + 1):
+        return text[:colon].rstrip(), float(text[colon + 1 :])
+    return text, 1.0
