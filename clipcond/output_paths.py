@@ -3,6 +3,9 @@ place it cannot write."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -31,3 +34,33 @@ def check_output_location(path: str | Path, option: str) -> Path:
     except OSError as error:
         raise UsageError(f"{option} {path}: cannot write in {folder} ({error.strerror or error})") from error
     return path
+
+
+def check_new_file(path: str | Path, option: str, force: bool) -> Path:
+    """Check, before any work, that the file `path` may be written: not a folder, not already
+    there unless `force`, and its folder takes a new file (`check_output_location`).
+
+    Raises:
+        UsageError: naming `option`, saying which of these fails and what to do.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name a file")
+    if path.exists() and not force:
+        raise UsageError(f"{option} {path} already exists; pass --force to replace it, or choose another file")
+    return check_output_location(path, option)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a hidden temporary file in the same folder and a
+    rename: a reader, or a kill midway, never sees half a file, and an existing file is replaced
+    only by a complete one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise

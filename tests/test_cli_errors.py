@@ -225,8 +225,17 @@ def test_eval_clip_mistakes(tmp_path, capsys) -> None:
     assert "--pairs >= 2" in one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--pairs", "1"], 2)
     line = one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--manifest", str(tmp_path / "m.jsonl")], 2)
     assert "--manifest: no such file" in line
-    line = one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--output", str(tmp_path / "no" / "m.json")], 2)
-    assert f"no such folder {tmp_path / 'no'}" in line
+    (tmp_path / "taken.json").write_text("{}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for output, message in [
+        (tmp_path / "taken.json", f"--output {tmp_path / 'taken.json'} already exists; pass --force"),
+        (elsewhere, f"--output {elsewhere} is a folder; name a file"),
+        (tmp_path / "clip_config.yaml", f"is inside --model {tmp_path}; write the metrics elsewhere"),
+    ]:
+        line = one_error(capsys, ["eval-clip", "--model", str(tmp_path), "--output", str(output), "--force"][:-1], 2)
+        assert message in line
+    assert (tmp_path / "taken.json").read_text() == "{}"  # refused before any work: nothing written
     line = one_error(capsys, ["eval-clip", "--model", str(tmp_path)], 2)  # a folder, but no CLIP in it
     assert f"--model {tmp_path}: cannot load a CLIP" in line
 

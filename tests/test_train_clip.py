@@ -309,6 +309,12 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
         == 0
     )
     metrics = json.loads(output.read_text())
+    again = ["eval-clip", "--model", str(tmp_path / "run" / "model"), "--images-per-class", "1", "--pairs", "4"]
+    assert main([*again, "--output", str(output)]) == 2  # an existing file is kept...
+    assert "already exists; pass --force" in capsys.readouterr().err and json.loads(output.read_text()) == metrics
+    assert main([*again, "--output", str(output), "--force"]) == 0  # ...unless replacing it is asked for
+    assert json.loads(output.read_text()) == json.loads(capsys.readouterr().out)  # this run's metrics
+    assert not list(tmp_path.glob(".metrics.json*"))  # no temporary left
     assert 0.0 <= metrics["zero_shot"]["top1"] <= 1.0
     assert {"seen_top1", "heldout_top1"} <= set(metrics["zero_shot"])
     assert "image_to_text@1" in metrics["retrieval"]

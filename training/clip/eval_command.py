@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
+from clipcond.output_paths import check_new_file, write_text_atomically
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument("--manifest", help="retrieval on this JSONL manifest")
     parser.add_argument("--pairs", type=int, default=1000, help="image-caption pairs for retrieval")
-    parser.add_argument("--output", help="also write the metrics to this JSON file")
+    parser.add_argument("--output", help="also write the metrics to this JSON file (a new file unless --force)")
+    parser.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         shards = shard_urls(args.webdataset, "--webdataset") if args.webdataset else None
     if args.manifest and not Path(args.manifest).is_file():
         raise UsageError(f"--manifest: no such file {args.manifest}")
-    if args.output and not Path(args.output).absolute().parent.is_dir():
-        raise UsageError(f"--output {args.output}: no such folder {Path(args.output).absolute().parent}")
+    output = None
+    if args.output:
+        output = check_new_file(args.output, "--output", args.force)
+        if output.absolute().resolve().is_relative_to(model_dir.absolute().resolve()):
+            raise UsageError(f"--output {output} is inside --model {model_dir}; write the metrics elsewhere")
     with user_errors(OSError, ValueError, SafetensorError, context=f"--model {model_dir}: cannot load a CLIP: "):
         clip = load_clip(model_dir).float()
     length = clip.config.text.context_length
@@ -69,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     metrics["skipped"] = dict(skipped.counts)
     text = json.dumps(metrics, indent=2)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(output, text + "\n")
     return 0
 
 
