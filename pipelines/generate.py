@@ -162,9 +162,15 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if args.lora_scale is not None and (args.lora is None or not math.isfinite(args.lora_scale)):
         raise UsageError(f"--lora-scale needs --lora and a finite number, got {args.lora_scale}")
+    if not -(2**63) <= args.seed or args.seed + args.n - 1 > 2**64 - 1:  # what torch.Generator.manual_seed takes
+        raise UsageError(f"--seed must be in [-2**63, 2**64 - --n] (each image i takes seed + i), got {args.seed}")
     output = check_output(args.output, args.force)
     if args.model is not None:
         model = model_source(args.model, "--model")
+        if isinstance(model, Path) and not model.is_dir():
+            raise UsageError(
+                f"--model {model} is a file; give the folder a pipeline was saved to (it holds model_index.json)"
+            )
     elif (BUNDLED_MODEL / "model_index.json").is_file():
         model = BUNDLED_MODEL
     else:
@@ -207,13 +213,17 @@ def _stop_on_non_finite_latents(steps: int) -> Any:
 def _load(model: str | Path, lora: str | Path | None) -> Any:
     """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with `lora` loaded."""
     import torch
+    from safetensors import SafetensorError
 
     where = "no such folder, and the Hugging Face Hub could not provide it" if isinstance(model, str) else "cannot load"
-    # diffusers reports a folder it cannot read, or a hub id it cannot fetch, as OSError or ValueError
-    with user_errors(OSError, ValueError, context=f"--model {model}: {where}: "):
+    # diffusers reports a folder it cannot read, or a hub id it cannot fetch, as OSError or
+    # ValueError; a damaged weights file is safetensors' own error
+    with user_errors(OSError, ValueError, SafetensorError, context=f"--model {model}: {where}: "):
         pipe = load_pipeline(model, torch_dtype=torch.float32)
     if lora is not None:
-        with user_errors(OSError, ValueError, KeyError, context=f"--lora {lora}: cannot load LoRA weights: "):
+        with user_errors(
+            OSError, ValueError, KeyError, SafetensorError, context=f"--lora {lora}: cannot load LoRA weights: "
+        ):
             pipe.load_lora_weights(lora)
     return pipe
 
@@ -222,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
     # 1. Check the arguments, before anything loads
     output, model, lora = _check_arguments(args)
-    warn_about_vocabulary(args.prompt, model)
+    with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
+        warn_about_vocabulary(args.prompt, model)
     import torch
     from diffusers.utils import make_image_grid
 

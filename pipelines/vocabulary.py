@@ -22,11 +22,18 @@ def write_vocabulary(folder: str | Path, words: Iterable[str]) -> Path:
 
 
 def read_vocabulary(folder: str | Path) -> frozenset[str] | None:
-    """The words in `folder`/vocabulary.txt, or None when the folder has none."""
+    """The words in `folder`/vocabulary.txt, or None when the folder has none.
+
+    Raises:
+        ValueError: the file is not UTF-8 text (naming it).
+    """
     path = Path(folder) / VOCABULARY_FILE
     if not path.is_file():
         return None
-    return frozenset(path.read_text(encoding="utf-8").split())
+    try:
+        return frozenset(path.read_text(encoding="utf-8").split())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from error
 
 
 def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:

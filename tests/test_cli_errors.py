@@ -88,6 +88,31 @@ def test_generate_tries_writing_where_the_output_goes(capsys) -> None:
     assert "-o/--output /proc/out.png: cannot write in /proc" in line
 
 
+def test_generate_answers_a_damaged_model_folder_or_a_seed_torch_cannot_take_in_one_line(tmp_path, capsys) -> None:
+    import shutil
+
+    from clipcond.pipelines.generate import BUNDLED_MODEL
+
+    png = str(tmp_path / "a.png")
+    for seed in ("18446744073709551616", "18446744073709551615"):  # 2**64, and 2**64 - 1 with --n 2
+        line = one_error(capsys, ["generate", "a", "-o", png, "--seed", seed, "--n", "2"], 2)
+        assert "--seed must be in [-2**63, 2**64 - --n]" in line
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"")
+    line = one_error(capsys, ["generate", "a", "-o", png, "--model", str(weights)], 2)
+    assert f"--model {weights} is a file; give the folder a pipeline was saved to" in line
+    model = shutil.copytree(BUNDLED_MODEL, tmp_path / "model")
+    (model / "vocabulary.txt").write_bytes(b"red \xff circle")
+    line = one_error(capsys, ["generate", "a", "-o", png, "--model", str(model)], 2)
+    assert f"--model {model}: {model / 'vocabulary.txt'} is not UTF-8 text" in line
+    (model / "vocabulary.txt").unlink()
+    encoder = model / "text_encoder" / "model.safetensors"
+    encoder.write_bytes(encoder.read_bytes()[:5000])
+    line = one_error(capsys, ["generate", "a", "-o", png, "--model", str(model)], 2)
+    assert f"--model {model}: cannot load: " in line
+    assert not Path(png).exists()
+
+
 def test_generate_reports_what_needs_the_model_in_one_line(tmp_path, capsys) -> None:
     png = str(tmp_path / "a.png")
     (tmp_path / "not-a-pipeline").mkdir()
