@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,18 @@ def read_textual_inversion(path_or_state_dict: Any, token: str | None = None) ->
     chosen = token or named
     if chosen is None:
         raise ValueError(f"{source} does not name its token: pass `token=`")
+    if not isinstance(chosen, str) or not chosen or chosen.split() != [chosen] or chosen in _PROMPT_SYNTAX_WORDS:
+        raise ValueError(
+            f"{source} names the token {chosen!r}, which no prompt could use (a token is one word without spaces, "
+            f"not {' or '.join(_PROMPT_SYNTAX_WORDS)}): pass another `token=`"
+        )
     return TextualInversion(
         chosen, {encoder: _as_vectors(tensor, source, encoder) for encoder, tensor in vectors.items()}, source
     )
+
+
+# words the prompt language reads as syntax, so a token of that name could never be used
+_PROMPT_SYNTAX_WORDS = ("BREAK", "AND")
 
 
 def _embedding_file(path: Path) -> Path:
@@ -127,8 +137,9 @@ def _load(path: Path) -> Any:
             "containers, and unpickling can run code): it is read with torch.load(weights_only=True) only, "
             f"and refused ({reason[:300]}). Convert it to safetensors where you trust it."
         ) from error
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"the file {path} is not a torch or safetensors file: {error}") from error
+    # other bytes stop the unpickler with whatever its opcode handling raises
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError, struct.error) as error:
+        raise ValueError(f"the file {path} is not a torch or safetensors file: {error!r:.200}") from error
 
 
 def _layout(contents: Any, source: str, stem: str | None) -> tuple[str | None, dict[str | None, Any]]:
@@ -167,6 +178,8 @@ def _as_vectors(tensor: Any, source: str, encoder: str | None) -> torch.Tensor:
         tensor = tensor[None]
     if tensor.ndim != 2 or tensor.shape[0] == 0:
         raise ValueError(f"{where} must hold vectors of shape (vectors, width) or (width,), got {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{where} holds NaN or infinite values (a damaged file?)")
     return tensor.detach()
 
 

@@ -348,6 +348,12 @@ def test_families_without_clip_refuse(pixart_pipe):
         (torch.zeros(2, 32, dtype=torch.long), "<toy>", ValueError, "must hold a float tensor"),
         ({"string_to_param": vectors(1)}, "<toy>", ValueError, "`string_to_param` must be a dict with the key"),
         (["not", "a", "tensor"], "<toy>", TypeError, "`path_or_state_dict` must be a file or folder path"),
+        (torch.full((1, 32), float("nan")), "<toy>", ValueError, "holds NaN or infinite values"),
+        (torch.full((2, 32), float("inf")), "<toy>", ValueError, "holds NaN or infinite values"),
+        ({"": vectors(1)}, None, ValueError, "names the token '', which no prompt could use"),
+        ({"BREAK": vectors(1)}, None, ValueError, "names the token 'BREAK', which no prompt could use"),
+        (vectors(1), "AND", ValueError, "names the token 'AND'"),
+        (vectors(1), "<a toy>", ValueError, "names the token '<a toy>'"),
     ],
 )
 def test_bad_sources_are_named(source, token, error, message):
@@ -367,3 +373,11 @@ def test_missing_files_and_folders_are_named(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="is not a torch or safetensors file"):
         cond.load_textual_inversion(tmp_path / "junk.pt")
+    # other bytes stop the unpickler with KeyError, IndexError, struct.error...: each one ValueError
+    generator = torch.Generator().manual_seed(0)
+    texts = [b"embedding vectors\n", b"e" * 40, Path(__file__).read_bytes()[:4000]]
+    noise = [bytes(torch.randint(0, 256, (64,), generator=generator).tolist()) for _ in range(40)]
+    for data in texts + noise:
+        (tmp_path / "junk.pt").write_bytes(data)
+        with pytest.raises(ValueError, match=f"the file {re.escape(str(tmp_path / 'junk.pt'))} "):
+            cond.load_textual_inversion(tmp_path / "junk.pt")
