@@ -46,13 +46,51 @@ def quoted(value: Any) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
 
 
+class _KeyGivenTwice(ValueError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
+    safe loader keeps the last one silently, so an edit above a forgotten line does nothing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise _KeyGivenTwice(f"line {key_node.start_mark.line + 1}: the key {quoted(key)} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str | bytes, source: str) -> Any:
+    """The YAML document `text` (from `source`, named in errors), read safely: no Python
+    objects, no key twice in a mapping.
+
+    Raises:
+        ValueError: not UTF-8, nested too deeply to read, or a key given twice.
+        yaml.YAMLError: not YAML (its message says where).
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except _KeyGivenTwice as error:
+        raise ValueError(f"{source}: {error}") from error
+    except RecursionError as error:
+        raise ValueError(f"{source}: nested too deeply to read") from error
+
+
 def load_config(cls: type[T], path: str | Path) -> T:
     """Load the YAML file at `path` into the dataclass `cls`, validating every key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+    data = read_yaml(path.read_bytes(), str(path))
     if data is None:
         data = {}
     return config_from_dict(cls, data, source=str(path))
@@ -172,5 +210,10 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
             target = target[part]
         if leaf not in target:
             raise _fail(key.strip(), source, f"unknown key; expected one of {sorted(target)}")
-        target[leaf] = yaml.safe_load(text) if text.strip() else ""
+        try:
+            target[leaf] = read_yaml(text, f"{source} {key.strip()}") if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise _fail(
+                key.strip(), source, f"cannot read {quoted(text)} as YAML: {' '.join(str(error).split())}"
+            ) from error
     return config_from_dict(type(config), data, source=source)

@@ -40,6 +40,25 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"recipe: sd\nclip: [{path: x}]\nrecipe: custom\n", "line 3: the key 'recipe' is given twice"),
+        (b"clip: [{path: x, path: y}]\n", "line 1: the key 'path' is given twice"),
+        (b"recipe: custom\nclip: [{path: caf\xe9}]\n", r"not UTF-8 text \(invalid continuation byte at byte 32\)"),
+        (b"clip: " + b"[" * 5000 + b"]" * 5000, "nested too deeply to read"),
+    ],
+    ids=["key_twice", "nested_key_twice", "not_utf8", "deep"],
+)
+def test_unreadable_yaml_names_the_file_and_the_place(tmp_path, text, message):
+    """A key given twice (YAML's safe loader keeps the last silently), text that is not UTF-8
+    or nesting Python cannot recurse through: a ValueError naming the file."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ValueError, match=f"^{path}: {message}"):
+        ConditionerConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
     "data,message",
     [
         ({"clip": [{"path": "x"}], "combine": "stack"}, "combine"),
@@ -128,6 +147,8 @@ def test_set_overrides_apply_and_validate():
         apply_overrides(base, ["lr"])
     with pytest.raises(ValueError, match="steps"):
         apply_overrides(base, ["steps=many"])
+    with pytest.raises(ValueError, match=r"^--set: key `lr`: cannot read '\[1,' as YAML: "):
+        apply_overrides(base, ["lr=[1,"])
 
 
 def test_train_commands_take_set_overrides(tmp_path):
