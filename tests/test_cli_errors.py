@@ -314,6 +314,8 @@ def test_init_clip_mistakes(tmp_path, capsys) -> None:
     (tmp_path / "file").write_text("")
     line = one_error(capsys, ["init-clip", "--model", TINY_MODEL, "-o", str(tmp_path / "file" / "m")], 2)
     assert f"{tmp_path / 'file'} is a file, not a folder" in line
+    line = one_error(capsys, ["init-clip", "--model", TINY_MODEL, *out, "--seed", str(10**20)], 2)
+    assert f"--seed must be in [-2**63, 2**64 - 1], got {10**20}" in line and not (tmp_path / "m").exists()
     assert not (tmp_path / "m").exists()
 
 

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     from clipcond.models.config import load_model_config
 
+    if not -(2**63) <= args.seed <= 2**64 - 1:  # what torch.manual_seed takes
+        raise UsageError(f"--seed must be in [-2**63, 2**64 - 1], got {args.seed}")
     if not Path(args.model).is_file():
         raise UsageError(f"--model: no such file {args.model}")
     with user_errors(ValueError, TypeError, yaml.YAMLError):  # the messages name the file and the key
