@@ -342,6 +342,18 @@ def test_experiment_mistakes(tmp_path, capsys, monkeypatch) -> None:
     line = one_error(capsys, ["experiment", "configs/experiments/example-bundled.yaml", "--no-progress"], 1)
     assert "prepare step `clipcond train-clip` failed with status 2" in line
 
+    shipped = yaml.safe_load((REPO / "configs" / "experiments" / "example-bundled.yaml").read_text())
+    (tmp_path / "afile").write_text("")
+    for change, message in [
+        (dict(output_dir="afile"), "output_dir afile is a file, not a run folder"),
+        (dict(output_dir="afile/run"), f"output_dir afile/run: {tmp_path / 'afile'} is a file, not a folder"),
+        (dict(seeds=[0, 2**64]), f"seeds must be in [0, 2**64 - 1], got [0, {2**64}]"),
+    ]:
+        path = tmp_path / "changed.yaml"
+        path.write_text(yaml.safe_dump({**shipped, **change}))
+        for check in ([], ["--check"]):  # found by --check too, before any prepare step
+            assert message in one_error(capsys, ["experiment", str(path), "--no-progress", *check], 2)
+
 
 # ------------------------------------------------------------------ --debug, and bugs
 

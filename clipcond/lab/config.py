@@ -45,7 +45,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clipcond.config import load_config
+from clipcond.config import load_config, quoted
 from clipcond.lab.metrics import check_metrics
 from clipcond.lab.prepare import PrepareStep
 from clipcond.lab.suites import SAFE_NAME, PromptSuite, load_suite
@@ -126,8 +126,8 @@ class ExperimentConfig:
                 raise ValueError(f"{key} must list at least one entry")
         _unique("setup names", [setup.name for setup in self.setups])
         _unique("seeds", self.seeds)
-        if any(seed < 0 for seed in self.seeds):
-            raise ValueError(f"seeds must be >= 0, got {self.seeds}")
+        if any(not 0 <= seed <= 2**64 - 1 for seed in self.seeds):  # what torch.Generator.manual_seed takes
+            raise ValueError(f"seeds must be in [0, 2**64 - 1], got {quoted(self.seeds)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not math.isfinite(self.guidance_scale):

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.runner import run_experiment
+    from clipcond.output_paths import check_output_location
 
     # the config, its files and the install: the message says what to fix
     with user_errors(FileNotFoundError, ValueError, ImportError, yaml.YAMLError):
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         steps = unique_steps([setup.prepare for setup in config.setups])
         check_steps(steps)
+        if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+            raise ValueError(f"{args.config}: output_dir {config.output_dir} is a file, not a run folder")
+        check_output_location(Path(config.output_dir), f"{args.config}: output_dir")
         suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()
