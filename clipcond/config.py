@@ -81,6 +81,11 @@ def read_yaml(text: str | bytes, source: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except _KeyGivenTwice as error:
         raise ValueError(f"{source}: {error}") from error
+    except yaml.MarkedYAMLError as error:  # its message names the place: the file, not "<unicode string>"
+        for mark in (error.context_mark, error.problem_mark):
+            if mark is not None:
+                mark.name = source
+        raise
     except RecursionError as error:
         raise ValueError(f"{source}: nested too deeply to read") from error
 

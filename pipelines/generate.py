@@ -17,11 +17,13 @@ only with ``--force``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +212,23 @@ def _stop_on_non_finite_latents(steps: int) -> Any:
     return callback
 
 
+@contextlib.contextmanager
+def _out_of_memory_is_a_failed_run(args: argparse.Namespace) -> Iterator[None]:
+    """Memory the sampling cannot get (torch's out-of-memory error on a GPU, the CPU allocator's
+    "can't allocate memory") is a `RunFailed` saying what to lower, not a traceback."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+            raise
+        size = f"{args.height or 'default'} x {args.width or 'default'} pixels"
+        raise RunFailed(
+            f"out of memory sampling {args.n} image(s) of {size}; nothing was written. Lower --n, --height or --width"
+        ) from error
+
+
 def _load(model: str | Path, lora: str | Path | None) -> Any:
     """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with `lora` loaded."""
     import torch
@@ -247,7 +266,10 @@ def run(args: argparse.Namespace) -> int:
     _check_against_model(args, pipe)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
-    with user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "):
+    with (
+        user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "),
+        _out_of_memory_is_a_failed_run(args),
+    ):
         images = pipe(
             args.prompt,
             negative_prompt=args.negative,

@@ -113,6 +113,25 @@ def test_generate_answers_a_damaged_model_folder_or_a_seed_torch_cannot_take_in_
     assert not Path(png).exists()
 
 
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu_allocator", "cuda_out_of_memory"])
+def test_generate_out_of_memory_is_a_failed_run_in_one_line(tmp_path, capsys, monkeypatch, gpu) -> None:
+    import torch
+
+    import clipcond.pipelines.generate as generate
+
+    class Hungry:
+        def __call__(self, *args, **kwargs):
+            if gpu:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 19.00 GiB")
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(generate, "_load", lambda model, lora: Hungry())
+    png = tmp_path / "a.png"
+    line = one_error(capsys, ["generate", "a", "-o", str(png), "--n", "400"], 1)
+    assert "out of memory sampling 400 image(s) of default x default pixels; nothing was written. Lower --n" in line
+    assert not png.exists()
+
+
 def test_generate_reports_what_needs_the_model_in_one_line(tmp_path, capsys) -> None:
     png = str(tmp_path / "a.png")
     (tmp_path / "not-a-pipeline").mkdir()
