@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from clipcond.training.diffusion.config import TrainDiffusionConfig
-from clipcond.training.run_folder import CONFIG_SNAPSHOT, METRICS_FILE, RunFolderError, keep_metrics, prepare_output_dir
+from clipcond.training.run_folder import (
+    CONFIG_SNAPSHOT,
+    METRICS_FILE,
+    RunFolderError,
+    keep_metrics,
+    prepare_output_dir,
+    remove_unfinished_results,
+    writing_atomically,
+)
 from clipcond.training.run_lock import LOCK_FILE, RunFolderInUse, RunFolderLock
 
 
@@ -122,3 +130,31 @@ def test_a_lock_of_another_host_is_refused(tmp_path):
     with pytest.raises(RunFolderInUse, match=rf"another host .*delete {re.escape(str(tmp_path / LOCK_FILE))}"):
         RunFolderLock(tmp_path).acquire()
     assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == "elsewhere.example"
+
+
+def test_a_result_is_written_whole_and_replaces_an_older_one_only_once_complete(tmp_path):
+    result = tmp_path / "pipeline"
+    (result / "unet").mkdir(parents=True)
+    (result / "model_index.json").write_text("old")
+    with pytest.raises(OSError, match="disk full"):
+        with writing_atomically(result) as folder:
+            (folder / "unet").mkdir(parents=True)
+            raise OSError("disk full")
+    assert (result / "model_index.json").read_text() == "old"  # the older result, untouched
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pipeline"]
+    with writing_atomically(result) as folder:
+        assert folder.parent == tmp_path and folder.name.startswith(".tmp-pipeline-")
+        assert (result / "model_index.json").read_text() == "old"  # until the new one is whole
+        (folder / "vae").mkdir(parents=True)
+        (folder / "model_index.json").write_text("new")
+    assert sorted(path.name for path in result.iterdir()) == ["model_index.json", "vae"]
+    assert (result / "model_index.json").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pipeline"]
+
+
+def test_what_a_killed_save_of_the_result_left_is_removed(tmp_path):
+    for name in (".tmp-model-12", ".old-model-34", ".tmp-pipeline-56", ".tmp-model-x", "model"):
+        (tmp_path / name).mkdir()
+    removed = remove_unfinished_results(tmp_path, "model")
+    assert [path.name for path in removed] == [".old-model-34", ".tmp-model-12"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".tmp-model-x", ".tmp-pipeline-56", "model"]

@@ -129,6 +129,70 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_clip_text_path, 
     assert not (tmp_path / "pipeline").exists()
 
 
+@pytest.mark.parametrize("poisoned", ["unet", "ema"])
+def test_weights_that_became_nan_are_never_saved(tiny_clip_text_path, tmp_path: Path, monkeypatch, poisoned) -> None:
+    """An update that leaves NaN in the trained UNet (found right after the update) or in the
+    EMA weights only (found before the checkpoint) stops the run, the loss still finite. Before:
+    checkpoints and the pipeline were written from them and the run ended normally."""
+    from diffusers.training_utils import EMAModel
+
+    real = EMAModel.step
+
+    def step(self, parameters) -> None:
+        parameters = list(parameters)
+        real(self, parameters)
+        with torch.no_grad():
+            (parameters if poisoned == "unet" else self.shadow_params)[0].view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(EMAModel, "step", step)
+    config = tiny_config(tiny_clip_text_path, tmp_path, steps=2, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=rf"NaN or inf in the update of step 1 \({poisoned}\.\S+\)"):
+        train_diffusion(config, show_progress=False)
+    assert not (tmp_path / "pipeline").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_save_that_fails_midway_leaves_no_half_pipeline(tiny_clip_text_path, tmp_path: Path, monkeypatch) -> None:
+    """The pipeline is written into a hidden folder and renamed into place whole. Before: a
+    failure (or a kill) after the components were written left ``pipeline/unet/`` and no
+    ``model_index.json``. What a kill would leave (the hidden folders) goes at the next start,
+    and the resumed run saves the pipeline."""
+
+    def disk_full(self, *args, **kwargs) -> None:
+        raise OSError("disk full")
+
+    config = tiny_config(tiny_clip_text_path, tmp_path, steps=1, checkpoint_every=1)
+    monkeypatch.setattr(CLIPConditionedPipeline, "save_config", disk_full)  # after the components
+    with pytest.raises(OSError, match="disk full"):
+        train_diffusion(config, show_progress=False)
+    assert not (tmp_path / "pipeline").exists()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]
+    monkeypatch.undo()
+    (tmp_path / ".tmp-pipeline-4242" / "unet").mkdir(parents=True)
+    (tmp_path / ".old-pipeline-4242").mkdir()
+    result = train_diffusion(config, resume=True, show_progress=False)
+    assert (result.pipeline_dir / "model_index.json").is_file()
+    assert CLIPConditionedPipeline.from_pretrained(result.pipeline_dir).unet is not None
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+def test_an_output_dir_that_is_a_file_is_one_clear_error(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    """Before: a FileExistsError traceback from the run folder's lock."""
+    from clipcond.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(tiny_config(tiny_clip_text_path, tmp_path / "run"))))
+    written = path.read_text()
+    capsys.readouterr()
+    for output_dir in (path, path / "run"):
+        assert main(["train-diffusion", "--config", str(path), "--output-dir", str(output_dir), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: output_dir {output_dir} ") and err.count("\n") == 1
+        assert f"{path} is a file, not a folder" in err and "--output-dir" in err
+    with pytest.raises(ValueError, match="is a file, not a folder"):  # the library call too
+        train_diffusion(tiny_config(tiny_clip_text_path, path), show_progress=False)
+    assert path.read_text() == written
+
+
 def test_bad_configs(tiny_clip_text_path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         tiny_config(tiny_clip_text_path, tmp_path, init_from=str(tmp_path))

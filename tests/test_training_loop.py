@@ -421,3 +421,81 @@ def test_the_lock_is_given_back_when_a_run_fails(shard_folder: Path, tmp_path: P
             show_progress=False,
         )
     assert not (tmp_path / "new").exists()  # the lock's folder does not outlive it
+
+
+# ---------------------------------------------------------------- weights that became NaN or inf
+
+
+def _poison_update_of_step(monkeypatch, poisoned: int) -> None:
+    """The contrastive update of step `poisoned` leaves a NaN in one trained weight while the
+    loss before it was finite, as an update that overflows does."""
+    real = clip_loop.ContrastiveStep.update
+    calls = {"n": 0}
+
+    def update(self) -> None:
+        real(self)
+        calls["n"] += 1
+        if calls["n"] == poisoned:
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(clip_loop.ContrastiveStep, "update", update)
+
+
+def test_an_update_that_makes_the_weights_nan_stops_the_run_before_anything_is_saved(
+    shard_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Before: "model saved" with NaN weights, exit 0."""
+    run = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(dataclasses.asdict(_clip_on_shards(f"{shard_folder}/good-000000.tar", run, steps=1)))
+    )
+    _poison_update_of_step(monkeypatch, 1)
+    capsys.readouterr()
+    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the weights became NaN or inf in the update of step 1 (model.clip.") and (
+        "no checkpoint was written yet" in err and err.count("\n") == 1
+    )
+    assert not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
+def test_the_last_good_checkpoint_of_a_stop_holds_finite_weights(
+    shard_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Before: the NaN weights of step 2 were checkpointed, and the NaN loss of step 3 named that
+    checkpoint "the last good checkpoint"."""
+    config = _clip_on_shards(
+        f"{shard_folder}/good-000000.tar", tmp_path, steps=3, checkpoint_every=1, keep_checkpoints=3
+    )
+    _poison_update_of_step(monkeypatch, 2)
+    with pytest.raises(TrainingDiverged, match=r"update of step 2 .*the last good checkpoint is \S*step-000000001\)"):
+        train_clip(config, show_progress=False)
+    assert [path.name for path in (tmp_path / "checkpoints").glob("step-*")] == ["step-000000001"]
+    assert not (tmp_path / "model").exists()
+    assert train_clip(config, resume=True, show_progress=False).steps == 3  # it resumes: finite weights
+    assert all(torch.isfinite(value).all() for value in model_weights(tmp_path / "model").values())
+
+
+def test_a_checkpoint_holding_nan_is_refused_when_resuming(shard_folder: Path, tmp_path: Path) -> None:
+    """A checkpoint an older, unchecked run wrote from NaN weights is named as such. Before: the
+    run resumed from it and stopped at the next step's NaN loss, calling it "the last good
+    checkpoint"."""
+    from safetensors.torch import load_file, save_file
+
+    config = _clip_on_shards(f"{shard_folder}/good-000000.tar", tmp_path, steps=2, checkpoint_every=1)
+    train_clip(config, show_progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000000002")
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / FINISHED_MARKER).unlink()
+    weights = tmp_path / "checkpoints" / "step-000000001" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(key for key, value in tensors.items() if value.is_floating_point())[0]
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(weights))
+    with pytest.raises(
+        TrainingDiverged, match=rf"weights loaded from \S*step-000000001 hold NaN or inf \(model\.{name}\)"
+    ):
+        train_clip(config, resume=True, show_progress=False)
+    assert not (tmp_path / "model").exists()

@@ -9,26 +9,36 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
         start_step, extra = run.resume(modules, optimizer, scheduler)      # 2. run folder, resume
         ...accelerator.prepare, batches from start_step...                 #    (the objective)
         outcome = run.train(backward, update, metrics=..., after_step=...)  # 3. the steps
-        ...save the result on the main process...                          #    (the objective)
-                                                                            # 4. leaving the block
+        with run.writing_result() as folder:                               # 4. the result, whole
+            ...save the result to folder (main process)...                 #    (the objective)
+                                                                            # 5. leaving the block
 
 1. Before any work: the machine (`check_runtime`), how accelerate spread the processes
    (`check_distributed_type`: data parallel only, as rank 0 saves whole weights), the data's files
-   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: its
-   lock is taken (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead
-   run's lock taken over), another run's folder is refused (`run_folder.check_output_dir`), a
-   resume of a run that finished and saved its result stops here (`RunAlreadyFinished`), and
-   what writers killed mid-checkpoint left is removed.
+   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: a file
+   in its place is refused (`run_folder.check_output_path`), its lock is taken
+   (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead run's lock
+   taken over), another run's folder is refused (`run_folder.check_output_dir`), a resume of a
+   run that finished and saved its result stops here (`RunAlreadyFinished`), and what writers
+   killed mid-checkpoint or mid-save of the result left is removed.
 2. The config snapshot is written once the objective's parts are built, so a wrong model path
    leaves no run folder behind. When resuming, the newest checkpoint that passes its checks is
    loaded (`checkpoint.load_newest_intact`; damaged newer ones are named in a warning and set
    aside as ``damaged-step-<N>``), and ``metrics.jsonl`` is cut back to what it held at that
    checkpoint (`run_folder.keep_metrics`), so the steps taken again are not recorded twice.
 3. Each step: the objective's backward; the loss averaged over processes and checked (NaN or
-   inf stops the run without saving: `TrainingDiverged`); the objective's update; at each
-   logging step ``metrics.jsonl``, the trackers and the progress bar, with the throughput of
-   the window just logged (`Throughput`); the objective's evaluations; a checkpoint when due.
-4. On success, the skipped samples are reported, the trackers closed and the run marked
+   inf stops the run without saving: `TrainingDiverged`); the objective's update; the weights
+   it trained checked (a finite loss does not make a finite update: an `lr` of 1e30 or an
+   overflow in the optimizer turns the weights into NaN or inf, which also stops the run
+   without saving); at each logging step ``metrics.jsonl``, the trackers and the progress bar,
+   with the throughput of the window just logged (`Throughput`); the objective's evaluations;
+   a checkpoint when due, every tensor it holds checked first. So every checkpoint, and the
+   result saved from the last one, holds finite weights, and "the last good checkpoint" of a
+   stop is one.
+4. The objective saves its result through `TrainingRun.writing_result`: into a hidden folder
+   renamed into place when complete (`run_folder.writing_atomically`), so a kill while saving
+   leaves no half-written result (the resumed run saves it again).
+5. On success, the skipped samples are reported, the trackers closed and the run marked
    finished (`run_folder.mark_finished`). Always, the lock is given back. On an error before
    the run's first checkpoint, the config snapshot and metrics are set aside
    (``train_config.failed.yaml``, ``metrics.failed.jsonl``): the folder holds no run any more,
@@ -39,7 +49,7 @@ What differs between objectives (models, batches, the step, evaluations) comes i
 functions given to `TrainingRun.train`.
 
 Why this module is over 400 lines: `TrainingRun` is the one lifecycle every objective shares,
-and its four stages above read in order in one class; what each stage calls (checkpoints, the
+and its stages above read in order in one class; what each stage calls (checkpoints, the
 run folder, its lock, throughput) lives in its own module.
 """
 
@@ -50,7 +60,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +83,14 @@ from clipcond.training.run_folder import (
     METRICS_FILE,
     RunAlreadyFinished,
     check_output_dir,
+    check_output_path,
     finished_step,
     keep_metrics,
     mark_finished,
     prepare_output_dir,
+    remove_unfinished_results,
     set_aside,
+    writing_atomically,
 )
 from clipcond.training.run_lock import RunFolderLock
 
@@ -85,7 +99,8 @@ _METRICS_RECORDS = "metrics_records"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+    """The loss or the trained weights became NaN or infinite; the run stopped without saving
+    the bad state."""
 
 
 def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
@@ -97,6 +112,23 @@ def check_runtime(mixed_precision: str, log_with: str | None = None) -> None:
 
         if not is_tensorboard_available():
             raise ValueError("log_with 'tensorboard' needs the tensorboard package: pip install tensorboard")
+
+
+# accelerate's `set_seed` seeds Python, NumPy and torch; NumPy's legacy seeding takes only this range.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed: Any, key: str = "seed") -> None:
+    """Refuse a seed that `accelerate.utils.set_seed` cannot take, before any work.
+
+    Raises:
+        ValueError: `seed` is not an integer in `SEED_RANGE`; the message names `key`.
+    """
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise ValueError(
+            f"`{key}` must be an integer in [0, 2**32 - 1] (NumPy and torch are seeded with it), got {seed!r}"
+        )
 
 
 # The ways accelerate can split the weights across processes. The checkpoints and the saved
@@ -222,6 +254,7 @@ class TrainingRun:
 
         check_runtime(config.mixed_precision, log_with)
         config.data.check_files()
+        check_output_path(config.output_dir)
         self.config = config
         self.name = name
         self.show_progress = show_progress
@@ -265,6 +298,8 @@ class TrainingRun:
         if self._lock is not None:
             for path in remove_unfinished_writes(self.output_dir):
                 self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")
+            for path in remove_unfinished_results(self.output_dir, self.result_dir.name):
+                self.accelerator.print(f"removed {path}, left by a save of the result that was killed")
 
     def _stop_if_finished(self) -> None:
         """A resume of a run whose last checkpoint is its last step, marked finished after its
@@ -369,7 +404,8 @@ class TrainingRun:
             backward: step (1-based) -> the loss of this process on that step's batch (a
                 scalar tensor), its gradients computed.
             update: applies the gradients (optimizer, schedule, and whatever the objective
-                adds) and clears them; called only for a finite loss.
+                adds) and clears them; called only for a finite loss. The optimizer's parameters
+                are checked after each call (`_check_trained`).
             metrics: the objective's numbers at a logging step, logged after ``loss``.
             after_step: step -> None, on the main process after each step's logging
                 (evaluations, samples).
@@ -377,12 +413,15 @@ class TrainingRun:
                 records were written), given back by `resume`.
 
         Raises:
-            TrainingDiverged: the loss became NaN/inf; the last good checkpoint stays in place.
+            TrainingDiverged: the loss or the trained weights became NaN/inf (or the weights
+                were so before the first step); the last good checkpoint stays in place.
         """
         if self._saved is None:
             raise RuntimeError("TrainingRun.resume(modules, optimizer, scheduler) must come before train()")
         accelerator, config = self.accelerator, self.config
         _, optimizer, scheduler = self._saved
+        trained = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+        self._check_saved_state(self._start_step, before_training=True)
         if self.log_with:
             accelerator.init_trackers(f"clipcond-{self.name}", config=_flat(dataclasses.asdict(config)))
         self._progress = _progress_bar(accelerator, config.steps, self._start_step, self.name, self.show_progress)
@@ -394,6 +433,7 @@ class TrainingRun:
             if not math.isfinite(loss_value):
                 self._stop_diverged(loss_value, step, optimizer)
             update()
+            self._check_trained(trained, step)
             self._progress.update(1)
             throughput.step()
             if step % config.log_every == 0 or step == config.steps:
@@ -408,6 +448,12 @@ class TrainingRun:
         accelerator.wait_for_everyone()
         self._trained_to_end = True
         return TrainingOutcome(steps=step, loss=loss_value, throughput=throughput.overall())
+
+    def writing_result(self) -> AbstractContextManager[Path]:
+        """Where the objective saves its result (main process): ``with run.writing_result() as
+        folder:``, the folder a hidden temporary one, renamed to `result_dir` when the block ends
+        without error (`run_folder.writing_atomically`; an older result is replaced only then)."""
+        return writing_atomically(self.result_dir)
 
     def log_evaluation(self, step: int, label: str, result: dict[str, float]) -> None:
         """An evaluation's numbers (main process): a line under the progress bar, ``eval/<key>``
@@ -445,18 +491,90 @@ class TrainingRun:
 
     def _stop_diverged(self, loss_value: float, step: int, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
-        kept = (
-            f"the last good checkpoint is {self.last_checkpoint}"
-            if self.last_checkpoint
-            else "no checkpoint was written yet"
-        )
         raise TrainingDiverged(
-            f"loss became {loss_value} at step {step}; stopped without saving this state ({kept}). "
+            f"loss became {loss_value} at step {step}; stopped without saving this state ({self._kept_checkpoint()}). "
             "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
         )
 
+    # ------------------------------------------------------------ finite weights
+    #
+    # Checked after every update, not only before saves: a step that makes the weights NaN is
+    # then caught at that step, before its evaluations, sample grids or checkpoint see them, and
+    # the stop names the step. The check is one fused reduction over the optimizer's parameters
+    # (their largest absolute value: NaN propagates through torch's max, inf stays inf, and a
+    # finite weight cannot overflow it) and one read of it; the loss is read at every step already.
+    # Before a checkpoint (and so before the result, which is saved from the state of the last
+    # one) every floating tensor the checkpoint holds is checked as well: buffers, EMA weights,
+    # frozen parts; and once before the first step, so that a resumed checkpoint written by an
+    # older, unchecked run is never called "the last good checkpoint".
+
+    def _finite_everywhere(self, tensors: Iterable[torch.Tensor]) -> bool:
+        """Whether every value of `tensors` is finite on every process (all processes get the
+        same answer: the largest absolute values are summed across them)."""
+        tensors = [tensor.detach() for tensor in tensors if tensor.is_floating_point() and tensor.numel()]
+        device = self.accelerator.device
+        largest = torch.zeros(1, device=device)
+        if tensors:
+            # torch's own multi-tensor norm, as `clip_grad_norm_` uses it (one kernel per device and dtype)
+            norms = torch._foreach_norm(tensors, math.inf)
+            largest = torch.stack([norm.float().to(device) for norm in norms]).max().reshape(1)
+        return math.isfinite(self.accelerator.reduce(largest, reduction="sum").item())
+
+    def _saved_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """(``<module>.<name>``, tensor) of every floating tensor a checkpoint holds."""
+        modules, _, _ = self._saved
+        for module_name, module in modules.items():
+            for name, tensor in module.state_dict().items():
+                if tensor.is_floating_point():
+                    yield f"{module_name}.{name}", tensor
+
+    def _nonfinite_names(self, limit: int = 3) -> str:
+        """The saved tensors holding NaN or inf on this process: the first `limit` names and how many."""
+        names = [name for name, tensor in self._saved_tensors() if not torch.isfinite(tensor).all()]
+        if not names:
+            return "on another process"
+        shown = ", ".join(names[:limit])
+        return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+    def _check_trained(self, trained: list[torch.Tensor], step: int) -> None:
+        """After the update of `step`: the optimizer's parameters are finite, else the run stops."""
+        if not self._finite_everywhere(trained):
+            self._stop_weights_diverged(step)
+
+    def _check_saved_state(self, step: int, before_training: bool = False) -> None:
+        """Every floating tensor a checkpoint holds is finite, else the run stops (before the
+        first step: the weights it starts from; after `step`: what would be saved)."""
+        if self._finite_everywhere(tensor for _, tensor in self._saved_tensors()):
+            return
+        if not before_training:
+            self._stop_weights_diverged(step)
+        names = self._nonfinite_names()
+        if self.resume_from is not None:
+            raise TrainingDiverged(
+                f"the weights loaded from {self.resume_from} hold NaN or inf ({names}): that checkpoint was "
+                "written by a run that diverged. Move it aside to resume from an earlier one, or start afresh."
+            )
+        raise TrainingDiverged(
+            f"the weights hold NaN or inf before the first step ({names}); check the model the run starts from "
+            "(`init_from`)"
+        )
+
+    def _stop_weights_diverged(self, step: int) -> None:
+        raise TrainingDiverged(
+            f"the weights became NaN or inf in the update of step {step} ({self._nonfinite_names()}), with a "
+            f"finite loss; stopped without saving this state ({self._kept_checkpoint()}). "
+            "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
+        )
+
+    def _kept_checkpoint(self) -> str:
+        if self.last_checkpoint:
+            return f"the last good checkpoint is {self.last_checkpoint}"
+        return "no checkpoint was written yet"
+
     def _save_checkpoint(self, step: int, extra: dict[str, Any]) -> None:
-        """Every rank waits; the main process writes (see `clipcond.training.checkpoint`)."""
+        """Every rank checks the state (`_check_saved_state`) and waits; the main process writes
+        (see `clipcond.training.checkpoint`)."""
+        self._check_saved_state(step)
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return

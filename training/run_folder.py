@@ -4,6 +4,12 @@ A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds 
 ``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/``, what the
 run saves at the end and, once that is saved, ``finished.json`` (the step it finished at).
 While a run uses the folder it also holds ``run.lock`` (`clipcond.training.run_lock`).
+`output_dir` must be a folder or not exist yet (`check_output_path`).
+
+What the run saves at the end (``model/``, ``pipeline/``) is written as checkpoints are
+(`writing_atomically`): into a hidden sibling ``.tmp-<name>-<pid>``, renamed into place once
+complete, an older one replaced only then; what a killed save leaves is removed at the next
+start (`remove_unfinished_results`), and the resumed run saves again.
 
 A new run refuses a folder that holds another run, and a resume refuses a changed config (the
 folder's own path is not part of what a config is: a moved or copied run folder resumes). A
@@ -19,6 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +64,28 @@ def _defaults(config_class: type) -> dict[str, Any]:
     return defaults
 
 
+def check_output_path(output_dir: str | os.PathLike) -> None:
+    """Refuse an `output_dir` that is not a folder (a file), or that cannot be made because a
+    folder it would be made in is a file (a `RunFolderError`). Writes nothing."""
+    path = Path(output_dir)
+    for existing in (path, *path.parents):
+        if not (existing.exists() or existing.is_symlink()):
+            continue
+        if existing.is_dir():
+            return
+        what = "a file, not a folder" if existing.is_file() else "not a folder"
+        problem = f"is {what}" if existing == path else f"cannot be made: {existing} is {what}"
+        raise RunFolderError(
+            f"output_dir {path} {problem}; choose a folder (new or existing) for output_dir (--output-dir)"
+        )
+
+
 def check_output_dir(config: Any, resume: bool) -> None:
-    """Refuse `config.output_dir` (a `RunFolderError`) when it holds a run and `resume` is not
-    set, or when `resume` is set and that run's config differs from `config` (a dataclass) in
-    anything but `output_dir`. Writes nothing."""
+    """Refuse `config.output_dir` (a `RunFolderError`) when it is not a folder
+    (`check_output_path`), when it holds a run and `resume` is not set, or when `resume` is set
+    and that run's config differs from `config` (a dataclass) in anything but `output_dir`.
+    Writes nothing."""
+    check_output_path(config.output_dir)
     output_dir = Path(config.output_dir)
     snapshot = output_dir / CONFIG_SNAPSHOT
     if not snapshot.is_file():
@@ -157,3 +185,61 @@ def finished_step(output_dir: Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+@contextmanager
+def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
+    """Write a folder whole or not at all: the block writes into the folder yielded, a hidden
+    sibling ``.tmp-<name>-<pid>``; when it ends without error, the files are flushed to disk and
+    the sibling renamed to `folder`. An existing `folder` (an older save) is replaced only then:
+    renamed aside to ``.old-<name>-<pid>``, the new one renamed into place, the old one deleted.
+    On an error the sibling is deleted. A kill leaves at most the hidden siblings (and, between
+    the two renames, no `folder`), which `remove_unfinished_results` removes.
+
+    Yields:
+        The temporary folder to write into (not created: writers such as diffusers'
+        ``save_pretrained`` create it).
+    """
+    final = Path(folder)
+    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    try:
+        yield temporary
+        if not temporary.is_dir():
+            raise RuntimeError(f"nothing was written to {temporary} for {final}")
+        _fsync_files(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    older = final.with_name(f".old-{final.name}-{os.getpid()}")
+    if final.exists():
+        if older.exists():
+            shutil.rmtree(older)
+        os.replace(final, older)
+    os.replace(temporary, final)
+    if older.exists():
+        shutil.rmtree(older)
+
+
+def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Delete what a `writing_atomically` of ``output_dir/<name>`` killed mid-way left: its
+    ``.tmp-<name>-<pid>`` and ``.old-<name>-<pid>`` siblings. Call it only while holding the run
+    folder's lock: a live writer's folders look the same. Returns what was deleted."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    pattern = re.compile(rf"\.(tmp|old)-{re.escape(name)}-\d+")
+    removed = []
+    for path in sorted(root.iterdir()):
+        if pattern.fullmatch(path.name):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+    return removed

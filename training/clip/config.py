@@ -9,6 +9,8 @@ from typing import Literal
 
 from clipcond.config import load_config
 from clipcond.training.data import DataConfig
+from clipcond.training.loop import check_seed
+from clipcond.training.optim import check_optimizer_settings
 
 Mode = Literal["pretrain", "finetune", "text_only", "lit", "lora"]
 
@@ -42,7 +44,8 @@ class TrainClipConfig:
             (shapes data only).
         batch_size: the contrastive batch per process; `micro_batch_size` splits it for memory
             while keeping one loss over the whole batch.
-        steps, lr, weight_decay, warmup_steps, betas, eps: AdamW with warm-up + cosine.
+        steps, lr, weight_decay, warmup_steps, betas, eps: AdamW with warm-up + cosine (checked
+            by `check_optimizer_settings`: lr > 0, weight_decay >= 0, eps > 0, all finite).
         mixed_precision: "no", "fp16" or "bf16" (accelerate).
         gradient_checkpointing: recompute activations in the backward pass.
         checkpoint_every, keep_checkpoints: safetensors checkpoints in output_dir.
@@ -50,6 +53,7 @@ class TrainClipConfig:
             tracker name ("tensorboard") or None.
         eval_every: steps between shapes zero-shot evaluations (0: only at the end; shapes data only).
         eval_images_per_class: images per colour-shape class in that evaluation.
+        seed: model initialisation and data order, an integer in [0, 2**32 - 1].
     """
 
     model: str | None = None
@@ -85,8 +89,8 @@ class TrainClipConfig:
             raise ValueError("`eval_every` must be >= 0 and `eval_images_per_class` >= 1")
         if self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("`log_every` and `keep_checkpoints` must be >= 1")
-        if self.lr <= 0 or self.warmup_steps < 0:
-            raise ValueError(f"`lr` must be > 0 and `warmup_steps` >= 0, got {self.lr}, {self.warmup_steps}")
+        check_optimizer_settings(self.lr, self.weight_decay, self.warmup_steps, self.betas, self.eps)
+        check_seed(self.seed)
         if self.mode != "pretrain" and self.init_from is None:
             raise ValueError(f"mode {self.mode!r} needs `init_from` (a saved CLIP folder)")
         if self.batch_size < 2:
@@ -95,8 +99,6 @@ class TrainClipConfig:
             raise ValueError(f"`micro_batch_size` must be between 1 and batch_size, got {self.micro_batch_size}")
         if self.steps < 1 or self.checkpoint_every < 1:
             raise ValueError("`steps` and `checkpoint_every` must be >= 1")
-        if len(self.betas) != 2:
-            raise ValueError(f"`betas` must hold two numbers, got {self.betas}")
         if self.hard_negatives and self.data.source != "shapes":
             raise ValueError("`hard_negatives` needs data.source 'shapes' (it swaps scene attributes)")
 

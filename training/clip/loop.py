@@ -132,7 +132,8 @@ def train_clip(
 
         model_dir = run.result_dir
         if accelerator.is_main_process:
-            save_clip(export_clip(unwrapped), model_dir)
+            with run.writing_result() as folder:  # renamed to model_dir once whole
+                save_clip(export_clip(unwrapped), folder)
             if tokenizer.truncated:
                 accelerator.print(
                     f"captions truncated to {clip_config.text.context_length} tokens: {tokenizer.truncated}"

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from clipcond.config import load_config
 from clipcond.training.data import DataConfig
+from clipcond.training.loop import check_seed
+from clipcond.training.optim import check_optimizer_settings
 
 
 @dataclass
@@ -129,7 +131,14 @@ class TrainDiffusionConfig:
         ema_decay: decay of the weight EMA saved as the final UNet; None turns EMA off.
         data: where images and captions come from, and optionally the captions' embeddings
             (`DiffusionDataConfig.embeddings`, written by ``clipcond encode``).
-        sample_every, sample_prompts, sample_steps: write a grid of samples during training.
+        num_train_timesteps: steps of the DDPM noise schedule of a run from scratch (>= 1);
+            `init_from` runs inherit theirs.
+        lr, weight_decay, warmup_steps: AdamW with warm-up + cosine; max_grad_norm: gradients
+            are clipped to this norm (> 0). Checked by `check_optimizer_settings`: lr > 0,
+            weight_decay >= 0, all finite.
+        sample_every, sample_prompts, sample_steps: write a grid of samples of `sample_prompts`
+            (at least one when `sample_every` is set) during training.
+        seed: initial weights, data order, noise and caption dropout; an integer in [0, 2**32 - 1].
     """
 
     text_encoder: str
@@ -207,6 +216,17 @@ class TrainDiffusionConfig:
             raise ValueError("`image_size` must be >= 8 and `batch_size`, `steps`, `checkpoint_every` >= 1")
         if self.sample_every < 0 or self.sample_steps < 1 or self.log_every < 1:
             raise ValueError("`sample_every` must be >= 0, `sample_steps` and `log_every` >= 1")
+        if self.sample_every and not self.sample_prompts:
+            raise ValueError(
+                f"`sample_every: {self.sample_every}` needs at least one prompt in `sample_prompts` (it is empty); "
+                "give prompts, or set sample_every: 0"
+            )
+        check_optimizer_settings(self.lr, self.weight_decay, self.warmup_steps, max_grad_norm=self.max_grad_norm)
+        if isinstance(self.num_train_timesteps, bool) or not (
+            isinstance(self.num_train_timesteps, int) and self.num_train_timesteps >= 1
+        ):
+            raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {self.num_train_timesteps!r}")
+        check_seed(self.seed)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainDiffusionConfig:

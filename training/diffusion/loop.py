@@ -173,9 +173,10 @@ def train_diffusion(
         pipeline_dir = run.result_dir
         if accelerator.is_main_process:
             pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
-            pipe.save_pretrained(pipeline_dir)
-            if config.data.source == "shapes":  # its captions' words are known: generate can warn about others
-                write_vocabulary(pipeline_dir, caption_vocabulary(config.data.max_objects))
+            with run.writing_result() as folder:  # renamed to pipeline_dir once whole
+                pipe.save_pretrained(folder)
+                if config.data.source == "shapes":  # its captions' words are known: generate can warn about others
+                    write_vocabulary(folder, caption_vocabulary(config.data.max_objects))
     return TrainDiffusionResult(
         pipeline_dir=pipeline_dir,
         steps=outcome.steps,

@@ -9,6 +9,8 @@ from typing import Literal
 
 from clipcond.config import load_config
 from clipcond.training.data import DataConfig
+from clipcond.training.loop import check_seed
+from clipcond.training.optim import check_optimizer_settings
 from clipcond.training.t5.span_corruption import max_spans
 
 
@@ -94,14 +96,15 @@ class TrainT5Config:
             into memory, the last `eval_captions` of them held out for evaluation.
         noise_density, mean_noise_span_length: T5's span corruption (0.15 and 3).
         batch_size: captions per step and process.
-        steps, lr, warmup_steps, weight_decay, betas, eps: AdamW with warm-up + cosine.
+        steps, lr, warmup_steps, weight_decay, betas, eps: AdamW with warm-up + cosine (checked
+            by `check_optimizer_settings`: lr > 0, weight_decay >= 0, eps > 0, all finite).
         mixed_precision: "no" or "bf16" (accelerate).
         checkpoint_every, keep_checkpoints: safetensors checkpoints in output_dir.
         log_every: steps between progress-bar / metrics.jsonl updates.
         eval_every: steps between held-out evaluations (0: only at the end).
         eval_captions: held-out captions evaluated (shapes: the "heldout" split, seed + 1).
         output_dir: the run folder; the encoder and tokenizer go to ``<output_dir>/model``.
-        seed: model initialisation, data order and span noise.
+        seed: model initialisation, data order and span noise, an integer in [0, 2**32 - 1].
     """
 
     model: T5ModelSettings = field(default_factory=T5ModelSettings)
@@ -135,13 +138,8 @@ class TrainT5Config:
                 f"`batch_size`, `steps` and `checkpoint_every` must be >= 1, "
                 f"got {self.batch_size}, {self.steps}, {self.checkpoint_every}"
             )
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"`lr` must be > 0, `warmup_steps` and `weight_decay` >= 0, "
-                f"got {self.lr}, {self.warmup_steps}, {self.weight_decay}"
-            )
-        if len(self.betas) != 2:
-            raise ValueError(f"`betas` must hold two numbers, got {self.betas}")
+        check_optimizer_settings(self.lr, self.weight_decay, self.warmup_steps, self.betas, self.eps)
+        check_seed(self.seed)
         if self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("`log_every` and `keep_checkpoints` must be >= 1")
         if self.eval_every < 0 or self.eval_captions < 1:

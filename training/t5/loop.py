@@ -182,7 +182,8 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         evaluation: dict[str, float] = {}
         if accelerator.is_main_process:
             evaluation = evaluate(outcome.steps)
-            save_t5_encoder(unwrapped, tokenizer, model_dir)
+            with run.writing_result() as folder:  # renamed to model_dir once whole
+                save_t5_encoder(unwrapped, tokenizer, folder)
             if captions.truncated:
                 accelerator.print(f"captions truncated to {config.tokenizer.max_length} tokens: {captions.truncated}")
     return TrainT5Result(
