@@ -389,6 +389,17 @@ def test_malformed_suite_fails_before_any_generation(tmp_path, pipelines, calls)
     assert calls == [] and not (tmp_path / "out").exists()
 
 
+def test_a_suite_with_a_key_given_twice_is_refused_naming_the_file_and_line(tmp_path) -> None:
+    """YAML's safe loader keeps the last of two equal keys silently: a suite whose `prompts`
+    come twice would lose the first list."""
+    from clipcond.lab.suites import load_suite
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\nprompts: []\nprompts: []\n")
+    with pytest.raises(ValueError, match=f"^{path}: line 3: the key 'prompts' is given twice$"):
+        load_suite(path)
+
+
 def test_a_missing_matplotlib_fails_before_any_generation(tmp_path, pipelines, calls, monkeypatch) -> None:
     import importlib.util
 

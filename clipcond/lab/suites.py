@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from clipcond.config import config_from_dict
+from clipcond.config import config_from_dict, read_yaml
 from clipcond.shapes.prompt_suite import SuitePrompt, scene_from_spec
 from clipcond.shapes.vocab import COLOURS, RELATIONS, SHAPES
 
@@ -170,7 +170,7 @@ def load_suite(path: str | Path) -> PromptSuite:
         raise FileNotFoundError(f"suite file not found: {path}")
     raw = path.read_bytes()
     try:
-        data = yaml.safe_load(raw)
+        data = read_yaml(raw, str(path))  # a key given twice or text not UTF-8: a ValueError naming the file
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from error
     spec = config_from_dict(_SuiteSpec, data if data is not None else {}, source=str(path))
