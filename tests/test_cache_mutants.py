@@ -297,7 +297,7 @@ def test_the_tensor_digest_sees_every_byte_name_dtype_and_shape_but_not_layout()
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     tensors = {"a": base, "b": torch.ones(2, dtype=torch.bfloat16), "c": torch.tensor([True, False])}
     digest = tensor_digest(tensors)
-    assert len(digest) == 32 and digest == tensor_digest(dict(reversed(list(tensors.items()))))
+    assert len(digest) == 8 and digest == tensor_digest(dict(reversed(list(tensors.items()))))
     assert tensor_digest({**tensors, "a": base.t().contiguous().t()}) == digest  # strides differ, values equal
     flipped = base.clone()
     flipped.view(torch.int32)[2, 3] ^= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -208,3 +209,66 @@ def test_a_caption_that_is_not_text_is_a_type_error():
         clean_caption(7)
     with pytest.raises(UnicodeDecodeError):
         clean_caption(b"caf\xe9")
+
+
+def _six_sample_shard(path) -> list[tarfile.TarInfo]:
+    """A shard of six samples (``0.png`` + ``0.txt`` ... ``5.png`` + ``5.txt``, captions
+    ``caption 0`` ...), as tarfile writes it; its members, in order."""
+    with tarfile.open(path, "w") as archive:
+        for index in range(6):
+            _add(archive, f"{index}.png", _png((40 * index, 0, 0)))
+            _add(archive, f"{index}.txt", f"caption {index}".encode())
+    with tarfile.open(path) as archive:
+        return archive.getmembers()
+
+
+def test_a_shard_cut_short_is_counted_and_named(tmp_path, caplog):
+    """Python's tarfile takes a missing or partial header for the end of the archive: a shard
+    cut at a member's boundary, or inside a header, would lose its last samples unreported."""
+    whole = tmp_path / "whole.tar"
+    members = _six_sample_shard(whole)
+    data = whole.read_bytes()
+    captions = [f"caption {index}" for index in range(6)]
+    last = members[-1]
+    end_of_members = last.offset_data + -(-last.size // 512) * 512
+    cuts = {
+        "at the header of sample 3": (members[6].offset, 3),
+        "inside the header of sample 3": (members[6].offset + 200, 3),
+        "after the last member, before the end-of-archive block": (end_of_members, 6),
+    }
+    for what, (cut, read) in cuts.items():
+        shard = tmp_path / "cut.tar"
+        shard.write_bytes(data[:cut])
+        for reader in (webdataset_samples, webdataset_captions):
+            skipped = SkipCounter()
+            caplog.clear()
+            got = [sample[1] if isinstance(sample, tuple) else sample for sample in reader(str(shard), skipped)]
+            assert got == captions[:read], what
+            assert dict(skipped.counts) == {"truncated tar shard": 1}, what
+            warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+            assert len(warnings) == 1 and str(shard) in warnings[0], what
+    # a complete shard is not: the end-of-archive block alone, without tarfile's padding to 10 KiB
+    for trailer in (512, 1024, len(data) - end_of_members):
+        shard = tmp_path / "complete.tar"
+        shard.write_bytes(data[: end_of_members + trailer])
+        skipped = SkipCounter()
+        assert [caption for _, caption in webdataset_samples(str(shard), skipped)] == captions
+        assert skipped.total == 0, trailer
+
+
+def test_a_manifest_line_nested_too_deeply_is_a_bad_line(tmp_path):
+    """json.loads raises RecursionError, not ValueError, on JSON nested past the recursion limit."""
+    (tmp_path / "ok.png").write_bytes(_png((1, 2, 3)))
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = [
+        json.dumps({"image": "ok.png", "caption": "first"}),
+        deep,
+        '{"image": "ok.png", "caption": ' + deep + "}",
+        json.dumps({"image": "ok.png", "caption": "second"}),
+    ]
+    manifest = tmp_path / "deep.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    skipped = SkipCounter()
+    assert [caption for _, caption in manifest_samples(manifest, skipped)] == ["first", "second"]
+    assert dict(skipped.counts) == {"bad manifest line": 2}
+    assert manifest_captions(manifest, SkipCounter()) == ["first", "second"]

@@ -5,6 +5,7 @@ bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -370,3 +371,94 @@ def test_a_reader_keeps_a_bounded_number_of_shards_open(tiny_clip_text_path, tmp
     for caption, record in [*zip(captions, records), *zip(captions[::-1], records[::-1])]:
         assert torch.equal(shards.record(caption).clip_tokens, record.clip_tokens)
         assert len(shards._open) <= 2
+
+
+def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text_path, tmp_path: Path) -> None:
+    """A train-diffusion result and the bundled shapes model are CLIPConditionedPipelines, whose
+    tokenizer is clipcond's: `encode --pipeline` reads them as `generate` does (diffusers alone
+    cannot), and a run whose text encoder is that folder reads the shards back: the records of
+    its own conditioner, and the weights of the run with the live encoder."""
+    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.training.data import CaptionSource, DataConfig
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity
+
+    trained = train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "first", steps=1), show_progress=False)
+    captions = ["", *CaptionSource(DataConfig(source="shapes"), seed=0, heldout_count=0).first(4)]
+    for name, pipeline in (("trained", trained.pipeline_dir), ("bundled", BUNDLED_MODEL)):
+        out = tmp_path / f"emb-{name}"
+        argv = ["encode", "--pipeline", str(pipeline), "--shapes", "4", "--out", str(out), "--no-progress"]
+        assert clipcond(argv) == 0, name
+        read = tiny_config(pipeline, tmp_path / f"read-{name}", steps=1, data=DiffusionDataConfig(embeddings=str(out)))
+        conditioner = build_conditioner(read)
+        shards = EmbeddingShards(out, EmbeddingIdentity(*conditioner.identity()), spec=conditioner.record_spec)
+        assert len(shards) == len(set(captions)), name
+        for caption, live in zip(captions, conditioner.encode_records(captions)):
+            stored = shards.record(caption)
+            assert stored.tensors().keys() == live.tensors().keys()
+            assert all(torch.equal(getattr(stored, k), v) for k, v in live.tensors().items()), (name, caption)
+    # a run on the trained pipeline's shards: the weights of the run with its live encoder (the
+    # bundled model's float16 encoder does not condition a float32 UNet, with shards or without)
+    live_run = train_diffusion(tiny_config(trained.pipeline_dir, tmp_path / "live", steps=1), show_progress=False)
+    shards_config = DiffusionDataConfig(embeddings=str(tmp_path / "emb-trained"))
+    read_run = train_diffusion(
+        tiny_config(trained.pipeline_dir, tmp_path / "read", steps=1, data=shards_config), show_progress=False
+    )
+    assert max_weight_difference(live_run.pipeline_dir, read_run.pipeline_dir) <= 1e-6
+
+
+def test_a_folder_that_is_no_pipeline_is_a_one_line_error_naming_the_option(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from clipcond.pipelines.generate import BUNDLED_MODEL
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(BUNDLED_MODEL, tmp_path / name))
+
+    (tmp_path / "run" / "pipeline").mkdir(parents=True)
+    garbled = copy("garbled")
+    (garbled / "model_index.json").write_text("{garbage")
+    unknown = copy("unknown")
+    index = json.loads((unknown / "model_index.json").read_text())
+    (unknown / "model_index.json").write_text(json.dumps({**index, "_class_name": "FooPipeline"}))
+    truncated = copy("truncated")
+    weights = truncated / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    cases = {
+        truncated: "Error while deserializing header",
+        unknown: "model_index.json names the pipeline class 'FooPipeline', which --pipeline cannot read",
+        garbled: "model_index.json: Expecting property name",
+        tmp_path / "run": "no model_index.json: not a saved pipeline (a run: use its pipeline/)",
+    }
+    for folder, expected in cases.items():
+        argv = ["encode", "--pipeline", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "o")]
+        assert clipcond([*argv, "--no-progress"]) == 2, folder
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error[-1].startswith(f"error: --pipeline {folder}: ") and expected in error[-1], error[-1]
+        assert not any("Traceback" in line for line in error)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_diffusers_folder_with_clipconds_tokenizer_encodes_in_a_fresh_process(sd_pipe, tmp_path: Path) -> None:
+    """diffusers loads a component's library only once its module is imported: in a process that
+    has not imported clipcond's pipelines, a folder naming `clipcond.tokenization` failed."""
+    sd_pipe.save_pretrained(tmp_path / "sd")
+    assert json.loads((tmp_path / "sd" / "model_index.json").read_text())["tokenizer"][0] == "clipcond.tokenization"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\n")
+    command = [
+        sys.executable, "-m", "clipcond.training.encode_command", "--pipeline", str(tmp_path / "sd"),
+        "--prompts", str(prompts), "--out", str(tmp_path / "emb"), "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    from clipcond import TextConditioner
+
+    conditioner = TextConditioner.from_pipeline(sd_pipe)
+    shards = EmbeddingShards(tmp_path / "emb")
+    assert (shards.identity.weights, shards.identity.settings) == conditioner.identity()
+    live = conditioner.encode_records(["", "a lighthouse at dusk"])
+    for caption, record in zip(["", "a lighthouse at dusk"], live):
+        assert torch.allclose(shards.record(caption).clip_tokens, record.clip_tokens, atol=1e-6, rtol=0)

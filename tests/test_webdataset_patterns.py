@@ -126,3 +126,15 @@ def test_eval_clip_takes_shard_patterns(shards: Path, tmp_path: Path, capsys) ->
     assert metrics["retrieval"]["pairs"] == 20.0 and metrics["skipped"] == {}
     assert main([*common, "--webdataset", f"{shards}/nothing-{{0..3}}.tar"]) == 2
     assert re.search(r"--webdataset: no shard matches '.*nothing-\{0\.\.3\}\.tar'", capsys.readouterr().err)
+
+
+def test_every_rank_of_a_multi_process_run_reads_every_shard(shards: Path, monkeypatch) -> None:
+    """Each rank reads every shard and keeps its part of each step (`ImageCaptionBatches`):
+    webdataset's node splitter, which refuses a multi-process launch, is not in the way."""
+    monkeypatch.setenv("RANK", "1")  # what `accelerate launch` sets in each process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    urls, named = _forms(shards)["joined with ::"]
+    skipped = SkipCounter()
+    assert [caption for _, caption in webdataset_samples(urls, skipped)] == captions_of(named)
+    assert webdataset_captions(urls, SkipCounter()) == captions_of(named)
+    assert skipped.total == 0

@@ -3,8 +3,9 @@
 and with ``--latents DIR`` its images once through the run's VAE (``data.latents``), instead
 of the VAE's forward on every step.
 
-The conditioner is the one a training run builds (``--train-config``), a diffusers pipeline's
-(``--pipeline``, `TextConditioner.from_pipeline`) or one described in YAML
+The conditioner is the one a training run builds (``--train-config``), a pipeline folder's
+(``--pipeline``: a saved `CLIPConditionedPipeline`'s own, read as ``generate`` reads it, or a
+diffusers pipeline's, `TextConditioner.from_pipeline`) or one described in YAML
 (``--conditioner``, `TextConditioner.from_config`). The captions come from the run config's
 data section, a text file of prompts (``--prompts``), a JSONL manifest, webdataset shards or
 the shapes stream (``--shapes COUNT``), read by `clipcond.training.data`'s sources.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -40,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-config",
         help="a train-diffusion config: its encoders and settings, and (by default) its data",
     )
-    conditioner.add_argument("--pipeline", help="a diffusers pipeline folder (SD, SDXL, SD3, Flux, PixArt)")
+    conditioner.add_argument(
+        "--pipeline", help="a pipeline folder: clipcond's (run/pipeline), or SD, SDXL, SD3, Flux, PixArt"
+    )
     conditioner.add_argument("--conditioner", help="a conditioner YAML (ConditionerConfig)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompts", help="a UTF-8 text file, one prompt per line")
@@ -129,8 +133,9 @@ def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> 
         todo = [(caption_hash(caption), caption) for caption in distinct if caption_hash(caption) not in done]
 
         # 4. Encode in batches, write full shards as they fill
+        encode, spec = conditioner.encode_records, conditioner.record_spec  # records that do not fit are refused
         written = _encode_into_shards(
-            todo, conditioner.encode_records, out, done.next_index, identity, CAPTION_EMBEDDINGS, args, len(todo)
+            todo, encode, out, done.next_index, identity, CAPTION_EMBEDDINGS, args, len(todo), spec=spec
         )
     return (
         f"{_counted(len(todo), 'caption')} encoded into {_counted(written, 'new shard')} in {out} "
@@ -296,12 +301,7 @@ def _conditioner(args: argparse.Namespace, train_config: Any) -> Any:
         with user_errors(*loading, context="--train-config: "):
             conditioner = build_conditioner(train_config)
     elif args.pipeline:
-        from diffusers import DiffusionPipeline
-
-        if not Path(args.pipeline).is_dir():
-            raise UsageError(f"--pipeline: no such folder {args.pipeline}")
-        with user_errors(*loading, context=f"--pipeline {args.pipeline}: "):
-            conditioner = TextConditioner.from_pipeline(DiffusionPipeline.from_pretrained(args.pipeline))
+        conditioner = _pipeline_conditioner(args.pipeline, loading)
     else:
         if not Path(args.conditioner).is_file():
             raise UsageError(f"--conditioner: no such file {args.conditioner}")
@@ -310,6 +310,38 @@ def _conditioner(args: argparse.Namespace, train_config: Any) -> Any:
     conditioner.cache = None
     with user_errors(RuntimeError, context="--device: "):
         return conditioner.to(args.device)
+
+
+def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...]) -> Any:
+    """The conditioner of the pipeline in `folder`: a `CLIPConditionedPipeline`'s own (read as
+    ``generate`` reads it), or `TextConditioner.from_pipeline` of a diffusers one (read with
+    clipcond's pipelines, and so its tokenizer, imported). UsageError when it cannot be read."""
+    import diffusers
+
+    from clipcond.conditioning import TextConditioner
+    from clipcond.pipelines import CLIPConditionedPipeline
+    from clipcond.pipelines.generate import load_pipeline
+
+    context, index = f"--pipeline {folder}: ", Path(folder) / "model_index.json"
+    loading = (*loading, RuntimeError)  # transformers' error for some damaged components (a config.json missing)
+    if not Path(folder).is_dir():
+        raise UsageError(f"--pipeline: no such folder {folder}")
+    if not index.is_file():
+        run = (Path(folder) / "pipeline").is_dir()
+        raise UsageError(f"{context}no model_index.json: not a saved pipeline{' (a run: use its pipeline/)' * run}")
+    with user_errors(OSError, ValueError, RecursionError, context=f"{context}model_index.json: "):
+        config = json.loads(index.read_text(encoding="utf-8"))
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    if class_name == CLIPConditionedPipeline.__name__:
+        with user_errors(*loading, context=context):
+            return load_pipeline(folder).conditioner
+    if not isinstance(class_name, str) or not isinstance(getattr(diffusers, class_name, None), type):
+        raise UsageError(
+            f"{context}model_index.json names the pipeline class {class_name!r:.80}, which --pipeline cannot read: "
+            f"give a saved {CLIPConditionedPipeline.__name__} or a diffusers pipeline"
+        )
+    with user_errors(*loading, context=context):
+        return TextConditioner.from_pipeline(diffusers.DiffusionPipeline.from_pretrained(folder))
 
 
 def _encode_into_shards(
@@ -322,27 +354,35 @@ def _encode_into_shards(
     args: argparse.Namespace,
     total: int | None,
     unit: str = "caption",
+    spec: Any = None,
 ) -> int:
     """Encode the items of (key, item) pairs in batches of ``--batch-size`` (`encode`: items ->
     one record each) into shards of `kind` numbered from `first_index`; returns how many shards
-    were written. A shard is written once it is full, and the last one at the end."""
+    were written. A shard is written once it is full, and the last one at the end. Records that
+    are not finite or do not fit `spec` (a `RecordSpec`, or None), and an encoder giving NaN,
+    stop the command (`RunFailed`): the shards written before stay, and a fixed model resumes."""
     from tqdm.auto import tqdm
 
-    from clipcond.training.data.embedding_shards import write_shard
+    from clipcond.errors import RunFailed
+    from clipcond.training.data.embedding_shards import UnfitRecord, write_shard
+    from clipcond.window_encoding import NonFiniteEncoding
 
     pending: dict[str, Any] = {}
     index = first_index
     items = iter(keyed_items)
-    with tqdm(total=total, unit=unit, desc="encode", disable=args.no_progress) as progress:
+    with (
+        user_errors(UnfitRecord, NonFiniteEncoding, error=RunFailed, context="stopped, the shards written kept: "),
+        tqdm(total=total, unit=unit, desc="encode", disable=args.no_progress) as progress,
+    ):
         while batch := list(itertools.islice(items, args.batch_size)):
             for (key, _), record in zip(batch, encode([item for _, item in batch])):
                 pending[key] = record
                 if len(pending) == args.shard_size:
-                    write_shard(out, index, pending, identity, kind)
+                    write_shard(out, index, pending, identity, kind, spec)
                     index, pending = index + 1, {}
             progress.update(len(batch))
         if pending:
-            write_shard(out, index, pending, identity, kind)
+            write_shard(out, index, pending, identity, kind, spec)
             index += 1
     return index - first_index
 

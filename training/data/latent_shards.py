@@ -79,7 +79,9 @@ def vae_identity(vae: nn.Module) -> EmbeddingIdentity:
 
 class LatentShards(KeyedShards):
     """The finished latent shards of a folder, checked against `expected` (the run's
-    `vae_identity`); see `KeyedShards` for the arguments and errors."""
+    `vae_identity`); each record read is checked against the digest its shard records, as
+    every `KeyedShards` record is (the writer refused non-finite latents). See `KeyedShards` for
+    the arguments and errors."""
 
     kind = LATENTS
     argument = "data.latents"
@@ -92,6 +94,7 @@ class LatentShards(KeyedShards):
 
         Raises:
             MissingLatents: an image is not in the folder (the message names its hash).
+            DamagedRecord: its latents are damaged (the message names the shard and the hash).
         """
         means, stds = [], []
         for position, image in enumerate(pixels):

@@ -10,12 +10,16 @@ Each source gives `(PIL.Image in RGB, caption)` pairs (`webdataset_samples`,
 reason: never fatal, always reported at the end of a run. Whatever reading one sample can raise
 is caught at that sample, and only there:
 
-- a manifest line: not UTF-8, not JSON, not a JSON object, an ``image`` that is not a path
-  ("bad manifest line"), a ``caption`` that is not text ("bad manifest line"), missing or null
-  ("no caption") or blank ("empty caption");
+- a manifest line: not UTF-8, not JSON (JSON nested too deeply to parse included), not a JSON
+  object, an ``image`` that is not a path ("bad manifest line"), a ``caption`` that is not text
+  ("bad manifest line"), missing or null ("no caption") or blank ("empty caption");
 - a shard member: a caption that is not UTF-8 ("caption not UTF-8"), missing ("no caption") or
   blank ("empty caption"), no image member ("no image"), a tar member that cannot be read
   ("unreadable tar member");
+- a shard that ends before its end-of-archive block, cut at a member's boundary or inside a
+  header ("truncated tar shard", counted once per shard, with a warning naming it): Python's
+  tarfile takes a missing or partial header for the end of the archive, so the samples after
+  the cut would otherwise be lost without a word;
 - an image: a missing file ("missing image"), one that cannot be read (a folder, no
   permission: "unreadable image"), bytes Pillow cannot decode, a truncated file included
   ("undecodable image").
@@ -30,6 +34,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from PIL import Image
@@ -138,16 +143,63 @@ def _local_path(url: str) -> Path | None:
     return Path(parsed.path) if parsed.scheme == "file" else None
 
 
+class _ShardStream:
+    """A shard's byte stream that notes whether its tar reader asked for bytes past its end.
+
+    A complete tar ends with an end-of-archive block of zeros, at which the reader stops; a
+    reader that runs out of bytes first read a shard that was cut short (tarfile then ends the
+    archive silently, at a member boundary or inside a partial header)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.consumed = 0
+        self.ran_out = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.consumed += len(data)
+        if not data and size != 0:
+            self.ran_out = True
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _watched(sources: Iterator[dict], skipped: SkipCounter) -> Iterator[dict]:
+    """webdataset's opened shards, each stream watched (`_ShardStream`); once the tar reader
+    has finished a shard (it asks for the next), a shard cut short is counted and named."""
+    for source in sources:
+        stream = source["stream"] = _ShardStream(source["stream"])
+        yield source
+        if stream.ran_out:
+            url = source.get("url", "?")
+            skipped.skip("truncated tar shard", url)
+            logger.warning(
+                "%s ends after %d bytes, before its tar end-of-archive block: the shard was cut short (an "
+                "interrupted copy or download?) and the samples after the cut are lost; counted as skipped",
+                url,
+                stream.consumed,
+            )
+
+
 def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[dict]:
     """The samples of the shards `urls` names (see `shard_urls`), in order, as webdataset groups
-    tar members by key; a member that cannot be read is skipped and counted."""
-    import webdataset as wds
+    tar members by key; a member that cannot be read is skipped and counted, and so is a shard
+    cut short (`_watched`).
+
+    These are the stages of webdataset's ``tarfile_to_samples`` (open, expand, group by key)
+    with the shards' streams watched between the first two, and without ``WebDataset``'s node
+    splitter: every rank of a multi-process run reads every shard (`ImageCaptionBatches`)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
     def on_error(error: Exception) -> bool:
         skipped.skip("unreadable tar member", repr(error))
         return True
 
-    yield from wds.WebDataset(shard_urls(urls), shardshuffle=False, handler=on_error, empty_check=False)
+    opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_error)
+    members = tar_file_expander(_watched(opened, skipped), handler=on_error)
+    yield from group_by_keys(members, handler=on_error)
 
 
 def _member_caption(sample: dict) -> str:
@@ -198,7 +250,8 @@ def _manifest_line(line: bytes) -> tuple[str | None, str]:
     """(image path as written or None, caption) of one manifest line; raises `_Unusable`."""
     try:
         entry = json.loads(line)  # bytes that are not UTF-8 raise UnicodeDecodeError, a ValueError
-    except ValueError as error:
+    # JSON nested deeper than the interpreter's recursion limit ("[[[[...") is a RecursionError
+    except (ValueError, RecursionError) as error:
         raise _Unusable("bad manifest line", repr(error)) from None
     if not isinstance(entry, dict):
         raise _Unusable("bad manifest line", f"a JSON {type(entry).__name__}, not an object")

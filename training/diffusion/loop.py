@@ -194,7 +194,7 @@ def _embedding_shards(config: TrainDiffusionConfig, conditioner: TextConditioner
     from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards
 
     identity = EmbeddingIdentity(*conditioner.identity())
-    return EmbeddingShards(config.data.embeddings, identity, argument="data.embeddings")
+    return EmbeddingShards(config.data.embeddings, identity, argument="data.embeddings", spec=conditioner.record_spec)
 
 
 def _latent_shards(config: TrainDiffusionConfig, vae: nn.Module | None) -> LatentShards | None:
