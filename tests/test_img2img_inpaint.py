@@ -437,8 +437,8 @@ def test_bad_input_fails_before_any_work(task, kwargs, error, message, monkeypat
 def _deep_components(unet_in_channels: int) -> dict:
     """SD components whose UNet halves the latents three times under a VAE of factor 2: sizes
     that are multiples of 8 but not of 2 x 2**3 = 16 make up-blocks meet skips of odd sizes."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from tiny_pipelines import WIDTH
+    from diffusers import UNet2DConditionModel
+    from tiny_pipelines import WIDTH, _small_vae
 
     parts = sd_components(unet_in_channels)
     torch.manual_seed(0)
@@ -453,15 +453,10 @@ def _deep_components(unet_in_channels: int) -> dict:
         cross_attention_dim=WIDTH,
         norm_num_groups=2,
     )
-    parts["vae"] = AutoencoderKL(
+    parts["vae"] = _small_vae(  # two blocks: a scale factor of 2
         block_out_channels=(4, 4),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=1,
-        sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
     )
     return parts
 

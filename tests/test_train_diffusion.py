@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,31 @@ def test_run_writes_a_pipeline_that_generates(trained: Path) -> None:
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and np.isfinite(losses).all()
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000000002", "step-000000003"]
+
+
+def test_a_text_tower_stored_in_float16_trains_as_its_float32_copy(tiny_clip_text_path, tmp_path: Path) -> None:
+    """The bundled model stores its text tower in float16: a run on such a tower reads it in
+    float32, as on a float32 copy of the same values (a dtype mismatch error before)."""
+    from transformers import CLIPTextModel
+
+    half, single = tmp_path / "half", tmp_path / "single"
+    stored = CLIPTextModel.from_pretrained(tiny_clip_text_path).half()
+    stored.save_pretrained(half)
+    stored.float().save_pretrained(single)
+    for folder in (half, single):
+        shutil.copytree(
+            tiny_clip_text_path,
+            folder,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("*.safetensors", "config.json"),
+        )
+    weights = {}
+    for name, folder in (("half", half), ("single", single)):
+        run = train_diffusion(
+            tiny_config(folder, tmp_path / f"run-{name}", steps=2, ema_decay=None), show_progress=False
+        )
+        weights[name] = unet_weights(run.pipeline_dir)
+    assert all(torch.equal(weights["half"][key], weights["single"][key]) for key in weights["single"])
 
 
 def test_final_unet_holds_the_ema_weights(tiny_clip_text_path, tmp_path: Path) -> None:

@@ -43,7 +43,9 @@ def load_frozen_text_encoder(path: str) -> nn.Module:
     level = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        model = CLIPTextModel.from_pretrained(folder)
+        # float32 whatever the stored dtype (the bundled model's is float16): the run computes in
+        # float32 and mixed precision is accelerate's autocast, as for the UNet
+        model = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(level)
     return model.eval().requires_grad_(False)
@@ -60,7 +62,7 @@ def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
         raise FileNotFoundError(f"t5_encoder: no T5 encoder at {path} (expected config.json or text_encoder/)")
     tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    model = T5EncoderModel.from_pretrained(model_folder)
+    model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
     return model.eval().requires_grad_(False), tokenizer
 
 
