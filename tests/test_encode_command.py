@@ -191,6 +191,19 @@ def test_a_pipeline_folder_and_a_conditioner_yaml_encode_as_their_conditioners(s
     )
 
 
+def test_a_settings_difference_is_quoted_where_it_is() -> None:
+    """A difference late in a long setting (a recipe's repr) is shown around where it is, so
+    the two quotes differ (cut from their starts, both read "Recipe(name='sd', ...")."""
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity
+
+    long = "Recipe(" + "x" * 300 + ", emphasis='{}')"
+    mine = EmbeddingIdentity("w", f"v4|{long.format('a1111')}|parse=True")
+    theirs = EmbeddingIdentity("w", f"v4|{long.format('comfy')}|parse=True")
+    tail = "x" * 28 + ", emphasis='{}')"
+    expected = f"conditioner settings {'...' + tail.format('a1111')!r} instead of {'...' + tail.format('comfy')!r}"
+    assert mine.difference(theirs) == expected
+
+
 def test_sigkill_and_resume_give_every_caption_once_with_the_conditioners_records(
     tiny_clip_text_path, tmp_path: Path
 ) -> None:
@@ -396,8 +409,7 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
             stored = shards.record(caption)
             assert stored.tensors().keys() == live.tensors().keys()
             assert all(torch.equal(getattr(stored, k), v) for k, v in live.tensors().items()), (name, caption)
-    # a run on the trained pipeline's shards: the weights of the run with its live encoder (the
-    # bundled model's float16 encoder does not condition a float32 UNet, with shards or without)
+    # a run on the trained pipeline's shards: the weights of the run with its live encoder
     live_run = train_diffusion(tiny_config(trained.pipeline_dir, tmp_path / "live", steps=1), show_progress=False)
     shards_config = DiffusionDataConfig(embeddings=str(tmp_path / "emb-trained"))
     read_run = train_diffusion(

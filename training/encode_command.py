@@ -333,8 +333,12 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
         config = json.loads(index.read_text(encoding="utf-8"))
     class_name = config.get("_class_name") if isinstance(config, dict) else None
     if class_name == CLIPConditionedPipeline.__name__:
+        import torch
+
         with user_errors(*loading, context=context):
-            return load_pipeline(folder).conditioner
+            # in float32, as a train-diffusion run on this folder reads its text tower (the
+            # bundled model is stored in float16), so that the run takes these shards
+            return load_pipeline(folder, torch_dtype=torch.float32).conditioner
     if not isinstance(class_name, str) or not isinstance(getattr(diffusers, class_name, None), type):
         raise UsageError(
             f"{context}model_index.json names the pipeline class {class_name!r:.80}, which --pipeline cannot read: "

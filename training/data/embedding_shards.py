@@ -158,8 +158,20 @@ class EmbeddingIdentity:
             index = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
             part = mine[index] if index < len(mine) else "(nothing)"
             other_part = theirs[index] if index < len(theirs) else "(nothing)"
-            return f"conditioner settings {part[:120]!r} instead of {other_part[:120]!r}"
+            return f"conditioner settings {_around_difference(part, other_part)}"
         return None
+
+
+def _around_difference(mine: str, theirs: str, context: int = 40) -> str:
+    """ "'...mine...' instead of '...theirs...'", each cut to `context` characters either side of
+    where they first differ (a long recipe repr cut from its start could show two equal texts)."""
+    start = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+
+    def cut(text: str) -> str:
+        left, right = max(0, start - context), start + context
+        return ("..." if left else "") + text[left:right] + ("..." if right < len(text) else "")
+
+    return f"{cut(mine)!r} instead of {cut(theirs)!r}"
 
 
 def shard_path(folder: Path, index: int, kind: ShardKind = CAPTION_EMBEDDINGS) -> Path:
