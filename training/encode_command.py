@@ -317,6 +317,7 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
     ``generate`` reads it), or `TextConditioner.from_pipeline` of a diffusers one (read with
     clipcond's pipelines, and so its tokenizer, imported). UsageError when it cannot be read."""
     import diffusers
+    import torch
 
     from clipcond.conditioning import TextConditioner
     from clipcond.pipelines import CLIPConditionedPipeline
@@ -332,12 +333,8 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
     with user_errors(OSError, ValueError, RecursionError, context=f"{context}model_index.json: "):
         config = json.loads(index.read_text(encoding="utf-8"))
     class_name = config.get("_class_name") if isinstance(config, dict) else None
-    if class_name == CLIPConditionedPipeline.__name__:
-        import torch
-
+    if class_name == CLIPConditionedPipeline.__name__:  # in float32, as a run reads its text tower
         with user_errors(*loading, context=context):
-            # in float32, as a train-diffusion run on this folder reads its text tower (the
-            # bundled model is stored in float16), so that the run takes these shards
             return load_pipeline(folder, torch_dtype=torch.float32).conditioner
     if not isinstance(class_name, str) or not isinstance(getattr(diffusers, class_name, None), type):
         raise UsageError(
