@@ -157,8 +157,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_clip_text_path, 
 
 @pytest.mark.parametrize("poisoned", ["unet", "ema"])
 def test_weights_that_became_nan_are_never_saved(tiny_clip_text_path, tmp_path: Path, monkeypatch, poisoned) -> None:
-    """An update that leaves NaN in the trained UNet (found right after the update) or in the
-    EMA weights only (found before the checkpoint) stops the run, the loss still finite. Before:
+    """An update that leaves NaN in the trained UNet or in the EMA weights only (found before
+    the checkpoint, before which the loss is still finite) stops the run. Before:
     checkpoints and the pipeline were written from them and the run ended normally."""
     from diffusers.training_utils import EMAModel
 

@@ -499,3 +499,31 @@ def test_a_checkpoint_holding_nan_is_refused_when_resuming(shard_folder: Path, t
     ):
         train_clip(config, resume=True, show_progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_weights_checked_before_a_checkpoint_name_the_steps_since_the_last_one(
+    shard_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Weights are checked before each write, not after every update: NaN left by the update
+    of step 3, with checkpoints every 2 steps, is found before step 4's checkpoint (the loss of
+    step 4 reads the NaN weight only if its batch does: this one keeps the loss finite), and the
+    message names steps 3 to 4 and the checkpoint of step 2."""
+    config = _clip_on_shards(
+        f"{shard_folder}/good-000000.tar", tmp_path, steps=4, checkpoint_every=2, keep_checkpoints=3
+    )
+    real = clip_loop.ContrastiveStep.update
+    calls = {"n": 0}
+
+    def update(self) -> None:
+        real(self)
+        calls["n"] += 1
+        if calls["n"] == 3:  # a weight the forward pass does not read: the logit scale's shadow copy
+            self.model.register_buffer("poisoned_copy", torch.full((1,), float("nan")), persistent=True)
+
+    monkeypatch.setattr(clip_loop.ContrastiveStep, "update", update)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"updates of steps 3 to 4 \(model\.poisoned_copy\).*last good checkpoint is \S*step-000000002\)",
+    ):
+        train_clip(config, show_progress=False)
+    assert [path.name for path in (tmp_path / "checkpoints").glob("step-*")] == ["step-000000002"]
