@@ -246,17 +246,14 @@ def sdxl_rows(args: argparse.Namespace) -> list[str]:
         return StableDiffusionXLPipeline(**parts, add_watermarker=False)
 
     parts = fresh_parts()
-    sides = three_sides(make_peer(parts), dtype)
-    prompt, negative = "a red circle to the left of a blue square", "blurry"
-    timed = image_timer(prompt, negative, args.steps, 5.0, on_gpu)
-    median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
+    sides, timed, median, peak = time_sides(make_peer(parts), dtype, 5.0, args, on_gpu)
     lines = [
         "## SDXL: CLIPConditionedPipeline / StableDiffusionXLPipeline (same components)",
         "",
         settings_line(args, parts, device, "Euler", 5.0, SHAPES_IN_WORDS["sdxl", args.sdxl_size]),
         "",
         *pipeline_table(median, peak, "StableDiffusionXLPipeline", on_gpu),
-        *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats, family="sdxl"),
+        *image_task_rows(parts, PROMPT, NEGATIVE, args.steps, on_gpu, args.repeats, family="sdxl"),
     ]
     if on_gpu:
         del sides
@@ -335,18 +332,15 @@ def sd_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         )
 
     parts = fresh_parts()
-    sides = three_sides(make_peer(parts), dtype)
-    prompt, negative = "a red circle to the left of a blue square", "blurry"
-    timed = image_timer(prompt, negative, args.steps, 7.5, on_gpu)
-    median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
+    sides, timed, median, peak = time_sides(make_peer(parts), dtype, 7.5, args, on_gpu)
     lines = [
         "# Time per image: CLIPConditionedPipeline / StableDiffusionPipeline (same components)",
         "",
         settings_line(args, parts, device, "DDIM", 7.5, SHAPES_IN_WORDS["sd", args.size]),
         "",
         *pipeline_table(median, peak, "StableDiffusionPipeline", on_gpu),
-        *text_batch_rows(parts, prompt, negative, median["peer"], on_gpu, max(args.repeats, 20)),
-        *image_task_rows(parts, prompt, negative, args.steps, on_gpu, args.repeats),
+        *text_batch_rows(parts, PROMPT, NEGATIVE, median["peer"], on_gpu, max(args.repeats, 20)),
+        *image_task_rows(parts, PROMPT, NEGATIVE, args.steps, on_gpu, args.repeats),
     ]
     if on_gpu:
         pipes = dict(sides)
@@ -365,6 +359,20 @@ SHAPES_IN_WORDS = {
     "VAE, scaled down",
     ("sdxl", "full"): "SDXL base 1.0's shapes (2.6B UNet, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, VAE)",
 }
+
+
+# the prompt and negative every table times
+PROMPT, NEGATIVE = "a red circle to the left of a blue square", "blurry"
+
+
+def time_sides(peer, dtype, guidance: float, args: argparse.Namespace, on_gpu: bool):
+    """(sides, timer, median seconds by side, peak memory by side) of ours (cache on and off)
+    and `peer` (`three_sides`) on PROMPT at ``--steps`` and `guidance` (`image_timer`), warmed
+    and timed ``--repeats`` times (`warm_and_time`)."""
+    sides = three_sides(peer, dtype)
+    timed = image_timer(PROMPT, NEGATIVE, args.steps, guidance, on_gpu)
+    median, peak = warm_and_time(sides, timed, args.repeats, on_gpu)
+    return sides, timed, median, peak
 
 
 def image_timer(prompt: str, negative: str, steps: int, guidance: float, on_gpu: bool):

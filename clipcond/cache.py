@@ -18,11 +18,9 @@ its metadata, its key. The disk level never raises and never returns a wrong rec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import secrets
 from collections import OrderedDict
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from clipcond.output_paths import write_atomically
 from clipcond.record_spec import RecordSpec
 from clipcond.records import EncodedPrompt
 from clipcond.tensor_digest import DIGEST_METADATA_KEY, digest_problem, tensor_digest
@@ -106,7 +105,7 @@ class EmbeddingCache:
         text = text[:_TEXT_IN_METADATA].encode("utf-8", "backslashreplace").decode("utf-8")
         data = save(tensors, metadata={"key": key, "text": text, DIGEST_METADATA_KEY: tensor_digest(tensors)})
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as error:
             logger.warning(
                 "embedding cache: cannot write to %s (%s); caching in memory only from now on", self.directory, error
@@ -173,24 +172,7 @@ def _parse_entry(
     if recorded != key:
         shown = "no key" if recorded is None else f"key {str(recorded)[:16]}..."
         return None, f"it records {shown}, not its own"
-    problem = digest_problem(tensors, metadata) or expected.problem(tensors)
+    problem = digest_problem(tensors, metadata.get(DIGEST_METADATA_KEY)) or expected.problem(tensors)
     if problem is not None:
         return None, problem
     return tensors, None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename.
-
-    The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
-    for any file the user writes (`tempfile.mkstemp` would make it 0o600)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with open(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

@@ -36,31 +36,39 @@ def check_output_location(path: str | Path, option: str) -> Path:
     return path
 
 
-def check_new_file(path: str | Path, option: str, force: bool) -> Path:
+def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file") -> Path:
     """Check, before any work, that the file `path` may be written: not a folder, not already
     there unless `force`, and its folder takes a new file (`check_output_location`).
+
+    Args:
+        kind: what the file is, for the message ("file", ".png file").
 
     Raises:
         UsageError: naming `option`, saying which of these fails and what to do.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; name a file")
+        raise UsageError(f"{option} {path} is a folder; name a {kind}")
     if path.exists() and not force:
         raise UsageError(f"{option} {path} already exists; pass --force to replace it, or choose another file")
     return check_output_location(path, option)
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a hidden temporary file in the same folder and a
-    rename: a reader, or a kill midway, never sees half a file, and an existing file is replaced
-    only by a complete one."""
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a hidden temporary file in the same folder and a rename: a
+    reader, or a kill midway, never sees half a file, and an existing file is replaced only by
+    a complete one.
+
+    The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
+    for any file the user writes (`tempfile.mkstemp` would make it 0o600)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        temporary.write_text(text, encoding="utf-8")
+        with open(handle, "wb") as stream:
+            stream.write(data)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary)
         raise

@@ -29,10 +29,10 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return f"{crc:08x}"
 
 
-def digest_problem(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> str | None:
-    """What is wrong with tensors read back against the digest their file records, or None."""
-    recorded = None if metadata is None else metadata.get(DIGEST_METADATA_KEY)
-    if recorded is None:
+def digest_problem(tensors: Mapping[str, torch.Tensor], recorded: object) -> str | None:
+    """What is wrong with tensors read back against the digest their file records (`recorded`:
+    None, or anything but a string, when it records none), or None."""
+    if not isinstance(recorded, str):
         return "it records no digest of its tensors"
     if tensor_digest(tensors) != recorded:
         return "its tensor bytes do not match the digest it records"

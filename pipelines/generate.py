@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
-from clipcond.output_paths import check_output_location
+from clipcond.output_paths import check_new_file
 
 if TYPE_CHECKING:
     import torch
@@ -131,11 +131,7 @@ def check_output(output: str | Path, force: bool) -> Path:
     output = Path(output).expanduser()
     if output.suffix.lower() != ".png":
         raise UsageError(f"-o/--output must end in .png, got {output}")
-    if output.is_dir():
-        raise UsageError(f"-o/--output {output} is a folder; name a .png file")
-    if output.exists() and not force:
-        raise UsageError(f"-o/--output {output} already exists; pass --force to replace it, or choose another file")
-    return check_output_location(output, "-o/--output")
+    return check_new_file(output, "-o/--output", force, kind=".png file")
 
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:

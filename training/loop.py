@@ -503,7 +503,7 @@ class TrainingRun:
     # (their largest absolute value: NaN propagates through torch's max, inf stays inf, a finite
     # weight cannot overflow it) and one read; and once before the first step, so that a resumed
     # checkpoint written by an older, unchecked run is never called "the last good checkpoint".
-    # After every update the same reduction cost 12% of a step of the diffusion benchmark's
+    # After every update the same reduction cost 11-13% of a step of the diffusion benchmark's
     # tiny UNet on one CPU thread (bench_train_diffusion, 2026-11-29); and weights made NaN make
     # the next step's loss NaN, which the per-step loss check stops at, so what the write checks
     # add is the last steps before a checkpoint, and state the loss does not read (EMA weights).

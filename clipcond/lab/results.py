@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clipcond.output_paths import write_atomically
+
 RESULTS_NAME = "results.jsonl"
 
 
@@ -72,10 +74,7 @@ def rewrite_results(path: str | Path, lines: Iterable[dict[str, Any]]) -> None:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 __all__ = ["RESULTS_NAME", "append_results", "read_results", "rewrite_results", "write_json_atomic"]

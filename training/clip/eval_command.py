@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
-from clipcond.output_paths import check_new_file, write_text_atomically
+from clipcond.output_paths import check_new_file, write_atomically
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(output, text + "\n")
+        write_atomically(output, (text + "\n").encode("utf-8"))
     return 0
 
 
