@@ -63,9 +63,7 @@ def assemble(
         length, width = t5_zeros
         t5_tokens = torch.zeros(batch, length, width, device=device, dtype=dtype)
         t5_mask = torch.ones(batch, length, dtype=torch.long, device=device)
-    pooled = torch.stack([record.pooled for record in records]) if recipe.pooled != "none" else None
-    if pooled is not None and any(project is not None for _, project in pooled_parts):
-        pooled = _projected_pooled(pooled, pooled_parts, groups or [batch])
+    pooled = pooled_vectors(records, pooled_parts, groups) if recipe.pooled != "none" else None
 
     mask = None
     if recipe.combine == "concat_channels":
@@ -94,6 +92,17 @@ def assemble(
         pooled=None if pooled is None else pooled.to(device=tokens.device, dtype=dtype),
         mask=mask.to(tokens.device) if (recipe.return_mask and mask is not None) else None,
     )
+
+
+def pooled_vectors(
+    records: Sequence[EncodedPrompt], pooled_parts: Sequence[tuple[int, Any]], groups: Sequence[int] | None = None
+) -> torch.Tensor:
+    """(batch, pooled width): the records' pooled states, each part through its text
+    projection (see `assemble`'s `pooled_parts`), over each group of rows on its own."""
+    pooled = torch.stack([record.pooled for record in records])
+    if any(project is not None for _, project in pooled_parts):
+        pooled = _projected_pooled(pooled, pooled_parts, groups or [len(records)])
+    return pooled
 
 
 def _projected_pooled(pooled: torch.Tensor, parts: Sequence[tuple[int, Any]], groups: Sequence[int]) -> torch.Tensor:

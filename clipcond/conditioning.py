@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from clipcond.assembly import assemble
+from clipcond.assembly import assemble, pooled_vectors
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
@@ -326,7 +326,9 @@ class TextConditioner:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")
         else:
             self._check_unread_negatives(negative_extra)
-        schedule = schedule_for_pipeline(self._embeds_of, self.family, items, negative_items, num_inference_steps)
+        schedule = schedule_for_pipeline(
+            self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
+        )
         if schedule is not None:
             positive, negative = schedule.embeds_at(0)
         else:
@@ -386,7 +388,7 @@ class TextConditioner:
         elif any(negative_extra.values()):
             raise ValueError("`negative_prompt_2` / `negative_prompt_3` need `negative_prompt` (their default)")
         check_steps(num_inference_steps)
-        return build_schedule(self._embeds_of, items, negative_items, num_inference_steps)
+        return build_schedule(self._scheduled_embeds, items, negative_items, num_inference_steps)
 
     def load_textual_inversion(self, path_or_state_dict: Any, token: str | None = None) -> None:
         """Load a textual-inversion embedding into this conditioner's CLIP encoders.
@@ -460,9 +462,26 @@ class TextConditioner:
             for reading in texts
         ]
 
-    def _embeds_of(self, items: list[str | Reading]) -> PromptEmbeds:
-        """`PromptEmbeds` of a batch of texts or readings (what schedules encode)."""
-        return self._assemble(self._records(items))
+    def _scheduled_embeds(
+        self, items: list[str | Reading], steps: list[tuple[list[int], list[int] | None]]
+    ) -> tuple[PromptEmbeds, list[torch.Tensor] | None]:
+        """What a schedule encodes (`clipcond.scheduled_embeds.ScheduleEncoder`): `PromptEmbeds`
+        of a batch of texts or readings, and, where a text projection finishes the pooled
+        vectors, each step's (its prompt rows, negative rows) pooled vectors, projected over
+        the prompts and then the negatives as `encode_prompt` runs them."""
+        records = self._records(items)
+        embeds = self._assemble(records)
+        parts = self._pooled_parts()
+        if embeds.pooled is None or all(project is None for _, project in parts):
+            return embeds, None
+        pooled = []
+        with torch.enable_grad() if self._assembly_keeps_graph() else torch.no_grad():
+            for prompt_rows, negative_rows in steps:
+                rows = prompt_rows + (negative_rows or [])
+                groups = [len(prompt_rows)] + ([len(negative_rows)] if negative_rows else [])
+                vectors = pooled_vectors([records[row] for row in rows], parts, groups)
+                pooled.append(vectors.to(device=embeds.pooled.device, dtype=embeds.pooled.dtype))
+        return embeds, pooled
 
     # ------------------------------------------------------------------ records, for pre-encoding
 
@@ -595,30 +614,36 @@ class TextConditioner:
     ) -> PromptEmbeds:
         """`assemble` with this conditioner's settings; `groups`: the row counts over which
         text projections run apart (a call's prompts, then its negatives, as diffusers runs them)."""
-        pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
-        # No graph into frozen weights: the learned projection keeps its graph only while it
-        # trains, the encoders' text projections only while an encoder trains (their records
-        # were made so: `_encode_records`), and the records' own graph is kept either way.
-        encoders_train = self._encoders_need_grad()
-        keeps_graph = encoders_train or (self.projection is not None and _trains(self.projection))
-
-        def projector(encoder: TextEncoder):
-            if encoder.pooled_projection is None:
-                return None
-            return encoder.project_pooled if encoders_train else torch.no_grad()(encoder.project_pooled)
-
-        with torch.enable_grad() if keeps_graph else torch.no_grad():
+        with torch.enable_grad() if self._assembly_keeps_graph() else torch.no_grad():
             return assemble(
                 records,
                 self._active_recipe,
                 lambda: (empty_prompt or self._records([""])[0]).clip_tokens,
                 projection=self.projection,
                 t5_zeros=self.t5_zeros,
-                pooled_parts=[(encoder.width, projector(encoder)) for encoder in pooling],
+                pooled_parts=self._pooled_parts(),
                 groups=groups,
                 dtype=self.dtype,
                 device=self.device,
             )
+
+    def _assembly_keeps_graph(self) -> bool:
+        """No graph into frozen weights: the learned projection keeps its graph only while it
+        trains, the encoders' text projections only while an encoder trains (their records
+        were made so: `_encode_records`), and the records' own graph is kept either way."""
+        return self._encoders_need_grad() or (self.projection is not None and _trains(self.projection))
+
+    def _pooled_parts(self) -> list[tuple[int, Any]]:
+        """`assemble`'s `pooled_parts`: (width, text projection or None) per pooling CLIP."""
+        pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
+        encoders_train = self._encoders_need_grad()
+
+        def projector(encoder: TextEncoder):
+            if encoder.pooled_projection is None:
+                return None
+            return encoder.project_pooled if encoders_train else torch.no_grad()(encoder.project_pooled)
+
+        return [(encoder.width, projector(encoder)) for encoder in pooling]
 
     # ------------------------------------------------------------------ constructors
 

@@ -2,7 +2,11 @@
 
 `PromptSchedule` holds every distinct text a batch of prompts (and negatives) reads over the
 steps, encoded in one batch (so all share one sequence length and a step's embeddings can
-replace another's), and which row conditions each prompt at each step. `StepSwap` is a
+replace another's), and which row conditions each prompt at each step. Pooled vectors that a
+text projection finishes (SDXL's, SD3's) are projected per step, over that step's prompts and
+then its negatives, the two batches of diffusers' `encode_prompt`: the projection's rounding
+depends on its row count, so a step's pooled vectors are those of `encode_prompt` given that
+step's texts, bit for bit. `StepSwap` is a
 `callback_on_step_end` for a diffusers pipeline that puts the next step's rows in place where
 the text changes; which tensors it may replace is the family's (`Family.step_callback_tensors`).
 
@@ -12,7 +16,8 @@ prompts such as SDXL's `prompt_2`); each text of a tuple is scheduled on its own
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +41,16 @@ class PromptSchedule:
         embeds: their embeddings, one row per text: tokens (texts, seq, width).
         prompt_rows: per step, the row in `embeds` of each prompt.
         negative_rows: per step, the row of each negative prompt; None without negatives.
+        step_pooled: per step, the pooled vectors of its prompts then its negatives,
+            (prompts + negatives, pooled width), projected as `encode_prompt` projects them;
+            None where `embeds` has no pooled vector (then `embeds_at` selects from `embeds`).
     """
 
     texts: list[str]
     embeds: PromptEmbeds
     prompt_rows: list[list[int]]
     negative_rows: list[list[int]] | None
+    step_pooled: list[torch.Tensor] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -54,7 +63,14 @@ class PromptSchedule:
     def embeds_at(self, step: int) -> tuple[PromptEmbeds, PromptEmbeds | None]:
         """(prompts' embeddings, negatives' or None) of step `step`: (prompts, seq, width) each."""
         prompts, negatives = self.rows_at(step)
-        return self._select(prompts), None if negatives is None else self._select(negatives)
+        positive = self._select(prompts)
+        negative = None if negatives is None else self._select(negatives)
+        if self.step_pooled is not None:
+            pooled = self.step_pooled[step].to(positive.tokens.device)
+            positive = dataclasses.replace(positive, pooled=pooled[: len(prompts)])
+            if negative is not None:
+                negative = dataclasses.replace(negative, pooled=pooled[len(prompts) :])
+        return positive, negative
 
     def changes_after(self, step: int) -> bool:
         """True when step `step + 1` reads another text than step `step` for some prompt."""
@@ -91,11 +107,21 @@ def _texts_of(prompt: PromptText) -> tuple[str, ...]:
     return (prompt,) if isinstance(prompt, str) else tuple(prompt)
 
 
+# (texts, each distinct step's (prompt rows, negative rows or None)) -> (their PromptEmbeds,
+# each such step's pooled vectors of prompts then negatives, or None without pooled vectors).
+ScheduleEncoder = Callable[
+    [list[PromptText], list[tuple[list[int], list[int] | None]]], tuple[PromptEmbeds, list[torch.Tensor] | None]
+]
+
+
 def build_schedule(
-    encode, prompts: Sequence[PromptText], negatives: Sequence[PromptText] | None, num_inference_steps: int
+    encode: ScheduleEncoder,
+    prompts: Sequence[PromptText],
+    negatives: Sequence[PromptText] | None,
+    num_inference_steps: int,
 ) -> PromptSchedule:
     """The schedule of `prompts` (and `negatives`) over `num_inference_steps` steps; `encode`
-    (a list of texts or per-encoder tuples -> `PromptEmbeds`) runs once, on every distinct one."""
+    runs once, on every distinct text (or per-encoder tuple) and every distinct step's rows."""
     per_prompt = [_per_step(prompt, num_inference_steps) for prompt in prompts]
     per_negative = None if negatives is None else [_per_step(n, num_inference_steps) for n in negatives]
     texts = list(dict.fromkeys(t for steps in (per_prompt + (per_negative or [])) for t in steps))
@@ -104,11 +130,20 @@ def build_schedule(
     def rows(per_text: list[list[PromptText]]) -> list[list[int]]:
         return [[row[steps[step]] for steps in per_text] for step in range(num_inference_steps)]
 
+    prompt_rows = rows(per_prompt)
+    negative_rows = None if per_negative is None else rows(per_negative)
+    at_step = [
+        (prompt_rows[step], None if negative_rows is None else negative_rows[step])
+        for step in range(num_inference_steps)
+    ]
+    distinct = list(dict.fromkeys((tuple(p), None if n is None else tuple(n)) for p, n in at_step))
+    embeds, pooled = encode(texts, [(list(p), None if n is None else list(n)) for p, n in distinct])
+    step_pooled = None
+    if pooled is not None:
+        of_rows = dict(zip(distinct, pooled))
+        step_pooled = [of_rows[(tuple(p), None if n is None else tuple(n))] for p, n in at_step]
     return PromptSchedule(
-        texts=texts,
-        embeds=encode(texts),
-        prompt_rows=rows(per_prompt),
-        negative_rows=None if per_negative is None else rows(per_negative),
+        texts=texts, embeds=embeds, prompt_rows=prompt_rows, negative_rows=negative_rows, step_pooled=step_pooled
     )
 
 
@@ -191,10 +226,9 @@ def schedule_for_pipeline(
     missing = []
     if "tokens" not in swappable:
         missing.append("the prompt embeddings")
-    pooled = schedule.embeds.pooled
-    if pooled is not None and "pooled" not in swappable:
-        first = pooled[schedule.prompt_rows[0]]
-        if any(not torch.equal(pooled[rows], first) for rows in schedule.prompt_rows):
+    if schedule.embeds.pooled is not None and "pooled" not in swappable:
+        first = schedule.embeds_at(0)[0].pooled
+        if any(not torch.equal(schedule.embeds_at(step)[0].pooled, first) for step in range(schedule.num_steps)):
             missing.append("the pooled vector")
     if schedule.negative_rows is not None and not family.step_callback_negatives:
         if any(rows != schedule.negative_rows[0] for rows in schedule.negative_rows):

@@ -46,9 +46,8 @@ def test_diffusers_pipelines_switch_where_the_schedule_says(family, request):
     assert callable(kwargs["callback_on_step_end"])
     got = pipe(**kwargs, num_inference_steps=STEPS, generator=_generator(), output_type="latent").images
 
-    red_blue = cond.pipeline_kwargs(["a red circle", "a blue circle"], "blurry")
-    first = {key: value[:1] for key, value in red_blue.items()}
-    after = {key: value[1:] for key, value in red_blue.items()}
+    first = cond.pipeline_kwargs("a red circle", "blurry")  # each step's texts alone, as diffusers encodes them
+    after = cond.pipeline_kwargs("a blue circle", "blurry")
     switched = {"prompt_embeds": torch.cat([after["negative_prompt_embeds"], after["prompt_embeds"]])}
     inputs = ["prompt_embeds"]
     if family == "sdxl":
@@ -70,6 +69,30 @@ def test_diffusers_pipelines_switch_where_the_schedule_says(family, request):
     plain = pipe(**first, num_inference_steps=STEPS, generator=_generator(), output_type="latent").images
     assert torch.equal(got, reference)
     assert not torch.equal(got, plain)  # the switch changed the image
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_each_steps_pooled_vectors_are_encode_prompts_for_its_texts(family, request):
+    """A text projection rounds by its row count: every step's pooled vectors are those of
+    diffusers' encode_prompt given that step's prompts and negatives, bit for bit."""
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    cond = TextConditioner.from_pipeline(pipe)
+    prompts = ["a [red:blue:0.5] circle", "[cat|dog] on a mat", "a castle at night"]
+    schedule = cond.schedule(prompts, STEPS, "blurry")
+    for step in range(STEPS):
+        texts = [schedule.texts[row] for row in schedule.rows_at(step)[0]]
+        with torch.no_grad():  # as pipelines run it (T5's attention rounds otherwise with a graph)
+            reference = pipe.encode_prompt(texts, negative_prompt=["blurry"] * 3, **_ENCODE_EXTRAS[family])
+        positive, negative = schedule.embeds_at(step)
+        assert torch.equal(positive.tokens, reference[0])
+        assert torch.equal(positive.pooled, reference[2])
+        assert torch.equal(negative.pooled, reference[3])
+
+
+_ENCODE_EXTRAS = {
+    "sdxl": {"device": "cpu", "num_images_per_prompt": 1, "do_classifier_free_guidance": True},
+    "sd3": {"prompt_2": None, "prompt_3": None, "do_classifier_free_guidance": True},
+}
 
 
 def test_two_images_per_prompt_and_two_prompts(sd_pipe):
