@@ -256,6 +256,53 @@ def test_a_shard_cut_short_is_counted_and_named(tmp_path, caplog):
         assert skipped.total == 0, trailer
 
 
+def _noise_png(seed: int) -> bytes:
+    """A PNG of 64 x 64 random pixels: about 12 KiB, more than the 10 KiB a tar reader buffers."""
+    pixels = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_shard_with_a_damaged_header_is_counted_and_named(tmp_path, caplog):
+    """tarfile also takes a block that is not a tar header for the end of the archive: the
+    samples after a damaged header would be lost unreported."""
+    path = tmp_path / "whole.tar"
+    with tarfile.open(path, "w") as archive:
+        for index in range(4):
+            _add(archive, f"{index}.png", _noise_png(index))
+            _add(archive, f"{index}.txt", f"caption {index}".encode())
+    with tarfile.open(path) as archive:
+        members = archive.getmembers()
+    assert all(len(_noise_png(index)) > 10240 for index in range(4))
+    data = bytearray(path.read_bytes())
+    header = members[4].offset  # 2.png's header
+    data[header + 148 : header + 156] = b"garbage!"  # its checksum field: no longer a header
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(data))
+    for reader in (webdataset_samples, webdataset_captions):
+        skipped = SkipCounter()
+        caplog.clear()
+        got = [sample[1] if isinstance(sample, tuple) else sample for sample in reader(str(damaged), skipped)]
+        assert got == ["caption 0", "caption 1"]
+        assert dict(skipped.counts) == {"damaged tar shard": 1}
+        warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and str(damaged) in warnings[0] and "damaged" in warnings[0]
+    # the intact shard, and one whose padding after the end-of-archive block is longer, are not
+    longer = tmp_path / "longer.tar"
+    longer.write_bytes(path.read_bytes() + bytes(3 * 10240))
+    for shard in (path, longer):
+        skipped = SkipCounter()
+        assert [caption for _, caption in webdataset_samples(str(shard), skipped)] == [f"caption {i}" for i in range(4)]
+        assert skipped.total == 0
+    # a file that is no tar at all is one unreadable shard, not also a damaged one
+    not_a_tar = tmp_path / "noise.tar"
+    not_a_tar.write_bytes(_noise_png(9))
+    skipped = SkipCounter()
+    assert list(webdataset_samples(str(not_a_tar), skipped)) == []
+    assert dict(skipped.counts) == {"unreadable tar member": 1}
+
+
 def test_a_manifest_line_nested_too_deeply_is_a_bad_line(tmp_path):
     """json.loads raises RecursionError, not ValueError, on JSON nested past the recursion limit."""
     (tmp_path / "ok.png").write_bytes(_png((1, 2, 3)))

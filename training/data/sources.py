@@ -20,6 +20,11 @@ is caught at that sample, and only there:
   header ("truncated tar shard", counted once per shard, with a warning naming it): Python's
   tarfile takes a missing or partial header for the end of the archive, so the samples after
   the cut would otherwise be lost without a word;
+- a shard with a damaged header before its end ("damaged tar shard", counted once per shard,
+  with a warning naming it): tarfile takes a block that is not a header for the end of the
+  archive too. After it stops, the rest of the shard must be the zeros that pad a tar; bytes
+  that are not are the lost samples. Seen when they reach past the 10 KiB record the reader
+  had already read (a damaged header in a shard's last 10 KiB goes unseen);
 - an image: a missing file ("missing image"), one that cannot be read (a folder, no
   permission: "unreadable image"), bytes Pillow cannot decode, a truncated file included
   ("undecodable image").
@@ -154,6 +159,15 @@ class _ShardStream:
         self.stream = stream
         self.consumed = 0
         self.ran_out = False
+        self.given_up = False  # the reader stopped at an error (counted where it was raised)
+
+    def rest_is_padding(self, chunk_bytes: int = 1 << 20) -> bool:
+        """Read what the tar reader left of the stream: True when it is only zero bytes (the
+        end-of-archive blocks and padding of a complete tar), False at the first other byte."""
+        while chunk := self.stream.read(chunk_bytes):
+            if chunk.count(0) != len(chunk):
+                return False
+        return True
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
@@ -168,16 +182,25 @@ class _ShardStream:
 
 def _watched(sources: Iterator[dict], skipped: SkipCounter) -> Iterator[dict]:
     """webdataset's opened shards, each stream watched (`_ShardStream`); once the tar reader
-    has finished a shard (it asks for the next), a shard cut short is counted and named."""
+    has finished a shard (it asks for the next), a shard cut short, or one whose reader stopped
+    at a damaged header with data after it, is counted and named."""
     for source in sources:
         stream = source["stream"] = _ShardStream(source["stream"])
         yield source
+        url = source.get("url", "?")
         if stream.ran_out:
-            url = source.get("url", "?")
             skipped.skip("truncated tar shard", url)
             logger.warning(
                 "%s ends after %d bytes, before its tar end-of-archive block: the shard was cut short (an "
                 "interrupted copy or download?) and the samples after the cut are lost; counted as skipped",
+                url,
+                stream.consumed,
+            )
+        elif not stream.given_up and not stream.rest_is_padding():
+            skipped.skip("damaged tar shard", url)
+            logger.warning(
+                "%s: the tar reader stopped before byte %d at a block that is not a tar header, and data follows "
+                "it: the shard is damaged there and the samples after that point are lost; counted as skipped",
                 url,
                 stream.consumed,
             )
@@ -195,6 +218,9 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
 
     def on_error(error: Exception) -> bool:
         skipped.skip("unreadable tar member", repr(error))
+        for argument in error.args:  # tar_file_expander adds the stream of a shard it gave up on
+            if isinstance(argument, _ShardStream):
+                argument.given_up = True
         return True
 
     opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_error)
