@@ -478,6 +478,24 @@ def test_the_last_good_checkpoint_of_a_stop_holds_finite_weights(
     assert all(torch.isfinite(value).all() for value in model_weights(tmp_path / "model").values())
 
 
+def test_a_rank_that_does_not_write_names_the_checkpoint_the_main_process_wrote(
+    shard_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Only the main process writes checkpoints; the other ranks' stop messages named none
+    ("no checkpoint was written yet") though rank 0 had written one. Here the run is told it is
+    not the main process: it writes nothing and names the folder the main process writes."""
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: False))
+    config = _clip_on_shards(
+        f"{shard_folder}/good-000000.tar", tmp_path, steps=3, checkpoint_every=1, keep_checkpoints=3
+    )
+    _poison_update_of_step(monkeypatch, 2)
+    with pytest.raises(TrainingDiverged, match=r"update of step 2 .*the last good checkpoint is \S*step-000000001\)"):
+        train_clip(config, show_progress=False)
+    assert not list((tmp_path / "checkpoints").glob("step-*"))
+
+
 def test_a_checkpoint_holding_nan_is_refused_when_resuming(shard_folder: Path, tmp_path: Path) -> None:
     """A checkpoint an older, unchecked run wrote from NaN weights is named as such. Before: the
     run resumed from it and stopped at the next step's NaN loss, calling it "the last good

@@ -143,9 +143,9 @@ def save_checkpoint(
     Returns:
         The checkpoint folder.
     """
-    root = Path(run_dir) / "checkpoints"
+    final = checkpoint_folder(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_STEP_PREFIX}{step:09d}"
     temporary = root / f".tmp-{final.name}-{os.getpid()}"
     if temporary.exists():
         shutil.rmtree(temporary)
@@ -177,6 +177,11 @@ def save_checkpoint(
     for old in older[max(keep - 1, 0) :]:
         shutil.rmtree(old)
     return final
+
+
+def checkpoint_folder(run_dir: str | os.PathLike, step: int) -> Path:
+    """The folder `save_checkpoint` writes the checkpoint of `step` to: ``checkpoints/step-<N>``."""
+    return Path(run_dir) / "checkpoints" / f"{_STEP_PREFIX}{step:09d}"
 
 
 def checkpoint_step(folder: Path) -> int:

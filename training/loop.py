@@ -69,6 +69,7 @@ from typing import Any
 import torch
 
 from clipcond.training.checkpoint import (
+    checkpoint_folder,
     checkpoint_folders,
     checkpoint_step,
     latest_checkpoint,
@@ -575,6 +576,8 @@ class TrainingRun:
         self._check_saved_state(step)
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
+            # what the main process writes now: the checkpoint this rank's messages name
+            self.last_checkpoint = checkpoint_folder(self.output_dir, step)
             return
         modules, optimizer, scheduler = self._saved
         self.last_checkpoint = save_checkpoint(
