@@ -574,7 +574,36 @@ def data_cases(work: Path) -> list[Case]:
             status == 0 and expected in report,
         )
     )
+    cases.append(damaged_shard_case(folder))
     return cases
+
+
+def damaged_shard_case(folder: Path) -> Case:
+    """Two shards of four 64 x 64 samples (12 KiB images): one cut short inside a header, one
+    whose third sample's header is damaged. tarfile ends either silently."""
+    members = []
+    for k in range(4):
+        members += [(f"{k:03d}.png", png(20 + k, (64, 64))), (f"{k:03d}.txt", f"sample {k}".encode())]
+    whole = write_tar(folder / "whole.tar", members)
+    with tarfile.open(whole) as tar:
+        headers = [member.offset for member in tar.getmembers()]
+    data = whole.read_bytes()
+    (folder / "hurt-000000.tar").write_bytes(data[: headers[4] + 100])  # cut inside sample 2's header
+    damaged = bytearray(data)
+    damaged[headers[4] + 148 : headers[4] + 156] = b"garbage!"  # sample 2's header checksum
+    (folder / "hurt-000001.tar").write_bytes(bytes(damaged))
+    expected = "damaged tar shard, truncated tar shard"  # each counted once per pass over its shard
+    config = clip_config(folder / "run-hurt", f"{folder}/hurt-{{000000..000001}}.tar", 2, folder, "hurt", batch_size=4)
+    status, out, err = cli("train-clip", "--config", str(config), "--no-progress")
+    report = next((line for line in out.splitlines() if line.startswith("skipped samples")), last_line(err))
+    warned = "cut short" in err and "damaged" in err
+    return Case(
+        "data",
+        "a shard cut short inside a header; a shard with a damaged header in the middle",
+        f"training goes on on the samples before each; both reasons counted ({expected}), a warning naming each",
+        f"exit {status}; {report}; warnings: {'yes' if warned else 'no'}",
+        status == 0 and all(f"{reason}:" in report for reason in expected.split(", ")) and warned,
+    )
 
 
 # ---------------------------------------------------------------- cache
