@@ -52,7 +52,14 @@ from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
 from clipcond.record_spec import RecordSpec, expected_record
 from clipcond.records import EncodedPrompt
-from clipcond.scheduled_embeds import PromptSchedule, StepSwap, build_schedule, check_steps, schedule_for_pipeline
+from clipcond.scheduled_embeds import (
+    PromptSchedule,
+    StepSwap,
+    build_schedule,
+    check_steps,
+    fixed_prompts,
+    schedule_for_pipeline,
+)
 from clipcond.textual_inversion import (
     add_vectors,
     check_new_tokens,
@@ -288,7 +295,9 @@ class TextConditioner:
         effect: the embeddings are step 0's, and `callback_on_step_end` with
         `callback_on_step_end_tensor_inputs` swap in each later step's where its text changes
         (SD, SDXL, SD3; pass `num_inference_steps` to the pipeline too). A prompt whose text never
-        changes gets no callback and exactly the keyword arguments it gets without steps.
+        changes gets no callback and exactly the keyword arguments of the one text it reads (an
+        edit that takes no effect over the steps, ``[cat:dog:0]`` or ``[a:b:30]`` at 20 steps,
+        reads as A1111 reads it: "dog", "a").
 
         Raises:
             ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`),
@@ -326,6 +335,10 @@ class TextConditioner:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")
         else:
             self._check_unread_negatives(negative_extra)
+        if num_inference_steps is not None:  # an edit that never changes reads its one text
+            check_steps(num_inference_steps)
+            items = fixed_prompts(items, num_inference_steps)
+            negative_items = None if negative_items is None else fixed_prompts(negative_items, num_inference_steps)
         schedule = schedule_for_pipeline(
             self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
         )

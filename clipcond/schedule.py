@@ -256,6 +256,30 @@ def has_schedule(prompt: str, steps: int = 2) -> bool:
     return len({text for _, text in prompt_schedule(prompt, max(steps, 2))}) > 1
 
 
+def has_editing(prompt: str) -> bool:
+    """True when `prompt` holds editing or alternation syntax that A1111 reads as such, whether
+    or not its text changes over a given number of steps (``[cat:dog:0]`` never does)."""
+    return _holds_construct(_parse(prompt) or ())
+
+
+def _holds_construct(items) -> bool:
+    return any(
+        isinstance(item, (_Scheduled, _Alternate)) or (isinstance(item, tuple) and _holds_construct(item))
+        for item in items
+    )
+
+
+def fixed_text(prompt: str, steps: int) -> str:
+    """The one text `prompt` reads at every one of `steps` steps when its schedule never
+    changes (``"a [cat:dog:0]"`` -> ``"a dog"``, ``"[a:b:30]"`` over 20 steps -> ``"a"``), as
+    A1111 conditions every step on it; `prompt` itself when its text changes between steps.
+    A prompt with AND is returned as it is: A1111 schedules each part on its own."""
+    if len(split_and(prompt)) > 1:
+        return prompt
+    schedule = prompt_schedule(prompt, steps)
+    return schedule[0][1] if len({text for _, text in schedule}) == 1 else prompt
+
+
 _AND = re.compile(r"\bAND\b")
 _AND_WEIGHT = re.compile(r"\s*[-+]?(?:\d+\.?|\d*\.\d+)")  # what follows a part's last ":"
 

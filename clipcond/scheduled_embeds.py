@@ -25,7 +25,7 @@ import torch
 
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
-from clipcond.schedule import has_schedule, split_and, texts_per_step
+from clipcond.schedule import fixed_text, has_editing, has_schedule, split_and, texts_per_step
 
 # A text every encoder reads, or one text per encoder.
 PromptText = str | tuple[str, ...]
@@ -188,6 +188,18 @@ def check_steps(num_inference_steps: Any) -> None:
         raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
 
 
+def fixed_prompts(prompts: Sequence[PromptText], num_inference_steps: int) -> list[PromptText]:
+    """`prompts` with each text whose schedule never changes over `num_inference_steps` steps
+    replaced by the one text it reads (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"``
+    conditions every step on "a dog", as in A1111, not on its brackets read as weights."""
+    return [
+        fixed_text(prompt, num_inference_steps)
+        if isinstance(prompt, str)
+        else tuple(fixed_text(text, num_inference_steps) for text in prompt)
+        for prompt in prompts
+    ]
+
+
 def schedule_for_pipeline(
     encode,
     family: Family,
@@ -211,7 +223,7 @@ def schedule_for_pipeline(
                 "at every step: use CLIPConditionedPipeline, which does that"
             )
     if num_inference_steps is None:
-        edited = [text for text in texts if has_schedule(text)]
+        edited = [text for text in texts if has_editing(text)]
         if edited:
             raise ValueError(
                 f"{edited[0]!r} uses prompt editing or alternation, which depends on the step: pass "

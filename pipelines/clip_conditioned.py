@@ -66,7 +66,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.composable import plan_for_call
+from clipcond.pipelines.composable import fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
@@ -699,13 +699,17 @@ class CLIPConditionedPipeline(
         #    its own rows (`composable.DenoisingPlan`).
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         dtype = self.unet.dtype
+        steps_to_run = self._steps_to_run(num_inference_steps, timesteps, sigmas)
+        prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
+            steps_to_run, prompt, negative_prompt, prompt_2, negative_prompt_2
+        )
         plan = plan_for_call(
             self,
             conditioner,
             prompt,
             negative_prompt,
             negative_prompt_embeds,
-            self._steps_to_run(num_inference_steps, timesteps, sigmas),
+            steps_to_run,
             num_images_per_prompt,
             lora_scale,
             prompt_2,

@@ -22,7 +22,7 @@ from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
-from clipcond.schedule import has_schedule, split_and
+from clipcond.schedule import fixed_text, has_schedule, split_and
 from clipcond.scheduled_embeds import PromptSchedule
 
 
@@ -159,6 +159,20 @@ def build_plan(
         images_per_prompt=n,
         guided=guided,
         order=max(1, int(order)),
+    )
+
+
+def fixed_prompt_arguments(num_steps: int, *values: Any) -> tuple[Any, ...]:
+    """Each prompt argument (a text, a list of texts or None) with every text whose schedule
+    never changes over `num_steps` steps replaced by the one text it reads
+    (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"`` is "a dog" at every step, as in A1111."""
+    return tuple(
+        fixed_text(value, num_steps)
+        if isinstance(value, str)
+        else [fixed_text(text, num_steps) if isinstance(text, str) else text for text in value]
+        if isinstance(value, list)
+        else value
+        for value in values
     )
 
 

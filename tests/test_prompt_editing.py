@@ -95,6 +95,49 @@ _ENCODE_EXTRAS = {
 }
 
 
+# Edits whose text never changes over STEPS = 4 steps, and the one text A1111 reads at every step
+FIXED_EDITS = {
+    "a photo of a [cat:dog:0]": "a photo of a dog",
+    "a photo of a [cat:dog:10]": "a photo of a cat",  # written for more steps than run
+    "a photo of a [cat:dog:1.0]": "a photo of a cat",
+    "a photo of a [dog|dog]": "a photo of a dog",
+    "a photo of a [dog:0]": "a photo of a dog",
+}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux"])
+def test_an_edit_that_never_changes_reads_its_one_text(family, request):
+    """Before: such a prompt took the plain path and its brackets were read as weights and text
+    ("a photo of a cat:dog:0" at 1/1.1)."""
+    cond = TextConditioner.from_pipeline(request.getfixturevalue(f"{family}_pipe"))
+    negative = None if family == "flux" else "blurry [noise:dark:0]"
+    for edited, text in FIXED_EDITS.items():
+        got = cond.pipeline_kwargs(edited, negative, num_inference_steps=STEPS)
+        expected = cond.pipeline_kwargs(text, None if negative is None else "blurry dark")
+        assert "callback_on_step_end" not in got and got.keys() == expected.keys(), edited
+        assert all(torch.equal(got[key], expected[key]) for key in expected), edited
+
+
+def test_editing_syntax_without_steps_is_refused_even_when_it_would_not_change(sd_pipe):
+    """Before: ``[cat:dog:10]`` (no change within 2 steps) was read as text without a word."""
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    for edited in FIXED_EDITS:
+        with pytest.raises(ValueError, match="pass `num_inference_steps`"):
+            cond.pipeline_kwargs(edited)
+
+
+def test_clip_conditioned_pipeline_reads_an_edit_that_never_changes_as_its_text(sd_pipe):
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+
+    def image(prompt, negative):
+        return pipe(
+            prompt, negative_prompt=negative, num_inference_steps=STEPS, generator=_generator(), output_type="latent"
+        ).images
+
+    for edited, text in list(FIXED_EDITS.items())[:2]:
+        assert torch.equal(image(edited, "blurry [noise:dark:0]"), image(text, "blurry dark")), edited
+
+
 def test_two_images_per_prompt_and_two_prompts(sd_pipe):
     cond = TextConditioner.from_pipeline(sd_pipe)
     prompts = [EDITED, "a green square"]
