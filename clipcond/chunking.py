@@ -3,8 +3,10 @@
 CLIP reads at most `window_length` tokens (77: BOS + 75 + EOS). A longer prompt is cut into
 windows of at most `window_length - 2` content tokens, each wrapped in BOS/EOS and padded,
 so the windows can be encoded as a batch and joined on the sequence axis. A ``BREAK``
-fragment closes the current window; when a window fills up mid-word, the partial word moves
-to the next window (a word boundary is preferred within `WORD_LOOKBACK` tokens).
+fragment closes the current window, as in A1111 even when it is empty (a prompt that starts
+with ``BREAK``, or two ``BREAK`` in a row, gives an empty window of BOS, EOS and padding; a
+``BREAK`` at the end adds none); when a window fills up mid-word, the partial word moves to the
+next window (a word boundary is preferred within `WORD_LOOKBACK` tokens).
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
 dropped and reported, as diffusers does.
@@ -127,10 +129,9 @@ def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length
         current: list[tuple[int, float, int]] = []  # (token id, weight, fragment index)
         current_word_ends: list[bool] = []
         for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids)):
-            if fragment.is_break:
-                if current:
-                    windows.append(current)
-                    current, current_word_ends = [], []
+            if fragment.is_break:  # closes the window, an empty one too (A1111's next_chunk)
+                windows.append(current)
+                current, current_word_ends = [], []
                 continue
             word_ends = _word_end_flags(tokenizer, ids)
             for token, word_end in zip(ids, word_ends):

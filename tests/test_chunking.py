@@ -71,16 +71,22 @@ def test_clip_unweighted_prompt_is_not_weighted(clip):
     assert not got.is_weighted
 
 
-def test_clip_break_closes_the_window_and_repeated_breaks_add_none(clip):
+def test_clip_break_closes_the_window_even_an_empty_one_as_a1111(clip):
+    """A1111's tokenize_line calls next_chunk() at every BREAK, so a BREAK that opens the
+    prompt or follows another gives an empty window; one at the end adds none. Before: repeated
+    and leading BREAKs added no window."""
+
+    def row(text):
+        real = [clip.bos_token_id, *_ids(clip, text), clip.eos_token_id]
+        return real + [clip.pad_token_id] * (8 - len(real))
+
     prompt = [Fragment("a red", 1.0), BREAK_MARKER, BREAK_MARKER, Fragment("cat", 1.0), BREAK_MARKER]
     (got,) = clip_windows(clip, [prompt], 8)
-    rows = []
-    for text in ("a red", "cat"):
-        real = [clip.bos_token_id, *_ids(clip, text), clip.eos_token_id]
-        rows.append(real + [clip.pad_token_id] * (8 - len(real)))
-    assert got.ids.tolist() == rows
-    assert got.num_windows == 2
-    assert got.fragments[1, 1].item() == 3  # the fragment's index counts the break markers
+    assert got.ids.tolist() == [row("a red"), row(""), row("cat")]
+    assert got.fragments[2, 1].item() == 3  # the fragment's index counts the break markers
+    (leading,) = clip_windows(clip, [[BREAK_MARKER, Fragment("cat", 1.0)]], 8)
+    assert leading.ids.tolist() == [row(""), row("cat")]
+    assert leading.mask.tolist()[0] == [1, 1] + [0] * 6
 
 
 def test_clip_empty_prompt_is_one_window_of_bos_eos_padding(clip):
