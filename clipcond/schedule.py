@@ -36,9 +36,12 @@ from dataclasses import dataclass
 
 MAX_DEPTH = 64
 
-# A1111's SIGNED_NUMBER: an optional sign, then an integer or a decimal, with an optional exponent.
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
+# A1111's SIGNED_NUMBER (lark's): an optional sign, then an integer or a decimal, with an
+# optional exponent, in ASCII digits only ("５" or "٠.٥" is text there).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Text, with backslash escapes; lark's `\\.` does not match a newline, so a backslash before one
+# makes A1111 read the whole prompt as plain text: the same here (no DOTALL).
+_PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
 _SPACE = re.compile(r"\s*")
 
 

@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from line_counter import lines_executed
 
-from clipcond.schedule import MAX_DEPTH, has_schedule, prompt_schedule, split_and, texts_per_step
+from clipcond.schedule import (
+    MAX_DEPTH,
+    fixed_text,
+    has_editing,
+    has_schedule,
+    prompt_schedule,
+    split_and,
+    texts_per_step,
+)
 
 # The docstring of A1111's get_learned_conditioning_prompt_schedules, 10 steps.
 A1111_EXAMPLES = [
@@ -67,6 +75,23 @@ def test_what_is_not_the_syntax_stays_text(prompt):
         assert schedule == [(10, prompt)]
     else:  # "(a" is stray text, the schedule after it still applies
         assert [text for _, text in schedule] == ["(a b", "(a c"]
+
+
+@pytest.mark.parametrize("prompt", ["a [cat:dog:５]", "a [cat:dog:٠.٥]", "a [cat:dog:0.5] \\\nphoto"])
+def test_non_ascii_digits_and_a_backslash_before_a_newline_are_text_as_in_a1111(prompt):
+    """lark's SIGNED_NUMBER reads ASCII digits only, and its escape does not take a newline (A1111
+    then reads the whole prompt as text). Before: both were schedules here."""
+    assert prompt_schedule(prompt, 10) == [(10, prompt)]
+    assert not has_editing(prompt)
+
+
+def test_has_editing_sees_the_syntax_whether_or_not_it_changes():
+    assert has_editing("a [cat:dog:0]") and has_editing("[dog|dog]") and has_editing("x [a:b:30]")
+    assert not has_schedule("a [cat:dog:0]", 10) and has_schedule("[cat|dog]", 2)
+    assert not has_editing("a [cat] (dog:1.2)") and not has_editing("[a:b]")
+    assert fixed_text("a [cat:dog:0]", 4) == "a dog" and fixed_text("[a:b:30]", 20) == "a"
+    assert fixed_text("a [cat:dog:2]", 4) == "a [cat:dog:2]"  # it changes: kept for the schedule
+    assert fixed_text("[a:b:0] AND c", 4) == "[a:b:0] AND c"  # A1111 schedules each part
 
 
 def test_split_and_follows_a1111():
