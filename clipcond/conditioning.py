@@ -300,7 +300,8 @@ class TextConditioner:
         reads as A1111 reads it: "dog", "a").
 
         Raises:
-            ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`),
+            ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`;
+                in a negative prompt, read whole as in A1111, it is text),
                 editing syntax without `num_inference_steps`, a schedule the family's
                 callback cannot apply (Flux's cannot replace the pooled vector, PixArt has none),
                 a per-encoder argument no encoder reads, or `negative_prompt_2` /
@@ -338,7 +339,8 @@ class TextConditioner:
         if num_inference_steps is not None:  # an edit that never changes reads its one text
             check_steps(num_inference_steps)
             items = fixed_prompts(items, num_inference_steps)
-            negative_items = None if negative_items is None else fixed_prompts(negative_items, num_inference_steps)
+            if negative_items is not None:
+                negative_items = fixed_prompts(negative_items, num_inference_steps, negative=True)
         schedule = schedule_for_pipeline(
             self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
         )

@@ -272,12 +272,13 @@ def _holds_construct(items) -> bool:
     )
 
 
-def fixed_text(prompt: str, steps: int) -> str:
+def fixed_text(prompt: str, steps: int, split_at_and: bool = True) -> str:
     """The one text `prompt` reads at every one of `steps` steps when its schedule never
     changes (``"a [cat:dog:0]"`` -> ``"a dog"``, ``"[a:b:30]"`` over 20 steps -> ``"a"``), as
     A1111 conditions every step on it; `prompt` itself when its text changes between steps.
-    A prompt with AND is returned as it is: A1111 schedules each part on its own."""
-    if len(split_and(prompt)) > 1:
+    With `split_at_and`, a prompt with AND is returned as it is: A1111 schedules each part on
+    its own (negative prompts, which A1111 reads whole, pass False)."""
+    if split_at_and and len(split_and(prompt)) > 1:
         return prompt
     schedule = prompt_schedule(prompt, steps)
     return schedule[0][1] if len({text for _, text in schedule}) == 1 else prompt

@@ -188,14 +188,16 @@ def check_steps(num_inference_steps: Any) -> None:
         raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
 
 
-def fixed_prompts(prompts: Sequence[PromptText], num_inference_steps: int) -> list[PromptText]:
+def fixed_prompts(prompts: Sequence[PromptText], num_inference_steps: int, negative: bool = False) -> list[PromptText]:
     """`prompts` with each text whose schedule never changes over `num_inference_steps` steps
     replaced by the one text it reads (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"``
-    conditions every step on "a dog", as in A1111, not on its brackets read as weights."""
+    conditions every step on "a dog", as in A1111, not on its brackets read as weights.
+    `negative`: the texts are negative prompts, read whole (an AND in them is text)."""
+    split_at_and = not negative
     return [
-        fixed_text(prompt, num_inference_steps)
+        fixed_text(prompt, num_inference_steps, split_at_and)
         if isinstance(prompt, str)
-        else tuple(fixed_text(text, num_inference_steps) for text in prompt)
+        else tuple(fixed_text(text, num_inference_steps, split_at_and) for text in prompt)
         for prompt in prompts
     ]
 
@@ -211,12 +213,13 @@ def schedule_for_pipeline(
     or None when no text changes between steps.
 
     Raises:
-        ValueError: an ``AND`` (composable prompts run the UNet per part: CLIPConditionedPipeline
-            does that), editing without `num_inference_steps`, or a change the family's callback
-            cannot replace.
+        ValueError: an ``AND`` in a prompt (composable prompts run the UNet per part:
+            CLIPConditionedPipeline does that; in a negative prompt, which A1111 reads whole,
+            AND is text), editing without `num_inference_steps`, or a change the family's
+            callback cannot replace.
     """
     texts = [text for prompt in [*prompts, *(negatives or [])] for text in _texts_of(prompt)]
-    for text in texts:
+    for text in (text for prompt in prompts for text in _texts_of(prompt)):
         if len(split_and(text)) > 1:
             raise ValueError(
                 f"{text!r} combines prompts with AND (composable diffusion), which needs the UNet run on each part "

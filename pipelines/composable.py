@@ -112,13 +112,12 @@ def build_plan(
     `prompt_2` / `negative_prompt_2`: SDXL's second CLIP's text, scheduled on its own (see
     `TextConditioner.schedule`).
 
+    Negative prompts are read whole, as A1111 reads them: an AND there is text.
+
     Raises:
-        ValueError: an AND in a negative prompt (A1111 reads negatives whole), or in a
-            prompt that has a `prompt_2` (which part would the second text go with?).
+        ValueError: an AND in a prompt that has a `prompt_2` (which part would the second
+            text go with?).
     """
-    for negative in negatives or []:
-        if len(split_and(negative)) > 1:
-            raise ValueError(f"`negative_prompt` {negative!r} has AND: negative prompts are read whole, as in A1111")
     parts, weights, owners = [], [], []
     for index, prompt in enumerate(prompts):
         for text, weight in split_and(prompt):
@@ -162,18 +161,20 @@ def build_plan(
     )
 
 
-def fixed_prompt_arguments(num_steps: int, *values: Any) -> tuple[Any, ...]:
-    """Each prompt argument (a text, a list of texts or None) with every text whose schedule
-    never changes over `num_steps` steps replaced by the one text it reads
-    (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"`` is "a dog" at every step, as in A1111."""
-    return tuple(
-        fixed_text(value, num_steps)
-        if isinstance(value, str)
-        else [fixed_text(text, num_steps) if isinstance(text, str) else text for text in value]
-        if isinstance(value, list)
-        else value
-        for value in values
-    )
+def fixed_prompt_arguments(num_steps: int, prompt: Any, negative_prompt: Any, *others: Any) -> tuple[Any, ...]:
+    """The prompt arguments (each a text, a list of texts or None: `prompt`, `negative_prompt`,
+    then SDXL's second ones) with every text whose schedule never changes over `num_steps`
+    steps replaced by the one text it reads (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"``
+    is "a dog" at every step, as in A1111. Negative prompts are read whole (AND is text there)."""
+
+    def fixed(value: Any, split_at_and: bool) -> Any:
+        if isinstance(value, str):
+            return fixed_text(value, num_steps, split_at_and)
+        if isinstance(value, list):
+            return [fixed_text(text, num_steps, split_at_and) if isinstance(text, str) else text for text in value]
+        return value
+
+    return (fixed(prompt, True), fixed(negative_prompt, False), *(fixed(value, True) for value in others))
 
 
 def plan_for_call(
@@ -214,7 +215,8 @@ def plan_for_call(
                 f"`{name}` has AND: AND splits `prompt` into parts, the second encoder's text is read whole"
             )
     texts = prompts + negatives + [text for texts in second.values() for text in texts]
-    if not any(len(split_and(text)) > 1 or has_schedule(text, num_steps) for text in texts):
+    composed = any(len(split_and(text)) > 1 for text in prompts)  # negatives are read whole
+    if not composed and not any(has_schedule(text, num_steps) for text in texts):
         return None
     if negative_prompt_embeds is not None:
         raise ValueError(

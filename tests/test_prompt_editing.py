@@ -316,9 +316,28 @@ def test_plain_prompts_keep_the_plain_path(sd_pipe):
     assert torch.equal(ours, theirs)
 
 
+def test_an_and_in_a_negative_prompt_is_text_as_a1111_reads_negatives_whole(sd_pipe):
+    """A1111 encodes a negative prompt whole (get_learned_conditioning, no AND split). Before:
+    an error that said so while refusing the prompt."""
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
+
+    def image(negative, prompt="a cat"):
+        return pipe(
+            prompt, negative_prompt=negative, num_inference_steps=2, generator=_generator(), output_type="latent"
+        )
+
+    kwargs = pipe.conditioner.pipeline_kwargs("a cat", "x AND y")  # the plain text, AND included
+    theirs = sd_pipe(**kwargs, num_inference_steps=2, generator=_generator(), output_type="latent").images
+    assert torch.equal(image("x AND y").images, theirs)
+    # with an edit in the prompt (the plan path), the negative is still one text
+    edited = image("x [AND:AND:0] y", prompt="a [cat:dog:0.5]").images
+    assert torch.equal(edited, image("x AND y", prompt="a [cat:dog:0.5]").images)
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    with_steps = cond.pipeline_kwargs("a cat", "x [dark:AND:0] y", num_inference_steps=4)
+    assert torch.equal(with_steps["negative_prompt_embeds"], kwargs["negative_prompt_embeds"])
+
+
 def test_bad_combinations_are_refused_before_any_work(sd_pipe):
     pipe = CLIPConditionedPipeline.from_pipe(sd_pipe)
-    with pytest.raises(ValueError, match="negative prompts are read whole"):
-        pipe("a cat", negative_prompt="x AND y", num_inference_steps=2)
     with pytest.raises(ValueError, match="`negative_prompt_embeds` cannot go with"):
         pipe(EDITED, negative_prompt_embeds=torch.zeros(1, 77, 32), num_inference_steps=2)
