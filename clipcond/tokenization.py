@@ -233,16 +233,23 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) 
     Args:
         model_max_length: the text encoder's context length; `truncation=True` and
             `padding="max_length"` use it. 77 for every CLIP text encoder in SD 1.x/2.x/SDXL.
-        pad_token: `"<|endoftext|>"` (id 49407) as in OpenAI CLIP and SD 1.x, or
-            `"!"` (id 0) as in SD 2.x and SDXL's second text encoder (OpenCLIP).
-            Must be a token of the vocabulary.
+        pad_token: `"<|endoftext|>"` (id 49407) as in transformers' `openai/clip-vit-*`
+            tokenizers and SD 1.x, or `"!"` (id 0) as in SD 2.x and SDXL's second text
+            encoder (OpenCLIP). Must be a token of the vocabulary.
 
     Returns:
         A `CLIPTokenizerWithTextCleaning` (a transformers CLIP tokenizer) with
         49408 tokens, bos `<|startoftext|>` = 49406, eos `<|endoftext|>` = 49407.
         `tok(texts, padding="max_length", truncation=True).input_ids` gives lists of
-        `model_max_length` ids, equal to OpenAI's `clip.tokenize` when the pad is
-        `<|endoftext|>`. Building takes a fraction of a second; keep the instance.
+        `model_max_length` ids: bos, the text's ids cut so that eos stays last, eos, then
+        the pad. Up to and including eos they equal OpenAI's `clip.tokenize(truncate=True)`
+        (but for the known difference `CLIPTokenizerWithTextCleaning` names); after eos,
+        `clip.tokenize` and open_clip's `tokenize` have id 0, not the pad token. With
+        `pad_token="!"` a "!" in the text is read as that special token, not merged by
+        the BPE (transformers matches a special token wherever it appears), so those rows
+        differ from `clip.tokenize`'s around every "!". The pooled output of a causal CLIP text encoder
+        does not depend on the pad; the hidden states at the padding positions, which SD
+        conditioning reads, do. Building takes a fraction of a second; keep the instance.
     """
     if model_max_length < 2:
         raise ValueError(f"model_max_length must be at least 2 (bos and eos), got {model_max_length}")
@@ -250,7 +257,7 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) 
     if pad_token not in vocab:
         raise ValueError(
             f"pad_token {pad_token!r} is not in the CLIP vocabulary; use '<|endoftext|>' "
-            "(OpenAI CLIP, SD 1.x) or '!' (OpenCLIP: SD 2.x, SDXL's second encoder)"
+            "(transformers' openai/clip-vit-*, SD 1.x) or '!' (OpenCLIP: SD 2.x, SDXL's second encoder)"
         )
     options = {"model_max_length": model_max_length, "pad_token": pad_token}
     if _TRANSFORMERS_MAJOR >= 5:

@@ -317,6 +317,30 @@ def test_convert_clip_mistakes(tmp_path, capsys) -> None:
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_convert_clip_refuses_open_clip_variants_it_cannot_convert(tmp_path, capsys) -> None:
+    """CLIPA (no visual.ln_pre) and a text tower of another vocabulary (*-worldwide): one line, rc 2."""
+    import torch
+    from reference_openai_clip import OpenAIStyleCLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    sizes = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=64, vision_layers=1, vision_heads=1)
+    text = dict(context_length=8, text_width=64, text_layers=1, text_heads=1)
+    state = OpenAIStyleCLIP(**sizes, **text, vocab_size=49408).state_dict()
+    clipa = {key: value for key, value in state.items() if not key.startswith("visual.ln_pre.")}
+    worldwide = OpenAIStyleCLIP(**sizes, **text, vocab_size=1000).state_dict()
+    for name, weights, message in (
+        ("clipa", clipa, "missing 'visual.ln_pre.weight': an open_clip CLIPA model"),
+        ("worldwide", worldwide, "token_embedding.weight has 1000 rows, not CLIP's BPE vocabulary of 49408"),
+    ):
+        checkpoint = tmp_path / f"{name}.safetensors"
+        save_file(weights, str(checkpoint))
+        output = tmp_path / name
+        line = one_error(capsys, ["convert-clip", "--checkpoint", str(checkpoint), "--output", str(output)], 2)
+        assert line.startswith(f"error: --checkpoint {checkpoint}: {message}"), line
+        assert not output.exists() and not list(tmp_path.glob(f".{name}*"))
+
+
 def test_init_clip_mistakes(tmp_path, capsys) -> None:
     out = ["-o", str(tmp_path / "m")]
     assert "--model: no such file" in one_error(capsys, ["init-clip", "--model", str(tmp_path / "x.yaml"), *out], 2)

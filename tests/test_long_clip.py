@@ -140,9 +140,16 @@ def test_convert_clip_command_gives_a_conditioner_with_248_token_windows(tmp_pat
     checkpoint = tmp_path / "longclip-tiny.safetensors"
     save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, str(checkpoint))
     folder = tmp_path / "longclip-tiny"
-    heads = ["--text-heads", str(TEXT_HEADS), "--vision-heads", "1"]
+    heads = ["--text-heads", str(TEXT_HEADS)]
     assert main(["convert-clip", "--checkpoint", str(checkpoint), "--output", str(folder), *heads]) == 0
-    assert f"(text context {CONTEXT} tokens)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"(text context {CONTEXT} tokens)" in out
+    # What the weights do not say is printed, for the user to check: heads per tower, activation.
+    chosen = (
+        f"text heads: {TEXT_HEADS} of width {TEXT_WIDTH // TEXT_HEADS} (--text-heads); "
+        "vision heads: 1 of width 64 (default); activation: quick_gelu (default; --gelu for plain GELU)"
+    )
+    assert chosen in out.splitlines(), out
 
     # As a user loads it: the folder's text_encoder/ and tokenizer/ through a conditioner config.
     source = EncoderSource(path=str(folder), subfolder="text_encoder")

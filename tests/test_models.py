@@ -649,6 +649,111 @@ def test_convert_rejects_what_it_cannot_convert():
     with pytest.raises(ValueError, match="already is a transformers CLIPModel"):
         convert_openai_state_dict(build_clip_model(_config("clip-tiny-vit")).state_dict())
 
+    # open_clip's *-worldwide text towers (XLM-V, 901629 tokens, pooled at its eos id 2), shrunk: the
+    # folder would get CLIP's tokenizer and pool at a token id that never occurs.
+    other_vocabulary = {**state, "token_embedding.weight": state["token_embedding.weight"][:1000]}
+    with pytest.raises(ValueError, match=r"token_embedding.weight has 1000 rows, not CLIP's BPE vocabulary of 49408"):
+        convert_openai_state_dict(other_vocabulary, text_heads=2)
+
+    with pytest.raises(ValueError, match=r"vision_heads \(--vision-heads\) 3 does not divide the vision width 128"):
+        convert_openai_state_dict(state, text_heads=2, vision_heads=3)
+
+    no_ln_post = {key: value for key, value in state.items() if not key.startswith("visual.ln_post.")}
+    with pytest.raises(ValueError, match=r"missing 'visual.ln_post.weight'"):
+        convert_openai_state_dict(no_ln_post, text_heads=2)
+
+
+# Image-tower width -> heads in every ViT config open_clip 3.3.0 ships (model_configs/*.json: heads =
+# width // head_width), written out by hand; OpenAI's ViT-B (768) and ViT-L (1024) are among them.
+OPEN_CLIP_VISION_HEADS = {
+    384: 6,  # ViT-S-16, ViT-S-32 (-alt)
+    512: 8,  # ViT-M-16, ViT-M-32 (-alt)
+    768: 12,  # ViT-B-16, ViT-B-32 (-256, -quickgelu)
+    896: 14,  # ViT-B-16-plus (-240), ViT-B-32-plus-256
+    1024: 16,  # ViT-L-14, ViT-L-16 (-280, -320, -336, -CLIPA, -worldwide)
+    1280: 16,  # ViT-H-14, ViT-H-16 (-378, -quickgelu, -CLIPA, -worldwide): head_width 80
+    1408: 16,  # ViT-g-14: head_width 88
+    1664: 16,  # ViT-bigG-14 (-quickgelu, -CLIPA, -worldwide): head_width 104
+    1792: 16,  # ViT-e-14: head_width 112
+}
+
+
+# Text width -> heads in the same configs: OpenAI's width // 64 throughout.
+OPEN_CLIP_TEXT_HEADS = {256: 4, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1280: 20}
+
+
+def _shapes_only_checkpoint(vision_width: int, text_width: int = 64) -> dict[str, torch.Tensor]:
+    """An OpenAI-layout state dict on the meta device: the shapes of a real one, no memory."""
+    with torch.device("meta"):
+        model = OpenAIStyleCLIP(
+            embed_dim=16,
+            image_size=28,
+            patch_size=14,
+            vision_width=vision_width,
+            vision_layers=1,
+            vision_heads=8,  # the reference's own; the state dict does not store it
+            context_length=8,
+            vocab_size=49408,
+            text_width=text_width,
+            text_layers=1,
+            text_heads=4,
+        )
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("width", sorted(OPEN_CLIP_VISION_HEADS))
+def test_default_vision_heads_are_open_clips_for_every_shipped_width(width):
+    config, _ = convert_openai_state_dict(_shapes_only_checkpoint(width))
+    assert config.vision_config.num_attention_heads == OPEN_CLIP_VISION_HEADS[width]
+
+
+@pytest.mark.parametrize("width", sorted(OPEN_CLIP_TEXT_HEADS))
+def test_default_text_heads_are_open_clips_for_every_shipped_width(width):
+    config, _ = convert_openai_state_dict(_shapes_only_checkpoint(768, text_width=width))
+    assert config.text_config.num_attention_heads == OPEN_CLIP_TEXT_HEADS[width]
+
+
+def test_default_vision_heads_refuse_widths_no_rule_covers():
+    with pytest.raises(ValueError, match="not a multiple of 64.*--vision-heads"):
+        convert_openai_state_dict(_shapes_only_checkpoint(800))
+    with pytest.raises(ValueError, match="not a multiple of 16.*--vision-heads"):
+        convert_openai_state_dict(_shapes_only_checkpoint(1288))
+    config, _ = convert_openai_state_dict(_shapes_only_checkpoint(1288), vision_heads=8)
+    assert config.vision_config.num_attention_heads == 8
+
+
+def test_converted_vit_h_image_tower_has_open_clips_16_heads_of_width_80():
+    """open_clip's ViT-H-14 image tower (width 1280, head_width 80), cut to one layer: the default
+    conversion must build its 16 heads, not 1280 // 64 = 20 (features then differ by about 0.1)."""
+    torch.manual_seed(0)
+    reference = OpenAIStyleCLIP(
+        embed_dim=24,
+        image_size=28,
+        patch_size=14,
+        vision_width=1280,
+        vision_layers=1,
+        vision_heads=16,
+        context_length=8,
+        vocab_size=49408,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        quick_gelu=False,
+    ).eval()
+    with torch.no_grad():
+        for name, parameter in reference.visual.named_parameters():
+            if name.endswith("bias"):
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+    config, weights = convert_openai_state_dict(reference.state_dict(), quick_gelu=False, text_heads=2)
+    assert config.vision_config.num_attention_heads == 16
+    peer = CLIPModel(config).eval()
+    peer.load_state_dict(weights, strict=True)
+    pixels = _pixels(2, size=28)
+    with torch.no_grad():
+        got = peer.get_image_features(pixel_values=pixels)
+        got = got if isinstance(got, torch.Tensor) else got.pooler_output
+        _assert_within(F.normalize(got, dim=-1), F.normalize(reference.encode_image(pixels), dim=-1), 1e-5)
+
 
 # ----------------------------------------------------------------------------- gradient checkpointing
 

@@ -305,7 +305,9 @@ def test_padded_truncated_batch_matches_reference(tok, ref_ids) -> None:
     batch = tok(CASES, padding="max_length", truncation=True)
     want = []
     for ids in ref_ids:
-        # OpenAI's clip.tokenize(truncate=True): bos + ids cut to 77, last one forced to eos.
+        # Truncated as clip.tokenize(truncate=True) does (bos + ids cut to 77, the last one forced to
+        # eos), padded with eos as transformers' openai/clip-vit-* tokenizers and SD 1.x pad; not
+        # clip.tokenize's rows, which pad with 0 (test_ids_match_clip_tokenize compares those).
         kept = [BOS, *ids][: CONTEXT - 1] + [EOS]
         want.append(kept + [EOS] * (CONTEXT - len(kept)))
     assert _mismatches(CASES, batch.input_ids, want) == []
@@ -313,6 +315,30 @@ def test_padded_truncated_batch_matches_reference(tok, ref_ids) -> None:
     for mask, ids in zip(batch.attention_mask, ref_ids):
         length = min(len(ids) + 2, CONTEXT)
         assert mask == [1] * length + [0] * (CONTEXT - length)
+
+
+def _import_clip():
+    """OpenAI's `clip` package (clip-anytorch), or a skip naming why it does not import."""
+    try:
+        import clip
+    except Exception as error:  # its __init__ needs torchvision and pkg_resources
+        pytest.skip(f"OpenAI's clip.tokenize: `import clip` fails ({type(error).__name__}: {error})")
+    return clip
+
+
+def test_ids_match_clip_tokenize(tok) -> None:
+    """Up to and including eos, rows equal OpenAI's clip.tokenize(truncate=True); after it, clip.tokenize
+    has 0 where the default tokenizer has eos."""
+    clip = _import_clip()
+    # The known difference (a special token glued to punctuation) is left out.
+    texts = [text for text in CASES if "<|" not in text]
+    expected = clip.tokenize(texts, context_length=CONTEXT, truncate=True).tolist()
+    assert any(len(tok(text).input_ids) > CONTEXT for text in texts)  # truncation is exercised
+    got = tok(texts, padding="max_length", truncation=True).input_ids
+    up_to_eos = [row[: row.index(EOS) + 1] for row in expected]
+    assert _mismatches(texts, [row[: row.index(EOS) + 1] for row in got], up_to_eos) == []
+    assert all(row[len(kept) :] == [0] * (CONTEXT - len(kept)) for row, kept in zip(expected, up_to_eos))
+    assert all(row[len(kept) :] == [EOS] * (CONTEXT - len(kept)) for row, kept in zip(got, up_to_eos))
 
 
 def test_special_token_glued_to_punctuation_is_a_known_difference(tok, openai_ref) -> None:

@@ -3,8 +3,37 @@
 Both use OpenAI's key names (`visual.conv1.weight`, `transformer.resblocks.N.attn.in_proj_weight`,
 ...). open_clip's `CustomTextCLIP` keeps the text tower in a submodule, so its text keys carry
 a `text.` prefix (`text.token_embedding.weight`, `text.transformer.resblocks.N...`); the prefix
-is removed first. The sizes are read from the tensor shapes; only the head count is not stored
-anywhere, and follows OpenAI's rule heads = width // 64 unless given.
+is removed first. The sizes are read from the tensor shapes; only the head counts and the
+activation are not stored anywhere.
+
+Head counts, unless given: the text tower has width // 64 heads (OpenAI's rule, which every
+shipped open_clip text tower follows); the image tower has width // 64 heads below width 1024
+and 16 heads from 1024 up (`vision_heads_for_width`), which is OpenAI's rule for its ViT-B and
+ViT-L and open_clip's `head_width` for its big towers. Checked against open_clip 3.3.0's
+`model_configs/*.json` (heads = width // head_width):
+
+| vision width | heads | head width | open_clip configs (and their -quickgelu / -336 / -378 / ... variants) |
+|---|---|---|---|
+| 384 | 6 | 64 | ViT-S-16, ViT-S-32 (-alt) |
+| 512 | 8 | 64 | ViT-M-16, ViT-M-32 (-alt) |
+| 768 | 12 | 64 | ViT-B-16, ViT-B-32 (-256), OpenAI ViT-B/16, ViT-B/32 |
+| 896 | 14 | 64 | ViT-B-16-plus (-240), ViT-B-32-plus-256 |
+| 1024 | 16 | 64 | ViT-L-14, ViT-L-16 (-280, -320, -336), OpenAI ViT-L/14, Long-CLIP-L |
+| 1280 | 16 | 80 | ViT-H-14, ViT-H-16 (-378) |
+| 1408 | 16 | 88 | ViT-g-14 |
+| 1664 | 16 | 104 | ViT-bigG-14 |
+| 1792 | 16 | 112 | ViT-e-14 |
+
+Text widths 256 to 1280 (4 to 20 heads) all follow width // 64. A model trained with other
+head counts needs them given (`--text-heads` / `--vision-heads`).
+
+What the key layout cannot show, and so is not supported: open_clip's text `pool_type` other than
+`argmax` (`first`, `last`, or `eos` with an id other than 49407), `no_causal_mask`, and the vision
+`pool_type` `avg` / `none` (transformers' CLIPModel pools the text at the first
+`<|endoftext|>` under a causal mask and the image at the class token). What it does show is
+refused: a vocabulary other than CLIP's 49408 BPE tokens (open_clip's `*-worldwide` and CLIPA
+text towers: the saved tokenizer is CLIP's), a missing `visual.ln_pre` (CLIPA's `no_ln_pre`), and
+tensors with no place in a CLIPModel (`ls_init_value`, attention pooling, `proj_bias`, ...).
 
 What changes on the way:
 - `attn.in_proj_weight` / `in_proj_bias` stack q, k, v on the first axis; transformers keeps
@@ -31,6 +60,8 @@ from collections.abc import Callable
 import torch
 from transformers import CLIPConfig
 
+from clipcond.tokenization import CLIP_VOCAB_SIZE
+
 # Non-tensor leftovers that OpenAI's TorchScript checkpoints carry (their `build_model` drops them too),
 # and the causal mask that some open_clip versions store as a buffer (transformers builds its own).
 _IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -41,6 +72,11 @@ _TEXT_TOWER_PREFIX = "text."
 # Long-CLIP keeps its original positions 0..19 ("knowledge-preserved stretching", mask1 in its
 # `encode_text`) and reads `positional_embedding_res` from position 20 on.
 LONG_CLIP_KEPT_POSITIONS = 20
+
+# From this image-tower width on, open_clip's shipped ViTs keep 16 heads and widen each head
+# (ViT-H 80, ViT-g 88, ViT-bigG 104, ViT-e 112); below it, heads are 64 wide as in OpenAI's models.
+_WIDE_VISION_FROM = 1024
+_WIDE_VISION_HEADS = 16
 
 _BLOCK_RENAMES = {
     "attn.out_proj.weight": "self_attn.out_proj.weight",
@@ -72,20 +108,28 @@ def convert_openai_state_dict(
             combines the two (see the module docstring).
         quick_gelu: True for OpenAI's models and open_clip's `*-quickgelu` ones (x * sigmoid(1.702 x));
             False for open_clip models trained with plain GELU. Nothing in the weights tells them apart.
-        text_heads, vision_heads: attention heads, when not width // 64.
+        text_heads, vision_heads: attention heads; by default width // 64 for the text tower and
+            `vision_heads_for_width(width)` for the image tower (the module docstring lists the
+            open_clip configs these rules were checked against).
 
     Returns:
         (config, hf_state_dict): `CLIPModel(config).load_state_dict(hf_state_dict)` loads strictly.
         Sizes read from shapes: widths, layers, MLP widths, patch size, image size
-        (patch * sqrt(positions - 1)), embed dim, context length, vocabulary. The text
-        config's bos/eos are vocab - 2 / vocab - 1 (49406 / 49407 for CLIP's vocabulary),
-        so pooling at the first eos equals OpenAI's argmax over token ids.
+        (patch * sqrt(positions - 1)), embed dim, context length. The vocabulary must be
+        CLIP's 49408 BPE tokens; bos/eos are 49406 / 49407, so pooling at the first eos equals
+        OpenAI's argmax over token ids.
+
+    Raises:
+        ValueError: a layout that does not convert, naming the key and the reason (a missing
+            tensor, another vocabulary, CLIPA's missing `visual.ln_pre`, tensors left over).
     """
     source = _openai_keys(state_dict)
     _check_layout(source)
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
+        if key not in source:
+            raise ValueError(f"missing {key!r}, which every OpenAI-layout ViT CLIP has")
         used.add(key)
         return source[key]
 
@@ -98,6 +142,13 @@ def convert_openai_state_dict(
     vision_layers = _count_blocks(source, "visual.transformer.resblocks.")
     text_width = source["token_embedding.weight"].shape[1]
     vocab_size = source["token_embedding.weight"].shape[0]
+    if vocab_size != CLIP_VOCAB_SIZE:
+        raise ValueError(
+            f"token_embedding.weight has {vocab_size} rows, not CLIP's BPE vocabulary of {CLIP_VOCAB_SIZE}: "
+            "this text tower reads another tokenizer (as open_clip's *-worldwide and CLIPA models do) and "
+            "pools at its own end token, while the converted folder gets CLIP's tokenizer and pools at "
+            "<|endoftext|>; only CLIP-BPE text towers convert"
+        )
     context_length = source["positional_embedding"].shape[0]
     text_layers = _count_blocks(source, "transformer.resblocks.")
     embed_dim = source["text_projection"].shape[1]
@@ -106,6 +157,8 @@ def convert_openai_state_dict(
             f"visual.proj has shape {tuple(source['visual.proj'].shape)}, expected ({vision_width}, {embed_dim}) "
             "(vision width, embed dim taken from text_projection)"
         )
+    text_heads = _given_heads(text_heads, text_width, "text") or _heads(text_width, "text")
+    vision_heads = _given_heads(vision_heads, vision_width, "vision") or vision_heads_for_width(vision_width)
     act = "quick_gelu" if quick_gelu else "gelu"
     config = CLIPConfig(
         text_config={
@@ -114,7 +167,7 @@ def convert_openai_state_dict(
             "intermediate_size": source["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             "projection_dim": embed_dim,
             "num_hidden_layers": text_layers,
-            "num_attention_heads": text_heads or _heads(text_width, "text"),
+            "num_attention_heads": text_heads,
             "max_position_embeddings": context_length,
             "hidden_act": act,
             "bos_token_id": vocab_size - 2,
@@ -126,7 +179,7 @@ def convert_openai_state_dict(
             "intermediate_size": source["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             "projection_dim": embed_dim,
             "num_hidden_layers": vision_layers,
-            "num_attention_heads": vision_heads or _heads(vision_width, "vision"),
+            "num_attention_heads": vision_heads,
             "image_size": grid * patch_size,
             "patch_size": patch_size,
             "hidden_act": act,
@@ -222,11 +275,34 @@ def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     return len(indices)
 
 
+def vision_heads_for_width(width: int) -> int:
+    """The image tower's attention heads for its width: width // 64 below 1024, 16 from 1024 up.
+
+    OpenAI's ViTs and every ViT config open_clip 3.3.0 ships follow it (the table in the module
+    docstring); a tower trained otherwise needs `vision_heads` given.
+    """
+    if width < _WIDE_VISION_FROM:
+        return _heads(width, "vision")
+    if width % _WIDE_VISION_HEADS:
+        raise ValueError(
+            f"vision width {width} is not a multiple of {_WIDE_VISION_HEADS}, so open_clip's "
+            f"{_WIDE_VISION_HEADS}-head rule for wide towers does not apply; pass vision_heads (--vision-heads)"
+        )
+    return _WIDE_VISION_HEADS
+
+
+def _given_heads(heads: int | None, width: int, tower: str) -> int | None:
+    """`heads` when it splits `width` into equal heads; None when not given."""
+    if heads is not None and (heads <= 0 or width % heads):
+        raise ValueError(f"{tower}_heads (--{tower}-heads) {heads} does not divide the {tower} width {width}")
+    return heads
+
+
 def _heads(width: int, tower: str) -> int:
     if width % 64:
         raise ValueError(
             f"{tower} width {width} is not a multiple of 64, so OpenAI's heads = width // 64 rule does not apply; "
-            f"pass {tower}_heads"
+            f"pass {tower}_heads (--{tower}-heads)"
         )
     return width // 64
 
@@ -243,6 +319,11 @@ def _check_layout(state_dict: dict[str, torch.Tensor]) -> None:
         "logit_scale",
     )
     missing = [key for key in required if key not in state_dict]
+    if not missing and "visual.ln_pre.weight" not in state_dict:
+        raise ValueError(
+            "missing 'visual.ln_pre.weight': an open_clip CLIPA model (no_ln_pre, and its towers pool "
+            "by average and at the last token), which a transformers CLIPModel cannot hold; it does not convert"
+        )
     if missing:
         hint = ""
         if "visual.layer1.0.conv1.weight" in state_dict:

@@ -8,6 +8,15 @@ Pickle-based checkpoints (``.pt``, ``.pth``, ``.bin``, OpenAI's TorchScript arch
 code when loaded, so they are read only with ``--trust-pickle``; ``.safetensors`` files need
 no flag. The output folder is written next to its final place and renamed into it, so a failed
 conversion leaves nothing half-written, and an existing folder is never overwritten.
+
+Neither the head counts nor the activation are stored in the weights. The defaults (text: width //
+64 heads; image: width // 64 below width 1024, 16 from 1024 up, which fits OpenAI's models and
+every ViT config of open_clip 3.3.0, ViT-H/g/bigG/e included; QuickGELU) and what was used are
+printed; `--text-heads`, `--vision-heads` and `--gelu` change them. Refused with the reason: a
+vocabulary other than CLIP's 49408 BPE tokens (open_clip's *-worldwide, CLIPA), CLIPA's missing
+`visual.ln_pre`, tensors a transformers CLIPModel has no place for. Not supported and not visible
+in the weights, so not refused: open_clip's text `pool_type` first / last / eos (with an id other
+than 49407), `no_causal_mask`, and the vision `pool_type` avg / none.
 """
 
 from __future__ import annotations
@@ -23,16 +32,34 @@ from typing import Any
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
 from clipcond.output_paths import check_output_location
 
+_EPILOG = (
+    "Not supported, and not visible in the weights, so not refused: open_clip's text pool_type "
+    "first / last / eos (with an end id other than 49407), text no_causal_mask, vision pool_type avg / none. "
+    "Refused: a vocabulary other than CLIP's 49408 BPE tokens (open_clip's *-worldwide, CLIPA), "
+    "CLIPA's missing visual.ln_pre, ResNet towers, tensors a transformers CLIPModel has no place for "
+    "(ls_init_value, attention pooling, proj_bias)."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `convert-clip`."""
+    """The options of `convert-clip`, and in its help what it does not support."""
+    parser.epilog = _EPILOG
     parser.add_argument(
         "--checkpoint", required=True, help="OpenAI / open_clip / Long-CLIP ViT weights (.pt, .bin, .safetensors)"
     )
     parser.add_argument("--output", required=True, help="new folder for the converted model (must not exist)")
-    parser.add_argument("--gelu", action="store_true", help="plain GELU (open_clip models not named *-quickgelu)")
-    parser.add_argument("--text-heads", type=int, help="text attention heads, when not width // 64")
-    parser.add_argument("--vision-heads", type=int, help="vision attention heads, when not width // 64")
+    parser.add_argument(
+        "--gelu",
+        action="store_true",
+        help="plain GELU (open_clip models not named *-quickgelu); default QuickGELU, as OpenAI's models",
+    )
+    parser.add_argument("--text-heads", type=int, help="text attention heads (default width // 64)")
+    parser.add_argument(
+        "--vision-heads",
+        type=int,
+        help="image attention heads (default width // 64 below width 1024, 16 from 1024 up: OpenAI's "
+        "models and open_clip's ViT configs S, M, B, B-plus, L, H, g, bigG, e)",
+    )
     parser.add_argument("--trust-pickle", action="store_true", help="allow unpickling a checkpoint you trust")
 
 
@@ -46,6 +73,20 @@ def _state_dict(loaded: Any) -> dict:
     if isinstance(loaded, dict):
         return loaded
     raise ValueError(f"expected a state dict or a module, found {type(loaded).__name__}")
+
+
+def _architecture_line(config: Any, args: argparse.Namespace) -> str:
+    """What the weights do not say and the conversion chose: heads per tower, activation."""
+    parts = []
+    for tower, tower_config, given in (
+        ("text", config.text_config, args.text_heads),
+        ("vision", config.vision_config, args.vision_heads),
+    ):
+        heads, width = tower_config.num_attention_heads, tower_config.hidden_size
+        source = f"--{tower}-heads" if given else "default"
+        parts.append(f"{tower} heads: {heads} of width {width // heads} ({source})")
+    activation = "gelu (--gelu)" if args.gelu else "quick_gelu (default; --gelu for plain GELU)"
+    return f"{'; '.join(parts)}; activation: {activation}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         config, weights = convert_openai_state_dict(
             state, quick_gelu=not args.gelu, text_heads=args.text_heads, vision_heads=args.vision_heads
         )
+    print(_architecture_line(config, args))
     model = CLIPModel(config)
     model.load_state_dict(weights)
     temporary = output.with_name(f".{output.name}.tmp")
