@@ -102,8 +102,9 @@ class TextConditioner:
             live in a `TextProjection` (`self.projection`).
         projection: an existing `TextProjection` (e.g. a pipeline's trained `text_projection`)
             to use instead of a new one; its layers must fit the recipe and encoders.
-        parse_weights: read the weighting syntax `(word:1.3)`, `[word]`, `BREAK`; False treats
-            every prompt as plain text.
+        parse_weights: read the weighting syntax `(word:1.3)`, `[word]`, `BREAK`; False reads
+            them as plain text (prompt editing in `pipeline_kwargs(..., num_inference_steps=N)`
+            still applies, as with A1111's emphasis "None").
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
             mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"
