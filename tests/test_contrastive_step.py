@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipcond.training.clip.contrastive_step import contrastive_backward
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _loss(scale):
@@ -19,7 +24,7 @@ def _loss(scale):
     return loss_fn
 
 
-def test_accumulated_gradients_equal_the_full_batch():
+def _towers():
     torch.manual_seed(0)
     image_tower, text_tower = nn.Linear(6, 4), nn.Embedding(20, 4)
     scale = nn.Parameter(torch.tensor(2.0))
@@ -28,17 +33,86 @@ def test_accumulated_gradients_equal_the_full_batch():
     def encode(batch):
         return image_tower(batch["pixels"]), text_tower(batch["tokens"])
 
-    loss_fn = _loss(scale)
-    full = contrastive_backward(encode, loss_fn, [{"pixels": pixels, "tokens": tokens}])
-    expected = [p.grad.clone() for p in (*image_tower.parameters(), *text_tower.parameters(), scale)]
-    for p in (*image_tower.parameters(), *text_tower.parameters(), scale):
-        p.grad = None
     micro = [{"pixels": pixels[i : i + 4], "tokens": tokens[i : i + 4]} for i in range(0, 12, 4)]
-    accumulated = contrastive_backward(encode, loss_fn, micro)
+    return encode, [*image_tower.parameters(), *text_tower.parameters(), scale], scale, micro
+
+
+def test_accumulated_gradients_equal_the_full_batch():
+    encode, parameters, scale, micro = _towers()
+    whole = {key: torch.cat([m[key] for m in micro]) for key in micro[0]}
+    loss_fn = _loss(scale)
+    full = contrastive_backward(encode, loss_fn, [whole], loss_parameters=[scale])
+    expected = [p.grad.clone() for p in parameters]
+    for p in parameters:
+        p.grad = None
+    accumulated = contrastive_backward(encode, loss_fn, micro, loss_parameters=[scale])
     torch.testing.assert_close(accumulated, full, rtol=0, atol=1e-6)
-    got = [p.grad for p in (*image_tower.parameters(), *text_tower.parameters(), scale)]
-    for a, b in zip(got, expected):
+    for a, b in zip([p.grad for p in parameters], expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # The per-micro-batch loss (naive accumulation) is a different, smaller-batch objective.
     naive = sum(loss_fn(*encode(m)) for m in micro) / len(micro)
     assert abs(naive.item() - full.item()) > 1e-3
+
+
+def _changed(before, after) -> bool:
+    if before is None:
+        return after is not None
+    return not torch.equal(before, after)
+
+
+def test_every_gradient_arrives_in_the_last_synchronised_backward():
+    """DDP (find_unused_parameters=False) all-reduces only when every trained parameter's
+    gradient has arrived in the backward it synchronises, the last re-encoding's: the
+    temperature's must come there too, not from a backward of the loss outside DDP."""
+    encode, parameters, scale, micro = _towers()
+    arrived = []  # per backward call: the parameters whose gradient it wrote
+
+    def backward(surrogate):
+        before = [None if p.grad is None else p.grad.clone() for p in parameters]
+        surrogate.backward()
+        arrived.append([_changed(b, p.grad) for b, p in zip(before, parameters)])
+
+    contrastive_backward(encode, _loss(scale), micro, loss_parameters=[scale], backward=backward)
+    assert len(arrived) == len(micro)
+    assert all(arrived[-1])  # every parameter, the temperature included
+    assert [calls[-1] for calls in arrived[:-1]] == [False, False]  # the temperature once, in the last
+
+
+def test_micro_batches_update_batch_norm_statistics_once_each():
+    """ResNet tower: after a step in micro-batches of 3 (8 samples: 3, 3, 2) every BatchNorm
+    layer's running statistics are those of a plain train-mode forward of each micro-batch in
+    turn; the no-grad encoding of the micro-batches leaves them alone."""
+    from accelerate import Accelerator
+
+    from clipcond.tokenization import clip_tokenizer
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.clip.contrastive_step import split_batch
+    from clipcond.training.clip.loop import ContrastiveStep, make_optimizer
+    from clipcond.training.clip.model_setup import build_contrastive_model
+    from clipcond.training.data import CaptionTokenizer, DataConfig, ImageCaptionBatches
+
+    config = TrainClipConfig(
+        model=str(REPO / "configs" / "models" / "clip-tiny.yaml"),
+        batch_size=8,
+        micro_batch_size=3,
+        steps=3,
+        output_dir="unused",
+        data=DataConfig(max_objects=2),
+    )
+    batch = next(ImageCaptionBatches(config.data, CaptionTokenizer(clip_tokenizer(), 77), 32, 8, seed=0))
+    torch.manual_seed(0)
+    model = build_contrastive_model(config)
+    model.train()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for micro in split_batch(batch, 3):
+            reference(**micro)
+    optimizer, scheduler = make_optimizer(model, config)
+    ContrastiveStep(Accelerator(cpu=True), model, optimizer, scheduler, micro_batch_size=3).backward(batch)
+
+    expected = dict(reference.named_buffers())
+    statistics = {name: buffer for name, buffer in model.named_buffers() if "running_" in name or "batches" in name}
+    assert len(statistics) > 10
+    assert all(expected[name].item() == 3 for name in statistics if name.endswith("num_batches_tracked"))
+    for name, buffer in statistics.items():
+        assert torch.equal(buffer, expected[name]), name

@@ -104,6 +104,49 @@ def test_clip_transform_resizes_crops_and_normalises():
     assert cropped[0, 0, 0] > (0 - CLIP_MEAN[0]) / CLIP_STD[0]  # the left edge was cropped away
 
 
+# (width, height, size) -> the resized (width, height) and the crop's (left, top), worked out by
+# hand from torchvision's formulas (what OpenAI's `clip._transform` and open_clip run):
+# long side `int(size * long / short)`, crop offset `int(round((length - size) / 2.0))`.
+TORCHVISION_GEOMETRY = {
+    (64, 48, 32): ((42, 32), (5, 0)),  # 42.67 -> 42, not rounded to 43
+    (48, 64, 32): ((32, 42), (0, 5)),
+    (640, 480, 32): ((42, 32), (5, 0)),
+    (101, 20, 16): ((80, 16), (32, 0)),  # 80.8 -> 80
+    (43, 32, 32): ((43, 32), (6, 0)),  # not resampled; 5.5 rounds to 6, not floored to 5
+    (32, 47, 32): ((32, 47), (0, 8)),  # 7.5 -> 8
+    (45, 32, 32): ((45, 32), (6, 0)),  # 6.5 -> 6 (half to even)
+    (50, 33, 32): ((48, 32), (8, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(TORCHVISION_GEOMETRY), ids=lambda case: "{}x{}@{}".format(*case))
+def test_clip_transform_resizes_and_crops_as_torchvision(case) -> None:
+    width, height, size = case
+    resized, (left, top) = TORCHVISION_GEOMETRY[case]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    expected = image.resize(resized, Image.BICUBIC) if resized != image.size else image
+    expected = expected.crop((left, top, left + size, top + size))
+    pixels = torch.from_numpy(np.asarray(expected, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    normalised = (pixels - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    torch.testing.assert_close(ClipImageTransform(size)(image), normalised, rtol=0, atol=0)
+
+
+def test_clip_transform_equals_transformers_clip_image_processor_but_for_its_floored_crop() -> None:
+    from transformers import CLIPImageProcessor
+
+    rng = np.random.default_rng(1)
+    for width, height, size in [(64, 48, 32), (48, 64, 32), (101, 20, 16), (45, 32, 32), (43, 32, 32)]:
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        theirs = torch.as_tensor(processor(image, return_tensors="np")["pixel_values"][0])
+        ours = ClipImageTransform(size)(image)
+        if (width - size) % 4 == 3:  # transformers floors the offset: one pixel to the left
+            torch.testing.assert_close(ours[:, :, :-1], theirs[:, :, 1:], rtol=0, atol=1e-5)
+            assert (ours - theirs).abs().max() > 0.1
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
 def _truncated_png() -> bytes:
     data = _png((1, 2, 3), size=(64, 64))
     return data[: len(data) // 2]

@@ -33,3 +33,19 @@ def test_retrieval_recall_both_ways():
     assert recall["image_to_text@1"] == 0.5 and recall["text_to_image@1"] == 0.5
     # Image 1's true text scores 0 and only the swapped text scores higher: rank 2.
     assert recall["image_to_text@2"] == 1.0 and recall["text_to_image@2"] == 1.0
+
+
+def test_retrieval_recall_counts_an_exact_tie_with_the_true_match_as_a_hit():
+    """Texts 0 and 1 are the same caption: for image 1 the copy at index 0 ties with its true
+    text, which still counts at rank 1; open_clip's argsort ranking puts the copy first."""
+    images = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.2, 0.0], [1.0, 0.2, 0.0], [0.0, 1.0, 1.0]])
+    recall = retrieval_recall(images, texts, ks=(1, 2))
+    assert recall["image_to_text@1"] == 1.0  # image 1 ties between texts 0 and 1
+    assert abs(recall["text_to_image@1"] - 2 / 3) < 1e-6  # text 0 is nearer image 1 (no tie): rank 2
+    assert recall["text_to_image@2"] == 1.0
+    # open_clip_train's get_clip_metrics: rank = position of the true match in a descending argsort
+    similarity = torch.nn.functional.normalize(images, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
+    ranking = torch.argsort(similarity, dim=-1, descending=True, stable=True)
+    argsort_ranks = torch.where(ranking == torch.arange(3)[:, None])[1]
+    assert argsort_ranks.tolist() == [0, 1, 0]  # image 1: its caption's copy at index 0 comes first

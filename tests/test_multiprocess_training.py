@@ -14,8 +14,9 @@ rank) changes the losses from the second step and the weights by about `lr` per 
 above 1e-5.
 
 The fast tests here run in the default suite: the data each rank reads, the per-sample noise,
-and two processes forked by accelerate's `debug_launcher` training CLIP. The slow one runs the
-real command line, ``accelerate launch --multi_gpu --num_processes 2`` with
+and two processes forked by accelerate's `debug_launcher` training CLIP (whole batches and
+micro-batches). The slow one runs the real command line, ``accelerate launch --multi_gpu
+--num_processes 2`` with
 ``ACCELERATE_USE_CPU=1`` (how accelerate 1.x starts several CPU processes on one machine:
 torchrun underneath, the gloo backend), for `train-clip` and `train-diffusion`.
 """
@@ -188,23 +189,28 @@ def _forked_rank(objective: str, config, log_prefix: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     rank_audit.mark_rank(torch.distributed.get_rank(), config.output_dir, log_prefix)  # the launcher's group
-    train = train_clip if objective == "clip" else train_diffusion
+    train = train_clip if objective.startswith("clip") else train_diffusion
     train(config, show_progress=False)
 
 
-@pytest.mark.parametrize("objective", ["clip", "diffusion"])
+@pytest.mark.parametrize("objective", ["clip", "clip-micro-batches", "diffusion"])
 def test_two_forked_processes_end_with_the_weights_of_one(tmp_path: Path, tiny_clip_text_path, objective) -> None:
+    """Two processes of 2 samples (each cut in two micro-batches of 1 for "clip-micro-batches":
+    the temperature's gradient must join DDP's synchronised backward, or DDP averages none of
+    the towers' gradients) end with the weights of one process of 4, whole."""
     from accelerate import debug_launcher
 
-    if objective == "clip":
-        one, two = (clip_config(tmp_path / name, batch) for name, batch in (("one", 4), ("two", 2)))
+    if objective.startswith("clip"):
+        micro = 1 if objective == "clip-micro-batches" else None
+        one = clip_config(tmp_path / "one", 4)
+        two = clip_config(tmp_path / "two", 2, micro_batch_size=micro)
         weights = clip_weights
     else:
         one, two = (
             diffusion_config(tiny_clip_text_path, tmp_path / name, batch) for name, batch in (("one", 4), ("two", 2))
         )
         weights = unet_weights
-    (train_clip if objective == "clip" else train_diffusion)(one, show_progress=False)
+    (train_clip if objective.startswith("clip") else train_diffusion)(one, show_progress=False)
     debug_launcher(_forked_rank, args=(objective, two, str(tmp_path / "audit")), num_processes=WORLD)
 
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-6)

@@ -43,7 +43,8 @@ class TrainClipConfig:
         hard_negatives: add a caption with swapped attributes per sample as an extra negative
             (shapes data only).
         batch_size: the contrastive batch per process; `micro_batch_size` splits it for memory
-            while keeping one loss over the whole batch.
+            while keeping one loss over the whole batch (a BatchNorm tower's statistics are
+            per micro-batch: see `contrastive_step`).
         steps, lr, weight_decay, warmup_steps, betas, eps: AdamW with warm-up + cosine (checked
             by `check_optimizer_settings`: lr > 0, weight_decay >= 0, eps > 0, all finite).
         mixed_precision: "no", "fp16" or "bf16" (accelerate).

@@ -3,24 +3,33 @@
 Plain gradient accumulation would compute the contrastive loss per micro-batch, which shrinks
 the set of negatives. Instead (the GradCache scheme):
 
-1. encode every micro-batch without gradients and concatenate the features;
-2. compute one loss over all features (gathered across processes inside the loss) and
-   backpropagate it to the features and the temperature only;
+1. encode every micro-batch without gradients and concatenate the features; this pass leaves
+   the towers' state (BatchNorm running statistics) as it found it;
+2. compute one loss over all features (gathered across processes inside the loss) and take
+   its gradients with respect to the features and the loss's own parameters (the
+   temperature, SigLIP's bias), without touching any parameter's `.grad`;
 3. encode each micro-batch again with gradients and backpropagate the cached feature
    gradients through the towers (`surrogate = <features, grad>`), accumulating parameter
-   gradients.
+   gradients; the last micro-batch's surrogate also carries the loss parameters
+   (`+ <logit_scale, grad>`), so that its backward, the one DDP synchronises, reaches every
+   trained parameter and DDP averages all of them across processes, once.
 
-The result equals the gradient of the loss on the whole batch at once (tested), at the price
-of a second forward pass when there is more than one micro-batch. With one micro-batch the
-step is a plain forward + backward.
+For towers without batch statistics (the ViTs) the result equals the gradient of the loss on
+the whole batch at once, on one process or several (tested), at the price of a second forward
+pass when there is more than one micro-batch. A BatchNorm tower (the ResNets) normalises each
+micro-batch by that micro-batch's statistics, as open_clip's `accum_freq` does, so its result
+is not the whole batch's; its running statistics are updated once per micro-batch, by the
+re-encoding, as a plain train-mode forward of each micro-batch would update them. With one
+micro-batch the step is a plain forward + backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+from torch import nn
 
 Encode = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -30,20 +39,27 @@ def contrastive_backward(
     encode: Encode,
     loss_fn: Loss,
     micro_batches: Sequence[dict[str, torch.Tensor]],
+    *,
+    loss_parameters: Sequence[torch.Tensor],
     no_sync: Callable[[], object] | None = None,
     backward: Callable[[torch.Tensor], None] | None = None,
+    state_kept: Callable[[], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """Backpropagate the contrastive loss of all `micro_batches` taken together.
 
     Args:
         encode: micro-batch -> (image_features, text_features), each (micro, dim).
-        loss_fn: (image_features, text_features) over the whole batch -> scalar loss; it may
-            use parameters (the temperature), whose gradients it accumulates directly.
+        loss_fn: (image_features, text_features) over the whole batch -> scalar loss.
         micro_batches: the batch split in pieces that fit in memory.
+        loss_parameters: every parameter `loss_fn` reads besides the features (the
+            temperature, SigLIP's bias); with several micro-batches only these and the towers'
+            parameters receive gradients (one that does not require grad is skipped).
         no_sync: context manager factory that suspends DDP gradient sync (accelerate's
             `accelerator.no_sync(model)`), used for all but the last re-encoding.
         backward: how to backpropagate a scalar (`accelerator.backward`, which scales fp16
             losses); default `tensor.backward()`.
+        state_kept: context manager factory for the no-grad encoding that restores the
+            towers' state on exit (`batch_norm_statistics_kept(model)`).
 
     Returns:
         The loss value (detached).
@@ -54,24 +70,44 @@ def contrastive_backward(
         loss = loss_fn(images, texts)
         backward(loss)
         return loss.detach()
-    with torch.no_grad():
+    with torch.no_grad(), state_kept() if state_kept is not None else nullcontext():
         features = [encode(batch) for batch in micro_batches]
     images = torch.cat([f[0] for f in features]).requires_grad_(True)
     texts = torch.cat([f[1] for f in features]).requires_grad_(True)
+    parameters = [parameter for parameter in loss_parameters if parameter.requires_grad]
     loss = loss_fn(images, texts)
-    # The loss's own scaling (fp16) is undone on the feature gradients by using plain
-    # backward here; `backward` applies it to the surrogate, which carries the same scale.
-    loss.backward()
-    image_grads = images.grad.split([f[0].shape[0] for f in features])
-    text_grads = texts.grad.split([f[1].shape[0] for f in features])
+    # Plain gradients here: the loss's own scaling (fp16) is applied by `backward` to the
+    # surrogates, which carry these gradients, and undone on the parameters by the optimizer.
+    image_grad, text_grad, *parameter_grads = torch.autograd.grad(loss, [images, texts, *parameters], allow_unused=True)
+    image_grads = image_grad.split([f[0].shape[0] for f in features])
+    text_grads = text_grad.split([f[1].shape[0] for f in features])
     last = len(micro_batches) - 1
     for index, batch in enumerate(micro_batches):
         context = no_sync() if (no_sync is not None and index < last) else nullcontext()
         with context:
             batch_images, batch_texts = encode(batch)
             surrogate = (batch_images * image_grads[index]).sum() + (batch_texts * text_grads[index]).sum()
+            if index == last:  # in the synchronised backward, so DDP averages them with the towers'
+                for parameter, grad in zip(parameters, parameter_grads):
+                    grad = torch.zeros_like(parameter) if grad is None else grad
+                    surrogate = surrogate + (parameter * grad).sum()
             backward(surrogate)
     return loss.detach()
+
+
+@contextmanager
+def batch_norm_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Put back, on exit, the running statistics (`running_mean`, `running_var`,
+    `num_batches_tracked`) of every BatchNorm layer in `module`, in place."""
+    layers = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    saved = [[buffer.clone() for buffer in layer.buffers(recurse=False)] for layer in layers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, buffers in zip(layers, saved):
+                for buffer, value in zip(layer.buffers(recurse=False), buffers):
+                    buffer.copy_(value)
 
 
 def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> list[dict[str, torch.Tensor]]:

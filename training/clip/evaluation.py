@@ -111,7 +111,8 @@ def shapes_zero_shot(
 def pair_retrieval(
     clip: ClipTwoTower, tokenizer: CaptionTokenizer, pairs: Iterable[tuple[object, str]], limit: int = 1000
 ) -> dict[str, float]:
-    """Image<->text recall@1/5/10 over up to `limit` (PIL image, caption) pairs (image i matches caption i)."""
+    """Image<->text recall@1/5/10 over up to `limit` (PIL image, caption) pairs (image i matches caption i;
+    an exact tie with the true match counts as a hit, see `retrieval_recall`)."""
     transform = ClipImageTransform(clip.config.vision.image_size)
     pixels, captions = [], []
     for image, caption in pairs:

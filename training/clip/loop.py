@@ -24,7 +24,7 @@ from clipcond.losses import clip_loss, siglip_loss
 from clipcond.models import save_clip
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.clip.config import TrainClipConfig
-from clipcond.training.clip.contrastive_step import contrastive_backward, split_batch
+from clipcond.training.clip.contrastive_step import batch_norm_statistics_kept, contrastive_backward, split_batch
 from clipcond.training.clip.evaluation import shapes_zero_shot
 from clipcond.training.clip.model_setup import (
     ContrastiveModel,
@@ -188,22 +188,18 @@ class ContrastiveStep:
         return clip_loss(images, texts, self.model.logit_scale, negative_text_features=negatives)
 
     def backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Loss of `batch` (this process's share of the global batch) and its gradients."""
+        """Loss of `batch` (this process's share of the global batch) and its gradients,
+        averaged across processes by DDP (every trained parameter once)."""
         accelerator = self.accelerator
-        loss = contrastive_backward(
+        return contrastive_backward(
             self._encode,
             self._loss,
             split_batch(batch, self.micro_batch_size),
+            loss_parameters=[p for p in (self.model.logit_scale, self.model.logit_bias) if p is not None],
             no_sync=lambda: accelerator.no_sync(self.prepared_model),
             backward=accelerator.backward,
+            state_kept=lambda: batch_norm_statistics_kept(self.model),
         )
-        if self.micro_batch_size is not None and accelerator.num_processes > 1:
-            # Parameters used only by the loss got their gradient outside DDP's synchronised
-            # backward when the batch was split: average them across processes here.
-            for parameter in (self.model.logit_scale, self.model.logit_bias):
-                if parameter is not None and parameter.grad is not None:
-                    parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
-        return loss
 
     def update(self) -> None:
         """AdamW step, learning-rate schedule, temperature clamp (CLIP loss only); gradients cleared."""

@@ -79,6 +79,18 @@ def retrieval_recall(
 ) -> dict[str, float]:
     """Recall@K both ways for paired embeddings (image i matches text i).
 
+    A query's rank is the number of candidates scoring strictly higher than its true match, so a
+    candidate that ties with the true match exactly counts as a hit too: a repeated caption (the
+    same text, hence the same embedding) found for an image is a hit, whichever copy it is.
+    open_clip's `get_clip_metrics` ranks by `argsort` instead, where an exact tie falls either
+    way by sort order, so with repeated captions its image_to_text recall can be lower; without
+    exact ties the two agree. text_to_image ties only for identical images.
+
+    Args:
+        image_embeds: (n, dim) image embeddings (normalised here).
+        text_embeds: (n, dim) text embeddings of the paired captions (normalised here).
+        ks: the K of Recall@K.
+
     Returns:
         {"image_to_text@1": ..., "text_to_image@1": ..., ...} as fractions.
     """
