@@ -6,7 +6,11 @@ so the windows can be encoded as a batch and joined on the sequence axis. A ``BR
 fragment closes the current window, as in A1111 even when it is empty (a prompt that starts
 with ``BREAK``, or two ``BREAK`` in a row, gives an empty window of BOS, EOS and padding; a
 ``BREAK`` at the end adds none); when a window fills up mid-word, the partial word moves to the
-next window (a word boundary is preferred within `WORD_LOOKBACK` tokens).
+next window (a word boundary is preferred within `WORD_LOOKBACK` tokens). With
+``window_split="a1111"`` a full window is cut as A1111's ``tokenize_line`` cuts it instead:
+everything after the last comma within `WORD_LOOKBACK` tokens moves to the next window (its
+``comma_padding_backtrack``, default 20), and without such a comma the window ends at its 75th
+token, mid-word if need be.
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
 dropped and reported, as diffusers does.
@@ -21,10 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from clipcond.prompts import Fragment
+from clipcond.window_splits import DEFAULT_WINDOW_SPLIT, check_window_split
 
 logger = logging.getLogger(__name__)
 
-# How far back (in tokens) a full window looks for the end of a word before it hard-splits.
+# How far back (in tokens) a full window looks for the end of a word (or, A1111's way, a comma)
+# before it hard-splits.
 WORD_LOOKBACK = 20
 
 
@@ -90,6 +96,73 @@ def _token_ids_per_fragment(
     return result
 
 
+# A window's content: (token id, weight, fragment index) per token.
+_Content = list[tuple[int, float, int]]
+
+
+def _windows_at_word_ends(
+    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], capacity: int, comma: int | None
+) -> list[_Content]:
+    """One prompt's windows, a full one cut at the last word end within `WORD_LOOKBACK` tokens."""
+    windows: list[_Content] = []
+    current: _Content = []
+    current_word_ends: list[bool] = []
+    for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids)):
+        if fragment.is_break:  # closes the window, an empty one too (A1111's next_chunk)
+            windows.append(current)
+            current, current_word_ends = [], []
+            continue
+        for token, word_end in zip(ids, _word_end_flags(tokenizer, ids)):
+            if len(current) == capacity:
+                split = capacity
+                for back in range(1, min(WORD_LOOKBACK, capacity) + 1):
+                    if current_word_ends[capacity - back]:
+                        split = capacity - back + 1
+                        break
+                windows.append(current[:split])
+                current, current_word_ends = current[split:], current_word_ends[split:]
+            current.append((token, fragment.weight, source))
+            current_word_ends.append(word_end)
+    if current or not windows:
+        windows.append(current)
+    return windows
+
+
+def _windows_at_commas(
+    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], capacity: int, comma: int | None
+) -> list[_Content]:
+    """One prompt's windows as A1111's ``tokenize_line`` makes them: when a token other than a
+    comma finds the window full, what follows the window's last comma moves on if that comma
+    is within `WORD_LOOKBACK` tokens of the end; a window still full then closes as it is."""
+    windows: list[_Content] = []
+    current: _Content = []
+    last_comma = -1  # the position of the current window's last comma; -1: none
+    for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids)):
+        if fragment.is_break:
+            windows.append(current)
+            current, last_comma = [], -1
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(current)
+            elif len(current) == capacity and last_comma != -1 and capacity - last_comma <= WORD_LOOKBACK:
+                windows.append(current[: last_comma + 1])
+                current, last_comma = current[last_comma + 1 :], -1
+            if len(current) == capacity:
+                windows.append(current)
+                current, last_comma = [], -1
+            current.append((token, fragment.weight, source))
+    if current or not windows:
+        windows.append(current)
+    return windows
+
+
+def _comma_id(tokenizer) -> int | None:
+    """The id of the comma that ends a word (",</w>"), or None for a vocabulary without it."""
+    found = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if found is None or found == tokenizer.unk_token_id else found
+
+
 def _word_end_flags(tokenizer, ids: list[int]) -> list[bool]:
     """Whether each CLIP token closes a word (its vocabulary entry ends in "</w>")."""
     return [str(token).endswith("</w>") for token in tokenizer.convert_ids_to_tokens(ids)]
@@ -106,13 +179,17 @@ def _close_window(content: list[tuple[int, float, int]], length: int, bos: int, 
     return ids, weights, [1] * real + [0] * (length - real), sources
 
 
-def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77) -> list[TokenWindows]:
+def clip_windows(
+    tokenizer, prompts: Sequence[Sequence[Fragment]], window_length: int = 77, window_split: str = DEFAULT_WINDOW_SPLIT
+) -> list[TokenWindows]:
     """Tokenize each prompt's fragments into CLIP windows of `window_length` tokens.
 
     Args:
         tokenizer: a transformers CLIP tokenizer (BOS, EOS and pad tokens set).
         prompts: one list of fragments per prompt (see `clipcond.prompts.parse_prompt`).
         window_length: tokens per window including BOS and EOS (77 for CLIP).
+        window_split: how a full window is cut: "word" (at a word end) or "a1111" (after a
+            comma, as A1111); see the module docstring.
 
     Returns:
         One `TokenWindows` per prompt; always at least one window (an empty prompt is
@@ -123,30 +200,11 @@ def clip_windows(tokenizer, prompts: Sequence[Sequence[Fragment]], window_length
     if pad is None:
         pad = eos
     per_fragment = _token_ids_per_fragment(tokenizer, prompts)
+    cut = _windows_at_commas if check_window_split(window_split) == "a1111" else _windows_at_word_ends
+    comma = _comma_id(tokenizer) if window_split == "a1111" else None
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
-        windows: list[list[tuple[int, float, int]]] = []
-        current: list[tuple[int, float, int]] = []  # (token id, weight, fragment index)
-        current_word_ends: list[bool] = []
-        for source, (fragment, ids) in enumerate(zip(fragments, fragment_ids)):
-            if fragment.is_break:  # closes the window, an empty one too (A1111's next_chunk)
-                windows.append(current)
-                current, current_word_ends = [], []
-                continue
-            word_ends = _word_end_flags(tokenizer, ids)
-            for token, word_end in zip(ids, word_ends):
-                if len(current) == capacity:
-                    split = capacity
-                    for back in range(1, min(WORD_LOOKBACK, capacity) + 1):
-                        if current_word_ends[capacity - back]:
-                            split = capacity - back + 1
-                            break
-                    windows.append(current[:split])
-                    current, current_word_ends = current[split:], current_word_ends[split:]
-                current.append((token, fragment.weight, source))
-                current_word_ends.append(word_end)
-        if current or not windows:
-            windows.append(current)
+        windows = cut(tokenizer, fragments, fragment_ids, capacity, comma)
         rows = [_close_window(window, window_length, bos, eos, pad) for window in windows]
         result.append(
             TokenWindows(

@@ -71,6 +71,7 @@ from clipcond.textual_inversion import (
 )
 from clipcond.tokenizer_fingerprint import TokenizerFingerprints
 from clipcond.window_encoding import encode_fragments
+from clipcond.window_splits import check_window_split
 
 if TYPE_CHECKING:  # the projection module needs diffusers; the conditioner imports it only when used
     from clipcond.projection import TextProjection
@@ -112,6 +113,10 @@ class TextConditioner:
             for every family. That default scales each token's states by its weight and
             nothing else, so a weight touches only its own tokens, as it always has here; pick
             the mode of the UI a prompt was written for to get its image.
+        window_split: how a prompt longer than a CLIP window is cut (`clipcond.chunking`):
+            "word" (the partial word moves to the next window) or "a1111" (what follows the
+            last comma within 20 tokens moves, else the window ends at its 75th token, as
+            A1111). None: the recipe's, "word" for every family.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.
         max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes, so
@@ -142,6 +147,7 @@ class TextConditioner:
         projection: TextProjection | None = None,
         parse_weights: bool = True,
         emphasis: str | None = None,
+        window_split: str | None = None,
         cache_size: int = 512,
         cache_dir: str | None = None,
         max_batch_windows: int | None = DEFAULT_MAX_BATCH_WINDOWS,
@@ -153,6 +159,8 @@ class TextConditioner:
         self.recipe = resolve_recipe(recipe, bool(self.clip), self.t5 is not None)
         if emphasis is not None:  # part of the recipe, so of the cache key
             self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))
+        if window_split is not None:  # part of the recipe too
+            self.recipe = dataclasses.replace(self.recipe, window_split=check_window_split(window_split))
         cleaning = cleaning_for(self.recipe.caption_cleaning, clean_caption)  # as used: part of the cache key
         if cleaning != self.recipe.caption_cleaning:
             self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
@@ -439,6 +447,18 @@ class TextConditioner:
         for (index, vectors), tokens in zip(placed, names):
             add_vectors(self.clip[index], tokens, vectors)
 
+    def weights_written(self) -> None:
+        """Tell the conditioner that its encoders' weights were written where it cannot see:
+        through `.data`, which bumps no tensor version counter. Cached embeddings made before
+        are not reused (in memory or on disk). Call it after such a write: peft's merge and
+        unmerge write so, which diffusers' `fuse_lora` and `unfuse_lora` run, and an
+        `unload_lora_weights` after `fuse_lora` puts the merged weights back as the same tensors.
+        (`CLIPConditionedPipeline`'s LoRA methods call it themselves; a conditioner built with
+        `from_pipeline` over a diffusers pipeline needs it after those calls.) Other writes (an
+        optimizer step, `load_state_dict`, `copy_`, a replaced tensor) are seen without it.
+        """
+        self._watch.mark_written()
+
     # ------------------------------------------------------------------ what each encoder reads
 
     def _prompt_items(self, prompts: list[str], extra: dict[str, Any], prefix: str = "") -> list[str | Reading]:
@@ -671,7 +691,7 @@ class TextConditioner:
         `StableDiffusion3Pipeline`, `FluxPipeline`, `PixArtAlphaPipeline`,
         `PixArtSigmaPipeline` and their img2img / inpaint siblings (and subclasses).
         Extra keyword arguments (`max_sequence_length`, `cache_size`, `cache_dir`,
-        `parse_weights`, `emphasis`, `clean_caption`, ...) pass through.
+        `parse_weights`, `emphasis`, `window_split`, `clean_caption`, ...) pass through.
         """
         from clipcond.families import conditioner_from_pipeline
 
@@ -698,6 +718,7 @@ class TextConditioner:
             projection_dim=config.projection_dim,
             parse_weights=config.parse_weights,
             emphasis=config.emphasis,
+            window_split=config.window_split,
             clean_caption=config.clean_caption,
             cache_size=config.cache_size,
             cache_dir=config.cache_dir,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from clipcond.caption_cleaning import check_caption_cleaning
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS, check_emphasis
+from clipcond.window_splits import DEFAULT_WINDOW_SPLIT, check_window_split
 
 Combine = Literal["concat_channels", "concat_sequence", "clip_pooled_t5_tokens"]
 Pooled = Literal["none", "last", "concat"]
@@ -56,6 +57,8 @@ class Recipe:
         negative_optional: with no negative prompt, give no negative embeddings (Flux).
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`).
+        window_split: how a full CLIP window is cut: "word" (at a word end) or "a1111" (after
+            the last comma, as A1111; `clipcond.chunking`).
         call_overrides: extra keyword arguments `pipeline_kwargs` adds for the family's
             `__call__` (PixArt defaults `negative_prompt=""`, which it refuses next to
             `negative_prompt_embeds`, so it gets an explicit None).
@@ -74,6 +77,7 @@ class Recipe:
     zero_negative_when_absent: bool = False
     negative_optional: bool = False
     emphasis: str = DEFAULT_EMPHASIS
+    window_split: str = DEFAULT_WINDOW_SPLIT
     call_overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -86,6 +90,7 @@ class Recipe:
         if not isinstance(self.t5_max_length, int) or self.t5_max_length < 2:
             raise ValueError(f"`t5_max_length` must be an int >= 2, got {self.t5_max_length!r}")
         check_emphasis(self.emphasis)
+        check_window_split(self.window_split)
         check_caption_cleaning(self.caption_cleaning)
 
     def with_clip_skip(self, clip_skip: int | None) -> Recipe:

@@ -147,7 +147,8 @@ def _encode_clip(
 ) -> None:
     want_tokens = recipe.combine != "clip_pooled_t5_tokens"
     per_encoder = [
-        clip_windows(encoder.tokenizer, read, encoder.window_length) for encoder, read in zip(clip, fragments)
+        clip_windows(encoder.tokenizer, read, encoder.window_length, recipe.window_split)
+        for encoder, read in zip(clip, fragments)
     ]
     if len(clip) > 1:
         _align_window_counts(per_encoder, clip)

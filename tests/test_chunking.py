@@ -219,3 +219,71 @@ def test_windowed_prompts_skip_the_tokenizers_length_warning(transformers_logs):
     (got,) = clip_windows(fresh, [[Fragment(text, 1.0)]], 77)
     assert got.num_windows == 2
     assert not [r for r in transformers_logs.records if "longer than the specified maximum" in r.getMessage()]
+
+
+def _a1111_chunks(tokenizer, prompt: list[Fragment], backtrack: int = 20) -> list[list[tuple[int, float]]]:
+    """A1111's ``tokenize_line`` chunking, re-expressed from its description (not clipcond's
+    code): tokens are taken one at a time; a comma records its place; any other token that
+    finds the chunk full, with a comma at most `backtrack` tokens from its end, sends what
+    follows the comma to a new chunk; a token that (still) finds the chunk full starts a new
+    one; BREAK always starts a new one; an empty last chunk is kept only if it is the only one."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks: list[list[tuple[int, float]]] = []
+    chunk: list[tuple[int, float]] = []
+    comma_at = None
+    for fragment in prompt:
+        if fragment.is_break:
+            chunks.append(chunk)
+            chunk, comma_at = [], None
+            continue
+        for token in tokenizer(fragment.text, add_special_tokens=False).input_ids:
+            full = len(chunk) == 75
+            if token == comma:
+                comma_at = len(chunk)
+            elif full and comma_at is not None and 75 - comma_at <= backtrack:
+                chunks.append(chunk[: comma_at + 1])
+                chunk, comma_at = chunk[comma_at + 1 :], None
+            if len(chunk) == 75:
+                chunks.append(chunk)
+                chunk, comma_at = [], None
+            chunk.append((token, fragment.weight))
+    if chunk or not chunks:
+        chunks.append(chunk)
+    return chunks
+
+
+A1111_SPLIT_PROMPTS = {
+    "comma-separated": [Fragment(", ".join(["a big red ball on green grass"] * 12), 1.0)],
+    "no comma: cut mid-word": [Fragment("photograph " * 70 + "superlongunusualwordz " * 3, 1.0)],
+    "comma too far back": [Fragment("cat, " + "photograph " * 100, 1.0)],
+    "weighted, with a BREAK": [
+        Fragment("misty mountains, pine forest, " * 8, 1.0),
+        Fragment("golden hour, ", 1.3),
+        Fragment("river, " * 9, 1.0),
+        BREAK_MARKER,
+        Fragment("oil painting, " * 30, 0.9),
+    ],
+    "a comma that finds the window full": [Fragment("dog " * 75 + ", cat " + "dog " * 10, 1.0)],
+    "a comma 20 tokens back": [Fragment("dog " * 55 + ", " + "cat " * 30, 1.0)],
+    "a comma 21 tokens back": [Fragment("dog " * 54 + ", " + "cat " * 30, 1.0)],
+}
+
+
+@pytest.mark.parametrize("name", list(A1111_SPLIT_PROMPTS))
+def test_a1111_window_split_cuts_after_the_last_comma_as_a1111(clip, name):
+    prompt = A1111_SPLIT_PROMPTS[name]
+    (got,) = clip_windows(clip, [prompt], 77, window_split="a1111")
+    chunks = _a1111_chunks(clip, prompt)
+    expected_ids = [[clip.bos_token_id, *(t for t, _ in c), clip.eos_token_id] for c in chunks]
+    expected_ids = [ids + [clip.pad_token_id] * (77 - len(ids)) for ids in expected_ids]
+    assert got.ids.tolist() == expected_ids
+    expected_weights = [[1.0, *(w for _, w in c), 1.0] + [1.0] * (75 - len(c)) for c in chunks]
+    torch.testing.assert_close(got.weights, torch.tensor(expected_weights), rtol=0, atol=1e-7)
+    if name in ("comma-separated", "no comma: cut mid-word"):  # the default cuts these elsewhere
+        (words,) = clip_windows(clip, [prompt], 77)
+        assert words.ids.tolist() != expected_ids
+
+
+def test_window_split_is_checked(clip):
+    with pytest.raises(ValueError, match="`window_split` must be one of"):
+        clip_windows(clip, [WEIGHTED], 77, window_split="comma")

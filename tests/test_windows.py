@@ -120,3 +120,40 @@ def test_sd3_long_prompt_is_clip_windows_then_t5_by_value(sd3_pipe):
     width = t5.shape[-1]
     expected = torch.cat([torch.nn.functional.pad(clip, (0, width - clip.shape[-1])), t5])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def _a1111_comma_windows(tokenizer, text: str) -> list[list[int]]:
+    """A1111's windows of a plain prompt, built from its documented rule, independently of
+    clipcond's chunking: when a window is full and the next token is not a comma, what follows
+    the window's last comma moves on if that comma is at most 20 tokens from the end."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    windows, current, comma_at = [], [], None
+    for token in tokenizer(text, add_special_tokens=False).input_ids:
+        if token == comma:
+            comma_at = len(current)
+        elif len(current) == 75 and comma_at is not None and 75 - comma_at <= 20:
+            windows.append(current[: comma_at + 1])
+            current, comma_at = current[comma_at + 1 :], None
+        if len(current) == 75:
+            windows.append(current)
+            current, comma_at = [], None
+        current.append(token)
+    return windows + [current]
+
+
+def test_window_split_a1111_encodes_a1111s_windows(sd_pipe, tokenizer, tmp_path):
+    """`window_split="a1111"`: the text encoder run on A1111's windows; a key of the cache (a
+    record made with the other rule is not served) and of conditioner YAML."""
+    text = ", ".join(["a photorealistic portrait of a red fox"] * 12)
+    rows = _window_rows(tokenizer, _a1111_comma_windows(tokenizer, text))
+    assert not torch.equal(rows, _window_rows(tokenizer, _word_windows(tokenizer, text)))
+    with torch.no_grad():
+        direct = sd_pipe.text_encoder(rows)[0]
+    shared = str(tmp_path / "cache")
+    words = TextConditioner.from_pipeline(sd_pipe, cache_dir=shared).encode(text).tokens[0]
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_dir=shared, window_split="a1111")
+    got = cond.encode(text).tokens[0]
+    assert cond.cache.hits == 0 and not torch.allclose(got[: words.shape[0]], words[: got.shape[0]])
+    torch.testing.assert_close(got, direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="`window_split` must be one of"):
+        TextConditioner.from_pipeline(sd_pipe, window_split="comma")
