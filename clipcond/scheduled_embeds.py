@@ -150,11 +150,19 @@ def build_schedule(
 class StepSwap:
     """A `callback_on_step_end` that replaces the embeddings where the schedule's text changes.
 
-    After step `step` it returns the tensors of step `step + 1`, laid out as the pipeline keeps
-    them: negatives' rows first under guidance (when the family's tensors hold them), each
-    prompt's row repeated for its `num_images_per_prompt` images, on the tensor's device and in
-    its dtype. A schedule without negatives under guidance gives zeros in their place (SDXL
-    without a negative prompt).
+    A diffusers pipeline calls it after every iteration of its loop: one per denoising step, or
+    `scheduler.order` of them per step (Heun, KDPM2: a predictor and a corrector), so iteration
+    ``i`` belongs to step ``i // order``. Before the first iteration of a new step whose text
+    changes it returns that step's tensors, laid out as the pipeline keeps them: negatives'
+    rows first under guidance (when the family's tensors hold them), each prompt's row repeated
+    for its `num_images_per_prompt` images, on the tensor's device and in its dtype. A schedule
+    without negatives under guidance gives zeros in their place (SDXL without a negative prompt).
+
+    Raises:
+        ValueError: at the first iteration, when the pipeline runs another number of steps
+            than the schedule covers (an img2img or inpaint pipeline runs
+            ``int(num_inference_steps * strength)`` of them): the texts would change late or
+            never.
     """
 
     def __init__(self, schedule: PromptSchedule, family: Family) -> None:
@@ -162,10 +170,14 @@ class StepSwap:
         self.family = family
         self.tensor_inputs = [name for _, name in family.step_callback_tensors]
 
-    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        if not self.schedule.changes_after(step):
+    def __call__(self, pipe: Any, iteration: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        order = max(1, int(getattr(getattr(pipe, "scheduler", None), "order", 1)))
+        if iteration == 0:
+            self._check_steps_run(pipe, order)
+        step, following = iteration // order, (iteration + 1) // order
+        if following == step or not self.schedule.changes_after(step):
             return {}
-        positive, negative = self.schedule.embeds_at(step + 1)
+        positive, negative = self.schedule.embeds_at(following)
         guided = bool(getattr(pipe, "do_classifier_free_guidance", False)) and self.family.step_callback_negatives
         replaced = {}
         for part, name in self.family.step_callback_tensors:
@@ -180,6 +192,18 @@ class StepSwap:
             images = current.shape[0] // stacked.shape[0]
             replaced[name] = stacked.repeat_interleave(images, dim=0).to(device=current.device, dtype=current.dtype)
         return replaced
+
+    def _check_steps_run(self, pipe: Any, order: int) -> None:
+        iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop
+        if not isinstance(iterations, int) or iterations < 1:
+            return
+        steps = -(-iterations // order)
+        if steps != self.schedule.num_steps:
+            raise ValueError(
+                f"the pipeline runs {steps} denoising steps but the prompt's schedule was made for "
+                f"{self.schedule.num_steps}: give `pipeline_kwargs` the number of steps that run as "
+                "`num_inference_steps` (img2img and inpaint run int(num_inference_steps * strength) of them)"
+            )
 
 
 def check_steps(num_inference_steps: Any) -> None:

@@ -138,6 +138,64 @@ def test_clip_conditioned_pipeline_reads_an_edit_that_never_changes_as_its_text(
         assert torch.equal(image(edited, "blurry [noise:dark:0]"), image(text, "blurry dark")), edited
 
 
+def _switched_sd_inputs(cond):
+    """Step 0's keyword arguments and the prompt embeddings after the switch, as SD keeps them."""
+    first = cond.pipeline_kwargs("a red circle", "blurry")
+    after = cond.pipeline_kwargs("a blue circle", "blurry")
+    return first, {"prompt_embeds": torch.cat([after["negative_prompt_embeds"], after["prompt_embeds"]])}
+
+
+def test_a_second_order_scheduler_switches_at_the_step_not_the_iteration(sd_pipe):
+    """Heun runs a predictor and a corrector per step (order 2): the callback is called after
+    each, so iteration i belongs to step i // 2. Before: the text switched after iteration 2,
+    in the middle of step 1, instead of before step 3."""
+    from diffusers import HeunDiscreteScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **{**sd_pipe.components, "scheduler": HeunDiscreteScheduler.from_config(sd_pipe.scheduler.config)}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    cond = TextConditioner.from_pipeline(pipe)
+    kwargs = cond.pipeline_kwargs(EDITED, "blurry", num_inference_steps=STEPS)
+    got = pipe(**kwargs, num_inference_steps=STEPS, generator=_generator(), output_type="latent").images
+    first, switched = _switched_sd_inputs(cond)
+    iteration_of_step_3 = (SWITCH_AFTER + 1) * 2  # iterations 0-1 are step 0, 2-3 step 1, ..., 6 step 3
+    reference = pipe(
+        **first,
+        num_inference_steps=STEPS,
+        generator=_generator(),
+        output_type="latent",
+        callback_on_step_end=_hand_switch({iteration_of_step_3: switched}),
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+    ).images
+    assert torch.equal(got, reference)
+
+
+def test_img2img_runs_the_schedule_over_the_steps_that_run(sd_pipe):
+    """img2img at strength 0.5 runs half the steps. Before: a schedule made for all of them
+    switched late (or never) without a word; now that is an error naming the steps that run,
+    and a schedule made for them switches where it says."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**sd_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    cond = TextConditioner.from_pipeline(pipe)
+    call = dict(image=image, strength=0.5, num_inference_steps=2 * STEPS, output_type="latent")
+    with pytest.raises(ValueError, match=f"runs {STEPS} denoising steps but .* made for {2 * STEPS}"):
+        pipe(**cond.pipeline_kwargs(EDITED, "blurry", num_inference_steps=2 * STEPS), generator=_generator(), **call)
+    got = pipe(**cond.pipeline_kwargs(EDITED, "blurry", num_inference_steps=STEPS), generator=_generator(), **call)
+    first, switched = _switched_sd_inputs(cond)
+    reference = pipe(
+        **first,
+        generator=_generator(),
+        callback_on_step_end=_hand_switch({SWITCH_AFTER + 1: switched}),
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        **call,
+    )
+    assert torch.equal(got.images, reference.images)
+
+
 def test_two_images_per_prompt_and_two_prompts(sd_pipe):
     cond = TextConditioner.from_pipeline(sd_pipe)
     prompts = [EDITED, "a green square"]
