@@ -7,6 +7,8 @@
   For modules placed by accelerate hooks (`enable_model_cpu_offload`), whose storage moves
   on every call by design, a change of dtype or device stands in for a change of storage.
   The settings of peft adapter layers (scale, active, merged, disabled) are part of it too.
+  A write through `.data` (`weight.data += delta`) bumps no version counter; code that writes
+  so tells the watch with `mark_written()` (peft's merge and unmerge do: `fuse_lora`).
 - `content_hash()`: a hash of the weights' names, shapes, dtypes and bytes, stable across
   processes (used for the on-disk cache); computed once per state, since it reads every byte.
 
@@ -156,7 +158,8 @@ class WeightsWatch:
         self._hash: str | None = None
 
     def state(self) -> tuple:
-        """A token equal between two calls if and only if no weight was replaced or written."""
+        """A token equal between two calls if and only if no weight was replaced or written
+        (and `mark_written` was not called)."""
         tensors: list[torch.Tensor] = []
         marks: list[tuple] = []
         adapters = []
@@ -178,6 +181,13 @@ class WeightsWatch:
             self._generation += 1
             self._refs = [weakref.ref(tensor) for tensor in tensors]
         return (self._generation, tuple(marks), tuple(adapters))
+
+    def mark_written(self) -> None:
+        """Note that the weights were written in a way `state()` cannot see (through `.data`,
+        which bumps no version counter: peft's merge and unmerge, so diffusers' `fuse_lora`,
+        `unfuse_lora` and an `unload_lora_weights` that puts back merged weights): `state()`
+        and `content_hash()` change from here on."""
+        self._generation += 1
 
     def content_hash(self) -> str:
         """`weights_hash` of the modules, recomputed only when `state()` changed."""

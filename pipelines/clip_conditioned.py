@@ -317,7 +317,11 @@ class CLIPConditionedPipeline(
     @property
     def do_classifier_free_guidance(self) -> bool:
         """Guidance runs the UNet on negative and positive prompts (off for guidance-distilled UNets)."""
-        return self._guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        return self._guides(self._guidance_scale)
+
+    def _guides(self, guidance_scale: float) -> bool:
+        """Whether a call at `guidance_scale` runs classifier-free guidance."""
+        return guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
 
     @property
     def conditioner(self) -> TextConditioner:
@@ -420,13 +424,12 @@ class CLIPConditionedPipeline(
             scale_lora_layers(encoder, lora_scale)
         family = conditioner.family
         try:
-            # Textual inversion through diffusers' hook; the conditioner expands a multi-vector
-            # token in each encoder's text by that encoder's tokenizer too (`prompt_2` included).
-            tokenizer = self.inversion_tokenizer
-            if encode_negative and negative_prompt is not None:
-                negative_prompt = self.maybe_convert_prompt(negative_prompt, tokenizer)
             if given is None:
-                prompt = self.maybe_convert_prompt(prompt, tokenizer)
+                if encode_negative and negative_prompt is not None:
+                    negative_prompt, negative_prompt_2 = self._inversion_texts(
+                        conditioner, negative_prompt, negative_prompt_2
+                    )
+                prompt, prompt_2 = self._inversion_texts(conditioner, prompt, prompt_2)
                 if encode_negative:
                     # Prompts and negatives padded to one length; the encoders run on the prompts,
                     # then on the negatives: the two batches of diffusers' encode_prompt. A missing
@@ -444,6 +447,9 @@ class CLIPConditionedPipeline(
                 count = given.batch_size
                 if negative_prompt is None or isinstance(negative_prompt, str):
                     negative_prompt = [negative_prompt or ""] * count
+                negative_prompt, negative_prompt_2 = self._inversion_texts(
+                    conditioner, negative_prompt, negative_prompt_2
+                )
                 given_negative = conditioner.encode(negative_prompt, prompt_2=negative_prompt_2)
         finally:
             for encoder in scaled:
@@ -458,6 +464,28 @@ class CLIPConditionedPipeline(
             given = PromptEmbeds(given.tokens)
             given_negative = None if given_negative is None else PromptEmbeds(given_negative.tokens)
         return given, given_negative if guidance else None
+
+    def _remember_lora_scale(self, lora_scale: float | None) -> None:
+        """Keep a call's LoRA scale as `self.lora_scale`, as diffusers' SD and SDXL `encode_prompt`
+        do: it stays after the call, and `load_lora_weights` scales the text-encoder layers of a
+        LoRA loaded later by it (diffusers' behaviour, kept for equal images)."""
+        if lora_scale is not None:
+            self._lora_scale = lora_scale
+
+    def _inversion_texts(self, conditioner: TextConditioner, prompt: Any, prompt_2: Any) -> tuple[Any, Any]:
+        """(`prompt`, `prompt_2`) with textual inversion through diffusers' hook, as SDXL's
+        `encode_prompt` runs it: each CLIP's text (`prompt_2` left out: `prompt`'s, unexpanded)
+        expanded by `maybe_convert_prompt` with that CLIP's own tokenizer, so that a token reads
+        its own vectors in each encoder. Where one argument feeds several encoders (a T5 reads
+        `prompt` as written), the texts are left to the conditioner, which expands each CLIP's
+        text with its own tokenizer by the same rule."""
+        readers = conditioner.prompt_readers
+        if conditioner.t5 is not None or len(set(readers)) != len(readers):
+            return prompt, prompt_2
+        tokenizers = dict(zip(readers, (encoder.tokenizer for encoder in conditioner.clip)))
+        if "prompt_2" in tokenizers:  # SDXL's `prompt_2 or prompt`, before `prompt` is expanded
+            prompt_2 = self.maybe_convert_prompt(prompt_2 or prompt, tokenizers["prompt_2"])
+        return self.maybe_convert_prompt(prompt, tokenizers["prompt"]), prompt_2
 
     def encode_prompt(
         self,
@@ -502,6 +530,7 @@ class CLIPConditionedPipeline(
         self.check_per_encoder_prompts(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )
+        self._remember_lora_scale(lora_scale)
         device = device if device is not None else self._execution_device
         given = None if prompt_embeds is None else PromptEmbeds(prompt_embeds, pooled_prompt_embeds)
         given_negative = (
@@ -677,7 +706,9 @@ class CLIPConditionedPipeline(
         self.check_per_encoder_prompts(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )
-        use_ip_adapter = self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        use_ip_adapter = self.check_ip_adapter_inputs(
+            ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale)
+        )
         self._check_given_latents(latents, count * num_images_per_prompt, height, width)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
@@ -698,6 +729,7 @@ class CLIPConditionedPipeline(
         #    guided batch is negatives first. Prompt editing, alternation and AND give each step
         #    its own rows (`composable.DenoisingPlan`).
         lora_scale = (cross_attention_kwargs or {}).get("scale")
+        self._remember_lora_scale(lora_scale)
         dtype = self.unet.dtype
         steps_to_run = self._steps_to_run(num_inference_steps, timesteps, sigmas)
         prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
@@ -796,7 +828,7 @@ class CLIPConditionedPipeline(
                     if index and plan.step_of(index) != plan.step_of(index - 1):
                         embeds = plan.rows(index, device, dtype)  # the text changed at this step
                         context = embeds.tokens
-                        if added is not None:
+                        if self.reads_time_ids:
                             added["text_embeds"] = embeds.pooled
                     layout = plan.model_input
                 else:
@@ -826,7 +858,7 @@ class CLIPConditionedPipeline(
                 if callback_on_step_end is not None:
                     current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": negative}
                     current.update(self._loop_tensors)
-                    if added is not None:
+                    if self.reads_time_ids:  # `added` of SD holds an IP-Adapter's image_embeds only
                         current.update(add_text_embeds=added["text_embeds"], add_time_ids=added["time_ids"])
                     returned = callback_on_step_end(self, index, t, {name: current[name] for name in tensor_inputs})
                     latents = returned.pop("latents", latents)
@@ -834,7 +866,7 @@ class CLIPConditionedPipeline(
                     negative = returned.pop("negative_prompt_embeds", negative)
                     for name in self._loop_tensors.keys() & returned.keys():
                         self._loop_tensors[name] = returned[name]
-                    if added is not None:
+                    if self.reads_time_ids:
                         added["text_embeds"] = returned.pop("add_text_embeds", added["text_embeds"])
                         added["time_ids"] = returned.pop("add_time_ids", added["time_ids"])
                 if index == len(schedule) - 1 or (index + 1 > warmup and (index + 1) % self.scheduler.order == 0):

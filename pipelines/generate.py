@@ -236,11 +236,35 @@ def _load(model: str | Path, lora: str | Path | None) -> Any:
     with user_errors(OSError, ValueError, SafetensorError, context=f"--model {model}: {where}: "):
         pipe = load_pipeline(model, torch_dtype=torch.float32)
     if lora is not None:
-        with user_errors(
-            OSError, ValueError, KeyError, SafetensorError, context=f"--lora {lora}: cannot load LoRA weights: "
+        with (
+            user_errors(
+                OSError, ValueError, KeyError, SafetensorError, context=f"--lora {lora}: cannot load LoRA weights: "
+            ),
+            _lora_of_another_architecture(lora),
         ):
             pipe.load_lora_weights(lora)
     return pipe
+
+
+@contextlib.contextmanager
+def _lora_of_another_architecture(lora: str | Path) -> Iterator[None]:
+    """peft's `RuntimeError` for LoRA tensors whose shapes do not fit the model's layers (torch's
+    "Error(s) in loading state_dict ... size mismatch", one line per tensor) as a `UsageError`
+    naming `--lora`, the first mismatch and the likely cause; any other RuntimeError stays a bug."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        if "Error(s) in loading state_dict" not in text:
+            raise
+        mismatches = [line.strip() for line in text.splitlines() if "size mismatch" in line]
+        first = f": {mismatches[0]}" if mismatches else ""
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise UsageError(
+            f"--lora {lora}: cannot load LoRA weights: their tensors do not fit this model's layers{first}{more}; "
+            "the LoRA was probably made for another model architecture (an SDXL LoRA on a Stable Diffusion 1.x "
+            "or 2.x model, or the reverse): use one trained for this --model"
+        ) from error
 
 
 def run(args: argparse.Namespace) -> int:

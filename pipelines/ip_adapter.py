@@ -40,7 +40,9 @@ class IPAdapterSupport(IPAdapterMixin):
     encode_image = StableDiffusionPipeline.encode_image
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
 
-    def check_ip_adapter_inputs(self, ip_adapter_image: Any, ip_adapter_image_embeds: Any) -> bool:
+    def check_ip_adapter_inputs(
+        self, ip_adapter_image: Any, ip_adapter_image_embeds: Any, do_classifier_free_guidance: bool
+    ) -> bool:
         """Check a call's IP-Adapter arguments against the loaded adapters; returns whether the
         call uses an IP-Adapter.
 
@@ -49,11 +51,13 @@ class IPAdapterSupport(IPAdapterMixin):
             ip_adapter_image_embeds: a list with one tensor per adapter, (2 x batch, images,
                 width) under classifier-free guidance (negatives first), (batch, images, width)
                 otherwise, as in Stable Diffusion; 4-D for adapters that read hidden states.
+            do_classifier_free_guidance: whether the call runs guidance (then every tensor of
+                `ip_adapter_image_embeds` holds negatives and positives: an even batch).
 
         Raises:
             ValueError: both arguments given, no IP-Adapter loaded, a count that is not the
-                number of loaded adapters, image input without an `image_encoder`, or embeddings
-                that are not 3-D or 4-D.
+                number of loaded adapters, image input without an `image_encoder`, embeddings
+                that are not 3-D or 4-D, or, under guidance, embeddings of an odd batch.
             TypeError: `ip_adapter_image_embeds` is not a list of tensors.
         """
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
@@ -88,6 +92,16 @@ class IPAdapterSupport(IPAdapterMixin):
                     f"`ip_adapter_image_embeds` must hold 3-D (batch, images, width) or 4-D tensors, got {dims[0]}-D"
                 )
             given = len(ip_adapter_image_embeds)
+            odd = [(index, embeds) for index, embeds in enumerate(ip_adapter_image_embeds) if embeds.shape[0] % 2]
+            if do_classifier_free_guidance and odd:
+                index, embeds = odd[0]
+                raise ValueError(
+                    f"`ip_adapter_image_embeds`[{index}] has shape {tuple(embeds.shape)}: under classifier-free "
+                    "guidance (guidance_scale > 1) each tensor holds the negative embeddings, then the positive "
+                    "ones, so its first dimension must be even (2 x batch). Make them with "
+                    "`pipe.prepare_ip_adapter_image_embeds(image, None, device, 1, do_classifier_free_guidance=True)`, "
+                    "or call with guidance_scale <= 1"
+                )
         if given != adapters:
             raise ValueError(
                 f"`{name}` has {given} entries but {adapters} IP-Adapter(s) are loaded; give one per adapter, "

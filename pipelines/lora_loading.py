@@ -7,6 +7,12 @@ prefixed `text_encoder_2.`) and maps SGM-named UNet blocks by the UNet's config.
 pipeline loads, lists, fuses and unloads as `StableDiffusionXLPipeline` does, any other as
 `StableDiffusionPipeline` does. The two mixins share every other method (`lora_state_dict`,
 `load_lora_into_unet`, `load_lora_into_text_encoder` are copies of one another).
+
+The methods that write the text encoders' weights where a tensor's version counter cannot see
+it (peft merges and unmerges through `.data`: `fuse_lora`, `unfuse_lora`, and
+`unload_lora_weights`, which puts merged weights back as the same tensors) tell the
+pipeline's conditioners (`TextConditioner.weights_written`), so that no cached embedding of
+the weights before is served.
 """
 
 from __future__ import annotations
@@ -33,13 +39,48 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             self, pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs
         )
 
-    def fuse_lora(self, components: list[str] | None = None, **kwargs) -> None:
-        """Fuse the LoRA layers into the weights of `components` (default: every loadable one)."""
-        super().fuse_lora(components=components or self._lora_loadable_modules, **kwargs)
+    def fuse_lora(
+        self,
+        components: list[str] | None = None,
+        lora_scale: float = 1.0,
+        safe_fusing: bool = False,
+        adapter_names: list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """diffusers' `fuse_lora`: fuse the LoRA layers into the weights of `components`
+        (default: every loadable one of the family; an empty list is refused, as there), at
+        `lora_scale`, checking for NaN with `safe_fusing`, only `adapter_names` when given."""
+        if components is None:
+            components = self._lora_loadable_modules
+        try:
+            super().fuse_lora(components, lora_scale, safe_fusing, adapter_names, **kwargs)
+        finally:
+            self._text_weights_written()
 
     def unfuse_lora(self, components: list[str] | None = None, **kwargs) -> None:
-        """Undo `fuse_lora` on `components` (default: every loadable one)."""
-        super().unfuse_lora(components=components or self._lora_loadable_modules, **kwargs)
+        """diffusers' `unfuse_lora`: undo `fuse_lora` on `components` (default: every loadable
+        one of the family; an empty list is refused, as there)."""
+        if components is None:
+            components = self._lora_loadable_modules
+        try:
+            super().unfuse_lora(components, **kwargs)
+        finally:
+            self._text_weights_written()
+
+    def unload_lora_weights(self) -> None:
+        """diffusers' `unload_lora_weights`: remove the LoRA layers (weights a `fuse_lora`
+        merged stay merged, as there)."""
+        try:
+            super().unload_lora_weights()
+        finally:
+            self._text_weights_written()
+
+    def _text_weights_written(self) -> None:
+        """Tell the pipeline's conditioners that the text encoders' weights may have changed.
+        peft merges and unmerges through `.data`, which bumps no version counter, and unloading
+        puts the merged tensors back as the same objects: the embedding cache cannot see it."""
+        for conditioner in getattr(self, "_conditioners", {}).values():
+            conditioner.weights_written()
 
 
 __all__ = ["RecipeLoraLoaderMixin"]

@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.callbacks import IPAdapterScaleCutoffCallback, SDCFGCutoffCallback
 from tiny_ip_adapter import IMAGE_SIZE, save_ip_adapter
 from tiny_pipelines import sd_components
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -185,3 +186,72 @@ def test_an_ip_adapter_with_prompt_editing_is_refused_before_the_unet(parts, ada
     with pytest.raises(ValueError, match="an IP-Adapter cannot go with a prompt that edits, alternates or has AND"):
         pipe(prompt="a [red:blue:0.5] circle", num_inference_steps=2, ip_adapter_image=picture(0))
     assert not calls
+
+
+def _no_op(pipe, step, timestep, tensors):
+    return {}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(callback_on_step_end=_no_op),
+        dict(callback_on_step_end=_no_op, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]),
+        dict(
+            callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5),
+            callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        ),
+        dict(callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=0.5)),
+    ],
+    ids=["no_op", "no_op_with_prompt_embeds", "cfg_cutoff", "ip_adapter_scale_cutoff"],
+)
+def test_step_callbacks_with_an_ip_adapter_equal_stable_diffusion(parts, adapter_folder, kwargs) -> None:
+    """A step-end callback beside an IP-Adapter (the UNet's added conditioning then holds its
+    image embeddings, and no SDXL text embeddings or time ids): SD's images, bit for bit."""
+    settings = dict(ip_adapter_image=picture(0), num_inference_steps=4, **kwargs)
+    expected = images(loaded(StableDiffusionPipeline, parts, adapter_folder), **settings)
+    assert np.array_equal(images(loaded(CLIPConditionedPipeline, parts, adapter_folder), **settings), expected)
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_img2img_and_inpaint_with_an_ip_adapter_and_a_callback_equal_stable_diffusion(
+    parts, adapter_folder, task
+) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    from clipcond.pipelines import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline
+
+    peer_class, our_class = {
+        "img2img": (StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline),
+        "inpaint": (StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline),
+    }[task]
+    settings = dict(image=picture(1, (32, 32)), strength=0.8, num_inference_steps=4, ip_adapter_image=picture(0))
+    if task == "inpaint":
+        settings["mask_image"] = PIL.Image.fromarray(np.tri(32, dtype=np.uint8) * 255)
+    settings["callback_on_step_end"] = _no_op
+    expected = images(loaded(peer_class, parts, adapter_folder), **settings)
+    assert np.array_equal(images(loaded(our_class, parts, adapter_folder), **settings), expected)
+
+
+@pytest.mark.parametrize("batch", [1, 3], ids=["made_without_guidance", "odd_batch"])
+def test_image_embeds_of_an_odd_batch_under_guidance_are_refused(parts, adapter_folder, monkeypatch, batch) -> None:
+    """Under guidance each tensor holds negatives then positives: an odd first dimension (embeds
+    made without guidance) is refused before any work, naming the argument and how to make them;
+    without guidance the same embeds run."""
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    embeds = pipe.prepare_ip_adapter_image_embeds(picture(0), None, "cpu", 1, False)  # [(1, 1, width)]
+    embeds = [torch.cat([embeds[0]] * batch)]
+    _refused(
+        pipe,
+        monkeypatch,
+        rf"`ip_adapter_image_embeds`\[0\] has shape \({batch}, 1, 32\): under classifier-free guidance .* "
+        r"must be even \(2 x batch\)\. Make them with `pipe\.prepare_ip_adapter_image_embeds\(image, None, device, 1, "
+        r"do_classifier_free_guidance=True\)`",
+        ip_adapter_image_embeds=embeds,
+        guidance_scale=6.0,
+    )
+    if batch == 1:
+        monkeypatch.undo()
+        peer = loaded(StableDiffusionPipeline, parts, adapter_folder)
+        settings = dict(ip_adapter_image_embeds=embeds, guidance_scale=1.0)
+        assert np.array_equal(images(pipe, **settings), images(peer, **settings))

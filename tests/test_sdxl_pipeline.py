@@ -382,6 +382,38 @@ def test_textual_inversion_in_both_encoders_as_in_sdxl(tmp_path) -> None:
     assert np.array_equal(run(ours, **settings), run(peer, **settings))
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [{"clip_l": 2}, {"clip_l": 2, "clip_g": 3}, {"clip_l": 2, "clip_g": 1}],
+    ids=["clip_l_only", "two_then_three_vectors", "two_then_one_vector"],
+)
+def test_each_encoder_expands_a_token_with_its_own_tokenizer_as_sdxl(counts) -> None:
+    """With `prompt_2` left out, each CLIP reads the prompt with the token expanded by its own
+    tokenizer, as SDXL's encode_prompt does: a token loaded into the first CLIP only, or with
+    another number of vectors in each, gives SDXL's images and embeddings, bit for bit."""
+    peer, ours = fresh_sdxl(), ours_from(fresh_sdxl())
+    torch.manual_seed(3)
+    vectors = {name: torch.randn(count, WIDTH) for name, count in counts.items()}
+    for pipe in (peer, ours):
+        for name, encoder, tokenizer in (
+            ("clip_l", pipe.text_encoder, pipe.tokenizer),
+            ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2),
+        ):
+            if name in vectors:
+                pipe.load_textual_inversion(vectors[name], token="<toy>", text_encoder=encoder, tokenizer=tokenizer)
+    settings = dict(prompt=["a <toy> circle", "two <toy>s"], negative_prompt="a blurry <toy>")
+    assert np.array_equal(run(ours, **settings), run(peer, **settings))
+    given = dict(device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    expected = peer.encode_prompt(settings["prompt"], negative_prompt=settings["negative_prompt"], **given)
+    got = ours.encode_prompt(settings["prompt"], negative_prompt=settings["negative_prompt"], **given)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    # A negative text beside given prompt embeddings is expanded per encoder too.
+    embeds = dict(prompt_embeds=expected[0], pooled_prompt_embeds=expected[2])
+    expected = peer.encode_prompt(None, negative_prompt=["a blurry <toy>", "<toy>"], **embeds, **given)
+    got = ours.encode_prompt(None, negative_prompt=["a blurry <toy>", "<toy>"], **embeds, **given)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
     """`[red:blue:0.5]` natively equals SDXL driven by `pipeline_kwargs`' step callback, which
     swaps `prompt_embeds` and `add_text_embeds`; with a negative and with SDXL's zeros."""

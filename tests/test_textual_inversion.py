@@ -381,3 +381,41 @@ def test_missing_files_and_folders_are_named(tmp_path):
         (tmp_path / "junk.pt").write_bytes(data)
         with pytest.raises(ValueError, match=f"the file {re.escape(str(tmp_path / 'junk.pt'))} "):
             cond.load_textual_inversion(tmp_path / "junk.pt")
+
+
+def test_custom_pipeline_with_t5_reads_as_its_conditioner(t5_tokenizer_path):
+    """`CLIPConditionedPipeline` (recipe ``custom``, CLIP + T5): the CLIP reads a multi-vector
+    token expanded by its tokenizer, the T5 the text as written, as `pipe.conditioner` documents
+    it; the pipeline's own call and `encode_prompt` equal the conditioner's embeddings, bit for
+    bit (the T5 read the CLIP tokenizer's expansion: 2.4 off)."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from clipcond import CLIPConditionedPipeline
+
+    sd = tiny_pipelines.build_sd()
+    t5_tokenizer = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    pipe = CLIPConditionedPipeline(
+        unet=sd.unet,
+        scheduler=sd.scheduler,
+        vae=sd.vae,
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        text_encoder_2=tiny_pipelines.t5_encoder(3, len(t5_tokenizer)),
+        tokenizer_2=t5_tokenizer,
+        recipe="custom",
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.conditioner.load_textual_inversion(vectors(2), token="<toy>")
+    expected = pipe.conditioner.pipeline_kwargs(PROMPTS, NEGATIVES)
+    got = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVES)
+    assert torch.equal(got[0], expected["prompt_embeds"]) and torch.equal(got[1], expected["negative_prompt_embeds"])
+
+    def images(**kwargs):
+        settings = dict(num_inference_steps=2, guidance_scale=6.0, output_type="np")
+        return pipe(generator=torch.Generator().manual_seed(0), **settings, **kwargs).images
+
+    by_embeds = images(
+        prompt_embeds=expected["prompt_embeds"], negative_prompt_embeds=expected["negative_prompt_embeds"]
+    )
+    assert np.array_equal(images(prompt=PROMPTS, negative_prompt=NEGATIVES), by_embeds)
