@@ -84,6 +84,7 @@ from clipcond.pipelines.sdxl_components import (
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.projection import TextProjection
 from clipcond.prompt_arguments import as_prompt_list
+from clipcond.window_splits import check_window_split
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class CLIPConditionedPipeline(
             is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`; see `TextConditioner`).
+        window_split: how a prompt longer than a CLIP window is cut: "word" or "a1111"
+            (`clipcond.chunking`; see `TextConditioner`).
         safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
@@ -209,6 +212,7 @@ class CLIPConditionedPipeline(
         t5_max_length: int | None = None,
         coordinate_channels: bool = False,
         emphasis: str = "multiply",
+        window_split: str = "word",
         safety_checker: StableDiffusionSafetyChecker | None = None,
         feature_extractor: CLIPImageProcessor | None = None,
         requires_safety_checker: bool = False,
@@ -262,6 +266,7 @@ class CLIPConditionedPipeline(
                 f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}"
             )
         check_emphasis(emphasis)
+        check_window_split(window_split)
         if check_safety_checker(safety_checker, feature_extractor, requires_safety_checker):
             logger.warning(
                 "%s has no `safety_checker` but its config says `requires_safety_checker=True` (as a Stable "
@@ -277,6 +282,7 @@ class CLIPConditionedPipeline(
             t5_max_length=t5_max_length,
             coordinate_channels=coordinate_channels,
             emphasis=emphasis,
+            window_split=window_split,
             requires_safety_checker=requires_safety_checker,
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             requires_aesthetics_score=requires_aesthetics_score,
@@ -347,6 +353,7 @@ class CLIPConditionedPipeline(
             self.config.recipe,
             self.config.get("t5_max_length"),
             self.config.get("emphasis", "multiply"),
+            self.config.get("window_split", "word"),
             self.config.get("force_zeros_for_empty_prompt"),
         )
         if self._conditioners_for != components:
@@ -378,6 +385,7 @@ class CLIPConditionedPipeline(
             clip_skip=clip_skip,
             projection=projection,
             emphasis=self.config.get("emphasis", "multiply"),
+            window_split=self.config.get("window_split", "word"),
         )
         width = self.unet.config.cross_attention_dim if self.unet is not None else conditioner.token_width
         if conditioner.token_width != width:

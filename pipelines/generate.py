@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
 from clipcond.output_paths import check_new_file
+from clipcond.window_splits import WINDOW_SPLITS
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EMPHASIS_MODES,
         help="how (word:1.3) weights change the text encoder's states (clipcond.emphasis); "
         "default: the model's own setting (multiply unless it was saved with another)",
+    )
+    parser.add_argument(
+        "--window-split",
+        choices=WINDOW_SPLITS,
+        help="where a prompt longer than 75 tokens is cut into CLIP windows: at a word end (word) or after the "
+        "last comma, as A1111 (a1111); default: the model's own setting (word unless saved with another)",
     )
 
 
@@ -283,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = _load(model, lora)
     if args.emphasis is not None:
         pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
+    if args.window_split is not None:
+        pipe.register_to_config(window_split=args.window_split)
     _check_against_model(args, pipe)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]

@@ -157,3 +157,40 @@ def test_window_split_a1111_encodes_a1111s_windows(sd_pipe, tokenizer, tmp_path)
     torch.testing.assert_close(got, direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="`window_split` must be one of"):
         TextConditioner.from_pipeline(sd_pipe, window_split="comma")
+
+
+def test_window_split_in_the_pipeline_its_folder_yaml_and_generate(sd_pipe, tmp_path, tiny_clip_text_path, capsys):
+    """CLIPConditionedPipeline(window_split=...) keeps it in its config (saved and loaded back),
+    its conditioner cuts so, conditioner YAML takes the key, and `generate --window-split`
+    gives the image of a pipeline built with it."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from clipcond import CLIPConditionedPipeline
+    from clipcond.cli import main
+
+    text = ", ".join(["a photorealistic portrait of a red fox"] * 12)
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe, window_split="a1111")
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.window_split == "a1111" and loaded.conditioner.recipe.window_split == "a1111"
+    reference = TextConditioner.from_pipeline(sd_pipe, window_split="a1111", cache_size=0).encode(text).tokens
+    assert torch.equal(loaded.conditioner.encode(text).tokens, reference)
+    with pytest.raises(ValueError, match="`window_split` must be one of"):
+        CLIPConditionedPipeline.from_pipe(sd_pipe, window_split="comma")
+    path = tmp_path / "cond.yaml"
+    path.write_text(
+        yaml.safe_dump({"recipe": "sd", "clip": [{"path": str(tiny_clip_text_path)}], "window_split": "a1111"})
+    )
+    assert TextConditioner.from_config(path).recipe.window_split == "a1111"
+
+    CLIPConditionedPipeline.from_pipe(sd_pipe).save_pretrained(tmp_path / "plain")
+    common = [text, "--model", str(tmp_path / "plain"), "--steps", "2", "--seed", "3"]
+    assert main(["generate", *common, "-o", str(tmp_path / "a1111.png"), "--window-split", "a1111"]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "word.png")]) == 0
+    loaded.set_progress_bar_config(disable=True)
+    expected = loaded(text, num_inference_steps=2, guidance_scale=3.0, generator=[torch.Generator().manual_seed(3)])
+    written = np.asarray(Image.open(tmp_path / "a1111.png"))
+    assert np.array_equal(written, np.asarray(expected.images[0]))
+    assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "word.png")))
