@@ -287,7 +287,10 @@ def expand_tokens(text: str, tokenizer: Any, multi_vector: Mapping[str, Sequence
     expanding twice changes nothing."""
     if not multi_vector:
         return text
-    tokens = tokenizer.tokenize(text)
+    from clipcond.tokenization import without_length_warning  # lazily: `import clipcond` leaves it unloaded
+
+    with without_length_warning(tokenizer):  # long prompts are windowed: transformers' warning is false
+        tokens = tokenizer.tokenize(text)
     for token in dict.fromkeys(token for token in tokens if token in multi_vector):
         names = list(multi_vector[token])
         starts = [index for index, found in enumerate(tokens) if found == token]

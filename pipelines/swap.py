@@ -1,39 +1,181 @@
-"""`swap_text_encoder`: put another CLIP text encoder into an existing SD-family pipeline."""
+"""`swap_text_encoder`: put another CLIP text encoder into an existing UNet pipeline (SD 1.x/2.x, SDXL).
+
+What a UNet reads from each encoder slot, checked before the swap:
+- SD 1.x/2.x: `text_encoder`'s last hidden states, `unet.config.cross_attention_dim` wide.
+- SDXL: both CLIPs' penultimate hidden states joined on the channel axis, so
+  `cross_attention_dim` is `text_encoder`'s width plus `text_encoder_2`'s; and
+  `text_encoder_2`'s pooled, projected vector (`projection_dim` wide) beside the time ids in
+  the added embedding (`unet.add_embedding.linear_1`).
+- `CLIPConditionedPipeline` with a `text_projection` adapter: the adapter's `clip_width`.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+from clipcond.pipelines.sdxl_components import reads_text_time, time_id_count
+
+logger = logging.getLogger(__name__)
+
+_TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+_CLIP_CLASSES = (CLIPTextModel, CLIPTextModelWithProjection)
 
 
 def swap_text_encoder(
-    pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None
+    pipe: DiffusionPipeline, text_encoder: torch.nn.Module, tokenizer: Any = None, *, component: str = "text_encoder"
 ) -> DiffusionPipeline:
-    """Put `text_encoder` (and `tokenizer`, when given) into an existing SD-family pipeline, in place.
+    """Put `text_encoder` (and `tokenizer`, when given) into `pipe`'s `component` slot, in place.
 
     Typical use: a CLIP text tower fine-tuned by `clipcond train-clip`
     (`transformers.CLIPTextModel.from_pretrained(run / "model" / "text_encoder")`) into a
-    `StableDiffusionPipeline`. The encoder's width must equal the UNet's `cross_attention_dim`.
+    `StableDiffusionPipeline`, or either CLIP of a `StableDiffusionXLPipeline`.
+
+    Args:
+        pipe: a UNet pipeline whose text encoders are CLIPs: diffusers' Stable Diffusion 1.x/2.x
+            and SDXL pipelines (their img2img / inpaint siblings and relatives with the same
+            components) and `CLIPConditionedPipeline`. Transformer pipelines (SD3, Flux,
+            PixArt) are refused: build them with the encoder instead,
+            `type(pipe).from_pipe(pipe, text_encoder=...)`.
+        text_encoder: the new encoder, of the class the slot is read as: a `CLIPTextModel` in
+            `text_encoder` (diffusers' SD reads output [0] as the tokens, and SDXL would take a
+            projection model's output [0] as the pooled vector instead of `text_encoder_2`'s;
+            `CLIPConditionedPipeline` also takes a `CLIPTextModelWithProjection` there), a
+            `CLIPTextModelWithProjection` in SDXL's `text_encoder_2` (its projection gives the
+            pooled vector). Its `hidden_size` must be the width the UNet reads from the slot
+            (SDXL: `cross_attention_dim` less the other CLIP's width), and in `text_encoder_2`
+            its `projection_dim` the pooled width the UNet's added embedding reads.
+        tokenizer: the encoder's tokenizer, put into the slot's tokenizer component
+            (`tokenizer` / `tokenizer_2`); None keeps the pipeline's.
+        component: "text_encoder" or, on an SDXL-class UNet, "text_encoder_2".
+
+    The encoder is moved to the device and cast to the dtype of the encoder it replaces (of the
+    UNet where the slot was empty), in place, as `pipe.to(...)` would: a tower from
+    `from_pretrained` loads in float32, and a float16 pipeline could not run it. A cast is
+    logged as a warning.
+
+    A `TextConditioner` made by `TextConditioner.from_pipeline(pipe)` before the swap keeps the
+    encoders it was built with (it holds the models, not the pipeline): make a new one after
+    swapping. `CLIPConditionedPipeline`'s own `pipe.conditioner` follows the swap.
+
+    Returns:
+        `pipe`, changed in place.
 
     Raises:
-        TypeError: the pipeline has no `text_encoder` component.
-        ValueError: the widths differ (names the adapter option to use instead).
+        TypeError: `pipe` has no such slot, no UNet (a transformer pipeline), or a slot that
+            holds no CLIP (a T5); `text_encoder` is not of the class the slot is read as.
+        ValueError: an unknown `component`; widths that do not fit what the UNet reads (the
+            message names the width that fits). Nothing in `pipe` has changed then.
     """
-    if "text_encoder" not in pipe.components:
-        raise TypeError(f"{type(pipe).__name__} has no `text_encoder` component to swap")
-    width = getattr(text_encoder.config, "hidden_size", None)
-    expected = pipe.unet.config.cross_attention_dim
-    if width != expected:
-        raise ValueError(
-            f"text_encoder is {width} wide but unet.config.cross_attention_dim is {expected}; use an encoder of "
-            f"that width, or a learned adapter: CLIPConditionedPipeline.from_pipe(pipe, text_encoder=..., "
-            f"text_projection=TextProjection(projection_dim={expected}, clip_width={width}), recipe='custom'), "
-            "trained with `clipcond train-diffusion` (`train: adapter`)"
+    _check_pipeline(pipe, component)
+    _check_class(pipe, text_encoder, component)
+    _check_widths(pipe, text_encoder, component)
+    old = getattr(pipe, component, None)
+    reference = old if old is not None else pipe.unet
+    if text_encoder.dtype != reference.dtype:
+        logger.warning(
+            "swap_text_encoder: casting `text_encoder` from %s to %s, the dtype of %s",
+            text_encoder.dtype,
+            reference.dtype,
+            f"the pipe.{component} it replaces" if old is not None else "pipe.unet",
         )
-    modules = {"text_encoder": text_encoder.to(pipe.unet.device)}
+    modules = {component: text_encoder.to(device=reference.device, dtype=reference.dtype)}
     if tokenizer is not None:
-        modules["tokenizer"] = tokenizer
+        modules[_TOKENIZERS[component]] = tokenizer
     pipe.register_modules(**modules)
     return pipe
+
+
+def _check_pipeline(pipe: Any, component: str) -> None:
+    """Refuse a slot that is not a CLIP slot of a UNet pipeline."""
+    if component not in _TOKENIZERS:
+        raise ValueError(f"`component` must be 'text_encoder' or 'text_encoder_2', got {component!r}")
+    name = type(pipe).__name__
+    if component not in pipe.components:
+        raise TypeError(f"{name} has no `{component}` component to swap")
+    if getattr(pipe, "unet", None) is None:
+        raise TypeError(
+            f"swap_text_encoder serves UNet pipelines whose text encoders are CLIPs (Stable Diffusion 1.x/2.x, "
+            f"SDXL, CLIPConditionedPipeline); {name} has no `unet`. Build it with the new encoder instead: "
+            f"{name}.from_pipe(pipe, {component}=...), then make conditioners with TextConditioner.from_pipeline"
+        )
+    old = getattr(pipe, component, None)
+    if old is not None and not isinstance(old, _CLIP_CLASSES):
+        raise TypeError(
+            f"swap_text_encoder swaps CLIP text encoders; {name}.{component} holds a {type(old).__name__}: "
+            f"use {name}.from_pipe(pipe, {component}=...)"
+        )
+    if component == "text_encoder_2" and not reads_text_time(pipe.unet):
+        raise ValueError(
+            f"this UNet reads no `text_encoder_2` (it is not SDXL-class: addition_embed_type is "
+            f"{pipe.unet.config.get('addition_embed_type')!r}); swap `text_encoder`"
+        )
+
+
+def _check_class(pipe: Any, text_encoder: Any, component: str) -> None:
+    """Refuse an encoder whose outputs the pipeline would read wrongly."""
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    if component == "text_encoder_2":
+        expected, why = (CLIPTextModelWithProjection,), "the UNet's added embedding reads its projected pooled vector"
+    elif isinstance(pipe, CLIPConditionedPipeline):
+        expected, why = _CLIP_CLASSES, "CLIPConditionedPipeline reads the hidden states of either"
+    else:
+        expected, why = (CLIPTextModel,), f"{type(pipe).__name__} reads output [0] as the tokens or pooled vector"
+    if not isinstance(text_encoder, expected):
+        names = " or ".join(klass.__name__ for klass in expected)
+        raise TypeError(
+            f"`text_encoder` must be a {names} for pipe.{component} ({why}), got {type(text_encoder).__name__}"
+        )
+
+
+def _check_widths(pipe: Any, text_encoder: Any, component: str) -> None:
+    """Refuse token (and, for SDXL's `text_encoder_2`, pooled) widths the UNet cannot read."""
+    width = text_encoder.config.hidden_size
+    projection = getattr(pipe, "text_projection", None)
+    if projection is not None:
+        expected, source = projection.config.clip_width, "text_projection.config.clip_width"
+        if expected is None:
+            raise ValueError("this pipeline's `text_projection` has no CLIP layer: it reads no CLIP tokens")
+    else:
+        joined = pipe.unet.config.cross_attention_dim
+        others = {
+            name: getattr(pipe, name).config.hidden_size
+            for name in _TOKENIZERS
+            if name != component and isinstance(getattr(pipe, name, None), _CLIP_CLASSES)
+        }
+        expected = joined - sum(others.values())
+        source = f"unet.config.cross_attention_dim {joined}" + "".join(
+            f" less {name}'s {other}" for name, other in others.items()
+        )
+        if expected <= 0:
+            raise ValueError(f"this UNet reads no tokens from `{component}` ({source}): swap {' or '.join(others)}")
+    if width != expected:
+        hint = f"use a CLIP text encoder {expected} wide"
+        if projection is None and not others and not reads_text_time(pipe.unet):
+            hint += (
+                f", or a learned adapter: CLIPConditionedPipeline.from_pipe(pipe, text_encoder=..., "
+                f"text_projection=TextProjection(projection_dim={expected}, clip_width={width}), recipe='custom'), "
+                "trained with `clipcond train-diffusion` (`train: adapter`)"
+            )
+        raise ValueError(
+            f"`text_encoder` is {width} wide (config.hidden_size) but the UNet reads {expected}-wide tokens from "
+            f"`{component}` ({source}); {hint}"
+        )
+    if component == "text_encoder_2":
+        unet = pipe.unet
+        ids = time_id_count(bool(pipe.config.get("requires_aesthetics_score", False)))
+        per_id = unet.config.addition_time_embed_dim
+        added = unet.add_embedding.linear_1.in_features
+        pooled = added - per_id * ids
+        if text_encoder.config.projection_dim != pooled:
+            raise ValueError(
+                f"`text_encoder`'s pooled vector is {text_encoder.config.projection_dim} wide (config.projection_dim) "
+                f"but the UNet's added embedding reads a {pooled}-wide one (add_embedding.linear_1.in_features "
+                f"{added} less {ids} time ids x addition_time_embed_dim {per_id}); use a "
+                f"CLIPTextModelWithProjection with projection_dim {pooled}"
+            )
