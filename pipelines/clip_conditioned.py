@@ -84,6 +84,7 @@ from clipcond.pipelines.sdxl_components import (
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.projection import TextProjection
 from clipcond.prompt_arguments import as_prompt_list
+from clipcond.tokenization import without_length_warning
 from clipcond.window_splits import check_window_split
 
 logger = logging.getLogger(__name__)
@@ -319,6 +320,13 @@ class CLIPConditionedPipeline(
         """The tokenizer whose textual-inversion tokens expand a prompt: the first CLIP's (the
         second's in a refiner, which has only that one)."""
         return self.tokenizer if self.tokenizer is not None else self.tokenizer_2
+
+    def maybe_convert_prompt(self, prompt: Any, tokenizer: PreTrainedTokenizerBase) -> Any:
+        """diffusers' textual-inversion expansion of `prompt` (a text or a list), without
+        transformers' "sequence length is longer than the specified maximum" warning, which
+        the whole-prompt tokenization there prints for long prompts that the conditioner windows."""
+        with without_length_warning(tokenizer):
+            return super().maybe_convert_prompt(prompt, tokenizer)
 
     @property
     def do_classifier_free_guidance(self) -> bool:

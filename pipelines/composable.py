@@ -24,7 +24,6 @@ from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
 from clipcond.schedule import fixed_text, has_schedule, split_and
 from clipcond.scheduled_embeds import PromptSchedule
-from clipcond.tokenization import without_length_warning
 
 
 @dataclass
@@ -224,10 +223,9 @@ def plan_for_call(
             "`negative_prompt_embeds` cannot go with a prompt that edits, alternates or has AND: give "
             "`negative_prompt` as text"
         )
-    tokenizer = pipe.inversion_tokenizer
-    with without_length_warning(tokenizer):  # long prompts are windowed: transformers' warning is false
-        prompts = pipe.maybe_convert_prompt(prompts, tokenizer)  # textual inversion
-        negatives = pipe.maybe_convert_prompt(negatives, tokenizer)
+    # Textual-inversion tokens are expanded by the conditioner, each encoder's text with that
+    # encoder's own tokenizer (SDXL's encode_prompt rule; expanding with the first tokenizer here
+    # gave the second encoder the first one's vector tokens).
     if negative_prompt is None and conditioner.recipe.zero_negative_when_absent:
         negatives = None  # SDXL's zeros, as in the plain path
     encoders = [encoder for encoder in (pipe.text_encoder, pipe.text_encoder_2) if encoder is not None]

@@ -6,6 +6,8 @@ callbacks, prompt editing and AND), and the errors for components that do not fi
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from diffusers.callbacks import MultiPipelineCallbacks, SDXLCFGCutoffCallback
 from tiny_pipelines import WIDTH, build_sdxl, clip_text_model, sdxl_refiner_components
 
-from clipcond import CLIPConditionedPipeline
+from clipcond import CLIPConditionedPipeline, TextConditioner
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -663,3 +665,32 @@ def test_a_refiner_refuses_the_base_models_target_size(monkeypatch) -> None:
     monkeypatch.setattr(ours.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
     with pytest.raises(ValueError, match="`target_size` is read by a base model only"):
         ours("a", target_size=(32, 32), num_inference_steps=2)
+
+
+def test_an_edited_prompt_expands_each_encoders_token_with_its_own_tokenizer(sdxl_pipe, tmp_path):
+    """Prompt editing in CLIPConditionedPipeline with a token in the first CLIP only: the second
+    encoder reads the token as SDXL's second tokenizer does. Before: the first tokenizer's
+    vector tokens reached the second encoder (0.029 off SDXL driven by pipeline_kwargs)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    sdxl = StableDiffusionXLPipeline(**copy.deepcopy(sdxl_pipe.components))  # the fixture stays as it is
+    sdxl.set_progress_bar_config(disable=True)
+    path = tmp_path / "toy.safetensors"
+    width = sdxl.text_encoder.config.hidden_size
+    save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(1))}, str(path))
+    ours = CLIPConditionedPipeline.from_pipe(copy.deepcopy(sdxl))
+    for pipe in (sdxl, ours):
+        pipe.load_textual_inversion(str(path), token="<toy>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    prompt = "a [<toy>:circle:0.5] thing"
+    cond = TextConditioner.from_pipeline(sdxl)
+    kwargs = cond.pipeline_kwargs(prompt, "blurry", num_inference_steps=4)
+    theirs = sdxl(**kwargs, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent")
+    got = ours(
+        prompt,
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
+    assert torch.equal(got.images, theirs.images)

@@ -190,11 +190,6 @@ def test_a_long_prompt_naming_a_multi_vector_token_logs_no_false_length_warning(
     assert _length_warnings(transformers_log) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs CLIPConditionedPipeline._inversion_texts to call maybe_convert_prompt under "
-    "clipcond.tokenization.without_length_warning (pipelines/clip_conditioned.py, not edited here)",
-)
 def test_a_long_plain_prompt_logs_no_false_length_warning(transformers_log) -> None:
     pipe = CLIPConditionedPipeline.from_pipe(build_sd())
     run(pipe, prompt=LONG, num_inference_steps=1)
