@@ -54,6 +54,8 @@ class Family:
             (`max_sequence_length`) at the denoiser's joint width (SD3 without `text_encoder_3`).
         t5_length_by_class: the T5 budget of pipeline classes whose `__call__` default differs
             from the recipe's (PixArt-Sigma: 300).
+        max_t5_length: the most `max_sequence_length` the family's `__call__` takes (SD3's and
+            Flux's `check_inputs` refuse more than 512), or None.
         force_zeros_flag: the pipeline config flag that decides whether a missing negative
             prompt means zeros (SDXL's `force_zeros_for_empty_prompt`).
         embeds_keyword, pooled_keyword, mask_keyword: the `__call__` keyword names of the
@@ -74,6 +76,7 @@ class Family:
     t5: Literal["required", "absent", "optional"] = "optional"
     t5_zeros_when_missing: bool = False
     t5_length_by_class: tuple[tuple[str, int], ...] = ()
+    max_t5_length: int | None = None
     force_zeros_flag: str | None = None
     embeds_keyword: str = "prompt_embeds"
     pooled_keyword: str = "pooled_prompt_embeds"
@@ -183,6 +186,7 @@ FAMILIES: dict[str, Family] = {
             clip_counts=(2,),
             t5="required",
             t5_zeros_when_missing=True,
+            max_t5_length=512,
             step_callback_tensors=(("tokens", "prompt_embeds"), ("pooled", "pooled_prompt_embeds")),
         ),
         Family(
@@ -194,6 +198,7 @@ FAMILIES: dict[str, Family] = {
             slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2", prompt="prompt_2")),
             clip_counts=(1,),
             t5="required",
+            max_t5_length=512,
             step_callback_tensors=(("tokens", "prompt_embeds"),),
             step_callback_negatives=False,
         ),
@@ -305,11 +310,27 @@ def encoders_in(family: Family, pipe: Any) -> tuple[list[tuple[Any, Any]], tuple
     return clip, t5
 
 
+def _checked_t5_length(length: Any, family: Family, class_name: str) -> int | None:
+    """`max_sequence_length` as given to `from_pipeline` (None: the family's default), checked as
+    the family's `__call__` checks it: an int >= 2 (EOS and one token), at most its maximum."""
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"`max_sequence_length` must be an int >= 2 (EOS and one token), got {length!r}")
+    if family.max_t5_length is not None and length > family.max_t5_length:
+        raise ValueError(
+            f"`max_sequence_length` cannot be greater than {family.max_t5_length} for {class_name} (as its "
+            f"`__call__` refuses), got {length}"
+        )
+    return length
+
+
 def conditioner_from_pipeline(cls, pipe: Any, clip_skip: int | None = None, **kwargs: Any):
     """Build `cls` (a TextConditioner) from `pipe`'s own encoders and tokenizers; no weights copied."""
     family, class_name = pipeline_family(pipe)
     recipe = family.recipe
-    t5_length = kwargs.pop("max_sequence_length", None) or dict(family.t5_length_by_class).get(class_name)
+    t5_length = _checked_t5_length(kwargs.pop("max_sequence_length", None), family, class_name)
+    t5_length = t5_length or dict(family.t5_length_by_class).get(class_name)
     if t5_length is not None:
         recipe = dataclasses.replace(recipe, t5_max_length=t5_length)
     if family.force_zeros_flag is not None:

@@ -112,3 +112,16 @@ def test_the_diffusion_training_setup_reads_the_custom_row(tiny_clip_text_path, 
     assert with_t5.recipe == "custom" and with_t5.t5_max_length == FAMILIES["custom"].recipe.t5_max_length
     clip_alone = build_diffusion_models(tiny_config(tiny_clip_text_path, tmp_path / "b"))
     assert clip_alone.recipe == "sd" and clip_alone.conditioner.recipe is get_recipe("sd")
+
+
+def test_max_sequence_length_is_checked_as_the_familys_call_checks_it(flux_pipe, sd3_pipe, pixart_pipe) -> None:
+    """Flux's and SD3's `check_inputs` refuse more than 512 T5 tokens; 0 or 1 leave no room for a
+    token before EOS. Before: 513 and more were taken, and 0 silently meant the default."""
+    for pipe in (flux_pipe, sd3_pipe):
+        with pytest.raises(ValueError, match="cannot be greater than 512"):
+            TextConditioner.from_pipeline(pipe, max_sequence_length=513)
+        assert TextConditioner.from_pipeline(pipe, max_sequence_length=512).recipe.t5_max_length == 512
+    for bad in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="`max_sequence_length` must be an int >= 2"):
+            TextConditioner.from_pipeline(flux_pipe, max_sequence_length=bad)
+    assert TextConditioner.from_pipeline(pixart_pipe, max_sequence_length=600).recipe.t5_max_length == 600
