@@ -436,16 +436,15 @@ def test_a_float16_pipeline_runs_in_float32_on_the_cpu(tmp_path, pipelines, monk
         assert np.abs(full - halved).mean() <= 2.0
 
 
-def test_a_pipeline_with_two_text_encoders_needs_native(tmp_path, pipelines) -> None:
-    folder = tmp_path / "sdxl"
+def test_a_pipeline_with_a_t5_second_encoder_needs_native(tmp_path, pipelines) -> None:
+    """SDXL's second CLIP wraps (tests/test_lab_checks.py); a T5 beside a UNet does not."""
+    folder = tmp_path / "t5"
     shutil.copytree(pipelines["a"], folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index.update(
-        _class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "CLIPTextModelWithProjection"]
-    )
+    index.update(_class_name="SomeT5Pipeline", text_encoder_2=["transformers", "T5EncoderModel"])
     (folder / "model_index.json").write_text(json.dumps(index))
     config = _write_config(tmp_path, {"xl": folder}, None, metrics=["judge"])
-    with pytest.raises(ValueError, match="setup 'xl'.*StableDiffusionXLPipeline.*native: true"):
+    with pytest.raises(ValueError, match="setup 'xl'.*SomeT5Pipeline.*T5EncoderModel.*native: true"):
         run_experiment(load_experiment_config(config), show_progress=False)
 
 
@@ -857,8 +856,9 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
 def test_a_failing_side_by_side_step_stops_the_others_and_shows_its_log(tmp_path) -> None:
     from clipcond.lab.prepare import PrepareStep, run_steps
 
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("no_such_key: 1\n")
+    bad = tmp_path / "bad.yaml"  # valid when checked; its data file is missing when the step runs
+    model = REPO / "configs/models/clip-tiny.yaml"
+    bad.write_text(f"model: {model}\ndata: {{source: manifest, manifest: {tmp_path / 'no_such_manifest.jsonl'}}}\n")
     steps = [
         PrepareStep("train-clip", str(tmp_path / "never"), ["--config", str(bad)]),
         PrepareStep(
@@ -869,7 +869,7 @@ def test_a_failing_side_by_side_step_stops_the_others_and_shows_its_log(tmp_path
     ]
     with pytest.raises(
         RuntimeError,
-        match=r"(?s)clipcond train-clip. failed with status 2; its log .*1-train-clip.log ends:.*no_such_key",
+        match=r"(?s)clipcond train-clip. failed with status 2; its log .*1-train-clip.log ends:.*no_such_manifest",
     ):
         run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
     for jobs, log_dir, message in [

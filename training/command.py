@@ -43,13 +43,17 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_with_overrides(config: T, args: argparse.Namespace) -> T:
-    """`config` with the command line's overrides applied and validated."""
+    """`config` with the command line's overrides applied and validated; an error names the
+    options that were given (``--steps: ...``, not ``--set`` when no ``--set`` was)."""
     assignments = list(args.set)
+    options = ["--set"] if assignments else []
     if args.output_dir:
         assignments.append(f"output_dir={args.output_dir}")
+        options.append("--output-dir")
     if args.steps is not None:
         assignments.append(f"steps={args.steps}")
-    return apply_overrides(config, assignments) if assignments else config
+        options.append("--steps")
+    return apply_overrides(config, assignments, source="/".join(options)) if assignments else config
 
 
 def run_training_command(

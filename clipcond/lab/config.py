@@ -44,6 +44,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from clipcond.config import load_config, quoted
 from clipcond.lab.metrics import check_metrics
@@ -64,10 +65,10 @@ class SetupConfig:
         guidance_scale, steps: override the experiment's values for this setup.
         native: for a diffusers pipeline folder, run the pipeline as saved, with its own
             `encode_prompt` (which truncates prompts at 77 tokens). False (the default) wraps a
-            Stable Diffusion 1.x/2.x pipeline in `CLIPConditionedPipeline`, so prompts go
-            through clipcond's conditioner (long prompts in chunks); pipelines with a second
-            text encoder (SDXL, SD3, Flux, ...) need `native: true`. Ignored for a saved
-            `CLIPConditionedPipeline`.
+            UNet pipeline with CLIP text encoders (Stable Diffusion 1.x/2.x, SDXL) in
+            `CLIPConditionedPipeline`, so prompts go through clipcond's conditioner (long
+            prompts in chunks); transformer pipelines and T5 encoders (SD3, Flux, PixArt, ...)
+            need `native: true`. Ignored for a saved `CLIPConditionedPipeline`.
         prepare: commands that make the pipeline (and what it needs) when missing
             (`clipcond.lab.prepare`); run by `clipcond experiment` before anything else.
     """
@@ -102,7 +103,8 @@ class ExperimentConfig:
         metrics: names from `clipcond.lab.metrics.METRICS`.
         clip_score_model: CLIP folder for `clip_score` (clipcond `save_clip` or transformers).
         output_dir: the run folder (images, results.jsonl, experiment.json, report).
-        batch_size: images per pipeline call; results do not depend on it.
+        batch_size: images per pipeline call; not part of a result's key, since it changes
+            an image only in the last bits (at most 1 grey level, `clipcond.lab.runner`).
     """
 
     name: str
@@ -169,9 +171,13 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Load an experiment YAML and resolve its input paths (see the module docstring).
 
     Raises:
-        ValueError: an unknown or mistyped key, or a bad value (named with the file).
+        FileNotFoundError: no such file.
+        ValueError: `path` is a folder; an unknown or mistyped key, or a bad value (named
+            with the file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the experiment YAML file (see configs/experiments/)")
     config = load_config(ExperimentConfig, path)
     folder = path.parent
     return replace(
@@ -182,26 +188,86 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     )
 
 
-def _check_pipeline(setup: SetupConfig, allow_pending: bool) -> None:
+# What `CLIPConditionedPipeline.from_pipe` can wrap (`clipcond.pipelines.generate.load_pipeline`):
+# a UNet, a first CLIP text encoder and, for SDXL, a second CLIP with its projection.
+_UNET = "UNet2DConditionModel"
+_CLIP_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
+_SECOND_ENCODERS = ("CLIPTextModelWithProjection",)
+_NOT_WRAPPED = ("transformer", "text_encoder_3")  # SD3, Flux, PixArt: a transformer denoiser, T5 encoders
+
+
+def _read_index(folder: Path, setup: SetupConfig) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"setup {setup.name!r}: {index} cannot be read as JSON ({error})") from error
+    if not isinstance(components, dict):
+        raise ValueError(
+            f"setup {setup.name!r}: {index} must hold a JSON object (a saved pipeline's components), "
+            f"got {type(components).__name__}"
+        )
+    return components
+
+
+def _component_class(components: dict[str, Any], name: str) -> str | None:
+    """The class name `model_index.json` records for a component; None when absent or null."""
+    entry = components.get(name)
+    return entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+
+
+def _why_not_wrapped(components: dict[str, Any]) -> str | None:
+    """Why `CLIPConditionedPipeline` cannot wrap the pipeline, or None when it can."""
+    for name in _NOT_WRAPPED:
+        if _component_class(components, name) is not None:
+            return f"a `{name}`"
+    if _component_class(components, "unet") != _UNET:
+        return f"no {_UNET} `unet`"
+    if _component_class(components, "text_encoder") not in _CLIP_ENCODERS:
+        return f"`text_encoder` {_component_class(components, 'text_encoder')}, not a CLIP text model"
+    second = _component_class(components, "text_encoder_2")
+    if second is not None and second not in _SECOND_ENCODERS:
+        return f"`text_encoder_2` {second}, not SDXL's CLIPTextModelWithProjection"
+    return None
+
+
+def _vae_scale_factor(folder: Path, components: dict[str, Any], setup: SetupConfig) -> int:
+    """Pixels per latent cell, as diffusers' pipelines compute it (1 without a VAE)."""
+    if _component_class(components, "vae") is None:
+        return 1
+    path = folder / "vae" / "config.json"
+    try:
+        blocks = json.loads(path.read_text(encoding="utf-8"))["block_out_channels"]
+        return 2 ** (len(blocks) - 1)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"setup {setup.name!r}: {path} does not give the VAE's block_out_channels") from error
+
+
+def _check_pipeline(config: ExperimentConfig, setup: SetupConfig, allow_pending: bool) -> None:
+    from clipcond.pipelines.input_checks import image_size_fits, image_size_rule
+
     folder = Path(setup.pipeline)
     if allow_pending and not folder.exists() and any(Path(step.creates) == folder for step in setup.prepare):
         return  # a prepare step will make it
-    index = folder / "model_index.json"
-    if not index.is_file():
+    if not (folder / "model_index.json").is_file():
         reason = (
             "has no model_index.json (not a saved diffusers pipeline)" if folder.exists() else f"does not exist{_WHERE}"
         )
         raise FileNotFoundError(f"setup {setup.name!r}: pipeline folder {folder} {reason}")
-    components = json.loads(index.read_text(encoding="utf-8"))
-    wrapped = components.get("_class_name") != _CLIPCOND_PIPELINE and not setup.native
-    second_encoder = any(
-        components.get(key) not in (None, [None, None]) for key in ("text_encoder_2", "text_encoder_3")
-    )
-    if wrapped and (second_encoder or "text_encoder" not in components):
-        raise ValueError(
-            f"setup {setup.name!r}: {folder} holds a {components.get('_class_name')}, which clipcond can only wrap "
-            "when it has one CLIP text encoder (Stable Diffusion 1.x/2.x); set `native: true` to run it as saved"
-        )
+    components = _read_index(folder, setup)
+    if components.get("_class_name") != _CLIPCOND_PIPELINE and not setup.native:
+        why = _why_not_wrapped(components)
+        if why is not None:
+            raise ValueError(
+                f"setup {setup.name!r}: {folder} holds a {components.get('_class_name')} with {why}; clipcond wraps "
+                "UNet pipelines with CLIP text encoders (Stable Diffusion 1.x/2.x and SDXL); set `native: true` to "
+                "run it as saved"
+            )
+    sizes = {key: getattr(config, key) for key in ("height", "width") if getattr(config, key) is not None}
+    scale = _vae_scale_factor(folder, components, setup) if sizes else 1
+    for key, value in sizes.items():
+        if not image_size_fits(value, scale):
+            raise ValueError(f"{key} must be {image_size_rule(scale)} for setup {setup.name!r}, got {value}")
 
 
 def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> list[PromptSuite]:
@@ -214,12 +280,13 @@ def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> l
     Raises:
         FileNotFoundError: a suite file, pipeline folder or the CLIP folder is missing.
         ValueError: a malformed suite entry (file and entry named), two suites of one name,
-            or a pipeline clipcond cannot wrap without `native: true`.
+            a model_index.json that is not a JSON object, a pipeline clipcond cannot wrap
+            without `native: true`, or a height or width the pipeline's VAE cannot take.
     """
     suites = [load_suite(path) for path in config.suites]
     _unique("suite names", [suite.name for suite in suites])
     for setup in config.setups:
-        _check_pipeline(setup, allow_pending)
+        _check_pipeline(config, setup, allow_pending)
     if "clip_score" in config.metrics:
         folder = Path(config.clip_score_model)
         made_by_prepare = any(Path(step.creates) == folder for setup in config.setups for step in setup.prepare)

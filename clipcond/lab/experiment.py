@@ -3,7 +3,8 @@ write the report (`clipcond.lab.runner`, `clipcond.lab.report`).
 
 First the setups' prepare steps run (`clipcond.lab.prepare`: the training commands that make
 missing models, each resumable). Every check (config keys and values, suite files, prepare
-inputs, pipeline and CLIP folders) runs before the first training step or image. Re-running the
+steps' arguments, configs and inputs, pipeline and CLIP folders, image sizes, ``--device``)
+runs before the first training step or image, and ``--check`` runs them all. Re-running the
 same command resumes: made models and finished images are not made again.
 """
 
@@ -27,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prepare steps that do not need each other run this many at a time, sharing the CPU "
         "cores; their logs go to OUTPUT_DIR/prepare-logs (default: 1, in order)",
     )
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
         "--check",
         action="store_true",
-        help="check the config and its files, print the plan (prepare steps and images), run nothing",
+        help="check the config, its files, the prepare steps' arguments and --device, print the plan "
+        "(prepare steps and images), run nothing",
     )
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
+    what.add_argument("--report-only", action="store_true", help="rewrite the report from the results so far")
 
 
 def _positive_int(text: str) -> int:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.lab.config import check_experiment, load_experiment_config
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
-    from clipcond.lab.runner import run_experiment
+    from clipcond.lab.runner import resolve_device, run_experiment
     from clipcond.output_paths import check_output_location
 
     # the config, its files and the install: the message says what to fix
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()
+    with user_errors(ValueError, context="--device: "):
+        device = resolve_device(args.device)
     if args.check:
         for step in pending_steps(steps):
             print(f"prepare: clipcond {step.command} {' '.join(step.args)}  (creates {step.creates})")
@@ -81,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
         run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
-    output = run_experiment(config, show_progress=not args.no_progress, device=args.device)
+    output = run_experiment(config, show_progress=not args.no_progress, device=device)
     print(f"wrote {output / 'report.md'}")
     return 0

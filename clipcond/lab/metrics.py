@@ -50,10 +50,12 @@ JUDGE_VALUES: dict[str, str] = {
 
 
 def check_metrics(names: Sequence[str]) -> None:
-    """Raise a `ValueError` listing the known metrics if any name is unknown (or `names` is empty)."""
+    """Raise a `ValueError` listing the known metrics if `names` is empty or any name is unknown."""
+    if not names:
+        raise ValueError(f"metrics must name at least one metric; known metrics: {sorted(METRICS)}")
     unknown = [name for name in names if name not in METRICS]
-    if unknown or not names:
-        raise ValueError(f"unknown metric(s) {unknown or names!r}; known metrics: {sorted(METRICS)}")
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown!r}; known metrics: {sorted(METRICS)}")
 
 
 def shapes_judge_metrics(image: Image.Image | np.ndarray, scene: Scene) -> dict[str, float | bool]:

@@ -8,10 +8,12 @@ only here, when a chart is drawn.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from clipcond.lab.summary import ALL_CATEGORIES, Cell
+from clipcond.output_paths import write_atomically
 
 
 def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str | None = None) -> Path:
@@ -20,7 +22,7 @@ def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str
     Args:
         cells: pooled results (`clipcond.lab.summary.summarise`); only `metric`'s are drawn.
         metric: which metric.
-        path: the PNG to write.
+        path: the PNG to write (atomically).
         title: chart title; the metric's name when None.
 
     Returns:
@@ -64,7 +66,9 @@ def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str
     axes.grid(axis="y", alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    encoded = io.BytesIO()
+    figure.savefig(encoded, format="png", dpi=100)
+    write_atomically(path, encoded.getvalue())  # a kill midway leaves the old chart, not half a new one
     return path
 
 

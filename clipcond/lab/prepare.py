@@ -14,6 +14,9 @@ A setup may list the commands that produce its pipeline (and the encoders it nee
                    --set, text_encoder=runs/lab/clip/model, --output-dir, runs/lab/clip-unet]
             creates: runs/lab/clip-unet/pipeline
 
+A step's arguments are parsed by its command's own parser, and its config loaded with its
+``--set`` overrides, when the experiment is checked (``--check`` too), so a typo fails before
+the first step runs, not when its turn comes.
 A step runs (as ``python -m clipcond.cli <command> <args>``, in its own process) only when
 its `creates` path is missing, so one command reproduces a whole experiment and re-running it
 skips what exists. Training commands get ``--resume``: a step stopped midway continues from
@@ -28,6 +31,7 @@ set, wins) and writes its output to a log file, since interleaved progress logs 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -36,7 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 # Commands a step may run; the training ones are resumable.
 PREPARE_COMMANDS: tuple[str, ...] = ("init-clip", "train-clip", "train-t5", "train-diffusion")
@@ -93,11 +97,69 @@ def unique_steps(step_lists: Sequence[Sequence[PrepareStep]]) -> list[PrepareSte
 
 
 def check_steps(steps: Sequence[PrepareStep]) -> None:
-    """Every file the steps name exists (before any training starts)."""
+    """Every step's arguments parse as its command parses them, every file the steps name
+    exists, and each step's config loads with the step's overrides (before any training starts).
+
+    Raises:
+        ValueError: arguments the command would refuse (argparse's message, the step named),
+            or a config key or value (an override's too) its command would refuse.
+        FileNotFoundError: a config or model file the step names is missing.
+    """
     for step in steps:
+        where = f"prepare step {step.command} (creates {step.creates})"
+        arguments = _parse_arguments(step, where)
         for path in step.input_files():
             if not path.is_file():
-                raise FileNotFoundError(f"prepare step {step.command} (creates {step.creates}): no such file {path}")
+                raise FileNotFoundError(f"{where}: no such file {path}")
+        _load_config(step, arguments, where)
+
+
+class _StepParser(argparse.ArgumentParser):
+    """A command's own parser that raises, where the command line's would print and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def _parse_arguments(step: PrepareStep, where: str) -> argparse.Namespace:
+    """Parse the step's arguments with its command's own `add_arguments` (the parser the
+    ``clipcond`` command builds for it)."""
+    from clipcond.errors import add_debug_argument
+    from clipcond.training import train_clip, train_diffusion, train_t5
+    from clipcond.training.clip import random_init
+
+    modules = {
+        "init-clip": random_init,
+        "train-clip": train_clip,
+        "train-t5": train_t5,
+        "train-diffusion": train_diffusion,
+    }
+    parser = _StepParser(prog=f"clipcond {step.command}", add_help=False, exit_on_error=False)
+    modules[step.command].add_arguments(parser)
+    add_debug_argument(parser, top_level=False)
+    try:
+        return parser.parse_args(step.command_line()[4:])  # after `python -m clipcond.cli <command>`
+    except (ValueError, argparse.ArgumentError) as error:
+        raise ValueError(f"{where}: {error} (in args: {' '.join(step.args)})") from error
+
+
+def _load_config(step: PrepareStep, arguments: argparse.Namespace, where: str) -> None:
+    """Load the step's config as its command will: a training config with the step's
+    ``--set``, ``--steps`` and ``--output-dir`` applied, or init-clip's model YAML."""
+    from clipcond.models.config import load_model_config
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.command import config_with_overrides
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+    from clipcond.training.t5.config import TrainT5Config
+
+    classes = {"train-clip": TrainClipConfig, "train-t5": TrainT5Config, "train-diffusion": TrainDiffusionConfig}
+    try:
+        if step.command == "init-clip":
+            load_model_config(arguments.model)
+        else:
+            config_with_overrides(classes[step.command].from_yaml(arguments.config), arguments)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from error
 
 
 def pending_steps(steps: Sequence[PrepareStep]) -> list[PrepareStep]:

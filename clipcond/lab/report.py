@@ -10,6 +10,7 @@ results.jsonl), so it can be rebuilt at any time (`clipcond experiment --report-
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from clipcond.lab.metrics import JUDGE_VALUES, METRICS
 from clipcond.lab.plots import plot_metric
 from clipcond.lab.results import RESULTS_NAME, read_results
 from clipcond.lab.summary import ALL_CATEGORIES, Cell, summarise
+from clipcond.output_paths import write_atomically
 
 REPORT_NAME = "report.md"
 GRID_PROMPTS = 8
@@ -135,7 +137,9 @@ def write_report(run_folder: str | Path) -> Path:
         if any(line["suite"] == suite for line in lines):
             grid_path = run_folder / "grids" / f"{suite}.png"
             grid_path.parent.mkdir(parents=True, exist_ok=True)
-            suite_grid(run_folder, lines, suite, setups, seeds, max_prompts=GRID_PROMPTS).save(grid_path)
+            encoded = io.BytesIO()
+            suite_grid(run_folder, lines, suite, setups, seeds, max_prompts=GRID_PROMPTS).save(encoded, format="PNG")
+            write_atomically(grid_path, encoded.getvalue())
             written.add(grid_path)
             text += [f"![{suite}: first {GRID_PROMPTS} prompts, every setup and seed](grids/{suite}.png)", ""]
     if cells:
@@ -149,9 +153,7 @@ def write_report(run_folder: str | Path) -> Path:
             if stale not in written:
                 stale.unlink()
     path = run_folder / REPORT_NAME
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("\n".join(text) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_atomically(path, ("\n".join(text) + "\n").encode("utf-8"))
     return path
 
 

@@ -21,13 +21,25 @@ spares re-reading unchanged weights.
 
 Each image gets its own `torch.Generator().manual_seed(seed)` and a batch only holds prompts
 of equal conditioning length (long prompts take more CLIP windows, and a batch pads every
-prompt to its longest), so an image does not depend on `batch_size` or its batch neighbours.
+prompt to its longest), so an image's noise and conditioning do not depend on `batch_size` or
+its batch neighbours. Its pixels do, in the last bits: the UNet and VAE kernels round
+differently for another number of rows (docs/pipeline.md). Measured on the bundled model, the
+same image drawn in batches of 1, 5 or 8 differs by at most 1 grey level (8-bit PNG) and its
+`clip_score` by up to 1.0e-5 (tests/test_lab_checks.py holds 1 grey level and 2e-5 on tiny
+pipelines); a judged pass/fail can, rarely, flip. So `batch_size` is not part of the key: a
+resume with another `batch_size`, or a batch that splits differently on a resume (only the
+pending images are batched), keeps the finished images, which differ from a fresh run's only
+within these bounds.
+
+Images of the current plan are the only PNGs under ``images/``: one the plan no longer holds
+(a lowered `seeds`, a removed setup or suite entry) is deleted with its result line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
@@ -44,6 +56,7 @@ from clipcond.lab.digests import folder_digest
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rewrite_results, write_json_atomic
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
+from clipcond.output_paths import write_atomically
 
 # Bump when generation or a metric changes meaning: every earlier result becomes stale.
 LAB_VERSION = 1
@@ -172,6 +185,30 @@ def _keep_valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[set[str
     return set(kept), dropped
 
 
+def resolve_device(device: str | None) -> str:
+    """`device`, or "cuda" when available else "cpu" for None, checked by putting a tensor there.
+
+    Raises:
+        ValueError: not a device name torch knows, or one this machine lacks (such as "cuda"
+            without CUDA), with torch's reason.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.zeros(()).to(device)
+    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for CUDA it was built without
+        raise ValueError(f"{device!r} is not a device this machine can run on: {error}") from error
+    return device
+
+
+def _remove_stale_images(output: Path, jobs: Sequence[ImageJob]) -> int:
+    """Delete the PNGs under images/ that no job of the plan writes; returns how many."""
+    planned = {output / job.image for job in jobs}
+    stale = [path for path in (output / "images").rglob("*.png") if path not in planned]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
 def _setup_pipeline(setup: SetupConfig, device: str) -> Any:
     """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
 
@@ -181,6 +218,9 @@ def _setup_pipeline(setup: SetupConfig, device: str) -> Any:
     """
     from diffusers import DiffusionPipeline
 
+    # diffusers loads a component only from a module already imported, and a folder holding
+    # clipcond's tokenizer names `clipcond.tokenization` (a native folder too)
+    import clipcond.tokenization  # noqa: F401
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
     from clipcond.pipelines.generate import load_pipeline
 
@@ -262,9 +302,9 @@ def _measure(
 
 def _save_png(image: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    image.save(temporary)
-    temporary.replace(path)
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue())
 
 
 def run_experiment(
@@ -275,15 +315,17 @@ def run_experiment(
     Args:
         config: the experiment (`load_experiment_config` resolves a YAML's paths).
         show_progress: draw one progress bar over all (setup, prompt, seed) images.
-        device: where pipelines and the CLIP run; None: "cuda" when available, else "cpu".
-            Not part of the results' keys (images on another device differ by rounding).
+        device: where pipelines and the CLIP run; None: "cuda" when available, else "cpu"
+            (`resolve_device`). Not part of the results' keys (images on another device differ
+            by rounding).
         write_report: write report.md, plots and grids at the end (`clipcond.lab.report`).
 
     Returns:
         The run folder.
 
     Raises:
-        FileNotFoundError, ValueError: from `check_experiment`, before any generation.
+        FileNotFoundError, ValueError: from `check_experiment`, or a device this machine
+            lacks (`resolve_device`), before any file is written.
         ImportError: `write_report` without matplotlib installed, before any generation.
     """
     suites = check_experiment(config)
@@ -291,7 +333,7 @@ def run_experiment(
         from clipcond.lab.report import check_report_dependencies
 
         check_report_dependencies()  # before hours of generation, not after
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     previous = _read_json(output / EXPERIMENT_NAME)
@@ -305,6 +347,9 @@ def run_experiment(
         changed = previous.get("fingerprint") not in (None, record["fingerprint"])
         why = "the experiment changed since the last run" if changed else "torn, duplicate or image missing"
         print(f"{output / RESULTS_NAME}: dropped {dropped} result line(s) ({why}); kept {len(done)}", file=sys.stderr)
+    removed = _remove_stale_images(output, jobs)
+    if removed:
+        print(f"{output / 'images'}: removed {removed} image(s) the experiment no longer has", file=sys.stderr)
     folders = [str(Path(setup.pipeline).resolve()) for setup in config.setups]
     folders += [str(Path(config.clip_score_model).resolve())] if clip_digest is not None else []
     file_cache = {
@@ -341,4 +386,4 @@ def run_experiment(
     return output
 
 
-__all__ = ["EXPERIMENT_NAME", "ImageJob", "LAB_VERSION", "plan_jobs", "run_experiment"]
+__all__ = ["EXPERIMENT_NAME", "ImageJob", "LAB_VERSION", "plan_jobs", "resolve_device", "run_experiment"]
