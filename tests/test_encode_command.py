@@ -332,7 +332,18 @@ def test_bad_input_is_refused_before_any_work(tiny_clip_text_path, tmp_path: Pat
             "o",
         ],
         "give the captions": ["encode", "--conditioner", str(tmp_path / "file"), "--out", str(tmp_path / "o")],
+        "--device: 'bogus' is not a device": [
+            *base,
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "bogus",
+        ],
     }
+    if not torch.cuda.is_available():  # torch raised AssertionError for CUDA it was built without: a traceback
+        cases["--device: 'cuda' is not a device"] = [*base, "--prompts", str(prompts), "--out", "o", "--device", "cuda"]
     for expected, argv in cases.items():
         assert clipcond(argv) == 2, expected
         assert expected in capsys.readouterr().err, expected

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     for option, folder in (("--out", args.out), ("--latents", args.latents)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise UsageError(f"{option}: {folder} exists and is not a folder")
+    from clipcond.devices import resolve_device
+
+    with user_errors(ValueError, context="--device: "):
+        resolve_device(args.device)
     train_config = _train_config(args.train_config) if args.train_config else None
     # the images' source and the VAE are checked before any caption is encoded
     images = _image_source(args, train_config) if args.latents is not None else None

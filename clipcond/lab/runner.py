@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
@@ -183,21 +184,6 @@ def _keep_valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[set[str
     if dropped or (path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size):
         rewrite_results(path, kept.values())
     return set(kept), dropped
-
-
-def resolve_device(device: str | None) -> str:
-    """`device`, or "cuda" when available else "cpu" for None, checked by putting a tensor there.
-
-    Raises:
-        ValueError: not a device name torch knows, or one this machine lacks (such as "cuda"
-            without CUDA), with torch's reason.
-    """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.zeros(()).to(device)
-    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for CUDA it was built without
-        raise ValueError(f"{device!r} is not a device this machine can run on: {error}") from error
-    return device
 
 
 def _remove_stale_images(output: Path, jobs: Sequence[ImageJob]) -> int:
