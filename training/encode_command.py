@@ -3,23 +3,22 @@
 and with ``--latents DIR`` its images once through the run's VAE (``data.latents``), instead
 of the VAE's forward on every step.
 
-The conditioner is the one a training run builds (``--train-config``), a pipeline folder's
-(``--pipeline``: a saved `CLIPConditionedPipeline`'s own, read as ``generate`` reads it, or a
-diffusers pipeline's, `TextConditioner.from_pipeline`) or one described in YAML
-(``--conditioner``, `TextConditioner.from_config`). The captions come from the run config's
-data section, a text file of prompts (``--prompts``), a JSONL manifest, webdataset shards or
-the shapes stream (``--shapes COUNT``), read by `clipcond.training.data`'s sources.
+The conditioner is a training run's (``--train-config``), a pipeline folder's (``--pipeline``:
+a saved `CLIPConditionedPipeline`'s own, read as ``generate`` reads it, or a diffusers
+pipeline's, `TextConditioner.from_pipeline`) or one described in YAML (``--conditioner``,
+`TextConditioner.from_config`). The captions come from the run config's data section, a text
+file of prompts (``--prompts``), a JSONL manifest, webdataset shards or the shapes stream
+(``--shapes COUNT``), read by `clipcond.training.data`'s sources.
 
 Each distinct caption is encoded once (the empty prompt always, for caption dropout and
 padding), in batches of ``--batch-size``, and written ``--shard-size`` records to a shard
 (`clipcond.training.data.embedding_shards`), atomically. A killed run is resumed by running the
 same command again: captions already in finished shards are skipped. A folder that holds
-embeddings of other weights or settings is refused.
-
-``--latents`` takes the VAE, the image size and (by default) the data from ``--train-config``;
-each distinct image, as the run transforms it, is encoded once (its latent distribution:
-`clipcond.training.data.latent_shards`), with the same batching, shards, resumption and
-refusal of another VAE's latents. ``--out`` and ``--latents`` may be given together or alone.
+embeddings of other weights or settings is refused. ``--latents`` takes the VAE, the image
+size and (by default) the data from ``--train-config``; each distinct image, as the run
+transforms it, is encoded once (its latent distribution: `clipcond.training.data.latent_shards`),
+with the same batching, shards, resumption and refusal of another VAE's latents. ``--out`` and
+``--latents`` may be given together or alone.
 """
 
 from __future__ import annotations
