@@ -1,8 +1,7 @@
-"""The device a command runs on, checked before any work."""
+"""The device a command runs on, checked before any work (torch is imported on use, so that a
+command line can import this module without it)."""
 
 from __future__ import annotations
-
-import torch
 
 
 def resolve_device(device: str | None) -> str:
@@ -12,6 +11,8 @@ def resolve_device(device: str | None) -> str:
         ValueError: not a device name torch knows, or one this machine lacks (such as "cuda"
             without CUDA), with torch's reason.
     """
+    import torch
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.zeros(()).to(device)

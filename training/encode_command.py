@@ -14,11 +14,9 @@ Each distinct caption is encoded once (the empty prompt always, for caption drop
 padding), in batches of ``--batch-size``, and written ``--shard-size`` records to a shard
 (`clipcond.training.data.embedding_shards`), atomically. A killed run is resumed by running the
 same command again: captions already in finished shards are skipped. A folder that holds
-embeddings of other weights or settings is refused. ``--latents`` takes the VAE, the image
-size and (by default) the data from ``--train-config``; each distinct image, as the run
-transforms it, is encoded once (its latent distribution: `clipcond.training.data.latent_shards`),
-with the same batching, shards, resumption and refusal of another VAE's latents. ``--out`` and
-``--latents`` may be given together or alone.
+embeddings of other weights or settings is refused. ``--latents`` (with ``--out`` or alone)
+takes the VAE, image size and, by default, data of ``--train-config``; each distinct image, as
+the run transforms it, is encoded once (`clipcond.training.data.latent_shards`), likewise.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipcond.devices import resolve_device
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
 
 
@@ -91,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
     for option, folder in (("--out", args.out), ("--latents", args.latents)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise UsageError(f"{option}: {folder} exists and is not a folder")
-    from clipcond.devices import resolve_device
-
     with user_errors(ValueError, context="--device: "):
         resolve_device(args.device)
     train_config = _train_config(args.train_config) if args.train_config else None
