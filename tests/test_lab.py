@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lab_helpers import save_tiny_clip, write_experiment
 from PIL import Image
 
 from clipcond.lab import (
@@ -97,11 +98,7 @@ def pipelines(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    from clipcond.models import ClipTwoTower, load_model_config, save_clip
-
-    torch.manual_seed(0)
-    model = ClipTwoTower(load_model_config(REPO / "configs/models/clip-tiny.yaml"))
-    return save_clip(model, tmp_path_factory.mktemp("lab_clip") / "clip")
+    return save_tiny_clip(tmp_path_factory.mktemp("lab_clip"))
 
 
 def _write_suite(path: Path, suite: dict = SUITE) -> Path:
@@ -124,10 +121,7 @@ def _write_config(folder: Path, pipelines: dict[str, Path], clip_dir: Path | Non
         "output_dir": str(folder / "out"),
         "batch_size": 3,
     }
-    config.update(overrides)
-    path = folder / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_experiment(folder, config, **overrides)
 
 
 def _results(output: Path) -> list[dict]:

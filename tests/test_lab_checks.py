@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lab_helpers import save_tiny_clip, write_experiment
 from PIL import Image
 
 from clipcond.lab import load_experiment_config, run_experiment
@@ -52,11 +53,7 @@ def sd_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    from clipcond.models import ClipTwoTower, load_model_config, save_clip
-
-    torch.manual_seed(0)
-    model = ClipTwoTower(load_model_config(REPO / "configs/models/clip-tiny.yaml"))
-    return save_clip(model, tmp_path_factory.mktemp("lab_checks_clip") / "clip")
+    return save_tiny_clip(tmp_path_factory.mktemp("lab_checks_clip"))
 
 
 def _config(folder: Path, setups: list[dict], **overrides) -> Path:
@@ -73,10 +70,7 @@ def _config(folder: Path, setups: list[dict], **overrides) -> Path:
         "output_dir": str(folder / "out"),
         "batch_size": 2,
     }
-    config.update(overrides)
-    path = folder / "experiment.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_experiment(folder, config, **overrides)
 
 
 def _pixels(path: Path) -> np.ndarray:

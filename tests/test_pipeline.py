@@ -523,20 +523,9 @@ def test_swap_text_encoder_in_place_in_a_stable_diffusion_pipeline() -> None:
 
 
 def test_clip_and_t5_custom_recipe_round_trips(sd_pipe, t5_tokenizer_path, tmp_path) -> None:
-    from tiny_pipelines import t5_encoder
-    from transformers import AutoTokenizer
+    from tiny_pipelines import build_clip_t5_custom
 
-    tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
-    pipe = CLIPConditionedPipeline(
-        unet=sd_pipe.unet,
-        scheduler=sd_pipe.scheduler,
-        vae=sd_pipe.vae,
-        text_encoder=sd_pipe.text_encoder,
-        tokenizer=sd_pipe.tokenizer,
-        text_encoder_2=t5_encoder(3, len(tokenizer_2)),
-        tokenizer_2=tokenizer_2,
-        recipe="custom",
-    )
+    pipe = build_clip_t5_custom(sd_pipe, t5_tokenizer_path)
     embeds = pipe.conditioner.pipeline_kwargs("a red circle left of a blue square", "blurry")
     assert embeds["prompt_embeds"].shape[1] > 77  # CLIP tokens, then T5 tokens on the sequence axis
     by_text = run(pipe, prompt="a red circle left of a blue square", negative_prompt="blurry")

@@ -389,22 +389,8 @@ def test_custom_pipeline_with_t5_reads_as_its_conditioner(t5_tokenizer_path):
     it; the pipeline's own call and `encode_prompt` equal the conditioner's embeddings, bit for
     bit (the T5 read the CLIP tokenizer's expansion: 2.4 off)."""
     import numpy as np
-    from transformers import AutoTokenizer
 
-    from clipcond import CLIPConditionedPipeline
-
-    sd = tiny_pipelines.build_sd()
-    t5_tokenizer = AutoTokenizer.from_pretrained(t5_tokenizer_path)
-    pipe = CLIPConditionedPipeline(
-        unet=sd.unet,
-        scheduler=sd.scheduler,
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        text_encoder_2=tiny_pipelines.t5_encoder(3, len(t5_tokenizer)),
-        tokenizer_2=t5_tokenizer,
-        recipe="custom",
-    )
+    pipe = tiny_pipelines.build_clip_t5_custom(tiny_pipelines.build_sd(), t5_tokenizer_path)
     pipe.set_progress_bar_config(disable=True)
     pipe.conditioner.load_textual_inversion(vectors(2), token="<toy>")
     expected = pipe.conditioner.pipeline_kwargs(PROMPTS, NEGATIVES)

@@ -157,6 +157,24 @@ def build_sd():
     )
 
 
+def build_clip_t5_custom(sd, t5_tokenizer_path: Path):
+    """A `CLIPConditionedPipeline` of recipe "custom" over `sd`'s UNet, VAE and CLIP, with a T5
+    (seed 3) as its `text_encoder_2`: CLIP tokens, then T5 tokens on the sequence axis."""
+    from clipcond import CLIPConditionedPipeline
+
+    tokenizer_2 = _t5_tokenizer(t5_tokenizer_path)
+    return CLIPConditionedPipeline(
+        unet=sd.unet,
+        scheduler=sd.scheduler,
+        vae=sd.vae,
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        text_encoder_2=t5_encoder(3, len(tokenizer_2)),
+        tokenizer_2=tokenizer_2,
+        recipe="custom",
+    )
+
+
 def build_sd_inpaint():
     """A StableDiffusionInpaintPipeline over the tiny SD components with a 9-channel inpainting UNet."""
     from diffusers import StableDiffusionInpaintPipeline
