@@ -315,6 +315,8 @@ def _checked_t5_length(length: Any, family: Family, class_name: str) -> int | No
     the family's `__call__` checks it: an int >= 2 (EOS and one token), at most its maximum."""
     if length is None:
         return None
+    if family.t5 == "absent":
+        raise ValueError(f"`max_sequence_length` is the T5's token budget; {class_name} has no T5")
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
         raise ValueError(f"`max_sequence_length` must be an int >= 2 (EOS and one token), got {length!r}")
     if family.max_t5_length is not None and length > family.max_t5_length:

@@ -125,3 +125,10 @@ def test_max_sequence_length_is_checked_as_the_familys_call_checks_it(flux_pipe,
         with pytest.raises(ValueError, match="`max_sequence_length` must be an int >= 2"):
             TextConditioner.from_pipeline(flux_pipe, max_sequence_length=bad)
     assert TextConditioner.from_pipeline(pixart_pipe, max_sequence_length=600).recipe.t5_max_length == 600
+
+
+def test_max_sequence_length_without_a_t5_is_refused(sd_pipe, sdxl_pipe) -> None:
+    """Before: taken silently by SD and SDXL, which have no T5 (where `clean_caption` was refused)."""
+    for pipe in (sd_pipe, sdxl_pipe):
+        with pytest.raises(ValueError, match="`max_sequence_length` is the T5's token budget; .* has no T5"):
+            TextConditioner.from_pipeline(pipe, max_sequence_length=77)
