@@ -146,6 +146,9 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
 
     `torch_dtype` casts the weights as they load (None keeps the stored dtype; the bundled
     model is stored in float16 to keep the package small and loads in float32 on a CPU).
+
+    Raises:
+        ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt).
     """
     from diffusers import DiffusionPipeline
 
@@ -155,7 +158,13 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     index = Path(model) / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
-    return CLIPConditionedPipeline.from_pipe(DiffusionPipeline.from_pretrained(model, **kwargs))
+    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(
+            f"it holds a {type(pipe).__name__}, which has no UNet: clipcond runs a saved CLIPConditionedPipeline, "
+            "or a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline"
+        )
+    return CLIPConditionedPipeline.from_pipe(pipe)
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | Path | None]:

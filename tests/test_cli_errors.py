@@ -438,3 +438,16 @@ def test_the_installed_command_prints_one_line(tmp_path) -> None:
     )
     done = subprocess.run([*command, "--debug", *argv], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("Traceback (most recent call last)")
+
+
+def test_generate_names_what_it_runs_for_a_pipeline_without_a_unet(tmp_path, capsys, t5_tokenizer_path) -> None:
+    """A Flux folder: before, diffusers' list of the components from_pipe could not place."""
+    from tiny_pipelines import build_flux
+
+    from clipcond.cli import main
+
+    build_flux(t5_tokenizer_path).save_pretrained(tmp_path / "flux")
+    code = main(["generate", "a cat", "--model", str(tmp_path / "flux"), "-o", str(tmp_path / "x.png"), "--steps", "1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
+    assert code == 2 and last.startswith("error: --model") and "it holds a FluxPipeline, which has no UNet" in last
+    assert not (tmp_path / "x.png").exists()
