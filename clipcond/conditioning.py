@@ -54,6 +54,7 @@ from clipcond.record_spec import RecordSpec, expected_record
 from clipcond.records import EncodedPrompt
 from clipcond.scheduled_embeds import (
     PromptSchedule,
+    StepRows,
     StepSwap,
     build_schedule,
     check_steps,
@@ -499,7 +500,7 @@ class TextConditioner:
         ]
 
     def _scheduled_embeds(
-        self, items: list[str | Reading], steps: list[tuple[list[int], list[int] | None]]
+        self, items: list[str | Reading], steps: list[StepRows]
     ) -> tuple[PromptEmbeds, list[torch.Tensor] | None]:
         """What a schedule encodes (`clipcond.scheduled_embeds.ScheduleEncoder`): `PromptEmbeds`
         of a batch of texts or readings, and, where a text projection finishes the pooled
@@ -513,7 +514,7 @@ class TextConditioner:
         pooled = []
         with torch.enable_grad() if self._assembly_keeps_graph() else torch.no_grad():
             for prompt_rows, negative_rows in steps:
-                rows = prompt_rows + (negative_rows or [])
+                rows = [*prompt_rows, *(negative_rows or ())]
                 groups = [len(prompt_rows)] + ([len(negative_rows)] if negative_rows else [])
                 vectors = pooled_vectors([records[row] for row in rows], parts, groups)
                 pooled.append(vectors.to(device=embeds.pooled.device, dtype=embeds.pooled.dtype))

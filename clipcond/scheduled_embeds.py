@@ -107,11 +107,11 @@ def _texts_of(prompt: PromptText) -> tuple[str, ...]:
     return (prompt,) if isinstance(prompt, str) else tuple(prompt)
 
 
-# (texts, each distinct step's (prompt rows, negative rows or None)) -> (their PromptEmbeds,
-# each such step's pooled vectors of prompts then negatives, or None without pooled vectors).
-ScheduleEncoder = Callable[
-    [list[PromptText], list[tuple[list[int], list[int] | None]]], tuple[PromptEmbeds, list[torch.Tensor] | None]
-]
+# A step's rows: (prompt rows, negative rows or None), as indices into the schedule's texts.
+StepRows = tuple[tuple[int, ...], tuple[int, ...] | None]
+# (texts, each distinct step's rows) -> (their PromptEmbeds, each such step's pooled vectors of
+# prompts then negatives, or None without pooled vectors).
+ScheduleEncoder = Callable[[list[PromptText], list[StepRows]], tuple[PromptEmbeds, list[torch.Tensor] | None]]
 
 
 def build_schedule(
@@ -132,16 +132,13 @@ def build_schedule(
 
     prompt_rows = rows(per_prompt)
     negative_rows = None if per_negative is None else rows(per_negative)
-    at_step = [
-        (prompt_rows[step], None if negative_rows is None else negative_rows[step])
+    at_step: list[StepRows] = [
+        (tuple(prompt_rows[step]), None if negative_rows is None else tuple(negative_rows[step]))
         for step in range(num_inference_steps)
     ]
-    distinct = list(dict.fromkeys((tuple(p), None if n is None else tuple(n)) for p, n in at_step))
-    embeds, pooled = encode(texts, [(list(p), None if n is None else list(n)) for p, n in distinct])
-    step_pooled = None
-    if pooled is not None:
-        of_rows = dict(zip(distinct, pooled))
-        step_pooled = [of_rows[(tuple(p), None if n is None else tuple(n))] for p, n in at_step]
+    distinct = list(dict.fromkeys(at_step))
+    embeds, pooled = encode(texts, distinct)
+    step_pooled = None if pooled is None else [dict(zip(distinct, pooled))[rows] for rows in at_step]
     return PromptSchedule(
         texts=texts, embeds=embeds, prompt_rows=prompt_rows, negative_rows=negative_rows, step_pooled=step_pooled
     )

@@ -22,8 +22,8 @@ from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
-from clipcond.schedule import fixed_text, has_schedule, split_and
-from clipcond.scheduled_embeds import PromptSchedule
+from clipcond.schedule import has_schedule, split_and
+from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts
 
 
 @dataclass
@@ -163,18 +163,18 @@ def build_plan(
 
 def fixed_prompt_arguments(num_steps: int, prompt: Any, negative_prompt: Any, *others: Any) -> tuple[Any, ...]:
     """The prompt arguments (each a text, a list of texts or None: `prompt`, `negative_prompt`,
-    then SDXL's second ones) with every text whose schedule never changes over `num_steps`
-    steps replaced by the one text it reads (`clipcond.schedule.fixed_text`): ``"a [cat:dog:0]"``
-    is "a dog" at every step, as in A1111. Negative prompts are read whole (AND is text there)."""
+    then SDXL's second ones) through `clipcond.scheduled_embeds.fixed_prompts`: every text whose
+    schedule never changes over `num_steps` steps becomes the one text it reads (``"a
+    [cat:dog:0]"`` is "a dog" at every step, as in A1111). Negative prompts are read whole."""
 
-    def fixed(value: Any, split_at_and: bool) -> Any:
+    def fixed(value: Any, negative: bool = False) -> Any:
         if isinstance(value, str):
-            return fixed_text(value, num_steps, split_at_and)
-        if isinstance(value, list):
-            return [fixed_text(text, num_steps, split_at_and) if isinstance(text, str) else text for text in value]
-        return value
+            return fixed_prompts([value], num_steps, negative)[0]
+        if isinstance(value, list) and all(isinstance(text, str) for text in value):
+            return fixed_prompts(value, num_steps, negative)
+        return value  # None, or a value the call's own checks refuse
 
-    return (fixed(prompt, True), fixed(negative_prompt, False), *(fixed(value, True) for value in others))
+    return (fixed(prompt), fixed(negative_prompt, negative=True), *(fixed(value) for value in others))
 
 
 def plan_for_call(
