@@ -20,7 +20,9 @@ from clipcond.recipes import Recipe
 # v2: keys cover the tokenizers; files record their key and are checked when read.
 # v3: records hold the pooled state before the text projection (applied at assembly).
 # v4: files record a digest of their tensors' bytes (older files would all read as damaged).
-CACHE_KEY_VERSION = "clipcond-embeds-v4"
+# v5: a multi-vector textual-inversion token stays in one window; BREAK always closes a window
+#     (a prompt's windows changed for both).
+CACHE_KEY_VERSION = "clipcond-embeds-v5"
 
 
 def settings_key(

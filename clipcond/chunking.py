@@ -10,7 +10,9 @@ next window (a word boundary is preferred within `WORD_LOOKBACK` tokens). With
 ``window_split="a1111"`` a full window is cut as A1111's ``tokenize_line`` cuts it instead:
 everything after the last comma within `WORD_LOOKBACK` tokens moves to the next window (its
 ``comma_padding_backtrack``, default 20), and without such a comma the window ends at its 75th
-token, mid-word if need be.
+token, mid-word if need be. Under either rule a multi-vector textual-inversion token (``<cat>``,
+``<cat>_1``, ...) that does not fit the room left in a window starts the next one, as A1111
+places an embedding (`tests/test_chunking.py` checks both against a transcription of its rule).
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
 dropped and reported, as diffusers does.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from clipcond.prompts import Fragment
+from clipcond.textual_inversion import multi_vector_tokens
 from clipcond.window_splits import DEFAULT_WINDOW_SPLIT, check_window_split
 
 logger = logging.getLogger(__name__)
@@ -100,10 +103,30 @@ def _token_ids_per_fragment(
 _Content = list[tuple[int, float, int]]
 
 
+def _units(ids: list[int], groups: dict[int, tuple[int, ...]]) -> list[list[int]]:
+    """A fragment's token ids as the units a window keeps whole: each multi-vector textual-
+    inversion token's vectors (`groups`: first id -> all its ids) together, every other token
+    alone."""
+    units, index = [], 0
+    while index < len(ids):
+        group = groups.get(ids[index])
+        length = len(group) if group is not None and tuple(ids[index : index + len(group)]) == group else 1
+        units.append(ids[index : index + length])
+        index += length
+    return units
+
+
 def _windows_at_word_ends(
-    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], capacity: int, comma: int | None
+    tokenizer,
+    fragments: Sequence[Fragment],
+    fragment_ids: list[list[int]],
+    capacity: int,
+    comma: int | None,
+    groups: dict[int, tuple[int, ...]],
 ) -> list[_Content]:
-    """One prompt's windows, a full one cut at the last word end within `WORD_LOOKBACK` tokens."""
+    """One prompt's windows, a full one cut at the last word end within `WORD_LOOKBACK` tokens;
+    a multi-vector textual-inversion token that does not fit the window's room starts the next
+    one (its last vector ends a word)."""
     windows: list[_Content] = []
     current: _Content = []
     current_word_ends: list[bool] = []
@@ -112,28 +135,43 @@ def _windows_at_word_ends(
             windows.append(current)
             current, current_word_ends = [], []
             continue
-        for token, word_end in zip(ids, _word_end_flags(tokenizer, ids)):
-            if len(current) == capacity:
-                split = capacity
-                for back in range(1, min(WORD_LOOKBACK, capacity) + 1):
-                    if current_word_ends[capacity - back]:
-                        split = capacity - back + 1
-                        break
-                windows.append(current[:split])
-                current, current_word_ends = current[split:], current_word_ends[split:]
-            current.append((token, fragment.weight, source))
-            current_word_ends.append(word_end)
+        word_ends = iter(_word_end_flags(tokenizer, ids))
+        for unit in _units(ids, groups):
+            ends = [next(word_ends) for _ in unit]
+            if len(unit) > 1:
+                ends = [False] * (len(unit) - 1) + [True]
+                if current and len(current) + len(unit) > capacity:
+                    windows.append(current)
+                    current, current_word_ends = [], []
+            for token, word_end in zip(unit, ends):
+                if len(current) == capacity:
+                    split = capacity
+                    for back in range(1, min(WORD_LOOKBACK, capacity) + 1):
+                        if current_word_ends[capacity - back]:
+                            split = capacity - back + 1
+                            break
+                    windows.append(current[:split])
+                    current, current_word_ends = current[split:], current_word_ends[split:]
+                current.append((token, fragment.weight, source))
+                current_word_ends.append(word_end)
     if current or not windows:
         windows.append(current)
     return windows
 
 
 def _windows_at_commas(
-    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], capacity: int, comma: int | None
+    tokenizer,
+    fragments: Sequence[Fragment],
+    fragment_ids: list[list[int]],
+    capacity: int,
+    comma: int | None,
+    groups: dict[int, tuple[int, ...]],
 ) -> list[_Content]:
     """One prompt's windows as A1111's ``tokenize_line`` makes them: when a token other than a
     comma finds the window full, what follows the window's last comma moves on if that comma
-    is within `WORD_LOOKBACK` tokens of the end; a window still full then closes as it is."""
+    is within `WORD_LOOKBACK` tokens of the end; a window still full then closes as it is; a
+    multi-vector textual-inversion token that does not fit the window's room starts the next
+    one, as A1111 places an embedding."""
     windows: list[_Content] = []
     current: _Content = []
     last_comma = -1  # the position of the current window's last comma; -1: none
@@ -142,19 +180,32 @@ def _windows_at_commas(
             windows.append(current)
             current, last_comma = [], -1
             continue
-        for token in ids:
-            if token == comma:
+        for unit in _units(ids, groups):
+            if unit[0] == comma:
                 last_comma = len(current)
             elif len(current) == capacity and last_comma != -1 and capacity - last_comma <= WORD_LOOKBACK:
                 windows.append(current[: last_comma + 1])
                 current, last_comma = current[last_comma + 1 :], -1
-            if len(current) == capacity:
+            if len(current) == capacity or (len(unit) > 1 and current and len(current) + len(unit) > capacity):
                 windows.append(current)
                 current, last_comma = [], -1
-            current.append((token, fragment.weight, source))
+            for token in unit:
+                if len(current) == capacity:  # a token of more vectors than a window holds
+                    windows.append(current)
+                    current = []
+                current.append((token, fragment.weight, source))
     if current or not windows:
         windows.append(current)
     return windows
+
+
+def _vector_groups(tokenizer) -> dict[int, tuple[int, ...]]:
+    """The tokenizer's multi-vector textual-inversion tokens: first id -> all their ids."""
+    groups = {}
+    for names in multi_vector_tokens(tokenizer).values():
+        ids = tuple(tokenizer.convert_tokens_to_ids(list(names)))
+        groups[ids[0]] = ids
+    return groups
 
 
 def _comma_id(tokenizer) -> int | None:
@@ -202,9 +253,10 @@ def clip_windows(
     per_fragment = _token_ids_per_fragment(tokenizer, prompts)
     cut = _windows_at_commas if check_window_split(window_split) == "a1111" else _windows_at_word_ends
     comma = _comma_id(tokenizer) if window_split == "a1111" else None
+    groups = _vector_groups(tokenizer)
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
-        windows = cut(tokenizer, fragments, fragment_ids, capacity, comma)
+        windows = cut(tokenizer, fragments, fragment_ids, capacity, comma, groups)
         rows = [_close_window(window, window_length, bos, eos, pad) for window in windows]
         result.append(
             TokenWindows(

@@ -221,13 +221,18 @@ def test_windowed_prompts_skip_the_tokenizers_length_warning(transformers_logs):
     assert not [r for r in transformers_logs.records if "longer than the specified maximum" in r.getMessage()]
 
 
-def _a1111_chunks(tokenizer, prompt: list[Fragment], backtrack: int = 20) -> list[list[tuple[int, float]]]:
+def _a1111_chunks(
+    tokenizer, prompt: list[Fragment], backtrack: int = 20, embeddings: dict[int, int] | None = None
+) -> list[list[tuple[int, float]]]:
     """A1111's ``tokenize_line`` chunking, re-expressed from its description (not clipcond's
     code): tokens are taken one at a time; a comma records its place; any other token that
     finds the chunk full, with a comma at most `backtrack` tokens from its end, sends what
     follows the comma to a new chunk; a token that (still) finds the chunk full starts a new
-    one; BREAK always starts a new one; an empty last chunk is kept only if it is the only one."""
+    one; an embedding (`embeddings`: its first token id -> its vector count) that does not fit
+    what is left of the chunk starts a new one and goes in whole; BREAK always starts a new
+    one; an empty last chunk is kept only if it is the only one."""
     comma = tokenizer.convert_tokens_to_ids(",</w>")
+    embeddings = embeddings or {}
     chunks: list[list[tuple[int, float]]] = []
     chunk: list[tuple[int, float]] = []
     comma_at = None
@@ -236,7 +241,10 @@ def _a1111_chunks(tokenizer, prompt: list[Fragment], backtrack: int = 20) -> lis
             chunks.append(chunk)
             chunk, comma_at = [], None
             continue
-        for token in tokenizer(fragment.text, add_special_tokens=False).input_ids:
+        tokens = tokenizer(fragment.text, add_special_tokens=False).input_ids
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             full = len(chunk) == 75
             if token == comma:
                 comma_at = len(chunk)
@@ -246,7 +254,12 @@ def _a1111_chunks(tokenizer, prompt: list[Fragment], backtrack: int = 20) -> lis
             if len(chunk) == 75:
                 chunks.append(chunk)
                 chunk, comma_at = [], None
-            chunk.append((token, fragment.weight))
+            vectors = embeddings.get(token, 1)
+            if vectors > 1 and len(chunk) + vectors > 75:
+                chunks.append(chunk)
+                chunk, comma_at = [], None
+            chunk += [(tokens[position + index], fragment.weight) for index in range(vectors)]
+            position += vectors
     if chunk or not chunks:
         chunks.append(chunk)
     return chunks
@@ -287,3 +300,58 @@ def test_a1111_window_split_cuts_after_the_last_comma_as_a1111(clip, name):
 def test_window_split_is_checked(clip):
     with pytest.raises(ValueError, match="`window_split` must be one of"):
         clip_windows(clip, [WEIGHTED], 77, window_split="comma")
+
+
+@pytest.fixture(scope="module")
+def clip_with_inversions():
+    """A CLIP tokenizer holding two multi-vector textual-inversion tokens, named as diffusers
+    names their vectors: <toy> of 5 and <big> of 25."""
+    tokenizer = clip_tokenizer()
+    for name, count in (("<toy>", 5), ("<big>", 25)):
+        tokenizer.add_tokens([name] + [f"{name}_{index}" for index in range(1, count)])
+    return tokenizer
+
+
+def _spelled(name: str, count: int) -> str:
+    return " ".join([name] + [f"{name}_{index}" for index in range(1, count)])
+
+
+def _inversion_prompts() -> dict[str, list[Fragment]]:
+    toy, big = _spelled("<toy>", 5), _spelled("<big>", 25)
+    prompts = {
+        f"{before} words, then <toy>": [Fragment("dog " * before + toy + " sits", 1.0)] for before in range(68, 76)
+    }
+    prompts |= {
+        f"{before} words, then <big>": [Fragment("dog " * before + big + " sits", 1.0)] for before in (45, 50, 51, 60)
+    }
+    prompts["<toy> after a comma near the edge"] = [Fragment("dog " * 60 + ", cat " * 4 + toy + " sits", 1.0)]
+    prompts["weighted <big>"] = [Fragment("dog " * 40, 1.0), Fragment(big, 1.2), Fragment(" dog" * 40, 1.0)]
+    return prompts
+
+
+@pytest.mark.parametrize("name", list(_inversion_prompts()))
+def test_a1111_window_split_keeps_a_textual_inversion_whole_as_a1111(clip_with_inversions, name):
+    tokenizer, prompt = clip_with_inversions, _inversion_prompts()[name]
+    embeddings = {tokenizer.convert_tokens_to_ids("<toy>"): 5, tokenizer.convert_tokens_to_ids("<big>"): 25}
+    (got,) = clip_windows(tokenizer, [prompt], 77, window_split="a1111")
+    chunks = _a1111_chunks(tokenizer, prompt, embeddings=embeddings)
+    expected = [[tokenizer.bos_token_id, *(t for t, _ in c), tokenizer.eos_token_id] for c in chunks]
+    assert got.ids.tolist() == [ids + [tokenizer.pad_token_id] * (77 - len(ids)) for ids in expected]
+    expected_weights = [[1.0, *(w for _, w in c), 1.0] + [1.0] * (75 - len(c)) for c in chunks]
+    torch.testing.assert_close(got.weights, torch.tensor(expected_weights), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(_inversion_prompts()))
+def test_word_window_split_keeps_a_textual_inversion_whole(clip_with_inversions, name):
+    """The default rule: a multi-vector token that does not fit the window's room starts the
+    next window; all tokens are kept, in order."""
+    tokenizer, prompt = clip_with_inversions, _inversion_prompts()[name]
+    (got,) = clip_windows(tokenizer, [prompt], 77)
+    rows = [row[mask.bool()][1:-1].tolist() for row, mask in zip(got.ids, got.mask)]
+    assert [token for row in rows for token in row] == _ids(tokenizer, "".join(f.text for f in prompt))
+    for name_, count in (("<toy>", 5), ("<big>", 25)):
+        vectors = tokenizer.convert_tokens_to_ids([name_] + [f"{name_}_{index}" for index in range(1, count)])
+        holding = [row for row in rows if vectors[0] in row]
+        for row in holding:
+            start = row.index(vectors[0])
+            assert row[start : start + count] == vectors, f"{name_} is split across windows"

@@ -194,3 +194,24 @@ def test_window_split_in_the_pipeline_its_folder_yaml_and_generate(sd_pipe, tmp_
     written = np.asarray(Image.open(tmp_path / "a1111.png"))
     assert np.array_equal(written, np.asarray(expected.images[0]))
     assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "word.png")))
+
+
+@pytest.mark.parametrize("window_split", ["word", "a1111"])
+def test_a_loaded_textual_inversion_that_would_cross_the_edge_starts_the_next_window(window_split):
+    """A 5-vector token whose vectors would fill positions 73-77 of a window (73 words before
+    it): the conditioner encodes 73 words in the first window and the token whole in the second,
+    as A1111 places an embedding; the reference runs the text encoder on those two windows."""
+    import tiny_pipelines
+
+    pipe = tiny_pipelines.build_sd()
+    cond = TextConditioner.from_pipeline(pipe, cache_size=0, window_split=window_split)
+    torch.manual_seed(0)
+    cond.load_textual_inversion(torch.randn(5, pipe.text_encoder.config.hidden_size), token="<toy>")
+    tokenizer = pipe.tokenizer
+    toy = tokenizer.convert_tokens_to_ids(["<toy>"] + [f"<toy>_{index}" for index in range(1, 5)])
+    dog, sits = (tokenizer(word, add_special_tokens=False).input_ids for word in ("dog", "sits"))
+    rows = _window_rows(tokenizer, [dog * 73, toy + sits])
+    with torch.no_grad():
+        direct = pipe.text_encoder(rows)[0]
+        got = cond.encode("dog " * 73 + "<toy> sits").tokens[0]
+    torch.testing.assert_close(got, direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
