@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
 from clipcond.output_paths import check_new_file
+from clipcond.pipelines.generate_sources import (
+    add_source_arguments,
+    check_sources_against,
+    read_sources,
+    source_call_arguments,
+    source_pipeline,
+)
 from clipcond.window_splits import WINDOW_SPLITS
 
 if TYPE_CHECKING:
@@ -81,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where a prompt longer than 75 tokens is cut into CLIP windows: at a word end (word) or after the "
         "last comma, as A1111 (a1111); default: the model's own setting (word unless saved with another)",
     )
+    add_source_arguments(parser)
 
 
 def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
@@ -215,8 +223,9 @@ def _stop_on_non_finite_latents(steps: int) -> Any:
 
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not bool(torch.isfinite(tensors["latents"]).all()):
+            running = getattr(pipe, "num_timesteps", None) or steps  # fewer when an image's strength skips some
             raise RunFailed(
-                f"the latents became NaN or infinite at step {step + 1} of {steps}, so the image would be black; "
+                f"the latents became NaN or infinite at step {step + 1} of {running}, so the image would be black; "
                 "nothing was written. Try another --steps or --seed, or a lower --guidance"
             )
         return {}
@@ -287,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
     # 1. Check the arguments, before anything loads
     output, model, lora = _check_arguments(args)
+    sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
         warn_about_vocabulary(args.prompt, model)
     import torch
@@ -301,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
     if args.window_split is not None:
         pipe.register_to_config(window_split=args.window_split)
+    if sources is not None:
+        pipe = source_pipeline(pipe, sources)
+        check_sources_against(pipe, sources, args.steps)
     _check_against_model(args, pipe)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
@@ -313,8 +326,7 @@ def run(args: argparse.Namespace) -> int:
             negative_prompt=args.negative,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
-            height=args.height,
-            width=args.width,
+            **(source_call_arguments(sources) if sources is not None else {"height": args.height, "width": args.width}),
             num_images_per_prompt=args.n,
             generator=generators,
             clip_skip=args.clip_skip,

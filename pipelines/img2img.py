@@ -135,16 +135,24 @@ class SourceImageSteps:
         coordinates = COORDINATE_CHANNELS if self.config.get("coordinate_channels", False) else 0
         return self.unet.config.in_channels - coordinates
 
-    def _strength(self, strength: Any, denoising_start: Any, denoising_end: Any, sd: float, sdxl: float) -> float:
-        """`strength` checked, None resolved to the family's default (`sd` or `sdxl`, diffusers'
-        defaults of the peer pipelines); `denoising_start` checked with it.
+    # diffusers' default `strength` of the peer pipelines: (Stable Diffusion's, SDXL's)
+    DEFAULT_STRENGTH: tuple[float, float]
+
+    def default_strength(self) -> float:
+        """The `strength` a call without one runs at: diffusers' default for this UNet's family."""
+        sd, sdxl = self.DEFAULT_STRENGTH
+        return sdxl if self.reads_time_ids else sd
+
+    def _strength(self, strength: Any, denoising_start: Any, denoising_end: Any) -> float:
+        """`strength` checked, None resolved to `default_strength()`; `denoising_start` checked
+        with it.
 
         Raises:
             ValueError: as `check_strength` and `check_denoising_start`.
         """
         check_denoising_start(denoising_start, strength, denoising_end, self.reads_time_ids)
         if strength is None:
-            return sdxl if self.reads_time_ids else sd
+            return self.default_strength()
         return check_strength(strength)
 
 
@@ -168,6 +176,8 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
     `StableDiffusionXLImg2ImgPipeline`'s (base or refiner), images equal that pipeline's bit for
     bit for the same generator (tests/test_img2img_inpaint.py, tests/test_sdxl_img2img_inpaint.py).
     """
+
+    DEFAULT_STRENGTH = (0.8, 0.3)
 
     @torch.no_grad()
     def __call__(
@@ -253,7 +263,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 or not below `denoising_end`), all before any work.
         """
         # 1. Check the source image; the text-to-image call checks the rest, all before any work
-        strength = self._strength(strength, denoising_start, denoising_end, sd=0.8, sdxl=0.3)
+        strength = self._strength(strength, denoising_start, denoising_end)
         if latents is not None and not self.reads_time_ids:
             raise ValueError(
                 "`latents` (the starting latents, used as they are) is SDXL img2img's; this pipeline's UNet is "

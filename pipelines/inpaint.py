@@ -59,6 +59,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
     (base, 9 or 4 channels, or refiner), that pipeline's (tests/test_sdxl_img2img_inpaint.py).
     """
 
+    DEFAULT_STRENGTH = (1.0, 0.9999)
+
     # As in StableDiffusionInpaintPipeline, callbacks may read and replace the mask and the
     # masked source's latents; here both are per image, (n, 1, h, w) and (n, 4, h, w), not
     # doubled for guidance as there, so a callback that turns guidance off needs no change to them.
@@ -160,7 +162,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         """
         # 1. Check the source, the mask and the UNet; the text-to-image call checks the rest,
         #    all before any work
-        strength = self._strength(strength, denoising_start, denoising_end, sd=1.0, sdxl=0.9999)
+        strength = self._strength(strength, denoising_start, denoising_end)
         latent_channels = self._latent_channels()
         unet_channels = self._unet_image_channels()
         if unet_channels not in (latent_channels, 2 * latent_channels + 1):

@@ -1,0 +1,168 @@
+"""``clipcond generate --image / --mask / --strength``: the PNG it writes against diffusers' own
+img2img and inpainting pipelines loaded from the same folder (np.array_equal), and every
+mistake refused in one line before the model loads (or, for what needs the model, before
+sampling), with nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli_errors import one_error
+
+from clipcond.cli import main
+
+
+@pytest.fixture(scope="module")
+def sd_folder(sd_pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("generate-sources") / "sd"
+    sd_pipe.save_pretrained(folder)
+    return folder
+
+
+def _write_image(path, size=(32, 32), mode="RGB", seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(path)
+    return path
+
+
+def _diffusers_image(peer_class, folder, **kwargs) -> np.ndarray:
+    import torch
+
+    peer = peer_class.from_pretrained(folder)
+    generator = [torch.Generator().manual_seed(3)]
+    return np.asarray(peer(generator=generator, output_type="pil", **kwargs).images[0])
+
+
+def test_image_to_image_writes_what_diffusers_img2img_gives(sd_folder, tmp_path) -> None:
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    source = _write_image(tmp_path / "source.png")
+    common = ["--steps", "4", "--seed", "3", "--negative", "blurry", "--model", str(sd_folder)]
+    output = tmp_path / "img2img.png"
+    assert (
+        main(["generate", "a red circle", "-o", str(output), "--image", str(source), "--strength", "0.5", *common]) == 0
+    )
+    expected = _diffusers_image(
+        StableDiffusionImg2ImgPipeline,
+        sd_folder,
+        prompt="a red circle",
+        negative_prompt="blurry",
+        image=Image.open(source).convert("RGB"),
+        strength=0.5,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+    )
+    written = np.asarray(Image.open(output))
+    assert written.shape == (32, 32, 3) and np.array_equal(written, expected)
+    # without --strength: diffusers' default (0.8), another image
+    default = tmp_path / "default.png"
+    assert main(["generate", "a red circle", "-o", str(default), "--image", str(source), *common]) == 0
+    expected_default = _diffusers_image(
+        StableDiffusionImg2ImgPipeline,
+        sd_folder,
+        prompt="a red circle",
+        negative_prompt="blurry",
+        image=Image.open(source).convert("RGB"),
+        num_inference_steps=4,
+        guidance_scale=3.0,
+    )
+    assert np.array_equal(np.asarray(Image.open(default)), expected_default)
+    assert not np.array_equal(expected_default, expected)
+    # --n 2: a grid of two images, seeds 3 and 4, as diffusers gives them with a generator each
+    grid = tmp_path / "grid.png"
+    assert main(["generate", "a red circle", "-o", str(grid), "--image", str(source), "--n", "2", *common]) == 0
+    peer = StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder)
+    images = peer(
+        prompt="a red circle",
+        negative_prompt="blurry",
+        image=Image.open(source).convert("RGB"),
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(seed) for seed in (3, 4)],
+    ).images
+    cells = np.asarray(Image.open(grid))
+    assert cells.shape == (32, 64, 3)
+    assert np.array_equal(cells[:, :32], np.asarray(images[0])) and np.array_equal(cells[:, 32:], np.asarray(images[1]))
+
+
+def test_inpainting_writes_what_diffusers_inpaint_gives(sd_folder, tmp_path) -> None:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    source, mask = _write_image(tmp_path / "source.png"), tmp_path / "mask.png"
+    mask_pixels = np.zeros((32, 32), dtype=np.uint8)
+    mask_pixels[8:24, 8:24] = 255
+    Image.fromarray(mask_pixels, "L").save(mask)
+    output = tmp_path / "inpaint.png"
+    argv = ["generate", "a red circle", "-o", str(output), "--image", str(source), "--mask", str(mask)]
+    assert main([*argv, "--steps", "3", "--seed", "3", "--model", str(sd_folder)]) == 0
+    expected = _diffusers_image(
+        StableDiffusionInpaintPipeline,
+        sd_folder,
+        prompt="a red circle",
+        image=Image.open(source).convert("RGB"),
+        mask_image=Image.open(mask).convert("L"),
+        num_inference_steps=3,
+        guidance_scale=3.0,
+    )
+    assert np.array_equal(np.asarray(Image.open(output)), expected)
+
+
+def test_source_image_mistakes_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
+    import clipcond.pipelines.generate as generate
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(generate, "load_pipeline", no_loading)
+    source = str(_write_image(tmp_path / "source.png"))
+    small_mask = str(_write_image(tmp_path / "mask.png", size=(16, 32), mode="L"))
+    (tmp_path / "notes.png").write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((tmp_path / "source.png").read_bytes()[:100])
+    out = str(tmp_path / "out.png")
+    cases = [
+        (["--mask", small_mask], "--mask and --strength need --image"),
+        (["--strength", "0.5"], "--mask and --strength need --image"),
+        (["--image", source, "--strength", "0"], "--strength must be in (0, 1], got 0.0"),
+        (["--image", source, "--strength", "1.5"], "--strength must be in (0, 1], got 1.5"),
+        (["--image", source, "--strength", "nan"], "--strength must be in (0, 1], got nan"),
+        (["--image", source, "--height", "64"], "--height and --width do not go with --image"),
+        (["--image", str(tmp_path / "missing.png")], "--image " + str(tmp_path / "missing.png") + ": no such file"),
+        (["--image", str(tmp_path)], "no such file"),
+        (["--image", str(tmp_path / "notes.png")], "notes.png: not an image that can be read"),
+        (["--image", str(truncated)], "truncated.png: not an image that can be read"),
+        (["--image", source, "--mask", small_mask], "--mask is 16 x 32 pixels and --image 32 x 32"),
+    ]
+    for extra, message in cases:
+        line = one_error(capsys, ["generate", "a", "-o", out, "--model", str(tmp_path), *extra], 2)
+        assert message in line, (extra, line)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_what_needs_the_model_is_refused_before_sampling(sd_folder, tmp_path, capsys) -> None:
+    import tiny_pipelines
+    from diffusers import StableDiffusionPipeline
+
+    source = str(_write_image(tmp_path / "source.png"))
+    out = str(tmp_path / "out.png")
+    common = ["generate", "a", "-o", out, "--model", str(sd_folder)]
+    line = one_error(capsys, [*common, "--image", source, "--strength", "0.5", "--steps", "1"], 2)
+    assert "--strength 0.5 runs int(1 x 0.5) = 0 of the --steps 1" in line
+    line = one_error(capsys, [*common, "--image", source, "--steps", "1"], 2)  # the default strength, 0.8
+    assert "the default strength of this model 0.8 runs int(1 x 0.8) = 0" in line
+    # a VAE that halves the image (factor 2) cannot take a source 1 pixel wide
+    components = tiny_pipelines.sd_components()
+    components["vae"] = tiny_pipelines._small_vae(
+        block_out_channels=(4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    halving = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None)
+    halving.save_pretrained(tmp_path / "halving")
+    narrow = str(_write_image(tmp_path / "narrow.png", size=(1, 32)))
+    argv = ["generate", "a", "-o", out, "--model", str(tmp_path / "halving"), "--image", narrow]
+    assert "--image is 1 x 32 pixels: this model needs at least 2 x 2" in one_error(capsys, argv, 2)
+    assert not (tmp_path / "out.png").exists()
