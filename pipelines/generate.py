@@ -31,6 +31,7 @@ from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
 from clipcond.output_paths import check_new_file
 from clipcond.pipelines.generate_sources import (
+    SourceImages,
     add_source_arguments,
     check_sources_against,
     read_sources,
@@ -234,7 +235,7 @@ def _stop_on_non_finite_latents(steps: int) -> Any:
 
 
 @contextlib.contextmanager
-def _out_of_memory_is_a_failed_run(args: argparse.Namespace) -> Iterator[None]:
+def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImages | None) -> Iterator[None]:
     """Memory the sampling cannot get (torch's out-of-memory error on a GPU, the CPU allocator's
     "can't allocate memory") is a `RunFailed` saying what to lower, not a traceback."""
     import torch
@@ -244,9 +245,15 @@ def _out_of_memory_is_a_failed_run(args: argparse.Namespace) -> Iterator[None]:
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
             raise
-        size = f"{args.height or 'default'} x {args.width or 'default'} pixels"
+        if sources is None:
+            size, lower = f"{args.height or 'default'} x {args.width or 'default'} pixels", "--n, --height or --width"
+        else:
+            size, lower = (
+                f"{sources.image.size[0]} x {sources.image.size[1]} pixels (--image's)",
+                "--n or the --image size",
+            )
         raise RunFailed(
-            f"out of memory sampling {args.n} image(s) of {size}; nothing was written. Lower --n, --height or --width"
+            f"out of memory sampling {args.n} image(s) of {size}; nothing was written. Lower {lower}"
         ) from error
 
 
@@ -319,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
     generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     with (
         user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "),
-        _out_of_memory_is_a_failed_run(args),
+        _out_of_memory_is_a_failed_run(args, sources),
     ):
         images = pipe(
             args.prompt,

@@ -166,3 +166,24 @@ def test_what_needs_the_model_is_refused_before_sampling(sd_folder, tmp_path, ca
     argv = ["generate", "a", "-o", out, "--model", str(tmp_path / "halving"), "--image", narrow]
     assert "--image is 1 x 32 pixels: this model needs at least 2 x 2" in one_error(capsys, argv, 2)
     assert not (tmp_path / "out.png").exists()
+
+
+def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monkeypatch) -> None:
+    import clipcond.pipelines.generate as generate
+
+    class Hungry:
+        vae_scale_factor = 8
+
+        def default_strength(self):
+            return 0.8
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(generate, "_load", lambda model, lora: Hungry())
+    monkeypatch.setattr(generate, "source_pipeline", lambda pipe, sources: pipe)
+    source = str(_write_image(tmp_path / "source.png", size=(48, 32)))
+    png = tmp_path / "a.png"
+    line = one_error(capsys, ["generate", "a", "-o", str(png), "--image", source, "--model", str(tmp_path)], 1)
+    assert "out of memory sampling 1 image(s) of 48 x 32 pixels (--image's); nothing was written" in line
+    assert "Lower --n or the --image size" in line and not png.exists()
