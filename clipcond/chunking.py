@@ -10,7 +10,9 @@ next window (a word boundary is preferred within `WORD_LOOKBACK` tokens). With
 ``window_split="a1111"`` a full window is cut as A1111's ``tokenize_line`` cuts it instead:
 everything after the last comma within `WORD_LOOKBACK` tokens moves to the next window (its
 ``comma_padding_backtrack``, default 20), and without such a comma the window ends at its 75th
-token, mid-word if need be. Under either rule a multi-vector textual-inversion token (``<cat>``,
+token, mid-word if need be. With ``window_split="truncate"`` a prompt has one window, its first
+75 tokens, and the rest is dropped (reported at INFO level), as diffusers' `encode_prompt`
+truncates; a ``BREAK`` ends the prompt there. Under every rule a multi-vector textual-inversion token (``<cat>``,
 ``<cat>_1``, ...) that does not fit the room left in a window starts the next one, as A1111
 places an embedding (`tests/test_chunking.py` checks both against a transcription of its rule).
 
@@ -239,8 +241,9 @@ def clip_windows(
         tokenizer: a transformers CLIP tokenizer (BOS, EOS and pad tokens set).
         prompts: one list of fragments per prompt (see `clipcond.prompts.parse_prompt`).
         window_length: tokens per window including BOS and EOS (77 for CLIP).
-        window_split: how a full window is cut: "word" (at a word end) or "a1111" (after a
-            comma, as A1111); see the module docstring.
+        window_split: how a full window is cut: "word" (at a word end), "a1111" (after a
+            comma, as A1111) or "truncate" (one window, the rest dropped, as diffusers); see
+            the module docstring.
 
     Returns:
         One `TokenWindows` per prompt; always at least one window (an empty prompt is
@@ -251,12 +254,20 @@ def clip_windows(
     if pad is None:
         pad = eos
     per_fragment = _token_ids_per_fragment(tokenizer, prompts)
-    cut = _windows_at_commas if check_window_split(window_split) == "a1111" else _windows_at_word_ends
-    comma = _comma_id(tokenizer) if window_split == "a1111" else None
+    cut = _windows_at_word_ends if check_window_split(window_split) == "word" else _windows_at_commas
+    comma = _comma_id(tokenizer) if window_split == "a1111" else None  # "truncate": cut at the 75th token
     groups = _vector_groups(tokenizer)
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
         windows = cut(tokenizer, fragments, fragment_ids, capacity, comma, groups)
+        if window_split == "truncate" and len(windows) > 1:
+            dropped = sum(len(window) for window in windows[1:])
+            if dropped:
+                kept = tokenizer.decode([token for token, _, _ in windows[0][-8:]])
+                logger.info(
+                    "CLIP prompt truncated to %d tokens: %d tokens dropped after '...%s'", capacity, dropped, kept
+                )
+            windows = windows[:1]
         rows = [_close_window(window, window_length, bos, eos, pad) for window in windows]
         result.append(
             TokenWindows(

@@ -117,7 +117,8 @@ class TextConditioner:
         window_split: how a prompt longer than a CLIP window is cut (`clipcond.chunking`):
             "word" (the partial word moves to the next window) or "a1111" (what follows the
             last comma within 20 tokens moves, else the window ends at its 75th token, as
-            A1111). None: the recipe's, "word" for every family.
+            A1111) or "truncate" (one window of the first 75 tokens, the rest dropped, as
+            diffusers' `encode_prompt`). None: the recipe's, "word" for every family.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.
         max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes, so

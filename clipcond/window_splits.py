@@ -8,8 +8,10 @@ them without importing torch.
 from __future__ import annotations
 
 # "word": the partial word moves to the next window (clipcond's); "a1111": what follows the
-# last comma within 20 tokens moves, else the window ends at its 75th token (A1111's).
-WINDOW_SPLITS: tuple[str, ...] = ("word", "a1111")
+# last comma within 20 tokens moves, else the window ends at its 75th token (A1111's);
+# "truncate": one window, the first 75 tokens, the rest dropped (diffusers' `encode_prompt`,
+# and its training scripts' tokenization).
+WINDOW_SPLITS: tuple[str, ...] = ("word", "a1111", "truncate")
 DEFAULT_WINDOW_SPLIT = "word"
 
 

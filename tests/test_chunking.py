@@ -355,3 +355,22 @@ def test_word_window_split_keeps_a_textual_inversion_whole(clip_with_inversions,
         for row in holding:
             start = row.index(vectors[0])
             assert row[start : start + count] == vectors, f"{name_} is split across windows"
+
+
+def test_truncate_keeps_the_first_75_tokens_as_the_tokenizer_truncates(clip, caplog):
+    """`window_split="truncate"`: one window, equal to the tokenizer's own truncation
+    (`truncation=True, max_length=77`, what diffusers' `encode_prompt` feeds CLIP)."""
+    text = ", ".join(["a big red ball on green grass"] * 12)
+    with caplog.at_level(logging.INFO, logger="clipcond.chunking"):
+        (got,) = clip_windows(clip, [[Fragment(text, 1.0)]], 77, window_split="truncate")
+    expected = clip(text, padding="max_length", max_length=77, truncation=True).input_ids
+    assert got.ids.tolist() == [expected] and got.num_windows == 1
+    dropped = len(_ids(clip, text)) - 75
+    assert f"truncated to 75 tokens: {dropped} tokens dropped" in caplog.text
+    (short,) = clip_windows(clip, [[Fragment("a red ball", 1.0)]], 77, window_split="truncate")
+    assert short.ids.tolist() == [clip("a red ball", padding="max_length", max_length=77).input_ids]
+
+
+def test_truncate_ends_the_prompt_at_a_break(clip):
+    (got,) = clip_windows(clip, [[Fragment("a red ball", 1.0), BREAK_MARKER, Fragment("a cat", 1.0)]], 77, "truncate")
+    assert got.ids.tolist() == [clip("a red ball", padding="max_length", max_length=77).input_ids]

@@ -215,3 +215,25 @@ def test_a_loaded_textual_inversion_that_would_cross_the_edge_starts_the_next_wi
         direct = pipe.text_encoder(rows)[0]
         got = cond.encode("dog " * 73 + "<toy> sits").tokens[0]
     torch.testing.assert_close(got, direct.reshape(-1, direct.shape[-1]), rtol=0, atol=1e-6)
+
+
+LONG_PROMPT = ", ".join(["a photorealistic portrait of a red fox (in the snow)"] * 8)
+
+
+def test_truncate_equals_diffusers_encode_prompt_on_long_prompts(sd_pipe, sdxl_pipe):
+    """`window_split="truncate"` with `parse_weights=False`: diffusers' own reading of a prompt
+    longer than 77 tokens (it keeps the first 75), bit for bit, on SD and on SDXL's two
+    encoders and pooled vector."""
+    negative = "blurry " * 100
+    with torch.no_grad():
+        tokens, negative_tokens = sd_pipe.encode_prompt(LONG_PROMPT, "cpu", 1, True, negative_prompt=negative)
+        got = TextConditioner.from_pipeline(sd_pipe, window_split="truncate", parse_weights=False, cache_size=0)
+        got = got.encode([LONG_PROMPT, negative])
+        assert torch.equal(got.tokens, torch.cat([tokens, negative_tokens]))
+        peer = sdxl_pipe.encode_prompt(LONG_PROMPT, device="cpu", negative_prompt=negative)
+        cond = TextConditioner.from_pipeline(sdxl_pipe, window_split="truncate", parse_weights=False, cache_size=0)
+        for text, tokens, pooled in ((LONG_PROMPT, peer[0], peer[2]), (negative, peer[1], peer[3])):
+            got = cond.encode(text)  # one at a time, as diffusers runs them (a projection of 2 rows differs by 1 ulp)
+            assert torch.equal(got.tokens, tokens) and torch.equal(got.pooled, pooled)
+        windows = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0).encode(LONG_PROMPT).tokens
+    assert windows.shape[1] > 77  # the default reads the whole prompt
