@@ -397,11 +397,17 @@ def test_a_reader_keeps_a_bounded_number_of_shards_open(tiny_clip_text_path, tmp
         assert len(shards._open) <= 2
 
 
+# a run that reads captions as a pipeline reads prompts (what `encode --pipeline` encodes with)
+AS_PIPELINE = {"caption_syntax": True, "caption_window_split": "word"}
+
+
 def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text_path, tmp_path: Path) -> None:
     """A train-diffusion result and the bundled shapes model are CLIPConditionedPipelines, whose
     tokenizer is clipcond's: `encode --pipeline` reads them as `generate` does (diffusers alone
     cannot), and a run whose text encoder is that folder reads the shards back: the records of
-    its own conditioner, and the weights of the run with the live encoder."""
+    its own conditioner, and the weights of the run with the live encoder. The runs read their
+    captions as a pipeline reads prompts (`caption_syntax`, `caption_window_split: word`), which
+    is what `--pipeline` encodes with."""
     from clipcond.pipelines.generate import BUNDLED_MODEL
     from clipcond.training.data import CaptionSource, DataConfig
     from clipcond.training.data.embedding_shards import EmbeddingIdentity
@@ -412,7 +418,9 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
         out = tmp_path / f"emb-{name}"
         argv = ["encode", "--pipeline", str(pipeline), "--shapes", "4", "--out", str(out), "--no-progress"]
         assert clipcond(argv) == 0, name
-        read = tiny_config(pipeline, tmp_path / f"read-{name}", steps=1, data=DiffusionDataConfig(embeddings=str(out)))
+        read = tiny_config(
+            pipeline, tmp_path / f"read-{name}", steps=1, data=DiffusionDataConfig(embeddings=str(out)), **AS_PIPELINE
+        )
         conditioner = build_conditioner(read)
         shards = EmbeddingShards(out, EmbeddingIdentity(*conditioner.identity()), spec=conditioner.record_spec)
         assert len(shards) == len(set(captions)), name
@@ -421,10 +429,13 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
             assert stored.tensors().keys() == live.tensors().keys()
             assert all(torch.equal(getattr(stored, k), v) for k, v in live.tensors().items()), (name, caption)
     # a run on the trained pipeline's shards: the weights of the run with its live encoder
-    live_run = train_diffusion(tiny_config(trained.pipeline_dir, tmp_path / "live", steps=1), show_progress=False)
+    live_run = train_diffusion(
+        tiny_config(trained.pipeline_dir, tmp_path / "live", steps=1, **AS_PIPELINE), show_progress=False
+    )
     shards_config = DiffusionDataConfig(embeddings=str(tmp_path / "emb-trained"))
     read_run = train_diffusion(
-        tiny_config(trained.pipeline_dir, tmp_path / "read", steps=1, data=shards_config), show_progress=False
+        tiny_config(trained.pipeline_dir, tmp_path / "read", steps=1, data=shards_config, **AS_PIPELINE),
+        show_progress=False,
     )
     assert max_weight_difference(live_run.pipeline_dir, read_run.pipeline_dir) <= 1e-6
 

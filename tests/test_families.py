@@ -98,7 +98,8 @@ def _source(path: str, **kwargs):
 
 def test_the_diffusion_training_setup_reads_the_custom_row(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path):
     """A run with a T5 and no `t5_max_length` takes the custom row's budget and mask setting,
-    and stores the budget in its pipeline; a CLIP alone takes the sd row's recipe."""
+    and stores the budget in its pipeline; a CLIP alone takes the sd row's recipe. Both read
+    captions truncated to one CLIP window (`caption_window_split`'s default)."""
     import dataclasses
 
     from test_train_diffusion import tiny_config
@@ -108,10 +109,13 @@ def test_the_diffusion_training_setup_reads_the_custom_row(tiny_clip_text_path, 
     with_t5 = build_diffusion_models(
         tiny_config(tiny_clip_text_path, tmp_path / "a", t5_encoder=str(tiny_t5_encoder_path), projection_dim=24)
     )
-    assert with_t5.conditioner.recipe == dataclasses.replace(FAMILIES["custom"].recipe, combine="concat_sequence")
+    assert with_t5.conditioner.recipe == dataclasses.replace(
+        FAMILIES["custom"].recipe, combine="concat_sequence", window_split="truncate"
+    )
     assert with_t5.recipe == "custom" and with_t5.t5_max_length == FAMILIES["custom"].recipe.t5_max_length
     clip_alone = build_diffusion_models(tiny_config(tiny_clip_text_path, tmp_path / "b"))
-    assert clip_alone.recipe == "sd" and clip_alone.conditioner.recipe is get_recipe("sd")
+    assert clip_alone.recipe == "sd"
+    assert clip_alone.conditioner.recipe == dataclasses.replace(get_recipe("sd"), window_split="truncate")
 
 
 def test_max_sequence_length_is_checked_as_the_familys_call_checks_it(flux_pipe, sd3_pipe, pixart_pipe) -> None:

@@ -5,25 +5,37 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from clipcond.config import load_config
+from clipcond.shapes.render import MIN_IMAGE_SIZE
 from clipcond.training.data import DataConfig
 from clipcond.training.loop import check_seed
 from clipcond.training.optim import check_optimizer_settings
+from clipcond.window_splits import check_window_split
 
 
 @dataclass
 class DiffusionLoraSettings:
-    """LoRA (peft) on the UNet's cross-attention projections."""
+    """LoRA (peft) on the UNet's cross-attention projections: rank `r` (>= 1) and `alpha`
+    (> 0; the update is scaled by alpha / r, so 0 would train nothing)."""
 
     r: int = 8
-    alpha: int = 8
+    alpha: float = 8
     target_modules: list[str] = field(
         default_factory=lambda: ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"`lora.r` must be an integer >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf):
+            raise ValueError(
+                f"`lora.alpha` must be a number > 0 (the update is scaled by alpha / r), got {self.alpha!r}"
+            )
 
 
 @dataclass
@@ -63,6 +75,10 @@ class DiffusionDataConfig(DataConfig):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise FileNotFoundError(f"data.{name}: no such folder {value}")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def scheduler_class(name: str, argument: str = "scheduler") -> type:
@@ -126,9 +142,20 @@ class TrainDiffusionConfig:
             (ancestral: fresh noise at every step).
         timestep_spacing: how the saved pipeline's scheduler spaces its sampling steps
             ("leading", "trailing" or "linspace"; "trailing" starts at the last training step).
-        image_size: side of the training images in pixels.
+        image_size: side of the training images in pixels (>= 8; >= 16 with `data.source:
+            shapes`, whose scenes need it).
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
-        ema_decay: decay of the weight EMA saved as the final UNet; None turns EMA off.
+        caption_syntax: read prompt syntax in captions (weights, `BREAK`, escapes), as the
+            pipeline reads prompts; False (default): a caption is its literal text, as
+            diffusers' training scripts read it.
+        caption_window_split: a caption longer than one CLIP window (75 tokens): "truncate"
+            (default: its first 75 tokens, as diffusers' training scripts tokenize; every
+            context is one window), or "word" / "a1111" (all of it, in windows cut as
+            `TextConditioner`'s `window_split` says; a batch's captions then all get as many
+            windows as its longest, so a caption's context depends on the batch it is in).
+        ema_decay: the most the decay of the weight EMA reaches (the final UNet holds the
+            EMA); diffusers' `EMAModel` warms it up as (1 + step) / (10 + step), capped here,
+            so at 0.999 the cap is reached at step 8,991. None turns EMA off.
         data: where images and captions come from, and optionally the captions' embeddings
             (`DiffusionDataConfig.embeddings`, written by ``clipcond encode``).
         num_train_timesteps: steps of the DDPM noise schedule of a run from scratch (>= 1);
@@ -136,6 +163,8 @@ class TrainDiffusionConfig:
         lr, weight_decay, warmup_steps: AdamW with warm-up + cosine; max_grad_norm: gradients
             are clipped to this norm (> 0). Checked by `check_optimizer_settings`: lr > 0,
             weight_decay >= 0, all finite.
+        checkpoint_every, keep_checkpoints: write a checkpoint every `checkpoint_every` steps,
+            keeping the newest `keep_checkpoints` (>= 1).
         sample_every, sample_prompts, sample_steps: write a grid of samples of `sample_prompts`
             (at least one when `sample_every` is set) during training.
         seed: initial weights, data order, noise and caption dropout; an integer in [0, 2**32 - 1].
@@ -167,6 +196,8 @@ class TrainDiffusionConfig:
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
     caption_dropout: float = 0.1
+    caption_syntax: bool = False
+    caption_window_split: str = "truncate"
     ema_decay: float | None = 0.999
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 200
@@ -200,6 +231,11 @@ class TrainDiffusionConfig:
                 raise ValueError(
                     "unet: `in_channels` is set by the run with `coordinate_channels` (image channels + 2); remove it"
                 )
+            layers = self.unet.get("layers_per_block", 1)
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in _as_list(layers)):
+                raise ValueError(
+                    f"unet: `layers_per_block` must be an integer >= 1 (or a list of them), got {layers!r}"
+                )
             fixed = sorted({"sample_size", "cross_attention_dim"} & set(self.unet))
             if fixed:
                 raise ValueError(
@@ -214,6 +250,13 @@ class TrainDiffusionConfig:
             raise ValueError(f"`ema_decay` must be in (0, 1) or null, got {self.ema_decay}")
         if self.image_size < 8 or self.batch_size < 1 or self.steps < 1 or self.checkpoint_every < 1:
             raise ValueError("`image_size` must be >= 8 and `batch_size`, `steps`, `checkpoint_every` >= 1")
+        if self.data.source == "shapes" and self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"`image_size` must be >= {MIN_IMAGE_SIZE} with data.source 'shapes', got {self.image_size}"
+            )
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}")
+        check_window_split(self.caption_window_split, "caption_window_split")
         if self.sample_every < 0 or self.sample_steps < 1 or self.log_every < 1:
             raise ValueError("`sample_every` must be >= 0, `sample_steps` and `log_every` >= 1")
         if self.sample_every and not self.sample_prompts:

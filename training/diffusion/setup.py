@@ -234,6 +234,8 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
 
     The recipe is a row of the family table: "sd" for a CLIP alone, "custom" (with the row's
     defaults, e.g. its T5 budget when `t5_max_length` is unset) for a T5 or an adapter.
+    Captions are read as `caption_syntax` and `caption_window_split` say (by default literal
+    text cut at 75 CLIP tokens, as diffusers' training scripts read them).
     `clipcond encode --train-config` builds the same conditioner, so that its embeddings fit.
 
     Raises:
@@ -257,6 +259,8 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
         t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
         projection=projection,
         projection_dim=config.projection_dim,
+        parse_weights=config.caption_syntax,
+        window_split=config.caption_window_split,
         cache_size=100_000,
     )
 

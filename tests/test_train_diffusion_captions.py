@@ -1,0 +1,120 @@
+"""How `train-diffusion` reads its captions, against diffusers' training scripts' reading
+(`train_text_to_image.py`: the tokenizer with `truncation=True, max_length=77`, then the text
+encoder), and the config values refused before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_diffusion import tiny_config
+
+from clipcond.training.diffusion.config import DiffusionLoraSettings, TrainDiffusionConfig
+from clipcond.training.diffusion.setup import build_conditioner
+
+LONG = ", ".join(["a photorealistic portrait of a red fox in the snow"] * 9)  # about 100 tokens
+CAPTIONS = ["a photo (2019) of a dog", r"a (red:1.5) circle BREAK \(x\) [blue]", LONG, ""]
+
+
+def _script_reading(text_encoder_path: Path, captions: list[str]) -> torch.Tensor:
+    """What diffusers' train_text_to_image.py feeds the UNet for `captions`."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
+    ids = tokenizer(captions, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return CLIPTextModel.from_pretrained(text_encoder_path)(ids, return_dict=False)[0]
+
+
+def test_captions_are_read_as_diffusers_training_script_reads_them(tiny_clip_text_path, tmp_path) -> None:
+    conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path))
+    got = conditioner.encode(CAPTIONS).tokens
+    torch.testing.assert_close(got, _script_reading(tiny_clip_text_path, CAPTIONS), rtol=0, atol=1e-6)
+
+
+def test_a_captions_context_does_not_depend_on_its_batch(tiny_clip_text_path, tmp_path) -> None:
+    """A short caption batched with a long one reads as it reads alone (one window each), so
+    how a batch is split over processes cannot change what a caption's sample sees."""
+    conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path, caption_window_split="truncate"))
+    alone = conditioner.encode(["a red circle"]).tokens
+    batched = conditioner.encode(["a red circle", LONG]).tokens
+    assert batched.shape[1] == 77
+    torch.testing.assert_close(batched[:1], alone, rtol=0, atol=1e-6)
+
+
+def test_caption_syntax_and_windows_read_captions_as_the_pipeline_reads_prompts(tiny_clip_text_path, tmp_path) -> None:
+    as_prompts = build_conditioner(
+        tiny_config(tiny_clip_text_path, tmp_path, caption_syntax=True, caption_window_split="word")
+    )
+    assert as_prompts.encode(LONG).tokens.shape[1] == 2 * 77  # every token read, in two windows
+    literal = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path))
+    weighted, plain = as_prompts.encode("a (red:1.5) circle").tokens, literal.encode("a (red:1.5) circle").tokens
+    assert not torch.allclose(weighted, plain)
+    assert torch.equal(plain, literal.encode("a (red:1.5) circle").tokens)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"keep_checkpoints": 0}, "`keep_checkpoints` must be >= 1"),
+        ({"image_size": 12}, "`image_size` must be >= 16 with data.source 'shapes'"),
+        ({"caption_window_split": "comma"}, "`caption_window_split` must be one of"),
+        ({"unet": {"layers_per_block": 0}}, "`layers_per_block` must be an integer >= 1"),
+        ({"unet": {"layers_per_block": [1, 0]}}, "`layers_per_block` must be an integer >= 1"),
+    ],
+)
+def test_values_that_would_fail_late_or_silently_are_refused(tiny_clip_text_path, tmp_path, overrides, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tiny_config(tiny_clip_text_path, tmp_path / "run", **overrides)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"alpha": 0}, "`lora.alpha` must be a number > 0"),
+        ({"alpha": -4}, "`lora.alpha` must be a number > 0"),
+        ({"alpha": float("nan")}, "`lora.alpha` must be a number > 0"),
+        ({"r": 0}, "`lora.r` must be an integer >= 1"),
+        ({"r": True}, "`lora.r` must be an integer >= 1"),
+    ],
+)
+def test_lora_settings_that_train_nothing_are_refused(settings, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        DiffusionLoraSettings(**settings)
+
+
+def test_lora_alpha_may_be_a_fraction_in_yaml(tiny_clip_text_path, tmp_path) -> None:
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"text_encoder": str(tiny_clip_text_path), "unet": {}, "lora": {"r": 4, "alpha": 2.5}, "output_dir": "x"}
+        )
+    )
+    assert TrainDiffusionConfig.from_yaml(path).lora.alpha == 2.5
+
+
+def test_the_learning_rate_is_open_clips_warm_up_then_diffusers_cosine() -> None:
+    """During warm-up, open_clip's `lr * (step + 1) / warmup` (diffusers' `get_scheduler`
+    is one step behind, starting at 0); after it, diffusers' cosine exactly."""
+    from diffusers.optimization import get_scheduler
+
+    from clipcond.training.optim import warmup_cosine
+
+    def rates(make) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        schedule, seen = make(optimizer), []
+        for _ in range(30):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    ours = rates(lambda optimizer: warmup_cosine(optimizer, 5, 30))
+    peer = rates(lambda optimizer: get_scheduler("cosine", optimizer, num_warmup_steps=5, num_training_steps=30))
+    assert ours[:5] == pytest.approx([0.1 * (step + 1) / 5 for step in range(5)])
+    assert peer[:5] == pytest.approx([0.1 * step / 5 for step in range(5)])
+    assert ours[5:] == pytest.approx(peer[5:], rel=1e-12)
