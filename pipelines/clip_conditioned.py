@@ -316,6 +316,13 @@ class CLIPConditionedPipeline(
         return self.config.recipe == SDXL_RECIPE
 
     @property
+    def unet_reads_a_mask(self) -> bool:
+        """Whether the UNet reads more channels than it predicts (besides the coordinates): an
+        inpainting UNet, whose input is the latents, the mask and the masked image's latents."""
+        coordinates = COORDINATE_CHANNELS if self.config.get("coordinate_channels", False) else 0
+        return self.unet.config.in_channels - coordinates > self.unet.config.out_channels
+
+    @property
     def inversion_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """The tokenizer whose textual-inversion tokens expand a prompt: the first CLIP's (the
         second's in a refiner, which has only that one)."""
@@ -704,6 +711,8 @@ class CLIPConditionedPipeline(
             tensor_inputs,
             denoising_end,
         )
+        if self.unet is not None:
+            self._check_unet_channels()
         sizes = SizeConditioning(
             original_size,
             crops_coords_top_left,
@@ -991,6 +1000,22 @@ class CLIPConditionedPipeline(
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(
                 f"`latents` must have shape {expected} (one row per image: prompts x num_images_per_prompt), got {got}"
+            )
+
+    def _check_unet_channels(self) -> None:
+        """Text to image starts from noise of the channels the UNet predicts: a UNet that reads
+        more (an inpainting UNet: latents, mask and masked image, 9 channels) is refused before
+        any work (it failed inside the first step). Image to image and inpainting check their own.
+
+        Raises:
+            ValueError: naming the channels and the pipeline that runs such a UNet.
+        """
+        if self.unet_reads_a_mask:
+            coordinates = COORDINATE_CHANNELS if self.config.get("coordinate_channels", False) else 0
+            reads, predicts = self.unet.config.in_channels - coordinates, self.unet.config.out_channels
+            raise ValueError(
+                f"this UNet reads {reads} input channels and predicts {predicts}: an inpainting UNet (latents, mask "
+                "and masked image), which text to image cannot run; use CLIPConditionedInpaintPipeline.from_pipe(pipe)"
             )
 
     def _latents_shape(self, images_count: int, height: int, width: int) -> tuple[int, int, int, int]:

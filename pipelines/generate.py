@@ -152,7 +152,8 @@ def check_output(output: str | Path, force: bool) -> Path:
 
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
-    """A `CLIPConditionedPipeline` from a saved one, or wrapping a diffusers SD or SDXL pipeline.
+    """A `CLIPConditionedPipeline` from a saved one (text to image, img2img or inpainting), or
+    wrapping a diffusers SD or SDXL pipeline.
 
     `torch_dtype` casts the weights as they load (None keeps the stored dtype; the bundled
     model is stored in float16 to keep the package small and loads in float32 on a CPU).
@@ -162,12 +163,23 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     """
     from diffusers import DiffusionPipeline
 
-    from clipcond.pipelines import CLIPConditionedPipeline  # with the tokenizer's module its folders name
+    from clipcond.pipelines import (
+        CLIPConditionedImg2ImgPipeline,
+        CLIPConditionedInpaintPipeline,
+        CLIPConditionedPipeline,  # with the tokenizer's module its folders name
+    )
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     index = Path(model) / "model_index.json"
-    if index.is_file() and json.loads(index.read_text()).get("_class_name") == CLIPConditionedPipeline.__name__:
+    ours = {
+        cls.__name__: cls
+        for cls in (CLIPConditionedPipeline, CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline)
+    }
+    saved_as = ours.get(json.loads(index.read_text()).get("_class_name")) if index.is_file() else None
+    if saved_as is CLIPConditionedPipeline:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
+    if saved_as is not None:  # a saved img2img or inpainting pipeline: its components, text to image first
+        return CLIPConditionedPipeline.from_pipe(saved_as.from_pretrained(model, **kwargs))
     pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(
@@ -207,8 +219,15 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
 
 
 def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
-    """The checks that need the loaded pipeline: the image size and `--clip-skip`."""
+    """The checks that need the loaded pipeline: an inpainting UNet has a mask to read, the
+    image size and `--clip-skip`."""
     from clipcond.pipelines.input_checks import image_size_fits, image_size_rule
+
+    if pipe.unet_reads_a_mask and args.mask is None:
+        raise UsageError(
+            f"--model {args.model}: its UNet is an inpainting UNet (it reads a mask and the masked image beside the "
+            "latents): give --image and --mask"
+        )
 
     for option, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and not image_size_fits(value, pipe.vae_scale_factor):

@@ -45,6 +45,9 @@ class SourceImageSteps:
     time ids follow diffusers' img2img rule. The running call's arguments are `self._source`,
     with `strength`, `denoising_start` and `batches` ((argument name, ImageBatch) pairs)."""
 
+    def _check_unet_channels(self) -> None:
+        """Nothing here: img2img and inpainting check the UNet's channels against their inputs."""
+
     def check_inputs(
         self,
         prompt: Any,

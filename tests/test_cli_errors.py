@@ -120,6 +120,8 @@ def test_generate_out_of_memory_is_a_failed_run_in_one_line(tmp_path, capsys, mo
     import clipcond.pipelines.generate as generate
 
     class Hungry:
+        unet_reads_a_mask = False
+
         def __call__(self, *args, **kwargs):
             if gpu:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 19.00 GiB")

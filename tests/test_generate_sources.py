@@ -173,6 +173,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
 
     class Hungry:
         vae_scale_factor = 8
+        unet_reads_a_mask = False
 
         def default_strength(self):
             return 0.8
@@ -187,3 +188,49 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
     line = one_error(capsys, ["generate", "a", "-o", str(png), "--image", source, "--model", str(tmp_path)], 1)
     assert "out of memory sampling 1 image(s) of 48 x 32 pixels (--image's); nothing was written" in line
     assert "Lower --n or the --image size" in line and not png.exists()
+
+
+def test_an_inpainting_model_needs_a_mask_and_a_saved_task_pipeline_loads(tmp_path, capsys) -> None:
+    """A 9-channel inpainting UNet: text to image refuses it before any work (it failed inside
+    the first step), `generate` without --mask says what to give, and with --image and --mask
+    writes what diffusers' inpainting pipeline gives. A saved CLIPConditioned img2img or
+    inpainting folder loads in `generate` (it was an AttributeError)."""
+    import tiny_pipelines
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from clipcond.pipelines import CLIPConditionedImg2ImgPipeline, CLIPConditionedPipeline
+
+    inpainting = StableDiffusionInpaintPipeline(
+        **tiny_pipelines.sd_components(unet_in_channels=9), safety_checker=None, feature_extractor=None
+    )
+    with pytest.raises(ValueError, match="reads 9 input channels and predicts 4: an inpainting UNet"):
+        CLIPConditionedPipeline.from_pipe(inpainting)("a red circle", num_inference_steps=1)
+    inpainting.save_pretrained(tmp_path / "inpainting")
+    source, out = _write_image(tmp_path / "source.png"), tmp_path / "out.png"
+    mask = _write_image(tmp_path / "mask.png", mode="L", seed=1)
+    common = ["generate", "a red circle", "-o", str(out), "--model", str(tmp_path / "inpainting"), "--steps", "2"]
+    for extra in ([], ["--image", str(source)]):
+        assert "its UNet is an inpainting UNet" in one_error(capsys, [*common, *extra], 2)
+    assert main([*common, "--image", str(source), "--mask", str(mask), "--seed", "3"]) == 0
+    expected = _diffusers_image(
+        StableDiffusionInpaintPipeline,
+        tmp_path / "inpainting",
+        prompt="a red circle",
+        image=Image.open(source).convert("RGB"),
+        mask_image=Image.open(mask).convert("L"),
+        num_inference_steps=2,
+        guidance_scale=3.0,
+    )
+    assert np.array_equal(np.asarray(Image.open(out)), expected)
+    CLIPConditionedImg2ImgPipeline.from_pipe(tiny_pipelines.build_sd()).save_pretrained(tmp_path / "saved-img2img")
+    argv = [
+        "generate",
+        "a",
+        "-o",
+        str(tmp_path / "t2i.png"),
+        "--model",
+        str(tmp_path / "saved-img2img"),
+        "--steps",
+        "2",
+    ]
+    assert main(argv) == 0
