@@ -52,6 +52,10 @@ BUNDLED_MODEL = Path(str(importlib.resources.files("clipcond") / "data" / "shape
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
+# The `_class_name` of a saved clipcond pipeline's model_index.json (text to image, img2img,
+# inpainting): names, so that the CLI can tell them apart without importing the classes.
+SAVED_PIPELINE_CLASSES = ("CLIPConditionedPipeline", "CLIPConditionedImg2ImgPipeline", "CLIPConditionedInpaintPipeline")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `generate`."""
@@ -163,23 +167,16 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     """
     from diffusers import DiffusionPipeline
 
-    from clipcond.pipelines import (
-        CLIPConditionedImg2ImgPipeline,
-        CLIPConditionedInpaintPipeline,
-        CLIPConditionedPipeline,  # with the tokenizer's module its folders name
-    )
+    import clipcond.pipelines
+    from clipcond.pipelines import CLIPConditionedPipeline  # with the tokenizer's module its folders name
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     index = Path(model) / "model_index.json"
-    ours = {
-        cls.__name__: cls
-        for cls in (CLIPConditionedPipeline, CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline)
-    }
-    saved_as = ours.get(json.loads(index.read_text()).get("_class_name")) if index.is_file() else None
-    if saved_as is CLIPConditionedPipeline:
+    saved_as = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    if saved_as == CLIPConditionedPipeline.__name__:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
-    if saved_as is not None:  # a saved img2img or inpainting pipeline: its components, text to image first
-        return CLIPConditionedPipeline.from_pipe(saved_as.from_pretrained(model, **kwargs))
+    if saved_as in SAVED_PIPELINE_CLASSES:  # a saved img2img or inpainting pipeline: text to image on its components
+        return CLIPConditionedPipeline.from_pipe(getattr(clipcond.pipelines, saved_as).from_pretrained(model, **kwargs))
     pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(

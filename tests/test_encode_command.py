@@ -496,3 +496,30 @@ def test_a_diffusers_folder_with_clipconds_tokenizer_encodes_in_a_fresh_process(
     live = conditioner.encode_records(["", "a lighthouse at dusk"])
     for caption, record in zip(["", "a lighthouse at dusk"], live):
         assert torch.allclose(shards.record(caption).clip_tokens, record.clip_tokens, atol=1e-6, rtol=0)
+
+
+def test_a_saved_img2img_or_inpainting_pipeline_encodes_as_its_text_to_image_form(tmp_path: Path) -> None:
+    """`--pipeline` on a saved CLIPConditioned img2img or inpainting folder: the same shards as on
+    the text-to-image folder of the same components (it was refused: a class --pipeline could
+    not read)."""
+    import importlib
+
+    import tiny_pipelines
+    from safetensors.torch import load_file
+
+    from clipcond.pipelines import CLIPConditionedPipeline
+    from clipcond.pipelines.generate import SAVED_PIPELINE_CLASSES
+
+    sd = tiny_pipelines.build_sd()
+    shards = {}
+    for name in SAVED_PIPELINE_CLASSES:
+        task = getattr(importlib.import_module("clipcond.pipelines"), name)  # `clipcond` is the command here
+        assert issubclass(task, CLIPConditionedPipeline)
+        task.from_pipe(sd).save_pretrained(tmp_path / name)
+        out = tmp_path / f"emb-{name}"
+        argv = ["encode", "--pipeline", str(tmp_path / name), "--shapes", "3", "--out", str(out), "--no-progress"]
+        assert clipcond(argv) == 0, name
+        shards[name] = load_file(str(out / "embeddings-000000.safetensors"))
+    first, *others = shards.values()
+    for other in others:
+        assert first.keys() == other.keys() and all(torch.equal(first[key], other[key]) for key in first)

@@ -321,7 +321,7 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
 
     from clipcond.conditioning import TextConditioner
     from clipcond.pipelines import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.generate import SAVED_PIPELINE_CLASSES, load_pipeline
 
     context, index = f"--pipeline {folder}: ", Path(folder) / "model_index.json"
     loading = (*loading, RuntimeError)  # transformers' error for some damaged components (a config.json missing)
@@ -333,7 +333,7 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
     with user_errors(OSError, ValueError, RecursionError, context=f"{context}model_index.json: "):
         config = json.loads(index.read_text(encoding="utf-8"))
     class_name = config.get("_class_name") if isinstance(config, dict) else None
-    if class_name == CLIPConditionedPipeline.__name__:  # in float32, as a run reads its text tower
+    if class_name in SAVED_PIPELINE_CLASSES:  # in float32, as a run reads its text tower
         with user_errors(*loading, context=context):
             return load_pipeline(folder, torch_dtype=torch.float32).conditioner
     if not isinstance(class_name, str) or not isinstance(getattr(diffusers, class_name, None), type):
