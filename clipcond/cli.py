@@ -23,12 +23,16 @@ from clipcond.errors import add_debug_argument, run_command
 SUBCOMMANDS = (
     ("train-clip", "clipcond.training.train_clip", "pretrain or fine-tune CLIP towers (contrastive)"),
     ("eval-clip", "clipcond.training.clip.eval_command", "zero-shot and retrieval evaluation of a saved CLIP"),
-    ("convert-clip", "clipcond.training.clip.convert", "OpenAI / open_clip ViT checkpoint -> a clipcond model folder"),
+    (
+        "convert-clip",
+        "clipcond.training.clip.convert",
+        "OpenAI / open_clip / Long-CLIP checkpoint -> a clipcond folder",
+    ),
     ("init-clip", "clipcond.training.clip.random_init", "a CLIP with fresh random weights (the untrained control)"),
     (
         "encode",
         "clipcond.training.encode_command",
-        "pre-encode a dataset's captions for train-diffusion (data.embeddings)",
+        "pre-encode a dataset's captions (data.embeddings) and images (data.latents) for train-diffusion",
     ),
     (
         "train-diffusion",
@@ -36,7 +40,7 @@ SUBCOMMANDS = (
         "train a UNet, LoRA or a projection adapter against frozen text encoders",
     ),
     ("train-t5", "clipcond.training.train_t5", "pretrain a small T5 encoder on captions (span corruption)"),
-    ("generate", "clipcond.pipelines.generate", "prompt -> PNG with a saved pipeline"),
+    ("generate", "clipcond.pipelines.generate", "prompt (and --image / --mask) -> PNG with a saved pipeline"),
     ("experiment", "clipcond.lab.experiment", "run a prompt suite through conditioning setups and write a report"),
 )
 
