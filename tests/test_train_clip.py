@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -290,7 +291,13 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
 
     config_path = _write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", steps=2))
     assert main(["train-clip", "--config", str(config_path), "--no-progress"]) == 0
-    assert "model saved to" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("model saved to") == 1
+    # under `accelerate launch` the other processes run the command too, and print nothing
+    from accelerate import PartialState
+
+    with mock.patch.object(PartialState, "is_main_process", new_callable=mock.PropertyMock, return_value=False):
+        assert main(["train-clip", "--config", str(config_path), "--no-progress", "--resume"]) == 0
+    assert capsys.readouterr().out == ""
     output = tmp_path / "metrics.json"
     assert (
         main(

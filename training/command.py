@@ -99,8 +99,17 @@ def run_training_command(
         with user_errors(FileNotFoundError, RunFolderError), user_errors(TrainingDiverged, error=RunFailed):
             result = train(config, path.parent)
     except RunAlreadyFinished as done:
-        print(done)
+        _print_once(str(done))
         return 0
     for line in report(result):
-        print(line)
+        _print_once(line)
     return 0
+
+
+def _print_once(line: str) -> None:
+    """Print `line` from the main process only (under ``accelerate launch`` every process runs
+    the command; one report is enough)."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(line)
