@@ -81,19 +81,20 @@ def read_sources(args: argparse.Namespace) -> SourceImages | None:
 
 
 def _read_image(value: str, option: str, mode: str) -> Any:
-    """The image file `value` converted to `mode`, fully decoded.
+    """The image file `value`, turned upright by its EXIF orientation and converted to `mode`,
+    fully decoded (diffusers' `load_image`, which its examples read sources with).
 
     Raises:
         UsageError: no such file, or PIL cannot read it (not an image, truncated, too large).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(value).expanduser()
     if not path.is_file():
         raise UsageError(f"{option} {path}: no such file")
     try:
         with Image.open(path) as opened:
-            return opened.convert(mode)
+            return ImageOps.exif_transpose(opened).convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UsageError(f"{option} {path}: not an image that can be read: {one_line(error)}") from error
 

@@ -234,3 +234,25 @@ def test_an_inpainting_model_needs_a_mask_and_a_saved_task_pipeline_loads(tmp_pa
         "2",
     ]
     assert main(argv) == 0
+
+
+def test_a_photo_turned_by_its_exif_orientation_is_read_upright(tmp_path) -> None:
+    """A camera JPEG stored sideways with an EXIF orientation tag is read as it is shown (and as
+    diffusers' `load_image` reads it), the mask too."""
+    import argparse
+
+    from diffusers.utils import load_image
+
+    from clipcond.pipelines.generate_sources import read_sources
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 3), dtype=np.uint8)  # stored 32 wide, 16 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    Image.fromarray(pixels).save(tmp_path / "photo.png", exif=exif)
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "mask.png", exif=exif)
+    args = argparse.Namespace(
+        image=str(tmp_path / "photo.png"), mask=str(tmp_path / "mask.png"), strength=None, height=None, width=None
+    )
+    sources = read_sources(args)
+    assert sources.image.size == (16, 32) and sources.mask.size == (16, 32)
+    assert np.array_equal(np.asarray(sources.image), np.asarray(load_image(str(tmp_path / "photo.png"))))
