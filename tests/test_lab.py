@@ -477,6 +477,7 @@ def _entries_with(**change) -> dict:
         (_entries_with(objects=[["red", "star"]]), r"prompts\[1\]: key `objects\[0\]`: unknown shape 'star'"),
         (_entries_with(objects=[["red"]]), r"prompts\[1\]: key `objects\[0\]`: expected \[colour, shape\]"),
         (_entries_with(prompt=""), r"prompts\[1\]: key `prompt`: must be a non-empty string"),
+        (_entries_with(category="(all)"), r"prompts\[1\]: key `category`: '\(all\)' is the report's name"),
         (_entries_with(colour="red"), r"key `prompts\[1\]\.colour`: unknown key"),
         (_entries_with(relation=[0, "near", 1]), r"prompts\[1\]: key `relation`: expected \[i, relation, j\]"),
         (

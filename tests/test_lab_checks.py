@@ -179,7 +179,7 @@ def test_batch_size_is_not_in_the_key_and_moves_results_only_within_the_document
     tmp_path, sd_folder, clip_dir
 ) -> None:
     """runner.py's docstring: an image drawn in another batch differs by at most 1 grey level
-    and its clip_score by about 1e-5; a resume with another batch_size keeps its results."""
+    and its clip_score by up to 2e-5; a resume with another batch_size keeps its results."""
     outputs = []
     for batch_size in (1, 3):
         config = _config(
@@ -306,6 +306,25 @@ def test_lowering_seeds_removes_the_images_of_the_dropped_seeds(tmp_path, sd_fol
     assert len(list((output / "images").rglob("*-1.png"))) == 3
     run_experiment(load_experiment_config(_config(tmp_path, setups, seeds=[0], steps=1)), show_progress=False)
     assert sorted(p.name for p in (output / "images").rglob("*.png")) == ["0-0.png", "1-0.png", "2-0.png"]
+    # a setup renamed: the old one's images go, and so do the folders they were in
+    renamed = [{"name": "sd-renamed", "pipeline": str(sd_folder)}]
+    run_experiment(load_experiment_config(_config(tmp_path, renamed, seeds=[0], steps=1)), show_progress=False)
+    assert [folder.name for folder in (output / "images").iterdir()] == ["sd-renamed"]
+
+
+def test_the_report_counts_a_repeated_result_line_once(tmp_path, sd_folder) -> None:
+    """A results file with a line copied twice (edited by hand, or two runs appending) gives
+    the report of the file without the copy, as a run would keep it."""
+    from clipcond.lab.report import write_report
+
+    setups = [{"name": "sd", "pipeline": str(sd_folder)}]
+    output = run_experiment(load_experiment_config(_config(tmp_path, setups, steps=1)), show_progress=False)
+    report = (output / "report.md").read_text()
+    results = output / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join([*lines, lines[0]]) + "\n")
+    write_report(output)
+    assert (output / "report.md").read_text() == report
 
 
 def test_an_interrupted_report_leaves_the_old_charts_and_grids_whole(tmp_path, sd_folder, monkeypatch) -> None:

@@ -40,7 +40,7 @@ METRICS: dict[str, str] = {
 # The values `shapes_judge_metrics` returns; all but `objects_found` are pass/fail.
 JUDGE_VALUES: dict[str, str] = {
     "objects_found": "fraction of the scene's objects found with their colour and shape",
-    "objects": "every object found with its colour and shape (binding right)",
+    "objects": "every object found with its colour and shape (binding right; extra objects do not fail it)",
     "colour": "every object's colour present",
     "shape": "every object's shape present",
     "count": "as many objects of each colour and shape as asked",

@@ -192,6 +192,9 @@ def _remove_stale_images(output: Path, jobs: Sequence[ImageJob]) -> int:
     stale = [path for path in (output / "images").rglob("*.png") if path not in planned]
     for path in stale:
         path.unlink()
+    for folder in sorted((output / "images").rglob("*"), key=lambda path: len(path.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):  # a removed setup's or suite's, emptied
+            folder.rmdir()
     return len(stale)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from clipcond.config import config_from_dict, read_yaml
+from clipcond.lab.summary import ALL_CATEGORIES
 from clipcond.shapes.prompt_suite import SuitePrompt, scene_from_spec
 from clipcond.shapes.vocab import COLOURS, RELATIONS, SHAPES
 
@@ -94,6 +95,8 @@ class _EntrySpec:
     def __post_init__(self) -> None:
         if not self.category.strip():
             raise ValueError("key `category`: must be a non-empty string")
+        if self.category == ALL_CATEGORIES:
+            raise ValueError(f"key `category`: {ALL_CATEGORIES!r} is the report's name for every category together")
         if not self.prompt.strip():
             raise ValueError("key `prompt`: must be a non-empty string")
         if self.objects is None:
