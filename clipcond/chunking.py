@@ -105,6 +105,17 @@ def _token_ids_per_fragment(
 _Content = list[tuple[int, float, int]]
 
 
+@dataclass(frozen=True)
+class _WindowRule:
+    """What cuts a prompt's windows: `capacity` content tokens a window holds, the `comma` id
+    A1111's rule cuts after (None: no comma rule), and the multi-vector textual-inversion
+    tokens kept whole (`groups`: first id -> all its ids)."""
+
+    capacity: int
+    comma: int | None
+    groups: dict[int, tuple[int, ...]]
+
+
 def _units(ids: list[int], groups: dict[int, tuple[int, ...]]) -> list[list[int]]:
     """A fragment's token ids as the units a window keeps whole: each multi-vector textual-
     inversion token's vectors (`groups`: first id -> all its ids) together, every other token
@@ -119,16 +130,12 @@ def _units(ids: list[int], groups: dict[int, tuple[int, ...]]) -> list[list[int]
 
 
 def _windows_at_word_ends(
-    tokenizer,
-    fragments: Sequence[Fragment],
-    fragment_ids: list[list[int]],
-    capacity: int,
-    comma: int | None,
-    groups: dict[int, tuple[int, ...]],
+    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], rule: _WindowRule
 ) -> list[_Content]:
     """One prompt's windows, a full one cut at the last word end within `WORD_LOOKBACK` tokens;
     a multi-vector textual-inversion token that does not fit the window's room starts the next
     one (its last vector ends a word)."""
+    capacity, groups = rule.capacity, rule.groups
     windows: list[_Content] = []
     current: _Content = []
     current_word_ends: list[bool] = []
@@ -162,18 +169,14 @@ def _windows_at_word_ends(
 
 
 def _windows_at_commas(
-    tokenizer,
-    fragments: Sequence[Fragment],
-    fragment_ids: list[list[int]],
-    capacity: int,
-    comma: int | None,
-    groups: dict[int, tuple[int, ...]],
+    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], rule: _WindowRule
 ) -> list[_Content]:
     """One prompt's windows as A1111's ``tokenize_line`` makes them: when a token other than a
     comma finds the window full, what follows the window's last comma moves on if that comma
     is within `WORD_LOOKBACK` tokens of the end; a window still full then closes as it is; a
     multi-vector textual-inversion token that does not fit the window's room starts the next
     one, as A1111 places an embedding."""
+    capacity, comma, groups = rule.capacity, rule.comma, rule.groups
     windows: list[_Content] = []
     current: _Content = []
     last_comma = -1  # the position of the current window's last comma; -1: none
@@ -256,10 +259,10 @@ def clip_windows(
     per_fragment = _token_ids_per_fragment(tokenizer, prompts)
     cut = _windows_at_word_ends if check_window_split(window_split) == "word" else _windows_at_commas
     comma = _comma_id(tokenizer) if window_split == "a1111" else None  # "truncate": cut at the 75th token
-    groups = _vector_groups(tokenizer)
+    rule = _WindowRule(capacity, comma, _vector_groups(tokenizer))
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
-        windows = cut(tokenizer, fragments, fragment_ids, capacity, comma, groups)
+        windows = cut(tokenizer, fragments, fragment_ids, rule)
         if window_split == "truncate" and len(windows) > 1:
             dropped = sum(len(window) for window in windows[1:])
             if dropped:

@@ -34,42 +34,45 @@ def _diffusers_image(peer_class, folder, **kwargs) -> np.ndarray:
     return np.asarray(peer(generator=generator, output_type="pil", **kwargs).images[0])
 
 
+def _diffusers_inpaint(folder, source, mask, steps: int) -> np.ndarray:
+    """diffusers' StableDiffusionInpaintPipeline on `folder`, as `generate` is called in these tests."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return _diffusers_image(
+        StableDiffusionInpaintPipeline,
+        folder,
+        prompt="a red circle",
+        image=Image.open(source).convert("RGB"),
+        mask_image=Image.open(mask).convert("L"),
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+    )
+
+
 def test_image_to_image_writes_what_diffusers_img2img_gives(sd_folder, tmp_path) -> None:
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
     source = _write_image(tmp_path / "source.png")
     common = ["--steps", "4", "--seed", "3", "--negative", "blurry", "--model", str(sd_folder)]
-    output = tmp_path / "img2img.png"
-    assert (
-        main(["generate", "a red circle", "-o", str(output), "--image", str(source), "--strength", "0.5", *common]) == 0
-    )
-    expected = _diffusers_image(
-        StableDiffusionImg2ImgPipeline,
-        sd_folder,
-        prompt="a red circle",
-        negative_prompt="blurry",
-        image=Image.open(source).convert("RGB"),
-        strength=0.5,
-        num_inference_steps=4,
-        guidance_scale=3.0,
-    )
-    written = np.asarray(Image.open(output))
-    assert written.shape == (32, 32, 3) and np.array_equal(written, expected)
-    # without --strength: diffusers' default (0.8), another image
-    default = tmp_path / "default.png"
-    assert main(["generate", "a red circle", "-o", str(default), "--image", str(source), *common]) == 0
-    expected_default = _diffusers_image(
-        StableDiffusionImg2ImgPipeline,
-        sd_folder,
-        prompt="a red circle",
-        negative_prompt="blurry",
-        image=Image.open(source).convert("RGB"),
-        num_inference_steps=4,
-        guidance_scale=3.0,
-    )
-    assert np.array_equal(np.asarray(Image.open(default)), expected_default)
-    assert not np.array_equal(expected_default, expected)
+    written = {}
+    for strength in (0.5, None):  # None: diffusers' default (0.8)
+        output = tmp_path / f"img2img-{strength}.png"
+        given = [] if strength is None else ["--strength", str(strength)]
+        assert main(["generate", "a red circle", "-o", str(output), "--image", str(source), *given, *common]) == 0
+        expected = _diffusers_image(
+            StableDiffusionImg2ImgPipeline,
+            sd_folder,
+            prompt="a red circle",
+            negative_prompt="blurry",
+            image=Image.open(source).convert("RGB"),
+            num_inference_steps=4,
+            guidance_scale=3.0,
+            **({} if strength is None else {"strength": strength}),
+        )
+        written[strength] = np.asarray(Image.open(output))
+        assert written[strength].shape == (32, 32, 3) and np.array_equal(written[strength], expected)
+    assert not np.array_equal(written[0.5], written[None])
     # --n 2: a grid of two images, seeds 3 and 4, as diffusers gives them with a generator each
     grid = tmp_path / "grid.png"
     assert main(["generate", "a red circle", "-o", str(grid), "--image", str(source), "--n", "2", *common]) == 0
@@ -89,7 +92,6 @@ def test_image_to_image_writes_what_diffusers_img2img_gives(sd_folder, tmp_path)
 
 
 def test_inpainting_writes_what_diffusers_inpaint_gives(sd_folder, tmp_path) -> None:
-    from diffusers import StableDiffusionInpaintPipeline
 
     source, mask = _write_image(tmp_path / "source.png"), tmp_path / "mask.png"
     mask_pixels = np.zeros((32, 32), dtype=np.uint8)
@@ -98,16 +100,7 @@ def test_inpainting_writes_what_diffusers_inpaint_gives(sd_folder, tmp_path) -> 
     output = tmp_path / "inpaint.png"
     argv = ["generate", "a red circle", "-o", str(output), "--image", str(source), "--mask", str(mask)]
     assert main([*argv, "--steps", "3", "--seed", "3", "--model", str(sd_folder)]) == 0
-    expected = _diffusers_image(
-        StableDiffusionInpaintPipeline,
-        sd_folder,
-        prompt="a red circle",
-        image=Image.open(source).convert("RGB"),
-        mask_image=Image.open(mask).convert("L"),
-        num_inference_steps=3,
-        guidance_scale=3.0,
-    )
-    assert np.array_equal(np.asarray(Image.open(output)), expected)
+    assert np.array_equal(np.asarray(Image.open(output)), _diffusers_inpaint(sd_folder, source, mask, steps=3))
 
 
 def test_source_image_mistakes_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
@@ -212,16 +205,9 @@ def test_an_inpainting_model_needs_a_mask_and_a_saved_task_pipeline_loads(tmp_pa
     for extra in ([], ["--image", str(source)]):
         assert "its UNet is an inpainting UNet" in one_error(capsys, [*common, *extra], 2)
     assert main([*common, "--image", str(source), "--mask", str(mask), "--seed", "3"]) == 0
-    expected = _diffusers_image(
-        StableDiffusionInpaintPipeline,
-        tmp_path / "inpainting",
-        prompt="a red circle",
-        image=Image.open(source).convert("RGB"),
-        mask_image=Image.open(mask).convert("L"),
-        num_inference_steps=2,
-        guidance_scale=3.0,
+    assert np.array_equal(
+        np.asarray(Image.open(out)), _diffusers_inpaint(tmp_path / "inpainting", source, mask, steps=2)
     )
-    assert np.array_equal(np.asarray(Image.open(out)), expected)
     CLIPConditionedImg2ImgPipeline.from_pipe(tiny_pipelines.build_sd()).save_pretrained(tmp_path / "saved-img2img")
     argv = [
         "generate",
