@@ -266,7 +266,7 @@ def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImag
             size, lower = f"{args.height or 'default'} x {args.width or 'default'} pixels", "--n, --height or --width"
         else:
             size, lower = (
-                f"{sources.image.size[0]} x {sources.image.size[1]} pixels (--image's)",
+                f"{sources.image.size[1]} x {sources.image.size[0]} pixels (--image's height x width)",
                 "--n or the --image size",
             )
         raise RunFailed(

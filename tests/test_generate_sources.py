@@ -179,7 +179,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
     source = str(_write_image(tmp_path / "source.png", size=(48, 32)))
     png = tmp_path / "a.png"
     line = one_error(capsys, ["generate", "a", "-o", str(png), "--image", source, "--model", str(tmp_path)], 1)
-    assert "out of memory sampling 1 image(s) of 48 x 32 pixels (--image's); nothing was written" in line
+    assert "out of memory sampling 1 image(s) of 32 x 48 pixels (--image's height x width); nothing was written" in line
     assert "Lower --n or the --image size" in line and not png.exists()
 
 
