@@ -168,8 +168,9 @@ def test_tokenizer_round_trips_and_follows_t5_ids(shapes_tokenizer, tmp_path: Pa
     tokenizer = shapes_tokenizer
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
     sentinels = sentinel_ids(tokenizer)
-    pieces = len(tokenizer) - 8
-    assert sentinels == tuple(range(pieces, pieces + 8))
+    # as T5's tokenizers number them (and transformers' span-corruption collator reads them):
+    # <extra_id_0> is the last id, <extra_id_k> the k-th before it
+    assert sentinels == tuple(len(tokenizer) - 1 - k for k in range(8))
     heldout = ShapesStream(1, 16, 1, 2, "heldout")  # the object counts it was trained on (3+ add commas)
     for index in range(200):
         caption = heldout.sample(index).caption
@@ -349,6 +350,8 @@ def test_shipped_config_validates() -> None:
         ({"noise_densty": 0.15}, r"t5\.yaml.*noise_densty"),
         ({"noise_density": 1.5}, "noise_density"),
         ({"mean_noise_span_length": 0.5}, "mean_noise_span_length"),
+        ({"mean_noise_span_length": float("nan")}, "mean_noise_span_length"),
+        ({"mean_noise_span_length": float("inf")}, "mean_noise_span_length"),
         ({"mixed_precision": "fp16"}, "mixed_precision"),
         ({"model": {"num_heads": 0}}, r"model\.num_heads"),
         ({"tokenizer": {"sentinels": 1, "max_length": 64}}, r"tokenizer\.sentinels"),
@@ -416,3 +419,18 @@ def test_skipped_captions_are_counted_once_across_a_resume(tmp_path: Path) -> No
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000000004")
     resumed = train_t5(tiny_config(tmp_path / "resumed", **settings), resume=True, show_progress=False)
     assert straight.skipped == resumed.skipped == {"bad manifest line": 2}
+
+
+def test_the_span_loss_is_transformers_t5_loss_for_the_same_batch() -> None:
+    """`span_loss(span_logits(...))` against `T5ForConditionalGeneration(..., labels=...).loss`,
+    which shifts the labels itself (start token, -100 read as padding)."""
+    from clipcond.training.t5.model import span_logits, span_loss
+
+    torch.manual_seed(0)
+    model = build_t5(tiny_config(Path("unused")).model, vocab_size=1100).eval()
+    corruption = SpanCorruption(0.15, 3.0, SENTINELS, EOS, 0, seed=0)
+    batch = corruption.batch([list(range(3, 40)), [5, 6, 7, 8], list(range(50, 62))], [0, 1, 2])
+    with torch.no_grad():
+        ours, _ = span_loss(span_logits(model, batch), batch["labels"])
+        theirs = model(**batch).loss
+    assert torch.equal(ours, theirs)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -94,7 +95,11 @@ class TrainT5Config:
         data: where captions come from: the shapes stream (random access), or the captions of
             a JSONL manifest or webdataset shards (their `txt`; images are never read), loaded
             into memory, the last `eval_captions` of them held out for evaluation.
-        noise_density, mean_noise_span_length: T5's span corruption (0.15 and 3).
+        noise_density, mean_noise_span_length: T5's span corruption (0.15 and 3), applied to
+            each caption alone (no packing, unlike T5): a caption of n tokens gets
+            round(n x density) dropped tokens in round(that / span length) spans, at least one
+            of each, so on short captions (shapes: 9 tokens on average) every caption has one
+            span and a span length above about 2.5 changes nothing.
         batch_size: captions per step and process.
         steps, lr, warmup_steps, weight_decay, betas, eps: AdamW with warm-up + cosine (checked
             by `check_optimizer_settings`: lr > 0, weight_decay >= 0, eps > 0, all finite).
@@ -131,8 +136,10 @@ class TrainT5Config:
     def __post_init__(self) -> None:
         if not 0.0 < self.noise_density < 1.0:
             raise ValueError(f"`noise_density` must be in (0, 1), got {self.noise_density}")
-        if self.mean_noise_span_length < 1.0:
-            raise ValueError(f"`mean_noise_span_length` must be >= 1, got {self.mean_noise_span_length}")
+        if not 1.0 <= self.mean_noise_span_length < math.inf:  # NaN fails too
+            raise ValueError(
+                f"`mean_noise_span_length` must be a finite number >= 1, got {self.mean_noise_span_length}"
+            )
         if self.batch_size < 1 or self.steps < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 f"`batch_size`, `steps` and `checkpoint_every` must be >= 1, "

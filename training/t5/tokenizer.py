@@ -2,8 +2,10 @@
 with T5's special tokens and sentinels.
 
 Ids follow T5: ``<pad>`` = 0 (also the decoder's start token), ``</s>`` = 1 (ends every
-sequence), ``<unk>`` = 2, then the learned pieces, then the sentinels ``<extra_id_0>``,
-``<extra_id_1>``, ... that span corruption puts in place of dropped spans. The result is a
+sequence), ``<unk>`` = 2, then the learned pieces, then the sentinels that span corruption puts
+in place of dropped spans, numbered down from the last id as in T5's tokenizers
+(``<extra_id_0>`` is the last id, ``<extra_id_1>`` the one before), so that T5 tools such as
+transformers' span-corruption collator read them right. The result is a
 transformers `PreTrainedTokenizerFast`, saved with `save_pretrained` and loaded back with
 `AutoTokenizer.from_pretrained`.
 """
@@ -30,7 +32,8 @@ def train_t5_tokenizer(captions: Sequence[str], vocab_size: int, sentinels: int,
         captions: the training text, one caption per item.
         vocab_size: at most this many pieces, ``<pad>``, ``</s>`` and ``<unk>`` included; a
             corpus of few distinct words yields fewer (the tokenizer's `len` tells).
-        sentinels: how many ``<extra_id_k>`` tokens to add after the pieces.
+        sentinels: how many ``<extra_id_k>`` tokens to add after the pieces (``<extra_id_0>``
+            last).
         model_max_length: the tokenizer's `model_max_length` (tokens, ``</s>`` included).
 
     Returns:
@@ -64,7 +67,8 @@ def train_t5_tokenizer(captions: Sequence[str], vocab_size: int, sentinels: int,
         pad_token=PAD,
         eos_token=EOS,
         unk_token=UNK,
-        additional_special_tokens=[sentinel_token(k) for k in range(sentinels)],
+        # T5's order: <extra_id_0> is the last id, <extra_id_1> the one before, ...
+        additional_special_tokens=[sentinel_token(k) for k in reversed(range(sentinels))],
         model_max_length=model_max_length,
     )
     ids = [tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS]
