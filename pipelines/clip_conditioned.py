@@ -133,6 +133,10 @@ class CLIPConditionedPipeline(
         clip_skip: skip this many final CLIP layers.
         t5_max_length: `custom` recipe with T5: the T5 token budget (EOS included); None: the
             recipe's default (256). Must be the length the UNet was trained with.
+        t5_attention_mask: `custom` recipe with T5: the T5 encoder attends only to the
+            prompt's tokens, not to the padding up to `t5_max_length` (as PixArt's pipelines
+            run T5; SD3 and Flux attend to the padding too, and so does the default, False).
+            Must be what the UNet was trained with (`clipcond train-diffusion` sets it).
         coordinate_channels: the UNet also reads two channels of pixel coordinates (x, y in
             [-1, 1]) after the image ones (`clipcond.pipelines.coordinates`); its `in_channels`
             is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
@@ -211,6 +215,7 @@ class CLIPConditionedPipeline(
         recipe: str | None = None,
         clip_skip: int | None = None,
         t5_max_length: int | None = None,
+        t5_attention_mask: bool = False,
         coordinate_channels: bool = False,
         emphasis: str = "multiply",
         window_split: str = "word",
@@ -255,6 +260,10 @@ class CLIPConditionedPipeline(
                     )
         if t5_max_length is not None and (recipe != "custom" or text_encoder_2 is None):
             raise ValueError("`t5_max_length` applies to recipe 'custom' with a T5 `text_encoder_2` only")
+        if not isinstance(t5_attention_mask, bool):
+            raise TypeError(f"`t5_attention_mask` must be a bool, got {t5_attention_mask!r}")
+        if t5_attention_mask and (recipe != "custom" or text_encoder_2 is None):
+            raise ValueError("`t5_attention_mask` applies to recipe 'custom' with a T5 `text_encoder_2` only")
         if not isinstance(coordinate_channels, bool):
             raise TypeError(f"`coordinate_channels` must be a bool, got {coordinate_channels!r}")
         if (
@@ -281,6 +290,7 @@ class CLIPConditionedPipeline(
             recipe=recipe,
             clip_skip=clip_skip,
             t5_max_length=t5_max_length,
+            t5_attention_mask=t5_attention_mask,
             coordinate_channels=coordinate_channels,
             emphasis=emphasis,
             window_split=window_split,
@@ -367,6 +377,7 @@ class CLIPConditionedPipeline(
             id(projection),
             self.config.recipe,
             self.config.get("t5_max_length"),
+            self.config.get("t5_attention_mask", False),
             self.config.get("emphasis", "multiply"),
             self.config.get("window_split", "word"),
             self.config.get("force_zeros_for_empty_prompt"),
@@ -390,7 +401,12 @@ class CLIPConditionedPipeline(
         clip, t5 = encoders_in(family, self)
         recipe = family.recipe
         if family.name == "custom":
-            recipe = custom_recipe(bool(clip), t5 is not None, t5_max_length=self.config.get("t5_max_length"))
+            recipe = custom_recipe(
+                bool(clip),
+                t5 is not None,
+                t5_max_length=self.config.get("t5_max_length"),
+                t5_attention_mask=self.config.get("t5_attention_mask", False),
+            )
         if family.force_zeros_flag is not None:
             recipe = dataclasses.replace(recipe, zero_negative_when_absent=self.config[family.force_zeros_flag])
         conditioner = TextConditioner(

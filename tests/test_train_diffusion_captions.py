@@ -118,3 +118,47 @@ def test_the_learning_rate_is_open_clips_warm_up_then_diffusers_cosine() -> None
     assert ours[:5] == pytest.approx([0.1 * (step + 1) / 5 for step in range(5)])
     assert peer[:5] == pytest.approx([0.1 * step / 5 for step in range(5)])
     assert ours[5:] == pytest.approx(peer[5:], rel=1e-12)
+
+
+def test_t5_attention_mask_reaches_the_conditioner_the_saved_pipeline_and_its_reload(
+    sd_pipe, t5_tokenizer_path, tiny_clip_text_path, tiny_t5_encoder_path, tmp_path
+) -> None:
+    """`t5_attention_mask`: the T5 part of the context is the T5 run on the padded prompt with
+    padding masked (as `train-t5` pretrains it), in the pipeline, after save / load, and in a
+    train-diffusion run's conditioner and saved pipeline; without it the padding is attended to."""
+    import tiny_pipelines
+
+    from clipcond.pipelines import CLIPConditionedPipeline
+    from clipcond.training.diffusion.loop import train_diffusion
+
+    custom = tiny_pipelines.build_clip_t5_custom(sd_pipe, t5_tokenizer_path)
+    masked = CLIPConditionedPipeline.from_pipe(custom, t5_attention_mask=True)
+    masked.save_pretrained(tmp_path / "masked")
+    reloaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "masked")
+    padded = custom.tokenizer_2("a red circle", padding="max_length", max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        direct = custom.text_encoder_2(padded.input_ids, attention_mask=padded.attention_mask)[0]
+        unmasked = custom.text_encoder_2(padded.input_ids)[0]
+        for pipe in (masked, reloaded):
+            tokens = pipe.conditioner.encode("a red circle").tokens[:, 77:]
+            torch.testing.assert_close(tokens, direct, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            custom.conditioner.encode("a red circle").tokens[:, 77:], unmasked, rtol=0, atol=1e-6
+        )
+    assert not torch.allclose(direct, unmasked, atol=1e-3)
+    with pytest.raises(ValueError, match="`t5_attention_mask` applies to recipe 'custom' with a T5"):
+        CLIPConditionedPipeline.from_pipe(sd_pipe, t5_attention_mask=True)
+    # a train-diffusion run: its conditioner and the pipeline it saves
+    config = tiny_config(
+        tiny_clip_text_path,
+        tmp_path / "run",
+        t5_encoder=str(tiny_t5_encoder_path),
+        projection_dim=24,
+        t5_attention_mask=True,
+        steps=1,
+    )
+    assert build_conditioner(config).recipe.t5_attention_mask
+    saved = CLIPConditionedPipeline.from_pretrained(train_diffusion(config, show_progress=False).pipeline_dir)
+    assert saved.config.t5_attention_mask and saved.conditioner.recipe.t5_attention_mask
+    with pytest.raises(ValueError, match="`t5_attention_mask` needs a `t5_encoder`"):
+        tiny_config(tiny_clip_text_path, tmp_path / "x", t5_attention_mask=True)

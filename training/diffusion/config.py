@@ -111,6 +111,10 @@ class TrainDiffusionConfig:
         t5_max_length: T5 token budget (EOS included) of prompts with `t5_encoder`; None: the
             custom family's default (`clipcond.families`, 256). Stored in the saved pipeline so
             sampling uses the same length.
+        t5_attention_mask: with `t5_encoder`, the T5 attends only to the caption's tokens, not
+            to the padding up to `t5_max_length` (as it was pretrained by ``clipcond train-t5``,
+            which masks padding); False (default): it attends to the padding too, as SD3's and
+            Flux's pipelines run T5. Stored in the saved pipeline.
         unet: `UNet2DConditionModel` arguments for a UNet from scratch (`sample_size`,
             `in_channels`/`out_channels` (3), `cross_attention_dim` are set by the run); or None
             with `init_from`.
@@ -174,6 +178,7 @@ class TrainDiffusionConfig:
     t5_encoder: str | None = None
     projection_dim: int | None = None
     t5_max_length: int | None = None
+    t5_attention_mask: bool = False
     unet: dict[str, Any] | None = None
     coordinate_channels: bool | None = None
     init_from: str | None = None
@@ -254,6 +259,8 @@ class TrainDiffusionConfig:
             raise ValueError(
                 f"`image_size` must be >= {MIN_IMAGE_SIZE} with data.source 'shapes', got {self.image_size}"
             )
+        if self.t5_attention_mask and self.t5_encoder is None:
+            raise ValueError("`t5_attention_mask` needs a `t5_encoder`")
         if self.keep_checkpoints < 1:
             raise ValueError(f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}")
         check_window_split(self.caption_window_split, "caption_window_split")

@@ -251,7 +251,11 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
         )
     custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
     recipe = (
-        custom_recipe(True, t5_encoder is not None, t5_max_length=config.t5_max_length) if custom else get_recipe("sd")
+        custom_recipe(
+            True, t5_encoder is not None, t5_max_length=config.t5_max_length, t5_attention_mask=config.t5_attention_mask
+        )
+        if custom
+        else get_recipe("sd")
     )
     return TextConditioner(
         recipe,
@@ -319,6 +323,7 @@ def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiff
         text_projection=denoiser.projection,
         recipe=models.recipe,
         t5_max_length=models.t5_max_length,
+        t5_attention_mask=models.t5_encoder is not None and models.conditioner.recipe.t5_attention_mask,
         coordinate_channels=denoiser.coordinate_channels,
     )
     pipe.set_progress_bar_config(disable=True)
