@@ -428,6 +428,17 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
             stored = shards.record(caption)
             assert stored.tensors().keys() == live.tensors().keys()
             assert all(torch.equal(getattr(stored, k), v) for k, v in live.tensors().items()), (name, caption)
+    # a run that reads captions its own way (literal, truncated: the defaults) is told which keys to set
+    with pytest.raises(StaleEmbeddings, match="set caption_syntax: true and caption_window_split: word to use them"):
+        train_diffusion(
+            tiny_config(
+                trained.pipeline_dir,
+                tmp_path / "defaults",
+                steps=1,
+                data=DiffusionDataConfig(embeddings=str(tmp_path / "emb-trained")),
+            ),
+            show_progress=False,
+        )
     # a run on the trained pipeline's shards: the weights of the run with its live encoder
     live_run = train_diffusion(
         tiny_config(trained.pipeline_dir, tmp_path / "live", steps=1, **AS_PIPELINE), show_progress=False

@@ -191,10 +191,22 @@ def _embedding_shards(config: TrainDiffusionConfig, conditioner: TextConditioner
     settings (`StaleEmbeddings` otherwise), or None when captions are encoded live."""
     if config.data.embeddings is None:
         return None
-    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards, StaleEmbeddings
 
     identity = EmbeddingIdentity(*conditioner.identity())
-    return EmbeddingShards(config.data.embeddings, identity, argument="data.embeddings", spec=conditioner.record_spec)
+    try:
+        return EmbeddingShards(
+            config.data.embeddings, identity, argument="data.embeddings", spec=conditioner.record_spec
+        )
+    except StaleEmbeddings as stale:
+        if "window_split=" not in str(stale) and "parse=" not in str(stale):
+            raise
+        raise StaleEmbeddings(
+            f"{stale}. This run reads captions as `caption_syntax` ({config.caption_syntax}) and "
+            f"`caption_window_split` ({config.caption_window_split!r}) say; shards written by `clipcond encode "
+            "--pipeline` (or before these keys) read them as a pipeline reads prompts: set caption_syntax: true and "
+            "caption_window_split: word to use them"
+        ) from stale
 
 
 def _latent_shards(config: TrainDiffusionConfig, vae: nn.Module | None) -> LatentShards | None:
