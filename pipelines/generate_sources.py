@@ -108,14 +108,20 @@ def source_pipeline(pipe: Any, sources: SourceImages) -> Any:
 
 
 def check_sources_against(pipe: Any, sources: SourceImages, steps: int) -> None:
-    """The checks that need the task pipeline: the image holds at least one latent pixel, and
-    ``--strength`` (or the pipeline's default) leaves at least one of `steps` to run.
+    """The checks that need the task pipeline: it has a VAE to encode the source, the image
+    holds at least one latent pixel, and ``--strength`` (or the pipeline's default) leaves at
+    least one of `steps` to run.
 
     Raises:
         UsageError: saying which and what to change.
     """
     from clipcond.pipelines.image_inputs import steps_after_strength
 
+    if pipe.vae is None:
+        raise UsageError(
+            "--image needs a model with a VAE (it encodes the source into latents); this model works in pixel space, "
+            "as the bundled shapes model does"
+        )
     factor = pipe.vae_scale_factor
     if min(sources.image.size) < factor:
         raise UsageError(

@@ -165,6 +165,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
     import clipcond.pipelines.generate as generate
 
     class Hungry:
+        vae = "a VAE"
         vae_scale_factor = 8
         unet_reads_a_mask = False
 
@@ -242,3 +243,10 @@ def test_a_photo_turned_by_its_exif_orientation_is_read_upright(tmp_path) -> Non
     sources = read_sources(args)
     assert sources.image.size == (16, 32) and sources.mask.size == (16, 32)
     assert np.array_equal(np.asarray(sources.image), np.asarray(load_image(str(tmp_path / "photo.png"))))
+
+
+def test_a_pixel_space_model_refuses_a_source_image_in_one_line(tmp_path, capsys) -> None:
+    """The bundled shapes model has no VAE to encode a source (it was a ValueError traceback)."""
+    source = str(_write_image(tmp_path / "source.png"))
+    line = one_error(capsys, ["generate", "a red circle", "-o", str(tmp_path / "out.png"), "--image", source], 2)
+    assert "--image needs a model with a VAE" in line and not (tmp_path / "out.png").exists()
