@@ -163,15 +163,8 @@ def build_clip_t5_custom(sd, t5_tokenizer_path: Path):
     from clipcond import CLIPConditionedPipeline
 
     tokenizer_2 = _t5_tokenizer(t5_tokenizer_path)
-    return CLIPConditionedPipeline(
-        unet=sd.unet,
-        scheduler=sd.scheduler,
-        vae=sd.vae,
-        text_encoder=sd.text_encoder,
-        tokenizer=sd.tokenizer,
-        text_encoder_2=t5_encoder(3, len(tokenizer_2)),
-        tokenizer_2=tokenizer_2,
-        recipe="custom",
+    return CLIPConditionedPipeline.from_pipe(
+        sd, text_encoder_2=t5_encoder(3, len(tokenizer_2)), tokenizer_2=tokenizer_2, recipe="custom"
     )
 
 

@@ -77,10 +77,6 @@ class DiffusionDataConfig(DataConfig):
                 raise FileNotFoundError(f"data.{name}: no such folder {value}")
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def scheduler_class(name: str, argument: str = "scheduler") -> type:
     """The diffusers scheduler class called `name` (e.g. "DDIMScheduler").
 
@@ -237,7 +233,8 @@ class TrainDiffusionConfig:
                     "unet: `in_channels` is set by the run with `coordinate_channels` (image channels + 2); remove it"
                 )
             layers = self.unet.get("layers_per_block", 1)
-            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in _as_list(layers)):
+            per_block = layers if isinstance(layers, (list, tuple)) else [layers]
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in per_block):
                 raise ValueError(
                     f"unet: `layers_per_block` must be an integer >= 1 (or a list of them), got {layers!r}"
                 )
