@@ -545,3 +545,14 @@ def test_weights_checked_before_a_checkpoint_name_the_steps_since_the_last_one(
     ):
         train_clip(config, show_progress=False)
     assert [path.name for path in (tmp_path / "checkpoints").glob("step-*")] == ["step-000000002"]
+
+
+def test_the_logged_learning_rate_is_the_one_the_logged_step_used(tiny_clip_text_path, tmp_path: Path) -> None:
+    """Warm-up over 4 of 6 steps from lr 1e-3: step k updates with k/4 * 1e-3 (open_clip's
+    warm-up), then the cosine over the last 2 steps: 1e-3 at step 5, half of it at step 6. Each
+    record holds the rate of its own step, not of the step after."""
+    config = tiny_config(tiny_clip_text_path, tmp_path, steps=6, warmup_steps=4, checkpoint_every=6, ema_decay=None)
+    train_diffusion(config, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [record["lr"] for record in records if "lr" in record]
+    assert logged == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 0.5e-3], rel=1e-12)

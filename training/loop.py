@@ -31,7 +31,8 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
    it trained checked (a finite loss does not make a finite update: an `lr` of 1e30 or an
    overflow in the optimizer turns the weights into NaN or inf, which also stops the run
    without saving); at each logging step ``metrics.jsonl``, the trackers and the progress bar,
-   with the throughput of the window just logged (`Throughput`); the objective's evaluations;
+   with the throughput of the window just logged (`Throughput`) and the learning rate that
+   step's update used; the objective's evaluations;
    a checkpoint when due, every tensor it holds checked first. So every checkpoint, and the
    result saved from the last one, holds finite weights, and "the last good checkpoint" of a
    stop is one.
@@ -433,12 +434,13 @@ class TrainingRun:
             loss_value = accelerator.reduce(loss.detach().reshape(1), reduction="mean").item()
             if not math.isfinite(loss_value):
                 self._stop_diverged(loss_value, step, optimizer)
+            step_lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
             update()
             self._progress.update(1)
             throughput.step()
             if step % config.log_every == 0 or step == config.steps:
                 objective_metrics = metrics() if metrics is not None else {}
-                record = {"loss": loss_value, **objective_metrics, "lr": scheduler.get_last_lr()[0]}
+                record = {"loss": loss_value, **objective_metrics, "lr": step_lr}
                 self._log_step(step, {**record, self.throughput_name: throughput.window()})
             if after_step is not None and accelerator.is_main_process:
                 after_step(step)
