@@ -47,7 +47,7 @@ from clipcond.empty_states import EmptyPromptStates
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
-from clipcond.prompt_arguments import Reading, as_prompt_list, check_readers, readings
+from clipcond.prompt_arguments import Reading, as_prompt_list, check_readers, negative_prompt_list, readings
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
 from clipcond.record_spec import RecordSpec, expected_record
@@ -325,22 +325,9 @@ class TextConditioner:
         check_readers(
             self.prompt_readers, {f"negative_{name}": value for name, value in negative_extra.items()}, self.recipe.name
         )
-        negatives: list[str] | None
-        if negative_prompt is None:
-            negatives = (
-                None
-                if (self.recipe.negative_optional or self.recipe.zero_negative_when_absent)
-                else [""] * len(prompts)
-            )
-        elif isinstance(negative_prompt, str):
-            negatives = [negative_prompt] * len(prompts)
-        else:
-            negatives = as_prompt_list(negative_prompt, "negative_prompt")
-            if len(negatives) != len(prompts):
-                raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompts)}; "
-                    "give one negative prompt per prompt, or a single string for all"
-                )
+        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        if negatives is None and not (self.recipe.negative_optional or self.recipe.zero_negative_when_absent):
+            negatives = [""] * len(prompts)
         items = self._prompt_items(prompts, extra)
         negative_items = None
         if negatives is not None:
@@ -394,8 +381,9 @@ class TextConditioner:
         scheduled on its own and a segment's text is the tuple of texts the encoders read.
 
         Raises:
-            TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads, or
-                `num_inference_steps` not an int >= 1.
+            TypeError, ValueError: bad prompts, a list of negatives of another length than the
+                prompts, a per-encoder argument no encoder reads, or `num_inference_steps` not an
+                int >= 1.
         """
         prompts = as_prompt_list(prompt, "prompt")
         negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
@@ -403,11 +391,7 @@ class TextConditioner:
             self.prompt_readers, {f"negative_{name}": value for name, value in negative_extra.items()}, self.recipe.name
         )
         items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
-        negatives = None
-        if isinstance(negative_prompt, str):
-            negatives = [negative_prompt] * len(prompts)
-        elif negative_prompt is not None:
-            negatives = as_prompt_list(negative_prompt, "negative_prompt")
+        negatives = negative_prompt_list(negative_prompt, len(prompts))
         negative_items = None
         if negatives is not None:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")

@@ -38,6 +38,22 @@ def as_prompt_list(prompt: Any, argument: str = "prompt") -> list[str]:
     raise TypeError(f"`{argument}` must be a string or a list of strings, got {type(prompt).__name__}")
 
 
+def negative_prompt_list(negative_prompt: Any, count: int) -> list[str] | None:
+    """`negative_prompt` for `count` prompts: None stays None, a string is every prompt's, a
+    list must hold one string per prompt (a ValueError naming both lengths otherwise)."""
+    if negative_prompt is None:
+        return None
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * count
+    negatives = as_prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) != count:
+        raise ValueError(
+            f"`negative_prompt` has {len(negatives)} entries but `prompt` has {count}; "
+            "give one negative prompt per prompt, or a single string for all"
+        )
+    return negatives
+
+
 def check_readers(readers: Sequence[str], given: Mapping[str, Any], recipe_name: str) -> None:
     """A ValueError naming the first argument in `given` (name -> value, None = not given)
     that no encoder reads; `readers` are `Family.prompt_readers` of the conditioner."""
