@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,7 +48,15 @@ from clipcond.empty_states import EmptyPromptStates
 from clipcond.encoders import TextEncoder
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
-from clipcond.prompt_arguments import Reading, as_prompt_list, check_readers, negative_prompt_list, readings
+from clipcond.lora_scale import check_lora_scale, lora_scaled
+from clipcond.prompt_arguments import (
+    Reading,
+    as_prompt_list,
+    check_images_per_prompt,
+    check_readers,
+    negative_prompt_list,
+    readings,
+)
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
 from clipcond.record_spec import RecordSpec, expected_record
@@ -253,6 +262,8 @@ class TextConditioner:
         prompt: str | list[str],
         prompt_2: str | list[str] | None = None,
         prompt_3: str | list[str] | None = None,
+        *,
+        lora_scale: float | None = None,
     ) -> PromptEmbeds:
         """Encode a prompt or a batch of prompts.
 
@@ -264,6 +275,8 @@ class TextConditioner:
                 `prompt`. A string is used for every prompt of the batch, a list gives one text
                 per prompt. Weights, ``BREAK`` and long prompts work in each text; the CLIP
                 windows of one prompt are padded to the same count across encoders.
+            lora_scale: the scale of a LoRA in the text encoders for this call, as diffusers'
+                `encode_prompt(lora_scale=...)` (`lora_scaled`); None leaves it as it is.
 
         Returns:
             `PromptEmbeds` with tokens (batch, seq, width). All prompts of a batch share one
@@ -276,7 +289,26 @@ class TextConditioner:
         """
         prompts = as_prompt_list(prompt, "prompt")
         items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
-        return self._assemble(self._records(items))
+        with self.lora_scaled(lora_scale):
+            return self._assemble(self._records(items))
+
+    def lora_scaled(self, lora_scale: float | None) -> AbstractContextManager[None]:
+        """``with cond.lora_scaled(0.5):``: inside the block, encodes run a LoRA in the text
+        encoders at `lora_scale` times its scale, as diffusers' `encode_prompt(lora_scale=...)`
+        of the family runs it (the encoders it scales: `Family.lora_scaled_kinds`), and the
+        cache keys see the scale. None leaves the LoRA as it is.
+
+        Raises:
+            TypeError, ValueError: `lora_scale` not a finite number, or given to a family whose
+                `encode_prompt` takes no scale (PixArt).
+        """
+        scale = check_lora_scale(lora_scale)
+        kinds = self.family.lora_scaled_kinds
+        if scale is not None and not kinds:
+            raise ValueError(
+                f"`lora_scale`: {self.recipe.name!r} pipelines' encode_prompt takes no LoRA scale for its text encoder"
+            )
+        return lora_scaled([encoder.model for encoder in self.encoders if encoder.kind in kinds], scale)
 
     def pipeline_kwargs(
         self,
@@ -288,6 +320,8 @@ class TextConditioner:
         prompt_3: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
         negative_prompt_3: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        lora_scale: float | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments for the pipeline family's `__call__`.
 
@@ -301,6 +335,13 @@ class TextConditioner:
 
         `prompt_2`, `prompt_3` and their negatives are read as in the family's `encode_prompt`
         (see `encode`); `negative_prompt_2` defaults to `negative_prompt`.
+
+        `num_images_per_prompt` repeats each prompt's rows (and its negative's) that many times,
+        as `encode_prompt` does: then leave the pipeline's `num_images_per_prompt` at 1 (SD3 and
+        Flux do not repeat given embeddings; SD, SDXL and PixArt would repeat them again).
+        `lora_scale` runs a LoRA in the text encoders at that scale, as `encode_prompt` does
+        (`lora_scaled`); the pipeline still needs its own (`cross_attention_kwargs={"scale": s}`
+        for SD and SDXL, `joint_attention_kwargs` for SD3 and Flux) for its UNet or transformer.
 
         With `num_inference_steps`, prompt editing and alternation (`clipcond.schedule`) take
         effect: the embeddings are step 0's, and `callback_on_step_end` with
@@ -320,6 +361,8 @@ class TextConditioner:
                 zeros (SDXL) or none (Flux): diffusers ignores them there.
         """
         prompts = as_prompt_list(prompt, "prompt")
+        check_images_per_prompt(num_images_per_prompt)
+        scaled = self.lora_scaled(lora_scale)
         extra = {"prompt_2": prompt_2, "prompt_3": prompt_3}
         negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
         check_readers(
@@ -339,20 +382,22 @@ class TextConditioner:
             items = fixed_prompts(items, num_inference_steps)
             if negative_items is not None:
                 negative_items = fixed_prompts(negative_items, num_inference_steps, negative=True)
-        schedule = schedule_for_pipeline(
-            self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
-        )
-        if schedule is not None:
-            positive, negative = schedule.embeds_at(0)
-        else:
-            records = self._records(items) + (self._records(negative_items) if negative_items else [])
-            groups = [len(items)] + ([len(negative_items)] if negative_items else [])
-            embeds = self._assemble(records, groups=groups)  # prompts, then negatives
-            positive, negative = embeds.split(len(prompts))
+        with scaled:
+            schedule = schedule_for_pipeline(
+                self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
+            )
+            if schedule is not None:
+                positive, negative = schedule.embeds_at(0)
+            else:
+                records = self._records(items) + (self._records(negative_items) if negative_items else [])
+                groups = [len(items)] + ([len(negative_items)] if negative_items else [])
+                embeds = self._assemble(records, groups=groups)  # prompts, then negatives
+                positive, negative = embeds.split(len(prompts))
+        positive = positive.repeat(num_images_per_prompt)
         family = self.family
         kwargs = family.call_keywords(positive)
         if negatives is not None:
-            kwargs.update(family.call_keywords(negative, "negative_"))
+            kwargs.update(family.call_keywords(negative.repeat(num_images_per_prompt), "negative_"))
         elif self.recipe.zero_negative_when_absent:
             kwargs.update(family.call_keywords(positive.zeros_like(), "negative_"))
         kwargs.update(dict(self.recipe.call_overrides))
@@ -371,19 +416,24 @@ class TextConditioner:
         prompt_3: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
         negative_prompt_3: str | list[str] | None = None,
+        lora_scale: float | None = None,
     ) -> PromptSchedule:
         """Which text (and embeddings) conditions each of `num_inference_steps` denoising steps.
 
         Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` read as A1111 reads them
         (`clipcond.schedule`); every distinct text is encoded once, all in one batch (repeats
         are cache hits). `schedule.segments(i)` lists prompt `i`'s (first step, end step, text).
+        A string `negative_prompt` is every prompt's; a list may have another length than
+        `prompt` (its rows are `negative_rows`: `CLIPConditionedPipeline` schedules the `AND`
+        parts of its prompts against one negative per prompt), so pair them before handing
+        `embeds_at` to a pipeline, as `pipeline_kwargs` does.
         With per-encoder prompts (`prompt_2`, ...; see `encode`) each encoder's text is
         scheduled on its own and a segment's text is the tuple of texts the encoders read.
+        `lora_scale`: as in `encode`.
 
         Raises:
-            TypeError, ValueError: bad prompts, a list of negatives of another length than the
-                prompts, a per-encoder argument no encoder reads, or `num_inference_steps` not an
-                int >= 1.
+            TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads, or
+                `num_inference_steps` not an int >= 1.
         """
         prompts = as_prompt_list(prompt, "prompt")
         negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
@@ -391,14 +441,19 @@ class TextConditioner:
             self.prompt_readers, {f"negative_{name}": value for name, value in negative_extra.items()}, self.recipe.name
         )
         items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
-        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        negatives = None  # not paired with the prompts: AND parts share their prompt's negative
+        if isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        elif negative_prompt is not None:
+            negatives = as_prompt_list(negative_prompt, "negative_prompt")
         negative_items = None
         if negatives is not None:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")
         elif any(negative_extra.values()):
             raise ValueError("`negative_prompt_2` / `negative_prompt_3` need `negative_prompt` (their default)")
         check_steps(num_inference_steps)
-        return build_schedule(self._scheduled_embeds, items, negative_items, num_inference_steps)
+        with self.lora_scaled(lora_scale):
+            return build_schedule(self._scheduled_embeds, items, negative_items, num_inference_steps)
 
     def load_textual_inversion(self, path_or_state_dict: Any, token: str | None = None) -> None:
         """Load a textual-inversion embedding into this conditioner's CLIP encoders.

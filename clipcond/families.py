@@ -66,6 +66,10 @@ class Family:
             `__call__` has no such callback.
         step_callback_negatives: under classifier-free guidance those tensors hold the
             negatives' rows, then the prompts' (False: the prompts' alone).
+        lora_scaled_kinds: the kinds of encoder ("clip", "t5") whose LoRA layers the family's
+            `encode_prompt` runs at its `lora_scale` (diffusers scales `text_encoder` and
+            `text_encoder_2`: SD3's T5 is `text_encoder_3`, Flux's is `text_encoder_2`); empty
+            where `encode_prompt` takes no scale (PixArt).
     """
 
     name: str
@@ -83,6 +87,7 @@ class Family:
     mask_keyword: str = "prompt_attention_mask"
     step_callback_tensors: tuple[tuple[str, str], ...] = ()
     step_callback_negatives: bool = True
+    lora_scaled_kinds: tuple[Literal["clip", "t5"], ...] = ("clip",)
 
     def encoders_fit(self, clip_count: int, has_t5: bool, has_t5_zeros: bool = False) -> bool:
         """Whether `clip_count` CLIP encoders and a T5 (or its zeros) are what the recipe takes."""
@@ -201,6 +206,7 @@ FAMILIES: dict[str, Family] = {
             max_t5_length=512,
             step_callback_tensors=(("tokens", "prompt_embeds"),),
             step_callback_negatives=False,
+            lora_scaled_kinds=("clip", "t5"),
         ),
         Family(
             "pixart",
@@ -220,6 +226,7 @@ FAMILIES: dict[str, Family] = {
             clip_counts=(0,),
             t5="required",
             t5_length_by_class=(("PixArtSigmaPipeline", 300),),
+            lora_scaled_kinds=(),
         ),
         # Any CLIPs and/or a T5, joined as configured: clipcond's own pipeline and training.
         # Its recipe holds the defaults of every custom setting (`custom_recipe`).
@@ -228,6 +235,7 @@ FAMILIES: dict[str, Family] = {
             Recipe(name="custom", pooled="last", t5_max_length=256, t5_attention_mask=False),
             pipeline_classes=("CLIPConditionedPipeline",),
             slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2")),
+            lora_scaled_kinds=("clip", "t5"),  # CLIPConditionedPipeline: text_encoder, text_encoder_2
         ),
     )
 }

@@ -54,6 +54,13 @@ def negative_prompt_list(negative_prompt: Any, count: int) -> list[str] | None:
     return negatives
 
 
+def check_images_per_prompt(num_images_per_prompt: Any) -> None:
+    """A ValueError unless `num_images_per_prompt` is an int >= 1."""
+    value = num_images_per_prompt
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {value!r}")
+
+
 def check_readers(readers: Sequence[str], given: Mapping[str, Any], recipe_name: str) -> None:
     """A ValueError naming the first argument in `given` (name -> value, None = not given)
     that no encoder reads; `readers` are `Family.prompt_readers` of the conditioner."""

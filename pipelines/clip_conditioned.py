@@ -51,7 +51,6 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
 )
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import (
     CLIPImageProcessor,
@@ -456,13 +455,8 @@ class CLIPConditionedPipeline(
             return given, negative if guidance else None
         self.check_text_encoders(given is None, encode_negative)
         conditioner = self.conditioner_for(clip_skip)
-        # As diffusers' encode_prompt: a LoRA in the text encoders runs at this scale too.
-        scaled = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
-        scaled = scaled if lora_scale is not None else []
-        for encoder in scaled:
-            scale_lora_layers(encoder, lora_scale)
         family = conditioner.family
-        try:
+        with conditioner.lora_scaled(lora_scale):  # as diffusers' encode_prompt: a text-encoder LoRA at this scale
             if given is None:
                 if encode_negative and negative_prompt is not None:
                     negative_prompt, negative_prompt_2 = self._inversion_texts(
@@ -490,9 +484,6 @@ class CLIPConditionedPipeline(
                     conditioner, negative_prompt, negative_prompt_2
                 )
                 given_negative = conditioner.encode(negative_prompt, prompt_2=negative_prompt_2)
-        finally:
-            for encoder in scaled:
-                unscale_lora_layers(encoder, lora_scale)
         if guidance and given_negative.tokens.shape != given.tokens.shape:
             raise ValueError(
                 f"the negative prompt's embeddings {tuple(given_negative.tokens.shape)} must have the shape of the "

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
@@ -228,11 +227,7 @@ def plan_for_call(
     # gave the second encoder the first one's vector tokens).
     if negative_prompt is None and conditioner.recipe.zero_negative_when_absent:
         negatives = None  # SDXL's zeros, as in the plain path
-    encoders = [encoder for encoder in (pipe.text_encoder, pipe.text_encoder_2) if encoder is not None]
-    if lora_scale is not None:  # as in encode_prompt: a LoRA in the text encoders at this scale
-        for encoder in encoders:
-            scale_lora_layers(encoder, lora_scale)
-    try:
+    with conditioner.lora_scaled(lora_scale):  # as in encode_prompt: a LoRA in the text encoders at this scale
         return build_plan(
             conditioner,
             prompts,
@@ -244,7 +239,3 @@ def plan_for_call(
             prompt_2,
             negative_prompt_2,
         )
-    finally:
-        if lora_scale is not None:
-            for encoder in encoders:
-                unscale_lora_layers(encoder, lora_scale)

@@ -15,7 +15,7 @@ import torch
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.families import FAMILIES
-from clipcond.prompt_arguments import check_readers, texts_or_default
+from clipcond.prompt_arguments import check_images_per_prompt, check_readers, texts_or_default
 
 
 def image_size_fits(value: Any, vae_scale_factor: int) -> bool:
@@ -87,8 +87,7 @@ class CallInputChecks:
                 raise ValueError(f"`{name}` must be {image_size_rule(self.vae_scale_factor)}, got {value!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
             raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+        check_images_per_prompt(num_images_per_prompt)
         if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
             raise ValueError(
                 f"got {len(generator)} generators for {count * num_images_per_prompt} images "

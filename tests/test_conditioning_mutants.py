@@ -73,12 +73,6 @@ BAD_CALLS = {
         "`negative_prompt` has 1 entries but `prompt` has 2; give one negative prompt per prompt, or a single "
         "string for all",
     ),
-    "a schedule's negatives of another count": (
-        lambda cond: cond.schedule(["a", "b"], STEPS, ["c"]),
-        ValueError,
-        "`negative_prompt` has 1 entries but `prompt` has 2; give one negative prompt per prompt, or a single "
-        "string for all",
-    ),
     "a schedule's bad negative": (
         lambda cond: cond.schedule(["a", "b"], STEPS, ["c", 3]),
         TypeError,
