@@ -232,7 +232,7 @@ def _mask_size(item: Any, name: str) -> tuple[int, tuple[int, int]]:
         # (batch, H, W, 1), (batch, H, W), (H, W, 1) or (H, W)
         if len(shape) == 2:
             return 1, shape
-        if len(shape) == 3:
+        if len(shape) == 3 and shape[-1] not in (3, 4):  # a last axis of 3 or 4 is RGB(A): refused below
             return (1, shape[:2]) if shape[-1] == 1 else (shape[0], shape[1:])
         if len(shape) == 4 and shape[-1] == 1:
             return shape[0], shape[1:3]

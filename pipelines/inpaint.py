@@ -263,6 +263,11 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
             raise ValueError(
                 f"`padding_mask_crop` pastes into the PIL source: output_type must be 'pil', got {output_type!r}"
             )
+        if mask_image.convert("L").getbbox() is None:  # diffusers' crop region: the non-zero pixels
+            raise ValueError(
+                "`padding_mask_crop` crops around the pixels to repaint, but `mask_image` has none (it is all "
+                "black): give a mask with white pixels, or leave `padding_mask_crop` None"
+            )
 
     @property
     def _inpainting_unet(self) -> bool:

@@ -399,6 +399,18 @@ def test_from_pretrained_of_a_saved_inpainting_pipeline(tmp_path) -> None:
         ("inpaint", dict(padding_mask_crop=4), TypeError, "`padding_mask_crop` needs `image` as one PIL image"),
         ("inpaint", dict(padding_mask_crop=4, pil=True, output_type="np"), ValueError, "output_type must be 'pil'"),
         ("inpaint", dict(padding_mask_crop=-1), ValueError, "`padding_mask_crop` must be an int >= 0"),
+        (
+            "inpaint",
+            dict(padding_mask_crop=4, pil=True, mask_image=PIL.Image.new("L", (40, 48))),
+            ValueError,
+            r"`padding_mask_crop` crops around the pixels to repaint, but `mask_image` has none \(it is all black\)",
+        ),
+        (
+            "inpaint",
+            dict(mask_image=np.zeros((32, 32, 3), np.float32)),
+            ValueError,
+            r"`mask_image` is a one-channel mask: .* got shape \(32, 32, 3\)",
+        ),
         ("inpaint", dict(mask_image=box_mask(3), prompt=["a", "b"]), ValueError, "`mask_image` has 3 images for 2"),
         ("inpaint", dict(masked_image_latents=np.zeros((1, 4, 32, 32))), TypeError, "`masked_image_latents` must be"),
         (
@@ -424,6 +436,7 @@ def test_bad_input_fails_before_any_work(task, kwargs, error, message, monkeypat
         settings["mask_image"] = box_mask()
     if kwargs.pop("pil", False):
         settings["image"], settings["mask_image"] = pil_pair()
+        settings["height"], settings["width"] = settings["image"].height, settings["image"].width
     settings.update(kwargs)
     calls = []
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
