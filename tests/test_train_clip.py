@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
-from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.clip.config import LoraSettings, TrainClipConfig
 from clipcond.training.clip.loop import train_clip
 from clipcond.training.data import DataConfig
 from clipcond.training.loop import TrainingDiverged
@@ -284,6 +284,33 @@ def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tmp_path: Path) -
     assert "resuming from" in resumed.stdout
     difference = max_difference(model_weights(reference.model_dir), model_weights(tmp_path / "killed" / "model"))
     assert difference == 0.0, f"killed at {killed_at}: max difference {difference}"  # bit for bit
+
+
+def test_making_the_shapes_batches_draws_nothing_from_the_global_generator() -> None:
+    from clipcond.training.data import ImageCaptionBatches
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batches = ImageCaptionBatches(DataConfig(), None, image_size=32, batch_size=2, seed=5)
+    batches.next_with_captions()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_resume_with_lora_dropout_redoes_the_steps_bit_for_bit(tmp_path: Path, pretrained: Path) -> None:
+    """LoRA dropout draws from torch's generator, restored from the checkpoint: the batches
+    made after the restore must not draw from it (they did: the resumed masks were one draw
+    ahead)."""
+    settings = dict(model=None, mode="lora", init_from=str(pretrained), steps=4, checkpoint_every=2, lr=1e-2)
+    config = tiny_config(tmp_path, lora=LoraSettings(dropout=0.3), **settings)
+    train_clip(config, show_progress=False)
+    checkpoints = tmp_path / "checkpoints"
+    straight = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    shutil.rmtree(checkpoints / "step-000000004")
+    shutil.rmtree(tmp_path / "model")
+    train_clip(config, resume=True, show_progress=False)
+    resumed = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    assert straight.keys() == resumed.keys() and any("lora_B" in key for key in straight)
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
 def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:

@@ -2,7 +2,9 @@
 objective that reads images (CLIP, diffusion) gets its data, whatever the source.
 
 Every step of every process gets a batch that depends only on (seed, step, rank), so a
-resumed run reads exactly what the uninterrupted run would have read. Step `s` (0-based) of
+resumed run reads exactly what the uninterrupted run would have read; making the batches
+draws nothing from torch's global generator, so the random draws of the steps (dropout)
+after a resume are those of the uninterrupted run too. Step `s` (0-based) of
 rank `r` reads the global samples ``(s * world + r) * batch + k`` (`indices`): the ranks'
 batches are consecutive, disjoint parts of the step's global batch, in rank order, so
 `world` processes of `batch` samples read what one process of `world * batch` samples reads,
@@ -170,6 +172,10 @@ class ImageCaptionBatches:
                     collate_fn=_collate,
                     prefetch_factor=4 if data.num_workers else None,
                     persistent_workers=data.num_workers > 0,
+                    # Its own generator: starting an iterator draws the workers' base seed, which
+                    # from torch's global generator would shift every later draw of the run
+                    # (dropout) by one after a resume restored the global state.
+                    generator=torch.Generator().manual_seed(seed),
                 )
             )
         else:
