@@ -116,3 +116,31 @@ def test_micro_batches_update_batch_norm_statistics_once_each():
     assert all(expected[name].item() == 3 for name in statistics if name.endswith("num_batches_tracked"))
     for name, buffer in statistics.items():
         assert torch.equal(buffer, expected[name]), name
+
+
+def test_dropout_draws_the_same_masks_in_both_encodings_of_a_micro_batch():
+    """With dropout in a tower (LoRA dropout), the step is the gradient of the loss with the
+    masks of the no-grad pass: that of encoding the micro-batches one after the other with
+    gradients, from the same generator state. The generators end where that pass leaves them."""
+    encode, parameters, scale, micro = _towers()
+    dropout = nn.Dropout(0.5)
+
+    def encode_with_dropout(batch):
+        images, texts = encode(batch)
+        return dropout(images), dropout(texts)
+
+    loss_fn = _loss(scale)
+    torch.manual_seed(1)
+    features = [encode_with_dropout(m) for m in micro]
+    reference = loss_fn(torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features]))
+    reference.backward()
+    expected = [p.grad.clone() for p in parameters]
+    state_after = torch.get_rng_state()
+    for p in parameters:
+        p.grad = None
+    torch.manual_seed(1)
+    loss = contrastive_backward(encode_with_dropout, loss_fn, micro, loss_parameters=[scale])
+    torch.testing.assert_close(loss, reference.detach(), rtol=0, atol=1e-6)
+    for a, b in zip([p.grad for p in parameters], expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), state_after)

@@ -14,6 +14,13 @@ the set of negatives. Instead (the GradCache scheme):
    (`+ <logit_scale, grad>`), so that its backward, the one DDP synchronises, reaches every
    trained parameter and DDP averages all of them across processes, once.
 
+Random draws in the towers (LoRA dropout) are the same in both encodings of a micro-batch:
+torch's generator states (CPU, and the CUDA devices of the micro-batch) are recorded before its
+no-grad encoding and put back before its re-encoding, as GradCache's `RandContext` does, so
+the cached feature gradients are those of the features that are backpropagated. The result is
+the gradient of the loss with the dropout masks the no-grad pass drew, and the step leaves the
+generators where that one pass left them.
+
 For towers without batch statistics (the ViTs) the result equals the gradient of the loss on
 the whole batch at once, on one process or several (tested), at the price of a second forward
 pass when there is more than one micro-batch. A BatchNorm tower (the ResNets) normalises each
@@ -25,7 +32,7 @@ micro-batch the step is a plain forward + backward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
@@ -70,8 +77,13 @@ def contrastive_backward(
         loss = loss_fn(images, texts)
         backward(loss)
         return loss.detach()
+    random_states = []
+    features = []
     with torch.no_grad(), state_kept() if state_kept is not None else nullcontext():
-        features = [encode(batch) for batch in micro_batches]
+        for batch in micro_batches:
+            random_states.append(RandomState(batch.values()))
+            features.append(encode(batch))
+    after_encoding = RandomState(micro_batches[-1].values())
     images = torch.cat([f[0] for f in features]).requires_grad_(True)
     texts = torch.cat([f[1] for f in features]).requires_grad_(True)
     parameters = [parameter for parameter in loss_parameters if parameter.requires_grad]
@@ -85,6 +97,7 @@ def contrastive_backward(
     for index, batch in enumerate(micro_batches):
         context = no_sync() if (no_sync is not None and index < last) else nullcontext()
         with context:
+            random_states[index].restore()  # the no-grad pass's dropout masks again
             batch_images, batch_texts = encode(batch)
             surrogate = (batch_images * image_grads[index]).sum() + (batch_texts * text_grads[index]).sum()
             if index == last:  # in the synchronised backward, so DDP averages them with the towers'
@@ -92,7 +105,24 @@ def contrastive_backward(
                     grad = torch.zeros_like(parameter) if grad is None else grad
                     surrogate = surrogate + (parameter * grad).sum()
             backward(surrogate)
+    after_encoding.restore()
     return loss.detach()
+
+
+class RandomState:
+    """torch's generator states at creation: the CPU one and those of the CUDA devices that
+    `tensors` are on; `restore()` puts them back (GradCache's `RandContext`)."""
+
+    def __init__(self, tensors: Iterable[torch.Tensor]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda_devices = sorted({tensor.device.index for tensor in tensors if tensor.is_cuda})
+        self.cuda = [torch.cuda.get_rng_state(device) for device in self.cuda_devices]
+
+    def restore(self) -> None:
+        """Set the generators back to the recorded states."""
+        torch.set_rng_state(self.cpu)
+        for device, state in zip(self.cuda_devices, self.cuda):
+            torch.cuda.set_rng_state(state, device)
 
 
 @contextmanager
