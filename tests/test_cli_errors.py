@@ -250,6 +250,44 @@ def test_a_path_the_training_config_names_is_reported_in_one_line(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def saved_clip(tmp_path_factory) -> Path:
+    """A clip-tiny at its random init, saved: what the fine-tuning modes start from."""
+    from clipcond.models import ClipTwoTower, load_model_config, save_clip
+
+    return save_clip(ClipTwoTower(load_model_config(TINY_MODEL)), tmp_path_factory.mktemp("init") / "clip")
+
+
+LORA = ["--set", "mode=lora", "--set", "model=null", "--set", "init_from={init}"]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ([*LORA, "--set", "lora.r=0"], "`lora.r` must be an integer >= 1, got 0"),
+        ([*LORA, "--set", "lora.alpha=0"], "`lora.alpha` must be a number > 0"),
+        ([*LORA, "--set", "lora.dropout=1.5"], "`lora.dropout` must be a number in [0, 1), got 1.5"),
+        ([*LORA, "--set", "lora.target_modules=[]"], "`lora.target_modules` must be a non-empty list"),
+        ([*LORA, "--set", "lora.target_modules=[foo]"], "`lora.target_modules` ['foo'] match no module"),
+        (["--set", "mode=finetune", "--set", "init_from={init}"], "`model` is only read in mode 'pretrain'"),
+        (["--set", "init_from={init}"], "mode 'pretrain' starts from random weights and does not read `init_from`"),
+        (["--set", "log_with=bogus"], "`log_with` must be one of accelerate's trackers"),
+        (["--set", "mixed_precision=fp16"], "mixed_precision 'fp16' needs a CUDA GPU"),
+    ],
+)
+def test_train_clip_settings_that_cannot_run_are_one_line_before_any_work(
+    settings, message, saved_clip, tmp_path, capsys
+) -> None:
+    import torch
+
+    if "mixed_precision=fp16" in settings and torch.cuda.is_available():
+        pytest.skip("fp16 is valid with a GPU")
+    settings = [setting.format(init=saved_clip) for setting in settings]
+    line = one_error(capsys, ["train-clip", "--config", str(_clip_config(tmp_path)), "--no-progress", *settings], 2)
+    assert message in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverged_run_exits_1_in_one_line(tmp_path, capsys, monkeypatch) -> None:
     import clipcond.training.clip.loop as loop
     from clipcond.training.loop import TrainingDiverged

@@ -71,15 +71,18 @@ def run_training_command(
     Raises:
         UsageError: (exit 2, before any work) the config file is missing, is not valid YAML
             (or holds a tag such as ``!!python``), has a wrong key or value, or names missing
-            data files; an override is wrong; the run folder cannot be used as asked (it holds
-            another run and ``--resume`` is not given, the config changed, another live run
-            holds it, no checkpoint of it can be loaded: `RunFolderError`); a file or folder
-            the config names does not exist.
+            data files; an override is wrong; the machine cannot run it (`check_runtime`: fp16
+            without a CUDA GPU, log_with tensorboard without tensorboard installed); the run
+            folder cannot be used as asked (it holds another run and ``--resume`` is not given,
+            the config changed, another live run holds it, no checkpoint of it can be loaded:
+            `RunFolderError`); a file or folder
+            the config names does not exist, or the run's parts cannot be built as it asks
+            (`RunSetupError`, before the first step).
         RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
     import yaml
 
-    from clipcond.training.loop import TrainingDiverged
+    from clipcond.training.loop import RunSetupError, TrainingDiverged, check_runtime
     from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError, check_output_dir
 
     path = Path(args.config)
@@ -88,6 +91,8 @@ def run_training_command(
     with user_errors(FileNotFoundError, ValueError, TypeError, yaml.YAMLError):  # their messages name the file
         config = config_with_overrides(config_class.from_yaml(path), args)
         config.data.check_files()
+        # what the machine lacks for this config (fp16 without a GPU, tensorboard not installed)
+        check_runtime(config.mixed_precision, getattr(config, "log_with", None))
     # The run folder is the user's too: another run in it, a changed config on --resume, or a
     # config snapshot that is not YAML any more (each a `RunFolderError`).
     with user_errors(RunFolderError):
@@ -96,7 +101,10 @@ def run_training_command(
     # objective builds its parts, before the first step; a live run holding the folder, or no
     # loadable checkpoint, shows once the run starts.
     try:
-        with user_errors(FileNotFoundError, RunFolderError), user_errors(TrainingDiverged, error=RunFailed):
+        with (
+            user_errors(FileNotFoundError, RunFolderError, RunSetupError),
+            user_errors(TrainingDiverged, error=RunFailed),
+        ):
             result = train(config, path.parent)
     except RunAlreadyFinished as done:
         _print_once(str(done))

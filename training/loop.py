@@ -100,6 +100,12 @@ from clipcond.training.run_lock import RunFolderLock
 _METRICS_RECORDS = "metrics_records"
 
 
+class RunSetupError(ValueError):
+    """The run's parts cannot be built as its config asks (LoRA target modules that match no
+    module of the model): raised while the objective builds them, before the config snapshot
+    and the first step, and reported by the training commands as a usage error."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or the trained weights became NaN or infinite; the run stopped without saving
     the bad state."""

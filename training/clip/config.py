@@ -3,6 +3,7 @@ are errors naming the key and the file)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,12 +18,51 @@ Mode = Literal["pretrain", "finetune", "text_only", "lit", "lora"]
 
 @dataclass
 class LoraSettings:
-    """LoRA adapters (peft) on the attention projections of both towers."""
+    """LoRA adapters (peft) on the attention projections of both towers.
+
+    Attributes:
+        r: the adapters' rank, an integer >= 1.
+        alpha: the update is scaled by alpha / r; a number > 0.
+        dropout: dropout on the adapters' input while training, in [0, 1).
+        target_modules: names of the modules that get an adapter (the last part of a module's
+            dotted name, e.g. "q_proj"); at least one, and at least one of them must exist in
+            one of the towers (checked when the model is built, before the first step).
+    """
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"`lora.r` must be an integer >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf):
+            raise ValueError(
+                f"`lora.alpha` must be a number > 0 (the update is scaled by alpha / r), got {self.alpha!r}"
+            )
+        if isinstance(self.dropout, bool) or not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"`lora.dropout` must be a number in [0, 1), got {self.dropout!r}")
+        if not self.target_modules or not all(isinstance(name, str) and name for name in self.target_modules):
+            raise ValueError(
+                f"`lora.target_modules` must be a non-empty list of module names (such as q_proj), "
+                f"got {self.target_modules!r}"
+            )
+
+
+def check_log_with(log_with: str | None) -> None:
+    """Refuse a tracker name accelerate does not know, before any work.
+
+    Raises:
+        ValueError: `log_with` is not None and not one of accelerate's `LoggerType` values.
+    """
+    if log_with is None:
+        return
+    from accelerate.utils import LoggerType
+
+    names = [kind.value for kind in LoggerType]
+    if log_with not in names:
+        raise ValueError(f"`log_with` must be one of accelerate's trackers {names} or null, got {log_with!r}")
 
 
 @dataclass
@@ -31,11 +71,11 @@ class TrainClipConfig:
 
     Attributes:
         model: path of the model YAML (configs/models/...), relative paths resolved against the
-            working directory and then the run config's folder; needed by "pretrain" (the
-            other modes take the architecture from `init_from`).
+            working directory and then the run config's folder; needed by "pretrain", refused
+            by the other modes (they take the architecture from `init_from`).
         init_from: a folder written by `clipcond.models.save_clip` to start from (needed by
-            every mode but "pretrain"; "lit" takes only its image tower and starts the text
-            tower from scratch).
+            every mode but "pretrain", refused by "pretrain", which starts from random weights;
+            "lit" takes only its image tower and starts the text tower from scratch).
         mode: "pretrain" (random init, all trained), "finetune" (all trained), "text_only"
             (image tower frozen), "lit" (pretrained image tower locked, text tower from
             scratch), "lora" (both towers frozen, LoRA adapters trained).
@@ -51,7 +91,7 @@ class TrainClipConfig:
         gradient_checkpointing: recompute activations in the backward pass.
         checkpoint_every, keep_checkpoints: safetensors checkpoints in output_dir.
         log_every: steps between progress-bar / tracker updates; log_with: an accelerate
-            tracker name ("tensorboard") or None.
+            tracker name ("tensorboard", one of `accelerate.utils.LoggerType`) or None.
         eval_every: steps between shapes zero-shot evaluations (0: only at the end; shapes data only).
         eval_images_per_class: images per colour-shape class in that evaluation.
         seed: model initialisation and data order, an integer in [0, 2**32 - 1].
@@ -86,6 +126,17 @@ class TrainClipConfig:
     def __post_init__(self) -> None:
         if self.mode == "pretrain" and self.model is None:
             raise ValueError("mode 'pretrain' needs `model` (a model YAML such as configs/models/clip-tiny.yaml)")
+        if self.mode == "pretrain" and self.init_from is not None:
+            raise ValueError(
+                "mode 'pretrain' starts from random weights and does not read `init_from`; to start from "
+                f"{self.init_from!r}, did you mean mode: finetune (or text_only, lit, lora)? Else remove `init_from`"
+            )
+        if self.mode != "pretrain" and self.model is not None:
+            raise ValueError(
+                f"`model` is only read in mode 'pretrain'; mode {self.mode!r} takes the architecture from "
+                "`init_from`: remove `model`"
+            )
+        check_log_with(self.log_with)
         if self.eval_every < 0 or self.eval_images_per_class < 1:
             raise ValueError("`eval_every` must be >= 0 and `eval_images_per_class` >= 1")
         if self.log_every < 1 or self.keep_checkpoints < 1:

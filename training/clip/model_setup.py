@@ -22,6 +22,7 @@ from torch import nn
 from clipcond.losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
 from clipcond.models import ClipTwoTower, build_text_tower, load_clip, load_model_config
 from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.loop import RunSetupError
 
 
 class ContrastiveModel(nn.Module):
@@ -87,8 +88,7 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
 
     Raises:
         FileNotFoundError: the model YAML or `init_from` folder does not exist.
-        ValueError: `model` given for a mode that reads the architecture from `init_from`, or a
-            LoRA run whose target modules exist in neither tower.
+        RunSetupError: a LoRA run whose target modules exist in neither tower.
     """
     if config.mode == "pretrain":
         model_path = resolve_path(config.model, config_dir)
@@ -96,11 +96,6 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
             raise FileNotFoundError(f"model config not found: {config.model}")
         clip = ClipTwoTower(load_model_config(model_path))
     else:
-        if config.model is not None:
-            raise ValueError(
-                f"`model` is only read in mode 'pretrain'; mode {config.mode!r} takes the architecture from "
-                "`init_from`: remove `model`"
-            )
         init_from = resolve_path(config.init_from, config_dir)
         if not init_from.is_dir():
             raise FileNotFoundError(f"`init_from` folder not found: {config.init_from}")
@@ -143,7 +138,10 @@ def _add_lora(clip: ClipTwoTower, config: TrainClipConfig) -> None:
         setattr(clip, name, get_peft_model(tower, lora))
         applied.append(name)
     if not applied:
-        raise ValueError(f"lora.target_modules {sorted(wanted)} match no module of either tower")
+        raise RunSetupError(
+            f"`lora.target_modules` {sorted(wanted)} match no module of either tower (their attention "
+            "projections are q_proj, k_proj, v_proj, out_proj)"
+        )
     clip.logit_scale.requires_grad_(True)
 
 
