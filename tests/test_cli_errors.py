@@ -8,6 +8,7 @@ Most cases call `clipcond.cli.main` in-process; two run the installed ``clipcond
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -322,6 +323,18 @@ def test_eval_clip_mistakes(tmp_path, capsys) -> None:
     assert (tmp_path / "taken.json").read_text() == "{}"  # refused before any work: nothing written
     line = one_error(capsys, ["eval-clip", "--model", str(tmp_path)], 2)  # a folder, but no CLIP in it
     assert f"--model {tmp_path}: cannot load a CLIP" in line
+
+
+def test_eval_clip_with_fewer_than_2_usable_pairs_names_the_skips_in_one_line(saved_clip, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    manifest = tmp_path / "pairs.jsonl"
+    lines = [{"image": "missing.png", "caption": "x"}, {"image": "a.png", "caption": "a red square"}]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    line = one_error(capsys, ["eval-clip", "--model", str(saved_clip), "--manifest", str(manifest)], 2)
+    assert f"--manifest {manifest}: retrieval needs at least 2 image-caption pairs, got 1" in line
+    assert "(skipped samples: 1 (missing image: 1))" in line
 
 
 def test_convert_clip_mistakes(tmp_path, capsys) -> None:

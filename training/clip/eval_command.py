@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.models import load_clip
     from clipcond.shapes import ShapesStream
     from clipcond.tokenization import clip_tokenizer
-    from clipcond.training.clip.evaluation import pair_retrieval, shapes_zero_shot
+    from clipcond.training.clip.evaluation import TooFewPairs, pair_retrieval, shapes_zero_shot
     from clipcond.training.data import CaptionTokenizer, SkipCounter, manifest_samples, shard_urls, webdataset_samples
 
     if args.images_per_class < 1 or args.pairs < 2:
@@ -61,17 +61,25 @@ def run(args: argparse.Namespace) -> int:
         clip = load_clip(model_dir).float()
     length = clip.config.text.context_length
     tokenizer = CaptionTokenizer(clip_tokenizer(model_max_length=length), length)
-    metrics: dict[str, object] = {"zero_shot": shapes_zero_shot(clip, tokenizer, args.images_per_class, args.seed)}
     skipped = SkipCounter()
     if args.webdataset:
-        pairs = webdataset_samples(shards, skipped)
+        pairs, source = webdataset_samples(shards, skipped), "--webdataset"
     elif args.manifest:
-        pairs = manifest_samples(args.manifest, skipped)
+        pairs, source = manifest_samples(args.manifest, skipped), f"--manifest {args.manifest}"
     else:
         stream = ShapesStream(seed=args.seed, image_size=clip.config.vision.image_size, split="all")
-        pairs = ((sample.image, sample.caption) for sample in stream)
-    metrics["retrieval"] = pair_retrieval(clip, tokenizer, pairs, limit=args.pairs)
-    metrics["skipped"] = dict(skipped.counts)
+        pairs, source = ((sample.image, sample.caption) for sample in stream), "shapes"
+    # Retrieval first: a source without 2 usable pairs is refused before the zero-shot work,
+    # with the reasons its samples were skipped.
+    try:
+        retrieval = pair_retrieval(clip, tokenizer, pairs, limit=args.pairs)
+    except TooFewPairs as error:
+        raise UsageError(f"{source}: {error} ({skipped.report()})") from error
+    metrics: dict[str, object] = {
+        "zero_shot": shapes_zero_shot(clip, tokenizer, args.images_per_class, args.seed),
+        "retrieval": retrieval,
+        "skipped": dict(skipped.counts),
+    }
     text = json.dumps(metrics, indent=2)
     print(text)
     if output is not None:

@@ -108,11 +108,19 @@ def shapes_zero_shot(
         clip.train(was_training)
 
 
+class TooFewPairs(ValueError):
+    """Retrieval was given fewer than 2 usable image-caption pairs."""
+
+
 def pair_retrieval(
     clip: ClipTwoTower, tokenizer: CaptionTokenizer, pairs: Iterable[tuple[object, str]], limit: int = 1000
 ) -> dict[str, float]:
     """Image<->text recall@1/5/10 over up to `limit` (PIL image, caption) pairs (image i matches caption i;
-    an exact tie with the true match counts as a hit, see `retrieval_recall`)."""
+    an exact tie with the true match counts as a hit, see `retrieval_recall`).
+
+    Raises:
+        TooFewPairs: fewer than 2 pairs (recall needs a wrong caption to rank against).
+    """
     transform = ClipImageTransform(clip.config.vision.image_size)
     pixels, captions = [], []
     for image, caption in pairs:
@@ -121,7 +129,7 @@ def pair_retrieval(
         if len(captions) >= limit:
             break
     if len(captions) < 2:
-        raise ValueError(f"retrieval needs at least 2 image-caption pairs, got {len(captions)}")
+        raise TooFewPairs(f"retrieval needs at least 2 image-caption pairs, got {len(captions)}")
     was_training = clip.training
     clip.eval()
     try:
