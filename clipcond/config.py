@@ -2,7 +2,8 @@
 
 `load_config(cls, path)` reads a YAML mapping into the dataclass `cls`. An unknown key, a
 missing required key or a value of the wrong type is a `ValueError` that names the key
-(with its dotted path inside the file) and the file. Nested dataclasses, lists, optionals
+(with its dotted path inside the file) and the file. A float key also takes a string that
+spells a finite decimal number (`lr: 1e-4`, which PyYAML's YAML 1.1 rules leave a string). Nested dataclasses, lists, optionals
 and `Literal` choices are supported; nothing else is needed by our configs.
 
 Errors quote a value through `quoted`, at most about 200 characters of it: a few hundred
@@ -12,6 +13,8 @@ bytes of YAML aliases ("billion laughs") expand to a value whose full repr is gi
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import reprlib
 import types
 import typing
@@ -151,6 +154,11 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
             raise _fail(key, source, f"expected a mapping, got {type(value).__name__}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value):
+            number = float(value)
+            if not math.isfinite(number):
+                raise _fail(key, source, f"expected a finite number, got {quoted(value)}")
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, source, f"expected a number, got {quoted(value)}")
         return float(value)
@@ -167,6 +175,12 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
             raise _fail(key, source, f"expected a string, got {quoted(value)}")
         return value
     raise TypeError(f"config type {tp!r} at key `{key}` is not supported by clipcond.config")
+
+
+# A decimal number as YAML 1.2 and JSON write it. PyYAML follows YAML 1.1, whose floats need a
+# dot and a signed exponent, so it reads `1e-3` and `1.0e3` as strings: a float key takes such
+# a string as the number it spells (never "nan", "inf" or "1_000").
+_DECIMAL = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:

@@ -250,3 +250,29 @@ def test_numeric_yaml_keys_are_named_not_crashed_on(tmp_path):
     path.write_text("recipe: custom\n1: a\nzz: b\n")
     with pytest.raises(ValueError, match=r"numbers\.yaml.*key `1`"):
         ConditionerConfig.from_yaml(path)
+
+
+def test_a_float_key_takes_an_exponent_pyyaml_reads_as_a_string(tmp_path):
+    """`lr: 1e-3` is a string to PyYAML (YAML 1.1 floats need a dot and a signed exponent); a
+    float key reads it as the number, in a file and in ``--set``, for every config; a string
+    that is not a finite decimal number stays an error."""
+    from clipcond.config import apply_overrides, config_from_dict
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}
+    path = tmp_path / "clip.yaml"
+    path.write_text("model: m.yaml\nlr: 1e-3\neps: 1.0e-8\nbetas: [0.9, 98e-2]\n")
+    config = TrainClipConfig.from_yaml(path)
+    assert (config.lr, config.eps, config.betas) == (1e-3, 1e-8, [0.9, 0.98])
+    assert apply_overrides(config, ["lr=2E-4", "weight_decay=1e-2"]).lr == 2e-4
+    base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    assert apply_overrides(base, ["lr=5e-5"]).lr == 5e-5
+    for text, message in [("fast", "expected a number, got 'fast'"), ("1e999", "expected a finite number")]:
+        with pytest.raises(ValueError, match=f"key `lr`: {message}"):
+            apply_overrides(config, [f"lr={text}"])
+    for text in ("nan", "inf", "1_000", " 1e-3", "0x10"):
+        with pytest.raises(ValueError, match="expected a number"):
+            config_from_dict(TrainClipConfig, {"model": "m.yaml", "lr": text})
+    with pytest.raises(ValueError, match="key `steps`: expected an integer"):
+        apply_overrides(config, ["steps=1e3"])  # counts stay integers
