@@ -237,6 +237,17 @@ VIT_LINE = "vit: {patch_size: 8, width: 32, layers: 2, heads: 2}"
         ),
         _broken("stages-mismatch", RESNET_YAML, "depths: [1, 1]", "depths: [1]", "vision.resnet"),
         _broken("pool-heads", RESNET_YAML, "pool_heads: 2", "pool_heads: 3", "vision.resnet"),
+        *(
+            _broken(
+                f"logit-scale-init-{name}",
+                TINY_YAML,
+                "embed_dim: 32",
+                f"embed_dim: 32\nlogit_scale_init: {value}",
+                f"logit_scale_init must be a finite number (the initial log of the logit scale, "
+                f"log(1 / 0.07) = 2.659 in CLIP), got {shown}",
+            )
+            for name, value, shown in [("nan", ".nan", "nan"), ("inf", ".inf", "inf"), ("minus-inf", "-.inf", "-inf")]
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_file(tmp_path, base, old, new, message):

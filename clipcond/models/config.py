@@ -152,7 +152,8 @@ class ClipModelConfig:
 
     `quick_gelu: true` is OpenAI's activation (x * sigmoid(1.702 x)); open_clip models trained
     from scratch mostly use plain GELU (`quick_gelu: false`). It applies to both transformers.
-    `logit_scale_init` is the initial log temperature, log(1 / 0.07) as in the CLIP paper.
+    `logit_scale_init` is the initial log temperature, log(1 / 0.07) as in the CLIP paper; a
+    finite number.
     """
 
     embed_dim: int
@@ -163,6 +164,13 @@ class ClipModelConfig:
 
     def __post_init__(self) -> None:
         _check_positive("", embed_dim=self.embed_dim)
+        if isinstance(self.logit_scale_init, bool) or not (
+            isinstance(self.logit_scale_init, (int, float)) and math.isfinite(self.logit_scale_init)
+        ):
+            raise ValueError(
+                "logit_scale_init must be a finite number (the initial log of the logit scale, "
+                f"log(1 / 0.07) = 2.659 in CLIP), got {self.logit_scale_init!r}"
+            )
 
     @property
     def hidden_act(self) -> str:
