@@ -157,6 +157,17 @@ def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
     assert max_difference(whole, split) < 1e-5  # gradients are O(0.1-1): float32 rounding
 
 
+def test_a_warm_up_longer_than_the_run_is_a_warning(tmp_path: Path, caplog) -> None:
+    """Accepted, as open_clip's schedule accepts it, but said: the rate never reaches `lr`."""
+    with caplog.at_level("WARNING", logger="clipcond.training.clip.loop"):
+        train_clip(tiny_config(tmp_path / "long", steps=2, warmup_steps=8), show_progress=False)
+    assert "warmup_steps 8 > steps 2: the learning rate rises for the whole run and peaks at 0.25 x lr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clipcond.training.clip.loop"):
+        train_clip(tiny_config(tmp_path / "short", steps=2, warmup_steps=2), show_progress=False)
+    assert "warmup_steps" not in caplog.text
+
+
 def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
     plain = train_clip(tiny_config(tmp_path / "plain", steps=2, checkpoint_every=10), show_progress=False)
     recompute = train_clip(

@@ -14,6 +14,7 @@ the processes, mixed precision and device placement; the loop does not.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from clipcond.training.loop import TrainingRun
 from clipcond.training.optim import adamw_with_warmup_cosine
 
 MODEL_DIR = "model"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,8 @@ def train_clip(
     config_dir = Path(config_dir) if config_dir is not None else None
     with TrainingRun(config, "train-clip", resume, show_progress, log_with=config.log_with, result=MODEL_DIR) as run:
         accelerator = run.accelerator
+        if config.warmup_steps > config.steps and accelerator.is_main_process:
+            logger.warning(warmup_past_the_end(config.warmup_steps, config.steps))
         set_seed(config.seed)
         model = build_contrastive_model(config, config_dir)
         model.train()
@@ -208,6 +213,16 @@ class ContrastiveStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.model.logit_bias is None:  # SigLIP's scale is left free, as in the paper
             clamp_logit_scale_(self.model)
+
+
+def warmup_past_the_end(warmup_steps: int, steps: int) -> str:
+    """The warning for a warm-up longer than the run: the rate still rises at the last step and
+    peaks at steps / warmup_steps of `lr` (open_clip's `cosine_lr` does the same; a run whose
+    `--steps` was cut below its recipe's warm-up is the usual cause)."""
+    return (
+        f"warmup_steps {warmup_steps} > steps {steps}: the learning rate rises for the whole run and "
+        f"peaks at {steps / warmup_steps:.3g} x lr at the last step; lower warmup_steps to reach lr"
+    )
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainClipConfig) -> tuple[torch.optim.Optimizer, Any]:
