@@ -449,6 +449,20 @@ def test_save_load_round_trip_is_exact_and_safetensors_only(request, saved):
         torch.testing.assert_close(_logits(loaded, ids, pixels), _logits(model, ids, pixels), rtol=0, atol=0)
 
 
+def test_a_siglip_bias_is_saved_beside_the_model_and_read_back(saved_vit, tmp_path):
+    from clipcond.models import load_logit_bias
+
+    model, folder = saved_vit
+    assert load_logit_bias(folder) is None  # saved without one: no file
+    with_bias = save_clip(model, tmp_path / "siglip", logit_bias=torch.nn.Parameter(torch.tensor(-12.25)))
+    assert (with_bias / "logit_bias.safetensors").is_file()
+    assert torch.equal(load_logit_bias(with_bias), torch.tensor(-12.25))
+    loaded = load_clip(with_bias)  # the towers and the scale load as before
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
+    save_clip(model, with_bias)  # saved again without a bias: the old one does not linger
+    assert load_logit_bias(with_bias) is None
+
+
 def test_saved_vit_image_encoder_is_a_transformers_folder(saved_vit):
     model, folder = saved_vit
     vision = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder").eval()

@@ -126,6 +126,29 @@ def test_siglip_and_hard_negatives_run(tmp_path: Path) -> None:
     assert "logit_bias" in weights
 
 
+def test_siglip_bias_is_saved_with_the_model_and_a_siglip_fine_tune_starts_from_it(
+    tmp_path: Path, pretrained: Path, caplog
+) -> None:
+    from clipcond.models import load_logit_bias
+    from clipcond.training.clip.model_setup import build_contrastive_model
+
+    run = train_clip(tiny_config(tmp_path / "siglip", steps=2, loss="siglip", lr=1e-2), show_progress=False)
+    last = load_file(str(tmp_path / "siglip" / "checkpoints" / "step-000000002" / "model.safetensors"))
+    saved = load_logit_bias(run.model_dir)
+    assert saved is not None and torch.equal(saved, last["logit_bias"]) and saved.item() != -10.0
+    assert load_logit_bias(pretrained) is None  # a CLIP-loss model has none
+    for mode in ("finetune", "text_only", "lora"):
+        settings = dict(model=None, init_from=str(run.model_dir), mode=mode, loss="siglip")
+        model = build_contrastive_model(tiny_config(tmp_path / mode, **settings))
+        assert torch.equal(model.logit_bias.detach(), saved), mode
+        assert torch.equal(model.logit_scale.detach(), last["clip.logit_scale"]), mode
+    # a folder without the bias (older clipcond, or a CLIP-loss run) still loads: bias -10, said
+    with caplog.at_level("WARNING", logger="clipcond.training.clip.model_setup"):
+        settings = dict(model=None, init_from=str(pretrained), mode="finetune", loss="siglip")
+        model = build_contrastive_model(tiny_config(tmp_path / "old", **settings))
+    assert model.logit_bias.item() == -10.0 and "has no logit_bias.safetensors" in caplog.text
+
+
 def test_micro_batches_give_the_full_batch_gradients(tmp_path: Path) -> None:
     """The loop's step with micro-batches of 3 yields the gradients of the whole batch of 8
     (weights after AdamW are not compared: Adam's normalisation magnifies float rounding in

@@ -7,6 +7,7 @@ Public API:
     count_parameters                       parameter count of a config, without allocating
     ResNetImageTower, AttentionPool2d      the ResNet image tower and its attention pool
     save_clip, load_clip, load_text_tower  safetensors folders; the text tower alone for conditioning
+    load_logit_bias                        SigLIP's learned bias saved beside a model (or None)
     convert_openai_state_dict              OpenAI / open_clip ViT weights -> transformers CLIPModel
 """
 
@@ -19,7 +20,7 @@ from clipcond.models.build import (
     hf_vision_config,
     model_config_from_hf,
 )
-from clipcond.models.checkpoint import load_clip, load_text_tower, save_clip
+from clipcond.models.checkpoint import load_clip, load_logit_bias, load_text_tower, save_clip
 from clipcond.models.config import (
     ClipModelConfig,
     ResNetTowerConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "hf_text_config",
     "hf_vision_config",
     "load_clip",
+    "load_logit_bias",
     "load_model_config",
     "load_text_tower",
     "model_config_from_dict",

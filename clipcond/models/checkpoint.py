@@ -7,6 +7,8 @@
       image_encoder/             ViT: CLIPVisionModelWithProjection.save_pretrained;
                                  ResNet: model.safetensors (ResNetImageTower weights)
       logit_scale.safetensors    {"logit_scale": scalar}
+      logit_bias.safetensors     {"logit_bias": scalar}: only for a model trained with the SigLIP
+                                 loss (its learned bias; `load_logit_bias`)
 
 `text_encoder/` and `tokenizer/` are what diffusers pipelines load under those names, so a
 trained text tower is used for conditioning with `load_text_tower(folder)` or directly with
@@ -14,6 +16,12 @@ trained text tower is used for conditioning with `load_text_tower(folder)` or di
 SD3's CLIPs). Pipelines whose encoder is a plain `CLIPTextModel` (SD 1.x/2.x) load the same
 folder with `CLIPTextModel.from_pretrained`; the projection weights are then left unused.
 Everything is safetensors (plus JSON/YAML and the tokenizer's text files); nothing is pickled.
+
+SigLIP's bias is not part of `ClipTwoTower` (the towers and the scale are the model; the bias
+belongs to the loss), so it has its own file, which `load_clip` does not read: SigLIP's
+calibrated probability of a pair is ``sigmoid(exp(logit_scale) * <image, text> + logit_bias)``,
+and a SigLIP fine-tune starting from the folder starts from both. Folders written before the
+bias was saved, or by a CLIP-loss run, have no such file.
 """
 
 from __future__ import annotations
@@ -35,13 +43,20 @@ TOKENIZER_DIR = "tokenizer"
 IMAGE_DIR = "image_encoder"
 WEIGHTS_NAME = "model.safetensors"
 LOGIT_SCALE_NAME = "logit_scale.safetensors"
+LOGIT_BIAS_NAME = "logit_bias.safetensors"
 
 # One file per tower, whatever its size, so that `load_clip` reads it without an index.
 _ONE_SHARD = "1000GB"
 
 
-def save_clip(model: ClipTwoTower, folder: str | Path) -> Path:
+def save_clip(model: ClipTwoTower, folder: str | Path, logit_bias: torch.Tensor | None = None) -> Path:
     """Write `model` to `folder` (created if needed; files of an earlier save are overwritten).
+
+    Args:
+        model: the two-tower to save.
+        folder: where to write it.
+        logit_bias: SigLIP's learned bias (a scalar), written to ``logit_bias.safetensors``;
+            None (a CLIP-loss model) writes no bias file and removes one an earlier save left.
 
     Returns:
         The folder, as a `Path`.
@@ -59,6 +74,10 @@ def save_clip(model: ClipTwoTower, folder: str | Path) -> Path:
         weights = {key: value.contiguous() for key, value in model.vision.state_dict().items()}
         save_file(weights, folder / IMAGE_DIR / WEIGHTS_NAME)
     save_file({"logit_scale": model.logit_scale.detach().clone()}, folder / LOGIT_SCALE_NAME)
+    if logit_bias is not None:
+        save_file({"logit_bias": logit_bias.detach().reshape(()).clone()}, folder / LOGIT_BIAS_NAME)
+    else:
+        (folder / LOGIT_BIAS_NAME).unlink(missing_ok=True)
     return folder
 
 
@@ -74,6 +93,19 @@ def load_clip(folder: str | Path) -> ClipTwoTower:
     scale = _read_weights(folder / LOGIT_SCALE_NAME)
     model.load_clip_state_dict({**text, **vision, **scale})
     return model.to(dtype=next(iter(text.values())).dtype).eval()
+
+
+def load_logit_bias(folder: str | Path) -> torch.Tensor | None:
+    """SigLIP's learned bias saved with the model in `folder` (a scalar tensor, in the dtype
+    saved), or None when the folder has none (a CLIP-loss model, or one saved before the bias
+    was kept)."""
+    path = Path(folder) / LOGIT_BIAS_NAME
+    if not path.is_file():
+        return None
+    weights = load_file(path)
+    if set(weights) != {"logit_bias"} or weights["logit_bias"].numel() != 1:
+        raise ValueError(f"{path} must hold one scalar named logit_bias, got {sorted(weights)}")
+    return weights["logit_bias"].reshape(())
 
 
 def load_text_tower(path: str | Path, dtype: torch.dtype | None = None) -> CLIPTextModelWithProjection:

@@ -5,7 +5,8 @@
 contrastive is here: the model built for the mode, the image-caption batches, the step
 (`ContrastiveStep`: one loss over the whole batch even when it is split into micro-batches,
 AdamW with warm-up + cosine, the temperature clamp), the shapes zero-shot evaluation, and the
-final model saved with `clipcond.models.save_clip` to ``<output_dir>/model``.
+final model saved with `clipcond.models.save_clip` to ``<output_dir>/model`` (with SigLIP's
+learned bias, when the loss is siglip).
 
 Launch it with ``clipcond train-clip --config run.yaml`` or, for several processes,
 ``accelerate launch -m clipcond.training.train_clip --config run.yaml``: accelerate handles
@@ -138,7 +139,7 @@ def train_clip(
         model_dir = run.result_dir
         if accelerator.is_main_process:
             with run.writing_result() as folder:  # renamed to model_dir once whole
-                save_clip(export_clip(unwrapped), folder)
+                save_clip(export_clip(unwrapped), folder, logit_bias=unwrapped.logit_bias)
             if tokenizer.truncated:
                 accelerator.print(
                     f"captions truncated to {clip_config.text.context_length} tokens: {tokenizer.truncated}"

@@ -8,11 +8,16 @@ Modes:
 - ``lora``: loaded, both towers frozen, LoRA adapters (peft) on the attention projections
   trained, and merged back into plain weights when the run saves its model.
 
-The temperature (`logit_scale`) is trained in every mode; SigLIP adds a learned bias.
+The temperature (`logit_scale`) is trained in every mode; SigLIP adds a learned bias. A SigLIP
+run in mode finetune, text_only or lora starts from the scale and the bias saved in `init_from`
+(`load_logit_bias`); when the folder has no bias (a CLIP-loss model, or one saved before the bias
+was kept) the bias starts at SigLIP's -10, with a warning. Pretrain and lit start both from
+SigLIP's initial values.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -20,9 +25,11 @@ import torch
 from torch import nn
 
 from clipcond.losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
-from clipcond.models import ClipTwoTower, build_text_tower, load_clip, load_model_config
+from clipcond.models import ClipTwoTower, build_text_tower, load_clip, load_logit_bias, load_model_config
 from clipcond.training.clip.config import TrainClipConfig
 from clipcond.training.loop import RunSetupError
+
+logger = logging.getLogger(__name__)
 
 
 class ContrastiveModel(nn.Module):
@@ -115,9 +122,26 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
     elif config.mode == "lora":
         _add_lora(clip, config)
     model = ContrastiveModel(clip, siglip=siglip)
+    if siglip and config.mode in ("finetune", "text_only", "lora"):
+        _start_from_saved_bias(model, init_from)
     if config.gradient_checkpointing:
         clip.enable_gradient_checkpointing()
     return model
+
+
+def _start_from_saved_bias(model: ContrastiveModel, init_from: Path) -> None:
+    """Set SigLIP's bias to the one saved in `init_from`; warn and keep the initial one when there is none."""
+    bias = load_logit_bias(init_from)
+    if bias is None:
+        logger.warning(
+            "%s has no logit_bias.safetensors (a CLIP-loss model, or saved before SigLIP's bias was kept): "
+            "the SigLIP bias starts at %s beside the saved logit_scale",
+            init_from,
+            SIGLIP_INIT_LOGIT_BIAS,
+        )
+        return
+    with torch.no_grad():
+        model.logit_bias.copy_(bias.to(model.logit_bias.dtype))
 
 
 def _add_lora(clip: ClipTwoTower, config: TrainClipConfig) -> None:
