@@ -362,3 +362,19 @@ def test_a_manifest_line_nested_too_deeply_is_a_bad_line(tmp_path):
     assert [caption for _, caption in manifest_samples(manifest, skipped)] == ["first", "second"]
     assert dict(skipped.counts) == {"bad manifest line": 2}
     assert manifest_captions(manifest, SkipCounter()) == ["first", "second"]
+
+
+def test_a_prompt_file_reads_one_caption_per_newline_as_the_other_sources_clean_them(tmp_path) -> None:
+    """A byte-order mark is no part of the first prompt, CRLF ends a line as LF does, and a
+    Unicode line break inside a line (U+2028, form feed) is whitespace, as `clean_caption`
+    reads it in manifests and shards: the keys `encode --prompts` writes are those that
+    `train-diffusion` looks up for the same captions."""
+    from clipcond.training.data.prompt_file import prompt_file_captions
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red circle\r\na blue\u2028square\n\n  a green\x0ctriangle  \n".encode("utf-8-sig"))
+    skipped = SkipCounter()
+    captions = prompt_file_captions(path, skipped)
+    assert captions == ["a red circle", "a blue square", "a green triangle"]
+    assert captions == [clean_caption(text) for text in ("a red circle", "a blue\u2028square", "a green\x0ctriangle")]
+    assert skipped.total == 1  # the blank line; the newline ending the file is no line

@@ -10,6 +10,9 @@ from clipcond.training.data.sources import SkipCounter, clean_caption
 def prompt_file_captions(path: str | Path, skipped: SkipCounter) -> list[str]:
     """The prompts of a UTF-8 text file, one per line, whitespace collapsed as every caption
     source does (`clean_caption`); blank lines are skipped and counted ("empty caption").
+    A line ends at "\n" only ("\r\n" too): other Unicode line breaks inside a line (U+2028,
+    form feed, ...) are whitespace, as in the manifest and shard readers, and a byte-order mark
+    at the start is not part of the first prompt.
 
     Raises:
         FileNotFoundError: no such file.
@@ -19,9 +22,12 @@ def prompt_file_captions(path: str | Path, skipped: SkipCounter) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
     captions = []
     for line in lines:
         caption = clean_caption(line)
