@@ -338,12 +338,17 @@ def test_a_shard_with_a_damaged_header_is_counted_and_named(tmp_path, caplog):
         skipped = SkipCounter()
         assert [caption for _, caption in webdataset_samples(str(shard), skipped)] == [f"caption {i}" for i in range(4)]
         assert skipped.total == 0
-    # a file that is no tar at all is one unreadable shard, not also a damaged one
-    not_a_tar = tmp_path / "noise.tar"
-    not_a_tar.write_bytes(_noise_png(9))
-    skipped = SkipCounter()
-    assert list(webdataset_samples(str(not_a_tar), skipped)) == []
-    assert dict(skipped.counts) == {"unreadable tar member": 1}
+    # a file that is no tar at all (noise, a saved HTML error page) is one unreadable shard, named
+    # in a warning, not also a damaged one
+    for name, data in (("noise.tar", _noise_png(9)), ("page.tar", b"<html><title>404 Not Found</title></html>\n" * 50)):
+        not_a_tar = tmp_path / name
+        not_a_tar.write_bytes(data)
+        skipped = SkipCounter()
+        caplog.clear()
+        assert list(webdataset_samples(str(not_a_tar), skipped)) == []
+        assert dict(skipped.counts) == {"unreadable tar shard": 1}
+        warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith(f"{not_a_tar}: the tar reader gave up after")
 
 
 def test_a_manifest_line_nested_too_deeply_is_a_bad_line(tmp_path):

@@ -16,6 +16,8 @@ is caught at that sample, and only there:
 - a shard member: a caption that is not UTF-8 ("caption not UTF-8"), missing ("no caption") or
   blank ("empty caption"), no image member ("no image"), a tar member that cannot be read
   ("unreadable tar member");
+- a shard the tar reader gives up on, a file that is no tar at all (a saved HTML error page)
+  included ("unreadable tar shard", counted once per shard, with a warning naming it);
 - a shard that ends before its end-of-archive block, cut at a member's boundary or inside a
   header ("truncated tar shard", counted once per shard, with a warning naming it): Python's
   tarfile takes a missing or partial header for the end of the archive, so the samples after
@@ -217,10 +219,23 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
     from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
     def on_error(error: Exception) -> bool:
-        skipped.skip("unreadable tar member", repr(error))
-        for argument in error.args:  # tar_file_expander adds the stream of a shard it gave up on
-            if isinstance(argument, _ShardStream):
-                argument.given_up = True
+        # tar_file_expander adds the stream and the URL of a shard it gave up on: the rest of
+        # that shard (all of it, for a file that is no tar: a saved HTML error page) is lost
+        streams = [(index, arg) for index, arg in enumerate(error.args) if isinstance(arg, _ShardStream)]
+        if not streams:
+            skipped.skip("unreadable tar member", repr(error))
+            return True
+        index, stream = streams[0]
+        stream.given_up = True
+        url = error.args[index + 1] if index + 1 < len(error.args) else "?"
+        skipped.skip("unreadable tar shard", str(url))
+        logger.warning(
+            "%s: the tar reader gave up after %d bytes (%s): the shard is damaged or no tar file, and its samples "
+            "from there on are lost; counted as skipped",
+            url,
+            stream.consumed,
+            error.args[0] if error.args else type(error).__name__,
+        )
         return True
 
     opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_error)
