@@ -6,6 +6,9 @@ missing required key or a value of the wrong type is a `ValueError` that names t
 spells a finite decimal number (`lr: 1e-4`, which PyYAML's YAML 1.1 rules leave a string). Nested dataclasses, lists, optionals
 and `Literal` choices are supported; nothing else is needed by our configs.
 
+Text YAML cannot read (a tab indent, a ``!!python`` tag, two documents) is a `NotYaml`, a
+`ValueError` naming the file and the line and column, as is a key that is a list or a mapping.
+
 Errors quote a value through `quoted`, at most about 200 characters of it: a few hundred
 bytes of YAML aliases ("billion laughs") expand to a value whose full repr is gigabytes.
 """
@@ -49,22 +52,52 @@ def quoted(value: Any) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
 
 
-class _KeyGivenTwice(ValueError):
+class _BadKey(ValueError):
     pass
 
 
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
-    safe loader keeps the last one silently, so an edit above a forgotten line does nothing)."""
+    safe loader keeps the last one silently, so an edit above a forgotten line does nothing),
+    and so is a key that is a list or a mapping (YAML's ``? [a, b]``: no config has one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise _KeyGivenTwice(f"line {key_node.start_mark.line + 1}: the key {quoted(key)} is given twice")
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                raise _BadKey(
+                    f"line {line}: a key must be a plain value (a name or a number), got the "
+                    f"{type(key).__name__} {quoted(key)}"
+                )
+            if key in seen:
+                raise _BadKey(f"line {line}: the key {quoted(key)} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class NotYaml(ValueError):
+    """Text that YAML cannot read (a tab where YAML wants spaces, an unclosed bracket, a
+    ``!!python`` tag, several documents in one file); the message names the source and, where
+    YAML gives it, the line and column."""
+
+
+def _not_yaml(error: yaml.YAMLError, source: str) -> NotYaml:
+    """`error` as one `NotYaml` line: ``<source>: line L, column C: <what YAML found>``."""
+    if isinstance(error, yaml.reader.ReaderError):  # its own message names "<unicode string>"
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        return NotYaml(
+            f"{source}: not valid YAML: the character #x{code:04x} at character {error.position + 1}: {error.reason}"
+        )
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return NotYaml(f"{source}: not valid YAML: {' '.join(str(error).split())}")
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = " ".join(part for part in (error.context, error.problem) if part)
+    if "'\\t'" in problem:
+        problem += " (YAML indents with spaces, not tabs)"
+    return NotYaml(f"{source}: not valid YAML: {where}{' '.join(problem.split())}")
 
 
 def read_yaml(text: str | bytes, source: str) -> Any:
@@ -72,8 +105,10 @@ def read_yaml(text: str | bytes, source: str) -> Any:
     objects, no key twice in a mapping.
 
     Raises:
-        ValueError: not UTF-8, nested too deeply to read, or a key given twice.
-        yaml.YAMLError: not YAML (its message says where).
+        NotYaml: (a ValueError) not YAML, or a tag YAML's safe loader does not build (``!!python``);
+            the message names `source`, and the line and column where YAML gives them.
+        ValueError: not UTF-8, nested too deeply to read, a key given twice, or a key that is a
+            list or a mapping; the message names `source` (and the line of the key).
     """
     if isinstance(text, bytes):
         try:
@@ -82,13 +117,10 @@ def read_yaml(text: str | bytes, source: str) -> Any:
             raise ValueError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except _KeyGivenTwice as error:
+    except _BadKey as error:
         raise ValueError(f"{source}: {error}") from error
-    except yaml.MarkedYAMLError as error:  # its message names the place: the file, not "<unicode string>"
-        for mark in (error.context_mark, error.problem_mark):
-            if mark is not None:
-                mark.name = source
-        raise
+    except yaml.YAMLError as error:
+        raise _not_yaml(error, source) from error
     except RecursionError as error:
         raise ValueError(f"{source}: nested too deeply to read") from error
 
@@ -231,8 +263,7 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
             raise _fail(key.strip(), source, f"unknown key; expected one of {sorted(target)}")
         try:
             target[leaf] = read_yaml(text, f"{source} {key.strip()}") if text.strip() else ""
-        except yaml.YAMLError as error:
-            raise _fail(
-                key.strip(), source, f"cannot read {quoted(text)} as YAML: {' '.join(str(error).split())}"
-            ) from error
+        except NotYaml as error:
+            detail = str(error).removeprefix(f"{source} {key.strip()}: not valid YAML: ")
+            raise _fail(key.strip(), source, f"cannot read {quoted(text)} as YAML: {detail}") from error
     return config_from_dict(type(config), data, source=source)

@@ -451,6 +451,39 @@ def test_experiment_mistakes(tmp_path, capsys, monkeypatch) -> None:
             assert message in one_error(capsys, ["experiment", str(path), "--no-progress", *check], 2)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("steps: 1\ndata:\n\tsource: shapes\n", r"line 3, column 1: .*found character '\\t'"),
+        ("steps: 1\n---\nsteps: 2\n", "line 2, column 1: expected a single document"),
+        ("steps: 1\n? [a, b]\n: 1\n", r"line 2: a key must be a plain value \(a name or a number\), got the list"),
+        ("? {a: 1}\n: 1\n", r"line 1: a key must be a plain value \(a name or a number\), got the dict"),
+    ],
+    ids=["tab", "two_documents", "list_key", "mapping_key"],
+)
+def test_yaml_that_cannot_be_read_is_one_line_from_every_command(text, message, tmp_path, capsys) -> None:
+    """Every command that reads a YAML names it, and the line, for text YAML cannot read and for
+    a key that is a list or a mapping (`encode --conditioner` was a traceback for the first,
+    `experiment --check` for the second, the others an unnamed 'unhashable type')."""
+    import re
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    out = tmp_path / "out"
+    for argv in (
+        ["encode", "--conditioner", str(path), "--prompts", str(prompts), "--out", str(out), "--no-progress"],
+        ["train-clip", "--config", str(path), "--no-progress"],
+        ["train-diffusion", "--config", str(path), "--no-progress"],
+        ["init-clip", "--model", str(path), "-o", str(out)],
+        ["experiment", str(path), "--check"],
+    ):
+        line = one_error(capsys, argv, 2)
+        assert re.search(f"{re.escape(str(path))}: .*{message}", line), (argv, line)
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------ --debug, and bugs
 
 

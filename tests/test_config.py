@@ -46,12 +46,50 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path):
         (b"clip: [{path: x, path: y}]\n", "line 1: the key 'path' is given twice"),
         (b"recipe: custom\nclip: [{path: caf\xe9}]\n", r"not UTF-8 text \(invalid continuation byte at byte 32\)"),
         (b"clip: " + b"[" * 5000 + b"]" * 5000, "nested too deeply to read"),
+        (
+            b"recipe: custom\nclip:\n\t- path: x\n",
+            r"not valid YAML: line 3, column 1: .*found character '\\t' that cannot start any token "
+            r"\(YAML indents with spaces, not tabs\)$",
+        ),
+        (
+            b"recipe: !!python/object/apply:os.system ['true']\n",
+            "not valid YAML: line 1, column 9: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/object/apply:os.system'$",
+        ),
+        (
+            b"recipe: sd\n---\nrecipe: custom\n",
+            "not valid YAML: line 2, column 1: expected a single document in the stream but found another document$",
+        ),
+        (b"recipe: custom\nclip: [{path: x}\n", "not valid YAML: line 3, column 1: "),
+        (b"a: \x07\n", "not valid YAML: the character #x0007 at character 4: special characters are not allowed$"),
+        (
+            b"recipe: sd\n? [a, b]\n: 1\n",
+            r"line 2: a key must be a plain value \(a name or a number\), got the list \['a', 'b'\]$",
+        ),
+        (
+            b"clip:\n  - ? {path: x}\n    : 1\n",
+            r"line 2: a key must be a plain value \(a name or a number\), got the dict \{'path': 'x'\}$",
+        ),
     ],
-    ids=["key_twice", "nested_key_twice", "not_utf8", "deep"],
+    ids=[
+        "key_twice",
+        "nested_key_twice",
+        "not_utf8",
+        "deep",
+        "tab",
+        "python_tag",
+        "two_documents",
+        "unclosed",
+        "control_character",
+        "list_key",
+        "mapping_key",
+    ],
 )
 def test_unreadable_yaml_names_the_file_and_the_place(tmp_path, text, message):
-    """A key given twice (YAML's safe loader keeps the last silently), text that is not UTF-8
-    or nesting Python cannot recurse through: a ValueError naming the file."""
+    """A key given twice (YAML's safe loader keeps the last silently), text that is not UTF-8,
+    nesting Python cannot recurse through, text that is not YAML (a tab indent, a ``!!python``
+    tag, two documents, an unclosed bracket, a control character) or a key that is a list or a
+    mapping: a ValueError naming the file, and the line where there is one."""
     path = tmp_path / "bad.yaml"
     path.write_bytes(text)
     with pytest.raises(ValueError, match=f"^{path}: {message}"):
