@@ -142,7 +142,8 @@ _CLIP_2 = EncoderSlot("clip", "text_encoder_2", "tokenizer_2", prompt="prompt_2"
 
 
 def _classes(*stems: str) -> tuple[str, ...]:
-    """A text-to-image class and its img2img and inpaint siblings."""
+    """A text-to-image class and its img2img and inpaint siblings, for each stem (the base
+    pipeline, its ControlNet and PAG variants: their `encode_prompt` is the base's)."""
     return tuple(f"{stem}{suffix}" for stem in stems for suffix in ("Pipeline", "Img2ImgPipeline", "InpaintPipeline"))
 
 
@@ -152,7 +153,8 @@ FAMILIES: dict[str, Family] = {
         Family(
             "sd",
             Recipe(name="sd", combine="concat_channels", clip_layer_from_end=1, clip_final_norm=True),
-            pipeline_classes=_classes("StableDiffusion"),
+            pipeline_classes=_classes("StableDiffusion", "StableDiffusionControlNet", "StableDiffusionPAG")
+            + ("StableDiffusionControlNetPAGPipeline", "StableDiffusionControlNetPAGInpaintPipeline"),
             slots=(_CLIP,),
             clip_counts=(1,),
             t5="absent",
@@ -168,7 +170,13 @@ FAMILIES: dict[str, Family] = {
                 pooled="last",
                 zero_negative_when_absent=True,
             ),
-            pipeline_classes=_classes("StableDiffusionXL"),
+            pipeline_classes=_classes(
+                "StableDiffusionXL",
+                "StableDiffusionXLControlNet",
+                "StableDiffusionXLControlNetUnion",
+                "StableDiffusionXLPAG",
+            )
+            + ("StableDiffusionXLControlNetPAGPipeline", "StableDiffusionXLControlNetPAGImg2ImgPipeline"),
             slots=(_CLIP, _CLIP_2),
             clip_counts=(1, 2),
             t5="absent",
@@ -186,7 +194,13 @@ FAMILIES: dict[str, Family] = {
                 pad_clip_to_t5_width=True,
                 t5_max_length=256,
             ),
-            pipeline_classes=_classes("StableDiffusion3"),
+            pipeline_classes=_classes("StableDiffusion3")
+            + (
+                "StableDiffusion3ControlNetPipeline",
+                "StableDiffusion3ControlNetInpaintingPipeline",
+                "StableDiffusion3PAGPipeline",
+                "StableDiffusion3PAGImg2ImgPipeline",
+            ),
             slots=(_CLIP, _CLIP_2, EncoderSlot("t5", "text_encoder_3", "tokenizer_3", prompt="prompt_3")),
             clip_counts=(2,),
             t5="required",
@@ -199,7 +213,8 @@ FAMILIES: dict[str, Family] = {
             Recipe(
                 name="flux", combine="clip_pooled_t5_tokens", pooled="last", t5_max_length=512, negative_optional=True
             ),
-            pipeline_classes=_classes("Flux"),
+            pipeline_classes=_classes("Flux", "FluxControl", "FluxControlNet")
+            + ("FluxFillPipeline", "FluxKontextPipeline", "FluxKontextInpaintPipeline"),
             slots=(_CLIP, EncoderSlot("t5", "text_encoder_2", "tokenizer_2", prompt="prompt_2")),
             clip_counts=(1,),
             t5="required",
