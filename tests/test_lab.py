@@ -903,3 +903,24 @@ def test_a_prepare_step_naming_a_missing_config_fails_before_anything_runs(tmp_p
                 setups=[{"name": "a", "pipeline": str(pipelines["a"]), "prepare": [{**step, "command": "rm"}]}],
             )
         )
+
+
+def test_a_results_line_that_cannot_be_read_costs_that_line_only(tmp_path) -> None:
+    """A byte that is not UTF-8, JSON nested past the recursion limit, a torn line and a JSON
+    value that is no result are each one unreadable line; the good lines around them stay."""
+    from clipcond.lab.results import read_results
+
+    good = {"key": "k1", "metrics": {"judge": 1.0}}
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(
+        json.dumps(good).encode()
+        + b"\n\xff\n"
+        + b"[" * 100_000
+        + b"\n"
+        + b'{"key": "k2", "metr\n'
+        + b"[1, 2]\n\n"
+        + json.dumps({**good, "key": "k3"}).encode()
+        + b"\n"
+    )
+    lines, unreadable = read_results(path)
+    assert [line["key"] for line in lines] == ["k1", "k3"] and unreadable == 4

@@ -28,7 +28,9 @@ RESULTS_NAME = "results.jsonl"
 
 
 def read_results(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """The lines of a results file, and how many lines could not be read (torn or not JSON).
+    """The lines of a results file, and how many lines could not be read (torn, not JSON, not
+    UTF-8, or nested past the recursion limit); each line is read on its own, so one bad byte
+    costs its line only.
 
     A missing file reads as no lines.
     """
@@ -36,12 +38,12 @@ def read_results(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     if not path.is_file():
         return [], 0
     lines, unreadable = [], 0
-    for text in path.read_text(encoding="utf-8").splitlines():
-        if not text.strip():
+    for raw in path.read_bytes().split(b"\n"):
+        if not raw.strip():
             continue
         try:
-            line = json.loads(text)
-        except json.JSONDecodeError:
+            line = json.loads(raw)  # bytes: decoded as UTF-8 (UnicodeDecodeError is a ValueError)
+        except (ValueError, RecursionError):
             unreadable += 1
             continue
         if isinstance(line, dict) and "key" in line and isinstance(line.get("metrics"), dict):
