@@ -252,6 +252,151 @@ def test_a_path_the_training_config_names_is_reported_in_one_line(tmp_path, caps
 
 
 @pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory) -> Path:
+    """A tiny StableDiffusionPipeline, saved: text_encoder/, unet/, vae/, scheduler/, model_index.json."""
+    from tiny_pipelines import build_sd
+
+    folder = tmp_path_factory.mktemp("sd") / "sd"
+    build_sd().save_pretrained(folder)
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# (the key that names the damaged folder, the file damaged in it, the damage, what the error says)
+DAMAGED_DIFFUSION_PARTS = {
+    "text_encoder_weights_truncated": (
+        "text_encoder",
+        "text_encoder/model.safetensors",
+        _truncate,
+        "Error while deserializing header",
+    ),
+    "text_encoder_weights_empty": (
+        "text_encoder",
+        "text_encoder/model.safetensors",
+        lambda path: path.write_bytes(b""),
+        "Error while deserializing header",
+    ),
+    "text_encoder_config_empty": ("text_encoder", "text_encoder/config.json", lambda path: path.write_text(""), "JSON"),
+    "text_encoder_config_a_list": (
+        "text_encoder",
+        "text_encoder/config.json",
+        lambda path: path.write_text("[]"),
+        "must be a mapping, not list",
+    ),
+    "model_index_not_json": (
+        "init_from",
+        "model_index.json",
+        lambda path: path.write_text("{oops"),
+        "model_index.json: Expecting property name",
+    ),
+    "model_index_a_list": (
+        "init_from",
+        "model_index.json",
+        lambda path: path.write_text("[]"),
+        "model_index.json: expected a JSON object, got list",
+    ),
+    "unet_weights_truncated": (
+        "init_from",
+        "unet/diffusion_pytorch_model.safetensors",
+        _truncate,
+        "Unable to load weights",
+    ),
+    "unet_config_not_json": ("init_from", "unet/config.json", lambda path: path.write_text("{"), "not a valid JSON"),
+    "scheduler_config_not_json": (
+        "init_from",
+        "scheduler/scheduler_config.json",
+        lambda path: path.write_text("{"),
+        "not a valid JSON",
+    ),
+    "vae_weights_empty": (
+        "init_from",
+        "vae/diffusion_pytorch_model.safetensors",
+        lambda path: path.write_bytes(b""),
+        "Unable to load weights",
+    ),
+    "vae_key_weights_empty": (
+        "vae",
+        "vae/diffusion_pytorch_model.safetensors",
+        lambda path: path.write_bytes(b""),
+        "Unable to load weights",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_DIFFUSION_PARTS))
+def test_a_damaged_model_folder_the_diffusion_config_names_is_one_line_before_any_work(
+    case, sd_folder, tmp_path, capsys
+) -> None:
+    """Damaged weights or configs in the folder `text_encoder`, `init_from` or `vae` names: one
+    error: line naming the key and the folder (or file), exit 2, as `clipcond encode` gives for
+    the same folders; no run folder is made, and a resumed one is left as it was."""
+    import shutil
+
+    key, damaged_file, damage, message = DAMAGED_DIFFUSION_PARTS[case]
+    folder = tmp_path / "damaged"
+    shutil.copytree(sd_folder, folder)
+    damage(folder / damaged_file)
+    named = folder / "text_encoder" if key == "text_encoder" else folder
+    if damaged_file == "model_index.json":
+        named = folder / "model_index.json"
+    config = {
+        "text_encoder": str(named if key == "text_encoder" else sd_folder / "text_encoder"),
+        "image_size": 16,
+        "batch_size": 2,
+        "steps": 1,
+        "output_dir": str(tmp_path / "run"),
+    }
+    if key == "init_from":
+        config["init_from"] = str(folder)
+    else:
+        config["unet"] = {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8}
+    if key == "vae":
+        config["vae"] = str(folder)
+    path = tmp_path / "diffusion.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = one_error(capsys, ["train-diffusion", "--config", str(path), "--no-progress"], 2)
+    assert line.startswith(f"error: {key} {named}: ") and message in line, line
+    assert not (tmp_path / "run").exists()
+    # a run folder being resumed is left as it was
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    _snapshot(tmp_path / "run", TrainDiffusionConfig.from_yaml(path))
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    line = one_error(capsys, ["train-diffusion", "--config", str(path), "--resume", "--no-progress"], 2)
+    assert line.startswith(f"error: {key} {named}: ") and message in line, line
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda folder: _truncate(folder / "text_encoder" / "model.safetensors"), "Error while deserializing header"),
+        (lambda folder: (folder / "logit_scale.safetensors").write_bytes(b""), "Error while deserializing header"),
+        (lambda folder: (folder / "clip_config.yaml").write_text("text:\n\twidth: 8\n"), "not valid YAML: line 2"),
+    ],
+    ids=["text_weights_truncated", "logit_scale_empty", "clip_config_tab"],
+)
+def test_a_damaged_init_from_of_train_clip_is_one_line_before_any_work(
+    damage, message, saved_clip, tmp_path, capsys
+) -> None:
+    """A `save_clip` folder with truncated or empty weights, or a model YAML YAML cannot read:
+    one error: line naming `init_from` and the folder, as eval-clip gives; no run folder."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved_clip, folder)
+    damage(folder)
+    settings = ["--set", "mode=finetune", "--set", "model=null", "--set", f"init_from={folder}"]
+    line = one_error(capsys, ["train-clip", "--config", str(_clip_config(tmp_path)), "--no-progress", *settings], 2)
+    assert line.startswith(f"error: init_from {folder}: ") and message in line, line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
 def saved_clip(tmp_path_factory) -> Path:
     """A clip-tiny at its random init, saved: what the fine-tuning modes start from."""
     from clipcond.models import ClipTwoTower, load_model_config, save_clip

@@ -77,7 +77,10 @@ def run_training_command(
             the config changed, another live run holds it, no checkpoint of it can be loaded:
             `RunFolderError`); a file or folder
             the config names does not exist, or the run's parts cannot be built as it asks
-            (`RunSetupError`, before the first step).
+            (`RunSetupError`, before the first step: LoRA targets matching no module, or a
+            model folder it names that cannot be read, with truncated or empty weights or a
+            config that does not parse, the key and the folder named; the run folder is left
+            as it was).
         RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
     import yaml

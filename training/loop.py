@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -102,8 +103,30 @@ _METRICS_RECORDS = "metrics_records"
 
 class RunSetupError(ValueError):
     """The run's parts cannot be built as its config asks (LoRA target modules that match no
-    module of the model): raised while the objective builds them, before the config snapshot
-    and the first step, and reported by the training commands as a usage error."""
+    module of the model, a model folder it names that is damaged: `reading_part`): raised while
+    the objective builds them, before the config snapshot and the first step, and reported by
+    the training commands as a usage error."""
+
+
+def reading_part(key: str, path: str | os.PathLike | None = None) -> AbstractContextManager[None]:
+    """Inside the block, a part the run config names at `key` (the file or folder `path`) is read.
+
+    The errors of reading damaged files there (weights truncated or empty, a ``config.json``
+    that is not JSON or not a mapping, a file missing from the folder: `OSError`, `ValueError`,
+    `TypeError`, `RuntimeError`, safetensors' `SafetensorError`), the ones `clipcond encode` and
+    ``eval-clip`` answer for the same folders, become a `RunSetupError` whose message starts
+    ``<key> <path>: `` (``<key>: `` without a path, for an error that names its file), raised
+    before the config snapshot and the first step. Wrap only the reading, not code that runs
+    the models: the same types raised elsewhere stay bugs.
+    """
+    from safetensors import SafetensorError
+
+    from clipcond.errors import user_errors
+
+    context = f"{key} {path}: " if path is not None else f"{key}: "
+    return user_errors(
+        OSError, ValueError, TypeError, RuntimeError, SafetensorError, error=RunSetupError, context=context
+    )
 
 
 class TrainingDiverged(RuntimeError):

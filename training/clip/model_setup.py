@@ -27,7 +27,7 @@ from torch import nn
 from clipcond.losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
 from clipcond.models import ClipTwoTower, build_text_tower, load_clip, load_logit_bias, load_model_config
 from clipcond.training.clip.config import TrainClipConfig
-from clipcond.training.loop import RunSetupError
+from clipcond.training.loop import RunSetupError, reading_part
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +95,24 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
 
     Raises:
         FileNotFoundError: the model YAML or `init_from` folder does not exist.
-        RunSetupError: a LoRA run whose target modules exist in neither tower.
+        RunSetupError: a LoRA run whose target modules exist in neither tower; the model YAML
+            does not validate, or the `init_from` folder cannot be read (a file missing, weights
+            truncated or empty, a config that does not parse), its key and file or folder named.
     """
     if config.mode == "pretrain":
         model_path = resolve_path(config.model, config_dir)
         if not model_path.is_file():
             raise FileNotFoundError(f"model config not found: {config.model}")
-        clip = ClipTwoTower(load_model_config(model_path))
+        with reading_part("model"):  # the YAML's errors name the file
+            model_config = load_model_config(model_path)
+        clip = ClipTwoTower(model_config)
     else:
         init_from = resolve_path(config.init_from, config_dir)
         if not init_from.is_dir():
             raise FileNotFoundError(f"`init_from` folder not found: {config.init_from}")
-        clip = load_clip(init_from).to(torch.float32).train()
+        with reading_part("init_from", init_from):
+            clip = load_clip(init_from)
+        clip = clip.to(torch.float32).train()
     siglip = config.loss == "siglip"
     if siglip and config.mode in ("pretrain", "lit"):
         with torch.no_grad():
@@ -131,7 +137,8 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
 
 def _start_from_saved_bias(model: ContrastiveModel, init_from: Path) -> None:
     """Set SigLIP's bias to the one saved in `init_from`; warn and keep the initial one when there is none."""
-    bias = load_logit_bias(init_from)
+    with reading_part("init_from", init_from):
+        bias = load_logit_bias(init_from)
     if bias is None:
         logger.warning(
             "%s has no logit_bias.safetensors (a CLIP-loss model, or saved before SigLIP's bias was kept): "

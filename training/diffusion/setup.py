@@ -2,6 +2,11 @@
 the UNet, the optional learned projection (the `custom` recipe's adapter), the optional frozen
 VAE and the noise schedule, with the parts `config.train` names set trainable; and the
 pipeline they make when saved.
+
+A folder the config names that does not exist is a `FileNotFoundError` naming the key; one
+that exists and cannot be read (truncated or empty weights, a ``config.json`` or
+``model_index.json`` that is not JSON or not a mapping) is a `RunSetupError` naming the key and
+the folder (`reading_part`), before the run's snapshot and first step.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ from clipcond.tokenization import clip_tokenizer
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
 from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.loop import RunSetupError, reading_part
 
 PROJECTION_DIR = "text_projection"
 
 
 def load_frozen_text_encoder(path: str) -> nn.Module:
-    """The CLIP text tower of a `save_clip` folder or a transformers folder, frozen, in eval mode."""
+    """The CLIP text tower of a `save_clip` folder or a transformers folder, frozen, in eval mode.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in `path` or its ``text_encoder/``.
+        RunSetupError: the folder cannot be read (see the module docstring).
+    """
     from transformers import CLIPTextModel
 
     folder = Path(path)
@@ -45,7 +56,8 @@ def load_frozen_text_encoder(path: str) -> nn.Module:
     try:
         # float32 whatever the stored dtype (the bundled model's is float16): the run computes in
         # float32 and mixed precision is accelerate's autocast, as for the UNet
-        model = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
+        with reading_part("text_encoder", path):
+            model = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(level)
     return model.eval().requires_grad_(False)
@@ -61,8 +73,9 @@ def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
     if not (model_folder / "config.json").is_file():
         raise FileNotFoundError(f"t5_encoder: no T5 encoder at {path} (expected config.json or text_encoder/)")
     tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
+    with reading_part("t5_encoder", path):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -131,7 +144,8 @@ def _load_init_projection(config: TrainDiffusionConfig) -> nn.Module | None:
         return None
     from clipcond.projection import TextProjection
 
-    return TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
+    with reading_part("init_from", config.init_from):
+        return TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
 
 
 def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
@@ -139,6 +153,7 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
 
     Raises:
         FileNotFoundError: `config.vae` holds no AutoencoderKL.
+        RunSetupError: the VAE's folder cannot be read (its key and folder named).
         ValueError: `image_size` is not a multiple of the VAE's downsampling.
     """
     from diffusers import AutoencoderKL
@@ -151,7 +166,8 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
     folder = Path(source) / "vae" if (Path(source) / "vae").is_dir() else Path(source)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"vae: no AutoencoderKL at {source} (expected config.json or vae/)")
-    vae = AutoencoderKL.from_pretrained(folder).eval().requires_grad_(False)
+    with reading_part("vae" if config.vae is not None else "init_from", source):
+        vae = AutoencoderKL.from_pretrained(folder).eval().requires_grad_(False)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.image_size % factor:
         raise ValueError(f"image_size ({config.image_size}) must be a multiple of the VAE's downsampling ({factor})")
@@ -164,9 +180,10 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
 
     folder = None if config.init_from is None else Path(config.init_from) / "scheduler"
     if folder is not None and (folder / "scheduler_config.json").is_file():
-        inherited = DDPMScheduler.load_config(folder)
-        overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
-        return DDPMScheduler.from_config(inherited, **overrides)
+        with reading_part("init_from", config.init_from):
+            inherited = DDPMScheduler.load_config(folder)
+            overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
+            return DDPMScheduler.from_config(inherited, **overrides)
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -179,12 +196,19 @@ def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
     `init_from` run, the setting of the pipeline it starts from.
 
     Raises:
+        RunSetupError: `init_from`'s ``model_index.json`` is not a JSON object.
         ValueError: the config asks for a setting other than `init_from`'s.
     """
     if config.init_from is None:
         return bool(config.coordinate_channels)
     index = Path(config.init_from) / "model_index.json"
-    inherited = bool(json.loads(index.read_text()).get("coordinate_channels", False)) if index.is_file() else False
+    inherited = False
+    if index.is_file():
+        with reading_part("init_from", index):
+            saved = json.loads(index.read_bytes())
+        if not isinstance(saved, dict):
+            raise RunSetupError(f"init_from {index}: expected a JSON object, got {type(saved).__name__}")
+        inherited = bool(saved.get("coordinate_channels", False))
     if config.coordinate_channels is not None and config.coordinate_channels != inherited:
         raise ValueError(
             f"coordinate_channels: {config.coordinate_channels} differs from init_from's pipeline "
@@ -200,7 +224,8 @@ def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None)
         folder = Path(config.init_from) / "unet"
         if not folder.is_dir():
             raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
-        unet = UNet2DConditionModel.from_pretrained(folder)
+        with reading_part("init_from", config.init_from):
+            unet = UNet2DConditionModel.from_pretrained(folder)
     else:
         channels = 3 if vae is None else vae.config.latent_channels
         size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -239,6 +264,8 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
     `clipcond encode --train-config` builds the same conditioner, so that its embeddings fit.
 
     Raises:
+        FileNotFoundError: `text_encoder` or `t5_encoder` does not exist.
+        RunSetupError: one of them, or `init_from`'s projection, cannot be read.
         ValueError: `train: adapter` without a projection.
     """
     text_encoder = load_frozen_text_encoder(config.text_encoder)
@@ -275,6 +302,8 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     "lora" -> LoRA only; "adapter" -> the projection, plus LoRA with `adapter_lora`).
 
     Raises:
+        FileNotFoundError: a folder the config names does not exist.
+        RunSetupError: one cannot be read (its key and folder named).
         ValueError: `train: adapter` without a projection, or widths that do not fit.
     """
     conditioner = build_conditioner(config)
