@@ -33,3 +33,32 @@ def test_the_command_line(tmp_path, capsys):
     assert (tmp_path / "m" / "text_encoder" / "config.json").is_file()
     assert main(["init-clip", "--model", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "n")]) == 2
     assert "--model: no such file" in capsys.readouterr().err
+
+
+def test_an_interrupted_save_leaves_no_folder_and_the_rerun_writes_it(tmp_path, monkeypatch):
+    """A save stopped mid-way (Ctrl-C while writing the last file) leaves no `-o` folder, nor its
+    hidden sibling: the rerun writes the folder, and an experiment's prepare step that creates it
+    is still pending meanwhile (a partial folder once passed for a finished step)."""
+    import clipcond.models.checkpoint as checkpoint
+    from clipcond.lab.prepare import PrepareStep, pending_steps
+
+    output = tmp_path / "model"
+    write = checkpoint.save_file
+
+    def interrupted(tensors, path, *args, **kwargs):
+        if str(path).endswith("logit_scale.safetensors"):
+            raise KeyboardInterrupt("Ctrl-C during the save")
+        return write(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        init_clip(MODEL, output, seed=3)
+    assert list(tmp_path.iterdir()) == []
+    step = PrepareStep(command="init-clip", creates=str(output), args=["--model", str(MODEL), "-o", str(output)])
+    assert pending_steps([step]) == [step]
+    monkeypatch.setattr(checkpoint, "save_file", write)
+    assert init_clip(MODEL, output, seed=3) == output
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+    assert (output / "logit_scale.safetensors").is_file()
+    expected = load_clip(init_clip(MODEL, tmp_path / "again", seed=3)).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in load_clip(output).state_dict().items())

@@ -23,11 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path:
     """Build the two-tower described by `model_yaml` with weights drawn from `seed` and save it
-    to `output` (refused if it exists). Returns the folder."""
+    to `output` (refused if it exists). Returns the folder.
+
+    The folder is written whole or not at all (`run_folder.writing_atomically`: a hidden
+    sibling renamed into place when complete), so an interrupted save leaves no `output` to
+    block a rerun or to pass for a finished prepare step of an experiment.
+    """
     import torch
 
     from clipcond.models import ClipTwoTower, save_clip
     from clipcond.models.config import load_model_config
+    from clipcond.training.run_folder import writing_atomically
 
     output = Path(output)
     if output.exists():
@@ -39,7 +45,9 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
         model = ClipTwoTower(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    return save_clip(model.eval(), output)
+    with writing_atomically(output) as temporary:
+        save_clip(model.eval(), temporary)
+    return output
 
 
 def run(args: argparse.Namespace) -> int:
