@@ -118,6 +118,19 @@ def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tupl
         raise ValueError(f"pooled={recipe.pooled!r} needs a `clip` encoder; use pooled='none'")
 
 
+def check_clip_layer(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
+    """A ValueError unless the hidden state the recipe reads (`clip_layer_from_end`: 1 the
+    last layer's) exists in the shallowest CLIP whose token states it reads."""
+    if not clip or recipe.combine == "clip_pooled_t5_tokens":
+        return
+    deepest = min(encoder.num_layers for encoder in clip)
+    if recipe.clip_layer_from_end > deepest:
+        raise ValueError(
+            f"`clip_layer_from_end` must be between 1 and {deepest} for a {deepest}-layer CLIP (1 reads the last "
+            f"layer's states), got {recipe.clip_layer_from_end}"
+        )
+
+
 def check_clip_skip(recipe: Recipe, clip: Sequence[TextEncoder], clip_skip: Any) -> int | None:
     """`clip_skip` as an int the recipe and the shallowest CLIP can take (or None)."""
     if clip_skip is None:

@@ -36,6 +36,7 @@ from clipcond.conditioner_setup import (
     EncoderLike,
     as_encoders,
     build_projection,
+    check_clip_layer,
     check_clip_skip,
     check_encoders,
     check_max_batch_windows,
@@ -177,6 +178,7 @@ class TextConditioner:
             self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
         self._clean = CaptionCleaner(cleaning)
         check_encoders(self.recipe, len(self.clip), self.t5 is not None, t5_zeros)
+        check_clip_layer(self.recipe, self.clip)
         self.clip_skip = check_clip_skip(self.recipe, self.clip, clip_skip)
         self._active_recipe = self.recipe.with_clip_skip(self.clip_skip)
         if not isinstance(parse_weights, bool):

@@ -15,6 +15,7 @@ import torch
 
 from clipcond import TextConditioner
 from clipcond.encoders import clip_final_layer_norm
+from clipcond.families import get_family
 
 PROMPTS = [
     "a photo of an astronaut riding a horse",
@@ -320,6 +321,24 @@ def test_clip_skip_out_of_range(family, request):
     for bad in (1.5, True, "2"):
         with pytest.raises(TypeError, match="clip_skip"):
             TextConditioner.from_pipeline(pipe, clip_skip=bad)
+
+
+def test_a_clip_layer_deeper_than_the_clip_is_refused_when_built(sd_pipe):
+    """`clip_layer_from_end` up to the layer count reads hidden_states[-k] (k = layers: the first
+    layer's output); beyond it is an error naming the range, before any encode (it was an
+    IndexError at the first encode)."""
+    import dataclasses
+
+    layers = sd_pipe.text_encoder.config.num_hidden_layers
+    encoder = (sd_pipe.text_encoder, sd_pipe.tokenizer)
+    deepest = dataclasses.replace(get_family("sd").recipe, clip_layer_from_end=layers)
+    ids = sd_pipe.tokenizer("a cat", padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        first_layer = sd_pipe.text_encoder(ids, output_hidden_states=True).hidden_states[1]
+        expected = clip_final_layer_norm(sd_pipe.text_encoder)(first_layer)  # as diffusers' clip_skip reads it
+    close(TextConditioner(deepest, clip=[encoder]).encode("a cat").tokens, expected)
+    with pytest.raises(ValueError, match=rf"^`clip_layer_from_end` must be between 1 and {layers} for a"):
+        TextConditioner(dataclasses.replace(deepest, clip_layer_from_end=layers + 1), clip=[encoder])
 
 
 def test_clip_skip_on_t5_recipes_is_an_error(flux_pipe):
