@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from clipcond.config import quoted
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
 from clipcond.schedule import fixed_text, has_editing, has_schedule, split_and, texts_per_step
@@ -243,14 +244,14 @@ def schedule_for_pipeline(
     for text in (text for prompt in prompts for text in _texts_of(prompt)):
         if len(split_and(text)) > 1:
             raise ValueError(
-                f"{text!r} combines prompts with AND (composable diffusion), which needs the UNet run on each part "
+                f"{quoted(text)} combines prompts with AND (composable diffusion), which needs the UNet run on each part "
                 "at every step: use CLIPConditionedPipeline, which does that"
             )
     if num_inference_steps is None:
         edited = [text for text in texts if has_editing(text)]
         if edited:
             raise ValueError(
-                f"{edited[0]!r} uses prompt editing or alternation, which depends on the step: pass "
+                f"{quoted(edited[0])} uses prompt editing or alternation, which depends on the step: pass "
                 "`num_inference_steps` (the number the pipeline will run)"
             )
         return None

@@ -242,6 +242,11 @@ def test_families_whose_callback_cannot_swap_say_so(flux_pipe, pixart_pipe, sd_p
         cond.pipeline_kwargs(EDITED)
     with pytest.raises(ValueError, match="`num_inference_steps` must be an int >= 1"):
         cond.pipeline_kwargs(EDITED, num_inference_steps=0)
+    # a long prompt is quoted in part: the message stays a line, not 100,000 characters
+    for long_prompt, steps in (("a cat AND a dog " + "x " * 50_000, STEPS), (EDITED + " x" * 50_000, None)):
+        with pytest.raises(ValueError) as refused:
+            cond.pipeline_kwargs(long_prompt, num_inference_steps=steps)
+        assert len(str(refused.value)) < 500
 
 
 def test_clip_conditioned_pipeline_edits_natively(sd_pipe):
