@@ -376,8 +376,12 @@ def test_shards_are_written_once_and_readers_see_only_finished_ones(tiny_clip_te
     assert len(shards) == 1 and shards.next_index == 1
     assert torch.equal(shards.record("a red circle").clip_tokens, record.clip_tokens)
     shard_path(tmp_path, 1).write_bytes(b"not a shard")
-    with pytest.raises(EmbeddingShardError, match="not a readable embedding shard"):
+    with pytest.raises(EmbeddingShardError, match="not a readable embedding shard") as refused:
         EmbeddingShards(tmp_path, identity)
+    assert str(refused.value).endswith(
+        f"; delete embeddings-000001.safetensors and run `clipcond encode` into {tmp_path} again (it encodes only "
+        "what the folder lacks)"
+    )
 
 
 def test_a_reader_keeps_a_bounded_number_of_shards_open(tiny_clip_text_path, tmp_path: Path, monkeypatch) -> None:

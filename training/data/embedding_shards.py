@@ -274,7 +274,10 @@ def _read_header(path: Path, kind: ShardKind, argument: str) -> tuple[dict[str, 
         with safe_open(str(path), framework="pt") as shard:
             return dict(shard.metadata() or {}), list(shard.keys())
     except (SafetensorError, OSError, ValueError) as error:
-        raise EmbeddingShardError(f"{argument}: {path} is not a readable {kind.noun} shard: {error}") from None
+        raise EmbeddingShardError(
+            f"{argument}: {path} is not a readable {kind.noun} shard: {error}; delete {path.name} and run "
+            f"`{kind.command}` into {path.parent} again (it encodes only what the folder lacks)"
+        ) from None
 
 
 class KeyedShards:
