@@ -316,6 +316,13 @@ def test_bad_input_is_refused_before_any_work(tiny_clip_text_path, tmp_path: Pat
         "--batch-size": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--batch-size", "0"],
         "--shard-size": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--shard-size", "0"],
         "not a folder": [*base, "--prompts", str(prompts), "--out", str(tmp_path / "file")],
+        f"--out {tmp_path / 'file' / 'o'}: {tmp_path / 'file'} is a file, not a folder": [
+            *base,
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(tmp_path / "file" / "o"),
+        ],
         "prompt file not found": [*base, "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")],
         "not UTF-8": [*base, "--prompts", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "o")],
         "--manifest": [*base, "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")],

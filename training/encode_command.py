@@ -1,7 +1,6 @@
 """``clipcond encode``: encode the captions of a dataset once, into safetensors shards that
 ``clipcond train-diffusion`` reads (``data.embeddings``) instead of running the text encoders;
-and with ``--latents DIR`` its images once through the run's VAE (``data.latents``), instead
-of the VAE's forward on every step.
+and with ``--latents DIR`` its images once through the run's VAE (``data.latents``).
 
 The conditioner is a training run's (``--train-config``), a pipeline folder's (``--pipeline``:
 a saved `CLIPConditionedPipeline`'s own, read as ``generate`` reads it, or a diffusers
@@ -31,6 +30,7 @@ from typing import Any
 
 from clipcond.devices import resolve_device
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
+from clipcond.output_paths import check_output_location
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--latents needs --train-config: the run's VAE, image size and (by default) data")
     if args.latents is not None and args.prompts:
         raise UsageError("--latents: --prompts holds captions only; give the images (the run's data, --manifest, ...)")
-    for option, folder in (("--out", args.out), ("--latents", args.latents)):
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+    for option, folder in ((name, path) for name, path in (("--out", args.out), ("--latents", args.latents)) if path):
+        if check_output_location(folder, option).exists() and not Path(folder).is_dir():  # and where it goes
             raise UsageError(f"{option}: {folder} exists and is not a folder")
     with user_errors(ValueError, context="--device: "):
         resolve_device(args.device)
