@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -285,3 +286,29 @@ def test_a_damaged_later_checkpoint_never_costs_the_new_one(tmp_path):
         save_checkpoint(tmp_path, step, {"model": model}, optimizer, keep=1)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert names == ["step-000000007", "step-000000009"]
+
+
+def test_a_step_entry_that_is_a_file_is_a_damaged_checkpoint(tmp_path):
+    """A file named ``checkpoints/step-<N>``: listed, passed over as damaged, set aside, and
+    replaced or deleted by the checkpoints written after it (it was invisible to the resume,
+    whose checkpoint of step N then failed on it: NotADirectoryError)."""
+    from clipcond.training.checkpoint import checkpoint_folders, load_newest_intact, set_aside_damaged
+
+    weights = _run_with_checkpoints(tmp_path)
+    newest = tmp_path / "checkpoints" / "step-000000004"
+    shutil.rmtree(newest)
+    newest.write_bytes(b"")
+    assert checkpoint_folders(tmp_path) == [newest, tmp_path / "checkpoints" / "step-000000002"]
+    model, optimizer, scheduler = _setup(seed=99)
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 2 and [folder for folder, _ in point.passed_over] == [newest]
+    assert "is not a checkpoint folder" in point.passed_over[0][1]
+    assert all(torch.equal(weights[2][k], v) for k, v in model.state_dict().items())
+    assert set_aside_damaged(newest).is_file() and not newest.exists()
+    newest.write_bytes(b"")  # again, and now written over by the step's checkpoint
+    assert save_checkpoint(tmp_path, 4, {"model": model}, optimizer, scheduler, keep=2).is_dir()
+    load_checkpoint(newest, {"model": model}, optimizer, scheduler)
+    (tmp_path / "checkpoints" / "step-000000003").write_bytes(b"")  # an older entry, deleted when not kept
+    save_checkpoint(tmp_path, 5, {"model": model}, optimizer, scheduler, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["damaged-step-000000004", "latest", "step-000000004", "step-000000005"]

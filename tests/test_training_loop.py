@@ -265,6 +265,10 @@ DAMAGES = {
     "missing optimizer file": (lambda run: (run / STEP_6 / "optimizer.safetensors").unlink(), "is missing"),
     "trainer.json garbage": (lambda run: (run / STEP_6 / "trainer.json").write_bytes(b"\x00garbage"), "does not parse"),
     "wrong-shape tensor": (lambda run: _one_tensor_reshaped(run / STEP_6 / "model.safetensors"), "wrong shape"),
+    "a file in its place": (
+        lambda run: (shutil.rmtree(run / STEP_6), (run / STEP_6).write_bytes(b"")),
+        "is not a checkpoint folder",
+    ),
     "latest pointer not UTF-8, newest truncated": (
         lambda run: (
             (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe\x00step"),
@@ -294,7 +298,8 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_with_the_same
     out, err = capsys.readouterr()
     assert f"resuming from {run / 'checkpoints' / 'step-000000004'} (step 4)" in out
     assert f"checkpoint {run / STEP_6} is damaged" in err and problem in err
-    assert (run / "checkpoints" / "damaged-step-000000006").is_dir()  # set aside, replaced by a good step 6
+    damaged = run / "checkpoints" / "damaged-step-000000006"  # set aside, replaced by a good step 6
+    assert damaged.is_file() if damage == "a file in its place" else damaged.is_dir()
     assert result.steps == 6 and result.skipped == reference.skipped == {"undecodable image": 12}  # 3 passes
     expected, got = model_weights(reference_dir / "model"), model_weights(run / "model")
     assert all(torch.equal(expected[key], got[key]) for key in expected)

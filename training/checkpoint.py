@@ -167,16 +167,21 @@ def save_checkpoint(
     for child in temporary.iterdir():
         with open(child, "rb") as handle:
             os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
+        _remove(final)
     os.replace(temporary, final)
     pointer = root / f".latest-{os.getpid()}"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
     older = [folder for folder in checkpoint_folders(run_dir) if checkpoint_step(folder) < step]
     for old in older[max(keep - 1, 0) :]:
-        shutil.rmtree(old)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint entry: a folder with what it holds, or a file or link in its place."""
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def checkpoint_folder(run_dir: str | os.PathLike, step: int) -> Path:
@@ -190,12 +195,14 @@ def checkpoint_step(folder: Path) -> int:
 
 
 def checkpoint_folders(run_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoint folders of a run (``checkpoints/step-<N>``), newest first, whatever they
-    hold (see `load_checkpoint` for what makes one usable)."""
+    """The checkpoint entries of a run (``checkpoints/step-<N>``), newest first, whatever they
+    are and hold: a file of that name is listed too, so that `load_newest_intact` names it as
+    damaged (`load_checkpoint`: "not a checkpoint folder") and the loop sets it aside, rather
+    than a resume passing over it and the checkpoint of step N failing on it later."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    folders = [path for path in root.iterdir() if _STEP_FOLDER.fullmatch(path.name) and path.is_dir()]
+    folders = [path for path in root.iterdir() if _STEP_FOLDER.fullmatch(path.name)]
     return sorted(folders, key=checkpoint_step, reverse=True)
 
 
@@ -221,12 +228,13 @@ def remove_unfinished_writes(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def set_aside_damaged(folder: str | os.PathLike) -> Path:
-    """Rename a damaged checkpoint folder to ``damaged-step-<N>`` (replacing an older one of
-    that name): kept for a look, no longer a checkpoint of the run. Returns the new path."""
+    """Rename a damaged checkpoint folder (or a file in its place) to ``damaged-step-<N>``
+    (replacing an older one of that name): kept for a look, no longer a checkpoint of the run.
+    Returns the new path."""
     folder = Path(folder)
     target = folder.with_name(_DAMAGED_PREFIX + folder.name)
-    if target.exists():
-        shutil.rmtree(target)
+    if target.exists() or target.is_symlink():
+        _remove(target)
     os.replace(folder, target)
     return target
 
