@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,6 +234,15 @@ def test_a_run_folder_of_another_run_or_config_is_refused_in_one_line(tmp_path, 
     line = one_error(capsys, ["train-clip", "--config", str(path), "--resume", "--no-progress"], 2)
     assert f"cannot resume {tmp_path / 'run'}: its train_config.yaml does not parse" in line
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["train_config.yaml"]
+    (tmp_path / "run" / "train_config.yaml").write_text("steps: 3\nbatch_size: 8\nmodel: conf")  # cut short, still YAML
+    line = one_error(capsys, ["train-clip", "--config", str(path), "--resume", "--no-progress"], 2)
+    assert "its train_config.yaml was cut short" in line and "the snapshot is damaged" in line
+    shutil.rmtree(tmp_path / "run")
+    _snapshot(tmp_path / "run", TrainClipConfig.from_yaml(path))
+    (tmp_path / "run" / "checkpoints").write_text("")
+    line = one_error(capsys, ["train-clip", "--config", str(path), "--resume", "--no-progress"], 2)
+    assert f"{tmp_path / 'run' / 'checkpoints'} is not a folder, where the run keeps its checkpoints" in line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "train_config.yaml"]
 
 
 def test_a_path_the_training_config_names_is_reported_in_one_line(tmp_path, capsys) -> None:

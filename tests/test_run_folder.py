@@ -56,6 +56,47 @@ def test_a_moved_run_folder_resumes_while_other_changes_are_refused(tmp_path):
         prepare_output_dir(dataclasses.replace(moved, seed=5), resume=True)
 
 
+def test_a_snapshot_cut_short_is_named_damaged_with_what_to_do_not_a_changed_config(tmp_path):
+    """A snapshot cut anywhere but at a line end (a copy or a disk that lost its tail) is named
+    damaged, with the remedy, where it once read as 'the config changed (<the keys lost>)';
+    deleting it, as the message says, resumes."""
+    from clipcond.training.run_folder import check_output_dir
+
+    config = TrainDiffusionConfig(text_encoder="clip", unet={}, output_dir=str(tmp_path / "run"))
+    prepare_output_dir(config, resume=False)
+    snapshot = tmp_path / "run" / CONFIG_SNAPSHOT
+    whole = snapshot.read_bytes()
+    cuts = [cut for cut in range(1, len(whole)) if whole[cut - 1 : cut] != b"\n"]
+    assert len(cuts) > 100
+    for cut in cuts:
+        snapshot.write_bytes(whole[:cut])
+        with pytest.raises(RunFolderError) as error:
+            check_output_dir(config, resume=True)
+        message = str(error.value)
+        assert message.startswith(f"cannot resume {tmp_path / 'run'}: its {CONFIG_SNAPSHOT} "), (cut, message)
+        assert "the snapshot is damaged" in message and f"delete {snapshot} and resume again" in message, message
+        assert "config changed (" not in message
+    snapshot.write_bytes(whole[:200])  # the probe's cut: mid-key, still a mapping
+    with pytest.raises(RunFolderError, match=r"was cut short \(it ends mid-line, after 200 bytes\)"):
+        check_output_dir(config, resume=True)
+    snapshot.unlink()
+    assert prepare_output_dir(config, resume=True) == tmp_path / "run"
+    assert snapshot.read_bytes() == whole
+
+
+def test_checkpoints_that_is_not_a_folder_is_refused(tmp_path):
+    """A file named ``checkpoints`` in the run folder: refused before any work, fresh or resumed
+    (the resume once restarted from step 0 and crashed at the first checkpoint)."""
+    from clipcond.training.run_folder import check_output_dir
+
+    config = TrainDiffusionConfig(text_encoder="clip", unet={}, output_dir=str(tmp_path / "run"))
+    prepare_output_dir(config, resume=False)
+    (tmp_path / "run" / "checkpoints").write_text("")
+    for resume in (True, False):
+        with pytest.raises(RunFolderError, match=re.escape(f"{tmp_path / 'run' / 'checkpoints'} is not a folder")):
+            check_output_dir(config, resume=resume)
+
+
 def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
     records = [
         {"step": 1, "loss": 3.0},

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 CONFIG_SNAPSHOT = "train_config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 FINISHED_MARKER = "finished.json"
 
@@ -82,11 +83,18 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
 
 def check_output_dir(config: Any, resume: bool) -> None:
     """Refuse `config.output_dir` (a `RunFolderError`) when it is not a folder
-    (`check_output_path`), when it holds a run and `resume` is not set, or when `resume` is set
-    and that run's config differs from `config` (a dataclass) in anything but `output_dir`.
+    (`check_output_path`), when its ``checkpoints`` is not a folder, when it holds a run and
+    `resume` is not set, or when `resume` is set and that run's config snapshot is damaged (does
+    not parse, is not a mapping, or was cut short: it does not end with the line break every
+    snapshot ends with) or differs from `config` (a dataclass) in anything but `output_dir`.
     Writes nothing."""
     check_output_path(config.output_dir)
     output_dir = Path(config.output_dir)
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    if (checkpoints.exists() or checkpoints.is_symlink()) and not checkpoints.is_dir():
+        raise RunFolderError(
+            f"{checkpoints} is not a folder, where the run keeps its checkpoints; move it out of {output_dir}"
+        )
     snapshot = output_dir / CONFIG_SNAPSHOT
     if not snapshot.is_file():
         return
@@ -94,12 +102,15 @@ def check_output_dir(config: Any, resume: bool) -> None:
         raise RunFolderError(
             f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
         )
+    raw = snapshot.read_bytes()
     try:
-        previous = yaml.safe_load(snapshot.read_bytes())
+        previous = yaml.safe_load(raw)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise RunFolderError(f"cannot resume {output_dir}: its {CONFIG_SNAPSHOT} does not parse ({error})") from None
+        raise _damaged_snapshot(output_dir, f"does not parse ({' '.join(str(error).split())})") from None
     if not isinstance(previous, dict):
-        raise RunFolderError(f"cannot resume {output_dir}: its {CONFIG_SNAPSHOT} is not a mapping of config keys")
+        raise _damaged_snapshot(output_dir, "is not a mapping of config keys")
+    if not raw.endswith(b"\n"):  # `prepare_output_dir` writes it whole, and yaml.safe_dump ends every line
+        raise _damaged_snapshot(output_dir, f"was cut short (it ends mid-line, after {len(raw)} bytes)")
     # A key missing from the snapshot (a field added since it was written) reads as its default.
     previous = {**_defaults(type(config)), **previous}
     current = dataclasses.asdict(config)
@@ -107,6 +118,17 @@ def check_output_dir(config: Any, resume: bool) -> None:
     changed = sorted(key for key in keys if current.get(key) != previous.get(key))
     if changed:
         raise RunFolderError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+
+
+def _damaged_snapshot(output_dir: Path, problem: str) -> RunFolderError:
+    """The error of a config snapshot that cannot be compared with the config: what is wrong with
+    it, and what to do."""
+    snapshot = output_dir / CONFIG_SNAPSHOT
+    return RunFolderError(
+        f"cannot resume {output_dir}: its {CONFIG_SNAPSHOT} {problem}: the snapshot is damaged, so whether "
+        f"the config changed cannot be told; if --config is the run's config, delete {snapshot} and resume "
+        "again (the checkpoints are still checked against the models the config builds)"
+    )
 
 
 def prepare_output_dir(config: Any, resume: bool) -> Path:
