@@ -115,6 +115,39 @@ def test_noise_fraction_and_span_length_follow_the_settings() -> None:
     assert max_spans(64, 0.15, 3.0) == 3
 
 
+def test_max_spans_equals_the_most_spans_of_any_length_and_takes_constant_time() -> None:
+    """The closed form (the spans of the longest caption) against the maximum over every
+    length up to `max_length`, for densities and span lengths across their ranges (edges and
+    random draws), and a `max_length` of 10**9 validated at once (it took about 20 minutes
+    counting every length)."""
+    import time
+
+    start = time.perf_counter()
+    for max_length, needed in ((10**7, 500_000), (10**9, 50_000_000)):
+        with pytest.raises(ValueError, match=rf"tokenizer\.sentinels \(32\) is too few: .* up to {needed} noise spans"):
+            TrainT5Config(tokenizer=T5TokenizerSettings(max_length=max_length))
+        assert time.perf_counter() - start < 1.0
+
+    def by_every_length(max_length: int, density: float, span: float) -> int:
+        return max((span_counts(n, density, span)[1] for n in range(max_length)), default=0)
+
+    rng = np.random.default_rng(0)
+    densities = [1e-9, 0.01, 0.15, 1 / 3, 0.5, 0.51, 2 / 3, 0.9, 0.99, float(np.nextafter(1.0, 0.0)), 1.0]
+    densities += [float(d) for d in rng.uniform(0.0, 1.0, 40) if d > 0]
+    spans = [1.0, 1.5, 2.5, 3.0, 7.0, 1e9] + [float(m) for m in rng.uniform(1.0, 20.0, 15)]
+    for density in densities:
+        for span in spans:
+            most = 0  # the maximum over the lengths 0 .. max_length - 1, kept as max_length grows
+            for max_length in range(300):
+                if max_length > 0:
+                    most = max(most, span_counts(max_length - 1, density, span)[1])
+                assert max_spans(max_length, density, span) == most, (max_length, density, span)
+    for max_length in (1000, 4096, 12_345):
+        assert max_spans(max_length, 0.15, 3.0) == by_every_length(max_length, 0.15, 3.0)
+    with pytest.raises(ValueError, match=r"noise_density in \(0, 1\]"):
+        max_spans(64, 1.5, 3.0)
+
+
 def test_span_noise_is_a_function_of_seed_and_key() -> None:
     ids = list(range(3, 43))
     a = SpanCorruption(0.15, 3.0, SENTINELS, EOS, 0, seed=7)
