@@ -210,8 +210,14 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "flux",
+            # Flux reads only the CLIP's pooled vector, of the first window: cut it as diffusers does
             Recipe(
-                name="flux", combine="clip_pooled_t5_tokens", pooled="last", t5_max_length=512, negative_optional=True
+                name="flux",
+                combine="clip_pooled_t5_tokens",
+                pooled="last",
+                t5_max_length=512,
+                negative_optional=True,
+                window_split="truncate",
             ),
             pipeline_classes=_classes("Flux", "FluxControl", "FluxControlNet")
             + ("FluxFillPipeline", "FluxKontextPipeline", "FluxKontextInpaintPipeline"),

@@ -193,11 +193,12 @@ def test_a_subclass_is_recognised_by_its_base_and_others_are_refused():
     message = str(error.value)
     assert message.startswith(
         "`pipe` of class CLIPConditionedPipeline is not supported by TextConditioner.from_pipeline; "
-        "supported classes (and their subclasses): FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline, "
-        "PixArtAlphaPipeline, PixArtSigmaPipeline, StableDiffusion3Img2ImgPipeline,"
+        "supported classes (and their subclasses): FluxControlImg2ImgPipeline, FluxControlInpaintPipeline, "
+        "FluxControlNetImg2ImgPipeline,"
     )
     assert message.endswith(
-        "StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline"
+        "StableDiffusionXLPAGImg2ImgPipeline, StableDiffusionXLPAGInpaintPipeline, StableDiffusionXLPAGPipeline, "
+        "StableDiffusionXLPipeline"
     )
 
 

@@ -237,3 +237,21 @@ def test_truncate_equals_diffusers_encode_prompt_on_long_prompts(sd_pipe, sdxl_p
             assert torch.equal(got.tokens, tokens) and torch.equal(got.pooled, pooled)
         windows = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0).encode(LONG_PROMPT).tokens
     assert windows.shape[1] > 77  # the default reads the whole prompt
+
+
+def test_flux_reads_its_clip_truncated_as_diffusers_does(flux_pipe, tokenizer):
+    """Flux takes only the pooled vector of the CLIP's first window, so its recipe truncates as
+    diffusers does: for prompts whose 75th token falls inside a word (where a word-end cut would
+    end the first window earlier), the pooled vector equals `encode_prompt`'s bit for bit, and
+    the T5 still reads the whole prompt."""
+    cond = TextConditioner.from_pipeline(flux_pipe, cache_size=0)
+    assert cond.recipe.window_split == "truncate"
+    word_end = TextConditioner.from_pipeline(flux_pipe, cache_size=0, window_split="word")
+    word_end_differs = []
+    for text in _boundary_prompts(tokenizer):
+        with torch.no_grad():
+            tokens, pooled, _ = flux_pipe.encode_prompt(prompt=text, prompt_2=None, device="cpu")
+        kwargs = cond.pipeline_kwargs(text)
+        assert torch.equal(kwargs["pooled_prompt_embeds"], pooled) and torch.equal(kwargs["prompt_embeds"], tokens)
+        word_end_differs.append(not torch.equal(word_end.pipeline_kwargs(text)["pooled_prompt_embeds"], pooled))
+    assert sum(word_end_differs) >= 3  # the prompts where a word-end cut ends the window earlier
