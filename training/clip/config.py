@@ -3,7 +3,6 @@ are errors naming the key and the file)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -11,6 +10,7 @@ from typing import Literal
 from clipcond.config import load_config
 from clipcond.training.data import DataConfig
 from clipcond.training.loop import check_seed
+from clipcond.training.lora_settings import check_lora_rank_and_alpha
 from clipcond.training.optim import check_optimizer_settings
 
 Mode = Literal["pretrain", "finetune", "text_only", "lit", "lora"]
@@ -35,12 +35,7 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"`lora.r` must be an integer >= 1, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf):
-            raise ValueError(
-                f"`lora.alpha` must be a number > 0 (the update is scaled by alpha / r), got {self.alpha!r}"
-            )
+        check_lora_rank_and_alpha(self.r, self.alpha)
         if isinstance(self.dropout, bool) or not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"`lora.dropout` must be a number in [0, 1), got {self.dropout!r}")
         if not self.target_modules or not all(isinstance(name, str) and name for name in self.target_modules):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from clipcond.config import load_config
 from clipcond.shapes.render import MIN_IMAGE_SIZE
 from clipcond.training.data import DataConfig
 from clipcond.training.loop import check_seed
+from clipcond.training.lora_settings import check_lora_rank_and_alpha
 from clipcond.training.optim import check_optimizer_settings
 from clipcond.window_splits import check_window_split
 
@@ -30,12 +30,7 @@ class DiffusionLoraSettings:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"`lora.r` must be an integer >= 1, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf):
-            raise ValueError(
-                f"`lora.alpha` must be a number > 0 (the update is scaled by alpha / r), got {self.alpha!r}"
-            )
+        check_lora_rank_and_alpha(self.r, self.alpha)
 
 
 @dataclass
