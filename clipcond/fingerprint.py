@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +99,11 @@ def weights_hash(modules: Sequence[nn.Module]) -> str:
     """Hex digest (blake2b, 32 bytes) of every tensor's name, dtype, shape and bytes (a
     quantized tensor's: of its layout and its inner tensors, `stored_tensors`), and of the
     modules' peft adapter settings."""
+    return _with_adapter_settings(_tensor_digest(modules), modules)
+
+
+def _tensor_digest(modules: Sequence[nn.Module]) -> Any:
+    """The running blake2b digest of `weights_hash` over the tensors (it reads every byte)."""
     digest = hashlib.blake2b(digest_size=32)
     for name, tensor in _tensors(modules):
         layout = _layout(tensor)  # appended only for subclasses: plain weights hash as they always have
@@ -111,6 +117,12 @@ def weights_hash(modules: Sequence[nn.Module]) -> str:
             # as a plain tensor: bitsandbytes' parameter classes change what `.to` does
             data = data.as_subclass(torch.Tensor).to("cpu").contiguous().reshape(-1).view(torch.uint8)
             digest.update(memoryview(data.numpy()))
+    return digest
+
+
+def _with_adapter_settings(tensor_digest: Any, modules: Sequence[nn.Module]) -> str:
+    """`weights_hash` from the tensors' digest (left unchanged): the adapter settings added."""
+    digest = tensor_digest.copy()
     for index, module in enumerate(modules):
         digest.update(f"{index}|adapters|{_adapter_settings(list(module.named_modules()))!r}".encode())
     return digest.hexdigest()
@@ -156,6 +168,8 @@ class WeightsWatch:
         self._generation = 0
         self._hash_state: tuple | None = None
         self._hash: str | None = None
+        self._tensor_digest_state: tuple | None = None
+        self._tensor_digest: Any = None
 
     def state(self) -> tuple:
         """A token equal between two calls if and only if no weight was replaced or written
@@ -190,9 +204,17 @@ class WeightsWatch:
         self._generation += 1
 
     def content_hash(self) -> str:
-        """`weights_hash` of the modules, recomputed only when `state()` changed."""
+        """`weights_hash` of the modules, recomputed only when `state()` changed; the bytes are
+        read again only when a weight may have changed, not when only an adapter's scale or
+        activity did (a call's LoRA scale, set and undone around every encode). A merge or
+        unmerge (peft writes through `.data`) reads them again, as any other state change."""
         state = self.state()
         if self._hash is None or state != self._hash_state:
-            self._hash = weights_hash(self._modules)
+            merged = tuple(tuple(layer[3] for layer in module) for module in state[2])
+            weights_state = (*state[:2], merged)  # generation, version marks, merged adapters
+            if self._tensor_digest is None or weights_state != self._tensor_digest_state:
+                self._tensor_digest = _tensor_digest(self._modules)
+                self._tensor_digest_state = weights_state
+            self._hash = _with_adapter_settings(self._tensor_digest, self._modules)
             self._hash_state = state
         return self._hash

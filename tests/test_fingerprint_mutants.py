@@ -176,13 +176,13 @@ def test_weights_placed_by_a_hook_may_move_but_not_change_dtype():
 
 def test_content_hash_reads_the_bytes_once_per_state(monkeypatch):
     calls = []
-    real_hash = fingerprint.weights_hash
+    real_digest = fingerprint._tensor_digest
 
-    def counting_hash(modules):
+    def counting_digest(modules):
         calls.append(1)
-        return real_hash(modules)
+        return real_digest(modules)
 
-    monkeypatch.setattr(fingerprint, "weights_hash", counting_hash)
+    monkeypatch.setattr(fingerprint, "_tensor_digest", counting_digest)
     module = _linear()
     watch = WeightsWatch([module])
     first = watch.content_hash()
@@ -191,8 +191,34 @@ def test_content_hash_reads_the_bytes_once_per_state(monkeypatch):
         module.weight.mul_(2.0)
     second = watch.content_hash()
     assert second != first and len(calls) == 2
-    assert second == real_hash([module])
     assert watch.content_hash() == second and len(calls) == 2
+    assert second == weights_hash([module])
+
+
+def test_a_changed_adapter_scale_changes_the_hash_without_reading_the_bytes_again(monkeypatch):
+    """A call's LoRA scale is set and undone around every encode: the hash follows it (equal to
+    `weights_hash` read afresh) from the bytes read once; a merge reads them again (peft writes
+    the merged weights through `.data`, which no version counter sees)."""
+    calls = []
+    real_digest = fingerprint._tensor_digest
+    monkeypatch.setattr(fingerprint, "_tensor_digest", lambda modules: calls.append(1) or real_digest(modules))
+    torch.manual_seed(0)
+    module = _with_adapter(scaling={"a": 1.0}, active=("a",), merged_adapters=[], disable_adapters=False)
+    layer = module[1]
+    watch = WeightsWatch([module])
+    plain = watch.content_hash()
+    layer.scaling["a"] = 0.5
+    half = watch.content_hash()
+    layer.scaling["a"] = 1.0
+    assert watch.content_hash() == plain and half != plain and len(calls) == 1
+    layer.scaling["a"] = 0.5
+    assert watch.content_hash() == half and len(calls) == 1
+    assert half == fingerprint._with_adapter_settings(real_digest([module]), [module])  # read afresh
+    layer.merged_adapters = ["a"]
+    layer.weight.data += 1.0  # as peft merges: through .data
+    merged = watch.content_hash()
+    assert len(calls) == 2 and merged not in (plain, half)
+    assert merged == fingerprint._with_adapter_settings(real_digest([module]), [module])
 
 
 # ------------------------------------------------------------------ the hash as a formula
