@@ -44,10 +44,11 @@ class RunFailed(UserError):
 
 
 @contextmanager
-def user_errors(*kinds: type[BaseException], error: type[UserError] = UsageError, context: str = "") -> Iterator[None]:
+def user_errors(*kinds: type[BaseException], error: type[Exception] = UsageError, context: str = "") -> Iterator[None]:
     """Inside the block, an exception of one of `kinds` is the user's to fix: it is raised
-    again as `error` with its message after `context` (e.g. ``"--model runs/x: "``), chained
-    to the original so that ``--debug`` shows where it came from."""
+    again as `error` (a `UserError` for the commands; training's `RunSetupError`, which they
+    report as one) with its message after `context` (e.g. ``"--model runs/x: "``), chained to
+    the original so that ``--debug`` shows where it came from."""
     try:
         yield
     except kinds as caught:
