@@ -69,11 +69,14 @@ def swap_text_encoder(
         TypeError: `pipe` has no such slot, no UNet (a transformer pipeline), or a slot that
             holds no CLIP (a T5); `text_encoder` is not of the class the slot is read as.
         ValueError: an unknown `component`; widths that do not fit what the UNet reads (the
-            message names the width that fits). Nothing in `pipe` has changed then.
+            message names the width that fits); a tokenizer (the given one, or the pipeline's)
+            with ids beyond the encoder's embedding rows (textual-inversion tokens loaded before
+            the swap, a smaller vocabulary). Nothing in `pipe` has changed then.
     """
     _check_pipeline(pipe, component)
     _check_class(pipe, text_encoder, component)
     _check_widths(pipe, text_encoder, component)
+    _check_vocabulary(text_encoder, tokenizer if tokenizer is not None else getattr(pipe, _TOKENIZERS[component]))
     old = getattr(pipe, component, None)
     reference = old if old is not None else pipe.unet
     if text_encoder.dtype != reference.dtype:
@@ -131,6 +134,25 @@ def _check_class(pipe: Any, text_encoder: Any, component: str) -> None:
         raise TypeError(
             f"`text_encoder` must be a {names} for pipe.{component} ({why}), got {type(text_encoder).__name__}"
         )
+
+
+def _check_vocabulary(text_encoder: Any, tokenizer: Any) -> None:
+    """Refuse a tokenizer whose ids the encoder has no embedding rows for (a smaller
+    vocabulary, or textual-inversion tokens loaded into the pipeline before the swap)."""
+    if tokenizer is None:
+        return
+    rows = text_encoder.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return
+    beyond = [token for token, index in tokenizer.get_added_vocab().items() if index >= rows]
+    added = (
+        f" (added tokens without a row: {', '.join(beyond[:5])}{' ...' if len(beyond) > 5 else ''})" if beyond else ""
+    )
+    raise ValueError(
+        f"`text_encoder` has {rows} token embeddings but the tokenizer it would read gives {len(tokenizer)} ids"
+        f"{added}: pass the tokenizer of its vocabulary as `tokenizer=`, and load textual inversions into the "
+        "pipeline again after the swap"
+    )
 
 
 def _check_widths(pipe: Any, text_encoder: Any, component: str) -> None:

@@ -68,6 +68,34 @@ def test_sdxl_refusals_name_the_width_that_fits_and_change_nothing() -> None:
     assert "TextProjection" not in str(refused.value)
 
 
+def test_a_tokenizer_with_ids_beyond_the_encoders_rows_is_refused_before_any_change() -> None:
+    """A textual-inversion token loaded before the swap (49,410 ids for 49,408 rows), or a tower
+    of a smaller vocabulary: refused naming both sizes (torch's IndexError at the next call
+    before); with its own tokenizer the small tower is taken."""
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd())
+    pipe.load_textual_inversion({"<toy>": torch.randn(2, pipe.text_encoder.config.hidden_size)}, token="<toy>")
+    encoder = pipe.text_encoder
+    with pytest.raises(
+        ValueError,
+        match=r"has 49408 token embeddings but .* gives 49410 ids \(added tokens without a row: <toy>, <toy>_1\)",
+    ):
+        swap_text_encoder(pipe, clip_text_model(7))
+    assert pipe.text_encoder is encoder
+    small = clip_text_model(7, vocab_size=1000)
+    with pytest.raises(ValueError, match=r"has 1000 token embeddings but the tokenizer it would read gives 49410 ids"):
+        swap_text_encoder(pipe, small)
+    assert pipe.text_encoder is encoder
+    from transformers import CLIPTokenizer
+
+    class SmallVocabulary(CLIPTokenizer):  # stands in for the small tower's own tokenizer
+        def __len__(self) -> int:
+            return 1000
+
+    small_tokenizer = copy.copy(pipe.tokenizer)
+    small_tokenizer.__class__ = SmallVocabulary
+    assert swap_text_encoder(pipe, small, tokenizer=small_tokenizer).text_encoder is small
+
+
 def test_sdxl_refiner_reads_its_second_clip_alone() -> None:
     refiner = StableDiffusionXLImg2ImgPipeline(**sdxl_refiner_components(), requires_aesthetics_score=True)
     with pytest.raises(ValueError, match="reads no tokens from `text_encoder`"):
