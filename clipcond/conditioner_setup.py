@@ -27,6 +27,16 @@ EncoderLike = TextEncoder | tuple[nn.Module, Any]
 DEFAULT_MAX_BATCH_WINDOWS = 256
 
 
+def check_cache_size(value: object) -> int:
+    """`value` if it is an int >= 0 (0: no memory cache); a TypeError or ValueError naming
+    `cache_size` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`cache_size` must be an int >= 0 (prompts kept in memory), got {value!r}")
+    if value < 0:
+        raise ValueError(f"`cache_size` must be an int >= 0 (prompts kept in memory), got {value}")
+    return value
+
+
 def check_max_batch_windows(value: object) -> int | None:
     """`value` if it is None or a positive int; a TypeError or ValueError naming
     `max_batch_windows` otherwise."""

@@ -36,6 +36,7 @@ from clipcond.conditioner_setup import (
     EncoderLike,
     as_encoders,
     build_projection,
+    check_cache_size,
     check_clip_layer,
     check_clip_skip,
     check_encoders,
@@ -189,6 +190,7 @@ class TextConditioner:
         self.projection = build_projection(
             self.recipe, self.clip_width, self.t5_width, projection_dim, projection, self.encoders[0]
         )
+        cache_size = check_cache_size(cache_size)
         self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._tokenizer_fingerprints = TokenizerFingerprints()

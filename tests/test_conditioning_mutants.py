@@ -238,3 +238,9 @@ def test_from_config_carries_its_settings(tmp_path, tiny_clip_text_path):
     cond = TextConditioner.from_config(path)
     assert cond.t5 is None and cond.clip_skip == 1 and cond.recipe.emphasis == "a1111"
     assert cond.cache.max_entries == 3
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_bad_cache_size_is_named_as_the_argument_the_user_gave(sd_pipe, bad, error):
+    with pytest.raises(error, match=rf"^`cache_size` must be an int >= 0 \(prompts kept in memory\), got {bad!r}$"):
+        TextConditioner.from_pipeline(sd_pipe, cache_size=bad)
