@@ -314,3 +314,17 @@ def test_a_float_key_takes_an_exponent_pyyaml_reads_as_a_string(tmp_path):
             config_from_dict(TrainClipConfig, {"model": "m.yaml", "lr": text})
     with pytest.raises(ValueError, match="key `steps`: expected an integer"):
         apply_overrides(config, ["steps=1e3"])  # counts stay integers
+
+
+def test_a_lora_alpha_is_a_number_in_both_training_commands():
+    """peft scales the update by alpha / r with any positive number: train-clip took only
+    integers (`alpha: 0.5` or `16.0` was 'expected an integer'), train-diffusion any number."""
+    from clipcond.config import apply_overrides
+    from clipcond.training.clip.config import TrainClipConfig
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    clip = TrainClipConfig(model="m.yaml")
+    diffusion = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    for base in (clip, diffusion):
+        for text, value in (("0.5", 0.5), ("16.0", 16.0), ("8e0", 8.0), ("16", 16)):
+            assert apply_overrides(base, [f"lora.alpha={text}"]).lora.alpha == value

@@ -30,7 +30,7 @@ class LoraSettings:
     """
 
     r: int = 8
-    alpha: int = 16
+    alpha: float = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
 
