@@ -83,7 +83,6 @@ def run_training_command(
             as it was).
         RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
-    import yaml
 
     from clipcond.training.loop import RunSetupError, TrainingDiverged, check_runtime
     from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError, check_output_dir
@@ -91,7 +90,7 @@ def run_training_command(
     path = Path(args.config)
     if not path.is_file():
         raise UsageError(f"--config: no such file {path}")
-    with user_errors(FileNotFoundError, ValueError, TypeError, yaml.YAMLError):  # their messages name the file
+    with user_errors(FileNotFoundError, ValueError, TypeError):  # their messages name the file
         config = config_with_overrides(config_class.from_yaml(path), args)
         config.data.check_files()
         # what the machine lacks for this config (fp16 without a GPU, tensorboard not installed)

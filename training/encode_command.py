@@ -223,13 +223,12 @@ def _counted(count: int, noun: str) -> str:
 
 def _train_config(path: str) -> Any:
     """The train-diffusion config at `path` (its errors are usage errors)."""
-    import yaml
 
     from clipcond.training.diffusion.config import TrainDiffusionConfig
 
     if not Path(path).is_file():
         raise UsageError(f"--train-config: no such file {path}")
-    with user_errors(ValueError, TypeError, yaml.YAMLError):
+    with user_errors(ValueError, TypeError):
         return TrainDiffusionConfig.from_yaml(path)
 
 

@@ -50,7 +50,6 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
-    import yaml
 
     from clipcond.lab.config import check_experiment, load_experiment_config
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.output_paths import check_output_location
 
     # the config, its files and the install: the message says what to fix
-    with user_errors(FileNotFoundError, ValueError, ImportError, yaml.YAMLError):
+    with user_errors(FileNotFoundError, ValueError, ImportError):
         config = load_experiment_config(Path(args.config))
         if args.report_only:
             print(f"wrote {write_report(config.output_dir)}")

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clipcond.config import config_from_dict, read_yaml
 from clipcond.lab.summary import ALL_CATEGORIES
 from clipcond.shapes.prompt_suite import SuitePrompt, scene_from_spec
@@ -172,10 +170,7 @@ def load_suite(path: str | Path) -> PromptSuite:
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
     raw = path.read_bytes()
-    try:
-        data = read_yaml(raw, str(path))  # a key given twice or text not UTF-8: a ValueError naming the file
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    data = read_yaml(raw, str(path))  # not YAML, a key given twice, not UTF-8: a ValueError naming the file
     spec = config_from_dict(_SuiteSpec, data if data is not None else {}, source=str(path))
     if spec.name is None and not SAFE_NAME.match(path.stem):
         raise ValueError(f"{path}: the file name {path.stem!r} is not a suite name; add a `name:` key")

@@ -52,7 +52,6 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, build, save. Returns the exit status."""
-    import yaml
 
     from clipcond.models.config import load_model_config
 
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be in [-2**63, 2**64 - 1], got {args.seed}")
     if not Path(args.model).is_file():
         raise UsageError(f"--model: no such file {args.model}")
-    with user_errors(ValueError, TypeError, yaml.YAMLError):  # the messages name the file and the key
+    with user_errors(ValueError, TypeError):  # the messages name the file and the key
         load_model_config(args.model)
     output = Path(args.output)
     if output.exists():
