@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import tiny_pipelines
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (`pytest -n auto` starts one per core): two torch threads per worker
+    # on a fully loaded machine spin against each other (the run took several times as long).
+    # The environment variable carries it to the processes that tests start.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

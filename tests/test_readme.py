@@ -94,3 +94,16 @@ def test_links_stay_in_the_repository_and_resolve(document: Path) -> None:
         path = (document.parent / target.split("#")[0]).resolve()
         assert path.is_relative_to(root), f"{document.name}: {target} is outside the checkout"
         assert path.exists(), f"{document.name}: {target} does not exist"
+
+
+def test_ci_runs_the_test_command_the_readme_gives() -> None:
+    """The quick start's test command (the last command of its second line) is a line of
+    `.ci/run`, word for word but for `python3`, and the Develop section names the same one."""
+    text = README.read_text(encoding="utf-8")
+    quick_start = re.search(r"^```bash\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    assert quick_start, "README has no bash quick start"
+    command = quick_start.group(1).strip().splitlines()[1].split(" && ")[-1]
+    assert command.startswith("python -m pytest"), command
+    ci_lines = (README.parent / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert command.replace("python ", "python3 ", 1) in ci_lines, f"{command!r} is not a line of .ci/run"
+    assert f"The test command (`{command}`" in text
