@@ -9,7 +9,7 @@ import torch
 
 from clipcond.models import load_clip
 from clipcond.training.clip.random_init import init_clip
-from clipcond.training.diffusion.setup import load_frozen_text_encoder
+from clipcond.training.diffusion.frozen_encoders import load_frozen_text_encoder
 
 MODEL = Path(__file__).parents[1] / "configs" / "models" / "clip-tiny.yaml"
 

@@ -7,21 +7,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny_pipelines
 import torch
 from test_train_diffusion import tiny_config
 
+from clipcond.tokenization import CLIPTokenizerWithTextCleaning, clip_tokenizer
 from clipcond.training.diffusion.config import DiffusionLoraSettings, TrainDiffusionConfig
 from clipcond.training.diffusion.setup import build_conditioner
+from clipcond.training.loop import RunSetupError
 
 LONG = ", ".join(["a photorealistic portrait of a red fox in the snow"] * 9)  # about 100 tokens
 CAPTIONS = ["a photo (2019) of a dog", r"a (red:1.5) circle BREAK \(x\) [blue]", LONG, ""]
 
 
-def _script_reading(text_encoder_path: Path, captions: list[str]) -> torch.Tensor:
-    """What diffusers' train_text_to_image.py feeds the UNet for `captions`."""
+def _script_reading(text_encoder_path: Path, captions: list[str], tokenizer_path: Path | None = None) -> torch.Tensor:
+    """What diffusers' train_text_to_image.py feeds the UNet for `captions` (the tokenizer from
+    `tokenizer_path`, by default the text encoder's folder)."""
     from transformers import AutoTokenizer, CLIPTextModel
 
-    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or text_encoder_path)
     ids = tokenizer(captions, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         return CLIPTextModel.from_pretrained(text_encoder_path)(ids, return_dict=False)[0]
@@ -31,6 +35,66 @@ def test_captions_are_read_as_diffusers_training_script_reads_them(tiny_clip_tex
     conditioner = build_conditioner(tiny_config(tiny_clip_text_path, tmp_path))
     got = conditioner.encode(CAPTIONS).tokens
     torch.testing.assert_close(got, _script_reading(tiny_clip_text_path, CAPTIONS), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("given", ["model and tokenizer in one folder", "pipeline folder", "its text_encoder/"])
+def test_an_sd2_style_tower_is_read_with_the_tokenizer_saved_beside_it(given, tmp_path) -> None:
+    """A tower saved with a tokenizer that pads with "!" (SD 2.x, OpenCLIP): the run reads captions
+    with that tokenizer, as the script reads a pipeline's, wherever the config points."""
+    root = tmp_path / "sd2"
+    model_folder, tokenizer_folder = (
+        (root, root) if given.startswith("model") else (root / "text_encoder", root / "tokenizer")
+    )
+    tiny_pipelines.clip_text_model(3).save_pretrained(model_folder)
+    clip_tokenizer(pad_token="!").save_pretrained(tokenizer_folder)
+    pointed_at = root if given != "its text_encoder/" else model_folder
+    conditioner = build_conditioner(tiny_config(pointed_at, tmp_path / "run"))
+    expected = _script_reading(model_folder, CAPTIONS, tokenizer_folder)
+    torch.testing.assert_close(conditioner.encode(CAPTIONS).tokens, expected, rtol=0, atol=1e-6)
+    assert isinstance(conditioner.clip[0].tokenizer, CLIPTokenizerWithTextCleaning)  # OpenAI's cleaning kept
+
+
+def test_a_tokenizer_of_another_vocabulary_is_used_as_saved(tmp_path) -> None:
+    """A CLIP tokenizer of nine tokens (one-letter words; a tower trained on them): its ids and
+    pad, not OpenAI's."""
+    from transformers import CLIPTokenizer
+
+    words = ["a</w>", "b</w>", "c</w>", "d</w>", "e</w>", "!</w>"]
+    vocab = {token: index for index, token in enumerate(["<|startoftext|>", "<|endoftext|>", "!", *words])}
+    root = tmp_path / "tower"
+    CLIPTokenizer(vocab=vocab, merges=[], pad_token="!").save_pretrained(root)
+    tiny_pipelines.clip_text_model(3, vocab_size=len(vocab), bos_token_id=0, eos_token_id=1).save_pretrained(root)
+    conditioner = build_conditioner(tiny_config(root, tmp_path / "run"))
+    ids = conditioner.clip[0].tokenizer("a b c", padding="max_length", max_length=6).input_ids
+    assert ids == [0, 3, 4, 5, 1, 2]
+    captions = ["a b c", "d e"]
+    expected = _script_reading(root, captions)
+    torch.testing.assert_close(conditioner.encode(captions).tokens, expected, rtol=0, atol=1e-6)
+
+
+def test_a_tower_without_a_tokenizer_reads_with_the_bundled_one(tmp_path) -> None:
+    tiny_pipelines.clip_text_model(3).save_pretrained(tmp_path / "tower")
+    conditioner = build_conditioner(tiny_config(tmp_path / "tower", tmp_path / "run"))
+    ids = conditioner.clip[0].tokenizer("a red circle", padding="max_length").input_ids
+    assert ids == clip_tokenizer()("a red circle", padding="max_length").input_ids
+
+
+@pytest.mark.parametrize("damage", ["not json", "too many tokens"])
+def test_a_saved_tokenizer_that_does_not_fit_is_a_setup_error(damage, tmp_path) -> None:
+    root = tmp_path / "tower"
+    tiny_pipelines.clip_text_model(3, vocab_size=1000).save_pretrained(root)
+    clip_tokenizer().save_pretrained(root)
+    if damage == "not json":
+        (root / "tokenizer_config.json").write_text("{ not json")
+        (root / "tokenizer.json").write_text("{ not json")
+    expected = (
+        "line 1 column"
+        if damage == "not json"
+        else f"the tokenizer in {root} has 49408 tokens, more than the 1000 rows"
+    )
+    with pytest.raises(RunSetupError, match=expected) as raised:
+        build_conditioner(tiny_config(root, tmp_path / "run"))
+    assert str(raised.value).startswith(f"text_encoder {root}: ") and "\n" not in str(raised.value)
 
 
 def test_a_captions_context_does_not_depend_on_its_batch(tiny_clip_text_path, tmp_path) -> None:

@@ -277,7 +277,7 @@ def test_saved_folder_loads_for_diffusion_and_conditions_prompts(trained: Path, 
     from transformers import AutoTokenizer, CLIPTextModel
 
     from clipcond import TextConditioner
-    from clipcond.training.diffusion.setup import load_frozen_t5
+    from clipcond.training.diffusion.frozen_encoders import load_frozen_t5
 
     model, tokenizer = load_frozen_t5(str(trained / "model"))
     assert model.config.d_model == 32 and not any(p.requires_grad for p in model.parameters())

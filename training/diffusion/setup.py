@@ -23,60 +23,17 @@ from torch import nn
 from clipcond.conditioning import TextConditioner
 from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
-from clipcond.tokenization import clip_tokenizer
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
 from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.frozen_encoders import (
+    load_frozen_t5,
+    load_frozen_text_encoder,
+    load_text_encoder_tokenizer,
+)
 from clipcond.training.loop import RunSetupError, reading_part
 
 PROJECTION_DIR = "text_projection"
-
-
-def load_frozen_text_encoder(path: str) -> nn.Module:
-    """The CLIP text tower of a `save_clip` folder or a transformers folder, frozen, in eval mode.
-
-    Raises:
-        FileNotFoundError: no ``config.json`` in `path` or its ``text_encoder/``.
-        RunSetupError: the folder cannot be read (see the module docstring).
-    """
-    from transformers import CLIPTextModel
-
-    folder = Path(path)
-    if (folder / "text_encoder").is_dir():
-        folder = folder / "text_encoder"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"text_encoder: no text encoder at {path} (expected config.json or text_encoder/)")
-    # CLIPTextModel (not ...WithProjection): its first output is the per-token states, which is
-    # what a StableDiffusionPipeline reads too; projection weights, if stored, are ignored (and
-    # transformers' report of them as unexpected keys is silenced).
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        # float32 whatever the stored dtype (the bundled model's is float16): the run computes in
-        # float32 and mixed precision is accelerate's autocast, as for the UNet
-        with reading_part("text_encoder", path):
-            model = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
-    finally:
-        transformers_logging.set_verbosity(level)
-    return model.eval().requires_grad_(False)
-
-
-def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
-    """A transformers T5 encoder and its tokenizer from `path` (tokenizer files in the folder
-    or in `tokenizer/`; the model in the folder or in `text_encoder/`), frozen, in eval mode."""
-    from transformers import AutoTokenizer, T5EncoderModel
-
-    folder = Path(path)
-    model_folder = folder / "text_encoder" if (folder / "text_encoder" / "config.json").is_file() else folder
-    if not (model_folder / "config.json").is_file():
-        raise FileNotFoundError(f"t5_encoder: no T5 encoder at {path} (expected config.json or text_encoder/)")
-    tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
-    with reading_part("t5_encoder", path):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-        model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
-    return model.eval().requires_grad_(False), tokenizer
 
 
 class Denoiser(nn.Module):
@@ -269,7 +226,7 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
         ValueError: `train: adapter` without a projection.
     """
     text_encoder = load_frozen_text_encoder(config.text_encoder)
-    tokenizer = clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
+    tokenizer = load_text_encoder_tokenizer(config.text_encoder, text_encoder)
     t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
     projection = _load_init_projection(config)
     if config.train == "adapter" and projection is None and config.projection_dim is None:
