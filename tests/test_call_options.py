@@ -93,6 +93,20 @@ def test_a_disk_cache_keys_the_lora_scale(tmp_path, t5_tokenizer_path) -> None:
     assert not torch.equal(second.encode(PROMPT).tokens, half)
 
 
+def test_nested_scales_multiply_as_diffusers_scale_lora_layers_does(t5_tokenizer_path) -> None:
+    """`with cond.lora_scaled(0.5): cond.encode(p, lora_scale=4.0)` runs the LoRA at 2.0, as
+    diffusers' `scale_lora_layers` nests; the cache serves each product its own rows."""
+    pipe = _build("sd", t5_tokenizer_path)
+    _with_lora(pipe.text_encoder, seed=0)
+    cond = TextConditioner.from_pipeline(pipe)
+    doubled, _ = _encode_prompt("sd", pipe, 2.0)
+    with cond.lora_scaled(0.5):
+        half = cond.encode(PROMPT).tokens
+        assert torch.equal(cond.encode(PROMPT, lora_scale=4.0).tokens, doubled)
+    assert torch.equal(half, _encode_prompt("sd", pipe, 0.5)[0])
+    assert torch.equal(cond.encode(PROMPT).tokens, _encode_prompt("sd", pipe, None)[0])
+
+
 def test_lora_scale_is_checked_before_any_work(t5_tokenizer_path) -> None:
     cond = TextConditioner.from_pipeline(_build("sd", t5_tokenizer_path))
     with pytest.raises(
