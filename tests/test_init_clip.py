@@ -62,3 +62,26 @@ def test_an_interrupted_save_leaves_no_folder_and_the_rerun_writes_it(tmp_path, 
     assert (output / "logit_scale.safetensors").is_file()
     expected = load_clip(init_clip(MODEL, tmp_path / "again", seed=3)).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in load_clip(output).state_dict().items())
+
+
+def test_a_killed_saves_hidden_folder_goes_and_a_live_writers_stays(tmp_path):
+    """A SIGKILL mid-save leaves `.tmp-<name>-<pid>` (nothing runs its clean-up): the next
+    init-clip of that folder deletes it when its process is gone, and keeps a live one's."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".tmp-model-{int(finished.stdout)}"
+    (killed / "text_encoder").mkdir(parents=True)
+    (killed / "text_encoder" / "model.safetensors").write_bytes(b"half")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".tmp-model-{running.pid}"
+        live.mkdir()
+        other = tmp_path / f".tmp-model2-{int(finished.stdout)}"  # another folder's: not this save's
+        other.mkdir()
+        init_clip(MODEL, tmp_path / "model", seed=0)
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["model", live.name, other.name])
+    finally:
+        running.kill()
+        running.wait()

@@ -265,3 +265,30 @@ def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             removed.append(path)
     return removed
+
+
+def remove_dead_writers_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.tmp-<name>-<pid>`` siblings of `folder` that a `writing_atomically` killed
+    mid-save left, for writers that hold no run lock (``init-clip``): only those whose process
+    is no longer alive, so a live writer's folder is kept. Returns what was deleted."""
+    final = Path(folder)
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.tmp-{re.escape(final.name)}-(\d+)")
+    removed = []
+    for path in sorted(final.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match and not _process_alive(int(match.group(1))):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or a number no process can have: keep the folder
+    return True

@@ -27,13 +27,14 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
 
     The folder is written whole or not at all (`run_folder.writing_atomically`: a hidden
     sibling renamed into place when complete), so an interrupted save leaves no `output` to
-    block a rerun or to pass for a finished prepare step of an experiment.
+    block a rerun or to pass for a finished prepare step of an experiment. The hidden siblings
+    that killed saves left (their process gone) are deleted first.
     """
     import torch
 
     from clipcond.models import ClipTwoTower, save_clip
     from clipcond.models.config import load_model_config
-    from clipcond.training.run_folder import writing_atomically
+    from clipcond.training.run_folder import remove_dead_writers_temporaries, writing_atomically
 
     output = Path(output)
     if output.exists():
@@ -45,6 +46,7 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
         model = ClipTwoTower(config)
     finally:
         torch.random.set_rng_state(generator_state)
+    remove_dead_writers_temporaries(output)
     with writing_atomically(output) as temporary:
         save_clip(model.eval(), temporary)
     return output
