@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import torch
+from accelerate.hooks import CpuOffload
 from diffusers import DiffusionPipeline
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -56,7 +57,11 @@ def swap_text_encoder(
     The encoder is moved to the device and cast to the dtype of the encoder it replaces (of the
     UNet where the slot was empty), in place, as `pipe.to(...)` would: a tower from
     `from_pretrained` loads in float32, and a float16 pipeline could not run it. A cast is
-    logged as a warning.
+    logged as a warning. Under diffusers' model offload (`pipe.enable_model_cpu_offload(...)`)
+    the hooks are put on again with the same device, so the new encoder is offloaded like the
+    rest, and the old one leaves without hooks, held by no hook of `pipe`. Other offloading
+    hooks (sequential, disk or hand-made accelerate offload with the weights on the meta
+    device; diffusers' group offload) cannot be re-created: they are refused.
 
     A `TextConditioner` made by `TextConditioner.from_pipeline(pipe)` before the swap keeps the
     encoders it was built with (it holds the models, not the pipeline): make a new one after
@@ -71,12 +76,16 @@ def swap_text_encoder(
         ValueError: an unknown `component`; widths that do not fit what the UNet reads (the
             message names the width that fits); a tokenizer (the given one, or the pipeline's)
             with ids beyond the encoder's embedding rows (textual-inversion tokens loaded before
-            the swap, a smaller vocabulary). Nothing in `pipe` has changed then.
+            the swap, a smaller vocabulary); the replaced encoder offloaded with hooks the swap
+            cannot re-create; weights on the meta device in it (in an empty slot, in the UNet) or
+            in `text_encoder` (the message names the remedy, e.g. `pipe.remove_all_hooks()`
+            first). Nothing in `pipe` or `text_encoder` has changed then.
     """
     _check_pipeline(pipe, component)
     _check_class(pipe, text_encoder, component)
     _check_widths(pipe, text_encoder, component)
     _check_vocabulary(text_encoder, tokenizer if tokenizer is not None else getattr(pipe, _TOKENIZERS[component]))
+    model_offload = _check_placement(pipe, text_encoder, component)
     old = getattr(pipe, component, None)
     reference = old if old is not None else pipe.unet
     if text_encoder.dtype != reference.dtype:
@@ -86,10 +95,19 @@ def swap_text_encoder(
             reference.dtype,
             f"the pipe.{component} it replaces" if old is not None else "pipe.unet",
         )
-    modules = {component: text_encoder.to(device=reference.device, dtype=reference.dtype)}
+    if model_offload:
+        # the hooks chain the components in `model_cpu_offload_seq`: take them all off (the old
+        # encoder leaves free of hooks, held by nothing of `pipe`), then hook the new set, as
+        # diffusers' own `maybe_free_model_hooks` does after every call (it places the encoder)
+        pipe.remove_all_hooks()
+        modules = {component: text_encoder.to(dtype=reference.dtype)}
+    else:
+        modules = {component: text_encoder.to(device=reference.device, dtype=reference.dtype)}
     if tokenizer is not None:
         modules[_TOKENIZERS[component]] = tokenizer
     pipe.register_modules(**modules)
+    if model_offload:
+        pipe.enable_model_cpu_offload(device=pipe._offload_device)
     return pipe
 
 
@@ -117,6 +135,67 @@ def _check_pipeline(pipe: Any, component: str) -> None:
             f"this UNet reads no `text_encoder_2` (it is not SDXL-class: addition_embed_type is "
             f"{pipe.unet.config.get('addition_embed_type')!r}); swap `text_encoder`"
         )
+
+
+def _check_placement(pipe: Any, text_encoder: torch.nn.Module, component: str) -> bool:
+    """Whether `pipe` runs under diffusers' model offload (`enable_model_cpu_offload`), which the
+    swap re-applies. Refuse what it cannot re-create: accelerate's sequential, disk or hand-made
+    offload (weights on the meta device, brought in layer by layer), diffusers' group offload,
+    and weights on the meta device in either encoder."""
+    old = getattr(pipe, component, None)
+    model_hooks = {id(hook.hook) for hook in getattr(pipe, "_all_hooks", None) or ()}
+    where = f"pipe.{component}" if old is not None else "pipe.unet (the slot is empty)"
+    hooked = _hooked_parts(old) if old is not None else []
+    if hooked == [""] and isinstance(old._hf_hook, CpuOffload) and id(old._hf_hook) in model_hooks:
+        hooked = []  # the one hook `enable_model_cpu_offload` puts on a whole component
+    if old is not None and _hooked_parts(old, "_diffusers_hook"):
+        raise ValueError(
+            f"{where} carries diffusers hooks (group offloading): swap_text_encoder cannot put them on the new "
+            "encoder; swap before enabling group offloading"
+        )
+    if hooked:
+        raise ValueError(
+            f"pipe.{component} is offloaded by accelerate (hooks on {_count(hooked)}: "
+            "enable_sequential_cpu_offload's, or hooks put on by hand); swap_text_encoder cannot give the new "
+            "encoder the same hooks. Call pipe.remove_all_hooks() (for hooks put on a part by hand: "
+            f"accelerate.hooks.remove_hook_from_module(pipe.{component}, recurse=True)), swap, then enable "
+            "offloading again"
+        )
+    meta = _meta_weights(old if old is not None else pipe.unet)
+    if meta:
+        raise ValueError(
+            f"{where} holds no weights (on the meta device: {meta[0]}), so the new encoder has no device to "
+            "go to (the meta device would drop its weights); build the pipeline with it instead: "
+            f"{type(pipe).__name__}.from_pipe(pipe, {component}=...)"
+        )
+    hooked, meta = _hooked_parts(text_encoder), _meta_weights(text_encoder)
+    if hooked:
+        raise ValueError(
+            f"`text_encoder` is dispatched or offloaded by accelerate (hooks on {_count(hooked)}): swap it in "
+            "without them, after accelerate.hooks.remove_hook_from_module(text_encoder, recurse=True) (which brings "
+            "offloaded weights back), and offload the pipeline after the swap"
+        )
+    if meta:
+        raise ValueError(f"`text_encoder` holds no weights (on the meta device: {meta[0]}); load them before swapping")
+    return bool(model_hooks)
+
+
+def _hooked_parts(module: torch.nn.Module, attribute: str = "_hf_hook") -> list[str]:
+    """The names of `module`'s parts ('' for itself) that carry an accelerate hook (a diffusers
+    one with `attribute="_diffusers_hook"`)."""
+    return [name for name, part in module.named_modules() if attribute in part.__dict__]
+
+
+def _meta_weights(module: torch.nn.Module) -> list[str]:
+    return [name for name, weight in module.named_parameters() if weight.device.type == "meta"]
+
+
+def _count(parts: list[str]) -> str:
+    """'the encoder and 44 of its modules ('embeddings', 'embeddings.token_embedding', ...)'."""
+    inner = [name for name in parts if name]
+    listed = f" ({', '.join(repr(name) for name in inner[:2])}{', ...' if len(inner) > 2 else ''})"
+    modules = f"{len(inner)} of its modules{listed}" if inner else ""
+    return " and ".join(part for part in ("the encoder" if "" in parts else "", modules) if part)
 
 
 def _check_class(pipe: Any, text_encoder: Any, component: str) -> None:
