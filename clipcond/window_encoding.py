@@ -118,22 +118,50 @@ def _checked_in_batches(run: EncoderRun, encoder: TextEncoder, max_rows: int | N
 
 
 def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
-    # quantized weights are read through the plain tensors that hold them (their scales)
-    bad_weights = any(
-        not bool(torch.isfinite(part).all())
-        for name, weight in encoder.model.named_parameters()
-        for _, part in stored_tensors(name, weight)
-        if part.is_floating_point()
-    )
+    weights, unread = _stored_weights(encoder.model)
+    bad_weights = any(not bool(torch.isfinite(part).all()) for part in weights)
     computed = encoder.weights_dtype
     where = f"{dtype}" if computed == dtype else f"{dtype}, computed in {computed}"
     name = f"the {encoder.kind.upper()} encoder {type(encoder.model).__name__} ({where})"
     if bad_weights:
         return f"{name} gave NaN or infinite states: its weights hold NaN or infinite values (a damaged file?)"
+    finite = "its weights are finite" if not unread else f"the weights read are finite ({unread} offloaded unread)"
     fix = ""
     if computed == torch.float16:
         fix = "; in float16 pass compute_dtype=torch.float32 (TextConditioner or TextEncoder), or load it in bfloat16"
-    return f"{name} gave NaN or infinite states although its weights are finite{fix}"
+    return f"{name} gave NaN or infinite states although {finite}{fix}"
+
+
+def _stored_weights(model: torch.nn.Module) -> tuple[list[torch.Tensor], int]:
+    """The floating-point tensors that hold `model`'s weights (a quantized weight's plain
+    tensors, its scales), and how many weights none could be read for. A weight on the meta
+    device (accelerate's sequential or disk offload) is read from its module's hook, which keeps
+    the values in `weights_map` and brings them in for each forward."""
+    found, unread = [], 0
+    for module in model.modules():
+        for name, weight in module.named_parameters(recurse=False):
+            if weight.device.type == "meta":
+                weight = _offloaded_value(module, name)
+            parts = [] if weight is None else [part for _, part in stored_tensors(name, weight)]
+            if not parts or any(part.device.type == "meta" for part in parts):
+                unread += 1
+                continue
+            found.extend(part for part in parts if part.is_floating_point())
+    return found, unread
+
+
+def _offloaded_value(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The value accelerate keeps for `module`'s weight `name` while it rests on the meta
+    device, or None where no hook of the module holds it."""
+    hook = module.__dict__.get("_hf_hook")
+    for each in getattr(hook, "hooks", (hook,)):  # a SequentialHook chains several
+        weights_map = getattr(each, "weights_map", None)
+        if weights_map is not None and getattr(each, "offload", False):
+            try:
+                return weights_map[name]
+            except KeyError:
+                continue
+    return None
 
 
 def _encode_clip(
