@@ -34,7 +34,7 @@ def assemble(
     t5_zeros: tuple[int, int] | None = None,
     pooled_parts: Sequence[tuple[int, Any]] = (),
     groups: Sequence[int] | None = None,
-    dtype: torch.dtype,
+    dtypes: tuple[torch.dtype, torch.dtype, torch.dtype],
     device: torch.device,
 ) -> PromptEmbeds:
     """Join a batch of records into `PromptEmbeds`.
@@ -51,17 +51,24 @@ def assemble(
             per CLIP encoder that the recipe pools (`TextEncoder.project_pooled`).
         groups: row counts, summing to the batch, over which each text projection runs
             separately (default: the whole batch at once).
-        dtype, device: of the returned embeddings (without a projection, which keeps its own).
+        dtypes: (CLIP tokens, tokens, pooled vector): the CLIP tokens (and zero T5 tokens) are
+            cast to the first before they are joined, the tokens to the second, the pooled
+            vector to the third (`TextConditioner._output_dtypes`); without a projection, which
+            keeps its own.
+        device: of the zero T5 tokens.
     """
+    clip_dtype, dtype, pooled_dtype = dtypes
     batch = len(records)
     clip_tokens = _joined_clip_windows(records, empty_clip_window)  # (batch, windows * length, clip_width)
+    if clip_tokens is not None and projection is None:
+        clip_tokens = clip_tokens.to(clip_dtype)
     t5_tokens = t5_mask = None
     if records and records[0].t5_tokens is not None:
         t5_tokens = torch.stack([record.t5_tokens for record in records])  # (batch, t5_length, t5_width)
         t5_mask = torch.stack([record.t5_mask for record in records])  # (batch, t5_length)
     elif t5_zeros is not None:
         length, width = t5_zeros
-        t5_tokens = torch.zeros(batch, length, width, device=device, dtype=dtype)
+        t5_tokens = torch.zeros(batch, length, width, device=device, dtype=clip_dtype)
         t5_mask = torch.ones(batch, length, dtype=torch.long, device=device)
     pooled = pooled_vectors(records, pooled_parts, groups) if recipe.pooled != "none" else None
 
@@ -89,7 +96,7 @@ def assemble(
         tokens = tokens.to(dtype)
     return PromptEmbeds(
         tokens=tokens,
-        pooled=None if pooled is None else pooled.to(device=tokens.device, dtype=dtype),
+        pooled=None if pooled is None else pooled.to(device=tokens.device, dtype=pooled_dtype),
         mask=mask.to(tokens.device) if (recipe.return_mask and mask is not None) else None,
     )
 

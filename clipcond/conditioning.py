@@ -250,8 +250,36 @@ class TextConditioner:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Dtype of the first encoder: the dtype of returned embeddings."""
-        return self.encoders[0].dtype
+        """Dtype of the returned token embeddings: the encoders' when they share one; else as
+        the family's `encode_prompt` casts them (`_output_dtypes`)."""
+        return self._output_dtypes()[1]
+
+    def _output_dtypes(self) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+        """(CLIP tokens, tokens, pooled vector): the dtypes of the returned embeddings when the
+        encoders' dtypes differ, as the family's `encode_prompt` gives them. The CLIP tokens take
+        the dtype of the CLIP `Family.clip_tokens_dtype_of` names (SDXL: `text_encoder_2`'s; SD3:
+        `text_encoder`'s); T5 tokens keep the T5's (zeros in its place: the CLIP tokens'); tokens
+        joined on the sequence axis promote (SD3: float32 if either part is); the pooled vector
+        promotes over the CLIPs it is made of (SDXL: the last; Flux: its one CLIP). Without a
+        learned projection, which keeps its own dtype."""
+        clip_dtype = self.encoders[0].dtype
+        if self.clip:
+            clip_dtype = (self.clip[-1] if self.family.clip_tokens_dtype_of == "last" else self.clip[0]).dtype
+        t5_dtype = self.t5.dtype if self.t5 is not None else clip_dtype
+        combine = self._active_recipe.combine
+        if combine == "concat_channels":
+            tokens_dtype = clip_dtype
+        elif combine == "clip_pooled_t5_tokens":
+            tokens_dtype = t5_dtype
+        else:
+            tokens_dtype = torch.promote_types(clip_dtype, t5_dtype)
+        pooling = self.clip if self._active_recipe.pooled == "concat" else self.clip[-1:]
+        pooled_dtype = tokens_dtype
+        if pooling:
+            pooled_dtype = pooling[0].dtype
+            for encoder in pooling[1:]:
+                pooled_dtype = torch.promote_types(pooled_dtype, encoder.dtype)
+        return clip_dtype, tokens_dtype, pooled_dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextConditioner:
         """Move (and cast) the encoders and the projection; returns self."""
@@ -704,7 +732,7 @@ class TextConditioner:
                 t5_zeros=self.t5_zeros,
                 pooled_parts=self._pooled_parts(),
                 groups=groups,
-                dtype=self.dtype,
+                dtypes=self._output_dtypes(),
                 device=self.device,
             )
 

@@ -70,6 +70,9 @@ class Family:
             `encode_prompt` runs at its `lora_scale` (diffusers scales `text_encoder` and
             `text_encoder_2`: SD3's T5 is `text_encoder_3`, Flux's is `text_encoder_2`); empty
             where `encode_prompt` takes no scale (PixArt).
+        clip_tokens_dtype_of: the CLIP whose dtype the CLIP tokens are cast to when the CLIPs'
+            dtypes differ, "first" or "last" (SDXL's `encode_prompt` casts to `text_encoder_2`'s,
+            SD3's to `text_encoder`'s); see `TextConditioner.dtype`.
     """
 
     name: str
@@ -88,6 +91,7 @@ class Family:
     step_callback_tensors: tuple[tuple[str, str], ...] = ()
     step_callback_negatives: bool = True
     lora_scaled_kinds: tuple[Literal["clip", "t5"], ...] = ("clip",)
+    clip_tokens_dtype_of: Literal["first", "last"] = "first"
 
     def encoders_fit(self, clip_count: int, has_t5: bool, has_t5_zeros: bool = False) -> bool:
         """Whether `clip_count` CLIP encoders and a T5 (or its zeros) are what the recipe takes."""
@@ -182,6 +186,7 @@ FAMILIES: dict[str, Family] = {
             t5="absent",
             force_zeros_flag="force_zeros_for_empty_prompt",
             step_callback_tensors=(("tokens", "prompt_embeds"), ("pooled", "add_text_embeds")),
+            clip_tokens_dtype_of="last",
         ),
         Family(
             "sd3",
