@@ -5,12 +5,18 @@
   (a different tensor object or storage) or modified in place (torch bumps a tensor's
   version counter on every in-place write: optimizer steps, `load_state_dict`, `copy_`).
   For modules placed by accelerate hooks (`enable_model_cpu_offload`), whose storage moves
-  on every call by design, a change of dtype or device stands in for a change of storage.
+  on every call by design, a change of dtype or device stands in for a change of storage
+  (so a write that ends on the same dtype and device, such as a `.to(torch.bfloat16)
+  .to(torch.float32)` round trip between two encodes, goes unseen: `mark_written()`).
+  A weight that accelerate offloads to the meta device (sequential or disk offload) is watched
+  where its values are, the hook's `weights_map`: its tensor there, or its file on disk.
   The settings of peft adapter layers (scale, active, merged, disabled) are part of it too.
   A write through `.data` (`weight.data += delta`) bumps no version counter; code that writes
   so tells the watch with `mark_written()` (peft's merge and unmerge do: `fuse_lora`).
 - `content_hash()`: a hash of the weights' names, shapes, dtypes and bytes, stable across
   processes (used for the on-disk cache); computed once per state, since it reads every byte.
+  An offloaded weight is hashed from the values its hook loads for each forward: the hash
+  equals that of the same weights not offloaded.
 
 Quantized weights are watched through the plain tensors that hold their values
 (`stored_tensors`): a tensor subclass such as torchao's `Int8Tensor` reports no storage of its
@@ -22,8 +28,9 @@ weight beside it (on the parameter, or on its layer).
 from __future__ import annotations
 
 import hashlib
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,26 +62,91 @@ def stored_tensors(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Ten
     return found
 
 
-def _watched_tensors(parts: list[tuple[str, nn.Module]]) -> list[torch.Tensor]:
-    """The plain tensors that hold the weights of a module, given its `named_modules()`: each
-    part's own parameters and persistent buffers (`stored_tensors`; those of the state dict),
-    then a bitsandbytes 8-bit layer's scale, wherever it is now (on the weight until the first
-    forward, on the layer after). Not the state dict itself: bitsandbytes builds new tensors
-    for it on every call (`weight_format`, the packed 4-bit `quant_state`)."""
+def _watched_tensors(parts: list[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
+    """The plain tensors that hold the weights of a module, given its `named_modules()`, each
+    with the path of its weight: each part's own parameters and persistent buffers
+    (`stored_tensors`; those of the state dict), then a bitsandbytes 8-bit layer's scale,
+    wherever it is now (on the weight until the first forward, on the layer after). Not the
+    state dict itself: bitsandbytes builds new tensors for it on every call (`weight_format`,
+    the packed 4-bit `quant_state`)."""
     tensors = []
-    for _, part in parts:
+    for prefix, part in parts:
         buffers = [
             (name, buffer) for name, buffer in part._buffers.items() if name not in part._non_persistent_buffers_set
         ]
         for name, weight in (*part._parameters.items(), *buffers):
             if weight is not None:
-                tensors.extend(tensor for _, tensor in stored_tensors(name, weight))
+                path = f"{prefix}.{name}" if prefix else name
+                tensors.extend((path, tensor) for _, tensor in stored_tensors(name, weight))
         scale = getattr(part._parameters.get("weight"), "SCB", None)
         if scale is None:
             scale = getattr(part.__dict__.get("state"), "SCB", None)
         if isinstance(scale, torch.Tensor):
-            tensors.append(scale)
+            tensors.append((f"{prefix}.SCB" if prefix else "SCB", scale))
     return tensors
+
+
+def _offload_source(parts: Mapping[str, nn.Module], path: str) -> tuple[Mapping, str] | None:
+    """Where accelerate keeps the values of the tensor at `path` (in the module whose
+    `named_modules(remove_duplicate=False)` are `parts`) while it rests on the meta device: the
+    `weights_map` of the `AlignDevicesHook` that loads it for each forward, and its key there;
+    None when no hook does. That hook is on the tensor's own module (the key: the tensor's
+    name), or on an ancestor that loads its submodules' tensors too (`place_submodules`, for
+    `preload_module_classes`; the key: the path below that ancestor), as the hook's
+    `pre_forward` reads them."""
+    names = path.split(".")
+    for depth in range(len(names) - 1, -1, -1):
+        hook = getattr(parts.get(".".join(names[:depth])), "__dict__", {}).get("_hf_hook")
+        for candidate in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+            if not getattr(candidate, "offload", False) or getattr(candidate, "weights_map", None) is None:
+                continue
+            if depth == len(names) - 1 or getattr(candidate, "place_submodules", False):
+                return candidate.weights_map, ".".join(names[depth:])
+    return None
+
+
+def _offloaded_value(source: tuple[Mapping, str], tensor: torch.Tensor) -> torch.Tensor | None:
+    """The values accelerate loads for an offloaded `tensor` from its `source`, in the tensor's
+    dtype (the hook casts to it: `set_module_tensor_to_device`); None if the map lacks it."""
+    weights_map, key = source
+    try:
+        value = weights_map[key]
+    except KeyError:
+        return None
+    return value.to(tensor.dtype)
+
+
+def _source_mark(source: tuple[Mapping, str], stats: dict[str, os.stat_result]) -> tuple[tuple, torch.Tensor | None]:
+    """A mark of the values behind an offloaded tensor that changes when they change, read
+    without loading them, and the tensor in memory that holds them (whose identity the watch
+    follows; None for values in a file). Values in memory (`cpu_offload`'s state dict) are
+    marked as any tensor; values on disk (`offload_folder`: accelerate's `.dat` files or the
+    checkpoint's safetensors file) by their file's size, time of last write and inode. Another
+    kind of map is asked for the value, which is marked as it comes (a map that builds a new
+    tensor on every read makes every state new: correct, but each disk-cache lookup then
+    reads the weights again). `stats`: the files stat-ed so far in this `state()`."""
+    from accelerate.utils.offload import OffloadedWeightsLoader, PrefixedDataset
+
+    weights_map, key = source
+    while isinstance(weights_map, PrefixedDataset):
+        key, weights_map = f"{weights_map.prefix}{key}", weights_map.dataset
+    if isinstance(weights_map, OffloadedWeightsLoader) and key not in weights_map.state_dict:
+        info = weights_map.index.get(key)
+        if info is None:
+            return ("missing", key), None
+        file = info.get("safetensors_file") or os.path.join(weights_map.save_folder, f"{key}.dat")
+        if file not in stats:
+            try:
+                stats[file] = os.stat(file)
+            except OSError:  # gone: a forward fails too, and says so
+                return ("missing", key), None
+        stat = stats[file]
+        return ("file", file, info.get("weight_name", key), stat.st_size, stat.st_mtime_ns, stat.st_ino), None
+    try:
+        value = weights_map[key]
+    except KeyError:
+        return ("missing", key), None
+    return ("tensor", value.dtype, value._version, value.data_ptr()), value
 
 
 def _layout(tensor: torch.Tensor) -> str:
@@ -103,8 +175,10 @@ def weights_hash(modules: Sequence[nn.Module]) -> str:
 
 
 def _tensor_digest(modules: Sequence[nn.Module]) -> Any:
-    """The running blake2b digest of `weights_hash` over the tensors (it reads every byte)."""
+    """The running blake2b digest of `weights_hash` over the tensors (it reads every byte; an
+    offloaded tensor's from where accelerate keeps it, `_offload_source`)."""
     digest = hashlib.blake2b(digest_size=32)
+    parts: dict[int, dict[str, nn.Module]] = {}  # per module index, built on its first meta tensor
     for name, tensor in _tensors(modules):
         layout = _layout(tensor)  # appended only for subclasses: plain weights hash as they always have
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}{'|' + layout if layout else ''}".encode())
@@ -113,11 +187,41 @@ def _tensor_digest(modules: Sequence[nn.Module]) -> Any:
                 digest.update(f"{part_name}|{part.dtype}|{tuple(part.shape)}".encode())
             data = part.detach()
             if data.device.type == "meta":
-                raise ValueError(f"cannot fingerprint weights on the meta device ({part_name}); load them first")
+                index, path = part_name.split(".", 1)
+                if int(index) not in parts:
+                    parts[int(index)] = dict(modules[int(index)].named_modules(remove_duplicate=False))
+                data = _meta_values(parts[int(index)], path, part, part is tensor, part_name)
             # as a plain tensor: bitsandbytes' parameter classes change what `.to` does
             data = data.as_subclass(torch.Tensor).to("cpu").contiguous().reshape(-1).view(torch.uint8)
             digest.update(memoryview(data.numpy()))
     return digest
+
+
+def _meta_values(
+    parts: Mapping[str, nn.Module], path: str, tensor: torch.Tensor, is_whole: bool, label: str
+) -> torch.Tensor:
+    """The values of a tensor on the meta device at `path` (`is_whole`: the weight itself, not
+    an inner tensor of a quantized one): what its accelerate hook loads for it. Raises
+    ValueError, naming it by `label`, when there are none to read."""
+    source = _offload_source(parts, path)
+    if source is not None and not is_whole:
+        raise ValueError(
+            f"cannot fingerprint weights on the meta device ({label}): an offloaded quantized weight "
+            "is not read back from its accelerate hook; keep quantized encoders on a device"
+        )
+    value = None if source is None else _offloaded_value(source, tensor)
+    if value is not None:
+        return value
+    if source is not None:
+        raise ValueError(
+            f"cannot fingerprint weights on the meta device ({label}): the accelerate hook that "
+            f"offloads them has no {source[1]!r} in its weights_map, so a forward could not load them either"
+        )
+    raise ValueError(
+        f"cannot fingerprint weights on the meta device ({label}): they have no values, and no "
+        "accelerate offload hook holds any for them (a model made on the meta device, e.g. under "
+        "init_empty_weights, and never loaded); load its weights, or dispatch it with accelerate, first"
+    )
 
 
 def _with_adapter_settings(tensor_digest: Any, modules: Sequence[nn.Module]) -> str:
@@ -177,11 +281,25 @@ class WeightsWatch:
         tensors: list[torch.Tensor] = []
         marks: list[tuple] = []
         adapters = []
+        stats: dict[str, os.stat_result] = {}
         for module in self._modules:
             parts = list(module.named_modules())
             placed_by_hook = _placed_by_hook(parts)
             adapters.append(_adapter_settings(parts))
-            for tensor in _watched_tensors(parts):
+            all_parts: dict[str, nn.Module] | None = None  # built on the first meta tensor
+            for path, tensor in _watched_tensors(parts):
+                if tensor.device.type == "meta" and placed_by_hook:
+                    # Offloaded: the hook makes a new meta tensor after each forward; watch
+                    # the values it loads, where they are.
+                    if all_parts is None:
+                        all_parts = dict(module.named_modules(remove_duplicate=False))
+                    source = _offload_source(all_parts, path)
+                    if source is not None:
+                        mark, holder = _source_mark(source, stats)
+                        marks.append((tensor.dtype, mark))  # the hook casts the values to it
+                        if holder is not None:
+                            tensors.append(holder)
+                        continue
                 tensors.append(tensor)
                 # A hook moves the weights for each forward and back after: their storage
                 # changes on every call while their values do not.

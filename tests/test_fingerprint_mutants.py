@@ -92,7 +92,9 @@ def test_weights_on_the_meta_device_are_refused_by_name():
     with torch.device("meta"):
         module = nn.Linear(2, 2)
     with pytest.raises(
-        ValueError, match=r"^cannot fingerprint weights on the meta device \(0\.weight\); load them first$"
+        ValueError,
+        match=r"^cannot fingerprint weights on the meta device \(0\.weight\): they have no values, and no "
+        r"accelerate offload hook holds any for them .*; load its weights, or dispatch it with accelerate, first$",
     ):
         weights_hash([module])
 
