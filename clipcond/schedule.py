@@ -34,6 +34,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from clipcond.prompts import MAX_WEIGHT
+
 MAX_DEPTH = 64
 
 # A1111's SIGNED_NUMBER (lark's): an optional sign, then an integer or a decimal, with an
@@ -293,6 +295,8 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
 
     The prompt is split at every ``AND`` (upper case, a whole word); a part ending in
     ``:number`` takes that weight (default 1.0) and loses the suffix and the spaces before it.
+    A weight is kept within [-`MAX_WEIGHT`, `MAX_WEIGHT`] as `parse_prompt` keeps its weights
+    (A1111 reads a number beyond the largest float as inf, which makes every latent NaN).
     A prompt without ``AND`` is one part of weight 1.0, its text unchanged.
     """
     if not isinstance(prompt, str):
@@ -309,5 +313,6 @@ def _weighted_part(part: str) -> tuple[str, float]:
     text = part.rstrip()
     colon = text.rfind(":")  # a number holds no ":", so only the last one can start the suffix
     if colon >= 0 and _AND_WEIGHT.fullmatch(text, colon + 1):
-        return text[:colon].rstrip(), float(text[colon + 1 :])
+        weight = float(text[colon + 1 :])
+        return text[:colon].rstrip(), min(max(weight, -MAX_WEIGHT), MAX_WEIGHT)
     return text, 1.0

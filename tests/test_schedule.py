@@ -100,6 +100,9 @@ def test_split_and_follows_a1111():
     assert split_and("a cat :-0.5 AND dog : .5") == [("a cat", -0.5), (" dog", 0.5)]
     assert split_and("ANDROID and ANDy") == [("ANDROID and ANDy", 1.0)]  # a whole word, upper case
     assert split_and("a [cat:dog:3] AND b") == [("a [cat:dog:3]", 1.0), (" b", 1.0)]
+    # beyond the largest float A1111 reads inf (NaN latents after every step): kept within MAX_WEIGHT
+    assert split_and("a cat :" + "9" * 400 + " AND b :-" + "9" * 400) == [("a cat", 1e4), (" b", -1e4)]
+    assert split_and("a :20000 AND b :0.5") == [("a", 1e4), (" b", 0.5)]
 
 
 def test_bad_arguments_are_refused():
