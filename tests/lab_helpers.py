@@ -1,4 +1,4 @@
-"""What the lab's tests share: a tiny CLIP for clip_score and an experiment YAML written out."""
+"""What the lab's tests share: a tiny pipeline, a tiny CLIP for clip_score and an experiment YAML written out."""
 
 from __future__ import annotations
 
@@ -16,6 +16,33 @@ def save_tiny_clip(folder: Path) -> Path:
 
     torch.manual_seed(0)
     return save_clip(ClipTwoTower(load_model_config(REPO / "configs/models/clip-tiny.yaml")), folder / "clip")
+
+
+def save_tiny_pipeline(folder: Path, seed: int) -> Path:
+    """A tiny pixel-space CLIPConditionedPipeline (16x16, seed `seed`) saved in `folder`."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from tiny_pipelines import WIDTH, clip_text_model
+
+    from clipcond import clip_tokenizer
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=4,
+    )
+    pipe = CLIPConditionedPipeline(
+        unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
+    )
+    pipe.save_pretrained(folder)
+    return folder
 
 
 def write_experiment(folder: Path, config: dict, **overrides) -> Path:

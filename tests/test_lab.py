@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lab_helpers import save_tiny_clip, write_experiment
+from lab_helpers import save_tiny_clip, save_tiny_pipeline, write_experiment
 from PIL import Image
 
 from clipcond.lab import (
@@ -65,35 +65,10 @@ def cli_main(argv: list[str]) -> int:
     return main(argv)
 
 
-def _save_pipeline(folder: Path, seed: int) -> Path:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from tiny_pipelines import WIDTH, clip_text_model
-
-    from clipcond import clip_tokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
-        norm_num_groups=4,
-    )
-    pipe = CLIPConditionedPipeline(
-        unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
-    )
-    pipe.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lab_pipelines")
-    return {"a": _save_pipeline(root / "a", 0), "b": _save_pipeline(root / "b", 1)}
+    return {"a": save_tiny_pipeline(root / "a", 0), "b": save_tiny_pipeline(root / "b", 1)}
 
 
 @pytest.fixture(scope="module")

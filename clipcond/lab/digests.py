@@ -24,6 +24,24 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_files(folder: str | Path) -> list[Path]:
+    """The files of a model folder that a digest covers, sorted: all but README-like and hidden ones.
+
+    Raises:
+        FileNotFoundError: `folder` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() not in _IGNORED_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
 def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> str:
     """sha256 hex digest of a folder's files (names and contents).
 
@@ -33,18 +51,9 @@ def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> s
             that unchanged files are not read again. Keep it between runs (e.g. in JSON).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
     cache = {} if cache is None else cache
     total = hashlib.sha256()
-    files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() not in _IGNORED_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-    for path in files:
+    for path in model_files(folder):
         stat = path.stat()
         key = str(path.resolve())
         known = cache.get(key)
@@ -57,4 +66,4 @@ def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> s
     return total.hexdigest()
 
 
-__all__ = ["folder_digest"]
+__all__ = ["folder_digest", "model_files"]

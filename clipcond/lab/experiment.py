@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipcond.errors import RunFailed, user_errors
+
+if TYPE_CHECKING:
+    from clipcond.lab.config import ExperimentConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,10 +52,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _check_models(config: ExperimentConfig) -> None:
+    """`check_loadable` on every model folder of `config` that exists (a prepare step makes the others)."""
+    from clipcond.lab.loading import check_loadable
+
+    folders = {f"setup {setup.name}: pipeline": setup.pipeline for setup in config.setups}
+    if "clip_score" in config.metrics:
+        folders["clip_score_model"] = config.clip_score_model
+    for what, folder in folders.items():
+        if Path(folder).is_dir():
+            check_loadable(folder, what)
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
 
     from clipcond.lab.config import check_experiment, load_experiment_config
+    from clipcond.lab.loading import ModelLoadFailed
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.runner import resolve_device, run_experiment
@@ -74,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     with user_errors(ValueError, context="--device: "):
         device = resolve_device(args.device)
     if args.check:
+        with user_errors(ModelLoadFailed):
+            _check_models(config)
         for step in pending_steps(steps):
             print(f"prepare: clipcond {step.command} {' '.join(step.args)}  (creates {step.creates})")
         prompts = sum(len(suite.prompts) for suite in suites)
@@ -85,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
         run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
-    output = run_experiment(config, show_progress=not args.no_progress, device=device)
+    with user_errors(ModelLoadFailed, error=RunFailed):  # a damaged model, found before any result is dropped
+        output = run_experiment(config, show_progress=not args.no_progress, device=device)
     print(f"wrote {output / 'report.md'}")
     return 0

@@ -13,7 +13,8 @@ values depend on: the setup's name, sampling settings and pipeline folder digest
 relation, the seed, the image size, the metric names and the CLIP folder digest (with
 `clip_score`). A run keeps the lines whose key it would produce itself (and whose image
 exists) and generates the rest; all other lines are dropped from results.jsonl (the count is
-printed) before anything new is written. So re-running a finished experiment generates
+printed) before anything new is written, but only once every model a pending image needs has
+opened (`clipcond.lab.loading`: a damaged weights file fails the run with every line kept). So re-running a finished experiment generates
 nothing, adding a seed or a setup generates only the new images, and a changed pipeline,
 suite entry or setting never leaves a stale result in the report. experiment.json also
 holds one fingerprint of the whole experiment for the record, and the file-hash cache that
@@ -54,6 +55,7 @@ from tqdm.auto import tqdm
 from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest
+from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rewrite_results, write_json_atomic
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
@@ -166,24 +168,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _keep_valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[set[str], int]:
-    """Drop result lines this config would not write (stale, torn, duplicate, image missing).
+def _valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[dict[str, dict[str, Any]], int]:
+    """The result lines this config would write (not stale, torn, duplicate or image missing).
 
     Returns:
-        The keys already done, and how many lines were dropped.
+        The lines kept by key, and how many lines `_keep_results` will drop; nothing is written.
     """
-    path = output / RESULTS_NAME
-    lines, unreadable = read_results(path)
+    lines, unreadable = read_results(output / RESULTS_NAME)
     wanted = {job.key: job for job in jobs}
     kept: dict[str, dict[str, Any]] = {}
     for line in lines:
         job = wanted.get(line["key"])
         if job is not None and line["key"] not in kept and (output / job.image).is_file():
             kept[line["key"]] = line
-    dropped = unreadable + len(lines) - len(kept)
+    return kept, unreadable + len(lines) - len(kept)
+
+
+def _keep_results(output: Path, kept: dict[str, dict[str, Any]], dropped: int) -> None:
+    """Rewrite results.jsonl to the `kept` lines when a line is dropped or the last one is torn."""
+    path = output / RESULTS_NAME
     if dropped or (path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size):
         rewrite_results(path, kept.values())
-    return set(kept), dropped
 
 
 def _remove_stale_images(output: Path, jobs: Sequence[ImageJob]) -> int:
@@ -196,31 +201,6 @@ def _remove_stale_images(output: Path, jobs: Sequence[ImageJob]) -> int:
         if folder.is_dir() and not any(folder.iterdir()):  # a removed setup's or suite's, emptied
             folder.rmdir()
     return len(stale)
-
-
-def _setup_pipeline(setup: SetupConfig, device: str) -> Any:
-    """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
-
-    On a CPU the weights load in float32 whatever their stored dtype (a float16 pipeline such
-    as the bundled model would otherwise run in half precision, which CPUs do slowly or not
-    at all); elsewhere they keep the stored dtype.
-    """
-    from diffusers import DiffusionPipeline
-
-    # diffusers loads a component only from a module already imported, and a folder holding
-    # clipcond's tokenizer names `clipcond.tokenization` (a native folder too)
-    import clipcond.tokenization  # noqa: F401
-    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import load_pipeline
-
-    dtype = torch.float32 if torch.device(device).type == "cpu" else None
-    index = json.loads((Path(setup.pipeline) / "model_index.json").read_text(encoding="utf-8"))
-    if setup.native and index.get("_class_name") != CLIPConditionedPipeline.__name__:
-        pipe = DiffusionPipeline.from_pretrained(setup.pipeline, **({} if dtype is None else {"dtype": dtype}))
-    else:
-        pipe = load_pipeline(setup.pipeline, torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def _conditioning_length(pipe: Any, prompt: str) -> int:
@@ -316,6 +296,8 @@ def run_experiment(
         FileNotFoundError, ValueError: from `check_experiment`, or a device this machine
             lacks (`resolve_device`), before any file is written.
         ImportError: `write_report` without matplotlib installed, before any generation.
+        ModelLoadFailed: a pipeline or the CLIP the run needs cannot be loaded; a damaged
+            weights file or config is found before results.jsonl or an image is changed.
     """
     suites = check_experiment(config)
     if write_report:
@@ -330,7 +312,18 @@ def run_experiment(
     pipeline_digests = {setup.name: folder_digest(setup.pipeline, file_cache) for setup in config.setups}
     clip_digest = folder_digest(config.clip_score_model, file_cache) if "clip_score" in config.metrics else None
     jobs = plan_jobs(config, suites, pipeline_digests, clip_digest)
-    done, dropped = _keep_valid_results(output, jobs)
+    kept, dropped = _valid_results(output, jobs)
+    pending = [job for job in jobs if job.key not in kept]
+    # a damaged model fails here, before a result line is dropped or an image deleted (`clipcond.lab.loading`)
+    for setup in config.setups:
+        if any(job.setup is setup for job in pending):
+            check_loadable(setup.pipeline, f"setup {setup.name}: pipeline")
+    scorer = None
+    if pending and clip_digest is not None:
+        with loading("clip_score_model", config.clip_score_model):
+            scorer = load_clip_scorer(config.clip_score_model, device)
+    _keep_results(output, kept, dropped)
+    done = set(kept)
     record = _experiment_record(config, suites, pipeline_digests, clip_digest)
     if dropped:
         changed = previous.get("fingerprint") not in (None, record["fingerprint"])
@@ -346,8 +339,6 @@ def run_experiment(
     }
     write_json_atomic(output / EXPERIMENT_NAME, {**record, "name": config.name, "file_digests": file_cache})
 
-    pending = [job for job in jobs if job.key not in done]
-    scorer = load_clip_scorer(config.clip_score_model, device) if pending and clip_digest is not None else None
     with tqdm(
         total=len(jobs),
         initial=len(jobs) - len(pending),
@@ -360,7 +351,7 @@ def run_experiment(
             todo = [job for job in pending if job.setup is setup]
             if not todo:
                 continue
-            pipe = _setup_pipeline(setup, device)
+            pipe = setup_pipeline(setup, device)
             for batch in _batches(pipe, todo, config.batch_size):
                 images = _generate(pipe, config, batch)
                 for job, image in zip(batch, images):

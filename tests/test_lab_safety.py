@@ -1,0 +1,125 @@
+"""The lab never loses finished results to a damaged model or a wrong output_dir: each is
+refused in one line before results.jsonl, an image or experiment.json changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from lab_helpers import save_tiny_clip, save_tiny_pipeline, write_experiment
+
+from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+SUITE = {
+    "name": "mini",
+    "prompts": [
+        {"category": "single", "prompt": "a red circle", "objects": [["red", "circle"]]},
+        {"category": "free", "prompt": "a lighthouse at dusk"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lab_safety_models")
+    return {
+        "a": save_tiny_pipeline(root / "a", 0),
+        "b": save_tiny_pipeline(root / "b", 1),
+        "clip": save_tiny_clip(root),
+    }
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """Images per CLIPConditionedPipeline call, recorded."""
+    recorded: list[int] = []
+    original = CLIPConditionedPipeline.__call__
+
+    def counting(self, *args, **kwargs):
+        recorded.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", counting)
+    return recorded
+
+
+def _config(folder: Path, pipelines: dict[str, Path], clip: Path, **overrides) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mini.yaml").write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    config = {
+        "name": "safety",
+        "suites": [str(folder / "mini.yaml")],
+        "setups": [{"name": name, "pipeline": str(path)} for name, path in pipelines.items()],
+        "seeds": [0, 1],
+        "steps": 2,
+        "guidance_scale": 2.0,
+        "metrics": ["judge", "clip_score"],
+        "clip_score_model": str(clip),
+        "output_dir": str(folder / "out"),
+        "batch_size": 4,
+    }
+    return write_experiment(folder, config, **overrides)
+
+
+def _experiment(config: Path, *options: str) -> int:
+    from clipcond.cli import main
+
+    return main(["experiment", str(config), "--no-progress", *options])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dropped" not in err and "removed" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _cut_in_half(path: Path) -> bytes:
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    return good
+
+
+@pytest.mark.parametrize(
+    "model, damaged, named",
+    [
+        ("a", "unet/diffusion_pytorch_model.safetensors", "setup a: pipeline"),
+        ("a", "unet/config.json", "setup a: pipeline"),
+        ("clip", "image_encoder", "clip_score_model"),
+    ],
+)
+def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
+    tmp_path, models, calls, capsys, model, damaged, named
+) -> None:
+    copies = {name: shutil.copytree(models[name], tmp_path / "models" / name) for name in ("a", "clip")}
+    config = _config(tmp_path, {"a": copies["a"], "b": models["b"]}, copies["clip"])
+    assert _experiment(config) == 0
+    output = tmp_path / "out"
+    before = _snapshot(output)
+    assert sum(calls) == 8 and len([name for name in before if name.endswith(".png") and "images" in name]) == 8
+    target = copies[model] / damaged
+    if target.is_dir():  # the CLIP's weights file in that folder
+        target = next(target.glob("*.safetensors"))
+    good = _cut_in_half(target)
+    capsys.readouterr()
+
+    assert _experiment(config, "--check") == 2
+    message = _one_error_line(capsys)
+    assert named in message and str(copies[model]) in message
+    assert _experiment(config) == 1
+    message = _one_error_line(capsys)
+    assert named in message and str(copies[model]) in message and "re-run" in message
+    assert _snapshot(output) == before  # results.jsonl, images, experiment.json and the report: byte for byte
+
+    target.write_bytes(good)  # restored (a newer mtime): the finished results still count
+    calls.clear()
+    assert _experiment(config) == 0
+    assert calls == []
+    assert (output / "results.jsonl").read_bytes() == before["results.jsonl"]
