@@ -379,6 +379,25 @@ def test_a_changed_tokenizer_misses_the_cache_on_disk_and_in_memory(model, tmp_p
     torch.testing.assert_close(on_disk.encode(prompt).tokens, after, rtol=0, atol=0)
 
 
+def test_a_tokenizer_call_with_padding_leaves_the_disk_cache_keys_as_they_were(model, tmp_path):
+    """diffusers' `encode_prompt` calls the tokenizer with `padding="longest"`, which transformers
+    leaves set on the backend: a conditioner made after such a call reads the rows one made
+    before it wrote (no forward), as the ids of a later call do not depend on it."""
+    prompt = "a catalog of cats"
+    tokenizer = clip_tokenizer()
+    first = _conditioner(model, tmp_path, tokenizer)
+    expected = first.encode(prompt).tokens
+    tokenizer(["a", "a red circle"], padding="longest", truncation=True, max_length=77)
+    after = _conditioner(model, tmp_path, tokenizer)
+    calls = []
+    hook = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        torch.testing.assert_close(after.encode(prompt).tokens, expected, rtol=0, atol=0)
+    finally:
+        hook.remove()
+    assert calls == []  # read from disk
+
+
 def test_another_attention_kernel_misses_the_cache_on_disk_and_in_memory(tiny_clip_text_path, tmp_path):
     """`set_attn_implementation` changes no weight, but the states (by ~1e-7 here): a record
     made with SDPA is not served to the same model running eager attention."""
