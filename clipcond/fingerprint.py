@@ -116,6 +116,14 @@ def _offloaded_value(source: tuple[Mapping, str], tensor: torch.Tensor) -> torch
     return value.to(tensor.dtype)
 
 
+def offloaded_tensor(modules: Mapping[str, nn.Module], path: str, tensor: torch.Tensor) -> torch.Tensor | None:
+    """The values accelerate loads for the meta `tensor` at `path` (in the module whose
+    `named_modules(remove_duplicate=False)` are `modules`) for each forward, in its dtype; None
+    when no offload hook holds them (`_offload_source`)."""
+    source = _offload_source(modules, path)
+    return None if source is None else _offloaded_value(source, tensor)
+
+
 def _source_mark(source: tuple[Mapping, str], stats: dict[str, os.stat_result]) -> tuple[tuple, torch.Tensor | None]:
     """A mark of the values behind an offloaded tensor that changes when they change, read
     without loading them, and the tensor in memory that holds them (whose identity the watch

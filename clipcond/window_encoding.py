@@ -29,7 +29,7 @@ from clipcond.emphasis import (
 )
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS, MODES_FROM_EMPTY
 from clipcond.encoders import TextEncoder, run_clip, run_t5
-from clipcond.fingerprint import stored_tensors
+from clipcond.fingerprint import offloaded_tensor, stored_tensors
 from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
 from clipcond.records import EncodedPrompt
@@ -135,33 +135,21 @@ def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
 def _stored_weights(model: torch.nn.Module) -> tuple[list[torch.Tensor], int]:
     """The floating-point tensors that hold `model`'s weights (a quantized weight's plain
     tensors, its scales), and how many weights none could be read for. A weight on the meta
-    device (accelerate's sequential or disk offload) is read from its module's hook, which keeps
-    the values in `weights_map` and brings them in for each forward."""
+    device (accelerate's sequential or disk offload) is read from the hook that keeps its values
+    in `weights_map` and brings them in for each forward (`offloaded_tensor`)."""
     found, unread = [], 0
-    for module in model.modules():
-        for name, weight in module.named_parameters(recurse=False):
-            if weight.device.type == "meta":
-                weight = _offloaded_value(module, name)
-            parts = [] if weight is None else [part for _, part in stored_tensors(name, weight)]
-            if not parts or any(part.device.type == "meta" for part in parts):
-                unread += 1
-                continue
-            found.extend(part for part in parts if part.is_floating_point())
+    modules = None
+    for path, weight in model.named_parameters():
+        if weight.device.type == "meta":
+            modules = modules or dict(model.named_modules(remove_duplicate=False))
+            weight = offloaded_tensor(modules, path, weight)
+        name = path.rsplit(".", 1)[-1]
+        parts = [] if weight is None else [part for _, part in stored_tensors(name, weight)]
+        if not parts or any(part.device.type == "meta" for part in parts):
+            unread += 1
+            continue
+        found.extend(part for part in parts if part.is_floating_point())
     return found, unread
-
-
-def _offloaded_value(module: torch.nn.Module, name: str) -> torch.Tensor | None:
-    """The value accelerate keeps for `module`'s weight `name` while it rests on the meta
-    device, or None where no hook of the module holds it."""
-    hook = module.__dict__.get("_hf_hook")
-    for each in getattr(hook, "hooks", (hook,)):  # a SequentialHook chains several
-        weights_map = getattr(each, "weights_map", None)
-        if weights_map is not None and getattr(each, "offload", False):
-            try:
-                return weights_map[name]
-            except KeyError:
-                continue
-    return None
 
 
 def _encode_clip(
