@@ -123,3 +123,48 @@ def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
     assert _experiment(config) == 0
     assert calls == []
     assert (output / "results.jsonl").read_bytes() == before["results.jsonl"]
+
+
+def _linked_pipeline(folder: Path, components: Path) -> Path:
+    """A pipeline folder whose model_index.json is its own and whose components link to `components`'."""
+    folder.mkdir(parents=True)
+    shutil.copy(components / "model_index.json", folder)
+    for component in components.iterdir():
+        if component.is_dir():
+            (folder / component.name).symlink_to(component, target_is_directory=True)
+    return folder
+
+
+def test_the_digest_reads_files_in_symlinked_folders_and_skips_cycles(tmp_path, models) -> None:
+    from clipcond.lab.digests import folder_digest
+
+    real = shutil.copytree(models["a"], tmp_path / "real")
+    linked = _linked_pipeline(tmp_path / "linked", models["a"])
+    assert folder_digest(linked) == folder_digest(real)  # the same files under the same names
+    (linked / "unet").unlink()
+    (linked / "unet").symlink_to(models["b"] / "unet", target_is_directory=True)
+    assert folder_digest(linked) != folder_digest(real)
+    (real / "unet" / "loop").symlink_to(real, target_is_directory=True)  # a link to a folder above it
+    (real / "self").symlink_to(real / "unet", target_is_directory=True)  # a second name: hashed under both
+    digest_with_links = folder_digest(real)
+    (real / "unet" / "loop").unlink()
+    assert digest_with_links == folder_digest(real)
+    (real / "self").unlink()
+    assert digest_with_links != folder_digest(real)
+
+
+def test_repointing_a_symlinked_component_regenerates_its_images(tmp_path, models, calls) -> None:
+    pipe = _linked_pipeline(tmp_path / "pipe", models["a"])
+    config = _config(tmp_path, {"a": pipe}, models["clip"], metrics=["judge"], clip_score_model=None)
+    assert _experiment(config) == 0
+    image = tmp_path / "out" / "images" / "a" / "mini" / "0-0.png"
+    first = image.read_bytes()
+    assert sum(calls) == 4
+    (pipe / "unet").unlink()
+    (pipe / "unet").symlink_to(models["b"] / "unet", target_is_directory=True)  # other weights
+    calls.clear()
+    assert _experiment(config) == 0
+    assert sum(calls) == 4 and image.read_bytes() != first
+    calls.clear()
+    assert _experiment(config) == 0
+    assert calls == []

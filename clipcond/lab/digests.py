@@ -1,7 +1,8 @@
 """Content digests of model folders, so an experiment knows when a model changed.
 
 A folder's digest is a sha256 over the relative path and the content of every file in it
-(weights, configs, tokenizer files; README and hidden files excluded). Reading multi-GB
+(weights, configs, tokenizer files; README and hidden files excluded; symlinked files and
+folders followed). Reading multi-GB
 weights on every run would be slow, so each file's content hash is cached by (path, size,
 modification time): a file is read again only when one of those changed.
 """
@@ -9,6 +10,7 @@ modification time): a file is read again only when one of those changed.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 # Files that describe a model without changing its outputs.
@@ -27,19 +29,36 @@ def _file_sha256(path: Path) -> str:
 def model_files(folder: str | Path) -> list[Path]:
     """The files of a model folder that a digest covers, sorted: all but README-like and hidden ones.
 
+    Symlinked folders are walked (a pipeline folder may link a component to another folder's,
+    whose weights are then as much the pipeline's as its own files); a link back to a folder
+    it sits in (a cycle) is not.
+
     Raises:
         FileNotFoundError: `folder` is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() not in _IGNORED_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    files = []
+    # each walked folder -> the resolved paths of it and the folders above it, up to `folder`
+    chains = {str(folder): (os.path.realpath(folder),)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        chain = chains.pop(root)
+        walked = []
+        for name in dirs:
+            real = os.path.realpath(os.path.join(root, name))
+            if not name.startswith(".") and real not in chain:
+                chains[os.path.join(root, name)] = (*chain, real)
+                walked.append(name)
+        dirs[:] = walked
+        files += [
+            Path(root, name)
+            for name in names
+            if not name.startswith(".")
+            and Path(name).suffix.lower() not in _IGNORED_SUFFIXES
+            and Path(root, name).is_file()
+        ]
+    return sorted(files)
 
 
 def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> str:

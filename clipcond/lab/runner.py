@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from tqdm.auto import tqdm
 
 from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
-from clipcond.lab.digests import folder_digest
+from clipcond.lab.digests import folder_digest, model_files
 from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rewrite_results, write_json_atomic
@@ -332,11 +331,10 @@ def run_experiment(
     removed = _remove_stale_images(output, jobs)
     if removed:
         print(f"{output / 'images'}: removed {removed} image(s) the experiment no longer has", file=sys.stderr)
-    folders = [str(Path(setup.pipeline).resolve()) for setup in config.setups]
-    folders += [str(Path(config.clip_score_model).resolve())] if clip_digest is not None else []
-    file_cache = {
-        path: entry for path, entry in file_cache.items() if any(path.startswith(f + os.sep) for f in folders)
-    }
+    # the hashes of the files the digests read (through symlinks too), not of files since removed
+    folders = [setup.pipeline for setup in config.setups] + ([config.clip_score_model] if clip_digest else [])
+    hashed = {str(path.resolve()) for folder in folders for path in model_files(folder)}
+    file_cache = {path: entry for path, entry in file_cache.items() if path in hashed}
     write_json_atomic(output / EXPERIMENT_NAME, {**record, "name": config.name, "file_digests": file_cache})
 
     with tqdm(
