@@ -358,6 +358,24 @@ class CLIPConditionedPipeline(
         """The `TextConditioner` over this pipeline's encoders (rebuilt when a component is swapped)."""
         return self.conditioner_for(self.config.clip_skip)
 
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' `to`; then the conditioners built so far are told that the weights may
+        have been written (`TextConditioner.weights_written`): under accelerate's offload hooks a
+        cast and back (`pipe.to(torch.bfloat16).to(torch.float32)` rounds every weight) leaves
+        nothing a cheap mark sees. The disk cache still serves weights whose bytes are unchanged."""
+        moved = super().to(*args, **kwargs)
+        for conditioner in self.__dict__.get("_conditioners", {}).values():
+            conditioner.weights_written()
+        return moved
+
+    def register_modules(self, **kwargs: Any) -> None:
+        """diffusers' `register_modules`; after construction (`swap_text_encoder`, a component
+        set again), the conditioners built over the modules it held go, so nothing keeps a
+        replaced encoder alive (they are built again on the next call)."""
+        super().register_modules(**kwargs)
+        if "_conditioners" in self.__dict__:
+            self._conditioners, self._conditioners_for = {}, None
+
     def conditioner_for(self, clip_skip: int | None) -> TextConditioner:
         """The conditioner with `clip_skip` (a call's `clip_skip` argument; the pipeline's own
         setting otherwise). Built once per value and kept, each with its own embedding cache,

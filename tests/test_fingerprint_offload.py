@@ -182,3 +182,32 @@ def test_a_round_trip_under_model_offload_needs_weights_written():
     assert not torch.equal(expected, before)
     cond.weights_written()
     assert torch.equal(cond.encode(PROMPTS).tokens, expected)
+
+
+def test_a_cast_and_back_of_an_offloaded_clip_conditioned_pipeline_is_seen() -> None:
+    """`pipe.to(torch.bfloat16).to(torch.float32)` rounds the weights; under model offload hooks
+    no mark sees it, so `CLIPConditionedPipeline.to` tells its conditioners (the documented
+    remedy, `weights_written`): the next encode equals diffusers' on the rounded weights."""
+    from diffusers import StableDiffusionPipeline
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    prompt = ["a red fox in the snow"]
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd())
+    pipe.enable_model_cpu_offload(device="cpu")
+    before = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+    pipe.to(torch.bfloat16)
+    pipe.to(torch.float32)
+    after = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+    names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    peer = StableDiffusionPipeline(
+        **{name: getattr(pipe, name) for name in names},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with torch.no_grad():
+        expected = peer.encode_prompt(prompt, "cpu", 1, False)[0]
+    assert not torch.equal(expected, before)
+    assert torch.equal(after, expected)

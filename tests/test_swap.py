@@ -50,6 +50,23 @@ def test_sdxl_second_clip_swap_equals_diffusers_built_with_it() -> None:
     assert np.array_equal(run(sdxl), run(peer))
 
 
+def test_a_swapped_out_encoder_is_not_kept_alive_by_the_pipelines_conditioners() -> None:
+    """The conditioner a call built holds the old encoder; the swap lets it go (a CLIP-G is
+    1.4 GB), and the next call encodes with the new tower."""
+    import gc
+    import weakref
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd())
+    pipe.set_progress_bar_config(disable=True)
+    run(pipe)  # builds and keeps a conditioner over text_encoder
+    old = weakref.ref(pipe.text_encoder)
+    other = clip_text_model(9)
+    swap_text_encoder(pipe, other)
+    gc.collect()
+    assert old() is None
+    assert pipe.conditioner.clip[0].model is other
+
+
 def test_sdxl_refusals_name_the_width_that_fits_and_change_nothing() -> None:
     sdxl = build_sdxl()
     first, second = sdxl.text_encoder, sdxl.text_encoder_2
