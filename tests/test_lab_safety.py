@@ -168,3 +168,60 @@ def test_repointing_a_symlinked_component_regenerates_its_images(tmp_path, model
     calls.clear()
     assert _experiment(config) == 0
     assert calls == []
+
+
+def _state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file and folder under `folder`: its bytes (b"" for a folder) and mtime."""
+    return {
+        str(path.relative_to(folder)): (path.read_bytes() if path.is_file() else b"", path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_an_output_dir_of_other_files_is_refused_before_any_work(tmp_path, models, calls, capsys) -> None:
+    output = tmp_path / "out"
+    for name in ("images/photos/cat.png", "plots/loss_curve.png", "grids/contact_sheet.png", "notes.txt"):
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_bytes(name.encode())
+    before = _state(output)
+    config = _config(tmp_path, {"a": models["a"]}, models["clip"])
+    for options in (["--check"], []):
+        assert _experiment(config, *options) == 2
+        message = _one_error_line(capsys)
+        assert f"output_dir {output} is not empty" in message and "choose an empty or new output_dir" in message
+        assert _state(output) == before and calls == []
+
+
+def test_another_experiments_run_folder_is_refused_and_the_same_experiment_resumes(
+    tmp_path, models, calls, capsys
+) -> None:
+    config = _config(tmp_path / "first", {"a": models["a"]}, models["clip"], output_dir=str(tmp_path / "out"))
+    assert _experiment(config) == 0
+    output = tmp_path / "out"
+    before = _state(output)
+    calls.clear()
+    other = _config(
+        tmp_path / "second", {"b": models["b"]}, models["clip"], name="other", seeds=[5], output_dir=str(output)
+    )
+    for options in (["--check"], []):
+        assert _experiment(other, *options) == 2
+        message = _one_error_line(capsys)
+        assert f"output_dir {output} holds the run of experiment 'safety', not 'other'" in message
+        assert _state(output) == before and calls == []
+    # the same experiment with other setups and seeds: its stale results go, as documented
+    same = _config(tmp_path / "second", {"b": models["b"]}, models["clip"], seeds=[5], output_dir=str(output))
+    assert _experiment(same) == 0
+    assert sum(calls) == 2
+    assert sorted(path.name for path in (output / "images").rglob("*.png")) == ["0-5.png", "1-5.png"]
+
+
+def test_run_experiment_refuses_another_experiments_run_folder(tmp_path, models) -> None:
+    from clipcond.lab import load_experiment_config, run_experiment
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "experiment.json").write_text('{"fingerprint": "f", "name": "other"}')
+    config = load_experiment_config(_config(tmp_path, {"a": models["a"]}, models["clip"]))
+    with pytest.raises(ValueError, match="holds the run of experiment 'other', not 'safety'"):
+        run_experiment(config, show_progress=False, write_report=False)
+    assert [path.name for path in output.iterdir()] == ["experiment.json"]

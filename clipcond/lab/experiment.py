@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.lab.loading import ModelLoadFailed
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
+    from clipcond.lab.run_folder import check_run_folder
     from clipcond.lab.runner import resolve_device, run_experiment
     from clipcond.output_paths import check_output_location
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
             raise ValueError(f"{args.config}: output_dir {config.output_dir} is a file, not a run folder")
         check_output_location(Path(config.output_dir), f"{args.config}: output_dir")
+        check_run_folder(config, f"{args.config}: output_dir")
         suites = check_experiment(config, allow_pending=True)
         if not args.check:
             check_report_dependencies()

@@ -57,12 +57,12 @@ from clipcond.lab.digests import folder_digest, model_files
 from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rewrite_results, write_json_atomic
+from clipcond.lab.run_folder import EXPERIMENT_NAME, check_run_folder
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
 from clipcond.output_paths import write_atomically
 
 # Bump when generation or a metric changes meaning: every earlier result becomes stale.
 LAB_VERSION = 1
-EXPERIMENT_NAME = "experiment.json"
 
 
 @dataclass(frozen=True)
@@ -292,13 +292,15 @@ def run_experiment(
         The run folder.
 
     Raises:
-        FileNotFoundError, ValueError: from `check_experiment`, or a device this machine
-            lacks (`resolve_device`), before any file is written.
+        FileNotFoundError, ValueError: from `check_experiment`, `check_run_folder` (an
+            output_dir that holds another experiment's run or other files), or a device this
+            machine lacks (`resolve_device`), before any file is written.
         ImportError: `write_report` without matplotlib installed, before any generation.
         ModelLoadFailed: a pipeline or the CLIP the run needs cannot be loaded; a damaged
             weights file or config is found before results.jsonl or an image is changed.
     """
     suites = check_experiment(config)
+    check_run_folder(config)  # another experiment's run, or the user's own files: refused
     if write_report:
         from clipcond.lab.report import check_report_dependencies
 
