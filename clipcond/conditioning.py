@@ -313,7 +313,10 @@ class TextConditioner:
         Returns:
             `PromptEmbeds` with tokens (batch, seq, width). All prompts of a batch share one
             sequence length: prompts needing fewer CLIP windows are padded with the empty
-            prompt's window.
+            prompt's window. No steps are read: the brackets of prompt editing and alternation
+            are emphasis here (``a [cat:dog:0.5]`` is the text "cat:dog:0.5" at 1/1.1) and
+            ``AND`` is a word; `schedule` and `pipeline_kwargs(num_inference_steps=...)` read
+            them per step, as A1111 does.
 
         Raises:
             ValueError: `prompt_2` / `prompt_3` given where no encoder reads it (SD, PixArt,

@@ -535,3 +535,13 @@ def test_bad_prompts(sd_cond):
     with pytest.raises(TypeError, match="`negative_prompt`"):
         sd_cond.pipeline_kwargs(["a", "b"], negative_prompt=["c", 2])
     assert sd_cond.encode("").tokens.shape[1] == 77
+
+
+def test_encode_reads_editing_brackets_as_emphasis_and_and_as_a_word(sd_pipe) -> None:
+    """What `encode`'s docstring and docs/conditioning.md say it does with step syntax: the
+    same embeddings as the explicit weights and the plain words."""
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    edited = cond.encode("a [cat:dog:0.5]").tokens
+    assert torch.equal(edited, cond.encode(f"a (cat\\:dog\\:0.5:{1 / 1.1!r})").tokens)
+    plain = TextConditioner.from_pipeline(sd_pipe, parse_weights=False)
+    assert torch.equal(cond.encode("a cat AND a dog").tokens, plain.encode("a cat AND a dog").tokens)
