@@ -20,29 +20,33 @@ def save_tiny_clip(folder: Path) -> Path:
 
 def save_tiny_pipeline(folder: Path, seed: int) -> Path:
     """A tiny pixel-space CLIPConditionedPipeline (16x16, seed `seed`) saved in `folder`."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from tiny_pipelines import WIDTH, clip_text_model
+    from diffusers import DDPMScheduler
+    from tiny_pipelines import clip_text_model, pixel_space_unet
 
     from clipcond import clip_tokenizer
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
-        norm_num_groups=4,
-    )
+    unet = pixel_space_unet(seed)
     pipe = CLIPConditionedPipeline(
         unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def record_pipeline_calls(monkeypatch) -> list[int]:
+    """A list that gets the number of images of every `CLIPConditionedPipeline` call from now on."""
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    recorded: list[int] = []
+    original = CLIPConditionedPipeline.__call__
+
+    def counting(self, *args, **kwargs):
+        recorded.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", counting)
+    return recorded
 
 
 def write_experiment(folder: Path, config: dict, **overrides) -> Path:

@@ -40,23 +40,12 @@ def test_bad_grid_sizes(height) -> None:
 
 
 def _pixel_pipeline(coordinate_channels: bool, in_channels: int = 5) -> CLIPConditionedPipeline:
-    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
-    from tiny_pipelines import WIDTH, clip_text_model
+    from diffusers import EulerAncestralDiscreteScheduler
+    from tiny_pipelines import clip_text_model, pixel_space_unet
 
     from clipcond import clip_tokenizer
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=in_channels,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
-        norm_num_groups=4,
-    )
+    unet = pixel_space_unet(0, in_channels=in_channels)
     pipe = CLIPConditionedPipeline(
         unet=unet,
         scheduler=EulerAncestralDiscreteScheduler(),

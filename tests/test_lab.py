@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lab_helpers import save_tiny_clip, save_tiny_pipeline, write_experiment
+from lab_helpers import record_pipeline_calls, save_tiny_clip, save_tiny_pipeline, write_experiment
 from PIL import Image
 
 from clipcond.lab import (
@@ -106,15 +106,7 @@ def _results(output: Path) -> list[dict]:
 @pytest.fixture
 def calls(monkeypatch) -> list[int]:
     """Images per CLIPConditionedPipeline call, recorded."""
-    recorded: list[int] = []
-    original = CLIPConditionedPipeline.__call__
-
-    def counting(self, *args, **kwargs):
-        recorded.append(len(kwargs["prompt"]))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", counting)
-    return recorded
+    return record_pipeline_calls(monkeypatch)
 
 
 @pytest.fixture(scope="module")

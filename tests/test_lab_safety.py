@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab_helpers import save_tiny_clip, save_tiny_pipeline, write_experiment
-
-from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+from lab_helpers import record_pipeline_calls, save_tiny_clip, save_tiny_pipeline, write_experiment
 
 SUITE = {
     "name": "mini",
@@ -34,15 +32,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def calls(monkeypatch) -> list[int]:
     """Images per CLIPConditionedPipeline call, recorded."""
-    recorded: list[int] = []
-    original = CLIPConditionedPipeline.__call__
-
-    def counting(self, *args, **kwargs):
-        recorded.append(len(kwargs["prompt"]))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(CLIPConditionedPipeline, "__call__", counting)
-    return recorded
+    return record_pipeline_calls(monkeypatch)
 
 
 def _config(folder: Path, pipelines: dict[str, Path], clip: Path, **overrides) -> Path:

@@ -21,8 +21,8 @@ from accelerate import cpu_offload, cpu_offload_with_hook
 from accelerate.hooks import CpuOffload, remove_hook_from_module
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.hooks import apply_group_offloading
-from tiny_pipelines import build_sd, build_sdxl, clip_text_model
-from transformers import AutoTokenizer, T5Config, T5EncoderModel
+from tiny_pipelines import build_sd, build_sdxl, clip_text_model, overflowing_t5
+from transformers import AutoTokenizer
 
 from clipcond import CLIPConditionedPipeline, TextConditioner
 from clipcond.pipelines import swap_text_encoder
@@ -197,22 +197,6 @@ def test_swap_under_group_offload_is_refused_before_any_change() -> None:
 
 
 # ------------------------------------------------------------------ non-finite states, weights on meta
-
-
-def overflowing_t5(vocab_size: int) -> T5EncoderModel:
-    """A tiny gated T5 whose feed-forward products exceed float16's 65504 (its `wi` weights
-    scaled by 1000), as in tests/test_quantized_encoders.py: float16 gives NaN."""
-    torch.manual_seed(7)
-    config = T5Config(
-        vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-    )  # fmt: skip
-    model = T5EncoderModel(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("wi_0.weight", "wi_1.weight")):
-                parameter.mul_(1000)
-    return model
 
 
 def test_float16_overflow_under_sequential_offload_names_the_fix(t5_tokenizer_path) -> None:

@@ -128,23 +128,12 @@ def test_text_projection_adapts_a_narrow_encoder_and_round_trips(sd_pipe, tmp_pa
 
 
 def test_pixel_space_without_a_vae() -> None:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from tiny_pipelines import WIDTH, clip_text_model
+    from diffusers import DDPMScheduler
+    from tiny_pipelines import clip_text_model, pixel_space_unet
 
     from clipcond import clip_tokenizer
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
-        norm_num_groups=4,
-    )
+    unet = pixel_space_unet(0)
     pipe = CLIPConditionedPipeline(
         unet=unet, scheduler=DDPMScheduler(), text_encoder=clip_text_model(1), tokenizer=clip_tokenizer()
     )

@@ -270,24 +270,8 @@ def test_gguf_t5_is_dequantized_on_load_and_encodes_close(t5_tokenizer, tmp_path
 # ------------------------------------------------------------------ float16 overflow
 
 
-def overflowing_t5(vocab_size: int) -> T5EncoderModel:
-    """A tiny gated T5 (as T5 v1.1 / T5-XXL) whose feed-forward products exceed float16's
-    65504 (its `wi` weights scaled by 1000): float32 stays finite, float16 gives NaN."""
-    torch.manual_seed(7)
-    config = T5Config(
-        vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-    )  # fmt: skip
-    model = T5EncoderModel(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("wi_0.weight", "wi_1.weight")):
-                parameter.mul_(1000)
-    return model
-
-
 def test_float16_t5_overflow_names_encoder_and_dtype_and_the_fix(t5_tokenizer) -> None:
-    half = overflowing_t5(len(t5_tokenizer)).half()
+    half = tiny_pipelines.overflowing_t5(len(t5_tokenizer)).half()
     with pytest.raises(
         NonFiniteEncoding,
         match=r"T5 encoder T5EncoderModel \(torch.float16\) .* weights are finite; .*compute_dtype=torch.float32",
@@ -298,10 +282,10 @@ def test_float16_t5_overflow_names_encoder_and_dtype_and_the_fix(t5_tokenizer) -
 @pytest.mark.parametrize("per_encoder", [False, True])
 def test_compute_dtype_float32_fixes_the_float16_overflow(t5_tokenizer, tmp_path, per_encoder) -> None:
     # float32 from the float16 weights: the states `compute_dtype` must give, before the cast back
-    rounded = overflowing_t5(len(t5_tokenizer)).half().float()
+    rounded = tiny_pipelines.overflowing_t5(len(t5_tokenizer)).half().float()
     reference = t5_conditioner(rounded, t5_tokenizer, cache_size=0).encode(PROMPT).tokens
     assert torch.isfinite(reference).all()
-    half = overflowing_t5(len(t5_tokenizer)).half()
+    half = tiny_pipelines.overflowing_t5(len(t5_tokenizer)).half()
     if per_encoder:
         encoder = TextEncoder(half, t5_tokenizer, compute_dtype=torch.float32)
         conditioner = TextConditioner("custom", t5=encoder, cache_dir=str(tmp_path))

@@ -126,20 +126,10 @@ def sd_components(unet_in_channels: int = 4) -> dict:
     `DDIMScheduler`, whose config has `steps_offset: 0` and `clip_sample: true`, as SD
     checkpoints of 2022 do), `text_encoder`, `tokenizer`. `unet_in_channels=9`: an inpainting
     UNet (latents, mask, masked image's latents: 4 + 1 + 4), as SD's inpainting checkpoints."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=unet_in_channels,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
-        norm_num_groups=2,
-    )
+    unet = _two_level_unet((4, 8), 32, unet_in_channels, 4, norm_num_groups=2)
     return dict(
         unet=unet,
         vae=_small_vae(),
@@ -329,3 +319,42 @@ def build_pixart(t5_tokenizer_path: Path):
         text_encoder=t5_encoder(1, len(tokenizer)),
         tokenizer=tokenizer,
     )
+
+
+def pixel_space_unet(seed: int, in_channels: int = 3):
+    """A tiny UNet2DConditionModel on 16x16 pixels (3 output channels) reading WIDTH-wide tokens."""
+    torch.manual_seed(seed)
+    return _two_level_unet((8, 16), 16, in_channels, 3, norm_num_groups=4)
+
+
+def _two_level_unet(channels: tuple[int, int], size: int, in_channels: int, out_channels: int, norm_num_groups: int):
+    """A UNet2DConditionModel of two levels (cross-attention in the lower one) reading WIDTH-wide tokens."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=channels,
+        layers_per_block=1,
+        sample_size=size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+        norm_num_groups=norm_num_groups,
+    )
+
+
+def overflowing_t5(vocab_size: int) -> T5EncoderModel:
+    """A tiny gated T5 (as T5 v1.1 / T5-XXL) whose feed-forward products exceed float16's
+    65504 (its `wi` weights scaled by 1000): float32 stays finite, float16 gives NaN."""
+    torch.manual_seed(7)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+    )  # fmt: skip
+    model = T5EncoderModel(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("wi_0.weight", "wi_1.weight")):
+                parameter.mul_(1000)
+    return model
