@@ -877,7 +877,8 @@ def test_a_results_line_that_cannot_be_read_costs_that_line_only(tmp_path) -> No
     value that is no result are each one unreadable line; the good lines around them stay."""
     from clipcond.lab.results import read_results
 
-    good = {"key": "k1", "metrics": {"judge": 1.0}}
+    good = {"key": "k1", "setup": "a", "suite": "s", "index": 0, "category": "c", "prompt": "p", "seed": 0}
+    good = {**good, "image": "images/a/s/0-0.png", "metrics": {"objects_found": 1.0}}
     path = tmp_path / "results.jsonl"
     path.write_bytes(
         json.dumps(good).encode()

@@ -76,7 +76,8 @@ def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> s
         stat = path.stat()
         key = str(path.resolve())
         known = cache.get(key)
-        if known is not None and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+        well_formed = isinstance(known, list) and len(known) == 3 and isinstance(known[2], str)
+        if well_formed and known[:2] == [stat.st_size, stat.st_mtime_ns]:  # an edited entry: read again
             content = known[2]
         else:
             content = _file_sha256(path)

@@ -119,14 +119,21 @@ def write_report(run_folder: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: the folder holds no experiment.json (not an experiment's output).
+        ValueError: experiment.json is not JSON, or a line of results.jsonl is not a result
+            the runner writes or its image is missing (`read_results` with `strict`).
     """
     check_report_dependencies()
     run_folder = Path(run_folder)
     record_path = run_folder / "experiment.json"
     if not record_path.is_file():
         raise FileNotFoundError(f"{run_folder} is not an experiment's run folder: experiment.json is missing")
-    experiment = json.loads(record_path.read_text(encoding="utf-8"))
-    lines, _ = read_results(run_folder / RESULTS_NAME)
+    try:
+        experiment = json.loads(record_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{record_path} is not JSON ({error}); re-run the experiment to rewrite it") from None
+    if not isinstance(experiment, dict):
+        raise ValueError(f"{record_path} is not a JSON object; re-run the experiment to rewrite it")
+    lines, _ = read_results(run_folder / RESULTS_NAME, strict=True)
     first: dict[str, dict[str, Any]] = {}
     for line in lines:  # one line per image, the first, as a run keeps (a copied file may repeat lines)
         first.setdefault(line["key"], line)

@@ -11,12 +11,16 @@ A line (``results.jsonl``)::
 `key` identifies everything the line's values depend on (see `clipcond.lab.runner`); `image`
 is relative to the run folder; `clip_truncated` is present when CLIP score was measured.
 Lines are appended and flushed batch by batch, so a killed run loses at most the batch in
-flight; a torn last line is skipped (and counted) when the file is read.
+flight; a torn last line is skipped (and counted) when the file is read. So is a line edited by
+hand or damaged into something the runner never writes (`line_problem`: a field missing or of
+another type, a metric that is not true/false or a finite number, an `image` that is not
+``images/<setup>/<suite>/<index>-<seed>.png``); a run drops it and draws its image again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,19 +30,66 @@ from clipcond.output_paths import write_atomically
 
 RESULTS_NAME = "results.jsonl"
 
+# the fields every line has, and their types (bool is an int in Python: refused for index and seed)
+_FIELDS: dict[str, type] = {
+    "key": str,
+    "setup": str,
+    "suite": str,
+    "index": int,
+    "category": str,
+    "prompt": str,
+    "seed": int,
+    "image": str,
+}
+# the judge's values that are pass/fail (`clipcond.lab.metrics.JUDGE_VALUES`); objects_found and
+# clip_score are numbers
+_PASS_FAIL = ("objects", "colour", "shape", "count", "relation", "exact")
 
-def read_results(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+
+def line_problem(line: Any) -> str | None:
+    """What makes `line` something the runner never writes, or None for a well-formed line."""
+    if not isinstance(line, dict):
+        return "not a JSON object"
+    for name, kind in _FIELDS.items():
+        value = line.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{name!r} is missing or not {'a string' if kind is str else 'an integer'}"
+    metrics = line.get("metrics")
+    if not isinstance(metrics, dict):
+        return "'metrics' is missing or not an object"
+    for name, value in metrics.items():
+        if name in _PASS_FAIL and not isinstance(value, bool):
+            return f"metric {name!r} is {json.dumps(value)}, not true or false"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if name not in _PASS_FAIL and not number:
+            return f"metric {name!r} is {json.dumps(value)}, not a finite number"
+    if not isinstance(line.get("clip_truncated", False), bool):
+        return "'clip_truncated' is not true or false"
+    expected = f"images/{line['setup']}/{line['suite']}/{line['index']}-{line['seed']}.png"
+    if line["image"] != expected:
+        return f"'image' is {line['image']!r}, not {expected!r}"
+    return None
+
+
+def read_results(path: str | Path, strict: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The lines of a results file, and how many lines could not be read (torn, not JSON, not
-    UTF-8, or nested past the recursion limit); each line is read on its own, so one bad byte
-    costs its line only.
+    UTF-8, nested past the recursion limit, or not a line the runner writes: `line_problem`);
+    each line is read on its own, so one bad byte costs its line only.
 
     A missing file reads as no lines.
+
+    Args:
+        strict: raise instead of counting a line that reads as a JSON object but is not a
+            well-formed result, or whose image is missing (edited by hand, not torn by a kill).
+
+    Raises:
+        ValueError: with `strict`, naming the file, the line's number and what is wrong.
     """
     path = Path(path)
     if not path.is_file():
         return [], 0
     lines, unreadable = [], 0
-    for raw in path.read_bytes().split(b"\n"):
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -46,10 +97,15 @@ def read_results(path: str | Path) -> tuple[list[dict[str, Any]], int]:
         except (ValueError, RecursionError):
             unreadable += 1
             continue
-        if isinstance(line, dict) and "key" in line and isinstance(line.get("metrics"), dict):
+        problem = line_problem(line)
+        if strict and problem is None and not (path.parent / line["image"]).is_file():
+            problem = f"its image {line['image']} is missing"
+        if problem is None:
             lines.append(line)
-        else:
-            unreadable += 1
+            continue
+        if strict and isinstance(line, dict):
+            raise ValueError(f"{path}, line {number}: {problem}; re-run the experiment to draw that image again")
+        unreadable += 1
     return lines, unreadable
 
 
@@ -79,4 +135,4 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-__all__ = ["RESULTS_NAME", "append_results", "read_results", "rewrite_results", "write_json_atomic"]
+__all__ = ["RESULTS_NAME", "append_results", "line_problem", "read_results", "rewrite_results", "write_json_atomic"]

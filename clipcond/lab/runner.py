@@ -167,8 +167,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_JOB_FIELDS = ("setup", "suite", "index", "category", "prompt", "seed", "image")
+
+
 def _valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[dict[str, dict[str, Any]], int]:
-    """The result lines this config would write (not stale, torn, duplicate or image missing).
+    """The result lines this config would write (not stale, torn, edited, duplicate or image missing).
+
+    A line is kept when its key is a job's and its fields are the ones that job writes (an
+    edited `seed`, `image` or `category` under a matching key is dropped and drawn again).
 
     Returns:
         The lines kept by key, and how many lines `_keep_results` will drop; nothing is written.
@@ -178,7 +184,10 @@ def _valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[dict[str, di
     kept: dict[str, dict[str, Any]] = {}
     for line in lines:
         job = wanted.get(line["key"])
-        if job is not None and line["key"] not in kept and (output / job.image).is_file():
+        if job is None or line["key"] in kept or not (output / job.image).is_file():
+            continue
+        fields = (job.setup.name, job.suite, job.index, job.entry.category, job.entry.prompt, job.seed, job.image)
+        if tuple(line[name] for name in _JOB_FIELDS) == fields:
             kept[line["key"]] = line
     return kept, unreadable + len(lines) - len(kept)
 
@@ -328,7 +337,7 @@ def run_experiment(
     record = _experiment_record(config, suites, pipeline_digests, clip_digest)
     if dropped:
         changed = previous.get("fingerprint") not in (None, record["fingerprint"])
-        why = "the experiment changed since the last run" if changed else "torn, duplicate or image missing"
+        why = "the experiment changed since the last run" if changed else "torn, edited, duplicate or image missing"
         print(f"{output / RESULTS_NAME}: dropped {dropped} result line(s) ({why}); kept {len(done)}", file=sys.stderr)
     removed = _remove_stale_images(output, jobs)
     if removed:

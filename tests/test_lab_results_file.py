@@ -1,0 +1,151 @@
+"""results.jsonl and experiment.json edited by hand or damaged: a run drops the bad line and
+draws that image again, `--report-only` says which line in one line; neither ends in a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from lab_helpers import record_pipeline_calls, save_tiny_clip, save_tiny_pipeline, write_experiment
+
+SUITE = {
+    "name": "mini",
+    "prompts": [
+        {"category": "single", "prompt": "a red circle", "objects": [["red", "circle"]]},
+        {"category": "free", "prompt": "a lighthouse at dusk"},
+    ],
+}
+
+
+def _config(folder: Path, models: dict[str, Path]) -> Path:
+    (folder / "mini.yaml").write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    config = {
+        "name": "edited",
+        "suites": [str(folder / "mini.yaml")],
+        "setups": [{"name": "a", "pipeline": str(models["a"])}],
+        "seeds": [0, 1],
+        "steps": 2,
+        "guidance_scale": 2.0,
+        "metrics": ["judge", "clip_score"],
+        "clip_score_model": str(models["clip"]),
+        "output_dir": str(folder / "out"),
+        "batch_size": 4,
+    }
+    return write_experiment(folder, config)
+
+
+def _experiment(config: Path, *options: str) -> int:
+    from clipcond.cli import main
+
+    return main(["experiment", str(config), "--no-progress", *options])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The run folder of a finished 4-image run (setup a, 2 prompts x seeds 0 and 1)."""
+    root = tmp_path_factory.mktemp("lab_results_file")
+    models = {"a": save_tiny_pipeline(root / "a", 0), "clip": save_tiny_clip(root)}
+    (root / "run").mkdir()
+    config = _config(root / "run", models)
+    assert _experiment(config) == 0
+    (root / "models.json").write_text(json.dumps({name: str(path) for name, path in models.items()}))
+    return root
+
+
+def _copy(finished: Path, folder: Path) -> Path:
+    """A copy of the finished run in `folder`, and its config."""
+    folder.mkdir()
+    shutil.copytree(finished / "run" / "out", folder / "out")
+    models = {name: Path(path) for name, path in json.loads((finished / "models.json").read_text()).items()}
+    return _config(folder, models)
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _set(name, value):
+    return lambda line: line.__setitem__(name, value)
+
+
+def _set_metric(name, value):
+    return lambda line: line["metrics"].__setitem__(name, value)
+
+
+def _pop(name):
+    return lambda line: line.pop(name)
+
+
+EDITS = {
+    "key a list": _set("key", ["x"]),
+    "key a number": _set("key", 5),
+    "category missing": _pop("category"),
+    "setup missing": _pop("setup"),
+    "index missing": _pop("index"),
+    "prompt missing": _pop("prompt"),
+    "metric yes": _set_metric("exact", "yes"),
+    "metric null": _set_metric("exact", None),
+    "metric 1 for true": _set_metric("exact", 1),
+    "clip_score x": _set_metric("clip_score", "x"),
+    "image missing": _set("image", "images/zzz.png"),
+    "image another seed's": _set("image", "images/a/mini/0-1.png"),
+    "seed not the job's": _set("seed", 99),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_edited_results_line_is_one_error_line_and_redrawn_on_a_rerun(finished, tmp_path, monkeypatch, capsys, edit):
+    """--report-only names results.jsonl and the line; a rerun drops that line only, draws its
+    one image again and leaves one well-formed line per image."""
+    config = _copy(finished, tmp_path / "edited")
+    out = tmp_path / "edited" / "out"
+    original = _lines(out)
+    number = next(i for i, line in enumerate(original) if (line["index"], line["seed"]) == (0, 0))
+    edited = json.loads(json.dumps(original))
+    edit(edited[number])
+    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in edited))
+    capsys.readouterr()
+
+    assert _experiment(config, "--report-only") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"results.jsonl, line {number + 1}:" in err
+
+    calls = record_pipeline_calls(monkeypatch)
+    assert _experiment(config) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dropped 1 result line(s)" in err, err
+    assert calls == [1]
+    after = _lines(out)
+    assert sorted(line["key"] for line in after) == sorted(line["key"] for line in original)
+    redrawn = next(line for line in after if line["key"] == original[number]["key"])
+    fields = ("setup", "suite", "index", "category", "prompt", "seed", "image")
+    assert {name: redrawn[name] for name in fields} == {name: original[number][name] for name in fields}
+    assert set(redrawn["metrics"]) == set(original[number]["metrics"])
+    assert _experiment(config, "--report-only") == 0
+
+
+def test_report_only_names_an_experiment_json_that_is_not_json(finished, tmp_path, capsys) -> None:
+    config = _copy(finished, tmp_path / "edited")
+    (tmp_path / "edited" / "out" / "experiment.json").write_text("{")
+    capsys.readouterr()
+    assert _experiment(config, "--report-only") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "experiment.json" in err, err
+
+
+def test_edited_file_hash_cache_entries_are_hashed_again(finished, tmp_path, monkeypatch, capsys) -> None:
+    """experiment.json's file_digests entries that are not [size, mtime, sha256]: the files are
+    read again, their digests are unchanged and nothing is drawn."""
+    config = _copy(finished, tmp_path / "edited")
+    record_path = tmp_path / "edited" / "out" / "experiment.json"
+    record = json.loads(record_path.read_text())
+    assert record["file_digests"]
+    record["file_digests"] = {path: 5 for path in record["file_digests"]}
+    record_path.write_text(json.dumps(record))
+    calls = record_pipeline_calls(monkeypatch)
+    assert _experiment(config) == 0
+    assert calls == [] and "Traceback" not in capsys.readouterr().err
