@@ -149,3 +149,61 @@ def test_edited_file_hash_cache_entries_are_hashed_again(finished, tmp_path, mon
     calls = record_pipeline_calls(monkeypatch)
     assert _experiment(config) == 0
     assert calls == [] and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_bar_or_line_break_in_a_name_keeps_the_report_table_whole() -> None:
+    """A category or setup name with `|` or a newline is one cell: `|` escaped as `\\|`."""
+    import re
+
+    from clipcond.lab.report import _suite_table
+    from clipcond.lab.summary import summarise
+
+    line = {"setup": "a|b", "suite": "s", "category": "left|right\nup", "metrics": {"exact": True}}
+    rows = _suite_table(summarise([line, {**line, "category": "plain"}]), "s", ["a|b"], ["exact"])
+    assert len(rows) == 2 + 2 * 1 + 1  # header, rule, two categories and (all)
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 5 for row in rows), rows
+    assert "left\\|right up" in rows[2] and "a\\|b" in rows[0]
+
+
+def _two_pending(finished: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of the finished run whose last two lines are gone (two images to draw again)."""
+    config = _copy(finished, folder)
+    path = folder / "out" / "results.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in _lines(folder / "out")[:2]))
+    return config, path
+
+
+def test_ctrl_c_during_a_run_is_one_line_and_exit_130(finished, tmp_path, monkeypatch, capsys) -> None:
+    config, path = _two_pending(finished, tmp_path / "edited")
+    before = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clipcond.lab.runner._generate", interrupted)
+    capsys.readouterr()
+    assert _experiment(config) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; 2 results kept, re-run to continue"
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(28, "No space left on device"), PermissionError(13, "Permission denied", "results.jsonl")]
+)
+def test_a_full_disk_or_read_only_folder_is_one_line_naming_the_file(finished, tmp_path, monkeypatch, capsys, error):
+    config, path = _two_pending(finished, tmp_path / "edited")
+    before = path.read_bytes()
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("clipcond.lab.runner.append_results", failing)
+    capsys.readouterr()
+    assert _experiment(config) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and errors == err.strip().splitlines()[-1:], err
+    assert error.strerror in errors[0]
+    assert (error.filename or str(tmp_path / "edited" / "out")) in errors[0]
+    assert path.read_bytes() == before

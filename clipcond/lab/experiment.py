@@ -11,10 +11,11 @@ same command resumes: made models and finished images are not made again.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipcond.errors import RunFailed, user_errors
+from clipcond.errors import RunFailed, one_line, user_errors
 
 if TYPE_CHECKING:
     from clipcond.lab.config import ExperimentConfig
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.lab.loading import ModelLoadFailed
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
+    from clipcond.lab.results import RESULTS_NAME, read_results
     from clipcond.lab.run_folder import check_run_folder
     from clipcond.lab.runner import resolve_device, run_experiment
     from clipcond.output_paths import check_output_location
@@ -106,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
         run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
-    with user_errors(ModelLoadFailed, error=RunFailed):  # a damaged model, found before any result is dropped
-        output = run_experiment(config, show_progress=not args.no_progress, device=device)
+    try:
+        with user_errors(ModelLoadFailed, error=RunFailed):  # a damaged model, found before any result is dropped
+            output = run_experiment(config, show_progress=not args.no_progress, device=device)
+    except KeyboardInterrupt:  # results.jsonl holds every finished batch, whole (`clipcond.lab.results`)
+        kept = len(read_results(Path(config.output_dir) / RESULTS_NAME)[0])
+        print(f"interrupted; {kept} results kept, re-run to continue", file=sys.stderr)
+        return 130
+    except OSError as error:  # a full disk or a read-only folder: what is on disk stays whole
+        where = error.filename or config.output_dir  # a failed write() names no file: the run folder
+        raise RunFailed(f"{where}: {error.strerror or one_line(error)} (writing the experiment's results)") from error
     print(f"wrote {output / 'report.md'}")
     return 0

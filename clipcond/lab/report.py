@@ -32,6 +32,11 @@ def _metric_order(cells: list[Cell]) -> list[str]:
     return known + [name for name in present if name not in known]
 
 
+def _escaped(name: str) -> str:
+    """A name as one markdown table cell: `|` escaped as markdown does, a line break a space."""
+    return " ".join(name.replace("|", "\\|").splitlines())
+
+
 def _cell_text(cell: Cell | None) -> str:
     if cell is None:
         return "–"
@@ -44,12 +49,15 @@ def _suite_table(cells: list[Cell], suite: str, setups: list[str], metrics: list
     categories = [c for c in dict.fromkeys(cell.category for cell in mine) if c != ALL_CATEGORIES]
     if len(categories) > 1:
         categories.append(ALL_CATEGORIES)
-    rows = ["| category | metric | " + " | ".join(setups) + " |", "|---|---|" + "---|" * len(setups)]
+    header = " | ".join(_escaped(setup) for setup in setups)
+    rows = ["| category | metric | " + header + " |", "|---|---|" + "---|" * len(setups)]
     for category in categories:
         for metric in metrics:
             values = [by_key.get((setup, category, metric)) for setup in setups]
             if any(values):
-                rows.append(f"| {category} | {metric} | " + " | ".join(_cell_text(v) for v in values) + " |")
+                rows.append(
+                    f"| {_escaped(category)} | {_escaped(metric)} | " + " | ".join(_cell_text(v) for v in values) + " |"
+                )
     return rows
 
 
@@ -68,7 +76,7 @@ def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected:
     ]
     for setup in experiment.get("setups", []):
         text.append(
-            f"| {setup['name']} | `{paths.get('pipelines', {}).get(setup['name'], '?')}` | {setup['steps']} | "
+            f"| {_escaped(setup['name'])} | `{paths.get('pipelines', {}).get(setup['name'], '?')}` | {setup['steps']} | "
             f"{setup['guidance_scale']} | {setup['native']} | `{setup['pipeline_digest'][:12]}` |"
         )
     text += ["", "| suite | file | prompts | digest |", "|---|---|---|---|"]
@@ -76,7 +84,7 @@ def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected:
     for suite in experiment.get("suites", []):
         file = paths.get("suites", {}).get(suite["name"], "?")
         text.append(
-            f"| {suite['name']} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |"
+            f"| {_escaped(suite['name'])} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |"
         )
     if experiment.get("clip_digest"):
         text += ["", f"CLIP score model: `{paths.get('clip_score_model')}` (`{experiment['clip_digest'][:12]}`)."]
