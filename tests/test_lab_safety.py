@@ -215,3 +215,30 @@ def test_run_experiment_refuses_another_experiments_run_folder(tmp_path, models)
     with pytest.raises(ValueError, match="holds the run of experiment 'other', not 'safety'"):
         run_experiment(config, show_progress=False, write_report=False)
     assert [path.name for path in output.iterdir()] == ["experiment.json"]
+
+
+def test_a_second_live_run_of_the_folder_is_refused_and_a_dead_runs_lock_is_taken_over(
+    tmp_path, models, calls, capsys
+) -> None:
+    """Two runs at once each drew every pending image and appended its results twice; the
+    second now stops in one line before any change. A lock left by a killed run (its process
+    gone) does not stop the next run, nor does it make the folder look like someone else's."""
+    from clipcond.training.run_lock import RunFolderLock
+
+    config = _config(tmp_path, {"a": models["a"]}, models["clip"])
+    output = tmp_path / "out"
+    live = RunFolderLock(output)
+    live.acquire()  # another run, alive: its flock is held
+    try:
+        before = _state(output)
+        assert _experiment(config) == 1
+        message = _one_error_line(capsys)
+        assert f"{output} is in use by another run (pid {__import__('os').getpid()}" in message
+        assert _state(output) == before and calls == []
+    finally:
+        live.release()
+    dead = {"pid": 999_999_999, "host": __import__("socket").gethostname(), "started": "2026-11-30T00:00:00"}
+    (output / "run.lock").write_text(__import__("json").dumps(dead))
+    assert _experiment(config) == 0
+    lines = (output / "results.jsonl").read_text().splitlines()
+    assert sum(calls) == len(lines) == 4 and not (output / "run.lock").exists()

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.lab.run_folder import check_run_folder
     from clipcond.lab.runner import resolve_device, run_experiment
     from clipcond.output_paths import check_output_location
+    from clipcond.training.run_lock import RunFolderInUse
 
     # the config, its files and the install: the message says what to fix
     with user_errors(FileNotFoundError, ValueError, ImportError):
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
         run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
     try:
-        with user_errors(ModelLoadFailed, error=RunFailed):  # a damaged model, found before any result is dropped
+        # a damaged model, found before any result is dropped; another live run in the folder
+        with user_errors(ModelLoadFailed, RunFolderInUse, error=RunFailed):
             output = run_experiment(config, show_progress=not args.no_progress, device=device)
     except KeyboardInterrupt:  # results.jsonl holds every finished batch, whole (`clipcond.lab.results`)
         kept = len(read_results(Path(config.output_dir) / RESULTS_NAME)[0])

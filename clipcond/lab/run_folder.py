@@ -7,7 +7,7 @@ own, or another experiment's run folder (a copied YAML that kept its output_dir)
 delete their files. So before any work, `check_run_folder` accepts only:
 
 - a missing or empty folder, or one that holds only what the command writes before the run's
-  first record (``prepare-logs/``, a prepare step's output, hidden files);
+  first record (``prepare-logs/``, ``run.lock``, a prepare step's output, hidden files);
 - a folder whose ``experiment.json`` is this lab's record of an experiment of the same
   ``name`` (settings, setups, suites and seeds may have changed: stale results are dropped).
 """
@@ -21,7 +21,8 @@ from clipcond.lab.config import ExperimentConfig
 
 EXPERIMENT_NAME = "experiment.json"
 # what `clipcond experiment` writes in output_dir before experiment.json (`clipcond.lab.prepare`)
-_BEFORE_RECORD = {"prepare-logs"}
+# and the lock of a run killed before its record (`clipcond.training.run_lock`)
+_BEFORE_RECORD = {"prepare-logs", "run.lock"}
 
 
 def _recorded_name(record_path: Path) -> str | None:

@@ -60,6 +60,7 @@ from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rew
 from clipcond.lab.run_folder import EXPERIMENT_NAME, check_run_folder
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
 from clipcond.output_paths import write_atomically
+from clipcond.training.run_lock import RunFolderLock
 
 # Bump when generation or a metric changes meaning: every earlier result becomes stale.
 LAB_VERSION = 1
@@ -307,6 +308,7 @@ def run_experiment(
         ImportError: `write_report` without matplotlib installed, before any generation.
         ModelLoadFailed: a pipeline or the CLIP the run needs cannot be loaded; a damaged
             weights file or config is found before results.jsonl or an image is changed.
+        RunFolderInUse: another live run holds the folder (its ``run.lock``), before any change.
     """
     suites = check_experiment(config)
     check_run_folder(config)  # another experiment's run, or the user's own files: refused
@@ -317,6 +319,22 @@ def run_experiment(
     device = resolve_device(device)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    # one live run per folder (the run.lock file, `clipcond.training.run_lock`): two runs at once
+    # each drew every pending image and appended its results twice
+    with RunFolderLock(output):
+        _run_pending(config, suites, output, device, show_progress)
+        if write_report:
+            from clipcond.lab.report import write_report as write
+
+            write(output)
+    return output
+
+
+def _run_pending(
+    config: ExperimentConfig, suites: list[PromptSuite], output: Path, device: str, show_progress: bool
+) -> None:
+    """`run_experiment`'s work, under the run folder's lock: plan, keep the valid results, then
+    generate and measure what is pending."""
     previous = _read_json(output / EXPERIMENT_NAME)
     file_cache = previous.get("file_digests", {}) if isinstance(previous.get("file_digests"), dict) else {}
     pipeline_digests = {setup.name: folder_digest(setup.pipeline, file_cache) for setup in config.setups}
@@ -368,11 +386,6 @@ def run_experiment(
                 append_results(output / RESULTS_NAME, _measure(images, batch, config, scorer))
                 progress.update(len(batch))
             del pipe
-    if write_report:
-        from clipcond.lab.report import write_report as write
-
-        write(output)
-    return output
 
 
 __all__ = ["EXPERIMENT_NAME", "ImageJob", "LAB_VERSION", "plan_jobs", "resolve_device", "run_experiment"]
