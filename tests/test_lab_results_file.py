@@ -173,17 +173,23 @@ def _two_pending(finished: Path, folder: Path) -> tuple[Path, Path]:
     return config, path
 
 
+def _run_failing(config: Path, target: str, error: BaseException, monkeypatch, capsys) -> tuple[int, str]:
+    """The exit status and stderr of the experiment with `target` (a runner function) raising `error`."""
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, failing)
+    capsys.readouterr()
+    status = _experiment(config)
+    return status, capsys.readouterr().err
+
+
 def test_ctrl_c_during_a_run_is_one_line_and_exit_130(finished, tmp_path, monkeypatch, capsys) -> None:
     config, path = _two_pending(finished, tmp_path / "edited")
     before = path.read_bytes()
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("clipcond.lab.runner._generate", interrupted)
-    capsys.readouterr()
-    assert _experiment(config) == 130
-    err = capsys.readouterr().err
+    status, err = _run_failing(config, "clipcond.lab.runner._generate", KeyboardInterrupt(), monkeypatch, capsys)
+    assert status == 130
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; 2 results kept, re-run to continue"
     assert path.read_bytes() == before
 
@@ -194,16 +200,19 @@ def test_ctrl_c_during_a_run_is_one_line_and_exit_130(finished, tmp_path, monkey
 def test_a_full_disk_or_read_only_folder_is_one_line_naming_the_file(finished, tmp_path, monkeypatch, capsys, error):
     config, path = _two_pending(finished, tmp_path / "edited")
     before = path.read_bytes()
-
-    def failing(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr("clipcond.lab.runner.append_results", failing)
-    capsys.readouterr()
-    assert _experiment(config) == 1
-    err = capsys.readouterr().err
+    status, err = _run_failing(config, "clipcond.lab.runner.append_results", error, monkeypatch, capsys)
+    assert status == 1
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in err and len(errors) == 1 and errors == err.strip().splitlines()[-1:], err
     assert error.strerror in errors[0]
     assert (error.filename or str(tmp_path / "edited" / "out")) in errors[0]
     assert path.read_bytes() == before
+
+
+def test_the_pass_fail_metrics_read_back_are_the_judges() -> None:
+    """results.py checks the judge's pass/fail values by name, without importing the judge
+    (torch): the two lists must stay one."""
+    from clipcond.lab import results
+    from clipcond.lab.metrics import JUDGE_VALUES
+
+    assert set(results._PASS_FAIL) == set(JUDGE_VALUES) - {"objects_found"}

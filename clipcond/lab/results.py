@@ -46,6 +46,11 @@ _FIELDS: dict[str, type] = {
 _PASS_FAIL = ("objects", "colour", "shape", "count", "relation", "exact")
 
 
+def image_path(setup: str, suite: str, index: int, seed: int) -> str:
+    """Where the runner saves the image of (setup, suite entry, seed), relative to the run folder."""
+    return f"images/{setup}/{suite}/{index}-{seed}.png"
+
+
 def line_problem(line: Any) -> str | None:
     """What makes `line` something the runner never writes, or None for a well-formed line."""
     if not isinstance(line, dict):
@@ -65,7 +70,7 @@ def line_problem(line: Any) -> str | None:
             return f"metric {name!r} is {json.dumps(value)}, not a finite number"
     if not isinstance(line.get("clip_truncated", False), bool):
         return "'clip_truncated' is not true or false"
-    expected = f"images/{line['setup']}/{line['suite']}/{line['index']}-{line['seed']}.png"
+    expected = image_path(line["setup"], line["suite"], line["index"], line["seed"])
     if line["image"] != expected:
         return f"'image' is {line['image']!r}, not {expected!r}"
     return None
@@ -135,4 +140,12 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-__all__ = ["RESULTS_NAME", "append_results", "line_problem", "read_results", "rewrite_results", "write_json_atomic"]
+__all__ = [
+    "RESULTS_NAME",
+    "append_results",
+    "image_path",
+    "line_problem",
+    "read_results",
+    "rewrite_results",
+    "write_json_atomic",
+]

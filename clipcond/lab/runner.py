@@ -56,7 +56,14 @@ from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest, model_files
 from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
-from clipcond.lab.results import RESULTS_NAME, append_results, read_results, rewrite_results, write_json_atomic
+from clipcond.lab.results import (
+    RESULTS_NAME,
+    append_results,
+    image_path,
+    read_results,
+    rewrite_results,
+    write_json_atomic,
+)
 from clipcond.lab.run_folder import EXPERIMENT_NAME, check_run_folder
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
 from clipcond.output_paths import write_atomically
@@ -88,7 +95,7 @@ class ImageJob:
     @property
     def image(self) -> str:
         """Path of the image's PNG, relative to the run folder."""
-        return f"images/{self.setup.name}/{self.suite}/{self.index}-{self.seed}.png"
+        return image_path(self.setup.name, self.suite, self.index, self.seed)
 
 
 def _hash(data: Any) -> str:
