@@ -362,7 +362,7 @@ class CLIPConditionedPipeline(
         """diffusers' `to`; then the conditioners built so far are told that the weights may
         have been written (`TextConditioner.weights_written`): under accelerate's offload hooks a
         cast and back (`pipe.to(torch.bfloat16).to(torch.float32)` rounds every weight) leaves
-        nothing a cheap mark sees. The disk cache still serves weights whose bytes are unchanged."""
+        nothing a cheap mark sees."""
         moved = super().to(*args, **kwargs)
         for conditioner in self.__dict__.get("_conditioners", {}).values():
             conditioner.weights_written()
