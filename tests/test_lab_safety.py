@@ -242,3 +242,24 @@ def test_a_second_live_run_of_the_folder_is_refused_and_a_dead_runs_lock_is_take
     assert _experiment(config) == 0
     lines = (output / "results.jsonl").read_text().splitlines()
     assert sum(calls) == len(lines) == 4 and not (output / "run.lock").exists()
+
+
+@pytest.mark.parametrize("show_progress", [False, True])
+def test_no_progress_hides_the_libraries_loading_bars_and_restores_their_switches(
+    tmp_path, models, capfd, show_progress
+) -> None:
+    """`--no-progress` (show_progress=False) also hides diffusers' "Loading pipeline components"
+    and transformers' "Loading weights" bars; their process-wide switches are as before after the
+    run. With show_progress=True the bars are drawn (the check below can see them)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from clipcond.lab import load_experiment_config, run_experiment
+
+    config = _config(tmp_path, {"a": models["a"]}, models["clip"], seeds=[0])
+    capfd.readouterr()
+    run_experiment(load_experiment_config(config), show_progress=show_progress, write_report=False)
+    err = capfd.readouterr().err
+    assert ("Loading pipeline components" in err) is show_progress
+    assert ("Loading weights" in err) is show_progress
+    assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()

@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `experiment`."""
     parser.add_argument("config", help="experiment YAML (clipcond.lab.config.ExperimentConfig)")
     parser.add_argument("--device", help='where pipelines run, e.g. "cpu" or "cuda" (default: cuda when available)')
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="draw no progress bars (the run's, and diffusers' and transformers' loading bars)",
+    )
     parser.add_argument(
         "--jobs",
         type=_positive_int,

@@ -71,6 +71,32 @@ def check_loadable(folder: str | Path, what: str) -> None:
                 yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+@contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """diffusers' and transformers' own progress bars ("Loading pipeline components", "Loading
+    weights") as `enabled` says inside the block, as they were before it afterwards.
+
+    The switches are the two libraries' process-wide settings, so they are restored on exit
+    (an exception included); with `enabled` True nothing is touched.
+    """
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    were_enabled = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was_enabled in zip(libraries, were_enabled):
+            if was_enabled:
+                library.enable_progress_bar()
+
+
 def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
 
@@ -100,4 +126,4 @@ def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     return pipe.to(device)
 
 
-__all__ = ["ModelLoadFailed", "check_loadable", "loading", "setup_pipeline"]
+__all__ = ["ModelLoadFailed", "check_loadable", "library_progress_bars", "loading", "setup_pipeline"]

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest, model_files
-from clipcond.lab.loading import check_loadable, loading, setup_pipeline
+from clipcond.lab.loading import check_loadable, library_progress_bars, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import (
     RESULTS_NAME,
@@ -299,7 +299,8 @@ def run_experiment(
 
     Args:
         config: the experiment (`load_experiment_config` resolves a YAML's paths).
-        show_progress: draw one progress bar over all (setup, prompt, seed) images.
+        show_progress: draw one progress bar over all (setup, prompt, seed) images; False also
+            hides diffusers' and transformers' loading bars during the run.
         device: where pipelines and the CLIP run; None: "cuda" when available, else "cpu"
             (`resolve_device`). Not part of the results' keys (images on another device differ
             by rounding).
@@ -328,7 +329,7 @@ def run_experiment(
     output.mkdir(parents=True, exist_ok=True)
     # one live run per folder (the run.lock file, `clipcond.training.run_lock`): two runs at once
     # each drew every pending image and appended its results twice
-    with RunFolderLock(output):
+    with RunFolderLock(output), library_progress_bars(show_progress):
         _run_pending(config, suites, output, device, show_progress)
         if write_report:
             from clipcond.lab.report import write_report as write
