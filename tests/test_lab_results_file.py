@@ -128,6 +128,20 @@ def test_an_edited_results_line_is_one_error_line_and_redrawn_on_a_rerun(finishe
     assert _experiment(config, "--report-only") == 0
 
 
+def test_report_only_counts_torn_lines_in_the_report(finished, tmp_path) -> None:
+    """A line torn by a kill is not an error for --report-only (a run redraws it), but the
+    report says how many lines it could not read, next to the image count."""
+    config = _copy(finished, tmp_path / "torn")
+    out = tmp_path / "torn" / "out"
+    assert _experiment(config, "--report-only") == 0
+    assert "could not be read" not in (out / "report.md").read_text()
+    text = (out / "results.jsonl").read_text()
+    (out / "results.jsonl").write_text(text + text.splitlines()[0][:40] + "\n")
+    assert _experiment(config, "--report-only") == 0
+    report = (out / "report.md").read_text()
+    assert "4 of 4 images (complete). 1 line(s) of results.jsonl could not be read" in report
+
+
 def test_report_only_names_an_experiment_json_that_is_not_json(finished, tmp_path, capsys) -> None:
     config = _copy(finished, tmp_path / "edited")
     (tmp_path / "edited" / "out" / "experiment.json").write_text("{")

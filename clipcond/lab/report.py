@@ -61,12 +61,18 @@ def _suite_table(cells: list[Cell], suite: str, setups: list[str], metrics: list
     return rows
 
 
-def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected: int) -> list[str]:
+def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected: int, unreadable: int) -> list[str]:
     settings = experiment.get("settings", {})
     paths = experiment.get("paths", {})
+    torn = (
+        f" {unreadable} line(s) of {RESULTS_NAME} could not be read (torn by a kill, or not JSON) and are not counted."
+        if unreadable
+        else ""
+    )
     text = [
         f"Fingerprint `{experiment.get('fingerprint', '?')[:16]}`; {len(lines)} of {expected} images "
-        + ("(complete)." if len(lines) >= expected else "(**incomplete**: run the experiment again to finish)."),
+        + ("(complete)." if len(lines) >= expected else "(**incomplete**: run the experiment again to finish).")
+        + torn,
         "",
         f"Seeds {settings.get('seeds')}, metrics {settings.get('metrics')}, image size "
         f"{settings.get('height') or 'pipeline default'} x {settings.get('width') or 'pipeline default'}.",
@@ -141,7 +147,7 @@ def write_report(run_folder: str | Path) -> Path:
         raise ValueError(f"{record_path} is not JSON ({error}); re-run the experiment to rewrite it") from None
     if not isinstance(experiment, dict):
         raise ValueError(f"{record_path} is not a JSON object; re-run the experiment to rewrite it")
-    lines, _ = read_results(run_folder / RESULTS_NAME, strict=True)
+    lines, unreadable = read_results(run_folder / RESULTS_NAME, strict=True)
     first: dict[str, dict[str, Any]] = {}
     for line in lines:  # one line per image, the first, as a run keeps (a copied file may repeat lines)
         first.setdefault(line["key"], line)
@@ -154,7 +160,12 @@ def write_report(run_folder: str | Path) -> Path:
     metrics = _metric_order(cells)
 
     written: set[Path] = set()
-    text = [f"# Experiment: {experiment.get('name', run_folder.name)}", "", *_settings(experiment, lines, expected), ""]
+    text = [
+        f"# Experiment: {experiment.get('name', run_folder.name)}",
+        "",
+        *_settings(experiment, lines, expected, unreadable),
+        "",
+    ]
     for suite in suites:
         text += [f"## Suite `{suite}`", "", *_suite_table(cells, suite, setups, metrics), ""]
         if any(line["suite"] == suite for line in lines):
