@@ -77,27 +77,62 @@ def _cut_in_half(path: Path) -> bytes:
     return good
 
 
-@pytest.mark.parametrize(
-    "model, damaged, named",
-    [
-        ("a", "unet/diffusion_pytorch_model.safetensors", "setup a: pipeline"),
-        ("a", "unet/config.json", "setup a: pipeline"),
-        ("clip", "image_encoder", "clip_score_model"),
-    ],
-)
+def _torch_zip_weights(component: Path) -> Path:
+    """Save `component`'s safetensors weights as the torch zip file (``.bin``) diffusers also reads."""
+    import torch
+    from safetensors.torch import load_file
+
+    (weights,) = component.glob("*.safetensors")
+    target = weights.with_suffix(".bin")
+    torch.save(load_file(weights), target)
+    weights.unlink()
+    return target
+
+
+def _cut(target: Path):
+    good = _cut_in_half(target)
+    return lambda: target.write_bytes(good)
+
+
+def _moved_away(target: Path):
+    aside = target.with_name(target.name + "-aside")
+    target.rename(aside)
+    return lambda: aside.rename(target)
+
+
+# id -> (the damaged model, the damage (returns its undo), whether the undo leaves other files
+# than the first run's: the .bin case converts the weights first, a new digest)
+DAMAGES = {
+    "unet weights cut": ("a", lambda models: _cut(models["a"] / "unet/diffusion_pytorch_model.safetensors"), False),
+    "unet config cut": ("a", lambda models: _cut(models["a"] / "unet/config.json"), False),
+    "unet .bin cut": ("a", lambda models: _cut(_torch_zip_weights(models["a"] / "unet")), True),
+    "unet folder missing": ("a", lambda models: _moved_away(models["a"] / "unet"), False),
+    "unet weights missing": (
+        "a",
+        lambda models: _moved_away(models["a"] / "unet/diffusion_pytorch_model.safetensors"),
+        False,
+    ),
+    "clip weights cut": (
+        "clip",
+        lambda models: _cut(next((models["clip"] / "image_encoder").glob("*.safetensors"))),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
 def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
-    tmp_path, models, calls, capsys, model, damaged, named
+    tmp_path, models, calls, capsys, damage
 ) -> None:
+    model, damaged, other_files = damage
+    named = {"a": "setup a: pipeline", "clip": "clip_score_model"}[model]
     copies = {name: shutil.copytree(models[name], tmp_path / "models" / name) for name in ("a", "clip")}
     config = _config(tmp_path, {"a": copies["a"], "b": models["b"]}, copies["clip"])
     assert _experiment(config) == 0
     output = tmp_path / "out"
     before = _snapshot(output)
     assert sum(calls) == 8 and len([name for name in before if name.endswith(".png") and "images" in name]) == 8
-    target = copies[model] / damaged
-    if target.is_dir():  # the CLIP's weights file in that folder
-        target = next(target.glob("*.safetensors"))
-    good = _cut_in_half(target)
+    restore = damaged(copies)
     capsys.readouterr()
 
     assert _experiment(config, "--check") == 2
@@ -108,11 +143,14 @@ def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
     assert named in message and str(copies[model]) in message and "re-run" in message
     assert _snapshot(output) == before  # results.jsonl, images, experiment.json and the report: byte for byte
 
-    target.write_bytes(good)  # restored (a newer mtime): the finished results still count
+    restore()  # restored (a newer mtime): the finished results still count
     calls.clear()
     assert _experiment(config) == 0
-    assert calls == []
-    assert (output / "results.jsonl").read_bytes() == before["results.jsonl"]
+    if other_files:  # the weights are stored another way: a new digest, so the setup is drawn again
+        assert sum(calls) == 4
+    else:
+        assert calls == []
+        assert (output / "results.jsonl").read_bytes() == before["results.jsonl"]
 
 
 def _linked_pipeline(folder: Path, components: Path) -> Path:

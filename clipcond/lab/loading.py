@@ -13,6 +13,7 @@ and the loaders turn what they raise into `ModelLoadFailed` too.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,9 +50,19 @@ def loading(what: str, folder: str | Path) -> Iterator[None]:
         ) from caught
 
 
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+"""File suffixes that hold a component's weights (an index ``*.safetensors.index.json`` too)."""
+
+
 def check_loadable(folder: str | Path, what: str) -> None:
-    """Open the header of every ``.safetensors`` file of `folder` and parse every ``.json`` and
-    ``.yaml`` file, so that a damaged model fails here in one line (`ModelLoadFailed`).
+    """Fail in one line (`ModelLoadFailed`) on a model folder that cannot be loaded, reading
+    headers only (nothing is loaded into memory):
+
+    - every ``.safetensors`` header opens, every ``.json`` / ``.yaml`` file parses;
+    - every torch zip file (``.bin``, ``.pt``, ``.pth``) has its central directory (a file cut
+      short loses it); a legacy non-zip pickle is not checked;
+    - every component that ``model_index.json`` lists has its folder, and every component
+      folder with a model ``config.json`` holds a weights file.
 
     Args:
         folder: a model folder (a saved pipeline, a CLIP folder); files as `folder_digest` sees them.
@@ -59,6 +70,7 @@ def check_loadable(folder: str | Path, what: str) -> None:
     """
     from safetensors import safe_open
 
+    folder = Path(folder)
     with loading(what, folder):
         for path in model_files(folder):
             suffix = path.suffix.lower()
@@ -69,6 +81,38 @@ def check_loadable(folder: str | Path, what: str) -> None:
                 json.loads(path.read_text(encoding="utf-8"))
             elif suffix in (".yaml", ".yml"):
                 yaml.safe_load(path.read_text(encoding="utf-8"))
+            elif suffix in (".bin", ".pt", ".pth"):
+                _check_torch_zip(path)
+        index = folder / "model_index.json"
+        if index.is_file():
+            _check_components(folder, json.loads(index.read_text(encoding="utf-8")))
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A torch.save zip file whose central directory (at its end) is missing is cut short."""
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"PK":
+            return  # torch's legacy pickle format: nothing cheap to check
+    try:
+        zipfile.ZipFile(path).close()
+    except zipfile.BadZipFile as error:
+        raise OSError(f"{path.name} is damaged ({error}; cut short?)") from None
+
+
+def _check_components(folder: Path, index: Any) -> None:
+    """The components `model_index.json` names have their folders, and model folders weights."""
+    if not isinstance(index, dict):
+        raise ValueError("model_index.json is not a JSON object")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+            continue
+        component = folder / name
+        if not component.is_dir():
+            raise OSError(f"model_index.json lists the component {name!r} ({entry[1]}), but {name}/ is missing")
+        if (component / "config.json").is_file() and not any(
+            path.name.endswith(WEIGHTS_SUFFIXES) or path.name.endswith(".index.json") for path in component.iterdir()
+        ):
+            raise OSError(f"{name}/ holds a config but no weights file ({', '.join(WEIGHTS_SUFFIXES)})")
 
 
 @contextmanager
@@ -126,4 +170,11 @@ def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     return pipe.to(device)
 
 
-__all__ = ["ModelLoadFailed", "check_loadable", "library_progress_bars", "loading", "setup_pipeline"]
+__all__ = [
+    "WEIGHTS_SUFFIXES",
+    "ModelLoadFailed",
+    "check_loadable",
+    "library_progress_bars",
+    "loading",
+    "setup_pipeline",
+]
