@@ -10,11 +10,16 @@ next window (a word boundary is preferred within `WORD_LOOKBACK` tokens). With
 ``window_split="a1111"`` a full window is cut as A1111's ``tokenize_line`` cuts it instead:
 everything after the last comma within `WORD_LOOKBACK` tokens moves to the next window (its
 ``comma_padding_backtrack``, default 20), and without such a comma the window ends at its 75th
-token, mid-word if need be. With ``window_split="truncate"`` a prompt has one window, its first
-75 tokens, and the rest is dropped (reported at INFO level), as diffusers' `encode_prompt`
-truncates; a ``BREAK`` ends the prompt there. Under every rule a multi-vector textual-inversion token (``<cat>``,
+token, mid-word if need be. With ``window_split="comfy"`` the windows are ComfyUI's
+(``sd1_clip.py``): a space-separated word (punctuation attached, ``ultra,``) that does not fit
+moves whole to the next window unless it has 8 tokens or more, which are split at the edge; a
+multi-vector textual-inversion token counts as one such word, as ComfyUI counts an embedding.
+With ``window_split="truncate"`` a prompt has one window, its first 75 tokens, and the rest is
+dropped (reported at INFO level), as diffusers' `encode_prompt` truncates; a ``BREAK`` ends the
+prompt there. Under the other rules a multi-vector textual-inversion token (``<cat>``,
 ``<cat>_1``, ...) that does not fit the room left in a window starts the next one, as A1111
-places an embedding (`tests/test_chunking.py` checks both against a transcription of its rule).
+places an embedding. `tests/test_chunking.py` checks the "a1111" and "comfy" rules against
+transcriptions of A1111's and ComfyUI's.
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
 dropped and reported, as diffusers does.
@@ -37,6 +42,10 @@ logger = logging.getLogger(__name__)
 # How far back (in tokens) a full window looks for the end of a word (or, A1111's way, a comma)
 # before it hard-splits.
 WORD_LOOKBACK = 20
+
+# ComfyUI moves a space-separated word of fewer tokens than this whole to the next window
+# (its `max_word_length`); a longer one is split at the window edge.
+COMFY_WHOLE_WORD_TOKENS = 8
 
 
 @dataclass
@@ -204,6 +213,59 @@ def _windows_at_commas(
     return windows
 
 
+def _space_words(tokenizer, text: str, groups: dict[int, tuple[int, ...]]) -> list[list[int]]:
+    """A fragment's token ids in ComfyUI's word groups: one per space-separated word (a line
+    break counts as a space), each word tokenized on its own; the vectors of a multi-vector
+    textual-inversion token (spelled ``<cat> <cat>_1 ...``, a word each) form one group, as
+    ComfyUI keeps an embedding's vectors in one."""
+    words = [word for word in text.replace("\n", " ").split(" ") if word]
+    encoded = tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else []
+    ids: list[int] = []
+    starts: set[int] = set()
+    for word_ids in encoded:
+        if word_ids:
+            starts.add(len(ids))
+            ids += word_ids
+    position = 0
+    for unit in _units(ids, groups):
+        starts.difference_update(range(position + 1, position + len(unit)))
+        position += len(unit)
+    cuts = [*sorted(starts), len(ids)]
+    return [ids[start:end] for start, end in zip(cuts, cuts[1:])]
+
+
+def _windows_at_spaces(
+    tokenizer, fragments: Sequence[Fragment], fragment_ids: list[list[int]], rule: _WindowRule
+) -> list[_Content]:
+    """One prompt's windows as ComfyUI's ``SDTokenizer.tokenize_with_weights`` makes them: a
+    word (`_space_words`) that does not fit the window's room closes the window and starts the
+    next, unless it has `COMFY_WHOLE_WORD_TOKENS` tokens or more: then it fills the window and
+    goes on in the next. `fragment_ids` is not read (each word is tokenized on its own)."""
+    capacity = rule.capacity
+    windows: list[_Content] = []
+    current: _Content = []
+    for source, fragment in enumerate(fragments):
+        if fragment.is_break:  # clipcond's BREAK (ComfyUI reads it as a word)
+            windows.append(current)
+            current = []
+            continue
+        for word in _space_words(tokenizer, fragment.text, rule.groups):
+            splits = len(word) >= COMFY_WHOLE_WORD_TOKENS
+            while word:
+                if len(current) + len(word) <= capacity:
+                    current += [(token, fragment.weight, source) for token in word]
+                    break
+                if splits:
+                    room = capacity - len(current)
+                    current += [(token, fragment.weight, source) for token in word[:room]]
+                    word = word[room:]
+                windows.append(current)
+                current = []
+    if current or not windows:
+        windows.append(current)
+    return windows
+
+
 def _vector_groups(tokenizer) -> dict[int, tuple[int, ...]]:
     """The tokenizer's multi-vector textual-inversion tokens: first id -> all their ids."""
     groups = {}
@@ -245,8 +307,8 @@ def clip_windows(
         prompts: one list of fragments per prompt (see `clipcond.prompts.parse_prompt`).
         window_length: tokens per window including BOS and EOS (77 for CLIP).
         window_split: how a full window is cut: "word" (at a word end), "a1111" (after a
-            comma, as A1111) or "truncate" (one window, the rest dropped, as diffusers); see
-            the module docstring.
+            comma, as A1111), "comfy" (before a space-separated word, as ComfyUI) or "truncate"
+            (one window, the rest dropped, as diffusers); see the module docstring.
 
     Returns:
         One `TokenWindows` per prompt; always at least one window (an empty prompt is
@@ -256,8 +318,13 @@ def clip_windows(
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     if pad is None:
         pad = eos
-    per_fragment = _token_ids_per_fragment(tokenizer, prompts)
-    cut = _windows_at_word_ends if check_window_split(window_split) == "word" else _windows_at_commas
+    cut = {"word": _windows_at_word_ends, "comfy": _windows_at_spaces}.get(
+        check_window_split(window_split), _windows_at_commas
+    )
+    if window_split == "comfy":  # each space-separated word is tokenized on its own
+        per_fragment = [[[] for _ in fragments] for fragments in prompts]
+    else:
+        per_fragment = _token_ids_per_fragment(tokenizer, prompts)
     comma = _comma_id(tokenizer) if window_split == "a1111" else None  # "truncate": cut at the 75th token
     rule = _WindowRule(capacity, comma, _vector_groups(tokenizer))
     result = []

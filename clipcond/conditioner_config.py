@@ -74,7 +74,7 @@ class ConditionerConfig:
         parse_weights: read the weighting syntax in prompts.
         emphasis: how weights change token states ("multiply", "a1111", "comfy", "compel";
             `clipcond.emphasis`); any recipe.
-        window_split: how a long prompt's CLIP windows are cut ("word", "a1111", "truncate";
+        window_split: how a long prompt's CLIP windows are cut ("word", "a1111", "comfy", "truncate";
             `clipcond.chunking`); any recipe.
         clean_caption: recipe "pixart" only: clean prompts as PixArt's pipelines do (True,
             their default) or only lower-case them (False); None: the recipe's.
@@ -99,7 +99,7 @@ class ConditionerConfig:
     clip_skip: int | None = None
     parse_weights: bool = True
     emphasis: Literal["multiply", "a1111", "comfy", "compel"] = "multiply"
-    window_split: Literal["word", "a1111", "truncate"] = "word"
+    window_split: Literal["word", "a1111", "comfy", "truncate"] = "word"
     clean_caption: bool | None = None
     cache_size: int = 512
     cache_dir: str | None = None

@@ -126,9 +126,10 @@ class TextConditioner:
             nothing else, so a weight touches only its own tokens, as it always has here; pick
             the mode of the UI a prompt was written for to get its image.
         window_split: how a prompt longer than a CLIP window is cut (`clipcond.chunking`):
-            "word" (the partial word moves to the next window) or "a1111" (what follows the
+            "word" (the partial word moves to the next window), "a1111" (what follows the
             last comma within 20 tokens moves, else the window ends at its 75th token, as
-            A1111) or "truncate" (one window of the first 75 tokens, the rest dropped, as
+            A1111), "comfy" (a space-separated word of fewer than 8 tokens moves whole, as
+            ComfyUI) or "truncate" (one window of the first 75 tokens, the rest dropped, as
             diffusers' `encode_prompt`). None: the recipe's, "word" for every family.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.

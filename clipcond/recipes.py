@@ -58,8 +58,8 @@ class Recipe:
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`).
         window_split: how a full CLIP window is cut: "word" (at a word end), "a1111" (after
-            the last comma, as A1111) or "truncate" (one window, the rest dropped, as
-            diffusers; `clipcond.chunking`).
+            the last comma, as A1111), "comfy" (before a space-separated word, as ComfyUI) or
+            "truncate" (one window, the rest dropped, as diffusers; `clipcond.chunking`).
         call_overrides: extra keyword arguments `pipeline_kwargs` adds for the family's
             `__call__` (PixArt defaults `negative_prompt=""`, which it refuses next to
             `negative_prompt_embeds`, so it gets an explicit None).

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 # "word": the partial word moves to the next window (clipcond's); "a1111": what follows the
 # last comma within 20 tokens moves, else the window ends at its 75th token (A1111's);
-# "truncate": one window, the first 75 tokens, the rest dropped (diffusers' `encode_prompt`,
-# and its training scripts' tokenization).
-WINDOW_SPLITS: tuple[str, ...] = ("word", "a1111", "truncate")
+# "comfy": a space-separated word of fewer than 8 tokens moves whole, a longer one is split
+# (ComfyUI's); "truncate": one window, the first 75 tokens, the rest dropped (diffusers'
+# `encode_prompt`, and its training scripts' tokenization).
+WINDOW_SPLITS: tuple[str, ...] = ("word", "a1111", "comfy", "truncate")
 DEFAULT_WINDOW_SPLIT = "word"
 
 

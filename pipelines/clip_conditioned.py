@@ -141,8 +141,8 @@ class CLIPConditionedPipeline(
             is then `out_channels + 2`. Set by `clipcond train-diffusion` for UNets trained so.
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`; see `TextConditioner`).
-        window_split: how a prompt longer than a CLIP window is cut: "word", "a1111" or
-            "truncate" (`clipcond.chunking`; see `TextConditioner`).
+        window_split: how a prompt longer than a CLIP window is cut: "word", "a1111",
+            "comfy" or "truncate" (`clipcond.chunking`; see `TextConditioner`).
         safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its

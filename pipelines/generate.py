@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window-split",
         choices=WINDOW_SPLITS,
         help="where a prompt longer than 75 tokens is cut into CLIP windows: at a word end (word), after the "
-        "last comma, as A1111 (a1111), or not at all: the first 75 tokens are kept, as diffusers (truncate); "
+        "last comma, as A1111 (a1111), before a whole word, as ComfyUI (comfy), or not at all: the first 75 "
+        "tokens are kept, as diffusers (truncate); "
         "default: the model's own setting (word unless saved with another)",
     )
     add_source_arguments(parser)

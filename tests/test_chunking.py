@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from comfy_reference import comfy_batches
 from transformers import AutoTokenizer
 
 from clipcond.chunking import WORD_LOOKBACK, clip_windows, t5_sequence
@@ -374,3 +375,73 @@ def test_truncate_keeps_the_first_75_tokens_as_the_tokenizer_truncates(clip, cap
 def test_truncate_ends_the_prompt_at_a_break(clip):
     (got,) = clip_windows(clip, [[Fragment("a red ball", 1.0), BREAK_MARKER, Fragment("a cat", 1.0)]], 77, "truncate")
     assert got.ids.tolist() == [clip("a red ball", padding="max_length", max_length=77).input_ids]
+
+
+def _random_long_prompts(count: int, seed: int) -> dict[str, list[Fragment]]:
+    """Long comma-separated prompts of common tag words, some phrases weighted."""
+    import random
+
+    words = ["red", "fox", "snow", "photorealistic", "masterpiece", "best", "quality", "8k", "ultra,", "detailed"]
+    rng = random.Random(seed)
+    prompts = {}
+    for index in range(count):
+        fragments = []
+        for _ in range(rng.randint(20, 45)):
+            phrase = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) + ", "
+            fragments.append(Fragment(phrase, rng.choice([1.0, 1.0, 1.2, 0.8])))
+        prompts[f"random {index}"] = fragments
+    return prompts
+
+
+COMFY_SPLIT_PROMPTS = {
+    **_random_long_prompts(40, seed=0),
+    "a word of 8+ tokens at the edge is split": [Fragment("dog " * 70 + "antidisestablishmentarianismusx cat", 1.0)],
+    "a word of 8 tokens at the edge is split": [Fragment("dog " * 70 + "zxqvbnmplk cat", 1.0)],
+    "a word of 7 tokens at the edge moves whole": [Fragment("dog " * 70 + "xqzvbnmkl cat", 1.0)],
+    "glued punctuation moves with its word": [Fragment("dog " * 74 + "ultra, sharp", 1.0)],
+    "line breaks and double spaces": [Fragment("ultra,\n" * 40 + "cat  " * 40, 1.0)],
+    "weighted, with a BREAK": [
+        Fragment("misty mountains, pine forest, " * 8, 1.0),
+        Fragment("golden hour, ", 1.3),
+        BREAK_MARKER,
+        Fragment("oil painting, " * 30, 0.9),
+    ],
+}
+
+
+def _expected_windows(tokenizer, batches) -> tuple[list[list[int]], list[list[float]]]:
+    ids = [[tokenizer.bos_token_id, *(t for t, _ in b), tokenizer.eos_token_id] for b in batches]
+    ids = [row + [tokenizer.pad_token_id] * (77 - len(row)) for row in ids]
+    weights = [[1.0, *(w for _, w in b), 1.0] + [1.0] * (75 - len(b)) for b in batches]
+    return ids, weights
+
+
+@pytest.mark.parametrize("name", list(COMFY_SPLIT_PROMPTS))
+def test_comfy_window_split_cuts_before_a_space_separated_word_as_comfyui(clip, name):
+    prompt = COMFY_SPLIT_PROMPTS[name]
+    (got,) = clip_windows(clip, [prompt], 77, window_split="comfy")
+    ids, weights = _expected_windows(clip, comfy_batches(clip, prompt))
+    assert got.ids.tolist() == ids
+    torch.testing.assert_close(got.weights, torch.tensor(weights), rtol=0, atol=1e-7)
+
+
+def test_comfy_windows_differ_from_the_default_on_many_random_prompts(clip):
+    """The rule is not the default one under another name: on the random prompts above, most
+    long prompts are windowed alike, but not all (ComfyUI moves ``ultra,`` whole)."""
+    prompts = _random_long_prompts(40, seed=0).values()
+    differ = sum(
+        clip_windows(clip, [p], 77, window_split="comfy")[0].ids.tolist() != clip_windows(clip, [p], 77)[0].ids.tolist()
+        for p in prompts
+    )
+    assert 0 < differ < 40
+
+
+@pytest.mark.parametrize("name", list(_inversion_prompts()))
+def test_comfy_window_split_counts_a_textual_inversion_as_one_word(clip_with_inversions, name):
+    """A multi-vector token of fewer than 8 vectors moves whole, one of 8 or more is split at
+    the edge, as ComfyUI places an embedding."""
+    tokenizer, prompt = clip_with_inversions, _inversion_prompts()[name]
+    (got,) = clip_windows(tokenizer, [prompt], 77, window_split="comfy")
+    ids, weights = _expected_windows(tokenizer, comfy_batches(tokenizer, prompt, {"<toy>": 5, "<big>": 25}))
+    assert got.ids.tolist() == ids
+    torch.testing.assert_close(got.weights, torch.tensor(weights), rtol=0, atol=1e-7)

@@ -220,3 +220,24 @@ def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) 
     assert counter.calls == 5  # prompt and empty again: the old empty states are stale
     fresh = TextConditioner.from_pipeline(sd_pipe, cache_size=0, emphasis=mode)
     assert torch.equal(moved, fresh.encode(PROMPT).tokens)
+
+
+def test_comfy_emphasis_and_windows_equal_comfyui_on_a_long_weighted_prompt(sd_pipe) -> None:
+    """`emphasis="comfy"` with `window_split="comfy"` gives ComfyUI's token states on a prompt of
+    three windows whose edges fall inside glued ``ultra,`` words (`tests/comfy_reference.py`);
+    with the default windows the same prompt differs."""
+    from comfy_reference import comfy_batches, comfy_encode
+
+    from clipcond.prompts import parse_prompt
+
+    prompt = ", ".join(["masterpiece (red fox:1.2) ultra, detailed"] * 14 + ["(snow forest:0.8) 8k, ultra,"] * 14)
+    reference = comfy_encode(
+        sd_pipe.text_encoder, sd_pipe.tokenizer, comfy_batches(sd_pipe.tokenizer, parse_prompt(prompt))
+    )
+    assert reference.shape[1] == 3 * 77
+    comfy = TextConditioner.from_pipeline(sd_pipe, emphasis="comfy", window_split="comfy", cache_size=0)
+    with torch.no_grad():
+        got = comfy.encode(prompt).tokens
+        default_windows = TextConditioner.from_pipeline(sd_pipe, emphasis="comfy", cache_size=0).encode(prompt).tokens
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    assert default_windows.shape != reference.shape or not torch.allclose(default_windows, reference, atol=1e-3)

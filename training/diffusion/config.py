@@ -145,7 +145,7 @@ class TrainDiffusionConfig:
             diffusers' training scripts read it.
         caption_window_split: a caption longer than one CLIP window (75 tokens): "truncate"
             (default: its first 75 tokens, as diffusers' training scripts tokenize; every
-            context is one window), or "word" / "a1111" (all of it, in windows cut as
+            context is one window), or "word" / "a1111" / "comfy" (all of it, in windows cut as
             `TextConditioner`'s `window_split` says; a batch's captions then all get as many
             windows as its longest, so a caption's context depends on the batch it is in).
         ema_decay: the most the decay of the weight EMA reaches (the final UNet holds the

@@ -1,0 +1,80 @@
+"""ComfyUI's prompt windows and weighting (``comfy/sd1_clip.py``), re-expressed from reading it,
+not from clipcond's code: the reference that `window_split="comfy"` and `emphasis="comfy"` are
+checked against."""
+
+from __future__ import annotations
+
+import torch
+
+from clipcond.prompts import Fragment
+
+
+def comfy_batches(
+    tokenizer, prompt: list[Fragment], embeddings: dict[str, int] | None = None
+) -> list[list[tuple[int, float]]]:
+    """ComfyUI's window rule (``comfy/sd1_clip.py``, ``SDTokenizer.tokenize_with_weights``),
+    re-expressed from reading it, not from clipcond's code: each weighted segment's text is cut
+    at spaces (line breaks read as spaces), and each word becomes a group of ids, the vocabulary
+    entry ``word</w>`` if there is one, else the tokenizer's ids for the word alone; an
+    embedding (here a textual-inversion token spelled as its vector names, `embeddings`: name ->
+    vector count) is one group of all its vectors. A group that does not fit what is left of the
+    75-token batch ends the batch and starts the next, unless it holds 8 or more ids: then it
+    fills the batch and continues in the next. BREAK ends the batch (clipcond's; ComfyUI reads
+    it as a word)."""
+    vocab = tokenizer.get_vocab()
+    embeddings = embeddings or {}
+    groups: list[tuple[list[int], float] | None] = []  # None: a BREAK
+    for fragment in prompt:
+        if fragment.is_break:
+            groups.append(None)
+            continue
+        words = [word for word in fragment.text.replace("\n", " ").split(" ") if word]
+        while words:
+            word = words.pop(0)
+            if word in embeddings:
+                names = [word, *(words.pop(0) for _ in range(embeddings[word] - 1))]
+                groups.append((tokenizer.convert_tokens_to_ids(names), fragment.weight))
+            elif f"{word}</w>" in vocab:
+                groups.append(([vocab[f"{word}</w>"]], fragment.weight))
+            else:
+                groups.append((tokenizer(word, add_special_tokens=False).input_ids, fragment.weight))
+    batches: list[list[tuple[int, float]]] = [[]]
+    for group in groups:
+        if group is None:
+            batches.append([])
+            continue
+        ids, weight = group
+        large = len(ids) >= 8
+        while ids:
+            if len(batches[-1]) + len(ids) > 75:
+                if large:
+                    room = 75 - len(batches[-1])
+                    batches[-1] += [(token, weight) for token in ids[:room]]
+                    ids = ids[room:]
+                batches.append([])
+            else:
+                batches[-1] += [(token, weight) for token in ids]
+                ids = []
+    return batches
+
+
+def comfy_encode(text_encoder, tokenizer, batches: list[list[tuple[int, float]]]) -> torch.Tensor:
+    """ComfyUI's token states of a prompt's batches (``ClipTokenWeightEncoder.encode_token_weights``
+    with an SD 1.x CLIP, its last layer): each batch is BOS + ids + EOS padded with the pad id to
+    77 and encoded with an empty prompt's batch; a token of weight w != 1 becomes
+    empty + (state - empty) * w, position by position; the batches are joined on the sequence
+    axis. Returns (1, 77 * batches, width)."""
+    rows = [[tokenizer.bos_token_id, *(t for t, _ in b), tokenizer.eos_token_id] for b in batches]
+    rows.append([tokenizer.bos_token_id, tokenizer.eos_token_id])
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (77 - len(row)) for row in rows])
+    with torch.no_grad():
+        states = text_encoder(ids).last_hidden_state
+    empty = states[-1]
+    out = []
+    for index, batch in enumerate(batches):
+        z = states[index].clone()
+        for position, (_, weight) in enumerate(batch, start=1):
+            if weight != 1.0:
+                z[position] = (z[position] - empty[position]) * weight + empty[position]
+        out.append(z)
+    return torch.cat(out, dim=0)[None]
