@@ -545,3 +545,21 @@ def test_a_saved_img2img_or_inpainting_pipeline_encodes_as_its_text_to_image_for
     first, *others = shards.values()
     for other in others:
         assert first.keys() == other.keys() and all(torch.equal(first[key], other[key]) for key in first)
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_out_is_refused_rather_than_read_as_the_current_folder(
+    empty: str, tiny_clip_text_path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--out "$EMB"` with EMB unset: a usage error naming --out, and nothing written in the
+    current folder (it was Path("") == ".": the shards landed beside the user's files)."""
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["encode", "--train-config", str(config), "--prompts", str(prompts), "--out", empty, "--no-progress"]
+    assert clipcond(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: expected a folder path, got {empty!r}"
+    assert list(cwd.iterdir()) == []

@@ -277,3 +277,18 @@ def test_bad_latents_input_is_refused_before_any_work(
     # reading an empty folder
     with pytest.raises(ValueError, match="holds no latent shard"):
         LatentShards(tmp_path / "lat")
+
+
+def test_an_empty_latents_is_refused_rather_than_read_as_the_current_folder(
+    sd_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--latents "$LAT"` with LAT unset: a usage error naming --latents, nothing written in the
+    current folder (the latent shards landed there)."""
+    config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["encode", "--train-config", str(config), "--shapes", "2", "--latents", "", "--no-progress"]
+    assert clipcond(argv) == 2
+    assert capsys.readouterr().err.strip() == "error: --latents: expected a folder path, got ''"
+    assert list(cwd.iterdir()) == []

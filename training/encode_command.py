@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--latents needs --train-config: the run's VAE, image size and (by default) data")
     if args.latents is not None and args.prompts:
         raise UsageError("--latents: --prompts holds captions only; give the images (the run's data, --manifest, ...)")
+    for option, folder in (("--out", args.out), ("--latents", args.latents)):
+        if folder is not None and not folder.strip():  # what an unset shell variable gives: not the current folder
+            raise UsageError(f"{option}: expected a folder path, got {folder!r}")
     for option, folder in ((name, path) for name, path in (("--out", args.out), ("--latents", args.latents)) if path):
         if check_output_location(folder, option).exists() and not Path(folder).is_dir():  # and where it goes
             raise UsageError(f"{option}: {folder} exists and is not a folder")
