@@ -563,3 +563,23 @@ def test_an_empty_out_is_refused_rather_than_read_as_the_current_folder(
     assert clipcond(argv) == 2
     assert capsys.readouterr().err.strip() == f"error: --out: expected a folder path, got {empty!r}"
     assert list(cwd.iterdir()) == []
+
+
+def test_a_tilde_in_out_is_the_home_folder_where_the_shards_go(
+    tiny_clip_text_path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--out=~/emb` (the shell leaves a ~ after = as typed): the shards go to $HOME/emb, as the
+    check read it; they went to a folder literally named ~ in the current folder."""
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    argv = ["encode", "--train-config", str(config), "--prompts", str(prompts), "--out=~/emb", "--no-progress"]
+    assert clipcond(argv) == 0
+    assert f"in {home / 'emb'} " in capsys.readouterr().out
+    assert sorted(caption_hash(c) for c in ("", "a red circle")) == sorted(shard_contents(home / "emb"))
+    assert list(cwd.iterdir()) == []

@@ -292,3 +292,19 @@ def test_an_empty_latents_is_refused_rather_than_read_as_the_current_folder(
     assert clipcond(argv) == 2
     assert capsys.readouterr().err.strip() == "error: --latents: expected a folder path, got ''"
     assert list(cwd.iterdir()) == []
+
+
+def test_a_tilde_in_latents_is_the_home_folder_where_the_shards_go(
+    sd_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--latents=~/lat`: the latent shards go to $HOME/lat, not to a folder named ~."""
+    config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert clipcond(["encode", "--train-config", str(config), "--shapes", "2", "--latents=~/lat", "--no-progress"]) == 0
+    assert f"in {home / 'lat'} " in capsys.readouterr().out
+    assert len(stored_latents(home / "lat")) == 2
+    assert list(cwd.iterdir()) == []

@@ -16,6 +16,10 @@ same command again: captions already in finished shards are skipped. A folder th
 embeddings of other weights or settings is refused. ``--latents`` (with ``--out`` or alone)
 takes the VAE, image size and, by default, data of ``--train-config``; each distinct image, as
 the run transforms it, is encoded once (`clipcond.training.data.latent_shards`), likewise.
+
+Why this module is over 400 lines: it is the command's whole flow (check the command line, load
+the models, open the folders, encode) for both kinds of shards, which share each step; the
+shards' format lives in `embedding_shards` and `latent_shards`, the sources in `data`.
 """
 
 from __future__ import annotations
@@ -87,24 +91,34 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--latents needs --train-config: the run's VAE, image size and (by default) data")
     if args.latents is not None and args.prompts:
         raise UsageError("--latents: --prompts holds captions only; give the images (the run's data, --manifest, ...)")
-    for option, folder in (("--out", args.out), ("--latents", args.latents)):
-        if folder is not None and not folder.strip():  # what an unset shell variable gives: not the current folder
-            raise UsageError(f"{option}: expected a folder path, got {folder!r}")
-    for option, folder in ((name, path) for name, path in (("--out", args.out), ("--latents", args.latents)) if path):
-        if check_output_location(folder, option).exists() and not Path(folder).is_dir():  # and where it goes
-            raise UsageError(f"{option}: {folder} exists and is not a folder")
+    out, latents = _output_folder(args.out, "--out"), _output_folder(args.latents, "--latents")
     with user_errors(ValueError, context="--device: "):
         resolve_device(args.device)
     train_config = _train_config(args.train_config) if args.train_config else None
     # the images' source and the VAE are checked before any caption is encoded
     images = _image_source(args, train_config) if args.latents is not None else None
     reports = []
-    if args.out is not None:
-        reports.append(_encode_captions(args, train_config, Path(args.out)))
+    if out is not None:
+        reports.append(_encode_captions(args, train_config, out))
     if images is not None:
-        reports.append(_encode_images(args, images, Path(args.latents)))
+        reports.append(_encode_images(args, images, latents))
     print("\n".join(reports))
     return 0
+
+
+def _output_folder(folder: str | None, option: str) -> Path | None:
+    """The folder `option` names, checked before any work (None when not given): a path (not
+    empty, as an unset shell variable gives: that is not the current folder), not a file, where
+    a folder can be made (`check_output_location`); ``~`` expanded, as the shell leaves it in
+    ``--out=~/emb``."""
+    if folder is None:
+        return None
+    if not folder.strip():
+        raise UsageError(f"{option}: expected a folder path, got {folder!r}")
+    path = check_output_location(folder, option)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: {folder} exists and is not a folder")
+    return path
 
 
 def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> str:
