@@ -1,7 +1,8 @@
 """Cache keys of encoded prompts: everything an `EncodedPrompt` depends on, hashed.
 
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
-disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`), the active recipe
+disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`) and config
+(`clipcond.config_fingerprint`), the active recipe
 (clip-skip included), whether weights are parsed, each encoder's class, window length, mask
 use and attention kernel, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
 SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
@@ -22,30 +23,39 @@ from clipcond.recipes import Recipe
 # v4: files record a digest of their tensors' bytes (older files would all read as damaged).
 # v5: a multi-vector textual-inversion token stays in one window; BREAK always closes a window
 #     (a prompt's windows changed for both).
-CACHE_KEY_VERSION = "clipcond-embeds-v5"
+# v6: keys cover each encoder's config (`clipcond.config_fingerprint`): the same weights under
+#     another activation or norm eps give other states.
+CACHE_KEY_VERSION = "clipcond-embeds-v6"
 
 
 def settings_key(
-    recipe: Recipe, parse_weights: bool, encoders: Sequence[TextEncoder], tokenizer_fingerprints: Sequence[str]
+    recipe: Recipe,
+    parse_weights: bool,
+    encoders: Sequence[TextEncoder],
+    tokenizer_fingerprints: Sequence[str],
+    config_fingerprints: Sequence[str],
 ) -> str:
-    """The part of every key that the conditioner's settings and tokenizers decide.
+    """The part of every key that the conditioner's settings, tokenizers and model configs decide.
 
     Args:
         tokenizer_fingerprints: one per encoder, in the order of `encoders`
             (`clipcond.tokenizer_fingerprint.TokenizerFingerprints`).
+        config_fingerprints: one per encoder, in the order of `encoders`
+            (`clipcond.config_fingerprint.ConfigFingerprints`).
     """
-    if len(tokenizer_fingerprints) != len(encoders):
-        raise ValueError(
-            f"`tokenizer_fingerprints` must have one entry per encoder ({len(encoders)}), "
-            f"got {len(tokenizer_fingerprints)}"
-        )
+    for name, fingerprints in (
+        ("tokenizer_fingerprints", tokenizer_fingerprints),
+        ("config_fingerprints", config_fingerprints),
+    ):
+        if len(fingerprints) != len(encoders):
+            raise ValueError(f"`{name}` must have one entry per encoder ({len(encoders)}), got {len(fingerprints)}")
     parts = [
         CACHE_KEY_VERSION,
         repr(recipe),
         f"parse={parse_weights}",
         *(
-            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:{fingerprint}"
-            for e, fingerprint in zip(encoders, tokenizer_fingerprints)
+            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:tokenizer={tokenizer}:config={config}"
+            for e, tokenizer, config in zip(encoders, tokenizer_fingerprints, config_fingerprints)
         ),
     ]
     return "|".join(parts)

@@ -44,6 +44,7 @@ from clipcond.conditioner_setup import (
     family_of,
     resolve_recipe,
 )
+from clipcond.config_fingerprint import ConfigFingerprints
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import MODES_FROM_EMPTY, check_emphasis
 from clipcond.empty_states import EmptyPromptStates
@@ -195,6 +196,7 @@ class TextConditioner:
         self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._tokenizer_fingerprints = TokenizerFingerprints()
+        self._config_fingerprints = ConfigFingerprints()
         self._seen_state: tuple | None = None
         self._empty_states = EmptyPromptStates()
 
@@ -603,13 +605,18 @@ class TextConditioner:
 
         The fingerprint is the content hash of every encoder's weights (`clipcond.fingerprint`,
         stable across processes); the settings are the settings part of the cache key (the
-        recipe with clip-skip, weight parsing, each encoder's class, window, mask use and
-        tokenizer). Records made under equal identities are interchangeable; the projection is
+        recipe with clip-skip, weight parsing, each encoder's class, window, mask use,
+        tokenizer and config, `clipcond.config_fingerprint`). Records made under equal identities are interchangeable; the projection is
         not part of it (records are taken before it).
         """
+        return self._watch.content_hash(), self._settings_key()
+
+    def _settings_key(self) -> str:
+        """`clipcond.cache_key.settings_key` of the active recipe, tokenizers and configs."""
         encoders = self.encoders
         tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
-        return self._watch.content_hash(), settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers)
+        configs = [self._config_fingerprints(encoder.model) for encoder in encoders]
+        return settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers, configs)
 
     @property
     def record_spec(self) -> RecordSpec:
@@ -666,10 +673,7 @@ class TextConditioner:
             self.cache.clear_memory()
             self._seen_state = state
         weights_id = self._watch.content_hash() if self.cache.directory is not None else f"state{state[0]}"
-        encoders = self.encoders
-        tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
-        settings = settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers)
-        keys = reading_keys(weights_id, settings, prompts)
+        keys = reading_keys(weights_id, self._settings_key(), prompts)
         expected = expected_record(self.clip, self.t5, self._active_recipe)  # what a file must hold
         found: dict[str, EncodedPrompt] = {}
         missing: dict[str, Reading] = {}  # key -> reading, each once

@@ -26,12 +26,14 @@ def _encoder(model=CLIPStandIn, window_length: int = 77, uses_attention_mask: bo
     return SimpleNamespace(model=model(), window_length=window_length, uses_attention_mask=uses_attention_mask)
 
 
-BASE = dict(recipe=Recipe(name="sd"), parse_weights=True, encoders=[_encoder()], fingerprints=["tok-a"])
+BASE = dict(
+    recipe=Recipe(name="sd"), parse_weights=True, encoders=[_encoder()], fingerprints=["tok-a"], configs=["cfg"]
+)
 
 
 def _key(**changes) -> str:
     args = {**BASE, **changes}
-    return settings_key(args["recipe"], args["parse_weights"], args["encoders"], args["fingerprints"])
+    return settings_key(args["recipe"], args["parse_weights"], args["encoders"], args["fingerprints"], args["configs"])
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,8 @@ def _key(**changes) -> str:
         dict(encoders=[_encoder(window_length=78)]),
         dict(encoders=[_encoder(uses_attention_mask=True)]),
         dict(fingerprints=["tok-b"]),
-        dict(encoders=[_encoder(), _encoder()], fingerprints=["tok-a", "tok-a"]),
+        dict(configs=["cfg-b"]),
+        dict(encoders=[_encoder(), _encoder()], fingerprints=["tok-a", "tok-a"], configs=["cfg", "cfg"]),
     ],
     ids=lambda changes: ",".join(changes),
 )
@@ -61,7 +64,9 @@ def test_equal_settings_give_equal_keys():
 
 def test_encoder_order_is_part_of_the_key():
     clip, t5 = _encoder(), _encoder(model=T5StandIn, window_length=256, uses_attention_mask=True)
-    assert _key(encoders=[clip, t5], fingerprints=["c", "t"]) != _key(encoders=[t5, clip], fingerprints=["t", "c"])
+    assert _key(encoders=[clip, t5], fingerprints=["c", "t"], configs=["c", "t"]) != _key(
+        encoders=[t5, clip], fingerprints=["t", "c"], configs=["t", "c"]
+    )
 
 
 def test_one_fingerprint_per_encoder_or_a_value_error():
@@ -69,6 +74,8 @@ def test_one_fingerprint_per_encoder_or_a_value_error():
         ValueError, match=re.escape("`tokenizer_fingerprints` must have one entry per encoder (1), got 2")
     ):
         _key(fingerprints=["tok-a", "tok-b"])
+    with pytest.raises(ValueError, match=re.escape("`config_fingerprints` must have one entry per encoder (1), got 0")):
+        _key(configs=[])
 
 
 def test_prompt_keys_are_one_sha256_per_text_in_order():

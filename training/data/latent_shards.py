@@ -71,10 +71,13 @@ def latent_moments(vae: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def vae_identity(vae: nn.Module) -> EmbeddingIdentity:
-    """What latents depend on besides the image: the VAE's weights (content hash), class and dtype."""
+    """What latents depend on besides the image: the VAE's weights (content hash), class, dtype
+    and config (`clipcond.config_fingerprint`: the same weights under another activation or
+    norm setting encode differently)."""
+    from clipcond.config_fingerprint import config_fingerprint
     from clipcond.fingerprint import weights_hash
 
-    return EmbeddingIdentity(weights_hash([vae]), f"{type(vae).__name__}|{vae.dtype}")
+    return EmbeddingIdentity(weights_hash([vae]), f"{type(vae).__name__}|{vae.dtype}|config={config_fingerprint(vae)}")
 
 
 class LatentShards(KeyedShards):
