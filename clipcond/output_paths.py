@@ -17,14 +17,22 @@ def check_output_location(path: str | Path, option: str) -> Path:
     above it that are missing), can be created: the nearest existing path above it must be a
     folder where a new file can be made (tried with a nameless temporary file, not guessed
     from permission bits, which root ignores). Whether `path` itself may exist is the caller's
-    rule. Returns `path` as a `Path`, ``~`` expanded.
+    rule, but neither it nor a folder above it may be a broken symlink: creating it would fail
+    (a folder) or replace the link (a file). Returns `path` as a `Path`, ``~`` expanded.
 
     Raises:
         UsageError: naming `option` and the path that stands in the way.
     """
     path = Path(path).expanduser()
-    folder = path.absolute().parent
+    folder = path.absolute()
     while not folder.exists():
+        if folder.is_symlink():
+            target = os.readlink(folder)
+            raise UsageError(
+                f"{option} {path}: {folder} is a broken symlink (it points to {target}, which is not there)"
+            )
+        folder = folder.parent
+    if folder == path.absolute():  # `path` exists: the caller's rule; check its folder
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{option} {path}: {folder} is a file, not a folder")

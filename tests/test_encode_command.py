@@ -583,3 +583,45 @@ def test_a_tilde_in_out_is_the_home_folder_where_the_shards_go(
     assert f"in {home / 'emb'} " in capsys.readouterr().out
     assert sorted(caption_hash(c) for c in ("", "a red circle")) == sorted(shard_contents(home / "emb"))
     assert list(cwd.iterdir()) == []
+
+
+def test_a_broken_symlink_as_out_or_latents_is_refused_before_any_work(
+    tiny_clip_text_path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--out` (or `--latents`, or a folder above either) a symlink to nothing: a one-line usage
+    error naming the link, before the encoders are loaded (it was a FileExistsError traceback
+    from creating the folder, after they were). `check_output_location` decides, for every
+    command that writes a file or folder."""
+    from clipcond.errors import UsageError
+    from clipcond.output_paths import check_new_file, check_output_location
+    from clipcond.training.diffusion import setup
+
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the encoders were loaded")
+
+    monkeypatch.setattr(setup, "build_conditioner", no_loading)
+    monkeypatch.setattr(setup, "load_vae", no_loading)
+    base = ["encode", "--train-config", str(config), "--no-progress"]
+    for option, folder, link in (
+        ("--out", dangling, dangling),
+        ("--out", dangling / "emb", dangling),
+        ("--out", tmp_path / "loop", tmp_path / "loop"),
+        ("--latents", dangling, dangling),
+    ):
+        source = ["--prompts", str(prompts)] if option == "--out" else ["--shapes", "2"]
+        assert clipcond([*base, *source, option, str(folder)]) == 2, folder
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: {option} {folder}: {link} is a broken symlink (it points to "), error
+        assert "\n" not in error
+    assert not (tmp_path / "nowhere").exists()
+    for check in (lambda: check_output_location(dangling, "-o"), lambda: check_new_file(dangling, "-o", force=True)):
+        with pytest.raises(UsageError, match=f"{dangling} is a broken symlink .* which is not there"):
+            check()
+    assert check_output_location(tmp_path / "new" / "emb", "-o") == tmp_path / "new" / "emb"  # a plain missing path
