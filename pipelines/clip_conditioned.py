@@ -65,7 +65,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.composable import fixed_prompt_arguments, plan_for_call
+from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
@@ -781,9 +781,9 @@ class CLIPConditionedPipeline(
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         self._remember_lora_scale(lora_scale)
         dtype = self.unet.dtype
-        steps_to_run = self._steps_to_run(num_inference_steps, timesteps, sigmas)
+        edit_steps = self._edit_steps(num_inference_steps, timesteps, sigmas)
         prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
-            steps_to_run, prompt, negative_prompt, prompt_2, negative_prompt_2
+            edit_steps, prompt, negative_prompt, prompt_2, negative_prompt_2
         )
         plan = plan_for_call(
             self,
@@ -791,7 +791,7 @@ class CLIPConditionedPipeline(
             prompt,
             negative_prompt,
             negative_prompt_embeds,
-            steps_to_run,
+            edit_steps,
             num_images_per_prompt,
             lora_scale,
             prompt_2,
@@ -954,12 +954,20 @@ class CLIPConditionedPipeline(
     # and override these steps only, so that text encoding, guidance, prompt editing and the
     # callbacks are one code path for the three tasks.
 
-    def _steps_to_run(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
-        """How many denoising steps this call runs (what prompt editing's `when` counts). For
-        custom `timesteps` or `sigmas`, as the scheduler sets them (on a copy, before the
-        prompt is encoded, as in diffusers): Euler's schedulers take the last sigma as the
-        final one, so four sigmas are three steps; a second-order scheduler's repeated
-        timesteps count once."""
+    def _edit_steps(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> EditSteps:
+        """The steps prompt editing's `when` counts, and which of them this call runs first.
+
+        Text to image: the whole schedule, from step 0. A `denoising_end` cuts the loop, not
+        this count, so a base that stops there reads what one model running the whole
+        schedule reads at each of its steps (its refiner, `denoising_start`, goes on counting).
+        For custom `timesteps` or `sigmas`, the steps are those the scheduler sets (on a copy,
+        before the prompt is encoded, as in diffusers): Euler's schedulers take the last
+        sigma as the final one, so four sigmas are three steps; a second-order scheduler's
+        repeated timesteps count once."""
+        return EditSteps(self._scheduler_steps(num_inference_steps, timesteps, sigmas))
+
+    def _scheduler_steps(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
+        """The steps of the whole schedule the scheduler sets for these arguments (see `_edit_steps`)."""
         if timesteps is None and sigmas is None:
             return num_inference_steps
         probe = copy.deepcopy(self.scheduler)

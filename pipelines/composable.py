@@ -14,15 +14,30 @@ Without guidance and without AND, the rows are the prompts alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import torch
 
 from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
-from clipcond.schedule import has_schedule, split_and
+from clipcond.schedule import has_schedule, split_and, texts_per_step
 from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts
+
+
+class EditSteps(NamedTuple):
+    """The steps prompt editing counts in a call: `total` steps of schedule, of which the call
+    runs from step `first` (0-based) on. Text to image: (the whole schedule's steps, 0), a
+    `denoising_end` cutting the loop only; img2img by `strength`: (the steps that run, 0);
+    SDXL's `denoising_start`: (the whole schedule's steps, the first kept), so a refiner goes on
+    counting where its base, stopped by `denoising_end`, left off."""
+
+    total: int
+    first: int = 0
+
+    def texts(self, prompt: str) -> list[str]:
+        """The text `prompt` reads at each step the call runs, ``total - first`` of them."""
+        return texts_per_step(prompt, self.total)[self.first :]
 
 
 @dataclass
@@ -99,14 +114,15 @@ def build_plan(
     conditioner,
     prompts: list[str],
     negatives: list[str] | None,
-    num_steps: int,
+    steps: EditSteps,
     images_per_prompt: int,
     guided: bool,
     order: int,
     prompt_2: Any = None,
     negative_prompt_2: Any = None,
 ) -> DenoisingPlan:
-    """The plan of a call: prompts split at AND, every text scheduled over `num_steps` steps.
+    """The plan of a call: prompts split at AND, every text scheduled over `steps.total` steps,
+    of which the plan keeps those from `steps.first` on (the steps the call runs).
     `negatives` None: the unconditional rows are zeros (SDXL's `force_zeros_for_empty_prompt`).
     `prompt_2` / `negative_prompt_2`: SDXL's second CLIP's text, scheduled on its own (see
     `TextConditioner.schedule`).
@@ -133,11 +149,12 @@ def build_plan(
     negatives = negatives if guided and negatives is not None else None
     schedule = conditioner.schedule(
         parts,
-        num_steps,
+        steps.total,
         negatives,
         prompt_2=prompt_2,
         negative_prompt_2=negative_prompt_2 if negatives is not None else None,
     )
+    schedule = _from_step(schedule, steps.first)
     # After repeat_interleave, part p's copy for image j of its prompt is row p * n + j; the
     # context wants image by image, each image's parts together.
     n = images_per_prompt
@@ -160,17 +177,43 @@ def build_plan(
     )
 
 
-def fixed_prompt_arguments(num_steps: int, prompt: Any, negative_prompt: Any, *others: Any) -> tuple[Any, ...]:
+def _from_step(schedule: PromptSchedule, first: int) -> PromptSchedule:
+    """`schedule` from step `first` on: its step 0 is `schedule`'s step `first` (same texts and
+    embeddings; the steps before it, which the call does not run, dropped)."""
+    if first == 0:
+        return schedule
+    return replace(
+        schedule,
+        prompt_rows=schedule.prompt_rows[first:],
+        negative_rows=None if schedule.negative_rows is None else schedule.negative_rows[first:],
+        step_pooled=None if schedule.step_pooled is None else schedule.step_pooled[first:],
+    )
+
+
+def _fixed_text(text: str, steps: EditSteps, negative: bool) -> str:
+    """The one text `text` reads at every step the call runs, or `text` itself when that
+    changes (see `fixed_prompt_arguments`)."""
+    if steps.first == 0:
+        return fixed_prompts([text], steps.total, negative)[0]
+    if not negative and len(split_and(text)) > 1:
+        return text  # each AND part is scheduled on its own, as in `fixed_prompts`
+    read = set(steps.texts(text))
+    return read.pop() if len(read) == 1 else text
+
+
+def fixed_prompt_arguments(steps: EditSteps, prompt: Any, negative_prompt: Any, *others: Any) -> tuple[Any, ...]:
     """The prompt arguments (each a text, a list of texts or None: `prompt`, `negative_prompt`,
-    then SDXL's second ones) through `clipcond.scheduled_embeds.fixed_prompts`: every text whose
-    schedule never changes over `num_steps` steps becomes the one text it reads (``"a
-    [cat:dog:0]"`` is "a dog" at every step, as in A1111). Negative prompts are read whole."""
+    then SDXL's second ones) with every text whose schedule never changes over the steps the
+    call runs replaced by the one text it reads there, as
+    `clipcond.scheduled_embeds.fixed_prompts` does over a whole schedule: ``"a [cat:dog:0]"`` is
+    "a dog" at every step, as in A1111, and so is ``"a [cat:dog:0.25]"`` in a refiner that
+    starts halfway. Negative prompts are read whole."""
 
     def fixed(value: Any, negative: bool = False) -> Any:
         if isinstance(value, str):
-            return fixed_prompts([value], num_steps, negative)[0]
+            return _fixed_text(value, steps, negative)
         if isinstance(value, list) and all(isinstance(text, str) for text in value):
-            return fixed_prompts(value, num_steps, negative)
+            return [_fixed_text(text, steps, negative) for text in value]
         return value  # None, or a value the call's own checks refuse
 
     return (fixed(prompt), fixed(negative_prompt, negative=True), *(fixed(value) for value in others))
@@ -182,7 +225,7 @@ def plan_for_call(
     prompt: Any,
     negative_prompt: Any,
     negative_prompt_embeds: torch.Tensor | None,
-    num_steps: int,
+    steps: EditSteps,
     images_per_prompt: int,
     lora_scale: float | None,
     prompt_2: Any = None,
@@ -215,7 +258,7 @@ def plan_for_call(
             )
     texts = prompts + negatives + [text for texts in second.values() for text in texts]
     composed = any(len(split_and(text)) > 1 for text in prompts)  # negatives are read whole
-    if not composed and not any(has_schedule(text, num_steps) for text in texts):
+    if not composed and not any(has_schedule(text, steps.total) for text in texts):
         return None
     if negative_prompt_embeds is not None:
         raise ValueError(
@@ -232,7 +275,7 @@ def plan_for_call(
             conditioner,
             prompts,
             negatives,
-            num_steps,
+            steps,
             images_per_prompt,
             pipe.do_classifier_free_guidance,
             pipe.scheduler.order,

@@ -25,6 +25,7 @@ from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOut
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+from clipcond.pipelines.composable import EditSteps
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
 from clipcond.pipelines.image_inputs import (
     ImageBatch,
@@ -78,19 +79,26 @@ class SourceImageSteps:
             check_batch_fits(batch, count * num_images_per_prompt, name)
         return count
 
-    def _steps_to_run(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> int:
-        """The steps after `strength` or `denoising_start` (what prompt editing's `when` counts).
+    def _edit_steps(self, num_inference_steps: int | None, timesteps: Any, sigmas: Any) -> EditSteps:
+        """The steps prompt editing's `when` counts. By `strength`: the steps that run, from
+        the first of them. After `denoising_start`: the whole schedule's steps, from the first
+        kept (the timesteps after it, cut as diffusers' `get_timesteps` cuts them), so a
+        refiner goes on counting where its base (`denoising_end`) stopped, as one model
+        running the whole schedule would.
 
         Raises:
             ValueError: none would run.
         """
         denoising_start = self._source.denoising_start
         if denoising_start is None:
-            return steps_after_strength(
-                super()._steps_to_run(num_inference_steps, timesteps, sigmas), self._source.strength
+            return EditSteps(
+                steps_after_strength(
+                    self._scheduler_steps(num_inference_steps, timesteps, sigmas), self._source.strength
+                )
             )
         # Where `denoising_start` cuts depends on the timesteps themselves: set them here (the
-        # call sets them again) and count as diffusers' `get_timesteps` does.
+        # call sets them again) and count as diffusers' `get_timesteps` does, in steps (a
+        # second-order scheduler's kept timesteps are whole pairs and the last step's one).
         _, steps = retrieve_timesteps(self.scheduler, num_inference_steps, None, timesteps, sigmas)
         _, kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(self, steps, 1.0, None, denoising_start)
         if kept < 1:
@@ -98,7 +106,10 @@ class SourceImageSteps:
                 f"`denoising_start` {denoising_start} leaves none of the {steps} steps to run; lower it or raise "
                 "`num_inference_steps`"
             )
-        return kept
+        order = self.scheduler.order
+        total = -(-len(self.scheduler.timesteps) // order)  # steps, rounded up as `_scheduler_steps`
+        kept_steps = -(-kept // order)
+        return EditSteps(total, total - kept_steps)
 
     def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
         """The last `strength` share of the schedule, or the steps after `denoising_start`
@@ -254,7 +265,9 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
             denoising_start: in (0, 1): the fraction of the schedule another model ran (a base
                 pipeline called with `denoising_end` and output_type="latent", whose latents
                 are `image`): the steps after it run, and the source gets no noise. Replaces
-                `strength` (giving both is refused).
+                `strength` (giving both is refused). Prompt editing's `when` counts the whole
+                schedule's steps, going on from the base's: each step reads what it would
+                read in one model running the whole schedule.
             denoising_end: as in text-to-image (any UNet): stop after that fraction.
 
         Returns:
