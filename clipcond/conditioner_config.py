@@ -73,9 +73,10 @@ class ConditionerConfig:
         clip_skip: skip this many final CLIP layers.
         parse_weights: read the weighting syntax in prompts.
         emphasis: how weights change token states ("multiply", "a1111", "comfy", "compel";
-            `clipcond.emphasis`); any recipe.
-        window_split: how a long prompt's CLIP windows are cut ("word", "a1111", "comfy", "truncate";
-            `clipcond.chunking`); any recipe.
+            `clipcond.emphasis`); any recipe; None: the recipe's ("multiply").
+        window_split: how a long prompt's CLIP windows are cut ("word", "a1111", "comfy",
+            "truncate"; `clipcond.chunking`); any recipe; None: the recipe's ("truncate" for
+            flux, whose pooled vector reads the first window only; "word" for the others).
         clean_caption: recipe "pixart" only: clean prompts as PixArt's pipelines do (True,
             their default) or only lower-case them (False); None: the recipe's.
         cache_size: prompts kept in memory (0: no cache).
@@ -98,8 +99,8 @@ class ConditionerConfig:
     projection_dim: int | None = None
     clip_skip: int | None = None
     parse_weights: bool = True
-    emphasis: Literal["multiply", "a1111", "comfy", "compel"] = "multiply"
-    window_split: Literal["word", "a1111", "comfy", "truncate"] = "word"
+    emphasis: Literal["multiply", "a1111", "comfy", "compel"] | None = None
+    window_split: Literal["word", "a1111", "comfy", "truncate"] | None = None
     clean_caption: bool | None = None
     cache_size: int = 512
     cache_dir: str | None = None

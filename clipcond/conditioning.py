@@ -131,7 +131,8 @@ class TextConditioner:
             last comma within 20 tokens moves, else the window ends at its 75th token, as
             A1111), "comfy" (a space-separated word of fewer than 8 tokens moves whole, as
             ComfyUI) or "truncate" (one window of the first 75 tokens, the rest dropped, as
-            diffusers' `encode_prompt`). None: the recipe's, "word" for every family.
+            diffusers' `encode_prompt`). None: the recipe's: "truncate" for Flux (it reads only
+            the pooled vector of the first window), "word" for the other families.
         cache_size: prompts kept in the in-memory cache (0 turns caching off).
         cache_dir: folder for the on-disk cache (safetensors), or None.
         max_batch_windows: the most CLIP windows (or T5 sequences) one encoder call takes, so

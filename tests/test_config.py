@@ -157,6 +157,22 @@ def test_builtin_recipe_from_a_pipeline_folder(tmp_path, sd_pipe):
     torch.testing.assert_close(cond.encode("a cat").tokens, expected, rtol=0, atol=1e-6)
 
 
+def test_a_flux_yaml_takes_the_family_window_split_and_matches_encode_prompt_on_long_prompts(tmp_path, flux_pipe):
+    """Unset `window_split` / `emphasis` take the recipe's (Flux: "truncate"), as `from_pipeline`
+    does: the pooled vector of a prompt whose word straddles token 75 is diffusers'."""
+    folder = tmp_path / "flux"
+    flux_pipe.save_pretrained(folder)
+    encoder = {"path": str(folder), "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}
+    t5 = {"path": str(folder), "subfolder": "text_encoder_2", "tokenizer_subfolder": "tokenizer_2"}
+    cond = TextConditioner.from_config(_write(tmp_path, {"recipe": "flux", "clip": [encoder], "t5": t5}))
+    assert cond.recipe.window_split == "truncate" and cond.recipe.emphasis == "multiply"
+    prompt = "a " * 74 + "photorealistic lighthouse"  # "photorealistic" spans tokens 75 and 76
+    with torch.no_grad():
+        expected = flux_pipe.encode_prompt(prompt, prompt_2=None, device="cpu")[1]
+        got = cond.encode(prompt).pooled
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_set_overrides_apply_and_validate():
     from clipcond.config import apply_overrides
     from clipcond.training.diffusion.config import TrainDiffusionConfig
