@@ -20,6 +20,7 @@ the negative rows follow diffusers, so that images equal `StableDiffusionXLPipel
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ class SizeConditioning:
         original_size, target_size, negative_original_size, negative_target_size:
             (height, width) in pixels.
         crops_coords_top_left, negative_crops_coords_top_left: (top, left) in pixels.
+        A pixel count may be any integer (numpy's too) or an integral float, as diffusers takes
+        them; it is read as an int.
         aesthetic_score, negative_aesthetic_score: the refiner's scores (defaults 6.0, 2.5).
     """
 
@@ -57,8 +60,8 @@ class SizeConditioning:
         """Refuse what the UNet cannot read, before any work.
 
         Raises:
-            TypeError: a size or corner that is not a pair of ints, or a score that is not a
-                finite number.
+            TypeError: a size or corner that is not a pair of integers (integral floats
+                pass), or a score that is not a finite number.
             ValueError: any of them for a UNet without time ids; target sizes for a refiner,
                 aesthetic scores for a base model (each would be silently ignored).
         """
@@ -78,12 +81,11 @@ class SizeConditioning:
             if name in REFINER_ONLY:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise TypeError(f"`{name}` must be a finite number, got {value!r}")
-            elif (
-                not isinstance(value, (tuple, list))
-                or len(value) != 2
-                or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
-            ):
-                raise TypeError(f"`{name}` must be a pair of ints (in pixels), got {value!r}")
+            elif not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_is_pixel_count, value)):
+                raise TypeError(
+                    f"`{name}` must be a pair of ints (in pixels; numpy integers and integral floats are read as "
+                    f"ints), got {value!r}"
+                )
 
     def time_ids(
         self,
@@ -96,24 +98,43 @@ class SizeConditioning:
         """(positive, negative) time ids, (1, 6) each for a base model, (1, 5) for a refiner,
         for an image of `height` x `width` pixels; `from_image`: img2img's and inpainting's
         negative rows for a base model (module docstring)."""
-        original = tuple(self.original_size or (height, width))
-        crops = tuple(self.crops_coords_top_left or (0, 0))
-        negative_crops = tuple(self.negative_crops_coords_top_left or (0, 0))
+        original = _pixels(self.original_size, (height, width))
+        crops = _pixels(self.crops_coords_top_left, (0, 0))
+        negative_crops = _pixels(self.negative_crops_coords_top_left, (0, 0))
         if requires_aesthetics_score:
             score = 6.0 if self.aesthetic_score is None else self.aesthetic_score
             negative_score = 2.5 if self.negative_aesthetic_score is None else self.negative_aesthetic_score
             positive = original + crops + (score,)
-            negative = tuple(self.negative_original_size or original) + negative_crops + (negative_score,)
+            negative = _pixels(self.negative_original_size, original) + negative_crops + (negative_score,)
         else:
-            target = tuple(self.target_size or (height, width))
+            target = _pixels(self.target_size, (height, width))
             positive = original + crops + target
             negative = positive
             if from_image:
-                negative_original = tuple(self.negative_original_size or original)
-                negative = negative_original + crops + tuple(self.negative_target_size or target)
+                negative_original = _pixels(self.negative_original_size, original)
+                negative = negative_original + crops + _pixels(self.negative_target_size, target)
             elif self.negative_original_size is not None and self.negative_target_size is not None:
-                negative = tuple(self.negative_original_size) + negative_crops + tuple(self.negative_target_size)
+                negative = (
+                    _pixels(self.negative_original_size, original)
+                    + negative_crops
+                    + _pixels(self.negative_target_size, target)
+                )
         return torch.tensor([positive], dtype=dtype), torch.tensor([negative], dtype=dtype)
+
+
+def _is_pixel_count(item: Any) -> bool:
+    """Whether `item` is a whole number of pixels: an integer (Python's or numpy's, not a bool)
+    or an integral float (64.0), as diffusers, which puts them in a float tensor, takes them."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, numbers.Integral):
+        return True
+    return isinstance(item, numbers.Real) and float(item).is_integer()
+
+
+def _pixels(value: Any, default: tuple[int, ...]) -> tuple[int, ...]:
+    """A checked (a, b) pair as Python ints; `default` when it was not given (None)."""
+    return default if value is None else tuple(int(item) for item in value)
 
 
 __all__ = ["SizeConditioning"]

@@ -133,6 +133,32 @@ def test_images_equal_stable_diffusion_xl_pipelines(sdxl_pipe, name) -> None:
         assert not equal(call(sdxl_pipe, plain), expected), changed
 
 
+SIZES = dict(
+    original_size=(64, 48),
+    crops_coords_top_left=(4, 8),
+    target_size=(32, 40),
+    negative_original_size=(16, 16),
+    negative_crops_coords_top_left=(2, 2),
+    negative_target_size=(24, 24),
+)
+
+
+@pytest.mark.parametrize(
+    "as_given",
+    [np.int64, np.int32, np.uint16, float, np.float32],
+    ids=["numpy_int64", "numpy_int32", "numpy_uint16", "integral_floats", "numpy_float32"],
+)
+def test_sizes_as_numpy_integers_or_integral_floats_are_read_as_ints(sdxl_pipe, as_given) -> None:
+    """Micro-conditioning sizes and corners given as numpy integers or integral floats (as
+    `arr.shape` or dataset metadata give them): diffusers takes them, and so do we, with the
+    images of the same call with Python ints (and diffusers')."""
+    settings = dict(prompt="a red circle", negative_prompt="blurry")
+    given = {name: tuple(as_given(item) for item in pair) for name, pair in SIZES.items()}
+    expected = run(sdxl_pipe, **settings, **SIZES)
+    assert equal(run(ours_from(sdxl_pipe), **settings, **given), expected)
+    assert equal(run(sdxl_pipe, **settings, **given), expected)
+
+
 def test_from_pretrained_of_an_sdxl_folder(sdxl_pipe, tmp_path) -> None:
     """A folder saved by StableDiffusionXLPipeline loads into CLIPConditionedPipeline (recipe
     "sdxl" read from the UNet) and gives its images; our own save round-trips."""
@@ -596,6 +622,8 @@ def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> No
         (dict(prompt="a", aesthetic_score=6.0), "`aesthetic_score` is read by a refiner"),
         (dict(prompt="a", original_size=(32,)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", crops_coords_top_left=(0.5, 0)), "`crops_coords_top_left` must be a pair of ints"),
+        (dict(prompt="a", target_size=(np.bool_(True), 32)), "`target_size` must be a pair of ints"),
+        (dict(prompt="a", original_size=(float("inf"), 32)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", denoising_end=0.0), "`denoising_end` must be None or a fraction"),
         (dict(prompt="a", denoising_end=1.5), "`denoising_end` must be None or a fraction"),
         (
