@@ -351,7 +351,11 @@ def run(args: argparse.Namespace) -> int:
             negative_prompt=args.negative,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
-            **(source_call_arguments(sources) if sources is not None else {"height": args.height, "width": args.width}),
+            **(
+                source_call_arguments(sources, pipe.vae_scale_factor)
+                if sources is not None
+                else {"height": args.height, "width": args.width}
+            ),
             num_images_per_prompt=args.n,
             generator=generators,
             clip_skip=args.clip_skip,

@@ -137,9 +137,17 @@ def check_sources_against(pipe: Any, sources: SourceImages, steps: int) -> None:
         ) from None
 
 
-def source_call_arguments(sources: SourceImages) -> dict[str, Any]:
-    """The task pipeline's arguments for the source images."""
+def source_call_arguments(sources: SourceImages, vae_scale_factor: int) -> dict[str, Any]:
+    """The task pipeline's arguments for the source images.
+
+    The output takes the source's size rounded down to a multiple of `vae_scale_factor`:
+    img2img does so by itself (as diffusers'), while inpainting, as diffusers', would take the
+    UNet's default size, so it is given that size as `height` / `width`.
+    """
     arguments = {"image": sources.image, "strength": sources.strength}
     if sources.mask is not None:
+        width, height = sources.image.size
         arguments["mask_image"] = sources.mask
+        arguments["height"] = height // vae_scale_factor * vae_scale_factor
+        arguments["width"] = width // vae_scale_factor * vae_scale_factor
     return arguments

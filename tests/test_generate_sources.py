@@ -34,7 +34,7 @@ def _diffusers_image(peer_class, folder, **kwargs) -> np.ndarray:
     return np.asarray(peer(generator=generator, output_type="pil", **kwargs).images[0])
 
 
-def _diffusers_inpaint(folder, source, mask, steps: int) -> np.ndarray:
+def _diffusers_inpaint(folder, source, mask, steps: int, **size) -> np.ndarray:
     """diffusers' StableDiffusionInpaintPipeline on `folder`, as `generate` is called in these tests."""
     from diffusers import StableDiffusionInpaintPipeline
 
@@ -46,6 +46,7 @@ def _diffusers_inpaint(folder, source, mask, steps: int) -> np.ndarray:
         mask_image=Image.open(mask).convert("L"),
         num_inference_steps=steps,
         guidance_scale=3.0,
+        **size,
     )
 
 
@@ -91,16 +92,24 @@ def test_image_to_image_writes_what_diffusers_img2img_gives(sd_folder, tmp_path)
     assert np.array_equal(cells[:, :32], np.asarray(images[0])) and np.array_equal(cells[:, 32:], np.asarray(images[1]))
 
 
-def test_inpainting_writes_what_diffusers_inpaint_gives(sd_folder, tmp_path) -> None:
-
-    source, mask = _write_image(tmp_path / "source.png"), tmp_path / "mask.png"
-    mask_pixels = np.zeros((32, 32), dtype=np.uint8)
+@pytest.mark.parametrize("size", [(32, 32), (48, 40), (53, 43)], ids=["the UNet's size", "48x40", "53x43"])
+def test_inpainting_writes_what_diffusers_inpaint_gives_at_the_sources_size(sd_folder, tmp_path, size) -> None:
+    """The output takes the source's size rounded down to the VAE's multiple, as img2img does
+    (diffusers' inpainting, called without a size, would draw the UNet's default size)."""
+    source, mask = _write_image(tmp_path / "source.png", size=size), tmp_path / "mask.png"
+    mask_pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
     mask_pixels[8:24, 8:24] = 255
     Image.fromarray(mask_pixels, "L").save(mask)
     output = tmp_path / "inpaint.png"
     argv = ["generate", "a red circle", "-o", str(output), "--image", str(source), "--mask", str(mask)]
     assert main([*argv, "--steps", "3", "--seed", "3", "--model", str(sd_folder)]) == 0
-    assert np.array_equal(np.asarray(Image.open(output)), _diffusers_inpaint(sd_folder, source, mask, steps=3))
+    from diffusers import StableDiffusionInpaintPipeline
+
+    factor = StableDiffusionInpaintPipeline.from_pretrained(sd_folder).vae_scale_factor
+    height, width = size[1] // factor * factor, size[0] // factor * factor
+    expected = _diffusers_inpaint(sd_folder, source, mask, steps=3, height=height, width=width)
+    written = np.asarray(Image.open(output))
+    assert written.shape == (height, width, 3) and np.array_equal(written, expected)
 
 
 def test_source_image_mistakes_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
