@@ -308,3 +308,67 @@ def test_a_tilde_in_latents_is_the_home_folder_where_the_shards_go(
     assert f"in {home / 'lat'} " in capsys.readouterr().out
     assert len(stored_latents(home / "lat")) == 2
     assert list(cwd.iterdir()) == []
+
+
+def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_encoded(
+    sd_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`encode --out E --latents L`: L holding latents of another VAE, held by another live
+    encode or holding a damaged shard is a usage error naming --latents before the conditioner
+    encodes a caption (the whole caption pass ran first, then the error came)."""
+    from clipcond import conditioning
+    from clipcond.training.run_lock import RunFolderLock
+
+    other = tmp_path / "other_sd"  # the same SD with the VAE's weights changed
+    shutil.copytree(sd_folder, other)
+    vae = the_vae(sd_folder)
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.mul_(1.5)
+    vae.save_pretrained(other / "vae")
+    stale = tmp_path / "stale"
+    encoded = write_config(latent_run(other, tmp_path / "x"), tmp_path / "other.yaml")
+    assert clipcond(["encode", "--train-config", str(encoded), "--shapes", "2", "--latents", str(stale)]) == 0
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "latents-000000.safetensors").write_bytes(b"<html>not a shard</html>")
+    locked = RunFolderLock(tmp_path / "locked")
+    locked.acquire()  # another encode into it, still running
+    config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
+    encoder_calls = []
+    real = conditioning.encode_fragments
+
+    def counted(*args, **kwargs):
+        encoder_calls.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conditioning, "encode_fragments", counted)
+    try:
+        for folder, expected in (
+            (stale, "these latents are stale"),
+            (tmp_path / "locked", "is in use by another run"),
+            (damaged, "is not a readable latent shard"),
+        ):
+            out = tmp_path / f"emb-{folder.name}"
+            argv = [
+                "encode",
+                "--train-config",
+                str(config),
+                "--shapes",
+                "2",
+                "--out",
+                str(out),
+                "--latents",
+                str(folder),
+            ]
+            assert clipcond([*argv, "--no-progress"]) == 2, folder
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert lines[-1].startswith(f"error: --latents: {folder}") and expected in lines[-1], lines[-1]
+            assert not any("Traceback" in line for line in lines)
+            assert encoder_calls == [] and not out.exists(), folder
+    finally:
+        locked.release()
+    # one folder for both: locked once, and both encoded into it
+    argv = ["encode", "--train-config", str(config), "--shapes", "2", "--out", str(tmp_path / "both")]
+    assert clipcond([*argv, "--latents", str(tmp_path / "both" / "."), "--no-progress"]) == 0
+    assert encoder_calls and len(stored_latents(tmp_path / "both")) == 2
+    assert len(shard_contents(tmp_path / "both")) == 3  # "" and the two captions

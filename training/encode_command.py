@@ -25,6 +25,7 @@ shards' format lives in `embedding_shards` and `latent_shards`, the sources in `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Encode the captions into ``--out`` and the images into ``--latents``; print what was
     done. Returns the exit status."""
-    # Check the command line and read the config, before any weight is loaded
+    # 1. Check the command line and read the config, before any weight is loaded
     if args.batch_size < 1 or args.shard_size < 1:
         raise UsageError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
     if args.out is None and args.latents is None:
@@ -95,13 +96,28 @@ def run(args: argparse.Namespace) -> int:
     with user_errors(ValueError, context="--device: "):
         resolve_device(args.device)
     train_config = _train_config(args.train_config) if args.train_config else None
-    # the images' source and the VAE are checked before any caption is encoded
-    images = _image_source(args, train_config) if args.latents is not None else None
-    reports = []
-    if out is not None:
-        reports.append(_encode_captions(args, train_config, out))
-    if images is not None:
-        reports.append(_encode_images(args, images, latents))
+
+    # 2. Load what encodes, its sources checked: the images' and the VAE, the captions and the conditioner
+    images = _image_source(args, train_config) if latents is not None else None
+    captions = _captions(args, train_config) if out is not None else None  # before the conditioner's weights
+    conditioner = _conditioner(args, train_config) if out is not None else None
+
+    # 3. Lock the folders (one encode per folder at a time) and open the shards they hold: a
+    #    folder in use, of other weights or damaged is refused here, before anything is encoded
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards
+    from clipcond.training.data.latent_shards import LatentShards, vae_identity
+
+    with contextlib.ExitStack() as locks:
+        if images is not None:  # images[0]: the run's VAE
+            image_shards = _open_shards(LatentShards, latents, "--latents", vae_identity(images[0]), locks)
+        if conditioner is not None:
+            held = latents is not None and latents.resolve() == out.resolve()  # one folder for both: locked once
+            identity = EmbeddingIdentity(*conditioner.identity())
+            caption_shards = _open_shards(EmbeddingShards, out, "--out", identity, None if held else locks)
+
+        # 4. Encode what the folders lack: the captions, then the images
+        reports = [_encode_captions(args, *captions, conditioner, caption_shards)] if conditioner is not None else []
+        reports += [_encode_images(args, images, image_shards)] if images is not None else []
     print("\n".join(reports))
     return 0
 
@@ -121,41 +137,37 @@ def _output_folder(folder: str | None, option: str) -> Path | None:
     return path
 
 
-def _encode_captions(args: argparse.Namespace, train_config: Any, out: Path) -> str:
-    """Encode the chosen captions into the shards of `out`; the report line."""
-    from clipcond.training.data.embedding_shards import (
-        CAPTION_EMBEDDINGS,
-        EmbeddingIdentity,
-        EmbeddingShardError,
-        EmbeddingShards,
-        caption_hash,
-        remove_temporary_files,
-    )
+def _open_shards(shards: type, folder: Path, option: str, identity: Any, locks: contextlib.ExitStack | None) -> Any:
+    """The finished shards in `folder` (`shards`: a `KeyedShards` class), checked against
+    `identity`, once the temporary files of a killed encode are removed. The folder (created
+    when missing) is locked until `locks` closes, one encode per folder at a time (None: it is
+    locked already). Errors, another live encode's lock included, are usage errors naming
+    `option`."""
+    from clipcond.training.data.embedding_shards import EmbeddingShardError, remove_temporary_files
     from clipcond.training.run_folder import RunFolderError
     from clipcond.training.run_lock import RunFolderLock
 
-    # 1. Read the captions, before any weight is loaded
-    captions, skipped = _captions(args, train_config)
+    with user_errors(RunFolderError, EmbeddingShardError, context=f"{option}: "):
+        if locks is not None:
+            locks.enter_context(RunFolderLock(folder))
+        remove_temporary_files(folder, shards.kind)
+        return shards(folder, identity, argument=str(folder), require_shards=False)
 
-    # 2. Build the conditioner; the folder must hold embeddings of the same weights and settings
-    conditioner = _conditioner(args, train_config)
-    identity = EmbeddingIdentity(*conditioner.identity())
-    with user_errors(RunFolderError), RunFolderLock(out):  # one encode per folder at a time
-        remove_temporary_files(out)
-        with user_errors(EmbeddingShardError, context="--out: "):
-            done = EmbeddingShards(out, identity, argument=str(out), require_shards=False)
 
-        # 3. Each distinct caption once, the empty prompt first; skip those already written
-        distinct = list(dict.fromkeys(["", *captions]))
-        todo = [(caption_hash(caption), caption) for caption in distinct if caption_hash(caption) not in done]
+def _encode_captions(args: argparse.Namespace, captions: list[str], skipped: Any, conditioner: Any, done: Any) -> str:
+    """Encode the `captions` (in order, duplicates kept; `skipped` counts those the source
+    skipped) that the shards `done` (an open `EmbeddingShards`) lack, with `conditioner`, into
+    new shards of its folder; the report line."""
+    from clipcond.training.data.embedding_shards import caption_hash
 
-        # 4. Encode in batches, write full shards as they fill
-        encode, spec = conditioner.encode_records, conditioner.record_spec  # records that do not fit are refused
-        written = _encode_into_shards(
-            todo, encode, out, done.next_index, identity, CAPTION_EMBEDDINGS, args, len(todo), spec=spec
-        )
+    # each distinct caption once, the empty prompt first; skip those already written
+    distinct = list(dict.fromkeys(["", *captions]))
+    todo = [(caption_hash(caption), caption) for caption in distinct if caption_hash(caption) not in done]
+    # in batches, full shards written as they fill; records that do not fit the spec are refused
+    encode, spec = conditioner.encode_records, conditioner.record_spec
+    written = _encode_into_shards(todo, encode, done, args, len(todo), spec=spec)
     return (
-        f"{_counted(len(todo), 'caption')} encoded into {_counted(written, 'new shard')} in {out} "
+        f"{_counted(len(todo), 'caption')} encoded into {_counted(written, 'new shard')} in {done.folder} "
         f"({len(distinct) - len(todo)} already there, {len(captions) + 1 - len(distinct)} duplicates; "
         f"{_counted(len(done) + len(todo), 'caption')} in the folder); {skipped.report()}"
     )
@@ -179,30 +191,20 @@ def _image_source(args: argparse.Namespace, train_config: Any) -> tuple[Any, Any
     return vae, data, seed, count, train_config.image_size
 
 
-def _encode_images(args: argparse.Namespace, images: tuple[Any, Any, int, int | None, int], out: Path) -> str:
+def _encode_images(args: argparse.Namespace, images: tuple[Any, Any, int, int | None, int], done: Any) -> str:
     """Encode each distinct image of the chosen data (`_image_source`), as the run transforms
-    it, with the run's VAE into the latent shards of `out`; the report line."""
+    it, that the shards `done` (an open `LatentShards`) lack, with the run's VAE, into new
+    shards of its folder; the report line."""
     import torch
 
     from clipcond.training.data import SkipCounter, pixels_in_unit_range, source_images
-    from clipcond.training.data.embedding_shards import EmbeddingShardError, remove_temporary_files
-    from clipcond.training.data.latent_shards import (
-        LATENTS,
-        ImageLatents,
-        LatentShards,
-        image_hash,
-        latent_moments,
-        vae_identity,
-    )
-    from clipcond.training.run_folder import RunFolderError
-    from clipcond.training.run_lock import RunFolderLock
+    from clipcond.training.data.latent_shards import ImageLatents, image_hash, latent_moments
 
     vae, data, seed, count, size = images
-    identity = vae_identity(vae)
     skipped = SkipCounter()
     counts = {"present": 0, "duplicates": 0, "encoded": 0}
 
-    def new_images(done: LatentShards):
+    def new_images():
         """(hash, pixels) of each image not in the folder yet, once."""
         seen: set[str] = set()
         for pixels in source_images(data, seed, size, lambda image: pixels_in_unit_range(image, size), count, skipped):
@@ -219,16 +221,10 @@ def _encode_images(args: argparse.Namespace, images: tuple[Any, Any, int, int | 
         mean, std = latent_moments(vae, torch.stack(images).to(args.device))
         return [ImageLatents(m.clone(), s.clone()) for m, s in zip(mean, std)]
 
-    with user_errors(RunFolderError), RunFolderLock(out):
-        remove_temporary_files(out, LATENTS)
-        with user_errors(EmbeddingShardError, context="--latents: "):
-            done = LatentShards(out, identity, argument=str(out), require_shards=False)
-        written = _encode_into_shards(
-            new_images(done), encode, out, done.next_index, identity, LATENTS, args, count, unit="image"
-        )
+    written = _encode_into_shards(new_images(), encode, done, args, count, unit="image")
     return (
-        f"{_counted(counts['encoded'], 'image')} encoded into {_counted(written, 'new latent shard')} in {out} "
-        f"({counts['present']} already there, {counts['duplicates']} duplicates; "
+        f"{_counted(counts['encoded'], 'image')} encoded into {_counted(written, 'new latent shard')} in "
+        f"{done.folder} ({counts['present']} already there, {counts['duplicates']} duplicates; "
         f"{_counted(len(done) + counts['encoded'], 'image')} in the folder); {skipped.report()}"
     )
 
@@ -364,20 +360,18 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
 def _encode_into_shards(
     keyed_items: Iterable[tuple[str, Any]],
     encode: Callable[[list[Any]], Sequence[Any]],
-    out: Path,
-    first_index: int,
-    identity: Any,
-    kind: Any,
+    done: Any,
     args: argparse.Namespace,
     total: int | None,
     unit: str = "caption",
     spec: Any = None,
 ) -> int:
     """Encode the items of (key, item) pairs in batches of ``--batch-size`` (`encode`: items ->
-    one record each) into shards of `kind` numbered from `first_index`; returns how many shards
-    were written. A shard is written once it is full, and the last one at the end. Records that
-    are not finite or do not fit `spec` (a `RecordSpec`, or None), and an encoder giving NaN,
-    stop the command (`RunFailed`): the shards written before stay, and a fixed model resumes."""
+    one record each) into new shards of the open `KeyedShards` `done`: its folder, kind and
+    identity, numbered after its shards; returns how many shards were written. A shard is
+    written once it is full, and the last one at the end. Records that are not finite or do
+    not fit `spec` (a `RecordSpec`, or None), and an encoder giving NaN, stop the command
+    (`RunFailed`): the shards written before stay, and a fixed model resumes."""
     from tqdm.auto import tqdm
 
     from clipcond.errors import RunFailed
@@ -385,6 +379,7 @@ def _encode_into_shards(
     from clipcond.window_encoding import NonFiniteEncoding
 
     pending: dict[str, Any] = {}
+    out, identity, kind, first_index = done.folder, done.identity, done.kind, done.next_index
     index = first_index
     items = iter(keyed_items)
     with (
