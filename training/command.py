@@ -77,10 +77,12 @@ def run_training_command(
             the config changed, another live run holds it, no checkpoint of it can be loaded:
             `RunFolderError`); a file or folder
             the config names does not exist, or the run's parts cannot be built as it asks
-            (`RunSetupError`, before the first step: LoRA targets matching no module, or a
-            model folder it names that cannot be read, with truncated or empty weights or a
-            config that does not parse, the key and the folder named; the run folder is left
-            as it was).
+            (`RunSetupError`, before the first step: LoRA targets matching no module; parts
+            that do not fit together, such as `train: adapter` without a projection or a UNet
+            that reads tokens of another width or needs inputs the loop does not give (SDXL's
+            pooled embeddings and time ids); or a model folder it names that cannot be read,
+            with truncated or empty weights or a config that does not parse, the key and the
+            folder named; the run folder is left as it was).
         RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
 

@@ -6,13 +6,15 @@ pipeline they make when saved.
 A folder the config names that does not exist is a `FileNotFoundError` naming the key; one
 that exists and cannot be read (truncated or empty weights, a ``config.json`` or
 ``model_index.json`` that is not JSON or not a mapping) is a `RunSetupError` naming the key and
-the folder (`reading_part`), before the run's snapshot and first step.
+the folder (`reading_part`), before the run's snapshot and first step. So are parts that do not
+fit together (`build_diffusion_models` lists them), e.g. an SDXL-class `init_from` UNet.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +112,8 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
 
     Raises:
         FileNotFoundError: `config.vae` holds no AutoencoderKL.
-        RunSetupError: the VAE's folder cannot be read (its key and folder named).
-        ValueError: `image_size` is not a multiple of the VAE's downsampling.
+        RunSetupError: the VAE's folder cannot be read (its key and folder named), or
+            `image_size` is not a multiple of the VAE's downsampling.
     """
     from diffusers import AutoencoderKL
 
@@ -123,11 +125,14 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
     folder = Path(source) / "vae" if (Path(source) / "vae").is_dir() else Path(source)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"vae: no AutoencoderKL at {source} (expected config.json or vae/)")
-    with reading_part("vae" if config.vae is not None else "init_from", source):
+    key = "vae" if config.vae is not None else "init_from"
+    with reading_part(key, source):
         vae = AutoencoderKL.from_pretrained(folder).eval().requires_grad_(False)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.image_size % factor:
-        raise ValueError(f"image_size ({config.image_size}) must be a multiple of the VAE's downsampling ({factor})")
+        raise RunSetupError(
+            f"image_size ({config.image_size}) must be a multiple of the VAE's downsampling ({factor}; {key} {source})"
+        )
     return vae
 
 
@@ -153,8 +158,8 @@ def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
     `init_from` run, the setting of the pipeline it starts from.
 
     Raises:
-        RunSetupError: `init_from`'s ``model_index.json`` is not a JSON object.
-        ValueError: the config asks for a setting other than `init_from`'s.
+        RunSetupError: `init_from`'s ``model_index.json`` is not a JSON object, or the config
+            asks for a setting other than `init_from`'s.
     """
     if config.init_from is None:
         return bool(config.coordinate_channels)
@@ -167,34 +172,67 @@ def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
             raise RunSetupError(f"init_from {index}: expected a JSON object, got {type(saved).__name__}")
         inherited = bool(saved.get("coordinate_channels", False))
     if config.coordinate_channels is not None and config.coordinate_channels != inherited:
-        raise ValueError(
+        raise RunSetupError(
             f"coordinate_channels: {config.coordinate_channels} differs from init_from's pipeline "
             f"({config.init_from}: {inherited}); a trained UNet keeps its inputs (leave the key out)"
         )
     return inherited
 
 
+# The loop and the saved pipeline call `unet(noisy, timesteps, encoder_hidden_states=tokens)`: no
+# class labels, nothing in `added_cond_kwargs`. These UNet settings ask for more (addition_embed_type
+# "text" reads the tokens themselves and is allowed).
+_UNFED_SETTINGS = {
+    "addition_embed_type": "inputs in added_cond_kwargs",
+    "class_embed_type": "class labels",
+    "num_class_embeds": "class labels",
+    **dict.fromkeys(("encoder_hid_dim", "encoder_hid_dim_type"), "encoder_hid_dim-wide tokens or image embeddings"),
+}
+
+
+def _check_unet_inputs(settings: Mapping[str, Any], where: str) -> None:
+    """Refuse (`RunSetupError`, naming `where`: ``init_from <folder>`` or ``unet``) a UNet whose
+    settings (its ``config.json`` or the `unet:` section) need inputs the loop does not give."""
+    for name, needs in _UNFED_SETTINGS.items():
+        value = settings.get(name)
+        if value is None or (name == "addition_embed_type" and value == "text"):
+            continue
+        if value == "text_time":
+            needs = "pooled text embeddings and time ids (an SDXL-class UNet)"
+        raise RunSetupError(
+            f"{where}: the UNet has {name} {value!r}, which needs {needs}; train-diffusion gives the UNet "
+            "only the noisy input, the timesteps and the prompt's tokens (an SD-class UNet)"
+        )
+
+
 def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
+    """`init_from`'s UNet, or a new one of `config.unet`, reading `width`-wide tokens; one that
+    reads another width or needs inputs the loop does not give is a `RunSetupError`."""
     from diffusers import UNet2DConditionModel
 
     if config.init_from is not None:
         folder = Path(config.init_from) / "unet"
         if not folder.is_dir():
             raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
+        where = f"init_from {config.init_from}"
         with reading_part("init_from", config.init_from):
-            unet = UNet2DConditionModel.from_pretrained(folder)
-    else:
-        channels = 3 if vae is None else vae.config.latent_channels
-        size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
-        extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
-        settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
-        unet = UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
-    if unet.config.cross_attention_dim != width:
-        raise ValueError(
-            f"the UNet reads {unet.config.cross_attention_dim}-wide tokens but the conditioner gives {width}; "
-            f"set projection_dim: {unet.config.cross_attention_dim} (a learned adapter, `train: adapter`)"
-        )
-    return unet
+            saved = UNet2DConditionModel.load_config(folder)
+        if not isinstance(saved, dict):
+            raise RunSetupError(f"{where}: unet/config.json: expected a JSON object, got {type(saved).__name__}")
+        _check_unet_inputs(saved, where)  # before the weights are read: an SDXL UNet's are gigabytes
+        if saved.get("cross_attention_dim") != width:
+            raise RunSetupError(
+                f"{where}: the UNet reads {saved.get('cross_attention_dim')}-wide tokens but the conditioner gives "
+                f"{width}; set projection_dim: {saved.get('cross_attention_dim')} (a learned adapter, `train: adapter`)"
+            )
+        with reading_part("init_from", config.init_from):
+            return UNet2DConditionModel.from_pretrained(folder)
+    _check_unet_inputs(config.unet, "unet")
+    channels = 3 if vae is None else vae.config.latent_channels
+    size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
+    settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
+    return UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
 
 
 def _add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
@@ -222,17 +260,19 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
 
     Raises:
         FileNotFoundError: `text_encoder` or `t5_encoder` does not exist.
-        RunSetupError: one of them, or `init_from`'s projection, cannot be read.
-        ValueError: `train: adapter` without a projection.
+        RunSetupError: one of them, or `init_from`'s projection, cannot be read; `train:
+            adapter` without a projection (checked before any model is loaded).
     """
+    has_init_projection = config.init_from is not None and (Path(config.init_from) / PROJECTION_DIR).is_dir()
+    if config.train == "adapter" and not has_init_projection and config.projection_dim is None:
+        raise RunSetupError(
+            "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one "
+            f"(init_from {config.init_from} has no {PROJECTION_DIR}/)"
+        )
     text_encoder = load_frozen_text_encoder(config.text_encoder)
     tokenizer = load_text_encoder_tokenizer(config.text_encoder, text_encoder)
     t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
     projection = _load_init_projection(config)
-    if config.train == "adapter" and projection is None and config.projection_dim is None:
-        raise ValueError(
-            "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one"
-        )
     custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
     recipe = (
         custom_recipe(
@@ -260,8 +300,10 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
 
     Raises:
         FileNotFoundError: a folder the config names does not exist.
-        RunSetupError: one cannot be read (its key and folder named).
-        ValueError: `train: adapter` without a projection, or widths that do not fit.
+        RunSetupError: one cannot be read (its key and folder named); `train: adapter` without
+            a projection, a UNet that reads tokens of another width or needs inputs the loop
+            does not give, an `image_size` the VAE cannot take, a `coordinate_channels` other
+            than `init_from`'s.
     """
     conditioner = build_conditioner(config)
     clip, t5 = conditioner.clip[0], conditioner.t5
