@@ -111,6 +111,11 @@ CASES = {
         dict(unet=None, init_from="sd_unet_config_a_list"),
         ["init_from {sd_unet_config_a_list}: unet/config.json: expected a JSON object, got list"],
     ),
+    "coordinate_channels other than init_from's": (
+        "clip",
+        dict(unet=None, init_from="sd", coordinate_channels=True),
+        ["coordinate_channels: True differs from init_from's pipeline ({sd}: False)"],
+    ),
     "image_size the VAE cannot take": (
         "clip",
         dict(vae="vae2", image_size=17),
