@@ -423,6 +423,27 @@ def test_cli_runs_train_t5(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "run" / "model" / "tokenizer" / "tokenizer.json").is_file()
 
 
+def test_too_few_captions_for_the_held_out_ones_is_one_error_line(tmp_path: Path, capsys) -> None:
+    from clipcond.cli import main
+
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("".join(json.dumps({"caption": f"caption {i}"}) + "\n" for i in range(3)))
+    config = tiny_config(tmp_path / "run", steps=2)
+    data = {
+        "model": vars(config.model),
+        "tokenizer": vars(config.tokenizer),
+        "data": {"source": "manifest", "manifest": str(manifest)},
+        "eval_captions": 16,
+        "output_dir": str(tmp_path / "run"),
+    }
+    capsys.readouterr()
+    assert main(["train-t5", "--config", str(_write(tmp_path, data)), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert "holds 3 usable captions" in errors[0] and "eval_captions" in errors[0]
+
+
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run", mixed_precision="bf16")
     path = _write(tmp_path, dataclasses.asdict(config))

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from clipcond.errors import user_errors
 from clipcond.training.data import CaptionSource, CaptionTokenizer
-from clipcond.training.loop import TrainingRun
+from clipcond.training.loop import RunSetupError, TrainingRun
 from clipcond.training.optim import adamw_with_warmup_cosine
 from clipcond.training.t5.batches import SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5.config import TrainT5Config
@@ -100,7 +101,9 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         config, "train-t5", resume, show_progress, throughput_name="captions_per_second", result=MODEL_DIR
     ) as run:
         accelerator, output_dir = run.accelerator, run.output_dir
-        source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
+        # too few captions for the held-out ones: the user's data to fix, one line
+        with user_errors(ValueError, error=RunSetupError):
+            source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
         if accelerator.is_main_process:
             tokenizer = _tokenizer_for_run(config, source, output_dir, run.resume_from is not None)
         accelerator.wait_for_everyone()
