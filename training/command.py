@@ -25,7 +25,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     ``--resume``, ``--no-progress`` and the overrides."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="draw no progress bars (the run's, and diffusers' and transformers' loading bars)",
+    )
     add_override_arguments(parser)
 
 
@@ -86,6 +90,7 @@ def run_training_command(
         RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
     """
 
+    from clipcond.progress_bars import library_progress_bars
     from clipcond.training.loop import RunSetupError, TrainingDiverged, check_runtime
     from clipcond.training.run_folder import RunAlreadyFinished, RunFolderError, check_output_dir
 
@@ -108,6 +113,7 @@ def run_training_command(
         with (
             user_errors(FileNotFoundError, RunFolderError, RunSetupError),
             user_errors(TrainingDiverged, error=RunFailed),
+            library_progress_bars(not args.no_progress),
         ):
             result = train(config, path.parent)
     except RunAlreadyFinished as done:

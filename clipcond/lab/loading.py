@@ -115,32 +115,6 @@ def _check_components(folder: Path, index: Any) -> None:
             raise OSError(f"{name}/ holds a config but no weights file ({', '.join(WEIGHTS_SUFFIXES)})")
 
 
-@contextmanager
-def library_progress_bars(enabled: bool) -> Iterator[None]:
-    """diffusers' and transformers' own progress bars ("Loading pipeline components", "Loading
-    weights") as `enabled` says inside the block, as they were before it afterwards.
-
-    The switches are the two libraries' process-wide settings, so they are restored on exit
-    (an exception included); with `enabled` True nothing is touched.
-    """
-    if enabled:
-        yield
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libraries = (diffusers_logging, transformers_logging)
-    were_enabled = [library.is_progress_bar_enabled() for library in libraries]
-    for library in libraries:
-        library.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for library, was_enabled in zip(libraries, were_enabled):
-            if was_enabled:
-                library.enable_progress_bar()
-
-
 def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
 
@@ -174,7 +148,6 @@ __all__ = [
     "WEIGHTS_SUFFIXES",
     "ModelLoadFailed",
     "check_loadable",
-    "library_progress_bars",
     "loading",
     "setup_pipeline",
 ]

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest, model_files
-from clipcond.lab.loading import check_loadable, library_progress_bars, loading, setup_pipeline
+from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import (
     RESULTS_NAME,
@@ -67,6 +67,7 @@ from clipcond.lab.results import (
 from clipcond.lab.run_folder import EXPERIMENT_NAME, check_run_folder
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
 from clipcond.output_paths import write_atomically
+from clipcond.progress_bars import library_progress_bars
 from clipcond.training.run_lock import RunFolderLock
 
 # Bump when generation or a metric changes meaning: every earlier result becomes stale.
