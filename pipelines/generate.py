@@ -194,8 +194,10 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     if not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
-    if args.lora_scale is not None and (args.lora is None or not math.isfinite(args.lora_scale)):
-        raise UsageError(f"--lora-scale needs --lora and a finite number, got {args.lora_scale}")
+    if args.lora_scale is not None and args.lora is None:
+        raise UsageError(f"--lora-scale {args.lora_scale} scales the --lora weights: give --lora too")
+    if args.lora_scale is not None and not math.isfinite(args.lora_scale):
+        raise UsageError(f"--lora-scale must be a finite number, got {args.lora_scale}")
     if not -(2**63) <= args.seed or args.seed + args.n - 1 > 2**64 - 1:  # what torch.Generator.manual_seed takes
         raise UsageError(f"--seed must be in [-2**63, 2**64 - --n] (each image i takes seed + i), got {args.seed}")
     output = check_output(args.output, args.force)

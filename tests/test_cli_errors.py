@@ -80,7 +80,9 @@ def test_generate_checks_the_output_before_any_work(tmp_path, capsys, monkeypatc
     assert "is a folder" in one_error(capsys, ["generate", "a", "-o", "folder.png"], 2)
     assert "--n and --steps must be >= 1" in one_error(capsys, ["generate", "a", "-o", "b.png", "--steps", "0"], 2)
     line = one_error(capsys, ["generate", "a", "-o", "b.png", "--lora-scale", "0.5"], 2)
-    assert "--lora-scale needs --lora" in line
+    assert "--lora-scale 0.5 scales the --lora weights: give --lora too" in line
+    line = one_error(capsys, ["generate", "a", "-o", "b.png", "--lora", "x", "--lora-scale", "inf"], 2)
+    assert "--lora-scale must be a finite number, got inf" in line
     assert "--guidance must be a finite" in one_error(capsys, ["generate", "a", "-o", "b.png", "--guidance", "nan"], 2)
 
 

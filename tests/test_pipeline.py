@@ -676,7 +676,7 @@ def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path, capsys) -> No
     assert np.array_equal(written, np.asarray(expected))
     assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain.png")))
     assert main(["generate", *common, "-o", str(tmp_path / "x.png"), "--lora-scale", "0.5"]) == 2
-    assert "--lora-scale needs --lora" in capsys.readouterr().err
+    assert "--lora-scale 0.5 scales the --lora weights: give --lora too" in capsys.readouterr().err
 
 
 def test_generate_cli_emphasis(tmp_path, capsys) -> None:
