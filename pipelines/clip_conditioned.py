@@ -687,7 +687,8 @@ class CLIPConditionedPipeline(
         `target_size` and their `negative_` versions (pixels), or a refiner's
         `aesthetic_score` / `negative_aesthetic_score`, are the micro-conditioning
         (`clipcond.pipelines.sdxl_time_ids`); `denoising_end` in (0, 1] stops after that
-        fraction of the schedule (any UNet), leaving the rest to another model.
+        fraction of the schedule (any UNet), leaving the rest to another model (one that
+        leaves no step to run is refused).
 
         Returns:
             `StableDiffusionPipelineOutput(images, nsfw_content_detected)` (or that 2-tuple), as
@@ -760,6 +761,7 @@ class CLIPConditionedPipeline(
             ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale)
         )
         self._check_given_latents(latents, count * num_images_per_prompt, height, width)
+        self._check_denoising_end_leaves_steps(num_inference_steps, timesteps, sigmas, denoising_end)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
         self._guidance_scale = guidance_scale
@@ -985,18 +987,44 @@ class CLIPConditionedPipeline(
         if self.reads_time_ids and hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)  # as SDXL's pipeline
         schedule, num_inference_steps = self._start_of_schedule(schedule, num_inference_steps)
-        denoising_end = self._denoising_end
-        if denoising_end is not None and denoising_end < 1:  # SDXL's: the first part of the schedule only
-            total = self.scheduler.config.num_train_timesteps
-            cutoff = int(round(total - denoising_end * total))
-            num_inference_steps = len([t for t in schedule if t >= cutoff])
-            schedule = schedule[:num_inference_steps]
+        if self._denoising_end is not None and self._denoising_end < 1:  # SDXL's: the first part only
+            schedule = _before_end(schedule, self.scheduler, self._denoising_end)
+            num_inference_steps = len(schedule)  # timesteps, as diffusers counts them there
         return schedule, num_inference_steps
 
     def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
         """The part of the set schedule the call runs from, and its number of steps (all of it
         in text-to-image; `denoising_end` then cuts its end)."""
+        return self._kept_timesteps(self.scheduler, schedule, num_inference_steps)
+
+    def _kept_timesteps(
+        self, scheduler: Any, schedule: torch.Tensor, num_inference_steps: int
+    ) -> tuple[torch.Tensor, int]:
+        """The part of `schedule` (the timesteps set on `scheduler`, whose begin index may move
+        to it) the call runs from, and its number of steps: all of it in text to image."""
         return schedule, num_inference_steps
+
+    def _check_denoising_end_leaves_steps(
+        self, num_inference_steps: int | None, timesteps: Any, sigmas: Any, denoising_end: float | None
+    ) -> None:
+        """Refuse a `denoising_end` that stops the schedule before the first step the call
+        runs, before any work: the timesteps are set on a copy of the scheduler, as the call
+        will set them (diffusers runs no step there and returns the starting latents).
+
+        Raises:
+            ValueError: naming `denoising_end`, the cutoff timestep and the first step's.
+        """
+        if denoising_end is None or denoising_end >= 1:
+            return
+        probe = copy.deepcopy(self.scheduler)
+        schedule, steps = retrieve_timesteps(probe, num_inference_steps, "cpu", timesteps, sigmas)
+        schedule, _ = self._kept_timesteps(probe, schedule, steps)
+        if len(schedule) and not len(_before_end(schedule, probe, denoising_end)):  # none kept: the start's error
+            raise ValueError(
+                f"`denoising_end` {denoising_end} leaves none of the {steps} steps to run: it stops the schedule at "
+                f"timestep {_end_cutoff(probe, denoising_end)}, above the first step's, {float(schedule[0]):g}; "
+                "raise `denoising_end`"
+            )
 
     def _time_ids(
         self, sizes: SizeConditioning, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
@@ -1068,6 +1096,18 @@ class CLIPConditionedPipeline(
     def _after_step(self, latents: torch.Tensor, index: int, schedule: torch.Tensor) -> torch.Tensor:
         """The latents after scheduler step `index` of `schedule` (unchanged in text-to-image)."""
         return latents
+
+
+def _end_cutoff(scheduler: Any, denoising_end: float) -> int:
+    """SDXL's `denoising_end` as a timestep: the steps at or above it run (diffusers' rule)."""
+    total = scheduler.config.num_train_timesteps
+    return int(round(total - denoising_end * total))
+
+
+def _before_end(schedule: torch.Tensor, scheduler: Any, denoising_end: float) -> torch.Tensor:
+    """The timesteps of `schedule` (decreasing) that run before `denoising_end` stops it."""
+    cutoff = _end_cutoff(scheduler, denoising_end)
+    return schedule[: len([t for t in schedule if t >= cutoff])]
 
 
 def _guided_rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ arguments without changing a step of the SD path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -112,19 +113,25 @@ class SourceImageSteps:
         return EditSteps(total, total - kept_steps)
 
     def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
-        """The last `strength` share of the schedule, or the steps after `denoising_start`
-        (diffusers' SDXL `get_timesteps`, called: a second-order scheduler keeps whole pairs).
-        Its first timestep is kept in `self._source.start`: the source is noised to it even
-        when `denoising_end` then leaves no step, as in diffusers."""
-        denoising_start = self._source.denoising_start
-        if denoising_start is None:
-            kept = start_at_strength(self.scheduler, schedule, num_inference_steps, self._source.strength)
-        else:
-            kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(
-                self, num_inference_steps, 1.0, schedule.device, denoising_start
-            )
+        """The kept part of the set schedule (`_kept_timesteps`); its first timestep is kept in
+        `self._source.start`, the one the source is noised to."""
+        kept = super()._start_of_schedule(schedule, num_inference_steps)
         self._source.start = kept[0][:1]  # (1,)
         return kept
+
+    def _kept_timesteps(
+        self, scheduler: Any, schedule: torch.Tensor, num_inference_steps: int
+    ) -> tuple[torch.Tensor, int]:
+        """The last `strength` share of `schedule` (set on `scheduler`), or the steps after
+        `denoising_start` (diffusers' SDXL `get_timesteps`, called: a second-order scheduler
+        keeps whole pairs), with their number of steps; `scheduler`'s begin index moves to it."""
+        denoising_start = self._source.denoising_start
+        if denoising_start is None:
+            return start_at_strength(scheduler, schedule, num_inference_steps, self._source.strength)
+        on = SimpleNamespace(scheduler=scheduler)  # `get_timesteps` reads only its pipeline's scheduler
+        return StableDiffusionXLImg2ImgPipeline.get_timesteps(
+            on, num_inference_steps, 1.0, schedule.device, denoising_start
+        )
 
     def _time_ids(
         self, sizes: SizeConditioning, height: int, width: int, requires_aesthetics_score: bool, dtype: torch.dtype
@@ -276,7 +283,8 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
         Raises:
             ValueError, TypeError: bad arguments (among them an `image` of another type, a
                 `strength` outside [0, 1], an inpainting UNet, `denoising_start` outside (0, 1)
-                or not below `denoising_end`), all before any work.
+                or not below `denoising_end`, a `denoising_end` that leaves no step), all
+                before any work.
         """
         # 1. Check the source image; the text-to-image call checks the rest, all before any work
         strength = self._strength(strength, denoising_start, denoising_end)

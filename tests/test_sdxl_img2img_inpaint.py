@@ -502,6 +502,9 @@ def _pipe(task: str, family: str, unet_in_channels: int = 4):
         ("img2img", "sdxl", dict(denoising_start=0.6, denoising_end=0.6), "must be below `denoising_end` 0.6"),
         ("inpaint", "sdxl", dict(denoising_start=0.7, denoising_end=0.4), "must be below `denoising_end` 0.4"),
         ("img2img", "sdxl", dict(denoising_start=0.9999), "leaves none of the 4 steps"),
+        # 4 Euler steps at 999, 666, 333, 0: the call's first step is below where `denoising_end` stops
+        ("img2img", "sdxl", dict(strength=0.5, denoising_end=0.5), "`denoising_end` 0.5 leaves none of the 4 steps"),
+        ("inpaint", "sdxl", dict(denoising_start=0.3, denoising_end=0.32), "`denoising_end` 0.32 leaves none"),
         ("img2img", "sdxl", dict(strength=0.1), r"`strength` 0.1 runs int\(4 x 0.1\) = 0"),
         (
             "img2img",

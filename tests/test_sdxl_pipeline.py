@@ -85,6 +85,9 @@ CALLS = {
         negative_target_size=(24, 24),
     ),
     "denoising_end": dict(prompt="a red circle", denoising_end=0.6, num_inference_steps=5, output_type="latent"),
+    "denoising_end_leaving_one_step": dict(  # cutoff 990: the first step, at 999, runs
+        prompt="a red circle", denoising_end=0.01, num_inference_steps=4, output_type="latent"
+    ),
     "callback_changes_latents": dict(prompt="a red circle", callback_on_step_end=_scale_latents_once),
     "callback_stops_guidance": dict(
         prompt="a red circle",
@@ -626,6 +629,10 @@ def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> No
         (dict(prompt="a", original_size=(float("inf"), 32)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", denoising_end=0.0), "`denoising_end` must be None or a fraction"),
         (dict(prompt="a", denoising_end=1.5), "`denoising_end` must be None or a fraction"),
+        (
+            dict(prompt="a", denoising_end=0.0001),
+            r"`denoising_end` 0.0001 leaves none of the 2 steps to run: .* timestep 1000, above the first step's, 999",
+        ),
         (
             dict(prompt="a", callback_on_step_end=_interrupt, callback_on_step_end_tensor_inputs=["time_ids"]),
             "choose from",
