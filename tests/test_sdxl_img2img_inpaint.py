@@ -322,6 +322,33 @@ def test_refiner_img2img_and_inpaint_equal_diffusers(refiner_parts, kwargs) -> N
             )
 
 
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_a_refiner_without_zeros_skips_layers_for_its_empty_negative(refiner_parts, task) -> None:
+    """A documented difference: a refiner with `force_zeros_for_empty_prompt=False` reads "" for
+    a missing negative, and `clip_skip` skips layers for it (diffusers does not for negatives):
+    our image is diffusers' fed its own `encode_prompt` of "" as a prompt, with that clip_skip."""
+    peer_class, our_class, extra = (
+        (StableDiffusionXLImg2ImgPipeline, CLIPConditionedImg2ImgPipeline, {})
+        if task == "img2img"
+        else (StableDiffusionXLInpaintPipeline, CLIPConditionedInpaintPipeline, dict(mask_image=box_mask()))
+    )
+    peer, ours = peer_and_ours(
+        peer_class, our_class, refiner_parts, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False
+    )
+
+    def skipped(text: str) -> dict:
+        tokens, _, pooled, _ = peer.encode_prompt(
+            text, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False, clip_skip=1
+        )
+        return dict(prompt_embeds=tokens, pooled_prompt_embeds=pooled)
+
+    negative = {f"negative_{name}": value for name, value in skipped("").items()}
+    settings = dict(image=source_image(), **extra)
+    got = run(ours, prompt="a red circle", clip_skip=1, **settings)
+    assert as_equal(got, run(peer, **skipped("a red circle"), **negative, **settings))
+    assert not as_equal(got, run(peer, prompt="a red circle", clip_skip=1, **settings))
+
+
 def kwargs_off(kwargs: dict) -> dict:
     """`kwargs` without what the case changes (keeping the strength)."""
     return {key: value for key, value in kwargs.items() if key == "strength"}

@@ -196,6 +196,33 @@ def test_force_zeros_for_empty_prompt_false_reads_the_empty_prompt(tmp_path) -> 
     assert not np.array_equal(run(ours, **settings), expected)
 
 
+def test_clip_skip_skips_layers_for_the_empty_negative_of_force_zeros_false() -> None:
+    """A documented difference: under `force_zeros_for_empty_prompt=False` a missing negative
+    reads "", and `clip_skip` skips layers for it too, as for any negative text; diffusers reads
+    `hidden_states[-2]` for its negatives whatever `clip_skip` says. Our image is diffusers' fed
+    its own `encode_prompt` of "" as a prompt, with the same `clip_skip`."""
+    peer = StableDiffusionXLPipeline(**{**fresh_sdxl().components, "force_zeros_for_empty_prompt": False})
+    peer.set_progress_bar_config(disable=True)
+
+    def skipped(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, _, pooled, _ = peer.encode_prompt(
+            text, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False, clip_skip=1
+        )
+        return tokens, pooled
+
+    (tokens, pooled), (negative, negative_pooled) = skipped("a red circle"), skipped("")
+    expected = run(
+        peer,
+        prompt_embeds=tokens,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative,
+        negative_pooled_prompt_embeds=negative_pooled,
+    )
+    got = run(ours_from(peer), prompt="a red circle", clip_skip=1)
+    assert equal(got, expected)
+    assert not equal(got, run(peer, prompt="a red circle", clip_skip=1))
+
+
 @pytest.mark.parametrize("task", ["text_to_image", "img2img", "inpaint"])
 def test_float16_images_and_the_vae_upcast_as_diffusers(task) -> None:
     """SDXL in float16 (on the CPU): a float16 VAE whose config says `force_upcast` decodes (and
