@@ -625,3 +625,60 @@ def test_a_broken_symlink_as_out_or_latents_is_refused_before_any_work(
         with pytest.raises(UsageError, match=f"{dangling} is a broken symlink .* which is not there"):
             check()
     assert check_output_location(tmp_path / "new" / "emb", "-o") == tmp_path / "new" / "emb"  # a plain missing path
+
+
+def test_one_shard_of_another_identity_or_format_is_named_to_remove_and_encoding_resumes(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    """A shard whose `weights` or `format` metadata was damaged, beside shards of the reader's:
+    the folder is refused naming that shard to remove, then `encode` resumes and the folder
+    reads whole. It was refused as stale ("encode again into an empty folder"), or with no
+    remedy for the format, though only that shard was wrong."""
+    from safetensors.torch import load_file, save_file
+
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShardError
+
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green star\na red square\n")
+    identity = EmbeddingIdentity(*build_conditioner(TrainDiffusionConfig.from_yaml(config)).identity())
+
+    def encode(folder: Path) -> list[str]:
+        argv = ["encode", "--train-config", str(config), "--prompts", str(prompts), "--out", str(folder)]
+        status = clipcond([*argv, "--shard-size", "2", "--no-progress"])
+        captured = capsys.readouterr()
+        return [str(status), captured.out, captured.err.strip().splitlines()[-1] if captured.err.strip() else ""]
+
+    def damage(path: Path, key: str, value: str) -> None:
+        with safe_open(str(path), "pt") as shard:
+            metadata = shard.metadata()
+        save_file(load_file(str(path)), str(path), metadata={**metadata, key: value})
+
+    for key in ("weights", "format"):
+        folder = tmp_path / f"emb-{key}"
+        assert encode(folder)[0] == "0"
+        whole = shard_contents(folder)
+        assert len(whole) == 5 and len(list(folder.glob("embeddings-*"))) == 3
+        damaged = shard_path(folder, 1)
+        damage(damaged, key, identity.weights[::-1] if key == "weights" else "clipcond-caption-embeddingz-v1")
+        remedy = (
+            "remove embeddings-000001.safetensors from the folder and run `clipcond encode` into it again (it "
+            "encodes only the captions the folder lacks)"
+        )
+        for expected in (identity, None):  # a reader's identity, or the folder's own (most shards')
+            with pytest.raises(EmbeddingShardError) as refused:
+                EmbeddingShards(folder, expected)
+            message = str(refused.value)
+            assert message.startswith(f"embeddings: {damaged} ") and message.endswith(remedy), message
+            assert f"unlike the other 2 shards in {folder}" in message and not isinstance(
+                refused.value, StaleEmbeddings
+            )
+        status, _, error = encode(folder)  # encode into it is refused the same way
+        assert status == "2" and error.startswith(f"error: --out: {folder}: {damaged} ") and remedy in error
+        damaged.unlink()  # as the message says
+        status, report, _ = encode(folder)
+        assert status == "0" and report.startswith("2 captions encoded into 1 new shard")
+        resumed = shard_contents(folder)
+        assert resumed.keys() == whole.keys()
+        assert all(torch.equal(resumed[k]["clip_tokens"], whole[k]["clip_tokens"]) for k in whole)
+        assert len(EmbeddingShards(folder, identity)) == 5

@@ -12,6 +12,9 @@ named ``<caption hash>.<field>`` (``clip_tokens``, ``pooled``, ``t5_tokens``, ``
 Its metadata records the format, the encoders' weights fingerprint and the conditioner's
 settings (`TextConditioner.identity`); a reader refuses a shard whose identity is not the one
 it expects (`StaleEmbeddings`), so embeddings of other weights or settings are never used.
+A shard whose format or identity differs from the folder's other shards, which agree with the
+reader (damaged metadata, or a file from elsewhere), is named instead, to remove
+(`ForeignShards`): encoding into the folder again then resumes.
 
 A shard is written whole to a hidden temporary file and renamed into place: a killed writer
 leaves finished shards and, at worst, a temporary file that readers never list.
@@ -46,7 +49,7 @@ import json
 import os
 import re
 import secrets
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +116,11 @@ class EmbeddingShardError(ValueError):
 
 class StaleEmbeddings(EmbeddingShardError):
     """A shard was encoded with other weights or settings than the conditioner reading it."""
+
+
+class ForeignShards(EmbeddingShardError):
+    """Some shards of a folder differ from its others (another format or identity): damaged,
+    or not written with them. Removing them and encoding again into the folder resumes."""
 
 
 class MissingRecord(EmbeddingShardError):
@@ -298,9 +306,11 @@ class KeyedShards:
 
     Raises:
         FileNotFoundError: `folder` does not exist or is not a folder.
-        EmbeddingShardError: a shard cannot be read, is not in this format or records no
-            digests (written by an older clipcond); no shard (with `require_shards`).
-        StaleEmbeddings: a shard's identity differs from `expected` or from the other shards'.
+        EmbeddingShardError: a shard cannot be read or records no digests (written by an
+            older clipcond); no shard is in this format; no shard (with `require_shards`).
+        StaleEmbeddings: no shard has the identity `expected`.
+        ForeignShards: some shards are of another format or identity than the folder's others
+            (which are `expected`, when given); the message names them.
     """
 
     kind: ShardKind
@@ -329,25 +339,13 @@ class KeyedShards:
                 f"{argument}: {self.folder} holds no {kind.noun} shard ({kind.prefix}-NNNNNN.safetensors); "
                 "write them with `clipcond encode`"
             )
-        self.identity = expected
+        headers = [(path, *_read_header(path, kind, argument)) for path in self.paths]
+        self.identity = self._shared_identity([(path, metadata) for path, metadata, _ in headers], expected)
         self._fields: dict[str, tuple[Path, list[str]]] = {}  # key -> (shard, its tensor fields)
         undigested: list[Path] = []
-        for path in self.paths:
-            metadata, names = _read_header(path, kind, argument)
-            if metadata.get("format") != kind.format:
-                raise EmbeddingShardError(f"{argument}: {path} is not a {kind.format} shard")
+        for path, metadata, names in headers:
             if DIGESTS_METADATA_KEY not in metadata:
                 undigested.append(path)
-            found = EmbeddingIdentity(metadata.get("weights", ""), metadata.get("settings", ""))
-            if self.identity is None:
-                self.identity = found
-            difference = found.difference(self.identity)
-            if difference is not None:
-                whose = kind.reader if expected is not None else f"{self.paths[0].name}'s"
-                raise StaleEmbeddings(
-                    f"{argument}: {path} was encoded with {difference} ({whose}); these {kind.prefix} are stale: "
-                    f"encode the {kind.item}s again into an empty folder with `clipcond encode`"
-                )
             for name in names:
                 key, _, field = name.partition(".")
                 self._fields.setdefault(key, (path, []))[1].append(field)
@@ -361,6 +359,59 @@ class KeyedShards:
         # the most recently read shards: path -> (open handle, its digests by key)
         self._open: OrderedDict[Path, tuple[object, Mapping[str, object]]] = OrderedDict()
         self._checked: set[str] = set()  # keys whose record passed its checks
+
+    def _shared_identity(
+        self, headers: Sequence[tuple[Path, Mapping[str, str]]], expected: EmbeddingIdentity | None
+    ) -> EmbeddingIdentity | None:
+        """The identity of the folder's shards ((path, metadata) each): `expected`, or (None) the
+        one most of them record; None for an empty folder. A shard of another format or identity
+        among shards of the reader's (or, without `expected`, beside a majority) is damaged or
+        not written with them: it alone is named, to remove, since the encode that replaces it
+        resumes. When no shard of this format has `expected`, the folder is stale.
+
+        Raises:
+            StaleEmbeddings: no shard of this format records `expected`.
+            ForeignShards: some shards differ from the others (the message names them).
+            EmbeddingShardError: no shard is of this format.
+        """
+        kind, argument = self.kind, self.argument
+        found = {
+            path: EmbeddingIdentity(metadata.get("weights", ""), metadata.get("settings", ""))
+            for path, metadata in headers
+            if metadata.get("format") == kind.format
+        }
+        formats = {path: metadata.get("format") for path, metadata in headers if path not in found}
+        reference = expected
+        if reference is None and found:  # the identity most shards record (the first, on a tie)
+            reference = Counter(found.values()).most_common(1)[0][0]
+        odd = [path for path, identity in found.items() if identity != reference]
+        if found and len(odd) == len(found):
+            raise StaleEmbeddings(
+                f"{argument}: {odd[0]} was encoded with {found[odd[0]].difference(reference)} ({kind.reader}); these "
+                f"{kind.prefix} are stale: encode the {kind.item}s again into an empty folder with `{kind.command}`"
+            )
+        if formats and not found:
+            path, others = next(iter(formats)), len(formats) - 1
+            raise EmbeddingShardError(
+                f"{argument}: {path} is not a {kind.format} shard (its format: {formats[path]!r:.80})"
+                f"{f', nor is any other of the {others + 1} shards in {self.folder}' if others else ''}; write the "
+                f"{kind.prefix} with `{kind.command}` into an empty folder"
+            )
+        reasons = {path: f"is not a {kind.format} shard (its format: {form!r:.80})" for path, form in formats.items()}
+        reasons |= {path: f"was encoded with {found[path].difference(reference)}" for path in odd}
+        if reasons:
+            bad = sorted(reasons)
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            good = len(found) - len(odd)
+            others = f"the other {good} shard{'s' * (good != 1)} in {self.folder}"
+            whose = f" ({kind.reader})" if expected is not None else ""
+            names = ", ".join(path.name for path in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ForeignShards(
+                f"{argument}: {bad[0]} {reasons[bad[0]]}{more}, unlike {others}{whose}: damaged, or not written with them; "
+                f"remove {names} from the folder and run `{kind.command}` into it again (it encodes only the "
+                f"{kind.item}s the folder lacks)"
+            )
+        return reference
 
     def __len__(self) -> int:
         return len(self._fields)
