@@ -70,7 +70,7 @@ def as_encoders(
             raise TypeError(f"`clip` holds a {encoder.kind} model ({type(encoder.model).__name__}); pass it as `t5`")
     if t5_encoder is not None and t5_encoder.kind != "t5":
         raise TypeError(f"`t5` must be a T5 encoder, got {type(t5_encoder.model).__name__}")
-    if compute_dtype is not None:  # casts weights: only once the encoders are known to be right
+    if compute_dtype is not None:  # checked per encoder (quantized refused) once each is known to be right
         clip_encoders = [_computing_in(encoder, compute_dtype) for encoder in clip_encoders]
         t5_encoder = None if t5_encoder is None else _computing_in(t5_encoder, compute_dtype)
     return clip_encoders, t5_encoder

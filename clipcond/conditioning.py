@@ -147,9 +147,11 @@ class TextConditioner:
             (False) only lower-case and strip it. None: the recipe's (`clipcond.caption_cleaning`);
             for a recipe that reads prompts as they are, an error.
         compute_dtype: run every encoder in this dtype (e.g. ``torch.float32`` for a float16
-            T5, which overflows into NaN) and return states in the dtype its weights had; the
-            weights are cast once (`clipcond.encoders.TextEncoder`, which also takes it per
-            encoder). None: each encoder computes in its own dtype.
+            T5, which overflows into NaN) and return states in its weights' dtype. The models
+            are not cast (a pipeline sharing them keeps its dtype): each encode runs on a copy
+            of the weights in this dtype, which exists only while it runs
+            (`clipcond.encoders.TextEncoder`, which also takes it per encoder). None: each
+            encoder computes in its own dtype.
     """
 
     def __init__(

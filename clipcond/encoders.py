@@ -5,11 +5,15 @@ T5). The forward helpers read the hidden state a recipe asks for without copying
 
 An encoder may run in a dtype other than the one its states are returned in
 (`compute_dtype`): T5 in float16 overflows (activations beyond 65504 turn into NaN,
-diffusers #8604), so it can compute in float32 and hand float16 states on.
+diffusers #8604), so it can compute in float32 and hand float16 states on. The model object
+is shared (a pipeline's own encoder), so it is never cast: each encode runs on a copy of its
+weights in the compute dtype and puts the weights back after (`weights_in`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,9 +24,6 @@ EncoderKind = Literal["clip", "t5"]
 
 _CLIP_MODEL_TYPES = ("clip_text_model", "clip")
 _T5_MODEL_TYPES = ("t5", "umt5", "mt5", "t5gemma")
-
-# Where a model cast to a `compute_dtype` keeps the dtype its weights had (the states' dtype).
-_STATES_DTYPE = "_clipcond_states_dtype"
 
 
 def encoder_kind(model: nn.Module) -> EncoderKind:
@@ -38,6 +39,51 @@ def encoder_kind(model: nn.Module) -> EncoderKind:
     )
 
 
+@contextmanager
+def weights_in(module: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block, `module` computes on `dtype` copies of its floating parameters and
+    buffers; after it, every parameter and buffer is the tensor object it was, holding the
+    storage, dtype and device it held (nothing written: no version bump, no new storage).
+
+    Without grad the copies replace each tensor's `.data`, so hooks that hold the parameter
+    objects see them: accelerate's offloading moves them for the forward (model offload) or
+    loads its kept values in their dtype (sequential and disk offload, whose weights rest on
+    the meta device). With grad the copies are differentiable casts put in the module's slots,
+    so gradients reach the weights, in their own dtype. A weight shared by two modules (T5's
+    tied embedding) gets one copy. None, or a module already all in `dtype`: nothing happens.
+    """
+    if dtype is None:
+        yield
+        return
+    # (slots, name, tensor, its data): every tensor of every part, to put back exactly as it was
+    # (a hook may replace a slot's tensor or move it: model offload moves the int buffers too).
+    held = [
+        (slots, name, tensor, tensor.data)
+        for part in module.modules()
+        for slots in (part._parameters, part._buffers)
+        for name, tensor in slots.items()
+        if tensor is not None
+    ]
+    differentiable = torch.is_grad_enabled()
+    copies: dict[int, torch.Tensor] = {}  # id of a weight -> its copy
+    try:
+        for slots, name, tensor, data in held:
+            copy = copies.get(id(tensor))
+            if copy is None:
+                if not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                copy = copies[id(tensor)] = (tensor if differentiable else data).to(dtype)
+            if differentiable:
+                slots[name] = copy
+            else:
+                tensor.data = copy
+        yield
+    finally:
+        for slots, name, tensor, data in held:
+            slots[name] = tensor
+            tensor.data = data
+
+
 @dataclass(eq=False)
 class TextEncoder:
     """A transformers text model with its tokenizer.
@@ -46,13 +92,12 @@ class TextEncoder:
         model: `CLIPTextModel`, `CLIPTextModelWithProjection` or `T5EncoderModel` (used as is,
             quantized ones included: torchao, bitsandbytes).
         tokenizer: the matching transformers tokenizer.
-        compute_dtype: a floating dtype to run the model in, or None (its own). Its weights are
-            cast to it once, here (the model object is shared: a pipeline holding it computes
-            in it too), and its states are cast back to the dtype the weights had, which stays
-            `dtype`. That dtype is remembered on the model (`_STATES_DTYPE`), so that a second
-            encoder over the same model returns the same dtype. Casting the weights away from
-            `compute_dtype` later (`TextConditioner.to`) ends the setting: states then come in
-            the weights' dtype.
+        compute_dtype: a floating dtype to run the model in, or None (its own). Each encode
+            runs on a copy of the weights in it (`weights_in`: for float16 to float32, twice
+            the weights' bytes beside them while it runs), and the states are returned in the
+            weights' dtype, `dtype`. The model itself is left as it is: a pipeline sharing it
+            computes in its own dtype. Quantized models are refused (their weights cannot be
+            cast).
         kind: "clip" or "t5", read from the model config.
     """
 
@@ -66,25 +111,26 @@ class TextEncoder:
         if self.tokenizer is None or not callable(self.tokenizer):
             raise TypeError(f"`tokenizer` must be a transformers tokenizer, got {type(self.tokenizer).__name__}")
         self.kind: EncoderKind = encoder_kind(self.model)
-        self._states_dtype = self.weights_dtype
         if self.compute_dtype is not None:
-            self._cast_to_compute_dtype()
-            self._states_dtype = self.model.__dict__.get(_STATES_DTYPE, self._states_dtype)
+            self._check_compute_dtype()
 
-    def _cast_to_compute_dtype(self) -> None:
+    def _check_compute_dtype(self) -> None:
         dtype = self.compute_dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`compute_dtype` must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-        if dtype == self._states_dtype:
-            return
-        if getattr(self.model, "hf_quantizer", None) is not None:
+        if getattr(self.model, "hf_quantizer", None) is not None and dtype != self.weights_dtype:
             raise ValueError(
-                f"`compute_dtype` ({dtype}) casts the weights of {type(self.model).__name__}, which is quantized "
-                f"({type(self.model.hf_quantizer).__name__}) and cannot be cast; load it with "
+                f"`compute_dtype` ({dtype}) runs {type(self.model).__name__} on a copy of its weights cast to it, but "
+                f"the model is quantized ({type(self.model.hf_quantizer).__name__}) and cannot be cast; load it with "
                 f"`torch_dtype={dtype}` instead"
             )
-        self.model.__dict__[_STATES_DTYPE] = self._states_dtype
-        self.model.to(dtype=dtype)
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """Within the block the model computes in `computes_in` (`weights_in`); it is as it
+        was after."""
+        with weights_in(self.model, self.compute_dtype):
+            yield
 
     @property
     def width(self) -> int:
@@ -133,7 +179,9 @@ class TextEncoder:
         # (sequential offload), which also moves the input.
         weight = next(projection.parameters(), None)
         where = states.device if weight is None or weight.device.type == "meta" else weight.device
-        return self.as_states(projection(states.to(device=where, dtype=self.weights_dtype))).to(states.device)
+        with weights_in(projection, self.compute_dtype):
+            projected = projection(states.to(device=where, dtype=self.computes_in))
+        return self.as_states(projected).to(states.device)
 
     @property
     def device(self) -> torch.device:
@@ -153,20 +201,21 @@ class TextEncoder:
 
     @property
     def weights_dtype(self) -> torch.dtype:
-        """Dtype of the model's first floating parameter (what it computes in)."""
+        """Dtype of the model's first floating parameter (what its weights are stored in)."""
         for parameter in self.model.parameters():
             if parameter.is_floating_point():
                 return parameter.dtype
         return torch.float32
 
     @property
+    def computes_in(self) -> torch.dtype:
+        """Dtype the model computes in: `compute_dtype`, else its weights'."""
+        return self.compute_dtype if self.compute_dtype is not None else self.weights_dtype
+
+    @property
     def dtype(self) -> torch.dtype:
-        """Dtype of the states it returns: the weights' dtype, or while the weights are in
-        `compute_dtype`, the dtype they had before."""
-        weights = self.weights_dtype
-        if self.compute_dtype is not None and weights == self.compute_dtype:
-            return self._states_dtype
-        return weights
+        """Dtype of the states it returns: the weights' dtype (`compute_dtype` or not)."""
+        return self.weights_dtype
 
     @property
     def pooled_state_dtype(self) -> torch.dtype:
@@ -174,7 +223,7 @@ class TextEncoder:
         a `pooled_projection`, where it is the dtype the model computes in (they differ only under
         `compute_dtype`): the projection reads the unrounded state and its output alone is
         rounded to `dtype`, as a run in the compute dtype would be."""
-        return self.weights_dtype if self.pooled_projection is not None else self.dtype
+        return self.computes_in if self.pooled_projection is not None else self.dtype
 
     def as_states(self, output: torch.Tensor) -> torch.Tensor:
         """`output` of the model in the dtype of its states (`dtype`); the same tensor when
@@ -228,7 +277,15 @@ def run_clip(
         else projection.register_forward_pre_hook(lambda _, args: pooled_states.append(args[0]))
     )
     try:
-        output = model(input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last)
+        with encoder.computing():
+            output = model(
+                input_ids, attention_mask=attention_mask, output_hidden_states=want_tokens and not plain_last
+            )
+            tokens = None
+            if want_tokens:
+                tokens = output.last_hidden_state if plain_last else output.hidden_states[-layer_from_end]
+                if final_norm and not plain_last:
+                    tokens = clip_final_layer_norm(model)(tokens)
     finally:
         if hook is not None:
             hook.remove()
@@ -239,17 +296,12 @@ def run_clip(
         if projection is not None
         else encoder.as_states(output.pooler_output)
     )
-    if not want_tokens:
-        return None, pooled
-    if plain_last:
-        return encoder.as_states(output.last_hidden_state), pooled
-    tokens = output.hidden_states[-layer_from_end]
-    if final_norm:
-        tokens = clip_final_layer_norm(model)(tokens)
-    return encoder.as_states(tokens), pooled
+    return (None if tokens is None else encoder.as_states(tokens)), pooled
 
 
 def run_t5(encoder: TextEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Run a T5 encoder: (batch, length) ids -> (batch, length, width) last hidden state, in
     the encoder's `dtype`."""
-    return encoder.as_states(encoder.model(input_ids, attention_mask=attention_mask)[0])
+    with encoder.computing():
+        states = encoder.model(input_ids, attention_mask=attention_mask)[0]
+    return encoder.as_states(states)
