@@ -41,7 +41,6 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
@@ -81,6 +80,7 @@ from clipcond.pipelines.sdxl_components import (
     resolve_recipe,
 )
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
+from clipcond.pipelines.textual_inversion_loading import PairTextualInversionLoaderMixin
 from clipcond.projection import TextProjection
 from clipcond.prompt_arguments import as_prompt_list
 from clipcond.tokenization import without_length_warning
@@ -98,7 +98,7 @@ class CLIPConditionedPipeline(
     DiffusionPipeline,
     StableDiffusionMixin,
     RecipeLoraLoaderMixin,
-    TextualInversionLoaderMixin,
+    PairTextualInversionLoaderMixin,
     IPAdapterSupport,
     CallInputChecks,
 ):
@@ -106,7 +106,8 @@ class CLIPConditionedPipeline(
 
     LoRA weights load as in Stable Diffusion, or as in SDXL for an SDXL pipeline (also into
     `text_encoder_2`) (`load_lora_weights`, `set_adapters`, `fuse_lora`);
-    `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text encoders alike. Textual-inversion embeddings load with `load_textual_inversion`; a prompt
+    `cross_attention_kwargs={"scale": s}` scales them in the UNet and the text encoders alike. Textual-inversion embeddings load with `load_textual_inversion` (an SDXL `clip_l` /
+    `clip_g` file in one call, `clipcond.pipelines.textual_inversion_loading`); a prompt
     naming a multi-vector token is expanded to all its vectors, as in Stable Diffusion.
     `enable_freeu` and `fuse_qkv_projections` work as there too. IP-Adapters load with
     `load_ip_adapter` and read `ip_adapter_image` / `ip_adapter_image_embeds` as in Stable

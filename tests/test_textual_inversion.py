@@ -150,6 +150,75 @@ def test_sdxl_clip_l_clip_g_pair_equals_two_diffusers_loads(tmp_path):
     assert "<toy>_2" in pipe.tokenizer_2.get_vocab() and "<toy>_2" not in pipe.tokenizer.get_vocab()
 
 
+def _tiny_sdxl_pipelines(peer):
+    """(diffusers' SDXL text-to-image and img2img over `peer`'s modules, ours likewise over a
+    second tiny SDXL of the same seeded weights), progress bars off."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedPipeline
+
+    ours = CLIPConditionedPipeline.from_pipe(tiny_pipelines.build_sdxl())
+    pipes = [
+        peer,
+        StableDiffusionXLImg2ImgPipeline.from_pipe(peer),
+        ours,
+        CLIPConditionedImg2ImgPipeline.from_pipe(ours),
+    ]
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+@pytest.mark.parametrize("given", ["file", "state_dict", "folder"])
+def test_an_sdxl_pair_loads_through_the_pipeline_in_one_call(given, tmp_path):
+    """`pipe.load_textual_inversion(pair)` on our SDXL pipeline, where diffusers' loader
+    refuses a `clip_l`/`clip_g` file: the images equal diffusers' after its documented two
+    calls (text to image, and an img2img sibling made afterwards), the token being the file's
+    name when none is given, as A1111 names such files."""
+    peer = tiny_pipelines.build_sdxl()
+    pair = {"clip_l": vectors(2, seed=4), "clip_g": vectors(3, seed=5)}
+    for half, encoder, tokenizer in (
+        ("clip_l", "text_encoder", "tokenizer"),
+        ("clip_g", "text_encoder_2", "tokenizer_2"),
+    ):
+        peer.load_textual_inversion(
+            pair[half], token="<toy>", text_encoder=getattr(peer, encoder), tokenizer=getattr(peer, tokenizer)
+        )
+    peer_t2i, peer_i2i, ours_t2i, ours_i2i = _tiny_sdxl_pipelines(peer)
+    if given == "state_dict":
+        ours_t2i.load_textual_inversion(pair, token="<toy>")
+    elif given == "file":
+        save_file(pair, tmp_path / "<toy>.safetensors")
+        ours_t2i.load_textual_inversion(tmp_path / "<toy>.safetensors")  # the token: the file's name
+    else:
+        save_file(pair, tmp_path / "learned_embeds.safetensors")  # diffusers' folder layout
+        ours_t2i.load_textual_inversion(str(tmp_path), token="<toy>")
+    assert "<toy>_2" in ours_t2i.tokenizer_2.get_vocab() and "<toy>_2" not in ours_t2i.tokenizer.get_vocab()
+    settings = dict(prompt=PROMPTS, negative_prompt=NEGATIVES, prompt_2=["a <toy> in oil paint", "a sketch"])
+    settings.update(num_inference_steps=2, output_type="np")
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    for peer_pipe, our_pipe, extra in ((peer_t2i, ours_t2i, {}), (peer_i2i, ours_i2i, dict(image=image, strength=0.5))):
+        expected = peer_pipe(**settings, **extra, generator=torch.Generator().manual_seed(0)).images
+        got = our_pipe(**settings, **extra, generator=torch.Generator().manual_seed(0)).images
+        assert torch.equal(torch.from_numpy(got), torch.from_numpy(expected))
+
+
+def test_a_list_holding_a_pair_and_options_with_a_pair_are_diffusers_calls(tmp_path):
+    """A list of sources with a pair in it is refused with the fix named, before anything
+    changes; a pair given with a tokenizer and encoder goes to diffusers' loader (which says
+    it cannot read it), as the call asks for one encoder."""
+    from clipcond import CLIPConditionedPipeline
+
+    ours = CLIPConditionedPipeline.from_pipe(tiny_pipelines.build_sdxl())
+    pair = {"clip_l": vectors(1, seed=4), "clip_g": vectors(1, seed=5)}
+    vocabulary = len(ours.tokenizer.get_vocab()), len(ours.tokenizer_2.get_vocab())
+    with pytest.raises(ValueError, match="load each pair in its own `load_textual_inversion` call"):
+        ours.load_textual_inversion([vectors(1), pair], token=["<one>", "<toy>"])
+    with pytest.raises(ValueError, match="Loaded state dictionary is incorrect"):
+        ours.load_textual_inversion(pair, token="<toy>", tokenizer=ours.tokenizer, text_encoder=ours.text_encoder)
+    assert (len(ours.tokenizer.get_vocab()), len(ours.tokenizer_2.get_vocab())) == vocabulary
+
+
 def _sdxl_with_second_clip_of_width(width: int):
     pipe = tiny_pipelines.build_sdxl()
     pipe.text_encoder_2 = tiny_pipelines.clip_text_model(2, with_projection=True, hidden_size=width)

@@ -1,0 +1,94 @@
+"""Textual-inversion loading for clipcond's pipelines: diffusers' `load_textual_inversion`,
+and SDXL's embedding files in one call.
+
+An SDXL (or SD3) embedding file holds one set of vectors per CLIP, ``{"clip_l": ..., "clip_g":
+...}`` (A1111, civitai). diffusers' loader refuses such a file ("Loaded state dictionary is
+incorrect") and documents two calls instead, each with one half and the encoder and tokenizer
+it goes into. `TextConditioner.load_textual_inversion` reads the pair and places each half in
+its CLIP (`clipcond.textual_inversion`), and the pipeline's encoders and tokenizers are the
+conditioner's, so `pipe.load_textual_inversion(pair)` hands a pair to it; everything else goes
+to diffusers' loader, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.loaders import TextualInversionLoaderMixin
+
+from clipcond.textual_inversion import FOLDER_FILES, PAIR_KEYS
+
+
+class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
+    """diffusers' `TextualInversionLoaderMixin`, whose `load_textual_inversion` also takes a
+    `clip_l` / `clip_g` pair (a file, a folder holding one, or a state dict) in one call. For a
+    pipeline with a `conditioner` (`CLIPConditionedPipeline` and its siblings)."""
+
+    def load_textual_inversion(
+        self,
+        pretrained_model_name_or_path: Any,
+        token: str | list[str] | None = None,
+        tokenizer: Any = None,
+        text_encoder: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Load textual-inversion embeddings, as diffusers' `load_textual_inversion` does.
+
+        A `clip_l` / `clip_g` pair, given with neither `tokenizer` nor `text_encoder` nor
+        loading options, is loaded by `self.conditioner.load_textual_inversion`: `clip_l`
+        into the first CLIP, `clip_g` into the second (a pipeline with one CLIP takes the half
+        of its width, e.g. SDXL's refiner), as diffusers' documented two calls load it.
+        `token` None: the file's name.
+
+        Raises:
+            ValueError: a list of sources that holds a pair (load each pair in its own
+                call), or what the conditioner's or diffusers' loader raises.
+        """
+        source = pretrained_model_name_or_path
+        if isinstance(source, list) and any(_holds_a_pair(item) for item in source):
+            raise ValueError(
+                "a list of textual-inversion sources holds a `clip_l`/`clip_g` pair: load each pair in its own "
+                "`load_textual_inversion` call (one call loads both of its halves)"
+            )
+        if tokenizer is None and text_encoder is None and not kwargs and _holds_a_pair(source):
+            if token is not None and not isinstance(token, str):
+                raise TypeError(f"`token` for one `clip_l`/`clip_g` pair must be a string or None, got {token!r}")
+            self.conditioner.load_textual_inversion(source, token)
+            return
+        super().load_textual_inversion(source, token, tokenizer, text_encoder, **kwargs)
+
+
+def _holds_a_pair(source: Any) -> bool:
+    """Whether `source` (a state dict, or the path of a local file or folder) is a
+    `clip_l` / `clip_g` pair. A file that cannot be read is not: diffusers' loader then says why."""
+    if isinstance(source, Mapping):
+        return set(source) == set(PAIR_KEYS)
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    path = Path(source)
+    if path.is_dir():
+        path = next((path / name for name in FOLDER_FILES if (path / name).is_file()), path)
+    if not path.is_file():
+        return False  # a Hub id, or nothing: diffusers' loader
+    return _keys_of(path) == set(PAIR_KEYS)
+
+
+def _keys_of(path: Path) -> set[str]:
+    """The top-level keys of an embedding file (empty when it is not a readable dict)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as opened:
+                return set(opened.keys())
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: diffusers' loader reports it
+        return set()
+    return set(contents) if isinstance(contents, Mapping) else set()
+
+
+__all__ = ["PairTextualInversionLoaderMixin"]
