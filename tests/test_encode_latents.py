@@ -178,7 +178,7 @@ def test_latents_of_another_vae_are_refused_and_a_missing_image_stops_the_run(
         clipcond(["encode", "--train-config", str(encoded), "--latents", str(tmp_path / "lat"), "--no-progress"]) == 0
     )
     config = latent_run(sd_folder, tmp_path / "run", data=data)
-    with pytest.raises(StaleEmbeddings, match=r"latents-000000.safetensors was encoded with encoder weights .*VAE"):
+    with pytest.raises(StaleEmbeddings, match=r"latents-000000.safetensors was encoded with VAE weights .*VAE"):
         train_diffusion(config, show_progress=False)
     assert not (tmp_path / "run").exists()
     config_path = write_config(config, tmp_path / "run.yaml")

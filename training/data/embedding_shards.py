@@ -80,6 +80,7 @@ class ShardKind:
         item: what a key stands for, in messages ("caption", "image").
         reader: whose identity a reader expects, in messages ("the conditioner's").
         command: the command that writes them, in messages.
+        model: whose weights the identity hashes, in messages ("encoder", "VAE").
     """
 
     format: str
@@ -88,6 +89,7 @@ class ShardKind:
     item: str
     reader: str
     command: str = "clipcond encode"
+    model: str = "encoder"
 
     def shard_name(self) -> re.Pattern:
         return re.compile(rf"^{re.escape(self.prefix)}-(\d{{6,}})\.safetensors$")
@@ -158,10 +160,11 @@ class EmbeddingIdentity:
     weights: str
     settings: str
 
-    def difference(self, other: EmbeddingIdentity) -> str | None:
-        """What differs from `other`, in words (None when nothing does)."""
+    def difference(self, other: EmbeddingIdentity, model: str = "encoder") -> str | None:
+        """What differs from `other`, in words (None when nothing does); `model` names whose
+        weights the identity hashes ("encoder", "VAE")."""
         if self.weights != other.weights:
-            return f"encoder weights {self.weights[:12]}... instead of {other.weights[:12]}..."
+            return f"{model} weights {self.weights[:12]}... instead of {other.weights[:12]}..."
         if self.settings != other.settings:
             mine, theirs = self.settings.split("|"), other.settings.split("|")
             index = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
@@ -387,7 +390,7 @@ class KeyedShards:
         odd = [path for path, identity in found.items() if identity != reference]
         if found and len(odd) == len(found):
             raise StaleEmbeddings(
-                f"{argument}: {odd[0]} was encoded with {found[odd[0]].difference(reference)} ({kind.reader}); these "
+                f"{argument}: {odd[0]} was encoded with {found[odd[0]].difference(reference, kind.model)} ({kind.reader}); these "
                 f"{kind.prefix} are stale: encode the {kind.item}s again into an empty folder with `{kind.command}`"
             )
         if formats and not found:
@@ -398,7 +401,7 @@ class KeyedShards:
                 f"{kind.prefix} with `{kind.command}` into an empty folder"
             )
         reasons = {path: f"is not a {kind.format} shard (its format: {form!r:.80})" for path, form in formats.items()}
-        reasons |= {path: f"was encoded with {found[path].difference(reference)}" for path in odd}
+        reasons |= {path: f"was encoded with {found[path].difference(reference, kind.model)}" for path in odd}
         if reasons:
             bad = sorted(reasons)
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -30,7 +30,7 @@ from clipcond.training.data.embedding_shards import (
 )
 
 LATENTS = ShardKind(
-    "clipcond-image-latents-v1", "latents", "latent", "image", "the run's VAE's", "clipcond encode --latents"
+    "clipcond-image-latents-v1", "latents", "latent", "image", "the run's VAE's", "clipcond encode --latents", "VAE"
 )
 
 
