@@ -203,6 +203,35 @@ def test_an_sdxl_pair_loads_through_the_pipeline_in_one_call(given, tmp_path):
         assert torch.equal(torch.from_numpy(got), torch.from_numpy(expected))
 
 
+def test_an_sdxl_pair_loads_into_a_refiners_one_clip(tmp_path):
+    """A refiner has one CLIP (`text_encoder_2`): `load_textual_inversion(pair)` puts the half of
+    its width there (`clip_g`; `clip_l` is 16 wide here, so only one half fits), giving
+    diffusers' refiner images after its documented call with `clip_g` alone."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from clipcond import CLIPConditionedImg2ImgPipeline
+
+    def refiner(pipe_class):
+        pipe = pipe_class(**tiny_pipelines.sdxl_refiner_components(), requires_aesthetics_score=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    peer, ours = refiner(StableDiffusionXLImg2ImgPipeline), refiner(CLIPConditionedImg2ImgPipeline)
+    pair = {"clip_l": vectors(2, width=16, seed=4), "clip_g": vectors(3, seed=5)}
+    peer.load_textual_inversion(
+        pair["clip_g"], token="<toy>", text_encoder=peer.text_encoder_2, tokenizer=peer.tokenizer_2
+    )
+    save_file(pair, tmp_path / "<toy>.safetensors")
+    ours.load_textual_inversion(tmp_path / "<toy>.safetensors")
+    settings = dict(prompt=PROMPTS, negative_prompt=NEGATIVES, num_inference_steps=2, strength=0.5)
+    settings.update(image=torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(7)), output_type="np")
+    expected = peer(**settings, generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(
+        torch.from_numpy(ours(**settings, generator=torch.Generator().manual_seed(0)).images),
+        torch.from_numpy(expected),
+    )
+
+
 def test_a_list_holding_a_pair_and_options_with_a_pair_are_diffusers_calls(tmp_path):
     """A list of sources with a pair in it is refused with the fix named, before anything
     changes; a pair given with a tokenizer and encoder goes to diffusers' loader (which says
