@@ -2,7 +2,7 @@
 
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
 disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`) and config
-(`clipcond.config_fingerprint`), the active recipe
+(`clipcond.config_fingerprint`), the dtype each computes in, the active recipe
 (clip-skip included), whether weights are parsed, each encoder's class, window length, mask
 use and attention kernel, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
 SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
@@ -24,7 +24,8 @@ from clipcond.recipes import Recipe
 # v5: a multi-vector textual-inversion token stays in one window; BREAK always closes a window
 #     (a prompt's windows changed for both).
 # v6: keys cover each encoder's config (`clipcond.config_fingerprint`): the same weights under
-#     another activation or norm eps give other states.
+#     another activation or norm eps give other states; and the dtype it computes in
+#     (`compute_dtype` no longer casts the weights, so their hash no longer tells).
 CACHE_KEY_VERSION = "clipcond-embeds-v6"
 
 
@@ -54,7 +55,7 @@ def settings_key(
         repr(recipe),
         f"parse={parse_weights}",
         *(
-            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:tokenizer={tokenizer}:config={config}"
+            f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:computes_in={e.computes_in}:tokenizer={tokenizer}:config={config}"
             for e, tokenizer, config in zip(encoders, tokenizer_fingerprints, config_fingerprints)
         ),
     ]

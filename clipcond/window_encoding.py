@@ -120,7 +120,7 @@ def _checked_in_batches(run: EncoderRun, encoder: TextEncoder, max_rows: int | N
 def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
     weights, unread = _stored_weights(encoder.model)
     bad_weights = any(not bool(torch.isfinite(part).all()) for part in weights)
-    computed = encoder.weights_dtype
+    computed = encoder.computes_in  # `compute_dtype` when one is set, else the weights' dtype
     where = f"{dtype}" if computed == dtype else f"{dtype}, computed in {computed}"
     name = f"the {encoder.kind.upper()} encoder {type(encoder.model).__name__} ({where})"
     if bad_weights:

@@ -21,9 +21,11 @@ class T5StandIn:
     pass
 
 
-def _encoder(model=CLIPStandIn, window_length: int = 77, uses_attention_mask: bool = False):
-    # settings_key reads an encoder's class name, window length and mask use, nothing else
-    return SimpleNamespace(model=model(), window_length=window_length, uses_attention_mask=uses_attention_mask)
+def _encoder(model=CLIPStandIn, window_length: int = 77, uses_attention_mask: bool = False, computes_in="float32"):
+    # settings_key reads an encoder's class name, window length, mask use and compute dtype, nothing else
+    return SimpleNamespace(
+        model=model(), window_length=window_length, uses_attention_mask=uses_attention_mask, computes_in=computes_in
+    )
 
 
 BASE = dict(
@@ -47,6 +49,7 @@ def _key(**changes) -> str:
         dict(encoders=[_encoder(model=T5StandIn)]),
         dict(encoders=[_encoder(window_length=78)]),
         dict(encoders=[_encoder(uses_attention_mask=True)]),
+        dict(encoders=[_encoder(computes_in="bfloat16")]),
         dict(fingerprints=["tok-b"]),
         dict(configs=["cfg-b"]),
         dict(encoders=[_encoder(), _encoder()], fingerprints=["tok-a", "tok-a"], configs=["cfg", "cfg"]),

@@ -279,6 +279,17 @@ def test_float16_t5_overflow_names_encoder_and_dtype_and_the_fix(t5_tokenizer) -
         t5_conditioner(half, t5_tokenizer, cache_size=0).encode(PROMPT)
 
 
+def test_an_overflow_under_a_float16_compute_dtype_names_the_dtype_computed_in(t5_tokenizer) -> None:
+    """float32 weights computing in float16 (`compute_dtype`) overflow as float16 weights do: the
+    message says the states were computed in float16, and gives the fix."""
+    model = tiny_pipelines.overflowing_t5(len(t5_tokenizer))
+    with pytest.raises(
+        NonFiniteEncoding,
+        match=r"T5 encoder T5EncoderModel \(torch.float32, computed in torch.float16\) .*compute_dtype=torch.float32",
+    ):
+        t5_conditioner(model, t5_tokenizer, cache_size=0, compute_dtype=torch.float16).encode(PROMPT)
+
+
 @pytest.mark.parametrize("per_encoder", [False, True])
 def test_compute_dtype_float32_fixes_the_float16_overflow(t5_tokenizer, tmp_path, per_encoder) -> None:
     # float32 from the float16 weights: the states `compute_dtype` must give, before the cast back
