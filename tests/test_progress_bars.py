@@ -25,3 +25,12 @@ def test_a_training_command_with_no_progress_draws_no_loading_bars(
     err = capfd.readouterr().err
     assert ("Loading weights" in err) is not no_progress  # transformers' bar, loading the text encoder
     assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+
+
+def test_encode_with_no_progress_draws_no_loading_bars(tiny_clip_text_path, tmp_path: Path, capfd) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    capfd.readouterr()
+    argv = ["encode", "--train-config", str(config), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "emb")]) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "encode:" not in err  # the libraries' bars and the command's

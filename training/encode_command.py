@@ -77,12 +77,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="captions (or images) per encoder call")
     parser.add_argument("--shard-size", type=int, default=1024, help="captions (or images) per shard file")
     parser.add_argument("--device", default="cpu", help="where the encoders run (cpu, cuda, cuda:1 ...)")
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="draw no progress bars (the command's, and diffusers' and transformers' loading bars)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Encode the captions into ``--out`` and the images into ``--latents``; print what was
-    done. Returns the exit status."""
+    done. Returns the exit status. ``--no-progress`` also hides the loading bars diffusers and
+    transformers draw by themselves."""
+    from clipcond.progress_bars import library_progress_bars
+
+    with library_progress_bars(not args.no_progress):
+        return _encode(args)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    """`run`'s work."""
     # 1. Check the command line and read the config, before any weight is loaded
     if args.batch_size < 1 or args.shard_size < 1:
         raise UsageError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
