@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers.loaders import TextualInversionLoaderMixin
 
-from clipcond.textual_inversion import FOLDER_FILES, PAIR_KEYS
+from clipcond.textual_inversion import FOLDER_FILES, PAIR_KEYS, multi_vector_tokens
 
 
 class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
@@ -60,6 +60,38 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
             self.conditioner.load_textual_inversion(source, token)
             return
         super().load_textual_inversion(source, token, tokenizer, text_encoder, **kwargs)
+
+    def unload_textual_inversion(
+        self, tokens: str | list[str] | None = None, tokenizer: Any = None, text_encoder: Any = None
+    ) -> None:
+        """Unload textual-inversion tokens, as diffusers' `unload_textual_inversion` does, with
+        two differences that make it undo `load_textual_inversion`:
+
+        - a multi-vector token named in `tokens` goes with all its vectors (``<cat>`` takes
+          ``<cat>_1``, ... too; diffusers' removes only the names given, leaving the others);
+        - given neither `tokenizer` nor `text_encoder`, it unloads from every CLIP of the
+          pipeline (`tokenizer` / `text_encoder` and `tokenizer_2` / `text_encoder_2` where it
+          has them), since one `load_textual_inversion` call loads an SDXL pair into both.
+
+        `tokens` None: every token added to a tokenizer, as in diffusers.
+        """
+        if tokenizer is not None or text_encoder is not None:
+            pairs = [(tokenizer, text_encoder)]
+        else:
+            names = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+            pairs = [(getattr(self, t, None), getattr(self, e, None)) for t, e in names]
+            pairs = [(t, e) for t, e in pairs if t is not None and e is not None]
+        for tokenizer, text_encoder in pairs:
+            super().unload_textual_inversion(_with_vectors(tokens, tokenizer), tokenizer, text_encoder)
+
+
+def _with_vectors(tokens: str | list[str] | None, tokenizer: Any) -> list[str] | None:
+    """`tokens` with the vector names of each multi-vector token among them (None stays None)."""
+    if tokens is None or tokenizer is None:
+        return tokens
+    multi_vector = multi_vector_tokens(tokenizer)
+    names = [tokens] if isinstance(tokens, str) else list(tokens)
+    return [vector for name in names for vector in multi_vector.get(name, [name])]
 
 
 def _holds_a_pair(source: Any) -> bool:

@@ -503,3 +503,30 @@ def test_custom_pipeline_with_t5_reads_as_its_conditioner(t5_tokenizer_path):
         prompt_embeds=expected["prompt_embeds"], negative_prompt_embeds=expected["negative_prompt_embeds"]
     )
     assert np.array_equal(images(prompt=PROMPTS, negative_prompt=NEGATIVES), by_embeds)
+
+
+def test_an_sdxl_pair_loaded_in_one_call_unloads_in_one_call():
+    """`unload_textual_inversion()` (or with the token) takes the pair out of both CLIPs: the
+    tokenizers and embedding tables are as before loading, and so are the images."""
+    from clipcond import CLIPConditionedPipeline
+
+    base = tiny_pipelines.build_sdxl()
+    base.set_progress_bar_config(disable=True)
+    pipe = CLIPConditionedPipeline.from_pipe(base)
+    settings = dict(prompt="a <toy> in oil paint", num_inference_steps=2, output_type="np")
+    before = pipe(**settings, generator=torch.Generator().manual_seed(0)).images
+    sizes = (len(pipe.tokenizer), len(pipe.tokenizer_2))
+    tables = [
+        pipe.text_encoder.get_input_embeddings().weight.clone(),
+        pipe.text_encoder_2.get_input_embeddings().weight.clone(),
+    ]
+    for unload in (lambda: pipe.unload_textual_inversion(), lambda: pipe.unload_textual_inversion("<toy>")):
+        pipe.load_textual_inversion({"clip_l": vectors(2, seed=4), "clip_g": vectors(3, seed=5)}, token="<toy>")
+        loaded = pipe(**settings, generator=torch.Generator().manual_seed(0)).images
+        assert not torch.equal(torch.from_numpy(loaded), torch.from_numpy(before))
+        unload()
+        assert (len(pipe.tokenizer), len(pipe.tokenizer_2)) == sizes
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, tables[0])
+        assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight, tables[1])
+        again = pipe(**settings, generator=torch.Generator().manual_seed(0)).images
+        assert torch.equal(torch.from_numpy(again), torch.from_numpy(before))
