@@ -78,6 +78,24 @@ def test_save_and_load_give_identical_images(sd_pipe, tmp_path) -> None:
     assert np.abs(run(loaded, prompt="(red:1.3) circle BREAK a blue square") - before).max() == 0.0
 
 
+def test_diffusers_reads_a_saved_folder_with_clipconds_tokenizer_once_it_is_imported(sd_pipe, tmp_path) -> None:
+    """docs/pipeline.md: in a fresh process diffusers' own class stops on the folder, naming
+    `clipcond.tokenization`, until that module is imported; then it loads."""
+    import subprocess
+    import sys
+
+    CLIPConditionedPipeline.from_pipe(sd_pipe).save_pretrained(tmp_path / "pipe")
+    script = "from diffusers import StableDiffusionPipeline as P; P.from_pretrained({!r}); print('loaded')"
+    for first in ("", "import clipcond.tokenization; "):
+        done = subprocess.run(
+            [sys.executable, "-c", first + script.format(str(tmp_path / "pipe"))], capture_output=True, text=True
+        )
+        if first:
+            assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+        else:
+            assert done.returncode != 0 and "clipcond.tokenization" in done.stderr
+
+
 def test_from_pipe_swaps_the_text_encoder(sd_pipe) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
