@@ -64,7 +64,7 @@ def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32)
     config = AutoConfig.from_pretrained(source.path, **kwargs)
     architectures = getattr(config, "architectures", None) or []
     model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
-    model = model_class.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    model = model_class.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
     return model, load_tokenizer(source, "clip", model.config.max_position_embeddings)
 
 
@@ -73,5 +73,5 @@ def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -
     from transformers import T5EncoderModel
 
     kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
-    model = T5EncoderModel.from_pretrained(source.path, **kwargs).to(dtype).eval()
+    model = T5EncoderModel.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
     return model, load_tokenizer(source, "t5")
