@@ -13,7 +13,9 @@ everything after the last comma within `WORD_LOOKBACK` tokens moves to the next 
 token, mid-word if need be. With ``window_split="comfy"`` the windows are ComfyUI's
 (``sd1_clip.py``): a space-separated word (punctuation attached, ``ultra,``) that does not fit
 moves whole to the next window unless it has 8 tokens or more, which are split at the edge; a
-multi-vector textual-inversion token counts as one such word, as ComfyUI counts an embedding.
+multi-vector textual-inversion token counts as one such word, as ComfyUI counts an embedding;
+each word's ids are ComfyUI's (its vocabulary entry ``word</w>`` when there is one: ``A`` keeps
+``A</w>``, which the CLIP tokenizer would lower-case).
 With ``window_split="truncate"`` a prompt has one window, its first 75 tokens, and the rest is
 dropped (reported at INFO level), as diffusers' `encode_prompt` truncates; a ``BREAK`` ends the
 prompt there. Under the other rules a multi-vector textual-inversion token (``<cat>``,
@@ -23,6 +25,10 @@ transcriptions of A1111's and ComfyUI's.
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
 dropped and reported, as diffusers does.
+
+Why this module is over 400 lines: the four window rules (clipcond's, A1111's, ComfyUI's,
+diffusers' truncation) fill the same window content and keep the same units whole; kept
+together, each rule is read against the others, and none imports another module's internals.
 """
 
 from __future__ import annotations
@@ -215,23 +221,38 @@ def _windows_at_commas(
 
 def _space_words(tokenizer, text: str, groups: dict[int, tuple[int, ...]]) -> list[list[int]]:
     """A fragment's token ids in ComfyUI's word groups: one per space-separated word (a line
-    break counts as a space), each word tokenized on its own; the vectors of a multi-vector
-    textual-inversion token (spelled ``<cat> <cat>_1 ...``, a word each) form one group, as
-    ComfyUI keeps an embedding's vectors in one."""
+    break counts as a space), each word read as ComfyUI reads it (`_comfy_word_ids`); the
+    vectors of a multi-vector textual-inversion token (spelled ``<cat> <cat>_1 ...``, a word
+    each) form one group, as ComfyUI keeps an embedding's vectors in one, and what is glued
+    to it (``<cat>,``) is a group of its own, as ComfyUI reads the rest of an embedding's word."""
     words = [word for word in text.replace("\n", " ").split(" ") if word]
-    encoded = tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else []
     ids: list[int] = []
     starts: set[int] = set()
-    for word_ids in encoded:
+    for word_ids in _comfy_word_ids(tokenizer, words):
         if word_ids:
             starts.add(len(ids))
             ids += word_ids
     position = 0
     for unit in _units(ids, groups):
-        starts.difference_update(range(position + 1, position + len(unit)))
+        if len(unit) > 1:
+            starts.difference_update(range(position + 1, position + len(unit)))
+            starts.update(bound for bound in (position, position + len(unit)) if bound < len(ids))
         position += len(unit)
     cuts = [*sorted(starts), len(ids)]
     return [ids[start:end] for start, end in zip(cuts, cuts[1:])]
+
+
+def _comfy_word_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """Each word's ids as ComfyUI's tokenizer finds them: the vocabulary entry ``word</w>``
+    when there is one, taken as written (``A`` is ``A</w>``, which the CLIP tokenizer, lower-
+    casing, never gives), else the tokenizer's ids for the word alone."""
+    if not words:
+        return []
+    whole = tokenizer.convert_tokens_to_ids([f"{word}</w>" for word in words])
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    rest = [word for word, found in zip(words, whole) if found is None or found == unknown]
+    encoded = iter(tokenizer(rest, add_special_tokens=False, verbose=False)["input_ids"] if rest else [])
+    return [[found] if found is not None and found != unknown else list(next(encoded)) for found in whole]
 
 
 def _windows_at_spaces(

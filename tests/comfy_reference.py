@@ -17,7 +17,8 @@ def comfy_batches(
     at spaces (line breaks read as spaces), and each word becomes a group of ids, the vocabulary
     entry ``word</w>`` if there is one, else the tokenizer's ids for the word alone; an
     embedding (here a textual-inversion token spelled as its vector names, `embeddings`: name ->
-    vector count) is one group of all its vectors. A group that does not fit what is left of the
+    vector count) is one group of all its vectors, and text glued after it (``<cat>,``) a word of
+    its own, as ComfyUI reads what follows an embedding's name. A group that does not fit what is left of the
     75-token batch ends the batch and starts the next, unless it holds 8 or more ids: then it
     fills the batch and continues in the next. BREAK ends the batch (clipcond's; ComfyUI reads
     it as a word)."""
@@ -33,6 +34,10 @@ def comfy_batches(
             word = words.pop(0)
             if word in embeddings:
                 names = [word, *(words.pop(0) for _ in range(embeddings[word] - 1))]
+                last = f"{word}_{embeddings[word] - 1}" if embeddings[word] > 1 else word
+                if names[-1] != last:  # text glued to the embedding's word: read as a word of its own
+                    words.insert(0, names[-1][len(last) :])
+                    names[-1] = last
                 groups.append((tokenizer.convert_tokens_to_ids(names), fragment.weight))
             elif f"{word}</w>" in vocab:
                 groups.append(([vocab[f"{word}</w>"]], fragment.weight))

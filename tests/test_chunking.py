@@ -400,6 +400,7 @@ COMFY_SPLIT_PROMPTS = {
     "a word of 7 tokens at the edge moves whole": [Fragment("dog " * 70 + "xqzvbnmkl cat", 1.0)],
     "glued punctuation moves with its word": [Fragment("dog " * 74 + "ultra, sharp", 1.0)],
     "line breaks and double spaces": [Fragment("ultra,\n" * 40 + "cat  " * 40, 1.0)],
+    "capital letters keep their own entries": [Fragment("A photo of A fox, vitamin D, " * 12, 1.0)],
     "weighted, with a BREAK": [
         Fragment("misty mountains, pine forest, " * 8, 1.0),
         Fragment("golden hour, ", 1.3),
@@ -436,11 +437,18 @@ def test_comfy_windows_differ_from_the_default_on_many_random_prompts(clip):
     assert 0 < differ < 40
 
 
-@pytest.mark.parametrize("name", list(_inversion_prompts()))
+def _glued_inversion_prompts() -> dict[str, list[Fragment]]:
+    toy = _spelled("<toy>", 5)
+    return {
+        f"{before} words, then <toy>,": [Fragment("dog " * before + toy + ", sits", 1.0)] for before in range(66, 76)
+    }
+
+
+@pytest.mark.parametrize("name", list(_inversion_prompts()) + list(_glued_inversion_prompts()))
 def test_comfy_window_split_counts_a_textual_inversion_as_one_word(clip_with_inversions, name):
     """A multi-vector token of fewer than 8 vectors moves whole, one of 8 or more is split at
     the edge, as ComfyUI places an embedding."""
-    tokenizer, prompt = clip_with_inversions, _inversion_prompts()[name]
+    tokenizer, prompt = clip_with_inversions, {**_inversion_prompts(), **_glued_inversion_prompts()}[name]
     (got,) = clip_windows(tokenizer, [prompt], 77, window_split="comfy")
     ids, weights = _expected_windows(tokenizer, comfy_batches(tokenizer, prompt, {"<toy>": 5, "<big>": 25}))
     assert got.ids.tolist() == ids
