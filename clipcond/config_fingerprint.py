@@ -23,7 +23,7 @@ import hashlib
 import inspect
 import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from torch import nn
@@ -32,12 +32,14 @@ from torch import nn
 _NOT_ARCHITECTURE = frozenset({"transformers_version", "torch_dtype", "dtype", "architectures"})
 
 
-def config_fingerprint(model: nn.Module) -> str:
-    """A sha256 hex digest of the settings `model`'s config holds beyond its library's defaults;
-    "" for a module without a transformers or diffusers config."""
+def config_fingerprint(model: nn.Module, ignore: Collection[str] = ()) -> str:
+    """A sha256 hex digest of the settings `model`'s config holds beyond its library's defaults,
+    but those named in `ignore` (settings that do not change what is stored); "" for a module
+    without a transformers or diffusers config."""
     settings = _config_settings(model)
     if settings is None:
         return ""
+    settings = {name: value for name, value in settings.items() if name not in ignore}
     text = json.dumps(settings, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -81,6 +81,7 @@ class ShardKind:
         reader: whose identity a reader expects, in messages ("the conditioner's").
         command: the command that writes them, in messages.
         model: whose weights the identity hashes, in messages ("encoder", "VAE").
+        settings: whose settings the identity holds, in messages ("conditioner", "VAE").
     """
 
     format: str
@@ -90,6 +91,7 @@ class ShardKind:
     reader: str
     command: str = "clipcond encode"
     model: str = "encoder"
+    settings: str = "conditioner"
 
     def shard_name(self) -> re.Pattern:
         return re.compile(rf"^{re.escape(self.prefix)}-(\d{{6,}})\.safetensors$")
@@ -160,9 +162,10 @@ class EmbeddingIdentity:
     weights: str
     settings: str
 
-    def difference(self, other: EmbeddingIdentity, model: str = "encoder") -> str | None:
-        """What differs from `other`, in words (None when nothing does); `model` names whose
-        weights the identity hashes ("encoder", "VAE")."""
+    def difference(self, other: EmbeddingIdentity, model: str = "encoder", settings: str = "conditioner") -> str | None:
+        """What differs from `other`, in words (None when nothing does); `model` and
+        `settings` name whose weights and settings the identity holds ("encoder" and
+        "conditioner", or "VAE" for both)."""
         if self.weights != other.weights:
             return f"{model} weights {self.weights[:12]}... instead of {other.weights[:12]}..."
         if self.settings != other.settings:
@@ -170,7 +173,7 @@ class EmbeddingIdentity:
             index = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
             part = mine[index] if index < len(mine) else "(nothing)"
             other_part = theirs[index] if index < len(theirs) else "(nothing)"
-            return f"conditioner settings {_around_difference(part, other_part)}"
+            return f"{settings} settings {_around_difference(part, other_part)}"
         return None
 
 
@@ -390,7 +393,7 @@ class KeyedShards:
         odd = [path for path, identity in found.items() if identity != reference]
         if found and len(odd) == len(found):
             raise StaleEmbeddings(
-                f"{argument}: {odd[0]} was encoded with {found[odd[0]].difference(reference, kind.model)} ({kind.reader}); these "
+                f"{argument}: {odd[0]} was encoded with {found[odd[0]].difference(reference, kind.model, kind.settings)} ({kind.reader}); these "
                 f"{kind.prefix} are stale: encode the {kind.item}s again into an empty folder with `{kind.command}`"
             )
         if formats and not found:
@@ -401,7 +404,9 @@ class KeyedShards:
                 f"{kind.prefix} with `{kind.command}` into an empty folder"
             )
         reasons = {path: f"is not a {kind.format} shard (its format: {form!r:.80})" for path, form in formats.items()}
-        reasons |= {path: f"was encoded with {found[path].difference(reference, kind.model)}" for path in odd}
+        reasons |= {
+            path: f"was encoded with {found[path].difference(reference, kind.model, kind.settings)}" for path in odd
+        }
         if reasons:
             bad = sorted(reasons)
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

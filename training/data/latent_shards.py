@@ -30,7 +30,14 @@ from clipcond.training.data.embedding_shards import (
 )
 
 LATENTS = ShardKind(
-    "clipcond-image-latents-v1", "latents", "latent", "image", "the run's VAE's", "clipcond encode --latents", "VAE"
+    "clipcond-image-latents-v1",
+    "latents",
+    "latent",
+    "image",
+    "the run's VAE's",
+    "clipcond encode --latents",
+    "VAE",
+    "VAE",
 )
 
 
@@ -70,14 +77,21 @@ def latent_moments(vae: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, 
     return distribution.mean.contiguous(), distribution.std.contiguous()
 
 
+# VAE settings the stored moments do not depend on: a run applies them when it reads the
+# latents (the scaling and shift), or the VAE's encoder never reads them (force_upcast is a
+# pipeline's choice of dtype; the moments are taken in the VAE's dtype, part of the identity)
+_READ_TIME_SETTINGS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
+
+
 def vae_identity(vae: nn.Module) -> EmbeddingIdentity:
     """What latents depend on besides the image: the VAE's weights (content hash), class, dtype
     and config (`clipcond.config_fingerprint`: the same weights under another activation or
-    norm setting encode differently)."""
+    norm setting encode differently), but the settings applied when the latents are read."""
     from clipcond.config_fingerprint import config_fingerprint
     from clipcond.fingerprint import weights_hash
 
-    return EmbeddingIdentity(weights_hash([vae]), f"{type(vae).__name__}|{vae.dtype}|config={config_fingerprint(vae)}")
+    config = config_fingerprint(vae, ignore=_READ_TIME_SETTINGS)
+    return EmbeddingIdentity(weights_hash([vae]), f"{type(vae).__name__}|{vae.dtype}|config={config}")
 
 
 class LatentShards(KeyedShards):
