@@ -136,6 +136,9 @@ def test_check_refuses_what_the_runner_cannot_wrap(tmp_path, index, message) -> 
     folder.mkdir()
     text = index if isinstance(index, str) else json.dumps(index)
     (folder / "model_index.json").write_text(text)
+    for name, entry in index.items() if isinstance(index, dict) else ():  # each component's folder
+        if isinstance(entry, list) and None not in entry:
+            (folder / name).mkdir()
     config = _config(tmp_path, [{"name": "px", "pipeline": str(folder)}])
     assert _cli(["experiment", str(config), "--check"]) == 2
     with pytest.raises(ValueError, match=message):
