@@ -84,6 +84,18 @@ def weights_in(module: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
             tensor.data = data
 
 
+def _quantization(model: nn.Module) -> str | None:
+    """What quantized `model`, or None: transformers' quantizer, else the tensor subclass of a
+    weight quantized in place (torchao's `quantize_`, bitsandbytes' modules)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        return type(quantizer).__name__
+    for parameter in model.parameters():
+        if type(parameter.data) is not torch.Tensor:
+            return type(parameter.data).__name__
+    return None
+
+
 @dataclass(eq=False)
 class TextEncoder:
     """A transformers text model with its tokenizer.
@@ -118,11 +130,11 @@ class TextEncoder:
         dtype = self.compute_dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`compute_dtype` must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-        if getattr(self.model, "hf_quantizer", None) is not None and dtype != self.weights_dtype:
+        quantized = _quantization(self.model)
+        if quantized is not None and dtype != self.weights_dtype:
             raise ValueError(
                 f"`compute_dtype` ({dtype}) runs {type(self.model).__name__} on a copy of its weights cast to it, but "
-                f"the model is quantized ({type(self.model.hf_quantizer).__name__}) and cannot be cast; load it with "
-                f"`torch_dtype={dtype}` instead"
+                f"the model is quantized ({quantized}) and cannot be cast; load it with `torch_dtype={dtype}` instead"
             )
 
     @contextmanager

@@ -320,6 +320,18 @@ def test_compute_dtype_on_a_quantized_encoder_is_refused_before_casting(tiny_t5_
     assert model.shared.weight.dtype == torch.float32
 
 
+def test_compute_dtype_on_a_model_quantized_in_place_is_refused(t5_tokenizer) -> None:
+    """torchao's `quantize_` on a built model leaves no `hf_quantizer`: its tensor subclass says so."""
+    quantization_backend("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = tiny_pipelines.clip_text_model(1).to(torch.bfloat16)
+    quantize_(model, Int8WeightOnlyConfig())
+    assert getattr(model, "hf_quantizer", None) is None
+    with pytest.raises(ValueError, match=r"`compute_dtype` \(torch.float32\) .* quantized \(\w+Tensor\)"):
+        TextConditioner("sd", clip=[(model, tiny_pipelines.clip_tokenizer())], compute_dtype=torch.float32)
+
+
 @pytest.mark.parametrize("value", ["float32", torch.int8, 32])
 def test_compute_dtype_must_be_a_floating_dtype(float_t5, t5_tokenizer, value) -> None:
     with pytest.raises(TypeError, match="`compute_dtype` must be a floating torch.dtype"):
