@@ -178,6 +178,11 @@ class TextConditioner:
         if emphasis is not None:  # part of the recipe, so of the cache key
             self.recipe = dataclasses.replace(self.recipe, emphasis=check_emphasis(emphasis))
         if window_split is not None:  # part of the recipe too
+            if not self.clip:
+                raise ValueError(
+                    f"`window_split` ({window_split!r}) says how CLIP windows are cut, and this conditioner has no CLIP "
+                    "encoder: its T5 reads one sequence, cut at its token budget (`max_sequence_length`)"
+                )
             self.recipe = dataclasses.replace(self.recipe, window_split=check_window_split(window_split))
         cleaning = cleaning_for(self.recipe.caption_cleaning, clean_caption)  # as used: part of the cache key
         if cleaning != self.recipe.caption_cleaning:

@@ -135,6 +135,13 @@ def test_max_sequence_length_is_checked_as_the_familys_call_checks_it(flux_pipe,
     assert TextConditioner.from_pipeline(pixart_pipe, max_sequence_length=600).recipe.t5_max_length == 600
 
 
+def test_window_split_without_a_clip_is_refused(pixart_pipe) -> None:
+    """PixArt has no CLIP: the setting would do nothing (it was taken silently)."""
+    with pytest.raises(ValueError, match=r"`window_split` \('word'\) says how CLIP windows are cut.* no CLIP"):
+        TextConditioner.from_pipeline(pixart_pipe, window_split="word")
+    assert TextConditioner.from_pipeline(pixart_pipe).recipe.window_split == "word"  # the row's, unread
+
+
 def test_max_sequence_length_without_a_t5_is_refused(sd_pipe, sdxl_pipe) -> None:
     """Before: taken silently by SD and SDXL, which have no T5 (where `clean_caption` was refused)."""
     for pipe in (sd_pipe, sdxl_pipe):
