@@ -345,7 +345,7 @@ def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_e
     try:
         for folder, expected in (
             (stale, "these latents are stale"),
-            (tmp_path / "locked", "is in use by another run"),
+            (tmp_path / "locked", "is in use by another run (pid"),
             (damaged, "is not a readable latent shard"),
         ):
             out = tmp_path / f"emb-{folder.name}"
@@ -363,6 +363,8 @@ def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_e
             assert clipcond([*argv, "--no-progress"]) == 2, folder
             lines = capsys.readouterr().err.strip().splitlines()
             assert lines[-1].startswith(f"error: --latents: {folder}") and expected in lines[-1], lines[-1]
+            if folder.name == "locked":  # the option that chooses another folder
+                assert lines[-1].endswith("choose another --latents"), lines[-1]
             assert not any("Traceback" in line for line in lines)
             assert encoder_calls == [] and not out.exists(), folder
     finally:

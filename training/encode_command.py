@@ -162,7 +162,7 @@ def _open_shards(shards: type, folder: Path, option: str, identity: Any, locks: 
 
     with user_errors(RunFolderError, EmbeddingShardError, context=f"{option}: "):
         if locks is not None:
-            locks.enter_context(RunFolderLock(folder))
+            locks.enter_context(RunFolderLock(folder, option))
         remove_temporary_files(folder, shards.kind)
         return shards(folder, identity, argument=str(folder), require_shards=False)
 

@@ -69,10 +69,13 @@ class RunFolderLock:
 
     Args:
         output_dir: the run folder.
+        option: what the user sets to choose another folder, in the message when it is in use
+            (``clipcond encode``'s ``--out``).
     """
 
-    def __init__(self, output_dir: str | os.PathLike) -> None:
+    def __init__(self, output_dir: str | os.PathLike, option: str = "output_dir") -> None:
         self.output_dir = Path(output_dir)
+        self.option = option
         self.path = self.output_dir / LOCK_FILE
         self._fd: int | None = None
 
@@ -153,4 +156,6 @@ class RunFolderLock:
                 f"{self.output_dir} is in use: its run ({holder}) has ended but a process it started (a data "
                 "loader worker?) still holds its lock; retry in a few seconds"
             )
-        return f"{self.output_dir} is in use by another run ({holder}); wait for it to end or choose another output_dir"
+        return (
+            f"{self.output_dir} is in use by another run ({holder}); wait for it to end or choose another {self.option}"
+        )
