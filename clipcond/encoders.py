@@ -12,6 +12,7 @@ weights in the compute dtype and puts the weights back after (`weights_in`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +56,20 @@ def weights_in(module: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
     if dtype is None:
         yield
         return
+    with _SWAPPING:
+        yield from _computing_on_copies(module, dtype)
+
+
+# Held while any weights are swapped: two threads encoding with one model (a server's threads
+# sharing a conditioner, or two conditioners over one pipeline's encoder) would each take the
+# other's copies for the originals and leave the model in the compute dtype. One lock for all
+# modules, since a module's parts (the CLIP's text projection) are swapped on their own too.
+# Reentrant: a part may be swapped inside its model's block.
+_SWAPPING = threading.RLock()
+
+
+def _computing_on_copies(module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """`weights_in`'s body, under `_SWAPPING`."""
     # (slots, name, tensor, its data): every tensor of every part, to put back exactly as it was
     # (a hook may replace a slot's tensor or move it: model offload moves the int buffers too).
     held = [
@@ -213,10 +228,12 @@ class TextEncoder:
 
     @property
     def weights_dtype(self) -> torch.dtype:
-        """Dtype of the model's first floating parameter (what its weights are stored in)."""
-        for parameter in self.model.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
+        """Dtype of the model's first floating parameter (what its weights are stored in); read
+        once no other thread computes on copies of the weights (`weights_in`)."""
+        with _SWAPPING:
+            for parameter in self.model.parameters():
+                if parameter.is_floating_point():
+                    return parameter.dtype
         return torch.float32
 
     @property

@@ -218,3 +218,46 @@ def test_a_disk_cache_shared_with_a_plain_conditioner_keeps_their_records_apart(
         "sd", clip=[(half, clip_tokenizer())], cache_dir=str(tmp_path), compute_dtype=torch.float32
     )
     assert torch.equal(shared.encode(PROMPT).tokens, expected)
+
+
+def test_threads_encoding_with_one_model_get_the_serial_results_and_leave_its_weights_alone() -> None:
+    """Threads sharing a bfloat16 CLIP with a projection through two conditioners (tokens and the
+    pooled state, read where it enters the projection) encode at once, each forward slowed so
+    that they overlap: every record equals the serial run's, and the weights end as the tensors
+    they were (`weights_in` holds one lock while weights are swapped)."""
+    import threading
+    import time
+
+    model = tiny_pipelines.clip_text_model(3, with_projection=True).to(torch.bfloat16)
+    state = model.state_dict(keep_vars=True)
+    before = {name: (tensor, tensor.data.clone(), tensor.dtype) for name, tensor in state.items()}
+    conditioners = [
+        TextConditioner("custom", clip=[(model, clip_tokenizer())], cache_size=0, compute_dtype=torch.float32)
+        for _ in range(2)
+    ]
+    prompts = [f"a red fox number {index}" for index in range(6)]
+    serial = {prompt: conditioners[0].encode_records([prompt])[0] for prompt in prompts}
+    assert serial[prompts[0]].pooled is not None
+    handle = model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
+    results, errors = {}, []
+
+    def encode(worker: int) -> None:
+        try:
+            for prompt in prompts[worker::3]:
+                results[prompt] = conditioners[worker % 2].encode_records([prompt])[0]
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=encode, args=(worker,)) for worker in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handle.remove()
+    assert errors == []
+    for prompt in prompts:
+        got, expected = results[prompt].tensors(), serial[prompt].tensors()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), prompt
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        original, values, dtype = before[name]
+        assert tensor is original and tensor.dtype == dtype and torch.equal(tensor.data, values), name
