@@ -1,6 +1,7 @@
 """What a `TextConditioner` is built from, checked before any work: encoders, recipe,
-clip-skip and the optional learned projection. Each check raises a ValueError or TypeError
-that names the argument and what was expected.
+clip-skip and the optional learned projection. Each check raises a ValueError or TypeError that names the argument and what was expected;
+numbers are read as `clipcond.scalars` reads them (numpy's integers are ints) and passed on as
+Python numbers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from clipcond.encoders import TextEncoder
 from clipcond.families import FAMILIES, Family, custom_recipe, get_family, get_recipe
 from clipcond.recipes import Recipe
+from clipcond.scalars import as_int
 
 if TYPE_CHECKING:  # the projection module needs diffusers; it is imported only when used
     from clipcond.projection import TextProjection
@@ -28,8 +30,10 @@ DEFAULT_MAX_BATCH_WINDOWS = 256
 
 
 def check_cache_size(value: object) -> int:
-    """`value` if it is an int >= 0 (0: no memory cache); a TypeError or ValueError naming
+    """`value` as a Python int if it is an int >= 0 (0: no memory cache; numpy's integers and
+    0-d integer tensors read as the int they hold); a TypeError or ValueError naming
     `cache_size` otherwise."""
+    value = as_int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`cache_size` must be an int >= 0 (prompts kept in memory), got {value!r}")
     if value < 0:
@@ -38,10 +42,12 @@ def check_cache_size(value: object) -> int:
 
 
 def check_max_batch_windows(value: object) -> int | None:
-    """`value` if it is None or a positive int; a TypeError or ValueError naming
+    """`value` if it is None or a positive int (as a Python int: numpy's integers and 0-d
+    integer tensors read as the int they hold); a TypeError or ValueError naming
     `max_batch_windows` otherwise."""
     if value is None:
         return None
+    value = as_int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`max_batch_windows` must be a positive int or None, got {value!r}")
     if value < 1:
@@ -142,9 +148,11 @@ def check_clip_layer(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
 
 
 def check_clip_skip(recipe: Recipe, clip: Sequence[TextEncoder], clip_skip: Any) -> int | None:
-    """`clip_skip` as an int the recipe and the shallowest CLIP can take (or None)."""
+    """`clip_skip` as a Python int the recipe and the shallowest CLIP can take (or None); numpy's
+    integers and 0-d integer tensors read as the int they hold."""
     if clip_skip is None:
         return None
+    clip_skip = as_int(clip_skip)
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
         raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
     if not clip or recipe.combine == "clip_pooled_t5_tokens":
@@ -193,6 +201,7 @@ def build_projection(
 
     if recipe.name != "custom":
         raise ValueError(f"`projection_dim` / `projection` are for the 'custom' recipe only, not {recipe.name!r}")
+    projection_dim = as_int(projection_dim)  # a Python int: it is saved in the projection's JSON config
     if projection_dim is not None and (
         isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1
     ):

@@ -196,11 +196,11 @@ class TextConditioner:
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
         self.max_batch_windows = check_max_batch_windows(max_batch_windows)
+        cache_size = check_cache_size(cache_size)
         self.t5_zeros = t5_zeros
         self.projection = build_projection(
             self.recipe, self.clip_width, self.t5_width, projection_dim, projection, self.encoders[0]
         )
-        cache_size = check_cache_size(cache_size)
         self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._tokenizer_fingerprints = TokenizerFingerprints()
@@ -407,7 +407,7 @@ class TextConditioner:
                 zeros (SDXL) or none (Flux): diffusers ignores them there.
         """
         prompts = as_prompt_list(prompt, "prompt")
-        check_images_per_prompt(num_images_per_prompt)
+        num_images_per_prompt = check_images_per_prompt(num_images_per_prompt)
         scaled = self.lora_scaled(lora_scale)
         extra = {"prompt_2": prompt_2, "prompt_3": prompt_3}
         negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
@@ -424,7 +424,7 @@ class TextConditioner:
         else:
             self._check_unread_negatives(negative_extra)
         if num_inference_steps is not None:  # an edit that never changes reads its one text
-            check_steps(num_inference_steps)
+            num_inference_steps = check_steps(num_inference_steps)
             items = fixed_prompts(items, num_inference_steps)
             if negative_items is not None:
                 negative_items = fixed_prompts(negative_items, num_inference_steps, negative=True)
@@ -497,7 +497,7 @@ class TextConditioner:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")
         elif any(negative_extra.values()):
             raise ValueError("`negative_prompt_2` / `negative_prompt_3` need `negative_prompt` (their default)")
-        check_steps(num_inference_steps)
+        num_inference_steps = check_steps(num_inference_steps)
         with self.lora_scaled(lora_scale):
             return build_schedule(self._scheduled_embeds, items, negative_items, num_inference_steps)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from clipcond.recipes import Combine, Recipe
+from clipcond.scalars import as_int
 
 
 @dataclass(frozen=True)
@@ -351,8 +352,9 @@ def _checked_t5_length(length: Any, family: Family, class_name: str) -> int | No
         return None
     if family.t5 == "absent":
         raise ValueError(f"`max_sequence_length` is the T5's token budget; {class_name} has no T5")
+    given, length = length, as_int(length)  # numpy's integers read as the int they hold
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ValueError(f"`max_sequence_length` must be an int >= 2 (EOS and one token), got {length!r}")
+        raise ValueError(f"`max_sequence_length` must be an int >= 2 (EOS and one token), got {given!r}")
     if family.max_t5_length is not None and length > family.max_t5_length:
         raise ValueError(
             f"`max_sequence_length` cannot be greater than {family.max_t5_length} for {class_name} (as its "

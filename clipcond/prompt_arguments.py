@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from clipcond.scalars import as_int
+
 Reading = tuple[str, ...]
 
 # The per-encoder arguments besides `prompt` / `negative_prompt`, in diffusers' spelling.
@@ -54,11 +56,13 @@ def negative_prompt_list(negative_prompt: Any, count: int) -> list[str] | None:
     return negatives
 
 
-def check_images_per_prompt(num_images_per_prompt: Any) -> None:
-    """A ValueError unless `num_images_per_prompt` is an int >= 1."""
-    value = num_images_per_prompt
+def check_images_per_prompt(num_images_per_prompt: Any) -> int:
+    """`num_images_per_prompt` as a Python int (numpy's integers and 0-d integer tensors read as
+    the int they hold, as diffusers reads them); a ValueError unless it is an int >= 1."""
+    value = as_int(num_images_per_prompt)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {value!r}")
+        raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+    return value
 
 
 def check_readers(readers: Sequence[str], given: Mapping[str, Any], recipe_name: str) -> None:

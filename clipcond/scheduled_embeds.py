@@ -26,6 +26,7 @@ import torch
 from clipcond.config import quoted
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
+from clipcond.scalars import as_int
 from clipcond.schedule import fixed_text, has_editing, has_schedule, split_and, texts_per_step
 
 # A text every encoder reads, or one text per encoder.
@@ -204,10 +205,13 @@ class StepSwap:
             )
 
 
-def check_steps(num_inference_steps: Any) -> None:
-    """A ValueError unless `num_inference_steps` is an int >= 1."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+def check_steps(num_inference_steps: Any) -> int:
+    """`num_inference_steps` as a Python int (numpy's integers and 0-d integer tensors read as
+    the int they hold); a ValueError unless it is an int >= 1."""
+    steps = as_int(num_inference_steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
+    return steps
 
 
 def fixed_prompts(prompts: Sequence[PromptText], num_inference_steps: int, negative: bool = False) -> list[PromptText]:
@@ -255,7 +259,7 @@ def schedule_for_pipeline(
                 "`num_inference_steps` (the number the pipeline will run)"
             )
         return None
-    check_steps(num_inference_steps)
+    num_inference_steps = check_steps(num_inference_steps)
     if not any(has_schedule(text, num_inference_steps) for text in texts):
         return None
     schedule = build_schedule(encode, prompts, negatives, num_inference_steps)

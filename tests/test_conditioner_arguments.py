@@ -1,0 +1,117 @@
+"""`TextConditioner`'s arguments as users pass them (probe11_api, the core side).
+
+- Numbers: numpy's integers and 0-d integer tensors, which diffusers takes wherever it takes an
+  int (`encode_prompt(num_images_per_prompt=np.int64(2))`), give what the Python int gives (and
+  diffusers' `encode_prompt` where it has the argument); what is kept is a Python int.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_pipelines import clip_text_model
+
+from clipcond import TextConditioner
+from clipcond.tokenization import clip_tokenizer
+
+PROMPTS = ["a photo of an astronaut riding a horse", "two red circles"]
+LONG_PROMPT = ", ".join(f"a {color} circle above a {color} square" for color in ("red", "blue", "green") * 5)
+# What users hold: numpy's integers (np.arange, an array's shape) and a 0-d tensor.
+INTEGERS = [np.int64, np.int32, lambda value: torch.tensor(value)]
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # as inside a pipeline call (and diffusers' encode_prompt references)
+        yield
+
+
+def _sd_conditioner(**kwargs) -> TextConditioner:
+    """A fresh SD conditioner over its own tiny CLIP (safe to move, cast and count)."""
+    return TextConditioner("sd", clip=[(clip_text_model(0), clip_tokenizer())], **kwargs)
+
+
+# ------------------------------------------------------------------ numpy and 0-d tensor integers
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_images_per_prompt_as_numpy_equals_diffusers(sd_pipe, integer) -> None:
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    kwargs = cond.pipeline_kwargs(PROMPTS, "blurry", num_images_per_prompt=integer(2))
+    expected = sd_pipe.encode_prompt(PROMPTS, "cpu", 2, True, ["blurry"] * len(PROMPTS))
+    close(kwargs["prompt_embeds"], expected[0])
+    close(kwargs["negative_prompt_embeds"], expected[1])
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_steps_as_numpy_equal_the_python_int(sd_pipe, integer) -> None:
+    """`schedule` and `pipeline_kwargs(num_inference_steps=...)` (no diffusers peer: its
+    pipelines read no prompt editing) give what 4 gives."""
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    prompt = "a [cat:dog:0.5] on a lawn"
+    schedule, expected = cond.schedule(prompt, integer(4), "blurry"), cond.schedule(prompt, 4, "blurry")
+    assert type(schedule.num_steps) is int and schedule.num_steps == 4
+    for step in range(4):
+        assert schedule.rows_at(step) == expected.rows_at(step)
+        close(schedule.embeds_at(step)[0].tokens, expected.embeds_at(step)[0].tokens)
+        close(schedule.embeds_at(step)[1].tokens, expected.embeds_at(step)[1].tokens)
+    kwargs, python = (cond.pipeline_kwargs(prompt, num_inference_steps=steps) for steps in (integer(4), 4))
+    close(kwargs["prompt_embeds"], python["prompt_embeds"])
+    assert kwargs["callback_on_step_end"].schedule.num_steps == 4
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_clip_skip_as_numpy_equals_diffusers(sdxl_pipe, integer) -> None:
+    cond = TextConditioner.from_pipeline(sdxl_pipe, clip_skip=integer(1), cache_size=0)
+    assert type(cond.clip_skip) is int and cond.clip_skip == 1
+    expected = sdxl_pipe.encode_prompt(prompt=PROMPTS, device="cpu", do_classifier_free_guidance=False, clip_skip=1)
+    embeds = cond.encode(PROMPTS)
+    close(embeds.tokens, expected[0])
+    close(embeds.pooled, expected[2])
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_max_sequence_length_as_numpy_equals_diffusers(flux_pipe, integer) -> None:
+    cond = TextConditioner.from_pipeline(flux_pipe, max_sequence_length=integer(64), cache_size=0)
+    assert type(cond.recipe.t5_max_length) is int and cond.recipe.t5_max_length == 64
+    prompt_embeds, pooled, _ = flux_pipe.encode_prompt(
+        prompt=PROMPTS, prompt_2=None, device="cpu", max_sequence_length=64
+    )
+    kwargs = cond.pipeline_kwargs(PROMPTS)
+    close(kwargs["prompt_embeds"], prompt_embeds)
+    close(kwargs["pooled_prompt_embeds"], pooled)
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_cache_size_and_max_batch_windows_as_numpy(integer) -> None:
+    cond = _sd_conditioner(cache_size=integer(8), max_batch_windows=integer(1))
+    assert type(cond.cache.max_entries) is int and cond.cache.max_entries == 8
+    assert type(cond.max_batch_windows) is int and cond.max_batch_windows == 1
+    python = _sd_conditioner(cache_size=8, max_batch_windows=1)
+    close(cond.encode([LONG_PROMPT, *PROMPTS]).tokens, python.encode([LONG_PROMPT, *PROMPTS]).tokens)
+
+
+@pytest.mark.parametrize("integer", INTEGERS)
+def test_projection_dim_as_numpy_is_a_python_int_in_the_config(integer, tmp_path) -> None:
+    torch.manual_seed(1)
+    cond = TextConditioner("custom", clip=[(clip_text_model(0), clip_tokenizer())], projection_dim=integer(8))
+    torch.manual_seed(1)
+    python = TextConditioner("custom", clip=[(clip_text_model(0), clip_tokenizer())], projection_dim=8)
+    assert type(cond.projection.config.projection_dim) is int and cond.token_width == 8
+    close(cond.encode(PROMPTS).tokens, python.encode(PROMPTS).tokens)
+    cond.projection.save_pretrained(tmp_path)  # its JSON config holds the int
+    assert (tmp_path / "config.json").stat().st_size > 0
+
+
+@pytest.mark.parametrize("value", [2.0, True, np.bool_(True), torch.tensor(2.0), "2", 0, np.int64(0)])
+def test_what_is_no_count_is_still_refused(sd_pipe, value) -> None:
+    cond = TextConditioner.from_pipeline(sd_pipe)
+    with pytest.raises(ValueError, match="`num_images_per_prompt` must be an int >= 1"):
+        cond.pipeline_kwargs("a", num_images_per_prompt=value)
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an int >= 1"):
+        cond.schedule("a [cat:dog:0.5]", value)
