@@ -44,13 +44,16 @@ class EmbeddingCache:
 
     Args:
         max_entries: records kept in memory (0 disables the memory level).
-        directory: folder for safetensors files (created if missing), or None for memory only.
+        directory: folder for safetensors files (created if missing), or None for memory only
+            (a blank string is refused: it would be the current folder).
             A folder that cannot be created leaves the cache in memory only, with a warning.
     """
 
     def __init__(self, max_entries: int = 512, directory: str | os.PathLike | None = None) -> None:
         if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 0:
             raise ValueError(f"`max_entries` must be an int >= 0, got {max_entries!r}")
+        if isinstance(directory, str) and not directory.strip():  # Path("") is the current folder
+            raise ValueError(f"`directory` must be a folder path or None (memory only), got {directory!r}")
         self.max_entries = max_entries
         self.directory = None if directory is None else _usable_directory(Path(directory))
         self._memory: OrderedDict[str, EncodedPrompt] = OrderedDict()

@@ -1,5 +1,5 @@
 """What a `TextConditioner` is built from, checked before any work: encoders, recipe,
-clip-skip and the optional learned projection. Each check raises a ValueError or TypeError that names the argument and what was expected;
+clip-skip, the optional learned projection and the cache. Each check raises a ValueError or TypeError that names the argument and what was expected;
 numbers are read as `clipcond.scalars` reads them (numpy's integers are ints) and passed on as
 Python numbers.
 """
@@ -7,6 +7,7 @@ Python numbers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,22 @@ def check_cache_size(value: object) -> int:
         raise TypeError(f"`cache_size` must be an int >= 0 (prompts kept in memory), got {value!r}")
     if value < 0:
         raise ValueError(f"`cache_size` must be an int >= 0 (prompts kept in memory), got {value}")
+    return value
+
+
+def check_cache_dir(value: object) -> str | os.PathLike | None:
+    """`value` if it is None or a folder path; a TypeError or ValueError naming `cache_dir`
+    otherwise. A blank string (what ``os.environ.get("CACHE", "")`` gives when the variable is
+    unset) is refused: `Path("")` is the current folder, where entries would be written."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`cache_dir` must be a folder path or None, got {type(value).__name__} {value!r}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(
+            f"`cache_dir` must be a folder path or None (no disk cache), got {value!r}; "
+            'pass cache_dir="." to cache in the current folder'
+        )
     return value
 
 

@@ -36,6 +36,7 @@ from clipcond.conditioner_setup import (
     EncoderLike,
     as_encoders,
     build_projection,
+    check_cache_dir,
     check_cache_size,
     check_clip_layer,
     check_clip_skip,
@@ -196,12 +197,12 @@ class TextConditioner:
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
         self.max_batch_windows = check_max_batch_windows(max_batch_windows)
-        cache_size = check_cache_size(cache_size)
+        cache_size, cache_dir = check_cache_size(cache_size), check_cache_dir(cache_dir)
         self.t5_zeros = t5_zeros
         self.projection = build_projection(
             self.recipe, self.clip_width, self.t5_width, projection_dim, projection, self.encoders[0]
         )
-        self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir) else None
+        self.cache = EmbeddingCache(cache_size, cache_dir) if (cache_size or cache_dir is not None) else None
         self._watch = WeightsWatch([encoder.model for encoder in self.encoders])
         self._tokenizer_fingerprints = TokenizerFingerprints()
         self._config_fingerprints = ConfigFingerprints()

@@ -3,6 +3,7 @@
 - Numbers: numpy's integers and 0-d integer tensors, which diffusers takes wherever it takes an
   int (`encode_prompt(num_images_per_prompt=np.int64(2))`), give what the Python int gives (and
   diffusers' `encode_prompt` where it has the argument); what is kept is a Python int.
+- `cache_dir=""` is refused (it was the current folder, where entries were written).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from tiny_pipelines import clip_text_model
 
 from clipcond import TextConditioner
+from clipcond.cache import EmbeddingCache
 from clipcond.tokenization import clip_tokenizer
 
 PROMPTS = ["a photo of an astronaut riding a horse", "two red circles"]
@@ -115,3 +117,20 @@ def test_what_is_no_count_is_still_refused(sd_pipe, value) -> None:
         cond.pipeline_kwargs("a", num_images_per_prompt=value)
     with pytest.raises(ValueError, match="`num_inference_steps` must be an int >= 1"):
         cond.schedule("a [cat:dog:0.5]", value)
+
+
+# ------------------------------------------------------------------ cache_dir
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_cache_dir_is_refused_and_nothing_is_written(blank, tmp_path, monkeypatch) -> None:
+    """What os.environ.get("CACHE", "") gives: it was Path("") (the current folder), and encode
+    wrote <key>.safetensors files there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"`cache_dir` must be a folder path or None"):
+        _sd_conditioner(cache_dir=blank)
+    with pytest.raises(ValueError, match=r"`directory` must be a folder path or None"):
+        EmbeddingCache(8, blank)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match="`cache_dir` must be a folder path or None, got int"):
+        _sd_conditioner(cache_dir=3)
