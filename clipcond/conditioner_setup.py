@@ -1,5 +1,6 @@
 """What a `TextConditioner` is built from, checked before any work: encoders, recipe,
-clip-skip, the optional learned projection and the cache. Each check raises a ValueError or TypeError that names the argument and what was expected;
+clip-skip, the optional learned projection and the cache (and where `TextConditioner.to` moves
+it). Each check raises a ValueError or TypeError that names the argument and what was expected;
 numbers are read as `clipcond.scalars` reads them (numpy's integers are ints) and passed on as
 Python numbers.
 """
@@ -56,6 +57,27 @@ def check_cache_dir(value: object) -> str | os.PathLike | None:
             'pass cache_dir="." to cache in the current folder'
         )
     return value
+
+
+def device_and_dtype(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """(device, dtype) of a ``to(device, dtype)`` call, read as `torch.nn.Module.to` reads them:
+    a dtype given first (``to(torch.float16)``) is the dtype. A TypeError naming `dtype` for one
+    that is no floating `torch.dtype` (a string included, as torch refuses it), a ValueError
+    naming `device` for one torch cannot name; checked before anything moves."""
+    if isinstance(device, torch.dtype):
+        if dtype is not None:
+            raise TypeError(f"`to` takes one dtype, got {device} and {dtype!r}")
+        device, dtype = None, device
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    if device is None:
+        return None, dtype
+    try:
+        return torch.device(device), dtype
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`device` must be a torch.device or its name ('cpu', 'cuda', 'cuda:1'), got {device!r} ({error})"
+        ) from None
 
 
 def check_max_batch_windows(value: object) -> int | None:

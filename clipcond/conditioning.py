@@ -42,6 +42,7 @@ from clipcond.conditioner_setup import (
     check_clip_skip,
     check_encoders,
     check_max_batch_windows,
+    device_and_dtype,
     family_of,
     resolve_recipe,
 )
@@ -293,8 +294,19 @@ class TextConditioner:
                 pooled_dtype = torch.promote_types(pooled_dtype, encoder.dtype)
         return clip_dtype, tokens_dtype, pooled_dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextConditioner:
-        """Move (and cast) the encoders and the projection; returns self."""
+    def to(
+        self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> TextConditioner:
+        """Move (and cast) the encoders and the projection; returns self. Takes what
+        `torch.nn.Module.to` and `DiffusionPipeline.to` take: ``to("cuda")``,
+        ``to(torch.float16)``, ``to("cuda", torch.float16)``, ``to(device=..., dtype=...)``.
+
+        Raises:
+            TypeError: a `dtype` that is not a floating `torch.dtype` (a string such as
+                "float16" included, as `torch.nn.Module.to` refuses it), or two dtypes.
+            ValueError: a `device` torch cannot name. Nothing has moved then.
+        """
+        device, dtype = device_and_dtype(device, dtype)
         for encoder in self.encoders:
             encoder.model.to(device=device, dtype=dtype)
         if self.projection is not None:

@@ -4,9 +4,12 @@
   int (`encode_prompt(num_images_per_prompt=np.int64(2))`), give what the Python int gives (and
   diffusers' `encode_prompt` where it has the argument); what is kept is a Python int.
 - `cache_dir=""` is refused (it was the current folder, where entries were written).
+- `to(torch.float16)` reads the dtype as `torch.nn.Module.to` does.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -134,3 +137,34 @@ def test_a_blank_cache_dir_is_refused_and_nothing_is_written(blank, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(TypeError, match="`cache_dir` must be a folder path or None, got int"):
         _sd_conditioner(cache_dir=3)
+
+
+# ------------------------------------------------------------------ to()
+
+
+@pytest.mark.parametrize("call", ["dtype", "device, dtype", "keywords"])
+def test_to_takes_a_dtype_as_torch_does(call) -> None:
+    """`to(torch.float64)` casts as `torch.nn.Module.to(torch.float64)` does (it passed the
+    dtype as the device, and torch refused the combination)."""
+    cond = _sd_conditioner(cache_size=0)
+    reference = TextConditioner("sd", clip=[(copy.deepcopy(cond.clip[0].model).to(torch.float64), clip_tokenizer())])
+    moved = {
+        "dtype": lambda: cond.to(torch.float64),
+        "device, dtype": lambda: cond.to("cpu", torch.float64),
+        "keywords": lambda: cond.to(device="cpu", dtype=torch.float64),
+    }[call]()
+    assert moved is cond and cond.dtype == torch.float64
+    close(cond.encode(PROMPTS).tokens, reference.encode(PROMPTS).tokens)
+
+
+def test_to_refuses_what_torch_refuses_before_moving_anything() -> None:
+    cond = _sd_conditioner()
+    with pytest.raises(TypeError, match=r"`dtype` must be a floating torch.dtype .* got 'float64'"):
+        cond.to("cpu", "float64")
+    with pytest.raises(TypeError, match="`dtype` must be a floating torch.dtype"):
+        cond.to(torch.int64)
+    with pytest.raises(TypeError, match="takes one dtype"):
+        cond.to(torch.float64, torch.float16)
+    with pytest.raises(ValueError, match="`device` must be a torch.device or its name"):
+        cond.to("float16")
+    assert cond.dtype == torch.float32
