@@ -64,7 +64,7 @@ from clipcond.prompt_arguments import (
 )
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.recipes import Recipe
-from clipcond.record_spec import RecordSpec, expected_record
+from clipcond.record_spec import RecordSpec, check_record, check_records, expected_record
 from clipcond.records import EncodedPrompt
 from clipcond.scheduled_embeds import (
     PromptSchedule,
@@ -657,10 +657,19 @@ class TextConditioner:
         Args:
             records: one per prompt, all of this conditioner's `record_spec`.
             empty_prompt: the record of "" for padding; None: encoded (or cached) here.
+
+        Raises:
+            TypeError, ValueError: `records` empty, or a record (or `empty_prompt`) that is no
+                `EncodedPrompt` or differs from `record_spec` (tensor names, shapes, dtypes), naming
+                its index and what differs; checked before any work.
         """
+        spec = self.record_spec
+        records = check_records(records, spec)
         if not records:
             raise ValueError("`records` must hold at least one EncodedPrompt")
-        return self._assemble(list(records), empty_prompt)
+        if empty_prompt is not None:
+            empty_prompt = check_record(empty_prompt, spec, "empty_prompt")
+        return self._assemble(records, empty_prompt)
 
     # ------------------------------------------------------------------ encoding
 

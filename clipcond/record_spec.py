@@ -3,17 +3,20 @@
 The disk cache checks every entry it reads against the spec of the conditioner asking
 (`expected_record`), so a file that parses but holds the wrong tensors (another model's
 width, a cast, NaNs, a missing or extra tensor) is a miss instead of a wrong answer.
+`TextConditioner.assemble` checks the records it is given against it too (`check_records`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from clipcond.encoders import TextEncoder
 from clipcond.recipes import Recipe
+from clipcond.records import EncodedPrompt
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,10 @@ class RecordSpec:
 
     tensors: Mapping[str, TensorSpec]
 
-    def problem(self, tensors: Mapping[str, torch.Tensor]) -> str | None:
-        """What is wrong with `tensors` as a record of this spec (names, shapes, dtypes, finite
-        values), or None when they fit."""
+    def problem(self, tensors: Mapping[str, torch.Tensor], finite: bool = True) -> str | None:
+        """What is wrong with `tensors` as a record of this spec (names, shapes, dtypes and,
+        with `finite`, finite values), or None when they fit. Without `finite` only the
+        tensors' metadata is read (no device sync)."""
         missing = sorted(set(self.tensors) - set(tensors))
         if missing:
             return f"missing tensors {missing}"
@@ -60,9 +64,40 @@ class RecordSpec:
                 return f"`{name}` has shape {tuple(tensor.shape)}, expected {spec.describe()}"
             if tensor.dtype != spec.dtype:
                 return f"`{name}` is {tensor.dtype}, expected {spec.dtype}"
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return f"`{name}` holds NaN or infinite values"
         return None
+
+    def describe(self) -> str:
+        """Each tensor's name, shape and dtype, as text."""
+        return ", ".join(f"{name} {spec.describe()} {spec.dtype}" for name, spec in self.tensors.items())
+
+
+def check_records(records: Any, spec: RecordSpec, argument: str = "records") -> list[EncodedPrompt]:
+    """`records` as a list, each an `EncodedPrompt` of `spec` (`check_record`, named
+    ``records[i]``); a TypeError naming `argument` for what is no list of records."""
+    if isinstance(records, (EncodedPrompt, torch.Tensor, str)) or not isinstance(records, Sequence):
+        raise TypeError(f"`{argument}` must be a list of EncodedPrompt, got {type(records).__name__}")
+    return [check_record(record, spec, f"{argument}[{index}]") for index, record in enumerate(records)]
+
+
+def check_record(record: Any, spec: RecordSpec, name: str) -> EncodedPrompt:
+    """`record` if it is an `EncodedPrompt` holding the tensors of `spec` (names, shapes, dtypes;
+    values are not read). A TypeError or ValueError naming `name` and what differs otherwise:
+    a record of another conditioner (another width or dtype, another recipe's tensors) would
+    assemble into embeddings of the wrong shape, or fail deep in torch."""
+    if not isinstance(record, EncodedPrompt):
+        raise TypeError(f"`{name}` must be an EncodedPrompt, got {type(record).__name__}")
+    tensors = record.tensors()
+    for field, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"`{name}.{field}` must be a tensor, got {type(tensor).__name__}")
+    problem = spec.problem(tensors, finite=False)
+    if problem is not None:
+        raise ValueError(
+            f"`{name}` is not a record of this conditioner: {problem} (its `record_spec`: {spec.describe()})"
+        )
+    return record
 
 
 def _joined_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:

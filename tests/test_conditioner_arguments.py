@@ -5,6 +5,7 @@
   diffusers' `encode_prompt` where it has the argument); what is kept is a Python int.
 - `cache_dir=""` is refused (it was the current folder, where entries were written).
 - `to(torch.float16)` reads the dtype as `torch.nn.Module.to` does.
+- `assemble` checks its records against `record_spec` before any work.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tiny_pipelines import clip_text_model
 
 from clipcond import TextConditioner
 from clipcond.cache import EmbeddingCache
+from clipcond.records import EncodedPrompt
 from clipcond.tokenization import clip_tokenizer
 
 PROMPTS = ["a photo of an astronaut riding a horse", "two red circles"]
@@ -168,3 +170,53 @@ def test_to_refuses_what_torch_refuses_before_moving_anything() -> None:
     with pytest.raises(ValueError, match="`device` must be a torch.device or its name"):
         cond.to("float16")
     assert cond.dtype == torch.float32
+
+
+# ------------------------------------------------------------------ assemble()
+
+
+def test_assemble_refuses_records_of_another_conditioner_before_any_work() -> None:
+    """Records of a 16-wide CLIP gave (1, 77, 16) embeddings from a 32-wide conditioner; a mix
+    failed in torch.stack, None in an AttributeError."""
+    cond = _sd_conditioner(cache_size=0)
+    narrow = TextConditioner(
+        "sd",
+        clip=[(clip_text_model(5, hidden_size=16, intermediate_size=20, num_attention_heads=2), clip_tokenizer())],
+    )
+    mine, theirs = cond.encode_records(["a"])[0], narrow.encode_records([LONG_PROMPT])[0]
+    calls = []
+    cond.clip[0].model.register_forward_pre_hook(lambda *_: calls.append(1))
+    cases = [
+        (
+            [theirs],
+            ValueError,
+            r"`records\[0\]` is not a record of this conditioner: `clip_tokens` has shape \(2, 77, 16\)",
+        ),
+        ([mine, theirs], ValueError, r"`records\[1\]` .* expected \(windows, 77, 32\)"),
+        ([mine, EncodedPrompt(clip_tokens=mine.clip_tokens.double())], ValueError, r"`records\[1\]` .*torch.float64"),
+        ([EncodedPrompt()], ValueError, r"`records\[0\]` .*missing tensors \['clip_tokens'\]"),
+        (
+            [EncodedPrompt(mine.clip_tokens, pooled=mine.clip_tokens[0, 0])],
+            ValueError,
+            r"unexpected tensors \['pooled'\]",
+        ),
+        ([None], TypeError, r"`records\[0\]` must be an EncodedPrompt, got NoneType"),
+        ([mine.clip_tokens], TypeError, r"`records\[0\]` must be an EncodedPrompt, got Tensor"),
+        (mine, TypeError, r"`records` must be a list of EncodedPrompt, got EncodedPrompt"),
+    ]
+    for records, error, message in cases:
+        with pytest.raises(error, match=message):
+            cond.assemble(records)
+    with pytest.raises(
+        ValueError, match=r"`empty_prompt` is not a record of this conditioner: `clip_tokens` has shape \(1, 77, 16\)"
+    ):
+        cond.assemble([mine], empty_prompt=narrow.encode_records([""])[0])
+    assert calls == []
+
+
+def test_assemble_takes_records_of_an_equal_conditioner(sd_pipe) -> None:
+    """Records of another conditioner with this one's spec (the same pipeline) assemble into the
+    embeddings diffusers' encode_prompt gives."""
+    records = TextConditioner.from_pipeline(sd_pipe).encode_records(PROMPTS)
+    embeds = TextConditioner.from_pipeline(sd_pipe, cache_size=0).assemble(tuple(records))
+    close(embeds.tokens, sd_pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0])
