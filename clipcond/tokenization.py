@@ -19,6 +19,7 @@ import gzip
 import html
 import importlib.resources
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -232,6 +233,20 @@ class CLIPTokenizerWithTextCleaning(_TransformersCLIPTokenizer):
         return saved
 
 
+def _checked_max_length(value: Any) -> int:
+    """`model_max_length` as a Python int >= 2 (a numpy integer reads as the int it holds); a
+    TypeError or ValueError naming it otherwise, before a tokenizer exists that every call
+    would fail on."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`model_max_length` must be an int (the encoder's context length, 77 for CLIP), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if value < 2:
+        raise ValueError(f"`model_max_length` must be at least 2 (bos and eos), got {value}")
+    return int(value)
+
+
 def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) -> CLIPTokenizerWithTextCleaning:
     """Build OpenAI's CLIP tokenizer offline from the vocabulary shipped with clipcond.
 
@@ -256,8 +271,7 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) 
         does not depend on the pad; the hidden states at the padding positions, which SD
         conditioning reads, do. Building takes a fraction of a second; keep the instance.
     """
-    if model_max_length < 2:
-        raise ValueError(f"model_max_length must be at least 2 (bos and eos), got {model_max_length}")
+    model_max_length = _checked_max_length(model_max_length)
     vocab, merges = load_clip_bpe()
     if pad_token not in vocab:
         raise ValueError(

@@ -6,6 +6,7 @@
 - `cache_dir=""` is refused (it was the current folder, where entries were written).
 - `to(torch.float16)` reads the dtype as `torch.nn.Module.to` does.
 - `assemble` checks its records against `record_spec` before any work.
+- `clip_tokenizer(model_max_length=...)` refuses what is no int.
 """
 
 from __future__ import annotations
@@ -220,3 +221,20 @@ def test_assemble_takes_records_of_an_equal_conditioner(sd_pipe) -> None:
     records = TextConditioner.from_pipeline(sd_pipe).encode_records(PROMPTS)
     embeds = TextConditioner.from_pipeline(sd_pipe, cache_size=0).assemble(tuple(records))
     close(embeds.tokens, sd_pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0])
+
+
+# ------------------------------------------------------------------ clip_tokenizer
+
+
+@pytest.mark.parametrize("value", [77.0, "77", None, True])
+def test_clip_tokenizer_refuses_a_length_that_is_no_int(value) -> None:
+    """77.0 was taken and every tokenization then failed; "77" and None failed on `<`."""
+    with pytest.raises(TypeError, match=r"`model_max_length` must be an int"):
+        clip_tokenizer(model_max_length=value)
+
+
+def test_clip_tokenizer_takes_a_numpy_length() -> None:
+    tokenizer = clip_tokenizer(model_max_length=np.int64(20))
+    assert type(tokenizer.model_max_length) is int
+    expected = clip_tokenizer(model_max_length=20)("a red cat", padding="max_length", truncation=True).input_ids
+    assert tokenizer("a red cat", padding="max_length", truncation=True).input_ids == expected
