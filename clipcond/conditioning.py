@@ -21,6 +21,7 @@ docstrings (each argument, each mode) are most of it; the work is in the modules
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -819,6 +820,10 @@ class TextConditioner:
         from clipcond.encoder_loading import load_clip_encoder, load_t5_encoder
 
         if not isinstance(config, ConditionerConfig):
+            if not isinstance(config, (str, os.PathLike)):
+                raise TypeError(
+                    f"`config` must be a ConditionerConfig or the path of its YAML file, got {type(config).__name__}"
+                )
             config = ConditionerConfig.from_yaml(config)
         dtype = config.torch_dtype
         return cls(

@@ -6,7 +6,7 @@
 - `cache_dir=""` is refused (it was the current folder, where entries were written).
 - `to(torch.float16)` reads the dtype as `torch.nn.Module.to` does.
 - `assemble` checks its records against `record_spec` before any work.
-- `clip_tokenizer(model_max_length=...)` refuses what is no int.
+- `clip_tokenizer(model_max_length=...)` and `from_config(...)` refuse what is no int / config.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def test_assemble_takes_records_of_an_equal_conditioner(sd_pipe) -> None:
     close(embeds.tokens, sd_pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0])
 
 
-# ------------------------------------------------------------------ clip_tokenizer
+# ------------------------------------------------------------------ clip_tokenizer, from_config
 
 
 @pytest.mark.parametrize("value", [77.0, "77", None, True])
@@ -238,3 +238,9 @@ def test_clip_tokenizer_takes_a_numpy_length() -> None:
     assert type(tokenizer.model_max_length) is int
     expected = clip_tokenizer(model_max_length=20)("a red cat", padding="max_length", truncation=True).input_ids
     assert tokenizer("a red cat", padding="max_length", truncation=True).input_ids == expected
+
+
+@pytest.mark.parametrize("config", [None, {"recipe": "sd"}, 3])
+def test_from_config_names_what_it_takes(config) -> None:
+    with pytest.raises(TypeError, match="`config` must be a ConditionerConfig or the path of its YAML file, got"):
+        TextConditioner.from_config(config)
