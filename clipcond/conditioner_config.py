@@ -111,6 +111,8 @@ class ConditionerConfig:
         if self.recipe not in RECIPE_NAMES:
             raise ValueError(f"unknown `recipe` {self.recipe!r}; expected one of {RECIPE_NAMES}")
         check_max_batch_windows(self.max_batch_windows)
+        if self.cache_dir is not None and not self.cache_dir.strip():
+            raise ValueError("`cache_dir` must be a folder path or null, got an empty string")
         if not self.clip and self.t5 is None:
             raise ValueError("a conditioner config needs at least one encoder under `clip` or `t5`")
         custom_only = {

@@ -188,6 +188,15 @@ def test_a_float16_yaml_loads_t5_as_transformers_loads_it_in_float16(tmp_path, t
         assert tensor.dtype == expected.dtype and torch.equal(tensor, expected), name
 
 
+def test_an_empty_cache_dir_in_a_yaml_is_refused_when_it_is_read(tmp_path, tiny_clip_text_path):
+    """Before any encoder loads (as `TextConditioner(cache_dir="")` refuses it, not the current folder)."""
+    from clipcond.conditioner_config import ConditionerConfig
+
+    path = _write(tmp_path, {"clip": [{"path": str(tiny_clip_text_path)}], "cache_dir": ""})
+    with pytest.raises(ValueError, match="`cache_dir` must be a folder path or null"):
+        ConditionerConfig.from_yaml(path)
+
+
 def test_set_overrides_apply_and_validate():
     from clipcond.config import apply_overrides
     from clipcond.training.diffusion.config import TrainDiffusionConfig
