@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from accelerate.hooks import CpuOffload
 from diffusers import DiffusionPipeline
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 from clipcond.pipelines.sdxl_components import reads_text_time, time_id_count
 
@@ -72,7 +72,8 @@ def swap_text_encoder(
 
     Raises:
         TypeError: `pipe` has no such slot, no UNet (a transformer pipeline), or a slot that
-            holds no CLIP (a T5); `text_encoder` is not of the class the slot is read as.
+            holds no CLIP (a T5); `text_encoder` is not of the class the slot is read as;
+            `tokenizer` is not a transformers tokenizer (a hub id, a model).
         ValueError: an unknown `component`; widths that do not fit what the UNet reads (the
             message names the width that fits); a tokenizer (the given one, or the pipeline's)
             with ids beyond the encoder's embedding rows (textual-inversion tokens loaded before
@@ -82,6 +83,7 @@ def swap_text_encoder(
             first). Nothing in `pipe` or `text_encoder` has changed then.
     """
     _check_pipeline(pipe, component)
+    _check_tokenizer(tokenizer)
     _check_class(pipe, text_encoder, component)
     _check_widths(pipe, text_encoder, component)
     _check_vocabulary(text_encoder, tokenizer if tokenizer is not None else getattr(pipe, _TOKENIZERS[component]))
@@ -109,6 +111,16 @@ def swap_text_encoder(
     if model_offload:
         pipe.enable_model_cpu_offload(device=pipe._offload_device)
     return pipe
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    """Refuse a `tokenizer` that is not a transformers tokenizer (a hub id, a model), which
+    diffusers' `register_modules` would fail on after the encoder was put in."""
+    if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(
+            "`tokenizer` must be a transformers tokenizer (PreTrainedTokenizerBase) or None, got "
+            f"{type(tokenizer).__name__}; load one first, e.g. CLIPTokenizer.from_pretrained(...)"
+        )
 
 
 def _check_pipeline(pipe: Any, component: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -111,6 +112,22 @@ def test_a_tokenizer_with_ids_beyond_the_encoders_rows_is_refused_before_any_cha
     small_tokenizer = copy.copy(pipe.tokenizer)
     small_tokenizer.__class__ = SmallVocabulary
     assert swap_text_encoder(pipe, small, tokenizer=small_tokenizer).text_encoder is small
+
+
+@pytest.mark.parametrize("pipeline", ["diffusers", "clipcond"])
+@pytest.mark.parametrize("tokenizer", ["openai/clip-vit-large-patch14", "encoder"], ids=["hub_id", "a_model"])
+def test_a_tokenizer_that_is_not_one_is_refused_by_name_before_any_change(pipeline, tokenizer) -> None:
+    """A hub id passed as `tokenizer` failed in diffusers' `register_modules` after the encoder
+    was put in (the old tokenizer left beside it); a model, on `len`."""
+    pipe = build_sd() if pipeline == "diffusers" else CLIPConditionedPipeline.from_pipe(build_sd())
+    encoder, old_tokenizer, other = pipe.text_encoder, pipe.tokenizer, clip_text_model(7)
+    given = other if tokenizer == "encoder" else tokenizer
+    message = (
+        f"`tokenizer` must be a transformers tokenizer (PreTrainedTokenizerBase) or None, got {type(given).__name__}"
+    )
+    with pytest.raises(TypeError, match=re.escape(message)):
+        swap_text_encoder(pipe, other, tokenizer=given)
+    assert pipe.text_encoder is encoder and pipe.tokenizer is old_tokenizer
 
 
 def test_sdxl_refiner_reads_its_second_clip_alone() -> None:
