@@ -60,10 +60,12 @@ from transformers import (
     T5EncoderModel,
 )
 
+from clipcond.conditioner_setup import as_encoders, check_clip_skip
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
-from clipcond.families import FAMILIES, custom_recipe, encoders_in, get_family
+from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
+from clipcond.pipelines.argument_values import callback_tensor_names, clip_skip_as_int
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -82,7 +84,9 @@ from clipcond.pipelines.sdxl_components import (
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.pipelines.textual_inversion_loading import PairTextualInversionLoaderMixin
 from clipcond.projection import TextProjection
-from clipcond.prompt_arguments import as_prompt_list
+from clipcond.prompt_arguments import check_images_per_prompt
+from clipcond.recipes import Recipe
+from clipcond.scalars import as_float, as_int
 from clipcond.tokenization import without_length_warning
 from clipcond.window_splits import check_window_split
 
@@ -277,6 +281,7 @@ class CLIPConditionedPipeline(
             )
         check_emphasis(emphasis)
         check_window_split(window_split)
+        clip_skip = clip_skip_as_int(clip_skip)  # a Python int in the config, which is saved as JSON
         if check_safety_checker(safety_checker, feature_extractor, requires_safety_checker):
             logger.warning(
                 "%s has no `safety_checker` but its config says `requires_safety_checker=True` (as a Stable "
@@ -301,6 +306,8 @@ class CLIPConditionedPipeline(
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        if clip_skip is not None:
+            self._check_clip_skip_fits(clip_skip)
 
     # ------------------------------------------------------------------ components
 
@@ -383,8 +390,9 @@ class CLIPConditionedPipeline(
         until a component is swapped.
 
         Raises:
-            ValueError, TypeError: a `clip_skip` the recipe or the encoder cannot take, or
-                encoders whose width does not fit the UNet.
+            ValueError, TypeError: a `clip_skip` the recipe or the encoder cannot take (not an
+                int: numpy's integers are read as ints), or encoders whose width does not fit
+                the UNet.
         """
         projection = getattr(self, "text_projection", None)
         components = (
@@ -402,6 +410,7 @@ class CLIPConditionedPipeline(
         )
         if self._conditioners_for != components:
             self._conditioners, self._conditioners_for = {}, components
+        clip_skip = clip_skip_as_int(clip_skip)  # before the lookup: True and 1.0 are equal keys to 1
         if clip_skip not in self._conditioners:
             self._conditioners[clip_skip] = self._build_conditioner(clip_skip, projection)
         return self._conditioners[clip_skip]
@@ -417,18 +426,8 @@ class CLIPConditionedPipeline(
             if slot.model not in read and getattr(self, slot.model, None) is not None:
                 raise ValueError(f"recipe {family.name!r} reads no `{slot.model}`; use recipe 'custom' to add it")
         clip, t5 = encoders_in(family, self)
-        recipe = family.recipe
-        if family.name == "custom":
-            recipe = custom_recipe(
-                bool(clip),
-                t5 is not None,
-                t5_max_length=self.config.get("t5_max_length"),
-                t5_attention_mask=self.config.get("t5_attention_mask", False),
-            )
-        if family.force_zeros_flag is not None:
-            recipe = dataclasses.replace(recipe, zero_negative_when_absent=self.config[family.force_zeros_flag])
         conditioner = TextConditioner(
-            recipe,
+            self._conditioner_recipe(family, bool(clip), t5 is not None),
             clip=clip,
             t5=t5,
             clip_skip=clip_skip,
@@ -445,6 +444,42 @@ class CLIPConditionedPipeline(
                 "`clipcond train-diffusion`, `train: adapter`)"
             )
         return conditioner
+
+    def _conditioner_recipe(self, family: Family, has_clip: bool, has_t5: bool) -> Recipe:
+        """The recipe this pipeline's conditioners run: the family's, or for "custom" the one
+        its encoders and config (T5 length and mask) make; with SDXL's zero negatives as set."""
+        recipe = family.recipe
+        if family.name == "custom":
+            recipe = custom_recipe(
+                has_clip,
+                has_t5,
+                t5_max_length=self.config.get("t5_max_length"),
+                t5_attention_mask=self.config.get("t5_attention_mask", False),
+            )
+        if family.force_zeros_flag is not None:
+            recipe = dataclasses.replace(recipe, zero_negative_when_absent=self.config[family.force_zeros_flag])
+        return recipe
+
+    def _check_clip_skip_fits(self, clip_skip: int) -> None:
+        """Refuse, at construction (`from_pipe`, `from_pretrained` included), a `clip_skip` this
+        pipeline's CLIPs cannot take, as its conditioner would refuse it on every call (the
+        conditioner's own check). Without the text encoders (a pipeline loaded for given
+        embeddings) there is nothing to check against.
+
+        Raises:
+            ValueError: out of range, or on a recipe that reads no CLIP token states.
+        """
+        family = get_family(self.config.recipe)
+        present = [
+            (slot.kind, (getattr(self, slot.model), getattr(self, slot.tokenizer)))
+            for slot in family.slots
+            if getattr(self, slot.model, None) is not None and getattr(self, slot.tokenizer, None) is not None
+        ]
+        if not present:
+            return
+        clip = [pair for kind, pair in present if kind == "clip"]
+        recipe = self._conditioner_recipe(family, bool(clip), len(clip) < len(present))
+        check_clip_skip(recipe, as_encoders(clip, None)[0], clip_skip)
 
     # ------------------------------------------------------------------ generation
 
@@ -465,6 +500,7 @@ class CLIPConditionedPipeline(
         second CLIP reads `prompt_2` / `negative_prompt_2` where given (the first prompt's text
         otherwise). The conditioner is built only when there is text to encode."""
         encode_negative = guidance and given_negative is None
+        prompt_is_text = given is None
         zero_negative = (
             encode_negative and negative_prompt is None and bool(self.config.get("force_zeros_for_empty_prompt"))
         )
@@ -504,10 +540,18 @@ class CLIPConditionedPipeline(
                 )
                 given_negative = conditioner.encode(negative_prompt, prompt_2=negative_prompt_2)
         if guidance and given_negative.tokens.shape != given.tokens.shape:
+            if prompt_is_text:
+                raise ValueError(
+                    f"the negative prompt's embeddings {tuple(given_negative.tokens.shape)} must have the shape of the "
+                    f"prompt's {tuple(given.tokens.shape)} (a prompt longer than 77 tokens makes more tokens: encode "
+                    "prompt and negative prompt together, with `pipe.conditioner.pipeline_kwargs`)"
+                )
             raise ValueError(
-                f"the negative prompt's embeddings {tuple(given_negative.tokens.shape)} must have the shape of the "
-                f"prompt's {tuple(given.tokens.shape)} (a prompt longer than 77 tokens makes more tokens: encode "
-                "prompt and negative prompt together, with `pipe.conditioner.pipeline_kwargs`)"
+                f"`prompt_embeds` {tuple(given.tokens.shape)} and the negative prompt's embeddings "
+                f"{tuple(given_negative.tokens.shape)}, encoded as text by this pipeline's encoders, differ in shape "
+                "(a text longer than one CLIP window takes more windows); give `negative_prompt_embeds` of the "
+                "same shape, or encode both with `pipe.conditioner.pipeline_kwargs(prompt, negative_prompt)`, "
+                "which pads them to one length"
             )
         if not self.reads_time_ids:
             given = PromptEmbeds(given.tokens)
@@ -568,14 +612,17 @@ class CLIPConditionedPipeline(
             negative_pooled_prompt_embeds (the same, or None without guidance).
 
         Raises:
-            ValueError: text to encode but no text encoder or tokenizer (names the missing ones),
-                or `prompt_2` / `negative_prompt_2` where no encoder reads them or beside
-                their embeddings.
+            ValueError, TypeError: as `__call__` checks them: not exactly one of `prompt` and
+                `prompt_embeds`, a `num_images_per_prompt` that is not an int >= 1 (numpy's
+                integers are ints), a bad `clip_skip`; text to encode but no text encoder or
+                tokenizer (names the missing ones), or `prompt_2` / `negative_prompt_2` where no
+                encoder reads them or beside their embeddings.
         """
-        if prompt is not None:
-            count = len(as_prompt_list(prompt, "prompt"))
-        else:
-            count = prompt_embeds.shape[0] if prompt_embeds is not None else 1
+        num_images_per_prompt = as_int(num_images_per_prompt)  # numpy's integers, as diffusers takes them
+        check_images_per_prompt(num_images_per_prompt)
+        clip_skip = clip_skip_as_int(clip_skip)
+        count = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        self.check_negative_length(prompt_embeds, negative_prompt, negative_prompt_embeds, do_classifier_free_guidance)
         self.check_per_encoder_prompts(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )
@@ -703,7 +750,16 @@ class CLIPConditionedPipeline(
             ValueError, TypeError: bad arguments, or text to encode without a text encoder;
                 all before any work.
         """
-        # 1. Check inputs (all of them, before any work)
+        # 1. Check inputs (all of them, before any work); numpy numbers and 0-d tensors are read
+        #    as the Python numbers they stand for, as diffusers takes them
+        self.check_unet()
+        num_inference_steps, num_images_per_prompt, height, width = map(
+            as_int, (num_inference_steps, num_images_per_prompt, height, width)
+        )
+        guidance_scale, guidance_rescale, denoising_end = map(
+            as_float, (guidance_scale, guidance_rescale, denoising_end)
+        )
+        clip_skip = clip_skip_as_int(clip_skip)
         check_non_finite_policy(non_finite)
         if guidance_scale is None:
             guidance_scale = 5.0 if self.reads_time_ids else 7.5
@@ -713,9 +769,7 @@ class CLIPConditionedPipeline(
         width = width if width is not None else sample_width * self.vae_scale_factor
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # as diffusers' pipelines
-        tensor_inputs = (
-            ["latents"] if callback_on_step_end_tensor_inputs is None else list(callback_on_step_end_tensor_inputs)
-        )
+        tensor_inputs = callback_tensor_names(callback_on_step_end_tensor_inputs)
         count = self.check_inputs(
             prompt,
             negative_prompt,
@@ -914,6 +968,11 @@ class CLIPConditionedPipeline(
                     if self.reads_time_ids:  # `added` of SD holds an IP-Adapter's image_embeds only
                         current.update(add_text_embeds=added["text_embeds"], add_time_ids=added["time_ids"])
                     returned = callback_on_step_end(self, index, t, {name: current[name] for name in tensor_inputs})
+                    if not isinstance(returned, dict):
+                        raise TypeError(
+                            "`callback_on_step_end` must return a dict of the tensors it replaces (by name; {} for "
+                            f"none), got {type(returned).__name__}"
+                        )
                     latents = returned.pop("latents", latents)
                     context = returned.pop("prompt_embeds", context)
                     negative = returned.pop("negative_prompt_embeds", negative)

@@ -38,6 +38,7 @@ from clipcond.pipelines.image_inputs import (
 )
 from clipcond.pipelines.image_latents import encode_images, start_at_strength
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
+from clipcond.scalars import as_float
 
 
 class SourceImageSteps:
@@ -164,17 +165,22 @@ class SourceImageSteps:
         sd, sdxl = self.DEFAULT_STRENGTH
         return sdxl if self.reads_time_ids else sd
 
-    def _strength(self, strength: Any, denoising_start: Any, denoising_end: Any) -> float:
-        """`strength` checked, None resolved to `default_strength()`; `denoising_start` checked
-        with it.
+    def _schedule_arguments(
+        self, strength: Any, denoising_start: Any, denoising_end: Any
+    ) -> tuple[float, float | None, float | None]:
+        """(`strength`, `denoising_start`, `denoising_end`) as Python numbers (numpy's and 0-d
+        tensors read as the floats they hold, as diffusers takes them), checked; `strength`
+        None resolved to `default_strength()`. The call's first check: a pipeline without a
+        UNet is refused here.
 
         Raises:
-            ValueError: as `check_strength` and `check_denoising_start`.
+            ValueError: no `unet`; as `check_strength` and `check_denoising_start`.
         """
+        self.check_unet()
+        strength, denoising_start, denoising_end = map(as_float, (strength, denoising_start, denoising_end))
         check_denoising_start(denoising_start, strength, denoising_end, self.reads_time_ids)
-        if strength is None:
-            return self.default_strength()
-        return check_strength(strength)
+        strength = self.default_strength() if strength is None else check_strength(strength)
+        return strength, denoising_start, denoising_end
 
 
 @dataclass
@@ -287,7 +293,7 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 before any work.
         """
         # 1. Check the source image; the text-to-image call checks the rest, all before any work
-        strength = self._strength(strength, denoising_start, denoising_end)
+        strength, denoising_start, denoising_end = self._schedule_arguments(strength, denoising_start, denoising_end)
         if latents is not None and not self.reads_time_ids:
             raise ValueError(
                 "`latents` (the starting latents, used as they are) is SDXL img2img's; this pipeline's UNet is "

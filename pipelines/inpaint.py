@@ -30,6 +30,7 @@ from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 from clipcond.pipelines.image_inputs import ImageBatch, check_image, check_mask, check_mask_fits, holds_latents
 from clipcond.pipelines.image_latents import encode_images, tile_to
 from clipcond.pipelines.img2img import SourceImageSteps
+from clipcond.scalars import as_int
 
 
 @dataclass
@@ -162,7 +163,8 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         """
         # 1. Check the source, the mask and the UNet; the text-to-image call checks the rest,
         #    all before any work
-        strength = self._strength(strength, denoising_start, denoising_end)
+        strength, denoising_start, denoising_end = self._schedule_arguments(strength, denoising_start, denoising_end)
+        padding_mask_crop = as_int(padding_mask_crop)  # numpy's integers, as diffusers takes them
         latent_channels = self._latent_channels()
         unet_channels = self._unet_image_channels()
         if unet_channels not in (latent_channels, 2 * latent_channels + 1):

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from clipcond.conditioning import as_prompt_list
+from clipcond.encoders import TextEncoder
 from clipcond.families import FAMILIES
+from clipcond.pipelines.argument_values import check_generator
 from clipcond.prompt_arguments import check_images_per_prompt, check_readers, texts_or_default
 
 
@@ -54,7 +56,36 @@ class CallInputChecks:
         generator: Any,
         output_type: str,
     ) -> int:
-        """Validate the prompt, size, guidance and output arguments; returns the number of prompts."""
+        """Validate the prompt, size, guidance, generator and output arguments (numbers already
+        read as Python's, `clipcond.scalars`); returns the number of prompts."""
+        count = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        self.check_embeds_width(prompt_embeds, negative_prompt_embeds)
+        for name, value in (("height", height), ("width", width)):
+            if not image_size_fits(value, self.vae_scale_factor):
+                raise ValueError(f"`{name}` must be {image_size_rule(self.vae_scale_factor)}, got {value!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
+        check_images_per_prompt(num_images_per_prompt)
+        self.check_negative_length(prompt_embeds, negative_prompt, negative_prompt_embeds, self._guides(guidance_scale))
+        check_generator(generator)
+        if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
+            raise ValueError(
+                f"got {len(generator)} generators for {count * num_images_per_prompt} images "
+                "(prompts x num_images_per_prompt); pass one generator or one per image"
+            )
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return count
+
+    def check_prompt_inputs(
+        self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any
+    ) -> int:
+        """Validate the prompt arguments as text or embeddings, (batch, seq, width) tensors, one
+        of each kind; returns the number of prompts (`encode_prompt` checks them so too).
+
+        Raises:
+            ValueError, TypeError: naming the argument.
+        """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
         if negative_prompt is not None and negative_prompt_embeds is not None:
@@ -82,20 +113,81 @@ class CallInputChecks:
                     f"`negative_prompt_embeds` {tuple(negative_prompt_embeds.shape)} must have one row per prompt "
                     f"({count}) and the prompt embeddings' shape"
                 )
-        for name, value in (("height", height), ("width", width)):
-            if not image_size_fits(value, self.vae_scale_factor):
-                raise ValueError(f"`{name}` must be {image_size_rule(self.vae_scale_factor)}, got {value!r}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
-        check_images_per_prompt(num_images_per_prompt)
-        if isinstance(generator, list) and len(generator) != count * num_images_per_prompt:
-            raise ValueError(
-                f"got {len(generator)} generators for {count * num_images_per_prompt} images "
-                "(prompts x num_images_per_prompt); pass one generator or one per image"
-            )
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         return count
+
+    def check_embeds_width(
+        self, prompt_embeds: torch.Tensor | None, negative_prompt_embeds: torch.Tensor | None
+    ) -> None:
+        """Given token embeddings must be as wide as the UNet's cross-attention reads them
+        (`unet.config.cross_attention_dim`; a pipeline's `text_projection` maps the encoders'
+        states to that width too); diffusers finds another width inside the UNet's first step.
+
+        Raises:
+            ValueError: naming the argument and both widths.
+        """
+        width = self.unet.config.cross_attention_dim if self.unet is not None else None
+        if not isinstance(width, int):  # no UNet, or one width per block
+            return
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and embeds.shape[-1] != width:
+                raise ValueError(
+                    f"`{name}` is {embeds.shape[-1]} wide but unet.config.cross_attention_dim is {width}; give "
+                    "embeddings of this pipeline's text encoders (`pipe.conditioner.pipeline_kwargs`)"
+                )
+
+    def check_negative_length(
+        self, prompt_embeds: torch.Tensor | None, negative_prompt: Any, negative_prompt_embeds: Any, guided: bool
+    ) -> None:
+        """Given `prompt_embeds` with the negative prompt to encode as text (under guidance,
+        without `negative_prompt_embeds`; a missing one reads "", unless it means zeros): the
+        conditioner encodes text to whole CLIP windows (77 tokens each), so embeddings of
+        another length cannot go with it. diffusers' `encode_prompt` tokenizes the negative to
+        `prompt_embeds.shape[1]` tokens instead; clipcond's windows have no such length.
+
+        Raises:
+            ValueError: naming the lengths and what to give instead, before any work.
+        """
+        if prompt_embeds is None or negative_prompt_embeds is not None or not guided:
+            return
+        if negative_prompt is None and self.config.get("force_zeros_for_empty_prompt"):
+            return  # zeros of the given embeddings' shape
+        window = self._clip_window()
+        if window is None or prompt_embeds.shape[1] % window == 0:
+            return
+        tokens = prompt_embeds.shape[1]
+        negative = "the negative prompt" if negative_prompt is not None else 'the missing negative prompt (read as "")'
+        raise ValueError(
+            f"`prompt_embeds` has {tokens} tokens, not a whole number of {window}-token CLIP windows, and {negative} "
+            f"would be encoded as text, which gives whole windows: its embeddings could not go beside these. Give "
+            "`negative_prompt_embeds` of the same shape, or encode both with "
+            "`pipe.conditioner.pipeline_kwargs(prompt, negative_prompt)`"
+        )
+
+    def _clip_window(self) -> int | None:
+        """Tokens per CLIP window of the recipe's first CLIP (77), or None where encoded text is
+        not whole windows (a T5 adds its own tokens) or there is no CLIP with its tokenizer."""
+        slots = FAMILIES[self.config.recipe].slots
+        if any(slot.kind != "clip" and getattr(self, slot.model, None) is not None for slot in slots):
+            return None
+        for slot in slots:
+            model, tokenizer = getattr(self, slot.model, None), getattr(self, slot.tokenizer, None)
+            if model is not None and tokenizer is not None:
+                return TextEncoder(model=model, tokenizer=tokenizer).window_length
+        return None
+
+    def check_unet(self) -> None:
+        """A call denoises with `unet`: a pipeline without one (`from_pipe(pipe, unet=None)`, as
+        for `encode_prompt` alone) is refused before any work.
+
+        Raises:
+            ValueError: naming the missing component.
+        """
+        if self.unet is None:
+            raise ValueError(
+                f"this pipeline has no `unet`, which a call denoises with; {type(self).__name__} without one can "
+                "only `encode_prompt`. Build it with a UNet: "
+                f"{type(self).__name__}.from_pipe(pipe, unet=unet)"
+            )
 
     def check_sampling_inputs(
         self,

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from clipcond.scalars import as_float
+
 BASE_ONLY = ("target_size", "negative_target_size")
 REFINER_ONLY = ("aesthetic_score", "negative_aesthetic_score")
 
@@ -51,6 +53,10 @@ class SizeConditioning:
     negative_target_size: Any = None
     aesthetic_score: Any = None
     negative_aesthetic_score: Any = None
+
+    def __post_init__(self) -> None:
+        for name in REFINER_ONLY:  # numpy's numbers and 0-d tensors read as Python floats, as diffusers takes them
+            object.__setattr__(self, name, as_float(getattr(self, name)))
 
     def given(self) -> list[str]:
         """The names of the arguments that were given."""

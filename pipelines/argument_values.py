@@ -1,0 +1,68 @@
+"""What single call arguments may hold beyond their annotated type, checked before any work:
+a `clip_skip` (numpy's integers read as Python's), a `generator`, the names a step callback
+reads. Numbers in general are read as Python's by `clipcond.scalars` at the top of each call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from clipcond.scalars import as_int
+
+
+def clip_skip_as_int(clip_skip: Any) -> int | None:
+    """`clip_skip` as a Python int (numpy's integers and 0-d integer tensors read as the int they
+    hold) or None: what a pipeline stores in its config and keys its conditioners by, so that
+    ``True`` or ``1.0`` (equal to 1 as dict keys) never pass for 1. The range is the
+    conditioner's to check (`clipcond.conditioner_setup.check_clip_skip`).
+
+    Raises:
+        TypeError: anything else (a bool, a float, a string).
+    """
+    value = as_int(clip_skip)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
+    return value
+
+
+def check_generator(generator: Any) -> None:
+    """`generator` as diffusers' `randn_tensor` reads it: None, a `torch.Generator`, or a list
+    of them (one per image); anything else fails there, after the text encoders ran.
+
+    Raises:
+        TypeError: naming `generator` (for an int seed: how to make a generator of it).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(item, torch.Generator) for item in generator):
+        return
+    if isinstance(as_int(generator), int) and not isinstance(generator, bool):
+        hint = f"; for a seed pass torch.Generator().manual_seed({int(generator)})"
+    elif isinstance(generator, tuple):
+        hint = "; give a list, one torch.Generator per image"
+    else:
+        hint = ""
+    raise TypeError(
+        f"`generator` must be None, a torch.Generator or a list of them, got {type(generator).__name__}{hint}"
+    )
+
+
+def callback_tensor_names(names: Any) -> list[str]:
+    """`callback_on_step_end_tensor_inputs` as a list of names (None: ["latents"]). A string
+    would be read as its characters; diffusers lists them as unknown names.
+
+    Raises:
+        TypeError: not a list (or tuple) of strings.
+    """
+    if names is None:
+        return ["latents"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise TypeError(
+            f"`callback_on_step_end_tensor_inputs` must be a list of tensor names such as ['latents'], got {names!r}"
+        )
+    return list(names)
+
+
+__all__ = ["callback_tensor_names", "check_generator", "clip_skip_as_int"]
