@@ -21,15 +21,14 @@ import torch
 def as_int(value: Any) -> Any:
     """`value` as a Python int when it is an integer (numpy's, or a 0-d integer tensor), else
     `value` unchanged (a bool, a float and anything else are left for the caller's check)."""
-    if isinstance(value, bool) or type(value) is int:
+    if isinstance(value, bool):
         return value
     if isinstance(value, torch.Tensor):
         if value.ndim == 0 and not value.dtype.is_floating_point and value.dtype != torch.bool:
             return int(value.item())
         return value
-    if isinstance(value, numbers.Integral) and not _is_numpy_bool(value):
-        return int(value)
-    return value
+    # numpy's bool_ is no numbers.Integral, unlike Python's bool
+    return int(value) if isinstance(value, numbers.Integral) else value
 
 
 def as_float(value: Any) -> Any:
@@ -41,13 +40,7 @@ def as_float(value: Any) -> Any:
         if value.ndim == 0 and value.dtype != torch.bool and not value.dtype.is_complex:
             return float(value.item())
         return value
-    if isinstance(value, numbers.Real) and not _is_numpy_bool(value):
-        return float(value)
-    return value
-
-
-def _is_numpy_bool(value: Any) -> bool:
-    return type(value).__name__ == "bool_" and type(value).__module__ == "numpy"
+    return float(value) if isinstance(value, numbers.Real) else value
 
 
 __all__ = ["as_float", "as_int"]
