@@ -41,7 +41,7 @@ def config_fingerprint(model: nn.Module, ignore: Collection[str] = ()) -> str:
         return ""
     settings = {name: value for name, value in settings.items() if name not in ignore}
     text = json.dumps(settings, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(text.encode("ascii")).hexdigest()  # json.dumps escapes all else
 
 
 def _config_settings(model: nn.Module) -> dict[str, Any] | None:

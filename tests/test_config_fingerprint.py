@@ -171,3 +171,55 @@ def test_latents_of_a_vae_under_another_config_are_stale_but_not_for_read_time_s
         assert moments_differ is stale and (difference is not None) is stale, changes
         if stale:
             assert difference.startswith("VAE settings")
+
+
+class _Toy(torch.nn.Module):
+    """A module with a diffusers-style mapping config: its `__init__` defaults are the library's."""
+
+    def __init__(self, width: int = 4, act: str = "silu", sizes: tuple = (1, 2)) -> None:
+        super().__init__()
+
+    @classmethod
+    def with_config(cls, **config) -> _Toy:
+        toy = cls()
+        toy.config = dict(config)
+        return toy
+
+
+def test_a_mapping_config_is_hashed_beyond_its_init_defaults_in_any_order() -> None:
+    """What a library adds at its default, or writes in another order (a tuple default saved as
+    a list included), keys as before; a value off its default, or a setting of no default, does
+    not; private entries ("_name_or_path", "_diffusers_version") never count."""
+    base = config_fingerprint(_Toy.with_config(width=8))
+    assert base != ""
+    assert config_fingerprint(_Toy.with_config(width=8, act="silu", sizes=[1, 2])) == base
+    assert config_fingerprint(_Toy.with_config(act="silu", width=8)) == base
+    assert config_fingerprint(_Toy.with_config(width=8, _name_or_path="/elsewhere", _diffusers_version="9")) == base
+    assert config_fingerprint(_Toy.with_config(width=8, act="gelu")) != base
+    assert config_fingerprint(_Toy.with_config(width=8, sizes=[1, 3])) != base
+    assert config_fingerprint(_Toy.with_config(width=8, extra=1)) != base
+    assert config_fingerprint(_Toy.with_config(width=4)) == config_fingerprint(_Toy.with_config())
+    order = [_Toy.with_config(width=8, extra={"b": 1, "a": 2}), _Toy.with_config(extra={"a": 2, "b": 1}, width=8)]
+    assert config_fingerprint(order[0]) == config_fingerprint(order[1])
+    # values JSON cannot write (a dtype) are hashed by their repr
+    assert config_fingerprint(_Toy.with_config(upcast_to=torch.float16)) != config_fingerprint(_Toy.with_config())
+
+
+def test_a_module_without_a_config_has_an_empty_fingerprint() -> None:
+    assert config_fingerprint(torch.nn.Linear(2, 2)) == ""
+    assert ConfigFingerprints()(torch.nn.Linear(2, 2)) == ""
+    assert config_fingerprint(_Toy.with_config(name="caf\u00e9 \ud800")) != config_fingerprint(_Toy.with_config())
+
+
+def test_a_fingerprint_is_computed_once_per_model_and_config_object(monkeypatch) -> None:
+    import clipcond.config_fingerprint as module
+
+    calls = []
+    real = module.config_fingerprint
+    monkeypatch.setattr(module, "config_fingerprint", lambda model: calls.append(model) or real(model))
+    fingerprints = ConfigFingerprints()
+    model = tiny_pipelines.clip_text_model(0)
+    first = fingerprints(model)
+    assert fingerprints(model) == first and len(calls) == 1
+    model.config = type(model.config)(**model.config.to_dict())  # an equal config, a new object
+    assert fingerprints(model) == first and len(calls) == 2
