@@ -308,7 +308,7 @@ def clip_with_inversions():
     """A CLIP tokenizer holding two multi-vector textual-inversion tokens, named as diffusers
     names their vectors: <toy> of 5 and <big> of 25."""
     tokenizer = clip_tokenizer()
-    for name, count in (("<toy>", 5), ("<big>", 25)):
+    for name, count in (("<toy>", 5), ("<big>", 25), ("<duo>", 2)):
         tokenizer.add_tokens([name] + [f"{name}_{index}" for index in range(1, count)])
     return tokenizer
 
@@ -401,6 +401,8 @@ COMFY_SPLIT_PROMPTS = {
     "glued punctuation moves with its word": [Fragment("dog " * 74 + "ultra, sharp", 1.0)],
     "line breaks and double spaces": [Fragment("ultra,\n" * 40 + "cat  " * 40, 1.0)],
     "capital letters keep their own entries": [Fragment("A photo of A fox, vitamin D, " * 12, 1.0)],
+    "a tab does not cut a word (ComfyUI cuts at spaces)": [Fragment("dog " * 74 + "red\tfox cat", 1.0)],
+    "an empty prompt is one empty window": [Fragment("", 1.0)],
     "weighted, with a BREAK": [
         Fragment("misty mountains, pine forest, " * 8, 1.0),
         Fragment("golden hour, ", 1.3),
@@ -438,10 +440,12 @@ def test_comfy_windows_differ_from_the_default_on_many_random_prompts(clip):
 
 
 def _glued_inversion_prompts() -> dict[str, list[Fragment]]:
-    toy = _spelled("<toy>", 5)
-    return {
-        f"{before} words, then <toy>,": [Fragment("dog " * before + toy + ", sits", 1.0)] for before in range(66, 76)
-    }
+    prompts = {}
+    for name, count in (("<toy>", 5), ("<duo>", 2)):
+        spelled = _spelled(name, count)
+        for before in range(66, 76):
+            prompts[f"{before} words, then {name},"] = [Fragment("dog " * before + spelled + ", sits", 1.0)]
+    return prompts
 
 
 @pytest.mark.parametrize("name", list(_inversion_prompts()) + list(_glued_inversion_prompts()))
@@ -450,6 +454,6 @@ def test_comfy_window_split_counts_a_textual_inversion_as_one_word(clip_with_inv
     the edge, as ComfyUI places an embedding."""
     tokenizer, prompt = clip_with_inversions, {**_inversion_prompts(), **_glued_inversion_prompts()}[name]
     (got,) = clip_windows(tokenizer, [prompt], 77, window_split="comfy")
-    ids, weights = _expected_windows(tokenizer, comfy_batches(tokenizer, prompt, {"<toy>": 5, "<big>": 25}))
+    ids, weights = _expected_windows(tokenizer, comfy_batches(tokenizer, prompt, {"<toy>": 5, "<big>": 25, "<duo>": 2}))
     assert got.ids.tolist() == ids
     torch.testing.assert_close(got.weights, torch.tensor(weights), rtol=0, atol=1e-7)
