@@ -186,14 +186,26 @@ def check_clip_layer(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
         )
 
 
+def clip_skip_as_int(clip_skip: Any) -> int | None:
+    """`clip_skip` as a Python int (numpy's integers and 0-d integer tensors read as the int they
+    hold) or None, before its range is checked: what a pipeline stores in its config and keys its
+    conditioners by, so that ``True`` or ``1.0`` (equal to 1 as dict keys) never pass for 1.
+
+    Raises:
+        TypeError: anything else (a bool, a float, a string).
+    """
+    value = as_int(clip_skip)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
+    return value
+
+
 def check_clip_skip(recipe: Recipe, clip: Sequence[TextEncoder], clip_skip: Any) -> int | None:
     """`clip_skip` as a Python int the recipe and the shallowest CLIP can take (or None); numpy's
-    integers and 0-d integer tensors read as the int they hold."""
+    integers and 0-d integer tensors read as the int they hold (`clip_skip_as_int`)."""
+    clip_skip = clip_skip_as_int(clip_skip)
     if clip_skip is None:
         return None
-    clip_skip = as_int(clip_skip)
-    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
-        raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
     if not clip or recipe.combine == "clip_pooled_t5_tokens":
         raise ValueError(f"`clip_skip` has no effect on recipe {recipe.name!r}: it reads no CLIP token states")
     deepest = min(encoder.num_layers for encoder in clip)

@@ -1,6 +1,7 @@
 """What single call arguments may hold beyond their annotated type, checked before any work:
-a `clip_skip` (numpy's integers read as Python's), a `generator`, the names a step callback
-reads. Numbers in general are read as Python's by `clipcond.scalars` at the top of each call.
+a `generator`, the names a step callback reads. Numbers in general are read as Python's by
+`clipcond.scalars` at the top of each call, `clip_skip` by
+`clipcond.conditioner_setup.clip_skip_as_int`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,6 @@ from typing import Any
 import torch
 
 from clipcond.scalars import as_int
-
-
-def clip_skip_as_int(clip_skip: Any) -> int | None:
-    """`clip_skip` as a Python int (numpy's integers and 0-d integer tensors read as the int they
-    hold) or None: what a pipeline stores in its config and keys its conditioners by, so that
-    ``True`` or ``1.0`` (equal to 1 as dict keys) never pass for 1. The range is the
-    conditioner's to check (`clipcond.conditioner_setup.check_clip_skip`).
-
-    Raises:
-        TypeError: anything else (a bool, a float, a string).
-    """
-    value = as_int(clip_skip)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TypeError(f"`clip_skip` must be an int or None, got {type(clip_skip).__name__} {clip_skip!r}")
-    return value
 
 
 def check_generator(generator: Any) -> None:
@@ -65,4 +51,4 @@ def callback_tensor_names(names: Any) -> list[str]:
     return list(names)
 
 
-__all__ = ["callback_tensor_names", "check_generator", "clip_skip_as_int"]
+__all__ = ["callback_tensor_names", "check_generator"]

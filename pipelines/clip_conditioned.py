@@ -60,12 +60,12 @@ from transformers import (
     T5EncoderModel,
 )
 
-from clipcond.conditioner_setup import as_encoders, check_clip_skip
+from clipcond.conditioner_setup import as_encoders, check_clip_skip, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.argument_values import callback_tensor_names, clip_skip_as_int
+from clipcond.pipelines.argument_values import callback_tensor_names
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
