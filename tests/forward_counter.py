@@ -14,3 +14,19 @@ class ForwardCounter:
 
     def _hook(self, *_) -> None:
         self.calls += 1
+
+
+def record_encoder_runs(monkeypatch) -> list[int]:
+    """The number of windows of each encoder run of every conditioner (its `encode_fragments`
+    calls), recorded from now on; an empty list: no prompt was encoded."""
+    from clipcond import conditioning
+
+    runs: list[int] = []
+    real = conditioning.encode_fragments
+
+    def counted(*args, **kwargs):
+        runs.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conditioning, "encode_fragments", counted)
+    return runs

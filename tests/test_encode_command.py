@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from forward_counter import record_encoder_runs
 from killing import kill_when
 from safetensors import safe_open
 from test_train_diffusion import tiny_config, unet_weights
@@ -73,16 +74,7 @@ def test_training_on_encoded_shards_gives_the_weights_of_the_live_encoders(
     assert (
         clipcond(["encode", "--train-config", str(config_path), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
     )
-    from clipcond import conditioning
-
-    encoder_runs = []
-    real = conditioning.encode_fragments
-
-    def counted(*args, **kwargs):
-        encoder_runs.append(len(args[0]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(conditioning, "encode_fragments", counted)
+    encoder_runs = record_encoder_runs(monkeypatch)
     live_run = train_diffusion(live, show_progress=False)
     assert encoder_runs  # the live run runs the encoders ...
     encoder_runs.clear()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forward_counter import record_encoder_runs
 from PIL import Image
 from safetensors import safe_open
 from test_encode_command import max_weight_difference, shard_contents, write_config
@@ -316,7 +317,6 @@ def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_e
     """`encode --out E --latents L`: L holding latents of another VAE, held by another live
     encode or holding a damaged shard is a usage error naming --latents before the conditioner
     encodes a caption (the whole caption pass ran first, then the error came)."""
-    from clipcond import conditioning
     from clipcond.training.run_lock import RunFolderLock
 
     other = tmp_path / "other_sd"  # the same SD with the VAE's weights changed
@@ -334,14 +334,7 @@ def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_e
     locked = RunFolderLock(tmp_path / "locked")
     locked.acquire()  # another encode into it, still running
     config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
-    encoder_calls = []
-    real = conditioning.encode_fragments
-
-    def counted(*args, **kwargs):
-        encoder_calls.append(len(args[0]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(conditioning, "encode_fragments", counted)
+    encoder_calls = record_encoder_runs(monkeypatch)
     try:
         for folder, expected in (
             (stale, "these latents are stale"),
