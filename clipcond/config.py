@@ -245,8 +245,10 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
     """A copy of the dataclass `config` with ``KEY=VALUE`` assignments applied and re-validated.
 
     KEY may be dotted for nested sections (``data.split=heldout``); VALUE is read as YAML
-    (``true``, ``0.5``, ``[a, b]``, ``null``, or a plain string). An unknown key or a value of
-    the wrong type is a `ValueError` naming the key, as when loading a file.
+    (``true``, ``0.5``, ``[a, b]``, ``null``, or a plain string). An unknown key of a section
+    (a dataclass) or a value of the wrong type is a `ValueError` naming the key, as when loading
+    a file. A free-form mapping (a field typed ``dict``, such as train-diffusion's ``unet``)
+    takes new keys (``unet.norm_num_groups=4``); the config's own checks judge them.
     """
     data = dataclasses.asdict(config)
     for assignment in assignments:
@@ -254,12 +256,12 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
         if not separator or not key.strip():
             raise ValueError(f"{source}: expected KEY=VALUE, got {quoted(assignment)}")
         *parents, leaf = key.strip().split(".")
-        target = data
+        target, section_type = data, type(config)
         for depth, part in enumerate(parents):
             if not isinstance(target.get(part), dict):
                 raise _fail(".".join(parents[: depth + 1]), source, "is not a section of this config")
-            target = target[part]
-        if leaf not in target:
+            target, section_type = target[part], _child_type(section_type, part)
+        if leaf not in target and _is_section(section_type):
             raise _fail(key.strip(), source, f"unknown key; expected one of {sorted(target)}")
         try:
             target[leaf] = read_yaml(text, f"{source} {key.strip()}") if text.strip() else ""
@@ -267,3 +269,30 @@ def apply_overrides(config: T, assignments: list[str], source: str = "--set") ->
             detail = str(error).removeprefix(f"{source} {key.strip()}: not valid YAML: ")
             raise _fail(key.strip(), source, f"cannot read {quoted(text)} as YAML: {detail}") from error
     return config_from_dict(type(config), data, source=source)
+
+
+def _unwrapped(tp: Any) -> Any:
+    """`tp` without ``| None`` (an optional section is the section)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        options = [option for option in typing.get_args(tp) if option is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return tp
+
+
+def _child_type(tp: Any, name: str) -> Any:
+    """The type of the entry `name` inside a value of type `tp`: a dataclass field's type, a
+    ``dict``'s value type, else `Any`."""
+    tp = _unwrapped(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return typing.get_type_hints(tp).get(name, Any)
+    if typing.get_origin(tp) is dict and len(typing.get_args(tp)) == 2:
+        return typing.get_args(tp)[1]
+    return Any
+
+
+def _is_section(tp: Any) -> bool:
+    """Whether a value of type `tp` is a dataclass section, whose keys are fixed (a ``dict`` or
+    `Any` mapping is free-form: it takes new keys)."""
+    tp = _unwrapped(tp)
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)

@@ -229,6 +229,36 @@ def test_set_overrides_apply_and_validate():
         apply_overrides(base, ["lr=[1,"])
 
 
+def test_set_adds_a_key_to_a_free_form_mapping_and_the_config_judges_it():
+    # probe12_train #7: `--set unet.KEY=VALUE` refused any UNet argument the YAML lacked
+    import inspect
+
+    from diffusers import UNet2DConditionModel
+
+    from clipcond.config import apply_overrides, config_from_dict
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    base = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
+    assert "addition_embed_type_num_heads" in inspect.signature(UNet2DConditionModel.__init__).parameters
+    changed = apply_overrides(base, ["unet.addition_embed_type_num_heads=4", "unet.block_out_channels=[16, 32]"])
+    as_written = config_from_dict(
+        TrainDiffusionConfig,
+        {"text_encoder": "clip", "unet": {"block_out_channels": [16, 32], "addition_embed_type_num_heads": 4}},
+    )
+    assert changed == as_written and base.unet == {"block_out_channels": [8, 16]}
+    # the new key is still checked against UNet2DConditionModel's arguments
+    with pytest.raises(ValueError, match=r"unknown UNet2DConditionModel arguments \['no_such_argument'\]"):
+        apply_overrides(base, ["unet.no_such_argument=1"])
+    # sections (dataclasses) keep their fixed keys
+    with pytest.raises(ValueError, match=r"key `data\.nosuch`: unknown key; expected one of"):
+        apply_overrides(base, ["data.nosuch=1"])
+    with pytest.raises(ValueError, match=r"key `lora\.nosuch`: unknown key; expected one of"):
+        apply_overrides(base, ["lora.nosuch=1"])
+    # an init_from run has no unet mapping to add to
+    with pytest.raises(ValueError, match=r"key `unet`: is not a section"):
+        apply_overrides(TrainDiffusionConfig(text_encoder="clip", init_from="p"), ["unet.norm_num_groups=4"])
+
+
 def test_train_commands_take_set_overrides(tmp_path):
     import argparse
 
