@@ -10,9 +10,11 @@ and, separately, over the held-out combinations no training image ever showed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from clipcond.models import ClipTwoTower
 from clipcond.shapes import (
@@ -25,6 +27,24 @@ from clipcond.shapes import (
 )
 from clipcond.training.clip.metrics import class_embeddings, retrieval_recall, zero_shot_accuracy
 from clipcond.training.data import CaptionTokenizer, ClipImageTransform
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Inside the block every module of `model` is in eval mode; afterwards each module gets back
+    its own training flag.
+
+    Not `model.train(was_training)`: that sets every submodule alike, so it would put a tower a
+    run keeps locked (its BatchNorm statistics frozen, see `ContrastiveModel.train`) back in
+    train mode after an evaluation in the middle of the run.
+    """
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags.items():
+            module.training = training
 
 
 @torch.no_grad()
@@ -62,7 +82,7 @@ def shapes_zero_shot(
     """Zero-shot colour-shape classification of single-object shapes images.
 
     Args:
-        clip: the model (evaluated in eval mode; its training mode is restored afterwards).
+        clip: the model (evaluated in eval mode; each module's training flag is restored afterwards).
         tokenizer: captions -> ids for its text tower.
         images_per_class: rendered test images per colour-shape combination.
         seed: selects sizes and places of the test objects (independent of training data).
@@ -75,9 +95,7 @@ def shapes_zero_shot(
     """
     if images_per_class < 1:
         raise ValueError(f"`images_per_class` must be >= 1, got {images_per_class}")
-    was_training = clip.training
-    clip.eval()
-    try:
+    with evaluating(clip):
         classes = colour_shape_classes()
         names = [class_name(colour, shape) for colour, shape in classes]
         classifier = class_embeddings(lambda texts: encode_texts(clip, tokenizer, texts), names, templates)
@@ -104,8 +122,6 @@ def shapes_zero_shot(
             if rows.any():
                 result[name] = zero_shot_accuracy(embeds[rows], classifier, label_tensor[rows]).top1
         return result
-    finally:
-        clip.train(was_training)
 
 
 class TooFewPairs(ValueError):
@@ -130,11 +146,7 @@ def pair_retrieval(
             break
     if len(captions) < 2:
         raise TooFewPairs(f"retrieval needs at least 2 image-caption pairs, got {len(captions)}")
-    was_training = clip.training
-    clip.eval()
-    try:
+    with evaluating(clip):
         result = retrieval_recall(encode_images(clip, torch.stack(pixels)), encode_texts(clip, tokenizer, captions))
-    finally:
-        clip.train(was_training)
     result["pairs"] = float(len(captions))
     return result

@@ -1,0 +1,83 @@
+"""What a contrastive run keeps frozen stays frozen: the locked ResNet tower of clip-tiny (its
+BatchNorm statistics included) through evaluations in the middle of the run, and a resume of
+such a run; and the config keys that only one mode reads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipcond.models import load_clip
+from clipcond.training.clip.config import TrainClipConfig
+from clipcond.training.clip.loop import train_clip
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RESNET_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")  # BatchNorm in the image tower
+COMMON = dict(batch_size=8, lr=1e-2, warmup_steps=1, log_every=1, eval_images_per_class=1)
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A clip-tiny (ResNet image tower) trained for 2 steps, so its BatchNorm statistics are not the initial ones."""
+    output = tmp_path_factory.mktemp("pretrained")
+    config = TrainClipConfig(model=TINY_RESNET_MODEL, steps=2, checkpoint_every=100, output_dir=str(output), **COMMON)
+    return train_clip(config, show_progress=False).model_dir
+
+
+def _image_tower(folder: Path) -> dict[str, torch.Tensor]:
+    """The image tower's state dict, buffers (running_mean, running_var, num_batches_tracked) included."""
+    return {key: value.clone() for key, value in load_clip(folder).vision.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["lit", "text_only", "lora"])
+def test_evaluations_during_the_run_leave_the_locked_image_tower_as_it_was(
+    tmp_path: Path, pretrained: Path, mode: str
+) -> None:
+    """eval_every 1 of 3 steps: after each evaluation the frozen tower (lit, text_only) or the
+    frozen BatchNorm layers (lora) must be back in eval mode, so no statistic moves."""
+    config = TrainClipConfig(
+        init_from=str(pretrained),
+        mode=mode,
+        steps=3,
+        eval_every=1,
+        checkpoint_every=100,
+        output_dir=str(tmp_path),
+        **COMMON,
+    )
+    before = _image_tower(pretrained)
+    after = _image_tower(train_clip(config, show_progress=False).model_dir)
+    assert before.keys() == after.keys()
+    changed = sorted(key for key in before if not torch.equal(before[key], after[key]))
+    batch_norm = [key for key in before if "running_" in key or "num_batches_tracked" in key]
+    assert batch_norm  # the test needs a BatchNorm tower
+    if mode == "lora":  # only the merged adapters' projections move
+        assert changed and all(any(part in key for part in LORA_PROJECTIONS) for key in changed), changed
+    else:
+        assert changed == []
+
+
+def test_a_resume_of_a_lit_run_with_evaluations_redoes_the_steps_bit_for_bit(tmp_path: Path, pretrained: Path) -> None:
+    config = TrainClipConfig(
+        init_from=str(pretrained),
+        mode="lit",
+        steps=4,
+        eval_every=1,
+        checkpoint_every=2,
+        output_dir=str(tmp_path),
+        **COMMON,
+    )
+    train_clip(config, show_progress=False)
+    checkpoints = tmp_path / "checkpoints"
+    straight = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    shutil.rmtree(checkpoints / "step-000000004")
+    shutil.rmtree(tmp_path / "model")
+    train_clip(config, resume=True, show_progress=False)
+    resumed = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    different = [key for key in straight if not torch.equal(straight[key], resumed[key])]
+    assert different == []
