@@ -1,5 +1,5 @@
 """The models of a diffusion training run: frozen text encoders, the conditioner over them,
-the UNet, the optional learned projection (the `custom` recipe's adapter), the optional frozen
+the UNet (built and checked by `diffusion.unet_setup`), the optional learned projection (the `custom` recipe's adapter), the optional frozen
 VAE and the noise schedule, with the parts `config.train` names set trainable; and the
 pipeline they make when saved.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 
 from clipcond.conditioning import TextConditioner
 from clipcond.families import custom_recipe, get_recipe
-from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
+from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
 from clipcond.training.diffusion.config import TrainDiffusionConfig
@@ -33,6 +32,7 @@ from clipcond.training.diffusion.frozen_encoders import (
     load_frozen_text_encoder,
     load_text_encoder_tokenizer,
 )
+from clipcond.training.diffusion.unet_setup import add_lora, build_unet
 from clipcond.training.loop import RunSetupError, reading_part
 
 PROJECTION_DIR = "text_projection"
@@ -179,75 +179,6 @@ def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
     return inherited
 
 
-# The loop and the saved pipeline call `unet(noisy, timesteps, encoder_hidden_states=tokens)`: no
-# class labels, nothing in `added_cond_kwargs`. These UNet settings ask for more (addition_embed_type
-# "text" reads the tokens themselves and is allowed).
-_UNFED_SETTINGS = {
-    "addition_embed_type": "inputs in added_cond_kwargs",
-    "class_embed_type": "class labels",
-    "num_class_embeds": "class labels",
-    **dict.fromkeys(("encoder_hid_dim", "encoder_hid_dim_type"), "encoder_hid_dim-wide tokens or image embeddings"),
-}
-
-
-def _check_unet_inputs(settings: Mapping[str, Any], where: str) -> None:
-    """Refuse (`RunSetupError`, naming `where`: ``init_from <folder>`` or ``unet``) a UNet whose
-    settings (its ``config.json`` or the `unet:` section) need inputs the loop does not give."""
-    for name, needs in _UNFED_SETTINGS.items():
-        value = settings.get(name)
-        if value is None or (name == "addition_embed_type" and value == "text"):
-            continue
-        if value == "text_time":
-            needs = "pooled text embeddings and time ids (an SDXL-class UNet)"
-        raise RunSetupError(
-            f"{where}: the UNet has {name} {value!r}, which needs {needs}; train-diffusion gives the UNet "
-            "only the noisy input, the timesteps and the prompt's tokens (an SD-class UNet)"
-        )
-
-
-def _build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
-    """`init_from`'s UNet, or a new one of `config.unet`, reading `width`-wide tokens; one that
-    reads another width or needs inputs the loop does not give is a `RunSetupError`."""
-    from diffusers import UNet2DConditionModel
-
-    if config.init_from is not None:
-        folder = Path(config.init_from) / "unet"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
-        where = f"init_from {config.init_from}"
-        with reading_part("init_from", config.init_from):
-            saved = UNet2DConditionModel.load_config(folder)
-        if not isinstance(saved, dict):
-            raise RunSetupError(f"{where}: unet/config.json: expected a JSON object, got {type(saved).__name__}")
-        _check_unet_inputs(saved, where)  # before the weights are read: an SDXL UNet's are gigabytes
-        if saved.get("cross_attention_dim") != width:
-            raise RunSetupError(
-                f"{where}: the UNet reads {saved.get('cross_attention_dim')}-wide tokens but the conditioner gives "
-                f"{width}; set projection_dim: {saved.get('cross_attention_dim')} (a learned adapter, `train: adapter`)"
-            )
-        with reading_part("init_from", config.init_from):
-            return UNet2DConditionModel.from_pretrained(folder)
-    _check_unet_inputs(config.unet, "unet")
-    channels = 3 if vae is None else vae.config.latent_channels
-    size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
-    extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
-    settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
-    return UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
-
-
-def _add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
-    from peft import LoraConfig
-
-    unet.add_adapter(
-        LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            target_modules=list(config.lora.target_modules),
-            init_lora_weights="gaussian",
-        )
-    )
-
-
 def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
     """The run's frozen encoders (`text_encoder`, `t5_encoder`) and the conditioner over them,
     with the projection (`init_from`'s, or a new one of `projection_dim`) when there is one.
@@ -310,12 +241,12 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
     projection = conditioner.projection
     width = projection.config.projection_dim if projection is not None else conditioner.clip_width
     vae = load_vae(config)
-    unet = _build_unet(config, width, vae)
+    unet = build_unet(config, width, vae)
     unet.requires_grad_(config.train == "unet")
     if projection is not None:
         projection.requires_grad_(config.train in ("unet", "adapter"))
     if config.train == "lora" or config.adapter_lora:
-        _add_lora(unet, config)
+        add_lora(unet, config)
     denoiser = Denoiser(unet, projection, uses_coordinate_channels(config)).train()
     return DiffusionModels(
         denoiser,

@@ -1,0 +1,86 @@
+"""The UNet of a diffusion run: `init_from`'s, or a new one of the config's `unet:` arguments,
+checked against what the loop and the saved pipeline give it (`unet(noisy, timesteps,
+encoder_hidden_states=tokens)`, tokens of the conditioner's width), and LoRA on its
+cross-attention. A UNet that cannot be built or fed as the config asks is a `RunSetupError`
+before the run's snapshot and first step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
+from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.loop import RunSetupError, reading_part
+
+# The loop and the saved pipeline call `unet(noisy, timesteps, encoder_hidden_states=tokens)`: no
+# class labels, nothing in `added_cond_kwargs`. These UNet settings ask for more (addition_embed_type
+# "text" reads the tokens themselves and is allowed).
+_UNFED_SETTINGS = {
+    "addition_embed_type": "inputs in added_cond_kwargs",
+    "class_embed_type": "class labels",
+    "num_class_embeds": "class labels",
+    **dict.fromkeys(("encoder_hid_dim", "encoder_hid_dim_type"), "encoder_hid_dim-wide tokens or image embeddings"),
+}
+
+
+def _check_unet_inputs(settings: Mapping[str, Any], where: str) -> None:
+    """Refuse (`RunSetupError`, naming `where`: ``init_from <folder>`` or ``unet``) a UNet whose
+    settings (its ``config.json`` or the `unet:` section) need inputs the loop does not give."""
+    for name, needs in _UNFED_SETTINGS.items():
+        value = settings.get(name)
+        if value is None or (name == "addition_embed_type" and value == "text"):
+            continue
+        if value == "text_time":
+            needs = "pooled text embeddings and time ids (an SDXL-class UNet)"
+        raise RunSetupError(
+            f"{where}: the UNet has {name} {value!r}, which needs {needs}; train-diffusion gives the UNet "
+            "only the noisy input, the timesteps and the prompt's tokens (an SD-class UNet)"
+        )
+
+
+def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
+    """`init_from`'s UNet, or a new one of `config.unet`, reading `width`-wide tokens; one that
+    reads another width or needs inputs the loop does not give is a `RunSetupError`."""
+    from diffusers import UNet2DConditionModel
+
+    if config.init_from is not None:
+        folder = Path(config.init_from) / "unet"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
+        where = f"init_from {config.init_from}"
+        with reading_part("init_from", config.init_from):
+            saved = UNet2DConditionModel.load_config(folder)
+        if not isinstance(saved, dict):
+            raise RunSetupError(f"{where}: unet/config.json: expected a JSON object, got {type(saved).__name__}")
+        _check_unet_inputs(saved, where)  # before the weights are read: an SDXL UNet's are gigabytes
+        if saved.get("cross_attention_dim") != width:
+            raise RunSetupError(
+                f"{where}: the UNet reads {saved.get('cross_attention_dim')}-wide tokens but the conditioner gives "
+                f"{width}; set projection_dim: {saved.get('cross_attention_dim')} (a learned adapter, `train: adapter`)"
+            )
+        with reading_part("init_from", config.init_from):
+            return UNet2DConditionModel.from_pretrained(folder)
+    _check_unet_inputs(config.unet, "unet")
+    channels = 3 if vae is None else vae.config.latent_channels
+    size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
+    settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
+    return UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
+
+
+def add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
+    from peft import LoraConfig
+
+    unet.add_adapter(
+        LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            target_modules=list(config.lora.target_modules),
+            init_lora_weights="gaussian",
+        )
+    )
