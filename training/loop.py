@@ -15,8 +15,8 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
 
 1. Before any work: the machine (`check_runtime`), how accelerate spread the processes
    (`check_distributed_type`: data parallel only, as rank 0 saves whole weights), the data's files
-   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: a file
-   in its place is refused (`run_folder.check_output_path`), its lock is taken
+   (`DataConfig.check_files`: every shard pattern matches its files) and the run folder: an
+   empty name or a file in its place is refused (`run_folder.check_output_path`), its lock is taken
    (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead run's lock
    taken over), another run's folder is refused (`run_folder.check_output_dir`), a resume of a
    run that finished and saved its result stops here (`RunAlreadyFinished`), and what writers

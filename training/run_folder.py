@@ -4,7 +4,7 @@ A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds 
 ``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/``, what the
 run saves at the end and, once that is saved, ``finished.json`` (the step it finished at).
 While a run uses the folder it also holds ``run.lock`` (`clipcond.training.run_lock`).
-`output_dir` must be a folder or not exist yet (`check_output_path`).
+`output_dir` must be named (not empty) and be a folder or not exist yet (`check_output_path`).
 
 What the run saves at the end (``model/``, ``pipeline/``) is written as checkpoints are
 (`writing_atomically`): into a hidden sibling ``.tmp-<name>-<pid>``, renamed into place once
@@ -66,8 +66,15 @@ def _defaults(config_class: type) -> dict[str, Any]:
 
 
 def check_output_path(output_dir: str | os.PathLike) -> None:
-    """Refuse an `output_dir` that is not a folder (a file), or that cannot be made because a
-    folder it would be made in is a file (a `RunFolderError`). Writes nothing."""
+    """Refuse an `output_dir` that is empty (``""``, or only spaces: `Path` reads it as the
+    current folder, and the run would write among the user's files), that is not a folder (a
+    file), or that cannot be made because a folder it would be made in is a file (a
+    `RunFolderError`). Writes nothing."""
+    if not str(output_dir).strip():
+        raise RunFolderError(
+            "output_dir is empty; name the run's folder in output_dir (--output-dir), e.g. runs/my-run "
+            "(an empty one would be the current folder, and the run would write among its files)"
+        )
     path = Path(output_dir)
     for existing in (path, *path.parents):
         if not (existing.exists() or existing.is_symlink()):
