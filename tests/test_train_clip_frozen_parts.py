@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from clipcond.models import load_clip
@@ -81,3 +82,25 @@ def test_a_resume_of_a_lit_run_with_evaluations_redoes_the_steps_bit_for_bit(tmp
     assert straight.keys() == resumed.keys()
     different = [key for key in straight if not torch.equal(straight[key], resumed[key])]
     assert different == []
+
+
+def _write_run_config(path: Path, settings: dict) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.mark.parametrize("targets", [["layer_norm1"], ["final_layer_norm"], ["mlp"], ["embeddings"], ["q_proj", "mlp"]])
+def test_lora_targets_peft_cannot_wrap_are_one_error_line_before_any_work(
+    tmp_path: Path, pretrained: Path, targets: list[str], capsys
+) -> None:
+    from clipcond.cli import main
+
+    output = tmp_path / "run"
+    settings = dict(init_from=str(pretrained), mode="lora", steps=2, checkpoint_every=100, output_dir=str(output))
+    path = _write_run_config(tmp_path / "run.yaml", {**settings, **COMMON, "lora": {"target_modules": targets}})
+    assert main(["train-clip", "--config", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]  # (import warnings aside)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "lora.target_modules" in lines[0] and targets[-1] in lines[0]
+    assert not output.exists() or not any(output.iterdir())

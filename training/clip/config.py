@@ -25,8 +25,10 @@ class LoraSettings:
         alpha: the update is scaled by alpha / r; a number > 0.
         dropout: dropout on the adapters' input while training, in [0, 1).
         target_modules: names of the modules that get an adapter (the last part of a module's
-            dotted name, e.g. "q_proj"); at least one, and at least one of them must exist in
-            one of the towers (checked when the model is built, before the first step).
+            dotted name, e.g. "q_proj"); at least one, at least one of them must exist in one of
+            the towers, and every module they match must be one peft wraps (a linear, embedding
+            or convolution layer, not a LayerNorm or a whole block); the last two are checked
+            when the model is built, before the first step.
     """
 
     r: int = 8

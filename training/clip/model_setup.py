@@ -95,7 +95,8 @@ def build_contrastive_model(config: TrainClipConfig, config_dir: Path | None = N
 
     Raises:
         FileNotFoundError: the model YAML or `init_from` folder does not exist.
-        RunSetupError: a LoRA run whose target modules exist in neither tower; the model YAML
+        RunSetupError: a LoRA run whose target modules exist in neither tower, or name a module
+            peft cannot wrap (a LayerNorm, a whole MLP or embeddings block); the model YAML
             does not validate, or the `init_from` folder cannot be read (a file missing, weights
             truncated or empty, a config that does not parse), its key and file or folder named.
     """
@@ -166,7 +167,10 @@ def _add_lora(clip: ClipTwoTower, config: TrainClipConfig) -> None:
         lora = LoraConfig(
             r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, target_modules=targets
         )
-        setattr(clip, name, get_peft_model(tower, lora))
+        try:
+            setattr(clip, name, get_peft_model(tower, lora))
+        except ValueError as error:  # peft refuses a module it has no adapter for (LayerNorm, a whole block)
+            raise RunSetupError(_unwrappable_targets(tower, name, targets)) from error
         applied.append(name)
     if not applied:
         raise RunSetupError(
@@ -174,6 +178,22 @@ def _add_lora(clip: ClipTwoTower, config: TrainClipConfig) -> None:
             "projections are q_proj, k_proj, v_proj, out_proj)"
         )
     clip.logit_scale.requires_grad_(True)
+
+
+def _unwrappable_targets(tower: nn.Module, name: str, targets: list[str]) -> str:
+    """The message for `targets` that peft refused to wrap in the `name` tower, with what each matched."""
+    matched = sorted(
+        {
+            f"{part} ({type(module).__name__})"
+            for module_name, module in tower.named_modules()
+            if (part := module_name.rsplit(".", 1)[-1]) in targets
+        }
+    )
+    return (
+        f"`lora.target_modules` match {', '.join(matched)} in the {name} tower, and peft cannot put a LoRA "
+        "adapter on every one: it wraps linear, embedding and convolution layers (and torch's "
+        "MultiheadAttention), such as the attention projections q_proj, k_proj, v_proj, out_proj"
+    )
 
 
 def export_clip(model: ContrastiveModel) -> ClipTwoTower:
