@@ -8,6 +8,7 @@ asked for by name (`tokenizer: builtin-clip`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,29 @@ def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32)
 
 
 def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """(model, tokenizer) for a T5 encoder (`T5EncoderModel`), in eval mode, in `dtype`."""
+    """(model, tokenizer) for a T5 encoder (`T5EncoderModel`), in eval mode, in `dtype`.
+
+    A local folder that holds no model but a ``text_encoder/`` that does (what ``clipcond
+    train-t5`` writes to ``<output_dir>/model``, beside its ``tokenizer/``) is read as
+    ``subfolder: text_encoder``, as a diffusion run's ``t5_encoder:`` reads it."""
     from transformers import T5EncoderModel
 
+    source = _with_encoder_subfolder(source)
     kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
     model = T5EncoderModel.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
     return model, load_tokenizer(source, "t5")
+
+
+def _with_encoder_subfolder(source: EncoderSource) -> EncoderSource:
+    """`source` with ``subfolder: text_encoder`` when it names no subfolder and its path is a
+    local folder without a ``config.json`` of its own but with ``text_encoder/config.json``;
+    else `source` unchanged. (Its tokenizer is then looked for in ``tokenizer/`` beside it:
+    `load_tokenizer`.)"""
+    folder = Path(source.path)
+    if (
+        source.subfolder
+        or (folder / "config.json").is_file()
+        or not (folder / "text_encoder" / "config.json").is_file()
+    ):
+        return source
+    return dataclasses.replace(source, subfolder="text_encoder")
