@@ -173,9 +173,37 @@ def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tupl
         raise ValueError(f"pooled={recipe.pooled!r} needs a `clip` encoder; use pooled='none'")
 
 
+def check_clip_windows(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
+    """A ValueError unless the CLIPs whose token states the recipe joins on the channel axis
+    (more than one CLIP, any combine but "clip_pooled_t5_tokens": SDXL, SD3, custom) share one
+    window length (`TextEncoder.window_length`, positions per window): their (windows,
+    window_length, width) states are concatenated position by position, so a Long-CLIP of 248
+    positions beside a 77-position CLIP cannot be joined. Pooled vectors alone (Flux's
+    recipe) join whatever the lengths."""
+    if len(clip) < 2 or recipe.combine == "clip_pooled_t5_tokens":
+        return
+    lengths = [encoder.window_length for encoder in clip]
+    if len(set(lengths)) == 1:
+        return
+    components = [slot.model for slot in family_of(recipe).slots if slot.kind == "clip"]
+    # Only a family's own CLIPs have a pipeline component's name ("text_encoder_2").
+    where = [f", the pipeline's `{name}`" for name in components] if len(components) == len(clip) else [""] * len(clip)
+    named = ", ".join(
+        f"clip[{index}] ({type(encoder.model).__name__}{where[index]}): {length} positions"
+        for index, (encoder, length) in enumerate(zip(clip, lengths))
+    )
+    raise ValueError(
+        f"recipe {recipe.name!r} joins its CLIP encoders' token states on the channel axis, position by position, "
+        f"so every CLIP must have the same context length; got {named}. A long-context CLIP (Long-CLIP, "
+        "248 positions) must replace every CLIP of the pipeline, not only one"
+    )
+
+
 def check_clip_layer(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
-    """A ValueError unless the hidden state the recipe reads (`clip_layer_from_end`: 1 the
-    last layer's) exists in the shallowest CLIP whose token states it reads."""
+    """A ValueError unless the CLIP token states the recipe reads can be read: the CLIPs joined
+    on channels share one window length (`check_clip_windows`), and the hidden state the recipe
+    reads (`clip_layer_from_end`: 1 the last layer's) exists in the shallowest of them."""
+    check_clip_windows(recipe, clip)
     if not clip or recipe.combine == "clip_pooled_t5_tokens":
         return
     deepest = min(encoder.num_layers for encoder in clip)
