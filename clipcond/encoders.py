@@ -99,16 +99,32 @@ def _computing_on_copies(module: nn.Module, dtype: torch.dtype) -> Iterator[None
             tensor.data = data
 
 
-def _quantization(model: nn.Module) -> str | None:
-    """What quantized `model`, or None: transformers' quantizer, else the tensor subclass of a
-    weight quantized in place (torchao's `quantize_`, bitsandbytes' modules)."""
+def weights_quantization(model: nn.Module) -> str | None:
+    """What quantized `model`'s weights, or None when they are plain floating tensors that a
+    cast can copy (`weights_in`). Read from the weights: a tensor subclass (torchao's
+    `quantize_`, or `TorchAoConfig`), a parameter class of its own (bitsandbytes' `Int8Params`
+    and `Params4bit`, loaded by transformers or put in by hand), or an integer parameter (packed
+    blocks: GGUF kept packed). transformers' quantizer counts too, as some keep their weights
+    in buffers of their own modules (GPTQ, AWQ), except the ones that may leave plain weights:
+    GGUF (dequantized on load unless packed) and a config with ``dequantize=True``."""
     quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
+    if quantizer is not None and not _may_leave_plain_weights(quantizer):
         return type(quantizer).__name__
     for parameter in model.parameters():
         if type(parameter.data) is not torch.Tensor:
             return type(parameter.data).__name__
+        if type(parameter) not in (nn.Parameter, torch.Tensor):
+            return type(parameter).__name__
+        if not (parameter.is_floating_point() or parameter.is_complex()):
+            return f"{parameter.dtype} weights"
     return None
+
+
+def _may_leave_plain_weights(quantizer: Any) -> bool:
+    """Whether transformers' `quantizer` may have dequantized the weights on load (the
+    weights then say whether they are quantized)."""
+    config = getattr(quantizer, "quantization_config", None)
+    return getattr(config, "quant_method", None) == "gguf" or getattr(config, "dequantize", False) is True
 
 
 @dataclass(eq=False)
@@ -123,8 +139,8 @@ class TextEncoder:
             runs on a copy of the weights in it (`weights_in`: for float16 to float32, twice
             the weights' bytes beside them while it runs), and the states are returned in the
             weights' dtype, `dtype`. The model itself is left as it is: a pipeline sharing it
-            computes in its own dtype. Quantized models are refused (their weights cannot be
-            cast).
+            computes in its own dtype. Models whose weights are quantized are refused
+            (`weights_quantization`: they cannot be cast); a GGUF model dequantized on load is not.
         kind: "clip" or "t5", read from the model config.
     """
 
@@ -145,7 +161,7 @@ class TextEncoder:
         dtype = self.compute_dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`compute_dtype` must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-        quantized = _quantization(self.model)
+        quantized = weights_quantization(self.model)
         if quantized is not None and dtype != self.weights_dtype:
             raise ValueError(
                 f"`compute_dtype` ({dtype}) runs {type(self.model).__name__} on a copy of its weights cast to it, but "

@@ -4,7 +4,8 @@ with them (weights, long prompts, `from_pipeline`), the cache sees a quantized w
 (`clipcond.fingerprint.stored_tensors`), and a saved quantized folder encodes the same.
 
 Also the float16 T5 overflow (diffusers #8604): the error names the encoder and its dtype, and
-`compute_dtype` is the fix.
+`compute_dtype` is the fix, except for quantized weights, which it refuses (from what the weights
+are: a GGUF model dequantized on load is run, bitsandbytes layers put in by hand are refused).
 """
 
 from __future__ import annotations
@@ -187,18 +188,31 @@ def test_non_finite_scale_of_a_quantized_weight_is_named(tiny_t5_encoder_path, t
 # ------------------------------------------------------------------ bitsandbytes
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_bitsandbytes_t5_encodes_and_caches(t5_tokenizer, tmp_path, bits) -> None:
+def bitsandbytes_config(bits: int):
+    """transformers' config for bitsandbytes 8-bit or 4-bit quantization."""
     quantization_backend("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    # bitsandbytes' 4-bit CPU kernels quantize rows in blocks of 64: every input width is 64 or more
+    return BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else BitsAndBytesConfig(load_in_4bit=True)
+
+
+def save_t5_for_bitsandbytes(folder, tokenizer) -> None:
+    """A seeded float32 T5 saved to `folder`, wide enough for bitsandbytes' CPU kernels (4-bit
+    quantizes rows in blocks of 64: every input width is 64 or more)."""
     torch.manual_seed(13)
-    config = T5Config(vocab_size=len(t5_tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4)
-    T5EncoderModel(config).save_pretrained(tmp_path)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4)
+    T5EncoderModel(config).save_pretrained(folder)
+
+
+def load_bitsandbytes_t5(folder, bits: int) -> T5EncoderModel:
+    return T5EncoderModel.from_pretrained(folder, quantization_config=bitsandbytes_config(bits), device_map="cpu")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bitsandbytes_t5_encodes_and_caches(t5_tokenizer, tmp_path, bits) -> None:
+    save_t5_for_bitsandbytes(tmp_path, t5_tokenizer)
     float_t5 = T5EncoderModel.from_pretrained(tmp_path).eval()
-    quantization = BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else BitsAndBytesConfig(load_in_4bit=True)
-    model = T5EncoderModel.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu")
+    model = load_bitsandbytes_t5(tmp_path, bits)
     conditioner = t5_conditioner(model, t5_tokenizer)
     if bits == 4:
         # bitsandbytes' CPU path repacks 4-bit weights on the first forward: a real change of
@@ -220,20 +234,58 @@ def test_bitsandbytes_t5_encodes_and_caches(t5_tokenizer, tmp_path, bits) -> Non
     assert counter.calls == 2
 
 
+def bitsandbytes_layers_by_hand(model: torch.nn.Module, bits: int) -> torch.nn.Module:
+    """`model` with each `nn.Linear` replaced by a bitsandbytes layer holding its weights
+    (`Int8Params` or `Params4bit`, quantized as it is put on the CPU), without transformers."""
+    bnb = quantization_backend("bitsandbytes")
+    for module in list(model.modules()):
+        for name, linear in list(module.named_children()):
+            if not isinstance(linear, torch.nn.Linear):
+                continue
+            shape = (linear.in_features, linear.out_features)
+            if bits == 8:
+                layer = bnb.nn.Linear8bitLt(*shape, bias=linear.bias is not None, has_fp16_weights=False)
+                layer.weight = bnb.nn.Int8Params(
+                    linear.weight.data.float(), requires_grad=False, has_fp16_weights=False
+                )
+            else:
+                layer = bnb.nn.Linear4bit(*shape, bias=linear.bias is not None, compute_dtype=linear.weight.dtype)
+                layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False)
+            if linear.bias is not None:
+                layer.bias = linear.bias
+            setattr(module, name, layer.to("cpu"))
+    return model
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_compute_dtype_on_bitsandbytes_layers_put_in_by_hand_is_refused(bits) -> None:
+    """No `hf_quantizer` says so, and the packed data are plain integer tensors: the
+    bitsandbytes parameter classes do (a cast would leave those layers as they are and run the
+    rest in float32)."""
+    clip = tiny_pipelines.clip_text_model(1, hidden_size=64, intermediate_size=128).to(torch.bfloat16)
+    model = bitsandbytes_layers_by_hand(clip, bits)
+    assert getattr(model, "hf_quantizer", None) is None
+    kind = "Int8Params" if bits == 8 else "Params4bit"
+    with pytest.raises(ValueError, match=rf"`compute_dtype` \(torch.float32\) .* quantized \({kind}\)"):
+        TextConditioner("sd", clip=[(model, tiny_pipelines.clip_tokenizer())], compute_dtype=torch.float32)
+
+
 # ------------------------------------------------------------------ GGUF
 
 
-def test_gguf_t5_is_dequantized_on_load_and_encodes_close(t5_tokenizer, tmp_path) -> None:
+def write_gguf_t5(folder, tokenizer) -> tuple[T5Config, T5EncoderModel]:
+    """A seeded float32 T5 written to ``folder/t5.gguf`` with its linear weights in Q8_0: its
+    config and the float32 model."""
     gguf = quantization_backend("gguf")
     torch.manual_seed(5)
     # GGUF Q8_0 quantizes rows in blocks of 32: widths are multiples of 32. transformers reads
     # GGUF T5 as gated (T5 v1.1, Flux/SD3's T5-XXL) and takes the activation from `config`.
     config = T5Config(
-        vocab_size=len(t5_tokenizer), d_model=64, d_ff=64, d_kv=16, num_layers=2, num_heads=4,
+        vocab_size=len(tokenizer), d_model=64, d_ff=64, d_kv=16, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
     )  # fmt: skip
     original = T5EncoderModel(config).eval()
-    writer = gguf.GGUFWriter(str(tmp_path / "t5.gguf"), "t5encoder")
+    writer = gguf.GGUFWriter(str(folder / "t5.gguf"), "t5encoder")
     writer.add_context_length(512)
     writer.add_embedding_length(config.d_model)
     writer.add_feed_forward_length(config.d_ff)
@@ -259,12 +311,39 @@ def test_gguf_t5_is_dequantized_on_load_and_encodes_close(t5_tokenizer, tmp_path
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return config, original
+
+
+def test_gguf_t5_is_dequantized_on_load_and_encodes_close(t5_tokenizer, tmp_path) -> None:
+    config, original = write_gguf_t5(tmp_path, t5_tokenizer)
     loaded = T5EncoderModel.from_pretrained(tmp_path, gguf_file="t5.gguf", config=config).eval()
     assert first_attention_query(loaded).dtype == torch.float32  # dequantized: plain float weights
     ours = t5_conditioner(loaded, t5_tokenizer, cache_size=0).encode([PROMPT, WEIGHTED]).tokens
     reference = t5_conditioner(original, t5_tokenizer, cache_size=0).encode([PROMPT, WEIGHTED]).tokens
     assert not torch.equal(ours, reference)
     assert cosine(ours, reference) > 0.999
+
+
+def test_compute_dtype_runs_a_gguf_t5_dequantized_on_load(t5_tokenizer, tmp_path) -> None:
+    """transformers keeps its GGUF quantizer on the model, but the weights it leaves are plain
+    bfloat16 tensors: `compute_dtype=torch.float32` (the fix for a float16 T5's overflow) runs
+    on float32 copies of them, as transformers' own `to(torch.float32)` of the model would."""
+    config, _ = write_gguf_t5(tmp_path, t5_tokenizer)
+
+    def load() -> T5EncoderModel:
+        return T5EncoderModel.from_pretrained(tmp_path, gguf_file="t5.gguf", config=config, torch_dtype=torch.bfloat16)
+
+    model = load().eval()
+    assert type(model.hf_quantizer).__name__ == "GgufHfQuantizer"
+    assert {(type(p), type(p.data), p.dtype) for p in model.parameters()} == {
+        (torch.nn.Parameter, torch.Tensor, torch.bfloat16)
+    }
+    tokens = t5_conditioner(model, t5_tokenizer, cache_size=0, compute_dtype=torch.float32).encode(PROMPT).tokens
+    cast = load().to(torch.float32).eval()
+    reference = t5_conditioner(cast, t5_tokenizer, cache_size=0).encode(PROMPT).tokens
+    assert tokens.dtype == torch.bfloat16
+    assert torch.equal(tokens, reference.to(torch.bfloat16))
+    assert first_attention_query(model).dtype == torch.bfloat16  # the model itself is not cast
 
 
 # ------------------------------------------------------------------ float16 overflow
