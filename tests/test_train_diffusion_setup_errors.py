@@ -14,6 +14,8 @@ import torch
 import yaml
 from test_train_diffusion import UNET, tiny_config
 
+from clipcond.projection import TextProjection
+from clipcond.training.diffusion.config import DiffusionLoraSettings
 from clipcond.training.diffusion.loop import train_diffusion
 from clipcond.training.loop import RunSetupError
 
@@ -83,6 +85,9 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     ).save_pretrained(root / "vae2")
     shutil.copytree(root / "sd", root / "sd_unet_config_a_list")
     (root / "sd_unet_config_a_list" / "unet" / "config.json").write_text("[]")
+    # an adapter run's pipeline: its projection reads a 16-wide CLIP into the UNet's 32
+    shutil.copytree(root / "sd", root / "sd_adapter")
+    TextProjection(32, clip_width=16).save_pretrained(root / "sd_adapter" / "text_projection")
     return {path.name: path for path in root.iterdir()}
 
 
@@ -121,6 +126,44 @@ CASES = {
         dict(vae="vae2", image_size=17),
         ["image_size (17) must be a multiple of the VAE's downsampling (2; vae {vae2})"],
     ),
+    # before: peft's NoMatchingPeftModuleError / ValueError tracebacks
+    "LoRA target matching no module": (
+        "clip",
+        dict(unet=None, init_from="sd", train="lora", lora=DiffusionLoraSettings(target_modules=["to_q", "nosuch"])),
+        ["`lora.target_modules` ['nosuch'] match no module of the UNet; LoRA adapts linear and convolution layers"],
+    ),
+    "LoRA target that is not a layer": (
+        "clip",
+        dict(unet=None, init_from="sd", train="lora", lora=DiffusionLoraSettings(target_modules=["attn2"])),
+        ["`lora.target_modules` {{'attn2': 'Attention'}} name modules, not layers"],
+    ),
+    # before: diffusers' ValueError tracebacks from UNet2DConditionModel(...)
+    "UNet block type that does not exist": (
+        "clip",
+        dict(unet={**UNET, "down_block_types": ["DownBlock2D", "CrossAttnDownBlok2D"]}),
+        ["unet: CrossAttnDownBlok2D does not exist"],
+    ),
+    "UNet with one block_out_channels too many": (
+        "clip",
+        dict(unet={**UNET, "block_out_channels": [16, 32, 32]}),
+        ["unet: Must provide the same number of `block_out_channels` as `down_block_types`"],
+    ),
+    "UNet group norm that does not divide the channels": (
+        "clip",
+        dict(unet={**UNET, "norm_num_groups": 5}),
+        ["unet: num_channels (16) must be divisible by num_groups (5)"],
+    ),
+    # before: the ValueError tracebacks of TextConditioner's projection checks
+    "projection_dim other than init_from's": (
+        "narrow",
+        dict(unet=None, init_from="sd_adapter", train="adapter", projection_dim=48),
+        ["projection_dim: 48 differs from the 32 of init_from {sd_adapter}'s text_projection/", "leave projection_dim"],
+    ),
+    "CLIP of another width than init_from's projection reads": (
+        "clip",
+        dict(unet=None, init_from="sd_adapter", train="adapter"),
+        ["init_from {sd_adapter} text_projection/: the given projection has layers {{'clip': 16}}", "{{'clip': 32}}"],
+    ),
 }
 
 
@@ -147,4 +190,37 @@ def test_parts_that_do_not_fit_are_one_error_line_before_any_work(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment.format(**paths) in err, (fragment, err)
+    assert not (tmp_path / "run").exists()
+
+
+CONFIG_CASES = {
+    # case: (--set values, with a T5, fragment of the error line); before: accepted (the key
+    # ignored without a T5), or a traceback from clipcond.recipes or peft
+    "t5_max_length 1": (["t5_max_length=1"], True, "`t5_max_length` must be an integer >= 2 (EOS included)"),
+    "t5_max_length without a T5": (["t5_max_length=64"], False, "`t5_max_length` needs a `t5_encoder`"),
+    "no LoRA targets": (
+        ["lora.target_modules=[]"],
+        False,
+        "`lora.target_modules` must be a non-empty list of module names (such as attn2.to_q)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_values_that_cannot_be_built_are_one_error_line(
+    case: str, tiny_clip_text_path, tiny_t5_encoder_path, tmp_path: Path, capsys
+) -> None:
+    from clipcond.cli import main
+
+    assignments, with_t5, fragment = CONFIG_CASES[case]
+    extra = dict(t5_encoder=str(tiny_t5_encoder_path), projection_dim=32) if with_t5 else {}
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", steps=1, ema_decay=None, train="unet", **extra)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    overrides = [arg for assignment in assignments for arg in ("--set", assignment)]
+    capsys.readouterr()
+    assert main(["train-diffusion", "--config", str(path), "--no-progress", *overrides]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert not (tmp_path / "run").exists()

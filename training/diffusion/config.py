@@ -31,6 +31,11 @@ class DiffusionLoraSettings:
 
     def __post_init__(self) -> None:
         check_lora_rank_and_alpha(self.r, self.alpha)
+        names = self.target_modules
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(
+                f"`lora.target_modules` must be a non-empty list of module names (such as attn2.to_q), got {names!r}"
+            )
 
 
 @dataclass
@@ -99,9 +104,9 @@ class TrainDiffusionConfig:
         projection_dim: width of a learned `TextProjection` (the `custom` recipe's adapter)
             between the encoders and the UNet, which then reads tokens of this width; needed
             when CLIP and T5 widths differ. Taken from `init_from` when its pipeline has one.
-        t5_max_length: T5 token budget (EOS included) of prompts with `t5_encoder`; None: the
-            custom family's default (`clipcond.families`, 256). Stored in the saved pipeline so
-            sampling uses the same length.
+        t5_max_length: T5 token budget (>= 2, EOS included) of prompts with `t5_encoder` (only
+            with one); None: the custom family's default (`clipcond.families`, 256). Stored in
+            the saved pipeline so sampling uses the same length.
         t5_attention_mask: with `t5_encoder`, the T5 attends only to the caption's tokens, not
             to the padding up to `t5_max_length` (as it was pretrained by ``clipcond train-t5``,
             which masks padding); False (default): it attends to the padding too, as SD3's and
@@ -253,6 +258,17 @@ class TrainDiffusionConfig:
             )
         if self.t5_attention_mask and self.t5_encoder is None:
             raise ValueError("`t5_attention_mask` needs a `t5_encoder`")
+        if self.t5_max_length is not None:
+            if self.t5_encoder is None:
+                raise ValueError("`t5_max_length` needs a `t5_encoder` (it is the T5's token budget)")
+            if (
+                isinstance(self.t5_max_length, bool)
+                or not isinstance(self.t5_max_length, int)
+                or self.t5_max_length < 2
+            ):
+                raise ValueError(
+                    f"`t5_max_length` must be an integer >= 2 (EOS included) or null, got {self.t5_max_length!r}"
+                )
         if self.keep_checkpoints < 1:
             raise ValueError(f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}")
         check_window_split(self.caption_window_split, "caption_window_split")

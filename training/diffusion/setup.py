@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from clipcond.conditioning import TextConditioner
+from clipcond.errors import user_errors
 from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
@@ -99,12 +100,24 @@ class DiffusionModels:
 
 
 def _load_init_projection(config: TrainDiffusionConfig) -> nn.Module | None:
+    """`init_from`'s projection, which the run continues, or None when it has none.
+
+    Raises:
+        RunSetupError: it cannot be read, or `projection_dim` asks for another width.
+    """
     if config.init_from is None or not (Path(config.init_from) / PROJECTION_DIR).is_dir():
         return None
     from clipcond.projection import TextProjection
 
     with reading_part("init_from", config.init_from):
-        return TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
+        projection = TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
+    saved = projection.config.projection_dim
+    if config.projection_dim is not None and config.projection_dim != saved:
+        raise RunSetupError(
+            f"projection_dim: {config.projection_dim} differs from the {saved} of init_from {config.init_from}'s "
+            f"{PROJECTION_DIR}/, which this run continues; leave projection_dim out (or set it to {saved})"
+        )
+    return projection
 
 
 def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
@@ -200,10 +213,10 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
             "`train: adapter` trains a projection: set `projection_dim`, or init_from a pipeline that has one "
             f"(init_from {config.init_from} has no {PROJECTION_DIR}/)"
         )
+    projection = _load_init_projection(config)
     text_encoder = load_frozen_text_encoder(config.text_encoder)
     tokenizer = load_text_encoder_tokenizer(config.text_encoder, text_encoder)
     t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
-    projection = _load_init_projection(config)
     custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
     recipe = (
         custom_recipe(
@@ -212,16 +225,20 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
         if custom
         else get_recipe("sd")
     )
-    return TextConditioner(
-        recipe,
-        clip=[(text_encoder, tokenizer)],
-        t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
-        projection=projection,
-        projection_dim=config.projection_dim,
-        parse_weights=config.caption_syntax,
-        window_split=config.caption_window_split,
-        cache_size=100_000,
-    )
+    # the encoders' widths must fit together: init_from's projection reads those it was trained
+    # with, and CLIP and T5 tokens of two widths need a projection_dim
+    where = f"init_from {config.init_from} {PROJECTION_DIR}/: " if projection is not None else ""
+    with user_errors(ValueError, error=RunSetupError, context=where):
+        return TextConditioner(
+            recipe,
+            clip=[(text_encoder, tokenizer)],
+            t5=None if t5_encoder is None else (t5_encoder, t5_tokenizer),
+            projection=projection,
+            projection_dim=config.projection_dim,
+            parse_weights=config.caption_syntax,
+            window_split=config.caption_window_split,
+            cache_size=100_000,
+        )
 
 
 def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from clipcond.errors import user_errors
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.loop import RunSetupError, reading_part
@@ -70,17 +71,38 @@ def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) 
     size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
     extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
     settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
-    return UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
+    # diffusers checks the arguments together (block types, one channel count per block, group
+    # norm sizes): what it refuses is the config's to fix
+    with user_errors(ValueError, TypeError, error=RunSetupError, context="unet: "):
+        return UNet2DConditionModel(**settings, sample_size=size, cross_attention_dim=width)
+
+
+# the layer types peft's LoRA adapts (of those a UNet has)
+_LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 def add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
+    """LoRA (peft, `config.lora`) on the modules of `unet` that `lora.target_modules` name (a
+    name matches a module whose dotted path is it or ends in ``.<name>``, as peft matches).
+
+    Raises:
+        RunSetupError: a target matches no module of the UNet, or a module that is not a layer
+            peft adapts (e.g. ``attn2``, the attention block, not its projections).
+    """
     from peft import LoraConfig
 
-    unet.add_adapter(
-        LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            target_modules=list(config.lora.target_modules),
-            init_lora_weights="gaussian",
+    targets = list(config.lora.target_modules)
+    matched = {t: [m for name, m in unet.named_modules() if name == t or name.endswith(f".{t}")] for t in targets}
+    unmatched = [t for t in targets if not matched[t]]
+    not_layers = {t: type(m).__name__ for t in targets for m in matched[t] if not isinstance(m, _LORA_LAYERS)}
+    if unmatched or not_layers:
+        found = f"{unmatched} match no module of the UNet" if unmatched else f"{not_layers} name modules, not layers"
+        raise RunSetupError(
+            f"`lora.target_modules` {found}; LoRA adapts linear and convolution layers, such as the "
+            "cross-attention projections attn2.to_q, attn2.to_k, attn2.to_v, attn2.to_out.0"
         )
+    lora = LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, target_modules=targets, init_lora_weights="gaussian"
     )
+    with user_errors(ValueError, error=RunSetupError, context="`lora.target_modules`: "):
+        unet.add_adapter(lora)
