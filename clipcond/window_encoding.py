@@ -28,8 +28,8 @@ from clipcond.emphasis import (
     multiply_keeping_window_means,
 )
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS, MODES_FROM_EMPTY
-from clipcond.encoders import TextEncoder, run_clip, run_t5
-from clipcond.fingerprint import offloaded_tensor, stored_tensors
+from clipcond.encoders import TextEncoder, run_clip, run_t5, weights_quantization
+from clipcond.fingerprint import _watched_tensors, offloaded_tensor, stored_tensors
 from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
 from clipcond.records import EncodedPrompt
@@ -128,23 +128,36 @@ def _non_finite_message(encoder: TextEncoder, dtype: torch.dtype) -> str:
     finite = "its weights are finite" if not unread else f"the weights read are finite ({unread} offloaded unread)"
     fix = ""
     if computed == torch.float16:
-        fix = "; in float16 pass compute_dtype=torch.float32 (TextConditioner or TextEncoder), or load it in bfloat16"
+        quantized = weights_quantization(encoder.model)
+        fix = (
+            "; in float16 pass compute_dtype=torch.float32 (TextConditioner or TextEncoder), or load it in bfloat16"
+            if quantized is None
+            # `compute_dtype` is refused for quantized weights: they cannot be cast
+            else f"; they are quantized ({quantized}): load it with torch_dtype=torch.float32 or torch.bfloat16"
+        )
     return f"{name} gave NaN or infinite states although {finite}{fix}"
 
 
 def _stored_weights(model: torch.nn.Module) -> tuple[list[torch.Tensor], int]:
-    """The floating-point tensors that hold `model`'s weights (a quantized weight's plain
-    tensors, its scales), and how many weights none could be read for. A weight on the meta
-    device (accelerate's sequential or disk offload) is read from the hook that keeps its values
-    in `weights_map` and brings them in for each forward (`offloaded_tensor`)."""
-    found, unread = [], 0
+    """The floating-point tensors that hold `model`'s weights, as the cache watches them
+    (`_watched_tensors`: a quantized weight's plain tensors and scales, a bitsandbytes 8-bit
+    layer's `SCB` wherever it is), and how many weights none could be read for. A weight on the
+    meta device (accelerate's sequential or disk offload) is read from the hook that keeps its
+    values in `weights_map` and brings them in for each forward (`offloaded_tensor`)."""
+    found = [
+        tensor
+        for _, tensor in _watched_tensors(list(model.named_modules()))
+        if tensor.device.type != "meta" and tensor.is_floating_point()
+    ]
+    unread = 0
     modules = None
     for path, weight in model.named_parameters():
-        if weight.device.type == "meta":
-            modules = modules or dict(model.named_modules(remove_duplicate=False))
-            weight = offloaded_tensor(modules, path, weight)
+        if weight.device.type != "meta":
+            continue
+        modules = modules or dict(model.named_modules(remove_duplicate=False))
+        value = offloaded_tensor(modules, path, weight)
         name = path.rsplit(".", 1)[-1]
-        parts = [] if weight is None else [part for _, part in stored_tensors(name, weight)]
+        parts = [] if value is None else [part for _, part in stored_tensors(name, value)]
         if not parts or any(part.device.type == "meta" for part in parts):
             unread += 1
             continue

@@ -234,6 +234,25 @@ def test_bitsandbytes_t5_encodes_and_caches(t5_tokenizer, tmp_path, bits) -> Non
     assert counter.calls == 2
 
 
+@pytest.mark.parametrize("after_a_forward", [False, True])
+def test_non_finite_bitsandbytes_8bit_scale_is_named(t5_tokenizer, tmp_path, after_a_forward) -> None:
+    """The 8-bit scale `SCB` is no parameter: on the weight until the first forward, on the layer
+    after. A NaN in it is a NaN in the weights, wherever it is (as a torchao scale's is)."""
+    save_t5_for_bitsandbytes(tmp_path, t5_tokenizer)
+    model = load_bitsandbytes_t5(tmp_path, 8)
+    conditioner = t5_conditioner(model, t5_tokenizer, cache_size=0)
+    if after_a_forward:
+        conditioner.encode("warm up")
+    layer = model.encoder.block[0].layer[0].SelfAttention.q
+    scale = layer.state.SCB if after_a_forward else layer.weight.SCB
+    with torch.no_grad():
+        scale.fill_(float("nan"))
+    with pytest.raises(
+        NonFiniteEncoding, match=r"T5 encoder T5EncoderModel \(torch.float32\) .*: its weights hold NaN"
+    ):
+        conditioner.encode(PROMPT)
+
+
 def bitsandbytes_layers_by_hand(model: torch.nn.Module, bits: int) -> torch.nn.Module:
     """`model` with each `nn.Linear` replaced by a bitsandbytes layer holding its weights
     (`Int8Params` or `Params4bit`, quantized as it is put on the CPU), without transformers."""
@@ -367,6 +386,31 @@ def test_an_overflow_under_a_float16_compute_dtype_names_the_dtype_computed_in(t
         match=r"T5 encoder T5EncoderModel \(torch.float32, computed in torch.float16\) .*compute_dtype=torch.float32",
     ):
         t5_conditioner(model, t5_tokenizer, cache_size=0, compute_dtype=torch.float16).encode(PROMPT)
+
+
+def test_float16_overflow_of_a_quantized_t5_gives_the_fix_that_works(t5_tokenizer, tmp_path) -> None:
+    """`compute_dtype` is refused for quantized weights, so the message names the load-time fix
+    alone; following it encodes finite states."""
+    tiny_pipelines.overflowing_t5(len(t5_tokenizer)).save_pretrained(tmp_path)
+
+    def load(dtype: torch.dtype) -> T5EncoderModel:
+        model = T5EncoderModel.from_pretrained(
+            tmp_path, quantization_config=torchao_int8(), torch_dtype=dtype, device_map="cpu"
+        )
+        return model.eval()
+
+    with pytest.raises(
+        NonFiniteEncoding,
+        match=r"\(torch.float16\) .* they are quantized \(\w+\): load it with torch_dtype=torch.float32 or "
+        r"torch.bfloat16$",
+    ) as raised:
+        t5_conditioner(load(torch.float16), t5_tokenizer, cache_size=0).encode(PROMPT)
+    assert "compute_dtype" not in str(raised.value)
+    with pytest.raises(ValueError, match="quantized"):  # what the message must not suggest
+        t5_conditioner(load(torch.float16), t5_tokenizer, compute_dtype=torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):
+        tokens = t5_conditioner(load(dtype), t5_tokenizer, cache_size=0).encode(PROMPT).tokens
+        assert torch.isfinite(tokens).all()
 
 
 @pytest.mark.parametrize("per_encoder", [False, True])
