@@ -104,3 +104,25 @@ def test_lora_targets_peft_cannot_wrap_are_one_error_line_before_any_work(
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "lora.target_modules" in lines[0] and targets[-1] in lines[0]
     assert not output.exists() or not any(output.iterdir())
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "finetune", "text_only", "lit"])
+def test_a_lora_section_outside_mode_lora_is_refused_naming_the_key(tmp_path: Path, mode: str) -> None:
+    """Like `init_from` in pretrain: a section the mode would never read is an error, not ignored."""
+    start = {"model": TINY_RESNET_MODEL} if mode == "pretrain" else {"init_from": str(tmp_path)}
+    path = _write_run_config(tmp_path / "run.yaml", {**start, "mode": mode, "lora": {"r": 4, "dropout": 0.1}})
+    with pytest.raises(ValueError, match=r"`lora` is only read in mode 'lora'"):
+        TrainClipConfig.from_yaml(path)
+    path = _write_run_config(tmp_path / "run.yaml", {**start, "mode": mode})
+    assert TrainClipConfig.from_yaml(path).mode == mode  # the default section is no mistake
+
+
+def test_the_command_refuses_a_lora_override_outside_mode_lora(tmp_path: Path, capsys) -> None:
+    from clipcond.cli import main
+
+    output = tmp_path / "run"
+    path = _write_run_config(tmp_path / "run.yaml", {"model": TINY_RESNET_MODEL, "output_dir": str(output)})
+    assert main(["train-clip", "--config", str(path), "--set", "lora.r=4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] and "`lora`" in err, err
+    assert not output.exists()

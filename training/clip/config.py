@@ -92,6 +92,8 @@ class TrainClipConfig:
         eval_every: steps between shapes zero-shot evaluations (0: only at the end; shapes data only).
         eval_images_per_class: images per colour-shape class in that evaluation.
         seed: model initialisation and data order, an integer in [0, 2**32 - 1].
+        lora: the adapters of mode "lora"; refused in the other modes when it differs from the
+            defaults (they would ignore it).
     """
 
     model: str | None = None
@@ -132,6 +134,11 @@ class TrainClipConfig:
             raise ValueError(
                 f"`model` is only read in mode 'pretrain'; mode {self.mode!r} takes the architecture from "
                 "`init_from`: remove `model`"
+            )
+        if self.mode != "lora" and self.lora != LoraSettings():
+            raise ValueError(
+                f"`lora` is only read in mode 'lora'; mode {self.mode!r} would ignore {self.lora}: "
+                "set mode: lora, or remove the `lora` section"
             )
         check_log_with(self.log_with)
         if self.eval_every < 0 or self.eval_images_per_class < 1:
