@@ -60,6 +60,28 @@ def test_a_unet_that_needs_more_inputs_is_refused_before_the_run_folder(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("heads", [None, 3])
+def test_a_text_pooling_whose_heads_do_not_split_the_width_is_refused_before_the_run_folder(
+    heads: int | None, tiny_clip_text_path, tmp_path: Path
+) -> None:
+    """addition_embed_type 'text' pools the 32-wide tokens with addition_embed_type_num_heads
+    heads (64 by default): diffusers' UNet fails on the loop's inputs when they do not divide 32,
+    and so did the run, at its first step (a RuntimeError, train_config.failed.yaml left)."""
+    settings = dict(addition_embed_type="text", **({} if heads is None else {"addition_embed_type_num_heads": heads}))
+    with pytest.raises(RuntimeError):  # the peer: diffusers cannot run it so
+        _call_as_the_loop_does(settings)
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", unet={**UNET, **settings}, steps=1)
+    shown = 64 if heads is None else heads
+    with pytest.raises(
+        RunSetupError,
+        match=rf"^unet: addition_embed_type 'text' pools the 32-wide tokens with "
+        rf"addition_embed_type_num_heads \({shown}\) attention heads, which must divide 32; set "
+        r"unet.addition_embed_type_num_heads to a divisor of 32$",
+    ):
+        train_diffusion(config, show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_unet_whose_added_embedding_reads_the_tokens_trains(tiny_clip_text_path, tmp_path: Path) -> None:
     """addition_embed_type 'text' is fed by the tokens themselves: diffusers runs it on the
     loop's inputs, and so does the run (it is not refused with the others)."""
@@ -152,6 +174,15 @@ CASES = {
         "clip",
         dict(unet={**UNET, "norm_num_groups": 5}),
         ["unet: num_channels (16) must be divisible by num_groups (5)"],
+    ),
+    # before: a RuntimeError traceback inside diffusers at the first step
+    "text pooling heads that do not split the width": (
+        "clip",
+        dict(unet={**UNET, "addition_embed_type": "text"}),
+        [
+            "unet: addition_embed_type 'text' pools the 32-wide tokens",
+            "unet.addition_embed_type_num_heads to a divisor",
+        ],
     ),
     # before: the ValueError tracebacks of TextConditioner's projection checks
     "projection_dim other than init_from's": (

@@ -7,6 +7,7 @@ before the run's snapshot and first step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,24 @@ def _check_unet_inputs(settings: Mapping[str, Any], where: str) -> None:
         )
 
 
+def _check_text_pooling(settings: Mapping[str, Any], width: int) -> None:
+    """A UNet of `unet:` `settings` with addition_embed_type "text" pools the `width`-wide tokens
+    with attention of `addition_embed_type_num_heads` heads (diffusers' `TextTimeEmbedding`):
+    they must split the width, or its first step fails inside diffusers (a reshape error)."""
+    from diffusers import UNet2DConditionModel
+
+    if settings.get("addition_embed_type") != "text":
+        return
+    default = inspect.signature(UNet2DConditionModel.__init__).parameters["addition_embed_type_num_heads"].default
+    heads = settings.get("addition_embed_type_num_heads", default)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or width % heads:
+        raise RunSetupError(
+            f"unet: addition_embed_type 'text' pools the {width}-wide tokens with addition_embed_type_num_heads "
+            f"({heads!r}) attention heads, which must divide {width}; set unet.addition_embed_type_num_heads to "
+            f"a divisor of {width}"
+        )
+
+
 def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) -> nn.Module:
     """`init_from`'s UNet, or a new one of `config.unet`, reading `width`-wide tokens; one that
     reads another width or needs inputs the loop does not give is a `RunSetupError`."""
@@ -67,6 +86,7 @@ def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) 
         with reading_part("init_from", config.init_from):
             return UNet2DConditionModel.from_pretrained(folder)
     _check_unet_inputs(config.unet, "unet")
+    _check_text_pooling(config.unet, width)
     channels = 3 if vae is None else vae.config.latent_channels
     size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
     extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
