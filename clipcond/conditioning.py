@@ -51,7 +51,7 @@ from clipcond.config_fingerprint import ConfigFingerprints
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import MODES_FROM_EMPTY, check_emphasis
 from clipcond.empty_states import EmptyPromptStates
-from clipcond.encoders import TextEncoder
+from clipcond.encoders import TextEncoder, dtype_to_cast
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.lora_scale import check_lora_scale, lora_scaled
@@ -301,15 +301,26 @@ class TextConditioner:
         """Move (and cast) the encoders and the projection; returns self. Takes what
         `torch.nn.Module.to` and `DiffusionPipeline.to` take: ``to("cuda")``,
         ``to(torch.float16)``, ``to("cuda", torch.float16)``, ``to(device=..., dtype=...)``.
+        An encoder whose floating weights are all in `dtype` already is only moved.
 
         Raises:
             TypeError: a `dtype` that is not a floating `torch.dtype` (a string such as
                 "float16" included, as `torch.nn.Module.to` refuses it), or two dtypes.
-            ValueError: a `device` torch cannot name. Nothing has moved then.
+            ValueError: a `device` torch cannot name, or a `dtype` for an encoder quantized
+                with bitsandbytes (or GPTQ, Quark), whose models transformers will not cast
+                (`DiffusionPipeline.to` skips such a module with a warning and casts the
+                rest; here the embeddings would then not be in `dtype`: SDXL's follow
+                `text_encoder_2`). Nothing has moved then.
         """
         device, dtype = device_and_dtype(device, dtype)
-        for encoder in self.encoders:
-            encoder.model.to(device=device, dtype=dtype)
+        names = [f"clip[{index}]" for index in range(len(self.clip))] + (["t5"] if self.t5 is not None else [])
+        # Every encoder is checked before any moves: a refusal leaves all of them as they were.
+        casts = [dtype_to_cast(encoder.model, dtype, name) for encoder, name in zip(self.encoders, names)]
+        for encoder, cast in zip(self.encoders, casts):
+            # Only what is given: transformers refuses any `dtype` keyword (None too) on a
+            # bitsandbytes model, and moves it when given a device alone.
+            given = {key: value for key, value in (("device", device), ("dtype", cast)) if value is not None}
+            encoder.model.to(**given)
         if self.projection is not None:
             self.projection.to(device=device, dtype=dtype)
         return self

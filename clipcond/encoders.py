@@ -127,6 +127,31 @@ def _may_leave_plain_weights(quantizer: Any) -> bool:
     return getattr(config, "quant_method", None) == "gguf" or getattr(config, "dequantize", False) is True
 
 
+# transformers' `PreTrainedModel.to` refuses a new dtype for models quantized with these.
+_DTYPE_FIXED_BY = ("bitsandbytes", "gptq", "quark")
+
+
+def dtype_to_cast(model: nn.Module, dtype: torch.dtype | None, name: str) -> torch.dtype | None:
+    """The dtype to pass to ``model.to`` for `TextConditioner.to(dtype)`: `dtype`, or
+    None when there is nothing to cast (no `dtype`, or every floating parameter and buffer is
+    in it already). A ValueError naming the encoder (`name`, such as "clip[1]") when `model`
+    is quantized with a method whose models transformers will not cast (bitsandbytes, GPTQ,
+    Quark: `PreTrainedModel.to` raises), so that the caller can refuse before moving any."""
+    if dtype is None:
+        return None
+    floating = [tensor for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()]
+    if all(tensor.dtype == dtype for tensor in floating):
+        return None
+    method = getattr(model, "quantization_method", None)
+    if method in _DTYPE_FIXED_BY:  # a `QuantizationMethod`, a str enum
+        raise ValueError(
+            f"`dtype` ({dtype}) cannot be given to {name} ({type(model).__name__}): it is quantized with "
+            f"{getattr(method, 'value', method)}, and transformers does not cast such a model; load it with "
+            f"`torch_dtype={dtype}` instead, or cast the other encoders yourself. Nothing has moved"
+        )
+    return dtype
+
+
 @dataclass(eq=False)
 class TextEncoder:
     """A transformers text model with its tokenizer.

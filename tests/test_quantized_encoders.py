@@ -6,6 +6,7 @@ with them (weights, long prompts, `from_pipeline`), the cache sees a quantized w
 Also the float16 T5 overflow (diffusers #8604): the error names the encoder and its dtype, and
 `compute_dtype` is the fix, except for quantized weights, which it refuses (from what the weights
 are: a GGUF model dequantized on load is run, bitsandbytes layers put in by hand are refused).
+`TextConditioner.to(dtype)` refuses a bitsandbytes encoder before moving any.
 """
 
 from __future__ import annotations
@@ -287,6 +288,61 @@ def test_compute_dtype_on_bitsandbytes_layers_put_in_by_hand_is_refused(bits) ->
     kind = "Int8Params" if bits == 8 else "Params4bit"
     with pytest.raises(ValueError, match=rf"`compute_dtype` \(torch.float32\) .* quantized \({kind}\)"):
         TextConditioner("sd", clip=[(model, tiny_pipelines.clip_tokenizer())], compute_dtype=torch.float32)
+
+
+def sdxl_with_8bit_clip_g(sdxl_pipe, folder, dtype: torch.dtype | None = None):
+    """A copy of the tiny SDXL whose `text_encoder_2` transformers loads in bitsandbytes 8-bit
+    (its other floating weights in `dtype`)."""
+    from transformers import CLIPTextModelWithProjection
+
+    pipe = copy.deepcopy(sdxl_pipe)
+    pipe.text_encoder_2.save_pretrained(folder)
+    pipe.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+        folder, quantization_config=bitsandbytes_config(8), device_map="cpu", torch_dtype=dtype
+    ).eval()
+    return pipe
+
+
+def floating_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    return {parameter.dtype for parameter in model.parameters() if parameter.is_floating_point()}
+
+
+def test_to_a_dtype_with_a_bitsandbytes_encoder_is_refused_before_anything_moves(sdxl_pipe, tmp_path) -> None:
+    pipe = sdxl_with_8bit_clip_g(sdxl_pipe, tmp_path)
+    with pytest.raises(ValueError, match="cannot cast a bitsandbytes model"):
+        pipe.text_encoder_2.to(torch.bfloat16)  # transformers' own refusal
+    conditioner = TextConditioner.from_pipeline(pipe, cache_size=0)
+    before = conditioner.encode(PROMPT)
+    with pytest.raises(
+        ValueError,
+        match=r"`dtype` \(torch.bfloat16\) cannot be given to clip\[1\] \(CLIPTextModelWithProjection\): it is "
+        r"quantized with bitsandbytes.* Nothing has moved",
+    ):
+        conditioner.to(torch.bfloat16)
+    assert floating_dtypes(pipe.text_encoder) == floating_dtypes(pipe.text_encoder_2) == {torch.float32}
+    after = conditioner.encode(PROMPT)
+    assert torch.equal(after.tokens, before.tokens)
+    assert torch.equal(after.pooled, before.pooled)
+    # a device alone moves it, as `DiffusionPipeline.to("cpu")` does (a `dtype=None` was refused too)
+    assert torch.equal(conditioner.to("cpu").encode(PROMPT).tokens, before.tokens)
+
+
+def test_to_the_dtype_a_bitsandbytes_encoder_has_casts_the_others_as_diffusers_does(sdxl_pipe, tmp_path) -> None:
+    """Loaded in bfloat16, the 8-bit CLIP needs no cast: `to(torch.bfloat16)` casts the other
+    one, and encodes what the pipeline encodes after its own `to(torch.bfloat16)` (which skips
+    the 8-bit module with a warning)."""
+    ours = sdxl_with_8bit_clip_g(sdxl_pipe, tmp_path / "ours", torch.bfloat16)
+    theirs = sdxl_with_8bit_clip_g(sdxl_pipe, tmp_path / "theirs", torch.bfloat16)
+    conditioner = TextConditioner.from_pipeline(ours, cache_size=0).to(torch.bfloat16)
+    theirs.to(torch.bfloat16)
+    assert floating_dtypes(ours.text_encoder) == {torch.bfloat16}
+    embeds = conditioner.encode(PROMPT)
+    tokens, _, pooled, _ = theirs.encode_prompt(
+        PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    assert embeds.tokens.dtype == embeds.pooled.dtype == torch.bfloat16
+    assert torch.equal(embeds.tokens, tokens)
+    assert torch.equal(embeds.pooled, pooled)
 
 
 # ------------------------------------------------------------------ GGUF
