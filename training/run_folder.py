@@ -12,7 +12,9 @@ complete, an older one replaced only then; what a killed save leaves is removed 
 start (`remove_unfinished_results`), and the resumed run saves again.
 
 A new run refuses a folder that holds another run, and a resume refuses a changed config (the
-folder's own path is not part of what a config is: a moved or copied run folder resumes). A
+folder's own path is not part of what a config is: a moved or copied run folder resumes) or
+a model at `frozen_inputs.FROZEN_INPUTS` replaced at the same path (``frozen_inputs.json``:
+`check_frozen_inputs`). A
 run that fails before its first checkpoint has nothing to keep or continue: its loop sets its
 snapshot and metrics aside (`set_aside`, as ``*.failed.*``), so the folder no longer holds a
 run and the retry, plain or with ``--resume``, needs no manual deletion. A resume keeps the
@@ -34,10 +36,13 @@ from typing import Any
 
 import yaml
 
+from clipcond.training.frozen_inputs import frozen_input_fingerprints, replaced_input
+
 CONFIG_SNAPSHOT = "train_config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 FINISHED_MARKER = "finished.json"
+FROZEN_INPUTS_FILE = "frozen_inputs.json"
 
 # Where a run lives is not what it is: a run folder moved or copied elsewhere resumes.
 _NOT_IDENTITY = ("output_dir",)
@@ -125,6 +130,7 @@ def check_output_dir(config: Any, resume: bool) -> None:
     changed = sorted(key for key in keys if current.get(key) != previous.get(key))
     if changed:
         raise RunFolderError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
+    check_frozen_inputs(config)
 
 
 def _damaged_snapshot(output_dir: Path, problem: str) -> RunFolderError:
@@ -147,7 +153,52 @@ def prepare_output_dir(config: Any, resume: bool) -> Path:
     temporary = snapshot.with_suffix(".tmp")
     temporary.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     temporary.replace(snapshot)
+    record_frozen_inputs(config, resume)
     return output_dir
+
+
+def _recorded_inputs(output_dir: Path) -> dict[str, Any] | None:
+    """The run's ``frozen_inputs.json``; None when it has none (a run from before it was written)."""
+    path = output_dir / FROZEN_INPUTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_bytes())
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise RunFolderError(
+            f"cannot resume {output_dir}: its {FROZEN_INPUTS_FILE} is damaged, so whether the models the config "
+            f"names were replaced cannot be told; if they were not, delete {path} and resume again"
+        )
+    return recorded
+
+
+def check_frozen_inputs(config: Any) -> None:
+    """Refuse (`RunFolderError`, naming the key, the path and a file) resuming the run in
+    `config.output_dir` when a model it recorded (`record_frozen_inputs`) has other files or
+    other bytes in a file now (`frozen_inputs.replaced_input`). A run without a record (from
+    before it was written) is not checked. Writes nothing."""
+    recorded = _recorded_inputs(Path(config.output_dir))
+    if recorded:
+        replaced = replaced_input(recorded, frozen_input_fingerprints(config, known=recorded))
+        if replaced:
+            raise RunFolderError(
+                f"cannot resume {config.output_dir}: {replaced}; its checkpoints were trained against the model "
+                "that was there: put it back, or start a new run in another output_dir"
+            )
+
+
+def record_frozen_inputs(config: Any, resume: bool) -> None:
+    """Write ``frozen_inputs.json`` (`frozen_input_fingerprints`) in `config.output_dir`,
+    atomically; on a resume, from the record already there (checked by `check_frozen_inputs`),
+    reading again only the files whose size, time of last write or inode changed."""
+    output_dir = Path(config.output_dir)
+    known = _recorded_inputs(output_dir) if resume else None
+    path = output_dir / FROZEN_INPUTS_FILE
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(frozen_input_fingerprints(config, known), indent=1, sort_keys=True) + "\n")
+    temporary.replace(path)
 
 
 def set_aside(output_dir: Path, *names: str) -> list[Path]:
