@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from clipcond.config import load_config
 from clipcond.shapes.render import MIN_IMAGE_SIZE
@@ -16,6 +16,11 @@ from clipcond.training.loop import check_seed
 from clipcond.training.lora_settings import check_lora_rank_and_alpha
 from clipcond.training.optim import check_optimizer_settings
 from clipcond.window_splits import check_window_split
+
+# what the loop regresses: the noise, or the velocity (Salimans & Ho 2022); as diffusers'
+# train_text_to_image.py, not "sample" (x0)
+PredictionType = Literal["epsilon", "v_prediction"]
+TRAINED_PREDICTIONS: tuple[str, ...] = get_args(PredictionType)
 
 
 @dataclass
@@ -129,8 +134,9 @@ class TrainDiffusionConfig:
             UNet's cross-attention only) or "adapter" (only the projection, against a frozen
             UNet; with `adapter_lora` also LoRA on cross-attention).
         adapter_lora: with `train: adapter`, also train LoRA (`lora`) on cross-attention.
-        prediction_type: "epsilon" or "v_prediction"; None: `init_from`'s, or "epsilon" (DDPM
-            noise schedule of `num_train_timesteps` from scratch).
+        prediction_type: "epsilon" or "v_prediction"; None: `init_from`'s (another one, such as
+            "sample", is then an error), or "epsilon" (DDPM noise schedule of
+            `num_train_timesteps` from scratch).
         beta_schedule: the DDPM noise schedule of a run from scratch: "linear" (DDPM's),
             "scaled_linear" (Stable Diffusion's) or "squaredcos_cap_v2" (the cosine schedule,
             better for small images); `init_from` runs inherit theirs.
@@ -182,7 +188,7 @@ class TrainDiffusionConfig:
     train: Literal["unet", "lora", "adapter"] = "unet"
     adapter_lora: bool = False
     lora: DiffusionLoraSettings = field(default_factory=DiffusionLoraSettings)
-    prediction_type: Literal["epsilon", "v_prediction"] | None = None
+    prediction_type: PredictionType | None = None
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     snr_gamma: float | None = None

@@ -32,7 +32,7 @@ from torch import nn
 from clipcond.pipelines.vocabulary import write_vocabulary
 from clipcond.shapes.captions import caption_vocabulary
 from clipcond.training.data import ImageCaptionBatches, SampleGenerators, pixels_in_unit_range
-from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.config import TRAINED_PREDICTIONS, TrainDiffusionConfig
 from clipcond.training.diffusion.setup import (
     Denoiser,
     DiffusionModels,
@@ -140,12 +140,9 @@ def train_diffusion(
             noise = generators.normal(clean.shape).to(clean.device)
             timesteps = generators.integers(noise_schedule.config.num_train_timesteps).to(clean.device)
             noisy = noise_schedule.add_noise(clean, noise, timesteps)
-            if noise_schedule.config.prediction_type == "epsilon":
-                target = noise
-            else:
-                target = noise_schedule.get_velocity(clean, noise, timesteps)
             with accelerator.autocast():
                 prediction = wrapped(noisy, timesteps, context)
+            target = _denoising_target(noise_schedule, clean, noise, timesteps)
             loss = _denoising_loss(prediction, target, timesteps, noise_schedule, config.snr_gamma)
             accelerator.backward(loss)
             return loss
@@ -244,6 +241,24 @@ def _caption_encoding(
         return conditioner.assemble(embeddings.records(captions, conditioner.device), empty).tokens
 
     return read
+
+
+def _denoising_target(
+    noise_schedule: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet regresses for `clean` (batch, C, H, W) noised with `noise` at `timesteps`
+    (batch,): the noise (epsilon) or the velocity (v_prediction), as the schedule's
+    `prediction_type` says; (batch, C, H, W).
+
+    Raises:
+        ValueError: another prediction type (setup refuses it; this guards the formula).
+    """
+    kind = noise_schedule.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_schedule.get_velocity(clean, noise, timesteps)
+    raise ValueError(f"prediction_type {kind!r}: train-diffusion trains one of {list(TRAINED_PREDICTIONS)}")
 
 
 def _denoising_loss(

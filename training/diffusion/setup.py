@@ -27,7 +27,7 @@ from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
-from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.diffusion.config import TRAINED_PREDICTIONS, TrainDiffusionConfig
 from clipcond.training.diffusion.frozen_encoders import (
     load_frozen_t5,
     load_frozen_text_encoder,
@@ -150,7 +150,12 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
 
 
 def _noise_schedule(config: TrainDiffusionConfig) -> Any:
-    """DDPM training schedule: `init_from`'s scheduler config when it has one, else a fresh one."""
+    """DDPM training schedule: `init_from`'s scheduler config when it has one, else a fresh one.
+
+    Raises:
+        RunSetupError: `init_from`'s prediction type is one the loop does not train (e.g.
+            "sample") and the config does not set `prediction_type`.
+    """
     from diffusers import DDPMScheduler
 
     folder = None if config.init_from is None else Path(config.init_from) / "scheduler"
@@ -158,7 +163,14 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
         with reading_part("init_from", config.init_from):
             inherited = DDPMScheduler.load_config(folder)
             overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
-            return DDPMScheduler.from_config(inherited, **overrides)
+            schedule = DDPMScheduler.from_config(inherited, **overrides)
+        inherited_type = schedule.config.prediction_type
+        if inherited_type not in TRAINED_PREDICTIONS:  # as diffusers' train_text_to_image.py refuses it
+            raise RunSetupError(
+                f"init_from {config.init_from}: its scheduler's prediction_type is {inherited_type!r}; train-diffusion "
+                f"trains {' or '.join(map(repr, TRAINED_PREDICTIONS))}: set prediction_type to the one to train"
+            )
+        return schedule
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
