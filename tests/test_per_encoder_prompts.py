@@ -109,9 +109,14 @@ def test_sd3_prompt_2_and_3_are_read_as_in_diffusers(sd3_pipe, case):
     for name, value in zip(names, expected):
         close(kwargs[name], value)
     plain = cond.pipeline_kwargs(PROMPTS)
-    # The tiny SD3 joins at width 32, so padding to the T5 width cuts CLIP-G's channels off:
-    # prompt_2 shows in the pooled vector, prompt_3 in the tokens.
-    assert differs(kwargs["prompt_embeds"], plain["prompt_embeds"]) == ("prompt_3" in arguments)
+    # prompt_embeds: 77 CLIP rows (CLIP-L's channels, CLIP-G's, zeros up to the T5 width), then
+    # the T5's rows. prompt_2 shows in CLIP-G's channels and the pooled vector, prompt_3 in the
+    # T5 rows; CLIP-L reads `prompt` alone.
+    tokens, plain_tokens = kwargs["prompt_embeds"], plain["prompt_embeds"]
+    clip_l, clip_g = slice(0, tiny_pipelines.WIDTH), slice(tiny_pipelines.WIDTH, cond.clip_width)
+    assert not differs(tokens[:, :77, clip_l], plain_tokens[:, :77, clip_l])
+    assert differs(tokens[:, :77, clip_g], plain_tokens[:, :77, clip_g]) == ("prompt_2" in arguments)
+    assert differs(tokens[:, 77:], plain_tokens[:, 77:]) == ("prompt_3" in arguments)
     assert differs(kwargs["pooled_prompt_embeds"], plain["pooled_prompt_embeds"]) == ("prompt_2" in arguments)
 
 

@@ -283,7 +283,7 @@ def test_sd3_pair_equals_diffusers_loader(t5_tokenizer_path, tmp_path):
 
     peer = SD3WithTextualInversion(**tiny_pipelines.build_sd3(t5_tokenizer_path).components)
     pipe = tiny_pipelines.build_sd3(t5_tokenizer_path)
-    pair = {"clip_l": vectors(2, seed=4), "clip_g": vectors(2, seed=5)}
+    pair = {"clip_l": vectors(2, seed=4), "clip_g": vectors(2, width=tiny_pipelines.SD3_CLIP_G_WIDTH, seed=5)}
     save_file(pair, tmp_path / "toy.safetensors")
     peer.load_textual_inversion(pair["clip_l"], token="<toy>", text_encoder=peer.text_encoder, tokenizer=peer.tokenizer)
     peer.load_textual_inversion(

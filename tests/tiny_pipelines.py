@@ -1,7 +1,8 @@
 """Tiny, seeded diffusers pipelines of every supported family, built from configs.
 
 Sizes follow diffusers' own `get_dummy_components` in spirit: every model is a few layers of
-width 32 or less, so building, saving and reloading all of them takes seconds on a CPU.
+width 32 or less (SD3's CLIP-G and T5, 48 and 96, keep SD3's layout of widths), so building,
+saving and reloading all of them takes seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -227,7 +228,16 @@ def sdxl_refiner_components(unet_in_channels: int = 4) -> dict:
     )
 
 
+SD3_CLIP_G_WIDTH = 48
+SD3_JOINT_WIDTH = 96
+
+
 def build_sd3(t5_tokenizer_path: Path):
+    """A tiny StableDiffusion3Pipeline (seeded) with SD3's layout of widths: CLIP-L (WIDTH) <
+    CLIP-G (SD3_CLIP_G_WIDTH) and a T5 / joint width (SD3_JOINT_WIDTH) above their sum, as
+    768 < 1280 and 4096 > 2048 in SD3. diffusers pads the joined CLIP tokens to the joint
+    width, so CLIP-G's token states reach `prompt_embeds` (at a joint width under the sum that
+    pad is negative and crops them away); the pooled vector is WIDTH + SD3_CLIP_G_WIDTH wide."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tokenizer_3 = _t5_tokenizer(t5_tokenizer_path)
@@ -240,8 +250,8 @@ def build_sd3(t5_tokenizer_path: Path):
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=WIDTH,
-        joint_attention_dim=WIDTH,
-        pooled_projection_dim=2 * WIDTH,
+        joint_attention_dim=SD3_JOINT_WIDTH,
+        pooled_projection_dim=WIDTH + SD3_CLIP_G_WIDTH,
         out_channels=4,
     )
     return StableDiffusion3Pipeline(
@@ -250,9 +260,11 @@ def build_sd3(t5_tokenizer_path: Path):
         vae=_small_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
         text_encoder=clip_text_model(1, with_projection=True),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=clip_text_model(2, with_projection=True),
+        text_encoder_2=clip_text_model(
+            2, with_projection=True, hidden_size=SD3_CLIP_G_WIDTH, projection_dim=SD3_CLIP_G_WIDTH
+        ),
         tokenizer_2=clip_tokenizer(pad_token="!"),
-        text_encoder_3=t5_encoder(3, len(tokenizer_3)),
+        text_encoder_3=t5_encoder(3, len(tokenizer_3), width=SD3_JOINT_WIDTH),
         tokenizer_3=tokenizer_3,
     )
 
