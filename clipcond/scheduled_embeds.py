@@ -146,16 +146,42 @@ def build_schedule(
     )
 
 
+def scheduler_order(scheduler: Any) -> int:
+    """Loop iterations per denoising step of `scheduler` (`order`: 2 for Heun and KDPM2, else 1)."""
+    return max(1, int(getattr(scheduler, "order", 1)))
+
+
+def warmup_iterations(scheduler: Any) -> int:
+    """The extra loop iterations a scheduler set for N steps runs within step 0: diffusers'
+    ``num_warmup_steps``, ``len(timesteps) - N * order`` (never below 0), read from the
+    scheduler's whole set schedule, of which img2img runs a tail that starts with the same
+    warm-up (diffusers counts it there the same way). PNDM as Stable Diffusion 1.5 ships it (PLMS,
+    `skip_prk_steps`) runs N steps in N + 1 iterations, its first timestep twice; Heun's
+    2N - 1 iterations and every first-order scheduler's N give 0. 0 before `set_timesteps`."""
+    timesteps, steps = getattr(scheduler, "timesteps", None), getattr(scheduler, "num_inference_steps", None)
+    if timesteps is None or isinstance(steps, bool) or not isinstance(steps, int):
+        return 0
+    return max(len(timesteps) - steps * scheduler_order(scheduler), 0)
+
+
+def step_of_iteration(iteration: int, order: int, warmup: int) -> int:
+    """The denoising step (from 0) of loop iteration `iteration` (from 0), as diffusers' progress
+    bar counts them: the first ``warmup + order`` iterations are step 0 (PNDM's warm-up call,
+    which A1111's PLMS also counts within its first step), then `order` per step."""
+    return max(iteration - warmup, 0) // order
+
+
 class StepSwap:
     """A `callback_on_step_end` that replaces the embeddings where the schedule's text changes.
 
-    A diffusers pipeline calls it after every iteration of its loop: one per denoising step, or
-    `scheduler.order` of them per step (Heun, KDPM2: a predictor and a corrector), so iteration
-    ``i`` belongs to step ``i // order``. Before the first iteration of a new step whose text
-    changes it returns that step's tensors, laid out as the pipeline keeps them: negatives'
-    rows first under guidance (when the family's tensors hold them), each prompt's row repeated
-    for its `num_images_per_prompt` images, on the tensor's device and in its dtype. A schedule
-    without negatives under guidance gives zeros in their place (SDXL without a negative prompt).
+    A diffusers pipeline calls it after every iteration of its loop: one per denoising step,
+    `scheduler.order` of them per step (Heun, KDPM2: a predictor and a corrector), and PNDM's
+    warm-up iteration within step 0 (`step_of_iteration`). Before the first iteration of a new
+    step whose text changes it returns that step's tensors, laid out as the pipeline keeps them:
+    negatives' rows first under guidance (when the family's tensors hold them), each prompt's
+    row repeated for its `num_images_per_prompt` images, on the tensor's device and in its dtype.
+    A schedule without negatives under guidance gives zeros in their place (SDXL without a
+    negative prompt).
 
     Raises:
         ValueError: at the first iteration, when the pipeline runs another number of steps
@@ -170,10 +196,12 @@ class StepSwap:
         self.tensor_inputs = [name for _, name in family.step_callback_tensors]
 
     def __call__(self, pipe: Any, iteration: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        order = max(1, int(getattr(getattr(pipe, "scheduler", None), "order", 1)))
+        scheduler = getattr(pipe, "scheduler", None)
+        order, warmup = scheduler_order(scheduler), warmup_iterations(scheduler)
         if iteration == 0:
-            self._check_steps_run(pipe, order)
-        step, following = iteration // order, (iteration + 1) // order
+            self._check_steps_run(pipe, order, warmup)
+        step = step_of_iteration(iteration, order, warmup)
+        following = step_of_iteration(iteration + 1, order, warmup)
         if following == step or not self.schedule.changes_after(step):
             return {}
         positive, negative = self.schedule.embeds_at(following)
@@ -192,11 +220,11 @@ class StepSwap:
             replaced[name] = stacked.repeat_interleave(images, dim=0).to(device=current.device, dtype=current.dtype)
         return replaced
 
-    def _check_steps_run(self, pipe: Any, order: int) -> None:
+    def _check_steps_run(self, pipe: Any, order: int, warmup: int) -> None:
         iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop
         if not isinstance(iterations, int) or iterations < 1:
             return
-        steps = -(-iterations // order)
+        steps = -(-max(iterations - warmup, 0) // order)
         if steps != self.schedule.num_steps:
             raise ValueError(
                 f"the pipeline runs {steps} denoising steps but the prompt's schedule was made for "

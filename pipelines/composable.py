@@ -22,7 +22,7 @@ import torch
 from clipcond.conditioning import as_prompt_list
 from clipcond.embeds import PromptEmbeds
 from clipcond.schedule import has_schedule, split_and, texts_per_step
-from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts
+from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts, step_of_iteration, warmup_iterations
 
 
 class EditSteps(NamedTuple):
@@ -53,6 +53,8 @@ class DenoisingPlan:
         images_per_prompt: how many images each prompt makes.
         guided: whether unconditional rows are run (guidance, or any AND).
         order: the scheduler's order (UNet calls per step).
+        scheduler: the pipeline's scheduler, whose set schedule tells how many warm-up calls
+            step 0 makes (PNDM's; `clipcond.scheduled_embeds.warmup_iterations`); None: none.
     """
 
     schedule: PromptSchedule
@@ -62,10 +64,15 @@ class DenoisingPlan:
     images_per_prompt: int
     guided: bool
     order: int = 1
+    scheduler: Any = None
 
     def step_of(self, index: int) -> int:
-        """The schedule step of loop iteration `index` (second-order schedulers call twice a step)."""
-        return min(index // self.order, self.schedule.num_steps - 1)
+        """The schedule step of loop iteration `index`, as diffusers counts them: second-order
+        schedulers call twice a step, PNDM's warm-up call belongs to step 0
+        (`clipcond.scheduled_embeds.step_of_iteration`). Read during the loop, once the
+        scheduler is set for the call."""
+        warmup = warmup_iterations(self.scheduler) if index and self.scheduler is not None else 0
+        return min(step_of_iteration(index, self.order, warmup), self.schedule.num_steps - 1)
 
     def rows(self, index: int, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
         """The UNet rows' embeddings at loop iteration `index`: tokens (rows, seq, width) and
@@ -120,12 +127,14 @@ def build_plan(
     order: int,
     prompt_2: Any = None,
     negative_prompt_2: Any = None,
+    scheduler: Any = None,
 ) -> DenoisingPlan:
     """The plan of a call: prompts split at AND, every text scheduled over `steps.total` steps,
     of which the plan keeps those from `steps.first` on (the steps the call runs).
     `negatives` None: the unconditional rows are zeros (SDXL's `force_zeros_for_empty_prompt`).
     `prompt_2` / `negative_prompt_2`: SDXL's second CLIP's text, scheduled on its own (see
-    `TextConditioner.schedule`).
+    `TextConditioner.schedule`). `scheduler`: the pipeline's, whose warm-up calls count
+    within step 0 (`DenoisingPlan.scheduler`).
 
     Negative prompts are read whole, as A1111 reads them: an AND there is text.
 
@@ -174,6 +183,7 @@ def build_plan(
         images_per_prompt=n,
         guided=guided,
         order=max(1, int(order)),
+        scheduler=scheduler,
     )
 
 
@@ -281,4 +291,5 @@ def plan_for_call(
             pipe.scheduler.order,
             prompt_2,
             negative_prompt_2,
+            pipe.scheduler,
         )

@@ -1,0 +1,126 @@
+"""Prompt editing where the denoising loop is not one call per step: PNDM's warm-up call (Stable
+Diffusion 1.5's scheduler), SD3's skip-layer guidance pass, and what Flux and PixArt accept.
+Each run is compared with diffusers fed, call by call, the embeddings diffusers' own
+`encode_prompt` makes of the texts written out here for that call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipcond import CLIPConditionedPipeline, TextConditioner
+
+RED, BLUE = "a red circle", "a blue circle"
+
+
+def _generator():
+    return torch.Generator().manual_seed(0)
+
+
+def _sd15_pndm():
+    """PNDM as `stable-diffusion-v1-5/scheduler/scheduler_config.json` sets it (PLMS, no PRK;
+    its `clip_sample` is not a PNDM argument):
+    N steps are N + 1 UNet calls, the first timestep twice (step 0's warm-up)."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+
+
+def _sd_context(pipe, text, negative="blurry"):
+    """(2, seq, width): diffusers' encode_prompt of `text` under guidance, negative first."""
+    with torch.no_grad():
+        positive, negative_embeds = pipe.encode_prompt(text, "cpu", 1, True, negative)
+    return torch.cat([negative_embeds, positive])
+
+
+def _unet_fed_per_call(pipe, contexts, **call):
+    """`pipe(**call)` (diffusers) with the UNet's k-th call given `contexts[k]`; also returns
+    how many calls it made."""
+    made = []
+
+    def hook(module, args, kwargs):
+        kwargs["encoder_hidden_states"] = contexts[len(made)]
+        made.append(True)
+        return args, kwargs
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        images = pipe(prompt_embeds=contexts[0][1:], negative_prompt_embeds=contexts[0][:1], **call).images
+    finally:
+        handle.remove()
+    return images, len(made)
+
+
+# (prompt, steps, the text of each UNet call). A1111's per-step texts are written out first;
+# under PNDM step 0 makes two calls (diffusers' warm-up; A1111's PLMS counts both as its first).
+PNDM_CASES = {
+    "edit": ("a [red:blue:0.5] circle", 4, [RED, RED] + [RED, RED, BLUE]),  # steps: red, red, red, blue
+    "alternation": ("a [red|blue] circle", 6, [RED, RED] + [RED, BLUE, RED, BLUE, RED]),  # r, r, b, r, b, r
+}
+
+
+@pytest.fixture(scope="module")
+def sd_pndm(sd_pipe):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**{**sd_pipe.components, "scheduler": _sd15_pndm()})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("case", PNDM_CASES)
+def test_pndm_warm_up_call_belongs_to_step_0_through_pipeline_kwargs(sd_pndm, case):
+    """Before: pipeline_kwargs refused SD 1.5's scheduler at the first callback ("the pipeline
+    runs 5 denoising steps but the prompt's schedule was made for 4")."""
+    prompt, steps, per_call = PNDM_CASES[case]
+    cond = TextConditioner.from_pipeline(sd_pndm)
+    call = dict(num_inference_steps=steps, output_type="latent")
+    got = sd_pndm(**cond.pipeline_kwargs(prompt, "blurry", num_inference_steps=steps), generator=_generator(), **call)
+    contexts = [_sd_context(sd_pndm, text) for text in per_call]
+    reference, calls = _unet_fed_per_call(sd_pndm, contexts, generator=_generator(), **call)
+    assert calls == steps + 1
+    assert torch.equal(got.images, reference)
+
+
+@pytest.mark.parametrize("case", PNDM_CASES)
+def test_pndm_warm_up_call_belongs_to_step_0_in_clip_conditioned_pipeline(sd_pipe, sd_pndm, case):
+    """Before: every step after the warm-up read the next step's text (the edit switched a
+    step early, the alternation ran one step out of phase)."""
+    prompt, steps, per_call = PNDM_CASES[case]
+    pipe = CLIPConditionedPipeline(
+        **{**CLIPConditionedPipeline.from_pipe(sd_pipe).components, "scheduler": _sd15_pndm()}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=steps, output_type="latent")
+    got = pipe(prompt, negative_prompt="blurry", generator=_generator(), **call).images
+    contexts = [_sd_context(sd_pndm, text) for text in per_call]
+    reference, _ = _unet_fed_per_call(sd_pndm, contexts, generator=_generator(), **call)
+    assert torch.equal(got, reference)
+
+
+def test_pndm_img2img_counts_the_warm_up_within_the_steps_that_run(sd_pipe):
+    """img2img at strength 0.5 of 8 steps runs 4 steps in 5 calls (the tail of the schedule,
+    warm-up first): a schedule made for 4 steps runs, one made for 8 is refused."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**{**sd_pipe.components, "scheduler": _sd15_pndm()})
+    pipe.set_progress_bar_config(disable=True)
+    cond = TextConditioner.from_pipeline(pipe)
+    call = dict(image=torch.rand(1, 3, 32, 32, generator=_generator()), strength=0.5, num_inference_steps=8)
+    call["output_type"] = "latent"
+    with pytest.raises(ValueError, match="runs 4 denoising steps but .* made for 8"):
+        pipe(**cond.pipeline_kwargs("a [red:blue:0.5] circle", "blurry", num_inference_steps=8), **call)
+    kwargs = cond.pipeline_kwargs("a [red:blue:0.5] circle", "blurry", num_inference_steps=4)
+    got = pipe(**kwargs, generator=_generator(), **call).images
+    contexts = [_sd_context(pipe, text) for text in [RED, RED, RED, RED, BLUE]]
+    reference, calls = _unet_fed_per_call(pipe, contexts, generator=_generator(), **call)
+    assert calls == 5
+    assert torch.equal(got, reference)
