@@ -17,6 +17,7 @@ prompts such as SDXL's `prompt_2`); each text of a tuple is scheduled on its own
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,9 @@ class StepSwap:
     A schedule without negatives under guidance gives zeros in their place (SDXL without a
     negative prompt).
 
+    SD3's skip-layer guidance pass (`skip_guidance_layers`) reads embeddings the pipeline keeps
+    aside, out of the callback's reach: `SkipLayerRows` gives it each step's prompt rows.
+
     Raises:
         ValueError: at the first iteration, when the pipeline runs another number of steps
             than the schedule covers (an img2img or inpaint pipeline runs
@@ -194,12 +198,17 @@ class StepSwap:
         self.schedule = schedule
         self.family = family
         self.tensor_inputs = [name for _, name in family.step_callback_tensors]
+        self.skip_layer_rows: SkipLayerRows | None = None
 
     def __call__(self, pipe: Any, iteration: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         scheduler = getattr(pipe, "scheduler", None)
         order, warmup = scheduler_order(scheduler), warmup_iterations(scheduler)
         if iteration == 0:
             self._check_steps_run(pipe, order, warmup)
+            self._follow_skip_layer_pass(pipe)
+        iterations = getattr(pipe, "_num_timesteps", None)
+        if self.skip_layer_rows is not None and isinstance(iterations, int) and iteration + 1 >= iterations:
+            self.skip_layer_rows.remove()  # the last iteration: the call is over
         step = step_of_iteration(iteration, order, warmup)
         following = step_of_iteration(iteration + 1, order, warmup)
         if following == step or not self.schedule.changes_after(step):
@@ -220,6 +229,15 @@ class StepSwap:
             replaced[name] = stacked.repeat_interleave(images, dim=0).to(device=current.device, dtype=current.dtype)
         return replaced
 
+    def _follow_skip_layer_pass(self, pipe: Any) -> None:
+        """At the first iteration: a `SkipLayerRows` on the pipeline's transformer when its
+        forward takes `skip_layers` (SD3's), replacing one a call that raised left behind."""
+        if self.skip_layer_rows is not None:
+            self.skip_layer_rows.remove()
+            self.skip_layer_rows = None
+        if SkipLayerRows.applies(pipe):
+            self.skip_layer_rows = SkipLayerRows(pipe)
+
     def _check_steps_run(self, pipe: Any, order: int, warmup: int) -> None:
         iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop
         if not isinstance(iterations, int) or iterations < 1:
@@ -231,6 +249,60 @@ class StepSwap:
                 f"{self.schedule.num_steps}: give `pipeline_kwargs` the number of steps that run as "
                 "`num_inference_steps` (img2img and inpaint run int(num_inference_steps * strength) of them)"
             )
+
+
+class SkipLayerRows:
+    """Gives SD3's skip-layer guidance pass the prompt rows its guided pass has just read.
+
+    diffusers' SD3 `__call__` keeps the prompt embeddings it was given aside for the pass made
+    with `skip_layers` (`original_prompt_embeds`, `original_pooled_prompt_embeds`), which no
+    callback can replace: without this, that pass read step 0's text at every step. A forward
+    pre-hook on the transformer keeps the prompt half of each guided call's
+    `encoder_hidden_states` (2 x rows, seq, width) and `pooled_projections` (2 x rows, width)
+    (negatives first, then the prompts, which `StepSwap` has set to the step's) and gives them
+    to the next call made with `skip_layers` (rows: the latents, unguided).
+
+    The hook holds no step of its own and is removed at the last iteration; a call that raises
+    leaves it behind until the transformer's next call, where, finding the scheduler set anew,
+    it removes itself before doing anything.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.timesteps = pipe.scheduler.timesteps  # this call's, set before its loop
+        self.prompt_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.handle = pipe.transformer.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    @staticmethod
+    def applies(pipe: Any) -> bool:
+        """Whether `pipe` has a transformer whose forward takes `skip_layers` (SD3's)."""
+        transformer = getattr(pipe, "transformer", None)
+        if not isinstance(transformer, torch.nn.Module):
+            return False
+        # the class's forward: accelerate's offload hooks wrap the instance's in (*args, **kwargs)
+        return "skip_layers" in inspect.signature(type(transformer).forward).parameters
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        if getattr(self.pipe.scheduler, "timesteps", None) is not self.timesteps:
+            self.remove()  # another call: the one this was for raised
+            return None
+        tokens, pooled = kwargs.get("encoder_hidden_states"), kwargs.get("pooled_projections")
+        if kwargs.get("skip_layers") is None:
+            self.prompt_rows = None
+            if tokens is not None and tokens.shape[0] % 2 == 0:
+                half = tokens.shape[0] // 2  # the guided batch: negatives, then the prompts
+                self.prompt_rows = (tokens[half:], None if pooled is None else pooled[half:])
+            return None
+        latents = kwargs.get("hidden_states")
+        if self.prompt_rows is None or latents is None or latents.shape[0] != self.prompt_rows[0].shape[0]:
+            return None
+        kwargs["encoder_hidden_states"], step_pooled = self.prompt_rows
+        if step_pooled is not None:
+            kwargs["pooled_projections"] = step_pooled
+        return args, kwargs
 
 
 def check_steps(num_inference_steps: Any) -> int:

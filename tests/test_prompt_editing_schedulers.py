@@ -124,3 +124,122 @@ def test_pndm_img2img_counts_the_warm_up_within_the_steps_that_run(sd_pipe):
     reference, calls = _unet_fed_per_call(pipe, contexts, generator=_generator(), **call)
     assert calls == 5
     assert torch.equal(got, reference)
+
+
+# SD3 with skip-layer guidance: each step's texts, written out (6 steps).
+SD3_PROMPTS = ["a [red:blue:0.5] cat", "a [house|tree] at dusk"]
+SD3_NEGATIVES = ["blurry", "[dark:bright:2]"]
+SD3_PER_STEP = [
+    (["a red cat", "a house at dusk"], ["blurry", "dark"]),
+    (["a red cat", "a house at dusk"], ["blurry", "dark"]),
+    (["a red cat", "a tree at dusk"], ["blurry", "dark"]),
+    (["a red cat", "a house at dusk"], ["blurry", "bright"]),
+    (["a blue cat", "a tree at dusk"], ["blurry", "bright"]),
+    (["a blue cat", "a house at dusk"], ["blurry", "bright"]),
+]
+SLG = dict(skip_guidance_layers=[0], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)
+
+
+@pytest.fixture(scope="module")
+def sd3_two_layers(sd3_pipe):
+    """The tiny SD3 with a two-layer transformer: skipping layer 0 leaves one that reads the
+    text tokens (with one layer, the skip-layer pass reads the pooled vectors only)."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel.from_config({**sd3_pipe.transformer.config, "num_layers": 2})
+    pipe = StableDiffusion3Pipeline(**{**sd3_pipe.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd3_call(**extra):
+    return dict(num_inference_steps=len(SD3_PER_STEP), guidance_scale=5.0, output_type="latent", **SLG, **extra)
+
+
+def _sd3_per_step_reference(pipe):
+    """SD3 with every transformer call given its step's embeddings from diffusers'
+    encode_prompt: the guided pass negatives then prompts, the skip-layer pass the prompts."""
+    steps = []
+    with torch.no_grad():
+        for prompts, negatives in SD3_PER_STEP:
+            steps.append(pipe.encode_prompt(prompts, None, None, negative_prompt=negatives))
+    step = []
+
+    def hook(module, args, kwargs):
+        if kwargs.get("skip_layers") is None:
+            step.append(True)  # a guided pass opens a step
+        prompt, negative, pooled, negative_pooled = steps[len(step) - 1]
+        if kwargs.get("skip_layers") is None:
+            prompt, pooled = torch.cat([negative, prompt]), torch.cat([negative_pooled, pooled])
+        kwargs["encoder_hidden_states"], kwargs["pooled_projections"] = prompt, pooled
+        return args, kwargs
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        prompt, negative, pooled, negative_pooled = steps[0]
+        return pipe(
+            prompt_embeds=prompt,
+            negative_prompt_embeds=negative,
+            pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=negative_pooled,
+            generator=_generator(),
+            **_sd3_call(),
+        ).images
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("layers", ["one", "two"])
+def test_sd3_skip_layer_guidance_pass_reads_each_steps_prompts(sd3_pipe, sd3_two_layers, layers):
+    """Before: diffusers' skip-layer pass reads the embeddings it was given (step 0's) at every
+    step, out of the callback's reach; the latents differed from the per-step reference."""
+    pipe = sd3_pipe if layers == "one" else sd3_two_layers
+    cond = TextConditioner.from_pipeline(pipe)
+    hooks = len(pipe.transformer._forward_pre_hooks)
+    kwargs = cond.pipeline_kwargs(SD3_PROMPTS, SD3_NEGATIVES, num_inference_steps=len(SD3_PER_STEP))
+    with torch.no_grad():
+        got = pipe(**kwargs, generator=_generator(), **_sd3_call()).images
+    assert len(pipe.transformer._forward_pre_hooks) == hooks  # the pass's hook is gone
+    assert torch.equal(got, _sd3_per_step_reference(pipe))
+
+
+def test_sd3_skip_layer_hook_left_by_a_call_that_raised_goes_before_acting(sd3_pipe):
+    """A call that raises mid-loop leaves the hook on the transformer; the next call sets the
+    scheduler anew, and the hook removes itself at the transformer's first call without acting:
+    that call's skip-layer pass still reads the embeddings it was given, though a callback
+    halves the guided pass's (which the hook, acting, would have put in; the tiny transformer's
+    one layer is skipped, so that pass reads the pooled vectors only)."""
+    cond = TextConditioner.from_pipeline(sd3_pipe)
+
+    def halve_after_the_first_step(pipe, iteration, timestep, tensors):
+        return {name: tensor * 0.5 for name, tensor in tensors.items()} if iteration == 0 else {}
+
+    plain = dict(
+        prompt=["a red cat", "a house"],
+        negative_prompt=["blurry", "dark"],
+        callback_on_step_end=halve_after_the_first_step,
+        callback_on_step_end_tensor_inputs=["prompt_embeds", "pooled_prompt_embeds"],
+        **_sd3_call(),
+    )
+    with torch.no_grad():
+        before = sd3_pipe(generator=_generator(), **plain).images
+    hooks = len(sd3_pipe.transformer._forward_pre_hooks)
+    calls = []
+
+    def fail_at_the_fourth_call(module, args, kwargs):
+        calls.append(True)
+        if len(calls) == 4:  # the guided pass of iteration 2 (the skip-layer pass starts at 1)
+            raise RuntimeError("stopped")
+
+    handle = sd3_pipe.transformer.register_forward_pre_hook(fail_at_the_fourth_call, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="stopped"), torch.no_grad():
+            sd3_pipe(**cond.pipeline_kwargs(SD3_PROMPTS, SD3_NEGATIVES, num_inference_steps=6), **_sd3_call())
+    finally:
+        handle.remove()
+    assert len(sd3_pipe.transformer._forward_pre_hooks) == hooks + 1  # left behind
+    with torch.no_grad():
+        after = sd3_pipe(generator=_generator(), **plain).images
+    assert len(sd3_pipe.transformer._forward_pre_hooks) == hooks
+    assert torch.equal(after, before)
