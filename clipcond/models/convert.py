@@ -32,8 +32,9 @@ What the key layout cannot show, and so is not supported: open_clip's text `pool
 `pool_type` `avg` / `none` (transformers' CLIPModel pools the text at the first
 `<|endoftext|>` under a causal mask and the image at the class token). What it does show is
 refused: a vocabulary other than CLIP's 49408 BPE tokens (open_clip's `*-worldwide` and CLIPA
-text towers: the saved tokenizer is CLIP's), a missing `visual.ln_pre` (CLIPA's `no_ln_pre`), and
-tensors with no place in a CLIPModel (`ls_init_value`, attention pooling, `proj_bias`, ...).
+text towers: the saved tokenizer is CLIP's), a missing `visual.ln_pre` (CLIPA's `no_ln_pre`),
+tensors with no place in a CLIPModel (`ls_init_value`, attention pooling, `proj_bias`, ...), and a
+tensor whose shape disagrees with the sizes read from the others (a damaged checkpoint).
 
 What changes on the way:
 - `attn.in_proj_weight` / `in_proj_bias` stack q, k, v on the first axis; transformers keeps
@@ -121,27 +122,21 @@ def convert_openai_state_dict(
 
     Raises:
         ValueError: a layout that does not convert, naming the key and the reason (a missing
-            tensor, another vocabulary, CLIPA's missing `visual.ln_pre`, tensors left over).
+            tensor, another vocabulary, CLIPA's missing `visual.ln_pre`, tensors left over, a
+            tensor whose shape disagrees with the sizes the others give).
     """
     source = _openai_keys(state_dict)
     _check_layout(source)
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in source:
-            raise ValueError(f"missing {key!r}, which every OpenAI-layout ViT CLIP has")
-        used.add(key)
-        return source[key]
 
     # --- sizes, from shapes ---
-    patch_weight = source["visual.conv1.weight"]  # (vision_width, 3, patch, patch)
-    vision_width, patch_size = patch_weight.shape[0], patch_weight.shape[-1]
-    grid = math.isqrt(source["visual.positional_embedding"].shape[0] - 1)
-    if grid * grid + 1 != source["visual.positional_embedding"].shape[0]:
+    shape = _shape_reader(source)
+    vision_width, _, _, patch_size = shape("visual.conv1.weight", "(vision width, 3, patch, patch)")
+    positions, _ = shape("visual.positional_embedding", "(1 + grid * grid, vision width)")
+    grid = math.isqrt(positions - 1)
+    if grid * grid + 1 != positions:
         raise ValueError("visual.positional_embedding must hold 1 + grid * grid positions for a square image")
     vision_layers = _count_blocks(source, "visual.transformer.resblocks.")
-    text_width = source["token_embedding.weight"].shape[1]
-    vocab_size = source["token_embedding.weight"].shape[0]
+    vocab_size, text_width = shape("token_embedding.weight", "(vocabulary, text width)")
     if vocab_size != CLIP_VOCAB_SIZE:
         raise ValueError(
             f"token_embedding.weight has {vocab_size} rows, not CLIP's BPE vocabulary of {CLIP_VOCAB_SIZE}: "
@@ -149,14 +144,11 @@ def convert_openai_state_dict(
             "pools at its own end token, while the converted folder gets CLIP's tokenizer and pools at "
             "<|endoftext|>; only CLIP-BPE text towers convert"
         )
-    context_length = source["positional_embedding"].shape[0]
+    context_length, _ = shape("positional_embedding", "(context, text width)")
     text_layers = _count_blocks(source, "transformer.resblocks.")
-    embed_dim = source["text_projection"].shape[1]
-    if source["visual.proj"].shape != (vision_width, embed_dim):
-        raise ValueError(
-            f"visual.proj has shape {tuple(source['visual.proj'].shape)}, expected ({vision_width}, {embed_dim}) "
-            "(vision width, embed dim taken from text_projection)"
-        )
+    _, embed_dim = shape("text_projection", "(text width, embed dim)")
+    text_mlp, _ = shape("transformer.resblocks.0.mlp.c_fc.weight", "(MLP width, text width)")
+    vision_mlp, _ = shape("visual.transformer.resblocks.0.mlp.c_fc.weight", "(MLP width, vision width)")
     text_heads = _given_heads(text_heads, text_width, "text") or _heads(text_width, "text")
     vision_heads = _given_heads(vision_heads, vision_width, "vision") or vision_heads_for_width(vision_width)
     act = "quick_gelu" if quick_gelu else "gelu"
@@ -164,7 +156,7 @@ def convert_openai_state_dict(
         text_config={
             "vocab_size": vocab_size,
             "hidden_size": text_width,
-            "intermediate_size": source["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "intermediate_size": text_mlp,
             "projection_dim": embed_dim,
             "num_hidden_layers": text_layers,
             "num_attention_heads": text_heads,
@@ -176,7 +168,7 @@ def convert_openai_state_dict(
         },
         vision_config={
             "hidden_size": vision_width,
-            "intermediate_size": source["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "intermediate_size": vision_mlp,
             "projection_dim": embed_dim,
             "num_hidden_layers": vision_layers,
             "num_attention_heads": vision_heads,
@@ -187,7 +179,24 @@ def convert_openai_state_dict(
         projection_dim=embed_dim,
     )
 
-    # --- tensors ---
+    # --- tensors, each of the shape the sizes above give it ---
+    needed = _source_shapes(config)
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in source:
+            raise _missing(key)
+        found = tuple(source[key].shape)
+        if key in needed and found != needed[key]:
+            raise ValueError(
+                f"{key!r} has shape {found}, but the sizes the checkpoint's other tensors give need {needed[key]} "
+                "(a damaged or mixed-up checkpoint)"
+            )
+        used.add(key)
+        return source[key]
+
+    if source["logit_scale"].numel() != 1:
+        raise ValueError(f"'logit_scale' has shape {tuple(source['logit_scale'].shape)}; expected one number")
     out: dict[str, torch.Tensor] = {
         "logit_scale": take("logit_scale").reshape(()),
         # text
@@ -221,6 +230,57 @@ def convert_openai_state_dict(
             "SigLIP-style open_clip variants)"
         )
     return config, {key: value.contiguous() for key, value in out.items()}
+
+
+def _missing(key: str) -> ValueError:
+    return ValueError(f"missing {key!r}, which every OpenAI-layout ViT CLIP has")
+
+
+def _shape_reader(source: dict[str, torch.Tensor]) -> Callable[[str, str], tuple[int, ...]]:
+    """`shape(key, layout)`: the shape of `source[key]`, refused (naming the key) unless it has as many
+    dimensions as `layout` ("(context, text width)") names; the sizes are read from these shapes."""
+
+    def shape(key: str, layout: str) -> tuple[int, ...]:
+        if key not in source:
+            raise _missing(key)
+        found = tuple(source[key].shape)
+        if len(found) != layout.count(",") + 1:
+            raise ValueError(f"{key!r} has shape {found}; expected {layout}")
+        return found
+
+    return shape
+
+
+def _source_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every OpenAI-layout tensor of a ViT CLIP with `config`'s sizes (not `logit_scale`,
+    which is () or (1,), nor Long-CLIP's second table, which `_text_positions` checks): the layout
+    `convert_openai_state_dict` reads."""
+    text, vision, embed = config.text_config, config.vision_config, config.projection_dim
+    text_width, vision_width, patch = text.hidden_size, vision.hidden_size, vision.patch_size
+    grid = vision.image_size // patch
+    shapes = {
+        "token_embedding.weight": (text.vocab_size, text_width),
+        "positional_embedding": (text.max_position_embeddings, text_width),
+        "ln_final.weight": (text_width,),
+        "ln_final.bias": (text_width,),
+        "text_projection": (text_width, embed),
+        "visual.conv1.weight": (vision_width, 3, patch, patch),
+        "visual.class_embedding": (vision_width,),
+        "visual.positional_embedding": (1 + grid * grid, vision_width),
+        "visual.proj": (vision_width, embed),
+    }
+    for norm in ("visual.ln_pre", "visual.ln_post"):
+        shapes.update({f"{norm}.weight": (vision_width,), f"{norm}.bias": (vision_width,)})
+    for prefix, tower in (("transformer.resblocks.", text), ("visual.transformer.resblocks.", vision)):
+        width, mlp = tower.hidden_size, tower.intermediate_size
+        vectors = ("attn.out_proj.bias", "ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "mlp.c_proj.bias")
+        block = {key: (width,) for key in vectors}
+        block.update({"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,)})  # q, k, v
+        block.update({"attn.out_proj.weight": (width, width), "mlp.c_fc.bias": (mlp,)})
+        block.update({"mlp.c_fc.weight": (mlp, width), "mlp.c_proj.weight": (width, mlp)})
+        for layer in range(tower.num_hidden_layers):
+            shapes.update({f"{prefix}{layer}.{key}": value for key, value in block.items()})
+    return shapes
 
 
 def _text_positions(take: Callable[[str], torch.Tensor], source: dict[str, torch.Tensor]) -> torch.Tensor:

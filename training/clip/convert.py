@@ -14,7 +14,8 @@ Neither the head counts nor the activation are stored in the weights. The defaul
 every ViT config of open_clip 3.3.0, ViT-H/g/bigG/e included; QuickGELU) and what was used are
 printed; `--text-heads`, `--vision-heads` and `--gelu` change them. Refused with the reason: a
 vocabulary other than CLIP's 49408 BPE tokens (open_clip's *-worldwide, CLIPA), CLIPA's missing
-`visual.ln_pre`, tensors a transformers CLIPModel has no place for. Not supported and not visible
+`visual.ln_pre`, tensors a transformers CLIPModel has no place for, a tensor whose shape disagrees
+with the sizes the others give (the key named). Not supported and not visible
 in the weights, so not refused: open_clip's text `pool_type` first / last / eos (with an id other
 than 49407), `no_causal_mask`, and the vision `pool_type` avg / none.
 """
@@ -37,7 +38,7 @@ _EPILOG = (
     "first / last / eos (with an end id other than 49407), text no_causal_mask, vision pool_type avg / none. "
     "Refused: a vocabulary other than CLIP's 49408 BPE tokens (open_clip's *-worldwide, CLIPA), "
     "CLIPA's missing visual.ln_pre, ResNet towers, tensors a transformers CLIPModel has no place for "
-    "(ls_init_value, attention pooling, proj_bias)."
+    "(ls_init_value, attention pooling, proj_bias), tensors whose shapes disagree with each other."
 )
 
 
@@ -113,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         )
     print(_architecture_line(config, args))
     model = CLIPModel(config)
-    model.load_state_dict(weights)
+    # convert_openai_state_dict checks every shape; what it might still miss is the checkpoint's fault too
+    with user_errors(RuntimeError, context=f"--checkpoint {checkpoint}: "):
+        model.load_state_dict(weights)
     temporary = output.with_name(f".{output.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
