@@ -365,14 +365,14 @@ def schedule_for_pipeline(
     schedule = build_schedule(encode, prompts, negatives, num_inference_steps)
     swappable = dict(family.step_callback_tensors)
     missing = []
-    if "tokens" not in swappable:
+    if "tokens" not in swappable and _changes(schedule.prompt_rows):
         missing.append("the prompt embeddings")
     if schedule.embeds.pooled is not None and "pooled" not in swappable:
         first = schedule.embeds_at(0)[0].pooled
         if any(not torch.equal(schedule.embeds_at(step)[0].pooled, first) for step in range(schedule.num_steps)):
             missing.append("the pooled vector")
-    if schedule.negative_rows is not None and not family.step_callback_negatives:
-        if any(rows != schedule.negative_rows[0] for rows in schedule.negative_rows):
+    if schedule.negative_rows is not None and _changes(schedule.negative_rows):
+        if "tokens" not in swappable or not family.step_callback_negatives:
             missing.append("the negative prompt's embeddings")
     if missing:
         raise ValueError(
@@ -381,3 +381,8 @@ def schedule_for_pipeline(
             "or CLIPConditionedPipeline"
         )
     return schedule
+
+
+def _changes(rows_per_step: list[list[int]]) -> bool:
+    """Whether some step's rows differ from step 0's."""
+    return any(rows != rows_per_step[0] for rows in rows_per_step)

@@ -243,3 +243,43 @@ def test_sd3_skip_layer_hook_left_by_a_call_that_raised_goes_before_acting(sd3_p
         after = sd3_pipe(generator=_generator(), **plain).images
     assert len(sd3_pipe.transformer._forward_pre_hooks) == hooks
     assert torch.equal(after, before)
+
+
+def test_flux_takes_an_edit_in_the_t5_text_only(flux_pipe, pixart_pipe):
+    """Flux's callback replaces the T5 tokens, not the CLIP's pooled vector nor a negative:
+    an edit in `prompt_2` runs and switches where it says; one in `prompt` or a negative is
+    refused by pipeline_kwargs, naming what cannot change. PixArt has no callback at all.
+    Before: PixArt's refusal of an edit in the negative alone named "the prompt embeddings"."""
+    cond = TextConditioner.from_pipeline(flux_pipe)
+    call = dict(num_inference_steps=4, guidance_scale=3.5, output_type="latent", height=16, width=16)
+    kwargs = cond.pipeline_kwargs("a cat", prompt_2="a [red:blue:0.5] cat", num_inference_steps=4)
+    with torch.no_grad():
+        got = flux_pipe(**kwargs, generator=_generator(), **call).images
+        red = flux_pipe.encode_prompt("a cat", "a red cat")
+        blue = flux_pipe.encode_prompt("a cat", "a blue cat")
+    per_step = [red, red, red, blue]  # 0.5 x 4 = 2: steps 0-2 read "a red cat"
+    made = []
+
+    def hook(module, args, kwargs):
+        kwargs["encoder_hidden_states"] = per_step[len(made)][0]
+        made.append(True)
+        return args, kwargs
+
+    handle = flux_pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            reference = flux_pipe(
+                prompt_embeds=red[0], pooled_prompt_embeds=red[1], generator=_generator(), **call
+            ).images
+    finally:
+        handle.remove()
+    assert torch.equal(got, reference)
+    with pytest.raises(ValueError, match="changes the pooled vector between steps.*'flux'"):
+        cond.pipeline_kwargs("a [red:blue:0.5] cat", num_inference_steps=4)
+    with pytest.raises(ValueError, match="changes the negative prompt's embeddings between steps.*'flux'"):
+        cond.pipeline_kwargs("a cat", "a [red:blue:0.5] dog", num_inference_steps=4)
+    pixart = TextConditioner.from_pipeline(pixart_pipe)
+    with pytest.raises(ValueError, match="changes the prompt embeddings between steps.*'pixart'"):
+        pixart.pipeline_kwargs("a [red:blue:0.5] cat", num_inference_steps=4)
+    with pytest.raises(ValueError, match="changes the negative prompt's embeddings between steps.*'pixart'"):
+        pixart.pipeline_kwargs("a cat", "a [red:blue:0.5] dog", num_inference_steps=4)
