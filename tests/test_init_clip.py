@@ -85,3 +85,40 @@ def test_a_killed_saves_hidden_folder_goes_and_a_live_writers_stays(tmp_path):
     finally:
         running.kill()
         running.wait()
+
+
+def _small_vocabulary_model(tmp_path: Path) -> Path:
+    """clip-tiny with a 1000-token text vocabulary (its special ids inside it): CLIP's tokenizer gives ids up to 49407."""
+    import yaml
+
+    model = yaml.safe_load(MODEL.read_text())
+    model["text"].update(vocab_size=1000, bos_token_id=998, eos_token_id=999, pad_token_id=999)
+    path = tmp_path / "vocab1000.yaml"
+    path.write_text(yaml.safe_dump(model))
+    return path
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    from clipcond.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_a_text_vocabulary_below_clips_is_refused_when_the_yaml_is_read(tmp_path, capsys):
+    """init-clip wrote such a model and train-clip crashed on its first step with an IndexError."""
+    import yaml
+
+    model = _small_vocabulary_model(tmp_path)
+    line = _one_error_line(capsys, ["init-clip", "--model", str(model), "-o", str(tmp_path / "m")])
+    assert "text.vocab_size must be at least 49408" in line and "tokenizer" in line
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        yaml.safe_dump({"model": str(model), "steps": 1, "batch_size": 4, "output_dir": str(tmp_path / "r")})
+    )
+    line = _one_error_line(capsys, ["train-clip", "--config", str(run), "--no-progress"])
+    assert "text.vocab_size must be at least 49408" in line and str(model) in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.yaml", "vocab1000.yaml"]

@@ -197,6 +197,13 @@ VIT_LINE = "vit: {patch_size: 8, width: 32, layers: 2, heads: 2}"
         _broken("vit-heads", TINY_YAML, VIT_LINE, VIT_LINE.replace("heads: 2", "heads: 5"), "vision.vit"),
         _broken("vit-unknown-key", TINY_YAML, "patch_size: 8", "patch_sise: 8", "vision.vit"),
         _broken(
+            "vocabulary-below-clips",  # the special ids inside it, but CLIP's tokenizer gives ids up to 49407
+            TINY_YAML,
+            "heads: 2}\nvision",
+            "heads: 2, vocab_size: 1000, bos_token_id: 998, eos_token_id: 999, pad_token_id: 999}\nvision",
+            "text.vocab_size must be at least 49408, got 1000: every command tokenizes with CLIP's BPE tokenizer",
+        ),
+        _broken(
             "image-not-multiple-of-patch",
             TINY_YAML,
             "patch_size: 8",

@@ -34,7 +34,9 @@ class TextTowerConfig:
 
     `intermediate_size` defaults to 4 * width, as in every OpenAI and open_clip model. The
     pooled vector is read at the first `eos_token_id`, which the CLIP tokenizer places right
-    after the prompt (and also uses as padding).
+    after the prompt (and also uses as padding). `vocab_size` is at least CLIP's 49408: every
+    command tokenizes with CLIP's BPE tokenizer (`clipcond.tokenization.clip_tokenizer`), whose
+    ids go up to 49407.
     """
 
     width: int = 512
@@ -56,6 +58,11 @@ class TextTowerConfig:
             intermediate_size=self.intermediate_size,
         )
         _check_heads("text", self.width, self.heads)
+        if self.vocab_size < CLIP_VOCAB_SIZE:
+            raise ValueError(
+                f"text.vocab_size must be at least {CLIP_VOCAB_SIZE}, got {self.vocab_size}: every command "
+                f"tokenizes with CLIP's BPE tokenizer (clip_tokenizer), whose ids go up to {CLIP_VOCAB_SIZE - 1}"
+            )
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(
