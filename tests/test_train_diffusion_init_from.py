@@ -73,3 +73,84 @@ def test_the_target_is_the_noise_or_the_velocity_and_nothing_else() -> None:
     torch.testing.assert_close(v, velocity, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"^prediction_type 'sample': train-diffusion trains one of"):
         _denoising_target(DDPMScheduler(prediction_type="sample"), clean, noise, timesteps)
+
+
+@pytest.fixture(scope="module")
+def ancestral_folder(sd_folder: Path, tmp_path_factory) -> Path:
+    """The tiny SD folder sampling as the bundled shapes model does: an ancestral Euler
+    scheduler with trailing spacing (and SD 1.x's steps_offset 1), on v-prediction."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    folder = tmp_path_factory.mktemp("ancestral") / "sd"
+    shutil.copytree(sd_folder, folder)
+    ddim = json.loads((sd_folder / "scheduler" / "scheduler_config.json").read_text())
+    EulerAncestralDiscreteScheduler.from_config(
+        ddim, timestep_spacing="trailing", steps_offset=1, prediction_type="v_prediction"
+    ).save_pretrained(folder / "scheduler")
+    return folder
+
+
+def _saved_scheduler(run_pipeline: Path):
+    return CLIPConditionedPipeline.from_pretrained(run_pipeline).scheduler
+
+
+def test_a_fine_tune_samples_with_the_scheduler_of_the_pipeline_it_starts_from(
+    ancestral_folder: Path, tiny_clip_text_path, tmp_path: Path
+) -> None:
+    """The saved pipeline's scheduler is the one diffusers loads from init_from's scheduler/
+    (class, spacing, every setting). Before, it was DDIMScheduler with 'leading' spacing, which
+    drew other images from the same weights (the bundled model fell from 24/24 to 0/24)."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    peer = EulerAncestralDiscreteScheduler.from_pretrained(ancestral_folder / "scheduler")
+    config = _init_config(tiny_clip_text_path, ancestral_folder, tmp_path / "lora", train="lora", lr=1e-12)
+    saved = _saved_scheduler(train_diffusion(config, show_progress=False).pipeline_dir)
+    assert type(saved) is type(peer) and dict(saved.config) == dict(peer.config)
+    saved.set_timesteps(5)
+    peer.set_timesteps(5)
+    assert torch.equal(saved.timesteps, peer.timesteps)
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(timestep_spacing="leading"), ("EulerAncestralDiscreteScheduler", "leading")),
+        (dict(sample_scheduler="DDPMScheduler"), ("DDPMScheduler", "trailing")),
+        (dict(sample_scheduler="DDIMScheduler", timestep_spacing="linspace"), ("DDIMScheduler", "linspace")),
+    ],
+)
+def test_a_sampler_key_the_config_sets_overrides_only_itself(
+    settings: dict, expected: tuple, ancestral_folder: Path, tiny_clip_text_path, tmp_path: Path
+) -> None:
+    from clipcond.training.diffusion.setup import build_diffusion_models, make_pipeline
+
+    models = build_diffusion_models(_init_config(tiny_clip_text_path, ancestral_folder, tmp_path / "run", **settings))
+    scheduler = make_pipeline(models, models.denoiser).scheduler
+    assert (type(scheduler).__name__, scheduler.config.timestep_spacing) == expected
+    # on init_from's training schedule, with its settings
+    assert (scheduler.config.prediction_type, scheduler.config.steps_offset) == ("v_prediction", 1)
+
+
+def test_from_scratch_the_sampler_is_ddim_with_leading_spacing(tiny_clip_text_path, tmp_path: Path) -> None:
+    from clipcond.training.diffusion.setup import build_diffusion_models, make_pipeline
+
+    models = build_diffusion_models(tiny_config(tiny_clip_text_path, tmp_path / "run"))
+    scheduler = make_pipeline(models, models.denoiser).scheduler
+    assert (type(scheduler).__name__, scheduler.config.timestep_spacing) == ("DDIMScheduler", "leading")
+
+
+def test_an_init_from_scheduler_that_is_not_a_diffusers_class_needs_sample_scheduler(
+    sd_folder: Path, tiny_clip_text_path, tmp_path: Path
+) -> None:
+    custom = _with_scheduler(sd_folder, tmp_path / "custom", _class_name="MySampler")
+    with pytest.raises(
+        RunSetupError,
+        match=rf"^init_from {custom}: its scheduler/ is a 'MySampler', not a diffusers scheduler class; set "
+        r"sample_scheduler \(e.g. DDIMScheduler\)$",
+    ):
+        train_diffusion(_init_config(tiny_clip_text_path, custom, tmp_path / "run"), show_progress=False)
+    assert not (tmp_path / "run").exists()
+    models_config = _init_config(tiny_clip_text_path, custom, tmp_path / "run", sample_scheduler="DDIMScheduler")
+    from clipcond.training.diffusion.setup import build_diffusion_models
+
+    assert type(build_diffusion_models(models_config).sample_scheduler).__name__ == "DDIMScheduler"

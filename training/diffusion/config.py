@@ -145,9 +145,11 @@ class TrainDiffusionConfig:
             (epsilon) or min(SNR(t), gamma) / (SNR(t) + 1) (v); None: plain MSE.
         sample_scheduler: the diffusers scheduler class the saved pipeline samples with (built
             from the training noise schedule), e.g. "DDIMScheduler" or "DDPMScheduler"
-            (ancestral: fresh noise at every step).
+            (ancestral: fresh noise at every step); None: `init_from`'s scheduler's class, or
+            "DDIMScheduler" from scratch.
         timestep_spacing: how the saved pipeline's scheduler spaces its sampling steps
-            ("leading", "trailing" or "linspace"; "trailing" starts at the last training step).
+            ("leading", "trailing" or "linspace"; "trailing" starts at the last training step);
+            None: `init_from`'s scheduler's spacing, or "leading" from scratch.
         image_size: side of the training images in pixels (>= 8; >= 16 with `data.source:
             shapes`, whose scenes need it).
         caption_dropout: fraction of captions replaced by "" (for classifier-free guidance).
@@ -192,8 +194,8 @@ class TrainDiffusionConfig:
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     snr_gamma: float | None = None
-    sample_scheduler: str = "DDIMScheduler"
-    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    sample_scheduler: str | None = None
+    timestep_spacing: Literal["leading", "trailing", "linspace"] | None = None
     data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
     image_size: int = 32
     batch_size: int = 64
@@ -251,7 +253,8 @@ class TrainDiffusionConfig:
                 )
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"`snr_gamma` must be positive or null, got {self.snr_gamma}")
-        scheduler_class(self.sample_scheduler, "sample_scheduler")
+        if self.sample_scheduler is not None:
+            scheduler_class(self.sample_scheduler, "sample_scheduler")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -169,7 +169,7 @@ def train_diffusion(
 
         pipeline_dir = run.result_dir
         if accelerator.is_main_process:
-            pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema), config)
+            pipe = make_pipeline(models, final_denoiser(accelerator.unwrap_model(wrapped), ema))
             with run.writing_result() as folder:  # renamed to pipeline_dir once whole
                 pipe.save_pretrained(folder)
                 if config.data.source == "shapes":  # its captions' words are known: generate can warn about others
@@ -286,7 +286,7 @@ def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denois
     from diffusers.utils import make_image_grid
 
     was_training = denoiser.training
-    pipe = make_pipeline(models, denoiser.eval(), config)
+    pipe = make_pipeline(models, denoiser.eval())
     with torch.no_grad():
         images = pipe(
             list(config.sample_prompts),

@@ -27,7 +27,7 @@ from clipcond.families import custom_recipe, get_recipe
 from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
-from clipcond.training.diffusion.config import TRAINED_PREDICTIONS, TrainDiffusionConfig
+from clipcond.training.diffusion.config import TRAINED_PREDICTIONS, TrainDiffusionConfig, scheduler_class
 from clipcond.training.diffusion.frozen_encoders import (
     load_frozen_t5,
     load_frozen_text_encoder,
@@ -61,7 +61,9 @@ class Denoiser(nn.Module):
 
 @dataclass
 class DiffusionModels:
-    """The models of a run. `recipe` is "sd" (CLIP alone, no projection) or "custom"."""
+    """The models of a run. `recipe` is "sd" (CLIP alone, no projection) or "custom";
+    `noise_schedule` is the DDPM schedule trained with, `sample_scheduler` the scheduler the
+    saved pipeline and the sample grids draw with (`_sample_scheduler`)."""
 
     denoiser: Denoiser
     conditioner: TextConditioner
@@ -73,6 +75,7 @@ class DiffusionModels:
     t5_max_length: int | None
     vae: nn.Module | None
     noise_schedule: Any
+    sample_scheduler: Any
 
     def to_model_space(
         self, pixels: torch.Tensor, generators: SampleGenerators, stored: LatentShards | None = None
@@ -149,8 +152,21 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
     return vae
 
 
-def _noise_schedule(config: TrainDiffusionConfig) -> Any:
-    """DDPM training schedule: `init_from`'s scheduler config when it has one, else a fresh one.
+def _inherited_scheduler_config(config: TrainDiffusionConfig) -> dict[str, Any] | None:
+    """`init_from`'s ``scheduler/scheduler_config.json`` (its ``_class_name`` included), or None
+    from scratch or when it has none."""
+    folder = None if config.init_from is None else Path(config.init_from) / "scheduler"
+    if folder is None or not (folder / "scheduler_config.json").is_file():
+        return None
+    from diffusers import DDPMScheduler
+
+    with reading_part("init_from", config.init_from):
+        return dict(DDPMScheduler.load_config(folder))
+
+
+def _noise_schedule(config: TrainDiffusionConfig, inherited: dict[str, Any] | None) -> Any:
+    """DDPM training schedule: `init_from`'s scheduler config (`inherited`) when it has one,
+    else a fresh one.
 
     Raises:
         RunSetupError: `init_from`'s prediction type is one the loop does not train (e.g.
@@ -158,24 +174,47 @@ def _noise_schedule(config: TrainDiffusionConfig) -> Any:
     """
     from diffusers import DDPMScheduler
 
-    folder = None if config.init_from is None else Path(config.init_from) / "scheduler"
-    if folder is not None and (folder / "scheduler_config.json").is_file():
-        with reading_part("init_from", config.init_from):
-            inherited = DDPMScheduler.load_config(folder)
-            overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
-            schedule = DDPMScheduler.from_config(inherited, **overrides)
-        inherited_type = schedule.config.prediction_type
-        if inherited_type not in TRAINED_PREDICTIONS:  # as diffusers' train_text_to_image.py refuses it
-            raise RunSetupError(
-                f"init_from {config.init_from}: its scheduler's prediction_type is {inherited_type!r}; train-diffusion "
-                f"trains {' or '.join(map(repr, TRAINED_PREDICTIONS))}: set prediction_type to the one to train"
-            )
-        return schedule
-    return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type or "epsilon",
-    )
+    if inherited is None:
+        return DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type or "epsilon",
+        )
+    overrides = {"prediction_type": config.prediction_type} if config.prediction_type else {}
+    with reading_part("init_from", config.init_from):
+        schedule = DDPMScheduler.from_config(inherited, **overrides)
+    inherited_type = schedule.config.prediction_type
+    if inherited_type not in TRAINED_PREDICTIONS:  # as diffusers' train_text_to_image.py refuses it
+        raise RunSetupError(
+            f"init_from {config.init_from}: its scheduler's prediction_type is {inherited_type!r}; train-diffusion "
+            f"trains {' or '.join(map(repr, TRAINED_PREDICTIONS))}: set prediction_type to the one to train"
+        )
+    return schedule
+
+
+def _sample_scheduler(config: TrainDiffusionConfig, inherited: dict[str, Any] | None, noise_schedule: Any) -> Any:
+    """The scheduler the saved pipeline samples with: the class `sample_scheduler` names and
+    the `timestep_spacing`, each taken when None from `init_from`'s scheduler (`inherited`), or
+    from scratch DDIMScheduler and "leading"; on the training schedule (`noise_schedule`:
+    `init_from`'s other settings, such as steps_offset, come along as its pipeline loads them).
+
+    Raises:
+        RunSetupError: `init_from`'s scheduler class is not a diffusers scheduler and
+            `sample_scheduler` is not set.
+    """
+    spacing = {"timestep_spacing": config.timestep_spacing} if config.timestep_spacing else {}
+    if inherited is None:
+        chosen = scheduler_class(config.sample_scheduler or "DDIMScheduler", "sample_scheduler")
+        return chosen.from_config(noise_schedule.config, **{"timestep_spacing": "leading", **spacing})
+    name = config.sample_scheduler or inherited.get("_class_name") or "DDIMScheduler"
+    try:
+        chosen = scheduler_class(name, "sample_scheduler")
+    except ValueError as error:
+        raise RunSetupError(
+            f"init_from {config.init_from}: its scheduler/ is a {name!r}, not a diffusers scheduler class; "
+            "set sample_scheduler (e.g. DDIMScheduler)"
+        ) from error
+    return chosen.from_config({**inherited, "prediction_type": noise_schedule.config.prediction_type}, **spacing)
 
 
 def uses_coordinate_channels(config: TrainDiffusionConfig) -> bool:
@@ -265,6 +304,9 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
             does not give, an `image_size` the VAE cannot take, a `coordinate_channels` other
             than `init_from`'s.
     """
+    inherited = _inherited_scheduler_config(config)
+    noise_schedule = _noise_schedule(config, inherited)  # the schedules first: cheap, and refused before any loading
+    sample_scheduler = _sample_scheduler(config, inherited, noise_schedule)
     conditioner = build_conditioner(config)
     clip, t5 = conditioner.clip[0], conditioner.t5
     projection = conditioner.projection
@@ -287,19 +329,17 @@ def build_diffusion_models(config: TrainDiffusionConfig) -> DiffusionModels:
         conditioner.recipe.name,
         conditioner.recipe.t5_max_length if t5 is not None else None,
         vae,
-        _noise_schedule(config),
+        noise_schedule,
+        sample_scheduler,
     )
 
 
-def make_pipeline(models: DiffusionModels, denoiser: Denoiser, config: TrainDiffusionConfig) -> Any:
+def make_pipeline(models: DiffusionModels, denoiser: Denoiser) -> Any:
     """A `CLIPConditionedPipeline` over `denoiser`'s UNet and projection (shared, not copied)
-    and the run's encoders and VAE, with `config.sample_scheduler` on the training noise schedule."""
+    and the run's encoders and VAE, with a fresh copy of `models.sample_scheduler`."""
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-    from clipcond.training.diffusion.config import scheduler_class
 
-    scheduler = scheduler_class(config.sample_scheduler, "sample_scheduler").from_config(
-        models.noise_schedule.config, timestep_spacing=config.timestep_spacing
-    )
+    scheduler = type(models.sample_scheduler).from_config(models.sample_scheduler.config)
     pipe = CLIPConditionedPipeline(
         unet=denoiser.unet,
         scheduler=scheduler,
@@ -354,4 +394,4 @@ def pipeline_from_checkpoint(config: TrainDiffusionConfig, checkpoint: str | Pat
         with torch.no_grad():
             for parameter, average in zip(trainable, ema_weights):
                 parameter.copy_(average)
-    return make_pipeline(models, final_denoiser(denoiser, None), config)
+    return make_pipeline(models, final_denoiser(denoiser, None))
