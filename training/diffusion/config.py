@@ -174,7 +174,8 @@ class TrainDiffusionConfig:
         checkpoint_every, keep_checkpoints: write a checkpoint every `checkpoint_every` steps,
             keeping the newest `keep_checkpoints` (>= 1).
         sample_every, sample_prompts, sample_steps: write a grid of samples of `sample_prompts`
-            (at least one when `sample_every` is set) during training.
+            (at least one when `sample_every` is set) during training, drawn with the EMA weights
+            when kept (the ones saved), as diffusers' train_text_to_image.py draws its own.
         seed: initial weights, data order, noise and caption dropout; an integer in [0, 2**32 - 1].
     """
 

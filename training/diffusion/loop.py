@@ -11,7 +11,8 @@ conditioner's weights and settings, and assembled by it), the images' latents (t
 or with ``data.latents`` the distributions ``clipcond encode --latents`` stored), the step (captions dropped for classifier-free
 guidance, noise from diffusers' DDPM schedule, the noise (or v) regressed, optionally Min-SNR
 weighted, gradients clipped, an EMA of the weights kept with diffusers' `EMAModel`), sample
-grids during training, and a `CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
+grids during training (drawn with the EMA weights when kept: the ones saved), and a
+`CLIPConditionedPipeline` saved to ``<output_dir>/pipeline``.
 Noise, timesteps and dropped captions depend only on (seed, the sample's global index), so a
 resumed run takes the steps of the uninterrupted one, and `world` processes of `batch_size`
 take the steps of one process of `world * batch_size`.
@@ -19,8 +20,9 @@ take the steps of one process of `world * batch_size`.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +160,8 @@ def train_diffusion(
         def write_samples_if_due(step: int) -> None:
             if config.sample_every and step % config.sample_every == 0:
                 path = run.output_dir / "samples" / f"step-{step:07d}.png"
-                _write_samples(config, models, accelerator.unwrap_model(wrapped), path)
+                with _ema_weights(ema, trainable):  # the weights the run saves
+                    _write_samples(config, models, accelerator.unwrap_model(wrapped), path)
 
         outcome = run.train(
             backward,
@@ -281,8 +284,24 @@ def _denoising_loss(
     return (per_example * weights).mean()
 
 
+@contextlib.contextmanager
+def _ema_weights(ema: Any, parameters: list[nn.Parameter]) -> Iterator[None]:
+    """Inside the block, the trained `parameters` hold the EMA's weights (the ones the run
+    saves), as diffusers' train_text_to_image.py draws its validation images; after it, their
+    own values again, exactly (`EMAModel.store` / `copy_to` / `restore`). No EMA: unchanged."""
+    if ema is None:
+        yield
+        return
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        ema.restore(parameters)
+
+
 def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denoiser: Denoiser, path: Path) -> None:
-    """A row of samples of `config.sample_prompts` with the current weights (fixed seed)."""
+    """A row of samples of `config.sample_prompts` with `denoiser`'s weights (fixed seed)."""
     from diffusers.utils import make_image_grid
 
     was_training = denoiser.training
