@@ -393,7 +393,7 @@ def test_a_lora_alpha_is_a_number_in_both_training_commands():
     from clipcond.training.clip.config import TrainClipConfig
     from clipcond.training.diffusion.config import TrainDiffusionConfig
 
-    clip = TrainClipConfig(model="m.yaml")
+    clip = TrainClipConfig(mode="lora", init_from="p")
     diffusion = TrainDiffusionConfig(text_encoder="clip", unet={"block_out_channels": [8, 16]})
     for base in (clip, diffusion):
         for text, value in (("0.5", 0.5), ("16.0", 16.0), ("8e0", 8.0), ("16", 16)):
