@@ -13,7 +13,10 @@ Memory is measured per variant in its own Python process, so that one's memory d
 for another: the resident set read from /proc/self/status, `VmRSS` after the imports (the
 base), after loading and after one encode, and `VmHWM` (the peak resident set of the process)
 at the end, each less the base; `weights` is the bytes of the stored tensors (quantized ones by
-their inner tensors, `clipcond.fingerprint.stored_tensors`). Time: all variants loaded in one
+their inner tensors, `clipcond.fingerprint.stored_tensors`). The resident set of two identical
+processes differs by up to half (how much freed memory the allocator keeps), so each variant
+runs in `MEMORY_RUNS` fresh processes, in rounds whose order rotates, and each figure is their
+median with the range. Time: all variants loaded in one
 process, `TextConditioner.encode` (cache off, PixArt recipe: T5 only, 120 tokens, attention
 mask) on a batch of prompts, medians of `--repeats` rounds whose order rotates. Fidelity is the
 cosine between each variant's token states and float32's, per token over the unmasked tokens
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_paths import default_output, write_result  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "int8", "int8-bf16")
+MEMORY_RUNS = 3  # fresh processes per variant for the memory figures
+MEMORY_FIGURES = ("loaded_mib", "encoded_mib", "peak_mib")
 PROMPTS = [
     "a photo of a red circle to the left of a blue square on a wooden table, soft light",
     "an astronaut riding a horse on the moon, (detailed:1.2) oil painting, [blurry]",
@@ -133,6 +139,44 @@ def measure_memory(variant: str, folder: Path, states_path: Path) -> dict:
     }
 
 
+def measure_in_children(variants: list[str], folder: Path, scratch: Path) -> tuple[dict, dict, bool]:
+    """`measure_memory` of each variant in `MEMORY_RUNS` child processes, in rounds whose order
+    rotates. Returns ({variant: [row per run]}, {variant: token states of the first run},
+    whether every run of a variant gave the same token states)."""
+    import torch
+
+    runs: dict[str, list[dict]] = {variant: [] for variant in variants}
+    states: dict[str, dict] = {}
+    same = True
+    for run in range(MEMORY_RUNS):
+        shift = run % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            path = scratch / f"{variant}-{run}.pt"
+            child = [sys.executable, __file__, "--measure", variant, "--folder", str(folder), "--states", str(path)]
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(runs[variant][-1], flush=True)
+            found = torch.load(path)
+            first = states.setdefault(variant, found)
+            same = same and torch.equal(found["tokens"], first["tokens"])
+    return runs, states, same
+
+
+def memory_summary(runs: list[dict]) -> dict:
+    """One variant's runs as one row: `weights_mib` (the same in every run), and each of
+    `MEMORY_FIGURES` as (median, min, max)."""
+    weights = {round(run["weights_mib"], 3) for run in runs}
+    if len(weights) != 1:
+        raise SystemExit(f"stored weights differ between runs of {runs[0]['variant']}: {sorted(weights)} MiB")
+    row = {"variant": runs[0]["variant"], "weights_mib": runs[0]["weights_mib"]}
+    for figure in MEMORY_FIGURES:
+        values = [run[figure] for run in runs]
+        row[figure] = (statistics.median(values), min(values), max(values))
+    return row
+
+
 def encode_times(variants: list[str], folder: Path, repeats: int) -> dict[str, float]:
     """Median seconds of one `encode` of the prompts per variant, all loaded in this process and
     timed in rounds whose order rotates (`median_timing.median_seconds`)."""
@@ -165,8 +209,26 @@ def token_cosines(states: dict, reference: dict) -> tuple[float, float]:
     return float(chosen.mean()), float(chosen.min())
 
 
+def table_row(row: dict, times: dict[str, float], cosine: tuple[float, float]) -> str:
+    """One variant's line of the table: `row` from `memory_summary` (each memory figure as its
+    median and range), its encode time and ratio to float32's, its (mean, min) cosine."""
+    variant = row["variant"]
+    memory = " | ".join(
+        f"{median:.1f} ({least:.0f}-{most:.0f})" for median, least, most in map(row.get, MEMORY_FIGURES)
+    )
+    return (
+        f"| {variant} | {row['weights_mib']:.1f} | {memory} | {1000 * times[variant]:.1f} | "
+        f"{times[variant] / times['fp32']:.3f} | {cosine[0]:.6f} | {cosine[1]:.6f} |"
+    )
+
+
 def report(
-    rows: list[dict], times: dict[str, float], cosines: dict[str, tuple[float, float]], repeats: int, command: str
+    rows: list[dict],
+    times: dict[str, float],
+    cosines: dict[str, tuple[float, float]],
+    same_states: bool,
+    repeats: int,
+    command: str,
 ) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()
@@ -185,28 +247,23 @@ def report(
         "",
         "A random T5 encoder of T5-v1.1-base shape (768 wide, d_ff 2048 gated GELU, 12 layers, 12 heads, "
         "vocabulary 32128: 110M parameters, the embedding counted once), saved in float32 and loaded through "
-        "transformers. Memory, per variant in a fresh process (/proc/self/status, less `VmRSS` after the "
-        "imports): `resident after load` and `after encode` are `VmRSS` after `from_pretrained` and after one "
-        "encode, `peak` is `VmHWM` (the process's peak resident set) at the end; `weights`: bytes of the stored "
+        f"transformers. Memory, per variant in {MEMORY_RUNS} fresh processes (/proc/self/status, less `VmRSS` "
+        "after the imports), the median and (in brackets) the range: `resident after load` and `after encode` "
+        "are `VmRSS` after `from_pretrained` and after one encode, `peak` is `VmHWM` (the process's peak "
+        "resident set) at the end; `weights`: bytes of the stored "
         "tensors (quantized ones by their inner tensors, the tied embedding once). float32 weights are "
         "memory-mapped from the safetensors file, so they count as resident only once touched (the embedding "
         "rows of unused tokens never are). `encode`: median seconds of "
         f"`TextConditioner.encode` on {len(PROMPTS)} prompts (PixArt recipe: 120 T5 tokens, mask; cache off), "
         f"all variants loaded in one process and timed in {repeats} rounds whose order rotates. `cosine`: per "
-        "token against float32, over the unmasked tokens.",
+        "token against float32, over the unmasked tokens (token states "
+        + ("identical" if same_states else "NOT identical")
+        + f" in the {MEMORY_RUNS} processes of each variant).",
         "",
         "| variant | weights (MiB) | resident after load (MiB) | after encode (MiB) | peak (MiB) | encode (ms) | vs fp32 | cosine vs fp32, mean | min |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    reference = times["fp32"]
-    for row in rows:
-        variant = row["variant"]
-        mean, low = cosines[variant]
-        lines.append(
-            f"| {variant} | {row['weights_mib']:.1f} | {row['loaded_mib']:.1f} | {row['encoded_mib']:.1f} | "
-            f"{row['peak_mib']:.1f} | {1000 * times[variant]:.1f} | {times[variant] / reference:.3f} | "
-            f"{mean:.6f} | {low:.6f} |"
-        )
+    lines += [table_row(row, times, cosines[row["variant"]]) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -234,26 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "fp32" not in args.variants:
         parser.error("--variants must include fp32, the reference of the cosines")
-    import torch
-
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "t5"
         prepare(folder)
-        rows, states = [], {}
-        for variant in args.variants:
-            path = Path(scratch) / f"{variant}.pt"
-            child = [sys.executable, __file__, "--measure", variant, "--folder", str(folder), "--states", str(path)]
-            done = subprocess.run(child, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            states[variant] = torch.load(path)
-            print(rows[-1], flush=True)
+        runs, states, same_states = measure_in_children(args.variants, folder, Path(scratch))
+        rows = [memory_summary(runs[variant]) for variant in args.variants]
         cosines = {variant: token_cosines(states[variant], states["fp32"]) for variant in args.variants}
         times = encode_times(args.variants, folder, args.repeats)
         print(times, flush=True)
     command = "python benchmarks/bench_quantized_encoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, times, cosines, args.repeats, command.strip())
+    text = report(rows, times, cosines, same_states, args.repeats, command.strip())
     print(f"wrote {write_result(args.output, text)}")
     return 0
 
