@@ -176,6 +176,16 @@ CASES = {
         ["unet: num_channels (16) must be divisible by num_groups (5)"],
     ),
     # before: a RuntimeError traceback inside diffusers at the first step
+    "UNet in_channels other than the pixels'": (
+        "clip",
+        dict(unet={**UNET, "in_channels": 4}),
+        ["unet: {{'in_channels': 4}}, but the UNet denoises pixels (RGB): the run gives it 3 input channels"],
+    ),
+    "UNet out_channels other than the latents'": (
+        "clip",
+        dict(unet={**UNET, "out_channels": 3}, vae="vae2"),
+        ["unet: {{'out_channels': 3}}, but the UNet denoises the VAE's latents: the run gives it 4 input channels"],
+    ),
     "text pooling heads that do not split the width": (
         "clip",
         dict(unet={**UNET, "addition_embed_type": "text"}),

@@ -90,7 +90,15 @@ def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) 
     channels = 3 if vae is None else vae.config.latent_channels
     size = config.image_size if vae is None else config.image_size // 2 ** (len(vae.config.block_out_channels) - 1)
     extra = COORDINATE_CHANNELS if config.coordinate_channels else 0
-    settings = {"in_channels": channels + extra, "out_channels": channels, **config.unet}
+    fed = {"in_channels": channels + extra, "out_channels": channels}
+    wrong = {key: value for key, value in config.unet.items() if key in fed and value != fed[key]}
+    if wrong:
+        what = "pixels (RGB)" if vae is None else "the VAE's latents"
+        raise RunSetupError(
+            f"unet: {wrong}, but the UNet denoises {what}: the run gives it {fed['in_channels']} input channels "
+            f"and regresses {channels}; leave in_channels and out_channels out (the run sets them)"
+        )
+    settings = {**config.unet, **fed}
     # diffusers checks the arguments together (block types, one channel count per block, group
     # norm sizes): what it refuses is the config's to fix
     with user_errors(ValueError, TypeError, error=RunSetupError, context="unet: "):
