@@ -30,10 +30,13 @@ class EditSteps(NamedTuple):
     runs from step `first` (0-based) on. Text to image: (the whole schedule's steps, 0), a
     `denoising_end` cutting the loop only; img2img by `strength`: (the steps that run, 0);
     SDXL's `denoising_start`: (the whole schedule's steps, the first kept), so a refiner goes on
-    counting where its base, stopped by `denoising_end`, left off."""
+    counting where its base, stopped by `denoising_end`, left off. `warmup`: PNDM's warm-up
+    iterations within the call's own iterations, where the call cuts them off (a tail after
+    `denoising_start` has none); None: read from the scheduler once it is set."""
 
     total: int
     first: int = 0
+    warmup: int | None = None
 
     def texts(self, prompt: str) -> list[str]:
         """The text `prompt` reads at each step the call runs, ``total - first`` of them."""
@@ -55,6 +58,8 @@ class DenoisingPlan:
         order: the scheduler's order (UNet calls per step).
         scheduler: the pipeline's scheduler, whose set schedule tells how many warm-up calls
             step 0 makes (PNDM's; `clipcond.scheduled_embeds.warmup_iterations`); None: none.
+        warmup: the warm-up calls of the call's own loop where the call knows them
+            (`EditSteps.warmup`); None: read from `scheduler`.
     """
 
     schedule: PromptSchedule
@@ -65,13 +70,17 @@ class DenoisingPlan:
     guided: bool
     order: int = 1
     scheduler: Any = None
+    warmup: int | None = None
 
     def step_of(self, index: int) -> int:
         """The schedule step of loop iteration `index`, as diffusers counts them: second-order
         schedulers call twice a step, PNDM's warm-up call belongs to step 0
         (`clipcond.scheduled_embeds.step_of_iteration`). Read during the loop, once the
         scheduler is set for the call."""
-        warmup = warmup_iterations(self.scheduler) if index and self.scheduler is not None else 0
+        if self.warmup is not None:
+            warmup = self.warmup
+        else:
+            warmup = warmup_iterations(self.scheduler) if index and self.scheduler is not None else 0
         return min(step_of_iteration(index, self.order, warmup), self.schedule.num_steps - 1)
 
     def rows(self, index: int, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
@@ -184,6 +193,7 @@ def build_plan(
         guided=guided,
         order=max(1, int(order)),
         scheduler=scheduler,
+        warmup=steps.warmup,
     )
 
 

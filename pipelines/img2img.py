@@ -39,6 +39,7 @@ from clipcond.pipelines.image_inputs import (
 from clipcond.pipelines.image_latents import encode_images, start_at_strength
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.scalars import as_float
+from clipcond.scheduled_embeds import warmup_iterations
 
 
 class SourceImageSteps:
@@ -108,10 +109,13 @@ class SourceImageSteps:
                 f"`denoising_start` {denoising_start} leaves none of the {steps} steps to run; lower it or raise "
                 "`num_inference_steps`"
             )
-        order = self.scheduler.order
-        total = -(-len(self.scheduler.timesteps) // order)  # steps, rounded up as `_scheduler_steps`
-        kept_steps = -(-kept // order)
-        return EditSteps(total, total - kept_steps)
+        order, warmup = self.scheduler.order, warmup_iterations(self.scheduler)
+        # steps, rounded up as `_scheduler_steps`; PNDM's warm-up iteration is within step 0,
+        # and the kept tail has it only where the cut comes before it
+        total = -(-(len(self.scheduler.timesteps) - warmup) // order)
+        kept_steps = min(-(-kept // order), total)
+        cut = len(self.scheduler.timesteps) - kept
+        return EditSteps(total, total - kept_steps, warmup=max(warmup - cut, 0))
 
     def _start_of_schedule(self, schedule: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, int]:
         """The kept part of the set schedule (`_kept_timesteps`); its first timestep is kept in

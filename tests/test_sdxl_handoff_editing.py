@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import HeunDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers import HeunDiscreteScheduler, PNDMScheduler, StableDiffusionXLPipeline
 from test_img2img_inpaint import box_mask
 from tiny_pipelines import build_sdxl
 
@@ -125,3 +125,22 @@ def test_a_second_order_scheduler_counts_steps_across_the_hand_off(pipes) -> Non
     second, _ = read(peer, img2img_heun, prompt, image=latents, denoising_start=0.5)
     assert (len(first), len(second)) == (7, 9)  # iterations 0-6 and 6-14
     assert first == one_model[:7] and second == one_model[6:]
+
+
+@pytest.mark.parametrize("split", [0.5, 0.2], ids=["after_the_warm_up", "within_step_0"])
+def test_pndm_warm_up_is_counted_once_across_the_hand_off(pipes, split) -> None:
+    """PNDM (PLMS, as Stable Diffusion 1.5 ships it) runs N steps in N + 1 iterations, the warm-up
+    within step 0: the refiner's part must not count that iteration as one more step, whether the
+    cut falls after step 0 or inside it (0.2: the base runs one iteration of the 9)."""
+    peer, base, img2img, _ = pipes
+    pndm = PNDMScheduler.from_config(base.scheduler.config, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    base_pndm = quiet(CLIPConditionedPipeline.from_pipe(base, scheduler=pndm))
+    img2img_pndm = quiet(CLIPConditionedImg2ImgPipeline.from_pipe(img2img, scheduler=pndm))
+    prompt = "a [red:blue:0.5] circle"
+    one_model, _ = read(peer, base_pndm, prompt)
+    # 9 iterations: step 0 twice (the warm-up), steps 1-4 red, 5-7 blue
+    assert one_model == ["red"] * 6 + ["blue"] * 3
+    first, latents = read(peer, base_pndm, prompt, denoising_end=split)
+    second, _ = read(peer, img2img_pndm, prompt, image=latents, denoising_start=split)
+    assert len(first) == (5 if split == 0.5 else 1)
+    assert first + second == one_model
