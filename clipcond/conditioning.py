@@ -417,7 +417,10 @@ class TextConditioner:
         With `num_inference_steps`, prompt editing and alternation (`clipcond.schedule`) take
         effect: the embeddings are step 0's, and `callback_on_step_end` with
         `callback_on_step_end_tensor_inputs` swap in each later step's where its text changes
-        (SD, SDXL, SD3; pass `num_inference_steps` to the pipeline too). A prompt whose text never
+        (SD, SDXL, SD3; pass `num_inference_steps` to the pipeline too). PNDM's warm-up call counts
+        within step 0, as diffusers counts it; with SD3's `skip_guidance_layers` the callback also
+        gives the skip-layer pass each step's prompts (a forward pre-hook on the transformer,
+        removed after the last step). A prompt whose text never
         changes gets no callback and exactly the keyword arguments of the one text it reads (an
         edit that takes no effect over the steps, ``[cat:dog:0]`` or ``[a:b:30]`` at 20 steps,
         reads as A1111 reads it: "dog", "a").
@@ -426,7 +429,8 @@ class TextConditioner:
             ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`;
                 in a negative prompt, read whole as in A1111, it is text),
                 editing syntax without `num_inference_steps`, a schedule the family's
-                callback cannot apply (Flux's cannot replace the pooled vector, PixArt has none),
+                callback cannot apply (Flux's replaces the T5 tokens only: an edit in `prompt_2`
+                runs, one in `prompt` or a negative is refused; PixArt has none),
                 a per-encoder argument no encoder reads, or `negative_prompt_2` /
                 `negative_prompt_3` without `negative_prompt` where the missing negative means
                 zeros (SDXL) or none (Flux): diffusers ignores them there.
