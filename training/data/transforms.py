@@ -1,7 +1,8 @@
 """Images as the models read them: PIL image -> (3, size, size) float32 tensor.
 
 `ClipImageTransform` is CLIP's preprocessing (an image tower's input); `pixels_in_unit_range`
-is what a diffusion UNet (or its VAE) denoises.
+is what a diffusion UNet (or its VAE) denoises. Both keep an image's aspect ratio: the shorter
+side is resized to `size` and the centre square is cut out (`resized_centre_square`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,35 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipImageTransform:
-    """PIL image -> (3, size, size) float32 tensor, as CLIP preprocesses: resize the shorter side
-    to `size` (bicubic), centre-crop, scale to [0, 1], normalise with CLIP's mean and std.
+def resized_centre_square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The (size, size) centre of `image` once its shorter side is resized to `size`, by
+    torchvision's rules (``Resize(size)`` then ``CenterCrop(size)`` on a PIL image).
 
-    It follows torchvision's rules, so it equals OpenAI's `clip._transform` and open_clip's eval
-    transform (`Resize(size, BICUBIC)`, `CenterCrop(size)`, to RGB, `ToTensor`, `Normalize`) on
-    RGB images: the long side becomes `int(size * long / short)` (truncated, as torchvision's
+    The long side becomes `int(size * long / short)` (truncated, as torchvision's
     `_compute_resized_output_size`), an image already of that size is not resampled, and the crop
     starts at `int(round((length - size) / 2.0))` (Python's round, half to even, as torchvision's
-    `center_crop`). transformers' `CLIPImageProcessor` resizes the same way but floors the crop
-    offset, so it starts one pixel earlier when `length - size` is 3 modulo 4. Images in other
-    modes are converted to RGB first (the peers convert after cropping).
+    `center_crop`). A square image of side `size` comes back unchanged.
+    """
+    width, height = image.size
+    long = int(size * max(width, height) / min(width, height))
+    resized = (size, long) if width <= height else (long, size)
+    if resized != (width, height):
+        image = image.resize(resized, resample)
+    left = int(round((resized[0] - size) / 2.0))
+    top = int(round((resized[1] - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+class ClipImageTransform:
+    """PIL image -> (3, size, size) float32 tensor, as CLIP preprocesses: resize the shorter side
+    to `size` (bicubic), centre-crop (`resized_centre_square`), scale to [0, 1], normalise with
+    CLIP's mean and std.
+
+    On RGB images it equals OpenAI's `clip._transform` and open_clip's eval transform
+    (`Resize(size, BICUBIC)`, `CenterCrop(size)`, to RGB, `ToTensor`, `Normalize`).
+    transformers' `CLIPImageProcessor` resizes the same way but floors the crop offset, so it
+    starts one pixel earlier when `length - size` is 3 modulo 4. Images in other modes are
+    converted to RGB first (the peers convert after cropping).
     """
 
     def __init__(self, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
@@ -38,23 +56,19 @@ class ClipImageTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        width, height = image.size
-        long = int(self.size * max(width, height) / min(width, height))
-        resized = (self.size, long) if width <= height else (long, self.size)
-        if resized != (width, height):
-            image = image.resize(resized, Image.BICUBIC)
-        left = int(round((resized[0] - self.size) / 2.0))
-        top = int(round((resized[1] - self.size) / 2.0))
-        image = image.crop((left, top, left + self.size, top + self.size))
+        image = resized_centre_square(image.convert("RGB"), self.size, Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
         return (pixels - self.mean) / self.std
 
 
 def pixels_in_unit_range(image: Image.Image, size: int) -> torch.Tensor:
-    """PIL image -> (3, size, size) float32 in [-1, 1] (resized with bicubic when needed)."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    """PIL image -> (3, size, size) float32 in [-1, 1], as diffusers' ``train_text_to_image.py``
+    prepares a training image with ``--center_crop``: converted to RGB, its shorter side resized
+    to `size` (bilinear) and the centre square cut out (`resized_centre_square`). A square RGB
+    image of side `size` is not resampled.
+    """
+    if size < 1:
+        raise ValueError(f"`size` must be >= 1, got {size}")
+    image = resized_centre_square(image.convert("RGB"), size, Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (size, size, 3)
     return torch.from_numpy(array).permute(2, 0, 1)
