@@ -113,3 +113,38 @@ def test_encode_latents_keys_and_encodes_the_centre_cropped_image(tmp_path: Path
     assert list(stored) == [image_hash(exact)]
     mean = the_vae(sd).encode(expected[None]).latent_dist.mean[0].detach()
     torch.testing.assert_close(stored[image_hash(exact)]["mean"], mean, rtol=0, atol=1e-5)
+
+
+def sideways_photo(folder: Path) -> tuple[Path, np.ndarray]:
+    """A JPEG stored 64 wide and 32 high with EXIF Orientation=6 (shown turned 90 degrees
+    clockwise: 32 wide, 64 high), in a manifest; (the manifest, its pixels as stored)."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (230, 20, 20)  # red on the stored left half: the top half once upright
+    stored[:, 32:] = (20, 20, 230)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(folder / "photo.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(folder / "photo.jpg") as opened:
+        decoded = np.asarray(opened.convert("RGB"))  # as stored, the tag not applied
+    (folder / "manifest.jsonl").write_text(json.dumps({"image": "photo.jpg", "caption": "a photo"}) + "\n")
+    return folder / "manifest.jsonl", decoded
+
+
+def test_a_photo_with_an_exif_orientation_trains_diffusion_upright_and_clip_as_stored(tmp_path: Path) -> None:
+    from clipcond.training.data import ClipImageTransform, SkipCounter, manifest_samples
+
+    manifest, decoded = sideways_photo(tmp_path)
+    [(image, _)] = list(manifest_samples(manifest, SkipCounter()))
+    # diffusion, as diffusers' script reads it through `datasets`: upright (Orientation 6 is a
+    # quarter turn clockwise), 32x64, resized to 16x32 and its middle 16x16 kept
+    upright = Image.fromarray(np.ascontiguousarray(np.rot90(decoded, k=-1)))
+    expected = diffusers_pixels(upright, (16, 32), (0, 8), 16)
+    torch.testing.assert_close(pixels_in_unit_range(image, 16), expected, rtol=0, atol=1e-6)
+    assert expected[0, 0, 8] > 0.5 and expected[2, -1, 8] > 0.5  # red on top, blue below
+    # turned once only: an image already upright (its tag removed) is not turned again
+    from PIL import ImageOps
+
+    assert torch.equal(pixels_in_unit_range(ImageOps.exif_transpose(image), 16), pixels_in_unit_range(image, 16))
+    # CLIP, as open_clip reads a webdataset image: as stored
+    transform = ClipImageTransform(16)
+    assert torch.equal(transform(image), transform(Image.fromarray(decoded)))

@@ -78,7 +78,12 @@ class SkipCounter:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into an RGB image; raises on anything Pillow cannot read."""
+    """Decode encoded image bytes into an RGB image; raises on anything Pillow cannot read.
+
+    The image is given as stored: an EXIF orientation tag is kept in its metadata, not applied.
+    The transform decides: `pixels_in_unit_range` (train-diffusion) turns the image upright, as
+    diffusers' training script reads it; `ClipImageTransform` (train-clip) does not, as open_clip.
+    """
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return image.convert("RGB")

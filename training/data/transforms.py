@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,7 +45,9 @@ class ClipImageTransform:
     (`Resize(size, BICUBIC)`, `CenterCrop(size)`, to RGB, `ToTensor`, `Normalize`).
     transformers' `CLIPImageProcessor` resizes the same way but floors the crop offset, so it
     starts one pixel earlier when `length - size` is 3 modulo 4. Images in other modes are
-    converted to RGB first (the peers convert after cropping).
+    converted to RGB first (the peers convert after cropping). An EXIF orientation tag is not
+    applied, as open_clip's transform and webdataset's decoders do not apply it: a photo stored
+    sideways is read sideways, unlike in `pixels_in_unit_range`.
     """
 
     def __init__(self, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
@@ -63,12 +65,14 @@ class ClipImageTransform:
 
 def pixels_in_unit_range(image: Image.Image, size: int) -> torch.Tensor:
     """PIL image -> (3, size, size) float32 in [-1, 1], as diffusers' ``train_text_to_image.py``
-    prepares a training image with ``--center_crop``: converted to RGB, its shorter side resized
-    to `size` (bilinear) and the centre square cut out (`resized_centre_square`). A square RGB
-    image of side `size` is not resampled.
+    prepares a training image with ``--center_crop``: turned upright by its EXIF orientation tag
+    (the `datasets` library that script loads images with applies it), converted to RGB, its
+    shorter side resized to `size` (bilinear) and the centre square cut out
+    (`resized_centre_square`). A square RGB image of side `size` without an orientation tag is
+    not resampled.
     """
     if size < 1:
         raise ValueError(f"`size` must be >= 1, got {size}")
-    image = resized_centre_square(image.convert("RGB"), size, Image.Resampling.BILINEAR)
+    image = resized_centre_square(ImageOps.exif_transpose(image).convert("RGB"), size, Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (size, size, 3)
     return torch.from_numpy(array).permute(2, 0, 1)
