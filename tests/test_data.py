@@ -131,12 +131,20 @@ def test_clip_transform_resizes_and_crops_as_torchvision(case) -> None:
     torch.testing.assert_close(ClipImageTransform(size)(image), normalised, rtol=0, atol=0)
 
 
-def test_clip_transform_equals_transformers_clip_image_processor_but_for_its_floored_crop() -> None:
-    from transformers import CLIPImageProcessor
+def clip_processor_pil(size: int):
+    """transformers' PIL backend of the CLIP image processor, whether or not torchvision is
+    installed (transformers 5 then makes `CLIPImageProcessor` its torchvision backend, which
+    resamples differently); `CLIPImageProcessor` itself in transformers 4, which has no other."""
+    import transformers
 
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return processor_class(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def test_clip_transform_equals_transformers_clip_image_processor_but_for_its_floored_crop() -> None:
     rng = np.random.default_rng(1)
     for width, height, size in [(64, 48, 32), (48, 64, 32), (101, 20, 16), (45, 32, 32), (43, 32, 32)]:
-        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        processor = clip_processor_pil(size)
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         theirs = torch.as_tensor(processor(image, return_tensors="np")["pixel_values"][0])
         ours = ClipImageTransform(size)(image)
@@ -145,6 +153,18 @@ def test_clip_transform_equals_transformers_clip_image_processor_but_for_its_flo
             assert (ours - theirs).abs().max() > 0.1
         else:
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_clip_transform_drops_alpha_where_transformers_composites_onto_white() -> None:
+    rgba = np.zeros((16, 16, 4), np.uint8)  # transparent black ...
+    rgba[4:12, 4:12] = (220, 30, 30, 255)  # ... around an opaque red square
+    image = Image.fromarray(rgba, "RGBA")
+    ours = ClipImageTransform(16)(image)
+    theirs = torch.as_tensor(clip_processor_pil(16)(image, return_tensors="np")["pixel_values"][0])
+    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    torch.testing.assert_close(ours[:, 0, 0], (0 - mean) / std, rtol=0, atol=1e-6)  # the colour stored: black
+    torch.testing.assert_close(theirs[:, 0, 0], (1 - mean) / std, rtol=0, atol=1e-5)  # white
+    torch.testing.assert_close(ours[:, 4:12, 4:12], theirs[:, 4:12, 4:12], rtol=0, atol=1e-5)  # opaque: equal
 
 
 def _truncated_png() -> bytes:

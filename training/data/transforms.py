@@ -42,12 +42,21 @@ class ClipImageTransform:
     CLIP's mean and std.
 
     On RGB images it equals OpenAI's `clip._transform` and open_clip's eval transform
-    (`Resize(size, BICUBIC)`, `CenterCrop(size)`, to RGB, `ToTensor`, `Normalize`).
-    transformers' `CLIPImageProcessor` resizes the same way but floors the crop offset, so it
-    starts one pixel earlier when `length - size` is 3 modulo 4. Images in other modes are
-    converted to RGB first (the peers convert after cropping). An EXIF orientation tag is not
-    applied, as open_clip's transform and webdataset's decoders do not apply it: a photo stored
-    sideways is read sideways, unlike in `pixels_in_unit_range`.
+    (`Resize(size, BICUBIC)`, `CenterCrop(size)`, to RGB, `ToTensor`, `Normalize`). transformers'
+    PIL backend, `CLIPImageProcessorPil` (what `CLIPImageProcessor` is when torchvision is not
+    installed), resizes the same way but floors the crop offset, so it starts one pixel earlier
+    when `length - size` is 3 modulo 4. With torchvision installed, `CLIPImageProcessor` is
+    transformers' torchvision backend, which resamples differently: ask for
+    `CLIPImageProcessorPil` to match this transform, as `clipcond.lab.metrics` does.
+
+    Images in other modes are converted to RGB first, as transformers does; OpenAI's and
+    open_clip's transforms convert after cropping (so they resize a palette or 1-bit image with
+    nearest neighbour, and an RGBA one premultiplied). Converting drops alpha: a transparent
+    pixel keeps the colour stored under it (often black), where transformers 5's
+    processors composite transparency onto white. The readers (`decode_image`) give RGB images,
+    so this matters only for images passed in directly. An EXIF orientation tag is not applied,
+    as open_clip's transform and webdataset's decoders do not apply it: a photo stored sideways
+    is read sideways, unlike in `pixels_in_unit_range`.
     """
 
     def __init__(self, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
