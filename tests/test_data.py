@@ -274,6 +274,25 @@ def test_a_caption_that_is_not_text_is_a_type_error():
         clean_caption(b"caf\xe9")
 
 
+def test_a_byte_order_mark_before_a_shard_caption_is_not_part_of_it(tmp_path) -> None:
+    # as a prompt file's BOM is dropped, and a manifest's (json.loads detects it)
+    path = tmp_path / "bom-000.tar"
+    with tarfile.open(path, "w") as archive:
+        _add(archive, "a.png", _png((255, 0, 0)))
+        _add(archive, "a.txt", "a red circle".encode("utf-8-sig"))
+    assert [caption for _, caption in webdataset_samples(str(path), SkipCounter())] == ["a red circle"]
+    assert webdataset_captions(str(path), SkipCounter()) == ["a red circle"]
+
+
+def test_a_manifest_caption_that_is_null_gives_way_to_its_text(tmp_path) -> None:
+    (tmp_path / "a.png").write_bytes(_png((255, 0, 0)))
+    lines = [{"image": "a.png", "caption": None, "text": "from text"}, {"image": "a.png", "caption": None}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    skipped = SkipCounter()
+    assert manifest_captions(tmp_path / "m.jsonl", skipped) == ["from text"]
+    assert dict(skipped.counts) == {"no caption": 1}
+
+
 def _six_sample_shard(path) -> list[tarfile.TarInfo]:
     """A shard of six samples (``0.png`` + ``0.txt`` ... ``5.png`` + ``5.txt``, captions
     ``caption 0`` ...), as tarfile writes it; its members, in order."""

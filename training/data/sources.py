@@ -12,7 +12,8 @@ is caught at that sample, and only there:
 
 - a manifest line: not UTF-8, not JSON (JSON nested too deeply to parse included), not a JSON
   object, an ``image`` that is not a path ("bad manifest line"), a ``caption`` that is not text
-  ("bad manifest line"), missing or null ("no caption") or blank ("empty caption");
+  ("bad manifest line"), missing or null with no ``text`` either ("no caption") or blank
+  ("empty caption");
 - a shard member: a caption that is not UTF-8 ("caption not UTF-8"), missing ("no caption") or
   blank ("empty caption"), no image member ("no image"), a tar member that cannot be read
   ("unreadable tar member");
@@ -90,7 +91,8 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def clean_caption(raw: bytes | str) -> str:
-    """A caption as text with runs of whitespace collapsed to one space.
+    """A caption as text with runs of whitespace collapsed to one space and a leading UTF-8
+    byte order mark (U+FEFF, which some editors write at the start of a file) removed.
 
     Raises:
         UnicodeDecodeError: `raw` is bytes that are not UTF-8.
@@ -100,7 +102,7 @@ def clean_caption(raw: bytes | str) -> str:
         raw = raw.decode("utf-8")
     if not isinstance(raw, str):
         raise TypeError(f"a caption must be text, got {type(raw).__name__}: {raw!r:.80}")
-    return " ".join(raw.split())
+    return " ".join(raw.lstrip("\ufeff").split())
 
 
 class _Unusable(Exception):
@@ -304,7 +306,9 @@ def _manifest_line(line: bytes) -> tuple[str | None, str]:
     image = entry.get("image")
     if image is not None and not (isinstance(image, str) and image.strip()):
         raise _Unusable("bad manifest line", f"'image' must be a path, got {image!r:.80}")
-    caption = entry.get("caption", entry.get("text"))
+    caption = entry.get("caption")
+    if caption is None:  # missing or null: the line's "text", if any
+        caption = entry.get("text")
     if caption is None:
         raise _Unusable("no caption", "")
     if not isinstance(caption, str):
@@ -318,9 +322,9 @@ def _manifest_line(line: bytes) -> tuple[str | None, str]:
 def manifest_entries(manifest: str | Path, skipped: SkipCounter) -> Iterator[tuple[Path | None, str]]:
     """The lines of a JSONL manifest as (image path or None, caption), in order.
 
-    Each line is ``{"image": path, "caption": text}`` (``"text"`` is accepted for the caption;
-    image paths are relative to the manifest's folder). Unusable lines (see the module
-    docstring) are skipped and counted.
+    Each line is ``{"image": path, "caption": text}`` (``"text"`` is read when ``"caption"`` is
+    missing or null; image paths are relative to the manifest's folder). Unusable lines (see
+    the module docstring) are skipped and counted.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
