@@ -11,10 +11,14 @@ batches are consecutive, disjoint parts of the step's global batch, in rank orde
 in the same order (the order in which the contrastive loss gathers them):
 
 - the shapes stream is random access: sample `i` is rendered from (seed, split, i);
-- webdataset shards and JSONL manifests are read in order, endlessly (epoch after epoch), by
-  every rank, which keeps the samples of its own part of each step; a resumed run skips what
-  was already read. (Every rank decodes every sample: which samples are unusable, and so
-  which sample has which index, is then known to all ranks without talking.)
+- webdataset shards and JSONL manifests are read endlessly, epoch after epoch, each epoch in
+  an order drawn from (seed, epoch) (`DataConfig.shuffle`; else in file order), by every rank,
+  which keeps its own part of each step. Positions are given to samples before their images
+  are decoded, so a resumed run reaches its first sample without decoding (a manifest jumps
+  there; shards are read there undecoded), and a rank decodes only the images it uses. An
+  image that cannot be loaded is counted and replaced by the next loadable one at its place
+  in the following global batches (`ImageCaptionBatches._substitutes`), never by a second
+  copy within its own.
 
 A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 (CLIP's
 normalisation unless another transform is given), ``input_ids`` (batch, seq) int64 padded to
@@ -25,16 +29,35 @@ the longest caption with the tokenizer's pad id, and with hard negatives
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from webdataset.filters import shuffle
 
 from clipcond.shapes import ShapesStream, negative_caption
 from clipcond.training.data.caption_tokenizer import CaptionTokenizer
 from clipcond.training.data.config import DataConfig
-from clipcond.training.data.sources import SkipCounter, manifest_samples, webdataset_samples
+from clipcond.training.data.sources import (
+    IMAGE_EXTENSIONS,
+    SkipCounter,
+    _decoded,
+    _image_file,
+    _member_caption,
+    _tar_members,
+    _Unusable,
+    manifest_entries,
+    manifest_samples,
+    shard_urls,
+    webdataset_samples,
+)
 from clipcond.training.data.transforms import ClipImageTransform
 
 
@@ -110,21 +133,145 @@ def source_images(
     return (transform(image) for image, _ in source)
 
 
-def _endless(data: DataConfig, skipped: SkipCounter) -> Iterator[tuple[object, str]]:
-    """Shards or manifest, epoch after epoch; an epoch with no usable sample is an error."""
+SUBSTITUTE_STRIDES = 8  # global batches ahead where an unloadable sample's substitute is looked for first
+MAX_SUBSTITUTE_TRIES = 10_000  # unloadable samples in a row after which the source is taken for broken
+
+
+class _Candidate(NamedTuple):
+    """A sample before its image is decoded: the image (a shard member's bytes, or the path a
+    manifest line names), its caption, and a name for the skip log."""
+
+    image: bytes | str
+    caption: str
+    name: str
+
+    def load(self) -> Image.Image:
+        """The decoded RGB image; raises `_Unusable` (missing, unreadable, undecodable)."""
+        return _decoded(self.image) if isinstance(self.image, bytes) else _image_file(Path(self.image))
+
+
+def _shard_candidates(shards: list[str], skipped: SkipCounter | _CountingFrom) -> Iterator[_Candidate]:
+    """The samples of `shards` in that order, undecoded; those without an image member or a
+    usable caption are skipped and counted (as `webdataset_samples` counts them)."""
+    for sample in _tar_members(shards, skipped):
+        key = sample.get("__key__", "?")
+        image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        try:
+            if image_key is None:
+                raise _Unusable("no image", "")
+            caption = _member_caption(sample)
+        except _Unusable as unusable:
+            skipped.skip(unusable.reason, f"{key}: {unusable}")
+            continue
+        yield _Candidate(sample[image_key], caption, key)
+
+
+def _manifest_candidates(manifest: str) -> tuple[list[_Candidate], SkipCounter]:
+    """Every usable line of a manifest, undecoded, and the skips of its bad lines."""
+    bad_lines = SkipCounter()
+    candidates = []
+    for path, caption in manifest_entries(manifest, bad_lines):
+        if path is None:
+            bad_lines.skip("bad manifest line", f"{manifest}: no image for {caption!r}")
+        else:
+            candidates.append(_Candidate(str(path), caption, str(path)))
+    return candidates, bad_lines
+
+
+def _epoch_random(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+class _CountingFrom:
+    """A `SkipCounter` front that passes skips on only once `on` is set: what a resumed run
+    reads again before its first sample is not counted again."""
+
+    def __init__(self, skipped: SkipCounter, on: bool) -> None:
+        self.skipped, self.on = skipped, on
+
+    def skip(self, reason: str, detail: str = "") -> None:
+        if self.on:
+            self.skipped.skip(reason, detail)
+
+    def report(self) -> str:
+        return self.skipped.report()
+
+
+def _candidate_stream(
+    data: DataConfig, seed: int, start: int, skipped: SkipCounter
+) -> Iterator[tuple[int, _Candidate]]:
+    """(epoch, candidate) of the global positions `start`, `start + 1`, ... of the endless
+    stream: epoch after epoch, each in the order (seed, epoch) draws when `data.shuffle`, else
+    in file order. Which candidate has which position does not depend on decoding, so `start`
+    is reached without decoding. Skips are counted from `start` on, once per epoch read."""
+    if data.source == "manifest":
+        return _manifest_stream(data, seed, start, skipped)
+    return _shard_stream(data, seed, start, skipped)
+
+
+def _manifest_stream(data: DataConfig, seed: int, start: int, skipped: SkipCounter) -> Iterator[tuple[int, _Candidate]]:
+    """A manifest's candidates, permuted whole each epoch; `start` is reached in one jump."""
+    candidates, bad_lines = _manifest_candidates(data.manifest)
+    if not candidates:
+        raise ValueError(f"no usable sample in {data.manifest} ({bad_lines.report()})")
+    epoch, offset = divmod(start, len(candidates))
     while True:
+        if offset == 0:  # the epoch's bad lines, counted as a pass over the file counts them
+            for reason, count in bad_lines.counts.items():
+                skipped.counts[reason] += count
+        order = _epoch_random(seed, epoch).permutation(len(candidates)) if data.shuffle else range(len(candidates))
+        for index in order[offset:]:
+            yield epoch, candidates[index]
+        epoch, offset = epoch + 1, 0
+
+
+def _shard_stream(data: DataConfig, seed: int, start: int, skipped: SkipCounter) -> Iterator[tuple[int, _Candidate]]:
+    """Shards' candidates: each epoch the shards in a permuted order, their samples through a
+    shuffle buffer of `data.shuffle_buffer` (open_clip's two stages); those before `start` are
+    read (not decoded) and dropped."""
+    shards = shard_urls(data.urls, "data.urls")
+    counting = _CountingFrom(skipped, on=start == 0)
+    position = 0
+    for epoch in itertools.count():
+        if data.shuffle:
+            order = _epoch_random(seed, epoch).permutation(len(shards))
+            rng = random.Random(f"samples:{seed}:{epoch}")
+            read = _shard_candidates([shards[index] for index in order], counting)
+            read = shuffle(data.shuffle_buffer, data.shuffle_buffer, rng=rng)(read)
+        else:
+            read = _shard_candidates(shards, counting)
         count = 0
-        source = (
-            webdataset_samples(data.urls, skipped)
-            if data.source == "webdataset"
-            else manifest_samples(data.manifest, skipped)
-        )
-        for sample in source:
+        for candidate in read:
             count += 1
-            yield sample
+            if position >= start:
+                yield epoch, candidate
+            position += 1
+            counting.on = position >= start
         if count == 0:
-            where = data.urls if data.source == "webdataset" else data.manifest
-            raise ValueError(f"no usable sample in {where} ({skipped.report()})")
+            raise ValueError(f"no usable sample in {data.urls} ({skipped.report()})")
+
+
+class _Window:
+    """The candidate stream read on demand from a global position on; positions before
+    `forget_before`'s are dropped (the samples of the other ranks' parts included)."""
+
+    def __init__(self, stream: Iterator[tuple[int, _Candidate]], start: int) -> None:
+        self.stream, self.first = stream, start
+        self.held: deque[tuple[int, _Candidate]] = deque()
+
+    def get(self, position: int) -> tuple[int, _Candidate]:
+        """(epoch, candidate) at `position` (>= the first position held)."""
+        while position - self.first >= len(self.held):
+            self.held.append(next(self.stream))
+        return self.held[position - self.first]
+
+    def forget_before(self, position: int) -> None:
+        while self.first < position:
+            if self.held:
+                self.held.popleft()
+            else:
+                next(self.stream)
+            self.first += 1
 
 
 class ImageCaptionBatches:
@@ -179,25 +326,55 @@ class ImageCaptionBatches:
                 )
             )
         else:
-            self._items = self._sequential(
-                transform or ClipImageTransform(image_size), start_step * batch_size * world, rank, world
-            )
+            self._items = self._sequential(transform or ClipImageTransform(image_size), seed, start_step)
 
     def _sequential(
-        self, transform: Callable, skip: int, rank: int, world: int
+        self, transform: Callable, seed: int, start_step: int
     ) -> Iterator[tuple[torch.Tensor, list[str], list[None]]]:
-        samples = _endless(self.data, self.skipped)
-        position = 0
-        pending: list[tuple[torch.Tensor, str]] = []
-        for image, caption in samples:
-            mine = (position // self.batch_size) % world == rank  # this rank's part of its step
-            position += 1
-            if position <= skip or not mine:
-                continue
-            pending.append((transform(image), caption))
-            if len(pending) == self.batch_size:
-                yield torch.stack([p[0] for p in pending]), [p[1] for p in pending], [None] * len(pending)
-                pending = []
+        first = self.indices(start_step)[0]
+        window = _Window(_candidate_stream(self.data, seed, first, self.skipped), first)
+        for step in itertools.count(start_step):
+            positions = self.indices(step)
+            window.forget_before(positions[0])
+            loaded = [self._load(window, position) for position in positions]
+            pixels = torch.stack([transform(image) for image, _ in loaded])  # (batch, 3, size, size)
+            yield pixels, [caption for _, caption in loaded], [None] * len(loaded)
+
+    def _load(self, window: _Window, position: int) -> tuple[Image.Image, str]:
+        """(image, caption) of the sample at global `position`. One whose image cannot be loaded
+        is counted (by the rank whose part holds it) and replaced by the first loadable of
+        `_substitutes`, which depend on the positions alone, not on how the batch is split."""
+        epoch, candidate = window.get(position)
+        try:
+            return candidate.load(), candidate.caption
+        except _Unusable as unusable:
+            self.skipped.skip(unusable.reason, f"{candidate.name}: {unusable}")
+        for candidate_at in self._substitutes(window, position, epoch):
+            substitute = window.get(candidate_at)[1]
+            try:
+                return substitute.load(), substitute.caption
+            except _Unusable:
+                continue  # counted at its own place
+        where = self.data.urls if self.data.source == "webdataset" else self.data.manifest
+        raise ValueError(
+            f"no usable sample in {where}: no image from global sample {position} on can be decoded, up to the end "
+            f"of the next epoch or {MAX_SUBSTITUTE_TRIES} samples ({self.skipped.report()})"
+        )
+
+    def _substitutes(self, window: _Window, position: int, epoch: int) -> Iterator[int]:
+        """Positions whose samples may replace the unloadable one at `position`, in order: its
+        place in the next steps' global batches (`SUBSTITUTE_STRIDES` of them: a substitute is
+        then never a second copy within one global batch, where it would be its own negative),
+        then every later position; all within the next epoch and `MAX_SUBSTITUTE_TRIES`."""
+        stride = self.batch_size * self.world
+        strided = (position + stride * k for k in range(1, SUBSTITUTE_STRIDES + 1))
+        tried = 0
+        for path in (strided, itertools.count(position + 1)):
+            for candidate_at in path:
+                if tried == MAX_SUBSTITUTE_TRIES or window.get(candidate_at)[0] > epoch + 1:
+                    break
+                tried += 1
+                yield candidate_at
 
     def indices(self, step: int) -> list[int]:
         """Global indices of the samples this rank reads at `step` (0-based): what keys a

@@ -9,6 +9,8 @@ from typing import Literal
 from clipcond.shapes.scene import check_count_weights
 from clipcond.training.data.sources import shard_urls
 
+SHUFFLE_BUFFER = 1000  # webdataset's default for its shuffle stage
+
 
 @dataclass
 class DataConfig:
@@ -25,7 +27,16 @@ class DataConfig:
             min_objects..max_objects, one number each (e.g. [1, 3] with 1..2 objects: two-object
             scenes, most of which state a relation, 3 times in 4); unset: uniform.
         split: shapes only: "train" (held-out colour-shape pairs never appear), "heldout" or "all".
-        num_workers: DataLoader worker processes that decode / render images (0: in the loop's process).
+        num_workers: shapes only: DataLoader worker processes that render the images (0: in the
+            loop's process). Webdataset shards and manifests are decoded in the loop's process, so
+            a value above 0 with them is refused rather than ignored.
+        shuffle: webdataset and manifest only: read each epoch in an order drawn from (seed,
+            epoch), as open_clip and diffusers' training scripts do; False reads the files in order,
+            every epoch alike. A manifest is permuted whole; shards are read in a permuted order
+            through a buffer of `shuffle_buffer` samples, from which the next is drawn at random
+            (webdataset's ``shuffle``). The shapes stream is drawn at random already.
+        shuffle_buffer: webdataset only: samples (undecoded: a caption and its image's bytes)
+            held by that buffer; more mixes shards better and holds more memory.
     """
 
     source: Literal["shapes", "webdataset", "manifest"] = "shapes"
@@ -36,6 +47,8 @@ class DataConfig:
     object_count_weights: list[float] | None = None
     split: Literal["train", "heldout", "all"] = "train"
     num_workers: int = 0
+    shuffle: bool = True
+    shuffle_buffer: int = SHUFFLE_BUFFER
 
     def __post_init__(self) -> None:
         if self.source == "webdataset":
@@ -60,6 +73,23 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers > 0 and self.source != "shapes":
+            raise ValueError(
+                f"data.num_workers applies to data.source 'shapes' only, got {self.num_workers} with "
+                f"{self.source!r}: shards and manifests are decoded in the training process; set it to 0"
+            )
+        self._check_shuffle()
+
+    def _check_shuffle(self) -> None:
+        """`shuffle` and `shuffle_buffer` are valid and apply to `source`."""
+        if not isinstance(self.shuffle, bool):
+            raise TypeError(f"data.shuffle must be true or false, got {self.shuffle!r}")
+        if not self.shuffle and self.source == "shapes":
+            raise ValueError("data.shuffle applies to webdataset and manifest sources; the shapes stream is random")
+        if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be an integer >= 1, got {self.shuffle_buffer!r}")
+        if self.shuffle_buffer != SHUFFLE_BUFFER and self.source != "webdataset":
+            raise ValueError(f"data.shuffle_buffer applies to data.source 'webdataset' only, not {self.source!r}")
 
     def check_files(self) -> None:
         """Before any work: the files this section names exist (every shard of `urls`, the
