@@ -14,6 +14,7 @@ import sys
 import pytest
 import yaml
 
+from clipcond.training.data.config import DataConfig
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
@@ -43,6 +44,35 @@ def test_a_snapshot_from_before_a_new_field_resumes_while_the_field_keeps_its_de
         prepare_output_dir(dataclasses.replace(config, lr=0.5), resume=True)
     with pytest.raises(ValueError, match="--resume"):
         prepare_output_dir(config, resume=False)
+
+
+def test_a_snapshot_from_before_data_shuffle_means_file_order_for_shards_and_manifests(tmp_path):
+    """A data section written before `shuffle` existed read shards and manifests in file order:
+    resuming it as shuffled would read other samples from the resumed step on, so the resume is
+    refused naming data.shuffle until the config says false; a shapes run resumes as it is."""
+    manifest = tmp_path / "data.jsonl"
+    manifest.write_text("")
+    data = DataConfig(source="manifest", manifest=str(manifest), shuffle=False)
+    config = TrainDiffusionConfig(text_encoder="clip", unet={}, output_dir=str(tmp_path / "run"), data=data)
+    prepare_output_dir(config, resume=False)
+    snapshot = tmp_path / "run" / CONFIG_SNAPSHOT
+    older = yaml.safe_load(snapshot.read_text())
+    del older["data"]["shuffle"], older["data"]["shuffle_buffer"]
+    snapshot.write_text(yaml.safe_dump(older))
+    shuffled = dataclasses.replace(config, data=dataclasses.replace(data, shuffle=True))
+    with pytest.raises(RunFolderError, match=r"config changed \(data\.shuffle\)"):
+        prepare_output_dir(shuffled, resume=True)
+    assert prepare_output_dir(config, resume=True) == tmp_path / "run"
+
+    shapes = TrainDiffusionConfig(text_encoder="clip", unet={}, output_dir=str(tmp_path / "shapes"))
+    prepare_output_dir(shapes, resume=False)
+    snapshot = tmp_path / "shapes" / CONFIG_SNAPSHOT
+    older = yaml.safe_load(snapshot.read_text())
+    del older["data"]["shuffle"], older["data"]["shuffle_buffer"]
+    snapshot.write_text(yaml.safe_dump(older))
+    assert prepare_output_dir(shapes, resume=True) == tmp_path / "shapes"
+    with pytest.raises(RunFolderError, match=r"config changed \(data\.split\)"):
+        prepare_output_dir(dataclasses.replace(shapes, data=DataConfig(split="all")), resume=True)
 
 
 def test_a_moved_run_folder_resumes_while_other_changes_are_refused(tmp_path):

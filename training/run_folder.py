@@ -93,6 +93,36 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
         )
 
 
+def _filled_snapshot(previous: dict[str, Any], config: Any) -> dict[str, Any]:
+    """`previous` (a snapshot's mapping) with the keys it lacks, for `config`'s dataclass and
+    each dataclass section of it: a field added since the snapshot was written reads as its
+    default, or as what its absence meant then where the section says so
+    (``meaning_of_missing_keys(section)``, e.g. `DataConfig`'s `shuffle`)."""
+    filled = {**_defaults(type(config)), **previous}
+    meaning = getattr(type(config), "meaning_of_missing_keys", None)
+    if meaning is not None:
+        filled = {**filled, **{key: value for key, value in meaning(previous).items() if key not in previous}}
+    for field in dataclasses.fields(config):
+        section = getattr(config, field.name)
+        if dataclasses.is_dataclass(section) and isinstance(filled.get(field.name), dict):
+            filled[field.name] = _filled_snapshot(filled[field.name], section)
+    return filled
+
+
+def _changed_keys(current: dict[str, Any], previous: dict[str, Any], keys: set[str], prefix: str = "") -> list[str]:
+    """The keys (dotted within sections: ``data.shuffle``) whose values differ."""
+    changed = []
+    for key in keys:
+        now, before = current.get(key), previous.get(key)
+        if now == before:
+            continue
+        if isinstance(now, dict) and isinstance(before, dict):
+            changed += _changed_keys(now, before, set(now) | set(before), f"{prefix}{key}.")
+        else:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
 def check_output_dir(config: Any, resume: bool) -> None:
     """Refuse `config.output_dir` (a `RunFolderError`) when it is not a folder
     (`check_output_path`), when its ``checkpoints`` is not a folder, when it holds a run and
@@ -123,11 +153,10 @@ def check_output_dir(config: Any, resume: bool) -> None:
         raise _damaged_snapshot(output_dir, "is not a mapping of config keys")
     if not raw.endswith(b"\n"):  # `prepare_output_dir` writes it whole, and yaml.safe_dump ends every line
         raise _damaged_snapshot(output_dir, f"was cut short (it ends mid-line, after {len(raw)} bytes)")
-    # A key missing from the snapshot (a field added since it was written) reads as its default.
-    previous = {**_defaults(type(config)), **previous}
+    previous = _filled_snapshot(previous, config)
     current = dataclasses.asdict(config)
     keys = (set(current) | set(previous)) - set(_NOT_IDENTITY)
-    changed = sorted(key for key in keys if current.get(key) != previous.get(key))
+    changed = sorted(_changed_keys(current, previous, keys))
     if changed:
         raise RunFolderError(f"cannot resume {output_dir}: the config changed ({', '.join(changed)})")
     check_frozen_inputs(config)

@@ -50,6 +50,13 @@ class DataConfig:
     shuffle: bool = True
     shuffle_buffer: int = SHUFFLE_BUFFER
 
+    @staticmethod
+    def meaning_of_missing_keys(section: dict) -> dict:
+        """What a run's config snapshot written before a key of this section existed meant by
+        leaving it out (`run_folder.check_output_dir` reads it so, not as today's default):
+        before `shuffle` (2026-11-30) shards and manifests were read in file order."""
+        return {"shuffle": section.get("source", "shapes") == "shapes"}
+
     def __post_init__(self) -> None:
         if self.source == "webdataset":
             patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
