@@ -122,7 +122,7 @@ def _manifest(folder: Path, count: int) -> DataConfig:
         Image.new("RGB", (8, 8), (index * 40 % 256, 0, 0)).save(folder / f"{index}.png")
         lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
     (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return DataConfig(source="manifest", manifest=str(folder / "data.jsonl"))
+    return DataConfig(source="manifest", manifest=str(folder / "data.jsonl"), shuffle=False)
 
 
 @pytest.mark.parametrize("source", ["shapes", "manifest"])

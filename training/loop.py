@@ -97,8 +97,10 @@ from clipcond.training.run_folder import (
 )
 from clipcond.training.run_lock import RunFolderLock
 
-# the loop's own value in each checkpoint's `extra`: the metrics records written before it
+# the loop's own values in each checkpoint's `extra`: the metrics records written before it,
+# and the skipped samples counted up to it (reason -> count)
 _METRICS_RECORDS = "metrics_records"
+_SKIPPED = "skipped_samples"
 
 
 class RunSetupError(ValueError):
@@ -260,9 +262,12 @@ class TrainingRun:
         result_dir: where the objective saves its result (``output_dir / result``).
         resume_from: known before anything is built: the newest checkpoint folder (None: a
             fresh start); after `resume`, the checkpoint loaded (an older one when it was damaged).
-        skipped: unusable samples, give it to the data sources. Not restored from checkpoints:
-            a resumed run's sources read again what came before the checkpoint (the shards and
-            manifests are fast-forwarded, T5 reads every caption), counting its skips once more.
+        skipped: unusable samples, give it to the data sources. Each checkpoint keeps the counts
+            and a resume restores them (`resume`): the sources count only what they read after
+            the resumed step (shards and manifests reach it without decoding; train-t5 counts
+            its captions' skips at a fresh start only). A bad caption or shard member met while
+            the run read ahead for a stand-in sample just before the checkpoint is met again
+            after the resume, so it may count twice.
         last_checkpoint: the newest checkpoint of the run (None before the first).
 
     Raises:
@@ -420,6 +425,9 @@ class TrainingRun:
         accelerator.print(f"resuming from {point.folder} (step {point.step})")
         self.resume_from = self.last_checkpoint = point.folder
         self._start_step = point.step
+        restored = point.extra.get(_SKIPPED)
+        if isinstance(restored, dict):
+            self.skipped.counts.update({str(reason): int(count) for reason, count in restored.items()})
         return point.step, point.extra
 
     def train(
@@ -617,7 +625,7 @@ class TrainingRun:
             modules,
             optimizer=getattr(optimizer, "optimizer", optimizer),
             scheduler=scheduler,
-            extra={**extra, _METRICS_RECORDS: self._metrics_records},
+            extra={**extra, _METRICS_RECORDS: self._metrics_records, _SKIPPED: dict(self.skipped.counts)},
             keep=self.config.keep_checkpoints,
         )
 

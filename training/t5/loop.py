@@ -23,6 +23,7 @@ import torch
 
 from clipcond.errors import user_errors
 from clipcond.training.data import CaptionSource, CaptionTokenizer
+from clipcond.training.data.sources import SkipCounter
 from clipcond.training.loop import RunSetupError, TrainingRun
 from clipcond.training.optim import adamw_with_warmup_cosine
 from clipcond.training.t5.batches import SpanCorruptionBatches, heldout_batches
@@ -101,9 +102,10 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         config, "train-t5", resume, show_progress, throughput_name="captions_per_second", result=MODEL_DIR
     ) as run:
         accelerator, output_dir = run.accelerator, run.output_dir
+        startup_skips = SkipCounter()  # counted into the run at a fresh start only: a resume restores them
         # too few captions for the held-out ones: the user's data to fix, one line
         with user_errors(ValueError, error=RunSetupError):
-            source = CaptionSource(config.data, config.seed, config.eval_captions, run.skipped)
+            source = CaptionSource(config.data, config.seed, config.eval_captions, startup_skips)
         if accelerator.is_main_process:
             tokenizer = _tokenizer_for_run(config, source, output_dir, run.resume_from is not None)
         accelerator.wait_for_everyone()
@@ -133,6 +135,8 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
             model, config.lr, config.weight_decay, config.warmup_steps, config.steps, betas=config.betas, eps=config.eps
         )
         start_step, _ = run.resume({"model": model}, optimizer, scheduler)
+        if start_step == 0:
+            run.skipped.counts.update(startup_skips.counts)
 
         prepared_model, optimizer = accelerator.prepare(model, optimizer)
         unwrapped = accelerator.unwrap_model(prepared_model)
