@@ -1,11 +1,12 @@
 """What single call arguments may hold beyond their annotated type, checked before any work:
-a `generator`, the names a step callback reads. Numbers in general are read as Python's by
+a `generator`, the names a step callback reads, a `num_inference_steps` the scheduler can set. Numbers in general are read as Python's by
 `clipcond.scalars` at the top of each call, `clip_skip` by
 `clipcond.conditioner_setup.clip_skip_as_int`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -51,4 +52,26 @@ def callback_tensor_names(names: Any) -> list[str]:
     return list(names)
 
 
-__all__ = ["callback_tensor_names", "check_generator"]
+def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timesteps: Any, sigmas: Any) -> None:
+    """Set `num_inference_steps` on a copy of `scheduler`, as the call will, so that a number it
+    refuses fails before any work: DDIM, DDPM and LCM take at most their
+    `num_train_timesteps` (diffusers raises that ValueError after the prompt is encoded).
+    Custom `timesteps` or `sigmas` are set, and checked, where the call sets them.
+
+    Raises:
+        ValueError: naming `num_inference_steps`, with the scheduler's reason.
+    """
+    if timesteps is not None or sigmas is not None:
+        return
+    try:
+        copy.deepcopy(scheduler).set_timesteps(num_inference_steps, device="cpu")
+    except ValueError as error:
+        limit = getattr(scheduler.config, "num_train_timesteps", None)
+        most = "" if limit is None else f" (at most its num_train_timesteps, {limit})"
+        raise ValueError(
+            f"`num_inference_steps` {num_inference_steps} is more than {type(scheduler).__name__} can set{most}: "
+            f"{' '.join(str(error).split())}"
+        ) from error
+
+
+__all__ = ["callback_tensor_names", "check_generator", "check_steps_fit_scheduler"]

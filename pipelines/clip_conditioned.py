@@ -65,7 +65,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.argument_values import callback_tensor_names
+from clipcond.pipelines.argument_values import callback_tensor_names, check_steps_fit_scheduler
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -792,6 +792,7 @@ class CLIPConditionedPipeline(
             tensor_inputs,
             denoising_end,
         )
+        check_steps_fit_scheduler(self.scheduler, num_inference_steps, timesteps, sigmas)
         if self.unet is not None:
             self._check_unet_channels()
         sizes = SizeConditioning(

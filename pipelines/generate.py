@@ -220,7 +220,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
 
 def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
     """The checks that need the loaded pipeline: an inpainting UNet has a mask to read, the
-    image size and `--clip-skip`."""
+    image size, `--steps` (a number the scheduler can set) and `--clip-skip`."""
+    from clipcond.pipelines.argument_values import check_steps_fit_scheduler
     from clipcond.pipelines.input_checks import image_size_fits, image_size_rule
 
     if pipe.unet_reads_a_mask and args.mask is None:
@@ -232,6 +233,8 @@ def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
     for option, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and not image_size_fits(value, pipe.vae_scale_factor):
             raise UsageError(f"{option} must be {image_size_rule(pipe.vae_scale_factor)} for this model, got {value}")
+    with user_errors(ValueError, context=f"--steps {args.steps}: "):
+        check_steps_fit_scheduler(pipe.scheduler, args.steps, None, None)
     if args.clip_skip is not None:
         with user_errors(ValueError, TypeError, context=f"--clip-skip {args.clip_skip}: "):
             pipe.conditioner_for(args.clip_skip)
