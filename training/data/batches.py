@@ -46,16 +46,14 @@ from clipcond.shapes import ShapesStream, negative_caption
 from clipcond.training.data.caption_tokenizer import CaptionTokenizer
 from clipcond.training.data.config import DataConfig
 from clipcond.training.data.sources import (
-    IMAGE_EXTENSIONS,
     SkipCounter,
     _decoded,
     _image_file,
-    _member_caption,
-    _tar_members,
     _Unusable,
     manifest_entries,
     manifest_samples,
     shard_urls,
+    undecoded_shard_samples,
     webdataset_samples,
 )
 from clipcond.training.data.transforms import ClipImageTransform
@@ -153,17 +151,8 @@ class _Candidate(NamedTuple):
 def _shard_candidates(shards: list[str], skipped: SkipCounter | _CountingFrom) -> Iterator[_Candidate]:
     """The samples of `shards` in that order, undecoded; those without an image member or a
     usable caption are skipped and counted (as `webdataset_samples` counts them)."""
-    for sample in _tar_members(shards, skipped):
-        key = sample.get("__key__", "?")
-        image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-        try:
-            if image_key is None:
-                raise _Unusable("no image", "")
-            caption = _member_caption(sample)
-        except _Unusable as unusable:
-            skipped.skip(unusable.reason, f"{key}: {unusable}")
-            continue
-        yield _Candidate(sample[image_key], caption, key)
+    for key, image, caption in undecoded_shard_samples(shards, skipped):
+        yield _Candidate(image, caption, key)
 
 
 def _manifest_candidates(manifest: str) -> tuple[list[_Candidate], SkipCounter]:

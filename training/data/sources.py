@@ -272,13 +272,13 @@ def _decoded(data: bytes) -> Image.Image:
         raise _Unusable("undecodable image", repr(error)) from None
 
 
-def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
-    """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
+def undecoded_shard_samples(urls: str | Sequence[str], skipped: Any) -> Iterator[tuple[str, bytes, str]]:
+    """(key, image bytes, caption) of each sample of webdataset tar shards, in order, the image
+    not decoded; a sample without an image member or a usable caption is skipped and counted.
 
     Args:
-        urls: shard patterns (see `shard_urls`): ``data/shard-{000..009}.tar``, ``a.tar::b.tar``,
-            or a list of them.
-        skipped: receives one count per unusable sample or broken shard member.
+        urls: shard patterns (see `shard_urls`).
+        skipped: anything with `skip(reason, detail)` (a `SkipCounter`).
     """
     for sample in _tar_members(urls, skipped):
         key = sample.get("__key__", "?")
@@ -287,7 +287,23 @@ def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Itera
             if image_key is None:
                 raise _Unusable("no image", "")
             caption = _member_caption(sample)
-            image = _decoded(sample[image_key])
+        except _Unusable as unusable:
+            skipped.skip(unusable.reason, f"{key}: {unusable}")
+            continue
+        yield key, sample[image_key], caption
+
+
+def webdataset_samples(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[Sample]:
+    """Samples from webdataset tar shards (``key.jpg|jpeg|png|webp`` + ``key.txt``), in order.
+
+    Args:
+        urls: shard patterns (see `shard_urls`): ``data/shard-{000..009}.tar``, ``a.tar::b.tar``,
+            or a list of them.
+        skipped: receives one count per unusable sample or broken shard member.
+    """
+    for key, data, caption in undecoded_shard_samples(urls, skipped):
+        try:
+            image = _decoded(data)
         except _Unusable as unusable:
             skipped.skip(unusable.reason, f"{key}: {unusable}")
             continue
