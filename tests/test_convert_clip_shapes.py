@@ -12,6 +12,7 @@ import pytest
 import torch
 from reference_openai_clip import OpenAIStyleCLIP
 from safetensors.torch import save_file
+from test_cli_errors import one_error
 
 from clipcond.models import convert_openai_state_dict
 
@@ -69,16 +70,6 @@ def test_the_undamaged_checkpoint_converts() -> None:  # the control: the damage
     assert config.text_config.intermediate_size == 4 * TEXT_WIDTH and weights["logit_scale"].shape == ()
 
 
-def _one_error_line(capsys, argv: list[str]) -> str:
-    from clipcond.cli import main
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
-
-
 @pytest.mark.parametrize(
     "key", ["transformer.resblocks.1.mlp.c_fc.weight", "logit_scale", "visual.conv1.weight", "positional_embedding"]
 )
@@ -89,7 +80,7 @@ def test_the_command_refuses_a_damaged_checkpoint_in_one_line_and_writes_nothing
     save_file({name: value.contiguous() for name, value in _damaged(key).items()}, str(checkpoint))
     output = tmp_path / "out"
     argv = ["convert-clip", "--checkpoint", str(checkpoint), "--output", str(output), "--text-heads", "2"]
-    line = _one_error_line(capsys, argv)
+    line = one_error(capsys, argv, 2)
     assert line.startswith(f"error: --checkpoint {checkpoint}: '{key}' has shape"), line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["damaged.safetensors"]
 
@@ -108,6 +99,6 @@ def test_a_load_error_the_shape_checks_miss_is_still_one_line(tmp_path: Path, ca
 
     monkeypatch.setattr(clipcond.models, "convert_openai_state_dict", with_a_wrong_shape)
     argv = ["convert-clip", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--text-heads", "2"]
-    line = _one_error_line(capsys, argv)
+    line = one_error(capsys, argv, 2)
     assert line.startswith(f"error: --checkpoint {checkpoint}: ") and "size mismatch" in line, line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.safetensors"]

@@ -47,3 +47,31 @@ def test_generate_refuses_steps_the_scheduler_cannot_set(sd_folder, tmp_path, ca
     line = one_error(capsys, argv, 2)
     assert line.startswith("error: --steps 1001: `num_inference_steps` 1001") and "1000" in line
     assert not output.exists()
+
+
+@pytest.mark.parametrize("kind", ["flux", "empty"])
+def test_generate_refuses_a_lora_that_adds_no_adapter(sd_folder, tmp_path, capsys, kind) -> None:
+    """A LoRA with Flux/SD3 tensor names, or none: diffusers' SD loads it without error and
+    lists no adapter (so would draw the base image); generate refuses it in one line."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    tensors = {
+        "flux": {
+            "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(4, 32),
+            "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(32, 4),
+        },
+        "empty": {},
+    }[kind]
+    lora = tmp_path / f"{kind}.safetensors"
+    save_file(tensors, lora)
+    peer = StableDiffusionPipeline.from_pretrained(sd_folder)
+    peer.load_lora_weights(str(lora))
+    assert not any(peer.get_list_adapters().values())
+    output = tmp_path / "a.png"
+    argv = ["generate", "a", "-o", str(output), "--model", str(sd_folder), "--lora", str(lora), "--steps", "1"]
+    line = one_error(capsys, argv, 2)
+    assert line.startswith(f"error: --lora {lora}: none of its tensors names a layer of this model")
+    assert ("'transformer.'" in line and "Flux" in line) if kind == "flux" else "it holds no tensors" in line
+    assert not output.exists()

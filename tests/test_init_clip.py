@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli_errors import one_error
 
 from clipcond.models import load_clip
 from clipcond.training.clip.random_init import init_clip
@@ -98,27 +99,17 @@ def _small_vocabulary_model(tmp_path: Path) -> Path:
     return path
 
 
-def _one_error_line(capsys, argv: list[str]) -> str:
-    from clipcond.cli import main
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
-
-
 def test_a_text_vocabulary_below_clips_is_refused_when_the_yaml_is_read(tmp_path, capsys):
     """init-clip wrote such a model and train-clip crashed on its first step with an IndexError."""
     import yaml
 
     model = _small_vocabulary_model(tmp_path)
-    line = _one_error_line(capsys, ["init-clip", "--model", str(model), "-o", str(tmp_path / "m")])
+    line = one_error(capsys, ["init-clip", "--model", str(model), "-o", str(tmp_path / "m")], 2)
     assert "text.vocab_size must be at least 49408" in line and "tokenizer" in line
     run = tmp_path / "run.yaml"
     run.write_text(
         yaml.safe_dump({"model": str(model), "steps": 1, "batch_size": 4, "output_dir": str(tmp_path / "r")})
     )
-    line = _one_error_line(capsys, ["train-clip", "--config", str(run), "--no-progress"])
+    line = one_error(capsys, ["train-clip", "--config", str(run), "--no-progress"], 2)
     assert "text.vocab_size must be at least 49408" in line and str(model) in line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.yaml", "vocab1000.yaml"]

@@ -330,19 +330,26 @@ def test_making_the_shapes_batches_draws_nothing_from_the_global_generator() -> 
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def last_checkpoint_straight_and_resumed(config: TrainClipConfig, step: int) -> tuple[dict, dict]:
+    """The weights of checkpoint `step` (the run's last) of the run of `config`, and of the same
+    checkpoint written again by a resume from the one before it."""
+    output_dir = Path(config.output_dir)
+    train_clip(config, show_progress=False)
+    last = output_dir / "checkpoints" / f"step-{step:09d}"
+    straight = load_file(str(last / "model.safetensors"))
+    shutil.rmtree(last)
+    shutil.rmtree(output_dir / "model")
+    train_clip(config, resume=True, show_progress=False)
+    return straight, load_file(str(last / "model.safetensors"))
+
+
 def test_a_resume_with_lora_dropout_redoes_the_steps_bit_for_bit(tmp_path: Path, pretrained: Path) -> None:
     """LoRA dropout draws from torch's generator, restored from the checkpoint: the batches
     made after the restore must not draw from it (they did: the resumed masks were one draw
     ahead)."""
     settings = dict(model=None, mode="lora", init_from=str(pretrained), steps=4, checkpoint_every=2, lr=1e-2)
     config = tiny_config(tmp_path, lora=LoraSettings(dropout=0.3), **settings)
-    train_clip(config, show_progress=False)
-    checkpoints = tmp_path / "checkpoints"
-    straight = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
-    shutil.rmtree(checkpoints / "step-000000004")
-    shutil.rmtree(tmp_path / "model")
-    train_clip(config, resume=True, show_progress=False)
-    resumed = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    straight, resumed = last_checkpoint_straight_and_resumed(config, step=4)
     assert straight.keys() == resumed.keys() and any("lora_B" in key for key in straight)
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 

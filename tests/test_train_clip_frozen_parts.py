@@ -4,13 +4,12 @@ such a run; and the config keys that only one mode reads."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from test_train_clip import last_checkpoint_straight_and_resumed
 
 from clipcond.models import load_clip
 from clipcond.training.clip.config import TrainClipConfig
@@ -72,13 +71,7 @@ def test_a_resume_of_a_lit_run_with_evaluations_redoes_the_steps_bit_for_bit(tmp
         output_dir=str(tmp_path),
         **COMMON,
     )
-    train_clip(config, show_progress=False)
-    checkpoints = tmp_path / "checkpoints"
-    straight = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
-    shutil.rmtree(checkpoints / "step-000000004")
-    shutil.rmtree(tmp_path / "model")
-    train_clip(config, resume=True, show_progress=False)
-    resumed = load_file(str(checkpoints / "step-000000004" / "model.safetensors"))
+    straight, resumed = last_checkpoint_straight_and_resumed(config, step=4)
     assert straight.keys() == resumed.keys()
     different = [key for key in straight if not torch.equal(straight[key], resumed[key])]
     assert different == []
