@@ -298,7 +298,31 @@ def _load(model: str | Path, lora: str | Path | None) -> Any:
             _lora_of_another_architecture(lora),
         ):
             pipe.load_lora_weights(lora)
+        if not any(pipe.get_list_adapters().values()):  # diffusers only logs "No LoRA keys ... found"
+            raise UsageError(
+                f"--lora {lora}: none of its tensors names a layer of this model's UNet or text encoders, so it would "
+                f"change nothing{_what_the_lora_holds(lora)}; use a LoRA trained for this --model"
+            )
     return pipe
+
+
+def _what_the_lora_holds(lora: str | Path) -> str:
+    """For a ``.safetensors`` file: ``" (it holds no tensors)"``, or the first part of its
+    tensor names, e.g. ``" (its tensor names start with 'transformer.': a LoRA for a
+    transformer model such as Flux or SD3?)"``; "" for a folder or hub id."""
+    from safetensors import safe_open
+
+    path = Path(lora)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return ""
+    with safe_open(path, framework="pt") as weights:
+        keys = list(weights.keys())
+    if not keys:
+        return " (it holds no tensors)"
+    prefixes = sorted({key.split(".", 1)[0] + "." for key in keys})
+    named = ", ".join(repr(prefix) for prefix in prefixes[:3])
+    guess = ": a LoRA for a transformer model such as Flux or SD3?" if "transformer." in prefixes else ""
+    return f" (its tensor names start with {named}{guess})"
 
 
 @contextlib.contextmanager
