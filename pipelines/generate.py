@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
-from clipcond.errors import RunFailed, UsageError, user_errors
-from clipcond.output_paths import check_new_file
+from clipcond.errors import RunFailed, UsageError, one_line, user_errors
+from clipcond.output_paths import check_new_file, write_atomically
 from clipcond.pipelines.generate_sources import (
     SourceImages,
     add_source_arguments,
@@ -402,9 +402,26 @@ def run(args: argparse.Namespace) -> int:
             cols=columns,
         )
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp.png")
-    picture.save(temporary)
-    temporary.replace(output)
+    _write_png(picture, output)
     print(f"wrote {output}")
     return 0
+
+
+def _write_png(picture: Any, output: Path) -> None:
+    """Write the PIL image `picture` to `output` as PNG, atomically (`write_atomically`: a
+    unique hidden temporary file, removed if the write fails, then a rename), its folders made.
+
+    Raises:
+        RunFailed: the folder or file cannot be written (a full disk, no permission); the
+            `-o` file, if it existed, is unchanged.
+    """
+    import io
+
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(output, encoded.getvalue())
+    except OSError as error:
+        reason = error.strerror or one_line(error)
+        raise RunFailed(f"cannot write -o {output}: {reason}; nothing was written") from error

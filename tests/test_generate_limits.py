@@ -75,3 +75,33 @@ def test_generate_refuses_a_lora_that_adds_no_adapter(sd_folder, tmp_path, capsy
     assert line.startswith(f"error: --lora {lora}: none of its tensors names a layer of this model")
     assert ("'transformer.'" in line and "Flux" in line) if kind == "flux" else "it holds no tensors" in line
     assert not output.exists()
+
+
+def test_a_failed_png_write_is_one_error_line_and_leaves_no_file(tmp_path, capsys, monkeypatch) -> None:
+    """The disk fills after 100 bytes of the PNG: one ``error:`` line (exit 1), the existing
+    ``-o`` file (``--force``) unchanged and no temporary file left in the folder."""
+    import errno
+    import io
+
+    import clipcond.output_paths
+
+    class FullDisk(io.BytesIO):
+        def write(self, data) -> int:
+            super().write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, int) and "w" in mode:
+            real_open(file, mode).close()  # the descriptor write_atomically opened
+            return FullDisk()
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(clipcond.output_paths, "open", full_disk_open, raising=False)
+    output = tmp_path / "img.png"
+    output.write_bytes(b"old")
+    argv = ["generate", "a red circle", "-o", str(output), "--steps", "1", "--force"]
+    line = one_error(capsys, argv, 1)
+    assert line == f"error: cannot write -o {output}: No space left on device; nothing was written"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["img.png"] and output.read_bytes() == b"old"
