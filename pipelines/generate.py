@@ -9,9 +9,14 @@ line; the bundled shapes model has one): a prompt with other words, or an empty 
 then named in a warning before sampling, since such a model draws shapes whatever it is asked.
 
 Every argument is checked before the model loads (`check_output`, `model_source`), and what
-depends on the model (size, clip-skip) before sampling. Latents that turn NaN or infinite stop
-the run at that step (`RunFailed`, exit 1) and nothing is written; an existing PNG is replaced
-only with ``--force``.
+depends on the model (size, `--steps` against the scheduler, `--clip-skip`, a `--lora` that adds
+no adapter, `--n` images that no memory holds) before sampling. Latents that turn NaN or
+infinite stop the run at that step (`RunFailed`, exit 1) and nothing is written; an existing PNG
+is replaced only with ``--force``, and only by a complete file (`write_atomically`).
+
+Why this module is over 400 lines: it is the whole ``generate`` command, argument checks,
+loading, sampling and writing in their order; the checks that need the loaded model (LoRA,
+memory) could move to a ``generate_checks`` module beside `generate_sources`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import importlib.resources
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -55,6 +61,11 @@ _WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 # The `_class_name` of a saved clipcond pipeline's model_index.json (text to image, img2img,
 # inpainting): names, so that the CLI can tell them apart without importing the classes.
 SAVED_PIPELINE_CLASSES = ("CLIPConditionedPipeline", "CLIPConditionedImg2ImgPipeline", "CLIPConditionedInpaintPipeline")
+
+
+# The CPU allocator's messages, in torch's RuntimeError, for memory it cannot get, or a size
+# its arithmetic cannot hold.
+_OUT_OF_MEMORY_SIGNS = ("can't allocate memory", "bad_alloc", "Storage size calculation overflowed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +251,46 @@ def _check_against_model(args: argparse.Namespace, pipe: Any) -> None:
             pipe.conditioner_for(args.clip_skip)
 
 
+def _memory_bytes() -> int:
+    """The most memory this process may hold: the machine's RAM (the CLI samples on the CPU),
+    or the address-space limit (``ulimit -v``) when lower; torch's largest storage, 2**63
+    bytes, where neither can be read."""
+    import resource
+
+    limits = [2**63]
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits)
+
+
+def _check_memory(args: argparse.Namespace, pipe: Any, sources: SourceImages | None) -> None:
+    """Refuse, before anything is allocated, `--n` images whose decoded pixels alone (n x 3 x
+    height x width float32, 12 bytes a pixel) need more memory than `_memory_bytes`: such a
+    run fails in torch's allocator (or overflows its size arithmetic) after the text encoders ran.
+
+    Raises:
+        UsageError: naming --n and the size, the bytes needed and the bytes there are.
+    """
+    if sources is not None:
+        width, height = sources.image.size
+        size, lower = f"{height} x {width} pixels (--image's height x width)", "--n or the --image size"
+    else:
+        sample = pipe.unet.config.sample_size
+        sample_height, sample_width = (sample, sample) if isinstance(sample, int) else sample
+        height = args.height or sample_height * pipe.vae_scale_factor
+        width = args.width or sample_width * pipe.vae_scale_factor
+        size, lower = f"{height} x {width} pixels", "--n, --height or --width"
+    needed, there = args.n * 3 * height * width * 4, _memory_bytes()
+    if needed > there:
+        raise UsageError(
+            f"--n {args.n} image(s) of {size} need at least {needed / 2**30:.3g} GiB for their decoded pixels alone, "
+            f"more than the {there / 2**30:.3g} GiB of memory this process may use; lower {lower}"
+        )
+
+
 def _stop_on_non_finite_latents(steps: int) -> Any:
     """A step-end callback raising `RunFailed` at the first step whose latents hold NaN or
     infinity: the image would be black, so the run stops there and writes nothing."""
@@ -259,15 +310,17 @@ def _stop_on_non_finite_latents(steps: int) -> Any:
 
 @contextlib.contextmanager
 def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImages | None) -> Iterator[None]:
-    """Memory the sampling cannot get (torch's out-of-memory error on a GPU, the CPU allocator's
-    "can't allocate memory") is a `RunFailed` saying what to lower, not a traceback."""
+    """Memory the sampling cannot get (torch's out-of-memory error on a GPU, Python's
+    `MemoryError`, the CPU allocator's errors in `_OUT_OF_MEMORY_SIGNS`) is a `RunFailed`
+    saying what to lower, not a traceback."""
     import torch
 
     try:
         yield
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
-            raise
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError):
+            if not any(sign in str(error) for sign in _OUT_OF_MEMORY_SIGNS):
+                raise
         if sources is None:
             size, lower = f"{args.height or 'default'} x {args.width or 'default'} pixels", "--n, --height or --width"
         else:
@@ -369,12 +422,13 @@ def run(args: argparse.Namespace) -> int:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)
     _check_against_model(args, pipe)
+    _check_memory(args, pipe, sources)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
-    generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
     with (
         user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "),
         _out_of_memory_is_a_failed_run(args, sources),
     ):
+        generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
         images = pipe(
             args.prompt,
             negative_prompt=args.negative,

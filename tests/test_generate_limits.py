@@ -105,3 +105,30 @@ def test_a_failed_png_write_is_one_error_line_and_leaves_no_file(tmp_path, capsy
     line = one_error(capsys, argv, 1)
     assert line == f"error: cannot write -o {output}: No space left on device; nothing was written"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["img.png"] and output.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [["--height", "1000000000", "--width", "1000000000"], ["--n", "1000000000000"]],
+    ids=["size", "n"],
+)
+def test_sizes_and_counts_no_memory_holds_are_refused_before_any_generator(tmp_path, capsys, monkeypatch, numbers):
+    """On the bundled model (32 x 32 pixels by default): a 1e9 x 1e9 image (torch's size
+    arithmetic overflows) or 1e12 images (12 TB of pixels, the per-image generator list alone
+    more than any machine holds) is one ``error:`` line (exit 2), with no generator made."""
+    import torch
+
+    made = []
+
+    class CountedGenerator(torch.Generator):
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(1)
+            assert len(made) <= 1000, "the per-image generator list was built before the size check"
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", CountedGenerator)
+    output = tmp_path / "a.png"
+    line = one_error(capsys, ["generate", "a red circle", "-o", str(output), "--steps", "1", *numbers], 2)
+    assert line.startswith(f"error: --n {numbers[1] if numbers[0] == '--n' else 1} image(s) of ")
+    assert "GiB for their decoded pixels alone" in line and "lower --n, --height or --width" in line
+    assert made == [] and not output.exists()
