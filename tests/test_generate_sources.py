@@ -171,12 +171,15 @@ def test_what_needs_the_model_is_refused_before_sampling(sd_folder, tmp_path, ca
 
 
 def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monkeypatch) -> None:
+    from diffusers import DDIMScheduler
+
     import clipcond.pipelines.generate as generate
 
     class Hungry:
         vae = "a VAE"
         vae_scale_factor = 8
         unet_reads_a_mask = False
+        scheduler = DDIMScheduler()  # --steps is checked against it
 
         def default_strength(self):
             return 0.8
