@@ -119,12 +119,18 @@ def test_generate_answers_a_damaged_model_folder_or_a_seed_torch_cannot_take_in_
 
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu_allocator", "cuda_out_of_memory"])
 def test_generate_out_of_memory_is_a_failed_run_in_one_line(tmp_path, capsys, monkeypatch, gpu) -> None:
+    from types import SimpleNamespace
+
     import torch
+    from diffusers import DDIMScheduler
 
     import clipcond.pipelines.generate as generate
 
     class Hungry:
         unet_reads_a_mask = False
+        scheduler = DDIMScheduler()  # --steps is checked against it
+        unet = SimpleNamespace(config=SimpleNamespace(sample_size=32))  # and --n images of the default size
+        vae_scale_factor = 1  # against the memory there is
 
         def __call__(self, *args, **kwargs):
             if gpu:
