@@ -89,12 +89,14 @@ def _read_image(value: str, option: str, mode: str) -> Any:
     """
     from PIL import Image, ImageOps
 
+    from clipcond.image_modes import converted
+
     path = Path(value).expanduser()
     if not path.is_file():
         raise UsageError(f"{option} {path}: no such file")
     try:
         with Image.open(path) as opened:
-            return ImageOps.exif_transpose(opened).convert(mode)
+            return converted(ImageOps.exif_transpose(opened), mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UsageError(f"{option} {path}: not an image that can be read: {one_line(error)}") from error
 

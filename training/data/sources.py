@@ -30,7 +30,10 @@ is caught at that sample, and only there:
   had already read (a damaged header in a shard's last 10 KiB goes unseen);
 - an image: a missing file ("missing image"), one that cannot be read (a folder, no
   permission: "unreadable image"), bytes Pillow cannot decode, a truncated file included
-  ("undecodable image").
+  ("undecodable image"). A 16-bit greyscale image is scaled to 8 bits (`image_modes`).
+
+Why this module is over 400 lines: the two file formats share their skip rules and counter,
+which read in one place.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from PIL import Image
+
+from clipcond.image_modes import converted
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ def decode_image(data: bytes) -> Image.Image:
     """
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return image.convert("RGB")
+        return converted(image, "RGB")
 
 
 def clean_caption(raw: bytes | str) -> str:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from clipcond.image_modes import converted
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -67,7 +69,7 @@ class ClipImageTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = resized_centre_square(image.convert("RGB"), self.size, Image.Resampling.BICUBIC)
+        image = resized_centre_square(converted(image, "RGB"), self.size, Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, size, size)
         return (pixels - self.mean) / self.std
 
@@ -82,6 +84,6 @@ def pixels_in_unit_range(image: Image.Image, size: int) -> torch.Tensor:
     """
     if size < 1:
         raise ValueError(f"`size` must be >= 1, got {size}")
-    image = resized_centre_square(ImageOps.exif_transpose(image).convert("RGB"), size, Image.Resampling.BILINEAR)
+    image = resized_centre_square(converted(ImageOps.exif_transpose(image), "RGB"), size, Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (size, size, 3)
     return torch.from_numpy(array).permute(2, 0, 1)
