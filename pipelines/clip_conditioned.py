@@ -60,7 +60,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from clipcond.conditioner_setup import as_encoders, check_clip_skip, clip_skip_as_int
+from clipcond.conditioner_setup import as_encoders, check_clip_skip, check_clip_windows, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
@@ -306,8 +306,7 @@ class CLIPConditionedPipeline(
         self._conditioners: dict[int | None, TextConditioner] = {}
         self._conditioners_for: tuple | None = None  # the components they were built over
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        if clip_skip is not None:
-            self._check_clip_skip_fits(clip_skip)
+        self._check_text_encoders_fit(clip_skip)
 
     # ------------------------------------------------------------------ components
 
@@ -460,14 +459,16 @@ class CLIPConditionedPipeline(
             recipe = dataclasses.replace(recipe, zero_negative_when_absent=self.config[family.force_zeros_flag])
         return recipe
 
-    def _check_clip_skip_fits(self, clip_skip: int) -> None:
-        """Refuse, at construction (`from_pipe`, `from_pretrained` included), a `clip_skip` this
-        pipeline's CLIPs cannot take, as its conditioner would refuse it on every call (the
-        conditioner's own check). Without the text encoders (a pipeline loaded for given
-        embeddings) there is nothing to check against.
+    def _check_text_encoders_fit(self, clip_skip: int | None) -> None:
+        """Refuse, at construction (`from_pipe`, `from_pretrained` included), what its
+        conditioner would refuse on every call (the conditioner's own checks): CLIPs joined on
+        channels with different context lengths (a Long-CLIP beside a 77-token CLIP), and a
+        `clip_skip` this pipeline's CLIPs cannot take. Without the text encoders (a pipeline
+        loaded for given embeddings) there is nothing to check against.
 
         Raises:
-            ValueError: out of range, or on a recipe that reads no CLIP token states.
+            ValueError: CLIP context lengths that differ; `clip_skip` out of range, or on a
+                recipe that reads no CLIP token states.
         """
         family = get_family(self.config.recipe)
         present = [
@@ -479,7 +480,10 @@ class CLIPConditionedPipeline(
             return
         clip = [pair for kind, pair in present if kind == "clip"]
         recipe = self._conditioner_recipe(family, bool(clip), len(clip) < len(present))
-        check_clip_skip(recipe, as_encoders(clip, None)[0], clip_skip)
+        encoders = as_encoders(clip, None)[0]
+        check_clip_windows(recipe, encoders)
+        if clip_skip is not None:
+            check_clip_skip(recipe, encoders, clip_skip)
 
     # ------------------------------------------------------------------ generation
 

@@ -127,11 +127,17 @@ def _pooler_output(model, tokenizer, text: str) -> torch.Tensor:
 
 
 def test_clip_conditioned_pipeline_refuses_before_any_work(sdxl):
-    """`CLIPConditionedPipeline` builds its conditioner as `TextConditioner` does: the first
-    call refuses, before an encoder or the UNet runs."""
-    pipe = CLIPConditionedPipeline.from_pipe(_with_long(sdxl, ""))
+    """`CLIPConditionedPipeline` refuses at construction (`from_pipe`) what its conditioner
+    would refuse on every call; encoders swapped in after it are refused by the first call,
+    before an encoder or the UNet runs."""
+    mixed = _with_long(sdxl, "")
+    message = _message((0, "text_encoder", LONG), (1, "text_encoder_2", 77))
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.from_pipe(mixed)
+    pipe = CLIPConditionedPipeline.from_pipe(sdxl)
+    pipe.register_modules(text_encoder=mixed.text_encoder, tokenizer=mixed.tokenizer)
     pipe.set_progress_bar_config(disable=True)
     counters = [ForwardCounter(module) for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.unet)]
-    with pytest.raises(ValueError, match=_message((0, "text_encoder", LONG), (1, "text_encoder_2", 77))):
+    with pytest.raises(ValueError, match=message):
         pipe("a cat", num_inference_steps=1, output_type="latent")
     assert [counter.calls for counter in counters] == [0, 0, 0]
