@@ -140,6 +140,31 @@ def test_the_last_sample_grid_shows_the_pipeline_the_run_saves(
     assert all(torch.equal(sampled_weights[k], unsampled_weights[k]) for k in unsampled_weights)
 
 
+def test_a_lora_runs_last_grid_is_its_saved_pipeline_up_to_the_merges_rounding(
+    trained: Path, tiny_clip_text_path, tmp_path: Path
+) -> None:
+    """A LoRA run draws its grids with the adapter unmerged and saves the UNet with it merged
+    (W + scale * B @ A): the same images up to float rounding, which moves no pixel by more than
+    one grey level of 255."""
+    from PIL import Image
+
+    prompts = ["a red circle", "a blue square"]
+    settings = dict(steps=2, lr=1e-2, ema_decay=None, sample_steps=3, sample_prompts=prompts, sample_every=2)
+    config = tiny_config(
+        tiny_clip_text_path, tmp_path / "lora", unet=None, init_from=str(trained), train="lora", **settings
+    )
+    run = train_diffusion(config, show_progress=False)
+    grid = np.asarray(Image.open(tmp_path / "lora" / "samples" / "step-0000002.png").convert("RGB")).astype(int)
+    pipe = CLIPConditionedPipeline.from_pretrained(run.pipeline_dir)
+    images = pipe(prompts, num_inference_steps=3, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images
+    saved = np.concatenate([np.asarray(image.convert("RGB")) for image in images], axis=1).astype(int)
+    assert grid.shape == saved.shape and np.abs(grid - saved).max() <= 1
+    base = CLIPConditionedPipeline.from_pretrained(trained)
+    before = base(prompts, num_inference_steps=3, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images
+    before = np.concatenate([np.asarray(image.convert("RGB")) for image in before], axis=1).astype(int)
+    assert np.abs(before - saved).max() > 1  # the LoRA moved the images: the grid had to show it
+
+
 def test_v_prediction_and_lora_on_cross_attention(trained: Path, tiny_clip_text_path, tmp_path: Path) -> None:
     v = train_diffusion(
         tiny_config(tiny_clip_text_path, tmp_path / "v", prediction_type="v_prediction", steps=2), show_progress=False
