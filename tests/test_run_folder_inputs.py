@@ -121,6 +121,7 @@ def test_resuming_after_the_text_encoder_was_replaced_is_one_error_line_and_afte
 ) -> None:
     # probe12_train #6: the resumed run went on against the other tower, silently (1.5e-3 from the uninterrupted run)
     from safetensors.torch import load_file
+    from test_train_diffusion import UNET
     from tiny_pipelines import clip_text_model
 
     from clipcond.training.diffusion.config import TrainDiffusionConfig
@@ -128,17 +129,9 @@ def test_resuming_after_the_text_encoder_was_replaced_is_one_error_line_and_afte
 
     tower = tmp_path / "tower"
     shutil.copytree(tiny_clip_text_path, tower)
-    unet = dict(
-        block_out_channels=[16, 32],
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=8,
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-    )
     config = TrainDiffusionConfig(
         text_encoder=str(tower),
-        unet=unet,
+        unet=UNET,
         image_size=16,
         batch_size=2,
         steps=2,
