@@ -200,10 +200,8 @@ def check_clip_windows(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
 
 
 def check_clip_layer(recipe: Recipe, clip: Sequence[TextEncoder]) -> None:
-    """A ValueError unless the CLIP token states the recipe reads can be read: the CLIPs joined
-    on channels share one window length (`check_clip_windows`), and the hidden state the recipe
-    reads (`clip_layer_from_end`: 1 the last layer's) exists in the shallowest of them."""
-    check_clip_windows(recipe, clip)
+    """A ValueError unless the hidden state the recipe reads (`clip_layer_from_end`: 1 the last
+    layer's) exists in the shallowest of its CLIPs."""
     if not clip or recipe.combine == "clip_pooled_t5_tokens":
         return
     deepest = min(encoder.num_layers for encoder in clip)

@@ -41,6 +41,7 @@ from clipcond.conditioner_setup import (
     check_cache_size,
     check_clip_layer,
     check_clip_skip,
+    check_clip_windows,
     check_encoders,
     check_max_batch_windows,
     device_and_dtype,
@@ -192,6 +193,7 @@ class TextConditioner:
             self.recipe = dataclasses.replace(self.recipe, caption_cleaning=cleaning)
         self._clean = CaptionCleaner(cleaning)
         check_encoders(self.recipe, len(self.clip), self.t5 is not None, t5_zeros)
+        check_clip_windows(self.recipe, self.clip)
         check_clip_layer(self.recipe, self.clip)
         self.clip_skip = check_clip_skip(self.recipe, self.clip, clip_skip)
         self._active_recipe = self.recipe.with_clip_skip(self.clip_skip)

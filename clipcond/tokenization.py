@@ -178,10 +178,10 @@ class CLIPTokenizerWithTextCleaning(_TransformersCLIPTokenizer):
     - a literal `<|endoftext|>` or `<|startoftext|>` glued to a preceding
       punctuation mark or emoji (`"hi!<|endoftext|>"`) is the special token here,
       while OpenAI's regex reads it as punctuation and letters;
-    - characters newer than the running Python's Unicode database (3,525 code
-      points, all unassigned in Python 3.11's Unicode 14, such as U+323B0 of CJK
-      extension J): tokenizers' own Unicode tables read them, and OpenAI's `regex`
-      and `str.lower` read them by another Unicode version. A sweep of every code
+    - characters newer than the running Python's Unicode database (unassigned in
+      Python 3.11's Unicode 14, such as U+323B0 of CJK extension J): tokenizers' own
+      Unicode tables read them, and OpenAI's `regex` and `str.lower` read them by
+      another Unicode version. A sweep of every code
       point (tests/test_tokenization.py, marked slow) finds no other difference.
 
     `save_pretrained` writes `"tokenizer_class": "CLIPTokenizer"`, so the folder
