@@ -18,9 +18,10 @@ each word's ids are ComfyUI's (its vocabulary entry ``word</w>`` when there is o
 ``A</w>``, which the CLIP tokenizer would lower-case).
 With ``window_split="truncate"`` a prompt has one window, its first 75 tokens, and the rest is
 dropped (reported at INFO level), as diffusers' `encode_prompt` truncates; a ``BREAK`` ends the
-prompt there. Under the other rules a multi-vector textual-inversion token (``<cat>``,
-``<cat>_1``, ...) that does not fit the room left in a window starts the next one, as A1111
-places an embedding. `tests/test_chunking.py` checks the "a1111" and "comfy" rules against
+prompt there, and a multi-vector textual-inversion token that crosses the 75th token keeps the
+vectors that fit, as diffusers' truncation keeps them. Under the other rules a multi-vector
+textual-inversion token (``<cat>``, ``<cat>_1``, ...) that does not fit the room left in a window
+starts the next one, as A1111 places an embedding. `tests/test_chunking.py` checks the "a1111" and "comfy" rules against
 transcriptions of A1111's and ComfyUI's.
 
 T5 reads one sequence of up to `max_length` tokens ending in EOS; content past the budget is
@@ -347,7 +348,10 @@ def clip_windows(
     else:
         per_fragment = _token_ids_per_fragment(tokenizer, prompts)
     comma = _comma_id(tokenizer) if window_split == "a1111" else None  # "truncate": cut at the 75th token
-    rule = _WindowRule(capacity, comma, _vector_groups(tokenizer))
+    # Under "truncate" an embedding's vectors are tokens like any other: diffusers keeps those
+    # that fit the window and drops the rest, where the other rules move the embedding whole.
+    groups = {} if window_split == "truncate" else _vector_groups(tokenizer)
+    rule = _WindowRule(capacity, comma, groups)
     result = []
     for fragments, fragment_ids in zip(prompts, per_fragment):
         windows = cut(tokenizer, fragments, fragment_ids, rule)

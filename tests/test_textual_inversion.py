@@ -530,3 +530,26 @@ def test_an_sdxl_pair_loaded_in_one_call_unloads_in_one_call():
         assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight, tables[1])
         again = pipe(**settings, generator=torch.Generator().manual_seed(0)).images
         assert torch.equal(torch.from_numpy(again), torch.from_numpy(before))
+
+
+@pytest.mark.parametrize("words_before", [72, 73, 74])
+def test_truncation_keeps_the_vectors_of_an_embedding_that_fit_as_diffusers_does(words_before):
+    """Flux's default window rule (and SD's `window_split="truncate"`) cuts at the 75th token: an
+    embedding crossing it keeps its first vectors there, as diffusers' `encode_prompt` keeps them."""
+    peer, pipe = tiny_pipelines.build_sd(), tiny_pipelines.build_sd()
+    peer.load_textual_inversion(vectors(3), token="<toy>")
+    cond = TextConditioner.from_pipeline(pipe, window_split="truncate", parse_weights=False)
+    cond.load_textual_inversion(vectors(3), token="<toy>")
+    prompt = " ".join(["cat"] * words_before) + " <toy> dog"
+    expected = peer.encode_prompt(prompt, "cpu", 1, False)[0]
+    close(cond.encode(prompt).tokens, expected)
+
+
+def test_flux_default_truncation_keeps_the_vectors_that_fit(t5_tokenizer_path):
+    peer, pipe = tiny_pipelines.build_flux(t5_tokenizer_path), tiny_pipelines.build_flux(t5_tokenizer_path)
+    peer.load_textual_inversion(vectors(3), token="<toy>", tokenizer=peer.tokenizer, text_encoder=peer.text_encoder)
+    cond = TextConditioner.from_pipeline(pipe)
+    cond.load_textual_inversion(vectors(3), token="<toy>")
+    prompt = " ".join(["cat"] * 73) + " <toy> dog"
+    _, pooled, _ = peer.encode_prompt(prompt, prompt, device="cpu")
+    close(cond.encode(prompt).pooled, pooled)
