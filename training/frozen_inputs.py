@@ -20,17 +20,21 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from clipcond.folder_walk import folder_files
+
 # Config keys naming models a run reads and does not keep whole in its checkpoints.
 FROZEN_INPUTS = ("text_encoder", "t5_encoder", "vae", "init_from")
 
 
 def _input_files(path: Path) -> list[tuple[str, Path]]:
     """(name relative to `path`, file) of every file of the model at `path` (``"."`` for a
-    single file), sorted; hidden files and folders (a hub download's ``.cache/``) left out."""
+    single file), sorted; a component linked from another folder (``vae -> ../shared/vae``)
+    included, hidden files and folders (a hub download's ``.cache/``) left out (`folder_files`)."""
     if path.is_file():
         return [(".", path)]
-    named = ((file.relative_to(path).as_posix(), file) for file in path.rglob("*"))
-    return sorted((name, file) for name, file in named if file.is_file() and "/." not in f"/{name}")
+    if not path.is_dir():  # neither (a FIFO): no model files, left to the run's own loading
+        return []
+    return sorted((file.relative_to(path).as_posix(), file) for file in folder_files(path))
 
 
 def _file_digest(path: Path) -> str:

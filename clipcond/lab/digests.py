@@ -10,8 +10,9 @@ modification time): a file is read again only when one of those changed.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
+
+from clipcond.folder_walk import folder_files
 
 # Files that describe a model without changing its outputs.
 _IGNORED_SUFFIXES = {".md"}
@@ -27,38 +28,13 @@ def _file_sha256(path: Path) -> str:
 
 
 def model_files(folder: str | Path) -> list[Path]:
-    """The files of a model folder that a digest covers, sorted: all but README-like and hidden ones.
-
-    Symlinked folders are walked (a pipeline folder may link a component to another folder's,
-    whose weights are then as much the pipeline's as its own files); a link back to a folder
-    it sits in (a cycle) is not.
+    """The files of a model folder that a digest covers, sorted: those `folder_files` walks
+    (symlinked folders followed, cycles and hidden names not), less README-like ones.
 
     Raises:
         FileNotFoundError: `folder` is not a folder.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-    files = []
-    # each walked folder -> the resolved paths of it and the folders above it, up to `folder`
-    chains = {str(folder): (os.path.realpath(folder),)}
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        chain = chains.pop(root)
-        walked = []
-        for name in dirs:
-            real = os.path.realpath(os.path.join(root, name))
-            if not name.startswith(".") and real not in chain:
-                chains[os.path.join(root, name)] = (*chain, real)
-                walked.append(name)
-        dirs[:] = walked
-        files += [
-            Path(root, name)
-            for name in names
-            if not name.startswith(".")
-            and Path(name).suffix.lower() not in _IGNORED_SUFFIXES
-            and Path(root, name).is_file()
-        ]
-    return sorted(files)
+    return [path for path in folder_files(folder) if path.suffix.lower() not in _IGNORED_SUFFIXES]
 
 
 def folder_digest(folder: str | Path, cache: dict[str, list] | None = None) -> str:
