@@ -10,15 +10,19 @@ switch at 0.2 gives a blue circle and the one at 0.3 a red one. Row 2: "a red ci
 square" (composable diffusion) with the weights 1.5/0.5, 1/1 and 0.5/1.5: the toy model draws
 one shape, and the weights decide which. Same seed in every cell; the bundled model's sampler (Euler
 ancestral), 50 steps, guidance 3; each 32x32 image enlarged 4 times, nearest neighbour, with its
-prompt written under it.
+prompt written under it, its words 4 pixels apart.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from result_paths import default_output
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
 
 ROWS = [
     ["a red circle", "a [red:blue:0.2] circle", "a [red:blue:0.3] circle"],
@@ -43,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmarks/results/prompt_language_grid.png to update the README picture)",
     )
     return parser
+
+
+def write_label(draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, gap: int = 4) -> None:
+    """Write `text` at `origin` (x, y in pixels) word by word, `gap` pixels between words:
+    PIL's default font draws a space 2 pixels wide, which ran "AND a" together as "ANDa"."""
+    x, y = origin
+    for word in text.split():
+        draw.text((x, y), word, fill="black")
+        x += round(draw.textlength(word)) + gap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             left = column * width + (width - cell) // 2
             top = row * (cell + label)
             grid.paste(image.resize((cell, cell), Image.NEAREST), (left, top))
-            draw.text((column * width + 4, top + cell + 1), prompt, fill="black")
+            write_label(draw, (column * width + 4, top + cell + 1), prompt)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.output)
     print(f"wrote {args.output}")
