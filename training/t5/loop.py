@@ -171,8 +171,10 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
             optimizer.zero_grad(set_to_none=True)
 
         def token_accuracy() -> dict[str, float]:
-            targets = max(int((last["labels"] != IGNORE_INDEX).sum()), 1)
-            return {"token_accuracy": last["correct"].item() / targets}
+            """Of the latest step's global batch (every process calls it: the counts are summed)."""
+            counts = torch.stack([last["correct"], (last["labels"] != IGNORE_INDEX).sum()]).reshape(1, 2)
+            correct, targets = accelerator.reduce(counts, reduction="sum")[0].tolist()
+            return {"token_accuracy": correct / max(targets, 1)}
 
         def evaluate(step: int) -> dict[str, float]:
             result = evaluate_span_corruption(unwrapped, heldout, markers, accelerator.autocast)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from clipcond.training.t5.config import T5ModelSettings
@@ -48,19 +49,40 @@ def build_t5(settings: T5ModelSettings, vocab_size: int) -> Any:
 
 def span_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Teacher-forced decoder logits (batch, out_len, vocab) of a span-corruption batch; the
-    decoder reads the labels shifted right behind the start token."""
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    decoder reads the labels shifted right behind the start token.
+
+    `model` is the T5 or, on several processes, accelerate's DDP wrapper of it: the decoder ids
+    come from the T5 itself (``.module``), the forward runs through the wrapper, whose backward
+    synchronises the gradients."""
+    t5 = getattr(model, "module", model)
+    decoder_input_ids = t5.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     return model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
     ).logits
 
 
 def span_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the real label tokens, in float32, and the count of them that
-    the argmax gets right. logits: (batch, out_len, vocab); labels: (batch, out_len), -100 on padding."""
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-    correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
-    return loss, correct
+    """Mean cross-entropy over the real label tokens of the global batch, in float32, and the
+    count of this process's tokens that the argmax gets right.
+
+    logits: (batch, out_len, vocab); labels: (batch, out_len), -100 on padding.
+
+    On one process the loss is the mean over the batch's target tokens (transformers' T5 loss).
+    Under `torch.distributed` each process's batch holds its own number of target tokens, so
+    this process's loss is its cross-entropy sum divided by the target tokens of all processes
+    (all-reduced), times the world size: the mean of the processes' losses, and DDP's mean of
+    their gradients, are then those of one process on the global batch (transformers' Trainer
+    does the same with `average_tokens_across_devices`).
+    """
+    real = labels != IGNORE_INDEX
+    correct = ((logits.argmax(-1) == labels) & real).sum()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX), correct
+    tokens = real.sum().to(torch.float32)  # (): this process's target tokens, summed over the processes below
+    dist.all_reduce(tokens)
+    summed = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return summed * world / tokens.clamp(min=1.0), correct
 
 
 @torch.no_grad()
