@@ -128,6 +128,47 @@ def test_an_edited_results_line_is_one_error_line_and_redrawn_on_a_rerun(finishe
     assert _experiment(config, "--report-only") == 0
 
 
+DAMAGED_PNGS = {
+    "cut in half": lambda data: data[: len(data) // 2],  # an interrupted copy or rsync
+    "garbage bytes": lambda data: b"not a png at all" * 10,
+    "one bit flipped in the pixels": lambda data: data[:-30] + bytes([data[-30] ^ 1]) + data[-29:],
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_PNGS.values(), ids=DAMAGED_PNGS.keys())
+def test_a_damaged_png_is_one_error_line_naming_it_and_redrawn_on_a_rerun(
+    finished, tmp_path, monkeypatch, capsys, damage
+):
+    """--report-only names the PNG that does not read in one line; a rerun drops its line,
+    draws that one image again (equal to the original within the 1 grey level a batch of
+    another size moves it) and the report is written."""
+    import numpy as np
+    from PIL import Image
+
+    config = _copy(finished, tmp_path / "damaged")
+    out = tmp_path / "damaged" / "out"
+    png = out / "images" / "a" / "mini" / "0-1.png"
+    with Image.open(png) as image:
+        original = np.asarray(image.convert("RGB"), dtype=np.int16)
+    png.write_bytes(damage(png.read_bytes()))
+    capsys.readouterr()
+
+    assert _experiment(config, "--report-only") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(png) in err and "cannot be read as a PNG" in err, err
+
+    calls = record_pipeline_calls(monkeypatch)
+    assert _experiment(config) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dropped 1 result line(s)" in err, err
+    assert calls == [1]
+    with Image.open(png) as image:
+        assert np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - original).max() <= 1
+    assert len(_lines(out)) == 4
+    assert _experiment(config, "--report-only") == 0
+
+
 def test_report_only_counts_torn_lines_in_the_report(finished, tmp_path) -> None:
     """A line torn by a kill is not an error for --report-only (a run redraws it), but the
     report says how many lines it could not read, next to the image count."""

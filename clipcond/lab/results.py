@@ -15,6 +15,8 @@ flight; a torn last line is skipped (and counted) when the file is read. So is a
 hand or damaged into something the runner never writes (`line_problem`: a field missing or of
 another type, a metric that is not true/false or a finite number, an `image` that is not
 ``images/<setup>/<suite>/<index>-<seed>.png``); a run drops it and draws its image again.
+A run does the same for a line whose PNG is missing or does not read back (`image_problem`: a
+file cut short by an interrupted copy, or overwritten), and ``--report-only`` names that PNG.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from clipcond.output_paths import write_atomically
 
@@ -76,6 +80,23 @@ def line_problem(line: Any) -> str | None:
     return None
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the PNG at `path` cannot be read back (missing, cut short, not a PNG, a chunk whose
+    checksum fails), or None when it opens and its chunks check out (`PIL.Image.verify`: reads
+    the file once, decodes no pixels)."""
+    if not path.is_file():
+        return "is missing"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except UnidentifiedImageError:  # its message repeats the path
+        return "cannot be read as a PNG (not an image file PIL knows)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL raises OSError for a cut file, SyntaxError for a failed checksum
+        return f"cannot be read as a PNG ({' '.join(str(error).split()) or type(error).__name__})"
+    return None
+
+
 def read_results(path: str | Path, strict: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The lines of a results file, and how many lines could not be read (torn, not JSON, not
     UTF-8, nested past the recursion limit, or not a line the runner writes: `line_problem`);
@@ -85,7 +106,8 @@ def read_results(path: str | Path, strict: bool = False) -> tuple[list[dict[str,
 
     Args:
         strict: raise instead of counting a line that reads as a JSON object but is not a
-            well-formed result, or whose image is missing (edited by hand, not torn by a kill).
+            well-formed result, or whose image is missing or does not read as a PNG
+            (`image_problem`: edited or damaged by hand or by a cut copy, not torn by a kill).
 
     Raises:
         ValueError: with `strict`, naming the file, the line's number and what is wrong.
@@ -103,8 +125,9 @@ def read_results(path: str | Path, strict: bool = False) -> tuple[list[dict[str,
             unreadable += 1
             continue
         problem = line_problem(line)
-        if strict and problem is None and not (path.parent / line["image"]).is_file():
-            problem = f"its image {line['image']} is missing"
+        if strict and problem is None:
+            image = image_problem(path.parent / line["image"])
+            problem = None if image is None else f"its image {path.parent / line['image']} {image}"
         if problem is None:
             lines.append(line)
             continue
@@ -144,6 +167,7 @@ __all__ = [
     "RESULTS_NAME",
     "append_results",
     "image_path",
+    "image_problem",
     "line_problem",
     "read_results",
     "rewrite_results",

@@ -11,14 +11,14 @@ Resuming and changed configs: every result line carries a `key`, a hash of every
 values depend on: the setup's name, sampling settings and pipeline folder digest (all files,
 `clipcond.lab.digests`), the suite's name, the entry's index, category, prompt, objects and
 relation, the seed, the image size, the metric names and the CLIP folder digest (with
-`clip_score`). A run keeps the lines whose key it would produce itself (and whose image
-exists) and generates the rest; all other lines are dropped from results.jsonl (the count is
-printed) before anything new is written, but only once every model a pending image needs has
-opened (`clipcond.lab.loading`: a damaged weights file fails the run with every line kept). So re-running a finished experiment generates
-nothing, adding a seed or a setup generates only the new images, and a changed pipeline,
-suite entry or setting never leaves a stale result in the report. experiment.json also
-holds one fingerprint of the whole experiment for the record, and the file-hash cache that
-spares re-reading unchanged weights.
+`clip_score`). A run keeps the lines whose key it would produce itself (and whose image exists
+and reads as a PNG) and generates the rest; all other lines are dropped from results.jsonl (the
+count is printed) before anything new is written, but only once every model a pending image
+needs has opened (`clipcond.lab.loading`: a damaged weights file fails the run with every line
+kept). So re-running a finished experiment generates nothing, adding a seed or a setup
+generates only the new images, and a changed pipeline, suite entry or setting never leaves a
+stale result in the report. experiment.json also holds one fingerprint of the whole experiment
+for the record, and the file-hash cache that spares re-reading unchanged weights.
 
 Each image gets its own `torch.Generator().manual_seed(seed)` and a batch only holds prompts
 of equal conditioning length (long prompts take more CLIP windows, and a batch pads every
@@ -29,8 +29,7 @@ same image drawn in batches of 1, 5 or 8 differs by at most 1 grey level (8-bit 
 `clip_score` by up to 1.0e-5 (tests/test_lab_checks.py holds 1 grey level and 2e-5 on tiny
 pipelines); a judged pass/fail can, rarely, flip. So `batch_size` is not part of the key: a
 resume with another `batch_size`, or a batch that splits differently on a resume (only the
-pending images are batched), keeps the finished images, which differ from a fresh run's only
-within these bounds.
+pending images are batched), keeps the finished images, which differ from a fresh run's only within these bounds.
 
 Images of the current plan are the only PNGs under ``images/``: one the plan no longer holds
 (a lowered `seeds`, a removed setup or suite entry) is deleted with its result line.
@@ -60,6 +59,7 @@ from clipcond.lab.results import (
     RESULTS_NAME,
     append_results,
     image_path,
+    image_problem,
     read_results,
     rewrite_results,
     write_json_atomic,
@@ -180,7 +180,7 @@ _JOB_FIELDS = ("setup", "suite", "index", "category", "prompt", "seed", "image")
 
 
 def _valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[dict[str, dict[str, Any]], int]:
-    """The result lines this config would write (not stale, torn, edited, duplicate or image missing).
+    """The result lines this config would write (not stale, torn, edited, duplicate, or image unreadable).
 
     A line is kept when its key is a job's and its fields are the ones that job writes (an
     edited `seed`, `image` or `category` under a matching key is dropped and drawn again).
@@ -193,7 +193,7 @@ def _valid_results(output: Path, jobs: Sequence[ImageJob]) -> tuple[dict[str, di
     kept: dict[str, dict[str, Any]] = {}
     for line in lines:
         job = wanted.get(line["key"])
-        if job is None or line["key"] in kept or not (output / job.image).is_file():
+        if job is None or line["key"] in kept or image_problem(output / job.image) is not None:
             continue
         fields = (job.setup.name, job.suite, job.index, job.entry.category, job.entry.prompt, job.seed, job.image)
         if tuple(line[name] for name in _JOB_FIELDS) == fields:
@@ -364,7 +364,7 @@ def _run_pending(
     record = _experiment_record(config, suites, pipeline_digests, clip_digest)
     if dropped:
         changed = previous.get("fingerprint") not in (None, record["fingerprint"])
-        why = "the experiment changed since the last run" if changed else "torn, edited, duplicate or image missing"
+        why = "the experiment changed since the last run" if changed else "torn, edited, duplicate, or image unreadable"
         print(f"{output / RESULTS_NAME}: dropped {dropped} result line(s) ({why}); kept {len(done)}", file=sys.stderr)
     removed = _remove_stale_images(output, jobs)
     if removed:
