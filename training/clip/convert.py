@@ -6,8 +6,10 @@ A Long-CLIP checkpoint (its `positional_embedding_res` tells it apart) becomes a
 
 Pickle-based checkpoints (``.pt``, ``.pth``, ``.bin``, OpenAI's TorchScript archives) can run
 code when loaded, so they are read only with ``--trust-pickle``; ``.safetensors`` files need
-no flag. The output folder is written next to its final place and renamed into it, so a failed
-conversion leaves nothing half-written, and an existing folder is never overwritten.
+no flag. The output folder is written next to its final place (a hidden folder of this process's
+own) and renamed into it, so a failed conversion leaves nothing half-written, and an existing
+folder is never overwritten: of two runs with the same --output at once, the first to finish
+keeps it and the other is refused.
 
 Neither the head counts nor the activation are stored in the weights. The defaults (text: width //
 64 heads; image: width // 64 below width 1024, 16 from 1024 up, which fits OpenAI's models and
@@ -23,10 +25,11 @@ than 49407), `no_causal_mask`, and the vision `pool_type` avg / none.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,36 @@ def _architecture_line(config: Any, args: argparse.Namespace) -> str:
     return f"{'; '.join(parts)}; activation: {activation}"
 
 
+def _write_new_folder(write: Callable[[Path], Any], output: Path) -> None:
+    """Have `write` fill a hidden sibling of `output`, ``.tmp-<name>-<pid>``, then rename it to
+    `output`. The pid makes the sibling this process's own, so two runs with the same --output
+    never write into one folder; the siblings that killed runs left (their process gone) are
+    deleted first (`run_folder.remove_dead_writers_temporaries`). The rename never replaces a
+    model: an `output` that another run put in place meanwhile is kept, and this run is refused
+    (`UsageError`). On any error the sibling is deleted."""
+    from clipcond.training.run_folder import remove_dead_writers_temporaries
+
+    remove_dead_writers_temporaries(output)
+    temporary = output.with_name(f".tmp-{output.name}-{os.getpid()}")
+    if temporary.exists():  # left by a dead process that had our pid
+        shutil.rmtree(temporary)
+    try:
+        write(temporary)
+        try:
+            # os.rename onto a folder with files (another run's model) fails; it replaces only an empty one
+            os.rename(temporary, output)
+        except OSError as error:
+            if output.exists() or output.is_symlink():
+                raise UsageError(
+                    f"--output {output} was written by another run meanwhile; this conversion is not kept, "
+                    "choose a new folder"
+                ) from error
+            raise
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert, check it loads, write atomically. Returns the exit status."""
     from safetensors import SafetensorError
@@ -117,15 +150,7 @@ def run(args: argparse.Namespace) -> int:
     # convert_openai_state_dict checks every shape; what it might still miss is the checkpoint's fault too
     with user_errors(RuntimeError, context=f"--checkpoint {checkpoint}: "):
         model.load_state_dict(weights)
-    temporary = output.with_name(f".{output.name}.tmp")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    try:
-        save_clip(ClipTwoTower.from_clip_model(model), temporary)
-        temporary.rename(output)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
+    _write_new_folder(lambda folder: save_clip(ClipTwoTower.from_clip_model(model), folder), output)
     print(f"converted {checkpoint} -> {output} (text context {config.text_config.max_position_embeddings} tokens)")
     return 0
 
