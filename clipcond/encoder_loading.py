@@ -2,8 +2,11 @@
 
 A tokenizer that cannot be loaded is an error naming the place it was looked for: a silent
 fallback to another tokenizer could give the wrong pad token (OpenCLIP-style encoders pad
-with "!", OpenAI's with "<|endoftext|>"). The bundled OpenAI CLIP tokenizer is used only when
-asked for by name (`tokenizer: builtin-clip`).
+with "!", OpenAI's with "<|endoftext|>"). A saved CLIP tokenizer of exactly OpenAI's vocabulary
+becomes the bundled one with its pad token and context length, keeping OpenAI's text cleaning, as
+a clipcond pipeline folder loads in diffusers and as train-diffusion reads it; any other is used
+as saved. Otherwise the bundled tokenizer is used only when asked for by name (`tokenizer:
+builtin-clip`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ BUILTIN_CLIP_TOKENIZER = "builtin-clip"
 
 def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | None = None) -> Any:
     """The tokenizer of `source`: from `source.tokenizer` (default `source.path`); inside a
-    diffusers pipeline folder, the `tokenizer/` folder beside the encoder's subfolder.
+    diffusers pipeline folder, the `tokenizer/` folder beside the encoder's subfolder. A CLIP
+    tokenizer of exactly OpenAI's vocabulary keeps OpenAI's text cleaning, as the pipeline and
+    train-diffusion read it (`clipcond.tokenization.with_clip_text_cleaning`).
 
     Args:
         source: where the encoder and its tokenizer are.
@@ -33,7 +38,7 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
     """
     from transformers import AutoTokenizer
 
-    from clipcond.tokenization import clip_tokenizer
+    from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 
     if source.tokenizer == BUILTIN_CLIP_TOKENIZER:
         if kind != "clip":
@@ -48,12 +53,13 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         subfolder = "tokenizer" if sibling.is_dir() else source.subfolder
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
-        return AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as error:
         hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
         raise ValueError(
             f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
         ) from error
+    return with_clip_text_cleaning(tokenizer, model_max_length) if kind == "clip" else tokenizer
 
 
 def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "clean_clip_text",
     "clip_tokenizer",
     "load_clip_bpe",
+    "with_clip_text_cleaning",
     "t5_tokenizer",
     "without_length_warning",
 ]
@@ -302,6 +303,37 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = CLIP_EOS_TOKEN) 
             "#version: 0.2\n" + "\n".join(f"{left} {right}" for left, right in merges) + "\n", encoding="utf-8"
         )
         return CLIPTokenizerWithTextCleaning(vocab_file=str(vocab_file), merges_file=str(merges_file), **options)
+
+
+def with_clip_text_cleaning(tokenizer: Any, context_length: int | None = None) -> Any:
+    """`tokenizer` with OpenAI's text cleaning when it has exactly OpenAI's CLIP vocabulary.
+
+    A CLIP folder that clipcond wrote (the bundled model, a train-diffusion pipeline, a
+    train-clip tower, a convert-clip folder) saves `clip_tokenizer()` as a plain
+    `CLIPTokenizer`, so `AutoTokenizer` reads it back without the cleaning. Every clipcond loader
+    of a saved CLIP tokenizer (a conditioner YAML, train-diffusion, CLIP score) passes what it
+    read through here, so one folder gives one tokenizer on every route.
+
+    Args:
+        tokenizer: a loaded tokenizer (any kind).
+        context_length: the text encoder's positions; the context is the smaller of it and
+            `tokenizer.model_max_length`. None keeps `tokenizer.model_max_length`.
+
+    Returns:
+        `clip_tokenizer()` with `tokenizer`'s pad token (`<|endoftext|>` when it has none) and
+        that context when `tokenizer.get_vocab()` equals OpenAI's 49408 tokens (no added
+        tokens); `tokenizer` itself otherwise (another vocabulary, added tokens, a T5
+        tokenizer, one that already cleans).
+    """
+    if isinstance(tokenizer, CLIPTokenizerWithTextCleaning) or not hasattr(tokenizer, "get_vocab"):
+        return tokenizer
+    if len(tokenizer) != CLIP_VOCAB_SIZE or tokenizer.get_vocab() != load_clip_bpe()[0]:
+        return tokenizer
+    context = int(tokenizer.model_max_length)
+    if context_length is not None:
+        context = min(context, int(context_length))
+    pad_token = CLIP_EOS_TOKEN if tokenizer.pad_token is None else str(tokenizer.pad_token)
+    return clip_tokenizer(model_max_length=context, pad_token=pad_token)
 
 
 def t5_tokenizer(path_or_id: str, **kwargs: Any) -> transformers.PreTrainedTokenizerBase:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipcond.tokenization import clip_tokenizer, load_clip_bpe
+from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
 # any of these marks a folder as holding a saved transformers tokenizer
@@ -92,7 +92,8 @@ def saved_tokenizer_folder(path: str | Path) -> Path | None:
 def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
     """The tokenizer of the CLIP tower `text_encoder` read from `path` (`saved_tokenizer_folder`):
     the bundled OpenAI CLIP tokenizer with the saved one's pad token and context length when
-    the saved one has exactly OpenAI's vocabulary, else the saved one as it is; the bundled
+    the saved one has exactly OpenAI's vocabulary (`with_clip_text_cleaning`, shared with a
+    conditioner YAML's loader), else the saved one as it is; the bundled
     tokenizer (pad "<|endoftext|>", the tower's context length) when the folder holds none.
 
     Raises:
@@ -112,7 +113,4 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
             f"text_encoder {path}: the tokenizer in {folder} has {len(tokenizer)} tokens, more than the "
             f"{rows} rows of the text encoder's embedding table (a tokenizer of another model?)"
         )
-    if tokenizer.get_vocab() == load_clip_bpe()[0]:
-        context = min(int(tokenizer.model_max_length), text_encoder.config.max_position_embeddings)
-        return clip_tokenizer(model_max_length=context, pad_token=str(tokenizer.pad_token))
-    return tokenizer
+    return with_clip_text_cleaning(tokenizer, text_encoder.config.max_position_embeddings)
