@@ -355,3 +355,32 @@ def test_an_interrupted_report_leaves_the_old_charts_and_grids_whole(tmp_path, s
                 write_report(output)
         assert [path.read_bytes() for path in charts] == before
     assert not [p for p in output.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+# ---------------------------------------------------------------------------- probe 13: output_dir in a model
+
+
+@pytest.mark.parametrize("inside", ["pipeline", "clip"])
+def test_an_output_dir_inside_a_model_folder_is_refused_naming_both(tmp_path, sd_folder, clip_dir, inside, capsys):
+    """The model folder's digest (in every result's key) reads every file under it: a run folder
+    inside it changed every key on each run, so every rerun drew every image again."""
+    pipeline, clip = tmp_path / "sd", tmp_path / "clip"
+    shutil.copytree(sd_folder, pipeline)
+    shutil.copytree(clip_dir, clip)
+    model = pipeline if inside == "pipeline" else clip
+    output = model / "eval"
+    setups = [{"name": "sd", "pipeline": str(pipeline)}]
+    overrides = {"metrics": ["judge", "clip_score"], "clip_score_model": str(clip)}
+    config = _config(tmp_path, setups, output_dir=str(output), **overrides)
+    capsys.readouterr()
+    for extra in (["--check"], ["--no-progress"]):
+        assert _cli(["experiment", str(config), *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"output_dir {output} lies inside" in err and f"{model}:" in err, err
+    with pytest.raises(ValueError, match="lies inside"):
+        run_experiment(load_experiment_config(config), show_progress=False, device="cpu")
+    assert not output.exists()
+    # a sibling whose name only starts with the model's is outside it
+    beside = _config(tmp_path, setups, output_dir=str(tmp_path / f"{model.name}-eval"), **overrides)
+    assert _cli(["experiment", str(beside), "--check"]) == 0

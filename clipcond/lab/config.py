@@ -35,7 +35,8 @@ relative to the working directory, else relative to the config file's folder (as
 
 Checks happen in two places, both before any generation: `ExperimentConfig` checks values
 (names, seeds, steps, metrics, a CLIP model when `clip_score` is asked); `check_experiment`
-checks the files (every suite loads, every pipeline folder and the CLIP folder exist).
+checks the files (every suite loads, every pipeline folder and the CLIP folder exist, and
+`output_dir` lies outside them, whose digests would otherwise read the run's own files).
 """
 
 from __future__ import annotations
@@ -270,6 +271,23 @@ def _check_pipeline(config: ExperimentConfig, setup: SetupConfig, allow_pending:
             raise ValueError(f"{key} must be {image_size_rule(scale)} for setup {setup.name!r}, got {value}")
 
 
+def _check_output_outside_models(config: ExperimentConfig) -> None:
+    """Refuse an output_dir inside a pipeline folder or the CLIP folder: a model folder's digest
+    (part of every result's key) reads every file under it, so the run's own images and
+    results.jsonl would change it and every rerun would drop and draw every image again."""
+    output = Path(config.output_dir).resolve()
+    folders = {f"the pipeline folder of setup {setup.name!r}": setup.pipeline for setup in config.setups}
+    if "clip_score" in config.metrics:
+        folders["the clip_score_model folder"] = config.clip_score_model
+    for what, folder in folders.items():
+        if output.is_relative_to(Path(folder).resolve()):
+            raise ValueError(
+                f"output_dir {config.output_dir} lies inside {what} {folder}: the model's digest reads every file "
+                "under its folder, so the run's own files would change it and every rerun would draw every image "
+                "again; put output_dir outside the model folder"
+            )
+
+
 def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> list[PromptSuite]:
     """Check every file the experiment reads, before any generation; returns the loaded suites.
 
@@ -279,10 +297,12 @@ def check_experiment(config: ExperimentConfig, allow_pending: bool = False) -> l
 
     Raises:
         FileNotFoundError: a suite file, pipeline folder or the CLIP folder is missing.
-        ValueError: a malformed suite entry (file and entry named), two suites of one name,
+        ValueError: an output_dir inside a pipeline folder or the CLIP folder (both named), a
+            malformed suite entry (file and entry named), two suites of one name,
             a model_index.json that is not a JSON object, a pipeline clipcond cannot wrap
             without `native: true`, or a height or width the pipeline's VAE cannot take.
     """
+    _check_output_outside_models(config)
     suites = [load_suite(path) for path in config.suites]
     _unique("suite names", [suite.name for suite in suites])
     for setup in config.setups:
