@@ -11,12 +11,19 @@ Text YAML cannot read (a tab indent, a ``!!python`` tag, two documents) is a `No
 
 Errors quote a value through `quoted`, at most about 200 characters of it: a few hundred
 bytes of YAML aliases ("billion laughs") expand to a value whose full repr is gigabytes.
+
+A string under a key named in `PATH_KEYS` (``output_dir``, ``text_encoder``, ``suites``, ...)
+is a file or folder path, or a Hugging Face hub id, which has a path's shape. One the operating
+system could never open (`path_problem`: a NUL byte, a name over `NAME_MAX` bytes, ...) is a
+`ValueError` naming the key, before any command looks at it. A new config key that holds a path
+belongs in `PATH_KEYS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import reprlib
 import types
@@ -29,6 +36,45 @@ import yaml
 T = TypeVar("T")
 
 QUOTE_LIMIT = 200
+
+# The config keys whose string values (or list items: `suites`) name a file or folder.
+PATH_KEYS = frozenset(
+    {
+        # train-diffusion, train-clip, train-t5 (and their data section)
+        "text_encoder",
+        "t5_encoder",
+        "init_from",
+        "vae",
+        "model",
+        "manifest",
+        "embeddings",
+        "latents",
+        "output_dir",
+        # experiment
+        "suites",
+        "pipeline",
+        "clip_score_model",
+        "creates",
+        # conditioner configs
+        "path",
+        "subfolder",
+        "tokenizer",
+        "tokenizer_subfolder",
+        "cache_dir",
+    }
+)
+
+
+def _path_limit(name: str, linux: int) -> int:
+    """`os.pathconf` of the root file system for `name`, or Linux's value where there is none."""
+    try:
+        return os.pathconf("/", name)
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no such limit
+        return linux
+
+
+NAME_MAX = _path_limit("PC_NAME_MAX", 255)  # bytes in one file or folder name
+PATH_MAX = _path_limit("PC_PATH_MAX", 4096) - 1  # bytes in a whole path; the limit counts a final NUL
 
 
 def _short_repr() -> reprlib.Repr:
@@ -205,8 +251,41 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise _fail(key, source, f"expected a string, got {quoted(value)}")
+        problem = path_problem(value) if _leaf(key) in PATH_KEYS else None
+        if problem:
+            raise _fail(key, source, f"{problem}: {quoted(value)}")
         return value
     raise TypeError(f"config type {tp!r} at key `{key}` is not supported by clipcond.config")
+
+
+def _leaf(key: str) -> str:
+    """The last name of the dotted `key`, without list indexes: ``setups[0].pipeline`` ->
+    ``pipeline``, ``suites[2]`` -> ``suites``."""
+    return re.sub(r"(\[\d+\])+$", "", key).rpartition(".")[2]
+
+
+def path_problem(path: str) -> str | None:
+    """Why no file system call could take the file or folder path `path`, or None.
+
+    The reasons: a NUL byte, text the file system encoding cannot hold (a lone surrogate), a
+    name between separators over `NAME_MAX` bytes, or over `PATH_MAX` bytes in all. Opening or
+    making such a path raises OSError or ValueError, and Python's `Path.exists()` raises
+    OSError for the last two instead of saying False. The reason does not quote `path`: the
+    caller does, through `quoted` (a path may be megabytes).
+    """
+    if "\0" in path:
+        return "a path cannot hold a NUL byte"
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError as error:
+        return f"a path cannot hold {quoted(error.object[error.start])}"
+    names = encoded.replace(os.sep.encode(), b"/").split(b"/")  # Windows: "\\" too
+    longest = max(len(name) for name in names)
+    if longest > NAME_MAX:
+        return f"a file or folder name is at most {NAME_MAX} bytes, and this path has one of {longest:,}"
+    if len(encoded) > PATH_MAX:
+        return f"a path is at most {PATH_MAX} bytes, and this one has {len(encoded):,}"
+    return None
 
 
 # A decimal number as YAML 1.2 and JSON write it. PyYAML follows YAML 1.1, whose floats need a
