@@ -20,8 +20,9 @@ of one; what a killed writer leaves (`remove_unfinished_writes`) is removed at t
 What a disk, a copy or a hand can still do to a checkpoint (a truncated file, a missing one, a
 trainer.json that does not parse, a tensor of another shape) is found before anything is
 loaded: `load_checkpoint` checks every file against the objects it loads into (headers, names,
-shapes, trainer state) and raises `CheckpointDamaged` naming what is wrong, leaving the objects
-untouched; `load_newest_intact` falls back to the newest checkpoint that passes.
+shapes, trainer state, and the loop's own values in ``extra`` through the `ExtraCheck` it gives)
+and raises `CheckpointDamaged` naming what is wrong, leaving the objects untouched;
+`load_newest_intact` falls back to the newest checkpoint that passes.
 
 Pickle files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) can run code when loaded: `load_pickle`
 refuses them unless the caller says `trust_pickle=True`.
@@ -38,6 +39,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,10 @@ _DAMAGED_PREFIX = "damaged-"
 class CheckpointDamaged(ValueError):
     """A checkpoint folder that cannot be loaded into the given objects; the message names the
     folder and what is wrong with it."""
+
+
+# extra -> what is wrong with it (None: nothing): the loop's checks of the values it saved in `extra`
+ExtraCheck = Callable[[dict[str, Any]], str | None]
 
 
 class NoIntactCheckpoint(RunFolderError):
@@ -318,9 +324,10 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
             raise _damaged(folder, f"optimizer.safetensors: {key} is {shape}, its parameter {list(parameter.shape)}")
 
 
-def _read_trainer(folder: Path, scheduler: Any | None) -> dict[str, Any]:
-    """trainer.json, checked: the step of the folder's name, an `extra` mapping, a scheduler
-    state when a scheduler is to be loaded, RNG states that the generators accept."""
+def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck | None = None) -> dict[str, Any]:
+    """trainer.json, checked: the step of the folder's name, an `extra` mapping that passes
+    `check_extra`, a scheduler state when a scheduler is to be loaded, RNG states that the
+    generators accept."""
     path = folder / "trainer.json"
     if not path.is_file():
         raise _damaged(folder, "trainer.json is missing")
@@ -335,6 +342,9 @@ def _read_trainer(folder: Path, scheduler: Any | None) -> dict[str, Any]:
         raise _damaged(folder, f"trainer.json names step {step!r}, the folder step {checkpoint_step(folder)}")
     if not isinstance(trainer.get("extra"), dict):
         raise _damaged(folder, "trainer.json has no `extra` mapping")
+    problem = check_extra(trainer["extra"]) if check_extra is not None else None
+    if problem:
+        raise _damaged(folder, f"trainer.json `extra`: {problem}")
     if scheduler is not None and not isinstance(trainer.get("scheduler"), dict):
         raise _damaged(folder, "trainer.json has no scheduler state")
     try:
@@ -345,6 +355,19 @@ def _read_trainer(folder: Path, scheduler: Any | None) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError) as error:
         raise _damaged(folder, f"trainer.json holds no usable random-number states ({error!r})") from None
     return trainer
+
+
+def read_extra(folder: str | os.PathLike, check_extra: ExtraCheck | None = None) -> dict[str, Any]:
+    """The `extra` values of a checkpoint, read and checked as `load_checkpoint` checks them,
+    without loading anything.
+
+    Raises:
+        CheckpointDamaged: the folder is no checkpoint, or its trainer.json fails the checks.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or not _STEP_FOLDER.fullmatch(folder.name):
+        raise CheckpointDamaged(f"{folder} is not a checkpoint folder (checkpoints/step-<N>)")
+    return _read_trainer(folder, None, check_extra)["extra"]
 
 
 def _read_rng(folder: Path) -> dict[str, torch.Tensor]:
@@ -363,12 +386,14 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    check_extra: ExtraCheck | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` into the given objects.
 
     Every file is checked before anything is loaded: present, readable to its end, holding the
     tensors of the given modules with their shapes, an optimizer state that fits `optimizer`,
-    and a trainer state that parses.
+    and a trainer state that parses, with an `extra` that `check_extra` (the loop's checks of
+    the values it saved there) finds nothing wrong with.
 
     Returns:
         ``{"step": int, "extra": dict}`` as saved.
@@ -379,7 +404,7 @@ def load_checkpoint(
     folder = Path(folder)
     if not folder.is_dir() or not _STEP_FOLDER.fullmatch(folder.name):
         raise CheckpointDamaged(f"{folder} is not a checkpoint folder (checkpoints/step-<N>)")
-    trainer = _read_trainer(folder, scheduler)
+    trainer = _read_trainer(folder, scheduler, check_extra)
     for name, module in modules.items():
         _check_module(folder, name, module)
     if optimizer is not None:
@@ -422,8 +447,10 @@ def load_newest_intact(
     modules: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
+    check_extra: ExtraCheck | None = None,
 ) -> ResumePoint | None:
-    """Load the newest checkpoint of a run that passes `load_checkpoint`'s checks.
+    """Load the newest checkpoint of a run that passes `load_checkpoint`'s checks (with
+    `check_extra`, the loop's checks of its `extra` values).
 
     Returns:
         Where the run resumes (with the newer checkpoints passed over), or None when the run
@@ -436,7 +463,7 @@ def load_newest_intact(
     passed_over: list[tuple[Path, str]] = []
     for folder in checkpoint_folders(run_dir):
         try:
-            state = load_checkpoint(folder, modules, optimizer, scheduler)
+            state = load_checkpoint(folder, modules, optimizer, scheduler, check_extra=check_extra)
         except CheckpointDamaged as damage:
             passed_over.append((folder, str(damage).removeprefix(f"{folder}: ")))
             continue

@@ -62,7 +62,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,36 @@ from clipcond.training.run_lock import RunFolderLock
 # and the skipped samples counted up to it (reason -> count)
 _METRICS_RECORDS = "metrics_records"
 _SKIPPED = "skipped_samples"
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative int (JSON's true/false read as bools, which are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def extra_problem(extra: dict[str, Any], counts: Sequence[str] = ()) -> str | None:
+    """What is wrong with the loop's values in a checkpoint's `extra` (None: nothing), so that a
+    checkpoint whose trainer.json was damaged in a way that still parses is called damaged
+    (`checkpoint.CheckpointDamaged`: set aside, an older one used) instead of failing the run
+    after its weights are loaded.
+
+    Args:
+        extra: the checkpoint's `extra` mapping.
+        counts: the objective's keys that must be there, each a count (diffusion's ``ema_step``).
+
+    The loop's own keys may be missing (a checkpoint written before they were saved); when
+    there, ``metrics_records`` is a count and ``skipped_samples`` maps reasons to counts.
+    """
+    for key in counts:
+        if key not in extra:
+            return f"{key} is missing"
+    for key in (*counts, _METRICS_RECORDS):
+        if key in extra and not _is_count(extra[key]):
+            return f"{key} is {extra[key]!r:.80}, not a count (an integer >= 0)"
+    skipped = extra.get(_SKIPPED, {})
+    if not isinstance(skipped, dict) or not all(_is_count(count) for count in skipped.values()):
+        return f"{_SKIPPED} is {skipped!r:.80}, not a mapping of reasons to counts"
+    return None
 
 
 class RunSetupError(ValueError):
@@ -380,7 +410,11 @@ class TrainingRun:
             self._release_folder()
 
     def resume(
-        self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
+        self,
+        modules: dict[str, torch.nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        counts: Sequence[str] = (),
     ) -> tuple[int, dict[str, Any]]:
         """Take the run folder (write the config snapshot) and, when resuming, load the newest
         intact checkpoint into the objects given: the ones every checkpoint of this run saves.
@@ -389,9 +423,13 @@ class TrainingRun:
             modules: name -> module, each saved as ``<name>.safetensors``.
             optimizer: the optimizer (before `accelerator.prepare`; its state is saved).
             scheduler: the learning-rate schedule (its `state_dict` is saved).
+            counts: the keys of the objective's `extra` (given to `train`) that each checkpoint
+                holds as a count; a checkpoint without one, or with another value, is damaged
+                (`extra_problem`), as is one whose loop values are not what the loop writes.
 
         Returns:
-            (the step to continue after: 0 on a fresh start, the checkpoint's `extra` values).
+            (the step to continue after: 0 on a fresh start, the checkpoint's `extra` values,
+            checked).
 
         Raises:
             NoIntactCheckpoint: the run has checkpoints and none of them can be loaded.
@@ -406,7 +444,9 @@ class TrainingRun:
         self._saved = (modules, optimizer, scheduler)
         if self.resume_from is None:
             return 0, {}
-        point = load_newest_intact(self.output_dir, modules, optimizer, scheduler)
+        point = load_newest_intact(
+            self.output_dir, modules, optimizer, scheduler, check_extra=lambda extra: extra_problem(extra, counts)
+        )
         if point is None:  # its checkpoint folders were deleted since the start (by hand: we hold the lock)
             self.resume_from = None
             return 0, {}

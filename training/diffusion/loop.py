@@ -102,7 +102,7 @@ def train_diffusion(
             **({"projection": denoiser.projection} if denoiser.projection is not None else {}),
             **({"ema": ema_weights} if ema else {}),
         }
-        start_step, extra = run.resume(modules, optimizer, scheduler)
+        start_step, extra = run.resume(modules, optimizer, scheduler, counts=("ema_step",))
         if ema is not None and run.resume_from is not None:
             ema.optimization_step = extra["ema_step"]
 
