@@ -19,7 +19,9 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
    empty name or a file in its place is refused (`run_folder.check_output_path`), its lock is taken
    (`run_lock.RunFolderLock`: a second live run on the folder is refused, a dead run's lock
    taken over), another run's folder is refused (`run_folder.check_output_dir`), a resume of a
-   run that finished and saved its result stops here (`RunAlreadyFinished`), and what writers
+   run that finished and saved its result stops here (`RunAlreadyFinished`), a resume on
+   another number of processes than the checkpoints were written on is refused
+   (`check_process_count`), and what writers
    killed mid-checkpoint or mid-save of the result left is removed.
 2. The config snapshot is written once the objective's parts are built, so a wrong model path
    leaves no run folder behind. When resuming, the newest checkpoint that passes its checks is
@@ -71,11 +73,13 @@ from typing import Any
 import torch
 
 from clipcond.training.checkpoint import (
+    CheckpointDamaged,
     checkpoint_folder,
     checkpoint_folders,
     checkpoint_step,
     latest_checkpoint,
     load_newest_intact,
+    read_extra,
     remove_unfinished_writes,
     save_checkpoint,
     set_aside_damaged,
@@ -85,6 +89,7 @@ from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
     METRICS_FILE,
     RunAlreadyFinished,
+    RunFolderError,
     check_output_dir,
     check_output_path,
     finished_step,
@@ -98,9 +103,11 @@ from clipcond.training.run_folder import (
 from clipcond.training.run_lock import RunFolderLock
 
 # the loop's own values in each checkpoint's `extra`: the metrics records written before it,
-# and the skipped samples counted up to it (reason -> count)
+# the skipped samples counted up to it (reason -> count), and the number of processes that
+# wrote it (the samples a step reads depend on it: `check_process_count`)
 _METRICS_RECORDS = "metrics_records"
 _SKIPPED = "skipped_samples"
+_PROCESSES = "num_processes"
 
 
 def _is_count(value: Any) -> bool:
@@ -119,7 +126,8 @@ def extra_problem(extra: dict[str, Any], counts: Sequence[str] = ()) -> str | No
         counts: the objective's keys that must be there, each a count (diffusion's ``ema_step``).
 
     The loop's own keys may be missing (a checkpoint written before they were saved); when
-    there, ``metrics_records`` is a count and ``skipped_samples`` maps reasons to counts.
+    there, ``metrics_records`` is a count, ``num_processes`` a count of at least 1 and
+    ``skipped_samples`` maps reasons to counts.
     """
     for key in counts:
         if key not in extra:
@@ -127,6 +135,8 @@ def extra_problem(extra: dict[str, Any], counts: Sequence[str] = ()) -> str | No
     for key in (*counts, _METRICS_RECORDS):
         if key in extra and not _is_count(extra[key]):
             return f"{key} is {extra[key]!r:.80}, not a count (an integer >= 0)"
+    if _PROCESSES in extra and not (_is_count(extra[_PROCESSES]) and extra[_PROCESSES] >= 1):
+        return f"{_PROCESSES} is {extra[_PROCESSES]!r:.80}, not a number of processes (an integer >= 1)"
     skipped = extra.get(_SKIPPED, {})
     if not isinstance(skipped, dict) or not all(_is_count(count) for count in skipped.values()):
         return f"{_SKIPPED} is {skipped!r:.80}, not a mapping of reasons to counts"
@@ -159,6 +169,39 @@ def reading_part(key: str, path: str | os.PathLike | None = None) -> AbstractCon
     return user_errors(
         OSError, ValueError, TypeError, RuntimeError, SafetensorError, error=RunSetupError, context=context
     )
+
+
+def check_process_count(output_dir: Path, num_processes: int) -> None:
+    """Refuse to resume a run on another number of processes than its checkpoints were written
+    on, before any work.
+
+    Step `s` of rank `r` reads the global samples ``(s * world + r) * batch_size + k`` (and
+    diffusion's noise is keyed by them), so a resumed step on another world size would read
+    samples again or never, with another global batch: the run would end at neither run's
+    weights. The newest checkpoint whose `extra` reads decides (the others are the same run's;
+    a damaged one is set aside when the run loads); one written before the count was saved
+    is accepted.
+
+    Raises:
+        RunFolderError: the count differs; the message names both counts.
+    """
+    for folder in checkpoint_folders(output_dir):
+        try:
+            saved = read_extra(folder, extra_problem).get(_PROCESSES)
+        except CheckpointDamaged:
+            continue
+        if saved is not None and saved != num_processes:
+            raise RunFolderError(
+                f"cannot resume {output_dir} on {_processes(num_processes)}: its checkpoints were written by a run "
+                f"on {_processes(saved)}, and the samples each step reads depend on that number; resume it with "
+                f"`accelerate launch --num_processes {saved}`"
+                + (" (or without accelerate launch)" if saved == 1 else "")
+            )
+        return
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 class TrainingDiverged(RuntimeError):
@@ -302,7 +345,9 @@ class TrainingRun:
 
     Raises:
         RunFolderInUse: another live run holds `output_dir`.
-        RunFolderError: `output_dir` holds another run, or its config changed (`check_output_dir`).
+        RunFolderError: `output_dir` holds another run, or its config changed (`check_output_dir`),
+            or, resuming, its checkpoints were written on another number of processes
+            (`check_process_count`).
         RunAlreadyFinished: resuming a run that took all its steps and saved its result.
     """
 
@@ -362,6 +407,8 @@ class TrainingRun:
                 self.accelerator.print(f"took over the lock of a run that ended ({dead_holder})")
         self.resume_from = latest_checkpoint(self.output_dir) if resume else None
         self._stop_if_finished()
+        if self.resume_from is not None:
+            check_process_count(self.output_dir, self.accelerator.num_processes)
         if self._lock is not None:
             for path in remove_unfinished_writes(self.output_dir):
                 self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")
@@ -665,7 +712,12 @@ class TrainingRun:
             modules,
             optimizer=getattr(optimizer, "optimizer", optimizer),
             scheduler=scheduler,
-            extra={**extra, _METRICS_RECORDS: self._metrics_records, _SKIPPED: dict(self.skipped.counts)},
+            extra={
+                **extra,
+                _METRICS_RECORDS: self._metrics_records,
+                _SKIPPED: dict(self.skipped.counts),
+                _PROCESSES: self.accelerator.num_processes,
+            },
             keep=self.config.keep_checkpoints,
         )
 
