@@ -55,10 +55,20 @@ def user_errors(*kinds: type[BaseException], error: type[Exception] = UsageError
         raise error(f"{context}{one_line(caught)}") from caught
 
 
+# The most characters of a message `one_line` gives: a message that quotes a value whole (a
+# library's "Repo id must ...", an OSError's file name) could otherwise print megabytes.
+LINE_LIMIT = 2000
+
+
 def one_line(error: BaseException) -> str:
     """`error`'s message on one line (whitespace runs, newlines included, become one space);
-    its type's name when it has no message."""
-    return " ".join(str(error).split()) or type(error).__name__
+    its type's name when it has no message. A line over `LINE_LIMIT` characters is cut there,
+    and says so (not how long it was: a message may hold another's line, already cut)."""
+    message = str(error)
+    line = " ".join(message[: 4 * LINE_LIMIT].split()) or type(error).__name__  # bounded work
+    if len(line) <= LINE_LIMIT and len(message) <= 4 * LINE_LIMIT:
+        return line
+    return f"{line[:LINE_LIMIT]}... (the rest of this message, over {LINE_LIMIT:,} characters, is cut)"
 
 
 def add_debug_argument(parser: argparse.ArgumentParser, top_level: bool = True) -> None:
