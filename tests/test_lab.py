@@ -632,6 +632,14 @@ def test_bootstrap_interval_of_a_mean_is_near_the_normal_interval() -> None:
     assert bootstrap_interval([0.25]) == (0.25, 0.25)
 
 
+def test_bootstrap_interval_depends_on_the_values_not_their_order() -> None:
+    """A resumed run appends its redrawn images' values at the end: the interval must not move."""
+    values = np.random.default_rng(1).normal(0.3, 0.1, size=50)
+    shuffled = np.random.default_rng(2).permutation(values)
+    assert bootstrap_interval(shuffled) == bootstrap_interval(values)
+    assert bootstrap_interval(values[::-1]) == bootstrap_interval(values)
+
+
 def test_config_values_are_checked_when_built() -> None:
     setup = SetupConfig(name="a", pipeline="p")
     base = dict(name="x", suites=["s.yaml"], setups=[setup], seeds=[0], output_dir="o")

@@ -183,6 +183,23 @@ def test_report_only_counts_torn_lines_in_the_report(finished, tmp_path) -> None
     assert "4 of 4 images (complete). 1 line(s) of results.jsonl could not be read" in report
 
 
+def test_the_report_depends_on_the_results_not_their_order_in_the_file(finished, tmp_path) -> None:
+    """A resume appends redrawn images' lines at the end of results.jsonl: the same results in
+    another order give the same report.md (rows, means and bootstrap bounds) and charts."""
+    config = _copy(finished, tmp_path / "order")
+    out = tmp_path / "order" / "out"
+    assert _experiment(config, "--report-only") == 0
+    report = (out / "report.md").read_text()
+    charts = {path.name: path.read_bytes() for path in (out / "plots").glob("*.png")}
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["category"] for line in lines}) == 2  # two categories: a row order to keep
+    for order in (lines[::-1], lines[1:] + lines[:1]):
+        (out / "results.jsonl").write_text("".join(line + "\n" for line in order))
+        assert _experiment(config, "--report-only") == 0
+        assert (out / "report.md").read_text() == report
+        assert {path.name: path.read_bytes() for path in (out / "plots").glob("*.png")} == charts
+
+
 def test_report_only_names_an_experiment_json_that_is_not_json(finished, tmp_path, capsys) -> None:
     config = _copy(finished, tmp_path / "edited")
     (tmp_path / "edited" / "out" / "experiment.json").write_text("{")

@@ -119,6 +119,25 @@ def _notes(lines: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     return notes
 
 
+def _in_plan_order(lines: list[dict[str, Any]], setups: list[str], suites: list[str]) -> list[dict[str, Any]]:
+    """`lines` in the run's plan order: setup, suite (as experiment.json lists them), entry
+    index, seed. A resumed run appends its redrawn images at the end of results.jsonl; sorted,
+    the same results give the same report (categories in the order of their first entry)."""
+
+    def position(names: list[str], name: str) -> tuple[int, str]:
+        return (names.index(name), "") if name in names else (len(names), name)
+
+    return sorted(
+        lines,
+        key=lambda line: (
+            position(setups, line["setup"]),
+            position(suites, line["suite"]),
+            line["index"],
+            line["seed"],
+        ),
+    )
+
+
 def check_report_dependencies() -> None:
     """Raise an `ImportError` saying what to install when matplotlib (the charts) is missing."""
     if importlib.util.find_spec("matplotlib") is None:
@@ -151,9 +170,9 @@ def write_report(run_folder: str | Path) -> Path:
     first: dict[str, dict[str, Any]] = {}
     for line in lines:  # one line per image, the first, as a run keeps (a copied file may repeat lines)
         first.setdefault(line["key"], line)
-    lines = list(first.values())
     setups = [setup["name"] for setup in experiment.get("setups", [])]
     suites = [suite["name"] for suite in experiment.get("suites", [])]
+    lines = _in_plan_order(list(first.values()), setups, suites)
     seeds = experiment.get("seeds", [])
     expected = len(setups) * len(seeds) * sum(len(p) for p in experiment.get("suite_prompts", {}).values())
     cells = summarise(lines)

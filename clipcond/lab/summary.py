@@ -3,7 +3,8 @@
 Pass/fail values (the judge's checks) are rates with a Wilson score interval, which stays
 inside [0, 1] and is sensible at 0 or n successes. Continuous values (CLIP score, the
 fraction of objects found) get a percentile bootstrap interval of the mean (2000 resamples,
-a fixed seed, so reports are reproducible).
+a fixed seed and the values sorted first, so a report is a function of the results, not of
+their order).
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
 def bootstrap_interval(
     values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean of `values` (a point for one value)."""
-    data = np.asarray(values, dtype=np.float64)
+    """Percentile bootstrap 95% interval of the mean of `values` (a point for one value).
+
+    The values are sorted before resampling, so the interval depends on which values there are,
+    not on their order (a resumed run appends its redrawn images' results at the end).
+    """
+    data = np.sort(np.asarray(values, dtype=np.float64))
     if data.size == 0:
         raise ValueError("bootstrap_interval needs at least one value")
     if data.size == 1:
