@@ -13,7 +13,9 @@ its metadata, its key. The disk level never raises and never returns a wrong rec
   missing or vanishes (another process deleted it) is a plain miss.
 - writing: to a hidden temporary file created with the user's umask, renamed into place, so a
   crash or a concurrent reader never sees half an entry. A folder that cannot be created or
-  written (permissions, a full disk) turns the cache to memory only, with one warning.
+  written (permissions, a full disk) turns the cache to memory only, with one warning. An
+  entry whose path something else holds (a folder: the rename onto it fails) is kept in memory
+  only, with a warning naming it; the other entries are still written.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class EmbeddingCache:
         try:
             write_atomically(path, data)
         except OSError as error:
+            if error.filename2 is not None:  # the rename onto `path` failed: that entry is blocked, not the folder
+                logger.warning("embedding cache: cannot write %s (%s); keeping this entry in memory only", path, error)
+                return
             logger.warning(
                 "embedding cache: cannot write to %s (%s); caching in memory only from now on", self.directory, error
             )

@@ -271,6 +271,28 @@ def test_a_full_disk_turns_the_cache_to_memory_with_one_warning(model, tmp_path,
     assert list(tmp_path.iterdir()) == []  # no entry, no temporary file left behind
 
 
+def test_an_entry_path_taken_by_a_folder_skips_that_entry_and_the_folder_stays_in_use(model, tmp_path, caplog):
+    # probe13_files2 #6: the rename's EISDIR turned the whole disk cache off for the session
+    scratch = tmp_path / "scratch"
+    _conditioner(model, scratch).encode("a blue square")
+    (entry,) = _entries(scratch)
+    folder = tmp_path / "cache"
+    (folder / entry.name).mkdir(parents=True)  # something else holds the blue square's entry path
+    cond = _conditioner(model, folder)
+    prompts = ["a blue square", PROMPT, "two yellow stars"]
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        tokens = cond.encode(prompts).tokens
+    for index, prompt in enumerate(prompts):
+        torch.testing.assert_close(tokens[index : index + 1], _uncached(model, prompt), rtol=0, atol=0)
+    written = [path for path in _entries(folder) if path.is_file()]
+    assert len(written) == 2 and entry.name not in {path.name for path in written}
+    assert (folder / entry.name).is_dir()
+    assert [path.name for path in folder.iterdir() if path.name.startswith(".")] == []  # no temporary left
+    assert cond.cache.directory == folder
+    assert any(str(folder / entry.name) in warning for warning in _cache_warnings(caplog))
+    assert not any("memory only from now on" in warning for warning in _cache_warnings(caplog))
+
+
 def test_entries_are_written_with_the_users_umask(model, tmp_path):
     previous = os.umask(0o002)
     try:
