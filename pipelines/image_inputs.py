@@ -25,6 +25,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from clipcond.scalars import as_float
+
 RGB_CHANNELS = 3  # what the VAE encodes
 IMAGE_TYPES = "a PIL image, a numpy array, a torch tensor, or a non-empty list of one of these"
 
@@ -136,9 +138,10 @@ def holds_latents(value: Any, latent_channels: int) -> bool:
     return isinstance(first, torch.Tensor) and first.ndim in (3, 4) and first.shape[-3] == latent_channels
 
 
-def steps_after_strength(num_inference_steps: int, strength: float) -> int:
+def steps_after_strength(num_inference_steps: int, strength: Any) -> int:
     """How many of `num_inference_steps` run at `strength` (the last ones): diffusers'
-    `get_timesteps`, `min(int(steps * strength), steps)`.
+    `get_timesteps`, `min(int(steps * strength), steps)`, multiplied in the precision of
+    `strength` (a Python, numpy or 0-d tensor number in [0, 1]) as diffusers multiplies it.
 
     Raises:
         ValueError: none would run (`strength` too small for that many steps).
@@ -146,7 +149,7 @@ def steps_after_strength(num_inference_steps: int, strength: float) -> int:
     steps = min(int(num_inference_steps * strength), num_inference_steps)
     if steps < 1:
         raise ValueError(
-            f"`strength` {strength} runs int({num_inference_steps} x {strength}) = 0 of num_inference_steps="
+            f"`strength` {as_float(strength)} runs int({num_inference_steps} x {as_float(strength)}) = 0 of num_inference_steps="
             f"{num_inference_steps} steps; raise `strength` or `num_inference_steps`"
         )
     return steps
@@ -219,9 +222,24 @@ def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: in
     return count, tuple(item.shape[-3:-1])
 
 
+def _check_mask_dtype(item: Any, name: str) -> None:
+    """A mask array or tensor holds floats (0: keep, 1: repaint) or uint8 (0-255); diffusers' mask
+    resize has no kernel for bool or other integer dtypes and fails after the prompt is encoded."""
+    if isinstance(item, torch.Tensor):
+        readable = item.dtype.is_floating_point or item.dtype == torch.uint8
+    else:
+        readable = item.dtype.kind == "f" or item.dtype == np.uint8
+    if not readable:
+        raise ValueError(
+            f"`{name}` has dtype {item.dtype}; give a float mask in [0, 1] (1: repaint), e.g. `mask.float()` "
+            "or `mask.astype(numpy.float32)`, a uint8 mask (255: repaint) or a PIL image"
+        )
+
+
 def _mask_size(item: Any, name: str) -> tuple[int, tuple[int, int]]:
     if isinstance(item, PIL.Image.Image):
         return 1, (item.height, item.width)
+    _check_mask_dtype(item, name)
     shape = tuple(item.shape)
     if isinstance(item, torch.Tensor):
         # (batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W): the last two axes are pixels

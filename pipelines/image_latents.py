@@ -80,7 +80,7 @@ def tile_to(tensor: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def start_at_strength(
-    scheduler: Any, schedule: torch.Tensor, num_inference_steps: int, strength: float
+    scheduler: Any, schedule: torch.Tensor, num_inference_steps: int, strength: Any
 ) -> tuple[torch.Tensor, int]:
     """The last `strength` share of a set schedule, as diffusers' `get_timesteps`.
 

@@ -171,20 +171,25 @@ class SourceImageSteps:
 
     def _schedule_arguments(
         self, strength: Any, denoising_start: Any, denoising_end: Any
-    ) -> tuple[float, float | None, float | None]:
-        """(`strength`, `denoising_start`, `denoising_end`) as Python numbers (numpy's and 0-d
-        tensors read as the floats they hold, as diffusers takes them), checked; `strength`
-        None resolved to `default_strength()`. The call's first check: a pipeline without a
-        UNet is refused here.
+    ) -> tuple[Any, float | None, float | None]:
+        """(`strength`, `denoising_start`, `denoising_end`) checked; the last two as Python
+        numbers (numpy's and 0-d tensors read as the floats they hold, as diffusers takes them).
+        `strength` None resolves to `default_strength()`; a given one is kept as given, since
+        diffusers multiplies the step count in its own precision: 10 x np.float32(0.7) is 7.0 in
+        float32, where the float it holds (0.699999988) gives 6.99... and 6 steps. The call's
+        first check: a pipeline without a UNet is refused here.
 
         Raises:
             ValueError: no `unet`; as `check_strength` and `check_denoising_start`.
         """
         self.check_unet()
+        given_strength = strength
         strength, denoising_start, denoising_end = map(as_float, (strength, denoising_start, denoising_end))
         check_denoising_start(denoising_start, strength, denoising_end, self.reads_time_ids)
-        strength = self.default_strength() if strength is None else check_strength(strength)
-        return strength, denoising_start, denoising_end
+        if strength is None:
+            return self.default_strength(), denoising_start, denoising_end
+        check_strength(strength)
+        return given_strength, denoising_start, denoising_end
 
 
 @dataclass
@@ -192,7 +197,7 @@ class _Img2ImgCall:
     """The img2img arguments of the running call."""
 
     image: Any
-    strength: float
+    strength: Any  # a number in [0, 1] as the caller gave it (numpy's and 0-d tensors kept)
     denoising_start: float | None
     batches: list[tuple[str, ImageBatch]]
     start: torch.Tensor | None = None  # (1,): the first timestep kept

@@ -40,7 +40,7 @@ class _InpaintCall:
     image: Any
     mask_image: Any
     masked_image_latents: torch.Tensor | None
-    strength: float
+    strength: Any  # a number in [0, 1] as the caller gave it (numpy's and 0-d tensors kept)
     denoising_start: float | None
     padding_mask_crop: int | None
     batches: list[tuple[str, ImageBatch]]
@@ -313,7 +313,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         # The starting latents: pure noise at strength 1, else the source noised to the first timestep kept
         shape = self._latents_shape(images_count, height, width)
         channels = shape[1]
-        full_strength = call.strength == 1.0
+        full_strength = bool(call.strength == 1.0)
         continued = call.denoising_start is not None  # latents another model left at this point of the schedule
         upcast = self.reads_time_ids  # SDXL's pipelines encode in float32 when the VAE asks for it
         source = None

@@ -412,6 +412,15 @@ def test_from_pretrained_of_a_saved_inpainting_pipeline(tmp_path) -> None:
             r"`mask_image` is a one-channel mask: .* got shape \(32, 32, 3\)",
         ),
         ("inpaint", dict(mask_image=box_mask(3), prompt=["a", "b"]), ValueError, "`mask_image` has 3 images for 2"),
+        (
+            "inpaint",
+            dict(mask_image=np.ones((32, 32)) > 0),
+            ValueError,
+            "`mask_image` has dtype bool; give a float mask",
+        ),
+        ("inpaint", dict(mask_image=torch.ones(1, 1, 32, 32).bool()), ValueError, "`mask_image` has dtype torch.bool"),
+        ("inpaint", dict(mask_image=torch.ones(1, 32, 32, dtype=torch.long)), ValueError, "dtype torch.int64"),
+        ("inpaint", dict(mask_image=[np.ones((32, 32), np.int32)]), ValueError, "`mask_image` has dtype int32"),
         ("inpaint", dict(masked_image_latents=np.zeros((1, 4, 32, 32))), TypeError, "`masked_image_latents` must be"),
         (
             "inpaint",
