@@ -164,6 +164,20 @@ def test_an_sdxl_folder_passes_the_check_and_runs_wrapped(tmp_path) -> None:
 # ---------------------------------------------------------------------------- F7: --device
 
 
+def test_the_meta_device_is_refused_at_check_in_one_line_before_any_file(tmp_path, sd_folder, capsys) -> None:
+    """torch puts a tensor on "meta" (it holds shapes, no data), so the device check passed it
+    and the run died drawing the first image."""
+    config = _config(tmp_path, [{"name": "sd", "pipeline": str(sd_folder)}])
+    capsys.readouterr()
+    for extra in (["--check"], ["--no-progress"]):
+        assert _cli(["experiment", str(config), "--device", "meta", *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: --device: 'meta' is not a device"), err
+    with pytest.raises(ValueError, match="'meta' is not a device images can be drawn on"):
+        run_experiment(load_experiment_config(config), show_progress=False, device="meta")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("device", ["bogus", "cuda"])
 def test_a_device_this_machine_lacks_is_a_one_line_error_before_any_file(tmp_path, sd_folder, device, capsys):
     if device == "cuda" and torch.cuda.is_available():

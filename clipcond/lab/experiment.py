@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
 
     from clipcond.lab.config import check_experiment, load_experiment_config
-    from clipcond.lab.loading import ModelLoadFailed
+    from clipcond.lab.loading import ModelLoadFailed, run_device
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.results import RESULTS_NAME, read_results
     from clipcond.lab.run_folder import check_run_folder
-    from clipcond.lab.runner import resolve_device, run_experiment
+    from clipcond.lab.runner import run_experiment
     from clipcond.output_paths import check_output_location
     from clipcond.training.run_lock import RunFolderInUse
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.check:
             check_report_dependencies()
     with user_errors(ValueError, context="--device: "):
-        device = resolve_device(args.device)
+        device = run_device(args.device)
     if args.check:
         with user_errors(ModelLoadFailed):
             _check_models(config)
