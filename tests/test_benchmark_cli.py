@@ -98,6 +98,7 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"seed": 1, "steps": 10, "output": Path("out/grid.png")},
         ),
     ],
+    "benchmarks/peer_differences.py": [(["--output", "out/differences.md"], {"output": Path("out/differences.md")})],
     "benchmarks/make_suites.py": [
         (["--output-dir", "out/suites"], {"output_dir": Path("out/suites"), "check": False}),
         (["--check"], {"check": True}),
@@ -196,6 +197,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_quantized_encoder.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
     "benchmarks/make_suites.py": ([], ("output_dir",)),
+    "benchmarks/peer_differences.py": ([], ("output",)),
     "benchmarks/prompt_language_grid.py": ([], ("output",)),
     "benchmarks/reliability.py": ([], ("output", "work_dir")),
     "benchmarks/shapes_model_judge.py": ([], ("output", "grid")),
@@ -229,7 +231,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 15
+    assert len(SCRIPTS) == 16
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

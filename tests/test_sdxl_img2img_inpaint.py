@@ -39,7 +39,7 @@ def peer_and_ours(peer_class, our_class, parts: dict, **config):
 def fresh(pair):
     """(peer, ours) with ours made anew from the peer: a fresh embedding cache, since a pooled
     vector cached from a batch of another size differs in the last bit (the bound measured in
-    tests/test_sdxl_pipeline.py::test_cached_pooled_vectors_stay_within_the_measured_bound)."""
+    tests/test_sdxl_pipeline.py::test_cached_and_shared_pooled_vectors_are_bit_identical)."""
     peer, ours = pair
     return peer, quiet(type(ours).from_pipe(peer))
 

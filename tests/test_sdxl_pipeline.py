@@ -269,7 +269,7 @@ def test_encode_prompt_and_given_embeddings_are_sdxls(sdxl_pipe) -> None:
         dict(prompt="a red circle"),
         dict(prompt=["a", "b"], prompt_2=["at night", "c"], negative_prompt="x", negative_prompt_2=["y", "z"]),
     ]:
-        ours = ours_from(sdxl_pipe)  # a fresh cache: see test_cached_pooled_vectors_stay_within_the_measured_bound
+        ours = ours_from(sdxl_pipe)  # a fresh cache: see test_cached_and_shared_pooled_vectors_are_bit_identical
         with torch.no_grad():  # as inside a call: with grad on, torch may pick other kernels
             expected = sdxl_pipe.encode_prompt(device="cpu", **args)
             got = ours.encode_prompt(device="cpu", **args)
