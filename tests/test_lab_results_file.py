@@ -237,6 +237,32 @@ def test_a_bar_or_line_break_in_a_name_keeps_the_report_table_whole() -> None:
     assert "left\\|right up" in rows[2] and "a\\|b" in rows[0]
 
 
+def test_a_bar_in_a_pipeline_or_suite_path_keeps_the_settings_tables_whole() -> None:
+    """A `|` inside a code span still splits a GFM table cell unless escaped: markdown-it-py's
+    GFM table parser reads each settings row as its header's cells, the paths whole."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from clipcond.lab.report import _settings
+
+    experiment = {
+        "setups": [{"name": "a", "steps": 2, "guidance_scale": 2.0, "native": False, "pipeline_digest": "0" * 64}],
+        "suites": [{"name": "s", "digest": "1" * 64}],
+        "suite_prompts": {"s": [{}, {}]},
+        "paths": {"pipelines": {"a": "/m/pipe|v2"}, "suites": {"s": "/m/suite|x.yaml"}},
+    }
+    tokens = markdown_it.MarkdownIt("gfm-like").parse("\n".join(_settings(experiment, [], 2, 0)))
+    rows, row = [], None
+    for token in tokens:
+        if token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(markdown_it.MarkdownIt("gfm-like").renderInline(token.content))
+        elif token.type == "tr_close":
+            rows.append(row)
+            row = None
+    assert [len(row) for row in rows] == [6, 6, 4, 4], rows
+    assert rows[1][1] == "<code>/m/pipe|v2</code>" and rows[3][1] == "<code>/m/suite|x.yaml</code>", rows
+
+
 def _two_pending(finished: Path, folder: Path) -> tuple[Path, Path]:
     """A copy of the finished run whose last two lines are gone (two images to draw again)."""
     config = _copy(finished, folder)

@@ -33,7 +33,9 @@ def _metric_order(cells: list[Cell]) -> list[str]:
 
 
 def _escaped(name: str) -> str:
-    """A name as one markdown table cell: `|` escaped as markdown does, a line break a space."""
+    """A name as one markdown table cell: `|` escaped as markdown does, a line break a space.
+
+    Inside a code span too: GFM splits cells before it reads code spans, and renders `\\|` as `|`."""
     return " ".join(name.replace("|", "\\|").splitlines())
 
 
@@ -82,13 +84,13 @@ def _settings(experiment: dict[str, Any], lines: list[dict[str, Any]], expected:
     ]
     for setup in experiment.get("setups", []):
         text.append(
-            f"| {_escaped(setup['name'])} | `{paths.get('pipelines', {}).get(setup['name'], '?')}` | {setup['steps']} | "
-            f"{setup['guidance_scale']} | {setup['native']} | `{setup['pipeline_digest'][:12]}` |"
+            f"| {_escaped(setup['name'])} | `{_escaped(paths.get('pipelines', {}).get(setup['name'], '?'))}` | "
+            f"{setup['steps']} | {setup['guidance_scale']} | {setup['native']} | `{setup['pipeline_digest'][:12]}` |"
         )
     text += ["", "| suite | file | prompts | digest |", "|---|---|---|---|"]
     prompts = experiment.get("suite_prompts", {})
     for suite in experiment.get("suites", []):
-        file = paths.get("suites", {}).get(suite["name"], "?")
+        file = _escaped(paths.get("suites", {}).get(suite["name"], "?"))
         text.append(
             f"| {_escaped(suite['name'])} | `{file}` | {len(prompts.get(suite['name'], []))} | `{suite['digest'][:12]}` |"
         )
