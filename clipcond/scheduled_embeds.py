@@ -339,17 +339,17 @@ def schedule_for_pipeline(
     or None when no text changes between steps.
 
     Raises:
-        ValueError: an ``AND`` in a prompt (composable prompts run the UNet per part:
-            CLIPConditionedPipeline does that; in a negative prompt, which A1111 reads whole,
-            AND is text), editing without `num_inference_steps`, or a change the family's
-            callback cannot replace.
+        ValueError: an ``AND`` in a prompt (composable prompts run the denoiser per part:
+            CLIPConditionedPipeline does that for UNet families; in a negative prompt, which
+            A1111 reads whole, AND is text), editing without `num_inference_steps`, or a change
+            the family's callback cannot replace (for Flux's CLIP text: put the edit in `prompt_2`).
     """
     texts = [text for prompt in [*prompts, *(negatives or [])] for text in _texts_of(prompt)]
     for text in (text for prompt in prompts for text in _texts_of(prompt)):
         if len(split_and(text)) > 1:
             raise ValueError(
-                f"{quoted(text)} combines prompts with AND (composable diffusion), which needs the UNet run on each part "
-                "at every step: use CLIPConditionedPipeline, which does that"
+                f"{quoted(text)} combines prompts with AND (composable diffusion), which needs the denoiser run on each "
+                f"part at every step: {_pipeline_advice(family, 'which runs AND', 'a prompt without AND')}"
             )
     if num_inference_steps is None:
         edited = [text for text in texts if has_editing(text)]
@@ -375,12 +375,23 @@ def schedule_for_pipeline(
         if "tokens" not in swappable or not family.step_callback_negatives:
             missing.append("the negative prompt's embeddings")
     if missing:
+        advice = _pipeline_advice(family, "which edits any text", "a prompt without editing or alternation")
+        t5_text = next((slot.prompt for slot in family.slots if slot.kind == "t5" and slot.prompt != "prompt"), None)
+        if missing == ["the pooled vector"] and t5_text and "tokens" in swappable:  # Flux: only the CLIP text pools
+            advice = f"put the edit in `{t5_text}` (the T5 text), which the callback can swap; keep `prompt` fixed"
         raise ValueError(
             f"this schedule changes {' and '.join(missing)} between steps, which the {family.name!r} pipelines' "
-            "callback_on_step_end cannot replace; use a prompt without editing or alternation for this family, "
-            "or CLIPConditionedPipeline"
+            f"callback_on_step_end cannot replace; {advice}"
         )
     return schedule
+
+
+def _pipeline_advice(family: Family, what_it_does: str, instead: str) -> str:
+    """What to do when `family`'s pipelines cannot run a prompt: CLIPConditionedPipeline for a
+    UNet family (SD, SDXL, custom); `instead` where it cannot take the family's pipelines."""
+    if family.name in ("sd", "sdxl", "custom"):  # the recipes CLIPConditionedPipeline runs
+        return f"use {instead} for this family, or CLIPConditionedPipeline, {what_it_does}"
+    return f"use {instead} for this family (CLIPConditionedPipeline runs UNet pipelines only)"
 
 
 def _changes(rows_per_step: list[list[int]]) -> bool:

@@ -206,6 +206,31 @@ class CLIPConditionedPipeline(
             kwargs.setdefault(name, None)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
+        """`DiffusionPipeline.from_pipe`, after refusing a pipeline without a `unet` component
+        (SD3, Flux, PixArt: a transformer denoiser), which this UNet pipeline cannot run.
+
+        Raises:
+            ValueError: `pipeline` has no `unet` and none is passed (names its class, family
+                and components).
+        """
+        components = getattr(pipeline, "components", None)
+        if isinstance(components, dict) and "unet" not in components and "unet" not in kwargs:
+            from clipcond.families import pipeline_family
+
+            try:
+                family = f" (family {pipeline_family(pipeline)[0].name!r})"
+            except ValueError:
+                family = ""
+            raise ValueError(
+                f"{cls.__name__}.from_pipe needs a pipeline with a `unet` (Stable Diffusion, SDXL, a clipcond "
+                f"pipeline); `pipeline` is a {type(pipeline).__name__}{family}, whose components are "
+                f"{', '.join(sorted(components))}. Condition it with TextConditioner.from_pipeline(pipeline)"
+                ".pipeline_kwargs(prompt) and call that pipeline"
+            )
+        return super().from_pipe(pipeline, **kwargs)
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
