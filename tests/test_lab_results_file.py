@@ -263,6 +263,30 @@ def test_a_bar_in_a_pipeline_or_suite_path_keeps_the_settings_tables_whole() -> 
     assert rows[1][1] == "<code>/m/pipe|v2</code>" and rows[3][1] == "<code>/m/suite|x.yaml</code>", rows
 
 
+def test_the_note_on_prompts_past_the_clip_context_names_each_cut_entry() -> None:
+    """Long prompts often share their first 60 characters; the note names each cut entry by
+    suite and index (as the grids label their rows), not by a start they all share."""
+    import re
+
+    from clipcond.lab.report import _notes
+
+    start = "a clean flat illustration in a minimal vector style, drawn with care, "
+    cut = {("long", 0), ("long", 1), ("long", 2), ("long", 4), ("mix", 3)}
+    lines = [
+        {"suite": suite, "index": index, "prompt": f"{start}object {index}", "clip_truncated": (suite, index) in cut}
+        for suite, index in [*cut, ("long", 3), ("mix", 0)]
+        for _seed in (0, 1)
+    ]
+    note = next(line for line in _notes(lines, []) if "exceed the CLIP context" in line)
+    assert note.startswith(f"- {len(cut)} prompt(s) exceed"), note
+    named = set()
+    for suite, ranges in re.findall(r"suite `(\w+)` entr(?:y|ies) ([\d, -]+)", note):
+        for run in ranges.strip(" ,").split(", "):
+            first, _, last = run.partition("-")
+            named |= {(suite, index) for index in range(int(first), int(last or first) + 1)}
+    assert named == cut, note
+
+
 def _two_pending(finished: Path, folder: Path) -> tuple[Path, Path]:
     """A copy of the finished run whose last two lines are gone (two images to draw again)."""
     config = _copy(finished, folder)

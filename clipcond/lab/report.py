@@ -112,13 +112,33 @@ def _notes(lines: list[dict[str, Any]], metrics: list[str]) -> list[str]:
         "intervals are too narrow (on the shipped encoder experiment, 1.2 to 1.8 times); a mean whose images "
         "all have one value gets an interval of zero width."
     )
-    truncated = sorted({line["prompt"] for line in lines if line.get("clip_truncated")})
+    truncated: dict[str, set[int]] = {}
+    for line in lines:
+        if line.get("clip_truncated"):
+            truncated.setdefault(line["suite"], set()).add(line["index"])
     if truncated:
+        # suite and entry index, as the grids label their rows: long prompts often share their start
         notes.append(
-            f"- {len(truncated)} prompt(s) exceed the CLIP context; their CLIP score saw only the start: "
-            + "; ".join(f'"{prompt[:60]}..."' for prompt in truncated[:5])
+            f"- {sum(map(len, truncated.values()))} prompt(s) exceed the CLIP context; their CLIP score saw only "
+            "the start: "
+            + "; ".join(
+                f"suite `{suite}` entr{'y' if len(indexes) == 1 else 'ies'} {_index_ranges(sorted(indexes))}"
+                for suite, indexes in truncated.items()
+            )
+            + "."
         )
     return notes
+
+
+def _index_ranges(indexes: list[int]) -> str:
+    """Sorted entry indexes as runs: [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 def _in_plan_order(lines: list[dict[str, Any]], setups: list[str], suites: list[str]) -> list[dict[str, Any]]:
