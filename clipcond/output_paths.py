@@ -9,6 +9,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from clipcond.config import path_problem, quoted
 from clipcond.errors import UsageError
 
 
@@ -21,9 +22,10 @@ def check_output_location(path: str | Path, option: str) -> Path:
     (a folder) or replace the link (a file). Returns `path` as a `Path`, ``~`` expanded.
 
     Raises:
-        UsageError: naming `option` and the path that stands in the way.
+        UsageError: naming `option` and the path that stands in the way, or the reason no file
+            system takes `path` (`clipcond.config.path_problem`: a NUL byte, a name too long).
     """
-    path = Path(path).expanduser()
+    path = _nameable(path, option)
     folder = path.absolute()
     while not folder.exists():
         if folder.is_symlink():
@@ -44,6 +46,19 @@ def check_output_location(path: str | Path, option: str) -> Path:
     return path
 
 
+def _nameable(path: str | Path, option: str) -> Path:
+    """`path` as a `Path`, ``~`` expanded, if a file system can take it (else `Path.exists()`
+    and the like raise OSError or ValueError).
+
+    Raises:
+        UsageError: naming `option`, `path` (quoted short) and what is wrong with it.
+    """
+    problem = path_problem(str(path))
+    if problem:
+        raise UsageError(f"{option} {quoted(str(path))}: {problem}")
+    return Path(path).expanduser()
+
+
 def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file") -> Path:
     """Check, before any work, that the file `path` may be written: not a folder, not already
     there unless `force`, and its folder takes a new file (`check_output_location`).
@@ -54,7 +69,7 @@ def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file
     Raises:
         UsageError: naming `option`, saying which of these fails and what to do.
     """
-    path = Path(path).expanduser()
+    path = _nameable(path, option)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; name a {kind}")
     if path.exists() and not force:
