@@ -64,7 +64,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,30 @@ from clipcond.training.run_lock import RunFolderLock
 _METRICS_RECORDS = "metrics_records"
 _SKIPPED = "skipped_samples"
 _PROCESSES = "num_processes"
+
+
+# The reasons `ImageCaptionBatches` counts on the one rank whose part of the global batch holds
+# the sample: its image could not be loaded (`_image_file` and `_decoded` in
+# training/data/sources.py). Every other reason is met in the stream of candidates that every
+# rank reads (captions, manifest lines, shard members), so every rank counts it.
+_PER_RANK_REASONS = frozenset({"missing image", "unreadable image", "undecodable image"})
+
+
+def run_skip_counts(before: Mapping[str, int], ranks: Sequence[Mapping[str, int]]) -> Counter:
+    """The skipped samples of a run: `before` (restored from its checkpoint) plus each rank's
+    counts since, reason by reason: an image that failed to load is counted by one rank, so the
+    ranks' counts are added; a reason of the shared stream is counted by every rank that read
+    that far, so the largest count (the rank that read furthest) is taken, once.
+
+    Args:
+        before: reason -> count, up to the resumed step.
+        ranks: reason -> count of each process, since the resumed step.
+    """
+    total = Counter(before)
+    for reason in {reason for counts in ranks for reason in counts}:
+        counts = [rank_counts.get(reason, 0) for rank_counts in ranks]
+        total[reason] += sum(counts) if reason in _PER_RANK_REASONS else max(counts)
+    return total
 
 
 def _is_count(value: Any) -> bool:
@@ -335,12 +360,14 @@ class TrainingRun:
         result_dir: where the objective saves its result (``output_dir / result``).
         resume_from: known before anything is built: the newest checkpoint folder (None: a
             fresh start); after `resume`, the checkpoint loaded (an older one when it was damaged).
-        skipped: unusable samples, give it to the data sources. Each checkpoint keeps the counts
-            and a resume restores them (`resume`): the sources count only what they read after
-            the resumed step (shards and manifests reach it without decoding; train-t5 counts
-            its captions' skips at a fresh start only). A bad caption or shard member met while
-            the run read ahead for a stand-in sample just before the checkpoint is met again
-            after the resume, so it may count twice.
+        skipped: unusable samples, give it to the data sources: this process's counts during
+            `train`, the run's (every process's, `run_skip_counts`, with those before a resume)
+            after it. Each checkpoint keeps the run's counts and a resume restores them
+            (`resume`): the sources count only what they read after the resumed step (shards
+            and manifests reach it without decoding; train-t5 counts its captions' skips at a
+            fresh start only). A bad caption or shard member met while the run read ahead for a
+            stand-in sample just before the checkpoint is met again after the resume, so it may
+            count twice.
         last_checkpoint: the newest checkpoint of the run (None before the first).
 
     Raises:
@@ -379,6 +406,7 @@ class TrainingRun:
         self.result_dir = self.output_dir / result
         self._resume = resume
         self.skipped = SkipCounter()
+        self._skipped_before: Counter = Counter()  # the run's counts up to the resumed step
         self._start_step = 0
         self._saved: tuple[dict[str, torch.nn.Module], Any, Any] | None = None
         self._progress: Any = None
@@ -512,9 +540,7 @@ class TrainingRun:
         accelerator.print(f"resuming from {point.folder} (step {point.step})")
         self.resume_from = self.last_checkpoint = point.folder
         self._start_step = point.step
-        restored = point.extra.get(_SKIPPED)
-        if isinstance(restored, dict):
-            self.skipped.counts.update({str(reason): int(count) for reason, count in restored.items()})
+        self._skipped_before.update(point.extra.get(_SKIPPED, {}))
         return point.step, point.extra
 
     def train(
@@ -572,6 +598,7 @@ class TrainingRun:
                 self._save_checkpoint(step, extra() if extra is not None else {})
         self._progress.close()
         accelerator.wait_for_everyone()
+        self.skipped.counts, self._skipped_before = self._run_skip_counts(), Counter()  # every process's
         self._trained_to_end = True
         return TrainingOutcome(steps=step, loss=loss_value, throughput=throughput.overall())
 
@@ -696,10 +723,21 @@ class TrainingRun:
             return f"the last good checkpoint is {self.last_checkpoint}"
         return "no checkpoint was written yet"
 
+    def _run_skip_counts(self) -> Counter:
+        """The run's skipped samples so far (`run_skip_counts`), on every process: each process
+        must call it (the counts are gathered)."""
+        from accelerate.utils import gather_object
+
+        ranks = [dict(self.skipped.counts)]
+        if self.accelerator.num_processes > 1:
+            ranks = gather_object(ranks)
+        return run_skip_counts(self._skipped_before, ranks)
+
     def _save_checkpoint(self, step: int, extra: dict[str, Any]) -> None:
-        """Every rank checks the state (`_check_saved_state`) and waits; the main process writes
-        (see `clipcond.training.checkpoint`)."""
+        """Every rank checks the state (`_check_saved_state`) and gives its skip counts; the
+        main process writes (see `clipcond.training.checkpoint`)."""
         self._check_saved_state(step)
+        skipped = self._run_skip_counts()
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             # what the main process writes now: the checkpoint this rank's messages name
@@ -715,7 +753,7 @@ class TrainingRun:
             extra={
                 **extra,
                 _METRICS_RECORDS: self._metrics_records,
-                _SKIPPED: dict(self.skipped.counts),
+                _SKIPPED: dict(skipped),
                 _PROCESSES: self.accelerator.num_processes,
             },
             keep=self.config.keep_checkpoints,
