@@ -93,6 +93,9 @@ def train_clip(
         accelerator = run.accelerator
         if config.warmup_steps > config.steps and accelerator.is_main_process:
             logger.warning(warmup_past_the_end(config.warmup_steps, config.steps))
+        # every process alike, as diffusers' training scripts seed (accelerate's default): a checkpoint's
+        # one RNG state then resumes every process exactly, and each process draws the same dropout
+        # masks for its rows, so a run with dropout equals one process of the global batch only roughly
         set_seed(config.seed)
         model = build_contrastive_model(config, config_dir)
         model.train()

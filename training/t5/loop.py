@@ -128,6 +128,9 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
             config.seed,
         )
 
+        # every process alike, as diffusers' training scripts seed (accelerate's default): a checkpoint's
+        # one RNG state then resumes every process exactly, and each process draws the same dropout
+        # masks for its rows, so a run with dropout equals one process of the global batch only roughly
         set_seed(config.seed)
         model = build_t5(config.model, len(tokenizer))
         model.train()
