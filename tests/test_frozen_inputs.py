@@ -61,3 +61,36 @@ def test_a_link_back_to_a_folder_above_is_not_walked_again(tmp_path) -> None:
         f"{c}/{f}" for c in ("unet", "vae") for f in ("config.json", "model.safetensors")
     ]
     assert files == expected
+
+
+def test_two_changed_files_are_counted_and_a_missing_model_is_left_to_loading(tmp_path):
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    for name in ("a.json", "b.bin", "c.bin"):
+        (vae / name).write_bytes(name.encode() * 10)
+    config = SimpleNamespace(vae=str(vae), text_encoder=str(tmp_path / "missing"))
+    before = frozen_input_fingerprints(config)
+    assert sorted(before) == ["vae"]  # the missing text encoder is not fingerprinted
+    (vae / "b.bin").write_bytes(b"x" * 50)
+    (vae / "c.bin").write_bytes(b"y" * 50)
+    after = frozen_input_fingerprints(config, before)
+    assert (
+        replaced_input(before, after)
+        == f"vae {vae} was replaced since the run started (b.bin differs and 1 more files)"
+    )
+    (vae / "a.json").write_bytes(b"z")
+    assert replaced_input(before, frozen_input_fingerprints(config, after)).endswith(
+        "(a.json differs and 2 more files)"
+    )
+
+
+def test_a_model_given_as_one_file(tmp_path):
+    weights = tmp_path / "vae.safetensors"
+    weights.write_bytes(b"1" * 64)
+    config = SimpleNamespace(vae=str(weights))
+    before = frozen_input_fingerprints(config)
+    assert list(before["vae"]["files"]) == ["."]
+    weights.write_bytes(b"2" * 64)
+    assert replaced_input(before, frozen_input_fingerprints(config, before)) == (
+        f"vae {weights} was replaced since the run started (. differs)"
+    )

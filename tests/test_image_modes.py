@@ -58,3 +58,10 @@ def test_other_modes_convert_as_pillow_converts() -> None:
     assert np.array_equal(np.asarray(converted(rgba, "RGB")), np.asarray(rgba.convert("RGB")))
     palette = rgba.convert("P")
     assert np.array_equal(np.asarray(converted(palette, "L")), np.asarray(palette.convert("L")))
+
+
+def test_a_32_bit_image_outside_the_16_bit_range_is_clipped_to_it() -> None:
+    values = np.array([[-(2**31), -70000, -300, 0, 257, 65535, 70000, 2**31 - 1]], dtype=np.int32)
+    image = Image.fromarray(values)
+    assert image.mode == "I"
+    assert np.asarray(converted(image, "L")).tolist() == [[0, 0, 0, 0, 1, 255, 255, 255]]
