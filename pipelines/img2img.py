@@ -172,11 +172,9 @@ class SourceImageSteps:
     def _schedule_arguments(
         self, strength: Any, denoising_start: Any, denoising_end: Any
     ) -> tuple[Any, float | None, float | None]:
-        """(`strength`, `denoising_start`, `denoising_end`) checked; the last two as Python
-        numbers (numpy's and 0-d tensors read as the floats they hold, as diffusers takes them).
-        `strength` None resolves to `default_strength()`; a given one is kept as given, since
-        diffusers multiplies the step count in its own precision: 10 x np.float32(0.7) is 7.0 in
-        float32, where the float it holds (0.699999988) gives 6.99... and 6 steps. The call's
+        """(`strength`, `denoising_start`, `denoising_end`) checked, the last two as Python floats
+        (as diffusers reads them). A given `strength` is kept as given (None: `default_strength()`):
+        diffusers counts steps in its precision, 10 x np.float32(0.7) = 7, not 6. The call's
         first check: a pipeline without a UNet is refused here.
 
         Raises:
