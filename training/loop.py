@@ -85,7 +85,7 @@ from clipcond.training.checkpoint import (
     save_checkpoint,
     set_aside_damaged,
 )
-from clipcond.training.data import SkipCounter
+from clipcond.training.data import IMAGE_LOAD_FAILURES, SkipCounter
 from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
     METRICS_FILE,
@@ -111,13 +111,6 @@ _SKIPPED = "skipped_samples"
 _PROCESSES = "num_processes"
 
 
-# The reasons `ImageCaptionBatches` counts on the one rank whose part of the global batch holds
-# the sample: its image could not be loaded (`_image_file` and `_decoded` in
-# training/data/sources.py). Every other reason is met in the stream of candidates that every
-# rank reads (captions, manifest lines, shard members), so every rank counts it.
-_PER_RANK_REASONS = frozenset({"missing image", "unreadable image", "undecodable image"})
-
-
 def run_skip_counts(before: Mapping[str, int], ranks: Sequence[Mapping[str, int]]) -> Counter:
     """The skipped samples of a run: `before` (restored from its checkpoint) plus each rank's
     counts since, reason by reason: an image that failed to load is counted by one rank, so the
@@ -131,7 +124,7 @@ def run_skip_counts(before: Mapping[str, int], ranks: Sequence[Mapping[str, int]
     total = Counter(before)
     for reason in {reason for counts in ranks for reason in counts}:
         counts = [rank_counts.get(reason, 0) for rank_counts in ranks]
-        total[reason] += sum(counts) if reason in _PER_RANK_REASONS else max(counts)
+        total[reason] += sum(counts) if reason in IMAGE_LOAD_FAILURES else max(counts)
     return total
 
 

@@ -8,7 +8,8 @@
 - `CaptionSource`: captions alone by sample index, with held-out ones (T5 pretraining);
 - `CaptionTokenizer`: captions -> padded token ids; `ClipImageTransform`,
   `pixels_in_unit_range`: images -> tensors;
-- `SkipCounter`: unusable samples are skipped and counted by reason, never fatal;
+- `SkipCounter`: unusable samples are skipped and counted by reason, never fatal
+  (`IMAGE_LOAD_FAILURES`: the reasons only the rank that loads the image meets);
 - `SampleGenerators`: random draws per sample, keyed by its global index (the same on any
   number of processes);
 - the file readers under them: `webdataset_samples`, `webdataset_captions` (shards named
@@ -26,6 +27,7 @@ from clipcond.training.data.captions import CaptionSource
 from clipcond.training.data.config import DataConfig
 from clipcond.training.data.sample_random import SampleGenerators
 from clipcond.training.data.sources import (
+    IMAGE_LOAD_FAILURES,
     SkipCounter,
     clean_caption,
     decode_image,
@@ -40,6 +42,7 @@ from clipcond.training.data.transforms import CLIP_MEAN, CLIP_STD, ClipImageTran
 
 __all__ = [
     "CLIP_MEAN",
+    "IMAGE_LOAD_FAILURES",
     "CLIP_STD",
     "CaptionSource",
     "CaptionTokenizer",

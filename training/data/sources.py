@@ -110,6 +110,12 @@ def clean_caption(raw: bytes | str) -> str:
     return " ".join(raw.lstrip("\ufeff").split())
 
 
+MISSING_IMAGE, UNREADABLE_IMAGE, UNDECODABLE_IMAGE = "missing image", "unreadable image", "undecodable image"
+# Counted by the one rank whose part of the global batch holds the sample (the others never
+# load its image); every other reason is met in the stream all ranks read.
+IMAGE_LOAD_FAILURES = frozenset({MISSING_IMAGE, UNREADABLE_IMAGE, UNDECODABLE_IMAGE})
+
+
 class _Unusable(Exception):
     """One sample that cannot be used, and the reason it is counted under."""
 
@@ -274,7 +280,7 @@ def _decoded(data: bytes) -> Image.Image:
     try:
         return decode_image(data)
     except Exception as error:  # noqa: BLE001 - whatever the decoder raises, this image is unusable
-        raise _Unusable("undecodable image", repr(error)) from None
+        raise _Unusable(UNDECODABLE_IMAGE, repr(error)) from None
 
 
 def undecoded_shard_samples(urls: str | Sequence[str], skipped: Any) -> Iterator[tuple[str, bytes, str]]:
@@ -367,9 +373,9 @@ def _image_file(path: Path) -> Image.Image:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise _Unusable("missing image", "") from None
+        raise _Unusable(MISSING_IMAGE, "") from None
     except (OSError, ValueError) as error:  # a folder, no permission, a NUL in the path ...
-        raise _Unusable("unreadable image", repr(error)) from None
+        raise _Unusable(UNREADABLE_IMAGE, repr(error)) from None
     return _decoded(data)
 
 
