@@ -78,10 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a path starting with . / ~ or holding two slashes is always a folder); default: the bundled shapes model",
     )
     parser.add_argument("--negative", help="negative prompt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    parser.add_argument("--n", type=int, default=1, help="images to generate (written as a grid)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=3.0,
+        help="classifier-free guidance scale (default: %(default)s; diffusers' StableDiffusionPipeline: 7.5)",
+    )
+    parser.add_argument("--n", type=int, default=1, help="images to generate, written as a grid (default: %(default)s)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument(
