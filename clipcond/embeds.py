@@ -75,7 +75,21 @@ class PromptEmbeds:
 
     @staticmethod
     def cat(parts: list[PromptEmbeds]) -> PromptEmbeds:
-        """The prompts of `parts` one after another (all with or all without pooled vectors and masks)."""
+        """The prompts of `parts` one after another (all with or all without pooled vectors and masks).
+
+        Raises:
+            ValueError: `parts` is empty, or some parts have a pooled vector (or a mask) and
+                others do not (naming which).
+        """
+        if not parts:
+            raise ValueError("`parts` must hold at least one PromptEmbeds, got none")
+        for name in ("pooled", "mask"):
+            missing = [index for index, part in enumerate(parts) if getattr(part, name) is None]
+            if missing and len(missing) < len(parts):
+                raise ValueError(
+                    f"`parts` must be all with or all without `{name}`: parts {missing} have none, "
+                    f"the other {len(parts) - len(missing)} have one"
+                )
         return PromptEmbeds(
             tokens=torch.cat([part.tokens for part in parts]),
             pooled=None if parts[0].pooled is None else torch.cat([part.pooled for part in parts]),
