@@ -98,6 +98,15 @@ def _per_call(name: str, doc: str) -> property:
     return property(lambda self: getattr(self, f"_{name}"), doc=doc)
 
 
+class _EmptyFloat32Notice(logging.Filter):
+    """Drops diffusers' "There are modules in <model> that should be kept in float32: []" notice,
+    which `ModelMixin.to(dtype=...)` logs for a model that keeps no module in float32 (nothing
+    can be inconsistent then); a model that keeps some still logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []." not in record.getMessage()
+
+
 class CLIPConditionedPipeline(
     DiffusionPipeline,
     StableDiffusionMixin,
@@ -209,7 +218,9 @@ class CLIPConditionedPipeline(
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
         """`DiffusionPipeline.from_pipe`, after refusing a pipeline without a `unet` component
-        (SD3, Flux, PixArt: a transformer denoiser), which this UNet pipeline cannot run.
+        (SD3, Flux, PixArt: a transformer denoiser), which this UNet pipeline cannot run, and
+        without diffusers' keep-in-float32 notice for models that keep no module in float32.
+        As diffusers' `from_pipe`, it casts the models to `dtype` (default float32).
 
         Raises:
             ValueError: `pipeline` has no `unet` and none is passed (names its class, family
@@ -229,7 +240,15 @@ class CLIPConditionedPipeline(
                 f"{', '.join(sorted(components))}. Condition it with TextConditioner.from_pipeline(pipeline)"
                 ".pipeline_kwargs(prompt) and call that pipeline"
             )
-        return super().from_pipe(pipeline, **kwargs)
+        # diffusers' from_pipe ends with `.to(dtype=...)`, which logs its keep-in-float32 notice
+        # once per model even when the model keeps no module in float32 (the list is empty)
+        notices = logging.getLogger("diffusers.models.modeling_utils")
+        empty_notice = _EmptyFloat32Notice()
+        notices.addFilter(empty_notice)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            notices.removeFilter(empty_notice)
 
     def __init__(
         self,
