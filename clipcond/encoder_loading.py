@@ -2,16 +2,18 @@
 
 A tokenizer that cannot be loaded is an error naming the place it was looked for: a silent
 fallback to another tokenizer could give the wrong pad token (OpenCLIP-style encoders pad
-with "!", OpenAI's with "<|endoftext|>"). A saved CLIP tokenizer of exactly OpenAI's vocabulary
-becomes the bundled one with its pad token and context length, keeping OpenAI's text cleaning, as
-a clipcond pipeline folder loads in diffusers and as train-diffusion reads it; any other is used
-as saved. Otherwise the bundled tokenizer is used only when asked for by name (`tokenizer:
+with "!", OpenAI's with "<|endoftext|>"). A CLIP tokenizer in a local folder that clipcond wrote
+(a pipeline folder whose model_index.json names clipcond's tokenizer class, or a `save_clip`
+folder) and of exactly OpenAI's vocabulary becomes the bundled one with its pad token and context
+length, keeping OpenAI's text cleaning, as diffusers loads that pipeline folder; any other (a hub
+Stable Diffusion folder included) is used as saved, as diffusers uses it. Otherwise the bundled tokenizer is used only when asked for by name (`tokenizer:
 builtin-clip`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ BUILTIN_CLIP_TOKENIZER = "builtin-clip"
 def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | None = None) -> Any:
     """The tokenizer of `source`: from `source.tokenizer` (default `source.path`); inside a
     diffusers pipeline folder, the `tokenizer/` folder beside the encoder's subfolder. A CLIP
-    tokenizer of exactly OpenAI's vocabulary keeps OpenAI's text cleaning, as the pipeline and
-    train-diffusion read it (`clipcond.tokenization.with_clip_text_cleaning`).
+    tokenizer of a folder that declares clipcond's tokenizer (`_declares_text_cleaning`) keeps
+    OpenAI's text cleaning, as diffusers loads that folder
+    (`clipcond.tokenization.with_clip_text_cleaning`).
 
     Args:
         source: where the encoder and its tokenizer are.
@@ -59,7 +62,29 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         raise ValueError(
             f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
         ) from error
-    return with_clip_text_cleaning(tokenizer, model_max_length) if kind == "clip" else tokenizer
+    if kind == "clip" and _declares_text_cleaning(Path(path), subfolder):
+        return with_clip_text_cleaning(tokenizer, model_max_length)
+    return tokenizer
+
+
+_CLIPCOND_TOKENIZER_MODULE = "clipcond.tokenization"  # model_index.json's library of our tokenizer
+_SAVE_CLIP_CONFIG = "clip_config.yaml"  # `clipcond.models.save_clip` writes it beside tokenizer/
+
+
+def _declares_text_cleaning(root: Path, subfolder: str | None) -> bool:
+    """Whether the local tokenizer folder `root`/`subfolder` is one clipcond wrote with its
+    cleaning tokenizer: a pipeline folder whose model_index.json names a class of
+    `clipcond.tokenization` for `subfolder` (as diffusers then loads it), or a `save_clip` folder.
+    A hub id or any other folder: False, read as transformers saved it."""
+    if subfolder is None:  # the tokenizer folder itself, perhaps inside a pipeline folder
+        root, subfolder = root.parent, root.name
+    if (root / _SAVE_CLIP_CONFIG).is_file():
+        return True
+    try:
+        entry = json.loads((root / "model_index.json").read_text(encoding="utf-8")).get(subfolder)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(entry, list) and bool(entry) and entry[0] == _CLIPCOND_TOKENIZER_MODULE
 
 
 def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:

@@ -310,9 +310,10 @@ def with_clip_text_cleaning(tokenizer: Any, context_length: int | None = None) -
 
     A CLIP folder that clipcond wrote (the bundled model, a train-diffusion pipeline, a
     train-clip tower, a convert-clip folder) saves `clip_tokenizer()` as a plain
-    `CLIPTokenizer`, so `AutoTokenizer` reads it back without the cleaning. Every clipcond loader
-    of a saved CLIP tokenizer (a conditioner YAML, train-diffusion, CLIP score) passes what it
-    read through here, so one folder gives one tokenizer on every route.
+    `CLIPTokenizer`, so `AutoTokenizer` reads it back without the cleaning. A conditioner YAML
+    passes such a folder's tokenizer through here (a folder that declares clipcond's tokenizer:
+    `clipcond.encoder_loading`), and train-diffusion every tokenizer it reads (its captions are
+    read as train-clip reads them), so one folder gives one tokenizer on every route.
 
     Args:
         tokenizer: a loaded tokenizer (any kind).

@@ -1,6 +1,7 @@
 """One CLIP folder, one tokenizer: a conditioner YAML, `TextConditioner.from_pipeline` on the
-folder as diffusers loads it, train-diffusion's loader and CLIP score read a folder that clipcond
-wrote with OpenAI's text cleaning, and a folder of another vocabulary as transformers saved it."""
+folder as diffusers loads it and train-diffusion's loader read a folder that clipcond wrote
+(a pipeline folder, a `save_clip` folder) with OpenAI's text cleaning; a hub-style folder and a
+folder of another vocabulary are read as transformers saved them, as diffusers reads them."""
 
 from __future__ import annotations
 
@@ -51,16 +52,39 @@ def test_a_clipcond_pipeline_folder_gives_one_tokenizer_on_every_route(tmp_path)
     assert yaml_route.identity() == pipeline_route.identity()
 
 
-def test_an_sd2_style_pad_and_a_shorter_context_are_kept(tmp_path) -> None:
-    """A tower saved with the "!" pad (OpenCLIP) and a 40-token tokenizer: the YAML's tokenizer
-    pads with "!" to 40, as the saved one, and cleans as the bundled one."""
-    folder = tmp_path / "tower"
-    tiny_pipelines.clip_text_model(3).save_pretrained(folder / "text_encoder")
-    clip_tokenizer(model_max_length=40, pad_token="!").save_pretrained(folder / "tokenizer")
+def test_a_save_clip_folder_cleans_with_its_context(tmp_path) -> None:
+    """A train-clip / convert-clip folder (`save_clip`, a 40-token text tower): the YAML's tokenizer
+    cleans as the bundled one and pads to the tower's 40 tokens."""
+    from clipcond.models import ClipTwoTower, build_clip_model, load_model_config, save_clip
+
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    config = load_model_config(repo / "configs/models/clip-tiny-vit.yaml")
+    folder = save_clip(ClipTwoTower.from_clip_model(build_clip_model(config)), tmp_path / "tower")
     tokenizer = _yaml_route(folder).clip[0].tokenizer
-    reference = clip_tokenizer(model_max_length=40, pad_token="!")
+    reference = clip_tokenizer(model_max_length=config.text.context_length)
     options = {"padding": "max_length", "truncation": True}
     assert [tokenizer(p, **options).input_ids for p in PROMPTS] == [reference(p, **options).input_ids for p in PROMPTS]
+
+
+def test_a_hub_style_folder_is_read_as_diffusers_reads_it(tmp_path) -> None:
+    """A Stable Diffusion folder whose model_index.json names transformers' CLIPTokenizer (every
+    hub SD folder): the YAML reads it without the cleaning, as diffusers' pipeline does, so its
+    embeddings equal `from_pipeline`'s on prompts the cleaning would change."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import AutoTokenizer
+
+    pipe = tiny_pipelines.build_sd()
+    clip_tokenizer().save_pretrained(tmp_path / "plain")
+    pipe.tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")  # transformers' own class
+    pipe.register_modules(tokenizer=pipe.tokenizer)
+    pipe.save_pretrained(tmp_path / "sd")
+    peer = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    assert not isinstance(peer.tokenizer, CLIPTokenizerWithTextCleaning)
+    yaml_route = _yaml_route(tmp_path / "sd")
+    assert _ids(yaml_route.clip[0].tokenizer, PROMPTS) == _ids(peer.tokenizer, PROMPTS)
+    expected = TextConditioner.from_pipeline(peer, cache_size=0).encode(PROMPTS).tokens
+    torch.testing.assert_close(yaml_route.encode(PROMPTS).tokens, expected, rtol=0, atol=0)
 
 
 def test_a_folder_of_another_vocabulary_is_read_as_transformers_saved_it(tmp_path) -> None:
@@ -80,15 +104,3 @@ def test_a_folder_of_another_vocabulary_is_read_as_transformers_saved_it(tmp_pat
     assert not isinstance(tokenizer, CLIPTokenizerWithTextCleaning)
     texts = ["a b c", "d &amp; e"]
     assert _ids(tokenizer, texts) == _ids(peer, texts)
-
-
-def test_clip_score_reads_a_clipcond_tokenizer_folder_with_the_cleaning(tmp_path) -> None:
-    from clipcond.lab.metrics import load_clip_scorer
-    from clipcond.models import build_clip_model, load_model_config
-
-    repo = Path(__file__).resolve().parents[1]
-    torch.manual_seed(0)
-    build_clip_model(load_model_config(repo / "configs/models/clip-tiny-vit.yaml")).save_pretrained(tmp_path)
-    clip_tokenizer().save_pretrained(tmp_path)
-    scorer = load_clip_scorer(tmp_path)
-    assert _ids(scorer.tokenizer, PROMPTS) == _ids(clip_tokenizer(), PROMPTS)

@@ -186,8 +186,7 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
     Args:
         path: a folder written by `clipcond.models.save_clip` (it holds ``clip_config.yaml``) or
             a transformers `CLIPModel` folder (``config.json``; its tokenizer and preprocessor
-            files are used when present; a tokenizer of exactly OpenAI's vocabulary keeps
-            OpenAI's text cleaning, `clipcond.tokenization.with_clip_text_cleaning`).
+            files are used when present, as transformers saved them).
         device: where the model runs.
     """
     path = Path(path)
@@ -204,9 +203,7 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
         if (path / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            from clipcond.tokenization import with_clip_text_cleaning
-
-            tokenizer = with_clip_text_cleaning(AutoTokenizer.from_pretrained(path), scorer.context_length)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         if (path / "preprocessor_config.json").is_file():
             import transformers
 
