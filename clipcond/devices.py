@@ -9,7 +9,7 @@ def resolve_device(device: str | None) -> str:
 
     Raises:
         ValueError: not a device name torch knows, or one this machine lacks (such as "cuda"
-            without CUDA), with torch's reason.
+            without CUDA), with torch's reason; or "meta", which holds no values to compute.
     """
     import torch
 
@@ -18,4 +18,6 @@ def resolve_device(device: str | None) -> str:
         torch.zeros(()).to(device)
     except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for CUDA it was built without
         raise ValueError(f"{device!r} is not a device this machine can run on: {error}") from error
+    if torch.device(device).type == "meta":
+        raise ValueError(f"{device!r} is not a device that computes: it holds shapes, not values (give cpu, cuda, ...)")
     return device

@@ -1,5 +1,6 @@
 """Where a command's output goes: checked before any work, so that a long run never ends on a
-place it cannot write."""
+place it cannot write; and any path a command is given, refused in one line when no file system
+could take it (`nameable_path`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def check_output_location(path: str | Path, option: str) -> Path:
         UsageError: naming `option` and the path that stands in the way, or the reason no file
             system takes `path` (`clipcond.config.path_problem`: a NUL byte, a name too long).
     """
-    path = _nameable(path, option)
+    path = nameable_path(path, option)
     folder = path.absolute()
     while not folder.exists():
         if folder.is_symlink():
@@ -46,9 +47,9 @@ def check_output_location(path: str | Path, option: str) -> Path:
     return path
 
 
-def _nameable(path: str | Path, option: str) -> Path:
-    """`path` as a `Path`, ``~`` expanded, if a file system can take it (else `Path.exists()`
-    and the like raise OSError or ValueError).
+def nameable_path(path: str | Path, option: str) -> Path:
+    """`path` (an input or an output of a command) as a `Path`, ``~`` expanded, if a file
+    system can take it (else `Path.exists()` and the like raise OSError or ValueError).
 
     Raises:
         UsageError: naming `option`, `path` (quoted short) and what is wrong with it.
@@ -69,7 +70,7 @@ def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file
     Raises:
         UsageError: naming `option`, saying which of these fails and what to do.
     """
-    path = _nameable(path, option)
+    path = nameable_path(path, option)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; name a {kind}")
     if path.exists() and not force:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
-from clipcond.output_paths import check_new_file, write_atomically
+from clipcond.output_paths import check_new_file, nameable_path, write_atomically
 from clipcond.pipelines import generate_checks
 from clipcond.pipelines.generate_sources import (
     SourceImages,
@@ -147,9 +147,10 @@ def model_source(value: str, option: str) -> str | Path:
     exist.
 
     Raises:
-        UsageError: a local path that does not exist ("no such file or folder").
+        UsageError: a local path that does not exist ("no such file or folder"), or that no file
+            system could take (a NUL byte, a name over 255 bytes).
     """
-    path = Path(value).expanduser()
+    path = nameable_path(value, option)
     if path.exists():
         return path
     if _HUB_ID.fullmatch(value) and not value.lower().endswith(_WEIGHT_FILE_SUFFIXES):

@@ -340,6 +340,15 @@ def test_bad_input_is_refused_before_any_work(tiny_clip_text_path, tmp_path: Pat
             "--device",
             "bogus",
         ],
+        "--device: 'meta' is not a device that computes": [
+            *base,
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "meta",
+        ],
     }
     if not torch.cuda.is_available():  # torch raised AssertionError for CUDA it was built without: a traceback
         cases["--device: 'cuda' is not a device"] = [*base, "--prompts", str(prompts), "--out", "o", "--device", "cuda"]

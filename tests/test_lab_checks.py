@@ -173,7 +173,7 @@ def test_the_meta_device_is_refused_at_check_in_one_line_before_any_file(tmp_pat
         assert _cli(["experiment", str(config), "--device", "meta", *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: --device: 'meta' is not a device"), err
-    with pytest.raises(ValueError, match="'meta' is not a device images can be drawn on"):
+    with pytest.raises(ValueError, match="'meta' is not a device that computes"):
         run_experiment(load_experiment_config(config), show_progress=False, device="meta")
     assert not (tmp_path / "out").exists()
 

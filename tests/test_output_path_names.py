@@ -16,6 +16,7 @@ from clipcond.errors import UsageError
 from clipcond.output_paths import check_new_file, check_output_location
 
 SD15 = str(Path(__file__).resolve().parents[1] / "configs" / "conditioners" / "sd15.yaml")
+CLIP_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "models" / "clip-tiny.yaml")
 BAD_NAMES = {"300-char name": "a" * 300, "NUL": "r\x00un", "100,000 chars": "d" * 100_000}
 
 
@@ -55,3 +56,19 @@ def test_commands_refuse_such_an_output_in_one_short_line(name, tmp_path, capsys
         line = one_error(capsys, argv, 2)
         assert line.startswith(f"error: {option} '{tmp_path}") and len(line) < 600 and "\x00" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
+
+
+@pytest.mark.parametrize("name", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
+def test_commands_refuse_such_an_input_in_one_short_line(name, tmp_path, capsys) -> None:
+    """Input paths too: `Path.is_file()` on them raised the same OSError traceback."""
+    bad = str(tmp_path / name)
+    for option, argv in [
+        ("--model", ["generate", "a red circle", "--model", bad, "-o", str(tmp_path / "out.png")]),
+        ("--model", ["eval-clip", "--model", bad]),
+        ("--checkpoint", ["convert-clip", "--checkpoint", bad, "--output", str(tmp_path / "converted")]),
+        ("--model", ["init-clip", "--model", bad, "-o", str(tmp_path / "clip")]),
+        ("-o/--output", ["init-clip", "--model", CLIP_TINY, "-o", bad]),
+    ]:
+        line = one_error(capsys, argv, 2)
+        assert line.startswith(f"error: {option} '{tmp_path}") and len(line) < 600 and "\x00" not in line, line
+    assert list(tmp_path.iterdir()) == []

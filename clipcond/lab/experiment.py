@@ -72,8 +72,9 @@ def _check_models(config: ExperimentConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
 
+    from clipcond.devices import resolve_device
     from clipcond.lab.config import check_experiment, load_experiment_config
-    from clipcond.lab.loading import ModelLoadFailed, run_device
+    from clipcond.lab.loading import ModelLoadFailed
     from clipcond.lab.prepare import check_steps, pending_steps, run_steps, unique_steps
     from clipcond.lab.report import check_report_dependencies, write_report
     from clipcond.lab.results import RESULTS_NAME, read_results
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.check:
             check_report_dependencies()
     with user_errors(ValueError, context="--device: "):
-        device = run_device(args.device)
+        device = resolve_device(args.device)
     if args.check:
         with user_errors(ModelLoadFailed):
             _check_models(config)

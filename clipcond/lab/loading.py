@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import yaml
 
-from clipcond.devices import resolve_device
 from clipcond.errors import one_line
 from clipcond.lab.config import SetupConfig
 from clipcond.lab.digests import model_files
@@ -116,20 +115,6 @@ def _check_components(folder: Path, index: Any) -> None:
             raise OSError(f"{name}/ holds a config but no weights file ({', '.join(WEIGHTS_SUFFIXES)})")
 
 
-def run_device(device: str | None) -> str:
-    """The device the experiment's models run on: `resolve_device` (None: "cuda" when available,
-    else "cpu"), refusing "meta", which takes a tensor (so `resolve_device` passes it) but holds
-    no data, so no image can be drawn or measured there.
-
-    Raises:
-        ValueError: a device this machine lacks, or a meta device.
-    """
-    resolved = resolve_device(device)
-    if torch.device(resolved).type == "meta":
-        raise ValueError(f"{resolved!r} is not a device images can be drawn on: it holds no data (give cpu or cuda)")
-    return resolved
-
-
 def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
 
@@ -164,6 +149,5 @@ __all__ = [
     "ModelLoadFailed",
     "check_loadable",
     "loading",
-    "run_device",
     "setup_pipeline",
 ]

@@ -50,9 +50,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from clipcond.devices import resolve_device
 from clipcond.lab.config import ExperimentConfig, SetupConfig, check_experiment
 from clipcond.lab.digests import folder_digest, model_files
-from clipcond.lab.loading import check_loadable, loading, run_device, setup_pipeline
+from clipcond.lab.loading import check_loadable, loading, setup_pipeline
 from clipcond.lab.metrics import ClipScorer, load_clip_scorer, shapes_judge_metrics
 from clipcond.lab.results import (
     RESULTS_NAME,
@@ -302,7 +303,7 @@ def run_experiment(
         show_progress: draw one progress bar over all (setup, prompt, seed) images; False also
             hides diffusers' and transformers' loading bars during the run.
         device: where pipelines and the CLIP run; None: "cuda" when available, else "cpu"
-            (`run_device`). Not part of the results' keys (images on another device differ
+            (`clipcond.devices.resolve_device`). Not part of the results' keys (images on another device differ
             by rounding).
         write_report: write report.md, plots and grids at the end (`clipcond.lab.report`).
 
@@ -312,7 +313,7 @@ def run_experiment(
     Raises:
         FileNotFoundError, ValueError: from `check_experiment`, `check_run_folder` (an
             output_dir that holds another experiment's run or other files), or a device this
-            machine lacks or "meta" (`run_device`), before any file is written.
+            machine lacks or "meta" (`clipcond.devices.resolve_device`), before any file is written.
         ImportError: `write_report` without matplotlib installed, before any generation.
         ModelLoadFailed: a pipeline or the CLIP the run needs cannot be loaded; a damaged
             weights file or config is found before results.jsonl or an image is changed.
@@ -324,7 +325,7 @@ def run_experiment(
         from clipcond.lab.report import check_report_dependencies
 
         check_report_dependencies()  # before hours of generation, not after
-    device = run_device(device)
+    device = resolve_device(device)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     # one live run per folder (the run.lock file, `clipcond.training.run_lock`): two runs at once

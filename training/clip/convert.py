@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
-from clipcond.output_paths import check_output_location
+from clipcond.output_paths import check_output_location, nameable_path
 
 _EPILOG = (
     "Not supported, and not visible in the weights, so not refused: open_clip's text pool_type "
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.models import ClipTwoTower, convert_openai_state_dict, save_clip
     from clipcond.training.checkpoint import load_pickle
 
-    checkpoint, output = Path(args.checkpoint), Path(args.output)
+    checkpoint, output = nameable_path(args.checkpoint, "--checkpoint"), nameable_path(args.output, "--output")
     if not checkpoint.is_file():
         raise UsageError(f"--checkpoint: no such file {checkpoint}")
     if output.exists():

@@ -7,10 +7,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
-from clipcond.output_paths import check_new_file, write_atomically
+from clipcond.output_paths import check_new_file, nameable_path, write_atomically
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images_per_class < 1 or args.pairs < 2:
         raise UsageError("--images-per-class must be >= 1 and --pairs >= 2")
-    model_dir = Path(args.model)
+    model_dir = nameable_path(args.model, "--model")
     if not model_dir.is_dir():
         raise UsageError(f"--model: no such folder {model_dir}")
     with user_errors(FileNotFoundError, ValueError):  # shard patterns: the message names the pattern
         shards = shard_urls(args.webdataset, "--webdataset") if args.webdataset else None
-    if args.manifest and not Path(args.manifest).is_file():
+    if args.manifest and not nameable_path(args.manifest, "--manifest").is_file():
         raise UsageError(f"--manifest: no such file {args.manifest}")
     output = None
     if args.output:

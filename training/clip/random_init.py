@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from clipcond.errors import UsageError, user_errors
-from clipcond.output_paths import check_output_location
+from clipcond.output_paths import check_output_location, nameable_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not -(2**63) <= args.seed <= 2**64 - 1:  # what torch.manual_seed takes
         raise UsageError(f"--seed must be in [-2**63, 2**64 - 1], got {args.seed}")
-    if not Path(args.model).is_file():
+    if not nameable_path(args.model, "--model").is_file():
         raise UsageError(f"--model: no such file {args.model}")
     with user_errors(ValueError, TypeError):  # the messages name the file and the key
         load_model_config(args.model)
-    output = Path(args.output)
+    output = check_output_location(args.output, "-o/--output")
     if output.exists():
         raise UsageError(f"-o/--output {output} already exists; choose another folder")
-    check_output_location(output, "-o/--output")
     folder = init_clip(args.model, args.output, args.seed)
     print(f"random-init CLIP saved to {folder}")
     return 0
