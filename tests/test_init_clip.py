@@ -113,3 +113,41 @@ def test_a_text_vocabulary_below_clips_is_refused_when_the_yaml_is_read(tmp_path
     line = one_error(capsys, ["train-clip", "--config", str(run), "--no-progress"], 2)
     assert "text.vocab_size must be at least 49408" in line and str(model) in line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.yaml", "vocab1000.yaml"]
+
+
+def test_a_run_that_finishes_second_is_refused_and_the_first_runs_folder_is_kept(tmp_path, capsys, monkeypatch):
+    """Two init-clip runs into one -o at once: the first to finish keeps it; the other is refused
+    in one line (its rename had replaced the first run's folder, and both said they saved it)."""
+    import os
+    import subprocess
+    import sys
+
+    import clipcond.models
+
+    output = tmp_path / "clip"
+    save_clip = clipcond.models.save_clip
+    runs_of_b = []
+
+    def save_then_let_b_init(model, folder, *args, **kwargs):
+        saved = save_clip(model, folder, *args, **kwargs)
+        command = [sys.executable, "-m", "clipcond.cli", "init-clip", "--model", str(MODEL), "--seed", "5"]
+        runs_of_b.append(
+            subprocess.run(
+                [*command, "-o", str(output)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
+        return saved
+
+    monkeypatch.setattr(clipcond.models, "save_clip", save_then_let_b_init)
+    line = one_error(capsys, ["init-clip", "--model", str(MODEL), "--seed", "3", "-o", str(output)], 2)
+    assert line.startswith(f"error: -o/--output: {output} was written by another run meanwhile"), line
+    (b_run,) = runs_of_b
+    assert b_run.returncode == 0, b_run.stderr
+    monkeypatch.undo()
+    kept = load_clip(output).state_dict()
+    expected = load_clip(init_clip(MODEL, tmp_path / "seed5", seed=5)).state_dict()
+    assert all(torch.equal(kept[k], expected[k]) for k in kept)  # B's model, as B said
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip", "seed5"]

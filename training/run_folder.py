@@ -338,6 +338,47 @@ def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(older)
 
 
+class FolderTaken(FileExistsError):
+    """Another writer put the folder in place while this one wrote (`writing_new_folder`)."""
+
+
+@contextmanager
+def writing_new_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Write a folder that must not exist yet, whole or not at all, for writers that hold no run
+    lock (``init-clip``, ``convert-clip``): the block writes into a hidden sibling
+    ``.tmp-<name>-<pid>`` (the pid makes it this process's own; siblings that dead processes left
+    are deleted first, `remove_dead_writers_temporaries`), flushed to disk and renamed to `folder`
+    when the block ends without error. The rename never replaces a folder that holds files: of
+    two writers of one `folder` at once, the first to finish keeps it and the other gets
+    `FolderTaken`. On any error the sibling is deleted.
+
+    Yields:
+        The temporary folder to write into (not created: writers create it).
+
+    Raises:
+        FolderTaken: `folder` was put in place by another writer meanwhile (it is kept).
+    """
+    final = Path(folder)
+    remove_dead_writers_temporaries(final)
+    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    if temporary.exists():  # left by a dead process that had our pid
+        shutil.rmtree(temporary)
+    try:
+        yield temporary
+        if not temporary.is_dir():
+            raise RuntimeError(f"nothing was written to {temporary} for {final}")
+        _fsync_files(temporary)
+        try:
+            os.rename(temporary, final)  # onto a folder with files it fails; an empty one it replaces
+        except OSError as error:
+            if final.exists() or final.is_symlink():
+                raise FolderTaken(f"{final} was written by another run meanwhile") from error
+            raise
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
 def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[Path]:
     """Delete what a `writing_atomically` of ``output_dir/<name>`` killed mid-way left: its
     ``.tmp-<name>-<pid>`` and ``.old-<name>-<pid>`` siblings. Call it only while holding the run

@@ -25,12 +25,9 @@ than 49407), `no_causal_mask`, and the vision `pool_type` avg / none.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import shutil
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
@@ -93,36 +90,6 @@ def _architecture_line(config: Any, args: argparse.Namespace) -> str:
     return f"{'; '.join(parts)}; activation: {activation}"
 
 
-def _write_new_folder(write: Callable[[Path], Any], output: Path) -> None:
-    """Have `write` fill a hidden sibling of `output`, ``.tmp-<name>-<pid>``, then rename it to
-    `output`. The pid makes the sibling this process's own, so two runs with the same --output
-    never write into one folder; the siblings that killed runs left (their process gone) are
-    deleted first (`run_folder.remove_dead_writers_temporaries`). The rename never replaces a
-    model: an `output` that another run put in place meanwhile is kept, and this run is refused
-    (`UsageError`). On any error the sibling is deleted."""
-    from clipcond.training.run_folder import remove_dead_writers_temporaries
-
-    remove_dead_writers_temporaries(output)
-    temporary = output.with_name(f".tmp-{output.name}-{os.getpid()}")
-    if temporary.exists():  # left by a dead process that had our pid
-        shutil.rmtree(temporary)
-    try:
-        write(temporary)
-        try:
-            # os.rename onto a folder with files (another run's model) fails; it replaces only an empty one
-            os.rename(temporary, output)
-        except OSError as error:
-            if output.exists() or output.is_symlink():
-                raise UsageError(
-                    f"--output {output} was written by another run meanwhile; this conversion is not kept, "
-                    "choose a new folder"
-                ) from error
-            raise
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-
-
 def run(args: argparse.Namespace) -> int:
     """Convert, check it loads, write atomically. Returns the exit status."""
     from safetensors import SafetensorError
@@ -130,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipcond.models import ClipTwoTower, convert_openai_state_dict, save_clip
     from clipcond.training.checkpoint import load_pickle
+    from clipcond.training.run_folder import FolderTaken, writing_new_folder
 
     checkpoint, output = nameable_path(args.checkpoint, "--checkpoint"), nameable_path(args.output, "--output")
     if not checkpoint.is_file():
@@ -150,7 +118,13 @@ def run(args: argparse.Namespace) -> int:
     # convert_openai_state_dict checks every shape; what it might still miss is the checkpoint's fault too
     with user_errors(RuntimeError, context=f"--checkpoint {checkpoint}: "):
         model.load_state_dict(weights)
-    _write_new_folder(lambda folder: save_clip(ClipTwoTower.from_clip_model(model), folder), output)
+    try:
+        with writing_new_folder(output) as temporary:  # a hidden folder of this run's own, renamed into place
+            save_clip(ClipTwoTower.from_clip_model(model), temporary)
+    except FolderTaken as error:
+        raise UsageError(
+            f"--output {output} was written by another run meanwhile; this conversion is not kept, choose a new folder"
+        ) from error
     print(f"converted {checkpoint} -> {output} (text context {config.text_config.max_position_embeddings} tokens)")
     return 0
 

@@ -25,16 +25,18 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
     """Build the two-tower described by `model_yaml` with weights drawn from `seed` and save it
     to `output` (refused if it exists). Returns the folder.
 
-    The folder is written whole or not at all (`run_folder.writing_atomically`: a hidden
+    The folder is written whole or not at all (`run_folder.writing_new_folder`: a hidden
     sibling renamed into place when complete), so an interrupted save leaves no `output` to
-    block a rerun or to pass for a finished prepare step of an experiment. The hidden siblings
-    that killed saves left (their process gone) are deleted first.
+    block a rerun or to pass for a finished prepare step of an experiment; of two runs into one
+    `output` at once, the first to finish keeps it and the other raises `FolderTaken` (a
+    `FileExistsError`). The hidden siblings that killed saves left (their process gone) are
+    deleted first.
     """
     import torch
 
     from clipcond.models import ClipTwoTower, save_clip
     from clipcond.models.config import load_model_config
-    from clipcond.training.run_folder import remove_dead_writers_temporaries, writing_atomically
+    from clipcond.training.run_folder import writing_new_folder
 
     output = Path(output)
     if output.exists():
@@ -46,8 +48,7 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
         model = ClipTwoTower(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    remove_dead_writers_temporaries(output)
-    with writing_atomically(output) as temporary:
+    with writing_new_folder(output) as temporary:
         save_clip(model.eval(), temporary)
     return output
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     output = check_output_location(args.output, "-o/--output")
     if output.exists():
         raise UsageError(f"-o/--output {output} already exists; choose another folder")
-    folder = init_clip(args.model, args.output, args.seed)
+    with user_errors(FileExistsError, context="-o/--output: "):  # another run put it in place meanwhile
+        folder = init_clip(args.model, args.output, args.seed)
     print(f"random-init CLIP saved to {folder}")
     return 0
