@@ -82,8 +82,10 @@ from clipcond.textual_inversion import (
     check_new_tokens,
     expand_tokens,
     multi_vector_tokens,
+    offload_lifted,
     placements,
     read_textual_inversion,
+    sequential_offload,
     vector_tokens,
 )
 from clipcond.tokenizer_fingerprint import TokenizerFingerprints
@@ -544,7 +546,9 @@ class TextConditioner:
         expanded is read as it is). The tokenizer and encoder change in place: when they are a pipeline's
         (`from_pipeline`), the pipeline sees the token too, as after its own
         `load_textual_inversion`. Cached embeddings of the encoders before the change are not
-        reused.
+        reused. An encoder under sequential offload (`enable_sequential_cpu_offload`, accelerate's
+        `cpu_offload`) has its hooks taken off for the change and put back with the same
+        arguments, as diffusers' loader does.
 
         Args:
             path_or_state_dict: a file or folder path, a state dict, or a tensor of vectors.
@@ -554,7 +558,8 @@ class TextConditioner:
         Raises:
             ValueError: vectors of a width no encoder has (naming the source, the encoder and
                 both widths), a token already in the tokenizer, a file that needs full
-                unpickling, or an unknown layout; nothing has changed then.
+                unpickling, an unknown layout, or an encoder offloaded other than by
+                `cpu_offload` (to disk, or by a device map); nothing has changed then.
             FileNotFoundError: no such file.
         """
         embedding = read_textual_inversion(path_or_state_dict, token)
@@ -562,8 +567,10 @@ class TextConditioner:
         names = [vector_tokens(embedding.token, vectors.shape[0]) for _, vectors in placed]
         for (index, _), tokens in zip(placed, names):
             check_new_tokens(self.clip[index], index, tokens, embedding.source)
-        for (index, vectors), tokens in zip(placed, names):
-            add_vectors(self.clip[index], tokens, vectors)
+        offloads = [sequential_offload(self.clip[index], index) for index, _ in placed]
+        for (index, vectors), tokens, offload in zip(placed, names, offloads):
+            with offload_lifted(self.clip[index], offload):  # as diffusers' loader: hooks off, then on again
+                add_vectors(self.clip[index], tokens, vectors)
 
     def weights_written(self) -> None:
         """Tell the conditioner that its encoders' weights were written where it cannot see:

@@ -16,7 +16,10 @@ A token of several vectors becomes the tokens ``token``, ``token_1``, ... as in 
 prompt naming it is expanded to all of them (`expand_tokens`, diffusers' `maybe_convert_prompt`),
 whoever loaded it: this module or diffusers' own loader.
 Adding resizes the encoder's input-embedding table and adds the tokens to its tokenizer, as
-diffusers does; every check runs before anything changes.
+diffusers does; every check runs before anything changes. An encoder under accelerate's
+sequential offload (`cpu_offload`, which diffusers' `enable_sequential_cpu_offload` applies) has
+its hooks taken off for the change and put back as they were, as diffusers' loader does
+(`sequential_offload`, `offload_lifted`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +268,79 @@ def add_vectors(encoder: TextEncoder, names: Sequence[str], vectors: torch.Tenso
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(names)), device=table.device)
     with torch.no_grad():
         table[ids] = vectors.to(device=table.device, dtype=table.dtype)
+
+
+@dataclass(frozen=True)
+class SequentialOffload:
+    """The arguments of the accelerate `cpu_offload` that placed a model's hooks."""
+
+    execution_device: torch.device
+    offload_buffers: bool
+    preload_module_classes: tuple[str, ...]
+
+
+def sequential_offload(encoder: TextEncoder, index: int) -> SequentialOffload | None:
+    """How accelerate's `cpu_offload` offloads the model of `encoder` (its weights resting on
+    the meta device, their values in the hooks' in-memory state dict); None when no hook
+    offloads any of its weights (no hooks, or `enable_model_cpu_offload`'s, which move the
+    weights but keep them).
+
+    Raises:
+        ValueError: offloading `cpu_offload` did not make (to disk, or by `dispatch_model`'s
+            device map), which this module could not put back as it was, or an input-embedding
+            table on the meta device that no hook holds values for.
+    """
+    hooks = [
+        (part, candidate)
+        for part in encoder.model.modules()
+        for hook in (part.__dict__.get("_hf_hook"),)
+        if hook is not None
+        for candidate in getattr(hook, "hooks", (hook,))  # a SequentialHook holds several
+        if getattr(candidate, "offload", False)
+    ]
+    table = encoder.model.get_input_embeddings().weight
+    if not hooks:
+        if table.device.type == "meta":
+            raise ValueError(
+                f"the input embeddings of {_describe(encoder, index)} are on the meta device and no accelerate "
+                "offload hook holds their values: load the model's weights before loading an embedding"
+            )
+        return None
+    settings = {(hook.execution_device, hook.offload_buffers) for _, hook in hooks}
+    in_memory = all(isinstance(getattr(hook.weights_map, "dataset", None), dict) for _, hook in hooks)
+    if len(settings) != 1 or not in_memory:
+        raise ValueError(
+            f"{_describe(encoder, index)} is offloaded by accelerate in a way other than `cpu_offload` / "
+            "`enable_sequential_cpu_offload` (to disk, or by a device map), which loading an embedding could "
+            "not put back as it was: load the embedding before offloading the model"
+        )
+    ((device, buffers),) = settings
+    preload = tuple(sorted({type(part).__name__ for part, hook in hooks if hook.place_submodules}))
+    return SequentialOffload(torch.device(device), bool(buffers), preload)
+
+
+@contextmanager
+def offload_lifted(encoder: TextEncoder, offload: SequentialOffload | None) -> Iterator[None]:
+    """While inside, the model of `encoder` has no accelerate hooks and its weights are in
+    memory (where `offload`, from `sequential_offload`, says they rest on the meta device);
+    then `cpu_offload` puts them back with the same arguments (also when the body raised), as
+    diffusers' `load_textual_inversion` takes its hooks off and puts them back."""
+    if offload is None:
+        yield
+        return
+    from accelerate import cpu_offload
+    from accelerate.hooks import remove_hook_from_module
+
+    remove_hook_from_module(encoder.model, recurse=True)  # its weights back from the hooks' state dict
+    try:
+        yield
+    finally:
+        cpu_offload(
+            encoder.model,
+            offload.execution_device,
+            offload_buffers=offload.offload_buffers,
+            preload_module_classes=list(offload.preload_module_classes) or None,
+        )
 
 
 def multi_vector_tokens(tokenizer: Any) -> dict[str, list[str]]:
