@@ -113,7 +113,7 @@ def _offloaded_value(source: tuple[Mapping, str], tensor: torch.Tensor) -> torch
         value = weights_map[key]
     except KeyError:
         return None
-    return value.to(tensor.dtype)
+    return value if value.dtype == tensor.dtype else value.to(tensor.dtype)
 
 
 def offloaded_tensor(modules: Mapping[str, nn.Module], path: str, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -190,33 +190,27 @@ def _tensor_digest(modules: Sequence[nn.Module]) -> Any:
     for name, tensor in _tensors(modules):
         layout = _layout(tensor)  # appended only for subclasses: plain weights hash as they always have
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}{'|' + layout if layout else ''}".encode())
-        for part_name, part in stored_tensors(name, tensor):
-            if part is not tensor:
+        stored = stored_tensors(name, tensor)
+        if any(part.device.type == "meta" for _, part in stored):
+            index, path = name.split(".", 1)
+            if int(index) not in parts:
+                parts[int(index)] = dict(modules[int(index)].named_modules(remove_duplicate=False))
+            # the whole weight as its hook loads it (a quantized one with its inner tensors)
+            stored = stored_tensors(name, _meta_values(parts[int(index)], path, tensor, name))
+        for part_name, part in stored:
+            if part_name != name:
                 digest.update(f"{part_name}|{part.dtype}|{tuple(part.shape)}".encode())
-            data = part.detach()
-            if data.device.type == "meta":
-                index, path = part_name.split(".", 1)
-                if int(index) not in parts:
-                    parts[int(index)] = dict(modules[int(index)].named_modules(remove_duplicate=False))
-                data = _meta_values(parts[int(index)], path, part, part is tensor, part_name)
             # as a plain tensor: bitsandbytes' parameter classes change what `.to` does
-            data = data.as_subclass(torch.Tensor).to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            data = part.detach().as_subclass(torch.Tensor).to("cpu").contiguous().reshape(-1).view(torch.uint8)
             digest.update(memoryview(data.numpy()))
     return digest
 
 
-def _meta_values(
-    parts: Mapping[str, nn.Module], path: str, tensor: torch.Tensor, is_whole: bool, label: str
-) -> torch.Tensor:
-    """The values of a tensor on the meta device at `path` (`is_whole`: the weight itself, not
-    an inner tensor of a quantized one): what its accelerate hook loads for it. Raises
-    ValueError, naming it by `label`, when there are none to read."""
+def _meta_values(parts: Mapping[str, nn.Module], path: str, tensor: torch.Tensor, label: str) -> torch.Tensor:
+    """The values of the weight `tensor` on the meta device at `path` (a quantized weight whole,
+    not one of its inner tensors): what its accelerate hook loads for it. Raises ValueError,
+    naming it by `label`, when there are none to read."""
     source = _offload_source(parts, path)
-    if source is not None and not is_whole:
-        raise ValueError(
-            f"cannot fingerprint weights on the meta device ({label}): an offloaded quantized weight "
-            "is not read back from its accelerate hook; keep quantized encoders on a device"
-        )
     value = None if source is None else _offloaded_value(source, tensor)
     if value is not None:
         return value
