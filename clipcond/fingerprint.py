@@ -9,7 +9,8 @@
   (so a write that ends on the same dtype and device, such as a `.to(torch.bfloat16)
   .to(torch.float32)` round trip between two encodes, goes unseen: `mark_written()`).
   A weight that accelerate offloads to the meta device (sequential or disk offload) is watched
-  where its values are, the hook's `weights_map`: its tensor there, or its file on disk.
+  where its values are, the hook's `weights_map`: its tensor there (a quantized weight's inner
+  tensors, `stored_tensors`), or its file on disk.
   The settings of peft adapter layers (scale, active, merged, disabled) are part of it too.
   A write through `.data` (`weight.data += delta`) bumps no version counter; code that writes
   so tells the watch with `mark_written()` (peft's merge and unmerge do: `fuse_lora`).
@@ -124,11 +125,12 @@ def offloaded_tensor(modules: Mapping[str, nn.Module], path: str, tensor: torch.
     return None if source is None else _offloaded_value(source, tensor)
 
 
-def _source_mark(source: tuple[Mapping, str], stats: dict[str, os.stat_result]) -> tuple[tuple, torch.Tensor | None]:
-    """A mark of the values behind an offloaded tensor that changes when they change, read
-    without loading them, and the tensor in memory that holds them (whose identity the watch
-    follows; None for values in a file). Values in memory (`cpu_offload`'s state dict) are
-    marked as any tensor; values on disk (`offload_folder`: accelerate's `.dat` files or the
+def _source_mark(source: tuple[Mapping, str], stats: dict[str, os.stat_result]) -> tuple[tuple, list[torch.Tensor]]:
+    """A mark of the values behind an offloaded weight that changes when they change, read
+    without loading them, and the tensors in memory that hold them (whose identity the watch
+    follows; none for values in a file). Values in memory (`cpu_offload`'s state dict) are
+    marked as any weight, through the plain tensors that hold them (`stored_tensors`: a
+    quantized weight's inner tensors, which a write changes alone); values on disk (`offload_folder`: accelerate's `.dat` files or the
     checkpoint's safetensors file) by their file's size, time of last write and inode. Another
     kind of map is asked for the value, which is marked as it comes (a map that builds a new
     tensor on every read makes every state new: correct, but each disk-cache lookup then
@@ -141,20 +143,21 @@ def _source_mark(source: tuple[Mapping, str], stats: dict[str, os.stat_result]) 
     if isinstance(weights_map, OffloadedWeightsLoader) and key not in weights_map.state_dict:
         info = weights_map.index.get(key)
         if info is None:
-            return ("missing", key), None
+            return ("missing", key), []
         file = info.get("safetensors_file") or os.path.join(weights_map.save_folder, f"{key}.dat")
         if file not in stats:
             try:
                 stats[file] = os.stat(file)
             except OSError:  # gone: a forward fails too, and says so
-                return ("missing", key), None
+                return ("missing", key), []
         stat = stats[file]
-        return ("file", file, info.get("weight_name", key), stat.st_size, stat.st_mtime_ns, stat.st_ino), None
+        return ("file", file, info.get("weight_name", key), stat.st_size, stat.st_mtime_ns, stat.st_ino), []
     try:
         value = weights_map[key]
     except KeyError:
-        return ("missing", key), None
-    return ("tensor", value.dtype, value._version, value.data_ptr()), value
+        return ("missing", key), []
+    holders = [part for _, part in stored_tensors(key, value)]
+    return ("tensor", value.dtype, *((part._version, part.data_ptr()) for part in holders)), holders
 
 
 def _layout(tensor: torch.Tensor) -> str:
@@ -289,7 +292,10 @@ class WeightsWatch:
             placed_by_hook = _placed_by_hook(parts)
             adapters.append(_adapter_settings(parts))
             all_parts: dict[str, nn.Module] | None = None  # built on the first meta tensor
+            offloaded: set[str] = set()  # weights marked where their hook keeps them
             for path, tensor in _watched_tensors(parts):
+                if path in offloaded:  # another inner tensor of a quantized weight marked whole
+                    continue
                 if tensor.device.type == "meta" and placed_by_hook:
                     # Offloaded: the hook makes a new meta tensor after each forward; watch
                     # the values it loads, where they are.
@@ -297,10 +303,10 @@ class WeightsWatch:
                         all_parts = dict(module.named_modules(remove_duplicate=False))
                     source = _offload_source(all_parts, path)
                     if source is not None:
-                        mark, holder = _source_mark(source, stats)
+                        mark, holders = _source_mark(source, stats)
                         marks.append((tensor.dtype, mark))  # the hook casts the values to it
-                        if holder is not None:
-                            tensors.append(holder)
+                        tensors.extend(holders)
+                        offloaded.add(path)
                         continue
                 tensors.append(tensor)
                 # A hook moves the weights for each forward and back after: their storage

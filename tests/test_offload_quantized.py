@@ -54,3 +54,17 @@ def test_disk_cache_hashes_an_offloaded_int8_encoder_as_the_same_weights_in_memo
     assert torch.equal(ours, encode(resident, cache_size=0))
     # the second conditioner over the resident model finds the first one's entries on disk
     assert torch.equal(encode(resident, cache_dir=str(tmp_path / "cache")), ours)
+
+
+def test_a_write_into_an_offloaded_int8_weight_is_seen_by_the_memory_cache(tiny_clip_text_path) -> None:
+    offloaded = int8_clip(tiny_clip_text_path, offloaded=True)
+    resident = int8_clip(tiny_clip_text_path, offloaded=False)
+    conditioner = TextConditioner("sd", clip=[(offloaded, tiny_pipelines.clip_tokenizer())])
+    before = conditioner.encode(PROMPTS).tokens
+    with torch.no_grad():
+        for model in (offloaded, resident):
+            value_projection(model).qdata.mul_(-1)
+    after = conditioner.encode(PROMPTS).tokens
+    reference = encode(resident, cache_size=0)  # the same write, no offload, no cache
+    assert not torch.equal(reference, before)
+    assert torch.equal(after, reference)
