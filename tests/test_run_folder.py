@@ -16,14 +16,13 @@ import yaml
 
 from clipcond.training.data.config import DataConfig
 from clipcond.training.diffusion.config import TrainDiffusionConfig
+from clipcond.training.folder_writes import remove_unfinished_results, writing_atomically
 from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
     METRICS_FILE,
     RunFolderError,
     keep_metrics,
     prepare_output_dir,
-    remove_unfinished_results,
-    writing_atomically,
 )
 from clipcond.training.run_lock import LOCK_FILE, RunFolderInUse, RunFolderLock
 

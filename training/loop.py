@@ -39,7 +39,7 @@ device placement stay out of the objectives, as in accelerate's examples). An ob
    result saved from the last one, holds finite weights, and "the last good checkpoint" of a
    stop is one.
 4. The objective saves its result through `TrainingRun.writing_result`: into a hidden folder
-   renamed into place when complete (`run_folder.writing_atomically`), so a kill while saving
+   renamed into place when complete (`folder_writes.writing_atomically`), so a kill while saving
    leaves no half-written result (the resumed run saves it again).
 5. On success, the skipped samples are reported, the trackers closed and the run marked
    finished (`run_folder.mark_finished`). Always, the lock is given back. On an error before
@@ -86,6 +86,7 @@ from clipcond.training.checkpoint import (
     set_aside_damaged,
 )
 from clipcond.training.data import IMAGE_LOAD_FAILURES, SkipCounter
+from clipcond.training.folder_writes import remove_unfinished_results, writing_atomically
 from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
     METRICS_FILE,
@@ -97,9 +98,7 @@ from clipcond.training.run_folder import (
     keep_metrics,
     mark_finished,
     prepare_output_dir,
-    remove_unfinished_results,
     set_aside,
-    writing_atomically,
 )
 from clipcond.training.run_lock import RunFolderLock
 
@@ -598,7 +597,7 @@ class TrainingRun:
     def writing_result(self) -> AbstractContextManager[Path]:
         """Where the objective saves its result (main process): ``with run.writing_result() as
         folder:``, the folder a hidden temporary one, renamed to `result_dir` when the block ends
-        without error (`run_folder.writing_atomically`; an older result is replaced only then)."""
+        without error (`folder_writes.writing_atomically`; an older result is replaced only then)."""
         return writing_atomically(self.result_dir)
 
     def log_evaluation(self, step: int, label: str, result: dict[str, float]) -> None:

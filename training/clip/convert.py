@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipcond.models import ClipTwoTower, convert_openai_state_dict, save_clip
     from clipcond.training.checkpoint import load_pickle
-    from clipcond.training.run_folder import FolderTaken, writing_new_folder
+    from clipcond.training.folder_writes import FolderTaken, writing_new_folder
 
     checkpoint, output = nameable_path(args.checkpoint, "--checkpoint"), nameable_path(args.output, "--output")
     if not checkpoint.is_file():

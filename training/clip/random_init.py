@@ -25,7 +25,7 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
     """Build the two-tower described by `model_yaml` with weights drawn from `seed` and save it
     to `output` (refused if it exists). Returns the folder.
 
-    The folder is written whole or not at all (`run_folder.writing_new_folder`: a hidden
+    The folder is written whole or not at all (`folder_writes.writing_new_folder`: a hidden
     sibling renamed into place when complete), so an interrupted save leaves no `output` to
     block a rerun or to pass for a finished prepare step of an experiment; of two runs into one
     `output` at once, the first to finish keeps it and the other raises `FolderTaken` (a
@@ -36,7 +36,7 @@ def init_clip(model_yaml: str | Path, output: str | Path, seed: int = 0) -> Path
 
     from clipcond.models import ClipTwoTower, save_clip
     from clipcond.models.config import load_model_config
-    from clipcond.training.run_folder import writing_new_folder
+    from clipcond.training.folder_writes import writing_new_folder
 
     output = Path(output)
     if output.exists():
