@@ -683,3 +683,18 @@ def test_one_shard_of_another_identity_or_format_is_named_to_remove_and_encoding
         assert resumed.keys() == whole.keys()
         assert all(torch.equal(resumed[k]["clip_tokens"], whole[k]["clip_tokens"]) for k in whole)
         assert len(EmbeddingShards(folder, identity)) == 5
+
+
+def test_an_encoder_read_as_another_class_is_named_as_such() -> None:
+    """The same train-clip folder read as CLIPTextModelWithProjection (a conditioner YAML) and as
+    CLIPTextModel (train-diffusion): the weights hashes differ (the projection), but the message
+    names the class, not a changed model."""
+    from clipcond.training.data.embedding_shards import EmbeddingIdentity
+
+    settings = "v4|Recipe(name='sd')|parse=False|{}:77:False:sdpa:computes_in=None:tokenizer=t:config=c"
+    mine = EmbeddingIdentity("w1", settings.format("CLIPTextModelWithProjection"))
+    theirs = EmbeddingIdentity("w2", settings.format("CLIPTextModel"))
+    assert mine.difference(theirs).startswith("encoder classes CLIPTextModelWithProjection instead of CLIPTextModel")
+    assert EmbeddingIdentity("w1", settings.format("X")).difference(EmbeddingIdentity("w2", settings.format("X"))) == (
+        "encoder weights w1... instead of w2..."
+    )

@@ -165,7 +165,15 @@ class EmbeddingIdentity:
     def difference(self, other: EmbeddingIdentity, model: str = "encoder", settings: str = "conditioner") -> str | None:
         """What differs from `other`, in words (None when nothing does); `model` and
         `settings` name whose weights and settings the identity holds ("encoder" and
-        "conditioner", or "VAE" for both)."""
+        "conditioner", or "VAE" for both). Encoder classes that differ are named first: the
+        same folder read as another class (`CLIPTextModelWithProjection` by a conditioner YAML,
+        `CLIPTextModel` by train-diffusion) holds other weights, but no model changed."""
+        mine_classes, their_classes = _encoder_classes(self.settings), _encoder_classes(other.settings)
+        if mine_classes and their_classes and mine_classes != their_classes:
+            return (
+                f"{model} classes {', '.join(mine_classes)} instead of {', '.join(their_classes)} (the same folder read "
+                "as another class holds other weights: encode with the reader's own settings)"
+            )
         if self.weights != other.weights:
             return f"{model} weights {self.weights[:12]}... instead of {other.weights[:12]}..."
         if self.settings != other.settings:
@@ -175,6 +183,15 @@ class EmbeddingIdentity:
             other_part = theirs[index] if index < len(theirs) else "(nothing)"
             return f"{settings} settings {_around_difference(part, other_part)}"
         return None
+
+
+def _encoder_classes(settings: str) -> list[str]:
+    """The encoder class names a conditioner's settings key holds (`clipcond.cache_key.settings_key`:
+    one ``Class:window:...`` part per encoder after the version, recipe and parsing parts); []
+    for other settings (a VAE's)."""
+    parts = settings.split("|")[3:]
+    names = [re.match(r"([A-Za-z_]\w*):\d+:", part) for part in parts]
+    return [name.group(1) for name in names if name] if names and all(names) else []
 
 
 def _around_difference(mine: str, theirs: str, context: int = 40) -> str:
