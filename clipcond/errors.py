@@ -5,6 +5,10 @@ command exits with its `exit_code`; any other exception is a bug and keeps its t
 (`run_command`, the one place that prints them). ``--debug`` prints a `UserError`'s traceback
 too, with the exception it was made from.
 
+Ctrl-C (SIGINT) is not an error: the command unwinds through its cleanup, prints what that
+cleanup says and then one line, ``interrupted``, and exits 130 (128 + SIGINT, as a shell reports
+a process Ctrl-C ended); ``--debug`` prints the traceback first.
+
     UsageError   the command line, or a file or folder it names, is wrong: a missing path, a bad
                  value, a config that does not validate, an output that exists, a run folder
                  that holds another run. Found before any work; exit 2, as argparse's own errors.
@@ -19,6 +23,7 @@ naming the exception types it expects there; the same types raised anywhere else
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -84,7 +89,8 @@ def add_debug_argument(parser: argparse.ArgumentParser, top_level: bool = True) 
 
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call `run(args)` and return its exit status; a `UserError` is printed as one line
-    (after its traceback when ``args.debug``) and gives its `exit_code`."""
+    (after its traceback when ``args.debug``) and gives its `exit_code`. Ctrl-C (module
+    docstring) prints ``interrupted`` and gives 130."""
     try:
         return run(args)
     except UserError as error:
@@ -92,3 +98,8 @@ def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
             traceback.print_exc()
         print(f"error: {one_line(error)}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:  # the command's own cleanup has run and said its piece
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return 128 + int(signal.SIGINT)

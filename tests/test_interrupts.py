@@ -1,0 +1,123 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop a command through its cleanup, with one line and the exit
+status a shell gives a process that signal ended (130, 143), not a traceback; a lab's prepare
+steps stop with the lab.
+
+The real cases run ``python -m clipcond.cli`` in a subprocess and signal it as a terminal
+(SIGINT to the process group) or ``kill PID`` / ``timeout`` (SIGTERM to the one process) does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipcond.errors import run_command
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+# ------------------------------------------------------------------ run_command, in-process
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    print("stopped before its first checkpoint; rerun to start afresh", file=sys.stderr)  # a command's cleanup line
+    raise KeyboardInterrupt
+
+
+def _status(run, debug: bool = False) -> int:
+    """`run_command`'s exit status; a KeyboardInterrupt that leaves it fails the test (rather
+    than stopping pytest, which takes it for the user's Ctrl-C)."""
+    try:
+        return run_command(run, argparse.Namespace(debug=debug))
+    except KeyboardInterrupt as interrupt:
+        pytest.fail(f"{type(interrupt).__name__} left run_command")
+
+
+def test_ctrl_c_prints_the_commands_line_then_interrupted_and_exits_130(capsys) -> None:
+    assert _status(_interrupted) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["stopped before its first checkpoint; rerun to start afresh", "interrupted"], err
+
+
+def test_ctrl_c_with_debug_keeps_the_traceback(capsys) -> None:
+    assert _status(_interrupted, debug=True) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyboardInterrupt" in err and err.splitlines()[-1] == "interrupted", err
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def _train_clip_yaml(folder: Path, steps: int) -> Path:
+    from clipcond.training.clip.config import TrainClipConfig
+
+    config = TrainClipConfig(
+        model=TINY_MODEL,
+        batch_size=8,
+        steps=steps,
+        lr=1e-3,
+        warmup_steps=1,
+        checkpoint_every=2,
+        log_every=1,
+        output_dir=str(folder / "run"),
+        eval_images_per_class=1,
+    )
+    path = folder / "clip.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+    return path
+
+
+def _signal_after_checkpoint(command: list[str], run_dir: Path, number: int, group: bool) -> tuple[int, str, list]:
+    """Start `command` in a new session, wait for the first checkpoint in `run_dir`, send `number`
+    to the process group (`group`) or the process alone. Returns its exit status, its stderr and
+    the processes it had started (psutil), as they were when the signal was sent."""
+    import psutil
+
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "latest").exists():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"no checkpoint came: {process.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    children = psutil.Process(process.pid).children(recursive=True)
+    (os.killpg if group else os.kill)(process.pid, number)
+    try:
+        _, err = process.communicate(timeout=60)  # hangs while an orphan holds the pipe
+    finally:
+        for child in psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []:
+            child.kill()
+        process.kill()
+    return process.returncode, err, children
+
+
+def _lines(err: str) -> list[str]:
+    """stderr without the import-time warnings a library may print."""
+    return [line for line in err.splitlines() if line.strip() and "Warning" not in line and "warn(" not in line]
+
+
+@pytest.mark.parametrize(
+    "number, status, last",
+    [
+        pytest.param(signal.SIGINT, 130, "interrupted", id="ctrl-c"),
+    ],
+)
+def test_train_clip_stopped_by_a_signal_prints_one_line_and_frees_its_folder(tmp_path, number, status, last) -> None:
+    config = _train_clip_yaml(tmp_path, steps=100_000)
+    command = [sys.executable, "-m", "clipcond.cli", "train-clip", "--config", str(config), "--no-progress"]
+    code, err, _ = _signal_after_checkpoint(command, tmp_path / "run", number, group=number == signal.SIGINT)
+    assert code == status and "Traceback" not in err and _lines(err)[-1:] == [last], err[-3000:]
+    assert not (tmp_path / "run" / "run.lock").exists()
