@@ -121,3 +121,39 @@ def test_train_clip_stopped_by_a_signal_prints_one_line_and_frees_its_folder(tmp
     code, err, _ = _signal_after_checkpoint(command, tmp_path / "run", number, group=number == signal.SIGINT)
     assert code == status and "Traceback" not in err and _lines(err)[-1:] == [last], err[-3000:]
     assert not (tmp_path / "run" / "run.lock").exists()
+
+
+def _experiment_yaml(folder: Path) -> Path:
+    """An experiment whose one prepare step is a train-clip that runs until stopped."""
+    train = _train_clip_yaml(folder, steps=100_000)
+    step = {
+        "command": "train-clip",
+        "creates": str(folder / "run" / "model"),
+        "args": ["--config", str(train), "--output-dir", str(folder / "run"), "--no-progress"],
+    }
+    experiment = {
+        "name": "interrupted",
+        "suites": [str(REPO / "configs" / "suites" / "single.yaml")],
+        "setups": [{"name": "clip", "pipeline": str(folder / "run" / "model"), "prepare": [step]}],
+        "seeds": [0],
+        "steps": 2,
+        "output_dir": str(folder / "lab"),
+    }
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def _running(processes: list) -> list:
+    time.sleep(1)  # a terminated child may take a moment to be reaped by init
+    return [process for process in processes if process.is_running() and process.status() != "zombie"]
+
+
+def test_ctrl_c_during_a_prepare_step_is_one_line_130_and_stops_the_step(tmp_path) -> None:
+    command = [sys.executable, "-m", "clipcond.cli", "experiment", str(_experiment_yaml(tmp_path)), "--no-progress"]
+    code, err, children = _signal_after_checkpoint(command, tmp_path / "run", signal.SIGINT, group=True)
+    assert children, "the prepare step ran in no child process"
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert _lines(err)[-1] == "interrupted during the prepare steps; re-run to resume them", err[-3000:]
+    assert not _running(children)
+    assert not (tmp_path / "run" / "run.lock").exists()

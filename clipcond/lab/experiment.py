@@ -112,8 +112,12 @@ def run(args: argparse.Namespace) -> int:
             f"{len(config.setups)} setup(s) = {total} images -> {config.output_dir}"
         )
         return 0
-    with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
-        run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
+    try:
+        with user_errors(RuntimeError, error=RunFailed):  # a prepare step failed; its own error is above
+            run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
+    except KeyboardInterrupt:  # the steps are stopped; each runs with --resume, so goes on from its last checkpoint
+        print("interrupted during the prepare steps; re-run to resume them", file=sys.stderr)
+        return 130
     try:
         # a damaged model, found before any result is dropped; another live run in the folder
         with user_errors(ModelLoadFailed, RunFolderInUse, error=RunFailed):

@@ -32,12 +32,13 @@ set, wins) and writes its output to a log file, since interleaved progress logs 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -207,6 +208,8 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
 
     Raises:
         ValueError: jobs < 1, or jobs > 1 without a log_dir.
+        KeyboardInterrupt: Ctrl-C; the running steps, which the terminal's Ctrl-C reached as
+            well, are given `STOP_GRACE_S` to end by themselves, then terminated.
         RuntimeError: a command failed (the others running are stopped; each resumes from its
             last checkpoint next time), or did not make its `creates` path.
     """
@@ -248,11 +251,29 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
                 running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
             if running and jobs > 1:
                 time.sleep(0.2)
+    except KeyboardInterrupt:
+        _let_end(running.values(), STOP_GRACE_S)
+        raise
     finally:
         for process, _ in running.values():  # only after a failure or an interrupt
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process, _ in running.values():
             process.wait()
+
+
+# How long a Ctrl-C waits for the running steps, which the terminal interrupted too, to end by
+# themselves before they are terminated: their cleanup (a run lock released, a run that never
+# checkpointed set aside) must not be cut short.
+STOP_GRACE_S = 30.0
+
+
+def _let_end(processes: Iterable[tuple[subprocess.Popen, Path | None]], seconds: float) -> None:
+    """Wait until every process has ended, for at most `seconds` in all."""
+    deadline = time.monotonic() + seconds
+    for process, _ in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _child_environment(jobs: int, side_by_side: int) -> dict[str, str] | None:
