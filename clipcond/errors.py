@@ -5,9 +5,11 @@ command exits with its `exit_code`; any other exception is a bug and keeps its t
 (`run_command`, the one place that prints them). ``--debug`` prints a `UserError`'s traceback
 too, with the exception it was made from.
 
-Ctrl-C (SIGINT) is not an error: the command unwinds through its cleanup, prints what that
-cleanup says and then one line, ``interrupted``, and exits 130 (128 + SIGINT, as a shell reports
-a process Ctrl-C ended); ``--debug`` prints the traceback first.
+Ctrl-C (SIGINT) and SIGTERM (``kill PID``, ``timeout``, a scheduler's stop) are not errors: the
+command unwinds through the same cleanup for both (a SIGTERM raises `Terminated`, a
+KeyboardInterrupt), prints what its cleanup says and then one line, ``interrupted`` or
+``terminated``, and exits 130 or 143 (128 + the signal's number, as a shell reports a process
+that signal ended); ``--debug`` prints the traceback first.
 
     UsageError   the command line, or a file or folder it names, is wrong: a missing path, a bad
                  value, a config that does not validate, an output that exists, a run folder
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,19 +90,51 @@ def add_debug_argument(parser: argparse.ArgumentParser, top_level: bool = True) 
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the SIGTERM handler `run_command` installs, so that a
+    SIGTERM runs every cleanup a Ctrl-C runs (a KeyboardInterrupt's ``except`` and ``finally``
+    blocks: the run lock released, a lab's prepare steps stopped)."""
+
+
+def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The exit status of a command that `interrupt` stopped: 143 (128 + SIGTERM) for a
+    `Terminated`, else 130 (128 + SIGINT), what a shell reports for a process the signal ended."""
+    number = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+    return 128 + int(number)
+
+
+def _raise_terminated(number: int, frame: object) -> None:
+    raise Terminated("terminated")
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises `Terminated` (in the main thread only, the one place
+    Python runs signal handlers); the previous handler is put back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call `run(args)` and return its exit status; a `UserError` is printed as one line
-    (after its traceback when ``args.debug``) and gives its `exit_code`. Ctrl-C (module
-    docstring) prints ``interrupted`` and gives 130."""
+    (after its traceback when ``args.debug``) and gives its `exit_code`. Ctrl-C and SIGTERM
+    (module docstring) print ``interrupted`` or ``terminated`` and give 130 or 143."""
     try:
-        return run(args)
+        with _sigterm_raises():
+            return run(args)
     except UserError as error:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"error: {one_line(error)}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:  # the command's own cleanup has run and said its piece
+    except KeyboardInterrupt as interrupt:  # the command's own cleanup has run and said its piece
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print("interrupted", file=sys.stderr)
-        return 128 + int(signal.SIGINT)
+        print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
+        return interrupt_exit_code(interrupt)

@@ -56,6 +56,35 @@ def test_ctrl_c_with_debug_keeps_the_traceback(capsys) -> None:
     assert "Traceback" in err and "KeyboardInterrupt" in err and err.splitlines()[-1] == "interrupted", err
 
 
+class _SigtermNotHandled(Exception):
+    pass
+
+
+def _unhandled_sigterm(number: int, frame: object) -> None:
+    raise _SigtermNotHandled("SIGTERM reached the test's own handler, not the command's")
+
+
+def test_sigterm_runs_the_commands_cleanup_and_exits_143(capsys) -> None:
+    cleaned = []
+    previous = signal.signal(signal.SIGTERM, _unhandled_sigterm)  # a SIGTERM must not end pytest
+
+    def terminated(args: argparse.Namespace) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises here
+            return 0
+        finally:
+            cleaned.append(True)
+
+    try:
+        assert _status(terminated) == 143
+        assert cleaned == [True]
+        assert capsys.readouterr().err.splitlines() == ["terminated"]
+        assert signal.getsignal(signal.SIGTERM) is _unhandled_sigterm  # put back after the command
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ------------------------------------------------------------------ real processes
 
 
@@ -96,12 +125,27 @@ def _signal_after_checkpoint(command: list[str], run_dir: Path, number: int, gro
     children = psutil.Process(process.pid).children(recursive=True)
     (os.killpg if group else os.kill)(process.pid, number)
     try:
-        _, err = process.communicate(timeout=60)  # hangs while an orphan holds the pipe
+        _, err = process.communicate(timeout=45)  # an orphan that holds the pipe makes this time out
+        return process.returncode, err, children
     finally:
-        for child in psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []:
+        for child in _running(children):  # what an assertion below would otherwise leave running
             child.kill()
         process.kill()
-    return process.returncode, err, children
+
+
+def _running(processes: list) -> list:
+    """The psutil processes of `processes` still running (neither ended nor a zombie)."""
+    import psutil
+
+    time.sleep(1)  # a terminated child may take a moment to be reaped by init
+
+    def runs(process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return [process for process in processes if runs(process)]
 
 
 def _lines(err: str) -> list[str]:
@@ -113,6 +157,7 @@ def _lines(err: str) -> list[str]:
     "number, status, last",
     [
         pytest.param(signal.SIGINT, 130, "interrupted", id="ctrl-c"),
+        pytest.param(signal.SIGTERM, 143, "terminated", id="sigterm"),
     ],
 )
 def test_train_clip_stopped_by_a_signal_prints_one_line_and_frees_its_folder(tmp_path, number, status, last) -> None:
@@ -144,11 +189,6 @@ def _experiment_yaml(folder: Path) -> Path:
     return path
 
 
-def _running(processes: list) -> list:
-    time.sleep(1)  # a terminated child may take a moment to be reaped by init
-    return [process for process in processes if process.is_running() and process.status() != "zombie"]
-
-
 def test_ctrl_c_during_a_prepare_step_is_one_line_130_and_stops_the_step(tmp_path) -> None:
     command = [sys.executable, "-m", "clipcond.cli", "experiment", str(_experiment_yaml(tmp_path)), "--no-progress"]
     code, err, children = _signal_after_checkpoint(command, tmp_path / "run", signal.SIGINT, group=True)
@@ -156,4 +196,16 @@ def test_ctrl_c_during_a_prepare_step_is_one_line_130_and_stops_the_step(tmp_pat
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert _lines(err)[-1] == "interrupted during the prepare steps; re-run to resume them", err[-3000:]
     assert not _running(children)
+    assert not (tmp_path / "run" / "run.lock").exists()
+
+
+def test_sigterm_to_the_lab_alone_stops_its_prepare_step(tmp_path) -> None:
+    """``kill PID`` or ``timeout`` signal the experiment process only: its step must not run on
+    as an orphan that holds the run lock (and the caller's stderr pipe)."""
+    command = [sys.executable, "-m", "clipcond.cli", "experiment", str(_experiment_yaml(tmp_path)), "--no-progress"]
+    code, err, children = _signal_after_checkpoint(command, tmp_path / "run", signal.SIGTERM, group=False)
+    assert children, "the prepare step ran in no child process"
+    assert not _running(children)
+    assert code == 143 and "Traceback" not in err, err[-3000:]
+    assert _lines(err)[-2:] == ["terminated", "terminated during the prepare steps; re-run to resume them"], err[-3000:]
     assert not (tmp_path / "run" / "run.lock").exists()

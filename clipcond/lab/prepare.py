@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NoReturn
 
+from clipcond.errors import Terminated
+
 # Commands a step may run; the training ones are resumable.
 PREPARE_COMMANDS: tuple[str, ...] = ("init-clip", "train-clip", "train-t5", "train-diffusion")
 _RESUMABLE = ("train-clip", "train-t5", "train-diffusion")
@@ -209,7 +211,9 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
     Raises:
         ValueError: jobs < 1, or jobs > 1 without a log_dir.
         KeyboardInterrupt: Ctrl-C; the running steps, which the terminal's Ctrl-C reached as
-            well, are given `STOP_GRACE_S` to end by themselves, then terminated.
+            well, are given `STOP_GRACE_S` to end by themselves, then terminated. On a
+            `clipcond.errors.Terminated` (SIGTERM) they are terminated at once; a step, a
+            ``clipcond`` command, takes SIGTERM through its cleanup as it takes Ctrl-C.
         RuntimeError: a command failed (the others running are stopped; each resumes from its
             last checkpoint next time), or did not make its `creates` path.
     """
@@ -251,8 +255,9 @@ def run_steps(steps: Sequence[PrepareStep], jobs: int = 1, log_dir: str | Path |
                 running[index] = _start(todo[index], index + 1, len(todo), env, None if jobs == 1 else Path(log_dir))
             if running and jobs > 1:
                 time.sleep(0.2)
-    except KeyboardInterrupt:
-        _let_end(running.values(), STOP_GRACE_S)
+    except KeyboardInterrupt as interrupt:
+        if not isinstance(interrupt, Terminated):  # a SIGTERM reaches this process alone
+            _let_end(running.values(), STOP_GRACE_S)
         raise
     finally:
         for process, _ in running.values():  # only after a failure or an interrupt
