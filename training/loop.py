@@ -357,9 +357,9 @@ class TrainingRun:
             after it. Each checkpoint keeps the run's counts and a resume restores them
             (`resume`): the sources count only what they read after the resumed step (shards
             and manifests reach it without decoding; train-t5 counts its captions' skips at a
-            fresh start only). A bad caption or shard member met while the run read ahead for a
-            stand-in sample just before the checkpoint is met again after the resume, so it may
-            count twice.
+            fresh start only). A bad manifest line or shard member that the search for a stand-in
+            image reads ahead of the steps is counted when a step reaches its place, not when it
+            is read, so it counts once across a resume.
         last_checkpoint: the newest checkpoint of the run (None before the first).
 
     Raises:

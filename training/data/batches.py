@@ -18,7 +18,8 @@ in the same order (the order in which the contrastive loss gathers them):
   there; shards are read there undecoded), and a rank decodes only the images it uses. An
   image that cannot be loaded is counted and replaced by the next loadable one at its place
   in the following global batches (`ImageCaptionBatches._substitutes`), never by a second
-  copy within its own.
+  copy within its own. Skips of the stream (bad lines, shard members) are counted when a step's
+  global batch reaches them, not when that search reads them: a resume counts as the run does.
 
 A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 (CLIP's
 normalisation unless another transform is given), ``input_ids`` (batch, seq) int64 padded to
@@ -33,6 +34,7 @@ import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -148,16 +150,16 @@ class _Candidate(NamedTuple):
         return _decoded(self.image) if isinstance(self.image, bytes) else _image_file(Path(self.image))
 
 
-def _shard_candidates(shards: list[str], skipped: SkipCounter | _CountingFrom) -> Iterator[_Candidate]:
+def _shard_candidates(shards: list[str], skipped: _HeldSkips) -> Iterator[_Candidate]:
     """The samples of `shards` in that order, undecoded; those without an image member or a
     usable caption are skipped and counted (as `webdataset_samples` counts them)."""
     for key, image, caption in undecoded_shard_samples(shards, skipped):
         yield _Candidate(image, caption, key)
 
 
-def _manifest_candidates(manifest: str) -> tuple[list[_Candidate], SkipCounter]:
+def _manifest_candidates(manifest: str) -> tuple[list[_Candidate], _HeldSkips]:
     """Every usable line of a manifest, undecoded, and the skips of its bad lines."""
-    bad_lines = SkipCounter()
+    bad_lines = _HeldSkips()
     candidates = []
     for path, caption in manifest_entries(manifest, bad_lines):
         if path is None:
@@ -171,95 +173,106 @@ def _epoch_random(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-class _CountingFrom:
-    """A `SkipCounter` front that passes skips on only once `on` is set: what a resumed run
-    reads again before its first sample is not counted again."""
+@dataclass
+class _HeldSkips(SkipCounter):
+    """Skips as read (logged then), their reasons held until `take` gives them a position."""
 
-    def __init__(self, skipped: SkipCounter, on: bool) -> None:
-        self.skipped, self.on = skipped, on
+    held: list[str] = field(default_factory=list)
 
     def skip(self, reason: str, detail: str = "") -> None:
-        if self.on:
-            self.skipped.skip(reason, detail)
+        super().skip(reason, detail)
+        self.held.append(reason)
 
-    def report(self) -> str:
-        return self.skipped.report()
+    def take(self) -> tuple[str, ...]:
+        """The reasons held, which are no longer held."""
+        taken, self.held = tuple(self.held), []
+        return taken
 
 
-def _candidate_stream(
-    data: DataConfig, seed: int, start: int, skipped: SkipCounter
-) -> Iterator[tuple[int, _Candidate]]:
-    """(epoch, candidate) of the global positions `start`, `start + 1`, ... of the endless
-    stream: epoch after epoch, each in the order (seed, epoch) draws when `data.shuffle`, else
-    in file order. Which candidate has which position does not depend on decoding, so `start`
-    is reached without decoding. Skips are counted from `start` on, once per epoch read."""
+class _Read(NamedTuple):
+    """A position of the stream: its epoch, candidate and the skips read since the previous."""
+
+    epoch: int
+    candidate: _Candidate
+    skips: tuple[str, ...]  # their reasons
+
+
+def _candidate_stream(data: DataConfig, seed: int, start: int) -> Iterator[_Read]:
+    """The global positions `start`, `start + 1`, ... of the endless stream: epoch after
+    epoch, each in the order (seed, epoch) draws when `data.shuffle`, else in file order.
+    Which candidate, and which skips before it, a position has depends neither on decoding
+    nor on `start`: `start` is reached without decoding, the skips before it left out."""
     if data.source == "manifest":
-        return _manifest_stream(data, seed, start, skipped)
-    return _shard_stream(data, seed, start, skipped)
+        return _manifest_stream(data, seed, start)
+    return _shard_stream(data, seed, start)
 
 
-def _manifest_stream(data: DataConfig, seed: int, start: int, skipped: SkipCounter) -> Iterator[tuple[int, _Candidate]]:
-    """A manifest's candidates, permuted whole each epoch; `start` is reached in one jump."""
+def _manifest_stream(data: DataConfig, seed: int, start: int) -> Iterator[_Read]:
+    """A manifest's candidates, permuted whole each epoch, the bad lines preceding each
+    epoch's first position; `start` is reached in one jump."""
     candidates, bad_lines = _manifest_candidates(data.manifest)
     if not candidates:
         raise ValueError(f"no usable sample in {data.manifest} ({bad_lines.report()})")
     epoch, offset = divmod(start, len(candidates))
     while True:
-        if offset == 0:  # the epoch's bad lines, counted as a pass over the file counts them
-            for reason, count in bad_lines.counts.items():
-                skipped.counts[reason] += count
         order = _epoch_random(seed, epoch).permutation(len(candidates)) if data.shuffle else range(len(candidates))
-        for index in order[offset:]:
-            yield epoch, candidates[index]
+        for place in range(offset, len(candidates)):
+            yield _Read(epoch, candidates[order[place]], tuple(bad_lines.held) if place == 0 else ())
         epoch, offset = epoch + 1, 0
 
 
-def _shard_stream(data: DataConfig, seed: int, start: int, skipped: SkipCounter) -> Iterator[tuple[int, _Candidate]]:
+def _shard_stream(data: DataConfig, seed: int, start: int) -> Iterator[_Read]:
     """Shards' candidates: each epoch the shards in a permuted order, their samples through a
     shuffle buffer of `data.shuffle_buffer` (open_clip's two stages); those before `start` are
-    read (not decoded) and dropped."""
+    read (not decoded) and dropped with the skips that precede them."""
     shards = shard_urls(data.urls, "data.urls")
-    counting = _CountingFrom(skipped, on=start == 0)
+    skips = _HeldSkips()
     position = 0
     for epoch in itertools.count():
         if data.shuffle:
             order = _epoch_random(seed, epoch).permutation(len(shards))
             rng = random.Random(f"samples:{seed}:{epoch}")
-            read = _shard_candidates([shards[index] for index in order], counting)
+            read = _shard_candidates([shards[index] for index in order], skips)
             read = shuffle(data.shuffle_buffer, data.shuffle_buffer, rng=rng)(read)
         else:
-            read = _shard_candidates(shards, counting)
-        count = 0
+            read = _shard_candidates(shards, skips)
+        epoch_start = position
         for candidate in read:
-            count += 1
+            before = skips.take()
             if position >= start:
-                yield epoch, candidate
+                yield _Read(epoch, candidate, before)
             position += 1
-            counting.on = position >= start
-        if count == 0:
-            raise ValueError(f"no usable sample in {data.urls} ({skipped.report()})")
+        if position == epoch_start:
+            raise ValueError(f"no usable sample in {data.urls} ({skips.report()})")
 
 
 class _Window:
-    """The candidate stream read on demand from a global position on; positions before
-    `forget_before`'s are dropped (the samples of the other ranks' parts included)."""
+    """The stream read on demand from a global position on, those before `forget_before`'s
+    dropped; its skips are counted by `count_through` the positions they precede, not by `get`."""
 
-    def __init__(self, stream: Iterator[tuple[int, _Candidate]], start: int) -> None:
-        self.stream, self.first = stream, start
-        self.held: deque[tuple[int, _Candidate]] = deque()
+    def __init__(self, stream: Iterator[_Read], start: int, skipped: SkipCounter) -> None:
+        self.stream, self.first, self.skipped = stream, start, skipped
+        self.counted = start  # the first position whose skips are not counted yet
+        self.held: deque[_Read] = deque()
 
-    def get(self, position: int) -> tuple[int, _Candidate]:
-        """(epoch, candidate) at `position` (>= the first position held)."""
+    def get(self, position: int) -> _Read:
+        """The stream at `position` (>= the first position held)."""
         while position - self.first >= len(self.held):
             self.held.append(next(self.stream))
         return self.held[position - self.first]
 
+    def count_through(self, position: int) -> None:
+        """Count the skips that precede the positions up to `position` (included), once each."""
+        while self.counted <= position:
+            for reason in self.get(self.counted).skips:  # logged when read
+                self.skipped.counts[reason] += 1
+            self.counted += 1
+
     def forget_before(self, position: int) -> None:
+        """Drop the positions before `position`, their skips counted."""
+        self.count_through(position - 1)
         while self.first < position:
-            if self.held:
-                self.held.popleft()
-            else:
-                next(self.stream)
+            self.held.popleft()
             self.first += 1
 
 
@@ -320,12 +333,13 @@ class ImageCaptionBatches:
     def _sequential(
         self, transform: Callable, seed: int, start_step: int
     ) -> Iterator[tuple[torch.Tensor, list[str], list[None]]]:
-        first = self.indices(start_step)[0]
-        window = _Window(_candidate_stream(self.data, seed, first, self.skipped), first)
+        stride = self.batch_size * self.world  # the global batch: every rank counts its stream's skips
+        window = _Window(_candidate_stream(self.data, seed, start_step * stride), start_step * stride, self.skipped)
         for step in itertools.count(start_step):
             positions = self.indices(step)
             window.forget_before(positions[0])
             loaded = [self._load(window, position) for position in positions]
+            window.count_through((step + 1) * stride - 1)
             pixels = torch.stack([transform(image) for image, _ in loaded])  # (batch, 3, size, size)
             yield pixels, [caption for _, caption in loaded], [None] * len(loaded)
 
@@ -333,13 +347,13 @@ class ImageCaptionBatches:
         """(image, caption) of the sample at global `position`. One whose image cannot be loaded
         is counted (by the rank whose part holds it) and replaced by the first loadable of
         `_substitutes`, which depend on the positions alone, not on how the batch is split."""
-        epoch, candidate = window.get(position)
+        epoch, candidate, _ = window.get(position)
         try:
             return candidate.load(), candidate.caption
         except _Unusable as unusable:
             self.skipped.skip(unusable.reason, f"{candidate.name}: {unusable}")
         for candidate_at in self._substitutes(window, position, epoch):
-            substitute = window.get(candidate_at)[1]
+            substitute = window.get(candidate_at).candidate
             try:
                 return substitute.load(), substitute.caption
             except _Unusable:
@@ -360,7 +374,7 @@ class ImageCaptionBatches:
         tried = 0
         for path in (strided, itertools.count(position + 1)):
             for candidate_at in path:
-                if tried == MAX_SUBSTITUTE_TRIES or window.get(candidate_at)[0] > epoch + 1:
+                if tried == MAX_SUBSTITUTE_TRIES or window.get(candidate_at).epoch > epoch + 1:
                     break
                 tried += 1
                 yield candidate_at
