@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -84,8 +85,11 @@ def write_atomically(path: str | Path, data: bytes) -> None:
     a complete one.
 
     The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
-    for any file the user writes (`tempfile.mkstemp` would make it 0o600)."""
+    for any file the user writes (`tempfile.mkstemp` would make it 0o600). The temporary files
+    of earlier writes of `path` whose process is dead (a SIGKILL, or a SIGTERM before
+    ``clipcond`` handled it, between the write and the rename) are deleted first."""
     path = Path(path)
+    remove_dead_writers_files(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -96,3 +100,31 @@ def write_atomically(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def remove_dead_writers_files(path: Path) -> list[Path]:
+    """Delete the ``.<name>.<pid>.<hex>.tmp`` siblings of `path` that a `write_atomically`
+    killed between its write and its rename left, those whose process `pid` is no longer alive
+    (a live writer's file is kept). Returns what was deleted."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):  # no folder (yet), or one that cannot be listed: the write says so
+        for sibling in sorted(path.parent.iterdir()):
+            match = pattern.fullmatch(sibling.name)
+            if match and not process_alive(int(match.group(1))) and not sibling.is_dir():
+                with contextlib.suppress(FileNotFoundError):  # another writer removed it first
+                    sibling.unlink()
+                removed.append(sibling)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process `pid` runs (on this machine); True when that cannot be told: another
+    user's process, or a number no process can have."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True

@@ -209,3 +209,46 @@ def test_sigterm_to_the_lab_alone_stops_its_prepare_step(tmp_path) -> None:
     assert code == 143 and "Traceback" not in err, err[-3000:]
     assert _lines(err)[-2:] == ["terminated", "terminated during the prepare steps; re-run to resume them"], err[-3000:]
     assert not (tmp_path / "run" / "run.lock").exists()
+
+
+# ------------------------------------------------------------------ a write killed before its rename
+
+_KILLED_WRITER = """
+import os, signal, sys, time
+from clipcond import output_paths
+def stop(*args):  # the moment between write and rename
+    print("written", flush=True)
+    time.sleep(60) if sys.argv[2] == "wait" else os.kill(os.getpid(), signal.SIGKILL)
+output_paths.os.replace = stop
+output_paths.write_atomically(sys.argv[1], b"half-done")
+"""
+
+
+def _writer(path: Path, mode: str) -> subprocess.Popen:
+    """A process that runs `write_atomically(path)` and, written but not yet renamed, is killed
+    (`mode` "kill") or waits there (`mode` "wait")."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), mode], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert process.stdout.readline() == "written\n"
+    return process
+
+
+def test_the_next_write_removes_the_temporary_file_a_killed_writer_left_not_a_live_ones(tmp_path) -> None:
+    from clipcond.output_paths import write_atomically
+
+    killed = _writer(tmp_path / "out.png", "kill")
+    killed.wait()
+    left = [path.name for path in tmp_path.iterdir()]
+    assert killed.returncode == -signal.SIGKILL and len(left) == 1 and left[0].startswith(".out.png."), left
+    waiting = _writer(tmp_path / "out.png", "wait")
+    try:
+        live = {path.name for path in tmp_path.iterdir()} - set(left)
+        (tmp_path / left[0].replace(".out.png.", ".other.png.")).write_bytes(b"another file's")
+        write_atomically(tmp_path / "out.png", b"whole")
+        assert (tmp_path / "out.png").read_bytes() == b"whole"
+        after = {path.name for path in tmp_path.iterdir()}
+        assert after == {"out.png", *live, left[0].replace(".out.png.", ".other.png.")}, after
+    finally:
+        waiting.kill()
+        waiting.wait()
