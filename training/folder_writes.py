@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from clipcond.output_paths import process_alive
+
 
 def _fsync_files(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
@@ -127,17 +129,7 @@ def remove_dead_writers_temporaries(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for path in sorted(final.parent.iterdir()):
         match = pattern.fullmatch(path.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             removed.append(path)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # another user's process, or a number no process can have: keep the folder
-    return True
