@@ -6,8 +6,9 @@ diffusers (tests/test_imports.py) and the core never imports training code at im
 
 A mistake the user can fix is raised as a `clipcond.errors.UserError` and printed here as one
 line, ``error: ...``, with exit status 2 for a wrong command line or file (as argparse's own
-errors) and 1 for a run that failed; ``--debug`` shows its traceback. Anything else is a bug
-and keeps its traceback.
+errors) and 1 for a run that failed; ``--debug`` shows its traceback. Ctrl-C and SIGTERM print
+the command's own cleanup line, then ``interrupted`` or ``terminated``, and exit 130 or 143
+(`clipcond.errors.run_command`). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
