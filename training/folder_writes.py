@@ -27,6 +27,24 @@ def _fsync_files(folder: Path) -> None:
 
 
 @contextmanager
+def _written_sibling(final: Path) -> Iterator[Path]:
+    """The hidden sibling ``.tmp-<name>-<pid>`` of `final` for the block to write into (one a
+    dead process with our pid left is deleted first), its files flushed to disk when the block
+    ends without error; deleted on an error (the error is raised again)."""
+    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    try:
+        yield temporary
+        if not temporary.is_dir():
+            raise RuntimeError(f"nothing was written to {temporary} for {final}")
+        _fsync_files(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+@contextmanager
 def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
     """Write a folder whole or not at all: the block writes into the folder yielded, a hidden
     sibling ``.tmp-<name>-<pid>``; when it ends without error, the files are flushed to disk and
@@ -40,17 +58,8 @@ def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
         ``save_pretrained`` create it).
     """
     final = Path(folder)
-    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    try:
+    with _written_sibling(final) as temporary:
         yield temporary
-        if not temporary.is_dir():
-            raise RuntimeError(f"nothing was written to {temporary} for {final}")
-        _fsync_files(temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     older = final.with_name(f".old-{final.name}-{os.getpid()}")
     if final.exists():
         if older.exists():
@@ -83,23 +92,15 @@ def writing_new_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(folder)
     remove_dead_writers_temporaries(final)
-    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    if temporary.exists():  # left by a dead process that had our pid
-        shutil.rmtree(temporary)
-    try:
+    with _written_sibling(final) as temporary:
         yield temporary
-        if not temporary.is_dir():
-            raise RuntimeError(f"nothing was written to {temporary} for {final}")
-        _fsync_files(temporary)
-        try:
-            os.rename(temporary, final)  # onto a folder with files it fails; an empty one it replaces
-        except OSError as error:
-            if final.exists() or final.is_symlink():
-                raise FolderTaken(f"{final} was written by another run meanwhile") from error
-            raise
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        os.rename(temporary, final)  # onto a folder with files it fails; an empty one it replaces
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if final.exists() or final.is_symlink():
+            raise FolderTaken(f"{final} was written by another run meanwhile") from error
+        raise
 
 
 def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[Path]:
