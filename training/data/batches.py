@@ -17,8 +17,8 @@ in the same order (the order in which the contrastive loss gathers them):
   are decoded, so a resumed run reaches its first sample without decoding (a manifest jumps
   there; shards are read there undecoded), and a rank decodes only the images it uses. An
   image that cannot be loaded is counted and replaced by the next loadable one at its place
-  in the following global batches (`ImageCaptionBatches._substitutes`), never by a second
-  copy within its own. Skips of the stream (bad lines, shard members) are counted when a step's
+  in the following global batches (`ImageCaptionBatches._substitutes`), else a later one (a
+  second copy in its batch only then). Skips of the stream (bad lines, shard members) are counted when a step's
   global batch reaches them, not when that search reads them: a resume counts as the run does.
 
 A batch is a dict of tensors: ``pixel_values`` (batch, 3, size, size) float32 (CLIP's
@@ -366,9 +366,9 @@ class ImageCaptionBatches:
 
     def _substitutes(self, window: _Window, position: int, epoch: int) -> Iterator[int]:
         """Positions whose samples may replace the unloadable one at `position`, in order: its
-        place in the next steps' global batches (`SUBSTITUTE_STRIDES` of them: a substitute is
-        then never a second copy within one global batch, where it would be its own negative),
-        then every later position; all within the next epoch and `MAX_SUBSTITUTE_TRIES`."""
+        place in the next steps' global batches (`SUBSTITUTE_STRIDES` of them: not a second copy
+        within one global batch, where it would be its own negative), then every later position
+        (which, when images near it fail too, can be such a copy); all within the next epoch and `MAX_SUBSTITUTE_TRIES`."""
         stride = self.batch_size * self.world
         strided = (position + stride * k for k in range(1, SUBSTITUTE_STRIDES + 1))
         tried = 0
