@@ -110,7 +110,7 @@ class EmbeddingCache:
         text = text[:_TEXT_IN_METADATA].encode("utf-8", "backslashreplace").decode("utf-8")
         data = save(tensors, metadata={"key": key, "text": text, DIGEST_METADATA_KEY: tensor_digest(tensors)})
         try:
-            write_atomically(path, data)
+            write_atomically(path, data, remove_leftovers=False)  # one of many entries: no folder listing
         except OSError as error:
             if error.filename2 is not None:  # the rename onto `path` failed: that entry is blocked, not the folder
                 logger.warning("embedding cache: cannot write %s (%s); keeping this entry in memory only", path, error)

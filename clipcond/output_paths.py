@@ -79,17 +79,20 @@ def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file
     return check_output_location(path, option)
 
 
-def write_atomically(path: str | Path, data: bytes) -> None:
+def write_atomically(path: str | Path, data: bytes, remove_leftovers: bool = True) -> None:
     """Write `data` to `path` through a hidden temporary file in the same folder and a rename: a
     reader, or a kill midway, never sees half a file, and an existing file is replaced only by
     a complete one.
 
     The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
-    for any file the user writes (`tempfile.mkstemp` would make it 0o600). The temporary files
-    of earlier writes of `path` whose process is dead (a SIGKILL, or a SIGTERM before
-    ``clipcond`` handled it, between the write and the rename) are deleted first."""
+    for any file the user writes (`tempfile.mkstemp` would make it 0o600). With
+    `remove_leftovers`, the temporary files of earlier writes of `path` whose process is dead (a
+    SIGKILL, or a SIGTERM before ``clipcond`` handled it, between the write and the rename) are
+    deleted first; that lists the folder, so writers of many files into one folder (the
+    embedding cache, the lab's images) pass False: each write would cost a listing of them all."""
     path = Path(path)
-    remove_dead_writers_files(path)
+    if remove_leftovers:
+        remove_dead_writers_files(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

@@ -290,7 +290,7 @@ def _save_png(image: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     encoded = io.BytesIO()
     image.save(encoded, format="PNG")
-    write_atomically(path, encoded.getvalue())
+    write_atomically(path, encoded.getvalue(), remove_leftovers=False)  # one of many images: no folder listing
 
 
 def run_experiment(
