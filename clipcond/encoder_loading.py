@@ -67,24 +67,23 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
     return tokenizer
 
 
-_CLIPCOND_TOKENIZER_MODULE = "clipcond.tokenization"  # model_index.json's library of our tokenizer
-_SAVE_CLIP_CONFIG = "clip_config.yaml"  # `clipcond.models.save_clip` writes it beside tokenizer/
-
-
 def _declares_text_cleaning(root: Path, subfolder: str | None) -> bool:
     """Whether the local tokenizer folder `root`/`subfolder` is one clipcond wrote with its
     cleaning tokenizer: a pipeline folder whose model_index.json names a class of
     `clipcond.tokenization` for `subfolder` (as diffusers then loads it), or a `save_clip` folder.
     A hub id or any other folder: False, read as transformers saved it."""
+    from clipcond.models.checkpoint import CONFIG_NAME  # what `save_clip` writes beside tokenizer/
+    from clipcond.tokenization import CLIPTokenizerWithTextCleaning
+
     if subfolder is None:  # the tokenizer folder itself, perhaps inside a pipeline folder
         root, subfolder = root.parent, root.name
-    if (root / _SAVE_CLIP_CONFIG).is_file():
+    if (root / CONFIG_NAME).is_file():
         return True
     try:
         entry = json.loads((root / "model_index.json").read_text(encoding="utf-8")).get(subfolder)
     except (OSError, ValueError, AttributeError):
         return False
-    return isinstance(entry, list) and bool(entry) and entry[0] == _CLIPCOND_TOKENIZER_MODULE
+    return isinstance(entry, list) and bool(entry) and entry[0] == CLIPTokenizerWithTextCleaning.__module__
 
 
 def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
