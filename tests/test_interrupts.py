@@ -9,7 +9,6 @@ The real cases run ``python -m clipcond.cli`` in a subprocess and signal it as a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import subprocess
@@ -23,7 +22,6 @@ import yaml
 from clipcond.errors import run_command
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = str(REPO / "configs" / "models" / "clip-tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -89,22 +87,10 @@ def test_sigterm_runs_the_commands_cleanup_and_exits_143(capsys) -> None:
 
 
 def _train_clip_yaml(folder: Path, steps: int) -> Path:
-    from clipcond.training.clip.config import TrainClipConfig
+    from test_encode_command import write_config
+    from test_train_clip import tiny_config
 
-    config = TrainClipConfig(
-        model=TINY_MODEL,
-        batch_size=8,
-        steps=steps,
-        lr=1e-3,
-        warmup_steps=1,
-        checkpoint_every=2,
-        log_every=1,
-        output_dir=str(folder / "run"),
-        eval_images_per_class=1,
-    )
-    path = folder / "clip.yaml"
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
-    return path
+    return write_config(tiny_config(folder / "run", steps=steps), folder / "clip.yaml")
 
 
 def _signal_after_checkpoint(command: list[str], run_dir: Path, number: int, group: bool) -> tuple[int, str, list]:
