@@ -1,9 +1,9 @@
 """The mistakes a user of the ``clipcond`` command can make, and how the command reports them.
 
 A `UserError` is printed as one line, ``error: <what is wrong and the fix>``, on stderr, and the
-command exits with its `exit_code`; any other exception is a bug and keeps its traceback
-(`run_command`, the one place that prints them). ``--debug`` prints a `UserError`'s traceback
-too, with the exception it was made from.
+command exits with its `exit_code`; any other exception but a refused write (below) is a bug
+and keeps its traceback (`run_command`, the one place that prints them). ``--debug`` prints a
+`UserError`'s traceback too, with the exception it was made from.
 
 Ctrl-C (SIGINT) and SIGTERM (``kill PID``, ``timeout``, a scheduler's stop) are not errors: the
 command unwinds through the same cleanup for both (a SIGTERM raises `Terminated`, a
@@ -17,6 +17,15 @@ that signal ended); ``--debug`` prints the traceback first.
     RunFailed    the work started and could not finish for a reason the user can act on (the
                  loss diverged, the latents became NaN, a prepare step failed); exit 1.
 
+A write the machine refused (a full disk, a quota, a read-only or unwritable folder: an `OSError`
+of `WRITE_FAILURES`, or safetensors' ``SafetensorError`` that carries one as ``(os error N)``) is
+not a bug either: `run_command` prints it as one line, which file and why, and exits 1, as a
+`RunFailed`. The commands write their checkpoints, models, shards and output files under a
+temporary name, renamed into place once whole (a failed write deletes it), so the line says that
+nothing was left half-written. (Two kinds of file are not: ``metrics.jsonl``, appended to,
+whose cut last line a resume drops (`clipcond.training.run_folder.keep_metrics`), and a
+diffusion run's sample images, written in place.)
+
 Library functions keep raising `ValueError`, `TypeError` or `FileNotFoundError` for bad input.
 A command marks the blocks where such an exception is the user's to fix with `user_errors`,
 naming the exception types it expects there; the same types raised anywhere else stay bugs.
@@ -25,12 +34,16 @@ naming the exception types it expects there; the same types raised anywhere else
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 
 
 class UserError(Exception):
@@ -121,20 +134,100 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# The errno of a write the machine refused -> what the user does about it.
+_FREE_SPACE = "free space on its disk and rerun"
+_PERMISSION = "make its folder writable for you (or choose another output) and rerun"
+WRITE_FAILURES: dict[int, str] = {
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EDQUOT: "free space under your disk quota and rerun",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) and rerun",
+    errno.EROFS: "choose an output on a writable file system and rerun",
+    errno.EACCES: _PERMISSION,
+    errno.EPERM: _PERMISSION,
+}
+# safetensors (Rust) names the OSError it met only in its message: "... I/O error: No space left
+# on device (os error 28)".
+_SAFETENSORS_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def refused_write(error: BaseException, args: argparse.Namespace) -> RunFailed | None:
+    """`error` as a `RunFailed` of one line when it is a write the machine refused (an `OSError`
+    of `WRITE_FAILURES`, or a ``SafetensorError`` carrying one), else None (a bug, or another
+    failure). The line names the file (the error's, else safetensors' ``filename`` argument,
+    else the command's output option), the reason and what to do; a training command (which
+    takes ``--resume``) is told to rerun with it."""
+    number, where = _errno_and_file(error)
+    if number not in WRITE_FAILURES:
+        return None
+    # a permission error may also come from a read that no `user_errors` block expected
+    verb = "cannot write (or read)" if number in (errno.EACCES, errno.EPERM) else "cannot write"
+    rerun = " with --resume (it continues from the last checkpoint)" if hasattr(args, "resume") else ""
+    return RunFailed(
+        f"{verb} {where or _output_of(args)}: {os.strerror(number)}; nothing was left half-written: "
+        f"{WRITE_FAILURES[number]}{rerun}"
+    )
+
+
+def _errno_and_file(error: BaseException) -> tuple[int | None, str | None]:
+    """The errno `error` reports and the file it names (None for either it lacks)."""
+    if isinstance(error, OSError):
+        return error.errno, None if error.filename is None else str(error.filename)
+    safetensors = sys.modules.get("safetensors")  # a SafetensorError comes only once it is imported
+    if safetensors is None or not isinstance(error, safetensors.SafetensorError):
+        return None, None
+    found = _SAFETENSORS_OS_ERROR.search(str(error))
+    if found is None:
+        return None, None
+    return int(found.group(1)), _safetensors_file(error.__traceback__)
+
+
+def _safetensors_file(trace: TracebackType | None) -> str | None:
+    """The ``filename`` argument of the innermost safetensors function in `trace` (its
+    ``save_file``): the file it could not write, which its error does not name."""
+    file = None
+    while trace is not None:
+        frame = trace.tb_frame
+        if str(frame.f_globals.get("__name__", "")).startswith("safetensors") and "filename" in frame.f_locals:
+            file = str(frame.f_locals["filename"])
+        trace = trace.tb_next
+    return file
+
+
+def _output_of(args: argparse.Namespace) -> str:
+    """Where the command writes, from its options, for an error that names no file (a failed
+    ``write()`` on an open file)."""
+    for option in ("output_dir", "out", "output"):
+        value = getattr(args, option, None)
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            return f"to {value}"
+    return "a file"
+
+
+def _report(error: UserError, args: argparse.Namespace) -> int:
+    """Print `error` as one line, after the traceback being handled when ``args.debug``; its exit status."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return error.exit_code
+
+
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Call `run(args)` and return its exit status; a `UserError` is printed as one line
-    (after its traceback when ``args.debug``) and gives its `exit_code`. Ctrl-C and SIGTERM
-    (module docstring) print ``interrupted`` or ``terminated`` and give 130 or 143."""
+    """Call `run(args)` and return its exit status; a `UserError`, or a write the machine
+    refused (`refused_write`), is printed as one line (after its traceback when ``args.debug``)
+    and gives its `exit_code`. Ctrl-C and SIGTERM (module docstring) print ``interrupted`` or
+    ``terminated`` and give 130 or 143."""
     try:
         with _sigterm_raises():
             return run(args)
     except UserError as error:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return error.exit_code
+        return _report(error, args)
     except KeyboardInterrupt as interrupt:  # the command's own cleanup has run and said its piece
         if getattr(args, "debug", False):
             traceback.print_exc()
         print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
         return interrupt_exit_code(interrupt)
+    except Exception as error:
+        failed = refused_write(error, args)
+        if failed is None:  # a bug: its traceback
+            raise
+        return _report(failed, args)

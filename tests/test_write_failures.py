@@ -1,0 +1,126 @@
+"""A write the machine refuses (a full disk, a quota, a read-only or unwritable folder) ends a
+command in one ``error:`` line and exit 1, not a traceback; a checkpoint write that fails leaves
+no hidden temporary folder; a training run refuses up front an `output_dir` where no file can be
+made.
+
+The failures are made in-process: safetensors' Rust writer (`safetensors.torch.serialize_file`,
+what `save_file` calls with the file's name) or a Python write raises what the kernel's refusal
+gives, an ``OSError`` with the errno or a ``SafetensorError`` ending in ``(os error N)``. The
+expected reason is `os.strerror` of that errno. The real full disk and immutable folders are in
+the probe scripts (a tmpfs of a few MB, ``chattr +i``), which need root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from clipcond.errors import run_command
+from clipcond.training.checkpoint import save_checkpoint
+
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _rust_writer_fails(monkeypatch, number: int = errno.ENOSPC) -> None:
+    """Make every safetensors write fail as its Rust writer reports the OSError `number`."""
+
+    def serialize_file(tensors, filename, metadata=None) -> None:
+        raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(number)} (os error {number})")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", serialize_file)
+
+
+def _command(run, debug: bool = False, **options) -> int:
+    return run_command(run, argparse.Namespace(debug=debug, **options))
+
+
+def _checkpoint(run_dir: Path, step: int) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(run_dir, step, {"model": nn.Linear(3, 2)}, keep=2)
+
+
+# ------------------------------------------------------------------ finding 1: one line, exit 1
+
+
+def test_a_full_disk_in_a_checkpoint_is_one_line_naming_the_file_and_the_resume(tmp_path, monkeypatch, capsys) -> None:
+    _rust_writer_fails(monkeypatch)
+    status = _command(lambda args: _checkpoint(tmp_path / "run", 20), resume=False)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: cannot write "), err
+    # safetensors' message names no file: the line takes it from save_file's argument
+    assert f"/checkpoints/.tmp-step-000000020-{os.getpid()}/model.safetensors: " in err, err
+    assert os.strerror(errno.ENOSPC) in err and "nothing was left half-written" in err, err
+    assert "free space" in err and "--resume" in err, err  # a training command (it has --resume) resumes
+
+
+@pytest.mark.parametrize("number", WRITE_FAILURES, ids=errno.errorcode.get)
+def test_each_refused_write_of_an_os_error_is_one_line_with_its_reason(number, tmp_path, capsys) -> None:
+    target = tmp_path / "out" / "shard-00002.safetensors"
+
+    def run(args) -> int:
+        raise OSError(number, os.strerror(number), str(target))
+
+    assert _command(run) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: cannot write") and f" {target}: {os.strerror(number)};" in err, err
+    assert "--resume" not in err, err  # a command without --resume: a plain rerun
+
+
+def test_a_failed_write_that_names_no_file_names_the_commands_output(tmp_path, capsys) -> None:
+    def run(args) -> int:  # what a write() on an open file raises: an errno, no file name
+        with open(tmp_path / "x", "wb") as stream:
+            stream.write(b"x")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert _command(run, out=str(tmp_path / "emb")) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write to {tmp_path / 'emb'}: {os.strerror(errno.ENOSPC)}; " + (
+        "nothing was left half-written: free space on its disk and rerun\n"
+    )
+
+
+@pytest.mark.parametrize("number", (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS))
+def test_a_safetensors_error_of_each_errno_is_one_line(number, tmp_path, monkeypatch, capsys) -> None:
+    _rust_writer_fails(monkeypatch, number)
+    assert _command(lambda args: _checkpoint(tmp_path / "run", 1)) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"model.safetensors: {os.strerror(number)};" in err, err
+
+
+def test_debug_keeps_the_traceback_of_a_refused_write(tmp_path, monkeypatch, capsys) -> None:
+    _rust_writer_fails(monkeypatch)
+    assert _command(lambda args: _checkpoint(tmp_path / "run", 1), debug=True) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "SafetensorError" in err, err
+    assert err.splitlines()[-1].startswith("error: cannot write "), err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOENT, os.strerror(errno.ENOENT), "missing.yaml"),  # not a refused write
+        OSError(errno.EIO, os.strerror(errno.EIO)),
+        SafetensorError("Error while deserializing header: HeaderTooLarge"),  # no OSError in it
+        ValueError("a bug"),
+    ],
+    ids=["ENOENT", "EIO", "SafetensorError-header", "ValueError"],
+)
+def test_other_errors_stay_bugs_with_their_traceback(error, capsys) -> None:
+    def run(args) -> int:
+        raise error
+
+    with pytest.raises(type(error)) as raised:
+        _command(run)
+    assert raised.value is error
+    assert capsys.readouterr().err == ""
