@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from clipcond.errors import run_command
-from clipcond.training.checkpoint import save_checkpoint
+from clipcond.training.checkpoint import checkpoint_folder, save_checkpoint
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -124,3 +124,31 @@ def test_other_errors_stay_bugs_with_their_traceback(error, capsys) -> None:
         _command(run)
     assert raised.value is error
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ finding 3: no hidden leftover
+
+
+def test_a_failed_checkpoint_write_deletes_its_temporary_folder_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+) -> None:
+    run_dir = tmp_path / "run"
+    kept = _checkpoint(run_dir, 10)
+    _rust_writer_fails(monkeypatch)
+    with pytest.raises(SafetensorError, match=r"os error 28"):
+        _checkpoint(run_dir, 20)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["latest", kept.name]
+    assert (run_dir / "checkpoints" / "latest").read_text() == kept.name
+    assert not checkpoint_folder(run_dir, 20).exists()
+
+
+def test_a_checkpoint_write_failing_after_its_files_deletes_its_temporary_folder(tmp_path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+
+    def replace(source, target) -> None:  # the rename into place refused (an immutable folder)
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(source))
+
+    monkeypatch.setattr("clipcond.training.checkpoint.os.replace", replace)
+    with pytest.raises(PermissionError):
+        _checkpoint(run_dir, 20)
+    assert list((run_dir / "checkpoints").iterdir()) == []

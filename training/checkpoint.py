@@ -14,7 +14,8 @@ A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding:
 It is written into a hidden temporary folder (``.tmp-step-<N>-<pid>``) and renamed into place,
 and ``latest`` (a text file naming the newest step folder) is replaced atomically afterwards,
 so a run killed at any moment leaves either the previous checkpoint or the new one, never half
-of one; what a killed writer leaves (`remove_unfinished_writes`) is removed at the next start.
+of one. A write that fails (a full disk, an unwritable folder, Ctrl-C) deletes its temporary
+folder; what a killed writer leaves (`remove_unfinished_writes`) is removed at the next start.
 ``latest`` is for people and tools: readers order the step folders by their names.
 
 What a disk, a copy or a hand can still do to a checkpoint (a truncated file, a missing one, a
@@ -156,26 +157,14 @@ def save_checkpoint(
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir()
-    for name, module in modules.items():
-        save_model(module, str(temporary / f"{name}.safetensors"))
-    if optimizer is not None:
-        tensors, metadata = _optimizer_to_safetensors(optimizer)
-        save_file(tensors, str(temporary / "optimizer.safetensors"), metadata={"optimizer": metadata})
-    rng_tensors, rng_json = _rng_state()
-    save_file(rng_tensors, str(temporary / "rng.safetensors"))
-    trainer = {
-        "step": step,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_json,
-        "extra": extra or {},
-    }
-    (temporary / "trainer.json").write_text(json.dumps(trainer))
-    for child in temporary.iterdir():
-        with open(child, "rb") as handle:
-            os.fsync(handle.fileno())
-    if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
-        _remove(final)
-    os.replace(temporary, final)
+    try:
+        _write_state(temporary, step, modules, optimizer, scheduler, extra)
+        if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
+            _remove(final)
+        os.replace(temporary, final)
+    except BaseException:  # a full disk, an unwritable folder, Ctrl-C: no hidden half checkpoint stays
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     pointer = root / f".latest-{os.getpid()}"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
@@ -183,6 +172,34 @@ def save_checkpoint(
     for old in older[max(keep - 1, 0) :]:
         _remove(old)
     return final
+
+
+def _write_state(
+    folder: Path,
+    step: int,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    extra: dict[str, Any] | None,
+) -> None:
+    """Write the files of a checkpoint (module docstring) into `folder`, each synced to disk."""
+    for name, module in modules.items():
+        save_model(module, str(folder / f"{name}.safetensors"))
+    if optimizer is not None:
+        tensors, metadata = _optimizer_to_safetensors(optimizer)
+        save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"optimizer": metadata})
+    rng_tensors, rng_json = _rng_state()
+    save_file(rng_tensors, str(folder / "rng.safetensors"))
+    trainer = {
+        "step": step,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_json,
+        "extra": extra or {},
+    }
+    (folder / "trainer.json").write_text(json.dumps(trainer))
+    for child in folder.iterdir():
+        with open(child, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def _remove(path: Path) -> None:
