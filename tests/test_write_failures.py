@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from torch import nn
 
 from clipcond.errors import run_command
 from clipcond.training.checkpoint import checkpoint_folder, save_checkpoint
+from clipcond.training.run_folder import RunFolderError, check_output_path
 
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -152,3 +154,64 @@ def test_a_checkpoint_write_failing_after_its_files_deletes_its_temporary_folder
     with pytest.raises(PermissionError):
         _checkpoint(run_dir, 20)
     assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+# ------------------------------------------------------------------ finding 2: refused up front
+
+
+@pytest.fixture
+def unwritable(monkeypatch):
+    """Make a nameless temporary file in the folders added to the returned set fail, as in a
+    folder without write permission, on a read-only mount or immutable (``chattr +i``)."""
+    refused: set[Path] = set()
+    original = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).absolute() in refused:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(dir))
+        return original(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    return refused
+
+
+def test_an_output_dir_to_be_made_in_an_unwritable_folder_is_refused(tmp_path, unwritable) -> None:
+    unwritable.add(tmp_path.absolute())
+    run = tmp_path / "run" / "sub"
+    with pytest.raises(RunFolderError) as refused:
+        check_output_path(run)
+    message = str(refused.value)
+    assert f"output_dir {run}: cannot write in {tmp_path} ({os.strerror(errno.EPERM)})" in message, message
+    assert "--output-dir" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_folder_is_checked_itself_not_its_parent(tmp_path, unwritable) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    unwritable.add(tmp_path.absolute())  # the parent: not where the run writes
+    check_output_path(run)
+    unwritable.add(run.absolute())
+    with pytest.raises(RunFolderError, match=rf"cannot write in {run} "):
+        check_output_path(run)
+    assert list(run.iterdir()) == []  # the check leaves nothing behind
+
+
+def test_train_clip_refuses_an_unwritable_output_dir_before_any_work(tmp_path, unwritable, capsys) -> None:
+    from test_encode_command import write_config
+    from test_train_clip import tiny_config
+
+    from clipcond.cli import main as cli_main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    unwritable.add(locked.absolute())
+    path = write_config(tiny_config(locked / "run"), tmp_path / "clip.yaml")
+    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: output_dir {locked / 'run'}: cannot write in {locked} ({os.strerror(errno.EPERM)}); "
+        "choose a folder you can write for output_dir (--output-dir)"
+    ], err
+    assert list(locked.iterdir()) == []

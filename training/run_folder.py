@@ -4,7 +4,8 @@ A run folder holds ``train_config.yaml`` (the config snapshot: the folder holds 
 ``metrics.jsonl`` (one JSON record per logged step or evaluation), ``checkpoints/``, what the
 run saves at the end and, once that is saved, ``finished.json`` (the step it finished at).
 While a run uses the folder it also holds ``run.lock`` (`clipcond.training.run_lock`).
-`output_dir` must be named (not empty) and be a folder or not exist yet (`check_output_path`).
+`output_dir` must be named (not empty), be a folder or not exist yet, and be writable (or, when
+it does not exist yet, the folder it would be made in) (`check_output_path`).
 
 What the run saves at the end (``model/``, ``pipeline/``) is written as checkpoints are
 (`folder_writes.writing_atomically`): into a hidden sibling ``.tmp-<name>-<pid>``, renamed into place once
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +71,9 @@ def _defaults(config_class: type) -> dict[str, Any]:
 def check_output_path(output_dir: str | os.PathLike) -> None:
     """Refuse an `output_dir` that is empty (``""``, or only spaces: `Path` reads it as the
     current folder, and the run would write among the user's files), that is not a folder (a
-    file), or that cannot be made because a folder it would be made in is a file (a
-    `RunFolderError`). Writes nothing."""
+    file), that cannot be made because a folder it would be made in is a file, or where no file
+    can be made: in the folder itself when it exists, else in the nearest folder above it
+    (`_check_writable`) (a `RunFolderError`). Leaves nothing behind."""
     if not str(output_dir).strip():
         raise RunFolderError(
             "output_dir is empty; name the run's folder in output_dir (--output-dir), e.g. runs/my-run "
@@ -81,12 +84,27 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
         if not (existing.exists() or existing.is_symlink()):
             continue
         if existing.is_dir():
+            _check_writable(path, existing)
             return
         what = "a file, not a folder" if existing.is_file() else "not a folder"
         problem = f"is {what}" if existing == path else f"cannot be made: {existing} is {what}"
         raise RunFolderError(
             f"output_dir {path} {problem}; choose a folder (new or existing) for output_dir (--output-dir)"
         )
+
+
+def _check_writable(path: Path, folder: Path) -> None:
+    """Refuse (`RunFolderError`) `folder`, where the run folder `path` is or will be made, when
+    a nameless temporary file cannot be made in it: tried, not guessed from permission bits,
+    which root ignores (and a read-only mount or an immutable folder refuses root too)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise RunFolderError(
+            f"output_dir {path}: cannot write in {folder} ({error.strerror or error}); "
+            "choose a folder you can write for output_dir (--output-dir)"
+        ) from error
 
 
 def _filled_snapshot(previous: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -125,7 +143,7 @@ def check_output_dir(config: Any, resume: bool) -> None:
     `resume` is not set, or when `resume` is set and that run's config snapshot is damaged (does
     not parse, is not a mapping, or was cut short: it does not end with the line break every
     snapshot ends with) or differs from `config` (a dataclass) in anything but `output_dir`.
-    Writes nothing."""
+    Leaves nothing behind."""
     check_output_path(config.output_dir)
     output_dir = Path(config.output_dir)
     checkpoints = output_dir / CHECKPOINTS_DIR
