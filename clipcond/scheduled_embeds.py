@@ -12,14 +12,21 @@ the text changes; which tensors it may replace is the family's (`Family.step_cal
 
 A prompt is a text every encoder reads, or a tuple of one text per encoder (per-encoder
 prompts such as SDXL's `prompt_2`); each text of a tuple is scheduled on its own.
+
+Why this module is over 400 lines: `StepSwap` must count steps exactly as diffusers' loops run
+them (second-order and PNDM schedulers, img2img's `strength`, SDXL's `denoising_start` /
+`denoising_end` hand-off, SD3's skip-layer pass) and as the schedule here numbers them; the
+rules sit beside the schedule they index. `SkipLayerRows` could move to a module of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -187,11 +194,21 @@ class StepSwap:
     SD3's skip-layer guidance pass (`skip_guidance_layers`) reads embeddings the pipeline keeps
     aside, out of the callback's reach: `SkipLayerRows` gives it each step's prompt rows.
 
+    SDXL's base + refiner hand-off (diffusers' `denoising_end` on one call, `denoising_start` on
+    the next, read from the pipeline as its properties) counts the whole schedule on both sides,
+    as `CLIPConditionedPipeline` does: give `pipeline_kwargs` the pipeline's `num_inference_steps`
+    for each; a call cut by `denoising_end` runs the first of those steps, and one given
+    `denoising_start` goes on from the step diffusers' `get_timesteps` starts it at, so each step
+    reads what one model running the whole schedule reads.
+
     Raises:
-        ValueError: at the first iteration, when the pipeline runs another number of steps
-            than the schedule covers (an img2img or inpaint pipeline runs
-            ``int(num_inference_steps * strength)`` of them): the texts would change late or
-            never.
+        ValueError: at the first iteration (after the first step), when the pipeline runs
+            another number of steps than the schedule covers (an img2img or inpaint pipeline
+            runs ``int(num_inference_steps * strength)`` of them; after `denoising_start`, or
+            before `denoising_end` cuts them, the whole schedule's): the texts would change late
+            or never; or when a call given `denoising_start` starts at a step that reads another
+            text than step 0, whose embeddings it was given (no callback runs before the first
+            step).
     """
 
     def __init__(self, schedule: PromptSchedule, family: Family) -> None:
@@ -199,21 +216,27 @@ class StepSwap:
         self.family = family
         self.tensor_inputs = [name for _, name in family.step_callback_tensors]
         self.skip_layer_rows: SkipLayerRows | None = None
+        self.skipped = 0  # loop iterations of the set schedule before the call's first
 
     def __call__(self, pipe: Any, iteration: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         scheduler = getattr(pipe, "scheduler", None)
         order, warmup = scheduler_order(scheduler), warmup_iterations(scheduler)
         if iteration == 0:
-            self._check_steps_run(pipe, order, warmup)
+            self.skipped = self._check_steps_run(pipe, order, warmup, timestep)
+            self._check_first_step(pipe, step_of_iteration(self.skipped, order, warmup), tensors)
             self._follow_skip_layer_pass(pipe)
         iterations = getattr(pipe, "_num_timesteps", None)
         if self.skip_layer_rows is not None and isinstance(iterations, int) and iteration + 1 >= iterations:
             self.skip_layer_rows.remove()  # the last iteration: the call is over
-        step = step_of_iteration(iteration, order, warmup)
-        following = step_of_iteration(iteration + 1, order, warmup)
+        step = step_of_iteration(iteration + self.skipped, order, warmup)  # of the schedule the counting covers
+        following = step_of_iteration(iteration + 1 + self.skipped, order, warmup)
         if following == step or not self.schedule.changes_after(step):
             return {}
-        positive, negative = self.schedule.embeds_at(following)
+        return self._step_tensors(following, pipe, tensors)
+
+    def _step_tensors(self, step: int, pipe: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Step `step`'s tensors, laid out as the pipeline keeps those in `tensors`."""
+        positive, negative = self.schedule.embeds_at(step)
         guided = bool(getattr(pipe, "do_classifier_free_guidance", False)) and self.family.step_callback_negatives
         replaced = {}
         for part, name in self.family.step_callback_tensors:
@@ -238,17 +261,96 @@ class StepSwap:
         if SkipLayerRows.applies(pipe):
             self.skip_layer_rows = SkipLayerRows(pipe)
 
-    def _check_steps_run(self, pipe: Any, order: int, warmup: int) -> None:
-        iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop
+    def _check_steps_run(self, pipe: Any, order: int, warmup: int, timestep: Any) -> int:
+        """The loop iterations of the set schedule before the call's first (diffusers' SDXL
+        `denoising_start`; 0 otherwise), once the steps the schedule counts are checked: the
+        whole set schedule after `denoising_start`; without it, the call's steps, those that
+        run before a `denoising_end` cuts them (`_hand_off`)."""
+        scheduler = getattr(pipe, "scheduler", None)
+        iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop, after any cut
         if not isinstance(iterations, int) or iterations < 1:
-            return
-        steps = -(-max(iterations - warmup, 0) // order)
-        if steps != self.schedule.num_steps:
+            return 0
+        start, end = _hand_off(pipe, "denoising_start"), _hand_off(pipe, "denoising_end")
+        skipped, counted = 0, iterations
+        if start is not None:
+            skipped = _skipped_before_start(scheduler, start)
+            counted = len(scheduler.timesteps)
+        elif end is not None:
+            counted = len(scheduler.timesteps) - _loop_start(scheduler, timestep)
+        steps = -(-max(counted - warmup, 0) // order)
+        if steps == self.schedule.num_steps:
+            return skipped
+        if start is None and end is None:
             raise ValueError(
                 f"the pipeline runs {steps} denoising steps but the prompt's schedule was made for "
                 f"{self.schedule.num_steps}: give `pipeline_kwargs` the number of steps that run as "
                 "`num_inference_steps` (img2img and inpaint run int(num_inference_steps * strength) of them)"
             )
+        cut = " and ".join(
+            f"`{name}` {value}" for name, value in (("denoising_start", start), ("denoising_end", end)) if value
+        )
+        whole = "its whole schedule" if start is not None else "the steps it runs without `denoising_end`"
+        raise ValueError(
+            f"the pipeline's schedule has {steps} denoising steps ({cut}: this call runs a part of them) but the "
+            f"prompt's schedule was made for {self.schedule.num_steps}: "
+            f"give `pipeline_kwargs` {whole} as `num_inference_steps` ({steps}, the pipeline's own "
+            "`num_inference_steps` in a base + refiner hand-off), not the steps one side runs: each model "
+            "then counts every step, and the pair reads what one model running the whole schedule reads"
+        )
+
+    def _check_first_step(self, pipe: Any, first: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Refuse a call whose first step (`first` of the schedule, after `denoising_start`) has
+        just read step 0's text, which `pipeline_kwargs` gave, where the schedule gives it another:
+        no callback runs before the first step, so the rest would be one step late."""
+        if first == 0 or self.schedule.rows_at(first) == self.schedule.rows_at(0):
+            return
+        expected = self._step_tensors(first, pipe, tensors)
+        if all(torch.equal(expected[name], tensors[name]) for name in expected):
+            return  # the call was given that step's embeddings
+        texts, now, then = self.schedule.texts, self.schedule.rows_at(first)[0], self.schedule.rows_at(0)[0]
+        index = next((i for i, (row, first_row) in enumerate(zip(now, then)) if row != first_row), None)
+        what = (
+            "another negative text"
+            if index is None
+            else f"{texts[now[index]]!r}, where step 0 reads {texts[then[index]]!r}"
+        )
+        raise ValueError(
+            f"this call starts at step {first} of the prompt's {self.schedule.num_steps} (`denoising_start` "
+            f"{_hand_off(pipe, 'denoising_start')}), which reads {what}, but it was given step 0's embeddings, as "
+            "`pipeline_kwargs` returns them, and a step callback runs only after a step: run this part with "
+            "CLIPConditionedImg2ImgPipeline (or its inpaint sibling), which starts on that step's text, or give "
+            f"the call step {first}'s embeddings (`TextConditioner.schedule(...).embeds_at({first})`)"
+        )
+
+
+def _hand_off(pipe: Any, name: str) -> float | None:
+    """diffusers' SDXL `denoising_start` or `denoising_end` of the call in progress (properties
+    its pipelines set before the loop), where it cuts the schedule: a float in (0, 1), as
+    diffusers' `denoising_value_valid` reads it; None otherwise."""
+    value = getattr(pipe, name, None)
+    return value if isinstance(value, float) and 0 < value < 1 else None
+
+
+def _skipped_before_start(scheduler: Any, denoising_start: float) -> int:
+    """The iterations of `scheduler`'s set schedule before the first one a call with
+    `denoising_start` runs, as diffusers' SDXL `get_timesteps` cuts them (called on a copy, which
+    it may give a begin index): a second-order scheduler keeps whole steps."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    on = SimpleNamespace(scheduler=copy.deepcopy(scheduler))  # `get_timesteps` reads only its scheduler
+    _, kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(on, None, 1.0, None, denoising_start)
+    return len(scheduler.timesteps) - kept
+
+
+def _loop_start(scheduler: Any, timestep: Any) -> int:
+    """The index in `scheduler`'s set schedule of the call's first iteration (at that
+    iteration, whose timestep is `timestep`): the begin index diffusers gives a scheduler that
+    takes one (img2img's `strength` moves it), else where `timestep` first comes (0 if nowhere)."""
+    begin = getattr(scheduler, "begin_index", None)
+    if isinstance(begin, int):
+        return begin
+    found = torch.nonzero(torch.as_tensor(scheduler.timesteps).cpu() == torch.as_tensor(timestep).cpu())
+    return int(found[0, 0]) if len(found) else 0
 
 
 class SkipLayerRows:
