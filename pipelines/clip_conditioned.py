@@ -766,7 +766,11 @@ class CLIPConditionedPipeline(
         LoRA in the text encoders), and `callback_on_step_end(pipe, step, timestep, tensors)`
         runs after each step with the tensors named in `callback_on_step_end_tensor_inputs`
         (default `["latents"]`; `prompt_embeds` is the guided batch, negatives first) and may
-        return replacements for them; diffusers' ready-made callbacks (`PipelineCallback`,
+        return replacements for them. `negative_prompt_embeds` is that batch's unconditional
+        rows (images, tokens, width), and a replacement is written into them for the steps after,
+        in SD and SDXL alike (diffusers' Stable Diffusion pipeline drops it, and its SDXL pipeline
+        does not offer the name); a new one where no such rows run (no guidance, or prompt
+        editing, alternation or AND) is refused. diffusers' ready-made callbacks (`PipelineCallback`,
         `MultiPipelineCallbacks`, e.g. `SDCFGCutoffCallback`) name their own tensors, as there. `clip_skip` overrides the pipeline's own for this call.
         `ip_adapter_image` (one per loaded IP-Adapter) or `ip_adapter_image_embeds` (a list of
         one tensor per adapter, negatives first under guidance) condition on images as in Stable
@@ -1012,7 +1016,10 @@ class CLIPConditionedPipeline(
                 latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
                 latents = self._after_step(latents, index, schedule)
                 if callback_on_step_end is not None:
-                    current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": negative}
+                    # the negative: the guided batch's unconditional rows where it has its own (no plan)
+                    own_rows = plan is None and guided and negative is not None
+                    handed = context[: len(negative)] if own_rows else negative
+                    current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": handed}
                     current.update(self._loop_tensors)
                     if self.reads_time_ids:  # `added` of SD holds an IP-Adapter's image_embeds only
                         current.update(add_text_embeds=added["text_embeds"], add_time_ids=added["time_ids"])
@@ -1024,7 +1031,11 @@ class CLIPConditionedPipeline(
                         )
                     latents = returned.pop("latents", latents)
                     context = returned.pop("prompt_embeds", context)
-                    negative = returned.pop("negative_prompt_embeds", negative)
+                    if "negative_prompt_embeds" in returned:
+                        writable = own_rows and self.do_classifier_free_guidance  # this callback may turn it off
+                        context, negative = _with_negative(
+                            context, negative, handed, returned.pop("negative_prompt_embeds"), writable
+                        )
                     for name in self._loop_tensors.keys() & returned.keys():
                         self._loop_tensors[name] = returned[name]
                     if self.reads_time_ids:
@@ -1217,6 +1228,41 @@ def _before_end(schedule: torch.Tensor, scheduler: Any, denoising_end: float) ->
     """The timesteps of `schedule` (decreasing) that run before `denoising_end` stops it."""
     cutoff = _end_cutoff(scheduler, denoising_end)
     return schedule[: len([t for t in schedule if t >= cutoff])]
+
+
+def _with_negative(
+    context: torch.Tensor, negative: Any, handed: Any, returned: Any, writable: bool
+) -> tuple[torch.Tensor, Any]:
+    """(context, negative) after a step callback returned `returned` as `negative_prompt_embeds`:
+    written into the unconditional rows of the guided batch `context` (negatives first, rows
+    `:len(returned)`), the UNet's input from the next step on; unchanged where it equals the
+    tensor the callback was handed (`handed`).
+
+    Raises:
+        ValueError: a new value where no rows of their own read the negative (`writable`
+            False: no guidance, or prompt editing, alternation or AND, whose rows the pipeline
+            builds each step), or one of another shape than the rows it replaces.
+    """
+    if returned is handed or (
+        isinstance(returned, torch.Tensor)
+        and isinstance(handed, torch.Tensor)
+        and returned.shape == handed.shape
+        and torch.equal(returned.to(handed), handed)
+    ):
+        return context, negative  # nothing to write
+    if not writable or not isinstance(returned, torch.Tensor):
+        raise ValueError(
+            "`callback_on_step_end` returned a new `negative_prompt_embeds`, which no rows of this step read: "
+            "without guidance there are none, and with prompt editing, alternation or AND the pipeline builds "
+            "them each step; return `prompt_embeds` (the batch the UNet reads, negatives first) instead"
+        )
+    if returned.shape != handed.shape:
+        raise ValueError(
+            f"`callback_on_step_end` returned `negative_prompt_embeds` of shape {tuple(returned.shape)}, but the "
+            f"unconditional rows it replaces are {tuple(handed.shape)} (images, tokens, width)"
+        )
+    returned = returned.to(device=context.device, dtype=context.dtype)
+    return torch.cat([returned, context[len(returned) :]]), returned
 
 
 def _guided_rows(tensor: torch.Tensor) -> torch.Tensor:

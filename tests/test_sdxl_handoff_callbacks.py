@@ -5,16 +5,32 @@
   sides: each step reads what one model running the whole schedule reads, as clipcond's own
   pipelines do on the same hand-off. Which text a step reads is recorded by a UNet forward
   pre-hook matching the step's prompt row against each candidate text's embeddings.
+- A `negative_prompt_embeds` that `callback_on_step_end` returns is written into the guided
+  batch's unconditional rows, in SD and SDXL, text to image, img2img and inpaint (one loop):
+  equal to diffusers' pipeline given the same edit in `prompt_embeds`' first half. Where no such
+  rows run, a new value is refused, never dropped.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-from tiny_pipelines import build_sdxl
+from diffusers import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
+from test_img2img_inpaint import box_mask
+from tiny_pipelines import build_sdxl, sd_components
 
-from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedPipeline, TextConditioner
+from clipcond import (
+    CLIPConditionedImg2ImgPipeline,
+    CLIPConditionedInpaintPipeline,
+    CLIPConditionedPipeline,
+    TextConditioner,
+)
 
 STEPS = 8
 COLOURS = ("red", "blue")
@@ -105,3 +121,92 @@ def test_a_refiner_whose_first_step_reads_another_text_than_step_0_is_refused(sd
         read(refiner, cond, True, prompt, image=latents, denoising_start=0.5)
     # clipcond's own refiner starts on step 4's text: the pair reads what one model reads
     assert hand_off(ours, ours_refiner, cond, False, prompt, 0.5) == read(ours, cond, False, prompt)[0]
+
+
+def negative_to_fives(pipe, index, timestep, tensors):
+    """After step 0, the negative prompt's embeddings become 5.0 everywhere."""
+    return {"negative_prompt_embeds": torch.full_like(tensors["negative_prompt_embeds"], 5.0)} if index == 0 else {}
+
+
+def first_half_to_fives(pipe, index, timestep, tensors):
+    """The same edit through the guided batch: its first half (the negatives) becomes 5.0."""
+    if index:
+        return {}
+    rows = tensors["prompt_embeds"].clone()
+    rows[: len(rows) // 2] = 5.0
+    return {"prompt_embeds": rows}
+
+
+def sd_peer():
+    return quiet(
+        StableDiffusionPipeline(
+            **sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    )
+
+
+def peers(task: str):
+    """(diffusers' pipeline, ours from it, the task's extra arguments)."""
+    if task == "sd":
+        peer = sd_peer()
+    elif task == "sd_img2img":
+        peer = quiet(StableDiffusionImg2ImgPipeline(**sd_peer().components))
+    elif task == "sdxl":
+        peer = quiet(StableDiffusionXLPipeline(**dict(build_sdxl().components), add_watermarker=False))
+    else:
+        parts = dict(build_sdxl().components)
+        peer_class = StableDiffusionXLImg2ImgPipeline if task == "sdxl_img2img" else StableDiffusionXLInpaintPipeline
+        peer = quiet(peer_class(**parts, add_watermarker=False))
+    ours_class = {"img2img": CLIPConditionedImg2ImgPipeline, "inpaint": CLIPConditionedInpaintPipeline}
+    ours = quiet(ours_class.get(task.split("_")[-1], CLIPConditionedPipeline).from_pipe(peer))
+    extra = {}
+    if "img2img" in task or "inpaint" in task:
+        extra["image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        extra["strength"] = 1.0  # both steps run
+    if "inpaint" in task:
+        extra["mask_image"] = box_mask()
+    return peer, ours, extra
+
+
+def run(pipe, callback=None, names=None, **kwargs):
+    return pipe(
+        prompt=kwargs.pop("prompt", "a red circle"),
+        negative_prompt="blurry",
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=names,
+        **kwargs,
+    ).images
+
+
+@pytest.mark.parametrize("task", ["sd", "sd_img2img", "sdxl", "sdxl_img2img", "sdxl_inpaint"])
+def test_a_returned_negative_is_written_into_the_unconditional_rows(task):
+    peer, ours, extra = peers(task)
+    expected = run(peer, first_half_to_fives, ["prompt_embeds"], **extra)
+    assert not (expected == run(peer, **extra)).all()  # the edit shows
+    got = run(ours, negative_to_fives, ["negative_prompt_embeds"], **extra)
+    assert (got == expected).all()
+
+
+@pytest.mark.parametrize(
+    "task, settings",
+    [("sd", {"guidance_scale": 1.0}), ("sdxl", {"prompt": "a [red:blue:0.5] circle"})],
+    ids=["no_guidance", "prompt_editing"],
+)
+def test_a_new_negative_where_no_rows_read_it_is_refused_and_an_unchanged_one_is_fine(task, settings):
+    peer, ours, _ = peers(task)
+    names = ["negative_prompt_embeds"]
+    returned = {}
+
+    def fives(pipe, index, timestep, tensors):
+        given = tensors["negative_prompt_embeds"]
+        returned[index] = given
+        return {"negative_prompt_embeds": torch.full((1, 77, 32), 5.0) if given is None else given + 5.0}
+
+    with pytest.raises(ValueError, match="returned a new `negative_prompt_embeds`, which no rows of this step read"):
+        run(ours, fives, names, **settings)
+    assert list(returned) == [0]  # refused at the first step's callback
+    unchanged = run(ours, lambda pipe, index, timestep, tensors: tensors, names, **settings)
+    assert (unchanged == run(ours, **settings)).all()
