@@ -847,6 +847,7 @@ class CLIPConditionedPipeline(
         check_steps_fit_scheduler(self.scheduler, num_inference_steps, timesteps, sigmas)
         if self.unet is not None:
             self._check_unet_channels()
+        self.check_vae_decodes(output_type)
         sizes = SizeConditioning(
             original_size,
             crops_coords_top_left,

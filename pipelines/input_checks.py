@@ -40,8 +40,8 @@ def image_size_rule(vae_scale_factor: int) -> str:
 
 
 class CallInputChecks:
-    """`check_inputs`, `check_sampling_inputs`, `check_pooled_inputs`, `check_per_encoder_prompts`
-    and `check_text_encoders` of a text-to-image pipeline."""
+    """`check_inputs`, `check_sampling_inputs`, `check_pooled_inputs`, `check_per_encoder_prompts`,
+    `check_vae_decodes` and `check_text_encoders` of a text-to-image pipeline."""
 
     def check_inputs(
         self,
@@ -188,6 +188,30 @@ class CallInputChecks:
                 "only `encode_prompt`. Build it with a UNet: "
                 f"{type(self).__name__}.from_pipe(pipe, unet=unet)"
             )
+
+    def check_vae_decodes(self, output_type: str) -> None:
+        """Refuse, before any work, a VAE whose dtype cannot decode the UNet's latents, which
+        reach it in the UNet's dtype: diffusers' SD and SDXL pipelines (0.42) cast them only
+        where SDXL decodes a float16 VAE whose config says `force_upcast` in float32, and fail
+        inside the VAE after every step otherwise. No VAE, or `output_type="latent"`: nothing
+        to decode.
+
+        Raises:
+            ValueError: naming both dtypes and the fixes.
+        """
+        vae = getattr(self, "vae", None)
+        if vae is None or output_type == "latent" or vae.dtype == self.unet.dtype:
+            return
+        upcast = self.reads_time_ids and vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        if upcast:  # SDXL's decode: the VAE and the latents in float32
+            return
+        advice = f"cast it (`pipe.vae.to({self.unet.dtype})`) or load the pipeline with `torch_dtype={vae.dtype}`"
+        if self.reads_time_ids and vae.dtype == torch.float16:
+            advice += ", or give the VAE `force_upcast=True` (SDXL then decodes it in float32)"
+        raise ValueError(
+            f"the `vae` is {vae.dtype} but the `unet`, whose latents it decodes, is {self.unet.dtype}: decoding would "
+            f"fail after every step; {advice}, or pass output_type='latent'"
+        )
 
     def check_sampling_inputs(
         self,

@@ -9,6 +9,10 @@
   batch's unconditional rows, in SD and SDXL, text to image, img2img and inpaint (one loop):
   equal to diffusers' pipeline given the same edit in `prompt_embeds`' first half. Where no such
   rows run, a new value is refused, never dropped.
+- A VAE whose dtype cannot decode the UNet's latents (a float16 "fp16-fix" VAE, `force_upcast`
+  False, in a float32 pipeline) is refused before any step, where diffusers fails inside the VAE
+  after every step; SDXL's float16 VAE with `force_upcast`, and `output_type="latent"`, still run
+  and equal diffusers'.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from test_img2img_inpaint import box_mask
-from tiny_pipelines import build_sdxl, sd_components
+from tiny_pipelines import _small_vae, build_sdxl, sd_components
 
 from clipcond import (
     CLIPConditionedImg2ImgPipeline,
@@ -173,11 +177,10 @@ def run(pipe, callback=None, names=None, **kwargs):
         prompt=kwargs.pop("prompt", "a red circle"),
         negative_prompt="blurry",
         num_inference_steps=2,
-        output_type="np",
         generator=torch.Generator().manual_seed(0),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=names,
-        **kwargs,
+        **{"output_type": "np", **kwargs},
     ).images
 
 
@@ -210,3 +213,31 @@ def test_a_new_negative_where_no_rows_read_it_is_refused_and_an_unchanged_one_is
     assert list(returned) == [0]  # refused at the first step's callback
     unchanged = run(ours, lambda pipe, index, timestep, tensors: tensors, names, **settings)
     assert (unchanged == run(ours, **settings)).all()
+
+
+@pytest.mark.parametrize("task", ["sd", "sdxl", "sdxl_img2img"])
+def test_a_vae_that_cannot_decode_the_unets_latents_is_refused_before_any_step(task):
+    peer, ours, extra = peers(task)
+    half_vae = _small_vae(force_upcast=False).to(torch.float16)
+    for pipe in (peer, ours):  # (`from_pipe` would cast it to float32)
+        pipe.register_modules(vae=half_vae)
+    calls: list[int] = []  # the UNet, shared by both
+    peer.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(RuntimeError, match="Input type"):  # diffusers: inside the VAE
+        run(peer, **extra)
+    assert len(calls) == (0 if "img2img" in task else 2)  # t2i: after both steps; img2img: encoding
+    calls.clear()
+    with pytest.raises(ValueError, match=r"the `vae` is torch.float16 but the `unet`.* is torch.float32: .*vae.to"):
+        run(ours, **extra)
+    assert calls == []
+    # nothing to decode: runs, as diffusers does
+    if "img2img" not in task:
+        assert (run(ours, output_type="latent", **extra) == run(peer, output_type="latent", **extra)).all()
+
+
+def test_sdxl_decodes_a_float16_vae_with_force_upcast_in_float32_as_diffusers():
+    peer, ours, _ = peers("sdxl")
+    half_vae = _small_vae(force_upcast=True).to(torch.float16)
+    for pipe in (peer, ours):
+        pipe.register_modules(vae=half_vae)
+    assert (run(ours) == run(peer)).all()
