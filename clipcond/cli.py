@@ -8,7 +8,8 @@ A mistake the user can fix is raised as a `clipcond.errors.UserError` and printe
 line, ``error: ...``, with exit status 2 for a wrong command line or file (as argparse's own
 errors) and 1 for a run that failed; ``--debug`` shows its traceback. Ctrl-C and SIGTERM print
 the command's own cleanup line, then ``interrupted`` or ``terminated``, and exit 130 or 143
-(`clipcond.errors.run_command`). Anything else is a bug and keeps its traceback.
+(`clipcond.errors.run_command`). A write the machine refused (a full disk, a quota, an
+unwritable folder) is one line too, exit 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -22,9 +22,8 @@ of `WRITE_FAILURES`, or safetensors' ``SafetensorError`` that carries one as ``(
 not a bug either: `run_command` prints it as one line, which file and why, and exits 1, as a
 `RunFailed`. The commands write their checkpoints, models, shards and output files under a
 temporary name, renamed into place once whole (a failed write deletes it), so the line says that
-nothing was left half-written. (Two kinds of file are not: ``metrics.jsonl``, appended to,
-whose cut last line a resume drops (`clipcond.training.run_folder.keep_metrics`), and a
-diffusion run's sample images, written in place.)
+nothing was left half-written. (One file is not: ``metrics.jsonl``, appended to, whose cut
+last line a resume drops (`clipcond.training.run_folder.keep_metrics`).)
 
 Library functions keep raising `ValueError`, `TypeError` or `FileNotFoundError` for bad input.
 A command marks the blocks where such an exception is the user's to fix with `user_errors`,

@@ -6,8 +6,8 @@ made.
 The failures are made in-process: safetensors' Rust writer (`safetensors.torch.serialize_file`,
 what `save_file` calls with the file's name) or a Python write raises what the kernel's refusal
 gives, an ``OSError`` with the errno or a ``SafetensorError`` ending in ``(os error N)``. The
-expected reason is `os.strerror` of that errno. The real full disk and immutable folders are in
-the probe scripts (a tmpfs of a few MB, ``chattr +i``), which need root.
+expected reason is `os.strerror` of that errno. The same cases were run once by hand on a real
+full disk (a tmpfs of a few MB) and on immutable folders (``chattr +i``), which need root.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _checkpoint(run_dir: Path, step: int) -> Path:
     return save_checkpoint(run_dir, step, {"model": nn.Linear(3, 2)}, keep=2)
 
 
-# ------------------------------------------------------------------ finding 1: one line, exit 1
+# ------------------------------------------------------------------ a refused write: one line, exit 1
 
 
 def test_a_full_disk_in_a_checkpoint_is_one_line_naming_the_file_and_the_resume(tmp_path, monkeypatch, capsys) -> None:
@@ -128,7 +128,7 @@ def test_other_errors_stay_bugs_with_their_traceback(error, capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
-# ------------------------------------------------------------------ finding 3: no hidden leftover
+# ------------------------------------------------------------------ a failed checkpoint: no hidden leftover
 
 
 def test_a_failed_checkpoint_write_deletes_its_temporary_folder_and_keeps_the_last_checkpoint(
@@ -156,7 +156,7 @@ def test_a_checkpoint_write_failing_after_its_files_deletes_its_temporary_folder
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
-# ------------------------------------------------------------------ finding 2: refused up front
+# ------------------------------------------------------------------ an unwritable output_dir: refused up front
 
 
 @pytest.fixture
@@ -215,3 +215,28 @@ def test_train_clip_refuses_an_unwritable_output_dir_before_any_work(tmp_path, u
         "choose a folder you can write for output_dir (--output-dir)"
     ], err
     assert list(locked.iterdir()) == []
+
+
+def test_a_sample_grid_that_cannot_be_written_leaves_no_cut_png(tmp_path, monkeypatch) -> None:
+    """train-diffusion's sample grid goes through `write_atomically`: a write refused at the rename
+    (the last moment) leaves neither the PNG nor a temporary file (it had been saved in place)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import clipcond.output_paths
+    from clipcond.training.diffusion import loop
+
+    def drawing_pipeline(models, denoiser):
+        return lambda prompts, **kwargs: SimpleNamespace(images=[Image.new("RGB", (4, 4))] * len(prompts))
+
+    def refused(source, target) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(loop, "make_pipeline", drawing_pipeline)
+    monkeypatch.setattr(clipcond.output_paths.os, "replace", refused)
+    path = tmp_path / "samples" / "step-0000003.png"
+    config = SimpleNamespace(sample_prompts=("a red circle", "a blue square"), sample_steps=1)
+    with pytest.raises(OSError):
+        loop._write_samples(config, None, nn.Linear(1, 1), path)
+    assert list(path.parent.iterdir()) == []

@@ -21,6 +21,7 @@ take the steps of one process of `world * batch_size`.
 from __future__ import annotations
 
 import contextlib
+import io
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipcond.output_paths import write_atomically
 from clipcond.pipelines.vocabulary import write_vocabulary
 from clipcond.shapes.captions import caption_vocabulary
 from clipcond.training.data import ImageCaptionBatches, SampleGenerators, pixels_in_unit_range
@@ -315,4 +317,6 @@ def _write_samples(config: TrainDiffusionConfig, models: DiffusionModels, denois
         ).images
     denoiser.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_image_grid(images, rows=1, cols=len(images)).save(path)
+    encoded = io.BytesIO()
+    make_image_grid(images, rows=1, cols=len(images)).save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue())  # a full disk or a kill leaves no cut PNG
