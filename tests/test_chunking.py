@@ -457,3 +457,27 @@ def test_comfy_window_split_counts_a_textual_inversion_as_one_word(clip_with_inv
     ids, weights = _expected_windows(tokenizer, comfy_batches(tokenizer, prompt, {"<toy>": 5, "<big>": 25, "<duo>": 2}))
     assert got.ids.tolist() == ids
     torch.testing.assert_close(got.weights, torch.tensor(weights), rtol=0, atol=1e-7)
+
+
+def test_t5_tokenizes_a_weighted_prompts_fragments_one_by_one_as_compel(t5, flux_pipe):
+    """docs/conditioning.md: on T5 a weighted prompt's fragments are tokenized one by one, trimmed,
+    so `, cat` in `a (red:1.2), cat` starts with a lone "▁" that the whole text does not have;
+    compel (untrimmed fragments) has the same "▁", "," pair."""
+    from compel import Compel
+
+    from clipcond.prompts import parse_prompt
+
+    fragments = parse_prompt("a (red:1.2), cat")
+    (got,) = t5_sequence(t5, [fragments], 16)
+    ours = got.ids[0][got.mask[0].bool()].tolist()
+    pieces = [t5(fragment.text.strip(), add_special_tokens=False).input_ids for fragment in fragments]
+    assert ours == sum(pieces, []) + [t5.eos_token_id]
+    assert len(ours) == len(t5("a red, cat").input_ids) + 1
+    lone_comma = t5.convert_tokens_to_ids(["▁", ","])
+    assert pieces[2][:2] == lone_comma
+    compel = Compel(tokenizer=flux_pipe.tokenizer_2, text_encoder=flux_pipe.text_encoder_2, truncate_long_prompts=False)
+    ids, _, _ = compel.conditioning_provider.get_token_ids_and_expand_weights(
+        [fragment.text for fragment in fragments], [fragment.weight for fragment in fragments], device="cpu"
+    )
+    theirs = ids.tolist()
+    assert any(theirs[i : i + 2] == lone_comma for i in range(len(theirs) - 1))
