@@ -13,29 +13,34 @@ the text changes; which tensors it may replace is the family's (`Family.step_cal
 A prompt is a text every encoder reads, or a tuple of one text per encoder (per-encoder
 prompts such as SDXL's `prompt_2`); each text of a tuple is scheduled on its own.
 
-Why this module is over 400 lines: `StepSwap` must count steps exactly as diffusers' loops run
-them (second-order and PNDM schedulers, img2img's `strength`, SDXL's `denoising_start` /
-`denoising_end` hand-off, SD3's skip-layer pass) and as the schedule here numbers them; the
-rules sit beside the schedule they index. `SkipLayerRows` could move to a module of its own.
+How diffusers' loops number their steps (second-order and PNDM schedulers, img2img's `strength`,
+SDXL's `denoising_start` / `denoising_end` hand-off) is `clipcond.denoising_steps`; SD3's
+skip-layer pass is `clipcond.skip_layer_rows`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from clipcond.config import quoted
+from clipcond.denoising_steps import (
+    hand_off,
+    loop_start,
+    scheduler_order,
+    skipped_before_start,
+    step_of_iteration,
+    warmup_iterations,
+)
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
 from clipcond.scalars import as_int
 from clipcond.schedule import fixed_text, has_editing, has_schedule, split_and, texts_per_step
+from clipcond.skip_layer_rows import SkipLayerRows
 
 # A text every encoder reads, or one text per encoder.
 PromptText = str | tuple[str, ...]
@@ -154,31 +159,6 @@ def build_schedule(
     )
 
 
-def scheduler_order(scheduler: Any) -> int:
-    """Loop iterations per denoising step of `scheduler` (`order`: 2 for Heun and KDPM2, else 1)."""
-    return max(1, int(getattr(scheduler, "order", 1)))
-
-
-def warmup_iterations(scheduler: Any) -> int:
-    """The extra loop iterations a scheduler set for N steps runs within step 0: diffusers'
-    ``num_warmup_steps``, ``len(timesteps) - N * order`` (never below 0), read from the
-    scheduler's whole set schedule, of which img2img runs a tail that starts with the same
-    warm-up (diffusers counts it there the same way). PNDM as Stable Diffusion 1.5 ships it (PLMS,
-    `skip_prk_steps`) runs N steps in N + 1 iterations, its first timestep twice; Heun's
-    2N - 1 iterations and every first-order scheduler's N give 0. 0 before `set_timesteps`."""
-    timesteps, steps = getattr(scheduler, "timesteps", None), getattr(scheduler, "num_inference_steps", None)
-    if timesteps is None or isinstance(steps, bool) or not isinstance(steps, int):
-        return 0
-    return max(len(timesteps) - steps * scheduler_order(scheduler), 0)
-
-
-def step_of_iteration(iteration: int, order: int, warmup: int) -> int:
-    """The denoising step (from 0) of loop iteration `iteration` (from 0), as diffusers' progress
-    bar counts them: the first ``warmup + order`` iterations are step 0 (PNDM's warm-up call,
-    which A1111's PLMS also counts within its first step), then `order` per step."""
-    return max(iteration - warmup, 0) // order
-
-
 class StepSwap:
     """A `callback_on_step_end` that replaces the embeddings where the schedule's text changes.
 
@@ -265,18 +245,18 @@ class StepSwap:
         """The loop iterations of the set schedule before the call's first (diffusers' SDXL
         `denoising_start`; 0 otherwise), once the steps the schedule counts are checked: the
         whole set schedule after `denoising_start`; without it, the call's steps, those that
-        run before a `denoising_end` cuts them (`_hand_off`)."""
+        run before a `denoising_end` cuts them (`hand_off`)."""
         scheduler = getattr(pipe, "scheduler", None)
         iterations = getattr(pipe, "_num_timesteps", None)  # set by diffusers before its loop, after any cut
         if not isinstance(iterations, int) or iterations < 1:
             return 0
-        start, end = _hand_off(pipe, "denoising_start"), _hand_off(pipe, "denoising_end")
+        start, end = hand_off(pipe, "denoising_start"), hand_off(pipe, "denoising_end")
         skipped, counted = 0, iterations
         if start is not None:
-            skipped = _skipped_before_start(scheduler, start)
+            skipped = skipped_before_start(scheduler, start)
             counted = len(scheduler.timesteps)
         elif end is not None:
-            counted = len(scheduler.timesteps) - _loop_start(scheduler, timestep)
+            counted = len(scheduler.timesteps) - loop_start(scheduler, timestep)
         steps = -(-max(counted - warmup, 0) // order)
         if steps == self.schedule.num_steps:
             return skipped
@@ -316,95 +296,11 @@ class StepSwap:
         )
         raise ValueError(
             f"this call starts at step {first} of the prompt's {self.schedule.num_steps} (`denoising_start` "
-            f"{_hand_off(pipe, 'denoising_start')}), which reads {what}, but it was given step 0's embeddings, as "
+            f"{hand_off(pipe, 'denoising_start')}), which reads {what}, but it was given step 0's embeddings, as "
             "`pipeline_kwargs` returns them, and a step callback runs only after a step: run this part with "
             "CLIPConditionedImg2ImgPipeline (or its inpaint sibling), which starts on that step's text, or give "
             f"the call step {first}'s embeddings (`TextConditioner.schedule(...).embeds_at({first})`)"
         )
-
-
-def _hand_off(pipe: Any, name: str) -> float | None:
-    """diffusers' SDXL `denoising_start` or `denoising_end` of the call in progress (properties
-    its pipelines set before the loop), where it cuts the schedule: a float in (0, 1), as
-    diffusers' `denoising_value_valid` reads it; None otherwise."""
-    value = getattr(pipe, name, None)
-    return value if isinstance(value, float) and 0 < value < 1 else None
-
-
-def _skipped_before_start(scheduler: Any, denoising_start: float) -> int:
-    """The iterations of `scheduler`'s set schedule before the first one a call with
-    `denoising_start` runs, as diffusers' SDXL `get_timesteps` cuts them (called on a copy, which
-    it may give a begin index): a second-order scheduler keeps whole steps."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline
-
-    on = SimpleNamespace(scheduler=copy.deepcopy(scheduler))  # `get_timesteps` reads only its scheduler
-    _, kept = StableDiffusionXLImg2ImgPipeline.get_timesteps(on, None, 1.0, None, denoising_start)
-    return len(scheduler.timesteps) - kept
-
-
-def _loop_start(scheduler: Any, timestep: Any) -> int:
-    """The index in `scheduler`'s set schedule of the call's first iteration (at that
-    iteration, whose timestep is `timestep`): the begin index diffusers gives a scheduler that
-    takes one (img2img's `strength` moves it), else where `timestep` first comes (0 if nowhere)."""
-    begin = getattr(scheduler, "begin_index", None)
-    if isinstance(begin, int):
-        return begin
-    found = torch.nonzero(torch.as_tensor(scheduler.timesteps).cpu() == torch.as_tensor(timestep).cpu())
-    return int(found[0, 0]) if len(found) else 0
-
-
-class SkipLayerRows:
-    """Gives SD3's skip-layer guidance pass the prompt rows its guided pass has just read.
-
-    diffusers' SD3 `__call__` keeps the prompt embeddings it was given aside for the pass made
-    with `skip_layers` (`original_prompt_embeds`, `original_pooled_prompt_embeds`), which no
-    callback can replace: without this, that pass read step 0's text at every step. A forward
-    pre-hook on the transformer keeps the prompt half of each guided call's
-    `encoder_hidden_states` (2 x rows, seq, width) and `pooled_projections` (2 x rows, width)
-    (negatives first, then the prompts, which `StepSwap` has set to the step's) and gives them
-    to the next call made with `skip_layers` (rows: the latents, unguided).
-
-    The hook holds no step of its own and is removed at the last iteration; a call that raises
-    leaves it behind until the transformer's next call, where, finding the scheduler set anew,
-    it removes itself before doing anything.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.timesteps = pipe.scheduler.timesteps  # this call's, set before its loop
-        self.prompt_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.handle = pipe.transformer.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    @staticmethod
-    def applies(pipe: Any) -> bool:
-        """Whether `pipe` has a transformer whose forward takes `skip_layers` (SD3's)."""
-        transformer = getattr(pipe, "transformer", None)
-        if not isinstance(transformer, torch.nn.Module):
-            return False
-        # the class's forward: accelerate's offload hooks wrap the instance's in (*args, **kwargs)
-        return "skip_layers" in inspect.signature(type(transformer).forward).parameters
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-    def _hook(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
-        if getattr(self.pipe.scheduler, "timesteps", None) is not self.timesteps:
-            self.remove()  # another call: the one this was for raised
-            return None
-        tokens, pooled = kwargs.get("encoder_hidden_states"), kwargs.get("pooled_projections")
-        if kwargs.get("skip_layers") is None:
-            self.prompt_rows = None
-            if tokens is not None and tokens.shape[0] % 2 == 0:
-                half = tokens.shape[0] // 2  # the guided batch: negatives, then the prompts
-                self.prompt_rows = (tokens[half:], None if pooled is None else pooled[half:])
-            return None
-        latents = kwargs.get("hidden_states")
-        if self.prompt_rows is None or latents is None or latents.shape[0] != self.prompt_rows[0].shape[0]:
-            return None
-        kwargs["encoder_hidden_states"], step_pooled = self.prompt_rows
-        if step_pooled is not None:
-            kwargs["pooled_projections"] = step_pooled
-        return args, kwargs
 
 
 def check_steps(num_inference_steps: Any) -> int:

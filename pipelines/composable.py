@@ -20,9 +20,10 @@ from typing import Any, NamedTuple
 import torch
 
 from clipcond.conditioning import as_prompt_list
+from clipcond.denoising_steps import step_of_iteration, warmup_iterations
 from clipcond.embeds import PromptEmbeds
 from clipcond.schedule import has_schedule, split_and, texts_per_step
-from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts, step_of_iteration, warmup_iterations
+from clipcond.scheduled_embeds import PromptSchedule, fixed_prompts
 
 
 class EditSteps(NamedTuple):
@@ -57,7 +58,7 @@ class DenoisingPlan:
         guided: whether unconditional rows are run (guidance, or any AND).
         order: the scheduler's order (UNet calls per step).
         scheduler: the pipeline's scheduler, whose set schedule tells how many warm-up calls
-            step 0 makes (PNDM's; `clipcond.scheduled_embeds.warmup_iterations`); None: none.
+            step 0 makes (PNDM's; `clipcond.denoising_steps.warmup_iterations`); None: none.
         warmup: the warm-up calls of the call's own loop where the call knows them
             (`EditSteps.warmup`); None: read from `scheduler`.
     """
@@ -75,7 +76,7 @@ class DenoisingPlan:
     def step_of(self, index: int) -> int:
         """The schedule step of loop iteration `index`, as diffusers counts them: second-order
         schedulers call twice a step, PNDM's warm-up call belongs to step 0
-        (`clipcond.scheduled_embeds.step_of_iteration`). Read during the loop, once the
+        (`clipcond.denoising_steps.step_of_iteration`). Read during the loop, once the
         scheduler is set for the call."""
         if self.warmup is not None:
             warmup = self.warmup

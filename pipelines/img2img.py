@@ -25,6 +25,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retri
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from clipcond.denoising_steps import warmup_iterations
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 from clipcond.pipelines.composable import EditSteps
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
@@ -39,7 +40,6 @@ from clipcond.pipelines.image_inputs import (
 from clipcond.pipelines.image_latents import encode_images, start_at_strength
 from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.scalars import as_float
-from clipcond.scheduled_embeds import warmup_iterations
 
 
 class SourceImageSteps:
