@@ -165,3 +165,57 @@ def test_break_and_and_weights_split_as_a1111s_patterns(text):
         body, weight = A1111_AND_WEIGHT.search(part).groups()
         expected.append((body, float(weight) if weight is not None else 1.0))
     assert split_and(text) == (expected if "AND" in text else [(text, 1.0)])
+
+
+def test_round_brackets_keep_their_text_inside_and_around_editing():
+    # the module docstring's own example: "([a:b:3])" becomes "(a)" or "(b)"
+    assert prompt_schedule("([a:b:3])", 10) == [(3, "(a)"), (10, "(b)")]
+    # a plain "( )" inside an editing construct or an alternation is one item of it
+    assert prompt_schedule("[(a):b:3]", 10) == [(3, "(a)"), (10, "b")]
+    assert prompt_schedule("[(a)|b]", 2) == [(1, "(a)"), (2, "b")]
+
+
+def test_nesting_up_to_max_depth_is_read_and_one_more_is_text():
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH):
+        square = "[a:" * depth + "b" + ":1]" * depth
+        assert len(prompt_schedule(square, 10)) == 2, depth
+        round_ = "(" * (depth - 1) + "[a:b:1]" + ")" * (depth - 1)
+        assert len(prompt_schedule(round_, 10)) == 2, depth
+    over = "[a:" * (MAX_DEPTH + 1) + "b" + ":1]" * (MAX_DEPTH + 1)
+    assert prompt_schedule(over, 10) == [(10, over)]
+
+
+def test_any_letter_is_text_around_the_syntax():
+    # every letter, upper case included, is plain text beside and inside the brackets
+    assert prompt_schedule("X [a:b:1]", 10) == [(1, "X a"), (10, "X b")]
+    assert prompt_schedule("[X:Y:1] XX", 10) == [(1, "X XX"), (10, "Y XX")]
+
+
+def test_a_when_beyond_the_float_range_is_the_first_or_the_last_step():
+    # float("1e999") is inf: "from" at every step; -inf: "to" at every step (A1111 raises there)
+    assert prompt_schedule("[a:b:1e999]", 10) == [(10, "a")]
+    assert prompt_schedule("[a:b:1.e999]", 10) == [(10, "a")]
+    assert prompt_schedule("[a:b:-1e999]", 10) == [(10, "b")]
+
+
+def test_schedules_nested_in_from_in_an_alternation_and_after_a_weight_colon():
+    # A1111's own examples nest only in "to"; "from", an alternation's options and the part of
+    # a round bracket after its colon hold schedules too
+    assert prompt_schedule("[[a:b:2]:c:5]", 10) == [(2, "a"), (5, "b"), (10, "c")]
+    assert prompt_schedule("[[a:b:2]|c]", 4) == [(1, "a"), (2, "c"), (3, "b"), (4, "c")]
+    assert prompt_schedule("(a:[b:c:2])", 10) == [(2, "(a:b)"), (10, "(a:c)")]
+
+
+def test_steps_must_be_a_whole_number_and_prompt_a_string():
+    for steps in (True, 2.5, "10"):
+        with pytest.raises((ValueError, TypeError), match="`steps` must be an int >= 1"):
+            prompt_schedule("a [b:c:1]", steps)
+    with pytest.raises(TypeError, match="`prompt` must be a string, got int"):
+        prompt_schedule(5, 10)
+    with pytest.raises(TypeError, match="`prompt` must be a string, got bytes"):
+        split_and(b"a AND b")
+
+
+def test_an_and_part_that_is_only_a_weight():
+    # A1111's pattern on ":1.5 ": body "", weight 1.5
+    assert split_and(":1.5 AND b") == [("", 1.5), (" b", 1.0)]
