@@ -13,7 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from clipcond.training.checkpoint import latest_checkpoint, load_checkpoint, load_pickle, save_checkpoint
+from clipcond.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_newest_intact,
+    load_pickle,
+    save_checkpoint,
+)
 from clipcond.training.optim import param_groups, warmup_cosine
 
 
@@ -312,3 +318,43 @@ def test_a_step_entry_that_is_a_file_is_a_damaged_checkpoint(tmp_path):
     save_checkpoint(tmp_path, 5, {"model": model}, optimizer, scheduler, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["damaged-step-000000004", "latest", "step-000000004", "step-000000005"]
+
+
+def test_load_newest_intact_restores_the_scheduler(tmp_path):
+    _run_with_checkpoints(tmp_path)
+    model, optimizer, scheduler = _setup(seed=99)
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 4
+    assert scheduler.last_epoch == 4 and scheduler.state_dict()["_step_count"] == 5
+
+
+def test_load_newest_intact_passes_over_a_checkpoint_whose_extra_the_loop_refuses(tmp_path):
+    _run_with_checkpoints(tmp_path)
+    model, optimizer, scheduler = _setup(seed=99)
+    seen = []
+
+    def check(extra):
+        seen.append(extra)
+        return "another data order" if len(seen) == 1 else None
+
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler, check_extra=check)
+    assert point.step == 2 and len(seen) == 2
+    folder, problem = point.passed_over[0]
+    assert folder.name == "step-000000004" and "another data order" in problem
+
+
+def test_a_passed_over_problem_does_not_repeat_its_folder(tmp_path):
+    _run_with_checkpoints(tmp_path)
+    newest = tmp_path / "checkpoints" / "step-000000004"
+    (newest / "trainer.json").unlink()
+    model, optimizer, scheduler = _setup(seed=99)
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.passed_over == [(newest, "trainer.json is missing")]
+
+
+def test_load_newest_intact_returns_the_checkpoint_s_extra(tmp_path):
+    model, optimizer, scheduler = _setup()
+    _step(model, optimizer, scheduler)
+    save_checkpoint(tmp_path, 1, {"model": model}, optimizer, scheduler, extra={"samples": 4})
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 1 and point.extra == {"samples": 4}
