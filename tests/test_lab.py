@@ -764,8 +764,12 @@ def test_a_step_needs_the_earlier_steps_whose_path_it_names_in_its_args_or_confi
 
 
 def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_path, monkeypatch) -> None:
+    """The scheduling of `run_steps`, with each command's process replaced by a stand-in that
+    lasts a second and makes the step's `creates` path (the real commands run in
+    test_prepare_steps_make_missing_models_once_then_the_experiment_runs)."""
     import os
     import subprocess
+    import sys
 
     from clipcond.lab.prepare import PrepareStep, run_steps
 
@@ -785,7 +789,6 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
                 f"text_encoder={first}",
                 "--output-dir",
                 str(unet),
-                "--no-progress",
             ],
         ),
     ]
@@ -795,24 +798,26 @@ def test_independent_prepare_steps_run_side_by_side_and_dependent_ones_wait(tmp_
     processes = {}
     original = subprocess.Popen
 
-    def recording(command, *args, **kwargs):
+    def stand_in(command, *args, **kwargs):
+        assert command[1:4] == ["-m", "clipcond.cli", command[3]] and command[3] in ("init-clip", "train-diffusion")
         creates = command[command.index("-o") + 1] if "-o" in command else str(unet / "pipeline")
         launches.append(
             (creates, {path: process.returncode is None for path, process in processes.items()}, kwargs.get("env"))
         )
-        processes[creates] = original(command, *args, **kwargs)
+        make = f"import pathlib, time; time.sleep(1); pathlib.Path({creates!r}).mkdir(parents=True)"
+        processes[creates] = original([sys.executable, "-c", make], *args, **kwargs)
         return processes[creates]
 
-    monkeypatch.setattr(subprocess, "Popen", recording)
+    monkeypatch.setattr(subprocess, "Popen", stand_in)
     run_steps(steps, jobs=2, log_dir=tmp_path / "logs")
     assert [creates for creates, _, _ in launches] == [str(first), str(second), str(unet / "pipeline")]
-    assert launches[1][1] == {str(first): True}  # the second started while the first ran (init-clip takes seconds)
+    assert launches[1][1] == {str(first): True}  # the second started while the first ran
     assert launches[2][1][str(first)] is False  # the UNet waited for its text encoder
     cores = os.cpu_count() or 1
     assert [env["OMP_NUM_THREADS"] for _, _, env in launches[:2]] == [str(max(1, cores // 2))] * 2  # two ready: shared
     beside = launches[2][1][str(second)]  # the UNet starts alone (all cores) or beside the second
     assert launches[2][2]["OMP_NUM_THREADS"] == str(max(1, cores // (2 if beside else 1)))
-    assert (unet / "pipeline" / "model_index.json").is_file() and (second / "clip_config.yaml").is_file()
+    assert (unet / "pipeline").is_dir() and second.is_dir()
     assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
         "1-init-clip.log",
         "2-init-clip.log",
