@@ -240,3 +240,14 @@ def test_a_sample_grid_that_cannot_be_written_leaves_no_cut_png(tmp_path, monkey
     with pytest.raises(OSError):
         loop._write_samples(config, None, nn.Linear(1, 1), path)
     assert list(path.parent.iterdir()) == []
+
+
+def test_only_the_first_process_tries_writing_in_the_run_folder(tmp_path, unwritable, monkeypatch) -> None:
+    """A launched rank other than 0 never writes in the run folder, not even a nameless file: it
+    leaves the check to rank 0 (tests/test_multiprocess_training.py audits every open of rank 1)."""
+    unwritable.add(tmp_path.absolute())
+    monkeypatch.setenv("RANK", "1")
+    check_output_path(tmp_path / "run")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunFolderError, match="cannot write in"):
+        check_output_path(tmp_path / "run")

@@ -96,7 +96,13 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
 def _check_writable(path: Path, folder: Path) -> None:
     """Refuse (`RunFolderError`) `folder`, where the run folder `path` is or will be made, when
     a nameless temporary file cannot be made in it: tried, not guessed from permission bits,
-    which root ignores (and a read-only mount or an immutable folder refuses root too)."""
+    which root ignores (and a read-only mount or an immutable folder refuses root too).
+
+    Tried by the first process only (``RANK`` 0, which accelerate's and torch's launchers set
+    in each process; a process no launcher started is the first): the others never write in
+    the run folder, and the first one's refusal ends the launch."""
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
