@@ -185,6 +185,9 @@ def test_ctrl_c_during_a_prepare_step_is_one_line_130_and_stops_the_step(tmp_pat
     assert not (tmp_path / "run" / "run.lock").exists()
 
 
+# 14 s of subprocesses: the prepare step's stop stays in the default run through the Ctrl-C test above,
+# a SIGTERM's one line through train-clip's
+@pytest.mark.slow
 def test_sigterm_to_the_lab_alone_stops_its_prepare_step(tmp_path) -> None:
     """``kill PID`` or ``timeout`` signal the experiment process only: its step must not run on
     as an orphan that holds the run lock (and the caller's stderr pipe)."""

@@ -301,6 +301,9 @@ def _write_yaml(path: Path, config: TrainClipConfig) -> Path:
     return path
 
 
+# 16 s of subprocesses: the shared training loop's kill and resume stays in the default run through
+# train-diffusion's test of the same name
+@pytest.mark.slow
 def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tmp_path: Path) -> None:
     steps = 60
     reference = train_clip(
