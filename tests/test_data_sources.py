@@ -12,21 +12,10 @@ import tarfile
 
 import pytest
 from PIL import Image
+from test_data import _add, _png
 
 from clipcond.training.data import SkipCounter, manifest_captions, shard_urls, webdataset_captions, webdataset_samples
 from clipcond.training.data.sources import clean_caption, decode_image
-
-
-def _png(color) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _add(archive, name, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
 
 
 def test_the_report_names_every_reason_with_its_count_in_order():

@@ -27,6 +27,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 from test_img2img_inpaint import box_mask
+from test_sdxl_handoff_editing import COLOURS, STEPS, quiet
 from tiny_pipelines import _small_vae, build_sdxl, sd_components
 
 from clipcond import (
@@ -35,14 +36,6 @@ from clipcond import (
     CLIPConditionedPipeline,
     TextConditioner,
 )
-
-STEPS = 8
-COLOURS = ("red", "blue")
-
-
-def quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
