@@ -5,6 +5,7 @@ could take it (`nameable_path`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -79,10 +80,12 @@ def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file
     return check_output_location(path, option)
 
 
-def write_atomically(path: str | Path, data: bytes, remove_leftovers: bool = True) -> None:
+def write_atomically(path: str | Path, data: bytes, remove_leftovers: bool = True, replace: bool = True) -> None:
     """Write `data` to `path` through a hidden temporary file in the same folder and a rename: a
     reader, or a kill midway, never sees half a file, and an existing file is replaced only by
-    a complete one.
+    a complete one. With ``replace=False`` the last step is a hard link that the kernel refuses
+    when `path` exists (`FileExistsError`, the temporary file removed): a file another process
+    wrote there since the caller checked is kept, not replaced.
 
     The temporary file is created with mode 0o666, which the kernel narrows by the umask, as
     for any file the user writes (`tempfile.mkstemp` would make it 0o600). With
@@ -98,11 +101,30 @@ def write_atomically(path: str | Path, data: bytes, remove_leftovers: bool = Tru
     try:
         with open(handle, "wb") as stream:
             stream.write(data)
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _link_new(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _link_new(temporary: Path, path: Path) -> None:
+    """Put the written `temporary` at `path` unless `path` exists (`FileExistsError`): a hard
+    link, which the kernel refuses at an existing name; on a file system without hard links,
+    a check and then a rename."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT file systems)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(temporary, path)
+    else:
+        os.unlink(temporary)
 
 
 def remove_dead_writers_files(path: Path) -> list[Path]:

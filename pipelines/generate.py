@@ -12,7 +12,8 @@ Every argument is checked before the model loads (`check_output`, `model_source`
 depends on the model (size, `--steps` against the scheduler, `--clip-skip`, a `--lora` that adds
 no adapter, `--n` images that no memory holds) before sampling. Latents that turn NaN or
 infinite stop the run at that step (`RunFailed`, exit 1) and nothing is written; an existing PNG
-is replaced only with ``--force``, and only by a complete file (`write_atomically`).
+is replaced only with ``--force``, and only by a complete file (`write_atomically`); without it,
+a file that another run wrote at ``-o`` while the images were drawn is kept (exit 1).
 
 The checks that need the loaded model live in `generate_checks`, the source images' in
 `generate_sources`.
@@ -359,18 +360,21 @@ def run(args: argparse.Namespace) -> int:
             cols=columns,
         )
     )
-    _write_png(picture, output)
+    _write_png(picture, output, args.force)
     print(f"wrote {output}")
     return 0
 
 
-def _write_png(picture: Any, output: Path) -> None:
+def _write_png(picture: Any, output: Path, force: bool) -> None:
     """Write the PIL image `picture` to `output` as PNG, atomically (`write_atomically`: a
     unique hidden temporary file, removed if the write fails, then a rename), its folders made.
+    Without `force`, a file that appeared at `output` while the images were drawn (another
+    run's) is kept: the last step is an exclusive link, not a rename.
 
     Raises:
-        RunFailed: the folder or file cannot be written (a full disk, no permission); the
-            `-o` file, if it existed, is unchanged.
+        RunFailed: the folder or file cannot be written (a full disk, no permission), or
+            `output` appeared meanwhile and `force` is not set; the `-o` file, if it existed,
+            is unchanged.
     """
     import io
 
@@ -378,7 +382,12 @@ def _write_png(picture: Any, output: Path) -> None:
     picture.save(encoded, format="PNG")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(output, encoded.getvalue())
+        write_atomically(output, encoded.getvalue(), replace=force)
+    except FileExistsError as error:
+        raise RunFailed(
+            f"-o {output} was written by something else while the images were drawn; it is kept and nothing was "
+            "written: pass --force to replace it, or choose another -o"
+        ) from error
     except OSError as error:
         reason = error.strerror or one_line(error)
         raise RunFailed(f"cannot write -o {output}: {reason}; nothing was written") from error

@@ -107,6 +107,48 @@ def test_a_failed_png_write_is_one_error_line_and_leaves_no_file(tmp_path, capsy
     assert sorted(path.name for path in tmp_path.iterdir()) == ["img.png"] and output.read_bytes() == b"old"
 
 
+def test_an_output_written_by_another_run_while_drawing_is_kept_without_force(tmp_path, capsys, monkeypatch) -> None:
+    """`-o` is checked before the model loads and written after the images are drawn: a file
+    another run wrote there in between is kept (one ``error:`` line, exit 1), not replaced
+    without ``--force``."""
+    from PIL import Image
+
+    output = tmp_path / "img.png"
+    real_save = Image.Image.save
+
+    def save_after_another_run(image, target, *args, **kwargs):
+        output.write_bytes(b"another run's")  # the other run finishes first
+        return real_save(image, target, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_after_another_run)
+    line = one_error(capsys, ["generate", "a red circle", "-o", str(output), "--steps", "1"], 1)
+    assert line.startswith(f"error: -o {output} was written by something else while the images were drawn; it is kept")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["img.png"] and output.read_bytes() == b"another run's"
+
+
+def test_an_exclusive_atomic_write_keeps_what_is_there_even_without_hard_links(tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from clipcond import output_paths
+
+    path = tmp_path / "out.png"
+    output_paths.write_atomically(path, b"first", replace=False)
+    with pytest.raises(FileExistsError):
+        output_paths.write_atomically(path, b"second", replace=False)
+    assert path.read_bytes() == b"first" and sorted(os.listdir(tmp_path)) == ["out.png"]
+
+    def no_hard_links(source, target) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(output_paths.os, "link", no_hard_links)
+    with pytest.raises(FileExistsError):
+        output_paths.write_atomically(path, b"second", replace=False)
+    output_paths.write_atomically(tmp_path / "new.png", b"new", replace=False)
+    assert path.read_bytes() == b"first" and (tmp_path / "new.png").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["new.png", "out.png"]
+
+
 @pytest.mark.parametrize(
     "numbers",
     [["--height", "1000000000", "--width", "1000000000"], ["--n", "1000000000000"]],
