@@ -154,8 +154,17 @@ def refused_write(error: BaseException, args: argparse.Namespace) -> RunFailed |
     of `WRITE_FAILURES`, or a ``SafetensorError`` carrying one), else None (a bug, or another
     failure). The line names the file (the error's, else safetensors' ``filename`` argument,
     else the command's output option), the reason and what to do; a training command (which
-    takes ``--resume``) is told to rerun with it."""
+    takes ``--resume``) is told to rerun with it.
+
+    A file that is missing because its folder is gone (``ENOENT``, and the folder the error
+    names the file in no longer exists: the command's output folder, removed while it ran) is
+    one line too, which says so."""
     number, where = _errno_and_file(error)
+    if number == errno.ENOENT and where is not None and not os.path.isdir(os.path.dirname(where) or "."):
+        return RunFailed(
+            f"cannot reach {where}: its folder {os.path.dirname(where)} no longer exists (removed while the "
+            "command ran); nothing was left half-written there: rerun the command"
+        )
     if number not in WRITE_FAILURES:
         return None
     # a permission error may also come from a read that no `user_errors` block expected

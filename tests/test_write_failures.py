@@ -251,3 +251,49 @@ def test_only_the_first_process_tries_writing_in_the_run_folder(tmp_path, unwrit
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(RunFolderError, match="cannot write in"):
         check_output_path(tmp_path / "run")
+
+
+def test_a_file_whose_folder_was_removed_under_the_command_is_one_line(tmp_path, capsys) -> None:
+    """An output folder removed while the command wrote in it (``rm -rf`` of a run's folder): the
+    ENOENT is one line saying so, exit 1; an ENOENT whose folder exists stays a bug (above)."""
+    gone = tmp_path / "emb" / ".embeddings-000002.safetensors.1.ab.tmp"
+
+    def run(args) -> int:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(gone))
+
+    assert _command(run, out=str(tmp_path / "emb")) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: cannot reach {gone}: its folder {gone.parent} no longer exists (removed while the command ran); "
+        "nothing was left half-written there: rerun the command\n"
+    )
+
+
+def test_train_clip_whose_run_folder_is_removed_midway_fails_in_one_line_not_as_a_usage_error(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A training command turns a missing file named by its config into a usage error (exit 2); a
+    file missing because the run folder was removed under the run is a failed run (exit 1)."""
+    import shutil
+
+    from test_encode_command import write_config
+    from test_train_clip import tiny_config
+
+    from clipcond.cli import main as cli_main
+    from clipcond.training.clip import loop
+
+    def removed_midway(config, **options):
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(config.output_dir)  # another shell's rm -rf
+        (Path(config.output_dir) / "metrics.jsonl").open("a")
+
+    monkeypatch.setattr(loop, "train_clip", removed_midway)
+    run = tmp_path / "run"
+    path = write_config(tiny_config(run), tmp_path / "clip.yaml")
+    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: cannot reach {run / 'metrics.jsonl'}: its folder {run} no longer exists (removed while the command "
+        "ran); nothing was left half-written there: rerun the command"
+    ], err

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clipcond.config import apply_overrides
-from clipcond.errors import RunFailed, UsageError, user_errors
+from clipcond.errors import RunFailed, UsageError, refused_write, user_errors
 
 T = TypeVar("T")
 
@@ -87,7 +87,8 @@ def run_training_command(
             pooled embeddings and time ids); or a model folder it names that cannot be read,
             with truncated or empty weights or a config that does not parse, the key and the
             folder named; the run folder is left as it was).
-        RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint.
+        RunFailed: (exit 1) the loss diverged; the message names the last good checkpoint. Or
+            the run folder was removed while the run wrote in it (`refused_write`).
     """
 
     from clipcond.progress_bars import library_progress_bars
@@ -115,7 +116,13 @@ def run_training_command(
             user_errors(TrainingDiverged, error=RunFailed),
             library_progress_bars(not args.no_progress),
         ):
-            result = train(config, path.parent)
+            try:
+                result = train(config, path.parent)
+            except FileNotFoundError as error:  # the run folder removed under the run: not a usage error
+                gone = refused_write(error, args)
+                if gone is None:
+                    raise
+                raise gone from error
     except RunAlreadyFinished as done:
         _print_once(str(done))
         return 0
