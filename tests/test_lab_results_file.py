@@ -338,3 +338,20 @@ def test_the_pass_fail_metrics_read_back_are_the_judges() -> None:
     from clipcond.lab.metrics import JUDGE_VALUES
 
     assert set(results._PASS_FAIL) == set(JUDGE_VALUES) - {"objects_found"}
+
+
+def test_an_image_is_not_saved_into_a_run_folder_removed_while_the_run_went_on(tmp_path) -> None:
+    """The runner's images go through `save_image`, which makes folders below the run folder
+    only: a run folder removed midway (``rm -rf``) is named in a FileNotFoundError and not made
+    again with images and no record of the run (which a rerun would then refuse)."""
+    from PIL import Image
+
+    from clipcond.lab.results import image_path, save_image
+
+    name = image_path("a", "mini", 0, 0)
+    (tmp_path / "out").mkdir()
+    save_image(Image.new("RGB", (4, 4)), tmp_path / "out", name)
+    assert (tmp_path / "out" / name).is_file()
+    with pytest.raises(FileNotFoundError, match="the experiment's folder was removed while it ran") as raised:
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "gone", name)
+    assert raised.value.filename == str(tmp_path / "gone") and not (tmp_path / "gone").exists()

@@ -21,6 +21,8 @@ file cut short by an interrupted copy, or overwritten), and ``--report-only`` na
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
@@ -173,3 +175,19 @@ __all__ = [
     "rewrite_results",
     "write_json_atomic",
 ]
+
+
+def save_image(image: Any, output: str | Path, name: str) -> None:
+    """Write the PIL image `image` as the PNG `name` (`image_path`) of the run folder `output`,
+    atomically, its folders made below `output` only: a run folder removed while the run went on
+    is not made again (`FileNotFoundError`, naming it), so no images pile up there without the
+    run's record.
+    """
+    output = Path(output)
+    if not output.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the experiment's folder was removed while it ran", str(output))
+    path = output / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue(), remove_leftovers=False)  # one of many images: no folder listing

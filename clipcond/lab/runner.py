@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -62,11 +61,11 @@ from clipcond.lab.results import (
     image_problem,
     read_results,
     rewrite_results,
+    save_image,
     write_json_atomic,
 )
 from clipcond.lab.run_folder import EXPERIMENT_NAME, check_run_folder
 from clipcond.lab.suites import LabPrompt, PromptSuite, prompt_spec
-from clipcond.output_paths import write_atomically
 from clipcond.progress_bars import library_progress_bars
 from clipcond.training.run_lock import RunFolderLock
 
@@ -286,13 +285,6 @@ def _measure(
     return lines
 
 
-def _save_png(image: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoded = io.BytesIO()
-    image.save(encoded, format="PNG")
-    write_atomically(path, encoded.getvalue(), remove_leftovers=False)  # one of many images: no folder listing
-
-
 def run_experiment(
     config: ExperimentConfig, show_progress: bool = True, device: str | None = None, write_report: bool = True
 ) -> Path:
@@ -391,7 +383,7 @@ def _run_pending(
             for batch in _batches(pipe, todo, config.batch_size):
                 images = _generate(pipe, config, batch)
                 for job, image in zip(batch, images):
-                    _save_png(image, output / job.image)
+                    save_image(image, output, job.image)
                 append_results(output / RESULTS_NAME, _measure(images, batch, config, scorer))
                 progress.update(len(batch))
             del pipe
