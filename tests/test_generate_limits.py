@@ -174,3 +174,26 @@ def test_sizes_and_counts_no_memory_holds_are_refused_before_any_generator(tmp_p
     assert line.startswith(f"error: --n {numbers[1] if numbers[0] == '--n' else 1} image(s) of ")
     assert "GiB for their decoded pixels alone" in line and "lower --n, --height or --width" in line
     assert made == [] and not output.exists()
+
+
+def test_eval_clip_keeps_an_output_another_run_wrote_during_the_evaluation(tmp_path, capsys, monkeypatch) -> None:
+    """As generate's -o: `--output` is checked first and written last; without --force a file
+    written there in between is kept (one ``error:`` line, exit 1; the metrics are printed)."""
+    from test_cli_errors import TINY_MODEL
+
+    from clipcond.training.clip import eval_command
+    from clipcond.training.clip.random_init import init_clip
+
+    model = init_clip(TINY_MODEL, tmp_path / "model")
+    output = tmp_path / "metrics.json"
+    real_dumps = eval_command.json.dumps
+
+    def dumps_after_another_run(*args, **kwargs):
+        output.write_text("another run's")
+        return real_dumps(*args, **kwargs)
+
+    monkeypatch.setattr(eval_command.json, "dumps", dumps_after_another_run)
+    argv = ["eval-clip", "--model", str(model), "--images-per-class", "1", "--pairs", "8", "--output", str(output)]
+    line = one_error(capsys, argv, 1)
+    assert line.startswith(f"error: --output {output} was written by something else during the evaluation; it is kept")
+    assert output.read_text() == "another run's"

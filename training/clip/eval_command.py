@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from clipcond.errors import UsageError, add_debug_argument, run_command, user_errors
+from clipcond.errors import RunFailed, UsageError, add_debug_argument, run_command, user_errors
 from clipcond.output_paths import check_new_file, nameable_path, write_atomically
 
 
@@ -83,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(output, (text + "\n").encode("utf-8"))
+        try:  # without --force, a file another run wrote there meanwhile is kept
+            write_atomically(output, (text + "\n").encode("utf-8"), replace=args.force)
+        except FileExistsError as error:
+            raise RunFailed(
+                f"--output {output} was written by something else during the evaluation; it is kept and the metrics "
+                "are only printed above: pass --force to replace it, or choose another --output"
+            ) from error
     return 0
 
 
