@@ -428,7 +428,12 @@ class TrainingRun:
         self.resume_from = latest_checkpoint(self.output_dir) if resume else None
         self._stop_if_finished()
         if self.resume_from is not None:
-            check_process_count(self.output_dir, self.accelerator.num_processes)
+            try:
+                check_process_count(self.output_dir, self.accelerator.num_processes)
+            except RunFolderError:  # raised on every rank: the main one gives its lock back first
+                self._release_folder()
+                self.accelerator.wait_for_everyone()
+                raise
         if self._lock is not None:
             for path in remove_unfinished_writes(self.output_dir):
                 self.accelerator.print(f"removed {path}, left by a checkpoint write that was killed")

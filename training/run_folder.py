@@ -98,10 +98,9 @@ def _check_writable(path: Path, folder: Path) -> None:
     a nameless temporary file cannot be made in it: tried, not guessed from permission bits,
     which root ignores (and a read-only mount or an immutable folder refuses root too).
 
-    Tried by the first process only (``RANK`` 0, which accelerate's and torch's launchers set
-    in each process; a process no launcher started is the first): the others never write in
-    the run folder, and the first one's refusal ends the launch."""
-    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+    Tried by the first process only: the others never write in the run folder, and the first
+    one's refusal ends the launch (`_first_process`)."""
+    if not _first_process():
         return
     try:
         with tempfile.TemporaryFile(dir=folder):
@@ -111,6 +110,18 @@ def _check_writable(path: Path, folder: Path) -> None:
             f"output_dir {path}: cannot write in {folder} ({error.strerror or error}); "
             "choose a folder you can write for output_dir (--output-dir)"
         ) from error
+
+
+def _first_process() -> bool:
+    """Whether this is rank 0: of the process group when one is set up (accelerate's
+    ``debug_launcher`` and notebook launches set up the group and no ``RANK``), else as
+    ``RANK`` says (``accelerate launch`` and torchrun set it in each process before the group
+    exists); a process no launcher started is the first."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _filled_snapshot(previous: dict[str, Any], config: Any) -> dict[str, Any]:
