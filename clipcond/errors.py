@@ -115,6 +115,12 @@ def interrupt_exit_code(interrupt: KeyboardInterrupt) -> int:
     return 128 + int(number)
 
 
+def stopped_by(interrupt: KeyboardInterrupt) -> str:
+    """How a command was stopped, as it says so: ``terminated`` (a SIGTERM, `Terminated`) or
+    ``interrupted`` (Ctrl-C)."""
+    return "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+
+
 def _raise_terminated(number: int, frame: object) -> None:
     raise Terminated("terminated")
 
@@ -232,7 +238,7 @@ def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     except KeyboardInterrupt as interrupt:  # the command's own cleanup has run and said its piece
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
+        print(stopped_by(interrupt), file=sys.stderr)
         return interrupt_exit_code(interrupt)
     except Exception as error:
         failed = refused_write(error, args)

@@ -197,23 +197,30 @@ def test_an_existing_run_folder_is_checked_itself_not_its_parent(tmp_path, unwri
     assert list(run.iterdir()) == []  # the check leaves nothing behind
 
 
-def test_train_clip_refuses_an_unwritable_output_dir_before_any_work(tmp_path, unwritable, capsys) -> None:
+def _train_clip_errors(run: Path, tmp_path: Path, capsys, status: int) -> list[str]:
+    """Run ``clipcond train-clip`` on the tiny config with `output_dir` `run`; check its exit
+    `status` and that it printed no traceback; return its ``error:`` lines."""
     from test_encode_command import write_config
     from test_train_clip import tiny_config
 
     from clipcond.cli import main as cli_main
 
+    path = write_config(tiny_config(run), tmp_path / "clip.yaml")
+    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_train_clip_refuses_an_unwritable_output_dir_before_any_work(tmp_path, unwritable, capsys) -> None:
+
     locked = tmp_path / "locked"
     locked.mkdir()
     unwritable.add(locked.absolute())
-    path = write_config(tiny_config(locked / "run"), tmp_path / "clip.yaml")
-    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+    assert _train_clip_errors(locked / "run", tmp_path, capsys, status=2) == [
         f"error: output_dir {locked / 'run'}: cannot write in {locked} ({os.strerror(errno.EPERM)}); "
         "choose a folder you can write for output_dir (--output-dir)"
-    ], err
+    ]
     assert list(locked.iterdir()) == []
 
 
@@ -276,10 +283,6 @@ def test_train_clip_whose_run_folder_is_removed_midway_fails_in_one_line_not_as_
     file missing because the run folder was removed under the run is a failed run (exit 1)."""
     import shutil
 
-    from test_encode_command import write_config
-    from test_train_clip import tiny_config
-
-    from clipcond.cli import main as cli_main
     from clipcond.training.clip import loop
 
     def removed_midway(config, **options):
@@ -289,11 +292,7 @@ def test_train_clip_whose_run_folder_is_removed_midway_fails_in_one_line_not_as_
 
     monkeypatch.setattr(loop, "train_clip", removed_midway)
     run = tmp_path / "run"
-    path = write_config(tiny_config(run), tmp_path / "clip.yaml")
-    assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+    assert _train_clip_errors(run, tmp_path, capsys, status=1) == [
         f"error: cannot reach {run / 'metrics.jsonl'}: its folder {run} no longer exists (removed while the command "
         "ran); nothing was left half-written there: rerun the command"
-    ], err
+    ]

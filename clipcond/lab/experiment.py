@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipcond.errors import RunFailed, Terminated, interrupt_exit_code, one_line, user_errors
+from clipcond.errors import RunFailed, interrupt_exit_code, one_line, stopped_by, user_errors
 
 if TYPE_CHECKING:
     from clipcond.lab.config import ExperimentConfig
@@ -69,11 +69,6 @@ def _check_models(config: ExperimentConfig) -> None:
             check_loadable(folder, what)
 
 
-def _stopped(interrupt: KeyboardInterrupt) -> str:
-    """How the run was stopped: by a SIGTERM (`clipcond.errors.Terminated`) or by Ctrl-C."""
-    return "terminated" if isinstance(interrupt, Terminated) else "interrupted"
-
-
 def run(args: argparse.Namespace) -> int:
     """Check the config, then generate, measure and report. Returns the exit status."""
 
@@ -122,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             run_steps(steps, jobs=args.jobs, log_dir=Path(config.output_dir) / "prepare-logs")
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the steps are stopped (`run_steps`)
         # each runs with --resume, so it goes on from its last checkpoint
-        print(f"{_stopped(interrupt)} during the prepare steps; re-run to resume them", file=sys.stderr)
+        print(f"{stopped_by(interrupt)} during the prepare steps; re-run to resume them", file=sys.stderr)
         return interrupt_exit_code(interrupt)
     try:
         # a damaged model, found before any result is dropped; another live run in the folder
@@ -130,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             output = run_experiment(config, show_progress=not args.no_progress, device=device)
     except KeyboardInterrupt as interrupt:  # results.jsonl holds every finished batch, whole (`clipcond.lab.results`)
         kept = len(read_results(Path(config.output_dir) / RESULTS_NAME)[0])
-        print(f"{_stopped(interrupt)}; {kept} results kept, re-run to continue", file=sys.stderr)
+        print(f"{stopped_by(interrupt)}; {kept} results kept, re-run to continue", file=sys.stderr)
         return interrupt_exit_code(interrupt)
     except OSError as error:  # a full disk or a read-only folder: what is on disk stays whole
         where = error.filename or config.output_dir  # a failed write() names no file: the run folder
