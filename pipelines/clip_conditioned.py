@@ -216,6 +216,14 @@ class CLIPConditionedPipeline(
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: Any, **kwargs: Any) -> Any:
+        """diffusers' `from_single_file`: one original-format SD / SDXL checkpoint, read by the
+        matching diffusers pipeline, its components handed to this class (`clipcond.pipelines.single_file`)."""
+        from clipcond.pipelines.single_file import from_single_file
+
+        return from_single_file(cls, pretrained_model_link_or_path, **kwargs)
+
+    @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
         """`DiffusionPipeline.from_pipe`, after refusing a pipeline without a `unet` component
         (SD3, Flux, PixArt: a transformer denoiser), which this UNet pipeline cannot run, and
