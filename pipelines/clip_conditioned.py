@@ -72,7 +72,7 @@ from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
-from clipcond.pipelines.sd_components import check_safety_checker, normalise_scheduler_config
+from clipcond.pipelines.sd_components import TEXT_TO_IMAGE_REWRITES, check_safety_checker, normalise_scheduler_config
 from clipcond.pipelines.sdxl_components import (
     SDXL_RECIPE,
     check_added_width,
@@ -194,6 +194,7 @@ class CLIPConditionedPipeline(
         "feature_extractor",
         "image_encoder",
     ]
+    _scheduler_rewrites = TEXT_TO_IMAGE_REWRITES  # what SD's constructor rewrites in a scheduler config (recipe "sd")
     _exclude_from_cpu_offload = ["safety_checker"]  # as in Stable Diffusion: it runs once, on the images
 
     @property
@@ -342,7 +343,7 @@ class CLIPConditionedPipeline(
                 type(self).__name__,
             )
         if recipe == "sd" and vae is not None:
-            normalise_scheduler_config(scheduler)
+            normalise_scheduler_config(scheduler, self._scheduler_rewrites)
         self.register_to_config(
             recipe=recipe,
             clip_skip=clip_skip,

@@ -30,6 +30,7 @@ from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
 from clipcond.pipelines.image_inputs import ImageBatch, check_image, check_mask, check_mask_fits, holds_latents
 from clipcond.pipelines.image_latents import encode_images, tile_to
 from clipcond.pipelines.img2img import SourceImageSteps
+from clipcond.pipelines.sd_components import INPAINT_REWRITES
 from clipcond.scalars import as_int
 
 
@@ -61,6 +62,7 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
     """
 
     DEFAULT_STRENGTH = (1.0, 0.9999)
+    _scheduler_rewrites = INPAINT_REWRITES  # StableDiffusionInpaintPipeline's: it keeps `clip_sample`
 
     # As in StableDiffusionInpaintPipeline, callbacks may read and replace the mask and the
     # masked source's latents; here both are per image, (n, 1, h, w) and (n, 4, h, w), not

@@ -13,34 +13,62 @@ components must make the same rewrite.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from diffusers.configuration_utils import FrozenDict
 
+# What each Stable Diffusion constructor rewrites, by key: (wrong value test, value, why).
+# StableDiffusionPipeline and its img2img sibling rewrite `steps_offset` and `clip_sample`;
+# StableDiffusionInpaintPipeline rewrites `steps_offset` and `skip_prk_steps` (a PNDM scheduler
+# without it runs its Runge-Kutta warm-up) and keeps `clip_sample` as configured.
+_REWRITES: dict[str, tuple[Callable[[Any], bool], Any, str]] = {
+    "steps_offset": (
+        lambda config: config.get("steps_offset", 1) != 1,
+        1,
+        "timesteps then fall where Stable Diffusion's were sampled",
+    ),
+    "clip_sample": (
+        lambda config: config.get("clip_sample", False) is True,
+        False,
+        "clipping the predicted sample to [-1, 1] would clip latents",
+    ),
+    "skip_prk_steps": (
+        lambda config: config.get("skip_prk_steps", True) is False,
+        True,
+        "as Stable Diffusion's inpainting pipeline runs PNDM",
+    ),
+}
+TEXT_TO_IMAGE_REWRITES = ("steps_offset", "clip_sample")
+INPAINT_REWRITES = ("steps_offset", "skip_prk_steps")
 
-def normalise_scheduler_config(scheduler: Any) -> None:
-    """Rewrite `scheduler`'s config in place as `StableDiffusionPipeline.__init__` does: a
-    `steps_offset` other than 1 becomes 1 and a `clip_sample` of True becomes False, each with
-    a FutureWarning naming the key. Schedulers without these keys are left alone.
+
+def normalise_scheduler_config(scheduler: Any, rewrites: tuple[str, ...] = TEXT_TO_IMAGE_REWRITES) -> None:
+    """Rewrite `scheduler`'s config in place as a Stable Diffusion constructor does, each
+    rewrite with a FutureWarning naming the key: `steps_offset` other than 1 becomes 1,
+    `clip_sample` of True becomes False (`StableDiffusionPipeline`, its img2img sibling),
+    `skip_prk_steps` of False becomes True (`StableDiffusionInpaintPipeline`, with the offset).
+    Schedulers without these keys are left alone.
 
     The scheduler is changed in place, as SD changes it: a pipeline sharing it sees the same
     config.
 
     Args:
         scheduler: a diffusers scheduler, or None (nothing to do).
+        rewrites: the keys to rewrite, `TEXT_TO_IMAGE_REWRITES` or `INPAINT_REWRITES`.
     """
     if scheduler is None:
         return
-    if scheduler.config.get("steps_offset", 1) != 1:
-        _rewrite(scheduler, "steps_offset", 1, "timesteps then fall where Stable Diffusion's were sampled")
-    if scheduler.config.get("clip_sample", False) is True:
-        _rewrite(scheduler, "clip_sample", False, "clipping the predicted sample to [-1, 1] would clip latents")
+    for key in rewrites:
+        is_wrong, value, why = _REWRITES[key]
+        if is_wrong(scheduler.config):
+            _rewrite(scheduler, key, value, why)
 
 
 def _rewrite(scheduler: Any, key: str, value: Any, why: str) -> None:
     warnings.warn(
         f"{type(scheduler).__name__}'s config has `{key}: {scheduler.config[key]!r}`; using {value!r} as "
-        f"StableDiffusionPipeline does ({why}). Update its scheduler_config.json to silence this.",
+        f"Stable Diffusion's pipelines do ({why}). Update its scheduler_config.json to silence this.",
         FutureWarning,
         stacklevel=4,
     )
@@ -64,4 +92,4 @@ def check_safety_checker(safety_checker: Any, feature_extractor: Any, requires_s
     return safety_checker is None and requires_safety_checker
 
 
-__all__ = ["check_safety_checker", "normalise_scheduler_config"]
+__all__ = ["INPAINT_REWRITES", "TEXT_TO_IMAGE_REWRITES", "check_safety_checker", "normalise_scheduler_config"]

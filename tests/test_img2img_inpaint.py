@@ -171,6 +171,43 @@ def test_inpaint_images_equal_diffusers(inpaint, kwargs) -> None:
     assert as_equal(run(ours, image=image, mask_image=mask, **kwargs), expected)
 
 
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        dict(name="DDIMScheduler"),  # steps_offset 0, clip_sample True: only the offset is rewritten
+        dict(name="PNDMScheduler", skip_prk_steps=False),  # rewritten to skip the Runge-Kutta warm-up
+    ],
+    ids=["ddim_clip_sample", "pndm_prk_steps"],
+)
+def test_inpaint_rewrites_the_scheduler_config_as_stable_diffusion_inpaint(scheduler) -> None:
+    """Each on its own fresh components (no shared scheduler that one constructor rewrites for
+    both): StableDiffusionInpaintPipeline's constructor rewrites `steps_offset` and
+    `skip_prk_steps`, not `clip_sample` as the text-to-image and img2img pipelines do; ours
+    follows it, so the configs and the images are its."""
+    import diffusers
+
+    settings = dict(scheduler)
+    scheduler_class = getattr(diffusers, settings.pop("name"))
+
+    def components() -> dict:
+        return {**sd_components(9), "scheduler": scheduler_class(**settings)}
+
+    with pytest.warns(FutureWarning):
+        peer = StableDiffusionInpaintPipeline(
+            **components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    with pytest.warns(FutureWarning):
+        ours = CLIPConditionedInpaintPipeline(**components())
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    public = [
+        {key: value for key, value in pipe.scheduler.config.items() if not key.startswith("_")} for pipe in (ours, peer)
+    ]
+    assert public[0] == public[1]
+    call = dict(prompt="a red circle", image=source_image(), mask_image=box_mask(), strength=1.0)
+    assert as_equal(run(ours, **call), run(peer, **call))
+
+
 def test_the_mask_keeps_the_source_outside_it_with_a_plain_unet() -> None:
     """The blend's meaning, not only diffusers' numbers: outside the mask the final latents are
     the source's, so changing the prompt changes the images inside the mask only (up to what
