@@ -380,6 +380,12 @@ class CLIPConditionedPipeline(
     denoising_end = _per_call("denoising_end", "The fraction of the schedule run before stopping (None: all).")
 
     @property
+    def clip_skip(self) -> int | None:
+        """The running (or last) call's `clip_skip`, as diffusers' pipelines give it to a step
+        callback: the call's argument, else the pipeline's own; before any call, the pipeline's."""
+        return getattr(self, "_clip_skip", self.config.clip_skip)
+
+    @property
     def reads_time_ids(self) -> bool:
         """Whether the UNet reads SDXL's pooled text and time ids (recipe "sdxl")."""
         return self.config.recipe == SDXL_RECIPE
@@ -722,9 +728,10 @@ class CLIPConditionedPipeline(
         return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
 
     @torch.no_grad()
-    def __call__(
+    def __call__(  # only `prompt` by position: SD's second is `height`, SDXL's `prompt_2`, and one class serves both
         self,
         prompt: str | list[str] | None = None,
+        *,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = 50,
         guidance_scale: float | None = None,
@@ -888,7 +895,7 @@ class CLIPConditionedPipeline(
         self._denoising_end = denoising_end
         self._interrupt = False
         self._loop_tensors = {}
-        clip_skip = clip_skip if clip_skip is not None else self.config.clip_skip
+        clip_skip = self._clip_skip = clip_skip if clip_skip is not None else self.config.clip_skip
         encode_negative = self.do_classifier_free_guidance and negative_prompt_embeds is None
         conditioner = None
         if prompt is not None or encode_negative:

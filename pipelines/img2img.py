@@ -26,7 +26,7 @@ from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOut
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.denoising_steps import warmup_iterations
-from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline, _per_call
 from clipcond.pipelines.composable import EditSteps
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
 from clipcond.pipelines.image_inputs import (
@@ -43,11 +43,12 @@ from clipcond.scalars import as_float
 
 
 class SourceImageSteps:
-    """What img2img and inpainting share, a mixin before `CLIPConditionedPipeline`: only the
-    last `strength` share of the schedule runs (diffusers' `get_timesteps`), or, for SDXL, the
-    part after `denoising_start`; the source images must divide the outputs; SDXL's negative
-    time ids follow diffusers' img2img rule. The running call's arguments are `self._source`,
-    with `strength`, `denoising_start` and `batches` ((argument name, ImageBatch) pairs)."""
+    """What img2img and inpainting share, a mixin before `CLIPConditionedPipeline`: only the last
+    `strength` share of the schedule runs (diffusers' `get_timesteps`), or, for SDXL, the part after
+    `denoising_start`; the source images must divide the outputs; SDXL's negative time ids follow
+    diffusers' img2img rule. The running call's arguments are `self._source`."""
+
+    denoising_start = _per_call("denoising_start", "The schedule's fraction skipped (SDXL; None: strength).")
 
     def _check_unet_channels(self) -> None:
         """Nothing here: img2img and inpainting check the UNet's channels against their inputs."""
@@ -184,6 +185,7 @@ class SourceImageSteps:
         given_strength = strength
         strength, denoising_start, denoising_end = map(as_float, (strength, denoising_start, denoising_end))
         check_denoising_start(denoising_start, strength, denoising_end, self.reads_time_ids)
+        self._denoising_start = denoising_start  # the `denoising_start` property, as diffusers' SDXL img2img's
         if strength is None:
             return self.default_strength(), denoising_start, denoising_end
         check_strength(strength)
@@ -283,21 +285,19 @@ class CLIPConditionedImg2ImgPipeline(SourceImageSteps, CLIPConditionedPipeline):
                 time ids follow diffusers' img2img rule (`sdxl_time_ids`), and a refiner's
                 scores default to 6.0 and 2.5.
             denoising_start: in (0, 1): the fraction of the schedule another model ran (a base
-                pipeline called with `denoising_end` and output_type="latent", whose latents
-                are `image`): the steps after it run, and the source gets no noise. Replaces
-                `strength` (giving both is refused). Prompt editing's `when` counts the whole
-                schedule's steps, going on from the base's: each step reads what it would
-                read in one model running the whole schedule.
+                pipeline called with `denoising_end` and output_type="latent", whose latents are
+                `image`): the steps after it run, the source gets no noise. Replaces `strength`
+                (both is refused). Prompt editing's `when` counts the whole schedule's steps, on
+                from the base's, as in one model running the whole schedule.
             denoising_end: as in text-to-image (any UNet): stop after that fraction.
 
         Returns:
             As `CLIPConditionedPipeline.__call__`.
 
         Raises:
-            ValueError, TypeError: bad arguments (among them an `image` of another type, a
-                `strength` outside [0, 1], an inpainting UNet, `denoising_start` outside (0, 1)
-                or not below `denoising_end`, a `denoising_end` that leaves no step), all
-                before any work.
+            ValueError, TypeError: bad arguments (among them an `image` of another type, a `strength`
+                outside [0, 1], an inpainting UNet, `denoising_start` outside (0, 1) or not below
+                `denoising_end`, a `denoising_end` that leaves no step), all before any work.
         """
         # 1. Check the source image; the text-to-image call checks the rest, all before any work
         strength, denoising_start, denoising_end = self._schedule_arguments(strength, denoising_start, denoising_end)

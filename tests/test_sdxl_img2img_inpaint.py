@@ -587,3 +587,41 @@ def test_bad_input_fails_before_any_work(task, family, kwargs, message, monkeypa
     with pytest.raises((ValueError, TypeError), match=message):
         pipe(**settings)
     assert not calls
+
+
+@pytest.mark.parametrize("task", ["text_to_image", "img2img", "inpaint"])
+def test_a_callback_reads_the_calls_settings_as_in_diffusers(img2img, task) -> None:
+    """`pipe.clip_skip` inside a step callback is the running call's (diffusers' SDXL pipelines
+    set it per call), and SDXL img2img and inpaint also expose `denoising_start`; outside a
+    call `clip_skip` is the pipeline's own."""
+    if task == "text_to_image":
+        pair = peer_and_ours(StableDiffusionXLPipeline, CLIPConditionedPipeline, base_parts())
+        arguments = {}
+    elif task == "img2img":
+        pair, arguments = img2img, dict(image=source_image(), denoising_start=0.5)
+    else:
+        pair = peer_and_ours(StableDiffusionXLInpaintPipeline, CLIPConditionedInpaintPipeline, base_parts())
+        arguments = dict(image=source_image(), mask_image=box_mask(), denoising_start=0.5)
+    names = ["clip_skip", "denoising_end"] + (["denoising_start"] if arguments else [])
+
+    def settings_seen(pipe) -> dict:
+        seen = {}
+
+        def record(pipe, step, timestep, tensors):
+            seen.update({name: getattr(pipe, name) for name in names})
+            return {}
+
+        run(pipe, prompt="a red circle", clip_skip=1, output_type="latent", callback_on_step_end=record, **arguments)
+        return seen
+
+    peer, ours = pair
+    assert (
+        settings_seen(ours)
+        == settings_seen(peer)
+        == {
+            "clip_skip": 1,
+            "denoising_end": None,
+            **({"denoising_start": 0.5} if arguments else {}),
+        }
+    )
+    assert quiet(type(ours).from_pipe(peer, clip_skip=2)).clip_skip == 2

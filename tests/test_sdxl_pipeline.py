@@ -756,3 +756,12 @@ def test_an_edited_prompt_expands_each_encoders_token_with_its_own_tokenizer(sdx
         output_type="latent",
     )
     assert torch.equal(got.images, theirs.images)
+
+
+def test_only_the_prompt_may_be_given_by_position(sdxl_pipe) -> None:
+    """SD's second positional argument is `height`, SDXL's `prompt_2`: one class cannot follow
+    both, so every argument after `prompt` is keyword-only, and a second positional one is
+    Python's TypeError before any work, never another argument read silently."""
+    ours = ours_from(sdxl_pipe)
+    with pytest.raises(TypeError, match="positional argument"):
+        ours("a red circle", "oil painting", num_inference_steps=1)
