@@ -1,0 +1,211 @@
+"""Checkpoint edges beyond the common damage of test_checkpoint.py: `read_extra` (the world-size
+guard of `--resume`), exact messages, writes into a run folder not yet made or over a leftover
+temporary folder, loading without the generators, and optimizer state of Python values only.
+Written against the mutation run of probe15 (its surviving mutants of training/checkpoint.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_checkpoint_mutants import _adamw_checkpoint, _load_error, _rewrite_optimizer_file
+
+import clipcond.training.checkpoint as checkpoint
+from clipcond.training.checkpoint import (
+    CheckpointDamaged,
+    latest_checkpoint,
+    load_checkpoint,
+    load_newest_intact,
+    read_extra,
+    save_checkpoint,
+)
+
+
+def _checkpoint_with_extra(run_dir, extra, step=1):
+    return save_checkpoint(run_dir, step, {"model": torch.nn.Linear(3, 2)}, extra=extra)
+
+
+def _edit_optimizer(folder, tensors_edit=lambda tensors: tensors, metadata_edit=lambda metadata: metadata):
+    """Rewrite optimizer.safetensors with its tensors and its JSON metadata (text) edited."""
+    path = folder / "optimizer.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()["optimizer"]
+    _rewrite_optimizer_file(folder, tensors_edit(load_file(str(path))), metadata_edit(metadata))
+
+
+# ---------------------------------------------------------------- read_extra
+
+
+def test_read_extra_returns_the_extra_its_check_sees(tmp_path):
+    folder = _checkpoint_with_extra(tmp_path, {"samples": 12, "processes": 2})
+    seen = []
+    assert read_extra(str(folder), lambda extra: seen.append(extra)) == {"samples": 12, "processes": 2}
+    assert seen == [{"samples": 12, "processes": 2}]
+    assert read_extra(folder) == {"samples": 12, "processes": 2}
+
+
+def test_read_extra_names_what_the_loop_s_check_refuses(tmp_path):
+    folder = _checkpoint_with_extra(tmp_path, {"samples": "twelve"})
+    with pytest.raises(CheckpointDamaged) as error:
+        read_extra(folder, lambda extra: f"samples is {extra['samples']!r}")
+    assert str(error.value) == f"{folder}: trainer.json `extra`: samples is 'twelve'"
+
+
+@pytest.mark.parametrize("kind", ["a file named step-N", "a folder of another name", "nothing there"])
+def test_read_extra_refuses_what_is_no_checkpoint_folder(tmp_path, kind):
+    folder = _checkpoint_with_extra(tmp_path, {})
+    if kind == "a file named step-N":
+        folder = tmp_path / "checkpoints" / "step-000000005"
+        folder.write_text("{}")
+    elif kind == "a folder of another name":
+        folder = folder.rename(folder.with_name("latest-1"))
+    else:
+        folder = tmp_path / "checkpoints" / "step-000000009"
+    with pytest.raises(CheckpointDamaged) as error:
+        read_extra(folder)
+    assert str(error.value) == f"{folder} is not a checkpoint folder (checkpoints/step-<N>)"
+
+
+def test_the_loop_s_check_sees_each_checkpoint_s_own_extra(tmp_path):
+    for step in (2, 4):
+        _checkpoint_with_extra(tmp_path, {"samples": 4 * step}, step=step)
+    seen = []
+
+    def refuse_the_first(extra):
+        seen.append(extra)
+        return "refused" if len(seen) == 1 else None
+
+    point = load_newest_intact(tmp_path, {"model": torch.nn.Linear(3, 2)}, check_extra=refuse_the_first)
+    assert seen == [{"samples": 16}, {"samples": 8}] and point.step == 2
+
+
+# ---------------------------------------------------------------- exact messages
+
+
+def test_a_missing_module_file_is_named_with_its_folder(tmp_path):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    (folder / "model.safetensors").unlink()
+    assert _load_error(folder, {"model": model}) == f"{folder}: model.safetensors is missing"
+
+
+def test_an_optimizer_moment_of_another_shape_is_named_with_its_folder(tmp_path):
+    folder, model, optimizer = _adamw_checkpoint(tmp_path)
+    _edit_optimizer(folder, lambda tensors: {**tensors, "1.exp_avg": torch.zeros(3)})
+    assert _load_error(folder, {"model": model}, optimizer) == (
+        f"{folder}: optimizer.safetensors: 1.exp_avg is [3], its parameter [2]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "start"),
+    [
+        (lambda text: text[:-1], "trainer.json does not parse ("),
+        (
+            lambda text: text.replace('"numpy"', '"numbpy"'),
+            "trainer.json holds no usable random-number states (KeyError(",
+        ),
+    ],
+    ids=["cut short", "no numpy state"],
+)
+def test_trainer_damage_is_named_with_its_folder(tmp_path, damage, start):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    path = folder / "trainer.json"
+    path.write_text(damage(path.read_text()))
+    assert _load_error(folder, {"model": model}).startswith(f"{folder}: {start}")
+
+
+def _module_of(**shapes):
+    module = torch.nn.Module()
+    for name, size in shapes.items():
+        module.register_parameter(name, torch.nn.Parameter(torch.zeros(size)))
+    return module
+
+
+def test_a_long_list_of_tensors_that_do_not_fit_is_cut_to_its_first_ones(tmp_path):
+    folder = save_checkpoint(tmp_path, 1, {"model": _module_of(**{f"p{index}": 2 for index in range(7)})})
+    other = _module_of(**{f"p{index}": 3 for index in range(7)}, **{f"q{index}": 2 for index in range(7)})
+    assert _load_error(folder, {"model": other}) == (
+        f"{folder}: model.safetensors does not fit the model (wrong shape: p0 is [2], the model's [3]; "
+        "p1 is [2], the model's [3]; p2 is [2], the model's [3]; missing tensors: q0, q1, q2, q3, q4)"
+    )
+    assert _load_error(folder, {"model": torch.nn.Module()}) == (
+        f"{folder}: model.safetensors does not fit the model (tensors the model does not have: p0, p1, p2, p3, p4)"
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_a_failed_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    _adamw_checkpoint(tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, 2, {"model": model}, torch.optim.AdamW(model.parameters()))
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
+
+
+def test_a_leftover_temporary_folder_of_this_process_is_written_over(tmp_path):
+    leftover = tmp_path / "checkpoints" / f".tmp-step-000000003-{os.getpid()}"
+    leftover.mkdir(parents=True)
+    (leftover / "stale.safetensors").write_bytes(b"half")
+    folder = save_checkpoint(tmp_path, 3, {"model": torch.nn.Linear(3, 2)})
+    assert sorted(path.name for path in folder.iterdir()) == ["model.safetensors", "rng.safetensors", "trainer.json"]
+    assert not leftover.exists()
+
+
+def test_a_checkpoint_of_a_run_folder_not_yet_made_makes_it(tmp_path):
+    folder = save_checkpoint(tmp_path / "runs" / "new", 1, {"model": torch.nn.Linear(3, 2)})
+    assert folder == tmp_path / "runs" / "new" / "checkpoints" / "step-000000001" and folder.is_dir()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_a_run_without_checkpoints_has_no_latest(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-000000001")
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_loading_without_the_generators_needs_no_rng_file_and_leaves_them(tmp_path):
+    folder, model, _ = _adamw_checkpoint(tmp_path)
+    (folder / "rng.safetensors").unlink()
+    fresh = torch.nn.Linear(3, 2)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    assert load_checkpoint(folder, {"model": fresh}, restore_rng=False) == {"step": 1, "extra": {}}
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+
+
+class CountingSGD(torch.optim.SGD):
+    """Plain SGD keeping, per parameter, only a Python value: no state tensor at all."""
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                self.state[parameter]["updates"] = self.state[parameter].get("updates", 0) + 1
+        return loss
+
+
+def test_an_optimizer_state_of_python_values_only_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = CountingSGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(4, 3)).square().mean().backward()
+        optimizer.step()
+    folder = save_checkpoint(tmp_path, 3, {"model": model}, optimizer)
+    fresh = CountingSGD(model.parameters(), lr=0.1)
+    load_checkpoint(folder, {"model": model}, fresh)
+    assert fresh.state_dict()["state"] == optimizer.state_dict()["state"] == {0: {"updates": 3}, 1: {"updates": 3}}
