@@ -156,6 +156,42 @@ def test_compel_mode_equals_compel_itself(family: str, pipes) -> None:
     assert not torch.allclose(multiplied, theirs, atol=1e-3)  # a different formula, so this bites
 
 
+LONG_FILL = "a small red circle next to a large blue square, "
+# (fragment, weight) prompts of one and two windows: a down-weight in the first window, in the
+# second only, one per window, and prompts after the batch's first that need the blend
+WEIGHTED_BATCH = [
+    [(LONG_FILL * 2, 1.0), ("green triangle", 0.5), (", " + LONG_FILL * 6, 1.0)],
+    [("a ", 1.0), ("red", 1.3), (" circle and a ", 1.0), ("blue", 0.5), (" square", 1.0)],
+    [(LONG_FILL, 1.0), ("huge", 1.2), (" " + LONG_FILL * 7, 1.0), ("yellow star", 0.2), (" on a mat", 1.0)],
+    [("purple", 0.0), (" " + LONG_FILL * 8, 1.0), ("orange hexagon", 0.7), (" done", 1.0)],
+]
+
+
+def test_compel_mode_equals_compel_on_a_batch_of_weighted_long_prompts(sd_pipe) -> None:
+    """A batch of weighted prompts of one and two windows, prompt by prompt, against compel with
+    its word-boundary split of long text (the split docs/conditioning.md names as equal); found
+    by mutation testing of window_encoding._compel, which the one-prompt test above let through."""
+    from compel.embeddings_provider import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType, SplitLongTextMode
+
+    provider = EmbeddingsProvider(
+        tokenizer=sd_pipe.tokenizer,
+        text_encoder=sd_pipe.text_encoder,
+        returned_embeddings_type=ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED,
+        downweight_mode=DownweightMode.MASK,
+        truncate=False,
+        split_long_text_mode=SplitLongTextMode.WORDS,
+    )
+    as_a1111 = ["".join(text if w == 1.0 else f"({text}:{w})" for text, w in pieces) for pieces in WEIGHTED_BATCH]
+    cond = TextConditioner.from_pipeline(sd_pipe, emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        ours = cond.encode(as_a1111).tokens
+        for index, pieces in enumerate(WEIGHTED_BATCH):
+            fragments, weights = [text for text, _ in pieces], [w for _, w in pieces]
+            theirs = provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])[0]
+            assert theirs.shape[0] == (1 if index == 1 else 2) * 77  # the windows each case means
+            torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_emphasis_is_validated_and_part_of_the_cache_key(sd_pipe, tmp_path) -> None:
     with pytest.raises(ValueError, match="`emphasis` must be one of"):
         TextConditioner.from_pipeline(sd_pipe, emphasis="loud")

@@ -70,3 +70,48 @@ def test_compel_s_masked_versions_keep_the_padding_masked_for_an_encoder_that_re
     assert len(calls) == 2
     assert calls[0].tolist() == [[1, 1, 1, 1, 0, 0]]
     assert calls[1].tolist() == [[1, 0, 1, 1, 0, 0]]  # the fragment masked out, the padding still masked
+
+
+@pytest.fixture
+def masked_sd(sd_pipe):
+    """`sd_pipe` with a copy of its CLIP whose config says `use_attention_mask` (diffusers'
+    `encode_prompt` then passes the padding mask)."""
+    import copy
+
+    pipe = copy.copy(sd_pipe)  # shallow: only the text encoder is replaced
+    pipe.text_encoder = copy.deepcopy(sd_pipe.text_encoder)
+    pipe.text_encoder.config.use_attention_mask = True
+    return pipe
+
+
+def _diffusers_states(pipe, prompt: str) -> torch.Tensor:
+    """(77, width): diffusers' `encode_prompt` of one prompt, without guidance."""
+    return pipe.encode_prompt(prompt, "cpu", 1, False)[0][0]
+
+
+def test_a_clip_that_reads_its_mask_equals_diffusers_encode_prompt(masked_sd):
+    """The prompt's windows pass the mask (found by mutation testing: no test had such a CLIP)."""
+    cond = TextConditioner.from_pipeline(masked_sd, cache_size=0)
+    prompt = "a red circle and a blue square"
+    with torch.no_grad():
+        expected = _diffusers_states(masked_sd, prompt)
+        unmasked = masked_sd.text_encoder(
+            masked_sd.tokenizer(prompt, padding="max_length", return_tensors="pt").input_ids
+        )
+        torch.testing.assert_close(cond.encode(prompt).tokens[0], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, unmasked[0][0], atol=1e-4)  # the mask changes the padding's states
+
+
+def test_comfy_moves_away_from_the_masked_empty_prompt(masked_sd):
+    """ComfyUI's formula, e + (z - e) * w per weighted token, with z and e (the empty prompt's
+    states) from diffusers' masked `encode_prompt`: the empty prompt's window passes the mask too."""
+    cond = TextConditioner.from_pipeline(masked_sd, cache_size=0, emphasis="comfy")
+    tokenizer = masked_sd.tokenizer
+    weights = [1.0]
+    for text, weight in [("a", 1.0), ("red", 1.3), ("circle and a", 1.0), ("blue", 1.21), ("square", 1.0)]:
+        weights += [weight] * len(tokenizer(text, add_special_tokens=False).input_ids)
+    w = torch.tensor(weights + [1.0] * (77 - len(weights)))[:, None]
+    with torch.no_grad():
+        z, e = _diffusers_states(masked_sd, "a red circle and a blue square"), _diffusers_states(masked_sd, "")
+        got = cond.encode("a (red:1.3) circle and a ((blue)) square").tokens[0]
+    torch.testing.assert_close(got, torch.where(w == 1, z, e + (z - e) * w), rtol=1e-5, atol=1e-5)
