@@ -1,7 +1,8 @@
 """Checkpoint edges beyond the common damage of test_checkpoint.py: `read_extra` (the world-size
 guard of `--resume`), exact messages, writes into a run folder not yet made or over a leftover
-temporary folder, loading without the generators, and optimizer state of Python values only.
-Written against the mutation run of probe15 (its surviving mutants of training/checkpoint.py)."""
+temporary folder, loading without the generators, and optimizer state of Python values only; then
+damage that broke a parser (it escaped as a raw exception). Written against the mutation run of
+probe15 (its surviving mutants of training/checkpoint.py) and the bugs it found."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_checkpoint_mutants import _adamw_checkpoint, _load_error, _rewrite_optimizer_file
+from test_checkpoint import _run_with_checkpoints, _setup
+from test_checkpoint_mutants import _adamw_checkpoint, _edit_trainer, _load_error, _rewrite_optimizer_file
 
 import clipcond.training.checkpoint as checkpoint
 from clipcond.training.checkpoint import (
@@ -209,3 +211,62 @@ def test_an_optimizer_state_of_python_values_only_round_trips(tmp_path):
     fresh = CountingSGD(model.parameters(), lr=0.1)
     load_checkpoint(folder, {"model": model}, fresh)
     assert fresh.state_dict()["state"] == optimizer.state_dict()["state"] == {0: {"updates": 3}, 1: {"updates": 3}}
+
+
+# ---------------------------------------------------------------- damage that breaks a parser
+
+
+def _numpy_key_out_of_range(trainer):
+    trainer["rng"]["numpy"][1][0] = 9_999_999_999  # one digit of a 10-digit key changed
+    return trainer
+
+
+def _python_value_out_of_range(trainer):
+    trainer["rng"]["python"][1][0] = 2**70
+    return trainer
+
+
+def _with_key(tensors, key):
+    return {**tensors, key: torch.zeros(8, 8)}
+
+
+PARSER_DAMAGE = {
+    "numpy key out of the 32-bit range": (
+        lambda folder: _edit_trainer(folder, _numpy_key_out_of_range),
+        "trainer.json holds no usable random-number states (OverflowError(",
+    ),
+    "python generator value past 64 bits": (
+        lambda folder: _edit_trainer(folder, _python_value_out_of_range),
+        "trainer.json holds no usable random-number states (OverflowError(",
+    ),
+    "trainer.json nested too deep": (
+        lambda folder: (folder / "trainer.json").write_text("[" * 100_000),
+        "trainer.json does not parse (maximum recursion depth exceeded",
+    ),
+    "optimizer metadata nested too deep": (
+        lambda folder: _edit_optimizer(folder, metadata_edit=lambda metadata: "[" * 100_000),
+        "optimizer.safetensors holds no readable optimizer state (RecursionError(",
+    ),
+    "optimizer key of a Unicode digit": (
+        lambda folder: _edit_optimizer(folder, lambda tensors: _with_key(tensors, "\u00b2.exp_avg")),
+        "optimizer.safetensors holds '\u00b2.exp_avg', which names no parameter of the run",
+    ),
+    "optimizer key of a 5000-digit id": (
+        lambda folder: _edit_optimizer(folder, lambda tensors: _with_key(tensors, "1" * 5000 + ".exp_avg")),
+        f"optimizer.safetensors holds '{'1' * 5000}.exp_avg', which names no parameter of the run",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(PARSER_DAMAGE))
+def test_damage_that_breaks_a_parser_is_passed_over(tmp_path, damage):
+    """Each escaped as a raw OverflowError, RecursionError or ValueError, so `--resume` crashed
+    instead of resuming from the checkpoint before."""
+    _run_with_checkpoints(tmp_path)
+    newest = tmp_path / "checkpoints" / "step-000000004"
+    harm, problem = PARSER_DAMAGE[damage]
+    harm(newest)
+    model, optimizer, scheduler = _setup(seed=99)
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 2
+    assert [(folder, text.startswith(problem)) for folder, text in point.passed_over] == [(newest, True)]

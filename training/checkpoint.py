@@ -323,7 +323,7 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
         ids = [param_id for group in groups for param_id in group["params"]]
         if not isinstance(scalars, dict) or not all(isinstance(param_id, int) for param_id in ids):
             raise TypeError("unexpected types")
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise _damaged(folder, f"optimizer.safetensors holds no readable optimizer state ({error!r})") from None
     live_sizes = [len(group["params"]) for group in optimizer.param_groups]
     if sizes != live_sizes:
@@ -331,10 +331,12 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
             folder,
             f"optimizer.safetensors has parameter groups of {sizes} parameters, the run's optimizer {live_sizes}",
         )
-    parameters = dict(zip(ids, (p for group in optimizer.param_groups for p in group["params"])))
+    # keyed as the writer writes ids (str(int)): a digit that int() reads but the writer never writes is no id
+    live = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    parameters = {str(param_id): parameter for param_id, parameter in zip(ids, live)}
     for key, shape in shapes.items():
         param_id, _, state_name = key.partition(".")
-        parameter = parameters.get(int(param_id)) if param_id.isdigit() and state_name else None
+        parameter = parameters.get(param_id) if state_name else None
         if parameter is None:
             raise _damaged(folder, f"optimizer.safetensors holds {key!r}, which names no parameter of the run")
         if shape and shape != list(parameter.shape):
@@ -350,7 +352,7 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
         raise _damaged(folder, "trainer.json is missing")
     try:
         trainer = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise _damaged(folder, f"trainer.json does not parse ({error})") from None
     if not isinstance(trainer, dict):
         raise _damaged(folder, "trainer.json is not a JSON object")
@@ -369,7 +371,7 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
         random.Random().setstate((version, tuple(values), gauss))
         name, keys, *rest = trainer["rng"]["numpy"]
         np.random.RandomState().set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:  # a value out of range: OverflowError
         raise _damaged(folder, f"trainer.json holds no usable random-number states ({error!r})") from None
     return trainer
 
