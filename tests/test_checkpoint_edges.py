@@ -1,23 +1,27 @@
 """Checkpoint edges beyond the common damage of test_checkpoint.py: `read_extra` (the world-size
 guard of `--resume`), exact messages, writes into a run folder not yet made or over a leftover
 temporary folder, loading without the generators, and optimizer state of Python values only; then
-damage that broke a parser (it escaped as a raw exception). Written against the mutation run of
-probe15 (its surviving mutants of training/checkpoint.py) and the bugs it found."""
+damage that broke a parser (it escaped as a raw exception) or that was found only while loading (it
+left the model loaded from the refused checkpoint). Written against the mutation run of probe15 (its
+surviving mutants of training/checkpoint.py) and the bugs it found."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_checkpoint import _run_with_checkpoints, _setup
+from test_checkpoint import _run_with_checkpoints, _setup, _step
 from test_checkpoint_mutants import _adamw_checkpoint, _edit_trainer, _load_error, _rewrite_optimizer_file
 
 import clipcond.training.checkpoint as checkpoint
 from clipcond.training.checkpoint import (
     CheckpointDamaged,
+    NoIntactCheckpoint,
     latest_checkpoint,
     load_checkpoint,
     load_newest_intact,
@@ -36,6 +40,10 @@ def _edit_optimizer(folder, tensors_edit=lambda tensors: tensors, metadata_edit=
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()["optimizer"]
     _rewrite_optimizer_file(folder, tensors_edit(load_file(str(path))), metadata_edit(metadata))
+
+
+def _edit_optimizer_json(folder, edit):
+    _edit_optimizer(folder, metadata_edit=lambda metadata: json.dumps(edit(json.loads(metadata))))
 
 
 # ---------------------------------------------------------------- read_extra
@@ -270,3 +278,65 @@ def test_damage_that_breaks_a_parser_is_passed_over(tmp_path, damage):
     point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
     assert point.step == 2
     assert [(folder, text.startswith(problem)) for folder, text in point.passed_over] == [(newest, True)]
+
+
+# ---------------------------------------------------------------- damage found while loading
+
+
+def _equal(a, b):
+    """Nested state dicts equal, tensors by dtype and value."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
+    return a == b
+
+
+def _states(model, optimizer, scheduler):
+    return copy.deepcopy([model.state_dict(), optimizer.state_dict(), scheduler.state_dict()])
+
+
+def _with_values(values):
+    return lambda folder: _edit_optimizer_json(folder, lambda saved: {**saved, "scalars": values})
+
+
+LOAD_DAMAGE = {
+    "optimizer values keyed by no parameter": (
+        _with_values({"x": {}}),
+        "optimizer.safetensors holds values of ['x'], which name no parameter of the run",
+    ),
+    "optimizer values of no mapping": (
+        _with_values({"0": 5}),
+        "optimizer.safetensors holds no readable optimizer state (TypeError('unexpected types of values that are not tensors'))",
+    ),
+    "an optimizer step that is no number": (
+        _with_values({"0": {"step": None}}),  # read by AdamW's own loading only
+        "optimizer.safetensors holds no usable optimizer state (TypeError(",
+    ),
+    "a scheduler state without its fields": (
+        lambda folder: _edit_trainer(folder, lambda trainer: {**trainer, "scheduler": {}}),
+        "trainer.json holds no usable scheduler state (KeyError('lr_lambdas'))",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(LOAD_DAMAGE))
+def test_damage_found_while_loading_leaves_the_objects_untouched(tmp_path, damage):
+    """Each was found only after the model had been loaded from the refused checkpoint (and a
+    run with no other checkpoint stopped with the model holding its weights)."""
+    _run_with_checkpoints(tmp_path, steps=(2,))
+    folder = tmp_path / "checkpoints" / "step-000000002"
+    harm, problem = LOAD_DAMAGE[damage]
+    harm(folder)
+    model, optimizer, scheduler = _setup(seed=99)
+    _step(model, optimizer, scheduler)  # an optimizer and a scheduler with a state of their own
+    before = _states(model, optimizer, scheduler)
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, {"model": model}, optimizer, scheduler)
+    assert str(error.value).startswith(f"{folder}: {problem}")
+    assert _equal(_states(model, optimizer, scheduler), before)
+    with pytest.raises(NoIntactCheckpoint):
+        load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert _equal(_states(model, optimizer, scheduler), before)

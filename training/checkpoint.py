@@ -23,7 +23,9 @@ trainer.json that does not parse, a tensor of another shape) is found before any
 loaded: `load_checkpoint` checks every file against the objects it loads into (headers, names,
 shapes, trainer state, and the loop's own values in ``extra`` through the `ExtraCheck` it gives)
 and raises `CheckpointDamaged` naming what is wrong, leaving the objects untouched;
-`load_newest_intact` falls back to the newest checkpoint that passes.
+`load_newest_intact` falls back to the newest checkpoint that passes. A scheduler state is
+checked by loading it: it is loaded first, and a failure (or the optimizer's) puts back the
+scheduler's and the optimizer's states before the modules are touched.
 
 Pickle files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) can run code when loaded: `load_pickle`
 refuses them unless the caller says `trust_pickle=True`.
@@ -58,6 +60,18 @@ _STEP_PREFIX = "step-"
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 _UNFINISHED = (".tmp-step-", ".latest-")
 _DAMAGED_PREFIX = "damaged-"
+# what loading a state that passed the checks can still raise: a scheduler state without a field its
+# class reads, an optimizer value of a type its class does not expect; and a file changed since checked
+_LOAD_ERRORS = (
+    SafetensorError,
+    OSError,
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RuntimeError,
+    ArithmeticError,
+)
 
 
 class CheckpointDamaged(ValueError):
@@ -314,7 +328,8 @@ def _check_module(folder: Path, name: str, module: nn.Module) -> None:
 
 def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     """Param groups of the same sizes as the optimizer's; every state tensor keyed by one of its
-    parameters, a scalar or of that parameter's shape (as AdamW's moments are)."""
+    parameters, a scalar or of that parameter's shape (as AdamW's moments are); every other state
+    value in a mapping keyed by one of its parameters."""
     shapes, metadata = _read_header(folder, "optimizer.safetensors")
     try:
         saved = json.loads(metadata["optimizer"])
@@ -323,6 +338,8 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
         ids = [param_id for group in groups for param_id in group["params"]]
         if not isinstance(scalars, dict) or not all(isinstance(param_id, int) for param_id in ids):
             raise TypeError("unexpected types")
+        if not all(isinstance(fields, dict) for fields in scalars.values()):
+            raise TypeError("unexpected types of values that are not tensors")
     except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise _damaged(folder, f"optimizer.safetensors holds no readable optimizer state ({error!r})") from None
     live_sizes = [len(group["params"]) for group in optimizer.param_groups]
@@ -341,6 +358,9 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
             raise _damaged(folder, f"optimizer.safetensors holds {key!r}, which names no parameter of the run")
         if shape and shape != list(parameter.shape):
             raise _damaged(folder, f"optimizer.safetensors: {key} is {shape}, its parameter {list(parameter.shape)}")
+    strays = sorted(param_id for param_id in scalars if param_id not in parameters)
+    if strays:
+        raise _damaged(folder, f"optimizer.safetensors holds values of {strays}, which name no parameter of the run")
 
 
 def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck | None = None) -> dict[str, Any]:
@@ -418,7 +438,8 @@ def load_checkpoint(
         ``{"step": int, "extra": dict}`` as saved.
 
     Raises:
-        CheckpointDamaged: what is wrong with the folder; the objects are untouched.
+        CheckpointDamaged: what is wrong with the folder; the objects are untouched (a file that
+            changes on disk while the modules load can leave them partly loaded).
     """
     folder = Path(folder)
     if not folder.is_dir() or not _STEP_FOLDER.fullmatch(folder.name):
@@ -429,19 +450,37 @@ def load_checkpoint(
     if optimizer is not None:
         _check_optimizer(folder, optimizer)
     rng = _read_rng(folder) if restore_rng else {}
-    try:
-        for name, module in modules.items():
-            load_model(module, str(folder / f"{name}.safetensors"))
-        if optimizer is not None:
-            _optimizer_from_safetensors(optimizer, folder / "optimizer.safetensors")
-        if scheduler is not None:
-            scheduler.load_state_dict(trainer["scheduler"])
-    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as error:
-        # checked above, so the files changed or the disk failed while loading
-        raise _damaged(folder, f"loading failed ({error!r})") from None
+    _load_in_place(folder, modules, optimizer, scheduler, trainer.get("scheduler"))
     if restore_rng:
         _restore_rng(rng, trainer["rng"])
     return {"step": trainer["step"], "extra": trainer["extra"]}
+
+
+def _load_in_place(
+    folder: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    scheduler_state: Any,
+) -> None:
+    """Load the checked files: the scheduler's state and the optimizer's first, whose loading can
+    still fail on values no check reads (a scheduler state without a field its class needs), then
+    the modules'. On a failure the optimizer and the scheduler get their states from before back."""
+    before = [(target, target.state_dict()) for target in (scheduler, optimizer) if target is not None]
+    problem = "trainer.json holds no usable scheduler state"
+    try:
+        if scheduler is not None:
+            scheduler.load_state_dict(scheduler_state)
+        problem = "optimizer.safetensors holds no usable optimizer state"
+        if optimizer is not None:
+            _optimizer_from_safetensors(optimizer, folder / "optimizer.safetensors")
+        problem = "loading failed"  # the module files were checked: they changed, or the disk failed
+        for name, module in modules.items():
+            load_model(module, str(folder / f"{name}.safetensors"))
+    except _LOAD_ERRORS as error:
+        for target, state in before:
+            target.load_state_dict(state)
+        raise _damaged(folder, f"{problem} ({error!r})") from None
 
 
 @dataclass
