@@ -2,8 +2,9 @@
 guard of `--resume`), exact messages, writes into a run folder not yet made or over a leftover
 temporary folder, loading without the generators, and optimizer state of Python values only; then
 damage that broke a parser (it escaped as a raw exception) or that was found only while loading (it
-left the model loaded from the refused checkpoint). Written against the mutation run of probe15 (its
-surviving mutants of training/checkpoint.py) and the bugs it found."""
+left the model loaded from the refused checkpoint), a parameter group without a number `lr`. Written
+against the mutation run of probe15 (its surviving mutants of training/checkpoint.py) and the bugs
+it found."""
 
 from __future__ import annotations
 
@@ -340,3 +341,20 @@ def test_damage_found_while_loading_leaves_the_objects_untouched(tmp_path, damag
     with pytest.raises(NoIntactCheckpoint):
         load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
     assert _equal(_states(model, optimizer, scheduler), before)
+
+
+# ---------------------------------------------------------------- what no check read
+
+
+@pytest.mark.parametrize("rate", [None, "0.1"], ids=["no lr", "an lr of text"])
+def test_a_parameter_group_without_a_number_learning_rate_is_damaged(tmp_path, rate):
+    """It loaded without a word, and the run failed at its first optimizer step (KeyError: 'lr')."""
+    folder, model, optimizer = _adamw_checkpoint(tmp_path)
+
+    def set_rate(group):
+        return {key: value for key, value in group.items() if key != "lr"} | ({} if rate is None else {"lr": rate})
+
+    _edit_optimizer_json(folder, lambda saved: {**saved, "param_groups": [set_rate(g) for g in saved["param_groups"]]})
+    assert _load_error(folder, {"model": model}, optimizer) == (
+        f"{folder}: optimizer.safetensors has a parameter group without a number `lr` (lr: [{rate!r}])"
+    )

@@ -327,9 +327,9 @@ def _check_module(folder: Path, name: str, module: nn.Module) -> None:
 
 
 def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    """Param groups of the same sizes as the optimizer's; every state tensor keyed by one of its
-    parameters, a scalar or of that parameter's shape (as AdamW's moments are); every other state
-    value in a mapping keyed by one of its parameters."""
+    """Param groups of the same sizes as the optimizer's, each with a number `lr`; every state
+    tensor keyed by one of its parameters, a scalar or of that parameter's shape (as AdamW's
+    moments are); every other state value in a mapping keyed by one of its parameters."""
     shapes, metadata = _read_header(folder, "optimizer.safetensors")
     try:
         saved = json.loads(metadata["optimizer"])
@@ -348,6 +348,9 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
             folder,
             f"optimizer.safetensors has parameter groups of {sizes} parameters, the run's optimizer {live_sizes}",
         )
+    rates = [group.get("lr") for group in groups]
+    if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
+        raise _damaged(folder, f"optimizer.safetensors has a parameter group without a number `lr` (lr: {rates})")
     # keyed as the writer writes ids (str(int)): a digit that int() reads but the writer never writes is no id
     live = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     parameters = {str(param_id): parameter for param_id, parameter in zip(ids, live)}
