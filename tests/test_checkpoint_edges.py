@@ -2,15 +2,16 @@
 guard of `--resume`), exact messages, writes into a run folder not yet made or over a leftover
 temporary folder, loading without the generators, and optimizer state of Python values only; then
 damage that broke a parser (it escaped as a raw exception) or that was found only while loading (it
-left the model loaded from the refused checkpoint), a parameter group without a number `lr`. Written
-against the mutation run of probe15 (its surviving mutants of training/checkpoint.py) and the bugs
-it found."""
+left the model loaded from the refused checkpoint), a parameter group without a number `lr`, and a
+module name that is no file of its own. Written against the mutation run of probe15 (its surviving
+mutants of training/checkpoint.py) and the bugs it found."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -358,3 +359,21 @@ def test_a_parameter_group_without_a_number_learning_rate_is_damaged(tmp_path, r
     assert _load_error(folder, {"model": model}, optimizer) == (
         f"{folder}: optimizer.safetensors has a parameter group without a number `lr` (lr: [{rate!r}])"
     )
+
+
+# ---------------------------------------------------------------- what cannot be saved
+
+
+@pytest.mark.parametrize("name", ["rng", "Optimizer", "../escape", "a/b", ""])
+def test_a_module_name_that_is_no_file_of_its_own_is_refused(tmp_path, name):
+    """ "rng" and "optimizer" were written over by the format's own files (the checkpoint then
+    never loaded), "../escape" was written outside the step folder and never deleted."""
+    model = torch.nn.Linear(2, 2)
+    refusal = rf"^modules: {re.escape(repr(name))} cannot name a module's file in a checkpoint; "
+    with pytest.raises(ValueError, match=refusal):
+        save_checkpoint(tmp_path, 1, {name: model})
+    assert list(tmp_path.iterdir()) == []
+    folder = save_checkpoint(tmp_path, 1, {"model": model})
+    with pytest.raises(ValueError, match=refusal) as error:
+        load_checkpoint(folder, {name: model})
+    assert not isinstance(error.value, CheckpointDamaged)  # the caller's error, no damage to pass over

@@ -60,6 +60,9 @@ _STEP_PREFIX = "step-"
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 _UNFINISHED = (".tmp-step-", ".latest-")
 _DAMAGED_PREFIX = "damaged-"
+# a module's file is <name>.safetensors in the step folder: a plain file name, none of the format's own
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_FORMAT_FILES = ("optimizer", "rng")
 # what loading a state that passed the checks can still raise: a scheduler state without a field its
 # class reads, an optimizer value of a type its class does not expect; and a file changed since checked
 _LOAD_ERRORS = (
@@ -163,7 +166,11 @@ def save_checkpoint(
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        ValueError: a module name that is no plain file name, or one of the format's own files.
     """
+    _check_module_names(modules)
     final = checkpoint_folder(run_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -214,6 +221,17 @@ def _write_state(
     for child in folder.iterdir():
         with open(child, "rb") as handle:
             os.fsync(handle.fileno())
+
+
+def _check_module_names(modules: dict[str, nn.Module]) -> None:
+    """Each name is that of its file in the step folder (``<name>.safetensors``): a plain file name
+    (letters, digits, ``_``, ``.``, ``-``; no path) and none of the format's own files."""
+    for name in modules:
+        if not _MODULE_NAME.fullmatch(name) or name.casefold() in _FORMAT_FILES:
+            raise ValueError(
+                f"modules: {name!r} cannot name a module's file in a checkpoint; a name is letters, digits, '_', "
+                "'-' and '.' (a letter, digit or '_' first), and not 'optimizer' or 'rng' (the checkpoint's own files)"
+            )
 
 
 def _remove(path: Path) -> None:
@@ -443,7 +461,9 @@ def load_checkpoint(
     Raises:
         CheckpointDamaged: what is wrong with the folder; the objects are untouched (a file that
             changes on disk while the modules load can leave them partly loaded).
+        ValueError: a module name that cannot be a checkpoint's (`save_checkpoint`).
     """
+    _check_module_names(modules)
     folder = Path(folder)
     if not folder.is_dir() or not _STEP_FOLDER.fullmatch(folder.name):
         raise CheckpointDamaged(f"{folder} is not a checkpoint folder (checkpoints/step-<N>)")
