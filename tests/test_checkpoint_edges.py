@@ -3,8 +3,9 @@ guard of `--resume`), exact messages, writes into a run folder not yet made or o
 temporary folder, loading without the generators, and optimizer state of Python values only; then
 damage that broke a parser (it escaped as a raw exception) or that was found only while loading (it
 left the model loaded from the refused checkpoint), a parameter group without a number `lr`, and a
-module name that is no file of its own. Written against the mutation run of probe15 (its surviving
-mutants of training/checkpoint.py) and the bugs it found."""
+module name that is no file of its own or a tensor learning rate, refused before anything is
+written. Written against the mutation run of probe15 (its surviving mutants of
+training/checkpoint.py) and the bugs it found."""
 
 from __future__ import annotations
 
@@ -377,3 +378,17 @@ def test_a_module_name_that_is_no_file_of_its_own_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match=refusal) as error:
         load_checkpoint(folder, {name: model})
     assert not isinstance(error.value, CheckpointDamaged)  # the caller's error, no damage to pass over
+
+
+def test_a_tensor_learning_rate_is_named_before_anything_is_written(tmp_path):
+    """torch takes a tensor `lr`; JSON cannot hold it, and the error named neither the optimizer
+    nor its param groups."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(0.01))
+    with pytest.raises(TypeError) as error:
+        save_checkpoint(tmp_path, 1, {"model": model}, optimizer)
+    assert str(error.value) == (
+        "optimizer: its param_groups (e.g. `lr`) and the values of its state that are not tensors must be numbers, "
+        "strings, lists or mappings to be saved in optimizer.safetensors (Object of type Tensor is not JSON serializable)"
+    )
+    assert list(tmp_path.iterdir()) == []

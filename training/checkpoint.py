@@ -128,7 +128,14 @@ def _optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[st
                 tensors[f"{param_id}.{field}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(param_id), {})[field] = value
-    return tensors, json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
+    try:
+        metadata = json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"optimizer: its param_groups (e.g. `lr`) and the values of its state that are not tensors must be "
+            f"numbers, strings, lists or mappings to be saved in optimizer.safetensors ({error})"
+        ) from None
+    return tensors, metadata
 
 
 def _optimizer_from_safetensors(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -169,8 +176,10 @@ def save_checkpoint(
 
     Raises:
         ValueError: a module name that is no plain file name, or one of the format's own files.
+        TypeError: an optimizer whose param groups hold something JSON cannot (a tensor `lr`).
     """
     _check_module_names(modules)
+    optimizer_state = _optimizer_to_safetensors(optimizer) if optimizer is not None else None
     final = checkpoint_folder(run_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -179,7 +188,7 @@ def save_checkpoint(
         shutil.rmtree(temporary)
     temporary.mkdir()
     try:
-        _write_state(temporary, step, modules, optimizer, scheduler, extra)
+        _write_state(temporary, step, modules, optimizer_state, scheduler, extra)
         if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
             _remove(final)
         os.replace(temporary, final)
@@ -199,15 +208,16 @@ def _write_state(
     folder: Path,
     step: int,
     modules: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer | None,
+    optimizer_state: tuple[dict[str, torch.Tensor], str] | None,
     scheduler: Any | None,
     extra: dict[str, Any] | None,
 ) -> None:
-    """Write the files of a checkpoint (module docstring) into `folder`, each synced to disk."""
+    """Write the files of a checkpoint (module docstring) into `folder`, each synced to disk;
+    `optimizer_state` is `_optimizer_to_safetensors`'s (tensors, metadata), or None."""
     for name, module in modules.items():
         save_model(module, str(folder / f"{name}.safetensors"))
-    if optimizer is not None:
-        tensors, metadata = _optimizer_to_safetensors(optimizer)
+    if optimizer_state is not None:
+        tensors, metadata = optimizer_state
         save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"optimizer": metadata})
     rng_tensors, rng_json = _rng_state()
     save_file(rng_tensors, str(folder / "rng.safetensors"))
