@@ -146,6 +146,7 @@ def our_config(
             manifest=str(manifest),
             embeddings=None if embeddings is None else str(embeddings),
             latents=None if latents is None else str(latents),
+            shuffle=False,  # the manifest's order, as the peer's loop reads it (no --shuffle there)
         ),
         image_size=args.image_size,
         batch_size=args.batch,

@@ -316,6 +316,16 @@ def test_clip_step_workers_get_the_settings_but_not_the_output(tmp_path, monkeyp
     assert "MFU" not in table  # no peak on the CPU unless given
 
 
+def test_train_diffusion_sides_read_the_manifest_in_the_same_order(tmp_path) -> None:
+    """Ours must not shuffle: the peer reads the manifest in order, and the loss tables compare
+    the two sides step by step on the same samples (ours shuffled by default until 2026-11-30)."""
+    module = load_script("benchmarks/bench_train_diffusion.py")
+    args = module.build_parser().parse_args([])
+    for embeddings in (None, tmp_path / "embeddings"):
+        config = module.our_config(args, tmp_path / "sd", tmp_path / "manifest.jsonl", tmp_path / "run", embeddings)
+        assert config.data.shuffle is False
+
+
 def test_clip_step_mfu_is_counted_flops_times_throughput_over_the_peak() -> None:
     module = load_script("benchmarks/bench_clip_step.py")
     args = module.build_parser().parse_args(["--peer", "open_clip", "--device", "cuda", "--mixed-precision", "bf16"])
