@@ -81,6 +81,11 @@ def _torch_checkpoint_shapes(path: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="meta", weights_only=True)
     except pickle.UnpicklingError as error:
+        if _looks_like_safetensors(path):
+            raise ValueError(
+                f"`{ARGUMENT}` {path!r} is a safetensors file without the `.safetensors` extension; diffusers picks "
+                "its reader by the extension: rename the file to end in .safetensors"
+            ) from error
         needed = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         if needed:
             raise ValueError(
@@ -98,6 +103,16 @@ def _torch_checkpoint_shapes(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict):
         raise ValueError(f"`{ARGUMENT}` {path!r} holds a {type(loaded).__name__}, not a state dict")
     return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """Whether the file starts as a safetensors file does: an 8-byte little-endian header
+    length that fits in the file, then the JSON header's `{`."""
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    if len(start) < 9 or start[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(start[:8], "little") <= os.path.getsize(path) - 8
 
 
 def checkpoint_family(tensors: dict[str, torch.Tensor], path: str) -> str:
@@ -147,8 +162,9 @@ def local_checkpoint(link_or_path: Any, hub_kwargs: dict[str, Any]) -> str:
 
     Raises:
         TypeError: `link_or_path` is not a str or os.PathLike.
-        FileNotFoundError: no such file, and not a hub link.
-        ValueError: it is a folder (a diffusers folder loads with `from_pretrained`).
+        FileNotFoundError: no such file, and not a link.
+        ValueError: it is a folder (a diffusers folder loads with `from_pretrained`), or a link
+            that is not to a file on the hub (civitai's download links, for one).
     """
     if not isinstance(link_or_path, (str, os.PathLike)):
         raise TypeError(f"`{ARGUMENT}` must be a path or a hub link (str or os.PathLike), got {link_or_path!r}")
@@ -164,6 +180,12 @@ def local_checkpoint(link_or_path: Any, hub_kwargs: dict[str, Any]) -> str:
     from diffusers.utils.hub_utils import _get_model_file
 
     repo_id, weights_name = _extract_repo_id_and_weights_name(path)
+    if not isinstance(repo_id, str) or not isinstance(weights_name, str):
+        raise ValueError(
+            f"`{ARGUMENT}` {path!r} is a link but not to a file on the Hugging Face hub; only "
+            "https://huggingface.co/<repo>/blob/<revision>/<file> links are fetched: download other links "
+            "(civitai's, for one) and pass the file's path"
+        )
     user_agent = {"file_type": "single_file", "framework": "pytorch"}  # as diffusers' load_single_file_checkpoint
     return _get_model_file(repo_id, weights_name=weights_name, user_agent=user_agent, **hub_kwargs)
 
@@ -223,11 +245,14 @@ def from_single_file(cls: type, pretrained_model_link_or_path: Any, **kwargs: An
     Raises:
         TypeError, FileNotFoundError, ValueError: from `local_checkpoint`, `checkpoint_family`
             and `check_config_family`, before any model is built.
+        ValueError: the file lacks weights of a model `config` describes (after diffusers read it).
     """
     # 1. Find the file and read what it holds, before any model is built
     hub_kwargs = {key: kwargs[key] for key in HUB_KEYWORDS if key in kwargs}
     path = local_checkpoint(pretrained_model_link_or_path, hub_kwargs)
     family = checkpoint_family(checkpoint_shapes(path), path)
+    if isinstance(kwargs.get("config"), os.PathLike):  # diffusers takes a str only
+        kwargs["config"] = os.fspath(kwargs["config"])
     check_config_family(kwargs.get("config"), family, path)
     # 2. Split the keywords: what diffusers' class also takes goes to it, the rest to `cls`
     reader = diffusers_pipeline_class(cls, family)
@@ -235,7 +260,15 @@ def from_single_file(cls: type, pretrained_model_link_or_path: Any, **kwargs: An
     own_keys = set().union(*cls._get_signature_keys(cls)) - readers_keys
     own = {key: kwargs.pop(key) for key in list(kwargs) if key in own_keys}
     # 3. diffusers reads the file (the local one: a hub file was fetched in step 1)
-    pipeline = reader.from_single_file(path, **kwargs)
+    try:
+        pipeline = reader.from_single_file(path, **kwargs)
+    except NotImplementedError as error:  # accelerate moving a model that diffusers left partly empty
+        if "meta tensor" not in str(error):
+            raise
+        raise ValueError(
+            f"`{ARGUMENT}` {path!r} lacks weights of a model that `config` describes (diffusers' reader left "
+            "some of them unloaded); the file does not hold that model as `config` describes it"
+        ) from error
     check_filled(pipeline, path)
     # 4. Its components and settings, the same objects, to our constructor
     modules, settings = cls._get_signature_keys(cls)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 
 import diffusers
 import numpy as np
@@ -75,11 +76,10 @@ def build_sdxl_of_widths(open_clip_width: int = OPEN_CLIP_WIDTH) -> StableDiffus
 
 
 def build_sd_inpaint() -> StableDiffusionInpaintPipeline:
-    """A tiny SD inpainting pipeline (9-channel UNet) whose DDIM scheduler does not clip the
-    sample: diffusers' inpaint constructor, unlike its text-to-image and img2img ones, keeps a
-    `clip_sample: true` that ours rewrites to false (a difference of the pipelines, not of
-    single-file loading)."""
-    parts = {**sd_components(unet_in_channels=9), "scheduler": DDIMScheduler(clip_sample=False, steps_offset=1)}
+    """A tiny SD inpainting pipeline (9-channel UNet) with a default DDIM scheduler: its
+    `clip_sample: true` stays, as diffusers' inpaint constructor (unlike its text-to-image and
+    img2img ones) keeps it, and ours does too."""
+    parts = {**sd_components(unet_in_channels=9), "scheduler": DDIMScheduler()}
     return StableDiffusionInpaintPipeline(
         **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
@@ -204,11 +204,17 @@ def test_components_are_the_ones_diffusers_loaded_and_keywords_go_where_they_bel
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", classmethod(recording))
     scheduler = EulerDiscreteScheduler()
-    ours = CLIPConditionedPipeline.from_single_file(
-        path, **offline(folder), torch_dtype=torch.float16, scheduler=scheduler, clip_skip=1, emphasis="a1111"
+    ours = CLIPConditionedPipeline.from_single_file(  # `config` as a Path, which diffusers takes as a str only
+        pathlib.Path(path),
+        config=pathlib.Path(folder),
+        local_files_only=True,
+        torch_dtype=torch.float16,
+        scheduler=scheduler,
+        clip_skip=1,
+        emphasis="a1111",
     )
     [(args, kwargs, peer)] = loaded
-    assert args == (path,) and "clip_skip" not in kwargs and "emphasis" not in kwargs
+    assert args == (path,) and kwargs["config"] == folder and "clip_skip" not in kwargs and "emphasis" not in kwargs
     assert kwargs["scheduler"] is scheduler and kwargs["torch_dtype"] is torch.float16
     for name, component in peer.components.items():
         assert getattr(ours, name) is component, name
@@ -273,6 +279,36 @@ def test_a_missing_path_a_folder_and_a_non_path_are_refused(tmp_path, nothing_is
         CLIPConditionedPipeline.from_single_file(tmp_path)
     with pytest.raises(TypeError, match="pretrained_model_link_or_path.*str or os.PathLike"):
         CLIPConditionedPipeline.from_single_file(3)
+
+
+def test_links_not_to_a_hub_file_and_safetensors_without_the_extension_are_refused(saved, tmp_path, nothing_is_built):
+    """A civitai download link or an http:// hub link is no hub file (diffusers asks the hub for
+    repo None); a safetensors file named without its extension (a download saved under the link's
+    name) is told to be renamed, as diffusers picks its reader by the extension."""
+    for link in (
+        "https://civitai.com/api/download/models/12345?type=Model",
+        "http://huggingface.co/a/b/blob/main/m.safetensors",
+    ):
+        with pytest.raises(ValueError, match="pretrained_model_link_or_path.*not to a file on the Hugging Face hub"):
+            CLIPConditionedPipeline.from_single_file(link)
+    _, folder, path = saved("sd")
+    renamed = tmp_path / "12345"
+    renamed.write_bytes(pathlib.Path(path).read_bytes())
+    with pytest.raises(ValueError, match="pretrained_model_link_or_path.*without the `.safetensors` extension"):
+        CLIPConditionedPipeline.from_single_file(str(renamed), **offline(folder))
+
+
+def test_a_file_without_some_unet_weights_is_refused_naming_it(saved, tmp_path) -> None:
+    """diffusers' reader leaves a UNet weight the file lacks on the meta device, and accelerate
+    fails moving it (NotImplementedError, deep in diffusers): a ValueError naming the argument."""
+    from safetensors.torch import load_file
+
+    _, folder, path = saved("sd")
+    tensors = load_file(path)
+    del tensors["model.diffusion_model.out.2.bias"]
+    lacking = save_file(tensors, str(tmp_path / "lacking.safetensors")) or str(tmp_path / "lacking.safetensors")
+    with pytest.raises(ValueError, match="pretrained_model_link_or_path.*lacks weights"):
+        CLIPConditionedPipeline.from_single_file(lacking, **offline(folder))
 
 
 def test_a_config_folder_of_the_other_family_is_refused(tmp_path, nothing_is_built) -> None:
