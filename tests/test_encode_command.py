@@ -196,6 +196,10 @@ def test_a_settings_difference_is_quoted_where_it_is() -> None:
     assert mine.difference(theirs) == expected
 
 
+@pytest.mark.slow(
+    reason="two fresh processes (~19 s): the default run resumes an encode in process "
+    "(test_one_shard_of_another_identity_or_format_is_named_to_remove_and_encoding_resumes)"
+)
 def test_sigkill_and_resume_give_every_caption_once_with_the_conditioners_records(
     tiny_clip_text_path, tmp_path: Path
 ) -> None:

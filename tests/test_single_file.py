@@ -130,12 +130,12 @@ def call_arguments(kind: str) -> dict:
     return arguments
 
 
-SLOW = pytest.mark.slow(
-    reason="loads a tiny pipeline from a file twice (2-3 s); the text-to-image cases run by default"
-)
+SLOW = pytest.mark.slow(reason="loads a tiny pipeline from a file twice (2-5 s); SD text-to-image runs by default")
 CASES = [
     pytest.param("sd", ".safetensors", CLIPConditionedPipeline, StableDiffusionPipeline, "text", id="sd-text"),
-    pytest.param("sdxl", ".safetensors", CLIPConditionedPipeline, StableDiffusionXLPipeline, "text", id="sdxl-text"),
+    pytest.param(
+        "sdxl", ".safetensors", CLIPConditionedPipeline, StableDiffusionXLPipeline, "text", id="sdxl-text", marks=SLOW
+    ),
     pytest.param(
         "sd",
         ".ckpt",

@@ -285,6 +285,10 @@ def test_bad_configs(tiny_clip_text_path, tmp_path: Path) -> None:
         TrainDiffusionConfig.from_yaml(path)
 
 
+@pytest.mark.slow(
+    reason="two fresh processes (~24 s): the default run resumes exactly in process "
+    "(test_clip_and_t5_with_a_projection_train_and_resume_exactly), and benchmarks/reliability.py kills train-clip"
+)
 def test_sigkill_and_resume_end_with_the_uninterrupted_weights(tiny_clip_text_path, tmp_path: Path) -> None:
     steps = 40
     reference = train_diffusion(
