@@ -26,15 +26,13 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from ldm_checkpoint import save_single_file
 from safetensors.torch import save_file
-from tiny_pipelines import WIDTH, _small_vae, build_sd, clip_text_model, sd_components
+from tiny_pipelines import build_sd, build_sdxl, sd_components
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
 from clipcond.pipelines.single_file import diffusers_pipeline_class
-from clipcond.tokenization import clip_tokenizer
 
 # SDXL's second encoder is wider than its first (1280 and 768); diffusers' reader tells them
 # apart by width, so the tiny SDXL keeps them different too (see test_a_model_diffusers_...)
@@ -42,37 +40,10 @@ OPEN_CLIP_WIDTH = 48
 MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
-def build_sdxl_of_widths(open_clip_width: int = OPEN_CLIP_WIDTH) -> StableDiffusionXLPipeline:
-    """A tiny SDXL base: CLIP-L of width 32 and an OpenCLIP-G of `open_clip_width`, whose
-    tokens join (32 + width) and whose pooled vector the added embedding reads with 6 time ids."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + open_clip_width,
-        cross_attention_dim=WIDTH + open_clip_width,
-        norm_num_groups=2,
-    )
-    second = clip_text_model(2, with_projection=True, hidden_size=open_clip_width, projection_dim=open_clip_width)
-    return StableDiffusionXLPipeline(
-        unet=unet,
-        vae=_small_vae(),
-        scheduler=EulerDiscreteScheduler(),
-        text_encoder=clip_text_model(1),
-        tokenizer=clip_tokenizer(),
-        text_encoder_2=second,
-        tokenizer_2=clip_tokenizer(pad_token="!"),
-        add_watermarker=False,
-    )
+def build_sdxl_of_widths(open_clip_width: int | None = OPEN_CLIP_WIDTH) -> StableDiffusionXLPipeline:
+    """A tiny SDXL base whose OpenCLIP-G is `open_clip_width` wide beside a CLIP-L of `WIDTH`
+    (None: both `WIDTH`): diffusers' reader tells SDXL's two encoders apart by width."""
+    return build_sdxl(open_clip_width=open_clip_width)
 
 
 def build_sd_inpaint() -> StableDiffusionInpaintPipeline:
@@ -330,7 +301,7 @@ def test_a_config_folder_of_the_other_family_is_refused(tmp_path, nothing_is_bui
 def test_a_model_diffusers_reads_only_in_part_is_refused(tmp_path) -> None:
     """With both SDXL encoders of one width, diffusers' reader takes the first's keys for the
     second too and leaves its projection unloaded (meta): refused, naming the component."""
-    pipeline = build_sdxl_of_widths(WIDTH)
+    pipeline = build_sdxl_of_widths(None)
     pipeline.save_pretrained(tmp_path / "folder")
     path = save_single_file(pipeline, tmp_path / "same_widths.safetensors")
     with pytest.raises(ValueError, match="`text_encoder_2` unloaded"):

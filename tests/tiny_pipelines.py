@@ -168,10 +168,14 @@ def build_sd_inpaint():
     )
 
 
-def build_sdxl(unet_in_channels: int = 4):
-    """A tiny StableDiffusionXLPipeline (seeded); `unet_in_channels=9`: an inpainting UNet."""
+def build_sdxl(unet_in_channels: int = 4, open_clip_width: int | None = None):
+    """A tiny StableDiffusionXLPipeline (seeded); `unet_in_channels=9`: an inpainting UNet.
+    `open_clip_width`: the second encoder's width (and projection), as SDXL's OpenCLIP-G is
+    wider than its CLIP-L (1280 and 768); None: both `WIDTH` wide."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
+    second_width = WIDTH if open_clip_width is None else open_clip_width
+    widen = {} if open_clip_width is None else dict(hidden_size=open_clip_width, projection_dim=open_clip_width)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(4, 8),
@@ -186,8 +190,8 @@ def build_sdxl(unet_in_channels: int = 4):
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + WIDTH,
-        cross_attention_dim=2 * WIDTH,
+        projection_class_embeddings_input_dim=6 * 8 + second_width,
+        cross_attention_dim=WIDTH + second_width,
         norm_num_groups=2,
     )
     return StableDiffusionXLPipeline(
@@ -196,7 +200,7 @@ def build_sdxl(unet_in_channels: int = 4):
         scheduler=EulerDiscreteScheduler(),
         text_encoder=clip_text_model(1),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=clip_text_model(2, with_projection=True),
+        text_encoder_2=clip_text_model(2, with_projection=True, **widen),
         tokenizer_2=clip_tokenizer(pad_token="!"),
     )
 
