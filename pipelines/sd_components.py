@@ -1,5 +1,6 @@
-"""What `StableDiffusionPipeline`'s constructor does to its components, for pipelines that
-stand in for it: the scheduler config rewrite and the safety-checker rules.
+"""What Stable Diffusion's pipeline constructors do to their components, for pipelines that
+stand in for them: the scheduler config rewrites (text-to-image and img2img's, inpainting's)
+and the safety-checker rules.
 
 Stable Diffusion checkpoints of 2022 ship scheduler configs with `steps_offset: 0` and
 `clip_sample: true`, and so do fresh diffusers schedulers (`DDIMScheduler()`). SD's
