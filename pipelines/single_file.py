@@ -183,7 +183,8 @@ def local_checkpoint(link_or_path: Any, hub_kwargs: dict[str, Any]) -> str:
     if not isinstance(repo_id, str) or not isinstance(weights_name, str):
         raise ValueError(
             f"`{ARGUMENT}` {path!r} is a link but not to a file on the Hugging Face hub; only "
-            "https://huggingface.co/<repo>/blob/<revision>/<file> links are fetched: download other links "
+            "https://huggingface.co/<repo>/blob/main/<file> links are fetched (another revision: `revision=`): "
+            "download other links "
             "(civitai's, for one) and pass the file's path"
         )
     user_agent = {"file_type": "single_file", "framework": "pytorch"}  # as diffusers' load_single_file_checkpoint
