@@ -370,6 +370,35 @@ def test_bad_input_is_refused_before_any_work(tiny_clip_text_path, tmp_path: Pat
         DiffusionDataConfig(embeddings=" ")
 
 
+def test_a_folder_another_encode_fills_is_refused_before_any_weight_loads(
+    tiny_clip_text_path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The --out lock is taken before the conditioner's weights load (they loaded first, and a
+    large encoder was read in full before the refusal); a folder the command made and an error
+    left empty is removed again, its missing parents with it."""
+    from clipcond.training import encode_command
+    from clipcond.training.run_lock import RunFolderLock
+
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    loads = []
+    real_conditioner = encode_command._conditioner
+    monkeypatch.setattr(encode_command, "_conditioner", lambda *a: loads.append(a) or real_conditioner(*a))
+    base = ["encode", "--train-config", str(config), "--prompts", str(prompts), "--no-progress"]
+    held = RunFolderLock(tmp_path / "busy")
+    held.acquire()  # another encode into it, still running
+    try:
+        assert clipcond([*base, "--out", str(tmp_path / "busy")]) == 2
+    finally:
+        held.release()
+    assert "is in use by another run (pid" in capsys.readouterr().err and loads == []
+    monkeypatch.setattr(encode_command, "_conditioner", lambda *a: (_ for _ in ()).throw(ValueError("no weights")))
+    with pytest.raises(ValueError, match="no weights"):
+        clipcond([*base, "--out", str(tmp_path / "new" / "deeper" / "emb")])
+    assert not (tmp_path / "new").exists()
+
+
 def test_shards_are_written_once_and_readers_see_only_finished_ones(tiny_clip_text_path, tmp_path: Path) -> None:
     from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShardError
 

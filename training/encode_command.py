@@ -110,25 +110,31 @@ def _encode(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     train_config = _train_config(args.train_config) if args.train_config else None
 
-    # 2. Load what encodes, its sources checked: the images' and the VAE, the captions and the conditioner
-    images = _image_source(args, train_config) if latents is not None else None
-    captions = _captions(args, train_config) if out is not None else None  # before the conditioner's weights
-    conditioner = _conditioner(args, train_config) if out is not None else None
-
-    # 3. Lock the folders (one encode per folder at a time) and open the shards they hold: a
-    #    folder in use, of other weights or damaged is refused here, before anything is encoded
     from clipcond.training.data.embedding_shards import EmbeddingIdentity, EmbeddingShards
     from clipcond.training.data.latent_shards import LatentShards, vae_identity
 
     with contextlib.ExitStack() as locks:
-        if images is not None:  # images[0]: the run's VAE
-            image_shards = _open_shards(LatentShards, latents, "--latents", vae_identity(images[0]), locks)
-        if conditioner is not None:
-            held = latents is not None and latents.resolve() == out.resolve()  # one folder for both: locked once
-            identity = EmbeddingIdentity(*conditioner.identity())
-            caption_shards = _open_shards(EmbeddingShards, out, "--out", identity, None if held else locks)
+        # 2. Lock the folders (one encode per folder at a time) before any weight is loaded: a
+        #    folder another encode is filling is refused at once
+        if latents is not None:
+            _lock(latents, "--latents", locks)
+        if out is not None and (latents is None or latents.resolve() != out.resolve()):  # one folder: locked once
+            _lock(out, "--out", locks)
 
-        # 4. Encode what the folders lack: the captions, then the images
+        # 3. Load what encodes, its sources checked: the images' and the VAE, the captions and the conditioner
+        images = _image_source(args, train_config) if latents is not None else None
+        captions = _captions(args, train_config) if out is not None else None  # before the conditioner's weights
+        conditioner = _conditioner(args, train_config) if out is not None else None
+
+        # 4. Open the shards the folders hold: of other weights or damaged is refused here, before
+        #    anything is encoded
+        if images is not None:  # images[0]: the run's VAE
+            image_shards = _open_shards(LatentShards, latents, "--latents", vae_identity(images[0]))
+        if conditioner is not None:
+            identity = EmbeddingIdentity(*conditioner.identity())
+            caption_shards = _open_shards(EmbeddingShards, out, "--out", identity)
+
+        # 5. Encode what the folders lack: the captions, then the images
         reports = [_encode_captions(args, *captions, conditioner, caption_shards)] if conditioner is not None else []
         reports += [_encode_images(args, images, image_shards)] if images is not None else []
     print("\n".join(reports))
@@ -150,19 +156,38 @@ def _output_folder(folder: str | None, option: str) -> Path | None:
     return path
 
 
-def _open_shards(shards: type, folder: Path, option: str, identity: Any, locks: contextlib.ExitStack | None) -> Any:
-    """The finished shards in `folder` (`shards`: a `KeyedShards` class), checked against
-    `identity`, once the temporary files of a killed encode are removed. The folder (created
-    when missing) is locked until `locks` closes, one encode per folder at a time (None: it is
-    locked already). Errors, another live encode's lock included, are usage errors naming
+def _lock(folder: Path, option: str, locks: contextlib.ExitStack) -> None:
+    """Lock `folder` (created when missing) until `locks` closes: one encode per folder at a
+    time. Folders made here that are still empty when the lock goes (an error came before
+    anything was written) are removed again. Another live encode's lock is a usage error naming
     `option`."""
-    from clipcond.training.data.embedding_shards import EmbeddingShardError, remove_temporary_files
     from clipcond.training.run_folder import RunFolderError
     from clipcond.training.run_lock import RunFolderLock
 
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
+    if made:
+        locks.callback(_remove_empty, made)
+    with user_errors(RunFolderError, context=f"{option}: "):
+        locks.enter_context(RunFolderLock(folder, option))
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (written to, or another encode's lock), or gone
+            return
+
+
+def _open_shards(shards: type, folder: Path, option: str, identity: Any) -> Any:
+    """The finished shards in `folder` (`shards`: a `KeyedShards` class; the folder locked by
+    `_lock`), checked against `identity`, once the temporary files of a killed encode are
+    removed. Errors are usage errors naming `option`."""
+    from clipcond.training.data.embedding_shards import EmbeddingShardError, remove_temporary_files
+    from clipcond.training.run_folder import RunFolderError
+
     with user_errors(RunFolderError, EmbeddingShardError, context=f"{option}: "):
-        if locks is not None:
-            locks.enter_context(RunFolderLock(folder, option))
         remove_temporary_files(folder, shards.kind)
         return shards(folder, identity, argument=str(folder), require_shards=False)
 
