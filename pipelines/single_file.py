@@ -86,7 +86,7 @@ def _torch_checkpoint_shapes(path: str) -> dict[str, torch.Tensor]:
                 f"`{ARGUMENT}` {path!r} is a safetensors file without the `.safetensors` extension; diffusers picks "
                 "its reader by the extension: rename the file to end in .safetensors"
             ) from error
-        needed = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        needed = re.findall(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))  # allowed-list or blocked
         if needed:
             raise ValueError(
                 f"`{ARGUMENT}` {path!r} is a pickle that holds more than weights ({', '.join(needed)}); "

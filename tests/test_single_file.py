@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 
 import diffusers
@@ -203,10 +204,21 @@ def _write(path, content) -> str:
     return str(path)
 
 
+class RunsCode:
+    """Pickles as a call of os.system (the usual payload of a malicious .ckpt); never unpickled here."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must not run",))
+
+
 BAD_FILES = {
     "garbage.safetensors": (b"\x00not a checkpoint" * 8, "not a readable safetensors file"),
     "garbage.ckpt": (b"\x00not a checkpoint" * 8, "neither a safetensors file nor a torch checkpoint"),
     "pickled.ckpt": ({"state_dict": {"a": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, "argparse.Namespace"),
+    "malicious.ckpt": (
+        {"state_dict": {"a": torch.zeros(1)}, "payload": RunsCode()},
+        f"holds more than weights ({os.system.__module__}.system",
+    ),
     "lora.safetensors": (
         {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)},
         "holds no Stable Diffusion UNet",
