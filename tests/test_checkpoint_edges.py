@@ -318,8 +318,14 @@ LOAD_DAMAGE = {
         _with_values({"0": {"step": None}}),  # read by AdamW's own loading only
         "optimizer.safetensors holds no usable optimizer state (TypeError(",
     ),
-    "a scheduler state without its fields": (
-        lambda folder: _edit_trainer(folder, lambda trainer: {**trainer, "scheduler": {}}),
+    "a scheduler state without its lambdas": (  # read by LambdaLR's own loading only
+        lambda folder: _edit_trainer(
+            folder,
+            lambda trainer: {
+                **trainer,
+                "scheduler": {k: v for k, v in trainer["scheduler"].items() if k != "lr_lambdas"},
+            },
+        ),
         "trainer.json holds no usable scheduler state (KeyError('lr_lambdas'))",
     ),
 }
@@ -360,6 +366,55 @@ def test_a_parameter_group_without_a_number_learning_rate_is_damaged(tmp_path, r
     assert _load_error(folder, {"model": model}, optimizer) == (
         f"{folder}: optimizer.safetensors has a parameter group without a number `lr` (lr: [{rate!r}])"
     )
+
+
+def _scheduler_edit(edit):
+    return lambda folder: _edit_trainer(folder, lambda trainer: {**trainer, "scheduler": edit(trainer["scheduler"])})
+
+
+def _group_edit(edit):
+    return lambda folder: _edit_optimizer_json(
+        folder, lambda saved: {**saved, "param_groups": [edit(group) for group in saved["param_groups"]]}
+    )
+
+
+VALUE_DAMAGE = {  # each loaded, then the run restarted its schedule without a word or died at its first step
+    "a scheduler state without last_epoch": (
+        _scheduler_edit(lambda state: {k: v for k, v in state.items() if k != "last_epoch"}),
+        "trainer.json's scheduler state lacks ['last_epoch']",
+    ),
+    "a last_epoch of text": (
+        _scheduler_edit(lambda state: {**state, "last_epoch": "x"}),
+        "trainer.json's scheduler state has `last_epoch`: 'x' (",
+    ),
+    "base_lrs of no group": (
+        _scheduler_edit(lambda state: {**state, "base_lrs": []}),
+        "trainer.json's scheduler state has `base_lrs`: [] (",
+    ),
+    "betas of text": (
+        _group_edit(lambda group: {**group, "betas": "ab"}),
+        "optimizer.safetensors: parameter group 0 has `betas`: 'ab' ((0.9, 0.999) in the run)",
+    ),
+    "an eps of null": (
+        _group_edit(lambda group: {**group, "eps": None}),
+        "optimizer.safetensors: parameter group 0 has `eps`: None (1e-08 in the run)",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(VALUE_DAMAGE))
+def test_values_of_the_wrong_kind_are_damage_passed_over(tmp_path, damage):
+    """A saved value is checked against the run's own of the same key (a number, a flag, a list
+    as long): the resume goes back to the checkpoint before, nothing loaded from the damaged one."""
+    _run_with_checkpoints(tmp_path, steps=(1, 2))
+    newest = tmp_path / "checkpoints" / "step-000000002"
+    harm, problem = VALUE_DAMAGE[damage]
+    harm(newest)
+    model, optimizer, scheduler = _setup(seed=99)
+    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    assert point.step == 1
+    [(folder, text)] = point.passed_over
+    assert folder == newest and text.startswith(problem), text
 
 
 # ---------------------------------------------------------------- what cannot be saved

@@ -63,6 +63,8 @@ _DAMAGED_PREFIX = "damaged-"
 # a module's file is <name>.safetensors in the step folder: a plain file name, none of the format's own
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _FORMAT_FILES = ("optimizer", "rng")
+# what every torch LR scheduler's state holds and a resume cannot do without (where the run's has it)
+_SCHEDULER_FIELDS = ("last_epoch", "base_lrs")
 # what loading a state that passed the checks can still raise: a scheduler state without a field its
 # class reads, an optimizer value of a type its class does not expect; and a file changed since checked
 _LOAD_ERRORS = (
@@ -379,6 +381,10 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     rates = [group.get("lr") for group in groups]
     if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
         raise _damaged(folder, f"optimizer.safetensors has a parameter group without a number `lr` (lr: {rates})")
+    for index, (group, live_group) in enumerate(zip(groups, optimizer.param_groups)):
+        wrong = _unlike(group, live_group, ignore=("params",))
+        if wrong:
+            raise _damaged(folder, f"optimizer.safetensors: parameter group {index} has {wrong}")
     # keyed as the writer writes ids (str(int)): a digit that int() reads but the writer never writes is no id
     live = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     parameters = {str(param_id): parameter for param_id, parameter in zip(ids, live)}
@@ -417,6 +423,14 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
         raise _damaged(folder, f"trainer.json `extra`: {problem}")
     if scheduler is not None and not isinstance(trainer.get("scheduler"), dict):
         raise _damaged(folder, "trainer.json has no scheduler state")
+    if scheduler is not None:
+        live = scheduler.state_dict()
+        missing = [key for key in _SCHEDULER_FIELDS if key in live and key not in trainer["scheduler"]]
+        wrong = _unlike(trainer["scheduler"], live)
+        if missing or wrong:
+            raise _damaged(
+                folder, f"trainer.json's scheduler state {'lacks ' + str(missing) if missing else 'has ' + wrong}"
+            )
     try:
         version, values, gauss = trainer["rng"]["python"]
         random.Random().setstate((version, tuple(values), gauss))
@@ -425,6 +439,37 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
     except (KeyError, TypeError, ValueError, OverflowError) as error:  # a value out of range: OverflowError
         raise _damaged(folder, f"trainer.json holds no usable random-number states ({error!r})") from None
     return trainer
+
+
+def _unlike(saved: dict[str, Any], live: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """The first key both mappings hold whose saved value is not of the live value's kind, as
+    ``"`key`: saved value (live value)"``, or "". Kinds: a number (bool apart), a flag (bool or
+    None, as torch's `foreach` and `fused` are), a string, a list or tuple of as many items of
+    the same kinds, a mapping; other live values (tensors, objects) take anything. Keys only one
+    side holds are not compared: a torch release may add or drop one."""
+    for key in saved.keys() & live.keys() - set(ignore):
+        if not _same_kind(saved[key], live[key]):
+            return f"`{key}`: {saved[key]!r} ({live[key]!r} in the run)"
+    return ""
+
+
+def _same_kind(saved: Any, live: Any) -> bool:
+    """Whether `saved` (read from JSON) is of `live`'s kind (`_unlike`)."""
+    if live is None or isinstance(live, bool):
+        return saved is None or isinstance(saved, bool)
+    if isinstance(live, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(live, str):
+        return isinstance(saved, str)
+    if isinstance(live, (list, tuple)):
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(live)
+            and all(_same_kind(item, live_item) for item, live_item in zip(saved, live))
+        )
+    if isinstance(live, dict):
+        return isinstance(saved, dict)
+    return True
 
 
 def read_extra(folder: str | os.PathLike, check_extra: ExtraCheck | None = None) -> dict[str, Any]:
