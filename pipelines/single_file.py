@@ -252,6 +252,10 @@ def from_single_file(cls: type, pretrained_model_link_or_path: Any, **kwargs: An
     hub_kwargs = {key: kwargs[key] for key in HUB_KEYWORDS if key in kwargs}
     path = local_checkpoint(pretrained_model_link_or_path, hub_kwargs)
     family = checkpoint_family(checkpoint_shapes(path), path)
+    if kwargs.get("config") is not None and not isinstance(kwargs["config"], (str, os.PathLike)):
+        raise TypeError(
+            f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {kwargs['config']!r}"
+        )
     if isinstance(kwargs.get("config"), os.PathLike):  # diffusers takes a str only
         kwargs["config"] = os.fspath(kwargs["config"])
     check_config_family(kwargs.get("config"), family, path)

@@ -262,6 +262,10 @@ def test_a_missing_path_a_folder_and_a_non_path_are_refused(tmp_path, nothing_is
         CLIPConditionedPipeline.from_single_file(tmp_path)
     with pytest.raises(TypeError, match="pretrained_model_link_or_path.*str or os.PathLike"):
         CLIPConditionedPipeline.from_single_file(3)
+    checkpoint = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, str(checkpoint))
+    with pytest.raises(TypeError, match="`config` must be a hub id or a local diffusers folder"):
+        CLIPConditionedPipeline.from_single_file(checkpoint, config=123)
 
 
 def test_links_not_to_a_hub_file_and_safetensors_without_the_extension_are_refused(saved, tmp_path, nothing_is_built):
