@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers.loaders import single_file_utils as sfu
 from safetensors.torch import save_file
+from test_single_file import nothing_is_built  # noqa: F401  (the fixture below: diffusers' readers must not run)
 
 from clipcond import CLIPConditionedPipeline
 from clipcond.pipelines.single_file import checkpoint_family, checkpoint_shapes
@@ -102,17 +103,6 @@ def test_an_upscaler_checkpoint_is_refused_by_diffusers_name(tmp_path) -> None:
 UNET = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}
 
 
-@pytest.fixture
-def nothing_is_built(monkeypatch):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    def called(cls, *args, **kwargs):
-        raise AssertionError(f"{cls.__name__}.from_single_file was called")
-
-    for reader in (StableDiffusionPipeline, StableDiffusionXLPipeline):
-        monkeypatch.setattr(reader, "from_single_file", classmethod(called))
-
-
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_shapes_are_read_without_the_weights(tmp_path, suffix) -> None:
     """The docstring's promise: shapes on the meta device, nothing allocated (a 7 GB file stays on disk)."""
@@ -126,7 +116,8 @@ def test_shapes_are_read_without_the_weights(tmp_path, suffix) -> None:
     assert all(t.is_meta and t.shape == UNET[k].shape for k, t in shapes.items())
 
 
-def test_a_gguf_file_is_refused_by_name(tmp_path, nothing_is_built) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_gguf_file_is_refused_by_name(tmp_path) -> None:
     path = tmp_path / "model.gguf"
     path.write_bytes(b"GGUF" + b"\x00" * 60)
     with pytest.raises(ValueError, match="pretrained_model_link_or_path.*GGUF file"):
@@ -134,14 +125,16 @@ def test_a_gguf_file_is_refused_by_name(tmp_path, nothing_is_built) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_a_file_without_tensors_is_refused(tmp_path, nothing_is_built, suffix) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_file_without_tensors_is_refused(tmp_path, suffix) -> None:
     path = str(tmp_path / f"empty{suffix}")
     save_file({}, path) if suffix == ".safetensors" else torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match="pretrained_model_link_or_path.*holds no tensors"):
         CLIPConditionedPipeline.from_single_file(path)
 
 
-def test_a_ckpt_that_is_not_a_state_dict_is_refused(tmp_path, nothing_is_built) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_ckpt_that_is_not_a_state_dict_is_refused(tmp_path) -> None:
     path = str(tmp_path / "tensor.ckpt")
     torch.save(torch.zeros(3), path)
     with pytest.raises(ValueError, match="pretrained_model_link_or_path.*holds a Tensor, not a state dict"):
@@ -149,7 +142,8 @@ def test_a_ckpt_that_is_not_a_state_dict_is_refused(tmp_path, nothing_is_built) 
 
 
 @pytest.mark.parametrize("cut", [0, 200])
-def test_an_empty_or_truncated_ckpt_is_refused(tmp_path, nothing_is_built, cut) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_an_empty_or_truncated_ckpt_is_refused(tmp_path, cut) -> None:
     """torch.load raises EOFError / RuntimeError (not UnpicklingError) for these."""
     whole = tmp_path / "whole.ckpt"
     torch.save({"state_dict": UNET}, whole)
@@ -161,9 +155,8 @@ def test_an_empty_or_truncated_ckpt_is_refused(tmp_path, nothing_is_built, cut) 
         CLIPConditionedPipeline.from_single_file(str(path))
 
 
-def test_a_pickle_with_code_is_refused_even_where_torch_defaults_to_full_unpickling(
-    tmp_path, nothing_is_built, monkeypatch
-) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_pickle_with_code_is_refused_even_where_torch_defaults_to_full_unpickling(tmp_path, monkeypatch) -> None:
     """weights_only=True must be passed, not left to torch's default (an environment variable turns it off)."""
     import argparse
 
@@ -174,9 +167,8 @@ def test_a_pickle_with_code_is_refused_even_where_torch_defaults_to_full_unpickl
         CLIPConditionedPipeline.from_single_file(path)
 
 
-def test_a_safetensors_file_without_tensor_data_and_without_the_extension_is_told_to_be_renamed(
-    tmp_path, nothing_is_built
-) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_safetensors_file_without_tensor_data_and_without_the_extension_is_told_to_be_renamed(tmp_path) -> None:
     """The header length check's boundary: a header that ends exactly at the file's end."""
     path = tmp_path / "download"
     save_file({}, str(path))
@@ -184,7 +176,8 @@ def test_a_safetensors_file_without_tensor_data_and_without_the_extension_is_tol
         CLIPConditionedPipeline.from_single_file(str(path))
 
 
-def test_a_file_with_a_length_prefix_but_no_json_header_is_not_called_safetensors(tmp_path, nothing_is_built) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_file_with_a_length_prefix_but_no_json_header_is_not_called_safetensors(tmp_path) -> None:
     path = tmp_path / "odd.ckpt"
     path.write_bytes((16).to_bytes(8, "little") + b"not json" * 4)
     with pytest.raises(ValueError, match="neither a safetensors file nor a torch checkpoint") as raised:
@@ -192,7 +185,8 @@ def test_a_file_with_a_length_prefix_but_no_json_header_is_not_called_safetensor
     assert "rename" not in str(raised.value)
 
 
-def test_a_file_without_a_unet_is_refused_naming_its_key_prefixes(tmp_path, nothing_is_built) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_file_without_a_unet_is_refused_naming_its_key_prefixes(tmp_path) -> None:
     """The message lists the first six top-level key prefixes, sorted, then `...`."""
     names = ["vae", "first_stage_model", "cond_stage_model", "a", "b", "c", "d"]
     path = str(tmp_path / "parts.safetensors")
@@ -205,7 +199,8 @@ def test_a_file_without_a_unet_is_refused_naming_its_key_prefixes(tmp_path, noth
         CLIPConditionedPipeline.from_single_file(path)
 
 
-def test_the_refusals_after_reading_the_file_name_the_file(tmp_path, nothing_is_built) -> None:
+@pytest.mark.usefixtures("nothing_is_built")
+def test_the_refusals_after_reading_the_file_name_the_file(tmp_path) -> None:
     """Another family, no UNet, a `config` of the other family: each message names the file
     (the project's tests match the argument's name only)."""
     import json
