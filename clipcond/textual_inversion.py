@@ -25,8 +25,6 @@ its hooks taken off for the change and put back as they were, as diffusers' load
 from __future__ import annotations
 
 import os
-import pickle
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,25 +123,21 @@ def _load(path: Path) -> Any:
             return load_file(path, device="cpu")
         except SafetensorError as error:
             raise ValueError(f"the file {path} is not a readable safetensors file: {error}") from error
+    from clipcond.torch_files import NeedsUnpickling, NotATorchFile, load_weights_only
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch names what its weights-only unpickler stopped at on a line of its own
-        lines = [line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line]
-        reason = (lines[0].split("WeightsUnpickler error:")[-1].strip() if lines else "") or str(error)[:200]
-        if "Unsupported global" not in str(error):
-            raise ValueError(
-                f"the file {path} is not a torch or safetensors file that torch.load(weights_only=True) reads: "
-                f"{reason[:300]}"
-            ) from error
+        return load_weights_only(path)
+    except NeedsUnpickling as error:
         raise ValueError(
             f"the file {path} needs full unpickling to load (it holds objects other than tensors and plain "
             "containers, and unpickling can run code): it is read with torch.load(weights_only=True) only, "
-            f"and refused ({reason[:300]}). Convert it to safetensors where you trust it."
+            f"and refused ({error.reason}). Convert it to safetensors where you trust it."
         ) from error
-    # other bytes stop the unpickler with whatever its opcode handling raises
-    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError, struct.error) as error:
-        raise ValueError(f"the file {path} is not a torch or safetensors file: {error!r:.200}") from error
+    except NotATorchFile as error:
+        raise ValueError(
+            f"the file {path} is not a torch or safetensors file that torch.load(weights_only=True) reads: "
+            f"{error.reason}"
+        ) from error
 
 
 def _layout(contents: Any, source: str, stem: str | None) -> tuple[str | None, dict[str | None, Any]]:

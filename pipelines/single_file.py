@@ -16,7 +16,6 @@ refused with an error naming `pretrained_model_link_or_path`.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import torch
@@ -76,25 +75,22 @@ def _safetensors_shapes(path: str) -> dict[str, torch.Tensor]:
 
 
 def _torch_checkpoint_shapes(path: str) -> dict[str, torch.Tensor]:
-    import pickle
+    from clipcond.torch_files import NeedsUnpickling, NotATorchFile, load_weights_only
 
     try:
-        loaded = torch.load(path, map_location="meta", weights_only=True)
-    except pickle.UnpicklingError as error:
+        loaded = load_weights_only(path, map_location="meta")
+    except NeedsUnpickling as error:
+        raise ValueError(
+            f"`{ARGUMENT}` {path!r} is a pickle that holds more than weights ({', '.join(error.names)}); "
+            "reading it would run code from the file, so it is read only with torch.load(weights_only=True), "
+            "as diffusers reads it. Convert it to .safetensors with a tool you trust"
+        ) from error
+    except (NotATorchFile, OSError) as error:
         if _looks_like_safetensors(path):
             raise ValueError(
                 f"`{ARGUMENT}` {path!r} is a safetensors file without the `.safetensors` extension; diffusers picks "
                 "its reader by the extension: rename the file to end in .safetensors"
             ) from error
-        needed = re.findall(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))  # allowed-list or blocked
-        if needed:
-            raise ValueError(
-                f"`{ARGUMENT}` {path!r} is a pickle that holds more than weights ({', '.join(needed)}); "
-                "reading it would run code from the file, so it is read only with torch.load(weights_only=True), "
-                "as diffusers reads it. Convert it to .safetensors with a tool you trust"
-            ) from error
-        raise ValueError(f"`{ARGUMENT}` {path!r} is neither a safetensors file nor a torch checkpoint") from error
-    except (RuntimeError, OSError, EOFError) as error:
         raise ValueError(
             f"`{ARGUMENT}` {path!r} is neither a safetensors file nor a torch checkpoint: {error}"
         ) from error

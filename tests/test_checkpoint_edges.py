@@ -269,16 +269,22 @@ PARSER_DAMAGE = {
 }
 
 
+def _resume_after_harming_the_newest(tmp_path, harm, steps):
+    """Train with checkpoints at `steps`, `harm` the newest, then resume fresh objects from the
+    run: (the ResumePoint, the harmed folder)."""
+    _run_with_checkpoints(tmp_path, steps=steps)
+    newest = tmp_path / "checkpoints" / f"step-{max(steps):09d}"
+    harm(newest)
+    model, optimizer, scheduler = _setup(seed=99)
+    return load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler), newest
+
+
 @pytest.mark.parametrize("damage", sorted(PARSER_DAMAGE))
 def test_damage_that_breaks_a_parser_is_passed_over(tmp_path, damage):
     """Each escaped as a raw OverflowError, RecursionError or ValueError, so `--resume` crashed
     instead of resuming from the checkpoint before."""
-    _run_with_checkpoints(tmp_path)
-    newest = tmp_path / "checkpoints" / "step-000000004"
     harm, problem = PARSER_DAMAGE[damage]
-    harm(newest)
-    model, optimizer, scheduler = _setup(seed=99)
-    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    point, newest = _resume_after_harming_the_newest(tmp_path, harm, steps=(2, 4))
     assert point.step == 2
     assert [(folder, text.startswith(problem)) for folder, text in point.passed_over] == [(newest, True)]
 
@@ -406,12 +412,8 @@ VALUE_DAMAGE = {  # each loaded, then the run restarted its schedule without a w
 def test_values_of_the_wrong_kind_are_damage_passed_over(tmp_path, damage):
     """A saved value is checked against the run's own of the same key (a number, a flag, a list
     as long): the resume goes back to the checkpoint before, nothing loaded from the damaged one."""
-    _run_with_checkpoints(tmp_path, steps=(1, 2))
-    newest = tmp_path / "checkpoints" / "step-000000002"
     harm, problem = VALUE_DAMAGE[damage]
-    harm(newest)
-    model, optimizer, scheduler = _setup(seed=99)
-    point = load_newest_intact(tmp_path, {"model": model}, optimizer, scheduler)
+    point, newest = _resume_after_harming_the_newest(tmp_path, harm, steps=(1, 2))
     assert point.step == 1
     [(folder, text)] = point.passed_over
     assert folder == newest and text.startswith(problem), text

@@ -144,3 +144,20 @@ def test_a_pt_file_is_read_weights_only_even_where_the_environment_says_otherwis
     with pytest.raises(ValueError, match="needs full unpickling"):
         read_textual_inversion(tmp_path / "x.pt")
     assert not marker.exists()
+
+
+class _SystemCall:
+    """Pickles as a call of os.system, a module torch's weights-only unpickler blocks outright."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo this must not run",)
+
+
+def test_a_pt_file_calling_a_blocked_module_is_named_as_needing_full_unpickling(tmp_path):
+    """torch words a blocked module ("unsupported GLOBAL posix.system whose module posix is
+    blocked") otherwise than a global off its allowed list; both are the same refusal."""
+    torch.save({"string_to_param": {"*": _vectors(1)}, "extra": _SystemCall()}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="needs full unpickling"):
+        read_textual_inversion(tmp_path / "x.pt")
