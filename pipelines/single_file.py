@@ -198,23 +198,33 @@ def diffusers_pipeline_class(cls: type, family: str) -> type:
     return getattr(diffusers, f"{DIFFUSERS_STEMS[family]}{task}Pipeline")
 
 
-def check_config_family(config: Any, family: str, path: str) -> None:
-    """Refuse a local `config=` folder whose UNet is of the other family (diffusers would fail
-    deep in its key conversion). A hub id or a folder without `unet/config.json` is not read."""
+def checked_config(config: Any, family: str, path: str) -> str | None:
+    """The `config=` argument as diffusers takes it (a str: a path is turned into one), checked:
+    a hub id or a folder (str or os.PathLike), and a local folder whose UNet is of the file's
+    family (diffusers would fail deep in its key conversion). A hub id or a folder without
+    `unet/config.json` is not read.
+
+    Raises:
+        TypeError: `config` is neither None, a str nor a path.
+        ValueError: a local folder whose UNet is of the other family.
+    """
     import json
 
+    if config is None:
+        return None
     if not isinstance(config, (str, os.PathLike)):
-        return
-    unet_config = os.path.join(os.fspath(config), "unet", "config.json")
-    if not os.path.isfile(unet_config):
-        return
-    with open(unet_config, encoding="utf-8") as handle:
-        folder_family = "sdxl" if json.load(handle).get("addition_embed_type") == "text_time" else "sd"
-    if folder_family != family:
-        raise ValueError(
-            f"`config` {os.fspath(config)!r} describes an {folder_family.upper()} UNet, but `{ARGUMENT}` {path!r} "
-            f"holds an {family.upper()} one"
-        )
+        raise TypeError(f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {config!r}")
+    config = os.fspath(config)
+    unet_config = os.path.join(config, "unet", "config.json")
+    if os.path.isfile(unet_config):
+        with open(unet_config, encoding="utf-8") as handle:
+            folder_family = "sdxl" if json.load(handle).get("addition_embed_type") == "text_time" else "sd"
+        if folder_family != family:
+            raise ValueError(
+                f"`config` {config!r} describes an {folder_family.upper()} UNet, but `{ARGUMENT}` {path!r} "
+                f"holds an {family.upper()} one"
+            )
+    return config
 
 
 def check_filled(pipeline: Any, path: str) -> None:
@@ -241,24 +251,19 @@ def from_single_file(cls: type, pretrained_model_link_or_path: Any, **kwargs: An
 
     Raises:
         TypeError, FileNotFoundError, ValueError: from `local_checkpoint`, `checkpoint_family`
-            and `check_config_family`, before any model is built.
+            and `checked_config`, before any model is built.
         ValueError: the file lacks weights of a model `config` describes (after diffusers read it).
     """
     # 1. Find the file and read what it holds, before any model is built
     hub_kwargs = {key: kwargs[key] for key in HUB_KEYWORDS if key in kwargs}
     path = local_checkpoint(pretrained_model_link_or_path, hub_kwargs)
     family = checkpoint_family(checkpoint_shapes(path), path)
-    if kwargs.get("config") is not None and not isinstance(kwargs["config"], (str, os.PathLike)):
-        raise TypeError(
-            f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {kwargs['config']!r}"
-        )
-    if isinstance(kwargs.get("config"), os.PathLike):  # diffusers takes a str only
-        kwargs["config"] = os.fspath(kwargs["config"])
-    check_config_family(kwargs.get("config"), family, path)
+    if "config" in kwargs:
+        kwargs["config"] = checked_config(kwargs["config"], family, path)
     # 2. Split the keywords: what diffusers' class also takes goes to it, the rest to `cls`
     reader = diffusers_pipeline_class(cls, family)
-    readers_keys = set().union(*reader._get_signature_keys(reader))
-    own_keys = set().union(*cls._get_signature_keys(cls)) - readers_keys
+    modules, settings = cls._get_signature_keys(cls)
+    own_keys = {*modules, *settings} - set().union(*reader._get_signature_keys(reader))
     own = {key: kwargs.pop(key) for key in list(kwargs) if key in own_keys}
     # 3. diffusers reads the file (the local one: a hub file was fetched in step 1)
     try:
@@ -272,7 +277,6 @@ def from_single_file(cls: type, pretrained_model_link_or_path: Any, **kwargs: An
         ) from error
     check_filled(pipeline, path)
     # 4. Its components and settings, the same objects, to our constructor
-    modules, settings = cls._get_signature_keys(cls)
     carried = {key: value for key, value in pipeline.components.items() if key in modules}
     carried.update({key: value for key, value in pipeline.config.items() if key in settings})
     return cls(**{**carried, **own})
