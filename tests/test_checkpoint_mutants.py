@@ -115,22 +115,6 @@ def test_setting_aside_again_replaces_the_older_damaged_folder(tmp_path):
     assert sorted(path.name for path in root.iterdir()) == ["damaged-step-000000004"]
 
 
-def test_every_cuda_generator_state_is_saved_and_restored_to_its_device(tmp_path, monkeypatch):
-    """With CUDA (stood in for by its four calls: this machine has none), each device's
-    generator state goes back to that device, in device order also past ten devices."""
-    devices = 11
-    states = [torch.full((16,), index, dtype=torch.uint8) for index in range(devices)]
-    restored = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [state.clone() for state in states])
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
-    model = torch.nn.Linear(2, 2)
-    folder = save_checkpoint(tmp_path, 1, {"model": model})
-    load_checkpoint(folder, {"model": model})
-    assert [int(state[0]) for state in restored] == list(range(devices))
-    assert all(torch.equal(got, expected) for got, expected in zip(restored, states))
-
-
 class ShadowSGD(torch.optim.SGD):
     """SGD that keeps, per parameter, a state tensor whose name holds a dot and a Python int:
     the optimizer state format (`<param>.<field>` tensors, other values as JSON) allows both."""

@@ -42,6 +42,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ _DAMAGED_PREFIX = "damaged-"
 # a module's file is <name>.safetensors in the step folder: a plain file name, none of the format's own
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _FORMAT_FILES = ("optimizer", "rng")
+_CUDA_PREFIX = "torch_cuda_"  # rng.safetensors: torch_cuda_<device number>
 # what every torch LR scheduler's state holds and a resume cannot do without (where the run's has it)
 _SCHEDULER_FIELDS = ("last_epoch", "base_lrs")
 # what loading a state that passed the checks can still raise: a scheduler state without a field its
@@ -96,7 +98,7 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{index}"] = state
+            tensors[f"{_CUDA_PREFIX}{index}"] = state
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     json_state = {
@@ -106,14 +108,32 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, json_state
 
 
+def _cuda_states(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The saved CUDA generator states, by device number (checked by `_read_rng`)."""
+    # by device number: sorted as text, torch_cuda_10 would come before torch_cuda_2
+    names = sorted(
+        (name for name in tensors if name.startswith(_CUDA_PREFIX)), key=lambda n: int(n[len(_CUDA_PREFIX) :])
+    )
+    return [tensors[name] for name in names]
+
+
 def _restore_rng(tensors: dict[str, torch.Tensor], json_state: dict[str, Any]) -> None:
+    """Put back the saved generator states. CUDA states are restored for the devices both the
+    checkpoint and this process have; a different device count (a run written with 2 visible
+    GPUs resumed with 1, or a CPU run resumed on a GPU) is a warning, as the run goes on but
+    its CUDA draws are no longer those of an uninterrupted run."""
     torch.set_rng_state(tensors["torch_cpu"])
-    if torch.cuda.is_available():
-        # by device number: sorted as text, torch_cuda_10 would come before torch_cuda_2
-        names = [name for name in tensors if name.startswith("torch_cuda_")]
-        states = [tensors[name] for name in sorted(names, key=lambda name: int(name.removeprefix("torch_cuda_")))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
+    saved = _cuda_states(tensors)
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if saved and here:
+        torch.cuda.set_rng_state_all(saved[:here])
+    if len(saved) != here:
+        warnings.warn(
+            f"the checkpoint holds CUDA generator states for {len(saved)} device(s) and this process sees {here}: "
+            f"{min(len(saved), here)} restored, so random draws on CUDA differ from an uninterrupted run's "
+            "(resume with the same visible GPUs for that)",
+            stacklevel=3,
+        )
     version, values, gauss = json_state["python"]
     random.setstate((version, tuple(values), gauss))
     name, keys, *rest = json_state["numpy"]
@@ -492,6 +512,20 @@ def _read_rng(folder: Path) -> dict[str, torch.Tensor]:
         torch.Generator().set_state(tensors["torch_cpu"])
     except (SafetensorError, OSError, KeyError, RuntimeError) as error:
         raise _damaged(folder, f"rng.safetensors holds no usable torch generator state ({error!r})") from None
+    # CUDA states are set after the modules are loaded (and cannot be tried without a GPU): their
+    # names and form are checked here, before anything is loaded
+    cuda = {name: state for name, state in tensors.items() if name.startswith(_CUDA_PREFIX)}
+    expected = [f"{_CUDA_PREFIX}{index}" for index in range(len(cuda))]
+    if sorted(cuda) != sorted(expected):
+        raise _damaged(folder, f"rng.safetensors holds CUDA generator states {sorted(cuda)}, not {expected}")
+    for name, state in cuda.items():
+        # what torch's CUDA generator takes: a seed and an offset, 8 bytes each (or a seed alone)
+        if state.dtype != torch.uint8 or state.dim() != 1 or state.numel() not in (8, 16):
+            raise _damaged(
+                folder,
+                f"rng.safetensors: {name} is a {state.dtype} tensor of shape {list(state.shape)}, "
+                "not a CUDA generator state (16 bytes, uint8)",
+            )
     return tensors
 
 
@@ -517,6 +551,10 @@ def load_checkpoint(
         CheckpointDamaged: what is wrong with the folder; the objects are untouched (a file that
             changes on disk while the modules load can leave them partly loaded).
         ValueError: a module name that cannot be a checkpoint's (`save_checkpoint`).
+
+    Warns:
+        UserWarning: the checkpoint holds CUDA generator states for another number of devices
+            than this process sees; those of the devices both have are restored.
     """
     _check_module_names(modules)
     folder = Path(folder)
