@@ -28,6 +28,9 @@ UNET_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 # the first Linear of SDXL's added embedding (pooled text + time ids; diffusers'
 # `addition_embed_type="text_time"`): SD 1.x / 2.x UNets have no `label_emb`
 SDXL_ADDED_EMBEDDING = UNET_PREFIX + "label_emb.0.0.weight"
+# SD 2.x unCLIP's UNet has a `label_emb` too (the noised CLIP image embedding); the file also
+# holds the noise augmentor of that embedding, which no SD or SDXL checkpoint has
+UNCLIP_NOISE_AUGMENTOR = "noise_augmentor."
 # what diffusers' `infer_diffusers_model_type` calls the checkpoints a Stable Diffusion or SDXL
 # pipeline reads ("v1" is also its answer for any file it does not recognise)
 READ_MODEL_TYPES = {"v1", "v2", "inpainting", "inpainting_v2", "xl_base", "xl_refiner", "xl_inpaint", "playground-v2-5"}
@@ -122,7 +125,8 @@ def checkpoint_family(tensors: dict[str, torch.Tensor], path: str) -> str:
 
     SD or SDXL is then read from the UNet itself: an SDXL UNet has the added embedding
     `label_emb` (pooled text and time ids), which is also what makes our pipeline take recipe
-    "sdxl". diffusers' model type tells SDXL by its OpenCLIP's tenth layer, which says nothing
+    "sdxl". SD 2 unCLIP's UNet has a `label_emb` as well (an image embedding) and is refused by
+    its noise augmentor, which diffusers' guess takes for "v2". diffusers' model type tells SDXL by its OpenCLIP's tenth layer, which says nothing
     about the UNet and misses a pruned or small text encoder. An inpainting UNet (9 input
     channels) is the same family: our class, not the file, says which task the pipeline runs,
     as diffusers' class does (`from_pipe` moves between them).
@@ -148,6 +152,12 @@ def checkpoint_family(tensors: dict[str, torch.Tensor], path: str) -> str:
             f"`{ARGUMENT}` {path!r} holds no Stable Diffusion UNet (no {UNET_CONV_IN!r}; its keys start with "
             f"{', '.join(prefixes[:6])}{', ...' if len(prefixes) > 6 else ''}): a LoRA loads with "
             "pipe.load_lora_weights, a VAE with AutoencoderKL.from_single_file"
+        )
+    if any(key.startswith(UNCLIP_NOISE_AUGMENTOR) for key in tensors):
+        raise ValueError(
+            f"`{ARGUMENT}` {path!r} is a Stable Diffusion 2 unCLIP checkpoint (it has `{UNCLIP_NOISE_AUGMENTOR}`: "
+            "its UNet reads a CLIP image embedding through `label_emb`), not a text-to-image one; diffusers "
+            "reads it with StableUnCLIPImg2ImgPipeline, from a diffusers folder"
         )
     return "sdxl" if SDXL_ADDED_EMBEDDING in tensors else "sd"
 

@@ -100,6 +100,22 @@ def test_an_upscaler_checkpoint_is_refused_by_diffusers_name(tmp_path) -> None:
         checkpoint_family(tensors, "x4.safetensors")
 
 
+def test_an_sd2_unclip_checkpoint_is_refused_not_read_as_sdxl(tmp_path) -> None:
+    """SD 2.1 unCLIP's UNet has a `label_emb` (the noised CLIP image embedding, 1024 wide for
+    ViT-H) like SDXL's; diffusers' guess calls the file "v2", and the noise augmentor gives it away."""
+    tensors = unet(
+        **{
+            K["v2"]: meta(320, 1024),
+            LABEL_EMB: meta(1280, 1024),
+            "noise_augmentor.betas": meta(1000),
+            "embedder.model.visual.proj": meta(1280, 1024),
+        }
+    )
+    assert sfu.infer_diffusers_model_type(tensors) == "v2"  # the premise
+    with pytest.raises(ValueError, match="'unclip.safetensors' is a Stable Diffusion 2 unCLIP checkpoint"):
+        checkpoint_family(tensors, "unclip.safetensors")
+
+
 UNET = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}
 
 
