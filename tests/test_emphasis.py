@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 from forward_counter import ForwardCounter
+from tiny_pipelines import clip_text_model
 
-from clipcond import TextConditioner
+from clipcond import TextConditioner, clip_tokenizer
 from clipcond.emphasis_modes import EMPHASIS_MODES
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
@@ -277,3 +278,53 @@ def test_comfy_emphasis_and_windows_equal_comfyui_on_a_long_weighted_prompt(sd_p
         default_windows = TextConditioner.from_pipeline(sd_pipe, emphasis="comfy", cache_size=0).encode(prompt).tokens
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
     assert default_windows.shape != reference.shape or not torch.allclose(default_windows, reference, atol=1e-3)
+
+
+LONG = 248  # Long-CLIP's positions
+
+
+def _sd_with_long_clip(sd_pipe):
+    """sd_pipe's class over its components with a 248-position CLIP (a Long-CLIP) and tokenizer."""
+    components = dict(sd_pipe.components)
+    width = components["text_encoder"].config.hidden_size
+    components["text_encoder"] = clip_text_model(
+        7, max_position_embeddings=LONG, hidden_size=width, projection_dim=width
+    )
+    components["tokenizer"] = clip_tokenizer(model_max_length=LONG)
+    return type(sd_pipe)(**components)
+
+
+def test_a_long_clip_moves_weighted_tokens_away_from_its_own_248_position_empty_prompt(sd_pipe):
+    """ComfyUI's formula e + (z - e) * w on a 248-position CLIP, z and e from diffusers'
+    `encode_prompt` (prompt and ""): the empty prompt's window has the encoder's length, not 77
+    (found by mutation testing: `_encode_clip_50`, the empty window built at clip_windows' default 77)."""
+    pipe = _sd_with_long_clip(sd_pipe)
+    cond = TextConditioner.from_pipeline(pipe, cache_size=0, emphasis="comfy")
+    assert cond.clip[0].window_length == LONG
+    tokenizer = pipe.tokenizer
+    weights = [1.0]
+    for text, weight in [("a", 1.0), ("red", 1.3), ("circle and a", 1.0), ("blue", 1.21), ("square", 1.0)]:
+        weights += [weight] * len(tokenizer(text, add_special_tokens=False).input_ids)
+    w = torch.tensor(weights + [1.0] * (LONG - len(weights)))[:, None]
+    with torch.no_grad():
+        z = pipe.encode_prompt("a red circle and a blue square", "cpu", 1, False)[0][0]
+        e = pipe.encode_prompt("", "cpu", 1, False)[0][0]
+        got = cond.encode("a (red:1.3) circle and a ((blue)) square").tokens[0]
+    assert got.shape == (LONG, z.shape[-1])
+    torch.testing.assert_close(got, torch.where(w == 1, z, e + (z - e) * w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("emphasis", ["comfy", "compel"])
+def test_flux_clip_runs_once_for_its_pooled_vector_whatever_the_emphasis(flux_pipe, emphasis):
+    """Flux reads only the CLIP's pooled vector, which emphasis never changes: a weighted prompt
+    costs one CLIP forward (no empty-prompt window, no compel masked batch) and gives the plain
+    prompt's pooled vector (found by mutation testing: `_encode_clip_43`, run_clip's want_tokens
+    left at its default True, ran the CLIP for token states thrown away)."""
+    cond = TextConditioner.from_pipeline(flux_pipe, cache_size=0, emphasis=emphasis)
+    plain = TextConditioner.from_pipeline(flux_pipe, cache_size=0)
+    counter = ForwardCounter(cond.clip[0].model)
+    with torch.no_grad():
+        got = cond.encode("a (red:1.3) circle and a (blue:0.5) square").pooled
+        assert counter.calls == 1
+        expected = plain.encode("a red circle and a blue square").pooled
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

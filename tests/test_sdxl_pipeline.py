@@ -590,6 +590,35 @@ def test_gpu_model_cpu_offload_of_an_sdxl_pipeline() -> None:
     assert all(model.device.type == "cpu" for model in (pipe.text_encoder, pipe.text_encoder_2, pipe.unet))
 
 
+LONG_PROMPT = " ".join(["red circle"] * 45)  # two CLIP windows
+
+
+@cuda
+def test_gpu_pooled_vectors_of_prompts_of_several_windows(sdxl_pipe) -> None:
+    """Each prompt's pooled vector is its first window's, picked on the device the states are on
+    (probe16's mutation run: an index left on the CPU survives every CPU test)."""
+    pipe = copy.deepcopy(sdxl_pipe).to("cuda")
+    with torch.no_grad():
+        got = TextConditioner.from_pipeline(pipe, cache_size=0).encode([LONG_PROMPT, "a red cat"]).pooled
+        on_cpu = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0).encode([LONG_PROMPT, "a red cat"]).pooled
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), on_cpu, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_gpu_t5_masks_of_a_disk_hit_and_a_fresh_prompt_share_their_device(pixart_pipe, tmp_path) -> None:
+    """A record read from disk is put on the conditioner's device; a fresh prompt's T5 mask must be
+    there too, or stacking the batch's masks mixes devices (probe16's mutation run, as above)."""
+    pipe = copy.deepcopy(pixart_pipe).to("cuda")
+    with torch.no_grad():
+        TextConditioner.from_pipeline(pipe, cache_dir=str(tmp_path)).encode("a red cat")
+        second = TextConditioner.from_pipeline(pipe, cache_dir=str(tmp_path))
+        embeds = second.encode(["a red cat", "a blue dog"])  # one disk hit, one fresh encode
+    assert second.cache.hits == 1
+    assert embeds.mask is not None and embeds.mask.device == embeds.tokens.device
+    assert embeds.tokens.device.type == "cuda"
+
+
 # ---------------------------------------------------------------- components that do not fit
 
 
