@@ -1,11 +1,12 @@
-"""CUDA generator states in a checkpoint, on a machine without CUDA: torch.cuda is stood in for
-by the calls the checkpoint makes (is_available, device_count, get/set_rng_state_all), each
-device's state a 16-byte tensor as torch's CUDA generator gives.
+"""Generator states in a checkpoint across devices and processes, on a machine without CUDA:
+torch.cuda is stood in for by the calls the checkpoint makes (is_available, device_count,
+get/set_rng_state(_all)), each device's state a 16-byte tensor as torch's CUDA generator gives.
 
 A run resumed with the GPUs it was written with gets every device's state back; one resumed
 with fewer or more (or on the CPU) gets those the two have in common and a warning naming both
 counts, never an error after the model is loaded; a damaged CUDA state is refused before
-anything is loaded."""
+anything is loaded. In a run of several processes each one resumes its own generators: rank 0
+alone cannot see the others' devices' generators advance."""
 
 from __future__ import annotations
 
@@ -27,16 +28,22 @@ class FakeCuda:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, devices: int) -> None:
         self.devices = devices
         self.restored: list[torch.Tensor] = []
+        self.set_on: dict[int, torch.Tensor] = {}  # device -> the state set on it alone
         monkeypatch.setattr(torch.cuda, "is_available", lambda: self.devices > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: self.devices)
         monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [cuda_state(d) for d in range(self.devices)])
         monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set_rng_state_all)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state(100 + torch.device(device).index))
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set_rng_state)
 
     def set_rng_state_all(self, states: list[torch.Tensor]) -> None:
         for device, state in enumerate(states):
             if device >= self.devices:
                 raise RuntimeError("CUDA error: invalid device ordinal")
             self.restored.append(state)
+
+    def set_rng_state(self, state: torch.Tensor, device: torch.device) -> None:
+        self.set_on[torch.device(device).index] = state
 
 
 def linear(seed: int) -> torch.nn.Linear:
@@ -113,3 +120,73 @@ def test_a_damaged_cuda_state_is_refused_before_anything_is_loaded(tmp_path, mon
         load_checkpoint(folder, {"model": fresh})
     assert torch.equal(fresh.weight, before)
     assert cuda.restored == []
+
+
+def cpu_state_after(draws: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    torch.randn(draws, generator=generator)
+    return generator.get_state()
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_each_process_resumes_its_own_generators(tmp_path, monkeypatch, process_index):
+    """Each rank's own CPU generator and its own device's CUDA generator, as the loop gathers them
+    (`own_generator_states` on each rank), go back to that rank; the main process's view of the
+    other devices is restored first and overridden for the rank's own device."""
+    from clipcond.training.rng_state import own_generator_states
+
+    cuda = FakeCuda(monkeypatch, devices=2)
+    ranks = []
+    for rank in range(2):
+        torch.set_rng_state(cpu_state_after(rank + 1))
+        ranks.append(own_generator_states(torch.device("cuda", rank)))
+    assert [int(states["torch_cuda"][0]) for states in ranks] == [100, 101]
+    folder = save_checkpoint(tmp_path, 1, {"model": linear(0)}, process_rng=ranks)
+
+    torch.manual_seed(123)
+    load_checkpoint(
+        folder, {"model": linear(1)}, process_index=process_index, device=torch.device("cuda", process_index)
+    )
+    assert torch.equal(torch.get_rng_state(), cpu_state_after(process_index + 1))
+    assert [int(state[0]) for state in cuda.restored] == [0, 1]  # rank 0's view of every device
+    assert list(cuda.set_on) == [process_index] and int(cuda.set_on[process_index][0]) == 100 + process_index
+
+
+def test_without_a_process_index_the_main_process_states_are_restored(tmp_path):
+    ranks = [{"torch_cpu": cpu_state_after(1)}, {"torch_cpu": cpu_state_after(2)}]
+    model = linear(0)
+    torch.set_rng_state(cpu_state_after(5))
+    folder = save_checkpoint(tmp_path, 1, {"model": model}, process_rng=ranks)
+    torch.manual_seed(123)
+    load_checkpoint(folder, {"model": linear(1)})
+    assert torch.equal(torch.get_rng_state(), cpu_state_after(5))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda t: t.pop("process_0.torch_cpu"), r"processes \[1\], not of processes 0 to 0"),
+        (
+            lambda t: t.update({"process_1.torch_cuda": torch.zeros(5056, dtype=torch.uint8)}),
+            r"process_1.torch_cuda is a torch.uint8 tensor of shape \[5056\]",
+        ),
+        (
+            lambda t: t.update({"process_1.torch_cpu": torch.zeros(16, dtype=torch.uint8)}),
+            r"process_1.torch_cpu is a torch.uint8 tensor of shape \[16\]",
+        ),
+        (
+            lambda t: t.update({"process_x.torch_cpu": t["torch_cpu"].clone()}),
+            "it holds 'process_x.torch_cpu', which names no generator",
+        ),
+    ],
+    ids=["a-missing-rank", "a-cpu-sized-cuda-state", "a-cuda-sized-cpu-state", "not-a-rank"],
+)
+def test_damaged_process_states_are_refused_before_anything_is_loaded(tmp_path, change, named):
+    ranks = [{"torch_cpu": cpu_state_after(1)}, {"torch_cpu": cpu_state_after(2)}]
+    folder = save_checkpoint(tmp_path, 1, {"model": linear(0)}, process_rng=ranks)
+    damage_cuda_states(folder, change)
+    fresh = linear(1)
+    before = fresh.weight.detach().clone()
+    with pytest.raises(CheckpointDamaged, match=named):
+        load_checkpoint(folder, {"model": fresh}, process_index=1)
+    assert torch.equal(fresh.weight, before)

@@ -215,6 +215,10 @@ def test_two_forked_processes_end_with_the_weights_of_one(tmp_path: Path, tiny_c
     difference = max_difference(weights(tmp_path / "one"), weights(tmp_path / "two"))
     assert difference <= TOLERANCE, difference
     assert_only_rank_zero_wrote(tmp_path / "two", tmp_path / "audit")
+    # each rank's own generators, for each to resume its own (training/rng_state.py)
+    for checkpoint in (tmp_path / "two" / "checkpoints").glob("step-*"):
+        saved = load_file(str(checkpoint / "rng.safetensors"))
+        assert {"process_0.torch_cpu", "process_1.torch_cpu"} <= saved.keys(), sorted(saved)
 
 
 # ----------------------------------------------------------------------------- accelerate launch

@@ -7,7 +7,8 @@ A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding:
   tensors are handled);
 - ``optimizer.safetensors``: every tensor of the optimizer state, keyed ``<param>.<field>``,
   with the rest of the optimizer state (param groups, scalars) as JSON metadata;
-- ``rng.safetensors``: the torch CPU (and CUDA, when present) generator states;
+- ``rng.safetensors``: the torch CPU (and CUDA, when present) generator states, and each
+  process's own in a run of several (`clipcond.training.rng_state`);
 - ``trainer.json``: step, scheduler state, Python and NumPy RNG states, and whatever the loop
   adds (e.g. how many metrics records it had written).
 
@@ -42,8 +43,7 @@ import os
 import random
 import re
 import shutil
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from clipcond.training import rng_state
 from clipcond.training.run_folder import RunFolderError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -64,7 +65,6 @@ _DAMAGED_PREFIX = "damaged-"
 # a module's file is <name>.safetensors in the step folder: a plain file name, none of the format's own
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _FORMAT_FILES = ("optimizer", "rng")
-_CUDA_PREFIX = "torch_cuda_"  # rng.safetensors: torch_cuda_<device number>
 # what every torch LR scheduler's state holds and a resume cannot do without (where the run's has it)
 _SCHEDULER_FIELDS = ("last_epoch", "base_lrs")
 # what loading a state that passed the checks can still raise: a scheduler state without a field its
@@ -92,52 +92,6 @@ ExtraCheck = Callable[[dict[str, Any]], str | None]
 
 class NoIntactCheckpoint(RunFolderError):
     """A run has checkpoints, and none of them can be loaded (each one's problem is named)."""
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"{_CUDA_PREFIX}{index}"] = state
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    json_state = {
-        "python": [python_state[0], list(python_state[1]), python_state[2]],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-    }
-    return tensors, json_state
-
-
-def _cuda_states(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The saved CUDA generator states, by device number (checked by `_read_rng`)."""
-    # by device number: sorted as text, torch_cuda_10 would come before torch_cuda_2
-    names = sorted(
-        (name for name in tensors if name.startswith(_CUDA_PREFIX)), key=lambda n: int(n[len(_CUDA_PREFIX) :])
-    )
-    return [tensors[name] for name in names]
-
-
-def _restore_rng(tensors: dict[str, torch.Tensor], json_state: dict[str, Any]) -> None:
-    """Put back the saved generator states. CUDA states are restored for the devices both the
-    checkpoint and this process have; a different device count (a run written with 2 visible
-    GPUs resumed with 1, or a CPU run resumed on a GPU) is a warning, as the run goes on but
-    its CUDA draws are no longer those of an uninterrupted run."""
-    torch.set_rng_state(tensors["torch_cpu"])
-    saved = _cuda_states(tensors)
-    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if saved and here:
-        torch.cuda.set_rng_state_all(saved[:here])
-    if len(saved) != here:
-        warnings.warn(
-            f"the checkpoint holds CUDA generator states for {len(saved)} device(s) and this process sees {here}: "
-            f"{min(len(saved), here)} restored, so random draws on CUDA differ from an uninterrupted run's "
-            "(resume with the same visible GPUs for that)",
-            stacklevel=3,
-        )
-    version, values, gauss = json_state["python"]
-    random.setstate((version, tuple(values), gauss))
-    name, keys, *rest = json_state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
 
 
 def _optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -181,6 +135,7 @@ def save_checkpoint(
     scheduler: Any | None = None,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
+    process_rng: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write the training state at `step` atomically; keep the newest `keep` checkpoints.
 
@@ -192,6 +147,8 @@ def save_checkpoint(
         extra: JSON-serialisable values the loop wants back on resume.
         keep: how many checkpoints up to this one to keep (older ones are deleted after the new
             one is in place; the new one never is).
+        process_rng: in a run of several processes, each one's own generator states
+            (`rng_state.own_generator_states`, gathered in rank order), for each to resume its own.
 
     Returns:
         The checkpoint folder.
@@ -210,7 +167,7 @@ def save_checkpoint(
         shutil.rmtree(temporary)
     temporary.mkdir()
     try:
-        _write_state(temporary, step, modules, optimizer_state, scheduler, extra)
+        _write_state(temporary, step, modules, optimizer_state, scheduler, extra, process_rng)
         if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
             _remove(final)
         os.replace(temporary, final)
@@ -233,6 +190,7 @@ def _write_state(
     optimizer_state: tuple[dict[str, torch.Tensor], str] | None,
     scheduler: Any | None,
     extra: dict[str, Any] | None,
+    process_rng: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Write the files of a checkpoint (module docstring) into `folder`, each synced to disk;
     `optimizer_state` is `_optimizer_to_safetensors`'s (tensors, metadata), or None."""
@@ -241,12 +199,11 @@ def _write_state(
     if optimizer_state is not None:
         tensors, metadata = optimizer_state
         save_file(tensors, str(folder / "optimizer.safetensors"), metadata={"optimizer": metadata})
-    rng_tensors, rng_json = _rng_state()
-    save_file(rng_tensors, str(folder / "rng.safetensors"))
+    save_file(rng_state.generator_tensors(process_rng), str(folder / "rng.safetensors"))
     trainer = {
         "step": step,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_json,
+        "rng": rng_state.python_and_numpy_states(),
         "extra": extra or {},
     }
     (folder / "trainer.json").write_text(json.dumps(trainer))
@@ -509,23 +466,11 @@ def _read_rng(folder: Path) -> dict[str, torch.Tensor]:
     _read_header(folder, "rng.safetensors")
     try:
         tensors = load_file(str(folder / "rng.safetensors"))
-        torch.Generator().set_state(tensors["torch_cpu"])
-    except (SafetensorError, OSError, KeyError, RuntimeError) as error:
-        raise _damaged(folder, f"rng.safetensors holds no usable torch generator state ({error!r})") from None
-    # CUDA states are set after the modules are loaded (and cannot be tried without a GPU): their
-    # names and form are checked here, before anything is loaded
-    cuda = {name: state for name, state in tensors.items() if name.startswith(_CUDA_PREFIX)}
-    expected = [f"{_CUDA_PREFIX}{index}" for index in range(len(cuda))]
-    if sorted(cuda) != sorted(expected):
-        raise _damaged(folder, f"rng.safetensors holds CUDA generator states {sorted(cuda)}, not {expected}")
-    for name, state in cuda.items():
-        # what torch's CUDA generator takes: a seed and an offset, 8 bytes each (or a seed alone)
-        if state.dtype != torch.uint8 or state.dim() != 1 or state.numel() not in (8, 16):
-            raise _damaged(
-                folder,
-                f"rng.safetensors: {name} is a {state.dtype} tensor of shape {list(state.shape)}, "
-                "not a CUDA generator state (16 bytes, uint8)",
-            )
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise _damaged(folder, f"rng.safetensors does not read ({error!r})") from None
+    problem = rng_state.tensors_problem(tensors)
+    if problem:
+        raise _damaged(folder, f"rng.safetensors: {problem}")
     return tensors
 
 
@@ -536,6 +481,8 @@ def load_checkpoint(
     scheduler: Any | None = None,
     restore_rng: bool = True,
     check_extra: ExtraCheck | None = None,
+    process_index: int | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` into the given objects.
 
@@ -543,6 +490,9 @@ def load_checkpoint(
     tensors of the given modules with their shapes, an optimizer state that fits `optimizer`,
     and a trainer state that parses, with an `extra` that `check_extra` (the loop's checks of
     the values it saved there) finds nothing wrong with.
+
+    `process_index` and `device` (the loop's rank and its device) pick this process's own
+    generator states where a run of several processes saved them (`rng_state.restore`).
 
     Returns:
         ``{"step": int, "extra": dict}`` as saved.
@@ -568,7 +518,7 @@ def load_checkpoint(
     rng = _read_rng(folder) if restore_rng else {}
     _load_in_place(folder, modules, optimizer, scheduler, trainer.get("scheduler"))
     if restore_rng:
-        _restore_rng(rng, trainer["rng"])
+        rng_state.restore(rng, trainer["rng"], process_index, device)
     return {"step": trainer["step"], "extra": trainer["extra"]}
 
 
@@ -622,9 +572,11 @@ def load_newest_intact(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     check_extra: ExtraCheck | None = None,
+    process_index: int | None = None,
+    device: torch.device | None = None,
 ) -> ResumePoint | None:
     """Load the newest checkpoint of a run that passes `load_checkpoint`'s checks (with
-    `check_extra`, the loop's checks of its `extra` values).
+    `check_extra`, the loop's checks of its `extra` values; `process_index` and `device` as there).
 
     Returns:
         Where the run resumes (with the newer checkpoints passed over), or None when the run
@@ -637,7 +589,15 @@ def load_newest_intact(
     passed_over: list[tuple[Path, str]] = []
     for folder in checkpoint_folders(run_dir):
         try:
-            state = load_checkpoint(folder, modules, optimizer, scheduler, check_extra=check_extra)
+            state = load_checkpoint(
+                folder,
+                modules,
+                optimizer,
+                scheduler,
+                check_extra=check_extra,
+                process_index=process_index,
+                device=device,
+            )
         except CheckpointDamaged as damage:
             passed_over.append((folder, str(damage).removeprefix(f"{folder}: ")))
             continue

@@ -87,6 +87,7 @@ from clipcond.training.checkpoint import (
 )
 from clipcond.training.data import IMAGE_LOAD_FAILURES, SkipCounter
 from clipcond.training.folder_writes import remove_unfinished_results, writing_atomically
+from clipcond.training.rng_state import own_generator_states
 from clipcond.training.run_folder import (
     CONFIG_SNAPSHOT,
     METRICS_FILE,
@@ -517,7 +518,13 @@ class TrainingRun:
         if self.resume_from is None:
             return 0, {}
         point = load_newest_intact(
-            self.output_dir, modules, optimizer, scheduler, check_extra=lambda extra: extra_problem(extra, counts)
+            self.output_dir,
+            modules,
+            optimizer,
+            scheduler,
+            check_extra=lambda extra: extra_problem(extra, counts),
+            process_index=accelerator.process_index,
+            device=accelerator.device,
         )
         if point is None:  # its checkpoint folders were deleted since the start (by hand: we hold the lock)
             self.resume_from = None
@@ -735,6 +742,11 @@ class TrainingRun:
         main process writes (see `clipcond.training.checkpoint`)."""
         self._check_saved_state(step)
         skipped = self._run_skip_counts()
+        process_rng = None
+        if self.accelerator.num_processes > 1:  # each rank's own generators (rng_state's docstring)
+            from accelerate.utils import gather_object
+
+            process_rng = gather_object([own_generator_states(self.accelerator.device)])
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             # what the main process writes now: the checkpoint this rank's messages name
@@ -754,6 +766,7 @@ class TrainingRun:
                 _PROCESSES: self.accelerator.num_processes,
             },
             keep=self.config.keep_checkpoints,
+            process_rng=process_rng,
         )
 
 
