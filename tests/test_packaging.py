@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 CHECK = """
@@ -60,3 +62,28 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
     result = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out.png").is_file()
+
+
+def test_the_lower_bounds_are_the_tested_oldest_releases():
+    """pyproject's lower bounds are the versions pinned in .ci/oldest-dependencies.txt, the set the
+    whole test run was measured on (docs/contributing.md, "Dependency floors"); torch is the one
+    dependency not varied."""
+    import re
+
+    from packaging.requirements import Requirement  # pytest's own dependency
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    declared = {}
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        (bound,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        declared[requirement.name.lower()] = bound
+    pinned = dict(
+        re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line).groups()
+        for line in (ROOT / ".ci" / "oldest-dependencies.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert {name.lower(): version for name, version in pinned.items()} == {
+        name: version for name, version in declared.items() if name != "torch"
+    }
