@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -48,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -408,13 +406,9 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
             raise _damaged(
                 folder, f"trainer.json's scheduler state {'lacks ' + str(missing) if missing else 'has ' + wrong}"
             )
-    try:
-        version, values, gauss = trainer["rng"]["python"]
-        random.Random().setstate((version, tuple(values), gauss))
-        name, keys, *rest = trainer["rng"]["numpy"]
-        np.random.RandomState().set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    except (KeyError, TypeError, ValueError, OverflowError) as error:  # a value out of range: OverflowError
-        raise _damaged(folder, f"trainer.json holds no usable random-number states ({error!r})") from None
+    problem = rng_state.json_states_problem(trainer.get("rng", {}))
+    if problem:
+        raise _damaged(folder, f"trainer.json holds no usable random-number states ({problem})")
     return trainer
 
 

@@ -10,7 +10,7 @@
   ``r``'s), so without these a resumed rank would take its device's state from the start of the
   run: LoRA dropout on a GPU would draw other masks than in the uninterrupted run.
 
-Python's and NumPy's states go to trainer.json (`python_and_numpy_states`).
+Python's and NumPy's states go to trainer.json (`python_and_numpy_states`, checked by `json_states_problem`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 CPU = "torch_cpu"
 CUDA_PREFIX = "torch_cuda_"
-_PROCESS_STATE = re.compile(r"process_(\d+)\.(torch_cpu|torch_cuda)")
+_PROCESS_STATE = re.compile(r"process_(\d+)\.torch_(cpu|cuda)")
 
 
 def own_generator_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -82,8 +82,6 @@ def tensors_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     loaded, since CUDA states can only be tried on a GPU, after the modules are."""
     if CPU not in tensors:
         return f"it holds no torch generator state ({CPU})"
-    if not _is_cpu_state(tensors[CPU]):
-        return f"{CPU} is a {tensors[CPU].dtype} tensor of shape {list(tensors[CPU].shape)}, not a generator state"
     cuda = sorted(name for name in tensors if name.startswith(CUDA_PREFIX))
     expected = sorted(f"{CUDA_PREFIX}{index}" for index in range(len(cuda)))
     if cuda != expected:
@@ -91,19 +89,29 @@ def tensors_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     ranks = set()
     for name, state in tensors.items():
         process = _PROCESS_STATE.fullmatch(name)
-        if name == CPU or name in cuda:
-            continue
-        if process is None:
+        if process is None and name != CPU and name not in cuda:
             return f"it holds {name!r}, which names no generator"
-        ranks.add(int(process.group(1)))
-        if not (_is_cpu_state(state) if process.group(2) == CPU else _is_cuda_state(state)):
-            return f"{name} is a {state.dtype} tensor of shape {list(state.shape)}, not a generator state"
-    for name in cuda:
-        if not _is_cuda_state(tensors[name]):
-            state = tensors[name]
-            return f"{name} is a {state.dtype} tensor of shape {list(state.shape)}, not a CUDA generator state (16 bytes, uint8)"
-    if ranks and (ranks != set(range(len(ranks))) or any(f"process_{rank}.{CPU}" not in tensors for rank in ranks)):
+        if process is not None:
+            ranks.add(int(process.group(1)))
+        on_cpu = name == CPU or (process is not None and process.group(2) == "cpu")
+        if not (_is_cpu_state(state) if on_cpu else _is_cuda_state(state)):
+            kind = "generator state" if on_cpu else "CUDA generator state (16 bytes, uint8)"
+            return f"{name} is a {state.dtype} tensor of shape {list(state.shape)}, not a {kind}"
+    if ranks != set(range(len(ranks))) or any(f"process_{rank}.{CPU}" not in tensors for rank in ranks):
         return f"it holds the generator states of processes {sorted(ranks)}, not of processes 0 to {len(ranks) - 1}"
+    return None
+
+
+def json_states_problem(json_state: Any) -> str | None:
+    """What is wrong with trainer.json's Python and NumPy states (None: nothing), found by
+    setting them on generators of their own."""
+    try:
+        version, values, gauss = json_state["python"]
+        random.Random().setstate((version, tuple(values), gauss))
+        name, keys, *rest = json_state["numpy"]
+        np.random.RandomState().set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    except (KeyError, TypeError, ValueError, OverflowError) as error:  # a value out of range: OverflowError
+        return repr(error)
     return None
 
 
@@ -123,8 +131,7 @@ def restore(
     device.
     """
     torch.set_rng_state(tensors[CPU])
-    names = sorted((name for name in tensors if name.startswith(CUDA_PREFIX)), key=lambda n: int(n[len(CUDA_PREFIX) :]))
-    saved = [tensors[name] for name in names]
+    saved = [tensors[f"{CUDA_PREFIX}{index}"] for index in range(sum(name.startswith(CUDA_PREFIX) for name in tensors))]
     here = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if saved and here:
         torch.cuda.set_rng_state_all(saved[:here])
