@@ -120,18 +120,33 @@ DAMAGES = {
 }
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, models) -> tuple[Path, Path]:
+    """One finished experiment (setups a and b, 8 images) on copies of models a and clip, run once
+    for the damage cases: (its folder, a pristine copy of it). The experiment's paths are absolute,
+    so each case puts the pristine copy back at the same place (mtimes kept) before it damages it."""
+    folder = tmp_path_factory.mktemp("lab_safety_finished") / "experiment"
+    copies = {name: shutil.copytree(models[name], folder / "models" / name) for name in ("a", "clip")}
+    config = _config(folder, {"a": copies["a"], "b": models["b"]}, copies["clip"])
+    with pytest.MonkeyPatch.context() as patch:
+        calls = record_pipeline_calls(patch)
+        assert _experiment(config) == 0
+    images = [path for path in (folder / "out").rglob("*.png") if "images" in path.parts]
+    assert sum(calls) == 8 and len(images) == 8
+    return folder, shutil.copytree(folder, folder.with_name("pristine"))
+
+
 @pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
-def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
-    tmp_path, models, calls, capsys, damage
-) -> None:
+def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(finished, calls, capsys, damage) -> None:
     model, damaged, other_files = damage
     named = {"a": "setup a: pipeline", "clip": "clip_score_model"}[model]
-    copies = {name: shutil.copytree(models[name], tmp_path / "models" / name) for name in ("a", "clip")}
-    config = _config(tmp_path, {"a": copies["a"], "b": models["b"]}, copies["clip"])
-    assert _experiment(config) == 0
-    output = tmp_path / "out"
+    folder, pristine = finished
+    shutil.rmtree(folder)
+    shutil.copytree(pristine, folder)
+    copies = {name: folder / "models" / name for name in ("a", "clip")}
+    config = folder / "experiment.yaml"
+    output = folder / "out"
     before = _snapshot(output)
-    assert sum(calls) == 8 and len([name for name in before if name.endswith(".png") and "images" in name]) == 8
     restore = damaged(copies)
     capsys.readouterr()
 
@@ -144,7 +159,6 @@ def test_a_damaged_model_fails_in_one_line_before_any_result_or_image_changes(
     assert _snapshot(output) == before  # results.jsonl, images, experiment.json and the report: byte for byte
 
     restore()  # restored (a newer mtime): the finished results still count
-    calls.clear()
     assert _experiment(config) == 0
     if other_files:  # the weights are stored another way: a new digest, so the setup is drawn again
         assert sum(calls) == 4
