@@ -55,6 +55,7 @@ What changes on the way:
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable
 
@@ -123,7 +124,9 @@ def convert_openai_state_dict(
     Raises:
         ValueError: a layout that does not convert, naming the key and the reason (a missing
             tensor, another vocabulary, CLIPA's missing `visual.ln_pre`, tensors left over, a
-            tensor whose shape disagrees with the sizes the others give).
+            tensor whose shape disagrees with the sizes the others give), or heads that do not
+            divide their tower's width.
+        TypeError: `text_heads` or `vision_heads` that is not an int.
     """
     source = _openai_keys(state_dict)
     _check_layout(source)
@@ -352,10 +355,15 @@ def vision_heads_for_width(width: int) -> int:
 
 
 def _given_heads(heads: int | None, width: int, tower: str) -> int | None:
-    """`heads` when it splits `width` into equal heads; None when not given."""
-    if heads is not None and (heads <= 0 or width % heads):
+    """`heads` as a Python int when it splits `width` into equal heads (a numpy integer reads as
+    the int it holds); None when not given."""
+    if heads is None:
+        return None
+    if isinstance(heads, bool) or not isinstance(heads, numbers.Integral):
+        raise TypeError(f"{tower}_heads must be an int (attention heads of the {tower} tower), got {heads!r}")
+    if heads <= 0 or width % heads:
         raise ValueError(f"{tower}_heads (--{tower}-heads) {heads} does not divide the {tower} width {width}")
-    return heads
+    return int(heads)
 
 
 def _heads(width: int, tower: str) -> int:
@@ -365,6 +373,17 @@ def _heads(width: int, tower: str) -> int:
             f"pass {tower}_heads (--{tower}-heads)"
         )
     return width // 64
+
+
+# how a transformers CLIP's keys start: CLIPModel's towers, and a lone tower saved by transformers
+# 5 (a CLIPTextModel's own keys, as in an SD folder's text_encoder/model.safetensors)
+_TRANSFORMERS_KEY_STARTS = (
+    "text_model.",
+    "vision_model.",
+    "embeddings.token_embedding.",
+    "embeddings.patch_embedding.",
+    "encoder.layers.",
+)
 
 
 def _check_layout(state_dict: dict[str, torch.Tensor]) -> None:
@@ -388,6 +407,6 @@ def _check_layout(state_dict: dict[str, torch.Tensor]) -> None:
         hint = ""
         if "visual.layer1.0.conv1.weight" in state_dict:
             hint = " (this is a ResNet CLIP; only ViT checkpoints convert to CLIPModel)"
-        elif any(key.startswith(("text_model.", "vision_model.")) for key in state_dict):
+        elif any(key.startswith(_TRANSFORMERS_KEY_STARTS) for key in state_dict):
             hint = " (this already is a transformers CLIPModel state dict)"
         raise ValueError(f"not an OpenAI / open_clip ViT CLIP state dict: missing {missing}{hint}")
