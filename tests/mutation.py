@@ -1,6 +1,7 @@
 """Mutation testing of one core module against its own tests (mutmut), in a staged copy.
 
     nice -n 19 python tests/mutation.py clipcond/prompts.py [--max-children 1] [--only GLOB...] [--every K] [--keep]
+    nice -n 19 python tests/mutation.py clipcond/prompts.py --fork [--timeout S] [--only GLOB...] [--every K]
 
 Why a staged copy: pipelines/ and training/ install as `clipcond.pipelines` and
 `clipcond.training` (pyproject's package-dir), but mutmut names a mutant after its file's path
@@ -15,6 +16,10 @@ made of the repository's `[tool.pytest.ini_options]` and `[tool.mutmut]`, plus `
 the module and its tests from `[tool.mutmut.module_tests]`. mutmut's own commands work in it
 afterwards (`mutmut results`, `mutmut show NAME`). A staged tree holds the tests of its day: after
 writing a test, re-run survivors with `--only NAME...`, which stages afresh.
+
+`--fork` runs the mutants with tests/mutation_fork.py instead of `mutmut run` (one process that
+collects and runs the selection once, then forks a child per mutant: seconds a mutant where
+mutmut's workers rebuild every fixture); its verdicts go to `<tree>/fork_results.txt`.
 """
 
 from __future__ import annotations
@@ -140,16 +145,21 @@ def run(
     tests: list[str] | None = None,
     keep: bool = False,
     every: int = 1,
+    fork: bool = False,
+    timeout: float = 600.0,
 ) -> dict[str, str]:
     """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob
     or a list of them, or on every `every`-th of its mutants' sorted names: a fixed sample) and
     return {mutant name: verdict} of the mutants run. `keep` resumes in the tree staged before:
-    mutmut skips the mutants it has a verdict for."""
+    mutmut skips the mutants it has a verdict for. `fork`: run them with tests/mutation_fork.py
+    instead, each stopped after `timeout` seconds."""
     if only and every != 1:
         raise ValueError("give `only` or `every`, not both")
     tree = _tree(module, root)
     if not (keep and tree.exists()):
         tree = stage(module, root, tests)
+    if fork:
+        return _run_forked(module, tree, only, tests, every, timeout)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     names = ([only] if isinstance(only, str) else list(only)) if only else []
     if every != 1:
@@ -167,6 +177,22 @@ def run(
     return {name: verdicts[name] for name in sample(list(verdicts), every)} if every != 1 else verdicts
 
 
+def _run_forked(
+    module: str, tree: Path, only: str | Sequence[str] | None, tests: list[str] | None, every: int, timeout: float
+) -> dict[str, str]:
+    globs = ([only] if isinstance(only, str) else list(only)) if only else ["*"]
+    names = [name for name in sample(mutant_names(tree), every) if any(fnmatch(name, glob) for glob in globs)]
+    (tree / "fork_names.txt").write_text("".join(f"{name}\n" for name in names))
+    results = tree / "fork_results.txt"
+    selection = list(
+        tests or toml_loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]["module_tests"][module]
+    )
+    runner = [sys.executable, str(REPO / "tests" / "mutation_fork.py"), str(tree), str(tree / "fork_names.txt")]
+    subprocess.run([*runner, str(results), "--timeout", str(timeout), "--", *selection], check=True)
+    verdicts = dict(line.split()[:2] for line in results.read_text().splitlines() if line.strip())
+    return {name: verdicts[name].replace("_", " ") for name in names if name in verdicts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("module", help="a repository path listed in [tool.mutmut.module_tests]")
@@ -175,8 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only the mutants matching these mutmut names or globs")
     parser.add_argument("--every", type=int, default=1, help="run every K-th mutant of the sorted names (a sample)")
     parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
+    parser.add_argument("--fork", action="store_true", help="a forked child per mutant (tests/mutation_fork.py)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="with --fork: seconds a mutant may take")
     args = parser.parse_args(argv)
-    verdicts = run(args.module, args.root, args.max_children, args.only, keep=args.keep, every=args.every)
+    verdicts = run(
+        args.module,
+        args.root,
+        args.max_children,
+        args.only,
+        keep=args.keep,
+        every=args.every,
+        fork=args.fork,
+        timeout=args.timeout,
+    )
     counts = Counter(verdicts.values())
     made = f" (a sample: every {args.every}th)" if args.every != 1 else ""
     print(f"{args.module}: {len(verdicts)} mutants{made}, " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))

@@ -1,15 +1,17 @@
 """The cache key's parts, function by function: every setting `settings_key` covers changes it,
-and `prompt_keys` gives one key per text that changes with each of its inputs (through the
-conditioner, on disk and in memory: tests/test_cache_key.py)."""
+`prompt_keys` gives one key per text that changes with each of its inputs, and `reading_keys`
+one per reading (a text per encoder) in the documented layout (through the conditioner, on disk
+and in memory: tests/test_cache_key.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from types import SimpleNamespace
 
 import pytest
 
-from clipcond.cache_key import prompt_keys, settings_key
+from clipcond.cache_key import prompt_keys, reading_keys, settings_key
 from clipcond.recipes import Recipe
 
 
@@ -21,10 +23,20 @@ class T5StandIn:
     pass
 
 
-def _encoder(model=CLIPStandIn, window_length: int = 77, uses_attention_mask: bool = False, computes_in="float32"):
-    # settings_key reads an encoder's class name, window length, mask use and compute dtype, nothing else
+def _encoder(
+    model=CLIPStandIn,
+    window_length: int = 77,
+    uses_attention_mask: bool = False,
+    computes_in="float32",
+    attention: str | None = "sdpa",
+):
+    # settings_key reads an encoder's class name, window length, mask use, compute dtype and the
+    # attention kernel its model's config names (transformers' `_attn_implementation`), nothing else
+    instance = model()
+    if attention is not None:
+        instance.config = SimpleNamespace(_attn_implementation=attention)
     return SimpleNamespace(
-        model=model(), window_length=window_length, uses_attention_mask=uses_attention_mask, computes_in=computes_in
+        model=instance, window_length=window_length, uses_attention_mask=uses_attention_mask, computes_in=computes_in
     )
 
 
@@ -50,6 +62,8 @@ def _key(**changes) -> str:
         dict(encoders=[_encoder(window_length=78)]),
         dict(encoders=[_encoder(uses_attention_mask=True)]),
         dict(encoders=[_encoder(computes_in="bfloat16")]),
+        dict(encoders=[_encoder(attention="eager")]),
+        dict(encoders=[_encoder(attention=None)]),
         dict(fingerprints=["tok-b"]),
         dict(configs=["cfg-b"]),
         dict(encoders=[_encoder(), _encoder()], fingerprints=["tok-a", "tok-a"], configs=["cfg", "cfg"]),
@@ -99,3 +113,47 @@ def test_a_lone_surrogate_keys_apart_from_its_replacements():
     # surrogatepass keeps the surrogate's own bytes: "replace" or "ignore" would collide with these
     texts = ["a \ud800 cat", "a ? cat", "a  cat", "a \ufffd cat", "a \udfff cat"]
     assert len(set(prompt_keys("w", "s", texts))) == len(texts)
+
+
+def test_the_attention_kernel_is_named_in_the_key():
+    assert ":sdpa:" in _key() and ":eager:" in _key(encoders=[_encoder(attention="eager")])
+    assert ":None:" in _key(encoders=[_encoder(attention=None)])  # a model without a transformers config
+
+
+def test_a_reading_of_one_text_keys_as_that_text():
+    """Files cached before per-encoder prompts keep their keys: every encoder reading the same text."""
+    assert reading_keys("w", "s", [("a cat",), ("a cat", "a cat", "a cat")]) == prompt_keys("w", "s", ["a cat"]) * 2
+
+
+def test_a_reading_of_several_texts_is_the_documented_digest():
+    """sha256 of "weights|settings|", a 0xFF byte, then each text as its 8-byte little-endian UTF-8
+    length and bytes, written out here by hand from the docstring."""
+    digest = hashlib.sha256(b"w|s|\xff")
+    for text in ("a cat", "a \u00e9t\u00e9 dog"):
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    assert reading_keys("w", "s", [("a cat", "a \u00e9t\u00e9 dog")]) == [digest.hexdigest()]
+
+
+def test_readings_that_differ_anywhere_key_apart():
+    readings = [
+        ("ab", "c"),
+        ("a", "bc"),  # the same characters, split elsewhere
+        ("c", "ab"),  # the same texts, other encoders
+        ("ab", "c", "c"),
+        ("ab", "ab"),  # one text: prompt_keys' key
+        ("ab\ud800", "c"),  # a lone surrogate keys too
+        ("ab\ufffd", "c"),
+    ]
+    keys = reading_keys("w", "s", readings)
+    assert len(set(keys)) == len(readings) and all(re.fullmatch("[0-9a-f]{64}", key) for key in keys)
+    single = prompt_keys("w", "s", ["ab", "c", "abc", "ab|c", "w|s|abc"])
+    assert not set(keys[:4]) & set(single)  # a reading of several texts never meets a single text's key
+    assert reading_keys("v", "s", readings[:1]) != keys[:1] and reading_keys("w", "t", readings[:1]) != keys[:1]
+
+
+def test_a_lone_surrogate_in_the_settings_keys_as_prompt_keys_does():
+    """`prompt_keys` encodes its whole prefix with surrogatepass; a reading of several texts too."""
+    readings = [("a", "b")]
+    assert reading_keys("w", "s\ud800", readings) != reading_keys("w", "s\ufffd", readings)
+    assert reading_keys("w\udfff", "s", [("a",)]) == prompt_keys("w\udfff", "s", ["a"])

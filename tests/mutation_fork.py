@@ -1,0 +1,145 @@
+"""A faster way to run a staged module's mutants: pytest collects the selection once, runs it once
+on the original code (the control, which also builds the session fixtures: the tiny pipelines),
+and then forks one child per mutant, which runs the same collected tests in order, fixtures and
+all, and stops at its first failure.
+
+    python tests/mutation_fork.py TREE NAMES OUT [--timeout S] -- PYTEST_ARGS...
+
+Run by `tests/mutation.py --fork` (docs/contributing.md); TREE is a staged tree whose mutants
+mutmut has generated (`mutation.mutant_names`), NAMES a file of mutmut's full mutant names, one a
+line, and OUT the results file, one line a mutant: ``name verdict seconds first-failure``, where
+the verdict is killed, survived, timeout or "no tests" (no test of the selection calls the
+mutated function: mutmut's verdict of the same name). Names already in OUT are skipped (a
+resumed run).
+
+mutmut itself starts every mutant's worker from a fork server that never ran a test, so each
+worker rebuilds the fixtures its tests use: tens of seconds a mutant for the modules whose tests
+build pipelines. A child forked after the control shares them, so a killed mutant costs about a
+second. The price: a mutant runs every test of the selection (mutmut runs those that reach its
+function only), and state a test leaves behind in-process is shared as in any one pytest run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+STATS = "stats"  # MUTANT_UNDER_TEST for the control: the original code, each function reached recorded
+FORCED_FAIL = "fail"  # mutmut's own check: every mutated function raises, so some test must fail
+
+
+def first_failure(items: list) -> str:
+    """Run pytest's collected `items` in order; '' when all pass, else the first failing test's
+    node id, phase and last error line."""
+    from _pytest.runner import runtestprotocol
+
+    for index, item in enumerate(items):
+        following = items[index + 1] if index + 1 < len(items) else None
+        for report in runtestprotocol(item, log=False, nextitem=following):
+            if report.failed:
+                lines = str(report.longrepr).strip().splitlines()
+                error = next((line for line in reversed(lines) if line.startswith("E ")), lines[-1] if lines else "")
+                return f"{item.nodeid} [{report.when}] {error.strip()[:200]}"
+    return ""
+
+
+def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
+    """Run `items` in a child with `mutant` switched on; (verdict, first failure)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its output would interleave with the parent's, so it goes nowhere
+        os.close(read)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.environ["MUTANT_UNDER_TEST"] = mutant
+        try:
+            failure = first_failure(items)
+        except BaseException as error:  # noqa: BLE001 - whatever the mutant raises outside a test
+            failure = f"runner: {type(error).__name__}: {error}"[:300]
+        os.write(write, failure.encode()[:900])
+        os._exit(1 if failure else 0)
+    os.close(write)
+    start = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            verdict = "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+            break
+        if time.monotonic() - start > timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            verdict = "timeout"
+            break
+        time.sleep(0.05)
+    failure = os.read(read, 1000).decode(errors="replace").replace("\n", " ")
+    os.close(read)
+    return verdict, failure
+
+
+class ForkPerMutant:
+    """A pytest plugin that replaces the test loop: control, forced fail, then each mutant."""
+
+    def __init__(self, names: list[str], out: Path, timeout: float) -> None:
+        self.names, self.out, self.timeout = names, out, timeout
+
+    def pytest_runtestloop(self, session) -> bool:
+        from mutmut.state import state
+
+        items = session.items
+        os.environ["MUTANT_UNDER_TEST"] = STATS
+        start = time.monotonic()
+        failure = first_failure(items)
+        print(f"{len(items)} tests; control in {time.monotonic() - start:.1f} s", flush=True)
+        if failure:
+            raise SystemExit(f"the original code fails its tests: {failure}")
+        reached = set(state()._stats)  # mutmut's record of the functions the control called
+        verdict, _ = run_forked(items, FORCED_FAIL, self.timeout)
+        if verdict != "killed":
+            raise SystemExit("no test fails when every mutated function raises: the selection never calls the module")
+        done = set()
+        if self.out.exists():
+            done = {line.split()[0] for line in self.out.read_text().splitlines() if line.strip()}
+        for name in self.names:
+            if name in done:
+                continue
+            start = time.monotonic()
+            if name.rpartition("__mutmut_")[0] in reached:
+                verdict, failure = run_forked(items, name, self.timeout)
+            else:
+                verdict, failure = "no tests", ""
+            line = f"{name} {verdict.replace(' ', '_')} {time.monotonic() - start:.1f} {failure}".rstrip()
+            with self.out.open("a", encoding="utf-8") as out:
+                out.write(line + "\n")
+            print(line[:200], flush=True)
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tree", type=Path, help="a staged tree with its mutants generated")
+    parser.add_argument("names", type=Path, help="a file of mutmut mutant names, one a line")
+    parser.add_argument("out", type=Path, help="the results file (appended to; its names are skipped)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a mutant may take")
+    args = parser.parse_args(argv[:split])
+    names = [line.strip() for line in args.names.read_text().splitlines() if line.strip()]
+    out, mutants = args.out.resolve(), (args.tree / "mutants").resolve()
+    os.chdir(mutants)  # the mutated package is imported from here, as mutmut's workers do
+    sys.path[:0] = [str(mutants), str(mutants / "tests")]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import pytest
+    import torch
+
+    torch.set_num_threads(1)
+    pytest_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *argv[split + 1 :]]
+    return pytest.main(pytest_args, plugins=[ForkPerMutant(names, out, args.timeout)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
