@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfy_reference import comfy_batches, comfy_encode
 from forward_counter import ForwardCounter
 from tiny_pipelines import clip_text_model
 
 from clipcond import TextConditioner, clip_tokenizer
 from clipcond.emphasis_modes import EMPHASIS_MODES
+from clipcond.prompts import parse_prompt
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
 WEIGHTED = [("a ", 1.0), ("red", 1.3), (" circle and a ", 1.0), ("blue", 1.1 * 1.1), (" square", 1.0)]
@@ -328,3 +330,41 @@ def test_flux_clip_runs_once_for_its_pooled_vector_whatever_the_emphasis(flux_pi
         assert counter.calls == 1
         expected = plain.encode("a red circle and a blue square").pooled
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prompt", ["a (red:2) circle", "a (red:2) circle and a (blue:0.5) square"])
+def test_comfy_moves_a_token_weighted_exactly_2_away_from_the_empty_prompt_as_comfyui(sd_pipe, prompt) -> None:
+    """`(red:2)` is as common a weight as any: ComfyUI moves its tokens to e + (z - e) * 2
+    (`tests/comfy_reference.py`, its `weight != 1.0` rule), like any other weight but 1
+    (found by mutation testing: `x_away_from_empty__mutmut_16`, the unweighted test `weights == 2.0`,
+    left a weight of exactly 2 unapplied)."""
+    reference = comfy_encode(
+        sd_pipe.text_encoder, sd_pipe.tokenizer, comfy_batches(sd_pipe.tokenizer, parse_prompt(prompt))
+    )
+    cond = TextConditioner.from_pipeline(sd_pipe, emphasis="comfy", cache_size=0)
+    plain = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    with torch.no_grad():
+        got = cond.encode(prompt).tokens
+        unweighted = plain.encode(prompt.replace("(", "").replace(")", "").replace(":2", "").replace(":0.5", "")).tokens
+    assert not torch.allclose(reference, unweighted, atol=1e-4)  # the weight moved something
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_compel_blend_equals_compels_own_blend_in_the_states_dtype(dtype) -> None:
+    """compel's `EmbeddingsProvider.apply_embedding_weights` (normalize=True) makes its blend
+    weights in the embeddings' dtype: the same bits in half precision too (found by mutation
+    testing: `x_compel_blend__mutmut_6`, `_9`, the weights left in float32, survive every
+    float32 test)."""
+    from compel.embeddings_provider import EmbeddingsProvider
+
+    from clipcond.emphasis import compel_blend, compel_blend_weight
+
+    generator = torch.Generator().manual_seed(0)
+    versions = [torch.randn(1, 77, 32, generator=generator).to(dtype) for _ in range(3)]  # one window each
+    blend_weights = [1.0, compel_blend_weight(0.5), compel_blend_weight(0.2)]
+    # compel: (1, versions, 77, width) -> (1, 77, width)
+    theirs = EmbeddingsProvider.apply_embedding_weights(torch.cat(versions)[None], blend_weights, normalize=True)
+    ours = compel_blend(versions, blend_weights)
+    assert ours.dtype == dtype
+    assert torch.equal(ours, theirs)

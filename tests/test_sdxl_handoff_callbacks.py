@@ -234,3 +234,70 @@ def test_sdxl_decodes_a_float16_vae_with_force_upcast_in_float32_as_diffusers():
     for pipe in (peer, ours):
         pipe.register_modules(vae=half_vae)
     assert (run(ours) == run(peer)).all()
+
+
+def test_a_refiner_starting_on_another_text_is_refused_with_the_whole_message(sdxl) -> None:
+    """The refusal of `StepSwap._check_first_step` in full: which step, which text, why, and both
+    ways out (found by mutation testing: `xǁStepSwapǁ_check_first_step__mutmut_49` and the other
+    message mutants pass the existing test, which matches the message's first half)."""
+    base, refiner, _, _, cond = sdxl
+    prompt = "a [blue:red:0.25] circle"
+    _, latents = read(base, cond, True, prompt, denoising_end=0.5)
+    with pytest.raises(ValueError) as refusal:
+        read(refiner, cond, True, prompt, image=latents, denoising_start=0.5)
+    assert str(refusal.value) == (
+        "this call starts at step 4 of the prompt's 8 (`denoising_start` 0.5), which reads 'a red circle', where "
+        "step 0 reads 'a blue circle', but it was given step 0's embeddings, as `pipeline_kwargs` returns them, and "
+        "a step callback runs only after a step: run this part with CLIPConditionedImg2ImgPipeline (or its inpaint "
+        "sibling), which starts on that step's text, or give the call step 4's embeddings "
+        "(`TextConditioner.schedule(...).embeds_at(4)`)"
+    )
+
+
+@pytest.mark.parametrize("scheduler_name", ["DDIMScheduler", "PNDMScheduler"])
+def test_denoising_end_on_a_scheduler_without_a_begin_index_switches_where_a1111_does(sdxl, scheduler_name) -> None:
+    """diffusers' DDIM and PNDM schedulers have no `begin_index`: the base's first iteration is
+    found from the callback's timestep. An SDXL base cut at `denoising_end` 0.5 of 8 steps reads
+    "a [red:blue:0.25] circle" as A1111 does (red while step <= int(0.25 x 8) = 2) over its 4
+    steps (found by mutation testing: `xǁStepSwapǁ_check_steps_run__mutmut_48`, `loop_start`
+    given no timestep, raises inside torch; every hand-off test uses a scheduler with a begin index)."""
+    import diffusers
+    from diffusers import StableDiffusionXLPipeline
+
+    base, _, _, _, cond = sdxl
+    scheduler = getattr(diffusers, scheduler_name).from_config(base.scheduler.config)
+    assert not hasattr(scheduler, "begin_index")
+    pipe = StableDiffusionXLPipeline(**{**base.components, "scheduler": scheduler}, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    seen, _ = read(pipe, cond, True, "a [red:blue:0.25] circle", denoising_end=0.5)
+    if scheduler_name == "DDIMScheduler":
+        assert seen == ["red"] * 3 + ["blue"]
+    else:  # PNDM's warm-up runs step 0 twice (diffusers' PNDM loop)
+        assert seen[-1] == "blue" and seen[:-1] == ["red"] * (len(seen) - 1)
+
+
+def test_the_hand_off_refusals_in_full(sdxl) -> None:
+    """`StepSwap._check_steps_run`'s two hand-off refusals in full: the base (`denoising_end`)
+    is told to give the steps it runs without the cut, the refiner (`denoising_start`) its whole
+    schedule (found by mutation testing: `xǁStepSwapǁ_check_steps_run__mutmut_77`, `_80`, `_88`:
+    the wrong advice or a changed tail pass the existing test's partial match)."""
+    base, refiner, _, _, cond = sdxl
+    kwargs = cond.pipeline_kwargs("a [red:blue:0.5] circle", num_inference_steps=4)
+    settings = dict(num_inference_steps=8, output_type="latent", generator=torch.Generator().manual_seed(0))
+    tail = (
+        " as `num_inference_steps` (8, the pipeline's own `num_inference_steps` in a base + refiner hand-off), not "
+        "the steps one side runs: each model then counts every step, and the pair reads what one model running "
+        "the whole schedule reads"
+    )
+    with pytest.raises(ValueError) as refusal:
+        base(**kwargs, **settings, denoising_end=0.5)
+    assert str(refusal.value) == (
+        "the pipeline's schedule has 8 denoising steps (`denoising_end` 0.5: this call runs a part of them) but "
+        "the prompt's schedule was made for 4: give `pipeline_kwargs` the steps it runs without `denoising_end`" + tail
+    )
+    with pytest.raises(ValueError) as refusal:
+        refiner(**kwargs, **settings, image=torch.zeros(1, 4, 4, 4), denoising_start=0.5)
+    assert str(refusal.value) == (
+        "the pipeline's schedule has 8 denoising steps (`denoising_start` 0.5: this call runs a part of them) but "
+        "the prompt's schedule was made for 4: give `pipeline_kwargs` its whole schedule" + tail
+    )

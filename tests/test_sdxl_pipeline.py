@@ -619,6 +619,58 @@ def test_gpu_t5_masks_of_a_disk_hit_and_a_fresh_prompt_share_their_device(pixart
     assert embeds.tokens.device.type == "cuda"
 
 
+@cuda
+def test_gpu_compel_mode_on_the_device_equals_the_cpu(sd_pipe) -> None:
+    """compel's blend weights are made on the states' device (probe17's mutation run of
+    emphasis.py: weights left on the CPU survive every CPU test)."""
+    prompt = "a (red:1.3) circle and a (blue:0.5) square on a (green:0) mat"
+    with torch.no_grad():
+        expected = TextConditioner.from_pipeline(sd_pipe, emphasis="compel", cache_size=0).encode(prompt).tokens
+        pipe = copy.deepcopy(sd_pipe).to("cuda")
+        got = TextConditioner.from_pipeline(pipe, emphasis="compel", cache_size=0).encode(prompt).tokens
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_gpu_a_schedules_step_embeddings_on_the_device_equal_the_cpus(sd_pipe) -> None:
+    """`PromptSchedule.embeds_at` selects rows with an index on the embeddings' device (probe17's
+    mutation run of scheduled_embeds.py: a CPU index for CUDA embeddings)."""
+    prompt = "a [red:blue:0.5] circle"
+    with torch.no_grad():
+        expected = TextConditioner.from_pipeline(sd_pipe, cache_size=0).schedule(prompt, 4, "blurry")
+        pipe = copy.deepcopy(sd_pipe).to("cuda")
+        schedule = TextConditioner.from_pipeline(pipe, cache_size=0).schedule(prompt, 4, "blurry")
+    for step in (0, 3):
+        (got, got_negative), (want, want_negative) = schedule.embeds_at(step), expected.embeds_at(step)
+        assert got.tokens.device.type == "cuda"
+        torch.testing.assert_close(got.tokens.cpu(), want.tokens, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_negative.tokens.cpu(), want_negative.tokens, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_gpu_step_callback_puts_the_next_texts_on_the_pipelines_device(sd_pipe) -> None:
+    """A conditioner kept on the CPU and a pipeline on the GPU: the step callback's tensors go to
+    the device of the pipeline's tensors (probe17's mutation run: `.to(dtype=...)` alone survives)."""
+    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0)
+    kwargs = cond.pipeline_kwargs("a [red:blue:0.5] circle", num_inference_steps=4)
+    swap = kwargs["callback_on_step_end"]
+    pipe = copy.deepcopy(sd_pipe).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    devices = []
+
+    def recording(pipeline, index, timestep, tensors):
+        replaced = swap(pipeline, index, timestep, tensors)
+        devices.extend(value.device.type for value in replaced.values())
+        return replaced
+
+    kwargs["callback_on_step_end"] = recording
+    kwargs["prompt_embeds"] = kwargs["prompt_embeds"].to("cuda")
+    kwargs["negative_prompt_embeds"] = kwargs["negative_prompt_embeds"].to("cuda")
+    pipe(**kwargs, num_inference_steps=4, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert devices and set(devices) == {"cuda"}
+
+
 # ---------------------------------------------------------------- components that do not fit
 
 
