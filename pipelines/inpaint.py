@@ -278,11 +278,22 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
         return self._unet_image_channels() != self.vae.config.latent_channels
 
     def _check_given_latents(self, latents: Any, images_count: int, height: int, width: int) -> None:
-        """The starting latents' check, and `masked_image_latents` of the latents' size (diffusers
-        takes them as they are, unlike `image` and `mask_image`, which it resizes)."""
+        """The starting latents' check, and `masked_image_latents` and an `image` given as latents
+        of the output's size (diffusers takes latents as they are, unlike images and `mask_image`,
+        which it resizes: latents of another size fail inside the scheduler, after the prompt is
+        encoded)."""
         super()._check_given_latents(latents, images_count, height, width)
-        masked = self._source.masked_image_latents
         cells = self._latents_shape(images_count, height, width)[1:]
+        if holds_latents(self._source.image, self._latent_channels()):
+            source = self._source.batches[0][1]
+            if (source.height, source.width) != (height, width):
+                factor = self.vae_scale_factor
+                raise ValueError(
+                    f"`image` given as latents is {source.height}x{source.width} pixels (latents of "
+                    f"{source.height // factor}x{source.width // factor}), but the output is {height}x{width}: "
+                    "pass `height` and `width` of the source's size"
+                )
+        masked = self._source.masked_image_latents
         if masked is not None and tuple(masked.shape[1:]) != cells:
             raise ValueError(
                 f"`masked_image_latents` must have shape (n, {', '.join(map(str, cells))}) (the latents of a "
