@@ -1,7 +1,8 @@
 """A faster way to run a staged module's mutants: pytest collects the selection once, runs it once
 on the original code (the control, which also builds the session fixtures: the tiny pipelines),
-and then forks one child per mutant, which runs the same collected tests in order, fixtures and
-all, and stops at its first failure.
+and then forks one child per mutant, which runs the collected tests that reach the mutated
+function (as mutmut does: its stats mode records, test by test, which functions the control
+called) in order, fixtures and all, and stops at its first failure.
 
     python tests/mutation_fork.py TREE NAMES OUT [--timeout S] -- PYTEST_ARGS...
 
@@ -15,8 +16,8 @@ resumed run).
 mutmut itself starts every mutant's worker from a fork server that never ran a test, so each
 worker rebuilds the fixtures its tests use: tens of seconds a mutant for the modules whose tests
 build pipelines. A child forked after the control shares them, so a killed mutant costs about a
-second. The price: a mutant runs every test of the selection (mutmut runs those that reach its
-function only), and state a test leaves behind in-process is shared as in any one pytest run.
+second. The price: what a session fixture computed in the control was computed with the
+original code, and state a test leaves behind in-process is shared as in any one pytest run.
 """
 
 from __future__ import annotations
@@ -26,20 +27,25 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 STATS = "stats"  # MUTANT_UNDER_TEST for the control: the original code, each function reached recorded
 FORCED_FAIL = "fail"  # mutmut's own check: every mutated function raises, so some test must fail
 
 
-def first_failure(items: list) -> str:
+def first_failure(items: list, after_each: Callable[[int], None] | None = None) -> str:
     """Run pytest's collected `items` in order; '' when all pass, else the first failing test's
-    node id, phase and last error line."""
+    node id, phase and last error line. `after_each(index)` runs after each test. The last test
+    is followed by the first, so pytest keeps the session's fixtures for the children."""
     from _pytest.runner import runtestprotocol
 
     for index, item in enumerate(items):
-        following = items[index + 1] if index + 1 < len(items) else None
-        for report in runtestprotocol(item, log=False, nextitem=following):
+        following = items[index + 1] if index + 1 < len(items) else items[0]
+        reports = runtestprotocol(item, log=False, nextitem=following)
+        if after_each is not None:
+            after_each(index)
+        for report in reports:
             if report.failed:
                 lines = str(report.longrepr).strip().splitlines()
                 error = next((line for line in reversed(lines) if line.startswith("E ")), lines[-1] if lines else "")
@@ -91,13 +97,20 @@ class ForkPerMutant:
         from mutmut.state import state
 
         items = session.items
+        reached: dict[str, list[int]] = {}  # a mutated function -> the indices of the tests that call it
+
+        def record(index: int) -> None:  # mutmut's record of the functions this test called
+            for function in state()._stats:
+                reached.setdefault(function, []).append(index)
+            state()._stats.clear()
+
         os.environ["MUTANT_UNDER_TEST"] = STATS
+        state()._stats.clear()
         start = time.monotonic()
-        failure = first_failure(items)
+        failure = first_failure(items, record)
         print(f"{len(items)} tests; control in {time.monotonic() - start:.1f} s", flush=True)
         if failure:
             raise SystemExit(f"the original code fails its tests: {failure}")
-        reached = set(state()._stats)  # mutmut's record of the functions the control called
         verdict, _ = run_forked(items, FORCED_FAIL, self.timeout)
         if verdict != "killed":
             raise SystemExit("no test fails when every mutated function raises: the selection never calls the module")
@@ -108,8 +121,9 @@ class ForkPerMutant:
             if name in done:
                 continue
             start = time.monotonic()
-            if name.rpartition("__mutmut_")[0] in reached:
-                verdict, failure = run_forked(items, name, self.timeout)
+            callers = reached.get(name.rpartition("__mutmut_")[0])
+            if callers:
+                verdict, failure = run_forked([items[index] for index in callers], name, self.timeout)
             else:
                 verdict, failure = "no tests", ""
             line = f"{name} {verdict.replace(' ', '_')} {time.monotonic() - start:.1f} {failure}".rstrip()
