@@ -6,26 +6,8 @@ a `text.` prefix (`text.token_embedding.weight`, `text.transformer.resblocks.N..
 is removed first. The sizes are read from the tensor shapes; only the head counts and the
 activation are not stored anywhere.
 
-Head counts, unless given: the text tower has width // 64 heads (OpenAI's rule, which every
-shipped open_clip text tower follows); the image tower has width // 64 heads below width 1024
-and 16 heads from 1024 up (`vision_heads_for_width`), which is OpenAI's rule for its ViT-B and
-ViT-L and open_clip's `head_width` for its big towers. Checked against open_clip 3.3.0's
-`model_configs/*.json` (heads = width // head_width):
-
-| vision width | heads | head width | open_clip configs (and their -quickgelu / -336 / -378 / ... variants) |
-|---|---|---|---|
-| 384 | 6 | 64 | ViT-S-16, ViT-S-32 (-alt) |
-| 512 | 8 | 64 | ViT-M-16, ViT-M-32 (-alt) |
-| 768 | 12 | 64 | ViT-B-16, ViT-B-32 (-256), OpenAI ViT-B/16, ViT-B/32 |
-| 896 | 14 | 64 | ViT-B-16-plus (-240), ViT-B-32-plus-256 |
-| 1024 | 16 | 64 | ViT-L-14, ViT-L-16 (-280, -320, -336), OpenAI ViT-L/14, Long-CLIP-L |
-| 1280 | 16 | 80 | ViT-H-14, ViT-H-16 (-378) |
-| 1408 | 16 | 88 | ViT-g-14 |
-| 1664 | 16 | 104 | ViT-bigG-14 |
-| 1792 | 16 | 112 | ViT-e-14 |
-
-Text widths 256 to 1280 (4 to 20 heads) all follow width // 64. A model trained with other
-head counts needs them given (`--text-heads` / `--vision-heads`).
+Head counts, unless given: `clipcond.models.attention_heads` (OpenAI's rules, checked against
+every ViT config open_clip 3.3.0 ships).
 
 What the key layout cannot show, and so is not supported: open_clip's text `pool_type` other than
 `argmax` (`first`, `last`, or `eos` with an id other than 49407), `no_causal_mask`, and the vision
@@ -55,13 +37,13 @@ What changes on the way:
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Callable
 
 import torch
 from transformers import CLIPConfig
 
+from clipcond.models.attention_heads import given_heads, text_heads_for_width, vision_heads_for_width
 from clipcond.tokenization import CLIP_VOCAB_SIZE
 
 # Non-tensor leftovers that OpenAI's TorchScript checkpoints carry (their `build_model` drops them too),
@@ -74,11 +56,6 @@ _TEXT_TOWER_PREFIX = "text."
 # Long-CLIP keeps its original positions 0..19 ("knowledge-preserved stretching", mask1 in its
 # `encode_text`) and reads `positional_embedding_res` from position 20 on.
 LONG_CLIP_KEPT_POSITIONS = 20
-
-# From this image-tower width on, open_clip's shipped ViTs keep 16 heads and widen each head
-# (ViT-H 80, ViT-g 88, ViT-bigG 104, ViT-e 112); below it, heads are 64 wide as in OpenAI's models.
-_WIDE_VISION_FROM = 1024
-_WIDE_VISION_HEADS = 16
 
 _BLOCK_RENAMES = {
     "attn.out_proj.weight": "self_attn.out_proj.weight",
@@ -152,8 +129,8 @@ def convert_openai_state_dict(
     _, embed_dim = shape("text_projection", "(text width, embed dim)")
     text_mlp, _ = shape("transformer.resblocks.0.mlp.c_fc.weight", "(MLP width, text width)")
     vision_mlp, _ = shape("visual.transformer.resblocks.0.mlp.c_fc.weight", "(MLP width, vision width)")
-    text_heads = _given_heads(text_heads, text_width, "text") or _heads(text_width, "text")
-    vision_heads = _given_heads(vision_heads, vision_width, "vision") or vision_heads_for_width(vision_width)
+    text_heads = given_heads(text_heads, text_width, "text") or text_heads_for_width(text_width)
+    vision_heads = given_heads(vision_heads, vision_width, "vision") or vision_heads_for_width(vision_width)
     act = "quick_gelu" if quick_gelu else "gelu"
     config = CLIPConfig(
         text_config={
@@ -336,43 +313,6 @@ def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     if not indices or indices != set(range(len(indices))):
         raise ValueError(f"expected residual blocks {prefix}0, {prefix}1, ...; found indices {sorted(indices)}")
     return len(indices)
-
-
-def vision_heads_for_width(width: int) -> int:
-    """The image tower's attention heads for its width: width // 64 below 1024, 16 from 1024 up.
-
-    OpenAI's ViTs and every ViT config open_clip 3.3.0 ships follow it (the table in the module
-    docstring); a tower trained otherwise needs `vision_heads` given.
-    """
-    if width < _WIDE_VISION_FROM:
-        return _heads(width, "vision")
-    if width % _WIDE_VISION_HEADS:
-        raise ValueError(
-            f"vision width {width} is not a multiple of {_WIDE_VISION_HEADS}, so open_clip's "
-            f"{_WIDE_VISION_HEADS}-head rule for wide towers does not apply; pass vision_heads (--vision-heads)"
-        )
-    return _WIDE_VISION_HEADS
-
-
-def _given_heads(heads: int | None, width: int, tower: str) -> int | None:
-    """`heads` as a Python int when it splits `width` into equal heads (a numpy integer reads as
-    the int it holds); None when not given."""
-    if heads is None:
-        return None
-    if isinstance(heads, bool) or not isinstance(heads, numbers.Integral):
-        raise TypeError(f"{tower}_heads must be an int (attention heads of the {tower} tower), got {heads!r}")
-    if heads <= 0 or width % heads:
-        raise ValueError(f"{tower}_heads (--{tower}-heads) {heads} does not divide the {tower} width {width}")
-    return int(heads)
-
-
-def _heads(width: int, tower: str) -> int:
-    if width % 64:
-        raise ValueError(
-            f"{tower} width {width} is not a multiple of 64, so OpenAI's heads = width // 64 rule does not apply; "
-            f"pass {tower}_heads (--{tower}-heads)"
-        )
-    return width // 64
 
 
 # how a transformers CLIP's keys start: CLIPModel's towers, and a lone tower saved by transformers
