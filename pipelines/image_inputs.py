@@ -52,9 +52,16 @@ def check_image(value: Any, name: str, vae_scale_factor: int = 1, latent_channel
     Raises:
         TypeError: not one of the accepted types, or a list that mixes them.
         ValueError: an empty list, a layout of the wrong rank, channels that are neither RGB
-            nor latents, a PIL image not in mode RGB, or images of different sizes.
+            nor latents, a PIL image not in mode RGB, images of different sizes, or a list
+            whose arrays or tensors differ in rank or mix pixels and latents (diffusers stacks
+            the entries and fails on these, after encoding the prompt).
     """
-    return _batch(value, name, lambda item: _image_size(item, name, vae_scale_factor, latent_channels))
+    return _batch(
+        value,
+        name,
+        lambda item: _image_size(item, name, vae_scale_factor, latent_channels),
+        lambda item: f"{item.ndim}-d {'latents' if _channels(item) == latent_channels else 'pixels'}",
+    )
 
 
 def check_mask(value: Any, name: str = "mask_image") -> ImageBatch:
@@ -63,7 +70,7 @@ def check_mask(value: Any, name: str = "mask_image") -> ImageBatch:
     Raises:
         TypeError, ValueError: as `check_image`.
     """
-    return _batch(value, name, lambda item: _mask_size(item, name))
+    return _batch(value, name, lambda item: _mask_size(item, name), lambda item: f"{item.ndim}-d")
 
 
 def check_mask_fits(image: ImageBatch, mask: ImageBatch) -> None:
@@ -169,7 +176,7 @@ def check_batch_fits(images: ImageBatch, images_count: int, name: str) -> None:
         )
 
 
-def _batch(value: Any, name: str, size_of) -> ImageBatch:
+def _batch(value: Any, name: str, size_of, layout_of) -> ImageBatch:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError(f"`{name}` must be {IMAGE_TYPES}, got an empty list")
@@ -177,6 +184,12 @@ def _batch(value: Any, name: str, size_of) -> ImageBatch:
     if len(kinds) > 1:
         raise TypeError(f"`{name}` is a list that mixes {sorted(kinds)}; give one type")
     counts_and_sizes = [size_of(item) for item in items]
+    layouts = {layout_of(item) for item in items if not isinstance(item, PIL.Image.Image)}
+    if len(layouts) > 1:
+        raise ValueError(
+            f"`{name}` is a list that mixes layouts {sorted(layouts)}; give every entry the same number of "
+            "dimensions (and images all as pixels or all as latents)"
+        )
     sizes = {size for _, size in counts_and_sizes}
     if len(sizes) > 1:
         raise ValueError(f"`{name}` holds images of different sizes {sorted(sizes)}; give them one size")
@@ -220,6 +233,11 @@ def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: in
             f"`{name}` has {item.shape[-1]} channels (last axis); give RGB pixels ({RGB_CHANNELS} channels)"
         )
     return count, tuple(item.shape[-3:-1])
+
+
+def _channels(item: Any) -> int:
+    """An image entry's channels: axis -3 of a tensor, the last axis of an array (checked entries)."""
+    return item.shape[-3] if isinstance(item, torch.Tensor) else item.shape[-1]
 
 
 def _check_mask_dtype(item: Any, name: str) -> None:
