@@ -34,15 +34,16 @@ STATS = "stats"  # MUTANT_UNDER_TEST for the control: the original code, each fu
 FORCED_FAIL = "fail"  # mutmut's own check: every mutated function raises, so some test must fail
 
 
-def first_failure(items: list, after_each: Callable[[int], None] | None = None) -> str:
+def first_failure(items: list, after_each: Callable[[int], None] | None = None, log: bool = False) -> str:
     """Run pytest's collected `items` in order; '' when all pass, else the first failing test's
-    node id, phase and last error line. `after_each(index)` runs after each test. The last test
-    is followed by the first, so pytest keeps the session's fixtures for the children."""
+    node id, phase and last error line. `after_each(index)` runs after each test; `log` reports
+    the results to pytest's terminal (the control's). The last test is followed by the first,
+    so pytest keeps the session's fixtures for the children."""
     from _pytest.runner import runtestprotocol
 
     for index, item in enumerate(items):
         following = items[index + 1] if index + 1 < len(items) else items[0]
-        reports = runtestprotocol(item, log=False, nextitem=following)
+        reports = runtestprotocol(item, log=log, nextitem=following)
         if after_each is not None:
             after_each(index)
         for report in reports:
@@ -107,7 +108,7 @@ class ForkPerMutant:
         os.environ["MUTANT_UNDER_TEST"] = STATS
         state()._stats.clear()
         start = time.monotonic()
-        failure = first_failure(items, record)
+        failure = first_failure(items, record, log=True)  # pytest's summary counts the control
         print(f"{len(items)} tests; control in {time.monotonic() - start:.1f} s", flush=True)
         if failure:
             raise SystemExit(f"the original code fails its tests: {failure}")
