@@ -96,6 +96,8 @@ class CallInputChecks:
             if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
                 raise TypeError("`prompt_embeds` must be a (batch, seq, width) tensor")
             count = prompt_embeds.shape[0]
+            if count == 0:  # as `prompt=[]` is refused; the UNet would fail inside its attention
+                raise ValueError("`prompt_embeds` has no rows; give one row per prompt")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             negatives = as_prompt_list(negative_prompt, "negative_prompt")
             if len(negatives) != count:
@@ -241,7 +243,8 @@ class CallInputChecks:
             )
         for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
             if schedule is not None:
-                if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__len__") or len(schedule) == 0:
+                no_sequence = not hasattr(schedule, "__len__") or getattr(schedule, "ndim", 1) == 0  # a 0-d tensor
+                if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
                     raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
                 accepted = set(inspect.signature(self.scheduler.set_timesteps).parameters)
                 if name not in accepted:
@@ -315,6 +318,12 @@ class CallInputChecks:
                 raise ValueError(
                     f"`{pooled_name}` must be a ({tokens.shape[0]}, pooled width) tensor, one row per row of "
                     f"`{tokens_name}`, got {shape}"
+                )
+        if negative_pooled_prompt_embeds is not None and pooled_prompt_embeds is not None:
+            if negative_pooled_prompt_embeds.shape != pooled_prompt_embeds.shape:  # both are concatenated
+                raise ValueError(
+                    f"`negative_pooled_prompt_embeds` {tuple(negative_pooled_prompt_embeds.shape)} must have "
+                    f"`pooled_prompt_embeds`' shape {tuple(pooled_prompt_embeds.shape)}"
                 )
 
     def check_per_encoder_prompts(
