@@ -182,6 +182,11 @@ def _run_forked(
 ) -> dict[str, str]:
     globs = ([only] if isinstance(only, str) else list(only)) if only else ["*"]
     names = [name for name in sample(mutant_names(tree), every) if any(fnmatch(name, glob) for glob in globs)]
+    if not names:
+        raise ValueError(
+            f"`only` {globs} matches no mutant of {module}; mutmut's names are whole, as "
+            f"{staged_path(module)[:-3].replace('/', '.')}.x_function__mutmut_1"
+        )
     (tree / "fork_names.txt").write_text("".join(f"{name}\n" for name in names))
     results = tree / "fork_results.txt"
     selection = list(

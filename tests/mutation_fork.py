@@ -72,17 +72,21 @@ def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
         os._exit(1 if failure else 0)
     os.close(write)
     start = time.monotonic()
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            verdict = "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
-            break
-        if time.monotonic() - start > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            verdict = "timeout"
-            break
-        time.sleep(0.05)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                verdict = "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+                break
+            if time.monotonic() - start > timeout:
+                raise TimeoutError
+            time.sleep(0.05)
+    except BaseException as stop:  # the timeout, or the run stopped (Ctrl-C, SIGTERM): no child left behind
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if not isinstance(stop, TimeoutError):
+            raise
+        verdict = "timeout"
     failure = os.read(read, 1000).decode(errors="replace").replace("\n", " ")
     os.close(read)
     return verdict, failure
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a mutant may take")
     args = parser.parse_args(argv[:split])
     names = [line.strip() for line in args.names.read_text().splitlines() if line.strip()]
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # a kill stops the child too
     out, mutants = args.out.resolve(), (args.tree / "mutants").resolve()
     os.chdir(mutants)  # the mutated package is imported from here, as mutmut's workers do
     sys.path[:0] = [str(mutants), str(mutants / "tests")]

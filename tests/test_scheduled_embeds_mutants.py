@@ -130,3 +130,25 @@ def test_editing_without_the_step_count_is_refused_naming_the_text(sd_pipe) -> N
         "'a [cat:dog:0.5] on a mat' uses prompt editing or alternation, which depends on the step: pass "
         "`num_inference_steps` (the number the pipeline will run)"
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, changed",
+    [
+        ({"prompt": "a [cat:dog:0.5]"}, "the prompt embeddings and the pooled vector"),
+        ({"prompt": "a cat", "negative_prompt": "a [cat:dog:0.5]"}, "the negative prompt's embeddings"),
+    ],
+)
+def test_an_edit_on_a_custom_recipe_is_refused_pointing_to_clip_conditioned_pipeline(kwargs, changed) -> None:
+    """A custom recipe's pipelines have no step callback clipcond can swap tensors through
+    (`Family.step_callback_tensors` is empty): an edited prompt or negative is refused before any
+    step, naming everything that changes and pointing to CLIPConditionedPipeline, which runs custom
+    recipes and edits any text (found by mutation testing: `x_schedule_for_pipeline__mutmut_97`,
+    "WHICH EDITS ANY TEXT")."""
+    with pytest.raises(ValueError, match="callback_on_step_end") as refusal:
+        _custom().pipeline_kwargs(**kwargs, num_inference_steps=4)
+    assert str(refusal.value) == (
+        f"this schedule changes {changed} between steps, which the 'custom' pipelines' callback_on_step_end cannot "
+        "replace; use a prompt without editing or alternation for this family, or CLIPConditionedPipeline, which "
+        "edits any text"
+    )

@@ -301,3 +301,50 @@ def test_the_hand_off_refusals_in_full(sdxl) -> None:
         "the pipeline's schedule has 8 denoising steps (`denoising_start` 0.5: this call runs a part of them) but "
         "the prompt's schedule was made for 4: give `pipeline_kwargs` its whole schedule" + tail
     )
+
+
+def test_a_refiner_given_its_first_steps_embeddings_runs_under_guidance(sdxl) -> None:
+    """`_check_first_step`'s refusal advises giving a call that starts at step 4 "step 4's
+    embeddings (`TextConditioner.schedule(...).embeds_at(4)`)": a guided SDXL refiner given them
+    runs (no refusal) and reads step 4's text at each of its steps (found by mutation testing:
+    `xǁStepSwapǁ_check_first_step__mutmut_10`, the expected tensors laid out without guidance,
+    refuses it)."""
+    base, refiner, _, _, cond = sdxl
+    prompt = "a [blue:red:0.25] circle"  # step 4, where the refiner starts at 0.5, reads red
+    _, latents = read(base, cond, True, prompt, denoising_end=0.5)
+    step4, _ = cond.schedule(prompt, STEPS).embeds_at(4)
+    given = cond.pipeline_kwargs(prompt, num_inference_steps=STEPS)
+    given.update(prompt_embeds=step4.tokens, pooled_prompt_embeds=step4.pooled)
+    rows = []
+    handle = refiner.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["encoder_hidden_states"][-1:]), with_kwargs=True
+    )
+    try:
+        refiner(
+            **given,
+            image=latents,
+            denoising_start=0.5,
+            num_inference_steps=STEPS,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        handle.remove()
+    assert len(rows) == 4 and all(torch.equal(row, step4.tokens) for row in rows)
+
+
+def test_a_refiner_starting_where_only_the_negative_changed_is_refused_naming_the_negative(sdxl) -> None:
+    """Where the prompt's text at the first step is step 0's but the negative's is not, the
+    refusal says "another negative text" (found by mutation testing:
+    `xǁStepSwapǁ_check_first_step__mutmut_37`, which indexes the prompt rows with None: TypeError)."""
+    base, refiner, _, _, cond = sdxl
+    kwargs = cond.pipeline_kwargs(
+        "a red circle", negative_prompt="a [blue:green:0.25] circle", num_inference_steps=STEPS
+    )
+    settings = dict(num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0))
+    latents = base(**kwargs, **settings, denoising_end=0.5).images
+    with pytest.raises(
+        ValueError,
+        match=r"starts at step 4 of the prompt's 8 \(`denoising_start` 0.5\), which reads another negative text, but",
+    ):
+        refiner(**kwargs, **settings, image=latents, denoising_start=0.5)
