@@ -54,7 +54,8 @@ def check_image(value: Any, name: str, vae_scale_factor: int = 1, latent_channel
         ValueError: an empty list, a layout of the wrong rank, channels that are neither RGB
             nor latents, a PIL image not in mode RGB, images of different sizes, or a list
             whose arrays or tensors differ in rank or mix pixels and latents (diffusers stacks
-            the entries and fails on these, after encoding the prompt).
+            the entries and fails on these inside its image processor, some after encoding the
+            prompt).
     """
     return _batch(
         value,

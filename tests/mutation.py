@@ -159,7 +159,7 @@ def run(
     if not (keep and tree.exists()):
         tree = stage(module, root, tests)
     if fork:
-        return _run_forked(module, tree, only, tests, every, timeout)
+        return _run_forked(module, tree, only, every, timeout)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     names = ([only] if isinstance(only, str) else list(only)) if only else []
     if every != 1:
@@ -178,7 +178,7 @@ def run(
 
 
 def _run_forked(
-    module: str, tree: Path, only: str | Sequence[str] | None, tests: list[str] | None, every: int, timeout: float
+    module: str, tree: Path, only: str | Sequence[str] | None, every: int, timeout: float
 ) -> dict[str, str]:
     globs = ([only] if isinstance(only, str) else list(only)) if only else ["*"]
     names = [name for name in sample(mutant_names(tree), every) if any(fnmatch(name, glob) for glob in globs)]
@@ -189,9 +189,10 @@ def _run_forked(
         )
     (tree / "fork_names.txt").write_text("".join(f"{name}\n" for name in names))
     results = tree / "fork_results.txt"
-    selection = list(
-        tests or toml_loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]["module_tests"][module]
-    )
+    # the selection the tree was staged with (`staged_pyproject`), as mutmut itself reads it
+    selection = toml_loads((tree / "pyproject.toml").read_text())["tool"]["mutmut"][
+        "pytest_add_cli_args_test_selection"
+    ]
     runner = [sys.executable, str(REPO / "tests" / "mutation_fork.py"), str(tree), str(tree / "fork_names.txt")]
     subprocess.run([*runner, str(results), "--timeout", str(timeout), "--", *selection], check=True)
     verdicts = dict(line.split()[:2] for line in results.read_text().splitlines() if line.strip())

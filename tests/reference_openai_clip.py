@@ -174,3 +174,35 @@ _TEXT_TOWER_NAMES = (
 def as_custom_text_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same weights under open_clip `CustomTextCLIP` names: the text tower's keys gain a `text.` prefix."""
     return {(f"text.{key}" if key.startswith(_TEXT_TOWER_NAMES) else key): value for key, value in state_dict.items()}
+
+
+def tiny_openai_clip(
+    vision_width: int = 128, vision_heads: int = 2, text_heads: int = 2, quick_gelu: bool = True, seed: int = 0
+) -> OpenAIStyleCLIP:
+    """A tiny OpenAI-layout CLIP (embed 24, 32-pixel images in 8-pixel patches, context 16, text
+    width 32, 2 layers per tower) with every weight random: biases and LayerNorms too (zeros and
+    ones at init, under which a mixed-up bias or norm would go unnoticed), logit scale 3."""
+    torch.manual_seed(seed)
+    model = OpenAIStyleCLIP(
+        embed_dim=24,
+        image_size=32,
+        patch_size=8,
+        vision_width=vision_width,
+        vision_layers=2,
+        vision_heads=vision_heads,
+        context_length=16,
+        vocab_size=49408,
+        text_width=32,
+        text_layers=2,
+        text_heads=text_heads,
+        quick_gelu=quick_gelu,
+    )
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.2 * torch.randn_like(module.weight))
+        model.logit_scale.fill_(3.0)
+    return model.eval()

@@ -10,33 +10,17 @@ import re
 
 import pytest
 import torch
-from reference_openai_clip import OpenAIStyleCLIP
+from reference_openai_clip import OpenAIStyleCLIP, tiny_openai_clip
 from transformers import CLIPModel
 
 from clipcond.models import convert_openai_state_dict
 
 
 def _state(text_heads: int = 2, seed: int = 0) -> tuple[dict[str, torch.Tensor], OpenAIStyleCLIP]:
-    """A tiny OpenAI-layout CLIP (text width 32, vision width 64, random biases): its state dict, and it."""
-    torch.manual_seed(seed)
-    model = OpenAIStyleCLIP(
-        embed_dim=24,
-        image_size=32,
-        patch_size=8,
-        vision_width=64,
-        vision_layers=2,
-        vision_heads=1,
-        context_length=16,
-        vocab_size=49408,
-        text_width=32,
-        text_layers=2,
-        text_heads=text_heads,
-    )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.copy_(0.1 * torch.randn_like(parameter))
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}, model.eval()
+    """A tiny OpenAI-layout CLIP (text width 32, vision width 64: one head by OpenAI's rule): its
+    state dict, and it."""
+    model = tiny_openai_clip(vision_width=64, vision_heads=1, text_heads=text_heads, seed=seed)
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}, model
 
 
 def test_a_clipa_checkpoint_is_refused_with_the_whole_reason() -> None:

@@ -12,7 +12,7 @@ import pytest
 import tiny_pipelines
 import torch
 import torch.nn.functional as F
-from reference_openai_clip import OpenAIStyleCLIP, as_custom_text_clip
+from reference_openai_clip import OpenAIStyleCLIP, as_custom_text_clip, tiny_openai_clip
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -581,30 +581,7 @@ def test_saved_text_tower_conditions_a_diffusers_pipeline(saved_vit):
 
 def _reference_clip(quick_gelu: bool, seed: int = 0) -> OpenAIStyleCLIP:
     """A tiny OpenAI-layout CLIP with every weight random (LayerNorms and biases included)."""
-    torch.manual_seed(seed)
-    model = OpenAIStyleCLIP(
-        embed_dim=24,
-        image_size=32,
-        patch_size=8,
-        vision_width=128,
-        vision_layers=2,
-        vision_heads=2,
-        context_length=16,
-        vocab_size=49408,
-        text_width=32,
-        text_layers=2,
-        text_heads=2,
-        quick_gelu=quick_gelu,
-    )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):  # zeros at init: a mixed-up bias would go unnoticed
-                parameter.copy_(0.1 * torch.randn_like(parameter))
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):  # ones at init: likewise
-                module.weight.copy_(1 + 0.2 * torch.randn_like(module.weight))
-        model.logit_scale.fill_(3.0)
-    return model.eval()
+    return tiny_openai_clip(quick_gelu=quick_gelu, seed=seed)
 
 
 def _layout(state: dict[str, torch.Tensor], layout: str, model: OpenAIStyleCLIP) -> dict[str, torch.Tensor]:
