@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 from diffusers.loaders import IPAdapterMixin
-from diffusers.models.embeddings import MultiIPAdapterImageProjection
+from diffusers.models.embeddings import (
+    ImageProjection,
+    IPAdapterFaceIDImageProjection,
+    IPAdapterFaceIDPlusImageProjection,
+    IPAdapterFullImageProjection,
+    IPAdapterPlusImageProjection,
+    MultiIPAdapterImageProjection,
+)
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 
@@ -30,6 +37,50 @@ def loaded_ip_adapters(unet: Any) -> int:
     if not isinstance(projection, MultiIPAdapterImageProjection):  # `load_ip_adapter` sets one
         return 0
     return len(projection.image_projection_layers)
+
+
+def projection_input(layer: Any) -> tuple[int | None, int | None]:
+    """What one adapter's image projection reads: (rank of the embeddings a call gives it, width
+    of their last dimension); None where the projection's kind does not fix it.
+
+    An `ImageProjection` (the plain IP-Adapter) reads the image encoder's pooled embeddings,
+    (batch, images, width); the "plus" kind reads its hidden states, (batch, images, tokens,
+    width), which is what Stable Diffusion's `prepare_ip_adapter_image_embeds` gives each kind.
+    The full and FaceID kinds fix the width only.
+    """
+    if isinstance(layer, ImageProjection):
+        return 3, layer.image_embeds.in_features
+    if isinstance(layer, IPAdapterPlusImageProjection):
+        return 4, layer.proj_in.in_features
+    if isinstance(layer, (IPAdapterFullImageProjection, IPAdapterFaceIDImageProjection)):
+        return None, layer.ff.net[0].proj.in_features
+    if isinstance(layer, IPAdapterFaceIDPlusImageProjection):
+        return None, layer.proj.net[0].proj.in_features
+    return None, None
+
+
+def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.Tensor]) -> None:
+    """Refuse embeddings (one per adapter of `unet`, in order) of a rank or width that the
+    matching adapter's image projection cannot read; diffusers fails on them inside the UNet,
+    at the first step. Only what fails there is refused: a plain adapter also reads 4-D
+    embeddings with one token per image, as diffusers' does."""
+    layers = unet.encoder_hid_proj.image_projection_layers
+    for index, (embeds, layer) in enumerate(zip(ip_adapter_image_embeds, layers)):
+        rank, width = projection_input(layer)
+        one_token_per_image = rank == 3 and embeds.ndim == 4 and embeds.shape[2] == 1
+        if rank is not None and embeds.ndim != rank and not one_token_per_image:
+            reads = "pooled image embeddings" if rank == 3 else "the image encoder's hidden states"
+            raise ValueError(
+                f"`ip_adapter_image_embeds`[{index}] has shape {tuple(embeds.shape)}, but IP-Adapter {index} "
+                f"({type(layer).__name__}) reads {reads}, {rank}-D; make them with "
+                "`pipe.prepare_ip_adapter_image_embeds(image, None, device, 1, do_classifier_free_guidance)`"
+            )
+        if width is not None and embeds.shape[-1] != width:
+            raise ValueError(
+                f"`ip_adapter_image_embeds`[{index}] has shape {tuple(embeds.shape)}, but IP-Adapter {index} "
+                f"({type(layer).__name__}) reads embeddings of width {width}: make them with the image "
+                "encoder the adapter was trained with"
+            )
 
 
 class IPAdapterSupport(IPAdapterMixin):
@@ -57,7 +108,8 @@ class IPAdapterSupport(IPAdapterMixin):
         Raises:
             ValueError: both arguments given, no IP-Adapter loaded, a count that is not the
                 number of loaded adapters, image input without an `image_encoder`, embeddings
-                that are not 3-D or 4-D, or, under guidance, embeddings of an odd batch.
+                that are not 3-D or 4-D, under guidance embeddings of an odd batch, or
+                embeddings of a width or rank the matching adapter cannot read.
             TypeError: `ip_adapter_image_embeds` is not a list of tensors.
         """
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
@@ -107,7 +159,9 @@ class IPAdapterSupport(IPAdapterMixin):
                 f"`{name}` has {given} entries but {adapters} IP-Adapter(s) are loaded; give one per adapter, "
                 "in the order they were loaded"
             )
+        if ip_adapter_image_embeds is not None:
+            check_embeds_fit_projections(self.unet, ip_adapter_image_embeds)
         return True
 
 
-__all__ = ["IPAdapterSupport", "loaded_ip_adapters"]
+__all__ = ["IPAdapterSupport", "loaded_ip_adapters", "projection_input"]

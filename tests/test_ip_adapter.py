@@ -162,8 +162,28 @@ def test_ip_adapter_input_without_a_loaded_adapter_is_refused(parts, monkeypatch
             r"3-D \(batch, images, width\) or 4-D tensors, got 2-D",
             ValueError,
         ),
+        (
+            dict(ip_adapter_image_embeds=[torch.zeros(2, 1, 24)]),
+            r"^`ip_adapter_image_embeds`\[0\] has shape \(2, 1, 24\), but IP-Adapter 0 \(ImageProjection\) reads "
+            r"embeddings of width 32: make them with the image encoder the adapter was trained with$",
+            ValueError,
+        ),
+        (
+            dict(ip_adapter_image_embeds=[torch.zeros(2, 1, 5, 32)]),
+            r"^`ip_adapter_image_embeds`\[0\] has shape \(2, 1, 5, 32\), but IP-Adapter 0 \(ImageProjection\) "
+            r"reads pooled image embeddings, 3-D; make them with `pipe\.prepare_ip_adapter_image_embeds",
+            ValueError,
+        ),
     ],
-    ids=["two_images_one_adapter", "three_embeds_one_adapter", "both", "embeds_not_a_list", "embeds_2d"],
+    ids=[
+        "two_images_one_adapter",
+        "three_embeds_one_adapter",
+        "both",
+        "embeds_not_a_list",
+        "embeds_2d",
+        "embeds_of_another_width",
+        "hidden_states_for_a_plain_adapter",
+    ],
 )
 def test_ip_adapter_inputs_that_do_not_fit_the_adapters_are_refused(
     parts, adapter_folder, monkeypatch, kwargs, message, error

@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 
-from clipcond.pipelines.ip_adapter import IPAdapterSupport, loaded_ip_adapters
+from clipcond.pipelines.ip_adapter import IPAdapterSupport, loaded_ip_adapters, projection_input
 
 
 def stand_in(adapters: int = 1, image_encoder: object | None = object()) -> SimpleNamespace:
@@ -63,8 +63,11 @@ def test_odd_embeds_under_guidance_also_offer_guidance_off() -> None:
 def test_4d_embeds_of_an_adapter_reading_hidden_states_are_taken() -> None:
     """(2 x batch, images, tokens, width), as `prepare_ip_adapter_image_embeds` makes them for
     IP-Adapter Plus (`output_hidden_states`)."""
-    assert check(stand_in(), embeds=[torch.zeros(2, 1, 4, 8)]) is True
-    assert check(stand_in(), embeds=[torch.zeros(1, 1, 4, 8)], guided=False) is True
+    layer, _ = _projections()["plus"]
+    unet = SimpleNamespace(encoder_hid_proj=MultiIPAdapterImageProjection([layer]))
+    pipe = SimpleNamespace(unet=unet, image_encoder=None)
+    assert check(pipe, embeds=[torch.zeros(2, 1, 4, 12)]) is True
+    assert check(pipe, embeds=[torch.zeros(1, 1, 4, 12)], guided=False) is True
 
 
 def test_an_image_beside_embeds_is_refused_with_the_whole_message() -> None:
@@ -80,3 +83,84 @@ def test_loaded_ip_adapters_counts_zero_without_a_unet_or_an_adapter_and_each_on
     assert loaded_ip_adapters(object()) == 0
     assert loaded_ip_adapters(stand_in(adapters=0).unet) == 0
     assert loaded_ip_adapters(stand_in(adapters=2).unet) == 2
+
+
+def _projections() -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+    """One small image projection of each kind diffusers loads, with the embeddings shape (of a
+    batch of 2 with 1 image) that Stable Diffusion's `prepare_ip_adapter_image_embeds` gives it,
+    width 12 throughout."""
+    from diffusers.models import embeddings as kinds
+
+    plus = dict(hidden_dims=16, depth=1, dim_head=4, heads=2, num_queries=2)
+    faceid_plus = kinds.IPAdapterFaceIDPlusImageProjection(
+        embed_dims=8, output_dims=8, id_embeddings_dim=12, num_tokens=2, **plus
+    )
+    faceid_plus.clip_embeds = torch.randn(2, 1, 3, 16)  # set by the user before a call, as diffusers documents
+    return {
+        "plain": (
+            kinds.ImageProjection(image_embed_dim=12, cross_attention_dim=8, num_image_text_embeds=2),
+            (2, 1, 12),
+        ),
+        "plus": (kinds.IPAdapterPlusImageProjection(embed_dims=12, output_dims=8, **plus), (2, 1, 3, 12)),
+        "full": (kinds.IPAdapterFullImageProjection(image_embed_dim=12, cross_attention_dim=8), (2, 1, 3, 12)),
+        "faceid": (kinds.IPAdapterFaceIDImageProjection(image_embed_dim=12, cross_attention_dim=8), (2, 1, 12)),
+        "faceid_plus": (faceid_plus, (2, 1, 12)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["plain", "plus", "full", "faceid", "faceid_plus"])
+def test_the_width_each_projection_is_said_to_read_is_the_one_its_forward_runs_on(kind) -> None:
+    """The reference is diffusers' own projection: embeddings of the width `projection_input`
+    names run through it, one wider fail in it, and the check refuses exactly those."""
+    layer, shape = _projections()[kind]
+    projection = MultiIPAdapterImageProjection([layer])
+    pipe = SimpleNamespace(unet=SimpleNamespace(encoder_hid_proj=projection), image_encoder=None)
+    assert projection_input(layer)[1] == shape[-1]
+    fitting = torch.randn(shape)
+    projection([fitting])
+    assert check(pipe, embeds=[fitting]) is True
+    wider = torch.randn(shape[:-1] + (shape[-1] + 1,))
+    with pytest.raises(RuntimeError):
+        projection([wider])
+    expected = (
+        f"`ip_adapter_image_embeds`[0] has shape {tuple(wider.shape)}, but IP-Adapter 0 ({type(layer).__name__}) "
+        "reads embeddings of width 12: make them with the image encoder the adapter was trained with"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        check(pipe, embeds=[wider])
+
+
+@pytest.mark.parametrize(
+    "kind, shape, diffusers_runs",
+    [
+        ("plain", (2, 1, 1, 12), True),  # one token per image: diffusers reads it as pooled
+        ("plain", (2, 1, 3, 12), False),
+        ("plus", (2, 1, 12), False),
+    ],
+    ids=["plain_4d_one_token", "plain_4d_three_tokens", "plus_3d"],
+)
+def test_a_rank_is_refused_exactly_where_diffusers_projection_fails(kind, shape, diffusers_runs) -> None:
+    layer, _ = _projections()[kind]
+    projection = MultiIPAdapterImageProjection([layer])
+    pipe = SimpleNamespace(unet=SimpleNamespace(encoder_hid_proj=projection), image_encoder=None)
+    embeds = torch.randn(shape)
+    if diffusers_runs:
+        projection([embeds])
+        assert check(pipe, embeds=[embeds]) is True
+        return
+    with pytest.raises(RuntimeError):
+        projection([embeds])
+    reads = "pooled image embeddings, 3-D" if kind == "plain" else "the image encoder's hidden states, 4-D"
+    with pytest.raises(ValueError, match=rf"^`ip_adapter_image_embeds`\[0\] has shape .* reads {re.escape(reads)}; "):
+        check(pipe, embeds=[embeds])
+
+
+def test_a_wrong_count_is_named_before_any_width() -> None:
+    """Two embeddings of the wrong width for one adapter: the count is what is wrong first."""
+    with pytest.raises(ValueError, match=r"has 2 entries but 1 IP-Adapter"):
+        check(stand_in(), embeds=[torch.zeros(2, 1, 5)] * 2)
+
+
+def test_the_second_adapter_is_named_when_only_its_embeddings_do_not_fit() -> None:
+    with pytest.raises(ValueError, match=r"^`ip_adapter_image_embeds`\[1\] has shape \(2, 1, 5\), but IP-Adapter 1 "):
+        check(stand_in(adapters=2), embeds=[torch.zeros(2, 1, 8), torch.zeros(2, 1, 5)])
