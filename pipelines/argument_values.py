@@ -1,5 +1,6 @@
 """What single call arguments may hold beyond their annotated type, checked before any work:
-a `generator`, the names a step callback reads, a `num_inference_steps` the scheduler can set. Numbers in general are read as Python's by
+a `generator`, the names a step callback reads, the numbers of a custom schedule, a
+`num_inference_steps` the scheduler can set. Numbers in general are read as Python's by
 `clipcond.scalars` at the top of each call, `clip_skip` by
 `clipcond.conditioner_setup.clip_skip_as_int`.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 
 from clipcond.scalars import as_int
@@ -52,6 +54,29 @@ def callback_tensor_names(names: Any) -> list[str]:
     return list(names)
 
 
+def check_schedule_values(name: str, schedule: Any) -> None:
+    """Custom `timesteps` or `sigmas` as the schedulers read them (`np.array(schedule)`): a
+    non-empty 1-D sequence of real numbers (Python or numpy numbers, 0-d tensors, or a 1-D
+    tensor or array), all finite. Strings and nested lists fail inside the scheduler with
+    numpy's message, which names neither; a NaN there fails at the first step, or not at all.
+    Booleans are read as 0 and 1, as diffusers reads them.
+
+    Raises:
+        ValueError: naming `name` and what it holds.
+    """
+    no_sequence = not hasattr(schedule, "__len__") or getattr(schedule, "ndim", 1) == 0  # a 0-d tensor
+    if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
+        raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
+    try:
+        values = np.asarray(schedule.detach().cpu() if isinstance(schedule, torch.Tensor) else schedule)
+    except (TypeError, ValueError, RuntimeError):  # ragged lists, tensors numpy cannot read
+        values = np.asarray([None])
+    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` must be a flat list of real numbers, got {schedule!r}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"`{name}` must hold finite numbers, got {schedule!r}")
+
+
 def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timesteps: Any, sigmas: Any) -> None:
     """Set `num_inference_steps` on a copy of `scheduler`, as the call will, so that a number it
     refuses fails before any work: DDIM, DDPM and LCM take at most their
@@ -74,4 +99,4 @@ def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timestep
         ) from error
 
 
-__all__ = ["callback_tensor_names", "check_generator", "check_steps_fit_scheduler"]
+__all__ = ["callback_tensor_names", "check_generator", "check_schedule_values", "check_steps_fit_scheduler"]

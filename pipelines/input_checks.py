@@ -16,7 +16,7 @@ import torch
 from clipcond.conditioning import as_prompt_list
 from clipcond.encoders import TextEncoder
 from clipcond.families import FAMILIES
-from clipcond.pipelines.argument_values import check_generator
+from clipcond.pipelines.argument_values import check_generator, check_schedule_values
 from clipcond.prompt_arguments import check_images_per_prompt, check_readers, texts_or_default
 
 
@@ -243,9 +243,7 @@ class CallInputChecks:
             )
         for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
             if schedule is not None:
-                no_sequence = not hasattr(schedule, "__len__") or getattr(schedule, "ndim", 1) == 0  # a 0-d tensor
-                if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
-                    raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
+                check_schedule_values(name, schedule)
                 accepted = set(inspect.signature(self.scheduler.set_timesteps).parameters)
                 if name not in accepted:
                     raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `{name}`")

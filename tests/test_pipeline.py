@@ -259,6 +259,8 @@ def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, m
         (dict(prompt="a", timesteps=[999, 1], sigmas=[1.0, 0.0]), "at most one of `timesteps` and `sigmas`"),
         (dict(prompt="a", timesteps=[999, 500]), "DDIMScheduler does not accept custom `timesteps`"),
         (dict(prompt="a", timesteps=[]), "timesteps"),
+        (dict(prompt="a", timesteps=["a", "b"]), r"^`timesteps` must be a flat list of real numbers"),
+        (dict(prompt="a", sigmas=[float("nan"), 1.0]), r"^`sigmas` must hold finite numbers"),
         (dict(prompt="a", guidance_rescale=-0.1), "guidance_rescale"),
         (dict(prompt="a", guidance_rescale=float("nan")), "guidance_rescale"),
         (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
