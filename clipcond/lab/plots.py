@@ -4,20 +4,58 @@
 Drawn on a bare `matplotlib.figure.Figure` (rendered by the Agg backend), never through
 pyplot: no display is needed and no global backend state is touched. matplotlib is imported
 only here, when a chart is drawn.
+
+A chart is drawn again only when what it shows changed. Each PNG carries, in a text chunk,
+a key of its cells, title, this module's source and matplotlib's version; a chart on disk
+whose key matches and which decodes whole is kept as it is: drawing is most of a
+report's time, and `--report-only` or a rerun that draws one image leaves most charts as
+they were.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from clipcond.lab.summary import ALL_CATEGORIES, Cell
 from clipcond.output_paths import write_atomically
 
+CHART_KEY = "clipcond-chart"  # the PNG text chunk holding what a chart was drawn from
+
+
+def chart_key(cells: Sequence[Cell], metric: str, title: str | None) -> str:
+    """A digest of everything a chart is drawn from: its cells in order, metric and title,
+    the drawing code (this file) and matplotlib's version."""
+    import matplotlib
+
+    shown = {
+        "cells": [dataclasses.asdict(cell) for cell in cells],
+        "metric": metric,
+        "title": title,
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "matplotlib": matplotlib.__version__,
+    }
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _stored_key(path: Path) -> str | None:
+    """The chart key `path` was drawn with; None when it is missing, damaged or has none."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:  # `.text` decodes the whole file first (text chunks may
+            return image.text.get(CHART_KEY)  # follow the pixels): a cut file or bad pixel data fail
+    except Exception:  # missing, cut, flipped bits, not a PNG: whatever PIL cannot read back is drawn again
+        return None
+
 
 def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str | None = None) -> Path:
-    """Write a grouped bar chart of one metric to `path` (PNG).
+    """Write a grouped bar chart of one metric to `path` (PNG), unless `path` already holds
+    the same chart (see the module's docstring).
 
     Args:
         cells: pooled results (`clipcond.lab.summary.summarise`); only `metric`'s are drawn.
@@ -33,6 +71,10 @@ def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str
     chosen = [cell for cell in cells if cell.metric == metric]
     if not chosen:
         raise ValueError(f"no results for metric {metric!r}")
+    path = Path(path)
+    key = chart_key(chosen, metric, title)
+    if _stored_key(path) == key:
+        return path
     setups = list(dict.fromkeys(cell.setup for cell in chosen))
     groups = list(dict.fromkeys((cell.suite, cell.category) for cell in chosen))
     suites = list(dict.fromkeys(suite for suite, _ in groups))
@@ -64,12 +106,11 @@ def plot_metric(cells: Sequence[Cell], metric: str, path: str | Path, title: str
     axes.set_title(title or metric)
     axes.legend(title="setup", fontsize="small")
     axes.grid(axis="y", alpha=0.3)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     encoded = io.BytesIO()
-    figure.savefig(encoded, format="png", dpi=100)
+    figure.savefig(encoded, format="png", dpi=100, metadata={CHART_KEY: key})
     write_atomically(path, encoded.getvalue())  # a kill midway leaves the old chart, not half a new one
     return path
 
 
-__all__ = ["plot_metric"]
+__all__ = ["CHART_KEY", "chart_key", "plot_metric"]
