@@ -54,10 +54,13 @@ def callback_tensor_names(names: Any) -> list[str]:
     return list(names)
 
 
+_REAL_KINDS = ("b", "i", "u", "f")  # numpy's dtype kinds of booleans, signed and unsigned ints, floats
+
+
 def check_schedule_values(name: str, schedule: Any) -> None:
     """Custom `timesteps` or `sigmas` as the schedulers read them (`np.array(schedule)`): a
     non-empty 1-D sequence of real numbers (Python or numpy numbers, 0-d tensors, or a 1-D
-    tensor or array), all finite. Strings and nested lists fail inside the scheduler with
+    CPU tensor or array), all finite. Strings and nested lists fail inside the scheduler with
     numpy's message, which names neither; a NaN there fails at the first step, or not at all.
     Booleans are read as 0 and 1, as diffusers reads them.
 
@@ -68,10 +71,10 @@ def check_schedule_values(name: str, schedule: Any) -> None:
     if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
         raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
     try:
-        values = np.asarray(schedule.detach().cpu() if isinstance(schedule, torch.Tensor) else schedule)
-    except (TypeError, ValueError, RuntimeError):  # ragged lists, tensors numpy cannot read
-        values = np.asarray([None])
-    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        values = np.asarray(schedule)
+    except (TypeError, ValueError, RuntimeError):  # ragged lists; tensors numpy cannot read, as the schedulers cannot
+        values = None
+    if values is None or values.ndim != 1 or values.dtype.kind not in _REAL_KINDS:
         raise ValueError(f"`{name}` must be a flat list of real numbers, got {schedule!r}")
     if not np.isfinite(values).all():
         raise ValueError(f"`{name}` must hold finite numbers, got {schedule!r}")

@@ -1,0 +1,142 @@
+"""pipelines/argument_values.py called directly, milliseconds each.
+
+`check_schedule_values`: custom `timesteps` / `sigmas` hold what the schedulers read with
+`np.array(schedule)`, checked before any work. The accepted forms are those diffusers'
+schedulers run on (each is set on a real scheduler here); the refused ones failed inside the
+scheduler with numpy's message, or (a NaN) at the first step under another name.
+`check_steps_fit_scheduler`: the scheduler's own refusal of a step count, named, and the
+scheduler left as it was. `callback_tensor_names`: the names as given."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from clipcond.pipelines.argument_values import callback_tensor_names, check_schedule_values, check_steps_fit_scheduler
+
+EULER = EulerDiscreteScheduler(num_train_timesteps=1000)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        [999, 500, 40],
+        [999.5, 500.25],
+        np.array([999, 500]),
+        torch.tensor([999.0, 500.0]),
+        [torch.tensor(999), torch.tensor(500)],
+        [np.int64(999), 500],
+        [True, False],  # diffusers reads them as 1 and 0
+    ],
+    ids=["ints", "floats", "numpy", "tensor", "0d_tensors", "numpy_ints", "bools"],
+)
+def test_what_a_scheduler_runs_on_is_taken(schedule) -> None:
+    copy.deepcopy(EULER).set_timesteps(timesteps=schedule)  # the reference: the scheduler takes it
+    check_schedule_values("timesteps", schedule)
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        (["a", "b"], "must be a flat list of real numbers, got ['a', 'b']"),
+        ([[999, 10]], "must be a flat list of real numbers, got [[999, 10]]"),
+        ([[999, 10], [5]], "must be a flat list of real numbers, got [[999, 10], [5]]"),
+        ([999, None], "must be a flat list of real numbers, got [999, None]"),
+        ([1 + 2j], "must be a flat list of real numbers, got [(1+2j)]"),
+        (torch.tensor([[999, 10]]), "must be a flat list of real numbers, got tensor([[999,  10]])"),
+        ([math.nan, 10], "must hold finite numbers, got [nan, 10]"),
+        (torch.tensor([math.inf, 1.0]), "must hold finite numbers, got tensor([inf, 1.])"),
+        ([], "must be a non-empty list of numbers, got []"),
+        ("999", "must be a non-empty list of numbers, got '999'"),
+        (999, "must be a non-empty list of numbers, got 999"),
+        (torch.tensor(999.0), "must be a non-empty list of numbers, got tensor(999.)"),  # has __len__, no length
+        (
+            torch.tensor([999.0, 500.0], requires_grad=True),
+            "must be a flat list of real numbers, got tensor([999., 500.], requires_grad=True)",
+        ),
+    ],
+    ids=[
+        "strings",
+        "nested",
+        "ragged",
+        "none",
+        "complex",
+        "2d_tensor",
+        "nan",
+        "inf",
+        "empty",
+        "str",
+        "int",
+        "0d_tensor",
+        "tensor_needing_grad",  # numpy cannot read it; the schedulers fail on it too
+    ],
+)
+@pytest.mark.parametrize("name", ["timesteps", "sigmas"])
+def test_what_no_schedule_can_hold_is_refused_by_name(name, schedule, message) -> None:
+    with pytest.raises(ValueError) as refusal:
+        check_schedule_values(name, schedule)
+    assert str(refusal.value) == f"`{name}` {message}"
+    if isinstance(schedule, torch.Tensor) and schedule.requires_grad:
+        with pytest.raises(RuntimeError):
+            copy.deepcopy(EULER).set_timesteps(timesteps=schedule)
+
+
+def test_a_count_the_scheduler_refuses_is_named_with_its_reason_and_the_scheduler_is_untouched() -> None:
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(4)
+    before = scheduler.timesteps.clone()
+    with pytest.raises(ValueError) as reason:  # the reference: the scheduler's own refusal
+        copy.deepcopy(scheduler).set_timesteps(1001)
+    with pytest.raises(ValueError) as refusal:
+        check_steps_fit_scheduler(scheduler, 1001, None, None)
+    assert str(refusal.value) == (
+        "`num_inference_steps` 1001 is more than DDIMScheduler can set (at most its num_train_timesteps, 1000): "
+        + " ".join(str(reason.value).split())
+    )
+    assert refusal.value.__cause__ is not None
+    assert torch.equal(scheduler.timesteps, before) and scheduler.num_inference_steps == 4
+    check_steps_fit_scheduler(scheduler, 1000, None, None)  # the most it takes
+    assert torch.equal(scheduler.timesteps, before)
+
+
+@pytest.mark.parametrize("custom", [dict(timesteps=[999, 500]), dict(sigmas=[14.6, 1.0])])
+def test_a_custom_schedule_is_not_counted_here(custom) -> None:
+    """The count is then the schedule's (set, and checked, where the call sets it)."""
+    check_steps_fit_scheduler(
+        DDIMScheduler(num_train_timesteps=1000), 5000, custom.get("timesteps"), custom.get("sigmas")
+    )
+
+
+def test_a_scheduler_without_a_training_count_is_named_without_one() -> None:
+    class Refusing:
+        config = SimpleNamespace()
+
+        def set_timesteps(self, steps, device=None):
+            raise ValueError("too   many\n steps")
+
+    with pytest.raises(ValueError) as refusal:
+        check_steps_fit_scheduler(Refusing(), 7, None, None)
+    assert str(refusal.value) == "`num_inference_steps` 7 is more than Refusing can set: too many steps"
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [(None, ["latents"]), (["latents", "prompt_embeds"], ["latents", "prompt_embeds"]), (("latents",), ["latents"])],
+)
+def test_callback_tensor_names_are_the_names_given_as_a_list(names, expected) -> None:
+    assert callback_tensor_names(names) == expected
+
+
+@pytest.mark.parametrize("names", ["latents", ["latents", 3], {"latents"}])
+def test_callback_tensor_names_that_are_no_list_of_strings_are_refused(names) -> None:
+    with pytest.raises(TypeError) as refusal:
+        callback_tensor_names(names)
+    assert str(refusal.value) == (
+        f"`callback_on_step_end_tensor_inputs` must be a list of tensor names such as ['latents'], got {names!r}"
+    )
