@@ -118,3 +118,103 @@ def test_a_png_clipcond_did_not_draw_is_replaced(tmp_path, drawings) -> None:
     assert drawings == [1]
     with Image.open(path) as image:
         assert image.size != (8, 8) and CHART_KEY in image.text
+
+
+def _drawn_figure(monkeypatch, cells, metric, path, title=None) -> Figure:
+    """The figure `plot_metric` renders, caught at `savefig`."""
+    caught: list[Figure] = []
+    render = Figure.savefig
+
+    def catching(self, *args, **kwargs):
+        caught.append(self)
+        return render(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", catching)
+    plot_metric(cells, metric, path, title=title)
+    (figure,) = caught
+    return figure
+
+
+GROUPED = [  # two suites, each with its pooled "(all)" listed first, and a setup missing in one group
+    Cell("base", "s1", "(all)", "exact", 6, 0.5, 0.25, 0.75, "rate"),
+    Cell("tuned", "s1", "(all)", "exact", 6, 0.8, 0.4, 0.95, "rate"),
+    Cell("base", "s1", "single", "exact", 3, 0.6, 0.2, 0.9, "rate"),
+    Cell("tuned", "s1", "single", "exact", 3, 1.0, 0.45, 1.0, "rate"),
+    Cell("base", "s2", "(all)", "exact", 2, 0.0, 0.0, 0.65, "rate"),
+    Cell("base", "s2", "pair", "exact", 2, 0.5, 0.1, 0.9, "rate"),
+]
+
+
+def test_the_chart_shows_each_cells_mean_and_interval_in_its_group(tmp_path, monkeypatch) -> None:
+    """The reference is the cells: one bar per setup and group at the cell's mean, an error bar
+    from its low to its high end, groups as suite/category with each suite's "(all)" last, and
+    rates on a 0-1 axis labelled with Wilson intervals."""
+    figure = _drawn_figure(monkeypatch, GROUPED, "exact", tmp_path / "exact.png", title="exact match")
+    (axes,) = figure.axes
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert labels == ["s1/single", "s1/(all)", "s2/pair", "s2/(all)"]
+    bars = {container.get_label(): container for container in axes.containers if hasattr(container, "patches")}
+    assert list(bars) == ["base", "tuned"]
+    errors = [container for container in axes.containers if not hasattr(container, "patches")]
+    for (setup, container), error in zip(bars.items(), errors):
+        expected = {labels.index(f"{cell.suite}/{cell.category}"): cell for cell in GROUPED if cell.setup == setup}
+        centres = [patch.get_x() + patch.get_width() / 2 for patch in container.patches]
+        groups = [round(centre) for centre in centres]  # each bar sits within its group's slot
+        assert sorted(groups) == sorted(expected) and all(abs(c - g) < 0.4 for c, g in zip(centres, groups))
+        assert [patch.get_height() for patch in container.patches] == [expected[g].mean for g in groups]
+        segments = error.lines[2][0].get_segments()
+        assert [(float(s[0][1]), float(s[1][1])) for s in segments] == [
+            pytest.approx((expected[g].low, expected[g].high)) for g in groups
+        ]
+    widths = [patch.get_width() for container in bars.values() for patch in container.patches]
+    assert widths == pytest.approx([0.4] * 6)  # 0.8 of a group's slot, shared by the two setups
+    assert {error.lines[1][0].get_markersize() for error in errors} == {6.0}  # caps of capsize 3 points
+    assert {(label.get_rotation(), label.get_horizontalalignment()) for label in axes.get_xticklabels()} == {
+        (45.0, "right")
+    }
+    assert axes.get_ylim() == (0.0, 1.0)
+    assert axes.get_ylabel() == "exact (rate, 95% Wilson interval)"
+    assert axes.get_title() == "exact match"
+    legend = axes.get_legend()
+    assert legend.get_title().get_text() == "setup" and [t.get_text() for t in legend.get_texts()] == ["base", "tuned"]
+
+
+def test_a_mean_metric_is_labelled_with_bootstrap_intervals_on_its_own_scale(tmp_path, monkeypatch) -> None:
+    cells = [Cell("a", "s", "c", "clip_score", 4, 1.7, 1.5, 1.9, "mean")]
+    (axes,) = _drawn_figure(monkeypatch, cells, "clip_score", tmp_path / "clip.png").axes
+    assert axes.get_ylabel() == "clip_score (mean, 95% bootstrap interval)"
+    assert axes.get_title() == "clip_score"  # the metric's name when no title is given
+    assert axes.get_ylim()[1] > 1.9  # not cut at 1
+
+
+def test_objects_found_is_a_mean_on_a_0_to_1_axis(tmp_path, monkeypatch) -> None:
+    """The share of a prompt's objects found: a mean (bootstrap), bounded by 1."""
+    cells = [Cell("a", "s", "c", "objects_found", 4, 0.5, 0.3, 0.7, "mean")]
+    (axes,) = _drawn_figure(monkeypatch, cells, "objects_found", tmp_path / "objects.png").axes
+    assert axes.get_ylim() == (0.0, 1.0)
+    assert axes.get_ylabel() == "objects_found (mean, 95% bootstrap)"
+
+
+def test_a_metric_without_cells_is_refused_by_name(tmp_path) -> None:
+    with pytest.raises(ValueError) as refusal:
+        plot_metric(CELLS, "relation", tmp_path / "relation.png")
+    assert str(refusal.value) == "no results for metric 'relation'"
+    assert not (tmp_path / "relation.png").exists()
+
+
+def test_a_chart_in_a_new_folder_is_written_there(tmp_path) -> None:
+    path = tmp_path / "run" / "plots" / "exact.png"
+    assert plot_metric(CELLS, "exact", str(path)) == path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (600, 450)  # 6 x 4.5 inches at 100 dpi
+
+
+@pytest.mark.parametrize("groups, setups, inches", [(12, 4, 0.6 * 12 * 2 + 2), (6, 1, 6.0), (3, 9, 0.6 * 3 * 3 + 2)])
+def test_a_chart_widens_with_its_groups_and_setups(tmp_path, groups, setups, inches) -> None:
+    """0.6 inch a group, times the square root of the setups, plus 2 for the labels; 6 at least."""
+    cells = [
+        Cell(f"setup{k}", "s", f"c{g}", "exact", 2, 0.5, 0.2, 0.8, "rate") for g in range(groups) for k in range(setups)
+    ]
+    path = plot_metric(cells, "exact", tmp_path / "wide.png")
+    with Image.open(path) as image:
+        assert image.size == (round(inches * 100), 450)
