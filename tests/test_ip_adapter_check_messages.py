@@ -151,7 +151,11 @@ def test_a_rank_is_refused_exactly_where_diffusers_projection_fails(kind, shape,
     with pytest.raises(RuntimeError):
         projection([embeds])
     reads = "pooled image embeddings, 3-D" if kind == "plain" else "the image encoder's hidden states, 4-D"
-    with pytest.raises(ValueError, match=rf"^`ip_adapter_image_embeds`\[0\] has shape .* reads {re.escape(reads)}; "):
+    expected = (
+        f"`ip_adapter_image_embeds`[0] has shape {shape}, but IP-Adapter 0 ({type(layer).__name__}) reads {reads}; "
+        "make them with `pipe.prepare_ip_adapter_image_embeds(image, None, device, 1, do_classifier_free_guidance)`"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         check(pipe, embeds=[embeds])
 
 
