@@ -64,6 +64,19 @@ def test_standardise_is_sdxl_img2imgs_mean_and_std_and_only_where_asked() -> Non
     )
 
 
+def test_standardise_keeps_a_half_precision_vaes_dtype() -> None:
+    """SDXL img2img casts the VAE's mean and std to the latents' dtype before it standardises:
+    bfloat16 latents stay bfloat16, rounded as bfloat16 arithmetic rounds them."""
+    mean, std = [0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0]
+    vae = _small_vae(scaling_factor=0.5, latents_mean=mean, latents_std=std).to(torch.bfloat16)
+    source = images(2).to(torch.bfloat16)
+    sample = vae.encode(source).latent_dist.sample(generators(1)[0])
+    half = dict(dtype=torch.bfloat16)
+    expected = (sample - torch.tensor(mean, **half).view(1, 4, 1, 1)) * 0.5 / torch.tensor(std, **half).view(1, 4, 1, 1)
+    got = encode_images(vae, source, generators(1)[0], standardise=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+
+
 def test_only_latents_mean_without_std_is_not_standardised() -> None:
     vae = _small_vae(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0])
     source = images(1)
