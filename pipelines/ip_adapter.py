@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
 from diffusers.loaders import IPAdapterMixin
 from diffusers.models.embeddings import (
@@ -83,6 +85,33 @@ def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.
             )
 
 
+IMAGE_TYPES = (
+    PIL.Image.Image,
+    np.ndarray,
+    torch.Tensor,
+    str,
+)  # str: a path or URL, as transformers' processors read it
+
+
+def check_image_entries(ip_adapter_image: Any) -> None:
+    """`ip_adapter_image` as diffusers reads it: one image, or a list with one entry per
+    adapter, each an image or a list of images (several for one adapter); an image is a PIL
+    image, a numpy array, a tensor, or a path or URL (the image processor opens those).
+    Anything else fails in the image processor, after the text encoders ran.
+
+    Raises:
+        TypeError: naming `ip_adapter_image` and the type found.
+    """
+    entries = ip_adapter_image if isinstance(ip_adapter_image, list) else [ip_adapter_image]
+    for entry in entries:
+        for image in entry if isinstance(entry, list) else [entry]:
+            if not isinstance(image, IMAGE_TYPES):
+                raise TypeError(
+                    "`ip_adapter_image` must hold images (PIL images, numpy arrays, tensors, or paths or URLs), one "
+                    f"per IP-Adapter or a list of them per adapter, got {type(image).__name__}"
+                )
+
+
 class IPAdapterSupport(IPAdapterMixin):
     """diffusers' `IPAdapterMixin` (`load_ip_adapter`, `set_ip_adapter_scale`,
     `unload_ip_adapter`) with Stable Diffusion's image-embedding steps, for a pipeline with
@@ -110,7 +139,8 @@ class IPAdapterSupport(IPAdapterMixin):
                 number of loaded adapters, image input without an `image_encoder`, embeddings
                 that are not 3-D or 4-D, under guidance embeddings of an odd batch, or
                 embeddings of a width or rank the matching adapter cannot read.
-            TypeError: `ip_adapter_image_embeds` is not a list of tensors.
+            TypeError: `ip_adapter_image_embeds` is not a list of tensors, or
+                `ip_adapter_image` holds something that is no image.
         """
         if ip_adapter_image is None and ip_adapter_image_embeds is None:
             return False
@@ -130,6 +160,7 @@ class IPAdapterSupport(IPAdapterMixin):
                     "`ip_adapter_image` needs an `image_encoder` (a CLIPVisionModelWithProjection); load one with "
                     "`load_ip_adapter(..., image_encoder_folder=...)`, or pass `ip_adapter_image_embeds`"
                 )
+            check_image_entries(ip_adapter_image)
         else:
             if not isinstance(ip_adapter_image_embeds, list) or not all(
                 isinstance(embeds, torch.Tensor) for embeds in ip_adapter_image_embeds
@@ -164,4 +195,4 @@ class IPAdapterSupport(IPAdapterMixin):
         return True
 
 
-__all__ = ["IPAdapterSupport", "loaded_ip_adapters", "projection_input"]
+__all__ = ["IPAdapterSupport", "check_image_entries", "loaded_ip_adapters", "projection_input"]

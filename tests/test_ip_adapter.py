@@ -157,6 +157,7 @@ def test_ip_adapter_input_without_a_loaded_adapter_is_refused(parts, monkeypatch
             ValueError,
         ),
         (dict(ip_adapter_image_embeds=torch.zeros(2, 1, 32)), "must be a list of tensors", TypeError),
+        (dict(ip_adapter_image=3), r"^`ip_adapter_image` must hold images .*, got int$", TypeError),
         (
             dict(ip_adapter_image_embeds=[torch.zeros(2, 32)]),
             r"3-D \(batch, images, width\) or 4-D tensors, got 2-D",
@@ -180,6 +181,7 @@ def test_ip_adapter_input_without_a_loaded_adapter_is_refused(parts, monkeypatch
         "three_embeds_one_adapter",
         "both",
         "embeds_not_a_list",
+        "image_a_number",
         "embeds_2d",
         "embeds_of_another_width",
         "hidden_states_for_a_plain_adapter",

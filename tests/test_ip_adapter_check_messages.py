@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
@@ -168,3 +170,33 @@ def test_a_wrong_count_is_named_before_any_width() -> None:
 def test_the_second_adapter_is_named_when_only_its_embeddings_do_not_fit() -> None:
     with pytest.raises(ValueError, match=r"^`ip_adapter_image_embeds`\[1\] has shape \(2, 1, 5\), but IP-Adapter 1 "):
         check(stand_in(adapters=2), embeds=[torch.zeros(2, 1, 8), torch.zeros(2, 1, 5)])
+
+
+@pytest.mark.parametrize(
+    "image, found",
+    [(3, "int"), (None.__class__, "type"), ([PIL.Image.new("RGB", (8, 8)), 2.5], "float"), ([[object()]], "object")],
+    ids=["a_number", "a_class", "a_number_beside_an_image", "an_object_in_one_adapters_list"],
+)
+def test_an_image_argument_holding_no_image_is_named_with_what_it_holds(image, found) -> None:
+    expected = (
+        "`ip_adapter_image` must hold images (PIL images, numpy arrays, tensors, or paths or URLs), one per "
+        f"IP-Adapter or a list of them per adapter, got {found}"
+    )
+    adapters = len(image) if isinstance(image, list) else 1
+    with pytest.raises(TypeError, match=f"^{re.escape(expected)}$"):
+        check(stand_in(adapters=adapters), image=image)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        PIL.Image.new("RGB", (8, 8)),
+        np.zeros((8, 8, 3), dtype=np.uint8),
+        torch.zeros(3, 8, 8),
+        "https://example.com/cat.png",  # the image processor opens paths and URLs
+        [[PIL.Image.new("RGB", (8, 8)), PIL.Image.new("RGB", (8, 8))]],  # two images for one adapter
+    ],
+    ids=["pil", "numpy", "tensor", "url", "two_for_one_adapter"],
+)
+def test_every_kind_of_image_diffusers_reads_is_taken(image) -> None:
+    assert check(stand_in(), image=image) is True
