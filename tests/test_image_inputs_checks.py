@@ -303,3 +303,8 @@ def test_a_list_of_one_layout_and_pil_images_beside_arrays_stay_as_they_were() -
     assert check_mask([torch.zeros(2, H, W), torch.zeros(1, H, W)]) == ImageBatch(3, H, W)
     with pytest.raises(TypeError, match="mixes"):  # a type mix stays a TypeError
         check_mask([PIL.Image.new("L", (W, H)), np.zeros((H, W), np.float32)])
+
+
+def test_a_list_of_one_latents_tensor_holds_latents() -> None:
+    latents = torch.rand(1, 4, 4, 6)
+    assert holds_latents([latents], 4) and not holds_latents([torch.rand(1, 3, 32, 48)], 4)
