@@ -57,7 +57,7 @@ def read(peer, pipe, prompt: str, **kwargs):
     callback, seen = recorder(peer)
     latents = pipe(
         prompt=prompt,
-        num_inference_steps=STEPS,
+        num_inference_steps=kwargs.pop("num_inference_steps", STEPS),
         output_type="latent",
         generator=torch.Generator().manual_seed(0),
         callback_on_step_end=callback,
@@ -106,6 +106,20 @@ def test_one_model_switches_as_a1111_and_inpaint_goes_on_counting_too(pipes) -> 
     seen, latents = read(peer, base, prompt, denoising_end=0.5)
     more, _ = read(peer, inpaint, prompt, image=latents, mask_image=box_mask(), denoising_start=0.5)
     assert seen + more == ["red"] * 5 + ["blue"] * 3
+
+
+def test_custom_timesteps_are_counted_across_the_hand_off(pipes) -> None:
+    """Uneven custom timesteps (Euler takes them): the refiner counts the schedule it is given,
+    so each step reads what one model running those timesteps reads."""
+    peer, base, img2img, _ = pipes
+    custom = dict(timesteps=[999, 900, 800, 650, 420, 260, 120, 30], num_inference_steps=None)
+    prompt = "a [red:blue:0.5] circle"
+    one_model, _ = read(peer, base, prompt, **custom)
+    assert one_model == ["red"] * 5 + ["blue"] * 3
+    first, latents = read(peer, base, prompt, denoising_end=0.5, **custom)
+    second, _ = read(peer, img2img, prompt, image=latents, denoising_start=0.5, **custom)
+    assert (len(first), len(second)) == (4, 4)  # timesteps above 500, then below it
+    assert first + second == one_model
 
 
 def test_a_second_order_scheduler_counts_steps_across_the_hand_off(pipes) -> None:
