@@ -122,6 +122,15 @@ def test_custom_timesteps_are_counted_across_the_hand_off(pipes) -> None:
     assert first + second == one_model
 
 
+def test_a_refiner_left_one_step_runs_it_reading_the_last_text(pipes) -> None:
+    peer, base, img2img, _ = pipes
+    prompt = "a [red:blue:0.5] circle"
+    first, latents = read(peer, base, prompt, denoising_end=0.9)
+    second, _ = read(peer, img2img, prompt, image=latents, denoising_start=0.9)
+    assert (len(first), second) == (STEPS - 1, ["blue"])
+    assert first + second == read(peer, base, prompt)[0]
+
+
 def test_a_second_order_scheduler_counts_steps_across_the_hand_off(pipes) -> None:
     """Heun calls the UNet twice a step. The base stops after the predictor of the step the
     cut falls in and the refiner runs that step again whole (diffusers' `get_timesteps` keeps
