@@ -32,6 +32,13 @@ class Pipe(CallInputChecks):
         return guidance_scale > 1
 
 
+class Windowed(Pipe):
+    """A pipeline whose encoded text comes in 77-token CLIP windows."""
+
+    def _clip_window(self) -> int:
+        return 77
+
+
 def refused(error, call, expected: str) -> None:
     with pytest.raises(error) as refusal:
         call()
@@ -331,10 +338,6 @@ def test_the_negative_given_reaches_the_window_check() -> None:
     """`check_inputs` hands its own negative arguments on: with `negative_prompt_embeds` there is
     nothing to encode, so short `prompt_embeds` are taken."""
 
-    class Windowed(Pipe):
-        def _clip_window(self) -> int:
-            return 77
-
     arguments = [None, None, torch.zeros(1, 50, 8), torch.zeros(1, 50, 8), 64, 64, 7.5, 1, None, "pil"]
     assert Windowed().check_inputs(*arguments) == 1
     arguments[3] = None
@@ -348,10 +351,6 @@ def test_the_negative_given_reaches_the_window_check() -> None:
 
 
 def test_short_embeddings_beside_a_text_negative_in_full() -> None:
-    class Windowed(Pipe):
-        def _clip_window(self) -> int:
-            return 77
-
     refused(
         ValueError,
         lambda: Windowed().check_negative_length(torch.zeros(1, 50, 8), "blurry", None, True),
