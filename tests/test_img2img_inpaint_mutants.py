@@ -285,3 +285,14 @@ def test_a_source_given_as_latents_of_the_outputs_size_inpaints_as_diffusers() -
     mask[..., :4, :] = 1
     settings = dict(prompt="a red circle", image=latents, mask_image=mask, strength=0.5, height=side, width=side)
     assert torch.equal(_run(ours, **settings), _run(peer, **settings))
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_a_pipeline_without_a_vae_is_refused_naming_itself_and_the_vae(task) -> None:
+    """The source image is encoded by the VAE: without one, the call stops before any work."""
+    ours_class = CLIPConditionedImg2ImgPipeline if task == "img2img" else CLIPConditionedInpaintPipeline
+    pipe = _quiet(ours_class(**{**sd_components(), "vae": None}))
+    extra = {"mask_image": _mask()} if task == "inpaint" else {}
+    with pytest.raises(ValueError) as refusal:
+        _run(pipe, prompt="a red circle", image=_source(), **extra)
+    assert str(refusal.value) == f"{ours_class.__name__} needs a `vae` to encode `image`; this pipeline has none"

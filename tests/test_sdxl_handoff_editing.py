@@ -131,6 +131,19 @@ def test_a_refiner_left_one_step_runs_it_reading_the_last_text(pipes) -> None:
     assert first + second == read(peer, base, prompt)[0]
 
 
+def test_strength_with_custom_timesteps_counts_the_steps_that_run(pipes) -> None:
+    """By `strength`, prompt editing counts the steps that run, from the first of them: half of
+    eight custom timesteps runs four, and [red:blue:0.5] switches after int(0.5 x 4) = 2 of them,
+    as with eight steps by count."""
+    peer, _, img2img, _ = pipes
+    source = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    prompt = "a [red:blue:0.5] circle"
+    custom = dict(timesteps=[999, 900, 800, 650, 420, 260, 120, 30], num_inference_steps=None)
+    seen, _ = read(peer, img2img, prompt, image=source, strength=0.5, **custom)
+    assert seen == ["red"] * 3 + ["blue"]
+    assert seen == read(peer, img2img, prompt, image=source, strength=0.5)[0]
+
+
 def test_a_second_order_scheduler_counts_steps_across_the_hand_off(pipes) -> None:
     """Heun calls the UNet twice a step. The base stops after the predictor of the step the
     cut falls in and the refiner runs that step again whole (diffusers' `get_timesteps` keeps
