@@ -17,13 +17,15 @@ from clipcond.pipelines.input_checks import CallInputChecks, image_size_fits, im
 
 
 class StandIn(CallInputChecks):
-    """What `check_inputs` reads of a pipeline: prompts as text, no UNet to read widths from."""
+    """What `check_inputs` reads of a pipeline: its recipe and config (`config`: the keys
+    `config.get` finds), components as given, no UNet to read widths from."""
 
     vae_scale_factor = 8
     unet = None
 
-    def __init__(self, recipe: str = "sd", **components) -> None:
-        self.config = SimpleNamespace(recipe=recipe, get=lambda key, default=None: default)
+    def __init__(self, recipe: str = "sd", config: dict | None = None, **components) -> None:
+        values = {"recipe": recipe, **(config or {})}
+        self.config = SimpleNamespace(**values, get=lambda key, default=None: values.get(key, default))
         for name, value in components.items():
             setattr(self, name, value)
 

@@ -10,33 +10,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_input_checks_messages import StandIn, WindowedStandIn
 
-from clipcond.pipelines.input_checks import CallInputChecks
 
+class Pipe(StandIn):
+    """The shared stand-in, with what the sampling and pooled checks read too."""
 
-class Pipe(CallInputChecks):
-    """What the checks read of a pipeline: its recipe and config, components as given."""
-
-    vae_scale_factor = 8
-    unet = None
     reads_time_ids = False
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
-    def __init__(self, recipe: str = "sd", config: dict | None = None, **components) -> None:
-        values = {"recipe": recipe, **(config or {})}
-        self.config = SimpleNamespace(**values, get=lambda key, default=None: values.get(key, default))
-        for name, value in components.items():
-            setattr(self, name, value)
 
-    def _guides(self, guidance_scale) -> bool:
-        return guidance_scale > 1
-
-
-class Windowed(Pipe):
-    """A pipeline whose encoded text comes in 77-token CLIP windows."""
-
-    def _clip_window(self) -> int:
-        return 77
+Windowed = WindowedStandIn  # a pipeline whose encoded text comes in 77-token CLIP windows
 
 
 def refused(error, call, expected: str) -> None:

@@ -24,17 +24,22 @@ CELLS = [
 ]
 
 
-@pytest.fixture
-def drawings(monkeypatch) -> list[int]:
-    """One entry per chart actually rendered (matplotlib's `Figure.savefig`)."""
-    calls: list[int] = []
+def on_render(monkeypatch, note) -> None:
+    """Call `note(figure)` for each chart actually rendered (matplotlib's `Figure.savefig`)."""
     render = Figure.savefig
 
-    def counted(self, *args, **kwargs):
-        calls.append(1)
+    def noted(self, *args, **kwargs):
+        note(self)
         return render(self, *args, **kwargs)
 
-    monkeypatch.setattr(Figure, "savefig", counted)
+    monkeypatch.setattr(Figure, "savefig", noted)
+
+
+@pytest.fixture
+def drawings(monkeypatch) -> list[int]:
+    """One entry per chart actually rendered."""
+    calls: list[int] = []
+    on_render(monkeypatch, lambda figure: calls.append(1))
     return calls
 
 
@@ -123,13 +128,7 @@ def test_a_png_clipcond_did_not_draw_is_replaced(tmp_path, drawings) -> None:
 def _drawn_figure(monkeypatch, cells, metric, path, title=None) -> Figure:
     """The figure `plot_metric` renders, caught at `savefig`."""
     caught: list[Figure] = []
-    render = Figure.savefig
-
-    def catching(self, *args, **kwargs):
-        caught.append(self)
-        return render(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", catching)
+    on_render(monkeypatch, caught.append)
     plot_metric(cells, metric, path, title=title)
     (figure,) = caught
     return figure
