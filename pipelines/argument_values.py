@@ -62,7 +62,9 @@ def check_schedule_values(name: str, schedule: Any) -> None:
     non-empty 1-D sequence of real numbers (Python or numpy numbers, 0-d tensors, or a 1-D
     CPU tensor or array), all finite. Strings and nested lists fail inside the scheduler with
     numpy's message, which names neither; a NaN there fails at the first step, or not at all.
-    Booleans are read as 0 and 1, as diffusers reads them.
+    A tensor on an accelerator, or one that requires grad, fails there too (numpy reads
+    neither); its refusal says what to pass. Booleans are read as 0 and 1, as diffusers reads
+    them.
 
     Raises:
         ValueError: naming `name` and what it holds.
@@ -70,6 +72,13 @@ def check_schedule_values(name: str, schedule: Any) -> None:
     no_sequence = not hasattr(schedule, "__len__") or getattr(schedule, "ndim", 1) == 0  # a 0-d tensor
     if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
         raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
+    if isinstance(schedule, torch.Tensor) and (schedule.device.type != "cpu" or schedule.requires_grad):
+        where = "on the CPU" if schedule.device.type != "cpu" else "outside autograd"
+        fix = f"{name}.cpu()" if schedule.device.type != "cpu" else f"{name}.detach()"
+        raise ValueError(
+            f"`{name}` is a tensor on {schedule.device} (requires_grad={schedule.requires_grad}); the scheduler reads "
+            f"it with numpy, which reads tensors {where} only: pass `{fix}` or a list"
+        )
     try:
         values = np.asarray(schedule)
     except (TypeError, ValueError, RuntimeError):  # ragged lists; tensors numpy cannot read, as the schedulers cannot

@@ -883,7 +883,7 @@ class CLIPConditionedPipeline(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )
         use_ip_adapter = self.check_ip_adapter_inputs(
-            ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale)
+            ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale), count * num_images_per_prompt
         )
         self._check_given_latents(latents, count * num_images_per_prompt, height, width)
         self._check_denoising_end_leaves_steps(num_inference_steps, timesteps, sigmas, denoising_end)
@@ -923,6 +923,7 @@ class CLIPConditionedPipeline(
             lora_scale,
             prompt_2,
             negative_prompt_2,
+            ip_adapter=use_ip_adapter,
         )
         negative = None
         if plan is not None:
@@ -962,10 +963,6 @@ class CLIPConditionedPipeline(
         #     width), the guided batch negatives first like the context
         image_embeds = None
         if use_ip_adapter:
-            if plan is not None:
-                raise ValueError(
-                    "an IP-Adapter cannot go with a prompt that edits, alternates or has AND; give a plain prompt"
-                )
             image_embeds = self.prepare_ip_adapter_image_embeds(
                 ip_adapter_image,
                 ip_adapter_image_embeds,

@@ -251,6 +251,7 @@ def plan_for_call(
     lora_scale: float | None,
     prompt_2: Any = None,
     negative_prompt_2: Any = None,
+    ip_adapter: bool = False,
 ) -> DenoisingPlan | None:
     """The plan of a `CLIPConditionedPipeline` call when a prompt (or SDXL's `prompt_2`, or a
     negative) edits, alternates or has AND; None otherwise (then the plain path runs, equal to
@@ -258,7 +259,9 @@ def plan_for_call(
     the plain path.
 
     Raises:
-        ValueError: AND in `prompt_2` / `negative_prompt_2` (AND splits `prompt` only).
+        ValueError: AND in `prompt_2` / `negative_prompt_2` (AND splits `prompt` only); a plan
+            with `negative_prompt_embeds`, or with an IP-Adapter (`ip_adapter`: the call gives
+            one image input), both before any prompt is encoded.
     """
     if prompt is None:
         return None
@@ -286,6 +289,8 @@ def plan_for_call(
             "`negative_prompt_embeds` cannot go with a prompt that edits, alternates or has AND: give "
             "`negative_prompt` as text"
         )
+    if ip_adapter:
+        raise ValueError("an IP-Adapter cannot go with a prompt that edits, alternates or has AND; give a plain prompt")
     # Textual-inversion tokens are expanded by the conditioner, each encoder's text with that
     # encoder's own tokenizer (SDXL's encode_prompt rule; expanding with the first tokenizer here
     # gave the second encoder the first one's vector tokens).

@@ -61,11 +61,50 @@ def projection_input(layer: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
-def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.Tensor]) -> None:
+def check_faceid_plus_clip_embeds(index: int, layer: Any, id_rows: int | None) -> None:
+    """A FaceID-plus projection reads two inputs: the call's ID embeddings and the face
+    image's CLIP hidden states, which diffusers takes from the layer's `clip_embeds` attribute,
+    set by the user before the call: (rows, images, tokens, width), rows and images together
+    as many as the ID embeddings' rows the layer sees (`id_rows`, None where not known). An
+    unset one, one of another rank or width, or one of other rows fails inside the UNet at the
+    first step; each is refused here. Layers of other kinds pass.
+
+    Raises:
+        ValueError: naming the layer's `clip_embeds` and what it holds.
+    """
+    if not isinstance(layer, IPAdapterFaceIDPlusImageProjection):
+        return
+    where = f"`pipe.unet.encoder_hid_proj.image_projection_layers[{index}].clip_embeds`"
+    clip_embeds = layer.clip_embeds
+    if not isinstance(clip_embeds, torch.Tensor):
+        raise ValueError(
+            f"IP-Adapter {index} (FaceID-plus) also reads the face image's CLIP hidden states from {where}, which "
+            f"holds {type(clip_embeds).__name__}: set it before the call, to "
+            "`pipe.prepare_ip_adapter_image_embeds(face_image, None, device, images, do_classifier_free_guidance)[0]`"
+        )
+    width = layer.proj_in.in_features
+    if clip_embeds.ndim != 4 or clip_embeds.shape[-1] != width:
+        raise ValueError(
+            f"{where} has shape {tuple(clip_embeds.shape)}, but IP-Adapter {index} (FaceID-plus) reads the image "
+            f"encoder's hidden states there, 4-D (rows, images, tokens, {width})"
+        )
+    rows = clip_embeds.shape[0] * clip_embeds.shape[1]
+    if id_rows is not None and rows != id_rows:
+        raise ValueError(
+            f"{where} has shape {tuple(clip_embeds.shape)}, {rows} rows of hidden states, but the call gives IP-Adapter "
+            f"{index} {id_rows} rows of ID embeddings (guided rows x images made x images per row): make "
+            "`clip_embeds` for as many images, with the same guidance, as the call"
+        )
+
+
+def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.Tensor], images_count: int = 1) -> None:
     """Refuse embeddings (one per adapter of `unet`, in order) of a rank or width that the
-    matching adapter's image projection cannot read; diffusers fails on them inside the UNet,
-    at the first step. Only what fails there is refused: a plain adapter also reads 4-D
-    embeddings with one token per image, as diffusers' does."""
+    matching adapter's image projection cannot read, and a FaceID-plus adapter's `clip_embeds`
+    that do not fit them (`check_faceid_plus_clip_embeds`); diffusers fails on them inside the
+    UNet, at the first step. Only what fails there is refused: a plain adapter also reads 4-D
+    embeddings with one token per image, as diffusers' does. `images_count` is the number of
+    images the call makes (prompts x `num_images_per_prompt`): the pipeline repeats each
+    adapter's embeddings that many times."""
     layers = unet.encoder_hid_proj.image_projection_layers
     for index, (embeds, layer) in enumerate(zip(ip_adapter_image_embeds, layers)):
         rank, width = projection_input(layer)
@@ -83,6 +122,7 @@ def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.
                 f"({type(layer).__name__}) reads embeddings of width {width}: make them with the image "
                 "encoder the adapter was trained with"
             )
+        check_faceid_plus_clip_embeds(index, layer, images_count * embeds.shape[:-1].numel())
 
 
 IMAGE_TYPES = (
@@ -121,7 +161,11 @@ class IPAdapterSupport(IPAdapterMixin):
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
 
     def check_ip_adapter_inputs(
-        self, ip_adapter_image: Any, ip_adapter_image_embeds: Any, do_classifier_free_guidance: bool
+        self,
+        ip_adapter_image: Any,
+        ip_adapter_image_embeds: Any,
+        do_classifier_free_guidance: bool,
+        images_count: int = 1,
     ) -> bool:
         """Check a call's IP-Adapter arguments against the loaded adapters; returns whether the
         call uses an IP-Adapter.
@@ -133,12 +177,15 @@ class IPAdapterSupport(IPAdapterMixin):
                 otherwise, as in Stable Diffusion; 4-D for adapters that read hidden states.
             do_classifier_free_guidance: whether the call runs guidance (then every tensor of
                 `ip_adapter_image_embeds` holds negatives and positives: an even batch).
+            images_count: the images the call makes (prompts x `num_images_per_prompt`); each
+                adapter's embeddings are repeated that many times.
 
         Raises:
             ValueError: both arguments given, no IP-Adapter loaded, a count that is not the
                 number of loaded adapters, image input without an `image_encoder`, embeddings
                 that are not 3-D or 4-D, under guidance embeddings of an odd batch, or
-                embeddings of a width or rank the matching adapter cannot read.
+                embeddings of a width or rank the matching adapter cannot read, or a FaceID-plus
+                adapter whose `clip_embeds` are unset or do not fit the call.
             TypeError: `ip_adapter_image_embeds` is not a list of tensors, or
                 `ip_adapter_image` holds something that is no image.
         """
@@ -161,6 +208,8 @@ class IPAdapterSupport(IPAdapterMixin):
                     "`load_ip_adapter(..., image_encoder_folder=...)`, or pass `ip_adapter_image_embeds`"
                 )
             check_image_entries(ip_adapter_image)
+            for index, layer in enumerate(self.unet.encoder_hid_proj.image_projection_layers):
+                check_faceid_plus_clip_embeds(index, layer, None)
         else:
             if not isinstance(ip_adapter_image_embeds, list) or not all(
                 isinstance(embeds, torch.Tensor) for embeds in ip_adapter_image_embeds
@@ -191,8 +240,15 @@ class IPAdapterSupport(IPAdapterMixin):
                 "in the order they were loaded"
             )
         if ip_adapter_image_embeds is not None:
-            check_embeds_fit_projections(self.unet, ip_adapter_image_embeds)
+            check_embeds_fit_projections(self.unet, ip_adapter_image_embeds, images_count)
         return True
 
 
-__all__ = ["IPAdapterSupport", "check_image_entries", "loaded_ip_adapters", "projection_input"]
+__all__ = [
+    "IPAdapterSupport",
+    "check_embeds_fit_projections",
+    "check_faceid_plus_clip_embeds",
+    "check_image_entries",
+    "loaded_ip_adapters",
+    "projection_input",
+]

@@ -56,10 +56,6 @@ def test_what_a_scheduler_runs_on_is_taken(schedule) -> None:
         ("999", "must be a non-empty list of numbers, got '999'"),
         (999, "must be a non-empty list of numbers, got 999"),
         (torch.tensor(999.0), "must be a non-empty list of numbers, got tensor(999.)"),  # has __len__, no length
-        (
-            torch.tensor([999.0, 500.0], requires_grad=True),
-            "must be a flat list of real numbers, got tensor([999., 500.], requires_grad=True)",
-        ),
     ],
     ids=[
         "strings",
@@ -74,7 +70,6 @@ def test_what_a_scheduler_runs_on_is_taken(schedule) -> None:
         "str",
         "int",
         "0d_tensor",
-        "tensor_needing_grad",  # numpy cannot read it; the schedulers fail on it too
     ],
 )
 @pytest.mark.parametrize("name", ["timesteps", "sigmas"])
@@ -82,9 +77,36 @@ def test_what_no_schedule_can_hold_is_refused_by_name(name, schedule, message) -
     with pytest.raises(ValueError) as refusal:
         check_schedule_values(name, schedule)
     assert str(refusal.value) == f"`{name}` {message}"
-    if isinstance(schedule, torch.Tensor) and schedule.requires_grad:
-        with pytest.raises(RuntimeError):
-            copy.deepcopy(EULER).set_timesteps(timesteps=schedule)
+
+
+@pytest.mark.parametrize(
+    "schedule, says",
+    [
+        (
+            torch.tensor([999.0, 500.0], device="meta"),  # stands for a CUDA tensor: numpy reads neither
+            "is a tensor on meta (requires_grad=False); the scheduler reads it with numpy, which reads tensors on "
+            "the CPU only: pass `{name}.cpu()` or a list",
+        ),
+        (
+            torch.tensor([999.0, 500.0], requires_grad=True),
+            "is a tensor on cpu (requires_grad=True); the scheduler reads it with numpy, which reads tensors "
+            "outside autograd only: pass `{name}.detach()` or a list",
+        ),
+    ],
+    ids=["off_the_cpu", "needing_grad"],
+)
+@pytest.mark.parametrize("name", ["timesteps", "sigmas"])
+def test_a_tensor_numpy_cannot_read_is_refused_saying_what_to_pass(name, schedule, says) -> None:
+    """The reference: the scheduler fails on it (numpy's TypeError or autograd's RuntimeError),
+    and takes what the message says to pass."""
+    with pytest.raises((TypeError, RuntimeError)):
+        copy.deepcopy(EULER).set_timesteps(timesteps=schedule)
+    with pytest.raises(ValueError) as refusal:
+        check_schedule_values(name, schedule)
+    assert str(refusal.value) == f"`{name}` " + says.format(name=name)
+    fixed = schedule.detach() if schedule.requires_grad else torch.tensor([999.0, 500.0])  # meta holds no values
+    copy.deepcopy(EULER).set_timesteps(timesteps=fixed)
+    check_schedule_values(name, fixed)
 
 
 def test_a_count_the_scheduler_refuses_is_named_with_its_reason_and_the_scheduler_is_untouched() -> None:

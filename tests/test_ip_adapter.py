@@ -121,12 +121,12 @@ def test_from_pipe_keeps_the_adapter_and_unload_removes_it(parts, adapter_folder
     assert np.array_equal(images(pipe), images(plain))
 
 
-def _refused(pipe, monkeypatch, message, error=ValueError, **kwargs) -> None:
+def _refused(pipe, monkeypatch, message, error=ValueError, prompt="a red circle", **kwargs) -> None:
     calls = []
     monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: calls.append(1))
     with pytest.raises(error, match=message):
-        pipe(prompt="a red circle", num_inference_steps=2, **kwargs)
+        pipe(prompt=prompt, num_inference_steps=2, **kwargs)
     assert not calls
 
 
@@ -201,13 +201,22 @@ def test_an_image_without_an_image_encoder_is_refused(parts, adapter_folder, mon
     _refused(pipe, monkeypatch, r"`ip_adapter_image` needs an `image_encoder`", ip_adapter_image=picture(0))
 
 
-def test_an_ip_adapter_with_prompt_editing_is_refused_before_the_unet(parts, adapter_folder, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "prompt, kwargs",
+    [
+        ("a [red:blue:0.5] circle", dict(ip_adapter_image=picture(0))),
+        ("a [red|blue] circle", dict(ip_adapter_image=picture(0))),
+        ("a red circle AND a blue square", dict(ip_adapter_image_embeds=[torch.zeros(2, 1, 32)])),
+    ],
+    ids=["edit", "alternation", "and"],
+)
+def test_an_ip_adapter_with_a_planned_prompt_is_refused_before_the_text_encoder(
+    parts, adapter_folder, monkeypatch, prompt, kwargs
+) -> None:
+    """The refusal comes before any prompt is encoded (it used to come after the plan's encoding)."""
     pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
-    calls = []
-    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
-    with pytest.raises(ValueError, match="an IP-Adapter cannot go with a prompt that edits, alternates or has AND"):
-        pipe(prompt="a [red:blue:0.5] circle", num_inference_steps=2, ip_adapter_image=picture(0))
-    assert not calls
+    message = "^an IP-Adapter cannot go with a prompt that edits, alternates or has AND; give a plain prompt$"
+    _refused(pipe, monkeypatch, message, prompt=prompt, **kwargs)
 
 
 def _no_op(pipe, step, timestep, tensors):
@@ -277,3 +286,48 @@ def test_image_embeds_of_an_odd_batch_under_guidance_are_refused(parts, adapter_
         peer = loaded(StableDiffusionPipeline, parts, adapter_folder)
         settings = dict(ip_adapter_image_embeds=embeds, guidance_scale=1.0)
         assert np.array_equal(images(pipe, **settings), images(peer, **settings))
+
+
+def _with_faceid_plus(pipe, clip_images: int):
+    """`pipe` with its adapter's image projection swapped for a FaceID-plus one (4 tokens of the
+    UNet's cross-attention width, as the adapter's attention reads), its `clip_embeds` the
+    image encoder's hidden states of `picture(0)` for `clip_images` guided images, as
+    diffusers' FaceID-plus example sets them."""
+    from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
+
+    torch.manual_seed(3)
+    layer = IPAdapterFaceIDPlusImageProjection(
+        embed_dims=8,
+        output_dims=pipe.unet.config.cross_attention_dim,
+        hidden_dims=pipe.image_encoder.config.hidden_size,
+        id_embeddings_dim=12,
+        depth=1,
+        dim_head=4,
+        heads=2,
+        num_tokens=4,
+    )
+    pipe.unet.encoder_hid_proj.image_projection_layers[0] = layer
+    layer.clip_embeds = pipe.prepare_ip_adapter_image_embeds(picture(0), None, "cpu", clip_images, True)[0]
+    return pipe
+
+
+def test_faceid_plus_equals_stable_diffusion_and_clip_embeds_for_too_few_images_are_refused_first(
+    parts, adapter_folder, monkeypatch
+) -> None:
+    """With `clip_embeds` made for the call's 2 images, the images are SD's; made for 1 image,
+    SD fails in the UNet's first step and ours refuses before the text encoder runs."""
+    ids = [torch.randn(2, 1, 12, generator=torch.Generator().manual_seed(1))]
+    kwargs = dict(ip_adapter_image_embeds=ids, num_images_per_prompt=2)
+    peer = _with_faceid_plus(loaded(StableDiffusionPipeline, parts, adapter_folder), clip_images=2)
+    pipe = _with_faceid_plus(loaded(CLIPConditionedPipeline, parts, adapter_folder), clip_images=2)
+    assert np.array_equal(images(pipe, **kwargs), images(peer, **kwargs))
+    for each in (peer, pipe):
+        each.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = each.prepare_ip_adapter_image_embeds(
+            picture(0), None, "cpu", 1, True
+        )[0]
+    with pytest.raises(RuntimeError):
+        images(peer, **kwargs)
+    message = (
+        r"clip_embeds` has shape \(2, 1, 17, 32\), 2 rows of hidden states, but the call gives IP-Adapter 0 4 rows"
+    )
+    _refused(pipe, monkeypatch, message, **kwargs)

@@ -200,3 +200,81 @@ def test_an_image_argument_holding_no_image_is_named_with_what_it_holds(image, f
 )
 def test_every_kind_of_image_diffusers_reads_is_taken(image) -> None:
     assert check(stand_in(), image=image) is True
+
+
+def _faceid_plus_pipe(clip_embeds) -> tuple[SimpleNamespace, MultiIPAdapterImageProjection]:
+    layer, _ = _projections()["faceid_plus"]
+    layer.clip_embeds = clip_embeds
+    projection = MultiIPAdapterImageProjection([layer])
+    return SimpleNamespace(unet=SimpleNamespace(encoder_hid_proj=projection), image_encoder=object()), projection
+
+
+@pytest.mark.parametrize("guided", [True, False], ids=["guided", "unguided"])
+@pytest.mark.parametrize("images_count", [1, 2])
+@pytest.mark.parametrize("images_per_row", [1, 2])
+@pytest.mark.parametrize("clip_rows", [(1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 1)])
+def test_faceid_plus_clip_embeds_are_refused_exactly_where_diffusers_fails(
+    guided, images_count, images_per_row, clip_rows
+) -> None:
+    """The reference is diffusers' own: Stable Diffusion's `prepare_ip_adapter_image_embeds`
+    repeats the ID embeddings for the call's images (and guidance), and the FaceID-plus
+    projection runs on them with the layer's `clip_embeds`; the check takes exactly the
+    `clip_embeds` that run there."""
+    from diffusers import StableDiffusionPipeline
+
+    ids = torch.randn(2 if guided else 1, images_per_row, 12)
+    pipe, projection = _faceid_plus_pipe(torch.randn(*clip_rows, 3, 16))
+    repeated = StableDiffusionPipeline.prepare_ip_adapter_image_embeds(
+        SimpleNamespace(), None, [ids], "cpu", images_count, guided
+    )
+    try:
+        projection(repeated)
+        diffusers_runs = True
+    except RuntimeError:
+        diffusers_runs = False
+    if diffusers_runs:
+        assert IPAdapterSupport.check_ip_adapter_inputs(pipe, None, [ids], guided, images_count) is True
+        return
+    id_rows = ids.shape[0] * images_per_row * images_count
+    expected = (
+        f"`pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds` has shape {(*clip_rows, 3, 16)}, "
+        f"{clip_rows[0] * clip_rows[1]} rows of hidden states, but the call gives IP-Adapter 0 {id_rows} rows of ID "
+        "embeddings (guided rows x images made x images per row): make `clip_embeds` for as many images, with the "
+        "same guidance, as the call"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        IPAdapterSupport.check_ip_adapter_inputs(pipe, None, [ids], guided, images_count)
+
+
+@pytest.mark.parametrize("image_input", [False, True], ids=["embeds", "image"])
+def test_faceid_plus_without_clip_embeds_is_refused_naming_where_to_set_them(image_input) -> None:
+    pipe, projection = _faceid_plus_pipe(None)
+    ids = torch.randn(2, 1, 12)
+    with pytest.raises(AttributeError):  # diffusers: 'NoneType' object has no attribute 'dtype'
+        projection([ids])
+    expected = (
+        "IP-Adapter 0 (FaceID-plus) also reads the face image's CLIP hidden states from "
+        "`pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds`, which holds NoneType: set it before "
+        "the call, to `pipe.prepare_ip_adapter_image_embeds(face_image, None, device, images, "
+        "do_classifier_free_guidance)[0]`"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        if image_input:
+            check(pipe, image=PIL.Image.new("RGB", (8, 8)))
+        else:
+            check(pipe, embeds=[ids])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16), (2, 1, 3, 17)], ids=["3d", "wider"])
+def test_faceid_plus_clip_embeds_of_another_rank_or_width_name_what_the_layer_reads(shape) -> None:
+    pipe, projection = _faceid_plus_pipe(torch.randn(shape))
+    ids = torch.randn(2, 1, 12)
+    with pytest.raises((IndexError, RuntimeError)):
+        projection([ids])
+    expected = (
+        f"`pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds` has shape {shape}, but IP-Adapter 0 "
+        "(FaceID-plus) reads the image encoder's hidden states there, 4-D (rows, images, tokens, 16)"
+    )
+    for kwargs in (dict(embeds=[ids]), dict(image=PIL.Image.new("RGB", (8, 8)))):
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            check(pipe, **kwargs)
