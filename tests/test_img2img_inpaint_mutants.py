@@ -296,3 +296,64 @@ def test_a_pipeline_without_a_vae_is_refused_naming_itself_and_the_vae(task) -> 
     with pytest.raises(ValueError) as refusal:
         _run(pipe, prompt="a red circle", image=_source(), **extra)
     assert str(refusal.value) == f"{ours_class.__name__} needs a `vae` to encode `image`; this pipeline has none"
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_a_latent_unet_reading_coordinate_channels_runs_as_diffusers_with_the_grid_appended(task) -> None:
+    """A latent UNet trained with coordinate channels (in_channels 4 + 2) reads the VAE's 4 latent
+    channels as a plain UNet (img2img, and inpainting by the mask blend); the reference is
+    diffusers' pipeline on a copy of the UNet that appends the grid itself, its config saying
+    4 channels as a plain UNet's does."""
+    import copy
+
+    from clipcond.pipelines.coordinates import append_coordinates
+
+    peer_class, our_class = {
+        "img2img": (StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline),
+        "inpaint": (StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline),
+    }[task]
+    parts = sd_components(unet_in_channels=6)
+    ours = _quiet(our_class(**copy.deepcopy(parts), coordinate_channels=True))
+    peer_unet = copy.deepcopy(parts.pop("unet"))
+    peer_unet.register_to_config(in_channels=4)
+    peer_unet.register_forward_pre_hook(lambda module, args: (append_coordinates(args[0]), *args[1:]))
+    peer = _quiet(
+        peer_class(
+            unet=peer_unet, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    )
+    extra = dict(mask_image=_mask(), strength=0.75) if task == "inpaint" else {}
+    expected = _run(peer, prompt="a red circle", image=_source(), **extra)
+    assert torch.equal(_run(ours, prompt="a red circle", image=_source(), **extra), expected)
+
+
+def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
+    """The time ids are made in the pipeline's dtype, as diffusers makes them: in bfloat16 a
+    size of 513 is 512 (8 bits of mantissa), and float32 ids would give another image. The
+    callback's `add_time_ids` are diffusers' tensor, dtype included."""
+    peer = _quiet(StableDiffusionXLImg2ImgPipeline(**build_sdxl().components, add_watermarker=False))
+    ours = _quiet(CLIPConditionedImg2ImgPipeline.from_pipe(peer))
+    peer.to(dtype=torch.bfloat16)  # from_pipe casts the shared modules to float32
+    seen = {}
+
+    def keep(name):
+        def callback(pipe, step, timestep, tensors):
+            seen[name] = tensors["add_time_ids"]
+            return {}
+
+        return callback
+
+    settings = dict(
+        prompt="a red circle",
+        image=_source(),
+        strength=0.6,
+        original_size=(513, 515),
+        crops_coords_top_left=(3, 259),
+        target_size=(SIDE, SIDE),
+        callback_on_step_end_tensor_inputs=["add_time_ids"],
+    )
+    expected = _run(peer, callback_on_step_end=keep("peer"), **settings)
+    got = _run(ours, callback_on_step_end=keep("ours"), **settings)
+    assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
+    assert seen["ours"][0, :4].tolist() == [512.0, 516.0, 3.0, 260.0]  # rounded: the reason this test exists
+    assert torch.equal(got, expected)
