@@ -1,6 +1,6 @@
 """What single call arguments may hold beyond their annotated type, checked before any work:
 a `generator`, the names a step callback reads, the numbers of a custom schedule, a
-`num_inference_steps` the scheduler can set. Numbers in general are read as Python's by
+`num_inference_steps` the scheduler can set, an `eta` the scheduler can step with. Numbers in general are read as Python's by
 `clipcond.scalars` at the top of each call, `clip_skip` by
 `clipcond.conditioner_setup.clip_skip_as_int`.
 """
@@ -8,6 +8,8 @@ a `generator`, the names a step callback reads, the numbers of a custom schedule
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -111,4 +113,32 @@ def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timestep
         ) from error
 
 
-__all__ = ["callback_tensor_names", "check_generator", "check_schedule_values", "check_steps_fit_scheduler"]
+def check_eta(eta: Any, scheduler: Any) -> None:
+    """`eta` (already read by `clipcond.scalars.as_float`): a finite real number; where
+    `scheduler.step` reads it (DDIM, TCD), in [0, 1], the noise weight's documented range.
+    diffusers does not check it: a non-number fails inside the first scheduler step, after the
+    prompt is encoded; TCD asserts 0 <= eta <= 1 there; DDIM's latents turn NaN above 1
+    (measured at 1.01 over 2 to 10 steps: the variance of the step's direction goes negative);
+    with a negative eta DDIM shrinks each step's direction by eta squared but adds no noise
+    (its step adds noise only for eta > 0), a sampler of neither kind. A scheduler that does
+    not read it (Euler, DPM-Solver...) ignores any number, as in diffusers.
+
+    Raises:
+        ValueError: naming `eta`, what it holds and the range.
+    """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
+        raise ValueError(f"`eta` must be a finite number (DDIM's noise weight, 0 to 1), got {eta!r}")
+    reads_eta = "eta" in inspect.signature(scheduler.step).parameters
+    if reads_eta and not 0 <= eta <= 1:
+        raise ValueError(
+            f"`eta` must be in [0, 1] for {type(scheduler).__name__} (0: deterministic, 1: the most noise), got {eta!r}"
+        )
+
+
+__all__ = [
+    "callback_tensor_names",
+    "check_eta",
+    "check_generator",
+    "check_schedule_values",
+    "check_steps_fit_scheduler",
+]

@@ -65,7 +65,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.argument_values import callback_tensor_names, check_steps_fit_scheduler
+from clipcond.pipelines.argument_values import callback_tensor_names, check_eta, check_steps_fit_scheduler
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -824,8 +824,8 @@ class CLIPConditionedPipeline(
         num_inference_steps, num_images_per_prompt, height, width = map(
             as_int, (num_inference_steps, num_images_per_prompt, height, width)
         )
-        guidance_scale, guidance_rescale, denoising_end = map(
-            as_float, (guidance_scale, guidance_rescale, denoising_end)
+        guidance_scale, guidance_rescale, denoising_end, eta = map(
+            as_float, (guidance_scale, guidance_rescale, denoising_end, eta)
         )
         clip_skip = clip_skip_as_int(clip_skip)
         check_non_finite_policy(non_finite)
@@ -861,6 +861,7 @@ class CLIPConditionedPipeline(
             denoising_end,
         )
         check_steps_fit_scheduler(self.scheduler, num_inference_steps, timesteps, sigmas)
+        check_eta(eta, self.scheduler)
         if self.unet is not None:
             self._check_unet_channels()
         self.check_vae_decodes(output_type)

@@ -10,15 +10,22 @@ scheduler left as it was. `callback_tensor_names`: the names as given."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, TCDScheduler
 
-from clipcond.pipelines.argument_values import callback_tensor_names, check_schedule_values, check_steps_fit_scheduler
+from clipcond.pipelines.argument_values import (
+    callback_tensor_names,
+    check_eta,
+    check_schedule_values,
+    check_steps_fit_scheduler,
+)
 
 EULER = EulerDiscreteScheduler(num_train_timesteps=1000)
 
@@ -162,3 +169,73 @@ def test_callback_tensor_names_that_are_no_list_of_strings_are_refused(names) ->
     assert str(refusal.value) == (
         f"`callback_on_step_end_tensor_inputs` must be a list of tensor names such as ['latents'], got {names!r}"
     )
+
+
+def _steps(scheduler_class, eta) -> torch.Tensor:
+    """The reference: `scheduler_class`'s own steps with `eta`, 3 of them, on fixed latents."""
+    scheduler = scheduler_class(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(3)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        noise = 0.5 * torch.randn(latents.shape, generator=torch.Generator().manual_seed(int(t)))
+        latents = scheduler.step(noise, t, latents, eta=eta, generator=torch.Generator().manual_seed(1)).prev_sample
+    return latents
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, TCDScheduler])
+@pytest.mark.parametrize("eta", [0, 0.3, 1.0])
+def test_an_eta_in_the_unit_range_is_taken_where_the_scheduler_reads_it(scheduler_class, eta) -> None:
+    assert torch.isfinite(_steps(scheduler_class, eta)).all()
+    check_eta(eta, scheduler_class())
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, TCDScheduler])
+@pytest.mark.parametrize("eta", [1.01, 1.5, 3])
+def test_an_eta_above_one_is_refused_where_diffusers_gives_nan_or_asserts(scheduler_class, eta) -> None:
+    try:
+        diffusers_runs = bool(torch.isfinite(_steps(scheduler_class, eta)).all())
+    except AssertionError:  # TCD: 0 <= eta <= 1
+        diffusers_runs = False
+    assert not diffusers_runs
+    expected = (
+        f"`eta` must be in [0, 1] for {scheduler_class.__name__} (0: deterministic, 1: the most noise), got {eta!r}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        check_eta(eta, scheduler_class())
+
+
+def test_a_negative_eta_is_refused_where_ddim_shrinks_its_steps_without_adding_noise() -> None:
+    """The reason, in diffusers' DDIM: with -0.4 its step reads no noise (any noise gives the
+    same latents) yet differs from the deterministic step (eta 0); TCD asserts."""
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(3)
+    latents, model_output, noise = torch.randn(3, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = scheduler.timesteps[0]
+
+    def step(eta, variance_noise):
+        return scheduler.step(model_output, t, latents, eta=eta, variance_noise=variance_noise).prev_sample
+
+    assert torch.equal(step(-0.4, noise), step(-0.4, 3 * noise))
+    assert not torch.allclose(step(-0.4, noise), step(0.0, noise), atol=1e-3)
+    with pytest.raises(AssertionError):
+        _steps(TCDScheduler, -0.4)
+    for scheduler_class in (DDIMScheduler, TCDScheduler):
+        expected = (
+            f"`eta` must be in [0, 1] for {scheduler_class.__name__} (0: deterministic, 1: the most noise), got -0.4"
+        )
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            check_eta(-0.4, scheduler_class())
+
+
+@pytest.mark.parametrize("eta", ["0.5", None, math.nan, math.inf, True, [0.5], torch.tensor([0.5]), object()], ids=repr)
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
+def test_an_eta_that_is_no_finite_number_is_refused_under_any_scheduler(scheduler_class, eta) -> None:
+    with pytest.raises(ValueError) as refusal:
+        check_eta(eta, scheduler_class())
+    assert str(refusal.value) == f"`eta` must be a finite number (DDIM's noise weight, 0 to 1), got {eta!r}"
+
+
+@pytest.mark.parametrize("eta", [-1, 1.5, 40.0])
+def test_a_scheduler_that_does_not_read_eta_ignores_any_number_as_in_diffusers(eta) -> None:
+    assert "eta" not in inspect.signature(EulerDiscreteScheduler.step).parameters
+    check_eta(eta, EulerDiscreteScheduler())

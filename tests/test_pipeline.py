@@ -262,6 +262,8 @@ def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, m
         (dict(prompt="a", timesteps=["a", "b"]), r"^`timesteps` must be a flat list of real numbers"),
         (dict(prompt="a", sigmas=[float("nan"), 1.0]), r"^`sigmas` must hold finite numbers"),
         (dict(prompt="a", guidance_rescale=-0.1), "guidance_rescale"),
+        (dict(prompt="a", eta="0.5"), r"^`eta` must be a finite number"),
+        (dict(prompt="a", eta=1.5), r"^`eta` must be in \[0, 1\] for DDIMScheduler"),
         (dict(prompt="a", guidance_rescale=float("nan")), "guidance_rescale"),
         (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
         (dict(prompt="a", callback_on_step_end="print"), "callback_on_step_end"),
@@ -306,6 +308,8 @@ def _interrupt_after_the_first_step(pipe, step, timestep, tensors):
     "scheduler, kwargs",
     [
         ("DDIMScheduler", dict(guidance_rescale=0.7)),
+        ("DDIMScheduler", dict(eta=0.6)),
+        ("TCDScheduler", dict(eta=1)),
         ("EulerDiscreteScheduler", dict(timesteps=[999, 600, 250, 40])),
         ("EulerDiscreteScheduler", dict(sigmas=[14.6, 3.0, 0.8, 0.1])),
         ("DDIMScheduler", dict(callback_on_step_end=_scale_latents_once)),
