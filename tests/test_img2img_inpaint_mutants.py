@@ -318,9 +318,7 @@ def test_a_latent_unet_reading_coordinate_channels_runs_as_diffusers_with_the_gr
     peer_unet.register_to_config(in_channels=4)
     peer_unet.register_forward_pre_hook(lambda module, args: (append_coordinates(args[0]), *args[1:]))
     peer = _quiet(
-        peer_class(
-            unet=peer_unet, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        peer_class(unet=peer_unet, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     )
     extra = dict(mask_image=_mask(), strength=0.75) if task == "inpaint" else {}
     expected = _run(peer, prompt="a red circle", image=_source(), **extra)
@@ -357,3 +355,30 @@ def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
     assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
     assert seen["ours"][0, :4].tolist() == [512.0, 516.0, 3.0, 260.0]  # rounded: the reason this test exists
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_given_prompt_embeddings_set_the_batch_the_sources_must_fit_as_diffusers(task) -> None:
+    """`prompt_embeds` (2 rows) and `negative_prompt_embeds` instead of text: two source images
+    (and masks) give diffusers' two images; three are refused before any work, the count
+    read from the embeddings."""
+    peer_class, our_class = {
+        "img2img": (StableDiffusionImg2ImgPipeline, CLIPConditionedImg2ImgPipeline),
+        "inpaint": (StableDiffusionInpaintPipeline, CLIPConditionedInpaintPipeline),
+    }[task]
+    peer = _quiet(
+        peer_class(**sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    )
+    ours = _quiet(our_class.from_pipe(peer))
+    embeds, negative = peer.encode_prompt(["a red circle", "two blue squares"], "cpu", 1, True, ["dark", ""])
+    images = torch.rand(3, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
+    masks = _mask().repeat(3, 1, 1, 1)
+
+    def sources(count):
+        return dict(image=images[:count], **(dict(mask_image=masks[:count]) if task == "inpaint" else {}))
+
+    settings = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, strength=0.75)
+    expected = _run(peer, **settings, **sources(2))
+    assert expected.shape[0] == 2 and torch.equal(_run(ours, **settings, **sources(2)), expected)
+    with pytest.raises(ValueError, match="`image` has 3 images"):
+        _run(ours, **settings, **sources(3))
