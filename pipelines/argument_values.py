@@ -92,18 +92,35 @@ def check_schedule_values(name: str, schedule: Any) -> None:
 
 
 def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timesteps: Any, sigmas: Any) -> None:
-    """Set `num_inference_steps` on a copy of `scheduler`, as the call will, so that a number it
-    refuses fails before any work: DDIM, DDPM and LCM take at most their
-    `num_train_timesteps` (diffusers raises that ValueError after the prompt is encoded).
-    Custom `timesteps` or `sigmas` are set, and checked, where the call sets them.
+    """Set the call's schedule on a copy of `scheduler`, as the call will, so that one it
+    refuses, or one that leaves no step to run, fails before any work: DDIM, DDPM and LCM take
+    at most their `num_train_timesteps` steps, DDPM and LCM custom `timesteps` in descending
+    order only (diffusers raises those ValueErrors after the prompt is encoded), and Euler's
+    schedulers read the last custom sigma as where the last step ends, so one sigma is no step
+    (diffusers then runs none and returns the starting noise). The custom values themselves
+    are checked first (`check_schedule_values`).
 
     Raises:
-        ValueError: naming `num_inference_steps`, with the scheduler's reason.
+        ValueError: naming `num_inference_steps`, `timesteps` or `sigmas`, with the scheduler's
+            reason.
     """
-    if timesteps is not None or sigmas is not None:
+    probe = copy.deepcopy(scheduler)
+    name = "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
+    if name is not None:
+        values = timesteps if timesteps is not None else sigmas
+        try:
+            probe.set_timesteps(device="cpu", **{name: values})
+        except ValueError as error:
+            reason = " ".join(str(error).split())
+            raise ValueError(f"`{name}` {values!r} cannot be set on {type(scheduler).__name__}: {reason}") from error
+        if len(probe.timesteps) == 0:
+            ends = " (it reads the last sigma as where the last step ends)" if name == "sigmas" else ""
+            raise ValueError(
+                f"`{name}` {values!r} leaves {type(scheduler).__name__} no step to run{ends}; give more values"
+            )
         return
     try:
-        copy.deepcopy(scheduler).set_timesteps(num_inference_steps, device="cpu")
+        probe.set_timesteps(num_inference_steps, device="cpu")
     except ValueError as error:
         limit = getattr(scheduler.config, "num_train_timesteps", None)
         most = "" if limit is None else f" (at most its num_train_timesteps, {limit})"

@@ -63,7 +63,11 @@ class CallInputChecks:
         for name, value in (("height", height), ("width", width)):
             if not image_size_fits(value, self.vae_scale_factor):
                 raise ValueError(f"`{name}` must be {image_size_rule(self.vae_scale_factor)}, got {value!r}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not math.isfinite(guidance_scale)
+        ):
             raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
         check_images_per_prompt(num_images_per_prompt)
         self.check_negative_length(prompt_embeds, negative_prompt, negative_prompt_embeds, self._guides(guidance_scale))

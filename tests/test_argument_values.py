@@ -135,11 +135,50 @@ def test_a_count_the_scheduler_refuses_is_named_with_its_reason_and_the_schedule
 
 
 @pytest.mark.parametrize("custom", [dict(timesteps=[999, 500]), dict(sigmas=[14.6, 1.0])])
-def test_a_custom_schedule_is_not_counted_here(custom) -> None:
-    """The count is then the schedule's (set, and checked, where the call sets it)."""
-    check_steps_fit_scheduler(
-        DDIMScheduler(num_train_timesteps=1000), 5000, custom.get("timesteps"), custom.get("sigmas")
+def test_a_custom_schedule_is_set_on_a_copy_and_the_step_count_is_not_read(custom) -> None:
+    """The count is then the schedule's: 5000 steps (more than Euler can set) are not read,
+    and the scheduler keeps its own schedule."""
+    scheduler = copy.deepcopy(EULER)
+    scheduler.set_timesteps(4)
+    before = scheduler.timesteps.clone()
+    check_steps_fit_scheduler(scheduler, 5000, custom.get("timesteps"), custom.get("sigmas"))
+    assert torch.equal(scheduler.timesteps, before)
+
+
+@pytest.mark.parametrize("sigmas", [[5.0], torch.tensor([0.0]), np.array([1.0])], ids=["list", "tensor", "numpy"])
+def test_one_sigma_that_leaves_euler_no_step_is_refused_by_name(sigmas) -> None:
+    """diffusers' Euler reads the last sigma as where the last step ends: one sigma sets no
+    timestep (SDXL's pipeline then runs no step and returns the starting noise). A flow-match
+    scheduler appends the end itself and is left its one step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    reference = copy.deepcopy(EULER)
+    reference.set_timesteps(sigmas=sigmas)
+    assert len(reference.timesteps) == 0
+    expected = (
+        f"`sigmas` {sigmas!r} leaves EulerDiscreteScheduler no step to run (it reads the last sigma as where the "
+        "last step ends); give more values"
     )
+    with pytest.raises(ValueError) as refusal:
+        check_steps_fit_scheduler(EULER, None, None, sigmas)
+    assert str(refusal.value) == expected
+    check_steps_fit_scheduler(EULER, None, None, [5.0, 0.0])
+    check_steps_fit_scheduler(FlowMatchEulerDiscreteScheduler(), None, None, [1.0])
+
+
+@pytest.mark.parametrize("scheduler_name", ["LCMScheduler", "DDPMScheduler"])
+def test_timesteps_a_scheduler_cannot_set_are_named_with_its_reason(scheduler_name) -> None:
+    import diffusers
+
+    scheduler = getattr(diffusers, scheduler_name)()
+    with pytest.raises(ValueError) as reason:  # the reference: the scheduler's own refusal
+        copy.deepcopy(scheduler).set_timesteps(timesteps=[10, 500])
+    with pytest.raises(ValueError) as refusal:
+        check_steps_fit_scheduler(scheduler, None, [10, 500], None)
+    assert str(refusal.value) == (
+        f"`timesteps` [10, 500] cannot be set on {scheduler_name}: " + " ".join(str(reason.value).split())
+    )
+    check_steps_fit_scheduler(scheduler, None, [500, 10], None)
 
 
 def test_a_scheduler_without_a_training_count_is_named_without_one() -> None:

@@ -251,6 +251,7 @@ def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, m
         (dict(prompt="a", width=0), "width"),
         (dict(prompt="a", num_inference_steps=0), "num_inference_steps"),
         (dict(prompt="a", guidance_scale=float("nan")), "guidance_scale"),
+        (dict(prompt="a", guidance_scale=True), r"^`guidance_scale` must be a finite number, got True$"),
         (dict(prompt=["a", "b"], negative_prompt=["c"]), "negative_prompt"),
         (dict(), "exactly one of"),
         (dict(prompt="a", prompt_embeds=torch.zeros(1, 77, 32)), "exactly one of"),
@@ -285,6 +286,40 @@ def test_bad_input_fails_before_any_work(sd_pipe, kwargs, message, monkeypatch) 
     with pytest.raises((ValueError, TypeError), match=message):
         pipe(**{"num_inference_steps": 2, **kwargs})
     assert not calls
+
+
+@pytest.mark.parametrize(
+    "scheduler, custom, message",
+    [
+        ("EulerDiscreteScheduler", dict(sigmas=[5.0]), r"^`sigmas` \[5.0\] leaves EulerDiscreteScheduler no step"),
+        ("LCMScheduler", dict(timesteps=[10, 500]), r"^`timesteps` \[10, 500\] cannot be set on LCMScheduler: "),
+    ],
+    ids=["one_sigma", "ascending_timesteps"],
+)
+def test_a_custom_schedule_the_scheduler_cannot_run_is_refused_before_the_text_encoder(
+    sd_pipe, scheduler, custom, message, monkeypatch
+) -> None:
+    """Stable Diffusion encodes the prompt first, then fails in the scheduler (LCM) or runs no
+    step at all and returns the starting noise (one Euler sigma); here each is refused first."""
+    import diffusers
+
+    peer, ours = copy.copy(sd_pipe), ours_from(sd_pipe)
+    for pipe in (peer, ours):
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(sd_pipe.scheduler.config)
+    encoded, unet_calls = [], []
+    monkeypatch.setattr(sd_pipe.text_encoder, "forward", lambda *a, **k: encoded.append(1) or (torch.zeros(1, 77, 32),))
+    monkeypatch.setattr(sd_pipe.unet, "forward", lambda *a, **k: unet_calls.append(1))
+    settings = dict(prompt="a red circle", num_inference_steps=None, output_type="latent", **custom)
+    if scheduler == "LCMScheduler":
+        with pytest.raises(ValueError, match="must be in descending order"):
+            peer(**settings)
+    else:
+        peer(**settings)
+    assert encoded and not unet_calls  # the peer encoded, then ran no step (or failed)
+    encoded.clear()
+    with pytest.raises(ValueError, match=message):
+        ours(**settings)
+    assert not encoded and not unet_calls
 
 
 def _scale_latents_once(pipe, step, timestep, tensors):
