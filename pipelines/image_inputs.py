@@ -146,19 +146,25 @@ def holds_latents(value: Any, latent_channels: int) -> bool:
     return isinstance(first, torch.Tensor) and first.ndim in (3, 4) and first.shape[-3] == latent_channels
 
 
-def steps_after_strength(num_inference_steps: int, strength: Any) -> int:
+def steps_after_strength(num_inference_steps: int, strength: Any, custom_schedule: str | None = None) -> int:
     """How many of `num_inference_steps` run at `strength` (the last ones): diffusers'
     `get_timesteps`, `min(int(steps * strength), steps)`, multiplied in the precision of
     `strength` (a Python, numpy or 0-d tensor number in [0, 1]) as diffusers multiplies it.
+    `custom_schedule`: "timesteps" or "sigmas" when the steps are those a custom schedule
+    sets (the refusal then says to give more of them, not more `num_inference_steps`).
 
     Raises:
         ValueError: none would run (`strength` too small for that many steps).
     """
     steps = min(int(num_inference_steps * strength), num_inference_steps)
     if steps < 1:
+        shown = as_float(strength)
+        if custom_schedule is None:
+            of, more = f"num_inference_steps={num_inference_steps} steps", "`num_inference_steps`"
+        else:
+            of, more = f"the {num_inference_steps} steps `{custom_schedule}` sets", f"give more `{custom_schedule}`"
         raise ValueError(
-            f"`strength` {as_float(strength)} runs int({num_inference_steps} x {as_float(strength)}) = 0 of num_inference_steps="
-            f"{num_inference_steps} steps; raise `strength` or `num_inference_steps`"
+            f"`strength` {shown} runs int({num_inference_steps} x {shown}) = 0 of {of}; raise `strength` or {more}"
         )
     return steps
 

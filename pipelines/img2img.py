@@ -95,9 +95,10 @@ class SourceImageSteps:
         """
         denoising_start = self._source.denoising_start
         if denoising_start is None:
+            custom = "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
             return EditSteps(
                 steps_after_strength(
-                    self._scheduler_steps(num_inference_steps, timesteps, sigmas), self._source.strength
+                    self._scheduler_steps(num_inference_steps, timesteps, sigmas), self._source.strength, custom
                 )
             )
         # Where `denoising_start` cuts depends on the timesteps themselves: set them here (the

@@ -174,8 +174,23 @@ def test_steps_after_strength_are_diffusers_get_timesteps(steps, strength, kept)
 
 
 def test_a_strength_that_runs_no_step_is_refused_with_both_numbers() -> None:
-    with pytest.raises(ValueError, match=r"`strength` 0.09 runs int\(10 x 0.09\) = 0 of num_inference_steps=10 steps"):
+    expected = (
+        "`strength` 0.09 runs int(10 x 0.09) = 0 of num_inference_steps=10 steps; raise `strength` or "
+        "`num_inference_steps`"
+    )
+    with pytest.raises(ValueError) as refusal:
         steps_after_strength(10, 0.09)
+    assert str(refusal.value) == expected
+
+
+@pytest.mark.parametrize("custom", ["timesteps", "sigmas"])
+def test_a_strength_that_runs_none_of_a_custom_schedule_says_to_give_more_of_it(custom) -> None:
+    expected = (
+        f"`strength` 0.3 runs int(3 x 0.3) = 0 of the 3 steps `{custom}` sets; raise `strength` or give more `{custom}`"
+    )
+    with pytest.raises(ValueError) as refusal:
+        steps_after_strength(3, 0.3, custom)
+    assert str(refusal.value) == expected
 
 
 @pytest.mark.parametrize("count, outputs", [(1, 1), (1, 4), (2, 4), (3, 6), (4, 4)])

@@ -382,3 +382,23 @@ def test_given_prompt_embeddings_set_the_batch_the_sources_must_fit_as_diffusers
     assert expected.shape[0] == 2 and torch.equal(_run(ours, **settings, **sources(2)), expected)
     with pytest.raises(ValueError, match="`image` has 3 images"):
         _run(ours, **settings, **sources(3))
+
+
+@pytest.mark.parametrize("custom", [dict(timesteps=[999, 600, 300]), dict(sigmas=[14.6, 6.0, 1.0, 0.0])])
+def test_a_strength_that_runs_none_of_a_custom_schedule_names_the_schedule_before_any_work(custom) -> None:
+    """Three steps at strength 0.3 run none; the refusal counts the schedule's steps and says to
+    give more of them (raising `num_inference_steps` would change nothing)."""
+    from diffusers import EulerDiscreteScheduler
+
+    parts = sd_components()
+    parts["scheduler"] = EulerDiscreteScheduler.from_config(parts["scheduler"].config)
+    pipe = _quiet(CLIPConditionedImg2ImgPipeline(**parts))
+    calls = []
+    pipe.text_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    (name,) = custom
+    expected = (
+        f"`strength` 0.3 runs int(3 x 0.3) = 0 of the 3 steps `{name}` sets; raise `strength` or give more `{name}`"
+    )
+    with pytest.raises(ValueError) as refusal:
+        _run(pipe, prompt="a red circle", image=_source(), strength=0.3, num_inference_steps=None, **custom)
+    assert str(refusal.value) == expected and not calls
