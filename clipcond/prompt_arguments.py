@@ -66,8 +66,15 @@ def check_images_per_prompt(num_images_per_prompt: Any) -> int:
 
 
 def check_readers(readers: Sequence[str], given: Mapping[str, Any], recipe_name: str) -> None:
-    """A ValueError naming the first argument in `given` (name -> value, None = not given)
-    that no encoder reads; `readers` are `Family.prompt_readers` of the conditioner."""
+    """A TypeError naming the first argument in `given` (name -> value, None = not given)
+    that is no text (a string, or a list or tuple, whose items are checked where it is read),
+    then a ValueError naming the first one no encoder reads; `readers` are
+    `Family.prompt_readers` of the conditioner. Checked first, so that a falsy non-text (0, {},
+    a zero tensor) is not read as "left out" (diffusers' `prompt_2 or prompt` reads it so)
+    and a tensor is not asked for its truth value."""
+    for name, value in given.items():
+        if value is not None and not isinstance(value, (str, list, tuple)):
+            raise TypeError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}")
     for name, value in given.items():
         if value is None or name.removeprefix("negative_") in readers:
             continue

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import tiny_pipelines
 import torch
 from tensor_checks import close, differs
 
-from clipcond import TextConditioner
+from clipcond import CLIPConditionedPipeline, TextConditioner
 from clipcond.cache_key import prompt_keys, reading_keys
 
 PROMPTS = ["a photo of an astronaut riding a horse", "Two RED circles to the left of a blue square"]
@@ -191,6 +192,34 @@ def test_bad_per_encoder_prompts_are_named(sdxl_pipe):
         cond.encode(PROMPTS, prompt_2=5)
     with pytest.raises(TypeError, match="`negative_prompt_2` must contain only strings, but item 1 is int"):
         cond.pipeline_kwargs(PROMPTS, "blurry", negative_prompt_2=["ugly", 3])
+
+
+@pytest.mark.parametrize(
+    "value", [0, {}, torch.zeros(1), torch.zeros(2), np.zeros(1), 0.0], ids=["0", "dict", "t1", "t2", "np", "float"]
+)
+@pytest.mark.parametrize("name", ["prompt_2", "negative_prompt_2"])
+def test_a_per_encoder_argument_that_is_no_text_is_refused_even_when_falsy(sdxl_pipe, name, value, request):
+    """A falsy non-text is not taken as "left out" (which would encode `prompt` silently), nor
+    is a tensor asked for its truth value; each method names the argument, as the pipeline does."""
+    cond = TextConditioner.from_pipeline(sdxl_pipe)
+    expected = f"^`{name}` must be a string or a list of strings, got {type(value).__name__}$"
+    calls = []
+    hook = sdxl_pipe.text_encoder.register_forward_pre_hook(lambda *a: calls.append(1))  # a shared fixture
+    request.addfinalizer(hook.remove)
+    attempts = [
+        lambda: cond.pipeline_kwargs(PROMPTS, "blurry", **{name: value}),
+        lambda: cond.schedule(PROMPTS, 4, "blurry", **{name: value}),
+    ]
+    if not name.startswith("negative_"):
+        attempts.append(lambda: cond.encode(PROMPTS, **{name: value}))
+    for attempt in attempts:
+        with pytest.raises(TypeError, match=expected):
+            attempt()
+    assert not calls
+    pipe = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    with pytest.raises(TypeError, match=expected):
+        pipe(prompt=PROMPTS, negative_prompt="blurry", num_inference_steps=2, **{name: value})
+    assert not calls
 
 
 def _one_clip(pipe, index, emphasis):
