@@ -166,6 +166,22 @@ def test_one_sigma_that_leaves_euler_no_step_is_refused_by_name(sigmas) -> None:
     check_steps_fit_scheduler(FlowMatchEulerDiscreteScheduler(), None, None, [1.0])
 
 
+def test_timesteps_that_leave_a_scheduler_no_step_are_refused_without_the_sigma_note() -> None:
+    """No diffusers scheduler drops given timesteps; one that did (a stand-in) is refused
+    naming `timesteps`, without Euler's note about the last sigma."""
+
+    class Dropping:
+        config = SimpleNamespace()
+        timesteps = torch.tensor([999, 500])
+
+        def set_timesteps(self, timesteps=None, device=None):
+            self.timesteps = torch.tensor([], dtype=torch.long)
+
+    with pytest.raises(ValueError) as refusal:
+        check_steps_fit_scheduler(Dropping(), None, [999, 500], None)
+    assert str(refusal.value) == "`timesteps` [999, 500] leaves Dropping no step to run; give more values"
+
+
 @pytest.mark.parametrize("scheduler_name", ["LCMScheduler", "DDPMScheduler"])
 def test_timesteps_a_scheduler_cannot_set_are_named_with_its_reason(scheduler_name) -> None:
     import diffusers
