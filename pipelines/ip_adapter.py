@@ -97,7 +97,7 @@ def check_faceid_plus_clip_embeds(index: int, layer: Any, id_rows: int | None) -
         )
 
 
-def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.Tensor], images_count: int = 1) -> None:
+def check_embeds_fit_projections(unet: Any, ip_adapter_image_embeds: list[torch.Tensor], images_count: int) -> None:
     """Refuse embeddings (one per adapter of `unet`, in order) of a rank or width that the
     matching adapter's image projection cannot read, and a FaceID-plus adapter's `clip_embeds`
     that do not fit them (`check_faceid_plus_clip_embeds`); diffusers fails on them inside the

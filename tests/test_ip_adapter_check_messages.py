@@ -247,14 +247,18 @@ def test_faceid_plus_clip_embeds_are_refused_exactly_where_diffusers_fails(
 
 
 @pytest.mark.parametrize("image_input", [False, True], ids=["embeds", "image"])
-def test_faceid_plus_without_clip_embeds_is_refused_naming_where_to_set_them(image_input) -> None:
-    pipe, projection = _faceid_plus_pipe(None)
+@pytest.mark.parametrize("clip_embeds", [None, [torch.randn(2, 1, 3, 16)]], ids=["unset", "the_list_prepare_returns"])
+def test_faceid_plus_without_clip_embeds_is_refused_naming_where_to_set_them(image_input, clip_embeds) -> None:
+    """Unset, or set to the list `prepare_ip_adapter_image_embeds` returns instead of its
+    first entry: diffusers fails at `clip_embeds.dtype` in the UNet's first step."""
+    pipe, projection = _faceid_plus_pipe(clip_embeds)
     ids = torch.randn(2, 1, 12)
-    with pytest.raises(AttributeError):  # diffusers: 'NoneType' object has no attribute 'dtype'
+    with pytest.raises(AttributeError):  # diffusers: '... object has no attribute 'dtype'
         projection([ids])
     expected = (
         "IP-Adapter 0 (FaceID-plus) also reads the face image's CLIP hidden states from "
-        "`pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds`, which holds NoneType: set it before "
+        "`pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds`, which holds "
+        f"{type(clip_embeds).__name__}: set it before "
         "the call, to `pipe.prepare_ip_adapter_image_embeds(face_image, None, device, images, "
         "do_classifier_free_guidance)[0]`"
     )
