@@ -1,6 +1,7 @@
 """What single call arguments may hold beyond their annotated type, checked before any work:
 a `generator`, the names a step callback reads, the numbers of a custom schedule, a
-`num_inference_steps` the scheduler can set, an `eta` the scheduler can step with. Numbers in general are read as Python's by
+`num_inference_steps` the scheduler can set, an `eta` the scheduler can step with, and
+`encode_prompt`'s `device` and `do_classifier_free_guidance`. Numbers in general are read as Python's by
 `clipcond.scalars` at the top of each call, `clip_skip` by
 `clipcond.conditioner_setup.clip_skip_as_int`.
 """
@@ -152,9 +153,42 @@ def check_eta(eta: Any, scheduler: Any) -> None:
         )
 
 
+def check_device(device: Any) -> None:
+    """`device` as torch reads it: a `torch.device`, a device string ("cuda:0", "cpu") or
+    an index (0 is "cuda:0"), or None. Anything else failed at the first `.to(device)`, after
+    the prompt was encoded.
+
+    Raises:
+        TypeError: naming `device` and what it holds.
+    """
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise TypeError(
+            f"`device` must be a torch.device, a device string such as 'cuda:0' or 'cpu', or a device index, got "
+            f"{device!r}"
+        ) from error
+
+
+def check_flag(name: str, value: Any) -> None:
+    """`value` as a yes or no: a bool (numpy's too). diffusers reads any object's truth, so
+    a string or a number passed by mistake silently picks one; a tensor of several values
+    fails with torch's "ambiguous" error, naming nothing.
+
+    Raises:
+        TypeError: naming `name` and the type found.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}: {value!r}")
+
+
 __all__ = [
     "callback_tensor_names",
+    "check_device",
     "check_eta",
+    "check_flag",
     "check_generator",
     "check_schedule_values",
     "check_steps_fit_scheduler",

@@ -65,7 +65,13 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
-from clipcond.pipelines.argument_values import callback_tensor_names, check_eta, check_steps_fit_scheduler
+from clipcond.pipelines.argument_values import (
+    callback_tensor_names,
+    check_device,
+    check_eta,
+    check_flag,
+    check_steps_fit_scheduler,
+)
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -677,12 +683,15 @@ class CLIPConditionedPipeline(
         Raises:
             ValueError, TypeError: as `__call__` checks them: not exactly one of `prompt` and
                 `prompt_embeds`, a `num_images_per_prompt` that is not an int >= 1 (numpy's
-                integers are ints), a bad `clip_skip`; text to encode but no text encoder or
+                integers are ints), a bad `clip_skip`; a `device` torch cannot read, a
+                `do_classifier_free_guidance` that is no bool; text to encode but no text encoder or
                 tokenizer (names the missing ones), or `prompt_2` / `negative_prompt_2` where no
                 encoder reads them or beside their embeddings.
         """
         num_images_per_prompt = as_int(num_images_per_prompt)  # numpy's integers, as diffusers takes them
         check_images_per_prompt(num_images_per_prompt)
+        check_device(device)
+        check_flag("do_classifier_free_guidance", do_classifier_free_guidance)
         clip_skip = clip_skip_as_int(clip_skip)
         count = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         self.check_negative_length(prompt_embeds, negative_prompt, negative_prompt_embeds, do_classifier_free_guidance)

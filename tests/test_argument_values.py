@@ -22,7 +22,9 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, TCDScheduler
 
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
+    check_device,
     check_eta,
+    check_flag,
     check_schedule_values,
     check_steps_fit_scheduler,
 )
@@ -294,3 +296,31 @@ def test_an_eta_that_is_no_finite_number_is_refused_under_any_scheduler(schedule
 def test_a_scheduler_that_does_not_read_eta_ignores_any_number_as_in_diffusers(eta) -> None:
     assert "eta" not in inspect.signature(EulerDiscreteScheduler.step).parameters
     check_eta(eta, EulerDiscreteScheduler())
+
+
+@pytest.mark.parametrize("device", [None, "cpu", "cuda:1", 0, torch.device("cpu"), "meta"])
+def test_every_device_torch_reads_is_taken(device) -> None:
+    check_device(device)
+
+
+@pytest.mark.parametrize("device", [object(), "abc", -1, 1.5, True, ["cpu"]], ids=repr)
+def test_a_device_torch_cannot_read_is_refused_by_name(device) -> None:
+    with pytest.raises((TypeError, RuntimeError)):  # the reference: torch's own refusal
+        torch.device(device)
+    with pytest.raises(TypeError) as refusal:
+        check_device(device)
+    assert str(refusal.value) == (
+        f"`device` must be a torch.device, a device string such as 'cuda:0' or 'cpu', or a device index, got {device!r}"
+    )
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), np.array(3) > 2])
+def test_bools_numpy_bools_included_are_flags(value) -> None:
+    check_flag("do_classifier_free_guidance", value)
+
+
+@pytest.mark.parametrize("value", ["False", 0, 1.0, None, torch.ones(2), [True]], ids=repr)
+def test_anything_else_is_no_flag(value) -> None:
+    with pytest.raises(TypeError) as refusal:
+        check_flag("do_classifier_free_guidance", value)
+    assert str(refusal.value) == f"`do_classifier_free_guidance` must be a bool, got {type(value).__name__}: {value!r}"

@@ -145,6 +145,31 @@ def test_encode_prompt_takes_a_numpy_count_as_diffusers_does(sd) -> None:
         assert torch.equal(actual, wanted)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(device=object()), r"^`device` must be a torch.device, a device string"),
+        (dict(device="gpu"), r"^`device` must be a torch.device, a device string"),
+        (dict(do_classifier_free_guidance="False"), r"^`do_classifier_free_guidance` must be a bool, got str"),
+        (dict(do_classifier_free_guidance=torch.ones(2)), r"^`do_classifier_free_guidance` must be a bool, got Tensor"),
+    ],
+    ids=["object_device", "unknown_device", "string_flag", "tensor_flag"],
+)
+def test_encode_prompt_refuses_a_device_or_flag_it_cannot_read_before_encoding(sd, kwargs, message) -> None:
+    """diffusers encodes first, then fails at `.to(device)` (or reads "False" as true, or asks
+    a tensor its truth); ours refuses before the text encoder runs."""
+    _, ours = sd
+    settings = dict(prompt="a red fox", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    settings.update(kwargs)
+    counter = ForwardCounter(ours.text_encoder)
+    try:
+        with pytest.raises(TypeError, match=message):
+            ours.encode_prompt(**settings)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+
+
 # ---------------------------------------------------------------------------- clip_skip
 
 
