@@ -153,6 +153,26 @@ def check_eta(eta: Any, scheduler: Any) -> None:
         )
 
 
+def check_cross_attention_kwargs(cross_attention_kwargs: Any) -> None:
+    """None, or a dict of keyword arguments for the attention processors (its "scale": a
+    LoRA's, checked where it is read). Keys that are no strings cannot be keyword arguments:
+    Python's "keywords must be strings" named nothing.
+
+    Raises:
+        TypeError: naming `cross_attention_kwargs` and what it holds.
+    """
+    if cross_attention_kwargs is None:
+        return
+    if not isinstance(cross_attention_kwargs, dict):
+        raise TypeError(f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}")
+    keys = [key for key in cross_attention_kwargs if not isinstance(key, str)]
+    if keys:
+        raise TypeError(
+            "`cross_attention_kwargs` must have strings as keys (the attention processors' argument names, such as "
+            f"'scale'), got {keys[0]!r}"
+        )
+
+
 def check_device(device: Any) -> None:
     """`device` as torch reads it: a `torch.device`, a device string ("cuda:0", "cpu") or
     an index (0 is "cuda:0"), or None. Anything else failed at the first `.to(device)`, after
@@ -186,6 +206,7 @@ def check_flag(name: str, value: Any) -> None:
 
 __all__ = [
     "callback_tensor_names",
+    "check_cross_attention_kwargs",
     "check_device",
     "check_eta",
     "check_flag",

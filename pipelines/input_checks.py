@@ -16,7 +16,7 @@ import torch
 from clipcond.conditioning import as_prompt_list
 from clipcond.encoders import TextEncoder
 from clipcond.families import FAMILIES
-from clipcond.pipelines.argument_values import check_generator, check_schedule_values
+from clipcond.pipelines.argument_values import check_cross_attention_kwargs, check_generator, check_schedule_values
 from clipcond.prompt_arguments import check_images_per_prompt, check_readers, texts_or_default
 
 
@@ -258,10 +258,7 @@ class CallInputChecks:
             or guidance_rescale < 0
         ):
             raise ValueError(f"`guidance_rescale` must be a finite number >= 0, got {guidance_rescale!r}")
-        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise TypeError(
-                f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}"
-            )
+        check_cross_attention_kwargs(cross_attention_kwargs)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError("`callback_on_step_end` must be callable: (pipe, step, timestep, tensors) -> dict")
         unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))

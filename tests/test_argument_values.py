@@ -22,6 +22,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, TCDScheduler
 
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
+    check_cross_attention_kwargs,
     check_device,
     check_eta,
     check_flag,
@@ -324,3 +325,29 @@ def test_anything_else_is_no_flag(value) -> None:
     with pytest.raises(TypeError) as refusal:
         check_flag("do_classifier_free_guidance", value)
     assert str(refusal.value) == f"`do_classifier_free_guidance` must be a bool, got {type(value).__name__}: {value!r}"
+
+
+@pytest.mark.parametrize("kwargs", [None, {}, {"scale": 0.5}, {"scale": 0.5, "ip_adapter_masks": None}])
+def test_cross_attention_kwargs_as_diffusers_passes_them_are_taken(kwargs) -> None:
+    check_cross_attention_kwargs(kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ([("scale", 0.5)], "must be a dict or None, got list"),
+        ({1: 2}, "must have strings as keys (the attention processors' argument names, such as 'scale'), got 1"),
+        (
+            {"scale": 0.5, b"x": 1},
+            "must have strings as keys (the attention processors' argument names, such as 'scale'), got b'x'",
+        ),
+    ],
+    ids=["list", "int_key", "bytes_key"],
+)
+def test_cross_attention_kwargs_that_cannot_be_keyword_arguments_are_refused(kwargs, message) -> None:
+    if isinstance(kwargs, dict):
+        with pytest.raises(TypeError, match="keywords must be strings"):  # the reference: Python's own
+            dict(**kwargs)
+    with pytest.raises(TypeError) as refusal:
+        check_cross_attention_kwargs(kwargs)
+    assert str(refusal.value) == f"`cross_attention_kwargs` {message}"

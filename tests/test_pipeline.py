@@ -267,6 +267,7 @@ def test_nan_latents_raise_before_decoding_or_warn_when_asked(sd_pipe, caplog, m
         (dict(prompt="a", eta=1.5), r"^`eta` must be in \[0, 1\] for DDIMScheduler"),
         (dict(prompt="a", guidance_rescale=float("nan")), "guidance_rescale"),
         (dict(prompt="a", cross_attention_kwargs=[("scale", 0.5)]), "cross_attention_kwargs"),
+        (dict(prompt="a", cross_attention_kwargs={1: 0.5}), r"^`cross_attention_kwargs` must have strings as keys"),
         (dict(prompt="a", callback_on_step_end="print"), "callback_on_step_end"),
         (dict(prompt="a", clip_skip=-1), "clip_skip"),
         (dict(prompt="a", negative_prompt="b", negative_prompt_embeds=torch.zeros(1, 77, 32)), "at most one of"),
