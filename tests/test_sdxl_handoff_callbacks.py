@@ -301,6 +301,13 @@ def test_the_hand_off_refusals_in_full(sdxl) -> None:
         "the pipeline's schedule has 8 denoising steps (`denoising_start` 0.5: this call runs a part of them) but "
         "the prompt's schedule was made for 4: give `pipeline_kwargs` its whole schedule" + tail
     )
+    with pytest.raises(ValueError) as refusal:  # a middle model of three: both ends named
+        refiner(**kwargs, **settings, image=torch.zeros(1, 4, 4, 4), denoising_start=0.25, denoising_end=0.75)
+    assert str(refusal.value) == (
+        "the pipeline's schedule has 8 denoising steps (`denoising_start` 0.25 and `denoising_end` 0.75: this call "
+        "runs a part of them) but the prompt's schedule was made for 4: give `pipeline_kwargs` its whole schedule"
+        + tail
+    )
 
 
 def test_a_refiner_given_its_first_steps_embeddings_runs_under_guidance(sdxl) -> None:
