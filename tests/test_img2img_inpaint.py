@@ -77,6 +77,15 @@ def run(pipe, seed: int = 0, **kwargs):
     return images
 
 
+def _barely_red_box(height: int = 48, width: int = 40) -> PIL.Image.Image:
+    """An RGB mask whose box is (1, 0, 0): not black in RGB, black in grayscale (L = 0.299)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[20:30, 10:22, 0] = 1
+    mask = PIL.Image.fromarray(pixels)
+    assert mask.getbbox() is not None and mask.convert("L").getbbox() is None
+    return mask
+
+
 def as_equal(got, expected) -> bool:
     if isinstance(expected, torch.Tensor):
         return torch.equal(got, expected)
@@ -436,6 +445,18 @@ def test_from_pretrained_of_a_saved_inpainting_pipeline(tmp_path) -> None:
         ("inpaint", dict(padding_mask_crop=4), TypeError, "`padding_mask_crop` needs `image` as one PIL image"),
         ("inpaint", dict(padding_mask_crop=4, pil=True, output_type="np"), ValueError, "output_type must be 'pil'"),
         ("inpaint", dict(padding_mask_crop=-1), ValueError, "`padding_mask_crop` must be an int >= 0"),
+        (
+            "inpaint",
+            dict(padding_mask_crop=4, pil=True, mask_image=torch.zeros(1, 1, 48, 40)),
+            TypeError,
+            r"^`padding_mask_crop` needs `mask_image` as one PIL image, got Tensor$",
+        ),
+        (
+            "inpaint",  # its pixels are black once read in grayscale, as diffusers finds the crop region
+            dict(padding_mask_crop=4, pil=True, mask_image=_barely_red_box()),
+            ValueError,
+            r"`padding_mask_crop` crops around the pixels to repaint, but `mask_image` has none \(it is all black\)",
+        ),
         (
             "inpaint",
             dict(padding_mask_crop=4, pil=True, mask_image=PIL.Image.new("L", (40, 48))),
