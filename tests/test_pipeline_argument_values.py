@@ -72,6 +72,8 @@ def no_work(counters: list[ForwardCounter]) -> bool:
         dict(guidance_scale=torch.tensor(6.0)),
         dict(guidance_rescale=np.float32(0.3)),
         dict(height=np.int64(40), width=np.int64(32)),
+        dict(eta=np.float32(0.6)),  # DDIM's
+        dict(eta=torch.tensor(0.6)),
     ],
     ids=lambda kwargs: ",".join(f"{name}={type(value).__name__}" for name, value in kwargs.items()),
 )
