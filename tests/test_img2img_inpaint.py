@@ -148,6 +148,7 @@ def test_img2img_with_a_generator_per_image_and_custom_sigmas_equal_diffusers() 
         dict(prompt="a red circle", strength=0.5, num_inference_steps=6, output_type="pt"),
         dict(prompt="a red circle", guidance_scale=1.0, strength=0.75),
         dict(prompt="a red circle", image="pil", padding_mask_crop=2, output_type="pil"),
+        dict(prompt="a red circle", image="pil", padding_mask_crop=0, output_type="pil"),
         dict(prompt="a red circle", image="pil", height=24, width=32),
         dict(prompt=["a red circle", "two blue squares"], image="pil", height=24, width=32),
         dict(prompt="a red circle", masked_image_latents=True),
@@ -159,6 +160,7 @@ def test_img2img_with_a_generator_per_image_and_custom_sigmas_equal_diffusers() 
         "strength_half_pt",
         "no_guidance",
         "padding_mask_crop",
+        "padding_mask_crop_0",  # a crop of the mask's own region, no margin
         "resized",
         "resized_pil_batch",
         "masked_image_latents",
@@ -461,7 +463,8 @@ def test_from_pretrained_of_a_saved_inpainting_pipeline(tmp_path) -> None:
             "inpaint",
             dict(padding_mask_crop=4, pil=True, mask_image=PIL.Image.new("L", (40, 48))),
             ValueError,
-            r"`padding_mask_crop` crops around the pixels to repaint, but `mask_image` has none \(it is all black\)",
+            r"^`padding_mask_crop` crops around the pixels to repaint, but `mask_image` has none \(it is all black\): "
+            r"give a mask with white pixels, or leave `padding_mask_crop` None$",
         ),
         (
             "inpaint",
