@@ -287,6 +287,44 @@ def test_a_source_given_as_latents_of_the_outputs_size_inpaints_as_diffusers() -
     assert torch.equal(_run(ours, **settings), _run(peer, **settings))
 
 
+def test_a_plain_unet_inpaints_a_latent_source_under_a_vae_that_scales_without_masking_it() -> None:
+    """A plain UNet (the mask blend) reads no masked source, and latents cannot be masked by a
+    mask of pixel size: diffusers multiplies them anyway, which fails under a VAE of factor 2
+    (a (1, 1, 32, 32) mask against (1, 4, 16, 16) latents); ours runs, and equals diffusers
+    given any `masked_image_latents` (which that UNet does not read), and a step callback is
+    handed None for them."""
+    from tiny_pipelines import _small_vae
+
+    parts = sd_components(4)
+    parts["vae"] = _small_vae(
+        block_out_channels=(4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    peer = _quiet(
+        StableDiffusionInpaintPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    )
+    ours = _quiet(CLIPConditionedInpaintPipeline.from_pipe(peer))
+    assert ours.vae_scale_factor == 2
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :8, :] = 1
+    settings = dict(prompt="a red circle", image=latents, mask_image=mask, strength=0.5, height=32, width=32)
+    with pytest.raises(RuntimeError):
+        _run(peer, **settings)
+    expected = _run(peer, **settings, masked_image_latents=torch.zeros(1, 4, 16, 16))
+    seen = {}
+
+    def keep(pipe, step, timestep, tensors):
+        seen.update(tensors)
+        return {}
+
+    got = _run(ours, **settings, callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["masked_image_latents"])
+    assert torch.equal(got, expected) and seen["masked_image_latents"] is None
+
+
 @pytest.mark.parametrize("task", ["img2img", "inpaint"])
 def test_a_pipeline_without_a_vae_is_refused_naming_itself_and_the_vae(task) -> None:
     """The source image is encoded by the VAE: without one, the call stops before any work."""
