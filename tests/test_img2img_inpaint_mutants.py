@@ -71,6 +71,23 @@ def test_a_pipeline_in_another_dtype_draws_and_casts_as_diffusers(task, unet_in_
     assert got.dtype == dtype and torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
+def test_an_sdxl_inpainting_refiner_in_another_dtype_draws_its_blend_noise_as_diffusers(dtype) -> None:
+    """After `denoising_start` the call starts from the first model's latents, and a plain UNet
+    blends the source back in with noise drawn in the pipeline's dtype (float64 draws are other
+    numbers than float32 ones): images equal diffusers' in that dtype."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    peer = _quiet(StableDiffusionXLInpaintPipeline(**build_sdxl().components))
+    ours = _quiet(CLIPConditionedInpaintPipeline.from_pipe(peer))
+    peer.to(dtype=dtype)  # from_pipe casts the shared modules to float32
+    latents = torch.randn(1, 4, SIDE, SIDE, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    settings = dict(prompt="a red circle", image=latents, mask_image=_mask(), denoising_start=0.5)
+    expected = _run(peer, **settings)
+    got = _run(ours, **settings)
+    assert got.dtype == dtype and torch.equal(got, expected)
+
+
 def test_sdxl_img2img_casts_given_latents_to_the_pipelines_dtype() -> None:
     """SDXL img2img's `latents=` are used as they are but in the pipeline's dtype: float64
     latents give diffusers' image for the same latents in float32 (diffusers itself would pass
