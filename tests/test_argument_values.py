@@ -285,7 +285,11 @@ def test_a_negative_eta_is_refused_where_ddim_shrinks_its_steps_without_adding_n
             check_eta(-0.4, scheduler_class())
 
 
-@pytest.mark.parametrize("eta", ["0.5", None, math.nan, math.inf, True, [0.5], torch.tensor([0.5]), object()], ids=repr)
+@pytest.mark.parametrize(
+    "eta",
+    ["0.5", None, math.nan, math.inf, True, [0.5], torch.tensor([0.5]), object()],
+    ids=["str", "none", "nan", "inf", "bool", "list", "1d_tensor", "object"],  # an object's repr holds its address
+)
 @pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
 def test_an_eta_that_is_no_finite_number_is_refused_under_any_scheduler(scheduler_class, eta) -> None:
     with pytest.raises(ValueError) as refusal:
@@ -304,7 +308,9 @@ def test_every_device_torch_reads_is_taken(device) -> None:
     check_device(device)
 
 
-@pytest.mark.parametrize("device", [object(), "abc", -1, 1.5, True, ["cpu"]], ids=repr)
+@pytest.mark.parametrize(
+    "device", [object(), "abc", -1, 1.5, True, ["cpu"]], ids=["object", "unknown", "negative", "float", "bool", "list"]
+)
 def test_a_device_torch_cannot_read_is_refused_by_name(device) -> None:
     with pytest.raises((TypeError, RuntimeError)):  # the reference: torch's own refusal
         torch.device(device)
@@ -320,7 +326,9 @@ def test_bools_numpy_bools_included_are_flags(value) -> None:
     check_flag("do_classifier_free_guidance", value)
 
 
-@pytest.mark.parametrize("value", ["False", 0, 1.0, None, torch.ones(2), [True]], ids=repr)
+@pytest.mark.parametrize(
+    "value", ["False", 0, 1.0, None, torch.ones(2), [True]], ids=["str", "int", "float", "none", "tensor", "list"]
+)
 def test_anything_else_is_no_flag(value) -> None:
     with pytest.raises(TypeError) as refusal:
         check_flag("do_classifier_free_guidance", value)
