@@ -95,12 +95,9 @@ class SourceImageSteps:
         """
         denoising_start = self._source.denoising_start
         if denoising_start is None:
+            steps = self._scheduler_steps(num_inference_steps, timesteps, sigmas)
             custom = "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
-            return EditSteps(
-                steps_after_strength(
-                    self._scheduler_steps(num_inference_steps, timesteps, sigmas), self._source.strength, custom
-                )
-            )
+            return EditSteps(steps_after_strength(steps, self._source.strength, custom))
         # Where `denoising_start` cuts depends on the timesteps themselves: set them here (the
         # call sets them again) and count as diffusers' `get_timesteps` does, in steps (a
         # second-order scheduler's kept timesteps are whole pairs and the last step's one).
