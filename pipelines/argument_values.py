@@ -175,21 +175,27 @@ def check_cross_attention_kwargs(cross_attention_kwargs: Any) -> None:
 
 def check_device(device: Any) -> None:
     """`device` as torch reads it: a `torch.device`, a device string ("cuda:0", "cpu") or
-    an index (0 is "cuda:0"), or None. Anything else failed at the first `.to(device)`, after
-    the prompt was encoded.
+    an accelerator index (0 is the first), or None. Anything else failed at the first
+    `.to(device)`, after the prompt was encoded. An index is not looked up here (a torch
+    build without an accelerator refuses to make a device of one; the call then fails where
+    the device is used, as in diffusers).
 
     Raises:
         TypeError: naming `device` and what it holds.
     """
-    if device is None:
+    if device is None or isinstance(device, torch.device):
         return
-    try:
-        torch.device(device)
-    except (TypeError, RuntimeError, ValueError) as error:
-        raise TypeError(
-            f"`device` must be a torch.device, a device string such as 'cuda:0' or 'cpu', or a device index, got "
-            f"{device!r}"
-        ) from error
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        return
+    if isinstance(device, str):
+        try:
+            torch.device(device)
+            return
+        except RuntimeError:
+            pass
+    raise TypeError(
+        f"`device` must be a torch.device, a device string such as 'cuda:0' or 'cpu', or a device index, got {device!r}"
+    )
 
 
 def check_flag(name: str, value: Any) -> None:
