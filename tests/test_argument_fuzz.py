@@ -1,0 +1,92 @@
+"""Every call argument of the pipelines (text to image, img2img, inpainting; SD and SDXL)
+under values no caller means: each call either runs or is refused before any model runs, with
+an error that names the argument. Hooks on the text encoder, the UNet and the VAE tell a
+refusal from a failure after work (the probe of session 19 found `eta` failing in the first
+scheduler step this way); each call has its own prompt, so that no cached encoding hides a
+failure after the text encoder. About 3,200 calls, a few seconds: most are refused at once."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tiny_pipelines import build_sdxl, sd_components
+
+from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
+
+SIDE = 32
+
+HOSTILE = {
+    "object": object(),
+    "string": "abc",
+    "minus_one": -1,
+    "zero": 0,
+    "fraction": 1.5,
+    "nan": math.nan,
+    "inf": math.inf,
+    "empty_list": [],
+    "int_list": [1, 2],
+    "tensor": torch.zeros(1),
+    "array": np.zeros(1),
+    "true": True,
+    "dict": {},
+    "tuple": (1, 2),
+}
+
+PIPELINES = {
+    "text_to_image": CLIPConditionedPipeline,
+    "img2img": CLIPConditionedImg2ImgPipeline,
+    "inpaint": CLIPConditionedInpaintPipeline,
+}
+
+
+def _sources(task: str) -> dict:
+    if task == "text_to_image":
+        return dict(height=SIDE, width=SIDE)
+    image = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    if task == "img2img":
+        return dict(image=image)
+    mask = torch.zeros(1, 1, SIDE, SIDE)
+    mask[..., 8:24, 8:24] = 1
+    return dict(image=image, mask_image=mask)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("task", list(PIPELINES))
+def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_any_work(family, task) -> None:
+    if family == "sd":
+        pipe = PIPELINES[task](**sd_components())
+    else:
+        pipe = PIPELINES[task].from_pipe(build_sdxl())
+    pipe.set_progress_bar_config(disable=True)
+    steps = 4 if family == "sdxl" else 2  # SDXL img2img's default strength, 0.3, runs int(4 x 0.3) = 1 of 4
+    worked: list[str] = []
+    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+        module.register_forward_pre_hook(lambda module, args: worked.append(type(module).__name__))
+    arguments = [
+        name for name in inspect.signature(type(pipe).__call__).parameters if name not in ("self", "return_dict")
+    ]
+    late, unnamed = [], []
+    for argument in arguments:
+        for index, (label, value) in enumerate(HOSTILE.items()):
+            worked.clear()
+            prompt = f"a red circle {argument} {index}"  # never cached: the text encoder runs or nothing does
+            settings = dict(prompt=prompt, num_inference_steps=steps, output_type="latent", **_sources(task))
+            settings["generator"] = torch.Generator().manual_seed(0)
+            settings[argument] = value
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pipe(**settings)
+            except (ValueError, TypeError) as error:
+                if worked:
+                    late.append(f"{argument}={label}: {type(error).__name__} after {sorted(set(worked))}: {error}")
+                elif argument not in str(error):
+                    unnamed.append(f"{argument}={label}: {error}")
+            except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
+                late.append(f"{argument}={label}: {type(error).__name__}: {error}")
+    assert late == [] and unnamed == []
