@@ -76,8 +76,8 @@ def check_schedule_values(name: str, schedule: Any) -> None:
     if isinstance(schedule, (str, bytes)) or no_sequence or len(schedule) == 0:
         raise ValueError(f"`{name}` must be a non-empty list of numbers, got {schedule!r}")
     if isinstance(schedule, torch.Tensor) and (schedule.device.type != "cpu" or schedule.requires_grad):
-        where = "on the CPU" if schedule.device.type != "cpu" else "outside autograd"
-        fix = f"{name}.cpu()" if schedule.device.type != "cpu" else f"{name}.detach()"
+        off_cpu = schedule.device.type != "cpu"
+        where, fix = ("on the CPU", f"{name}.cpu()") if off_cpu else ("outside autograd", f"{name}.detach()")
         raise ValueError(
             f"`{name}` is a tensor on {schedule.device} (requires_grad={schedule.requires_grad}); the scheduler reads "
             f"it with numpy, which reads tensors {where} only: pass `{fix}` or a list"
@@ -90,6 +90,12 @@ def check_schedule_values(name: str, schedule: Any) -> None:
         raise ValueError(f"`{name}` must be a flat list of real numbers, got {schedule!r}")
     if not np.isfinite(values).all():
         raise ValueError(f"`{name}` must hold finite numbers, got {schedule!r}")
+
+
+def custom_schedule_name(timesteps: Any, sigmas: Any) -> str | None:
+    """The custom schedule argument a call gives: "timesteps", "sigmas", or None (the step
+    count sets the schedule). At most one is given (`check_sampling_inputs`)."""
+    return "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
 
 
 def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timesteps: Any, sigmas: Any) -> None:
@@ -106,7 +112,7 @@ def check_steps_fit_scheduler(scheduler: Any, num_inference_steps: int, timestep
             reason.
     """
     probe = copy.deepcopy(scheduler)
-    name = "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
+    name = custom_schedule_name(timesteps, sigmas)
     if name is not None:
         values = timesteps if timesteps is not None else sigmas
         try:
@@ -219,4 +225,5 @@ __all__ = [
     "check_generator",
     "check_schedule_values",
     "check_steps_fit_scheduler",
+    "custom_schedule_name",
 ]

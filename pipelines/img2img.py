@@ -26,6 +26,7 @@ from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOut
 from diffusers.utils.torch_utils import randn_tensor
 
 from clipcond.denoising_steps import warmup_iterations
+from clipcond.pipelines.argument_values import custom_schedule_name
 from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline, _per_call
 from clipcond.pipelines.composable import EditSteps
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
@@ -96,7 +97,7 @@ class SourceImageSteps:
         denoising_start = self._source.denoising_start
         if denoising_start is None:
             steps = self._scheduler_steps(num_inference_steps, timesteps, sigmas)
-            custom = "timesteps" if timesteps is not None else "sigmas" if sigmas is not None else None
+            custom = custom_schedule_name(timesteps, sigmas)
             return EditSteps(steps_after_strength(steps, self._source.strength, custom))
         # Where `denoising_start` cuts depends on the timesteps themselves: set them here (the
         # call sets them again) and count as diffusers' `get_timesteps` does, in steps (a
