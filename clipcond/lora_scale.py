@@ -19,12 +19,15 @@ from typing import Any
 
 from torch import nn
 
+from clipcond.scalars import as_float
+
 
 def check_lora_scale(lora_scale: Any) -> float | None:
-    """`lora_scale` as a float (None stays None): a TypeError unless it is a real number, a
-    ValueError unless it is finite."""
+    """`lora_scale` as a float (None stays None): a TypeError unless it is a real number (numpy's
+    and 0-d tensors included, as diffusers takes them), a ValueError unless it is finite."""
     if lora_scale is None:
         return None
+    lora_scale = as_float(lora_scale)
     if isinstance(lora_scale, bool) or not isinstance(lora_scale, numbers.Real):
         raise TypeError(f"`lora_scale` must be a number (the LoRA's weight, 1.0 as trained), got {lora_scale!r}")
     if not math.isfinite(lora_scale):

@@ -142,6 +142,25 @@ def test_a_lora_loaded_after_a_scaled_call_takes_its_scale_as_in_diffusers(tmp_p
     assert ours.lora_scale == peer.lora_scale == 0.25
 
 
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_a_scale_given_as_numpy_or_a_0d_tensor_gives_diffusers_image(tmp_path, sdxl) -> None:
+    """diffusers takes `cross_attention_kwargs={"scale": torch.tensor(0.3)}` (peft multiplies its
+    layers' scale by it): ours gives its image, for a float32 and a float64 tensor and numpy's
+    float; a tensor of more than one number, or a bool, is refused before any work."""
+    lora = saved_lora(tmp_path / "lora", sdxl)
+    peer, ours = pair(sdxl)
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(lora)
+    plain = run(peer)
+    for scale in (torch.tensor(0.3), torch.tensor(0.3, dtype=torch.float64), np.float32(0.3)):
+        image = run(peer, cross_attention_kwargs={"scale": scale})
+        assert not np.array_equal(image, plain)
+        assert np.array_equal(run(ours, cross_attention_kwargs={"scale": scale}), image)
+    for scale in (torch.tensor([0.3]), torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"^`lora_scale` must be a number \(the LoRA's weight, 1.0 as trained\)"):
+            run(ours, cross_attention_kwargs={"scale": scale})
+
+
 # ---------------------------------------------------------------- diffusers' signature
 
 
