@@ -1,40 +1,50 @@
 """Every call argument of the pipelines (text to image, img2img, inpainting; SD and SDXL)
 under values no caller means: each call either runs or is refused before any model runs, with
-an error that names the argument. Hooks on the text encoder, the UNet and the VAE tell a
-refusal from a failure after work (the probe of session 19 found `eta` failing in the first
-scheduler step this way); each call has its own prompt, so that no cached encoding hides a
-failure after the text encoder. About 3,200 calls, a few seconds: most are refused at once."""
+an error that names the argument, and the values that run are ones the argument takes
+(`MAY_RUN`). Hooks on the text encoder, the UNet and the VAE tell a refusal from a failure
+after work (the probe of session 19 found `eta` failing in the first scheduler step this way);
+each call has its own prompt, so that no cached encoding hides a failure after the text
+encoder. About 3,200 calls, a few seconds: most are refused at once."""
 
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
+from hostile_values import HOSTILE
 from tiny_pipelines import build_sdxl, sd_components
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
 
 SIDE = 32
 
-HOSTILE = {
-    "object": object(),
-    "string": "abc",
-    "minus_one": -1,
-    "zero": 0,
-    "fraction": 1.5,
-    "nan": math.nan,
-    "inf": math.inf,
-    "empty_list": [],
-    "int_list": [1, 2],
-    "tensor": torch.zeros(1),
-    "array": np.zeros(1),
-    "true": True,
-    "dict": {},
-    "tuple": (1, 2),
+SIZE_PAIRS = ("int_list", "tuple")  # (height, width) or (top, left) pairs
+NONNEGATIVE = ("zero", "fraction")
+# the hostile values an argument may take (every other one is refused): prompts as text, another
+# encoder's text left out as an empty list (diffusers' `prompt_2 or prompt`), the numbers diffusers
+# reads as they are, eta on schedulers whose step does not read it (ignored, as in diffusers),
+# SDXL's size pairs, a custom schedule a scheduler can run
+MAY_RUN = {
+    "prompt": ("string",),
+    "negative_prompt": ("string",),
+    "prompt_2": ("string", "empty_list"),
+    "negative_prompt_2": ("empty_list",),
+    "clip_skip": ("zero",),
+    "cross_attention_kwargs": ("dict",),
+    "callback_on_step_end_tensor_inputs": ("empty_list",),
+    "eta": ("minus_one", *NONNEGATIVE),
+    "guidance_scale": ("minus_one", *NONNEGATIVE),
+    "guidance_rescale": NONNEGATIVE,
+    "original_size": SIZE_PAIRS,
+    "target_size": SIZE_PAIRS,
+    "crops_coords_top_left": SIZE_PAIRS,
+    "negative_original_size": SIZE_PAIRS,
+    "negative_target_size": SIZE_PAIRS,
+    "negative_crops_coords_top_left": SIZE_PAIRS,
+    "timesteps": ("array", "tensor", "int_list", "tuple"),
+    "sigmas": SIZE_PAIRS,
 }
 
 PIPELINES = {
@@ -71,6 +81,7 @@ def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_a
         name for name in inspect.signature(type(pipe).__call__).parameters if name not in ("self", "return_dict")
     ]
     late, unnamed = [], []
+    ran: set[tuple[str, str]] = set()
     for argument in arguments:
         for index, (label, value) in enumerate(HOSTILE.items()):
             worked.clear()
@@ -82,6 +93,7 @@ def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_a
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     pipe(**settings)
+                ran.add((argument, label))
             except (ValueError, TypeError) as error:
                 if worked:
                     late.append(f"{argument}={label}: {type(error).__name__} after {sorted(set(worked))}: {error}")
@@ -90,3 +102,4 @@ def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_a
             except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
                 late.append(f"{argument}={label}: {type(error).__name__}: {error}")
     assert late == [] and unnamed == []
+    assert ran <= {(argument, label) for argument, labels in MAY_RUN.items() for label in labels}

@@ -1,0 +1,139 @@
+"""Every argument of `TextConditioner` (its options through `from_pipeline`, and `encode`,
+`pipeline_kwargs` and `schedule`) for every family under values no caller means: a call either
+runs or is refused before any text encoder runs, with an error that names the argument; an
+option the constructor takes must then encode. Hooks on the encoders tell a refusal from a
+failure after work; each call has its own prompt, so that no cached encoding hides one. The
+probe of session 19 found falsy non-text `prompt_2` values read as "left out" this way."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from functools import partial
+
+import pytest
+from hostile_values import HOSTILE
+from tiny_pipelines import build_flux, build_pixart, build_sd, build_sd3, build_sdxl
+
+from clipcond import TextConditioner
+
+FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
+# what each method needs besides the argument under test
+METHODS = {"encode": {}, "pipeline_kwargs": {}, "schedule": {"num_inference_steps": 4}}
+# the constructor's arguments that from_pipeline fills from the pipeline itself
+FROM_THE_PIPELINE = ("self", "recipe", "clip", "t5", "t5_zeros")
+# the hostile values an argument may take (every other one is refused): any text for a prompt,
+# an empty list for another encoder's text ("left out", as diffusers' `prompt_2 or prompt`),
+# any finite LoRA scale
+OTHER_TEXTS = ("string", "empty_list")
+MAY_RUN = {
+    "prompt": ("string",),
+    "negative_prompt": ("string",),
+    "prompt_2": OTHER_TEXTS,
+    "prompt_3": OTHER_TEXTS,
+    "negative_prompt_2": OTHER_TEXTS,
+    "negative_prompt_3": OTHER_TEXTS,
+    "lora_scale": ("minus_one", "zero", "fraction"),
+}
+# a folder name, no memory cache (0), no layer skipped (0, as diffusers reads it), the default
+# (True) of two switches
+OPTIONS_MAY_RUN = {
+    "cache_dir": ("string",),
+    "cache_size": ("zero",),
+    "clip_skip": ("zero",),
+    "parse_weights": ("true",),
+    "clean_caption": ("true",),
+}
+
+
+def _taken(table: dict[str, tuple[str, ...]]) -> set[tuple[str, str]]:
+    return {(argument, label) for argument, labels in table.items() for label in labels}
+
+
+def _pipeline(family: str, t5_tokenizer_path):
+    builders = {
+        "sd": build_sd,
+        "sdxl": build_sdxl,
+        "sd3": lambda: build_sd3(t5_tokenizer_path),
+        "flux": lambda: build_flux(t5_tokenizer_path),
+        "pixart": lambda: build_pixart(t5_tokenizer_path),
+    }
+    return builders[family]()
+
+
+def _build_into(built: list[TextConditioner], pipe, options: dict) -> None:
+    built.append(TextConditioner.from_pipeline(pipe, **options))
+
+
+def _watched(cond: TextConditioner, worked: list[str]) -> None:
+    for encoder in cond.encoders:
+        encoder.model.register_forward_pre_hook(lambda module, args: worked.append(type(module).__name__))
+
+
+def _outcome(call, argument: str, label: str, worked: list[str], late: list[str], unnamed: list[str]) -> bool:
+    """Run `call`; record a failure after work in `late` and a refusal that does not name
+    `argument` in `unnamed`. True when the call ran."""
+    worked.clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            call()
+    except (ValueError, TypeError) as error:
+        if worked:
+            late.append(f"{argument}={label}: {type(error).__name__} after {sorted(set(worked))}: {error}")
+        elif argument not in str(error):
+            unnamed.append(f"{argument}={label}: {error}")
+        return False
+    except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
+        late.append(f"{argument}={label}: {type(error).__name__}: {error}")
+        return False
+    return True
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_argument_runs_or_is_refused_by_name_before_any_encoder_runs(family, t5_tokenizer_path) -> None:
+    cond = TextConditioner.from_pipeline(_pipeline(family, t5_tokenizer_path))
+    worked: list[str] = []
+    _watched(cond, worked)
+    late: list[str] = []
+    unnamed: list[str] = []
+    ran: set[tuple[str, str]] = set()
+    for method_name, required in METHODS.items():
+        method = getattr(cond, method_name)
+        for argument in inspect.signature(method).parameters:
+            for index, (label, value) in enumerate(HOSTILE.items()):
+                settings = dict(prompt=f"a red circle {method_name} {argument} {index}", **required)
+                settings[argument] = value
+                if _outcome(partial(method, **settings), argument, label, worked, late, unnamed):
+                    ran.add((argument, label))
+    assert late == [] and unnamed == []
+    assert ran <= _taken(MAY_RUN)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_option_is_refused_by_name_or_encodes(family, t5_tokenizer_path, tmp_path, monkeypatch) -> None:
+    """`from_pipeline(pipe, option=value)` refuses a value by the option's name, or the
+    conditioner it builds encodes a prompt (an option taken silently and failing at the first
+    encode would be a late failure)."""
+    monkeypatch.chdir(tmp_path)  # a string `cache_dir` makes a folder where it is read
+    pipe = _pipeline(family, t5_tokenizer_path)
+    options = [name for name in inspect.signature(TextConditioner.__init__).parameters if name not in FROM_THE_PIPELINE]
+    late: list[str] = []
+    unnamed: list[str] = []
+    ran: set[tuple[str, str]] = set()
+    for option in [*options, "max_sequence_length"]:
+        for index, (label, value) in enumerate(HOSTILE.items()):
+            built: list[TextConditioner] = []
+            if not _outcome(
+                partial(_build_into, built, pipe, {option: value}),
+                option,
+                label,
+                [],
+                late,
+                unnamed,
+            ):
+                continue
+            _outcome(partial(built[0].encode, f"a red circle {option} {index}"), option, label, [], late, [])
+            ran.add((option, label))
+    assert late == [] and unnamed == []
+    assert ran <= _taken(OPTIONS_MAY_RUN)
