@@ -94,7 +94,7 @@ def read_textual_inversion(path_or_state_dict: Any, token: str | None = None) ->
             f"not {' or '.join(_PROMPT_SYNTAX_WORDS)}): pass another `token=`"
         )
     return TextualInversion(
-        chosen, {encoder: _as_vectors(tensor, source, encoder) for encoder, tensor in vectors.items()}, source
+        chosen, {encoder: as_vectors(tensor, source, encoder) for encoder, tensor in vectors.items()}, source
     )
 
 
@@ -167,8 +167,10 @@ def _layout(contents: Any, source: str, stem: str | None) -> tuple[str | None, d
     )
 
 
-def _as_vectors(tensor: Any, source: str, encoder: str | None) -> torch.Tensor:
-    """`tensor` as (vectors, width) floats."""
+def as_vectors(tensor: Any, source: str, encoder: str | None) -> torch.Tensor:
+    """`tensor` as (vectors, width) floats, detached: a ValueError naming `source` (and
+    `encoder`, the key of a pair) unless it is a float tensor of shape (vectors, width) or
+    (width,) with at least one vector and only finite values."""
     where = source if encoder is None else f"{source} (`{encoder}`)"
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise ValueError(f"{where} must hold a float tensor of vectors, got {tensor!r:.80}")

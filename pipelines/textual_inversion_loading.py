@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers.loaders import TextualInversionLoaderMixin
 
-from clipcond.textual_inversion import FOLDER_FILES, PAIR_KEYS, multi_vector_tokens
+from clipcond.textual_inversion import FOLDER_FILES, PAIR_KEYS, as_vectors, multi_vector_tokens
 
 
 class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
@@ -45,10 +45,16 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
         `token` None: the file's name.
 
         Raises:
+            TypeError: a `token` that is no string, non-empty list of strings or None, or a
+                source that is no path, state dict or tensor (or a list of them), before
+                anything changes (diffusers' loader resizes the text encoder's embedding table
+                first, then fails inside the tokenizer: for a `token` of 1.5, 0 or a tuple it
+                left 3 rows more in the table than tokens in the tokenizer).
             ValueError: a list of sources that holds a pair (load each pair in its own
                 call), or what the conditioner's or diffusers' loader raises.
         """
         source = pretrained_model_name_or_path
+        _check_arguments(source, token)
         if isinstance(source, list) and any(_holds_a_pair(item) for item in source):
             raise ValueError(
                 "a list of textual-inversion sources holds a `clip_l`/`clip_g` pair: load each pair in its own "
@@ -60,6 +66,18 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
             self.conditioner.load_textual_inversion(source, token)
             return
         super().load_textual_inversion(source, token, tokenizer, text_encoder, **kwargs)
+
+    @staticmethod
+    def _retrieve_tokens_and_embeddings(tokens: Any, state_dicts: Any, tokenizer: Any) -> tuple[list, list]:
+        """diffusers' step of `load_textual_inversion` that reads each source's token and
+        vectors, then the conditioner's check of the vectors (`as_vectors`: a float tensor of
+        shape (vectors, width) or (width,), finite), before the loader changes the tokenizer or
+        the text encoder. diffusers' own loader took NaN vectors, and a 3-D tensor failed after
+        its token was added and the embedding table grown."""
+        tokens, embeddings = TextualInversionLoaderMixin._retrieve_tokens_and_embeddings(tokens, state_dicts, tokenizer)
+        for token, embedding in zip(tokens, embeddings):
+            as_vectors(embedding, f"the textual-inversion source for token {token!r}", None)
+        return tokens, embeddings
 
     def unload_textual_inversion(
         self, tokens: str | list[str] | None = None, tokenizer: Any = None, text_encoder: Any = None
@@ -83,6 +101,26 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
             pairs = [(t, e) for t, e in pairs if t is not None and e is not None]
         for tokenizer, text_encoder in pairs:
             super().unload_textual_inversion(_with_vectors(tokens, tokenizer), tokenizer, text_encoder)
+
+
+def _check_arguments(source: Any, token: Any) -> None:
+    """Refuse a source or `token` of a type diffusers' loader does not take (its documented
+    types: a path, a state dict or a tensor, or a list of them; a string, a list of strings or
+    None), before the loader changes anything."""
+    sources = source if isinstance(source, list) else [source]
+    for item in sources:
+        if not isinstance(item, (str, os.PathLike, Mapping, torch.Tensor)):
+            raise TypeError(
+                "`pretrained_model_name_or_path` must be a path or hub id, a state dict or a tensor of vectors (or a "
+                f"list of them), got {type(item).__name__}"
+            )
+    if token is None or isinstance(token, str):
+        return
+    if not isinstance(token, list) or not token or not all(isinstance(name, str) for name in token):
+        raise TypeError(
+            "`token` must be a string, a non-empty list of strings (one per source) or None (the name the source "
+            f"gives), got {token!r}"
+        )
 
 
 def _with_vectors(tokens: str | list[str] | None, tokenizer: Any) -> list[str] | None:
