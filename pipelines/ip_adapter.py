@@ -32,6 +32,8 @@ from diffusers.models.embeddings import (
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
+from clipcond.pipelines.ip_adapter_loading import describe_source, rolled_back_on_failure
+
 
 def loaded_ip_adapters(unet: Any) -> int:
     """How many IP-Adapters `unet` holds (0 when none is loaded, or there is no UNet)."""
@@ -159,6 +161,28 @@ class IPAdapterSupport(IPAdapterMixin):
 
     encode_image = StableDiffusionPipeline.encode_image
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
+
+    def load_ip_adapter(
+        self,
+        pretrained_model_name_or_path_or_dict: Any,
+        subfolder: Any,
+        weight_name: Any,
+        image_encoder_folder: str | None = "image_encoder",
+        **kwargs: Any,
+    ) -> None:
+        """diffusers' `load_ip_adapter`, with the pipeline left as it was when loading fails
+        or loads NaN or infinite weights (`clipcond.pipelines.ip_adapter_loading`).
+
+        Raises:
+            ValueError: weights missing a key the adapter needs, a safetensors file that
+                cannot be read, or weights holding NaN or infinite values, naming the source;
+                or what diffusers' loader raises.
+        """
+        source = describe_source(pretrained_model_name_or_path_or_dict, weight_name)
+        with rolled_back_on_failure(self, source):
+            super().load_ip_adapter(
+                pretrained_model_name_or_path_or_dict, subfolder, weight_name, image_encoder_folder, **kwargs
+            )
 
     def check_ip_adapter_inputs(
         self,

@@ -1,0 +1,121 @@
+"""A `load_ip_adapter` that fails leaves the pipeline as it was (pipelines/ip_adapter_loading.py).
+
+diffusers' loader, on the same damaged files, registered the image encoder before failing
+(a bare `KeyError` for a missing key), broke an adapter loaded before it (the next image call
+failed inside the UNet), and loaded NaN weights silently. Here each damaged file is refused,
+naming the file, and the pipeline's components, attention processors and image projection
+are the objects of before: images with and without the earlier adapter stay bit-identical."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
+from test_ip_adapter import picture
+from tiny_ip_adapter import save_ip_adapter
+from tiny_pipelines import sd_components
+
+from clipcond import CLIPConditionedPipeline
+
+
+@pytest.fixture(scope="module")
+def parts() -> dict:
+    built = sd_components()
+    built["scheduler"] = DDIMScheduler(steps_offset=1, clip_sample=False)
+    return built
+
+
+@pytest.fixture(scope="module")
+def folder(parts, tmp_path_factory):
+    """A good adapter (`good.safetensors`), its image encoder, and damaged copies of it."""
+    folder = tmp_path_factory.mktemp("ip_adapter")
+    save_ip_adapter(folder, parts["unet"], 0, name="good")
+    good = folder / "good.safetensors"
+    weights = load_file(good)
+    raw = good.read_bytes()
+    (folder / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    (folder / "empty.safetensors").write_bytes(b"")
+    save_file({k: v for k, v in weights.items() if k.startswith("image_proj.")}, str(folder / "no_layers.safetensors"))
+    last = sorted(weights)[-1]
+    save_file({k: v for k, v in weights.items() if k != last}, str(folder / "one_key_less.safetensors"))
+    narrow = {k: v[:, :-1].contiguous() if k.startswith("ip_adapter.") else v for k, v in weights.items()}
+    save_file(narrow, str(folder / "wrong_width.safetensors"))
+    damaged = dict(weights)
+    damaged[last] = damaged[last].clone()
+    damaged[last][0, 0] = float("nan")
+    save_file(damaged, str(folder / "nan.safetensors"))
+    return folder
+
+
+def _pipeline(parts) -> CLIPConditionedPipeline:
+    pipe = CLIPConditionedPipeline(
+        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load(pipe, folder, name: str) -> None:
+    pipe.load_ip_adapter(str(folder), subfolder="", weight_name=f"{name}.safetensors")
+
+
+def _image(pipe, **kwargs) -> np.ndarray:
+    settings = dict(prompt="a red circle", num_inference_steps=2, guidance_scale=6.0, output_type="np")
+    return pipe(generator=torch.Generator().manual_seed(0), **settings, **kwargs).images
+
+
+def _state(pipe) -> tuple:
+    unet = pipe.unet
+    processors = {name: id(processor) for name, processor in unet.attn_processors.items()}
+    return (
+        pipe.image_encoder,
+        pipe.feature_extractor,
+        pipe.config.image_encoder,
+        processors,
+        unet.encoder_hid_proj,
+        unet.config.encoder_hid_dim_type,
+    )
+
+
+DAMAGED = {
+    "truncated": r"is not a readable safetensors file \(",
+    "empty": r"is not a readable safetensors file \(",
+    "no_layers": r"^the IP-Adapter weights of .* have no '1.to_k_ip.weight' \(an incomplete or damaged file",
+    "one_key_less": r"^the IP-Adapter weights of .* have no '\d+.to_v_ip.weight' \(an incomplete or damaged file",
+    "wrong_width": r"expected shape",
+    "nan": r"^the IP-Adapter weights of .* hold NaN or infinite values \(.*; a damaged file\?\): nothing was loaded$",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_adapter_file_is_refused_and_the_pipeline_is_as_before(parts, folder, damage) -> None:
+    pipe = _pipeline(parts)
+    before, plain = _state(pipe), _image(pipe)
+    with pytest.raises(ValueError, match=DAMAGED[damage]) as refusal:
+        _load(pipe, folder, damage)
+    if damage != "wrong_width":  # diffusers' own message there names no file
+        assert f"{damage}.safetensors" in str(refusal.value)
+    after = _state(pipe)
+    assert after[:3] == before[:3] and after[3] == before[3] and after[4:] == before[4:]
+    assert pipe.image_encoder is None
+    assert np.array_equal(_image(pipe), plain)
+    _load(pipe, folder, "good")  # and a good file still loads
+    assert pipe.image_encoder is not None
+
+
+@pytest.mark.parametrize("damage", ["no_layers", "nan", "truncated"])
+def test_a_failed_load_keeps_the_adapter_loaded_before(parts, folder, damage) -> None:
+    """The adapter loaded first still conditions the image, bit for bit, after a second load
+    fails (diffusers' loader left its attention layers without an image projection)."""
+    pipe = _pipeline(parts)
+    _load(pipe, folder, "good")
+    before = _state(pipe)
+    with_image = _image(pipe, ip_adapter_image=picture(0))
+    with pytest.raises(ValueError):
+        _load(pipe, folder, damage)
+    assert _state(pipe) == before
+    assert np.array_equal(_image(pipe, ip_adapter_image=picture(0)), with_image)
