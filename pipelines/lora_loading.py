@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
 
@@ -33,11 +34,75 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         return list(StableDiffusionLoraLoaderMixin._lora_loadable_modules)
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict: Any, adapter_name: str | None = None, **kwargs):
-        """diffusers' `load_lora_weights` of the pipeline's family (see the module docstring)."""
+        """diffusers' `load_lora_weights` of the pipeline's family (see the module docstring),
+        all or nothing: a load that fails partway, or that loads NaN or infinite weights, takes
+        the new adapter out of every component it reached, so the pipeline gives the images of
+        before. (diffusers' loader left the adapter in the text encoder and the UNet after a
+        tensor of another shape failed the load, and took NaN weights silently.)
+
+        Raises:
+            ValueError: weights holding NaN or infinite values, or missing a tensor of a layer
+                they adapt (diffusers' UNet loader left it on the meta device), naming the source
+                and the tensor; or what diffusers' loader raises (a tensor of another shape: torch's
+                RuntimeError, unchanged).
+        """
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
-        return family.load_lora_weights(
-            self, pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs
-        )
+        before = self._adapter_names()
+        try:
+            family.load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs)
+            self._check_new_adapters(before, pretrained_model_name_or_path_or_dict)
+        except BaseException:
+            self._delete_new_adapters(before)
+            raise
+
+    def _check_new_adapters(self, before: dict[str, set[str]], source: Any) -> None:
+        """Refuse new adapter tensors that hold NaN or infinite values, or none at all (a
+        tensor the file lacks is left on the meta device by diffusers' UNet loader)."""
+        named = "the state dict" if isinstance(source, dict) else str(source)
+        for component, names in self._new_adapters(before).items():
+            for key, value in getattr(self, component).named_parameters():
+                if not any(f".{name}." in key for name in names):
+                    continue
+                if value.is_meta:
+                    raise ValueError(
+                        f"the LoRA weights of {named} have no tensor for {component}.{key} (an incomplete or damaged "
+                        "file?): nothing was loaded"
+                    )
+                if not bool(torch.isfinite(value.detach()).all()):
+                    raise ValueError(
+                        f"the LoRA weights of {named} hold NaN or infinite values ({component}.{key}; a damaged "
+                        "file?): nothing was loaded"
+                    )
+
+    def _adapter_names(self) -> dict[str, set[str]]:
+        """The peft adapters of each LoRA-loadable component the pipeline has."""
+        names = {}
+        for component in self._lora_loadable_modules:
+            model = getattr(self, component, None)
+            if model is not None:
+                names[component] = set(getattr(model, "peft_config", None) or ())
+        return names
+
+    def _new_adapters(self, before: dict[str, set[str]]) -> dict[str, list[str]]:
+        """The adapters each component has now and had not in `before`."""
+        now = self._adapter_names()
+        new = {component: sorted(names - before.get(component, set())) for component, names in now.items()}
+        return {component: names for component, names in new.items() if names}
+
+    def _delete_new_adapters(self, before: dict[str, set[str]]) -> None:
+        """Take out of each component the adapters it did not have in `before`."""
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        new = self._new_adapters(before)
+        for component, names in new.items():
+            model = getattr(self, component)
+            if hasattr(model, "delete_adapters"):  # a diffusers model
+                model.delete_adapters(names)
+            else:  # a transformers text encoder, as diffusers' `delete_adapters` takes it out
+                for name in names:
+                    delete_adapter_layers(model, name)
+        if new:
+            self._text_weights_written()
 
     def fuse_lora(
         self,
