@@ -13,7 +13,7 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
-from tiny_pipelines import build_sdxl, sd_components
+from tiny_pipelines import build_sdxl, sd_components, sdxl_refiner_components
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline
 
@@ -409,6 +409,37 @@ def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
     got = _run(ours, callback_on_step_end=keep("ours"), **settings)
     assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
     assert seen["ours"][0, :4].tolist() == [512.0, 516.0, 3.0, 260.0]  # rounded: the reason this test exists
+    assert torch.equal(got, expected)
+
+
+def test_an_sdxl_refiner_in_bfloat16_rounds_its_aesthetic_scores_as_diffusers() -> None:
+    """A refiner's time ids end in the aesthetic scores, floats: made in the pipeline's dtype,
+    as diffusers makes them, 6.3 and 2.7 are bfloat16's 6.3125 and 2.703125 in both rows (ids
+    made as float32 and joined with bfloat16 ones would stay float32 and unrounded)."""
+    peer = _quiet(StableDiffusionXLImg2ImgPipeline(**sdxl_refiner_components(), requires_aesthetics_score=True))
+    ours = _quiet(CLIPConditionedImg2ImgPipeline.from_pipe(peer))
+    peer.to(dtype=torch.bfloat16)
+    seen = {}
+
+    def keep(name):
+        def callback(pipe, step, timestep, tensors):
+            seen[name] = tensors["add_time_ids"]
+            return {}
+
+        return callback
+
+    settings = dict(
+        prompt="a red circle",
+        image=_source(),
+        strength=0.6,
+        aesthetic_score=6.3,
+        negative_aesthetic_score=2.7,
+        callback_on_step_end_tensor_inputs=["add_time_ids"],
+    )
+    expected = _run(peer, callback_on_step_end=keep("peer"), **settings)
+    got = _run(ours, callback_on_step_end=keep("ours"), **settings)
+    assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
+    assert seen["ours"][:, -1].tolist() == [2.703125, 6.3125]  # negative row first; rounded
     assert torch.equal(got, expected)
 
 

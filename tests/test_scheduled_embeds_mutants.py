@@ -152,3 +152,46 @@ def test_an_edit_on_a_custom_recipe_is_refused_pointing_to_clip_conditioned_pipe
         "replace; use a prompt without editing or alternation for this family, or CLIPConditionedPipeline, which "
         "edits any text"
     )
+
+
+def test_sdxl_img2img_cut_by_denoising_end_counts_the_steps_after_strength(sdxl_pipe) -> None:
+    """diffusers' SDXL img2img at strength 0.5 of 8 steps starts its loop at the 5th timestep
+    and runs 4; with a `denoising_end` (0.9999: its cutoff rounds to timestep 0, so all 4 run),
+    `pipeline_kwargs(num_inference_steps=4)` (the steps the call runs without `denoising_end`)
+    is what the callback checks the schedule against: all 8 timesteps less the 4 strength
+    skips, not plus (found by mutation testing: `xǁStepSwapǁ_check_steps_run__mutmut_46`). The
+    image equals diffusers' given the two texts' embeddings and a callback that swaps them
+    after step 2 (`[...:0.5]` of 4)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    peer = StableDiffusionXLImg2ImgPipeline(**sdxl_pipe.components)
+    peer.set_progress_bar_config(disable=True)
+    cond = TextConditioner.from_pipeline(peer, cache_size=0)
+    edited = "[a red circle:two blue squares:0.5]"
+    schedule = cond.schedule([edited], 4, None)
+    assert [step for step in range(4) if schedule.changes_after(step)] == [2]
+    first, second = schedule.embeds_at(0)[0], schedule.embeds_at(3)[0]
+    kwargs = cond.pipeline_kwargs(edited, num_inference_steps=4)
+    assert torch.equal(kwargs["prompt_embeds"], first.tokens)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    settings = dict(image=image, strength=0.5, num_inference_steps=8, denoising_end=0.9999, output_type="latent")
+
+    def run(**kwargs):
+        return peer(generator=torch.Generator().manual_seed(0), **settings, **kwargs).images
+
+    def switch(pipe, step, timestep, tensors):
+        if step != 2:
+            return {}
+        rows = tensors["prompt_embeds"].shape[0] // 2
+        return {
+            "prompt_embeds": torch.cat([tensors["prompt_embeds"][:rows], second.tokens]),
+            "add_text_embeds": torch.cat([tensors["add_text_embeds"][:rows], second.pooled]),
+        }
+
+    given = {name: value for name, value in kwargs.items() if not name.startswith("callback")}
+    expected = run(
+        **given, callback_on_step_end=switch, callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"]
+    )
+    assert peer._num_timesteps == 4 and len(peer.scheduler.timesteps) == 8
+    got = run(**kwargs)
+    assert torch.equal(got, expected)

@@ -128,6 +128,10 @@ IMG2IMG_CALLS = {
         crops_coords_top_left=(4, 8),
         negative_original_size=(16, 16),
     ),
+    # a negative target size of its own (text-to-image would read it only beside the negative original size)
+    "negative_target_size": dict(
+        prompt="a red circle", negative_prompt="blurry", strength=0.6, negative_target_size=(24, 16)
+    ),
     "denoising_end": dict(prompt="a red circle", strength=0.9, num_inference_steps=6, denoising_end=0.7),
     "denoising_start": dict(prompt="a red circle", image="latents", denoising_start=0.6, num_inference_steps=6),
     "guidance_rescale": dict(prompt="a red circle", negative_prompt="blurry", strength=0.6, guidance_rescale=0.7),
@@ -541,6 +545,25 @@ def _pipe(task: str, family: str, unet_in_channels: int = 4):
         ),
         ("img2img", "sdxl", dict(target_size=(32, 32), refiner=True), "`target_size` is read by a base model"),
         ("img2img", "sdxl", dict(aesthetic_score=7.0), "`aesthetic_score` is read by a refiner"),
+        (
+            "img2img",
+            "sdxl",
+            dict(aesthetic_score=float("nan"), refiner=True),
+            r"^`aesthetic_score` must be a finite number, got nan$",
+        ),
+        (
+            "img2img",
+            "sdxl",
+            dict(negative_aesthetic_score="2.5", refiner=True),
+            r"^`negative_aesthetic_score` must be a finite number, got '2.5'$",
+        ),
+        (
+            "img2img",
+            "sd",
+            dict(crops_coords_top_left=(0, 0)),
+            r"^`crops_coords_top_left` is SDXL's micro-conditioning, but this pipeline's UNet reads no time ids "
+            r"\(its addition_embed_type is not 'text_time'\)$",
+        ),
         ("inpaint", "sdxl", dict(mask_image=torch.zeros(1, 1, 16, 16)), "`mask_image` is 16x16 pixels but `image`"),
         ("inpaint", "sdxl", dict(mask_image=None), "an inpainting UNet needs `mask_image`"),
         ("img2img", "sdxl", dict(unet_in_channels=9), "an inpainting UNet needs `mask_image`"),

@@ -84,6 +84,10 @@ CALLS = {
         negative_crops_coords_top_left=(2, 2),
         negative_target_size=(24, 24),
     ),
+    # one negative size alone: diffusers' text-to-image reads the negative sizes only as a pair
+    "negative_original_size_alone": dict(
+        prompt="a red circle", negative_prompt="blurry", original_size=(64, 48), negative_original_size=(16, 16)
+    ),
     "denoising_end": dict(prompt="a red circle", denoising_end=0.6, num_inference_steps=5, output_type="latent"),
     "denoising_end_leaving_one_step": dict(  # cutoff 990: the first step, at 999, runs
         prompt="a red circle", denoising_end=0.01, num_inference_steps=4, output_type="latent"
@@ -730,10 +734,15 @@ def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> No
         (dict(prompt="a", pooled_prompt_embeds=torch.zeros(1, 32)), "needs `prompt_embeds`"),
         (dict(prompt_embeds=torch.zeros(2, 77, 64), pooled_prompt_embeds=torch.zeros(1, 32)), r"must be a \(2, pooled"),
         (dict(prompt_embeds=torch.zeros(1, 77, 64), pooled_prompt_embeds=torch.zeros(1, 16)), "takes 80 inputs"),
-        (dict(prompt="a", aesthetic_score=6.0), "`aesthetic_score` is read by a refiner"),
+        (
+            dict(prompt="a", aesthetic_score=6.0),
+            r"^`aesthetic_score` is read by a refiner \(requires_aesthetics_score=True\) only; this pipeline's UNet "
+            "does not read it$",
+        ),
         (dict(prompt="a", original_size=(32,)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", crops_coords_top_left=(0.5, 0)), "`crops_coords_top_left` must be a pair of ints"),
         (dict(prompt="a", target_size=(np.bool_(True), 32)), "`target_size` must be a pair of ints"),
+        (dict(prompt="a", original_size=(64, True)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", original_size=(float("inf"), 32)), "`original_size` must be a pair of ints"),
         (dict(prompt="a", denoising_end=0.0), "`denoising_end` must be None or a fraction"),
         (dict(prompt="a", denoising_end=1.5), "`denoising_end` must be None or a fraction"),

@@ -1,0 +1,61 @@
+"""`check_sdxl_components` and `check_added_width` called directly on stand-in UNets (a config and
+an `add_embedding.linear_1` of some width): whether the UNet is a refiner is read from the room its
+added embedding has for time ids, and each refusal's whole message, with the hint that says which
+`requires_aesthetics_score` fits (found unguarded by mutation testing of sdxl_components.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from clipcond.pipelines.sdxl_components import check_added_width, check_sdxl_components
+
+PER_ID = 8  # addition_time_embed_dim
+POOLED = 32  # the second CLIP's projection_dim
+
+
+def _unet(inputs: int) -> SimpleNamespace:
+    config = SimpleNamespace(addition_time_embed_dim=PER_ID, get=lambda key, default=None: None)
+    return SimpleNamespace(config=config, add_embedding=SimpleNamespace(linear_1=SimpleNamespace(in_features=inputs)))
+
+
+class CLIPTextModelWithProjection:  # the check reads the class name and `config.projection_dim`
+    config = SimpleNamespace(projection_dim=POOLED)
+
+
+ENCODER = CLIPTextModelWithProjection()
+
+
+@pytest.mark.parametrize("ids, refiner", [(6, False), (5, True)], ids=["base", "refiner"])
+def test_the_number_of_time_ids_the_unet_has_room_for_says_refiner_or_base(ids, refiner) -> None:
+    assert check_sdxl_components(_unet(ids * PER_ID + POOLED), None, ENCODER, None) is refiner
+    assert check_sdxl_components(_unet(ids * PER_ID + POOLED), ENCODER, ENCODER, refiner) is refiner
+
+
+@pytest.mark.parametrize(
+    "given, fits", [(True, False), (False, True)], ids=["refiner_flag_on_base", "base_flag_on_refiner"]
+)
+def test_the_other_setting_is_named_when_it_would_fit(given, fits) -> None:
+    ids, other = (5, 6) if given else (6, 5)
+    inputs = other * PER_ID + POOLED
+    with pytest.raises(ValueError) as refusal:
+        check_added_width(_unet(inputs), POOLED, requires_aesthetics_score=given)
+    assert str(refusal.value) == (
+        f"the UNet's added embedding takes {inputs} inputs (unet.add_embedding.linear_1.in_features), but {ids} time "
+        f"ids x addition_time_embed_dim {PER_ID} + the pooled text width {POOLED} = {ids * PER_ID + POOLED}; this "
+        f"UNet reads {other} time ids: pass requires_aesthetics_score={fits}"
+    )
+
+
+def test_a_width_no_setting_fits_is_refused_pointing_at_both_widths() -> None:
+    """7 ids' room: neither 5 nor 6 fits. A room that is no whole number of ids (43 inputs past
+    the pooled width) is no refiner either: checked as a base model, 6 ids."""
+    for inputs in (7 * PER_ID + POOLED, 5 * PER_ID + 3 + POOLED):
+        with pytest.raises(ValueError) as refusal:
+            check_sdxl_components(_unet(inputs), ENCODER, ENCODER, None)
+        assert str(refusal.value) == (
+            f"the UNet's added embedding takes {inputs} inputs (unet.add_embedding.linear_1.in_features), but 6 "
+            f"time ids x addition_time_embed_dim {PER_ID} + the pooled text width {POOLED} = {6 * PER_ID + POOLED}; "
+            "check `unet.config.addition_time_embed_dim` and `text_encoder_2.config.projection_dim`"
+        )
