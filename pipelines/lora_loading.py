@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
+from clipcond.lora_scale import check_lora_scale
+
 
 class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
     """`load_lora_weights`, `fuse_lora`, `unfuse_lora` and the adapter methods of the family
@@ -114,7 +116,13 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
     ) -> None:
         """diffusers' `fuse_lora`: fuse the LoRA layers into the weights of `components`
         (default: every loadable one of the family; an empty list is refused, as there), at
-        `lora_scale`, checking for NaN with `safe_fusing`, only `adapter_names` when given."""
+        `lora_scale`, checking for NaN with `safe_fusing`, only `adapter_names` when given.
+        A `lora_scale` that is no finite number is refused before any weight changes (diffusers
+        fused NaN or infinity into the base weights, which `unfuse_lora` cannot take out again);
+        numpy's numbers and 0-d tensors are read as the floats they hold."""
+        if lora_scale is None:
+            raise TypeError("`lora_scale` must be a number (the LoRA's weight, 1.0 as trained), got None")
+        lora_scale = check_lora_scale(lora_scale)
         if components is None:
             components = self._lora_loadable_modules
         try:

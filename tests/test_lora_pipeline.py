@@ -179,6 +179,38 @@ def test_fuse_lora_takes_diffusers_arguments_and_refuses_an_empty_list(tmp_path)
     assert np.array_equal(run(ours), run(peer))
 
 
+@pytest.mark.parametrize(
+    "scale, error, message",
+    [
+        (float("nan"), ValueError, r"^`lora_scale` must be finite, got nan$"),
+        (float("inf"), ValueError, r"^`lora_scale` must be finite, got inf$"),
+        ("0.5", TypeError, r"^`lora_scale` must be a number \(the LoRA's weight, 1.0 as trained\), got '0.5'$"),
+        (None, TypeError, r"^`lora_scale` must be a number \(the LoRA's weight, 1.0 as trained\), got None$"),
+        (True, TypeError, r"^`lora_scale` must be a number \(the LoRA's weight, 1.0 as trained\), got True$"),
+    ],
+    ids=["nan", "inf", "string", "none", "bool"],
+)
+def test_fuse_lora_refuses_a_scale_that_is_no_finite_number_before_any_weight_changes(
+    tmp_path, scale, error, message
+) -> None:
+    """diffusers fuses a NaN or infinite `lora_scale` into the base weights, which `unfuse_lora`
+    cannot take out again (the weights stay NaN): refused here with every weight as it was;
+    a numpy or 0-d tensor scale fuses as its float does in diffusers."""
+    lora = saved_lora(tmp_path / "lora")
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(lora)
+    before = {name: value.clone() for name, value in ours.unet.state_dict().items()}
+    before_text = {name: value.clone() for name, value in ours.text_encoder.state_dict().items()}
+    with pytest.raises(error, match=message):
+        ours.fuse_lora(lora_scale=scale)
+    assert all(torch.equal(value, before[name]) for name, value in ours.unet.state_dict().items())
+    assert all(torch.equal(value, before_text[name]) for name, value in ours.text_encoder.state_dict().items())
+    peer.fuse_lora(lora_scale=0.5)
+    ours.fuse_lora(lora_scale=torch.tensor(0.5))
+    assert np.array_equal(run(ours), run(peer))
+
+
 # ---------------------------------------------------------------- generate --lora
 
 
