@@ -32,7 +32,7 @@ from diffusers.models.embeddings import (
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
-from clipcond.pipelines.ip_adapter_loading import describe_source, rolled_back_on_failure
+from clipcond.pipelines.ip_adapter_loading import check_ip_adapter_scale, describe_source, rolled_back_on_failure
 
 
 def loaded_ip_adapters(unet: Any) -> int:
@@ -161,6 +161,17 @@ class IPAdapterSupport(IPAdapterMixin):
 
     encode_image = StableDiffusionPipeline.encode_image
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
+
+    def set_ip_adapter_scale(self, scale: Any) -> None:
+        """diffusers' `set_ip_adapter_scale`, with `scale` checked first
+        (`clipcond.pipelines.ip_adapter_loading.check_ip_adapter_scale`): a number, a dict of
+        block scales, or a list of those, one per adapter; finite.
+
+        Raises:
+            TypeError, ValueError: a scale of another kind, or NaN or infinite, before any
+                processor changes.
+        """
+        super().set_ip_adapter_scale(check_ip_adapter_scale(scale))
 
     def load_ip_adapter(
         self,

@@ -1,4 +1,5 @@
-"""`load_ip_adapter` that leaves the pipeline as it was when it fails.
+"""`load_ip_adapter` that leaves the pipeline as it was when it fails, and the check of
+`set_ip_adapter_scale`'s scales.
 
 diffusers' `IPAdapterMixin.load_ip_adapter` changes the pipeline in steps: it registers the
 image encoder (and a `CLIPImageProcessor`) where the pipeline has none, sets the UNet's
@@ -16,16 +17,23 @@ done. Measured on diffusers 0.42.1 with a tiny SD pipeline:
 `rolled_back_on_failure` snapshots what the loader changes and puts it back when loading
 fails or when the layers it loaded hold NaN or infinite values; a missing key and a
 safetensors file that cannot be read become a `ValueError` naming the source.
+
+`set_ip_adapter_scale` in diffusers stores whatever it is given: an object, a string or a tuple
+failed inside the UNet at the next call, after the text was encoded, and NaN made every image
+NaN. `check_ip_adapter_scale` refuses them when the scale is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from clipcond.scalars import as_float
 
 # the pipeline components diffusers' loader registers when the pipeline has none
 _COMPONENTS = ("image_encoder", "feature_extractor")
@@ -126,4 +134,40 @@ def rolled_back_on_failure(pipe: Any, source: str) -> Iterator[None]:
         raise
 
 
-__all__ = ["IPAdapterState", "describe_source", "rolled_back_on_failure"]
+_SCALE_FORMS = (
+    "a finite number, a dict of block scales (diffusers' InstantStyle form: {'up': {'block_0': [0.0, 1.0, 0.0]}}) "
+    "or a list of those, one per IP-Adapter"
+)
+
+
+def check_ip_adapter_scale(scale: Any) -> Any:
+    """`scale` as diffusers' `set_ip_adapter_scale` takes it, its numbers read as Python floats
+    (numpy's and 0-d tensors included): a number, a dict of block scales whose values are
+    numbers, lists of numbers or dicts of them, or a list of those (one per adapter).
+
+    Raises:
+        TypeError: anything else, naming `scale` and the forms it takes.
+        ValueError: a NaN or infinite number anywhere in it.
+    """
+
+    def number(value: Any) -> float:
+        value = as_float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"`scale` must be {_SCALE_FORMS}, got {value!r:.80}")
+        if not math.isfinite(value):
+            raise ValueError(f"`scale` must be finite, got {value!r}")
+        return float(value)
+
+    def blocks(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: blocks(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [number(item) for item in value]
+        return number(value)
+
+    if isinstance(scale, list):
+        return [blocks(item) if isinstance(item, dict) else number(item) for item in scale]
+    return blocks(scale)
+
+
+__all__ = ["IPAdapterState", "check_ip_adapter_scale", "describe_source", "rolled_back_on_failure"]
