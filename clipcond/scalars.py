@@ -12,6 +12,7 @@ integers (``2.0`` images is refused, as a float count is by the checks).
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -43,4 +44,25 @@ def as_float(value: Any) -> Any:
     return float(value) if isinstance(value, numbers.Real) else value
 
 
-__all__ = ["as_float", "as_int"]
+def finite_number_tree(value: Any, argument: str, expected: str) -> Any:
+    """`value`, a number or dicts and lists of them nested (a scale per block, per adapter...),
+    with every number read by `as_float`.
+
+    Raises:
+        TypeError: a leaf that is no real number (a bool, a string, a tuple, a tensor of more
+            than one number), naming `argument` and what it takes (`expected`).
+        ValueError: a NaN or infinite number anywhere in it.
+    """
+    if isinstance(value, dict):
+        return {key: finite_number_tree(item, argument, expected) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_number_tree(item, argument, expected) for item in value]
+    number = as_float(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise TypeError(f"`{argument}` must be {expected}, got {value!r:.80}")
+    if not math.isfinite(number):
+        raise ValueError(f"`{argument}` must be finite, got {number!r}")
+    return float(number)
+
+
+__all__ = ["as_float", "as_int", "finite_number_tree"]

@@ -26,14 +26,13 @@ NaN. `check_ip_adapter_scale` refuses them when the scale is set.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from clipcond.scalars import as_float
+from clipcond.scalars import finite_number_tree
 
 # the pipeline components diffusers' loader registers when the pipeline has none
 _COMPONENTS = ("image_encoder", "feature_extractor")
@@ -149,25 +148,7 @@ def check_ip_adapter_scale(scale: Any) -> Any:
         TypeError: anything else, naming `scale` and the forms it takes.
         ValueError: a NaN or infinite number anywhere in it.
     """
-
-    def number(value: Any) -> float:
-        value = as_float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"`scale` must be {_SCALE_FORMS}, got {value!r:.80}")
-        if not math.isfinite(value):
-            raise ValueError(f"`scale` must be finite, got {value!r}")
-        return float(value)
-
-    def blocks(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: blocks(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [number(item) for item in value]
-        return number(value)
-
-    if isinstance(scale, list):
-        return [blocks(item) if isinstance(item, dict) else number(item) for item in scale]
-    return blocks(scale)
+    return finite_number_tree(scale, "scale", _SCALE_FORMS)
 
 
 __all__ = ["IPAdapterState", "check_ip_adapter_scale", "describe_source", "rolled_back_on_failure"]

@@ -23,6 +23,12 @@ import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
 from clipcond.lora_scale import check_lora_scale
+from clipcond.scalars import finite_number_tree
+
+_WEIGHT_FORMS = (
+    "a finite number, a dict of weights per component or block ({'unet': {'down': 0.5}, 'text_encoder': 1.0}) "
+    "or a list of those, one per adapter"
+)
 
 
 class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
@@ -105,6 +111,16 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                     delete_adapter_layers(model, name)
         if new:
             self._text_weights_written()
+
+    def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | dict | list | None = None) -> None:
+        """diffusers' `set_adapters`, with `adapter_weights` checked first: None, a number, a
+        dict of per-component or per-block weights, or a list of those (one per adapter), every
+        number finite (diffusers took NaN and infinity, which made every image NaN, and failed
+        on a string or a tuple partway through the components); numpy's numbers and 0-d
+        tensors are read as the floats they hold."""
+        if adapter_weights is not None:
+            adapter_weights = finite_number_tree(adapter_weights, "adapter_weights", _WEIGHT_FORMS)
+        super().set_adapters(adapter_names, adapter_weights)
 
     def fuse_lora(
         self,

@@ -211,6 +211,54 @@ def test_fuse_lora_refuses_a_scale_that_is_no_finite_number_before_any_weight_ch
     assert np.array_equal(run(ours), run(peer))
 
 
+def _lora_scalings(pipe) -> list:
+    return [
+        dict(module.scaling)
+        for model in (pipe.unet, pipe.text_encoder)
+        for module in model.modules()
+        if hasattr(module, "scaling") and isinstance(module.scaling, dict)
+    ]
+
+
+@pytest.mark.parametrize(
+    "weights, error, message",
+    [
+        ("0.5", TypeError, r"^`adapter_weights` must be a finite number, a dict of weights per component or block"),
+        ((0.5,), TypeError, r"^`adapter_weights` must be a finite number, .* got \(0.5,\)$"),
+        (True, TypeError, r"^`adapter_weights` must be a finite number, .* got True$"),
+        (float("nan"), ValueError, r"^`adapter_weights` must be finite, got nan$"),
+        ({"unet": float("inf")}, ValueError, r"^`adapter_weights` must be finite, got inf$"),
+    ],
+    ids=["string", "tuple", "bool", "nan", "inf_for_the_unet"],
+)
+def test_set_adapters_refuses_weights_that_are_no_finite_numbers_with_nothing_changed(
+    tmp_path, weights, error, message
+) -> None:
+    """diffusers took NaN and infinity (every image NaN) and failed on a string or a tuple in its
+    arithmetic: refused here, before any layer's scale changes."""
+    _, ours = pair()
+    ours.load_lora_weights(saved_lora(tmp_path / "lora"), adapter_name="a")
+    ours.set_adapters("a", 0.5)
+    before = _lora_scalings(ours)
+    with pytest.raises(error, match=message):
+        ours.set_adapters("a", weights)
+    assert _lora_scalings(ours) == before
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [np.float32(0.5), torch.tensor(0.5), [0.5], {"unet": 0.5, "text_encoder": 0.8}, {"unet": {"down": 0.3, "up": 1.0}}],
+    ids=["numpy", "0d_tensor", "list", "per_component", "per_block"],
+)
+def test_set_adapters_takes_the_weights_diffusers_takes_and_gives_its_images(tmp_path, weights) -> None:
+    lora = saved_lora(tmp_path / "lora")
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(lora, adapter_name="a")
+        pipe.set_adapters("a", weights)
+    assert np.array_equal(run(ours), run(peer))
+
+
 # ---------------------------------------------------------------- generate --lora
 
 
