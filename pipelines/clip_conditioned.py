@@ -686,7 +686,10 @@ class CLIPConditionedPipeline(
                 integers are ints), a bad `clip_skip`; a `device` torch cannot read, a
                 `do_classifier_free_guidance` that is no bool; text to encode but no text encoder or
                 tokenizer (names the missing ones), or `prompt_2` / `negative_prompt_2` where no
-                encoder reads them or beside their embeddings.
+                encoder reads them or beside their embeddings; pooled embeddings as `__call__`
+                takes them (`check_pooled_inputs`: beside their token embeddings, SDXL only; a
+                given pooled tensor was ignored beside text, and diffusers' SDXL failed on
+                `prompt_embeds` without it).
         """
         num_images_per_prompt = as_int(num_images_per_prompt)  # numpy's integers, as diffusers takes them
         check_images_per_prompt(num_images_per_prompt)
@@ -695,6 +698,9 @@ class CLIPConditionedPipeline(
         clip_skip = clip_skip_as_int(clip_skip)
         count = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         self.check_negative_length(prompt_embeds, negative_prompt, negative_prompt_embeds, do_classifier_free_guidance)
+        self.check_pooled_inputs(
+            prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+        )
         self.check_per_encoder_prompts(
             prompt_2, negative_prompt_2, prompt_embeds, negative_prompt_embeds, count, negative_prompt
         )

@@ -4,7 +4,8 @@ an error that names the argument, and the values that run are ones the argument 
 (`MAY_RUN`). Hooks on the text encoder, the UNet and the VAE tell a refusal from a failure
 after work (the probe of session 19 found `eta` failing in the first scheduler step this way);
 each call has its own prompt, so that no cached encoding hides a failure after the text
-encoder. About 3,200 calls, a few seconds: most are refused at once."""
+encoder. About 3,200 calls, a few seconds: most are refused at once. `encode_prompt` is held
+to the same rule (its own table of what runs)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,61 @@ def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_a
                 late.append(f"{argument}={label}: {type(error).__name__}: {error}")
     assert late == [] and unnamed == []
     assert ran <= {(argument, label) for argument, labels in MAY_RUN.items() for label in labels}
+
+
+# what `encode_prompt` takes of the hostile values (every other one is refused before encoding)
+ENCODE_PROMPT_MAY_RUN = {
+    "prompt": ("string",),
+    "negative_prompt": ("string",),
+    "prompt_2": ("string", "empty_list"),
+    "negative_prompt_2": ("empty_list",),
+    "clip_skip": ("zero",),
+    "do_classifier_free_guidance": ("true",),
+    "lora_scale": ("minus_one", "zero", "fraction"),
+}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_every_encode_prompt_argument_runs_or_is_refused_by_name_before_encoding(family) -> None:
+    """`encode_prompt` under the same values (session 19 found `device` and
+    `do_classifier_free_guidance` failing after the encode, or read by their truth; this
+    session pooled embeddings beside text, ignored). `device=0` is left out: an accelerator
+    index, which this machine may not have (the call then fails where the device is used, as
+    in diffusers)."""
+    pipe = (
+        CLIPConditionedPipeline(**sd_components())
+        if family == "sd"
+        else CLIPConditionedPipeline.from_pipe(build_sdxl())
+    )
+    worked: list[int] = []
+    for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if encoder is not None:
+            encoder.register_forward_pre_hook(lambda module, args: worked.append(1))
+    late, unnamed = [], []
+    ran: set[tuple[str, str]] = set()
+    for argument in inspect.signature(pipe.encode_prompt).parameters:
+        for index, (label, value) in enumerate(HOSTILE.items()):
+            if (argument, label) == ("device", "zero"):
+                continue
+            worked.clear()
+            settings = dict(
+                prompt=f"a red circle {argument} {index}",
+                device="cpu",
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
+            )
+            settings[argument] = value
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pipe.encode_prompt(**settings)
+                ran.add((argument, label))
+            except (ValueError, TypeError) as error:
+                if worked:
+                    late.append(f"{argument}={label}: {type(error).__name__} after the text encoder: {error}")
+                elif argument not in str(error):
+                    unnamed.append(f"{argument}={label}: {error}")
+            except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
+                late.append(f"{argument}={label}: {type(error).__name__}: {error}")
+    assert late == [] and unnamed == []
+    assert ran <= {(argument, label) for argument, labels in ENCODE_PROMPT_MAY_RUN.items() for label in labels}
