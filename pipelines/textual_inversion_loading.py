@@ -91,16 +91,44 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
           pipeline (`tokenizer` / `text_encoder` and `tokenizer_2` / `text_encoder_2` where it
           has them), since one `load_textual_inversion` call loads an SDXL pair into both.
 
-        `tokens` None: every token added to a tokenizer, as in diffusers.
+        `tokens` None: every token added to a tokenizer, as in diffusers. Named tokens are
+        unloaded from the CLIPs that hold them (diffusers' unloader, run on a CLIP without them,
+        raised after the first CLIP had unloaded its own).
+
+        Raises:
+            TypeError: `tokens` that are no string, non-empty list (or tuple) of strings or
+                None, before anything is unloaded. diffusers read an empty list or dict as
+                None and unloaded every token, and failed on other kinds with Python's own
+                message.
+            ValueError: no CLIP holds any of the named tokens.
         """
+        if tokens is not None and not isinstance(tokens, str):
+            if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
+                raise TypeError(
+                    "`tokens` must be a token, a non-empty list of tokens, or None (every token loaded), got "
+                    f"{tokens!r:.80}"
+                )
         if tokenizer is not None or text_encoder is not None:
             pairs = [(tokenizer, text_encoder)]
         else:
             names = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
             pairs = [(getattr(self, t, None), getattr(self, e, None)) for t, e in names]
             pairs = [(t, e) for t, e in pairs if t is not None and e is not None]
-        for tokenizer, text_encoder in pairs:
-            super().unload_textual_inversion(_with_vectors(tokens, tokenizer), tokenizer, text_encoder)
+        if tokens is None:
+            for tokenizer, text_encoder in pairs:
+                super().unload_textual_inversion(None, tokenizer, text_encoder)
+            return
+        # each CLIP unloads the named tokens it holds (a token loaded into one CLIP of two is
+        # unloaded from that one); none held anywhere is refused before anything changes
+        held = [
+            (tokenizer, text_encoder, _held(_with_vectors(tokens, tokenizer), tokenizer))
+            for tokenizer, text_encoder in pairs
+        ]
+        if not any(names for _, _, names in held):
+            raise ValueError(f"`tokens`: no textual-inversion token {tokens!r} is loaded (no tokens to remove found)")
+        for tokenizer, text_encoder, names in held:
+            if names:
+                super().unload_textual_inversion(names, tokenizer, text_encoder)
 
 
 def _check_arguments(source: Any, token: Any) -> None:
@@ -130,6 +158,13 @@ def _with_vectors(tokens: str | list[str] | None, tokenizer: Any) -> list[str] |
     multi_vector = multi_vector_tokens(tokenizer)
     names = [tokens] if isinstance(tokens, str) else list(tokens)
     return [vector for name in names for vector in multi_vector.get(name, [name])]
+
+
+def _held(names: list[str], tokenizer: Any) -> list[str]:
+    """Those of `names` that `tokenizer` holds as added (non-special) tokens, which is what
+    diffusers' unloader can remove."""
+    added = {token.content for token in tokenizer.added_tokens_decoder.values() if not token.special}
+    return [name for name in names if name in added]
 
 
 def _holds_a_pair(source: Any) -> bool:

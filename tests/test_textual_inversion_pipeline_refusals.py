@@ -91,3 +91,36 @@ def test_a_file_holding_nan_is_refused_before_its_token_is_added(tmp_path) -> No
     assert _unchanged(pipe, before)
     pipe.load_textual_inversion(torch.randn(2, WIDTH), token="<toy>")  # the name is still free
     assert pipe.tokenizer.convert_tokens_to_ids(["<toy>", "<toy>_1"]) == [before[0], before[0] + 1]
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+@pytest.mark.parametrize(
+    "tokens", [[], {}, 0, ("<toy>", 1), torch.zeros(1)], ids=["empty_list", "empty_dict", "int", "mixed", "tensor"]
+)
+def test_unloading_tokens_of_another_kind_is_refused_with_every_token_kept(sdxl, tokens) -> None:
+    """diffusers' `unload_textual_inversion` read an empty list (or dict, or a zero tensor) as
+    None and unloaded every token; here only None means every token."""
+    pipe = _pipeline(sdxl)
+    pipe.load_textual_inversion(torch.randn(2, WIDTH), token="<toy>")
+    before = _state(pipe)
+    with pytest.raises(TypeError, match=r"^`tokens` must be a token, a non-empty list of tokens, or None"):
+        pipe.unload_textual_inversion(tokens)
+    assert _unchanged(pipe, before)
+    pipe.unload_textual_inversion(["<toy>"])
+    assert len(pipe.tokenizer) == before[0] - 2
+
+
+def test_a_token_in_one_clip_of_two_unloads_from_it_and_an_unknown_one_changes_nothing() -> None:
+    """SDXL with `<toy>` in its first CLIP only: unloading it by name runs diffusers' unloader on
+    that CLIP alone (run on the second, diffusers' raised "No tokens to remove found" after the
+    first had unloaded). A token no CLIP holds is refused before either changes."""
+    pipe = _pipeline(sdxl=True)
+    pipe.load_textual_inversion(torch.randn(2, WIDTH), token="<toy>")
+    second = len(pipe.tokenizer_2)
+    before = _state(pipe)
+    with pytest.raises(ValueError, match=r"^`tokens`: no textual-inversion token '<cat>' is loaded"):
+        pipe.unload_textual_inversion("<cat>")
+    assert _unchanged(pipe, before)
+    pipe.unload_textual_inversion("<toy>")
+    assert len(pipe.tokenizer) == before[0] - 2 and len(pipe.tokenizer_2) == second
+    assert "<toy>" not in pipe.tokenizer.get_vocab()
