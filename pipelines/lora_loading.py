@@ -49,11 +49,18 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         tensor of another shape failed the load, and took NaN weights silently.)
 
         Raises:
+            TypeError: an `adapter_name` that is no non-empty string without '.' (torch's
+                module-name errors named no argument).
             ValueError: weights holding NaN or infinite values, or missing a tensor of a layer
                 they adapt (diffusers' UNet loader left it on the meta device), naming the source
                 and the tensor; or what diffusers' loader raises (a tensor of another shape: torch's
                 RuntimeError, unchanged).
         """
+        if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name):
+            raise TypeError(
+                "`adapter_name` must be None (a default name) or a non-empty string without '.' (it names the "
+                f"adapter's layers in the models), got {adapter_name!r:.80}"
+            )
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
         before = self._adapter_names()
         try:

@@ -78,3 +78,15 @@ def test_a_failed_load_keeps_the_adapter_loaded_before(tmp_path, damage) -> None
     assert _adapters(ours) == adapters == {"unet": ["first"], "text_encoder": ["first"]}
     assert ours.get_active_adapters() == ["first"]
     assert np.array_equal(run(ours), with_first)
+
+
+@pytest.mark.parametrize(
+    "name", [1.5, "", "my.lora", ["a"], torch.zeros(1)], ids=["float", "empty", "dot", "list", "tensor"]
+)
+def test_an_adapter_name_that_cannot_name_layers_is_refused_naming_it(tmp_path, name) -> None:
+    """torch refused these as module names ("module name should be a string", a KeyError for
+    "") without naming the argument."""
+    _, ours = pair()
+    with pytest.raises(TypeError, match=r"^`adapter_name` must be None \(a default name\) or a non-empty string"):
+        ours.load_lora_weights(saved_lora(tmp_path / "lora"), adapter_name=name)
+    assert all(names == [] for names in _adapters(ours).values())
