@@ -290,6 +290,11 @@ class CLIPConditionedPipeline(
         image_encoder: CLIPVisionModelWithProjection | None = None,
     ) -> None:
         super().__init__()
+        if text_projection is not None and not isinstance(text_projection, TextProjection):
+            raise TypeError(  # diffusers' register_modules failed on it with an AttributeError
+                "`text_projection` must be a clipcond TextProjection (the learned adapter of recipe 'custom') or None, "
+                f"got {type(text_projection).__name__}"
+            )
         self.register_modules(
             unet=unet,
             scheduler=scheduler,
@@ -304,6 +309,8 @@ class CLIPConditionedPipeline(
             image_encoder=image_encoder,
         )
         recipe = resolve_recipe(recipe, unet, text_encoder_2)
+        if text_projection is not None and recipe != "custom":  # refused here, not at the first call
+            raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {recipe!r}")
         if recipe == SDXL_RECIPE:
             requires_aesthetics_score = check_sdxl_components(
                 unet, text_encoder, text_encoder_2, requires_aesthetics_score
