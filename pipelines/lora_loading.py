@@ -13,6 +13,12 @@ it (peft merges and unmerges through `.data`: `fuse_lora`, `unfuse_lora`, and
 `unload_lora_weights`, which puts merged weights back as the same tensors) tell the
 pipeline's conditioners (`TextConditioner.weights_written`), so that no cached embedding of
 the weights before is served.
+
+Loading is all or nothing: `load_lora_weights` takes a new adapter out of every component it
+reached when the load fails partway or the loaded tensors are not finite (or missing), and the
+setters (`set_adapters`, `fuse_lora`) refuse scales that are no finite numbers before any layer
+changes. Not covered: diffusers' `hotswap=True`, which writes into an adapter already loaded
+(no new adapter to take out again).
 """
 
 from __future__ import annotations
