@@ -99,3 +99,72 @@ def test_save_pretrained_refuses_push_to_hub_and_writes_nothing(tmp_path) -> Non
         "save to a local folder, then upload it with huggingface_hub.upload_folder."
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_vocabulary_file_with_a_repeated_merge_is_refused_naming_the_file(tmp_path) -> None:
+    """48894 merge lines, one of them twice: 49407 distinct tokens, not 49408 (found by mutation
+    testing: the message's file name and the message itself were unguarded)."""
+    import gzip
+    import importlib.resources
+
+    from clipcond.tokenization import load_clip_bpe
+
+    lines = gzip.decompress(
+        (importlib.resources.files("clipcond") / "data" / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    )
+    lines = lines.decode("utf-8").split("\n")
+    lines[2] = lines[1]  # the second merge repeats the first
+    repeated = tmp_path / "repeated.txt.gz"
+    repeated.write_bytes(gzip.compress("\n".join(lines).encode("utf-8")))
+    with pytest.raises(ValueError) as error:
+        load_clip_bpe(repeated)
+    assert str(error.value) == f"{repeated}: expected 49408 distinct tokens, got 49407"
+
+
+def test_a_pad_token_outside_the_vocabulary_is_refused_with_both_choices() -> None:
+    with pytest.raises(ValueError) as error:
+        clip_tokenizer(pad_token="<pad>")
+    assert str(error.value) == (
+        "pad_token '<pad>' is not in the CLIP vocabulary; use '<|endoftext|>' (transformers' openai/clip-vit-*, "
+        "SD 1.x) or '!' (OpenCLIP: SD 2.x, SDXL's second encoder)"
+    )
+
+
+def test_only_a_tokenizer_with_exactly_clips_vocabulary_gets_the_cleaning(plain_clip_tokenizer, tmp_path) -> None:
+    """A tokenizer that already cleans comes back as itself (not a new one); so do one without a
+    vocabulary and one of CLIP's size whose vocabulary differs; one without a pad token gets
+    `<|endoftext|>` (found by mutation testing of `with_clip_text_cleaning`)."""
+    from types import SimpleNamespace
+
+    from clipcond.tokenization import with_clip_text_cleaning
+
+    cleaning = clip_tokenizer(model_max_length=16)
+    assert with_clip_text_cleaning(cleaning) is cleaning
+    no_vocabulary = SimpleNamespace(model_max_length=77)
+    assert with_clip_text_cleaning(no_vocabulary) is no_vocabulary
+    vocab = dict(plain_clip_tokenizer.get_vocab())
+    vocab["qqzzxx</w>"] = vocab.pop("cat</w>")  # CLIP's size, another vocabulary
+    other = type("SameSize", (), {"get_vocab": lambda self: vocab, "__len__": lambda self: len(vocab)})()
+    assert len(other) == 49408 and with_clip_text_cleaning(other) is other
+    no_pad = transformers.CLIPTokenizer.from_pretrained(_saved(plain_clip_tokenizer, tmp_path))
+    no_pad.pad_token = None
+    tok = with_clip_text_cleaning(no_pad)
+    assert isinstance(tok, CLIPTokenizerWithTextCleaning) and tok.pad_token == "<|endoftext|>"
+
+
+def _saved(tokenizer, folder):
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_the_saved_tokenizer_config_is_the_same_sorted_json_on_every_save(tmp_path) -> None:
+    """The folder's bytes decide its content hash (fingerprints, the cache): the rewritten
+    `tokenizer_config.json` is sorted, indented JSON, the same bytes on every save."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    clip_tokenizer().save_pretrained(first)
+    clip_tokenizer().save_pretrained(second)
+    text = (first / "tokenizer_config.json").read_text(encoding="utf-8")
+    assert text == (second / "tokenizer_config.json").read_text(encoding="utf-8")
+    config = json.loads(text)
+    assert list(config) == sorted(config)
+    assert text == json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
