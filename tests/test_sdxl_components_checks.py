@@ -59,3 +59,12 @@ def test_a_width_no_setting_fits_is_refused_pointing_at_both_widths() -> None:
             f"time ids x addition_time_embed_dim {PER_ID} + the pooled text width {POOLED} = {6 * PER_ID + POOLED}; "
             "check `unet.config.addition_time_embed_dim` and `text_encoder_2.config.projection_dim`"
         )
+
+
+def test_a_first_clip_without_the_second_is_refused_in_full() -> None:
+    with pytest.raises(ValueError) as refusal:
+        check_sdxl_components(_unet(6 * PER_ID + POOLED), ENCODER, None, None)
+    assert str(refusal.value) == (
+        "an SDXL UNet needs two CLIP text encoders (or `text_encoder_2` alone, as the refiner): got `text_encoder` "
+        "but no `text_encoder_2` (a CLIPTextModelWithProjection) for the pooled embedding"
+    )

@@ -423,6 +423,19 @@ def test_latent_statistics_of_the_vae_as_in_diffusers() -> None:
     assert outputs == [True, True]
 
 
+def test_latent_statistics_decode_in_the_pipelines_dtype_as_in_diffusers() -> None:
+    """SDXL text to image in bfloat16 with a VAE that has `latents_mean` / `latents_std` (and
+    no float32 upcast): the statistics are cast to the latents' dtype before the decode, as
+    diffusers casts them; left float32 they would make float32 latents for a bfloat16 VAE
+    (found by mutation testing: `x_decode_latents__mutmut_23`)."""
+    statistics = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0], force_upcast=False)
+    peer, ours = peer_and_ours(StableDiffusionXLPipeline, CLIPConditionedPipeline, base_parts(**statistics))
+    peer.to(dtype=torch.bfloat16)  # from_pipe casts the shared modules to float32
+    settings = dict(prompt="a red circle", output_type="pt", height=32, width=32)
+    got = run(ours, **settings)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, run(peer, **settings))
+
+
 # ---------------------------------------------------------------- the text-to-image prompt features
 
 
