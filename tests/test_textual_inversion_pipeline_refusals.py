@@ -124,3 +124,14 @@ def test_a_token_in_one_clip_of_two_unloads_from_it_and_an_unknown_one_changes_n
     pipe.unload_textual_inversion("<toy>")
     assert len(pipe.tokenizer) == before[0] - 2 and len(pipe.tokenizer_2) == second
     assert "<toy>" not in pipe.tokenizer.get_vocab()
+
+
+def test_a_truncated_file_is_refused_with_nothing_changed(tmp_path) -> None:
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({"<toy>": torch.randn(2, WIDTH)}, str(path))
+    path.write_bytes(path.read_bytes()[:-20])
+    pipe = _pipeline(sdxl=False)
+    before = _state(pipe)
+    with pytest.raises(OSError, match="Unable to load weights from checkpoint file"):  # diffusers' reader
+        pipe.load_textual_inversion(path)
+    assert _unchanged(pipe, before)
