@@ -10,11 +10,10 @@ to the same rule (its own table of what runs)."""
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import pytest
 import torch
-from hostile_values import HOSTILE
+from hostile_values import HOSTILE, Outcomes
 from tiny_pipelines import build_sdxl, sd_components
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
@@ -75,35 +74,18 @@ def test_every_argument_under_hostile_values_runs_or_is_refused_by_name_before_a
         pipe = PIPELINES[task].from_pipe(build_sdxl())
     pipe.set_progress_bar_config(disable=True)
     steps = 4 if family == "sdxl" else 2  # SDXL img2img's default strength, 0.3, runs int(4 x 0.3) = 1 of 4
-    worked: list[str] = []
-    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
-        module.register_forward_pre_hook(lambda module, args: worked.append(type(module).__name__))
+    outcomes = Outcomes()
+    outcomes.watch(pipe.text_encoder, pipe.unet, pipe.vae)
     arguments = [
         name for name in inspect.signature(type(pipe).__call__).parameters if name not in ("self", "return_dict")
     ]
-    late, unnamed = [], []
-    ran: set[tuple[str, str]] = set()
     for argument in arguments:
         for index, (label, value) in enumerate(HOSTILE.items()):
-            worked.clear()
             prompt = f"a red circle {argument} {index}"  # never cached: the text encoder runs or nothing does
             settings = dict(prompt=prompt, num_inference_steps=steps, output_type="latent", **_sources(task))
             settings["generator"] = torch.Generator().manual_seed(0)
-            settings[argument] = value
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    pipe(**settings)
-                ran.add((argument, label))
-            except (ValueError, TypeError) as error:
-                if worked:
-                    late.append(f"{argument}={label}: {type(error).__name__} after {sorted(set(worked))}: {error}")
-                elif argument not in str(error):
-                    unnamed.append(f"{argument}={label}: {error}")
-            except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
-                late.append(f"{argument}={label}: {type(error).__name__}: {error}")
-    assert late == [] and unnamed == []
-    assert ran <= {(argument, label) for argument, labels in MAY_RUN.items() for label in labels}
+            outcomes.call(pipe, argument, label, **{**settings, argument: value})
+    outcomes.check(MAY_RUN)
 
 
 # what `encode_prompt` takes of the hostile values (every other one is refused before encoding)
@@ -130,38 +112,20 @@ def test_every_encode_prompt_argument_runs_or_is_refused_by_name_before_encoding
         if family == "sd"
         else CLIPConditionedPipeline.from_pipe(build_sdxl())
     )
-    worked: list[int] = []
-    for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if encoder is not None:
-            encoder.register_forward_pre_hook(lambda module, args: worked.append(1))
-    late, unnamed = [], []
-    ran: set[tuple[str, str]] = set()
+    outcomes = Outcomes()
+    outcomes.watch(pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     for argument in inspect.signature(pipe.encode_prompt).parameters:
         for index, (label, value) in enumerate(HOSTILE.items()):
             if (argument, label) == ("device", "zero"):
                 continue
-            worked.clear()
             settings = dict(
                 prompt=f"a red circle {argument} {index}",
                 device="cpu",
                 num_images_per_prompt=1,
                 do_classifier_free_guidance=True,
             )
-            settings[argument] = value
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    pipe.encode_prompt(**settings)
-                ran.add((argument, label))
-            except (ValueError, TypeError) as error:
-                if worked:
-                    late.append(f"{argument}={label}: {type(error).__name__} after the text encoder: {error}")
-                elif argument not in str(error):
-                    unnamed.append(f"{argument}={label}: {error}")
-            except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
-                late.append(f"{argument}={label}: {type(error).__name__}: {error}")
-    assert late == [] and unnamed == []
-    assert ran <= {(argument, label) for argument, labels in ENCODE_PROMPT_MAY_RUN.items() for label in labels}
+            outcomes.call(pipe.encode_prompt, argument, label, **{**settings, argument: value})
+    outcomes.check(ENCODE_PROMPT_MAY_RUN)
 
 
 COMPONENTS = {
@@ -194,26 +158,17 @@ def test_every_constructor_option_is_refused_by_name_or_builds_a_pipeline_that_r
     options = [
         name for name in inspect.signature(CLIPConditionedPipeline.__init__).parameters if name not in COMPONENTS
     ]
-    failed, unnamed = [], []
-    built: set[tuple[str, str]] = set()
+    outcomes = Outcomes()
     for option in options:
         for label, value in HOSTILE.items():
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    pipe = CLIPConditionedPipeline(**{**source, option: value})
-            except (ValueError, TypeError) as error:
-                if option not in str(error):
-                    unnamed.append(f"{option}={label}: {error}")
+            built: list[CLIPConditionedPipeline] = []
+            if not outcomes.call(_build_into, option, label, built=built, components={**source, option: value}):
                 continue
-            except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
-                failed.append(f"{option}={label}: {type(error).__name__}: {error}")
-                continue
-            built.add((option, label))
-            pipe.set_progress_bar_config(disable=True)
-            try:
-                pipe(f"a red circle {option} {label}", num_inference_steps=1, output_type="latent", height=32, width=32)
-            except Exception as error:  # noqa: BLE001 - built, then failing at the call
-                failed.append(f"{option}={label} built, then the call failed: {type(error).__name__}: {error}")
-    assert failed == [] and unnamed == []
-    assert built <= {(option, label) for option, labels in OPTIONS_MAY_RUN.items() for label in labels}
+            built[0].set_progress_bar_config(disable=True)
+            settings = dict(num_inference_steps=1, output_type="latent", height=32, width=32)
+            outcomes.follow_up(built[0], option, label, prompt=f"a red circle {option} {label}", **settings)
+    outcomes.check(OPTIONS_MAY_RUN)
+
+
+def _build_into(built: list, components: dict) -> None:
+    built.append(CLIPConditionedPipeline(**components))

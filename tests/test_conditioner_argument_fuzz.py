@@ -8,11 +8,9 @@ probe of session 19 found falsy non-text `prompt_2` values read as "left out" th
 from __future__ import annotations
 
 import inspect
-import warnings
-from functools import partial
 
 import pytest
-from hostile_values import HOSTILE
+from hostile_values import HOSTILE, Outcomes
 from tiny_pipelines import build_flux, build_pixart, build_sd, build_sd3, build_sdxl
 
 from clipcond import TextConditioner
@@ -46,10 +44,6 @@ OPTIONS_MAY_RUN = {
 }
 
 
-def _taken(table: dict[str, tuple[str, ...]]) -> set[tuple[str, str]]:
-    return {(argument, label) for argument, labels in table.items() for label in labels}
-
-
 def _pipeline(family: str, t5_tokenizer_path):
     builders = {
         "sd": build_sd,
@@ -65,49 +59,18 @@ def _build_into(built: list[TextConditioner], pipe, options: dict) -> None:
     built.append(TextConditioner.from_pipeline(pipe, **options))
 
 
-def _watched(cond: TextConditioner, worked: list[str]) -> None:
-    for encoder in cond.encoders:
-        encoder.model.register_forward_pre_hook(lambda module, args: worked.append(type(module).__name__))
-
-
-def _outcome(call, argument: str, label: str, worked: list[str], late: list[str], unnamed: list[str]) -> bool:
-    """Run `call`; record a failure after work in `late` and a refusal that does not name
-    `argument` in `unnamed`. True when the call ran."""
-    worked.clear()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            call()
-    except (ValueError, TypeError) as error:
-        if worked:
-            late.append(f"{argument}={label}: {type(error).__name__} after {sorted(set(worked))}: {error}")
-        elif argument not in str(error):
-            unnamed.append(f"{argument}={label}: {error}")
-        return False
-    except Exception as error:  # noqa: BLE001 - anything else is a failure the checks missed
-        late.append(f"{argument}={label}: {type(error).__name__}: {error}")
-        return False
-    return True
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_argument_runs_or_is_refused_by_name_before_any_encoder_runs(family, t5_tokenizer_path) -> None:
     cond = TextConditioner.from_pipeline(_pipeline(family, t5_tokenizer_path))
-    worked: list[str] = []
-    _watched(cond, worked)
-    late: list[str] = []
-    unnamed: list[str] = []
-    ran: set[tuple[str, str]] = set()
+    outcomes = Outcomes()
+    outcomes.watch(*(encoder.model for encoder in cond.encoders))
     for method_name, required in METHODS.items():
         method = getattr(cond, method_name)
         for argument in inspect.signature(method).parameters:
             for index, (label, value) in enumerate(HOSTILE.items()):
                 settings = dict(prompt=f"a red circle {method_name} {argument} {index}", **required)
-                settings[argument] = value
-                if _outcome(partial(method, **settings), argument, label, worked, late, unnamed):
-                    ran.add((argument, label))
-    assert late == [] and unnamed == []
-    assert ran <= _taken(MAY_RUN)
+                outcomes.call(method, argument, label, **{**settings, argument: value})
+    outcomes.check(MAY_RUN)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,22 +81,10 @@ def test_every_option_is_refused_by_name_or_encodes(family, t5_tokenizer_path, t
     monkeypatch.chdir(tmp_path)  # a string `cache_dir` makes a folder where it is read
     pipe = _pipeline(family, t5_tokenizer_path)
     options = [name for name in inspect.signature(TextConditioner.__init__).parameters if name not in FROM_THE_PIPELINE]
-    late: list[str] = []
-    unnamed: list[str] = []
-    ran: set[tuple[str, str]] = set()
+    outcomes = Outcomes()
     for option in [*options, "max_sequence_length"]:
         for index, (label, value) in enumerate(HOSTILE.items()):
             built: list[TextConditioner] = []
-            if not _outcome(
-                partial(_build_into, built, pipe, {option: value}),
-                option,
-                label,
-                [],
-                late,
-                unnamed,
-            ):
-                continue
-            _outcome(partial(built[0].encode, f"a red circle {option} {index}"), option, label, [], late, [])
-            ran.add((option, label))
-    assert late == [] and unnamed == []
-    assert ran <= _taken(OPTIONS_MAY_RUN)
+            if outcomes.call(_build_into, option, label, built=built, pipe=pipe, options={option: value}):
+                outcomes.follow_up(built[0].encode, option, label, prompt=f"a red circle {option} {index}")
+    outcomes.check(OPTIONS_MAY_RUN)
