@@ -1,5 +1,6 @@
-"""Values no caller means, one of each kind a mistaken argument takes, for the argument fuzz
-tests (`test_argument_fuzz.py`, `test_conditioner_argument_fuzz.py`)."""
+"""Values no caller means, one of each kind a mistaken argument takes, and `Outcomes`, which records
+what calls under them did, for the argument fuzz tests (`test_argument_fuzz.py`,
+`test_conditioner_argument_fuzz.py`)."""
 
 from __future__ import annotations
 
