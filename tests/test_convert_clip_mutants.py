@@ -267,3 +267,27 @@ def test_a_lone_text_tower_saved_by_transformers_gets_the_hint(tmp_path) -> None
     with pytest.raises(ValueError) as error:
         convert_openai_state_dict(load_file(tmp_path / "model.safetensors"))
     assert str(error.value).endswith(" (this already is a transformers CLIPModel state dict)"), str(error.value)
+
+
+@pytest.mark.parametrize("tower", ["transformer", "visual.transformer"])
+def test_a_block_without_its_mlp_is_refused_naming_the_tensor(tower: str) -> None:
+    """The MLP width is read from block 0's `mlp.c_fc.weight`: without it the key is named
+    (found by mutation testing: `x__shape_reader__mutmut_2`, the key dropped from the message)."""
+    state, _ = _state()
+    key = f"{tower}.resblocks.0.mlp.c_fc.weight"
+    del state[key]
+    with pytest.raises(ValueError) as error:
+        convert_openai_state_dict(state, text_heads=2)
+    assert str(error.value) == f"missing {key!r}, which every OpenAI-layout ViT CLIP has"
+
+
+def test_keys_that_carry_no_weights_are_skipped_wherever_they_stand() -> None:
+    """OpenAI's checkpoints hold `input_resolution`, `context_length`, `vocab_size` and the text
+    mask `attn_mask` beside the weights: skipped first in the order as last, the conversion is
+    the same (found by mutation testing: `x__openai_keys__mutmut_11`, `break` for `continue`)."""
+    state, _ = _state()
+    skipped_first = {"attn_mask": torch.zeros(3, 3), "context_length": torch.tensor(77), **state}
+    config, expected = convert_openai_state_dict(state, text_heads=2)
+    got_config, got = convert_openai_state_dict(skipped_first, text_heads=2)
+    assert got_config.to_dict() == config.to_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[key], expected[key]) for key in expected)
