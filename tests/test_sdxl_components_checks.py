@@ -68,3 +68,18 @@ def test_a_first_clip_without_the_second_is_refused_in_full() -> None:
         "an SDXL UNet needs two CLIP text encoders (or `text_encoder_2` alone, as the refiner): got `text_encoder` "
         "but no `text_encoder_2` (a CLIPTextModelWithProjection) for the pooled embedding"
     )
+
+
+def test_a_recipe_that_does_not_fit_the_unet_is_refused_in_full() -> None:
+    from clipcond.pipelines.sdxl_components import resolve_recipe
+
+    with pytest.raises(ValueError) as refusal:
+        resolve_recipe("sd3", None, None)
+    assert str(refusal.value) == "`recipe` must be 'sd', 'sdxl' or 'custom' (rows of clipcond.families), got 'sd3'"
+    text_unet = SimpleNamespace(config={"addition_embed_type": "text"})  # Kandinsky-style added text embedding
+    with pytest.raises(ValueError) as refusal:
+        resolve_recipe("sdxl", text_unet, None)
+    assert str(refusal.value) == (
+        "`recipe` 'sdxl' needs an SDXL-class UNet (addition_embed_type 'text_time'); this UNet's addition_embed_type "
+        "is 'text': use recipe 'sd' or 'custom'"
+    )
