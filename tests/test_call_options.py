@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from tiny_pipelines import build_flux, build_pixart, build_sd, build_sd3, build_sdxl
+from tiny_pipelines import build_family
 
 from clipcond import TextConditioner
 
@@ -24,24 +24,11 @@ def _with_lora(model: torch.nn.Module, seed: int) -> None:
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False), model)
 
 
-def _build(family: str, t5_tokenizer_path):
-    builders = {
-        "sd": build_sd,
-        "sdxl": build_sdxl,
-        "sd3": lambda: build_sd3(t5_tokenizer_path),
-        "flux": lambda: build_flux(t5_tokenizer_path),
-        "pixart": lambda: build_pixart(t5_tokenizer_path),
-    }
-    pipe = builders[family]()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module", params=["sd", "sdxl", "sd3", "flux"])
 def lora_pipe(request, t5_tokenizer_path):
     """A tiny pipeline of the family with a LoRA in every text encoder (SD3's T5 included,
     which diffusers does not scale)."""
-    pipe = _build(request.param, t5_tokenizer_path)
+    pipe = build_family(request.param, t5_tokenizer_path)
     for index, name in enumerate(("text_encoder", "text_encoder_2", "text_encoder_3")):
         if getattr(pipe, name, None) is not None:
             _with_lora(getattr(pipe, name), seed=index)
@@ -84,7 +71,7 @@ def test_lora_scale_equals_encode_prompt_of_each_family(lora_pipe, lora_scale) -
 
 
 def test_a_disk_cache_keys_the_lora_scale(tmp_path, t5_tokenizer_path) -> None:
-    pipe = _build("sd", t5_tokenizer_path)
+    pipe = build_family("sd", t5_tokenizer_path)
     _with_lora(pipe.text_encoder, seed=0)
     first = TextConditioner.from_pipeline(pipe, cache_dir=tmp_path)
     half = first.encode(PROMPT, lora_scale=0.5).tokens
@@ -96,7 +83,7 @@ def test_a_disk_cache_keys_the_lora_scale(tmp_path, t5_tokenizer_path) -> None:
 def test_nested_scales_multiply_as_diffusers_scale_lora_layers_does(t5_tokenizer_path) -> None:
     """`with cond.lora_scaled(0.5): cond.encode(p, lora_scale=4.0)` runs the LoRA at 2.0, as
     diffusers' `scale_lora_layers` nests; the cache serves each product its own rows."""
-    pipe = _build("sd", t5_tokenizer_path)
+    pipe = build_family("sd", t5_tokenizer_path)
     _with_lora(pipe.text_encoder, seed=0)
     cond = TextConditioner.from_pipeline(pipe)
     doubled, _ = _encode_prompt("sd", pipe, 2.0)
@@ -108,14 +95,14 @@ def test_nested_scales_multiply_as_diffusers_scale_lora_layers_does(t5_tokenizer
 
 
 def test_lora_scale_is_checked_before_any_work(t5_tokenizer_path) -> None:
-    cond = TextConditioner.from_pipeline(_build("sd", t5_tokenizer_path))
+    cond = TextConditioner.from_pipeline(build_family("sd", t5_tokenizer_path))
     with pytest.raises(
         TypeError, match=r"^`lora_scale` must be a number \(the LoRA's weight, 1.0 as trained\), got '0.5'$"
     ):
         cond.pipeline_kwargs(PROMPT, lora_scale="0.5")
     with pytest.raises(ValueError, match=r"^`lora_scale` must be finite, got nan$"):
         cond.encode(PROMPT, lora_scale=float("nan"))
-    pixart = TextConditioner.from_pipeline(_build("pixart", t5_tokenizer_path))
+    pixart = TextConditioner.from_pipeline(build_family("pixart", t5_tokenizer_path))
     with pytest.raises(ValueError, match="'pixart' pipelines' encode_prompt takes no LoRA scale"):
         pixart.schedule(PROMPT, 4, lora_scale=0.5)
 
@@ -125,7 +112,7 @@ def test_images_per_prompt_repeat_rows_as_the_pipeline_repeats_a_prompt(family, 
     """Two prompts, two images each: the pipeline given `pipeline_kwargs(...,
     num_images_per_prompt=2)` makes the latents it makes from the prompts as text with
     `num_images_per_prompt=2`, bit for bit (SD3 and Flux fail on given embeddings otherwise)."""
-    pipe = _build(family, t5_tokenizer_path)
+    pipe = build_family(family, t5_tokenizer_path)
     cond = TextConditioner.from_pipeline(pipe)
     size = {"sd": 32, "sdxl": 32, "sd3": 32, "flux": 16, "pixart": 32}[family]
     common = dict(height=size, width=size, num_inference_steps=2, output_type="latent")

@@ -11,7 +11,7 @@ import inspect
 
 import pytest
 from hostile_values import HOSTILE, Outcomes
-from tiny_pipelines import build_flux, build_pixart, build_sd, build_sd3, build_sdxl
+from tiny_pipelines import build_family
 
 from clipcond import TextConditioner
 
@@ -44,24 +44,13 @@ OPTIONS_MAY_RUN = {
 }
 
 
-def _pipeline(family: str, t5_tokenizer_path):
-    builders = {
-        "sd": build_sd,
-        "sdxl": build_sdxl,
-        "sd3": lambda: build_sd3(t5_tokenizer_path),
-        "flux": lambda: build_flux(t5_tokenizer_path),
-        "pixart": lambda: build_pixart(t5_tokenizer_path),
-    }
-    return builders[family]()
-
-
 def _build_into(built: list[TextConditioner], pipe, options: dict) -> None:
     built.append(TextConditioner.from_pipeline(pipe, **options))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_argument_runs_or_is_refused_by_name_before_any_encoder_runs(family, t5_tokenizer_path) -> None:
-    cond = TextConditioner.from_pipeline(_pipeline(family, t5_tokenizer_path))
+    cond = TextConditioner.from_pipeline(build_family(family, t5_tokenizer_path))
     outcomes = Outcomes()
     outcomes.watch(*(encoder.model for encoder in cond.encoders))
     for method_name, required in METHODS.items():
@@ -79,7 +68,7 @@ def test_every_option_is_refused_by_name_or_encodes(family, t5_tokenizer_path, t
     conditioner it builds encodes a prompt (an option taken silently and failing at the first
     encode would be a late failure)."""
     monkeypatch.chdir(tmp_path)  # a string `cache_dir` makes a folder where it is read
-    pipe = _pipeline(family, t5_tokenizer_path)
+    pipe = build_family(family, t5_tokenizer_path)
     options = [name for name in inspect.signature(TextConditioner.__init__).parameters if name not in FROM_THE_PIPELINE]
     outcomes = Outcomes()
     for option in [*options, "max_sequence_length"]:

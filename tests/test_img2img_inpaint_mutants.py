@@ -380,11 +380,10 @@ def test_a_latent_unet_reading_coordinate_channels_runs_as_diffusers_with_the_gr
     assert torch.equal(_run(ours, prompt="a red circle", image=_source(), **extra), expected)
 
 
-def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
-    """The time ids are made in the pipeline's dtype, as diffusers makes them: in bfloat16 a
-    size of 513 is 512 (8 bits of mantissa), and float32 ids would give another image. The
-    callback's `add_time_ids` are diffusers' tensor, dtype included."""
-    peer = _quiet(StableDiffusionXLImg2ImgPipeline(**build_sdxl().components, add_watermarker=False))
+def _bfloat16_time_ids(parts: dict, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, diffusers') `add_time_ids` as the step callback sees them, in SDXL img2img on
+    `parts` in bfloat16, after checking that both images are equal."""
+    peer = _quiet(StableDiffusionXLImg2ImgPipeline(**parts))
     ours = _quiet(CLIPConditionedImg2ImgPipeline.from_pipe(peer))
     peer.to(dtype=torch.bfloat16)  # from_pipe casts the shared modules to float32
     seen = {}
@@ -396,51 +395,35 @@ def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
 
         return callback
 
-    settings = dict(
-        prompt="a red circle",
-        image=_source(),
-        strength=0.6,
+    settings = dict(prompt="a red circle", image=_source(), strength=0.6, **settings)
+    settings["callback_on_step_end_tensor_inputs"] = ["add_time_ids"]
+    expected = _run(peer, callback_on_step_end=keep("peer"), **settings)
+    assert torch.equal(_run(ours, callback_on_step_end=keep("ours"), **settings), expected)
+    return seen["ours"], seen["peer"]
+
+
+def test_sdxl_img2img_in_bfloat16_rounds_its_time_ids_as_diffusers() -> None:
+    """The time ids are made in the pipeline's dtype, as diffusers makes them: in bfloat16 a
+    size of 513 is 512 (8 bits of mantissa), and float32 ids would give another image. The
+    callback's `add_time_ids` are diffusers' tensor, dtype included."""
+    ours, peer = _bfloat16_time_ids(
+        dict(**build_sdxl().components, add_watermarker=False),
         original_size=(513, 515),
         crops_coords_top_left=(3, 259),
         target_size=(SIDE, SIDE),
-        callback_on_step_end_tensor_inputs=["add_time_ids"],
     )
-    expected = _run(peer, callback_on_step_end=keep("peer"), **settings)
-    got = _run(ours, callback_on_step_end=keep("ours"), **settings)
-    assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
-    assert seen["ours"][0, :4].tolist() == [512.0, 516.0, 3.0, 260.0]  # rounded: the reason this test exists
-    assert torch.equal(got, expected)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, peer)
+    assert ours[0, :4].tolist() == [512.0, 516.0, 3.0, 260.0]  # rounded: the reason this test exists
 
 
 def test_an_sdxl_refiner_in_bfloat16_rounds_its_aesthetic_scores_as_diffusers() -> None:
     """A refiner's time ids end in the aesthetic scores, floats: made in the pipeline's dtype,
     as diffusers makes them, 6.3 and 2.7 are bfloat16's 6.3125 and 2.703125 in both rows (ids
     made as float32 and joined with bfloat16 ones would stay float32 and unrounded)."""
-    peer = _quiet(StableDiffusionXLImg2ImgPipeline(**sdxl_refiner_components(), requires_aesthetics_score=True))
-    ours = _quiet(CLIPConditionedImg2ImgPipeline.from_pipe(peer))
-    peer.to(dtype=torch.bfloat16)
-    seen = {}
-
-    def keep(name):
-        def callback(pipe, step, timestep, tensors):
-            seen[name] = tensors["add_time_ids"]
-            return {}
-
-        return callback
-
-    settings = dict(
-        prompt="a red circle",
-        image=_source(),
-        strength=0.6,
-        aesthetic_score=6.3,
-        negative_aesthetic_score=2.7,
-        callback_on_step_end_tensor_inputs=["add_time_ids"],
-    )
-    expected = _run(peer, callback_on_step_end=keep("peer"), **settings)
-    got = _run(ours, callback_on_step_end=keep("ours"), **settings)
-    assert seen["ours"].dtype == torch.bfloat16 and torch.equal(seen["ours"], seen["peer"])
-    assert seen["ours"][:, -1].tolist() == [2.703125, 6.3125]  # negative row first; rounded
-    assert torch.equal(got, expected)
+    parts = dict(**sdxl_refiner_components(), requires_aesthetics_score=True)
+    ours, peer = _bfloat16_time_ids(parts, aesthetic_score=6.3, negative_aesthetic_score=2.7)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, peer)
+    assert ours[:, -1].tolist() == [2.703125, 6.3125]  # negative row first; rounded
 
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint"])

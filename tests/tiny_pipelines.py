@@ -337,6 +337,20 @@ def build_pixart(t5_tokenizer_path: Path):
     )
 
 
+def build_family(family: str, t5_tokenizer_path: Path):
+    """The tiny pipeline of `family` ("sd", "sdxl", "sd3", "flux" or "pixart"), progress bars off."""
+    builders = {
+        "sd": build_sd,
+        "sdxl": build_sdxl,
+        "sd3": lambda: build_sd3(t5_tokenizer_path),
+        "flux": lambda: build_flux(t5_tokenizer_path),
+        "pixart": lambda: build_pixart(t5_tokenizer_path),
+    }
+    pipe = builders[family]()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def pixel_space_unet(seed: int, in_channels: int = 3):
     """A tiny UNet2DConditionModel on 16x16 pixels (3 output channels) reading WIDTH-wide tokens."""
     torch.manual_seed(seed)
