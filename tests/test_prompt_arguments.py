@@ -12,6 +12,8 @@ def test_a_prompt_of_another_kind_is_named_with_its_type() -> None:
     with pytest.raises(TypeError) as refusal:
         as_prompt_list(5, "prompt_2")
     assert str(refusal.value) == "`prompt_2` must be a string or a list of strings, got int"
+    with pytest.raises(TypeError, match=r"^`prompt` must be a string"):  # the argument named by default
+        as_prompt_list(None)
 
 
 @pytest.mark.parametrize(
