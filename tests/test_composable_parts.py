@@ -22,3 +22,43 @@ def test_an_edit_still_to_come_and_and_prompts_are_kept_as_written() -> None:
     later = "a [cat:dog:0.75]"  # switches after step 5: inside the steps the call runs
     parts = "a [cat:dog:0.25] AND a bird"  # each AND part is scheduled on its own
     assert fixed_prompt_arguments(steps, [later, parts], None) == ([later, parts], None)
+
+
+def test_a_negative_with_and_is_read_whole_and_fixed_from_the_first_step() -> None:
+    """In a negative prompt AND is text (A1111 reads negatives whole): a call from step 0 fixes
+    `[blurry:sharp:0] AND dark` to "sharp AND dark", where a prompt's AND parts are each
+    scheduled and kept as written (found by mutation testing: `x__fixed_text__mutmut_5`, `_8`,
+    the negative flag dropped)."""
+    steps = EditSteps(total=4, first=0)
+    edited = "[blurry:sharp:0] AND dark"
+    assert fixed_prompt_arguments(steps, edited, edited) == (edited, "sharp AND dark")
+
+
+def test_a_negative_prompt_list_beside_and_is_read_as_its_text() -> None:
+    """`negative_prompt=["dark"]` beside an AND prompt gives the image of `negative_prompt="dark"`
+    (found by mutation testing: `x_plan_for_call__mutmut_19`, the list replaced by the argument's
+    name as text); a negative list of another length is refused naming `negative_prompt`."""
+    import numpy as np
+    import pytest
+    import torch
+    from tiny_pipelines import sd_components
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline(**sd_components())
+    pipe.set_progress_bar_config(disable=True)
+
+    def image(negative):
+        return pipe(
+            "a red circle AND a blue square",
+            negative_prompt=negative,
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    assert np.array_equal(image(["dark"]), image("dark"))
+    with pytest.raises(ValueError, match="negative_prompt"):
+        image(["dark", "ugly"])

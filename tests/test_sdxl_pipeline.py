@@ -770,7 +770,11 @@ def test_sdxl_settings_on_a_stable_diffusion_pipeline_are_refused(sd_pipe) -> No
         (dict(prompt=["a", "b"], prompt_2=["c", "d", "e"]), "`prompt_2` has 3 entries but the batch has 2"),
         (dict(prompt="a", prompt_2=7), "`prompt_2` must be a string or a list of strings"),
         (dict(prompt="a", negative_prompt_2="b"), "`negative_prompt_2` needs `negative_prompt`"),
-        (dict(prompt="a red AND a blue", prompt_2="c"), "AND cannot go with `prompt_2`"),
+        (
+            dict(prompt="a red AND a blue", prompt_2="c"),
+            r"^a prompt with AND cannot go with `prompt_2`: AND splits `prompt` into parts, and the second "
+            r"encoder's text has no part to go with; put the parts in `prompt` alone$",
+        ),
         (dict(prompt="a", prompt_2="c AND d"), "`prompt_2` has AND"),
     ],
 )
