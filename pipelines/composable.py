@@ -101,10 +101,6 @@ class DenoisingPlan:
             rows.insert(0, uncond)
         return PromptEmbeds.cat(rows).to(device=device, dtype=dtype)
 
-    def context(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(rows, seq, width): the unconditional rows (if guided), then the parts' rows."""
-        return self.rows(index, device, dtype).tokens
-
     def unconditional_rows(self) -> int:
         """How many of the rows are unconditional (one per image when guided, else none)."""
         return self.part_image.max().item() + 1 if self.guided else 0

@@ -478,15 +478,19 @@ def test_each_encoder_expands_a_token_with_its_own_tokenizer_as_sdxl(counts) -> 
 
 def test_prompt_editing_swaps_tokens_and_pooled_rows(sdxl_pipe) -> None:
     """`[red:blue:0.5]` natively equals SDXL driven by `pipeline_kwargs`' step callback, which
-    swaps `prompt_embeds` and `add_text_embeds`; with a negative and with SDXL's zeros."""
+    swaps `prompt_embeds` and `add_text_embeds`; with a negative and with SDXL's zeros, and with
+    negative sizes, whose time ids go on the unconditional rows only (found by mutation testing:
+    `xǁDenoisingPlanǁunconditional_rows__mutmut_1`, `_4`, the count of those rows changed)."""
     ours = ours_from(sdxl_pipe)
-    for negative in ("[blurry|dark]", None):
+    sizes = dict(negative_original_size=(16, 16), negative_target_size=(24, 24))
+    for negative, negative_sizes in (("[blurry|dark]", {}), (None, {}), ("blurry", sizes)):
         edited = dict(prompt="a [red:blue:0.5] circle", negative_prompt=negative, num_inference_steps=4)
         kwargs = ours.conditioner.pipeline_kwargs(edited["prompt"], negative, num_inference_steps=4)
-        expected = run(sdxl_pipe, **kwargs, num_inference_steps=4, output_type="latent")
-        got = run(ours, **edited, output_type="latent")
+        expected = run(sdxl_pipe, **kwargs, num_inference_steps=4, output_type="latent", **negative_sizes)
+        got = run(ours, **edited, output_type="latent", **negative_sizes)
         assert torch.equal(got, expected), negative
-        assert not torch.equal(got, run(ours, prompt="a red circle", negative_prompt=negative, output_type="latent"))
+        plain = run(ours, prompt="a red circle", negative_prompt=negative, output_type="latent", **negative_sizes)
+        assert not torch.equal(got, plain)
 
 
 def test_one_second_prompt_string_goes_with_every_prompt(sdxl_pipe) -> None:
