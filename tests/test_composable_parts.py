@@ -62,3 +62,23 @@ def test_a_negative_prompt_list_beside_and_is_read_as_its_text() -> None:
     assert np.array_equal(image(["dark"]), image("dark"))
     with pytest.raises(ValueError, match="negative_prompt"):
         image(["dark", "ugly"])
+
+
+def test_and_with_two_images_per_prompt_gives_each_image_its_own_run() -> None:
+    """`num_images_per_prompt=2` with one generator per image: each image of an AND prompt is the
+    image a one-image call with its generator makes (the parts' rows of image 2 read image 2's
+    latents; found by mutation testing: `x_build_plan__mutmut_50`, `_53`, `- copy` for `+ copy`)."""
+    import numpy as np
+    import torch
+    from tiny_pipelines import sd_components
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline(**sd_components())
+    pipe.set_progress_bar_config(disable=True)
+    settings = dict(prompt="a red circle :1.2 AND a blue square :0.8", negative_prompt="dark", num_inference_steps=2)
+    settings.update(height=32, width=32, output_type="np")
+    both = pipe(**settings, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    for index, seed in enumerate((0, 1)):
+        alone = pipe(**settings, generator=torch.Generator().manual_seed(seed)).images[0]
+        np.testing.assert_allclose(both.images[index], alone, rtol=0, atol=1e-5)  # a batch of 2 vs 1: 1.8e-7 here
