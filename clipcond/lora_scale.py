@@ -22,10 +22,11 @@ from torch import nn
 from clipcond.scalars import as_float
 
 
-def check_lora_scale(lora_scale: Any) -> float | None:
-    """`lora_scale` as a float (None stays None): a TypeError unless it is a real number (numpy's
-    and 0-d tensors included, as diffusers takes them), a ValueError unless it is finite."""
-    if lora_scale is None:
+def check_lora_scale(lora_scale: Any, optional: bool = True) -> float | None:
+    """`lora_scale` as a float (None stays None where `optional`): a TypeError unless it is a
+    real number (numpy's and 0-d tensors included, as diffusers takes them), a ValueError
+    unless it is finite."""
+    if lora_scale is None and optional:
         return None
     lora_scale = as_float(lora_scale)
     if isinstance(lora_scale, bool) or not isinstance(lora_scale, numbers.Real):

@@ -104,6 +104,12 @@ def _per_call(name: str, doc: str) -> property:
     return property(lambda self: getattr(self, f"_{name}"), doc=doc)
 
 
+def _check_projection_recipe(projection: Any, recipe: str) -> None:
+    """A `text_projection` (the learned adapter) is part of recipe 'custom' only."""
+    if projection is not None and recipe != "custom":
+        raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {recipe!r}")
+
+
 class _EmptyFloat32Notice(logging.Filter):
     """Drops diffusers' "There are modules in <model> that should be kept in float32: []" notice,
     which `ModelMixin.to(dtype=...)` logs for a model that keeps no module in float32 (nothing
@@ -309,8 +315,7 @@ class CLIPConditionedPipeline(
             image_encoder=image_encoder,
         )
         recipe = resolve_recipe(recipe, unet, text_encoder_2)
-        if text_projection is not None and recipe != "custom":  # refused here, not at the first call
-            raise ValueError(f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {recipe!r}")
+        _check_projection_recipe(text_projection, recipe)  # here, not only at the first call
         if recipe == SDXL_RECIPE:
             requires_aesthetics_score = check_sdxl_components(
                 unet, text_encoder, text_encoder_2, requires_aesthetics_score
@@ -488,10 +493,7 @@ class CLIPConditionedPipeline(
 
     def _build_conditioner(self, clip_skip: int | None, projection: TextProjection | None) -> TextConditioner:
         family = get_family(self.config.recipe)
-        if projection is not None and family.name != "custom":
-            raise ValueError(
-                f"a `text_projection` needs recipe 'custom', but this pipeline's recipe is {family.name!r}"
-            )
+        _check_projection_recipe(projection, family.name)  # the components may have changed since
         read = {slot.model for slot in family.slots}
         for slot in FAMILIES["custom"].slots:
             if slot.model not in read and getattr(self, slot.model, None) is not None:

@@ -149,9 +149,7 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         A `lora_scale` that is no finite number is refused before any weight changes (diffusers
         fused NaN or infinity into the base weights, which `unfuse_lora` cannot take out again);
         numpy's numbers and 0-d tensors are read as the floats they hold."""
-        if lora_scale is None:
-            raise TypeError("`lora_scale` must be a number (the LoRA's weight, 1.0 as trained), got None")
-        lora_scale = check_lora_scale(lora_scale)
+        lora_scale = check_lora_scale(lora_scale, optional=False)
         if components is None:
             components = self._lora_loadable_modules
         try:
