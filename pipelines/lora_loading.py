@@ -23,6 +23,8 @@ changes. Not covered: diffusers' `hotswap=True`, which writes into an adapter al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -69,9 +71,17 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             )
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
         before = self._adapter_names()
+        source = pretrained_model_name_or_path_or_dict
         try:
-            family.load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs)
-            self._check_new_adapters(before, pretrained_model_name_or_path_or_dict)
+            with _missing_text_encoder_tensors(self, ("text_encoder", "text_encoder_2")) as missing:
+                family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
+            if missing:
+                raise ValueError(
+                    f"the LoRA weights of {_source_name(source)} have no tensor for {missing[0]}"
+                    f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} (an incomplete or damaged "
+                    "file?): nothing was loaded"
+                )
+            self._check_new_adapters(before, source)
         except BaseException:
             self._delete_new_adapters(before)
             raise
@@ -79,7 +89,7 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
     def _check_new_adapters(self, before: dict[str, set[str]], source: Any) -> None:
         """Refuse new adapter tensors that hold NaN or infinite values, or none at all (a
         tensor the file lacks is left on the meta device by diffusers' UNet loader)."""
-        named = "the state dict" if isinstance(source, dict) else str(source)
+        named = _source_name(source)
         for component, names in self._new_adapters(before).items():
             for key, value in getattr(self, component).named_parameters():
                 if not any(f".{name}." in key for name in names):
@@ -181,6 +191,46 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         puts the merged tensors back as the same objects: the embedding cache cannot see it."""
         for conditioner in getattr(self, "_conditioners", {}).values():
             conditioner.weights_written()
+
+
+def _source_name(source: Any) -> str:
+    """How a refusal names what `load_lora_weights` was given."""
+    return "the state dict" if isinstance(source, dict) else str(source)
+
+
+@contextmanager
+def _missing_text_encoder_tensors(pipeline: Any, components: tuple[str, ...]) -> Iterator[list[str]]:
+    """While open, collect as 'component.key' the tensors of the adapter being loaded that
+    transformers' `load_adapter` found in no state dict (diffusers' text-encoder loader drops
+    the report it returns: transformers initialises those tensors, at random for `lora_A`).
+
+    The pipeline's text encoders get an instance attribute `load_adapter` that records and
+    returns transformers' report; it is taken away again when the block ends. transformers lists
+    the tensors of adapters loaded earlier as missing too (it leaves them as they are): only the
+    keys of the adapter being loaded (``.lora_A.<name>.``) count.
+    """
+    missing: list[str] = []
+    wrapped = []
+    for component in components:
+        model = getattr(pipeline, component, None)
+        load = getattr(model, "load_adapter", None)
+        if load is None or "load_adapter" in vars(model):
+            continue
+
+        def recording_load(*args: Any, _load: Any = load, _component: str = component, **kwargs: Any) -> Any:
+            report = _load(*args, **kwargs)
+            name = kwargs.get("adapter_name")
+            keys = sorted(getattr(report, "missing_keys", None) or ())
+            missing.extend(f"{_component}.{key}" for key in keys if name is not None and f".{name}." in key)
+            return report
+
+        vars(model)["load_adapter"] = recording_load
+        wrapped.append(model)
+    try:
+        yield missing
+    finally:
+        for model in wrapped:
+            del vars(model)["load_adapter"]
 
 
 __all__ = ["RecipeLoraLoaderMixin"]

@@ -3,7 +3,8 @@ load partway (a tensor of another shape in the text encoder or the UNet), holds 
 tensor of a layer it adapts leaves no adapter in any component, and the pipeline gives the
 images of before, bit for bit; an adapter loaded before stays active. diffusers' loader, on the
 same files, kept the adapter in both models after the shape failure (the images changed), took
-NaN silently, and left the missing tensor on the meta device."""
+NaN silently, left a missing UNet tensor on the meta device, and let transformers initialise a
+missing text-encoder tensor (at random for a `lora_A`: the images changed with the seed)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,20 @@ DAMAGES = {
     "text_encoder_shape": RuntimeError,
     "unet_shape": RuntimeError,
     "nan": ValueError,
-    "unet_tensor_missing": ValueError,
+    "unet_down_missing": ValueError,
+    "unet_up_missing": ValueError,
+    "text_encoder_down_missing": ValueError,
+    "text_encoder_up_missing": ValueError,
 }
 MESSAGES = {
     "nan": r"^the LoRA weights of .* hold NaN or infinite values \(unet\..*; a damaged file\?\): nothing was loaded$",
-    "unet_tensor_missing": r"^the LoRA weights of .* have no tensor for unet\..*lora_A.*: nothing was loaded$",
+    "unet_down_missing": r"^the LoRA weights of .* have no tensor for unet\..*lora_A.*: nothing was loaded$",
+    "unet_up_missing": r"^the LoRA weights of .* have no tensor for unet\..*lora_B.*: nothing was loaded$",
+    "text_encoder_down_missing": (
+        r"^the LoRA weights of .* have no tensor for text_encoder\.encoder\.layers\.0\.self_attn\.q_proj\.lora_A"
+        r"\.default_0\.weight \(an incomplete or damaged file\?\): nothing was loaded$"
+    ),
+    "text_encoder_up_missing": r"^the LoRA weights of .* have no tensor for text_encoder\..*lora_B.*: nothing was loaded$",
 }
 
 
@@ -30,7 +40,10 @@ def _damaged(folder, good, damage: str):
     path = next(good.glob("*.safetensors"))
     weights = load_file(path)
     down = sorted(key for key in weights if ".down." in key or "lora_A" in key)
-    if damage == "text_encoder_shape":
+    if damage.endswith("_missing"):  # "<component>_<down|up>_missing": that component's first such tensor
+        component, half = damage.removesuffix("_missing").rsplit("_", 1)
+        del weights[next(key for key in sorted(weights) if key.startswith(f"{component}.") and f".{half}." in key)]
+    elif damage == "text_encoder_shape":
         first = next(key for key in down if key.startswith("text_encoder."))
         weights[first] = weights[first][:, :-1].contiguous()
     elif damage == "unet_shape":
@@ -39,7 +52,7 @@ def _damaged(folder, good, damage: str):
     elif damage == "nan":
         weights = {key: torch.full_like(value, float("nan")) for key, value in weights.items()}
     else:
-        del weights[next(key for key in down if key.startswith("unet."))]
+        raise ValueError(f"no such damage: {damage!r}")
     folder.mkdir()
     save_file(weights, str(folder / path.name))
     return folder
@@ -66,7 +79,41 @@ def test_a_damaged_lora_leaves_no_adapter_and_the_images_of_before(tmp_path, sdx
     assert np.array_equal(run(ours), run(peer))
 
 
-@pytest.mark.parametrize("damage", ["text_encoder_shape", "nan"])
+@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
+def test_a_missing_text_encoder_tensor_is_refused_where_diffusers_draws_it_at_random(
+    tmp_path, low_cpu_mem_usage
+) -> None:
+    damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good"), "text_encoder_down_missing")
+    drawn = []
+    for seed in (0, 1):
+        peer, _ = pair()
+        torch.manual_seed(seed)
+        peer.load_lora_weights(damaged, low_cpu_mem_usage=low_cpu_mem_usage)
+        drawn.append(run(peer))
+    assert not np.array_equal(*drawn)  # diffusers: the images depend on the seed before the load
+    _, ours = pair()
+    plain = run(ours)
+    with pytest.raises(ValueError, match=MESSAGES["text_encoder_down_missing"]):
+        ours.load_lora_weights(damaged, low_cpu_mem_usage=low_cpu_mem_usage)
+    assert all(names == [] for names in _adapters(ours).values())
+    assert np.array_equal(run(ours), plain)
+
+
+@pytest.mark.parametrize("half", ["down", "up"])
+def test_a_missing_tensor_of_sdxls_second_text_encoder_is_refused(tmp_path, half) -> None:
+    damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good", sdxl=True), f"text_encoder_2_{half}_missing")
+    _, ours = pair(sdxl=True)
+    plain = run(ours)
+    lora = "lora_A" if half == "down" else "lora_B"
+    with pytest.raises(
+        ValueError, match=rf"have no tensor for text_encoder_2\.(text_model\.)?encoder\..*\.{lora}\.default_0\.weight "
+    ):
+        ours.load_lora_weights(damaged)
+    assert all(names == [] for names in _adapters(ours).values())
+    assert np.array_equal(run(ours), plain)
+
+
+@pytest.mark.parametrize("damage", ["text_encoder_shape", "nan", "text_encoder_down_missing"])
 def test_a_failed_load_keeps_the_adapter_loaded_before(tmp_path, damage) -> None:
     first = saved_lora(tmp_path / "first", seed=1)
     second = saved_lora(tmp_path / "second", seed=2)
