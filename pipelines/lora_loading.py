@@ -17,14 +17,21 @@ the weights before is served.
 Loading is all or nothing: `load_lora_weights` takes a new adapter out of every component it
 reached when the load fails partway or the loaded tensors are not finite (or missing), and the
 setters (`set_adapters`, `fuse_lora`) refuse scales that are no finite numbers before any layer
-changes. Not covered: diffusers' `hotswap=True`, which writes into an adapter already loaded
-(no new adapter to take out again).
+changes. A tensor the file lacks is found in a text encoder by transformers' own report (its
+`load_adapter` returns the missing keys; it initialises them, at random for `lora_A`, and only
+logs it) and in the UNet by the meta device diffusers' default `low_cpu_mem_usage=True` leaves
+it on. A `hotswap=True` load writes into an adapter already loaded: its tensors and scalings
+are copied first and put back when the swap fails (diffusers swapped the UNet's adapter, then
+refused the text encoders' part of the same file) or brings NaN. Not covered: a UNet tensor
+missing under `low_cpu_mem_usage=False` (peft initialises it and diffusers only logs it), or a
+hotswapped `lora_A` narrower than its layer (peft pads it with zeros, as it pads a smaller rank).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,9 +67,10 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             TypeError: an `adapter_name` that is no non-empty string without '.' (torch's
                 module-name errors named no argument).
             ValueError: weights holding NaN or infinite values, or missing a tensor of a layer
-                they adapt (diffusers' UNet loader left it on the meta device), naming the source
-                and the tensor; or what diffusers' loader raises (a tensor of another shape: torch's
-                RuntimeError, unchanged).
+                they adapt (diffusers' UNet loader left it on the meta device; transformers drew a
+                text encoder's at random), or, with `hotswap=True`, a tensor whose shape differs
+                in more than the rank, naming the source and the tensor; or what diffusers'
+                loader raises (a tensor of another shape: torch's RuntimeError, unchanged).
         """
         if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name):
             raise TypeError(
@@ -72,6 +80,7 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
         before = self._adapter_names()
         source = pretrained_model_name_or_path_or_dict
+        swapped = _AdapterSnapshot.of(self, adapter_name) if kwargs.get("hotswap") else None
         try:
             with _missing_text_encoder_tensors(self, ("text_encoder", "text_encoder_2")) as missing:
                 family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
@@ -81,16 +90,25 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                     f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} (an incomplete or damaged "
                     "file?): nothing was loaded"
                 )
-            self._check_new_adapters(before, source)
+            loaded = self._new_adapters(before)
+            if swapped is not None:  # the adapter written in place is checked as a new one is
+                swapped.check_shapes(_source_name(source))
+                for component in swapped.components:
+                    loaded.setdefault(component, []).append(adapter_name)
+            self._check_loaded_adapters(loaded, source)
         except BaseException:
             self._delete_new_adapters(before)
+            if swapped is not None:
+                swapped.restore()
+                self._text_weights_written()
             raise
 
-    def _check_new_adapters(self, before: dict[str, set[str]], source: Any) -> None:
-        """Refuse new adapter tensors that hold NaN or infinite values, or none at all (a
-        tensor the file lacks is left on the meta device by diffusers' UNet loader)."""
+    def _check_loaded_adapters(self, loaded: dict[str, list[str]], source: Any) -> None:
+        """Refuse the tensors of the adapters `loaded` names (component -> adapter names) when
+        they hold NaN or infinite values, or none at all (a tensor the file lacks is left on the
+        meta device by diffusers' UNet loader)."""
         named = _source_name(source)
-        for component, names in self._new_adapters(before).items():
+        for component, names in loaded.items():
             for key, value in getattr(self, component).named_parameters():
                 if not any(f".{name}." in key for name in names):
                     continue
@@ -191,6 +209,65 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         puts the merged tensors back as the same objects: the embedding cache cannot see it."""
         for conditioner in getattr(self, "_conditioners", {}).values():
             conditioner.weights_written()
+
+
+@dataclass
+class _AdapterSnapshot:
+    """What diffusers' `hotswap=True` load overwrites in the adapter it swaps into: the values of
+    its LoRA tensors (the same tensor objects, put back) and each layer's scaling (alpha / rank)."""
+
+    adapter_name: str
+    components: list[str]
+    tensors: list[tuple[str, torch.Tensor, torch.Tensor]]  # ('component.key', the tensor, a copy of its values)
+    scalings: list[tuple[dict, Any]]  # (a LoRA layer's `scaling` dict, the adapter's value in it)
+
+    @classmethod
+    def of(cls, pipeline: Any, adapter_name: str | None) -> _AdapterSnapshot:
+        """The adapter `adapter_name` in every LoRA-loadable component of `pipeline` that has
+        it (none when it is None or no component has it: diffusers refuses that hotswap)."""
+        snapshot = cls(adapter_name or "", [], [], [])
+        for component in pipeline._lora_loadable_modules:
+            model = getattr(pipeline, component, None)
+            if adapter_name is None or adapter_name not in (getattr(model, "peft_config", None) or ()):
+                continue
+            snapshot.components.append(component)
+            for key, tensor in model.named_parameters():
+                if f".{adapter_name}." in key:
+                    snapshot.tensors.append((f"{component}.{key}", tensor, tensor.detach().clone()))
+            for module in model.modules():
+                scaling = getattr(module, "scaling", None)
+                if isinstance(scaling, dict) and adapter_name in scaling:
+                    value = scaling[adapter_name]
+                    snapshot.scalings.append((scaling, value.clone() if torch.is_tensor(value) else value))
+        return snapshot
+
+    def check_shapes(self, named: str) -> None:
+        """Refuse a swap that changed a tensor's shape in any dimension but the rank (`lora_A`'s
+        first, `lora_B`'s second): peft swaps a larger tensor in whole, and a layer of another
+        width would fail at the next call, after the text encoders' work."""
+        for key, tensor, values in self.tensors:
+            rank = 0 if ".lora_A." in key else 1 if ".lora_B." in key and key.endswith(".weight") else None
+            if [size for dim, size in enumerate(tensor.shape) if dim != rank] != [
+                size for dim, size in enumerate(values.shape) if dim != rank
+            ]:
+                raise ValueError(
+                    f"the LoRA weights of {named} hold a tensor of shape {tuple(tensor.shape)} for {key}, which has "
+                    f"{tuple(values.shape)} (a hotswap may change only the rank): nothing was swapped"
+                )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the values back (peft copies into the tensors, or swaps a larger rank in whole)."""
+        for _, tensor, values in self.tensors:
+            if tensor.shape == values.shape:
+                tensor.copy_(values)
+            else:
+                tensor.data = values
+        for scaling, value in self.scalings:
+            if torch.is_tensor(value) and torch.is_tensor(scaling[self.adapter_name]):
+                scaling[self.adapter_name].copy_(value)
+            else:
+                scaling[self.adapter_name] = value
 
 
 def _source_name(source: Any) -> str:

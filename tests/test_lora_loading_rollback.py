@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 from test_lora_pipeline import pair, run, saved_lora
 
@@ -137,3 +138,61 @@ def test_an_adapter_name_that_cannot_name_layers_is_refused_naming_it(tmp_path, 
     with pytest.raises(TypeError, match=r"^`adapter_name` must be None \(a default name\) or a non-empty string"):
         ours.load_lora_weights(saved_lora(tmp_path / "lora"), adapter_name=name)
     assert all(names == [] for names in _adapters(ours).values())
+
+
+def _unet_only(folder, good, damage: str | None = None):
+    """A copy of the LoRA folder `good` with only its UNet tensors (diffusers hotswaps no text
+    encoder), damaged as `damage` says: 'nan' in every tensor (and alpha 16), 'width' (one `lora_A` one input
+    wider, which peft swaps in whole), 'smaller_rank' or 'larger_rank' (rank 2 or 8 for 4: allowed),
+    or 'larger_rank_nan' (both: the tensors swapped in whole, then refused)."""
+    path = next(good.glob("*.safetensors"))
+    weights = {key: value for key, value in load_file(path).items() if key.startswith("unet.")}
+    if damage is not None and "nan" in damage:
+        weights = {key: torch.full_like(value, float("nan")) for key, value in weights.items()}
+    if damage == "width":
+        last = sorted(key for key in weights if ".down." in key)[-1]
+        weights[last] = torch.cat([weights[last], weights[last][:, :1]], dim=1)
+    elif damage == "smaller_rank":
+        weights = {key: value[:2] if ".down." in key else value[:, :2] for key, value in weights.items()}
+    elif damage is not None and "larger_rank" in damage:
+        weights = {key: torch.cat([value, value], dim=0 if ".down." in key else 1) for key, value in weights.items()}
+    weights = {key.removeprefix("unet."): value.contiguous() for key, value in weights.items()}
+    # 'nan' also says alpha 16 (scaling 4, where the adapter swapped into has 1): put back too
+    alpha = {"r": 4, "lora_alpha": 16, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=weights, unet_lora_adapter_metadata=alpha if damage == "nan" else None
+    )
+    return folder
+
+
+def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_was(tmp_path) -> None:
+    first = saved_lora(tmp_path / "first", seed=1)
+    second = saved_lora(tmp_path / "second", seed=2)
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(first, adapter_name="a")
+    with_first = run(ours)
+    # diffusers swaps the UNet's part of a file with text-encoder tensors, then refuses the rest
+    message = r"hotswapping is not supported for text encoders"
+    for pipe in (peer, ours):
+        with pytest.raises(ValueError, match=message):
+            pipe.load_lora_weights(second, adapter_name="a", hotswap=True)
+    assert not np.array_equal(run(peer), with_first)
+    assert np.array_equal(run(ours), with_first)
+    for damage, match in [
+        ("nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
+        ("larger_rank_nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
+        ("width", r"hold a tensor of shape \(4, 33\) for unet\..*\.lora_A\.a\.weight, which has \(4, 32\) "),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ours.load_lora_weights(_unet_only(tmp_path / damage, second, damage), adapter_name="a", hotswap=True)
+        assert _adapters(ours) == {"unet": ["a"], "text_encoder": ["a"]}
+        assert np.array_equal(run(ours), with_first)
+    for damage in (None, "smaller_rank", "larger_rank"):  # as in diffusers; so do other ranks
+        swapped = _unet_only(tmp_path / f"swapped-{damage}", second, damage)
+        peer, ours = pair()
+        for pipe in (peer, ours):
+            pipe.load_lora_weights(first, adapter_name="a")
+            pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
+        assert not np.array_equal(run(ours), with_first)
+        assert np.array_equal(run(ours), run(peer))
