@@ -12,11 +12,15 @@ done. Measured on diffusers 0.42.1 with a tiny SD pipeline:
 - loaded over a working adapter, the same failure leaves the old adapter's attention layers
   with no image projection: the next call with `ip_adapter_image` fails inside the UNet
   (`'NoneType' object has no attribute 'image_projection_layers'`);
-- an adapter whose weights are NaN loads silently (every image is then NaN).
+- an adapter whose weights are NaN loads silently (every image is then NaN);
+- a FaceID adapter's file also holds a LoRA, which the loader loads (as `faceid_0`) and makes
+  the only active adapter: when the load then failed, that LoRA stayed, and a LoRA the user had
+  active was switched off.
 
-`rolled_back_on_failure` snapshots what the loader changes and puts it back when loading
-fails or when the layers it loaded hold NaN or infinite values; a missing key and a
-safetensors file that cannot be read become a `ValueError` naming the source.
+`rolled_back_on_failure` snapshots what the loader changes (the LoRA adapters, which are
+active and at which weights, included) and puts it back when loading fails or when the layers
+it loaded hold NaN or infinite values; a missing key and a safetensors file that cannot be read
+become a `ValueError` naming the source.
 
 `set_ip_adapter_scale` in diffusers stores whatever it is given: an object, a string or a tuple
 failed inside the UNet at the next call, after the text was encoded, and NaN made every image
@@ -32,6 +36,7 @@ from typing import Any
 
 import torch
 
+from clipcond.pipelines.lora_loading import LoraState
 from clipcond.scalars import finite_number_tree
 
 # the pipeline components diffusers' loader registers when the pipeline has none
@@ -48,11 +53,13 @@ class IPAdapterState:
     encoder_hid_proj: Any
     encoder_hid_dim_type: Any
     text_encoder_hid_proj: Any
+    lora: LoraState | None  # a FaceID adapter's file also loads and activates a LoRA of its own
 
     @classmethod
     def of(cls, pipe: Any) -> IPAdapterState:
         unet = pipe.unet
         return cls(
+            lora=LoraState.of(pipe) if hasattr(pipe, "_adapter_names") else None,
             components={name: getattr(pipe, name) for name in _COMPONENTS if hasattr(pipe, name)},
             processors=dict(unet.attn_processors),
             encoder_hid_proj=unet.encoder_hid_proj,
@@ -74,6 +81,8 @@ class IPAdapterState:
                 del unet.text_encoder_hid_proj
         else:
             unet.text_encoder_hid_proj = self.text_encoder_hid_proj
+        if self.lora is not None:
+            self.lora.restore(pipe)
 
     def loaded_parameters(self, pipe: Any) -> Iterator[tuple[str, torch.Tensor]]:
         """The parameters of the attention processors and image projection that are not the

@@ -270,6 +270,43 @@ class _AdapterSnapshot:
                 scaling[self.adapter_name] = value
 
 
+@dataclass
+class LoraState:
+    """The LoRA adapters a pipeline's components hold and which of them are active (with their
+    tensors' `requires_grad`, which peft switches with them). diffusers' `load_ip_adapter` loads
+    a FaceID adapter's own LoRA as `faceid_<n>` and activates it alone (`set_adapters`), so a
+    failed IP-Adapter load puts this back (`ip_adapter_loading.IPAdapterState`): taking the new
+    adapter out alone would leave peft activating every adapter left. Scalings are not copied:
+    that `set_adapters` sets only the new adapter's, which goes with it."""
+
+    adapters: dict[str, set[str]]  # component -> its adapters' names
+    layers: list[tuple[Any, Any]]  # (a peft LoRA layer, its active adapter or adapters)
+    trainable: list[tuple[torch.nn.Parameter, bool]]  # each adapter tensor and its `requires_grad`
+
+    @classmethod
+    def of(cls, pipeline: Any) -> LoraState:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        adapters = pipeline._adapter_names()
+        layers, trainable = [], []
+        for component in adapters:
+            model = getattr(pipeline, component)
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    active = module._active_adapter
+                    layers.append((module, list(active) if isinstance(active, list) else active))
+            trainable += [(value, value.requires_grad) for key, value in model.named_parameters() if ".lora_" in key]
+        return cls(adapters, layers, trainable)
+
+    def restore(self, pipeline: Any) -> None:
+        """Take out the adapters loaded since; make active again what was, as trainable as it was."""
+        pipeline._delete_new_adapters(self.adapters)
+        for module, active in self.layers:
+            module._active_adapter = active
+        for value, requires_grad in self.trainable:
+            value.requires_grad_(requires_grad)
+
+
 def _source_name(source: Any) -> str:
     """How a refusal names what `load_lora_weights` was given."""
     return "the state dict" if isinstance(source, dict) else str(source)
@@ -310,4 +347,4 @@ def _missing_text_encoder_tensors(pipeline: Any, components: tuple[str, ...]) ->
             del vars(model)["load_adapter"]
 
 
-__all__ = ["RecipeLoraLoaderMixin"]
+__all__ = ["LoraState", "RecipeLoraLoaderMixin"]

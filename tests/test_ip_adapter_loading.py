@@ -16,7 +16,8 @@ import torch
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from test_ip_adapter import picture
-from tiny_ip_adapter import save_ip_adapter
+from test_lora_pipeline import saved_lora
+from tiny_ip_adapter import faceid_lora_state_dict, ip_adapter_state_dict, save_ip_adapter
 from tiny_pipelines import sd_components
 
 from clipcond import CLIPConditionedPipeline
@@ -119,6 +120,66 @@ def test_a_failed_load_keeps_the_adapter_loaded_before(parts, folder, damage) ->
         _load(pipe, folder, damage)
     assert _state(pipe) == before
     assert np.array_equal(_image(pipe, ip_adapter_image=picture(0)), with_image)
+
+
+def _faceid_file(folder, unet, nan: bool = False) -> str:
+    """A FaceID adapter with its LoRA in `folder/faceid.safetensors`; with `nan`, one NaN in its
+    last image-key projection (read after the LoRA is loaded)."""
+    state = ip_adapter_state_dict(unet, 0, face_id=True)
+    state["ip_adapter"].update(faceid_lora_state_dict(unet))
+    if nan:
+        last = sorted(key for key in state["ip_adapter"] if key.endswith("_ip.weight"))[-1]
+        state["ip_adapter"][last] = state["ip_adapter"][last].clone()
+        state["ip_adapter"][last][0, 0] = float("nan")
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = {f"{part}.{key}": value.contiguous() for part, values in state.items() for key, value in values.items()}
+    save_file(flat, str(folder / "faceid.safetensors"))
+    return str(folder)
+
+
+def _load_faceid(pipe, folder) -> None:
+    pipe.load_ip_adapter(folder, subfolder="", weight_name="faceid.safetensors", image_encoder_folder=None)
+
+
+def test_a_failed_faceid_load_takes_its_lora_out_and_leaves_the_users_lora_active(parts, tmp_path) -> None:
+    """diffusers' loader had loaded the adapter's LoRA as `faceid_0` and made it the only active
+    adapter when its NaN check failed: `faceid_0` stayed and the user's `style` was switched off.
+    (Taking `faceid_0` out alone would switch on every adapter left, `other` too.)"""
+    from diffusers import StableDiffusionPipeline
+
+    style, other = saved_lora(tmp_path / "style"), saved_lora(tmp_path / "other", seed=2)
+    peer = StableDiffusionPipeline(
+        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    peer.set_progress_bar_config(disable=True)
+    ours = _pipeline(parts)
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(style, adapter_name="style")
+        pipe.load_lora_weights(other, adapter_name="other")
+        pipe.set_adapters(["style"], [0.5])  # "other" loaded, not active
+    with_style = _image(ours)
+    trainable = {key: value.requires_grad for key, value in ours.unet.named_parameters()}
+    with pytest.raises(ValueError, match=r"faceid\.safetensors\) hold NaN or infinite values"):
+        _load_faceid(ours, _faceid_file(tmp_path / "nan", ours.unet, nan=True))
+    assert ours.get_list_adapters() == {"unet": ["style", "other"], "text_encoder": ["style", "other"]}
+    assert ours.get_active_adapters() == ["style"]
+    assert np.array_equal(_image(ours), with_style)
+    assert {key: value.requires_grad for key, value in ours.unet.named_parameters()} == trainable
+    good = _faceid_file(tmp_path / "good", ours.unet)  # a whole FaceID file loads as in diffusers
+    for pipe in (peer, ours):
+        _load_faceid(pipe, good)
+    assert (
+        ours.get_list_adapters()
+        == peer.get_list_adapters()
+        == {
+            "unet": ["style", "other", "faceid_0"],
+            "text_encoder": ["style", "other"],
+        }
+    )
+    assert ours.get_active_adapters() == peer.get_active_adapters() == ["faceid_0"]
+    embeds = [torch.randn(2, 1, 1, ours.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))]
+    ip = dict(ip_adapter_image_embeds=embeds)
+    assert np.array_equal(_image(ours, **ip), _image(peer, **ip))
 
 
 # ---------------------------------------------------------------- set_ip_adapter_scale

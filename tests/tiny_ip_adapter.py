@@ -54,6 +54,26 @@ def ip_adapter_state_dict(unet: UNet2DConditionModel, seed: int = 0, face_id: bo
     return {"image_proj": image_proj, "ip_adapter": attention}
 
 
+def faceid_lora_state_dict(unet: UNet2DConditionModel, seed: int = 0, rank: int = 4) -> dict:
+    """The LoRA a FaceID adapter file carries beside its layers, in its "ip_adapter" part:
+    `<n>.<to_q|to_k|to_v|to_out>_lora.<down|up>.weight` for every attention processor `n` in
+    the UNet's order (self-attention included), as diffusers' `_load_ip_adapter_loras` reads it."""
+    generator = torch.Generator().manual_seed(seed)
+    channels, width = list(unet.config.block_out_channels), unet.config.cross_attention_dim
+    lora = {}
+    for number, name in enumerate(unet.attn_processors):
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        else:
+            block = int(name.split(".")[1])
+            hidden = channels[block] if name.startswith("down_blocks") else channels[::-1][block]
+        reads = width if name.endswith("attn2.processor") else hidden  # what to_k and to_v take in
+        for projection, fan_in in (("to_q", hidden), ("to_k", reads), ("to_v", reads), ("to_out", hidden)):
+            lora[f"{number}.{projection}_lora.down.weight"] = torch.randn(rank, fan_in, generator=generator) / 10
+            lora[f"{number}.{projection}_lora.up.weight"] = torch.randn(hidden, rank, generator=generator) / 10
+    return lora
+
+
 def image_encoder(projection_dim: int, seed: int = 0) -> CLIPVisionModelWithProjection:
     """A tiny CLIP vision tower whose image embeddings are `projection_dim` wide (32x32 images)."""
     torch.manual_seed(seed)
