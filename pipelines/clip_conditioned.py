@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import os
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
+from clipcond.folder_saves import saving_whole
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
     check_device,
@@ -235,6 +237,30 @@ class CLIPConditionedPipeline(
         from clipcond.pipelines.single_file import from_single_file
 
         return from_single_file(cls, pretrained_model_link_or_path, **kwargs)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any
+    ) -> None:
+        """diffusers' `save_pretrained`, whole or not at all (`clipcond.folder_saves`): the
+        components are written into a hidden sibling of `save_directory` and moved in when all
+        are written, so a save that fails partway leaves the folder as it was (diffusers' left
+        the components written so far beside the old ones). Files a user keeps in the folder
+        stay, and so do those that are no weights inside a component's subfolder. With
+        `push_to_hub`, diffusers' own save and upload, unchanged.
+
+        Raises:
+            TypeError: a `save_directory` that is no path (str or os.PathLike).
+            ValueError: a `save_directory` that is a file.
+        """
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise TypeError(
+                f"`save_directory` must be a path (str or os.PathLike), got {type(save_directory).__name__}"
+            )
+        if push_to_hub:
+            return super().save_pretrained(save_directory, *args, push_to_hub=True, **kwargs)
+        with saving_whole(save_directory) as written:
+            super().save_pretrained(str(written), *args, **kwargs)
+        return None
 
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
