@@ -247,7 +247,8 @@ def plan_for_call(
     lora_scale: float | None,
     prompt_2: Any = None,
     negative_prompt_2: Any = None,
-    ip_adapter: bool = False,
+    *,
+    ip_adapter: bool,
 ) -> DenoisingPlan | None:
     """The plan of a `CLIPConditionedPipeline` call when a prompt (or SDXL's `prompt_2`, or a
     negative) edits, alternates or has AND; None otherwise (then the plain path runs, equal to

@@ -34,6 +34,14 @@ def test_a_negative_with_and_is_read_whole_and_fixed_from_the_first_step() -> No
     assert fixed_prompt_arguments(steps, edited, edited) == (edited, "sharp AND dark")
 
 
+def test_a_negative_list_with_and_is_read_whole_in_a_call_that_starts_partway() -> None:
+    """The same in a list, from step 4 of 8 (found by mutation testing:
+    `x_fixed_prompt_arguments__mutmut_12`, a list's texts read as prompts)."""
+    steps = EditSteps(total=8, first=4)
+    edited = "[blurry:sharp:0.25] AND dark"
+    assert fixed_prompt_arguments(steps, [edited], [edited, "plain"]) == ([edited], ["sharp AND dark", "plain"])
+
+
 def test_a_negative_prompt_list_beside_and_is_read_as_its_text() -> None:
     """`negative_prompt=["dark"]` beside an AND prompt gives the image of `negative_prompt="dark"`
     (found by mutation testing: `x_plan_for_call__mutmut_19`, the list replaced by the argument's
@@ -65,9 +73,10 @@ def test_a_negative_prompt_list_beside_and_is_read_as_its_text() -> None:
 
 
 def test_and_with_two_images_per_prompt_gives_each_image_its_own_run() -> None:
-    """`num_images_per_prompt=2` with one generator per image: each image of an AND prompt is the
-    image a one-image call with its generator makes (the parts' rows of image 2 read image 2's
-    latents; found by mutation testing: `x_build_plan__mutmut_50`, `_53`, `- copy` for `+ copy`)."""
+    """Two AND prompts, `num_images_per_prompt=2`, one generator per image: each image is the
+    image a one-image call of its prompt with its generator makes (the parts' rows of each image
+    read that image's latents; found by mutation testing: `x_build_plan__mutmut_50`, `_53`,
+    `- copy` for `+ copy`, and `_54`, `prompt_index / n`, which only a second prompt shows)."""
     import numpy as np
     import torch
     from tiny_pipelines import sd_components
@@ -76,9 +85,51 @@ def test_and_with_two_images_per_prompt_gives_each_image_its_own_run() -> None:
 
     pipe = CLIPConditionedPipeline(**sd_components())
     pipe.set_progress_bar_config(disable=True)
-    settings = dict(prompt="a red circle :1.2 AND a blue square :0.8", negative_prompt="dark", num_inference_steps=2)
-    settings.update(height=32, width=32, output_type="np")
-    both = pipe(**settings, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
-    for index, seed in enumerate((0, 1)):
-        alone = pipe(**settings, generator=torch.Generator().manual_seed(seed)).images[0]
-        np.testing.assert_allclose(both.images[index], alone, rtol=0, atol=1e-5)  # a batch of 2 vs 1: 1.8e-7 here
+    prompts = ["a red circle :1.2 AND a blue square :0.8", "a green star AND a grey sky :0.5"]
+    settings = dict(negative_prompt="dark", num_inference_steps=2, height=32, width=32, output_type="np")
+    seeds = [0, 1, 2, 3]  # images 0, 1 of the first prompt, then 0, 1 of the second
+    batch = pipe(
+        prompts, **settings, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in seeds]
+    )
+    for index, seed in enumerate(seeds):
+        alone = pipe(prompts[index // 2], **settings, generator=torch.Generator().manual_seed(seed)).images[0]
+        np.testing.assert_allclose(batch.images[index], alone, rtol=0, atol=1e-5)  # a batch vs 1: 1.8e-7 here
+
+
+def _encoded_rows(pipe, **call) -> list[int]:
+    """The rows each text-encoder forward of the call took, for every CLIP of the pipeline."""
+    import torch
+
+    rows: list[int] = []
+    encoders = [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+
+    def count(module, args, kwargs) -> None:
+        rows.append(len(kwargs["input_ids"] if "input_ids" in kwargs else args[0]))
+
+    hooks = [encoder.register_forward_pre_hook(count, with_kwargs=True) for encoder in encoders if encoder is not None]
+    try:
+        pipe(**call, num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def test_without_guidance_an_edited_calls_negatives_are_not_encoded() -> None:
+    """`guidance_scale=1` reads no unconditional rows, and diffusers' `encode_prompt` then
+    encodes no negative: neither does the plan of an edited prompt, on SD nor on SDXL with
+    `negative_prompt_2` (found by mutation testing: `x_build_plan__mutmut_20`, `_21`, `_35`,
+    the negatives scheduled and encoded, never read)."""
+    from tiny_pipelines import build_sd, build_sdxl
+
+    from clipcond import CLIPConditionedPipeline
+
+    def fresh(build):  # a pipeline of its own: nothing in its embedding cache yet
+        pipe = CLIPConditionedPipeline.from_pipe(build())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    for build, negatives in [(build_sd, {}), (build_sdxl, {"negative_prompt_2": "grey"})]:
+        call = dict(prompt="a [red:blue:0.5] circle", guidance_scale=1.0)
+        alone = _encoded_rows(fresh(build), **call)
+        assert alone and _encoded_rows(fresh(build), **call, negative_prompt="dark", **negatives) == alone

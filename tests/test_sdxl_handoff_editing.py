@@ -180,3 +180,53 @@ def test_pndm_warm_up_is_counted_once_across_the_hand_off(pipes, split) -> None:
     second, _ = read(peer, img2img_pndm, prompt, image=latents, denoising_start=split)
     assert len(first) == (5 if split == 0.5 else 1)
     assert first + second == one_model
+
+
+def whole_recorder(peer):
+    """(callback, what it saw): for each iteration, the colours of the prompt's row, the
+    negative's row, the prompt's pooled vector and the negative's, each matched against
+    diffusers' `encode_prompt` of "a <colour> circle" ("?" for none)."""
+    encoded = {
+        colour: peer.encode_prompt(
+            f"a {colour} circle", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        for colour in COLOURS
+    }
+    seen: list[tuple[str, ...]] = []
+
+    def colour(row, which: int) -> str:
+        return next((name for name, outputs in encoded.items() if torch.equal(row, outputs[which])), "?")
+
+    def callback(pipe, index, timestep, tensors):
+        embeds, pooled = tensors["prompt_embeds"], tensors["add_text_embeds"]
+        seen.append((colour(embeds[1:], 0), colour(embeds[:1], 0), colour(pooled[1:], 2), colour(pooled[:1], 2)))
+        return {}
+
+    return callback, seen
+
+
+@pytest.mark.parametrize("split, base_steps", [(0.5, 4), (0.1, 1)], ids=["half", "one_step_then_the_rest"])
+def test_an_edited_negative_and_the_pooled_vectors_go_on_counting_across_the_hand_off(pipes, split, base_steps) -> None:
+    """Not only the prompt's token rows: an edited negative prompt's rows and both pooled vectors
+    (SDXL's `add_text_embeds`) read at each step what one model reads there (the refiner's
+    schedule is cut at its first step for all four; 0.1 cuts it after one step of eight)."""
+    peer, base, img2img, _ = pipes
+    texts = dict(prompt="a [red:blue:0.5] circle", negative_prompt="a [blue:red:0.25] circle")
+
+    def run(pipe, **kwargs):
+        callback, seen = whole_recorder(peer)
+        settings = dict(num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0))
+        inputs = ["prompt_embeds", "add_text_embeds"]
+        images = pipe(
+            **texts, **settings, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs, **kwargs
+        )
+        return seen, images.images
+
+    one_model, _ = run(base)
+    # prompt: steps 0-4 red, then blue; negative: steps 0-2 blue, then red; pooled as the rows
+    expected = [("red", "blue")] * 3 + [("red", "red")] * 2 + [("blue", "red")] * 3
+    assert one_model == [(p, n, p, n) for p, n in expected]
+    first, latents = run(base, denoising_end=split)
+    second, _ = run(img2img, image=latents, denoising_start=split)
+    assert len(first) == base_steps
+    assert first + second == one_model
