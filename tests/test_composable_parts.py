@@ -133,3 +133,26 @@ def test_without_guidance_an_edited_calls_negatives_are_not_encoded() -> None:
         call = dict(prompt="a [red:blue:0.5] circle", guidance_scale=1.0)
         alone = _encoded_rows(fresh(build), **call)
         assert alone and _encoded_rows(fresh(build), **call, negative_prompt="dark", **negatives) == alone
+
+
+def test_one_text_twice_at_half_weight_is_that_text_once_with_guidance_rescale() -> None:
+    """`a red circle :0.5 AND a red circle :0.5` composes to uncond + g (cond - uncond), the
+    guided prediction of the plain prompt, and its text-only prediction (what
+    `guidance_rescale` reads) to cond: the image equals StableDiffusionPipeline's of "a red
+    circle" with `guidance_rescale`, to 1.5e-7 here (found by mutation testing:
+    `xǁDenoisingPlanǁcombine__mutmut_51`, the text-only prediction divided by the weights:
+    8.5e-3 apart)."""
+    import numpy as np
+    import torch
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    peer = build_sd()
+    ours = CLIPConditionedPipeline.from_pipe(build_sd())
+    settings = dict(negative_prompt="dark", num_inference_steps=3, guidance_rescale=0.7, output_type="np")
+    for pipe in (peer, ours):
+        pipe.set_progress_bar_config(disable=True)
+    plain = peer("a red circle", **settings, generator=torch.Generator().manual_seed(0)).images
+    halves = ours("a red circle :0.5 AND a red circle :0.5", **settings, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(halves.images, plain, rtol=0, atol=1e-5)
