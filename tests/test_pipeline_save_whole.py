@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from tiny_pipelines import build_sd
 
 import clipcond.folder_saves as folder_saves
@@ -72,6 +72,8 @@ def saved(tmp_path) -> tuple[Path, np.ndarray]:
     (folder / "unet" / "runs" / "first" / "log.txt").write_text("loss 0.1")
     (folder / "unet" / "training_log.txt").write_text("sorted after config.json")
     (folder / "unet" / "latest").symlink_to("runs/first")
+    (folder / "unet" / "links" / "deep").mkdir(parents=True)
+    (folder / "unet" / "links" / "deep" / "current").symlink_to("../../runs/first")
     return folder, _image(old)
 
 
@@ -86,6 +88,7 @@ USERS_FILES = {
 def _users_files_are_there(folder: Path) -> None:
     assert {name: (folder / name).read_text() for name in USERS_FILES} == USERS_FILES
     assert os.readlink(folder / "unet" / "latest") == "runs/first"
+    assert os.readlink(folder / "unet" / "links" / "deep" / "current") == "../../runs/first"
 
 
 def test_a_save_that_fails_partway_leaves_the_folder_as_it_was(saved) -> None:
@@ -122,7 +125,9 @@ def test_a_whole_save_replaces_the_old_one_and_keeps_the_users_files(saved) -> N
     stale = folder / "unet" / "diffusion_pytorch_model-00001-of-00002.safetensors"
     stale.write_bytes(b"an earlier save's shard")
     new = _pipeline(0.5)
+    new = CLIPConditionedPipeline.from_pipe(new, scheduler=EulerDiscreteScheduler.from_config(new.scheduler.config))
     new.save_pretrained(folder)
+    assert type(CLIPConditionedPipeline.from_pretrained(folder).scheduler) is EulerDiscreteScheduler
     image = _loaded_image(folder)
     assert np.array_equal(image, _image(new))
     assert not np.array_equal(image, old_image)
@@ -156,7 +161,8 @@ def test_every_file_written_is_flushed_to_disk_before_it_is_moved_in(saved, monk
     written = f".tmp-pipe-{os.getpid()}/"
     names = {str(path).split(written, 1)[1] for path in flushed if written in str(path)}
     # every file the folder now holds but the README beside the save (left where it was)
-    assert names == {name for name in _files(folder) if name != "README.md" and not name.startswith("unet/latest/")}
+    links = ("unet/latest/", "unet/links/")  # what the links point to was flushed under its own name
+    assert names == {name for name in _files(folder) if name != "README.md" and not name.startswith(links)}
 
 
 def test_what_a_dead_save_with_this_pid_left_is_cleared_first(saved) -> None:
