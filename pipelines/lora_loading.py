@@ -154,14 +154,57 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             self._text_weights_written()
 
     def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | dict | list | None = None) -> None:
-        """diffusers' `set_adapters`, with `adapter_weights` checked first: None, a number, a
+        """diffusers' `set_adapters`, with `adapter_names` checked first (`_loaded_adapter_names`)
+        and `adapter_weights`: None, a number, a
         dict of per-component or per-block weights, or a list of those (one per adapter), every
         number finite (diffusers took NaN and infinity, which made every image NaN, and failed
         on a string or a tuple partway through the components); numpy's numbers and 0-d
         tensors are read as the floats they hold."""
+        adapter_names = self._loaded_adapter_names(adapter_names, "adapter_names")
         if adapter_weights is not None:
             adapter_weights = finite_number_tree(adapter_weights, "adapter_weights", _WEIGHT_FORMS)
         super().set_adapters(adapter_names, adapter_weights)
+
+    def delete_adapters(self, adapter_names: list[str] | str) -> None:
+        """diffusers' `delete_adapters`, every name checked first: diffusers skipped a name no
+        component holds without a word, after deleting the names before it."""
+        super().delete_adapters(self._loaded_adapter_names(adapter_names, "adapter_names"))
+
+    def set_lora_device(self, adapter_names: list[str], device: torch.device | str | int) -> None:
+        """diffusers' `set_lora_device`, every name checked first (diffusers skipped unknown names)."""
+        super().set_lora_device(self._loaded_adapter_names(adapter_names, "adapter_names"), device)
+
+    def _loaded_adapter_names(self, adapter_names: Any, argument: str) -> list[str]:
+        """`adapter_names` (a name or a non-empty list of names) as a list, each the name of an
+        adapter some component holds.
+
+        Raises:
+            TypeError: neither a string nor a list or tuple of strings.
+            ValueError: an empty list (diffusers' `set_adapters` failed on it with a bare
+                `KeyError: 'unet'`), or a name no component holds.
+        """
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"`{argument}` must be an adapter's name or a list of names, got {adapter_names!r:.80}")
+        if not names:
+            raise ValueError(f"`{argument}` must name at least one adapter (`disable_lora()` turns them all off)")
+        loaded = {name for held in self.get_list_adapters().values() for name in held}
+        unknown = [name for name in names if name not in loaded]
+        if unknown:
+            raise ValueError(f"`{argument}` names adapters no component holds: {unknown}; loaded: {sorted(loaded)}")
+        return list(names)
+
+    def _components(self, components: Any) -> list[str]:
+        """`components` of `fuse_lora` / `unfuse_lora`: every loadable one of the family when
+        None, else a list of their names (diffusers read a string's letters as names)."""
+        if components is None:
+            return self._lora_loadable_modules
+        if not isinstance(components, (list, tuple)) or not all(isinstance(name, str) for name in components):
+            raise TypeError(
+                f"`components` must be a list of component names (of {self._lora_loadable_modules}), got "
+                f"{components!r:.80}"
+            )
+        return list(components)
 
     def fuse_lora(
         self,
@@ -173,13 +216,15 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
     ) -> None:
         """diffusers' `fuse_lora`: fuse the LoRA layers into the weights of `components`
         (default: every loadable one of the family; an empty list is refused, as there), at
-        `lora_scale`, checking for NaN with `safe_fusing`, only `adapter_names` when given.
+        `lora_scale`, checking for NaN with `safe_fusing`, only `adapter_names` when given
+        (each checked: diffusers fused nothing for a name no component holds, without a word).
         A `lora_scale` that is no finite number is refused before any weight changes (diffusers
         fused NaN or infinity into the base weights, which `unfuse_lora` cannot take out again);
         numpy's numbers and 0-d tensors are read as the floats they hold."""
         lora_scale = check_lora_scale(lora_scale, optional=False)
-        if components is None:
-            components = self._lora_loadable_modules
+        components = self._components(components)
+        if adapter_names is not None:
+            adapter_names = self._loaded_adapter_names(adapter_names, "adapter_names")
         try:
             super().fuse_lora(components, lora_scale, safe_fusing, adapter_names, **kwargs)
         finally:
@@ -188,8 +233,7 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
     def unfuse_lora(self, components: list[str] | None = None, **kwargs) -> None:
         """diffusers' `unfuse_lora`: undo `fuse_lora` on `components` (default: every loadable
         one of the family; an empty list is refused, as there)."""
-        if components is None:
-            components = self._lora_loadable_modules
+        components = self._components(components)
         try:
             super().unfuse_lora(components, **kwargs)
         finally:
