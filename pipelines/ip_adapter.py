@@ -154,6 +154,20 @@ def check_image_entries(ip_adapter_image: Any) -> None:
                 )
 
 
+def _check_weight_name(source: Any, weight_name: Any) -> None:
+    """A folder or repository (or a list of them) needs its adapter file's name: a string, or a
+    list of strings; a state dict (or a list of state dicts) needs none."""
+    sources = source if isinstance(source, list) else [source]
+    if all(isinstance(item, dict) for item in sources):
+        return
+    names = weight_name if isinstance(weight_name, list) else [weight_name]
+    if not all(isinstance(name, str) and name for name in names):
+        raise TypeError(
+            "`weight_name` must name the adapter's file in the folder or repository (a string such as "
+            f"'ip-adapter_sd15.safetensors', or a list of them, one per adapter), got {weight_name!r:.80}"
+        )
+
+
 class IPAdapterSupport(IPAdapterMixin):
     """diffusers' `IPAdapterMixin` (`load_ip_adapter`, `set_ip_adapter_scale`,
     `unload_ip_adapter`) with Stable Diffusion's image-embedding steps, for a pipeline with
@@ -185,10 +199,13 @@ class IPAdapterSupport(IPAdapterMixin):
         or loads NaN or infinite weights (`clipcond.pipelines.ip_adapter_loading`).
 
         Raises:
+            TypeError: a `weight_name` that is no file name (or list of them, one per adapter)
+                beside a folder or repository (diffusers' `os.path.join` failed on None).
             ValueError: weights missing a key the adapter needs, a safetensors file that
                 cannot be read, or weights holding NaN or infinite values, naming the source;
                 or what diffusers' loader raises.
         """
+        _check_weight_name(pretrained_model_name_or_path_or_dict, weight_name)
         source = describe_source(pretrained_model_name_or_path_or_dict, weight_name)
         with rolled_back_on_failure(self, source):
             super().load_ip_adapter(

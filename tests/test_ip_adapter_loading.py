@@ -182,6 +182,28 @@ def test_a_failed_faceid_load_takes_its_lora_out_and_leaves_the_users_lora_activ
     assert np.array_equal(_image(ours, **ip), _image(peer, **ip))
 
 
+@pytest.mark.parametrize("weight_name", [None, "", ["good.safetensors", None], 3], ids=["none", "empty", "list", "int"])
+def test_a_weight_name_that_names_no_file_is_refused_by_name(parts, folder, weight_name) -> None:
+    """diffusers failed in `os.path.join` ("join() argument must be str ... not 'NoneType'")."""
+    pipe = _pipeline(parts)
+    sources = [str(folder)] * 2 if isinstance(weight_name, list) else str(folder)
+    subfolders = [""] * 2 if isinstance(weight_name, list) else ""
+    with pytest.raises(TypeError, match=r"^`weight_name` must name the adapter's file in the folder or repository"):
+        pipe.load_ip_adapter(sources, subfolder=subfolders, weight_name=weight_name)
+    assert pipe.image_encoder is None
+
+
+def test_a_state_dict_needs_no_weight_name(parts, folder) -> None:
+    pipe = _pipeline(parts)
+    weights = load_file(folder / "good.safetensors")
+    state = {
+        part: {key.split(".", 1)[1]: value for key, value in weights.items() if key.startswith(f"{part}.")}
+        for part in ("image_proj", "ip_adapter")
+    }
+    pipe.load_ip_adapter(state, subfolder="", weight_name=None, image_encoder_folder=None)
+    assert len([p for p in pipe.unet.attn_processors.values() if hasattr(p, "scale")]) > 0
+
+
 # ---------------------------------------------------------------- set_ip_adapter_scale
 
 
