@@ -196,3 +196,27 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
             pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
         assert not np.array_equal(run(ours), with_first)
         assert np.array_equal(run(ours), run(peer))
+
+
+def test_a_failed_hotswap_into_a_padded_adapter_puts_it_back(tmp_path) -> None:
+    """`enable_lora_hotswap(target_rank=8)` pads the first adapter to rank 8 and turns its
+    scalings into tensors (for a compiled UNet); a hotswap that then brings NaN is refused and
+    those tensors are as before."""
+    first = _unet_only(tmp_path / "first", saved_lora(tmp_path / "lora_first", seed=1))
+    second = saved_lora(tmp_path / "second", seed=2)
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        pipe.enable_lora_hotswap(target_rank=8)
+        pipe.load_lora_weights(first, adapter_name="a")
+    with_first = run(ours)
+    scalings = [
+        module.scaling["a"] for module in ours.unet.modules() if isinstance(getattr(module, "scaling", None), dict)
+    ]
+    assert scalings and all(torch.is_tensor(value) for value in scalings)
+    with pytest.raises(ValueError, match=r"hold NaN or infinite values"):
+        ours.load_lora_weights(_unet_only(tmp_path / "nan", second, "nan"), adapter_name="a", hotswap=True)
+    assert np.array_equal(run(ours), with_first)
+    swapped = _unet_only(tmp_path / "swapped", second, "smaller_rank")
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
+    assert np.array_equal(run(ours), run(peer))
