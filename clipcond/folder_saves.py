@@ -93,8 +93,12 @@ def _move_in(written: Path, final: Path) -> None:
 
 
 @contextmanager
-def saving_whole(folder: str | os.PathLike) -> Iterator[Path]:
+def saving_whole(folder: str | os.PathLike, argument: str = "save_directory") -> Iterator[Path]:
     """Write a pipeline folder whole or not at all (see the module docstring).
+
+    Args:
+        folder: the folder to write.
+        argument: the name the caller's users know `folder` by, for the messages.
 
     Yields:
         The hidden sibling to write into (not created: writers such as diffusers'
@@ -102,11 +106,14 @@ def saving_whole(folder: str | os.PathLike) -> Iterator[Path]:
         as it was.
 
     Raises:
+        TypeError: `folder` is no path (str or os.PathLike).
         ValueError: `folder` is a file.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"`{argument}` must be a path (str or os.PathLike), got {type(folder).__name__}")
     final = Path(folder)
     if final.exists() and not final.is_dir():
-        raise ValueError(f"`save_directory` must be a folder, got the file {final}")
+        raise ValueError(f"`{argument}` must be a folder, got the file {final}")
     written = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     if written.exists():  # left by a dead process that had our pid
         _remove(written)

@@ -252,15 +252,27 @@ class CLIPConditionedPipeline(
             TypeError: a `save_directory` that is no path (str or os.PathLike).
             ValueError: a `save_directory` that is a file.
         """
-        if not isinstance(save_directory, (str, os.PathLike)):
-            raise TypeError(
-                f"`save_directory` must be a path (str or os.PathLike), got {type(save_directory).__name__}"
-            )
         if push_to_hub:
             return super().save_pretrained(save_directory, *args, push_to_hub=True, **kwargs)
         with saving_whole(save_directory) as written:
             super().save_pretrained(str(written), *args, **kwargs)
         return None
+
+    @classmethod
+    def save_lora_weights(cls, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """diffusers' `save_lora_weights` (SDXL's signature, which also takes
+        `text_encoder_2_lora_layers`), written whole (`clipcond.folder_saves`). diffusers hands
+        the final path to the writer: a `save_function` of the caller's or `torch.save`
+        (`safe_serialization=False`) that failed partway left an earlier save's file cut short
+        (safetensors' own writer, the default, puts a new file in place); and when
+        `save_directory` was a file it logged an error and returned, nothing saved.
+
+        Raises:
+            TypeError: a `save_directory` that is no path (str or os.PathLike).
+            ValueError: a `save_directory` that is a file.
+        """
+        with saving_whole(save_directory) as written:
+            super().save_lora_weights(str(written), *args, **kwargs)
 
     @classmethod
     def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ old ones."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,53 @@ def test_a_save_directory_that_is_no_folder_is_refused_before_any_write(tmp_path
     with pytest.raises(error, match=message):
         _pipeline(0.0).save_pretrained(directory)
     assert sorted(path.name for path in tmp_path.iterdir()) == (["file"] if error is ValueError else [])
+
+
+def _lora_layers(tmp_path: Path, seed: int) -> dict:
+    """`save_lora_weights`' keyword arguments for a random LoRA of the tiny SD pipeline."""
+    from safetensors.torch import load_file
+    from test_lora_pipeline import saved_lora
+
+    weights = load_file(next(saved_lora(tmp_path / f"lora-{seed}", seed=seed).glob("*.safetensors")))
+    layers = {}
+    for component in ("unet", "text_encoder"):
+        part = {
+            key.removeprefix(f"{component}."): value
+            for key, value in weights.items()
+            if key.startswith(f"{component}.")
+        }
+        layers[f"{component}_lora_layers"] = part
+    return layers
+
+
+def _half_then_full_disk(weights, filename) -> None:
+    Path(filename).write_bytes(b"half a file")
+    raise OSError(28, "No space left on device")
+
+
+def test_a_lora_save_that_fails_partway_keeps_the_earlier_file(tmp_path) -> None:
+    folder = tmp_path / "saves" / "lora"
+    folder.parent.mkdir()
+    CLIPConditionedPipeline.save_lora_weights(folder, **_lora_layers(tmp_path, 1))
+    before = _files(folder)
+    with pytest.raises(OSError, match="No space left on device"):
+        CLIPConditionedPipeline.save_lora_weights(
+            folder, **_lora_layers(tmp_path, 2), save_function=_half_then_full_disk
+        )
+    assert _files(folder) == before
+    assert _siblings(folder) == []
+    shutil.copytree(folder, tmp_path / "peer")  # why: diffusers' writer cuts the file short in place
+    with pytest.raises(OSError):
+        StableDiffusionPipeline.save_lora_weights(
+            tmp_path / "peer", **_lora_layers(tmp_path, 2), save_function=_half_then_full_disk
+        )
+    assert _files(tmp_path / "peer") == {"pytorch_lora_weights.safetensors": b"half a file"}
+
+
+def test_a_lora_save_into_a_file_is_refused(tmp_path) -> None:
+    """diffusers logged an error and returned: nothing saved, no exception."""
+    path = tmp_path / "file"
+    path.write_text("kept")
+    with pytest.raises(ValueError, match=r"^`save_directory` must be a folder, got the file "):
+        CLIPConditionedPipeline.save_lora_weights(path, **_lora_layers(tmp_path, 1))
+    assert path.read_text() == "kept"
