@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from clipcond.pipelines.lora_loading import LoraState
+from clipcond.pipelines.lora_snapshots import LoraState
 from clipcond.scalars import finite_number_tree
 
 # the pipeline components diffusers' loader registers when the pipeline has none

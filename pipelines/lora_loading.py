@@ -15,29 +15,26 @@ pipeline's conditioners (`TextConditioner.weights_written`), so that no cached e
 the weights before is served.
 
 Loading is all or nothing: `load_lora_weights` takes a new adapter out of every component it
-reached when the load fails partway or the loaded tensors are not finite (or missing), and the
+reached when the load fails partway or the loaded tensors are not finite, and the
 setters (`set_adapters`, `fuse_lora`) refuse scales that are no finite numbers before any layer
-changes. A tensor the file lacks is found in a text encoder by transformers' own report (its
-`load_adapter` returns the missing keys; it initialises them, at random for `lora_A`, and only
-logs it) and in the UNet by the meta device diffusers' default `low_cpu_mem_usage=True` leaves
-it on. A `hotswap=True` load writes into an adapter already loaded: its tensors and scalings
-are copied first and put back when the swap fails (diffusers swapped the UNet's adapter, then
-refused the text encoders' part of the same file) or brings NaN. Not covered: a UNet tensor
-missing under `low_cpu_mem_usage=False` (peft initialises it and diffusers only logs it), or a
-hotswapped `lora_A` narrower than its layer (peft pads it with zeros, as it pads a smaller rank).
+changes. A file in which a layer has one of its two LoRA tensors only is refused as it is
+read (`lora_state_dict`), before any component changes: diffusers let peft or transformers
+initialise the other one (at random for a `lora_A`) or left it on the meta device. A
+`hotswap=True` load writes into an adapter already loaded: its tensors and scalings are copied
+first and put back when the swap fails (diffusers swapped the UNet's adapter, then refused the
+text encoders' part of the same file) or brings NaN. Not covered: a hotswapped `lora_A`
+narrower than its layer (peft pads it with zeros, as it pads a smaller rank).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
 from clipcond.lora_scale import check_lora_scale
+from clipcond.pipelines.lora_snapshots import AdapterSnapshot
 from clipcond.scalars import finite_number_tree
 
 _WEIGHT_FORMS = (
@@ -66,9 +63,9 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         Raises:
             TypeError: an `adapter_name` that is no non-empty string without '.' (torch's
                 module-name errors named no argument).
-            ValueError: weights holding NaN or infinite values, or missing a tensor of a layer
-                they adapt (diffusers' UNet loader left it on the meta device; transformers drew a
-                text encoder's at random), or, with `hotswap=True`, a tensor whose shape differs
+            ValueError: weights holding NaN or infinite values, or a layer's LoRA tensor
+                without the other (`lora_state_dict`, before any change), or, with
+                `hotswap=True`, a tensor whose shape differs
                 in more than the rank, naming the source and the tensor; or what diffusers'
                 loader raises (a tensor of another shape: torch's RuntimeError, unchanged).
         """
@@ -80,16 +77,9 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
         before = self._adapter_names()
         source = pretrained_model_name_or_path_or_dict
-        swapped = _AdapterSnapshot.of(self, adapter_name) if kwargs.get("hotswap") else None
+        swapped = AdapterSnapshot.of(self, adapter_name) if kwargs.get("hotswap") else None
         try:
-            with _missing_text_encoder_tensors(self, ("text_encoder", "text_encoder_2")) as missing:
-                family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
-            if missing:
-                raise ValueError(
-                    f"the LoRA weights of {_source_name(source)} have no tensor for {missing[0]}"
-                    f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} (an incomplete or damaged "
-                    "file?): nothing was loaded"
-                )
+            family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
             loaded = self._new_adapters(before)
             if swapped is not None:  # the adapter written in place is checked as a new one is
                 swapped.check_shapes(_source_name(source))
@@ -103,20 +93,47 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                 self._text_weights_written()
             raise
 
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict: Any, **kwargs: Any) -> Any:
+        """diffusers' `lora_state_dict` (which `load_lora_weights` reads the weights with),
+        refusing weights in which a layer has one of its two LoRA tensors only (`_unpaired`):
+        diffusers' loaders let peft or transformers initialise the other (at random for a
+        `lora_A`: the images then depended on the seed before the load; zeros for a `lora_B`:
+        the layer silently did nothing), or, in the UNet under the default
+        `low_cpu_mem_usage=True`, left it on the meta device.
+
+        Raises:
+            ValueError: naming the source, the tensor missing and the one beside it (or the one
+                diffusers' converter of kohya's format looked for: it raised a bare KeyError).
+        """
+        named = _source_name(pretrained_model_name_or_path_or_dict)
+        try:
+            read = super().lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        except KeyError as error:  # diffusers' converters of other formats (kohya's) index the weights
+            key = error.args[0] if error.args else None
+            if not (isinstance(key, str) and "lora" in key):
+                raise
+            raise ValueError(
+                f"the LoRA weights of {named} have no tensor for {key} (an incomplete or damaged file?): nothing was "
+                "loaded"
+            ) from error
+        unpaired = _unpaired(read[0] if isinstance(read, tuple) else read)
+        if unpaired:
+            missing, present = unpaired[0]
+            more = f"; {len(unpaired) - 1} more layers lack a tensor" if len(unpaired) > 1 else ""
+            raise ValueError(
+                f"the LoRA weights of {named} have no tensor for {missing} (beside {present}{more}; an incomplete or damaged file?): nothing was loaded"
+            )
+        return read
+
     def _check_loaded_adapters(self, loaded: dict[str, list[str]], source: Any) -> None:
         """Refuse the tensors of the adapters `loaded` names (component -> adapter names) when
-        they hold NaN or infinite values, or none at all (a tensor the file lacks is left on the
-        meta device by diffusers' UNet loader)."""
+        they hold NaN or infinite values."""
         named = _source_name(source)
         for component, names in loaded.items():
             for key, value in getattr(self, component).named_parameters():
                 if not any(f".{name}." in key for name in names):
                     continue
-                if value.is_meta:
-                    raise ValueError(
-                        f"the LoRA weights of {named} have no tensor for {component}.{key} (an incomplete or damaged "
-                        "file?): nothing was loaded"
-                    )
                 if not bool(torch.isfinite(value.detach()).all()):
                     raise ValueError(
                         f"the LoRA weights of {named} hold NaN or infinite values ({component}.{key}; a damaged "
@@ -255,100 +272,33 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             conditioner.weights_written()
 
 
-@dataclass
-class _AdapterSnapshot:
-    """What diffusers' `hotswap=True` load overwrites in the adapter it swaps into: the values of
-    its LoRA tensors (the same tensor objects, put back) and each layer's scaling (alpha / rank)."""
-
-    adapter_name: str
-    components: list[str]
-    tensors: list[tuple[str, torch.Tensor, torch.Tensor]]  # ('component.key', the tensor, a copy of its values)
-    scalings: list[tuple[dict, Any]]  # (a LoRA layer's `scaling` dict, the adapter's value in it)
-
-    @classmethod
-    def of(cls, pipeline: Any, adapter_name: str | None) -> _AdapterSnapshot:
-        """The adapter `adapter_name` in every LoRA-loadable component of `pipeline` that has
-        it (none when it is None or no component has it: diffusers refuses that hotswap)."""
-        snapshot = cls(adapter_name or "", [], [], [])
-        for component in pipeline._lora_loadable_modules:
-            model = getattr(pipeline, component, None)
-            if adapter_name is None or adapter_name not in (getattr(model, "peft_config", None) or ()):
-                continue
-            snapshot.components.append(component)
-            for key, tensor in model.named_parameters():
-                if f".{adapter_name}." in key:
-                    snapshot.tensors.append((f"{component}.{key}", tensor, tensor.detach().clone()))
-            for module in model.modules():
-                scaling = getattr(module, "scaling", None)
-                if isinstance(scaling, dict) and adapter_name in scaling:
-                    value = scaling[adapter_name]
-                    snapshot.scalings.append((scaling, value.clone() if torch.is_tensor(value) else value))
-        return snapshot
-
-    def check_shapes(self, named: str) -> None:
-        """Refuse a swap that changed a tensor's shape in any dimension but the rank (`lora_A`'s
-        first, `lora_B`'s second): peft swaps a larger tensor in whole, and a layer of another
-        width would fail at the next call, after the text encoders' work."""
-        for key, tensor, values in self.tensors:
-            rank = 0 if ".lora_A." in key else 1 if ".lora_B." in key and key.endswith(".weight") else None
-            if [size for dim, size in enumerate(tensor.shape) if dim != rank] != [
-                size for dim, size in enumerate(values.shape) if dim != rank
-            ]:
-                raise ValueError(
-                    f"the LoRA weights of {named} hold a tensor of shape {tuple(tensor.shape)} for {key}, which has "
-                    f"{tuple(values.shape)} (a hotswap may change only the rank): nothing was swapped"
-                )
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Put the values back (peft copies into the tensors, or swaps a larger rank in whole)."""
-        for _, tensor, values in self.tensors:
-            if tensor.shape == values.shape:
-                tensor.copy_(values)
-            else:
-                tensor.data = values
-        for scaling, value in self.scalings:
-            if torch.is_tensor(value) and torch.is_tensor(scaling[self.adapter_name]):
-                scaling[self.adapter_name].copy_(value)
-            else:
-                scaling[self.adapter_name] = value
+# The names of a LoRA layer's two tensors in the formats diffusers' `lora_state_dict` returns:
+# peft's and diffusers' (attention processors' and text encoders' too). It converts kohya's
+# `lora_down` / `lora_up` to these, failing with a KeyError where one is missing.
+_HALVES = (
+    (".lora_A.", ".lora_B."),
+    (".lora.down.", ".lora.up."),
+    ("_lora.down.", "_lora.up."),
+    (".lora_linear_layer.down.", ".lora_linear_layer.up."),
+)
 
 
-@dataclass
-class LoraState:
-    """The LoRA adapters a pipeline's components hold and which of them are active (with their
-    tensors' `requires_grad`, which peft switches with them). diffusers' `load_ip_adapter` loads
-    a FaceID adapter's own LoRA as `faceid_<n>` and activates it alone (`set_adapters`), so a
-    failed IP-Adapter load puts this back (`ip_adapter_loading.IPAdapterState`): taking the new
-    adapter out alone would leave peft activating every adapter left. Scalings are not copied:
-    that `set_adapters` sets only the new adapter's, which goes with it."""
-
-    adapters: dict[str, set[str]]  # component -> its adapters' names
-    layers: list[tuple[Any, Any]]  # (a peft LoRA layer, its active adapter or adapters)
-    trainable: list[tuple[torch.nn.Parameter, bool]]  # each adapter tensor and its `requires_grad`
-
-    @classmethod
-    def of(cls, pipeline: Any) -> LoraState:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        adapters = pipeline._adapter_names()
-        layers, trainable = [], []
-        for component in adapters:
-            model = getattr(pipeline, component)
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer):
-                    active = module._active_adapter
-                    layers.append((module, list(active) if isinstance(active, list) else active))
-            trainable += [(value, value.requires_grad) for key, value in model.named_parameters() if ".lora_" in key]
-        return cls(adapters, layers, trainable)
-
-    def restore(self, pipeline: Any) -> None:
-        """Take out the adapters loaded since; make active again what was, as trainable as it was."""
-        pipeline._delete_new_adapters(self.adapters)
-        for module, active in self.layers:
-            module._active_adapter = active
-        for value, requires_grad in self.trainable:
-            value.requires_grad_(requires_grad)
+def _unpaired(state_dict: dict) -> list[tuple[str, str]]:
+    """(the missing tensor's key, the key of the one beside it) for each LoRA layer of which
+    `state_dict` holds one weight tensor of the two, sorted by the missing key. Biases
+    (`lora_B.bias`) and DoRA's magnitudes have no other half and are not looked at."""
+    keys = set(state_dict)
+    missing = []
+    for key in keys:
+        if not key.endswith(".weight"):
+            continue
+        for down, up in _HALVES:
+            for this, other in ((down, up), (up, down)):
+                if this in key:
+                    partner = key.replace(this, other, 1)
+                    if partner not in keys:
+                        missing.append((partner, key))
+    return sorted(missing)
 
 
 def _source_name(source: Any) -> str:
@@ -356,39 +306,4 @@ def _source_name(source: Any) -> str:
     return "the state dict" if isinstance(source, dict) else str(source)
 
 
-@contextmanager
-def _missing_text_encoder_tensors(pipeline: Any, components: tuple[str, ...]) -> Iterator[list[str]]:
-    """While open, collect as 'component.key' the tensors of the adapter being loaded that
-    transformers' `load_adapter` found in no state dict (diffusers' text-encoder loader drops
-    the report it returns: transformers initialises those tensors, at random for `lora_A`).
-
-    The pipeline's text encoders get an instance attribute `load_adapter` that records and
-    returns transformers' report; it is taken away again when the block ends. transformers lists
-    the tensors of adapters loaded earlier as missing too (it leaves them as they are): only the
-    keys of the adapter being loaded (``.lora_A.<name>.``) count.
-    """
-    missing: list[str] = []
-    wrapped = []
-    for component in components:
-        model = getattr(pipeline, component, None)
-        load = getattr(model, "load_adapter", None)
-        if load is None or "load_adapter" in vars(model):
-            continue
-
-        def recording_load(*args: Any, _load: Any = load, _component: str = component, **kwargs: Any) -> Any:
-            report = _load(*args, **kwargs)
-            name = kwargs.get("adapter_name")
-            keys = sorted(getattr(report, "missing_keys", None) or ())
-            missing.extend(f"{_component}.{key}" for key in keys if name is not None and f".{name}." in key)
-            return report
-
-        vars(model)["load_adapter"] = recording_load
-        wrapped.append(model)
-    try:
-        yield missing
-    finally:
-        for model in wrapped:
-            del vars(model)["load_adapter"]
-
-
-__all__ = ["LoraState", "RecipeLoraLoaderMixin"]
+__all__ = ["RecipeLoraLoaderMixin"]

@@ -26,13 +26,14 @@ DAMAGES = {
 }
 MESSAGES = {
     "nan": r"^the LoRA weights of .* hold NaN or infinite values \(unet\..*; a damaged file\?\): nothing was loaded$",
-    "unet_down_missing": r"^the LoRA weights of .* have no tensor for unet\..*lora_A.*: nothing was loaded$",
-    "unet_up_missing": r"^the LoRA weights of .* have no tensor for unet\..*lora_B.*: nothing was loaded$",
+    "unet_down_missing": r"^the LoRA weights of .* have no tensor for unet\.\S*\.lora\.down\.weight \(beside unet\.",
+    "unet_up_missing": r"^the LoRA weights of .* have no tensor for unet\.\S*\.lora\.up\.weight \(beside unet\.",
     "text_encoder_down_missing": (
-        r"^the LoRA weights of .* have no tensor for text_encoder\.encoder\.layers\.0\.self_attn\.q_proj\.lora_A"
-        r"\.default_0\.weight \(an incomplete or damaged file\?\): nothing was loaded$"
+        r"^the LoRA weights of .* have no tensor for text_encoder\.encoder\.layers\.0\.self_attn\.q_proj\."
+        r"lora_linear_layer\.down\.weight \(beside text_encoder\.encoder\.layers\.0\.self_attn\.q_proj\."
+        r"lora_linear_layer\.up\.weight; an incomplete or damaged file\?\): nothing was loaded$"
     ),
-    "text_encoder_up_missing": r"^the LoRA weights of .* have no tensor for text_encoder\..*lora_B.*: nothing was loaded$",
+    "text_encoder_up_missing": r"^the LoRA weights of .* have no tensor for text_encoder\.\S*\.up\.weight \(beside",
 }
 
 
@@ -80,11 +81,14 @@ def test_a_damaged_lora_leaves_no_adapter_and_the_images_of_before(tmp_path, sdx
     assert np.array_equal(run(ours), run(peer))
 
 
-@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
-def test_a_missing_text_encoder_tensor_is_refused_where_diffusers_draws_it_at_random(
-    tmp_path, low_cpu_mem_usage
-) -> None:
-    damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good"), "text_encoder_down_missing")
+@pytest.mark.parametrize(
+    "component, low_cpu_mem_usage", [("text_encoder", True), ("text_encoder", False), ("unet", False)]
+)
+def test_a_missing_lora_a_is_refused_where_diffusers_draws_it_at_random(tmp_path, component, low_cpu_mem_usage) -> None:
+    """A `lora_A` missing: transformers (text encoder) and peft (the UNet, under
+    `low_cpu_mem_usage=False`; under True it stays on the meta device) initialise it at random."""
+    damage = f"{component}_down_missing"
+    damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good"), damage)
     drawn = []
     for seed in (0, 1):
         peer, _ = pair()
@@ -94,7 +98,7 @@ def test_a_missing_text_encoder_tensor_is_refused_where_diffusers_draws_it_at_ra
     assert not np.array_equal(*drawn)  # diffusers: the images depend on the seed before the load
     _, ours = pair()
     plain = run(ours)
-    with pytest.raises(ValueError, match=MESSAGES["text_encoder_down_missing"]):
+    with pytest.raises(ValueError, match=MESSAGES[damage]):
         ours.load_lora_weights(damaged, low_cpu_mem_usage=low_cpu_mem_usage)
     assert all(names == [] for names in _adapters(ours).values())
     assert np.array_equal(run(ours), plain)
@@ -105,9 +109,8 @@ def test_a_missing_tensor_of_sdxls_second_text_encoder_is_refused(tmp_path, half
     damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good", sdxl=True), f"text_encoder_2_{half}_missing")
     _, ours = pair(sdxl=True)
     plain = run(ours)
-    lora = "lora_A" if half == "down" else "lora_B"
     with pytest.raises(
-        ValueError, match=rf"have no tensor for text_encoder_2\.(text_model\.)?encoder\..*\.{lora}\.default_0\.weight "
+        ValueError, match=rf"have no tensor for text_encoder_2\.\S*\.{half}\.weight \(beside text_encoder_2\."
     ):
         ours.load_lora_weights(damaged)
     assert all(names == [] for names in _adapters(ours).values())
@@ -220,3 +223,52 @@ def test_a_failed_hotswap_into_a_padded_adapter_puts_it_back(tmp_path) -> None:
     for pipe in (peer, ours):
         pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
     assert np.array_equal(run(ours), run(peer))
+
+
+_ZEROS = torch.zeros(4, 4)
+
+
+@pytest.mark.parametrize(
+    "present, missing",
+    [
+        ("unet.a.lora_A.weight", "unet.a.lora_B.weight"),  # peft's names
+        ("unet.a.lora_B.weight", "unet.a.lora_A.weight"),
+        ("unet.a.lora.up.weight", "unet.a.lora.down.weight"),  # diffusers'
+        ("unet.a.processor.to_k_lora.down.weight", "unet.a.processor.to_k_lora.up.weight"),  # attention processors'
+        ("text_encoder.a.lora_linear_layer.up.weight", "text_encoder.a.lora_linear_layer.down.weight"),
+    ],
+)
+def test_lora_state_dict_refuses_a_layer_with_one_of_its_two_tensors(present, missing) -> None:
+    import re
+
+    from clipcond import CLIPConditionedPipeline
+
+    weights = {present: _ZEROS, "unet.b.lora_A.weight": _ZEROS, "unet.b.lora_B.weight": _ZEROS}
+    message = (
+        rf"^the LoRA weights of the state dict have no tensor for {re.escape(missing)} \(beside {re.escape(present)};"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.lora_state_dict(weights)
+
+
+def test_lora_state_dict_names_the_tensor_kohyas_converter_looked_for() -> None:
+    """diffusers' converter of kohya's names raised a bare KeyError for a missing `lora_up`."""
+    from clipcond import CLIPConditionedPipeline
+
+    down = "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"
+    weights = {down: _ZEROS}  # diffusers' converter takes the keys out of the dict it is given
+    message = r"have no tensor for lora_unet_down_blocks_0_attentions_0_proj_in\.lora_up\.weight \(an incomplete"
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.lora_state_dict(weights)
+    whole = {down: _ZEROS, down.replace("lora_down", "lora_up"): _ZEROS}
+    assert sorted(CLIPConditionedPipeline.lora_state_dict(whole)[0]) == [
+        "unet.down_blocks.0.attentions.0.proj_in.lora.down.weight",
+        "unet.down_blocks.0.attentions.0.proj_in.lora.up.weight",
+    ]
+
+
+def test_lora_state_dict_takes_a_bias_without_another_half() -> None:
+    from clipcond import CLIPConditionedPipeline
+
+    weights = {"unet.a.lora_A.weight": _ZEROS, "unet.a.lora_B.weight": _ZEROS, "unet.a.lora_B.bias": torch.zeros(4)}
+    assert sorted(CLIPConditionedPipeline.lora_state_dict(dict(weights))[0]) == sorted(weights)
