@@ -156,3 +156,63 @@ def test_one_text_twice_at_half_weight_is_that_text_once_with_guidance_rescale()
     plain = peer("a red circle", **settings, generator=torch.Generator().manual_seed(0)).images
     halves = ours("a red circle :0.5 AND a red circle :0.5", **settings, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(halves.images, plain, rtol=0, atol=1e-5)
+
+
+def test_negative_embeddings_beside_an_edited_prompt_are_refused_saying_what_to_give() -> None:
+    """(found by mutation testing: `x_plan_for_call__mutmut_55`, `_56`, `_58`, `_59`, the
+    message's words)."""
+    import pytest
+    import torch
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd())
+    negative = torch.zeros(1, 77, pipe.text_encoder.config.hidden_size)
+    message = (
+        r"^`negative_prompt_embeds` cannot go with a prompt that edits, alternates or has AND: give "
+        r"`negative_prompt` as text$"
+    )
+    for prompt in ("a [red:blue:0.5] circle", "a red circle AND a blue square"):
+        with pytest.raises(ValueError, match=message):
+            pipe(prompt, negative_prompt_embeds=negative, num_inference_steps=2, output_type="latent")
+
+
+def test_an_and_prompt_reads_a_text_encoder_lora_at_the_calls_scale(tmp_path) -> None:
+    """`cross_attention_kwargs={"scale": 0.5}` sets a text-encoder LoRA's scale for the parts'
+    encoding too: one text twice at half weight equals StableDiffusionPipeline's image of it
+    with the same LoRA at the same scale (found by mutation testing:
+    `x_plan_for_call__mutmut_67`, the plan encoded at the LoRA's full scale)."""
+    import numpy as np
+    import torch
+    from test_lora_pipeline import pair, saved_lora
+
+    peer, ours = pair()
+    lora = saved_lora(tmp_path / "lora")
+    settings = dict(num_inference_steps=2, cross_attention_kwargs={"scale": 0.5}, output_type="np")
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(lora)
+    plain = peer("a red circle", **settings, generator=torch.Generator().manual_seed(0)).images
+    halves = ours("a red circle :0.5 AND a red circle :0.5", **settings, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(halves.images, plain, rtol=0, atol=1e-5)
+
+
+def test_a_plan_gives_a_bfloat16_unet_rows_in_its_dtype_from_a_float32_text_encoder() -> None:
+    """Text encoder in float32, UNet in bfloat16: the plan's rows are cast to the UNet's dtype
+    as the plain path casts them, and one text twice at half weight is the plain prompt's
+    image to bfloat16's precision (equal here; found by mutation testing: `xǁDenoisingPlanǁrows__mutmut_30`,
+    `_32`, the rows left in float32)."""
+    import torch
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.to(torch.bfloat16)
+    pipe.vae.to(torch.bfloat16)
+    settings = dict(num_inference_steps=2, output_type="latent")
+    plain = pipe("a red circle", **settings, generator=torch.Generator().manual_seed(0)).images
+    halves = pipe("a red circle :0.5 AND a red circle :0.5", **settings, generator=torch.Generator().manual_seed(0))
+    assert halves.images.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(halves.images, plain, rtol=0, atol=1e-2)
