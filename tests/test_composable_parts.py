@@ -216,3 +216,20 @@ def test_a_plan_gives_a_bfloat16_unet_rows_in_its_dtype_from_a_float32_text_enco
     halves = pipe("a red circle :0.5 AND a red circle :0.5", **settings, generator=torch.Generator().manual_seed(0))
     assert halves.images.dtype == plain.dtype == torch.bfloat16
     torch.testing.assert_close(halves.images, plain, rtol=0, atol=1e-2)
+
+
+def test_without_guidance_an_sdxl_plan_gives_every_row_the_prompts_time_ids() -> None:
+    """`guidance_scale=1`: no unconditional rows, so negative sizes change nothing, as in
+    diffusers (found by mutation testing: `xǁDenoisingPlanǁunconditional_rows__mutmut_2`, `_5`,
+    a row counted unconditional that the plan does not have)."""
+    import torch
+    from tiny_pipelines import build_sdxl
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sdxl())
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt="a [red:blue:0.5] circle", guidance_scale=1.0, num_inference_steps=2, output_type="latent")
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    sizes = dict(negative_original_size=(16, 16), negative_target_size=(16, 16), negative_crops_coords_top_left=(4, 4))
+    assert torch.equal(pipe(**call, **sizes, generator=torch.Generator().manual_seed(0)).images, plain)
