@@ -233,3 +233,22 @@ def test_without_guidance_an_sdxl_plan_gives_every_row_the_prompts_time_ids() ->
     plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
     sizes = dict(negative_original_size=(16, 16), negative_target_size=(16, 16), negative_crops_coords_top_left=(4, 4))
     assert torch.equal(pipe(**call, **sizes, generator=torch.Generator().manual_seed(0)).images, plain)
+
+
+def test_and_weights_are_read_in_double_precision_for_a_float64_unet() -> None:
+    """0.1 + 0.9 is 1 in float64, not in float32: in a float64 pipeline one text at weights 0.1
+    and 0.9 is the plain prompt's latents to float64's rounding (1.8e-15 here), which weights
+    kept in float32 miss by about 1e-8 (found by mutation testing: `x_build_plan__mutmut_83`,
+    `_85`, the weights' float64 dropped)."""
+    import torch
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd()).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    settings = dict(negative_prompt="dark", num_inference_steps=2, output_type="latent")
+    plain = pipe("a red circle", **settings, generator=torch.Generator().manual_seed(0)).images
+    parts = pipe("a red circle :0.1 AND a red circle :0.9", **settings, generator=torch.Generator().manual_seed(0))
+    assert parts.images.dtype == torch.float64
+    torch.testing.assert_close(parts.images, plain, rtol=0, atol=1e-12)
