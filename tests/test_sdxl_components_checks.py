@@ -83,3 +83,37 @@ def test_a_recipe_that_does_not_fit_the_unet_is_refused_in_full() -> None:
         "`recipe` 'sdxl' needs an SDXL-class UNet (addition_embed_type 'text_time'); this UNet's addition_embed_type "
         "is 'text': use recipe 'sd' or 'custom'"
     )
+
+
+def test_a_second_clip_of_another_class_and_a_flag_of_another_kind_are_refused_in_full() -> None:
+    """(found by mutation testing: `x_check_sdxl_components__mutmut_4`, `_14`, the messages)."""
+    with pytest.raises(TypeError) as refusal:
+        check_sdxl_components(_unet(6 * PER_ID + POOLED), ENCODER, SimpleNamespace(), None)
+    assert str(refusal.value) == (
+        "an SDXL UNet reads the pooled, projected text of its second CLIP: `text_encoder_2` must be a "
+        "CLIPTextModelWithProjection, got SimpleNamespace"
+    )
+    with pytest.raises(TypeError) as refusal:
+        check_sdxl_components(_unet(6 * PER_ID + POOLED), ENCODER, ENCODER, "yes")
+    assert str(refusal.value) == "`requires_aesthetics_score` must be a bool or None, got 'yes'"
+
+
+@pytest.mark.parametrize("flag", [True, False, None])
+def test_without_a_unet_the_flag_is_what_was_given(flag) -> None:
+    """A pipeline without a UNet (only `encode_prompt` is called on it) keeps the flag it was
+    given, False for None (found by mutation testing: `x_check_sdxl_components__mutmut_28`)."""
+    assert check_sdxl_components(None, ENCODER, ENCODER, flag) is bool(flag)
+
+
+def test_a_vae_with_a_latents_mean_and_no_std_decodes_by_its_scaling_factor_alone() -> None:
+    """As StableDiffusionXLPipeline: the statistics apply only when the VAE has both (found by
+    mutation testing: `x_decode_latents__mutmut_14`, `or` for `and`)."""
+    import torch
+    from tiny_pipelines import _small_vae
+
+    from clipcond.pipelines.sdxl_components import decode_latents
+
+    vae = _small_vae(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0])
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = vae.decode(latents / 0.5, return_dict=False)[0]
+    assert torch.equal(decode_latents(vae, latents), expected)
