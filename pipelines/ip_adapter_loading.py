@@ -17,8 +17,8 @@ done. Measured on diffusers 0.42.1 with a tiny SD pipeline:
   the only active adapter: when the load then failed, that LoRA stayed, and a LoRA the user had
   active was switched off.
 
-`rolled_back_on_failure` snapshots what the loader changes (the LoRA adapters, which are
-active and at which weights, included) and puts it back when loading fails or when the layers
+`rolled_back_on_failure` snapshots what the loader changes (the LoRA adapters and which of
+them are active included) and puts it back when loading fails or when the layers
 it loaded hold NaN or infinite values; a missing key and a safetensors file that cannot be read
 become a `ValueError` naming the source.
 

@@ -63,11 +63,11 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         Raises:
             TypeError: an `adapter_name` that is no non-empty string without '.' (torch's
                 module-name errors named no argument).
-            ValueError: weights holding NaN or infinite values, or a layer's LoRA tensor
-                without the other (`lora_state_dict`, before any change), or, with
-                `hotswap=True`, a tensor whose shape differs
-                in more than the rank, naming the source and the tensor; or what diffusers'
-                loader raises (a tensor of another shape: torch's RuntimeError, unchanged).
+            ValueError: weights holding NaN or infinite values, a layer's LoRA tensor without
+                the other (`lora_state_dict`, before any change), or, with `hotswap=True`, a
+                tensor whose shape differs in more than the rank, naming the source and the
+                tensor; or what diffusers' loader raises (a tensor of another shape: torch's
+                RuntimeError, unchanged).
         """
         if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name):
             raise TypeError(
@@ -122,7 +122,8 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             missing, present = unpaired[0]
             more = f"; {len(unpaired) - 1} more layers lack a tensor" if len(unpaired) > 1 else ""
             raise ValueError(
-                f"the LoRA weights of {named} have no tensor for {missing} (beside {present}{more}; an incomplete or damaged file?): nothing was loaded"
+                f"the LoRA weights of {named} have no tensor for {missing} (beside {present}{more}; an incomplete "
+                "or damaged file?): nothing was loaded"
             )
         return read
 
@@ -172,11 +173,10 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
 
     def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | dict | list | None = None) -> None:
         """diffusers' `set_adapters`, with `adapter_names` checked first (`_loaded_adapter_names`)
-        and `adapter_weights`: None, a number, a
-        dict of per-component or per-block weights, or a list of those (one per adapter), every
-        number finite (diffusers took NaN and infinity, which made every image NaN, and failed
-        on a string or a tuple partway through the components); numpy's numbers and 0-d
-        tensors are read as the floats they hold."""
+        and `adapter_weights`: None, a number, a dict of per-component or per-block weights, or
+        a list of those (one per adapter), every number finite (diffusers took NaN and infinity,
+        which made every image NaN, and failed on a string or a tuple partway through the
+        components); numpy's numbers and 0-d tensors are read as the floats they hold."""
         adapter_names = self._loaded_adapter_names(adapter_names, "adapter_names")
         if adapter_weights is not None:
             adapter_weights = finite_number_tree(adapter_weights, "adapter_weights", _WEIGHT_FORMS)
