@@ -190,8 +190,10 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
         ("larger_rank_nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
         ("width", r"hold a tensor of shape \(4, 33\) for unet\..*\.lora_A\.a\.weight, which has \(4, 32\) "),
     ]:
-        with pytest.raises(ValueError, match=match):
-            ours.load_lora_weights(_unet_only(tmp_path / damage, second, damage), adapter_name="a", hotswap=True)
+        damaged = _unet_only(tmp_path / damage, second, damage)
+        with pytest.raises(ValueError, match=match) as refusal:
+            ours.load_lora_weights(damaged, adapter_name="a", hotswap=True)
+        assert str(refusal.value).startswith(f"the LoRA weights of {damaged} ")
         assert _adapters(ours) == {"unet": ["a"], "text_encoder": ["a"]}
         assert np.array_equal(run(ours), with_first)
     for damage in (None, "smaller_rank", "larger_rank"):  # as in diffusers; so do other ranks
