@@ -117,3 +117,13 @@ def test_a_vae_with_a_latents_mean_and_no_std_decodes_by_its_scaling_factor_alon
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = vae.decode(latents / 0.5, return_dict=False)[0]
     assert torch.equal(decode_latents(vae, latents), expected)
+
+
+def test_without_a_unet_the_second_encoder_says_the_recipe() -> None:
+    """A pipeline without a UNet (for `encode_prompt`): a second CLIP with a projection makes it
+    SDXL, anything else SD (found by mutation testing: `x_resolve_recipe__mutmut_9`, `_15`, `_16`)."""
+    from clipcond.pipelines.sdxl_components import resolve_recipe
+
+    assert resolve_recipe(None, None, ENCODER) == "sdxl"
+    assert resolve_recipe(None, None, None) == "sd"
+    assert resolve_recipe(None, None, SimpleNamespace()) == "sd"
