@@ -127,3 +127,25 @@ def test_without_a_unet_the_second_encoder_says_the_recipe() -> None:
     assert resolve_recipe(None, None, ENCODER) == "sdxl"
     assert resolve_recipe(None, None, None) == "sd"
     assert resolve_recipe(None, None, SimpleNamespace()) == "sd"
+
+
+def test_a_hub_ids_index_is_read_with_the_callers_lookup_options(tmp_path) -> None:
+    """A refiner saved on the hub, read offline from the cache folder the caller names
+    (`cache_dir`, `local_files_only`, as `from_pretrained` passes them on; found by mutation
+    testing: `x_components_saved_as_none__mutmut_6`, the options dropped)."""
+    import json
+
+    from clipcond.pipelines.sdxl_components import components_saved_as_none
+
+    commit = "0" * 40
+    repository = tmp_path / "models--someone--tiny-refiner"
+    (repository / "refs").mkdir(parents=True)
+    (repository / "refs" / "main").write_text(commit)
+    snapshot = repository / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    index = {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "tokenizer": [None, None]}
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    (snapshot / "model_index.json").write_text(json.dumps(index))
+    lookup = {"cache_dir": str(tmp_path), "local_files_only": True, "torch_dtype": "ignored"}
+    names = ("text_encoder", "tokenizer", "unet")
+    assert components_saved_as_none("someone/tiny-refiner", names, lookup) == ["text_encoder", "tokenizer"]
