@@ -19,6 +19,10 @@ folder only once the writer has finished:
 
 A kill between the moves (a handful of renames) can still leave a mix; the moved-aside entries
 are then in the hidden sibling ``.old-<name>-<pid>``.
+
+`written_sibling` (the hidden sibling, flushed when whole, deleted on an error) and
+`remove_entry` are also the base of the training writers (`clipcond.training.folder_writes`,
+`clipcond.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from pathlib import Path
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
-def _remove(path: Path) -> None:
+def remove_entry(path: Path) -> None:
+    """Delete a folder entry: a folder with what it holds, or a file or link in its place."""
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
@@ -42,6 +47,25 @@ def _fsync_files(folder: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+@contextmanager
+def written_sibling(final: Path) -> Iterator[Path]:
+    """The hidden sibling ``.tmp-<name>-<pid>`` of `final` for the block to write into (what a
+    dead process with our pid left there is deleted first), its files flushed to disk when the
+    block ends without error; deleted on an error (the error is raised again). The writers of
+    `clipcond.training.folder_writes` and `saving_whole` build on it."""
+    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    if temporary.exists() or temporary.is_symlink():
+        remove_entry(temporary)
+    try:
+        yield temporary
+        if not temporary.is_dir():
+            raise RuntimeError(f"nothing was written to {temporary} for {final}")
+        _fsync_files(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def _carry_over(old: Path, new: Path) -> None:
@@ -71,8 +95,8 @@ def _move_in(written: Path, final: Path) -> None:
     """Move each entry of `written` into `final`, the entry of that name there moved aside
     first; if a move fails, the moved entries go back and the error is raised."""
     aside = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if aside.exists():
-        _remove(aside)
+    if aside.exists() or aside.is_symlink():
+        remove_entry(aside)
     aside.mkdir()
     placed: list[str] = []
     try:
@@ -114,23 +138,18 @@ def saving_whole(folder: str | os.PathLike, argument: str = "save_directory") ->
     final = Path(folder)
     if final.exists() and not final.is_dir():
         raise ValueError(f"`{argument}` must be a folder, got the file {final}")
-    written = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    if written.exists():  # left by a dead process that had our pid
-        _remove(written)
-    try:
+    with written_sibling(final) as written:
         yield written
-        if not written.is_dir():
-            raise RuntimeError(f"nothing was written to {written} for {final}")
-        if final.is_dir():
-            _carry_over(final, written)
-        _fsync_files(written)
+        if final.is_dir() and written.is_dir():
+            _carry_over(final, written)  # before the flush: copies are flushed too
+    try:
         if not final.exists():
             os.rename(written, final)
         else:
             _move_in(written, final)
     finally:
-        if written.exists():
+        if written.exists():  # what a failed move took back out
             shutil.rmtree(written, ignore_errors=True)
 
 
-__all__ = ["WEIGHT_SUFFIXES", "saving_whole"]
+__all__ = ["WEIGHT_SUFFIXES", "remove_entry", "saving_whole", "written_sibling"]

@@ -52,6 +52,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from clipcond.folder_saves import remove_entry
 from clipcond.training import rng_state
 from clipcond.training.run_folder import RunFolderError
 
@@ -167,7 +168,7 @@ def save_checkpoint(
     try:
         _write_state(temporary, step, modules, optimizer_state, scheduler, extra, process_rng)
         if final.exists() or final.is_symlink():  # a damaged entry of this step: a folder, or a file
-            _remove(final)
+            remove_entry(final)
         os.replace(temporary, final)
     except BaseException:  # a full disk, an unwritable folder, Ctrl-C: no hidden half checkpoint stays
         shutil.rmtree(temporary, ignore_errors=True)
@@ -177,7 +178,7 @@ def save_checkpoint(
     os.replace(pointer, root / "latest")
     older = [folder for folder in checkpoint_folders(run_dir) if checkpoint_step(folder) < step]
     for old in older[max(keep - 1, 0) :]:
-        _remove(old)
+        remove_entry(old)
     return final
 
 
@@ -219,11 +220,6 @@ def _check_module_names(modules: dict[str, nn.Module]) -> None:
                 f"modules: {name!r} cannot name a module's file in a checkpoint; a name is letters, digits, '_', "
                 "'-' and '.' (a letter, digit or '_' first), and not 'optimizer' or 'rng' (the checkpoint's own files)"
             )
-
-
-def _remove(path: Path) -> None:
-    """Delete a checkpoint entry: a folder with what it holds, or a file or link in its place."""
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def checkpoint_folder(run_dir: str | os.PathLike, step: int) -> Path:
@@ -276,7 +272,7 @@ def set_aside_damaged(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     target = folder.with_name(_DAMAGED_PREFIX + folder.name)
     if target.exists() or target.is_symlink():
-        _remove(target)
+        remove_entry(target)
     os.replace(folder, target)
     return target
 

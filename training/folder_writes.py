@@ -16,32 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from clipcond.folder_saves import remove_entry, written_sibling
 from clipcond.output_paths import process_alive
-
-
-def _fsync_files(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-@contextmanager
-def _written_sibling(final: Path) -> Iterator[Path]:
-    """The hidden sibling ``.tmp-<name>-<pid>`` of `final` for the block to write into (one a
-    dead process with our pid left is deleted first), its files flushed to disk when the block
-    ends without error; deleted on an error (the error is raised again)."""
-    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    try:
-        yield temporary
-        if not temporary.is_dir():
-            raise RuntimeError(f"nothing was written to {temporary} for {final}")
-        _fsync_files(temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 @contextmanager
@@ -58,7 +34,7 @@ def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
         ``save_pretrained`` create it).
     """
     final = Path(folder)
-    with _written_sibling(final) as temporary:
+    with written_sibling(final) as temporary:
         yield temporary
     older = final.with_name(f".old-{final.name}-{os.getpid()}")
     if final.exists():
@@ -92,7 +68,7 @@ def writing_new_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(folder)
     remove_dead_writers_temporaries(final)
-    with _written_sibling(final) as temporary:
+    with written_sibling(final) as temporary:
         yield temporary
     try:
         os.rename(temporary, final)  # onto a folder with files it fails; an empty one it replaces
@@ -114,7 +90,7 @@ def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[
     removed = []
     for path in sorted(root.iterdir()):
         if pattern.fullmatch(path.name):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            remove_entry(path)
             removed.append(path)
     return removed
 
@@ -131,6 +107,6 @@ def remove_dead_writers_temporaries(folder: str | os.PathLike) -> list[Path]:
     for path in sorted(final.parent.iterdir()):
         match = pattern.fullmatch(path.name)
         if match and not process_alive(int(match.group(1))):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            remove_entry(path)
             removed.append(path)
     return removed
