@@ -13,7 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 from test_ip_adapter import picture
 from test_lora_pipeline import saved_lora
@@ -145,8 +145,6 @@ def test_a_failed_faceid_load_takes_its_lora_out_and_leaves_the_users_lora_activ
     """diffusers' loader had loaded the adapter's LoRA as `faceid_0` and made it the only active
     adapter when its NaN check failed: `faceid_0` stayed and the user's `style` was switched off.
     (Taking `faceid_0` out alone would switch on every adapter left, `other` too.)"""
-    from diffusers import StableDiffusionPipeline
-
     style, other = saved_lora(tmp_path / "style"), saved_lora(tmp_path / "other", seed=2)
     peer = StableDiffusionPipeline(
         **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -243,8 +241,6 @@ def test_a_scale_of_another_kind_is_refused_when_it_is_set(parts, folder, scale,
     ids=["numpy", "0d_tensor", "parts", "blocks", "one_per_adapter"],
 )
 def test_the_scales_diffusers_takes_give_its_images(parts, folder, scale) -> None:
-    from diffusers import StableDiffusionPipeline
-
     peer = StableDiffusionPipeline(
         **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )

@@ -8,12 +8,16 @@ missing text-encoder tensor (at random for a `lora_A`: the images changed with t
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 from test_lora_pipeline import pair, run, saved_lora
+
+from clipcond import CLIPConditionedPipeline
 
 DAMAGES = {
     "text_encoder_shape": RuntimeError,
@@ -244,9 +248,6 @@ _ZEROS = torch.zeros(4, 4)
     ],
 )
 def test_lora_state_dict_refuses_a_layer_with_one_of_its_two_tensors(present, missing) -> None:
-    import re
-
-    from clipcond import CLIPConditionedPipeline
 
     weights = {present: _ZEROS, "unet.b.lora_A.weight": _ZEROS, "unet.b.lora_B.weight": _ZEROS}
     message = (
@@ -258,8 +259,6 @@ def test_lora_state_dict_refuses_a_layer_with_one_of_its_two_tensors(present, mi
 
 def test_lora_state_dict_names_the_tensor_kohyas_converter_looked_for() -> None:
     """diffusers' converter of kohya's names raised a bare KeyError for a missing `lora_up`."""
-    from clipcond import CLIPConditionedPipeline
-
     down = "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"
     weights = {down: _ZEROS}  # diffusers' converter takes the keys out of the dict it is given
     message = r"have no tensor for lora_unet_down_blocks_0_attentions_0_proj_in\.lora_up\.weight \(an incomplete"
@@ -273,7 +272,5 @@ def test_lora_state_dict_names_the_tensor_kohyas_converter_looked_for() -> None:
 
 
 def test_lora_state_dict_takes_a_bias_without_another_half() -> None:
-    from clipcond import CLIPConditionedPipeline
-
     weights = {"unet.a.lora_A.weight": _ZEROS, "unet.a.lora_B.weight": _ZEROS, "unet.a.lora_B.bias": torch.zeros(4)}
     assert sorted(CLIPConditionedPipeline.lora_state_dict(dict(weights))[0]) == sorted(weights)

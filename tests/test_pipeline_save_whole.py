@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+from safetensors.torch import load_file
+from test_lora_pipeline import saved_lora
 from tiny_pipelines import build_sd
 
 import clipcond.folder_saves as folder_saves
@@ -237,9 +239,6 @@ def test_a_save_directory_that_is_no_folder_is_refused_before_any_write(tmp_path
 
 def _lora_layers(tmp_path: Path, seed: int) -> dict:
     """`save_lora_weights`' keyword arguments for a random LoRA of the tiny SD pipeline."""
-    from safetensors.torch import load_file
-    from test_lora_pipeline import saved_lora
-
     weights = load_file(next(saved_lora(tmp_path / f"lora-{seed}", seed=seed).glob("*.safetensors")))
     layers = {}
     for component in ("unet", "text_encoder"):

@@ -5,11 +5,20 @@ added embedding has for time ids, and each refusal's whole message, with the hin
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
+import torch
+from tiny_pipelines import _small_vae
 
-from clipcond.pipelines.sdxl_components import check_added_width, check_sdxl_components
+from clipcond.pipelines.sdxl_components import (
+    check_added_width,
+    check_sdxl_components,
+    components_saved_as_none,
+    decode_latents,
+    resolve_recipe,
+)
 
 PER_ID = 8  # addition_time_embed_dim
 POOLED = 32  # the second CLIP's projection_dim
@@ -71,8 +80,6 @@ def test_a_first_clip_without_the_second_is_refused_in_full() -> None:
 
 
 def test_a_recipe_that_does_not_fit_the_unet_is_refused_in_full() -> None:
-    from clipcond.pipelines.sdxl_components import resolve_recipe
-
     with pytest.raises(ValueError) as refusal:
         resolve_recipe("sd3", None, None)
     assert str(refusal.value) == "`recipe` must be 'sd', 'sdxl' or 'custom' (rows of clipcond.families), got 'sd3'"
@@ -108,10 +115,6 @@ def test_without_a_unet_the_flag_is_what_was_given(flag) -> None:
 def test_a_vae_with_a_latents_mean_and_no_std_decodes_by_its_scaling_factor_alone() -> None:
     """As StableDiffusionXLPipeline: the statistics apply only when the VAE has both (found by
     mutation testing: `x_decode_latents__mutmut_14`, `or` for `and`)."""
-    import torch
-    from tiny_pipelines import _small_vae
-
-    from clipcond.pipelines.sdxl_components import decode_latents
 
     vae = _small_vae(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0])
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -122,8 +125,6 @@ def test_a_vae_with_a_latents_mean_and_no_std_decodes_by_its_scaling_factor_alon
 def test_without_a_unet_the_second_encoder_says_the_recipe() -> None:
     """A pipeline without a UNet (for `encode_prompt`): a second CLIP with a projection makes it
     SDXL, anything else SD (found by mutation testing: `x_resolve_recipe__mutmut_9`, `_15`, `_16`)."""
-    from clipcond.pipelines.sdxl_components import resolve_recipe
-
     assert resolve_recipe(None, None, ENCODER) == "sdxl"
     assert resolve_recipe(None, None, None) == "sd"
     assert resolve_recipe(None, None, SimpleNamespace()) == "sd"
@@ -133,9 +134,6 @@ def test_a_hub_ids_index_is_read_with_the_callers_lookup_options(tmp_path) -> No
     """A refiner saved on the hub, read offline from the cache folder the caller names
     (`cache_dir`, `local_files_only`, as `from_pretrained` passes them on; found by mutation
     testing: `x_components_saved_as_none__mutmut_6`, the options dropped)."""
-    import json
-
-    from clipcond.pipelines.sdxl_components import components_saved_as_none
 
     commit = "0" * 40
     repository = tmp_path / "models--someone--tiny-refiner"
