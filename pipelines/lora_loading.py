@@ -22,8 +22,9 @@ read (`lora_state_dict`), before any component changes: diffusers let peft or tr
 initialise the other one (at random for a `lora_A`) or left it on the meta device. A
 `hotswap=True` load writes into an adapter already loaded: its tensors and scalings are copied
 first and put back when the swap fails (diffusers swapped the UNet's adapter, then refused the
-text encoders' part of the same file) or brings NaN. Not covered: a hotswapped `lora_A`
-narrower than its layer (peft pads it with zeros, as it pads a smaller rank).
+text encoders' part of the same file) or brings NaN; its UNet tensors are checked against the
+adapter's before the swap (`AdapterSnapshot.check_incoming`): peft padded a narrower one with
+zeros without a word.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                 module-name errors named no argument).
             ValueError: weights holding NaN or infinite values, a layer's LoRA tensor without
                 the other (`lora_state_dict`, before any change), or, with `hotswap=True`, a
-                tensor whose shape differs in more than the rank, naming the source and the
-                tensor; or what diffusers' loader raises (a tensor of another shape: torch's
+                UNet tensor whose shape differs from the adapter's in more than the rank
+                (before the swap), naming the source and the tensor; or what diffusers' loader raises (a tensor of another shape: torch's
                 RuntimeError, unchanged).
         """
         if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name):
@@ -78,11 +79,12 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         before = self._adapter_names()
         source = pretrained_model_name_or_path_or_dict
         swapped = AdapterSnapshot.of(self, adapter_name) if kwargs.get("hotswap") else None
+        if swapped is not None and swapped.components:
+            swapped.check_incoming(self._unet_tensors(source, kwargs), _source_name(source))
         try:
             family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
             loaded = self._new_adapters(before)
             if swapped is not None:  # the adapter written in place is checked as a new one is
-                swapped.check_shapes(_source_name(source))
                 for component in swapped.components:
                     loaded.setdefault(component, []).append(adapter_name)
             self._check_loaded_adapters(loaded, source)
@@ -126,6 +128,24 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                 "or damaged file?): nothing was loaded"
             )
         return read
+
+    def _unet_tensors(self, source: Any, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The UNet tensors `load_lora_weights(source, **kwargs)` would load, keyed as peft
+        names them (`unet.<layer>.lora_A.weight`), read as diffusers' loader reads them (the
+        family's `lora_state_dict`, then `convert_unet_state_dict_to_peft` where the keys are
+        not peft's already, as the UNet's `load_lora_adapter` does). A hotswap reads its
+        weights twice: here, to check them, and in diffusers' loader."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        options = {key: value for key, value in kwargs.items() if key not in ("hotswap", "low_cpu_mem_usage")}
+        if self.config.recipe == "sdxl":
+            options["unet_config"] = self.unet.config
+        read = self.lora_state_dict(dict(source) if isinstance(source, dict) else source, **options)
+        weights = read[0] if isinstance(read, tuple) else read
+        unet = {key.removeprefix("unet."): value for key, value in weights.items() if key.startswith("unet.")}
+        if unet and "lora_A" not in next(iter(unet)):
+            unet = convert_unet_state_dict_to_peft(unet)
+        return {f"unet.{key}": value for key, value in unet.items()}
 
     def _check_loaded_adapters(self, loaded: dict[str, list[str]], source: Any) -> None:
         """Refuse the tensors of the adapters `loaded` names (component -> adapter names) when

@@ -44,18 +44,27 @@ class AdapterSnapshot:
                     snapshot.scalings.append((scaling, value.clone() if torch.is_tensor(value) else value))
         return snapshot
 
-    def check_shapes(self, named: str) -> None:
-        """Refuse a swap that changed a tensor's shape in any dimension but the rank (`lora_A`'s
-        first, `lora_B`'s second): peft swaps a larger tensor in whole, and a layer of another
-        width would fail at the next call, after the text encoders' work."""
-        for key, tensor, values in self.tensors:
-            rank = 0 if ".lora_A." in key else 1 if ".lora_B." in key and key.endswith(".weight") else None
+    def check_incoming(self, incoming: dict[str, torch.Tensor], named: str) -> None:
+        """Refuse `incoming` (the swap's tensors, keyed as `component.<layer>.lora_A.weight`,
+        peft's names without the adapter's) when one differs from the tensor it replaces in any
+        dimension but the rank (`lora_A`'s first, `lora_B`'s second), before anything is
+        swapped: peft pads a narrower tensor with zeros without a word and swaps a wider one in
+        whole (the layer then fails at the next call, after the text encoders' work). Keys the
+        adapter has no tensor for are left to peft, which refuses them."""
+        held = {key: values.shape for key, _, values in self.tensors}
+        for key, tensor in incoming.items():
+            stem, dot, kind = key.rpartition(".")
+            shape = held.get(f"{stem}.{self.adapter_name}{dot}{kind}")
+            if shape is None:
+                continue
+            rank = 0 if stem.endswith(".lora_A") else 1 if stem.endswith(".lora_B") and kind == "weight" else None
             if [size for dim, size in enumerate(tensor.shape) if dim != rank] != [
-                size for dim, size in enumerate(values.shape) if dim != rank
+                size for dim, size in enumerate(shape) if dim != rank
             ]:
                 raise ValueError(
-                    f"the LoRA weights of {named} hold a tensor of shape {tuple(tensor.shape)} for {key}, which has "
-                    f"{tuple(values.shape)} (a hotswap may change only the rank): nothing was swapped"
+                    f"the LoRA weights of {named} hold a tensor of shape {tuple(tensor.shape)} for {key}, where "
+                    f"adapter {self.adapter_name!r} has {tuple(shape)} (a hotswap may change only the rank): nothing "
+                    "was swapped"
                 )
 
     @torch.no_grad()

@@ -153,8 +153,9 @@ def test_an_adapter_name_that_cannot_name_layers_is_refused_naming_it(tmp_path, 
 def _unet_only(folder, good, damage: str | None = None):
     """A copy of the LoRA folder `good` with only its UNet tensors (diffusers hotswaps no text
     encoder), damaged as `damage` says: 'nan' in every tensor (and alpha 16), 'width' (one `lora_A` one input
-    wider, which peft swaps in whole), 'smaller_rank' or 'larger_rank' (rank 2 or 8 for 4: allowed),
-    or 'larger_rank_nan' (both: the tensors swapped in whole, then refused)."""
+    wider, which peft swaps in whole), 'narrow' (one `lora_A` one input narrower) or 'short' (one `lora_B`
+    one output shorter; peft pads both with zeros), 'smaller_rank' or 'larger_rank' (rank 2 or 8 for 4:
+    allowed), or 'larger_rank_nan' (both: the tensors swapped in whole, then refused)."""
     path = next(good.glob("*.safetensors"))
     weights = {key: value for key, value in load_file(path).items() if key.startswith("unet.")}
     if damage is not None and "nan" in damage:
@@ -162,6 +163,12 @@ def _unet_only(folder, good, damage: str | None = None):
     if damage == "width":
         last = sorted(key for key in weights if ".down." in key)[-1]
         weights[last] = torch.cat([weights[last], weights[last][:, :1]], dim=1)
+    elif damage == "narrow":
+        last = sorted(key for key in weights if ".down." in key)[-1]
+        weights[last] = weights[last][:, :-1]
+    elif damage == "short":
+        first = sorted(key for key in weights if ".up." in key)[0]
+        weights[first] = weights[first][:-1]
     elif damage == "smaller_rank":
         weights = {key: value[:2] if ".down." in key else value[:, :2] for key, value in weights.items()}
     elif damage is not None and "larger_rank" in damage:
@@ -192,7 +199,12 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
     for damage, match in [
         ("nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
         ("larger_rank_nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
-        ("width", r"hold a tensor of shape \(4, 33\) for unet\..*\.lora_A\.a\.weight, which has \(4, 32\) "),
+        ("width", r"hold a tensor of shape \(4, 33\) for unet\.\S*\.lora_A\.weight, where adapter 'a' has \(4, 32\) "),
+        ("narrow", r"hold a tensor of shape \(4, 31\) for unet\.\S*\.lora_A\.weight, where adapter 'a' has \(4, 32\) "),
+        (
+            "short",
+            r"hold a tensor of shape \(7, 4\) for unet\.\S*\.to_k\.lora_B\.weight, where adapter 'a' has \(8, 4\) ",
+        ),
     ]:
         damaged = _unet_only(tmp_path / damage, second, damage)
         with pytest.raises(ValueError, match=match) as refusal:
@@ -200,6 +212,8 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
         assert str(refusal.value).startswith(f"the LoRA weights of {damaged} ")
         assert _adapters(ours) == {"unet": ["a"], "text_encoder": ["a"]}
         assert np.array_equal(run(ours), with_first)
+    for damage in ("narrow", "short"):  # diffusers' loader (peft) pads them with zeros without a word
+        peer.load_lora_weights(tmp_path / damage, adapter_name="a", hotswap=True)
     for damage in (None, "smaller_rank", "larger_rank"):  # as in diffusers; so do other ranks
         swapped = _unet_only(tmp_path / f"swapped-{damage}", second, damage)
         peer, ours = pair()
@@ -208,6 +222,62 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
             pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
         assert not np.array_equal(run(ours), with_first)
         assert np.array_equal(run(ours), run(peer))
+
+
+def _sgm(layer: str, per_block: int) -> str:
+    """A diffusers UNet layer's name as SDXL's original (SGM) UNet names it, for a UNet of
+    `per_block` layers per down block: `down_blocks.b.attentions.j` is `input_blocks.i.1`
+    (i = b * (per_block + 1) + j + 1), `up_blocks.b.attentions.j` is `output_blocks.i.1`
+    (i = b * (per_block + 1) + j), `mid_block.attentions.0` is `middle_block.1`."""
+    block = re.match(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", layer)
+    if block:
+        kind, number, inner, rest = block.groups()
+        index = int(number) * (per_block + 1) + int(inner) + (kind == "down")
+        return f"{'input' if kind == 'down' else 'output'}_blocks.{index}.1.{rest}"
+    return re.sub(r"^mid_block\.attentions\.0\.", "middle_block.1.", layer)
+
+
+def _kohya(weights: dict, per_block: int | None = None) -> dict:
+    """diffusers-named UNet LoRA weights (`unet.<layer>.lora.down.weight`) renamed as kohya's
+    trainer names them (`lora_unet_<layer with _>.lora_down.weight`, with an alpha per layer),
+    with SDXL's SGM block names when `per_block` (the UNet's layers per block) is given."""
+    renamed = {}
+    for key, value in weights.items():
+        layer, half = key.removeprefix("unet.").rsplit(".lora.", 1)
+        stem = "lora_unet_" + (layer if per_block is None else _sgm(layer, per_block)).replace(".", "_")
+        renamed[f"{stem}.lora_{half}"] = value
+        renamed[f"{stem}.alpha"] = torch.tensor(4.0)
+    return renamed
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_a_hotswap_is_checked_before_the_swap_in_each_naming(tmp_path, sdxl, form) -> None:
+    """The swap's tensors are read and named as diffusers' loader names them (kohya's names,
+    SDXL's SGM block names) and checked against the adapter before peft writes: a `lora_A` one input
+    narrower is refused with the images of before; the whole one swaps as in diffusers."""
+    first = saved_lora(tmp_path / "first", sdxl, seed=1)
+    second = load_file(next(saved_lora(tmp_path / "second", sdxl, seed=2).glob("*.safetensors")))
+    weights = {key: value for key, value in second.items() if key.startswith("unet.")}
+    peer, ours = pair(sdxl)
+    if form == "kohya":  # SDXL's with SGM names, which only the UNet's config maps to diffusers'
+        weights = _kohya(weights, ours.unet.config.layers_per_block if sdxl else None)
+        assert not sdxl or any("input_blocks" in key for key in weights)
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(first, adapter_name="a")
+    with_first = run(ours)
+    narrowed = dict(weights)
+    last = sorted(key for key in narrowed if "down" in key and key.endswith(".weight"))[-1]
+    narrowed[last] = narrowed[last][:, :-1]
+    width = 64 if sdxl else 32
+    message = rf"shape \(4, {width - 1}\) for unet\.up_blocks\.\S*\.to_v\.lora_A\.weight, where adapter 'a' has \(4, {width}\)"
+    with pytest.raises(ValueError, match=message):
+        ours.load_lora_weights(narrowed, adapter_name="a", hotswap=True)
+    assert np.array_equal(run(ours), with_first)
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(dict(weights), adapter_name="a", hotswap=True)
+    assert not np.array_equal(run(ours), with_first)
+    assert np.array_equal(run(ours), run(peer))
 
 
 def test_a_failed_hotswap_into_a_padded_adapter_puts_it_back(tmp_path) -> None:
