@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_config import EncoderSource
 
 BUILTIN_CLIP_TOKENIZER = "builtin-clip"
@@ -37,7 +38,8 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         model_max_length: the encoder's context length, for the builtin CLIP tokenizer.
 
     Raises:
-        ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause).
+        ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause), or it
+            is a BPE tokenizer whose merges do not make its vocabulary (`clipcond.bpe_tables`).
     """
     from transformers import AutoTokenizer
 
@@ -62,6 +64,7 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         raise ValueError(
             f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
         ) from error
+    check_bpe_tables(tokenizer, f"{path!r} (subfolder {subfolder!r})")
     if kind == "clip" and _declares_text_cleaning(Path(path), subfolder):
         return with_clip_text_cleaning(tokenizer, model_max_length)
     return tokenizer

@@ -61,6 +61,7 @@ from transformers import (
     T5EncoderModel,
 )
 
+from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_setup import as_encoders, check_clip_skip, check_clip_windows, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
@@ -224,11 +225,21 @@ class CLIPConditionedPipeline(
         (an SDXL refiner: its model_index.json records `text_encoder` and `tokenizer` as null)
         loads with them None, as diffusers' SDXL pipelines load it; they stay required
         components otherwise (as in Stable Diffusion), so a saved SD folder without them is
-        still an error (diffusers' own)."""
+        still an error (diffusers' own).
+
+        Raises:
+            ValueError: a CLIP tokenizer whose merges do not make its vocabulary
+                (`clipcond.bpe_tables`: a merges.txt cut short loads in transformers and splits
+                words into pieces the encoder was not trained on); or what diffusers raises.
+        """
         absent = ("text_encoder", "tokenizer")
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for name in ("tokenizer", "tokenizer_2"):
+            if getattr(pipeline, name, None) is not None:
+                check_bpe_tables(getattr(pipeline, name), f"{pretrained_model_name_or_path} ({name})")
+        return pipeline
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,76 @@
+"""A check that a loaded BPE tokenizer's merges make its vocabulary.
+
+A byte-level BPE tokenizer (CLIP's, GPT-2's) reaches each vocabulary entry longer than one
+symbol through exactly one merge rule: OpenAI's CLIP vocabulary is 256 byte symbols, the same
+256 ending a word, 48,894 merged tokens and two special tokens, and each merged token is the
+result of one of the 48,894 merges. A `merges.txt` cut short at a line's end, or emptied, still
+loads in transformers (tokenizers refuses only a merge whose halves are not in the vocabulary)
+and gives a tokenizer that splits words into smaller pieces: an empty one spelled "photo" as
+five letters, ids the text encoder was never trained on, with no error. `check_bpe_tables`
+refuses such a tokenizer where clipcond loads one from disk.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["check_bpe_tables", "unmade_tokens"]
+
+# how many of the entries no merge makes a refusal names
+_NAMED = 3
+
+
+def unmade_tokens(tokenizer: Any) -> list[str] | None:
+    """The vocabulary entries of a BPE tokenizer that no merge rule makes: neither one base
+    symbol (one character, with or without the model's end-of-word suffix or
+    continuing-subword prefix) nor an added token nor the result of a merge. [] for a tokenizer
+    whose merges make its whole vocabulary.
+
+    Returns:
+        The entries in the order of the tokenizer's vocabulary, or None for a tokenizer this cannot read: one without
+        a tokenizers backend (a slow tokenizer) or whose model is no BPE (T5's Unigram).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    state = json.loads(backend.to_str())
+    model = state.get("model") or {}
+    if model.get("type") != "BPE":
+        return None
+    suffix = model.get("end_of_word_suffix") or ""
+    prefix = model.get("continuing_subword_prefix") or ""
+    made = set()
+    for merge in model.get("merges") or ():
+        first, second = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if prefix and second.startswith(prefix):
+            second = second[len(prefix) :]
+        made.add(first + second)
+    added = {token["content"] for token in state.get("added_tokens") or ()}
+    unmade = []
+    for token in model.get("vocab") or {}:  # in id order, as tokenizers writes it
+        if token in made or token in added:
+            continue
+        core = token.removeprefix(prefix) if prefix else token
+        core = core.removesuffix(suffix) if suffix else core
+        if len(core) > 1:
+            unmade.append(token)
+    return unmade
+
+
+def check_bpe_tables(tokenizer: Any, where: str) -> None:
+    """Refuse a BPE tokenizer (loaded from `where`, which the error names) whose merges do not
+    make its vocabulary (`unmade_tokens`); any other tokenizer passes.
+
+    Raises:
+        ValueError: naming `where`, how many entries no merge makes and the first of them.
+    """
+    unmade = unmade_tokens(tokenizer)
+    if not unmade:
+        return
+    named = ", ".join(repr(token) for token in unmade[:_NAMED])
+    raise ValueError(
+        f"the tokenizer of {where} has {len(unmade)} vocabulary entries that no merge rule makes ({named}"
+        f"{', ...' if len(unmade) > _NAMED else ''}): its merges (merges.txt, or model.merges in tokenizer.json) "
+        "are cut short or damaged, and it would split words into pieces the text encoder was not trained on"
+    )

@@ -1,0 +1,151 @@
+"""A CLIP tokenizer whose merges were cut short (clipcond/bpe_tables.py) is refused where clipcond
+loads one from disk: `CLIPConditionedPipeline.from_pretrained` (both of SDXL's tokenizers) and a
+conditioner's encoder source. transformers and diffusers load such a folder without a word, and
+its tokenizer spells words out in smaller pieces: with merges.txt emptied, "photo" became five
+letters."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from diffusers import StableDiffusionPipeline
+from tiny_pipelines import build_sd, build_sdxl, save_t5_tokenizer
+
+from clipcond import CLIPConditionedPipeline, TextConditioner
+from clipcond.bpe_tables import check_bpe_tables, unmade_tokens
+from clipcond.conditioner_config import ConditionerConfig, EncoderSource
+from clipcond.tokenization import load_clip_bpe
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "sd"
+    CLIPConditionedPipeline.from_pipe(build_sd()).save_pretrained(folder)
+    return folder
+
+
+def _merges_kept(folder: Path, subfolder: str, kept: int) -> None:
+    """Cut the tokenizer in `folder`/`subfolder` to its first `kept` merges, at a line's end, as a
+    copy stopped partway leaves merges.txt; tokenizer.json (which transformers reads first) goes."""
+    tokenizer = folder / subfolder
+    (tokenizer / "tokenizer.json").unlink()
+    lines = (tokenizer / "merges.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tokenizer / "merges.txt").write_text("".join(lines[: 1 + kept]), encoding="utf-8")  # line 0: a header
+
+
+def test_the_bundled_vocabulary_is_made_whole_by_its_merges() -> None:
+    """OpenAI's table: every one of the 48,894 merged tokens is made, nothing else is missing."""
+    pipe = build_sd()
+    assert unmade_tokens(pipe.tokenizer) == []
+    vocabulary, merges = load_clip_bpe()
+    assert len(merges) == 48894 and len(vocabulary) == 49408
+    check_bpe_tables(pipe.tokenizer, "the bundled table")
+
+
+def test_a_tokenizer_that_is_no_bpe_is_not_read(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    t5 = AutoTokenizer.from_pretrained(save_t5_tokenizer(tmp_path / "t5"))  # a Unigram model, as T5's
+    assert unmade_tokens(t5) is None
+    check_bpe_tables(t5, "a T5 folder")
+
+
+@pytest.mark.parametrize("kept", [0, 48000])
+def test_a_pipeline_folder_with_its_merges_cut_short_is_refused(tmp_path, sd_folder, kept) -> None:
+    folder = tmp_path / "cut"
+    shutil.copytree(sd_folder, folder)
+    _merges_kept(folder, "tokenizer", kept)
+    missing = 48894 - kept
+    message = (
+        rf"^the tokenizer of {re.escape(str(folder))} \(tokenizer\) has {missing} vocabulary entries that no merge "
+        r"rule makes \('.*', ...\): its merges \(merges.txt, or model.merges in tokenizer.json\) are cut short"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.from_pretrained(folder)
+    peer = StableDiffusionPipeline.from_pretrained(folder)  # diffusers loads it without a word
+    whole = build_sd().tokenizer
+    if kept == 0:
+        assert len(peer.tokenizer("photo").input_ids) == 2 + 5  # the five letters, between BOS and EOS
+        assert len(whole("photo").input_ids) == 2 + 1
+    assert len(unmade_tokens(peer.tokenizer)) == missing
+
+
+def test_merges_cut_short_inside_tokenizer_json_are_refused(tmp_path, sd_folder) -> None:
+    """transformers reads tokenizer.json before vocab.json and merges.txt: its own merges count."""
+    folder = tmp_path / "cut"
+    shutil.copytree(sd_folder, folder)
+    path = folder / "tokenizer" / "tokenizer.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["model"]["merges"] = state["model"]["merges"][:-10]
+    path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"\(tokenizer\) has 10 vocabulary entries that no merge rule makes"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_sdxls_second_tokenizer_is_checked_too(tmp_path) -> None:
+    folder = tmp_path / "sdxl"
+    CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)
+    _merges_kept(folder, "tokenizer_2", 48893)
+    with pytest.raises(ValueError, match=r"\(tokenizer_2\) has 1 vocabulary entries that no merge rule makes"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_a_conditioner_source_with_its_merges_cut_short_is_refused(tmp_path, sd_folder) -> None:
+    folder = tmp_path / "cut"
+    shutil.copytree(sd_folder, folder)
+    _merges_kept(folder, "tokenizer", 100)
+    source = EncoderSource(path=str(folder), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+    config = ConditionerConfig(recipe="sd", clip=[source], cache_size=0)
+    message = rf"^the tokenizer of {re.escape(repr(str(folder)))} \(subfolder 'tokenizer'\) has 48794 vocabulary"
+    with pytest.raises(ValueError, match=message):
+        TextConditioner.from_config(config)
+    whole = EncoderSource(path=str(sd_folder), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+    TextConditioner.from_config(ConditionerConfig(recipe="sd", clip=[whole], cache_size=0))
+
+
+def _tokenizer(vocab: dict[str, int], merges: list, **model: str):
+    """A transformers fast tokenizer over a BPE model of `vocab` and `merges` (pairs, or
+    "first second" strings as tokenizers wrote them before 0.20), with `model`'s options."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    state = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": vocab, "merges": merges}}
+    state["model"].update(model)
+    backend = Tokenizer.from_str(json.dumps(state))
+    backend.add_special_tokens(["<special>"])
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.mark.parametrize("form", ["pairs", "strings"])
+def test_unmade_tokens_reads_merges_in_either_form(form) -> None:
+    vocab = {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "<special>": 5}
+    merges = [["a", "b"], ["ab", "c"]]
+    written = merges if form == "pairs" else [" ".join(pair) for pair in merges]
+    assert unmade_tokens(_tokenizer(vocab, written)) == []
+    assert unmade_tokens(_tokenizer(vocab, written[:1])) == ["abc"]
+    assert unmade_tokens(_tokenizer(vocab, [])) == ["ab", "abc"]
+
+
+def test_unmade_tokens_reads_a_word_end_suffix_and_a_subword_prefix() -> None:
+    """Base symbols carry the suffix (CLIP's "</w>") or prefix ("##"); a merge drops the second
+    half's prefix, as tokenizers' BPE does."""
+    suffixed = {"a": 0, "b</w>": 1, "ab</w>": 2}
+    assert unmade_tokens(_tokenizer(suffixed, [["a", "b</w>"]], end_of_word_suffix="</w>")) == []
+    assert unmade_tokens(_tokenizer(suffixed, [], end_of_word_suffix="</w>")) == ["ab</w>"]
+    prefixed = {"a": 0, "##b": 1, "ab": 2}
+    assert unmade_tokens(_tokenizer(prefixed, [["a", "##b"]], continuing_subword_prefix="##")) == []
+    assert unmade_tokens(_tokenizer(prefixed, [], continuing_subword_prefix="##")) == ["ab"]
+
+
+def test_a_refusal_names_three_entries_and_says_when_there_are_more() -> None:
+    vocab = {"a": 0, "b": 1, "ab": 2, "ba": 3, "aa": 4, "bb": 5}
+    with pytest.raises(
+        ValueError, match=r"has 4 vocabulary entries that no merge rule makes \('ab', 'ba', 'aa', \.\.\.\)"
+    ):
+        check_bpe_tables(_tokenizer(vocab, []), "x")
+    with pytest.raises(ValueError, match=r"has 3 vocabulary entries that no merge rule makes \('ba', 'aa', 'bb'\): "):
+        check_bpe_tables(_tokenizer(vocab, [["a", "b"]]), "x")
