@@ -149,3 +149,36 @@ def test_a_refusal_names_three_entries_and_says_when_there_are_more() -> None:
         check_bpe_tables(_tokenizer(vocab, []), "x")
     with pytest.raises(ValueError, match=r"has 3 vocabulary entries that no merge rule makes \('ba', 'aa', 'bb'\): "):
         check_bpe_tables(_tokenizer(vocab, [["a", "b"]]), "x")
+
+
+def test_train_diffusions_text_encoder_with_its_merges_cut_short_is_refused(tmp_path, sd_folder) -> None:
+    """train-diffusion's loader of a CLIP tower's saved tokenizer: a RunSetupError before any step."""
+    from clipcond.training.diffusion.frozen_encoders import load_text_encoder_tokenizer
+    from clipcond.training.loop import RunSetupError
+
+    folder = tmp_path / "cut"
+    shutil.copytree(sd_folder, folder)
+    _merges_kept(folder, "tokenizer", 48890)
+    encoder = build_sd().text_encoder
+    tokenizer = folder / "tokenizer"
+    message = rf"^text_encoder {re.escape(str(tokenizer))}: the tokenizer of {re.escape(str(tokenizer))} has 4 "
+    with pytest.raises(RunSetupError, match=message):
+        load_text_encoder_tokenizer(str(folder / "text_encoder"), encoder)
+    assert unmade_tokens(load_text_encoder_tokenizer(str(sd_folder / "text_encoder"), encoder)) == []
+
+
+def test_a_clip_score_folder_with_its_merges_cut_short_is_refused(tmp_path) -> None:
+    """The lab's CLIP score of a transformers CLIPModel folder reads the tokenizer saved in it."""
+    from clipcond.lab.metrics import load_clip_scorer
+    from clipcond.models import build_clip_model, load_model_config
+    from clipcond.tokenization import clip_tokenizer
+
+    repo = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "hf"
+    build_clip_model(load_model_config(repo / "configs/models/clip-tiny-vit.yaml")).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    load_clip_scorer(folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^the tokenizer of {re.escape(str(folder))} has 48894 vocabulary entries"):
+        load_clip_scorer(folder)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipcond.bpe_tables import check_bpe_tables
 from clipcond.shapes.scene import Scene
 from clipcond.shapes.scoring import score_image
 
@@ -188,6 +189,10 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
             a transformers `CLIPModel` folder (``config.json``; its tokenizer and preprocessor
             files are used when present, as transformers saved them).
         device: where the model runs.
+
+    Raises:
+        ValueError: a saved BPE tokenizer whose merges do not make its vocabulary
+            (`clipcond.bpe_tables`).
     """
     path = Path(path)
     if (path / "clip_config.yaml").is_file():
@@ -204,6 +209,7 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
+            check_bpe_tables(tokenizer, str(path))
         if (path / "preprocessor_config.json").is_file():
             import transformers
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipcond.bpe_tables import check_bpe_tables
 from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
@@ -97,8 +98,9 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
     tokenizer (pad "<|endoftext|>", the tower's context length) when the folder holds none.
 
     Raises:
-        RunSetupError: the saved tokenizer cannot be read (the message names its folder), or has more tokens than the tower's
-            embedding table has rows (its ids would index past the table).
+        RunSetupError: the saved tokenizer cannot be read (the message names its folder), is a
+            BPE tokenizer whose merges do not make its vocabulary (`clipcond.bpe_tables`), or has
+            more tokens than the tower's embedding table has rows (its ids would index past the table).
     """
     from transformers import AutoTokenizer
 
@@ -107,6 +109,7 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
         return clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
         tokenizer = AutoTokenizer.from_pretrained(folder)
+        check_bpe_tables(tokenizer, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise RunSetupError(
