@@ -80,6 +80,7 @@ from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinat
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
+from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
 from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
 from clipcond.pipelines.sd_components import TEXT_TO_IMAGE_REWRITES, check_safety_checker, normalise_scheduler_config
 from clipcond.pipelines.sdxl_components import (
@@ -227,11 +228,21 @@ class CLIPConditionedPipeline(
         components otherwise (as in Stable Diffusion), so a saved SD folder without them is
         still an error (diffusers' own).
 
+        A local folder is checked before any component loads (`saved_folder_checks`): a
+        `model_index.json` diffusers cannot read, or a component's JSON or safetensors file
+        cut short, is refused naming the file (diffusers failed partway, naming none); a
+        downloaded one is checked the same way (`download`).
+
         Raises:
-            ValueError: a CLIP tokenizer whose merges do not make its vocabulary
-                (`clipcond.bpe_tables`: a merges.txt cut short loads in transformers and splits
-                words into pieces the encoder was not trained on); or what diffusers raises.
+            ValueError: a damaged folder, as above; a CLIP tokenizer whose merges do not make
+                its vocabulary (`clipcond.bpe_tables`: a merges.txt cut short loads in
+                transformers and splits words into pieces the encoder was not trained on); or
+                what diffusers raises.
         """
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
+            pretrained_model_name_or_path
+        ):
+            cls._check_saved_folder(pretrained_model_name_or_path, kwargs)
         absent = ("text_encoder", "tokenizer")
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
@@ -240,6 +251,21 @@ class CLIPConditionedPipeline(
             if getattr(pipeline, name, None) is not None:
                 check_bpe_tables(getattr(pipeline, name), f"{pretrained_model_name_or_path} ({name})")
         return pipeline
+
+    @classmethod
+    def download(cls, pretrained_model_name: Any, **kwargs: Any) -> Any:
+        """diffusers' `download` (the hub snapshot `from_pretrained` loads), its folder then
+        checked as a local one is (`saved_folder_checks`), before any component loads."""
+        folder = super().download(pretrained_model_name, **kwargs)
+        cls._check_saved_folder(folder, kwargs)
+        return folder
+
+    @classmethod
+    def _check_saved_folder(cls, folder: str | os.PathLike, kwargs: dict[str, Any]) -> None:
+        """`check_pipeline_folder` with this class's components and the load's weights variant."""
+        components = cls._get_signature_keys(cls)[0]
+        variant, use_safetensors = kwargs.get("variant"), kwargs.get("use_safetensors")
+        check_pipeline_folder(folder, components, variant=variant, use_safetensors=use_safetensors)
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path: Any, **kwargs: Any) -> Any:

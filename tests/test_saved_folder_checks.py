@@ -1,0 +1,221 @@
+"""A damaged pipeline folder is refused before any component loads, naming the damaged file
+(pipelines/saved_folder_checks.py); diffusers' own loader, on the same folders, failed partway
+with errors that named none (a bare TypeError, KeyError, JSONDecodeError, SafetensorError) or
+loaded what it could read. Whole folders, other weights variants and a fast tokenizer's unused
+vocab.json load as in diffusers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import diffusers.pipelines.pipeline_utils as pipeline_utils
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors import SafetensorError
+from tiny_pipelines import build_sd
+
+from clipcond import CLIPConditionedPipeline
+from clipcond.pipelines.saved_folder_checks import _of_variant, check_model_index
+
+COMPONENTS = CLIPConditionedPipeline._get_signature_keys(CLIPConditionedPipeline)[0]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "sd"
+    CLIPConditionedPipeline.from_pipe(build_sd()).save_pretrained(folder)
+    return folder
+
+
+def _index(folder: Path, edit) -> None:
+    path = folder / "model_index.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _cut(path: Path, keep: float = 0.5) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+
+
+# damage -> (what it does to the folder, our message after the folder's path, diffusers' error)
+DAMAGES = {
+    "index_list": (
+        lambda folder: _index(folder, lambda index: list(index.items())),
+        r"/model_index\.json holds a JSON list, where a pipeline's index is an object of component -> \[library, "
+        r"class\] \(a damaged file\?\): nothing was loaded$",
+        TypeError,
+    ),
+    "index_without_class": (
+        lambda folder: _index(folder, lambda index: {k: v for k, v in index.items() if k != "_class_name"}),
+        r"/model_index\.json names no pipeline class \(`_class_name`: None; a damaged file\?\): nothing was loaded$",
+        KeyError,
+    ),
+    "index_null_unet": (
+        lambda folder: _index(folder, lambda index: {**index, "unet": None}),
+        r"/model_index\.json records component `unet` as null, where diffusers writes \[library, class\]",
+        TypeError,
+    ),
+    "index_three_parts": (
+        lambda folder: _index(folder, lambda index: {**index, "vae": ["diffusers", "AutoencoderKL", "x"]}),
+        r'/model_index\.json records component `vae` as \["diffusers", "AutoencoderKL", "x"\], where diffusers',
+        ValueError,
+    ),
+    "text_encoder_weights_cut": (
+        lambda folder: _cut(folder / "text_encoder" / "model.safetensors"),
+        r" has damaged files \(cut short, or overwritten\?\): text_encoder/model\.safetensors cannot be read as "
+        r"safetensors \(.*\); nothing was loaded$",
+        SafetensorError,
+    ),
+    "tokenizer_json_cut": (
+        lambda folder: _cut(folder / "tokenizer" / "tokenizer.json"),
+        r" has damaged files .*: tokenizer/tokenizer\.json is no valid JSON \(Expecting value: line \d+, column \d+\);",
+        json.JSONDecodeError,
+    ),
+    "unet_config_list": (
+        lambda folder: (folder / "unet" / "config.json").write_text("[1, 2]"),
+        r" has damaged files .*: unet/config\.json holds a JSON list, not an object; nothing was loaded$",
+        OSError,  # "We couldn't connect to 'https://huggingface.co' ... [1, 2] is not the path to a directory"
+    ),
+    "scheduler_config_empty_and_vae_config_latin1": (
+        lambda folder: (
+            (folder / "scheduler" / "scheduler_config.json").write_text(" \n"),
+            (folder / "vae" / "config.json").write_bytes(b'{"name": "caf\xe9"}'),
+        ),
+        r" has damaged files .*: scheduler/scheduler_config\.json is empty; vae/config\.json is no UTF-8 text; "
+        r"nothing was loaded$",
+        OSError,
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_folder_is_refused_naming_the_file_before_any_component_loads(
+    tmp_path, saved, damage, monkeypatch
+) -> None:
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved, folder)
+    apply, message, peers_error = DAMAGES[damage]
+    apply(folder)
+    with pytest.raises(peers_error):  # diffusers' own loader, on the same folder
+        StableDiffusionPipeline.from_pretrained(folder)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a component was loaded before the folder was checked")
+
+    monkeypatch.setattr(pipeline_utils, "load_sub_model", loaded)
+    start = re.escape(str(folder)) if damage.startswith("index") else rf"the pipeline saved at {re.escape(str(folder))}"
+    with pytest.raises(ValueError, match=rf"^{start}{message}"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_a_whole_folder_loads_with_diffusers_images(saved) -> None:
+    kwargs = dict(prompt="a red circle", num_inference_steps=2, output_type="np")
+    ours = CLIPConditionedPipeline.from_pretrained(saved)(generator=torch.Generator().manual_seed(0), **kwargs)
+    peer = StableDiffusionPipeline.from_pretrained(saved)(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert np.array_equal(ours.images, peer.images)
+
+
+def test_only_the_weights_the_load_reads_are_checked(tmp_path, saved) -> None:
+    """A damaged fp16 variant does not stop the default load, and is refused for an fp16 one."""
+    folder = tmp_path / "variants"
+    shutil.copytree(saved, folder)
+    unet = folder / "unet"
+    shutil.copy(unet / "diffusion_pytorch_model.safetensors", unet / "diffusion_pytorch_model.fp16.safetensors")
+    _cut(unet / "diffusion_pytorch_model.fp16.safetensors")
+    CLIPConditionedPipeline.from_pretrained(folder)
+    message = r"unet/diffusion_pytorch_model\.fp16\.safetensors cannot be read as safetensors"
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.from_pretrained(folder, variant="fp16")
+
+
+def test_use_safetensors_false_reads_the_bin_files_beside_damaged_safetensors(tmp_path, saved) -> None:
+    folder = tmp_path / "both"
+    pipe = CLIPConditionedPipeline.from_pretrained(saved)
+    pipe.save_pretrained(folder, safe_serialization=False)
+    torch.save(
+        pipe.text_encoder.state_dict(), folder / "text_encoder" / "pytorch_model.bin"
+    )  # transformers 5 writes none
+    for weights in saved.glob("*/*.safetensors"):
+        shutil.copy(weights, folder / weights.parent.name / weights.name)
+    _cut(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError, match=r"unet/diffusion_pytorch_model\.safetensors cannot be read"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+    CLIPConditionedPipeline.from_pretrained(folder, use_safetensors=False)
+
+
+def test_a_sharded_weights_index_is_checked(tmp_path, saved) -> None:
+    folder = tmp_path / "sharded"
+    shutil.copytree(saved, folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    build_sd().unet.save_pretrained(folder / "unet", max_shard_size="40KB")
+    shards = sorted(path.name for path in (folder / "unet").glob("*.safetensors"))
+    assert len(shards) > 1 and (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    CLIPConditionedPipeline.from_pretrained(folder)
+    _cut(folder / "unet" / shards[-1])
+    with pytest.raises(ValueError, match=rf"unet/{re.escape(shards[-1])} cannot be read as safetensors"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+    _cut(folder / "unet" / "diffusion_pytorch_model.safetensors.index.json", 0.3)
+    with pytest.raises(ValueError, match=r"unet/diffusion_pytorch_model\.safetensors\.index\.json is no valid JSON"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_a_fast_tokenizers_vocab_json_is_not_read_beside_its_tokenizer_json(tmp_path, saved) -> None:
+    folder = tmp_path / "vocab"
+    shutil.copytree(saved, folder)
+    _cut(folder / "tokenizer" / "vocab.json")
+    assert CLIPConditionedPipeline.from_pretrained(folder).tokenizer("a red circle").input_ids == (
+        build_sd().tokenizer("a red circle").input_ids
+    )
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r": tokenizer/vocab\.json is no valid JSON"):
+        CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_a_downloaded_folder_is_checked_as_a_local_one(tmp_path, saved) -> None:
+    """A hub id read offline from the cache: `download`'s snapshot is checked before loading."""
+    commit = "0" * 40
+    repository = tmp_path / "models--someone--tiny-sd"
+    (repository / "refs").mkdir(parents=True)
+    (repository / "refs" / "main").write_text(commit)
+    snapshot = repository / "snapshots" / commit
+    shutil.copytree(saved, snapshot)
+    lookup = {"cache_dir": str(tmp_path), "local_files_only": True}
+    CLIPConditionedPipeline.from_pretrained("someone/tiny-sd", **lookup)
+    _cut(snapshot / "text_encoder" / "model.safetensors")
+    message = (
+        rf"^the pipeline saved at {re.escape(str(snapshot))} has damaged files .*: text_encoder/model\.safetensors"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.from_pretrained("someone/tiny-sd", **lookup)
+
+
+@pytest.mark.parametrize(
+    "name, variant, read",
+    [
+        ("model.safetensors", None, True),
+        ("model-00001-of-00002.safetensors", None, True),
+        ("model.fp16.safetensors", None, False),
+        ("model.fp16.safetensors", "fp16", True),
+        ("model.fp16-00001-of-00002.safetensors", "fp16", True),
+        ("model.safetensors", "fp16", False),
+        ("model.bf16.safetensors", "fp16", False),
+        ("model.safetensors.index.json", None, True),
+        ("model.safetensors.index.json", "fp16", False),
+    ],
+)
+def test_which_weights_files_a_variant_reads(name, variant, read) -> None:
+    assert _of_variant(Path(name), variant) is read
+
+
+def test_a_component_saved_as_none_and_settings_pass_the_index_check() -> None:
+    index = {"_class_name": "X", "unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": [None, None]}
+    check_model_index({**index, "recipe": "sd", "clip_skip": None, "other": 3}, COMPONENTS, "here")
+    with pytest.raises(ValueError, match=r"^here records component `safety_checker` as \[null, \"x\"\]"):
+        check_model_index({**index, "safety_checker": [None, "x"]}, COMPONENTS, "here")
+    with pytest.raises(ValueError, match=r"^here names no pipeline class \(`_class_name`: 3;"):
+        check_model_index({**index, "_class_name": 3}, COMPONENTS, "here")
