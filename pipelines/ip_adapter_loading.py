@@ -53,13 +53,13 @@ class IPAdapterState:
     encoder_hid_proj: Any
     encoder_hid_dim_type: Any
     text_encoder_hid_proj: Any
-    lora: LoraState | None  # a FaceID adapter's file also loads and activates a LoRA of its own
+    lora: LoraState  # a FaceID adapter's file also loads and activates a LoRA of its own
 
     @classmethod
     def of(cls, pipe: Any) -> IPAdapterState:
         unet = pipe.unet
         return cls(
-            lora=LoraState.of(pipe) if hasattr(pipe, "_adapter_names") else None,
+            lora=LoraState.of(pipe),
             components={name: getattr(pipe, name) for name in _COMPONENTS if hasattr(pipe, name)},
             processors=dict(unet.attn_processors),
             encoder_hid_proj=unet.encoder_hid_proj,
@@ -81,8 +81,7 @@ class IPAdapterState:
                 del unet.text_encoder_hid_proj
         else:
             unet.text_encoder_hid_proj = self.text_encoder_hid_proj
-        if self.lora is not None:
-            self.lora.restore(pipe)
+        self.lora.restore(pipe)
 
     def loaded_parameters(self, pipe: Any) -> Iterator[tuple[str, torch.Tensor]]:
         """The parameters of the attention processors and image projection that are not the

@@ -13,7 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from test_ip_adapter import picture
 from test_lora_pipeline import saved_lora
@@ -21,6 +21,7 @@ from tiny_ip_adapter import faceid_lora_state_dict, ip_adapter_state_dict, save_
 from tiny_pipelines import sd_components
 
 from clipcond import CLIPConditionedPipeline
+from clipcond.pipelines.ip_adapter_loading import describe_source
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,12 @@ def folder(parts, tmp_path_factory):
     damaged[last] = damaged[last].clone()
     damaged[last][0, 0] = float("nan")
     save_file(damaged, str(folder / "nan.safetensors"))
+    first = sorted(weights)[0]  # an image projection tensor: the attention layers are whole
+    assert first.startswith("image_proj.")
+    damaged = dict(weights)
+    damaged[first] = damaged[first].clone()
+    damaged[first].view(-1)[0] = float("inf")
+    save_file(damaged, str(folder / "inf_projection.safetensors"))
     return folder
 
 
@@ -89,6 +96,7 @@ DAMAGED = {
     "one_key_less": r"^the IP-Adapter weights of .* have no '\d+.to_v_ip.weight' \(an incomplete or damaged file",
     "wrong_width": r"expected shape",
     "nan": r"^the IP-Adapter weights of .* hold NaN or infinite values \(.*; a damaged file\?\): nothing was loaded$",
+    "inf_projection": r"^the IP-Adapter weights of .* hold NaN or infinite values \(encoder_hid_proj\.",
 }
 
 
@@ -120,6 +128,61 @@ def test_a_failed_load_keeps_the_adapter_loaded_before(parts, folder, damage) ->
         _load(pipe, folder, damage)
     assert _state(pipe) == before
     assert np.array_equal(_image(pipe, ip_adapter_image=picture(0)), with_image)
+
+
+def test_a_unet_that_projects_its_text_rows_gets_its_projection_back_after_a_failed_load(parts, tmp_path) -> None:
+    """A UNet with `encoder_hid_dim_type="text_proj"` (Kolors' layout): diffusers' loader keeps
+    its text projection as `text_encoder_hid_proj` beside the image projection. A failed load
+    puts back what was (no such attribute at first, then the projection kept by a good load);
+    the images with the adapter are diffusers'."""
+    config = {key: value for key, value in parts["unet"].config.items() if not key.startswith("_")}
+    torch.manual_seed(0)
+    built = {
+        **parts,
+        "unet": UNet2DConditionModel(**{**config, "encoder_hid_dim_type": "text_proj", "encoder_hid_dim": 32}),
+    }
+    save_ip_adapter(tmp_path, built["unet"], 0, name="good")
+    weights = load_file(tmp_path / "good.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if key != sorted(weights)[-1]}, str(tmp_path / "bad.safetensors")
+    )
+    ours = _pipeline(built)
+    peer = StableDiffusionPipeline(
+        **copy.deepcopy(built), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    peer.set_progress_bar_config(disable=True)
+    projection, plain = ours.unet.encoder_hid_proj, _image(ours)
+    assert isinstance(projection, torch.nn.Linear) and not hasattr(ours.unet, "text_encoder_hid_proj")
+    with pytest.raises(ValueError, match=r"have no '\d+.to_v_ip.weight'"):
+        _load(ours, tmp_path, "bad")
+    assert not hasattr(ours.unet, "text_encoder_hid_proj") and ours.unet.encoder_hid_proj is projection
+    assert ours.unet.config.encoder_hid_dim_type == "text_proj"
+    assert np.array_equal(_image(ours), plain)
+    for pipe in (ours, peer):
+        _load(pipe, tmp_path, "good")
+    assert ours.unet.text_encoder_hid_proj is projection
+    with_image = _image(ours, ip_adapter_image=picture(0))
+    assert np.array_equal(with_image, _image(peer, ip_adapter_image=picture(0)))
+    with pytest.raises(ValueError, match=r"have no '\d+.to_v_ip.weight'"):
+        _load(ours, tmp_path, "bad")
+    assert ours.unet.text_encoder_hid_proj is projection
+    assert np.array_equal(_image(ours, ip_adapter_image=picture(0)), with_image)
+
+
+@pytest.mark.parametrize(
+    "source, weight_name, named",
+    [
+        ({"image_proj": {}}, None, "the state dict"),
+        ("folder", None, "folder"),
+        ("folder", "a.bin", "folder (a.bin)"),
+        (["one", "two"], ["a.bin", "b.bin"], "one (a.bin), two (b.bin)"),
+        (["one", "two"], ("a.bin", "b.bin"), "one (a.bin), two (b.bin)"),
+        (["one", "two"], "a.bin", "one (a.bin), two (a.bin)"),
+        (["one", {"image_proj": {}}], ["a.bin", None], "one (a.bin), the state dict"),
+    ],
+)
+def test_a_refusal_names_each_source_with_its_file(source, weight_name, named) -> None:
+    assert describe_source(source, weight_name) == named
 
 
 def _faceid_file(folder, unet, nan: bool = False) -> str:
