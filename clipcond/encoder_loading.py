@@ -21,6 +21,7 @@ import torch
 
 from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_config import EncoderSource
+from clipcond.file_damage import damaged_files
 
 BUILTIN_CLIP_TOKENIZER = "builtin-clip"
 
@@ -51,11 +52,7 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
                 f"`tokenizer: {BUILTIN_CLIP_TOKENIZER}` is a CLIP tokenizer; a {kind} encoder needs its own"
             )
         return clip_tokenizer(model_max_length=model_max_length or 77)
-    path = source.tokenizer or source.path
-    subfolder = source.tokenizer_subfolder
-    if source.tokenizer is None and subfolder is None and Path(path).is_dir() and source.subfolder:
-        sibling = Path(path) / "tokenizer"
-        subfolder = "tokenizer" if sibling.is_dir() else source.subfolder
+    path, subfolder = _tokenizer_place(source)
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -68,6 +65,17 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
     if kind == "clip" and _declares_text_cleaning(Path(path), subfolder):
         return with_clip_text_cleaning(tokenizer, model_max_length)
     return tokenizer
+
+
+def _tokenizer_place(source: EncoderSource) -> tuple[str, str | None]:
+    """(path, subfolder) of `source`'s tokenizer: `source.tokenizer` (default `source.path`)
+    and `source.tokenizer_subfolder`; inside a local pipeline folder, the `tokenizer/` folder
+    beside the encoder's subfolder (or that subfolder when there is none)."""
+    path = source.tokenizer or source.path
+    subfolder = source.tokenizer_subfolder
+    if source.tokenizer is None and subfolder is None and Path(path).is_dir() and source.subfolder:
+        subfolder = "tokenizer" if (Path(path) / "tokenizer").is_dir() else source.subfolder
+    return path, subfolder
 
 
 def _declares_text_cleaning(root: Path, subfolder: str | None) -> bool:
@@ -94,6 +102,7 @@ def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32)
     architecture has the projection, else `CLIPTextModel`; in eval mode, in `dtype`."""
     from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    _check_local_files(source, "clip")
     kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
     config = AutoConfig.from_pretrained(source.path, **kwargs)
     architectures = getattr(config, "architectures", None) or []
@@ -111,9 +120,33 @@ def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -
     from transformers import T5EncoderModel
 
     source = _with_encoder_subfolder(source)
+    _check_local_files(source, "t5")
     kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
     model = T5EncoderModel.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
     return model, load_tokenizer(source, "t5")
+
+
+def _check_local_files(source: EncoderSource, kind: str) -> None:
+    """Refuse a local encoder folder whose JSON or safetensors files are damaged
+    (`clipcond.file_damage`), before anything loads: transformers' own errors named no file
+    for a safetensors file cut short (`SafetensorError: incomplete metadata`) or a `vocab.json`
+    (tokenizers' bare `Exception`). The tokenizer's folder is checked where it is local too; a
+    hub id is left to transformers.
+
+    Raises:
+        ValueError: naming the folder and each damaged file.
+    """
+    tokenizer_path, tokenizer_subfolder = _tokenizer_place(source)  # `builtin-clip`: no folder, not read
+    places = [(Path(source.path), source.subfolder or ""), (Path(tokenizer_path), tokenizer_subfolder or "")]
+    found = []
+    for root, subfolder in dict.fromkeys(places):
+        if root.is_dir():
+            found += [f"{root / damage}" for damage in damaged_files(root, [subfolder], None, safetensors=True)]
+    if found:
+        raise ValueError(
+            f"the {kind} encoder at {source.path!r} has damaged files (cut short, or overwritten?): "
+            f"{'; '.join(found)}; nothing was loaded"
+        )
 
 
 def _with_encoder_subfolder(source: EncoderSource) -> EncoderSource:

@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from tiny_pipelines import build_sd
 
 from clipcond import CLIPConditionedPipeline
-from clipcond.pipelines.saved_folder_checks import _of_variant, check_model_index
+from clipcond.file_damage import _of_variant
+from clipcond.pipelines.saved_folder_checks import check_model_index
 
 COMPONENTS = CLIPConditionedPipeline._get_signature_keys(CLIPConditionedPipeline)[0]
 

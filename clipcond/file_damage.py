@@ -1,0 +1,103 @@
+"""Which of the files a model loader reads in a folder are damaged: JSON that is empty, cut
+short or no object, and safetensors files whose header cannot be read or does not cover the
+file.
+
+diffusers' and transformers' loaders fail on such files partway through a load, often with
+errors that name no file (a bare `JSONDecodeError` from a tokenizer's files, tokenizers' own
+`Exception` for a `vocab.json`, `SafetensorError: incomplete metadata, file not fully covered`).
+`damaged_files` reads the files first and names each damaged one; a saved pipeline's
+`from_pretrained` (`clipcond.pipelines.saved_folder_checks`) and a conditioner's encoder loader
+(`clipcond.encoder_loading`) refuse a folder it finds damage in before loading anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+# The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
+# tokenizer files, the index of a sharded weights file: `*.index.json`, matched apart).
+_READ_JSON = frozenset(
+    {
+        "config.json",
+        "scheduler_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "tokenizer.json",
+        "vocab.json",
+    }
+)
+_WEIGHTS_SUFFIX = ".safetensors"
+
+
+def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
+    """What is wrong with each file in `folder`'s `subfolders` ("" for `folder` itself) that a
+    component's loader reads:
+    '<subfolder>/<file> <problem>' for a JSON file that is empty, no UTF-8 text, no JSON or no
+    JSON object (a `vocab.json` beside a `tokenizer.json` is not read: a fast tokenizer reads
+    the latter alone), and (when `safetensors`) a safetensors file of `variant` (None: the files
+    without a variant) whose header cannot be read or does not cover the file. [] for a whole
+    folder."""
+    found = []
+    for subfolder in subfolders:
+        part = folder / subfolder
+        if not part.is_dir():
+            continue  # diffusers names a missing component folder itself
+        for path in sorted(part.iterdir()):
+            if path.name == "vocab.json" and (part / "tokenizer.json").is_file():
+                continue  # a fast tokenizer reads tokenizer.json alone
+            if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
+                problem = _json_problem(path)
+            elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
+                problem = _safetensors_problem(path)
+            else:
+                continue
+            if problem:
+                found.append(f"{subfolder}/{path.name} {problem}" if subfolder else f"{path.name} {problem}")
+    return found
+
+
+def _of_variant(path: Path, variant: str | None) -> bool:
+    """Whether the weights file (or its index) `path` belongs to `variant`: for None, a name
+    without a variant (`model.safetensors`, `model-00001-of-00002.safetensors`); else one with
+    it (`model.fp16.safetensors`, `model.fp16-00001-of-00002.safetensors`)."""
+    stem = path.name.removesuffix(".index.json").removesuffix(_WEIGHTS_SUFFIX)
+    parts = stem.split(".")
+    if variant is None:
+        return len(parts) == 1
+    return len(parts) == 2 and (parts[1] == variant or parts[1].startswith(f"{variant}-"))
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why the JSON file `path` cannot be read as an object, or None."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        return "is empty"
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "is no UTF-8 text"
+    except json.JSONDecodeError as error:
+        return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
+    if not isinstance(value, dict):
+        return f"holds a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file `path` cannot be opened (its header read and checked against
+    the file's length), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except (SafetensorError, OSError) as error:
+        return f"cannot be read as safetensors ({error})"
+
+
+__all__ = ["damaged_files"]
