@@ -81,7 +81,12 @@ from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
 from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
-from clipcond.pipelines.scheduler_guards import check_finite_latents, check_non_finite_policy, guard_timesteps
+from clipcond.pipelines.scheduler_guards import (
+    check_finite_inputs,
+    check_finite_latents,
+    check_non_finite_policy,
+    guard_timesteps,
+)
 from clipcond.pipelines.sd_components import TEXT_TO_IMAGE_REWRITES, check_safety_checker, normalise_scheduler_config
 from clipcond.pipelines.sdxl_components import (
     SDXL_RECIPE,
@@ -986,6 +991,13 @@ class CLIPConditionedPipeline(
             ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale), count * num_images_per_prompt
         )
         self._check_given_latents(latents, count * num_images_per_prompt, height, width)
+        given = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds, "latents": latents}
+        if self._guides(guidance_scale):  # negatives are read with guidance only
+            given.update(
+                negative_prompt_embeds=negative_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            )
+        check_finite_inputs({**given, "ip_adapter_image_embeds": ip_adapter_image_embeds}, non_finite)
         self._check_denoising_end_leaves_steps(num_inference_steps, timesteps, sigmas, denoising_end)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)

@@ -19,6 +19,7 @@ changes, so images stay bit-identical to diffusers' own pipelines.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, SchedulerMixin
@@ -79,6 +80,35 @@ def check_non_finite_policy(non_finite: object) -> str:
     return non_finite
 
 
+def check_finite_inputs(tensors: dict[str, Any], non_finite: str = "raise") -> None:
+    """With `non_finite="raise"`, refuse given input tensors that hold NaN or infinity, before
+    any work: one NaN in a prompt's embeddings reaches every image through cross-attention's
+    softmax, and one in the starting latents every pixel, so sampling would end in
+    `NonFiniteLatents` (diffusers' pipelines returned black images).
+
+    Args:
+        tensors: argument name -> what the call was given: None, a tensor, or a list of tensors
+            (`ip_adapter_image_embeds`).
+        non_finite: the call's policy; "warn" lets them through.
+
+    Raises:
+        ValueError: naming the first argument holding NaN or infinite values.
+    """
+    if non_finite != "raise":
+        return
+    for name, value in tensors.items():
+        for tensor in value if isinstance(value, (list, tuple)) else [value]:
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())
+            ):
+                raise ValueError(
+                    f"`{name}` holds NaN or infinite values: every image would come out NaN (black); pass "
+                    "non_finite='warn' to sample anyway"
+                )
+
+
 def check_finite_latents(latents: torch.Tensor, non_finite: str = "raise") -> None:
     """Raise `NonFiniteLatents` (or, with `non_finite="warn"`, log a warning) when the final
     latents (batch, channels, height, width) hold NaN or infinity: decoded, they would be
@@ -96,6 +126,7 @@ def check_finite_latents(latents: torch.Tensor, non_finite: str = "raise") -> No
 
 __all__ = [
     "NON_FINITE_POLICIES",
+    "check_finite_inputs",
     "NonFiniteLatents",
     "ancestral_split_is_negative",
     "check_finite_latents",

@@ -1,0 +1,98 @@
+"""Given tensors that hold NaN or infinity (prompt embeddings, pooled ones, starting latents,
+IP-Adapter image embeddings) are refused before the UNet runs, naming the argument
+(pipelines/scheduler_guards.py `check_finite_inputs`); diffusers' pipelines sampled the whole
+schedule and returned NaN images. `non_finite="warn"` lets them through, and negatives that
+are not read (no guidance) are not looked at."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from test_ip_adapter import adapter_folder, loaded, parts  # noqa: F401 (fixtures)
+
+from clipcond import CLIPConditionedPipeline
+from clipcond.pipelines.scheduler_guards import check_finite_inputs
+
+NAN = float("nan")
+
+
+def _with_nan(tensor: torch.Tensor, value: float = NAN) -> torch.Tensor:
+    poisoned = tensor.clone()
+    poisoned.view(-1)[-1] = value  # one value: the last one, in a padding row for the embeddings
+    return poisoned
+
+
+def _refused_before_the_unet(pipe, monkeypatch, argument: str, **kwargs) -> None:
+    calls = []
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1))
+    message = rf"^`{argument}` holds NaN or infinite values: every image would come out NaN \(black\); pass "
+    with pytest.raises(ValueError, match=message + r"non_finite='warn' to sample anyway$"):
+        pipe(num_inference_steps=2, output_type="np", **kwargs)
+    assert not calls
+
+
+def _embeds(pipe, sdxl: bool = False) -> dict:
+    encoded = pipe.encode_prompt(
+        "a red circle", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True
+    )
+    names = ["prompt_embeds", "negative_prompt_embeds"]
+    if sdxl:
+        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    return dict(zip(names, encoded, strict=True))
+
+
+@pytest.mark.parametrize("argument", ["prompt_embeds", "negative_prompt_embeds", "latents"])
+def test_nan_in_a_given_tensor_is_refused_where_diffusers_samples_nan_images(sd_pipe, argument, monkeypatch) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    given = _embeds(ours)
+    given["latents"] = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    given[argument] = _with_nan(given[argument], float("inf") if argument == "latents" else NAN)
+    peer = StableDiffusionPipeline(**copy.deepcopy(sd_pipe.components))
+    peer.set_progress_bar_config(disable=True)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(peer(num_inference_steps=2, output_type="np", **given).images).all()
+    _refused_before_the_unet(ours, monkeypatch, argument, **given)
+
+
+def test_non_finite_warn_lets_them_through_and_unread_negatives_are_not_looked_at(sd_pipe, caplog) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sd_pipe)
+    ours.set_progress_bar_config(disable=True)
+    given = _embeds(ours)
+    bad = {**given, "prompt_embeds": _with_nan(given["prompt_embeds"])}
+    with caplog.at_level("WARNING"), np.errstate(invalid="ignore"):
+        images = ours(num_inference_steps=2, output_type="np", non_finite="warn", **bad).images
+    assert np.isnan(images).all() and "contain NaN or infinite values" in caplog.text
+    unread = {**given, "negative_prompt_embeds": _with_nan(given["negative_prompt_embeds"])}
+    settings = dict(num_inference_steps=2, output_type="np", guidance_scale=1.0)
+    without = ours(generator=torch.Generator().manual_seed(0), prompt_embeds=given["prompt_embeds"], **settings)
+    with_unread = ours(generator=torch.Generator().manual_seed(0), **unread, **settings)
+    assert np.isfinite(with_unread.images).all() and np.array_equal(with_unread.images, without.images)
+
+
+@pytest.mark.parametrize("argument", ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"])
+def test_nan_in_sdxls_pooled_embeddings_is_refused(sdxl_pipe, argument, monkeypatch) -> None:
+    ours = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    given = _embeds(ours, sdxl=True)
+    given[argument] = _with_nan(given[argument])
+    peer = StableDiffusionXLPipeline(**copy.deepcopy(sdxl_pipe.components))
+    peer.set_progress_bar_config(disable=True)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(peer(num_inference_steps=2, output_type="np", **given).images).all()
+    _refused_before_the_unet(ours, monkeypatch, argument, **given)
+
+
+def test_nan_in_ip_adapter_image_embeds_is_refused(parts, adapter_folder, monkeypatch) -> None:  # noqa: F811
+    pipe = loaded(CLIPConditionedPipeline, parts, adapter_folder)
+    embeds = [_with_nan(torch.zeros(2, 1, 32))]
+    _refused_before_the_unet(pipe, monkeypatch, "ip_adapter_image_embeds", prompt="a", ip_adapter_image_embeds=embeds)
+
+
+def test_check_finite_inputs_reads_tensors_and_lists_and_skips_the_rest() -> None:
+    check_finite_inputs({"a": None, "b": torch.zeros(2), "c": [torch.ones(1)], "d": torch.tensor([1, 2])})
+    check_finite_inputs({"a": torch.tensor([NAN])}, non_finite="warn")
+    with pytest.raises(ValueError, match=r"^`c` holds NaN"):
+        check_finite_inputs({"b": torch.zeros(2), "c": [torch.ones(1), torch.tensor([float("-inf")])]})
