@@ -997,7 +997,8 @@ class CLIPConditionedPipeline(
                 negative_prompt_embeds=negative_prompt_embeds,
                 negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             )
-        check_finite_inputs({**given, "ip_adapter_image_embeds": ip_adapter_image_embeds}, non_finite)
+        given.update(ip_adapter_image_embeds=ip_adapter_image_embeds, **self._source_inputs())
+        check_finite_inputs(given, non_finite)
         self._check_denoising_end_leaves_steps(num_inference_steps, timesteps, sigmas, denoising_end)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)
@@ -1297,6 +1298,11 @@ class CLIPConditionedPipeline(
                 self._latents_shape(images_count, height, width), generator=generator, device=device, dtype=dtype
             )
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def _source_inputs(self) -> dict[str, Any]:
+        """The image arguments of an img2img or inpainting call (argument name -> as given),
+        for the check of non-finite inputs: none in text to image."""
+        return {}
 
     def _check_given_latents(self, latents: Any, images_count: int, height: int, width: int) -> None:
         """Refuse given `latents` that are not `images_count` rows of `_latents_shape`, before any work."""

@@ -8,7 +8,8 @@ has run. These functions find them first, with a message that names the argument
 
 Layouts, as `VaeImageProcessor.preprocess` reads them:
     image: PIL (mode RGB); tensor (batch, 3, H, W) or (3, H, W); array (batch, H, W, 3) or
-        (H, W, 3). A tensor with `latent_channels` channels is latents (batch,
+        (H, W, 3); the pixels of a tensor or array floats in [0, 1] or [-1, 1] (diffusers
+        rescales neither: a uint8 array gave another image without a word). A tensor with `latent_channels` channels is latents (batch,
         latent_channels, H / vae factor, W / vae factor), not encoded again. diffusers would
         take an RGBA or CMYK image for latents too (4 channels) and fail on a grey one, deep
         inside; here each is refused first.
@@ -234,12 +235,35 @@ def _image_size(item: Any, name: str, vae_scale_factor: int, latent_channels: in
                 f"`{name}` has {channels} channels (axis -3); give RGB pixels ({RGB_CHANNELS} channels) or latents "
                 f"({latent_channels} channels)"
             )
+        _check_pixel_values(item, name)
         return count, (height, width)
     if item.shape[-1] != RGB_CHANNELS:
         raise ValueError(
             f"`{name}` has {item.shape[-1]} channels (last axis); give RGB pixels ({RGB_CHANNELS} channels)"
         )
+    _check_pixel_values(item, name)
     return count, tuple(item.shape[-3:-1])
+
+
+def _check_pixel_values(item: np.ndarray | torch.Tensor, name: str) -> None:
+    """Pixels of an array or tensor are floats in [0, 1] or [-1, 1], as diffusers' image
+    processor reads them (it rescales neither): `numpy.asarray(pil_image)` (uint8, 0-255) gave
+    another image without a word, and bool or other integer dtypes failed in its resize after
+    the prompt was encoded. NaN and infinity are left to the call's `non_finite` check."""
+    floating = item.dtype.is_floating_point if isinstance(item, torch.Tensor) else item.dtype.kind == "f"
+    scaled = "`image.float() / 255`" if isinstance(item, torch.Tensor) else "`image.astype(numpy.float32) / 255`"
+    if not floating:
+        raise ValueError(
+            f"`{name}` has dtype {item.dtype}; give floats in [0, 1] (or [-1, 1]), e.g. {scaled}, or a PIL image "
+            "(diffusers reads the numbers as they are: 0-255 as far past 1)"
+        )
+    values = item.detach().float() if isinstance(item, torch.Tensor) else torch.from_numpy(np.asarray(item, np.float32))
+    finite = values[torch.isfinite(values)]
+    if finite.numel() and (float(finite.min()) < -1 or float(finite.max()) > 1):
+        raise ValueError(
+            f"`{name}` holds values from {float(finite.min()):g} to {float(finite.max()):g}; give pixels in [0, 1] "
+            f"(or [-1, 1]), e.g. {scaled} for 0-255 values (diffusers reads the numbers as they are)"
+        )
 
 
 def _channels(item: Any) -> int:

@@ -54,6 +54,10 @@ class SourceImageSteps:
     def _check_unet_channels(self) -> None:
         """Nothing here: img2img and inpainting check the UNet's channels against their inputs."""
 
+    def _source_inputs(self) -> dict[str, Any]:
+        """The running call's source image, for the check of non-finite inputs."""
+        return {"image": self._source.image}
+
     def check_inputs(
         self,
         prompt: Any,

@@ -277,6 +277,14 @@ class CLIPConditionedInpaintPipeline(SourceImageSteps, CLIPConditionedPipeline):
     def _inpainting_unet(self) -> bool:
         return self._unet_image_channels() != self.vae.config.latent_channels
 
+    def _source_inputs(self) -> dict[str, Any]:
+        """The source image, the mask and, for an inpainting UNet (which alone reads them),
+        `masked_image_latents`."""
+        inputs = {**super()._source_inputs(), "mask_image": self._source.mask_image}
+        if self._inpainting_unet:
+            inputs["masked_image_latents"] = self._source.masked_image_latents
+        return inputs
+
     def _check_given_latents(self, latents: Any, images_count: int, height: int, width: int) -> None:
         """The starting latents' check, and `masked_image_latents` and an `image` given as latents
         of the output's size (diffusers takes latents as they are, unlike images and `mask_image`,

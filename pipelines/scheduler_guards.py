@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, SchedulerMixin
 
@@ -87,8 +88,9 @@ def check_finite_inputs(tensors: dict[str, Any], non_finite: str = "raise") -> N
     `NonFiniteLatents` (diffusers' pipelines returned black images).
 
     Args:
-        tensors: argument name -> what the call was given: None, a tensor, or a list of tensors
-            (`ip_adapter_image_embeds`).
+        tensors: argument name -> what the call was given: None, a tensor or numpy array, or a
+            list of them (`ip_adapter_image_embeds`, a list of images); anything else (a PIL
+            image) is not looked at.
         non_finite: the call's policy; "warn" lets them through.
 
     Raises:
@@ -98,6 +100,8 @@ def check_finite_inputs(tensors: dict[str, Any], non_finite: str = "raise") -> N
         return
     for name, value in tensors.items():
         for tensor in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(tensor, np.ndarray) and tensor.dtype.kind == "f":
+                tensor = torch.from_numpy(tensor)
             if (
                 isinstance(tensor, torch.Tensor)
                 and tensor.is_floating_point()

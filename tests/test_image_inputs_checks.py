@@ -323,3 +323,46 @@ def test_a_list_of_one_layout_and_pil_images_beside_arrays_stay_as_they_were() -
 def test_a_list_of_one_latents_tensor_holds_latents() -> None:
     latents = torch.rand(1, 4, 4, 6)
     assert holds_latents([latents], 4) and not holds_latents([torch.rand(1, 3, 32, 48)], 4)
+
+
+# ---------------------------------------------------------------- pixel values
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            np.zeros((H, W, 3), np.uint8),
+            r"^`image` has dtype uint8; give floats in \[0, 1\] \(or \[-1, 1\]\), e\.g\. "
+            r"`image\.astype\(numpy\.float32\) / 255`, or a PIL image",
+        ),
+        (np.zeros((H, W, 3), bool), r"^`image` has dtype bool; "),
+        (np.zeros((2, H, W, 3), np.int64), r"^`image` has dtype int64; "),
+        (
+            torch.zeros(1, 3, H, W, dtype=torch.uint8),
+            r"^`image` has dtype torch\.uint8; .*e\.g\. `image\.float\(\) / 255`",
+        ),
+        (np.full((H, W, 3), 255.0, np.float32), r"^`image` holds values from 255 to 255; give pixels in \[0, 1\]"),
+        (torch.full((3, H, W), -1.5), r"^`image` holds values from -1\.5 to -1\.5; "),
+        ([np.zeros((H, W, 3), np.float32), np.full((H, W, 3), 1.25, np.float32)], r"^`image` holds values from 1\.25 "),
+    ],
+)
+def test_pixels_that_are_no_floats_in_range_are_refused(value, message) -> None:
+    """diffusers' image processor rescales neither: `numpy.asarray(pil_image)` gave another image."""
+    with pytest.raises(ValueError, match=message):
+        check_image(value, "image")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.ones((H, W, 3), np.float32),
+        -np.ones((H, W, 3), np.float64),
+        torch.zeros(3, H, W, dtype=torch.float16),
+        torch.full((1, 3, H, W), float("nan")),  # left to the call's `non_finite` check
+        torch.full((1, 4, H // 8, W // 8), 30.0),  # latents: no range
+    ],
+    ids=["ones", "minus_ones", "float16", "nan", "latents"],
+)
+def test_pixels_in_range_nan_and_latents_pass(value) -> None:
+    check_image(value, "image", vae_scale_factor=8)

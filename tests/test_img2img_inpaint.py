@@ -575,3 +575,21 @@ def test_any_multiple_of_8_as_in_diffusers_however_deep_the_unet(peer_class, our
     if peer_class is StableDiffusionPipeline:
         with pytest.raises(ValueError, match=r"`height` must be a positive multiple of 2 \(the VAE's scale factor\)"):
             ours(prompt="a", height=41, width=24)
+
+
+def test_a_uint8_array_of_a_picture_is_refused_where_diffusers_reads_it_as_another_image(img2img) -> None:
+    """`numpy.asarray(pil_image)` is uint8 (0-255): diffusers' image processor rescales no array,
+    so it read the numbers as pixels far past 1 and gave another image than the PIL image's,
+    without a word. Here it is refused, naming the dtype and the rescaling."""
+    peer, ours = img2img
+    picture, _ = pil_pair(32, 32)
+    settings = dict(prompt="a red circle", strength=0.6, num_inference_steps=4, output_type="np")
+
+    def run(pipe, image):
+        return pipe(image=image, generator=torch.Generator().manual_seed(0), **settings).images
+
+    assert not np.array_equal(run(peer, np.asarray(picture)), run(peer, picture))
+    assert np.array_equal(run(peer, np.asarray(picture, np.float32) / 255), run(peer, picture))
+    with pytest.raises(ValueError, match=r"^`image` has dtype uint8; give floats in \[0, 1\]"):
+        run(ours, np.asarray(picture))
+    assert np.array_equal(run(ours, np.asarray(picture, np.float32) / 255), run(peer, picture))

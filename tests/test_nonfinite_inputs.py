@@ -1,5 +1,6 @@
 """Given tensors that hold NaN or infinity (prompt embeddings, pooled ones, starting latents,
-IP-Adapter image embeddings) are refused before the UNet runs, naming the argument
+IP-Adapter image embeddings; img2img's and inpainting's source image, mask and the masked
+latents an inpainting UNet reads) are refused before the UNet runs, naming the argument
 (pipelines/scheduler_guards.py `check_finite_inputs`); diffusers' pipelines sampled the whole
 schedule and returned NaN images. `non_finite="warn"` lets them through, and negatives that
 are not read (no guidance) are not looked at."""
@@ -14,7 +15,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from test_ip_adapter import adapter_folder, loaded, parts  # noqa: F401 (fixtures)
 
-from clipcond import CLIPConditionedPipeline
+from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
 from clipcond.pipelines.scheduler_guards import check_finite_inputs
 
 NAN = float("nan")
@@ -96,3 +97,48 @@ def test_check_finite_inputs_reads_tensors_and_lists_and_skips_the_rest() -> Non
     check_finite_inputs({"a": torch.tensor([NAN])}, non_finite="warn")
     with pytest.raises(ValueError, match=r"^`c` holds NaN"):
         check_finite_inputs({"b": torch.zeros(2), "c": [torch.ones(1), torch.tensor([float("-inf")])]})
+
+
+# ---------------------------------------------------------------- img2img and inpainting
+
+
+def _source(value: float | None = None) -> torch.Tensor:
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return image if value is None else _with_nan(image, value)
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    return image.permute(0, 2, 3, 1).numpy()
+
+
+def test_a_source_image_with_nan_is_refused_before_the_unet(sd_pipe, monkeypatch) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    ours = CLIPConditionedImg2ImgPipeline.from_pipe(sd_pipe)
+    peer = StableDiffusionImg2ImgPipeline(**copy.deepcopy(sd_pipe.components))
+    peer.set_progress_bar_config(disable=True)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(peer(prompt="a", image=_source(NAN), num_inference_steps=2, output_type="np").images).all()
+    _refused_before_the_unet(ours, monkeypatch, "image", prompt="a", image=_source(NAN))
+    two = [_hwc(_source()), _hwc(_source(NAN))]  # a list of arrays, one per prompt
+    _refused_before_the_unet(ours, monkeypatch, "image", prompt=["a", "b"], image=two)
+
+
+@pytest.mark.parametrize("unet_channels", [4, 9], ids=["plain_unet", "inpainting_unet"])
+def test_a_mask_with_nan_and_masked_latents_an_inpainting_unet_reads_are_refused(unet_channels, monkeypatch) -> None:
+    from tiny_pipelines import sd_components
+
+    components = sd_components(unet_in_channels=unet_channels)
+    ours = CLIPConditionedInpaintPipeline(**components, safety_checker=None, feature_extractor=None)
+    ours.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0
+    _refused_before_the_unet(ours, monkeypatch, "mask_image", prompt="a", image=_source(), mask_image=_with_nan(mask))
+    masked = _with_nan(torch.zeros(1, 4, 32, 32))
+    settings = dict(prompt="a", image=_source(), mask_image=mask, masked_image_latents=masked)
+    if unet_channels == 9:
+        _refused_before_the_unet(ours, monkeypatch, "masked_image_latents", **settings)
+    else:  # a plain UNet blends with the mask and reads no masked latents
+        monkeypatch.undo()  # the UNet runs
+        images = ours(num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0), **settings)
+        assert np.isfinite(images.images).all()
