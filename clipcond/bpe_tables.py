@@ -41,8 +41,7 @@ def unmade_tokens(tokenizer: Any) -> list[str] | None:
     suffix = model.get("end_of_word_suffix") or ""
     prefix = model.get("continuing_subword_prefix") or ""
     made = set()
-    for merge in model.get("merges") or ():
-        first, second = merge.split(" ", 1) if isinstance(merge, str) else merge
+    for first, second in model.get("merges") or ():  # pairs: tokenizers >= 0.20 writes them so
         if prefix and second.startswith(prefix):
             second = second[len(prefix) :]
         made.add(first + second)

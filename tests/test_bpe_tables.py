@@ -109,7 +109,8 @@ def test_a_conditioner_source_with_its_merges_cut_short_is_refused(tmp_path, sd_
 
 def _tokenizer(vocab: dict[str, int], merges: list, **model: str):
     """A transformers fast tokenizer over a BPE model of `vocab` and `merges` (pairs, or
-    "first second" strings as tokenizers wrote them before 0.20), with `model`'s options."""
+    "first second" strings as tokenizers wrote them before 0.20: it reads both and writes
+    pairs), with `model`'s options."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 

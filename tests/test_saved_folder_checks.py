@@ -114,6 +114,19 @@ def test_a_damaged_folder_is_refused_naming_the_file_before_any_component_loads(
         CLIPConditionedPipeline.from_pretrained(folder)
 
 
+def test_a_folder_diffusers_saved_loads_with_its_images(tmp_path) -> None:
+    """StableDiffusionPipeline's index names fewer components than ours (no `text_encoder_2`),
+    and `[null, null]` for its safety checker: nothing to check there."""
+    folder = tmp_path / "sd"
+    build_sd().save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert "text_encoder_2" not in index and index["safety_checker"] == [None, None]
+    kwargs = dict(prompt="a red circle", num_inference_steps=2, output_type="np")
+    ours = CLIPConditionedPipeline.from_pretrained(folder)(generator=torch.Generator().manual_seed(0), **kwargs)
+    peer = StableDiffusionPipeline.from_pretrained(folder)(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert np.array_equal(ours.images, peer.images)
+
+
 def test_a_whole_folder_loads_with_diffusers_images(saved) -> None:
     kwargs = dict(prompt="a red circle", num_inference_steps=2, output_type="np")
     ours = CLIPConditionedPipeline.from_pretrained(saved)(generator=torch.Generator().manual_seed(0), **kwargs)
@@ -216,7 +229,11 @@ def test_which_weights_files_a_variant_reads(name, variant, read) -> None:
 def test_a_component_saved_as_none_and_settings_pass_the_index_check() -> None:
     index = {"_class_name": "X", "unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": [None, None]}
     check_model_index({**index, "recipe": "sd", "clip_skip": None, "other": 3}, COMPONENTS, "here")
-    with pytest.raises(ValueError, match=r"^here records component `safety_checker` as \[null, \"x\"\]"):
+    message = (
+        r'^here records component `safety_checker` as \[null, "x"\], where diffusers writes \[library, class\] \(two '
+        r"strings, or \[null, null\] for a component saved as None; a damaged file\?\): nothing was loaded$"
+    )
+    with pytest.raises(ValueError, match=message):
         check_model_index({**index, "safety_checker": [None, "x"]}, COMPONENTS, "here")
     with pytest.raises(ValueError, match=r"^here names no pipeline class \(`_class_name`: 3;"):
         check_model_index({**index, "_class_name": 3}, COMPONENTS, "here")
