@@ -81,7 +81,7 @@ def check_non_finite_policy(non_finite: object) -> str:
     return non_finite
 
 
-def check_finite_inputs(tensors: dict[str, Any], non_finite: str = "raise") -> None:
+def check_finite_inputs(tensors: dict[str, Any], non_finite: str) -> None:
     """With `non_finite="raise"`, refuse given input tensors that hold NaN or infinity, before
     any work: one NaN in a prompt's embeddings reaches every image through cross-attention's
     softmax, and one in the starting latents every pixel, so sampling would end in
@@ -113,7 +113,7 @@ def check_finite_inputs(tensors: dict[str, Any], non_finite: str = "raise") -> N
                 )
 
 
-def check_finite_latents(latents: torch.Tensor, non_finite: str = "raise") -> None:
+def check_finite_latents(latents: torch.Tensor, non_finite: str) -> None:
     """Raise `NonFiniteLatents` (or, with `non_finite="warn"`, log a warning) when the final
     latents (batch, channels, height, width) hold NaN or infinity: decoded, they would be
     saved as black images."""

@@ -16,7 +16,13 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from test_ip_adapter import adapter_folder, loaded, parts  # noqa: F401 (fixtures)
 
 from clipcond import CLIPConditionedImg2ImgPipeline, CLIPConditionedInpaintPipeline, CLIPConditionedPipeline
-from clipcond.pipelines.scheduler_guards import check_finite_inputs
+from clipcond.pipelines.scheduler_guards import (
+    NonFiniteLatents,
+    ancestral_split_is_negative,
+    check_finite_inputs,
+    check_finite_latents,
+    guard_timesteps,
+)
 
 NAN = float("nan")
 
@@ -93,10 +99,13 @@ def test_nan_in_ip_adapter_image_embeds_is_refused(parts, adapter_folder, monkey
 
 
 def test_check_finite_inputs_reads_tensors_and_lists_and_skips_the_rest() -> None:
-    check_finite_inputs({"a": None, "b": torch.zeros(2), "c": [torch.ones(1)], "d": torch.tensor([1, 2])})
+    check_finite_inputs({"a": None, "b": torch.zeros(2), "c": [torch.ones(1)], "d": torch.tensor([1, 2])}, "raise")
     check_finite_inputs({"a": torch.tensor([NAN])}, non_finite="warn")
     with pytest.raises(ValueError, match=r"^`c` holds NaN"):
-        check_finite_inputs({"b": torch.zeros(2), "c": [torch.ones(1), torch.tensor([float("-inf")])]})
+        check_finite_inputs({"b": torch.zeros(2), "c": [torch.ones(1), torch.tensor([float("-inf")])]}, "raise")
+    with pytest.raises(ValueError, match=r"^`e` holds NaN"):  # a numpy array (an image)
+        check_finite_inputs({"e": [np.zeros((2, 2, 3), np.float32), np.full((2, 2, 3), NAN, np.float32)]}, "raise")
+    check_finite_inputs({"e": np.zeros((2, 2), np.uint8)}, "raise")
 
 
 # ---------------------------------------------------------------- img2img and inpainting
@@ -142,3 +151,45 @@ def test_a_mask_with_nan_and_masked_latents_an_inpainting_unet_reads_are_refused
         monkeypatch.undo()  # the UNet runs
         images = ours(num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0), **settings)
         assert np.isfinite(images.images).all()
+
+
+# ---------------------------------------------------------------- the scheduler guards, called directly
+
+
+def test_the_ancestral_split_is_read_pair_by_pair_in_the_steps_own_arithmetic() -> None:
+    """Steps 1.1 -> 1.08 -> 0 split into real parts; 3.0 -> 3.5 (a rise) has no real `sigma_up`."""
+    assert not ancestral_split_is_negative(torch.tensor([1.1, 1.08, 0.0], dtype=torch.float64))
+    assert ancestral_split_is_negative(torch.tensor([4.0, 3.0, 3.5, 0.0], dtype=torch.float64))
+
+
+def test_guard_timesteps_names_nan_sigmas_and_says_when_it_samples_in_float64(caplog) -> None:
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler()
+    scheduler.set_timesteps(3)
+    scheduler.sigmas[1] = NAN  # its timesteps stay finite
+    message = r"^EulerDiscreteScheduler \(linear\) has NaN sigmas at num_inference_steps=3; choose another step count"
+    with pytest.raises(ValueError, match=message):
+        guard_timesteps(scheduler, 3)
+    cosine = EulerAncestralDiscreteScheduler(
+        beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", prediction_type="v_prediction"
+    )
+    cosine.set_timesteps(3)
+    with caplog.at_level("WARNING", logger="clipcond.pipelines.scheduler_guards"):
+        guard_timesteps(cosine, 3)
+    assert [record.getMessage() for record in caplog.records] == [
+        "EulerAncestralDiscreteScheduler at num_inference_steps=3: float32 rounding makes sigma_down NaN (diffusers "
+        "issue #14213); using float64 sigmas for this call"
+    ]
+    assert cosine.sigmas.dtype == torch.float64
+
+
+def test_non_finite_latents_raise_with_the_whole_advice() -> None:
+    message = (
+        r"^the sampled latents contain NaN or infinite values \(torch\.float32\), so the images would be black; in "
+        r"float16 try bfloat16 or float32, or another scheduler or step count; pass non_finite='warn' to get the "
+        r"images anyway$"
+    )
+    with pytest.raises(NonFiniteLatents, match=message):
+        check_finite_latents(torch.tensor([0.0, float("inf")]), "raise")
+    check_finite_latents(torch.zeros(2), "raise")
