@@ -40,19 +40,14 @@ def unmade_tokens(tokenizer: Any) -> list[str] | None:
         return None
     suffix = model.get("end_of_word_suffix") or ""
     prefix = model.get("continuing_subword_prefix") or ""
-    made = set()
-    for first, second in model.get("merges") or ():  # pairs: tokenizers >= 0.20 writes them so
-        if prefix and second.startswith(prefix):
-            second = second[len(prefix) :]
-        made.add(first + second)
+    # pairs: tokenizers >= 0.20 writes them so; a merge drops its second half's subword prefix
+    made = {first + second.removeprefix(prefix) for first, second in model.get("merges") or ()}
     added = {token["content"] for token in state.get("added_tokens") or ()}
     unmade = []
     for token in model.get("vocab") or {}:  # in id order, as tokenizers writes it
         if token in made or token in added:
             continue
-        core = token.removeprefix(prefix) if prefix else token
-        core = core.removesuffix(suffix) if suffix else core
-        if len(core) > 1:
+        if len(token.removeprefix(prefix).removesuffix(suffix)) > 1:
             unmade.append(token)
     return unmade
 

@@ -51,6 +51,7 @@ def test_a_tokenizer_that_is_no_bpe_is_not_read(tmp_path) -> None:
 
     t5 = AutoTokenizer.from_pretrained(save_t5_tokenizer(tmp_path / "t5"))  # a Unigram model, as T5's
     assert unmade_tokens(t5) is None
+    assert unmade_tokens(object()) is None  # no tokenizers backend (a slow tokenizer)
     check_bpe_tables(t5, "a T5 folder")
 
 
