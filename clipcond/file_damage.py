@@ -44,12 +44,11 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     folder."""
     found = []
     for subfolder in subfolders:
-        part = folder / subfolder
-        if not part.is_dir():
-            continue  # diffusers names a missing component folder itself
-        for path in sorted(part.iterdir()):
-            if path.name == "vocab.json" and (part / "tokenizer.json").is_file():
-                continue  # a fast tokenizer reads tokenizer.json alone
+        part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
+        unread = {"vocab.json"} if (part / "tokenizer.json").is_file() else set()  # a fast tokenizer's
+        for path in sorted(part.iterdir()) if part.is_dir() else ():
+            if path.name in unread:
+                continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
                 problem = _json_problem(path)
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):

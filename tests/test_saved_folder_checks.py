@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from tiny_pipelines import build_sd
 
 from clipcond import CLIPConditionedPipeline
-from clipcond.file_damage import _of_variant
+from clipcond.file_damage import _of_variant, damaged_files
 from clipcond.pipelines.saved_folder_checks import check_model_index
 
 COMPONENTS = CLIPConditionedPipeline._get_signature_keys(CLIPConditionedPipeline)[0]
@@ -237,3 +237,26 @@ def test_a_component_saved_as_none_and_settings_pass_the_index_check() -> None:
         check_model_index({**index, "safety_checker": [None, "x"]}, COMPONENTS, "here")
     with pytest.raises(ValueError, match=r"^here names no pipeline class \(`_class_name`: 3;"):
         check_model_index({**index, "_class_name": 3}, COMPONENTS, "here")
+
+
+def test_damaged_files_reads_past_a_missing_folder_and_a_fast_tokenizers_vocab(tmp_path, saved) -> None:
+    folder = tmp_path / "parts"
+    shutil.copytree(saved, folder)
+    _cut(folder / "tokenizer" / "vocab.json")
+    (folder / "tokenizer" / "tokenizer_config.json").write_text("")
+    _cut(folder / "unet" / "config.json")
+    found = damaged_files(folder, ["missing", "tokenizer", "unet"], None, safetensors=True)
+    assert [entry.split(" ")[0] for entry in found] == ["tokenizer/tokenizer_config.json", "unet/config.json"]
+
+
+def test_a_variant_load_reads_no_index_of_the_default_weights(tmp_path, saved) -> None:
+    """diffusers names a variant's index `<weights>.safetensors.index.fp16.json`; the default
+    weights' `.index.json` is not read by an fp16 load."""
+    folder = tmp_path / "index"
+    shutil.copytree(saved, folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text("{")
+    assert damaged_files(folder, ["unet"], "fp16", safetensors=True) == []
+    assert damaged_files(folder, ["unet"], None, safetensors=True) == [
+        "unet/diffusion_pytorch_model.safetensors.index.json is no valid JSON (Expecting property name enclosed in "
+        "double quotes: line 1, column 2)"
+    ]
