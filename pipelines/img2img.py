@@ -1,15 +1,13 @@
 """`CLIPConditionedImg2ImgPipeline`: image + prompt -> image, as `StableDiffusionImg2ImgPipeline`
 and, on an SDXL-class UNet, as `StableDiffusionXLImg2ImgPipeline` (the refiner included).
 
-A sibling of `CLIPConditionedPipeline` with the same components and config, so `from_pipe`
-moves between them (and from diffusers' SD and SDXL pipelines) without copying a module. It
-runs the text-to-image `__call__` and changes its steps: where the schedule starts (the last
-`strength` share, or SDXL's `denoising_start`), the starting latents (the source image's,
-noised to the first timestep kept) and, for SDXL, the negative time ids (img2img's rule,
-`sdxl_time_ids`). Text encoding (weights, long prompts, BREAK, the cache, clip_skip, textual
-inversion, LoRA scale), guidance and the callbacks are the text-to-image pipeline's own code.
-One class for both families, as for text-to-image: the UNet's config decides, and SDXL adds
-arguments without changing a step of the SD path.
+A sibling of `CLIPConditionedPipeline` with its components and config (`from_pipe` moves
+between them, and from diffusers' SD and SDXL pipelines, copying no module). It runs the
+text-to-image `__call__` and changes its steps: where the schedule starts (the last `strength`
+share, or SDXL's `denoising_start`), the starting latents (the source image's, noised to the
+first timestep kept) and SDXL's negative time ids (img2img's rule, `sdxl_time_ids`). Text
+encoding, guidance and the callbacks are text to image's own code. One class for both
+families: the UNet's config decides; SDXL adds arguments, changing no step of the SD path.
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ class SourceImageSteps:
     def _check_unet_channels(self) -> None:
         """Nothing here: img2img and inpainting check the UNet's channels against their inputs."""
 
-    def _source_inputs(self) -> dict[str, Any]:
-        """The running call's source image, for the check of non-finite inputs."""
+    def _source_inputs(self) -> dict[str, Any]:  # the source image, for the non-finite check
         return {"image": self._source.image}
 
     def check_inputs(
