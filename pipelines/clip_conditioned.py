@@ -991,14 +991,16 @@ class CLIPConditionedPipeline(
             ip_adapter_image, ip_adapter_image_embeds, self._guides(guidance_scale), count * num_images_per_prompt
         )
         self._check_given_latents(latents, count * num_images_per_prompt, height, width)
-        given = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds, "latents": latents}
-        if self._guides(guidance_scale):  # negatives are read with guidance only
-            given.update(
-                negative_prompt_embeds=negative_prompt_embeds,
-                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            )
-        given.update(ip_adapter_image_embeds=ip_adapter_image_embeds, **self._source_inputs())
-        check_finite_inputs(given, non_finite)
+        guided = self._guides(guidance_scale)  # negatives are read with guidance only
+        given = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds if guided else None,
+            "pooled_prompt_embeds": pooled_prompt_embeds,
+            "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds if guided else None,
+            "latents": latents,
+            "ip_adapter_image_embeds": ip_adapter_image_embeds,
+        }
+        check_finite_inputs({**given, **self._source_inputs()}, non_finite)
         self._check_denoising_end_leaves_steps(num_inference_steps, timesteps, sigmas, denoising_end)
         # 2. Define call parameters, and the conditioner where there is text to encode (which
         #    also checks `clip_skip`)

@@ -9,10 +9,10 @@ has run. These functions find them first, with a message that names the argument
 Layouts, as `VaeImageProcessor.preprocess` reads them:
     image: PIL (mode RGB); tensor (batch, 3, H, W) or (3, H, W); array (batch, H, W, 3) or
         (H, W, 3); the pixels of a tensor or array floats in [0, 1] or [-1, 1] (diffusers
-        rescales neither: a uint8 array gave another image without a word). A tensor with `latent_channels` channels is latents (batch,
-        latent_channels, H / vae factor, W / vae factor), not encoded again. diffusers would
-        take an RGBA or CMYK image for latents too (4 channels) and fail on a grey one, deep
-        inside; here each is refused first.
+        rescales neither: a uint8 array gave another image without a word). A tensor with
+        `latent_channels` channels is latents (batch, latent_channels, H / vae factor,
+        W / vae factor), not encoded again. diffusers would take an RGBA or CMYK image for
+        latents too (4 channels) and fail on a grey one, deep inside; here each is refused first.
     mask: PIL; tensor (batch, 1, H, W), (batch, H, W), (1, H, W) or (H, W); array (batch, H,
         W, 1), (batch, H, W), (H, W, 1) or (H, W).
 """

@@ -67,8 +67,8 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
             ValueError: weights holding NaN or infinite values, a layer's LoRA tensor without
                 the other (`lora_state_dict`, before any change), or, with `hotswap=True`, a
                 UNet tensor whose shape differs from the adapter's in more than the rank
-                (before the swap), naming the source and the tensor; or what diffusers' loader raises (a tensor of another shape: torch's
-                RuntimeError, unchanged).
+                (before the swap), naming the source and the tensor; or what diffusers' loader
+                raises (a tensor of another shape: torch's RuntimeError, unchanged).
         """
         if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name):
             raise TypeError(
@@ -140,8 +140,7 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
         options = {key: value for key, value in kwargs.items() if key not in ("hotswap", "low_cpu_mem_usage")}
         if self.config.recipe == "sdxl":
             options["unet_config"] = self.unet.config
-        read = self.lora_state_dict(dict(source) if isinstance(source, dict) else source, **options)
-        weights = read[0] if isinstance(read, tuple) else read
+        weights = self.lora_state_dict(dict(source) if isinstance(source, dict) else source, **options)[0]
         unet = {key.removeprefix("unet."): value for key, value in weights.items() if key.startswith("unet.")}
         if unet and "lora_A" not in next(iter(unet)):
             unet = convert_unet_state_dict_to_peft(unet)

@@ -14,8 +14,8 @@ partway, after the components before it were loaded, with errors that named no f
 
 `check_pipeline_folder` reads the index, then the files diffusers will read (the JSON files a
 component's loader reads, and the safetensors files of the weights variant asked for:
-`clipcond.file_damage`), and names each damaged one. A folder whose `model_index.json` is missing or no JSON at all is left
-to diffusers, whose error names the file.
+`clipcond.file_damage`), and names each damaged one. A folder whose `model_index.json` is
+missing or no JSON at all is left to diffusers, whose error names the file.
 """
 
 from __future__ import annotations

@@ -130,9 +130,9 @@ def check_finite_latents(latents: torch.Tensor, non_finite: str) -> None:
 
 __all__ = [
     "NON_FINITE_POLICIES",
-    "check_finite_inputs",
     "NonFiniteLatents",
     "ancestral_split_is_negative",
+    "check_finite_inputs",
     "check_finite_latents",
     "check_non_finite_policy",
     "guard_timesteps",
