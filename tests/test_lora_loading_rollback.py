@@ -200,7 +200,11 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
         ("nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
         ("larger_rank_nan", r"hold NaN or infinite values \(unet\..*\.lora_[AB]\.a\.weight"),
         ("width", r"hold a tensor of shape \(4, 33\) for unet\.\S*\.lora_A\.weight, where adapter 'a' has \(4, 32\) "),
-        ("narrow", r"hold a tensor of shape \(4, 31\) for unet\.\S*\.lora_A\.weight, where adapter 'a' has \(4, 32\) "),
+        (
+            "narrow",
+            r"hold a tensor of shape \(4, 31\) for unet\.\S*\.lora_A\.weight, where adapter 'a' has \(4, 32\) "
+            r"\(a hotswap may change only the rank\): nothing was swapped$",
+        ),
         (
             "short",
             r"hold a tensor of shape \(7, 4\) for unet\.\S*\.to_k\.lora_B\.weight, where adapter 'a' has \(8, 4\) ",
@@ -222,6 +226,41 @@ def test_a_hotswap_equals_diffusers_and_a_failed_one_leaves_the_adapter_as_it_wa
             pipe.load_lora_weights(swapped, adapter_name="a", hotswap=True)
         assert not np.array_equal(run(ours), with_first)
         assert np.array_equal(run(ours), run(peer))
+
+
+def test_a_hotswap_reads_the_file_weight_name_names(tmp_path) -> None:
+    """The check reads the file diffusers' loader will read: in a folder whose default file
+    holds whole tensors, `weight_name=` naming a narrowed one is refused with the images of
+    before (checking the default file would let peft pad the narrowed one)."""
+    first = saved_lora(tmp_path / "first", seed=1)
+    folder = _unet_only(tmp_path / "second", saved_lora(tmp_path / "lora_second", seed=2))
+    narrowed = _unet_only(tmp_path / "narrowed", folder, "narrow")
+    (narrowed / "pytorch_lora_weights.safetensors").rename(folder / "narrowed.safetensors")
+    _, ours = pair()
+    ours.load_lora_weights(first, adapter_name="a")
+    with_first = run(ours)
+    with pytest.raises(ValueError, match=r"hold a tensor of shape \(4, 31\) for unet\."):
+        ours.load_lora_weights(folder, weight_name="narrowed.safetensors", adapter_name="a", hotswap=True)
+    assert np.array_equal(run(ours), with_first)
+    ours.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors", adapter_name="a", hotswap=True)
+    assert not np.array_equal(run(ours), with_first)
+
+
+def test_a_hotswap_of_text_encoder_tensors_alone_is_refused_as_diffusers_refuses_it(tmp_path) -> None:
+    """A file with no UNet tensor has nothing for the check to read; diffusers' loader then
+    refuses the text encoder's, and the images stay those of before."""
+    first = saved_lora(tmp_path / "first", seed=1)
+    weights = load_file(next(saved_lora(tmp_path / "second", seed=2).glob("*.safetensors")))
+    text_only = {key: value for key, value in weights.items() if key.startswith("text_encoder.")}
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        pipe.load_lora_weights(first, adapter_name="a")
+    with_first = run(ours)
+    for pipe in (peer, ours):
+        with pytest.raises(ValueError, match=r"hotswapping is not supported for text encoders"):
+            pipe.load_lora_weights(dict(text_only), adapter_name="a", hotswap=True)
+    assert np.array_equal(run(ours), with_first)
+    assert np.array_equal(run(peer), with_first)
 
 
 def _sgm(layer: str, per_block: int) -> str:
