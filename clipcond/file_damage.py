@@ -5,6 +5,9 @@ file.
 diffusers' and transformers' loaders fail on such files partway through a load, often with
 errors that name no file (a bare `JSONDecodeError` from a tokenizer's files, tokenizers' own
 `Exception` for a `vocab.json`, `SafetensorError: incomplete metadata, file not fully covered`).
+Without a `tokenizer.json`, a BPE tokenizer is built from `vocab.json` and `merges.txt`, and a
+`merges.txt` cut in the middle of a line failed with tokenizers' bare `Exception` ("Token `t</`
+out of vocabulary", "Merges text file invalid at line 25582"), naming no file.
 `damaged_files` reads the files first and names each damaged one; a saved pipeline's
 `from_pretrained` (`clipcond.pipelines.saved_folder_checks`) and a conditioner's encoder loader
 (`clipcond.encoder_loading`) refuse a folder it finds damage in before loading anything.
@@ -32,25 +35,30 @@ _READ_JSON = frozenset(
     }
 )
 _WEIGHTS_SUFFIX = ".safetensors"
+# a fast tokenizer reads its tokenizer.json alone; these are read only without one
+_SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
 
 
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
     """What is wrong with each file in `folder`'s `subfolders` ("" for `folder` itself) that a
     component's loader reads:
     '<subfolder>/<file> <problem>' for a JSON file that is empty, no UTF-8 text, no JSON or no
-    JSON object (a `vocab.json` beside a `tokenizer.json` is not read: a fast tokenizer reads
+    JSON object, a `merges.txt` that tokenizers cannot build BPE tables from with the
+    `vocab.json` beside it (neither is read beside a `tokenizer.json`: a fast tokenizer reads
     the latter alone), and (when `safetensors`) a safetensors file of `variant` (None: the files
     without a variant) whose header cannot be read or does not cover the file. [] for a whole
     folder."""
     found = []
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
-        unread = {"vocab.json"} if (part / "tokenizer.json").is_file() else set()  # a fast tokenizer's
+        unread = _SLOW_TOKENIZER_FILES if (part / "tokenizer.json").is_file() else frozenset()
         for path in sorted(part.iterdir()) if part.is_dir() else ():
             if path.name in unread:
                 continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
                 problem = _json_problem(path)
+            elif path.name == "merges.txt":
+                problem = _merges_problem(path, part / "vocab.json")
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
                 problem = _safetensors_problem(path)
             else:
@@ -84,6 +92,21 @@ def _json_problem(path: Path) -> str | None:
         return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
     if not isinstance(value, dict):
         return f"holds a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _merges_problem(merges: Path, vocab: Path) -> str | None:
+    """Why tokenizers cannot build BPE tables from `vocab` and the merge rules `merges`, as
+    transformers builds a tokenizer without a `tokenizer.json` (it passes both paths to
+    `tokenizers.models.BPE`), or None. A missing or damaged `vocab` is named on its own."""
+    from tokenizers.models import BPE
+
+    if not vocab.is_file() or _json_problem(vocab):
+        return None
+    try:
+        BPE(str(vocab), str(merges))
+    except Exception as error:  # tokenizers raises bare `Exception`s
+        return f"does not fit vocab.json as BPE merges (tokenizers: {error})"
     return None
 
 

@@ -87,6 +87,7 @@ def sd_folder(tmp_path_factory) -> Path:
 DAMAGES = {
     "text_encoder/model.safetensors": ("cannot be read as safetensors", SafetensorError),
     "tokenizer/vocab.json": ("is no valid JSON", Exception),  # tokenizers' own, without tokenizer.json
+    "tokenizer/merges.txt": ("does not fit vocab.json as BPE merges", Exception),  # cut in a rule: tokenizers'
     "text_encoder/config.json": ("is no valid JSON", OSError),
 }
 

@@ -43,6 +43,15 @@ def _cut(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(raw[: int(len(raw) * keep)])
 
 
+def _cut_merges_mid_line(tokenizer: Path, line: int = 100) -> None:
+    """`merges.txt` ending within merge rule `line` (its first half only; the `#version` header
+    is line 0, as tokenizers counts), with the `tokenizer.json` that would be read instead
+    removed."""
+    (tokenizer / "tokenizer.json").unlink(missing_ok=True)
+    lines = (tokenizer / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (tokenizer / "merges.txt").write_text("\n".join(lines[:line]) + "\n" + lines[line].split(" ")[0], encoding="utf-8")
+
+
 # damage -> (what it does to the folder, our message after the folder's path, diffusers' error)
 DAMAGES = {
     "index_list": (
@@ -76,6 +85,12 @@ DAMAGES = {
         lambda folder: _cut(folder / "tokenizer" / "tokenizer.json"),
         r" has damaged files .*: tokenizer/tokenizer\.json is no valid JSON \(Expecting value: line \d+, column \d+\);",
         json.JSONDecodeError,
+    ),
+    "merges_cut_mid_line": (
+        lambda folder: _cut_merges_mid_line(folder / "tokenizer"),
+        r" has damaged files .*: tokenizer/merges\.txt does not fit vocab\.json as BPE merges \(tokenizers: Error while "
+        r"initializing BPE: Merges text file invalid at line 100\); nothing was loaded$",
+        Exception,  # tokenizers' own, naming no file
     ),
     "unet_config_list": (
         lambda folder: (folder / "unet" / "config.json").write_text("[1, 2]"),
@@ -186,7 +201,33 @@ def test_a_fast_tokenizers_vocab_json_is_not_read_beside_its_tokenizer_json(tmp_
         build_sd().tokenizer("a red circle").input_ids
     )
     (folder / "tokenizer" / "tokenizer.json").unlink()
-    with pytest.raises(ValueError, match=r": tokenizer/vocab\.json is no valid JSON"):
+    with pytest.raises(
+        ValueError, match=r"overwritten\?\): tokenizer/vocab\.json is no valid JSON \([^)]*\); nothing was loaded$"
+    ):
+        CLIPConditionedPipeline.from_pretrained(folder)  # merges.txt: not built against a damaged vocab.json
+
+
+def test_merges_that_load_are_passed_to_the_tables_check(tmp_path, saved) -> None:
+    """A `merges.txt` cut at a line's end builds, and is refused after loading by the check of
+    its tables (`clipcond.bpe_tables`); a whole one loads with the tokens of a fast tokenizer,
+    and beside a `tokenizer.json` a damaged one is not read."""
+    folder = tmp_path / "merges"
+    shutil.copytree(saved, folder)
+    whole = (folder / "tokenizer" / "merges.txt").read_text(encoding="utf-8")
+    _cut_merges_mid_line(folder / "tokenizer")
+    shutil.copy(saved / "tokenizer" / "tokenizer.json", folder / "tokenizer" / "tokenizer.json")
+    assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []
+    CLIPConditionedPipeline.from_pretrained(folder)
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    (folder / "tokenizer" / "merges.txt").write_text(whole, encoding="utf-8")
+    assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []
+    assert CLIPConditionedPipeline.from_pretrained(folder).tokenizer("a red circle").input_ids == (
+        build_sd().tokenizer("a red circle").input_ids
+    )
+    lines = (folder / "tokenizer" / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (folder / "tokenizer" / "merges.txt").write_text("\n".join(lines[:100]) + "\n", encoding="utf-8")
+    assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []
+    with pytest.raises(ValueError, match=r"vocabulary entries that no merge rule makes"):
         CLIPConditionedPipeline.from_pretrained(folder)
 
 
