@@ -12,8 +12,9 @@ refuses such a tokenizer where clipcond loads one from disk.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from clipcond.json_reading import read_json_with_collector_paused
 
 __all__ = ["check_bpe_tables", "unmade_tokens"]
 
@@ -34,7 +35,11 @@ def unmade_tokens(tokenizer: Any) -> list[str] | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    state = json.loads(backend.to_str())
+    return read_json_with_collector_paused(backend.to_str(), _unmade_in_state)
+
+
+def _unmade_in_state(state: dict[str, Any]) -> list[str] | None:
+    """`unmade_tokens` of a tokenizers backend's state (its `to_str()` parsed)."""
     model = state.get("model") or {}
     if model.get("type") != "BPE":
         return None

@@ -19,6 +19,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from clipcond.json_reading import read_json_with_collector_paused
+
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
 # tokenizer files, the index of a sharded weights file: `*.index.json`, matched apart).
 _READ_JSON = frozenset(
@@ -85,13 +87,13 @@ def _json_problem(path: Path) -> str | None:
     if not raw.strip():
         return "is empty"
     try:
-        value = json.loads(raw.decode("utf-8"))
+        kind = read_json_with_collector_paused(raw.decode("utf-8"), type)
     except UnicodeDecodeError:
         return "is no UTF-8 text"
     except json.JSONDecodeError as error:
         return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
-    if not isinstance(value, dict):
-        return f"holds a JSON {type(value).__name__}, not an object"
+    if kind is not dict:
+        return f"holds a JSON {kind.__name__}, not an object"
     return None
 
 

@@ -51,6 +51,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         (["--out", "out/cond.md"], {"output": Path("out/cond.md")}),
         (["--rows", "emphasis", "cache"], {"rows": ["emphasis", "cache"]}),
     ],
+    "benchmarks/bench_load.py": [
+        (
+            ["--repeats", "3", "--rows", "sd-small", "sd-sd15", "--output", "out/load.md"],
+            {"repeats": 3, "rows": ["sd-small", "sd-sd15"], "output": Path("out/load.md")},
+        ),
+    ],
     "benchmarks/bench_pipeline.py": [
         (
             ["--steps", "2", "--repeats", "3", "--size", "sd15", "--device", "cuda:1", "--dtype", "bfloat16"],
@@ -163,6 +169,7 @@ REJECTED: dict[str, list[list[str]]] = {
         ["--peak-tflops", "fast"],
     ],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
+    "benchmarks/bench_load.py": [["--rows", "sd3-small"], ["--repeats", "x"]],
     "benchmarks/bench_pipeline.py": [
         ["--size", "huge"],
         ["--dtype", "int8"],
@@ -191,6 +198,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_clip_step.py": ([], ("output",)),
     "benchmarks/bench_cold_start.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
+    "benchmarks/bench_load.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
     "benchmarks/bench_train_diffusion.py": ([], ("output", "work_dir")),
@@ -231,7 +239,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 16
+    assert len(SCRIPTS) == 17
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

@@ -1,0 +1,89 @@
+"""Large JSON documents (a CLIP `tokenizer.json`) are parsed with the cyclic garbage collector
+paused (clipcond/json_reading.py): the same values as `json.loads`, no collection during the
+parse, the collector's state restored afterwards, also after an error; and the two checks that
+parse a tokenizer's JSON on every load (the folder check, the BPE tables check) go through it.
+The time it saves is measured by benchmarks/bench_load.py, not asserted here."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+from clipcond.bpe_tables import unmade_tokens
+from clipcond.file_damage import damaged_files
+from clipcond.json_reading import read_json_with_collector_paused
+from clipcond.tokenization import clip_tokenizer
+
+# 60,000 two-element lists, as a tokenizer.json's merges are written
+MERGES = json.dumps({"model": {"merges": [[f"a{index}", "b"] for index in range(60_000)]}})
+
+
+@pytest.fixture
+def collections():
+    """The generations of the collections the cyclic collector runs while the test runs."""
+    seen: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(record)
+    yield seen
+    gc.callbacks.remove(record)
+
+
+def test_the_value_is_json_loads_and_no_collection_runs_while_it_is_used(collections) -> None:
+    states = []
+
+    def use(value):
+        states.append(gc.isenabled())
+        return value
+
+    assert gc.isenabled()
+    assert read_json_with_collector_paused(MERGES, use) == json.loads(MERGES)
+    assert states == [False] and gc.isenabled()
+    collections.clear()
+    read_json_with_collector_paused(MERGES, len)
+    assert collections == []
+    json.loads(MERGES)  # the reference: a plain parse of the same text runs the collector
+    assert collections != []
+
+
+def test_the_collector_is_restored_after_an_error_and_left_off_when_it_was_off() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        read_json_with_collector_paused(MERGES[:-1], len)
+    assert gc.isenabled()
+
+    def failing(value):
+        raise RuntimeError("use failed")
+
+    with pytest.raises(RuntimeError, match="use failed"):
+        read_json_with_collector_paused(MERGES, failing)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert read_json_with_collector_paused("[1]", len) == 1
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_path, monkeypatch) -> None:
+    """The folder check's parse of tokenizer.json and the BPE check's parse of the loaded
+    tokenizer's state: each large document is parsed with the collector off."""
+    tokenizer = clip_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    parses: list[tuple[int, bool]] = []
+    plain = json.loads
+
+    def recording(text, *args, **kwargs):
+        parses.append((len(text), gc.isenabled()))
+        return plain(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", recording)
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+    assert unmade_tokens(tokenizer) == []
+    large = [enabled for length, enabled in parses if length > 1_000_000]
+    assert large == [False, False]  # tokenizer.json, then the backend's state
