@@ -5,6 +5,7 @@ vocabulary (always run)."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import random
 import sys
@@ -268,6 +269,24 @@ def test_vocabulary_and_special_tokens(tok, ref) -> None:
     assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", EOS)
     assert (tok.pad_token, tok.pad_token_id) == ("<|endoftext|>", EOS)
     assert tok.model_max_length == CONTEXT
+
+
+def test_the_bundled_vocabulary_is_read_once_and_each_caller_gets_its_own_copy(tmp_path) -> None:
+    """The bundled file is parsed once per process; a caller that changes its tables changes
+    no one else's, and the file read from a path is the same tables."""
+    vocab, merges = load_clip_bpe()
+    expected_vocab, expected_merges = dict(vocab), list(merges)
+    vocab["a new token"] = len(vocab)
+    del vocab["!"]
+    merges.pop()
+    again, merges_again = load_clip_bpe()
+    assert again == expected_vocab and merges_again == expected_merges
+    assert again is not load_clip_bpe()[0] and merges_again is not load_clip_bpe()[1]
+    from clipcond.tokenization import _BPE_FILE_NAME
+
+    copy = tmp_path / _BPE_FILE_NAME
+    copy.write_bytes((importlib.resources.files("clipcond") / "data" / _BPE_FILE_NAME).read_bytes())
+    assert load_clip_bpe(copy) == (expected_vocab, expected_merges)
 
 
 def test_exclamation_pad_token() -> None:
