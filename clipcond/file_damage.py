@@ -7,7 +7,9 @@ errors that name no file (a bare `JSONDecodeError` from a tokenizer's files, tok
 `Exception` for a `vocab.json`, `SafetensorError: incomplete metadata, file not fully covered`).
 Without a `tokenizer.json`, a BPE tokenizer is built from `vocab.json` and `merges.txt`, and a
 `merges.txt` cut in the middle of a line failed with tokenizers' bare `Exception` ("Token `t</`
-out of vocabulary", "Merges text file invalid at line 25582"), naming no file.
+out of vocabulary", "Merges text file invalid at line 25582"), naming no file; without
+`vocab.json` and `merges.txt` too, a CLIP tokenizer folder loaded as a tokenizer of two tokens
+that reads every word as unknown, with no error.
 `damaged_files` reads the files first and names each damaged one; a saved pipeline's
 `from_pretrained` (`clipcond.pipelines.saved_folder_checks`) and a conditioner's encoder loader
 (`clipcond.encoder_loading`) refuse a folder it finds damage in before loading anything.
@@ -39,6 +41,13 @@ _READ_JSON = frozenset(
 _WEIGHTS_SUFFIX = ".safetensors"
 # a fast tokenizer reads its tokenizer.json alone; these are read only without one
 _SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
+# the classes a CLIP tokenizer folder's tokenizer_config.json names
+_CLIP_TOKENIZER_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
+_MISSING_VOCABULARY = (
+    "is missing, and there is no tokenizer.json (a CLIP tokenizer is built from tokenizer.json, or from vocab.json "
+    "and merges.txt: without both, transformers gave one of two tokens that reads every word as unknown, or a "
+    "ValueError naming no file)"
+)
 
 
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
@@ -47,26 +56,30 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     '<subfolder>/<file> <problem>' for a JSON file that is empty, no UTF-8 text, no JSON or no
     JSON object, a `merges.txt` that tokenizers cannot build BPE tables from with the
     `vocab.json` beside it (neither is read beside a `tokenizer.json`: a fast tokenizer reads
-    the latter alone), and (when `safetensors`) a safetensors file of `variant` (None: the files
+    the latter alone), either of the two missing from a CLIP tokenizer's folder without a
+    `tokenizer.json`, and (when `safetensors`) a safetensors file of `variant` (None: the files
     without a variant) whose header cannot be read or does not cover the file. [] for a whole
     folder."""
     found = []
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
         unread = _SLOW_TOKENIZER_FILES if (part / "tokenizer.json").is_file() else frozenset()
+        problems: dict[str, str | None] = {}
         for path in sorted(part.iterdir()) if part.is_dir() else ():
             if path.name in unread:
                 continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
-                problem = _json_problem(path)
-            elif path.name == "merges.txt":
-                problem = _merges_problem(path, part / "vocab.json")
+                problems[path.name] = _json_problem(path)
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
-                problem = _safetensors_problem(path)
-            else:
-                continue
+                problems[path.name] = _safetensors_problem(path)
+        if not unread and problems.get("tokenizer_config.json", "missing") is None and _declares_clip(part):
+            problems.update(dict.fromkeys(_missing_clip_vocabulary(part), _MISSING_VOCABULARY))
+        merges = part / "merges.txt"
+        if merges.name not in unread and merges.is_file() and problems.get("vocab.json", "missing") is None:
+            problems[merges.name] = _merges_problem(merges, part / "vocab.json")  # a damaged vocab.json: named alone
+        for name, problem in sorted(problems.items()):
             if problem:
-                found.append(f"{subfolder}/{path.name} {problem}" if subfolder else f"{path.name} {problem}")
+                found.append(f"{subfolder}/{name} {problem}" if subfolder else f"{name} {problem}")
     return found
 
 
@@ -97,14 +110,25 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
+def _declares_clip(part: Path) -> bool:
+    """Whether the tokenizer folder `part` names a CLIP tokenizer class in its (whole)
+    `tokenizer_config.json`."""
+    config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return str(config.get("tokenizer_class")) in _CLIP_TOKENIZER_CLASSES
+
+
+def _missing_clip_vocabulary(part: Path) -> list[str]:
+    """Which of `vocab.json` and `merges.txt` the CLIP tokenizer folder `part`, which has no
+    `tokenizer.json`, lacks."""
+    return [name for name in sorted(_SLOW_TOKENIZER_FILES) if not (part / name).is_file()]
+
+
 def _merges_problem(merges: Path, vocab: Path) -> str | None:
     """Why tokenizers cannot build BPE tables from `vocab` and the merge rules `merges`, as
     transformers builds a tokenizer without a `tokenizer.json` (it passes both paths to
-    `tokenizers.models.BPE`), or None. A missing or damaged `vocab` is named on its own."""
+    `tokenizers.models.BPE`), or None. `vocab` is a whole JSON file (`_json_problem`)."""
     from tokenizers.models import BPE
 
-    if not vocab.is_file() or _json_problem(vocab):
-        return None
     try:
         BPE(str(vocab), str(merges))
     except Exception as error:  # tokenizers raises bare `Exception`s

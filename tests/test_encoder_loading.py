@@ -131,3 +131,22 @@ def test_a_damaged_tokenizer_named_apart_and_a_t5_folder_are_checked(tmp_path, s
     _cut(t5 / "text_encoder" / "model.safetensors")
     with pytest.raises(ValueError, match=r"^the t5 encoder at .*/text_encoder/model\.safetensors cannot be read"):
         load_t5_encoder(EncoderSource(path=str(t5)))
+
+
+def test_a_clip_tokenizer_folder_without_its_vocabulary_is_refused_naming_the_files(tmp_path, sd_folder) -> None:
+    """transformers built a two-token tokenizer from such a folder, with no error."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "novocab"
+    shutil.copytree(sd_folder, folder)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (folder / "tokenizer" / name).unlink()
+    assert len(AutoTokenizer.from_pretrained(folder / "tokenizer")) == 2
+    message = (
+        rf"{re.escape(str(folder / 'tokenizer' / 'merges.txt'))} is missing, and there is no tokenizer\.json .*; "
+        rf"{re.escape(str(folder / 'tokenizer' / 'vocab.json'))} is missing"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_clip_encoder(EncoderSource(path=str(folder), subfolder="text_encoder"))

@@ -92,6 +92,12 @@ DAMAGES = {
         r"initializing BPE: Merges text file invalid at line 100\); nothing was loaded$",
         Exception,  # tokenizers' own, naming no file
     ),
+    "vocab_json_removed": (
+        lambda folder: [(folder / "tokenizer" / name).unlink() for name in ("tokenizer.json", "vocab.json")],
+        r" has damaged files .*: tokenizer/vocab\.json is missing, and there is no tokenizer\.json \(a CLIP tokenizer "
+        r"is built from tokenizer\.json, or from vocab\.json and merges\.txt: .*\); nothing was loaded$",
+        ValueError,  # "`vocab` and `merges` must be both be from memory or both filenames"
+    ),
     "unet_config_list": (
         lambda folder: (folder / "unet" / "config.json").write_text("[1, 2]"),
         r" has damaged files .*: unet/config\.json holds a JSON list, not an object; nothing was loaded$",
@@ -205,6 +211,29 @@ def test_a_fast_tokenizers_vocab_json_is_not_read_beside_its_tokenizer_json(tmp_
         ValueError, match=r"overwritten\?\): tokenizer/vocab\.json is no valid JSON \([^)]*\); nothing was loaded$"
     ):
         CLIPConditionedPipeline.from_pretrained(folder)  # merges.txt: not built against a damaged vocab.json
+
+
+def test_a_clip_tokenizer_without_its_vocabulary_files_is_refused_where_diffusers_loaded_two_tokens(
+    tmp_path, saved
+) -> None:
+    folder = tmp_path / "novocab"
+    shutil.copytree(saved, folder)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (folder / "tokenizer" / name).unlink()
+    peer = StableDiffusionPipeline.from_pretrained(folder)  # no error: every word is the unknown token
+    assert len(peer.tokenizer) == 2 and set(peer.tokenizer("a red circle").input_ids[1:-1]) == {
+        peer.tokenizer.unk_token_id
+    }
+    message = (
+        r"overwritten\?\): tokenizer/merges\.txt is missing, and there is no tokenizer\.json \(.*\); "
+        r"tokenizer/vocab\.json is missing, and there is no tokenizer\.json \(.*\); nothing was loaded$"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.from_pretrained(folder)
+    config = folder / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "T5Tokenizer"}))
+    shutil.copy(saved / "tokenizer" / "merges.txt", folder / "tokenizer" / "merges.txt")
+    assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []  # another class: its own files
 
 
 def test_merges_that_load_are_passed_to_the_tables_check(tmp_path, saved) -> None:
