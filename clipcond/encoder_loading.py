@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,8 @@ def _check_local_files(source: EncoderSource, kind: str) -> None:
     found = []
     for root, subfolder in dict.fromkeys(places):
         if root.is_dir():
-            found += [f"{root / damage}" for damage in damaged_files(root, [subfolder], None, safetensors=True)]
+            # "<subfolder>/<file> <problem>" behind the root, joined as text: the problem is no path
+            found += [os.path.join(root, damage) for damage in damaged_files(root, [subfolder], None, safetensors=True)]
     if found:
         raise ValueError(
             f"the {kind} encoder at {source.path!r} has damaged files (cut short, or overwritten?): "
