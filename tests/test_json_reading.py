@@ -14,6 +14,7 @@ import pytest
 from clipcond.bpe_tables import unmade_tokens
 from clipcond.file_damage import damaged_files
 from clipcond.json_reading import read_json_with_collector_paused
+from clipcond.lab.loading import check_loadable
 from clipcond.tokenization import clip_tokenizer
 
 # 60,000 two-element lists, as a tokenizer.json's merges are written
@@ -71,8 +72,9 @@ def test_the_collector_is_restored_after_an_error_and_left_off_when_it_was_off()
 
 
 def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_path, monkeypatch) -> None:
-    """The folder check's parse of tokenizer.json and the BPE check's parse of the loaded
-    tokenizer's state: each large document is parsed with the collector off."""
+    """The folder check's parse of tokenizer.json, the BPE check's parse of the loaded
+    tokenizer's state and the lab's check of a model folder: each large document is parsed
+    with the collector off."""
     tokenizer = clip_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     parses: list[tuple[int, bool]] = []
@@ -85,5 +87,6 @@ def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_p
     monkeypatch.setattr(json, "loads", recording)
     assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
     assert unmade_tokens(tokenizer) == []
+    check_loadable(tmp_path / "tokenizer", "the lab's model")  # every JSON file of a model folder
     large = [enabled for length, enabled in parses if length > 1_000_000]
-    assert large == [False, False]  # tokenizer.json, then the backend's state
+    assert large == [False, False, False]  # tokenizer.json, the backend's state, tokenizer.json

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from clipcond.errors import one_line
+from clipcond.json_reading import read_json_with_collector_paused
 from clipcond.lab.config import SetupConfig
 from clipcond.lab.digests import model_files
 
@@ -77,8 +78,8 @@ def check_loadable(folder: str | Path, what: str) -> None:
             if suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:
                     handle.keys()
-            elif suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
+            elif suffix == ".json":  # a tokenizer.json is 1-4 MB: parsed with the collector paused
+                read_json_with_collector_paused(path.read_text(encoding="utf-8"), type)
             elif suffix in (".yaml", ".yml"):
                 yaml.safe_load(path.read_text(encoding="utf-8"))
             elif suffix in (".bin", ".pt", ".pth"):
