@@ -45,8 +45,8 @@ _SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
 _CLIP_TOKENIZER_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
 _MISSING_VOCABULARY = (
     "is missing, and there is no tokenizer.json (a CLIP tokenizer is built from tokenizer.json, or from vocab.json "
-    "and merges.txt: without both, transformers gave one of two tokens that reads every word as unknown, or a "
-    "ValueError naming no file)"
+    "and merges.txt: without either, transformers built a tokenizer of two tokens that reads every word as unknown; "
+    "without one, it raised a ValueError naming no file)"
 )
 
 
