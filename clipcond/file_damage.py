@@ -8,8 +8,9 @@ errors that name no file (a bare `JSONDecodeError` from a tokenizer's files, tok
 Without a `tokenizer.json`, a BPE tokenizer is built from `vocab.json` and `merges.txt`, and a
 `merges.txt` cut in the middle of a line failed with tokenizers' bare `Exception` ("Token `t</`
 out of vocabulary", "Merges text file invalid at line 25582"), naming no file; without
-`vocab.json` and `merges.txt` too, a CLIP tokenizer folder loaded as a tokenizer of two tokens
-that reads every word as unknown, with no error.
+`vocab.json` and `merges.txt` too (or a T5 tokenizer's `spiece.model`), a tokenizer folder
+loaded as a tokenizer of its special tokens alone that reads every word as unknown, with no
+error.
 `damaged_files` reads the files first and names each damaged one; a saved pipeline's
 `from_pretrained` (`clipcond.pipelines.saved_folder_checks`) and a conditioner's encoder loader
 (`clipcond.encoder_loading`) refuse a folder it finds damage in before loading anything.
@@ -41,13 +42,9 @@ _READ_JSON = frozenset(
 _WEIGHTS_SUFFIX = ".safetensors"
 # a fast tokenizer reads its tokenizer.json alone; these are read only without one
 _SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
-# the classes a CLIP tokenizer folder's tokenizer_config.json names
-_CLIP_TOKENIZER_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
-_MISSING_VOCABULARY = (
-    "is missing, and there is no tokenizer.json (a CLIP tokenizer is built from tokenizer.json, or from vocab.json "
-    "and merges.txt: without either, transformers built a tokenizer of two tokens that reads every word as unknown; "
-    "without one, it raised a ValueError naming no file)"
-)
+# the tokenizer classes (as a tokenizer_config.json names them) of the text encoders clipcond
+# reads whose vocabulary files are checked; transformers' `vocab_files_names` says which they are
+_VOCABULARY_CHECKED_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast"})
 
 
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
@@ -56,8 +53,8 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     '<subfolder>/<file> <problem>' for a JSON file that is empty, no UTF-8 text, no JSON or no
     JSON object, a `merges.txt` that tokenizers cannot build BPE tables from with the
     `vocab.json` beside it (neither is read beside a `tokenizer.json`: a fast tokenizer reads
-    the latter alone), either of the two missing from a CLIP tokenizer's folder without a
-    `tokenizer.json`, and (when `safetensors`) a safetensors file of `variant` (None: the files
+    the latter alone), a vocabulary file missing from a CLIP or T5 tokenizer's folder without a
+    `tokenizer.json` (`vocab.json` and `merges.txt`; `spiece.model`), and (when `safetensors`) a safetensors file of `variant` (None: the files
     without a variant) whose header cannot be read or does not cover the file. [] for a whole
     folder."""
     found = []
@@ -72,8 +69,8 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
                 problems[path.name] = _json_problem(path)
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
                 problems[path.name] = _safetensors_problem(path)
-        if not unread and problems.get("tokenizer_config.json", "missing") is None and _declares_clip(part):
-            problems.update(dict.fromkeys(_missing_clip_vocabulary(part), _MISSING_VOCABULARY))
+        if not unread and problems.get("tokenizer_config.json", "missing") is None:
+            problems.update(_missing_vocabulary(part))
         merges = part / "merges.txt"
         if merges.name not in unread and merges.is_file() and problems.get("vocab.json", "missing") is None:
             problems[merges.name] = _merges_problem(merges, part / "vocab.json")  # a damaged vocab.json: named alone
@@ -110,17 +107,25 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def _declares_clip(part: Path) -> bool:
-    """Whether the tokenizer folder `part` names a CLIP tokenizer class in its (whole)
-    `tokenizer_config.json`."""
+def _missing_vocabulary(part: Path) -> dict[str, str]:
+    """file -> problem for each vocabulary file that the tokenizer folder `part`, which has no
+    `tokenizer.json`, lacks, when its (whole) `tokenizer_config.json` names a CLIP or T5
+    tokenizer class: without them, transformers 5 built a tokenizer of its special tokens alone
+    (CLIP: 2, T5: 4) that reads every word as unknown, with no error, or (CLIP without one of
+    its two files) raised a ValueError naming no file."""
+    import transformers
+
     config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
-    return str(config.get("tokenizer_class")) in _CLIP_TOKENIZER_CLASSES
-
-
-def _missing_clip_vocabulary(part: Path) -> list[str]:
-    """Which of `vocab.json` and `merges.txt` the CLIP tokenizer folder `part`, which has no
-    `tokenizer.json`, lacks."""
-    return [name for name in sorted(_SLOW_TOKENIZER_FILES) if not (part / name).is_file()]
+    name = str(config.get("tokenizer_class"))
+    if name not in _VOCABULARY_CHECKED_CLASSES:
+        return {}
+    needed = sorted(set(getattr(transformers, name).vocab_files_names.values()) - {"tokenizer.json"})
+    problem = (
+        f"is missing, and there is no tokenizer.json (a {name} is built from tokenizer.json, or from "
+        f"{' and '.join(needed)}: without them, transformers built a tokenizer of its special tokens alone that reads "
+        "every word as unknown, or raised an error naming no file)"
+    )
+    return {file: problem for file in needed if not (part / file).is_file()}
 
 
 def _merges_problem(merges: Path, vocab: Path) -> str | None:

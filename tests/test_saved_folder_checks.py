@@ -94,8 +94,8 @@ DAMAGES = {
     ),
     "vocab_json_removed": (
         lambda folder: [(folder / "tokenizer" / name).unlink() for name in ("tokenizer.json", "vocab.json")],
-        r" has damaged files .*: tokenizer/vocab\.json is missing, and there is no tokenizer\.json \(a CLIP tokenizer "
-        r"is built from tokenizer\.json, or from vocab\.json and merges\.txt: .*\); nothing was loaded$",
+        r" has damaged files .*: tokenizer/vocab\.json is missing, and there is no tokenizer\.json \(a CLIPTokenizer "
+        r"is built from tokenizer\.json, or from merges\.txt and vocab\.json: .*\); nothing was loaded$",
         ValueError,  # "`vocab` and `merges` must be both be from memory or both filenames"
     ),
     "unet_config_list": (
@@ -231,9 +231,28 @@ def test_a_clip_tokenizer_without_its_vocabulary_files_is_refused_where_diffuser
     with pytest.raises(ValueError, match=message):
         CLIPConditionedPipeline.from_pretrained(folder)
     config = folder / "tokenizer" / "tokenizer_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "T5Tokenizer"}))
     shutil.copy(saved / "tokenizer" / "merges.txt", folder / "tokenizer" / "merges.txt")
-    assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []  # another class: its own files
+    for other in ("GPT2Tokenizer", "TokenizerOfRemoteCode"):  # classes not checked, one transformers lacks
+        config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": other}))
+        assert damaged_files(folder, ["tokenizer"], None, safetensors=True) == []
+
+
+def test_a_t5_tokenizer_folder_without_its_vocabulary_is_refused_where_transformers_loaded_four_tokens(
+    tmp_path,
+) -> None:
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0 - i) for i, c in enumerate("abcdeft\u2581")]
+    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(tmp_path / "tokenizer_3")
+    assert damaged_files(tmp_path, ["tokenizer_3"], None, safetensors=True) == []
+    (tmp_path / "tokenizer_3" / "tokenizer.json").unlink()
+    peer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer_3")  # no error
+    assert len(peer) == 4 and set(peer.convert_ids_to_tokens(peer("a cat").input_ids[:-1])) == {"<unk>", "\u2581"}
+    assert damaged_files(tmp_path, ["tokenizer_3"], None, safetensors=True) == [
+        "tokenizer_3/spiece.model is missing, and there is no tokenizer.json (a T5Tokenizer is built from "
+        "tokenizer.json, or from spiece.model: without them, transformers built a tokenizer of its special tokens "
+        "alone that reads every word as unknown, or raised an error naming no file)"
+    ]
 
 
 def test_merges_that_load_are_passed_to_the_tables_check(tmp_path, saved) -> None:
