@@ -5,7 +5,7 @@ very same folder, saved by diffusers' pipeline as the hub's folders are.
 Our load does what diffusers' does and, before it, checks the folder (`saved_folder_checks`:
 `model_index.json`, every JSON file a component's loader reads, the header of every
 safetensors file of the weights variant asked for, a slow tokenizer's `merges.txt` against its
-`vocab.json` and a CLIP tokenizer's vocabulary files) and, after it, each CLIP tokenizer's BPE tables (`clipcond.bpe_tables`). Those
+`vocab.json` and a CLIP or T5 tokenizer's vocabulary files) and, after it, each CLIP tokenizer's BPE tables (`clipcond.bpe_tables`). Those
 checks cost about the same on any folder (the tokenizer files are CLIP's whole vocabulary
 whatever the model's size), so the ratio is largest on small models; the rows give both ends:
 
