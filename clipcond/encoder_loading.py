@@ -22,7 +22,7 @@ import torch
 
 from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_config import EncoderSource
-from clipcond.file_damage import damaged_files
+from clipcond.file_damage import damaged_files, refuse_damaged_files
 
 BUILTIN_CLIP_TOKENIZER = "builtin-clip"
 
@@ -144,11 +144,7 @@ def _check_local_files(source: EncoderSource, kind: str) -> None:
         if root.is_dir():
             # "<subfolder>/<file> <problem>" behind the root, joined as text: the problem is no path
             found += [os.path.join(root, damage) for damage in damaged_files(root, [subfolder], None, safetensors=True)]
-    if found:
-        raise ValueError(
-            f"the {kind} encoder at {source.path!r} has damaged files (cut short, or overwritten?): "
-            f"{'; '.join(found)}; nothing was loaded"
-        )
+    refuse_damaged_files(f"the {kind} encoder at {source.path!r}", found)
 
 
 def _with_encoder_subfolder(source: EncoderSource) -> EncoderSource:

@@ -11,15 +11,19 @@ out of vocabulary", "Merges text file invalid at line 25582"), naming no file; w
 `vocab.json` and `merges.txt` too (or a T5 tokenizer's `spiece.model`), a tokenizer folder
 loaded as a tokenizer of its special tokens alone that reads every word as unknown, with no
 error.
-`damaged_files` reads the files first and names each damaged one; a saved pipeline's
-`from_pretrained` (`clipcond.pipelines.saved_folder_checks`) and a conditioner's encoder loader
-(`clipcond.encoder_loading`) refuse a folder it finds damage in before loading anything.
+`damaged_files` reads the files first and names each damaged one; `refuse_damaged_files`
+raises on what it found (`refuse_damaged_folder`: both, for one folder). A saved pipeline's `from_pretrained`
+(`clipcond.pipelines.saved_folder_checks`), a conditioner's encoder loader
+(`clipcond.encoder_loading`), `clipcond.models.load_clip` and `load_text_tower`, and the lab's
+CLIP-score loader (`clipcond.lab.metrics.load_clip_scorer`) refuse a folder it finds damage in
+before loading anything.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from clipcond.json_reading import read_json_with_collector_paused
@@ -78,6 +82,32 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
             if problem:
                 found.append(f"{subfolder}/{name} {problem}" if subfolder else f"{name} {problem}")
     return found
+
+
+def refuse_damaged_files(what: str, found: Sequence[str]) -> None:
+    """Raise when `found` (what `damaged_files` returned, each entry perhaps behind a root)
+    names damaged files of `what` (e.g. ``"the pipeline saved at <folder>"``).
+
+    Raises:
+        ValueError: ``"<what> has damaged files (cut short, or overwritten?): <found, joined
+            by '; '>; nothing was loaded"``.
+    """
+    if found:
+        raise ValueError(
+            f"{what} has damaged files (cut short, or overwritten?): {'; '.join(found)}; nothing was loaded"
+        )
+
+
+def refuse_damaged_folder(what: str, folder: Path, subfolders: Iterable[str]) -> None:
+    """`refuse_damaged_files` on `damaged_files` of `folder`'s `subfolders` (the files without a
+    variant, safetensors files included), each behind `folder` (joined as text: a problem is no
+    path).
+
+    Raises:
+        ValueError: naming `what` and each damaged file by its whole path.
+    """
+    found = damaged_files(folder, subfolders, None, safetensors=True)
+    refuse_damaged_files(what, [os.path.join(folder, damage) for damage in found])
 
 
 def _of_variant(path: Path, variant: str | None) -> bool:
@@ -153,4 +183,4 @@ def _safetensors_problem(path: Path) -> str | None:
         return f"cannot be read as safetensors ({error})"
 
 
-__all__ = ["damaged_files"]
+__all__ = ["damaged_files", "refuse_damaged_files", "refuse_damaged_folder"]

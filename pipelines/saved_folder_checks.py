@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from clipcond.file_damage import damaged_files
+from clipcond.file_damage import damaged_files, refuse_damaged_files
 
 INDEX_NAME = "model_index.json"
 
@@ -84,11 +84,7 @@ def check_pipeline_folder(
     check_model_index(index, components, str(where))
     saved = [name for name in components if isinstance(index.get(name), list) and index[name] != [None, None]]
     found = damaged_files(folder, saved, variant, safetensors=use_safetensors is not False)
-    if found:
-        raise ValueError(
-            f"the pipeline saved at {folder} has damaged files (cut short, or overwritten?): {'; '.join(found)}; "
-            "nothing was loaded"
-        )
+    refuse_damaged_files(f"the pipeline saved at {folder}", found)
 
 
 __all__ = ["INDEX_NAME", "check_model_index", "check_pipeline_folder"]

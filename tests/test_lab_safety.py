@@ -100,6 +100,13 @@ def _moved_away(target: Path):
     return lambda: aside.rename(target)
 
 
+def _vocabulary_moved_away(tokenizer: Path):
+    """`tokenizer`'s tokenizer.json, vocab.json and merges.txt moved aside: transformers then
+    built a CLIP tokenizer of its two special tokens with no error (`clipcond.file_damage`)."""
+    undos = [_moved_away(tokenizer / name) for name in ("tokenizer.json", "vocab.json", "merges.txt")]
+    return lambda: [undo() for undo in undos]
+
+
 # id -> (the damaged model, the damage (returns its undo), whether the undo leaves other files
 # than the first run's: the .bin case converts the weights first, a new digest)
 DAMAGES = {
@@ -112,6 +119,8 @@ DAMAGES = {
         lambda models: _moved_away(models["a"] / "unet/diffusion_pytorch_model.safetensors"),
         False,
     ),
+    "tokenizer.json cut": ("a", lambda models: _cut(models["a"] / "tokenizer/tokenizer.json"), False),
+    "tokenizer vocabulary missing": ("a", lambda models: _vocabulary_moved_away(models["a"] / "tokenizer"), False),
     "clip weights cut": (
         "clip",
         lambda models: _cut(next((models["clip"] / "image_encoder").glob("*.safetensors"))),

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from clipcond.errors import one_line
+from clipcond.file_damage import damaged_files
 from clipcond.json_reading import read_json_with_collector_paused
 from clipcond.lab.config import SetupConfig
 from clipcond.lab.digests import model_files
@@ -63,7 +64,10 @@ def check_loadable(folder: str | Path, what: str) -> None:
     - every torch zip file (``.bin``, ``.pt``, ``.pth``) has its central directory (a file cut
       short loses it); a legacy non-zip pickle is not checked;
     - every component that ``model_index.json`` lists has its folder, and every component
-      folder with a model ``config.json`` holds a weights file.
+      folder with a model ``config.json`` holds a weights file;
+    - every tokenizer folder holds the vocabulary its loader reads, and a ``merges.txt`` read
+      without a ``tokenizer.json`` fits its ``vocab.json`` (`clipcond.file_damage`: without
+      them, transformers built a tokenizer of its special tokens alone, with no error).
 
     Args:
         folder: a model folder (a saved pipeline, a CLIP folder); files as `folder_digest` sees them.
@@ -73,12 +77,13 @@ def check_loadable(folder: str | Path, what: str) -> None:
 
     folder = Path(folder)
     with loading(what, folder):
-        for path in model_files(folder):
+        files = model_files(folder)
+        for path in files:
             suffix = path.suffix.lower()
             if suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:
                     handle.keys()
-            elif suffix == ".json":  # a tokenizer.json is 1-4 MB: parsed with the collector paused
+            elif suffix == ".json" and path.name != "tokenizer.json":  # that one (1-4 MB): by damaged_files below
                 read_json_with_collector_paused(path.read_text(encoding="utf-8"), type)
             elif suffix in (".yaml", ".yml"):
                 yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -87,6 +92,10 @@ def check_loadable(folder: str | Path, what: str) -> None:
         index = folder / "model_index.json"
         if index.is_file():
             _check_components(folder, json.loads(index.read_text(encoding="utf-8")))
+        subfolders = sorted({path.parent.relative_to(folder).as_posix() for path in files} - {"."})
+        found = damaged_files(folder, ["", *subfolders], None, safetensors=False)  # headers opened above
+        if found:
+            raise ValueError("; ".join(found))
 
 
 def _check_torch_zip(path: Path) -> None:

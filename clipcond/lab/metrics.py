@@ -191,7 +191,9 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
         device: where the model runs.
 
     Raises:
-        ValueError: a saved BPE tokenizer whose merges do not make its vocabulary
+        ValueError: a damaged file in the folder (`clipcond.file_damage`: a safetensors or JSON
+            file cut short, a tokenizer's vocabulary file missing; each is named), found before
+            anything is loaded; or a saved BPE tokenizer whose merges do not make its vocabulary
             (`clipcond.bpe_tables`).
     """
     path = Path(path)
@@ -202,6 +204,9 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
     if (path / "config.json").is_file():
         from transformers import CLIPModel
 
+        from clipcond.file_damage import refuse_damaged_folder
+
+        refuse_damaged_folder(f"the CLIP at {path}", path, [""])
         model = CLIPModel.from_pretrained(path).to(device)
         scorer = clip_scorer(model)
         tokenizer, image_processor = scorer.tokenizer, scorer.image_processor

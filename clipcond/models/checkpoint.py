@@ -33,6 +33,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.models.config import load_model_config
 from clipcond.models.two_tower import ClipTwoTower
 from clipcond.tokenization import clip_tokenizer
@@ -82,11 +83,19 @@ def save_clip(model: ClipTwoTower, folder: str | Path, logit_bias: torch.Tensor 
 
 
 def load_clip(folder: str | Path) -> ClipTwoTower:
-    """Rebuild the `ClipTwoTower` written by `save_clip`, in the dtype it was saved in, in eval mode."""
+    """Rebuild the `ClipTwoTower` written by `save_clip`, in the dtype it was saved in, in eval mode.
+
+    Raises:
+        FileNotFoundError: `folder` has no ``clip_config.yaml`` or lacks a weights file.
+        ValueError: a safetensors or JSON file of the folder, its ``text_encoder/`` or its
+            ``image_encoder/`` is damaged (`clipcond.file_damage`; each is named), found before
+            anything is loaded; or the config is invalid.
+    """
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a folder written by save_clip: {CONFIG_NAME} is missing")
+    refuse_damaged_folder(f"the CLIP saved at {folder}", folder, ["", TEXT_DIR, IMAGE_DIR])
     model = ClipTwoTower(load_model_config(config_path))
     text = _read_weights(folder / TEXT_DIR / WEIGHTS_NAME)
     vision = _read_weights(folder / IMAGE_DIR / WEIGHTS_NAME)
@@ -119,12 +128,19 @@ def load_text_tower(path: str | Path, dtype: torch.dtype | None = None) -> CLIPT
     Returns:
         A `CLIPTextModelWithProjection` in eval mode: input_ids (batch, seq) -> `last_hidden_state`
         (batch, seq, width), `text_embeds` (batch, embed_dim).
+
+    Raises:
+        FileNotFoundError: no ``config.json`` at `path` or in its ``text_encoder/``.
+        ValueError: a safetensors or JSON file of the text encoder's folder is damaged
+            (`clipcond.file_damage`; each is named), found before anything is loaded; or the
+            weights lack the projection.
     """
     path = Path(path)
     if (path / TEXT_DIR).is_dir():
         path = path / TEXT_DIR
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no text encoder at {path}: expected config.json (or a {TEXT_DIR}/ subfolder)")
+    refuse_damaged_folder(f"the text encoder at {path}", path, [""])
     model, info = CLIPTextModelWithProjection.from_pretrained(
         path, dtype=dtype if dtype is not None else "auto", output_loading_info=True
     )
