@@ -7,7 +7,9 @@ pipeline's: its pad token matters (SD 2.x and OpenCLIP towers pad with "!", Open
 OpenAI's CLIP vocabulary becomes the bundled one with its pad token and context length (keeping
 OpenAI's text cleaning, as train-clip reads captions); any other (another vocabulary, added
 tokens) is used as saved. A folder that holds no tokenizer gets the bundled one. Damaged files are a `RunSetupError` naming the
-key and the folder (`reading_part`).
+key and the folder (`reading_part`); each folder is checked first (`clipcond.file_damage`), so
+the error names the damaged file too, and a tokenizer folder that lost its vocabulary files
+(which transformers loads as a tokenizer of its special tokens alone, with no error) is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from clipcond.bpe_tables import check_bpe_tables
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
@@ -51,6 +54,7 @@ def load_frozen_text_encoder(path: str) -> nn.Module:
         # float32 whatever the stored dtype (the bundled model's is float16): the run computes in
         # float32 and mixed precision is accelerate's autocast, as for the UNet
         with reading_part("text_encoder", path):
+            refuse_damaged_folder("the folder", folder, [""])
             model = CLIPTextModel.from_pretrained(folder, dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(level)
@@ -68,6 +72,8 @@ def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
         raise FileNotFoundError(f"t5_encoder: no T5 encoder at {path} (expected config.json or text_encoder/)")
     tokenizer_folder = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
     with reading_part("t5_encoder", path):
+        for part in dict.fromkeys([tokenizer_folder, model_folder]):
+            refuse_damaged_folder("the folder", part, [""])
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
         model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
     return model.eval().requires_grad_(False), tokenizer
@@ -108,6 +114,7 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
     if folder is None:
         return clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
+        refuse_damaged_folder("the folder", folder, [""])
         tokenizer = AutoTokenizer.from_pretrained(folder)
         check_bpe_tables(tokenizer, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings
