@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.resources
-import json
 import math
 import re
 import sys
@@ -181,20 +180,24 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     model is stored in float16 to keep the package small and loads in float32 on a CPU).
 
     Raises:
-        ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt).
+        ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt), or a
+            damaged file (`clipcond.pipelines.saved_folder_checks`; checked before any
+            component loads, a diffusers pipeline's folder too).
     """
     from diffusers import DiffusionPipeline
 
     import clipcond.pipelines
     from clipcond.pipelines import CLIPConditionedPipeline  # with the tokenizer's module its folders name
+    from clipcond.pipelines.saved_folder_checks import check_pipeline_folder, saved_class_name
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    index = Path(model) / "model_index.json"
-    saved_as = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    saved_as = saved_class_name(model)
     if saved_as == CLIPConditionedPipeline.__name__:
         return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
     if saved_as in SAVED_PIPELINE_CLASSES:  # a saved img2img or inpainting pipeline: text to image on its components
         return CLIPConditionedPipeline.from_pipe(getattr(clipcond.pipelines, saved_as).from_pretrained(model, **kwargs))
+    if Path(model).is_dir():  # a diffusers pipeline's folder: checked first, as a saved one is
+        check_pipeline_folder(model)
     pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(

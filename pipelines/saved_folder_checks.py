@@ -62,13 +62,14 @@ def check_model_index(index: Any, components: Iterable[str], where: str) -> None
 
 def check_pipeline_folder(
     folder: str | os.PathLike,
-    components: Iterable[str],
+    components: Iterable[str] | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
 ) -> None:
     """Refuse a saved pipeline `folder` whose `model_index.json` diffusers could not read
     (`check_model_index`) or whose components' files are damaged (`damaged_files`), before any
-    component is loaded. `components`: the pipeline class's component names; `variant` and
+    component is loaded. `components`: the pipeline class's component names (None: those of the
+    diffusers pipeline class the index names, `index_components`); `variant` and
     `use_safetensors`: `from_pretrained`'s (safetensors files are not read when it is False).
 
     Raises:
@@ -80,11 +81,50 @@ def check_pipeline_folder(
         index = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # no index, or none that is JSON: diffusers' error names the file
-    components = list(components)
+    components = list(components) if components is not None else index_components(index)
     check_model_index(index, components, str(where))
     saved = [name for name in components if isinstance(index.get(name), list) and index[name] != [None, None]]
     found = damaged_files(folder, saved, variant, safetensors=use_safetensors is not False)
     refuse_damaged_files(f"the pipeline saved at {folder}", found)
 
 
-__all__ = ["INDEX_NAME", "check_model_index", "check_pipeline_folder"]
+def saved_class_name(folder: str | os.PathLike) -> str | None:
+    """The pipeline class that `folder`'s `model_index.json` names (`_class_name`); None when
+    the folder has no index, or one that is no object or names no class as a string
+    (`check_model_index` refuses those).
+
+    Raises:
+        ValueError: the index is no UTF-8 JSON, naming the file (json's error names none).
+    """
+    where = Path(folder) / INDEX_NAME
+    if not where.is_file():
+        return None
+    try:
+        index = json.loads(where.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is no UTF-8 text (a damaged file?): nothing was loaded") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{where} is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno}; a damaged file?): "
+            "nothing was loaded"
+        ) from None
+    named = index.get("_class_name") if isinstance(index, dict) else None
+    return named if isinstance(named, str) else None
+
+
+def index_components(index: Any) -> list[str]:
+    """The component names of the diffusers pipeline class that `index` (a read
+    `model_index.json`) names as `_class_name`; for a class diffusers lacks (a community
+    pipeline), the entries that are lists. [] for an index that is no JSON object."""
+    import diffusers
+
+    if not isinstance(index, dict):
+        return []
+    named = index.get("_class_name")
+    pipeline_class = getattr(diffusers, named, None) if isinstance(named, str) else None
+    if isinstance(pipeline_class, type) and issubclass(pipeline_class, diffusers.DiffusionPipeline):
+        return sorted(pipeline_class._get_signature_keys(pipeline_class)[0])
+    return sorted(name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list))
+
+
+__all__ = ["INDEX_NAME", "check_model_index", "check_pipeline_folder", "index_components", "saved_class_name"]

@@ -297,12 +297,17 @@ DAMAGED_DIFFUSION_PARTS = {
         lambda path: path.write_bytes(b""),
         "Error while deserializing header",
     ),
-    "text_encoder_config_empty": ("text_encoder", "text_encoder/config.json", lambda path: path.write_text(""), "JSON"),
+    "text_encoder_config_empty": (
+        "text_encoder",
+        "text_encoder/config.json",
+        lambda path: path.write_text(""),
+        "text_encoder/config.json is empty",
+    ),
     "text_encoder_config_a_list": (
         "text_encoder",
         "text_encoder/config.json",
         lambda path: path.write_text("[]"),
-        "must be a mapping, not list",
+        "text_encoder/config.json holds a JSON list, not an object",
     ),
     "model_index_not_json": (
         "init_from",

@@ -372,6 +372,7 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
     from clipcond.conditioning import TextConditioner
     from clipcond.pipelines import CLIPConditionedPipeline
     from clipcond.pipelines.generate import SAVED_PIPELINE_CLASSES, load_pipeline
+    from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
 
     context, index = f"--pipeline {folder}: ", Path(folder) / "model_index.json"
     loading = (*loading, RuntimeError)  # transformers' error for some damaged components (a config.json missing)
@@ -392,6 +393,7 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
             f"give a saved {CLIPConditionedPipeline.__name__} or a diffusers pipeline"
         )
     with user_errors(*loading, context=context):
+        check_pipeline_folder(folder)  # its damaged files named before any component loads
         return TextConditioner.from_pipeline(diffusers.DiffusionPipeline.from_pretrained(folder))
 
 
