@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -314,6 +315,39 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         not torch.equal(a[k], load_file(straight / "checkpoints" / "step-000000002" / "model.safetensors")[k])
         for k in a
     )
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (
+            _cut_in_half,
+            "the run's tokenizer has damaged files (cut short, or overwritten?): {tokenizer}/tokenizer.json is ",
+        ),
+        (Path.unlink, "tokenizer.json, the run's trained tokenizer, is missing: restore it"),
+    ],
+    ids=["tokenizer.json cut", "tokenizer.json removed"],
+)
+def test_a_resume_with_the_runs_tokenizer_damaged_is_one_setup_error_naming_it(trained, tmp_path, damage, said):
+    """The kept tokenizer cannot be trained again (the checkpoints' ids are its): the resume
+    stops naming its file, and leaves the run folder as it was. Before, a cut tokenizer.json was
+    json's bare error and a removed one transformers' advice to install sentencepiece."""
+    from clipcond.training.loop import RunSetupError
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    shutil.rmtree(newest)  # a run stopped before its last checkpoint: it resumes
+    tokenizer = run / "tokenizer"
+    damage(tokenizer / "tokenizer.json")
+    before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+    expected = f"output_dir {tokenizer}: " + said.format(tokenizer=tokenizer)
+    with pytest.raises(RunSetupError, match=re.escape(expected)):
+        train_t5(tiny_config(run), resume=True, show_progress=False)
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
 
 
 def test_training_lowers_the_loss(tmp_path: Path) -> None:

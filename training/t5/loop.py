@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from clipcond.errors import user_errors
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.training.data import CaptionSource, CaptionTokenizer
 from clipcond.training.data.sources import SkipCounter
-from clipcond.training.loop import RunSetupError, TrainingRun
+from clipcond.training.loop import RunSetupError, TrainingRun, reading_part
 from clipcond.training.optim import adamw_with_warmup_cosine
 from clipcond.training.t5.batches import SpanCorruptionBatches, heldout_batches
 from clipcond.training.t5.config import TrainT5Config
@@ -72,7 +73,11 @@ def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir:
 
     kept = output_dir / TOKENIZER_DIR
     if resuming and (kept / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(kept)
+        with reading_part("output_dir", kept):  # a damaged file is named (`clipcond.file_damage`)
+            if not (kept / "tokenizer.json").is_file():  # transformers' error would name no file
+                raise FileNotFoundError("tokenizer.json, the run's trained tokenizer, is missing: restore it")
+            refuse_damaged_folder("the run's tokenizer", kept, [""])
+            return AutoTokenizer.from_pretrained(kept)
     settings = config.tokenizer
     tokenizer = train_t5_tokenizer(
         source.first(settings.train_captions), settings.vocab_size, settings.sentinels, settings.max_length
