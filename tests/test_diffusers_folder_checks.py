@@ -18,7 +18,7 @@ import pytest
 from tiny_pipelines import build_sd
 
 from clipcond.pipelines.generate import load_pipeline
-from clipcond.pipelines.saved_folder_checks import index_components
+from clipcond.pipelines.saved_folder_checks import index_components, saved_class_name
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,9 @@ def test_index_components_are_the_named_classes_or_the_list_entries() -> None:
     index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
     assert index_components(index) == sorted(sd._get_signature_keys(sd)[0])
     assert "safety_checker" in index_components(index) and "requires_safety_checker" not in index_components(index)
-    community = {"_class_name": "MyPipeline", "_diffusers_version": "0.1", "unet": ["x", "Y"], "flag": True}
+    community = {"_class_name": "MyPipeline", "_diffusers_version": "0.1", "_x": ["a", "b"], "unet": ["x", "Y"], "f": 1}
     assert index_components(community) == ["unet"]
+    assert index_components({"_class_name": 5, "unet": ["x", "Y"]}) == ["unet"]  # no name: no class looked up
     assert index_components({"_class_name": "ConfigMixin", "unet": ["x", "Y"]}) == ["unet"]  # no pipeline class
     assert index_components(json.loads("[1, 2]")) == []
 
@@ -133,3 +134,30 @@ def test_generate_names_a_damaged_model_index_in_one_line(diffusers_folder, tmp_
     assert not any("Traceback" in line for line in error)
     assert error[-1].startswith(f"error: --model {folder}: ") and f"{folder / 'model_index.json'}{said}" in error[-1]
     assert not output.exists()
+
+
+def test_saved_class_name_reads_the_index_or_says_none(tmp_path) -> None:
+    assert saved_class_name(tmp_path) is None  # no index
+    index = tmp_path / "model_index.json"
+    for content, named in [
+        (
+            {"_class_name": "CLIPConditionedPipeline", "unet": ["diffusers", "UNet2DConditionModel"]},
+            "CLIPConditionedPipeline",
+        ),
+        ({"unet": ["diffusers", "UNet2DConditionModel"]}, None),
+        ({"_class_name": ["StableDiffusionPipeline"]}, None),
+        (["_class_name", "StableDiffusionPipeline"], None),
+    ]:
+        index.write_text(json.dumps(content))
+        assert saved_class_name(tmp_path) == named, content
+    index.write_text('{"_class_name": ')
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(str(index))} is no valid JSON \(Expecting value: line 1, column 17; a damaged file\?\): nothing was loaded$",
+    ):
+        saved_class_name(tmp_path)
+    index.write_bytes(b'{"_class_name": "caf\xe9"}')
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(index))} is no UTF-8 text \(a damaged file\?\): nothing was loaded$"
+    ):
+        saved_class_name(tmp_path)
