@@ -10,7 +10,8 @@ Without a `tokenizer.json`, a BPE tokenizer is built from `vocab.json` and `merg
 out of vocabulary", "Merges text file invalid at line 25582"), naming no file; without
 `vocab.json` and `merges.txt` too (or a T5 tokenizer's `spiece.model`), a tokenizer folder
 loaded as a tokenizer of its special tokens alone that reads every word as unknown, with no
-error.
+error; one saved from a `tokenizers` object (train-t5's) without `tokenizer.json` or
+`tokenizer.model` failed with transformers' advice to install sentencepiece, naming no file.
 `damaged_files` reads the files first and names each damaged one; `refuse_damaged_files`
 raises on what it found (`refuse_damaged_folder`: both, for one folder). A saved pipeline's `from_pretrained`
 (`clipcond.pipelines.saved_folder_checks`), a conditioner's encoder loader
@@ -47,8 +48,19 @@ _WEIGHTS_SUFFIX = ".safetensors"
 # a fast tokenizer reads its tokenizer.json alone; these are read only without one
 _SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
 # the tokenizer classes (as a tokenizer_config.json names them) of the text encoders clipcond
-# reads whose vocabulary files are checked; transformers' `vocab_files_names` says which they are
-_VOCABULARY_CHECKED_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast"})
+# reads whose vocabulary files are checked; transformers' `vocab_files_names` says which they are.
+# A tokenizer saved from a `tokenizers` object (train-t5's) is a TokenizersBackend (transformers 5)
+# or PreTrainedTokenizerFast: built from tokenizer.json or a sentencepiece tokenizer.model.
+_VOCABULARY_CHECKED_CLASSES = frozenset(
+    {
+        "CLIPTokenizer",
+        "CLIPTokenizerFast",
+        "T5Tokenizer",
+        "T5TokenizerFast",
+        "TokenizersBackend",
+        "PreTrainedTokenizerFast",
+    }
+)
 
 
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
@@ -57,10 +69,11 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     '<subfolder>/<file> <problem>' for a JSON file that is empty, no UTF-8 text, no JSON or no
     JSON object, a `merges.txt` that tokenizers cannot build BPE tables from with the
     `vocab.json` beside it (neither is read beside a `tokenizer.json`: a fast tokenizer reads
-    the latter alone), a vocabulary file missing from a CLIP or T5 tokenizer's folder without a
-    `tokenizer.json` (`vocab.json` and `merges.txt`; `spiece.model`), and (when `safetensors`) a safetensors file of `variant` (None: the files
-    without a variant) whose header cannot be read or does not cover the file. [] for a whole
-    folder."""
+    the latter alone), a vocabulary file missing from a CLIP, T5 or tokenizers-backed
+    tokenizer's folder without a `tokenizer.json` (`vocab.json` and `merges.txt`;
+    `spiece.model`; `tokenizer.model`), and (when `safetensors`) a safetensors file of `variant`
+    (None: the files without a variant) whose header cannot be read or does not cover the file.
+    [] for a whole folder."""
     found = []
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
@@ -139,10 +152,11 @@ def _json_problem(path: Path) -> str | None:
 
 def _missing_vocabulary(part: Path) -> dict[str, str]:
     """file -> problem for each vocabulary file that the tokenizer folder `part`, which has no
-    `tokenizer.json`, lacks, when its (whole) `tokenizer_config.json` names a CLIP or T5
-    tokenizer class: without them, transformers 5 built a tokenizer of its special tokens alone
-    (CLIP: 2, T5: 4) that reads every word as unknown, with no error, or (CLIP without one of
-    its two files) raised a ValueError naming no file."""
+    `tokenizer.json`, lacks, when its (whole) `tokenizer_config.json` names a CLIP, T5 or
+    tokenizers-backed tokenizer class: without them, transformers 5 built a tokenizer of its
+    special tokens alone (CLIP: 2, T5: 4) that reads every word as unknown, with no error, or
+    (CLIP without one of its two files; a tokenizers-backed class) raised a ValueError naming
+    no file."""
     import transformers
 
     config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))

@@ -95,8 +95,18 @@ def test_a_damaged_clip_tower_folder_is_a_setup_error_naming_the_file(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("damaged", ["text_encoder/model.safetensors", "tokenizer/tokenizer.json"])
-def test_a_damaged_t5_folder_is_a_setup_error_naming_the_file(tmp_path, monkeypatch, t5_tokenizer_path, damaged):
+# damage -> (what it does to the file, the file named, what is said of it)
+T5_DAMAGES = {
+    "weights cut": (_cut_in_half, "text_encoder/model.safetensors", "cannot be read as safetensors"),
+    "tokenizer.json cut": (_cut_in_half, "tokenizer/tokenizer.json", "is no valid JSON"),
+    # a tokenizer saved from a `tokenizers` object (a TokenizersBackend) is built from tokenizer.json or
+    # tokenizer.model; without both, transformers' error advised installing sentencepiece
+    "tokenizer.json removed": (Path.unlink, "tokenizer/tokenizer.model", "is missing, and there is no tokenizer.json"),
+}
+
+
+@pytest.mark.parametrize("damage", T5_DAMAGES.values(), ids=T5_DAMAGES.keys())
+def test_a_damaged_t5_folder_is_a_setup_error_naming_the_file(tmp_path, monkeypatch, t5_tokenizer_path, damage):
     import shutil
 
     from clipcond.training.diffusion.frozen_encoders import load_frozen_t5
@@ -105,10 +115,32 @@ def test_a_damaged_t5_folder_is_a_setup_error_naming_the_file(tmp_path, monkeypa
     tiny_pipelines.t5_encoder(0, vocab_size=400).save_pretrained(root / "text_encoder")
     shutil.copytree(t5_tokenizer_path, root / "tokenizer")
     load_frozen_t5(str(root))  # whole, it loads
-    _cut_in_half(root / damaged)
+    harm, named, problem = damage
+    harm(root / ("tokenizer/tokenizer.json" if harm is Path.unlink else named))
     loads = _no_loads(monkeypatch)
-    with pytest.raises(
-        RunSetupError, match=rf"^t5_encoder {re.escape(str(root))}: .*{re.escape(str(root / damaged))} "
-    ):
+    expected = rf"^t5_encoder {re.escape(str(root))}: .*{re.escape(f'{root / named} {problem}')}"
+    with pytest.raises(RunSetupError, match=expected):
         load_frozen_t5(str(root))
     assert loads == []
+
+
+@pytest.mark.parametrize("saved_as", ["TokenizersBackend", "PreTrainedTokenizerFast"])
+def test_a_tokenizers_backed_folder_without_its_files_is_named_as_either_transformers_saves_it(
+    tmp_path, t5_tokenizer_path, saved_as
+) -> None:
+    """transformers 5 records a tokenizer saved from a `tokenizers` object as TokenizersBackend,
+    transformers 4 as PreTrainedTokenizerFast: both are built from tokenizer.json or tokenizer.model."""
+    import json
+    import shutil
+
+    from clipcond.file_damage import damaged_files
+
+    folder = Path(shutil.copytree(t5_tokenizer_path, tmp_path / "tokenizer"))
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": saved_as}))
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+    (folder / "tokenizer.json").unlink()
+    (found,) = damaged_files(tmp_path, ["tokenizer"], None, safetensors=True)
+    assert found.startswith(f"tokenizer/tokenizer.model is missing, and there is no tokenizer.json (a {saved_as} ")
+    (folder / "tokenizer.model").write_bytes(b"a sentencepiece model")  # present: transformers reads it
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
