@@ -7,7 +7,9 @@ result of one of the 48,894 merges. A `merges.txt` cut short at a line's end, or
 loads in transformers (tokenizers refuses only a merge whose halves are not in the vocabulary)
 and gives a tokenizer that splits words into smaller pieces: an empty one spelled "photo" as
 five letters, ids the text encoder was never trained on, with no error. `check_bpe_tables`
-refuses such a tokenizer where clipcond loads one from disk.
+refuses such a tokenizer where clipcond loads one from disk; `unmade_in_tokenizer_json` reads
+a `tokenizer.json` file's own state the same way, so that the folder check
+(`clipcond.file_damage`) refuses its merges before anything loads.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from clipcond.json_reading import read_json_with_collector_paused
 
-__all__ = ["check_bpe_tables", "unmade_tokens"]
+__all__ = ["check_bpe_tables", "describe_unmade", "unmade_in_tokenizer_json", "unmade_tokens"]
 
 # how many of the entries no merge makes a refusal names
 _NAMED = 3
@@ -35,18 +37,20 @@ def unmade_tokens(tokenizer: Any) -> list[str] | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    return read_json_with_collector_paused(backend.to_str(), _unmade_in_state)
+    return read_json_with_collector_paused(backend.to_str(), unmade_in_tokenizer_json)
 
 
-def _unmade_in_state(state: dict[str, Any]) -> list[str] | None:
-    """`unmade_tokens` of a tokenizers backend's state (its `to_str()` parsed)."""
-    model = state.get("model") or {}
-    if model.get("type") != "BPE":
+def unmade_in_tokenizer_json(state: Any) -> list[str] | None:
+    """`unmade_tokens` of a tokenizers state: a parsed ``tokenizer.json`` (or a backend's
+    `to_str()`), its merges written as pairs (tokenizers >= 0.20) or as "first second" strings
+    (older files). None for a state that is no BPE tokenizer's."""
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
         return None
     suffix = model.get("end_of_word_suffix") or ""
     prefix = model.get("continuing_subword_prefix") or ""
-    # pairs: tokenizers >= 0.20 writes them so; a merge drops its second half's subword prefix
-    made = {first + second.removeprefix(prefix) for first, second in model.get("merges") or ()}
+    pairs = (merge.split(" ", 1) if isinstance(merge, str) else merge for merge in model.get("merges") or ())
+    made = {first + second.removeprefix(prefix) for first, second in pairs}  # the second half drops its prefix
     added = {token["content"] for token in state.get("added_tokens") or ()}
     unmade = []
     for token in model.get("vocab") or {}:  # in id order, as tokenizers writes it
@@ -67,9 +71,14 @@ def check_bpe_tables(tokenizer: Any, where: str) -> None:
     unmade = unmade_tokens(tokenizer)
     if not unmade:
         return
-    named = ", ".join(repr(token) for token in unmade[:_NAMED])
     raise ValueError(
-        f"the tokenizer of {where} has {len(unmade)} vocabulary entries that no merge rule makes ({named}"
-        f"{', ...' if len(unmade) > _NAMED else ''}): its merges (merges.txt, or model.merges in tokenizer.json) "
-        "are cut short or damaged, and it would split words into pieces the text encoder was not trained on"
+        f"the tokenizer of {where} {describe_unmade(unmade)}: its merges (merges.txt, or model.merges in "
+        "tokenizer.json) are cut short or damaged, and it would split words into pieces the text encoder was not "
+        "trained on"
     )
+
+
+def describe_unmade(unmade: list[str]) -> str:
+    """``"has <n> vocabulary entries that no merge rule makes (<the first 3>, ...)"``."""
+    named = ", ".join(repr(token) for token in unmade[:_NAMED])
+    return f"has {len(unmade)} vocabulary entries that no merge rule makes ({named}{', ...' if len(unmade) > _NAMED else ''})"

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from clipcond.bpe_tables import describe_unmade, unmade_in_tokenizer_json
 from clipcond.json_reading import read_json_with_collector_paused
 
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
@@ -135,19 +136,32 @@ def _of_variant(path: Path, variant: str | None) -> bool:
 
 
 def _json_problem(path: Path) -> str | None:
-    """Why the JSON file `path` cannot be read as an object, or None."""
+    """Why the JSON file `path` cannot be read as an object, or None; for a `tokenizer.json`,
+    also a BPE model whose merges do not make its vocabulary (`clipcond.bpe_tables`: cut
+    short, its tokenizer splits words into pieces the text encoder was not trained on)."""
     raw = path.read_bytes()
     if not raw.strip():
         return "is empty"
+    read = _kind_and_unmade if path.name == "tokenizer.json" else lambda value: (type(value), None)
     try:
-        kind = read_json_with_collector_paused(raw.decode("utf-8"), type)
+        kind, unmade = read_json_with_collector_paused(raw.decode("utf-8"), read)
     except UnicodeDecodeError:
         return "is no UTF-8 text"
     except json.JSONDecodeError as error:
         return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
     if kind is not dict:
         return f"holds a JSON {kind.__name__}, not an object"
+    if unmade:
+        return (
+            f"{describe_unmade(unmade)}: its model.merges are cut short or damaged, and its tokenizer would split words "
+            "into pieces the text encoder was not trained on"
+        )
     return None
+
+
+def _kind_and_unmade(value: object) -> tuple[type, list[str] | None]:
+    """A parsed tokenizer.json's type and the vocabulary entries its merges do not make."""
+    return type(value), unmade_in_tokenizer_json(value)
 
 
 def _missing_vocabulary(part: Path) -> dict[str, str]:

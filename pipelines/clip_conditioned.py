@@ -241,19 +241,27 @@ class CLIPConditionedPipeline(
         Raises:
             ValueError: a damaged folder, as above; a CLIP tokenizer whose merges do not make
                 its vocabulary (`clipcond.bpe_tables`: a merges.txt cut short loads in
-                transformers and splits words into pieces the encoder was not trained on); or
-                what diffusers raises.
+                transformers and splits words into pieces the encoder was not trained on),
+                found in a `tokenizer.json` with the folder, before anything loads, else in
+                the loaded tokenizer; or what diffusers raises.
         """
-        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
+        local = isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
             pretrained_model_name_or_path
-        ):
+        )
+        if local:
             cls._check_saved_folder(pretrained_model_name_or_path, kwargs)
         absent = ("text_encoder", "tokenizer")
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
-            if getattr(pipeline, name, None) is not None:
+            # a tokenizer read from the folder's tokenizer.json had its merges checked with the folder
+            checked = (
+                local
+                and name not in kwargs
+                and os.path.isfile(os.path.join(pretrained_model_name_or_path, name, "tokenizer.json"))
+            )
+            if getattr(pipeline, name, None) is not None and not checked:
                 check_bpe_tables(getattr(pipeline, name), f"{pretrained_model_name_or_path} ({name})")
         return pipeline
 

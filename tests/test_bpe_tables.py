@@ -75,16 +75,58 @@ def test_a_pipeline_folder_with_its_merges_cut_short_is_refused(tmp_path, sd_fol
     assert len(unmade_tokens(peer.tokenizer)) == missing
 
 
-def test_merges_cut_short_inside_tokenizer_json_are_refused(tmp_path, sd_folder) -> None:
-    """transformers reads tokenizer.json before vocab.json and merges.txt: its own merges count."""
+@pytest.mark.parametrize("written", ["pairs", "strings"])
+def test_merges_cut_short_inside_tokenizer_json_are_refused_before_anything_loads(
+    tmp_path, sd_folder, monkeypatch, written
+) -> None:
+    """transformers reads tokenizer.json before vocab.json and merges.txt: its own merges count,
+    checked with the folder (`clipcond.file_damage`), as tokenizers >= 0.20 writes them (pairs)
+    or as older files hold them ("first second" strings)."""
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+
     folder = tmp_path / "cut"
     shutil.copytree(sd_folder, folder)
     path = folder / "tokenizer" / "tokenizer.json"
     state = json.loads(path.read_text(encoding="utf-8"))
-    state["model"]["merges"] = state["model"]["merges"][:-10]
+    merges = state["model"]["merges"][:-10]
+    state["model"]["merges"] = merges if written == "pairs" else [" ".join(pair) for pair in merges]
     path.write_text(json.dumps(state), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"\(tokenizer\) has 10 vocabulary entries that no merge rule makes"):
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a component was loaded before the folder was checked")
+
+    monkeypatch.setattr(pipeline_utils, "load_sub_model", loaded)
+    message = (
+        rf"^the pipeline saved at {re.escape(str(folder))} has damaged files .*: tokenizer/tokenizer\.json has 10 "
+        r"vocabulary entries that no merge rule makes \('.*', \.\.\.\): its model\.merges are cut short"
+    )
+    with pytest.raises(ValueError, match=message):
         CLIPConditionedPipeline.from_pretrained(folder)
+
+
+def test_a_tokenizer_read_from_its_tokenizer_json_has_the_files_tables(sd_folder, tmp_path) -> None:
+    """What lets from_pretrained leave out the check after loading for a tokenizer read from a
+    checked tokenizer.json: the loaded tokenizer holds that file's vocabulary and merges
+    (clipcond's tokenizer and transformers' CLIPTokenizer, as SD and SDXL folders save them)."""
+    sdxl = tmp_path / "sdxl"
+    CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(sdxl)
+    for folder, name in [(sd_folder, "tokenizer"), (sdxl, "tokenizer"), (sdxl, "tokenizer_2")]:
+        loaded = getattr(CLIPConditionedPipeline.from_pretrained(folder), name)
+        saved = json.loads((folder / name / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        model = json.loads(loaded.backend_tokenizer.to_str())["model"]
+        assert (model["vocab"], model["merges"]) == (saved["vocab"], saved["merges"]), (folder, name)
+
+
+def test_a_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path, sd_folder) -> None:
+    """Not read from the folder, it is checked as it is: its merges cut short are refused."""
+    from transformers import CLIPTokenizer
+
+    cut = tmp_path / "cut-tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", cut)
+    _merges_kept(tmp_path, "cut-tokenizer", 48000)
+    tokenizer = CLIPTokenizer.from_pretrained(cut)
+    with pytest.raises(ValueError, match=r"\(tokenizer\) has 894 vocabulary entries that no merge rule makes"):
+        CLIPConditionedPipeline.from_pretrained(sd_folder, tokenizer=tokenizer)
 
 
 def test_sdxls_second_tokenizer_is_checked_too(tmp_path) -> None:
