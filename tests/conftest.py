@@ -56,6 +56,15 @@ def pixart_pipe(tmp_path_factory, t5_tokenizer_path):
 
 
 @pytest.fixture(scope="session")
+def diffusers_sd_folder(tmp_path_factory):
+    """A tiny StableDiffusionPipeline saved by diffusers (text_encoder/, tokenizer/, unet/, vae/,
+    scheduler/, model_index.json naming StableDiffusionPipeline). Read only: copy it to change it."""
+    folder = tmp_path_factory.mktemp("diffusers_sd") / "sd"
+    tiny_pipelines.build_sd().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_text_path(tmp_path_factory):
     """A saved CLIPTextModel with the offline CLIP tokenizer in the same folder."""
     folder = tmp_path_factory.mktemp("clip_text")

@@ -269,14 +269,10 @@ def test_a_path_the_training_config_names_is_reported_in_one_line(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory) -> Path:
-    """A tiny StableDiffusionPipeline, saved: text_encoder/, unet/, vae/, scheduler/, model_index.json."""
-    from tiny_pipelines import build_sd
-
-    folder = tmp_path_factory.mktemp("sd") / "sd"
-    build_sd().save_pretrained(folder)
-    return folder
+@pytest.fixture
+def sd_folder(diffusers_sd_folder) -> Path:
+    """conftest's tiny StableDiffusionPipeline folder (read only)."""
+    return diffusers_sd_folder
 
 
 def _truncate(path: Path) -> None:

@@ -15,18 +15,15 @@ from pathlib import Path
 import diffusers
 import diffusers.pipelines.pipeline_utils as pipeline_utils
 import pytest
-from tiny_pipelines import build_sd
 
 from clipcond.pipelines.generate import load_pipeline
 from clipcond.pipelines.saved_folder_checks import index_components, saved_class_name
 
 
-@pytest.fixture(scope="module")
-def diffusers_folder(tmp_path_factory) -> Path:
-    """A tiny StableDiffusionPipeline saved by diffusers (its index names StableDiffusionPipeline)."""
-    folder = tmp_path_factory.mktemp("diffusers") / "sd"
-    build_sd().save_pretrained(folder)
-    return folder
+@pytest.fixture
+def diffusers_folder(diffusers_sd_folder) -> Path:
+    """conftest's tiny StableDiffusionPipeline folder, saved by diffusers (read only)."""
+    return diffusers_sd_folder
 
 
 def _vocabulary_removed(folder: Path) -> str:
