@@ -64,6 +64,25 @@ _VOCABULARY_CHECKED_CLASSES = frozenset(
 )
 
 
+# the tokenizer classes whose tokenizer.json's BPE tables are checked (`clipcond.bpe_tables`): CLIP's,
+# whose every merged token a merge makes; other BPE vocabularies (a sentencepiece model converted
+# with byte fallback: Llama's, Gemma's) hold entries no merge makes by design
+_TABLES_CHECKED_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast", "CLIPTokenizerWithTextCleaning"})
+
+
+def bpe_tables_read(part: Path) -> bool:
+    """Whether `damaged_files` checks the BPE tables of the tokenizer saved in the folder
+    `part`: a CLIP tokenizer (its `tokenizer_config.json` says so) with a `tokenizer.json`,
+    which transformers reads alone."""
+    if not (part / "tokenizer.json").is_file():
+        return False
+    try:
+        config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no config, or a damaged one (named by `damaged_files`)
+    return isinstance(config, dict) and config.get("tokenizer_class") in _TABLES_CHECKED_CLASSES
+
+
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
     """What is wrong with each file in `folder`'s `subfolders` ("" for `folder` itself) that a
     component's loader reads:
@@ -79,12 +98,13 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
         unread = _SLOW_TOKENIZER_FILES if (part / "tokenizer.json").is_file() else frozenset()
+        tables = bpe_tables_read(part)
         problems: dict[str, str | None] = {}
         for path in sorted(part.iterdir()) if part.is_dir() else ():
             if path.name in unread:
                 continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
-                problems[path.name] = _json_problem(path)
+                problems[path.name] = _json_problem(path, tables and path.name == "tokenizer.json")
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
                 problems[path.name] = _safetensors_problem(path)
         if not unread and problems.get("tokenizer_config.json", "missing") is None:
@@ -135,14 +155,15 @@ def _of_variant(path: Path, variant: str | None) -> bool:
     return len(parts) == 2 and (parts[1] == variant or parts[1].startswith(f"{variant}-"))
 
 
-def _json_problem(path: Path) -> str | None:
-    """Why the JSON file `path` cannot be read as an object, or None; for a `tokenizer.json`,
-    also a BPE model whose merges do not make its vocabulary (`clipcond.bpe_tables`: cut
-    short, its tokenizer splits words into pieces the text encoder was not trained on)."""
+def _json_problem(path: Path, bpe_tables: bool = False) -> str | None:
+    """Why the JSON file `path` cannot be read as an object, or None; with `bpe_tables` (a CLIP
+    tokenizer's `tokenizer.json`), also a BPE model whose merges do not make its vocabulary
+    (`clipcond.bpe_tables`: cut short, its tokenizer splits words into pieces the text encoder
+    was not trained on)."""
     raw = path.read_bytes()
     if not raw.strip():
         return "is empty"
-    read = _kind_and_unmade if path.name == "tokenizer.json" else lambda value: (type(value), None)
+    read = _kind_and_unmade if bpe_tables else lambda value: (type(value), None)
     try:
         kind, unmade = read_json_with_collector_paused(raw.decode("utf-8"), read)
     except UnicodeDecodeError:
@@ -211,4 +232,4 @@ def _safetensors_problem(path: Path) -> str | None:
         return f"cannot be read as safetensors ({error})"
 
 
-__all__ = ["damaged_files", "refuse_damaged_files", "refuse_damaged_folder"]
+__all__ = ["bpe_tables_read", "damaged_files", "refuse_damaged_files", "refuse_damaged_folder"]

@@ -36,6 +36,7 @@ import dataclasses
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
+from clipcond.file_damage import bpe_tables_read
 from clipcond.folder_saves import saving_whole
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
@@ -256,11 +258,7 @@ class CLIPConditionedPipeline(
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
             # a tokenizer read from the folder's tokenizer.json had its merges checked with the folder
-            checked = (
-                local
-                and name not in kwargs
-                and os.path.isfile(os.path.join(pretrained_model_name_or_path, name, "tokenizer.json"))
-            )
+            checked = local and name not in kwargs and bpe_tables_read(Path(pretrained_model_name_or_path) / name)
             if getattr(pipeline, name, None) is not None and not checked:
                 check_bpe_tables(getattr(pipeline, name), f"{pretrained_model_name_or_path} ({name})")
         return pipeline

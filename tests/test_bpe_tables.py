@@ -226,3 +226,26 @@ def test_a_clip_score_folder_with_its_merges_cut_short_is_refused(tmp_path) -> N
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"^the tokenizer of {re.escape(str(folder))} has 48894 vocabulary entries"):
         load_clip_scorer(folder)
+
+
+def test_the_folder_check_reads_the_tables_of_clip_tokenizers_alone(tmp_path, sd_folder) -> None:
+    """A BPE tokenizer.json of another class (a sentencepiece model converted with byte fallback,
+    as Llama's and Gemma's are) holds entries no merge makes by design (``<0x0A>``): it is not
+    refused. The same file saved as a CLIP tokenizer's is, and with no tokenizer_config.json
+    (class unknown) the tables are left to the check after the load."""
+    from clipcond.file_damage import bpe_tables_read, damaged_files
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", folder)
+    path = folder / "tokenizer.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["model"]["vocab"]["<0x0A>"] = len(state["model"]["vocab"])  # a byte-fallback entry
+    path.write_text(json.dumps(state), encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    assert bpe_tables_read(folder)
+    (found,) = damaged_files(tmp_path, ["tokenizer"], None, safetensors=True)
+    assert found.startswith("tokenizer/tokenizer.json has 1 vocabulary entries that no merge rule makes ('<0x0A>')")
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "LlamaTokenizerFast"}))
+    assert not bpe_tables_read(folder) and damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+    config.unlink()
+    assert not bpe_tables_read(folder)
