@@ -357,8 +357,12 @@ _ZEROS = torch.zeros(4, 4)
     ],
 )
 def test_lora_state_dict_refuses_a_layer_with_one_of_its_two_tensors(present, missing) -> None:
-
+    """Beside whole layers with their biases (`lora_B.bias`, no other half: not looked at), however
+    the keys come out of the set they are read from."""
     weights = {present: _ZEROS, "unet.b.lora_A.weight": _ZEROS, "unet.b.lora_B.weight": _ZEROS}
+    for layer in range(12):
+        weights |= {f"unet.c{layer}.lora_{half}.weight": _ZEROS for half in "AB"}
+        weights[f"unet.c{layer}.lora_B.bias"] = _ZEROS[0]
     message = (
         rf"^the LoRA weights of the state dict have no tensor for {re.escape(missing)} \(beside {re.escape(present)};"
     )
