@@ -374,7 +374,10 @@ def test_lora_state_dict_names_the_tensor_kohyas_converter_looked_for() -> None:
     """diffusers' converter of kohya's names raised a bare KeyError for a missing `lora_up`."""
     down = "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"
     weights = {down: _ZEROS}  # diffusers' converter takes the keys out of the dict it is given
-    message = r"have no tensor for lora_unet_down_blocks_0_attentions_0_proj_in\.lora_up\.weight \(an incomplete"
+    message = (
+        r"have no tensor for lora_unet_down_blocks_0_attentions_0_proj_in\.lora_up\.weight \(an incomplete or damaged "
+        r"file\?\): nothing was loaded$"
+    )
     with pytest.raises(ValueError, match=message):
         CLIPConditionedPipeline.lora_state_dict(weights)
     whole = {down: _ZEROS, down.replace("lora_down", "lora_up"): _ZEROS}
@@ -387,3 +390,18 @@ def test_lora_state_dict_names_the_tensor_kohyas_converter_looked_for() -> None:
 def test_lora_state_dict_takes_a_bias_without_another_half() -> None:
     weights = {"unet.a.lora_A.weight": _ZEROS, "unet.a.lora_B.weight": _ZEROS, "unet.a.lora_B.bias": torch.zeros(4)}
     assert sorted(CLIPConditionedPipeline.lora_state_dict(dict(weights))[0]) == sorted(weights)
+
+
+@pytest.mark.parametrize("key", ["text_model.final_layer_norm", 7])
+def test_a_key_error_that_names_no_lora_tensor_is_diffusers_own(monkeypatch, key) -> None:
+    """Only a KeyError for a LoRA tensor (a string naming "lora") is read as an incomplete file;
+    any other is raised as diffusers raised it."""
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    def failing(*args, **kwargs):
+        raise KeyError(key)
+
+    monkeypatch.setattr(StableDiffusionXLLoraLoaderMixin, "lora_state_dict", classmethod(failing))
+    with pytest.raises(KeyError) as raised:
+        CLIPConditionedPipeline.lora_state_dict({"unet.a.lora_A.weight": _ZEROS})
+    assert raised.type is KeyError and raised.value.args == (key,)
