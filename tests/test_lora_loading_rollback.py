@@ -405,3 +405,16 @@ def test_a_key_error_that_names_no_lora_tensor_is_diffusers_own(monkeypatch, key
     with pytest.raises(KeyError) as raised:
         CLIPConditionedPipeline.lora_state_dict({"unet.a.lora_A.weight": _ZEROS})
     assert raised.type is KeyError and raised.value.args == (key,)
+
+
+@pytest.mark.parametrize("lacking", [1, 2, 3])
+def test_the_refusal_counts_the_other_layers_that_lack_a_tensor(lacking) -> None:
+    """The first layer (by the missing key) is named; the count of the others follows."""
+    weights = {f"unet.l{layer}.lora_A.weight": _ZEROS for layer in range(lacking)} | {
+        "unet.whole.lora_A.weight": _ZEROS,
+        "unet.whole.lora_B.weight": _ZEROS,
+    }
+    more = {1: "", 2: "; 1 more layers lack a tensor", 3: "; 2 more layers lack a tensor"}[lacking]
+    message = rf"have no tensor for unet\.l0\.lora_B\.weight \(beside unet\.l0\.lora_A\.weight{re.escape(more)}; an"
+    with pytest.raises(ValueError, match=message):
+        CLIPConditionedPipeline.lora_state_dict(weights)
