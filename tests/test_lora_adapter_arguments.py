@@ -85,3 +85,12 @@ def test_the_names_and_components_diffusers_takes_give_its_images(loras, calls) 
             getattr(pipe, method)(**arguments)
     assert ours.get_list_adapters() == peer.get_list_adapters()
     assert np.array_equal(run(ours), run(peer))
+
+
+def test_unfuse_loras_keywords_reach_diffusers_which_warns_of_them() -> None:
+    """diffusers' `unfuse_lora` takes the old `unfuse_unet` / `unfuse_text_encoder` keywords
+    only to warn that they are ignored: ours passes them on, and warns as it does."""
+    peer, ours = pair()
+    for pipe in (peer, ours):
+        with pytest.warns(FutureWarning, match="`unfuse_text_encoder` to `unfuse_lora\\(\\)` is deprecated"):
+            pipe.unfuse_lora(unfuse_text_encoder=False)
