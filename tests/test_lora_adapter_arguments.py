@@ -41,7 +41,12 @@ REFUSED = [
     ("fuse_lora", dict(adapter_names=["typo"]), ValueError, r"^`adapter_names` names adapters no component holds"),
     ("fuse_lora", dict(components="unet"), TypeError, r"^`components` must be a list of component names \(of \["),
     ("unfuse_lora", dict(components="unet"), TypeError, r"^`components` must be a list of component names"),
-    ("set_lora_device", dict(adapter_names=["typo"], device="cpu"), ValueError, r"names adapters no component holds"),
+    (
+        "set_lora_device",
+        dict(adapter_names=["typo"], device="cpu"),
+        ValueError,
+        r"^`adapter_names` names adapters no component holds",
+    ),
 ]
 
 
@@ -94,3 +99,27 @@ def test_unfuse_loras_keywords_reach_diffusers_which_warns_of_them() -> None:
     for pipe in (peer, ours):
         with pytest.warns(FutureWarning, match="`unfuse_text_encoder` to `unfuse_lora\\(\\)` is deprecated"):
             pipe.unfuse_lora(unfuse_text_encoder=False)
+
+
+def test_fuse_lora_and_set_lora_device_pass_their_arguments_to_diffusers(loras, monkeypatch) -> None:
+    """What reaches diffusers' methods once the names are checked: `safe_fusing` (False unless
+    given, as there), the keywords, the device."""
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    _, ours = _loaded(loras)
+    received = []
+    monkeypatch.setattr(
+        StableDiffusionXLLoraLoaderMixin, "fuse_lora", lambda self, *args, **kwargs: received.append((args, kwargs))
+    )
+    monkeypatch.setattr(
+        StableDiffusionXLLoraLoaderMixin, "set_lora_device", lambda self, *args: received.append((args, {}))
+    )
+    ours.fuse_lora()
+    ours.fuse_lora(safe_fusing=True, fuse_unet=True)
+    ours.set_lora_device(["a"], "meta")
+    components = ["unet", "text_encoder"]
+    assert received == [
+        ((components, 1.0, False, None), {}),
+        ((components, 1.0, True, None), {"fuse_unet": True}),
+        ((["a"], "meta"), {}),
+    ]
