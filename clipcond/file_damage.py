@@ -26,8 +26,9 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from clipcond.bpe_tables import describe_unmade, unmade_in_tokenizer_json
+from clipcond.bpe_tables import check_bpe_tables, describe_unmade, unmade_in_tokenizer_json
 from clipcond.json_reading import read_json_with_collector_paused
 
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
@@ -74,13 +75,31 @@ def bpe_tables_read(part: Path) -> bool:
     """Whether `damaged_files` checks the BPE tables of the tokenizer saved in the folder
     `part`: a CLIP tokenizer (its `tokenizer_config.json` says so) with a `tokenizer.json`,
     which transformers reads alone."""
-    if not (part / "tokenizer.json").is_file():
-        return False
+    return (part / "tokenizer.json").is_file() and _tokenizer_class(part) in _TABLES_CHECKED_CLASSES
+
+
+def check_tables_after_load(tokenizer: Any, folder: Path | None, where: str) -> None:
+    """`check_bpe_tables(tokenizer, where)` for a tokenizer loaded from `folder` after
+    `damaged_files` checked that folder, unless that check read its tables already
+    (`bpe_tables_read`); `folder` None (a tokenizer from elsewhere, or from a folder not
+    checked): always checked.
+
+    Raises:
+        ValueError: as `check_bpe_tables`.
+    """
+    if folder is None or not bpe_tables_read(folder):
+        check_bpe_tables(tokenizer, where)
+
+
+def _tokenizer_class(part: Path) -> str | None:
+    """The tokenizer class `part`'s `tokenizer_config.json` names; None without a readable one
+    (a damaged one is named by `damaged_files`)."""
     try:
         config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False  # no config, or a damaged one (named by `damaged_files`)
-    return isinstance(config, dict) and config.get("tokenizer_class") in _TABLES_CHECKED_CLASSES
+        return None
+    named = config.get("tokenizer_class") if isinstance(config, dict) else None
+    return named if isinstance(named, str) else None
 
 
 def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, safetensors: bool) -> list[str]:
@@ -194,8 +213,7 @@ def _missing_vocabulary(part: Path) -> dict[str, str]:
     no file."""
     import transformers
 
-    config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
-    name = str(config.get("tokenizer_class"))
+    name = _tokenizer_class(part)
     if name not in _VOCABULARY_CHECKED_CLASSES:
         return {}
     needed = sorted(set(getattr(transformers, name).vocab_files_names.values()) - {"tokenizer.json"})
@@ -232,4 +250,10 @@ def _safetensors_problem(path: Path) -> str | None:
         return f"cannot be read as safetensors ({error})"
 
 
-__all__ = ["bpe_tables_read", "damaged_files", "refuse_damaged_files", "refuse_damaged_folder"]
+__all__ = [
+    "bpe_tables_read",
+    "check_tables_after_load",
+    "damaged_files",
+    "refuse_damaged_files",
+    "refuse_damaged_folder",
+]

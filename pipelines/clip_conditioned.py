@@ -62,13 +62,12 @@ from transformers import (
     T5EncoderModel,
 )
 
-from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_setup import as_encoders, check_clip_skip, check_clip_windows, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
-from clipcond.file_damage import bpe_tables_read
+from clipcond.file_damage import check_tables_after_load
 from clipcond.folder_saves import saving_whole
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
@@ -257,10 +256,9 @@ class CLIPConditionedPipeline(
             kwargs.setdefault(name, None)
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
-            # a tokenizer read from the folder's tokenizer.json had its merges checked with the folder
-            checked = local and name not in kwargs and bpe_tables_read(Path(pretrained_model_name_or_path) / name)
-            if getattr(pipeline, name, None) is not None and not checked:
-                check_bpe_tables(getattr(pipeline, name), f"{pretrained_model_name_or_path} ({name})")
+            if getattr(pipeline, name, None) is not None:  # one given as an argument comes from no checked folder
+                read_from = Path(pretrained_model_name_or_path) / name if local and name not in kwargs else None
+                check_tables_after_load(getattr(pipeline, name), read_from, f"{pretrained_model_name_or_path} ({name})")
         return pipeline
 
     @classmethod

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipcond.bpe_tables import check_bpe_tables
+from clipcond.file_damage import check_tables_after_load, refuse_damaged_folder
 from clipcond.shapes.scene import Scene
 from clipcond.shapes.scoring import score_image
 
@@ -204,8 +204,6 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
     if (path / "config.json").is_file():
         from transformers import CLIPModel
 
-        from clipcond.file_damage import refuse_damaged_folder
-
         refuse_damaged_folder(f"the CLIP at {path}", path, [""])
         model = CLIPModel.from_pretrained(path).to(device)
         scorer = clip_scorer(model)
@@ -214,7 +212,7 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
-            check_bpe_tables(tokenizer, str(path))
+            check_tables_after_load(tokenizer, path, str(path))  # the folder was checked above
         if (path / "preprocessor_config.json").is_file():
             import transformers
 

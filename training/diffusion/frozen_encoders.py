@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipcond.bpe_tables import check_bpe_tables
-from clipcond.file_damage import refuse_damaged_folder
+from clipcond.file_damage import check_tables_after_load, refuse_damaged_folder
 from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
@@ -116,7 +115,7 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
         refuse_damaged_folder("the folder", folder, [""])
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        check_bpe_tables(tokenizer, str(folder))
+        check_tables_after_load(tokenizer, folder, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise RunSetupError(
