@@ -279,19 +279,27 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _saved_projection_cut(path: Path) -> None:
+    """A learned projection saved where a CLIPConditionedPipeline keeps it, then cut short."""
+    from clipcond.projection import TextProjection
+
+    TextProjection(projection_dim=32, clip_width=32).save_pretrained(path.parent)
+    _truncate(path)
+
+
 # (the key that names the damaged folder, the file damaged in it, the damage, what the error says)
 DAMAGED_DIFFUSION_PARTS = {
     "text_encoder_weights_truncated": (
         "text_encoder",
         "text_encoder/model.safetensors",
         _truncate,
-        "Error while deserializing header",
+        "text_encoder/model.safetensors cannot be read as safetensors (Error while deserializing header",
     ),
     "text_encoder_weights_empty": (
         "text_encoder",
         "text_encoder/model.safetensors",
         lambda path: path.write_bytes(b""),
-        "Error while deserializing header",
+        "text_encoder/model.safetensors cannot be read as safetensors (Error while deserializing header",
     ),
     "text_encoder_config_empty": (
         "text_encoder",
@@ -321,26 +329,37 @@ DAMAGED_DIFFUSION_PARTS = {
         "init_from",
         "unet/diffusion_pytorch_model.safetensors",
         _truncate,
-        "Unable to load weights",
+        "unet/diffusion_pytorch_model.safetensors cannot be read as safetensors",
     ),
-    "unet_config_not_json": ("init_from", "unet/config.json", lambda path: path.write_text("{"), "not a valid JSON"),
+    "unet_config_not_json": (
+        "init_from",
+        "unet/config.json",
+        lambda path: path.write_text("{"),
+        "config.json is no valid JSON",
+    ),
     "scheduler_config_not_json": (
         "init_from",
         "scheduler/scheduler_config.json",
         lambda path: path.write_text("{"),
-        "not a valid JSON",
+        "scheduler/scheduler_config.json is no valid JSON",
+    ),
+    "projection_weights_truncated": (
+        "init_from",
+        "text_projection/diffusion_pytorch_model.safetensors",
+        _saved_projection_cut,
+        "text_projection/diffusion_pytorch_model.safetensors cannot be read as safetensors",
     ),
     "vae_weights_empty": (
         "init_from",
         "vae/diffusion_pytorch_model.safetensors",
         lambda path: path.write_bytes(b""),
-        "Unable to load weights",
+        "vae/diffusion_pytorch_model.safetensors cannot be read as safetensors",
     ),
     "vae_key_weights_empty": (
         "vae",
         "vae/diffusion_pytorch_model.safetensors",
         lambda path: path.write_bytes(b""),
-        "Unable to load weights",
+        "vae/diffusion_pytorch_model.safetensors cannot be read as safetensors",
     ),
 }
 
@@ -350,8 +369,8 @@ def test_a_damaged_model_folder_the_diffusion_config_names_is_one_line_before_an
     case, sd_folder, tmp_path, capsys
 ) -> None:
     """Damaged weights or configs in the folder `text_encoder`, `init_from` or `vae` names: one
-    error: line naming the key and the folder (or file), exit 2, as `clipcond encode` gives for
-    the same folders; no run folder is made, and a resumed one is left as it was."""
+    error: line naming the key, the folder and the damaged file, exit 2, as `clipcond encode`
+    gives for the same folders; no run folder is made, and a resumed one is left as it was."""
     import shutil
 
     key, damaged_file, damage, message = DAMAGED_DIFFUSION_PARTS[case]
@@ -378,6 +397,7 @@ def test_a_damaged_model_folder_the_diffusion_config_names_is_one_line_before_an
     path.write_text(yaml.safe_dump(config))
     line = one_error(capsys, ["train-diffusion", "--config", str(path), "--no-progress"], 2)
     assert line.startswith(f"error: {key} {named}: ") and message in line, line
+    assert str(folder / damaged_file) in line, line
     assert not (tmp_path / "run").exists()
     # a run folder being resumed is left as it was
     from clipcond.training.diffusion.config import TrainDiffusionConfig

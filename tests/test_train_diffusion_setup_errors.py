@@ -136,7 +136,10 @@ CASES = {
     "UNet config.json a list": (
         "clip",
         dict(unet=None, init_from="sd_unet_config_a_list"),
-        ["init_from {sd_unet_config_a_list}: unet/config.json: expected a JSON object, got list"],
+        [
+            "init_from {sd_unet_config_a_list}: ",
+            "{sd_unet_config_a_list}/unet/config.json holds a JSON list, not an object",
+        ],
     ),
     "coordinate_channels other than init_from's": (
         "clip",

@@ -1,13 +1,12 @@
 """The models of a diffusion training run: frozen text encoders, the conditioner over them,
-the UNet (built and checked by `diffusion.unet_setup`), the optional learned projection (the `custom` recipe's adapter), the optional frozen
-VAE and the noise schedule, with the parts `config.train` names set trainable; and the
-pipeline they make when saved.
+the UNet (`diffusion.unet_setup`), the optional projection (the `custom` recipe's adapter), the
+optional frozen VAE and the noise schedule, with the parts `config.train` names set trainable;
+and the pipeline they make when saved.
 
-A folder the config names that does not exist is a `FileNotFoundError` naming the key; one
-that exists and cannot be read (truncated or empty weights, a ``config.json`` or
-``model_index.json`` that is not JSON or not a mapping) is a `RunSetupError` naming the key and
-the folder (`reading_part`), before the run's snapshot and first step. So are parts that do not
-fit together (`build_diffusion_models` lists them), e.g. an SDXL-class `init_from` UNet.
+A folder the config names that does not exist is a `FileNotFoundError` naming the key; a damaged
+one (`clipcond.file_damage`) is a `RunSetupError` naming the key, the folder and the file, before
+it is loaded and before the snapshot (`reading_part`); so are parts that do not fit together
+(`build_diffusion_models` lists them), e.g. an SDXL-class `init_from` UNet.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from torch import nn
 from clipcond.conditioning import TextConditioner
 from clipcond.errors import user_errors
 from clipcond.families import custom_recipe, get_recipe
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
@@ -113,6 +113,7 @@ def _load_init_projection(config: TrainDiffusionConfig) -> nn.Module | None:
     from clipcond.projection import TextProjection
 
     with reading_part("init_from", config.init_from):
+        refuse_damaged_folder("the folder", Path(config.init_from), [PROJECTION_DIR])
         projection = TextProjection.from_pretrained(Path(config.init_from) / PROJECTION_DIR)
     saved = projection.config.projection_dim
     if config.projection_dim is not None and config.projection_dim != saved:
@@ -143,6 +144,7 @@ def load_vae(config: TrainDiffusionConfig) -> nn.Module | None:
         raise FileNotFoundError(f"vae: no AutoencoderKL at {source} (expected config.json or vae/)")
     key = "vae" if config.vae is not None else "init_from"
     with reading_part(key, source):
+        refuse_damaged_folder("the folder", folder, [""])
         vae = AutoencoderKL.from_pretrained(folder).eval().requires_grad_(False)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.image_size % factor:
@@ -161,6 +163,7 @@ def _inherited_scheduler_config(config: TrainDiffusionConfig) -> dict[str, Any] 
     from diffusers import DDPMScheduler
 
     with reading_part("init_from", config.init_from):
+        refuse_damaged_folder("the folder", folder, [""])
         return dict(DDPMScheduler.load_config(folder))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from clipcond.errors import user_errors
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS
 from clipcond.training.diffusion.config import TrainDiffusionConfig
 from clipcond.training.loop import RunSetupError, reading_part
@@ -74,9 +75,8 @@ def build_unet(config: TrainDiffusionConfig, width: int, vae: nn.Module | None) 
             raise FileNotFoundError(f"init_from: no unet/ in {config.init_from} (a saved CLIPConditionedPipeline)")
         where = f"init_from {config.init_from}"
         with reading_part("init_from", config.init_from):
-            saved = UNet2DConditionModel.load_config(folder)
-        if not isinstance(saved, dict):
-            raise RunSetupError(f"{where}: unet/config.json: expected a JSON object, got {type(saved).__name__}")
+            refuse_damaged_folder("the folder", folder, [""])
+            saved = UNet2DConditionModel.load_config(folder)  # a JSON object: the folder check says so
         _check_unet_inputs(saved, where)  # before the weights are read: an SDXL UNet's are gigabytes
         if saved.get("cross_attention_dim") != width:
             raise RunSetupError(
