@@ -8,20 +8,24 @@ loads in transformers (tokenizers refuses only a merge whose halves are not in t
 and gives a tokenizer that splits words into smaller pieces: an empty one spelled "photo" as
 five letters, ids the text encoder was never trained on, with no error. `check_bpe_tables`
 refuses such a tokenizer where clipcond loads one from disk; `unmade_in_tokenizer_json` reads
-a `tokenizer.json` file's own state the same way, so that the folder check
-(`clipcond.file_damage`) refuses its merges before anything loads.
+a `tokenizer.json` file's own state the same way, and `unmade_in_clip_files` a CLIP
+tokenizer's `vocab.json` and `merges.txt`, so that the folder check (`clipcond.file_damage`)
+refuses its merges before anything loads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from clipcond.json_reading import read_json_with_collector_paused
 
-__all__ = ["check_bpe_tables", "describe_unmade", "unmade_in_tokenizer_json", "unmade_tokens"]
+__all__ = ["check_bpe_tables", "describe_unmade", "unmade_in_clip_files", "unmade_in_tokenizer_json", "unmade_tokens"]
 
 # how many of the entries no merge makes a refusal names
 _NAMED = 3
+# the end-of-word suffix of CLIP's BPE model
+_CLIP_SUFFIX = "</w>"
 
 
 def unmade_tokens(tokenizer: Any) -> list[str] | None:
@@ -59,6 +63,23 @@ def unmade_in_tokenizer_json(state: Any) -> list[str] | None:
         if len(token.removeprefix(prefix).removesuffix(suffix)) > 1:
             unmade.append(token)
     return unmade
+
+
+def unmade_in_clip_files(vocab: Any, merges: str, special: Iterable[str]) -> list[str] | None:
+    """`unmade_tokens` of the CLIP tokenizer transformers builds from the parsed ``vocab.json``
+    `vocab` and the text of ``merges.txt`` `merges` (as tokenizers' `BPE` reads it: one merge
+    "first second" a line, a line starting "#version" skipped, "\r\n" ending a line as "\n"
+    does; each line already known to hold two tokens of `vocab`), its added tokens being the
+    `special` ones: CLIP's model has the end-of-word suffix "</w>" and no subword prefix (as
+    `transformers.CLIPTokenizer` builds it). None for a `vocab` that is no JSON object."""
+    if not isinstance(vocab, dict):
+        return None
+    lines = merges.split("\n")
+    last = lines.pop()  # what follows the last line break: "" for a file that ends with one
+    lines = [line.removesuffix("\r") for line in lines] + ([last] if last else [])
+    made = {line.replace(" ", "") for line in lines if not line.startswith("#version")}
+    made.update(special)
+    return [token for token in vocab if token not in made and len(token.removesuffix(_CLIP_SUFFIX)) > 1]
 
 
 def check_bpe_tables(tokenizer: Any, where: str) -> None:

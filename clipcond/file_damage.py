@@ -12,6 +12,8 @@ out of vocabulary", "Merges text file invalid at line 25582"), naming no file; w
 loaded as a tokenizer of its special tokens alone that reads every word as unknown, with no
 error; one saved from a `tokenizers` object (train-t5's) without `tokenizer.json` or
 `tokenizer.model` failed with transformers' advice to install sentencepiece, naming no file.
+A CLIP tokenizer's merges cut short at a line's end (in `merges.txt` or `tokenizer.json`)
+loaded without a word and split words into pieces its encoder never saw (`clipcond.bpe_tables`).
 `damaged_files` reads the files first and names each damaged one; `refuse_damaged_files`
 raises on what it found (`refuse_damaged_folder`: both, for one folder). A saved pipeline's `from_pretrained`
 (`clipcond.pipelines.saved_folder_checks`), a conditioner's encoder loader
@@ -24,11 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipcond.bpe_tables import check_bpe_tables, describe_unmade, unmade_in_tokenizer_json
+from clipcond.bpe_tables import check_bpe_tables, describe_unmade, unmade_in_clip_files, unmade_in_tokenizer_json
 from clipcond.json_reading import read_json_with_collector_paused
 
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
@@ -74,8 +76,10 @@ _TABLES_CHECKED_CLASSES = frozenset({"CLIPTokenizer", "CLIPTokenizerFast", "CLIP
 def bpe_tables_read(part: Path) -> bool:
     """Whether `damaged_files` checks the BPE tables of the tokenizer saved in the folder
     `part`: a CLIP tokenizer (its `tokenizer_config.json` says so) with a `tokenizer.json`,
-    which transformers reads alone."""
-    return (part / "tokenizer.json").is_file() and _tokenizer_class(part) in _TABLES_CHECKED_CLASSES
+    which transformers reads alone, or else with the `vocab.json` it is built from (the
+    `merges.txt` beside it is checked, or named as missing)."""
+    has_tables = (part / "tokenizer.json").is_file() or (part / "vocab.json").is_file()
+    return has_tables and _tokenizer_class(part) in _TABLES_CHECKED_CLASSES
 
 
 def check_tables_after_load(tokenizer: Any, folder: Path | None, where: str) -> None:
@@ -110,20 +114,25 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     `vocab.json` beside it (neither is read beside a `tokenizer.json`: a fast tokenizer reads
     the latter alone), a vocabulary file missing from a CLIP, T5 or tokenizers-backed
     tokenizer's folder without a `tokenizer.json` (`vocab.json` and `merges.txt`;
-    `spiece.model`; `tokenizer.model`), and (when `safetensors`) a safetensors file of `variant`
-    (None: the files without a variant) whose header cannot be read or does not cover the file.
-    [] for a whole folder."""
+    `spiece.model`; `tokenizer.model`), the file that holds a CLIP tokenizer's merges
+    (`tokenizer.json`, else `merges.txt`) when they leave vocabulary entries unmade
+    (`bpe_tables_read`), and (when `safetensors`) a safetensors file of `variant` (None: the
+    files without a variant) whose header cannot be read or does not cover the file. [] for a
+    whole folder."""
     found = []
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
         unread = _SLOW_TOKENIZER_FILES if (part / "tokenizer.json").is_file() else frozenset()
-        tables = bpe_tables_read(part)
+        # the file whose parse finds the vocabulary entries no merge makes (`clipcond.bpe_tables`)
+        tables = _tables_reader(part, unread) if bpe_tables_read(part) else {}
         problems: dict[str, str | None] = {}
+        unmade: list[str] | None = None
         for path in sorted(part.iterdir()) if part.is_dir() else ():
             if path.name in unread:
                 continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
-                problems[path.name] = _json_problem(path, tables and path.name == "tokenizer.json")
+                problems[path.name], found_unmade = _json_problem(path, tables.get(path.name))
+                unmade = found_unmade if path.name in tables else unmade
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
                 problems[path.name] = _safetensors_problem(path)
         if not unread and problems.get("tokenizer_config.json", "missing") is None:
@@ -131,6 +140,9 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
         merges = part / "merges.txt"
         if merges.name not in unread and merges.is_file() and problems.get("vocab.json", "missing") is None:
             problems[merges.name] = _merges_problem(merges, part / "vocab.json")  # a damaged vocab.json: named alone
+        table_file = "tokenizer.json" if unread else merges.name  # the file that holds the merges
+        if unmade and problems.get(table_file) is None:
+            problems[table_file] = _unmade_problem(table_file, unmade)
         for name, problem in sorted(problems.items()):
             if problem:
                 found.append(f"{subfolder}/{name} {problem}" if subfolder else f"{name} {problem}")
@@ -174,34 +186,99 @@ def _of_variant(path: Path, variant: str | None) -> bool:
     return len(parts) == 2 and (parts[1] == variant or parts[1].startswith(f"{variant}-"))
 
 
-def _json_problem(path: Path, bpe_tables: bool = False) -> str | None:
-    """Why the JSON file `path` cannot be read as an object, or None; with `bpe_tables` (a CLIP
-    tokenizer's `tokenizer.json`), also a BPE model whose merges do not make its vocabulary
-    (`clipcond.bpe_tables`: cut short, its tokenizer splits words into pieces the text encoder
-    was not trained on)."""
+def _json_problem(path: Path, tables: Callable[[Any], list[str] | None] | None) -> tuple[str | None, list[str] | None]:
+    """Why the JSON file `path` cannot be read as an object, or None; and, with `tables` (a
+    CLIP tokenizer's ``tokenizer.json`` or ``vocab.json``: `_tables_reader`), the vocabulary
+    entries that no merge makes, by `tables` of the parsed file (`clipcond.bpe_tables`)."""
     raw = path.read_bytes()
     if not raw.strip():
-        return "is empty"
-    read = _kind_and_unmade if bpe_tables else lambda value: (type(value), None)
+        return "is empty", None
+    read = tables or (lambda value: None)
     try:
-        kind, unmade = read_json_with_collector_paused(raw.decode("utf-8"), read)
+        kind, unmade = read_json_with_collector_paused(raw.decode("utf-8"), lambda value: (type(value), read(value)))
     except UnicodeDecodeError:
-        return "is no UTF-8 text"
+        return "is no UTF-8 text", None
     except json.JSONDecodeError as error:
-        return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})"
+        return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})", None
     if kind is not dict:
-        return f"holds a JSON {kind.__name__}, not an object"
-    if unmade:
-        return (
-            f"{describe_unmade(unmade)}: its model.merges are cut short or damaged, and its tokenizer would split words "
-            "into pieces the text encoder was not trained on"
-        )
-    return None
+        return f"holds a JSON {kind.__name__}, not an object", None
+    return None, unmade
 
 
-def _kind_and_unmade(value: object) -> tuple[type, list[str] | None]:
-    """A parsed tokenizer.json's type and the vocabulary entries its merges do not make."""
-    return type(value), unmade_in_tokenizer_json(value)
+def _unmade_problem(table_file: str, unmade: list[str]) -> str:
+    """What is said of the file `table_file` that holds a CLIP tokenizer's merges when they do
+    not make the vocabulary entries `unmade`."""
+    consequence = "would split words into pieces the text encoder was not trained on"
+    if table_file == "tokenizer.json":
+        return f"{describe_unmade(unmade)}: its model.merges are cut short or damaged, and its tokenizer {consequence}"
+    return f"is cut short or damaged: the tokenizer built from it and vocab.json {describe_unmade(unmade)}, and {consequence}"
+
+
+def _tables_reader(part: Path, unread: frozenset[str]) -> dict[str, Callable[[Any], list[str] | None]]:
+    """file -> what finds, in that parsed file, the vocabulary entries that no merge rule makes,
+    for the CLIP tokenizer folder `part`: its ``tokenizer.json``, read alone when there is one
+    (`unread` holds the files it replaces), else its ``vocab.json`` with the ``merges.txt``
+    beside it (when that is UTF-8 text: otherwise `_merges_problem` names it), the added
+    tokens being those its files name (`_named_special_tokens`)."""
+    if unread:
+        return {"tokenizer.json": unmade_in_tokenizer_json}
+    try:
+        merges = (part / "merges.txt").read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    special = _named_special_tokens(part)
+    return {"vocab.json": lambda vocab: unmade_in_clip_files(vocab, merges, special)}
+
+
+# the settings of a tokenizer_config.json or special_tokens_map.json that name special tokens,
+# which transformers adds to the tokenizer (a string, an AddedToken's {"content": ...}, or a list)
+_SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "additional_special_tokens",
+    "extra_special_tokens",
+)
+
+
+def _named_special_tokens(part: Path) -> set[str]:
+    """The tokens a CLIP tokenizer loaded from the folder `part` adds to its vocabulary: its
+    class's default special tokens (`transformers.CLIPTokenizer`'s), those its
+    ``tokenizer_config.json`` and ``special_tokens_map.json`` name, the ``added_tokens_decoder``
+    of the former, and the ``added_tokens.json`` entries (files that cannot be read add none:
+    `damaged_files` names them)."""
+    import inspect
+
+    import transformers
+
+    parameters = inspect.signature(transformers.CLIPTokenizer.__init__).parameters.values()
+    named = {p.default for p in parameters if p.name.endswith("_token") and isinstance(p.default, str)}
+    settings = [_json_object(part / "tokenizer_config.json"), _json_object(part / "special_tokens_map.json")]
+    values: list[Any] = [setting.get(key) for setting in settings for key in _SPECIAL_TOKEN_KEYS]
+    values += list((settings[0].get("added_tokens_decoder") or {}).values())
+    values += list(_json_object(part / "added_tokens.json"))
+    while values:
+        value = values.pop()
+        if isinstance(value, str):
+            named.add(value)
+        elif isinstance(value, dict):
+            values.append(value.get("content"))
+        elif isinstance(value, list):
+            values.extend(value)
+    return named
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is missing or holds anything else."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _missing_vocabulary(part: Path) -> dict[str, str]:

@@ -55,18 +55,39 @@ def test_a_tokenizer_that_is_no_bpe_is_not_read(tmp_path) -> None:
     check_bpe_tables(t5, "a T5 folder")
 
 
+def _merges_cut(subfolder: str, missing: int) -> str:
+    """What the folder check (`clipcond.file_damage`) says of a CLIP tokenizer's merges.txt in
+    `subfolder` whose merges leave `missing` entries of its vocab.json unmade."""
+    return (
+        rf"{subfolder}/merges\.txt is cut short or damaged: the tokenizer built from it and vocab\.json has {missing} "
+        r"vocabulary entries that no merge rule makes \('"
+    )
+
+
+def _no_component_loads(monkeypatch) -> None:
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a component was loaded before the folder was checked")
+
+    monkeypatch.setattr(pipeline_utils, "load_sub_model", loaded)
+
+
 @pytest.mark.parametrize("kept", [0, 48000])
-def test_a_pipeline_folder_with_its_merges_cut_short_is_refused(tmp_path, sd_folder, kept) -> None:
+def test_a_pipeline_folder_with_its_merges_cut_short_is_refused(tmp_path, sd_folder, monkeypatch, kept) -> None:
+    """Read from vocab.json and merges.txt (the hub's SD folders hold no tokenizer.json), the
+    merges are checked with the folder, before anything loads."""
     folder = tmp_path / "cut"
     shutil.copytree(sd_folder, folder)
     _merges_kept(folder, "tokenizer", kept)
     missing = 48894 - kept
     message = (
-        rf"^the tokenizer of {re.escape(str(folder))} \(tokenizer\) has {missing} vocabulary entries that no merge "
-        r"rule makes \('.*', ...\): its merges \(merges.txt, or model.merges in tokenizer.json\) are cut short"
+        rf"^the pipeline saved at {re.escape(str(folder))} has damaged files .*: {_merges_cut('tokenizer', missing)}"
     )
-    with pytest.raises(ValueError, match=message):
-        CLIPConditionedPipeline.from_pretrained(folder)
+    with monkeypatch.context() as patched:
+        _no_component_loads(patched)
+        with pytest.raises(ValueError, match=message):
+            CLIPConditionedPipeline.from_pretrained(folder)
     peer = StableDiffusionPipeline.from_pretrained(folder)  # diffusers loads it without a word
     whole = build_sd().tokenizer
     if kept == 0:
@@ -82,8 +103,6 @@ def test_merges_cut_short_inside_tokenizer_json_are_refused_before_anything_load
     """transformers reads tokenizer.json before vocab.json and merges.txt: its own merges count,
     checked with the folder (`clipcond.file_damage`), as tokenizers >= 0.20 writes them (pairs)
     or as older files hold them ("first second" strings)."""
-    import diffusers.pipelines.pipeline_utils as pipeline_utils
-
     folder = tmp_path / "cut"
     shutil.copytree(sd_folder, folder)
     path = folder / "tokenizer" / "tokenizer.json"
@@ -91,11 +110,7 @@ def test_merges_cut_short_inside_tokenizer_json_are_refused_before_anything_load
     merges = state["model"]["merges"][:-10]
     state["model"]["merges"] = merges if written == "pairs" else [" ".join(pair) for pair in merges]
     path.write_text(json.dumps(state), encoding="utf-8")
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a component was loaded before the folder was checked")
-
-    monkeypatch.setattr(pipeline_utils, "load_sub_model", loaded)
+    _no_component_loads(monkeypatch)
     message = (
         rf"^the pipeline saved at {re.escape(str(folder))} has damaged files .*: tokenizer/tokenizer\.json has 10 "
         r"vocabulary entries that no merge rule makes \('.*', \.\.\.\): its model\.merges are cut short"
@@ -133,7 +148,7 @@ def test_sdxls_second_tokenizer_is_checked_too(tmp_path) -> None:
     folder = tmp_path / "sdxl"
     CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)
     _merges_kept(folder, "tokenizer_2", 48893)
-    with pytest.raises(ValueError, match=r"\(tokenizer_2\) has 1 vocabulary entries that no merge rule makes"):
+    with pytest.raises(ValueError, match=_merges_cut("tokenizer_2", 1)):
         CLIPConditionedPipeline.from_pretrained(folder)
 
 
@@ -143,7 +158,7 @@ def test_a_conditioner_source_with_its_merges_cut_short_is_refused(tmp_path, sd_
     _merges_kept(folder, "tokenizer", 100)
     source = EncoderSource(path=str(folder), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
     config = ConditionerConfig(recipe="sd", clip=[source], cache_size=0)
-    message = rf"^the tokenizer of {re.escape(repr(str(folder)))} \(subfolder 'tokenizer'\) has 48794 vocabulary"
+    message = rf"^the clip encoder at {re.escape(repr(str(folder)))} has damaged files .*: {_merges_cut('.*tokenizer', 48794)}"
     with pytest.raises(ValueError, match=message):
         TextConditioner.from_config(config)
     whole = EncoderSource(path=str(sd_folder), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
@@ -205,7 +220,9 @@ def test_train_diffusions_text_encoder_with_its_merges_cut_short_is_refused(tmp_
     _merges_kept(folder, "tokenizer", 48890)
     encoder = build_sd().text_encoder
     tokenizer = folder / "tokenizer"
-    message = rf"^text_encoder {re.escape(str(tokenizer))}: the tokenizer of {re.escape(str(tokenizer))} has 4 "
+    message = (
+        rf"^text_encoder {re.escape(str(tokenizer))}: the folder has damaged files .*{_merges_cut('tokenizer', 4)}"
+    )
     with pytest.raises(RunSetupError, match=message):
         load_text_encoder_tokenizer(str(folder / "text_encoder"), encoder)
     assert unmade_tokens(load_text_encoder_tokenizer(str(sd_folder / "text_encoder"), encoder)) == []
@@ -224,7 +241,10 @@ def test_a_clip_score_folder_with_its_merges_cut_short_is_refused(tmp_path) -> N
     load_clip_scorer(folder)
     (folder / "tokenizer.json").unlink()
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"^the tokenizer of {re.escape(str(folder))} has 48894 vocabulary entries"):
+    message = (
+        rf"^the CLIP at {re.escape(str(folder))} has damaged files .*: {_merges_cut(re.escape(str(folder)), 48894)}"
+    )
+    with pytest.raises(ValueError, match=message):
         load_clip_scorer(folder)
 
 
@@ -249,3 +269,79 @@ def test_the_folder_check_reads_the_tables_of_clip_tokenizers_alone(tmp_path, sd
     assert not bpe_tables_read(folder) and damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
     config.unlink()
     assert not bpe_tables_read(folder)
+
+
+def _add_entry(folder: Path) -> str:
+    """A vocab.json entry that no merge makes, as a special token added to the vocabulary is."""
+    path = folder / "vocab.json"
+    vocab = json.loads(path.read_text(encoding="utf-8"))
+    vocab["<|extra|>"] = len(vocab)
+    path.write_text(json.dumps(vocab), encoding="utf-8")
+    return "<|extra|>"
+
+
+def _set_json(path: Path, **settings) -> None:
+    whole = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**whole, **settings}), encoding="utf-8")
+
+
+def _rewrite_merges(folder: Path, change) -> None:
+    path = folder / "merges.txt"
+    path.write_bytes(change(path.read_bytes()))
+
+
+def _without_special_settings(folder: Path) -> None:
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({key: value for key, value in config.items() if not key.endswith("_token")}))
+
+
+# variant -> what it does to a CLIP tokenizer folder read from vocab.json and merges.txt
+SLOW_TABLE_VARIANTS = {
+    "whole": lambda folder: None,
+    "CRLF line ends": lambda folder: _rewrite_merges(folder, lambda raw: raw.replace(b"\n", b"\r\n")),
+    "no final line break": lambda folder: _rewrite_merges(folder, lambda raw: raw.rstrip(b"\n")),
+    "one merge gone": lambda folder: _rewrite_merges(folder, lambda raw: raw.rstrip(b"\n").rsplit(b"\n", 1)[0]),
+    "a second version line": lambda folder: _rewrite_merges(folder, lambda raw: raw + b"#version: 0.2\n"),
+    "special-token settings left to the class": _without_special_settings,
+    "an entry no setting names": _add_entry,
+    "an additional special token": lambda folder: _set_json(
+        folder / "tokenizer_config.json", additional_special_tokens=[_add_entry(folder)]
+    ),
+    "an entry of added_tokens_decoder": lambda folder: _set_json(
+        folder / "tokenizer_config.json",
+        added_tokens_decoder={"49408": {"content": _add_entry(folder), "special": True}},
+    ),
+    "a special token of special_tokens_map.json": lambda folder: _set_json(
+        folder / "special_tokens_map.json", mask_token={"content": _add_entry(folder)}
+    ),
+    "an entry of added_tokens.json": lambda folder: _set_json(
+        folder / "added_tokens.json", **{_add_entry(folder): 49408}
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", SLOW_TABLE_VARIANTS.values(), ids=SLOW_TABLE_VARIANTS.keys())
+def test_the_folder_check_of_vocab_json_and_merges_txt_agrees_with_the_loaded_tokenizer(
+    tmp_path, sd_folder, variant
+) -> None:
+    """What lets the check after the load be left out for a tokenizer read from them: the folder
+    check finds, from the files alone, the entries that the tokenizer transformers loads from
+    them has unmade (`unmade_tokens`), its added tokens read from the files' settings."""
+    from transformers import AutoTokenizer
+
+    from clipcond.file_damage import bpe_tables_read, damaged_files
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", folder)
+    (folder / "tokenizer.json").unlink()
+    variant(folder)
+    assert bpe_tables_read(folder)
+    found = damaged_files(tmp_path, ["tokenizer"], None, safetensors=True)
+    loaded = unmade_tokens(AutoTokenizer.from_pretrained(folder))
+    if not loaded:
+        assert found == []
+    else:
+        (problem,) = found
+        assert problem.startswith("tokenizer/merges.txt is cut short or damaged: the tokenizer built from it and ")
+        assert f"has {len(loaded)} vocabulary entries that no merge rule makes ({loaded[0]!r}" in problem
