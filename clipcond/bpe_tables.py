@@ -8,7 +8,7 @@ loads in transformers (tokenizers refuses only a merge whose halves are not in t
 and gives a tokenizer that splits words into smaller pieces: an empty one spelled "photo" as
 five letters, ids the text encoder was never trained on, with no error. `check_bpe_tables`
 refuses such a tokenizer where clipcond loads one from disk; `unmade_in_tokenizer_json` reads
-a `tokenizer.json` file's own state the same way, and `unmade_in_clip_files` a CLIP
+a `tokenizer.json` file's own state the same way, and `read_clip_files` a CLIP
 tokenizer's `vocab.json` and `merges.txt`, so that the folder check (`clipcond.file_damage`)
 refuses its merges before anything loads.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from clipcond.json_reading import read_json_with_collector_paused
 
-__all__ = ["check_bpe_tables", "describe_unmade", "unmade_in_clip_files", "unmade_in_tokenizer_json", "unmade_tokens"]
+__all__ = ["check_bpe_tables", "describe_unmade", "read_clip_files", "unmade_in_tokenizer_json", "unmade_tokens"]
 
 # how many of the entries no merge makes a refusal names
 _NAMED = 3
@@ -65,21 +65,34 @@ def unmade_in_tokenizer_json(state: Any) -> list[str] | None:
     return unmade
 
 
-def unmade_in_clip_files(vocab: Any, merges: str, special: Iterable[str]) -> list[str] | None:
-    """`unmade_tokens` of the CLIP tokenizer transformers builds from the parsed ``vocab.json``
-    `vocab` and the text of ``merges.txt`` `merges` (as tokenizers' `BPE` reads it: one merge
-    "first second" a line, a line starting "#version" skipped, "\r\n" ending a line as "\n"
-    does; each line already known to hold two tokens of `vocab`), its added tokens being the
-    `special` ones: CLIP's model has the end-of-word suffix "</w>" and no subword prefix (as
-    `transformers.CLIPTokenizer` builds it). None for a `vocab` that is no JSON object."""
-    if not isinstance(vocab, dict):
-        return None
+def read_clip_files(vocab: dict[str, Any], merges: str, special: Iterable[str]) -> tuple[bool, list[str]]:
+    """Read a CLIP tokenizer's parsed ``vocab.json`` `vocab` and ``merges.txt`` text `merges`
+    as tokenizers' `BPE` builds them for transformers, in one pass: (whether it builds, the
+    vocabulary entries no merge makes: `unmade_tokens` of the tokenizer, its added tokens being
+    the `special` ones; CLIP's model has the end-of-word suffix "</w>" and no subword prefix,
+    as `transformers.CLIPTokenizer` builds it).
+
+    As tokenizers reads the files: an id that is a JSON number but no integer >= 0 (below
+    2**64) is refused, a value that is no number is left out of the vocabulary; the text is
+    split into lines at "\n" (a "\r" before one dropped), lines starting "#version" are
+    skipped, and every other line is a rule "first second" (one space) whose two tokens and
+    their concatenation are in the vocabulary.
+    """
+    ids = {token: id_ for token, id_ in vocab.items() if type(id_) in (int, float)}  # JSON numbers; a bool is none
+    builds = all(type(id_) is int and 0 <= id_ < 2**64 for id_ in ids.values())
     lines = merges.split("\n")
     last = lines.pop()  # what follows the last line break: "" for a file that ends with one
     lines = [line.removesuffix("\r") for line in lines] + ([last] if last else [])
-    made = {line.replace(" ", "") for line in lines if not line.startswith("#version")}
-    made.update(special)
-    return [token for token in vocab if token not in made and len(token.removesuffix(_CLIP_SUFFIX)) > 1]
+    made = set(special)
+    for line in lines:
+        if line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        merged = "".join(parts)
+        if builds and (len(parts) != 2 or parts[0] not in ids or parts[1] not in ids or merged not in ids):
+            builds = False
+        made.add(merged)
+    return builds, [token for token in ids if token not in made and len(token.removesuffix(_CLIP_SUFFIX)) > 1]
 
 
 def check_bpe_tables(tokenizer: Any, where: str) -> None:

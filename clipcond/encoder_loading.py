@@ -20,14 +20,15 @@ from typing import Any
 
 import torch
 
-from clipcond.bpe_tables import check_bpe_tables
 from clipcond.conditioner_config import EncoderSource
-from clipcond.file_damage import damaged_files, refuse_damaged_files
+from clipcond.file_damage import check_tables_after_load, damaged_files, refuse_damaged_files
 
 BUILTIN_CLIP_TOKENIZER = "builtin-clip"
 
 
-def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | None = None) -> Any:
+def load_tokenizer(
+    source: EncoderSource, kind: str, model_max_length: int | None = None, *, folder_checked: bool = False
+) -> Any:
     """The tokenizer of `source`: from `source.tokenizer` (default `source.path`); inside a
     diffusers pipeline folder, the `tokenizer/` folder beside the encoder's subfolder. A CLIP
     tokenizer of a folder that declares clipcond's tokenizer (`_declares_text_cleaning`) keeps
@@ -38,6 +39,8 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         source: where the encoder and its tokenizer are.
         kind: "clip" or "t5" (named in errors).
         model_max_length: the encoder's context length, for the builtin CLIP tokenizer.
+        folder_checked: the tokenizer's local folder was checked (`clipcond.file_damage`, as
+            `load_clip_encoder` checks it): BPE tables read there are not checked again.
 
     Raises:
         ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause), or it
@@ -62,7 +65,8 @@ def load_tokenizer(source: EncoderSource, kind: str, model_max_length: int | Non
         raise ValueError(
             f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
         ) from error
-    check_bpe_tables(tokenizer, f"{path!r} (subfolder {subfolder!r})")
+    folder = Path(path, subfolder or "") if folder_checked and Path(path).is_dir() else None
+    check_tables_after_load(tokenizer, folder, f"{path!r} (subfolder {subfolder!r})")
     if kind == "clip" and _declares_text_cleaning(Path(path), subfolder):
         return with_clip_text_cleaning(tokenizer, model_max_length)
     return tokenizer
@@ -109,7 +113,7 @@ def load_clip_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32)
     architectures = getattr(config, "architectures", None) or []
     model_class = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
     model = model_class.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
-    return model, load_tokenizer(source, "clip", model.config.max_position_embeddings)
+    return model, load_tokenizer(source, "clip", model.config.max_position_embeddings, folder_checked=True)
 
 
 def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
@@ -124,7 +128,7 @@ def load_t5_encoder(source: EncoderSource, dtype: torch.dtype = torch.float32) -
     _check_local_files(source, "t5")
     kwargs = {"subfolder": source.subfolder} if source.subfolder else {}
     model = T5EncoderModel.from_pretrained(source.path, dtype=dtype, **kwargs).eval()
-    return model, load_tokenizer(source, "t5")
+    return model, load_tokenizer(source, "t5", folder_checked=True)
 
 
 def _check_local_files(source: EncoderSource, kind: str) -> None:

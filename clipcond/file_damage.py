@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipcond.bpe_tables import check_bpe_tables, describe_unmade, unmade_in_clip_files, unmade_in_tokenizer_json
+from clipcond.bpe_tables import check_bpe_tables, describe_unmade, read_clip_files, unmade_in_tokenizer_json
 from clipcond.json_reading import read_json_with_collector_paused
 
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
@@ -49,6 +49,10 @@ _READ_JSON = frozenset(
     }
 )
 _WEIGHTS_SUFFIX = ".safetensors"
+# what reading a CLIP tokenizer's BPE tables finds: (whether tokenizers builds them from its
+# files, the vocabulary entries no merge makes); what reads them from a parsed file (None: no tables)
+TablesRead = tuple[bool, list[str]]
+TablesReader = Callable[[Any], TablesRead | None]
 # a fast tokenizer reads its tokenizer.json alone; these are read only without one
 _SLOW_TOKENIZER_FILES = frozenset({"vocab.json", "merges.txt"})
 # the tokenizer classes (as a tokenizer_config.json names them) of the text encoders clipcond
@@ -126,23 +130,25 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
         # the file whose parse finds the vocabulary entries no merge makes (`clipcond.bpe_tables`)
         tables = _tables_reader(part, unread) if bpe_tables_read(part) else {}
         problems: dict[str, str | None] = {}
-        unmade: list[str] | None = None
+        read: TablesRead | None = None  # what `tables` found
         for path in sorted(part.iterdir()) if part.is_dir() else ():
             if path.name in unread:
                 continue
             if path.name in _READ_JSON or (path.name.endswith(".index.json") and _of_variant(path, variant)):
-                problems[path.name], found_unmade = _json_problem(path, tables.get(path.name))
-                unmade = found_unmade if path.name in tables else unmade
+                problems[path.name], reading = _json_problem(path, tables.get(path.name))
+                read = reading if path.name in tables else read
             elif safetensors and path.name.endswith(_WEIGHTS_SUFFIX) and _of_variant(path, variant):
                 problems[path.name] = _safetensors_problem(path)
         if not unread and problems.get("tokenizer_config.json", "missing") is None:
             problems.update(_missing_vocabulary(part))
         merges = part / "merges.txt"
         if merges.name not in unread and merges.is_file() and problems.get("vocab.json", "missing") is None:
-            problems[merges.name] = _merges_problem(merges, part / "vocab.json")  # a damaged vocab.json: named alone
+            # tokenizers' BPE is built (for its own error) only where the tables' reading says it fails
+            built = read is not None and read[0]
+            problems[merges.name] = None if built else _merges_problem(merges, part / "vocab.json")
         table_file = "tokenizer.json" if unread else merges.name  # the file that holds the merges
-        if unmade and problems.get(table_file) is None:
-            problems[table_file] = _unmade_problem(table_file, unmade)
+        if read and read[1] and problems.get(table_file) is None:
+            problems[table_file] = _unmade_problem(table_file, read[1])
         for name, problem in sorted(problems.items()):
             if problem:
                 found.append(f"{subfolder}/{name} {problem}" if subfolder else f"{name} {problem}")
@@ -186,10 +192,10 @@ def _of_variant(path: Path, variant: str | None) -> bool:
     return len(parts) == 2 and (parts[1] == variant or parts[1].startswith(f"{variant}-"))
 
 
-def _json_problem(path: Path, tables: Callable[[Any], list[str] | None] | None) -> tuple[str | None, list[str] | None]:
+def _json_problem(path: Path, tables: TablesReader | None) -> tuple[str | None, TablesRead | None]:
     """Why the JSON file `path` cannot be read as an object, or None; and, with `tables` (a
-    CLIP tokenizer's ``tokenizer.json`` or ``vocab.json``: `_tables_reader`), the vocabulary
-    entries that no merge makes, by `tables` of the parsed file (`clipcond.bpe_tables`)."""
+    CLIP tokenizer's ``tokenizer.json`` or ``vocab.json``: `_tables_reader`), what `tables`
+    reads in the parsed file (`clipcond.bpe_tables`)."""
     raw = path.read_bytes()
     if not raw.strip():
         return "is empty", None
@@ -214,20 +220,20 @@ def _unmade_problem(table_file: str, unmade: list[str]) -> str:
     return f"is cut short or damaged: the tokenizer built from it and vocab.json {describe_unmade(unmade)}, and {consequence}"
 
 
-def _tables_reader(part: Path, unread: frozenset[str]) -> dict[str, Callable[[Any], list[str] | None]]:
-    """file -> what finds, in that parsed file, the vocabulary entries that no merge rule makes,
-    for the CLIP tokenizer folder `part`: its ``tokenizer.json``, read alone when there is one
-    (`unread` holds the files it replaces), else its ``vocab.json`` with the ``merges.txt``
-    beside it (when that is UTF-8 text: otherwise `_merges_problem` names it), the added
-    tokens being those its files name (`_named_special_tokens`)."""
+def _tables_reader(part: Path, unread: frozenset[str]) -> dict[str, TablesReader]:
+    """file -> what reads the BPE tables in that parsed file, for the CLIP tokenizer folder
+    `part`: its ``tokenizer.json``, read alone when there is one (`unread` holds the files it
+    replaces), else its ``vocab.json`` with the ``merges.txt`` beside it (`read_clip_files`;
+    when that is UTF-8 text: otherwise `_merges_problem` names it), the added tokens being
+    those its files name (`_named_special_tokens`)."""
     if unread:
-        return {"tokenizer.json": unmade_in_tokenizer_json}
+        return {"tokenizer.json": lambda state: (True, unmade_in_tokenizer_json(state) or [])}
     try:
         merges = (part / "merges.txt").read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return {}
     special = _named_special_tokens(part)
-    return {"vocab.json": lambda vocab: unmade_in_clip_files(vocab, merges, special)}
+    return {"vocab.json": lambda vocab: read_clip_files(vocab, merges, special) if isinstance(vocab, dict) else None}
 
 
 # the settings of a tokenizer_config.json or special_tokens_map.json that name special tokens,

@@ -165,6 +165,19 @@ def test_a_conditioner_source_with_its_merges_cut_short_is_refused(tmp_path, sd_
     TextConditioner.from_config(ConditionerConfig(recipe="sd", clip=[whole], cache_size=0))
 
 
+def test_a_tokenizer_loaded_without_the_folder_check_is_checked_after_the_load(tmp_path, sd_folder) -> None:
+    """`load_tokenizer` alone (no `folder_checked`): the tables of the tokenizer it loaded are checked."""
+    from clipcond.encoder_loading import load_tokenizer
+
+    folder = tmp_path / "cut"
+    shutil.copytree(sd_folder, folder)
+    _merges_kept(folder, "tokenizer", 100)
+    source = EncoderSource(path=str(folder), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+    message = rf"^the tokenizer of {re.escape(repr(str(folder)))} \(subfolder 'tokenizer'\) has 48794 vocabulary"
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(source, "clip")
+
+
 def _tokenizer(vocab: dict[str, int], merges: list, **model: str):
     """A transformers fast tokenizer over a BPE model of `vocab` and `merges` (pairs, or
     "first second" strings as tokenizers wrote them before 0.20: it reads both and writes
@@ -345,3 +358,89 @@ def test_the_folder_check_of_vocab_json_and_merges_txt_agrees_with_the_loaded_to
         (problem,) = found
         assert problem.startswith("tokenizer/merges.txt is cut short or damaged: the tokenizer built from it and ")
         assert f"has {len(loaded)} vocabulary entries that no merge rule makes ({loaded[0]!r}" in problem
+
+
+def _small_clip_files() -> tuple[dict, list[str]]:
+    """CLIP's 512 base symbols, its first 300 merges and what they make: a vocab.json and the
+    lines of a merges.txt that tokenizers builds in well under a millisecond."""
+    vocabulary, merges = load_clip_bpe()
+    kept = [" ".join(pair) for pair in merges[:300]]
+    tokens = list(vocabulary)[:512] + ["".join(pair) for pair in merges[:300]]
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens))}, kept
+
+
+def _damaged_merges(text: str, rng) -> str:
+    """`text` with one random damage of the kinds a copy or an editor leaves."""
+    lines = text.split("\n")
+    kind = rng.randrange(7)
+    if kind == 0:  # cut anywhere
+        return text[: rng.randrange(len(text) + 1)]
+    if kind == 1:  # characters put in somewhere: separators, line ends, a comment's start
+        at = rng.randrange(len(text) + 1)
+        return (
+            text[:at]
+            + "".join(
+                rng.choice([" ", "\n", "\r", "\r\n", "\t", "#", "#version", "a", "é", "</w>"])
+                for _ in range(rng.randrange(1, 4))
+            )
+            + text[at:]
+        )
+    if kind == 2:  # a span gone
+        at = rng.randrange(len(text) + 1)
+        return text[:at] + text[at + rng.randrange(1, 12) :]
+    if kind == 3:  # line ends as another system writes them
+        return text.replace("\n", rng.choice(["\r\n", "\r", "\n\n"]))
+    if kind == 4:  # a line doubled, or two swapped
+        i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+        lines[i], lines[j] = (lines[j], lines[i]) if rng.random() < 0.5 else (lines[i], lines[i])
+        return "\n".join(lines)
+    if kind == 5:  # a line's tokens joined or a rule of tokens the vocabulary lacks
+        i = rng.randrange(len(lines))
+        lines[i] = rng.choice([lines[i].replace(" ", ""), lines[i] + " x", "zz qq", " ", ""])
+        return "\n".join(lines)
+    return text.rstrip("\n")  # no final line break
+
+
+def _damaged_vocab(vocab: dict, rng) -> dict:
+    """`vocab` as JSON would hold it after one random damage to an id or an entry."""
+    damaged = dict(vocab)
+    token = rng.choice(list(vocab))
+    choice = rng.randrange(7)
+    if choice == 6:
+        del damaged[token]
+    else:
+        damaged[token] = [-1, 1.5, 2.0, "7", None, True][choice]
+    return damaged
+
+
+def test_reading_clip_files_builds_exactly_where_tokenizers_builds(tmp_path) -> None:
+    """`read_clip_files` says the files build (and the folder check then builds no BPE of its
+    own) exactly where tokenizers' `BPE` builds from them, as transformers loads them: over 2,000
+    seeded random damages of merges.txt's text and of vocab.json's ids."""
+    import random
+
+    from tokenizers.models import BPE
+
+    from clipcond.bpe_tables import read_clip_files
+
+    vocab, lines = _small_clip_files()
+    whole = "#version: 0.2\n" + "\n".join(lines) + "\n"
+    rng = random.Random(0)
+    counts = {True: 0, False: 0}
+    for case in range(2000):
+        text = _damaged_merges(whole, rng) if case % 4 else whole
+        ids = _damaged_vocab(vocab, rng) if case % 4 in (0, 1) else vocab
+        (tmp_path / "merges.txt").write_text(text, encoding="utf-8", newline="")
+        (tmp_path / "vocab.json").write_text(json.dumps(ids), encoding="utf-8")
+        try:
+            BPE(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+            built = True
+        except Exception:  # tokenizers raises bare `Exception`s
+            built = False
+        assert read_clip_files(ids, text, [])[0] == built, (
+            case,
+            text[:200],
+            {k: v for k, v in ids.items() if v != vocab.get(k)},
+        )
+        counts[built] += 1
+    assert min(counts.values()) > 300, counts  # both verdicts, many times
