@@ -405,11 +405,21 @@ def _damaged_vocab(vocab: dict, rng) -> dict:
     """`vocab` as JSON would hold it after one random damage to an id or an entry."""
     damaged = dict(vocab)
     token = rng.choice(list(vocab))
-    choice = rng.randrange(7)
-    if choice == 6:
+    kinds = [
+        -1,
+        1.5,
+        2.0,
+        "7",
+        None,
+        True,
+        2**64 - 1,
+        2**64,
+    ]  # the last two: the largest id tokenizers reads, and one past it
+    choice = rng.randrange(len(kinds) + 1)
+    if choice == len(kinds):
         del damaged[token]
     else:
-        damaged[token] = [-1, 1.5, 2.0, "7", None, True][choice]
+        damaged[token] = kinds[choice]
     return damaged
 
 
