@@ -454,3 +454,18 @@ def test_reading_clip_files_builds_exactly_where_tokenizers_builds(tmp_path) -> 
         )
         counts[built] += 1
     assert min(counts.values()) > 300, counts  # both verdicts, many times
+
+
+@pytest.mark.parametrize("settings_file", ["special_tokens_map.json", "added_tokens.json"])
+def test_a_settings_file_that_is_no_object_is_named_beside_the_tables(tmp_path, sd_folder, settings_file) -> None:
+    """The added tokens of a folder read from vocab.json and merges.txt are read from its
+    settings files; one that holds a JSON list names no tokens, and is named as damaged."""
+    from clipcond.file_damage import damaged_files
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / settings_file).write_text('["<|extra|>"]', encoding="utf-8")
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == [
+        f"tokenizer/{settings_file} holds a JSON list, not an object"
+    ]
