@@ -87,8 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale (default: %(default)s; diffusers' StableDiffusionPipeline: 7.5)",
     )
     parser.add_argument("--n", type=int, default=1, help="images to generate, written as a grid (default: %(default)s)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
+    for side in ("height", "width"):  # not with --image: the output takes its size
+        parser.add_argument(
+            f"--{side}",
+            type=int,
+            help=f"image {side} in pixels (default: the UNet's sample size times the VAE's scale)",
+        )
     parser.add_argument(
         "--lora", help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id)"
     )

@@ -17,3 +17,18 @@ def test_generate_help_states_each_default_argparse_applies(dest, capsys) -> Non
     option = f"--{dest} {dest.upper()}"
     assert option in help_text
     assert f"(default: {applied}" in help_text.rsplit(option, 1)[1].split(" --", 1)[0]
+
+
+def test_every_option_of_every_command_says_what_it_is() -> None:
+    """Each option of each `clipcond` command has a help text (generate's --height and --width had none)."""
+    import argparse
+
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    unexplained = [
+        f"{name} {action.dest}"
+        for name, command in subparsers.choices.items()
+        for action in command._actions
+        if not action.help
+    ]
+    assert unexplained == []
