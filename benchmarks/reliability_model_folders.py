@@ -29,6 +29,17 @@ def _vocabulary_removed(tokenizer: Path) -> Path:
     return tokenizer / "vocab.json"
 
 
+def _merges_cut_at_a_line_end(tokenizer: Path) -> Path:
+    """A CLIP tokenizer folder in the hub's layout (vocab.json and merges.txt, no tokenizer.json)
+    whose merges.txt kept only its first 1,000 rules, as a copy stopped at a line's end leaves
+    it; returns it."""
+    (tokenizer / "tokenizer.json").unlink()
+    merges = tokenizer / "merges.txt"
+    lines = merges.read_text(encoding="utf-8").splitlines(keepends=True)
+    merges.write_text("".join(lines[:1001]), encoding="utf-8")  # line 0: the #version header
+    return merges
+
+
 def _diffusers_sd_folder(folder: Path) -> Path:
     """A small StableDiffusionPipeline (random weights) saved by diffusers."""
     from bench_pipeline import components
@@ -65,7 +76,8 @@ def _copy(source: Path, folder: Path, damage: Callable[[Path], Path]) -> tuple[P
 
 
 def model_folder_cases(work: Path) -> list[Case]:
-    """generate, encode, eval-clip, train-diffusion and train-t5 on damaged model folders."""
+    """generate, encode, eval-clip, train-diffusion (its text_encoder and init_from) and train-t5
+    on damaged model folders."""
     from diffusers import StableDiffusionPipeline
 
     from clipcond.models import ClipTwoTower, load_model_config, save_clip
@@ -84,6 +96,16 @@ def model_folder_cases(work: Path) -> list[Case]:
     note = f"diffusers alone: a tokenizer of {tokens} tokens, no error; clipcond: "
     name = "generate --model: a diffusers folder's tokenizer without its vocabulary"
     cases.append(_refusal(name, argv, folder, "tokenizer/vocab.json", output, note))
+
+    folder, _ = _copy(sd, root / "sd-merges-cut", lambda f: _merges_cut_at_a_line_end(f / "tokenizer"))
+    word = "photograph"
+    pieces = len(StableDiffusionPipeline.from_pretrained(folder).tokenizer(word).input_ids) - 2
+    whole = len(StableDiffusionPipeline.from_pretrained(sd).tokenizer(word).input_ids) - 2
+    output = root / "merges-cut.png"
+    argv = ["generate", "a red circle", "--model", str(folder), "-o", str(output), "--steps", "1"]
+    note = f"diffusers alone: {word!r} read as {pieces} tokens (whole: {whole}), no error; clipcond: "
+    name = "generate --model: a diffusers folder's merges.txt cut at a line's end (the hub's tokenizer layout)"
+    cases.append(_refusal(name, argv, folder, "tokenizer/merges.txt", output, note))
 
     unet = "unet/diffusion_pytorch_model.safetensors"
     folder, _ = _copy(sd, root / "sd-unet-cut", lambda f: _cut_in_half(f / unet))
@@ -110,6 +132,15 @@ def model_folder_cases(work: Path) -> list[Case]:
     argv = ["train-diffusion", "--config", str(config), "--no-progress"]
     name = "train-diffusion: the text_encoder's tokenizer without its vocabulary"
     cases.append(_refusal(name, argv, folder, str(named), output))
+
+    folder, named = _copy(sd, root / "sd-init-unet-cut", lambda f: _cut_in_half(f / unet))
+    output = root / "init-from-run"
+    config = root / "init-from.yaml"
+    settings = {**_diffusion_config(sd / "text_encoder", output), "init_from": str(folder)}
+    del settings["unet"]
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    argv = ["train-diffusion", "--config", str(config), "--no-progress"]
+    cases.append(_refusal("train-diffusion: init_from's UNet weights cut short", argv, folder, str(named), output))
 
     cases.append(_t5_resume_case(root))
     return cases
