@@ -96,15 +96,20 @@ def test_a_pipeline_folder_with_its_merges_cut_short_is_refused(tmp_path, sd_fol
     assert len(unmade_tokens(peer.tokenizer)) == missing
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["beside vocab.json", "alone"])
 @pytest.mark.parametrize("written", ["pairs", "strings"])
 def test_merges_cut_short_inside_tokenizer_json_are_refused_before_anything_loads(
-    tmp_path, sd_folder, monkeypatch, written
+    tmp_path, sd_folder, monkeypatch, written, alone
 ) -> None:
     """transformers reads tokenizer.json before vocab.json and merges.txt: its own merges count,
     checked with the folder (`clipcond.file_damage`), as tokenizers >= 0.20 writes them (pairs)
-    or as older files hold them ("first second" strings)."""
+    or as older files hold them ("first second" strings), also in a folder that holds no other
+    vocabulary file."""
     folder = tmp_path / "cut"
     shutil.copytree(sd_folder, folder)
+    if alone:
+        for name in ("vocab.json", "merges.txt"):
+            (folder / "tokenizer" / name).unlink()
     path = folder / "tokenizer" / "tokenizer.json"
     state = json.loads(path.read_text(encoding="utf-8"))
     merges = state["model"]["merges"][:-10]
@@ -113,7 +118,8 @@ def test_merges_cut_short_inside_tokenizer_json_are_refused_before_anything_load
     _no_component_loads(monkeypatch)
     message = (
         rf"^the pipeline saved at {re.escape(str(folder))} has damaged files .*: tokenizer/tokenizer\.json has 10 "
-        r"vocabulary entries that no merge rule makes \('.*', \.\.\.\): its model\.merges are cut short"
+        r"vocabulary entries that no merge rule makes \('.*', \.\.\.\): its model\.merges are cut short or damaged, and "
+        r"its tokenizer would split words into pieces the text encoder was not trained on; nothing was loaded$"
     )
     with pytest.raises(ValueError, match=message):
         CLIPConditionedPipeline.from_pretrained(folder)
@@ -358,6 +364,7 @@ def test_the_folder_check_of_vocab_json_and_merges_txt_agrees_with_the_loaded_to
         (problem,) = found
         assert problem.startswith("tokenizer/merges.txt is cut short or damaged: the tokenizer built from it and ")
         assert f"has {len(loaded)} vocabulary entries that no merge rule makes ({loaded[0]!r}" in problem
+        assert problem.endswith("), and would split words into pieces the text encoder was not trained on")
 
 
 def _small_clip_files() -> tuple[dict, list[str]]:
@@ -456,10 +463,11 @@ def test_reading_clip_files_builds_exactly_where_tokenizers_builds(tmp_path) -> 
     assert min(counts.values()) > 300, counts  # both verdicts, many times
 
 
-@pytest.mark.parametrize("settings_file", ["special_tokens_map.json", "added_tokens.json"])
+@pytest.mark.parametrize("settings_file", ["special_tokens_map.json", "added_tokens.json", "vocab.json"])
 def test_a_settings_file_that_is_no_object_is_named_beside_the_tables(tmp_path, sd_folder, settings_file) -> None:
     """The added tokens of a folder read from vocab.json and merges.txt are read from its
-    settings files; one that holds a JSON list names no tokens, and is named as damaged."""
+    settings files; one that holds a JSON list names no tokens, and is named as damaged, as is
+    a vocab.json that holds one (its tables are not read)."""
     from clipcond.file_damage import damaged_files
 
     folder = tmp_path / "tokenizer"
