@@ -477,3 +477,23 @@ def test_a_settings_file_that_is_no_object_is_named_beside_the_tables(tmp_path, 
     assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == [
         f"tokenizer/{settings_file} holds a JSON list, not an object"
     ]
+
+
+def test_a_slow_bpe_tokenizer_of_another_class_has_its_merges_built_by_tokenizers(tmp_path, sd_folder) -> None:
+    """The tables of vocab.json and merges.txt are read for CLIP's classes alone; another BPE
+    tokenizer built from them (GPT-2's) has its merges.txt built by tokenizers, as transformers
+    builds it: a rule cut in half is named, merges cut at a line's end are not a CLIP's to judge."""
+    from clipcond.file_damage import bpe_tables_read, damaged_files
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", folder)
+    (folder / "tokenizer.json").unlink()
+    _set_json(folder / "tokenizer_config.json", tokenizer_class="GPT2Tokenizer")
+    assert not bpe_tables_read(folder)
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+    whole = (folder / "merges.txt").read_text(encoding="utf-8")
+    (folder / "merges.txt").write_text(whole[: whole.index("\n", 5000)], encoding="utf-8")  # at a line's end
+    assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+    (folder / "merges.txt").write_text(whole[: whole.index("\n", 5000) - 2], encoding="utf-8")  # within a rule
+    (found,) = damaged_files(tmp_path, ["tokenizer"], None, safetensors=True)
+    assert found.startswith("tokenizer/merges.txt does not fit vocab.json as BPE merges (tokenizers: ")
