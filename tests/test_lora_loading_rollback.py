@@ -392,19 +392,21 @@ def test_lora_state_dict_takes_a_bias_without_another_half() -> None:
     assert sorted(CLIPConditionedPipeline.lora_state_dict(dict(weights))[0]) == sorted(weights)
 
 
-@pytest.mark.parametrize("key", ["text_model.final_layer_norm", 7])
+@pytest.mark.parametrize("key", ["text_model.final_layer_norm", 7, None], ids=["a text key", "a number", "no key"])
 def test_a_key_error_that_names_no_lora_tensor_is_diffusers_own(monkeypatch, key) -> None:
     """Only a KeyError for a LoRA tensor (a string naming "lora") is read as an incomplete file;
-    any other is raised as diffusers raised it."""
+    any other (one that names nothing included) is raised as diffusers raised it."""
     from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
+    arguments = () if key is None else (key,)
+
     def failing(*args, **kwargs):
-        raise KeyError(key)
+        raise KeyError(*arguments)
 
     monkeypatch.setattr(StableDiffusionXLLoraLoaderMixin, "lora_state_dict", classmethod(failing))
     with pytest.raises(KeyError) as raised:
         CLIPConditionedPipeline.lora_state_dict({"unet.a.lora_A.weight": _ZEROS})
-    assert raised.type is KeyError and raised.value.args == (key,)
+    assert raised.type is KeyError and raised.value.args == arguments
 
 
 @pytest.mark.parametrize("lacking", [1, 2, 3])
