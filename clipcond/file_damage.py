@@ -127,7 +127,7 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
     for subfolder in subfolders:
         part = folder / subfolder  # one that is missing has nothing here: diffusers names it itself
         unread = _SLOW_TOKENIZER_FILES if (part / "tokenizer.json").is_file() else frozenset()
-        # the file whose parse finds the vocabulary entries no merge makes (`clipcond.bpe_tables`)
+        # what reads a CLIP tokenizer's BPE tables in the file its parse finds them in (`clipcond.bpe_tables`)
         tables = _tables_reader(part, unread) if bpe_tables_read(part) else {}
         problems: dict[str, str | None] = {}
         read: TablesRead | None = None  # what `tables` found
