@@ -67,19 +67,20 @@ def unmade_in_tokenizer_json(state: Any) -> list[str] | None:
 
 def read_clip_files(vocab: dict[str, Any], merges: str, special: Iterable[str]) -> tuple[bool, list[str]]:
     """Read a CLIP tokenizer's parsed ``vocab.json`` `vocab` and ``merges.txt`` text `merges`
-    as tokenizers' `BPE` builds them for transformers, in one pass: (whether it builds, the
+    as tokenizers' `BPE` builds them for transformers, in one pass: (whether they fit, the
     vocabulary entries no merge makes: `unmade_tokens` of the tokenizer, its added tokens being
     the `special` ones; CLIP's model has the end-of-word suffix "</w>" and no subword prefix,
     as `transformers.CLIPTokenizer` builds it).
 
-    As tokenizers reads the files: an id that is a JSON number but no integer >= 0 (below
-    2**64) is refused, a value that is no number is left out of the vocabulary; the text is
-    split into lines at "\n" (a "\r" before one dropped), lines starting "#version" are
-    skipped, and every other line is a rule "first second" (one space) whose two tokens and
-    their concatenation are in the vocabulary.
+    They fit, and tokenizers builds them, when every id is an integer in [0, 2**64), every token
+    is UTF-8 text (Python's JSON reads a lone surrogate, tokenizers' refuses it), and every line
+    of the text, split at "\n" (a "\r" before one dropped) and skipping lines that start
+    "#version", is a rule "first second" (one space) whose two tokens and their concatenation
+    are in the vocabulary. Files that do not fit may still build (tokenizers leaves a value that
+    is no number out of the vocabulary): their verdict is tokenizers' own.
     """
+    fits = all(type(id_) is int and 0 <= id_ < 2**64 for id_ in vocab.values()) and _utf8("".join(vocab))
     ids = {token: id_ for token, id_ in vocab.items() if type(id_) in (int, float)}  # JSON numbers; a bool is none
-    builds = all(type(id_) is int and 0 <= id_ < 2**64 for id_ in ids.values())
     lines = merges.split("\n")
     last = lines.pop()  # what follows the last line break: "" for a file that ends with one
     lines = [line.removesuffix("\r") for line in lines] + ([last] if last else [])
@@ -89,10 +90,19 @@ def read_clip_files(vocab: dict[str, Any], merges: str, special: Iterable[str]) 
             continue
         parts = line.split(" ")
         merged = "".join(parts)
-        if builds and (len(parts) != 2 or parts[0] not in ids or parts[1] not in ids or merged not in ids):
-            builds = False
+        if fits and (len(parts) != 2 or parts[0] not in ids or parts[1] not in ids or merged not in ids):
+            fits = False
         made.add(merged)
-    return builds, [token for token in ids if token not in made and len(token.removesuffix(_CLIP_SUFFIX)) > 1]
+    return fits, [token for token in ids if token not in made and len(token.removesuffix(_CLIP_SUFFIX)) > 1]
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_bpe_tables(tokenizer: Any, where: str) -> None:

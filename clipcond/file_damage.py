@@ -49,8 +49,8 @@ _READ_JSON = frozenset(
     }
 )
 _WEIGHTS_SUFFIX = ".safetensors"
-# what reading a CLIP tokenizer's BPE tables finds: (whether tokenizers builds them from its
-# files, the vocabulary entries no merge makes); what reads them from a parsed file (None: no tables)
+# what reading a CLIP tokenizer's BPE tables finds: (whether they fit, and tokenizers builds them
+# from its files, the vocabulary entries no merge makes); what reads them from a parsed file (None: no tables)
 TablesRead = tuple[bool, list[str]]
 TablesReader = Callable[[Any], TablesRead | None]
 # a fast tokenizer reads its tokenizer.json alone; these are read only without one
@@ -143,7 +143,7 @@ def damaged_files(folder: Path, subfolders: Iterable[str], variant: str | None, 
             problems.update(_missing_vocabulary(part))
         merges = part / "merges.txt"
         if merges.name not in unread and merges.is_file() and problems.get("vocab.json", "missing") is None:
-            # tokenizers' BPE is built (for its own error) only where the tables' reading says it fails
+            # tokenizers' BPE is built (for its verdict and error) only where the reading says the files may not fit
             built = read is not None and read[0]
             problems[merges.name] = None if built else _merges_problem(merges, part / "vocab.json")
         table_file = "tokenizer.json" if unread else merges.name  # the file that holds the merges

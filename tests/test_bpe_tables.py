@@ -422,18 +422,21 @@ def _damaged_vocab(vocab: dict, rng) -> dict:
         2**64 - 1,
         2**64,
     ]  # the last two: the largest id tokenizers reads, and one past it
-    choice = rng.randrange(len(kinds) + 1)
+    choice = rng.randrange(len(kinds) + 2)
     if choice == len(kinds):
         del damaged[token]
+    elif choice == len(kinds) + 1:  # a token of a lone surrogate, as an escape "\\udc80" reads in Python
+        damaged[token[:-1] + "\udc80"] = damaged.pop(token)
     else:
         damaged[token] = kinds[choice]
     return damaged
 
 
-def test_reading_clip_files_builds_exactly_where_tokenizers_builds(tmp_path) -> None:
-    """`read_clip_files` says the files build (and the folder check then builds no BPE of its
-    own) exactly where tokenizers' `BPE` builds from them, as transformers loads them: over 2,000
-    seeded random damages of merges.txt's text and of vocab.json's ids."""
+def test_reading_clip_files_fits_where_tokenizers_builds(tmp_path) -> None:
+    """`read_clip_files` says the files fit (and the folder check then builds no BPE of its own)
+    only where tokenizers' `BPE` builds from them, as transformers loads them, and exactly where
+    it does for a vocabulary of numbers alone: over 2,000 seeded random damages of merges.txt's
+    text and of vocab.json's entries."""
     import random
 
     from tokenizers.models import BPE
@@ -454,11 +457,10 @@ def test_reading_clip_files_builds_exactly_where_tokenizers_builds(tmp_path) -> 
             built = True
         except Exception:  # tokenizers raises bare `Exception`s
             built = False
-        assert read_clip_files(ids, text, [])[0] == built, (
-            case,
-            text[:200],
-            {k: v for k, v in ids.items() if v != vocab.get(k)},
-        )
+        fits = read_clip_files(ids, text, [])[0]
+        numbers = all(type(id_) in (int, float) for id_ in ids.values())  # tokenizers skips other values
+        damage = (case, text[:200], {k: v for k, v in ids.items() if v != vocab.get(k)})
+        assert fits == built if numbers else not fits, damage
         counts[built] += 1
     assert min(counts.values()) > 300, counts  # both verdicts, many times
 
