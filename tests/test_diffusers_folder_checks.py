@@ -3,7 +3,8 @@ encode --pipeline` reads is checked as a saved CLIPConditionedPipeline's is
 (`saved_folder_checks.check_pipeline_folder`, with the components of the pipeline class its
 `model_index.json` names: `index_components`). diffusers' own loader, which these routes called
 directly, loaded a tokenizer folder without its vocabulary files as a tokenizer of two tokens,
-with no error, and failed on a cut file naming none."""
+or merges.txt cut at a line's end as a tokenizer that splits words, with no error, and failed on
+a cut file naming none."""
 
 from __future__ import annotations
 
@@ -44,10 +45,21 @@ def _tokenizer_json_cut(folder: Path) -> str:
     return "tokenizer/tokenizer.json is no valid JSON"
 
 
+def _hub_layout_merges_cut(folder: Path) -> str:
+    """The tokenizer as the hub's SD 1.5 folder holds it (vocab.json and merges.txt, no
+    tokenizer.json), its merges.txt cut at a line's end after 1,000 rules."""
+    tokenizer = folder / "tokenizer"
+    (tokenizer / "tokenizer.json").unlink()
+    lines = (tokenizer / "merges.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tokenizer / "merges.txt").write_text("".join(lines[:1001]), encoding="utf-8")  # line 0: the #version header
+    return "tokenizer/merges.txt is cut short or damaged: the tokenizer built from it and vocab.json has 47894"
+
+
 DAMAGES = {
     "tokenizer vocabulary missing": _vocabulary_removed,
     "unet weights cut": _unet_weights_cut,
     "tokenizer.json cut": _tokenizer_json_cut,
+    "hub-layout merges.txt cut at a line's end": _hub_layout_merges_cut,
 }
 
 
@@ -79,7 +91,19 @@ def test_diffusers_alone_loads_the_folder_without_vocabulary_as_two_tokens(diffu
     assert set(tokenizer("a red circle").input_ids[1:-1]) == {tokenizer.unk_token_id}
 
 
-@pytest.mark.parametrize("damage", ["tokenizer vocabulary missing", "unet weights cut"])
+def test_diffusers_alone_loads_merges_cut_at_a_line_end_splitting_words(diffusers_folder, tmp_path) -> None:
+    """The peer's behaviour on the hub's tokenizer layout: no error, and words read in pieces the
+    text encoder was not trained on. Before 2026-12-02 `generate --model`, `encode --pipeline`
+    and the lab loaded such a folder through diffusers as it is."""
+    folder, _ = _damaged_copy(diffusers_folder, tmp_path, "hub-layout merges.txt cut at a line's end")
+    cut = diffusers.StableDiffusionPipeline.from_pretrained(folder).tokenizer
+    whole = diffusers.StableDiffusionPipeline.from_pretrained(diffusers_folder).tokenizer
+    assert len(whole("photograph").input_ids) == 3 and len(cut("photograph").input_ids) > 3
+
+
+@pytest.mark.parametrize(
+    "damage", ["tokenizer vocabulary missing", "unet weights cut", "hub-layout merges.txt cut at a line's end"]
+)
 def test_encode_pipeline_names_the_damaged_file_of_a_diffusers_folder_in_one_line(
     diffusers_folder, tmp_path, capsys, damage
 ) -> None:
