@@ -107,6 +107,17 @@ def _vocabulary_moved_away(tokenizer: Path):
     return lambda: [undo() for undo in undos]
 
 
+def _merges_cut_at_a_line_end(tokenizer: Path):
+    """`tokenizer` as the hub's SD 1.5 folder holds it (no tokenizer.json), its merges.txt cut at
+    a line's end after 1,000 rules: transformers then built a tokenizer that splits words into
+    pieces, with no error (`clipcond.bpe_tables`)."""
+    undo_json = _moved_away(tokenizer / "tokenizer.json")
+    merges = tokenizer / "merges.txt"
+    good = merges.read_bytes()
+    merges.write_bytes(b"".join(good.splitlines(keepends=True)[:1001]))
+    return lambda: (merges.write_bytes(good), undo_json())
+
+
 # id -> (the damaged model, the damage (returns its undo), whether the undo leaves other files
 # than the first run's: the .bin case converts the weights first, a new digest)
 DAMAGES = {
@@ -121,6 +132,7 @@ DAMAGES = {
     ),
     "tokenizer.json cut": ("a", lambda models: _cut(models["a"] / "tokenizer/tokenizer.json"), False),
     "tokenizer vocabulary missing": ("a", lambda models: _vocabulary_moved_away(models["a"] / "tokenizer"), False),
+    "merges.txt cut at a line's end": ("a", lambda models: _merges_cut_at_a_line_end(models["a"] / "tokenizer"), False),
     "clip weights cut": (
         "clip",
         lambda models: _cut(next((models["clip"] / "image_encoder").glob("*.safetensors"))),
