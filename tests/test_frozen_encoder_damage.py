@@ -144,3 +144,26 @@ def test_a_tokenizers_backed_folder_without_its_files_is_named_as_either_transfo
     assert found.startswith(f"tokenizer/tokenizer.model is missing, and there is no tokenizer.json (a {saved_as} ")
     (folder / "tokenizer.model").write_bytes(b"a sentencepiece model")  # present: transformers reads it
     assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_each_folder_of_the_tower_and_its_tokenizer_is_checked_once(tmp_path, monkeypatch, layout) -> None:
+    """A folder that holds both the tower and its tokenizer is checked once (it was twice, once by
+    each loader); a pipeline folder's text_encoder/ and tokenizer/ once each."""
+    from clipcond.training.diffusion import frozen_encoders
+
+    root = tmp_path / "tower"
+    model, tokenizer = (root / layout[0], root / layout[1])
+    tiny_pipelines.clip_text_model(3).save_pretrained(model)
+    clip_tokenizer().save_pretrained(tokenizer)
+    checked: list[Path] = []
+    original = frozen_encoders.refuse_damaged_folder
+
+    def recording(what, folder, subfolders):
+        checked.append(Path(folder))
+        return original(what, folder, subfolders)
+
+    monkeypatch.setattr(frozen_encoders, "refuse_damaged_folder", recording)
+    encoder, loaded = frozen_encoders.load_frozen_clip(str(root))
+    assert checked == list(dict.fromkeys([model, tokenizer]))
+    assert loaded("a red circle").input_ids == clip_tokenizer()("a red circle").input_ids

@@ -37,9 +37,7 @@ def load_frozen_text_encoder(path: str) -> nn.Module:
     """
     from transformers import CLIPTextModel
 
-    folder = Path(path)
-    if (folder / "text_encoder").is_dir():
-        folder = folder / "text_encoder"
+    folder = _tower_folder(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"text_encoder: no text encoder at {path} (expected config.json or text_encoder/)")
     # CLIPTextModel (not ...WithProjection): its first output is the per-token states, which is
@@ -95,12 +93,32 @@ def saved_tokenizer_folder(path: str | Path) -> Path | None:
     return None
 
 
-def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
+def _tower_folder(path: str) -> Path:
+    """The folder the CLIP tower at `path` is read from: `path`, or its ``text_encoder/``."""
+    folder = Path(path)
+    return folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
+
+
+def load_frozen_clip(path: str) -> tuple[nn.Module, Any]:
+    """(`load_frozen_text_encoder`, `load_text_encoder_tokenizer`) of `path`, a folder that holds
+    both the tower and its tokenizer checked for damage once.
+
+    Raises:
+        FileNotFoundError, RunSetupError: as those two raise them.
+    """
+    text_encoder = load_frozen_text_encoder(path)
+    return text_encoder, load_text_encoder_tokenizer(path, text_encoder, checked=_tower_folder(path))
+
+
+def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module, checked: Path | None = None) -> Any:
     """The tokenizer of the CLIP tower `text_encoder` read from `path` (`saved_tokenizer_folder`):
     the bundled OpenAI CLIP tokenizer with the saved one's pad token and context length when
     the saved one has exactly OpenAI's vocabulary (`with_clip_text_cleaning`, shared with a
     conditioner YAML's loader), else the saved one as it is; the bundled
     tokenizer (pad "<|endoftext|>", the tower's context length) when the folder holds none.
+
+    `checked`: a folder whose files were checked already (`load_frozen_clip` passes the tower's):
+    the tokenizer's, when it is that one, is not checked again.
 
     Raises:
         RunSetupError: the saved tokenizer cannot be read (the message names its folder), is a
@@ -113,7 +131,8 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module) -> Any:
     if folder is None:
         return clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
-        refuse_damaged_folder("the folder", folder, [""])
+        if folder != checked:
+            refuse_damaged_folder("the folder", folder, [""])
         tokenizer = AutoTokenizer.from_pretrained(folder)
         check_tables_after_load(tokenizer, folder, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings

@@ -28,11 +28,7 @@ from clipcond.pipelines.coordinates import append_coordinates
 from clipcond.training.data import SampleGenerators
 from clipcond.training.data.latent_shards import LatentShards, latent_moments
 from clipcond.training.diffusion.config import TRAINED_PREDICTIONS, TrainDiffusionConfig, scheduler_class
-from clipcond.training.diffusion.frozen_encoders import (
-    load_frozen_t5,
-    load_frozen_text_encoder,
-    load_text_encoder_tokenizer,
-)
+from clipcond.training.diffusion.frozen_encoders import load_frozen_clip, load_frozen_t5
 from clipcond.training.diffusion.unet_setup import add_lora, build_unet
 from clipcond.training.loop import RunSetupError, reading_part
 
@@ -268,8 +264,7 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
             f"(init_from {config.init_from} has no {PROJECTION_DIR}/)"
         )
     projection = _load_init_projection(config)
-    text_encoder = load_frozen_text_encoder(config.text_encoder)
-    tokenizer = load_text_encoder_tokenizer(config.text_encoder, text_encoder)
+    text_encoder, tokenizer = load_frozen_clip(config.text_encoder)
     t5_encoder, t5_tokenizer = load_frozen_t5(config.t5_encoder) if config.t5_encoder else (None, None)
     custom = t5_encoder is not None or projection is not None or bool(config.projection_dim)
     recipe = (
