@@ -147,22 +147,13 @@ def model_folder_cases(work: Path) -> list[Case]:
 
 
 def _diffusion_config(text_encoder: Path, output_dir: Path) -> dict:
-    """A train-diffusion config of 2 steps on the shapes stream, pixel space, 16x16."""
-    return {
-        "text_encoder": str(text_encoder),
-        "unet": {
-            "block_out_channels": [8, 16],
-            "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-            "attention_head_dim": 4,
-            "norm_num_groups": 4,
-        },
-        "image_size": 16,
-        "batch_size": 2,
-        "steps": 2,
-        "output_dir": str(output_dir),
-    }
+    """The bundled model's train-diffusion config (configs/diffusion/shapes-tiny.yaml), reading
+    `text_encoder`, cut to 2 steps of two 16x16 images."""
+    settings = yaml.safe_load((REPO / "configs/diffusion/shapes-tiny.yaml").read_text(encoding="utf-8"))
+    settings.update(
+        text_encoder=str(text_encoder), output_dir=str(output_dir), image_size=16, batch_size=2, steps=2, warmup_steps=1
+    )
+    return settings
 
 
 def _t5_resume_case(root: Path) -> Case:

@@ -102,11 +102,7 @@ def check_tables_after_load(tokenizer: Any, folder: Path | None, where: str) -> 
 def _tokenizer_class(part: Path) -> str | None:
     """The tokenizer class `part`'s `tokenizer_config.json` names; None without a readable one
     (a damaged one is named by `damaged_files`)."""
-    try:
-        config = json.loads((part / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    named = config.get("tokenizer_class") if isinstance(config, dict) else None
+    named = _json_object(part / "tokenizer_config.json").get("tokenizer_class")
     return named if isinstance(named, str) else None
 
 
@@ -201,14 +197,14 @@ def _json_problem(path: Path, tables: TablesReader | None) -> tuple[str | None, 
         return "is empty", None
     read = tables or (lambda value: None)
     try:
-        kind, unmade = read_json_with_collector_paused(raw.decode("utf-8"), lambda value: (type(value), read(value)))
+        kind, reading = read_json_with_collector_paused(raw.decode("utf-8"), lambda value: (type(value), read(value)))
     except UnicodeDecodeError:
         return "is no UTF-8 text", None
     except json.JSONDecodeError as error:
         return f"is no valid JSON ({error.msg}: line {error.lineno}, column {error.colno})", None
     if kind is not dict:
         return f"holds a JSON {kind.__name__}, not an object", None
-    return None, unmade
+    return None, reading
 
 
 def _unmade_problem(table_file: str, unmade: list[str]) -> str:
