@@ -32,3 +32,19 @@ def test_every_option_of_every_command_says_what_it_is() -> None:
         if not action.help
     ]
     assert unexplained == []
+
+
+def test_the_default_image_size_is_the_unets_sample_size_times_the_vaes_scale(diffusers_sd_folder, tmp_path) -> None:
+    """What `--height` and `--width` say of their default, on a diffusers folder; given, they set it."""
+    import diffusers
+    from PIL import Image
+
+    from clipcond.cli import main
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(diffusers_sd_folder)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    argv = ["generate", "a red circle", "--model", str(diffusers_sd_folder), "--steps", "1"]
+    assert main([*argv, "-o", str(tmp_path / "default.png")]) == 0
+    assert Image.open(tmp_path / "default.png").size == (side, side)
+    assert main([*argv, "-o", str(tmp_path / "set.png"), "--height", str(side * 2), "--width", str(side)]) == 0
+    assert Image.open(tmp_path / "set.png").size == (side, side * 2)  # PIL: (width, height)
