@@ -15,7 +15,8 @@ pipeline's conditioners (`TextConditioner.weights_written`), so that no cached e
 the weights before is served.
 
 Loading is all or nothing: `load_lora_weights` takes a new adapter out of every component it
-reached when the load fails partway or the loaded tensors are not finite, and the
+reached when the load fails partway or the loaded tensors are not finite, with the peft layers
+wrapped for it and the `requires_grad` it switched off (`LoraState`), and the
 setters (`set_adapters`, `fuse_lora`) refuse scales that are no finite numbers before any layer
 changes. A file in which a layer has one of its two LoRA tensors only is refused as it is
 read (`lora_state_dict`), before any component changes: diffusers let peft or transformers
@@ -35,7 +36,7 @@ import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
 from clipcond.lora_scale import check_lora_scale
-from clipcond.pipelines.lora_snapshots import AdapterSnapshot
+from clipcond.pipelines.lora_snapshots import AdapterSnapshot, LoraState
 from clipcond.scalars import finite_number_tree
 
 _WEIGHT_FORMS = (
@@ -76,20 +77,20 @@ class RecipeLoraLoaderMixin(StableDiffusionXLLoraLoaderMixin):
                 f"adapter's layers in the models), got {adapter_name!r:.80}"
             )
         family = StableDiffusionXLLoraLoaderMixin if self.config.recipe == "sdxl" else StableDiffusionLoraLoaderMixin
-        before = self._adapter_names()
+        before = LoraState.of(self)
         source = pretrained_model_name_or_path_or_dict
         swapped = AdapterSnapshot.of(self, adapter_name) if kwargs.get("hotswap") else None
         if swapped is not None and swapped.components:
             swapped.check_incoming(self._unet_tensors(source, kwargs), _source_name(source))
         try:
             family.load_lora_weights(self, source, adapter_name=adapter_name, **kwargs)
-            loaded = self._new_adapters(before)
+            loaded = self._new_adapters(before.adapters)
             if swapped is not None:  # the adapter written in place is checked as a new one is
                 for component in swapped.components:
                     loaded.setdefault(component, []).append(adapter_name)
             self._check_loaded_adapters(loaded, source)
         except BaseException:
-            self._delete_new_adapters(before)
+            before.restore(self)
             if swapped is not None:
                 swapped.restore()
                 self._text_weights_written()

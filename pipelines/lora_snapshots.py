@@ -84,39 +84,73 @@ class AdapterSnapshot:
 
 @dataclass
 class LoraState:
-    """The LoRA adapters a pipeline's components hold and which of them are active (with their
-    tensors' `requires_grad`, which peft switches with them). diffusers' `load_ip_adapter` loads
-    a FaceID adapter's own LoRA as `faceid_<n>` and activates it alone (`set_adapters`), so a
-    failed IP-Adapter load puts this back (`ip_adapter_loading.IPAdapterState`): taking the new
-    adapter out alone would leave peft activating every adapter left. Scalings are not copied:
-    that `set_adapters` sets only the new adapter's, which goes with it."""
+    """The LoRA adapters a pipeline's components hold, which of them are active, which layers
+    peft has wrapped, and the `requires_grad` of every tensor: what a LoRA load changes besides
+    the new adapter's own tensors. Loading injects peft layers around the base layers it adapts
+    and freezes every base tensor; taking the new adapter out (`delete_adapters`) leaves both.
+    A frozen tensor is more than a training matter: on one of our CPUs, the tiny SDXL pipeline
+    with frozen tensors drew images up to 7.2e-7 away from those of before.
+    `load_lora_weights` puts it all back when a load fails (`lora_loading`), and so does a
+    failed IP-Adapter load (`ip_adapter_loading.IPAdapterState`): diffusers' `load_ip_adapter`
+    loads a FaceID adapter's own LoRA as `faceid_<n>` and activates it alone (`set_adapters`),
+    and taking it out alone would leave peft activating every adapter left. Scalings are not
+    copied: that `set_adapters` sets only the new adapter's, which goes with it."""
 
     adapters: dict[str, set[str]]  # component -> its adapters' names
     layers: list[tuple[Any, Any]]  # (a peft LoRA layer, its active adapter or adapters)
-    trainable: list[tuple[torch.nn.Parameter, bool]]  # each adapter tensor and its `requires_grad`
+    wrapped: dict[str, set[str]]  # component -> the names of its peft layers
+    unconfigured: set[str]  # components without a `peft_config` (a failed UNet load leaves an empty one)
+    trainable: list[tuple[torch.nn.Parameter, bool]]  # each tensor of the components and its `requires_grad`
 
     @classmethod
     def of(cls, pipeline: Any) -> LoraState:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         adapters = pipeline._adapter_names()
-        layers, trainable = [], []
+        layers, wrapped, trainable = [], {}, []
         for component in adapters:
             model = getattr(pipeline, component)
-            for module in model.modules():
+            wrapped[component] = set()
+            for name, module in model.named_modules():
                 if isinstance(module, BaseTunerLayer):
+                    wrapped[component].add(name)
                     active = module._active_adapter
                     layers.append((module, list(active) if isinstance(active, list) else active))
-            trainable += [(value, value.requires_grad) for key, value in model.named_parameters() if ".lora_" in key]
-        return cls(adapters, layers, trainable)
+            trainable += [(value, value.requires_grad) for value in model.parameters()]
+        unconfigured = {component for component in adapters if not hasattr(getattr(pipeline, component), "peft_config")}
+        return cls(adapters, layers, wrapped, unconfigured, trainable)
 
     def restore(self, pipeline: Any) -> None:
-        """Take out the adapters loaded since; make active again what was, as trainable as it was."""
+        """Take out the adapters loaded since and the peft layers wrapped for them (each base
+        layer back in its place) and an empty `peft_config` where there was none; make active
+        again what was; every tensor as trainable as it was."""
         pipeline._delete_new_adapters(self.adapters)
+        for component, names in self.wrapped.items():
+            _unwrap_layers_since(getattr(pipeline, component), names)
+        for component in self.unconfigured:
+            model = getattr(pipeline, component)
+            if hasattr(model, "peft_config") and not model.peft_config:
+                del model.peft_config
         for module, active in self.layers:
             module._active_adapter = active
         for value, requires_grad in self.trainable:
             value.requires_grad_(requires_grad)
+
+
+def _unwrap_layers_since(model: torch.nn.Module, wrapped_before: set[str]) -> None:
+    """Put back the base layer of each peft layer of `model` not named in `wrapped_before`
+    (the adapters of such a layer were all loaded since, and are already taken out)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    since = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and name not in wrapped_before
+    ]
+    for name in since:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, getattr(parent, child).get_base_layer())
 
 
 __all__ = ["AdapterSnapshot", "LoraState"]

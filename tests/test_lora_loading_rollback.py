@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from test_lora_pipeline import pair, run, saved_lora
 
@@ -136,6 +137,40 @@ def test_a_failed_load_keeps_the_adapter_loaded_before(tmp_path, damage) -> None
     assert _adapters(ours) == adapters == {"unet": ["first"], "text_encoder": ["first"]}
     assert ours.get_active_adapters() == ["first"]
     assert np.array_equal(run(ours), with_first)
+
+
+def _layout(pipe) -> dict:
+    """Each LoRA-loadable component's modules (name and class) and tensors (name, the tensor
+    object and its `requires_grad`)."""
+    layout = {}
+    for component in ["unet", "text_encoder", "text_encoder_2"]:
+        model = getattr(pipe, component, None)
+        if model is not None:
+            modules = [(name, type(module).__name__) for name, module in model.named_modules()]
+            tensors = [(name, id(value), value.requires_grad) for name, value in model.named_parameters()]
+            layout[component] = (modules, tensors)
+    return layout
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+@pytest.mark.parametrize("loaded_before", [False, True], ids=["none_before", "one_before"])
+@pytest.mark.parametrize("damage", ["text_encoder_shape", "unet_shape", "nan"])
+def test_a_failed_load_leaves_the_layers_and_their_trainable_tensors_as_they_were(
+    tmp_path, sdxl, loaded_before, damage
+) -> None:
+    """peft wraps each layer it adapts and freezes every base tensor as it loads; a failed load
+    puts the plain layers back and each tensor's `requires_grad` as it was (here all True, as
+    for training; a layer wrapped for the adapter loaded before stays wrapped). The frozen
+    tensors changed the last bits of the images on one of our CPUs."""
+    _, ours = pair(sdxl)
+    if loaded_before:  # an adapter on the UNet's self-attention only: the damaged file wraps more
+        ours.unet.add_adapter(LoraConfig(r=2, target_modules=["attn1.to_q"]), adapter_name="first")
+    before = _layout(ours)
+    damaged = _damaged(tmp_path / "damaged", saved_lora(tmp_path / "good", sdxl), damage)
+    with pytest.raises(DAMAGES[damage]):
+        ours.load_lora_weights(damaged, adapter_name="second")
+    assert _layout(ours) == before
+    assert ours.get_list_adapters() == ({"unet": ["first"]} if loaded_before else {})
 
 
 @pytest.mark.parametrize(
