@@ -173,6 +173,17 @@ def test_a_failed_load_leaves_the_layers_and_their_trainable_tensors_as_they_wer
     assert ours.get_list_adapters() == ({"unet": ["first"]} if loaded_before else {})
 
 
+def test_a_failed_load_keeps_an_empty_peft_config_there_was_before(tmp_path) -> None:
+    """An empty `peft_config` goes only where the load made it (diffusers' own failed UNet load
+    leaves one): one that was there before stays."""
+    _, ours = pair()
+    ours.unet.peft_config = {}
+    with pytest.raises(RuntimeError):
+        ours.load_lora_weights(_damaged(tmp_path / "damaged", saved_lora(tmp_path / "good"), "unet_shape"))
+    assert ours.unet.peft_config == {}
+    assert not hasattr(ours.text_encoder, "peft_config")
+
+
 @pytest.mark.parametrize(
     "name", [1.5, "", "my.lora", ["a"], torch.zeros(1)], ids=["float", "empty", "dot", "list", "tensor"]
 )

@@ -6,6 +6,8 @@ environment says. No pipeline: the reader and the helpers on a tokenizer and a t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -161,3 +163,33 @@ def test_a_pt_file_calling_a_blocked_module_is_named_as_needing_full_unpickling(
     torch.save({"string_to_param": {"*": _vectors(1)}, "extra": _SystemCall()}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="needs full unpickling"):
         read_textual_inversion(tmp_path / "x.pt")
+
+
+def test_a_file_holding_no_state_dict_says_what_it_holds(tmp_path):
+    path = tmp_path / "embedding.pt"
+    torch.save([_vectors(1)], path)
+    with pytest.raises(ValueError) as refusal:
+        read_textual_inversion(path)
+    assert str(refusal.value) == f"the file {path} holds a list, not a state dict of embedding vectors"
+
+
+def test_keys_of_no_layout_are_listed_eight_at_most_beside_the_layouts_read():
+    source = {f"k{index}": _vectors(1) for index in range(9)}
+    with pytest.raises(ValueError) as refusal:
+        read_textual_inversion(source)
+    assert str(refusal.value) == (
+        "the state dict has the keys ['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7'], which is no "
+        "textual-inversion layout: expected {token: vectors} (diffusers), `string_to_param` (A1111 .pt), "
+        "`emb_params` (A1111 .safetensors) or `clip_l` and `clip_g` (SDXL, SD3)"
+    )
+
+
+def test_a_cut_safetensors_file_is_named_as_one(tmp_path):
+    """Read as safetensors by its suffix, whatever torch.load would make of it."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "learned_embeds.safetensors"
+    save_file({"<toy>": _vectors(2)}, str(path))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=rf"^the file {re.escape(str(path))} is not a readable safetensors file: "):
+        read_textual_inversion(path)
