@@ -257,7 +257,8 @@ def texts_per_step(prompt: str, steps: int) -> list[str]:
 
 
 def has_schedule(prompt: str, steps: int = 2) -> bool:
-    """True when `prompt` changes text between steps (editing or alternation that takes effect)."""
+    """True when `prompt` changes text between steps (editing or alternation that takes effect)
+    over `steps` denoising steps (at least 2, the fewest over which a text can change)."""
     return len({text for _, text in prompt_schedule(prompt, max(steps, 2))}) > 1
 
 

@@ -90,6 +90,13 @@ def test_has_editing_sees_the_syntax_whether_or_not_it_changes():
     assert not has_schedule("a [cat:dog:0]", 10) and has_schedule("[cat|dog]", 2)
     assert not has_editing("a [cat] (dog:1.2)") and not has_editing("[a:b]")
     assert fixed_text("a [cat:dog:0]", 4) == "a dog" and fixed_text("[a:b:30]", 20) == "a"
+
+
+def test_has_schedule_counts_two_steps_by_default():
+    """Two steps, the fewest over which a text can change: a switch at step 1 takes effect, one
+    at step 2 (or later) is capped to the last step and never does."""
+    assert has_schedule("a [cat:dog:1]") and not has_schedule("a [cat:dog:2]")
+    assert has_schedule("a [cat:dog:2]", 3)
     assert fixed_text("a [cat:dog:2]", 4) == "a [cat:dog:2]"  # it changes: kept for the schedule
     assert fixed_text("[a:b:0] AND c", 4) == "[a:b:0] AND c"  # A1111 schedules each part
 
