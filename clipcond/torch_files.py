@@ -50,9 +50,16 @@ def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch names what its weights-only unpickler stopped at on a line of its own
-        lines = [line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line]
-        reason = (lines[0].split("WeightsUnpickler error:")[-1].strip() if lines else "") or str(error)[:200]
+        # torch names what its weights-only unpickler stopped at on a line of its own, after its
+        # advice to load with weights_only=False: a global off its allowed list ("WeightsUnpickler
+        # error: Unsupported global: GLOBAL ..."), or a blocked module ("Trying to load unsupported
+        # GLOBAL posix.system whose module posix is blocked.")
+        lines = [line.strip() for line in str(error).splitlines()]
+        named = [
+            line.split("WeightsUnpickler error:")[-1].strip() for line in lines if "WeightsUnpickler error" in line
+        ]
+        named += [line for line in lines if "GLOBAL" in line]
+        reason = (named[0] if named else "") or str(error)[:200]
         names = _REFUSED_GLOBAL.findall(str(error))
         raise (NeedsUnpickling(reason[:300], names) if names else NotATorchFile(reason[:300])) from error
     # other bytes stop the unpickler with whatever its opcode handling raises

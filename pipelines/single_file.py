@@ -155,7 +155,7 @@ def checkpoint_family(tensors: dict[str, torch.Tensor], path: str) -> str:
         )
     if any(key.startswith(UNCLIP_NOISE_AUGMENTOR) for key in tensors):
         raise ValueError(
-            f"`{ARGUMENT}` {path!r} is a Stable Diffusion 2 unCLIP checkpoint (it has `{UNCLIP_NOISE_AUGMENTOR}`: "
+            f"`{ARGUMENT}` {path!r} is a Stable Diffusion 2 unCLIP checkpoint (it has `{UNCLIP_NOISE_AUGMENTOR[:-1]}`: "
             "its UNet reads a CLIP image embedding through `label_emb`), not a text-to-image one; diffusers "
             "reads it with StableUnCLIPImg2ImgPipeline, from a diffusers folder"
         )
@@ -210,13 +210,15 @@ def diffusers_pipeline_class(cls: type, family: str) -> type:
 
 def checked_config(config: Any, family: str, path: str) -> str | None:
     """The `config=` argument as diffusers takes it (a str: a path is turned into one), checked:
-    a hub id or a folder (str or os.PathLike), and a local folder whose UNet is of the file's
-    family (diffusers would fail deep in its key conversion). A hub id or a folder without
-    `unet/config.json` is not read.
+    a hub id or a folder (str or os.PathLike); a local folder with no damaged file among those
+    diffusers reads from it (`check_pipeline_folder` without the weights: a tokenizer folder
+    that lost its vocabulary loaded as a tokenizer of two tokens), and whose UNet is of the
+    file's family (diffusers would fail deep in its key conversion). A hub id is not read.
 
     Raises:
         TypeError: `config` is neither None, a str nor a path.
-        ValueError: a local folder whose UNet is of the other family.
+        ValueError: a local folder with damaged files (naming each), whose UNet is of the
+            other family, or whose `unet/config.json` is no JSON object.
     """
     import json
 
@@ -225,10 +227,23 @@ def checked_config(config: Any, family: str, path: str) -> str | None:
     if not isinstance(config, (str, os.PathLike)):
         raise TypeError(f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {config!r}")
     config = os.fspath(config)
+    if os.path.isdir(config):  # diffusers reads its configs and tokenizers, not its weights
+        from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
+
+        check_pipeline_folder(config, use_safetensors=False)
     unet_config = os.path.join(config, "unet", "config.json")
     if os.path.isfile(unet_config):
-        with open(unet_config, encoding="utf-8") as handle:
-            folder_family = "sdxl" if json.load(handle).get("addition_embed_type") == "text_time" else "sd"
+        with open(unet_config, "rb") as handle:
+            text = handle.read()
+        try:
+            settings = json.loads(text)
+        except ValueError as error:  # json's errors, and UnicodeDecodeError, are ValueErrors
+            raise ValueError(
+                f"`config` {config!r}: {unet_config} cannot be read as JSON ({error}; a damaged file?)"
+            ) from error
+        if not isinstance(settings, dict):
+            raise ValueError(f"`config` {config!r}: {unet_config} holds a {type(settings).__name__}, not a JSON object")
+        folder_family = "sdxl" if settings.get("addition_embed_type") == "text_time" else "sd"
         if folder_family != family:
             raise ValueError(
                 f"`config` {config!r} describes an {folder_family.upper()} UNet, but `{ARGUMENT}` {path!r} "

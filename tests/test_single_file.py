@@ -276,8 +276,13 @@ def test_links_not_to_a_hub_file_and_safetensors_without_the_extension_are_refus
         "https://civitai.com/api/download/models/12345?type=Model",
         "http://huggingface.co/a/b/blob/main/m.safetensors",
     ):
-        with pytest.raises(ValueError, match="pretrained_model_link_or_path.*not to a file on the Hugging Face hub"):
+        with pytest.raises(ValueError) as raised:
             CLIPConditionedPipeline.from_single_file(link)
+        assert str(raised.value) == (
+            f"`pretrained_model_link_or_path` {link!r} is a link but not to a file on the Hugging Face hub; only "
+            "https://huggingface.co/<repo>/blob/main/<file> links are fetched (another revision: `revision=`): "
+            "download other links (civitai's, for one) and pass the file's path"
+        )
     _, folder, path = saved("sd")
     renamed = tmp_path / "12345"
     renamed.write_bytes(pathlib.Path(path).read_bytes())
@@ -296,6 +301,26 @@ def test_a_file_without_some_unet_weights_is_refused_naming_it(saved, tmp_path) 
     lacking = save_file(tensors, str(tmp_path / "lacking.safetensors")) or str(tmp_path / "lacking.safetensors")
     with pytest.raises(ValueError, match="pretrained_model_link_or_path.*lacks weights"):
         CLIPConditionedPipeline.from_single_file(lacking, **offline(folder))
+
+
+def test_a_config_folder_whose_tokenizer_lost_its_vocabulary_is_refused_before_diffusers_reads_it(
+    saved, tmp_path
+) -> None:
+    """diffusers reads the tokenizers (and the configs) of `config`'s folder: with the
+    vocabulary files gone, transformers built a tokenizer of its two special tokens and the
+    pipeline loaded, reading every word as unknown."""
+    import shutil
+
+    _, folder, path = saved("sd")
+    damaged = shutil.copytree(folder, tmp_path / "config")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (damaged / "tokenizer" / name).unlink()
+    peer = StableDiffusionPipeline.from_single_file(path, **offline(str(damaged)))
+    assert len(peer.tokenizer) == 2  # the premise: diffusers loads it
+    with pytest.raises(
+        ValueError, match=rf"^the pipeline saved at {damaged} has damaged files .*: tokenizer/merges.txt "
+    ):
+        CLIPConditionedPipeline.from_single_file(path, **offline(str(damaged)))
 
 
 def test_a_config_folder_of_the_other_family_is_refused(tmp_path, nothing_is_built) -> None:

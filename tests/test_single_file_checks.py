@@ -239,3 +239,134 @@ def test_the_refusals_after_reading_the_file_name_the_file(tmp_path) -> None:
         with pytest.raises(ValueError) as raised:
             CLIPConditionedPipeline.from_single_file(path, **kwargs)
         assert f"`pretrained_model_link_or_path` {path!r}" in str(raised.value), str(raised.value)
+
+
+# ---------------------------------------------------------------- whole messages and edges
+# (written from the 2026-12-02 mutation run of the module: the tests above matched parts)
+
+A = "`pretrained_model_link_or_path`"
+
+
+@pytest.mark.usefixtures("nothing_is_built")
+def test_the_pickle_and_rename_refusals_say_what_to_do(tmp_path) -> None:
+    import argparse
+
+    pickled = str(tmp_path / "pickled.ckpt")
+    torch.save({"state_dict": UNET, "args": argparse.Namespace(lr=1)}, pickled)
+    with pytest.raises(ValueError) as raised:
+        CLIPConditionedPipeline.from_single_file(pickled)
+    assert str(raised.value) == (
+        f"{A} {pickled!r} is a pickle that holds more than weights (argparse.Namespace); reading it would run code "
+        "from the file, so it is read only with torch.load(weights_only=True), as diffusers reads it. Convert it to "
+        ".safetensors with a tool you trust"
+    )
+    download = str(tmp_path / "download")
+    save_file(UNET, download)
+    with pytest.raises(ValueError) as raised:
+        CLIPConditionedPipeline.from_single_file(download)
+    assert str(raised.value) == (
+        f"{A} {download!r} is a safetensors file without the `.safetensors` extension; diffusers picks its reader "
+        "by the extension: rename the file to end in .safetensors"
+    )
+
+
+@pytest.mark.parametrize(
+    ("header_length", "after", "safetensors"),
+    [(1, b"{", True), (0, b"{}", False), (100, b"{}", False), (2, b"{}", True), (3, b"{}", False)],
+    ids=["one_byte_header", "zero_length", "past_the_end", "to_the_end", "one_past_the_end"],
+)
+@pytest.mark.usefixtures("nothing_is_built")
+def test_a_length_prefix_is_called_safetensors_only_when_it_fits_the_file(
+    tmp_path, header_length, after, safetensors
+) -> None:
+    """The header length must be at least 1 and at most the bytes after the 8 of the length."""
+    path = tmp_path / "odd.ckpt"
+    path.write_bytes(header_length.to_bytes(8, "little") + after)
+    with pytest.raises(ValueError) as raised:
+        CLIPConditionedPipeline.from_single_file(str(path))
+    assert ("without the `.safetensors` extension" in str(raised.value)) is safetensors
+    assert ("neither a safetensors file nor a torch checkpoint" in str(raised.value)) is not safetensors
+
+
+def test_the_family_refusals_are_whole() -> None:
+    upscaler = {CONV_IN: meta(256, 7, 3, 3), K["upscale"]: meta(256)}
+    with pytest.raises(ValueError) as raised:
+        checkpoint_family(upscaler, "x4.safetensors")
+    assert str(raised.value) == (
+        f"{A} 'x4.safetensors' is a 'upscale' checkpoint (diffusers' infer_diffusers_model_type), not a Stable "
+        "Diffusion or SDXL one; for another family, load it with its diffusers pipeline's from_single_file and "
+        "condition it with TextConditioner.from_pipeline(pipe)"
+    )
+    unclip = unet(**{K["v2"]: meta(320, 1024), LABEL_EMB: meta(1280, 1024), "noise_augmentor.betas": meta(1000)})
+    with pytest.raises(ValueError) as raised:
+        checkpoint_family(unclip, "unclip.safetensors")
+    assert str(raised.value) == (
+        f"{A} 'unclip.safetensors' is a Stable Diffusion 2 unCLIP checkpoint (it has `noise_augmentor`: its UNet "
+        "reads a CLIP image embedding through `label_emb`), not a text-to-image one; diffusers reads it with "
+        "StableUnCLIPImg2ImgPipeline, from a diffusers folder"
+    )
+    with pytest.raises(ValueError) as raised:
+        checkpoint_family({"vae.x": meta(2)}, "vae.safetensors")
+    assert str(raised.value) == (
+        f"{A} 'vae.safetensors' holds no Stable Diffusion UNet (no {CONV_IN!r}; its keys start with vae): a LoRA "
+        "loads with pipe.load_lora_weights, a VAE with AutoencoderKL.from_single_file"
+    )
+
+
+def _config_folder(root, settings_text: str):
+    (root / "unet").mkdir(parents=True)
+    (root / "unet" / "config.json").write_text(settings_text, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("folder_family", "file_family"), [("sd", "sd"), ("sdxl", "sdxl"), ("sd", "sdxl"), ("sdxl", "sd")]
+)
+def test_a_config_folder_is_taken_only_for_a_file_of_its_family(tmp_path, folder_family, file_family) -> None:
+    import json
+    import pathlib
+
+    from clipcond.pipelines.single_file import checked_config
+
+    embedding = "text_time" if folder_family == "sdxl" else None
+    folder = _config_folder(tmp_path / "config", json.dumps({"addition_embed_type": embedding}))
+    if folder_family == file_family:
+        assert checked_config(pathlib.Path(folder), file_family, "m.safetensors") == str(folder)
+        return
+    with pytest.raises(ValueError) as raised:
+        checked_config(folder, file_family, "m.safetensors")
+    assert str(raised.value) == (
+        f"`config` {str(folder)!r} describes an {folder_family.upper()} UNet, but {A} 'm.safetensors' holds an "
+        f"{file_family.upper()} one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"addition_embed_type": "text_ti', r"cannot be read as JSON \(.*; a damaged file\?\)$"),
+        ("[]", "holds a list, not a JSON object$"),
+    ],
+    ids=["cut", "list"],
+)
+def test_a_damaged_unet_config_in_the_config_folder_is_named(tmp_path, text, problem) -> None:
+    from clipcond.pipelines.single_file import checked_config
+
+    folder = _config_folder(tmp_path / "config", text)
+    with pytest.raises(ValueError, match=rf"^`config` '{folder}': {folder}/unet/config.json {problem}"):
+        checked_config(str(folder), "sd", "m.safetensors")
+    assert checked_config(None, "sd", "m.safetensors") is None
+
+
+def test_a_pipeline_left_with_meta_weights_is_refused_naming_them() -> None:
+    from clipcond.pipelines.single_file import check_filled
+
+    class Pipeline:
+        components = {"scheduler": object(), "text_encoder_2": torch.nn.Linear(2, 2, device="meta")}
+
+    with pytest.raises(ValueError) as raised:
+        check_filled(Pipeline(), "m.safetensors")
+    assert str(raised.value) == (
+        f"{A} 'm.safetensors': diffusers' reader left 2 weights of `text_encoder_2` unloaded (weight, bias...); "
+        "the file does not hold that model as `config` describes it"
+    )

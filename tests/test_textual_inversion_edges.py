@@ -123,6 +123,11 @@ def test_sequential_offload_reads_the_arguments_to_put_back():
     encoder = _tiny_clip()
     cpu_offload(encoder.model, torch.device("cpu"), offload_buffers=True)
     assert sequential_offload(encoder, 0) == SequentialOffload(torch.device("cpu"), True, ())
+    preloading = _tiny_clip()
+    cpu_offload(preloading.model, torch.device("cpu"), preload_module_classes=["CLIPMLP", "CLIPAttention"])
+    assert sequential_offload(preloading, 0) == SequentialOffload(
+        torch.device("cpu"), False, ("CLIPAttention", "CLIPMLP")
+    )
 
 
 class _Payload:
@@ -160,9 +165,16 @@ class _SystemCall:
 def test_a_pt_file_calling_a_blocked_module_is_named_as_needing_full_unpickling(tmp_path):
     """torch words a blocked module ("unsupported GLOBAL posix.system whose module posix is
     blocked") otherwise than a global off its allowed list; both are the same refusal."""
-    torch.save({"string_to_param": {"*": _vectors(1)}, "extra": _SystemCall()}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="needs full unpickling"):
-        read_textual_inversion(tmp_path / "x.pt")
+    path = tmp_path / "x.pt"
+    torch.save({"string_to_param": {"*": _vectors(1)}, "extra": _SystemCall()}, path)
+    with pytest.raises(ValueError) as refusal:
+        read_textual_inversion(path)
+    assert re.fullmatch(
+        rf"the file {re.escape(str(path))} needs full unpickling to load \(it holds objects other than tensors and "
+        r"plain containers, and unpickling can run code\): it is read with torch\.load\(weights_only=True\) only, "
+        r"and refused \(.*posix.*\)\. Convert it to safetensors where you trust it\.",
+        str(refusal.value),
+    ), str(refusal.value)
 
 
 def test_a_file_holding_no_state_dict_says_what_it_holds(tmp_path):
