@@ -313,9 +313,9 @@ def test_the_family_refusals_are_whole() -> None:
     )
 
 
-def _config_folder(root, settings_text: str):
+def _config_folder(root, settings: bytes):
     (root / "unet").mkdir(parents=True)
-    (root / "unet" / "config.json").write_text(settings_text, encoding="utf-8")
+    (root / "unet" / "config.json").write_bytes(settings)
     return root
 
 
@@ -329,7 +329,7 @@ def test_a_config_folder_is_taken_only_for_a_file_of_its_family(tmp_path, folder
     from clipcond.pipelines.single_file import checked_config
 
     embedding = "text_time" if folder_family == "sdxl" else None
-    folder = _config_folder(tmp_path / "config", json.dumps({"addition_embed_type": embedding}))
+    folder = _config_folder(tmp_path / "config", json.dumps({"addition_embed_type": embedding}).encode())
     if folder_family == file_family:
         assert checked_config(pathlib.Path(folder), file_family, "m.safetensors") == str(folder)
         return
@@ -344,10 +344,11 @@ def test_a_config_folder_is_taken_only_for_a_file_of_its_family(tmp_path, folder
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ('{"addition_embed_type": "text_ti', r"cannot be read as JSON \(.*; a damaged file\?\)$"),
-        ("[]", "holds a list, not a JSON object$"),
+        (b'{"addition_embed_type": "text_ti', r"cannot be read as JSON \(.*; a damaged file\?\)$"),
+        (b'{"addition_embed_type": "\xff"}', r"cannot be read as JSON \('utf-8' codec can't decode .*"),
+        (b"[]", "holds a list, not a JSON object$"),
     ],
-    ids=["cut", "list"],
+    ids=["cut", "not_utf8", "list"],
 )
 def test_a_damaged_unet_config_in_the_config_folder_is_named(tmp_path, text, problem) -> None:
     from clipcond.pipelines.single_file import checked_config
@@ -362,11 +363,17 @@ def test_a_pipeline_left_with_meta_weights_is_refused_naming_them() -> None:
     from clipcond.pipelines.single_file import check_filled
 
     class Pipeline:
-        components = {"scheduler": object(), "text_encoder_2": torch.nn.Linear(2, 2, device="meta")}
+        components = {
+            "scheduler": object(),
+            "text_encoder": torch.nn.Linear(2, 2),
+            "text_encoder_2": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+        }
 
+    check_filled(Pipeline(), "m.safetensors")  # every weight loaded
+    Pipeline.components["text_encoder_2"].to("meta")
     with pytest.raises(ValueError) as raised:
         check_filled(Pipeline(), "m.safetensors")
     assert str(raised.value) == (
-        f"{A} 'm.safetensors': diffusers' reader left 2 weights of `text_encoder_2` unloaded (weight, bias...); "
-        "the file does not hold that model as `config` describes it"
+        f"{A} 'm.safetensors': diffusers' reader left 4 weights of `text_encoder_2` unloaded (0.weight, 0.bias, "
+        "1.weight...); the file does not hold that model as `config` describes it"
     )
