@@ -323,6 +323,19 @@ def test_a_config_folder_whose_tokenizer_lost_its_vocabulary_is_refused_before_d
         CLIPConditionedPipeline.from_single_file(path, **offline(str(damaged)))
 
 
+def test_the_weights_of_the_config_folder_are_not_checked_as_diffusers_does_not_read_them(saved, tmp_path) -> None:
+    """`config` lends the configs and tokenizers; the weights come from the file: a folder whose
+    UNet weights were cut short still serves, and the UNet is the file's."""
+    import shutil
+
+    pipeline, folder, path = saved("sd")
+    configs = shutil.copytree(folder, tmp_path / "config")
+    weights = next((configs / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    ours = CLIPConditionedPipeline.from_single_file(path, **offline(str(configs)))
+    assert same_weights(ours.unet, pipeline.unet)
+
+
 def test_a_config_folder_of_the_other_family_is_refused(tmp_path, nothing_is_built) -> None:
     """An SDXL file (a UNet with SDXL's added embedding) with an SD folder as `config`."""
     sdxl_unet = {
