@@ -358,5 +358,9 @@ def test_a_model_diffusers_reads_only_in_part_is_refused(tmp_path) -> None:
     pipeline = build_sdxl_of_widths(None)
     pipeline.save_pretrained(tmp_path / "folder")
     path = save_single_file(pipeline, tmp_path / "same_widths.safetensors")
-    with pytest.raises(ValueError, match="`text_encoder_2` unloaded"):
+    with pytest.raises(ValueError) as raised:
         CLIPConditionedPipeline.from_single_file(str(path), **offline(str(tmp_path / "folder")))
+    assert str(raised.value) == (
+        f"`pretrained_model_link_or_path` {str(path)!r}: diffusers' reader left 1 weights of `text_encoder_2` "
+        "unloaded (text_projection.weight...); the file does not hold that model as `config` describes it"
+    )
