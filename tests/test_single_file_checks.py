@@ -247,24 +247,27 @@ def test_the_refusals_after_reading_the_file_name_the_file(tmp_path) -> None:
 A = "`pretrained_model_link_or_path`"
 
 
+def _refusal(call, *args) -> str:
+    """The message of the ValueError `call(*args)` raises."""
+    with pytest.raises(ValueError) as raised:
+        call(*args)
+    return str(raised.value)
+
+
 @pytest.mark.usefixtures("nothing_is_built")
 def test_the_pickle_and_rename_refusals_say_what_to_do(tmp_path) -> None:
     import argparse
 
     pickled = str(tmp_path / "pickled.ckpt")
     torch.save({"state_dict": UNET, "args": argparse.Namespace(lr=1)}, pickled)
-    with pytest.raises(ValueError) as raised:
-        CLIPConditionedPipeline.from_single_file(pickled)
-    assert str(raised.value) == (
+    assert _refusal(CLIPConditionedPipeline.from_single_file, pickled) == (
         f"{A} {pickled!r} is a pickle that holds more than weights (argparse.Namespace); reading it would run code "
         "from the file, so it is read only with torch.load(weights_only=True), as diffusers reads it. Convert it to "
         ".safetensors with a tool you trust"
     )
     download = str(tmp_path / "download")
     save_file(UNET, download)
-    with pytest.raises(ValueError) as raised:
-        CLIPConditionedPipeline.from_single_file(download)
-    assert str(raised.value) == (
+    assert _refusal(CLIPConditionedPipeline.from_single_file, download) == (
         f"{A} {download!r} is a safetensors file without the `.safetensors` extension; diffusers picks its reader "
         "by the extension: rename the file to end in .safetensors"
     )
@@ -290,24 +293,18 @@ def test_a_length_prefix_is_called_safetensors_only_when_it_fits_the_file(
 
 def test_the_family_refusals_are_whole() -> None:
     upscaler = {CONV_IN: meta(256, 7, 3, 3), K["upscale"]: meta(256)}
-    with pytest.raises(ValueError) as raised:
-        checkpoint_family(upscaler, "x4.safetensors")
-    assert str(raised.value) == (
+    assert _refusal(checkpoint_family, upscaler, "x4.safetensors") == (
         f"{A} 'x4.safetensors' is a 'upscale' checkpoint (diffusers' infer_diffusers_model_type), not a Stable "
         "Diffusion or SDXL one; for another family, load it with its diffusers pipeline's from_single_file and "
         "condition it with TextConditioner.from_pipeline(pipe)"
     )
     unclip = unet(**{K["v2"]: meta(320, 1024), LABEL_EMB: meta(1280, 1024), "noise_augmentor.betas": meta(1000)})
-    with pytest.raises(ValueError) as raised:
-        checkpoint_family(unclip, "unclip.safetensors")
-    assert str(raised.value) == (
+    assert _refusal(checkpoint_family, unclip, "unclip.safetensors") == (
         f"{A} 'unclip.safetensors' is a Stable Diffusion 2 unCLIP checkpoint (it has `noise_augmentor`: its UNet "
         "reads a CLIP image embedding through `label_emb`), not a text-to-image one; diffusers reads it with "
         "StableUnCLIPImg2ImgPipeline, from a diffusers folder"
     )
-    with pytest.raises(ValueError) as raised:
-        checkpoint_family({"vae.x": meta(2)}, "vae.safetensors")
-    assert str(raised.value) == (
+    assert _refusal(checkpoint_family, {"vae.x": meta(2)}, "vae.safetensors") == (
         f"{A} 'vae.safetensors' holds no Stable Diffusion UNet (no {CONV_IN!r}; its keys start with vae): a LoRA "
         "loads with pipe.load_lora_weights, a VAE with AutoencoderKL.from_single_file"
     )
@@ -333,9 +330,7 @@ def test_a_config_folder_is_taken_only_for_a_file_of_its_family(tmp_path, folder
     if folder_family == file_family:
         assert checked_config(pathlib.Path(folder), file_family, "m.safetensors") == str(folder)
         return
-    with pytest.raises(ValueError) as raised:
-        checked_config(folder, file_family, "m.safetensors")
-    assert str(raised.value) == (
+    assert _refusal(checked_config, folder, file_family, "m.safetensors") == (
         f"`config` {str(folder)!r} describes an {folder_family.upper()} UNet, but {A} 'm.safetensors' holds an "
         f"{file_family.upper()} one"
     )
@@ -371,9 +366,7 @@ def test_a_pipeline_left_with_meta_weights_is_refused_naming_them() -> None:
 
     check_filled(Pipeline(), "m.safetensors")  # every weight loaded
     Pipeline.components["text_encoder_2"].to("meta")
-    with pytest.raises(ValueError) as raised:
-        check_filled(Pipeline(), "m.safetensors")
-    assert str(raised.value) == (
+    assert _refusal(check_filled, Pipeline(), "m.safetensors") == (
         f"{A} 'm.safetensors': diffusers' reader left 4 weights of `text_encoder_2` unloaded (0.weight, 0.bias, "
         "1.weight...); the file does not hold that model as `config` describes it"
     )
