@@ -32,7 +32,12 @@ from diffusers.models.embeddings import (
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
-from clipcond.pipelines.ip_adapter_loading import check_ip_adapter_scale, describe_source, rolled_back_on_failure
+from clipcond.pipelines.ip_adapter_loading import (
+    check_image_encoder_folders,
+    check_ip_adapter_scale,
+    describe_source,
+    rolled_back_on_failure,
+)
 
 
 def loaded_ip_adapters(unet: Any) -> int:
@@ -203,9 +208,11 @@ class IPAdapterSupport(IPAdapterMixin):
                 beside a folder or repository (diffusers' `os.path.join` failed on None).
             ValueError: weights missing a key the adapter needs, a safetensors file that
                 cannot be read, or weights holding NaN or infinite values, naming the source;
-                or what diffusers' loader raises.
+                damaged files in a local image-encoder folder, naming each; or what diffusers'
+                loader raises.
         """
         _check_weight_name(pretrained_model_name_or_path_or_dict, weight_name)
+        check_image_encoder_folders(self, pretrained_model_name_or_path_or_dict, subfolder, image_encoder_folder)
         source = describe_source(pretrained_model_name_or_path_or_dict, weight_name)
         with rolled_back_on_failure(self, source):
             super().load_ip_adapter(

@@ -107,6 +107,35 @@ def _as_list(value: Any, count: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * count
 
 
+def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_encoder_folder: Any) -> None:
+    """Refuse damaged files in the image-encoder folder that diffusers' `load_ip_adapter` would
+    read from each local source folder (`<source>/<subfolder>/<image_encoder_folder>`, or
+    `<source>/<image_encoder_folder>` when that holds a "/"), before anything loads. diffusers
+    reads it only where the pipeline has no `image_encoder`. Without this, a cut
+    `model.safetensors` there was reported as the adapter file's damage.
+
+    Raises:
+        ValueError: naming the image encoder's folder and each damaged file.
+    """
+    from pathlib import Path
+
+    from clipcond.file_damage import refuse_damaged_folder
+
+    if getattr(pipe, "image_encoder", None) is not None or not isinstance(image_encoder_folder, str):
+        return
+    sources = source if isinstance(source, list) else [source]
+    subfolders = _as_list(subfolder, len(sources))
+    for item, inside in zip(sources, subfolders):
+        if not isinstance(item, (str, Path)) or not Path(item).is_dir():
+            continue
+        relative = (
+            Path(image_encoder_folder) if "/" in image_encoder_folder else Path(inside or "", image_encoder_folder)
+        )
+        folder = Path(item) / relative
+        if folder.is_dir():
+            refuse_damaged_folder(f"the IP-Adapter image encoder at {folder}", folder, [""])
+
+
 @contextlib.contextmanager
 def rolled_back_on_failure(pipe: Any, source: str) -> Iterator[None]:
     """Run a `load_ip_adapter` in the block; if it raises, or loads NaN or infinite weights,
@@ -159,4 +188,10 @@ def check_ip_adapter_scale(scale: Any) -> Any:
     return finite_number_tree(scale, "scale", _SCALE_FORMS)
 
 
-__all__ = ["IPAdapterState", "check_ip_adapter_scale", "describe_source", "rolled_back_on_failure"]
+__all__ = [
+    "IPAdapterState",
+    "check_image_encoder_folders",
+    "check_ip_adapter_scale",
+    "describe_source",
+    "rolled_back_on_failure",
+]

@@ -313,3 +313,29 @@ def test_the_scales_diffusers_takes_give_its_images(parts, folder, scale) -> Non
         _load(pipe, folder, "good")
         pipe.set_ip_adapter_scale(scale)
     assert np.array_equal(_image(ours, ip_adapter_image=picture(0)), _image(peer, ip_adapter_image=picture(0)))
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])
+def test_a_damaged_image_encoder_is_named_by_its_file_before_anything_loads(parts, folder, tmp_path, damaged) -> None:
+    """diffusers reads `image_encoder/` beside the adapter file: a cut `model.safetensors` there
+    was reported as damage of the adapter file itself (`good.safetensors`)."""
+    import shutil
+
+    copy_of = shutil.copytree(folder, tmp_path / "adapter")
+    file = copy_of / "image_encoder" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    pipe = _pipeline(parts)
+    before = _state(pipe)
+    with pytest.raises(ValueError) as refusal:
+        _load(pipe, copy_of, "good")
+    assert str(refusal.value).startswith(
+        f"the IP-Adapter image encoder at {copy_of / 'image_encoder'} has damaged files (cut short, or overwritten?): "
+        f"{file} "
+    )
+    assert "good.safetensors" not in str(refusal.value)
+    assert _state(pipe)[:3] == before[:3] and pipe.image_encoder is None
+    # a pipeline that has its image encoder already does not read the folder, as in diffusers
+    _load(pipe, folder, "good")
+    encoder = pipe.image_encoder
+    _load(pipe, copy_of, "good")
+    assert pipe.image_encoder is encoder
