@@ -339,3 +339,32 @@ def test_a_damaged_image_encoder_is_named_by_its_file_before_anything_loads(part
     encoder = pipe.image_encoder
     _load(pipe, copy_of, "good")
     assert pipe.image_encoder is encoder
+
+
+def test_the_image_encoder_folder_checked_is_the_one_diffusers_reads(tmp_path) -> None:
+    """`<source>/<subfolder>/<image_encoder_folder>`, or `<source>/<image_encoder_folder>` when
+    that holds a "/"; every local folder of a list, each with its own subfolder; none where the
+    pipeline has its image encoder already."""
+    from types import SimpleNamespace
+
+    from clipcond.pipelines.ip_adapter_loading import check_image_encoder_folders
+
+    def damaged(relative: str):
+        where = tmp_path / relative
+        where.mkdir(parents=True)
+        (where / "config.json").write_text('{"cut', encoding="utf-8")
+        return where
+
+    inside, outside = damaged("adapter/sub/image_encoder"), damaged("adapter/models/encoder")
+    pipe, source = SimpleNamespace(image_encoder=None), str(tmp_path / "adapter")
+    for arguments, named in [
+        ((source, "sub", "image_encoder"), inside),
+        ((source, "sub", "models/encoder"), outside),
+        (([{}, source], ["", "sub"], "image_encoder"), inside),
+    ]:
+        with pytest.raises(ValueError, match=rf"^the IP-Adapter image encoder at {named} has damaged files"):
+            check_image_encoder_folders(pipe, *arguments)
+    check_image_encoder_folders(pipe, source, "", "image_encoder")  # adapter/image_encoder: none there
+    check_image_encoder_folders(pipe, source, "sub", None)  # no image encoder asked for
+    check_image_encoder_folders(pipe, "org/repo", "sub", "image_encoder")  # a hub id: not local
+    check_image_encoder_folders(SimpleNamespace(image_encoder=object()), source, "sub", "image_encoder")
