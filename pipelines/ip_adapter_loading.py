@@ -32,10 +32,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from clipcond.file_damage import refuse_damaged_folder
 from clipcond.pipelines.lora_snapshots import LoraState
 from clipcond.scalars import finite_number_tree
 
@@ -117,10 +119,6 @@ def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_en
     Raises:
         ValueError: naming the image encoder's folder and each damaged file.
     """
-    from pathlib import Path
-
-    from clipcond.file_damage import refuse_damaged_folder
-
     if getattr(pipe, "image_encoder", None) is not None or not isinstance(image_encoder_folder, str):
         return
     sources = source if isinstance(source, list) else [source]

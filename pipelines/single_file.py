@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
+
 ARGUMENT = "pretrained_model_link_or_path"
 UNET_PREFIX = "model.diffusion_model."
 # conv_in of LDM's UNetModel: every SD / SDXL UNet has it; LoRAs, VAEs, text encoders,
@@ -228,8 +230,6 @@ def checked_config(config: Any, family: str, path: str) -> str | None:
         raise TypeError(f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {config!r}")
     config = os.fspath(config)
     if os.path.isdir(config):  # diffusers reads its configs and tokenizers, not its weights
-        from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
-
         check_pipeline_folder(config, use_safetensors=False)
     unet_config = os.path.join(config, "unet", "config.json")
     if os.path.isfile(unet_config):
