@@ -111,9 +111,10 @@ def _as_list(value: Any, count: int) -> list:
 
 def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_encoder_folder: Any) -> None:
     """Refuse damaged files in the image-encoder folder that diffusers' `load_ip_adapter` would
-    read from each local source folder (`<source>/<subfolder>/<image_encoder_folder>`, or
-    `<source>/<image_encoder_folder>` when that holds a "/"), before anything loads. diffusers
-    reads it only where the pipeline has no `image_encoder`. Without this, a cut
+    read (`<source>/<subfolder>/<image_encoder_folder>`, or `<source>/<image_encoder_folder>`
+    when that holds a "/"), before anything loads. diffusers reads it only where the pipeline has
+    no `image_encoder`, and from the first source of a list only (it registers the encoder
+    there; a first source that is a state dict is its own error). Without this, a cut
     `model.safetensors` there was reported as the adapter file's damage.
 
     Raises:
@@ -121,17 +122,14 @@ def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_en
     """
     if getattr(pipe, "image_encoder", None) is not None or not isinstance(image_encoder_folder, str):
         return
-    sources = source if isinstance(source, list) else [source]
-    subfolders = _as_list(subfolder, len(sources))
-    for item, inside in zip(sources, subfolders):
-        if not isinstance(item, (str, Path)) or not Path(item).is_dir():
-            continue
-        relative = (
-            Path(image_encoder_folder) if "/" in image_encoder_folder else Path(inside or "", image_encoder_folder)
-        )
-        folder = Path(item) / relative
-        if folder.is_dir():
-            refuse_damaged_folder(f"the IP-Adapter image encoder at {folder}", folder, [""])
+    first = source[0] if isinstance(source, list) and source else source
+    inside = _as_list(subfolder, 1)[0]
+    if not isinstance(first, (str, Path)) or not Path(first).is_dir():
+        return
+    relative = Path(image_encoder_folder) if "/" in image_encoder_folder else Path(inside or "", image_encoder_folder)
+    folder = Path(first) / relative
+    if folder.is_dir():
+        refuse_damaged_folder(f"the IP-Adapter image encoder at {folder}", folder, [""])
 
 
 @contextlib.contextmanager

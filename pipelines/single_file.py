@@ -230,7 +230,10 @@ def checked_config(config: Any, family: str, path: str) -> str | None:
         raise TypeError(f"`config` must be a hub id or a local diffusers folder (str or os.PathLike), got {config!r}")
     config = os.fspath(config)
     if os.path.isdir(config):  # diffusers reads its configs and tokenizers, not its weights
-        check_pipeline_folder(config, use_safetensors=False)
+        try:
+            check_pipeline_folder(config, use_safetensors=False)
+        except ValueError as error:
+            raise ValueError(f"`config` {config!r}: {error}") from error
     unet_config = os.path.join(config, "unet", "config.json")
     if os.path.isfile(unet_config):
         with open(unet_config, "rb") as handle:

@@ -341,10 +341,30 @@ def test_a_damaged_image_encoder_is_named_by_its_file_before_anything_loads(part
     assert pipe.image_encoder is encoder
 
 
+def test_a_damaged_image_encoder_beside_a_second_adapter_is_not_read_as_in_diffusers(parts, folder, tmp_path) -> None:
+    """Of a list of sources, diffusers reads the image encoder of the first only: a damaged one
+    beside the second adapter does not stop the load there, nor here, and the images agree."""
+    import shutil
+
+    second = shutil.copytree(folder, tmp_path / "second")
+    cut = second / "image_encoder" / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    peer = StableDiffusionPipeline(
+        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    peer.set_progress_bar_config(disable=True)
+    ours = _pipeline(parts)
+    for pipe in (peer, ours):
+        pipe.load_ip_adapter([str(folder), str(second)], subfolder="", weight_name=["good.safetensors"] * 2)
+    images = [picture(0), picture(1)]
+    assert np.array_equal(_image(ours, ip_adapter_image=images), _image(peer, ip_adapter_image=images))
+
+
 def test_the_image_encoder_folder_checked_is_the_one_diffusers_reads(tmp_path) -> None:
     """`<source>/<subfolder>/<image_encoder_folder>`, or `<source>/<image_encoder_folder>` when
-    that holds a "/"; every local folder of a list, each with its own subfolder; none where the
-    pipeline has its image encoder already."""
+    that holds a "/"; of a list, the first source only, with the first subfolder (diffusers
+    registers the encoder it reads there, and reads no other); none where the pipeline has its
+    image encoder already."""
     from types import SimpleNamespace
 
     from clipcond.pipelines.ip_adapter_loading import check_image_encoder_folders
@@ -360,11 +380,15 @@ def test_the_image_encoder_folder_checked_is_the_one_diffusers_reads(tmp_path) -
     for arguments, named in [
         ((source, "sub", "image_encoder"), inside),
         ((source, "sub", "models/encoder"), outside),
-        (([{}, source], ["", "sub"], "image_encoder"), inside),
+        (([source, "org/repo"], ["sub", ""], "image_encoder"), inside),
+        (([source], ["sub", ""], "image_encoder"), inside),
     ]:
         with pytest.raises(ValueError, match=rf"^the IP-Adapter image encoder at {named} has damaged files"):
             check_image_encoder_folders(pipe, *arguments)
     check_image_encoder_folders(pipe, source, "", "image_encoder")  # adapter/image_encoder: none there
+    check_image_encoder_folders(pipe, ["org/repo", source], ["", "sub"], "image_encoder")  # read from the first
+    check_image_encoder_folders(pipe, [{}, source], ["", "sub"], "image_encoder")  # diffusers refuses a dict
+    check_image_encoder_folders(pipe, [], "sub", "image_encoder")  # diffusers' own error: nothing to read
     check_image_encoder_folders(pipe, source, "sub", None)  # no image encoder asked for
     check_image_encoder_folders(pipe, "org/repo", "sub", "image_encoder")  # a hub id: not local
     check_image_encoder_folders(SimpleNamespace(image_encoder=object()), source, "sub", "image_encoder")

@@ -318,7 +318,8 @@ def test_a_config_folder_whose_tokenizer_lost_its_vocabulary_is_refused_before_d
     peer = StableDiffusionPipeline.from_single_file(path, **offline(str(damaged)))
     assert len(peer.tokenizer) == 2  # the premise: diffusers loads it
     with pytest.raises(
-        ValueError, match=rf"^the pipeline saved at {damaged} has damaged files .*: tokenizer/merges.txt "
+        ValueError,
+        match=rf"^`config` '{damaged}': the pipeline saved at {damaged} has damaged files .*: tokenizer/merges.txt ",
     ):
         CLIPConditionedPipeline.from_single_file(path, **offline(str(damaged)))
 
