@@ -252,13 +252,13 @@ def check_new_tokens(encoder: TextEncoder, index: int, names: Sequence[str], sou
 
 def add_vectors(encoder: TextEncoder, names: Sequence[str], vectors: torch.Tensor) -> None:
     """Add `names` to the tokenizer and their rows (`vectors`: (len(names), width)) to the
-    encoder's input embeddings, as diffusers' `load_textual_inversion` does: the table grows to
-    the tokenizer's new size (never shrinks), in its own dtype and device."""
+    encoder's input embeddings, as diffusers' `load_textual_inversion` does: the table is
+    resized to the tokenizer's new size (spare rows past the tokenizer go, as there), with
+    transformers' mean resizing, which draws from the global RNG as diffusers' load draws; the
+    rows keep the table's dtype and device."""
     model, tokenizer = encoder.model, encoder.tokenizer
-    needed = len(tokenizer) + len(names)
-    if model.get_input_embeddings().weight.shape[0] < needed:
-        # A new table object: the weights watch of every cache sees the change.
-        model.resize_token_embeddings(needed, mean_resizing=False)
+    # A new table object: the weights watch of every cache sees the change.
+    model.resize_token_embeddings(len(tokenizer) + len(names))
     table = model.get_input_embeddings().weight
     tokenizer.add_tokens(list(names))
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(names)), device=table.device)

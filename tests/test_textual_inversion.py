@@ -78,8 +78,15 @@ def test_sd_file_formats_equal_diffusers_loader(fmt, tmp_path):
     cond = TextConditioner.from_pipeline(pipe)
     before = cond.encode(PROMPTS).tokens
     path, peer_token = FORMATS[fmt](tmp_path, vectors(2))
+    torch.manual_seed(7)
     peer.load_textual_inversion(path, token=peer_token)
+    peer_draw = torch.rand(4)  # what a seeded script draws next (latents without a generator)
+    torch.manual_seed(7)
     cond.load_textual_inversion(path)
+    assert torch.equal(torch.rand(4), peer_draw)  # the load drew from the global RNG as diffusers' does
+    assert (
+        pipe.text_encoder.get_input_embeddings().weight.shape == peer.text_encoder.get_input_embeddings().weight.shape
+    )
     assert pipe.tokenizer.tokenize("a <toy> <toy>_1") == ["a</w>", "<toy>", "<toy>_1"]
     expected = peer.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=NEGATIVES)
     kwargs = cond.pipeline_kwargs(PROMPTS, NEGATIVES)
@@ -135,12 +142,16 @@ def test_sdxl_clip_l_clip_g_pair_equals_two_diffusers_loads(tmp_path):
     peer, pipe = tiny_pipelines.build_sdxl(), tiny_pipelines.build_sdxl()
     pair = {"clip_l": vectors(2, seed=4), "clip_g": vectors(3, seed=5)}
     save_file(pair, tmp_path / "toy.safetensors")
+    torch.manual_seed(7)
     peer.load_textual_inversion(pair["clip_l"], token="<toy>", text_encoder=peer.text_encoder, tokenizer=peer.tokenizer)
     peer.load_textual_inversion(
         pair["clip_g"], token="<toy>", text_encoder=peer.text_encoder_2, tokenizer=peer.tokenizer_2
     )
+    peer_draw = torch.rand(4)
     cond = TextConditioner.from_pipeline(pipe)
+    torch.manual_seed(7)
     cond.load_textual_inversion(tmp_path / "toy.safetensors", token="<toy>")
+    assert torch.equal(torch.rand(4), peer_draw)  # the two resizes drew from the global RNG as diffusers' two
     second = ["a <toy> in oil paint", "a sketch"]
     expected = _sdxl_reference(peer, PROMPTS, second, NEGATIVES, None)
     kwargs = cond.pipeline_kwargs(PROMPTS, NEGATIVES, prompt_2=second)
@@ -285,12 +296,16 @@ def test_sd3_pair_equals_diffusers_loader(t5_tokenizer_path, tmp_path):
     pipe = tiny_pipelines.build_sd3(t5_tokenizer_path)
     pair = {"clip_l": vectors(2, seed=4), "clip_g": vectors(2, width=tiny_pipelines.SD3_CLIP_G_WIDTH, seed=5)}
     save_file(pair, tmp_path / "toy.safetensors")
+    torch.manual_seed(7)
     peer.load_textual_inversion(pair["clip_l"], token="<toy>", text_encoder=peer.text_encoder, tokenizer=peer.tokenizer)
     peer.load_textual_inversion(
         pair["clip_g"], token="<toy>", text_encoder=peer.text_encoder_2, tokenizer=peer.tokenizer_2
     )
+    peer_draw = torch.rand(4)
     cond = TextConditioner.from_pipeline(pipe)
+    torch.manual_seed(7)
     cond.load_textual_inversion(tmp_path / "toy.safetensors", token="<toy>")
+    assert torch.equal(torch.rand(4), peer_draw)  # the two resizes drew from the global RNG as diffusers' two
     expected = peer.encode_prompt(
         prompt=peer.maybe_convert_prompt(PROMPTS, peer.tokenizer),
         prompt_2=peer.maybe_convert_prompt(PROMPTS, peer.tokenizer_2),

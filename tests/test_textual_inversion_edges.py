@@ -1,6 +1,6 @@
 """Edges of textual inversion that the pipeline-level tests do not reach (found by mutation
 testing of textual_inversion.py): state dicts without a name, empty embeddings, several
-multi-vector tokens in one prompt, offload hooks, the embedding table's size, A1111 files
+multi-vector tokens in one prompt, offload hooks, the embedding table's resize, A1111 files
 without a name, pairs for three encoders, and `.pt` files read with weights only whatever the
 environment says. No pipeline: the reader and the helpers on a tokenizer and a tiny CLIP."""
 
@@ -75,17 +75,29 @@ def test_model_offload_hooks_are_not_sequential_offload():
     assert sequential_offload(encoder, 0) is None
 
 
-def test_adding_a_token_never_shrinks_a_larger_embedding_table():
-    """The docstring's "the table grows ... (never shrinks)": a text encoder whose table has
-    spare rows past the tokenizer keeps them, and the new token's row holds its vector."""
-    encoder = _tiny_clip(extra_rows=16)
-    tokenizer = encoder.tokenizer
-    rows = encoder.model.get_input_embeddings().weight.shape[0]
+@pytest.mark.parametrize("extra_rows", [0, 16], ids=["as_many_rows_as_tokens", "spare_rows"])
+def test_the_table_is_resized_as_diffusers_resizes_it(extra_rows):
+    """diffusers' `load_textual_inversion` resizes the table to the tokenizer's new size (a table
+    with spare rows past the tokenizer shrinks to it) with transformers' mean resizing, which
+    draws from the global RNG: the same size, the same draws after, and the token's vector."""
+    from diffusers.loaders import TextualInversionLoaderMixin
+
+    class Loader(TextualInversionLoaderMixin):  # what diffusers' loader reads of a pipeline
+        hf_device_map = None
+        components: dict = {}
+
+    ours, peer = _tiny_clip(extra_rows), _tiny_clip(extra_rows)
     vector = _vectors(1)
-    add_vectors(encoder, ["<toy>"], vector)
-    table = encoder.model.get_input_embeddings().weight
-    assert table.shape[0] == rows
-    assert torch.equal(table[tokenizer.convert_tokens_to_ids("<toy>")], vector[0])
+    torch.manual_seed(5)
+    Loader().load_textual_inversion(vector[0], token="<toy>", tokenizer=peer.tokenizer, text_encoder=peer.model)
+    peer_draw = torch.rand(4)
+    torch.manual_seed(5)
+    add_vectors(ours, ["<toy>"], vector)
+    assert torch.equal(torch.rand(4), peer_draw)
+    table, peer_table = ours.model.get_input_embeddings().weight, peer.model.get_input_embeddings().weight
+    assert table.shape == peer_table.shape == (len(ours.tokenizer), 32)
+    assert torch.equal(table, peer_table)
+    assert torch.equal(table[ours.tokenizer.convert_tokens_to_ids("<toy>")], vector[0])
 
 
 @pytest.mark.parametrize("name", ["absent", ""])
