@@ -18,7 +18,8 @@ is caught at that sample, and only there:
   blank ("empty caption"), no image member ("no image"), a tar member that cannot be read
   ("unreadable tar member");
 - a shard the tar reader gives up on, a file that is no tar at all (a saved HTML error page)
-  included ("unreadable tar shard", counted once per shard, with a warning naming it);
+  included, or one that cannot be opened (gone since the patterns were expanded, no
+  permission) ("unreadable tar shard", counted once per shard, with a warning naming it);
 - a shard that ends before its end-of-archive block, cut at a member's boundary or inside a
   header ("truncated tar shard", counted once per shard, with a warning naming it): Python's
   tarfile takes a missing or partial header for the end of the archive, so the samples after
@@ -135,9 +136,11 @@ def shard_urls(urls: str | Sequence[str], argument: str = "urls") -> list[str]:
 
     Raises:
         ValueError: no pattern, or an empty one.
+        ValueError: also a URL of a scheme webdataset has no way to open (no handler
+            registered for it in `webdataset.gopen`, and no default one that opens any).
         FileNotFoundError: a local pattern matches no existing file ("no shard matches
             PATTERN"), or misses some of the files it names. Remote URLs (``pipe:``,
-            ``https://``, ``s3://`` ...) are not checked.
+            ``https://`` ...) are not read.
     """
     from webdataset.shardlists import expand_urls
 
@@ -156,8 +159,31 @@ def shard_urls(urls: str | Sequence[str], argument: str = "urls") -> list[str]:
             raise FileNotFoundError(
                 f"{argument}: {len(missing)} of the {len(local)} shards of {pattern!r} do not exist (first: {missing[0]})"
             )
+        for url in expanded:
+            scheme = _scheme_without_opener(url)
+            if scheme is not None:
+                raise ValueError(
+                    f"{argument}: webdataset has no way to open {url!r}: no handler for the scheme {scheme!r} "
+                    "(it opens local paths, file://, pipe: and the schemes of webdataset.gopen.gopen_schemes)"
+                )
         shards.extend(expanded)
     return shards
+
+
+def _scheme_without_opener(url: str) -> str | None:
+    """The scheme of `url` (after webdataset's GOPEN_REWRITE rules) when webdataset's `gopen`
+    has no handler for it and its default handler is the one that refuses every URL; None for
+    a URL it can open (or try to)."""
+    import importlib
+
+    opener = importlib.import_module("webdataset.gopen")  # the module: `webdataset.gopen` is its function
+    try:
+        scheme = urlparse(opener.rewrite_url(url)).scheme
+    except ValueError:  # rewrite rules refused where webdataset enforces security: its open says so
+        return None
+    if scheme in ("", "file") or scheme in opener.gopen_schemes:
+        return None
+    return scheme if opener.gopen_schemes.get("__default__") is opener.gopen_error else None
 
 
 def _local_path(url: str) -> Path | None:
@@ -207,7 +233,7 @@ def _watched(sources: Iterator[dict], skipped: SkipCounter) -> Iterator[dict]:
     for source in sources:
         stream = source["stream"] = _ShardStream(source["stream"])
         yield source
-        url = source.get("url", "?")
+        url = source["url"]  # url_opener's sources always have it
         if stream.ran_out:
             skipped.skip("truncated tar shard", url)
             logger.warning(
@@ -243,20 +269,32 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
         if not streams:
             skipped.skip("unreadable tar member", repr(error))
             return True
-        index, stream = streams[0]
+        index, stream = streams[0]  # tar_file_expander adds (stream, url) to the error's own arguments
         stream.given_up = True
-        url = error.args[index + 1] if index + 1 < len(error.args) else "?"
+        url = error.args[index + 1]
         skipped.skip("unreadable tar shard", str(url))
         logger.warning(
             "%s: the tar reader gave up after %d bytes (%s): the shard is damaged or no tar file, and its samples "
             "from there on are lost; counted as skipped",
             url,
             stream.consumed,
-            error.args[0] if error.args else type(error).__name__,
+            error.args[0] if index > 0 else type(error).__name__,  # an error of no arguments of its own
         )
         return True
 
-    opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_error)
+    def on_open_error(error: Exception) -> bool:
+        # url_opener adds the URL of a shard it could not open (gone since `shard_urls` listed
+        # it, no permission, a remote one refused): all its samples are lost
+        url = error.args[-1]
+        skipped.skip("unreadable tar shard", str(url))
+        if isinstance(error, OSError) and error.strerror:
+            why = error.strerror
+        else:
+            why = str(error.args[0]) if len(error.args) > 1 else type(error).__name__
+        logger.warning("%s could not be opened (%s): its samples are lost; counted as skipped", url, why)
+        return True
+
+    opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_open_error)
     members = tar_file_expander(_watched(opened, skipped), handler=on_error)
     yield from group_by_keys(members, handler=on_error)
 
@@ -292,7 +330,7 @@ def undecoded_shard_samples(urls: str | Sequence[str], skipped: Any) -> Iterator
         skipped: anything with `skip(reason, detail)` (a `SkipCounter`).
     """
     for sample in _tar_members(urls, skipped):
-        key = sample.get("__key__", "?")
+        key = sample["__key__"]  # group_by_keys names every sample
         image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
         try:
             if image_key is None:
@@ -407,5 +445,5 @@ def webdataset_captions(urls: str | Sequence[str], skipped: SkipCounter) -> list
         try:
             captions.append(_member_caption(sample))
         except _Unusable as unusable:
-            skipped.skip(unusable.reason, f"{sample.get('__key__', '?')}: {unusable}")
+            skipped.skip(unusable.reason, f"{sample['__key__']}: {unusable}")
     return captions
