@@ -1,0 +1,285 @@
+"""What a folder of pre-encoded shards says when it cannot be used, in full (found by mutation
+testing of embedding_shards.py): how two identities differ (encoder classes, weights, the
+settings around their first difference), a stale folder, shards of another format or identity
+among good ones, a folder of no shard of the format, unreadable headers, a missing caption and
+the writer's refusals. No conditioner: hand-made records of one (1, 77, 32) tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipcond.records import EncodedPrompt
+from clipcond.training.data.embedding_shards import (
+    DamagedRecord,
+    EmbeddingIdentity,
+    EmbeddingShardError,
+    EmbeddingShards,
+    ForeignShards,
+    MissingEmbedding,
+    StaleEmbeddings,
+    UnfitRecord,
+    caption_hash,
+    remove_temporary_files,
+    shard_path,
+    write_shard,
+)
+
+# a conditioner's settings key: version, recipe, parsing, then one `Class:window:...` part per encoder
+SETTINGS = "v4|sd|a1111|CLIPTextModel:77:12:pad"
+IDENTITY = EmbeddingIdentity("a" * 64, SETTINGS)
+TAIL = "command: re-encode"
+
+
+def _record(seed: int) -> EncodedPrompt:
+    return EncodedPrompt.from_tensors(
+        {"clip_tokens": torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(seed))}
+    )
+
+
+def _shard(folder: Path, index: int, identity: EmbeddingIdentity = IDENTITY, caption: str | None = None) -> Path:
+    caption = caption if caption is not None else f"caption {index}"
+    return write_shard(folder, index, {caption_hash(caption): _record(index)}, identity)
+
+
+def _foreign(folder: Path, index: int, form: str) -> Path:
+    path = shard_path(folder, index)
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": form})
+    return path
+
+
+def test_the_difference_of_two_identities_in_words():
+    other_weights = EmbeddingIdentity("b" * 64, SETTINGS)
+    assert IDENTITY.difference(IDENTITY) is None
+    assert IDENTITY.difference(other_weights) == f"encoder weights {'a' * 12}... instead of {'b' * 12}..."
+    assert IDENTITY.difference(other_weights, "VAE", "VAE") == f"VAE weights {'a' * 12}... instead of {'b' * 12}..."
+    projected = EmbeddingIdentity("b" * 64, "v4|sd|a1111|CLIPTextModelWithProjection:77:12:pad")
+    assert projected.difference(IDENTITY) == (
+        "encoder classes CLIPTextModelWithProjection instead of CLIPTextModel (the same folder read as another "
+        "class holds other weights: encode with the reader's own settings)"
+    )
+    two = EmbeddingIdentity("a" * 64, SETTINGS + "|T5EncoderModel:256:1:pad")
+    assert two.difference(IDENTITY) == (
+        "encoder classes CLIPTextModel, T5EncoderModel instead of CLIPTextModel (the same folder read as another "
+        "class holds other weights: encode with the reader's own settings)"
+    )
+
+
+def test_settings_that_differ_are_shown_around_their_first_difference():
+    parsing = EmbeddingIdentity("a" * 64, "v4|sd|compel|CLIPTextModel:77:12:pad")
+    assert parsing.difference(IDENTITY) == "conditioner settings 'compel' instead of 'a1111'"
+    assert parsing.difference(IDENTITY, "VAE", "VAE") == "VAE settings 'compel' instead of 'a1111'"
+    longer = EmbeddingIdentity("a" * 64, "v4|sd")
+    assert longer.difference(EmbeddingIdentity("a" * 64, "v4|sd|extra")) == (
+        "conditioner settings '(nothing)' instead of 'extra'"
+    )
+    assert EmbeddingIdentity("a" * 64, "v4|sd|extra").difference(longer) == (
+        "conditioner settings 'extra' instead of '(nothing)'"
+    )
+    # a long part is cut 40 characters either side of where the two first differ
+    mine = "x" * 100 + "A" + "y" * 100
+    theirs = "x" * 100 + "B" + "y" * 100
+    assert EmbeddingIdentity("a", mine).difference(EmbeddingIdentity("a", theirs)) == (
+        f"conditioner settings '...{'x' * 40}A{'y' * 39}...' instead of '...{'x' * 40}B{'y' * 39}...'"
+    )
+    # near the start nothing is cut before; a short text nothing after
+    assert EmbeddingIdentity("a", "xA" + "y" * 50).difference(EmbeddingIdentity("a", "xB")) == (
+        f"conditioner settings 'xA{'y' * 39}...' instead of 'xB'"
+    )
+    # one text the start of the other: they differ where the shorter ends
+    assert EmbeddingIdentity("a", "x" * 60).difference(EmbeddingIdentity("a", "x" * 50)) == (
+        f"conditioner settings '...{'x' * 50}' instead of '...{'x' * 40}'"
+    )
+
+
+def test_a_folder_of_other_weights_is_stale_and_named_in_full(tmp_path):
+    for index in range(2):
+        _shard(tmp_path, index)
+    reader = EmbeddingIdentity("b" * 64, SETTINGS)
+    with pytest.raises(StaleEmbeddings) as refusal:
+        EmbeddingShards(tmp_path, reader, argument="data.embeddings")
+    assert str(refusal.value) == (
+        f"data.embeddings: {shard_path(tmp_path, 0)} was encoded with encoder weights {'a' * 12}... instead of "
+        f"{'b' * 12}... (the conditioner's); these embeddings are stale: encode the captions again into an empty "
+        "folder with `clipcond encode`"
+    )
+
+
+def test_one_shard_of_other_weights_among_the_readers_is_named_to_remove(tmp_path):
+    for index in range(3):
+        _shard(tmp_path, index)
+    odd = _shard(tmp_path, 3, EmbeddingIdentity("c" * 64, SETTINGS))
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    assert str(refusal.value) == (
+        f"embeddings: {odd} was encoded with encoder weights {'c' * 12}... instead of {'a' * 12}..., unlike the "
+        f"other 3 shards in {tmp_path} (the conditioner's): damaged, or not written with them; remove "
+        f"{odd.name} from the folder and run `clipcond encode` into it again (it encodes only the captions the "
+        "folder lacks)"
+    )
+
+
+def test_without_an_expected_identity_the_majority_is_the_folders(tmp_path):
+    """No reader's identity (a writer resuming): the identity most shards record is the
+    folder's; one shard beside it is named, with no "(the conditioner's)"."""
+    _shard(tmp_path, 0, EmbeddingIdentity("c" * 64, SETTINGS))
+    for index in (1, 2):
+        _shard(tmp_path, index)
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path)
+    assert str(refusal.value).startswith(
+        f"embeddings: {shard_path(tmp_path, 0)} was encoded with encoder weights {'c' * 12}... instead of "
+        f"{'a' * 12}..., unlike the other 2 shards in {tmp_path}: damaged"
+    )
+    # on a tie, the first shard's identity is the folder's
+    shard_path(tmp_path, 2).unlink()
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path)
+    assert str(refusal.value).startswith(
+        f"embeddings: {shard_path(tmp_path, 1)} was encoded with encoder weights {'a' * 12}... instead of "
+        f"{'c' * 12}..., unlike the other 1 shard in {tmp_path}: damaged"
+    )
+    shard_path(tmp_path, 0).unlink()
+    assert EmbeddingShards(tmp_path).identity == IDENTITY
+
+
+def test_several_foreign_shards_are_counted_and_the_first_three_named(tmp_path):
+    _shard(tmp_path, 0)
+    foreign = [_foreign(tmp_path, index, "some-other-format") for index in range(1, 6)]
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    names = ", ".join(path.name for path in foreign[:3])
+    assert str(refusal.value) == (
+        f"embeddings: {foreign[0]} is not a clipcond-caption-embeddings-v1 shard (its format: 'some-other-format') "
+        f"(and 4 more), unlike the other 1 shard in {tmp_path} (the conditioner's): damaged, or not written with "
+        f"them; remove {names} and 2 more from the folder and run `clipcond encode` into it again (it encodes only "
+        "the captions the folder lacks)"
+    )
+
+
+def test_a_folder_of_no_shard_of_the_format_is_named_with_its_count(tmp_path):
+    first = _foreign(tmp_path, 0, "clipcond-latents-v1")
+    with pytest.raises(EmbeddingShardError) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    assert str(refusal.value) == (
+        f"embeddings: {first} is not a clipcond-caption-embeddings-v1 shard (its format: 'clipcond-latents-v1'); "
+        "write the embeddings with `clipcond encode` into an empty folder"
+    )
+    _foreign(tmp_path, 1, "clipcond-latents-v1")
+    with pytest.raises(EmbeddingShardError) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    assert str(refusal.value) == (
+        f"embeddings: {first} is not a clipcond-caption-embeddings-v1 shard (its format: 'clipcond-latents-v1'), "
+        f"nor is any other of the 2 shards in {tmp_path}; write the embeddings with `clipcond encode` into an "
+        "empty folder"
+    )
+
+
+def test_an_unreadable_header_a_missing_folder_and_an_empty_one_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"^data.embeddings: no folder {tmp_path / 'nope'}$"):
+        EmbeddingShards(tmp_path / "nope", argument="data.embeddings")
+    with pytest.raises(EmbeddingShardError) as refusal:
+        EmbeddingShards(tmp_path)
+    assert str(refusal.value) == (
+        f"embeddings: {tmp_path} holds no embedding shard (embeddings-NNNNNN.safetensors); write them with "
+        "`clipcond encode`"
+    )
+    assert len(EmbeddingShards(tmp_path, require_shards=False)) == 0
+    path = shard_path(tmp_path, 0)
+    path.write_bytes(b"\x05" + b"\x00" * 7 + b"{}")  # a header length past the file's end
+    with pytest.raises(EmbeddingShardError) as refusal:
+        EmbeddingShards(tmp_path)
+    assert str(refusal.value).startswith(f"embeddings: {path} is not a readable embedding shard: ")
+    assert str(refusal.value).endswith(
+        f"; delete {path.name} and run `clipcond encode` into {tmp_path} again (it encodes only what the folder lacks)"
+    )
+
+
+def test_a_missing_caption_is_named_by_its_first_80_characters_and_its_hash(tmp_path):
+    _shard(tmp_path, 0)
+    shards = EmbeddingShards(tmp_path, IDENTITY, argument="data.embeddings")
+    caption = "a long caption " * 10
+    with pytest.raises(MissingEmbedding) as refusal:
+        shards.record(caption)
+    assert str(refusal.value) == (
+        f"data.embeddings: caption {caption[:80]!r} (hash {caption_hash(caption)}) is not in {tmp_path}; encode the "
+        "run's captions with `clipcond encode` into that folder (it resumes)"
+    )
+    assert torch.equal(shards.record("caption 0").tensors()["clip_tokens"], _record(0).tensors()["clip_tokens"])
+
+
+def test_the_writers_refusals_in_full(tmp_path):
+    with pytest.raises(ValueError, match=r"^a shard needs at least one record$"):
+        write_shard(tmp_path, 0, {}, IDENTITY)
+    with pytest.raises(ValueError) as refusal:
+        write_shard(tmp_path, 0, {"a red circle": _record(0)}, IDENTITY)
+    assert str(refusal.value) == "records must be keyed by caption_hash(caption) (64 hex digits), got 'a red circle'"
+    bad = EncodedPrompt.from_tensors({"clip_tokens": torch.full((1, 77, 32), float("nan"))})
+    key = caption_hash("nan")
+    with pytest.raises(UnfitRecord) as refusal:
+        write_shard(tmp_path, 0, {caption_hash("fine"): _record(0), key: bad}, IDENTITY)
+    assert str(refusal.value) == (
+        f"the caption of hash {key}: `clip_tokens` holds NaN or infinite values; shard {shard_path(tmp_path, 0)} "
+        "was not written"
+    )
+    assert list(tmp_path.iterdir()) == []
+    path = _shard(tmp_path, 0)
+    with pytest.raises(FileExistsError, match=rf"^{path} exists; shards are written once$"):
+        _shard(tmp_path, 0)
+
+
+def test_the_shard_records_its_identity_and_count(tmp_path):
+    from safetensors import safe_open
+
+    path = write_shard(tmp_path, 7, {caption_hash(c): _record(i) for i, c in enumerate("abc")}, IDENTITY)
+    assert path == tmp_path / "embeddings-000007.safetensors"
+    with safe_open(str(path), "pt") as shard:
+        metadata = shard.metadata()
+    assert {key: metadata[key] for key in ("format", "weights", "settings", "count")} == {
+        "format": "clipcond-caption-embeddings-v1",
+        "weights": IDENTITY.weights,
+        "settings": IDENTITY.settings,
+        "count": "3",
+    }
+    assert EmbeddingShards(tmp_path).next_index == 8
+    assert remove_temporary_files(tmp_path) == 0
+
+
+def test_a_shard_changed_after_the_folder_was_opened_is_refused_when_read(tmp_path):
+    """Replaced by bytes that are no shard: named as unreadable; replaced by a shard without
+    digests: each record refused as damaged (its digest is gone), never read unchecked."""
+    path = _shard(tmp_path, 0)
+    shards = EmbeddingShards(tmp_path, IDENTITY)
+    path.write_bytes(b"\x05" + b"\x00" * 7 + b"{}")
+    with pytest.raises(DamagedRecord) as refusal:
+        shards.record("caption 0")
+    assert str(refusal.value).startswith(f"embeddings: {path} cannot be read any more: ")
+    path.unlink()
+    _shard(tmp_path, 0)
+    shards = EmbeddingShards(tmp_path, IDENTITY)
+    key = caption_hash("caption 0")
+    save_file({f"{key}.clip_tokens": _record(0).tensors()["clip_tokens"]}, str(path), metadata={"format": "x"})
+    with pytest.raises(DamagedRecord, match=rf"^embeddings: {path}: the caption of hash {key} is damaged \("):
+        shards.record("caption 0")
+
+
+def test_a_shard_is_opened_once_for_all_its_records(tmp_path, monkeypatch):
+    import safetensors
+
+    captions = ["one", "two", "three"]
+    write_shard(tmp_path, 0, {caption_hash(c): _record(i) for i, c in enumerate(captions)}, IDENTITY)
+    shards = EmbeddingShards(tmp_path, IDENTITY)
+    opened = []
+    real = safetensors.safe_open
+
+    def counting(*args, **kwargs):
+        opened.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", counting)
+    for caption in captions * 2:
+        shards.record(caption)
+    assert opened == [str(shard_path(tmp_path, 0))]
