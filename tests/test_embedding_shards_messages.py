@@ -66,6 +66,17 @@ def test_the_difference_of_two_identities_in_words():
         "encoder classes CLIPTextModel, T5EncoderModel instead of CLIPTextModel (the same folder read as another "
         "class holds other weights: encode with the reader's own settings)"
     )
+    assert IDENTITY.difference(two).startswith(
+        "encoder classes CLIPTextModel instead of CLIPTextModel, T5EncoderModel (the same"
+    )
+    custom = EmbeddingIdentity("a" * 64, "v4|sd|a1111|mt5Encoder:77:12:pad")
+    assert custom.difference(IDENTITY).startswith("encoder classes mt5Encoder instead of CLIPTextModel (")
+    # a settings key of which one part is no `Class:window:` part names no classes: its settings differ
+    odd_part = EmbeddingIdentity("a" * 64, "v4|sd|a1111|CLIPTextModel:77:12:pad|float16")
+    other_odd = EmbeddingIdentity("a" * 64, "v4|sd|a1111|T5EncoderModel:77:12:pad|float16")
+    assert odd_part.difference(other_odd) == (
+        "conditioner settings 'CLIPTextModel:77:12:pad' instead of 'T5EncoderModel:77:12:pad'"
+    )
 
 
 def test_settings_that_differ_are_shown_around_their_first_difference():
@@ -89,6 +100,10 @@ def test_settings_that_differ_are_shown_around_their_first_difference():
     assert EmbeddingIdentity("a", "xA" + "y" * 50).difference(EmbeddingIdentity("a", "xB")) == (
         f"conditioner settings 'xA{'y' * 39}...' instead of 'xB'"
     )
+    # a text that ends exactly 40 characters after the difference is not cut there
+    assert EmbeddingIdentity("a", "A" + "y" * 39).difference(EmbeddingIdentity("a", "B" + "y" * 40)) == (
+        f"conditioner settings 'A{'y' * 39}' instead of 'B{'y' * 39}...'"
+    )
     # one text the start of the other: they differ where the shorter ends
     assert EmbeddingIdentity("a", "x" * 60).difference(EmbeddingIdentity("a", "x" * 50)) == (
         f"conditioner settings '...{'x' * 50}' instead of '...{'x' * 40}'"
@@ -105,6 +120,59 @@ def test_a_folder_of_other_weights_is_stale_and_named_in_full(tmp_path):
         f"data.embeddings: {shard_path(tmp_path, 0)} was encoded with encoder weights {'a' * 12}... instead of "
         f"{'b' * 12}... (the conditioner's); these embeddings are stale: encode the captions again into an empty "
         "folder with `clipcond encode`"
+    )
+
+
+def test_a_stale_folder_of_latents_names_the_vaes_settings(tmp_path):
+    """One shard (the stale message reads the first odd shard's identity), of the latents'
+    kind: their messages name the VAE, its settings and `clipcond encode --latents`."""
+    from clipcond.training.data.latent_shards import LATENTS, LatentShards
+
+    write_shard(tmp_path, 0, {caption_hash("image"): _record(0)}, IDENTITY, kind=LATENTS)
+    reader = EmbeddingIdentity("a" * 64, "v4|sd|compel|CLIPTextModel:77:12:pad")
+    with pytest.raises(StaleEmbeddings) as refusal:
+        LatentShards(tmp_path, reader)
+    assert str(refusal.value) == (
+        f"data.latents: {tmp_path / 'latents-000000.safetensors'} was encoded with VAE settings 'a1111' instead of "
+        "'compel' (the run's VAE's); these latents are stale: encode the images again into an empty folder with "
+        "`clipcond encode --latents`"
+    )
+    write_shard(tmp_path, 1, {caption_hash("other"): _record(1)}, reader, kind=LATENTS)
+    with pytest.raises(ForeignShards) as refusal:
+        LatentShards(tmp_path, reader)
+    assert str(refusal.value).startswith(
+        f"data.latents: {tmp_path / 'latents-000000.safetensors'} was encoded with VAE settings 'a1111' instead of "
+        "'compel', unlike the other 1 shard"
+    )
+
+
+def test_a_shard_whose_metadata_lost_its_identity_is_named_as_foreign(tmp_path):
+    """A shard of the format with no `weights` or `settings` in its metadata (damaged
+    metadata) differs from the others by empty ones."""
+    for index in range(2):
+        _shard(tmp_path, index)
+    path = shard_path(tmp_path, 2)
+    key = caption_hash("caption 2")
+    save_file(
+        {f"{key}.clip_tokens": _record(2).tensors()["clip_tokens"]},
+        str(path),
+        metadata={"format": "clipcond-caption-embeddings-v1", "tensor_digests": "{}"},
+    )
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    assert str(refusal.value).startswith(
+        f"embeddings: {path} was encoded with encoder weights ... instead of {'a' * 12}..., unlike the other 2 shards"
+    )
+    path.unlink()
+    save_file(
+        {f"{key}.clip_tokens": _record(2).tensors()["clip_tokens"]},
+        str(path),
+        metadata={"format": "clipcond-caption-embeddings-v1", "weights": "a" * 64, "tensor_digests": "{}"},
+    )
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(tmp_path, IDENTITY)
+    assert str(refusal.value).startswith(
+        f"embeddings: {path} was encoded with conditioner settings '' instead of 'v4', unlike the other 2 shards"
     )
 
 
@@ -146,16 +214,37 @@ def test_without_an_expected_identity_the_majority_is_the_folders(tmp_path):
     assert EmbeddingShards(tmp_path).identity == IDENTITY
 
 
-def test_several_foreign_shards_are_counted_and_the_first_three_named(tmp_path):
+@pytest.mark.parametrize(
+    ("count", "more", "names"),
+    [
+        (1, "", "embeddings-000001.safetensors"),
+        (2, " (and 1 more)", "embeddings-000001.safetensors, embeddings-000002.safetensors"),
+        (
+            3,
+            " (and 2 more)",
+            "embeddings-000001.safetensors, embeddings-000002.safetensors, embeddings-000003.safetensors",
+        ),
+        (
+            4,
+            " (and 3 more)",
+            "embeddings-000001.safetensors, embeddings-000002.safetensors, embeddings-000003.safetensors and 1 more",
+        ),
+        (
+            5,
+            " (and 4 more)",
+            "embeddings-000001.safetensors, embeddings-000002.safetensors, embeddings-000003.safetensors and 2 more",
+        ),
+    ],
+)
+def test_several_foreign_shards_are_counted_and_the_first_three_named(tmp_path, count, more, names):
     _shard(tmp_path, 0)
-    foreign = [_foreign(tmp_path, index, "some-other-format") for index in range(1, 6)]
+    foreign = [_foreign(tmp_path, index, "some-other-format") for index in range(1, count + 1)]
     with pytest.raises(ForeignShards) as refusal:
         EmbeddingShards(tmp_path, IDENTITY)
-    names = ", ".join(path.name for path in foreign[:3])
     assert str(refusal.value) == (
-        f"embeddings: {foreign[0]} is not a clipcond-caption-embeddings-v1 shard (its format: 'some-other-format') "
-        f"(and 4 more), unlike the other 1 shard in {tmp_path} (the conditioner's): damaged, or not written with "
-        f"them; remove {names} and 2 more from the folder and run `clipcond encode` into it again (it encodes only "
+        f"embeddings: {foreign[0]} is not a clipcond-caption-embeddings-v1 shard (its format: 'some-other-format')"
+        f"{more}, unlike the other 1 shard in {tmp_path} (the conditioner's): damaged, or not written with "
+        f"them; remove {names} from the folder and run `clipcond encode` into it again (it encodes only "
         "the captions the folder lacks)"
     )
 
@@ -262,8 +351,14 @@ def test_a_shard_changed_after_the_folder_was_opened_is_refused_when_read(tmp_pa
     shards = EmbeddingShards(tmp_path, IDENTITY)
     key = caption_hash("caption 0")
     save_file({f"{key}.clip_tokens": _record(0).tensors()["clip_tokens"]}, str(path), metadata={"format": "x"})
-    with pytest.raises(DamagedRecord, match=rf"^embeddings: {path}: the caption of hash {key} is damaged \("):
+    with pytest.raises(DamagedRecord) as refusal:
         shards.record("caption 0")
+    message = str(refusal.value)
+    assert message.startswith(f"embeddings: {path}: the caption of hash {key} is damaged (")
+    assert message.endswith(
+        f"); delete {path.name} and run `clipcond encode` into {tmp_path} again (it encodes only what the folder "
+        "lacks), then resume"
+    )
 
 
 def test_a_shard_is_opened_once_for_all_its_records(tmp_path, monkeypatch):

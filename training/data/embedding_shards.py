@@ -354,9 +354,8 @@ class KeyedShards:
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{argument}: no folder {self.folder}")
         self._shard_name = kind.shard_name()
-        self.paths = sorted(
-            (path for path in self.folder.iterdir() if self._shard_name.match(path.name)), key=lambda path: path.name
-        )
+        # paths of one folder sort as their names
+        self.paths = sorted(path for path in self.folder.iterdir() if self._shard_name.match(path.name))
         if require_shards and not self.paths:
             raise EmbeddingShardError(
                 f"{argument}: {self.folder} holds no {kind.noun} shard ({kind.prefix}-NNNNNN.safetensors); "
