@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import tarfile
+from pathlib import Path
 
 import pytest
 from test_data import _add, _png
@@ -134,6 +135,17 @@ def _two_samples(path, tail: bytes = b"") -> bytes:
     return path.read_bytes()
 
 
+def _lost_shard(tmp_path, caplog) -> tuple[Path, list[str], list[str], SkipCounter]:
+    """Read the captions of one shard of two samples that webdataset, as patched by the test,
+    cannot read: (the shard, the warnings, the debug lines, the skips)."""
+    shard = tmp_path / "part-0.tar"
+    _two_samples(shard)
+    skipped = SkipCounter()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        assert webdataset_captions(str(shard), skipped) == []
+    return shard, _lines(caplog, logging.WARNING), _lines(caplog, logging.DEBUG), skipped
+
+
 def test_the_warning_and_debug_line_of_each_damaged_shard_in_full(tmp_path, caplog):
     # data past the reader's first 10 KiB record, where a damaged header is seen
     whole = _two_samples(tmp_path / "whole.tar", tail=b"\x07" * 20_000)
@@ -212,17 +224,13 @@ def test_a_shard_webdataset_refuses_to_open_is_named_with_webdatasets_reason(tmp
     strerror): its message is the reason given."""
     import webdataset.utils
 
-    shard = tmp_path / "part-0.tar"
-    _two_samples(shard)
     monkeypatch.setattr(webdataset.utils, "enforce_security", True)
-    skipped = SkipCounter()
-    with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        assert webdataset_captions(str(shard), skipped) == []
-    assert _lines(caplog, logging.WARNING) == [
+    shard, warned, logged, skipped = _lost_shard(tmp_path, caplog)
+    assert warned == [
         f"{shard} could not be opened (gopen: unsafe_gopen is False, cannot open local files): its samples are lost; "
         "counted as skipped"
     ]
-    assert f"skipped sample (unreadable tar shard) {shard}" in _lines(caplog, logging.DEBUG)
+    assert f"skipped sample (unreadable tar shard) {shard}" in logged
     assert dict(skipped.counts) == {"unreadable tar shard": 1}
 
 
@@ -272,14 +280,9 @@ def test_a_shard_whose_reads_fail_with_no_message_is_named_by_the_errors_type(tm
         def read(self, size=-1):
             raise OSError
 
-    shard = tmp_path / "part-0.tar"
-    _two_samples(shard)
-    opener = webdataset.tariterators.gopen
-    monkeypatch.setattr(opener, "gopen", lambda url, **kw: FailingStream())
-    skipped = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert webdataset_captions(str(shard), skipped) == []
-    assert _lines(caplog, logging.WARNING) == [
+    monkeypatch.setattr(webdataset.tariterators.gopen, "gopen", lambda url, **kw: FailingStream())
+    shard, warned, _, skipped = _lost_shard(tmp_path, caplog)
+    assert warned == [
         f"{shard}: the tar reader gave up after 0 bytes (OSError): the shard is damaged or no tar file, and its "
         "samples from there on are lost; counted as skipped"
     ]
@@ -294,14 +297,9 @@ def test_an_open_error_of_no_arguments_of_its_own_is_named_by_its_type(tmp_path,
     def refuse(url, **kw):
         raise OSError
 
-    shard = tmp_path / "part-0.tar"
-    _two_samples(shard)
     monkeypatch.setattr(webdataset.tariterators.gopen, "gopen", refuse)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert webdataset_captions(str(shard), SkipCounter()) == []
-    assert _lines(caplog, logging.WARNING) == [
-        f"{shard} could not be opened (OSError): its samples are lost; counted as skipped"
-    ]
+    shard, warned, _, _ = _lost_shard(tmp_path, caplog)
+    assert warned == [f"{shard} could not be opened (OSError): its samples are lost; counted as skipped"]
 
 
 def test_a_scheme_is_refused_only_while_webdatasets_default_opener_refuses_every_url(monkeypatch):

@@ -51,6 +51,14 @@ def _foreign(folder: Path, index: int, form: str) -> Path:
     return path
 
 
+def _foreign_refusal(folder: Path, expected: EmbeddingIdentity | None = None) -> str:
+    """The message with which a folder of caption-embedding shards is refused as holding
+    foreign shards."""
+    with pytest.raises(ForeignShards) as refusal:
+        EmbeddingShards(folder, expected)
+    return str(refusal.value)
+
+
 def test_the_difference_of_two_identities_in_words():
     other_weights = EmbeddingIdentity("b" * 64, SETTINGS)
     assert IDENTITY.difference(IDENTITY) is None
@@ -158,9 +166,7 @@ def test_a_shard_whose_metadata_lost_its_identity_is_named_as_foreign(tmp_path):
         str(path),
         metadata={"format": "clipcond-caption-embeddings-v1", "tensor_digests": "{}"},
     )
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path, IDENTITY)
-    assert str(refusal.value).startswith(
+    assert _foreign_refusal(tmp_path, IDENTITY).startswith(
         f"embeddings: {path} was encoded with encoder weights ... instead of {'a' * 12}..., unlike the other 2 shards"
     )
     path.unlink()
@@ -169,9 +175,7 @@ def test_a_shard_whose_metadata_lost_its_identity_is_named_as_foreign(tmp_path):
         str(path),
         metadata={"format": "clipcond-caption-embeddings-v1", "weights": "a" * 64, "tensor_digests": "{}"},
     )
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path, IDENTITY)
-    assert str(refusal.value).startswith(
+    assert _foreign_refusal(tmp_path, IDENTITY).startswith(
         f"embeddings: {path} was encoded with conditioner settings '' instead of 'v4', unlike the other 2 shards"
     )
 
@@ -180,9 +184,7 @@ def test_one_shard_of_other_weights_among_the_readers_is_named_to_remove(tmp_pat
     for index in range(3):
         _shard(tmp_path, index)
     odd = _shard(tmp_path, 3, EmbeddingIdentity("c" * 64, SETTINGS))
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path, IDENTITY)
-    assert str(refusal.value) == (
+    assert _foreign_refusal(tmp_path, IDENTITY) == (
         f"embeddings: {odd} was encoded with encoder weights {'c' * 12}... instead of {'a' * 12}..., unlike the "
         f"other 3 shards in {tmp_path} (the conditioner's): damaged, or not written with them; remove "
         f"{odd.name} from the folder and run `clipcond encode` into it again (it encodes only the captions the "
@@ -196,17 +198,13 @@ def test_without_an_expected_identity_the_majority_is_the_folders(tmp_path):
     _shard(tmp_path, 0, EmbeddingIdentity("c" * 64, SETTINGS))
     for index in (1, 2):
         _shard(tmp_path, index)
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path)
-    assert str(refusal.value).startswith(
+    assert _foreign_refusal(tmp_path).startswith(
         f"embeddings: {shard_path(tmp_path, 0)} was encoded with encoder weights {'c' * 12}... instead of "
         f"{'a' * 12}..., unlike the other 2 shards in {tmp_path}: damaged"
     )
     # on a tie, the first shard's identity is the folder's
     shard_path(tmp_path, 2).unlink()
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path)
-    assert str(refusal.value).startswith(
+    assert _foreign_refusal(tmp_path).startswith(
         f"embeddings: {shard_path(tmp_path, 1)} was encoded with encoder weights {'a' * 12}... instead of "
         f"{'c' * 12}..., unlike the other 1 shard in {tmp_path}: damaged"
     )
@@ -239,9 +237,7 @@ def test_without_an_expected_identity_the_majority_is_the_folders(tmp_path):
 def test_several_foreign_shards_are_counted_and_the_first_three_named(tmp_path, count, more, names):
     _shard(tmp_path, 0)
     foreign = [_foreign(tmp_path, index, "some-other-format") for index in range(1, count + 1)]
-    with pytest.raises(ForeignShards) as refusal:
-        EmbeddingShards(tmp_path, IDENTITY)
-    assert str(refusal.value) == (
+    assert _foreign_refusal(tmp_path, IDENTITY) == (
         f"embeddings: {foreign[0]} is not a clipcond-caption-embeddings-v1 shard (its format: 'some-other-format')"
         f"{more}, unlike the other 1 shard in {tmp_path} (the conditioner's): damaged, or not written with "
         f"them; remove {names} from the folder and run `clipcond encode` into it again (it encodes only "
