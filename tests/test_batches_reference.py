@@ -110,3 +110,85 @@ def test_a_source_without_one_usable_sample_is_refused_naming_it_and_its_skips(t
     assert str(refusal.value) == (
         f"no usable sample in {tmp_path / 'm.jsonl'} (skipped samples: 1 (bad manifest line: 1))"
     )
+
+
+def test_a_missing_shard_is_named_by_the_config_key():
+    batches = ImageCaptionBatches(DataConfig(source="webdataset", urls="/nowhere/s-{0..1}.tar"), None, 12, 1, 0)
+    with pytest.raises(FileNotFoundError, match=r"^data\.urls: no shard matches '/nowhere/s-\{0\.\.1\}\.tar'$"):
+        batches.next_with_captions()
+
+
+def test_shapes_batches_leave_torchs_global_generator_alone():
+    """The loader's workers' base seed comes from a generator of its own: a run's later draws
+    (dropout) do not depend on whether batches were made."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    batches = ImageCaptionBatches(DataConfig(source="shapes"), None, 16, 2, 3)
+    next(batches._items)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_hard_negatives_are_off_unless_asked():
+    class Ids:
+        def __call__(self, captions):
+            return torch.tensor([[len(caption)] for caption in captions])
+
+    batch = next(ImageCaptionBatches(DataConfig(source="shapes"), Ids(), 16, 2, 3))
+    assert set(batch) == {"pixel_values", "input_ids"}
+
+
+def test_the_skips_go_to_the_given_counter_and_are_logged_with_the_samples_name(tmp_path, caplog):
+    import logging
+
+    _shard(tmp_path / "s-0.tar")
+    with tarfile.open(tmp_path / "s-1.tar", "w") as archive:
+        _add(archive, "d.png", b"no png at all")
+        _add(archive, "d.txt", b"broken")
+        _add(archive, "e.png", _png((9, 9, 9)))
+        _add(archive, "e.txt", b"kept")
+    skipped = SkipCounter()
+    data = DataConfig(source="webdataset", urls=f"{tmp_path}/s-{{0..1}}.tar", shuffle=False)
+    batches = ImageCaptionBatches(data, None, 12, 3, 0, skipped=skipped)
+    with caplog.at_level(logging.DEBUG, logger="clipcond.training.data.sources"):
+        # stream positions: 0 red, 1 g, 2 d (undecodable), 3 kept, then the next epoch: 4 red, 5 g;
+        # d's place takes the sample at its place in the next global batch (2 + 3)
+        assert batches.next_with_captions()[1] == ["red", "g", "g"]
+    assert dict(skipped.counts) == {"empty caption": 1, "undecodable image": 1}
+    logged = [record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG]
+    assert "skipped sample (empty caption) b: " in logged
+    assert any(line.startswith("skipped sample (undecodable image) d: UnidentifiedImageError(") for line in logged)
+
+
+def test_a_manifests_bad_lines_are_counted_and_logged_with_the_manifest(tmp_path, caplog):
+    import logging
+
+    (tmp_path / "red.png").write_bytes(_png((255, 0, 0)))
+    lines = [{"caption": "no image"}, {"image": "gone.png", "caption": "gone"}, {"image": "red.png", "caption": "r"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    skipped = SkipCounter()
+    data = DataConfig(source="manifest", manifest=str(manifest), shuffle=False)
+    batches = ImageCaptionBatches(data, None, 12, 1, 0, skipped=skipped)
+    with caplog.at_level(logging.DEBUG, logger="clipcond.training.data.sources"):
+        assert batches.next_with_captions()[1] == ["r"]
+    assert dict(skipped.counts) == {"bad manifest line": 1, "missing image": 1}
+    logged = [record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG]
+    assert f"skipped sample (bad manifest line) {manifest}: no image for 'no image'" in logged
+    assert f"skipped sample (missing image) {tmp_path / 'gone.png'}: " in logged
+
+
+@pytest.mark.parametrize("source", ["webdataset", "manifest"])
+def test_a_source_whose_images_all_fail_is_refused_naming_it(tmp_path, source):
+    with tarfile.open(tmp_path / "s-0.tar", "w") as archive:
+        _add(archive, "a.png", b"no png")
+        _add(archive, "a.txt", b"broken")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "gone.png", "caption": "x"}) + "\n", encoding="utf-8")
+    where = str(tmp_path / ("s-0.tar" if source == "webdataset" else "m.jsonl"))
+    data = DataConfig(source=source, **({"urls": where} if source == "webdataset" else {"manifest": where}))
+    with pytest.raises(ValueError) as refusal:
+        ImageCaptionBatches(data, None, 12, 1, 0).next_with_captions()
+    assert str(refusal.value).startswith(
+        f"no usable sample in {where}: no image from global sample 0 on can be decoded, up to the end of the next "
+        "epoch or 10000 samples (skipped samples: "
+    )
