@@ -192,3 +192,40 @@ def test_a_source_whose_images_all_fail_is_refused_naming_it(tmp_path, source):
         f"no usable sample in {where}: no image from global sample 0 on can be decoded, up to the end of the next "
         "epoch or 10000 samples (skipped samples: "
     )
+
+
+def _numbered_shard(path, good: set[int], count: int) -> None:
+    """A shard of `count` samples captioned by their position; only those in `good` decode."""
+    with tarfile.open(path, "w") as archive:
+        for position in range(count):
+            _add(archive, f"{position:03d}.png", _png((9, 9, 9)) if position in good else b"no png")
+            _add(archive, f"{position:03d}.txt", f"p{position}".encode())
+
+
+@pytest.mark.parametrize(("good", "substitute"), [({0, 2, 17}, "p17"), ({0, 2, 19}, "p2")])
+def test_an_unloadable_sample_takes_its_place_in_the_next_eight_global_batches_first(tmp_path, good, substitute):
+    """Batch 2: position 1 fails; its places in the next 8 global batches are 3, 5, ..., 17, and
+    only then come the positions after it (2, 3, ...): 17 is taken over 2, 19 is not reached."""
+    _numbered_shard(tmp_path / "s-0.tar", good, 21)
+    data = DataConfig(source="webdataset", urls=str(tmp_path / "s-0.tar"), shuffle=False)
+    assert ImageCaptionBatches(data, None, 12, 2, 0).next_with_captions()[1] == ["p0", substitute]
+
+
+@pytest.mark.parametrize(("good", "substitute"), [({0, 4}, "p4"), ({0, 5}, None)])
+def test_the_search_for_a_substitute_stops_after_its_bound_of_tries(tmp_path, monkeypatch, good, substitute):
+    """Batch 1, a bound of 3 tries: position 1's substitute is looked for at 2, 3 and 4 only."""
+    from clipcond.training.data import batches as batches_module
+
+    monkeypatch.setattr(batches_module, "MAX_SUBSTITUTE_TRIES", 3)
+    _numbered_shard(tmp_path / "s-0.tar", good, 12)
+    data = DataConfig(source="webdataset", urls=str(tmp_path / "s-0.tar"), shuffle=False)
+    batches = ImageCaptionBatches(data, None, 12, 1, 0)
+    assert batches.next_with_captions()[1] == ["p0"]
+    if substitute is not None:
+        assert batches.next_with_captions()[1] == [substitute]
+        return
+    with pytest.raises(
+        ValueError,
+        match=r"no image from global sample 1 on can be decoded, up to the end of the next epoch or 3 samples",
+    ):
+        batches.next_with_captions()
