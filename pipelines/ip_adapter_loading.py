@@ -122,8 +122,11 @@ def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_en
     """
     if getattr(pipe, "image_encoder", None) is not None or not isinstance(image_encoder_folder, str):
         return
-    first = source[0] if isinstance(source, list) and source else source
-    inside = _as_list(subfolder, 1)[0]
+    sources = source if isinstance(source, list) else [source]
+    subfolders = subfolder if isinstance(subfolder, (list, tuple)) else [subfolder]
+    if not sources or not subfolders:
+        return  # diffusers' own error: nothing to read
+    first, inside = sources[0], subfolders[0]
     if not isinstance(first, (str, Path)) or not Path(first).is_dir():
         return
     relative = Path(image_encoder_folder) if "/" in image_encoder_folder else Path(inside or "", image_encoder_folder)

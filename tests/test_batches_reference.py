@@ -125,7 +125,7 @@ def test_shapes_batches_leave_torchs_global_generator_alone():
     expected = torch.rand(3)
     torch.manual_seed(0)
     batches = ImageCaptionBatches(DataConfig(source="shapes"), None, 16, 2, 3)
-    next(batches._items)
+    batches.next_with_captions()
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -289,6 +289,23 @@ def test_a_shard_whose_reads_fail_with_no_message_is_named_by_the_errors_type(tm
     assert dict(skipped.counts) == {"unreadable tar shard": 1}
 
 
+def test_a_read_error_with_an_errno_is_named_by_its_text(tmp_path, caplog, monkeypatch):
+    """An OSError raised as (errno, text), as the operating system's are: its text, not the
+    errno that is its first argument."""
+    import webdataset.tariterators
+
+    class FailingStream(io.RawIOBase):
+        def read(self, size=-1):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(webdataset.tariterators.gopen, "gopen", lambda url, **kw: FailingStream())
+    shard, warned, _, _ = _lost_shard(tmp_path, caplog)
+    assert warned == [
+        f"{shard}: the tar reader gave up after 0 bytes (Input/output error): the shard is damaged or no tar file, "
+        "and its samples from there on are lost; counted as skipped"
+    ]
+
+
 def test_an_open_error_of_no_arguments_of_its_own_is_named_by_its_type(tmp_path, caplog, monkeypatch):
     """An OSError without a message (no strerror) from the opener: its type, not the URL
     webdataset appends to its arguments."""

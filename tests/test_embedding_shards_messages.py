@@ -31,7 +31,6 @@ from clipcond.training.data.embedding_shards import (
 # a conditioner's settings key: version, recipe, parsing, then one `Class:window:...` part per encoder
 SETTINGS = "v4|sd|a1111|CLIPTextModel:77:12:pad"
 IDENTITY = EmbeddingIdentity("a" * 64, SETTINGS)
-TAIL = "command: re-encode"
 
 
 def _record(seed: int) -> EncodedPrompt:

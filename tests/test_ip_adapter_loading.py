@@ -389,6 +389,7 @@ def test_the_image_encoder_folder_checked_is_the_one_diffusers_reads(tmp_path) -
     check_image_encoder_folders(pipe, ["org/repo", source], ["", "sub"], "image_encoder")  # read from the first
     check_image_encoder_folders(pipe, [{}, source], ["", "sub"], "image_encoder")  # diffusers refuses a dict
     check_image_encoder_folders(pipe, [], "sub", "image_encoder")  # diffusers' own error: nothing to read
+    check_image_encoder_folders(pipe, source, [], "image_encoder")  # likewise (was an IndexError here)
     check_image_encoder_folders(pipe, source, "sub", None)  # no image encoder asked for
     check_image_encoder_folders(pipe, "org/repo", "sub", "image_encoder")  # a hub id: not local
     check_image_encoder_folders(SimpleNamespace(image_encoder=object()), source, "sub", "image_encoder")

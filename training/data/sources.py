@@ -278,7 +278,7 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
             "from there on are lost; counted as skipped",
             url,
             stream.consumed,
-            error.args[0] if index > 0 else type(error).__name__,  # an error of no arguments of its own
+            _reason(error, own_arguments=index),
         )
         return True
 
@@ -287,16 +287,22 @@ def _tar_members(urls: str | Sequence[str], skipped: SkipCounter) -> Iterator[di
         # it, no permission, a remote one refused): all its samples are lost
         url = error.args[-1]
         skipped.skip("unreadable tar shard", str(url))
-        if isinstance(error, OSError) and error.strerror:
-            why = error.strerror
-        else:
-            why = str(error.args[0]) if len(error.args) > 1 else type(error).__name__
+        why = _reason(error, own_arguments=len(error.args) - 1)
         logger.warning("%s could not be opened (%s): its samples are lost; counted as skipped", url, why)
         return True
 
     opened = url_opener(iter([{"url": url} for url in shard_urls(urls)]), handler=on_open_error)
     members = tar_file_expander(_watched(opened, skipped), handler=on_error)
     yield from group_by_keys(members, handler=on_error)
+
+
+def _reason(error: Exception, own_arguments: int) -> str:
+    """Why `error` was raised, in words, for a warning: an OSError's text (not its errno), else
+    its first argument, else its type when it has no arguments of its own (`own_arguments`:
+    how many of its arguments it was raised with, before webdataset appended its own)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error.args[0]) if own_arguments > 0 else type(error).__name__
 
 
 def _member_caption(sample: dict) -> str:
