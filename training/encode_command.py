@@ -206,7 +206,7 @@ def _encode_captions(args: argparse.Namespace, captions: list[str], skipped: Any
     written = _encode_into_shards(todo, encode, done, args, len(todo), spec=spec)
     return (
         f"{_counted(len(todo), 'caption')} encoded into {_counted(written, 'new shard')} in {done.folder} "
-        f"({len(distinct) - len(todo)} already there, {len(captions) + 1 - len(distinct)} duplicates; "
+        f"({len(distinct) - len(todo)} already there, {_counted(len(captions) + 1 - len(distinct), 'duplicate')}; "
         f"{_counted(len(done) + len(todo), 'caption')} in the folder); {skipped.report()}"
     )
 
@@ -262,7 +262,7 @@ def _encode_images(args: argparse.Namespace, images: tuple[Any, Any, int, int | 
     written = _encode_into_shards(new_images(), encode, done, args, count, unit="image")
     return (
         f"{_counted(counts['encoded'], 'image')} encoded into {_counted(written, 'new latent shard')} in "
-        f"{done.folder} ({counts['present']} already there, {counts['duplicates']} duplicates; "
+        f"{done.folder} ({counts['present']} already there, {_counted(counts['duplicates'], 'duplicate')}; "
         f"{_counted(len(done) + counts['encoded'], 'image')} in the folder); {skipped.report()}"
     )
 
