@@ -4,7 +4,9 @@ read named first on its error line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from test_encode_command import shard_contents, write_config
@@ -12,6 +14,7 @@ from test_train_diffusion import tiny_config
 
 from clipcond.cli import main as clipcond
 from clipcond.training.data.embedding_shards import caption_hash
+from clipcond.training.diffusion.config import DiffusionDataConfig
 
 
 def _encode(config: Path, source: list[str], out: Path) -> int:
@@ -69,4 +72,79 @@ def test_a_prompt_file_that_cannot_be_read_is_named_with_its_option(
         assert _encode(config, ["--prompts", str(path)], tmp_path / "emb") == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(f"error: --prompts: {message}"), errors
+    assert not (tmp_path / "emb").exists()
+
+
+def test_webdataset_captions_are_encoded_with_their_unusable_members_counted(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    from shards import captions_of, png, write_shard, write_shards
+
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    paths = write_shards(tmp_path / "shards", "train", 2, per_shard=2)
+    # a member whose caption is no UTF-8, in a third shard
+    paths.append(write_shard(tmp_path / "shards" / "train-000002.tar", [("000002000", png(7), b"caf\xe9")]))
+    pattern = str(tmp_path / "shards" / "train-{000000..000002}.tar")
+    assert _encode(config, ["--webdataset", pattern], tmp_path / "emb") == 0
+    report = capsys.readouterr().out.strip()
+    assert report.startswith(f"5 captions encoded into 1 new shard in {tmp_path / 'emb'} (0 already there")
+    assert report.endswith("; skipped samples: 1 (caption not UTF-8: 1)"), report
+    expected = ["", *captions_of(paths[:2], per_shard=2)]
+    assert sorted(shard_contents(tmp_path / "emb")) == sorted(caption_hash(caption) for caption in expected)
+
+
+def test_a_webdataset_pattern_without_shards_is_named_by_its_option(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    pattern = str(tmp_path / "x-{0..1}.tar")
+    assert _encode(config, ["--webdataset", pattern], tmp_path / "emb") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --webdataset: no shard matches {pattern!r}"], errors
+
+
+def test_shapes_of_a_run_config_are_read_with_its_data_settings_and_seed(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    from clipcond.training.data import CaptionSource, DataConfig
+
+    data = DiffusionDataConfig(min_objects=2, max_objects=3)
+    run = dataclasses.replace(tiny_config(tiny_clip_text_path, tmp_path / "run", data=data), seed=11)
+    config = write_config(run, tmp_path / "run.yaml")
+    assert _encode(config, ["--shapes", "6"], tmp_path / "emb") == 0
+    capsys.readouterr()
+    source = CaptionSource(DataConfig(source="shapes", min_objects=2, max_objects=3), 11, heldout_count=0)
+    expected = {"", *source.first(6)}
+    assert sorted(shard_contents(tmp_path / "emb")) == sorted(caption_hash(caption) for caption in expected)
+    default_seed = CaptionSource(DataConfig(source="shapes"), 0, heldout_count=0).first(6)
+    assert set(default_seed) != set(source.first(6))  # the test tells the two apart
+
+
+def test_a_conditioner_that_cannot_be_read_is_named_by_its_option(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert (
+        clipcond(
+            [
+                "encode",
+                "--conditioner",
+                str(tmp_path / "none.yaml"),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "emb"),
+            ]
+        )
+        == 2
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --conditioner: no such file {tmp_path / 'none.yaml'}"]
+    damaged = tmp_path / "clip"
+    shutil.copytree(tiny_clip_text_path, damaged)
+    (damaged / "config.json").write_text("{")
+    config = write_config(tiny_config(damaged, tmp_path / "run"), tmp_path / "run.yaml")
+    assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --train-config: "), errors
+    assert str(damaged / "config.json") in errors[0], errors
     assert not (tmp_path / "emb").exists()
