@@ -143,8 +143,13 @@ def test_a_conditioner_that_cannot_be_read_is_named_by_its_option(tiny_clip_text
     shutil.copytree(tiny_clip_text_path, damaged)
     (damaged / "config.json").write_text("{")
     config = write_config(tiny_config(damaged, tmp_path / "run"), tmp_path / "run.yaml")
-    assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: --train-config: "), errors
-    assert str(damaged / "config.json") in errors[0], errors
-    assert not (tmp_path / "emb").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("")
+    for out in (tmp_path / "new" / "deeper" / "emb", tmp_path / "kept" / "emb"):
+        assert _encode(config, ["--prompts", str(prompts)], out) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: --train-config: "), errors
+        assert str(damaged / "config.json") in errors[0], errors
+    # the folders the command made for --out are gone again, the ones it found are kept
+    assert not (tmp_path / "new").exists()
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["notes.txt"]
