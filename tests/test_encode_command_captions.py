@@ -153,3 +153,57 @@ def test_a_conditioner_that_cannot_be_read_is_named_by_its_option(tiny_clip_text
     # the folders the command made for --out are gone again, the ones it found are kept
     assert not (tmp_path / "new").exists()
     assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["notes.txt"]
+
+
+def test_a_batch_and_a_shard_of_one_record_each(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    source = ["--prompts", str(prompts), "--batch-size", "1", "--shard-size", "1"]
+    assert _encode(config, source, tmp_path / "emb") == 0
+    assert capsys.readouterr().out.startswith(f"3 captions encoded into 3 new shards in {tmp_path / 'emb'} ")
+    assert len(shard_contents(tmp_path / "emb")) == 3
+
+
+def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+    from clipcond.training.run_lock import RunFolderLock
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    missing = DiffusionDataConfig(source="manifest", manifest=str(tmp_path / "none.jsonl"))
+    manifest_run = tiny_config(tiny_clip_text_path, tmp_path / "run", data=missing)
+    no_manifest = write_config(manifest_run, tmp_path / "manifest.yaml")
+    gopher = DiffusionDataConfig(source="webdataset", urls="gopher://host/a.tar")
+    gopher_shards = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run", data=gopher), tmp_path / "w.yaml")
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    out = str(tmp_path / "emb")
+    cases = [
+        (
+            ["--conditioner", str(config), "--out", out],
+            "give the captions: --prompts, --manifest, --webdataset or --shapes COUNT (or --train-config)",
+        ),
+        (
+            ["--conditioner", str(config), "--latents", out, "--shapes", "2"],
+            "--latents needs --train-config: the run's VAE, image size and (by default) data",
+        ),
+        (["--train-config", str(no_manifest), "--out", out], f"data.manifest: no such file {tmp_path / 'none.jsonl'}"),
+        (
+            ["--train-config", str(gopher_shards), "--out", out],
+            "data.urls: webdataset has no way to open 'gopher://host/a.tar': no handler for the scheme 'gopher' (it "
+            "opens local paths, file://, pipe: and the schemes of webdataset.gopen.gopen_schemes)",
+        ),
+    ]
+    for argv, message in cases:
+        assert clipcond(["encode", *argv, "--no-progress"]) == 2, argv
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: {message}"], (argv, errors)
+    held = RunFolderLock(tmp_path / "emb")
+    held.acquire()  # another encode into it, still running
+    try:
+        assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 2
+    finally:
+        held.release()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --out: {tmp_path / 'emb'} is in use by another run"), (
+        errors
+    )
