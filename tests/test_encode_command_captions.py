@@ -207,3 +207,31 @@ def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text
     assert len(errors) == 1 and errors[0].startswith(f"error: --out: {tmp_path / 'emb'} is in use by another run"), (
         errors
     )
+
+
+def test_records_that_do_not_fit_the_conditioners_spec_stop_the_command(
+    tiny_clip_text_path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from clipcond import TextConditioner
+    from clipcond.records import EncodedPrompt
+
+    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    real = TextConditioner.encode_records
+
+    def narrowed(self, prompt):  # one width short: an encoder that is not the one the spec describes
+        return [
+            EncodedPrompt.from_tensors({name: tensor[..., :-1] for name, tensor in record.tensors().items()})
+            for record in real(self, prompt)
+        ]
+
+    monkeypatch.setattr(TextConditioner, "encode_records", narrowed)
+    assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    empty = caption_hash("")  # the first record written
+    assert errors == [
+        f"error: stopped, the shards written kept: the caption of hash {empty}: `clip_tokens` has shape (1, 77, 31), "
+        f"expected (windows, 77, 32); shard {tmp_path / 'emb' / 'embeddings-000000.safetensors'} was not written"
+    ]
+    assert list((tmp_path / "emb").glob("*.safetensors")) == []
