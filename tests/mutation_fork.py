@@ -54,6 +54,26 @@ def first_failure(items: list, after_each: Callable[[int], None] | None = None, 
     return ""
 
 
+def _fresh_progress_bar_locks() -> None:
+    """Give this forked child tqdm write locks of its own. tqdm's lock holds a multiprocessing
+    lock shared with every process forked after it was made: a child killed while holding it (a
+    timeout killed mid-bar) left it taken, and every later child hung at its first progress bar
+    (counted as a timeout: 2 min each, measured on encode_command.py's mutants)."""
+    import multiprocessing
+    import threading
+
+    from tqdm.std import TqdmDefaultWriteLock, tqdm
+
+    TqdmDefaultWriteLock.th_lock = threading.RLock()
+    TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    classes = [tqdm]
+    while classes:  # tqdm and its subclasses (tqdm.auto's, transformers'), each lock set on one
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if "_lock" in vars(cls):
+            cls._lock = TqdmDefaultWriteLock()
+
+
 def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
     """Run `items` in a child with `mutant` switched on; (verdict, first failure)."""
     read, write = os.pipe()
@@ -65,6 +85,7 @@ def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
         os.dup2(null, 2)
         os.environ["MUTANT_UNDER_TEST"] = mutant
         try:
+            _fresh_progress_bar_locks()
             failure = first_failure(items)
         except BaseException as error:  # noqa: BLE001 - whatever the mutant raises outside a test
             failure = f"runner: {type(error).__name__}: {error}"[:300]
@@ -157,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from tqdm.std import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread in the process the children are forked from
     pytest_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *argv[split + 1 :]]
     return pytest.main(pytest_args, plugins=[ForkPerMutant(names, out, args.timeout)])
 
