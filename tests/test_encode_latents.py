@@ -370,3 +370,17 @@ def test_a_latents_folder_that_cannot_be_used_is_refused_before_any_caption_is_e
     assert clipcond([*argv, "--latents", str(tmp_path / "both" / "."), "--no-progress"]) == 0
     assert encoder_calls and len(stored_latents(tmp_path / "both")) == 2
     assert len(shard_contents(tmp_path / "both")) == 3  # "" and the two captions
+
+
+def test_the_progress_bars_count_captions_and_images(sd_folder: Path, tmp_path: Path, capfd) -> None:
+    config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
+    argv = ["encode", "--train-config", str(config), "--shapes", "3"]
+    assert clipcond([*argv, "--out", str(tmp_path / "emb"), "--latents", str(tmp_path / "lat")]) == 0
+    bars = [line.rpartition("\r")[2] for line in capfd.readouterr().err.splitlines() if "encode: " in line]
+    captions, images = (
+        re.search(rf"encode: 100%\|[^|]*\| (\d+)/(\d+) \[[^\]]*(?:{unit}/s|s/{unit})\]", "\n".join(bars))
+        for unit in ("caption", "image")
+    )
+    assert captions is not None and images is not None, bars
+    assert captions.group(1) == captions.group(2)  # every distinct caption of the 3 samples, the empty one too
+    assert images.groups() == ("3", "3")  # the shapes stream's 3 images: the total is known beforehand
