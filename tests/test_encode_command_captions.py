@@ -227,11 +227,27 @@ def test_records_that_do_not_fit_the_conditioners_spec_stop_the_command(
         ]
 
     monkeypatch.setattr(TextConditioner, "encode_records", narrowed)
-    assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     empty = caption_hash("")  # the first record written
+    for shard_size in ("1", "1000"):  # a shard written once full, and the last one
+        out = tmp_path / f"emb{shard_size}"
+        assert _encode(config, ["--prompts", str(prompts), "--shard-size", shard_size], out) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [
+            f"error: stopped, the shards written kept: the caption of hash {empty}: `clip_tokens` has shape "
+            f"(1, 77, 31), expected (windows, 77, 32); shard {out / 'embeddings-000000.safetensors'} was not written"
+        ]
+        assert list(out.glob("*.safetensors")) == []
+
+
+def test_a_run_config_whose_vae_cannot_be_read_is_named_by_its_option(
+    tiny_clip_text_path, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "no_vae").mkdir()
+    run = dataclasses.replace(tiny_config(tiny_clip_text_path, tmp_path / "run"), vae=str(tmp_path / "no_vae"))
+    config = write_config(run, tmp_path / "run.yaml")
+    assert clipcond(["encode", "--train-config", str(config), "--latents", str(tmp_path / "lat"), "--shapes", "2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: stopped, the shards written kept: the caption of hash {empty}: `clip_tokens` has shape (1, 77, 31), "
-        f"expected (windows, 77, 32); shard {tmp_path / 'emb' / 'embeddings-000000.safetensors'} was not written"
+        f"error: --train-config: vae: no AutoencoderKL at {tmp_path / 'no_vae'} (expected config.json or vae/)"
     ]
-    assert list((tmp_path / "emb").glob("*.safetensors")) == []
+    assert not (tmp_path / "lat").exists()
