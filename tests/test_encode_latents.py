@@ -384,3 +384,19 @@ def test_the_progress_bars_count_captions_and_images(sd_folder: Path, tmp_path: 
     assert captions is not None and images is not None, bars
     assert captions.group(1) == captions.group(2)  # every distinct caption of the 3 samples, the empty one too
     assert images.groups() == ("3", "3")  # the shapes stream's 3 images: the total is known beforehand
+
+
+def test_a_manifests_images_have_no_total_and_a_killed_writers_leftovers_go(
+    sd_folder: Path, tmp_path: Path, capfd
+) -> None:
+    manifest, _ = write_images(tmp_path / "images")
+    config = write_config(latent_run(sd_folder, tmp_path / "run"), tmp_path / "run.yaml")
+    (tmp_path / "lat").mkdir()
+    leftover = tmp_path / "lat" / ".latents-000000.safetensors.123.abcd.tmp"  # a killed encode's half shard
+    leftover.write_bytes(b"half a shard")
+    argv = ["encode", "--train-config", str(config), "--manifest", str(manifest), "--latents", str(tmp_path / "lat")]
+    assert clipcond(argv) == 0
+    assert not leftover.exists()
+    bars = [line.rpartition("\r")[2] for line in capfd.readouterr().err.splitlines() if "encode: " in line]
+    # a manifest's count of distinct images is known only once read: no total, no percentage
+    assert re.search(r"^encode: 3image \[", bars[-1]), bars
