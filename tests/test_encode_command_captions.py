@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from test_encode_command import shard_contents, write_config
 from test_train_diffusion import tiny_config
 
@@ -17,14 +18,19 @@ from clipcond.training.data.embedding_shards import caption_hash
 from clipcond.training.diffusion.config import DiffusionDataConfig
 
 
+@pytest.fixture
+def run_yaml(tiny_clip_text_path, tmp_path: Path) -> Path:
+    """The tiny train-diffusion run's config, as ``--train-config`` reads it."""
+    return write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+
+
 def _encode(config: Path, source: list[str], out: Path) -> int:
     return clipcond(["encode", "--train-config", str(config), *source, "--out", str(out), "--no-progress"])
 
 
 def test_every_caption_of_a_manifest_is_encoded_and_its_skipped_lines_reported(
-    tiny_clip_text_path, tmp_path: Path, capsys
+    run_yaml, tmp_path: Path, capsys
 ) -> None:
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
     manifest = tmp_path / "m.jsonl"
     rows = [
         json.dumps({"image": "a.png", "caption": "a red circle"}),
@@ -34,7 +40,7 @@ def test_every_caption_of_a_manifest_is_encoded_and_its_skipped_lines_reported(
         json.dumps({"image": "d.png", "caption": "a green star"}),  # the last: not held out
     ]
     manifest.write_text("\n".join(rows) + "\n")
-    assert _encode(config, ["--manifest", str(manifest)], tmp_path / "emb") == 0
+    assert _encode(run_yaml, ["--manifest", str(manifest)], tmp_path / "emb") == 0
     report = capsys.readouterr().out.strip()
     assert report == (
         f"4 captions encoded into 1 new shard in {tmp_path / 'emb'} (0 already there, 1 duplicate; 4 captions "
@@ -44,13 +50,10 @@ def test_every_caption_of_a_manifest_is_encoded_and_its_skipped_lines_reported(
     assert sorted(shard_contents(tmp_path / "emb")) == sorted(caption_hash(caption) for caption in expected)
 
 
-def test_a_manifest_without_a_usable_caption_is_named_first_on_the_error_line(
-    tiny_clip_text_path, tmp_path: Path, capsys
-) -> None:
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+def test_a_manifest_without_a_usable_caption_is_named_first_on_the_error_line(run_yaml, tmp_path: Path, capsys) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("{not json\n")
-    assert _encode(config, ["--manifest", str(manifest)], tmp_path / "emb") == 2
+    assert _encode(run_yaml, ["--manifest", str(manifest)], tmp_path / "emb") == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert lines == [f"error: {manifest}: {manifest} holds 0 usable captions; " + _NONE_LEFT]
     assert not (tmp_path / "emb").exists()
@@ -59,33 +62,27 @@ def test_a_manifest_without_a_usable_caption_is_named_first_on_the_error_line(
 _NONE_LEFT = "eval_captions (0) are held out of them and at least one must remain for training"
 
 
-def test_a_prompt_file_that_cannot_be_read_is_named_with_its_option(
-    tiny_clip_text_path, tmp_path: Path, capsys
-) -> None:
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+def test_a_prompt_file_that_cannot_be_read_is_named_with_its_option(run_yaml, tmp_path: Path, capsys) -> None:
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9\n".encode("latin-1"))
     for path, message in [
         (tmp_path / "none.txt", f"prompt file not found: {tmp_path / 'none.txt'}"),
         (latin1, f"{latin1} is not UTF-8 text: "),
     ]:
-        assert _encode(config, ["--prompts", str(path)], tmp_path / "emb") == 2
+        assert _encode(run_yaml, ["--prompts", str(path)], tmp_path / "emb") == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(f"error: --prompts: {message}"), errors
     assert not (tmp_path / "emb").exists()
 
 
-def test_webdataset_captions_are_encoded_with_their_unusable_members_counted(
-    tiny_clip_text_path, tmp_path: Path, capsys
-) -> None:
+def test_webdataset_captions_are_encoded_with_their_unusable_members_counted(run_yaml, tmp_path: Path, capsys) -> None:
     from shards import captions_of, png, write_shard, write_shards
 
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
     paths = write_shards(tmp_path / "shards", "train", 2, per_shard=2)
     # a member whose caption is no UTF-8, in a third shard
     paths.append(write_shard(tmp_path / "shards" / "train-000002.tar", [("000002000", png(7), b"caf\xe9")]))
     pattern = str(tmp_path / "shards" / "train-{000000..000002}.tar")
-    assert _encode(config, ["--webdataset", pattern], tmp_path / "emb") == 0
+    assert _encode(run_yaml, ["--webdataset", pattern], tmp_path / "emb") == 0
     report = capsys.readouterr().out.strip()
     assert report.startswith(f"5 captions encoded into 1 new shard in {tmp_path / 'emb'} (0 already there")
     assert report.endswith("; skipped samples: 1 (caption not UTF-8: 1)"), report
@@ -93,12 +90,9 @@ def test_webdataset_captions_are_encoded_with_their_unusable_members_counted(
     assert sorted(shard_contents(tmp_path / "emb")) == sorted(caption_hash(caption) for caption in expected)
 
 
-def test_a_webdataset_pattern_without_shards_is_named_by_its_option(
-    tiny_clip_text_path, tmp_path: Path, capsys
-) -> None:
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+def test_a_webdataset_pattern_without_shards_is_named_by_its_option(run_yaml, tmp_path: Path, capsys) -> None:
     pattern = str(tmp_path / "x-{0..1}.tar")
-    assert _encode(config, ["--webdataset", pattern], tmp_path / "emb") == 2
+    assert _encode(run_yaml, ["--webdataset", pattern], tmp_path / "emb") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: --webdataset: no shard matches {pattern!r}"], errors
 
@@ -155,17 +149,18 @@ def test_a_conditioner_that_cannot_be_read_is_named_by_its_option(tiny_clip_text
     assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["notes.txt"]
 
 
-def test_a_batch_and_a_shard_of_one_record_each(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
+def test_a_batch_and_a_shard_of_one_record_each(run_yaml, tmp_path: Path, capsys) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
     source = ["--prompts", str(prompts), "--batch-size", "1", "--shard-size", "1"]
-    assert _encode(config, source, tmp_path / "emb") == 0
+    assert _encode(run_yaml, source, tmp_path / "emb") == 0
     assert capsys.readouterr().out.startswith(f"3 captions encoded into 3 new shards in {tmp_path / 'emb'} ")
     assert len(shard_contents(tmp_path / "emb")) == 3
 
 
-def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text_path, tmp_path: Path, capsys) -> None:
+def test_the_command_lines_refused_before_any_work_in_whole_lines(
+    tiny_clip_text_path, run_yaml, tmp_path: Path, capsys
+) -> None:
     from clipcond.training.run_lock import RunFolderLock
 
     prompts = tmp_path / "prompts.txt"
@@ -175,15 +170,14 @@ def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text
     no_manifest = write_config(manifest_run, tmp_path / "manifest.yaml")
     gopher = DiffusionDataConfig(source="webdataset", urls="gopher://host/a.tar")
     gopher_shards = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run", data=gopher), tmp_path / "w.yaml")
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
     out = str(tmp_path / "emb")
     cases = [
         (
-            ["--conditioner", str(config), "--out", out],
+            ["--conditioner", str(run_yaml), "--out", out],
             "give the captions: --prompts, --manifest, --webdataset or --shapes COUNT (or --train-config)",
         ),
         (
-            ["--conditioner", str(config), "--latents", out, "--shapes", "2"],
+            ["--conditioner", str(run_yaml), "--latents", out, "--shapes", "2"],
             "--latents needs --train-config: the run's VAE, image size and (by default) data",
         ),
         (["--train-config", str(no_manifest), "--out", out], f"data.manifest: no such file {tmp_path / 'none.jsonl'}"),
@@ -200,7 +194,7 @@ def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text
     held = RunFolderLock(tmp_path / "emb")
     held.acquire()  # another encode into it, still running
     try:
-        assert _encode(config, ["--prompts", str(prompts)], tmp_path / "emb") == 2
+        assert _encode(run_yaml, ["--prompts", str(prompts)], tmp_path / "emb") == 2
     finally:
         held.release()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -210,12 +204,11 @@ def test_the_command_lines_refused_before_any_work_in_whole_lines(tiny_clip_text
 
 
 def test_records_that_do_not_fit_the_conditioners_spec_stop_the_command(
-    tiny_clip_text_path, tmp_path: Path, capsys, monkeypatch
+    run_yaml, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     from clipcond import TextConditioner
     from clipcond.records import EncodedPrompt
 
-    config = write_config(tiny_config(tiny_clip_text_path, tmp_path / "run"), tmp_path / "run.yaml")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     real = TextConditioner.encode_records
@@ -230,7 +223,7 @@ def test_records_that_do_not_fit_the_conditioners_spec_stop_the_command(
     empty = caption_hash("")  # the first record written
     for shard_size in ("1", "1000"):  # a shard written once full, and the last one
         out = tmp_path / f"emb{shard_size}"
-        assert _encode(config, ["--prompts", str(prompts), "--shard-size", shard_size], out) == 1
+        assert _encode(run_yaml, ["--prompts", str(prompts), "--shard-size", shard_size], out) == 1
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert errors == [
             f"error: stopped, the shards written kept: the caption of hash {empty}: `clip_tokens` has shape "
