@@ -336,3 +336,20 @@ def test_a_skip_without_detail_logs_the_reason_alone(caplog):
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         skipped.skip("no image")
     assert _lines(caplog, logging.DEBUG) == ["skipped sample (no image) "]
+
+
+def test_a_source_that_is_none_of_the_three_is_refused_as_the_yaml_loader_refuses_it(tmp_path) -> None:
+    from typing import get_args, get_type_hints
+
+    from clipcond.training.data.config import DATA_SOURCES, DataConfig
+    from clipcond.training.diffusion.config import TrainDiffusionConfig
+
+    assert get_args(get_type_hints(DataConfig)["source"]) == DATA_SOURCES  # the loader reads the annotation
+    with pytest.raises(ValueError) as refused:
+        DataConfig(source="webdatset", urls="shards/train-{0..1}.tar")
+    assert str(refused.value) == "data.source: expected one of ['shapes', 'webdataset', 'manifest'], got 'webdatset'"
+    path = tmp_path / "run.yaml"
+    path.write_text(f"text_encoder: clip\noutput_dir: {tmp_path / 'o'}\ndata:\n  source: webdatset\n")
+    with pytest.raises(ValueError) as from_yaml:
+        TrainDiffusionConfig.from_yaml(path)
+    assert str(from_yaml.value).endswith(str(refused.value).replace("data.source:", "key `data.source`:"))

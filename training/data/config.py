@@ -12,6 +12,10 @@ from clipcond.training.data.sources import shard_urls
 SHUFFLE_BUFFER = 1000  # webdataset's default for its shuffle stage
 
 
+# the values of `DataConfig.source`
+DATA_SOURCES = ("shapes", "webdataset", "manifest")
+
+
 @dataclass
 class DataConfig:
     """Where image-caption pairs (or, for T5, captions) come from.
@@ -58,6 +62,8 @@ class DataConfig:
         return {"shuffle": section.get("source", "shapes") == "shapes"}
 
     def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:  # as the YAML loader refuses it: a typo is no other source
+            raise ValueError(f"data.source: expected one of {list(DATA_SOURCES)}, got {self.source!r}")
         if self.source == "webdataset":
             patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
             if not patterns or not all(isinstance(pattern, str) and pattern.strip() for pattern in patterns):
