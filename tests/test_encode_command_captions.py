@@ -244,3 +244,22 @@ def test_a_run_config_whose_vae_cannot_be_read_is_named_by_its_option(
         f"error: --train-config: vae: no AutoencoderKL at {tmp_path / 'no_vae'} (expected config.json or vae/)"
     ]
     assert not (tmp_path / "lat").exists()
+
+
+def test_a_run_config_or_a_model_index_that_cannot_be_read_is_one_error_line(tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    config = tmp_path / "run.yaml"
+    config.write_text("steps: 1\nstep: 2\n")
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's stack
+    for option, source, start in [
+        ("--train-config", config, f"error: {config}: key `step`: unknown key for TrainDiffusionConfig; "),
+        ("--pipeline", folder, f"error: --pipeline {folder}: model_index.json: maximum recursion depth exceeded"),
+    ]:
+        argv = ["encode", option, str(source), "--prompts", str(prompts), "--out", str(tmp_path / "emb")]
+        assert clipcond(argv) == 2, option
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(start), errors
+    assert not (tmp_path / "emb").exists()
