@@ -123,7 +123,7 @@ def check_image_encoder_folders(pipe: Any, source: Any, subfolder: Any, image_en
     if getattr(pipe, "image_encoder", None) is not None or not isinstance(image_encoder_folder, str):
         return
     sources = source if isinstance(source, list) else [source]
-    subfolders = subfolder if isinstance(subfolder, (list, tuple)) else [subfolder]
+    subfolders = _as_list(subfolder, 1)
     if not sources or not subfolders:
         return  # diffusers' own error: nothing to read
     first, inside = sources[0], subfolders[0]

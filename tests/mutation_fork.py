@@ -56,9 +56,10 @@ def first_failure(items: list, after_each: Callable[[int], None] | None = None, 
 
 def _fresh_progress_bar_locks() -> None:
     """Give this forked child tqdm write locks of its own. tqdm's lock holds a multiprocessing
-    lock shared with every process forked after it was made: a child killed while holding it (a
-    timeout killed mid-bar) left it taken, and every later child hung at its first progress bar
-    (counted as a timeout: 2 min each, measured on encode_command.py's mutants)."""
+    lock shared with every process forked after it was made: a child that exited while its
+    monitor thread held it (or was killed at a timeout while drawing a bar) left it taken, and
+    every later child hung at its first progress bar (counted as a timeout: 2 min each, seen on
+    encode_command.py's mutants)."""
     import multiprocessing
     import threading
 
