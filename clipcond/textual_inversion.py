@@ -361,7 +361,7 @@ def expand_tokens(text: str, tokenizer: Any, multi_vector: Mapping[str, Sequence
     expanding twice changes nothing."""
     if not multi_vector:
         return text
-    from clipcond.tokenization import without_length_warning  # lazily: `import clipcond` leaves it unloaded
+    from clipcond.tokenizer_warnings import without_length_warning  # lazily: `import clipcond` leaves it unloaded
 
     with without_length_warning(tokenizer):  # long prompts are windowed: transformers' warning is false
         tokens = tokenizer.tokenize(text)

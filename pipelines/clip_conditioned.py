@@ -103,7 +103,7 @@ from clipcond.projection import TextProjection
 from clipcond.prompt_arguments import check_images_per_prompt
 from clipcond.recipes import Recipe
 from clipcond.scalars import as_float, as_int
-from clipcond.tokenization import without_length_warning
+from clipcond.tokenizer_warnings import without_length_warning
 from clipcond.window_splits import check_window_split
 
 logger = logging.getLogger(__name__)

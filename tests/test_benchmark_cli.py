@@ -65,6 +65,9 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
         (["--output", "out/pipe.md"], {"output": Path("out/pipe.md")}),
         (["--family", "sdxl", "--sdxl-size", "full"], {"family": "sdxl", "sdxl_size": "full"}),
     ],
+    "benchmarks/bench_tokenizer_copy.py": [
+        (["--repeats", "3", "--output", "out/copy.md"], {"repeats": 3, "output": Path("out/copy.md")}),
+    ],
     "benchmarks/bench_prompt_language.py": [
         (
             ["--steps", "5", "--repeats", "2", "--output", "out/lang.md"],
@@ -170,6 +173,7 @@ REJECTED: dict[str, list[list[str]]] = {
     ],
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_load.py": [["--rows", "sd3-small"], ["--repeats", "x"]],
+    "benchmarks/bench_tokenizer_copy.py": [["--repeats", "x"]],
     "benchmarks/bench_pipeline.py": [
         ["--size", "huge"],
         ["--dtype", "int8"],
@@ -201,6 +205,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_load.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
+    "benchmarks/bench_tokenizer_copy.py": ([], ("output",)),
     "benchmarks/bench_train_diffusion.py": ([], ("output", "work_dir")),
     "benchmarks/bench_quantized_encoder.py": ([], ("output",)),
     "benchmarks/clip_tiny_shapes.py": ([], ("output",)),
@@ -239,7 +244,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 17
+    assert len(SCRIPTS) == 18
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
