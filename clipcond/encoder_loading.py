@@ -48,6 +48,7 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    from clipcond.json_reading import collector_paused
     from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 
     if source.tokenizer == BUILTIN_CLIP_TOKENIZER:
@@ -59,7 +60,8 @@ def load_tokenizer(
     path, subfolder = _tokenizer_place(source)
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        with collector_paused():  # its JSON parses (clipcond.json_reading)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as error:
         hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
         raise ValueError(

@@ -13,7 +13,7 @@ import pytest
 
 from clipcond.bpe_tables import unmade_tokens
 from clipcond.file_damage import damaged_files
-from clipcond.json_reading import read_json_with_collector_paused
+from clipcond.json_reading import collector_paused, read_json_with_collector_paused
 from clipcond.lab.loading import check_loadable
 from clipcond.tokenization import clip_tokenizer
 
@@ -90,3 +90,51 @@ def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_p
     check_loadable(tmp_path / "tokenizer", "the lab's model")  # every JSON file of a model folder
     large = [enabled for length, enabled in parses if length > 1_000_000]
     assert large == [False, False, False]  # tokenizer.json, the backend's state, tokenizer.json
+
+
+def test_collector_paused_pauses_restores_and_leaves_it_off_when_it_was_off() -> None:
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused(tmp_path, monkeypatch) -> None:
+    """transformers parses tokenizer.json and vocab.json while loading a tokenizer: a conditioner
+    YAML's loader and train-diffusion's frozen CLIP loader run that load with the collector off."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from clipcond.conditioner_config import EncoderSource
+    from clipcond.encoder_loading import load_tokenizer
+    from clipcond.training.diffusion.frozen_encoders import load_text_encoder_tokenizer
+
+    clip_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    tower = CLIPTextModel(
+        CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    )
+    parses: list[tuple[int, bool]] = []
+    plain = json.loads
+
+    def recording(text, *args, **kwargs):
+        parses.append((len(text), gc.isenabled()))
+        return plain(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", recording)
+    for load in (
+        lambda: load_tokenizer(EncoderSource(path=str(tmp_path / "tokenizer")), "clip"),
+        lambda: load_text_encoder_tokenizer(str(tmp_path), tower),
+    ):
+        parses.clear()
+        assert load()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+        large = [enabled for length, enabled in parses if length > 500_000]
+        assert len(large) >= 2 and not any(large)  # tokenizer.json and vocab.json at least
+    assert gc.isenabled()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from clipcond.file_damage import check_tables_after_load, refuse_damaged_folder
+from clipcond.json_reading import collector_paused
 from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
@@ -71,7 +72,8 @@ def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
     with reading_part("t5_encoder", path):
         for part in dict.fromkeys([tokenizer_folder, model_folder]):
             refuse_damaged_folder("the folder", part, [""])
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        with collector_paused():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
         model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
     return model.eval().requires_grad_(False), tokenizer
 
@@ -133,7 +135,8 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module, checked: Pat
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
         if folder != checked:
             refuse_damaged_folder("the folder", folder, [""])
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with collector_paused():  # its JSON parses (clipcond.json_reading)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
         check_tables_after_load(tokenizer, folder, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
