@@ -69,6 +69,7 @@ from clipcond.emphasis_modes import check_emphasis
 from clipcond.families import FAMILIES, Family, custom_recipe, encoders_in, get_family
 from clipcond.file_damage import check_tables_after_load
 from clipcond.folder_saves import saving_whole
+from clipcond.json_reading import collector_paused
 from clipcond.pipelines.argument_values import (
     callback_tensor_names,
     check_device,
@@ -237,7 +238,10 @@ class CLIPConditionedPipeline(
         A local folder is checked before any component loads (`saved_folder_checks`): a
         `model_index.json` diffusers cannot read, or a component's JSON or safetensors file
         cut short, is refused naming the file (diffusers failed partway, naming none); a
-        downloaded one is checked the same way (`download`).
+        downloaded one is checked the same way (`download`). diffusers' load runs with Python's
+        cyclic garbage collector paused (`clipcond.json_reading.collector_paused`): transformers
+        parses each tokenizer's `tokenizer.json` and `vocab.json` with it on, and in a process
+        holding torch and diffusers that set off full collections.
 
         Raises:
             ValueError: a damaged folder, as above; a CLIP tokenizer whose merges do not make
@@ -254,7 +258,8 @@ class CLIPConditionedPipeline(
         absent = ("text_encoder", "tokenizer")
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
-        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with collector_paused():  # the JSON parses of its tokenizers' files (clipcond.json_reading)
+            pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, name, None) is not None:  # one given as an argument comes from no checked folder
                 read_from = Path(pretrained_model_name_or_path) / name if local and name not in kwargs else None

@@ -138,3 +138,34 @@ def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused
         large = [enabled for length, enabled in parses if length > 500_000]
         assert len(large) >= 2 and not any(large)  # tokenizer.json and vocab.json at least
     assert gc.isenabled()
+
+
+def test_a_saved_pipeline_loads_its_tokenizer_with_the_collector_paused_and_restores_it(tmp_path, monkeypatch) -> None:
+    from diffusers import DiffusionPipeline
+    from tiny_pipelines import sd_components
+
+    from clipcond.pipelines import CLIPConditionedPipeline
+
+    CLIPConditionedPipeline(**sd_components()).save_pretrained(tmp_path / "pipe")
+    parses: list[tuple[int, bool]] = []
+    plain = json.loads
+
+    def recording(text, *args, **kwargs):
+        parses.append((len(text), gc.isenabled()))
+        return plain(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", recording)
+    pipe = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    large = [enabled for length, enabled in parses if length > 500_000]
+    assert len(large) >= 2 and not any(large)  # the folder check's and transformers' parses of large files
+    assert gc.isenabled()
+
+    def failing(*args, **kwargs):
+        assert not gc.isenabled()
+        raise OSError("a component could not be read")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", failing)
+    with pytest.raises(OSError, match="could not be read"):
+        CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
+    assert gc.isenabled()
