@@ -35,6 +35,21 @@ def collections():
     gc.callbacks.remove(record)
 
 
+@pytest.fixture
+def parses(monkeypatch) -> list[tuple[int, bool]]:
+    """(length of the text, whether the collector was on) of every `json.loads` while the test
+    runs (`json.load` goes through it too)."""
+    seen: list[tuple[int, bool]] = []
+    plain = json.loads
+
+    def recording(text, *args, **kwargs):
+        seen.append((len(text), gc.isenabled()))
+        return plain(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", recording)
+    return seen
+
+
 def test_the_value_is_json_loads_and_no_collection_runs_while_it_is_used(collections) -> None:
     states = []
 
@@ -71,20 +86,12 @@ def test_the_collector_is_restored_after_an_error_and_left_off_when_it_was_off()
         gc.enable()
 
 
-def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_path, monkeypatch) -> None:
+def test_the_load_checks_parse_a_tokenizers_json_with_the_collector_paused(tmp_path, parses) -> None:
     """The folder check's parse of tokenizer.json, the BPE check's parse of the loaded
     tokenizer's state and the lab's check of a model folder: each large document is parsed
     with the collector off."""
     tokenizer = clip_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    parses: list[tuple[int, bool]] = []
-    plain = json.loads
-
-    def recording(text, *args, **kwargs):
-        parses.append((len(text), gc.isenabled()))
-        return plain(text, *args, **kwargs)
-
-    monkeypatch.setattr(json, "loads", recording)
     assert damaged_files(tmp_path, ["tokenizer"], None, safetensors=True) == []
     assert unmade_tokens(tokenizer) == []
     check_loadable(tmp_path / "tokenizer", "the lab's model")  # every JSON file of a model folder
@@ -108,7 +115,7 @@ def test_collector_paused_pauses_restores_and_leaves_it_off_when_it_was_off() ->
         gc.enable()
 
 
-def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused(tmp_path, monkeypatch) -> None:
+def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused(tmp_path, parses) -> None:
     """transformers parses tokenizer.json and vocab.json while loading a tokenizer: a conditioner
     YAML's loader and train-diffusion's frozen CLIP loader run that load with the collector off."""
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -121,14 +128,6 @@ def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused
     tower = CLIPTextModel(
         CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
     )
-    parses: list[tuple[int, bool]] = []
-    plain = json.loads
-
-    def recording(text, *args, **kwargs):
-        parses.append((len(text), gc.isenabled()))
-        return plain(text, *args, **kwargs)
-
-    monkeypatch.setattr(json, "loads", recording)
     for load in (
         lambda: load_tokenizer(EncoderSource(path=str(tmp_path / "tokenizer")), "clip"),
         lambda: load_text_encoder_tokenizer(str(tmp_path), tower),
@@ -140,21 +139,15 @@ def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused
     assert gc.isenabled()
 
 
-def test_a_saved_pipeline_loads_its_tokenizer_with_the_collector_paused_and_restores_it(tmp_path, monkeypatch) -> None:
+def test_a_saved_pipeline_loads_its_tokenizer_with_the_collector_paused_and_restores_it(
+    tmp_path, monkeypatch, parses
+) -> None:
     from diffusers import DiffusionPipeline
     from tiny_pipelines import sd_components
 
     from clipcond.pipelines import CLIPConditionedPipeline
 
     CLIPConditionedPipeline(**sd_components()).save_pretrained(tmp_path / "pipe")
-    parses: list[tuple[int, bool]] = []
-    plain = json.loads
-
-    def recording(text, *args, **kwargs):
-        parses.append((len(text), gc.isenabled()))
-        return plain(text, *args, **kwargs)
-
-    monkeypatch.setattr(json, "loads", recording)
     pipe = CLIPConditionedPipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     large = [enabled for length, enabled in parses if length > 500_000]
