@@ -46,10 +46,7 @@ def load_tokenizer(
         ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause), or it
             is a BPE tokenizer whose merges do not make its vocabulary (`clipcond.bpe_tables`).
     """
-    from transformers import AutoTokenizer
-
-    from clipcond.json_reading import collector_paused
-    from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
+    from clipcond.tokenization import clip_tokenizer, load_saved_tokenizer, with_clip_text_cleaning
 
     if source.tokenizer == BUILTIN_CLIP_TOKENIZER:
         if kind != "clip":
@@ -60,8 +57,7 @@ def load_tokenizer(
     path, subfolder = _tokenizer_place(source)
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
-        with collector_paused():  # its JSON parses (clipcond.json_reading)
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = load_saved_tokenizer(path, **kwargs)
     except (OSError, ValueError, TypeError) as error:
         hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
         raise ValueError(

@@ -16,9 +16,9 @@ objects), `AutoTokenizer.from_pretrained` of a saved CLIP tokenizer took 0.52 s 
 collector on and 0.21 s paused (mean of 8); diffusers' `StableDiffusionPipeline.from_pretrained`
 of a tiny saved SD folder took 0.46-0.60 s in 3 of 8 loads with the collector on (full
 collections) and 0.22-0.27 s in the others; paused, 0.18-0.33 s: mean 0.35 s against 0.23 s
-(alternating loads in one process), so
-`CLIPConditionedPipeline.from_pretrained` runs diffusers' load paused. Anything cyclic made
-meanwhile is collected at the next collection after it.
+(alternating loads in one process). So `clipcond.tokenization.load_saved_tokenizer` loads a
+tokenizer paused, and `CLIPConditionedPipeline.from_pretrained` runs diffusers' load paused.
+Anything cyclic made meanwhile is collected at the next collection after it.
 """
 
 from __future__ import annotations

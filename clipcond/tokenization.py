@@ -7,7 +7,8 @@ Its ids equal OpenAI's reference `clip.simple_tokenizer.SimpleTokenizer`:
 transformers' CLIP tokenizer alone skips the reference's ftfy/html text
 cleaning, so the subclass here applies that cleaning to every text it encodes.
 
-`t5_tokenizer()` loads a T5 tokenizer through `transformers.AutoTokenizer`.
+`t5_tokenizer()` loads a T5 tokenizer through `transformers.AutoTokenizer`, as
+`load_saved_tokenizer()` loads any saved tokenizer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import transformers
 # lets a pipeline holding our tokenizer round-trip through save_pretrained/from_pretrained.
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
+from clipcond.json_reading import collector_paused
 from clipcond.tokenizer_copy import deep_copy_clip_tokenizer
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "clip_tokenizer",
     "load_clip_bpe",
     "with_clip_text_cleaning",
+    "load_saved_tokenizer",
     "t5_tokenizer",
 ]
 
@@ -367,4 +370,12 @@ def t5_tokenizer(path_or_id: str, **kwargs: Any) -> transformers.PreTrainedToken
         The tokenizer transformers picks for that folder (usually the fast
         sentencepiece-converted `T5Tokenizer`); eos `</s>` = 1 and pad `<pad>` = 0.
     """
-    return transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)
+    return load_saved_tokenizer(path_or_id, **kwargs)
+
+
+def load_saved_tokenizer(path_or_id: str | os.PathLike[str], **kwargs: Any) -> transformers.PreTrainedTokenizerBase:
+    """`transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)` with Python's cyclic
+    garbage collector paused: transformers' parses of `tokenizer.json` and `vocab.json` set off
+    full collections in a process holding torch (`clipcond.json_reading.collector_paused`)."""
+    with collector_paused():
+        return transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)

@@ -38,6 +38,7 @@ def deep_copy_clip_tokenizer(tokenizer: Tokenizer, memo: dict[int, Any]) -> Toke
     merges = tokenizer.__dict__.get("_merges")
     if isinstance(merges, list) and id(merges) not in memo and _are_string_pairs(merges):
         memo[id(merges)] = list(merges)
+        memo.setdefault(id(memo), []).append(merges)  # kept alive while its id is in the memo, as copy does
     copied.__dict__.update(copy.deepcopy(tokenizer.__dict__, memo))
     if _decode_replaced(tokenizer):
         copied._wrap_decode_method_backend_tokenizer()

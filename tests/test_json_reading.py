@@ -117,11 +117,13 @@ def test_collector_paused_pauses_restores_and_leaves_it_off_when_it_was_off() ->
 
 def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused(tmp_path, parses) -> None:
     """transformers parses tokenizer.json and vocab.json while loading a tokenizer: a conditioner
-    YAML's loader and train-diffusion's frozen CLIP loader run that load with the collector off."""
+        YAML's loader and train-diffusion's frozen CLIP loader run that load with the collector off,
+    through `load_saved_tokenizer`."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from clipcond.conditioner_config import EncoderSource
     from clipcond.encoder_loading import load_tokenizer
+    from clipcond.tokenization import load_saved_tokenizer
     from clipcond.training.diffusion.frozen_encoders import load_text_encoder_tokenizer
 
     clip_tokenizer().save_pretrained(tmp_path / "tokenizer")
@@ -129,6 +131,7 @@ def test_the_tokenizer_loaders_read_transformers_files_with_the_collector_paused
         CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
     )
     for load in (
+        lambda: load_saved_tokenizer(tmp_path / "tokenizer"),
         lambda: load_tokenizer(EncoderSource(path=str(tmp_path / "tokenizer")), "clip"),
         lambda: load_text_encoder_tokenizer(str(tmp_path), tower),
     ):

@@ -209,9 +209,9 @@ def load_clip_scorer(path: str | Path, device: str | torch.device = "cpu") -> Cl
         scorer = clip_scorer(model)
         tokenizer, image_processor = scorer.tokenizer, scorer.image_processor
         if (path / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
+            from clipcond.tokenization import load_saved_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = load_saved_tokenizer(path)
             check_tables_after_load(tokenizer, path, str(path))  # the folder was checked above
         if (path / "preprocessor_config.json").is_file():
             import transformers

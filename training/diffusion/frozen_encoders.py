@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from clipcond.file_damage import check_tables_after_load, refuse_damaged_folder
-from clipcond.json_reading import collector_paused
-from clipcond.tokenization import clip_tokenizer, with_clip_text_cleaning
+from clipcond.tokenization import clip_tokenizer, load_saved_tokenizer, with_clip_text_cleaning
 from clipcond.training.loop import RunSetupError, reading_part
 
 # any of these marks a folder as holding a saved transformers tokenizer
@@ -62,7 +61,7 @@ def load_frozen_text_encoder(path: str) -> nn.Module:
 def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
     """A transformers T5 encoder and its tokenizer from `path` (tokenizer files in the folder
     or in `tokenizer/`; the model in the folder or in `text_encoder/`), frozen, in eval mode."""
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
 
     folder = Path(path)
     model_folder = folder / "text_encoder" if (folder / "text_encoder" / "config.json").is_file() else folder
@@ -72,8 +71,7 @@ def load_frozen_t5(path: str) -> tuple[nn.Module, Any]:
     with reading_part("t5_encoder", path):
         for part in dict.fromkeys([tokenizer_folder, model_folder]):
             refuse_damaged_folder("the folder", part, [""])
-        with collector_paused():
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        tokenizer = load_saved_tokenizer(tokenizer_folder)
         model = T5EncoderModel.from_pretrained(model_folder, dtype=torch.float32)  # as the CLIP tower
     return model.eval().requires_grad_(False), tokenizer
 
@@ -127,16 +125,13 @@ def load_text_encoder_tokenizer(path: str, text_encoder: nn.Module, checked: Pat
             BPE tokenizer whose merges do not make its vocabulary (`clipcond.bpe_tables`), or has
             more tokens than the tower's embedding table has rows (its ids would index past the table).
     """
-    from transformers import AutoTokenizer
-
     folder = saved_tokenizer_folder(path)
     if folder is None:
         return clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
     with reading_part("text_encoder", folder):  # the folder the error is in: the tower's, or its tokenizer/
         if folder != checked:
             refuse_damaged_folder("the folder", folder, [""])
-        with collector_paused():  # its JSON parses (clipcond.json_reading)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_saved_tokenizer(folder)
         check_tables_after_load(tokenizer, folder, str(folder))
     rows = text_encoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:

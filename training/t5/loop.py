@@ -23,6 +23,7 @@ import torch
 
 from clipcond.errors import user_errors
 from clipcond.file_damage import refuse_damaged_folder
+from clipcond.tokenization import load_saved_tokenizer
 from clipcond.training.data import CaptionSource, CaptionTokenizer
 from clipcond.training.data.sources import SkipCounter
 from clipcond.training.loop import RunSetupError, TrainingRun, reading_part
@@ -69,15 +70,13 @@ class TrainT5Result:
 def _tokenizer_for_run(config: TrainT5Config, source: CaptionSource, output_dir: Path, resuming: bool) -> Any:
     """Train the tokenizer (and keep it in the run folder), or load the kept one when resuming
     from a checkpoint (a kept tokenizer without one may be a failed attempt's, of another config)."""
-    from transformers import AutoTokenizer
-
     kept = output_dir / TOKENIZER_DIR
     if resuming and (kept / "tokenizer_config.json").is_file():
         with reading_part("output_dir", kept):  # a damaged file is named (`clipcond.file_damage`)
             if not (kept / "tokenizer.json").is_file():  # transformers' error would name no file
                 raise FileNotFoundError("tokenizer.json, the run's trained tokenizer, is missing: restore it")
             refuse_damaged_folder("the run's tokenizer", kept, [""])
-            return AutoTokenizer.from_pretrained(kept)
+            return load_saved_tokenizer(kept)
     settings = config.tokenizer
     tokenizer = train_t5_tokenizer(
         source.first(settings.train_captions), settings.vocab_size, settings.sentinels, settings.max_length
@@ -115,9 +114,7 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
             tokenizer = _tokenizer_for_run(config, source, output_dir, run.resume_from is not None)
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(output_dir / TOKENIZER_DIR)
+            tokenizer = load_saved_tokenizer(output_dir / TOKENIZER_DIR)
         sentinels = sentinel_ids(tokenizer)
         pieces = len(tokenizer) - len(sentinels)
         accelerator.print(
