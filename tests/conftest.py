@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -83,6 +84,21 @@ def tiny_t5_encoder_path(tmp_path_factory, t5_tokenizer_path):
     tiny_pipelines.t5_encoder(12, len(tokenizer), width=24).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def pytest_collection_finish(session) -> None:
+    """Take what collection imported (torch, transformers, diffusers, the test modules: about
+    half a million objects) out of the cyclic garbage collector's reach, and let it run less
+    often. Tests build many tokenizers (a CLIP merge table is about 49,000 tuples), which set
+    off full collections that each walked every one of those objects. On six test files run
+    in one process (tests/test_lora_loading_rollback.py, test_sdxl_pipeline.py, test_lab.py,
+    test_textual_inversion.py, test_cache.py, test_conditioning.py; about 165 s of CPU), the
+    collector's own time went from 18.2 s to 8.0 s (measured with `gc.callbacks`; 10.8 s with
+    the freeze alone). Objects are still freed by reference counting as before; only cycles
+    wait longer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by mark

@@ -6,6 +6,8 @@ with a LoRA of another architecture."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,16 @@ PROMPT = dict(prompt="a red circle", negative_prompt="blurry")
 
 def saved_lora(folder, sdxl: bool = False, seed: int = 1):
     """A random LoRA on the tiny SD (or SDXL) UNet and text encoder(s), saved the diffusers way."""
+    layers = _lora_layers(sdxl, seed)
+    (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).save_lora_weights(
+        folder, **{name: dict(tensors) for name, tensors in layers.items()}
+    )
+    return folder
+
+
+@functools.cache  # one per process: building the source pipeline is most of a LoRA's cost
+def _lora_layers(sdxl: bool, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """The LoRA tensors `saved_lora` writes, by argument of `save_lora_weights`."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
@@ -37,8 +49,7 @@ def saved_lora(folder, sdxl: bool = False, seed: int = 1):
         config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
         inject_adapter_in_model(config, encoder)
         layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
-    (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).save_lora_weights(folder, **layers)
-    return folder
+    return {name: {key: value.detach().clone() for key, value in tensors.items()} for name, tensors in layers.items()}
 
 
 def pair(sdxl: bool = False):
