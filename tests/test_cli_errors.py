@@ -92,6 +92,29 @@ def test_generate_tries_writing_where_the_output_goes(capsys) -> None:
     assert "-o/--output /proc/out.png: cannot write in /proc" in line
 
 
+@pytest.mark.parametrize(
+    "seed, n, taken",
+    [
+        (-(2**63), 1, True),  # torch.Generator.manual_seed's least seed
+        (-(2**63) - 1, 1, False),
+        (2**64 - 1, 1, True),  # its greatest, for one image
+        (2**64 - 2, 2, True),  # two images: seeds 2**64 - 2 and 2**64 - 1
+        (2**64 - 1, 2, False),
+    ],
+)
+def test_generate_takes_every_seed_torch_takes_for_each_image_and_no_other(tmp_path, capsys, seed, n, taken) -> None:
+    """At the edges of torch's seed range: a seed that is taken passes on to the next check (the
+    `--model` given is a file, refused after the numbers)."""
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"")
+    argv = ["generate", "a", "-o", str(tmp_path / "a.png"), "--seed", str(seed), "--n", str(n), "--model", str(weights)]
+    line = one_error(capsys, argv, 2)
+    if taken:
+        assert f"--model {weights} is a file" in line
+    else:
+        assert f"--seed must be in [-2**63, 2**64 - --n] (each image i takes seed + i), got {seed}" in line
+
+
 def test_generate_answers_a_damaged_model_folder_or_a_seed_torch_cannot_take_in_one_line(tmp_path, capsys) -> None:
     import shutil
 
@@ -176,6 +199,18 @@ def test_generate_stops_on_non_finite_latents_and_writes_nothing(tmp_path, capsy
     line = one_error(capsys, ["generate", "a red circle", "-o", str(tmp_path / "a.png"), "--steps", "3"], 1)
     assert "latents became NaN or infinite at step 2 of 3" in line and "nothing was written" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_names_a_hub_id_it_could_not_fetch(tmp_path, capsys, monkeypatch) -> None:
+    """No such model on the hub (and here no hub at all). Only the error line is checked: in this
+    process diffusers' logger may still write to a stream an earlier test's capture closed."""
+    monkeypatch.chdir(tmp_path)  # "nobody/no-such-model" is no folder here
+    assert main(["generate", "a", "-o", "a.png", "--model", "nobody/no-such-model"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: --model nobody/no-such-model: no such folder, and the Hugging Face Hub could not provide it: "
+    ), errors
+    assert not (tmp_path / "a.png").exists()
 
 
 def test_generate_with_a_text_encoder_giving_nan_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch) -> None:

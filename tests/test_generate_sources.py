@@ -262,3 +262,25 @@ def test_a_pixel_space_model_refuses_a_source_image_in_one_line(tmp_path, capsys
     source = str(_write_image(tmp_path / "source.png"))
     line = one_error(capsys, ["generate", "a red circle", "-o", str(tmp_path / "out.png"), "--image", source], 2)
     assert "--image needs a model with a VAE" in line and not (tmp_path / "out.png").exists()
+
+
+def test_non_finite_latents_count_the_steps_the_strength_leaves(sd_folder, tmp_path, capsys, monkeypatch) -> None:
+    """`--strength 0.5` of `--steps 4` runs 2 steps: the message counts those, not `--steps`."""
+    import torch
+    from diffusers import DDIMScheduler  # the tiny SD pipeline's
+
+    original = DDIMScheduler.step
+
+    def step_into_nan(self, model_output, timestep, sample, *args, **kwargs):
+        (latents, *rest) = original(self, model_output, timestep, sample, *args, return_dict=False)
+        return (torch.full_like(latents, float("nan")), *rest)
+
+    monkeypatch.setattr(DDIMScheduler, "step", step_into_nan)
+    source, output = _write_image(tmp_path / "source.png"), tmp_path / "a.png"
+    argv = ["generate", "a red circle", "-o", str(output), "--image", str(source), "--strength", "0.5"]
+    line = one_error(capsys, [*argv, "--steps", "4", "--model", str(sd_folder)], 1)
+    assert line == (
+        "error: the latents became NaN or infinite at step 1 of 2, so the image would be black; nothing was "
+        "written. Try another --steps or --seed, or a lower --guidance"
+    )
+    assert not output.exists()
