@@ -754,5 +754,12 @@ def test_generate_names_what_it_runs_for_a_pipeline_without_a_unet(tmp_path, cap
     build_flux(t5_tokenizer_path).save_pretrained(tmp_path / "flux")
     code = main(["generate", "a cat", "--model", str(tmp_path / "flux"), "-o", str(tmp_path / "x.png"), "--steps", "1"])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
-    assert code == 2 and last.startswith("error: --model") and "it holds a FluxPipeline, which has no UNet" in last
+    assert (
+        code == 2
+        and last.startswith("error: --model")
+        and last.endswith(
+            "it holds a FluxPipeline, which has no UNet: clipcond runs a saved CLIPConditionedPipeline, "
+            "or a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline"
+        )
+    )
     assert not (tmp_path / "x.png").exists()

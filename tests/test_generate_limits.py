@@ -197,3 +197,53 @@ def test_eval_clip_keeps_an_output_another_run_wrote_during_the_evaluation(tmp_p
     line = one_error(capsys, argv, 1)
     assert line.startswith(f"error: --output {output} was written by something else during the evaluation; it is kept")
     assert output.read_text() == "another run's"
+
+
+def test_force_replaces_an_output_that_exists(tmp_path) -> None:
+    from PIL import Image
+
+    from clipcond.cli import main
+
+    output = tmp_path / "img.png"
+    output.write_bytes(b"old")
+    assert main(["generate", "a red circle", "-o", str(output), "--steps", "1", "--force"]) == 0
+    assert Image.open(output).format == "PNG" and sorted(path.name for path in tmp_path.iterdir()) == ["img.png"]
+
+
+def test_a_grid_of_three_leaves_its_fourth_cell_black(tmp_path) -> None:
+    """`--n 3` is drawn as a 2 x 2 grid: the cell no image fills is black, the others are drawn."""
+    import numpy as np
+    from PIL import Image
+
+    from clipcond.cli import main
+
+    output = tmp_path / "grid.png"
+    assert main(["generate", "a red circle", "-o", str(output), "--steps", "1", "--n", "3"]) == 0
+    grid = np.asarray(Image.open(output))
+    half_height, half_width = grid.shape[0] // 2, grid.shape[1] // 2
+    cells = [grid[:half_height, :half_width], grid[:half_height, half_width:], grid[half_height:, :half_width]]
+    assert not grid[half_height:, half_width:].any() and all(cell.any() for cell in cells)
+
+
+def test_an_emphasis_mode_it_does_not_know_is_refused_naming_the_modes(tmp_path, capsys) -> None:
+    from clipcond.cli import main
+
+    output = tmp_path / "img.png"
+    with pytest.raises(SystemExit) as exit_status:
+        main(["generate", "a", "-o", str(output), "--emphasis", "bogus"])
+    assert exit_status.value.code == 2 and not output.exists()
+    assert "argument --emphasis: invalid choice: 'bogus' (choose from 'multiply', 'a1111', 'comfy', 'compel')" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_diffusers_folder_stored_in_float16_loads_in_the_dtype_asked_for(tmp_path) -> None:
+    import torch
+    from tiny_pipelines import build_sd
+
+    from clipcond.pipelines.generate import load_pipeline
+
+    folder = tmp_path / "sd-fp16"
+    build_sd().to(torch.float16).save_pretrained(folder)
+    loaded = load_pipeline(folder, torch_dtype=torch.float32)
+    assert {loaded.unet.dtype, loaded.vae.dtype, loaded.text_encoder.dtype} == {torch.float32}
