@@ -199,7 +199,7 @@ def test_eval_clip_keeps_an_output_another_run_wrote_during_the_evaluation(tmp_p
     assert output.read_text() == "another run's"
 
 
-def test_force_replaces_an_output_that_exists(tmp_path) -> None:
+def test_force_replaces_an_output_that_exists(tmp_path, capsys) -> None:
     from PIL import Image
 
     from clipcond.cli import main
@@ -207,6 +207,7 @@ def test_force_replaces_an_output_that_exists(tmp_path) -> None:
     output = tmp_path / "img.png"
     output.write_bytes(b"old")
     assert main(["generate", "a red circle", "-o", str(output), "--steps", "1", "--force"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {output}"
     assert Image.open(output).format == "PNG" and sorted(path.name for path in tmp_path.iterdir()) == ["img.png"]
 
 
