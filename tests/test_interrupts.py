@@ -9,6 +9,7 @@ The real cases run ``python -m clipcond.cli`` in a subprocess and signal it as a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,15 +94,33 @@ def _train_clip_yaml(folder: Path, steps: int) -> Path:
     return write_config(tiny_config(folder / "run", steps=steps), folder / "clip.yaml")
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored():
+    """Let the processes started inside see SIGINT as a terminal's Ctrl-C delivers it. A command
+    started with `&` by a shell without job control (a CI script, `(pytest &)`) ignores SIGINT, its
+    children inherit that, and Python keeps an inherited SIG_IGN: the command would never see the
+    signal. exec resets a handled signal to its default, so handling it here for the moment of the
+    start is enough."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _signal_after_checkpoint(command: list[str], run_dir: Path, number: int, group: bool) -> tuple[int, str, list]:
     """Start `command` in a new session, wait for the first checkpoint in `run_dir`, send `number`
     to the process group (`group`) or the process alone. Returns its exit status, its stderr and
     the processes it had started (psutil), as they were when the signal was sent."""
     import psutil
 
-    process = subprocess.Popen(
-        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    with _sigint_not_ignored():
+        process = subprocess.Popen(
+            command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
     deadline = time.time() + 120
     while not (run_dir / "checkpoints" / "latest").exists():
         if process.poll() is not None or time.time() > deadline:
