@@ -27,6 +27,7 @@ import inspect
 import json
 import logging
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import IPAdapterMixin
 from tiny_ip_adapter import ip_adapter_state_dict
+from tiny_pipelines import copy_sharing_tokenizers, shared_tokenizers_kept, tokenizer_fingerprints_of
 
 # pipeline_params.py's TEXT_TO_IMAGE_PARAMS, and PipelineTesterMixin.required_optional_params
 TEXT_TO_IMAGE_PARAMS = frozenset(
@@ -244,10 +246,16 @@ class PipelineUnderTest:
         """diffusers' `peer_class` on `parts`: what upstream's stored slices are images of."""
         return diffusers_pipeline(self.peer_class, parts)
 
+    @pytest.fixture(scope="class")
+    def builttokenizer_fingerprints_of(self, built_components) -> dict[str, str]:
+        return tokenizer_fingerprints_of(built_components)
+
     @pytest.fixture
-    def components(self, built_components) -> dict:
-        """Fresh copies of the dummy components for each test (building them takes seconds)."""
-        return copy.deepcopy(built_components)
+    def components(self, built_components, builttokenizer_fingerprints_of) -> Iterator[dict]:
+        """Fresh copies of the dummy components for each test (building them takes seconds),
+        the tokenizers shared; the test fails if it changed one of them."""
+        with shared_tokenizers_kept(built_components, builttokenizer_fingerprints_of):
+            yield copy_sharing_tokenizers(built_components)
 
     @pytest.fixture(scope="class")
     def reference_images(self, built_components) -> Any:

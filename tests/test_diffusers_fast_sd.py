@@ -18,7 +18,7 @@ accelerator are skipped without one, as upstream skips them.
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -44,7 +44,7 @@ from pipeline_checks import (
     max_diff,
     with_guidance_embedding,
 )
-from tiny_pipelines import sd_components
+from tiny_pipelines import copy_sharing_tokenizers, sd_components, shared_tokenizers_kept
 
 from clipcond import CLIPConditionedPipeline
 
@@ -69,9 +69,11 @@ def built_components() -> dict:
 
 
 @pytest.fixture
-def components(built_components) -> dict:
-    """Fresh copies of the dummy components for each test (building them takes seconds)."""
-    return copy.deepcopy(built_components)
+def components(built_components) -> Iterator[dict]:
+    """Fresh copies of the dummy components for each test (building them takes seconds), the
+    tokenizer shared; the test fails if it changed it."""
+    with shared_tokenizers_kept(built_components):
+        yield copy_sharing_tokenizers(built_components)
 
 
 def dummy_inputs(seed: int = 0) -> dict:

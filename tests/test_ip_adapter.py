@@ -5,7 +5,7 @@ scales and generator; misuse is refused before any work."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 
 import numpy as np
 import PIL.Image
@@ -14,17 +14,20 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.callbacks import IPAdapterScaleCutoffCallback, SDCFGCutoffCallback
 from tiny_ip_adapter import IMAGE_SIZE, save_ip_adapter
-from tiny_pipelines import sd_components
+from tiny_pipelines import copy_sharing_tokenizers, sd_components, shared_tokenizers_kept
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from clipcond import CLIPConditionedPipeline
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
+def parts() -> Iterator[dict]:
+    """The SD components the module's pipelines copy, their tokenizer shared: a test that
+    changed it fails the module."""
     built = sd_components()
     built["scheduler"] = DDIMScheduler(steps_offset=1, clip_sample=False)  # as SD's constructor leaves it
-    return built
+    with shared_tokenizers_kept(built):
+        yield built
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def picture(seed: int, size: tuple[int, int] = (40, 48)) -> PIL.Image.Image:
 def loaded(pipeline_class, parts: dict, folder, adapters: int = 1, **load_kwargs):
     """A pipeline of `pipeline_class` on copies of `parts`, with `adapters` IP-Adapters loaded from `folder`."""
     extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipe = pipeline_class(**copy.deepcopy(parts), **extra)
+    pipe = pipeline_class(**copy_sharing_tokenizers(parts), **extra)
     pipe.set_progress_bar_config(disable=True)
     names = [f"adapter_{seed}.safetensors" for seed in range(adapters)]
     pipe.load_ip_adapter([str(folder)] * adapters, subfolder=[""] * adapters, weight_name=names, **load_kwargs)
@@ -114,7 +117,7 @@ def test_from_pipe_keeps_the_adapter_and_unload_removes_it(parts, adapter_folder
     pipe.set_progress_bar_config(disable=True)
     assert pipe.image_encoder is peer.image_encoder and pipe.unet is peer.unet
     assert np.array_equal(images(pipe, ip_adapter_image=picture(0)), images(peer, ip_adapter_image=picture(0)))
-    plain = CLIPConditionedPipeline(**copy.deepcopy(parts))
+    plain = CLIPConditionedPipeline(**copy_sharing_tokenizers(parts))
     plain.set_progress_bar_config(disable=True)
     pipe.unload_ip_adapter()
     assert pipe.image_encoder is None and pipe.unet.encoder_hid_proj is None
@@ -136,7 +139,7 @@ def _refused(pipe, monkeypatch, message, error=ValueError, prompt="a red circle"
     ids=["image", "embeds"],
 )
 def test_ip_adapter_input_without_a_loaded_adapter_is_refused(parts, monkeypatch, kwargs) -> None:
-    pipe = CLIPConditionedPipeline(**copy.deepcopy(parts))
+    pipe = CLIPConditionedPipeline(**copy_sharing_tokenizers(parts))
     _refused(
         pipe, monkeypatch, r"needs an IP-Adapter in the UNet, and none is loaded: call `pipe.load_ip_adapter", **kwargs
     )

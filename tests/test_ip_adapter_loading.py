@@ -9,6 +9,7 @@ are the objects of before: images with and without the earlier adapter stay bit-
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,17 +19,20 @@ from safetensors.torch import load_file, save_file
 from test_ip_adapter import picture
 from test_lora_pipeline import saved_lora
 from tiny_ip_adapter import faceid_lora_state_dict, ip_adapter_state_dict, save_ip_adapter
-from tiny_pipelines import sd_components
+from tiny_pipelines import copy_sharing_tokenizers, sd_components, shared_tokenizers_kept
 
 from clipcond import CLIPConditionedPipeline
 from clipcond.pipelines.ip_adapter_loading import describe_source
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
+def parts() -> Iterator[dict]:
+    """The SD components the module's pipelines copy, their tokenizer shared: a test that
+    changed it fails the module."""
     built = sd_components()
     built["scheduler"] = DDIMScheduler(steps_offset=1, clip_sample=False)
-    return built
+    with shared_tokenizers_kept(built):
+        yield built
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def folder(parts, tmp_path_factory):
 
 def _pipeline(parts) -> CLIPConditionedPipeline:
     pipe = CLIPConditionedPipeline(
-        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **copy_sharing_tokenizers(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -210,7 +214,7 @@ def test_a_failed_faceid_load_takes_its_lora_out_and_leaves_the_users_lora_activ
     (Taking `faceid_0` out alone would switch on every adapter left, `other` too.)"""
     style, other = saved_lora(tmp_path / "style"), saved_lora(tmp_path / "other", seed=2)
     peer = StableDiffusionPipeline(
-        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **copy_sharing_tokenizers(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     peer.set_progress_bar_config(disable=True)
     ours = _pipeline(parts)
@@ -305,7 +309,7 @@ def test_a_scale_of_another_kind_is_refused_when_it_is_set(parts, folder, scale,
 )
 def test_the_scales_diffusers_takes_give_its_images(parts, folder, scale) -> None:
     peer = StableDiffusionPipeline(
-        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **copy_sharing_tokenizers(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     peer.set_progress_bar_config(disable=True)
     ours = _pipeline(parts)
@@ -350,7 +354,7 @@ def test_a_damaged_image_encoder_beside_a_second_adapter_is_not_read_as_in_diffu
     cut = second / "image_encoder" / "model.safetensors"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     peer = StableDiffusionPipeline(
-        **copy.deepcopy(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **copy_sharing_tokenizers(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     peer.set_progress_bar_config(disable=True)
     ours = _pipeline(parts)

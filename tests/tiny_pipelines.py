@@ -7,15 +7,54 @@ saving and reloading all of them takes seconds on a CPU.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5EncoderModel,
+)
 
 from clipcond.tokenization import clip_tokenizer
+from clipcond.tokenizer_fingerprint import tokenizer_fingerprint
 
 WIDTH = 32
+
+
+def copy_sharing_tokenizers(parts: dict) -> dict:
+    """`copy.deepcopy(parts)` (a pipeline's components by name) but for its tokenizers, which the
+    copy shares with `parts`: a CLIP tokenizer's deep copy writes its backend to JSON and parses
+    it back (about 0.15 s here, a fifth of the test run's copying). For tests that leave the
+    tokenizers as they are; `shared_tokenizers_kept` checks that they did."""
+    memo = {id(part): part for part in parts.values() if isinstance(part, PreTrainedTokenizerBase)}
+    return copy.deepcopy(parts, memo)
+
+
+def tokenizer_fingerprints_of(parts: dict) -> dict[str, str]:
+    """`tokenizer_fingerprint` of each tokenizer among `parts`, by name."""
+    return {
+        name: tokenizer_fingerprint(part) for name, part in parts.items() if isinstance(part, PreTrainedTokenizerBase)
+    }
+
+
+@contextlib.contextmanager
+def shared_tokenizers_kept(parts: dict, before: dict[str, str] | None = None) -> Iterator[None]:
+    """Fail after the block if it changed a tokenizer of `parts` (their fingerprints, or
+    `before`, taken earlier): a test that shares them (`copy_sharing_tokenizers`) must not."""
+    before = tokenizer_fingerprints_of(parts) if before is None else before
+    yield
+    changed = sorted(
+        name for name, fingerprint in tokenizer_fingerprints_of(parts).items() if before[name] != fingerprint
+    )
+    assert not changed, f"a test changed the shared tokenizer(s) {changed}: give it a deep copy of its own"
 
 
 def clip_text_config(**overrides) -> CLIPTextConfig:
