@@ -170,8 +170,13 @@ def test_sharded_training_is_refused_before_any_work() -> None:
     for data_parallel in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_distributed_type(data_parallel)
     for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        with pytest.raises(ValueError, match=f"accelerate's {sharded.name} is not supported.*--multi_gpu"):
+        with pytest.raises(ValueError) as refused:
             check_distributed_type(sharded)
+        assert str(refused.value) == (
+            f"accelerate's {sharded.name} is not supported by clipcond's training loops: their checkpoints "
+            "and results are written by rank 0 from whole weights, which sharded training does not keep on "
+            "one process; launch with data parallelism (`accelerate launch --multi_gpu`, DDP)"
+        )
 
 
 # ----------------------------------------------------------------------------- two forked processes

@@ -413,6 +413,49 @@ def test_metrics_reach_the_tensorboard_tracker(tmp_path: Path) -> None:
     tags = set(accumulator.Tags()["scalars"])
     assert {"loss", "temperature", "samples_per_second", "eval/top1"} <= tags
     assert [event.step for event in accumulator.Scalars("loss")] == [1, 2]
+    # the run's settings, as hparams: nested ones by dotted name, what is no number or string as text
+    (hparams,) = [hparams for accumulator in accumulators for hparams in _tensorboard_hparams(accumulator)]
+    assert {
+        "lr": ("number_value", 1e-3),
+        "batch_size": ("number_value", 8),
+        "hard_negatives": ("number_value", 0),
+        "mode": ("string_value", "pretrain"),
+        "data.source": ("string_value", "shapes"),
+        "data.shuffle_buffer": ("number_value", 1000),
+        "lora.r": ("number_value", 8),
+        "betas": ("string_value", "[0.9, 0.98]"),
+        "init_from": ("string_value", "None"),
+        "output_dir": ("string_value", str(tmp_path)),
+    }.items() <= hparams.items()
+    assert "data" not in hparams and "lora" not in hparams
+
+
+def _tensorboard_hparams(accumulator) -> list[dict[str, tuple[str, object]]]:
+    """The hparams a TensorBoard events file holds, each as {name: (kind, value)}."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    try:
+        contents = accumulator.PluginTagToContent("hparams")
+    except KeyError:  # a file without them
+        return []
+    found = []
+    for raw in contents.values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        if data.HasField("session_start_info"):
+            values = data.session_start_info.hparams
+            found.append({name: (v.WhichOneof("kind"), getattr(v, v.WhichOneof("kind"))) for name, v in values.items()})
+    return found
+
+
+def test_log_with_tensorboard_without_the_package_is_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"^log_with 'tensorboard' needs the tensorboard package: pip install tensorboard$"
+    ):
+        train_clip(tiny_config(tmp_path / "run", steps=2, log_with="tensorboard"), show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_converts_an_openai_checkpoint_and_refuses_untrusted_pickles(tmp_path: Path, capsys) -> None:

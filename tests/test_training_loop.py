@@ -563,3 +563,31 @@ def test_the_logged_learning_rate_is_the_one_the_logged_step_used(tiny_clip_text
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [record["lr"] for record in records if "lr" in record]
     assert logged == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 0.5e-3], rel=1e-12)
+
+
+def test_the_progress_bar_counts_the_runs_steps_and_a_resume_starts_it_where_the_run_stopped(
+    tmp_path, capfd, monkeypatch
+) -> None:
+    config = TrainClipConfig(
+        model=TINY_MODEL, batch_size=4, steps=3, warmup_steps=1, checkpoint_every=2, output_dir=str(tmp_path)
+    )
+    real_loss, calls = clip_loop.clip_loss, []
+
+    def failing_at_step_3(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise RuntimeError("stopped at step 3")
+        return real_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(clip_loop, "clip_loss", failing_at_step_3)
+        with pytest.raises(RuntimeError, match="stopped at step 3"):
+            train_clip(config, show_progress=True)
+    stopped = capfd.readouterr().err
+    train_clip(config, resume=True, show_progress=True)
+    resumed = capfd.readouterr().err
+    assert "train-clip:" in stopped and "| 2/3 [" in stopped and "| 3/3 [" not in stopped
+    assert "train-clip: 100%" in resumed and "| 2/3 [" in resumed and "| 3/3 [" in resumed
+    assert "| 0/3 [" not in resumed and "| 1/3 [" not in resumed
+    train_clip(dataclasses.replace(config, output_dir=str(tmp_path / "quiet")), show_progress=False)
+    assert "train-clip" not in capfd.readouterr().err
