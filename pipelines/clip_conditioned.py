@@ -77,6 +77,7 @@ from clipcond.pipelines.argument_values import (
     check_flag,
     check_steps_fit_scheduler,
 )
+from clipcond.pipelines.component_configs import naming_the_config
 from clipcond.pipelines.composable import EditSteps, fixed_prompt_arguments, plan_for_call
 from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinates
 from clipcond.pipelines.input_checks import CallInputChecks
@@ -238,13 +239,16 @@ class CLIPConditionedPipeline(
         A local folder is checked before any component loads (`saved_folder_checks`): a
         `model_index.json` diffusers cannot read, or a component's JSON or safetensors file
         cut short, is refused naming the file (diffusers failed partway, naming none); a
-        downloaded one is checked the same way (`download`). diffusers' load runs with Python's
+        downloaded one is checked the same way (`download`). A component's `config.json` with a
+        value of the wrong type, which fails the load partway, is named after the failure
+        (`component_configs`). diffusers' load runs with Python's
         cyclic garbage collector paused (`clipcond.json_reading.collector_paused`): transformers
         parses each tokenizer's `tokenizer.json` and `vocab.json` with it on, and in a process
         holding torch and diffusers that set off full collections.
 
         Raises:
-            ValueError: a damaged folder, as above; a CLIP tokenizer whose merges do not make
+            ValueError: a damaged folder, as above (a local folder's `config.json` that cannot
+                build its model too); a CLIP tokenizer whose merges do not make
                 its vocabulary (`clipcond.bpe_tables`: a merges.txt cut short loads in
                 transformers and splits words into pieces the encoder was not trained on),
                 found in a `tokenizer.json` with the folder, before anything loads, else in
@@ -258,7 +262,10 @@ class CLIPConditionedPipeline(
         absent = ("text_encoder", "tokenizer")
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
-        with collector_paused():  # the JSON parses of its tokenizers' files (clipcond.json_reading)
+        with (
+            naming_the_config(pretrained_model_name_or_path),
+            collector_paused(),
+        ):  # the JSON parses of its tokenizers' files (clipcond.json_reading)
             pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, name, None) is not None:  # one given as an argument comes from no checked folder

@@ -178,20 +178,18 @@ def check_output(output: str | Path, force: bool) -> Path:
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
     """A `CLIPConditionedPipeline` from a saved one (text to image, img2img or inpainting), or
-    wrapping a diffusers SD or SDXL pipeline.
-
-    `torch_dtype` casts the weights as they load (None keeps the stored dtype; the bundled
-    model is stored in float16 to keep the package small and loads in float32 on a CPU).
+    wrapping a diffusers SD or SDXL pipeline. `torch_dtype` casts the weights as they load (None
+    keeps the stored dtype; the bundled model is stored in float16 to keep the package small).
 
     Raises:
         ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt), or a
-            damaged file (`clipcond.pipelines.saved_folder_checks`; checked before any
-            component loads, a diffusers pipeline's folder too).
+            damaged file (`saved_folder_checks`, before any component loads, a diffusers
+            pipeline's folder too; `component_configs`, for a config.json's value, after).
     """
     from diffusers import DiffusionPipeline
 
     import clipcond.pipelines
-    from clipcond.pipelines import CLIPConditionedPipeline  # with the tokenizer's module its folders name
+    from clipcond.pipelines import CLIPConditionedPipeline, component_configs  # the tokenizer's module too
     from clipcond.pipelines.saved_folder_checks import check_pipeline_folder, saved_class_name
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
@@ -202,7 +200,8 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
         return CLIPConditionedPipeline.from_pipe(getattr(clipcond.pipelines, saved_as).from_pretrained(model, **kwargs))
     if Path(model).is_dir():  # a diffusers pipeline's folder: checked first, as a saved one is
         check_pipeline_folder(model)
-    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    with component_configs.naming_the_config(model):
+        pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(
             f"it holds a {type(pipe).__name__}, which has no UNet: clipcond runs a saved CLIPConditionedPipeline, "

@@ -172,9 +172,10 @@ def reading_part(key: str, path: str | os.PathLike | None = None) -> AbstractCon
     """Inside the block, a part the run config names at `key` (the file or folder `path`) is read.
 
     The errors of reading damaged files there (weights truncated or empty, a ``config.json``
-    that is not JSON or not a mapping, a file missing from the folder: `OSError`, `ValueError`,
-    `TypeError`, `RuntimeError`, safetensors' `SafetensorError`), the ones `clipcond encode` and
-    ``eval-clip`` answer for the same folders, become a `RunSetupError` whose message starts
+    that is not JSON or not a mapping, or holds a value of the wrong type, a file missing from
+    the folder: `OSError`, `ValueError`, `TypeError`, `RuntimeError`, safetensors'
+    `SafetensorError`, huggingface_hub's `StrictDataclassError`, which transformers 5 raises for
+    a config field of the wrong type) become a `RunSetupError` whose message starts
     ``<key> <path>: `` (``<key>: `` without a path, for an error that names its file), raised
     before the config snapshot and the first step. Wrap only the reading, not code that runs
     the models: the same types raised elsewhere stay bugs.
@@ -182,10 +183,11 @@ def reading_part(key: str, path: str | os.PathLike | None = None) -> AbstractCon
     from safetensors import SafetensorError
 
     from clipcond.errors import user_errors
+    from clipcond.pipelines.component_configs import config_value_errors
 
     context = f"{key} {path}: " if path is not None else f"{key}: "
     return user_errors(
-        OSError, ValueError, TypeError, RuntimeError, SafetensorError, error=RunSetupError, context=context
+        OSError, ValueError, RuntimeError, SafetensorError, *config_value_errors(), error=RunSetupError, context=context
     )
 
 
