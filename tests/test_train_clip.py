@@ -580,3 +580,33 @@ def test_skipped_samples_are_counted_once_across_a_resume(tmp_path: Path) -> Non
     resumed = train_clip(tiny_config(tmp_path / "resumed", **settings), resume=True, show_progress=False)
     assert straight.skipped == {"undecodable image": 2, "empty caption": 2}
     assert resumed.skipped == straight.skipped
+
+
+def test_a_model_holding_nan_is_refused_before_the_first_step(pretrained: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    start = tmp_path / "start"
+    shutil.copytree(pretrained, start)
+    (weights,) = start.glob("*.safetensors")
+    tensors = load_file(str(weights))
+    name = sorted(key for key, value in tensors.items() if value.is_floating_point())[0]
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(weights))
+    config = tiny_config(tmp_path / "run", model=None, init_from=str(start), mode="finetune")
+    with pytest.raises(TrainingDiverged) as refused:
+        train_clip(config, show_progress=False)
+    assert str(refused.value) == (
+        f"the weights hold NaN or inf before the first step (model.clip.{name}); check the model the run starts "
+        "from (`init_from`)"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model").exists()
+
+
+def test_a_run_launched_with_sharded_weights_is_refused_before_its_folder_is_made(tmp_path: Path, monkeypatch) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    with pytest.raises(ValueError, match="^accelerate's FSDP is not supported by clipcond's training loops: "):
+        train_clip(tiny_config(tmp_path / "run"), show_progress=False)
+    assert not (tmp_path / "run").exists()
