@@ -463,7 +463,11 @@ def test_an_update_that_makes_the_weights_nan_stops_the_run_before_anything_is_s
     assert cli_main(["train-clip", "--config", str(path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: the weights became NaN or inf in the update of step 1 (model.clip.") and (
-        "no checkpoint was written yet" in err and err.count("\n") == 1
+        err.count("\n") == 1
+    )
+    assert err.endswith(
+        "with a finite loss; stopped without saving this state (no checkpoint was written yet). Lower `lr`, raise "
+        "`warmup_steps`, or use mixed_precision 'no' / 'bf16'.\n"
     )
     assert not (run / "model").exists() and not (run / "checkpoints").exists()
 
