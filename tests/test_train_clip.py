@@ -212,8 +212,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(loop, "clip_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="step 3.*step-000000002"):
+    with pytest.raises(TrainingDiverged) as stopped:
         train_clip(tiny_config(tmp_path, steps=5, checkpoint_every=2), show_progress=False)
+    assert str(stopped.value) == (
+        "loss became nan at step 3; stopped without saving this state (the last good checkpoint is "
+        f"{tmp_path / 'checkpoints' / 'step-000000002'}). Lower `lr`, raise `warmup_steps`, or use "
+        "mixed_precision 'no' / 'bf16'."
+    )
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000000002"
     assert not (tmp_path / "checkpoints" / "step-000000003").exists()
     assert not (tmp_path / "model").exists()

@@ -507,6 +507,33 @@ def test_a_rank_that_does_not_write_names_the_checkpoint_the_main_process_wrote(
     assert not list((tmp_path / "checkpoints").glob("step-*"))
 
 
+@pytest.mark.parametrize("poisoned", [3, 5])
+def test_the_refusal_names_three_tensors_holding_nan_and_counts_the_rest(
+    shard_folder: Path, tmp_path: Path, poisoned: int
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    config = _clip_on_shards(f"{shard_folder}/good-000000.tar", tmp_path, steps=2, checkpoint_every=1)
+    train_clip(config, show_progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000000002")
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / FINISHED_MARKER).unlink()
+    weights = tmp_path / "checkpoints" / "step-000000001" / "model.safetensors"
+    tensors = load_file(str(weights))
+    names = sorted(key for key, value in tensors.items() if value.is_floating_point())[:poisoned]
+    for name in names:
+        tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(TrainingDiverged) as refused:
+        train_clip(config, resume=True, show_progress=False)
+    listed = str(refused.value).split(" hold NaN or inf (", 1)[1].split("): that checkpoint", 1)[0]
+    if poisoned > 3:
+        listed, more = listed.split(" and ")
+        assert more == f"{poisoned - 3} more"
+    shown = listed.split(", ")
+    assert len(shown) == 3 and set(shown) <= {f"model.{name}" for name in names}
+
+
 def test_a_checkpoint_holding_nan_is_refused_when_resuming(shard_folder: Path, tmp_path: Path) -> None:
     """A checkpoint an older, unchecked run wrote from NaN weights is named as such. Before: the
     run resumed from it and stopped at the next step's NaN loss, calling it "the last good
@@ -596,5 +623,8 @@ def test_the_progress_bar_counts_the_runs_steps_and_a_resume_starts_it_where_the
     assert "train-clip:" in stopped and "| 2/3 [" in stopped and "| 3/3 [" not in stopped
     assert "train-clip: 100%" in resumed and "| 2/3 [" in resumed and "| 3/3 [" in resumed
     assert "| 0/3 [" not in resumed and "| 1/3 [" not in resumed
+    # the postfix: the losses and the throughput as samples_s, not the learning rate
+    postfix = resumed.rsplit("| 3/3 [", 1)[1].split("\n")[0]
+    assert "loss=" in postfix and "samples_s=" in postfix and "lr=" not in postfix
     train_clip(dataclasses.replace(config, output_dir=str(tmp_path / "quiet")), show_progress=False)
     assert "train-clip" not in capfd.readouterr().err
