@@ -298,6 +298,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_with_the_same
     out, err = capsys.readouterr()
     assert f"resuming from {run / 'checkpoints' / 'step-000000004'} (step 4)" in out
     assert f"checkpoint {run / STEP_6} is damaged" in err and problem in err
+    assert "warning: set aside as " in err and "set aside" not in out
     damaged = run / "checkpoints" / "damaged-step-000000006"  # set aside, replaced by a good step 6
     assert damaged.is_file() if damage == "a file in its place" else damaged.is_dir()
     # the 24 samples of the 6 steps (3 epochs of 8 good ones, each epoch in its own order) came
@@ -618,7 +619,8 @@ def test_the_progress_bar_counts_the_runs_steps_and_a_resume_starts_it_where_the
         with pytest.raises(RuntimeError, match="stopped at step 3"):
             train_clip(config, show_progress=True)
     stopped = capfd.readouterr().err
-    train_clip(config, resume=True, show_progress=True)
+    outcome = train_clip(config, resume=True, show_progress=True)
+    assert outcome.steps == 3 and outcome.samples_per_second > 0
     resumed = capfd.readouterr().err
     assert "train-clip:" in stopped and "| 2/3 [" in stopped and "| 3/3 [" not in stopped
     assert "train-clip: 100%" in resumed and "| 2/3 [" in resumed and "| 3/3 [" in resumed
