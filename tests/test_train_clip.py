@@ -615,3 +615,11 @@ def test_a_run_launched_with_sharded_weights_is_refused_before_its_folder_is_mad
     with pytest.raises(ValueError, match="^accelerate's FSDP is not supported by clipcond's training loops: "):
         train_clip(tiny_config(tmp_path / "run"), show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
+def test_fp16_without_a_gpu_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as refused:
+        train_clip(tiny_config(tmp_path / "run", mixed_precision="fp16"), show_progress=False)
+    assert str(refused.value) == "mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU"
+    assert not (tmp_path / "run").exists()
