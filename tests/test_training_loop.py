@@ -508,23 +508,30 @@ def test_a_rank_that_does_not_write_names_the_checkpoint_the_main_process_wrote(
     assert not list((tmp_path / "checkpoints").glob("step-*"))
 
 
+def _checkpoint_with_poisoned_tensors(shard_folder: Path, run: Path, count: int, value: float) -> tuple:
+    """A two-step run in `run` cut back to its step-1 checkpoint, whose first `count` floating
+    tensors (by name) hold `value` at one place: (the run's config, those tensors' names)."""
+    from safetensors.torch import load_file, save_file
+
+    config = _clip_on_shards(f"{shard_folder}/good-000000.tar", run, steps=2, checkpoint_every=1)
+    train_clip(config, show_progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-000000002")
+    shutil.rmtree(run / "model")
+    (run / FINISHED_MARKER).unlink()
+    weights = run / "checkpoints" / "step-000000001" / "model.safetensors"
+    tensors = load_file(str(weights))
+    names = sorted(key for key, tensor in tensors.items() if tensor.is_floating_point())[:count]
+    for name in names:
+        tensors[name].view(-1)[0] = value
+    save_file(tensors, str(weights))
+    return config, names
+
+
 @pytest.mark.parametrize("poisoned", [3, 5])
 def test_the_refusal_names_three_tensors_holding_nan_and_counts_the_rest(
     shard_folder: Path, tmp_path: Path, poisoned: int
 ) -> None:
-    from safetensors.torch import load_file, save_file
-
-    config = _clip_on_shards(f"{shard_folder}/good-000000.tar", tmp_path, steps=2, checkpoint_every=1)
-    train_clip(config, show_progress=False)
-    shutil.rmtree(tmp_path / "checkpoints" / "step-000000002")
-    shutil.rmtree(tmp_path / "model")
-    (tmp_path / FINISHED_MARKER).unlink()
-    weights = tmp_path / "checkpoints" / "step-000000001" / "model.safetensors"
-    tensors = load_file(str(weights))
-    names = sorted(key for key, value in tensors.items() if value.is_floating_point())[:poisoned]
-    for name in names:
-        tensors[name].view(-1)[0] = float("nan")
-    save_file(tensors, str(weights))
+    config, names = _checkpoint_with_poisoned_tensors(shard_folder, tmp_path, poisoned, float("nan"))
     with pytest.raises(TrainingDiverged) as refused:
         train_clip(config, resume=True, show_progress=False)
     listed = str(refused.value).split(" hold NaN or inf (", 1)[1].split("): that checkpoint", 1)[0]
@@ -539,18 +546,7 @@ def test_a_checkpoint_holding_nan_is_refused_when_resuming(shard_folder: Path, t
     """A checkpoint an older, unchecked run wrote from NaN weights is named as such. Before: the
     run resumed from it and stopped at the next step's NaN loss, calling it "the last good
     checkpoint"."""
-    from safetensors.torch import load_file, save_file
-
-    config = _clip_on_shards(f"{shard_folder}/good-000000.tar", tmp_path, steps=2, checkpoint_every=1)
-    train_clip(config, show_progress=False)
-    shutil.rmtree(tmp_path / "checkpoints" / "step-000000002")
-    shutil.rmtree(tmp_path / "model")
-    (tmp_path / FINISHED_MARKER).unlink()
-    weights = tmp_path / "checkpoints" / "step-000000001" / "model.safetensors"
-    tensors = load_file(str(weights))
-    name = sorted(key for key, value in tensors.items() if value.is_floating_point())[0]
-    tensors[name].view(-1)[0] = float("inf")
-    save_file(tensors, str(weights))
+    config, (name,) = _checkpoint_with_poisoned_tensors(shard_folder, tmp_path, 1, float("inf"))
     with pytest.raises(TrainingDiverged) as refused:
         train_clip(config, resume=True, show_progress=False)
     assert str(refused.value) == (
