@@ -329,9 +329,22 @@ def _safetensors_problem(path: Path) -> str | None:
         return f"cannot be read as safetensors ({error})"
 
 
+def config_value_errors() -> tuple[type[BaseException], ...]:
+    """The errors a `config.json` value of the wrong type raises while a model is built from it
+    (transformers 5 checks its configs' field types, huggingface_hub's `StrictDataclassError`;
+    diffusers' models fail inside torch, a `TypeError`). The folder checks above pass such a file:
+    it is whole JSON."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # huggingface_hub before its strict dataclasses: transformers 4.x configs
+        return (TypeError,)
+    return (TypeError, StrictDataclassError)
+
+
 __all__ = [
     "bpe_tables_read",
     "check_tables_after_load",
+    "config_value_errors",
     "damaged_files",
     "refuse_damaged_files",
     "refuse_damaged_folder",

@@ -263,9 +263,9 @@ class CLIPConditionedPipeline(
         for name in components_saved_as_none(pretrained_model_name_or_path, absent, kwargs):
             kwargs.setdefault(name, None)
         with (
-            naming_the_config(pretrained_model_name_or_path),
-            collector_paused(),
-        ):  # the JSON parses of its tokenizers' files (clipcond.json_reading)
+            naming_the_config(pretrained_model_name_or_path),  # a config.json's value, after a failure
+            collector_paused(),  # the JSON parses of its tokenizers' files (clipcond.json_reading)
+        ):
             pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in ("tokenizer", "tokenizer_2"):
             if getattr(pipeline, name, None) is not None:  # one given as an argument comes from no checked folder

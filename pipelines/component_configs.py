@@ -22,19 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from clipcond.errors import one_line
+from clipcond.file_damage import config_value_errors
 from clipcond.pipelines.saved_folder_checks import INDEX_NAME
 
 CONFIG_NAME = "config.json"
-
-
-def config_value_errors() -> tuple[type[BaseException], ...]:
-    """The errors a config value of the wrong type raises while a model is built from its config
-    (transformers 5 checks its configs' field types; diffusers' models fail inside torch)."""
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:  # huggingface_hub before its strict dataclasses: transformers 4.x configs
-        return (TypeError,)
-    return (TypeError, StrictDataclassError)
 
 
 def _model_class(library: str, class_name: str) -> type | None:
@@ -114,4 +105,4 @@ def naming_the_config(folder: Any) -> Iterator[None]:
         raise ValueError(problem) from error
 
 
-__all__ = ["config_that_cannot_build", "config_value_errors", "naming_the_config"]
+__all__ = ["config_that_cannot_build", "naming_the_config"]

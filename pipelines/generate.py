@@ -189,7 +189,7 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> 
     from diffusers import DiffusionPipeline
 
     import clipcond.pipelines
-    from clipcond.pipelines import CLIPConditionedPipeline, component_configs  # the tokenizer's module too
+    from clipcond.pipelines import CLIPConditionedPipeline, component_configs  # with its tokenizer's module
     from clipcond.pipelines.saved_folder_checks import check_pipeline_folder, saved_class_name
 
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}

@@ -247,14 +247,14 @@ class PipelineUnderTest:
         return diffusers_pipeline(self.peer_class, parts)
 
     @pytest.fixture(scope="class")
-    def builttokenizer_fingerprints_of(self, built_components) -> dict[str, str]:
+    def built_tokenizer_fingerprints(self, built_components) -> dict[str, str]:
         return tokenizer_fingerprints_of(built_components)
 
     @pytest.fixture
-    def components(self, built_components, builttokenizer_fingerprints_of) -> Iterator[dict]:
+    def components(self, built_components, built_tokenizer_fingerprints) -> Iterator[dict]:
         """Fresh copies of the dummy components for each test (building them takes seconds),
         the tokenizers shared; the test fails if it changed one of them."""
-        with shared_tokenizers_kept(built_components, builttokenizer_fingerprints_of):
+        with shared_tokenizers_kept(built_components, built_tokenizer_fingerprints):
             yield copy_sharing_tokenizers(built_components)
 
     @pytest.fixture(scope="class")

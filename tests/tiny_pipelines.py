@@ -32,7 +32,7 @@ WIDTH = 32
 def copy_sharing_tokenizers(parts: dict) -> dict:
     """`copy.deepcopy(parts)` (a pipeline's components by name) but for its tokenizers, which the
     copy shares with `parts`: a CLIP tokenizer's deep copy writes its backend to JSON and parses
-    it back (about 0.15 s here, a fifth of the test run's copying). For tests that leave the
+    it back (about 0.15 s here). For tests that leave the
     tokenizers as they are; `shared_tokenizers_kept` checks that they did."""
     memo = {id(part): part for part in parts.values() if isinstance(part, PreTrainedTokenizerBase)}
     return copy.deepcopy(parts, memo)

@@ -183,7 +183,7 @@ def reading_part(key: str, path: str | os.PathLike | None = None) -> AbstractCon
     from safetensors import SafetensorError
 
     from clipcond.errors import user_errors
-    from clipcond.pipelines.component_configs import config_value_errors
+    from clipcond.file_damage import config_value_errors
 
     context = f"{key} {path}: " if path is not None else f"{key}: "
     return user_errors(
