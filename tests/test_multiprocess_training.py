@@ -12,8 +12,8 @@ rank) changes the losses from the second step and the weights by about `lr` per 
 above 1e-5.
 
 The fast tests here run in the default suite: the data each rank reads, the per-sample noise,
-and two processes forked by accelerate's `debug_launcher` training CLIP (whole batches and
-micro-batches). The slow one runs the real command line, ``accelerate launch --multi_gpu
+two processes forked by accelerate's `debug_launcher` training CLIP (whole batches and
+micro-batches), and two such processes where one rank alone holds a NaN (both must stop). The slow one runs the real command line, ``accelerate launch --multi_gpu
 --num_processes 2`` with
 ``ACCELERATE_USE_CPU=1`` (how accelerate 1.x starts several CPU processes on one machine:
 torchrun underneath, the gloo backend), for `train-clip` and `train-diffusion`.
@@ -22,6 +22,7 @@ torchrun underneath, the gloo backend), for `train-clip` and `train-diffusion`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -292,3 +293,75 @@ def test_accelerate_launch_matches_one_process_and_resumes_after_a_rank_is_kille
     assert max_difference(weights(tmp_path / "two"), weights(tmp_path / "killed")) == 0.0  # bit for bit
     assert_only_rank_zero_wrote(tmp_path / "killed", tmp_path / "killed-audit")
     assert_only_rank_zero_wrote(tmp_path / "killed", tmp_path / "resumed-audit")
+
+
+# ----------------------------------------------------------------------------- NaN on one rank only
+
+
+def _poisoned_rank(config, poisoned_from_check: int, outcomes: str) -> None:
+    """One rank of `train_clip` whose rank 1 alone holds a NaN tensor in what a checkpoint saves,
+    from its `poisoned_from_check`-th finiteness check on (1: the weights it starts from). Each rank
+    writes the message it stopped with to ``<outcomes>/rank<r>.txt``, waits (up to 60 s) for the
+    other's, then raises again: a rank that did not stop leaves no file, and the parent's launcher
+    ends it when the other raises."""
+    import time
+
+    from accelerate.state import AcceleratorState
+
+    from clipcond.training.loop import TrainingRun
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    rank = torch.distributed.get_rank()
+    if rank == 1:  # this forked process's own class: the other rank keeps the real one
+        checks, saved_tensors, check = [0], TrainingRun._saved_tensors, TrainingRun._check_saved_state
+
+        def counted_check(self, *args, **kwargs):
+            checks[0] += 1
+            return check(self, *args, **kwargs)
+
+        def with_poison(self):
+            yield from saved_tensors(self)
+            if checks[0] >= poisoned_from_check:
+                yield "poison.weight", torch.tensor([1.0, math.nan])
+
+        TrainingRun._check_saved_state, TrainingRun._saved_tensors = counted_check, with_poison
+    try:
+        train_clip(config, show_progress=False)
+    except Exception as stopped:
+        (Path(outcomes) / f"rank{rank}.txt").write_text(f"{type(stopped).__name__}: {stopped}")
+        other = Path(outcomes) / f"rank{1 - rank}.txt"
+        deadline = time.monotonic() + 60
+        while not other.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise
+
+
+@pytest.mark.parametrize("poisoned", ["before the first step", "before the step-2 checkpoint"])
+def test_a_nan_on_one_rank_only_stops_every_rank_before_anything_is_written(tmp_path: Path, poisoned: str) -> None:
+    """The finiteness check sums each rank's largest absolute value across the processes: a rank
+    whose own tensors are all finite stops too (naming "another process"), at the same step,
+    instead of writing the checkpoint or waiting forever in the next step's collective."""
+    from accelerate import debug_launcher
+
+    config = clip_config(tmp_path / "run", 2)  # 3 steps, a checkpoint at step 2
+    outcomes = tmp_path / "outcomes"
+    outcomes.mkdir()
+    from_check = 1 if poisoned == "before the first step" else 2
+    with pytest.raises(Exception, match="TrainingDiverged"):  # torch's launcher re-raises a rank's error
+        debug_launcher(_poisoned_rank, args=(config, from_check, str(outcomes)), num_processes=WORLD)
+
+    messages = {path.name: path.read_text() for path in outcomes.iterdir()}
+    assert sorted(messages) == ["rank0.txt", "rank1.txt"], messages
+    if from_check == 1:
+        expected = "TrainingDiverged: the weights hold NaN or inf before the first step ({}); check the model"
+    else:
+        expected = (
+            "TrainingDiverged: the weights became NaN or inf in the updates of steps 1 to 2 ({}), with a finite "
+            "loss; stopped without saving this state (no checkpoint was written yet)."
+        )
+    assert messages["rank0.txt"].startswith(expected.format("on another process")), messages["rank0.txt"]
+    assert messages["rank1.txt"].startswith(expected.format("poison.weight")), messages["rank1.txt"]
+    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+    assert not (tmp_path / "run" / "model").exists()
