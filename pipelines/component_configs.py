@@ -23,7 +23,7 @@ from typing import Any
 
 from clipcond.errors import one_line
 from clipcond.file_damage import config_value_errors
-from clipcond.pipelines.saved_folder_checks import INDEX_NAME
+from clipcond.pipelines.saved_folder_checks import INDEX_NAME, library_class_pair
 
 CONFIG_NAME = "config.json"
 
@@ -71,9 +71,8 @@ def config_that_cannot_build(folder: str | os.PathLike) -> str | None:
     if not isinstance(index, dict):
         return None
     for name, entry in index.items():
-        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
-            continue
-        model_class = _model_class(*entry)
+        pair = library_class_pair(entry)
+        model_class = _model_class(*pair) if pair is not None else None
         config = folder / name / CONFIG_NAME
         if model_class is None or not config.is_file():
             continue

@@ -31,6 +31,14 @@ from clipcond.file_damage import damaged_files, refuse_damaged_files
 INDEX_NAME = "model_index.json"
 
 
+def library_class_pair(entry: Any) -> tuple[str, str] | None:
+    """A `model_index.json` entry as the (library, class) it names: a list of two strings,
+    as diffusers writes it; None for anything else (``[null, null]``, a damaged entry)."""
+    if isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry):
+        return entry[0], entry[1]
+    return None
+
+
 def check_model_index(index: Any, components: Iterable[str], where: str) -> None:
     """Refuse a `model_index.json` (read as `index`, from `where`) that diffusers could not
     read: no JSON object, no `_class_name` string, or an entry of one of the pipeline's
@@ -51,8 +59,7 @@ def check_model_index(index: Any, components: Iterable[str], where: str) -> None
         )
     for name in sorted(set(components) & set(index)):
         entry = index[name]
-        pair = isinstance(entry, list) and len(entry) == 2
-        if pair and (all(isinstance(part, str) for part in entry) or entry == [None, None]):
+        if library_class_pair(entry) is not None or entry == [None, None]:
             continue
         raise ValueError(
             f"{where} records component `{name}` as {json.dumps(entry):.80}, where diffusers writes [library, class] "
@@ -127,4 +134,11 @@ def index_components(index: Any) -> list[str]:
     return sorted(name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list))
 
 
-__all__ = ["INDEX_NAME", "check_model_index", "check_pipeline_folder", "index_components", "saved_class_name"]
+__all__ = [
+    "INDEX_NAME",
+    "check_model_index",
+    "check_pipeline_folder",
+    "index_components",
+    "library_class_pair",
+    "saved_class_name",
+]
