@@ -132,9 +132,10 @@ class NotYaml(ValueError):
 def _not_yaml(error: yaml.YAMLError, source: str) -> NotYaml:
     """`error` as one `NotYaml` line: ``<source>: line L, column C: <what YAML found>``."""
     if isinstance(error, yaml.reader.ReaderError):  # its own message names "<unicode string>"
-        code = error.character if isinstance(error.character, int) else ord(error.character)
+        # `character` is an int: PyYAML's reader gives the code point (or, for undecodable bytes, the byte)
         return NotYaml(
-            f"{source}: not valid YAML: the character #x{code:04x} at character {error.position + 1}: {error.reason}"
+            f"{source}: not valid YAML: the character #x{error.character:04x} at character {error.position + 1}: "
+            f"{error.reason}"
         )
     if not isinstance(error, yaml.MarkedYAMLError):
         return NotYaml(f"{source}: not valid YAML: {' '.join(str(error).split())}")
@@ -208,14 +209,11 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         if len(options) == 1:
             # an optional section: its own error (naming the inner key) is the useful one
             return _convert(options[0], value, key, source)
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
+        for option in options:
             try:
                 return _convert(option, value, key, source)
-            except ValueError as error:
-                errors.append(str(error))
+            except ValueError:
+                continue  # the union's own message below names every option
         raise _fail(key, source, f"expected {_type_name(tp)}, got {quoted(value)}")
     if origin is typing.Literal:
         if value not in args:
@@ -317,7 +315,15 @@ def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """`tp` as a config's reader would write it: ``int | str | None`` for a union however it is
+    spelled (``typing.Union[int, str]`` is named only "Union" on Python 3.11)."""
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(option) for option in typing.get_args(tp))
+    if typing.get_origin(tp) is None and isinstance(getattr(tp, "__name__", None), str):
+        return tp.__name__  # a class: `int`, not "<class 'int'>"
+    return str(tp).replace("typing.", "")  # `list[str]`, `Literal['auto']`
 
 
 def apply_overrides(config: T, assignments: list[str], source: str = "--set") -> T:
@@ -360,13 +366,11 @@ def _unwrapped(tp: Any) -> Any:
 
 
 def _child_type(tp: Any, name: str) -> Any:
-    """The type of the entry `name` inside a value of type `tp`: a dataclass field's type, a
-    ``dict``'s value type, else `Any`."""
+    """The type of the entry `name` inside a value of type `tp`: a dataclass field's type, else
+    `Any` (a ``dict`` field is free-form at every depth: `_convert` keeps its values as read)."""
     tp = _unwrapped(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return typing.get_type_hints(tp).get(name, Any)
-    if typing.get_origin(tp) is dict and len(typing.get_args(tp)) == 2:
-        return typing.get_args(tp)[1]
+        return typing.get_type_hints(tp)[name]  # `name` is a field: `apply_overrides` walks `asdict`'s keys
     return Any
 
 
