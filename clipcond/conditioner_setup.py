@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import reprlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +134,11 @@ def _as_encoder(value: EncoderLike, argument: str) -> TextEncoder:
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return TextEncoder(model=value[0], tokenizer=value[1])
-    raise TypeError(f"`{argument}` must hold TextEncoder objects or (model, tokenizer) pairs, got {value!r}")
+    if isinstance(value, nn.Module):  # its repr is the whole module tree: name the class only
+        got = f"a {type(value).__name__} without its tokenizer"
+    else:
+        got = f"{type(value).__name__} {reprlib.repr(value)}"
+    raise TypeError(f"`{argument}` must hold TextEncoder objects or (model, tokenizer) pairs, got {got}")
 
 
 def resolve_recipe(recipe: str | Recipe, has_clip: bool, has_t5: bool) -> Recipe:

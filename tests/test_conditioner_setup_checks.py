@@ -1,0 +1,164 @@
+"""`clipcond.conditioner_setup`'s checks called directly, with tiny real encoders: each refusal
+whole, and the edges of what is taken (the deepest CLIP layer, the largest `clip_skip`, a
+projection of width 1, the recipes whose join never reads CLIP token states).
+
+test_conditioner_arguments.py and test_conditioning.py reach these checks through
+`TextConditioner`; this file pins the words and the limits they leave loose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tiny_pipelines import WIDTH, clip_text_model, t5_encoder
+from transformers import AutoTokenizer
+
+from clipcond.conditioner_setup import (
+    as_encoders,
+    build_projection,
+    check_cache_dir,
+    check_clip_layer,
+    check_clip_skip,
+)
+from clipcond.encoders import TextEncoder
+from clipcond.families import custom_recipe, get_recipe
+from clipcond.projection import TextProjection
+from clipcond.tokenization import clip_tokenizer
+
+LAYERS = 5  # tiny_pipelines' CLIP
+T5_WIDTH = 24
+
+
+@pytest.fixture(scope="module")
+def clip() -> TextEncoder:
+    return TextEncoder(model=clip_text_model(0), tokenizer=clip_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def t5(t5_tokenizer_path) -> TextEncoder:
+    tokenizer = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    return TextEncoder(model=t5_encoder(1, len(tokenizer), width=T5_WIDTH), tokenizer=tokenizer)
+
+
+def type_error(call) -> str:
+    with pytest.raises(TypeError) as refused:
+        call()
+    return str(refused.value)
+
+
+def value_error(call) -> str:
+    with pytest.raises(ValueError) as refused:
+        call()
+    return str(refused.value)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def test_encoders_not_given_as_a_sequence_are_refused_in_full(clip) -> None:
+    expected = "`clip` must be a sequence of encoders, e.g. clip=[(text_encoder, tokenizer)]"
+    assert type_error(lambda: as_encoders(clip, None)) == expected
+    assert type_error(lambda: as_encoders(clip.model, None)) == expected
+    assert type_error(lambda: as_encoders((clip.model, clip.tokenizer), None)) == expected
+
+
+def test_an_entry_that_is_no_encoder_is_named_briefly(clip) -> None:
+    pairs = "must hold TextEncoder objects or (model, tokenizer) pairs, got"
+    assert type_error(lambda: as_encoders(["ab"], None)) == f"`clip` {pairs} str 'ab'"
+    three = (clip.model, clip.tokenizer, 3)  # a triple is iterated: its model is the first entry
+    assert type_error(lambda: as_encoders(three, None)) == f"`clip` {pairs} a CLIPTextModel without its tokenizer"
+    assert type_error(lambda: as_encoders([clip], ("x",))) == f"`t5` {pairs} tuple ('x',)"
+
+
+def test_an_encoder_of_the_other_kind_is_refused_naming_both(clip, t5) -> None:
+    assert type_error(lambda: as_encoders([t5], None)) == "`clip` holds a t5 model (T5EncoderModel); pass it as `t5`"
+    assert type_error(lambda: as_encoders([clip], clip)) == "`t5` must be a T5 encoder, got CLIPTextModel"
+    clip_encoders, t5_encoder_ = as_encoders([(clip.model, clip.tokenizer)], (t5.model, t5.tokenizer))
+    assert [encoder.kind for encoder in clip_encoders] == ["clip"] and t5_encoder_.kind == "t5"
+
+
+def test_a_blank_cache_dir_is_refused_with_the_way_to_the_current_folder() -> None:
+    assert value_error(lambda: check_cache_dir("  ")) == (
+        "`cache_dir` must be a folder path or None (no disk cache), got '  '; "
+        'pass cache_dir="." to cache in the current folder'
+    )
+
+
+# ----------------------------------------------------------------------------- layers and clip_skip
+
+
+def test_the_clip_layer_read_reaches_the_first_layer_and_no_deeper(clip) -> None:
+    sd = get_recipe("sd")
+    check_clip_layer(dataclasses.replace(sd, clip_layer_from_end=LAYERS), [clip])
+    assert value_error(lambda: check_clip_layer(dataclasses.replace(sd, clip_layer_from_end=LAYERS + 1), [clip])) == (
+        f"`clip_layer_from_end` must be between 1 and {LAYERS} for a {LAYERS}-layer CLIP (1 reads the last "
+        f"layer's states), got {LAYERS + 1}"
+    )
+    # recipes that read no CLIP token states are not checked: no CLIP, or CLIP's pooled vector only
+    check_clip_layer(dataclasses.replace(sd, clip_layer_from_end=LAYERS + 1), [])
+    pooled_only = dataclasses.replace(get_recipe("flux"), clip_layer_from_end=LAYERS + 1)
+    check_clip_layer(pooled_only, [clip])
+
+
+def test_clip_skip_reaches_the_first_layer_and_no_deeper(clip) -> None:
+    sdxl = get_recipe("sdxl")  # reads hidden state -2: clip_skip up to LAYERS - 2
+    limit = LAYERS - sdxl.clip_layer_from_end
+    assert check_clip_skip(sdxl, [clip], limit) == limit
+    assert value_error(lambda: check_clip_skip(sdxl, [clip], limit + 1)) == (
+        f"`clip_skip` must be between 0 and {limit} for recipe 'sdxl' with a {LAYERS}-layer CLIP (it reads hidden "
+        f"state -{sdxl.clip_layer_from_end} - clip_skip), got {limit + 1}"
+    )
+
+
+# ----------------------------------------------------------------------------- the projection
+
+
+def _custom(combine: str, **settings) -> object:
+    return custom_recipe(True, True, combine=combine, **settings)
+
+
+def test_widths_that_differ_need_a_projection_only_where_tokens_are_joined(clip, t5) -> None:
+    assert value_error(lambda: build_projection(_custom("concat_sequence"), WIDTH, T5_WIDTH, None, None, clip)) == (
+        f"combine='concat_sequence' joins CLIP tokens (width {WIDTH}) and T5 tokens (width {T5_WIDTH}) on the "
+        "sequence axis; their widths differ, so set `projection_dim` to project both to one width"
+    )
+    padded = _custom("concat_sequence", pad_clip_to_t5_width=True)
+    assert build_projection(padded, WIDTH, T5_WIDTH, None, None, clip) is None
+    # Flux's join: CLIP's pooled vector and T5's tokens, never side by side on one axis
+    assert build_projection(_custom("clip_pooled_t5_tokens"), WIDTH, T5_WIDTH, None, None, clip) is None
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "4"])
+def test_a_projection_dim_that_is_no_positive_int_is_refused(clip, bad) -> None:
+    recipe = _custom("concat_sequence")
+    assert value_error(lambda: build_projection(recipe, WIDTH, T5_WIDTH, bad, None, clip)) == (
+        f"`projection_dim` must be a positive int or None, got {bad!r}"
+    )
+
+
+def test_a_built_projection_takes_the_width_asked_and_the_encoders_dtype(clip) -> None:
+    recipe = _custom("concat_sequence")
+    one = build_projection(recipe, WIDTH, T5_WIDTH, 1, None, clip)
+    assert one.config.projection_dim == 1 and one.input_widths() == {"clip": WIDTH, "t5": T5_WIDTH}
+    bfloat16 = TextEncoder(model=clip_text_model(0).to(torch.bfloat16), tokenizer=clip.tokenizer)
+    built = build_projection(recipe, WIDTH, T5_WIDTH, 8, None, bfloat16)
+    assert {parameter.dtype for parameter in built.parameters()} == {torch.bfloat16}
+
+
+def test_a_given_projection_is_checked_against_projection_dim_and_the_widths(clip) -> None:
+    recipe = _custom("concat_sequence")
+    given = TextProjection(8, clip_width=WIDTH, t5_width=T5_WIDTH)
+    assert build_projection(recipe, WIDTH, T5_WIDTH, 8, given, clip) is given
+    assert build_projection(recipe, WIDTH, T5_WIDTH, None, given, clip) is given
+    assert value_error(lambda: build_projection(recipe, WIDTH, T5_WIDTH, 4, given, clip)) == (
+        "`projection_dim` (4) differs from the given projection's (8); pass one of them"
+    )
+    assert type_error(lambda: build_projection(recipe, WIDTH, T5_WIDTH, None, "p", clip)) == (
+        "`projection` must be a TextProjection, got str"
+    )
+    assert value_error(lambda: build_projection(recipe, WIDTH, 16, None, given, clip)) == (
+        f"the given projection has layers {{'clip': {WIDTH}, 't5': {T5_WIDTH}}} (source: input width) but recipe "
+        f"'custom' with these encoders needs {{'clip': {WIDTH}, 't5': 16}}"
+    )
