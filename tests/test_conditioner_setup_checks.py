@@ -162,3 +162,49 @@ def test_a_given_projection_is_checked_against_projection_dim_and_the_widths(cli
         f"the given projection has layers {{'clip': {WIDTH}, 't5': {T5_WIDTH}}} (source: input width) but recipe "
         f"'custom' with these encoders needs {{'clip': {WIDTH}, 't5': 16}}"
     )
+
+
+def test_clip_skip_zero_is_the_recipes_own_layer_and_below_zero_is_refused(clip) -> None:
+    sd = get_recipe("sd")
+    assert check_clip_skip(sd, [clip], 0) == 0
+    assert check_clip_skip(sd, [clip], None) is None
+    assert value_error(lambda: check_clip_skip(sd, [clip], -1)).startswith("`clip_skip` must be between 0 and 4 ")
+    for recipe, encoders in ((get_recipe("flux"), [clip]), (sd, [])):
+        assert value_error(lambda recipe=recipe, encoders=encoders: check_clip_skip(recipe, encoders, 1)) == (
+            f"`clip_skip` has no effect on recipe {recipe.name!r}: it reads no CLIP token states"
+        )
+
+
+def _long(clip: TextEncoder, positions: int) -> TextEncoder:
+    return TextEncoder(
+        model=clip_text_model(2, with_projection=True, max_position_embeddings=positions),
+        tokenizer=clip_tokenizer(model_max_length=positions),
+    )
+
+
+def test_clips_of_two_window_lengths_joined_on_channels_are_refused_naming_each(clip) -> None:
+    from clipcond.conditioner_setup import check_clip_windows
+
+    long = _long(clip, 248)
+    advice = (
+        "so every CLIP must have the same context length; got {}. A long-context CLIP (Long-CLIP, 248 positions) "
+        "must replace every CLIP of the pipeline, not only one"
+    )
+    assert value_error(lambda: check_clip_windows(get_recipe("sdxl"), [clip, long])) == (
+        "recipe 'sdxl' joins its CLIP encoders' token states on the channel axis, position by position, "
+        + advice.format(
+            "clip[0] (CLIPTextModel, the pipeline's `text_encoder`): 77 positions, "
+            "clip[1] (CLIPTextModelWithProjection, the pipeline's `text_encoder_2`): 248 positions"
+        )
+    )
+    custom = custom_recipe(True, False)  # no pipeline: no component names
+    assert value_error(lambda: check_clip_windows(custom, [long, clip, clip])) == (
+        "recipe 'custom' joins its CLIP encoders' token states on the channel axis, position by position, "
+        + advice.format(
+            "clip[0] (CLIPTextModelWithProjection): 248 positions, clip[1] (CLIPTextModel): 77 positions, "
+            "clip[2] (CLIPTextModel): 77 positions"
+        )
+    )
+    check_clip_windows(get_recipe("flux"), [long, clip])  # pooled vectors join whatever the lengths
+    check_clip_windows(custom, [long])
+    check_clip_windows(custom, [long, _long(clip, 248)])
