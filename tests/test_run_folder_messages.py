@@ -203,3 +203,71 @@ def test_an_output_dir_or_a_folder_above_it_that_is_no_folder_is_refused_in_full
         check_output_path(taken / "run")
     assert str(refused.value) == f"output_dir {taken / 'run'} cannot be made: {taken} is {what}{advice}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
+
+
+def test_an_empty_output_dir_is_refused_in_full() -> None:
+    from clipcond.training.run_folder import check_output_path
+
+    for empty in ("", "   "):
+        with pytest.raises(RunFolderError) as refused:
+            check_output_path(empty)
+        assert str(refused.value) == (
+            "output_dir is empty; name the run's folder in output_dir (--output-dir), e.g. runs/my-run (an empty one "
+            "would be the current folder, and the run would write among its files)"
+        )
+
+
+# ----------------------------------------------------------------------------- what the folder holds
+
+
+def test_a_new_run_makes_every_missing_folder_and_snapshots_keys_in_field_order(tmp_path: Path) -> None:
+    config = _config(tmp_path, output_dir=str(tmp_path / "runs" / "day" / "run"))
+    assert prepare_output_dir(config, resume=False) == tmp_path / "runs" / "day" / "run"
+    snapshot = yaml.safe_load((tmp_path / "runs" / "day" / "run" / CONFIG_SNAPSHOT).read_text())
+    assert list(snapshot) == [field.name for field in dataclasses.fields(TrainDiffusionConfig)]
+    assert {path.name for path in (tmp_path / "runs" / "day" / "run").iterdir()} == {
+        CONFIG_SNAPSHOT,
+        FROZEN_INPUTS_FILE,
+    }
+
+
+def test_a_new_run_ignores_a_damaged_record_a_failed_start_left(tmp_path: Path) -> None:
+    """A run that fails before its first checkpoint sets its snapshot aside (the folder holds no
+    run) and leaves its `frozen_inputs.json`; a new run there writes its own record, never reading
+    the old one (which only a resume checks)."""
+    model = tmp_path / "vae"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / FROZEN_INPUTS_FILE).write_text("{cut")
+    prepare_output_dir(_config(tmp_path, vae=str(model)), resume=False)
+    assert json.loads((tmp_path / "run" / FROZEN_INPUTS_FILE).read_text()).keys() == {"vae"}
+
+
+def test_metrics_kept_on_resume_skip_bad_lines_and_later_steps_wherever_they_are(tmp_path: Path) -> None:
+    from clipcond.training.run_folder import METRICS_FILE, keep_metrics
+
+    lines = [
+        b'{"step": 1, "loss": 1.0}\n',
+        b"{cut by a kill\n",
+        b'{"step": 5, "loss": 0.5}\n',  # past the checkpoint (step 2), logged before an earlier evaluation line
+        b"[1, 2]\n",  # JSON, but no record
+        b'{"step": 2, "loss": 0.8}',  # the last line, without its line break
+    ]
+    metrics = tmp_path / METRICS_FILE
+    metrics.write_bytes(b"".join(lines))
+    kept = keep_metrics(tmp_path, None, 2)
+    assert kept == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.8}]
+    assert metrics.read_bytes() == b'{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.8}\n'
+    metrics.write_bytes(b"".join(lines))
+    assert keep_metrics(tmp_path, 3, 2) == [{"step": 1, "loss": 1.0}, {"step": 5, "loss": 0.5}]  # by count
+
+
+@pytest.mark.parametrize("recorded", ['{"step": true}', '{"step": "3"}', '{"step": 2.0}', "[3]", "{cut"])
+def test_a_finished_marker_without_an_int_step_reads_as_none(tmp_path: Path, recorded: str) -> None:
+    from clipcond.training.run_folder import FINISHED_MARKER, finished_step, mark_finished
+
+    (tmp_path / FINISHED_MARKER).write_text(recorded)
+    assert finished_step(tmp_path) is None
+    mark_finished(tmp_path, 7)
+    assert finished_step(tmp_path) == 7
