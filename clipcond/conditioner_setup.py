@@ -165,6 +165,7 @@ def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tupl
         )
     if clip_count == 0 and not has_t5:
         raise ValueError("a TextConditioner needs at least one encoder: pass `clip` and/or `t5`")
+    # (concat_channels with no CLIP has no T5 either, refused just above)
     if recipe.combine == "concat_channels" and has_t5:
         raise ValueError(
             "combine='concat_channels' joins CLIP encoders on channels and cannot take a T5 encoder "
@@ -172,8 +173,6 @@ def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tupl
         )
     if recipe.combine == "clip_pooled_t5_tokens" and not has_t5 and t5_zeros is None:
         raise ValueError("combine='clip_pooled_t5_tokens' needs a `t5` encoder")
-    if recipe.combine == "concat_channels" and clip_count == 0:
-        raise ValueError("combine='concat_channels' needs at least one `clip` encoder")
     if recipe.pooled != "none" and clip_count == 0:
         raise ValueError(f"pooled={recipe.pooled!r} needs a `clip` encoder; use pooled='none'")
 

@@ -208,3 +208,44 @@ def test_clips_of_two_window_lengths_joined_on_channels_are_refused_naming_each(
     check_clip_windows(get_recipe("flux"), [long, clip])  # pooled vectors join whatever the lengths
     check_clip_windows(custom, [long])
     check_clip_windows(custom, [long, _long(clip, 248)])
+
+
+# ----------------------------------------------------------------------------- encoders a recipe takes
+
+
+def test_encoders_that_do_not_fit_a_family_are_refused_naming_what_it_takes() -> None:
+    from clipcond.conditioner_setup import check_encoders
+
+    assert value_error(lambda: check_encoders(get_recipe("sd3"), 1, True, None)) == (
+        "recipe 'sd3' needs two CLIP encoders and a T5 encoder; got 1 CLIP encoder(s) and a T5 encoder"
+    )
+    assert value_error(lambda: check_encoders(get_recipe("pixart"), 1, False, None)) == (
+        "recipe 'pixart' needs a T5 encoder and no CLIP; got 1 CLIP encoder(s) and no T5 encoder"
+    )
+    assert value_error(lambda: check_encoders(get_recipe("sd"), 1, True, None)) == (
+        "recipe 'sd' needs exactly one CLIP encoder and no T5; got 1 CLIP encoder(s) and a T5 encoder"
+    )
+    check_encoders(get_recipe("sd3"), 2, False, (256, 4096))  # SD3 without T5: its zeros stand in
+    check_encoders(custom_recipe(True, False), 3, False, None)  # the custom recipe takes any CLIP count
+
+
+def test_a_custom_join_that_cannot_take_its_encoders_is_refused_in_full() -> None:
+    from clipcond.conditioner_setup import check_encoders
+    from clipcond.recipes import Recipe
+
+    assert value_error(lambda: check_encoders(custom_recipe(True, False), 0, False, None)) == (
+        "a TextConditioner needs at least one encoder: pass `clip` and/or `t5`"
+    )
+    assert value_error(lambda: check_encoders(custom_recipe(True, True, combine="concat_channels"), 1, True, None)) == (
+        "combine='concat_channels' joins CLIP encoders on channels and cannot take a T5 encoder (their sequence "
+        "lengths differ); use 'concat_sequence' or 'clip_pooled_t5_tokens'"
+    )
+    pooled_t5 = custom_recipe(True, True, combine="clip_pooled_t5_tokens")
+    assert value_error(lambda: check_encoders(pooled_t5, 1, False, None)) == (
+        "combine='clip_pooled_t5_tokens' needs a `t5` encoder"
+    )
+    check_encoders(pooled_t5, 1, False, (77, 16))  # T5's zeros stand in
+    t5_with_pooled = Recipe(name="custom", combine="concat_sequence", pooled="last")
+    assert value_error(lambda: check_encoders(t5_with_pooled, 0, True, None)) == (
+        "pooled='last' needs a `clip` encoder; use pooled='none'"
+    )
