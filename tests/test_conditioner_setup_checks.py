@@ -249,3 +249,79 @@ def test_a_custom_join_that_cannot_take_its_encoders_is_refused_in_full() -> Non
     assert value_error(lambda: check_encoders(t5_with_pooled, 0, True, None)) == (
         "pooled='last' needs a `clip` encoder; use pooled='none'"
     )
+
+
+# ----------------------------------------------------------------------------- single arguments
+
+
+def test_counts_are_python_ints_in_range_and_refused_in_full_otherwise() -> None:
+    import numpy as np
+
+    from clipcond.conditioner_setup import check_cache_size, check_max_batch_windows
+
+    assert check_cache_size(0) == 0 and type(check_cache_size(np.int64(3))) is int
+    assert (
+        value_error(lambda: check_cache_size(-1)) == "`cache_size` must be an int >= 0 (prompts kept in memory), got -1"
+    )
+    assert type_error(lambda: check_cache_size("3")) == (
+        "`cache_size` must be an int >= 0 (prompts kept in memory), got '3'"
+    )
+    assert check_max_batch_windows(None) is None and check_max_batch_windows(1) == 1
+    assert type(check_max_batch_windows(np.int32(2))) is int
+    assert value_error(lambda: check_max_batch_windows(0)) == "`max_batch_windows` must be >= 1, got 0"
+    assert type_error(lambda: check_max_batch_windows(True)) == (
+        "`max_batch_windows` must be a positive int or None, got True"
+    )
+
+
+def test_clip_skip_is_read_as_a_python_int_before_its_range() -> None:
+    import numpy as np
+
+    from clipcond.conditioner_setup import clip_skip_as_int
+
+    assert clip_skip_as_int(None) is None and type(clip_skip_as_int(np.int64(2))) is int
+    assert clip_skip_as_int(torch.tensor(1)) == 1
+    assert type_error(lambda: clip_skip_as_int(True)) == "`clip_skip` must be an int or None, got bool True"
+    assert type_error(lambda: clip_skip_as_int(1.0)) == "`clip_skip` must be an int or None, got float 1.0"
+
+
+def test_to_reads_device_and_dtype_as_torch_does_and_refuses_in_full() -> None:
+    from clipcond.conditioner_setup import device_and_dtype
+
+    assert device_and_dtype(torch.float16, None) == (None, torch.float16)
+    assert device_and_dtype("cpu", None) == (torch.device("cpu"), None)
+    assert device_and_dtype(None, torch.bfloat16) == (None, torch.bfloat16)
+    assert type_error(lambda: device_and_dtype(torch.float16, torch.float32)) == (
+        "`to` takes one dtype, got torch.float16 and torch.float32"
+    )
+    for dtype in ("float16", torch.int8):
+        assert type_error(lambda dtype=dtype: device_and_dtype(None, dtype)) == (
+            f"`dtype` must be a floating torch.dtype such as torch.float16, got {dtype!r}"
+        )
+    assert value_error(lambda: device_and_dtype("gpu", None)).startswith(
+        "`device` must be a torch.device or its name ('cpu', 'cuda', 'cuda:1'), got 'gpu' ("
+    )
+
+
+def test_the_projection_reads_the_sources_each_join_puts_side_by_side() -> None:
+    from clipcond.conditioner_setup import projection_widths
+
+    joins = ("concat_channels", "concat_sequence", "clip_pooled_t5_tokens")
+    channels, sequence, pooled = (custom_recipe(True, True, combine=join) for join in joins)
+    assert projection_widths(channels, 32, 24) == {"clip": 32}
+    assert projection_widths(sequence, 32, 24) == {"clip": 32, "t5": 24}
+    assert projection_widths(sequence, 32, 0) == {"clip": 32}
+    assert projection_widths(sequence, 0, 24) == {"t5": 24}
+    assert projection_widths(pooled, 32, 24) == {"t5": 24}
+
+
+def test_a_recipe_is_taken_by_name_as_given_or_built_for_the_encoders() -> None:
+    from clipcond.conditioner_setup import family_of, resolve_recipe
+    from clipcond.recipes import Recipe
+
+    mine = Recipe(name="mine")
+    assert resolve_recipe(mine, True, False) is mine
+    assert resolve_recipe("sdxl", True, False) == get_recipe("sdxl")
+    assert resolve_recipe("custom", True, True) == custom_recipe(True, True)
+    assert resolve_recipe("custom", False, True).combine == "clip_pooled_t5_tokens"
+    assert family_of(mine).name == "custom" and family_of(get_recipe("flux")).name == "flux"
