@@ -233,7 +233,7 @@ def test_override_refusals_in_full() -> None:
 
 
 def test_a_free_form_mapping_takes_new_keys_at_every_depth() -> None:
-    base = Sample(lr=1.0, free={"block": {"depth": 1}})
-    changed = apply_overrides(base, ["free.block.width=8", "free.new=x"])
-    assert changed.free == {"block": {"depth": 1, "width": 8}, "new": "x"}
+    base = Sample(lr=1.0, free={"block": {"depth": 1, "inner": {}}})
+    changed = apply_overrides(base, ["free.block.width=8", "free.new=x", "free.block.inner.deep=2"])
+    assert changed.free == {"block": {"depth": 1, "inner": {"deep": 2}, "width": 8}, "new": "x"}
     assert typing.get_type_hints(Sample)["free"] == dict[str, Any] | None  # the case this test is about
