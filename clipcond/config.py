@@ -154,8 +154,9 @@ def read_yaml(text: str | bytes, source: str) -> Any:
     Raises:
         NotYaml: (a ValueError) not YAML, or a tag YAML's safe loader does not build (``!!python``);
             the message names `source`, and the line and column where YAML gives them.
-        ValueError: not UTF-8, nested too deeply to read, a key given twice, or a key that is a
-            list or a mapping; the message names `source` (and the line of the key).
+        ValueError: not UTF-8, nested too deeply to read, a key given twice, a key that is a
+            list or a mapping, or a value that holds itself (an alias inside its own anchor); the
+            message names `source` (and the line of the key).
     """
     if isinstance(text, bytes):
         try:
@@ -163,13 +164,42 @@ def read_yaml(text: str | bytes, source: str) -> Any:
         except UnicodeDecodeError as error:
             raise ValueError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except _BadKey as error:
         raise ValueError(f"{source}: {error}") from error
     except yaml.YAMLError as error:
         raise _not_yaml(error, source) from error
     except RecursionError as error:
         raise ValueError(f"{source}: nested too deeply to read") from error
+    if _holds_itself(document):
+        raise ValueError(
+            f"{source}: an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds "
+            "itself; clipcond reads no value without end"
+        )
+    return document
+
+
+def _holds_itself(value: Any) -> bool:
+    """Whether the lists and mappings reachable from `value` form a cycle (what a YAML alias
+    inside its own anchor builds: ``a: &x [*x]``). Each list or mapping is walked once, so an
+    alias bomb's shared values cost their count, not their expansion."""
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            done.add(id(item))
+            continue
+        if not isinstance(item, (list, dict)) or id(item) in done:
+            continue
+        if id(item) in on_path:
+            return True
+        on_path.add(id(item))
+        stack.append((item, True))
+        stack.extend((child, False) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -193,6 +193,23 @@ def test_a_character_yaml_refuses_is_named_by_its_code_and_place() -> None:
     )
 
 
+@pytest.mark.parametrize("text", ["a: &x [*x]", "&x {b: *x}", "a: {b: &x [1, {c: *x}]}"])
+def test_a_value_holding_itself_is_refused_however_deep(text: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        read_yaml(text, "c.yaml")
+    assert str(refused.value) == (
+        "c.yaml: an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds itself; "
+        "clipcond reads no value without end"
+    )
+
+
+def test_aliases_shared_without_a_cycle_are_read() -> None:
+    shared = read_yaml("a: &x {b: [1, &y [2]]}\nc: [*x, *y, *y]", "c.yaml")
+    assert shared == {"a": {"b": [1, [2]]}, "c": [{"b": [1, [2]]}, [2], [2]]}
+    bomb = read_yaml("[&l0 [a, a], &l1 [*l0, *l0], &l2 [*l1, *l1], &l3 [*l2, *l2]]", "c.yaml")
+    assert bomb[3] == [[[["a", "a"]] * 2] * 2] * 2
+
+
 def test_yaml_errors_without_a_place_read_as_one_line() -> None:
     from clipcond.config import _not_yaml
 
