@@ -158,7 +158,7 @@ def family_of(recipe: Recipe) -> Family:
 def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tuple[int, int] | None) -> None:
     """The encoders fit the recipe's family and its join."""
     family = family_of(recipe)
-    if family.name != "custom" and not family.encoders_fit(clip_count, has_t5, t5_zeros is not None):
+    if not family.encoders_fit(clip_count, has_t5, t5_zeros is not None):  # the custom family fits any
         raise ValueError(
             f"recipe {recipe.name!r} needs {family.expected_encoders()}; got {clip_count} CLIP encoder(s) and "
             f"{'a' if has_t5 else 'no'} T5 encoder"
