@@ -183,20 +183,19 @@ def _holds_itself(value: Any) -> bool:
     """Whether the lists and mappings reachable from `value` form a cycle (what a YAML alias
     inside its own anchor builds: ``a: &x [*x]``). Each list or mapping is walked once, so an
     alias bomb's shared values cost their count, not their expansion."""
+    entered: set[int] = set()
     done: set[int] = set()
-    on_path: set[int] = set()
     stack: list[tuple[Any, bool]] = [(value, False)]
     while stack:
         item, leaving = stack.pop()
         if leaving:
-            on_path.discard(id(item))
             done.add(id(item))
             continue
         if not isinstance(item, (list, dict)) or id(item) in done:
             continue
-        if id(item) in on_path:
+        if id(item) in entered:  # entered, not yet left: it holds the value being walked
             return True
-        on_path.add(id(item))
+        entered.add(id(item))
         stack.append((item, True))
         stack.extend((child, False) for child in (item.values() if isinstance(item, dict) else item))
     return False
