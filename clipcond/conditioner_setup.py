@@ -165,7 +165,7 @@ def check_encoders(recipe: Recipe, clip_count: int, has_t5: bool, t5_zeros: tupl
         )
     if clip_count == 0 and not has_t5:
         raise ValueError("a TextConditioner needs at least one encoder: pass `clip` and/or `t5`")
-    # (concat_channels with no CLIP has no T5 either, refused just above)
+    # concat_channels without a CLIP is refused here (it has a T5) or just above (no encoder at all)
     if recipe.combine == "concat_channels" and has_t5:
         raise ValueError(
             "combine='concat_channels' joins CLIP encoders on channels and cannot take a T5 encoder "
