@@ -6,11 +6,10 @@ missing required key or a value of the wrong type is a `ValueError` that names t
 spells a finite decimal number (`lr: 1e-4`, which PyYAML's YAML 1.1 rules leave a string). Nested dataclasses, lists, optionals
 and `Literal` choices are supported; nothing else is needed by our configs.
 
-Text YAML cannot read (a tab indent, a ``!!python`` tag, two documents) is a `NotYaml`, a
-`ValueError` naming the file and the line and column, as is a key that is a list or a mapping.
-
-Errors quote a value through `quoted`, at most about 200 characters of it: a few hundred
-bytes of YAML aliases ("billion laughs") expand to a value whose full repr is gigabytes.
+The file is read by `clipcond.yaml_reading.read_yaml`: text YAML cannot read is a `NotYaml`
+naming the file, the line and the column; a key given twice, a key that is a list or a mapping
+and a value that holds itself are ValueErrors naming the file. Errors quote a value through
+`clipcond.quoting.quoted` (at most about 200 characters of it).
 
 A string under a key named in `PATH_KEYS` (``output_dir``, ``text_encoder``, ``suites``, ...)
 is a file or folder path, or a Hugging Face hub id, which has a path's shape. One the operating
@@ -25,17 +24,15 @@ import dataclasses
 import math
 import os
 import re
-import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-import yaml
+from clipcond.quoting import QUOTE_LIMIT, quoted
+from clipcond.yaml_reading import NotYaml, read_yaml
 
 T = TypeVar("T")
-
-QUOTE_LIMIT = 200
 
 # The config keys whose string values (or list items: `suites`) name a file or folder.
 PATH_KEYS = frozenset(
@@ -75,130 +72,6 @@ def _path_limit(name: str, linux: int) -> int:
 
 NAME_MAX = _path_limit("PC_NAME_MAX", 255)  # bytes in one file or folder name
 PATH_MAX = _path_limit("PC_PATH_MAX", 4096) - 1  # bytes in a whole path; the limit counts a final NUL
-
-
-def _short_repr() -> reprlib.Repr:
-    # reprlib stops at these counts and depths, so the quote is built from a bounded part of
-    # the value: a nested list is cut to 8 items per level, 3 levels deep.
-    short = reprlib.Repr()
-    short.maxlevel = 3
-    short.maxtuple = short.maxlist = short.maxarray = short.maxdict = 8
-    short.maxset = short.maxfrozenset = short.maxdeque = 8
-    short.maxstring = short.maxlong = short.maxother = QUOTE_LIMIT
-    return short
-
-
-_SHORT_REPR = _short_repr()
-
-
-def quoted(value: Any) -> str:
-    """`repr(value)` of at most `QUOTE_LIMIT` characters (then "..."), without ever building the
-    whole repr."""
-    text = _SHORT_REPR.repr(value)
-    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
-
-
-class _BadKey(ValueError):
-    pass
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
-    safe loader keeps the last one silently, so an edit above a forgotten line does nothing),
-    and so is a key that is a list or a mapping (YAML's ``? [a, b]``: no config has one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, typing.Hashable):
-                raise _BadKey(
-                    f"line {line}: a key must be a plain value (a name or a number), got the "
-                    f"{type(key).__name__} {quoted(key)}"
-                )
-            if key in seen:
-                raise _BadKey(f"line {line}: the key {quoted(key)} is given twice")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-class NotYaml(ValueError):
-    """Text that YAML cannot read (a tab where YAML wants spaces, an unclosed bracket, a
-    ``!!python`` tag, several documents in one file); the message names the source and, where
-    YAML gives it, the line and column."""
-
-
-def _not_yaml(error: yaml.YAMLError, source: str) -> NotYaml:
-    """`error` as one `NotYaml` line: ``<source>: line L, column C: <what YAML found>``."""
-    if isinstance(error, yaml.reader.ReaderError):  # its own message names "<unicode string>"
-        # `character` is an int: PyYAML's reader gives the code point (or, for undecodable bytes, the byte)
-        return NotYaml(
-            f"{source}: not valid YAML: the character #x{error.character:04x} at character {error.position + 1}: "
-            f"{error.reason}"
-        )
-    if not isinstance(error, yaml.MarkedYAMLError):
-        return NotYaml(f"{source}: not valid YAML: {' '.join(str(error).split())}")
-    mark = error.problem_mark or error.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    problem = " ".join(part for part in (error.context, error.problem) if part)
-    if "'\\t'" in problem:
-        problem += " (YAML indents with spaces, not tabs)"
-    return NotYaml(f"{source}: not valid YAML: {where}{' '.join(problem.split())}")
-
-
-def read_yaml(text: str | bytes, source: str) -> Any:
-    """The YAML document `text` (from `source`, named in errors), read safely: no Python
-    objects, no key twice in a mapping.
-
-    Raises:
-        NotYaml: (a ValueError) not YAML, or a tag YAML's safe loader does not build (``!!python``);
-            the message names `source`, and the line and column where YAML gives them.
-        ValueError: not UTF-8, nested too deeply to read, a key given twice, a key that is a
-            list or a mapping, or a value that holds itself (an alias inside its own anchor); the
-            message names `source` (and the line of the key).
-    """
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
-    try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except _BadKey as error:
-        raise ValueError(f"{source}: {error}") from error
-    except yaml.YAMLError as error:
-        raise _not_yaml(error, source) from error
-    except RecursionError as error:
-        raise ValueError(f"{source}: nested too deeply to read") from error
-    if _holds_itself(document):
-        raise ValueError(
-            f"{source}: an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds "
-            "itself; clipcond reads no value without end"
-        )
-    return document
-
-
-def _holds_itself(value: Any) -> bool:
-    """Whether the lists and mappings reachable from `value` form a cycle (what a YAML alias
-    inside its own anchor builds: ``a: &x [*x]``). Each list or mapping is walked once, so an
-    alias bomb's shared values cost their count, not their expansion."""
-    entered: set[int] = set()
-    done: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    while stack:
-        item, leaving = stack.pop()
-        if leaving:
-            done.add(id(item))
-            continue
-        if not isinstance(item, (list, dict)) or id(item) in done:
-            continue
-        if id(item) in entered:  # entered, not yet left: it holds the value being walked
-            return True
-        entered.add(id(item))
-        stack.append((item, True))
-        stack.extend((child, False) for child in (item.values() if isinstance(item, dict) else item))
-    return False
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -12,8 +12,9 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from clipcond.config import path_problem, quoted
+from clipcond.config import path_problem
 from clipcond.errors import UsageError
+from clipcond.quoting import quoted
 
 
 def check_output_location(path: str | Path, option: str) -> Path:

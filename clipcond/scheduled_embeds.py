@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from clipcond.config import quoted
 from clipcond.denoising_steps import (
     hand_off,
     loop_start,
@@ -38,6 +37,7 @@ from clipcond.denoising_steps import (
 )
 from clipcond.embeds import PromptEmbeds
 from clipcond.families import Family
+from clipcond.quoting import quoted
 from clipcond.scalars import as_int
 from clipcond.schedule import fixed_text, has_editing, has_schedule, split_and, texts_per_step
 from clipcond.skip_layer_rows import SkipLayerRows

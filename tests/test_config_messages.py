@@ -218,7 +218,7 @@ def test_aliases_shared_without_a_cycle_are_read() -> None:
 
 
 def test_yaml_errors_without_a_place_read_as_one_line() -> None:
-    from clipcond.config import _not_yaml
+    from clipcond.yaml_reading import _not_yaml
 
     assert str(_not_yaml(yaml.YAMLError("no\n  place   here"), "c.yaml")) == "c.yaml: not valid YAML: no place here"
     unplaced = yaml.MarkedYAMLError(context="while reading", problem="found  nothing")

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipcond.config import config_from_dict, read_yaml
+from clipcond.config import config_from_dict
 from clipcond.lab.summary import ALL_CATEGORIES
 from clipcond.shapes.prompt_suite import SuitePrompt, scene_from_spec
 from clipcond.shapes.vocab import COLOURS, RELATIONS, SHAPES
+from clipcond.yaml_reading import read_yaml
 
 # Names of suites and setups become folder names.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
