@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import reprlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from clipcond.encoders import TextEncoder
 from clipcond.families import FAMILIES, Family, custom_recipe, get_family, get_recipe
+from clipcond.quoting import quoted
 from clipcond.recipes import Recipe
 from clipcond.scalars import as_int
 
@@ -137,7 +137,7 @@ def _as_encoder(value: EncoderLike, argument: str) -> TextEncoder:
     if isinstance(value, nn.Module):  # its repr is the whole module tree: name the class only
         got = f"a {type(value).__name__} without its tokenizer"
     else:
-        got = f"{type(value).__name__} {reprlib.repr(value)}"
+        got = f"{type(value).__name__} {quoted(value)}"
     raise TypeError(f"`{argument}` must hold TextEncoder objects or (model, tokenizer) pairs, got {got}")
 
 

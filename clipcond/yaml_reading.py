@@ -18,14 +18,36 @@ import yaml
 from clipcond.quoting import quoted
 
 
-class _BadKey(ValueError):
-    pass
+class _Refused(ValueError):
+    """What the strict loader refuses beyond PyYAML's own errors; `read_yaml` names the source."""
 
 
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
     safe loader keeps the last one silently, so an edit above a forgotten line does nothing),
-    and so is a key that is a list or a mapping (YAML's ``? [a, b]``: no config has one)."""
+    and so is a key that is a list or a mapping (YAML's ``? [a, b]``: no config has one), and an
+    alias met while the node its anchor names is still being read (``a: &x [*x]``: a value that
+    holds itself), refused as the document is composed, before any value is built."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open_anchors: set[str] = set()  # anchors whose nodes are being composed (PyYAML refuses a reused one)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            raise _Refused(
+                "an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds itself; "
+                "clipcond reads no value without end"
+            )
+        anchor = None if isinstance(event, yaml.AliasEvent) else event.anchor
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.discard(anchor)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -33,12 +55,12 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if not isinstance(key, typing.Hashable):
-                raise _BadKey(
+                raise _Refused(
                     f"line {line}: a key must be a plain value (a name or a number), got the "
                     f"{type(key).__name__} {quoted(key)}"
                 )
             if key in seen:
-                raise _BadKey(f"line {line}: the key {quoted(key)} is given twice")
+                raise _Refused(f"line {line}: the key {quoted(key)} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -84,41 +106,13 @@ def read_yaml(text: str | bytes, source: str) -> Any:
         except UnicodeDecodeError as error:
             raise ValueError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except _BadKey as error:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except _Refused as error:
         raise ValueError(f"{source}: {error}") from error
     except yaml.YAMLError as error:
         raise _not_yaml(error, source) from error
     except RecursionError as error:
         raise ValueError(f"{source}: nested too deeply to read") from error
-    if _holds_itself(document):
-        raise ValueError(
-            f"{source}: an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds "
-            "itself; clipcond reads no value without end"
-        )
-    return document
-
-
-def _holds_itself(value: Any) -> bool:
-    """Whether the lists and mappings reachable from `value` form a cycle (what a YAML alias
-    inside its own anchor builds: ``a: &x [*x]``). Each list or mapping is walked once, so an
-    alias bomb's shared values cost their count, not their expansion."""
-    entered: set[int] = set()
-    done: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    while stack:
-        item, leaving = stack.pop()
-        if leaving:
-            done.add(id(item))
-            continue
-        if not isinstance(item, (list, dict)) or id(item) in done:
-            continue
-        if id(item) in entered:  # entered, not yet left: it holds the value being walked
-            return True
-        entered.add(id(item))
-        stack.append((item, True))
-        stack.extend((child, False) for child in (item.values() if isinstance(item, dict) else item))
-    return False
 
 
 __all__ = ["NotYaml", "read_yaml"]

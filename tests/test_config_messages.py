@@ -195,7 +195,7 @@ def test_a_character_yaml_refuses_is_named_by_its_code_and_place() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    # the cycle first in the file: the walk, last in first out, reads what follows it first
+    # at the top, nested, and first in the file with other keys after it
     ["a: &x [*x]", "&x {b: *x}", "a: {b: &x [1, {c: *x}]}", "a: &x [*x]\nb: 1", "a: &x [*x]\nb: [1]"],
 )
 def test_a_value_holding_itself_is_refused_however_deep(text: str) -> None:
@@ -212,7 +212,7 @@ def test_aliases_shared_without_a_cycle_are_read() -> None:
     assert shared == {"a": {"b": [1, [2]]}, "c": [{"b": [1, [2]]}, [2], [2]]}
     bomb = read_yaml("[&l0 [a, a], &l1 [*l0, *l0], &l2 [*l1, *l1], &l3 [*l2, *l2]]", "c.yaml")
     assert bomb[3] == [[[["a", "a"]] * 2] * 2] * 2
-    # 40 levels: 2**40 leaves if each alias were walked again; each value is walked once
+    # 40 levels: 2**40 leaves if the aliases were expanded; YAML's nodes and values are shared instead
     levels = ["&l0 [a, a]"] + [f"&l{level} [*l{level - 1}, *l{level - 1}]" for level in range(1, 40)]
     assert len(read_yaml(f"[{', '.join(levels)}]", "c.yaml")) == 40
 
