@@ -146,13 +146,14 @@ def run(
     keep: bool = False,
     every: int = 1,
     fork: bool = False,
-    timeout: float = 600.0,
+    timeout: float | None = None,
 ) -> dict[str, str]:
     """Stage `module`, run mutmut on it (or on the mutants matching `only`, a mutmut name glob
     or a list of them, or on every `every`-th of its mutants' sorted names: a fixed sample) and
     return {mutant name: verdict} of the mutants run. `keep` resumes in the tree staged before:
     mutmut skips the mutants it has a verdict for. `fork`: run them with tests/mutation_fork.py
-    instead, each stopped after `timeout` seconds."""
+    instead, each stopped after `timeout` seconds (None: ten times its tests' seconds in the
+    control run, at least 30; `mutation_fork.mutant_timeout`)."""
     if only and every != 1:
         raise ValueError("give `only` or `every`, not both")
     tree = _tree(module, root)
@@ -178,7 +179,7 @@ def run(
 
 
 def _run_forked(
-    module: str, tree: Path, only: str | Sequence[str] | None, every: int, timeout: float
+    module: str, tree: Path, only: str | Sequence[str] | None, every: int, timeout: float | None
 ) -> dict[str, str]:
     globs = ([only] if isinstance(only, str) else list(only)) if only else ["*"]
     names = [name for name in sample(mutant_names(tree), every) if any(fnmatch(name, glob) for glob in globs)]
@@ -194,7 +195,8 @@ def _run_forked(
         "pytest_add_cli_args_test_selection"
     ]
     runner = [sys.executable, str(REPO / "tests" / "mutation_fork.py"), str(tree), str(tree / "fork_names.txt")]
-    subprocess.run([*runner, str(results), "--timeout", str(timeout), "--", *selection], check=True)
+    limit = [] if timeout is None else ["--timeout", str(timeout)]
+    subprocess.run([*runner, str(results), *limit, "--", *selection], check=True)
     verdicts = dict(line.split()[:2] for line in results.read_text().splitlines() if line.strip())
     return {name: verdicts[name].replace("_", " ") for name in names if name in verdicts}
 
@@ -208,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="run every K-th mutant of the sorted names (a sample)")
     parser.add_argument("--keep", action="store_true", help="resume in the staged tree of an earlier run")
     parser.add_argument("--fork", action="store_true", help="a forked child per mutant (tests/mutation_fork.py)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="with --fork: seconds a mutant may take")
+    parser.add_argument(
+        "--timeout", type=float, help="with --fork: seconds a mutant may take (default: 10 x its tests' control time)"
+    )
     args = parser.parse_args(argv)
     verdicts = run(
         args.module,

@@ -6,6 +6,11 @@ called) in order, fixtures and all, and stops at its first failure.
 
     python tests/mutation_fork.py TREE NAMES OUT [--timeout S] -- PYTEST_ARGS...
 
+Without `--timeout`, each mutant may take `TIMEOUT_FACTOR` times the seconds its tests took in
+the control, and never less than `TIMEOUT_FLOOR`: a mutant that makes a walk exponential or a loop
+endless is stopped as a timeout (detected) in about that time, instead of running on, as one of
+`yaml_reading`'s did, until it held 11 GB.
+
 Run by `tests/mutation.py --fork` (docs/contributing.md); TREE is a staged tree whose mutants
 mutmut has generated (`mutation.mutant_names`), NAMES a file of mutmut's full mutant names, one a
 line, and OUT the results file, one line a mutant: ``name verdict seconds first-failure``, where
@@ -32,6 +37,21 @@ from pathlib import Path
 
 STATS = "stats"  # MUTANT_UNDER_TEST for the control: the original code, each function reached recorded
 FORCED_FAIL = "fail"  # mutmut's own check: every mutated function raises, so some test must fail
+# a forked child starts with the control's fixtures built and torch imported, so its tests take
+# about their control seconds; the floor covers a loaded 2-core machine and the fork itself
+TIMEOUT_FACTOR = 10.0
+TIMEOUT_FLOOR = 30.0
+
+
+def mutant_timeout(control_seconds: list[float], fixed: float | None = None) -> float:
+    """Seconds a mutant's child may run: `fixed` when given, else `TIMEOUT_FACTOR` times the
+    seconds `control_seconds` (its tests' times in the control run) add up to, at least
+    `TIMEOUT_FLOOR`."""
+    if fixed is not None:
+        if fixed <= 0:
+            raise ValueError(f"`fixed` must be a number of seconds > 0, got {fixed!r}")
+        return fixed
+    return max(TIMEOUT_FLOOR, TIMEOUT_FACTOR * sum(control_seconds))
 
 
 def first_failure(items: list, after_each: Callable[[int], None] | None = None, log: bool = False) -> str:
@@ -117,7 +137,7 @@ def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
 class ForkPerMutant:
     """A pytest plugin that replaces the test loop: control, forced fail, then each mutant."""
 
-    def __init__(self, names: list[str], out: Path, timeout: float) -> None:
+    def __init__(self, names: list[str], out: Path, timeout: float | None) -> None:
         self.names, self.out, self.timeout = names, out, timeout
 
     def pytest_runtestloop(self, session) -> bool:
@@ -125,11 +145,16 @@ class ForkPerMutant:
 
         items = session.items
         reached: dict[str, list[int]] = {}  # a mutated function -> the indices of the tests that call it
+        seconds: list[float] = []  # each test's time in the control, fixtures included
+        started = [time.monotonic()]
 
         def record(index: int) -> None:  # mutmut's record of the functions this test called
             for function in state()._stats:
                 reached.setdefault(function, []).append(index)
             state()._stats.clear()
+            now = time.monotonic()
+            seconds.append(now - started[0])
+            started[0] = now
 
         os.environ["MUTANT_UNDER_TEST"] = STATS
         state()._stats.clear()
@@ -138,7 +163,7 @@ class ForkPerMutant:
         print(f"{len(items)} tests; control in {time.monotonic() - start:.1f} s", flush=True)
         if failure:
             raise SystemExit(f"the original code fails its tests: {failure}")
-        verdict, _ = run_forked(items, FORCED_FAIL, self.timeout)
+        verdict, _ = run_forked(items, FORCED_FAIL, mutant_timeout(seconds, self.timeout))
         if verdict != "killed":
             raise SystemExit("no test fails when every mutated function raises: the selection never calls the module")
         done = set()
@@ -150,7 +175,8 @@ class ForkPerMutant:
             start = time.monotonic()
             callers = reached.get(name.rpartition("__mutmut_")[0])
             if callers:
-                verdict, failure = run_forked([items[index] for index in callers], name, self.timeout)
+                timeout = mutant_timeout([seconds[index] for index in callers], self.timeout)
+                verdict, failure = run_forked([items[index] for index in callers], name, timeout)
             else:
                 verdict, failure = "no tests", ""
             line = f"{name} {verdict.replace(' ', '_')} {time.monotonic() - start:.1f} {failure}".rstrip()
@@ -167,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tree", type=Path, help="a staged tree with its mutants generated")
     parser.add_argument("names", type=Path, help="a file of mutmut mutant names, one a line")
     parser.add_argument("out", type=Path, help="the results file (appended to; its names are skipped)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a mutant may take")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds a mutant may take (default: from its tests' control seconds)"
+    )
     args = parser.parse_args(argv[:split])
     names = [line.strip() for line in args.names.read_text().splitlines() if line.strip()]
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # a kill stops the child too
