@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.repeats < 1 or args.steps < 1:
         raise SystemExit("--repeats and --steps must be >= 1")
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
     script = Path(sys.executable).with_name("clipcond")
     clipcond = [str(script)] if script.is_file() else [sys.executable, "-m", "clipcond.cli"]

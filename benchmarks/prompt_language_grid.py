@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image, ImageDraw
 
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline
 
     pipe = load_pipeline(BUNDLED_MODEL, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

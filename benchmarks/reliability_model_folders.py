@@ -81,7 +81,7 @@ def model_folder_cases(work: Path) -> list[Case]:
     from diffusers import StableDiffusionPipeline
 
     from clipcond.models import ClipTwoTower, load_model_config, save_clip
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
     root = work / "model-folders"
     sd = _diffusers_sd_folder(root / "sd")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers.utils import make_image_grid
     from PIL import Image
 
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline
     from clipcond.shapes.prompt_suite import judge_suite, shapes_model_suite
 
     args.model = args.model or str(BUNDLED_MODEL)

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import DDPMScheduler
 
     from clipcond import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.saved_pipelines import load_pipeline
     from clipcond.shapes.prompt_suite import RELATION_WORDS
     from clipcond.shapes.vocab import RELATIONS
 

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.saved_pipelines import load_pipeline
 
     kinds = prompt_pairs(args.pairs, args.seed)
     lines = [

@@ -16,24 +16,22 @@ is replaced only with ``--force``, and only by a complete file (`write_atomicall
 a file that another run wrote at ``-o`` while the images were drawn is kept (exit 1).
 
 The checks that need the loaded model live in `generate_checks`, the source images' in
-`generate_sources`.
+`generate_sources`; where `--model` and `--lora` point and how a pipeline folder loads, in
+`saved_pipelines`; the vocabulary warning, in `vocabulary`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import math
-import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
-from clipcond.output_paths import check_new_file, nameable_path, write_atomically
+from clipcond.output_paths import check_new_file, write_atomically
 from clipcond.pipelines import generate_checks
 from clipcond.pipelines.generate_sources import (
     SourceImages,
@@ -43,24 +41,12 @@ from clipcond.pipelines.generate_sources import (
     source_call_arguments,
     source_pipeline,
 )
+from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
+from clipcond.pipelines.vocabulary import warn_about_vocabulary
 from clipcond.window_splits import WINDOW_SPLITS
 
 if TYPE_CHECKING:
     import torch
-
-# The tiny shapes model shipped as package data (found through importlib, so the same in a
-# wheel install and in an editable checkout, where clipcond.pipelines lives outside clipcond/).
-BUNDLED_MODEL = Path(str(importlib.resources.files("clipcond") / "data" / "shapes-model"))
-
-# A Hugging Face Hub id: `name` or `org/name`, letters, digits, '-', '_' and '.', each part
-# starting with a letter or a digit.
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-_WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-# The `_class_name` of a saved clipcond pipeline's model_index.json (text to image, img2img,
-# inpainting): names, so that the CLI can tell them apart without importing the classes.
-SAVED_PIPELINE_CLASSES = ("CLIPConditionedPipeline", "CLIPConditionedImg2ImgPipeline", "CLIPConditionedInpaintPipeline")
-
 
 # The CPU allocator's messages, in torch's RuntimeError, for memory it cannot get, or a size
 # its arithmetic cannot hold.
@@ -117,51 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
 
 
-def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
-    """The warning for a prompt the model at `model` never read in training (None when it has
-    no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too."""
-    from clipcond.pipelines.vocabulary import VOCABULARY_FILE, read_vocabulary, unknown_words
-
-    path = Path(model) / VOCABULARY_FILE
-    vocabulary = read_vocabulary(model)
-    if vocabulary is None:
-        return None
-    if not prompt.strip():
-        message = "the prompt is empty: the model draws an unconditional sample"
-    else:
-        unknown = unknown_words(prompt, vocabulary)
-        if not unknown:
-            return None
-        message = (
-            f"the model never read {', '.join(repr(word) for word in unknown)} in training, so it will draw what it "
-            f"knows instead; its words are listed in {path}"
-        )
-    print(f"warning: {message}", file=sys.stderr)
-    return message
-
-
-def model_source(value: str, option: str) -> str | Path:
-    """Where `--model` or `--lora` (`option`) points: a local path, or a Hugging Face Hub id.
-
-    The rule: a value that exists on disk is that path (``~`` expanded). Otherwise it is a hub
-    id only if it has a hub id's form, ``name`` or ``org/name`` (letters, digits, ``-``, ``_``
-    and ``.``, each part starting with a letter or digit) and is not a weights file name
-    (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``). Anything else (starting
-    with ``.``, ``/`` or ``~``, more than one ``/``, a backslash) is a local path that does not
-    exist.
-
-    Raises:
-        UsageError: a local path that does not exist ("no such file or folder"), or that no file
-            system could take (a NUL byte, a name over 255 bytes).
-    """
-    path = nameable_path(value, option)
-    if path.exists():
-        return path
-    if _HUB_ID.fullmatch(value) and not value.lower().endswith(_WEIGHT_FILE_SUFFIXES):
-        return value
-    raise UsageError(f"{option} {value}: no such file or folder (a hub id is `name` or `org/name`)")
-
-
 def check_output(output: str | Path, force: bool) -> Path:
     """Check that the PNG `output` can be written, before any work: it ends in ``.png``, is not
     a folder, does not exist unless `force`, and its folder takes a new file
@@ -174,40 +115,6 @@ def check_output(output: str | Path, force: bool) -> Path:
     if output.suffix.lower() != ".png":
         raise UsageError(f"-o/--output must end in .png, got {output}")
     return check_new_file(output, "-o/--output", force, kind=".png file")
-
-
-def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
-    """A `CLIPConditionedPipeline` from a saved one (text to image, img2img or inpainting), or
-    wrapping a diffusers SD or SDXL pipeline. `torch_dtype` casts the weights as they load (None
-    keeps the stored dtype; the bundled model is stored in float16 to keep the package small).
-
-    Raises:
-        ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt), or a
-            damaged file (`saved_folder_checks`, before any component loads, a diffusers
-            pipeline's folder too; `component_configs`, for a config.json's value, after).
-    """
-    from diffusers import DiffusionPipeline
-
-    import clipcond.pipelines
-    from clipcond.pipelines import CLIPConditionedPipeline, component_configs  # with its tokenizer's module
-    from clipcond.pipelines.saved_folder_checks import check_pipeline_folder, saved_class_name
-
-    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    saved_as = saved_class_name(model)
-    if saved_as == CLIPConditionedPipeline.__name__:
-        return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
-    if saved_as in SAVED_PIPELINE_CLASSES:  # a saved img2img or inpainting pipeline: text to image on its components
-        return CLIPConditionedPipeline.from_pipe(getattr(clipcond.pipelines, saved_as).from_pretrained(model, **kwargs))
-    if Path(model).is_dir():  # a diffusers pipeline's folder: checked first, as a saved one is
-        check_pipeline_folder(model)
-    with component_configs.naming_the_config(model):
-        pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
-    if getattr(pipe, "unet", None) is None:
-        raise ValueError(
-            f"it holds a {type(pipe).__name__}, which has no UNet: clipcond runs a saved CLIPConditionedPipeline, "
-            "or a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline"
-        )
-    return CLIPConditionedPipeline.from_pipe(pipe)
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | Path | None]:

@@ -2,12 +2,14 @@
 
 `clipcond train-diffusion` writes it for runs on the shapes stream, whose caption vocabulary is
 known exactly (`clipcond.shapes.captions.caption_vocabulary`); the bundled model has one.
-`clipcond generate` reads it to warn about prompt words the model never saw.
+`clipcond generate` reads it to warn about prompt words the model never saw
+(`warn_about_vocabulary`).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,3 +46,24 @@ def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:
     text = " ".join(fragment.text for fragment in parse_prompt(prompt) if not fragment.is_break)
     words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
     return [word for word in words if word not in vocabulary]
+
+
+def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
+    """The warning for a prompt the model at `model` never read in training (None when it has
+    no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too."""
+    path = Path(model) / VOCABULARY_FILE
+    vocabulary = read_vocabulary(model)
+    if vocabulary is None:
+        return None
+    if not prompt.strip():
+        message = "the prompt is empty: the model draws an unconditional sample"
+    else:
+        unknown = unknown_words(prompt, vocabulary)
+        if not unknown:
+            return None
+        message = (
+            f"the model never read {', '.join(repr(word) for word in unknown)} in training, so it will draw what it "
+            f"knows instead; its words are listed in {path}"
+        )
+    print(f"warning: {message}", file=sys.stderr)
+    return message

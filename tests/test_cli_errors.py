@@ -52,7 +52,7 @@ def test_generate_refuses_missing_local_paths_before_loading_anything(tmp_path, 
 
 def test_the_hub_id_rule(tmp_path, monkeypatch) -> None:
     """`name` and `org/name` are hub ids unless they exist on disk; other forms are local paths."""
-    from clipcond.pipelines.generate import model_source
+    from clipcond.pipelines.saved_pipelines import model_source
 
     assert model_source("org/name", "--model") == "org/name"
     assert model_source("stable-diffusion-v1-5", "--model") == "stable-diffusion-v1-5"
@@ -118,7 +118,7 @@ def test_generate_takes_every_seed_torch_takes_for_each_image_and_no_other(tmp_p
 def test_generate_answers_a_damaged_model_folder_or_a_seed_torch_cannot_take_in_one_line(tmp_path, capsys) -> None:
     import shutil
 
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
     png = str(tmp_path / "a.png")
     for seed in ("18446744073709551616", "18446744073709551615"):  # 2**64, and 2**64 - 1 with --n 2

@@ -18,7 +18,7 @@ from tiny_pipelines import build_sd, clip_text_model
 from clipcond import CLIPConditionedPipeline
 from clipcond.cli import main as cli_main
 from clipcond.pipelines.component_configs import config_that_cannot_build
-from clipcond.pipelines.generate import load_pipeline
+from clipcond.pipelines.saved_pipelines import load_pipeline
 from clipcond.tokenization import clip_tokenizer
 from clipcond.training.loop import RunSetupError
 

@@ -17,8 +17,8 @@ import diffusers
 import diffusers.pipelines.pipeline_utils as pipeline_utils
 import pytest
 
-from clipcond.pipelines.generate import load_pipeline
 from clipcond.pipelines.saved_folder_checks import index_components, saved_class_name
+from clipcond.pipelines.saved_pipelines import load_pipeline
 
 
 @pytest.fixture

@@ -453,7 +453,7 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
     its own conditioner, and the weights of the run with the live encoder. The runs read their
     captions as a pipeline reads prompts (`caption_syntax`, `caption_window_split: word`), which
     is what `--pipeline` encodes with."""
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
     from clipcond.training.data import CaptionSource, DataConfig
     from clipcond.training.data.embedding_shards import EmbeddingIdentity
 
@@ -499,7 +499,7 @@ def test_pipelines_clipcond_saved_encode_what_a_run_on_them_reads(tiny_clip_text
 def test_a_folder_that_is_no_pipeline_is_a_one_line_error_naming_the_option(tmp_path: Path, capsys) -> None:
     import shutil
 
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
     def copy(name: str) -> Path:
         return Path(shutil.copytree(BUNDLED_MODEL, tmp_path / name))
@@ -564,7 +564,7 @@ def test_a_saved_img2img_or_inpainting_pipeline_encodes_as_its_text_to_image_for
     from safetensors.torch import load_file
 
     from clipcond.pipelines import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import SAVED_PIPELINE_CLASSES
+    from clipcond.pipelines.saved_pipelines import SAVED_PIPELINE_CLASSES
 
     sd = tiny_pipelines.build_sd()
     shards = {}

@@ -242,7 +242,7 @@ def test_a_diffusers_folder_stored_in_float16_loads_in_the_dtype_asked_for(tmp_p
     import torch
     from tiny_pipelines import build_sd
 
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.saved_pipelines import load_pipeline
 
     folder = tmp_path / "sd-fp16"
     build_sd().to(torch.float16).save_pretrained(folder)

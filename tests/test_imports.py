@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from clipcond.cli import SUBCOMMANDS
-from clipcond.pipelines.generate import BUNDLED_MODEL
+from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
 HEAVY = ("torch", "transformers", "diffusers", "accelerate")
 

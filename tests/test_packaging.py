@@ -21,7 +21,7 @@ for module in (clipcond, clipcond.pipelines, clipcond.training, clipcond.models,
     assert module.__file__.startswith(site), (module.__name__, module.__file__)
 from clipcond import clip_tokenizer
 assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
-from clipcond.pipelines.generate import BUNDLED_MODEL
+from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 assert str(BUNDLED_MODEL).startswith(site) and (BUNDLED_MODEL / "model_index.json").is_file(), BUNDLED_MODEL
 print("ok")
 """

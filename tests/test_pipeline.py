@@ -775,7 +775,7 @@ def test_generate_uses_the_bundled_model_by_default(tmp_path, monkeypatch) -> No
     from PIL import Image
 
     from clipcond.cli import main
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert (
@@ -808,7 +808,7 @@ def test_the_bundled_model_draws_what_it_is_asked() -> None:
     """A quality floor for the shipped weights (benchmarks/shapes_model_judge.py measures them in
     full): single objects by colour and shape, two objects with both bindings, and two objects
     placed as the prompt says."""
-    from clipcond.pipelines.generate import BUNDLED_MODEL, load_pipeline
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline
     from clipcond.shapes import score_image
     from clipcond.shapes.prompt_suite import scene_from_spec
 
@@ -846,7 +846,7 @@ def test_the_bundled_model_draws_what_it_is_asked() -> None:
 def test_generate_loads_an_sdxl_pipeline(sdxl_pipe, tmp_path) -> None:
     """An SDXL folder (two CLIPs, the second with projection) loads as an SDXL-recipe pipeline
     over the same components, which draws SDXL's image (tests/test_sdxl_pipeline.py)."""
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.saved_pipelines import load_pipeline
 
     sdxl_pipe.save_pretrained(tmp_path / "sdxl")
     pipe = load_pipeline(tmp_path / "sdxl")
@@ -858,8 +858,8 @@ def test_generate_warns_about_words_the_bundled_model_never_read(tmp_path, capsy
     """ "a cat" or "" on the bundled shapes model still draws shapes: generate says so before
     sampling, naming the unknown words; a prompt in its vocabulary gets no warning."""
     from clipcond.cli import main
-    from clipcond.pipelines.generate import BUNDLED_MODEL, warn_about_vocabulary
-    from clipcond.pipelines.vocabulary import unknown_words
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
+    from clipcond.pipelines.vocabulary import unknown_words, warn_about_vocabulary
 
     assert warn_about_vocabulary("a (red:1.2) circle to the left of a blue square BREAK", BUNDLED_MODEL) is None
     assert unknown_words("a Cat and a red DOG, cat", frozenset({"a", "and", "red"})) == ["cat", "dog"]

@@ -536,7 +536,7 @@ def test_the_bundled_model_lists_the_words_it_was_trained_on() -> None:
     (configs/diffusion/shapes-tiny*.yaml: at most two objects)."""
     import yaml
 
-    from clipcond.pipelines.generate import BUNDLED_MODEL
+    from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
     from clipcond.pipelines.vocabulary import VOCABULARY_FILE
     from clipcond.shapes.captions import caption_vocabulary
 

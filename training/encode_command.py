@@ -371,8 +371,8 @@ def _pipeline_conditioner(folder: str, loading: tuple[type[BaseException], ...])
 
     from clipcond.conditioning import TextConditioner
     from clipcond.pipelines import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import SAVED_PIPELINE_CLASSES, load_pipeline
     from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
+    from clipcond.pipelines.saved_pipelines import SAVED_PIPELINE_CLASSES, load_pipeline
 
     context, index = f"--pipeline {folder}: ", Path(folder) / "model_index.json"
     loading = (*loading, RuntimeError)  # transformers' error for some damaged components (a config.json missing)

@@ -189,7 +189,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     )
 
 
-# What `CLIPConditionedPipeline.from_pipe` can wrap (`clipcond.pipelines.generate.load_pipeline`):
+# What `CLIPConditionedPipeline.from_pipe` can wrap (`clipcond.pipelines.saved_pipelines.load_pipeline`):
 # a UNet, a first CLIP text encoder and, for SDXL, a second CLIP with its projection.
 _UNET = "UNet2DConditionModel"
 _CLIP_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")

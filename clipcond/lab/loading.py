@@ -141,7 +141,7 @@ def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     # clipcond's tokenizer names `clipcond.tokenization` (a native folder too)
     import clipcond.tokenization  # noqa: F401
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
-    from clipcond.pipelines.generate import load_pipeline
+    from clipcond.pipelines.saved_pipelines import load_pipeline
 
     dtype = torch.float32 if torch.device(device).type == "cpu" else None
     with loading(f"setup {setup.name}: pipeline", setup.pipeline):
