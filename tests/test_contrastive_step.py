@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,8 @@ def _loss(scale):
     return loss_fn
 
 
-def _towers():
+def _towers(sizes=(4, 4, 4)):
+    """Two toy towers, the temperature, and 12 rows cut in micro-batches of `sizes` rows."""
     torch.manual_seed(0)
     image_tower, text_tower = nn.Linear(6, 4), nn.Embedding(20, 4)
     scale = nn.Parameter(torch.tensor(2.0))
@@ -33,12 +36,14 @@ def _towers():
     def encode(batch):
         return image_tower(batch["pixels"]), text_tower(batch["tokens"])
 
-    micro = [{"pixels": pixels[i : i + 4], "tokens": tokens[i : i + 4]} for i in range(0, 12, 4)]
+    starts = [sum(sizes[:index]) for index in range(len(sizes) + 1)]
+    micro = [{"pixels": pixels[a:b], "tokens": tokens[a:b]} for a, b in zip(starts, starts[1:])]
     return encode, [*image_tower.parameters(), *text_tower.parameters(), scale], scale, micro
 
 
-def test_accumulated_gradients_equal_the_full_batch():
-    encode, parameters, scale, micro = _towers()
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (6, 6), (5, 5, 2), (1, 11)], ids=["3x4", "2x6", "5-5-2", "1-11"])
+def test_accumulated_gradients_equal_the_full_batch(sizes):
+    encode, parameters, scale, micro = _towers(sizes)
     whole = {key: torch.cat([m[key] for m in micro]) for key in micro[0]}
     loss_fn = _loss(scale)
     full = contrastive_backward(encode, loss_fn, [whole], loss_parameters=[scale])
@@ -76,6 +81,41 @@ def test_every_gradient_arrives_in_the_last_synchronised_backward():
     assert len(arrived) == len(micro)
     assert all(arrived[-1])  # every parameter, the temperature included
     assert [calls[-1] for calls in arrived[:-1]] == [False, False]  # the temperature once, in the last
+
+
+def test_every_re_encoding_but_the_last_runs_without_gradient_sync():
+    """`no_sync` (accelerate's, which holds DDP's all-reduce back) wraps the backward of each
+    re-encoding but the last, so the gradients are averaged across processes once, whole."""
+    encode, parameters, scale, micro = _towers((3, 3, 3, 3))
+    syncing = [True]
+    synced = []  # per backward call: whether gradient sync was on
+
+    @contextmanager
+    def no_sync():
+        syncing[0] = False
+        try:
+            yield
+        finally:
+            syncing[0] = True
+
+    def backward(surrogate):
+        synced.append(syncing[0])
+        surrogate.backward()
+
+    contrastive_backward(encode, _loss(scale), micro, loss_parameters=[scale], no_sync=no_sync, backward=backward)
+    assert synced == [False, False, False, True]
+
+
+@pytest.mark.parametrize("sizes", [(12,), (4, 4, 4)], ids=["whole", "3x4"])
+def test_a_listed_parameter_the_loss_never_reads_keeps_no_gradient(sizes):
+    """A parameter in `loss_parameters` that the loss does not read (a bias the loss leaves
+    out) gets no gradient with or without micro-batches, as after one backward of the whole
+    batch: a zero gradient would let AdamW decay it and move it by its momentum."""
+    encode, parameters, scale, micro = _towers(sizes)
+    unread = nn.Parameter(torch.tensor(-1.0))
+    contrastive_backward(encode, _loss(scale), micro, loss_parameters=[scale, unread])
+    assert unread.grad is None
+    assert scale.grad is not None and scale.grad.item() != 0
 
 
 def test_micro_batches_update_batch_norm_statistics_once_each():
@@ -144,3 +184,31 @@ def test_dropout_draws_the_same_masks_in_both_encodings_of_a_micro_batch():
     for a, b in zip([p.grad for p in parameters], expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(torch.get_rng_state(), state_after)
+
+
+class _CudaTensor:
+    """Stands for a tensor on CUDA device `index` (this CPU build has no CUDA)."""
+
+    is_cuda = True
+
+    def __init__(self, index):
+        self.device = torch.device("cuda", index)
+
+
+def test_random_state_keeps_each_cuda_device_generator_apart(monkeypatch):
+    """`RandomState` records the generator of every CUDA device its tensors are on, once each,
+    and puts each state back on its own device (torch.cuda's get/set_rng_state, faked here)."""
+    from clipcond.training.clip.contrastive_step import RandomState
+
+    generators = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: generators[device].clone())
+
+    def set_rng_state(state, device):
+        generators[device] = state
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    recorded = RandomState([_CudaTensor(1), torch.zeros(2), _CudaTensor(0), _CudaTensor(1)])
+    assert recorded.cuda_devices == [0, 1]
+    generators[0], generators[1] = torch.tensor([7], dtype=torch.uint8), torch.tensor([9], dtype=torch.uint8)
+    recorded.restore()
+    assert generators[0].tolist() == [0] and generators[1].tolist() == [1]

@@ -60,7 +60,8 @@ def contrastive_backward(
         micro_batches: the batch split in pieces that fit in memory.
         loss_parameters: every parameter `loss_fn` reads besides the features (the
             temperature, SigLIP's bias); with several micro-batches only these and the towers'
-            parameters receive gradients (one that does not require grad is skipped).
+            parameters receive gradients (one that does not require grad is skipped; one the loss
+            does not read keeps `.grad` None, as after a plain backward of the whole batch).
         no_sync: context manager factory that suspends DDP gradient sync (accelerate's
             `accelerator.no_sync(model)`), used for all but the last re-encoding.
         backward: how to backpropagate a scalar (`accelerator.backward`, which scales fp16
@@ -102,8 +103,8 @@ def contrastive_backward(
             surrogate = (batch_images * image_grads[index]).sum() + (batch_texts * text_grads[index]).sum()
             if index == last:  # in the synchronised backward, so DDP averages them with the towers'
                 for parameter, grad in zip(parameters, parameter_grads):
-                    grad = torch.zeros_like(parameter) if grad is None else grad
-                    surrogate = surrogate + (parameter * grad).sum()
+                    if grad is not None:  # one the loss never read keeps no gradient, as in one backward
+                        surrogate = surrogate + (parameter * grad).sum()
             backward(surrogate)
     after_encoding.restore()
     return loss.detach()
