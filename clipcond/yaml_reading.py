@@ -35,19 +35,19 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
-            raise _Refused(
-                "an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds itself; "
-                "clipcond reads no value without end"
-            )
-        anchor = None if isinstance(event, yaml.AliasEvent) else event.anchor
-        if anchor is None:
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise _Refused(
+                    "an alias (`*name`) stands inside the value its anchor (`&name`) names, so that value holds "
+                    "itself; clipcond reads no value without end"
+                )
             return super().compose_node(parent, index)
-        self._open_anchors.add(anchor)
+        # a node without an anchor adds None, which no alias names
+        self._open_anchors.add(event.anchor)
         try:
             return super().compose_node(parent, index)
         finally:
-            self._open_anchors.discard(anchor)
+            self._open_anchors.discard(event.anchor)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
