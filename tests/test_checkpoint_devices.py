@@ -190,3 +190,63 @@ def test_damaged_process_states_are_refused_before_anything_is_loaded(tmp_path, 
     with pytest.raises(CheckpointDamaged, match=named):
         load_checkpoint(folder, {"model": fresh}, process_index=1)
     assert torch.equal(fresh.weight, before)
+
+
+def test_the_refusals_of_a_state_name_the_kind_each_generator_takes():
+    from clipcond.training.rng_state import tensors_problem
+
+    cpu = torch.get_rng_state()
+    assert tensors_problem({"torch_cpu": torch.zeros(3, dtype=torch.uint8)}) == (
+        "torch_cpu is a torch.uint8 tensor of shape [3], not a generator state"
+    )
+    assert tensors_problem({"torch_cpu": cpu, "torch_cuda_0": torch.zeros(5, dtype=torch.uint8)}) == (
+        "torch_cuda_0 is a torch.uint8 tensor of shape [5], not a CUDA generator state (16 bytes, uint8)"
+    )
+    # torch's CUDA generator state: a seed and an offset (16 bytes), or a seed alone (8)
+    for size in (8, 16):
+        assert tensors_problem({"torch_cpu": cpu, "torch_cuda_0": torch.zeros(size, dtype=torch.uint8)}) is None
+    assert "not a CUDA generator state" in tensors_problem(
+        {"torch_cpu": cpu, "torch_cuda_0": torch.zeros(9, dtype=torch.uint8)}
+    )
+
+
+def test_the_device_count_warning_whole(tmp_path, monkeypatch):
+    """The warning names both counts, how many states were restored, and what to do."""
+    cuda = FakeCuda(monkeypatch, devices=2)
+    save_checkpoint(tmp_path, 1, {"model": linear(0)})
+    cuda.devices = 1
+    with pytest.warns(UserWarning) as record:
+        load_newest_intact(tmp_path, {"model": linear(1)})
+    [warning] = [w for w in record if "CUDA" in str(w.message)]
+    assert str(warning.message) == (
+        "the checkpoint holds CUDA generator states for 2 device(s) and this process sees 1: 1 restored, so random "
+        "draws on CUDA differ from an uninterrupted run's (resume with the same visible GPUs for that)"
+    )
+
+
+def test_a_process_index_on_a_checkpoint_without_per_process_states_restores_the_main_ones(tmp_path):
+    """A checkpoint written by one process (no `process_<rank>` states) resumed with a process
+    index: the main process's generators come back, nothing is looked up per rank."""
+    model, fresh = linear(0), linear(1)
+    torch.set_rng_state(cpu_state_after(4))
+    folder = save_checkpoint(tmp_path, 1, {"model": model})
+    torch.manual_seed(123)
+    load_checkpoint(folder, {"model": fresh}, process_index=1, device=torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), cpu_state_after(4))
+
+
+@pytest.mark.parametrize(
+    ("own_cuda", "device"),
+    [(False, torch.device("cuda", 0)), (True, None), (True, torch.device("cpu"))],
+    ids=["no-own-cuda-state", "no-device", "a-cpu-device"],
+)
+def test_a_rank_sets_its_own_cuda_state_only_with_one_and_a_cuda_device(tmp_path, monkeypatch, own_cuda, device):
+    cuda = FakeCuda(monkeypatch, devices=1)
+    ranks = [{"torch_cpu": cpu_state_after(1)}, {"torch_cpu": cpu_state_after(2)}]
+    if own_cuda:
+        for rank, states in enumerate(ranks):
+            states["torch_cuda"] = cuda_state(100 + rank)
+    folder = save_checkpoint(tmp_path, 1, {"model": linear(0)}, process_rng=ranks)
+    load_checkpoint(folder, {"model": linear(1)}, process_index=0, device=device)
+    assert torch.equal(torch.get_rng_state(), cpu_state_after(1))
+    assert cuda.set_on == {}
