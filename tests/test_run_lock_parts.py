@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 
@@ -106,3 +107,48 @@ def test_a_lock_file_replaced_after_its_holder_released_is_left_to_its_new_owner
     lock.path.write_text(json.dumps({"pid": 5, "host": HERE, "started": "?"}))
     lock.release()
     assert json.loads(lock.path.read_text())["pid"] == 5
+
+
+def test_a_holder_that_is_another_users_process_lives(monkeypatch):
+    def kill_refused(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill_refused)
+    assert LockHolder(12345, HERE, "?").is_alive_here()
+
+
+def test_a_lock_file_is_readable_by_all_and_writable_by_its_owner(tmp_path):
+    previous_umask = os.umask(0)
+    try:
+        with RunFolderLock(tmp_path) as lock:
+            assert stat.S_IMODE(lock.path.stat().st_mode) == 0o644
+    finally:
+        os.umask(previous_umask)
+
+
+def test_a_release_after_the_lock_file_was_deleted_deletes_nothing(tmp_path):
+    lock = RunFolderLock(tmp_path)
+    lock.acquire()
+    lock.path.unlink()
+    lock.release()  # no FileNotFoundError
+    assert not lock.held and not lock.path.exists()
+    with RunFolderLock(tmp_path) as again:  # and its flock was let go
+        assert again.held
+
+
+def test_a_lock_file_that_keeps_being_replaced_is_given_up_after_100_tries(tmp_path, monkeypatch):
+    checks = []
+
+    def never_current(self, fd):
+        checks.append(fd)
+        return False
+
+    monkeypatch.setattr(RunFolderLock, "_is_current_file", never_current)
+    lock = RunFolderLock(tmp_path)
+    with pytest.raises(RunFolderInUse) as refused:
+        lock.acquire()
+    assert str(refused.value) == f"{tmp_path}: could not take {tmp_path / LOCK_FILE} (it keeps being replaced)"
+    assert len(checks) == 100 and not lock.held
+    for fd in set(checks):  # every descriptor opened was closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
