@@ -58,33 +58,39 @@ def model_source(value: str, option: str) -> str | Path:
 
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None) -> Any:
     """A `CLIPConditionedPipeline` from a saved one (text to image, img2img or inpainting), or
-    wrapping a diffusers SD or SDXL pipeline. `torch_dtype` casts the weights as they load (None
-    keeps the stored dtype; the bundled model is stored in float16 to keep the package small).
+    wrapping a diffusers SD or SDXL pipeline, every model in `torch_dtype` (None: float32).
+
+    One dtype for all, whatever the folder stores (the bundled model is stored in float16 to
+    keep the package small): without one, diffusers loads its models in float32 but
+    transformers keeps an encoder's stored dtype, and `from_pipe`, which turns an img2img,
+    inpainting or diffusers pipeline into this one, casts to float32 unless told otherwise.
 
     Raises:
         ValueError: the folder holds a pipeline without a UNet (SD3, Flux, PixArt), or a
             damaged file (`saved_folder_checks`, before any component loads, a diffusers
             pipeline's folder too; `component_configs`, for a config.json's value, after).
     """
+    import torch
     from diffusers import DiffusionPipeline
 
     import clipcond.pipelines
     from clipcond.pipelines import CLIPConditionedPipeline, component_configs  # with its tokenizer's module
     from clipcond.pipelines.saved_folder_checks import check_pipeline_folder, saved_class_name
 
-    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    dtype = torch.float32 if torch_dtype is None else torch_dtype
     saved_as = saved_class_name(model)
     if saved_as == CLIPConditionedPipeline.__name__:
-        return CLIPConditionedPipeline.from_pretrained(model, **kwargs)
+        return CLIPConditionedPipeline.from_pretrained(model, dtype=dtype)
     if saved_as in SAVED_PIPELINE_CLASSES:  # a saved img2img or inpainting pipeline: text to image on its components
-        return CLIPConditionedPipeline.from_pipe(getattr(clipcond.pipelines, saved_as).from_pretrained(model, **kwargs))
+        saved = getattr(clipcond.pipelines, saved_as).from_pretrained(model, dtype=dtype)
+        return CLIPConditionedPipeline.from_pipe(saved, dtype=dtype)
     if Path(model).is_dir():  # a diffusers pipeline's folder: checked first, as a saved one is
         check_pipeline_folder(model)
     with component_configs.naming_the_config(model):
-        pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(
             f"it holds a {type(pipe).__name__}, which has no UNet: clipcond runs a saved CLIPConditionedPipeline, "
             "or a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline"
         )
-    return CLIPConditionedPipeline.from_pipe(pipe)
+    return CLIPConditionedPipeline.from_pipe(pipe, dtype=dtype)
