@@ -90,6 +90,8 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
         - given neither `tokenizer` nor `text_encoder`, it unloads from every CLIP of the
           pipeline (`tokenizer` / `text_encoder` and `tokenizer_2` / `text_encoder_2` where it
           has them), since one `load_textual_inversion` call loads an SDXL pair into both.
+          Given one of them, the other is the pipeline's first (`tokenizer` / `text_encoder`),
+          as in diffusers.
 
         `tokens` None: every token added to a tokenizer, as in diffusers. Named tokens are
         unloaded from the CLIPs that hold them (diffusers' unloader, run on a CLIP without them,
@@ -100,7 +102,8 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
                 None, before anything is unloaded. diffusers read an empty list or dict as
                 None and unloaded every token, and failed on other kinds with Python's own
                 message.
-            ValueError: no CLIP holds any of the named tokens.
+            ValueError: no CLIP holds any of the named tokens; one of `tokenizer` and
+                `text_encoder` given, and the pipeline has no first CLIP to take the other from.
         """
         if tokens is not None and not isinstance(tokens, str):
             if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
@@ -109,6 +112,14 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
                     f"{tokens!r:.80}"
                 )
         if tokenizer is not None or text_encoder is not None:
+            tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+            text_encoder = text_encoder if text_encoder is not None else getattr(self, "text_encoder", None)
+            if tokenizer is None or text_encoder is None:
+                missing = "tokenizer" if tokenizer is None else "text_encoder"
+                raise ValueError(
+                    f"`{missing}` is needed beside the `{'text_encoder' if tokenizer is None else 'tokenizer'}` given: "
+                    f"this pipeline has no `{missing}` to take it from"
+                )
             pairs = [(tokenizer, text_encoder)]
         else:
             names = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
@@ -151,10 +162,8 @@ def _check_arguments(source: Any, token: Any) -> None:
         )
 
 
-def _with_vectors(tokens: str | list[str] | None, tokenizer: Any) -> list[str] | None:
-    """`tokens` with the vector names of each multi-vector token among them (None stays None)."""
-    if tokens is None or tokenizer is None:
-        return tokens
+def _with_vectors(tokens: str | list[str], tokenizer: Any) -> list[str]:
+    """`tokens` with the vector names of each multi-vector token among them."""
     multi_vector = multi_vector_tokens(tokenizer)
     names = [tokens] if isinstance(tokens, str) else list(tokens)
     return [vector for name in names for vector in multi_vector.get(name, [name])]
