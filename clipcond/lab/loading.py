@@ -125,12 +125,44 @@ def _check_components(folder: Path, index: Any) -> None:
             raise OSError(f"{name}/ holds a config but no weights file ({', '.join(WEIGHTS_SUFFIXES)})")
 
 
-def setup_pipeline(setup: SetupConfig, device: str) -> Any:
-    """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own).
+# a safetensors header's dtype names, for the dtypes a pipeline is stored in
+_STORED_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
-    On a CPU the weights load in float32 whatever their stored dtype (a float16 pipeline such
-    as the bundled model would otherwise run in half precision, which CPUs do slowly or not
-    at all); elsewhere they keep the stored dtype.
+
+def load_dtype(pipeline: str | Path, device: str) -> torch.dtype:
+    """The dtype every model of the pipeline folder `pipeline` loads in on `device`.
+
+    On a CPU, float32 whatever is stored (a float16 pipeline such as the bundled model would
+    otherwise run in half precision, which CPUs do slowly or not at all). Elsewhere the dtype
+    its UNet is stored in: that of the first tensor of ``unet/diffusion_pytorch_model*.safetensors``
+    (the first shard; a ``.fp16`` variant file is not what diffusers loads by default), read
+    from the header alone; float32 where none can be read (``.bin`` weights, no UNet folder).
+    Without a dtype, diffusers would load the UNet in float32 beside a text encoder in its
+    stored dtype.
+    """
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    from safetensors import safe_open
+
+    files = sorted(
+        path
+        for path in (Path(pipeline) / "unet").glob("diffusion_pytorch_model*.safetensors")
+        if path.name.count(".") == 1
+    )
+    if not files:
+        return torch.float32
+    try:
+        with safe_open(str(files[0]), framework="pt") as opened:
+            key = next(iter(opened.keys()), None)
+            stored = opened.get_slice(key).get_dtype() if key is not None else None
+    except Exception:  # noqa: BLE001 - a damaged file: `check_loadable` names it; load as float32
+        return torch.float32
+    return _STORED_DTYPES.get(stored, torch.float32)
+
+
+def setup_pipeline(setup: SetupConfig, device: str) -> Any:
+    """Load a setup's pipeline on `device`, progress bar off (the experiment draws its own),
+    every model in `load_dtype(setup.pipeline, device)`.
 
     Raises:
         ModelLoadFailed: the folder cannot be loaded.
@@ -143,11 +175,11 @@ def setup_pipeline(setup: SetupConfig, device: str) -> Any:
     from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
     from clipcond.pipelines.saved_pipelines import load_pipeline
 
-    dtype = torch.float32 if torch.device(device).type == "cpu" else None
     with loading(f"setup {setup.name}: pipeline", setup.pipeline):
+        dtype = load_dtype(setup.pipeline, device)
         index = json.loads((Path(setup.pipeline) / "model_index.json").read_text(encoding="utf-8"))
         if setup.native and index.get("_class_name") != CLIPConditionedPipeline.__name__:
-            pipe = DiffusionPipeline.from_pretrained(setup.pipeline, **({} if dtype is None else {"dtype": dtype}))
+            pipe = DiffusionPipeline.from_pretrained(setup.pipeline, dtype=dtype)
         else:
             pipe = load_pipeline(setup.pipeline, torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -158,6 +190,7 @@ __all__ = [
     "WEIGHTS_SUFFIXES",
     "ModelLoadFailed",
     "check_loadable",
+    "load_dtype",
     "loading",
     "setup_pipeline",
 ]
