@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from tiny_pipelines import WIDTH, build_sd, build_sdxl
 
 from clipcond import CLIPConditionedPipeline
+from clipcond.tokenization import clip_tokenizer
 
 
 def _pipeline(sdxl: bool = True) -> CLIPConditionedPipeline:
@@ -70,12 +71,16 @@ def _error(call) -> tuple[type, str]:
     return type(raised.value), str(raised.value)
 
 
-@pytest.mark.parametrize("where", ["empty_folder", "missing_file"])
+@pytest.mark.parametrize("where", ["empty_folder", "missing_file", "nested_lists"])
 def test_what_is_not_a_pair_fails_in_diffusers_loader_as_in_diffusers(where, tmp_path) -> None:
+    """Nothing to read, or a `.pt` file that holds no dict (lists of lists, which no set takes)."""
     source = tmp_path / "folder"
     source.mkdir()
     if where == "missing_file":
         source = source / "missing.safetensors"
+    elif where == "nested_lists":
+        source = source / "lists.pt"
+        torch.save([[1.0, 2.0]], source)
     ours = _error(lambda: _pipeline().load_textual_inversion(source, token="<x>"))
     sdxl = build_sdxl()
     theirs = _error(
@@ -145,11 +150,43 @@ def test_unloading_from_the_clip_given_takes_the_other_half_from_the_pipeline(gi
     assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows - 2
 
 
-def test_unloading_with_half_a_clip_from_a_pipeline_without_a_first_one_is_refused_whole() -> None:
+def test_unloading_from_the_second_clip_given_leaves_the_first() -> None:
+    pipe = _pipeline()
+    first_rows = pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    second = dict(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2)
+    pipe.load_textual_inversion(torch.randn(2, WIDTH), token="<a>", **second)
+    second_rows = pipe.text_encoder_2.get_input_embeddings().weight.shape[0]
+    pipe.unload_textual_inversion("<a>", **second)
+    assert "<a>" not in pipe.tokenizer_2.get_vocab()
+    assert pipe.text_encoder_2.get_input_embeddings().weight.shape[0] == second_rows - 2
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == first_rows
+
+
+@pytest.mark.parametrize("given", ["text_encoder", "tokenizer"])
+def test_unloading_with_half_a_clip_from_a_pipeline_without_a_first_one_is_refused_whole(given) -> None:
     sdxl = build_sdxl()
     refiner_like = CLIPConditionedPipeline.from_pipe(sdxl, text_encoder=None, tokenizer=None)
+    half = {"text_encoder": sdxl.text_encoder_2, "tokenizer": sdxl.tokenizer_2}[given]
+    missing = "tokenizer" if given == "text_encoder" else "text_encoder"
     with pytest.raises(ValueError) as raised:
-        refiner_like.unload_textual_inversion("<a>", text_encoder=sdxl.text_encoder_2)
+        refiner_like.unload_textual_inversion("<a>", **{given: half})
     assert str(raised.value) == (
-        "`tokenizer` is needed beside the `text_encoder` given: this pipeline has no `tokenizer` to take it from"
+        f"`{missing}` is needed beside the `{given}` given: this pipeline has no `{missing}` to take it from"
     )
+
+
+def test_unloading_everything_skips_a_tokenizer_without_its_encoder() -> None:
+    """A pipeline holding a second tokenizer but no second encoder: every token goes from the
+    first CLIP, and the lone tokenizer is not paired with the first encoder."""
+    sd = build_sd()
+    pipe = CLIPConditionedPipeline(
+        **{name: sd.components[name] for name in ("unet", "scheduler", "vae", "text_encoder", "tokenizer")},
+        text_encoder_2=None,
+        tokenizer_2=clip_tokenizer(),
+    )
+    rows = pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    pipe.tokenizer_2.add_tokens(["<only-here>"])
+    pipe.load_textual_inversion(torch.randn(2, WIDTH), token="<a>")
+    pipe.unload_textual_inversion()
+    assert "<a>" not in pipe.tokenizer.get_vocab() and "<only-here>" in pipe.tokenizer_2.get_vocab()
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows
