@@ -133,3 +133,16 @@ def test_a_damaged_encoder_folder_with_the_builtin_tokenizer_is_refused_naming_t
     assert str(raised.value).startswith(
         f"the clip encoder at {str(folder)!r} has damaged files (cut short, or overwritten?): {folder / 'config.json'} "
     )
+
+
+def test_a_clipcond_folders_tokenizer_takes_the_shorter_context_of_it_and_its_encoder(tmp_path) -> None:
+    """A pipeline folder clipcond wrote, its encoder of 40 positions beside a tokenizer saved
+    with CLIP's 77: the tokenizer read back cleans and stops at the encoder's 40."""
+    from tiny_pipelines import build_sd
+
+    from clipcond import CLIPConditionedPipeline
+
+    short = clip_text_model(7, max_position_embeddings=40)
+    CLIPConditionedPipeline.from_pipe(build_sd(), text_encoder=short).save_pretrained(tmp_path / "pipe")
+    _, tokenizer = load_clip_encoder(EncoderSource(path=str(tmp_path / "pipe"), subfolder="text_encoder"))
+    assert isinstance(tokenizer, CLIPTokenizerWithTextCleaning) and tokenizer.model_max_length == 40
