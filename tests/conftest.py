@@ -9,6 +9,16 @@ import os
 import pytest
 import tiny_pipelines
 import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+# diffusers' and transformers' loggers get their stream handler when first asked for one, bound
+# to the sys.stderr of that moment. Asked here, at collection, they write to the session's
+# stderr; first asked inside a test that captures stderr (capsys: a CLI test whose command is
+# the first to import diffusers), they kept writing to that test's closed stream, and every
+# later warning put a "--- Logging error ---" traceback into the stderr of another test.
+diffusers_logging.get_logger("diffusers")
+transformers_logging.get_logger("transformers")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (`pytest -n auto` starts one per core): two torch threads per worker
