@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-from types import SimpleNamespace
 
 import pytest
 import torch
