@@ -110,3 +110,28 @@ def test_train_diffusion_names_the_text_encoder_whose_config_holds_a_wrong_value
         build_conditioner(tiny_config(tower, tmp_path / "run"))
     assert str(refused.value).startswith(f"text_encoder {tower}: Validation error for field 'num_hidden_layers': ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["an_unknown_class", "a_tokenizer_with_a_config_json", "a_model_without_its_config"],
+)
+def test_components_that_name_no_model_or_hold_no_config_are_passed_over(saved_folders, tmp_path, change) -> None:
+    """Only model components with a `config.json` are built: a class the library lacks, a
+    non-model class beside a stray `config.json`, a model without its config (the loader
+    reports those) give None, and the wrong value of a later component is still named."""
+    folder = tmp_path / "sd"
+    shutil.copytree(saved_folders["diffusers"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    if change == "an_unknown_class":
+        index["text_encoder"] = ["transformers", "NoSuchTextModel"]
+    elif change == "a_tokenizer_with_a_config_json":
+        index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+        (folder / "tokenizer" / "config.json").write_text('{"junk": 1}')
+    else:
+        (folder / "text_encoder" / "config.json").unlink()
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert config_that_cannot_build(folder) is None
+    vae_config = folder / "vae" / "config.json"
+    vae_config.write_text(json.dumps({**json.loads(vae_config.read_text()), "latent_channels": "four"}))
+    assert config_that_cannot_build(folder).startswith(f"{vae_config} cannot build its AutoencoderKL ")
