@@ -1,0 +1,57 @@
+"""The words a pipeline's UNet read in training (clipcond.pipelines.vocabulary): the file
+written and read back, a file of another encoding named, the prompt words it lacks, and the
+warning `clipcond generate` prints, each whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipcond.pipelines.vocabulary import (
+    VOCABULARY_FILE,
+    read_vocabulary,
+    unknown_words,
+    warn_about_vocabulary,
+    write_vocabulary,
+)
+
+
+def test_the_words_are_written_sorted_once_each_and_read_back(tmp_path) -> None:
+    path = write_vocabulary(tmp_path, ["red", "circle", "blue", "red"])
+    assert path == tmp_path / VOCABULARY_FILE == tmp_path / "vocabulary.txt"
+    assert path.read_bytes() == b"blue\ncircle\nred\n"
+    assert read_vocabulary(tmp_path) == frozenset({"blue", "circle", "red"})
+    assert read_vocabulary(tmp_path / "elsewhere") is None
+
+
+def test_a_vocabulary_file_that_is_not_utf8_is_refused_naming_it(tmp_path) -> None:
+    (tmp_path / VOCABULARY_FILE).write_bytes(b"red\n\xff\n")
+    with pytest.raises(ValueError) as raised:
+        read_vocabulary(tmp_path)
+    assert str(raised.value) == f"{tmp_path / VOCABULARY_FILE} is not UTF-8 text (invalid start byte at byte 4)"
+
+
+def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
+    vocabulary = frozenset({"a", "red", "circle"})
+    prompt = "(a red:1.2) Circle BREAK Cat, cat and [dogs] 3d_x"
+    assert unknown_words(prompt, vocabulary) == ["cat", "and", "dogs", "d", "x"]
+    assert unknown_words("a RED circle", vocabulary) == []
+
+
+def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
+    write_vocabulary(tmp_path, ["a", "red", "circle"])
+    expected = (
+        "the model never read 'blue', 'square' in training, so it will draw what it knows instead; its words are "
+        f"listed in {tmp_path / VOCABULARY_FILE}"
+    )
+    assert warn_about_vocabulary("a blue square", tmp_path) == expected
+    assert capsys.readouterr().err == f"warning: {expected}\n"
+
+
+def test_an_empty_prompt_is_warned_about_and_a_known_one_is_not(tmp_path, capsys) -> None:
+    write_vocabulary(tmp_path, ["a", "red", "circle"])
+    expected = "the prompt is empty: the model draws an unconditional sample"
+    assert warn_about_vocabulary("  ", tmp_path) == expected
+    assert capsys.readouterr().err == f"warning: {expected}\n"
+    assert warn_about_vocabulary("a red circle", tmp_path) is None
+    assert warn_about_vocabulary("anything at all", tmp_path / "no-vocabulary") is None
+    assert capsys.readouterr().err == ""
