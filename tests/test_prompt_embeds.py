@@ -76,3 +76,31 @@ def test_zeros_like_zeroes_tokens_and_pooled_and_keeps_the_mask() -> None:
     assert torch.equal(zeros.tokens, torch.zeros(3, 2, 4)) and torch.equal(zeros.pooled, torch.zeros(3, 5))
     assert zeros.mask is embeds.mask
     assert _embeds(with_pooled=False).zeros_like().pooled is None
+
+
+def test_a_move_takes_every_tensor_to_the_device() -> None:
+    """The meta device stands in for a second device (no CUDA here)."""
+    moved = _embeds().to("meta")
+    assert {moved.tokens.device.type, moved.pooled.device.type, moved.mask.device.type} == {"meta"}
+    assert moved.mask.dtype == torch.int64 and moved.tokens.dtype == torch.float32
+
+
+@pytest.mark.parametrize("with_parts", [True, False])
+def test_cat_of_one_part_or_several_joins_them_in_order(with_parts) -> None:
+    embeds = _embeds(with_pooled=with_parts, with_mask=with_parts)
+    a, b, c = _rows(embeds)
+    assert _rows(PromptEmbeds.cat([embeds])) == [a, b, c]
+    first, rest = embeds.split(1)
+    assert _rows(PromptEmbeds.cat([rest, first, first])) == [b, c, a, a]
+
+
+def test_cat_refusals_are_whole() -> None:
+    with pytest.raises(ValueError) as raised:
+        PromptEmbeds.cat([])
+    assert str(raised.value) == "`parts` must hold at least one PromptEmbeds, got none"
+    with_mask, without = _embeds(), _embeds(with_mask=False)
+    with pytest.raises(ValueError) as raised:
+        PromptEmbeds.cat([with_mask, without, with_mask])
+    assert (
+        str(raised.value) == "`parts` must be all with or all without `mask`: parts [1] have none, the other 2 have one"
+    )
