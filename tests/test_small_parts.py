@@ -29,8 +29,8 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits(mode) -> None:
 
 
 def test_mode_i_values_outside_16_bits_are_clipped_to_them() -> None:
-    image = Image.fromarray(np.array([[-5, 70000]], dtype=np.int32), mode="I")
-    assert np.asarray(converted(image, "L")).tolist() == [[0, 255]]
+    image = Image.fromarray(np.array([[-5, -1000, 70000]], dtype=np.int32), mode="I")
+    assert np.asarray(converted(image, "L")).tolist() == [[0, 0, 255]]  # -1000 / 257 would wrap to 252
 
 
 def test_other_modes_convert_as_pillow_converts_them() -> None:
