@@ -44,7 +44,7 @@ def test_an_exported_name_is_its_modules_attribute(package) -> None:
 
 def test_an_unknown_name_is_an_attribute_error_as_for_a_plain_module(package) -> None:
     with pytest.raises(AttributeError) as raised:
-        package.loads
+        _ = package.loads
     assert str(raised.value) == "module 'lazypkg' has no attribute 'loads'"
 
 
