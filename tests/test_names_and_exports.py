@@ -1,5 +1,5 @@
-"""The emphasis modes' names and check, and a package's lazily imported public names (PEP 562),
-each on its own with what is expected written out here."""
+"""The names of the emphasis modes and the window-split rules with their checks, and a
+package's lazily imported public names (PEP 562), with what is expected written out here."""
 
 from __future__ import annotations
 
@@ -10,19 +10,30 @@ import pytest
 
 from clipcond.emphasis_modes import DEFAULT_EMPHASIS, EMPHASIS_MODES, MODES_FROM_EMPTY, check_emphasis
 from clipcond.lazy_exports import lazy_exports
+from clipcond.window_splits import DEFAULT_WINDOW_SPLIT, WINDOW_SPLITS, check_window_split
 
 
-def test_the_emphasis_modes_and_their_check() -> None:
-    assert EMPHASIS_MODES == ("multiply", "a1111", "comfy", "compel") and DEFAULT_EMPHASIS == "multiply"
+@pytest.mark.parametrize(
+    ("names", "check", "argument", "expected"),
+    [
+        (EMPHASIS_MODES, check_emphasis, "emphasis", ("multiply", "a1111", "comfy", "compel")),
+        (WINDOW_SPLITS, check_window_split, "window_split", ("word", "a1111", "comfy", "truncate")),
+    ],
+    ids=["emphasis", "window_split"],
+)
+def test_the_names_of_a_choice_and_their_check(names, check, argument, expected) -> None:
+    assert names == expected
+    for name in names:
+        assert check(name) == name
+    for wrong, given in (("A1111", {}), (None, {"argument": "--option"})):
+        with pytest.raises(ValueError) as raised:
+            check(wrong, **given)
+        assert str(raised.value) == f"`{given.get('argument', argument)}` must be one of {expected}, got {wrong!r}"
+
+
+def test_the_defaults_and_the_modes_read_from_the_empty_prompt() -> None:
+    assert (DEFAULT_EMPHASIS, DEFAULT_WINDOW_SPLIT) == ("multiply", "word")
     assert MODES_FROM_EMPTY == ("comfy", "compel")
-    for mode in EMPHASIS_MODES:
-        assert check_emphasis(mode) == mode
-    with pytest.raises(ValueError) as raised:
-        check_emphasis("Compel")
-    assert str(raised.value) == "`emphasis` must be one of ('multiply', 'a1111', 'comfy', 'compel'), got 'Compel'"
-    with pytest.raises(ValueError) as raised:
-        check_emphasis(None, argument="--emphasis")
-    assert str(raised.value) == "`--emphasis` must be one of ('multiply', 'a1111', 'comfy', 'compel'), got None"
 
 
 @pytest.fixture

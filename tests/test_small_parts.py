@@ -1,6 +1,6 @@
-"""Three small modules, each on its own: images of any stored mode read as the mode a model
-takes (16-bit greyscale scaled, not clipped), the device a command runs on, and the names of
-the window-split rules with their check. Each expected value is written out here."""
+"""Two small modules, each on its own: images of any stored mode read as the mode a model takes
+(16-bit greyscale scaled, not clipped), and the device a command runs on. Each expected value
+is written out here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from PIL import Image
 
 from clipcond.devices import resolve_device
 from clipcond.image_modes import SIXTEEN_BIT_MODES, converted
-from clipcond.window_splits import DEFAULT_WINDOW_SPLIT, WINDOW_SPLITS, check_window_split
 
 GREYS_16 = np.array([[0, 128, 129, 257], [32767, 65278, 65535, 65535]], dtype=np.uint16)
 GREYS_8 = [[0, 0, 1, 1], [127, 254, 255, 255]]  # value / 257, rounded half to even
@@ -61,15 +60,3 @@ def test_an_unknown_or_meta_device_is_refused_whole() -> None:
     assert (
         str(raised.value) == "'meta' is not a device that computes: it holds shapes, not values (give cpu, cuda, ...)"
     )
-
-
-def test_the_window_split_rules_and_their_check() -> None:
-    assert WINDOW_SPLITS == ("word", "a1111", "comfy", "truncate") and DEFAULT_WINDOW_SPLIT == "word"
-    for rule in WINDOW_SPLITS:
-        assert check_window_split(rule) == rule
-    with pytest.raises(ValueError) as raised:
-        check_window_split("A1111")
-    assert str(raised.value) == "`window_split` must be one of ('word', 'a1111', 'comfy', 'truncate'), got 'A1111'"
-    with pytest.raises(ValueError) as raised:
-        check_window_split(["word"], argument="--window-split")
-    assert str(raised.value) == "`--window-split` must be one of ('word', 'a1111', 'comfy', 'truncate'), got ['word']"
