@@ -24,9 +24,6 @@ from clipcond.conditioner_config import EncoderSource
 from clipcond.file_damage import check_tables_after_load, damaged_files, refuse_damaged_files
 
 BUILTIN_CLIP_TOKENIZER = "builtin-clip"
-# the files a saved tokenizer is read from (transformers' fast and slow CLIP, T5 and
-# SentencePiece tokenizers); a local folder with none of them holds no tokenizer
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
 
 
 def load_tokenizer(
@@ -46,11 +43,9 @@ def load_tokenizer(
             `load_clip_encoder` checks it): BPE tables read there are not checked again.
 
     Raises:
-        ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause: a
-            local folder without any of `TOKENIZER_FILES` too, from which transformers 5 builds
-            a tokenizer of the model's type with no vocabulary, e.g. a T5 tokenizer of its 104
-            special tokens that reads every word as `<unk>`), or it is a BPE tokenizer whose
-            merges do not make its vocabulary (`clipcond.bpe_tables`).
+        ValueError: the tokenizer cannot be loaded (names path, subfolder and the cause, a
+            local folder without tokenizer files included: `load_saved_tokenizer`), or it is a
+            BPE tokenizer whose merges do not make its vocabulary (`clipcond.bpe_tables`).
     """
     from clipcond.tokenization import clip_tokenizer, load_saved_tokenizer, with_clip_text_cleaning
 
@@ -61,18 +56,16 @@ def load_tokenizer(
             )
         return clip_tokenizer(model_max_length=model_max_length or 77)
     path, subfolder = _tokenizer_place(source)
-    hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
-    where = f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r})"
-    folder = Path(path, subfolder or "")
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{where}: {folder} holds no tokenizer file (none of {', '.join(TOKENIZER_FILES)}){hint}")
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
         tokenizer = load_saved_tokenizer(path, **kwargs)
     except (OSError, ValueError, TypeError) as error:
-        raise ValueError(f"{where}: {error}{hint}") from error
-    checked = folder if folder_checked and Path(path).is_dir() else None
-    check_tables_after_load(tokenizer, checked, f"{path!r} (subfolder {subfolder!r})")
+        hint = f"; set `tokenizer: {BUILTIN_CLIP_TOKENIZER}` to use OpenAI's CLIP tokenizer" if kind == "clip" else ""
+        raise ValueError(
+            f"could not load the {kind} tokenizer from {path!r} (subfolder {subfolder!r}): {error}{hint}"
+        ) from error
+    folder = Path(path, subfolder or "") if folder_checked and Path(path).is_dir() else None
+    check_tables_after_load(tokenizer, folder, f"{path!r} (subfolder {subfolder!r})")
     if kind == "clip" and _declares_text_cleaning(Path(path), subfolder):
         return with_clip_text_cleaning(tokenizer, model_max_length)
     return tokenizer

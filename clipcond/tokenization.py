@@ -373,9 +373,24 @@ def t5_tokenizer(path_or_id: str, **kwargs: Any) -> transformers.PreTrainedToken
     return load_saved_tokenizer(path_or_id, **kwargs)
 
 
+# the files a saved tokenizer is read from (transformers' fast and slow CLIP, T5 and
+# SentencePiece tokenizers); a local folder with none of them holds no tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+
+
 def load_saved_tokenizer(path_or_id: str | os.PathLike[str], **kwargs: Any) -> transformers.PreTrainedTokenizerBase:
     """`transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)` with Python's cyclic
     garbage collector paused: transformers' parses of `tokenizer.json` and `vocab.json` set off
-    full collections in a process holding torch (`clipcond.json_reading.collector_paused`)."""
+    full collections in a process holding torch (`clipcond.json_reading.collector_paused`).
+
+    Raises:
+        FileNotFoundError: a local folder (`path_or_id`, in its `subfolder` when given) holding
+            none of `TOKENIZER_FILES`: transformers 5 builds a tokenizer of the model's type
+            without a vocabulary from one (a T5 model folder alone gave a T5 tokenizer of its
+            104 special tokens, reading every word as `<unk>`), with no error.
+    """
+    folder = Path(path_or_id, kwargs.get("subfolder") or "")
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{folder} holds no tokenizer file (none of {', '.join(TOKENIZER_FILES)})")
     with collector_paused():
         return transformers.AutoTokenizer.from_pretrained(path_or_id, **kwargs)

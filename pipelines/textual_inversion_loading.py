@@ -115,10 +115,9 @@ class PairTextualInversionLoaderMixin(TextualInversionLoaderMixin):
             tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
             text_encoder = text_encoder if text_encoder is not None else getattr(self, "text_encoder", None)
             if tokenizer is None or text_encoder is None:
-                missing = "tokenizer" if tokenizer is None else "text_encoder"
+                given, missing = ("text_encoder", "tokenizer") if tokenizer is None else ("tokenizer", "text_encoder")
                 raise ValueError(
-                    f"`{missing}` is needed beside the `{'text_encoder' if tokenizer is None else 'tokenizer'}` given: "
-                    f"this pipeline has no `{missing}` to take it from"
+                    f"`{missing}` is needed beside the `{given}` given: this pipeline has no `{missing}` to take it from"
                 )
             pairs = [(tokenizer, text_encoder)]
         else:

@@ -146,3 +146,20 @@ def test_a_clipcond_folders_tokenizer_takes_the_shorter_context_of_it_and_its_en
     CLIPConditionedPipeline.from_pipe(build_sd(), text_encoder=short).save_pretrained(tmp_path / "pipe")
     _, tokenizer = load_clip_encoder(EncoderSource(path=str(tmp_path / "pipe"), subfolder="text_encoder"))
     assert isinstance(tokenizer, CLIPTokenizerWithTextCleaning) and tokenizer.model_max_length == 40
+
+
+def test_every_tokenizer_load_refuses_a_folder_without_tokenizer_files(tmp_path) -> None:
+    """The refusal is in `load_saved_tokenizer`, which every tokenizer load goes through:
+    train-diffusion's frozen T5 (a model folder alone) is refused naming the folder too."""
+    from clipcond.tokenization import load_saved_tokenizer
+    from clipcond.training.diffusion.frozen_encoders import load_frozen_t5
+    from clipcond.training.loop import RunSetupError
+
+    folder = _saved(t5_encoder(3, 400), tmp_path / "t5")
+    files = "none of tokenizer.json, tokenizer_config.json, vocab.json, spiece.model, tokenizer.model"
+    with pytest.raises(FileNotFoundError) as raised:
+        load_saved_tokenizer(tmp_path, subfolder="t5")
+    assert str(raised.value) == f"{folder} holds no tokenizer file ({files})"
+    with pytest.raises(RunSetupError) as raised:
+        load_frozen_t5(str(folder))
+    assert str(raised.value) == f"t5_encoder {folder}: {folder} holds no tokenizer file ({files})"

@@ -142,7 +142,7 @@ def load_dtype(pipeline: str | Path, device: str) -> torch.dtype:
     """
     if torch.device(device).type == "cpu":
         return torch.float32
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(
         path
@@ -155,7 +155,7 @@ def load_dtype(pipeline: str | Path, device: str) -> torch.dtype:
         with safe_open(str(files[0]), framework="pt") as opened:
             key = next(iter(opened.keys()), None)
             stored = opened.get_slice(key).get_dtype() if key is not None else None
-    except Exception:  # noqa: BLE001 - a damaged file: `check_loadable` names it; load as float32
+    except (SafetensorError, OSError):  # a damaged file: `check_loadable` names it
         return torch.float32
     return _STORED_DTYPES.get(stored, torch.float32)
 
