@@ -71,3 +71,60 @@ def test_merges_that_are_not_pairs_of_strings_are_copied_all_through():
     assert copied._merges == tokenizer._merges
     copied._merges[0].append("z")
     assert tokenizer._merges[0] == list(copied._merges[0][:2])
+
+
+def test_a_tokenizer_that_refers_to_itself_is_copied_with_a_reference_to_the_copy():
+    tokenizer = clip_tokenizer()
+    tokenizer.owner = {"tokenizer": tokenizer}
+    copied = copy.deepcopy(tokenizer)
+    assert copied.owner["tokenizer"] is copied
+
+
+def test_merges_met_before_the_tokenizer_stay_shared_with_it():
+    tokenizer = clip_tokenizer()
+    parts = copy.deepcopy({"merges": tokenizer._merges, "tokenizer": tokenizer})
+    assert parts["tokenizer"]._merges is parts["merges"] is not tokenizer._merges
+    assert parts["merges"] == tokenizer._merges
+
+
+def test_the_merge_pairs_are_not_visited_one_by_one_and_are_kept_alive_in_the_memo(monkeypatch):
+    """The time `deep_copy_clip_tokenizer` saves is `copy.deepcopy`'s visit of each of the
+    48,894 pairs: counted here through `copy`'s own table of copiers."""
+    tokenizer = clip_tokenizer()
+    assert len(tokenizer._merges) == 48894
+    visited = []
+    copy_tuple = copy._deepcopy_dispatch[tuple]
+
+    def counting(pair, memo):
+        visited.append(pair)
+        return copy_tuple(pair, memo)
+
+    monkeypatch.setitem(copy._deepcopy_dispatch, tuple, counting)
+    memo = {}
+    copied = copy.deepcopy(tokenizer, memo)
+    assert copied._merges == tokenizer._merges and copied._merges is not tokenizer._merges
+    assert len(visited) < 1000  # the tokenizer's few tuples of settings, none of its pairs
+    # the original list stays alive while the memo holds its id, as `copy` keeps what it copies
+    assert any(kept is tokenizer._merges for kept in memo[id(memo)])
+
+
+def test_whether_decode_was_replaced_is_read_from_the_backend_itself():
+    from types import SimpleNamespace
+
+    from clipcond.tokenizer_copy import _decode_replaced
+
+    class Backend:
+        def decode(self, ids):
+            return "own"
+
+    own = Backend()
+    replaced = Backend()
+    replaced.decode = lambda ids: "replaced"
+    other = Backend()
+    other.decode = Backend().decode  # another backend's method
+    assert _decode_replaced(SimpleNamespace(_tokenizer=own)) is False
+    assert _decode_replaced(SimpleNamespace(_tokenizer=replaced)) is True
+    assert _decode_replaced(SimpleNamespace(_tokenizer=other)) is True
+    assert _decode_replaced(SimpleNamespace(_tokenizer=SimpleNamespace())) is False  # no decode
+    assert _decode_replaced(SimpleNamespace()) is False  # no backend
+    assert _decode_replaced(clip_tokenizer()) is True  # transformers' CLIP tokenizer replaces it
