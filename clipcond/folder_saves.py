@@ -33,8 +33,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from clipcond.output_paths import PID_DIGITS, fitted_name
+
 # an earlier save's files of these kinds are not carried over into a replaced subfolder
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
+
+
+# what a hidden sibling's name adds to the folder's: ".tmp-" or ".old-", "-<pid>"
+_SIBLING_ROOM = 5 + 1 + PID_DIGITS
+
+
+def sibling_stem(name: str) -> str:
+    """The part of the hidden siblings' names (``.tmp-<stem>-<pid>``, ``.old-<stem>-<pid>``)
+    that stands for the folder `name`: `name`, cut to fit a file name when it is long
+    (`clipcond.output_paths.fitted_name`)."""
+    return fitted_name(name, _SIBLING_ROOM)
+
+
+def hidden_sibling(final: Path, kind: str) -> Path:
+    """This process's hidden sibling ``.<kind>-<stem>-<pid>`` of `final` (`kind`: "tmp" or "old")."""
+    return final.with_name(f".{kind}-{sibling_stem(final.name)}-{os.getpid()}")
 
 
 def remove_entry(path: Path) -> None:
@@ -55,7 +73,7 @@ def written_sibling(final: Path) -> Iterator[Path]:
     dead process with our pid left there is deleted first), its files flushed to disk when the
     block ends without error; deleted on an error (the error is raised again). The writers of
     `clipcond.training.folder_writes` and `saving_whole` build on it."""
-    temporary = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    temporary = hidden_sibling(final, "tmp")
     if temporary.exists() or temporary.is_symlink():
         remove_entry(temporary)
     try:
@@ -94,7 +112,7 @@ def _carry_over(old: Path, new: Path) -> None:
 def _move_in(written: Path, final: Path) -> None:
     """Move each entry of `written` into `final`, the entry of that name there moved aside
     first; if a move fails, the moved entries go back and the error is raised."""
-    aside = final.with_name(f".old-{final.name}-{os.getpid()}")
+    aside = hidden_sibling(final, "old")
     if aside.exists() or aside.is_symlink():
         remove_entry(aside)
     aside.mkdir()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
 import tempfile
 from pathlib import Path
 
-from clipcond.config import path_problem
+from clipcond.config import NAME_MAX, path_problem
 from clipcond.errors import UsageError
 from clipcond.quoting import quoted
 
@@ -63,6 +64,35 @@ def nameable_path(path: str | Path, option: str) -> Path:
     return Path(path).expanduser()
 
 
+# the most bytes a process id takes in a file name (2**32 - 1 has 10 digits)
+PID_DIGITS = 10
+# what `write_atomically`'s temporary name adds to the file's: ".", ".<pid>.<8 hex>.tmp"
+_TEMPORARY_FILE_ROOM = 1 + 1 + PID_DIGITS + 1 + 8 + 4
+
+
+def fitted_name(name: str, room: int) -> str:
+    """`name` as the part of a sibling's name that adds `room` bytes to it (a hidden temporary
+    ``.<name>.<pid>.<hex>.tmp``, ``.tmp-<name>-<pid>``): `name` itself when the sibling's name
+    fits in `NAME_MAX` bytes, else its first whole characters that leave 9 bytes for "~" and 8
+    hex digits of a hash of the whole `name` (so the siblings of two long names that begin alike
+    differ). The same `name` gives the same part, so a writer's leftovers are found by it.
+
+    Without it an output named near `NAME_MAX` bytes, which the checks before any work take,
+    failed at its write with "File name too long".
+    """
+    limit = NAME_MAX - room
+    if len(os.fsencode(name)) <= limit:
+        return name
+    kept, size = [], 0
+    for character in name:
+        size += len(os.fsencode(character))
+        if size > limit - 9:
+            break
+        kept.append(character)
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=4).hexdigest()
+    return "".join(kept) + "~" + digest
+
+
 def check_new_file(path: str | Path, option: str, force: bool, kind: str = "file") -> Path:
     """Check, before any work, that the file `path` may be written: not a folder, not already
     there unless `force`, and its folder takes a new file (`check_output_location`).
@@ -97,7 +127,9 @@ def write_atomically(path: str | Path, data: bytes, remove_leftovers: bool = Tru
     path = Path(path)
     if remove_leftovers:
         remove_dead_writers_files(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    temporary = path.with_name(
+        f".{fitted_name(path.name, _TEMPORARY_FILE_ROOM)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(handle, "wb") as stream:
@@ -132,7 +164,7 @@ def remove_dead_writers_files(path: Path) -> list[Path]:
     """Delete the ``.<name>.<pid>.<hex>.tmp`` siblings of `path` that a `write_atomically`
     killed between its write and its rename left, those whose process `pid` is no longer alive
     (a live writer's file is kept). Returns what was deleted."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
+    pattern = re.compile(rf"\.{re.escape(fitted_name(path.name, _TEMPORARY_FILE_ROOM))}\.(\d+)\.[0-9a-f]+\.tmp")
     removed = []
     with contextlib.suppress(OSError):  # no folder (yet), or one that cannot be listed: the write says so
         for sibling in sorted(path.parent.iterdir()):

@@ -140,3 +140,51 @@ def test_only_dead_writers_temporaries_are_removed_without_a_lock(tmp_path) -> N
     assert remove_dead_writers_temporaries(tmp_path / "tower") == [tmp_path / f".tmp-tower-{dead}"]
     assert _entries(tmp_path) == [f".old-tower-{dead}", f".tmp-other-{dead}", ".tmp-tower-1", ".tmp-tower-x"]
     assert remove_dead_writers_temporaries(tmp_path / "missing" / "tower") == []
+
+
+LONGEST = "f" * 255  # NAME_MAX bytes: the hidden siblings' names cannot hold it whole
+
+
+def test_folders_named_with_the_most_bytes_a_name_holds_are_written(tmp_path) -> None:
+    """Before: ``.tmp-<name>-<pid>`` of such a name was over NAME_MAX bytes, and `init-clip -o`
+    ended in "OSError: File name too long" after its work."""
+    final = tmp_path / LONGEST
+    with writing_new_folder(final) as temporary:
+        assert len(os.fsencode(temporary.name)) <= 255 and temporary.name.startswith(".tmp-fff")
+        _write(temporary, "first")
+    with writing_atomically(final) as temporary:
+        _write(temporary, "second")
+    assert _entries(tmp_path) == [LONGEST] and (final / "weights.txt").read_text() == "second"
+    with pytest.raises(RuntimeError, match="^stop$"), writing_atomically(final) as temporary:
+        _write(temporary, "third")
+        raise RuntimeError("stop")
+    assert _entries(tmp_path) == [LONGEST] and (final / "weights.txt").read_text() == "second"
+
+
+def test_the_leftovers_of_a_long_name_are_found_by_its_cut_name(tmp_path) -> None:
+    from clipcond.folder_saves import hidden_sibling, sibling_stem
+
+    final = tmp_path / LONGEST
+    stem = sibling_stem(LONGEST)
+    assert hidden_sibling(final, "tmp").name == f".tmp-{stem}-{PID}"
+    dead, other = _dead_pid(), sibling_stem("f" * 254 + "g")
+    assert other != stem  # names that begin alike differ
+    for name in (f".tmp-{stem}-{dead}", f".tmp-{stem}-{PID}", f".tmp-{other}-{dead}"):
+        (tmp_path / name).mkdir()
+    assert remove_dead_writers_temporaries(final) == [tmp_path / f".tmp-{stem}-{dead}"]
+    (tmp_path / f".old-{stem}-{dead}").mkdir()
+    assert remove_unfinished_results(tmp_path, LONGEST) == [
+        tmp_path / f".old-{stem}-{dead}",
+        tmp_path / f".tmp-{stem}-{PID}",
+    ]
+    assert _entries(tmp_path) == [f".tmp-{other}-{dead}"]
+
+
+def test_a_pipeline_folder_named_with_the_most_bytes_a_name_holds_is_saved_whole(tmp_path) -> None:
+    from clipcond.folder_saves import saving_whole
+
+    final = tmp_path / LONGEST
+    for text in ("first", "second"):  # a new folder, then each entry moved in over the old one
+        with saving_whole(final) as written:
+            _write(written, text)
+    assert _entries(tmp_path) == [LONGEST] and (final / "weights.txt").read_text() == "second"

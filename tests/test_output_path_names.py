@@ -72,3 +72,14 @@ def test_commands_refuse_such_an_input_in_one_short_line(name, tmp_path, capsys)
         line = one_error(capsys, argv, 2)
         assert line.startswith(f"error: {option} '{tmp_path}") and len(line) < 600 and "\x00" not in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_named_with_the_most_bytes_a_name_holds_is_written(tmp_path, capsys) -> None:
+    """Before: the checks took such a name, and the write ended the run in "OSError: [Errno 36]
+    File name too long" (its hidden temporary sibling's name was longer)."""
+    from clipcond.cli import main
+
+    widest = tmp_path / ("c" * NAME_MAX)
+    assert main(["init-clip", "--model", CLIP_TINY, "-o", str(widest)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == [widest.name] and (widest / "clip_config.yaml").is_file()

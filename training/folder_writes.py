@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from clipcond.folder_saves import remove_entry, written_sibling
+from clipcond.folder_saves import hidden_sibling, remove_entry, sibling_stem, written_sibling
 from clipcond.output_paths import process_alive
 
 
@@ -36,7 +36,7 @@ def writing_atomically(folder: str | os.PathLike) -> Iterator[Path]:
     final = Path(folder)
     with written_sibling(final) as temporary:
         yield temporary
-    older = final.with_name(f".old-{final.name}-{os.getpid()}")
+    older = hidden_sibling(final, "old")
     if final.exists():
         if older.exists():
             shutil.rmtree(older)
@@ -86,7 +86,7 @@ def remove_unfinished_results(output_dir: str | os.PathLike, name: str) -> list[
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    pattern = re.compile(rf"\.(tmp|old)-{re.escape(name)}-\d+")
+    pattern = re.compile(rf"\.(tmp|old)-{re.escape(sibling_stem(name))}-\d+")
     removed = []
     for path in sorted(root.iterdir()):
         if pattern.fullmatch(path.name):
@@ -102,7 +102,7 @@ def remove_dead_writers_temporaries(folder: str | os.PathLike) -> list[Path]:
     final = Path(folder)
     if not final.parent.is_dir():
         return []
-    pattern = re.compile(rf"\.tmp-{re.escape(final.name)}-(\d+)")
+    pattern = re.compile(rf"\.tmp-{re.escape(sibling_stem(final.name))}-(\d+)")
     removed = []
     for path in sorted(final.parent.iterdir()):
         match = pattern.fullmatch(path.name)
