@@ -37,7 +37,11 @@ def test_a_mode_not_in_the_list_is_refused_naming_the_list(mode) -> None:
 @pytest.fixture
 def everything_installed(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(caption_cleaning.importlib.util, "find_spec", lambda name: object() if name in ("bs4", "ftfy") else real_find_spec(name))
+    monkeypatch.setattr(
+        caption_cleaning.importlib.util,
+        "find_spec",
+        lambda name: object() if name in ("bs4", "ftfy") else real_find_spec(name),
+    )
 
 
 @pytest.mark.parametrize("default", CAPTION_CLEANING)

@@ -78,7 +78,19 @@ def test_the_step_of_each_iteration(order, warmup, steps) -> None:
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0.8, 0.8), (0.001, 0.001), (0.999, 0.999), (1.0, None), (0.0, None), (1, None), (0, None), ("0.5", None), (None, None), (-0.5, None), (1.5, None)],
+    [
+        (0.8, 0.8),
+        (0.001, 0.001),
+        (0.999, 0.999),
+        (1.0, None),
+        (0.0, None),
+        (1, None),
+        (0, None),
+        ("0.5", None),
+        (None, None),
+        (-0.5, None),
+        (1.5, None),
+    ],
 )
 def test_a_hand_off_is_a_float_strictly_between_0_and_1(value, expected) -> None:
     pipe = SimpleNamespace(denoising_end=value, denoising_start=0.3)

@@ -51,7 +51,14 @@ def test_what_is_not_a_real_number_is_a_type_error(value) -> None:
 
 
 @pytest.mark.parametrize(
-    "value, shown", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (np.float64("nan"), "nan"), (torch.tensor(math.inf), "inf")]
+    "value, shown",
+    [
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+        (np.float64("nan"), "nan"),
+        (torch.tensor(math.inf), "inf"),
+    ],
 )
 def test_a_scale_that_is_not_finite_is_a_value_error(value, shown) -> None:
     with pytest.raises(ValueError) as raised:

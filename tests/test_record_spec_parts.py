@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipcond.record_spec import RecordSpec, TensorSpec, check_record, check_records, expected_record
 from clipcond.recipes import Recipe
+from clipcond.record_spec import RecordSpec, TensorSpec, check_record, check_records, expected_record
 from clipcond.records import EncodedPrompt
 
 WINDOWS = TensorSpec((None, 77, 32), torch.float32)
@@ -61,7 +61,10 @@ def good() -> dict[str, torch.Tensor]:
         (dict(pooled=torch.full((32,), float("-inf"), dtype=torch.float16)), "`pooled` holds NaN or infinite values"),
         # missing before extra, shape before dtype, in the spec's order
         (dict(pooled=None, t5_tokens=torch.zeros(3)), "missing tensors ['pooled']"),
-        (dict(clip_tokens=torch.zeros(2, 77, 16, dtype=torch.int64)), "`clip_tokens` has shape (2, 77, 16), expected (windows, 77, 32)"),
+        (
+            dict(clip_tokens=torch.zeros(2, 77, 16, dtype=torch.int64)),
+            "`clip_tokens` has shape (2, 77, 16), expected (windows, 77, 32)",
+        ),
         (
             dict(clip_tokens=torch.zeros(1, 77, 32, dtype=torch.float16), pooled=torch.zeros(31, dtype=torch.float16)),
             "`clip_tokens` is torch.float16, expected torch.float32",
@@ -96,7 +99,14 @@ def test_records_that_fit_are_given_back_as_a_list() -> None:
 
 @pytest.mark.parametrize(
     "records, name",
-    [(record(), "EncodedPrompt"), (torch.zeros(3), "Tensor"), ("prompt", "str"), ({"a": 1}, "dict"), (None, "NoneType"), (7, "int")],
+    [
+        (record(), "EncodedPrompt"),
+        (torch.zeros(3), "Tensor"),
+        ("prompt", "str"),
+        ({"a": 1}, "dict"),
+        (None, "NoneType"),
+        (7, "int"),
+    ],
 )
 def test_what_is_no_list_of_records_is_a_type_error_naming_the_argument(records, name) -> None:
     with pytest.raises(TypeError) as raised:
@@ -128,7 +138,9 @@ def test_each_record_is_checked_under_its_index() -> None:
 
 
 def encoder(width: int, dtype=torch.float32, pooled_dtype=None, window_length: int = 77) -> SimpleNamespace:
-    return SimpleNamespace(width=width, dtype=dtype, window_length=window_length, pooled_state_dtype=pooled_dtype or dtype)
+    return SimpleNamespace(
+        width=width, dtype=dtype, window_length=window_length, pooled_state_dtype=pooled_dtype or dtype
+    )
 
 
 def specs(spec: RecordSpec) -> dict[str, tuple]:
@@ -154,7 +166,10 @@ def test_the_spec_of_two_clips_joined_on_channels() -> None:
 
 
 def test_the_spec_of_pooled_vectors_joined() -> None:
-    clips = [encoder(32, torch.float16, pooled_dtype=torch.float16), encoder(48, torch.float16, pooled_dtype=torch.float32)]
+    clips = [
+        encoder(32, torch.float16, pooled_dtype=torch.float16),
+        encoder(48, torch.float16, pooled_dtype=torch.float32),
+    ]
     assert specs(expected_record(clips, None, Recipe(name="sd3", pooled="concat"))) == {
         "clip_tokens": ((None, 77, 80), torch.float16),
         "pooled": ((80,), torch.float32),

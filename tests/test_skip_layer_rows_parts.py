@@ -65,7 +65,10 @@ def test_it_applies_to_a_transformer_whose_class_forward_takes_skip_layers() -> 
     assert SkipLayerRows.applies(wrapped) is True
     assert SkipLayerRows.applies(SimpleNamespace(transformer=NoSkipTransformer())) is False
     assert SkipLayerRows.applies(SimpleNamespace(unet=RecordingTransformer())) is False
-    assert SkipLayerRows.applies(SimpleNamespace(transformer=SimpleNamespace(forward=RecordingTransformer.forward))) is False
+    assert (
+        SkipLayerRows.applies(SimpleNamespace(transformer=SimpleNamespace(forward=RecordingTransformer.forward)))
+        is False
+    )
 
 
 def test_the_skip_layer_pass_reads_the_prompt_half_of_the_guided_pass_before_it() -> None:

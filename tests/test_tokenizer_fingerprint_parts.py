@@ -163,7 +163,9 @@ def test_the_vocabulary_text_without_a_backend_or_one_that_cannot_be_serialised(
 
 
 def test_the_call_settings_are_dropped_from_a_serialisation() -> None:
-    serialised = '{"version":"1.0","truncation":{"max_length":8},"padding":{"pad_id":0},"added_tokens":[{"id":1}],"model":{}}'
+    serialised = (
+        '{"version":"1.0","truncation":{"max_length":8},"padding":{"pad_id":0},"added_tokens":[{"id":1}],"model":{}}'
+    )
     assert _without_call_settings(serialised) == '{"version": "1.0","added_tokens":[{"id":1}],"model":{}}'
     # without "added_tokens" the whole text is read
     assert _without_call_settings('{"padding":null,"model":{"é":1},"truncation":1}') == '{"model": {"é": 1}}'
@@ -180,7 +182,9 @@ def test_the_memo_computes_once_per_tokenizer_until_it_changes(monkeypatch) -> N
 
     computed = []
     real = module.tokenizer_fingerprint
-    monkeypatch.setattr(module, "tokenizer_fingerprint", lambda tokenizer: computed.append(tokenizer) or real(tokenizer))
+    monkeypatch.setattr(
+        module, "tokenizer_fingerprint", lambda tokenizer: computed.append(tokenizer) or real(tokenizer)
+    )
     fingerprints = TokenizerFingerprints()
     tokenizer, other = clip_tokenizer(), clip_tokenizer()
     first = fingerprints(tokenizer)
