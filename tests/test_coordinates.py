@@ -39,6 +39,57 @@ def test_bad_grid_sizes(height) -> None:
         append_coordinates(torch.zeros(3, 8, 8))
 
 
+def test_the_refusals_whole() -> None:
+    for arguments, message in [
+        ((0, 4), "`height` must be a positive int, got 0"),
+        ((True, 4), "`height` must be a positive int, got True"),
+        ((4, 1.0), "`width` must be a positive int, got 1.0"),
+        ((4, -2), "`width` must be a positive int, got -2"),
+        ((0, 0), "`height` must be a positive int, got 0"),  # height first
+    ]:
+        with pytest.raises(ValueError) as raised:
+            coordinate_grid(*arguments)
+        assert str(raised.value) == message
+    for sample, name in [
+        (np.zeros((1, 3, 4, 4)), "ndarray"),
+        (torch.zeros(1, 3, 4), "Tensor"),
+        (torch.zeros(1, 1, 3, 4, 4), "Tensor"),
+    ]:
+        with pytest.raises(TypeError) as raised:
+            append_coordinates(sample)
+        assert str(raised.value) == f"`sample` must be a (batch, channels, height, width) tensor, got {name}"
+
+
+def test_the_grid_in_another_dtype_and_device_is_the_float32_grid_cast() -> None:
+    assert torch.equal(coordinate_grid(1, 1), torch.zeros(2, 1, 1))
+    thirds = torch.tensor([-2 / 3, 0.0, 2 / 3])
+    grid = coordinate_grid(3, 3, dtype=torch.float16)
+    assert (
+        grid.dtype == torch.float16
+        and torch.equal(grid[0, 1], thirds.half())
+        and torch.equal(grid[1, :, 2], thirds.half())
+    )
+    joined = append_coordinates(torch.zeros(2, 1, 3, 3, dtype=torch.bfloat16))
+    assert joined.dtype == torch.bfloat16 and torch.equal(joined[1, 1:], coordinate_grid(3, 3).bfloat16())
+    on_meta = append_coordinates(torch.zeros(1, 1, 3, 5, device="meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == (1, 3, 3, 5)
+    assert coordinate_grid(2, 2, device="meta").device.type == "meta"
+
+
+def test_the_grid_is_computed_in_float32_whatever_the_default_dtype() -> None:
+    """The same grid for training and sampling: `torch.set_default_dtype(torch.float64)` in a
+    user's script does not move its values by a rounding (for width 7, 0.5 / 7 * 2 - 1 rounds
+    otherwise in float64 than in float32)."""
+    expected = coordinate_grid(7, 13)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        grid = coordinate_grid(7, 13)
+    finally:
+        torch.set_default_dtype(previous)
+    assert grid.dtype == torch.float32 and torch.equal(grid, expected)
+
+
 def _pixel_pipeline(coordinate_channels: bool, in_channels: int = 5) -> CLIPConditionedPipeline:
     from diffusers import EulerAncestralDiscreteScheduler
     from tiny_pipelines import clip_text_model, pixel_space_unet
