@@ -22,7 +22,9 @@ def prompt_file_captions(path: str | Path, skipped: SkipCounter) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # newline="": Python's universal newlines would end a line at a lone "\r" too
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text: {error}") from None
     lines = text.split("\n")
