@@ -4,8 +4,8 @@ diffusers' `DiffusionPipeline.save_pretrained` writes each component into the fo
 When it fails partway (a full disk, Ctrl-C, a component that cannot be written), the folder
 holds the new `model_index.json` and the components written so far beside the old ones: a
 folder neither save wrote, which may load without error. `saving_whole` gives the writer a
-hidden sibling ``.tmp-<name>-<pid>`` to write into instead and puts its entries into the
-folder only once the writer has finished:
+hidden sibling ``.tmp-<name>-<pid>`` (a long `<name>` cut to fit a file name: `sibling_stem`)
+to write into instead and puts its entries into the folder only once the writer has finished:
 
 - a folder that does not exist yet is the sibling, renamed (one rename);
 - in an existing folder, each top-level entry the writer wrote (``model_index.json``, a
@@ -170,4 +170,4 @@ def saving_whole(folder: str | os.PathLike, argument: str = "save_directory") ->
             shutil.rmtree(written, ignore_errors=True)
 
 
-__all__ = ["WEIGHT_SUFFIXES", "remove_entry", "saving_whole", "written_sibling"]
+__all__ = ["WEIGHT_SUFFIXES", "hidden_sibling", "remove_entry", "saving_whole", "sibling_stem", "written_sibling"]
