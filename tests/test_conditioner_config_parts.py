@@ -149,6 +149,18 @@ def test_a_built_in_recipe_is_the_tables_with_its_t5_length_if_given(name) -> No
     assert recipe == dataclasses.replace(BUILTIN_RECIPES[name], t5_max_length=77)
 
 
+# the recipe fields a custom config sets
+RECIPE_FIELDS = (
+    "combine",
+    "clip_layer_from_end",
+    "clip_final_norm",
+    "pooled",
+    "t5_max_length",
+    "t5_attention_mask",
+    "return_mask",
+)
+
+
 def fields_of(recipe, *names) -> tuple:
     return tuple(getattr(recipe, name) for name in names)
 
@@ -167,28 +179,11 @@ def test_a_custom_recipe_takes_each_setting() -> None:
     )
     recipe = config.to_recipe()
     assert recipe.name == "custom"
-    assert fields_of(
-        recipe,
-        "combine",
-        "clip_layer_from_end",
-        "clip_final_norm",
-        "pooled",
-        "t5_max_length",
-        "t5_attention_mask",
-        "return_mask",
-    ) == ("concat_channels", 3, False, "concat", 64, True, True)
+    assert fields_of(recipe, *RECIPE_FIELDS) == ("concat_channels", 3, False, "concat", 64, True, True)
 
 
 def test_a_custom_recipe_without_settings_follows_its_encoders() -> None:
-    names = (
-        "combine",
-        "clip_layer_from_end",
-        "clip_final_norm",
-        "pooled",
-        "t5_max_length",
-        "t5_attention_mask",
-        "return_mask",
-    )
+    names = RECIPE_FIELDS
     assert fields_of(ConditionerConfig(clip=CLIP).to_recipe(), *names) == (
         "concat_channels",
         1,

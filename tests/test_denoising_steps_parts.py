@@ -10,14 +10,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler
 
-from clipcond.denoising_steps import (
-    hand_off,
-    loop_start,
-    scheduler_order,
-    skipped_before_start,
-    step_of_iteration,
-    warmup_iterations,
-)
+from clipcond import denoising_steps as steps
 
 
 def set_for(scheduler, steps: int = 10):
@@ -39,31 +32,31 @@ def set_for(scheduler, steps: int = 10):
     ],
 )
 def test_the_order_is_the_schedulers_and_at_least_one(scheduler, order) -> None:
-    assert scheduler_order(scheduler) == order and type(scheduler_order(scheduler)) is int
+    assert steps.scheduler_order(scheduler) == order and type(steps.scheduler_order(scheduler)) is int
 
 
 def test_warm_up_iterations_of_diffusers_schedulers() -> None:
     # PNDM as SD 1.5 ships it: 900, 800, 800, 700, ..., 0 (11 iterations for 10 steps)
-    assert warmup_iterations(set_for(PNDMScheduler(skip_prk_steps=True))) == 1
+    assert steps.warmup_iterations(set_for(PNDMScheduler(skip_prk_steps=True))) == 1
     # Heun: 999, 888, 888, ..., 0, 0 (19 iterations, order 2: 19 - 20 is below 0)
-    assert warmup_iterations(set_for(HeunDiscreteScheduler())) == 0
-    assert warmup_iterations(set_for(EulerDiscreteScheduler())) == 0
-    assert warmup_iterations(set_for(DDIMScheduler())) == 0
+    assert steps.warmup_iterations(set_for(HeunDiscreteScheduler())) == 0
+    assert steps.warmup_iterations(set_for(EulerDiscreteScheduler())) == 0
+    assert steps.warmup_iterations(set_for(DDIMScheduler())) == 0
 
 
 def test_no_warm_up_before_the_schedule_is_set_or_without_a_step_count() -> None:
-    assert warmup_iterations(PNDMScheduler(skip_prk_steps=True)) == 0  # timesteps None before set_timesteps
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=10)) == 2
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=None)) == 0
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=True)) == 0
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=10.0)) == 0
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)))) == 0
-    assert warmup_iterations(SimpleNamespace(num_inference_steps=10)) == 0
-    assert warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=5, order=2)) == 2
+    assert steps.warmup_iterations(PNDMScheduler(skip_prk_steps=True)) == 0  # timesteps None before set_timesteps
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=10)) == 2
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=None)) == 0
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=True)) == 0
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=10.0)) == 0
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)))) == 0
+    assert steps.warmup_iterations(SimpleNamespace(num_inference_steps=10)) == 0
+    assert steps.warmup_iterations(SimpleNamespace(timesteps=list(range(12)), num_inference_steps=5, order=2)) == 2
 
 
 @pytest.mark.parametrize(
-    "order, warmup, steps",
+    "order, warmup, expected",
     [
         (1, 0, [0, 1, 2, 3, 4]),
         (2, 0, [0, 0, 1, 1, 2, 2]),
@@ -72,8 +65,8 @@ def test_no_warm_up_before_the_schedule_is_set_or_without_a_step_count() -> None
         (1, 3, [0, 0, 0, 0, 1]),
     ],
 )
-def test_the_step_of_each_iteration(order, warmup, steps) -> None:
-    assert [step_of_iteration(iteration, order, warmup) for iteration in range(len(steps))] == steps
+def test_the_step_of_each_iteration(order, warmup, expected) -> None:
+    assert [steps.step_of_iteration(iteration, order, warmup) for iteration in range(len(expected))] == expected
 
 
 @pytest.mark.parametrize(
@@ -94,9 +87,9 @@ def test_the_step_of_each_iteration(order, warmup, steps) -> None:
 )
 def test_a_hand_off_is_a_float_strictly_between_0_and_1(value, expected) -> None:
     pipe = SimpleNamespace(denoising_end=value, denoising_start=0.3)
-    assert hand_off(pipe, "denoising_end") == expected
-    assert hand_off(pipe, "denoising_start") == 0.3
-    assert hand_off(SimpleNamespace(), "denoising_end") is None
+    assert steps.hand_off(pipe, "denoising_end") == expected
+    assert steps.hand_off(pipe, "denoising_start") == 0.3
+    assert steps.hand_off(SimpleNamespace(), "denoising_end") is None
 
 
 @pytest.mark.parametrize(
@@ -115,7 +108,7 @@ def test_a_hand_off_is_a_float_strictly_between_0_and_1(value, expected) -> None
 def test_the_iterations_skipped_before_a_denoising_start(scheduler, start, skipped) -> None:
     set_for(scheduler)
     timesteps = scheduler.timesteps.clone()
-    assert skipped_before_start(scheduler, start) == skipped
+    assert steps.skipped_before_start(scheduler, start) == skipped
     assert torch.equal(scheduler.timesteps, timesteps)
     assert getattr(scheduler, "begin_index", None) is None  # diffusers' call set it on a copy
 
@@ -123,12 +116,12 @@ def test_the_iterations_skipped_before_a_denoising_start(scheduler, start, skipp
 def test_the_loop_starts_at_the_begin_index_or_where_its_timestep_first_comes() -> None:
     euler = set_for(EulerDiscreteScheduler())
     euler.set_begin_index(3)
-    assert loop_start(euler, euler.timesteps[7]) == 3
+    assert steps.loop_start(euler, euler.timesteps[7]) == 3
     ddim = set_for(DDIMScheduler())  # 900, 800, ..., 0; no begin index
-    assert loop_start(ddim, 700) == 2
-    assert loop_start(ddim, torch.tensor(0)) == 9
-    assert loop_start(ddim, 650) == 0  # nowhere
+    assert steps.loop_start(ddim, 700) == 2
+    assert steps.loop_start(ddim, torch.tensor(0)) == 9
+    assert steps.loop_start(ddim, 650) == 0  # nowhere
     heun = set_for(HeunDiscreteScheduler())  # begin index None: 888 first comes at 1
-    assert loop_start(heun, heun.timesteps[2]) == 1
-    assert loop_start(SimpleNamespace(timesteps=[5, 4, 3], begin_index=None), 3) == 2
-    assert loop_start(SimpleNamespace(timesteps=[5, 4, 3], begin_index=0), 3) == 0
+    assert steps.loop_start(heun, heun.timesteps[2]) == 1
+    assert steps.loop_start(SimpleNamespace(timesteps=[5, 4, 3], begin_index=None), 3) == 2
+    assert steps.loop_start(SimpleNamespace(timesteps=[5, 4, 3], begin_index=0), 3) == 0

@@ -63,15 +63,10 @@ def test_the_vocabulary_of_one_object_has_no_count_words() -> None:
     assert two - one == {"two"} and four - two == {"three", "four"}
 
 
-SCENE = Scene(
-    (
-        ShapeObject("circle", "red", "large", 0.2, 0.5),
-        ShapeObject("square", "blue", "small", 0.8, 0.5),
-        ShapeObject("triangle", "green", "small", 0.5, 0.15),
-        ShapeObject("triangle", "green", "small", 0.5, 0.85),
-    ),
-    relation=(0, "left of", 1),
-)
+# a red circle left of a blue square, and two small green triangles
+OBJECTS = [("circle", "red", "large", 0.2, 0.5), ("square", "blue", "small", 0.8, 0.5)]
+OBJECTS += [("triangle", "green", "small", 0.5, y) for y in (0.15, 0.85)]
+SCENE = Scene(tuple(ShapeObject(*fields) for fields in OBJECTS), relation=(0, "left of", 1))
 
 
 def captions(scene: Scene, draws: int = 400) -> list[str]:
