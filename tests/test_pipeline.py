@@ -749,8 +749,8 @@ def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path, capsys) -> No
 def test_generate_cli_emphasis(tmp_path, capsys) -> None:
     """`--emphasis` gives the image of a pipeline built with that mode; a weighted prompt
     changes with the mode, and an unknown mode is refused by the parser (exit 2). ComfyUI's
-    mode: in the packages of 2026-12-04 the tiny SD's a1111 image equals its plain one (A1111's
-    mean restoring gave the same states here), so a1111 showed no change any more."""
+    mode: with the packages of 2026-12-04 the tiny SD's a1111 image equals its plain one bit for
+    bit (why was not looked into), so a1111 showed no change any more."""
     from PIL import Image
     from tiny_pipelines import build_sd
 
