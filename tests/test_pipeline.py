@@ -749,8 +749,9 @@ def test_generate_cli_loads_a_lora_and_skips_clip_layers(tmp_path, capsys) -> No
 def test_generate_cli_emphasis(tmp_path, capsys) -> None:
     """`--emphasis` gives the image of a pipeline built with that mode; a weighted prompt
     changes with the mode, and an unknown mode is refused by the parser (exit 2). ComfyUI's
-    mode: with the packages of 2026-12-04 the tiny SD's a1111 image equals its plain one bit for
-    bit (why was not looked into), so a1111 showed no change any more."""
+    mode, not a1111: the tiny SD's untrained final layer norm (weight 1, bias 0) gives every
+    position a channel mean of 0, so weighting a position leaves the window's mean as it was,
+    a1111's rescale ratio is exactly 1.0 (measured) and its image equals the multiply one."""
     from PIL import Image
     from tiny_pipelines import build_sd
 
