@@ -23,11 +23,16 @@ offset, no SNR weighting; ``--learning_rate`` 1e-3 rather than 1e-4, so that thr
 the weights well past the float32 noise (by up to 2e-3).
 
 Measured (torch 2.13 CPU, diffusers 0.42, one thread), ours against the script: the losses of
-the 3 steps agree within 1.1e-7 relative (steps 2 and 3 to the bit), the UNet's final weights
-within 1.4e-6, and the two updates differ by 9.0e-6 of ours' norm (AdamW fused against torch's
-default kernel; pixels /127.5 - 1 against (/255 - 0.5) / 0.5). Every timestep one later on the
-script's side moves the losses by 2.3e-3 relative; twice its learning rate moves the weights by
-3.5e-3.
+the 3 steps agree within 1.1e-7 relative (steps 2 and 3 to the bit) and the two updates differ
+by 1.0e-5 of ours' norm (AdamW fused against torch's default kernel; pixels /127.5 - 1 against
+(/255 - 0.5) / 0.5). The largest difference of a single weight is no measure of this: AdamW's
+first steps move a weight by about ``lr * g / |g|`` whatever the size of its gradient ``g``, so a
+weight whose gradient sums to nearly zero takes the float32 rounding of that sum up to ``lr``
+in size. Over draw seeds 0-59 the largest single-weight difference ranged from 3e-7 to 9.9e-5
+(a resnet conv weight at the worst; CI once saw 1.7e-5 at seed 1000, where this machine sees
+1.4e-6), while the update difference stayed below 5.2e-4 of ours' norm and the losses within
+2.9e-7. Every timestep one later on the script's side moves the losses by 2.3e-3 relative;
+twice its learning rate makes the updates differ by 1.0 of ours' norm.
 """
 
 from __future__ import annotations
@@ -253,7 +258,8 @@ def runs(sd_and_manifest, frozen, tmp_path_factory) -> tuple[dict, dict]:
 
 
 def test_train_diffusion_takes_the_steps_of_diffusers_train_text_to_image(runs, sd_and_manifest) -> None:
-    """Same data order, same draws: the same losses and the same weights, float32."""
+    """Same data order, same draws: the same losses and the same update of the weights, float32
+    (bounds: see the module docstring; the largest single-weight difference is reported only)."""
     our_run, script = runs
     sd, manifest = sd_and_manifest
     captions = [json.loads(line)["caption"] for line in manifest.read_text().splitlines()]
@@ -261,16 +267,16 @@ def test_train_diffusion_takes_the_steps_of_diffusers_train_text_to_image(runs, 
     assert our_run["captions"] == script["captions"] == in_order
     assert our_run["indices"] == [list(range(step * BATCH, (step + 1) * BATCH)) for step in range(STEPS)]
     apart = differences(our_run, script, initial_unet(sd))
-    assert apart["loss"] < 1e-5 and apart["weight"] < 1e-5 and apart["update"] < 1e-4, apart
+    assert apart["loss"] < 1e-5 and apart["update"] < 1e-2, apart
 
 
 def test_the_comparison_sees_a_learning_rate_or_a_timestep_off(runs, sd_and_manifest, frozen) -> None:
     """The tolerances above are far below what one changed setting does on the script's side:
-    every timestep one later moves the losses, twice the learning rate the weights, each by
-    more than a hundred times the tolerance."""
+    every timestep one later moves the losses, twice the learning rate the update, each by
+    a hundred times the tolerance or more."""
     our_run, _ = runs
     sd, manifest = sd_and_manifest
     initial = initial_unet(sd)
     assert differences(our_run, diffusers_recipe(sd, manifest, frozen, timestep_shift=1), initial)["loss"] > 1e-3
     faster = differences(our_run, diffusers_recipe(sd, manifest, frozen, lr=2 * LR), initial)
-    assert faster["weight"] > 1e-3 and faster["update"] > 1e-2, faster
+    assert faster["update"] > 0.5, faster
