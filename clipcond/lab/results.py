@@ -94,8 +94,10 @@ def image_problem(path: Path) -> str | None:
     except UnidentifiedImageError:  # its message repeats the path
         return "cannot be read as a PNG (not an image file PIL knows)"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # PIL raises OSError for a cut file, SyntaxError for a failed checksum
-        return f"cannot be read as a PNG ({' '.join(str(error).split()) or type(error).__name__})"
+        # PIL raises OSError for a cut file, SyntaxError for a failed checksum; one raised
+        # without words is named by its type (str() of a bare SyntaxError is "None")
+        words = " ".join(str(error).split()) if error.args else ""
+        return f"cannot be read as a PNG ({words or type(error).__name__})"
     return None
 
 
