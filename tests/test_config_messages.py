@@ -73,6 +73,27 @@ class TopChecked:
 
 
 @dataclasses.dataclass
+class SelfNamed:
+    """A section whose check names the section itself, as the model configs' towers do
+    ("text.vocab_size must ...", "text: width ... is not divisible ...")."""
+
+    count: int = 0
+    where: str = "named"
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ValueError(f"{self.where}.count must be >= 0, got {self.count}")
+        if self.count > 9:
+            raise ValueError(f"{self.where}: count {self.count} is over 9")
+
+
+@dataclasses.dataclass
+class HoldsSelfNamed:
+    named: SelfNamed = dataclasses.field(default_factory=SelfNamed)
+    name: SelfNamed = dataclasses.field(default_factory=SelfNamed)
+
+
+@dataclasses.dataclass
 class Unsupported:
     tags: set[str] = dataclasses.field(default_factory=set)
 
@@ -115,6 +136,14 @@ def test_a_key_longer_than_the_quote_limit_is_cut() -> None:
 def test_a_sections_own_check_is_named_by_its_key_or_at_the_top_by_its_class() -> None:
     assert refusal({"lr": 1, "checked": {"count": -1}}) == "<dict>: checked: count must be >= 0, got -1"
     assert refusal({"lr": 11}, cls=TopChecked) == "<dict>: TopChecked: lr must be <= 10, got 11.0"
+
+
+def test_a_sections_check_that_names_the_section_is_not_named_twice() -> None:
+    assert refusal({"named": {"count": -1}}, cls=HoldsSelfNamed) == "<dict>: named.count must be >= 0, got -1"
+    assert refusal({"named": {"count": 10}}, cls=HoldsSelfNamed) == "<dict>: named: count 10 is over 9"
+    # the key "name" is only the start of the section the message names: the key stays
+    assert refusal({"name": {"count": 10}}, cls=HoldsSelfNamed) == "<dict>: name: named: count 10 is over 9"
+    assert refusal({"name": {"count": -1}}, cls=HoldsSelfNamed) == "<dict>: name: named.count must be >= 0, got -1"
 
 
 def test_an_optional_section_gives_its_inner_keys_error() -> None:

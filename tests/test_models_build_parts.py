@@ -248,4 +248,4 @@ def test_sizes_that_are_not_square_are_refused_whole(key, value) -> None:
 def test_a_transformers_config_our_checks_refuse_is_named_as_the_source() -> None:
     with pytest.raises(ValueError) as refused:
         model_config_from_hf(_hf(text_config__vocab_size=1000))
-    assert str(refused.value).startswith("CLIPConfig: text: text.vocab_size must be at least 49408, got 1000")
+    assert str(refused.value).startswith("CLIPConfig: text.vocab_size must be at least 49408, got 1000")
