@@ -213,10 +213,11 @@ def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        # a section's own check may name the section already ("text.vocab_size ...", "text: ...")
+        # a section's own check may name the section already ("text.vocab_size ...", "text: ...",
+        # "vision.resnet (pool): ...")
         words = str(error)
         where = key or cls.__name__
-        named = bool(key) and words.startswith((f"{key}.", f"{key}:"))
+        named = bool(key) and words.startswith((f"{key}.", f"{key}:", f"{key} "))
         raise ValueError(f"{source}: {words}" if named else f"{source}: {where}: {words}") from error
 
 

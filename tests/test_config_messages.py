@@ -85,6 +85,8 @@ class SelfNamed:
             raise ValueError(f"{self.where}.count must be >= 0, got {self.count}")
         if self.count > 9:
             raise ValueError(f"{self.where}: count {self.count} is over 9")
+        if self.count == 5:
+            raise ValueError(f"{self.where} (five): count 5 is refused")
 
 
 @dataclasses.dataclass
@@ -141,9 +143,11 @@ def test_a_sections_own_check_is_named_by_its_key_or_at_the_top_by_its_class() -
 def test_a_sections_check_that_names_the_section_is_not_named_twice() -> None:
     assert refusal({"named": {"count": -1}}, cls=HoldsSelfNamed) == "<dict>: named.count must be >= 0, got -1"
     assert refusal({"named": {"count": 10}}, cls=HoldsSelfNamed) == "<dict>: named: count 10 is over 9"
+    assert refusal({"named": {"count": 5}}, cls=HoldsSelfNamed) == "<dict>: named (five): count 5 is refused"
     # the key "name" is only the start of the section the message names: the key stays
     assert refusal({"name": {"count": 10}}, cls=HoldsSelfNamed) == "<dict>: name: named: count 10 is over 9"
     assert refusal({"name": {"count": -1}}, cls=HoldsSelfNamed) == "<dict>: name: named.count must be >= 0, got -1"
+    assert refusal({"name": {"count": 5}}, cls=HoldsSelfNamed) == "<dict>: name: named (five): count 5 is refused"
 
 
 def test_an_optional_section_gives_its_inner_keys_error() -> None:
