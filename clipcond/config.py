@@ -214,10 +214,11 @@ def _build_dataclass(cls: type, value: Any, key: str, source: str) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         # a section's own check may name the section already ("text.vocab_size ...", "text: ...",
-        # "vision.resnet (pool): ...")
+        # "vision.resnet (pool): ..."); at the top level, a check naming its key ("key `name`: ...")
+        # says where without the class's name
         words = str(error)
         where = key or cls.__name__
-        named = bool(key) and words.startswith((f"{key}.", f"{key}:", f"{key} "))
+        named = words.startswith((f"{key}.", f"{key}:", f"{key} ")) if key else words.startswith("key `")
         raise ValueError(f"{source}: {words}" if named else f"{source}: {where}: {words}") from error
 
 

@@ -96,6 +96,17 @@ class HoldsSelfNamed:
 
 
 @dataclasses.dataclass
+class TopNamesKey:
+    """A top-level check that names its key itself, as a suite file's does."""
+
+    lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr > 10:
+            raise ValueError(f"key `lr`: must be <= 10, got {self.lr}")
+
+
+@dataclasses.dataclass
 class Unsupported:
     tags: set[str] = dataclasses.field(default_factory=set)
 
@@ -138,6 +149,8 @@ def test_a_key_longer_than_the_quote_limit_is_cut() -> None:
 def test_a_sections_own_check_is_named_by_its_key_or_at_the_top_by_its_class() -> None:
     assert refusal({"lr": 1, "checked": {"count": -1}}) == "<dict>: checked: count must be >= 0, got -1"
     assert refusal({"lr": 11}, cls=TopChecked) == "<dict>: TopChecked: lr must be <= 10, got 11.0"
+    # a top-level check that names its key says where without the class's name
+    assert refusal({"lr": 11}, cls=TopNamesKey) == "<dict>: key `lr`: must be <= 10, got 11.0"
 
 
 def test_a_sections_check_that_names_the_section_is_not_named_twice() -> None:
