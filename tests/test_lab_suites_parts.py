@@ -299,3 +299,16 @@ def test_prompt_spec_of_suite_entries_read_back(tmp_path: Path) -> None:
         "objects": [["red", "circle"]],
         "relation": None,
     }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"prompts: [\n", b"name: a\nname: b\nprompts: []\n", b"name: \xff\n"],
+    ids=["not-yaml", "key-twice", "not-utf8"],
+)
+def test_a_file_that_is_not_yaml_is_refused_naming_it(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ValueError) as error:
+        load_suite(path)
+    assert str(error.value).startswith(f"{path}: ")
