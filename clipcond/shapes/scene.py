@@ -207,10 +207,17 @@ def _place(
 
 
 def _check_pairs(pairs: Iterable[tuple[str, str]], name: str) -> list[tuple[str, str]]:
-    checked = sorted(set(pairs))
-    for pair in checked:
-        if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] in COLOURS and pair[1] in SHAPES):
+    given = list(pairs)
+    for pair in given:  # each checked as given, before hashing and sorting (a list, a number)
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(isinstance(word, str) for word in pair)
+            and pair[0] in COLOURS
+            and pair[1] in SHAPES
+        ):
             raise ValueError(f"{name} must hold (colour, shape) tuples from COLOURS and SHAPES, got {pair!r}")
+    checked = sorted(set(given))
     if not checked:
         raise ValueError(f"{name} must hold at least one (colour, shape) pair")
     return checked
