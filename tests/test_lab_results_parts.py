@@ -177,7 +177,7 @@ def test_a_png_chunk_with_a_wrong_checksum_is_named(tmp_path) -> None:
     idat = data.index(b"IDAT")
     length = struct.unpack(">I", data[idat - 4 : idat])[0]
     crc_at = idat + 4 + length
-    good = zlib.crc32(bytes(data[idat : crc_at])) & 0xFFFFFFFF
+    good = zlib.crc32(bytes(data[idat:crc_at])) & 0xFFFFFFFF
     data[crc_at : crc_at + 4] = struct.pack(">I", good ^ 1)
     path.write_bytes(bytes(data))
     assert image_problem(path) == "cannot be read as a PNG (broken PNG file (bad header checksum in b'IDAT'))"
