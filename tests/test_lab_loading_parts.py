@@ -261,3 +261,104 @@ def test_a_tokenizer_folder_without_its_vocabulary_is_found(tmp_path) -> None:
     (folder / "tokenizer" / "tokenizer_config.json").write_text('{"tokenizer_class": "CLIPTokenizer"}')
     message = failure(folder)
     assert "tokenizer/vocab.json" in message and "tokenizer/merges.txt" in message
+
+
+def test_a_root_tokenizer_without_its_vocabulary_is_named_once_per_file(tmp_path) -> None:
+    # a CLIP folder whose tokenizer sits at its root: the root is checked, and only once
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "CLIPTokenizer"}')
+    (folder / "text").mkdir()
+    (folder / "text" / "config.json").write_text("{}")
+    message = failure(folder)
+    words = message.removeprefix(f"{WHAT} {folder} cannot be loaded (").split("); restore")[0]
+    problems = words.split("; ")
+    assert len(problems) == 2 and len(set(problems)) == 2, problems
+    assert sorted(problem.split()[0] for problem in problems) == ["merges.txt", "vocab.json"]
+
+
+# ------------------------------------------------------------------ load_dtype's edges
+
+
+def unet_weights(folder: Path, tensors: dict) -> Path:
+    (folder / "unet").mkdir(parents=True)
+    save_file(tensors, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+def test_a_unet_file_without_tensors_loads_in_float32(tmp_path) -> None:
+    from clipcond.lab.loading import load_dtype
+
+    assert load_dtype(unet_weights(tmp_path, {}), "cuda") == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.float8_e4m3fn])
+def test_a_unet_stored_in_another_dtype_loads_in_float32(tmp_path, dtype) -> None:
+    from clipcond.lab.loading import load_dtype
+
+    assert load_dtype(unet_weights(tmp_path, {"w": torch.zeros(2).to(dtype)}), "cuda") is torch.float32
+
+
+# ------------------------------------------------------------------ setup_pipeline
+
+
+@pytest.fixture(scope="module")
+def saved_sd(tmp_path_factory) -> Path:
+    from tiny_pipelines import build_sd
+
+    folder = tmp_path_factory.mktemp("sd") / "sd"
+    build_sd().to(torch.float16).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_setup_loads_wrapped_or_as_saved_in_float32_on_the_cpu_with_its_bar_off(saved_sd, native) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from clipcond.lab.config import SetupConfig
+    from clipcond.lab.loading import setup_pipeline
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    pipe = setup_pipeline(SetupConfig("a", str(saved_sd), native=native), "cpu")
+    assert type(pipe) is (StableDiffusionPipeline if native else CLIPConditionedPipeline)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float32  # stored in float16
+    assert pipe._progress_bar_config == {"disable": True}
+    assert pipe.device.type == "cpu"
+
+
+def test_a_setup_whose_folder_cannot_load_fails_in_one_line(saved_sd, tmp_path) -> None:
+    import shutil
+
+    from clipcond.lab.config import SetupConfig
+    from clipcond.lab.loading import setup_pipeline
+
+    folder = tmp_path / "sd"
+    shutil.copytree(saved_sd, folder)
+    (folder / "model_index.json").write_text("{")
+    with pytest.raises(ModelLoadFailed) as error:
+        setup_pipeline(SetupConfig("b", str(folder)), "cpu")
+    assert str(error.value).startswith(f"setup b: pipeline {folder} cannot be loaded (")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_off_the_cpu_a_setup_loads_in_its_stored_dtype_on_that_device(saved_sd, native) -> None:
+    # "meta" stands for an accelerator: not the CPU, so the UNet's stored float16, and no GPU needed
+    from clipcond.lab.config import SetupConfig
+    from clipcond.lab.loading import setup_pipeline
+
+    pipe = setup_pipeline(SetupConfig("a", str(saved_sd), native=native), "meta")
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float16
+    assert pipe.unet.device.type == pipe.text_encoder.device.type == "meta"
+
+
+def test_a_native_setup_of_a_saved_clipcond_pipeline_loads_it_as_ours(tmp_path) -> None:
+    # diffusers' DiffusionPipeline cannot load it (its class is not in diffusers)
+    from tiny_pipelines import build_sd
+
+    from clipcond.lab.config import SetupConfig
+    from clipcond.lab.loading import setup_pipeline
+    from clipcond.pipelines.clip_conditioned import CLIPConditionedPipeline
+
+    CLIPConditionedPipeline.from_pipe(build_sd()).save_pretrained(tmp_path / "ours")
+    pipe = setup_pipeline(SetupConfig("a", str(tmp_path / "ours"), native=True), "cpu")
+    assert type(pipe) is CLIPConditionedPipeline
