@@ -219,7 +219,14 @@ def test_the_notes_explain_each_metric_and_name_truncated_prompts() -> None:
         "- `clip_score`: cosine of the CLIP image and prompt embeddings, in [-1, 1].",
         "- `other`: .",
     ]
-    assert notes[5].startswith("- The judge scores only prompts that carry a scene (shapes-world prompts);")
+    assert notes[5] == (
+        "- The judge scores only prompts that carry a scene (shapes-world prompts); text-only prompts have CLIP "
+        "score alone. Rates: 95% Wilson interval; means: 95% percentile bootstrap of the mean. Both count each "
+        "image (prompt x seed) as independent: the seeds of one prompt agree more often than images of different "
+        "prompts, so as statements about the setup on other prompts like these the intervals are too narrow (on "
+        "the shipped encoder experiment, 1.2 to 1.8 times); a mean whose images all have one value gets an "
+        "interval of zero width."
+    )
     assert notes[6] == (
         "- 5 prompt(s) exceed the CLIP context; their CLIP score saw only the start: suite `s` entries 0-2, 5; "
         "suite `t` entry 3."
@@ -348,3 +355,67 @@ def test_a_damaged_result_line_or_image_is_refused(tmp_path) -> None:
         write_report(folder)
     assert str(error.value).startswith(f"{folder / 'results.jsonl'}, line 1: its image ")
     assert not (folder / "report.md").exists()
+
+
+def test_the_settings_of_a_record_without_paths_or_prompts() -> None:
+    record = {key: value for key, value in EXPERIMENT.items() if key not in ("paths", "suite_prompts")}
+    record["settings"] = {**record["settings"], "width": 48}
+    text = _settings(record, [], expected=0, unreadable=0)
+    assert text[2] == "Seeds [0, 1], metrics ['judge'], image size 32 x 48."
+    assert text[6:8] == [
+        "| a | `?` | 4 | 5.0 | False | `abcdef012345` |",
+        "| b\\|c | `?` | 2 | 1.5 | True | `fedcba987654` |",
+    ]
+    assert text[-1] == "| s | `?` | 0 | `998877665544` |"
+    no_suites = {**EXPERIMENT, "paths": {"pipelines": {}}}
+    assert _settings(no_suites, [], expected=0, unreadable=0)[-1] == "| s | `?` | 3 | `998877665544` |"
+
+
+def test_the_report_of_a_bare_record_is_named_by_its_folder(tmp_path) -> None:
+    folder = run_folder(tmp_path, [], record={})
+    assert write_report(folder).read_text().splitlines()[:3] == [
+        "# Experiment: run",
+        "",
+        "Fingerprint `?`; 0 of 0 images (complete).",
+    ]
+
+
+def test_the_report_counts_torn_lines(tmp_path) -> None:
+    folder = run_folder(tmp_path, [result()])
+    with open(folder / "results.jsonl", "a") as results:
+        results.write('{"key": "torn')
+    text = write_report(folder).read_text()
+    assert "1 line(s) of results.jsonl could not be read (torn by a kill, or not JSON) and are not counted." in text
+
+
+def test_the_reports_lines_around_its_tables_grids_and_plots(tmp_path) -> None:
+    lines = [result("a", "s", index, 0, metrics={"exact": True, "clip_score": 0.5}) for index in range(2)]
+    text = write_report(run_folder(tmp_path, lines)).read_text().splitlines()
+    suite_at = text.index("## Suite `s`")
+    assert text[suite_at - 1] == "" and text[suite_at + 1] == ""
+    grid_at = text.index("![s: first 8 prompts, every setup and seed](grids/s.png)")
+    assert text[grid_at - 1] == "" and text[grid_at + 1] == ""
+    plots_at = text.index("## Plots")
+    assert text[plots_at + 1 : plots_at + 6] == [
+        "",
+        "![exact](plots/exact.png)",
+        "",
+        "![clip_score](plots/clip_score.png)",
+        "",
+    ]
+    assert text[plots_at + 6] == "## Notes"
+
+
+def test_the_grid_shows_the_suites_first_eight_prompts(tmp_path) -> None:
+    from clipcond.lab.grids import suite_grid
+
+    lines = [result("a", "s", index, seed) for index in range(10) for seed in (0, 1)]
+    folder = run_folder(tmp_path, lines)
+    write_report(folder)
+    with Image.open(folder / "grids" / "s.png") as written:
+        pixels = np.asarray(written.convert("RGB"))
+    ordered = _in_plan_order(lines, ["a", "b|c"], ["s"])
+    expected = np.asarray(suite_grid(folder, ordered, "s", ["a", "b|c"], [0, 1], max_prompts=8))
+    assert pixels.shape == expected.shape and (pixels == expected).all()
+    every = np.asarray(suite_grid(folder, ordered, "s", ["a", "b|c"], [0, 1], max_prompts=10))
+    assert every.shape[0] > pixels.shape[0]
