@@ -95,6 +95,20 @@ def _fresh_progress_bar_locks() -> None:
             cls._lock = TqdmDefaultWriteLock()
 
 
+# torch's assert when a forked child does parallel work in a thread pool the parent left
+# unusable (seen after transformers loaded bfloat16 weights in the control): the child broke, the
+# mutant did not fail a test
+BROKEN_POOL = "Invalid thread pool"
+
+
+def child_verdict(exit_code: int, failure: str) -> str:
+    """ "survived" for a child that passed, "killed" for one whose test failed, "broken child"
+    when what failed was torch's thread pool in the child (`BROKEN_POOL`): check that mutant by hand."""
+    if exit_code == 0:
+        return "survived"
+    return "broken child" if BROKEN_POOL in failure else "killed"
+
+
 def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
     """Run `items` in a child with `mutant` switched on; (verdict, first failure)."""
     read, write = os.pipe()
@@ -114,11 +128,12 @@ def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
         os._exit(1 if failure else 0)
     os.close(write)
     start = time.monotonic()
+    exit_code = None  # None: timed out
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                verdict = "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+                exit_code = os.waitstatus_to_exitcode(status)
                 break
             if time.monotonic() - start > timeout:
                 raise TimeoutError
@@ -128,10 +143,9 @@ def run_forked(items: list, mutant: str, timeout: float) -> tuple[str, str]:
         os.waitpid(pid, 0)
         if not isinstance(stop, TimeoutError):
             raise
-        verdict = "timeout"
     failure = os.read(read, 1000).decode(errors="replace").replace("\n", " ")
     os.close(read)
-    return verdict, failure
+    return ("timeout" if exit_code is None else child_verdict(exit_code, failure)), failure
 
 
 class ForkPerMutant:

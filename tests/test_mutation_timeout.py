@@ -1,6 +1,6 @@
-"""How long the forked mutation runner (tests/mutation_fork.py) lets a mutant run: a fixed
+"""How long the forked mutation runner (tests/mutation_fork.py) lets a mutant run (a fixed
 `--timeout` when given, else ten times the control seconds of the tests that reach it, at least
-30 s."""
+30 s), and the verdict it gives a child that ended."""
 
 from __future__ import annotations
 
@@ -28,3 +28,12 @@ def test_a_fixed_limit_wins_whatever_the_control_took():
 def test_a_fixed_limit_of_no_time_is_refused(fixed):
     with pytest.raises(ValueError, match=rf"`fixed` must be a number of seconds > 0, got {fixed!r}"):
         mutation_fork.mutant_timeout([1.0], fixed=fixed)
+
+
+def test_a_childs_verdict_from_its_exit_code_and_first_failure():
+    assert mutation_fork.child_verdict(0, "") == "survived"
+    assert mutation_fork.child_verdict(1, "tests/t.py::test_x [call] E   AssertionError") == "killed"
+    assert mutation_fork.child_verdict(1, "runner: ValueError: the mutant raised") == "killed"
+    # torch's broken thread pool in the forked child: no verdict on the mutant
+    pool = 'E   RuntimeError: pool INTERNAL ASSERT FAILED at "ParallelOpenMP.cpp":64 ... Invalid thread pool!'
+    assert mutation_fork.child_verdict(1, f"tests/t.py::test_x [call] {pool}") == "broken child"
