@@ -215,3 +215,41 @@ def test_a_finished_step_must_have_succeeded_and_made_its_path(tmp_path) -> None
     assert str(error.value) == f"prepare step `clipcond train-clip` finished but did not create {tmp_path / 'made'}"
     (tmp_path / "made").mkdir()
     assert prepare._check_finished(step, 0, log) is None
+
+
+@pytest.mark.parametrize(
+    "command, config",
+    [("train-t5", "configs/train/t5-tiny-shapes.yaml"), ("train-diffusion", "configs/diffusion/shapes-tiny.yaml")],
+)
+def test_each_training_commands_arguments_and_config_are_checked_as_it_reads_them(command, config) -> None:
+    check_steps([PrepareStep(command, "runs/x", ["--config", str(REPO / config), "--steps", "2"])])
+    with pytest.raises(ValueError) as error:
+        check_steps([PrepareStep(command, "runs/x", ["--config", str(REPO / config), "--set", "no_such_key=1"])])
+    assert str(error.value).startswith(f"prepare step {command} (creates runs/x): ") and "no_such_key" in str(
+        error.value
+    )
+
+
+def test_an_unknown_flag_is_refused_in_argparses_words_and_help_is_no_flag_of_a_step() -> None:
+    for flag in ("--no-such-flag", "-h"):
+        step = PrepareStep("init-clip", "runs/c", ["--model", str(TINY_MODEL), "--output", "runs/c", flag])
+        with pytest.raises(ValueError) as error:
+            check_steps([step])
+        assert str(error.value) == (
+            f"prepare step init-clip (creates runs/c): unrecognized arguments: {flag} "
+            f"(in args: --model {TINY_MODEL} --output runs/c {flag})"
+        )
+
+
+def test_a_log_that_is_not_utf8_is_shown_with_replacement_characters(tmp_path) -> None:
+    log = tmp_path / "1-train-clip.log"
+    log.write_bytes(b"ok\nbad \xff byte\n")
+    with pytest.raises(RuntimeError) as error:
+        prepare._check_finished(PrepareStep("train-clip", str(tmp_path / "x")), 1, log)
+    assert str(error.value).endswith("ends:\nok\nbad \ufffd byte")
+
+
+def test_an_unknown_core_count_counts_as_one(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(prepare.os, "cpu_count", lambda: None)
+    assert prepare._child_environment(2, 1)["OMP_NUM_THREADS"] == "1"
