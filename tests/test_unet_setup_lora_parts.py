@@ -63,3 +63,17 @@ def test_an_init_from_without_a_unet_folder_is_refused(tmp_path) -> None:
     with pytest.raises(FileNotFoundError) as caught:
         build_unet(config, 32, None)
     assert str(caught.value) == f"init_from: no unet/ in {tmp_path} (a saved CLIPConditionedPipeline)"
+
+
+def test_a_unet_that_already_holds_an_adapter_is_refused_naming_it() -> None:
+    unet = _unet()
+    settings = NS(lora=DiffusionLoraSettings(target_modules=["attn2.to_q"]))
+    add_lora(unet, settings)
+    before = {name: value.clone() for name, value in unet.state_dict().items()}
+    with pytest.raises(RunSetupError) as caught:
+        add_lora(unet, settings)
+    assert str(caught.value) == (
+        "the UNet already holds LoRA adapter(s) ['default']; the run adds its own to a UNet without one"
+    )
+    after = unet.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)

@@ -114,11 +114,18 @@ def add_lora(unet: nn.Module, config: TrainDiffusionConfig) -> None:
     name matches a module whose dotted path is it or ends in ``.<name>``, as peft matches).
 
     Raises:
-        RunSetupError: a target matches no module of the UNet, or a module that is not a layer
-            peft adapts (e.g. ``attn2``, the attention block, not its projections).
+        RunSetupError: the UNet already holds a LoRA adapter; a target matches no module of
+            the UNet, or a module that is not a layer peft adapts (e.g. ``attn2``, the attention
+            block, not its projections).
     """
     from peft import LoraConfig
 
+    # peft's wrapped layers are no nn.Linear: checked first, a second call would read as a bad target
+    adapters = sorted(getattr(unet, "peft_config", None) or {})
+    if adapters:
+        raise RunSetupError(
+            f"the UNet already holds LoRA adapter(s) {adapters}; the run adds its own to a UNet without one"
+        )
     targets = list(config.lora.target_modules)
     matched = {t: [m for name, m in unet.named_modules() if name == t or name.endswith(f".{t}")] for t in targets}
     unmatched = [t for t in targets if not matched[t]]
