@@ -102,7 +102,10 @@ def test_help_names_the_program_and_its_purpose(capsys) -> None:
         cli.main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: clipcond [-h] [--debug]") and "CLIP (and T5) text conditioning for diffusers" in out
+    assert (
+        out.startswith("usage: clipcond [-h] [--debug]")
+        and "CLIP (and T5) text conditioning for diffusers" in out.splitlines()
+    )
 
 
 def test_main_returns_the_subcommands_exit_status_with_its_arguments(monkeypatch) -> None:

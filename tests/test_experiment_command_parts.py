@@ -33,6 +33,19 @@ def test_the_options_and_their_defaults() -> None:
     assert _args("--report-only").report_only
 
 
+def test_jobs_takes_one_and_more() -> None:
+    assert [_args("--jobs", text).jobs for text in ("1", "2", "16")] == [1, 2, 16]
+
+
+def test_every_option_says_what_it_does_in_the_help() -> None:
+    parser = build_parser()
+    (commands,) = [action for action in parser._actions if action.dest == "command"]
+    options = commands.choices["experiment"]._actions
+    helps = {action.dest: action.help for action in options}
+    assert set(helps) == {"help", "config", "device", "no_progress", "jobs", "check", "report_only", "debug"}
+    assert all(isinstance(text, str) and len(text) > 20 for text in helps.values())
+
+
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5", ""])
 def test_jobs_below_one_or_not_an_integer_is_a_usage_error(text, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -76,6 +89,7 @@ class _Recorder:
             return self.config
 
         def check_experiment(config, allow_pending=False):
+            assert config is self.config
             self.calls.append(("check_experiment", allow_pending))
             return self.suites
 
@@ -158,6 +172,18 @@ def test_another_experiments_run_folder_is_refused_before_any_step(recorder) -> 
     (recorder.output / "experiment.json").write_text('{"name": "other", "fingerprint": "f"}')
     with pytest.raises(UsageError, match=r"^exp.yaml: output_dir .* holds the run of experiment 'other', not 'exp'"):
         experiment.run(_args())
+    assert recorder.names() == ["load"]
+
+
+def test_an_output_dir_below_a_broken_symlink_is_named_with_the_config(recorder, tmp_path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    recorder.config = ExperimentConfig(**{**vars(recorder.config), "output_dir": str(tmp_path / "link" / "run")})
+    with pytest.raises(UsageError) as caught:
+        experiment.run(_args())
+    assert str(caught.value) == (
+        f"exp.yaml: output_dir {tmp_path / 'link' / 'run'}: {tmp_path / 'link'} is a broken symlink "
+        f"(it points to {tmp_path / 'gone'}, which is not there)"
+    )
     assert recorder.names() == ["load"]
 
 

@@ -695,3 +695,181 @@ def test_run_experiment_resolves_the_device_before_any_file(reported, monkeypatc
     )
     runner.run_experiment(s.config, show_progress=False, write_report=False)
     assert devices == ["cuda" if torch.cuda.is_available() else "cpu"] * 2
+
+
+# ---- keys and fingerprints are stored: they must not change between releases -----------------
+
+
+def test_a_key_is_the_sha256_of_its_documented_fields_and_stays_what_earlier_runs_stored(tmp_path) -> None:
+    import hashlib
+
+    config = _config(tmp_path, metrics=["judge", "clip_score"], clip_score_model="/clip")
+    jobs = runner.plan_jobs(config, [_suite()], DIGESTS, "cdigest")
+    # written out by hand, in another key order: the hash reads keys sorted
+    fields = {
+        "lab_version": 1,
+        "clip_digest": "cdigest",
+        "metrics": ["clip_score", "judge"],
+        "seed": 0,
+        "entry": {"relation": None, "objects": [["red", "circle"]], "prompt": "a red circle", "category": "single"},
+        "index": 0,
+        "suite": "s",
+        "setup": {"width": None, "height": None, "guidance_scale": 4.0, "steps": 5, "native": False,
+                  "pipeline_digest": "pa", "name": "a"},
+    }  # fmt: skip
+    assert jobs[0].key == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    # the keys results.jsonl files hold today: a change here drops every user's results
+    assert jobs[0].key == "43066471040015dc1275f94b2583bd256a4122ba8832e21c84578965605f665e"
+    assert jobs[-1].key == "3a750f5156148e9f11d84d3c4d2df95b4bb6764764c8179110ca2d454db9f608"
+    record = runner._experiment_record(config, [_suite()], DIGESTS, "cdigest")
+    assert record["fingerprint"] == "3baf45051340d500087afb3d0bc9769b570f8a2a8740bdfc3d9e0fca42016a9e"
+
+
+# ---- the file-hash cache, the CLIP's digest and the progress bar -------------------------------
+
+
+def _hashed_files(monkeypatch) -> list[Path]:
+    import clipcond.lab.digests as digests
+
+    read = []
+    original = digests._file_sha256
+    monkeypatch.setattr(digests, "_file_sha256", lambda path: read.append(Path(path)) or original(path))
+    return read
+
+
+@pytest.fixture
+def with_clip(stand_ins, monkeypatch):
+    """`stand_ins` measuring clip_score with a stand-in scorer of a one-file CLIP folder."""
+    clip = stand_ins.output.parent / "clip"
+    clip.mkdir()
+    (clip / "model.bin").write_bytes(b"clip")
+    loaded = []
+
+    def load_clip_scorer(folder, device):
+        loaded.append(folder)
+        return _Scorer()
+
+    monkeypatch.setattr(runner, "load_clip_scorer", load_clip_scorer)
+    config = dataclasses.replace(stand_ins.config, metrics=["clip_score"], clip_score_model=str(clip))
+    return NS(**{**vars(stand_ins), "config": config}, clip=clip, loaded=loaded)
+
+
+def test_unchanged_model_files_are_not_read_again_on_a_resume(with_clip, monkeypatch) -> None:
+    s = with_clip
+    read = _hashed_files(monkeypatch)
+    _pending(s)
+    assert sorted(path.name for path in read) == ["model.bin", "weights.bin", "weights.bin"]
+    record = json.loads((s.output / "experiment.json").read_text())
+    assert sorted(Path(name).name for name in record["file_digests"]) == ["model.bin", "weights.bin", "weights.bin"]
+    read.clear()
+    _pending(s)
+    assert read == []
+
+
+@pytest.mark.parametrize("cache", ['"not a mapping"', "[1, 2]", "null"])
+def test_a_file_digests_entry_that_is_no_mapping_is_read_again_not_trusted(with_clip, monkeypatch, cache) -> None:
+    s = with_clip
+    _pending(s)
+    path = s.output / "experiment.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "file_digests": json.loads(cache)}))
+    read = _hashed_files(monkeypatch)
+    _pending(s)
+    assert len(read) == 3 and _drawn_images(s.pipes) == 8  # read again; the same digests: nothing redrawn
+
+
+def test_a_changed_clip_redraws_and_rescores_every_image_and_is_recorded(with_clip) -> None:
+    from clipcond.lab.digests import folder_digest
+
+    s = with_clip
+    _pending(s)
+    (s.clip / "model.bin").write_bytes(b"another clip")
+    _pending(s)
+    assert _drawn_images(s.pipes) == 16 and s.loaded == [str(s.clip)] * 2
+    record = json.loads((s.output / "experiment.json").read_text())
+    assert record["clip_digest"] == folder_digest(s.clip)
+
+
+def test_a_clip_that_cannot_load_is_named_and_keeps_every_result(with_clip, monkeypatch) -> None:
+    from clipcond.lab.loading import ModelLoadFailed
+
+    s = with_clip
+    _pending(s, s.config)
+    before = (s.output / RESULTS_NAME).read_bytes()
+
+    def broken(folder, device):
+        raise OSError("model.bin: unexpected end of file")
+
+    monkeypatch.setattr(runner, "load_clip_scorer", broken)
+    (s.clip / "model.bin").write_bytes(b"cut")
+    with pytest.raises(ModelLoadFailed) as caught:
+        _pending(s)
+    assert str(caught.value).startswith(
+        f"clip_score_model {s.clip} cannot be loaded (model.bin: unexpected end of file)"
+    )
+    assert (s.output / RESULTS_NAME).read_bytes() == before
+
+
+def test_the_pipeline_folder_is_what_is_checked(stand_ins, monkeypatch) -> None:
+    s = stand_ins
+    asked = []
+    monkeypatch.setattr(runner, "check_loadable", lambda folder, what: asked.append((folder, what)))
+    _pending(s)
+    assert asked == [(setup.pipeline, f"setup {setup.name}: pipeline") for setup in s.config.setups]
+
+
+def test_the_progress_bar_counts_images_from_those_already_done(stand_ins, capsys) -> None:
+    s = stand_ins
+    s.output.mkdir()
+    runner._run_pending(s.config, s.suites, s.output, "cpu", show_progress=True)
+    err = capsys.readouterr().err
+    assert "experiment exp: " in err and "8/8" in err and "image/s" in err
+    more = dataclasses.replace(s.config, seeds=[0, 1, 2])
+    runner._run_pending(more, s.suites, s.output, "cpu", show_progress=True)
+    err = capsys.readouterr().err
+    assert "8/12" in err and "12/12" in err and "0/12" not in err
+
+
+def test_batches_are_grouped_by_the_setups_own_conditioner(stand_ins, monkeypatch) -> None:
+    s = stand_ins
+    asked = []
+
+    class Conditioned(_Pipe):
+        def __init__(self):
+            super().__init__()
+            self.conditioner = NS(encode=lambda prompts: asked.append(prompts) or NS(tokens=torch.zeros(1, 77, 2)))
+
+    monkeypatch.setattr(runner, "setup_pipeline", lambda setup, device: Conditioned())
+    _pending(s)
+    assert sorted(map(tuple, asked)) == [("a photo of a cat",)] * 2 + [("a red circle",)] * 2
+
+
+def test_run_experiment_makes_a_nested_output_dir_and_switches_library_bars_as_asked(
+    reported, monkeypatch, capsys
+) -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    s = reported
+    nested = dataclasses.replace(s.config, output_dir=str(s.output / "deeper" / "run"))
+    seen = []
+    original = runner.setup_pipeline
+    monkeypatch.setattr(
+        runner,
+        "setup_pipeline",
+        lambda setup, device: seen.append(diffusers_logging.is_progress_bar_enabled()) or original(setup, device),
+    )
+    assert runner.run_experiment(nested, show_progress=False, write_report=False) == Path(nested.output_dir)
+    assert (Path(nested.output_dir) / RESULTS_NAME).is_file()
+    assert seen == [False, False] and diffusers_logging.is_progress_bar_enabled()
+    assert "experiment exp" not in capsys.readouterr().err
+    seen.clear()
+    runner.run_experiment(dataclasses.replace(nested, seeds=[5]), write_report=False)  # default: bars shown
+    assert seen == [True, True] and "experiment exp: " in capsys.readouterr().err
+
+
+def test_run_experiment_checks_the_config_it_is_given(reported, monkeypatch) -> None:
+    s = reported
+    given = []
+    monkeypatch.setattr(runner, "check_experiment", lambda config: given.append(config) or s.suites)
+    runner.run_experiment(s.config, show_progress=False, write_report=False)
+    assert given == [s.config]
