@@ -15,6 +15,7 @@ import pytest
 import torch
 from lab_helpers import save_tiny_clip
 from PIL import Image
+from shards import captions_of, write_shard, write_shards
 
 from clipcond.errors import RunFailed, UsageError
 from clipcond.training.clip import eval_command
@@ -67,6 +68,39 @@ def test_the_options_and_their_defaults() -> None:
     }
 
 
+def test_every_option_says_what_it_does_in_the_help(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    helps = {action.dest: action.help for action in parser._actions if action.dest != "help"}
+    assert set(helps) == {"model", "images_per_class", "seed", "webdataset", "manifest", "pairs", "output", "force"}
+    assert all(isinstance(text, str) and len(text) > 20 for text in helps.values()), helps
+    assert "--webdataset PATTERN [PATTERN ...]" in parser.format_help()
+    with pytest.raises(SystemExit):
+        eval_command.main(["--help"])
+    assert "evaluate a saved CLIP" in capsys.readouterr().out
+
+
+def test_the_model_is_required_and_several_patterns_are_one_list(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _args("--seed", "1")
+    assert "the following arguments are required: --model" in capsys.readouterr().err
+    assert _args("--model", "m", "--webdataset", "a.tar", "b-{0..1}.tar").webdataset == ["a.tar", "b-{0..1}.tar"]
+
+
+@pytest.mark.parametrize("option", ["--model", "--manifest", "--output"])
+def test_a_path_no_file_system_takes_is_named_with_its_option(option, clip_dir) -> None:
+    argv = ["--model", str(clip_dir), option, "bad\0name"]
+    with pytest.raises(UsageError) as caught:
+        eval_command.run(_args(*argv[2 if option == "--model" else 0 :]))
+    assert str(caught.value).startswith(f"{option} ") and "NUL byte" in str(caught.value)
+
+
+def test_an_empty_shard_pattern_is_refused_with_the_option(tmp_path) -> None:
+    with pytest.raises(UsageError) as caught:
+        eval_command.run(_args("--model", str(tmp_path), "--webdataset", "a.tar::"))
+    assert str(caught.value).startswith("--webdataset: expected a shard pattern")
+
+
 def test_webdataset_and_manifest_exclude_each_other(capsys) -> None:
     with pytest.raises(SystemExit):
         _args("--model", "m", "--webdataset", "a.tar", "--manifest", "m.jsonl")
@@ -97,6 +131,22 @@ def test_a_folder_without_a_clip_is_named_with_the_option(tmp_path) -> None:
     with pytest.raises(UsageError) as caught:
         eval_command.run(_args("--model", str(tmp_path)))
     assert str(caught.value).startswith(f"--model {tmp_path}: cannot load a CLIP: ")
+
+
+@pytest.mark.parametrize("kind", ["value", "safetensors"])
+def test_a_clip_that_cannot_be_read_is_named_with_the_option(kind, tmp_path, monkeypatch) -> None:
+    import clipcond.models as models
+    from safetensors import SafetensorError
+
+    error = ValueError("a config value is wrong") if kind == "value" else SafetensorError("header too large")
+
+    def load_clip(folder):
+        raise error
+
+    monkeypatch.setattr(models, "load_clip", load_clip)
+    with pytest.raises(UsageError) as caught:
+        eval_command.run(_args("--model", str(tmp_path)))
+    assert str(caught.value) == f"--model {tmp_path}: cannot load a CLIP: {error}"
 
 
 def test_a_missing_manifest_or_shard_is_refused_before_the_model_loads(tmp_path, monkeypatch) -> None:
@@ -142,6 +192,27 @@ def test_shapes_pairs_of_the_seed_and_the_models_image_size_reach_retrieval(clip
     assert stand_ins["retrieval"]["clip"] is stand_ins["zero_shot"]["clip"]
 
 
+def test_shapes_images_take_the_image_size_of_the_model(stand_ins, tmp_path, capsys) -> None:
+    import dataclasses
+
+    from clipcond.models import ClipTwoTower, load_model_config, save_clip
+
+    config = load_model_config(Path(__file__).parents[1] / "configs/models/clip-tiny-vit.yaml")
+    config = dataclasses.replace(
+        config,
+        vision=dataclasses.replace(config.vision, image_size=24),
+        text=dataclasses.replace(config.text, context_length=20),
+    )
+    torch.manual_seed(0)
+    folder = save_clip(ClipTwoTower(config), tmp_path / "clip24")
+    eval_command.run(_args("--model", str(folder), "--images-per-class", "1", "--pairs", "4"))
+    assert {image.size for image, _ in stand_ins["retrieval"]["pairs"]} == {(24, 24)}
+    for evaluation in ("retrieval", "zero_shot"):
+        tokenizer = stand_ins[evaluation]["tokenizer"]
+        assert tokenizer.context_length == 20 and tokenizer.tokenizer.model_max_length == 20
+        assert tokenizer.ids("a red circle") == [49406, 320, 736, 7117, 49407]  # CLIP's real ids
+
+
 def test_a_bfloat16_clip_is_evaluated_in_float32(clip_dir, stand_ins, tmp_path, capsys) -> None:
     from clipcond.models import load_clip, save_clip
 
@@ -169,6 +240,37 @@ def test_a_manifests_pairs_reach_retrieval(clip_dir, stand_ins, tmp_path, capsys
     assert [image.getpixel((0, 0)) for image, _ in pairs] == [(255, 0, 0), (0, 0, 255)]
 
 
+def test_webdataset_pairs_reach_retrieval_and_their_skips_are_reported(clip_dir, stand_ins, tmp_path, capsys) -> None:
+    shards = write_shards(tmp_path, "wds", 2, per_shard=2)
+    write_shard(tmp_path / "wds-000002.tar", [("broken", b"not a png", b"a caption")])
+    pattern = str(tmp_path / "wds-{000000..000002}.tar")
+    eval_command.run(_args("--model", str(clip_dir), "--webdataset", pattern))
+    assert [caption for _, caption in stand_ins["retrieval"]["pairs"]] == captions_of(shards, per_shard=2)[:3]
+    assert [image.size for image, _ in stand_ins["retrieval"]["pairs"]] == [(24, 20)] * 3
+    # the stand-in read 3 of the 5 samples; the whole stream, read on, counts the broken one
+    stand_ins.pop("retrieval")
+    stand_ins["too_few"] = True
+    with pytest.raises(UsageError) as caught:
+        eval_command.run(_args("--model", str(clip_dir), "--webdataset", pattern))
+    assert str(caught.value).startswith("--webdataset: 1 usable image-caption pair; retrieval needs at least 2 (")
+
+
+def test_webdataset_skips_reach_the_printed_metrics(clip_dir, stand_ins, tmp_path, monkeypatch, capsys) -> None:
+    import clipcond.training.clip.evaluation as evaluation
+
+    write_shards(tmp_path, "wds", 1, per_shard=2)
+    write_shard(tmp_path / "wds-000001.tar", [("broken", b"not a png", b"a caption")])
+
+    def read_all(clip, tokenizer, pairs, limit=1000):
+        return {"pairs": len(list(pairs))}
+
+    monkeypatch.setattr(evaluation, "pair_retrieval", read_all)
+    eval_command.run(_args("--model", str(clip_dir), "--webdataset", str(tmp_path / "wds-{000000..000001}.tar")))
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["retrieval"] == {"pairs": 2}
+    assert sum(metrics["skipped"].values()) == 1, metrics["skipped"]
+
+
 def test_too_few_pairs_names_the_source_and_its_skips(clip_dir, stand_ins, tmp_path) -> None:
     (tmp_path / "a.png").write_bytes(_png((1, 2, 3)))
     manifest = tmp_path / "m.jsonl"
@@ -187,7 +289,7 @@ def test_too_few_pairs_names_the_source_and_its_skips(clip_dir, stand_ins, tmp_p
 
 
 def test_the_metrics_are_printed_and_written_as_json(clip_dir, stand_ins, tmp_path, capsys) -> None:
-    output = tmp_path / "deeper" / "metrics.json"
+    output = tmp_path / "deeper" / "still" / "metrics.json"
     assert eval_command.run(_args("--model", str(clip_dir), "--output", str(output))) == 0
     expected = {"zero_shot": {"top1": 0.25}, "retrieval": {"image_to_text_r1": 0.5}, "skipped": {}}
     printed = capsys.readouterr().out
