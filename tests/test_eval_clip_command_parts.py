@@ -135,8 +135,9 @@ def test_a_folder_without_a_clip_is_named_with_the_option(tmp_path) -> None:
 
 @pytest.mark.parametrize("kind", ["value", "safetensors"])
 def test_a_clip_that_cannot_be_read_is_named_with_the_option(kind, tmp_path, monkeypatch) -> None:
-    import clipcond.models as models
     from safetensors import SafetensorError
+
+    import clipcond.models as models
 
     error = ValueError("a config value is wrong") if kind == "value" else SafetensorError("header too large")
 
