@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -66,16 +67,18 @@ def _trainable(module: torch.nn.Module) -> set[bool]:
 # resolve_path
 
 
-def test_a_path_that_exists_or_is_absolute_is_taken_as_given(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
+# (no chdir in these tests: mutmut finds the code it mutates from the working folder)
+
+
+def test_a_path_that_exists_or_is_absolute_is_taken_as_given(tmp_path) -> None:
     (tmp_path / "here.yaml").write_text("x")
-    assert resolve_path("here.yaml", tmp_path / "configs") == Path("here.yaml")
+    here = os.path.relpath(tmp_path / "here.yaml")
+    assert resolve_path(here, tmp_path / "configs") == Path(here)
     assert resolve_path(str(tmp_path / "gone.yaml"), Path("configs")) == tmp_path / "gone.yaml"
     assert resolve_path("gone.yaml", None) == Path("gone.yaml")
 
 
-def test_a_missing_relative_path_is_read_beside_the_run_config(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_a_missing_relative_path_is_read_beside_the_run_config() -> None:
     assert resolve_path("models/m.yaml", Path("runs/a")) == Path("runs/a/models/m.yaml")
 
 
@@ -94,8 +97,7 @@ def test_pretrain_builds_the_yaml_model_with_everything_trained() -> None:
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
 
 
-def test_a_relative_model_yaml_is_found_beside_the_run_config(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_a_relative_model_yaml_is_found_beside_the_run_config(tmp_path) -> None:
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "m.yaml").write_text(TINY_YAML.read_text())
     model = build_contrastive_model(_config("pretrain", "m.yaml"), tmp_path / "runs")
@@ -148,8 +150,8 @@ def test_finetune_keeps_the_saved_temperature(saved) -> None:
     assert _same(_weights(model.clip), _weights(load_clip(saved)))
 
 
-def test_a_relative_init_from_is_found_beside_the_run_config(saved, tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_a_relative_init_from_is_found_beside_the_run_config(saved) -> None:
+    assert not Path(saved.name).exists()
     model = build_contrastive_model(_config("finetune", saved.name), saved.parent)
     assert model.logit_scale.item() == 3.25
 
