@@ -210,6 +210,18 @@ def test_a_damaged_saved_bias_is_a_setup_error_naming_the_folder(saved_with_bias
     assert str(caught.value).startswith(f"init_from {damaged}: ")
 
 
+def test_a_saved_bias_that_cannot_be_read_is_a_setup_error_naming_the_folder(saved_with_bias, monkeypatch) -> None:
+    import clipcond.training.clip.model_setup as model_setup
+
+    def unreadable(folder):
+        raise ValueError("logit_bias.safetensors holds no tensor 'logit_bias'")
+
+    monkeypatch.setattr(model_setup, "load_logit_bias", unreadable)
+    with pytest.raises(RunSetupError) as caught:
+        build_contrastive_model(_config("finetune", saved_with_bias, loss="siglip"))
+    assert str(caught.value) == f"init_from {saved_with_bias}: logit_bias.safetensors holds no tensor 'logit_bias'"
+
+
 def test_gradient_checkpointing_is_switched_on_when_asked(saved, monkeypatch) -> None:
     calls: list[ClipTwoTower] = []
     monkeypatch.setattr(ClipTwoTower, "enable_gradient_checkpointing", lambda self: calls.append(self))
@@ -240,6 +252,21 @@ def test_lora_on_targets_of_one_tower_leaves_the_other_plain(saved) -> None:
     model = build_contrastive_model(_config("lora", saved, lora=LoraSettings(target_modules=["fc1"])))
     assert hasattr(model.clip.text, "peft_config") and not hasattr(model.clip.vision, "peft_config")
     assert _trainable(model.clip.vision) == {False}
+
+
+def test_lora_on_targets_of_the_image_tower_alone(saved) -> None:
+    lora = LoraSettings(r=2, alpha=2, dropout=0.25, target_modules=["convolution"])  # the ResNet's convolutions
+    model = build_contrastive_model(_config("lora", saved, lora=lora))
+    assert hasattr(model.clip.vision, "peft_config") and not hasattr(model.clip.text, "peft_config")
+    assert model.clip.vision.peft_config["default"].lora_dropout == 0.25
+    assert _trainable(model.clip.text) == {False}
+
+
+def test_lora_dropout_reaches_peft(saved) -> None:
+    lora = LoraSettings(r=2, alpha=4, dropout=0.125, target_modules=["q_proj"])
+    model = build_contrastive_model(_config("lora", saved, lora=lora))
+    for tower in (model.clip.text, model.clip.vision):
+        assert tower.peft_config["default"].lora_dropout == 0.125
 
 
 def test_lora_targets_that_match_nothing_are_refused(saved) -> None:
