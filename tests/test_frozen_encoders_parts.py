@@ -165,8 +165,9 @@ def test_openais_vocabulary_saved_beside_a_tower_is_read_with_cleaning_and_its_p
     assert tokenizer.pad_token == "!" and tokenizer.model_max_length == 77
     # the tower's context when it is the shorter
     tiny_pipelines.clip_text_model(4, max_position_embeddings=20).save_pretrained(tmp_path / "short")
+    clip_tokenizer(model_max_length=77).save_pretrained(tmp_path / "short")
     short = load_text_encoder_tokenizer(str(tmp_path / "short"), load_frozen_text_encoder(str(tmp_path / "short")))
-    assert short.model_max_length == 20
+    assert isinstance(short, CLIPTokenizerWithTextCleaning) and short.model_max_length == 20
 
 
 def test_another_vocabulary_is_kept_as_saved(tmp_path) -> None:
@@ -200,6 +201,56 @@ def test_a_tokenizer_exactly_the_tables_size_is_taken(tmp_path) -> None:
     encoder = load_frozen_text_encoder(str(tmp_path))
     assert encoder.get_input_embeddings().num_embeddings == 49408
     assert len(load_text_encoder_tokenizer(str(tmp_path), encoder)) == 49408
+
+
+def test_a_tokenizer_whose_merges_leave_entries_unmade_is_refused_after_the_load(tmp_path) -> None:
+    """With no tokenizer_config.json its class is unknown, so the folder check leaves the tables
+    to the check after the load (test_bpe_tables.py), which names the folder."""
+    import json
+
+    tiny_pipelines.clip_text_model(4, vocab_size=49409).save_pretrained(tmp_path / "text_encoder")
+    folder = tmp_path / "tokenizer"
+    clip_tokenizer().save_pretrained(folder)
+    state = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    state["model"]["vocab"]["<0x0A>"] = len(state["model"]["vocab"])
+    (folder / "tokenizer.json").write_text(json.dumps(state), encoding="utf-8")
+    (folder / "tokenizer_config.json").unlink()
+    encoder = load_frozen_text_encoder(str(tmp_path))
+    with pytest.raises(RunSetupError) as caught:
+        load_text_encoder_tokenizer(str(tmp_path), encoder)
+    assert str(caught.value).startswith(
+        f"text_encoder {folder}: the tokenizer of {folder} has 1 vocabulary entries that no merge rule makes ('<0x0A>')"
+    )
+
+
+@pytest.mark.parametrize("where", ["tower", "tokenizer", "t5"])
+def test_a_damaged_folder_is_said_to_be_the_folder_with_damaged_files(where, tmp_path, t5_tokenizer_path) -> None:
+    import shutil
+
+    if where == "t5":
+        tiny_pipelines.t5_encoder(0, vocab_size=400).save_pretrained(tmp_path / "text_encoder")
+        shutil.copytree(t5_tokenizer_path, tmp_path / "tokenizer")
+        damaged = tmp_path / "text_encoder" / "config.json"
+    else:
+        tiny_pipelines.clip_text_model(4).save_pretrained(tmp_path / "text_encoder")
+        clip_tokenizer().save_pretrained(tmp_path / "tokenizer")
+        damaged = tmp_path / ("text_encoder/config.json" if where == "tower" else "tokenizer/tokenizer_config.json")
+    encoder = load_frozen_text_encoder(str(tmp_path)) if where == "tokenizer" else None
+    damaged.write_text("")
+    key, folder = ("t5_encoder", tmp_path) if where == "t5" else ("text_encoder", damaged.parent)
+    with pytest.raises(RunSetupError) as caught:
+        if where == "t5":
+            load_frozen_t5(str(tmp_path))
+        elif where == "tower":
+            load_frozen_text_encoder(str(tmp_path))
+        else:
+            load_text_encoder_tokenizer(str(tmp_path), encoder)
+    if where == "tower":
+        folder = tmp_path
+    assert str(caught.value) == (
+        f"{key} {folder}: the folder has damaged files (cut short, or overwritten?): {damaged} is empty; "
+        "nothing was loaded"
+    )
 
 
 def test_a_tokenizer_that_cannot_be_read_is_named_with_its_folder(tmp_path) -> None:
