@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 from unittest import mock
 
 import pytest
