@@ -27,7 +27,13 @@ def recorded_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("t5") / "run"
     steps: list[dict[str, float]] = []
     evaluations: list[dict] = []
+    optimizers: list[dict] = []
     span_loss, evaluate = t5_loop.span_loss, t5_loop.evaluate_span_corruption
+    make_optimizer = t5_loop.adamw_with_warmup_cosine
+
+    def recording_optimizer(model, *args, **kwargs):
+        optimizers.append({"args": args, "kwargs": kwargs})
+        return make_optimizer(model, *args, **kwargs)
 
     def recording_loss(logits, labels):
         loss, correct = span_loss(logits, labels)
@@ -42,13 +48,23 @@ def recorded_run(tmp_path_factory):
     with (
         mock.patch.object(t5_loop, "span_loss", recording_loss),
         mock.patch.object(t5_loop, "evaluate_span_corruption", recording_evaluation),
+        mock.patch.object(t5_loop, "adamw_with_warmup_cosine", recording_optimizer),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        result = t5_loop.train_t5(tiny_config(output, steps=4, lr=2e-2, eval_every=2), show_progress=False)
+        result = t5_loop.train_t5(
+            tiny_config(output, steps=4, lr=2e-2, eval_every=2, betas=[0.8, 0.95], eps=1e-7, weight_decay=0.05),
+            show_progress=False,
+        )
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     return dict(
-        result=result, steps=steps, evaluations=evaluations, records=records, out=out.getvalue(), err=err.getvalue()
+        result=result,
+        steps=steps,
+        evaluations=evaluations,
+        optimizers=optimizers,
+        records=records,
+        out=out.getvalue(),
+        err=err.getvalue(),
     )
 
 
@@ -124,3 +140,36 @@ def test_the_trained_tokenizer_keeps_the_configured_length(recorded_run) -> None
     saved = AutoTokenizer.from_pretrained(recorded_run["result"].model_dir / "tokenizer")
     assert saved.model_max_length == 32
     assert torch.is_tensor(saved("a red circle", return_tensors="pt").input_ids)
+
+
+def test_the_optimizer_takes_the_configs_settings(recorded_run) -> None:
+    (optimizer,) = recorded_run["optimizers"]
+    assert optimizer["args"] == (2e-2, 0.05, 1, 4)  # lr, weight decay, warm-up steps, steps
+    assert optimizer["kwargs"] == {"betas": [0.8, 0.95], "eps": 1e-7}
+
+
+def test_the_tokenizer_line_counts_pieces_and_sentinels(recorded_run) -> None:
+    pieces = recorded_run["result"].vocab_size - 8
+    assert f"tokenizer: {pieces} pieces (at most 256 asked) + 8 sentinels\n" in recorded_run["out"]
+    assert 8 < pieces <= 256
+
+
+def test_truncated_captions_are_counted_in_a_line(tmp_path, capsys) -> None:
+    from clipcond.training.t5.config import T5TokenizerSettings
+
+    tokenizer = T5TokenizerSettings(vocab_size=256, sentinels=8, train_captions=400, max_length=6)
+    t5_loop.train_t5(tiny_config(tmp_path / "run", steps=1, tokenizer=tokenizer), show_progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("captions truncated")]
+    assert len(lines) == 1 and lines[0].startswith("captions truncated to 6 tokens: ")
+    assert int(lines[0].rsplit(" ", 1)[1]) > 0
+
+
+def test_too_few_captions_for_the_held_out_ones_is_a_setup_error(tmp_path) -> None:
+    from clipcond.training.data import DataConfig
+    from clipcond.training.loop import RunSetupError
+
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("".join(json.dumps({"caption": f"caption {i}"}) + "\n" for i in range(3)))
+    config = tiny_config(tmp_path / "run", data=DataConfig(source="manifest", manifest=str(manifest)))
+    with pytest.raises(RunSetupError, match="holds 3 usable captions"):
+        t5_loop.train_t5(config, show_progress=False)
