@@ -19,12 +19,13 @@ import clipcond.training.t5.loop as t5_loop
 from clipcond.training.t5.span_corruption import IGNORE_INDEX
 
 
-@pytest.fixture(scope="module")
-def recorded_run(tmp_path_factory):
-    """A 4-step run (held-out evaluations every 2 steps; a learning rate at which the first
+@pytest.fixture
+def recorded_run(tmp_path):
+    """(Per test, not per module: a forked mutation run (tests/mutation_fork.py) keeps what a
+    wider fixture computed with the original code.) A 4-step run (held-out evaluations every 2 steps; a learning rate at which the first
     tokens come right within it) with what each step's loss saw and what the
     evaluation was given recorded; its stdout and stderr kept."""
-    output = tmp_path_factory.mktemp("t5") / "run"
+    output = tmp_path / "run"
     steps: list[dict[str, float]] = []
     evaluations: list[dict] = []
     optimizers: list[dict] = []
