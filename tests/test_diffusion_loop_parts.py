@@ -1,0 +1,181 @@
+"""The diffusion loop's own parts, beside test_train_diffusion.py's end-to-end runs: the EMA
+weights swapped in and exactly back, where captions' context comes from, latents refused in
+pixel space, and on tiny three-step runs (made in each test: a forked mutation run keeps what a
+module fixture computed) the optimizer's and clipping's settings, caption dropout, the sample
+grids, the vocabulary file, the progress bar and what the result reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train_diffusion import tiny_config
+
+import clipcond.training.diffusion.loop as diffusion_loop
+from clipcond.training.data import DataConfig
+
+
+def _records(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+# the EMA's weights
+
+
+def test_without_an_ema_the_weights_are_left_alone() -> None:
+    parameters = [torch.nn.Parameter(torch.arange(4.0))]
+    with diffusion_loop._ema_weights(None, parameters):
+        assert torch.equal(parameters[0], torch.arange(4.0))
+    assert torch.equal(parameters[0], torch.arange(4.0))
+
+
+def test_the_ema_weights_are_in_place_inside_and_the_own_ones_exactly_back_after() -> None:
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(5))]
+    ema = EMAModel(parameters, decay=0.5)
+    for _ in range(3):  # (diffusers' first EMA step copies the weights)
+        with torch.no_grad():
+            for parameter in parameters:
+                parameter.add_(torch.randn_like(parameter) / 3)
+        ema.step(parameters)
+    own = [parameter.detach().clone() for parameter in parameters]
+    shadow = [tensor.clone() for tensor in ema.shadow_params]
+    assert not any(torch.equal(a, b) for a, b in zip(own, shadow))
+    with pytest.raises(KeyError), diffusion_loop._ema_weights(ema, parameters):
+        assert all(torch.equal(parameter, tensor) for parameter, tensor in zip(parameters, shadow))
+        raise KeyError("a failure while sampling")
+    assert all(torch.equal(parameter, tensor) for parameter, tensor in zip(parameters, own))
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, shadow))
+
+
+# captions' context and stored latents
+
+
+def test_live_captions_are_the_conditioners_tokens() -> None:
+    calls: list[list[str]] = []
+
+    def encode(captions):
+        calls.append(list(captions))
+        return SimpleNamespace(tokens=torch.full((len(captions), 2, 3), 7.0))
+
+    read = diffusion_loop._caption_encoding(SimpleNamespace(encode=encode), None)
+    assert torch.equal(read(["a", ""]), torch.full((2, 2, 3), 7.0)) and calls == [["a", ""]]
+
+
+def test_runs_without_stored_embeddings_or_latents_read_none() -> None:
+    config = SimpleNamespace(data=SimpleNamespace(embeddings=None, latents=None))
+    assert diffusion_loop._embedding_shards(config, conditioner=None) is None
+    assert diffusion_loop._latent_shards(config, vae=None) is None
+
+
+def test_stored_latents_in_pixel_space_are_refused() -> None:
+    from clipcond.training.data.embedding_shards import EmbeddingShardError
+
+    config = SimpleNamespace(data=SimpleNamespace(latents="encoded"))
+    with pytest.raises(EmbeddingShardError) as caught:
+        diffusion_loop._latent_shards(config, vae=None)
+    assert str(caught.value) == (
+        "data.latents: this run trains in pixel space (no `vae`, and `init_from` has no vae/); "
+        "latents are read only by runs on a VAE's latents"
+    )
+
+
+# runs
+
+
+def test_the_optimizer_and_clipping_take_the_configs_settings(tiny_clip_text_path, tmp_path) -> None:
+    from accelerate import Accelerator
+
+    optimizers, norms = [], []
+    make_optimizer, clip = diffusion_loop.adamw_with_warmup_cosine, Accelerator.clip_grad_norm_
+
+    def recording_optimizer(model, *args, **kwargs):
+        optimizers.append((args, kwargs))
+        return make_optimizer(model, *args, **kwargs)
+
+    def recording_clip(self, parameters, max_norm, *args, **kwargs):
+        norms.append(max_norm)
+        return clip(self, parameters, max_norm, *args, **kwargs)
+
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", weight_decay=0.03, max_grad_norm=0.5)
+    with (
+        mock.patch.object(diffusion_loop, "adamw_with_warmup_cosine", recording_optimizer),
+        mock.patch.object(Accelerator, "clip_grad_norm_", recording_clip),
+    ):
+        diffusion_loop.train_diffusion(config, show_progress=False)
+    assert optimizers == [((1e-3, 0.03, 1, 3), {})]  # lr, weight decay, warm-up steps, steps
+    assert norms == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_captions_are_dropped_as_often_as_asked(dropout, tiny_clip_text_path, tmp_path) -> None:
+    from clipcond.conditioning import TextConditioner
+
+    seen: list[str] = []
+    encode = TextConditioner.encode
+
+    def recording(self, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return encode(self, prompts, *args, **kwargs)
+
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", batch_size=8, steps=4, caption_dropout=dropout)
+    with mock.patch.object(TextConditioner, "encode", recording):
+        diffusion_loop.train_diffusion(config, show_progress=False)
+    assert len(seen) == 32
+    dropped = seen.count("")
+    assert dropped == 0 if dropout == 0.0 else 8 <= dropped <= 24
+
+
+def test_sample_grids_are_written_when_due(tiny_clip_text_path, tmp_path) -> None:
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", sample_every=2, sample_steps=2, sample_prompts=prompts)
+    diffusion_loop.train_diffusion(config, show_progress=False)
+    grids = sorted((tmp_path / "run" / "samples").iterdir())
+    assert [grid.name for grid in grids] == ["step-0000002.png"]
+    with Image.open(grids[0]) as grid:
+        assert grid.size == (3 * 16, 16)
+
+
+def test_a_shapes_run_saves_its_caption_vocabulary_and_another_source_none(tiny_clip_text_path, tmp_path) -> None:
+    from clipcond.shapes.captions import caption_vocabulary
+
+    shapes = diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "shapes"), show_progress=False)
+    words = (shapes.pipeline_dir / "vocabulary.txt").read_text(encoding="utf-8").split()
+    assert words == sorted(caption_vocabulary(DataConfig().max_objects))
+
+    rng = np.random.default_rng(1)
+    lines = []
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
+    other = diffusion_loop.train_diffusion(
+        tiny_config(tiny_clip_text_path, tmp_path / "manifest", data=data, steps=1), show_progress=False
+    )
+    assert not (other.pipeline_dir / "vocabulary.txt").exists()
+
+
+def test_the_bar_is_drawn_by_default_named_for_the_command_and_not_when_asked_for_none(
+    tiny_clip_text_path, tmp_path, capsys
+) -> None:
+    diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "shown", steps=1))
+    assert "train-diffusion" in capsys.readouterr().err
+    diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "quiet", steps=1), show_progress=False)
+    assert "train-diffusion" not in capsys.readouterr().err
+
+
+def test_the_result_reports_the_run(tiny_clip_text_path, tmp_path) -> None:
+    result = diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run"), show_progress=False)
+    steps = [record for record in _records(tmp_path / "run") if "loss" in record]
+    assert result.pipeline_dir == tmp_path / "run" / "pipeline" and (result.pipeline_dir / "model_index.json").is_file()
+    assert result.steps == 3 and result.loss == steps[-1]["loss"]
+    assert result.samples_per_second > 0 and result.skipped == {}
