@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -137,3 +138,65 @@ def test_the_result_reports_the_run(tmp_path) -> None:
     assert result.loss == steps[-1]["loss"] and math.isfinite(result.loss)
     assert result.samples_per_second > 0 and result.skipped == {}
     assert set(result.evaluation) >= {"top1"}
+
+
+def test_micro_batches_of_the_configured_size_are_taken(tmp_path) -> None:
+    sizes: list = []
+    split = clip_loop.split_batch
+
+    def recording(batch, size):
+        sizes.append(size)
+        return split(batch, size)
+
+    with mock.patch.object(clip_loop, "split_batch", recording):
+        clip_loop.train_clip(tiny_config(tmp_path / "run", steps=2, micro_batch_size=4), show_progress=False)
+    assert sizes == [4, 4]
+
+
+# ContrastiveStep on a stand-in model: which loss sees which features, and the clamp
+
+
+def _step(siglip: bool, scale: float = 2.0) -> clip_loop.ContrastiveStep:
+    import torch
+
+    model = SimpleNamespace(
+        logit_scale=torch.nn.Parameter(torch.tensor(scale)),
+        logit_bias=torch.nn.Parameter(torch.tensor(-3.0)) if siglip else None,
+    )
+    accelerator = SimpleNamespace(unwrap_model=lambda module: module)
+    optimizer = SimpleNamespace(step=lambda: None, zero_grad=lambda set_to_none: None)
+    scheduler = SimpleNamespace(step=lambda: None)
+    return clip_loop.ContrastiveStep(accelerator, model, optimizer, scheduler)
+
+
+def _features(*shape):
+    import torch
+
+    torch.manual_seed(sum(shape))
+    return torch.nn.functional.normalize(torch.randn(*shape), dim=-1)
+
+
+@pytest.mark.parametrize("siglip", [False, True])
+def test_the_loss_reads_the_positive_and_the_hard_negative_captions(siglip) -> None:
+    import torch
+
+    from clipcond.losses import clip_loss, siglip_loss
+
+    step = _step(siglip)
+    images, texts = _features(4, 8), _features(4, 2, 8)
+    scale, bias = step.model.logit_scale, step.model.logit_bias
+    if siglip:
+        expected = siglip_loss(images, texts[:, 0], scale, bias, negative_text_features=texts[:, 1])
+        without = siglip_loss(images, texts[:, 0], scale, bias)
+    else:
+        expected = clip_loss(images, texts[:, 0], scale, negative_text_features=texts[:, 1])
+        without = clip_loss(images, texts[:, 0], scale)
+    assert torch.equal(step._loss(images, texts), expected) and not torch.equal(expected, without)
+    assert torch.equal(step._loss(images, texts[:, 0]), without)  # (batch, dim) texts: no negatives
+
+
+@pytest.mark.parametrize(("siglip", "expected"), [(False, math.log(100.0)), (True, 7.0)])
+def test_an_update_clamps_clips_temperature_and_leaves_siglips_free(siglip, expected) -> None:
+    step = _step(siglip, scale=7.0)
+    step.update()
+    assert step.model.logit_scale.item() == pytest.approx(expected)
