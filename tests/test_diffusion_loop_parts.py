@@ -70,6 +70,27 @@ def test_live_captions_are_the_conditioners_tokens() -> None:
     assert torch.equal(read(["a", ""]), torch.full((2, 2, 3), 7.0)) and calls == [["a", ""]]
 
 
+def test_stored_captions_are_their_records_assembled_with_the_empty_captions() -> None:
+    calls: list[tuple] = []
+
+    def record(caption, device):
+        calls.append(("record", caption, device))
+        return f"empty on {device}"
+
+    def records(captions, device):
+        calls.append(("records", list(captions), device))
+        return [f"record of {caption!r}" for caption in captions]
+
+    embeddings = SimpleNamespace(record=record, records=records)
+    conditioner = SimpleNamespace(
+        device="meta", assemble=lambda found, empty: SimpleNamespace(tokens={"records": found, "empty": empty})
+    )
+    read = diffusion_loop._caption_encoding(conditioner, embeddings)
+    assert calls == [("record", "", "meta")]  # read once, before any step
+    assert read(["a", ""]) == {"records": ["record of 'a'", "record of ''"], "empty": "empty on meta"}
+    assert calls[1:] == [("records", ["a", ""], "meta")]
+
+
 def test_runs_without_stored_embeddings_or_latents_read_none() -> None:
     config = SimpleNamespace(data=SimpleNamespace(embeddings=None, latents=None))
     assert diffusion_loop._embedding_shards(config, conditioner=None) is None
