@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -41,6 +42,18 @@ def write_shards(folder: Path, prefix: str, count: int, per_shard: int = 4) -> l
         ]
         paths.append(write_shard(folder / f"{prefix}-{shard:06d}.tar", samples))
     return paths
+
+
+def write_image_manifest(folder: Path, count: int, side: int) -> Path:
+    """`folder`/manifest.jsonl naming `count` PNGs of random pixels (`side` x `side`, seed 1)
+    written beside it, captioned "picture <k>"."""
+    rng = np.random.default_rng(1)
+    lines = []
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.jsonl"
 
 
 def captions_of(paths: list[Path], per_shard: int = 4) -> list[str]:

@@ -12,9 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import numpy as np
 import pytest
-from PIL import Image
+from shards import write_image_manifest
 from test_train_clip import TINY_MODEL, tiny_config
 
 import clipcond.training.clip.loop as clip_loop
@@ -70,13 +69,7 @@ def test_without_eval_every_the_evaluation_runs_once_at_the_end(tmp_path) -> Non
 
 
 def test_other_sources_are_not_evaluated_on_shapes(tmp_path) -> None:
-    rng = np.random.default_rng(1)
-    lines = []
-    for index in range(6):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
+    data = DataConfig(source="manifest", manifest=str(write_image_manifest(tmp_path, 6, 32)))
     calls: list = []
     with _recording(clip_loop, "shapes_zero_shot", calls):
         result = clip_loop.train_clip(

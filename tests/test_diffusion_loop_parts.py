@@ -11,10 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from shards import write_image_manifest
 from test_train_diffusion import tiny_config
 
 import clipcond.training.diffusion.loop as diffusion_loop
@@ -172,13 +172,7 @@ def test_a_shapes_run_saves_its_caption_vocabulary_and_another_source_none(tiny_
     words = (shapes.pipeline_dir / "vocabulary.txt").read_text(encoding="utf-8").split()
     assert words == sorted(caption_vocabulary(DataConfig().max_objects))
 
-    rng = np.random.default_rng(1)
-    lines = []
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
+    data = DataConfig(source="manifest", manifest=str(write_image_manifest(tmp_path, 4, 16)))
     other = diffusion_loop.train_diffusion(
         tiny_config(tiny_clip_text_path, tmp_path / "manifest", data=data, steps=1), show_progress=False
     )
