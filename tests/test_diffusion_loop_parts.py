@@ -157,12 +157,45 @@ def test_captions_are_dropped_as_often_as_asked(dropout, tiny_clip_text_path, tm
 
 def test_sample_grids_are_written_when_due(tiny_clip_text_path, tmp_path) -> None:
     prompts = ["a red circle", "a blue square", "a green triangle"]
-    config = tiny_config(tiny_clip_text_path, tmp_path / "run", sample_every=2, sample_steps=2, sample_prompts=prompts)
+    config = tiny_config(
+        tiny_clip_text_path, tmp_path / "run", steps=4, sample_every=2, sample_steps=2, sample_prompts=prompts
+    )
     diffusion_loop.train_diffusion(config, show_progress=False)
     grids = sorted((tmp_path / "run" / "samples").iterdir())
-    assert [grid.name for grid in grids] == ["step-0000002.png"]
-    with Image.open(grids[0]) as grid:
-        assert grid.size == (3 * 16, 16)
+    assert [grid.name for grid in grids] == ["step-0000002.png", "step-0000004.png"]
+    for path in grids:
+        with Image.open(path) as grid:
+            assert grid.size == (3 * 16, 16)
+
+
+def test_images_reach_the_unet_in_the_unit_range_at_the_runs_size(tiny_clip_text_path, tmp_path) -> None:
+    from clipcond.training.diffusion.setup import DiffusionModels
+
+    seen: list[torch.Tensor] = []
+    to_model_space = DiffusionModels.to_model_space
+
+    def recording(self, pixels, *args, **kwargs):
+        seen.append(pixels.detach().clone())
+        return to_model_space(self, pixels, *args, **kwargs)
+
+    with mock.patch.object(DiffusionModels, "to_model_space", recording):
+        diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run", steps=1), show_progress=False)
+    (pixels,) = seen
+    assert pixels.shape == (4, 3, 16, 16)
+    assert pixels.min() >= -1.0 and pixels.max() == 1.0  # the shapes world's white background is 1
+
+
+def test_each_steps_randomness_is_keyed_by_its_global_sample_indices(tiny_clip_text_path, tmp_path) -> None:
+    keys: list[list[int]] = []
+    generators = diffusion_loop.SampleGenerators
+
+    def recording(seed, samples):
+        keys.append(list(samples))
+        return generators(seed, samples)
+
+    with mock.patch.object(diffusion_loop, "SampleGenerators", recording):
+        diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run"), show_progress=False)
+    assert keys == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # batch_size 4, steps 1 to 3
 
 
 def test_a_shapes_run_saves_its_caption_vocabulary_and_another_source_none(tiny_clip_text_path, tmp_path) -> None:
@@ -172,11 +205,15 @@ def test_a_shapes_run_saves_its_caption_vocabulary_and_another_source_none(tiny_
     words = (shapes.pipeline_dir / "vocabulary.txt").read_text(encoding="utf-8").split()
     assert words == sorted(caption_vocabulary(DataConfig().max_objects))
 
-    data = DataConfig(source="manifest", manifest=str(write_image_manifest(tmp_path, 4, 16)))
+    manifest = write_image_manifest(tmp_path, 4, 20)  # resized to the run's 16 px
+    with manifest.open("a") as lines:
+        lines.write(json.dumps({"image": "gone.png", "caption": "a missing picture"}) + "\n")
+    data = DataConfig(source="manifest", manifest=str(manifest))
     other = diffusion_loop.train_diffusion(
-        tiny_config(tiny_clip_text_path, tmp_path / "manifest", data=data, steps=1), show_progress=False
+        tiny_config(tiny_clip_text_path, tmp_path / "manifest", data=data, steps=2), show_progress=False
     )
     assert not (other.pipeline_dir / "vocabulary.txt").exists()
+    assert sum(other.skipped.values()) >= 1  # the missing picture, counted
 
 
 def test_the_bar_is_drawn_by_default_named_for_the_command_and_not_when_asked_for_none(
