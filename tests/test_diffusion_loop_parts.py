@@ -185,6 +185,24 @@ def test_images_reach_the_unet_in_the_unit_range_at_the_runs_size(tiny_clip_text
     assert pixels.min() >= -1.0 and pixels.max() == 1.0  # the shapes world's white background is 1
 
 
+@pytest.mark.parametrize("decay", [None, 0.75])
+def test_the_ema_keeps_the_configured_decay_or_is_not_made(decay, tiny_clip_text_path, tmp_path) -> None:
+    import diffusers.training_utils
+
+    made: list[float] = []
+    ema_class = diffusers.training_utils.EMAModel
+
+    class Recording(ema_class):
+        def __init__(self, parameters, **kwargs):
+            super().__init__(parameters, **kwargs)
+            made.append(self.decay)
+
+    config = tiny_config(tiny_clip_text_path, tmp_path / "run", steps=1, ema_decay=decay)
+    with mock.patch.object(diffusers.training_utils, "EMAModel", Recording):
+        diffusion_loop.train_diffusion(config, show_progress=False)
+    assert made == ([] if decay is None else [0.75])
+
+
 def test_each_steps_randomness_is_keyed_by_its_global_sample_indices(tiny_clip_text_path, tmp_path) -> None:
     keys: list[list[int]] = []
     generators = diffusion_loop.SampleGenerators
