@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,15 @@ def write_shards(folder: Path, prefix: str, count: int, per_shard: int = 4) -> l
     return paths
 
 
-def write_image_manifest(folder: Path, count: int, side: int) -> Path:
+def write_image_manifest(folder: Path, count: int, side: int, extra: Sequence[dict] = ()) -> Path:
     """`folder`/manifest.jsonl naming `count` PNGs of random pixels (`side` x `side`, seed 1)
-    written beside it, captioned "picture <k>"."""
+    written beside it, captioned "picture <k>", then the lines `extra` (e.g. a missing image)."""
     rng = np.random.default_rng(1)
     lines = []
     for index in range(count):
         Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(folder / f"{index}.png")
         lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
+    lines += [json.dumps(line) for line in extra]
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "manifest.jsonl"
 

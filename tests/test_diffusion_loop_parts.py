@@ -223,9 +223,8 @@ def test_a_shapes_run_saves_its_caption_vocabulary_and_another_source_none(tiny_
     words = (shapes.pipeline_dir / "vocabulary.txt").read_text(encoding="utf-8").split()
     assert words == sorted(caption_vocabulary(DataConfig().max_objects))
 
-    manifest = write_image_manifest(tmp_path, 4, 20)  # resized to the run's 16 px
-    with manifest.open("a") as lines:
-        lines.write(json.dumps({"image": "gone.png", "caption": "a missing picture"}) + "\n")
+    # resized to the run's 16 px; a missing picture
+    manifest = write_image_manifest(tmp_path, 4, 20, extra=[{"image": "gone.png", "caption": "a missing picture"}])
     data = DataConfig(source="manifest", manifest=str(manifest))
     other = diffusion_loop.train_diffusion(
         tiny_config(tiny_clip_text_path, tmp_path / "manifest", data=data, steps=2), show_progress=False

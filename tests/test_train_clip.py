@@ -20,6 +20,7 @@ import yaml
 from killing import kill_after_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
+from shards import write_image_manifest
 
 from clipcond.models import load_clip
 from clipcond.training.clip.config import LoraSettings, TrainClipConfig
@@ -520,14 +521,8 @@ def test_cli_converts_an_openai_checkpoint_and_refuses_untrusted_pickles(tmp_pat
 
 
 def test_bf16_mixed_precision_and_a_manifest_source(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    lines = []
-    for index in range(6):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        lines.append(json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}))
-    lines.append(json.dumps({"image": "missing.png", "caption": "gone"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    data = DataConfig(source="manifest", manifest=str(tmp_path / "manifest.jsonl"))
+    manifest = write_image_manifest(tmp_path, 6, 32, extra=[{"image": "missing.png", "caption": "gone"}])
+    data = DataConfig(source="manifest", manifest=str(manifest))
     config = tiny_config(tmp_path / "run", data=data, batch_size=4, steps=2, mixed_precision="bf16")
     # its own process: accelerate keeps one mixed-precision setting per process
     command = [
