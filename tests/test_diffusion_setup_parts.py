@@ -40,6 +40,13 @@ def sd_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def _assert_same_weights(module: nn.Module, reference: nn.Module) -> None:
+    reference_state = reference.state_dict()
+    assert module.state_dict().keys() == reference_state.keys()
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(value, reference_state[name], rtol=0, atol=0, msg=name)
+
+
 class _RecordingUNet(nn.Module):
     """Returns its input plus one and keeps what it was called with."""
 
@@ -174,8 +181,7 @@ def test_init_froms_projection_is_loaded_with_its_weights(sd_folder, tiny_clip_t
             _config(tiny_clip_text_path, tmp_path / "run", init_from=str(folder), projection_dim=projection_dim)
         )
         assert loaded.config.projection_dim == 12
-        for (name, value), (_, expected) in zip(loaded.state_dict().items(), saved.state_dict().items()):
-            torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+        _assert_same_weights(loaded, saved)
 
 
 def test_a_projection_dim_other_than_init_froms_is_refused(sd_folder, tiny_clip_text_path, tmp_path) -> None:
@@ -209,10 +215,8 @@ def test_without_vae_or_init_from_vae_the_run_is_in_pixel_space(tiny_clip_text_p
 
 
 def _assert_is_frozen_copy_of(vae, folder: Path) -> None:
-    expected = AutoencoderKL.from_pretrained(folder)
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
-    for (name, value), (_, reference) in zip(vae.state_dict().items(), expected.state_dict().items()):
-        torch.testing.assert_close(value, reference, rtol=0, atol=0, msg=name)
+    _assert_same_weights(vae, AutoencoderKL.from_pretrained(folder))
 
 
 @pytest.mark.parametrize("where", ["pipeline", "vae_folder"])
@@ -464,13 +468,6 @@ def test_a_model_index_that_is_not_an_object_or_not_json_is_refused(tiny_clip_te
 
 
 # ---- the conditioner ----
-
-
-def _assert_same_weights(module: nn.Module, reference: nn.Module) -> None:
-    reference_state = reference.state_dict()
-    assert module.state_dict().keys() == reference_state.keys()
-    for name, value in module.state_dict().items():
-        torch.testing.assert_close(value, reference_state[name], rtol=0, atol=0, msg=name)
 
 
 def test_adapter_training_without_a_projection_is_refused_before_any_model_is_read(sd_folder, tmp_path) -> None:
