@@ -7,6 +7,7 @@ folders, not from the functions under test."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -196,13 +197,20 @@ def test_a_projection_dim_other_than_init_froms_is_refused(sd_folder, tiny_clip_
     assert str(caught.value) == message
 
 
+def _damage_message(key: str, source: Path, damaged: Path) -> str:
+    """The pattern of the one line a damaged file of the part at `key` gives, found before loading."""
+    return (
+        rf"^{key} {re.escape(str(source))}: the folder has damaged files \(cut short, or overwritten\?\): "
+        rf"{re.escape(str(damaged))} [^;]+; nothing was loaded$"
+    )
+
+
 def test_a_damaged_init_from_projection_names_the_key_and_the_file(sd_folder, tiny_clip_text_path, tmp_path) -> None:
     folder, _ = _with_projection(sd_folder, tmp_path / "with")
     weights = next((folder / setup.PROJECTION_DIR).glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:40])
-    with pytest.raises(RunSetupError, match="init_from") as caught:
+    with pytest.raises(RunSetupError, match=_damage_message("init_from", folder, weights)):
         setup._load_init_projection(_config(tiny_clip_text_path, tmp_path / "run", init_from=str(folder)))
-    assert str(folder) in str(caught.value) and weights.name in str(caught.value)
 
 
 # ---- the VAE ----
@@ -272,9 +280,8 @@ def test_a_damaged_vae_names_its_key_and_file(sd_folder, tiny_clip_text_path, tm
     weights = next((folder / "vae").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:64])
     for key in ("vae", "init_from"):
-        with pytest.raises(RunSetupError) as caught:
+        with pytest.raises(RunSetupError, match=_damage_message(key, folder, weights)):
             setup.load_vae(_config(tiny_clip_text_path, tmp_path / "run", **{key: str(folder)}))
-        assert str(caught.value).startswith(f"{key} {folder}") and weights.name in str(caught.value)
 
 
 # ---- the schedules ----
@@ -300,10 +307,10 @@ def test_a_scheduler_config_is_inherited_only_from_an_init_from_that_has_one(
 def test_a_damaged_scheduler_config_names_init_from(sd_folder, tiny_clip_text_path, tmp_path) -> None:
     folder = tmp_path / "sd"
     shutil.copytree(sd_folder, folder)
-    (folder / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "DDIMSch')
-    with pytest.raises(RunSetupError) as caught:
+    damaged = folder / "scheduler" / "scheduler_config.json"
+    damaged.write_text('{"_class_name": "DDIMSch')
+    with pytest.raises(RunSetupError, match=_damage_message("init_from", folder, damaged)):
         setup._inherited_scheduler_config(_config(tiny_clip_text_path, tmp_path / "r", init_from=str(folder)))
-    assert str(caught.value).startswith(f"init_from {folder}") and "scheduler_config.json" in str(caught.value)
 
 
 def _as_saved(scheduler) -> dict:
