@@ -6,6 +6,7 @@ the line that says so, and its script entry."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,21 @@ def test_checkpoint_and_output_are_required(capsys) -> None:
     with pytest.raises(SystemExit):
         _args("--checkpoint", "c.pt")
     assert "the following arguments are required: --output" in capsys.readouterr().err
+
+
+def test_checkpoint_is_required_too(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _args("--output", "o")
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--output"])
+def test_a_path_no_file_system_takes_is_named_with_its_option(option, checkpoint, tmp_path) -> None:
+    paths = {"--checkpoint": str(checkpoint), "--output": str(tmp_path / "model"), option: "bad\0name"}
+    with pytest.raises(UsageError) as caught:
+        convert.run(_args(*[item for pair in paths.items() for item in pair]))
+    assert str(caught.value).startswith(f"{option} ") and "NUL byte" in str(caught.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.safetensors"]
 
 
 def test_the_help_says_what_is_not_supported_and_every_option(capsys) -> None:
@@ -135,6 +151,9 @@ def test_a_safetensors_checkpoint_converts_and_says_so(checkpoint, tmp_path, cap
     ]
     model = load_clip(output)
     assert model.config.text.context_length == 16
+    # QuickGELU unless --gelu, as OpenAI's models were trained
+    text_config = json.loads((output / "text_encoder" / "config.json").read_text())
+    assert text_config["hidden_act"] == "quick_gelu"
     assert sorted(path.name for path in output.parent.iterdir()) == ["model"]  # no hidden folder left
 
 
@@ -257,3 +276,5 @@ def test_the_module_runs_as_a_script(monkeypatch, capsys) -> None:
         convert.main(["--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: convert_clip ") and "Long-CLIP" in out and "ResNet towers" in out
+    # the module's docstring is the description (argparse re-wraps it)
+    assert "becomes a text tower with 248 positions and a tokenizer of 248 tokens" in " ".join(out.split())
