@@ -7,6 +7,7 @@ folders, not from the functions under test."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from pathlib import Path
@@ -366,6 +367,24 @@ def test_an_inherited_prediction_type_the_loop_does_not_train_is_one_error_namin
     assert setup._noise_schedule(config, dict(inherited)).config.prediction_type == "epsilon"
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"num_train_timesteps": -3}, "number of steps must be non-negative"),
+        ({"num_train_timesteps": "many"}, "linspace() received an invalid combination of arguments"),
+        ({"beta_schedule": "cubic"}, "cubic is not implemented for"),
+    ],
+)
+def test_an_inherited_schedule_that_cannot_be_built_is_one_error_naming_init_from(
+    tiny_clip_text_path, tmp_path, value, problem
+) -> None:
+    inherited = {**_as_saved(DDPMScheduler()), **value}
+    config = _config(tiny_clip_text_path, tmp_path, init_from="/the/sd")
+    with pytest.raises(RunSetupError) as caught:
+        setup._noise_schedule(config, inherited)
+    assert str(caught.value).startswith(f"init_from /the/sd: {problem}")
+
+
 def test_from_scratch_the_sampler_is_ddim_with_leading_spacing_on_the_noise_schedule(tiny_clip_text_path, tmp_path):
     config = _config(tiny_clip_text_path, tmp_path, num_train_timesteps=40, beta_schedule="scaled_linear")
     noise = setup._noise_schedule(config, None)
@@ -413,6 +432,9 @@ def test_an_inherited_class_that_is_not_a_scheduler_needs_sample_scheduler(tiny_
         "set sample_scheduler (e.g. DDIMScheduler)"
     )
     assert isinstance(caught.value.__cause__, ValueError)
+    assert str(caught.value.__cause__) == (
+        "`sample_scheduler` must name a diffusers scheduler class (e.g. DDIMScheduler), got 'MyScheduler'"
+    )
     config = _config(tiny_clip_text_path, tmp_path, init_from="/sd", sample_scheduler="DDIMScheduler")
     assert type(setup._sample_scheduler(config, dict(inherited), DDPMScheduler())) is DDIMScheduler
 
@@ -533,6 +555,18 @@ def test_a_projection_that_reads_another_width_names_init_froms_folder(sd_folder
     assert "48" in str(caught.value) and "32" in str(caught.value)
 
 
+def test_encoders_of_two_widths_without_a_projection_are_one_setup_error(
+    tiny_clip_text_path, tiny_t5_encoder_path, tmp_path
+) -> None:
+    config = _config(tiny_clip_text_path, tmp_path, t5_encoder=str(tiny_t5_encoder_path))
+    with pytest.raises(RunSetupError) as caught:
+        setup.build_conditioner(config)
+    assert str(caught.value) == (  # no init_from to name: the message is the conditioner's own
+        "combine='concat_sequence' joins CLIP tokens (width 32) and T5 tokens (width 24) on the sequence axis; "
+        "their widths differ, so set `projection_dim` to project both to one width"
+    )
+
+
 @pytest.mark.parametrize(("budget", "mask"), [(None, False), (16, True)])
 def test_a_t5_joins_the_clip_tokens_on_the_sequence_with_its_budget_and_mask(
     tiny_clip_text_path, tiny_t5_encoder_path, tmp_path, budget, mask
@@ -612,17 +646,32 @@ def test_the_models_carry_the_schedules_the_vae_and_the_coordinate_setting(sd_fo
     shutil.copytree(sd_folder, folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "coordinate_channels": False}))
+    # a scheduler no fresh one resembles: its class, its steps and its betas
+    saved = _as_saved(EulerDiscreteScheduler(num_train_timesteps=500, beta_schedule="scaled_linear", steps_offset=1))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(saved))
     config = _config(tiny_clip_text_path, tmp_path / "run", init_from=str(folder), prediction_type="v_prediction")
     models = setup.build_diffusion_models(config)
-    assert (
-        type(models.noise_schedule) is DDPMScheduler and models.noise_schedule.config.prediction_type == "v_prediction"
-    )
-    assert type(models.sample_scheduler) is DDIMScheduler
-    assert models.sample_scheduler.config.prediction_type == "v_prediction"
+    noise, sampler = models.noise_schedule, models.sample_scheduler
+    assert type(noise) is DDPMScheduler and noise.config.prediction_type == "v_prediction"
+    assert (noise.config.num_train_timesteps, noise.config.beta_schedule) == (500, "scaled_linear")
+    assert type(sampler) is EulerDiscreteScheduler and sampler.config.prediction_type == "v_prediction"
+    assert (sampler.config.num_train_timesteps, sampler.config.steps_offset) == (500, 1)
     _assert_is_frozen_copy_of(models.vae, folder / "vae")
     assert models.denoiser.coordinate_channels is False
     config = _config(tiny_clip_text_path, tmp_path / "run", coordinate_channels=True)
     assert setup.build_diffusion_models(config).denoiser.coordinate_channels is True
+
+
+def test_a_unet_from_scratch_over_a_vae_denoises_its_latents_and_the_pipeline_decodes_with_it(
+    sd_folder, tiny_clip_text_path, tmp_path
+) -> None:
+    models = setup.build_diffusion_models(_config(tiny_clip_text_path, tmp_path, vae=str(sd_folder)))
+    latent_channels = json.loads((sd_folder / "vae" / "config.json").read_text())["latent_channels"]
+    assert latent_channels != 3  # the pixels' channels
+    assert models.denoiser.unet.config.in_channels == models.denoiser.unet.config.out_channels == latent_channels
+    pipe = setup.make_pipeline(models, models.denoiser)
+    assert pipe.vae is models.vae is not None
+    assert setup.build_diffusion_models(_config(tiny_clip_text_path, tmp_path)).denoiser.unet.config.in_channels == 3
 
 
 def test_a_run_with_a_t5_carries_its_encoder_tokenizer_and_budget(
@@ -664,10 +713,14 @@ def test_the_pipeline_shares_the_denoisers_weights_and_samples_with_a_fresh_sche
     assert pipe._progress_bar_config == {"disable": True}
 
 
-def test_a_pipeline_without_t5_masks_nothing(tiny_clip_text_path, tmp_path) -> None:
+def test_a_pipeline_masks_t5_padding_only_when_asked(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path) -> None:
     models = setup.build_diffusion_models(_config(tiny_clip_text_path, tmp_path))
     pipe = setup.make_pipeline(models, models.denoiser)
     assert pipe.config.recipe == "sd" and pipe.config.t5_attention_mask is False and pipe.text_encoder_2 is None
+    config = _config(tiny_clip_text_path, tmp_path, t5_encoder=str(tiny_t5_encoder_path), projection_dim=24)
+    models = setup.build_diffusion_models(config)
+    pipe = setup.make_pipeline(models, models.denoiser)
+    assert pipe.text_encoder_2 is models.t5_encoder and pipe.config.t5_attention_mask is False
 
 
 class _RecordingEMA:
@@ -722,8 +775,9 @@ def test_the_shipped_denoiser_of_a_lora_run_has_the_lora_merged(sd_folder, tiny_
     assert any("lora_" in name for name, _ in denoiser.named_parameters())
 
 
-@pytest.mark.parametrize("use_ema", [True, False])
+@pytest.mark.parametrize("use_ema", [True, False, None])
 def test_a_checkpoints_pipeline_holds_its_ema_or_its_trained_weights(tiny_clip_text_path, tmp_path, use_ema) -> None:
+    """`use_ema` None: left to its default, the EMA (as the run's final save takes it)."""
     from safetensors.torch import load_file
 
     from clipcond.training.diffusion.loop import train_diffusion
@@ -731,7 +785,11 @@ def test_a_checkpoints_pipeline_holds_its_ema_or_its_trained_weights(tiny_clip_t
     config = _config(tiny_clip_text_path, tmp_path / "run", steps=2, projection_dim=20)
     train_diffusion(config, show_progress=False)
     checkpoint = tmp_path / "run" / "checkpoints" / "step-000000002"
-    pipe = setup.pipeline_from_checkpoint(config, checkpoint, use_ema=use_ema)
+    random.seed(5)
+    before = random.getstate()
+    pipe = setup.pipeline_from_checkpoint(config, checkpoint, **({} if use_ema is None else {"use_ema": use_ema}))
+    assert random.getstate() == before  # the checkpoint's random states stay in it
+    use_ema = use_ema is not False
     # the checkpoint's weights, named as the denoiser names them (UNet first, then projection)
     trained = {f"unet.{k}": v for k, v in load_file(str(checkpoint / "unet.safetensors")).items()}
     trained |= {f"projection.{k}": v for k, v in load_file(str(checkpoint / "projection.safetensors")).items()}
