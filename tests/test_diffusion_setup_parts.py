@@ -151,6 +151,21 @@ def test_stored_moments_replace_the_vae_and_the_latents_take_the_pixels_dtype() 
     torch.testing.assert_close(latents, ((mean + 0.5 * noise - 1.0) * 2.0).double())
 
 
+def test_the_noise_takes_the_moments_dtype_and_a_config_without_a_shift_shifts_nothing() -> None:
+    """A float16 VAE's moments are drawn with float16 noise (as the VAE's own sampling would be), and a
+    VAE config that has no `shift_factor` at all (older autoencoders) is read as no shift."""
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=0.5))
+    pixels = torch.zeros(2, 3, 8, 8)
+    mean = torch.linspace(-2, 2, 2 * 4 * 2 * 2).reshape(2, 4, 2, 2).half()
+    std = torch.full((2, 4, 2, 2), 0.3).half()
+    latents = _models(vae).to_model_space(pixels, SampleGenerators(2, [0, 1]), _StoredMoments(mean, std))
+    noise = SampleGenerators(2, [0, 1]).normal((2, 4, 2, 2))
+    expected = ((mean + std * noise.half()) * 0.5).float()
+    assert latents.dtype == torch.float32
+    torch.testing.assert_close(latents, expected, rtol=0, atol=0)
+    assert not torch.equal(latents, ((mean.float() + std.float() * noise) * 0.5))
+
+
 def test_the_projection_trains_when_any_of_its_weights_does() -> None:
     assert _models().projection_trains is False
     projection = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)).requires_grad_(False)
