@@ -109,6 +109,83 @@ def test_stored_latents_in_pixel_space_are_refused() -> None:
     )
 
 
+class _Opened:
+    """Stands in for a shard folder class: keeps what it was opened with, or raises `error`."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def _stored_config(**captions) -> SimpleNamespace:
+    settings = {"caption_syntax": False, "caption_window_split": "truncate", **captions}
+    return SimpleNamespace(data=SimpleNamespace(embeddings="enc/emb", latents="enc/lat"), **settings)
+
+
+def test_stored_embeddings_are_opened_against_the_conditioners_identity_and_record_spec() -> None:
+    from clipcond.training.data import embedding_shards
+
+    spec = object()
+    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=spec)
+    opened = _Opened()
+    with (
+        mock.patch.object(embedding_shards, "EmbeddingShards", opened),
+        mock.patch.object(embedding_shards, "EmbeddingIdentity", lambda *parts: ("identity", *parts)),
+    ):
+        assert diffusion_loop._embedding_shards(_stored_config(), conditioner) is opened
+    assert opened.calls == [
+        (("enc/emb", ("identity", "weights", "settings")), {"argument": "data.embeddings", "spec": spec})
+    ]
+
+
+@pytest.mark.parametrize("setting", ["window_split='word'", "parse=True"])
+def test_shards_stale_only_in_how_captions_are_read_say_which_keys_to_set(setting) -> None:
+    from clipcond.training.data import embedding_shards
+
+    stale = embedding_shards.StaleEmbeddings(f"data.embeddings: written with {setting}")
+    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=None)
+    config = _stored_config(caption_syntax=False, caption_window_split="a1111")
+    with mock.patch.object(embedding_shards, "EmbeddingShards", _Opened(stale)):
+        with pytest.raises(embedding_shards.StaleEmbeddings) as caught:
+            diffusion_loop._embedding_shards(config, conditioner)
+    assert caught.value is not stale and caught.value.__cause__ is stale
+    assert str(caught.value) == (
+        f"data.embeddings: written with {setting}. This run reads captions as `caption_syntax` (False) and "
+        "`caption_window_split` ('a1111') say; shards written by `clipcond encode --pipeline` (or before these "
+        "keys) read them as a pipeline reads prompts: set caption_syntax: true and caption_window_split: word to "
+        "use them"
+    )
+
+
+def test_shards_stale_in_anything_else_are_refused_as_they_say() -> None:
+    from clipcond.training.data import embedding_shards
+
+    stale = embedding_shards.StaleEmbeddings("data.embeddings: written by other weights (window 2, parse 1)")
+    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=None)
+    with mock.patch.object(embedding_shards, "EmbeddingShards", _Opened(stale)):
+        with pytest.raises(embedding_shards.StaleEmbeddings) as caught:
+            diffusion_loop._embedding_shards(_stored_config(), conditioner)
+    assert caught.value is stale
+
+
+def test_stored_latents_are_opened_against_the_vaes_identity() -> None:
+    from clipcond.training.data import latent_shards
+
+    opened, vae = _Opened(), object()
+    with (
+        mock.patch.object(latent_shards, "LatentShards", opened),
+        mock.patch.object(latent_shards, "vae_identity", lambda given: ("vae", given)),
+    ):
+        assert diffusion_loop._latent_shards(_stored_config(), vae) is opened
+    assert opened.calls == [(("enc/lat", ("vae", vae)), {"argument": "data.latents"})]
+
+
 # runs
 
 
