@@ -319,9 +319,31 @@ def test_the_bar_is_drawn_by_default_named_for_the_command_and_not_when_asked_fo
     assert "train-diffusion" not in capsys.readouterr().err
 
 
+def test_the_loss_is_weighted_with_the_configs_snr_gamma(tiny_clip_text_path, tmp_path) -> None:
+    gammas = []
+    loss = diffusion_loop._denoising_loss
+
+    def recording(prediction, target, timesteps, noise_schedule, snr_gamma):
+        gammas.append(snr_gamma)
+        return loss(prediction, target, timesteps, noise_schedule, snr_gamma)
+
+    with mock.patch.object(diffusion_loop, "_denoising_loss", recording):
+        config = tiny_config(tiny_clip_text_path, tmp_path / "snr", snr_gamma=5.0, steps=2)
+        diffusion_loop.train_diffusion(config, show_progress=False)
+        diffusion_loop.train_diffusion(
+            tiny_config(tiny_clip_text_path, tmp_path / "plain", steps=1), show_progress=False
+        )
+    assert gammas == [5.0, 5.0, None]
+
+
 def test_the_result_reports_the_run(tiny_clip_text_path, tmp_path) -> None:
+    from clipcond.training.run_folder import RunFolderError
+
     result = diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run"), show_progress=False)
     steps = [record for record in _records(tmp_path / "run") if "loss" in record]
     assert result.pipeline_dir == tmp_path / "run" / "pipeline" and (result.pipeline_dir / "model_index.json").is_file()
     assert result.steps == 3 and result.loss == steps[-1]["loss"]
     assert result.samples_per_second > 0 and result.skipped == {}
+    # a run is not resumed unless asked: its folder is refused
+    with pytest.raises(RunFolderError, match="already holds a run; pass --resume to continue it"):
+        diffusion_loop.train_diffusion(tiny_config(tiny_clip_text_path, tmp_path / "run"), show_progress=False)
