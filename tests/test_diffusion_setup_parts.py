@@ -34,6 +34,11 @@ def _config(text_encoder: Path, output_dir: Path, **overrides):
     return tiny_config(text_encoder, output_dir, **overrides)
 
 
+def _t5_config(text_encoder: Path, t5_encoder: Path, output_dir: Path, **overrides):
+    """`_config` of a CLIP and a T5 (widths 32 and 24) projected to 24 channels unless `overrides` say."""
+    return _config(text_encoder, output_dir, **{"t5_encoder": str(t5_encoder), "projection_dim": 24, **overrides})
+
+
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory) -> Path:
     """A tiny diffusers SD folder: DDIMScheduler (epsilon), a VAE of one block (no downsampling)."""
@@ -588,11 +593,10 @@ def test_a_t5_joins_the_clip_tokens_on_the_sequence_with_its_budget_and_mask(
 ) -> None:
     from transformers import T5EncoderModel
 
-    config = _config(
+    config = _t5_config(
         tiny_clip_text_path,
+        tiny_t5_encoder_path,
         tmp_path,
-        t5_encoder=str(tiny_t5_encoder_path),
-        projection_dim=24,
         t5_max_length=budget,
         t5_attention_mask=mask or None,
     )
@@ -692,9 +696,7 @@ def test_a_unet_from_scratch_over_a_vae_denoises_its_latents_and_the_pipeline_de
 def test_a_run_with_a_t5_carries_its_encoder_tokenizer_and_budget(
     tiny_clip_text_path, tiny_t5_encoder_path, tmp_path
 ) -> None:
-    config = _config(
-        tiny_clip_text_path, tmp_path, t5_encoder=str(tiny_t5_encoder_path), projection_dim=24, t5_max_length=16
-    )
+    config = _t5_config(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path, t5_max_length=16)
     models = setup.build_diffusion_models(config)
     assert models.t5_encoder is models.conditioner.t5.model and models.t5_tokenizer is models.conditioner.t5.tokenizer
     assert models.t5_max_length == 16 and models.recipe == "custom"
@@ -706,11 +708,10 @@ def test_a_run_with_a_t5_carries_its_encoder_tokenizer_and_budget(
 def test_the_pipeline_shares_the_denoisers_weights_and_samples_with_a_fresh_scheduler(
     tiny_clip_text_path, tiny_t5_encoder_path, tmp_path
 ) -> None:
-    config = _config(
+    config = _t5_config(
         tiny_clip_text_path,
+        tiny_t5_encoder_path,
         tmp_path,
-        t5_encoder=str(tiny_t5_encoder_path),
-        projection_dim=24,
         t5_max_length=16,
         t5_attention_mask=True,
         coordinate_channels=True,
@@ -732,7 +733,7 @@ def test_a_pipeline_masks_t5_padding_only_when_asked(tiny_clip_text_path, tiny_t
     models = setup.build_diffusion_models(_config(tiny_clip_text_path, tmp_path))
     pipe = setup.make_pipeline(models, models.denoiser)
     assert pipe.config.recipe == "sd" and pipe.config.t5_attention_mask is False and pipe.text_encoder_2 is None
-    config = _config(tiny_clip_text_path, tmp_path, t5_encoder=str(tiny_t5_encoder_path), projection_dim=24)
+    config = _t5_config(tiny_clip_text_path, tiny_t5_encoder_path, tmp_path)
     models = setup.build_diffusion_models(config)
     pipe = setup.make_pipeline(models, models.denoiser)
     assert pipe.text_encoder_2 is models.t5_encoder and pipe.config.t5_attention_mask is False
