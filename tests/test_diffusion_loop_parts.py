@@ -128,11 +128,16 @@ def _stored_config(**captions) -> SimpleNamespace:
     return SimpleNamespace(data=SimpleNamespace(embeddings="enc/emb", latents="enc/lat"), **settings)
 
 
+def _conditioner(spec: object = None) -> SimpleNamespace:
+    """What `_embedding_shards` reads of a conditioner: its identity's parts and its record spec."""
+    return SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=spec)
+
+
 def test_stored_embeddings_are_opened_against_the_conditioners_identity_and_record_spec() -> None:
     from clipcond.training.data import embedding_shards
 
     spec = object()
-    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=spec)
+    conditioner = _conditioner(spec)
     opened = _Opened()
     with (
         mock.patch.object(embedding_shards, "EmbeddingShards", opened),
@@ -149,7 +154,7 @@ def test_shards_stale_only_in_how_captions_are_read_say_which_keys_to_set(settin
     from clipcond.training.data import embedding_shards
 
     stale = embedding_shards.StaleEmbeddings(f"data.embeddings: written with {setting}")
-    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=None)
+    conditioner = _conditioner()
     config = _stored_config(caption_syntax=False, caption_window_split="a1111")
     with mock.patch.object(embedding_shards, "EmbeddingShards", _Opened(stale)):
         with pytest.raises(embedding_shards.StaleEmbeddings) as caught:
@@ -167,7 +172,7 @@ def test_shards_stale_in_anything_else_are_refused_as_they_say() -> None:
     from clipcond.training.data import embedding_shards
 
     stale = embedding_shards.StaleEmbeddings("data.embeddings: written by other weights (window 2, parse 1)")
-    conditioner = SimpleNamespace(identity=lambda: ("weights", "settings"), record_spec=None)
+    conditioner = _conditioner()
     with mock.patch.object(embedding_shards, "EmbeddingShards", _Opened(stale)):
         with pytest.raises(embedding_shards.StaleEmbeddings) as caught:
             diffusion_loop._embedding_shards(_stored_config(), conditioner)
