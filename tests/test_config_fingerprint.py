@@ -176,7 +176,14 @@ def test_latents_of_a_vae_under_another_config_are_stale_but_not_for_read_time_s
 class _Toy(torch.nn.Module):
     """A module with a diffusers-style mapping config: its `__init__` defaults are the library's."""
 
-    def __init__(self, width: int = 4, act: str = "silu", sizes: tuple = (1, 2)) -> None:
+    def __init__(
+        self,
+        width: int = 4,
+        act: str = "silu",
+        sizes: tuple = (1, 2),
+        groups: dict = {"b": 1, "a": 2},  # noqa: B006 (a mapping default, read only by inspect)
+        upcast: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
 
     @classmethod
@@ -201,8 +208,30 @@ def test_a_mapping_config_is_hashed_beyond_its_init_defaults_in_any_order() -> N
     assert config_fingerprint(_Toy.with_config(width=4)) == config_fingerprint(_Toy.with_config())
     order = [_Toy.with_config(width=8, extra={"b": 1, "a": 2}), _Toy.with_config(extra={"a": 2, "b": 1}, width=8)]
     assert config_fingerprint(order[0]) == config_fingerprint(order[1])
-    # values JSON cannot write (a dtype) are hashed by their repr
+    # values JSON cannot write (a dtype) are hashed by their repr, and compared with a default by it
     assert config_fingerprint(_Toy.with_config(upcast_to=torch.float16)) != config_fingerprint(_Toy.with_config())
+    assert config_fingerprint(_Toy.with_config(width=8, upcast=torch.float32)) == base
+    assert config_fingerprint(_Toy.with_config(width=8, upcast=torch.float16)) != base
+    # a mapping at its default but saved in another key order is at its default
+    assert config_fingerprint(_Toy.with_config(width=8, groups={"a": 2, "b": 1})) == base
+    assert config_fingerprint(_Toy.with_config(width=8, groups={"a": 2, "b": 3})) != base
+
+
+class _Unreadable(_Toy):
+    """A class whose `__init__` signature `inspect` cannot read."""
+
+
+_Unreadable.__init__ = lambda self: torch.nn.Module.__init__(self)
+_Unreadable.__init__.__signature__ = "not a signature"
+
+
+def test_a_mapping_config_of_a_class_without_a_readable_signature_is_hashed_whole() -> None:
+    """With no defaults to compare against, every public entry counts, an entry at what would be
+    the default included."""
+    bare = config_fingerprint(_Unreadable.with_config())
+    assert bare != ""
+    assert config_fingerprint(_Unreadable.with_config(width=4)) != bare
+    assert config_fingerprint(_Unreadable.with_config(_name_or_path="/elsewhere")) == bare
 
 
 def test_a_module_without_a_config_has_an_empty_fingerprint() -> None:
