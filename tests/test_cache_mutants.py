@@ -4,6 +4,7 @@ Written against the mutation run of issue 24 (benchmarks/results/mutation.md).""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -132,6 +133,9 @@ def test_an_entry_file_holds_the_record_its_key_and_the_prompts_start(tmp_path):
     EmbeddingCache(directory=tmp_path).put("k2", _record(1.0), SPEC, text="\ud800 lone")
     with safe_open(str(_file(tmp_path, "k2")), framework="pt") as handle:
         assert handle.metadata()["text"] == "\\ud800 lone"
+    EmbeddingCache(directory=tmp_path).put("k3", _record(1.0), SPEC)  # no text given: an empty one
+    with safe_open(str(_file(tmp_path, "k3")), framework="pt") as handle:
+        assert handle.metadata()["text"] == ""
 
 
 def test_a_record_that_does_not_fit_stays_in_memory_with_a_warning(tmp_path, caplog):
@@ -197,7 +201,12 @@ def test_a_damaged_entry_is_a_miss_with_one_warning_naming_the_problem(tmp_path,
 
 def test_a_file_that_is_not_safetensors_is_a_miss_naming_the_parser_error(tmp_path, caplog):
     header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-    for data in (struct.pack("<Q", 5) + b"[[[[[garbage", struct.pack("<Q", len(header)) + header):
+    for data in (
+        struct.pack("<Q", 5) + b"[[[[[garbage",
+        struct.pack("<Q", len(header)) + header,
+        struct.pack("<Q", 0),  # eight bytes: an empty header
+        struct.pack("<Q", 2) + b"[]",  # a header that is no JSON object
+    ):
         caplog.clear()
         (warning,) = _damaged(tmp_path, data, caplog)
         assert warning.startswith(f"embedding cache: {_file(tmp_path)} is damaged (not a safetensors file: ")
@@ -308,3 +317,48 @@ def test_the_tensor_digest_sees_every_byte_name_dtype_and_shape_but_not_layout()
         {**tensors, "a": base.reshape(4, 3)},
     ]
     assert len({digest, *(tensor_digest(other) for other in others)}) == 5
+
+
+def test_a_blank_directory_is_refused_with_what_is_expected():
+    with pytest.raises(ValueError) as error:
+        EmbeddingCache(directory=" ")
+    assert str(error.value) == "`directory` must be a folder path or None (memory only), got ' '"
+
+
+def test_one_entry_of_memory_keeps_the_latest_record():
+    cache = EmbeddingCache(max_entries=1)
+    cache.put("k1", _record(1.0), SPEC)
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    cache.put("k2", _record(2.0), SPEC)
+    assert len(cache) == 1 and cache.get("k1", SPEC) is None
+    _assert_same(cache.get("k2", SPEC), 2.0)
+
+
+def test_a_put_writes_its_entry_without_listing_the_folder(tmp_path, monkeypatch):
+    """Looking for dead writers' leftovers lists the folder; a cache of many entries would pay a
+    listing of them all at each write, so its writes skip it."""
+    import clipcond.output_paths
+
+    def listing(path):
+        raise AssertionError(f"the cache listed the folder of {path}")
+
+    monkeypatch.setattr(clipcond.output_paths, "remove_dead_writers_files", listing)
+    EmbeddingCache(directory=tmp_path).put("k1", _record(1.0), SPEC)
+    _assert_same(EmbeddingCache(directory=tmp_path).get("k1", SPEC), 1.0)
+
+
+def test_an_entry_that_cannot_be_replaced_stays_in_memory_and_the_folder_stays_in_use(tmp_path, caplog):
+    """A folder in an entry's place blocks that entry's rename only: the warning names the entry,
+    the record is kept in memory, and other entries are still written."""
+    _file(tmp_path).mkdir()
+    cache = EmbeddingCache(directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+        cache.put("k1", _record(1.0), SPEC)
+    (warning,) = _warnings(caplog)
+    prefix = f"embedding cache: cannot write {_file(tmp_path)} ([Errno {errno.EISDIR}] {os.strerror(errno.EISDIR)}: "
+    assert warning.startswith(prefix), warning
+    assert warning.endswith(f" -> '{_file(tmp_path)}'); keeping this entry in memory only"), warning
+    assert cache.directory == tmp_path and sorted(path.name for path in tmp_path.iterdir()) == ["k1.safetensors"]
+    _assert_same(cache.get("k1", SPEC), 1.0)
+    cache.put("k2", _record(2.0), SPEC)
+    assert _file(tmp_path, "k2").is_file()

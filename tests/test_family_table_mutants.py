@@ -127,6 +127,19 @@ def test_encoders_fit_each_family():
     assert custom.encoders_fit(0, True) and custom.encoders_fit(3, False) and custom.encoders_fit(1, True)
 
 
+def test_each_encoder_reads_its_slots_prompt_and_encoders_beyond_the_slots_read_prompt():
+    """SD3's encoders read prompt, prompt_2, prompt_3; SDXL's refiner (one CLIP) reads `prompt`;
+    CLIPs past a row's slots (a custom join of three CLIPs) and a T5 with no slot of its own read
+    `prompt`."""
+    assert FAMILIES["sd3"].prompt_readers(2, True) == ("prompt", "prompt_2", "prompt_3")
+    assert FAMILIES["sdxl"].prompt_readers(1, False) == ("prompt",)
+    assert FAMILIES["flux"].prompt_readers(1, True) == ("prompt", "prompt_2")
+    assert FAMILIES["custom"].prompt_readers(3, True) == ("prompt", "prompt", "prompt", "prompt")
+    without_t5_slot = dataclasses.replace(FAMILIES["custom"], slots=FAMILIES["custom"].slots[:1])
+    assert without_t5_slot.prompt_readers(0, True) == ("prompt",)
+    assert without_t5_slot.prompt_readers(2, False) == ("prompt", "prompt")
+
+
 def test_expected_encoders_in_words():
     words = {name: family.expected_encoders() for name, family in FAMILIES.items()}
     assert words == {
@@ -242,6 +255,7 @@ def test_from_pipeline_takes_the_t5_budget_from_the_caller_then_the_class():
     components = dict(text_encoder="T5", tokenizer="tok T5")
     sigma = conditioner_from_pipeline(_recorded, _pipe("PixArtSigmaPipeline", **components))
     assert sigma["recipe"] == dataclasses.replace(get_recipe("pixart"), t5_max_length=300)
+    assert sigma["t5"] == ("T5", "tok T5") and sigma["clip"] == []
     alpha = conditioner_from_pipeline(_recorded, _pipe("PixArtAlphaPipeline", **components))
     assert alpha["recipe"] is get_recipe("pixart")
     asked = conditioner_from_pipeline(_recorded, _pipe("PixArtSigmaPipeline", **components), max_sequence_length=64)
@@ -284,3 +298,33 @@ def test_from_pipeline_names_a_t5_it_found():
     with pytest.raises(ValueError) as error:
         conditioner_from_pipeline(_recorded, pipe)
     assert str(error.value).endswith("(it needs one CLIP encoder and a T5 encoder; found 0 CLIP and a T5)")
+
+
+@pytest.mark.parametrize("length", [2, 512])
+def test_from_pipeline_takes_a_t5_budget_from_two_tokens_to_the_familys_maximum(length):
+    pipe = _pipe("FluxPipeline", text_encoder="L", tokenizer="tok L", text_encoder_2="T5", tokenizer_2="tok T5")
+    assert conditioner_from_pipeline(_recorded, pipe, max_sequence_length=length)["recipe"].t5_max_length == length
+
+
+@pytest.mark.parametrize(
+    ("class_name", "length", "message"),
+    [
+        ("FluxPipeline", 1, "`max_sequence_length` must be an int >= 2 (EOS and one token), got 1"),
+        ("FluxPipeline", "77", "`max_sequence_length` must be an int >= 2 (EOS and one token), got '77'"),
+        (
+            "FluxPipeline",
+            513,
+            "`max_sequence_length` cannot be greater than 512 for FluxPipeline (as its `__call__` refuses), got 513",
+        ),
+        (
+            "StableDiffusionXLPipeline",
+            77,
+            "`max_sequence_length` is the T5's token budget; StableDiffusionXLPipeline has no T5",
+        ),
+    ],
+)
+def test_from_pipeline_refuses_a_t5_budget_its_pipeline_would_refuse(class_name, length, message):
+    pipe = _pipe(class_name, text_encoder="L", tokenizer="tok L", text_encoder_2="T5", tokenizer_2="tok T5")
+    with pytest.raises(ValueError) as error:
+        conditioner_from_pipeline(_recorded, pipe, max_sequence_length=length)
+    assert str(error.value) == message
