@@ -197,6 +197,36 @@ def test_content_hash_reads_the_bytes_once_per_state(monkeypatch):
     assert second == weights_hash([module])
 
 
+def test_the_hash_is_put_together_once_per_state(monkeypatch):
+    """Between two states nothing is computed again, the adapter settings' part included."""
+    calls = []
+    real = fingerprint._with_adapter_settings
+    monkeypatch.setattr(fingerprint, "_with_adapter_settings", lambda *args: calls.append(1) or real(*args))
+    module = _linear()
+    watch = WeightsWatch([module])
+    first = watch.content_hash()
+    assert watch.content_hash() == first and watch.content_hash() == first and len(calls) == 1
+    watch.mark_written()
+    assert watch.content_hash() == first and len(calls) == 2
+
+
+def test_new_tensors_after_a_noted_write_never_bring_back_an_earlier_state():
+    """Under a placing hook a weight's mark is its version, dtype and device: a new tensor of
+    version 0 after `mark_written` marks as the first did, so only the generation, which only
+    grows, tells the two apart."""
+    module = Hooked()
+    module.inner.weight = nn.Parameter(torch.ones(2, 2))
+    module.inner.bias = nn.Parameter(torch.ones(2))
+    watch = WeightsWatch([module])
+    first = watch.state()
+    watch.mark_written()
+    noted = watch.state()
+    module.inner.weight = nn.Parameter(torch.ones(2, 2))
+    replaced = watch.state()
+    assert len({first, noted, replaced}) == 3
+    assert first[1] == replaced[1]  # the marks alone cannot tell
+
+
 def test_a_changed_adapter_scale_changes_the_hash_without_reading_the_bytes_again(monkeypatch):
     """A call's LoRA scale is set and undone around every encode: the hash follows it (equal to
     `weights_hash` read afresh) from the bytes read once; a merge reads them again (peft writes
@@ -289,6 +319,24 @@ def test_the_scales_of_a_four_bit_weight_are_hashed_and_watched(path):
         getattr(holder, path[-1]).mul_(2.0)  # a scale written in place, the packed weight untouched
     assert weights_hash([layer]) != before_hash
     assert watch.state() != before_state
+
+
+def test_the_tensors_behind_a_weight_are_named_by_its_path():
+    """A 4-bit weight's scales by where they hang (their names enter the hash); each watched
+    tensor by the path of its weight from the module given, an 8-bit scale as `<layer>.SCB`."""
+    layer = _four_bit_layer()
+    assert [name for name, _ in fingerprint.stored_tensors("weight", layer.weight)] == [
+        "weight",
+        "weight.quant_state.absmax",
+        "weight.quant_state.state2.absmax",
+    ]
+    layer = nn.Linear(2, 2)
+    layer.weight.SCB = torch.ones(2)
+    assert [path for path, _ in fingerprint._watched_tensors(list(layer.named_modules()))] == ["weight", "bias", "SCB"]
+    wrapped = nn.Sequential(layer)
+    watched = fingerprint._watched_tensors(list(wrapped.named_modules()))
+    assert [path for path, _ in watched] == ["0.weight", "0.bias", "0.SCB"]
+    assert watched[2][1] is layer.weight.SCB
 
 
 @pytest.mark.parametrize("on", ["weight", "layer"])
