@@ -746,11 +746,10 @@ class TextConditioner:
                 found[key] = record
         return [found[key] for key in keys]
 
-    def _encode_records(self, prompts: Sequence[str | Reading]) -> list[EncodedPrompt]:
-        """Run the encoders on `prompts` (texts every encoder reads, or readings; no cache,
-        no token expansion). One record per prompt."""
+    def _encode_records(self, texts: Sequence[Reading]) -> list[EncodedPrompt]:
+        """Run the encoders on `texts`, one reading per prompt (the text each encoder reads, as
+        `_readings` makes them; no cache, no token expansion). One record per prompt."""
         count = len(self.encoders)
-        texts = [(item,) * count if isinstance(item, str) else item for item in prompts]
         parsed: dict[str, list[Fragment]] = {}
         for reading in texts:
             for text in reading:

@@ -38,6 +38,7 @@ def test_an_edited_prompt_starts_with_step_zeros_text_and_keeps_its_negative(sd_
     close(kwargs["prompt_embeds"], expected["prompt_embeds"])
     close(kwargs["negative_prompt_embeds"], expected["negative_prompt_embeds"])
     assert callable(kwargs["callback_on_step_end"])
+    assert kwargs["callback_on_step_end_tensor_inputs"] == ["prompt_embeds"]
 
 
 def test_a_schedule_encodes_its_negative_prompt(sd_pipe):
@@ -244,3 +245,163 @@ def test_from_config_carries_its_settings(tmp_path, tiny_clip_text_path):
 def test_a_bad_cache_size_is_named_as_the_argument_the_user_gave(sd_pipe, bad, error):
     with pytest.raises(error, match=rf"^`cache_size` must be an int >= 0 \(prompts kept in memory\), got {bad!r}$"):
         TextConditioner.from_pipeline(sd_pipe, cache_size=bad)
+
+
+def test_flux_negative_prompt_2_without_a_negative_says_flux_then_has_none(flux_pipe):
+    cond = TextConditioner.from_pipeline(flux_pipe, cache_size=0)
+    message = (
+        "`negative_prompt_2` without `negative_prompt`: recipe 'flux' then has none for the negatives and "
+        'diffusers ignores `negative_prompt_2`; pass `negative_prompt` too (negative_prompt="" encodes the '
+        "empty prompt)"
+    )
+    with pytest.raises(ValueError) as error:
+        cond.pipeline_kwargs("a cat", negative_prompt_2="ugly")
+    assert str(error.value) == message
+
+
+# ------------------------------------------------------------------ settings of the constructor
+
+
+def test_the_cache_is_made_for_memory_or_a_folder_and_not_for_neither(tiny_clip_text_path, tmp_path):
+    assert _fresh_sd(tiny_clip_text_path, cache_size=0).cache is None
+    assert _fresh_sd(tiny_clip_text_path).cache.max_entries == 512
+    memory = _fresh_sd(tiny_clip_text_path, cache_size=3).cache
+    assert (memory.max_entries, memory.directory) == (3, None)
+    disk = _fresh_sd(tiny_clip_text_path, cache_size=0, cache_dir=str(tmp_path)).cache
+    assert (disk.max_entries, disk.directory) == (0, tmp_path)
+
+
+def test_window_split_is_set_in_the_recipe_and_refused_without_a_clip(
+    tiny_clip_text_path, tiny_t5_encoder_path, t5_tokenizer_path
+):
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    assert _fresh_sd(tiny_clip_text_path).recipe.window_split != "truncate"
+    assert _fresh_sd(tiny_clip_text_path, window_split="truncate").recipe.window_split == "truncate"
+    t5 = (T5EncoderModel.from_pretrained(tiny_t5_encoder_path), AutoTokenizer.from_pretrained(t5_tokenizer_path))
+    with pytest.raises(ValueError) as error:
+        TextConditioner("pixart", t5=t5, window_split="word")
+    assert str(error.value) == (
+        "`window_split` ('word') says how CLIP windows are cut, and this conditioner has no CLIP encoder: its T5 "
+        "reads one sequence, cut at its token budget (`max_sequence_length`)"
+    )
+
+
+def test_parse_weights_must_be_a_bool(tiny_clip_text_path):
+    with pytest.raises(TypeError) as error:
+        _fresh_sd(tiny_clip_text_path, parse_weights=1)
+    assert str(error.value) == "`parse_weights` must be a bool, got 1"
+
+
+@pytest.mark.parametrize("recipe", ["sd", "pixart"], ids=["no cleaning", "cleaned captions"])
+def test_without_weight_parsing_a_prompt_is_read_as_written(
+    recipe, tiny_clip_text_path, tiny_t5_encoder_path, t5_tokenizer_path
+):
+    """Brackets and weights are plain text then, the whole prompt at weight 1: the same as
+    the prompt with every bracket escaped, read with parsing on."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    if recipe == "sd":
+        encoders = {"clip": [(CLIPTextModel.from_pretrained(tiny_clip_text_path).eval(), clip_tokenizer())]}
+    else:
+        t5 = T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval()
+        encoders = {"t5": (t5, AutoTokenizer.from_pretrained(t5_tokenizer_path))}
+    literal = TextConditioner(recipe, parse_weights=False, cache_size=0, **encoders)
+    parsing = TextConditioner(recipe, cache_size=0, **encoders)
+    written = "a (red:1.5) circle"
+    assert torch.equal(literal.encode(written).tokens, parsing.encode(r"a \(red:1.5\) circle").tokens)
+    assert not torch.equal(literal.encode(written).tokens, parsing.encode(written).tokens)
+
+
+def test_a_break_starts_a_new_window_with_or_without_caption_cleaning(tiny_clip_text_path):
+    """PixArt's cleaning on a CLIP recipe (a recipe given whole): the break survives it."""
+    import dataclasses
+
+    from clipcond.families import get_recipe
+
+    model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
+    cleaning = dataclasses.replace(get_recipe("sd"), caption_cleaning="clean_caption")
+    plain = TextConditioner("sd", clip=[(model, clip_tokenizer())], cache_size=0)
+    cleaned = TextConditioner(cleaning, clip=[(model, clip_tokenizer())], cache_size=0)
+    assert cleaned.recipe.caption_cleaning == "clean_caption"
+    for cond in (plain, cleaned):
+        assert cond.encode("a red circle BREAK a blue square").tokens.shape[1] == 2 * 77
+        assert cond.encode("a red circle, a blue square").tokens.shape[1] == 77
+
+
+def test_assemble_pads_with_the_empty_prompt_it_is_given_and_checks_it(tiny_clip_text_path):
+    """A batch of one window and two: the first prompt's second window is the empty prompt's,
+    the one given (here zeros) or the one encoded here."""
+    from clipcond.records import EncodedPrompt
+
+    cond = _fresh_sd(tiny_clip_text_path, cache_size=0)
+    records = cond.encode_records(["a red circle", "a blue square BREAK on grey"])
+    (empty,) = cond.encode_records("")
+    zeros = EncodedPrompt(clip_tokens=torch.zeros_like(empty.clip_tokens))
+    given = cond.assemble(records, empty_prompt=zeros).tokens
+    encoded = cond.assemble(records).tokens
+    assert given.shape == encoded.shape == (2, 2 * 77, 32)
+    assert torch.equal(given[0, 77:], torch.zeros(77, 32))
+    close(encoded[0, 77:], empty.clip_tokens[0])
+    assert torch.equal(given[1], encoded[1]) and torch.equal(given[0, :77], encoded[0, :77])
+    with pytest.raises(TypeError) as error:
+        cond.assemble(records, empty_prompt="")
+    assert str(error.value) == "`empty_prompt` must be an EncodedPrompt, got str"
+    with pytest.raises(ValueError) as error:
+        cond.assemble(records, empty_prompt=EncodedPrompt(clip_tokens=empty.clip_tokens.double()))
+    assert str(error.value) == (
+        "`empty_prompt` is not a record of this conditioner: `clip_tokens` is torch.float64, expected "
+        "torch.float32 (its `record_spec`: clip_tokens (windows, 77, 32) torch.float32)"
+    )
+
+
+def test_to_refuses_a_cast_of_a_quantized_t5_by_its_name_before_moving_any(
+    tiny_clip_text_path, tiny_t5_encoder_path, t5_tokenizer_path
+):
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    clip = [(CLIPTextModel.from_pretrained(tiny_clip_text_path).eval(), clip_tokenizer())]
+    t5_model = T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval()
+    t5_model.quantization_method = "bitsandbytes"  # as transformers marks a bitsandbytes model
+    cond = TextConditioner(
+        "custom", clip=clip, t5=(t5_model, AutoTokenizer.from_pretrained(t5_tokenizer_path)), projection_dim=16
+    )
+    with pytest.raises(ValueError) as error:
+        cond.to(torch.float16)
+    assert str(error.value).startswith(
+        "`dtype` (torch.float16) cannot be given to t5 (T5EncoderModel): it is quantized with bitsandbytes"
+    )
+    assert {encoder.model.dtype for encoder in cond.encoders} == {torch.float32}
+
+
+def test_from_config_passes_every_setting_on(tmp_path, tiny_clip_text_path, tiny_t5_encoder_path):
+    clip_config = {
+        "recipe": "sd",
+        "clip": [{"path": str(tiny_clip_text_path)}],
+        "parse_weights": False,
+        "window_split": "truncate",
+        "cache_size": 0,
+        "cache_dir": str(tmp_path / "cache"),
+        "max_batch_windows": 3,
+    }
+    (tmp_path / "clip.yaml").write_text(yaml.safe_dump(clip_config))
+    cond = TextConditioner.from_config(tmp_path / "clip.yaml")
+    assert cond.parse_weights is False and cond.recipe.window_split == "truncate"
+    assert cond.cache.directory == tmp_path / "cache" and cond.max_batch_windows == 3
+    t5_config = {"recipe": "pixart", "t5": {"path": str(tiny_t5_encoder_path)}, "clean_caption": False}
+    (tmp_path / "t5.yaml").write_text(yaml.safe_dump(t5_config))
+    # PixArt lower-cases its prompts even with its cleaning off
+    assert TextConditioner.from_config(tmp_path / "t5.yaml").recipe.caption_cleaning == "lowercase"
+    (tmp_path / "t5.yaml").write_text(yaml.safe_dump({**t5_config, "clean_caption": None}))
+    assert TextConditioner.from_config(tmp_path / "t5.yaml").recipe.caption_cleaning == "clean_caption"
+    with pytest.raises(TypeError) as error:
+        TextConditioner.from_config(3)
+    assert str(error.value) == "`config` must be a ConditionerConfig or the path of its YAML file, got int"
+
+
+def test_a_prompt_repeated_in_a_batch_is_looked_up_and_encoded_once(tiny_clip_text_path):
+    cond = _fresh_sd(tiny_clip_text_path)
+    tokens = cond.encode(["a red circle", "a red circle", "a blue square"]).tokens
+    assert (cond.cache.hits, cond.cache.misses) == (0, 2)
+    assert torch.equal(tokens[0], tokens[1])
+    close(tokens[2], _fresh_sd(tiny_clip_text_path, cache_size=0).encode("a blue square").tokens[0])
