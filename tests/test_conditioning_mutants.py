@@ -405,3 +405,17 @@ def test_a_prompt_repeated_in_a_batch_is_looked_up_and_encoded_once(tiny_clip_te
     assert (cond.cache.hits, cond.cache.misses) == (0, 2)
     assert torch.equal(tokens[0], tokens[1])
     close(tokens[2], _fresh_sd(tiny_clip_text_path, cache_size=0).encode("a blue square").tokens[0])
+
+
+def test_a_memory_cache_never_reads_the_weights_bytes(tiny_clip_text_path, monkeypatch):
+    """Only the disk cache keys records by a hash of every weight byte; in memory the weights'
+    state is enough."""
+    import clipcond.fingerprint
+
+    def reading(modules):
+        raise AssertionError("the weights' bytes were read")
+
+    monkeypatch.setattr(clipcond.fingerprint, "_tensor_digest", reading)
+    cond = _fresh_sd(tiny_clip_text_path, cache_size=4)
+    cond.encode("a red circle")
+    assert (cond.cache.hits, cond.cache.misses) == (0, 1)

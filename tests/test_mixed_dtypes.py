@@ -80,10 +80,19 @@ def test_the_dtypes_differ_by_family_as_diffusers_casts(pipes) -> None:
     flux = pipes["flux"]
     flux.text_encoder.to(torch.bfloat16)
     try:
-        embeds = TextConditioner.from_pipeline(flux).encode(PROMPT)
+        cond = TextConditioner.from_pipeline(flux)
+        embeds = cond.encode(PROMPT)
         assert (embeds.tokens.dtype, embeds.pooled.dtype) == (torch.float32, torch.bfloat16)
+        assert cond.dtype == torch.float32  # the T5's
     finally:
         flux.text_encoder.to(torch.float32)
+    sd3 = pipes["sd3"]
+    sd3.text_encoder.to(torch.bfloat16)
+    try:
+        cond = TextConditioner.from_pipeline(sd3)
+        assert cond.dtype == cond.encode(PROMPT).tokens.dtype == torch.float32  # CLIP and T5 joined: promoted
+    finally:
+        sd3.text_encoder.to(torch.float32)
 
 
 def test_sd3_without_its_t5_gives_zeros_in_the_first_clips_dtype(pipes) -> None:
