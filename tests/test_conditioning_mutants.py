@@ -85,6 +85,34 @@ BAD_CALLS = {
         f"`prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads {READERS} (prompt_2: SDXL, "
         "SD3, Flux; prompt_3: SD3 with its T5)",
     ),
+    "a negative_prompt_2 nothing reads": (
+        lambda cond: cond.pipeline_kwargs("a", "b", negative_prompt_2="c"),
+        ValueError,
+        "`negative_prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
+        "leave `negative_prompt_2` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
+        "prompt_3: SD3 with its T5)",
+    ),
+    "a schedule's negative_prompt_3 nothing reads": (
+        lambda cond: cond.schedule(EDITED, STEPS, "b", negative_prompt_3="c"),
+        ValueError,
+        "`negative_prompt_3` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
+        "leave `negative_prompt_3` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
+        "prompt_3: SD3 with its T5)",
+    ),
+    "a schedule's prompt_3 nothing reads": (
+        lambda cond: cond.schedule(EDITED, STEPS, prompt_3="c"),
+        ValueError,
+        "`prompt_3` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
+        "leave `prompt_3` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
+        "prompt_3: SD3 with its T5)",
+    ),
+    "a schedule's prompt_2 nothing reads": (
+        lambda cond: cond.schedule(EDITED, STEPS, "b", prompt_2="c"),
+        ValueError,
+        "`prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
+        "leave `prompt_2` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
+        "prompt_3: SD3 with its T5)",
+    ),
 }
 
 
@@ -419,3 +447,13 @@ def test_a_memory_cache_never_reads_the_weights_bytes(tiny_clip_text_path, monke
     cond = _fresh_sd(tiny_clip_text_path, cache_size=4)
     cond.encode("a red circle")
     assert (cond.cache.hits, cond.cache.misses) == (0, 1)
+
+
+def test_a_lora_scale_is_refused_where_the_familys_encode_prompt_takes_none(pixart_pipe):
+    cond = TextConditioner.from_pipeline(pixart_pipe, cache_size=0)
+    with pytest.raises(ValueError) as error:
+        cond.encode("a cat", lora_scale=0.5)
+    assert (
+        str(error.value) == "`lora_scale`: 'pixart' pipelines' encode_prompt takes no LoRA scale for its text encoder"
+    )
+    assert cond.encode("a cat", lora_scale=None).tokens.shape[0] == 1
