@@ -457,3 +457,25 @@ def test_a_lora_scale_is_refused_where_the_familys_encode_prompt_takes_none(pixa
         str(error.value) == "`lora_scale`: 'pixart' pipelines' encode_prompt takes no LoRA scale for its text encoder"
     )
     assert cond.encode("a cat", lora_scale=None).tokens.shape[0] == 1
+
+
+def test_a_t5_conditioners_records_are_written_to_disk_and_read_back(pixart_pipe, tmp_path):
+    first = TextConditioner.from_pipeline(pixart_pipe, cache_dir=str(tmp_path))
+    tokens = first.encode("a red circle").tokens
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    second = TextConditioner.from_pipeline(pixart_pipe, cache_dir=str(tmp_path))
+    assert torch.equal(second.encode("a red circle").tokens, tokens)
+    assert (second.cache.hits, second.cache.misses) == (1, 0)
+
+
+def test_a_disk_entry_records_the_texts_its_encoders_read(sdxl_pipe, tmp_path):
+    from safetensors import safe_open
+
+    cond = TextConditioner.from_pipeline(sdxl_pipe, cache_dir=str(tmp_path))
+    cond.encode("a red circle", prompt_2="a blue square")
+    cond.encode("a green star")
+    texts = set()
+    for path in tmp_path.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            texts.add(handle.metadata()["text"])
+    assert texts == {"a red circle | a blue square", "a green star"}
