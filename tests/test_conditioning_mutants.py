@@ -479,3 +479,17 @@ def test_a_disk_entry_records_the_texts_its_encoders_read(sdxl_pipe, tmp_path):
         with safe_open(str(path), framework="pt") as handle:
             texts.add(handle.metadata()["text"])
     assert texts == {"a red circle | a blue square", "a green star"}
+
+
+@pytest.mark.parametrize("call", ["pipeline_kwargs", "schedule"])
+def test_per_encoder_negatives_of_another_count_are_named_as_negatives(sdxl_pipe, call):
+    cond = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0)
+    with pytest.raises(ValueError) as error:
+        if call == "schedule":
+            cond.schedule(["a [red:blue:0.5] circle", "a square"], STEPS, ["dark", "blurry"], negative_prompt_2=["x"])
+        else:
+            cond.pipeline_kwargs(["a red circle", "a square"], ["dark", "blurry"], negative_prompt_2=["x"])
+    assert str(error.value) == (
+        "`negative_prompt_2` has 1 entries but the batch has 2 prompts; give one text per prompt, or a single "
+        "string for all"
+    )
