@@ -123,15 +123,19 @@ def test_bad_prompt_arguments_are_refused_in_full_words(sd_pipe, case):
         call(TextConditioner.from_pipeline(sd_pipe, cache_size=0))
 
 
-def test_sdxl_negative_prompt_2_without_a_negative_names_what_the_negatives_are(sdxl_pipe):
-    cond = TextConditioner.from_pipeline(sdxl_pipe, cache_size=0)
-    message = (
-        "`negative_prompt_2` without `negative_prompt`: recipe 'sdxl' then has zeros "
-        "(force_zeros_for_empty_prompt) for the negatives and diffusers ignores `negative_prompt_2`; "
-        'pass `negative_prompt` too (negative_prompt="" encodes the empty prompt)'
-    )
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+@pytest.mark.parametrize(
+    ("pipe_fixture", "recipe", "meaning"),
+    [("sdxl_pipe", "sdxl", "zeros (force_zeros_for_empty_prompt)"), ("flux_pipe", "flux", "none")],
+)
+def test_negative_prompt_2_without_a_negative_names_what_the_negatives_are(request, pipe_fixture, recipe, meaning):
+    cond = TextConditioner.from_pipeline(request.getfixturevalue(pipe_fixture), cache_size=0)
+    with pytest.raises(ValueError) as error:
         cond.pipeline_kwargs("a cat", negative_prompt_2="ugly")
+    assert str(error.value) == (
+        f"`negative_prompt_2` without `negative_prompt`: recipe {recipe!r} then has {meaning} for the negatives and "
+        'diffusers ignores `negative_prompt_2`; pass `negative_prompt` too (negative_prompt="" encodes the empty '
+        "prompt)"
+    )
     message = "`negative_prompt_2` / `negative_prompt_3` need `negative_prompt` (their default)"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         cond.schedule(EDITED, STEPS, negative_prompt_2="ugly")
@@ -273,18 +277,6 @@ def test_from_config_carries_its_settings(tmp_path, tiny_clip_text_path):
 def test_a_bad_cache_size_is_named_as_the_argument_the_user_gave(sd_pipe, bad, error):
     with pytest.raises(error, match=rf"^`cache_size` must be an int >= 0 \(prompts kept in memory\), got {bad!r}$"):
         TextConditioner.from_pipeline(sd_pipe, cache_size=bad)
-
-
-def test_flux_negative_prompt_2_without_a_negative_says_flux_then_has_none(flux_pipe):
-    cond = TextConditioner.from_pipeline(flux_pipe, cache_size=0)
-    message = (
-        "`negative_prompt_2` without `negative_prompt`: recipe 'flux' then has none for the negatives and "
-        'diffusers ignores `negative_prompt_2`; pass `negative_prompt` too (negative_prompt="" encodes the '
-        "empty prompt)"
-    )
-    with pytest.raises(ValueError) as error:
-        cond.pipeline_kwargs("a cat", negative_prompt_2="ugly")
-    assert str(error.value) == message
 
 
 # ------------------------------------------------------------------ settings of the constructor
