@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+import clipcond.output_paths
 from clipcond.cache import EmbeddingCache
 from clipcond.record_spec import RecordSpec, TensorSpec
 from clipcond.records import EncodedPrompt
@@ -337,7 +338,6 @@ def test_one_entry_of_memory_keeps_the_latest_record():
 def test_a_put_writes_its_entry_without_listing_the_folder(tmp_path, monkeypatch):
     """Looking for dead writers' leftovers lists the folder; a cache of many entries would pay a
     listing of them all at each write, so its writes skip it."""
-    import clipcond.output_paths
 
     def listing(path):
         raise AssertionError(f"the cache listed the folder of {path}")

@@ -8,15 +8,20 @@ T5 tokens. Tiny encoders. Written against the mutation runs of issue 24
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from tensor_checks import close
-from transformers import CLIPTextModel
+from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
+import clipcond.fingerprint
 from clipcond import TextConditioner
+from clipcond.families import get_recipe
+from clipcond.records import EncodedPrompt
 from clipcond.tokenization import clip_tokenizer
 
 STEPS = 4
@@ -26,6 +31,11 @@ EDITED = "a [red:blue:0.5] circle"  # steps 0 to 2 read "a red circle", step 3 "
 def _fresh_sd(path, **kwargs) -> TextConditioner:
     """An SD conditioner on its own copy of the tiny CLIP (tests here change it in place)."""
     return TextConditioner("sd", clip=[(CLIPTextModel.from_pretrained(path).eval(), clip_tokenizer())], **kwargs)
+
+
+def _fresh_t5(model_path, tokenizer_path) -> tuple[T5EncoderModel, object]:
+    """The tiny T5 and its tokenizer, loaded afresh."""
+    return T5EncoderModel.from_pretrained(model_path).eval(), AutoTokenizer.from_pretrained(tokenizer_path)
 
 
 # ------------------------------------------------------------------ edited prompts and negatives
@@ -61,7 +71,14 @@ def test_a_schedule_names_a_bad_prompt(sd_pipe):
         cond.schedule(["a cat", 3], STEPS)
 
 
-READERS = "`prompt` (encoder 1); leave `prompt_2` out, or use a family whose pipelines take it"
+def _unread(name: str) -> str:
+    """The refusal of a per-encoder argument `name` that no encoder of an SD conditioner reads."""
+    return (
+        f"`{name}` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); leave "
+        f"`{name}` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; prompt_3: SD3 with its T5)"
+    )
+
+
 BAD_CALLS = {
     "a bad prompt": (
         lambda cond: cond.pipeline_kwargs(["a cat", 3]),
@@ -82,36 +99,27 @@ BAD_CALLS = {
     "a prompt_2 nothing reads": (
         lambda cond: cond.encode("a", prompt_2="b"),
         ValueError,
-        f"`prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads {READERS} (prompt_2: SDXL, "
-        "SD3, Flux; prompt_3: SD3 with its T5)",
+        _unread("prompt_2"),
     ),
     "a negative_prompt_2 nothing reads": (
         lambda cond: cond.pipeline_kwargs("a", "b", negative_prompt_2="c"),
         ValueError,
-        "`negative_prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
-        "leave `negative_prompt_2` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
-        "prompt_3: SD3 with its T5)",
+        _unread("negative_prompt_2"),
     ),
     "a schedule's negative_prompt_3 nothing reads": (
         lambda cond: cond.schedule(EDITED, STEPS, "b", negative_prompt_3="c"),
         ValueError,
-        "`negative_prompt_3` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
-        "leave `negative_prompt_3` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
-        "prompt_3: SD3 with its T5)",
+        _unread("negative_prompt_3"),
     ),
     "a schedule's prompt_3 nothing reads": (
         lambda cond: cond.schedule(EDITED, STEPS, prompt_3="c"),
         ValueError,
-        "`prompt_3` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
-        "leave `prompt_3` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
-        "prompt_3: SD3 with its T5)",
+        _unread("prompt_3"),
     ),
     "a schedule's prompt_2 nothing reads": (
         lambda cond: cond.schedule(EDITED, STEPS, "b", prompt_2="c"),
         ValueError,
-        "`prompt_2` has no encoder to read it: recipe 'sd' with these encoders reads `prompt` (encoder 1); "
-        "leave `prompt_2` out, or use a family whose pipelines take it (prompt_2: SDXL, SD3, Flux; "
-        "prompt_3: SD3 with its T5)",
+        _unread("prompt_2"),
     ),
 }
 
@@ -294,13 +302,10 @@ def test_the_cache_is_made_for_memory_or_a_folder_and_not_for_neither(tiny_clip_
 def test_window_split_is_set_in_the_recipe_and_refused_without_a_clip(
     tiny_clip_text_path, tiny_t5_encoder_path, t5_tokenizer_path
 ):
-    from transformers import AutoTokenizer, T5EncoderModel
-
     assert _fresh_sd(tiny_clip_text_path).recipe.window_split != "truncate"
     assert _fresh_sd(tiny_clip_text_path, window_split="truncate").recipe.window_split == "truncate"
-    t5 = (T5EncoderModel.from_pretrained(tiny_t5_encoder_path), AutoTokenizer.from_pretrained(t5_tokenizer_path))
     with pytest.raises(ValueError) as error:
-        TextConditioner("pixart", t5=t5, window_split="word")
+        TextConditioner("pixart", t5=_fresh_t5(tiny_t5_encoder_path, t5_tokenizer_path), window_split="word")
     assert str(error.value) == (
         "`window_split` ('word') says how CLIP windows are cut, and this conditioner has no CLIP encoder: its T5 "
         "reads one sequence, cut at its token budget (`max_sequence_length`)"
@@ -319,13 +324,10 @@ def test_without_weight_parsing_a_prompt_is_read_as_written(
 ):
     """Brackets and weights are plain text then, the whole prompt at weight 1: the same as
     the prompt with every bracket escaped, read with parsing on."""
-    from transformers import AutoTokenizer, T5EncoderModel
-
     if recipe == "sd":
         encoders = {"clip": [(CLIPTextModel.from_pretrained(tiny_clip_text_path).eval(), clip_tokenizer())]}
     else:
-        t5 = T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval()
-        encoders = {"t5": (t5, AutoTokenizer.from_pretrained(t5_tokenizer_path))}
+        encoders = {"t5": _fresh_t5(tiny_t5_encoder_path, t5_tokenizer_path)}
     literal = TextConditioner(recipe, parse_weights=False, cache_size=0, **encoders)
     parsing = TextConditioner(recipe, cache_size=0, **encoders)
     written = "a (red:1.5) circle"
@@ -335,10 +337,6 @@ def test_without_weight_parsing_a_prompt_is_read_as_written(
 
 def test_a_break_starts_a_new_window_with_or_without_caption_cleaning(tiny_clip_text_path):
     """PixArt's cleaning on a CLIP recipe (a recipe given whole): the break survives it."""
-    import dataclasses
-
-    from clipcond.families import get_recipe
-
     model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
     cleaning = dataclasses.replace(get_recipe("sd"), caption_cleaning="clean_caption")
     plain = TextConditioner("sd", clip=[(model, clip_tokenizer())], cache_size=0)
@@ -352,8 +350,6 @@ def test_a_break_starts_a_new_window_with_or_without_caption_cleaning(tiny_clip_
 def test_assemble_pads_with_the_empty_prompt_it_is_given_and_checks_it(tiny_clip_text_path):
     """A batch of one window and two: the first prompt's second window is the empty prompt's,
     the one given (here zeros) or the one encoded here."""
-    from clipcond.records import EncodedPrompt
-
     cond = _fresh_sd(tiny_clip_text_path, cache_size=0)
     records = cond.encode_records(["a red circle", "a blue square BREAK on grey"])
     (empty,) = cond.encode_records("")
@@ -378,14 +374,10 @@ def test_assemble_pads_with_the_empty_prompt_it_is_given_and_checks_it(tiny_clip
 def test_to_refuses_a_cast_of_a_quantized_t5_by_its_name_before_moving_any(
     tiny_clip_text_path, tiny_t5_encoder_path, t5_tokenizer_path
 ):
-    from transformers import AutoTokenizer, T5EncoderModel
-
     clip = [(CLIPTextModel.from_pretrained(tiny_clip_text_path).eval(), clip_tokenizer())]
-    t5_model = T5EncoderModel.from_pretrained(tiny_t5_encoder_path).eval()
-    t5_model.quantization_method = "bitsandbytes"  # as transformers marks a bitsandbytes model
-    cond = TextConditioner(
-        "custom", clip=clip, t5=(t5_model, AutoTokenizer.from_pretrained(t5_tokenizer_path)), projection_dim=16
-    )
+    t5 = _fresh_t5(tiny_t5_encoder_path, t5_tokenizer_path)
+    t5[0].quantization_method = "bitsandbytes"  # as transformers marks a bitsandbytes model
+    cond = TextConditioner("custom", clip=clip, t5=t5, projection_dim=16)
     with pytest.raises(ValueError) as error:
         cond.to(torch.float16)
     assert str(error.value).startswith(
@@ -430,7 +422,6 @@ def test_a_prompt_repeated_in_a_batch_is_looked_up_and_encoded_once(tiny_clip_te
 def test_a_memory_cache_never_reads_the_weights_bytes(tiny_clip_text_path, monkeypatch):
     """Only the disk cache keys records by a hash of every weight byte; in memory the weights'
     state is enough."""
-    import clipcond.fingerprint
 
     def reading(modules):
         raise AssertionError("the weights' bytes were read")
@@ -461,8 +452,6 @@ def test_a_t5_conditioners_records_are_written_to_disk_and_read_back(pixart_pipe
 
 
 def test_a_disk_entry_records_the_texts_its_encoders_read(sdxl_pipe, tmp_path):
-    from safetensors import safe_open
-
     cond = TextConditioner.from_pipeline(sdxl_pipe, cache_dir=str(tmp_path))
     cond.encode("a red circle", prompt_2="a blue square")
     cond.encode("a green star")

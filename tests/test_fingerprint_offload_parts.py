@@ -41,18 +41,30 @@ def _twin_with(values: dict[str, torch.Tensor]) -> Twin:
     return twin
 
 
+def _copies(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict in tensors of their own."""
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def _watched_across_a_forward(module: nn.Module, plain_hash: str) -> tuple[WeightsWatch, tuple]:
+    """A watch of the offloaded `module` and its first state, checked to stay the same across a
+    forward (the hooks load the values and put meta tensors back) and to hash as the plain weights."""
+    watch = WeightsWatch([module])
+    first = watch.state()
+    module(torch.ones(1, 3))
+    assert watch.state() == first
+    assert watch.content_hash() == plain_hash
+    return watch, first
+
+
 def test_weights_in_accelerates_dat_files_are_watched_by_file_and_hashed_by_value(tmp_path: Path) -> None:
     module = Twin()
-    values = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+    values = _copies(module)
     plain_hash = weights_hash([module])
     accelerate.disk_offload(module, tmp_path, execution_device=CPU)
     assert {weight.device.type for weight in module.parameters()} == {"meta"}
     assert sorted(path.name for path in tmp_path.glob("*.dat")) == [f"{name}.dat" for name in sorted(values)]
-    watch = WeightsWatch([module])
-    first = watch.state()
-    module(torch.ones(1, 3))  # the hooks load each weight from its file and put meta tensors back
-    assert watch.state() == first
-    assert watch.content_hash() == plain_hash
+    watch, first = _watched_across_a_forward(module, plain_hash)  # each weight loaded from its file
 
     # new values written into one file in place: the same size and inode, a later write time
     path = tmp_path / "second.weight.dat"
@@ -72,7 +84,7 @@ def test_weights_read_from_a_safetensors_file_follow_the_entry_each_is_read_from
     """Two weights of one file keep the file's size, write time and inode when their index
     entries are swapped; what each is read from is part of its mark."""
     module = Twin()
-    values = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+    values = _copies(module)
     plain_hash = weights_hash([module])
     checkpoint = tmp_path / "model.safetensors"
     stored = {f"stored.{name}": tensor for name, tensor in values.items()}
@@ -82,11 +94,7 @@ def test_weights_read_from_a_safetensors_file_follow_the_entry_each_is_read_from
         for name in values
     }
     accelerate.cpu_offload(module, CPU, state_dict=OffloadedWeightsLoader(index=index, save_folder=str(tmp_path)))
-    watch = WeightsWatch([module])
-    first = watch.state()
-    module(torch.ones(1, 3))
-    assert watch.state() == first
-    assert watch.content_hash() == plain_hash
+    watch, first = _watched_across_a_forward(module, plain_hash)
 
     index["first.weight"]["weight_name"], index["second.weight"]["weight_name"] = (
         "stored.second.weight",
@@ -102,7 +110,7 @@ def test_a_layer_offloaded_on_its_own_is_read_through_the_second_of_its_hooks() 
     """`cpu_offload` of a bare layer gives it an input-and-output hook, then the offload hook:
     one `SequentialHook`, whose offloading member holds the values."""
     layer = nn.Linear(2, 2)
-    values = {name: tensor.clone() for name, tensor in layer.state_dict().items()}
+    values = _copies(layer)
     plain_hash = weights_hash([layer])
     accelerate.cpu_offload(layer, CPU)
     hooks = layer._hf_hook.hooks
@@ -147,10 +155,7 @@ def test_a_module_shared_under_two_names_hashes_offloaded_as_its_plain_self() ->
     accelerate.cpu_offload(module, CPU)
     assert module.shared.weight.device.type == "meta"
     assert weights_hash([module]) == plain_hash
-    watch = WeightsWatch([module])
-    first = watch.state()
-    module(torch.ones(1, 3))
-    assert watch.state() == first and watch.content_hash() == plain_hash
+    _watched_across_a_forward(module, plain_hash)
 
 
 def test_a_buffer_an_offloading_hook_leaves_in_place_is_watched_where_it_is() -> None:
@@ -159,8 +164,7 @@ def test_a_buffer_an_offloading_hook_leaves_in_place_is_watched_where_it_is() ->
     module = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval()
     # the hook's copy apart from the module's tensors, as on an accelerator (on the CPU, the
     # copy `cpu_offload` makes by default is the buffer itself)
-    copies = {name: tensor.clone() for name, tensor in module.state_dict().items()}
-    accelerate.cpu_offload(module, CPU, state_dict=copies)
+    accelerate.cpu_offload(module, CPU, state_dict=_copies(module))
     norm = module[1]
     assert norm.weight.device.type == "meta" and norm.running_mean.device.type == "cpu"
     watch = WeightsWatch([module])
