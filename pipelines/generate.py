@@ -293,8 +293,11 @@ def _write_png(picture: Any, output: Path, force: bool) -> None:
 
     encoded = io.BytesIO()
     picture.save(encoded, format="PNG")
-    try:
+    try:  # a file where a folder should be is FileExistsError too, but not another run's image
         output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _cannot_write(output, error) from error
+    try:
         write_atomically(output, encoded.getvalue(), replace=force)
     except FileExistsError as error:
         raise RunFailed(
@@ -302,5 +305,9 @@ def _write_png(picture: Any, output: Path, force: bool) -> None:
             "written: pass --force to replace it, or choose another -o"
         ) from error
     except OSError as error:
-        reason = error.strerror or one_line(error)
-        raise RunFailed(f"cannot write -o {output}: {reason}; nothing was written") from error
+        raise _cannot_write(output, error) from error
+
+
+def _cannot_write(output: Path, error: OSError) -> RunFailed:
+    """The failed run for an `OSError` writing `output` (a full disk, no permission)."""
+    return RunFailed(f"cannot write -o {output}: {error.strerror or one_line(error)}; nothing was written")
