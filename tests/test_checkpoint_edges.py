@@ -427,7 +427,14 @@ def test_a_module_name_that_is_no_file_of_its_own_is_refused(tmp_path, name):
     """ "rng" and "optimizer" were written over by the format's own files (the checkpoint then
     never loaded), "../escape" was written outside the step folder and never deleted."""
     model = torch.nn.Linear(2, 2)
-    refusal = rf"^modules: {re.escape(repr(name))} cannot name a module's file in a checkpoint; "
+    refusal = (
+        "^"
+        + re.escape(
+            f"modules: {name!r} cannot name a module's file in a checkpoint; a name is letters, digits, '_', '-' and '.' "
+            "(a letter, digit or '_' first), and not 'optimizer' or 'rng' (the checkpoint's own files)"
+        )
+        + "$"
+    )
     with pytest.raises(ValueError, match=refusal):
         save_checkpoint(tmp_path, 1, {name: model})
     assert list(tmp_path.iterdir()) == []

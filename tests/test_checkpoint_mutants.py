@@ -211,7 +211,7 @@ def test_optimizer_state_of_unexpected_types_is_unreadable(tmp_path):
     )
 
 
-@pytest.mark.parametrize("key", ["x.exp_avg", "7", "9.exp_avg"])
+@pytest.mark.parametrize("key", ["x.exp_avg", "7", "9.exp_avg", "1"])  # "1": a parameter's id, no state name
 def test_an_optimizer_tensor_of_no_parameter_is_named(tmp_path, key):
     folder, model, optimizer = _adamw_checkpoint(tmp_path)
     groups = optimizer.state_dict()["param_groups"]

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from clipcond.errors import RunFailed, UsageError
 from clipcond.pipelines import generate, generate_checks
@@ -68,6 +69,28 @@ def test_counts_below_one_are_refused_naming_both(tmp_path, model_folder, argv, 
     with pytest.raises(UsageError) as caught:
         generate._check_arguments(args)
     assert str(caught.value) == f"--n and --steps must be >= 1, got {numbers}"
+
+
+def test_one_image_of_one_step_is_taken(tmp_path, model_folder):
+    args = _args("-o", str(tmp_path / "o.png"), "--model", str(model_folder), "--n", "1", "--steps", "1")
+    assert generate._check_arguments(args)[1] == model_folder
+
+
+def test_an_existing_output_passes_with_force(tmp_path, model_folder):
+    (tmp_path / "o.png").write_bytes(b"old")
+    base = ("-o", str(tmp_path / "o.png"), "--model", str(model_folder))
+    with pytest.raises(UsageError, match="-o/--output"):
+        generate._check_arguments(_args(*base))
+    assert generate._check_arguments(_args(*base, "--force"))[0] == tmp_path / "o.png"
+
+
+@pytest.mark.parametrize("option", ["--model", "--lora"])
+def test_a_model_or_lora_path_that_does_not_exist_is_named_with_its_option(tmp_path, model_folder, option):
+    missing = str(tmp_path / "missing")
+    args = _args("-o", str(tmp_path / "o.png"), "--model", str(model_folder), option, missing)
+    with pytest.raises(UsageError) as caught:
+        generate._check_arguments(args)
+    assert str(caught.value) == f"{option} {missing}: no such file or folder (a hub id is `name` or `org/name`)"
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -142,7 +165,10 @@ def test_without_model_the_bundled_one_is_taken_when_installed(tmp_path, model_f
     monkeypatch.setattr(generate, "BUNDLED_MODEL", tmp_path / "absent")
     with pytest.raises(UsageError) as caught:
         generate._check_arguments(_args("-o", str(tmp_path / "o.png")))
-    assert str(caught.value).startswith("this install has no bundled shapes model; pass --model")
+    assert str(caught.value) == (
+        "this install has no bundled shapes model; pass --model with a saved CLIPConditionedPipeline "
+        "or a diffusers Stable Diffusion pipeline"
+    )
     (tmp_path / "absent").mkdir()  # a folder without model_index.json is not an installed model
     with pytest.raises(UsageError, match="no bundled shapes model"):
         generate._check_arguments(_args("-o", str(tmp_path / "o.png")))
@@ -272,8 +298,6 @@ def test_load_asks_for_float32_and_loads_the_lora(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("kind", [OSError, ValueError])
 def test_a_model_that_does_not_load_is_a_usage_error_naming_it(monkeypatch, tmp_path, kind):
-    from safetensors import SafetensorError
-
     _loading(monkeypatch, kind("broken\nindex"))
     with pytest.raises(UsageError) as caught:
         generate._load(tmp_path, None)
@@ -294,7 +318,7 @@ def test_other_load_errors_stay_bugs(monkeypatch, tmp_path):
         generate._load(tmp_path, None)
 
 
-@pytest.mark.parametrize("kind", [OSError, ValueError, KeyError])
+@pytest.mark.parametrize("kind", [OSError, ValueError, KeyError, SafetensorError])
 def test_a_lora_that_does_not_load_is_a_usage_error_naming_it(monkeypatch, tmp_path, kind):
     _loading(monkeypatch, _Loaded(lora_error=kind("no such tensor")))
     with pytest.raises(UsageError) as caught:

@@ -353,7 +353,7 @@ def _check_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     if not all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in rates):
         raise _damaged(folder, f"optimizer.safetensors has a parameter group without a number `lr` (lr: {rates})")
     for index, (group, live_group) in enumerate(zip(groups, optimizer.param_groups)):
-        wrong = _unlike(group, live_group, ignore=("params",))
+        wrong = _unlike(group, live_group)  # `params`: ids saved, tensors live (which take anything); counted above
         if wrong:
             raise _damaged(folder, f"optimizer.safetensors: parameter group {index} has {wrong}")
     # keyed as the writer writes ids (str(int)): a digit that int() reads but the writer never writes is no id
@@ -408,13 +408,13 @@ def _read_trainer(folder: Path, scheduler: Any | None, check_extra: ExtraCheck |
     return trainer
 
 
-def _unlike(saved: dict[str, Any], live: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+def _unlike(saved: dict[str, Any], live: dict[str, Any]) -> str:
     """The first key both mappings hold whose saved value is not of the live value's kind, as
     ``"`key`: saved value (live value)"``, or "". Kinds: a number (bool apart), a flag (bool or
     None, as torch's `foreach` and `fused` are), a string, a list or tuple of as many items of
     the same kinds, a mapping; other live values (tensors, objects) take anything. Keys only one
     side holds are not compared: a torch release may add or drop one."""
-    for key in saved.keys() & live.keys() - set(ignore):
+    for key in saved.keys() & live.keys():
         if not _same_kind(saved[key], live[key]):
             return f"`{key}`: {saved[key]!r} ({live[key]!r} in the run)"
     return ""
