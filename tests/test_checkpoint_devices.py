@@ -128,8 +128,9 @@ def cpu_state_after(draws: int) -> torch.Tensor:
     return generator.get_state()
 
 
+@pytest.mark.parametrize("through_newest_intact", [False, True], ids=["load_checkpoint", "load_newest_intact"])
 @pytest.mark.parametrize("process_index", [0, 1])
-def test_each_process_resumes_its_own_generators(tmp_path, monkeypatch, process_index):
+def test_each_process_resumes_its_own_generators(tmp_path, monkeypatch, process_index, through_newest_intact):
     """Each rank's own CPU generator and its own device's CUDA generator, as the loop gathers them
     (`own_generator_states` on each rank), go back to that rank; the main process's view of the
     other devices is restored first and overridden for the rank's own device."""
@@ -144,9 +145,11 @@ def test_each_process_resumes_its_own_generators(tmp_path, monkeypatch, process_
     folder = save_checkpoint(tmp_path, 1, {"model": linear(0)}, process_rng=ranks)
 
     torch.manual_seed(123)
-    load_checkpoint(
-        folder, {"model": linear(1)}, process_index=process_index, device=torch.device("cuda", process_index)
-    )
+    own = {"process_index": process_index, "device": torch.device("cuda", process_index)}
+    if through_newest_intact:
+        load_newest_intact(tmp_path, {"model": linear(1)}, **own)
+    else:
+        load_checkpoint(folder, {"model": linear(1)}, **own)
     assert torch.equal(torch.get_rng_state(), cpu_state_after(process_index + 1))
     assert [int(state[0]) for state in cuda.restored] == [0, 1]  # rank 0's view of every device
     assert list(cuda.set_on) == [process_index] and int(cuda.set_on[process_index][0]) == 100 + process_index

@@ -456,3 +456,88 @@ def test_a_tensor_learning_rate_is_named_before_anything_is_written(tmp_path):
         "strings, lists or mappings to be saved in optimizer.safetensors (Object of type Tensor is not JSON serializable)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- survivors of the full mutation run
+
+
+def test_no_intact_checkpoint_names_each_problem_and_the_folder_to_move_aside(tmp_path):
+    for step in (1, 2):
+        folder = save_checkpoint(tmp_path, step, {"model": torch.nn.Linear(2, 2)})
+        (folder / "trainer.json").unlink()
+    with pytest.raises(NoIntactCheckpoint) as error:
+        load_newest_intact(tmp_path, {"model": torch.nn.Linear(2, 2)})
+    assert str(error.value) == (
+        f"cannot resume {tmp_path}: none of its 2 checkpoints can be loaded (step-000000002: trainer.json is missing; "
+        f"step-000000001: trainer.json is missing). Fix the model config if it changed, or move "
+        f"{tmp_path / 'checkpoints'} aside to start afresh"
+    )
+
+
+def test_a_read_error_of_the_generator_file_is_damage_of_that_checkpoint(tmp_path, monkeypatch):
+    """A disk that fails while the tensors are read (its header read fine): the checkpoint is
+    damaged, named with its folder, and nothing is loaded."""
+    model = torch.nn.Linear(2, 2)
+    folder = save_checkpoint(tmp_path, 1, {"model": model})
+    real_load_file = checkpoint.load_file
+
+    def failing_on_rng(path):
+        if path.endswith("rng.safetensors"):
+            raise OSError(5, "Input/output error")
+        return real_load_file(path)
+
+    monkeypatch.setattr(checkpoint, "load_file", failing_on_rng)
+    fresh = torch.nn.Linear(2, 2)
+    before = fresh.weight.detach().clone()
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, {"model": fresh})
+    assert str(error.value) == f"{folder}: rng.safetensors does not read (OSError(5, 'Input/output error'))"
+    assert torch.equal(fresh.weight, before)
+
+
+def test_a_trainer_json_without_generator_states_names_the_first_one_missing(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    folder = save_checkpoint(tmp_path, 1, {"model": model})
+    _edit_trainer(folder, lambda trainer: {key: value for key, value in trainer.items() if key != "rng"})
+    with pytest.raises(CheckpointDamaged) as error:
+        load_checkpoint(folder, {"model": model})
+    assert str(error.value) == f"{folder}: trainer.json holds no usable random-number states (KeyError('python'))"
+
+
+class TableScheduler:
+    """A scheduler whose state holds `table`: a list when saved, a tensor in the run that loads."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def state_dict(self):
+        return {"last_epoch": 1, "table": self.table}
+
+    def load_state_dict(self, state):
+        self.table = state["table"]
+
+
+def test_a_scheduler_value_of_no_json_kind_in_the_run_takes_the_saved_one(tmp_path):
+    """Only JSON kinds are compared: a tensor (or any object) in the live state takes what was saved."""
+    model = torch.nn.Linear(2, 2)
+    folder = save_checkpoint(tmp_path, 1, {"model": model}, scheduler=TableScheduler([1.0, 2.0]))
+    live = TableScheduler(torch.tensor([5.0, 6.0]))
+    load_checkpoint(folder, {"model": model}, scheduler=live)
+    assert live.table == [1.0, 2.0]
+
+
+def test_the_error_that_stopped_a_write_is_raised_when_its_folder_cannot_be_removed(tmp_path, monkeypatch):
+    """A write that fails after its temporary folder went (removed by hand, or by a cleanup of
+    the disk): the user sees the write's error, not the failed removal's."""
+    model = torch.nn.Linear(2, 2)
+    kept = save_checkpoint(tmp_path, 1, {"model": model})
+
+    def write_then_lose_the_folder(folder, *args):
+        folder.rmdir()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_state", write_then_lose_the_folder)
+    with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device$"):
+        save_checkpoint(tmp_path, 2, {"model": model})
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000000001"]
+    assert latest_checkpoint(tmp_path) == kept
