@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_model
 
 import clipcond.training.loop as loop
 from clipcond.training.checkpoint import read_extra
@@ -29,7 +32,8 @@ from clipcond.training.loop import (
     check_seed,
     extra_problem,
 )
-from clipcond.training.run_folder import FINISHED_MARKER, RunAlreadyFinished
+from clipcond.training.run_folder import FINISHED_MARKER, RunAlreadyFinished, RunFolderError
+from clipcond.training.run_lock import LOCK_FILE, RunFolderInUse
 
 # ---------------------------------------------------------------- the module's checks
 
@@ -210,8 +214,10 @@ TARGETS = torch.tensor([[1.0], [0.0]])
 
 
 def toy_parts(config: ToyConfig):
+    """A linear model with a `shadow` buffer the loss never reads (as an EMA copy), its SGD and schedule."""
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
+    model.register_buffer("shadow", torch.zeros(2))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     return model, optimizer, scheduler
@@ -247,13 +253,17 @@ def run_toy(
     poison_weights_at: int | None = None,
     extra: bool = True,
     skips: dict[int, str] | None = None,
-    evaluate: bool = False,
+    evaluate: int | None = None,
+    parts: tuple | None = None,
+    **run_settings,
 ):
     """One invocation of `TrainingRun` on the toy objective; returns (run, outcome, start step,
-    resumed extra, model). `poison_step` makes that step's loss NaN; `poison_weights_at` makes the
-    weights inf in that step's update; `skips` counts a skipped sample of a reason at a step."""
-    model, optimizer, scheduler = toy_parts(config)
-    with TrainingRun(config, "train-toy", resume=resume, show_progress=False) as run:
+    resumed extra, model). `parts` replaces `toy_parts(config)`; `poison_step` makes that step's
+    loss NaN; `poison_weights_at` makes the shadow buffer inf in that step's update; `evaluate`
+    logs an evaluation at that step; `skips` counts a skipped sample of a reason at a step;
+    `run_settings` go to `TrainingRun`."""
+    model, optimizer, scheduler = parts or toy_parts(config)
+    with TrainingRun(config, "train-toy", resume=resume, **{"show_progress": False, **run_settings}) as run:
         start, resumed = run.resume({"model": model}, optimizer, scheduler, counts=("toy_count",) if extra else ())
 
         def backward(step: int) -> torch.Tensor:
@@ -266,11 +276,10 @@ def run_toy(
         def update() -> None:
             optimizer.step(), scheduler.step(), optimizer.zero_grad()
             if poison_weights_at is not None and scheduler.last_epoch == poison_weights_at:
-                with torch.no_grad():
-                    model.weight.fill_(math.inf)
+                model.shadow.fill_(math.inf)
 
         def after_step(step: int) -> None:
-            if evaluate and step == 2:
+            if step == evaluate:
                 run.log_evaluation(step, "held-out", {"loss": 0.25, "accuracy": 0.5})
 
         outcome = run.train(
@@ -298,7 +307,7 @@ def clock(monkeypatch) -> Clock:
 
 
 def test_a_fresh_run_logs_saves_and_finishes_as_a_plain_loop_trains(tmp_path, clock, capsys):
-    config = ToyConfig(output_dir=str(tmp_path / "run"))
+    config = ToyConfig(output_dir=str(tmp_path / "run"), keep_checkpoints=3)
     run, outcome, start, resumed, model = run_toy(config)
     expected = plain_losses(config)
     assert (start, resumed) == (0, {})
@@ -314,7 +323,9 @@ def test_a_fresh_run_logs_saves_and_finishes_as_a_plain_loop_trains(tmp_path, cl
     assert [r["samples_per_second"] for r in records] == [2 * 2 / 1.0, 2 * 2 / 1.0, 2 * 1 / 1.0]
     assert outcome.throughput == 2 * 5 / 4.0  # from the start to the overall reading: 4 ticks
     folders = sorted(path.name for path in (run.output_dir / "checkpoints").iterdir())
-    assert folders == ["latest", "step-000000004", "step-000000005"]  # keep_checkpoints: 2
+    assert folders == ["latest", "step-000000002", "step-000000004", "step-000000005"]  # keep_checkpoints: 3
+    # one process: the checkpoint holds its generators once, not per process
+    assert set(load_file(str(run.last_checkpoint / "rng.safetensors"))) == {"torch_cpu"}
     assert run.last_checkpoint == run.output_dir / "checkpoints" / "step-000000005"
     assert read_extra(run.last_checkpoint) == {
         "toy_count": 7,
@@ -342,18 +353,26 @@ def test_a_resume_goes_on_from_the_checkpoint_with_its_metrics_cut_back(tmp_path
     records = metrics(run.output_dir)
     assert [r["step"] for r in records] == [2, 4]  # step 4's first record cut, logged again
     assert records[1]["loss"] == pytest.approx(expected[3][0], rel=1e-6)
+    assert records[1]["lr"] == pytest.approx(expected[3][1])  # the schedule resumed with the weights
     assert outcome.steps == 4 and outcome.loss == pytest.approx(expected[3][0], rel=1e-6)
     assert read_extra(run.last_checkpoint)["metrics_records"] == 2
 
 
-def test_a_resume_at_the_last_step_reports_the_loss_logged_for_it(tmp_path, clock):
+@pytest.mark.parametrize("records", ["kept", "deleted"])
+def test_a_resume_at_the_last_step_reports_the_loss_logged_for_it(tmp_path, clock, records):
+    """The loss of the last step's record, past the evaluation logged after it; nan without records."""
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
-    run_toy(config)
+    run_toy(config, evaluate=4)
     shutil.rmtree(tmp_path / "run" / "model")  # not finished: its result is gone
+    if records == "deleted":
+        (tmp_path / "run" / "metrics.jsonl").unlink()
+    logged = metrics(tmp_path / "run")[-2] if records == "kept" else None
     run, outcome, start, _, _ = run_toy(config, resume=True)
-    logged = metrics(run.output_dir)[-1]
-    assert start == 4 and outcome.steps == 4 and outcome.loss == logged["loss"] and logged["step"] == 4
-    assert outcome.throughput == 0.0
+    assert start == 4 and outcome.steps == 4 and outcome.throughput == 0.0
+    if logged is None:
+        assert math.isnan(outcome.loss)
+    else:
+        assert logged["step"] == 4 and outcome.loss == logged["loss"]
 
 
 def test_a_finished_run_resumed_stops_before_anything_is_built(tmp_path, clock):
@@ -376,6 +395,8 @@ def test_a_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path,
         "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
     )
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step-000000002"]
+    assert (tmp_path / "run" / "train_config.yaml").is_file()  # a folder holding a checkpoint stays the run's
+    assert not (tmp_path / "run" / "train_config.failed.yaml").exists()
 
 
 def test_a_nan_loss_before_any_checkpoint_says_so_and_gives_the_folder_back(tmp_path, clock, capsys):
@@ -391,19 +412,23 @@ def test_a_nan_loss_before_any_checkpoint_says_so_and_gives_the_folder_back(tmp_
 
 
 @pytest.mark.parametrize(
-    ("checkpoint_every", "kept", "since"), [(2, 2, "updates of steps 3 to 4"), (1, 3, "update of step 4")]
+    ("poisoned", "checkpoint_every", "kept", "since"),
+    [(4, 2, 2, "updates of steps 3 to 4"), (4, 1, 3, "update of step 4"), (1, 2, None, "updates of steps 1 to 2")],
 )
 def test_weights_made_inf_by_an_update_stop_at_its_checkpoint_naming_the_updates_since_the_last(
-    tmp_path, clock, checkpoint_every, kept, since
+    tmp_path, clock, poisoned, checkpoint_every, kept, since
 ):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=6, log_every=10, checkpoint_every=checkpoint_every)
     with pytest.raises(TrainingDiverged) as error:
-        run_toy(config, poison_weights_at=4)
-    kept = tmp_path / "run" / "checkpoints" / f"step-{kept:09d}"
+        run_toy(config, poison_weights_at=poisoned)
+    kept = (
+        f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / f'step-{kept:09d}'}"
+        if kept
+        else "no checkpoint was written yet"
+    )
     assert str(error.value) == (
-        f"the weights became NaN or inf in the {since} (model.weight), with a finite loss; stopped without saving "
-        f"this state (the last good checkpoint is {kept}). "
-        "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
+        f"the weights became NaN or inf in the {since} (model.shadow), with a finite loss; stopped without saving "
+        f"this state ({kept}). Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
     )
 
 
@@ -431,19 +456,22 @@ def test_weights_inf_over_several_updates_name_every_step_since_the_last_check(t
     )
 
 
-def test_nan_weights_before_the_first_step_are_refused(tmp_path, clock):
+@pytest.mark.parametrize(
+    ("poisoned", "named"), [(5, "extra.b0, extra.b1, extra.b2 and 2 more"), (3, "extra.b0, extra.b1, extra.b2")]
+)
+def test_nan_weights_before_the_first_step_are_refused(tmp_path, clock, poisoned, named):
     config = ToyConfig(output_dir=str(tmp_path / "run"))
     model, optimizer, scheduler = toy_parts(config)
     extra = torch.nn.Module()
-    for index in range(5):
+    for index in range(poisoned):
         extra.register_buffer(f"b{index}", torch.full((2,), math.nan))
     with pytest.raises(TrainingDiverged) as error:
         with TrainingRun(config, "train-toy", show_progress=False) as run:
             run.resume({"model": model, "extra": extra}, optimizer, scheduler)
             run.train(lambda step: torch.tensor(1.0), lambda: None)
     assert str(error.value) == (
-        "the weights hold NaN or inf before the first step (extra.b0, extra.b1, extra.b2 and 2 more); check the "
-        "model the run starts from (`init_from`)"
+        f"the weights hold NaN or inf before the first step ({named}); check the model the run starts from "
+        "(`init_from`)"
     )
 
 
@@ -475,7 +503,7 @@ def test_skipped_samples_are_counted_into_each_checkpoint_and_reported(tmp_path,
 
 def test_an_evaluation_is_a_line_and_a_metrics_record_of_its_own(tmp_path, clock, capsys):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
-    run, _, _, _, _ = run_toy(config, evaluate=True)
+    run, _, _, _, _ = run_toy(config, evaluate=2)
     records = metrics(run.output_dir)
     assert records[1] == {"step": 2, "eval/loss": 0.25, "eval/accuracy": 0.5}
     assert read_extra(run.last_checkpoint)["metrics_records"] == 2
@@ -487,3 +515,288 @@ def test_missing_data_files_are_refused_before_the_folder_is_made(tmp_path):
     with pytest.raises(FileNotFoundError, match="^data.urls matches no file$"):
         TrainingRun(config, "train-toy", show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- each stage's survivors of the mutation run
+
+
+def test_the_default_seed_key_is_named():
+    with pytest.raises(ValueError, match=r"^`seed` must be an integer"):
+        check_seed(-1)
+
+
+def test_a_meter_read_within_a_second_of_its_start_has_a_rate():
+    now = [0.0]
+    meter = Throughput(samples_per_step=2, clock=lambda: now[0])
+    meter.step()
+    now[0] = 0.5
+    assert meter.overall() == 4.0
+
+
+class RecordingBar:
+    """A stand-in for the tqdm bar: what it was made with, and each update, postfix and line."""
+
+    def __init__(self, accelerator, total, initial, name, show) -> None:
+        self.accelerator, self.settings = accelerator, (total, initial, name, show)
+        self.updates, self.postfixes, self.lines, self.closed = [], [], [], 0
+
+    def update(self, count):
+        self.updates.append(count)
+
+    def set_postfix(self, **shown):
+        self.postfixes.append(shown)
+
+    def write(self, line):
+        self.lines.append(line)
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.fixture
+def bars(monkeypatch) -> list[RecordingBar]:
+    made: list[RecordingBar] = []
+    monkeypatch.setattr(loop, "_progress_bar", lambda *args: made.append(RecordingBar(*args)) or made[-1])
+    return made
+
+
+def test_the_bar_counts_each_step_shows_the_logged_numbers_and_the_evaluations(tmp_path, clock, bars, capsys):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config, evaluate=2, show_progress=True)
+    shutil.rmtree(run.result_dir)
+    shutil.rmtree(run.last_checkpoint)
+    (run.output_dir / "checkpoints" / "latest").write_text("step-000000002")
+    run_toy(config, resume=True)
+    first, resumed = bars
+    assert first.accelerator is run.accelerator
+    assert (first.settings, resumed.settings) == ((4, 0, "train-toy", True), (4, 2, "train-toy", False))
+    assert (first.updates, resumed.updates) == ([1, 1, 1, 1], [1, 1])
+    losses = [record for record in metrics(run.output_dir) if "loss" in record]
+    assert first.postfixes == [
+        {"loss": f"{record['loss']:.4g}", "weight_norm": f"{record['weight_norm']:.4g}", "samples_s": "4"}
+        for record in losses[:2]
+    ]
+    assert first.lines == ["step 2: held-out loss 0.2500, accuracy 0.5000"]
+    assert "held-out" not in capsys.readouterr().out  # written under the bar, not printed
+    assert first.closed >= 1
+
+
+def test_a_run_shows_its_bar_unless_told_not_to(tmp_path):
+    with TrainingRun(ToyConfig(output_dir=str(tmp_path / "run")), "train-toy") as run:
+        assert run.show_progress is True and run.log_with is None
+    assert not (tmp_path / "run").exists()  # made by the run and left empty: removed
+
+
+def test_the_tracker_gets_the_settings_each_logged_step_and_each_evaluation_in_the_run_folder(tmp_path, clock):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config, evaluate=2, log_with="tensorboard")
+    assert run.log_with == "tensorboard"
+    logs = run.output_dir / "clipcond-train-toy"
+    scalars = EventAccumulator(str(logs))
+    scalars.Reload()
+    records = metrics(run.output_dir)
+    for tag in ("loss", "weight_norm", "lr", "samples_per_second", "eval/loss", "eval/accuracy"):
+        logged = [(event.step, event.value) for event in scalars.Scalars(tag)]
+        assert logged == [(record["step"], pytest.approx(record[tag])) for record in records if tag in record], tag
+    [hparams] = logs.glob("*/hparams.yml")
+    assert yaml.safe_load(hparams.read_text()) == loop._flat(dataclasses.asdict(config))
+
+
+def test_the_accelerator_runs_at_the_configured_precision(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    config = ToyConfig(output_dir=str(tmp_path / "run"), mixed_precision="bf16")
+    AcceleratorState._reset_state()  # accelerate keeps one precision per process: start clean, leave clean
+    try:
+        with TrainingRun(config, "train-toy", show_progress=False) as run:
+            assert run.accelerator.mixed_precision == "bf16"
+    finally:
+        AcceleratorState._reset_state()
+
+
+@pytest.mark.parametrize("refusal", ["fp16 on a CPU", "tensorboard missing", "sharded weights"])
+def test_the_machine_checks_refuse_before_the_folder_is_made(tmp_path, monkeypatch, refusal):
+    import accelerate
+    import accelerate.utils
+    from accelerate.utils import DistributedType
+
+    config, settings = ToyConfig(output_dir=str(tmp_path / "run")), {}
+    if refusal == "fp16 on a CPU":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        config.mixed_precision = "fp16"
+        message = "mixed_precision 'fp16' needs a CUDA GPU"
+    elif refusal == "tensorboard missing":
+        monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+        settings["log_with"] = "tensorboard"
+        message = "log_with 'tensorboard' needs the tensorboard package"
+    else:
+        monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+        message = "accelerate's FSDP is not supported"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        TrainingRun(config, "train-toy", show_progress=False, **settings)
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_resume_a_folder_holding_a_run_is_refused(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run_toy(config)
+    with pytest.raises(RunFolderError, match="already holds a run; pass --resume to continue it"):
+        TrainingRun(config, "train-toy", show_progress=False)
+
+
+def test_a_live_run_holds_its_folder_and_a_dead_run_s_lock_is_taken_over(tmp_path, clock, capsys):
+    from test_run_folder import _dead_pid
+
+    config = ToyConfig(output_dir=str(tmp_path / "run"))
+    with TrainingRun(config, "train-toy", show_progress=False):
+        with pytest.raises(RunFolderInUse):
+            TrainingRun(config, "train-toy", resume=True, show_progress=False)
+    (tmp_path / "run").mkdir()
+    stale = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"}
+    (tmp_path / "run" / LOCK_FILE).write_text(json.dumps(stale))
+    with TrainingRun(config, "train-toy", show_progress=False):
+        pass
+    expected = (
+        f"took over the lock of a run that ended (pid {stale['pid']} on {stale['host']}, since {stale['started']})"
+    )
+    assert expected in capsys.readouterr().out.splitlines()
+
+
+def test_what_killed_writers_left_is_removed_with_a_line_each(tmp_path, clock, capsys):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    leftovers = [run.output_dir / "checkpoints" / ".tmp-step-000000003-999", run.output_dir / ".tmp-model-999"]
+    for path in leftovers:
+        path.mkdir()
+    capsys.readouterr()
+    run_toy(config, resume=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert f"removed {leftovers[0]}, left by a checkpoint write that was killed" in lines
+    assert f"removed {leftovers[1]}, left by a save of the result that was killed" in lines
+    assert not any(path.exists() for path in leftovers)
+
+
+def test_a_resume_on_another_process_count_is_refused_and_gives_the_lock_back(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    trainer = run.last_checkpoint / "trainer.json"
+    saved = json.loads(trainer.read_text())
+    saved["extra"]["num_processes"] = 2
+    trainer.write_text(json.dumps(saved))
+    with pytest.raises(RunFolderError, match=r"on 1 process: its checkpoints were written by a run on 2 processes"):
+        TrainingRun(config, "train-toy", resume=True, show_progress=False)
+    assert not (run.output_dir / LOCK_FILE).exists()
+
+
+def test_an_error_before_the_folder_is_taken_sets_nothing_aside_and_a_run_without_steps_is_not_finished(
+    tmp_path, clock, capsys
+):
+    config = ToyConfig(output_dir=str(tmp_path / "run"))
+    with pytest.raises(KeyError):
+        with TrainingRun(config, "train-toy", show_progress=False):
+            raise KeyError("a model that did not build")
+    assert "stopped before" not in capsys.readouterr().out and not (tmp_path / "run").exists()
+    model, optimizer, scheduler = toy_parts(config)
+    with TrainingRun(config, "train-toy", show_progress=False) as run:
+        run.resume({"model": model}, optimizer, scheduler)
+    assert not (tmp_path / "run" / FINISHED_MARKER).exists()
+
+
+def test_a_resumed_checkpoint_holding_nan_weights_is_named(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    shutil.rmtree(run.last_checkpoint)
+    checkpoint = run.output_dir / "checkpoints" / "step-000000002"
+    (run.output_dir / "checkpoints" / "latest").write_text(checkpoint.name)
+    poisoned, _, _ = toy_parts(config)
+    poisoned.weight.data.fill_(math.nan)
+    save_model(poisoned, str(checkpoint / "model.safetensors"))
+    with pytest.raises(TrainingDiverged) as error:
+        run_toy(config, resume=True)
+    assert str(error.value) == (
+        f"the weights loaded from {checkpoint} hold NaN or inf (model.weight): that checkpoint was written by a run "
+        "that diverged. Move it aside to resume from an earlier one, or start afresh."
+    )
+
+
+def test_a_nan_loss_after_a_resume_names_the_resumed_checkpoint_and_leaves_no_gradient(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    shutil.rmtree(run.last_checkpoint)
+    (run.output_dir / "checkpoints" / "latest").write_text("step-000000002")
+    parts = toy_parts(config)
+    with pytest.raises(TrainingDiverged, match=r"at step 3; .*\(the last good checkpoint is .*step-000000002\)"):
+        run_toy(config, resume=True, poison_step=3, parts=parts)
+    assert all(parameter.grad is None for parameter in parts[0].parameters())
+
+
+def test_buffers_of_every_kind_that_are_finite_do_not_stop_the_run(tmp_path, clock):
+    """An integer count, an empty tensor and a finite 1e30 (whose 2-norm overflows)."""
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    parts = toy_parts(config)
+    parts[0].register_buffer("count", torch.tensor(3))
+    parts[0].register_buffer("nothing", torch.zeros(0))
+    parts[0].register_buffer("large", torch.full((4,), 1e30))
+    run, outcome, *_ = run_toy(config, parts=parts)
+    assert outcome.steps == 2
+    assert run._finite_everywhere([]) and run._finite_everywhere([torch.zeros(3, dtype=torch.long)])
+
+
+def test_an_error_after_logging_before_the_first_checkpoint_sets_both_files_aside(tmp_path, clock, capsys):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), log_every=1, checkpoint_every=10)
+    with pytest.raises(TrainingDiverged):
+        run_toy(config, poison_step=2)
+    assert (
+        f"train-toy stopped before its first checkpoint: {tmp_path / 'run'} holds no run any more "
+        "(set aside: train_config.failed.yaml, metrics.failed.jsonl); rerun to start afresh"
+    ) in capsys.readouterr().out.splitlines()
+
+
+def test_a_resume_that_finds_no_checkpoint_starts_afresh_with_the_old_records_set_aside(tmp_path, clock):
+    """A run killed before its first checkpoint (no error handling ran) left its snapshot and records."""
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.output_dir / "checkpoints")
+    shutil.rmtree(run.result_dir)
+    (run.output_dir / FINISHED_MARKER).unlink()
+    old = (run.output_dir / "metrics.jsonl").read_text()
+    run, outcome, start, resumed, _ = run_toy(config, resume=True)
+    assert (start, resumed, outcome.steps) == (0, {}, 2)
+    assert (run.output_dir / "metrics.failed.jsonl").read_text() == old
+    assert [record["step"] for record in metrics(run.output_dir)] == [2]
+
+
+def test_checkpoints_deleted_after_the_start_make_a_fresh_start(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    model, optimizer, scheduler = toy_parts(config)
+    with TrainingRun(config, "train-toy", resume=True, show_progress=False) as run:
+        assert run.resume_from == run.output_dir / "checkpoints" / "step-000000002"
+        shutil.rmtree(run.output_dir / "checkpoints")
+        assert run.resume({"model": model}, optimizer, scheduler) == (0, {})
+        assert run.resume_from is None and run.last_checkpoint is None
+
+
+def test_a_checkpoint_without_the_objective_s_count_is_passed_over_and_set_aside(tmp_path, clock, capsys):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    newest = run.last_checkpoint
+    trainer = json.loads((newest / "trainer.json").read_text())
+    del trainer["extra"]["toy_count"]
+    (newest / "trainer.json").write_text(json.dumps(trainer))
+    capsys.readouterr()
+    run, _, start, resumed, _ = run_toy(config, resume=True)
+    assert start == 2 and resumed["toy_count"] == 7
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: checkpoint {newest} is damaged (trainer.json `extra`: toy_count is missing); not resuming from it",
+        f"warning: set aside as {run.output_dir / 'checkpoints' / 'damaged-step-000000004'}",
+    ]

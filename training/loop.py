@@ -363,7 +363,9 @@ class TrainingRun:
             fresh start only). A bad manifest line or shard member that the search for a stand-in
             image reads ahead of the steps is counted when a step reaches its place, not when it
             is read, so it counts once across a resume.
-        last_checkpoint: the newest checkpoint of the run (None before the first).
+        last_checkpoint: the run's last good checkpoint: the one `resume` loaded, then each one
+            saved (None before either; also after a resume whose checkpoints were deleted
+            since the start).
 
     Raises:
         RunFolderInUse: another live run holds `output_dir`.
@@ -416,7 +418,7 @@ class TrainingRun:
         except BaseException:
             self._release_folder()
             raise
-        self.last_checkpoint = self.resume_from
+        self.last_checkpoint: Path | None = None
         self._checked_step = 0  # the last step whose state was checked finite (`_check_saved_state`)
 
     def _check_folder(self, resume: bool) -> None:
