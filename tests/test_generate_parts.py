@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
 from clipcond.pipelines import generate, generate_checks
 from clipcond.pipelines.generate_sources import SourceImages
 from clipcond.pipelines.scheduler_guards import NonFiniteLatents
 from clipcond.window_encoding import NonFiniteEncoding
+from clipcond.window_splits import WINDOW_SPLITS
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -548,3 +550,13 @@ def test_write_png_that_cannot_write_says_why(tmp_path, monkeypatch, error, reas
         generate._write_png(Image.new("RGB", (2, 2)), output, force=False)
     assert str(caught.value) == f"cannot write -o {output}: {reason}; nothing was written"
     assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(("option", "names"), [("--window-split", WINDOW_SPLITS), ("--emphasis", EMPHASIS_MODES)])
+def test_a_mode_the_pipeline_does_not_have_is_an_argparse_error_listing_the_choices(option, names, capsys):
+    assert _args(option, names[-1]).__dict__[option[2:].replace("-", "_")] == names[-1]
+    with pytest.raises(SystemExit) as exit_:
+        _args(option, "nonsense")
+    assert exit_.value.code == 2
+    choices = ", ".join(repr(name) for name in names)
+    assert f"argument {option}: invalid choice: 'nonsense' (choose from {choices})" in capsys.readouterr().err
