@@ -65,3 +65,14 @@ def test_a_damaged_newest_checkpoint_leaves_the_decision_to_the_older_one(tmp_pa
     _checkpoint(tmp_path, 6, {})  # newest, written before the count was saved: accepted
     loop.check_process_count(tmp_path, 1)
     loop.check_process_count(tmp_path / "nothing-there", 3)
+
+
+def test_a_newest_checkpoint_whose_extra_fails_the_loop_s_checks_leaves_the_decision_to_the_older_one(
+    tmp_path: Path,
+) -> None:
+    """A value the loop never writes (0 processes) makes the checkpoint damaged, as the resume will find it."""
+    _checkpoint(tmp_path, 2, {"num_processes": 2})
+    _checkpoint(tmp_path, 4, {"num_processes": 0})
+    with pytest.raises(RunFolderError, match="on 1 process: its checkpoints were written by a run on 2 processes"):
+        loop.check_process_count(tmp_path, 1)
+    loop.check_process_count(tmp_path, 2)

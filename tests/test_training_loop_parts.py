@@ -800,3 +800,41 @@ def test_a_checkpoint_without_the_objective_s_count_is_passed_over_and_set_aside
         f"warning: checkpoint {newest} is damaged (trainer.json `extra`: toy_count is missing); not resuming from it",
         f"warning: set aside as {run.output_dir / 'checkpoints' / 'damaged-step-000000004'}",
     ]
+
+
+def test_an_evaluation_logged_after_the_last_checkpoint_is_logged_once_after_a_resume(tmp_path, clock):
+    """As the trainers' final evaluation: its record is past the last checkpoint's count, so a
+    resume at the last step drops it and the resumed run logs it again, once."""
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+
+    def run_with_final_evaluation(resume: bool) -> Path:
+        model, optimizer, scheduler = toy_parts(config)
+        with TrainingRun(config, "train-toy", resume=resume, show_progress=False) as run:
+            run.resume({"model": model}, optimizer, scheduler)
+            run.train(lambda step: torch.nn.functional.mse_loss(model(INPUTS), TARGETS), lambda: None)
+            run.log_evaluation(config.steps, "final", {"accuracy": 0.75})
+        return run.output_dir
+
+    output_dir = run_with_final_evaluation(resume=False)
+    run_with_final_evaluation(resume=True)  # killed before its result was saved: no finished marker
+    assert metrics(output_dir)[1:] == [{"step": 2, "eval/accuracy": 0.75}]
+
+
+def test_an_evaluation_before_the_first_step_is_printed(tmp_path, clock, capsys):
+    config = ToyConfig(output_dir=str(tmp_path / "run"))
+    model, optimizer, scheduler = toy_parts(config)
+    with TrainingRun(config, "train-toy", show_progress=False) as run:
+        run.resume({"model": model}, optimizer, scheduler)
+        run.log_evaluation(0, "start", {"accuracy": 0.125})
+    assert "step 0: start accuracy 0.1250" in capsys.readouterr().out.splitlines()
+    assert metrics(run.output_dir) == [{"step": 0, "eval/accuracy": 0.125}]
+
+
+def test_without_resume_checkpoints_of_a_folder_without_a_snapshot_are_not_resumed_from(tmp_path, clock):
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
+    run, *_ = run_toy(config)
+    for name in ("train_config.yaml", FINISHED_MARKER, "metrics.jsonl"):
+        (run.output_dir / name).unlink()
+    shutil.rmtree(run.result_dir)
+    run, outcome, start, resumed, _ = run_toy(config)
+    assert (start, resumed, run.resume_from, outcome.steps) == (0, {}, None, 2)

@@ -761,7 +761,7 @@ class TrainingRun:
             self.output_dir,
             step,
             modules,
-            optimizer=getattr(optimizer, "optimizer", optimizer),
+            optimizer=optimizer,
             scheduler=scheduler,
             extra={
                 **extra,
