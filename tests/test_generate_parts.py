@@ -62,6 +62,30 @@ def test_check_output_refuses_an_existing_file_unless_forced(tmp_path):
     assert existing.read_bytes() == b"kept"
 
 
+def test_check_output_refuses_a_folder_named_like_a_png_even_when_forced(tmp_path):
+    (tmp_path / "grid.png").mkdir()
+    for force in (False, True):
+        with pytest.raises(UsageError) as caught:
+            generate.check_output(tmp_path / "grid.png", force=force)
+        assert str(caught.value) == f"-o/--output {tmp_path / 'grid.png'} is a folder; name a .png file"
+
+
+def test_the_defaults_of_a_bare_command_stay_put():
+    """The same bare command draws the same image across releases: the seed, the steps, the
+    guidance and the count are part of what it means."""
+    settings = vars(_args())
+    assert {key: settings[key] for key in ("output", "seed", "steps", "guidance", "n", "force", "model", "lora")} == {
+        "output": "out.png",
+        "seed": 0,
+        "steps": 50,
+        "guidance": 3.0,
+        "n": 1,
+        "force": False,
+        "model": None,
+        "lora": None,
+    }
+
+
 # -- _check_arguments -------------------------------------------------------------------------
 
 
