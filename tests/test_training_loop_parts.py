@@ -838,3 +838,29 @@ def test_without_resume_checkpoints_of_a_folder_without_a_snapshot_are_not_resum
     shutil.rmtree(run.result_dir)
     run, outcome, start, resumed, _ = run_toy(config)
     assert (start, resumed, run.resume_from, outcome.steps) == (0, {}, None, 2)
+
+
+def test_weights_that_diverged_on_another_process_are_named_so(tmp_path, clock, monkeypatch):
+    """In a run of several processes the finiteness check sums every rank's largest value: here
+    another rank's inf arrives through that sum at step 2's check while this rank's weights are
+    finite."""
+    import accelerate
+
+    sums = []
+    real_reduce = accelerate.Accelerator.reduce
+
+    def reduce(self, tensor, reduction="sum", scale=1.0):
+        if reduction == "sum":
+            sums.append(tensor)
+            if len(sums) == 2:  # the first checkpoint's check, after the one before the first step
+                return tensor + math.inf
+        return real_reduce(self, tensor, reduction, scale)
+
+    monkeypatch.setattr(accelerate.Accelerator, "reduce", reduce)
+    with pytest.raises(TrainingDiverged) as error:
+        run_toy(ToyConfig(output_dir=str(tmp_path / "run")))
+    assert str(error.value) == (
+        "the weights became NaN or inf in the updates of steps 1 to 2 (on another process), with a finite loss; "
+        "stopped without saving this state (no checkpoint was written yet). "
+        "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
+    )
