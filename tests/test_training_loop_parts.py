@@ -864,3 +864,31 @@ def test_weights_that_diverged_on_another_process_are_named_so(tmp_path, clock, 
         "stopped without saving this state (no checkpoint was written yet). "
         "Lower `lr`, raise `warmup_steps`, or use mixed_precision 'no' / 'bf16'."
     )
+
+
+def test_a_resumed_process_takes_its_own_generator_states(tmp_path, clock, monkeypatch):
+    """Rank 1 of a run of several processes (its index stood in for) resumes its own CPU
+    generator, not the main process's."""
+    import accelerate
+
+    from clipcond.training.checkpoint import save_checkpoint
+
+    config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
+    run, *_ = run_toy(config)
+    shutil.rmtree(run.result_dir)
+    own = [torch.Generator().manual_seed(10 + rank).get_state() for rank in range(2)]
+    model, optimizer, scheduler = toy_parts(config)
+    save_checkpoint(  # the last checkpoint again, as two processes write it
+        run.output_dir,
+        4,
+        {"model": model},
+        optimizer,
+        scheduler,
+        extra=read_extra(run.last_checkpoint),
+        process_rng=[{"torch_cpu": state} for state in own],
+    )
+    monkeypatch.setattr(accelerate.Accelerator, "process_index", property(lambda self: 1))
+    model, optimizer, scheduler = toy_parts(config)
+    with TrainingRun(config, "train-toy", resume=True, show_progress=False) as run:
+        assert run.resume({"model": model}, optimizer, scheduler, counts=("toy_count",))[0] == 4
+        assert torch.equal(torch.get_rng_state(), own[1])
