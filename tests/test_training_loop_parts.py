@@ -338,7 +338,7 @@ def test_a_fresh_run_logs_saves_and_finishes_as_a_plain_loop_trains(tmp_path, cl
     snapshot = yaml.safe_load((run.output_dir / "train_config.yaml").read_text())
     assert snapshot == dataclasses.asdict(config)
     assert capsys.readouterr().out.splitlines()[-1] == "skipped samples: 0"
-    assert not (run.output_dir / ".lock").exists() and not any(run.output_dir.glob("*.lock"))
+    assert not (run.output_dir / LOCK_FILE).exists()  # given back
 
 
 def test_a_resume_goes_on_from_the_checkpoint_with_its_metrics_cut_back(tmp_path, clock, capsys):
