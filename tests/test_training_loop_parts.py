@@ -15,13 +15,21 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import accelerate
+import accelerate.utils
 import pytest
 import torch
+import tqdm.auto
 import yaml
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
+from test_checkpoint_mutants import _edit_trainer
+from test_run_folder import _dead_pid
 
 import clipcond.training.loop as loop
-from clipcond.training.checkpoint import read_extra
+from clipcond.training.checkpoint import read_extra, save_checkpoint
 from clipcond.training.loop import (
     RunSetupError,
     Throughput,
@@ -65,8 +73,6 @@ def test_fp16_without_a_gpu_and_tensorboard_without_its_package_are_refused(monk
     assert str(error.value) == "mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on a CPU"
     check_runtime("bf16", None)
 
-    import accelerate.utils
-
     monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
     with pytest.raises(ValueError) as error:
         check_runtime("no", "tensorboard")
@@ -92,8 +98,6 @@ def test_a_seed_out_of_range_or_of_another_type_is_refused_naming_its_key(seed):
 
 @pytest.mark.parametrize("name", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
 def test_sharded_training_is_refused_by_its_name(name):
-    from accelerate.utils import DistributedType
-
     message = (
         f"accelerate's {name} is not supported by clipcond's training loops: their checkpoints and results are "
         "written by rank 0 from whole weights, which sharded training does not keep on one process; launch with "
@@ -107,8 +111,6 @@ def test_sharded_training_is_refused_by_its_name(name):
 
 @pytest.mark.parametrize("name", ["NO", "MULTI_GPU", "MULTI_CPU", "XLA"])
 def test_data_parallel_layouts_are_taken(name):
-    from accelerate.utils import DistributedType
-
     check_distributed_type(DistributedType[name])
 
 
@@ -144,8 +146,6 @@ def test_flat_names_nested_settings_by_their_dotted_path_and_keeps_only_tracker_
 
 @pytest.mark.parametrize(("show", "main"), [(True, True), (True, False), (False, True)])
 def test_the_bar_counts_steps_from_the_resumed_one_on_the_local_main_process_only(show, main, monkeypatch):
-    import tqdm.auto
-
     class Accelerator:
         is_local_main_process = main
 
@@ -172,8 +172,6 @@ def test_reading_a_part_turns_its_read_errors_into_a_setup_error_naming_key_and_
 
 
 def test_reading_a_part_turns_a_safetensors_error_into_a_setup_error_and_leaves_others():
-    from safetensors import SafetensorError
-
     with pytest.raises(RunSetupError, match="^text_encoder x: header too large$"):
         with loop.reading_part("text_encoder", "x"):
             raise SafetensorError("header too large")
@@ -299,6 +297,15 @@ def metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def back_to_step_2(run_dir: Path) -> Path:
+    """A run of 4 steps as if killed after its step-2 checkpoint: the step-4 checkpoint and the
+    result gone, ``latest`` naming step 2. Returns the step-2 checkpoint."""
+    shutil.rmtree(run_dir / "checkpoints" / "step-000000004")
+    shutil.rmtree(run_dir / "model", ignore_errors=True)
+    (run_dir / "checkpoints" / "latest").write_text("step-000000002")
+    return run_dir / "checkpoints" / "step-000000002"
+
+
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
@@ -344,8 +351,7 @@ def test_a_fresh_run_logs_saves_and_finishes_as_a_plain_loop_trains(tmp_path, cl
 def test_a_resume_goes_on_from_the_checkpoint_with_its_metrics_cut_back(tmp_path, clock, capsys):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4, checkpoint_every=2, keep_checkpoints=3)
     run_toy(config)
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000000004")
-    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000000002")
+    back_to_step_2(tmp_path / "run")
     run, outcome, start, resumed, _ = run_toy(config, resume=True)
     assert (start, resumed) == (2, {"toy_count": 7, "metrics_records": 1, "skipped_samples": {}, "num_processes": 1})
     assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'step-000000002'} (step 2)" in capsys.readouterr().out
@@ -433,7 +439,8 @@ def test_weights_made_inf_by_an_update_stop_at_its_checkpoint_naming_the_updates
 
 
 def test_weights_inf_over_several_updates_name_every_step_since_the_last_check(tmp_path, clock):
-    """With the loss kept finite (inputs of zero), the first inf update is found at the next checkpoint."""
+    """With a loss that reads no weight (it stays finite), inf weights from step 4's update are found
+    at the next checkpoint, naming every update since the last check."""
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=6, checkpoint_every=3, log_every=10)
     model, optimizer, scheduler = toy_parts(config)
     with pytest.raises(TrainingDiverged) as error:
@@ -493,9 +500,7 @@ def test_skipped_samples_are_counted_into_each_checkpoint_and_reported(tmp_path,
     assert read_extra(run.last_checkpoint)["skipped_samples"] == {"undecodable image": 2, "empty caption": 1}
     assert "skipped samples: 3 (empty caption: 1, undecodable image: 2)" in capsys.readouterr().out
 
-    shutil.rmtree(run.output_dir / "model")
-    shutil.rmtree(run.last_checkpoint)
-    (run.output_dir / "checkpoints" / "latest").write_text("step-000000002")
+    back_to_step_2(run.output_dir)
     run, _, _, _, _ = run_toy(config, resume=True, skips={4: "empty caption"})
     assert read_extra(run.last_checkpoint)["skipped_samples"] == {"undecodable image": 1, "empty caption": 1}
     assert run.skipped.counts == {"undecodable image": 1, "empty caption": 1}
@@ -563,9 +568,7 @@ def bars(monkeypatch) -> list[RecordingBar]:
 def test_the_bar_counts_each_step_shows_the_logged_numbers_and_the_evaluations(tmp_path, clock, bars, capsys):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
     run, *_ = run_toy(config, evaluate=2, show_progress=True)
-    shutil.rmtree(run.result_dir)
-    shutil.rmtree(run.last_checkpoint)
-    (run.output_dir / "checkpoints" / "latest").write_text("step-000000002")
+    back_to_step_2(run.output_dir)
     run_toy(config, resume=True)
     first, resumed = bars
     assert first.accelerator is run.accelerator
@@ -606,8 +609,6 @@ def test_the_tracker_gets_the_settings_each_logged_step_and_each_evaluation_in_t
 
 
 def test_the_accelerator_runs_at_the_configured_precision(tmp_path):
-    from accelerate.state import AcceleratorState
-
     config = ToyConfig(output_dir=str(tmp_path / "run"), mixed_precision="bf16")
     AcceleratorState._reset_state()  # accelerate keeps one precision per process: start clean, leave clean
     try:
@@ -619,10 +620,6 @@ def test_the_accelerator_runs_at_the_configured_precision(tmp_path):
 
 @pytest.mark.parametrize("refusal", ["fp16 on a CPU", "tensorboard missing", "sharded weights"])
 def test_the_machine_checks_refuse_before_the_folder_is_made(tmp_path, monkeypatch, refusal):
-    import accelerate
-    import accelerate.utils
-    from accelerate.utils import DistributedType
-
     config, settings = ToyConfig(output_dir=str(tmp_path / "run")), {}
     if refusal == "fp16 on a CPU":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -648,8 +645,6 @@ def test_without_resume_a_folder_holding_a_run_is_refused(tmp_path, clock):
 
 
 def test_a_live_run_holds_its_folder_and_a_dead_run_s_lock_is_taken_over(tmp_path, clock, capsys):
-    from test_run_folder import _dead_pid
-
     config = ToyConfig(output_dir=str(tmp_path / "run"))
     with TrainingRun(config, "train-toy", show_progress=False):
         with pytest.raises(RunFolderInUse):
@@ -684,10 +679,7 @@ def test_a_resume_on_another_process_count_is_refused_and_gives_the_lock_back(tm
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=2)
     run, *_ = run_toy(config)
     shutil.rmtree(run.result_dir)
-    trainer = run.last_checkpoint / "trainer.json"
-    saved = json.loads(trainer.read_text())
-    saved["extra"]["num_processes"] = 2
-    trainer.write_text(json.dumps(saved))
+    _edit_trainer(run.last_checkpoint, lambda trainer: {**trainer, "extra": {**trainer["extra"], "num_processes": 2}})
     with pytest.raises(RunFolderError, match=r"on 1 process: its checkpoints were written by a run on 2 processes"):
         TrainingRun(config, "train-toy", resume=True, show_progress=False)
     assert not (run.output_dir / LOCK_FILE).exists()
@@ -710,10 +702,7 @@ def test_an_error_before_the_folder_is_taken_sets_nothing_aside_and_a_run_withou
 def test_a_resumed_checkpoint_holding_nan_weights_is_named(tmp_path, clock):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
     run, *_ = run_toy(config)
-    shutil.rmtree(run.result_dir)
-    shutil.rmtree(run.last_checkpoint)
-    checkpoint = run.output_dir / "checkpoints" / "step-000000002"
-    (run.output_dir / "checkpoints" / "latest").write_text(checkpoint.name)
+    checkpoint = back_to_step_2(run.output_dir)
     poisoned, _, _ = toy_parts(config)
     poisoned.weight.data.fill_(math.nan)
     save_model(poisoned, str(checkpoint / "model.safetensors"))
@@ -728,9 +717,7 @@ def test_a_resumed_checkpoint_holding_nan_weights_is_named(tmp_path, clock):
 def test_a_nan_loss_after_a_resume_names_the_resumed_checkpoint_and_leaves_no_gradient(tmp_path, clock):
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
     run, *_ = run_toy(config)
-    shutil.rmtree(run.result_dir)
-    shutil.rmtree(run.last_checkpoint)
-    (run.output_dir / "checkpoints" / "latest").write_text("step-000000002")
+    back_to_step_2(run.output_dir)
     parts = toy_parts(config)
     with pytest.raises(TrainingDiverged, match=r"at step 3; .*\(the last good checkpoint is .*step-000000002\)"):
         run_toy(config, resume=True, poison_step=3, parts=parts)
@@ -790,9 +777,9 @@ def test_a_checkpoint_without_the_objective_s_count_is_passed_over_and_set_aside
     run, *_ = run_toy(config)
     shutil.rmtree(run.result_dir)
     newest = run.last_checkpoint
-    trainer = json.loads((newest / "trainer.json").read_text())
-    del trainer["extra"]["toy_count"]
-    (newest / "trainer.json").write_text(json.dumps(trainer))
+    _edit_trainer(
+        newest, lambda trainer: {**trainer, "extra": {k: v for k, v in trainer["extra"].items() if k != "toy_count"}}
+    )
     capsys.readouterr()
     run, _, start, resumed, _ = run_toy(config, resume=True)
     assert start == 2 and resumed["toy_count"] == 7
@@ -844,8 +831,6 @@ def test_weights_that_diverged_on_another_process_are_named_so(tmp_path, clock, 
     """In a run of several processes the finiteness check sums every rank's largest value: here
     another rank's inf arrives through that sum at step 2's check while this rank's weights are
     finite."""
-    import accelerate
-
     sums = []
     real_reduce = accelerate.Accelerator.reduce
 
@@ -869,10 +854,6 @@ def test_weights_that_diverged_on_another_process_are_named_so(tmp_path, clock, 
 def test_a_resumed_process_takes_its_own_generator_states(tmp_path, clock, monkeypatch):
     """Rank 1 of a run of several processes (its index stood in for) resumes its own CPU
     generator, not the main process's."""
-    import accelerate
-
-    from clipcond.training.checkpoint import save_checkpoint
-
     config = ToyConfig(output_dir=str(tmp_path / "run"), steps=4)
     run, *_ = run_toy(config)
     shutil.rmtree(run.result_dir)
