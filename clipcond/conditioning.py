@@ -655,12 +655,16 @@ class TextConditioner:
         tokenizer and config, `clipcond.config_fingerprint`). Records made under equal identities are interchangeable; the projection is
         not part of it (records are taken before it).
         """
-        return self._watch.content_hash(), self._settings_key()
+        return self._watch.content_hash(), self._settings_key(by_content=True)
 
-    def _settings_key(self) -> str:
-        """`clipcond.cache_key.settings_key` of the active recipe, tokenizers and configs."""
+    def _settings_key(self, by_content: bool) -> str:
+        """`clipcond.cache_key.settings_key` of the active recipe, tokenizers and configs. The
+        tokenizers by their content fingerprints (`by_content`: for keys that outlive this
+        object, written to disk or compared across processes) or by their versions in this
+        object, which change when a fingerprint would and cost no read of the vocabulary."""
         encoders = self.encoders
-        tokenizers = [self._tokenizer_fingerprints(encoder.tokenizer) for encoder in encoders]
+        name = self._tokenizer_fingerprints if by_content else self._tokenizer_fingerprints.version
+        tokenizers = [name(encoder.tokenizer) for encoder in encoders]
         configs = [self._config_fingerprints(encoder.model) for encoder in encoders]
         return settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers, configs)
 
@@ -727,8 +731,9 @@ class TextConditioner:
             # Weights were written or replaced: every in-memory record is stale.
             self.cache.clear_memory()
             self._seen_state = state
-        weights_id = self._watch.content_hash() if self.cache.directory is not None else f"state{state[0]}"
-        keys = reading_keys(weights_id, self._settings_key(), prompts)
+        on_disk = self.cache.directory is not None
+        weights_id = self._watch.content_hash() if on_disk else f"state{state[0]}"
+        keys = reading_keys(weights_id, self._settings_key(by_content=on_disk), prompts)
         expected = expected_record(self.clip, self.t5, self._active_recipe)  # what a file must hold
         found: dict[str, EncodedPrompt] = {}
         missing: dict[str, Reading] = {}  # key -> reading, each once
@@ -776,7 +781,7 @@ class TextConditioner:
         modes that never read them (no key to build on every call)."""
         if self._active_recipe.emphasis not in MODES_FROM_EMPTY or self._encoders_need_grad():
             return None
-        tokenizers = tuple(self._tokenizer_fingerprints(encoder.tokenizer) for encoder in self.encoders)
+        tokenizers = tuple(self._tokenizer_fingerprints.version(encoder.tokenizer) for encoder in self.encoders)
         key = (self._watch.state(), tokenizers, self._active_recipe)
         return lambda slot, compute: self._empty_states.get(key, slot, compute)
 

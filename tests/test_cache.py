@@ -401,6 +401,36 @@ def test_a_changed_tokenizer_misses_the_cache_on_disk_and_in_memory(model, tmp_p
     torch.testing.assert_close(on_disk.encode(prompt).tokens, after, rtol=0, atol=0)
 
 
+def test_only_keys_that_outlive_the_conditioner_read_the_tokenizers_vocabulary(model, tmp_path, monkeypatch):
+    """The in-memory cache keys a tokenizer by its version in the conditioner (`version`),
+    which costs no read of the vocabulary; the disk cache and `identity` by its fingerprint,
+    computed once per tokenizer state. A tokenizer object swapped in misses in memory."""
+    from clipcond import tokenizer_fingerprint as module
+
+    read = []
+    real = module.tokenizer_fingerprint
+    monkeypatch.setattr(module, "tokenizer_fingerprint", lambda tokenizer: read.append(tokenizer) or real(tokenizer))
+    tokenizer = clip_tokenizer()
+    in_memory = _conditioner(model, None, tokenizer)
+    in_memory.encode(["a red circle", "a blue square"])
+    in_memory.encode("a red circle")
+    assert read == [] and in_memory.cache.hits == 1
+    weights, settings = in_memory.identity()
+    assert read == [tokenizer] and settings.count(real(tokenizer)) == 1
+    on_disk = _conditioner(model, tmp_path, tokenizer)
+    on_disk.encode("a red circle")
+    on_disk.encode("a green star")
+    assert read[1:] == [tokenizer] and on_disk.identity() == (weights, settings)
+
+    before = in_memory.encode("a catalog").tokens
+    other = clip_tokenizer()
+    other.add_tokens(["cat"])  # the same size, other ids for "catalog"
+    in_memory.clip[0].tokenizer = other
+    expected = _uncached(model, "a catalog", other)
+    assert not torch.equal(expected, before)
+    assert torch.equal(in_memory.encode("a catalog").tokens, expected) and in_memory.cache.hits == 1
+
+
 def test_a_tokenizer_call_with_padding_leaves_the_disk_cache_keys_as_they_were(model, tmp_path):
     """diffusers' `encode_prompt` calls the tokenizer with `padding="longest"`, which transformers
     leaves set on the backend: a conditioner made after such a call reads the rows one made

@@ -261,6 +261,21 @@ def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) 
     assert torch.equal(moved, fresh.encode(PROMPT).tokens)
 
 
+@pytest.mark.parametrize("mode", ["comfy", "compel"])
+def test_a_tokenizer_changed_in_place_brings_a_fresh_empty_prompt(mode: str, sd_pipe) -> None:
+    """The empty prompt's states are kept per tokenizer state: another pad token (other ids at
+    the empty prompt's padding) encodes it again, and the result is a fresh conditioner's."""
+    tokenizer = clip_tokenizer()  # this test's own: changed below
+    cond = TextConditioner("sd", clip=[(sd_pipe.text_encoder, tokenizer)], cache_size=0, emphasis=mode)
+    counter = ForwardCounter(cond.clip[0].model)
+    cond.encode(PROMPT)
+    tokenizer.pad_token = "!"
+    changed = cond.encode(PROMPT).tokens
+    assert counter.calls == 4  # the prompt and the empty prompt, twice
+    fresh = TextConditioner("sd", clip=[(sd_pipe.text_encoder, tokenizer)], cache_size=0, emphasis=mode)
+    assert torch.equal(changed, fresh.encode(PROMPT).tokens)
+
+
 def test_comfy_emphasis_and_windows_equal_comfyui_on_a_long_weighted_prompt(sd_pipe) -> None:
     """`emphasis="comfy"` with `window_split="comfy"` gives ComfyUI's token states on a prompt of
     three windows whose edges fall inside glued ``ultra,`` words (`tests/comfy_reference.py`);

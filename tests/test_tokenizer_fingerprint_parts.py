@@ -206,3 +206,35 @@ def test_the_memo_computes_once_per_tokenizer_until_it_changes(monkeypatch) -> N
     summary = fingerprints._known[id(tokenizer)][1]
     fingerprints._known[id(tokenizer)] = (other, summary, "stale")
     assert fingerprints(tokenizer) == changed and computed == [tokenizer]
+
+
+def test_a_version_changes_exactly_when_the_fingerprint_is_recomputed(monkeypatch) -> None:
+    """`version` follows the memo's rule (another object, or a changed summary) and reads no
+    vocabulary: no fingerprint is computed for it."""
+    from clipcond import tokenizer_fingerprint as module
+
+    def no_read(tokenizer):
+        raise AssertionError("a version read the vocabulary")
+
+    monkeypatch.setattr(module, "tokenizer_fingerprint", no_read)
+    fingerprints = TokenizerFingerprints()
+    tokenizer, equal = clip_tokenizer(), clip_tokenizer()
+    first = fingerprints.version(tokenizer)
+    assert fingerprints.version(tokenizer) == first
+    other = fingerprints.version(equal)  # equal content, another object
+    assert other != first and fingerprints.version(equal) == other
+    tokenizer.pad_token = "!"
+    padded = fingerprints.version(tokenizer)
+    assert padded not in (first, other) and fingerprints.version(tokenizer) == padded
+    tokenizer.pad_token = "<|endoftext|>"  # the summary changes back: a version of its own
+    back = fingerprints.version(tokenizer)
+    assert back not in (first, other, padded)
+    sized = SizedVocabulary({"a": 0})
+    before = fingerprints.version(sized)
+    sized.vocabulary["b"] = 1
+    assert fingerprints.version(sized) != before
+    # an entry under the tokenizer's id held for another object is not taken
+    summary = fingerprints._versions[id(tokenizer)][1]
+    fingerprints._versions[id(tokenizer)] = (equal, summary, "stale")
+    assert fingerprints.version(tokenizer) not in ("stale", first, other, padded, back)
+    assert fingerprints._known == {}  # versions and fingerprints are kept apart
