@@ -9,6 +9,8 @@ from the tokenizer, then applies each mode's formula per encoder.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from comfy_reference import comfy_batches, comfy_encode
@@ -243,9 +245,11 @@ def test_a1111_leaves_a_window_whose_weighted_mean_is_zero_multiplied_not_infini
 @pytest.mark.parametrize("mode", ["comfy", "compel"])
 def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) -> None:
     # Uncached, so that every call runs the encoder on its prompts: the empty window must not
-    # ride along each time, yet a weights change must bring a fresh one.
-    cond = TextConditioner.from_pipeline(sd_pipe, cache_size=0, emphasis=mode)
-    counter = ForwardCounter(cond.clip[0].model)
+    # ride along each time, yet a weights change must bring a fresh one. The encoder is this
+    # test's copy: the session's pipeline keeps its weights.
+    model = copy.deepcopy(sd_pipe.text_encoder)
+    cond = TextConditioner("sd", clip=[(model, sd_pipe.tokenizer)], cache_size=0, emphasis=mode)
+    counter = ForwardCounter(model)
     first = cond.encode(PROMPT).tokens
     assert counter.calls == 2  # the prompt's window, then the empty prompt's alone
     assert torch.equal(cond.encode(PROMPT).tokens, first)
@@ -257,7 +261,7 @@ def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) 
         )
     moved = cond.encode(PROMPT).tokens
     assert counter.calls == 5  # prompt and empty again: the old empty states are stale
-    fresh = TextConditioner.from_pipeline(sd_pipe, cache_size=0, emphasis=mode)
+    fresh = TextConditioner("sd", clip=[(model, sd_pipe.tokenizer)], cache_size=0, emphasis=mode)
     assert torch.equal(moved, fresh.encode(PROMPT).tokens)
 
 
