@@ -545,6 +545,10 @@ class TrainingRun:
             self._metrics_records = len(kept)
             losses = [r["loss"] for r in kept if r.get("step") == point.step and isinstance(r.get("loss"), float)]
             self._resumed_loss = losses[-1] if losses else float("nan")
+        if accelerator.num_processes > 1:  # the main process read it: every rank's result says it
+            from accelerate.utils import broadcast_object_list
+
+            self._resumed_loss = broadcast_object_list([self._resumed_loss])[0]
         accelerator.print(f"resuming from {point.folder} (step {point.step})")
         self.resume_from = self.last_checkpoint = point.folder
         self._start_step = point.step
