@@ -45,12 +45,16 @@ def multiply_keeping_window_means(states: torch.Tensor, weights: torch.Tensor) -
     A window whose weights are all 1 is returned as it is. Where the weighted mean is 0 the
     ratio of the means is not finite (A1111 then divides by zero and draws infinities): that
     window is left multiplied, not rescaled. It happens with untrained encoders, whose final
-    layer norm has no bias, so that the mean of their states is 0 up to rounding.
+    layer norm has no bias, so that the mean of their states is 0 up to rounding. The
+    gradient there is that of the multiplication alone: the division is made again with 1 in
+    place of the zero mean, so that no 0/0 of its backward reaches an encoder being trained.
     """
     original_mean = states.mean(dim=(1, 2), keepdim=True)  # (windows, 1, 1)
     weighted = multiply(states, weights)
-    ratio = original_mean / weighted.mean(dim=(1, 2), keepdim=True)
-    ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
+    weighted_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    finite = torch.isfinite(original_mean / weighted_mean)
+    ones = torch.ones_like(weighted_mean)
+    ratio = torch.where(finite, original_mean / torch.where(finite, weighted_mean, ones), ones)
     unweighted = (weights == 1.0).all(dim=1).reshape(-1, 1, 1)
     return torch.where(unweighted, states, weighted * ratio)
 

@@ -18,6 +18,7 @@ from forward_counter import ForwardCounter
 from tiny_pipelines import clip_text_model
 
 from clipcond import TextConditioner, clip_tokenizer
+from clipcond.emphasis import multiply_keeping_window_means
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.prompts import parse_prompt
 
@@ -232,7 +233,6 @@ def test_the_pipeline_and_yaml_carry_the_mode(sd_pipe, tmp_path, tiny_clip_text_
 
 
 def test_a1111_leaves_a_window_whose_weighted_mean_is_zero_multiplied_not_infinite() -> None:
-    from clipcond.emphasis import multiply_keeping_window_means
 
     states = torch.tensor([[[1.0], [-2.0]], [[1.0], [3.0]]])  # (windows 2, length 2, width 1)
     weights = torch.tensor([[2.0, 1.0], [2.0, 1.0]])
@@ -240,6 +240,36 @@ def test_a1111_leaves_a_window_whose_weighted_mean_is_zero_multiplied_not_infini
     assert torch.equal(result[0], torch.tensor([[2.0], [-2.0]]))  # mean 0 after weighting: no rescale
     torch.testing.assert_close(result[1], torch.tensor([[2.0], [3.0]]) * (2.0 / 2.5))  # the mean kept
     assert torch.equal(multiply_keeping_window_means(states, torch.ones(2, 2)), states)
+
+
+def test_a_window_of_mean_zero_has_the_gradient_of_the_multiplication() -> None:
+    """Where the weighted mean is 0 (an untrained encoder's states) the window is left
+    multiplied, and so is its gradient: the weights, not the 0/0 of the division's backward."""
+    states = torch.tensor([[[1.0], [-1.0]], [[1.0], [3.0]]], requires_grad=True)  # the first window's mean is 0
+    weights = torch.tensor([[2.0, 2.0], [2.0, 1.0]])
+    result = multiply_keeping_window_means(states, weights)
+    result.sum().backward()
+    assert torch.equal(result[0], torch.tensor([[2.0], [-2.0]]))
+    assert torch.equal(states.grad[0], torch.tensor([[2.0], [2.0]]))
+    # the second window is rescaled to its mean (2 / 2.5): its gradient is finite and flows
+    assert torch.isfinite(states.grad).all() and not torch.equal(states.grad[1], torch.tensor([[2.0], [1.0]]))
+
+
+@pytest.mark.parametrize("mode", ["comfy", "compel", "a1111"])
+def test_an_encoder_being_trained_gets_its_gradient_through_the_weighting(mode: str, sd_pipe) -> None:
+    """Training an encoder (train mode, trainable weights) under a weighted prompt: every output
+    of comfy's and compel's ``empty + (states - empty) * w`` moves with the final layer norm's
+    bias at slope 1, through the prompt's states and the empty prompt's alike (the empty states
+    keep their graph, not the memo's detached copy); A1111's rescale gives finite gradients on
+    this untrained encoder, whose windows have mean 0."""
+    model = copy.deepcopy(sd_pipe.text_encoder).train()
+    cond = TextConditioner("sd", clip=[(model, sd_pipe.tokenizer)], emphasis=mode)
+    tokens = cond.encode("a (red:1.5) circle").tokens
+    tokens.sum().backward()
+    (bias,) = [parameter for name, parameter in model.named_parameters() if name.endswith("final_layer_norm.bias")]
+    assert torch.isfinite(bias.grad).all(), bias.grad
+    if mode != "a1111":
+        assert torch.equal(bias.grad, torch.full_like(bias, tokens.shape[1]))
 
 
 @pytest.mark.parametrize("mode", ["comfy", "compel"])
@@ -263,6 +293,16 @@ def test_the_empty_prompt_is_encoded_once_per_weights_state(mode: str, sd_pipe) 
     assert counter.calls == 5  # prompt and empty again: the old empty states are stale
     fresh = TextConditioner("sd", clip=[(model, sd_pipe.tokenizer)], cache_size=0, emphasis=mode)
     assert torch.equal(moved, fresh.encode(PROMPT).tokens)
+
+
+def test_each_of_sdxls_encoders_reads_its_own_empty_prompt_from_the_memo(sdxl_pipe) -> None:
+    """comfy weights on SDXL's two CLIPs: the memo keeps one empty prompt per encoder, so the
+    states equal those made without it (encoders being trained compute it on each call)."""
+    cond = TextConditioner.from_pipeline(sdxl_pipe, emphasis="comfy", cache_size=0)
+    from_memo = cond.encode(PROMPT).tokens
+    for encoder in cond.clip:  # copies in train mode: no memo
+        encoder.model = copy.deepcopy(encoder.model).train()
+    assert torch.equal(cond.encode(PROMPT).tokens.detach(), from_memo)
 
 
 @pytest.mark.parametrize("mode", ["comfy", "compel"])
