@@ -5,7 +5,8 @@ another vocabulary or length) give different embeddings from the same weights.
 `tokenizer_fingerprint` hashes everything that decides the ids; `TokenizerFingerprints`
 computes it once per tokenizer object and again only when a cheap summary of the tokenizer
 (size, special tokens, lengths) changes, as it does on `add_tokens` or a new pad token. Keys
-that live only as long as the process (the in-memory cache) need no fingerprint:
+that live only as long as their conditioner (its in-memory cache, its memo of the empty
+prompt's states) need no fingerprint:
 `TokenizerFingerprints.version` names the same object-and-summary state without reading the
 vocabulary (the fingerprint of CLIP's 49,408 tokens takes about 24 ms here).
 """
