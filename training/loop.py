@@ -545,10 +545,7 @@ class TrainingRun:
             self._metrics_records = len(kept)
             losses = [r["loss"] for r in kept if r.get("step") == point.step and isinstance(r.get("loss"), float)]
             self._resumed_loss = losses[-1] if losses else float("nan")
-        if accelerator.num_processes > 1:  # the main process read it: every rank's result says it
-            from accelerate.utils import broadcast_object_list
-
-            self._resumed_loss = broadcast_object_list([self._resumed_loss])[0]
+        self._resumed_loss = self.main_process_value(self._resumed_loss)  # the main process read it
         accelerator.print(f"resuming from {point.folder} (step {point.step})")
         self.resume_from = self.last_checkpoint = point.folder
         self._start_step = point.step
@@ -613,6 +610,17 @@ class TrainingRun:
         self.skipped.counts, self._skipped_before = self._run_skip_counts(), Counter()  # every process's
         self._trained_to_end = True
         return TrainingOutcome(steps=step, loss=loss_value, throughput=throughput.overall())
+
+    def main_process_value(self, value: Any) -> Any:
+        """`value` as the main process holds it, returned on every process (as it is on one
+        process), so that what only the main process computes (the loss it reads back on a
+        resume, an evaluation) is every rank's result. Every process must call it: it is a
+        broadcast (`accelerate.utils.broadcast_object_list`, picklable values)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
 
     def writing_result(self) -> AbstractContextManager[Path]:
         """Where the objective saves its result (main process): ``with run.writing_result() as

@@ -53,7 +53,8 @@ class TrainClipResult:
         loss: the loss of the last step.
         samples_per_second: global training throughput of this invocation.
         skipped: unusable samples skipped, by reason.
-        evaluation: the last shapes zero-shot result (None when not evaluated).
+        evaluation: the last shapes zero-shot result (None when not evaluated); the main
+            process makes it, and every process returns it.
     """
 
     model_dir: Path
@@ -138,6 +139,7 @@ def train_clip(
                 run.log_evaluation(step, "zero-shot", evaluation)
 
         outcome = run.train(backward, take_step.update, metrics=temperature, after_step=evaluate_if_due)
+        evaluation = run.main_process_value(evaluation)  # made on the main process: every rank's result
 
         model_dir = run.result_dir
         if accelerator.is_main_process:

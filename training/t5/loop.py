@@ -52,7 +52,8 @@ class TrainT5Result:
         model_dir: the folder holding ``text_encoder/`` and ``tokenizer/``.
         steps: optimizer steps taken in total (including those before a resume).
         loss: the training loss of the last step (nan when this invocation took no step).
-        evaluation: the held-out result at the end (see `evaluate_span_corruption`).
+        evaluation: the held-out result at the end (see `evaluate_span_corruption`); the main
+            process makes it, and every process returns it.
         vocab_size: the tokenizer's size (pieces + sentinels), the model's vocabulary.
         captions_per_second: training throughput of this invocation.
         skipped: unusable captions (manifest lines, shard members) skipped, by reason.
@@ -193,9 +194,9 @@ def train_t5(config: TrainT5Config, resume: bool = False, show_progress: bool = 
         outcome = run.train(backward, update, metrics=token_accuracy, after_step=evaluate_if_due)
 
         model_dir = run.result_dir
-        evaluation: dict[str, float] = {}
+        # made on the main process: every rank's result
+        evaluation = run.main_process_value(evaluate(outcome.steps) if accelerator.is_main_process else {})
         if accelerator.is_main_process:
-            evaluation = evaluate(outcome.steps)
             with run.writing_result() as folder:  # renamed to model_dir once whole
                 save_t5_encoder(unwrapped, tokenizer, folder)
             if captions.truncated:
