@@ -70,7 +70,7 @@ def test_every_rank_returns_the_runs_loss_and_global_throughput(tmp_path: Path, 
     assert _logged(tmp_path / "one", "samples_per_second") == [4.0] * 3 and one.samples_per_second == 3.0
     last_logged = _logged(tmp_path / "two", "loss")[-1]
     assert [result["loss"] for result in ran] == [last_logged] * WORLD
-    # the last evaluation, made by every rank on the same weights
+    # the last evaluation, made by the main process, is every rank's
     assert ran[0]["evaluation"] is not None and ran[1]["evaluation"] == ran[0]["evaluation"]
 
     # killed after its last checkpoint, before its result was written: resumed at its last step,

@@ -51,7 +51,8 @@ class TrainT5Result:
     Attributes:
         model_dir: the folder holding ``text_encoder/`` and ``tokenizer/``.
         steps: optimizer steps taken in total (including those before a resume).
-        loss: the training loss of the last step (nan when this invocation took no step).
+        loss: the training loss of the last step; when this invocation took no step (resumed at
+            the last one), the loss logged for it (nan if none was).
         evaluation: the held-out result at the end (see `evaluate_span_corruption`); the main
             process makes it, and every process returns it.
         vocab_size: the tokenizer's size (pieces + sentinels), the model's vocabulary.
