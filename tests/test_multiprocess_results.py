@@ -1,39 +1,33 @@
 """What `train_clip` returns on every rank of two processes (accelerate's `debug_launcher`: two
 forked CPU processes, gloo): the loss, also of a run resumed at its last step, which rank 0 reads
 back from the metrics it logged; the throughput, counted over the global batch as one process of
-the same global batch counts it; the last evaluation (train-clip's zero-shot one, train-t5's
-held-out one), which the main process makes."""
+the same global batch counts it; the last zero-shot evaluation, which the main process makes
+(train-t5's held-out one: tests/test_multiprocess_t5.py)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from test_multiprocess_training import WORLD, clip_config
-from test_train_t5 import tiny_config
+from test_multiprocess_training import WORLD, clip_config, fresh_forked_process
 
 import clipcond.training.loop as loop
 from clipcond.training.clip.loop import train_clip
-from clipcond.training.t5.loop import train_t5
 
 
-def _forked_rank(train, config, resume: bool, out: str) -> None:
-    """One rank of `train` (`train_clip` or `train_t5`); writes its result's loss, throughput
-    and evaluation to ``<out>.rank<r>.json``."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    result = train(config, resume=resume, show_progress=False)
-    throughput = getattr(result, "samples_per_second", getattr(result, "captions_per_second", None))
+def _forked_rank(config, resume: bool, out: str) -> None:
+    """One rank of `train_clip`; writes its result's loss, throughput and evaluation to
+    ``<out>.rank<r>.json``."""
+    fresh_forked_process()
+    result = train_clip(config, resume=resume, show_progress=False)
     Path(f"{out}.rank{torch.distributed.get_rank()}.json").write_text(
-        json.dumps({"loss": result.loss, "samples_per_second": throughput, "evaluation": result.evaluation})
+        json.dumps(
+            {"loss": result.loss, "samples_per_second": result.samples_per_second, "evaluation": result.evaluation}
+        )
     )
 
 
@@ -61,7 +55,7 @@ def test_every_rank_returns_the_runs_loss_and_global_throughput(tmp_path: Path, 
     monkeypatch.setattr(loop, "Throughput", _TickingThroughput)  # the forked ranks inherit it
     one = train_clip(clip_config(tmp_path / "one", 4), show_progress=False)
     two = clip_config(tmp_path / "two", 2)
-    debug_launcher(_forked_rank, args=(train_clip, two, False, str(tmp_path / "two-result")), num_processes=WORLD)
+    debug_launcher(_forked_rank, args=(two, False, str(tmp_path / "two-result")), num_processes=WORLD)
     # 4 samples a step on both: 2 per process on two processes
     assert _logged(tmp_path / "two", "samples_per_second") == _logged(tmp_path / "one", "samples_per_second")
     ran = _ranks_results(tmp_path / "two-result")
@@ -77,19 +71,8 @@ def test_every_rank_returns_the_runs_loss_and_global_throughput(tmp_path: Path, 
     # it takes no step, and every rank returns the loss logged for that step
     assert (tmp_path / "two" / "checkpoints" / "step-000000003").is_dir()
     shutil.rmtree(tmp_path / "two" / "model")
-    debug_launcher(_forked_rank, args=(train_clip, two, True, str(tmp_path / "resumed-result")), num_processes=WORLD)
+    debug_launcher(_forked_rank, args=(two, True, str(tmp_path / "resumed-result")), num_processes=WORLD)
     resumed = _ranks_results(tmp_path / "resumed-result")
     assert [result["loss"] for result in resumed] == [last_logged] * WORLD
     assert [result["samples_per_second"] for result in resumed] == [0.0] * WORLD
     assert last_logged == pytest.approx(one.loss, abs=1e-6)
-
-
-def test_every_rank_returns_the_t5_runs_final_evaluation(tmp_path: Path) -> None:
-    """train-t5 evaluates on the held-out captions at the end, on the main process."""
-    from accelerate import debug_launcher
-
-    config = tiny_config(tmp_path / "t5", batch_size=4)
-    debug_launcher(_forked_rank, args=(train_t5, config, False, str(tmp_path / "t5-result")), num_processes=WORLD)
-    ranks = _ranks_results(tmp_path / "t5-result")
-    assert ranks[0]["evaluation"] and ranks[1]["evaluation"] == ranks[0]["evaluation"]
-    assert ranks[1]["loss"] == ranks[0]["loss"]

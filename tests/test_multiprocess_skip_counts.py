@@ -11,13 +11,12 @@ first over all ranks and the second once, also after a resume (probe 13: 2 proce
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image
-from test_multiprocess_training import WORLD, clip_config
+from test_multiprocess_training import WORLD, clip_config, fresh_forked_process
 
 from clipcond.training.clip.loop import train_clip
 from clipcond.training.data import DataConfig
@@ -48,11 +47,7 @@ def _manifest(folder: Path) -> DataConfig:
 
 def _forked_rank(config, resume: bool, out: str) -> None:
     """One rank of `train_clip`; writes the `skipped` of its result to ``<out>.rank<r>.json``."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    fresh_forked_process()
     result = train_clip(config, resume=resume, show_progress=False)
     Path(f"{out}.rank{torch.distributed.get_rank()}.json").write_text(json.dumps(result.skipped))
 

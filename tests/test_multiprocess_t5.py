@@ -10,7 +10,6 @@ to end through `train_t5`. Tolerances as in test_multiprocess_training.py (lr 1e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,13 @@ import rank_audit
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_multiprocess_training import WORLD, assert_only_rank_zero_wrote, losses, max_difference
+from test_multiprocess_training import (
+    WORLD,
+    assert_only_rank_zero_wrote,
+    fresh_forked_process,
+    losses,
+    max_difference,
+)
 from test_train_t5 import tiny_config
 
 from clipcond.training.t5.loop import train_t5
@@ -26,15 +31,6 @@ from clipcond.training.t5.model import span_loss
 from clipcond.training.t5.span_corruption import IGNORE_INDEX
 
 VOCAB, WIDTH = 11, 5
-
-
-def _fresh_child() -> None:
-    """A forked child inherits the parent's accelerate singletons and OpenMP pool: start afresh, one thread."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
 
 
 def _token_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,7 +50,7 @@ def _span_loss_rank(out: str) -> None:
     ranks' mean), written to `out` by rank 0."""
     import torch.distributed as dist
 
-    _fresh_child()
+    fresh_forked_process()
     rank = dist.get_rank()
     features, weight, labels = _token_batch()
     weight.requires_grad_(True)
@@ -85,10 +81,15 @@ def test_span_loss_of_two_ranks_is_the_whole_batch_loss(tmp_path: Path) -> None:
 
 
 def _forked_t5_rank(config, log_prefix: str) -> None:
-    """One rank of `train_t5` under accelerate's debug_launcher."""
-    _fresh_child()
-    rank_audit.mark_rank(torch.distributed.get_rank(), config.output_dir, log_prefix)
-    train_t5(config, show_progress=False)
+    """One rank of `train_t5` under accelerate's debug_launcher; writes its result's loss and
+    evaluation to ``<log_prefix>.result<r>.json``."""
+    fresh_forked_process()
+    rank = torch.distributed.get_rank()
+    rank_audit.mark_rank(rank, config.output_dir, log_prefix)
+    result = train_t5(config, show_progress=False)
+    Path(f"{log_prefix}.result{rank}.json").write_text(
+        json.dumps({"loss": result.loss, "evaluation": result.evaluation})
+    )
 
 
 def _encoder_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -115,3 +116,7 @@ def test_two_forked_t5_processes_end_with_the_weights_of_one(tmp_path: Path) -> 
     difference = max_difference(_encoder_weights(tmp_path / "one"), _encoder_weights(tmp_path / "two"))
     assert difference <= 1e-5, difference
     assert_only_rank_zero_wrote(tmp_path / "two", tmp_path / "audit")
+    # the held-out evaluation at the end, made by the main process, is every rank's result
+    ranks = [json.loads((tmp_path / f"audit.result{rank}.json").read_text()) for rank in range(WORLD)]
+    assert ranks[0]["evaluation"] and ranks[1]["evaluation"] == ranks[0]["evaluation"]
+    assert ranks[1]["loss"] == ranks[0]["loss"]

@@ -53,6 +53,17 @@ WORLD = 2
 TOLERANCE = 1e-5
 
 
+def fresh_forked_process() -> None:
+    """Start a process forked by accelerate's `debug_launcher` afresh: it inherits the parent's
+    accelerate singletons (reset here) and its OpenMP pool, which hangs in a parallel region (one
+    thread, also for the processes it starts)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 def clip_config(output_dir: Path, batch_size: int, **overrides) -> TrainClipConfig:
     settings = dict(
         model=TINY_VIT,
@@ -185,13 +196,7 @@ def test_sharded_training_is_refused_before_any_work() -> None:
 
 def _forked_rank(objective: str, config, log_prefix: str) -> None:
     """One rank under accelerate's debug_launcher (forked from the test process)."""
-    from accelerate.state import AcceleratorState
-
-    # A forked child inherits the parent's accelerate singletons and its OpenMP pool (which hangs
-    # in a parallel region): start accelerate afresh and stay on one thread.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    fresh_forked_process()
     rank_audit.mark_rank(torch.distributed.get_rank(), config.output_dir, log_prefix)  # the launcher's group
     train = train_clip if objective.startswith("clip") else train_diffusion
     train(config, show_progress=False)
@@ -306,13 +311,9 @@ def _poisoned_rank(config, poisoned_from_check: int, outcomes: str) -> None:
     ends it when the other raises."""
     import time
 
-    from accelerate.state import AcceleratorState
-
     from clipcond.training.loop import TrainingRun
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    fresh_forked_process()
     rank = torch.distributed.get_rank()
     if rank == 1:  # this forked process's own class: the other rank keeps the real one
         checks, saved_tensors, check = [0], TrainingRun._saved_tensors, TrainingRun._check_saved_state
