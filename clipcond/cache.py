@@ -16,6 +16,9 @@ its metadata, its key. The disk level never raises and never returns a wrong rec
   written (permissions, a full disk) turns the cache to memory only, with one warning. An
   entry whose path something else holds (a folder: the rename onto it fails) is kept in memory
   only, with a warning naming it; the other entries are still written.
+
+Threads may share a cache (a conditioner serving several requests): the in-memory LRU and the
+hit and miss counts change under a lock, each file is read whole and written by rename.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -59,14 +63,25 @@ class EmbeddingCache:
         self.max_entries = max_entries
         self.directory = None if directory is None else _usable_directory(Path(directory))
         self._memory: OrderedDict[str, EncodedPrompt] = OrderedDict()
+        self._lock = threading.Lock()  # guards `_memory`, `hits` and `misses`
         self.hits = 0
         self.misses = 0
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock cannot be copied or pickled; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._memory)
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.safetensors"
+    @staticmethod
+    def _path(directory: Path, key: str) -> Path:
+        return directory / f"{key}.safetensors"
 
     def get(self, key: str, expected: RecordSpec, device: torch.device | None = None) -> EncodedPrompt | None:
         """The record stored under `key` (memory first, then disk), or None.
@@ -75,31 +90,37 @@ class EmbeddingCache:
             expected: what a record under this key must hold; a file that differs is a miss.
             device: where a record read from disk is put (default: the CPU).
         """
-        record = self._memory.get(key)
-        if record is not None:
-            self._memory.move_to_end(key)
-            self.hits += 1
-            return record
-        if self.directory is not None:
-            tensors = self._read(key, expected)
+        with self._lock:
+            record = self._memory.get(key)
+            if record is not None:
+                self._memory.move_to_end(key)
+                self.hits += 1
+                return record
+        directory = self.directory  # once: a failed write in another thread may set it to None
+        if directory is not None:
+            tensors = self._read(directory, key, expected)
             if tensors is not None:
                 if device is not None:
                     tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
                 record = EncodedPrompt.from_tensors(tensors)
-                self._remember(key, record)
-                self.hits += 1
+                with self._lock:
+                    self._remember(key, record)
+                    self.hits += 1
                 return record
-        self.misses += 1
+        with self._lock:
+            self.misses += 1
         return None
 
     def put(self, key: str, record: EncodedPrompt, expected: RecordSpec, text: str = "") -> None:
         """Store `record` under `key` in memory and, when a directory is set, on disk
         (replacing what is there). A record that does not fit `expected` (NaNs from the
         encoder, say) stays in memory only, with a warning."""
-        self._remember(key, record)
-        if self.directory is None:
+        with self._lock:
+            self._remember(key, record)
+        directory = self.directory
+        if directory is None:
             return
-        path = self._path(key)
+        path = self._path(directory, key)
         tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in record.tensors().items()}
         problem = expected.problem(tensors)
         if problem is not None:
@@ -116,13 +137,14 @@ class EmbeddingCache:
                 logger.warning("embedding cache: cannot write %s (%s); keeping this entry in memory only", path, error)
                 return
             logger.warning(
-                "embedding cache: cannot write to %s (%s); caching in memory only from now on", self.directory, error
+                "embedding cache: cannot write to %s (%s); caching in memory only from now on", directory, error
             )
             self.directory = None
 
-    def _read(self, key: str, expected: RecordSpec) -> dict[str, torch.Tensor] | None:
-        """The tensors of the file of `key`, or None (with a warning when the file is damaged)."""
-        path = self._path(key)
+    def _read(self, directory: Path, key: str, expected: RecordSpec) -> dict[str, torch.Tensor] | None:
+        """The tensors of the file of `key` in `directory`, or None (with a warning when the file
+        is damaged)."""
+        path = self._path(directory, key)
         try:
             # One read of the whole file: a concurrent delete or replace cannot change it midway.
             data = path.read_bytes()
@@ -137,6 +159,7 @@ class EmbeddingCache:
         return tensors
 
     def _remember(self, key: str, record: EncodedPrompt) -> None:
+        """Put `record` in the LRU (the caller holds the lock)."""
         if self.max_entries == 0:
             return
         self._memory[key] = record
@@ -146,7 +169,8 @@ class EmbeddingCache:
 
     def clear_memory(self) -> None:
         """Forget every in-memory record (files on disk stay)."""
-        self._memory.clear()
+        with self._lock:
+            self._memory.clear()
 
 
 def _usable_directory(directory: Path) -> Path | None:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import struct
+import sys
 
 import pytest
 import torch
@@ -362,3 +363,56 @@ def test_an_entry_that_cannot_be_replaced_stays_in_memory_and_the_folder_stays_i
     _assert_same(cache.get("k1", SPEC), 1.0)
     cache.put("k2", _record(2.0), SPEC)
     assert _file(tmp_path, "k2").is_file()
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "disk"])
+def test_threads_sharing_the_cache_never_fail_and_every_lookup_is_counted(tmp_path, on_disk):
+    """Eight threads reading and writing twelve keys through a memory level of two entries, the
+    interpreter switching threads about every microsecond: each read gives its key's record or
+    a miss, no call raises (an entry evicted between two steps of `get` or `put` raised
+    KeyError before the cache took a lock), no hit or miss is lost, and the LRU keeps its size."""
+    import random
+    import threading
+
+    cache = EmbeddingCache(max_entries=2, directory=tmp_path if on_disk else None)
+    rounds, failures, wrong = 300 if on_disk else 3000, [], []
+
+    def serve(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(rounds):
+                key = rng.randrange(12)
+                record = cache.get(str(key), SPEC)
+                if record is None:
+                    cache.put(str(key), _record(float(key)), SPEC)
+                elif not torch.equal(record.pooled, torch.full((2,), float(key))):
+                    wrong.append(key)
+        except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
+            failures.append(repr(error))
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert not failures and not wrong, (failures[:3], wrong[:3])
+    assert cache.hits + cache.misses == rounds * len(threads)
+    assert len(cache) <= 2 and (cache.directory is not None) == on_disk
+
+
+def test_a_copied_or_pickled_cache_holds_the_same_entries_and_a_lock_of_its_own():
+    import copy
+    import pickle
+
+    cache = EmbeddingCache(max_entries=2)
+    cache.put("k1", _record(1.0), SPEC)
+    for twin in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        assert twin._lock is not cache._lock
+        _assert_same(twin.get("k1", SPEC), 1.0)
+        twin.put("k2", _record(2.0), SPEC)
+        assert len(twin) == 2 and len(cache) == 1
