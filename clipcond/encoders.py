@@ -340,12 +340,16 @@ def run_clip(
     projection = encoder.pooled_projection
     pooled_states: list[torch.Tensor] = []
     # The model's own pooling (its EOS rule) and its hooks (offloading) run as they do for
-    # diffusers; the pooled state is read where it enters the projection.
-    hook = (
-        None
-        if projection is None
-        else projection.register_forward_pre_hook(lambda _, args: pooled_states.append(args[0]))
-    )
+    # diffusers; the pooled state is read where it enters the projection. The hook sits on the
+    # shared module: it keeps only this thread's calls, not those of another thread encoding
+    # with the same model meanwhile (another request, the pipeline's own text path).
+    thread = threading.get_ident()
+
+    def keep_pooled_state(_, args) -> None:
+        if threading.get_ident() == thread:
+            pooled_states.append(args[0])
+
+    hook = None if projection is None else projection.register_forward_pre_hook(keep_pooled_state)
     try:
         with encoder.computing():
             output = model(

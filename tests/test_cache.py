@@ -372,59 +372,6 @@ def test_two_processes_writing_and_deleting_one_folder_never_crash(tiny_clip_tex
     assert not list((tmp_path / "cache").glob(".*.tmp"))
 
 
-# ---------------------------------------------------------------------------------- threads
-
-
-@pytest.fixture
-def frequent_thread_switches():
-    """The interpreter switches threads about every microsecond instead of every 5 ms, so that
-    a race between two steps of the cache shows within a few hundred calls."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
-
-
-def test_threads_sharing_a_conditioner_get_the_serial_records_and_every_lookup_counted(
-    model, tmp_path, frequent_thread_switches
-):
-    """A conditioner with a disk cache, shared by the threads of a server, with an in-memory level
-    of two entries: lookups keep evicting other threads' entries. Each call gets the records a
-    serial run gives, no call fails, and the hits and misses add up to the lookups made. The
-    race that made `put` or `get` raise KeyError is pinned reliably on the cache alone
-    (test_cache_mutants.py); this runs the whole encode path in threads."""
-    import random
-    import threading
-
-    prompts = [f"a (photo:1.{i % 9}) of {i} red cats" for i in range(12)]
-    expected = {prompt: _uncached(model, prompt) for prompt in prompts}
-    counting = _conditioner(model, tmp_path / "counting", cache_size=2)
-    counting.encode(prompts[0])
-    lookups_per_call = counting.cache.hits + counting.cache.misses
-    cond = _conditioner(model, tmp_path / "cache", cache_size=2)
-    calls, wrong, failures = 40, [], []
-
-    def serve(seed: int) -> None:
-        rng = random.Random(seed)
-        try:
-            for _ in range(calls):
-                prompt = rng.choice(prompts)
-                if not torch.equal(cond.encode(prompt).tokens, expected[prompt]):
-                    wrong.append(prompt)
-        except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
-            failures.append(repr(error))
-
-    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures and not wrong, (failures[:3], wrong[:3])
-    assert cond.cache.hits + cond.cache.misses == lookups_per_call * calls * len(threads)
-    assert len(cond.cache) <= 2 and cond.cache.directory is not None
-    assert len(_entries(tmp_path / "cache")) == len(prompts)
-
-
 # ---------------------------------------------------------------------------------- keys
 
 

@@ -1,0 +1,128 @@
+"""Threads sharing a conditioner (a server encoding several requests at once, or a request
+beside the pipeline's own text path): each call gets what a serial run gives. The interpreter
+is made to switch threads about every microsecond instead of every 5 ms, so that a race shows
+within a few dozen calls."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+import torch
+from transformers import CLIPTextModel
+
+from clipcond import TextConditioner
+from clipcond.tokenization import clip_tokenizer
+
+PROMPTS = [f"a (photo:1.{i % 9}) of {i} red cats" if i % 3 else f"prompt {i}, " * (i % 30 + 1) for i in range(12)]
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def _in_threads(serve: Callable[[random.Random], None], count: int = 6) -> list[str]:
+    """Run `serve(rng)` in `count` threads at once; what they raised, as text."""
+    failures = []
+
+    def run(seed: int) -> None:
+        try:
+            serve(random.Random(seed))
+        except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
+            failures.append(repr(error))
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
+def _outputs(embeds) -> dict[str, torch.Tensor]:
+    return {name: getattr(embeds, name) for name in ("tokens", "pooled") if getattr(embeds, name) is not None}
+
+
+def test_threads_sharing_a_conditioner_and_its_cache_get_the_serial_records_and_every_lookup_counted(
+    tiny_clip_text_path, tmp_path, frequent_thread_switches
+):
+    """A disk cache with an in-memory level of two entries: lookups keep evicting other threads'
+    entries. No call fails, each gets the serial run's embeddings, the hits and misses add up to
+    the lookups made. The race that made the cache's `put` or `get` raise KeyError is pinned
+    reliably on the cache alone (test_cache_mutants.py); this runs the whole encode path."""
+    model = CLIPTextModel.from_pretrained(tiny_clip_text_path).eval()
+
+    def conditioner(**kwargs) -> TextConditioner:
+        return TextConditioner("sd", clip=[(model, clip_tokenizer())], **kwargs)
+
+    serial = conditioner(cache_size=0)
+    expected = {prompt: serial.encode(prompt).tokens for prompt in PROMPTS}
+    counting = conditioner(cache_size=2, cache_dir=str(tmp_path / "counting"))
+    counting.encode(PROMPTS[0])
+    lookups_per_call = counting.cache.hits + counting.cache.misses
+    cond = conditioner(cache_size=2, cache_dir=str(tmp_path / "cache"))
+    calls, wrong = 40, []
+
+    def serve(rng: random.Random) -> None:
+        for _ in range(calls):
+            prompt = rng.choice(PROMPTS)
+            if not torch.equal(cond.encode(prompt).tokens, expected[prompt]):
+                wrong.append(prompt)
+
+    failures = _in_threads(serve)
+    assert not failures and not wrong, (failures[:3], wrong[:3])
+    assert cond.cache.hits + cond.cache.misses == lookups_per_call * calls * 6
+    assert len(cond.cache) <= 2 and cond.cache.directory is not None
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == len(PROMPTS)
+
+
+def test_threads_sharing_a_conditioner_get_the_serial_pooled_vectors(sd3_pipe, frequent_thread_switches):
+    """SDXL's and SD3's pooled vectors are read where they enter the encoder's projection. Read
+    there from every thread's calls, another thread's vector came out as this one's (or the
+    counts did not match: IndexError) in most runs of this test (the next one forces it)."""
+    pipe = sd3_pipe
+    serial = TextConditioner.from_pipeline(pipe, cache_size=0)
+    expected = {prompt: _outputs(serial.encode([prompt, ""])) for prompt in PROMPTS}
+    cond = TextConditioner.from_pipeline(pipe, cache_size=0)
+    wrong = []
+
+    def serve(rng: random.Random) -> None:
+        for _ in range(12):
+            prompt = rng.choice(PROMPTS)
+            got = _outputs(cond.encode([prompt, ""]))
+            wrong.extend(name for name, value in expected[prompt].items() if not torch.equal(got[name], value))
+
+    failures = _in_threads(serve)
+    assert not failures and not wrong, (failures[:3], wrong[:3])
+
+
+@pytest.mark.parametrize("family", ["sdxl_pipe", "sd3_pipe"])
+def test_a_projection_call_from_another_thread_during_an_encode_is_not_read_as_its_pooled_vector(request, family):
+    """The race above, made to happen every time: while this thread's encode is inside the
+    second CLIP encoder, right after its projection ran, another thread runs that projection (as
+    the pipeline's own `encode_prompt` would) on other values."""
+    pipe = request.getfixturevalue(family)
+    expected = TextConditioner.from_pipeline(pipe, cache_size=0).encode("a red fox").pooled
+    projection = pipe.text_encoder_2.text_projection
+    encoding_thread = threading.get_ident()
+    foreign = torch.randn(1, projection.in_features, generator=torch.Generator().manual_seed(0))
+
+    def project_in_another_thread(module, args, output) -> None:
+        if threading.get_ident() == encoding_thread:
+            other = threading.Thread(target=lambda: module(foreign))
+            other.start()
+            other.join()
+
+    handle = projection.register_forward_hook(project_in_another_thread)
+    try:
+        got = TextConditioner.from_pipeline(pipe, cache_size=0).encode("a red fox").pooled
+    finally:
+        handle.remove()
+    assert torch.equal(got, expected)
