@@ -338,3 +338,32 @@ def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd
     assert got[0].dtype == torch.float32
     for actual, wanted in zip(got, expected):
         assert torch.equal(actual, wanted)
+
+
+@pytest.mark.parametrize("wrong", [torch.nn.Linear(4, 4), "projection"], ids=["a torch module", "a string"])
+def test_a_text_projection_that_is_no_textprojection_is_refused_by_name(sd_pipe, wrong) -> None:
+    """Refused before diffusers' `register_modules`, which failed on it with an AttributeError."""
+    parts = {name: getattr(sd_pipe, name) for name in ("unet", "scheduler", "text_encoder", "tokenizer", "vae")}
+    with pytest.raises(TypeError) as refused:
+        CLIPConditionedPipeline(**parts, text_projection=wrong)
+    assert str(refused.value) == (
+        "`text_projection` must be a clipcond TextProjection (the learned adapter of recipe 'custom') or None, "
+        f"got {type(wrong).__name__}"
+    )
+
+
+def test_an_sdxl_pipeline_keeps_its_scheduler_config_as_stable_diffusion_xl_does(sdxl_pipe) -> None:
+    """Only Stable Diffusion's constructor rewrites an old scheduler config (`steps_offset: 0`,
+    `clip_sample: true`); StableDiffusionXLPipeline keeps it, and so does recipe "sdxl" (timesteps
+    [500, 0], not SD's [501, 1])."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    parts = dict(sdxl_pipe.components)
+    old = {"steps_offset": 0, "clip_sample": True}
+    peer = StableDiffusionXLPipeline(**{**parts, "scheduler": DDIMScheduler(**old)})
+    ours = CLIPConditionedPipeline(**{**parts, "scheduler": DDIMScheduler(**old)})
+    assert ours.config.recipe == "sdxl"
+    for pipe in (peer, ours):
+        assert {key: pipe.scheduler.config[key] for key in old} == old
+        pipe.scheduler.set_timesteps(2)
+        assert pipe.scheduler.timesteps.tolist() == [500, 0]
