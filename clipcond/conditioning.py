@@ -56,6 +56,7 @@ from clipcond.encoders import TextEncoder, dtype_to_cast
 from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.lora_scale import check_lora_scale, lora_scaled
+from clipcond.model_locks import holding, holding_while
 from clipcond.prompt_arguments import (
     Reading,
     as_prompt_list,
@@ -383,7 +384,11 @@ class TextConditioner:
             raise ValueError(
                 f"`lora_scale`: {self.recipe.name!r} pipelines' encode_prompt takes no LoRA scale for its text encoder"
             )
-        return lora_scaled([encoder.model for encoder in self.encoders if encoder.kind in kinds], scale)
+        scaled = lora_scaled([encoder.model for encoder in self.encoders if encoder.kind in kinds], scale)
+        if scale is None:
+            return scaled
+        # Other threads' encodes over these models wait until the scale is undone (model_locks).
+        return holding_while([encoder.model for encoder in self.encoders], scaled)
 
     def pipeline_kwargs(
         self,
@@ -720,6 +725,12 @@ class TextConditioner:
     def _records(self, items: Sequence[str | Reading]) -> list[EncodedPrompt]:
         """Encoder outputs of every prompt (a text all encoders read, or a reading), from the
         cache where possible."""
+        # In turn with other threads' encodes and scaled blocks over the same models (model_locks).
+        with holding(encoder.model for encoder in self.encoders):
+            return self._records_in_turn(items)
+
+    def _records_in_turn(self, items: Sequence[str | Reading]) -> list[EncodedPrompt]:
+        """`_records`, with the locks of the encoders' models held."""
         prompts = self._readings(items)
         if self.cache is None or self._encoders_need_grad():
             # Identical prompts in a batch (a negative prompt repeated per image) run once.

@@ -126,3 +126,67 @@ def test_a_projection_call_from_another_thread_during_an_encode_is_not_read_as_i
     finally:
         handle.remove()
     assert torch.equal(got, expected)
+
+
+def _with_text_encoder_lora(sd_pipe):
+    """A copy of the SD fixture's text encoder with a random peft LoRA in its attention, beside
+    the fixture's tokenizer (left as it is)."""
+    import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
+
+    encoder = copy.deepcopy(sd_pipe.text_encoder)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return inject_adapter_in_model(config, encoder), sd_pipe.tokenizer
+
+
+def test_threads_encoding_at_their_own_lora_scales_get_the_serial_embeddings(sd_pipe, frequent_thread_switches):
+    """A call's `lora_scale` multiplies the shared LoRA layers' scale for its encode. Threads at
+    0.5 and at the LoRA's own scale, through two conditioners over the same model (two pipelines
+    made with `from_pipe`), each get what a serial run gives; before encodes over a model took
+    turns (`clipcond/model_locks.py`), almost every one of them got another thread's scale (or
+    0.25, two halvings at once)."""
+    clip = _with_text_encoder_lora(sd_pipe)
+    serial = TextConditioner("sd", clip=[clip], cache_size=0)
+    scales = [None, 0.5]
+    expected = {
+        (prompt, scale): serial.encode(prompt, lora_scale=scale).tokens for prompt in PROMPTS for scale in scales
+    }
+    assert not torch.equal(expected[PROMPTS[0], None], expected[PROMPTS[0], 0.5])
+    conditioners = [TextConditioner("sd", clip=[clip], cache_size=size) for size in (0, 512)]
+    wrong = []
+
+    def serve(rng: random.Random) -> None:
+        for _ in range(10):
+            prompt, scale, cond = rng.choice(PROMPTS), rng.choice(scales), rng.choice(conditioners)
+            if not torch.equal(cond.encode(prompt, lora_scale=scale).tokens, expected[prompt, scale]):
+                wrong.append((prompt, scale))
+
+    failures = _in_threads(serve, count=4)
+    assert not failures and not wrong, (failures[:3], wrong[:3])
+    assert all(layer.scaling == {"default": 1.0} for layer in clip[0].modules() if hasattr(layer, "scaling"))
+
+
+def test_an_encode_waits_for_another_threads_scaled_block(sd_pipe) -> None:
+    """While one thread is inside ``with cond.lora_scaled(0.5):``, another thread's encode over
+    the same model (without a scale) waits for the block to end and gets the LoRA at its own
+    scale, not 0.5."""
+    clip = _with_text_encoder_lora(sd_pipe)
+    plain = TextConditioner("sd", clip=[clip], cache_size=0).encode("a red fox").tokens
+    other = TextConditioner("sd", clip=[clip], cache_size=0)
+    got, done = [], threading.Event()
+
+    def encode() -> None:
+        got.append(other.encode("a red fox").tokens)
+        done.set()
+
+    cond = TextConditioner("sd", clip=[clip], cache_size=0)
+    with cond.lora_scaled(0.5):
+        halved = cond.encode("a red fox").tokens
+        waiting = threading.Thread(target=encode)
+        waiting.start()
+        finished_inside = done.wait(timeout=0.5)  # an encode takes milliseconds
+    waiting.join()
+    assert not finished_inside
+    assert torch.equal(got[0], plain) and not torch.equal(halved, plain)
