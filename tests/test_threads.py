@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -190,3 +191,27 @@ def test_an_encode_waits_for_another_threads_scaled_block(sd_pipe) -> None:
     waiting.join()
     assert not finished_inside
     assert torch.equal(got[0], plain) and not torch.equal(halved, plain)
+
+
+def test_threads_holding_two_models_named_in_opposite_orders_never_wait_on_each_other(frequent_thread_switches):
+    """`holding` takes locks in one order whatever order the models come in: two threads naming
+    the same two models the other way round would otherwise each hold one lock and wait for the
+    other's."""
+    from clipcond.model_locks import holding
+
+    first, second = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+
+    def hold(models) -> None:
+        for _ in range(2000):
+            with holding(models):
+                pass
+
+    threads = [
+        threading.Thread(target=hold, args=(order,), daemon=True) for order in ([first, second], [second, first])
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10  # the two take 0.05 s
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "two threads wait on each other's lock"
