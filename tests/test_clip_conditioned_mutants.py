@@ -367,3 +367,48 @@ def test_an_sdxl_pipeline_keeps_its_scheduler_config_as_stable_diffusion_xl_does
         assert {key: pipe.scheduler.config[key] for key in old} == old
         pipe.scheduler.set_timesteps(2)
         assert pipe.scheduler.timesteps.tolist() == [500, 0]
+
+
+def test_a_pipeline_built_without_a_safety_checker_requires_none_and_says_nothing(sd_pipe, caplog) -> None:
+    """`requires_safety_checker` is False unless given (a saved Stable Diffusion folder's config
+    gives True, and then the warning above is logged)."""
+    with caplog.at_level(logging.WARNING, logger="clipcond.pipelines.clip_conditioned"):
+        pipe = CLIPConditionedPipeline(
+            unet=sd_pipe.unet,
+            scheduler=sd_pipe.scheduler,
+            text_encoder=sd_pipe.text_encoder,
+            tokenizer=sd_pipe.tokenizer,
+        )
+    assert pipe.config.requires_safety_checker is False
+    assert not [r for r in caplog.records if r.name == "clipcond.pipelines.clip_conditioned"]
+
+
+def test_sdxl_text_components_without_a_unet_are_read_as_sdxl(sdxl_pipe) -> None:
+    """Without a UNet to tell, a second encoder with a text projection makes the recipe "sdxl":
+    the text components alone encode as the whole SDXL pipeline does."""
+    parts = {name: getattr(sdxl_pipe, name) for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    text_only = CLIPConditionedPipeline(unet=None, scheduler=sdxl_pipe.scheduler, **parts)
+    assert text_only.config.recipe == "sdxl"
+    expected = CLIPConditionedPipeline.from_pipe(sdxl_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    actual = text_only.encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    assert len(actual) == len(expected) == 4
+    for got, wanted in zip(actual, expected):
+        assert torch.equal(got, wanted)
+
+
+def test_a_learned_projection_beside_a_recipe_other_than_custom_is_refused_when_built(sd_pipe) -> None:
+    """Refused by the constructor (`from_pipe` and `from_pretrained` included), not at the first
+    call."""
+    from clipcond.projection import TextProjection
+
+    width = sd_pipe.text_encoder.config.hidden_size
+    with pytest.raises(
+        ValueError, match=r"^a `text_projection` needs recipe 'custom', but this pipeline's recipe is 'sd'$"
+    ):
+        CLIPConditionedPipeline(
+            unet=sd_pipe.unet,
+            scheduler=sd_pipe.scheduler,
+            text_encoder=sd_pipe.text_encoder,
+            tokenizer=sd_pipe.tokenizer,
+            text_projection=TextProjection(width, clip_width=width),
+        )
