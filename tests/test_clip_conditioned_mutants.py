@@ -412,3 +412,29 @@ def test_a_learned_projection_beside_a_recipe_other_than_custom_is_refused_when_
             tokenizer=sd_pipe.tokenizer,
             text_projection=TextProjection(width, clip_width=width),
         )
+
+
+def test_components_assigned_after_construction_that_the_recipe_cannot_read_are_refused_at_the_call(
+    sd_pipe, t5_tokenizer_path
+) -> None:
+    """An SD-recipe pipeline given a T5 `text_encoder_2`, or a learned projection, by assignment
+    (no constructor checks them then) refuses the next encode, naming what to do."""
+    import tiny_pipelines
+    from transformers import AutoTokenizer
+
+    from clipcond.projection import TextProjection
+
+    pipe = ours_from(sd_pipe)
+    pipe.text_encoder_2 = tiny_pipelines.t5_encoder(
+        3, vocab_size=AutoTokenizer.from_pretrained(t5_tokenizer_path).vocab_size
+    )
+    pipe.tokenizer_2 = AutoTokenizer.from_pretrained(t5_tokenizer_path)
+    with pytest.raises(ValueError, match=r"^recipe 'sd' reads no `text_encoder_2`; use recipe 'custom' to add it$"):
+        pipe.encode_prompt("a red circle", "cpu", 1, False)
+    pipe = ours_from(sd_pipe)
+    width = sd_pipe.text_encoder.config.hidden_size
+    pipe.text_projection = TextProjection(width, clip_width=width)
+    with pytest.raises(
+        ValueError, match=r"^a `text_projection` needs recipe 'custom', but this pipeline's recipe is 'sd'$"
+    ):
+        pipe.encode_prompt("a red circle", "cpu", 1, False)
