@@ -372,7 +372,8 @@ class TextConditioner:
         """``with cond.lora_scaled(0.5):``: inside the block, encodes run a LoRA in the text
         encoders at `lora_scale` times its scale, as diffusers' `encode_prompt(lora_scale=...)`
         of the family runs it (the encoders it scales: `Family.lora_scaled_kinds`), and the
-        cache keys see the scale. None leaves the LoRA as it is.
+        cache keys see the scale. None leaves the LoRA as it is. While a scaled block runs,
+        other threads' encodes over the same models wait for it (`clipcond.model_locks`).
 
         Raises:
             TypeError, ValueError: `lora_scale` not a finite number, or given to a family whose
