@@ -438,3 +438,9 @@ def test_components_assigned_after_construction_that_the_recipe_cannot_read_are_
         ValueError, match=r"^a `text_projection` needs recipe 'custom', but this pipeline's recipe is 'sd'$"
     ):
         pipe.encode_prompt("a red circle", "cpu", 1, False)
+
+
+def test_t5_attention_mask_beside_no_t5_is_refused_in_these_words(sd_pipe) -> None:
+    with pytest.raises(ValueError) as refused:
+        CLIPConditionedPipeline.from_pipe(sd_pipe, t5_attention_mask=True)
+    assert str(refused.value) == "`t5_attention_mask` applies to recipe 'custom' with a T5 `text_encoder_2` only"
