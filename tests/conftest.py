@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import pytest
 import tiny_pipelines
@@ -109,6 +110,17 @@ def pytest_collection_finish(session) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 10)
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    """The interpreter switches threads about every microsecond instead of every 5 ms, so that
+    a race between threads shows within a few hundred calls (tests of threads sharing a
+    conditioner or a cache)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by mark

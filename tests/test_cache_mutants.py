@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import struct
-import sys
 
 import pytest
 import torch
@@ -366,7 +365,7 @@ def test_an_entry_that_cannot_be_replaced_stays_in_memory_and_the_folder_stays_i
 
 
 @pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "disk"])
-def test_threads_sharing_the_cache_never_fail_and_every_lookup_is_counted(tmp_path, on_disk):
+def test_threads_sharing_the_cache_never_fail_and_every_lookup_is_counted(tmp_path, frequent_thread_switches, on_disk):
     """Eight threads reading and writing twelve keys through a memory level of two entries, the
     interpreter switching threads about every microsecond: each read gives its key's record or
     a miss, no call raises (an entry evicted between two steps of `get` or `put` raised
@@ -390,16 +389,11 @@ def test_threads_sharing_the_cache_never_fail_and_every_lookup_is_counted(tmp_pa
         except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
             failures.append(repr(error))
 
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(before)
+    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert not failures and not wrong, (failures[:3], wrong[:3])
     assert cache.hits + cache.misses == rounds * len(threads)
     assert len(cache) <= 2 and (cache.directory is not None) == on_disk

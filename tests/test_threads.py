@@ -1,12 +1,11 @@
 """Threads sharing a conditioner (a server encoding several requests at once, or a request
-beside the pipeline's own text path): each call gets what a serial run gives. The interpreter
-is made to switch threads about every microsecond instead of every 5 ms, so that a race shows
-within a few dozen calls."""
+beside the pipeline's own text path): each call gets what a serial run gives. Most tests run
+with the interpreter switching threads about every microsecond (conftest's
+`frequent_thread_switches`), so that a race shows within a few dozen calls."""
 
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,14 +18,6 @@ from clipcond import TextConditioner
 from clipcond.tokenization import clip_tokenizer
 
 PROMPTS = [f"a (photo:1.{i % 9}) of {i} red cats" if i % 3 else f"prompt {i}, " * (i % 30 + 1) for i in range(12)]
-
-
-@pytest.fixture
-def frequent_thread_switches():
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def _in_threads(serve: Callable[[random.Random], None], count: int = 6) -> list[str]:
