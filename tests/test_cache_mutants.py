@@ -371,31 +371,25 @@ def test_threads_sharing_the_cache_never_fail_and_every_lookup_is_counted(tmp_pa
     a miss, no call raises (an entry evicted between two steps of `get` or `put` raised
     KeyError before the cache took a lock), no hit or miss is lost, and the LRU keeps its size."""
     import random
-    import threading
+
+    from thread_runs import run_in_threads
 
     cache = EmbeddingCache(max_entries=2, directory=tmp_path if on_disk else None)
-    rounds, failures, wrong = 300 if on_disk else 3000, [], []
+    rounds, wrong, threads = 300 if on_disk else 3000, [], 8
 
     def serve(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(rounds):
-                key = rng.randrange(12)
-                record = cache.get(str(key), SPEC)
-                if record is None:
-                    cache.put(str(key), _record(float(key)), SPEC)
-                elif not torch.equal(record.pooled, torch.full((2,), float(key))):
-                    wrong.append(key)
-        except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
-            failures.append(repr(error))
+        for _ in range(rounds):
+            key = rng.randrange(12)
+            record = cache.get(str(key), SPEC)
+            if record is None:
+                cache.put(str(key), _record(float(key)), SPEC)
+            elif not torch.equal(record.pooled, torch.full((2,), float(key))):
+                wrong.append(key)
 
-    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    failures = run_in_threads(serve, threads)
     assert not failures and not wrong, (failures[:3], wrong[:3])
-    assert cache.hits + cache.misses == rounds * len(threads)
+    assert cache.hits + cache.misses == rounds * threads
     assert len(cache) <= 2 and (cache.directory is not None) == on_disk
 
 

@@ -225,8 +225,9 @@ def test_threads_encoding_with_one_model_get_the_serial_results_and_leave_its_we
     pooled state, read where it enters the projection) encode at once, each forward slowed so
     that they overlap: every record equals the serial run's, and the weights end as the tensors
     they were (`weights_in` holds one lock while weights are swapped)."""
-    import threading
     import time
+
+    from thread_runs import run_in_threads
 
     model = tiny_pipelines.clip_text_model(3, with_projection=True).to(torch.bfloat16)
     state = model.state_dict(keep_vars=True)
@@ -239,20 +240,13 @@ def test_threads_encoding_with_one_model_get_the_serial_results_and_leave_its_we
     serial = {prompt: conditioners[0].encode_records([prompt])[0] for prompt in prompts}
     assert serial[prompts[0]].pooled is not None
     handle = model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
-    results, errors = {}, []
+    results = {}
 
     def encode(worker: int) -> None:
-        try:
-            for prompt in prompts[worker::3]:
-                results[prompt] = conditioners[worker % 2].encode_records([prompt])[0]
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(repr(error))
+        for prompt in prompts[worker::3]:
+            results[prompt] = conditioners[worker % 2].encode_records([prompt])[0]
 
-    threads = [threading.Thread(target=encode, args=(worker,)) for worker in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(encode, 3)
     handle.remove()
     assert errors == []
     for prompt in prompts:

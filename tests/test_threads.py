@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from thread_runs import run_in_threads
 from transformers import CLIPTextModel
 
 from clipcond import TextConditioner
@@ -21,21 +22,9 @@ PROMPTS = [f"a (photo:1.{i % 9}) of {i} red cats" if i % 3 else f"prompt {i}, " 
 
 
 def _in_threads(serve: Callable[[random.Random], None], count: int = 6) -> list[str]:
-    """Run `serve(rng)` in `count` threads at once; what they raised, as text."""
-    failures = []
-
-    def run(seed: int) -> None:
-        try:
-            serve(random.Random(seed))
-        except Exception as error:  # noqa: BLE001 - the test reports what a thread raised
-            failures.append(repr(error))
-
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return failures
+    """Run `serve(rng)` in `count` threads at once, each with its own seeded `rng`; what they
+    raised, as text."""
+    return run_in_threads(lambda index: serve(random.Random(index)), count)
 
 
 def _outputs(embeds) -> dict[str, torch.Tensor]:
