@@ -124,6 +124,8 @@ def test_given_latents_are_stable_diffusions_and_a_wrong_shape_is_named(sd_pipe)
                 pipe(**{**settings, "latents": wrong})
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             pipe(**{**settings, "latents": latents[:, :, :4, :4]})
+        with pytest.raises(ValueError, match=r"got ndarray$"):  # not a tensor: its type is named
+            pipe(**{**settings, "latents": latents.numpy()})
         with pytest.raises(ValueError, match=r"got \(1, 4, 32, 32\)"):  # two images need two rows
             pipe(**{**settings, "num_images_per_prompt": 2})
     finally:
@@ -444,3 +446,19 @@ def test_t5_attention_mask_beside_no_t5_is_refused_in_these_words(sd_pipe) -> No
     with pytest.raises(ValueError) as refused:
         CLIPConditionedPipeline.from_pipe(sd_pipe, t5_attention_mask=True)
     assert str(refused.value) == "`t5_attention_mask` applies to recipe 'custom' with a T5 `text_encoder_2` only"
+
+
+@pytest.mark.parametrize("missing", ["tokenizer", "text_encoder"])
+def test_a_text_encoder_without_its_tokenizer_builds_runs_given_embeddings_and_refuses_text(sd_pipe, missing) -> None:
+    """As SD allows a pipeline without text components for given embeddings, half of a pair (an
+    encoder without its tokenizer, or the reverse) builds: the construction checks read only
+    whole pairs. Given embeddings give SD's image; a text prompt is refused by the name of the
+    missing half."""
+    pipe = CLIPConditionedPipeline.from_pipe(sd_pipe, **{missing: None})
+    pipe.set_progress_bar_config(disable=True)
+    embeds = ours_from(sd_pipe).encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    settings = dict(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], num_inference_steps=2, output_type="np")
+    expected = sd_pipe(**settings, generator=torch.Generator().manual_seed(0)).images
+    assert np.array_equal(pipe(**settings, generator=torch.Generator().manual_seed(0)).images, expected)
+    with pytest.raises(ValueError, match=f"^`prompt` is text, but this pipeline has no `{missing}` to encode it"):
+        pipe("a red circle", num_inference_steps=1, output_type="latent")
