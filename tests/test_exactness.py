@@ -8,6 +8,7 @@ diffusers' own output then moves by ~6e-6 (measured on the tiny SD3 T5).
 from __future__ import annotations
 
 import importlib.util
+import random
 
 import numpy as np
 import pytest
@@ -195,6 +196,88 @@ def test_pixart(pixart_pipe, negative, clean_caption):
     assert torch.equal(kwargs["negative_prompt_attention_mask"], expected[3])
     embeds = cond.encode(PROMPTS)
     assert torch.equal(embeds.mask, expected[1])
+
+
+# Random plain prompts: no weighting syntax (no brackets, backslash, upper-case BREAK or AND), but
+# any other character a prompt file or a user may hold: punctuation, colons, tabs, newlines, end
+# spaces, accents, CJK, emoji, a zero-width space, no-break and ideographic spaces, curly quotes,
+# dashes, and the syntax words in other cases ("Break", "and").
+_PLAIN_CHARACTERS = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    " ,.;:!?'\"-_/&%$#@*+=<>{}|~`^\n\t\u00e9\u00fc\u00f1\u00e7\u00df\u4e2d\u6587\u65e5\u672c"
+    "\U0001f600\U0001f3a8\u200b\u00a0\u3000\u2019\u201c\u201d\u2026\u2013\u2014"
+)
+_PLAIN_WORDS = "a photo of an astronaut riding horse red circle blue square cat Break break and And".split()
+
+
+def _random_plain_prompts(count: int, seed: int, fits) -> list[str]:
+    """`count` random plain prompts (seeded) for which `fits(prompt)` holds."""
+    rng = random.Random(seed)
+    prompts = []
+    while len(prompts) < count:
+        if rng.random() < 0.4:
+            prompt = "".join(rng.choice(_PLAIN_CHARACTERS) for _ in range(rng.randint(0, 50)))
+        else:
+            words = [
+                rng.choice(_PLAIN_WORDS)
+                if rng.random() < 0.7
+                else "".join(rng.choice(_PLAIN_CHARACTERS) for _ in range(rng.randint(1, 6)))
+                for _ in range(rng.randint(0, 16))
+            ]
+            prompt = rng.choice([" ", "  ", ", ", "\n"]).join(words)
+        if "BREAK" not in prompt and "AND" not in prompt and fits(prompt):
+            prompts.append(prompt)
+    return prompts
+
+
+def _diffusers_embeddings(family: str, pipe, prompts: list[str], negatives: list[str]) -> dict:
+    """The family's own `encode_prompt` of `prompts` (under guidance, with `negatives`), by the
+    names of the pipeline's arguments."""
+    if family == "sd":
+        positive, negative = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=negatives)
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    if family == "sdxl":
+        return dict(zip(names, pipe.encode_prompt(prompts, device="cpu", negative_prompt=negatives)))
+    if family == "sd3":
+        return dict(zip(names, pipe.encode_prompt(prompts, None, None, device="cpu", negative_prompt=negatives)))
+    if family == "flux":  # Flux encodes a negative as a prompt of its own (true CFG)
+        (positive, pooled, _), (negative, negative_pooled, _) = (
+            pipe.encode_prompt(texts, None, device="cpu") for texts in (prompts, negatives)
+        )
+        return dict(zip(names, (positive, negative, pooled, negative_pooled)))
+    names = ["prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask"]
+    return dict(
+        zip(names, pipe.encode_prompt(prompts, True, negative_prompt=negatives, device="cpu", clean_caption=True))
+    )
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart"])
+def test_random_plain_prompts_equal_each_familys_encode_prompt(family, request):
+    """Bit for bit beyond the hand-picked prompts: 16 random plain prompts and 16 negatives per
+    family (within 77 CLIP tokens and the family's T5 length), PixArt with its caption cleaning
+    on, as its pipeline calls it."""
+    if family == "pixart":
+        pytest.importorskip("bs4", reason="PixArt's clean_caption needs beautifulsoup4 (in [dev])")
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    clip = None if family == "pixart" else pipe.tokenizer
+    t5, t5_length = {"sd3": ("tokenizer_3", 256), "flux": ("tokenizer_2", 512), "pixart": ("tokenizer", 120)}.get(
+        family, (None, 0)
+    )
+
+    def fits(prompt: str) -> bool:
+        clip_fits = clip is None or len(clip(prompt).input_ids) <= 77
+        return clip_fits and (t5 is None or len(getattr(pipe, t5)(prompt).input_ids) <= t5_length)
+
+    prompts = _random_plain_prompts(16, 0, fits)
+    negatives = _random_plain_prompts(16, 1, fits)
+    expected = _diffusers_embeddings(family, pipe, prompts, negatives)
+    kwargs = TextConditioner.from_pipeline(pipe).pipeline_kwargs(prompts, negatives)
+    for name, tensor in expected.items():
+        if tensor.dtype == torch.bool or "mask" in name:
+            assert torch.equal(kwargs[name], tensor), name
+        else:
+            close(kwargs[name], tensor)
 
 
 # PixArt's caption cleaning changes each of these (URL, HTML, @name, #id, size, "+", shop words,
