@@ -462,3 +462,18 @@ def test_a_text_encoder_without_its_tokenizer_builds_runs_given_embeddings_and_r
     assert np.array_equal(pipe(**settings, generator=torch.Generator().manual_seed(0)).images, expected)
     with pytest.raises(ValueError, match=f"^`prompt` is text, but this pipeline has no `{missing}` to encode it"):
         pipe("a red circle", num_inference_steps=1, output_type="latent")
+
+
+def test_a_clip_skip_the_clip_cannot_take_is_refused_when_built_not_without_the_clip(sd_pipe) -> None:
+    """The constructor checks `clip_skip` against the CLIP it has (every call would refuse it),
+    with the conditioner's words; a pipeline without a text encoder has nothing to check it
+    against (its embeddings are given) and builds."""
+    layers = sd_pipe.text_encoder.config.num_hidden_layers
+    assert CLIPConditionedPipeline.from_pipe(sd_pipe, clip_skip=layers - 1).config.clip_skip == layers - 1
+    message = (
+        f"`clip_skip` must be between 0 and {layers - 1} for recipe 'sd' with a {layers}-layer CLIP "
+        f"(it reads hidden state -1 - clip_skip), got {layers}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CLIPConditionedPipeline.from_pipe(sd_pipe, clip_skip=layers)
+    assert CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=None, clip_skip=layers).config.clip_skip == layers
