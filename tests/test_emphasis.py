@@ -10,6 +10,7 @@ from the tokenizer, then applies each mode's formula per encoder.
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -196,6 +197,58 @@ def test_compel_mode_equals_compel_on_a_batch_of_weighted_long_prompts(sd_pipe) 
             theirs = provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])[0]
             assert theirs.shape[0] == (1 if index == 1 else 2) * 77  # the windows each case means
             torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
+
+
+_RANDOM_WORDS = "a red circle blue square cat photo of the astronaut riding horse , . ! and big small on mat".split()
+_RANDOM_WEIGHTS = [0.0, 0.2, 0.5, 0.9, 1.1, 1.21, 1.3, 1.5, 2.0]
+
+
+def _random_weighted_prompt(rng: random.Random) -> list[tuple[str, float]]:
+    """(fragment, weight) pairs of up to 14 parts, up to about three windows: weighted words, and
+    plain runs with or without spaces and commas at their ends. A weighted part never touches
+    another, and plain runs are joined, so the A1111 text splits where the pairs do."""
+    pieces: list[tuple[str, float]] = []
+    for _ in range(rng.randint(1, 14)):
+        words = " ".join(rng.choice(_RANDOM_WORDS) for _ in range(rng.randint(1, 30)))
+        if rng.random() < 0.5:
+            edges = [rng.choice(["", " ", ", "]) for _ in range(2)]
+            text, weight = edges[0] + words + edges[1], 1.0
+        else:
+            text, weight = " ".join(words.split()[:3]), rng.choice(_RANDOM_WEIGHTS)
+        if pieces and weight == 1.0 and pieces[-1][1] == 1.0:
+            pieces[-1] = (pieces[-1][0] + text, 1.0)
+        elif pieces and weight != 1.0 and pieces[-1][1] != 1.0:
+            pieces += [(" ", 1.0), (text, weight)]
+        else:
+            pieces.append((text, weight))
+    return pieces
+
+
+def test_compel_mode_equals_compel_on_random_weighted_prompts(sd_pipe) -> None:
+    """24 seeded random weighted prompts of one window and more (zero, down and up weights,
+    spaces and commas at the fragments' ends), one batch, against compel prompt by prompt."""
+    from compel.embeddings_provider import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType, SplitLongTextMode
+
+    provider = EmbeddingsProvider(
+        tokenizer=sd_pipe.tokenizer,
+        text_encoder=sd_pipe.text_encoder,
+        returned_embeddings_type=ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED,
+        downweight_mode=DownweightMode.MASK,
+        truncate=False,
+        split_long_text_mode=SplitLongTextMode.WORDS,
+    )
+    rng = random.Random(0)
+    batch = [_random_weighted_prompt(rng) for _ in range(24)]
+    as_a1111 = ["".join(text if w == 1.0 else f"({text}:{w})" for text, w in pieces) for pieces in batch]
+    with torch.no_grad():
+        ours = TextConditioner.from_pipeline(sd_pipe, emphasis="compel", cache_size=0).encode(as_a1111).tokens
+        windows = set()
+        for index, pieces in enumerate(batch):
+            fragments, weights = [text for text, _ in pieces], [w for _, w in pieces]
+            theirs = provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])[0]
+            windows.add(theirs.shape[0] // 77)
+            torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
+    assert {1, 2} <= windows  # the seed's batch has prompts of one window and of more
 
 
 def test_emphasis_is_validated_and_part_of_the_cache_key(sd_pipe, tmp_path) -> None:
