@@ -477,3 +477,16 @@ def test_a_clip_skip_the_clip_cannot_take_is_refused_when_built_not_without_the_
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         CLIPConditionedPipeline.from_pipe(sd_pipe, clip_skip=layers)
     assert CLIPConditionedPipeline.from_pipe(sd_pipe, text_encoder=None, clip_skip=layers).config.clip_skip == layers
+
+
+def test_clip_skip_on_a_custom_pipeline_follows_the_encoders_it_has(sd_pipe, t5_tokenizer_path) -> None:
+    """Recipe "custom" is made from the encoders present: CLIP and T5 read CLIP token states, so
+    `clip_skip` builds; T5 alone reads none, so it is refused when built, in the conditioner's
+    words."""
+    from tiny_pipelines import build_clip_t5_custom
+
+    custom = build_clip_t5_custom(sd_pipe, t5_tokenizer_path)
+    assert CLIPConditionedPipeline.from_pipe(custom, clip_skip=1).config.clip_skip == 1
+    message = "`clip_skip` has no effect on recipe 'custom': it reads no CLIP token states"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        CLIPConditionedPipeline.from_pipe(custom, text_encoder=None, tokenizer=None, clip_skip=1)
