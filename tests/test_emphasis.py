@@ -174,29 +174,41 @@ WEIGHTED_BATCH = [
 ]
 
 
-def test_compel_mode_equals_compel_on_a_batch_of_weighted_long_prompts(sd_pipe) -> None:
-    """A batch of weighted prompts of one and two windows, prompt by prompt, against compel with
-    its word-boundary split of long text (the split docs/conditioning.md names as equal); found
-    by mutation testing of window_encoding._compel, which the one-prompt test above let through."""
+def _compel_rows(pipe, batch: list[list[tuple[str, float]]]) -> list[torch.Tensor]:
+    """compel's embeddings of each (fragment, weight) prompt of `batch`, one by one: (windows *
+    77, width), long text split at word boundaries (the split docs/conditioning.md names as equal)."""
     from compel.embeddings_provider import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType, SplitLongTextMode
 
     provider = EmbeddingsProvider(
-        tokenizer=sd_pipe.tokenizer,
-        text_encoder=sd_pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
         returned_embeddings_type=ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED,
         downweight_mode=DownweightMode.MASK,
         truncate=False,
         split_long_text_mode=SplitLongTextMode.WORDS,
     )
-    as_a1111 = ["".join(text if w == 1.0 else f"({text}:{w})" for text, w in pieces) for pieces in WEIGHTED_BATCH]
-    cond = TextConditioner.from_pipeline(sd_pipe, emphasis="compel", cache_size=0)
     with torch.no_grad():
-        ours = cond.encode(as_a1111).tokens
-        for index, pieces in enumerate(WEIGHTED_BATCH):
-            fragments, weights = [text for text, _ in pieces], [w for _, w in pieces]
-            theirs = provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])[0]
-            assert theirs.shape[0] == (1 if index == 1 else 2) * 77  # the windows each case means
-            torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
+        return [
+            provider.get_embeddings_for_weighted_prompt_fragments([[t for t, _ in pieces]], [[w for _, w in pieces]])[0]
+            for pieces in batch
+        ]
+
+
+def _ours_in_compel_mode(pipe, batch: list[list[tuple[str, float]]]) -> torch.Tensor:
+    """Our compel mode's tokens of `batch` written in A1111's syntax, one batch: (prompts, seq, width)."""
+    as_a1111 = ["".join(text if w == 1.0 else f"({text}:{w})" for text, w in pieces) for pieces in batch]
+    with torch.no_grad():
+        return TextConditioner.from_pipeline(pipe, emphasis="compel", cache_size=0).encode(as_a1111).tokens
+
+
+def test_compel_mode_equals_compel_on_a_batch_of_weighted_long_prompts(sd_pipe) -> None:
+    """A batch of weighted prompts of one and two windows, prompt by prompt, against compel with
+    its word-boundary split of long text; found by mutation testing of window_encoding._compel,
+    which the one-prompt test above let through."""
+    ours = _ours_in_compel_mode(sd_pipe, WEIGHTED_BATCH)
+    for index, theirs in enumerate(_compel_rows(sd_pipe, WEIGHTED_BATCH)):
+        assert theirs.shape[0] == (1 if index == 1 else 2) * 77  # the windows each case means
+        torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
 
 
 _RANDOM_WORDS = "a red circle blue square cat photo of the astronaut riding horse , . ! and big small on mat".split()
@@ -227,27 +239,13 @@ def _random_weighted_prompt(rng: random.Random) -> list[tuple[str, float]]:
 def test_compel_mode_equals_compel_on_random_weighted_prompts(sd_pipe) -> None:
     """24 seeded random weighted prompts of one window and more (zero, down and up weights,
     spaces and commas at the fragments' ends), one batch, against compel prompt by prompt."""
-    from compel.embeddings_provider import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType, SplitLongTextMode
-
-    provider = EmbeddingsProvider(
-        tokenizer=sd_pipe.tokenizer,
-        text_encoder=sd_pipe.text_encoder,
-        returned_embeddings_type=ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED,
-        downweight_mode=DownweightMode.MASK,
-        truncate=False,
-        split_long_text_mode=SplitLongTextMode.WORDS,
-    )
     rng = random.Random(0)
     batch = [_random_weighted_prompt(rng) for _ in range(24)]
-    as_a1111 = ["".join(text if w == 1.0 else f"({text}:{w})" for text, w in pieces) for pieces in batch]
-    with torch.no_grad():
-        ours = TextConditioner.from_pipeline(sd_pipe, emphasis="compel", cache_size=0).encode(as_a1111).tokens
-        windows = set()
-        for index, pieces in enumerate(batch):
-            fragments, weights = [text for text, _ in pieces], [w for _, w in pieces]
-            theirs = provider.get_embeddings_for_weighted_prompt_fragments([fragments], [weights])[0]
-            windows.add(theirs.shape[0] // 77)
-            torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
+    ours = _ours_in_compel_mode(sd_pipe, batch)
+    windows = set()
+    for index, theirs in enumerate(_compel_rows(sd_pipe, batch)):
+        windows.add(theirs.shape[0] // 77)
+        torch.testing.assert_close(ours[index, : theirs.shape[0]], theirs, rtol=1e-5, atol=1e-5)
     assert {1, 2} <= windows  # the seed's batch has prompts of one window and of more
 
 
