@@ -273,11 +273,8 @@ def test_random_plain_prompts_equal_each_familys_encode_prompt(family, request):
     negatives = _random_plain_prompts(16, 1, fits)
     expected = _diffusers_embeddings(family, pipe, prompts, negatives)
     kwargs = TextConditioner.from_pipeline(pipe).pipeline_kwargs(prompts, negatives)
-    for name, tensor in expected.items():
-        if tensor.dtype == torch.bool or "mask" in name:
-            assert torch.equal(kwargs[name], tensor), name
-        else:
-            close(kwargs[name], tensor)
+    for name, tensor in expected.items():  # PixArt's attention masks too
+        close(kwargs[name], tensor)
 
 
 # PixArt's caption cleaning changes each of these (URL, HTML, @name, #id, size, "+", shop words,
