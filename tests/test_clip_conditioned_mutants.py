@@ -490,3 +490,20 @@ def test_clip_skip_on_a_custom_pipeline_follows_the_encoders_it_has(sd_pipe, t5_
     message = "`clip_skip` has no effect on recipe 'custom': it reads no CLIP token states"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         CLIPConditionedPipeline.from_pipe(custom, text_encoder=None, tokenizer=None, clip_skip=1)
+
+
+def test_an_inpainting_unet_is_refused_by_text_to_image_before_any_work() -> None:
+    """A 9-channel UNet (latents, mask, masked image) cannot start from noise alone: text to
+    image names its channels and the pipeline that runs it, before an encoder or the UNet runs."""
+    from forward_counter import ForwardCounter
+    from tiny_pipelines import build_sd_inpaint
+
+    pipe = CLIPConditionedPipeline.from_pipe(build_sd_inpaint())
+    counters = [ForwardCounter(module) for module in (pipe.text_encoder, pipe.unet)]
+    message = (
+        "this UNet reads 9 input channels and predicts 4: an inpainting UNet (latents, mask and masked image), "
+        "which text to image cannot run; use CLIPConditionedInpaintPipeline.from_pipe(pipe)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pipe("a red circle", num_inference_steps=1, output_type="latent")
+    assert [counter.calls for counter in counters] == [0, 0]
