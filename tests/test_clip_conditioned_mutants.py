@@ -507,3 +507,26 @@ def test_an_inpainting_unet_is_refused_by_text_to_image_before_any_work() -> Non
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         pipe("a red circle", num_inference_steps=1, output_type="latent")
     assert [counter.calls for counter in counters] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "schedule, first",
+    [(dict(timesteps=[999, 500]), "999"), (dict(sigmas=[14.0, 3.0, 1.0]), "721.047")],
+    ids=["timesteps", "sigmas"],
+)
+def test_a_denoising_end_before_a_custom_schedules_first_step_is_refused_in_its_words(
+    sdxl_pipe, schedule, first
+) -> None:
+    """The check sets the call's own schedule (custom `timesteps` or `sigmas`, no step count) on
+    a copy of the scheduler and names the cutoff and that schedule's first timestep; a later
+    `denoising_end` runs."""
+    pipe = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    message = (
+        "`denoising_end` 0.0001 leaves none of the 2 steps to run: it stops the schedule at timestep 1000, above "
+        f"the first step's, {first}; raise `denoising_end`"
+    )
+    settings = dict(prompt="a red circle", num_inference_steps=None, output_type="latent", **schedule)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pipe(**settings, denoising_end=0.0001)
+    assert pipe(**settings, denoising_end=0.3).images.shape[0] == 1
