@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from test_pipeline import ours_from
+from tiny_pipelines import clip_text_model
 
 from clipcond import CLIPConditionedPipeline
 
@@ -530,3 +531,56 @@ def test_a_denoising_end_before_a_custom_schedules_first_step_is_refused_in_its_
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         pipe(**settings, denoising_end=0.0001)
     assert pipe(**settings, denoising_end=0.3).images.shape[0] == 1
+
+
+def _with_other_pad_token(tokenizer):
+    """A copy of `tokenizer` that pads with "!" (SDXL's second tokenizer's pad) or, if it does
+    already, with "<|endoftext|>" (the first's): the same ids, other padding states."""
+    other = copy.deepcopy(tokenizer)
+    other.pad_token = "<|endoftext|>" if tokenizer.pad_token == "!" else "!"
+    return other
+
+
+_LONG_PROMPT = ", ".join(["a small red circle next to a large blue square"] * 8)  # two windows
+
+
+@pytest.mark.parametrize(
+    "base, change, prompt",
+    [
+        ("sd", lambda pipe: {"emphasis": "comfy"}, "a (red:1.5) circle"),
+        ("sd", lambda pipe: {"window_split": "truncate"}, _LONG_PROMPT),
+        ("sd", lambda pipe: {"tokenizer": _with_other_pad_token(pipe.tokenizer)}, "a red circle"),
+        ("sdxl", lambda pipe: {"force_zeros_for_empty_prompt": False}, "a red circle"),
+        ("sdxl", lambda pipe: {"tokenizer_2": _with_other_pad_token(pipe.tokenizer_2)}, "a red circle"),
+        ("sdxl", lambda pipe: {"text_encoder_2": clip_text_model(5, with_projection=True)}, "a red circle"),
+        ("custom", lambda pipe: {"t5_attention_mask": True}, ["a red circle", "a blue square beside a green star"]),
+    ],
+    ids=["emphasis", "window_split", "tokenizer", "force_zeros", "tokenizer_2", "text_encoder_2", "t5_mask"],
+)
+def test_a_setting_or_component_changed_in_place_takes_effect_at_the_next_call(
+    request, t5_tokenizer_path, base, change, prompt
+) -> None:
+    """The conditioners a pipeline keeps are rebuilt when a setting they read is changed in its
+    config (`register_to_config`) or a text component is assigned (`pipe.tokenizer = ...`): the
+    next `encode_prompt` equals that of a pipeline made with the change, and differs from the
+    first."""
+    if base == "custom":
+        from tiny_pipelines import build_clip_t5_custom
+
+        base_pipe = build_clip_t5_custom(request.getfixturevalue("sd_pipe"), t5_tokenizer_path)
+    else:
+        base_pipe = request.getfixturevalue(f"{base}_pipe")
+    changes = change(base_pipe)
+    pipe = CLIPConditionedPipeline.from_pipe(base_pipe)
+    settings = dict(prompt=prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    before = pipe.encode_prompt(**settings)
+    for name, value in changes.items():
+        if name in pipe.components:
+            setattr(pipe, name, value)  # as `pipe.text_encoder = ...`: no `register_modules`, which drops them
+        else:
+            pipe.register_to_config(**{name: value})
+    after = pipe.encode_prompt(**settings)
+    expected = CLIPConditionedPipeline.from_pipe(base_pipe, **changes).encode_prompt(**settings)
+    for got, wanted in zip(after, expected, strict=True):
+        assert torch.equal(got, wanted)
+    assert any(not torch.equal(got, first) for got, first in zip(after, before))
