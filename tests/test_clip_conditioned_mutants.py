@@ -111,7 +111,11 @@ def test_given_latents_are_stable_diffusions_and_a_wrong_shape_is_named(sd_pipe)
     settings = dict(prompt="a red circle", num_inference_steps=2, output_type="np", latents=latents)
     pipe = ours_from(sd_pipe)
     pipe.set_progress_bar_config(disable=True)
-    assert np.array_equal(pipe(**settings).images, sd_pipe(**settings).images)
+    images = pipe(**settings).images
+    assert np.array_equal(images, sd_pipe(**settings).images)
+    # latents of another dtype run in the pipeline's (StableDiffusionPipeline hands float64 ones to the UNet,
+    # which fails: "mat1 and mat2 must have the same dtype")
+    assert np.array_equal(pipe(**{**settings, "latents": latents.double()}).images, images)
     shape = (1, unet.in_channels, unet.sample_size, unet.sample_size)
     message = (
         f"`latents` must have shape {shape} (one row per image: prompts x num_images_per_prompt), "
