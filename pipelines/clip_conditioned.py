@@ -1080,6 +1080,9 @@ class CLIPConditionedPipeline(
                 negative = negative.to(device, dtype).repeat(num_images_per_prompt)
             rows = PromptEmbeds.cat([negative, positive]) if negative is not None else positive
         context, negative = rows.tokens, None if negative is None else negative.tokens
+        # Without guidance no row reads a given negative; Stable Diffusion still hands it, as given,
+        # to a step callback that asks for `negative_prompt_embeds`.
+        unread_negative = negative_prompt_embeds if negative is None and plan is None else None
         images_count = count * num_images_per_prompt
         # SDXL's added conditioning, row for row with the context: pooled text (rows, pooled
         # width) and time ids (rows, 6 or 5), the negative ids on the unconditional rows.
@@ -1164,6 +1167,7 @@ class CLIPConditionedPipeline(
                     # the negative: the guided batch's unconditional rows where it has its own (no plan)
                     own_rows = plan is None and guided and negative is not None
                     handed = context[: len(negative)] if own_rows else negative
+                    handed = unread_negative if handed is None else handed
                     current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": handed}
                     current.update(self._loop_tensors)
                     if self.reads_time_ids:  # `added` of SD holds an IP-Adapter's image_embeds only

@@ -588,3 +588,30 @@ def test_a_setting_or_component_changed_in_place_takes_effect_at_the_next_call(
     for got, wanted in zip(after, expected, strict=True):
         assert torch.equal(got, wanted)
     assert any(not torch.equal(got, first) for got, first in zip(after, before))
+
+
+def test_without_guidance_a_step_callback_is_handed_the_given_negative_as_in_stable_diffusion(sd_pipe) -> None:
+    """No row reads a given `negative_prompt_embeds` without guidance, but StableDiffusionPipeline
+    still hands it, as given, to a step callback that asks for it (ours handed None); the images
+    are SD's."""
+    pipe = ours_from(sd_pipe)
+    positive, negative = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    handed = {}
+
+    def callback(which: str):
+        def record(pipeline, index, timestep, tensors):
+            handed.setdefault(which, []).append(tensors["negative_prompt_embeds"])
+            return {}
+
+        return record
+
+    settings = dict(prompt_embeds=positive, negative_prompt_embeds=negative, guidance_scale=1.0, output_type="np")
+    settings.update(num_inference_steps=2, callback_on_step_end_tensor_inputs=["latents", "negative_prompt_embeds"])
+    images = {}
+    for which, runner in (("ours", pipe), ("sd", sd_pipe)):
+        runner.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        images[which] = runner(**settings, callback_on_step_end=callback(which), generator=generator).images
+    assert np.array_equal(images["ours"], images["sd"])
+    assert len(handed["ours"]) == len(handed["sd"]) == 2
+    assert all(ours is negative and sd is negative for ours, sd in zip(handed["ours"], handed["sd"]))
