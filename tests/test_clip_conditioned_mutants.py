@@ -467,6 +467,21 @@ def test_a_text_encoder_without_its_tokenizer_builds_runs_given_embeddings_and_r
     assert np.array_equal(pipe(**settings, generator=torch.Generator().manual_seed(0)).images, expected)
     with pytest.raises(ValueError, match=f"^`prompt` is text, but this pipeline has no `{missing}` to encode it"):
         pipe("a red circle", num_inference_steps=1, output_type="latent")
+    # encode_prompt makes the same checks of its own: text to encode, the negative under guidance
+    prompt_message = (
+        f"`prompt` is text, but this pipeline has no `{missing}` to encode it; pass `prompt_embeds` (and "
+        "`negative_prompt_embeds` under guidance) instead"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(prompt_message)}$"):
+        pipe.encode_prompt("a red circle", "cpu", 1, False)
+    negative_message = (
+        f"classifier-free guidance needs the negative prompt encoded, but this pipeline has no `{missing}` to "
+        "encode it; pass `negative_prompt_embeds`, or guidance_scale <= 1"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(negative_message)}$"):
+        pipe.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds[0])
+    given = pipe.encode_prompt(None, "cpu", 1, False, prompt_embeds=embeds[0])
+    assert torch.equal(given[0], embeds[0]) and given[1] is None
 
 
 def test_a_clip_skip_the_clip_cannot_take_is_refused_when_built_not_without_the_clip(sd_pipe) -> None:
