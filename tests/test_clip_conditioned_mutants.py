@@ -560,6 +560,14 @@ def _with_other_pad_token(tokenizer):
     return other
 
 
+def _projection(width: int, seed: int):
+    """A 16-wide CLIP's learned projection to `width` (seeded)."""
+    from clipcond import TextProjection
+
+    torch.manual_seed(seed)
+    return TextProjection(projection_dim=width, clip_width=16)
+
+
 _LONG_PROMPT = ", ".join(["a small red circle next to a large blue square"] * 8)  # two windows
 
 
@@ -573,8 +581,18 @@ _LONG_PROMPT = ", ".join(["a small red circle next to a large blue square"] * 8)
         ("sdxl", lambda pipe: {"tokenizer_2": _with_other_pad_token(pipe.tokenizer_2)}, "a red circle"),
         ("sdxl", lambda pipe: {"text_encoder_2": clip_text_model(5, with_projection=True)}, "a red circle"),
         ("custom", lambda pipe: {"t5_attention_mask": True}, ["a red circle", "a blue square beside a green star"]),
+        ("projected", lambda pipe: {"text_projection": _projection(pipe.unet.config.cross_attention_dim, 9)}, "a cat"),
     ],
-    ids=["emphasis", "window_split", "tokenizer", "force_zeros", "tokenizer_2", "text_encoder_2", "t5_mask"],
+    ids=[
+        "emphasis",
+        "window_split",
+        "tokenizer",
+        "force_zeros",
+        "tokenizer_2",
+        "text_encoder_2",
+        "t5_mask",
+        "text_projection",
+    ],
 )
 def test_a_setting_or_component_changed_in_place_takes_effect_at_the_next_call(
     request, t5_tokenizer_path, base, change, prompt
@@ -587,6 +605,13 @@ def test_a_setting_or_component_changed_in_place_takes_effect_at_the_next_call(
         from tiny_pipelines import build_clip_t5_custom
 
         base_pipe = build_clip_t5_custom(request.getfixturevalue("sd_pipe"), t5_tokenizer_path)
+    elif base == "projected":  # a 16-wide CLIP through a learned projection to the UNet's width
+        sd_pipe = request.getfixturevalue("sd_pipe")
+        narrow = clip_text_model(3, hidden_size=16)
+        projection = _projection(sd_pipe.unet.config.cross_attention_dim, 8)
+        base_pipe = CLIPConditionedPipeline.from_pipe(
+            sd_pipe, text_encoder=narrow, text_projection=projection, recipe="custom"
+        )
     else:
         base_pipe = request.getfixturevalue(f"{base}_pipe")
     changes = change(base_pipe)
