@@ -655,3 +655,18 @@ def test_without_guidance_a_step_callback_is_handed_the_given_negative_as_in_sta
     assert np.array_equal(images["ours"], images["sd"])
     assert len(handed["ours"]) == len(handed["sd"]) == 2
     assert all(ours is negative and sd is negative for ours, sd in zip(handed["ours"], handed["sd"]))
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 1.5])
+def test_guidance_starts_above_one_as_in_stable_diffusion(sd_pipe, guidance_scale) -> None:
+    """Classifier-free guidance runs for any scale above 1 (1.5 included), none at 1: SD's
+    images either way."""
+    settings = dict(prompt="a red circle", negative_prompt="blurry", guidance_scale=guidance_scale)
+    settings.update(num_inference_steps=2, output_type="np")
+    pipe = ours_from(sd_pipe)
+    images = {}
+    for which, runner in (("ours", pipe), ("sd", sd_pipe)):
+        runner.set_progress_bar_config(disable=True)
+        images[which] = runner(**settings, generator=torch.Generator().manual_seed(0)).images
+        assert runner.do_classifier_free_guidance == (guidance_scale > 1)
+    assert np.array_equal(images["ours"], images["sd"])
