@@ -670,3 +670,27 @@ def test_guidance_starts_above_one_as_in_stable_diffusion(sd_pipe, guidance_scal
         images[which] = runner(**settings, generator=torch.Generator().manual_seed(0)).images
         assert runner.do_classifier_free_guidance == (guidance_scale > 1)
     assert np.array_equal(images["ours"], images["sd"])
+
+
+@pytest.mark.parametrize("recipe", ["sd", "sdxl"])
+def test_textual_inversion_goes_through_diffusers_hook_with_each_clips_tokenizer(request, recipe) -> None:
+    """As SD's and SDXL's `encode_prompt`, the texts pass `maybe_convert_prompt` (the
+    TextualInversionLoaderMixin hook a subclass may override), once per CLIP with its own
+    tokenizer: SDXL's second CLIP reads `prompt_2 or prompt`. `lora_scale` is remembered as SD's
+    `encode_prompt` keeps it (`pipe._lora_scale`)."""
+    base = request.getfixturevalue(f"{recipe}_pipe")
+    pipe = CLIPConditionedPipeline.from_pipe(base)
+    seen = []
+    original = pipe.maybe_convert_prompt
+
+    def recording(prompt, tokenizer):
+        seen.append((prompt, tokenizer))
+        return original(prompt, tokenizer)
+
+    pipe.maybe_convert_prompt = recording
+    pipe.encode_prompt("a red circle", "cpu", 1, False, lora_scale=0.5)
+    expected = [("a red circle", pipe.tokenizer)]
+    if recipe == "sdxl":
+        expected.insert(0, ("a red circle", pipe.tokenizer_2))
+    assert [(text, id(tokenizer)) for text, tokenizer in seen] == [(t, id(k)) for t, k in expected]
+    assert pipe._lora_scale == 0.5
