@@ -833,9 +833,9 @@ class CLIPConditionedPipeline(
             dtype = encoder.dtype
         else:
             dtype = self.unet.dtype if self.unet is not None else positive.tokens.dtype
-        positive = positive.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
+        positive = _tokens_cast(positive, device, dtype).repeat(num_images_per_prompt)
         if negative is not None:
-            negative = negative.to(device=device, dtype=dtype).repeat(num_images_per_prompt)
+            negative = _tokens_cast(negative, device, dtype).repeat(num_images_per_prompt)
         if not do_classifier_free_guidance:  # without guidance a given negative comes back as it was, as in SD
             negative = given_negative
         prompt_embeds, pooled_prompt_embeds = positive.tokens, positive.pooled
@@ -1382,6 +1382,15 @@ def _before_end(schedule: torch.Tensor, scheduler: Any, denoising_end: float) ->
     """The timesteps of `schedule` (decreasing) that run before `denoising_end` stops it."""
     cutoff = _end_cutoff(scheduler, denoising_end)
     return schedule[: len([t for t in schedule if t >= cutoff])]
+
+
+def _tokens_cast(embeds: PromptEmbeds, device: Any, dtype: torch.dtype) -> PromptEmbeds:
+    """`embeds` on `device` with its token embeddings in `dtype`, its pooled vectors (batch,
+    pooled width) in their own dtype: SDXL's `encode_prompt` casts only the token embeddings, so
+    it returns a given pooled vector of another dtype than `text_encoder_2` as it was given (one
+    we encode is in that encoder's dtype already)."""
+    pooled = None if embeds.pooled is None else embeds.pooled.to(device=device)
+    return PromptEmbeds(embeds.tokens.to(device=device, dtype=dtype), pooled, embeds.mask)
 
 
 def _with_negative(

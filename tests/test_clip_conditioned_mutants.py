@@ -698,9 +698,12 @@ def test_textual_inversion_goes_through_diffusers_hook_with_each_clips_tokenizer
 
 @pytest.mark.parametrize("recipe", ["sd", "sdxl"])
 def test_a_bfloat16_text_encoder_beside_a_float32_unet_gives_diffusers_dtypes_and_values(recipe) -> None:
-    """`encode_prompt` returns the embeddings in the dtype of the text encoder diffusers reads
-    it from (SD: `text_encoder`; SDXL: `text_encoder_2`), a given negative cast to it too, as
-    StableDiffusionPipeline's and StableDiffusionXLPipeline's own: same dtypes, same values."""
+    """`encode_prompt` returns the token embeddings in the dtype of the text encoder diffusers
+    reads it from (SD: `text_encoder`; SDXL: `text_encoder_2`), a given negative's cast to it too,
+    and a given pooled vector in its own dtype, as StableDiffusionPipeline's and
+    StableDiffusionXLPipeline's own: same dtypes, same values (ours cast a given float32 pooled
+    vector to bfloat16). diffusers' pipelines cannot run these components (bfloat16 tokens meet
+    the float32 UNet), so only `encode_prompt` is compared."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from tiny_pipelines import build_sd, build_sdxl
 
@@ -716,13 +719,12 @@ def test_a_bfloat16_text_encoder_beside_a_float32_unet_gives_diffusers_dtypes_an
     assert ours.unet.dtype == torch.float32
     width = ours.unet.config.cross_attention_dim
     for given in ({}, {"negative_prompt_embeds": torch.randn(1, 77, width)}):
-        if given and recipe == "sdxl":  # in the encoder's dtype: diffusers leaves a given pooled vector's
-            # dtype as it is, ours casts it (float32 would differ by bfloat16's rounding; not yet matched)
-            pooled_width = parts["text_encoder_2"].config.projection_dim
-            given["negative_pooled_prompt_embeds"] = torch.randn(1, pooled_width).to(torch.bfloat16)
+        if given and recipe == "sdxl":  # float32: SDXL casts the token embeddings only, a pooled vector not
+            given["negative_pooled_prompt_embeds"] = torch.randn(1, parts["text_encoder_2"].config.projection_dim)
         settings = dict(prompt="a red circle", device="cpu", num_images_per_prompt=2, do_classifier_free_guidance=True)
         expected = peer.encode_prompt(**settings, **given)
         got = ours.encode_prompt(**settings, **given)
-        assert [tensor.dtype for tensor in got] == [torch.bfloat16] * len(expected)
+        assert [tensor.dtype for tensor in got] == [tensor.dtype for tensor in expected]
+        assert got[0].dtype == got[1].dtype == torch.bfloat16
         for actual, wanted in zip(got, expected, strict=True):
             assert torch.equal(actual, wanted)
