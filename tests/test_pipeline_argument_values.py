@@ -268,13 +268,22 @@ def test_prompt_embeds_of_part_of_a_window_beside_a_text_negative_are_refused_be
     _, ours = sd
     counters = work_counters(ours)
     embeds = torch.zeros(1, 20, 32)
-    message = "`prompt_embeds` has 20 tokens, not a whole number of 77-token CLIP windows"
-    with pytest.raises(ValueError, match=re.escape(message)):
+    negative = "the negative prompt" if negative_prompt is not None else 'the missing negative prompt (read as "")'
+    message = (
+        f"`prompt_embeds` has 20 tokens, not a whole number of 77-token CLIP windows, and {negative} would be "
+        "encoded as text, which gives whole windows: its embeddings could not go beside these. Give "
+        "`negative_prompt_embeds` of the same shape, or encode both with "
+        "`pipe.conditioner.pipeline_kwargs(prompt, negative_prompt)`"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         images(ours, prompt_embeds=embeds, negative_prompt=negative_prompt)
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         ours.encode_prompt(None, "cpu", 1, True, negative_prompt, prompt_embeds=embeds)
     assert no_work(counters)
     ours.encode_prompt(None, "cpu", 1, False, prompt_embeds=embeds)  # no negative to encode: taken
+    # nor with the negative given as embeddings of the same length, under guidance
+    taken = ours.encode_prompt(None, "cpu", 1, True, prompt_embeds=embeds, negative_prompt_embeds=embeds + 1)
+    assert torch.equal(taken[1], embeds + 1)
 
 
 def test_sdxl_zero_negative_beside_short_prompt_embeds_is_taken(sdxl) -> None:
