@@ -728,3 +728,23 @@ def test_a_bfloat16_text_encoder_beside_a_float32_unet_gives_diffusers_dtypes_an
         assert got[0].dtype == got[1].dtype == torch.bfloat16
         for actual, wanted in zip(got, expected, strict=True):
             assert torch.equal(actual, wanted)
+
+
+def test_encode_prompt_returns_a_given_negative_unused_without_guidance_and_checks_prompt_2(sdxl_pipe) -> None:
+    """Without guidance a given `negative_prompt_embeds` comes back as it was, as SD's and SDXL's
+    `encode_prompt` return it; `prompt_2` beside `prompt_embeds` is refused there as in the call."""
+    pipe = CLIPConditionedPipeline.from_pipe(sdxl_pipe)
+    tokens, negative, pooled, negative_pooled = pipe.encode_prompt("a red circle", "cpu", 1, True, "blurry")
+    unguided = pipe.encode_prompt(
+        None,
+        "cpu",
+        1,
+        False,
+        prompt_embeds=tokens,
+        negative_prompt_embeds=negative,
+        pooled_prompt_embeds=pooled,
+        negative_pooled_prompt_embeds=negative_pooled,
+    )
+    assert unguided[1] is negative and torch.equal(unguided[0], tokens)
+    with pytest.raises(ValueError, match="at most one of `prompt_2` and `prompt_embeds`"):
+        pipe.encode_prompt(None, "cpu", 1, False, prompt_embeds=tokens, pooled_prompt_embeds=pooled, prompt_2="b")
