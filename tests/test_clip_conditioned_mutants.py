@@ -4,9 +4,12 @@ components only, the constructor's words for SDXL-only settings, a missing safet
 `t5_max_length` (also set in the config later) and a too narrow text encoder; given embeddings
 (SDXL's zero negatives, dtype with and without a text encoder, `negative_prompt_2`) and latents,
 `encode_prompt`'s `clip_skip`, SDXL's `prompt_2` without guidance, a text encoder swapped in
-place, the steps of `sigmas` and SDXL's first step. Tiny SD and SDXL components (the session
-fixtures). Written against the mutation runs of issue 24
-(benchmarks/results/mutation.md)."""
+place, the steps of `sigmas` and SDXL's first step; half an encoder pair, `clip_skip` when built,
+an inpainting UNet in text to image, `denoising_end` on custom schedules, settings and text
+components changed after a first call, guidance's threshold, diffusers' textual-inversion hook,
+mixed dtypes in `encode_prompt` and the negative a step callback is handed without guidance.
+Tiny SD and SDXL components (the session fixtures). Written against the mutation runs of issue
+24 and of session 47 (benchmarks/results/mutation.md)."""
 
 from __future__ import annotations
 
