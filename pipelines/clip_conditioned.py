@@ -1167,7 +1167,8 @@ class CLIPConditionedPipeline(
                     # the negative: the guided batch's unconditional rows where it has its own (no plan)
                     own_rows = plan is None and guided and negative is not None
                     handed = context[: len(negative)] if own_rows else negative
-                    handed = unread_negative if handed is None else handed
+                    if handed is None:
+                        handed = unread_negative
                     current = {"latents": latents, "prompt_embeds": context, "negative_prompt_embeds": handed}
                     current.update(self._loop_tensors)
                     if self.reads_time_ids:  # `added` of SD holds an IP-Adapter's image_embeds only

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_pipeline import ours_from
+from test_pipeline import ours_from, run
 from tiny_pipelines import clip_text_model
 
 from clipcond import CLIPConditionedPipeline
@@ -648,13 +648,12 @@ def test_without_guidance_a_step_callback_is_handed_the_given_negative_as_in_sta
 
         return record
 
-    settings = dict(prompt_embeds=positive, negative_prompt_embeds=negative, guidance_scale=1.0, output_type="np")
+    settings = dict(prompt_embeds=positive, negative_prompt_embeds=negative, guidance_scale=1.0)
     settings.update(num_inference_steps=2, callback_on_step_end_tensor_inputs=["latents", "negative_prompt_embeds"])
-    images = {}
-    for which, runner in (("ours", pipe), ("sd", sd_pipe)):
-        runner.set_progress_bar_config(disable=True)
-        generator = torch.Generator().manual_seed(0)
-        images[which] = runner(**settings, callback_on_step_end=callback(which), generator=generator).images
+    images = {
+        which: run(runner, **settings, callback_on_step_end=callback(which))
+        for which, runner in (("ours", pipe), ("sd", sd_pipe))
+    }
     assert np.array_equal(images["ours"], images["sd"])
     assert len(handed["ours"]) == len(handed["sd"]) == 2
     assert all(ours is negative and sd is negative for ours, sd in zip(handed["ours"], handed["sd"]))
@@ -665,14 +664,11 @@ def test_guidance_starts_above_one_as_in_stable_diffusion(sd_pipe, guidance_scal
     """Classifier-free guidance runs for any scale above 1 (1.5 included), none at 1: SD's
     images either way."""
     settings = dict(prompt="a red circle", negative_prompt="blurry", guidance_scale=guidance_scale)
-    settings.update(num_inference_steps=2, output_type="np")
-    pipe = ours_from(sd_pipe)
-    images = {}
-    for which, runner in (("ours", pipe), ("sd", sd_pipe)):
-        runner.set_progress_bar_config(disable=True)
-        images[which] = runner(**settings, generator=torch.Generator().manual_seed(0)).images
+    images = []
+    for runner in (ours_from(sd_pipe), sd_pipe):
+        images.append(run(runner, **settings, num_inference_steps=2))
         assert runner.do_classifier_free_guidance == (guidance_scale > 1)
-    assert np.array_equal(images["ours"], images["sd"])
+    assert np.array_equal(images[0], images[1])
 
 
 @pytest.mark.parametrize("recipe", ["sd", "sdxl"])
