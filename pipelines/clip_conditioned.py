@@ -340,11 +340,15 @@ class CLIPConditionedPipeline(
         As diffusers' `from_pipe`, it casts the models to `dtype` (default float32).
 
         Raises:
+            TypeError: `pipeline` is no `DiffusionPipeline` (diffusers' own failed on a missing
+                attribute, naming neither the argument nor what it wanted).
             ValueError: `pipeline` has no `unet` and none is passed (names its class, family
                 and components).
         """
-        components = getattr(pipeline, "components", None)
-        if isinstance(components, dict) and "unet" not in components and "unet" not in kwargs:
+        if not isinstance(pipeline, DiffusionPipeline):
+            raise TypeError(f"`pipeline` must be a diffusers DiffusionPipeline, got {type(pipeline).__name__}")
+        components = pipeline.components
+        if "unet" not in components and "unet" not in kwargs:
             from clipcond.families import pipeline_family
 
             try:

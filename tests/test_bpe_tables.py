@@ -150,6 +150,38 @@ def test_a_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path
         CLIPConditionedPipeline.from_pretrained(sd_folder, tokenizer=tokenizer)
 
 
+def test_tokenizers_read_from_the_checked_folder_are_not_checked_again_after_the_load(
+    tmp_path, sd_folder, monkeypatch
+) -> None:
+    """The folder check read their tables already: the after-load check is for a tokenizer given
+    as an argument only (its tables come from no checked file)."""
+    import clipcond.file_damage as file_damage
+
+    checked = []
+    monkeypatch.setattr(file_damage, "check_bpe_tables", lambda tokenizer, where: checked.append(where))
+    sdxl = tmp_path / "sdxl"
+    CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(sdxl)
+    CLIPConditionedPipeline.from_pretrained(sdxl)
+    assert checked == []
+    from transformers import CLIPTokenizer
+
+    CLIPConditionedPipeline.from_pretrained(sdxl, tokenizer_2=CLIPTokenizer.from_pretrained(sd_folder / "tokenizer"))
+    assert checked == [f"{sdxl} (tokenizer_2)"]
+
+
+def test_an_sdxl_second_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path, sd_folder) -> None:
+    from transformers import CLIPTokenizer
+
+    folder = tmp_path / "sdxl"
+    CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)
+    cut = tmp_path / "cut-tokenizer"
+    shutil.copytree(sd_folder / "tokenizer", cut)
+    _merges_kept(tmp_path, "cut-tokenizer", 48000)
+    tokenizer = CLIPTokenizer.from_pretrained(cut)
+    with pytest.raises(ValueError, match=r"\(tokenizer_2\) has 894 vocabulary entries that no merge rule makes"):
+        CLIPConditionedPipeline.from_pretrained(folder, tokenizer_2=tokenizer)
+
+
 def test_sdxls_second_tokenizer_is_checked_too(tmp_path) -> None:
     folder = tmp_path / "sdxl"
     CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)

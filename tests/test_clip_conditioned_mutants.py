@@ -20,8 +20,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from test_pipeline import ours_from, run
-from tiny_pipelines import clip_text_model
+from tiny_pipelines import build_sd, clip_text_model
 
 from clipcond import CLIPConditionedPipeline
 
@@ -747,3 +748,99 @@ def test_encode_prompt_returns_a_given_negative_unused_without_guidance_and_chec
     assert unguided[1] is negative and torch.equal(unguided[0], tokens)
     with pytest.raises(ValueError, match="at most one of `prompt_2` and `prompt_embeds`"):
         pipe.encode_prompt(None, "cpu", 1, False, prompt_embeds=tokens, pooled_prompt_embeds=pooled, prompt_2="b")
+
+
+def test_from_pipe_of_a_pipeline_without_a_unet_runs_when_one_is_given(sd_pipe, pixart_pipe) -> None:
+    """The refusal is for a pipeline without a `unet` *and* none passed: with `unet=` (and the
+    text components of a CLIP) a transformer pipeline's VAE is taken as diffusers' `from_pipe`
+    takes any component, and the images are those of the pipeline built from the same parts."""
+    parts = dict(
+        unet=sd_pipe.unet,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+        scheduler=copy.deepcopy(sd_pipe.scheduler),  # the constructor may rewrite a scheduler's config
+    )
+    piped = CLIPConditionedPipeline.from_pipe(pixart_pipe, **parts)
+    assert piped.unet is sd_pipe.unet and piped.vae is pixart_pipe.vae
+    built = CLIPConditionedPipeline(**parts, vae=pixart_pipe.vae)
+    for pipe in (piped, built):
+        pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(piped, prompt="a red circle"), run(built, prompt="a red circle"))
+
+
+class _TransformerStandIn(DiffusionPipeline):
+    """A pipeline with components but no `unet`, of no family clipcond knows."""
+
+    def __init__(self, transformer, vae) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "described"),
+    [
+        (
+            "pixart_pipe",
+            "a PixArtAlphaPipeline (family 'pixart'), whose components are scheduler, text_encoder, tokenizer, "
+            "transformer, vae",
+        ),
+        (None, "a _TransformerStandIn, whose components are transformer, vae"),
+    ],
+    ids=["pixart", "no family"],
+)
+def test_from_pipe_without_a_unet_is_refused_in_these_words(fixture, described, request) -> None:
+    pipeline = (
+        request.getfixturevalue(fixture) if fixture else _TransformerStandIn(torch.nn.Identity(), torch.nn.Identity())
+    )
+    expected = (
+        "CLIPConditionedPipeline.from_pipe needs a pipeline with a `unet` (Stable Diffusion, SDXL, a clipcond "
+        f"pipeline); `pipeline` is {described}. Condition it with "
+        "TextConditioner.from_pipeline(pipeline).pipeline_kwargs(prompt) and call that pipeline"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        CLIPConditionedPipeline.from_pipe(pipeline)
+
+
+@pytest.mark.parametrize("pipeline", [object(), {"unet": None}, "runwayml/stable-diffusion-v1-5"], ids=type)
+def test_from_pipe_of_no_pipeline_is_a_type_error_naming_the_argument(pipeline) -> None:
+    expected = f"`pipeline` must be a diffusers DiffusionPipeline, got {type(pipeline).__name__}"
+    with pytest.raises(TypeError, match=f"^{re.escape(expected)}$"):
+        CLIPConditionedPipeline.from_pipe(pipeline)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((torch.float64,), {}), ((), {"dtype": torch.float64}), (("cpu", torch.float64), {})],
+    ids=["dtype by position", "dtype by name", "device and dtype"],
+)
+def test_to_returns_the_pipeline_with_every_model_moved_as_diffusers_to(args, kwargs) -> None:
+    """`to` is diffusers' own (its arguments by position or by name, the pipeline returned for
+    chaining), with the conditioners told after it; the encoders then encode in the new dtype."""
+    ours, theirs = ours_from(build_sd()), build_sd()
+    assert ours.to(*args, **kwargs) is ours
+    theirs.to(*args, **kwargs)
+    for name in ("unet", "vae", "text_encoder"):
+        assert getattr(ours, name).dtype == getattr(theirs, name).dtype == torch.float64, name
+    with torch.no_grad():
+        expected = theirs.encode_prompt("a red circle", "cpu", 1, False)[0]
+    assert torch.equal(ours.encode_prompt("a red circle", "cpu", 1, False)[0], expected)
+
+
+def test_a_component_registered_again_lets_the_replaced_encoder_go() -> None:
+    """`register_modules` (how `swap_text_encoder` sets a component) drops the conditioners built
+    over the old encoder: nothing of the pipeline keeps it alive, and the next call encodes with
+    the new one, as StableDiffusionPipeline does with it."""
+    import gc
+    import weakref
+
+    pipe = ours_from(build_sd())
+    pipe.encode_prompt("a red circle", "cpu", 1, False)  # builds a conditioner over the first encoder
+    replaced = weakref.ref(pipe.text_encoder)
+    pipe.register_modules(text_encoder=clip_text_model(1))
+    gc.collect()
+    assert replaced() is None
+    peer = build_sd()
+    peer.register_modules(text_encoder=pipe.text_encoder)
+    with torch.no_grad():
+        expected = peer.encode_prompt("a red circle", "cpu", 1, False)[0]
+    assert torch.equal(pipe.encode_prompt("a red circle", "cpu", 1, False)[0], expected)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 from test_lora_pipeline import saved_lora
 from tiny_pipelines import build_sd
@@ -275,6 +275,18 @@ def test_a_lora_save_that_fails_partway_keeps_the_earlier_file(tmp_path) -> None
     assert _files(tmp_path / "peer") == {"pytorch_lora_weights.safetensors": b"half a file"}
 
 
+def test_a_lora_save_takes_the_layers_by_position_as_diffusers_does(tmp_path) -> None:
+    """SDXL's signature: the UNet's and the text encoder's layers after the folder, by position,
+    write the file that diffusers' own save writes from them."""
+    layers = _lora_layers(tmp_path, 1)
+    by_position = (layers["unet_lora_layers"], layers["text_encoder_lora_layers"])
+    CLIPConditionedPipeline.save_lora_weights(tmp_path / "ours", *by_position)
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "theirs", *by_position)
+    assert _files(tmp_path / "ours") == _files(tmp_path / "theirs")
+    saved = load_file(tmp_path / "ours" / "pytorch_lora_weights.safetensors")
+    assert {key.split(".")[0] for key in saved} == {"unet", "text_encoder"}
+
+
 def test_a_lora_save_into_a_file_is_refused(tmp_path) -> None:
     """diffusers logged an error and returned: nothing saved, no exception."""
     path = tmp_path / "file"
@@ -282,3 +294,41 @@ def test_a_lora_save_into_a_file_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"^`save_directory` must be a folder, got the file "):
         CLIPConditionedPipeline.save_lora_weights(path, **_lora_layers(tmp_path, 1))
     assert path.read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "unet_file"),
+    [
+        ((False,), {}, "diffusion_pytorch_model.bin"),
+        ((), {"safe_serialization": False}, "diffusion_pytorch_model.bin"),
+        ((), {"variant": "fp16"}, "diffusion_pytorch_model.fp16.safetensors"),
+    ],
+    ids=["safe_serialization by position", "safe_serialization by name", "variant"],
+)
+def test_a_whole_save_writes_the_files_diffusers_save_writes_for_its_arguments(tmp_path, args, kwargs, unet_file):
+    """The arguments after the folder (by position or by name) reach diffusers' save: the same
+    file names as `StableDiffusionPipeline.save_pretrained` with them, and the folder loads."""
+    ours = _pipeline(0.0)
+    ours.save_pretrained(tmp_path / "ours", *args, **kwargs)
+    build_sd().save_pretrained(tmp_path / "theirs", *args, **kwargs)
+    names = {str(path.relative_to(tmp_path / "ours")) for path in (tmp_path / "ours").rglob("*") if path.is_file()}
+    assert f"unet/{unet_file}" in names
+    assert {name for name in names if "/" in name} == {
+        str(path.relative_to(tmp_path / "theirs")) for path in (tmp_path / "theirs").rglob("*/*") if path.is_file()
+    }
+    loaded = CLIPConditionedPipeline.from_pretrained(tmp_path / "ours", variant=kwargs.get("variant"))
+    assert torch.equal(loaded.unet.conv_out.bias, ours.unet.conv_out.bias)
+
+
+def test_push_to_hub_is_diffusers_own_save_into_the_folder_named(tmp_path, monkeypatch) -> None:
+    """With `push_to_hub` the save is diffusers' own, unchanged (its upload needs the hub): it
+    gets the folder named and every argument, and no hidden sibling is made."""
+    from diffusers import DiffusionPipeline
+
+    calls = []
+    monkeypatch.setattr(
+        DiffusionPipeline, "save_pretrained", lambda self, *args, **kwargs: calls.append((args, kwargs))
+    )
+    _pipeline(0.0).save_pretrained(tmp_path / "pipe", False, push_to_hub=True, repo_id="someone/tiny")
+    assert calls == [((tmp_path / "pipe", False), {"push_to_hub": True, "repo_id": "someone/tiny"})]
+    assert list(tmp_path.iterdir()) == []
