@@ -336,17 +336,21 @@ def test_clip_skip_of_encode_prompt_is_the_pipelines_setting(sd_pipe) -> None:
     )
 
 
-def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd_pipe) -> None:
-    """As StableDiffusionPipeline.encode_prompt without a text encoder: the UNet's dtype."""
+@pytest.mark.parametrize(("without_unet", "dtype"), [(False, torch.float32), (True, torch.bfloat16)])
+def test_given_embeddings_without_a_text_encoder_come_back_in_the_unets_dtype(sd_pipe, without_unet, dtype) -> None:
+    """As StableDiffusionPipeline.encode_prompt without a text encoder: the UNet's dtype; without
+    a UNet too, the given embeddings' own."""
     from diffusers import StableDiffusionPipeline
 
-    parts = {**sd_pipe.components, "text_encoder": None, "tokenizer": None}
+    missing = {"text_encoder": None, "tokenizer": None, **({"unet": None} if without_unet else {})}
     embeds = torch.linspace(-1.0, 1.0, 77 * 32).reshape(1, 77, 32).to(torch.bfloat16)
     settings = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds.flip(1))
-    expected = StableDiffusionPipeline(**parts).encode_prompt(None, "cpu", 1, True, **settings)
-    ours = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, "text_encoder": None, "tokenizer": None})
+    expected = StableDiffusionPipeline(**{**sd_pipe.components, **missing}).encode_prompt(
+        None, "cpu", 1, True, **settings
+    )
+    ours = CLIPConditionedPipeline(**{**ours_from(sd_pipe).components, **missing})
     got = ours.encode_prompt(None, "cpu", 1, True, **settings)
-    assert got[0].dtype == torch.float32
+    assert got[0].dtype == got[1].dtype == dtype
     for actual, wanted in zip(got, expected):
         assert torch.equal(actual, wanted)
 
