@@ -180,7 +180,8 @@ class CLIPConditionedPipeline(
         emphasis: how prompt weights change token states: "multiply", "a1111", "comfy" or
             "compel" (`clipcond.emphasis`; see `TextConditioner`).
         window_split: how a prompt longer than a CLIP window is cut: "word", "a1111",
-            "comfy" or "truncate" (`clipcond.chunking`; see `TextConditioner`).
+            "comfy" or "truncate" (`clipcond.chunking`; see `TextConditioner`). Not read by a
+            `custom` pipeline with T5 alone, whose T5 reads one sequence up to `t5_max_length`.
         safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
@@ -606,7 +607,8 @@ class CLIPConditionedPipeline(
             clip_skip=clip_skip,
             projection=projection,
             emphasis=self.config.get("emphasis", "multiply"),
-            window_split=self.config.get("window_split", "word"),
+            # how CLIP windows are cut: a custom pipeline with T5 alone has none (its T5 reads one sequence)
+            window_split=self.config.get("window_split", "word") if clip else None,
         )
         width = self.unet.config.cross_attention_dim if self.unet is not None else conditioner.token_width
         if conditioner.token_width != width:

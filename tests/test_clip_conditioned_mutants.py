@@ -848,3 +848,25 @@ def test_a_component_registered_again_lets_the_replaced_encoder_go() -> None:
     with torch.no_grad():
         expected = peer.encode_prompt("a red circle", "cpu", 1, False)[0]
     assert torch.equal(pipe.encode_prompt("a red circle", "cpu", 1, False)[0], expected)
+
+
+def test_a_custom_pipeline_with_t5_alone_encodes_and_draws_as_its_conditioner(sd_pipe, t5_tokenizer_path) -> None:
+    """Without the CLIP (`text_encoder` and `tokenizer` None) recipe "custom" reads T5 alone: the
+    pipeline's `window_split` (a CLIP setting, "word" by default) is not handed to a conditioner
+    that has no CLIP window to cut (it refused the text before), and the embeddings are those of
+    the conditioner built on the T5 alone, in `encode_prompt` and in the images."""
+    from tiny_pipelines import build_clip_t5_custom
+
+    from clipcond import TextConditioner
+
+    custom = build_clip_t5_custom(sd_pipe, t5_tokenizer_path)
+    pipe = CLIPConditionedPipeline.from_pipe(custom, text_encoder=None, tokenizer=None)
+    pipe.set_progress_bar_config(disable=True)
+    alone = TextConditioner("custom", t5=(custom.text_encoder_2, custom.tokenizer_2), cache_size=0)
+    expected = alone.pipeline_kwargs("a red <toy> circle", "blurry")
+    got = pipe.encode_prompt("a red <toy> circle", "cpu", 1, True, "blurry")
+    assert torch.equal(got[0], expected["prompt_embeds"]) and torch.equal(got[1], expected["negative_prompt_embeds"])
+    np.testing.assert_array_equal(
+        run(pipe, prompt="a red <toy> circle", negative_prompt="blurry"),
+        run(pipe, prompt_embeds=expected["prompt_embeds"], negative_prompt_embeds=expected["negative_prompt_embeds"]),
+    )

@@ -496,16 +496,19 @@ def test_missing_files_and_folders_are_named(tmp_path):
             cond.load_textual_inversion(tmp_path / "junk.pt")
 
 
-def test_custom_pipeline_with_t5_reads_as_its_conditioner(t5_tokenizer_path):
+@pytest.mark.parametrize("loader", ["conditioner", "pipeline"])
+def test_custom_pipeline_with_t5_reads_as_its_conditioner(t5_tokenizer_path, loader):
     """`CLIPConditionedPipeline` (recipe ``custom``, CLIP + T5): the CLIP reads a multi-vector
     token expanded by its tokenizer, the T5 the text as written, as `pipe.conditioner` documents
     it; the pipeline's own call and `encode_prompt` equal the conditioner's embeddings, bit for
-    bit (the T5 read the CLIP tokenizer's expansion: 2.4 off)."""
+    bit (the T5 read the CLIP tokenizer's expansion: 2.4 off). Loaded by the pipeline (diffusers'
+    loader adds `<toy>_1` to the CLIP tokenizer, which diffusers' prompt hook would expand), the
+    T5 still reads the text as written."""
     import numpy as np
 
     pipe = tiny_pipelines.build_clip_t5_custom(tiny_pipelines.build_sd(), t5_tokenizer_path)
     pipe.set_progress_bar_config(disable=True)
-    pipe.conditioner.load_textual_inversion(vectors(2), token="<toy>")
+    (pipe.conditioner if loader == "conditioner" else pipe).load_textual_inversion(vectors(2), token="<toy>")
     expected = pipe.conditioner.pipeline_kwargs(PROMPTS, NEGATIVES)
     got = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVES)
     assert torch.equal(got[0], expected["prompt_embeds"]) and torch.equal(got[1], expected["negative_prompt_embeds"])
