@@ -92,5 +92,12 @@ class ConfigFingerprints:
         self._known[model] = (config, fingerprint)
         return fingerprint
 
+    def __getstate__(self) -> dict:
+        # Weak references cannot be pickled; a copy computes its models' fingerprints again.
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._known = weakref.WeakKeyDictionary()
+
 
 __all__ = ["ConfigFingerprints", "config_fingerprint"]

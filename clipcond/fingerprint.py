@@ -280,6 +280,13 @@ class WeightsWatch:
         self._tensor_digest_state: tuple | None = None
         self._tensor_digest: Any = None
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # Weak references cannot be pickled. With none, a copy's first `state()` sees new tensor
+        # objects and starts a new generation, so its first `content_hash()` reads the weights.
+        state["_refs"] = []
+        return state
+
     def state(self) -> tuple:
         """A token equal between two calls if and only if no weight was replaced or written
         (and `mark_written` was not called)."""

@@ -94,6 +94,13 @@ class TokenizerFingerprints:
         self._versions: dict[int, tuple[Any, tuple, str]] = {}
         self._issued = 0
 
+    def __setstate__(self, state: dict) -> None:
+        # A copy's tokenizers are other objects with other ids: key the entries by theirs (each
+        # entry holds its tokenizer, copied with it).
+        self.__dict__.update(state)
+        for name in ("_known", "_versions"):
+            setattr(self, name, {id(entry[0]): entry for entry in getattr(self, name).values()})
+
     def __call__(self, tokenizer: Any) -> str:
         """The fingerprint of `tokenizer`."""
         return _memoised(self._known, tokenizer, tokenizer_fingerprint)
