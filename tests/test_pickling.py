@@ -14,7 +14,7 @@ import pickle
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from tiny_pipelines import build_sd, build_sdxl
+from tiny_pipelines import build_sd
 
 import clipcond.tokenizer_fingerprint as tokenizer_fingerprint_module
 from clipcond import CLIPConditionedPipeline, TextConditioner
@@ -31,6 +31,8 @@ COPIES = {"pickle": _pickled, "deepcopy": copy.deepcopy}
 
 @pytest.fixture(scope="module")
 def sd_pipe():
+    """A pipeline of this module's own: conftest's shared one may carry transformers'
+    hidden-state hook (see below) from another file's `clip_skip` test, which pickle refuses."""
     return build_sd()
 
 
@@ -38,8 +40,8 @@ def sd_pipe():
 # (SDXL's penultimate layer) with a local function that pickle refuses, so a used
 # StableDiffusionXLPipeline does not pickle either (diffusers 0.42.1, transformers 5.25.0).
 @pytest.mark.parametrize(("family", "how"), [("sd", "pickle"), ("sd", "deepcopy"), ("sdxl", "deepcopy")])
-def test_a_used_conditioner_copies_and_its_copy_encodes_as_it(how, family, sd_pipe):
-    pipe = sd_pipe if family == "sd" else build_sdxl()
+def test_a_used_conditioner_copies_and_its_copy_encodes_as_it(how, family, request):
+    pipe = request.getfixturevalue(f"{family}_pipe")
     conditioner = TextConditioner.from_pipeline(pipe, cache_size=8)
     before = conditioner.pipeline_kwargs(PROMPTS, negative_prompt="blurry")
     twin = COPIES[how](conditioner)
