@@ -138,16 +138,22 @@ def test_a_tokenizer_read_from_its_tokenizer_json_has_the_files_tables(sd_folder
         assert (model["vocab"], model["merges"]) == (saved["vocab"], saved["merges"]), (folder, name)
 
 
-def test_a_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path, sd_folder) -> None:
-    """Not read from the folder, it is checked as it is: its merges cut short are refused."""
+@pytest.mark.parametrize("slot", ["tokenizer", "tokenizer_2"])
+def test_a_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path, sd_folder, slot) -> None:
+    """Not read from the folder, it is checked as it is: its merges cut short are refused (given
+    as SD's tokenizer, and as SDXL's second)."""
     from transformers import CLIPTokenizer
 
+    folder = sd_folder
+    if slot == "tokenizer_2":
+        folder = tmp_path / "sdxl"
+        CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)
     cut = tmp_path / "cut-tokenizer"
     shutil.copytree(sd_folder / "tokenizer", cut)
     _merges_kept(tmp_path, "cut-tokenizer", 48000)
     tokenizer = CLIPTokenizer.from_pretrained(cut)
-    with pytest.raises(ValueError, match=r"\(tokenizer\) has 894 vocabulary entries that no merge rule makes"):
-        CLIPConditionedPipeline.from_pretrained(sd_folder, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=rf"\({slot}\) has 894 vocabulary entries that no merge rule makes"):
+        CLIPConditionedPipeline.from_pretrained(folder, **{slot: tokenizer})
 
 
 def test_tokenizers_read_from_the_checked_folder_are_not_checked_again_after_the_load(
@@ -167,19 +173,6 @@ def test_tokenizers_read_from_the_checked_folder_are_not_checked_again_after_the
 
     CLIPConditionedPipeline.from_pretrained(sdxl, tokenizer_2=CLIPTokenizer.from_pretrained(sd_folder / "tokenizer"))
     assert checked == [f"{sdxl} (tokenizer_2)"]
-
-
-def test_an_sdxl_second_tokenizer_given_to_from_pretrained_is_checked_after_the_load(tmp_path, sd_folder) -> None:
-    from transformers import CLIPTokenizer
-
-    folder = tmp_path / "sdxl"
-    CLIPConditionedPipeline.from_pipe(build_sdxl()).save_pretrained(folder)
-    cut = tmp_path / "cut-tokenizer"
-    shutil.copytree(sd_folder / "tokenizer", cut)
-    _merges_kept(tmp_path, "cut-tokenizer", 48000)
-    tokenizer = CLIPTokenizer.from_pretrained(cut)
-    with pytest.raises(ValueError, match=r"\(tokenizer_2\) has 894 vocabulary entries that no merge rule makes"):
-        CLIPConditionedPipeline.from_pretrained(folder, tokenizer_2=tokenizer)
 
 
 def test_sdxls_second_tokenizer_is_checked_too(tmp_path) -> None:
