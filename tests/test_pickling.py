@@ -95,10 +95,16 @@ def test_a_pipeline_copied_after_a_call_draws_as_it_as_stable_diffusion_does(how
     peer = StableDiffusionPipeline(**{**sd_pipe.components, "scheduler": copy.deepcopy(sd_pipe.scheduler)})
     peer.set_progress_bar_config(disable=True)
     settings = {"prompt": PROMPTS[0], "num_inference_steps": 2, "output_type": "np"}
-    images = {}
+    images, changed = {}, {}
     for name, pipe in (("ours", ours), ("peer", peer)):
         first = pipe(**settings, generator=torch.Generator().manual_seed(0)).images
         twin = COPIES[how](pipe)
         images[name] = twin(**settings, generator=torch.Generator().manual_seed(0)).images
         assert (images[name] == first).all(), name
+        # The copy encodes with its own text encoder (the conditioner it carries is bound to it).
+        with torch.no_grad():
+            twin.text_encoder.get_parameter("final_layer_norm.bias").add_(0.5)
+            changed[name] = twin.encode_prompt(PROMPTS[0], "cpu", 1, False)[0]
+            assert not torch.equal(changed[name], pipe.encode_prompt(PROMPTS[0], "cpu", 1, False)[0]), name
     assert (images["ours"] == images["peer"]).all()
+    assert torch.equal(changed["ours"], changed["peer"])
