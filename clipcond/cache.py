@@ -9,7 +9,8 @@ its metadata, its key. The disk level never raises and never returns a wrong rec
   match the digest it records (`clipcond.tensor_digest`: a flipped byte inside the data), or
   holds other tensors than the caller's `RecordSpec` (names, shapes, dtype, finite values) is
   a miss, logged once as a
-  warning naming the file; the caller recomputes and `put` overwrites it. A file that is
+  warning naming the file; the caller recomputes and `put` overwrites it. So is what is no
+  regular file (a named pipe or a device, a link to one): it is never read. A file that is
   missing or vanishes (another process deleted it) is a plain miss.
 - writing: to a hidden temporary file created with the user's umask, renamed into place, so a
   crash or a concurrent reader never sees half an entry. A folder that cannot be created or
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -146,6 +148,16 @@ class EmbeddingCache:
         is damaged)."""
         path = self._path(directory, key)
         try:
+            # What stands at an entry's path may be no file: reading a pipe would wait for a
+            # writer forever, and a device (a link to /dev/zero) never ends.
+            kind = path.stat().st_mode
+            if not stat.S_ISREG(kind):
+                logger.warning(
+                    "embedding cache: %s is no regular file (%s); recomputing it",
+                    path,
+                    _KINDS.get(stat.S_IFMT(kind), "another kind"),
+                )
+                return None
             # One read of the whole file: a concurrent delete or replace cannot change it midway.
             data = path.read_bytes()
         except FileNotFoundError:
@@ -171,6 +183,16 @@ class EmbeddingCache:
         """Forget every in-memory record (files on disk stay)."""
         with self._lock:
             self._memory.clear()
+
+
+# what stands at a path that is no regular file, in words for a warning
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _usable_directory(directory: Path) -> Path | None:

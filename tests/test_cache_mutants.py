@@ -228,6 +228,49 @@ def test_an_unreadable_entry_is_a_miss_with_a_warning(tmp_path, caplog, monkeypa
     ]
 
 
+def _put_in_place(path, kind: str) -> None:
+    if kind == "a named pipe":
+        os.mkfifo(path)
+    elif kind == "a character device":
+        os.symlink(os.devnull, path)  # a link is followed: what it names stands there
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["a named pipe", "a character device", "a folder"])
+def test_what_is_no_regular_file_is_never_read_but_named_and_recomputed(tmp_path, caplog, kind):
+    """A pipe at an entry's path made the read wait for a writer forever (a device such as a
+    link to /dev/zero would never end): it is a miss with a warning naming what stands there,
+    and the next `put` replaces it (not a folder, which keeps the entry in memory only)."""
+    import threading
+
+    path = _file(tmp_path)
+    _put_in_place(path, kind)
+
+    def unblock() -> None:  # ends a read stuck on the pipe, so the test fails instead of hanging
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    guard = threading.Timer(5.0, unblock)
+    guard.start()
+    try:
+        cache = EmbeddingCache(directory=tmp_path)
+        with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
+            assert cache.get("k1", SPEC) is None
+    finally:
+        guard.cancel()
+    assert _warnings(caplog) == [f"embedding cache: {path} is no regular file ({kind}); recomputing it"]
+    assert (cache.hits, cache.misses) == (0, 1)
+    cache.put("k1", _record(1.0), SPEC)
+    if kind != "a folder":
+        assert path.is_file() and not path.is_symlink()
+        _assert_same(EmbeddingCache(directory=tmp_path).get("k1", SPEC), 1.0)
+    if kind == "a character device":
+        assert os.path.exists(os.devnull)  # the link was replaced, not what it named
+
+
 def test_a_missing_entry_is_a_silent_miss(tmp_path, caplog):
     cache = EmbeddingCache(directory=tmp_path)
     with caplog.at_level(logging.WARNING, logger="clipcond.cache"):
