@@ -260,6 +260,28 @@ class TextConditioner:
         # concat_sequence: the widths are equal, or CLIP is padded to the T5 width
         return self.t5_width or self.clip_width
 
+    def __repr__(self) -> str:
+        """One line: the recipe, each encoder (its class and width), the settings that shape the
+        embeddings, the cache, and where and in what dtype the embeddings come back."""
+
+        def described(encoder: TextEncoder) -> str:
+            return f"{type(encoder.model).__name__}(width={encoder.width})"
+
+        recipe = self._active_recipe
+        cache = "off"
+        if self.cache is not None:
+            cache = f"{self.cache.max_entries} in memory"
+            if self.cache.directory is not None:
+                cache += f" and {str(self.cache.directory)!r}"
+        # clip_skip and window_split are CLIP settings: T5 reads one sequence from its last layer
+        clip_settings = f"clip_skip={self.clip_skip}, window_split={recipe.window_split!r}, " if self.clip else ""
+        return (
+            f"TextConditioner(recipe={recipe.name!r}, clip=[{', '.join(described(e) for e in self.clip)}], "
+            f"t5={described(self.t5) if self.t5 is not None else None}, token_width={self.token_width}, "
+            f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, cache={cache}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
+
     # ------------------------------------------------------------------ public API
 
     @property
