@@ -78,22 +78,28 @@ def test_missing_residual_blocks_are_named_with_the_indices_found() -> None:
 
 
 # (key, dimension) that convert_openai_state_dict reads a size from (its "sizes, from shapes"): damaging
-# one changes that size, and the refusal names whichever other tensor then disagrees
+# one changes that size, and the refusal names whichever other tensor or size then disagrees
+_OTHERS = "but the sizes the checkpoint's other tensors give need"
 SIZE_SOURCES = {
-    ("visual.conv1.weight", 0),
-    ("visual.conv1.weight", 3),
-    ("visual.positional_embedding", 0),
-    ("token_embedding.weight", 0),
-    ("token_embedding.weight", 1),
-    ("text_projection", 1),
-    ("transformer.resblocks.0.mlp.c_fc.weight", 0),
-    ("visual.transformer.resblocks.0.mlp.c_fc.weight", 0),
+    ("visual.conv1.weight", 0): "vision width 65 is not a multiple of 64",
+    ("visual.conv1.weight", 3): f"'visual.conv1.weight' has shape (64, 3, 8, 9), {_OTHERS} (64, 3, 9, 9)",
+    ("visual.positional_embedding", 0): "visual.positional_embedding must hold 1 + grid * grid positions",
+    ("token_embedding.weight", 0): "token_embedding.weight has 49409 rows, not CLIP's BPE vocabulary of 49408",
+    ("token_embedding.weight", 1): "text_heads (--text-heads) 2 does not divide the text width 33",
+    ("text_projection", 1): f"'visual.proj' has shape (64, 24), {_OTHERS} (64, 25)",
+    (
+        "transformer.resblocks.0.mlp.c_fc.weight",
+        0,
+    ): f"'transformer.resblocks.0.mlp.c_fc.bias' has shape (128,), {_OTHERS} (129,)",
+    ("visual.transformer.resblocks.0.mlp.c_fc.weight", 0): (
+        f"'visual.transformer.resblocks.0.mlp.c_fc.bias' has shape (256,), {_OTHERS} (257,)"
+    ),
 }
 
 
 def test_every_tensor_of_a_wrong_shape_is_refused_naming_its_key() -> None:
     """Each tensor in turn one longer along each of its dimensions: refused before the load, naming the key
-    and its shape (a size source: refused). Not `logit_scale` (any one number) nor the rows of
+    and its shape (a size source: the tensor or size that then disagrees, in `SIZE_SOURCES`). Not `logit_scale` (any one number) nor the rows of
     `positional_embedding` (they are the text context)."""
     state, _ = _state()
     for key, value in state.items():
@@ -103,8 +109,8 @@ def test_every_tensor_of_a_wrong_shape_is_refused_naming_its_key() -> None:
             shape = list(value.shape)
             shape[dim] += 1
             damaged = torch.zeros(shape)
-            expected = "" if (key, dim) in SIZE_SOURCES else re.escape(f"{key!r} has shape {tuple(shape)}")
-            with pytest.raises(ValueError, match=expected):
+            expected = SIZE_SOURCES.get((key, dim), f"{key!r} has shape {tuple(shape)}")
+            with pytest.raises(ValueError, match=f"^{re.escape(expected)}"):
                 convert_openai_state_dict({**state, key: damaged}, text_heads=2)
 
 
