@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import struct
+import threading
 
 import pytest
 import torch
@@ -242,8 +243,6 @@ def test_what_is_no_regular_file_is_never_read_but_named_and_recomputed(tmp_path
     """A pipe at an entry's path made the read wait for a writer forever (a device such as a
     link to /dev/zero would never end): it is a miss with a warning naming what stands there,
     and the next `put` replaces it (not a folder, which keeps the entry in memory only)."""
-    import threading
-
     path = _file(tmp_path)
     _put_in_place(path, kind)
 
