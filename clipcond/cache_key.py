@@ -3,7 +3,7 @@
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
 disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`) and config
 (`clipcond.config_fingerprint`), the dtype each computes in, the active recipe
-(clip-skip included), whether weights are parsed, each encoder's class, window length, mask
+(clip-skip included), whether weights are parsed and in which syntax, each encoder's class, window length, mask
 use and attention kernel, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
 SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
 a key, lone surrogates included.
@@ -35,6 +35,7 @@ def settings_key(
     encoders: Sequence[TextEncoder],
     tokenizer_fingerprints: Sequence[str],
     config_fingerprints: Sequence[str],
+    syntax: str = "a1111",
 ) -> str:
     """The part of every key that the conditioner's settings, tokenizers and model configs decide.
 
@@ -43,6 +44,9 @@ def settings_key(
             (`clipcond.tokenizer_fingerprint.TokenizerFingerprints`).
         config_fingerprints: one per encoder, in the order of `encoders`
             (`clipcond.config_fingerprint.ConfigFingerprints`).
+        syntax: the prompt syntax ("a1111", "compel"): the same text reads other weights in
+            another. A1111's, the default, adds nothing, so keys made before the setting
+            existed still hold.
     """
     for name, fingerprints in (
         ("tokenizer_fingerprints", tokenizer_fingerprints),
@@ -53,7 +57,7 @@ def settings_key(
     parts = [
         CACHE_KEY_VERSION,
         repr(recipe),
-        f"parse={parse_weights}",
+        f"parse={parse_weights}" + ("" if syntax == "a1111" else f":syntax={syntax}"),
         *(
             f"{type(e.model).__name__}:{e.window_length}:{e.uses_attention_mask}:{_attention(e.model)}:computes_in={e.computes_in}:tokenizer={tokenizer}:config={config}"
             for e, tokenizer, config in zip(encoders, tokenizer_fingerprints, config_fingerprints)

@@ -32,6 +32,7 @@ from clipcond.assembly import assemble, pooled_vectors
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
+from clipcond.compel_syntax import check_syntax, parse_compel_prompt
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -126,6 +127,11 @@ class TextConditioner:
         parse_weights: read the weighting syntax `(word:1.3)`, `[word]`, `BREAK`; False reads
             them as plain text (prompt editing in `pipeline_kwargs(..., num_inference_steps=N)`
             still applies, as with A1111's emphasis "None").
+        syntax: the weighting syntax prompts are written in: "a1111" (`clipcond.prompts`:
+            `(word:1.3)`, `[word]`, `BREAK`, and A1111's prompt editing and `AND` where steps
+            are read) or "compel" (`clipcond.compel_syntax`: `word+`, `word-`, `(words)1.3`,
+            `"words"+`; no editing, `BREAK` or `AND`: they are text). Pair "compel" with
+            `emphasis="compel"` for compel's embeddings. Needs `parse_weights`.
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
             mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"
@@ -171,6 +177,7 @@ class TextConditioner:
         projection_dim: int | None = None,
         projection: TextProjection | None = None,
         parse_weights: bool = True,
+        syntax: str = "a1111",
         emphasis: str | None = None,
         window_split: str | None = None,
         cache_size: int = 512,
@@ -203,6 +210,12 @@ class TextConditioner:
         if not isinstance(parse_weights, bool):
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
+        self.syntax = check_syntax(syntax)
+        if syntax != "a1111" and not parse_weights:
+            raise ValueError(
+                f"`syntax={syntax!r}` says how weights are written, and `parse_weights=False` reads none: "
+                "leave `syntax` at 'a1111' to read prompts as plain text"
+            )
         self.max_batch_windows = check_max_batch_windows(max_batch_windows)
         cache_size, cache_dir = check_cache_size(cache_size), check_cache_dir(cache_dir)
         self.t5_zeros = t5_zeros
@@ -278,7 +291,7 @@ class TextConditioner:
         return (
             f"TextConditioner(recipe={recipe.name!r}, clip=[{', '.join(described(e) for e in self.clip)}], "
             f"t5={described(self.t5) if self.t5 is not None else None}, token_width={self.token_width}, "
-            f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, cache={cache}, "
+            f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, syntax={self.syntax!r}, cache={cache}, "
             f"device={self.device}, dtype={self.dtype})"
         )
 
@@ -455,7 +468,8 @@ class TextConditioner:
         removed after the last step). A prompt whose text never
         changes gets no callback and exactly the keyword arguments of the one text it reads (an
         edit that takes no effect over the steps, ``[cat:dog:0]`` or ``[a:b:30]`` at 20 steps,
-        reads as A1111 reads it: "dog", "a").
+        reads as A1111 reads it: "dog", "a"). With `syntax="compel"` no text changes between
+        steps: `num_inference_steps` is only checked, and brackets and `AND` read as compel reads them.
 
         Raises:
             ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`;
@@ -484,15 +498,19 @@ class TextConditioner:
             negative_items = self._prompt_items(negatives, negative_extra, "negative_")
         else:
             self._check_unread_negatives(negative_extra)
-        if num_inference_steps is not None:  # an edit that never changes reads its one text
+        if num_inference_steps is not None:
             num_inference_steps = check_steps(num_inference_steps)
+        stepwise = self.syntax == "a1111"  # compel's syntax has no editing, alternation or AND
+        if stepwise and num_inference_steps is not None:  # an edit that never changes reads its one text
             items = fixed_prompts(items, num_inference_steps)
             if negative_items is not None:
                 negative_items = fixed_prompts(negative_items, num_inference_steps, negative=True)
         with scaled:
-            schedule = schedule_for_pipeline(
-                self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
-            )
+            schedule = None
+            if stepwise:
+                schedule = schedule_for_pipeline(
+                    self._scheduled_embeds, self.family, items, negative_items, num_inference_steps
+                )
             if schedule is not None:
                 positive, negative = schedule.embeds_at(0)
             else:
@@ -539,9 +557,15 @@ class TextConditioner:
         `lora_scale`: as in `encode`.
 
         Raises:
-            TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads, or
-                `num_inference_steps` not an int >= 1.
+            TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads,
+                `num_inference_steps` not an int >= 1, or a conditioner of `syntax="compel"`
+                (no text changes between steps there: use `encode` or `pipeline_kwargs`).
         """
+        if self.syntax != "a1111":
+            raise ValueError(
+                f"`schedule` reads A1111's prompt editing, and this conditioner reads syntax {self.syntax!r}, "
+                "where no text changes between steps: use `encode` or `pipeline_kwargs`"
+            )
         prompts = as_prompt_list(prompt, "prompt")
         negative_extra = {"prompt_2": negative_prompt_2, "prompt_3": negative_prompt_3}
         check_readers(
@@ -694,7 +718,7 @@ class TextConditioner:
         name = self._tokenizer_fingerprints if by_content else self._tokenizer_fingerprints.version
         tokenizers = [name(encoder.tokenizer) for encoder in encoders]
         configs = [self._config_fingerprints(encoder.model) for encoder in encoders]
-        return settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers, configs)
+        return settings_key(self._active_recipe, self.parse_weights, encoders, tokenizers, configs, self.syntax)
 
     @property
     def record_spec(self) -> RecordSpec:
@@ -734,10 +758,15 @@ class TextConditioner:
         """The weighted fragments of a prompt, each fragment's text cleaned as the recipe says
         (after parsing, so that PixArt's cleaning, which drops brackets, keeps the weights)."""
         if self.recipe.caption_cleaning == "none":
-            return parse_prompt(text) if self.parse_weights else [Fragment(text, 1.0)]
-        text = text.strip()
-        fragments = parse_prompt(text) if self.parse_weights else [Fragment(text, 1.0)]
+            return self._parsed(text)
+        fragments = self._parsed(text.strip())
         return [Fragment(self._clean(f.text), f.weight, f.is_break) for f in fragments]
+
+    def _parsed(self, text: str) -> list[Fragment]:
+        """`text` read in this conditioner's syntax (as plain text without `parse_weights`)."""
+        if not self.parse_weights:
+            return [Fragment(text, 1.0)]
+        return parse_compel_prompt(text) if self.syntax == "compel" else parse_prompt(text)
 
     def _encoders_need_grad(self) -> bool:
         """True while an encoder is being trained (`_trains`). Then outputs keep their graph
@@ -895,6 +924,7 @@ class TextConditioner:
             clip_skip=config.clip_skip,
             projection_dim=config.projection_dim,
             parse_weights=config.parse_weights,
+            syntax=config.syntax,
             emphasis=config.emphasis,
             window_split=config.window_split,
             clean_caption=config.clean_caption,

@@ -41,19 +41,27 @@ def _encoder(
 
 
 BASE = dict(
-    recipe=Recipe(name="sd"), parse_weights=True, encoders=[_encoder()], fingerprints=["tok-a"], configs=["cfg"]
+    recipe=Recipe(name="sd"),
+    parse_weights=True,
+    encoders=[_encoder()],
+    fingerprints=["tok-a"],
+    configs=["cfg"],
+    syntax="a1111",
 )
 
 
 def _key(**changes) -> str:
     args = {**BASE, **changes}
-    return settings_key(args["recipe"], args["parse_weights"], args["encoders"], args["fingerprints"], args["configs"])
+    return settings_key(
+        args["recipe"], args["parse_weights"], args["encoders"], args["fingerprints"], args["configs"], args["syntax"]
+    )
 
 
 @pytest.mark.parametrize(
     "changes",
     [
         dict(parse_weights=False),
+        dict(syntax="compel"),
         dict(recipe=Recipe(name="sd", emphasis="a1111")),
         dict(recipe=Recipe(name="sd").with_clip_skip(1)),
         dict(recipe=Recipe(name="sd", caption_cleaning="lowercase")),

@@ -38,6 +38,7 @@ def test_the_defaults() -> None:
         None,
         None,
     )
+    assert config.syntax == "a1111"
     assert (config.clean_caption, config.cache_size, config.cache_dir, config.max_batch_windows, config.dtype) == (
         None,
         512,

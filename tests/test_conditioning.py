@@ -549,14 +549,16 @@ def test_encode_reads_editing_brackets_as_emphasis_and_and_as_a_word(sd_pipe) ->
 
 def test_repr_names_the_recipe_encoders_settings_and_cache(sdxl_pipe, pixart_pipe, tmp_path) -> None:
     """One line a user can read: what `print(conditioner)` shows (it was the default object repr)."""
-    sdxl = TextConditioner.from_pipeline(sdxl_pipe, clip_skip=1, emphasis="a1111", cache_dir=tmp_path / "cache")
+    sdxl = TextConditioner.from_pipeline(
+        sdxl_pipe, clip_skip=1, emphasis="a1111", syntax="compel", cache_dir=tmp_path / "cache"
+    )
     assert repr(sdxl) == (
         "TextConditioner(recipe='sdxl', clip=[CLIPTextModel(width=32), CLIPTextModelWithProjection(width=32)], "
         "t5=None, token_width=64, clip_skip=1, window_split='word', emphasis='a1111', parse_weights=True, "
-        f"cache=512 in memory and {str(tmp_path / 'cache')!r}, device=cpu, dtype=torch.float32)"
+        f"syntax='compel', cache=512 in memory and {str(tmp_path / 'cache')!r}, device=cpu, dtype=torch.float32)"
     )
     pixart = TextConditioner.from_pipeline(pixart_pipe, cache_size=0, parse_weights=False)
     assert repr(pixart) == (
         "TextConditioner(recipe='pixart', clip=[], t5=T5EncoderModel(width=32), token_width=32, "
-        "emphasis='multiply', parse_weights=False, cache=off, device=cpu, dtype=torch.float32)"
+        "emphasis='multiply', parse_weights=False, syntax='a1111', cache=off, device=cpu, dtype=torch.float32)"
     )

@@ -1,0 +1,212 @@
+"""compel's prompt weighting syntax -> weighted fragments, in linear time.
+
+compel (the prompt library diffusers' documentation recommends for weighting) reads:
+
+    a cat+ on a mat         "cat" x 1.1                  cat++ -> x 1.21, cat--- -> x 0.729
+    a (red fox)1.3          "red fox" x 1.3              (red fox)0.5, (red fox).5, (red fox)2
+    a (red fox)--           "red fox" x 0.81             a run of + or -, or a number, after ``)``
+    ((a cat)+ in snow)0.8   "a cat" x 0.88, "in snow" x 0.8    nesting multiplies, outermost first
+    "a red fox"+            "a red fox" x 1.1            quotes group words as round brackets do
+    (a cat)                 "a cat" x 1                  brackets without a weight only group
+    \\( \\) \\"                a literal ( ) "              never syntax
+
+`parse_compel_prompt` reads the same weights as compel's own parser (`compel.prompt_parser`,
+a pyparsing grammar) on such prompts: the fragments give the same CLIP token ids with the
+same weights (`tests/test_compel_syntax.py`, against compel's parser on generated prompts).
+It differs on purpose in three ways:
+
+- Time is linear in the prompt's length. compel's grammar backtracks: each level of bracket
+  nesting multiplies its time by about 3.5 (8 levels, ``((((((((a))))))))``, take over a
+  minute) and 200 unclosed brackets exhaust Python's recursion limit.
+- compel's ``.and()``, ``.blend()``, ``.swap()`` and ``withLora()`` are a ValueError here,
+  not read: they combine whole encodings, which a list of weighted fragments cannot say.
+- On text its grammar does not cover, compel often falls back to reading the whole prompt as
+  plain text (an unclosed ``(`` anywhere); here only that bracket is text. Around stray signs
+  and dots the two can also differ (``(a)1.``: here "a" x 1 and the text "."; compel drops
+  the dot). Text is split into words at whitespace and rejoined with single spaces, with
+  compel's space after every comma (``a,b`` reads "a, b"; the CLIP tokens are those of the
+  raw text). A prompt with none of ``( ) " + - \\`` comes back unchanged, as one fragment.
+
+Weights are kept within [-`MAX_WEIGHT`, `MAX_WEIGHT`] as in `clipcond.prompts`. The
+fragments are `clipcond.prompts.Fragment`s: every emphasis mode reads them (``"compel"`` is
+compel's own formula).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from clipcond.prompts import MAX_WEIGHT, Fragment
+
+SYNTAXES = ("a1111", "compel")
+PLUS_BASE = 1.1
+MINUS_BASE = 0.9
+
+_SYNTAX_CHARS = '()"+-\\'
+_COMMA_GAP = re.compile(r",(?=\S)")
+_NUMBER = re.compile(r"\d+\.\d+|\.\d+|\d+")
+# compel's operators over whole encodings: named in the refusal, never read as text
+_OPERATORS = re.compile(r"\)\s*\.(and|blend|swap)\s*\(|\w\.(swap)\s*\(|\b(withLora)\s*\(")
+# characters after which a bracket or a quote opens a group (a word glued before it keeps it)
+_GROUP_BOUNDARY = set('()"+-')
+
+
+def check_syntax(syntax: object, argument: str = "syntax") -> str:
+    """`syntax` if it names a prompt syntax of `SYNTAXES`; a TypeError or ValueError naming
+    `argument` otherwise."""
+    if not isinstance(syntax, str):
+        raise TypeError(f"`{argument}` must be a str, one of {list(SYNTAXES)}, got {type(syntax).__name__}")
+    if syntax not in SYNTAXES:
+        raise ValueError(
+            f"`{argument}` must be one of {list(SYNTAXES)} (A1111's `(word:1.3)` or compel's `word+`, `(words)1.3`), "
+            f"got {syntax!r}"
+        )
+    return syntax
+
+
+def _power(base: float, count: int) -> float:
+    """`base` ** `count` as compel computes a run of signs; inf where it overflows."""
+    try:
+        return math.pow(base, count)
+    except OverflowError:
+        return math.inf
+
+
+def _clamped(weight: float) -> float:
+    """`weight` within [-`MAX_WEIGHT`, `MAX_WEIGHT`] (an overflowed run of signs is inf)."""
+    return max(-MAX_WEIGHT, min(MAX_WEIGHT, weight))
+
+
+def _weight_after(text: str, start: int) -> tuple[float, int]:
+    """The weight written at `start` (a run of ``+``, a run of ``-`` or a number) and where it
+    ends; (1.0, `start`) when none is written there."""
+    if start < len(text) and text[start] in "+-":
+        end = start
+        while end < len(text) and text[end] == text[start]:
+            end += 1
+        return _power(PLUS_BASE if text[start] == "+" else MINUS_BASE, end - start), end
+    number = _NUMBER.match(text, start)
+    if number is None:
+        return 1.0, start
+    return float(number.group()), number.end()
+
+
+def _groups(text: str) -> dict[int, int]:
+    """Where each group opens -> where it closes: ``(`` at a word's start with its matching
+    ``)``, and a ``"`` with the next one (brackets inside quotes are groups too, as in compel).
+    Escaped characters, a ``)`` that does not close the innermost open group, and groups never
+    closed are text."""
+    groups: dict[int, int] = {}
+    opened: list[int] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in '()"':
+            index += 2
+            continue
+        innermost = text[opened[-1]] if opened else None
+        if char == '"' and innermost == '"':
+            groups[opened.pop()] = index
+        elif char == '"' or (
+            char == "(" and (index == 0 or text[index - 1].isspace() or text[index - 1] in _GROUP_BOUNDARY)
+        ):
+            opened.append(index)
+        elif char == ")" and innermost == "(":
+            groups[opened.pop()] = index
+        index += 1
+    return groups
+
+
+def parse_compel_prompt(text: str) -> list[Fragment]:
+    """Read compel's weighting syntax in `text` (see the module docstring).
+
+    Time and memory are linear in the length of `text`, whatever its brackets.
+
+    Args:
+        text: one prompt.
+
+    Returns:
+        At least one fragment: ``[Fragment("", 1.0)]`` when no text is left. Adjacent words of
+        equal weight are one fragment, joined by single spaces; weights within
+        [-`MAX_WEIGHT`, `MAX_WEIGHT`]. No BREAK markers: ``BREAK`` is a word in compel.
+
+    Raises:
+        TypeError: `text` is not a string.
+        ValueError: `text` uses ``.and()``, ``.blend()``, ``.swap()`` or ``withLora()``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"`text` must be a string, got {type(text).__name__}: {text!r:.80}")
+    if not any(char in _SYNTAX_CHARS for char in text):
+        return [Fragment(text, 1.0)]
+    operator = _OPERATORS.search(text)
+    if operator is not None:
+        name = next(group for group in operator.groups() if group)
+        raise ValueError(
+            f"prompt {text[:80]!r}: compel's `{name}()` combines whole encodings, which clipcond's compel syntax "
+            'does not read (it reads the weights: `word+`, `word-`, `(words)1.3`, `"words"+`); encode the parts '
+            "and combine the embeddings yourself, or use A1111's syntax (`BREAK`, `AND` in CLIPConditionedPipeline)"
+        )
+    text = _COMMA_GAP.sub(", ", text)
+    groups = _groups(text)
+    words: list[tuple[str, float]] = []
+    scales = [1.0]  # the weight of the enclosing groups, outermost first
+    closes: list[tuple[int, int]] = []  # per open group: where it closes, where its weight ends
+    word: list[str] = []
+    bracketed: list[bool] = []  # per character of `word`: an unescaped bracket or quote
+
+    def end_word() -> None:
+        if not word:
+            return
+        piece = "".join(word)
+        glued_syntax = any(bracketed)  # compel reads `x(y)+` as text, not as a weighted word
+        word.clear()
+        bracketed.clear()
+        base = piece.rstrip("+-")
+        if glued_syntax or not base or base == piece:
+            words.append((piece, scales[-1]))
+            return
+        # the first run of one sign weights the word; signs after it are text (`cat+-`)
+        signs = piece[len(base) :]
+        run = len(signs) - len(signs.lstrip(signs[0]))
+        weight = _power(PLUS_BASE if signs[0] == "+" else MINUS_BASE, run)
+        words.append((base, _clamped(scales[-1] * weight)))
+        if run < len(signs):
+            words.append((signs[run:], scales[-1]))
+
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if closes and index == closes[-1][0]:
+            end_word()
+            scales.pop()
+            index = closes.pop()[1]
+            continue
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in '()"':
+            word.append(text[index + 1])
+            bracketed.append(False)
+            index += 2
+            continue
+        if index in groups:  # never inside quotes (`_groups`)
+            end_word()
+            close = groups[index]
+            weight, weight_end = _weight_after(text, close + 1)
+            scales.append(_clamped(scales[-1] * weight))
+            closes.append((close, weight_end))
+            index += 1
+            continue
+        if char.isspace():
+            end_word()
+        else:
+            word.append(char)
+            bracketed.append(char in '()"')
+        index += 1
+    end_word()
+
+    fragments: list[Fragment] = []
+    for piece, weight in words:
+        if fragments and fragments[-1].weight == weight:
+            fragments[-1] = Fragment(f"{fragments[-1].text} {piece}", weight)
+        else:
+            fragments.append(Fragment(piece, weight))
+    return fragments or [Fragment("", 1.0)]

@@ -1,0 +1,267 @@
+"""compel's weighting syntax (`clipcond.compel_syntax`): the parser against compel's own parser
+(token ids and weights), and `TextConditioner(syntax="compel", emphasis="compel")` against
+`compel.Compel` itself on the tiny SD and SDXL pipelines."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from clipcond import TextConditioner
+from clipcond.compel_syntax import MAX_WEIGHT, check_syntax, parse_compel_prompt
+from clipcond.prompts import Fragment, parse_prompt
+from clipcond.tokenization import clip_tokenizer
+
+compel_parser = pytest.importorskip("compel.prompt_parser")
+
+# well-formed prompts of every construct, and compel's readings this parser shares
+WRITTEN = [
+    "a cat+ on a (red mat)++",
+    "a (red)1.3 fox, (blurry)0.5",
+    "a cat--- in the snow",
+    "(a (nested)+ phrase)0.8",
+    '"a cat"+ sits on "a mat"-',
+    '("a red fox")1.2 (in "deep snow"++)0.9',
+    r"a \(literal\) bracket and a \"quote\"",
+    "(cat)1.5 (dog).5 (bird)2 (fish)0",
+    "3+ cats, (well-known painting)-- by a_b+",
+    "a+ (b)+ (c)++ d-",
+    "(a)(b)+ (c)",
+    "x (a)1.2.3",
+    "a (cat",
+    '(a "b) c',
+    "cat+- x dog--+ y",
+    '"a++ b-"1.2 c "(d)+ e"',
+    r"a(b)c x(y)+ z a\(b\)+",
+    "猫+ (日本)1.2",
+    "a cat AND a dog [cat:dog:0.5] BREAK x",
+]
+
+
+def _token_weights(tokenizer, fragments) -> list[tuple[int, float]]:
+    """(token id, weight) of every token the fragments tokenize to, in order."""
+    pairs = []
+    for fragment in fragments:
+        ids = tokenizer(fragment.text, add_special_tokens=False).input_ids
+        pairs.extend((token, fragment.weight) for token in ids)
+    return pairs
+
+
+def _compels_fragments(prompt: str):
+    """compel's reading of `prompt`: its one flattened prompt's fragments."""
+    (flattened,) = compel_parser.PromptParser().parse_conjunction(prompt).prompts
+    return flattened.children
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer()
+
+
+@pytest.mark.parametrize("prompt", WRITTEN)
+def test_written_prompts_read_compels_tokens_and_weights(tokenizer, prompt: str) -> None:
+    ours = _token_weights(tokenizer, parse_compel_prompt(prompt))
+    assert ours == _token_weights(tokenizer, _compels_fragments(prompt))
+
+
+def _generated_prompt(rng: random.Random, depth: int = 0) -> str:
+    """A random well-formed prompt: words, words with a run of signs, brackets and quotes with
+    or without a weight (signs or a number), nested up to two levels."""
+    words = ["a", "red", "fox", "cat", "in", "the", "snow", "well-known", "3", "photo", "big,", "tree", "é"]
+    weights = ["", "", "+", "++", "-", "---", "1.3", "0.5", ".5", "2", "0", "1.25"]
+    items = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.random()
+        if kind < 0.45 or depth >= 2:
+            word = rng.choice(words)
+            # a sign after a comma is text in compel (its space after commas parts them)
+            signs = rng.choice(["", "", "+", "++", "-", "--"]) if not word.endswith(",") else ""
+            items.append(word + signs)
+        elif kind < 0.8:
+            items.append(f"({_generated_prompt(rng, depth + 1)}){rng.choice(weights)}")
+        else:  # compel reads signs and brackets inside quotes too
+            chosen = [rng.choice(words) for _ in range(rng.randint(1, 3))]
+            quoted = " ".join(w if w.endswith(",") else w + rng.choice(["", "", "+", "-"]) for w in chosen)
+            if rng.random() < 0.3:
+                quoted += f" ({rng.choice(words)}){rng.choice(weights)}"
+            items.append(f'"{quoted}"{rng.choice(weights)}')
+    return " ".join(items)
+
+
+def test_generated_prompts_read_compels_tokens_and_weights(tokenizer) -> None:
+    rng = random.Random(0)
+    prompts = [_generated_prompt(rng) for _ in range(150)]
+    weighted = 0
+    for prompt in prompts:
+        ours = _token_weights(tokenizer, parse_compel_prompt(prompt))
+        assert ours == _token_weights(tokenizer, _compels_fragments(prompt)), prompt
+        weighted += any(weight != 1.0 for _, weight in ours)
+    assert weighted > 100  # the generator writes weights, so the comparison covers them
+
+
+def test_a_prompt_without_compels_characters_is_one_fragment_unchanged() -> None:
+    for prompt in ["a red fox", "a,b,c  with  spaces", "", "  ", "a [cat:dog:0.5] BREAK (x:1.3)".replace("(", "")]:
+        assert parse_compel_prompt(prompt) == [Fragment(prompt, 1.0)]
+
+
+def test_text_is_split_at_whitespace_with_a_space_after_each_comma() -> None:
+    assert parse_compel_prompt("a,b  (c)+\td") == [Fragment("a, b", 1.0), Fragment("c", 1.1), Fragment("d", 1.0)]
+    assert parse_compel_prompt("a ++ b -") == [Fragment("a ++ b -", 1.0)]  # signs alone are text
+
+
+def test_nesting_multiplies_outermost_first_and_weights_are_clamped() -> None:
+    assert parse_compel_prompt("((a)1.3 b)0.7") == [Fragment("a", 0.7 * 1.3), Fragment("b", 0.7)]
+    assert parse_compel_prompt("(a)" + "9" * 400) == [Fragment("a", MAX_WEIGHT)]  # a number past float range
+    assert parse_compel_prompt("a" + "+" * 20_000) == [Fragment("a", MAX_WEIGHT)]  # 1.1 ** 20000 overflows
+    assert parse_compel_prompt("a" + "-" * 20_000) == [Fragment("a", 0.0)]
+    # an overflowed group around a zero weight: 0, not NaN
+    assert parse_compel_prompt("((a)0)" + "+" * 20_000) == [Fragment("a", 0.0)]
+
+
+def test_deep_nesting_and_unclosed_brackets_read_where_compels_parser_gives_up() -> None:
+    """compel's grammar backtracks (about 3.5 times the time per level of nesting) and exceeds
+    Python's recursion limit on 200 unclosed brackets; this parser is linear, without recursion."""
+    depth = 20_000
+    assert parse_compel_prompt("(" * depth + "a" + ")+" * depth) == [Fragment("a", MAX_WEIGHT)]
+    assert parse_compel_prompt("(" * depth + "a" + ")" * depth) == [Fragment("a", 1.0)]
+    assert parse_compel_prompt("(" * 200 + "a") == [Fragment("(" * 200 + "a", 1.0)]
+    with pytest.raises(RecursionError):
+        compel_parser.PromptParser().parse_conjunction("(" * 200 + "a")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "name"),
+    [
+        ('("a cat", "a dog").and()', "and"),
+        ('("a cat", "a dog").blend(0.7, 0.3)', "blend"),
+        ("a cat.swap(dog)", "swap"),
+        ("a cat withLora(style, 0.5)", "withLora"),
+    ],
+)
+def test_operators_over_whole_encodings_are_refused_by_name(prompt: str, name: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_compel_prompt(prompt)
+    assert str(refused.value).startswith(f"prompt {prompt!r}: compel's `{name}()` combines whole encodings")
+    # compel reads each of them as an operator, not as text
+    conjunction = compel_parser.PromptParser().parse_conjunction(prompt)
+    assert (
+        conjunction.lora_weights
+        or len(conjunction.prompts) > 1
+        or type(conjunction.prompts[0]).__name__ != ("FlattenedPrompt")
+        or conjunction.prompts[0].wants_cross_attention_control
+    )
+
+
+def test_the_syntax_setting_is_checked_by_name() -> None:
+    assert check_syntax("compel") == "compel"
+    with pytest.raises(TypeError, match=re.escape("`syntax` must be a str, one of ['a1111', 'compel'], got NoneType")):
+        check_syntax(None)
+    with pytest.raises(ValueError, match=re.escape("`syntax` must be one of ['a1111', 'compel']")):
+        check_syntax("comfy")
+    with pytest.raises(TypeError, match="`text` must be a string, got int"):
+        parse_compel_prompt(3)
+
+
+# ---------------------------------------------------------------------------- the conditioner
+
+PROMPTS = [
+    "a red circle+ and a (blue square)1.3 on a mat",
+    'a (small green)-- triangle, ("yellow star")0.5',
+    "((a purple)1.2 hexagon)0.9 under a sky++",
+    "a plain prompt with no weights",
+]
+
+
+def _compel_for(pipe, family: str):
+    """compel's own `Compel` over `pipe`'s encoders, as its README sets it up per family."""
+    from compel import Compel, ReturnedEmbeddingsType
+
+    if family == "sd":
+        return Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    return Compel(
+        tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
+        text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+        requires_pooled=[False, True],
+    )
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_conditioner_in_compel_syntax_and_emphasis_equals_compel(family: str, request) -> None:
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    compel = _compel_for(pipe, family)
+    conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
+    a1111 = TextConditioner.from_pipeline(pipe, emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        ours = conditioner.encode(PROMPTS).tokens
+        read_as_a1111 = a1111.encode(PROMPTS).tokens
+        for index, prompt in enumerate(PROMPTS):
+            theirs = compel(prompt)
+            theirs = theirs[0] if family == "sdxl" else theirs  # (tokens, pooled)
+            torch.testing.assert_close(ours[index : index + 1], theirs, rtol=1e-5, atol=1e-5)
+            if index < 3:  # A1111's syntax reads these weights as text: the comparison bites
+                assert not torch.allclose(read_as_a1111[index], theirs[0], atol=1e-3)
+
+
+def test_pipeline_kwargs_read_no_steps_in_compel_syntax_and_schedule_is_refused(sd_pipe) -> None:
+    conditioner = TextConditioner.from_pipeline(sd_pipe, syntax="compel", cache_size=0)
+    prompt = "a [cat:dog:0.5] AND a (dog)1.2"  # A1111 editing and AND: text in compel's syntax
+    kwargs = conditioner.pipeline_kwargs(prompt, num_inference_steps=4)
+    assert "callback_on_step_end" not in kwargs
+    expected = conditioner.encode([prompt, ""]).tokens
+    torch.testing.assert_close(kwargs["prompt_embeds"], expected[:1], rtol=0, atol=0)
+    torch.testing.assert_close(kwargs["negative_prompt_embeds"], expected[1:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an int >= 1, got 0"):
+        conditioner.pipeline_kwargs(prompt, num_inference_steps=0)
+    with pytest.raises(ValueError, match=re.escape("`schedule` reads A1111's prompt editing")):
+        conditioner.schedule(prompt, 4)
+
+
+def test_the_syntax_is_checked_and_part_of_the_cache_key(sd_pipe, tmp_path) -> None:
+    with pytest.raises(ValueError, match=re.escape("`syntax='compel'` says how weights are written")):
+        TextConditioner.from_pipeline(sd_pipe, syntax="compel", parse_weights=False)
+    with pytest.raises(ValueError, match="`syntax` must be one of"):
+        TextConditioner.from_pipeline(sd_pipe, syntax="A1111")
+    prompt = "a (red)1.3 cat+"
+    a1111 = TextConditioner.from_pipeline(sd_pipe, cache_dir=str(tmp_path))
+    compel = TextConditioner.from_pipeline(sd_pipe, syntax="compel", cache_dir=str(tmp_path))
+    first = a1111.encode(prompt).tokens
+    second = compel.encode(prompt).tokens  # the same folder: another key, not the first's file
+    assert not torch.allclose(first, second, atol=1e-3)
+    fresh = TextConditioner.from_pipeline(sd_pipe, syntax="compel", cache_size=0).encode(prompt).tokens
+    torch.testing.assert_close(second, fresh, rtol=0, atol=0)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2
+    # A1111's key is the one it was before the setting existed: no syntax part in it
+    assert ":syntax=" not in a1111._settings_key(by_content=True)
+    assert ":syntax=compel" in compel._settings_key(by_content=True)
+
+
+def test_plain_prompts_encode_alike_in_both_syntaxes(sd_pipe) -> None:
+    plain = ["a red fox in the snow", "a,b,c", ""]
+    with torch.no_grad():
+        compel = TextConditioner.from_pipeline(sd_pipe, syntax="compel", cache_size=0).encode(plain).tokens
+        a1111 = TextConditioner.from_pipeline(sd_pipe, cache_size=0).encode(plain).tokens
+    torch.testing.assert_close(compel, a1111, rtol=0, atol=0)
+    assert parse_prompt("a red fox") == parse_compel_prompt("a red fox")
+
+
+def test_a_conditioner_yaml_takes_the_syntax_and_refuses_an_unknown_one(sd_pipe, tmp_path) -> None:
+    import yaml
+
+    folder = tmp_path / "pipe"
+    sd_pipe.save_pretrained(folder)
+    source = {"path": str(folder), "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}
+    path = tmp_path / "conditioner.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "sd", "clip": [source], "syntax": "compel", "emphasis": "compel"}))
+    loaded = TextConditioner.from_config(path)
+    assert loaded.syntax == "compel"
+    direct = TextConditioner.from_pipeline(sd_pipe, syntax="compel", emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(PROMPTS).tokens, direct.encode(PROMPTS).tokens, rtol=0, atol=1e-6)
+    path.write_text(yaml.safe_dump({"recipe": "sd", "clip": [source], "syntax": "comfy"}))
+    with pytest.raises(ValueError, match=r"syntax.*comfy") as refused:
+        TextConditioner.from_config(path)
+    assert "compel" in str(refused.value)
