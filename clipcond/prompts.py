@@ -1,8 +1,8 @@
 """Prompt weighting syntax -> weighted fragments.
 
 The attention syntax of AUTOMATIC1111's web UI (``parse_prompt_attention`` in its
-``modules/prompt_parser.py``), read the same way; compel's own syntax (``word+``,
-``(words)1.3``, ``.blend()``) is not read:
+``modules/prompt_parser.py``), read the same way (compel's ``word+``, ``(words)1.3`` is
+`clipcond.compel_syntax`'s):
 
     a (red) cat         "red" x 1.1                 ((red)) -> x 1.21
     a [red] cat         "red" / 1.1                 [[red]] -> / 1.21
