@@ -62,6 +62,7 @@ from transformers import (
     T5EncoderModel,
 )
 
+from clipcond.compel_syntax import check_syntax
 from clipcond.conditioner_setup import as_encoders, check_clip_skip, check_clip_windows, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
@@ -182,6 +183,9 @@ class CLIPConditionedPipeline(
         window_split: how a prompt longer than a CLIP window is cut: "word", "a1111",
             "comfy" or "truncate" (`clipcond.chunking`; see `TextConditioner`). Not read by a
             `custom` pipeline with T5 alone, whose T5 reads one sequence up to `t5_max_length`.
+        syntax: the weighting syntax of prompts: "a1111" (weights, `BREAK`, prompt editing,
+            alternation, `AND`) or "compel" (`word+`, `(words)1.3`; no text changes between
+            steps and `AND` is a word; `clipcond.compel_syntax`; see `TextConditioner`).
         safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
@@ -389,6 +393,7 @@ class CLIPConditionedPipeline(
         coordinate_channels: bool = False,
         emphasis: str = "multiply",
         window_split: str = "word",
+        syntax: str = "a1111",
         safety_checker: StableDiffusionSafetyChecker | None = None,
         feature_extractor: CLIPImageProcessor | None = None,
         requires_safety_checker: bool = False,
@@ -453,6 +458,7 @@ class CLIPConditionedPipeline(
             )
         check_emphasis(emphasis)
         check_window_split(window_split)
+        check_syntax(syntax)
         clip_skip = clip_skip_as_int(clip_skip)  # a Python int in the config, which is saved as JSON
         if check_safety_checker(safety_checker, feature_extractor, requires_safety_checker):
             logger.warning(
@@ -471,6 +477,7 @@ class CLIPConditionedPipeline(
             coordinate_channels=coordinate_channels,
             emphasis=emphasis,
             window_split=window_split,
+            syntax=syntax,
             requires_safety_checker=requires_safety_checker,
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             requires_aesthetics_score=requires_aesthetics_score,
@@ -583,6 +590,7 @@ class CLIPConditionedPipeline(
             self.config.get("t5_attention_mask", False),
             self.config.get("emphasis", "multiply"),
             self.config.get("window_split", "word"),
+            self.config.get("syntax", "a1111"),
             self.config.get("force_zeros_for_empty_prompt"),
         )
         if self._conditioners_for != components:
@@ -609,6 +617,7 @@ class CLIPConditionedPipeline(
             emphasis=self.config.get("emphasis", "multiply"),
             # how CLIP windows are cut: a custom pipeline with T5 alone has none (its T5 reads one sequence)
             window_split=self.config.get("window_split", "word") if clip else None,
+            syntax=self.config.get("syntax", "a1111"),
         )
         width = self.unet.config.cross_attention_dim if self.unet is not None else conditioner.token_width
         if conditioner.token_width != width:
@@ -1046,22 +1055,24 @@ class CLIPConditionedPipeline(
         self._remember_lora_scale(lora_scale)
         dtype = self.unet.dtype
         edit_steps = self._edit_steps(num_inference_steps, timesteps, sigmas)
-        prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
-            edit_steps, prompt, negative_prompt, prompt_2, negative_prompt_2
-        )
-        plan = plan_for_call(
-            self,
-            conditioner,
-            prompt,
-            negative_prompt,
-            negative_prompt_embeds,
-            edit_steps,
-            num_images_per_prompt,
-            lora_scale,
-            prompt_2,
-            negative_prompt_2,
-            ip_adapter=use_ip_adapter,
-        )
+        plan = None
+        if self.config.get("syntax", "a1111") == "a1111":  # compel's syntax has no editing or AND
+            prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
+                edit_steps, prompt, negative_prompt, prompt_2, negative_prompt_2
+            )
+            plan = plan_for_call(
+                self,
+                conditioner,
+                prompt,
+                negative_prompt,
+                negative_prompt_embeds,
+                edit_steps,
+                num_images_per_prompt,
+                lora_scale,
+                prompt_2,
+                negative_prompt_2,
+                ip_adapter=use_ip_adapter,
+            )
         negative = None
         if plan is not None:
             rows = plan.rows(0, device, dtype)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipcond.compel_syntax import SYNTAXES
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
 from clipcond.output_paths import check_new_file, write_atomically
@@ -91,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EMPHASIS_MODES,
         help="how (word:1.3) weights change the text encoder's states (clipcond.emphasis); "
         "default: the model's own setting (multiply unless it was saved with another)",
+    )
+    parser.add_argument(
+        "--syntax",
+        choices=SYNTAXES,
+        help="how prompts write weights: A1111's (word:1.3), [word], BREAK, [a:b:0.5], AND (a1111), or compel's "
+        "word+, word-, (words)1.3 (compel; clipcond.compel_syntax); default: the model's own setting (a1111 "
+        "unless it was saved with another)",
     )
     parser.add_argument(
         "--window-split",
@@ -235,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
     if args.window_split is not None:
         pipe.register_to_config(window_split=args.window_split)
+    if args.syntax is not None:
+        pipe.register_to_config(syntax=args.syntax)
     if sources is not None:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from clipcond.compel_syntax import SYNTAXES
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
 from clipcond.pipelines import generate, generate_checks
@@ -472,7 +473,7 @@ def test_several_images_are_one_grid_its_last_cells_black(tmp_path, model_folder
     assert rows == math.ceil(n / columns)
 
 
-def test_run_registers_the_emphasis_and_window_split_asked_for(tmp_path, model_folder, stand_in):
+def test_run_registers_the_emphasis_window_split_and_syntax_asked_for(tmp_path, model_folder, stand_in):
     args = _args(
         "-o", str(tmp_path / "o.png"), "--model", str(model_folder), "--emphasis", "comfy", "--window-split", "a1111"
     )  # fmt: skip
@@ -480,6 +481,8 @@ def test_run_registers_the_emphasis_and_window_split_asked_for(tmp_path, model_f
     assert stand_in["pipe"].config == {"emphasis": "comfy", "window_split": "a1111"}
     generate.run(_args("-o", str(tmp_path / "p.png"), "--model", str(model_folder), "--emphasis", "multiply"))
     assert stand_in["pipe"].config == {"emphasis": "multiply", "window_split": "a1111"}  # the same stand-in
+    generate.run(_args("-o", str(tmp_path / "q.png"), "--model", str(model_folder), "--syntax", "compel"))
+    assert stand_in["pipe"].config == {"emphasis": "multiply", "window_split": "a1111", "syntax": "compel"}
 
 
 def test_run_with_a_source_image_drives_the_task_pipeline(tmp_path, model_folder, stand_in, monkeypatch):
@@ -576,7 +579,9 @@ def test_write_png_that_cannot_write_says_why(tmp_path, monkeypatch, error, reas
     assert caught.value.__cause__ is error
 
 
-@pytest.mark.parametrize(("option", "names"), [("--window-split", WINDOW_SPLITS), ("--emphasis", EMPHASIS_MODES)])
+@pytest.mark.parametrize(
+    ("option", "names"), [("--window-split", WINDOW_SPLITS), ("--emphasis", EMPHASIS_MODES), ("--syntax", SYNTAXES)]
+)
 def test_a_mode_the_pipeline_does_not_have_is_an_argparse_error_listing_the_choices(option, names, capsys):
     assert _args(option, names[-1]).__dict__[option[2:].replace("-", "_")] == names[-1]
     with pytest.raises(SystemExit) as exit_:
