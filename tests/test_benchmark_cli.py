@@ -46,6 +46,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"repeats": 3, "steps": 10, "output": Path("out/cold.md")},
         ),
     ],
+    "benchmarks/bench_compel_syntax.py": [
+        (
+            ["--repeats", "3", "--max-depth", "4", "--output", "out/compel.md"],
+            {"repeats": 3, "max_depth": 4, "output": Path("out/compel.md")},
+        ),
+    ],
     "benchmarks/bench_conditioner.py": [
         (["--repeats", "3", "--output", "out/cond.md"], {"repeats": 3, "output": Path("out/cond.md")}),
         (["--out", "out/cond.md"], {"output": Path("out/cond.md")}),
@@ -174,6 +180,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_cold_start.py": [["--repeats", "x"], ["--steps", "2.5"]],
     "benchmarks/bench_load.py": [["--rows", "sd3-small"], ["--repeats", "x"]],
     "benchmarks/bench_tokenizer_copy.py": [["--repeats", "x"]],
+    "benchmarks/bench_compel_syntax.py": [["--max-depth", "x"], ["--repeats", "1.5"]],
     "benchmarks/bench_pipeline.py": [
         ["--size", "huge"],
         ["--dtype", "int8"],
@@ -201,6 +208,7 @@ REJECTED: dict[str, list[list[str]]] = {
 OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_clip_step.py": ([], ("output",)),
     "benchmarks/bench_cold_start.py": ([], ("output",)),
+    "benchmarks/bench_compel_syntax.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_load.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
@@ -244,7 +252,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 18
+    assert len(SCRIPTS) == 19
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 

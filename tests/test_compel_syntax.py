@@ -133,6 +133,20 @@ def test_deep_nesting_and_unclosed_brackets_read_where_compels_parser_gives_up()
 
 
 @pytest.mark.parametrize(
+    "unit",
+    ["(a", "a)", "(a)+ ", "((a)1.2 ", '"a', '"a"+ ', "a+- ", "\\(a ", "(a, b)1.1, ", "(x(y)+ ", "a" + "+" * 7 + " "],
+)
+def test_work_grows_linearly_with_the_prompt(unit: str) -> None:
+    """Any piece of syntax repeated 500 or 1000 times: twice the text, at most about twice the
+    lines run (a count of work that, unlike a clock, is the same on every machine)."""
+    from line_counter import lines_executed
+
+    small = lines_executed("compel_syntax.py", parse_compel_prompt, unit * 500)
+    large = lines_executed("compel_syntax.py", parse_compel_prompt, unit * 1000)
+    assert large <= 2.05 * small + 50, (unit, small, large)
+
+
+@pytest.mark.parametrize(
     ("prompt", "name"),
     [
         ('("a cat", "a dog").and()', "and"),
