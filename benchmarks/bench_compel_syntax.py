@@ -11,8 +11,8 @@ Sides, on one core of whatever machine runs it:
    pyparsing grammar each time) / by one `PromptParser` kept across prompts (its grammar
    built once). Goal: ours faster than both (ratio < 1);
 2. one prompt whose words sit in `depth` nested brackets with a weight, `depth` 1 to
-   `--max-depth`: compel's time grows about 3 to 4.5 times per level, ours stays linear in the
-   prompt's length. Each depth is timed `--repeats` times while compel's side takes under a
+   `--max-depth`: compel's time grows with each level (backtracking; bare brackets,
+   ``((((a))))``, 3 to 4.5 times per level), ours stays linear in the prompt's length. Each depth is timed `--repeats` times while compel's side takes under a
    second, once beyond.
 
 Both parsers must agree on the prompts' CLIP tokens and weights (`tests/test_compel_syntax.py`);
@@ -22,6 +22,8 @@ here only the time is measured.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import platform
 import shlex
 import sys
@@ -115,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Reading compel's syntax: clipcond's parser / compel's",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}. "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}. "
         f"Command: `python benchmarks/bench_compel_syntax.py {command}`. Medians of {args.repeats} rotating "
         "rounds (one round where compel's side takes a second or more).",
         "",

@@ -1,6 +1,6 @@
 """compel's prompt weighting syntax -> weighted fragments, in linear time.
 
-compel (the prompt library diffusers' documentation recommends for weighting) reads:
+compel (the prompt-weighting library diffusers' documentation points to) reads:
 
     a cat+ on a mat         "cat" x 1.1                  cat++ -> x 1.21, cat--- -> x 0.729
     a (red fox)1.3          "red fox" x 1.3              (red fox)0.5, (red fox).5, (red fox)2
@@ -48,7 +48,7 @@ _COMMA_GAP = re.compile(r",(?=\S)")
 _NUMBER = re.compile(r"\d+\.\d+|\.\d+|\d+")
 # compel's operators over whole encodings: named in the refusal, never read as text
 _OPERATORS = re.compile(r"\)\s*\.(and|blend|swap)\s*\(|\w\.(swap)\s*\(|\b(withLora)\s*\(")
-# characters after which a bracket or a quote opens a group (a word glued before it keeps it)
+# characters after which a `(` opens a group (a word glued before it keeps it: `a(b)` is text)
 _GROUP_BOUNDARY = set('()"+-')
 
 

@@ -26,6 +26,8 @@ WRITTEN = [
     '"a cat"+ sits on "a mat"-',
     '("a red fox")1.2 (in "deep snow"++)0.9',
     r"a \(literal\) bracket and a \"quote\"",
+    r'(a\) b)1.3 "c \" d"+ x \(a)+',
+    r"(a \)",
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
     "a+ (b)+ (c)++ d-",
