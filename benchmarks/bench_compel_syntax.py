@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from median_timing import median_seconds
-from result_paths import default_output, write_result
+from result_paths import default_output, ratio_table, write_result
 
 PROMPTS = [
     "a red fox+ in the (deep snow)1.2, (blurry)0.5",
@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python benchmarks/bench_compel_syntax.py {command}`. Medians of {args.repeats} rotating "
         "rounds (one round where compel's side takes a second or more).",
         "",
-        "| measurement | ours (s) | compel (s) | ratio | goal |",
-        "|---|---:|---:|---:|---|",
+        *ratio_table(rows, peer="compel", digits=6, ratio_digits=5),
     ]
-    for name, mine, peer, goal in rows:
-        lines.append(f"| {name} | {mine:.6f} | {peer:.6f} | {mine / peer:.5f} | {goal} |")
     text = "\n".join(lines) + "\n"
     print(text)
     print(f"wrote {write_result(args.output, text)}")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from median_timing import median_seconds
-from result_paths import default_output, write_result
+from result_paths import default_output, ratio_table, write_result
 
 EDITED = "a [red:[green:blue:0.66]:0.33] fox in the snow"
 PLAIN = "a red fox in the snow"
@@ -122,11 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}. Command: `python benchmarks/bench_prompt_language.py {command}`. "
         f"{args.steps} DDIM steps at {size}x{size}, medians of {args.repeats} rotating rounds.",
         "",
-        "| measurement | ours (s) | reference (s) | ratio | goal |",
-        "|---|---:|---:|---:|---|",
+        *ratio_table(rows),
     ]
-    for name, ours, theirs, goal in rows:
-        lines.append(f"| {name} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.3f} | {goal} |")
     text = "\n".join(lines) + "\n"
     print(text)
     print(f"wrote {write_result(args.output, text)}")

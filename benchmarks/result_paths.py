@@ -27,3 +27,16 @@ def write_result(path: str | os.PathLike[str], text: str) -> Path:
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
     return path
+
+
+def ratio_table(
+    rows: list[tuple[str, float, float, str]], peer: str = "reference", digits: int = 3, ratio_digits: int = 3
+) -> list[str]:
+    """The markdown lines of a table of timed sides: one row per (measurement, our seconds, the
+    peer's seconds, goal), with their ratio; `peer` names the second column."""
+    lines = [f"| measurement | ours (s) | {peer} (s) | ratio | goal |", "|---|---:|---:|---:|---|"]
+    for name, ours, theirs, goal in rows:
+        lines.append(
+            f"| {name} | {ours:.{digits}f} | {theirs:.{digits}f} | {ours / theirs:.{ratio_digits}f} | {goal} |"
+        )
+    return lines
