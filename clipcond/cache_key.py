@@ -3,10 +3,10 @@
 A key covers the encoders' weights (a `WeightsWatch` state in memory, a content hash on
 disk), each encoder's tokenizer (`clipcond.tokenizer_fingerprint`) and config
 (`clipcond.config_fingerprint`), the dtype each computes in, the active recipe
-(clip-skip included), whether weights are parsed and in which syntax, each encoder's class, window length, mask
-use and attention kernel, and the text each encoder reads (`reading_keys`: with per-encoder prompts, such as
-SDXL's `prompt_2`, the encoders of one prompt read different texts). Any Python string makes
-a key, lone surrogates included.
+(clip-skip included), whether weights are parsed and in which syntax, each encoder's class,
+window length, mask use and attention kernel, and the text each encoder reads (`reading_keys`:
+with per-encoder prompts, such as SDXL's `prompt_2`, the encoders of one prompt read different
+texts). Any Python string makes a key, lone surrogates included.
 """
 
 from __future__ import annotations

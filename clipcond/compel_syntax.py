@@ -9,6 +9,7 @@ compel (the prompt-weighting library diffusers' documentation points to) reads:
     "a red fox"+            "a red fox" x 1.1            quotes group words as round brackets do
     (a cat)                 "a cat" x 1                  brackets without a weight only group
     \\( \\) \\"                a literal ( ) "              never syntax
+    ("a cat", "a dog").and()   "a cat", a BREAK, "a dog"    each part starts a CLIP window
 
 `parse_compel_prompt` reads the same weights as compel's own parser (`compel.prompt_parser`,
 a pyparsing grammar) on such prompts: the fragments give the same CLIP token ids with the
@@ -18,8 +19,12 @@ It differs on purpose in three ways:
 - Time is linear in the prompt's length. compel's grammar backtracks: each level of bracket
   nesting multiplied its time by 3 to 4.5 (8 levels, ``((((((((a))))))))``, took 73 s on a
   2-core machine) and 200 unclosed brackets exhaust Python's recursion limit.
-- compel's ``.and()``, ``.blend()``, ``.swap()`` and ``withLora()`` are a ValueError here,
-  not read: they combine whole encodings, which a list of weighted fragments cannot say.
+- compel's ``.blend()``, ``.swap()`` and ``withLora()``, and ``.and()`` with part weights other
+  than 1 or beside other text, are a ValueError here, not read: they combine whole encodings,
+  which a list of weighted fragments cannot say. An unweighted ``.and()`` is its parts with a
+  BREAK between them: compel encodes each part on its own and joins the encodings, which is
+  what CLIP windows are (equal to compel for parts of one window each; a T5 reads the parts
+  as one sequence, as it reads a BREAK).
 - On text its grammar does not cover, compel often falls back to reading the whole prompt as
   plain text (an unclosed ``(`` anywhere); here only that bracket is text. Around stray signs
   and dots the two can also differ (``(a)1.``: here "a" x 1 and the text "."; compel drops
@@ -37,7 +42,7 @@ from __future__ import annotations
 import math
 import re
 
-from clipcond.prompts import MAX_WEIGHT, Fragment
+from clipcond.prompts import BREAK_MARKER, MAX_WEIGHT, Fragment
 
 SYNTAXES = ("a1111", "compel")
 PLUS_BASE = 1.1
@@ -48,6 +53,11 @@ _COMMA_GAP = re.compile(r",(?=\S)")
 _NUMBER = re.compile(r"\d+\.\d+|\.\d+|\d+")
 # compel's operators over whole encodings: named in the refusal, never read as text
 _OPERATORS = re.compile(r"\)\s*\.(and|blend|swap)\s*\(|\w\.(swap)\s*\(|\b(withLora)\s*\(")
+# a whole prompt `("part", "part").and(weights)`: compel encodes each part on its own and joins them
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_CONJUNCTION = re.compile(
+    rf"\s*\(\s*(?P<parts>{_QUOTED}(?:\s*,\s*{_QUOTED})*)\s*\)\s*\.and\((?P<weights>[^()]*)\)\s*", re.DOTALL
+)
 # characters after which a `(` opens a group (a word glued before it keeps it: `a(b)` is text)
 _GROUP_BOUNDARY = set('()"+-')
 
@@ -118,6 +128,35 @@ def _groups(text: str) -> dict[int, int]:
     return groups
 
 
+def _conjunction_fragments(text: str, conjunction: re.Match) -> list[Fragment]:
+    """The fragments of compel's `("a", "b").and()`: each part read as a prompt, a BREAK between
+    parts (each part starts a CLIP window, as compel concatenates the parts' encodings). Part
+    weights other than 1 are a ValueError: compel moves such a part's states towards the empty
+    prompt's, which weights of tokens cannot say."""
+    weights = [weight.strip() for weight in conjunction.group("weights").split(",") if weight.strip()]
+    try:
+        unweighted = all(float(weight) == 1.0 for weight in weights)
+    except ValueError:
+        unweighted = False
+    if not unweighted:
+        raise ValueError(
+            f"prompt {text[:80]!r}: compel's `and({conjunction.group('weights')})` weights whole parts, which "
+            "clipcond's compel syntax does not read: leave `.and()` without weights, or weight the words in each part"
+        )
+    parts = re.findall(_QUOTED, conjunction.group("parts"))
+    if weights and len(weights) != len(parts):
+        raise ValueError(
+            f"prompt {text[:80]!r}: compel's `and({conjunction.group('weights')})` has {len(weights)} weights for "
+            f"{len(parts)} parts (compel refuses it too)"
+        )
+    fragments: list[Fragment] = []
+    for part in parts:
+        if fragments:
+            fragments.append(BREAK_MARKER)
+        fragments.extend(parse_compel_prompt(part[1:-1]))
+    return fragments
+
+
 def parse_compel_prompt(text: str) -> list[Fragment]:
     """Read compel's weighting syntax in `text` (see the module docstring).
 
@@ -129,19 +168,29 @@ def parse_compel_prompt(text: str) -> list[Fragment]:
     Returns:
         At least one fragment: ``[Fragment("", 1.0)]`` when no text is left. Adjacent words of
         equal weight are one fragment, joined by single spaces; weights within
-        [-`MAX_WEIGHT`, `MAX_WEIGHT`]. No BREAK markers: ``BREAK`` is a word in compel.
+        [-`MAX_WEIGHT`, `MAX_WEIGHT`]. BREAK markers only between the parts of an ``.and()``
+        (``BREAK`` is a word in compel).
 
     Raises:
         TypeError: `text` is not a string.
-        ValueError: `text` uses ``.and()``, ``.blend()``, ``.swap()`` or ``withLora()``.
+        ValueError: `text` uses ``.blend()``, ``.swap()`` or ``withLora()``, or ``.and()`` with
+            part weights other than 1 or beside other text.
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a string, got {type(text).__name__}: {text!r:.80}")
     if not any(char in _SYNTAX_CHARS for char in text):
         return [Fragment(text, 1.0)]
+    conjunction = _CONJUNCTION.fullmatch(text)
+    if conjunction is not None:
+        return _conjunction_fragments(text, conjunction)
     operator = _OPERATORS.search(text)
     if operator is not None:
         name = next(group for group in operator.groups() if group)
+        if name == "and":
+            raise ValueError(
+                f"prompt {text[:80]!r}: compel's `and()` is read as a whole prompt, "
+                '`("part one", "part two").and()`, each part in its own CLIP window, with nothing after it'
+            )
         raise ValueError(
             f"prompt {text[:80]!r}: compel's `{name}()` combines whole encodings, which clipcond's compel syntax "
             'does not read (it reads the weights: `word+`, `word-`, `(words)1.3`, `"words"+`); encode the parts '

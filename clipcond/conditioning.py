@@ -130,8 +130,8 @@ class TextConditioner:
         syntax: the weighting syntax prompts are written in: "a1111" (`clipcond.prompts`:
             `(word:1.3)`, `[word]`, `BREAK`, and A1111's prompt editing and `AND` where steps
             are read) or "compel" (`clipcond.compel_syntax`: `word+`, `word-`, `(words)1.3`,
-            `"words"+`; no editing, `BREAK` or `AND`: they are text). Pair "compel" with
-            `emphasis="compel"` for compel's embeddings. Needs `parse_weights`.
+            `"words"+`, `("a", "b").and()`; no editing, `BREAK` or `AND`: they are text).
+            Pair "compel" with `emphasis="compel"` for compel's embeddings. Needs `parse_weights`.
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
             mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"

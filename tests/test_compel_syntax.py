@@ -148,10 +148,47 @@ def test_work_grows_linearly_with_the_prompt(unit: str) -> None:
     assert large <= 2.05 * small + 50, (unit, small, large)
 
 
+CONJUNCTIONS = [
+    '("a red circle+", "a (blue square)0.8 on a mat").and()',
+    ' ( "a cat" , "a (dog)1.2 \\" barks", "(a bird)++" ) .and(1, 1.0, 1) ',
+    '("one part only").and()',
+]
+
+
+@pytest.mark.parametrize("prompt", CONJUNCTIONS)
+def test_and_reads_each_part_as_compel_does_with_a_break_between(tokenizer, prompt: str) -> None:
+    ours = parse_compel_prompt(prompt)
+    parts: list[list[Fragment]] = [[]]
+    for fragment in ours:
+        if fragment.is_break:
+            parts.append([])
+        else:
+            parts[-1].append(fragment)
+    theirs = compel_parser.PromptParser().parse_conjunction(prompt)
+    assert theirs.weights == [1.0] * len(theirs.prompts) and len(theirs.prompts) == len(parts)
+    for mine, flattened in zip(parts, theirs.prompts):
+        assert _token_weights(tokenizer, mine) == _token_weights(tokenizer, flattened.children)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ('("a cat", "a dog").and(1, 0.5)', "compel's `and(1, 0.5)` weights whole parts"),
+        ('("a cat", "a dog").and(x)', "compel's `and(x)` weights whole parts"),
+        ('("a cat", "a dog").and(1)', "compel's `and(1)` has 1 weights for 2 parts"),
+        ('("a cat", "a dog").and() and more', "compel's `and()` is read as a whole prompt"),
+        ('("a cat", ("b", "c").and()).and()', "compel's `and()` is read as a whole prompt"),
+    ],
+)
+def test_and_with_part_weights_or_beside_other_text_is_refused(prompt: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_compel_prompt(prompt)
+    assert str(refused.value).startswith(f"prompt {prompt!r}: {message}")
+
+
 @pytest.mark.parametrize(
     ("prompt", "name"),
     [
-        ('("a cat", "a dog").and()', "and"),
         ('("a cat", "a dog").blend(0.7, 0.3)', "blend"),
         ("a cat.swap(dog)", "swap"),
         ("a cat withLora(style, 0.5)", "withLora"),
@@ -220,6 +257,29 @@ def test_the_conditioner_in_compel_syntax_and_emphasis_equals_compel(family: str
             torch.testing.assert_close(ours[index : index + 1], theirs, rtol=1e-5, atol=1e-5)
             if index < 3:  # A1111's syntax reads these weights as text: the comparison bites
                 assert not torch.allclose(read_as_a1111[index], theirs[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_and_in_the_conditioner_equals_compels_joined_parts(family: str, request) -> None:
+    """A batch of one-, two- and three-part prompts: each part a CLIP window, the shorter
+    prompts padded with the empty prompt's window, as `compel(prompts)` pads them."""
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    prompts = [*CONJUNCTIONS, "a plain (prompt)1.2"]
+    conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        ours = conditioner.encode(prompts).tokens
+        if family == "sd":
+            theirs = _compel_for(pipe, family)(prompts)
+        else:  # compel pads a batch per encoder only (its two-encoder provider has no empty prompt)
+            from compel import Compel, ReturnedEmbeddingsType
+
+            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+            theirs = torch.cat(
+                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(prompts) for t, e in pairs], dim=-1
+            )
+    assert ours.shape == theirs.shape == (4, 3 * 77, conditioner.token_width)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_pipeline_kwargs_read_no_steps_in_compel_syntax_and_schedule_is_refused(sd_pipe) -> None:
