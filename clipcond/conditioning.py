@@ -291,8 +291,8 @@ class TextConditioner:
         return (
             f"TextConditioner(recipe={recipe.name!r}, clip=[{', '.join(described(e) for e in self.clip)}], "
             f"t5={described(self.t5) if self.t5 is not None else None}, token_width={self.token_width}, "
-            f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, syntax={self.syntax!r}, cache={cache}, "
-            f"device={self.device}, dtype={self.dtype})"
+            f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, "
+            f"syntax={self.syntax!r}, cache={cache}, device={self.device}, dtype={self.dtype})"
         )
 
     # ------------------------------------------------------------------ public API
