@@ -28,6 +28,8 @@ WRITTEN = [
     r"a \(literal\) bracket and a \"quote\"",
     r'(a\) b)1.3 "c \" d"+ x \(a)+',
     r"(a \)",
+    "(a)+ b\\",  # a backslash at the very end
+    '"a b\\',
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
     "a+ (b)+ (c)++ d-",
@@ -194,6 +196,21 @@ def test_and_with_part_weights_or_beside_other_text_is_refused(prompt: str, mess
     with pytest.raises(ValueError) as refused:
         parse_compel_prompt(prompt)
     assert str(refused.value).startswith(f"prompt {prompt!r}: {message}")
+
+
+def test_the_refusals_of_and_are_whole_sentences_that_show_the_prompts_start() -> None:
+    long_part = "a red fox " * 12
+    cases = {
+        f'("{long_part}", "b").and(1, 0.5)': "compel's `and(1, 0.5)` weights whole parts, which clipcond's compel "
+        "syntax does not read: leave `.and()` without weights, or weight the words in each part",
+        f'("{long_part}", "b").and(1)': "compel's `and(1)` has 1 weights for 2 parts (compel refuses it too)",
+        f'("{long_part}", "b").and() x': "compel's `and()` is read as a whole prompt, "
+        '`("part one", "part two").and()`, each part in its own CLIP window, with nothing after it',
+    }
+    for prompt, message in cases.items():
+        with pytest.raises(ValueError) as refused:
+            parse_compel_prompt(prompt)
+        assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
 
 
 @pytest.mark.parametrize(
