@@ -102,6 +102,14 @@ def _weight_after(text: str, start: int) -> tuple[float, int]:
     return float(number.group()), number.end()
 
 
+def _at_word_start(text: str, index: int, after_escape: int) -> bool:
+    """True when a ``(`` at `index` opens a group: at the start, after whitespace, or right
+    after a bracket, quote or sign that is syntax (an escaped one is text, glued to the word)."""
+    if index == 0 or text[index - 1].isspace():
+        return True
+    return text[index - 1] in _GROUP_BOUNDARY and index != after_escape
+
+
 def _groups(text: str) -> dict[int, int]:
     """Where each group opens -> where it closes: ``(`` at a word's start with its matching
     ``)``, and a ``"`` with the next one (brackets inside quotes are groups too, as in compel).
@@ -110,17 +118,17 @@ def _groups(text: str) -> dict[int, int]:
     groups: dict[int, int] = {}
     opened: list[int] = []
     index = 0
+    after_escape = -1  # the index just after an escaped character: what precedes it is text
     while index < len(text):
         char = text[index]
         if char == "\\" and index + 1 < len(text) and text[index + 1] in '()"':
             index += 2
+            after_escape = index
             continue
         innermost = text[opened[-1]] if opened else None
         if char == '"' and innermost == '"':
             groups[opened.pop()] = index
-        elif char == '"' or (
-            char == "(" and (index == 0 or text[index - 1].isspace() or text[index - 1] in _GROUP_BOUNDARY)
-        ):
+        elif char == '"' or (char == "(" and _at_word_start(text, index, after_escape)):
             opened.append(index)
         elif char == ")" and innermost == "(":
             groups[opened.pop()] = index

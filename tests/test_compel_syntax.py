@@ -29,6 +29,7 @@ WRITTEN = [
     r'(a\) b)1.3 "c \" d"+ x \(a)+',
     r"(a \)",
     "(a)+ b\\",  # a backslash at the very end
+    '\\"(a)+ b (c)Xd Xmas+',  # an escaped quote glued to a bracket; a word after a group's bracket
     '"a b\\',
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
@@ -124,6 +125,8 @@ def test_a_prompt_without_compels_characters_is_one_fragment_unchanged() -> None
 def test_text_is_split_at_whitespace_with_a_space_after_each_comma() -> None:
     assert parse_compel_prompt("a,b  (c)+\td") == [Fragment("a, b", 1.0), Fragment("c", 1.1), Fragment("d", 1.0)]
     assert parse_compel_prompt("a ++ b -") == [Fragment("a ++ b -", 1.0)]  # signs alone are text
+    # nothing left: one empty fragment (compel's parser raises IndexError on "()")
+    assert parse_compel_prompt("()") == parse_compel_prompt('""+') == [Fragment("", 1.0)]
 
 
 def test_nesting_multiplies_outermost_first_and_weights_are_clamped() -> None:
@@ -237,8 +240,8 @@ def test_operators_over_whole_encodings_are_refused_by_name(prompt: str, name: s
 
 def test_the_syntax_setting_is_checked_by_name() -> None:
     assert check_syntax("compel") == "compel"
-    with pytest.raises(TypeError, match=re.escape("`syntax` must be a str, one of ['a1111', 'compel'], got NoneType")):
-        check_syntax(None)
+    with pytest.raises(TypeError, match=re.escape("`syntax` must be a str, one of ['a1111', 'compel'], got int")):
+        check_syntax(1)
     with pytest.raises(ValueError, match=re.escape("`syntax` must be one of ['a1111', 'compel']")):
         check_syntax("comfy")
     with pytest.raises(TypeError, match="`text` must be a string, got int"):
