@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from clipcond.prompts import BREAK_MARKER, MAX_WEIGHT, Fragment
 
@@ -57,6 +58,10 @@ _OPERATORS = re.compile(r"\)\s*\.(and|blend|swap)\s*\(|\w\.(swap)\s*\(|\b(withLo
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _CONJUNCTION = re.compile(
     rf"\s*\(\s*(?P<parts>{_QUOTED}(?:\s*,\s*{_QUOTED})*)\s*\)\s*\.and\((?P<weights>[^()]*)\)\s*", re.DOTALL
+)
+# a whole prompt `("part", "part").blend(weights)`: compel blends the parts' encodings
+_BLEND = re.compile(
+    rf"\s*\(\s*(?P<parts>{_QUOTED}(?:\s*,\s*{_QUOTED})*)\s*\)\s*\.blend\((?P<weights>[^()]*)\)\s*", re.DOTALL
 )
 # characters after which a `(` opens a group (a word glued before it keeps it: `a(b)` is text)
 _GROUP_BOUNDARY = set('()"+-')
@@ -136,6 +141,55 @@ def _groups(text: str) -> dict[int, int]:
     return groups
 
 
+@dataclass(frozen=True)
+class CompelBlend:
+    """compel's ``("a cat", "a dog").blend(0.7, 0.3)``: the parts' encodings, summed with the
+    weights (divided by their sum unless ``no_normalize`` ends them).
+
+    Attributes:
+        parts: each part's text, in compel's syntax (quotes removed).
+        weights: one finite weight per part (all 1.0 when ``.blend()`` names none).
+        normalize: divide the weights by their sum (compel's default; never 0 then).
+    """
+
+    parts: tuple[str, ...]
+    weights: tuple[float, ...]
+    normalize: bool = True
+
+
+def parse_compel_blend(text: str) -> CompelBlend | None:
+    """The blend `text` is, when the whole prompt is compel's ``("a", "b").blend(...)``; None
+    for any other prompt (which `parse_compel_prompt` reads).
+
+    Raises:
+        ValueError: a blend whose weights are no numbers, not one per part, not finite, or
+            summing to 0 where they are normalised; or a part that `parse_compel_prompt` refuses.
+    """
+    match = _BLEND.fullmatch(text) if ".blend" in text else None
+    if match is None:
+        return None
+    parts = tuple(part[1:-1] for part in re.findall(_QUOTED, match.group("parts")))
+    words = [word.strip() for word in match.group("weights").split(",") if word.strip()]
+    normalize = not (words and words[-1] == "no_normalize")
+    words = words if normalize else words[:-1]
+    try:
+        weights = tuple(float(word) for word in words) or (1.0,) * len(parts)
+    except ValueError:
+        weights = ()
+    problem = None
+    if len(weights) != len(parts):
+        problem = f"{len(parts)} parts need {len(parts)} numbers (or none: equal weights)"
+    elif not all(math.isfinite(weight) for weight in weights):
+        problem = "its weights must be finite"
+    elif normalize and sum(weights) == 0:
+        problem = "its weights sum to 0, and they are divided by their sum (add `no_normalize` to sum as given)"
+    if problem is not None:
+        raise ValueError(f"prompt {text[:80]!r}: compel's `blend({match.group('weights')})`: {problem}")
+    for part in parts:
+        parse_compel_prompt(part)  # its own refusals, before any work
+    return CompelBlend(parts, weights, normalize)
+
+
 def _conjunction_fragments(text: str, conjunction: re.Match) -> list[Fragment]:
     """The fragments of compel's `("a", "b").and()`: each part read as a prompt, a BREAK between
     parts (each part starts a CLIP window, as compel concatenates the parts' encodings). Part
@@ -198,6 +252,16 @@ def parse_compel_prompt(text: str) -> list[Fragment]:
             raise ValueError(
                 f"prompt {text[:80]!r}: compel's `and()` is read as a whole prompt, "
                 '`("part one", "part two").and()`, each part in its own CLIP window, with nothing after it'
+            )
+        if name == "blend":
+            if parse_compel_blend(text) is not None:
+                raise ValueError(
+                    f"prompt {text[:80]!r}: compel's `blend()` blends whole encodings, not fragments: "
+                    'TextConditioner(syntax="compel") reads it'
+                )
+            raise ValueError(
+                f"prompt {text[:80]!r}: compel's `blend()` is read as a whole prompt, "
+                '`("part one", "part two").blend(0.7, 0.3)`, with nothing beside it'
             )
         raise ValueError(
             f"prompt {text[:80]!r}: compel's `{name}()` combines whole encodings, which clipcond's compel syntax "

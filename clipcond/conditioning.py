@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from clipcond.assembly import assemble, pooled_vectors
+from clipcond.blended_records import blend_records
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
-from clipcond.compel_syntax import check_syntax, parse_compel_prompt
+from clipcond.compel_syntax import CompelBlend, check_syntax, parse_compel_blend, parse_compel_prompt
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -816,7 +817,47 @@ class TextConditioner:
 
     def _encode_records(self, texts: Sequence[Reading]) -> list[EncodedPrompt]:
         """Run the encoders on `texts`, one reading per prompt (the text each encoder reads, as
-        `_readings` makes them; no cache, no token expansion). One record per prompt."""
+        `_readings` makes them; no cache, no token expansion). One record per prompt; a compel
+        blend's is its parts' records blended (`clipcond.blended_records`), all encoded in the
+        same batch."""
+        blends = {index: blend for index, reading in enumerate(texts) if (blend := self._blend_of(reading))}
+        if not blends:
+            return self._encode_plain(texts)
+        count = len(self.encoders)
+        plain = [reading for index, reading in enumerate(texts) if index not in blends]
+        parts = [(part,) * count for blend in blends.values() for part in blend.parts]
+        records = iter(self._encode_plain([*plain, *parts, ("",) * count]))
+        plain_records = [next(records) for _ in plain]
+        part_records = {index: [next(records) for _ in blend.parts] for index, blend in blends.items()}
+        empty = next(records)
+        plain_iter = iter(plain_records)
+        return [
+            blend_records(part_records[index], blends[index], empty) if index in blends else next(plain_iter)
+            for index in range(len(texts))
+        ]
+
+    def _blend_of(self, reading: Reading) -> CompelBlend | None:
+        """The compel blend a reading is (None for any other), checked: every encoder reads the
+        same blend, and this conditioner has CLIP windows and no T5."""
+        if self.syntax != "compel":
+            return None
+        blends = [parse_compel_blend(text) for text in reading]
+        if not any(blends):
+            return None
+        if len(set(reading)) > 1:
+            raise ValueError(
+                f"prompt {reading[0][:80]!r}: a compel blend must be every encoder's text (`prompt_2` / `prompt_3` "
+                "left out or the same)"
+            )
+        if self.t5 is not None or self._active_recipe.combine == "clip_pooled_t5_tokens":
+            raise ValueError(
+                f"prompt {reading[0][:80]!r}: compel's `blend()` is read over CLIP windows, and this conditioner "
+                f"({self.recipe.name!r}) has a T5 encoder"
+            )
+        return blends[0]
+
+    def _encode_plain(self, texts: Sequence[Reading]) -> list[EncodedPrompt]:
+        """`_encode_records` of readings that hold no blend."""
         count = len(self.encoders)
         parsed: dict[str, list[Fragment]] = {}
         for reading in texts:

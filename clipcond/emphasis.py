@@ -71,10 +71,14 @@ def compel_blend_weight(weight: float) -> float:
     return math.tan((1.0 - max(COMPEL_MIN_WEIGHT, weight)) * math.pi / 2)
 
 
-def compel_blend(versions: Sequence[torch.Tensor], blend_weights: Sequence[float]) -> torch.Tensor:
-    """Blend versions of one prompt's states (each (windows, length, width)) with weights
-    normalised to sum to 1, as compel does."""
-    stacked = torch.stack(list(versions))  # (versions, windows, length, width)
+def compel_blend(
+    versions: Sequence[torch.Tensor], blend_weights: Sequence[float], normalize: bool = True
+) -> torch.Tensor:
+    """Blend versions of one prompt's states (tensors of one shape, e.g. (windows, length,
+    width)) with weights normalised to sum to 1 (unless `normalize` is False), as compel does,
+    in the states' dtype."""
+    stacked = torch.stack(list(versions))  # (versions, *shape)
     weights = torch.tensor(blend_weights, dtype=stacked.dtype, device=stacked.device)
-    weights = weights / weights.sum()
-    return (stacked * weights.reshape(-1, 1, 1, 1)).sum(dim=0)
+    if normalize:
+        weights = weights / weights.sum()
+    return (stacked * weights.reshape(-1, *([1] * (stacked.dim() - 1)))).sum(dim=0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clipcond import TextConditioner
-from clipcond.compel_syntax import MAX_WEIGHT, check_syntax, parse_compel_prompt
+from clipcond.compel_syntax import MAX_WEIGHT, CompelBlend, check_syntax, parse_compel_blend, parse_compel_prompt
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.tokenization import clip_tokenizer
 
@@ -216,10 +216,39 @@ def test_the_refusals_of_and_are_whole_sentences_that_show_the_prompts_start() -
         assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
 
 
+def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fail() -> None:
+    assert parse_compel_blend('("a cat", "a (dog)1.2").blend(0.7, 0.3)') == CompelBlend(
+        ("a cat", "a (dog)1.2"), (0.7, 0.3), True
+    )
+    assert parse_compel_blend(' ("a", "b", "c").blend() ') == CompelBlend(("a", "b", "c"), (1.0, 1.0, 1.0), True)
+    assert parse_compel_blend('("a", "b").blend(1, -1, no_normalize)') == CompelBlend(("a", "b"), (1.0, -1.0), False)
+    for text in ["a plain prompt", 'x ("a", "b").blend()', '("a", "b").and()']:
+        assert parse_compel_blend(text) is None
+    refusals = {
+        '("a", "b").blend(1)': "compel's `blend(1)`: 2 parts need 2 numbers (or none: equal weights)",
+        '("a", "b").blend(1, x)': "compel's `blend(1, x)`: 2 parts need 2 numbers (or none: equal weights)",
+        '("a", "b").blend(inf, 1)': "compel's `blend(inf, 1)`: its weights must be finite",
+        '("a", "b").blend(1, -1)': "compel's `blend(1, -1)`: its weights sum to 0, and they are divided by their "
+        "sum (add `no_normalize` to sum as given)",
+    }
+    for text, message in refusals.items():
+        with pytest.raises(ValueError) as refused:
+            parse_compel_blend(text)
+        assert str(refused.value) == f"prompt {text!r}: {message}"
+    with pytest.raises(ValueError, match="compel's `swap\\(\\)` combines whole encodings"):
+        parse_compel_blend('("a", "b.swap(c)").blend()')
+    # read as fragments, a blend names the conditioner; beside other text, how to write it
+    with pytest.raises(
+        ValueError, match=re.escape('blends whole encodings, not fragments: TextConditioner(syntax="compel")')
+    ):
+        parse_compel_prompt('("a", "b").blend()')
+    with pytest.raises(ValueError, match=re.escape("compel's `blend()` is read as a whole prompt")):
+        parse_compel_prompt('x ("a", "b").blend()')
+
+
 @pytest.mark.parametrize(
     ("prompt", "name"),
     [
-        ('("a cat", "a dog").blend(0.7, 0.3)', "blend"),
         ("a cat.swap(dog)", "swap"),
         ("a cat withLora(style, 0.5)", "withLora"),
     ],
@@ -310,6 +339,69 @@ def test_and_in_the_conditioner_equals_compels_joined_parts(family: str, request
             )
     assert ours.shape == theirs.shape == (4, 3 * 77, conditioner.token_width)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+BLENDS = [
+    '("a red circle+", "a (blue square)0.8 on a mat").blend(0.7, 0.3)',
+    '("a cat", "a dog", "(a bird)--").blend()',
+    "a plain (prompt)1.2",
+    '("a cat", "a dog").blend(1, 0.5, no_normalize)',
+]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_blend_in_the_conditioner_equals_compels_and_blends_the_pooled_vectors(family: str, request) -> None:
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        ours = conditioner.encode(BLENDS)
+        if family == "sd":
+            theirs = _compel_for(pipe, family)(BLENDS)
+        else:
+            from compel import Compel, ReturnedEmbeddingsType
+
+            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+            theirs = torch.cat(
+                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(BLENDS) for t, e in pairs], dim=-1
+            )
+        torch.testing.assert_close(ours.tokens, theirs, rtol=1e-5, atol=1e-5)
+        if family == "sdxl":  # compel pools the raw prompt; here the parts' pooled vectors, blended
+            parts = conditioner.encode(["a red circle+", "a (blue square)0.8 on a mat"]).pooled
+            torch.testing.assert_close(ours.pooled[0], 0.7 * parts[0] + 0.3 * parts[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_blend_of_a_long_and_a_short_part_pads_as_compel_pads(sd_pipe) -> None:
+    """compel without truncation, splitting long text at words (the split clipcond's windows
+    equal): the short part is padded with the empty prompt's window before the sum."""
+    from compel import Compel
+    from compel.embeddings_provider import SplitLongTextMode
+
+    long_part = "a small red circle next to a large (blue square)1.2, " * 8
+    prompts = [f'("{long_part}", "a (green)-- triangle").blend(0.6, 0.4)', "a cat"]
+    conditioner = TextConditioner.from_pipeline(sd_pipe, syntax="compel", emphasis="compel", cache_size=0)
+    compel = Compel(
+        tokenizer=sd_pipe.tokenizer,
+        text_encoder=sd_pipe.text_encoder,
+        truncate_long_prompts=False,
+        split_long_text_mode=SplitLongTextMode.WORDS,
+    )
+    with torch.no_grad():
+        ours = conditioner.encode(prompts).tokens
+        theirs = compel(prompts)
+    assert ours.shape == theirs.shape == (2, 2 * 77, 32)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_blend_needs_clip_alone_and_one_text_for_every_encoder(sdxl_pipe, sd3_pipe) -> None:
+    blend = '("a cat", "a dog").blend()'
+    sdxl = TextConditioner.from_pipeline(sdxl_pipe, syntax="compel", cache_size=0)
+    with pytest.raises(ValueError, match=re.escape("a compel blend must be every encoder's text")):
+        sdxl.encode(blend, prompt_2="a dog")
+    assert sdxl.encode(blend, prompt_2=blend).tokens.shape == (1, 77, 64)
+    sd3 = TextConditioner.from_pipeline(sd3_pipe, syntax="compel", cache_size=0)
+    with pytest.raises(ValueError, match=re.escape("compel's `blend()` is read over CLIP windows, and this")):
+        sd3.encode(blend)
 
 
 def test_pipeline_kwargs_read_no_steps_in_compel_syntax_and_schedule_is_refused(sd_pipe) -> None:
