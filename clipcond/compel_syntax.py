@@ -10,6 +10,7 @@ compel (the prompt-weighting library diffusers' documentation points to) reads:
     (a cat)                 "a cat" x 1                  brackets without a weight only group
     \\( \\) \\"                a literal ( ) "              never syntax
     ("a cat", "a dog").and()   "a cat", a BREAK, "a dog"    each part starts a CLIP window
+    ("a cat", "a dog").blend(0.7, 0.3)    `parse_compel_blend`: the parts' encodings summed
 
 `parse_compel_prompt` reads the same weights as compel's own parser (`compel.prompt_parser`,
 a pyparsing grammar) on such prompts: the fragments give the same CLIP token ids with the
@@ -19,12 +20,14 @@ It differs on purpose in three ways:
 - Time is linear in the prompt's length. compel's grammar backtracks: each level of bracket
   nesting multiplied its time by 3 to 4.5 (8 levels, ``((((((((a))))))))``, took 73 s on a
   2-core machine) and 200 unclosed brackets exhaust Python's recursion limit.
-- compel's ``.blend()``, ``.swap()`` and ``withLora()``, and ``.and()`` with part weights other
-  than 1 or beside other text, are a ValueError here, not read: they combine whole encodings,
-  which a list of weighted fragments cannot say. An unweighted ``.and()`` is its parts with a
-  BREAK between them: compel encodes each part on its own and joins the encodings, which is
-  what CLIP windows are (equal to compel for parts of one window each; a T5 reads the parts
-  as one sequence, as it reads a BREAK).
+- compel's ``.swap()`` and ``withLora()``, and ``.and()`` with part weights other than 1, and
+  ``.and()`` or ``.blend()`` beside other text, are a ValueError here, not read: they
+  combine whole encodings in ways a list of weighted fragments cannot say. An unweighted
+  ``.and()`` is its parts with a BREAK between them: compel encodes each part on its own and
+  joins the encodings, which is what CLIP windows are (equal to compel for parts of one window
+  each; a T5 reads the parts as one sequence, as it reads a BREAK). A whole-prompt
+  ``.blend()`` is no list of fragments: `parse_compel_blend` reads it, and
+  `TextConditioner` blends the parts' encodings (`clipcond.blended_records`).
 - On text its grammar does not cover, compel often falls back to reading the whole prompt as
   plain text (an unclosed ``(`` anywhere); here only that bracket is text. Around stray signs
   and dots the two can also differ (``(a)1.``: here "a" x 1 and the text "."; compel drops

@@ -12,7 +12,11 @@ from diffusers import StableDiffusionPipeline
 
 from clipcond import CLIPConditionedPipeline, TextConditioner
 
-PROMPTS = ["a red circle+ and a (blue square)1.3", "a [cat:dog:0.5] AND a (dog)1.2"]
+PROMPTS = [
+    "a red circle+ and a (blue square)1.3",
+    "a [cat:dog:0.5] AND a (dog)1.2",
+    '("a red circle", "a (blue square)++").blend(0.6, 0.4)',
+]
 NEGATIVE = "(blurry)-- noise"
 STEPS = 3
 
