@@ -66,8 +66,6 @@ _CONJUNCTION = re.compile(
 _BLEND = re.compile(
     rf"\s*\(\s*(?P<parts>{_QUOTED}(?:\s*,\s*{_QUOTED})*)\s*\)\s*\.blend\((?P<weights>[^()]*)\)\s*", re.DOTALL
 )
-# characters after which a `(` opens a group (a word glued before it keeps it: `a(b)` is text)
-_GROUP_BOUNDARY = set('()"+-')
 
 
 def check_syntax(syntax: object, argument: str = "syntax") -> str:
@@ -110,12 +108,13 @@ def _weight_after(text: str, start: int) -> tuple[float, int]:
     return float(number.group()), number.end()
 
 
-def _at_word_start(text: str, index: int, after_escape: int) -> bool:
-    """True when a ``(`` at `index` opens a group: at the start, after whitespace, or right
-    after a bracket, quote or sign that is syntax (an escaped one is text, glued to the word)."""
+def _at_word_start(text: str, index: int, syntax_at: set[int]) -> bool:
+    """True when a ``(`` or ``"`` at `index` may open a group: at the start, after whitespace,
+    a sign, or a bracket or quote that is syntax (one that is text, escaped or unmatched, glues
+    it to its word, as compel reads ``\\("b"+``)."""
     if index == 0 or text[index - 1].isspace():
         return True
-    return text[index - 1] in _GROUP_BOUNDARY and index != after_escape
+    return index - 1 in syntax_at or text[index - 1] in "+-"
 
 
 def _groups(text: str) -> dict[int, int]:
@@ -125,21 +124,20 @@ def _groups(text: str) -> dict[int, int]:
     closed are text."""
     groups: dict[int, int] = {}
     opened: list[int] = []
+    syntax_at: set[int] = set()  # where a bracket or quote opened or closed a group so far
     index = 0
-    after_escape = -1  # the index just after an escaped character: what precedes it is text
     while index < len(text):
         char = text[index]
         if char == "\\" and index + 1 < len(text) and text[index + 1] in '()"':
             index += 2
-            after_escape = index
             continue
         innermost = text[opened[-1]] if opened else None
-        if char == '"' and innermost == '"':
+        if (char == '"' and innermost == '"') or (char == ")" and innermost == "("):
             groups[opened.pop()] = index
-        elif char == '"' or (char == "(" and _at_word_start(text, index, after_escape)):
+            syntax_at.add(index)
+        elif char in '"(' and _at_word_start(text, index, syntax_at):
             opened.append(index)
-        elif char == ")" and innermost == "(":
-            groups[opened.pop()] = index
+            syntax_at.add(index)
         index += 1
     return groups
 

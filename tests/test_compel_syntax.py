@@ -30,6 +30,7 @@ WRITTEN = [
     r"(a \)",
     "(a)+ b\\",  # a backslash at the very end
     '\\"(a)+ b (c)Xd Xmas+',  # an escaped quote glued to a bracket; a word after a group's bracket
+    r'\("b"+ c \)"d"+ x \(("e")+ a\X (f)+',  # a quote glued to an escaped bracket is text too
     '"a b\\',
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
