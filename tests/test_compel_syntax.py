@@ -464,3 +464,22 @@ def test_a_conditioner_yaml_takes_the_syntax_and_refuses_an_unknown_one(sd_pipe,
     with pytest.raises(ValueError, match=r"syntax.*comfy") as refused:
         TextConditioner.from_config(path)
     assert "compel" in str(refused.value)
+
+
+def test_blend_records_sums_padded_windows_and_refuses_t5_records() -> None:
+    from clipcond.blended_records import blend_records
+    from clipcond.records import EncodedPrompt
+
+    one = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), 1.0), pooled=torch.tensor([1.0, 0.0]))
+    two = EncodedPrompt(clip_tokens=torch.full((2, 3, 2), 3.0), pooled=torch.tensor([0.0, 1.0]))
+    empty = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), -1.0), pooled=torch.tensor([9.0, 9.0]))
+    blended = blend_records([one, two], CompelBlend(("a", "b"), (1.0, 3.0), True), empty)
+    # window 0: (1 * 1 + 3 * 3) / 4; window 1: one's padding (-1) and two's 3
+    expected = torch.stack([torch.full((3, 2), 2.5), torch.full((3, 2), 2.0)])
+    torch.testing.assert_close(blended.clip_tokens, expected)
+    torch.testing.assert_close(blended.pooled, torch.tensor([0.25, 0.75]))
+    summed = blend_records([one, two], CompelBlend(("a", "b"), (1.0, 3.0), False), empty)
+    torch.testing.assert_close(summed.pooled, torch.tensor([1.0, 3.0]))
+    with_t5 = EncodedPrompt(clip_tokens=one.clip_tokens, t5_tokens=torch.zeros(4, 2), t5_mask=torch.ones(4))
+    with pytest.raises(ValueError, match="a compel blend is read over CLIP windows only"):
+        blend_records([one, with_t5], CompelBlend(("a", "b"), (1.0, 1.0), True), empty)
