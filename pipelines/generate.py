@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     output, model, lora = _check_arguments(args)
     sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
-        warn_about_vocabulary(args.prompt, model)
+        warn_about_vocabulary(args.prompt, model, args.syntax or "a1111")
     import torch
     from diffusers.utils import make_image_grid
 

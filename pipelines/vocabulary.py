@@ -38,19 +38,27 @@ def read_vocabulary(folder: str | Path) -> frozenset[str] | None:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from error
 
 
-def unknown_words(prompt: str, vocabulary: frozenset[str]) -> list[str]:
-    """The words of `prompt` (weights syntax and BREAK aside, lower case, in order, once each)
-    that are not in `vocabulary`."""
+def unknown_words(prompt: str, vocabulary: frozenset[str], syntax: str = "a1111") -> list[str]:
+    """The words of `prompt` (weights syntax and BREAK aside, read in `syntax`: "a1111" or
+    "compel", whose blend parts are read too; lower case, in order, once each) that are not in
+    `vocabulary`."""
+    from clipcond.compel_syntax import parse_compel_blend, parse_compel_prompt
     from clipcond.prompts import parse_prompt
 
-    text = " ".join(fragment.text for fragment in parse_prompt(prompt) if not fragment.is_break)
+    if syntax == "compel":
+        blend = parse_compel_blend(prompt)
+        fragments = [f for part in (blend.parts if blend else [prompt]) for f in parse_compel_prompt(part)]
+    else:
+        fragments = parse_prompt(prompt)
+    text = " ".join(fragment.text for fragment in fragments if not fragment.is_break)
     words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
     return [word for word in words if word not in vocabulary]
 
 
-def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
+def warn_about_vocabulary(prompt: str, model: str | Path, syntax: str = "a1111") -> str | None:
     """The warning for a prompt the model at `model` never read in training (None when it has
-    no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too."""
+    no `vocabulary.txt`, or the prompt uses only its words); printed to stderr too. `syntax`:
+    how the prompt writes weights (`unknown_words`)."""
     path = Path(model) / VOCABULARY_FILE
     vocabulary = read_vocabulary(model)
     if vocabulary is None:
@@ -58,7 +66,7 @@ def warn_about_vocabulary(prompt: str, model: str | Path) -> str | None:
     if not prompt.strip():
         message = "the prompt is empty: the model draws an unconditional sample"
     else:
-        unknown = unknown_words(prompt, vocabulary)
+        unknown = unknown_words(prompt, vocabulary, syntax)
         if not unknown:
             return None
         message = (

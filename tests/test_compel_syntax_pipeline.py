@@ -71,3 +71,16 @@ def test_an_unknown_syntax_is_refused_by_name(sd_pipe) -> None:
         CLIPConditionedPipeline.from_pipe(sd_pipe, syntax="comfy")
     with pytest.raises(TypeError, match="`syntax` must be a str"):
         CLIPConditionedPipeline.from_pipe(sd_pipe, syntax=1)
+
+
+def test_generate_reads_the_vocabulary_of_a_compel_prompt_in_compel_syntax(tmp_path, capsys, monkeypatch) -> None:
+    """The bundled model warns about words it never read; a blend's syntax is no word there."""
+    from clipcond.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt = '("a red circle", "a (blue square)+").blend(0.5, 0.5)'
+    common = ["generate", prompt, "--steps", "2", "--syntax"]
+    assert main([*common, "compel", "-o", str(tmp_path / "c.png")]) == 0
+    assert "never read" not in capsys.readouterr().err
+    assert main([*common, "a1111", "-o", str(tmp_path / "a.png")]) == 0
+    assert "never read 'blend'" in capsys.readouterr().err

@@ -35,6 +35,11 @@ def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
     prompt = "(a red:1.2) Circle BREAK Cat, cat and [dogs] 3d_x"
     assert unknown_words(prompt, vocabulary) == ["cat", "and", "dogs", "d", "x"]
     assert unknown_words("a RED circle", vocabulary) == []
+    # compel's syntax: signs, weights and a blend's syntax are no words; its parts' words are
+    blend = '("a red+ circle", "a (cat)1.2").blend(0.7, 0.3)'
+    assert unknown_words(blend, vocabulary, "compel") == ["cat"]
+    assert unknown_words("a (red)1.2 Circle-- BREAK", vocabulary, "compel") == ["break"]
+    assert unknown_words(blend, vocabulary) == ["cat", "blend"]  # read as A1111's syntax
 
 
 def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
