@@ -31,6 +31,7 @@ WRITTEN = [
     "(a)+ b\\",  # a backslash at the very end
     '\\"(a)+ b (c)Xd Xmas+',  # an escaped quote glued to a bracket; a word after a group's bracket
     r'\("b"+ c \)"d"+ x \(("e")+ a\X (f)+',  # a quote glued to an escaped bracket is text too
+    "X(b)+ c aX(d)+",  # a bracket glued to a word is text
     '"a b\\',
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
@@ -215,6 +216,22 @@ def test_the_refusals_of_and_are_whole_sentences_that_show_the_prompts_start() -
         with pytest.raises(ValueError) as refused:
             parse_compel_prompt(prompt)
         assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
+    blends = {
+        f'("{long_part}", "b").blend()': "compel's `blend()` blends whole encodings, not fragments: "
+        'TextConditioner(syntax="compel") reads it',
+        f'x ("{long_part}", "b").blend()': "compel's `blend()` is read as a whole prompt, "
+        '`("part one", "part two").blend(0.7, 0.3)`, with nothing beside it',
+    }
+    for prompt, message in blends.items():
+        with pytest.raises(ValueError) as refused:
+            parse_compel_prompt(prompt)
+        assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
+    weightless = f'("{long_part}", "b").blend(1)'
+    with pytest.raises(ValueError) as refused:
+        parse_compel_blend(weightless)
+    assert str(refused.value) == (
+        f"prompt {weightless[:80]!r}: compel's `blend(1)`: 2 parts need 2 numbers (or none: equal weights)"
+    )
 
 
 def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fail() -> None:
