@@ -68,6 +68,15 @@ _BLEND = re.compile(
 )
 
 
+# what compel's operators that clipcond does not read do, and what to use instead
+_UNREAD = {
+    "swap": "compel's `swap()` changes the text during the steps (cross-attention control), which clipcond's "
+    "compel syntax does not read: A1111's prompt editing `[cat:dog:0.5]` (syntax 'a1111') does that",
+    "withLora": "compel's `withLora()` names a LoRA, which clipcond's compel syntax does not read: load it with "
+    "the pipeline's `load_lora_weights`",
+}
+
+
 def check_syntax(syntax: object, argument: str = "syntax") -> str:
     """`syntax` if it names a prompt syntax of `SYNTAXES`; a TypeError or ValueError naming
     `argument` otherwise."""
@@ -264,11 +273,7 @@ def parse_compel_prompt(text: str) -> list[Fragment]:
                 f"prompt {text[:80]!r}: compel's `blend()` is read as a whole prompt, "
                 '`("part one", "part two").blend(0.7, 0.3)`, with nothing beside it'
             )
-        raise ValueError(
-            f"prompt {text[:80]!r}: compel's `{name}()` combines whole encodings, which clipcond's compel syntax "
-            'does not read (it reads the weights: `word+`, `word-`, `(words)1.3`, `"words"+`); encode the parts '
-            "and combine the embeddings yourself, or use A1111's syntax (`BREAK`, `AND` in CLIPConditionedPipeline)"
-        )
+        raise ValueError(f"prompt {text[:80]!r}: {_UNREAD[name]}")
     text = _COMMA_GAP.sub(", ", text)
     groups = _groups(text)
     words: list[tuple[str, float]] = []

@@ -253,7 +253,7 @@ def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fai
         with pytest.raises(ValueError) as refused:
             parse_compel_blend(text)
         assert str(refused.value) == f"prompt {text!r}: {message}"
-    with pytest.raises(ValueError, match="compel's `swap\\(\\)` combines whole encodings"):
+    with pytest.raises(ValueError, match="compel.s `swap\\(\\)` changes the text during the steps"):
         parse_compel_blend('("a", "b.swap(c)").blend()')
     # read as fragments, a blend names the conditioner; beside other text, how to write it
     with pytest.raises(
@@ -265,16 +265,24 @@ def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fai
 
 
 @pytest.mark.parametrize(
-    ("prompt", "name"),
+    ("prompt", "message"),
     [
-        ("a cat.swap(dog)", "swap"),
-        ("a cat withLora(style, 0.5)", "withLora"),
+        (
+            "a cat.swap(dog) " + "in a garden " * 8,
+            "compel's `swap()` changes the text during the steps (cross-attention control), which clipcond's "
+            "compel syntax does not read: A1111's prompt editing `[cat:dog:0.5]` (syntax 'a1111') does that",
+        ),
+        (
+            "a cat withLora(style, 0.5)",
+            "compel's `withLora()` names a LoRA, which clipcond's compel syntax does not read: load it with the "
+            "pipeline's `load_lora_weights`",
+        ),
     ],
 )
-def test_operators_over_whole_encodings_are_refused_by_name(prompt: str, name: str) -> None:
+def test_operators_clipcond_does_not_read_are_refused_by_name(prompt: str, message: str) -> None:
     with pytest.raises(ValueError) as refused:
         parse_compel_prompt(prompt)
-    assert str(refused.value).startswith(f"prompt {prompt!r}: compel's `{name}()` combines whole encodings")
+    assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
     # compel reads each of them as an operator, not as text
     conjunction = compel_parser.PromptParser().parse_conjunction(prompt)
     assert (
