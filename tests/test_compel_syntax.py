@@ -203,7 +203,7 @@ def test_and_with_part_weights_or_beside_other_text_is_refused(prompt: str, mess
     assert str(refused.value).startswith(f"prompt {prompt!r}: {message}")
 
 
-def test_the_refusals_of_and_are_whole_sentences_that_show_the_prompts_start() -> None:
+def test_the_refusals_of_and_and_blend_are_whole_sentences_that_show_the_prompts_start() -> None:
     long_part = "a red fox " * 12
     cases = {
         f'("{long_part}", "b").and(1, 0.5)': "compel's `and(1, 0.5)` weights whole parts, which clipcond's compel "
@@ -211,18 +211,12 @@ def test_the_refusals_of_and_are_whole_sentences_that_show_the_prompts_start() -
         f'("{long_part}", "b").and(1)': "compel's `and(1)` has 1 weights for 2 parts (compel refuses it too)",
         f'("{long_part}", "b").and() x': "compel's `and()` is read as a whole prompt, "
         '`("part one", "part two").and()`, each part in its own CLIP window, with nothing after it',
-    }
-    for prompt, message in cases.items():
-        with pytest.raises(ValueError) as refused:
-            parse_compel_prompt(prompt)
-        assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
-    blends = {
         f'("{long_part}", "b").blend()': "compel's `blend()` blends whole encodings, not fragments: "
         'TextConditioner(syntax="compel") reads it',
         f'x ("{long_part}", "b").blend()': "compel's `blend()` is read as a whole prompt, "
         '`("part one", "part two").blend(0.7, 0.3)`, with nothing beside it',
     }
-    for prompt, message in blends.items():
+    for prompt, message in cases.items():
         with pytest.raises(ValueError) as refused:
             parse_compel_prompt(prompt)
         assert str(refused.value) == f"prompt {prompt[:80]!r}: {message}"
