@@ -32,6 +32,7 @@ WRITTEN = [
     '\\"(a)+ b (c)Xd Xmas+',  # an escaped quote glued to a bracket; a word after a group's bracket
     r'\("b"+ c \)"d"+ x \(("e")+ a\X (f)+',  # a quote glued to an escaped bracket is text too
     "X(b)+ c aX(d)+",  # a bracket glued to a word is text
+    r'(a \))+ b ("c \"")+ d',  # a group closing right after an escaped bracket or quote
     '"a b\\',
     "(cat)1.5 (dog).5 (bird)2 (fish)0",
     "3+ cats, (well-known painting)-- by a_b+",
