@@ -824,15 +824,15 @@ class TextConditioner:
         if not blends:
             return self._encode_plain(texts)
         count = len(self.encoders)
-        plain = [reading for index, reading in enumerate(texts) if index not in blends]
-        parts = [(part,) * count for blend in blends.values() for part in blend.parts]
-        records = iter(self._encode_plain([*plain, *parts, ("",) * count]))
-        plain_records = [next(records) for _ in plain]
-        part_records = {index: [next(records) for _ in blend.parts] for index, blend in blends.items()}
+        batch = [("",) * count]  # the empty prompt first: the blends' padding
+        for index, reading in enumerate(texts):
+            batch.extend([(part,) * count for part in blends[index].parts] if index in blends else [reading])
+        records = iter(self._encode_plain(batch))
         empty = next(records)
-        plain_iter = iter(plain_records)
         return [
-            blend_records(part_records[index], blends[index], empty) if index in blends else next(plain_iter)
+            blend_records([next(records) for _ in blends[index].parts], blends[index], empty)
+            if index in blends
+            else next(records)
             for index in range(len(texts))
         ]
 

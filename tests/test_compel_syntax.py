@@ -128,6 +128,7 @@ def test_a_prompt_without_compels_characters_is_one_fragment_unchanged() -> None
 def test_text_is_split_at_whitespace_with_a_space_after_each_comma() -> None:
     assert parse_compel_prompt("a,b  (c)+\td") == [Fragment("a, b", 1.0), Fragment("c", 1.1), Fragment("d", 1.0)]
     assert parse_compel_prompt("a ++ b -") == [Fragment("a ++ b -", 1.0)]  # signs alone are text
+    assert parse_compel_prompt("(a)1.") == [Fragment("a .", 1.0)]  # the module docstring's `(a)1.`
     # nothing left: one empty fragment (compel's parser raises IndexError on "()")
     assert parse_compel_prompt("()") == parse_compel_prompt('""+') == [Fragment("", 1.0)]
 
