@@ -10,6 +10,8 @@ compel (the prompt-weighting library diffusers' documentation points to) reads:
     (a cat)                 "a cat" x 1                  brackets without a weight only group
     \\( \\) \\"                a literal ( ) "              never syntax
     ("a cat", "a dog").and()   "a cat", a BREAK, "a dog"    each part starts a CLIP window
+    ("a cat", "a dog").and(1, 0.5)        `parse_compel_conjunction`: the parts' encodings
+                                          joined, "a dog"'s moved halfway to the empty prompt's
     ("a cat", "a dog").blend(0.7, 0.3)    `parse_compel_blend`: the parts' encodings summed
 
 `parse_compel_prompt` reads the same weights as compel's own parser (`compel.prompt_parser`,
@@ -20,14 +22,14 @@ It differs on purpose in three ways:
 - Time is linear in the prompt's length. compel's grammar backtracks: each level of bracket
   nesting multiplied its time by 3 to 4.5 (8 levels, ``((((((((a))))))))``, took 73 s on a
   2-core machine) and 200 unclosed brackets exhaust Python's recursion limit.
-- compel's ``.swap()`` and ``withLora()``, and ``.and()`` with part weights other than 1, and
-  ``.and()`` or ``.blend()`` beside other text, are a ValueError here, not read: they
-  combine whole encodings in ways a list of weighted fragments cannot say. An unweighted
-  ``.and()`` is its parts with a BREAK between them: compel encodes each part on its own and
-  joins the encodings, which is what CLIP windows are (equal to compel for parts of one window
-  each; a T5 reads the parts as one sequence, as it reads a BREAK). A whole-prompt
-  ``.blend()`` is no list of fragments: `parse_compel_blend` reads it, and
-  `TextConditioner` blends the parts' encodings (`clipcond.blended_records`).
+- compel's ``.swap()`` and ``withLora()``, and ``.and()`` or ``.blend()`` beside other
+  text, are a ValueError here, not read. An unweighted ``.and()`` is its parts with a BREAK
+  between them: compel encodes each part on its own and joins the encodings, which is what
+  CLIP windows are (equal to compel for parts of one window each; a T5 reads the parts as one
+  sequence, as it reads a BREAK). A whole-prompt ``.blend()``, and an ``.and()`` with part
+  weights other than 1, combine whole encodings, which no list of fragments can say:
+  `parse_compel_combination` reads them, and `TextConditioner` combines the parts' encodings
+  (`clipcond.combined_records`).
 - On text its grammar does not cover, compel often falls back to reading the whole prompt as
   plain text (an unclosed ``(`` anywhere); here only that bracket is text. Around stray signs
   and dots the two can also differ (``(a)1.``: here "a" x 1 and the text "."; compel drops
@@ -167,6 +169,53 @@ class CompelBlend:
     normalize: bool = True
 
 
+@dataclass(frozen=True)
+class CompelConjunction:
+    """compel's ``("a cat", "a dog").and(1, 0.5)`` with a part weight other than 1: each part
+    encoded on its own and moved towards the empty prompt's encoding by its weight
+    (``empty + (part - empty) * weight``), the parts' windows joined in order.
+
+    Attributes:
+        parts: each part's text, in compel's syntax (quotes removed).
+        weights: one finite weight per part, at least one of them not 1.
+    """
+
+    parts: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+def _read_operator(text: str, match: re.Match, name: str) -> tuple[tuple[str, ...], tuple[float, ...], bool]:
+    """The parts, weights and normalisation of compel's whole-prompt ``("a", "b").{name}(...)``
+    that `match` found in `text`: one finite weight per part (all 1.0 when none are written);
+    ``no_normalize`` after a blend's weights turns normalisation off.
+
+    Raises:
+        ValueError: weights that are no numbers, not one per part, not finite, or (a
+            normalised blend's) summing to 0; or a part that `parse_compel_prompt` refuses.
+    """
+    written = match.group("weights")
+    parts = tuple(part[1:-1] for part in re.findall(_QUOTED, match.group("parts")))
+    words = [word.strip() for word in written.split(",") if word.strip()]
+    normalize = not (name == "blend" and words and words[-1] == "no_normalize")
+    words = words if normalize else words[:-1]
+    try:
+        weights = tuple(float(word) for word in words) or (1.0,) * len(parts)
+    except ValueError:
+        weights = ()
+    problem = None
+    if len(weights) != len(parts):
+        problem = f"{len(parts)} parts need {len(parts)} numbers (or none)"
+    elif not all(math.isfinite(weight) for weight in weights):
+        problem = "its weights must be finite"
+    elif name == "blend" and normalize and sum(weights) == 0:
+        problem = "its weights sum to 0, and they are divided by their sum (add `no_normalize` to sum as given)"
+    if problem is not None:
+        raise ValueError(f"prompt {text[:80]!r}: compel's `{name}({written})`: {problem}")
+    for part in parts:
+        parse_compel_prompt(part)  # its own refusals, before any work
+    return parts, weights, normalize
+
+
 def parse_compel_blend(text: str) -> CompelBlend | None:
     """The blend `text` is, when the whole prompt is compel's ``("a", "b").blend(...)``; None
     for any other prompt (which `parse_compel_prompt` reads).
@@ -178,54 +227,53 @@ def parse_compel_blend(text: str) -> CompelBlend | None:
     match = _BLEND.fullmatch(text) if ".blend" in text else None
     if match is None:
         return None
-    parts = tuple(part[1:-1] for part in re.findall(_QUOTED, match.group("parts")))
-    words = [word.strip() for word in match.group("weights").split(",") if word.strip()]
-    normalize = not (words and words[-1] == "no_normalize")
-    words = words if normalize else words[:-1]
-    try:
-        weights = tuple(float(word) for word in words) or (1.0,) * len(parts)
-    except ValueError:
-        weights = ()
-    problem = None
-    if len(weights) != len(parts):
-        problem = f"{len(parts)} parts need {len(parts)} numbers (or none: equal weights)"
-    elif not all(math.isfinite(weight) for weight in weights):
-        problem = "its weights must be finite"
-    elif normalize and sum(weights) == 0:
-        problem = "its weights sum to 0, and they are divided by their sum (add `no_normalize` to sum as given)"
-    if problem is not None:
-        raise ValueError(f"prompt {text[:80]!r}: compel's `blend({match.group('weights')})`: {problem}")
-    for part in parts:
-        parse_compel_prompt(part)  # its own refusals, before any work
-    return CompelBlend(parts, weights, normalize)
+    return CompelBlend(*_read_operator(text, match, "blend"))
+
+
+def parse_compel_conjunction(text: str) -> CompelConjunction | None:
+    """The weighted conjunction `text` is, when the whole prompt is compel's
+    ``("a", "b").and(...)`` with a part weight other than 1; None for any other prompt (an
+    ``.and()`` whose weights are all 1 is read by `parse_compel_prompt`: its parts with a
+    BREAK between them).
+
+    Raises:
+        ValueError: weights that are no numbers, not one per part or not finite; or a part
+            that `parse_compel_prompt` refuses.
+    """
+    match = _CONJUNCTION.fullmatch(text) if ".and" in text else None
+    if match is None:
+        return None
+    parts, weights, _ = _read_operator(text, match, "and")
+    return CompelConjunction(parts, weights) if any(weight != 1.0 for weight in weights) else None
+
+
+def parse_compel_combination(text: str) -> CompelBlend | CompelConjunction | None:
+    """The whole-prompt operator over encodings that `text` is (a blend, or an ``.and()`` with
+    part weights); None for a prompt `parse_compel_prompt` reads.
+
+    Raises:
+        ValueError: as `parse_compel_blend` and `parse_compel_conjunction`.
+    """
+    return parse_compel_blend(text) or parse_compel_conjunction(text)
 
 
 def _conjunction_fragments(text: str, conjunction: re.Match) -> list[Fragment]:
-    """The fragments of compel's `("a", "b").and()`: each part read as a prompt, a BREAK between
-    parts (each part starts a CLIP window, as compel concatenates the parts' encodings). Part
-    weights other than 1 are a ValueError: compel moves such a part's states towards the empty
-    prompt's, which weights of tokens cannot say."""
-    weights = [weight.strip() for weight in conjunction.group("weights").split(",") if weight.strip()]
-    try:
-        unweighted = all(float(weight) == 1.0 for weight in weights)
-    except ValueError:
-        unweighted = False
-    if not unweighted:
+    """The fragments of compel's unweighted `("a", "b").and()`: each part read as a prompt, a
+    BREAK between parts (each part starts a CLIP window, as compel concatenates the parts'
+    encodings). Part weights other than 1 are a ValueError: compel moves such a part's states
+    towards the empty prompt's, which weights of tokens cannot say (`parse_compel_conjunction`
+    reads it)."""
+    parts, weights, _ = _read_operator(text, conjunction, "and")
+    if any(weight != 1.0 for weight in weights):
         raise ValueError(
-            f"prompt {text[:80]!r}: compel's `and({conjunction.group('weights')})` weights whole parts, which "
-            "clipcond's compel syntax does not read: leave `.and()` without weights, or weight the words in each part"
-        )
-    parts = re.findall(_QUOTED, conjunction.group("parts"))
-    if weights and len(weights) != len(parts):
-        raise ValueError(
-            f"prompt {text[:80]!r}: compel's `and({conjunction.group('weights')})` has {len(weights)} weights for "
-            f"{len(parts)} parts (compel refuses it too)"
+            f"prompt {text[:80]!r}: compel's `and({conjunction.group('weights')})` weights whole encodings, not "
+            'fragments: TextConditioner(syntax="compel") reads it'
         )
     fragments: list[Fragment] = []
     for part in parts:
         if fragments:
             fragments.append(BREAK_MARKER)
-        fragments.extend(parse_compel_prompt(part[1:-1]))
+        fragments.extend(parse_compel_prompt(part))
     return fragments
 
 
@@ -246,7 +294,8 @@ def parse_compel_prompt(text: str) -> list[Fragment]:
     Raises:
         TypeError: `text` is not a string.
         ValueError: `text` uses ``.blend()``, ``.swap()`` or ``withLora()``, or ``.and()`` with
-            part weights other than 1 or beside other text.
+            part weights other than 1 (`parse_compel_conjunction` reads that) or beside other
+            text.
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a string, got {type(text).__name__}: {text!r:.80}")

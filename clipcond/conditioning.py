@@ -29,11 +29,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from clipcond.assembly import assemble, pooled_vectors
-from clipcond.blended_records import blend_records
 from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
-from clipcond.compel_syntax import CompelBlend, check_syntax, parse_compel_blend, parse_compel_prompt
+from clipcond.combined_records import combine_records
+from clipcond.compel_syntax import (
+    CompelBlend,
+    CompelConjunction,
+    check_syntax,
+    parse_compel_combination,
+    parse_compel_prompt,
+)
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -131,7 +137,8 @@ class TextConditioner:
         syntax: the weighting syntax prompts are written in: "a1111" (`clipcond.prompts`:
             `(word:1.3)`, `[word]`, `BREAK`, and A1111's prompt editing and `AND` where steps
             are read) or "compel" (`clipcond.compel_syntax`: `word+`, `word-`, `(words)1.3`,
-            `"words"+`, `("a", "b").and()`; no editing, `BREAK` or `AND`: they are text).
+            `"words"+`, `("a", "b").and(1, 0.5)`, `("a", "b").blend(0.7, 0.3)`; no editing,
+            `BREAK` or `AND`: they are text).
             Pair "compel" with `emphasis="compel"` for compel's embeddings. Needs `parse_weights`.
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
@@ -817,47 +824,49 @@ class TextConditioner:
 
     def _encode_records(self, texts: Sequence[Reading]) -> list[EncodedPrompt]:
         """Run the encoders on `texts`, one reading per prompt (the text each encoder reads, as
-        `_readings` makes them; no cache, no token expansion). One record per prompt; a compel
-        blend's is its parts' records blended (`clipcond.blended_records`), all encoded in the
-        same batch."""
-        blends = {index: blend for index, reading in enumerate(texts) if (blend := self._blend_of(reading))}
-        if not blends:
+        `_readings` makes them; no cache, no token expansion). One record per prompt; that of
+        compel's `.blend()` or weighted `.and()` is its parts' records combined
+        (`clipcond.combined_records`), all encoded in the same batch."""
+        combined = {index: found for index, reading in enumerate(texts) if (found := self._combination_of(reading))}
+        if not combined:
             return self._encode_plain(texts)
         count = len(self.encoders)
-        batch = [("",) * count]  # the empty prompt first: the blends' padding
+        batch = [("",) * count]  # the empty prompt first: the parts' padding
         for index, reading in enumerate(texts):
-            batch.extend([(part,) * count for part in blends[index].parts] if index in blends else [reading])
+            batch.extend([(part,) * count for part in combined[index].parts] if index in combined else [reading])
         records = iter(self._encode_plain(batch))
         empty = next(records)
         return [
-            blend_records([next(records) for _ in blends[index].parts], blends[index], empty)
-            if index in blends
+            combine_records([next(records) for _ in combined[index].parts], combined[index], empty)
+            if index in combined
             else next(records)
             for index in range(len(texts))
         ]
 
-    def _blend_of(self, reading: Reading) -> CompelBlend | None:
-        """The compel blend a reading is (None for any other), checked: every encoder reads the
-        same blend, and this conditioner has CLIP windows and no T5."""
+    def _combination_of(self, reading: Reading) -> CompelBlend | CompelConjunction | None:
+        """compel's `.blend()` or weighted `.and()` that a reading is (None for any other
+        prompt), checked: every encoder reads the same one, and this conditioner has CLIP
+        windows and no T5."""
         if self.syntax != "compel":
             return None
-        blends = [parse_compel_blend(text) for text in reading]
-        if not any(blends):
+        combinations = [parse_compel_combination(text) for text in reading]
+        if not any(combinations):
             return None
+        operator = "blend()" if isinstance(next(filter(None, combinations)), CompelBlend) else "and()"
         if len(set(reading)) > 1:
             raise ValueError(
-                f"prompt {reading[0][:80]!r}: a compel blend must be every encoder's text (`prompt_2` / `prompt_3` "
-                "left out or the same)"
+                f"prompt {reading[0][:80]!r}: compel's `{operator}` must be every encoder's text (`prompt_2` / "
+                "`prompt_3` left out or the same)"
             )
         if self.t5 is not None or self._active_recipe.combine == "clip_pooled_t5_tokens":
             raise ValueError(
-                f"prompt {reading[0][:80]!r}: compel's `blend()` is read over CLIP windows, and this conditioner "
+                f"prompt {reading[0][:80]!r}: compel's `{operator}` is read over CLIP windows, and this conditioner "
                 f"({self.recipe.name!r}) has a T5 encoder"
             )
-        return blends[0]
+        return combinations[0]
 
     def _encode_plain(self, texts: Sequence[Reading]) -> list[EncodedPrompt]:
-        """`_encode_records` of readings that hold no blend."""
+        """`_encode_records` of readings that hold no blend or weighted conjunction."""
         count = len(self.encoders)
         parsed: dict[str, list[Fragment]] = {}
         for reading in texts:

@@ -40,14 +40,15 @@ def read_vocabulary(folder: str | Path) -> frozenset[str] | None:
 
 def unknown_words(prompt: str, vocabulary: frozenset[str], syntax: str = "a1111") -> list[str]:
     """The words of `prompt` (weights syntax and BREAK aside, read in `syntax`: "a1111" or
-    "compel", whose blend parts are read too; lower case, in order, once each) that are not in
-    `vocabulary`."""
-    from clipcond.compel_syntax import parse_compel_blend, parse_compel_prompt
+    "compel", whose blend and weighted conjunction parts are read too; lower case, in order,
+    once each) that are not in `vocabulary`."""
+    from clipcond.compel_syntax import parse_compel_combination, parse_compel_prompt
     from clipcond.prompts import parse_prompt
 
     if syntax == "compel":
-        blend = parse_compel_blend(prompt)
-        fragments = [f for part in (blend.parts if blend else [prompt]) for f in parse_compel_prompt(part)]
+        combination = parse_compel_combination(prompt)
+        parts = combination.parts if combination else [prompt]
+        fragments = [fragment for part in parts for fragment in parse_compel_prompt(part)]
     else:
         fragments = parse_prompt(prompt)
     text = " ".join(fragment.text for fragment in fragments if not fragment.is_break)

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from clipcond import TextConditioner
-from clipcond.compel_syntax import MAX_WEIGHT, CompelBlend, check_syntax, parse_compel_blend, parse_compel_prompt
+from clipcond.compel_syntax import (
+    MAX_WEIGHT,
+    CompelBlend,
+    CompelConjunction,
+    check_syntax,
+    parse_compel_blend,
+    parse_compel_combination,
+    parse_compel_conjunction,
+    parse_compel_prompt,
+)
 from clipcond.prompts import Fragment, parse_prompt
 from clipcond.tokenization import clip_tokenizer
 
@@ -192,9 +201,10 @@ def test_and_reads_each_part_as_compel_does_with_a_break_between(tokenizer, prom
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [
-        ('("a cat", "a dog").and(1, 0.5)', "compel's `and(1, 0.5)` weights whole parts"),
-        ('("a cat", "a dog").and(x)', "compel's `and(x)` weights whole parts"),
-        ('("a cat", "a dog").and(1)', "compel's `and(1)` has 1 weights for 2 parts"),
+        ('("a cat", "a dog").and(1, 0.5)', "compel's `and(1, 0.5)` weights whole encodings, not fragments"),
+        ('("a cat", "a dog").and(x)', "compel's `and(x)`: 2 parts need 2 numbers (or none)"),
+        ('("a cat", "a dog").and(1)', "compel's `and(1)`: 2 parts need 2 numbers (or none)"),
+        ('("a cat", "a dog").and(1, inf)', "compel's `and(1, inf)`: its weights must be finite"),
         ('("a cat", "a dog").and() and more', "compel's `and()` is read as a whole prompt"),
         ('("a cat", ("b", "c").and()).and()', "compel's `and()` is read as a whole prompt"),
     ],
@@ -205,12 +215,41 @@ def test_and_with_part_weights_or_beside_other_text_is_refused(prompt: str, mess
     assert str(refused.value).startswith(f"prompt {prompt!r}: {message}")
 
 
+WEIGHTED_CONJUNCTIONS = [
+    '("a red circle+", "a (blue square)0.8 on a mat").and(1, 0.5)',
+    ' ( "a cat" , "a (dog)1.2 \\" barks", "(a bird)++" ) .and(0.3, 1, -0.5) ',
+    '("one part only").and(2)',
+]
+
+
+@pytest.mark.parametrize("prompt", WEIGHTED_CONJUNCTIONS)
+def test_a_weighted_and_reads_compels_parts_and_weights(tokenizer, prompt: str) -> None:
+    ours = parse_compel_conjunction(prompt)
+    theirs = compel_parser.PromptParser().parse_conjunction(prompt)
+    assert isinstance(ours, CompelConjunction) and parse_compel_combination(prompt) == ours
+    assert list(ours.weights) == theirs.weights and len(ours.parts) == len(theirs.prompts)
+    for part, flattened in zip(ours.parts, theirs.prompts):
+        assert _token_weights(tokenizer, parse_compel_prompt(part)) == _token_weights(tokenizer, flattened.children)
+
+
+def test_an_and_without_part_weights_or_a_plain_prompt_is_no_weighted_conjunction() -> None:
+    for text in ['("a", "b").and()', '("a", "b").and(1, 1.0)', "a plain prompt", 'x ("a", "b").and(1, 2)']:
+        assert parse_compel_conjunction(text) is None
+    blend = '("a", "b").blend(1, 2)'
+    assert parse_compel_conjunction(blend) is None
+    assert parse_compel_combination(blend) == CompelBlend(("a", "b"), (1.0, 2.0), True)
+    with pytest.raises(ValueError, match=re.escape("compel's `and(1, nan)`: its weights must be finite")):
+        parse_compel_conjunction('("a", "b").and(1, nan)')
+    with pytest.raises(ValueError, match=re.escape("compel's `swap()` changes the text")):
+        parse_compel_conjunction('("a cat.swap(dog)", "b").and(1, 2)')
+
+
 def test_the_refusals_of_and_and_blend_are_whole_sentences_that_show_the_prompts_start() -> None:
     long_part = "a red fox " * 12
     cases = {
-        f'("{long_part}", "b").and(1, 0.5)': "compel's `and(1, 0.5)` weights whole parts, which clipcond's compel "
-        "syntax does not read: leave `.and()` without weights, or weight the words in each part",
-        f'("{long_part}", "b").and(1)': "compel's `and(1)` has 1 weights for 2 parts (compel refuses it too)",
+        f'("{long_part}", "b").and(1, 0.5)': "compel's `and(1, 0.5)` weights whole encodings, not fragments: "
+        'TextConditioner(syntax="compel") reads it',
+        f'("{long_part}", "b").and(1)': "compel's `and(1)`: 2 parts need 2 numbers (or none)",
         f'("{long_part}", "b").and() x': "compel's `and()` is read as a whole prompt, "
         '`("part one", "part two").and()`, each part in its own CLIP window, with nothing after it',
         f'("{long_part}", "b").blend()': "compel's `blend()` blends whole encodings, not fragments: "
@@ -225,9 +264,7 @@ def test_the_refusals_of_and_and_blend_are_whole_sentences_that_show_the_prompts
     weightless = f'("{long_part}", "b").blend(1)'
     with pytest.raises(ValueError) as refused:
         parse_compel_blend(weightless)
-    assert str(refused.value) == (
-        f"prompt {weightless[:80]!r}: compel's `blend(1)`: 2 parts need 2 numbers (or none: equal weights)"
-    )
+    assert str(refused.value) == (f"prompt {weightless[:80]!r}: compel's `blend(1)`: 2 parts need 2 numbers (or none)")
 
 
 def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fail() -> None:
@@ -239,8 +276,8 @@ def test_blend_is_read_whole_with_its_weights_and_refused_where_compel_would_fai
     for text in ["a plain prompt", 'x ("a", "b").blend()', '("a", "b").and()']:
         assert parse_compel_blend(text) is None
     refusals = {
-        '("a", "b").blend(1)': "compel's `blend(1)`: 2 parts need 2 numbers (or none: equal weights)",
-        '("a", "b").blend(1, x)': "compel's `blend(1, x)`: 2 parts need 2 numbers (or none: equal weights)",
+        '("a", "b").blend(1)': "compel's `blend(1)`: 2 parts need 2 numbers (or none)",
+        '("a", "b").blend(1, x)': "compel's `blend(1, x)`: 2 parts need 2 numbers (or none)",
         '("a", "b").blend(inf, 1)': "compel's `blend(inf, 1)`: its weights must be finite",
         '("a", "b").blend(1, -1)': "compel's `blend(1, -1)`: its weights sum to 0, and they are divided by their "
         "sum (add `no_normalize` to sum as given)",
@@ -415,15 +452,81 @@ def test_a_blend_of_a_long_and_a_short_part_pads_as_compel_pads(sd_pipe) -> None
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_a_blend_needs_clip_alone_and_one_text_for_every_encoder(sdxl_pipe, sd3_pipe) -> None:
-    blend = '("a cat", "a dog").blend()'
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_weighted_and_in_the_conditioner_equals_compels_and_pools_its_first_part(family: str, request) -> None:
+    """A batch of weighted `.and()` prompts of one to three parts, a plain prompt and a blend:
+    each part's window moved towards the empty prompt's by its weight, as compel moves it."""
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    prompts = [*WEIGHTED_CONJUNCTIONS, "a plain (prompt)1.2", BLENDS[0]]
+    conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
+    with torch.no_grad():
+        ours = conditioner.encode(prompts)
+        if family == "sd":
+            theirs = _compel_for(pipe, family)(prompts)
+        else:
+            from compel import Compel, ReturnedEmbeddingsType
+
+            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+            theirs = torch.cat(
+                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(prompts) for t, e in pairs], dim=-1
+            )
+        assert ours.tokens.shape == theirs.shape == (5, 3 * 77, conditioner.token_width)
+        torch.testing.assert_close(ours.tokens, theirs, rtol=1e-5, atol=1e-5)
+        # the weights bite: the same parts at weight 1 (a BREAK between them, other batches) read otherwise
+        unweighted = conditioner.encode('("a red circle+", "a (blue square)0.8 on a mat").and()')
+        torch.testing.assert_close(unweighted.tokens[0, :77], ours.tokens[0, :77], rtol=0, atol=1e-6)
+        assert not torch.allclose(unweighted.tokens[0, 77:], ours.tokens[0, 77:154], atol=1e-3)
+        if family == "sdxl":  # compel pools the raw prompt; here the first part's pooled vector, as a BREAK pools
+            first = conditioner.encode(["a red circle+", "a cat"]).pooled
+            torch.testing.assert_close(ours.pooled[:2], first, rtol=0, atol=1e-6)
+            torch.testing.assert_close(ours.pooled[0], unweighted.pooled[0], rtol=0, atol=1e-6)
+
+
+def test_a_weighted_and_with_a_long_part_moves_each_of_its_windows_as_compel_does(sd_pipe) -> None:
+    """compel without truncation, splitting long text at words: a two-window part's windows
+    each move towards the empty prompt's window."""
+    from compel import Compel
+    from compel.embeddings_provider import SplitLongTextMode
+
+    long_part = "a small red circle next to a large (blue square)1.2, " * 8
+    prompts = [f'("a (green)-- triangle", "{long_part}").and(1, 0.6)', "a cat"]
+    conditioner = TextConditioner.from_pipeline(sd_pipe, syntax="compel", emphasis="compel", cache_size=0)
+    compel = Compel(
+        tokenizer=sd_pipe.tokenizer,
+        text_encoder=sd_pipe.text_encoder,
+        truncate_long_prompts=False,
+        split_long_text_mode=SplitLongTextMode.WORDS,
+    )
+    with torch.no_grad():
+        ours = conditioner.encode(prompts).tokens
+        theirs = compel(prompts)
+    assert ours.shape == theirs.shape == (2, 3 * 77, 32)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "operator"), [('("a cat", "a dog").blend()', "blend()"), ('("a cat", "a dog").and(1, 0.5)', "and()")]
+)
+def test_blend_and_weighted_and_need_clip_alone_and_one_text_for_every_encoder(
+    prompt: str, operator: str, sdxl_pipe, sd3_pipe
+) -> None:
     sdxl = TextConditioner.from_pipeline(sdxl_pipe, syntax="compel", cache_size=0)
-    with pytest.raises(ValueError, match=re.escape("a compel blend must be every encoder's text")):
-        sdxl.encode(blend, prompt_2="a dog")
-    assert sdxl.encode(blend, prompt_2=blend).tokens.shape == (1, 77, 64)
+    with pytest.raises(ValueError) as refused:
+        sdxl.encode(prompt, prompt_2="a dog")
+    assert str(refused.value) == (
+        f"prompt {prompt!r}: compel's `{operator}` must be every encoder's text (`prompt_2` / `prompt_3` left out or "
+        "the same)"
+    )
+    windows = 2 if operator == "and()" else 1
+    assert sdxl.encode(prompt, prompt_2=prompt).tokens.shape == (1, windows * 77, 64)
     sd3 = TextConditioner.from_pipeline(sd3_pipe, syntax="compel", cache_size=0)
-    with pytest.raises(ValueError, match=re.escape("compel's `blend()` is read over CLIP windows, and this")):
-        sd3.encode(blend)
+    with pytest.raises(ValueError) as refused:
+        sd3.encode(prompt)
+    assert str(refused.value) == (
+        f"prompt {prompt!r}: compel's `{operator}` is read over CLIP windows, and this conditioner ('sd3') has a T5 "
+        "encoder"
+    )
 
 
 def test_pipeline_kwargs_read_no_steps_in_compel_syntax_and_schedule_is_refused(sd_pipe) -> None:
@@ -488,19 +591,62 @@ def test_a_conditioner_yaml_takes_the_syntax_and_refuses_an_unknown_one(sd_pipe,
 
 
 def test_blend_records_sums_padded_windows_and_refuses_t5_records() -> None:
-    from clipcond.blended_records import blend_records
+    from clipcond.combined_records import blend_records, combine_records
     from clipcond.records import EncodedPrompt
 
     one = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), 1.0), pooled=torch.tensor([1.0, 0.0]))
     two = EncodedPrompt(clip_tokens=torch.full((2, 3, 2), 3.0), pooled=torch.tensor([0.0, 1.0]))
     empty = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), -1.0), pooled=torch.tensor([9.0, 9.0]))
-    blended = blend_records([one, two], CompelBlend(("a", "b"), (1.0, 3.0), True), empty)
+    blended = combine_records([one, two], CompelBlend(("a", "b"), (1.0, 3.0), True), empty)
     # window 0: (1 * 1 + 3 * 3) / 4; window 1: one's padding (-1) and two's 3
     expected = torch.stack([torch.full((3, 2), 2.5), torch.full((3, 2), 2.0)])
     torch.testing.assert_close(blended.clip_tokens, expected)
     torch.testing.assert_close(blended.pooled, torch.tensor([0.25, 0.75]))
     summed = blend_records([one, two], CompelBlend(("a", "b"), (1.0, 3.0), False), empty)
     torch.testing.assert_close(summed.pooled, torch.tensor([1.0, 3.0]))
+    # one part; parts without pooled vectors (SD's CLIP); an empty prompt of two windows pads with its first
+    alone = blend_records([two], CompelBlend(("b",), (2.0,), True), empty)
+    torch.testing.assert_close(alone.clip_tokens, two.clip_tokens, rtol=0, atol=0)
+    unpooled = [EncodedPrompt(clip_tokens=part.clip_tokens) for part in (one, two)]
+    two_windows = EncodedPrompt(clip_tokens=torch.cat([empty.clip_tokens, torch.full((1, 3, 2), 5.0)]))
+    blended = blend_records(unpooled, CompelBlend(("a", "b"), (1.0, 3.0), True), two_windows)
+    torch.testing.assert_close(blended.clip_tokens, expected, rtol=0, atol=0)
+    assert blended.pooled is None
     with_t5 = EncodedPrompt(clip_tokens=one.clip_tokens, t5_tokens=torch.zeros(4, 2), t5_mask=torch.ones(4))
-    with pytest.raises(ValueError, match="a compel blend is read over CLIP windows only"):
-        blend_records([one, with_t5], CompelBlend(("a", "b"), (1.0, 1.0), True), empty)
+    without_clip = EncodedPrompt(pooled=one.pooled)
+    for parts in ([one, with_t5], [without_clip, one]):
+        with pytest.raises(ValueError) as refused:
+            blend_records(parts, CompelBlend(("a", "b"), (1.0, 1.0), True), empty)
+        assert str(refused.value) == (
+            "compel's `blend()` and weighted `and()` are read over CLIP windows only: this conditioner has a T5 or "
+            "no CLIP tokens"
+        )
+
+
+def test_join_records_moves_weighted_parts_towards_the_empty_window_and_joins_them() -> None:
+    from clipcond.combined_records import combine_records, join_records
+    from clipcond.records import EncodedPrompt
+
+    one = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), 1.0), pooled=torch.tensor([1.0, 0.0]))
+    two = EncodedPrompt(clip_tokens=torch.stack([torch.full((3, 2), 3.0), torch.full((3, 2), 5.0)]))
+    two.pooled = torch.tensor([0.0, 1.0])
+    empty = EncodedPrompt(
+        clip_tokens=torch.stack([torch.full((3, 2), -1.0), torch.full((3, 2), 7.0)]), pooled=torch.tensor([9.0, 9.0])
+    )
+    joined = combine_records([one, two], CompelConjunction(("a", "b"), (1.0, 0.5)), empty)
+    # part one as it is; part two's windows halfway to the empty prompt's first window (-1)
+    expected = torch.stack([torch.full((3, 2), 1.0), torch.full((3, 2), 1.0), torch.full((3, 2), 2.0)])
+    torch.testing.assert_close(joined.clip_tokens, expected, rtol=0, atol=0)
+    torch.testing.assert_close(joined.pooled, one.pooled, rtol=0, atol=0)
+    # a part of weight 1 is kept bit for bit (moving it by 1 would round: (0.1 - 1e8) + 1e8 is 0)
+    tenth = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), 0.1))
+    far = EncodedPrompt(clip_tokens=torch.full((1, 3, 2), 1e8))
+    kept = join_records([tenth, one], CompelConjunction(("t", "a"), (1.0, 2.0)), far)
+    torch.testing.assert_close(kept.clip_tokens[0], tenth.clip_tokens[0], rtol=0, atol=0)
+    backwards = join_records([two, one], CompelConjunction(("b", "a"), (-1.0, 2.0)), empty)
+    expected = torch.stack([torch.full((3, 2), -5.0), torch.full((3, 2), -7.0), torch.full((3, 2), 3.0)])
+    torch.testing.assert_close(backwards.clip_tokens, expected, rtol=0, atol=0)
+    torch.testing.assert_close(backwards.pooled, two.pooled, rtol=0, atol=0)
+    with_t5 = EncodedPrompt(clip_tokens=one.clip_tokens, t5_tokens=torch.zeros(4, 2), t5_mask=torch.ones(4))
+    with pytest.raises(ValueError, match=r"compel's `blend\(\)` and weighted `and\(\)` are read over CLIP windows"):
+        join_records([one, with_t5], CompelConjunction(("a", "b"), (1.0, 2.0)), empty)

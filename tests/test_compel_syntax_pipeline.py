@@ -16,6 +16,7 @@ PROMPTS = [
     "a red circle+ and a (blue square)1.3",
     "a [cat:dog:0.5] AND a (dog)1.2",
     '("a red circle", "a (blue square)++").blend(0.6, 0.4)',
+    '("a red circle", "a (blue square)++").and(1, 0.4)',
 ]
 NEGATIVE = "(blurry)-- noise"
 STEPS = 3

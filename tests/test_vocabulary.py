@@ -40,6 +40,8 @@ def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
     assert unknown_words(blend, vocabulary, "compel") == ["cat"]
     assert unknown_words("a (red)1.2 Circle-- BREAK", vocabulary, "compel") == ["break"]
     assert unknown_words(blend, vocabulary) == ["cat", "blend"]  # read as A1111's syntax
+    conjunction = '("a red+ circle", "a (dog)1.2").and(1, 0.5)'
+    assert unknown_words(conjunction, vocabulary, "compel") == ["dog"]
 
 
 def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
