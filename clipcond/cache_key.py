@@ -44,7 +44,7 @@ def settings_key(
             (`clipcond.tokenizer_fingerprint.TokenizerFingerprints`).
         config_fingerprints: one per encoder, in the order of `encoders`
             (`clipcond.config_fingerprint.ConfigFingerprints`).
-        syntax: the prompt syntax ("a1111", "compel"): the same text reads other weights in
+        syntax: the prompt syntax ("a1111", "compel", "comfy"): the same text reads other weights in
             another. A1111's, the default, adds nothing, so keys made before the setting
             existed still hold.
     """

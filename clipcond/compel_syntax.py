@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 from clipcond.prompts import BREAK_MARKER, MAX_WEIGHT, Fragment
 
-SYNTAXES = ("a1111", "compel")
 PLUS_BASE = 1.1
 MINUS_BASE = 0.9
 
@@ -77,19 +76,6 @@ _UNREAD = {
     "withLora": "compel's `withLora()` names a LoRA, which clipcond's compel syntax does not read: load it with "
     "the pipeline's `load_lora_weights`",
 }
-
-
-def check_syntax(syntax: object, argument: str = "syntax") -> str:
-    """`syntax` if it names a prompt syntax of `SYNTAXES`; a TypeError or ValueError naming
-    `argument` otherwise."""
-    if not isinstance(syntax, str):
-        raise TypeError(f"`{argument}` must be a str, one of {list(SYNTAXES)}, got {type(syntax).__name__}")
-    if syntax not in SYNTAXES:
-        raise ValueError(
-            f"`{argument}` must be one of {list(SYNTAXES)} (A1111's `(word:1.3)` or compel's `word+`, `(words)1.3`), "
-            f"got {syntax!r}"
-        )
-    return syntax
 
 
 def _power(base: float, count: int) -> float:

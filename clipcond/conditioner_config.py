@@ -73,7 +73,8 @@ class ConditionerConfig:
         clip_skip: skip this many final CLIP layers.
         parse_weights: read the weighting syntax in prompts.
         syntax: the weighting syntax prompts are written in: "a1111" (`(word:1.3)`, `BREAK`,
-            prompt editing) or "compel" (`word+`, `(words)1.3`; `clipcond.compel_syntax`).
+            prompt editing), "compel" (`word+`, `(words)1.3`; `clipcond.compel_syntax`) or
+            "comfy" (ComfyUI's `(words:1.3)`, `embedding:name`; `clipcond.comfy_syntax`).
         emphasis: how weights change token states ("multiply", "a1111", "comfy", "compel";
             `clipcond.emphasis`); any recipe; None: the recipe's ("multiply").
         window_split: how a long prompt's CLIP windows are cut ("word", "a1111", "comfy",
@@ -101,7 +102,7 @@ class ConditionerConfig:
     projection_dim: int | None = None
     clip_skip: int | None = None
     parse_weights: bool = True
-    syntax: Literal["a1111", "compel"] = "a1111"
+    syntax: Literal["a1111", "compel", "comfy"] = "a1111"
     emphasis: Literal["multiply", "a1111", "comfy", "compel"] | None = None
     window_split: Literal["word", "a1111", "comfy", "truncate"] | None = None
     clean_caption: bool | None = None

@@ -33,13 +33,8 @@ from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
 from clipcond.combined_records import combine_records
-from clipcond.compel_syntax import (
-    CompelBlend,
-    CompelConjunction,
-    check_syntax,
-    parse_compel_combination,
-    parse_compel_prompt,
-)
+from clipcond.comfy_syntax import embedding_names
+from clipcond.compel_syntax import CompelBlend, CompelConjunction, parse_compel_combination
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
     EncoderLike,
@@ -73,7 +68,8 @@ from clipcond.prompt_arguments import (
     negative_prompt_list,
     readings,
 )
-from clipcond.prompts import Fragment, parse_prompt
+from clipcond.prompt_syntaxes import check_syntax, parse_in_syntax
+from clipcond.prompts import Fragment
 from clipcond.recipes import Recipe
 from clipcond.record_spec import RecordSpec, check_record, check_records, expected_record
 from clipcond.records import EncodedPrompt
@@ -136,10 +132,13 @@ class TextConditioner:
             still applies, as with A1111's emphasis "None").
         syntax: the weighting syntax prompts are written in: "a1111" (`clipcond.prompts`:
             `(word:1.3)`, `[word]`, `BREAK`, and A1111's prompt editing and `AND` where steps
-            are read) or "compel" (`clipcond.compel_syntax`: `word+`, `word-`, `(words)1.3`,
-            `"words"+`, `("a", "b").and(1, 0.5)`, `("a", "b").blend(0.7, 0.3)`; no editing,
-            `BREAK` or `AND`: they are text).
-            Pair "compel" with `emphasis="compel"` for compel's embeddings. Needs `parse_weights`.
+            are read), "compel" (`clipcond.compel_syntax`: `word+`, `word-`, `(words)1.3`,
+            `"words"+`, `("a", "b").and(1, 0.5)`, `("a", "b").blend(0.7, 0.3)`) or "comfy"
+            (`clipcond.comfy_syntax`: ComfyUI's `(words)`, `(words:1.3)`, an explicit weight
+            replacing the enclosing one, and `embedding:name`); in the last two no text changes
+            between steps: `[a:b:0.5]`, `BREAK` and `AND` are text. Pair "compel" with
+            `emphasis="compel"` for compel's embeddings, "comfy" with `emphasis="comfy"` and
+            `window_split="comfy"` for ComfyUI's. Needs `parse_weights`.
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
             mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"
@@ -476,8 +475,9 @@ class TextConditioner:
         removed after the last step). A prompt whose text never
         changes gets no callback and exactly the keyword arguments of the one text it reads (an
         edit that takes no effect over the steps, ``[cat:dog:0]`` or ``[a:b:30]`` at 20 steps,
-        reads as A1111 reads it: "dog", "a"). With `syntax="compel"` no text changes between
-        steps: `num_inference_steps` is only checked, and brackets and `AND` read as compel reads them.
+        reads as A1111 reads it: "dog", "a"). With `syntax="compel"` or `"comfy"` no text changes
+        between steps: `num_inference_steps` is only checked, and brackets and `AND` read as compel
+        or ComfyUI reads them.
 
         Raises:
             ValueError: `AND` in a prompt (composable prompts need `CLIPConditionedPipeline`;
@@ -566,8 +566,8 @@ class TextConditioner:
 
         Raises:
             TypeError, ValueError: bad prompts, a per-encoder argument no encoder reads,
-                `num_inference_steps` not an int >= 1, or a conditioner of `syntax="compel"`
-                (no text changes between steps there: use `encode` or `pipeline_kwargs`).
+                `num_inference_steps` not an int >= 1, or a conditioner of a syntax other than
+                "a1111" (no text changes between steps there: use `encode` or `pipeline_kwargs`).
         """
         if self.syntax != "a1111":
             raise ValueError(
@@ -771,10 +771,22 @@ class TextConditioner:
         return [Fragment(self._clean(f.text), f.weight, f.is_break) for f in fragments]
 
     def _parsed(self, text: str) -> list[Fragment]:
-        """`text` read in this conditioner's syntax (as plain text without `parse_weights`)."""
+        """`text` read in this conditioner's syntax (as plain text without `parse_weights`).
+
+        Raises:
+            ValueError: in ComfyUI's syntax, an ``embedding:name`` whose name is a token of none
+                of this conditioner's CLIP tokenizers (ComfyUI drops it with a warning).
+        """
         if not self.parse_weights:
             return [Fragment(text, 1.0)]
-        return parse_compel_prompt(text) if self.syntax == "compel" else parse_prompt(text)
+        if self.syntax == "comfy":
+            for name in embedding_names(text):
+                if not any(name in getattr(encoder.tokenizer, "added_tokens_encoder", {}) for encoder in self.clip):
+                    raise ValueError(
+                        f"prompt {text[:80]!r}: `embedding:{name}` names no textual inversion this conditioner "
+                        f"holds: load it first with `load_textual_inversion(path, token={name!r})`"
+                    )
+        return parse_in_syntax(text, self.syntax)
 
     def _encoders_need_grad(self) -> bool:
         """True while an encoder is being trained (`_trains`). Then outputs keep their graph

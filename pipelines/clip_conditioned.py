@@ -62,7 +62,6 @@ from transformers import (
     T5EncoderModel,
 )
 
-from clipcond.compel_syntax import check_syntax
 from clipcond.conditioner_setup import as_encoders, check_clip_skip, check_clip_windows, clip_skip_as_int
 from clipcond.conditioning import TextConditioner
 from clipcond.embeds import PromptEmbeds
@@ -104,6 +103,7 @@ from clipcond.pipelines.sdxl_time_ids import SizeConditioning
 from clipcond.pipelines.textual_inversion_loading import PairTextualInversionLoaderMixin
 from clipcond.projection import TextProjection
 from clipcond.prompt_arguments import check_images_per_prompt
+from clipcond.prompt_syntaxes import check_syntax
 from clipcond.recipes import Recipe
 from clipcond.scalars import as_float, as_int
 from clipcond.tokenizer_warnings import without_length_warning
@@ -184,8 +184,9 @@ class CLIPConditionedPipeline(
             "comfy" or "truncate" (`clipcond.chunking`; see `TextConditioner`). Not read by a
             `custom` pipeline with T5 alone, whose T5 reads one sequence up to `t5_max_length`.
         syntax: the weighting syntax of prompts: "a1111" (weights, `BREAK`, prompt editing,
-            alternation, `AND`) or "compel" (`word+`, `(words)1.3`; no text changes between
-            steps and `AND` is a word; `clipcond.compel_syntax`; see `TextConditioner`).
+            alternation, `AND`), "compel" (`word+`, `(words)1.3`; `clipcond.compel_syntax`) or
+            "comfy" (ComfyUI's `(words:1.3)`, `embedding:name`; `clipcond.comfy_syntax`); in
+            the last two no text changes between steps and `AND` is a word (see `TextConditioner`).
         safety_checker, feature_extractor: Stable Diffusion's optional NSFW filter and the
             `CLIPImageProcessor` that prepares its input. Kept, not dropped, by
             `from_pipe(stable_diffusion_pipeline)`: a diffusers user who loaded SD with its
@@ -1056,7 +1057,7 @@ class CLIPConditionedPipeline(
         dtype = self.unet.dtype
         edit_steps = self._edit_steps(num_inference_steps, timesteps, sigmas)
         plan = None
-        if self.config.get("syntax", "a1111") == "a1111":  # compel's syntax has no editing or AND
+        if self.config.get("syntax", "a1111") == "a1111":  # compel's and ComfyUI's have no editing or AND
             prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
                 edit_steps, prompt, negative_prompt, prompt_2, negative_prompt_2
             )

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcond.compel_syntax import SYNTAXES
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
 from clipcond.output_paths import check_new_file, write_atomically
@@ -44,6 +43,7 @@ from clipcond.pipelines.generate_sources import (
 )
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
 from clipcond.pipelines.vocabulary import warn_about_vocabulary
+from clipcond.prompt_syntaxes import SYNTAXES
 from clipcond.window_splits import WINDOW_SPLITS
 
 if TYPE_CHECKING:
@@ -96,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--syntax",
         choices=SYNTAXES,
-        help="how prompts write weights: A1111's (word:1.3), [word], BREAK, [a:b:0.5], AND (a1111), or compel's "
-        "word+, word-, (words)1.3 (compel; clipcond.compel_syntax); default: the model's own setting (a1111 "
-        "unless it was saved with another)",
+        help="how prompts write weights: A1111's (word:1.3), [word], BREAK, [a:b:0.5], AND (a1111), compel's "
+        "word+, word-, (words)1.3 (compel; clipcond.compel_syntax), or ComfyUI's (words:1.3), embedding:name "
+        "(comfy; clipcond.comfy_syntax); default: the model's own setting (a1111 unless it was saved with another)",
     )
     parser.add_argument(
         "--window-split",

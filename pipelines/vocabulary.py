@@ -39,18 +39,18 @@ def read_vocabulary(folder: str | Path) -> frozenset[str] | None:
 
 
 def unknown_words(prompt: str, vocabulary: frozenset[str], syntax: str = "a1111") -> list[str]:
-    """The words of `prompt` (weights syntax and BREAK aside, read in `syntax`: "a1111" or
-    "compel", whose blend and weighted conjunction parts are read too; lower case, in order,
-    once each) that are not in `vocabulary`."""
+    """The words of `prompt` (weights syntax and BREAK aside, read in `syntax`: "a1111",
+    "comfy" or "compel", whose blend and weighted conjunction parts are read too; lower case, in
+    order, once each) that are not in `vocabulary`."""
     from clipcond.compel_syntax import parse_compel_combination, parse_compel_prompt
-    from clipcond.prompts import parse_prompt
+    from clipcond.prompt_syntaxes import parse_in_syntax
 
     if syntax == "compel":
         combination = parse_compel_combination(prompt)
         parts = combination.parts if combination else [prompt]
         fragments = [fragment for part in parts for fragment in parse_compel_prompt(part)]
     else:
-        fragments = parse_prompt(prompt)
+        fragments = parse_in_syntax(prompt, syntax)
     text = " ".join(fragment.text for fragment in fragments if not fragment.is_break)
     words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
     return [word for word in words if word not in vocabulary]

@@ -83,3 +83,80 @@ def comfy_encode(text_encoder, tokenizer, batches: list[list[tuple[int, float]]]
                 z[position] = (z[position] - empty[position]) * weight + empty[position]
         out.append(z)
     return torch.cat(out, dim=0)[None]
+
+
+def comfy_segments(prompt: str) -> list[tuple[str, float]]:
+    """ComfyUI's weighted segments of a prompt (``comfy/sd1_clip.py``: ``escape_important``,
+    ``token_weights`` over ``parse_parentheses``, ``unescape_important``), re-expressed from
+    reading it, not from clipcond's code, recursion and all: ``\\)`` and ``\\(`` hidden first;
+    the text cut into top-level items at brackets (a ``(`` opens an item only at level 0, a
+    ``)`` closes one when the level comes back to 0, and at a negative level both are text);
+    an item that starts with ``(`` and ends with ``)`` is read again without them at the
+    weight x 1.1, or at the number after its last colon (not its first character) when
+    ``float`` reads it, that text cut off; the escapes read back per segment. Empty segments
+    are left out."""
+    hidden = prompt.replace("\\)", "\0\1").replace("\\(", "\0\2")
+
+    def items(text: str) -> list[str]:
+        found, current, level = [], "", 0
+        for char in text:
+            if char == "(":
+                if level == 0:
+                    if current:
+                        found.append(current)
+                    current = "("
+                else:
+                    current += char
+                level += 1
+            elif char == ")":
+                level -= 1
+                if level == 0:
+                    found.append(current + ")")
+                    current = ""
+                else:
+                    current += char
+            else:
+                current += char
+        if current:
+            found.append(current)
+        return found
+
+    def weighted(text: str, weight: float) -> list[tuple[str, float]]:
+        out = []
+        for item in items(text):
+            if len(item) >= 2 and item[0] == "(" and item[-1] == ")":
+                inner, inner_weight = item[1:-1], weight * 1.1
+                colon = inner.rfind(":")
+                if colon > 0:
+                    try:
+                        inner_weight = float(inner[colon + 1 :])
+                        inner = inner[:colon]
+                    except ValueError:
+                        pass
+                out += weighted(inner, inner_weight)
+            else:
+                out.append((item, weight))
+        return out
+
+    return [(text.replace("\0\1", ")").replace("\0\2", "("), weight) for text, weight in weighted(hidden, 1.0) if text]
+
+
+def comfy_words(segments: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The words ComfyUI tokenizes one by one, with their weights: each segment cut at spaces
+    (line breaks read as spaces), empty words dropped; a word that starts with ``embedding:``
+    is the embedding the rest names (here its token: the name), found, as ComfyUI finds a
+    name with a comma glued to it, with the commas stripped and then read as a word after it."""
+    words = []
+    for text, weight in segments:
+        for word in text.replace("\n", " ").split(" "):
+            if not word:
+                continue
+            if word.startswith("embedding:"):
+                name = word[len("embedding:") :]
+                stripped = name.strip(",")
+                words.append((stripped, weight))
+                if len(stripped) < len(name):
+                    words.append((name[len(stripped) :], weight))
+                continue
+            words.append((word, weight))
+    return words

@@ -62,6 +62,7 @@ def _key(**changes) -> str:
     [
         dict(parse_weights=False),
         dict(syntax="compel"),
+        dict(syntax="comfy"),
         dict(recipe=Recipe(name="sd", emphasis="a1111")),
         dict(recipe=Recipe(name="sd").with_clip_skip(1)),
         dict(recipe=Recipe(name="sd", caption_cleaning="lowercase")),

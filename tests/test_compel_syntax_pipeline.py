@@ -68,8 +68,8 @@ def test_a_saved_pipeline_keeps_its_syntax_and_generate_takes_one(sd_pipe, tmp_p
 
 
 def test_an_unknown_syntax_is_refused_by_name(sd_pipe) -> None:
-    with pytest.raises(ValueError, match=re.escape("`syntax` must be one of ['a1111', 'compel']")):
-        CLIPConditionedPipeline.from_pipe(sd_pipe, syntax="comfy")
+    with pytest.raises(ValueError, match=re.escape("`syntax` must be one of ['a1111', 'compel', 'comfy']")):
+        CLIPConditionedPipeline.from_pipe(sd_pipe, syntax="invoke")
     with pytest.raises(TypeError, match="`syntax` must be a str"):
         CLIPConditionedPipeline.from_pipe(sd_pipe, syntax=1)
 

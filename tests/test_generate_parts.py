@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from clipcond.compel_syntax import SYNTAXES
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
 from clipcond.pipelines import generate, generate_checks
 from clipcond.pipelines.generate_sources import SourceImages
 from clipcond.pipelines.scheduler_guards import NonFiniteLatents
+from clipcond.prompt_syntaxes import SYNTAXES
 from clipcond.window_encoding import NonFiniteEncoding
 from clipcond.window_splits import WINDOW_SPLITS
 

@@ -42,6 +42,9 @@ def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
     assert unknown_words(blend, vocabulary) == ["cat", "blend"]  # read as A1111's syntax
     conjunction = '("a red+ circle", "a (dog)1.2").and(1, 0.5)'
     assert unknown_words(conjunction, vocabulary, "compel") == ["dog"]
+    # ComfyUI's syntax: `embedding:` is no word, `[red]` is text
+    assert unknown_words("embedding:<cat> (a red:1.2) [circle]", vocabulary, "comfy") == ["cat"]
+    assert unknown_words("embedding:<cat> (a red:1.2) [circle]", vocabulary) == ["embedding", "cat"]
 
 
 def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
