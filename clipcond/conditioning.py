@@ -60,6 +60,7 @@ from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.lora_scale import check_lora_scale, lora_scaled
 from clipcond.model_locks import holding, holding_while
+from clipcond.network_tags import split_network_tags
 from clipcond.prompt_arguments import (
     Reading,
     as_prompt_list,
@@ -774,11 +775,19 @@ class TextConditioner:
         """`text` read in this conditioner's syntax (as plain text without `parse_weights`).
 
         Raises:
-            ValueError: in ComfyUI's syntax, an ``embedding:name`` whose name is a token of none
-                of this conditioner's CLIP tokenizers (ComfyUI drops it with a warning).
+            ValueError: in A1111's syntax, a LoRA tag (``<lora:name:0.8>``: only a pipeline can
+                activate its adapters); in ComfyUI's, an ``embedding:name`` whose name is a
+                token of none of this conditioner's CLIP tokenizers (ComfyUI drops it with a
+                warning).
         """
         if not self.parse_weights:
             return [Fragment(text, 1.0)]
+        if self.syntax == "a1111" and "<" in text and split_network_tags(text)[1]:
+            raise ValueError(
+                f"prompt {text[:80]!r}: A1111's LoRA tags activate adapters in the text encoder and the UNet for a "
+                "call: `CLIPConditionedPipeline` reads them in `prompt` (not in a negative or `prompt_2`); for another "
+                "pipeline, take the tag out and call its `set_adapters`"
+            )
         if self.syntax == "comfy":
             for name in embedding_names(text):
                 if not any(name in getattr(encoder.tokenizer, "added_tokens_encoder", {}) for encoder in self.clip):

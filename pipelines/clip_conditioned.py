@@ -83,6 +83,7 @@ from clipcond.pipelines.coordinates import COORDINATE_CHANNELS, append_coordinat
 from clipcond.pipelines.input_checks import CallInputChecks
 from clipcond.pipelines.ip_adapter import IPAdapterSupport
 from clipcond.pipelines.lora_loading import RecipeLoraLoaderMixin
+from clipcond.pipelines.lora_tags import reads_lora_tags
 from clipcond.pipelines.saved_folder_checks import check_pipeline_folder
 from clipcond.pipelines.scheduler_guards import (
     check_finite_inputs,
@@ -863,6 +864,7 @@ class CLIPConditionedPipeline(
             return prompt_embeds, negative_prompt_embeds
         return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
 
+    @reads_lora_tags
     @torch.no_grad()
     def __call__(  # only `prompt` by position: SD's second is `height`, SDXL's `prompt_2`, and one class serves both
         self,

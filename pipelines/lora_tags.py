@@ -1,0 +1,127 @@
+"""A1111's ``<lora:name:0.8>`` tags in the prompts of a `CLIPConditionedPipeline` call: the named
+adapters active at their multipliers for that call alone.
+
+`reads_lora_tags` wraps `CLIPConditionedPipeline.__call__` (which its img2img and inpaint
+siblings run, the prompt untouched before): in A1111's syntax (the pipeline's `syntax`
+config), it takes the tags out of ``prompt`` (`clipcond.network_tags.split_network_tags`),
+makes exactly the tagged adapters active, each at its multiplier in the text encoders and its
+own in the UNet (`set_adapters` with per-component weights, as A1111 applies a tag to the
+networks it loads for the call), runs the call on the text without the tags, and puts back
+which adapters were active, their scales and which tensors require grad, even when the call
+fails (`lora_snapshots.LoraState`, and the scalings the tags changed).
+
+As in A1111, the tags of ``prompt`` apply to the whole batch: here every prompt of a list must
+carry the same tags (A1111 takes the first prompt's and drops the others' without a word).
+Tags in a negative prompt or in ``prompt_2`` are refused by the pipeline's conditioner, as is
+a tag in any prompt handed to a `TextConditioner`, which cannot activate the UNet's adapters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from clipcond.network_tags import LoraTag, split_network_tags
+from clipcond.pipelines.lora_snapshots import LoraState
+
+
+def _prompt_tags(prompt: Any) -> tuple[Any, tuple[LoraTag, ...]]:
+    """`prompt` (a string, a list of strings, or anything the call checks itself) without its
+    tags, and the tags every prompt carries.
+
+    Raises:
+        ValueError: prompts of one list with different tags, or a tag `split_network_tags` refuses.
+    """
+    if isinstance(prompt, str):
+        return split_network_tags(prompt)
+    if not isinstance(prompt, list) or not all(isinstance(text, str) for text in prompt) or not prompt:
+        return prompt, ()
+    split = [split_network_tags(text) for text in prompt]
+    tags = {found for _, found in split}
+    if len(tags) > 1:
+        raise ValueError(
+            "the prompts of one call carry different LoRA tags ("
+            + "; ".join(sorted({", ".join(f"<lora:{t.name}>" for t in found) or "none" for found in tags}))
+            + "): one set of adapters runs per call, so give every prompt the same tags (A1111 applies the first "
+            "prompt's to all)"
+        )
+    return [text for text, _ in split], split[0][1]
+
+
+def _scalings(pipeline: Any, names: set[str]) -> list[tuple[dict, str, Any]]:
+    """Each LoRA layer's scaling of the adapters `names`: (its `scaling` dict, the name, the value)."""
+    found = []
+    for component in pipeline._lora_loadable_modules:
+        model = getattr(pipeline, component, None)
+        if model is None:
+            continue
+        for module in model.modules():
+            scaling = getattr(module, "scaling", None)
+            if isinstance(scaling, dict):
+                for name in names & set(scaling):
+                    value = scaling[name]
+                    found.append((scaling, name, value.clone() if torch.is_tensor(value) else value))
+    return found
+
+
+def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
+    """Every tagged adapter is one the pipeline holds, and its LoRA layers are switched on."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    held = {name for names in pipeline._adapter_names().values() for name in names}
+    missing = [tag.name for tag in tags if tag.name not in held]
+    if missing:
+        raise ValueError(
+            f"LoRA tags name {missing}, which the pipeline holds no adapter of (loaded: {sorted(held)}): load each "
+            "first with `load_lora_weights(path, adapter_name=name)`"
+        )
+    for component in pipeline._lora_loadable_modules:
+        model = getattr(pipeline, component, None)
+        if model is not None and any(
+            isinstance(module, BaseTunerLayer) and module.disable_adapters for module in model.modules()
+        ):
+            raise ValueError(
+                f"the prompt's LoRA tags would do nothing: the {component}'s LoRA layers are switched off "
+                "(`disable_lora()`); call `enable_lora()` first"
+            )
+
+
+@contextmanager
+def tagged_adapters(pipeline: Any, tags: tuple[LoraTag, ...]) -> Iterator[None]:
+    """The adapters `tags` name active at their multipliers (text encoders, UNet) while the
+    block runs, and nothing else; afterwards the pipeline's LoRA state as it was."""
+    _check_tags(pipeline, tags)
+    state = LoraState.of(pipeline)
+    scalings = _scalings(pipeline, {tag.name for tag in tags})
+    components = pipeline._lora_loadable_modules
+    weights = [
+        {component: tag.unet if component == "unet" else tag.text_encoder for component in components} for tag in tags
+    ]
+    try:
+        pipeline.set_adapters([tag.name for tag in tags], weights)
+        yield
+    finally:
+        state.restore(pipeline)
+        for scaling, name, value in scalings:
+            scaling[name] = value
+
+
+def reads_lora_tags(call: Callable[..., Any]) -> Callable[..., Any]:
+    """`call` (a pipeline's ``__call__``) reading A1111's LoRA tags in ``prompt`` (see the
+    module docstring); in the compel and ComfyUI syntaxes, and without tags, `call` as it is."""
+
+    @functools.wraps(call)
+    def with_tags(self: Any, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if self.config.get("syntax", "a1111") != "a1111":
+            return call(self, prompt, *args, **kwargs)
+        prompt, tags = _prompt_tags(prompt)
+        if not tags:
+            return call(self, prompt, *args, **kwargs)
+        with tagged_adapters(self, tags):
+            return call(self, prompt, *args, **kwargs)
+
+    return with_tags
