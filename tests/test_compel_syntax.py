@@ -182,21 +182,6 @@ CONJUNCTIONS = [
 ]
 
 
-@pytest.mark.parametrize("prompt", CONJUNCTIONS)
-def test_and_reads_each_part_as_compel_does_with_a_break_between(tokenizer, prompt: str) -> None:
-    ours = parse_compel_prompt(prompt)
-    parts: list[list[Fragment]] = [[]]
-    for fragment in ours:
-        if fragment.is_break:
-            parts.append([])
-        else:
-            parts[-1].append(fragment)
-    theirs = compel_parser.PromptParser().parse_conjunction(prompt)
-    assert theirs.weights == [1.0] * len(theirs.prompts) and len(theirs.prompts) == len(parts)
-    for mine, flattened in zip(parts, theirs.prompts):
-        assert _token_weights(tokenizer, mine) == _token_weights(tokenizer, flattened.children)
-
-
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [
@@ -221,14 +206,32 @@ WEIGHTED_CONJUNCTIONS = [
 ]
 
 
-@pytest.mark.parametrize("prompt", WEIGHTED_CONJUNCTIONS)
-def test_a_weighted_and_reads_compels_parts_and_weights(tokenizer, prompt: str) -> None:
-    ours = parse_compel_conjunction(prompt)
+def _our_parts(prompt: str) -> tuple[list[list[Fragment]], list[float]]:
+    """Each part of an `.and()` as clipcond reads it, and the parts' weights: a weighted one's
+    parts (`parse_compel_conjunction`), an unweighted one's fragments cut at its BREAKs."""
+    conjunction = parse_compel_conjunction(prompt)
+    if conjunction is not None:
+        assert parse_compel_combination(prompt) == conjunction
+        return [parse_compel_prompt(part) for part in conjunction.parts], list(conjunction.weights)
+    parts: list[list[Fragment]] = [[]]
+    for fragment in parse_compel_prompt(prompt):
+        if fragment.is_break:
+            parts.append([])
+        else:
+            parts[-1].append(fragment)
+    return parts, [1.0] * len(parts)
+
+
+@pytest.mark.parametrize("prompt", CONJUNCTIONS + WEIGHTED_CONJUNCTIONS)
+def test_and_reads_compels_parts_and_weights(tokenizer, prompt: str) -> None:
+    """An unweighted `.and()` is its parts with a BREAK between; a weighted one a
+    `CompelConjunction`: either way, compel's parts and weights."""
+    parts, weights = _our_parts(prompt)
+    assert (prompt in WEIGHTED_CONJUNCTIONS) == isinstance(parse_compel_conjunction(prompt), CompelConjunction)
     theirs = compel_parser.PromptParser().parse_conjunction(prompt)
-    assert isinstance(ours, CompelConjunction) and parse_compel_combination(prompt) == ours
-    assert list(ours.weights) == theirs.weights and len(ours.parts) == len(theirs.prompts)
-    for part, flattened in zip(ours.parts, theirs.prompts):
-        assert _token_weights(tokenizer, parse_compel_prompt(part)) == _token_weights(tokenizer, flattened.children)
+    assert weights == theirs.weights and len(parts) == len(theirs.prompts)
+    for mine, flattened in zip(parts, theirs.prompts):
+        assert _token_weights(tokenizer, mine) == _token_weights(tokenizer, flattened.children)
 
 
 def test_an_and_without_part_weights_or_a_plain_prompt_is_no_weighted_conjunction() -> None:
@@ -354,6 +357,21 @@ def _compel_for(pipe, family: str):
     )
 
 
+def _compels_batch(pipe, family: str, prompts: list[str]) -> torch.Tensor:
+    """compel's token embeddings of a batch: `Compel(prompts)` for SD; for SDXL each encoder's
+    own `Compel` joined on channels (compel pads a batch per encoder only: its two-encoder
+    provider has no empty prompt)."""
+    if family == "sd":
+        return _compel_for(pipe, family)(prompts)
+    from compel import Compel, ReturnedEmbeddingsType
+
+    layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+    pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    return torch.cat(
+        [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(prompts) for t, e in pairs], -1
+    )
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_the_conditioner_in_compel_syntax_and_emphasis_equals_compel(family: str, request) -> None:
     pipe = request.getfixturevalue(f"{family}_pipe")
@@ -380,16 +398,7 @@ def test_and_in_the_conditioner_equals_compels_joined_parts(family: str, request
     conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
     with torch.no_grad():
         ours = conditioner.encode(prompts).tokens
-        if family == "sd":
-            theirs = _compel_for(pipe, family)(prompts)
-        else:  # compel pads a batch per encoder only (its two-encoder provider has no empty prompt)
-            from compel import Compel, ReturnedEmbeddingsType
-
-            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-            theirs = torch.cat(
-                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(prompts) for t, e in pairs], dim=-1
-            )
+        theirs = _compels_batch(pipe, family, prompts)
     assert ours.shape == theirs.shape == (4, 3 * 77, conditioner.token_width)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -408,42 +417,11 @@ def test_blend_in_the_conditioner_equals_compels_and_blends_the_pooled_vectors(f
     conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
     with torch.no_grad():
         ours = conditioner.encode(BLENDS)
-        if family == "sd":
-            theirs = _compel_for(pipe, family)(BLENDS)
-        else:
-            from compel import Compel, ReturnedEmbeddingsType
-
-            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-            theirs = torch.cat(
-                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(BLENDS) for t, e in pairs], dim=-1
-            )
+        theirs = _compels_batch(pipe, family, BLENDS)
         torch.testing.assert_close(ours.tokens, theirs, rtol=1e-5, atol=1e-5)
         if family == "sdxl":  # compel pools the raw prompt; here the parts' pooled vectors, blended
             parts = conditioner.encode(["a red circle+", "a (blue square)0.8 on a mat"]).pooled
             torch.testing.assert_close(ours.pooled[0], 0.7 * parts[0] + 0.3 * parts[1], rtol=1e-5, atol=1e-6)
-
-
-def test_a_blend_of_a_long_and_a_short_part_pads_as_compel_pads(sd_pipe) -> None:
-    """compel without truncation, splitting long text at words (the split clipcond's windows
-    equal): the short part is padded with the empty prompt's window before the sum."""
-    from compel import Compel
-    from compel.embeddings_provider import SplitLongTextMode
-
-    long_part = "a small red circle next to a large (blue square)1.2, " * 8
-    prompts = [f'("{long_part}", "a (green)-- triangle").blend(0.6, 0.4)', "a cat"]
-    conditioner = TextConditioner.from_pipeline(sd_pipe, syntax="compel", emphasis="compel", cache_size=0)
-    compel = Compel(
-        tokenizer=sd_pipe.tokenizer,
-        text_encoder=sd_pipe.text_encoder,
-        truncate_long_prompts=False,
-        split_long_text_mode=SplitLongTextMode.WORDS,
-    )
-    with torch.no_grad():
-        ours = conditioner.encode(prompts).tokens
-        theirs = compel(prompts)
-    assert ours.shape == theirs.shape == (2, 2 * 77, 32)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
@@ -455,16 +433,7 @@ def test_a_weighted_and_in_the_conditioner_equals_compels_and_pools_its_first_pa
     conditioner = TextConditioner.from_pipeline(pipe, syntax="compel", emphasis="compel", cache_size=0)
     with torch.no_grad():
         ours = conditioner.encode(prompts)
-        if family == "sd":
-            theirs = _compel_for(pipe, family)(prompts)
-        else:
-            from compel import Compel, ReturnedEmbeddingsType
-
-            layer = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-            theirs = torch.cat(
-                [Compel(tokenizer=t, text_encoder=e, returned_embeddings_type=layer)(prompts) for t, e in pairs], dim=-1
-            )
+        theirs = _compels_batch(pipe, family, prompts)
         assert ours.tokens.shape == theirs.shape == (5, 3 * 77, conditioner.token_width)
         torch.testing.assert_close(ours.tokens, theirs, rtol=1e-5, atol=1e-5)
         # the weights bite: the same parts at weight 1 (a BREAK between them, other batches) read otherwise
@@ -477,14 +446,25 @@ def test_a_weighted_and_in_the_conditioner_equals_compels_and_pools_its_first_pa
             torch.testing.assert_close(ours.pooled[0], unweighted.pooled[0], rtol=0, atol=1e-6)
 
 
-def test_a_weighted_and_with_a_long_part_moves_each_of_its_windows_as_compel_does(sd_pipe) -> None:
-    """compel without truncation, splitting long text at words: a two-window part's windows
-    each move towards the empty prompt's window."""
+LONG_PART = "a small red circle next to a large (blue square)1.2, " * 8
+
+
+@pytest.mark.parametrize(
+    ("prompt", "windows"),
+    [
+        (f'("{LONG_PART}", "a (green)-- triangle").blend(0.6, 0.4)', 2),
+        (f'("a (green)-- triangle", "{LONG_PART}").and(1, 0.6)', 3),
+    ],
+    ids=["blend", "weighted_and"],
+)
+def test_a_part_of_two_windows_is_padded_or_moved_as_compel_does(sd_pipe, prompt: str, windows: int) -> None:
+    """compel without truncation, splitting long text at words (the split clipcond's windows
+    equal): a blend's short part is padded with the empty prompt's window before the sum, and a
+    weighted `.and()` moves each window of its long part towards the empty prompt's."""
     from compel import Compel
     from compel.embeddings_provider import SplitLongTextMode
 
-    long_part = "a small red circle next to a large (blue square)1.2, " * 8
-    prompts = [f'("a (green)-- triangle", "{long_part}").and(1, 0.6)', "a cat"]
+    prompts = [prompt, "a cat"]
     conditioner = TextConditioner.from_pipeline(sd_pipe, syntax="compel", emphasis="compel", cache_size=0)
     compel = Compel(
         tokenizer=sd_pipe.tokenizer,
@@ -495,7 +475,7 @@ def test_a_weighted_and_with_a_long_part_moves_each_of_its_windows_as_compel_doe
     with torch.no_grad():
         ours = conditioner.encode(prompts).tokens
         theirs = compel(prompts)
-    assert ours.shape == theirs.shape == (2, 3 * 77, 32)
+    assert ours.shape == theirs.shape == (2, windows * 77, 32)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
