@@ -69,7 +69,8 @@ def _scalings(pipeline: Any, names: set[str]) -> list[tuple[dict, str, Any]]:
 
 
 def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
-    """Every tagged adapter is one the pipeline holds, and its LoRA layers are switched on."""
+    """Every tagged adapter is one the pipeline holds, and its LoRA layers are switched on and
+    not fused."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     held = {name for names in pipeline._adapter_names().values() for name in names}
@@ -81,12 +82,18 @@ def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
         )
     for component in pipeline._lora_loadable_modules:
         model = getattr(pipeline, component, None)
-        if model is not None and any(
-            isinstance(module, BaseTunerLayer) and module.disable_adapters for module in model.modules()
-        ):
+        layers = [] if model is None else [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+        if any(layer.disable_adapters for layer in layers):
             raise ValueError(
                 f"the prompt's LoRA tags would do nothing: the {component}'s LoRA layers are switched off "
                 "(`disable_lora()`); call `enable_lora()` first"
+            )
+        if any(layer.merged for layer in layers):
+            # peft would unmerge them to switch adapters, writing the base weights, and the call
+            # could not put that back
+            raise ValueError(
+                f"the {component}'s LoRA is fused into its weights (`fuse_lora()`), and the prompt's LoRA tags switch "
+                "adapters: call `unfuse_lora()` first, or take the tags out"
             )
 
 

@@ -185,6 +185,17 @@ def test_tags_are_refused_before_any_work_where_they_cannot_be_read(tmp_path) ->
     )
     with pytest.raises(ValueError, match=re.escape("A1111's LoRA tags activate adapters in the text encoder")):
         run(ours, prompt="a cat", negative_prompt="blurry <lora:style:0.5>")
+    ours.set_adapters("style", 0.5)
+    ours.fuse_lora()
+    fused = run(ours, prompt="a cat")
+    with pytest.raises(ValueError) as refused:
+        run(ours, prompt="a cat <lora:style:0.5>")
+    assert str(refused.value) == (
+        "the unet's LoRA is fused into its weights (`fuse_lora()`), and the prompt's LoRA tags switch adapters: call "
+        "`unfuse_lora()` first, or take the tags out"
+    )
+    np.testing.assert_array_equal(run(ours, prompt="a cat"), fused)  # nothing unfused
+    ours.unfuse_lora()
     ours.disable_lora()
     with pytest.raises(ValueError, match=re.escape("the unet's LoRA layers are switched off (`disable_lora()`)")):
         run(ours, prompt="a cat <lora:style:0.5>")
