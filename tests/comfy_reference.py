@@ -63,17 +63,23 @@ def comfy_batches(
     return batches
 
 
-def comfy_encode(text_encoder, tokenizer, batches: list[list[tuple[int, float]]]) -> torch.Tensor:
+def comfy_encode(
+    text_encoder, tokenizer, batches: list[list[tuple[int, float]]], hidden_layer: int | None = None
+) -> torch.Tensor:
     """ComfyUI's token states of a prompt's batches (``ClipTokenWeightEncoder.encode_token_weights``
-    with an SD 1.x CLIP, its last layer): each batch is BOS + ids + EOS padded with the pad id to
-    77 and encoded with an empty prompt's batch; a token of weight w != 1 becomes
-    empty + (state - empty) * w, position by position; the batches are joined on the sequence
-    axis. Returns (1, 77 * batches, width)."""
+    with an SD 1.x CLIP, its last layer; with `hidden_layer`, that hidden state without the
+    final layer norm, as its SDXL encoders read layer -2): each batch is BOS + ids + EOS padded
+    with the pad id to 77 and encoded with an empty prompt's batch; a token of weight w != 1
+    becomes empty + (state - empty) * w, position by position; the batches are joined on the
+    sequence axis. Returns (1, 77 * batches, width)."""
     rows = [[tokenizer.bos_token_id, *(t for t, _ in b), tokenizer.eos_token_id] for b in batches]
     rows.append([tokenizer.bos_token_id, tokenizer.eos_token_id])
     ids = torch.tensor([row + [tokenizer.pad_token_id] * (77 - len(row)) for row in rows])
     with torch.no_grad():
-        states = text_encoder(ids).last_hidden_state
+        if hidden_layer is None:
+            states = text_encoder(ids).last_hidden_state
+        else:
+            states = text_encoder(ids, output_hidden_states=True).hidden_states[hidden_layer]
     empty = states[-1]
     out = []
     for index, batch in enumerate(batches):

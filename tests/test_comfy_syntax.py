@@ -225,6 +225,28 @@ def test_the_conditioner_in_comfy_syntax_emphasis_and_windows_equals_comfyui(com
     assert read_as_a1111.shape != reference.shape or not torch.allclose(read_as_a1111, reference, atol=1e-3)
 
 
+@pytest.mark.parametrize("prompt", PROMPTS[::2])
+def test_sdxl_in_comfy_syntax_emphasis_and_windows_equals_comfyuis_two_encoders(sdxl_pipe, prompt: str) -> None:
+    """ComfyUI's SDXL encoding (``comfy/sdxl_clip.py``, read): each CLIP's layer -2, weighted
+    away from its own empty prompt, joined on channels; the pooled vector is the second CLIP's
+    projection of the first window, weights left out."""
+    pipe = sdxl_pipe
+    fragments = [Fragment(word, weight) for word, weight in comfy_words(comfy_segments(prompt))]
+    pairs = [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)]
+    reference = torch.cat(
+        [comfy_encode(encoder, tokenizer, comfy_batches(tokenizer, fragments), -2) for encoder, tokenizer in pairs], -1
+    )
+    first_window = comfy_batches(pipe.tokenizer_2, fragments)[0]
+    ids = [pipe.tokenizer_2.bos_token_id, *(t for t, _ in first_window), pipe.tokenizer_2.eos_token_id]
+    ids += [pipe.tokenizer_2.pad_token_id] * (77 - len(ids))
+    comfy = TextConditioner.from_pipeline(pipe, syntax="comfy", emphasis="comfy", window_split="comfy", cache_size=0)
+    with torch.no_grad():
+        pooled = pipe.text_encoder_2(torch.tensor([ids])).text_embeds
+        ours = comfy.encode(prompt)
+    torch.testing.assert_close(ours.tokens, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
 def test_an_embedding_no_tokenizer_holds_is_refused_before_encoding(comfy_clip) -> None:
     text_encoder, tokenizer = comfy_clip
     comfy = TextConditioner("sd", clip=[(text_encoder, tokenizer)], syntax="comfy", cache_size=0)
