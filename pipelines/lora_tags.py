@@ -7,8 +7,8 @@ config), it takes the tags out of ``prompt`` (`clipcond.network_tags.split_netwo
 makes exactly the tagged adapters active, each at its multiplier in the text encoders and its
 own in the UNet (`set_adapters` with per-component weights, as A1111 applies a tag to the
 networks it loads for the call), runs the call on the text without the tags, and puts back
-which adapters were active, their scales and which tensors require grad, even when the call
-fails (`lora_snapshots.LoraState`, and the scalings the tags changed).
+in every LoRA layer which adapters were active, their scales and which adapter tensors
+require grad, even when the call fails (`_LayerState`: what diffusers' `set_adapters` changes).
 
 As in A1111, the tags of ``prompt`` apply to the whole batch: here every prompt of a list must
 carry the same tags (A1111 takes the first prompt's and drops the others' without a word).
@@ -21,12 +21,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from clipcond.network_tags import LoraTag, split_network_tags
-from clipcond.pipelines.lora_snapshots import LoraState
 
 
 def _prompt_tags(prompt: Any) -> tuple[Any, tuple[LoraTag, ...]]:
@@ -52,27 +52,51 @@ def _prompt_tags(prompt: Any) -> tuple[Any, tuple[LoraTag, ...]]:
     return [text for text, _ in split], split[0][1]
 
 
-def _scalings(pipeline: Any, names: set[str]) -> list[tuple[dict, str, Any]]:
-    """Each LoRA layer's scaling of the adapters `names`: (its `scaling` dict, the name, the value)."""
-    found = []
-    for component in pipeline._lora_loadable_modules:
-        model = getattr(pipeline, component, None)
-        if model is None:
-            continue
-        for module in model.modules():
-            scaling = getattr(module, "scaling", None)
-            if isinstance(scaling, dict):
-                for name in names & set(scaling):
-                    value = scaling[name]
-                    found.append((scaling, name, value.clone() if torch.is_tensor(value) else value))
-    return found
-
-
-def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
-    """Every tagged adapter is one the pipeline holds, and its LoRA layers are switched on and
-    not fused."""
+def _lora_layers(pipeline: Any) -> dict[str, list[Any]]:
+    """Each LoRA-loadable component's peft LoRA layers, in one walk of its modules."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    layers = {}
+    for component in pipeline._lora_loadable_modules:
+        model = getattr(pipeline, component, None)
+        if model is not None:
+            layers[component] = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return layers
+
+
+@dataclass
+class _LayerState:
+    """What `set_adapters` changes in one peft layer: its active adapters, its scalings (alpha /
+    rank x weight, per adapter) and which of its adapter tensors require grad (peft's
+    `set_adapter` makes those of the active adapters trainable)."""
+
+    layer: Any
+    active: Any
+    scaling: dict
+    trainable: list[tuple[torch.nn.Parameter, bool]]
+
+    @classmethod
+    def of(cls, layer: Any) -> _LayerState:
+        active = layer._active_adapter
+        adapter_tensors = [value for name in layer.adapter_layer_names for value in getattr(layer, name).parameters()]
+        return cls(
+            layer,
+            list(active) if isinstance(active, list) else active,
+            dict(layer.scaling),
+            [(value, value.requires_grad) for value in adapter_tensors],
+        )
+
+    def restore(self) -> None:
+        self.layer._active_adapter = self.active
+        self.layer.scaling.clear()
+        self.layer.scaling.update(self.scaling)
+        for value, requires_grad in self.trainable:
+            value.requires_grad_(requires_grad)
+
+
+def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...], layers: dict[str, list[Any]]) -> None:
+    """Every tagged adapter is one the pipeline holds, and its LoRA layers (`layers`, by
+    component) are switched on and not fused."""
     held = {name for names in pipeline._adapter_names().values() for name in names}
     missing = [tag.name for tag in tags if tag.name not in held]
     if missing:
@@ -80,15 +104,13 @@ def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
             f"LoRA tags name {missing}, which the pipeline holds no adapter of (loaded: {sorted(held)}): load each "
             "first with `load_lora_weights(path, adapter_name=name)`"
         )
-    for component in pipeline._lora_loadable_modules:
-        model = getattr(pipeline, component, None)
-        layers = [] if model is None else [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-        if any(layer.disable_adapters for layer in layers):
+    for component, found in layers.items():
+        if any(layer.disable_adapters for layer in found):
             raise ValueError(
                 f"the prompt's LoRA tags would do nothing: the {component}'s LoRA layers are switched off "
                 "(`disable_lora()`); call `enable_lora()` first"
             )
-        if any(layer.merged for layer in layers):
+        if any(layer.merged for layer in found):
             # peft would unmerge them to switch adapters, writing the base weights, and the call
             # could not put that back
             raise ValueError(
@@ -100,10 +122,10 @@ def _check_tags(pipeline: Any, tags: tuple[LoraTag, ...]) -> None:
 @contextmanager
 def tagged_adapters(pipeline: Any, tags: tuple[LoraTag, ...]) -> Iterator[None]:
     """The adapters `tags` name active at their multipliers (text encoders, UNet) while the
-    block runs, and nothing else; afterwards the pipeline's LoRA state as it was."""
-    _check_tags(pipeline, tags)
-    state = LoraState.of(pipeline)
-    scalings = _scalings(pipeline, {tag.name for tag in tags})
+    block runs, and nothing else; afterwards each LoRA layer as it was (`_LayerState`)."""
+    layers = _lora_layers(pipeline)
+    _check_tags(pipeline, tags, layers)
+    states = [_LayerState.of(layer) for found in layers.values() for layer in found]
     components = pipeline._lora_loadable_modules
     weights = [
         {component: tag.unet if component == "unet" else tag.text_encoder for component in components} for tag in tags
@@ -112,9 +134,8 @@ def tagged_adapters(pipeline: Any, tags: tuple[LoraTag, ...]) -> Iterator[None]:
         pipeline.set_adapters([tag.name for tag in tags], weights)
         yield
     finally:
-        state.restore(pipeline)
-        for scaling, name, value in scalings:
-            scaling[name] = value
+        for state in states:
+            state.restore()
 
 
 def reads_lora_tags(call: Callable[..., Any]) -> Callable[..., Any]:

@@ -52,6 +52,12 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"repeats": 3, "max_depth": 4, "output": Path("out/compel.md")},
         ),
     ],
+    "benchmarks/bench_lora_tags.py": [
+        (
+            ["--steps", "4", "--repeats", "3", "--output", "out/tags.md"],
+            {"steps": 4, "repeats": 3, "output": Path("out/tags.md")},
+        ),
+    ],
     "benchmarks/bench_conditioner.py": [
         (["--repeats", "3", "--output", "out/cond.md"], {"repeats": 3, "output": Path("out/cond.md")}),
         (["--out", "out/cond.md"], {"output": Path("out/cond.md")}),
@@ -181,6 +187,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_load.py": [["--rows", "sd3-small"], ["--repeats", "x"]],
     "benchmarks/bench_tokenizer_copy.py": [["--repeats", "x"]],
     "benchmarks/bench_compel_syntax.py": [["--max-depth", "x"], ["--repeats", "1.5"]],
+    "benchmarks/bench_lora_tags.py": [["--steps", "x"], ["--repeats", "1.5"]],
     "benchmarks/bench_pipeline.py": [
         ["--size", "huge"],
         ["--dtype", "int8"],
@@ -211,6 +218,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_compel_syntax.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_load.py": ([], ("output",)),
+    "benchmarks/bench_lora_tags.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
     "benchmarks/bench_tokenizer_copy.py": ([], ("output",)),
@@ -252,7 +260,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 19
+    assert len(SCRIPTS) == 20
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
