@@ -5,6 +5,7 @@ StableDiffusion(XL)Pipeline with the same adapters set by `set_adapters` and the
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from clipcond import CLIPConditionedPipeline, TextConditioner
 from clipcond.network_tags import LoraTag, split_network_tags
 from clipcond.pipelines.img2img import CLIPConditionedImg2ImgPipeline
 from clipcond.pipelines.inpaint import CLIPConditionedInpaintPipeline
+from clipcond.pipelines.lora_tags import _LayerState
 
 
 @pytest.mark.parametrize(
@@ -149,10 +151,10 @@ def test_a_tagged_list_img2img_inpaint_and_the_compel_syntax(tmp_path) -> None:
     tagged = ["a red circle <lora:style:0.6>", "a blue square <lora:style:0.6>"]
     np.testing.assert_array_equal(run(ours, prompt=tagged, negative_prompt=negatives), expected)
     with pytest.raises(ValueError) as refused:
-        run(ours, prompt=["a red circle <lora:style:0.6>", "a blue square"], negative_prompt=negatives)
+        run(ours, prompt=["a red circle <lora:style:0.6><lora:detail:1>", "a blue square"], negative_prompt=negatives)
     assert str(refused.value) == (
-        "the prompts of one call carry different LoRA tags (<lora:style>; none): one set of adapters runs per call, "
-        "so give every prompt the same tags (A1111 applies the first prompt's to all)"
+        "the prompts of one call carry different LoRA tags (<lora:style>, <lora:detail>; none): one set of adapters "
+        "runs per call, so give every prompt the same tags (A1111 applies the first prompt's to all)"
     )
     # img2img and inpainting read them the same way (their __call__ runs the shared one)
     image = np.full((1, 32, 32, 3), 0.5, dtype=np.float32)
@@ -173,6 +175,28 @@ def test_a_tagged_list_img2img_inpaint_and_the_compel_syntax(tmp_path) -> None:
     text = "a red circle <lora:style:0.6>"
     np.testing.assert_array_equal(run(compel, prompt=text), run(peer, prompt=text))
     assert compel.get_active_adapters() == ["style", "detail"]
+
+
+def test_one_tagged_prompt_in_a_list_given_embeddings_and_a_layer_of_one_active_adapter(tmp_path) -> None:
+    peer, ours = _loaded(tmp_path)
+    peer.set_adapters("style", 0.6)
+    negative = ["blurry"]
+    expected = run(peer, prompt=["a red circle "], negative_prompt=negative)
+    np.testing.assert_array_equal(
+        run(ours, prompt=["a red circle <lora:style:0.6>"], negative_prompt=negative), expected
+    )
+    # no prompt, its embeddings given: nothing to read, the call as it is
+    embeds, negative_embeds = ours.encode_prompt("a cat", "cpu", 1, True, "blurry")
+    given = run(ours, prompt=None, negative_prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative_embeds)
+    np.testing.assert_array_equal(given, run(ours, prompt="a cat"))
+    with pytest.raises(ValueError):  # the call's own refusal of an empty list, not an IndexError
+        run(ours, prompt=[], negative_prompt=[])
+    # a layer whose one active adapter peft keeps as a string comes back as that string
+    layer = SimpleNamespace(_active_adapter="style", scaling={"style": 0.5}, adapter_layer_names=())
+    state = _LayerState.of(layer)
+    layer._active_adapter, layer.scaling["style"] = ["detail"], 2.0
+    state.restore()
+    assert layer._active_adapter == "style" and layer.scaling == {"style": 0.5}
 
 
 def test_tags_are_refused_before_any_work_where_they_cannot_be_read(tmp_path) -> None:
