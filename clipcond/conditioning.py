@@ -60,7 +60,7 @@ from clipcond.families import Family
 from clipcond.fingerprint import WeightsWatch
 from clipcond.lora_scale import check_lora_scale, lora_scaled
 from clipcond.model_locks import holding, holding_while
-from clipcond.network_tags import split_network_tags
+from clipcond.network_tags import LORA_TAG_POLICIES, split_network_tags, without_network_tags
 from clipcond.prompt_arguments import (
     Reading,
     as_prompt_list,
@@ -140,6 +140,11 @@ class TextConditioner:
             between steps: `[a:b:0.5]`, `BREAK` and `AND` are text. Pair "compel" with
             `emphasis="compel"` for compel's embeddings, "comfy" with `emphasis="comfy"` and
             `window_split="comfy"` for ComfyUI's. Needs `parse_weights`.
+        lora_tags: A1111's ``<lora:name:0.8>`` tags in prompts of syntax "a1111": "refuse"
+            (default: a ValueError, since only a pipeline can switch on the adapters a tag
+            names; `CLIPConditionedPipeline` reads them) or "strip" (taken out of the text, as
+            A1111 takes them out, whatever they hold: for captions, as `train-diffusion` reads
+            them with ``caption_syntax: true``).
         emphasis: how weights change token states, on CLIP and T5 alike (`clipcond.emphasis`):
             "multiply" (A1111's "No norm"), "a1111" (A1111's default, "Original": the window's
             mean kept), "comfy" (ComfyUI: away from the empty prompt's states) or "compel"
@@ -186,6 +191,7 @@ class TextConditioner:
         projection: TextProjection | None = None,
         parse_weights: bool = True,
         syntax: str = "a1111",
+        lora_tags: str = "refuse",
         emphasis: str | None = None,
         window_split: str | None = None,
         cache_size: int = 512,
@@ -219,6 +225,9 @@ class TextConditioner:
             raise TypeError(f"`parse_weights` must be a bool, got {parse_weights!r}")
         self.parse_weights = parse_weights
         self.syntax = check_syntax(syntax)
+        if lora_tags not in LORA_TAG_POLICIES:
+            raise ValueError(f"`lora_tags` must be one of {list(LORA_TAG_POLICIES)}, got {lora_tags!r:.80}")
+        self.lora_tags = lora_tags
         if syntax != "a1111" and not parse_weights:
             raise ValueError(
                 f"`syntax={syntax!r}` says how weights are written, and `parse_weights=False` reads none: "
@@ -669,10 +678,13 @@ class TextConditioner:
                 )
 
     def _readings(self, items: Sequence[str | Reading]) -> list[Reading]:
-        """The text each encoder reads of each item, with the multi-vector textual-inversion
-        tokens of each CLIP's tokenizer expanded (`clipcond.textual_inversion.expand_tokens`)."""
+        """The text each encoder reads of each item, with A1111's LoRA tags refused or taken out
+        (`_without_lora_tags`) and the multi-vector textual-inversion tokens of each CLIP's
+        tokenizer expanded (`clipcond.textual_inversion.expand_tokens`)."""
         count = len(self.encoders)
         texts = [(item,) * count if isinstance(item, str) else tuple(item) for item in items]
+        if self.syntax == "a1111" and self.parse_weights:
+            texts = [tuple(self._without_lora_tags(text) for text in reading) for reading in texts]
         multi_vector = [multi_vector_tokens(encoder.tokenizer) for encoder in self.clip]
         if not any(multi_vector):
             return texts
@@ -771,23 +783,35 @@ class TextConditioner:
         fragments = self._parsed(text.strip())
         return [Fragment(self._clean(f.text), f.weight, f.is_break) for f in fragments]
 
-    def _parsed(self, text: str) -> list[Fragment]:
-        """`text` read in this conditioner's syntax (as plain text without `parse_weights`).
+    def _without_lora_tags(self, text: str) -> str:
+        """`text` (in A1111's syntax) as this conditioner reads it: with ``lora_tags="strip"``
+        its extra-network tags taken out, as A1111 takes them out; with "refuse", `text`.
 
         Raises:
-            ValueError: in A1111's syntax, a LoRA tag (``<lora:name:0.8>``: only a pipeline can
-                activate its adapters); in ComfyUI's, an ``embedding:name`` whose name is a
-                token of none of this conditioner's CLIP tokenizers (ComfyUI drops it with a
-                warning).
+            ValueError: with "refuse", a LoRA tag in `text` (only a pipeline can switch on the
+                adapters it names), before the cache is looked up.
         """
-        if not self.parse_weights:
-            return [Fragment(text, 1.0)]
-        if self.syntax == "a1111" and "<" in text and split_network_tags(text)[1]:
+        if "<" not in text:
+            return text
+        if self.lora_tags == "strip":
+            return without_network_tags(text)
+        if split_network_tags(text)[1]:
             raise ValueError(
                 f"prompt {text[:80]!r}: A1111's LoRA tags activate adapters in the text encoder and the UNet for a "
                 "call: `CLIPConditionedPipeline` reads them in `prompt` (not in a negative or `prompt_2`); for another "
                 "pipeline, take the tag out and call its `set_adapters`"
             )
+        return text
+
+    def _parsed(self, text: str) -> list[Fragment]:
+        """`text` read in this conditioner's syntax (as plain text without `parse_weights`).
+
+        Raises:
+            ValueError: in ComfyUI's syntax, an ``embedding:name`` whose name is a token of none
+                of this conditioner's CLIP tokenizers (ComfyUI drops it with a warning).
+        """
+        if not self.parse_weights:
+            return [Fragment(text, 1.0)]
         if self.syntax == "comfy":
             for name in embedding_names(text):
                 if not any(name in getattr(encoder.tokenizer, "added_tokens_encoder", {}) for encoder in self.clip):

@@ -12,7 +12,8 @@ A1111 reads, anywhere in a prompt (``modules/extra_networks.py``, its LoRA exten
 
 and removes each tag from the text (``a <lora:x:1>, cat`` reads "a , cat"). Here the name is
 that of an adapter the pipeline holds (`load_lora_weights(path, adapter_name="name")`), and
-`clipcond.pipelines.lora_tags` activates the named adapters for the call.
+`clipcond.pipelines.lora_tags` activates the named adapters for the call; `without_network_tags`
+takes every tag out unread (for captions: `TextConditioner(lora_tags="strip")`).
 ``<hypernet:...>`` (A1111's hypernetworks, which diffusers has no loader for), a multiplier
 that is no finite number, a LyCORIS ``dyn`` dimension, and a name given twice are a
 ValueError naming the tag; tags of other kinds (``<x:y>``) are text (A1111 removes them and
@@ -24,9 +25,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 LORA_KINDS = ("lora", "lyco")
+# what `TextConditioner(lora_tags=...)` does with a tag: refuse it, or take it out of the text
+LORA_TAG_POLICIES = ("refuse", "strip")
 REFUSED_KINDS = ("hypernet",)
 
 # where a tag may start; the tag runs to the next ">" (A1111's `<(\w+):([^>]+)>`)
@@ -83,6 +87,34 @@ def _lora_tag(tag: str, arguments: str) -> LoraTag:
     return LoraTag(positional[0], text_encoder, unet)
 
 
+def _tag_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    """Where each tag of `text` starts and ends (end exclusive) and its kind, in order: from
+    ``<kind:`` to the next ``>``, with at least one character between (A1111's
+    `<(\\w+):([^>]+)>`, for the kinds read here). One pass: linear in the length of `text`."""
+    kept_from, close = 0, -1
+    for start in _TAG_START.finditer(text):
+        if start.start() < kept_from:  # inside a tag read already
+            continue
+        if close < start.end():
+            close = text.find(">", start.end())
+            if close < 0:
+                return  # no tag closes after here
+        if close == start.end():  # `<lora:>`: no arguments, so no tag
+            continue
+        yield start.start(), close + 1, start.group(1)
+        kept_from = close + 1
+
+
+def without_network_tags(text: str) -> str:
+    """`text` with every extra-network tag removed, as A1111 removes them from a prompt, whatever
+    the tags hold (for captions, where no adapter is switched on)."""
+    pieces, kept_from = [], 0
+    for start, end, _ in _tag_spans(text):
+        pieces.append(text[kept_from:start])
+        kept_from = end
+    return "".join(pieces) + text[kept_from:] if pieces else text
+
+
 def split_network_tags(text: str) -> tuple[str, tuple[LoraTag, ...]]:
     """`text` without its extra-network tags, and the LoRA tags, in order.
 
@@ -100,29 +132,17 @@ def split_network_tags(text: str) -> tuple[str, tuple[LoraTag, ...]]:
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a string, got {type(text).__name__}: {text!r:.80}")
-    pieces, tags, kept_from, close = [], [], 0, -1
-    for start in _TAG_START.finditer(text):
-        if start.start() < kept_from:  # inside a tag read already
-            continue
-        if close < start.end():
-            close = text.find(">", start.end())
-            if close < 0:
-                break  # no tag closes after here
-        if close == start.end():  # `<lora:>`: no arguments, so no tag
-            continue
-        tag = text[start.start() : close + 1]
-        kind = start.group(1)
+    tags = []
+    for start, end, kind in _tag_spans(text):
+        tag = text[start:end]
         if kind in REFUSED_KINDS:
             raise ValueError(
                 f"`{tag}`: A1111's hypernetworks are not read (diffusers has no loader for them); take the tag out"
             )
-        pieces.append(text[kept_from : start.start()])
-        tags.append(_lora_tag(tag, text[start.end() : close]))
-        kept_from = close + 1
+        tags.append(_lora_tag(tag, tag[len(kind) + 2 : -1]))
     if not tags:
         return text, ()
     repeated = sorted(name for name, count in Counter(tag.name for tag in tags).items() if count > 1)
     if repeated:
         raise ValueError(f"prompt {text[:80]!r}: LoRA tags name {repeated} more than once: give each one tag")
-    pieces.append(text[kept_from:])
-    return "".join(pieces), tuple(tags)
+    return without_network_tags(text), tuple(tags)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from test_lora_pipeline import pair, run, saved_lora
 
 from clipcond import CLIPConditionedPipeline, TextConditioner
@@ -232,5 +233,12 @@ def test_tags_are_refused_before_any_work_where_they_cannot_be_read(tmp_path) ->
         "pipeline, take the tag out and call its `set_adapters`"
     )
     assert conditioner.encode("a cat <x:y>").tokens.shape == (1, 77, 32)  # other kinds are text
+    # taken out where asked (captions), before the cache: the tagged text is never what is encoded
+    strip = TextConditioner("sd", clip=[(ours.text_encoder, ours.tokenizer)], cache_size=8, lora_tags="strip")
+    untagged = strip.encode("a cat , ").tokens
+    torch.testing.assert_close(strip.encode("a cat <lora:style:0.5>, <hypernet:h:x>").tokens, untagged, rtol=0, atol=0)
+    with pytest.raises(ValueError) as refused:
+        TextConditioner("sd", clip=[(ours.text_encoder, ours.tokenizer)], lora_tags="drop")
+    assert str(refused.value) == "`lora_tags` must be one of ['refuse', 'strip'], got 'drop'"
     plain = TextConditioner("sd", clip=[(ours.text_encoder, ours.tokenizer)], cache_size=0, parse_weights=False)
     assert plain.encode("<lora:a:1>").tokens.shape == (1, 77, 32)  # no syntax read: text

@@ -116,6 +116,10 @@ def test_caption_syntax_and_windows_read_captions_as_the_pipeline_reads_prompts(
     weighted, plain = as_prompts.encode("a (red:1.5) circle").tokens, literal.encode("a (red:1.5) circle").tokens
     assert not torch.allclose(weighted, plain)
     assert torch.equal(plain, literal.encode("a (red:1.5) circle").tokens)
+    # a caption's LoRA tags (how its image was made, as A1111 writes them) are taken out, not read
+    tagged = as_prompts.encode("a (red:1.5) circle <lora:style:0.8>, <hypernet:x:1>").tokens
+    torch.testing.assert_close(tagged, as_prompts.encode("a (red:1.5) circle , ").tokens, rtol=0, atol=0)
+    assert not torch.equal(literal.encode("a circle <lora:style:0.8>").tokens, literal.encode("a circle ").tokens)
 
 
 @pytest.mark.parametrize(

@@ -285,6 +285,7 @@ def build_conditioner(config: TrainDiffusionConfig) -> TextConditioner:
             projection=projection,
             projection_dim=config.projection_dim,
             parse_weights=config.caption_syntax,
+            lora_tags="strip",  # a caption's LoRA tags name how its image was made: no text to read
             window_split=config.caption_window_split,
             cache_size=100_000,
         )
