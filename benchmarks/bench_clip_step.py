@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from result_paths import default_output, write_result
+from result_paths import add_output_argument, write_result
 
 # Dense bf16 tensor-core peak of each GPU's data sheet, TFLOP/s (SXM parts), by a name that
 # torch.cuda.get_device_name contains. H100 and H200 share the chip's compute; the H200 was
@@ -363,13 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its dense bf16 data-sheet figure when known; none on the CPU)",
     )
     parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("clip_step.md"),
-        help="the markdown table (default: runs/benchmarks/clip_step.md; "
-        "give benchmarks/results/clip_step.md to update the recorded result)",
-    )
+    add_output_argument(parser, "clip_step.md", "table")
     return parser
 
 

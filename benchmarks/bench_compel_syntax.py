@@ -28,10 +28,9 @@ import platform
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from median_timing import median_seconds
-from result_paths import default_output, ratio_table, write_result
+from result_paths import add_output_argument, ratio_table, write_result
 
 PROMPTS = [
     "a red fox+ in the (deep snow)1.2, (blurry)0.5",
@@ -48,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per side (default 5)")
     parser.add_argument("--max-depth", type=int, default=6, help="deepest bracket nesting timed (default 6)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("compel_syntax.md"),
-        help="the markdown report (default: runs/benchmarks/compel_syntax.md; "
-        "give benchmarks/results/compel_syntax.md to update the recorded result)",
-    )
+    add_output_argument(parser, "compel_syntax.md", "report")
     return parser
 
 

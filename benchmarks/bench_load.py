@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from median_timing import median_seconds
-from result_paths import default_output, write_result
+from result_paths import add_output_argument, write_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,13 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["sd-small", "sdxl-small", "sd-sd15"],
         help="which folders (default: all three)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("load.md"),
-        help="the markdown table (default: runs/benchmarks/load.md; give benchmarks/results/load.md to update the "
-        "recorded result)",
-    )
+    add_output_argument(parser, "load.md", "table")
     return parser
 
 

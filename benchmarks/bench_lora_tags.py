@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench_pipeline import components
 from median_timing import median_seconds
-from result_paths import default_output, ratio_table, write_result
+from result_paths import add_output_argument, ratio_table, write_result
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
 NEGATIVE = "blurry, low quality"
@@ -47,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per image (default 10)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per side (default 5)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("lora_tags.md"),
-        help="the markdown report (default: runs/benchmarks/lora_tags.md; "
-        "give benchmarks/results/lora_tags.md to update the recorded result)",
-    )
+    add_output_argument(parser, "lora_tags.md", "report")
     return parser
 
 

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from median_timing import median_seconds
-from result_paths import default_output, write_result
+from result_paths import add_output_argument, write_result
 
 if TYPE_CHECKING:
     import torch
@@ -285,13 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="which rows: Stable Diffusion's, SDXL's or both (default)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("pipeline.md"),
-        help="the markdown table (default: runs/benchmarks/pipeline.md; "
-        "give benchmarks/results/pipeline.md to update the recorded result)",
-    )
+    add_output_argument(parser, "pipeline.md", "table")
     return parser
 
 

@@ -25,10 +25,9 @@ import platform
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from median_timing import median_seconds
-from result_paths import default_output, ratio_table, write_result
+from result_paths import add_output_argument, ratio_table, write_result
 
 EDITED = "a [red:[green:blue:0.66]:0.33] fox in the snow"
 PLAIN = "a red fox in the snow"
@@ -40,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image (default 20)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (default 5)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("prompt_language.md"),
-        help="the markdown report (default: runs/benchmarks/prompt_language.md; "
-        "give benchmarks/results/prompt_language.md to update the recorded result)",
-    )
+    add_output_argument(parser, "prompt_language.md", "report")
     return parser
 
 

@@ -18,9 +18,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from result_paths import REPO, default_output, write_result
+from result_paths import REPO, add_output_argument, write_result
 
 CONFIG = REPO / "configs" / "train" / "clip-tiny-shapes.yaml"
 
@@ -33,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images-per-class", type=int, default=50, help="fresh images per class in the final evaluation (default 50)"
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("clip_tiny_shapes.md"),
-        help="the markdown report (default: runs/benchmarks/clip_tiny_shapes.md; "
-        "give benchmarks/results/clip_tiny_shapes.md to update the recorded result)",
-    )
+    add_output_argument(parser, "clip_tiny_shapes.md", "report")
     return parser
 
 

@@ -54,7 +54,7 @@ from typing import NamedTuple
 
 from reliability_cases import Case, cell, cli, last_line
 from reliability_model_folders import model_folder_cases
-from result_paths import REPO, RUNS, default_output, write_result
+from result_paths import REPO, RUNS, add_output_argument, write_result
 
 GROUPS = ("kill", "checkpoint", "lock", "run-folder", "data", "cache", "prompts", "encode", "model-folder")
 TINY_MODEL = REPO / "configs" / "models" / "clip-tiny.yaml"
@@ -76,13 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=RUNS / "reliability-work",
         help="folder for the runs, shards and caches (emptied first; default runs/benchmarks/reliability-work)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("reliability.md"),
-        help="the markdown report (default: runs/benchmarks/reliability.md; "
-        "give benchmarks/results/reliability.md to update the recorded result)",
-    )
+    add_output_argument(parser, "reliability.md", "report")
     return parser
 
 

@@ -6,6 +6,7 @@ given explicitly, e.g. `--output benchmarks/results/clip_step.md`.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -16,6 +17,18 @@ RUNS = REPO / "runs" / "benchmarks"
 def default_output(name: str) -> Path:
     """The default path of a benchmark's output file `name`: runs/benchmarks/<name>."""
     return RUNS / name
+
+
+def add_output_argument(parser: argparse.ArgumentParser, name: str, kind: str = "report") -> None:
+    """A benchmark's `--output`: the markdown `kind` ("report" or "table") it writes, by default
+    runs/benchmarks/<name>; giving benchmarks/results/<name> updates the recorded result."""
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=default_output(name),
+        help=f"the markdown {kind} (default: runs/benchmarks/{name}; give benchmarks/results/{name} to update the "
+        "recorded result)",
+    )
 
 
 def write_result(path: str | os.PathLike[str], text: str) -> Path:

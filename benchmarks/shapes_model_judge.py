@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from result_paths import REPO, default_output, write_result
+from result_paths import REPO, add_output_argument, default_output, write_result
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -84,13 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge only this suite category (repeatable; "
         "each image keeps the seed it has in the whole suite, so figures match a full run's)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("shapes_model.md"),
-        help="the markdown report (default: runs/benchmarks/shapes_model.md; "
-        "give benchmarks/results/shapes_model.md to update the recorded result)",
-    )
+    add_output_argument(parser, "shapes_model.md", "report")
     parser.add_argument(
         "--grid",
         default=str(default_output("shapes_model_grid.png")),

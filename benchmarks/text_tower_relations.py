@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from result_paths import default_output, write_result
+from result_paths import add_output_argument, write_result
 
 if TYPE_CHECKING:
     import torch
@@ -111,13 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pairs", type=int, default=48, help="prompt pairs per kind (default 48)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=default_output("text_tower_relations.md"),
-        help="the markdown table (default: runs/benchmarks/text_tower_relations.md; "
-        "give benchmarks/results/text_tower_relations.md to update the recorded result)",
-    )
+    add_output_argument(parser, "text_tower_relations.md", "table")
     return parser
 
 
