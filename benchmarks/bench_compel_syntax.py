@@ -22,15 +22,12 @@ here only the time is measured.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import sys
 import time
 
 from median_timing import median_seconds
-from result_paths import add_output_argument, ratio_table, write_result
+from result_paths import add_output_argument, ratio_table, run_line, write_result
 
 PROMPTS = [
     "a red fox+ in the (deep snow)1.2, (blurry)0.5",
@@ -110,11 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Reading compel's syntax: clipcond's parser / compel's",
         "",
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}. "
-        f"Command: `python benchmarks/bench_compel_syntax.py {command}`. Medians of {args.repeats} rotating "
-        "rounds (one round where compel's side takes a second or more).",
+        f"{run_line('bench_compel_syntax.py', command)} Medians of {args.repeats} rotating rounds (one round where "
+        "compel's side takes a second or more).",
         "",
         *ratio_table(rows, peer="compel", digits=6, ratio_digits=5),
     ]

@@ -25,9 +25,6 @@ is measured.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -36,7 +33,7 @@ from pathlib import Path
 
 from bench_pipeline import components
 from median_timing import median_seconds
-from result_paths import add_output_argument, ratio_table, write_result
+from result_paths import add_output_argument, ratio_table, run_line, write_result
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
 NEGATIVE = "blurry, low quality"
@@ -138,10 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# A1111's LoRA tags: time per image",
         "",
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}, torch {torch.__version__}. "
-        f"Command: `python benchmarks/bench_lora_tags.py {command}`. CPU, float32, {side}x{side}, {args.steps} DDIM "
+        f"{run_line('bench_lora_tags.py', command)} torch {torch.__version__}. CPU, float32, {side}x{side}, "
+        f"{args.steps} DDIM "
         f"steps, CFG 7.5 with a negative prompt, `bench_pipeline.py`'s small SD components with two random rank-4 "
         f"LoRAs; medians of {args.repeats} rotating rounds.",
         "",

@@ -7,7 +7,9 @@ given explicitly, e.g. `--output benchmarks/results/clip_step.md`.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,16 @@ def add_output_argument(parser: argparse.ArgumentParser, name: str, kind: str = 
         default=default_output(name),
         help=f"the markdown {kind} (default: runs/benchmarks/{name}; give benchmarks/results/{name} to update the "
         "recorded result)",
+    )
+
+
+def run_line(script: str, command: str) -> str:
+    """The opening of a result's run line: when (UTC), on what machine (processor, cores, load
+    average now, Python) and the command (`script` with `command`, its arguments)."""
+    return (
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}. Command: `python benchmarks/{script} {command}`."
     )
 
 
