@@ -41,13 +41,16 @@ def _prompt_tags(prompt: Any) -> tuple[Any, tuple[LoraTag, ...]]:
     if not isinstance(prompt, list) or not all(isinstance(text, str) for text in prompt) or not prompt:
         return prompt, ()
     split = [split_network_tags(text) for text in prompt]
-    tags = {found for _, found in split}
-    if len(tags) > 1:
+    # the same adapters at the same multipliers, in any order
+    sets = {tuple(sorted(found, key=lambda tag: tag.name)) for _, found in split}
+    if len(sets) > 1:
+        written = sorted(
+            ", ".join(f"<lora:{tag.name}:{tag.text_encoder:g}:{tag.unet:g}>" for tag in found) or "none"
+            for found in sets
+        )
         raise ValueError(
-            "the prompts of one call carry different LoRA tags ("
-            + "; ".join(sorted({", ".join(f"<lora:{t.name}>" for t in found) or "none" for found in tags}))
-            + "): one set of adapters runs per call, so give every prompt the same tags (A1111 applies the first "
-            "prompt's to all)"
+            f"the prompts of one call carry different LoRA tags ({'; '.join(written)}): one set of adapters runs per "
+            "call, so give every prompt the same tags (A1111 applies the first prompt's to all)"
         )
     return [text for text, _ in split], split[0][1]
 

@@ -154,9 +154,16 @@ def test_a_tagged_list_img2img_inpaint_and_the_compel_syntax(tmp_path) -> None:
     with pytest.raises(ValueError) as refused:
         run(ours, prompt=["a red circle <lora:style:0.6><lora:detail:1>", "a blue square"], negative_prompt=negatives)
     assert str(refused.value) == (
-        "the prompts of one call carry different LoRA tags (<lora:style>, <lora:detail>; none): one set of adapters "
-        "runs per call, so give every prompt the same tags (A1111 applies the first prompt's to all)"
+        "the prompts of one call carry different LoRA tags (<lora:detail:1:1>, <lora:style:0.6:0.6>; none): one set "
+        "of adapters runs per call, so give every prompt the same tags (A1111 applies the first prompt's to all)"
     )
+    with pytest.raises(ValueError, match=re.escape("tags (<lora:style:0.5:0.5>; <lora:style:0.6:0.6>): one set")):
+        run(ours, prompt=["a <lora:style:0.6>", "b <lora:style:0.5>"], negative_prompt=negatives)
+    # the same tags in another order are the same set: the first prompt's order is used
+    both = ["a red circle <lora:style:0.6><lora:detail:1>", "a blue square <lora:detail:1> <lora:style:0.6>"]
+    peer.set_adapters(["style", "detail"], [0.6, 1.0])
+    expected = run(peer, prompt=["a red circle ", "a blue square  "], negative_prompt=negatives)
+    np.testing.assert_array_equal(run(ours, prompt=both, negative_prompt=negatives), expected)
     # img2img and inpainting read them the same way (their __call__ runs the shared one)
     image = np.full((1, 32, 32, 3), 0.5, dtype=np.float32)
     img2img = CLIPConditionedImg2ImgPipeline.from_pipe(ours)
