@@ -305,11 +305,12 @@ class TextConditioner:
                 cache += f" and {str(self.cache.directory)!r}"
         # clip_skip and window_split are CLIP settings: T5 reads one sequence from its last layer
         clip_settings = f"clip_skip={self.clip_skip}, window_split={recipe.window_split!r}, " if self.clip else ""
+        tags = f"lora_tags={self.lora_tags!r}, " if self.lora_tags != "refuse" else ""  # shown where not the default
         return (
             f"TextConditioner(recipe={recipe.name!r}, clip=[{', '.join(described(e) for e in self.clip)}], "
             f"t5={described(self.t5) if self.t5 is not None else None}, token_width={self.token_width}, "
             f"{clip_settings}emphasis={recipe.emphasis!r}, parse_weights={self.parse_weights}, "
-            f"syntax={self.syntax!r}, cache={cache}, device={self.device}, dtype={self.dtype})"
+            f"syntax={self.syntax!r}, {tags}cache={cache}, device={self.device}, dtype={self.dtype})"
         )
 
     # ------------------------------------------------------------------ public API
@@ -798,8 +799,8 @@ class TextConditioner:
         if split_network_tags(text)[1]:
             raise ValueError(
                 f"prompt {text[:80]!r}: A1111's LoRA tags activate adapters in the text encoder and the UNet for a "
-                "call: `CLIPConditionedPipeline` reads them in `prompt` (not in a negative or `prompt_2`); for another "
-                "pipeline, take the tag out and call its `set_adapters`"
+                "call: `CLIPConditionedPipeline` reads them in a call's `prompt` (not in a negative, `prompt_2` or "
+                "`encode_prompt`); for another pipeline, take the tag out and call its `set_adapters`"
             )
         return text
 

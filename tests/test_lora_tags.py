@@ -236,12 +236,14 @@ def test_tags_are_refused_before_any_work_where_they_cannot_be_read(tmp_path) ->
         conditioner.encode("a cat <lora:style:0.5>")
     assert str(refused.value) == (
         "prompt 'a cat <lora:style:0.5>': A1111's LoRA tags activate adapters in the text encoder and the UNet for a "
-        "call: `CLIPConditionedPipeline` reads them in `prompt` (not in a negative or `prompt_2`); for another "
-        "pipeline, take the tag out and call its `set_adapters`"
+        "call: `CLIPConditionedPipeline` reads them in a call's `prompt` (not in a negative, `prompt_2` or "
+        "`encode_prompt`); for another pipeline, take the tag out and call its `set_adapters`"
     )
     assert conditioner.encode("a cat <x:y>").tokens.shape == (1, 77, 32)  # other kinds are text
     # taken out where asked (captions), before the cache: the tagged text is never what is encoded
     strip = TextConditioner("sd", clip=[(ours.text_encoder, ours.tokenizer)], cache_size=8, lora_tags="strip")
+    assert "syntax='a1111', lora_tags='strip', cache=8 in memory" in repr(strip)
+    assert "lora_tags" not in repr(conditioner)
     untagged = strip.encode("a cat , ").tokens
     torch.testing.assert_close(strip.encode("a cat <lora:style:0.5>, <hypernet:h:x>").tokens, untagged, rtol=0, atol=0)
     with pytest.raises(ValueError) as refused:
