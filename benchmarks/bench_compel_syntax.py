@@ -27,7 +27,7 @@ import sys
 import time
 
 from median_timing import median_seconds
-from result_paths import add_output_argument, ratio_table, run_line, write_result
+from result_paths import add_output_argument, publish, ratio_table, run_line
 
 PROMPTS = [
     "a red fox+ in the (deep snow)1.2, (blurry)0.5",
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *ratio_table(rows, peer="compel", digits=6, ratio_digits=5),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result(args.output, text)}")
+    publish(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from median_timing import median_seconds
-from result_paths import default_output, write_result
+from result_paths import default_output, publish
 
 if TYPE_CHECKING:
     import torch
@@ -338,9 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         "once more per down-weighted fragment (without it), blending the results. They are the same prompts "
         "and weights, not the same output.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result(args.output, text)}")
+    publish(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench_pipeline import components
 from median_timing import median_seconds
-from result_paths import add_output_argument, ratio_table, run_line, write_result
+from result_paths import add_output_argument, publish, ratio_table, run_line
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
 NEGATIVE = "blurry, low quality"
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *ratio_table(rows, peer="reference", digits=3, ratio_digits=3),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result(args.output, text)}")
+    publish(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import sys
 import time
 
 from median_timing import median_seconds
-from result_paths import add_output_argument, ratio_table, write_result
+from result_paths import add_output_argument, publish, ratio_table
 
 EDITED = "a [red:[green:blue:0.66]:0.33] fox in the snow"
 PLAIN = "a red fox in the snow"
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *ratio_table(rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(f"wrote {write_result(args.output, text)}")
+    publish(args.output, lines)
 
 
 if __name__ == "__main__":

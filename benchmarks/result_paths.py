@@ -54,6 +54,15 @@ def write_result(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def publish(path: str | os.PathLike[str], lines: list[str]) -> Path:
+    """Print a result's markdown `lines` and write them to `path` (`write_result`), saying where."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    written = write_result(path, text)
+    print(f"wrote {written}")
+    return written
+
+
 def ratio_table(
     rows: list[tuple[str, float, float, str]], peer: str = "reference", digits: int = 3, ratio_digits: int = 3
 ) -> list[str]:

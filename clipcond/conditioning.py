@@ -519,7 +519,7 @@ class TextConditioner:
             self._check_unread_negatives(negative_extra)
         if num_inference_steps is not None:
             num_inference_steps = check_steps(num_inference_steps)
-        stepwise = self.syntax == "a1111"  # compel's syntax has no editing, alternation or AND
+        stepwise = self.syntax == "a1111"  # compel's and ComfyUI's syntaxes have no editing, alternation or AND
         if stepwise and num_inference_steps is not None:  # an edit that never changes reads its one text
             items = fixed_prompts(items, num_inference_steps)
             if negative_items is not None:

@@ -45,6 +45,7 @@ def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
     # ComfyUI's syntax: `embedding:` is no word, `[red]` is text
     assert unknown_words("embedding:<cat> (a red:1.2) [circle]", vocabulary, "comfy") == ["cat"]
     assert unknown_words("embedding:<cat> (a red:1.2) [circle]", vocabulary) == ["embedding", "cat"]
+    assert unknown_words("a <lora:style_x:0.8> red circle", vocabulary) == []  # the pipeline reads the tag
 
 
 def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
