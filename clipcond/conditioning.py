@@ -421,6 +421,26 @@ class TextConditioner:
         with self.lora_scaled(lora_scale):
             return self._assemble(self._records(items))
 
+    def check_prompt(
+        self, prompt: str | list[str], prompt_2: str | list[str] | None = None, prompt_3: str | list[str] | None = None
+    ) -> None:
+        """Raise what `encode` would raise for these texts, without running an encoder or
+        reading the cache: to refuse a bad prompt before other work (a queue of requests, a
+        model still to load). The arguments are `encode`'s.
+
+        Raises:
+            TypeError, ValueError: as `encode` for the same arguments and conditioner: no
+                prompt, `prompt_2` / `prompt_3` where no encoder reads it, a LoRA tag (with
+                ``lora_tags="refuse"``), a ComfyUI ``embedding:name`` no tokenizer holds,
+                compel's refused operators and a combination this conditioner cannot read.
+        """
+        prompts = as_prompt_list(prompt, "prompt")
+        items = self._prompt_items(prompts, {"prompt_2": prompt_2, "prompt_3": prompt_3})
+        for reading in dict.fromkeys(self._readings(items)):  # what `_encode_records` reads, each once
+            combination = self._combination_of(reading)
+            for text in dict.fromkeys(combination.parts if combination else reading):
+                self._fragments(text)
+
     def lora_scaled(self, lora_scale: float | None) -> AbstractContextManager[None]:
         """``with cond.lora_scaled(0.5):``: inside the block, encodes run a LoRA in the text
         encoders at `lora_scale` times its scale, as diffusers' `encode_prompt(lora_scale=...)`
