@@ -13,7 +13,8 @@ Only A1111's syntax changes text between steps; in the others ``[a:b:0.5]``, ``A
 from __future__ import annotations
 
 from clipcond.comfy_syntax import parse_comfy_prompt
-from clipcond.compel_syntax import parse_compel_prompt
+from clipcond.compel_syntax import parse_compel_combination, parse_compel_prompt
+from clipcond.network_tags import split_network_tags
 from clipcond.prompts import Fragment, parse_prompt
 
 SYNTAXES = ("a1111", "compel", "comfy")
@@ -39,3 +40,25 @@ def parse_in_syntax(text: str, syntax: str) -> list[Fragment]:
     if syntax == "comfy":
         return parse_comfy_prompt(text)
     return parse_prompt(text)
+
+
+def prompt_fragments(prompt: str, syntax: str) -> list[Fragment]:
+    """Every weighted fragment a whole prompt holds in `syntax`, read as the conditioner reads
+    it: the parts of compel's ``.blend()`` and ``.and()`` one after another, and A1111's LoRA
+    tags taken out (a pipeline reads them; `split_network_tags`). For what a prompt says (its
+    words), and to refuse one that cannot be read before a model loads.
+
+    Raises:
+        ValueError: what the syntax's parsers refuse (compel's ``.swap()``, a blend's weights
+            that do not match its parts, a LoRA tag with a multiplier that is no number).
+    """
+    if syntax == "compel":
+        combination = parse_compel_combination(prompt)
+        return [
+            fragment
+            for part in (combination.parts if combination else [prompt])
+            for fragment in parse_compel_prompt(part)
+        ]
+    if syntax == "a1111":
+        prompt = split_network_tags(prompt)[0]
+    return parse_in_syntax(prompt, syntax)

@@ -33,6 +33,14 @@ from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
 from clipcond.output_paths import check_new_file, write_atomically
 from clipcond.pipelines import generate_checks
+from clipcond.pipelines.generate_prompts import (
+    LoraArgument,
+    check_lora_names,
+    check_prompt_against,
+    check_prompt_text,
+    lora_argument,
+    saved_syntax,
+)
 from clipcond.pipelines.generate_sources import (
     SourceImages,
     add_source_arguments,
@@ -81,7 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"image {side} in pixels (default: the UNet's sample size times the VAE's scale)",
         )
     parser.add_argument(
-        "--lora", help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id)"
+        "--lora",
+        action="append",
+        metavar="[NAME=]SOURCE",
+        help="LoRA weights to load (a folder or file saved by diffusers' save_lora_weights, or a hub id), as the "
+        "adapter NAME (default: the file's name without its suffix, the folder's name or the hub id's last part); "
+        "may be given more than once. Without <lora:NAME:0.8> tags in the prompt every --lora runs at 1; with "
+        "tags, the tagged ones alone, at their multipliers",
     )
     parser.add_argument(
         "--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)"
@@ -125,9 +139,11 @@ def check_output(output: str | Path, force: bool) -> Path:
     return check_new_file(output, "-o/--output", force, kind=".png file")
 
 
-def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | Path | None]:
-    """The checks that need no model: numbers, `-o`, `--model` and `--lora`.
-    Returns (the output PNG, the model, the LoRA or None)."""
+def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[LoraArgument]]:
+    """The checks that need no model: numbers, `-o`, `--model`, each `--lora` and its name
+    (`generate_prompts.lora_argument`), and the prompt and `--negative` read in the syntax they
+    will be read in, where that is known before loading (`generate_prompts.check_prompt_text`).
+    Returns (the output PNG, the model, the LoRAs in the order given)."""
     if args.n < 1 or args.steps < 1:
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     if not math.isfinite(args.guidance):
@@ -152,8 +168,12 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, str | 
             "this install has no bundled shapes model; pass --model with a saved CLIPConditionedPipeline "
             "or a diffusers Stable Diffusion pipeline"
         )
-    lora = None if args.lora is None else model_source(args.lora, "--lora")
-    return output, model, lora
+    loras = [lora_argument(value) for value in args.lora or ()]
+    check_lora_names(loras)
+    syntax = args.syntax or saved_syntax(model)
+    if syntax is not None:
+        check_prompt_text(args.prompt, args.negative, syntax, loras)
+    return output, model, loras
 
 
 def _stop_on_non_finite_latents(steps: int) -> Any:
@@ -198,8 +218,9 @@ def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImag
         ) from error
 
 
-def _load(model: str | Path, lora: str | Path | None) -> Any:
-    """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with `lora` loaded."""
+def _load(model: str | Path, loras: list[LoraArgument]) -> Any:
+    """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with each of
+    `loras` loaded as its adapter name, all of them active at 1."""
     import torch
     from safetensors import SafetensorError
 
@@ -208,29 +229,37 @@ def _load(model: str | Path, lora: str | Path | None) -> Any:
     # ValueError; a damaged weights file is safetensors' own error
     with user_errors(OSError, ValueError, SafetensorError, context=f"--model {model}: {where}: "):
         pipe = load_pipeline(model, torch_dtype=torch.float32)
-    if lora is not None:
+    for lora in loras:
         with (
             user_errors(
-                OSError, ValueError, KeyError, SafetensorError, context=f"--lora {lora}: cannot load LoRA weights: "
+                OSError,
+                ValueError,
+                KeyError,
+                SafetensorError,
+                context=f"--lora {lora.written}: cannot load LoRA weights: ",
             ),
-            generate_checks.lora_of_another_architecture(lora),
+            generate_checks.lora_of_another_architecture(lora.written),
         ):
-            pipe.load_lora_weights(lora)
-        if not any(pipe.get_list_adapters().values()):  # diffusers only logs "No LoRA keys ... found"
+            pipe.load_lora_weights(lora.source, adapter_name=lora.name)
+        if not any(lora.name in names for names in pipe.get_list_adapters().values()):
+            # diffusers only logs "No LoRA keys ... found"
             raise UsageError(
-                f"--lora {lora}: none of its tensors names a layer of this model's UNet or text encoders, so it would "
-                f"change nothing{generate_checks.what_the_lora_holds(lora)}; use a LoRA trained for this --model"
+                f"--lora {lora.written}: none of its tensors names a layer of this model's UNet or text encoders, so it "
+                f"would change nothing{generate_checks.what_the_lora_holds(lora.source)}; use a LoRA trained for this "
+                "--model"
             )
+    if len(loras) > 1:  # diffusers leaves the last one loaded active alone
+        pipe.set_adapters([lora.name for lora in loras])
     return pipe
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
     # 1. Check the arguments, before anything loads
-    output, model, lora = _check_arguments(args)
+    output, model, loras = _check_arguments(args)
     sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
-        warn_about_vocabulary(args.prompt, model, args.syntax or "a1111")
+        warn_about_vocabulary(args.prompt, model, args.syntax or saved_syntax(model) or "a1111")
     import torch
     from diffusers.utils import make_image_grid
 
@@ -238,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.window_encoding import NonFiniteEncoding
 
     # 2. Load the pipeline and check what depends on it
-    pipe = _load(model, lora)
+    pipe = _load(model, loras)
     if args.emphasis is not None:
         pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
     if args.window_split is not None:
@@ -249,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)
     generate_checks.check_against_model(args, pipe)
+    check_prompt_against(pipe, args.prompt, args.negative, loras, args.clip_skip)
     generate_checks.check_memory(args, pipe, sources)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     with (

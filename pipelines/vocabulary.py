@@ -42,16 +42,9 @@ def unknown_words(prompt: str, vocabulary: frozenset[str], syntax: str = "a1111"
     """The words of `prompt` (weights syntax and BREAK aside, read in `syntax`: "a1111",
     "comfy" or "compel", whose blend and weighted conjunction parts are read too; lower case, in
     order, once each) that are not in `vocabulary`."""
-    from clipcond.compel_syntax import parse_compel_combination, parse_compel_prompt
-    from clipcond.network_tags import without_network_tags
-    from clipcond.prompt_syntaxes import parse_in_syntax
+    from clipcond.prompt_syntaxes import prompt_fragments
 
-    if syntax == "compel":
-        combination = parse_compel_combination(prompt)
-        parts = combination.parts if combination else [prompt]
-        fragments = [fragment for part in parts for fragment in parse_compel_prompt(part)]
-    else:  # A1111's LoRA tags are no words: the pipeline takes them out of the prompt
-        fragments = parse_in_syntax(without_network_tags(prompt) if syntax == "a1111" else prompt, syntax)
+    fragments = prompt_fragments(prompt, syntax)
     text = " ".join(fragment.text for fragment in fragments if not fragment.is_break)
     words = dict.fromkeys(re.findall(r"[^\W\d_]+", text.lower()))
     return [word for word in words if word not in vocabulary]

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
-from clipcond.pipelines import generate, generate_checks
+from clipcond.pipelines import generate, generate_checks, generate_prompts
 from clipcond.pipelines.generate_sources import SourceImages
 from clipcond.pipelines.scheduler_guards import NonFiniteLatents
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -138,7 +138,7 @@ def test_a_lora_scale_needs_a_lora_and_a_finite_value(tmp_path, model_folder):
     with pytest.raises(UsageError) as caught:
         generate._check_arguments(_args(*base, "--lora", str(lora), "--lora-scale", "nan"))
     assert str(caught.value) == "--lora-scale must be a finite number, got nan"
-    assert generate._check_arguments(_args(*base, "--lora", str(lora), "--lora-scale", "0.5"))[2] == lora
+    assert generate._check_arguments(_args(*base, "--lora", str(lora), "--lora-scale", "0.5"))[2] == _loras(str(lora))
 
 
 @pytest.mark.parametrize(
@@ -166,14 +166,14 @@ def test_the_seed_range_is_what_torch_generators_take_for_every_image(tmp_path, 
 
 def test_check_arguments_returns_the_output_model_and_no_lora(tmp_path, model_folder):
     output, model, lora = generate._check_arguments(_args("-o", str(tmp_path / "o.png"), "--model", str(model_folder)))
-    assert (output, model, lora) == (tmp_path / "o.png", model_folder, None)
+    assert (output, model, lora) == (tmp_path / "o.png", model_folder, [])
 
 
 def test_a_hub_id_passes_as_a_string(tmp_path):
     _, model, lora = generate._check_arguments(
         _args("-o", str(tmp_path / "o.png"), "--model", "org/model", "--lora", "org/lora")
     )
-    assert (model, lora) == ("org/model", "org/lora")
+    assert (model, lora) == ("org/model", [generate_prompts.LoraArgument("lora", "org/lora", "org/lora")])
 
 
 def test_a_model_that_is_a_file_is_refused(tmp_path):
@@ -285,20 +285,29 @@ def test_other_runtime_errors_are_not_memory_errors():
 
 
 class _Loaded:
-    """What `_load` asks of a loaded pipeline; `lora_error` raised by load_lora_weights if given."""
+    """What `_load` asks of a loaded pipeline; `lora_error` raised by load_lora_weights if given.
+    Each LoRA loaded adds its adapter to the UNet's, unless `adapters` fixes what they are."""
 
     def __init__(self, adapters=None, lora_error=None):
-        self.adapters = {"unet": ["default_0"]} if adapters is None else adapters
+        self.adapters = adapters
         self.lora_error = lora_error
         self.loras = []
+        self.active = None
 
-    def load_lora_weights(self, lora):
+    def load_lora_weights(self, lora, adapter_name=None):
         if self.lora_error is not None:
             raise self.lora_error
-        self.loras.append(lora)
+        self.loras.append((lora, adapter_name))
 
     def get_list_adapters(self):
-        return self.adapters
+        return {"unet": [name for _, name in self.loras]} if self.adapters is None else self.adapters
+
+    def set_adapters(self, names):
+        self.active = names
+
+
+def _loras(*values):
+    return [generate_prompts.lora_argument(value) for value in values]
 
 
 def _loading(monkeypatch, result):
@@ -317,39 +326,48 @@ def _loading(monkeypatch, result):
 def test_load_asks_for_float32_and_loads_the_lora(monkeypatch, tmp_path):
     pipe = _Loaded()
     calls = _loading(monkeypatch, pipe)
-    assert generate._load(tmp_path, None) is pipe
+    assert generate._load(tmp_path, []) is pipe
     assert calls == [(tmp_path, torch.float32)] and pipe.loras == []
-    assert generate._load("org/model", "org/lora") is pipe
-    assert pipe.loras == ["org/lora"]
+    assert generate._load("org/model", _loras("org/lora")) is pipe
+    assert pipe.loras == [("org/lora", "lora")] and pipe.active is None  # one adapter: diffusers activates it
+
+
+def test_load_loads_each_lora_as_its_adapter_and_activates_them_all(monkeypatch, tmp_path):
+    pipe = _Loaded()
+    _loading(monkeypatch, pipe)
+    (tmp_path / "detail.safetensors").write_bytes(b"")
+    assert generate._load("org/model", _loras("org/style", str(tmp_path / "detail.safetensors"), "x=org/y")) is pipe
+    assert pipe.loras == [("org/style", "style"), (tmp_path / "detail.safetensors", "detail"), ("org/y", "x")]
+    assert pipe.active == ["style", "detail", "x"]
 
 
 @pytest.mark.parametrize("kind", [OSError, ValueError])
 def test_a_model_that_does_not_load_is_a_usage_error_naming_it(monkeypatch, tmp_path, kind):
     _loading(monkeypatch, kind("broken\nindex"))
     with pytest.raises(UsageError) as caught:
-        generate._load(tmp_path, None)
+        generate._load(tmp_path, [])
     assert str(caught.value) == f"--model {tmp_path}: cannot load: broken index"
     with pytest.raises(UsageError) as caught:
-        generate._load("org/model", None)
+        generate._load("org/model", [])
     assert str(caught.value) == (
         "--model org/model: no such folder, and the Hugging Face Hub could not provide it: broken index"
     )
     _loading(monkeypatch, SafetensorError("header too large"))
     with pytest.raises(UsageError, match=r"cannot load: header too large$"):
-        generate._load(tmp_path, None)
+        generate._load(tmp_path, [])
 
 
 def test_other_load_errors_stay_bugs(monkeypatch, tmp_path):
     _loading(monkeypatch, TypeError("a bug"))
     with pytest.raises(TypeError, match="a bug"):
-        generate._load(tmp_path, None)
+        generate._load(tmp_path, [])
 
 
 @pytest.mark.parametrize("kind", [OSError, ValueError, KeyError, SafetensorError])
 def test_a_lora_that_does_not_load_is_a_usage_error_naming_it(monkeypatch, tmp_path, kind):
     _loading(monkeypatch, _Loaded(lora_error=kind("no such tensor")))
     with pytest.raises(UsageError) as caught:
-        generate._load(tmp_path, "org/lora")
+        generate._load(tmp_path, _loras("org/lora"))
     assert str(caught.value).startswith("--lora org/lora: cannot load LoRA weights: ")
     assert "no such tensor" in str(caught.value)
 
@@ -358,7 +376,7 @@ def test_a_lora_of_another_architecture_is_named_so(monkeypatch, tmp_path):
     error = RuntimeError("Error(s) in loading state_dict for UNet:\n\tsize mismatch for a.weight: [4, 8] vs [4, 16].")
     _loading(monkeypatch, _Loaded(lora_error=error))
     with pytest.raises(UsageError, match="--lora org/lora: cannot load LoRA weights: their tensors do not fit"):
-        generate._load(tmp_path, "org/lora")
+        generate._load(tmp_path, _loras("org/lora"))
 
 
 @pytest.mark.parametrize("adapters", [{}, {"unet": [], "text_encoder": []}])
@@ -369,7 +387,7 @@ def test_a_lora_that_adds_no_adapter_is_refused(monkeypatch, tmp_path, adapters)
 
     save_file({}, str(lora))
     with pytest.raises(UsageError) as caught:
-        generate._load(tmp_path, lora)
+        generate._load(tmp_path, _loras(str(lora)))
     assert str(caught.value) == (
         f"--lora {lora}: none of its tensors names a layer of this model's UNet or text encoders, so it would change "
         f"nothing{generate_checks.what_the_lora_holds(lora)}; use a LoRA trained for this --model"
@@ -414,6 +432,7 @@ def stand_in(monkeypatch):
 
     monkeypatch.setattr(generate, "_load", load)
     monkeypatch.setattr(generate_checks, "check_against_model", lambda args, pipe: seen["checks"].append("model"))
+    monkeypatch.setattr(generate, "check_prompt_against", lambda pipe, *texts: seen["checks"].append("prompt"))
     monkeypatch.setattr(generate_checks, "check_memory", lambda args, pipe, sources: seen["checks"].append("memory"))
     return seen
 
@@ -425,7 +444,7 @@ def test_run_calls_the_pipeline_with_the_arguments_and_writes_the_image(tmp_path
         "--steps", "3", "--guidance", "2.5", "--height", "24", "--width", "16", "--clip-skip", "1",
     )  # fmt: skip
     assert generate.run(args) == 0
-    assert stand_in["loads"] == [(model_folder, None)] and stand_in["checks"] == ["model", "memory"]
+    assert stand_in["loads"] == [(model_folder, [])] and stand_in["checks"] == ["model", "prompt", "memory"]
     [(prompt, kwargs)] = stand_in["pipe"].calls
     generators = kwargs.pop("generator")
     callback = kwargs.pop("callback_on_step_end")
@@ -450,7 +469,7 @@ def test_run_gives_each_image_its_own_seed_and_the_lora_scale(tmp_path, model_fo
         "--lora", "org/lora", "--lora-scale", "0.25",
     )  # fmt: skip
     generate.run(args)
-    assert stand_in["loads"] == [(model_folder, "org/lora")]
+    assert stand_in["loads"] == [(model_folder, _loras("org/lora"))]
     [(_, kwargs)] = stand_in["pipe"].calls
     assert kwargs["num_images_per_prompt"] == 2 and kwargs["cross_attention_kwargs"] == {"scale": 0.25}
     states = [generator.get_state() for generator in kwargs["generator"]]

@@ -188,6 +188,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
     monkeypatch.setattr(generate, "_load", lambda model, lora: Hungry())
+    monkeypatch.setattr(generate, "check_prompt_against", lambda pipe, *texts: None)
     monkeypatch.setattr(generate, "source_pipeline", lambda pipe, sources: pipe)
     source = str(_write_image(tmp_path / "source.png", size=(48, 32)))
     png = tmp_path / "a.png"
