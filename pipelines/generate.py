@@ -33,14 +33,7 @@ from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, one_line, user_errors
 from clipcond.output_paths import check_new_file, write_atomically
 from clipcond.pipelines import generate_checks
-from clipcond.pipelines.generate_prompts import (
-    LoraArgument,
-    check_lora_names,
-    check_prompt_against,
-    check_prompt_text,
-    lora_argument,
-    saved_syntax,
-)
+from clipcond.pipelines.generate_prompts import check_prompt_against, check_prompt_text, saved_syntax
 from clipcond.pipelines.generate_sources import (
     SourceImages,
     add_source_arguments,
@@ -49,6 +42,7 @@ from clipcond.pipelines.generate_sources import (
     source_call_arguments,
     source_pipeline,
 )
+from clipcond.pipelines.named_sources import NamedSource, check_names, embedding_argument, lora_argument
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
 from clipcond.pipelines.vocabulary import warn_about_vocabulary
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -100,6 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lora-scale", type=float, help="scale of the --lora weights in the UNet and text encoder (default 1)"
     )
+    parser.add_argument(
+        "--embedding",
+        action="append",
+        metavar="[TOKEN=]SOURCE",
+        help="textual-inversion embedding to load (diffusers' format, A1111's .pt or .safetensors, or an SDXL "
+        "clip_l/clip_g pair; a file, folder or hub id) as the word TOKEN of prompts (default: a file's name without "
+        "its suffix, as A1111 and ComfyUI name embeddings; for a folder or hub id, the token its file holds); may be "
+        "given more than once",
+    )
     parser.add_argument("--clip-skip", type=int, help="skip this many final CLIP layers (as in diffusers)")
     parser.add_argument(
         "--emphasis",
@@ -139,11 +142,11 @@ def check_output(output: str | Path, force: bool) -> Path:
     return check_new_file(output, "-o/--output", force, kind=".png file")
 
 
-def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[LoraArgument]]:
-    """The checks that need no model: numbers, `-o`, `--model`, each `--lora` and its name
-    (`generate_prompts.lora_argument`), and the prompt and `--negative` read in the syntax they
+def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[NamedSource], list[NamedSource]]:
+    """The checks that need no model: numbers, `-o`, `--model`, each `--lora` and `--embedding`
+    and its name (`named_sources`), and the prompt and `--negative` read in the syntax they
     will be read in, where that is known before loading (`generate_prompts.check_prompt_text`).
-    Returns (the output PNG, the model, the LoRAs in the order given)."""
+    Returns (the output PNG, the model, the LoRAs, the embeddings), each in the order given."""
     if args.n < 1 or args.steps < 1:
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     if not math.isfinite(args.guidance):
@@ -169,11 +172,13 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[L
             "or a diffusers Stable Diffusion pipeline"
         )
     loras = [lora_argument(value) for value in args.lora or ()]
-    check_lora_names(loras)
+    check_names(loras, "--lora")
+    embeddings = [embedding_argument(value) for value in args.embedding or ()]
+    check_names(embeddings, "--embedding")
     syntax = args.syntax or saved_syntax(model)
     if syntax is not None:
         check_prompt_text(args.prompt, args.negative, syntax, loras)
-    return output, model, loras
+    return output, model, loras, embeddings
 
 
 def _stop_on_non_finite_latents(steps: int) -> Any:
@@ -218,9 +223,10 @@ def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImag
         ) from error
 
 
-def _load(model: str | Path, loras: list[LoraArgument]) -> Any:
+def _load(model: str | Path, loras: list[NamedSource], embeddings: list[NamedSource] = ()) -> Any:
     """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with each of
-    `loras` loaded as its adapter name, all of them active at 1."""
+    `loras` loaded as its adapter name, all of them active at 1, and each of `embeddings` as its
+    token (None: the token its file holds)."""
     import torch
     from safetensors import SafetensorError
 
@@ -250,13 +256,26 @@ def _load(model: str | Path, loras: list[LoraArgument]) -> Any:
             )
     if len(loras) > 1:  # diffusers leaves the last one loaded active alone
         pipe.set_adapters([lora.name for lora in loras])
+    for embedding in embeddings:
+        # diffusers' and the conditioner's loaders refuse a file they cannot read, a token the
+        # tokenizer holds already and vectors of another width with ValueError or TypeError; a
+        # missing file or hub id is OSError
+        with user_errors(
+            OSError,
+            ValueError,
+            TypeError,
+            KeyError,
+            SafetensorError,
+            context=f"--embedding {embedding.written}: cannot load the embedding: ",
+        ):
+            pipe.load_textual_inversion(embedding.source, token=embedding.name)
     return pipe
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
     # 1. Check the arguments, before anything loads
-    output, model, loras = _check_arguments(args)
+    output, model, loras, embeddings = _check_arguments(args)
     sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
         warn_about_vocabulary(args.prompt, model, args.syntax or saved_syntax(model) or "a1111")
@@ -267,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     from clipcond.window_encoding import NonFiniteEncoding
 
     # 2. Load the pipeline and check what depends on it
-    pipe = _load(model, loras)
+    pipe = _load(model, loras, embeddings)
     if args.emphasis is not None:
         pipe.register_to_config(emphasis=args.emphasis)  # the conditioner is rebuilt with it
     if args.window_split is not None:

@@ -1,106 +1,24 @@
-"""The prompt side of ``clipcond generate``: its LoRAs by name, and the checks of the prompt
-and `--negative`.
+"""The prompt side of ``clipcond generate``: the checks of the prompt and `--negative`.
 
-`--lora [NAME=]SOURCE` may be given more than once. Each LoRA loads as the adapter NAME, by
-default the name A1111 gives a LoRA: its file's name without the suffix, its folder's name, or
-a hub id's last part (`lora_argument`). A prompt without LoRA tags runs every `--lora` at 1
-(times `--lora-scale`); a ``<lora:NAME:0.8>`` tag runs the LoRAs the prompt tags, alone, at
-their multipliers (`clipcond.pipelines.lora_tags`).
-
-The prompt and the negative are checked twice, before sampling, each refusal a `UsageError`
-naming which text it is: before the model loads, read in the syntax it will be read in
-(`--syntax`, else the one the local model folder was saved with, `saved_syntax`;
-`check_prompt_text`), and once it has loaded, against the LoRAs given and the pipeline's
-conditioner (`check_prompt_against`: ComfyUI's ``embedding:name`` and what a hub model's
-syntax refuses).
+They are checked twice, before sampling, each refusal a `UsageError` naming which text it is:
+before the model loads, read in the syntax it will be read in (`--syntax`, else the one the
+local model folder was saved with, `saved_syntax`; `check_prompt_text`), and once it has
+loaded, against the pipeline's conditioner (`check_prompt_against`: ComfyUI's
+``embedding:name`` against the tokens its tokenizers hold, and what a hub model's syntax
+refuses). In A1111's syntax each ``<lora:NAME:0.8>`` tag of the prompt names a `--lora`
+(`clipcond.pipelines.named_sources`), and the negative holds none.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clipcond.errors import UsageError, one_line
 from clipcond.network_tags import split_network_tags
-from clipcond.pipelines.saved_pipelines import model_source
+from clipcond.pipelines.named_sources import NamedSource
 from clipcond.prompt_syntaxes import SYNTAXES, prompt_fragments
-
-# The characters an adapter name cannot hold, and why.
-_UNNAMEABLE = {
-    ".": "diffusers' adapters cannot take (it names the adapter's layers)",
-    ":": "a <lora:name:0.8> tag reads as the end of the name",
-    ">": "a <lora:name> tag reads as its end",
-    "=": "a <lora:...> tag reads as a named multiplier (te=0.5)",
-}
-
-
-@dataclass(frozen=True)
-class LoraArgument:
-    """One `--lora`.
-
-    Attributes:
-        name: the adapter's name, which a ``<lora:name>`` tag uses.
-        source: where the weights are: a local file or folder, or a hub id (`model_source`).
-        written: the value as given on the command line, for messages.
-    """
-
-    name: str
-    source: str | Path
-    written: str
-
-
-def _default_name(source: str | Path) -> tuple[str, str]:
-    """The name A1111 would give the LoRA at `source`, and where it comes from."""
-    if isinstance(source, str):
-        return source.rsplit("/", 1)[-1], "the hub id's last part"
-    if source.is_dir():
-        return source.resolve().name, "the folder's name"
-    return source.stem, "the file's name"
-
-
-def lora_argument(value: str) -> LoraArgument:
-    """The `--lora` `value`: ``SOURCE``, or ``NAME=SOURCE`` to name the adapter. A value that is
-    an existing path is a source whole, ``=`` included; so is one whose part before ``=`` holds
-    a path separator.
-
-    Raises:
-        UsageError: a source that is no existing path or hub id (`model_source`), or a name
-            that is empty or holds a character of `_UNNAMEABLE`, saying why and how to name it.
-    """
-    name, equals, rest = value.partition("=")
-    named = bool(equals and rest) and not any(mark in name for mark in ("/", os.sep))
-    if named and not Path(value).expanduser().exists():
-        source, origin = model_source(rest, "--lora"), "given before '='"
-    else:
-        source = model_source(value, "--lora")
-        name, origin = _default_name(source)
-        named = False
-    fix = "give it another: --lora NAME=SOURCE" if named else f"name it: --lora NAME={value}"
-    if not name:
-        raise UsageError(f"--lora {value}: the adapter would have no name ({origin}); {fix}")
-    for mark, why in _UNNAMEABLE.items():
-        if mark in name:
-            raise UsageError(f"--lora {value}: the adapter name {name!r} ({origin}) holds {mark!r}, which {why}; {fix}")
-    return LoraArgument(name, source, value)
-
-
-def check_lora_names(loras: list[LoraArgument]) -> None:
-    """Every `--lora` has its own adapter name.
-
-    Raises:
-        UsageError: two share one, naming both values.
-    """
-    seen: dict[str, LoraArgument] = {}
-    for lora in loras:
-        if lora.name in seen:
-            raise UsageError(
-                f"--lora {seen[lora.name].written} and --lora {lora.written} would both be the adapter {lora.name!r}: "
-                f"name one: --lora NAME={lora.written}"
-            )
-        seen[lora.name] = lora
 
 
 def saved_syntax(model: str | Path) -> str | None:
@@ -142,7 +60,7 @@ def _check_negative_tags(negative: str) -> None:
         )
 
 
-def _without_tags(prompt: str, loras: list[LoraArgument]) -> str:
+def _without_tags(prompt: str, loras: list[NamedSource]) -> str:
     """`prompt` (in A1111's syntax) without its LoRA tags, each of which names a `--lora`.
 
     Raises:
@@ -163,7 +81,7 @@ def _without_tags(prompt: str, loras: list[LoraArgument]) -> str:
     return prompt
 
 
-def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: list[LoraArgument]) -> None:
+def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: list[NamedSource]) -> None:
     """Read `prompt` and `negative` in `syntax` as the conditioner will (`prompt_fragments`),
     before any model loads; in A1111's syntax, each LoRA tag of the prompt names one of `loras`.
 
@@ -184,7 +102,7 @@ def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: lis
 
 
 def check_prompt_against(
-    pipe: Any, prompt: str, negative: str | None, loras: list[LoraArgument], clip_skip: int | None
+    pipe: Any, prompt: str, negative: str | None, loras: list[NamedSource], clip_skip: int | None
 ) -> None:
     """The checks of the prompt and negative once `pipe` has loaded, in the syntax it is set
     to (a hub model's is known only now): those of `check_prompt_text`, and that the

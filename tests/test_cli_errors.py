@@ -160,7 +160,7 @@ def test_generate_out_of_memory_is_a_failed_run_in_one_line(tmp_path, capsys, mo
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 19.00 GiB")
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(generate, "_load", lambda model, lora: Hungry())
+    monkeypatch.setattr(generate, "_load", lambda model, loras, embeddings: Hungry())
     monkeypatch.setattr(generate, "check_prompt_against", lambda pipe, *texts: None)
     png = tmp_path / "a.png"
     line = one_error(capsys, ["generate", "a", "-o", str(png), "--n", "400"], 1)

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
-from clipcond.pipelines import generate, generate_checks, generate_prompts
+from clipcond.pipelines import generate, generate_checks, named_sources
 from clipcond.pipelines.generate_sources import SourceImages
 from clipcond.pipelines.scheduler_guards import NonFiniteLatents
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -165,15 +165,29 @@ def test_the_seed_range_is_what_torch_generators_take_for_every_image(tmp_path, 
 
 
 def test_check_arguments_returns_the_output_model_and_no_lora(tmp_path, model_folder):
-    output, model, lora = generate._check_arguments(_args("-o", str(tmp_path / "o.png"), "--model", str(model_folder)))
-    assert (output, model, lora) == (tmp_path / "o.png", model_folder, [])
+    checked = generate._check_arguments(_args("-o", str(tmp_path / "o.png"), "--model", str(model_folder)))
+    assert checked == (tmp_path / "o.png", model_folder, [], [])
 
 
 def test_a_hub_id_passes_as_a_string(tmp_path):
-    _, model, lora = generate._check_arguments(
-        _args("-o", str(tmp_path / "o.png"), "--model", "org/model", "--lora", "org/lora")
+    _, model, loras, embeddings = generate._check_arguments(
+        _args("-o", str(tmp_path / "o.png"), "--model", "org/model", "--lora", "org/lora", "--embedding", "org/neg")
     )
-    assert (model, lora) == ("org/model", [generate_prompts.LoraArgument("lora", "org/lora", "org/lora")])
+    assert (model, loras) == ("org/model", [named_sources.NamedSource("lora", "org/lora", "org/lora")])
+    assert embeddings == [named_sources.NamedSource(None, "org/neg", "org/neg")]
+
+
+def test_loras_and_embeddings_keep_their_order_and_names_are_checked_per_option(tmp_path, model_folder):
+    base = ("-o", str(tmp_path / "o.png"), "--model", str(model_folder))
+    _, _, loras, embeddings = generate._check_arguments(
+        _args(*base, "--lora", "org/a", "--embedding", "a=org/x", "--lora", "b=org/c", "--embedding", "org/y")
+    )
+    assert [lora.name for lora in loras] == ["a", "b"]
+    assert [embedding.name for embedding in embeddings] == ["a", None]
+    with pytest.raises(UsageError, match="would both be the token 'x'"):
+        generate._check_arguments(_args(*base, "--embedding", "x=org/a", "--embedding", "x=org/b"))
+    with pytest.raises(UsageError, match="would both be the adapter 'x'"):
+        generate._check_arguments(_args(*base, "--lora", "x=org/a", "--lora", "org/x"))
 
 
 def test_a_model_that_is_a_file_is_refused(tmp_path):
@@ -288,10 +302,12 @@ class _Loaded:
     """What `_load` asks of a loaded pipeline; `lora_error` raised by load_lora_weights if given.
     Each LoRA loaded adds its adapter to the UNet's, unless `adapters` fixes what they are."""
 
-    def __init__(self, adapters=None, lora_error=None):
+    def __init__(self, adapters=None, lora_error=None, embedding_error=None):
         self.adapters = adapters
         self.lora_error = lora_error
+        self.embedding_error = embedding_error
         self.loras = []
+        self.embeddings = []
         self.active = None
 
     def load_lora_weights(self, lora, adapter_name=None):
@@ -305,9 +321,14 @@ class _Loaded:
     def set_adapters(self, names):
         self.active = names
 
+    def load_textual_inversion(self, source, token=None):
+        if self.embedding_error is not None:
+            raise self.embedding_error
+        self.embeddings.append((source, token))
+
 
 def _loras(*values):
-    return [generate_prompts.lora_argument(value) for value in values]
+    return [named_sources.lora_argument(value) for value in values]
 
 
 def _loading(monkeypatch, result):
@@ -339,6 +360,25 @@ def test_load_loads_each_lora_as_its_adapter_and_activates_them_all(monkeypatch,
     assert generate._load("org/model", _loras("org/style", str(tmp_path / "detail.safetensors"), "x=org/y")) is pipe
     assert pipe.loras == [("org/style", "style"), (tmp_path / "detail.safetensors", "detail"), ("org/y", "x")]
     assert pipe.active == ["style", "detail", "x"]
+
+
+def test_load_loads_each_embedding_as_its_token(monkeypatch, tmp_path):
+    pipe = _Loaded()
+    _loading(monkeypatch, pipe)
+    (tmp_path / "EasyNegative.pt").write_bytes(b"")
+    embeddings = [named_sources.embedding_argument(value) for value in ("org/toy", str(tmp_path / "EasyNegative.pt"))]
+    assert generate._load("org/model", _loras("org/style"), embeddings) is pipe
+    assert pipe.embeddings == [("org/toy", None), (tmp_path / "EasyNegative.pt", "EasyNegative")]
+    assert pipe.loras == [("org/style", "style")]
+
+
+@pytest.mark.parametrize("kind", [OSError, ValueError, TypeError, KeyError, SafetensorError])
+def test_an_embedding_that_does_not_load_is_a_usage_error_naming_it(monkeypatch, tmp_path, kind):
+    _loading(monkeypatch, _Loaded(embedding_error=kind("Token cat already in tokenizer vocabulary")))
+    with pytest.raises(UsageError) as caught:
+        generate._load(tmp_path, [], [named_sources.embedding_argument("cat=org/toy")])
+    assert str(caught.value).startswith("--embedding cat=org/toy: cannot load the embedding: ")
+    assert "Token cat already in tokenizer vocabulary" in str(caught.value)
 
 
 @pytest.mark.parametrize("kind", [OSError, ValueError])
@@ -426,8 +466,8 @@ def stand_in(monkeypatch):
     records what was loaded and checked."""
     seen = {"pipe": _Pipeline(), "loads": [], "checks": []}
 
-    def load(model, lora):
-        seen["loads"].append((model, lora))
+    def load(model, loras, embeddings):
+        seen["loads"].append((model, loras, embeddings))
         return seen["pipe"]
 
     monkeypatch.setattr(generate, "_load", load)
@@ -444,7 +484,7 @@ def test_run_calls_the_pipeline_with_the_arguments_and_writes_the_image(tmp_path
         "--steps", "3", "--guidance", "2.5", "--height", "24", "--width", "16", "--clip-skip", "1",
     )  # fmt: skip
     assert generate.run(args) == 0
-    assert stand_in["loads"] == [(model_folder, [])] and stand_in["checks"] == ["model", "prompt", "memory"]
+    assert stand_in["loads"] == [(model_folder, [], [])] and stand_in["checks"] == ["model", "prompt", "memory"]
     [(prompt, kwargs)] = stand_in["pipe"].calls
     generators = kwargs.pop("generator")
     callback = kwargs.pop("callback_on_step_end")
@@ -469,7 +509,7 @@ def test_run_gives_each_image_its_own_seed_and_the_lora_scale(tmp_path, model_fo
         "--lora", "org/lora", "--lora-scale", "0.25",
     )  # fmt: skip
     generate.run(args)
-    assert stand_in["loads"] == [(model_folder, _loras("org/lora"))]
+    assert stand_in["loads"] == [(model_folder, _loras("org/lora"), [])]
     [(_, kwargs)] = stand_in["pipe"].calls
     assert kwargs["num_images_per_prompt"] == 2 and kwargs["cross_attention_kwargs"] == {"scale": 0.25}
     states = [generator.get_state() for generator in kwargs["generator"]]

@@ -1,4 +1,5 @@
-"""`clipcond generate`'s LoRAs by name and its prompt checks (`clipcond.pipelines.generate_prompts`).
+"""`clipcond generate`'s LoRAs and embeddings by name (`clipcond.pipelines.named_sources`) in
+whole runs, and its prompt checks (`clipcond.pipelines.generate_prompts`).
 
 The images of tagged and untagged prompts are compared with `CLIPConditionedPipeline` given
 the same LoRAs through diffusers' `load_lora_weights(adapter_name=...)` and `set_adapters`, the
@@ -8,7 +9,6 @@ tags written out of the prompt; the tagged pipeline itself equals diffusers' own
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,105 +20,8 @@ from tiny_pipelines import build_sd
 
 from clipcond.cli import main
 from clipcond.errors import UsageError
-from clipcond.pipelines.generate_prompts import (
-    LoraArgument,
-    check_lora_names,
-    check_prompt_against,
-    check_prompt_text,
-    lora_argument,
-    saved_syntax,
-)
-
-# -- --lora [NAME=]SOURCE ----------------------------------------------------------------------
-
-
-def test_a_lora_is_named_as_a1111_names_it(tmp_path, monkeypatch) -> None:
-    (tmp_path / "add_detail.safetensors").write_bytes(b"")
-    (tmp_path / "style folder").mkdir()
-    assert lora_argument(str(tmp_path / "add_detail.safetensors")) == LoraArgument(
-        "add_detail", tmp_path / "add_detail.safetensors", str(tmp_path / "add_detail.safetensors")
-    )
-    assert lora_argument(str(tmp_path / "style folder")).name == "style folder"
-    assert lora_argument(str(tmp_path / "style folder") + "/").name == "style folder"
-    monkeypatch.chdir(tmp_path / "style folder")
-    assert lora_argument(".") == LoraArgument("style folder", Path("."), ".")
-    assert lora_argument("org/pixel-art") == LoraArgument("pixel-art", "org/pixel-art", "org/pixel-art")
-    assert lora_argument("pixel_art") == LoraArgument("pixel_art", "pixel_art", "pixel_art")
-
-
-def test_name_equals_source_names_the_adapter(tmp_path, monkeypatch) -> None:
-    (tmp_path / "a.safetensors").write_bytes(b"")
-    written = f"detail={tmp_path / 'a.safetensors'}"
-    assert lora_argument(written) == LoraArgument("detail", tmp_path / "a.safetensors", written)
-    assert lora_argument("my style=org/x.y") == LoraArgument("my style", "org/x.y", "my style=org/x.y")
-    # an existing path is a source whole, '=' and all (its name then needs giving); a name
-    # holding a path separator is a path
-    monkeypatch.chdir(tmp_path)
-    Path("k=v").mkdir()
-    with pytest.raises(UsageError, match=r"^--lora k=v: the adapter name 'k=v' \(the folder's name\) holds '='"):
-        lora_argument("k=v")
-    assert lora_argument("x=k=v") == LoraArgument("x", Path("k=v"), "x=k=v")
-    with pytest.raises(UsageError, match=r"no such file or folder"):
-        lora_argument(f"{tmp_path}/x=org/y")
-    with pytest.raises(UsageError) as refused:
-        lora_argument("x=./missing.safetensors")
-    assert (
-        str(refused.value) == "--lora ./missing.safetensors: no such file or folder (a hub id is `name` or `org/name`)"
-    )
-    with pytest.raises(UsageError) as refused:
-        lora_argument("=org/x")
-    assert (
-        str(refused.value)
-        == "--lora =org/x: the adapter would have no name (given before '='); give it another: --lora NAME=SOURCE"
-    )
-    with pytest.raises(UsageError) as refused:
-        lora_argument("x=")
-    assert str(refused.value) == "--lora x=: no such file or folder (a hub id is `name` or `org/name`)"
-    with pytest.raises(UsageError) as refused:
-        lora_argument("/")
-    assert str(refused.value) == "--lora /: the adapter would have no name (the folder's name); name it: --lora NAME=/"
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (
-            "org/detail-v1.5",
-            "--lora org/detail-v1.5: the adapter name 'detail-v1.5' (the hub id's last part) holds '.', which diffusers' "
-            "adapters cannot take (it names the adapter's layers); name it: --lora NAME=org/detail-v1.5",
-        ),
-        (
-            "a:b=org/x",
-            "--lora a:b=org/x: the adapter name 'a:b' (given before '=') holds ':', which a <lora:name:0.8> tag reads "
-            "as the end of the name; give it another: --lora NAME=SOURCE",
-        ),
-        ("a>b=org/x", "holds '>', which a <lora:name> tag reads as its end"),
-    ],
-    ids=["dot", "colon", "angle"],
-)
-def test_a_name_no_tag_or_adapter_can_hold_is_refused_saying_how_to_name_it(value: str, message: str) -> None:
-    with pytest.raises(UsageError) as refused:
-        lora_argument(value)
-    assert message in str(refused.value)
-
-
-def test_a_file_name_with_a_dot_or_an_equals_sign_is_refused(tmp_path) -> None:
-    for name, mark in (("detail.v2.safetensors", "'.'"), ("te=0.5.safetensors", "'.'"), ("k=v.bin", "'='")):
-        (tmp_path / name).write_bytes(b"")
-        with pytest.raises(UsageError) as refused:
-            lora_argument(str(tmp_path / name))
-        assert f"(the file's name) holds {mark}" in str(refused.value)
-        assert str(refused.value).endswith(f"name it: --lora NAME={tmp_path / name}")
-
-
-def test_two_loras_of_one_name_are_refused() -> None:
-    check_lora_names([lora_argument("org/a"), lora_argument("org/b")])
-    with pytest.raises(UsageError) as refused:
-        check_lora_names([lora_argument("org/a"), lora_argument("other/b"), lora_argument("me/a")])
-    assert str(refused.value) == (
-        "--lora org/a and --lora me/a would both be the adapter 'a': name one: --lora NAME=me/a"
-    )
-
+from clipcond.pipelines.generate_prompts import check_prompt_against, check_prompt_text, saved_syntax
+from clipcond.pipelines.named_sources import NamedSource, lora_argument
 
 # -- the syntax a saved model reads ------------------------------------------------------------
 
@@ -170,7 +73,7 @@ def test_tags_are_text_in_the_other_syntaxes_and_named_ones_pass() -> None:
         check_prompt_text("a cat <lora:style:0.8>", None, "a1111", [])
 
 
-def _two() -> list[LoraArgument]:
+def _two() -> list[NamedSource]:
     return [lora_argument("org/style"), lora_argument("org/detail")]
 
 
@@ -308,3 +211,60 @@ def test_what_only_the_loaded_pipeline_knows_is_refused_naming_the_text() -> Non
     )
     with pytest.raises(UsageError, match="^prompt: <lora:x> names no --lora"):
         check_prompt_against(_Pipe({}), "a <lora:x>", None, _two(), None)
+
+
+# -- --embedding, in whole runs ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedding_files(folders):
+    """An A1111 `.pt` embedding of two vectors named by its file, and a diffusers folder whose
+    file holds the token `<toy>`, both of the tiny SD text encoder's width."""
+    from safetensors.torch import save_file
+
+    width = build_sd().text_encoder.config.hidden_size
+    generator = torch.Generator().manual_seed(5)
+    a1111 = folders / "neg-style.pt"
+    torch.save({"string_to_param": {"*": torch.randn(2, width, generator=generator)}, "name": "other"}, a1111)
+    (folders / "toy").mkdir()
+    save_file({"<toy>": torch.randn(1, width, generator=generator)}, folders / "toy" / "learned_embeds.safetensors")
+    return a1111, folders / "toy"
+
+
+def _with_embeddings(folders, prompt: str, negative: str | None = None, syntax: str = "a1111") -> np.ndarray:
+    """Our pipeline's image with the two embeddings loaded through `load_textual_inversion`."""
+    from clipcond import CLIPConditionedPipeline
+
+    pipe = CLIPConditionedPipeline.from_pretrained(folders / "model")
+    pipe.register_to_config(syntax=syntax)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_textual_inversion(folders / "neg-style.pt", token="neg-style")
+    pipe.load_textual_inversion(folders / "toy")
+    generator = [torch.Generator().manual_seed(3)]
+    call = dict(negative_prompt=negative, num_inference_steps=2, guidance_scale=3.0, generator=generator)
+    return np.asarray(pipe(prompt, **call).images[0])
+
+
+def test_embeddings_load_as_the_tokens_a1111_and_diffusers_give_them(folders, embedding_files, tmp_path) -> None:
+    a1111, toy = embedding_files
+    loaded = ["--embedding", str(a1111), "--embedding", str(toy)]
+    png = tmp_path / "e.png"
+    base = ["-o", str(png), "--model", str(folders / "model"), *COMMON, *loaded]
+    assert main(["generate", "a <toy> circle", "--negative", "neg-style, blurry", *base]) == 0
+    image = np.asarray(Image.open(png))
+    assert np.array_equal(image, _with_embeddings(folders, "a <toy> circle", "neg-style, blurry"))
+    assert not np.array_equal(image, _generate(folders, tmp_path, "a <toy> circle"))  # without them
+    # ComfyUI's embedding:name reads the file's name as its token
+    assert main(["generate", "a circle, embedding:neg-style", "--syntax", "comfy", "--force", *base]) == 0
+    image = np.asarray(Image.open(png))
+    assert np.array_equal(image, _with_embeddings(folders, "a circle, embedding:neg-style", syntax="comfy"))
+
+
+def test_an_embedding_that_cannot_load_is_one_error_line(folders, embedding_files, tmp_path, capsys) -> None:
+    a1111, _ = embedding_files
+    png = tmp_path / "x.png"
+    argv = ["generate", "a cat", "-o", str(png), "--model", str(folders / "model"), *COMMON]
+    assert main([*argv, "--embedding", f"cat={a1111}"]) == 2  # a word of the vocabulary already
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --embedding cat={a1111}: cannot load the embedding: ")
+    assert "cat" in errors[0] and not png.exists()

@@ -187,7 +187,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
         def __call__(self, *args, **kwargs):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(generate, "_load", lambda model, lora: Hungry())
+    monkeypatch.setattr(generate, "_load", lambda model, loras, embeddings: Hungry())
     monkeypatch.setattr(generate, "check_prompt_against", lambda pipe, *texts: None)
     monkeypatch.setattr(generate, "source_pipeline", lambda pipe, sources: pipe)
     source = str(_write_image(tmp_path / "source.png", size=(48, 32)))
