@@ -4,6 +4,7 @@
     CLIPConditionedImg2ImgPipeline   its img2img sibling (StableDiffusionImg2ImgPipeline's call)
     CLIPConditionedInpaintPipeline   its inpainting sibling (StableDiffusionInpaintPipeline's call)
     swap_text_encoder           put another CLIP text encoder into an existing SD-family pipeline
+    scheduler_for_sampler       the diffusers scheduler diffusers' documentation maps an A1111 sampler name to
 
 All are imported on first use (`clipcond.lazy_exports`), so that `clipcond.pipelines.generate`'s
 argument parser (the CLI) loads neither torch nor diffusers.
@@ -18,6 +19,7 @@ _EXPORTS = {
     "CLIPConditionedImg2ImgPipeline": "clipcond.pipelines.img2img",
     "CLIPConditionedInpaintPipeline": "clipcond.pipelines.inpaint",
     "CLIPConditionedPipeline": "clipcond.pipelines.clip_conditioned",
+    "scheduler_for_sampler": "clipcond.pipelines.samplers",
     "swap_text_encoder": "clipcond.pipelines.swap",
 }
 

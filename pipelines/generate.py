@@ -43,6 +43,7 @@ from clipcond.pipelines.generate_sources import (
     source_pipeline,
 )
 from clipcond.pipelines.named_sources import NamedSource, check_names, embedding_argument, lora_argument
+from clipcond.pipelines.samplers import SAMPLER_NAMES, sampler_name, scheduler_for_sampler
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
 from clipcond.pipelines.vocabulary import warn_about_vocabulary
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -76,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale (default: %(default)s; diffusers' StableDiffusionPipeline: 7.5)",
     )
     parser.add_argument("--n", type=int, default=1, help="images to generate, written as a grid (default: %(default)s)")
+    parser.add_argument(
+        "--sampler",
+        type=_sampler_argument,
+        metavar="NAME",
+        help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
+        f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
+        "default: the model's own scheduler",
+    )
     for side in ("height", "width"):  # not with --image: the output takes its size
         parser.add_argument(
             f"--{side}",
@@ -126,6 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the model's own setting (word unless saved with another)",
     )
     add_source_arguments(parser)
+
+
+def _sampler_argument(value: str) -> str:
+    """`--sampler`'s value as its A1111 name (`samplers.sampler_name`), or argparse's error."""
+    try:
+        return sampler_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def check_output(output: str | Path, force: bool) -> Path:
@@ -293,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.register_to_config(window_split=args.window_split)
     if args.syntax is not None:
         pipe.register_to_config(syntax=args.syntax)
+    if args.sampler is not None:  # before an img2img or inpaint pipeline takes the components
+        pipe.scheduler = scheduler_for_sampler(args.sampler, pipe.scheduler)
     if sources is not None:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)
