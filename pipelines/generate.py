@@ -16,8 +16,10 @@ is replaced only with ``--force``, and only by a complete file (`write_atomicall
 a file that another run wrote at ``-o`` while the images were drawn is kept (exit 1).
 
 The checks that need the loaded model live in `generate_checks`, the source images' in
-`generate_sources`; where `--model` and `--lora` point and how a pipeline folder loads, in
-`saved_pipelines`; the vocabulary warning, in `vocabulary`.
+`generate_sources`, the prompt's in `generate_prompts`; where `--model` and `--lora` point and
+how a pipeline folder loads, in `saved_pipelines`; the names of `--lora` and `--embedding`, in
+`named_sources`; `--sampler`, in `samplers`; the PNG and its parameters, in `png_output`; the
+vocabulary warning, in `vocabulary`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
-from clipcond.errors import RunFailed, UsageError, one_line, user_errors
-from clipcond.output_paths import check_new_file, write_atomically
+from clipcond.errors import RunFailed, UsageError, user_errors
+from clipcond.output_paths import check_new_file
 from clipcond.pipelines import generate_checks
 from clipcond.pipelines.generate_prompts import check_prompt_against, check_prompt_text, saved_syntax
 from clipcond.pipelines.generate_sources import (
@@ -43,6 +45,7 @@ from clipcond.pipelines.generate_sources import (
     source_pipeline,
 )
 from clipcond.pipelines.named_sources import NamedSource, check_names, embedding_argument, lora_argument
+from clipcond.pipelines.png_output import generate_parameters, infotext, write_png
 from clipcond.pipelines.samplers import SAMPLER_NAMES, sampler_name, scheduler_for_sampler
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
 from clipcond.pipelines.vocabulary import warn_about_vocabulary
@@ -77,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale (default: %(default)s; diffusers' StableDiffusionPipeline: 7.5)",
     )
     parser.add_argument("--n", type=int, default=1, help="images to generate, written as a grid (default: %(default)s)")
+    parser.add_argument(
+        "--no-parameters",
+        action="store_true",
+        help="write no generation parameters into the PNG (by default the prompt, negative, steps, sampler, guidance, "
+        "seed, size and model are written as A1111 writes them, in its 'parameters' text chunk)",
+    )
     parser.add_argument(
         "--sampler",
         type=_sampler_argument,
@@ -351,41 +360,10 @@ def run(args: argparse.Namespace) -> int:
             cols=columns,
         )
     )
-    _write_png(picture, output, args.force)
+    parameters = None
+    if not args.no_parameters:
+        fields = generate_parameters(args, pipe, model, images[0].size, loras, embeddings)
+        parameters = infotext(args.prompt, args.negative, fields)
+    write_png(picture, output, args.force, parameters)
     print(f"wrote {output}")
     return 0
-
-
-def _write_png(picture: Any, output: Path, force: bool) -> None:
-    """Write the PIL image `picture` to `output` as PNG, atomically (`write_atomically`: a
-    unique hidden temporary file, removed if the write fails, then a rename), its folders made.
-    Without `force`, a file that appeared at `output` while the images were drawn (another
-    run's) is kept: the last step is an exclusive link, not a rename.
-
-    Raises:
-        RunFailed: the folder or file cannot be written (a full disk, no permission), or
-            `output` appeared meanwhile and `force` is not set; the `-o` file, if it existed,
-            is unchanged.
-    """
-    import io
-
-    encoded = io.BytesIO()
-    picture.save(encoded, format="PNG")
-    try:  # a file where a folder should be is FileExistsError too, but not another run's image
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise _cannot_write(output, error) from error
-    try:
-        write_atomically(output, encoded.getvalue(), replace=force)
-    except FileExistsError as error:
-        raise RunFailed(
-            f"-o {output} was written by something else while the images were drawn; it is kept and nothing was "
-            "written: pass --force to replace it, or choose another -o"
-        ) from error
-    except OSError as error:
-        raise _cannot_write(output, error) from error
-
-
-def _cannot_write(output: Path, error: OSError) -> RunFailed:
-    """The failed run for an `OSError` writing `output` (a full disk, no permission)."""
-    return RunFailed(f"cannot write -o {output}: {error.strerror or one_line(error)}; nothing was written")

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError
-from clipcond.pipelines import generate, generate_checks, named_sources
+from clipcond.pipelines import generate, generate_checks, named_sources, png_output
 from clipcond.pipelines.generate_sources import SourceImages
 from clipcond.pipelines.scheduler_guards import NonFiniteLatents
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -452,6 +452,11 @@ class _Pipeline:
     def register_to_config(self, **values):
         self.config.update(values)
 
+    scheduler = argparse.Namespace()  # its class names the sampler in the PNG's parameters
+
+    def default_strength(self):
+        return 0.75
+
     def __call__(self, prompt, **kwargs):
         self.calls.append((prompt, kwargs))
         if self.raises is not None:
@@ -589,12 +594,12 @@ def test_run_checks_everything_before_loading(tmp_path, model_folder, stand_in):
     assert stand_in["loads"] == []
 
 
-# -- _write_png -------------------------------------------------------------------------------
+# -- write_png --------------------------------------------------------------------------------
 
 
 def test_write_png_makes_the_folders_and_writes_a_png(tmp_path):
     output = tmp_path / "a" / "b" / "o.png"
-    generate._write_png(Image.new("RGB", (3, 2), (1, 2, 3)), output, force=False)
+    png_output.write_png(Image.new("RGB", (3, 2), (1, 2, 3)), output, force=False)
     with Image.open(output) as written:
         assert written.format == "PNG" and written.size == (3, 2) and written.getpixel((2, 1)) == (1, 2, 3)
     assert [path.name for path in output.parent.iterdir()] == ["o.png"]
@@ -604,13 +609,13 @@ def test_write_png_keeps_a_file_that_appeared_unless_forced(tmp_path):
     output = tmp_path / "o.png"
     output.write_bytes(b"another run's")
     with pytest.raises(RunFailed) as caught:
-        generate._write_png(Image.new("RGB", (2, 2)), output, force=False)
+        png_output.write_png(Image.new("RGB", (2, 2)), output, force=False)
     assert str(caught.value) == (
         f"-o {output} was written by something else while the images were drawn; it is kept and nothing was written: "
         "pass --force to replace it, or choose another -o"
     )
     assert output.read_bytes() == b"another run's"
-    generate._write_png(Image.new("RGB", (2, 2)), output, force=True)
+    png_output.write_png(Image.new("RGB", (2, 2)), output, force=True)
     assert output.read_bytes().startswith(b"\x89PNG")
 
 
@@ -619,7 +624,7 @@ def test_write_png_where_a_file_stands_for_its_folder_says_so(tmp_path, force):
     (tmp_path / "file").write_text("")
     output = tmp_path / "file" / "o.png"
     with pytest.raises(RunFailed) as caught:
-        generate._write_png(Image.new("RGB", (2, 2)), output, force=force)
+        png_output.write_png(Image.new("RGB", (2, 2)), output, force=force)
     assert str(caught.value) == f"cannot write -o {output}: File exists; nothing was written"
 
 
@@ -630,10 +635,10 @@ def test_write_png_that_cannot_write_says_why(tmp_path, monkeypatch, error, reas
     def failing_write(path, data, replace):
         raise error
 
-    monkeypatch.setattr(generate, "write_atomically", failing_write)
+    monkeypatch.setattr(png_output, "write_atomically", failing_write)
     output = tmp_path / "o.png"
     with pytest.raises(RunFailed) as caught:
-        generate._write_png(Image.new("RGB", (2, 2)), output, force=False)
+        png_output.write_png(Image.new("RGB", (2, 2)), output, force=False)
     assert str(caught.value) == f"cannot write -o {output}: {reason}; nothing was written"
     assert caught.value.__cause__ is error
 
