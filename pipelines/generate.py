@@ -46,7 +46,13 @@ from clipcond.pipelines.generate_sources import (
 )
 from clipcond.pipelines.named_sources import NamedSource, check_names, embedding_argument, lora_argument
 from clipcond.pipelines.png_output import generate_parameters, infotext, write_png
-from clipcond.pipelines.samplers import SAMPLER_NAMES, sampler_name, scheduler_for_sampler
+from clipcond.pipelines.samplers import (
+    SAMPLER_NAMES,
+    SCHEDULE_TYPES,
+    sampler_name,
+    schedule_type_name,
+    scheduler_for_sampler,
+)
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
 from clipcond.pipelines.vocabulary import warn_about_vocabulary
 from clipcond.prompt_syntaxes import SYNTAXES
@@ -93,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
         f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
         "default: the model's own scheduler",
+    )
+    parser.add_argument(
+        "--schedule-type",
+        type=_schedule_type_argument,
+        metavar="NAME",
+        help=f"A1111's schedule type, as diffusers' documentation maps it: {', '.join(SCHEDULE_TYPES)} "
+        "(default: Automatic, the sampler's own; with no --sampler, it applies to the model's scheduler)",
     )
     for side in ("height", "width"):  # not with --image: the output takes its size
         parser.add_argument(
@@ -150,6 +163,14 @@ def _sampler_argument(value: str) -> str:
     """`--sampler`'s value as its A1111 name (`samplers.sampler_name`), or argparse's error."""
     try:
         return sampler_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _schedule_type_argument(value: str) -> str:
+    """`--schedule-type`'s value as its A1111 name (`samplers.schedule_type_name`), or argparse's error."""
+    try:
+        return schedule_type_name(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 
@@ -319,8 +340,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.register_to_config(window_split=args.window_split)
     if args.syntax is not None:
         pipe.register_to_config(syntax=args.syntax)
-    if args.sampler is not None:  # before an img2img or inpaint pipeline takes the components
-        pipe.scheduler = scheduler_for_sampler(args.sampler, pipe.scheduler)
+    if args.sampler is not None or args.schedule_type is not None:  # before an img2img pipeline takes it
+        with user_errors(ValueError, context="--sampler / --schedule-type: "):
+            pipe.scheduler = scheduler_for_sampler(args.sampler, pipe.scheduler, args.schedule_type)
     if sources is not None:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)

@@ -64,7 +64,7 @@ def generate_parameters(
     """The fields of a `clipcond generate` run (its parsed `args`, the pipeline `pipe` that drew,
     `model` as given, one image's (width, height) in pixels, the `--lora` and `--embedding`
     values as `named_sources.NamedSource`s): A1111's ``Steps``, ``Sampler``,
-    ``CFG scale``, ``Seed`` (the first image's: image i takes seed + i), ``Size``, ``Model`` (the
+    ``Schedule type`` (when given), ``CFG scale``, ``Seed`` (the first image's: image i takes seed + i), ``Size``, ``Model`` (the
     folder's name or the hub id), ``Clip skip``, ``Denoising strength`` (with ``--image``) and
     ``Batch size`` (with ``--n`` above 1); then clipcond's: the `--lora` adapter names and their
     scale, the `--embedding` tokens (a folder's or hub id's as given), the emphasis, syntax and window split the pipeline read
@@ -78,6 +78,7 @@ def generate_parameters(
     return {
         "Steps": args.steps,
         "Sampler": args.sampler or type(pipe.scheduler).__name__,
+        "Schedule type": args.schedule_type,
         "CFG scale": args.guidance,
         "Seed": args.seed,
         "Size": f"{size[0]}x{size[1]}",

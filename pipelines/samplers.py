@@ -7,6 +7,10 @@ same name: DDIM, PLMS (`PNDMScheduler` with `skip_prk_steps`, as Stable Diffusio
 and UniPC. A name ending in " Karras" is its base sampler with Karras sigmas
 (`use_karras_sigmas=True`), for the samplers the table gives such a row.
 
+A1111 (1.9 on) also names the sigma schedule apart, its "Schedule type"; `SCHEDULE_TYPES` holds
+those the same overview maps (its "Noise schedules and schedule types" table): Karras,
+Exponential, Beta, SGM Uniform and Simple, and Automatic, the sampler's own.
+
 These are diffusers' samplers: the images are diffusers' under that mapping, not A1111's
 (k-diffusion spaces the timesteps its own way, and diffusers notes that some rows are only "very
 similar"). Names the table maps to no diffusers scheduler (DPM++ 2S a, DPM adaptive, DPM fast)
@@ -38,8 +42,34 @@ KARRAS_SAMPLERS = ("DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "DPM2 a", "L
 KARRAS = " Karras"
 # every name `scheduler_for_sampler` takes
 SAMPLER_NAMES = tuple(SAMPLERS) + tuple(name + KARRAS for name in KARRAS_SAMPLERS)
-# sigma spacings a scheduler may have been saved with, which the sampler's name replaces
-_OTHER_SIGMAS = ("use_exponential_sigmas", "use_beta_sigmas")
+# A1111's schedule types -> the init arguments the overview's table gives them; Automatic: the
+# sampler's own (the name decides the Karras sigmas)
+SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"timestep_spacing": "linspace", "use_exponential_sigmas": True},
+    "Beta": {"timestep_spacing": "linspace", "use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Simple": {"timestep_spacing": "trailing"},
+}
+# the kinds of sigmas a scheduler may be set to, one at a time
+_SIGMA_KINDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _spelled(value: object, names: tuple[str, ...], what: str) -> str:
+    """`value` as the name of `names` it spells, case and runs of spaces aside; "" when it
+    spells none.
+
+    Raises:
+        TypeError: `value` is not a string (`what` names what it should name).
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} name must be a string, got {type(value).__name__}")
+    spelled = " ".join(value.split()).casefold()
+    for name in names:
+        if name.casefold() == spelled:
+            return name
+    return ""
 
 
 def sampler_name(value: str) -> str:
@@ -50,46 +80,83 @@ def sampler_name(value: str) -> str:
         TypeError: `value` is not a string.
         ValueError: it names no sampler of `SAMPLER_NAMES`, listing them.
     """
-    if not isinstance(value, str):
-        raise TypeError(f"a sampler name must be a string, got {type(value).__name__}")
-    spelled = " ".join(value.split()).casefold()
-    for name in SAMPLER_NAMES:
-        if name.casefold() == spelled:
-            return name
-    raise ValueError(
-        f"no sampler is named {value!r:.80}: A1111's names that diffusers has a scheduler for are "
-        f"{', '.join(SAMPLER_NAMES)}"
-    )
+    name = _spelled(value, SAMPLER_NAMES, "sampler")
+    if not name:
+        raise ValueError(
+            f"no sampler is named {value!r:.80}: A1111's names that diffusers has a scheduler for are "
+            f"{', '.join(SAMPLER_NAMES)}"
+        )
+    return name
 
 
-def scheduler_for_sampler(sampler: str, scheduler: Any) -> Any:
-    """The diffusers scheduler for A1111's sampler `sampler`, made from `scheduler`'s config
-    (the model's: its betas, prediction type, timestep spacing) as diffusers documents
-    switching schedulers (``NewScheduler.from_config(pipe.scheduler.config, ...)``), with the
-    init arguments the mapping gives. The Karras flag follows the name (a name without
-    " Karras" turns off Karras sigmas a saved config may hold), and exponential or beta sigmas
-    are turned off.
-
-    Args:
-        sampler: a name of `SAMPLER_NAMES` (`sampler_name` spelling).
-        scheduler: the pipeline's scheduler, whose config is kept.
+def schedule_type_name(value: str) -> str:
+    """`value` as the A1111 schedule type of `SCHEDULE_TYPES` it spells, case and runs of spaces
+    aside (``"sgm uniform"`` -> ``"SGM Uniform"``).
 
     Raises:
-        TypeError, ValueError: `sampler` names no sampler (`sampler_name`), or `scheduler` has
-            no config.
+        TypeError: `value` is not a string.
+        ValueError: it names no schedule type of `SCHEDULE_TYPES`, listing them.
+    """
+    name = _spelled(value, tuple(SCHEDULE_TYPES), "schedule type")
+    if not name:
+        raise ValueError(
+            f"no schedule type is named {value!r:.80}: A1111's schedule types that diffusers documents are "
+            f"{', '.join(SCHEDULE_TYPES)}"
+        )
+    return name
+
+
+def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: str | None = None) -> Any:
+    """The diffusers scheduler for A1111's sampler `sampler` and schedule type `schedule_type`,
+    made from `scheduler`'s config (the model's: its betas, prediction type, timestep spacing)
+    as diffusers documents switching schedulers (``NewScheduler.from_config(pipe.scheduler.config,
+    ...)``), with the init arguments the mapping gives. The sigmas are one kind: Karras where
+    the sampler's name ends in " Karras" or the schedule type is Karras, exponential or beta
+    where the schedule type says so, else the scheduler's plain ones (a kind a saved config
+    holds is turned off).
+
+    Args:
+        sampler: a name of `SAMPLER_NAMES` (`sampler_name` spelling); None: `scheduler`'s own
+            class, for a schedule type alone.
+        scheduler: the pipeline's scheduler, whose config is kept.
+        schedule_type: a name of `SCHEDULE_TYPES` (`schedule_type_name` spelling); None or
+            "Automatic": the sampler's own.
+
+    Raises:
+        TypeError, ValueError: a name that names nothing (`sampler_name`, `schedule_type_name`),
+            `scheduler` without a config, neither name given, a sampler named with " Karras"
+            beside another schedule type, or a schedule type the scheduler has no setting for
+            (Euler a, DDIM, PLMS: no sigma kinds; DPM++ SDE: no timestep spacing).
     """
     import diffusers
 
-    name = sampler_name(sampler)
     config = getattr(scheduler, "config", None)
     if config is None:
         raise TypeError(f"`scheduler` must be a diffusers scheduler with a config, got {type(scheduler).__name__}")
-    karras = name.endswith(KARRAS)
-    class_name, settings = SAMPLERS[name.removesuffix(KARRAS)]
-    kind = getattr(diffusers, class_name)
-    accepted = inspect.signature(kind.__init__).parameters
+    if sampler is None and schedule_type is None:
+        raise ValueError("give a sampler, a schedule type or both")
+    schedule = "Automatic" if schedule_type is None else schedule_type_name(schedule_type)
+    if sampler is None:
+        kind, settings, karras, named = type(scheduler), {}, False, f"the model's {type(scheduler).__name__}"
+    else:
+        name = sampler_name(sampler)
+        karras = name.endswith(KARRAS)
+        if karras and schedule not in ("Automatic", "Karras"):
+            raise ValueError(
+                f"sampler {name!r} names Karras sigmas and schedule type {schedule!r} others: name the sampler "
+                f"{name.removesuffix(KARRAS)!r} with that schedule type"
+            )
+        class_name, settings = SAMPLERS[name.removesuffix(KARRAS)]
+        kind, named = getattr(diffusers, class_name), f"sampler {name!r} ({class_name})"
     settings = dict(settings)
-    if "use_karras_sigmas" in accepted:
-        settings["use_karras_sigmas"] = karras
-    settings.update({other: False for other in _OTHER_SIGMAS if other in accepted})
+    accepted = inspect.signature(kind.__init__).parameters
+    wanted = dict(SCHEDULE_TYPES[schedule])
+    if karras:
+        wanted["use_karras_sigmas"] = True
+    missing = [argument for argument in wanted if argument not in accepted]
+    if missing:
+        raise ValueError(f"schedule type {schedule!r} needs {', '.join(missing)}, which {named} does not take")
+    if sampler is not None or schedule != "Automatic":  # the sigma kind is decided here
+        settings.update({other: False for other in _SIGMA_KINDS if other in accepted})
+    settings.update(wanted)
     return kind.from_config(config, **settings)

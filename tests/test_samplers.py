@@ -135,3 +135,127 @@ def test_an_unknown_sampler_is_refused_by_the_parser(capsys) -> None:
         main(["generate", "a", "--sampler", "DPM fast"])
     assert stopped.value.code == 2
     assert "argument --sampler: no sampler is named 'DPM fast'" in capsys.readouterr().err
+
+
+# -- schedule types ----------------------------------------------------------------------------
+
+# diffusers' "Noise schedules and schedule types" table
+DOCUMENTED_SCHEDULES = {
+    "Karras": {"use_karras_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+    "Simple": {"timestep_spacing": "trailing"},
+    "Exponential": {"timestep_spacing": "linspace", "use_exponential_sigmas": True},
+    "Beta": {"timestep_spacing": "linspace", "use_beta_sigmas": True},
+}
+
+
+@pytest.mark.parametrize("schedule", sorted(DOCUMENTED_SCHEDULES))
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Heun", "UniPC"])
+def test_a_schedule_type_gives_the_documented_init_arguments(sd_pipe, sampler: str, schedule: str) -> None:
+    import diffusers
+
+    ours = scheduler_for_sampler(sampler, sd_pipe.scheduler, schedule)
+    class_name, settings = DOCUMENTED[sampler]
+    documented = getattr(diffusers, class_name).from_config(
+        sd_pipe.scheduler.config, **settings, **DOCUMENTED_SCHEDULES[schedule]
+    )
+    assert type(ours) is type(documented) and _public(ours.config) == _public(documented.config)
+    ours.set_timesteps(6)
+    documented.set_timesteps(6)
+    assert torch.equal(ours.timesteps, documented.timesteps) and torch.equal(ours.sigmas, documented.sigmas)
+
+
+def test_automatic_is_the_samplers_own_and_karras_either_way_is_one_scheduler(sd_pipe) -> None:
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    for schedule in (None, "Automatic", "automatic"):
+        made = scheduler_for_sampler("DPM++ 2M Karras", sd_pipe.scheduler, schedule)
+        assert _public(made.config) == _public(_documented("DPM++ 2M Karras", sd_pipe.scheduler.config).config)
+    both = scheduler_for_sampler("DPM++ 2M Karras", sd_pipe.scheduler, "Karras")
+    apart = scheduler_for_sampler("dpm++ 2m", sd_pipe.scheduler, "KARRAS")
+    assert _public(both.config) == _public(apart.config)
+    # a schedule type alone keeps the model's scheduler class; Automatic alone changes nothing
+    saved = EulerDiscreteScheduler(use_karras_sigmas=True, timestep_spacing="leading")
+    made = scheduler_for_sampler(None, saved, "Exponential")
+    assert type(made) is EulerDiscreteScheduler and made.config.use_exponential_sigmas
+    assert not made.config.use_karras_sigmas and made.config.timestep_spacing == "linspace"
+    kept = scheduler_for_sampler(None, DPMSolverMultistepScheduler(use_karras_sigmas=True), "Automatic")
+    assert kept.config.use_karras_sigmas
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "message"),
+    [
+        (
+            "DPM++ 2M Karras",
+            "Exponential",
+            "sampler 'DPM++ 2M Karras' names Karras sigmas and schedule type 'Exponential' others: name the sampler "
+            "'DPM++ 2M' with that schedule type",
+        ),
+        (
+            "Euler a",
+            "Karras",
+            "schedule type 'Karras' needs use_karras_sigmas, which sampler 'Euler a' (EulerAncestralDiscreteScheduler) "
+            "does not take",
+        ),
+        (
+            "DPM++ SDE",
+            "Beta",
+            "schedule type 'Beta' needs timestep_spacing, which sampler 'DPM++ SDE' (DPMSolverSinglestepScheduler) "
+            "does not take",
+        ),
+        (None, "Karras", "schedule type 'Karras' needs use_karras_sigmas, which the model's DDIMScheduler does not"),
+        (None, None, "give a sampler, a schedule type or both"),
+        ("Euler", "Polyexponential", "no schedule type is named 'Polyexponential': A1111's schedule types that "),
+    ],
+    ids=["karras-named", "no-karras", "no-spacing", "model-ddim", "neither", "unknown"],
+)
+def test_a_schedule_type_the_scheduler_cannot_take_is_refused(sd_pipe, sampler, schedule, message) -> None:
+    with pytest.raises(ValueError) as refused:
+        scheduler_for_sampler(sampler, sd_pipe.scheduler, schedule)
+    assert str(refused.value).startswith(message)
+
+
+def test_generate_with_a_schedule_type(diffusers_sd_folder, tmp_path, capsys) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    png = tmp_path / "out.png"
+    argv = ["generate", "a red circle", "-o", str(png), "--model", str(diffusers_sd_folder), "--steps", "3"]
+    assert main([*argv, "--sampler", "DPM++ 2M", "--schedule-type", "karras", "--seed", "2"]) == 0
+    peer = StableDiffusionPipeline.from_pretrained(diffusers_sd_folder)
+    peer.set_progress_bar_config(disable=True)
+    peer.scheduler = DPMSolverMultistepScheduler.from_config(peer.scheduler.config, use_karras_sigmas=True)
+    generator = [torch.Generator().manual_seed(2)]
+    expected = peer("a red circle", num_inference_steps=3, guidance_scale=3.0, generator=generator).images[0]
+    with Image.open(png) as image:
+        assert np.array_equal(np.asarray(image), np.asarray(expected))
+        assert "Sampler: DPM++ 2M, Schedule type: Karras," in image.text["parameters"]
+    assert main([*argv, "--sampler", "Euler a", "--schedule-type", "Karras", "--force"]) == 2
+    assert (
+        "error: --sampler / --schedule-type: schedule type 'Karras' needs use_karras_sigmas" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main([*argv, "--schedule-type", "Uniform"])
+    assert "argument --schedule-type: no schedule type is named 'Uniform'" in capsys.readouterr().err
+
+
+def test_a_schedule_type_is_spelled_as_a_sampler_is_and_every_missing_setting_is_named() -> None:
+    from diffusers import IPNDMScheduler
+
+    from clipcond.pipelines.samplers import SCHEDULE_TYPES, schedule_type_name
+
+    assert schedule_type_name(" sgm   UNIFORM ") == "SGM Uniform"
+    with pytest.raises(ValueError) as refused:
+        schedule_type_name("Uniform")
+    assert str(refused.value) == (
+        "no schedule type is named 'Uniform': A1111's schedule types that diffusers documents are "
+        + ", ".join(SCHEDULE_TYPES)
+    )
+    with pytest.raises(TypeError, match="^a schedule type name must be a string, got float$"):
+        schedule_type_name(1.5)
+    with pytest.raises(ValueError) as refused:
+        scheduler_for_sampler(None, IPNDMScheduler(), "Exponential")
+    assert str(refused.value) == (
+        "schedule type 'Exponential' needs timestep_spacing, use_exponential_sigmas, which the model's IPNDMScheduler "
+        "does not take"
+    )
