@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,7 +270,7 @@ def _out_of_memory_is_a_failed_run(args: argparse.Namespace, sources: SourceImag
         ) from error
 
 
-def _load(model: str | Path, loras: list[NamedSource], embeddings: list[NamedSource] = ()) -> Any:
+def _load(model: str | Path, loras: Sequence[NamedSource], embeddings: Sequence[NamedSource] = ()) -> Any:
     """The pipeline in float32 (it runs on the CPU, whatever the stored dtype), with each of
     `loras` loaded as its adapter name, all of them active at 1, and each of `embeddings` as its
     token (None: the token its file holds)."""
