@@ -30,7 +30,7 @@ _UNFIT_IN_ADAPTER_NAMES = {
     "=": "a <lora:...> tag reads as a named multiplier (te=0.5)",
 }
 # A token is one word of a prompt.
-_UNFIT_IN_TOKENS = {" ": "a prompt reads as two words", "\t": "a prompt reads as two words"}
+_UNFIT_IN_TOKENS = {mark: "a prompt reads as two words" for mark in (" ", "\t", "\n")}
 
 
 @dataclass(frozen=True)
