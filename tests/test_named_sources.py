@@ -133,6 +133,8 @@ def test_a_token_that_is_empty_or_two_words_is_refused(tmp_path) -> None:
     assert "holds '\\t', which a prompt reads as two words; give it another: --embedding TOKEN=SOURCE" in str(
         refused.value
     )
+    with pytest.raises(UsageError, match=r"the token 'a\\nb' \(given before '='\) holds '\\n'"):
+        embedding_argument("a\nb=org/x")
     with pytest.raises(UsageError) as refused:
         embedding_argument("=org/x")
     assert str(refused.value) == (
