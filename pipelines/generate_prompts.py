@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipcond.comfy_syntax import embedding_names
 from clipcond.errors import UsageError, one_line
 from clipcond.network_tags import split_network_tags
 from clipcond.pipelines.named_sources import NamedSource
@@ -105,9 +106,10 @@ def check_prompt_against(
     pipe: Any, prompt: str, negative: str | None, loras: list[NamedSource], clip_skip: int | None
 ) -> None:
     """The checks of the prompt and negative once `pipe` has loaded, in the syntax it is set
-    to (a hub model's is known only now): those of `check_prompt_text`, and that the
-    pipeline's conditioner reads each text (`TextConditioner.check_prompt`: a ComfyUI
-    ``embedding:name`` its tokenizers hold, compel's combinations on its encoders).
+    to (a hub model's is known only now): those of `check_prompt_text`; in ComfyUI's syntax,
+    that each ``embedding:name`` is a token its tokenizers hold (an `--embedding`, or one the
+    saved pipeline holds); and that the pipeline's conditioner reads each text
+    (`TextConditioner.check_prompt`: compel's combinations on its encoders).
 
     Raises:
         UsageError: naming the text, and for a tag the `--lora` names there are.
@@ -117,6 +119,15 @@ def check_prompt_against(
     if syntax == "a1111":
         prompt = _without_tags(prompt, loras)
     conditioner = pipe.conditioner_for(clip_skip)
+    if syntax == "comfy":
+        tokenizers = [encoder.tokenizer for encoder in conditioner.clip]
+        for which, text in (("prompt", prompt), ("--negative", negative)):
+            for name in embedding_names(text or ""):
+                if not any(name in getattr(tokenizer, "added_tokens_encoder", {}) for tokenizer in tokenizers):
+                    raise UsageError(
+                        f"{which}: `embedding:{name}` names no embedding this model holds: give it with --embedding "
+                        f"(a file named {name}.safetensors or {name}.pt, or {name}=SOURCE)"
+                    )
     for which, text in (("prompt", prompt), ("--negative", negative)):
         if text is not None:
             try:

@@ -9,6 +9,7 @@ tags written out of the prompt; the tagged pipeline itself equals diffusers' own
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -137,7 +138,11 @@ def test_a_bad_prompt_is_one_error_line_and_writes_nothing(folders, tmp_path, ca
             "error: --negative: <lora:style> is a LoRA tag, which switches LoRAs on for the whole call: write it in "
             "the prompt",
         ),
-        (["embedding:dog", "--syntax", "comfy"], "error: prompt 'embedding:dog': `embedding:dog` names no textual"),
+        (
+            ["a", "--negative", "embedding:dog, blurry", "--syntax", "comfy"],
+            "error: --negative: `embedding:dog` names no embedding this model holds: give it with --embedding (a file "
+            "named dog.safetensors or dog.pt, or dog=SOURCE)",
+        ),
         (["a.swap(b)", "--syntax", "compel"], "error: prompt 'a.swap(b)': compel's `swap()`"),
     ]
     for prompt, expected in cases:
@@ -167,6 +172,11 @@ class _Conditioner:
 
     def __init__(self):
         self.checked = []
+        # one CLIP whose tokenizer holds the textual-inversion token <toy>, another with none
+        self.clip = [
+            SimpleNamespace(tokenizer=SimpleNamespace(added_tokens_encoder={})),
+            SimpleNamespace(tokenizer=SimpleNamespace(added_tokens_encoder={"<toy>": 49408})),
+        ]
 
     def check_prompt(self, text):
         self.checked.append(text)
@@ -268,3 +278,16 @@ def test_an_embedding_that_cannot_load_is_one_error_line(folders, embedding_file
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: --embedding cat={a1111}: cannot load the embedding: ")
     assert "cat" in errors[0] and not png.exists()
+
+
+def test_a_comfy_embedding_name_is_a_token_some_tokenizer_of_the_model_holds() -> None:
+    pipe = _Pipe({"syntax": "comfy"})
+    check_prompt_against(pipe, "a (embedding:<toy>:1.2), cat", "embedding:<toy>", [], None)
+    assert pipe.conditioner.checked == ["a (embedding:<toy>:1.2), cat", "embedding:<toy>"]
+    with pytest.raises(UsageError) as refused:
+        check_prompt_against(_Pipe({"syntax": "comfy"}), "a embedding:<toy> embedding:dog,", None, [], None)
+    assert str(refused.value) == (
+        "prompt: `embedding:dog` names no embedding this model holds: give it with --embedding (a file named "
+        "dog.safetensors or dog.pt, or dog=SOURCE)"
+    )
+    check_prompt_against(_Pipe({}), "embedding:dog", None, [], None)  # text in A1111's syntax

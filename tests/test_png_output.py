@@ -90,26 +90,31 @@ def test_a_field_name_a1111_cannot_read_is_refused(name: str) -> None:
 
 def test_the_fields_of_a_run() -> None:
     args = SimpleNamespace(
-        steps=12, sampler=None, guidance=4.5, seed=7, clip_skip=1, image="x.png", strength=None, n=3, lora_scale=0.5
-    )
+        steps=12, sampler=None, schedule_type="Karras", guidance=4.5, seed=7, clip_skip=1, image="x.png",
+        strength=None, n=3, lora_scale=0.5,
+    )  # fmt: skip
     settings = {"syntax": "comfy", "emphasis": "a1111", "window_split": "truncate"}
     pipe = SimpleNamespace(scheduler=SimpleNamespace(), config=settings, default_strength=lambda: 0.8)
     loras = [NamedSource("style", "org/style", "org/style"), NamedSource("detail", "/l/d", "/l/d")]
     embeddings = [NamedSource("neg", "/e/neg.pt", "/e/neg.pt"), NamedSource(None, "org/toy", "org/toy")]
     fields = generate_parameters(args, pipe, "org/model", (48, 32), loras, embeddings)
     assert fields["Sampler"] == "SimpleNamespace" and fields["Size"] == "48x32" and fields["Model"] == "org/model"
+    assert fields["Schedule type"] == "Karras"
     assert (fields["Clip skip"], fields["Denoising strength"], fields["Batch size"]) == (2, 0.8, 3)
     assert (fields["Lora"], fields["Lora scale"], fields["Embeddings"]) == ("style, detail", 0.5, "neg, org/toy")
     assert (fields["Emphasis"], fields["Syntax"], fields["Window split"]) == ("a1111", "comfy", "truncate")
     assert fields["Version"].startswith("clipcond ")
     args.sampler, args.strength, args.n, args.clip_skip, args.lora_scale = "Euler a", 0.3, 1, None, None
+    args.schedule_type = None
     pipe.config = {}  # the pipeline's defaults
     fields = generate_parameters(args, pipe, "org/model", (48, 32), [], [])
     assert (fields["Sampler"], fields["Denoising strength"]) == ("Euler a", 0.3)
     assert (fields["Emphasis"], fields["Syntax"], fields["Window split"]) == ("multiply", "a1111", "word")
     args.image = None
     fields = generate_parameters(args, pipe, "org/model", (48, 32), [], [])
-    assert fields["Denoising strength"] is fields["Batch size"] is fields["Clip skip"] is None
+    assert (
+        fields["Denoising strength"] is fields["Batch size"] is fields["Clip skip"] is fields["Schedule type"] is None
+    )
     assert fields["Lora"] is fields["Lora scale"] is fields["Embeddings"] is None
 
 
