@@ -12,9 +12,8 @@ those the same overview maps (its "Noise schedules and schedule types" table): K
 Exponential, Beta, SGM Uniform and Simple, and Automatic, the sampler's own.
 
 These are diffusers' samplers: the images are diffusers' under that mapping, not A1111's
-(k-diffusion spaces the timesteps its own way, and diffusers notes that some rows are only "very
-similar"). Names the table maps to no diffusers scheduler (DPM++ 2S a, DPM adaptive, DPM fast)
-are refused.
+(k-diffusion spaces the timesteps its own way). Names the table maps to no diffusers scheduler
+(DPM++ 2S a, DPM adaptive, DPM fast) are refused.
 """
 
 from __future__ import annotations
