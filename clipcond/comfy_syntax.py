@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from clipcond.prompts import MAX_WEIGHT, Fragment
 
@@ -209,3 +211,17 @@ def embedding_names(text: str) -> list[str]:
             if word.startswith(EMBEDDING_PREFIX):
                 names.append(word[len(EMBEDDING_PREFIX) :].rstrip(","))
     return list(dict.fromkeys(names))
+
+
+def unheld_embeddings(text: str, tokenizers: Iterable[Any]) -> list[str]:
+    """The names `text` writes after ``embedding:`` (`embedding_names`) that none of
+    `tokenizers` holds as an added token (a textual inversion loaded under that name), in order.
+
+    Raises:
+        ValueError: as `parse_comfy_prompt`.
+    """
+    names = embedding_names(text)
+    if not names:
+        return []
+    held = [getattr(tokenizer, "added_tokens_encoder", {}) for tokenizer in tokenizers]
+    return [name for name in names if not any(name in tokens for tokens in held)]

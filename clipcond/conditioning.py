@@ -33,7 +33,7 @@ from clipcond.cache import EmbeddingCache
 from clipcond.cache_key import reading_keys, settings_key
 from clipcond.caption_cleaning import CaptionCleaner, cleaning_for
 from clipcond.combined_records import combine_records
-from clipcond.comfy_syntax import embedding_names
+from clipcond.comfy_syntax import unheld_embeddings
 from clipcond.compel_syntax import CompelBlend, CompelConjunction, parse_compel_combination
 from clipcond.conditioner_setup import (
     DEFAULT_MAX_BATCH_WINDOWS,
@@ -834,12 +834,12 @@ class TextConditioner:
         if not self.parse_weights:
             return [Fragment(text, 1.0)]
         if self.syntax == "comfy":
-            for name in embedding_names(text):
-                if not any(name in getattr(encoder.tokenizer, "added_tokens_encoder", {}) for encoder in self.clip):
-                    raise ValueError(
-                        f"prompt {text[:80]!r}: `embedding:{name}` names no textual inversion this conditioner "
-                        f"holds: load it first with `load_textual_inversion(path, token={name!r})`"
-                    )
+            missing = unheld_embeddings(text, [encoder.tokenizer for encoder in self.clip])
+            if missing:
+                raise ValueError(
+                    f"prompt {text[:80]!r}: `embedding:{missing[0]}` names no textual inversion this conditioner "
+                    f"holds: load it first with `load_textual_inversion(path, token={missing[0]!r})`"
+                )
         return parse_in_syntax(text, self.syntax)
 
     def _encoders_need_grad(self) -> bool:

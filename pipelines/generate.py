@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sampler",
-        type=_sampler_argument,
+        type=_named_by(sampler_name),
         metavar="NAME",
         help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
         f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--schedule-type",
-        type=_schedule_type_argument,
+        type=_named_by(schedule_type_name),
         metavar="NAME",
         help=f"A1111's schedule type, as diffusers' documentation maps it: {', '.join(SCHEDULE_TYPES)} "
         "(default: Automatic, the sampler's own; with no --sampler, it applies to the model's scheduler)",
@@ -159,20 +159,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
 
 
-def _sampler_argument(value: str) -> str:
-    """`--sampler`'s value as its A1111 name (`samplers.sampler_name`), or argparse's error."""
-    try:
-        return sampler_name(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+def _named_by(read: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse `type` reading a value with `read` (`samplers.sampler_name`,
+    `schedule_type_name`): its ValueError becomes argparse's error for the option."""
 
+    def argument(value: str) -> str:
+        try:
+            return read(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
 
-def _schedule_type_argument(value: str) -> str:
-    """`--schedule-type`'s value as its A1111 name (`samplers.schedule_type_name`), or argparse's error."""
-    try:
-        return schedule_type_name(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+    return argument
 
 
 def check_output(output: str | Path, force: bool) -> Path:

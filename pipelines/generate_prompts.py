@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipcond.comfy_syntax import embedding_names
+from clipcond.comfy_syntax import unheld_embeddings
 from clipcond.errors import UsageError, one_line
 from clipcond.network_tags import split_network_tags
 from clipcond.pipelines.named_sources import NamedSource
@@ -82,9 +82,10 @@ def _without_tags(prompt: str, loras: list[NamedSource]) -> str:
     return prompt
 
 
-def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: list[NamedSource]) -> None:
+def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: list[NamedSource]) -> str:
     """Read `prompt` and `negative` in `syntax` as the conditioner will (`prompt_fragments`),
     before any model loads; in A1111's syntax, each LoRA tag of the prompt names one of `loras`.
+    Returns `prompt` as the conditioner reads it: without its LoRA tags in A1111's syntax.
 
     Raises:
         UsageError: what the syntax refuses in either text, naming it; in A1111's syntax, a
@@ -100,6 +101,7 @@ def check_prompt_text(prompt: str, negative: str | None, syntax: str, loras: lis
                 prompt_fragments(text, syntax)
             except ValueError as error:
                 raise _refusal(which, error) from error
+    return prompt
 
 
 def check_prompt_against(
@@ -115,19 +117,18 @@ def check_prompt_against(
         UsageError: naming the text, and for a tag the `--lora` names there are.
     """
     syntax = pipe.config.get("syntax", "a1111")
-    check_prompt_text(prompt, negative, syntax, loras)
-    if syntax == "a1111":
-        prompt = _without_tags(prompt, loras)
+    prompt = check_prompt_text(prompt, negative, syntax, loras)
     conditioner = pipe.conditioner_for(clip_skip)
     if syntax == "comfy":
         tokenizers = [encoder.tokenizer for encoder in conditioner.clip]
         for which, text in (("prompt", prompt), ("--negative", negative)):
-            for name in embedding_names(text or ""):
-                if not any(name in getattr(tokenizer, "added_tokens_encoder", {}) for tokenizer in tokenizers):
-                    raise UsageError(
-                        f"{which}: `embedding:{name}` names no embedding this model holds: give it with --embedding "
-                        f"(a file named {name}.safetensors or {name}.pt, or {name}=SOURCE)"
-                    )
+            missing = unheld_embeddings(text or "", tokenizers)
+            if missing:
+                name = missing[0]
+                raise UsageError(
+                    f"{which}: `embedding:{name}` names no embedding this model holds: give it with --embedding "
+                    f"(a file named {name}.safetensors or {name}.pt, or {name}=SOURCE)"
+                )
     for which, text in (("prompt", prompt), ("--negative", negative)):
         if text is not None:
             try:

@@ -7,7 +7,7 @@ same name: DDIM, PLMS (`PNDMScheduler` with `skip_prk_steps`, as Stable Diffusio
 and UniPC. A name ending in " Karras" is its base sampler with Karras sigmas
 (`use_karras_sigmas=True`), for the samplers the table gives such a row.
 
-A1111 (1.9 on) also names the sigma schedule apart, its "Schedule type"; `SCHEDULE_TYPES` holds
+A1111 also names the sigma schedule apart, in its "Schedule type" setting; `SCHEDULE_TYPES` holds
 those the same overview maps (its "Noise schedules and schedule types" table): Karras,
 Exponential, Beta, SGM Uniform and Simple, and Automatic, the sampler's own.
 
@@ -55,12 +55,12 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
 _SIGMA_KINDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
-def _spelled(value: object, names: tuple[str, ...], what: str) -> str:
-    """`value` as the name of `names` it spells, case and runs of spaces aside; "" when it
-    spells none.
+def _spelled(value: object, names: tuple[str, ...], what: str, listed: str) -> str:
+    """`value` as the name of `names` it spells, case and runs of spaces aside.
 
     Raises:
-        TypeError: `value` is not a string (`what` names what it should name).
+        TypeError: `value` is not a string (a `what` name should be).
+        ValueError: it spells none of `names`, listing them after `listed`.
     """
     if not isinstance(value, str):
         raise TypeError(f"a {what} name must be a string, got {type(value).__name__}")
@@ -68,7 +68,7 @@ def _spelled(value: object, names: tuple[str, ...], what: str) -> str:
     for name in names:
         if name.casefold() == spelled:
             return name
-    return ""
+    raise ValueError(f"no {what} is named {value!r:.80}: {listed} are {', '.join(names)}")
 
 
 def sampler_name(value: str) -> str:
@@ -79,13 +79,7 @@ def sampler_name(value: str) -> str:
         TypeError: `value` is not a string.
         ValueError: it names no sampler of `SAMPLER_NAMES`, listing them.
     """
-    name = _spelled(value, SAMPLER_NAMES, "sampler")
-    if not name:
-        raise ValueError(
-            f"no sampler is named {value!r:.80}: A1111's names that diffusers has a scheduler for are "
-            f"{', '.join(SAMPLER_NAMES)}"
-        )
-    return name
+    return _spelled(value, SAMPLER_NAMES, "sampler", "A1111's names that diffusers has a scheduler for")
 
 
 def schedule_type_name(value: str) -> str:
@@ -96,13 +90,7 @@ def schedule_type_name(value: str) -> str:
         TypeError: `value` is not a string.
         ValueError: it names no schedule type of `SCHEDULE_TYPES`, listing them.
     """
-    name = _spelled(value, tuple(SCHEDULE_TYPES), "schedule type")
-    if not name:
-        raise ValueError(
-            f"no schedule type is named {value!r:.80}: A1111's schedule types that diffusers documents are "
-            f"{', '.join(SCHEDULE_TYPES)}"
-        )
-    return name
+    return _spelled(value, tuple(SCHEDULE_TYPES), "schedule type", "A1111's schedule types that diffusers documents")
 
 
 def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: str | None = None) -> Any:
