@@ -590,9 +590,9 @@ class CLIPConditionedPipeline(
             self.config.recipe,
             self.config.get("t5_max_length"),
             self.config.get("t5_attention_mask", False),
-            self.config.get("emphasis", "multiply"),
-            self.config.get("window_split", "word"),
-            self.config.get("syntax", "a1111"),
+            self.config.emphasis,
+            self.config.window_split,
+            self.config.syntax,
             self.config.get("force_zeros_for_empty_prompt"),
         )
         if self._conditioners_for != components:
@@ -616,10 +616,10 @@ class CLIPConditionedPipeline(
             t5=t5,
             clip_skip=clip_skip,
             projection=projection,
-            emphasis=self.config.get("emphasis", "multiply"),
+            emphasis=self.config.emphasis,
             # how CLIP windows are cut: a custom pipeline with T5 alone has none (its T5 reads one sequence)
-            window_split=self.config.get("window_split", "word") if clip else None,
-            syntax=self.config.get("syntax", "a1111"),
+            window_split=self.config.window_split if clip else None,
+            syntax=self.config.syntax,
         )
         width = self.unet.config.cross_attention_dim if self.unet is not None else conditioner.token_width
         if conditioner.token_width != width:
@@ -1059,7 +1059,7 @@ class CLIPConditionedPipeline(
         dtype = self.unet.dtype
         edit_steps = self._edit_steps(num_inference_steps, timesteps, sigmas)
         plan = None
-        if self.config.get("syntax", "a1111") == "a1111":  # compel's and ComfyUI's have no editing or AND
+        if self.config.syntax == "a1111":  # compel's and ComfyUI's have no editing or AND
             prompt, negative_prompt, prompt_2, negative_prompt_2 = fixed_prompt_arguments(
                 edit_steps, prompt, negative_prompt, prompt_2, negative_prompt_2
             )

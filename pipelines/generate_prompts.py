@@ -116,7 +116,7 @@ def check_prompt_against(
     Raises:
         UsageError: naming the text, and for a tag the `--lora` names there are.
     """
-    syntax = pipe.config.get("syntax", "a1111")
+    syntax = pipe.config.syntax
     prompt = check_prompt_text(prompt, negative, syntax, loras)
     conditioner = pipe.conditioner_for(clip_skip)
     if syntax == "comfy":

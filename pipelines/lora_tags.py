@@ -147,7 +147,7 @@ def reads_lora_tags(call: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(call)
     def with_tags(self: Any, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if self.config.get("syntax", "a1111") != "a1111":
+        if self.config.syntax != "a1111":
             return call(self, prompt, *args, **kwargs)
         prompt, tags = _prompt_tags(prompt)
         if not tags:

@@ -89,9 +89,9 @@ def generate_parameters(
         "Lora": ", ".join(lora.name for lora in loras) or None,
         "Lora scale": args.lora_scale,
         "Embeddings": ", ".join(embedding.name or embedding.written for embedding in embeddings) or None,
-        "Emphasis": config.get("emphasis", "multiply"),
-        "Syntax": config.get("syntax", "a1111"),
-        "Window split": config.get("window_split", "word"),
+        "Emphasis": config.emphasis,
+        "Syntax": config.syntax,
+        "Window split": config.window_split,
         "Version": f"clipcond {version('clipcond')}",
     }
 

@@ -438,6 +438,16 @@ def test_a_lora_that_adds_no_adapter_is_refused(monkeypatch, tmp_path, adapters)
 # -- run, on a stand-in pipeline --------------------------------------------------------------
 
 
+class _Config(dict):
+    """A pipeline's config: read by key and by attribute, as diffusers' `FrozenDict`."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+
+_PROMPT_SETTINGS = {"emphasis": "multiply", "window_split": "word", "syntax": "a1111"}  # a new pipeline's
+
+
 class _Pipeline:
     """Records its calls and settings; draws `n` images of one grey level each (10, 20, ...)."""
 
@@ -447,7 +457,7 @@ class _Pipeline:
         self.raises = raises
         self.size = size
         self.calls = []
-        self.config = {}
+        self.config = _Config(_PROMPT_SETTINGS)
 
     def register_to_config(self, **values):
         self.config.update(values)
@@ -502,7 +512,7 @@ def test_run_calls_the_pipeline_with_the_arguments_and_writes_the_image(tmp_path
     assert torch.equal(generators[0].get_state(), torch.Generator().manual_seed(5).get_state())
     with pytest.raises(RunFailed, match="at step 1 of 3,"):
         callback(object(), 0, 1, {"latents": torch.full((1,), float("nan"))})
-    assert stand_in["pipe"].config == {}
+    assert stand_in["pipe"].config == _PROMPT_SETTINGS
     assert capsys.readouterr().out == f"wrote {output}\n"
     with Image.open(output) as written:
         assert written.size == (16, 12) and written.getpixel((0, 0)) == (10, 10, 10)
@@ -542,9 +552,9 @@ def test_run_registers_the_emphasis_window_split_and_syntax_asked_for(tmp_path, 
         "-o", str(tmp_path / "o.png"), "--model", str(model_folder), "--emphasis", "comfy", "--window-split", "a1111"
     )  # fmt: skip
     generate.run(args)
-    assert stand_in["pipe"].config == {"emphasis": "comfy", "window_split": "a1111"}
+    assert stand_in["pipe"].config == {"emphasis": "comfy", "window_split": "a1111", "syntax": "a1111"}
     generate.run(_args("-o", str(tmp_path / "p.png"), "--model", str(model_folder), "--emphasis", "multiply"))
-    assert stand_in["pipe"].config == {"emphasis": "multiply", "window_split": "a1111"}  # the same stand-in
+    assert stand_in["pipe"].config == {"emphasis": "multiply", "window_split": "a1111", "syntax": "a1111"}  # the same
     generate.run(_args("-o", str(tmp_path / "q.png"), "--model", str(model_folder), "--syntax", "compel"))
     assert stand_in["pipe"].config == {"emphasis": "multiply", "window_split": "a1111", "syntax": "compel"}
 

@@ -186,7 +186,9 @@ class _Conditioner:
 
 class _Pipe:
     def __init__(self, config):
-        self.config = config
+        from diffusers.configuration_utils import FrozenDict
+
+        self.config = FrozenDict({"syntax": "a1111", **config})  # a pipeline's config always holds its syntax
         self.conditioner = _Conditioner()
         self.clip_skips = []
 

@@ -94,7 +94,8 @@ def test_the_fields_of_a_run() -> None:
         strength=None, n=3, lora_scale=0.5,
     )  # fmt: skip
     settings = {"syntax": "comfy", "emphasis": "a1111", "window_split": "truncate"}
-    pipe = SimpleNamespace(scheduler=SimpleNamespace(), config=settings, default_strength=lambda: 0.8)
+    config = SimpleNamespace(**settings)
+    pipe = SimpleNamespace(scheduler=SimpleNamespace(), config=config, default_strength=lambda: 0.8)
     loras = [NamedSource("style", "org/style", "org/style"), NamedSource("detail", "/l/d", "/l/d")]
     embeddings = [NamedSource("neg", "/e/neg.pt", "/e/neg.pt"), NamedSource(None, "org/toy", "org/toy")]
     fields = generate_parameters(args, pipe, "org/model", (48, 32), loras, embeddings)
@@ -106,10 +107,8 @@ def test_the_fields_of_a_run() -> None:
     assert fields["Version"].startswith("clipcond ")
     args.sampler, args.strength, args.n, args.clip_skip, args.lora_scale = "Euler a", 0.3, 1, None, None
     args.schedule_type = None
-    pipe.config = {}  # the pipeline's defaults
     fields = generate_parameters(args, pipe, "org/model", (48, 32), [], [])
     assert (fields["Sampler"], fields["Denoising strength"]) == ("Euler a", 0.3)
-    assert (fields["Emphasis"], fields["Syntax"], fields["Window split"]) == ("multiply", "a1111", "word")
     args.image = None
     fields = generate_parameters(args, pipe, "org/model", (48, 32), [], [])
     assert (
@@ -131,3 +130,4 @@ def test_generate_writes_the_parameters_a1111_reads_and_the_same_pixels_without_
     expected = {"Steps": "3", "Sampler": "Euler a", "CFG scale": "3.0", "Seed": "5", "Size": "32x32"}
     assert {name: fields[name] for name in expected} == expected
     assert (fields["Model"], fields["Clip skip"], fields["Batch size"]) == ("shapes-model", "2", "2")
+    assert (fields["Emphasis"], fields["Syntax"], fields["Window split"]) == ("multiply", "a1111", "word")
