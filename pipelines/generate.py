@@ -54,7 +54,7 @@ from clipcond.pipelines.samplers import (
     scheduler_for_sampler,
 )
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
-from clipcond.pipelines.vocabulary import warn_about_vocabulary
+from clipcond.pipelines.vocabulary import added_tokens, read_vocabulary, warn_about_vocabulary
 from clipcond.prompt_syntaxes import SYNTAXES
 from clipcond.window_splits import WINDOW_SPLITS
 
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     output, model, loras, embeddings = _check_arguments(args)
     sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
-        warn_about_vocabulary(args.prompt, model, args.syntax or saved_syntax(model) or "a1111")
+        read_vocabulary(model)  # its warning comes once the model's tokens are known
     import torch
     from diffusers.utils import make_image_grid
 
@@ -345,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
         check_sources_against(pipe, sources, args.steps)
     generate_checks.check_against_model(args, pipe)
     check_prompt_against(pipe, args.prompt, args.negative, loras, args.clip_skip)
+    with user_errors(ValueError, context=f"--model {model}: "):
+        warn_about_vocabulary(args.prompt, model, pipe.config.syntax, added_tokens(pipe))
     generate_checks.check_memory(args, pipe, sources)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     with (

@@ -872,3 +872,9 @@ def test_generate_warns_about_words_the_bundled_model_never_read(tmp_path, capsy
     assert main(["generate", "a cat on a red square", "-o", str(tmp_path / "cat.png"), "--steps", "1"]) == 0
     err = capsys.readouterr().err
     assert "never read 'cat'" in err and "'square'" not in err and (tmp_path / "cat.png").is_file()
+    # an --embedding's token is no word the model should have read
+    embedding = tmp_path / "zq-style.pt"
+    torch.save({"string_to_param": {"*": torch.randn(2, 64)}, "name": "zq-style", "step": 100}, embedding)
+    argv = ["generate", "a red circle, zq-style", "-o", str(tmp_path / "e.png"), "--steps", "1"]
+    assert main([*argv, "--embedding", str(embedding)]) == 0
+    assert "never read" not in capsys.readouterr().err

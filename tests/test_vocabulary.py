@@ -8,6 +8,7 @@ import pytest
 
 from clipcond.pipelines.vocabulary import (
     VOCABULARY_FILE,
+    added_tokens,
     read_vocabulary,
     unknown_words,
     warn_about_vocabulary,
@@ -48,6 +49,20 @@ def test_the_unknown_words_of_a_prompt_in_order_once_each() -> None:
     assert unknown_words("a <lora:style_x:0.8> red circle", vocabulary) == []  # the pipeline reads the tag
 
 
+def test_the_tokenizers_added_tokens_are_no_words() -> None:
+    """A textual inversion token is taken out where the tokenizer finds it: case aside, inside
+    other text too, the longest first; the words around it are still read."""
+    vocabulary = frozenset({"a", "red", "circle"})
+    tokens = ["<toy>", "Neg-Style", "neg", "<|endoftext|>"]
+    prompt = "a <toy> red circle, NEG-STYLE neg dog, cat<toy>s"
+    assert unknown_words(prompt, vocabulary) == ["toy", "neg", "style", "dog", "cat", "s"]
+    assert unknown_words(prompt, vocabulary, tokens=tokens) == ["dog", "cat", "s"]
+    assert unknown_words("a style red circle", vocabulary, tokens=tokens) == ["style"]  # only the whole token
+    assert unknown_words("a (neg-style:1.3) circle", vocabulary, tokens=["neg-style", ""]) == []
+    # ComfyUI's `embedding:name` reads the name, which is the token
+    assert unknown_words("embedding:neg-style a circle", vocabulary, "comfy", tokens) == []
+
+
 def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> None:
     write_vocabulary(tmp_path, ["a", "red", "circle"])
     expected = (
@@ -56,6 +71,26 @@ def test_the_warning_for_unknown_words_is_printed_whole(tmp_path, capsys) -> Non
     )
     assert warn_about_vocabulary("a blue square", tmp_path) == expected
     assert capsys.readouterr().err == f"warning: {expected}\n"
+    assert "'square' in training" in warn_about_vocabulary("a blue square", tmp_path, tokens=["Blue"])
+    assert warn_about_vocabulary("a Blue <sq>", tmp_path, tokens=["blue", "<sq>"]) is None
+
+
+def test_the_added_tokens_are_those_of_each_tokenizer_of_the_pipeline() -> None:
+    from types import SimpleNamespace
+
+    from clipcond.tokenization import clip_tokenizer
+
+    first, second = clip_tokenizer(), clip_tokenizer(pad_token="!")
+    first.add_tokens(["<toy>"])
+    second.add_tokens(["<toy>", "Neg-Style"])
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    pipe = SimpleNamespace(tokenizer=first, tokenizer_2=second)
+    # the second pads with "!", which it holds as a special token
+    assert sorted(added_tokens(pipe)) == sorted([*specials, "<toy>", *specials, "!", "<toy>", "Neg-Style"])
+    assert sorted(added_tokens(SimpleNamespace(tokenizer=first, tokenizer_2=None))) == sorted([*specials, "<toy>"])
+    assert added_tokens(SimpleNamespace(tokenizer=first)) == added_tokens(
+        SimpleNamespace(tokenizer=first, tokenizer_2=None)
+    )
 
 
 def test_an_empty_prompt_is_warned_about_and_a_known_one_is_not(tmp_path, capsys) -> None:
