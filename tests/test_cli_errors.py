@@ -154,6 +154,7 @@ def test_generate_out_of_memory_is_a_failed_run_in_one_line(tmp_path, capsys, mo
         scheduler = DDIMScheduler()  # --steps is checked against it
         unet = SimpleNamespace(config=SimpleNamespace(sample_size=32))  # and --n images of the default size
         vae_scale_factor = 1  # against the memory there is
+        config = SimpleNamespace(syntax="a1111")  # the vocabulary warning reads the prompt in it
 
         def __call__(self, *args, **kwargs):
             if gpu:

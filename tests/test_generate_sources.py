@@ -5,6 +5,8 @@ sampling), with nothing written."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -180,6 +182,7 @@ def test_out_of_memory_with_a_source_image_names_its_size(tmp_path, capsys, monk
         vae_scale_factor = 8
         unet_reads_a_mask = False
         scheduler = DDIMScheduler()  # --steps is checked against it
+        config = SimpleNamespace(syntax="a1111")
 
         def default_strength(self):
             return 0.8
