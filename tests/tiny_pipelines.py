@@ -22,6 +22,7 @@ from transformers import (
     T5Config,
     T5EncoderModel,
 )
+from transformers.initialization import no_init_weights
 
 from clipcond.tokenization import clip_tokenizer
 from clipcond.tokenizer_fingerprint import tokenizer_fingerprint
@@ -77,10 +78,30 @@ def clip_text_config(**overrides) -> CLIPTextConfig:
     return CLIPTextConfig(**values)
 
 
+# (class, seed, overrides) -> the weights `clip_text_model` drew, and the random state after it
+_DRAWN_CLIP_WEIGHTS: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+
+
 def clip_text_model(seed: int, with_projection: bool = False, **overrides):
-    torch.manual_seed(seed)
+    """A tiny CLIP text model (`clip_text_config`) with transformers' initialisation seeded by
+    `seed`. Drawing its 49408-token embedding is most of the time of building one, so a
+    process draws each (class, seed, overrides) once: later calls build the model without
+    initialising it, copy the weights drawn then into it, and leave torch's random state as
+    the draw left it. The model and its tensors are new each time."""
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return model_class(clip_text_config(**overrides)).eval()
+    config = clip_text_config(**overrides)
+    key = (model_class, seed, tuple(sorted(overrides.items())))
+    if key not in _DRAWN_CLIP_WEIGHTS:
+        torch.manual_seed(seed)
+        model = model_class(config)
+        _DRAWN_CLIP_WEIGHTS[key] = ({name: t.clone() for name, t in model.state_dict().items()}, torch.get_rng_state())
+        return model.eval()
+    weights, random_state = _DRAWN_CLIP_WEIGHTS[key]
+    with no_init_weights():
+        model = model_class(config)
+    model.load_state_dict(weights)
+    torch.set_rng_state(random_state)
+    return model.eval()
 
 
 def captions(count: int = 2000, seed: int = 0) -> list[str]:
