@@ -50,6 +50,8 @@ from clipcond.pipelines.samplers import (
     SAMPLER_NAMES,
     SCHEDULE_TYPES,
     sampler_name,
+    sampler_settings,
+    saved_scheduler_class,
     schedule_type_name,
     scheduler_for_sampler,
 )
@@ -188,8 +190,10 @@ def check_output(output: str | Path, force: bool) -> Path:
 
 def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[NamedSource], list[NamedSource]]:
     """The checks that need no model: numbers, `-o`, `--model`, each `--lora` and `--embedding`
-    and its name (`named_sources`), and the prompt and `--negative` read in the syntax they
-    will be read in, where that is known before loading (`generate_prompts.check_prompt_text`).
+    and its name (`named_sources`), the prompt and `--negative` read in the syntax they will
+    be read in, and `--schedule-type` against the scheduler `--sampler` names (or the model's
+    own), each where it is known before loading (`generate_prompts.check_prompt_text`,
+    `samplers.sampler_settings`).
     Returns (the output PNG, the model, the LoRAs, the embeddings), each in the order given."""
     if args.n < 1 or args.steps < 1:
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
@@ -222,6 +226,11 @@ def _check_arguments(args: argparse.Namespace) -> tuple[Path, str | Path, list[N
     syntax = args.syntax or saved_syntax(model)
     if syntax is not None:
         check_prompt_text(args.prompt, args.negative, syntax, loras)
+    if args.sampler is not None or args.schedule_type is not None:
+        model_scheduler = saved_scheduler_class(model)  # a hub model's is known once it loads
+        if args.sampler is not None or model_scheduler is not None:
+            with user_errors(ValueError, context="--sampler / --schedule-type: "):
+                sampler_settings(args.sampler, args.schedule_type, model_scheduler)
     return output, model, loras, embeddings
 
 

@@ -19,6 +19,8 @@ These are diffusers' samplers: the images are diffusers' under that mapping, not
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 # A1111 name -> (diffusers scheduler class, init arguments), Karras variants apart
@@ -97,10 +99,7 @@ def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: st
     """The diffusers scheduler for A1111's sampler `sampler` and schedule type `schedule_type`,
     made from `scheduler`'s config (the model's: its betas, prediction type, timestep spacing)
     as diffusers documents switching schedulers (``NewScheduler.from_config(pipe.scheduler.config,
-    ...)``), with the init arguments the mapping gives. The sigmas are one kind: Karras where
-    the sampler's name ends in " Karras" or the schedule type is Karras, exponential or beta
-    where the schedule type says so, else the scheduler's plain ones (a kind a saved config
-    holds is turned off).
+    ...)``), with the init arguments the mapping gives (`sampler_settings`).
 
     Args:
         sampler: a name of `SAMPLER_NAMES` (`sampler_name` spelling); None: `scheduler`'s own
@@ -110,21 +109,45 @@ def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: st
             "Automatic": the sampler's own.
 
     Raises:
-        TypeError, ValueError: a name that names nothing (`sampler_name`, `schedule_type_name`),
-            `scheduler` without a config, neither name given, a sampler named with " Karras"
-            beside another schedule type, or a schedule type the scheduler has no setting for
-            (Euler a, DDIM, PLMS: no sigma kinds; DPM++ SDE: no timestep spacing).
+        TypeError, ValueError: `scheduler` without a config, or what `sampler_settings` raises.
     """
-    import diffusers
-
     config = getattr(scheduler, "config", None)
     if config is None:
         raise TypeError(f"`scheduler` must be a diffusers scheduler with a config, got {type(scheduler).__name__}")
+    kind, settings = sampler_settings(sampler, schedule_type, type(scheduler))
+    return kind.from_config(config, **settings)
+
+
+def sampler_settings(
+    sampler: str | None, schedule_type: str | None, model_scheduler: type
+) -> tuple[type, dict[str, Any]]:
+    """The diffusers scheduler class for A1111's sampler `sampler` and schedule type
+    `schedule_type` and the init arguments to make it with from the model's scheduler config.
+    The sigmas are one kind: Karras where the sampler's name ends in " Karras" or the schedule
+    type is Karras, exponential or beta where the schedule type says so, else the scheduler's
+    plain ones (a kind a saved config holds is turned off). Needs no model: `generate` checks
+    its options with it before loading one.
+
+    Args:
+        sampler: a name of `SAMPLER_NAMES` (`sampler_name` spelling); None: `model_scheduler`,
+            for a schedule type alone.
+        schedule_type: a name of `SCHEDULE_TYPES` (`schedule_type_name` spelling); None or
+            "Automatic": the sampler's own.
+        model_scheduler: the class of the model's scheduler.
+
+    Raises:
+        TypeError, ValueError: a name that names nothing (`sampler_name`, `schedule_type_name`),
+            neither name given, a sampler named with " Karras" beside another schedule type,
+            or a schedule type the scheduler has no setting for (Euler a, DDIM, PLMS: no sigma
+            kinds; DPM++ SDE: no timestep spacing).
+    """
+    import diffusers
+
     if sampler is None and schedule_type is None:
         raise ValueError("give a sampler, a schedule type or both")
     schedule = "Automatic" if schedule_type is None else schedule_type_name(schedule_type)
     if sampler is None:
-        kind, settings, karras, named = type(scheduler), {}, False, f"the model's {type(scheduler).__name__}"
+        kind, settings, karras, named = model_scheduler, {}, False, f"the model's {model_scheduler.__name__}"
     else:
         name = sampler_name(sampler)
         karras = name.endswith(KARRAS)
@@ -146,4 +169,21 @@ def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: st
     if sampler is not None or schedule != "Automatic":  # the sigma kind is decided here
         settings.update({other: False for other in _SIGMA_KINDS if other in accepted})
     settings.update(wanted)
-    return kind.from_config(config, **settings)
+    return kind, settings
+
+
+def saved_scheduler_class(model: str | Path) -> type | None:
+    """The diffusers scheduler class a pipeline folder `model` saved (its
+    ``scheduler/scheduler_config.json`` names it); None for a hub id, a folder without that
+    file, a file that cannot be read (the load names it) or a class diffusers lacks."""
+    import diffusers
+
+    path = Path(model) / "scheduler" / "scheduler_config.json"
+    if isinstance(model, str) or not path.is_file():
+        return None
+    try:
+        named = json.loads(path.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    found = getattr(diffusers, named, None) if isinstance(named, str) else None
+    return found if isinstance(found, type) else None

@@ -259,3 +259,39 @@ def test_a_schedule_type_is_spelled_as_a_sampler_is_and_every_missing_setting_is
         "schedule type 'Exponential' needs timestep_spacing, use_exponential_sigmas, which the model's IPNDMScheduler "
         "does not take"
     )
+
+
+def test_generate_refuses_a_schedule_type_the_scheduler_cannot_take_before_loading(
+    diffusers_sd_folder, tmp_path, capsys, monkeypatch
+) -> None:
+    """The sampler's scheduler, or the one the model's folder saved, is known before loading:
+    a schedule type it has no setting for is refused then."""
+    import clipcond.pipelines.generate as generate
+
+    loads = []
+    monkeypatch.setattr(generate, "_load", lambda *given: loads.append(given))
+    argv = ["generate", "a red circle", "-o", str(tmp_path / "o.png"), "--model", str(diffusers_sd_folder)]
+    assert main([*argv, "--sampler", "Euler a", "--schedule-type", "Karras"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --sampler / --schedule-type: schedule type 'Karras' needs use_karras_sigmas, which sampler 'Euler a' "
+    )
+    assert main([*argv, "--schedule-type", "Exponential"]) == 2  # the folder saved a DDIMScheduler
+    assert "which the model's DDIMScheduler does not take" in capsys.readouterr().err
+    assert loads == [] and not (tmp_path / "o.png").exists()
+
+
+def test_the_saved_scheduler_class_is_read_from_a_folder_only(tmp_path) -> None:
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from clipcond.pipelines.samplers import saved_scheduler_class
+
+    EulerDiscreteScheduler().save_pretrained(tmp_path / "model" / "scheduler")
+    assert saved_scheduler_class(tmp_path / "model") is EulerDiscreteScheduler
+    assert saved_scheduler_class(str(tmp_path / "model")) is None  # a hub id: known once loaded
+    assert saved_scheduler_class(tmp_path / "elsewhere") is None
+    config = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    for written in ('{"_class_name": "NoSuchScheduler"}', '{"_class_name": "__version__"}', "[1]", "{", "\xff"):
+        config.write_text(written, encoding="latin-1")
+        assert saved_scheduler_class(tmp_path / "model") is None, written
+    config.write_text('{"_class_name": "DDIMScheduler"}')
+    assert saved_scheduler_class(tmp_path / "model") is DDIMScheduler
