@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,13 +46,11 @@ from clipcond.pipelines.generate_sources import (
 )
 from clipcond.pipelines.named_sources import NamedSource, check_names, embedding_argument, lora_argument
 from clipcond.pipelines.png_output import generate_parameters, infotext, write_png
+from clipcond.pipelines.png_parameters import GivenOption, add_parameters_from_argument, take_png_parameters
 from clipcond.pipelines.samplers import (
-    SAMPLER_NAMES,
-    SCHEDULE_TYPES,
-    sampler_name,
+    add_sampler_arguments,
     sampler_settings,
     saved_scheduler_class,
-    schedule_type_name,
     scheduler_for_sampler,
 )
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, load_pipeline, model_source
@@ -70,7 +68,9 @@ _OUT_OF_MEMORY_SIGNS = ("can't allocate memory", "bad_alloc", "Storage size calc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `generate`."""
-    parser.add_argument("prompt", help='the prompt, e.g. "a red circle to the left of a blue square"')
+    parser.add_argument(
+        "prompt", nargs="?", help='the prompt, e.g. "a red circle to the left of a blue square" (or --parameters-from)'
+    )
     parser.add_argument("-o", "--output", default="out.png", help="PNG to write (a grid when --n > 1); must not exist")
     parser.add_argument("--force", action="store_true", help="replace the -o file if it exists")
     parser.add_argument(
@@ -79,36 +79,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a path starting with . / ~ or holding two slashes is always a folder); default: the bundled shapes model",
     )
     parser.add_argument("--negative", help="negative prompt")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, action=GivenOption, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, action=GivenOption, default=50, help="denoising steps (default: %(default)s)"
+    )
     parser.add_argument(
         "--guidance",
         type=float,
+        action=GivenOption,
         default=3.0,
         help="classifier-free guidance scale (default: %(default)s; diffusers' StableDiffusionPipeline: 7.5)",
     )
-    parser.add_argument("--n", type=int, default=1, help="images to generate, written as a grid (default: %(default)s)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        action=GivenOption,
+        default=1,
+        help="images to generate, written as a grid (default: %(default)s)",
+    )
+    add_parameters_from_argument(parser)
     parser.add_argument(
         "--no-parameters",
         action="store_true",
         help="write no generation parameters into the PNG (by default the prompt, negative, steps, sampler, guidance, "
         "seed, size and model are written as A1111 writes them, in its 'parameters' text chunk)",
     )
-    parser.add_argument(
-        "--sampler",
-        type=_named_by(sampler_name),
-        metavar="NAME",
-        help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
-        f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
-        "default: the model's own scheduler",
-    )
-    parser.add_argument(
-        "--schedule-type",
-        type=_named_by(schedule_type_name),
-        metavar="NAME",
-        help=f"A1111's schedule type, as diffusers' documentation maps it: {', '.join(SCHEDULE_TYPES)} "
-        "(default: Automatic, the sampler's own; with no --sampler, it applies to the model's scheduler)",
-    )
+    add_sampler_arguments(parser)
     for side in ("height", "width"):  # not with --image: the output takes its size
         parser.add_argument(
             f"--{side}",
@@ -159,19 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the model's own setting (word unless saved with another)",
     )
     add_source_arguments(parser)
-
-
-def _named_by(read: Callable[[str], str]) -> Callable[[str], str]:
-    """An argparse `type` reading a value with `read` (`samplers.sampler_name`,
-    `schedule_type_name`): its ValueError becomes argparse's error for the option."""
-
-    def argument(value: str) -> str:
-        try:
-            return read(value)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-
-    return argument
 
 
 def check_output(output: str | Path, force: bool) -> Path:
@@ -328,6 +311,7 @@ def _load(model: str | Path, loras: Sequence[NamedSource], embeddings: Sequence[
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, generate, write the PNG. Returns the exit status."""
     # 1. Check the arguments, before anything loads
+    take_png_parameters(args)
     output, model, loras, embeddings = _check_arguments(args)
     sources = read_sources(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8

@@ -18,8 +18,10 @@ These are diffusers' samplers: the images are diffusers' under that mapping, not
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,36 @@ def saved_scheduler_class(model: str | Path) -> type | None:
         return None
     found = getattr(diffusers, named, None) if isinstance(named, str) else None
     return found if isinstance(found, type) else None
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """`generate`'s ``--sampler`` and ``--schedule-type``, each name read by `sampler_name` and
+    `schedule_type_name` (a name that names nothing is argparse's error, listing the names)."""
+    parser.add_argument(
+        "--sampler",
+        type=_named_by(sampler_name),
+        metavar="NAME",
+        help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
+        f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
+        "default: the model's own scheduler",
+    )
+    parser.add_argument(
+        "--schedule-type",
+        type=_named_by(schedule_type_name),
+        metavar="NAME",
+        help=f"A1111's schedule type, as diffusers' documentation maps it: {', '.join(SCHEDULE_TYPES)} "
+        "(default: Automatic, the sampler's own; with no --sampler, it applies to the model's scheduler)",
+    )
+
+
+def _named_by(read: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse `type` reading a value with `read` (`samplers.sampler_name`,
+    `schedule_type_name`): its ValueError becomes argparse's error for the option."""
+
+    def argument(value: str) -> str:
+        try:
+            return read(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return argument

@@ -1,0 +1,213 @@
+"""`clipcond generate --parameters-from PNG` (`clipcond.pipelines.png_parameters`): the
+``parameters`` text read as A1111 reads it (the reference is the transcription of A1111's
+reader in `test_png_output.a1111_read`), what applies put into generate's options unless the
+command line gives them, and a PNG drawn again to the same pixels."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, PngImagePlugin
+from test_cli_errors import one_error
+from test_png_output import a1111_read
+
+from clipcond.cli import main
+from clipcond.errors import UsageError
+from clipcond.pipelines import generate
+from clipcond.pipelines.png_output import infotext
+from clipcond.pipelines.png_parameters import Infotext, apply_parameters, read_infotext
+
+A1111_TEXT = (
+    "masterpiece, a red circle, (sharp:1.2)\n"
+    "BREAK a blue square\n"
+    "Negative prompt: lowres, blurry\n"
+    "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Hires upscale: 2, Lora hashes: "style: 1a2b", '
+    "Version: v1.10.1"
+)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _read(text: str) -> tuple[str, str, dict[str, str]]:
+    read = read_infotext(text)
+    return read.prompt, read.negative, read.fields
+
+
+_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+)
+_name = st.from_regex(r"[A-Za-z][A-Za-z0-9_ ]{0,12}[A-Za-z0-9]", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prompt=_text, negative=_text, fields=st.dictionaries(_name, _text.filter(lambda v: v.strip() == v), max_size=5))
+def test_any_text_clipcond_writes_is_read_as_a1111_reads_it(prompt: str, negative: str, fields: dict) -> None:
+    text = infotext(prompt, negative, fields)
+    assert _read(text) == a1111_read(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        A1111_TEXT,
+        "a cat",  # no fields line
+        "a cat\nSteps: 20, Seed: 3",  # two fields are no fields line
+        "a cat\nNegative prompt: dog\nNegative prompt: bird\nmore\nSteps: 1, Seed: 2, Size: 8x8",
+        "  Negative prompt:  dog  \n  Steps: 1,  Seed: 2 , Size: 8x8,",
+        'a\nSteps: 1, Seed: 2, Odd: "a \\"b\\", c", Size: 8x8',
+        "a\n\nb\nSteps: 1, Seed: 2, Size: 8x8, Empty: , Last: x",
+    ],
+)
+def test_written_texts_are_read_as_a1111_reads_them(text: str) -> None:
+    assert _read(text) == a1111_read(text)
+
+
+def test_a_quoted_value_that_is_no_json_is_kept_as_written() -> None:
+    assert read_infotext('a\nSteps: 1, Seed: 2, Odd: "a\\q"').fields["Odd"] == '"a\\q"'
+
+
+def test_an_a1111_png_sets_what_applies_and_reads_the_prompt_as_a1111() -> None:
+    args = _args()
+    not_applied = apply_parameters(args, read_infotext(A1111_TEXT), "here")
+    assert args.prompt == "masterpiece, a red circle, (sharp:1.2)\nBREAK a blue square"
+    assert args.negative == "lowres, blurry"
+    assert (args.steps, args.sampler, args.schedule_type, args.guidance, args.seed) == (
+        20,
+        "DPM++ 2M",
+        "Karras",
+        7.0,
+        1234,
+    )
+    assert (args.width, args.height, args.clip_skip, args.n) == (512, 768, 1, 1)
+    assert (args.emphasis, args.window_split, args.syntax) == ("a1111", "a1111", None)
+    assert not_applied == ["Model", "Hires upscale"]  # hashes and the version change nothing
+
+
+def test_the_command_line_wins_even_where_it_gives_the_default() -> None:
+    args = _args("a dog", "--negative", "x", "--steps", "50", "--seed", "0", "--guidance", "3.0", "--n", "2",
+                 "--sampler", "euler", "--width", "64", "--clip-skip", "2", "--emphasis", "comfy", "--model", "org/m")  # fmt: skip
+    not_applied = apply_parameters(args, read_infotext(A1111_TEXT), "here")
+    assert (args.prompt, args.negative, args.steps, args.seed, args.guidance, args.n) == ("a dog", "x", 50, 0, 3.0, 2)
+    assert (args.sampler, args.schedule_type, args.width, args.height) == ("Euler", "Karras", 64, None)
+    assert (args.clip_skip, args.emphasis, args.window_split) == (2, "comfy", "a1111")
+    assert not_applied == ["Model", "Hires upscale"]
+    args = _args("--model", "org/v1-5-pruned-emaonly")
+    assert apply_parameters(args, read_infotext(A1111_TEXT), "here", "v1-5-pruned-emaonly") == ["Hires upscale"]
+
+
+def test_clipcond_pngs_name_how_the_prompt_was_read_and_a1111_names_are_mapped() -> None:
+    ours = "a\nSteps: 2, Seed: 1, Emphasis: comfy, Syntax: compel, Window split: truncate, Version: clipcond 0.1"
+    args = _args()
+    assert apply_parameters(args, read_infotext(ours), "here") == []
+    assert (args.emphasis, args.syntax, args.window_split) == ("comfy", "compel", "truncate")
+    args = _args()  # an older clipcond PNG names none: the model's own settings
+    apply_parameters(args, read_infotext("a\nSteps: 2, Seed: 1, Version: clipcond 0.1"), "here")
+    assert (args.emphasis, args.syntax, args.window_split) == (None, None, None)
+    args = _args()
+    apply_parameters(args, read_infotext("a\nSteps: 2, Seed: 1, Emphasis: No norm, Clip skip: 1"), "here")
+    assert (args.emphasis, args.clip_skip) == ("multiply", None)
+
+
+def test_lora_scale_and_strength_apply_only_beside_their_options() -> None:
+    text = "a\nSteps: 2, Seed: 1, Lora: style, Lora scale: 0.5, Denoising strength: 0.6, Size: 64x64"
+    args = _args()
+    assert apply_parameters(args, read_infotext(text), "here") == ["Lora", "Lora scale"]
+    assert (args.lora_scale, args.strength, args.width) == (None, None, 64)
+    args = _args("--lora", "style=org/s", "--image", "in.png")
+    assert apply_parameters(args, read_infotext(text), "here") == ["Lora"]
+    assert (args.lora_scale, args.strength, args.width) == (0.5, 0.6, None)  # the image decides the size
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        (
+            "Steps: 2.5",
+            "here: its Steps '2.5' cannot be read (invalid literal for int() with base 10: '2.5'); give --steps",
+        ),
+        ("CFG scale: nan", "here: its CFG scale 'nan' cannot be read (not a finite number); give --guidance"),
+        ("Sampler: DPM fast", "here: its Sampler 'DPM fast' cannot be read (no sampler is named 'DPM fast': "),
+        ("Size: 512", "here: its Size '512' is not WIDTHxHEIGHT; give --width and --height"),
+        ("Emphasis: None", "here: its Emphasis 'None' cannot be read (clipcond has A1111's emphasis 'Original' and "),
+        (
+            "Schedule type: Polyexponential",
+            "here: its Schedule type 'Polyexponential' cannot be read (no schedule type",
+        ),
+    ],
+)
+def test_a_field_that_applies_but_cannot_be_read_is_refused_naming_it(field: str, message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        apply_parameters(_args(), read_infotext(f"a\nSeed: 1, Batch size: 1, {field}"), "here")
+    assert str(refused.value).startswith(message)
+
+
+def test_a_field_the_command_line_replaces_is_not_read() -> None:
+    args = _args("--steps", "3")
+    apply_parameters(args, Infotext("a", "", {"Steps": "many"}), "here")
+    assert args.steps == 3
+
+
+def _png(path, parameters: str | None = None, **chunks: str):
+    info = PngImagePlugin.PngInfo()
+    for key, value in ({"parameters": parameters} if parameters is not None else {}).items() | chunks.items():
+        info.add_text(key, value)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_png_drawn_again_from_its_parameters_has_the_same_pixels_and_parameters(tmp_path, capsys) -> None:
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    argv = ["a red circle, left of a blue square", "--negative", "green: triangle", "--steps", "3", "--seed", "5",
+            "--sampler", "euler a", "--clip-skip", "1", "--n", "2", "--guidance", "4.5", "--emphasis", "comfy"]  # fmt: skip
+    assert main(["generate", *argv, "-o", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--parameters-from", str(first), "-o", str(again)]) == 0
+    assert "warning:" not in capsys.readouterr().err  # every field applied, the model's name the PNG's
+    with Image.open(first) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert a.text["parameters"] == b.text["parameters"]
+    # the command line wins: another seed draws another image
+    assert main(["generate", "--parameters-from", str(first), "-o", str(again), "--seed", "6", "--force"]) == 0
+    with Image.open(first) as a, Image.open(again) as b:
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+        assert "Seed: 6," in b.text["parameters"] and "Sampler: Euler a," in b.text["parameters"]
+
+
+def test_the_fields_not_applied_are_one_warning(tmp_path, capsys) -> None:
+    png = _png(tmp_path / "a1111.png", "a red circle\nSteps: 2, Seed: 1, Size: 32x32, Model: v1-5, Hires upscale: 2")
+    assert main(["generate", "--parameters-from", str(png), "-o", str(tmp_path / "o.png")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: --parameters-from {png}: not applied: Model, Hires upscale"]
+
+
+def test_what_cannot_be_read_is_one_error_line_before_anything_loads(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(generate, "_load", lambda *given: pytest.fail("loaded"))
+    out = str(tmp_path / "o.png")
+    text = tmp_path / "notes.txt"
+    text.write_text("Steps: 20")
+    cases = [
+        (tmp_path / "missing.png", "no such file"),
+        (text, "cannot read it as an image ("),
+        (_png(tmp_path / "bare.png"), "the image holds no generation parameters (no 'parameters' text)"),
+        (
+            _png(tmp_path / "comfy.png", workflow="{}", prompt="{}"),
+            "the image holds no generation parameters (no 'parameters' text) (it holds a ComfyUI workflow, which is "
+            "no A1111 parameters text)",
+        ),
+        (_png(tmp_path / "steps.png", "a\nSteps: x, Seed: 1, Size: 8x8"), "its Steps 'x' cannot be read ("),
+    ]
+    for png, message in cases:
+        line = one_error(capsys, ["generate", "--parameters-from", str(png), "-o", out], 2)
+        assert line.startswith(f"error: --parameters-from {png}: {message}"), line
+    line = one_error(capsys, ["generate", "-o", out], 2)
+    assert line == "error: give a prompt, or --parameters-from a PNG that holds one"
+    assert not (tmp_path / "o.png").exists()
