@@ -4,6 +4,7 @@ and carries the CLIP vocabulary and the bundled shapes model as package data."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,28 @@ print("ok")
 
 def test_wheel_installs_and_imports_every_subpackage(tmp_path):
     wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
-        check=True,
-        cwd=tmp_path,
-    )
+    build = ROOT / "build"  # where setuptools builds in the checkout: gone afterwards unless it was there
+    was_there = build.exists()
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                str(ROOT),
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(wheels),
+            ],
+            check=True,
+            cwd=tmp_path,
+        )
+    finally:
+        if not was_there:
+            shutil.rmtree(build, ignore_errors=True)
     (wheel,) = wheels.glob("clipcond-*.whl")
     site = tmp_path / "site"
     subprocess.run(
