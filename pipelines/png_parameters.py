@@ -1,7 +1,8 @@
-"""`clipcond generate --parameters-from PNG`: draw again from the generation parameters a PNG
-holds, as A1111's "PNG Info" -> "Send to txt2img" does.
+"""`clipcond generate --parameters-from IMAGE`: draw again from the generation parameters an
+image holds, as A1111's "PNG Info" -> "Send to txt2img" does.
 
-A1111 (and `clipcond generate`, `png_output`) keep them in the PNG's ``parameters`` text chunk:
+A1111 (and `clipcond generate`, `png_output`) keep them in a PNG's ``parameters`` text chunk (and
+A1111 in a JPEG's or WebP's EXIF comment):
 the prompt, a ``Negative prompt: `` line, then one line of ``name: value`` fields. `read_infotext`
 reads that text as A1111's reader does: the last line is the fields when at least three
 ``name: value`` pairs are found there (a value is a JSON string, or the text up to the next
@@ -48,6 +49,10 @@ _NEGATIVE = "Negative prompt:"
 _FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 # A1111's emphasis names -> clipcond's emphasis modes
 _A1111_EMPHASIS = {"Original": "a1111", "No norm": "multiply"}
+# where EXIF keeps a comment: its Exif IFD's UserComment, whose first 8 bytes name the encoding
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+_COMMENT_ENCODINGS = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis"}
 # fields that describe the run but do not change the image
 _DESCRIPTIVE = ("Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Hashes")
 
@@ -76,8 +81,9 @@ def add_parameters_from_argument(parser: argparse.ArgumentParser) -> None:
     """`generate`'s ``--parameters-from``."""
     parser.add_argument(
         "--parameters-from",
-        metavar="PNG",
-        help="draw with the generation parameters a PNG holds (A1111's or clipcond's 'parameters' text): its prompt, "
+        metavar="IMAGE",
+        help="draw with the generation parameters an image holds (a PNG's 'parameters' text, as A1111 and clipcond "
+        "write it, or the EXIF comment of A1111's JPEG and WebP): its prompt, "
         "negative, steps, sampler, schedule type, CFG scale, seed, size, clip skip and batch size, where this command "
         "line does not give them (clipcond.pipelines.png_parameters); the fields not applied are named in a warning",
     )
@@ -107,30 +113,48 @@ def read_infotext(text: str) -> Infotext:
     return Infotext("\n".join(prompt), "\n".join(negative), fields)
 
 
-def infotext_of_png(path: str | Path) -> Infotext:
-    """The generation parameters the PNG at `path` holds (`read_infotext` of its ``parameters``
-    chunk).
+def infotext_of_image(path: str | Path) -> Infotext:
+    """The generation parameters the image at `path` holds (`read_infotext`): a PNG's
+    ``parameters`` text chunk, or the EXIF ``UserComment`` where A1111 writes them into a JPEG
+    or WebP (`user_comment_text`). The pixels are not decoded for a PNG whose text comes first,
+    as A1111 and clipcond write it.
 
     Raises:
         UsageError: naming ``--parameters-from`` and `path`: no such file, no image PIL reads,
-            or an image without a ``parameters`` text (a ComfyUI PNG keeps its workflow instead).
+            or an image without parameters (a ComfyUI PNG keeps its workflow instead).
     """
     from PIL import Image, UnidentifiedImageError
 
     where = f"--parameters-from {path}"
     try:
         with Image.open(path) as image:
-            image.load()  # a text chunk written after the pixels is read with them
-            chunks = dict(getattr(image, "text", {}) or {})
+            chunks, raw_comment = dict(image.info), None
+            if PARAMETERS_KEY not in chunks:  # a PNG's text after the pixels, or EXIF, is read with the pixels
+                chunks.update(getattr(image, "text", {}))
+                raw_comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
     except FileNotFoundError as error:
         raise UsageError(f"{where}: no such file") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise UsageError(f"{where}: cannot read it as an image ({error})") from error
     text = chunks.get(PARAMETERS_KEY)
     if not isinstance(text, str) or not text.strip():
+        text = user_comment_text(raw_comment) if isinstance(raw_comment, bytes) else None
+    if not text or not text.strip():
         workflow = " (it holds a ComfyUI workflow, which is no A1111 parameters text)" if "workflow" in chunks else ""
-        raise UsageError(f"{where}: the image holds no generation parameters (no 'parameters' text){workflow}")
+        raise UsageError(
+            f"{where}: the image holds no generation parameters (no 'parameters' text, no EXIF comment){workflow}"
+        )
     return read_infotext(text)
+
+
+def user_comment_text(raw: bytes) -> str:
+    """The text of an EXIF ``UserComment`` value: its first 8 bytes name the encoding (EXIF 2.3,
+    table 9: ``UNICODE`` is UTF-16 big-endian, as A1111 writes it; ``ASCII``; ``JIS``); a value
+    without such a mark is read as UTF-8, what cannot be read left out, as A1111 reads one."""
+    encoding = _COMMENT_ENCODINGS.get(raw[:8])
+    if encoding is None:
+        return raw.decode("utf-8", errors="ignore")
+    return raw[8:].decode(encoding, errors="replace")
 
 
 def apply_parameters(args: argparse.Namespace, read: Infotext, where: str, model_name: str | None = None) -> list[str]:
@@ -203,17 +227,17 @@ def take_png_parameters(args: argparse.Namespace) -> None:
     line gave a prompt.
 
     Raises:
-        UsageError: no prompt and no ``--parameters-from``, or what `infotext_of_png` and
+        UsageError: no prompt and no ``--parameters-from``, or what `infotext_of_image` and
             `apply_parameters` raise.
     """
     if args.parameters_from is None:
         if args.prompt is None:
-            raise UsageError("give a prompt, or --parameters-from a PNG that holds one")
+            raise UsageError("give a prompt, or --parameters-from an image that holds one")
         return
     where = f"--parameters-from {args.parameters_from}"
     model = model_source(args.model, "--model") if args.model is not None else BUNDLED_MODEL
     model_name = model if isinstance(model, str) else Path(model).resolve().name  # as `png_output` names it
-    not_applied = apply_parameters(args, infotext_of_png(args.parameters_from), where, model_name)
+    not_applied = apply_parameters(args, infotext_of_image(args.parameters_from), where, model_name)
     if not_applied:
         print(f"warning: {where}: not applied: {', '.join(not_applied)}", file=sys.stderr)
 

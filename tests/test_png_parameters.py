@@ -197,10 +197,14 @@ def test_what_cannot_be_read_is_one_error_line_before_anything_loads(tmp_path, c
     cases = [
         (tmp_path / "missing.png", "no such file"),
         (text, "cannot read it as an image ("),
-        (_png(tmp_path / "bare.png"), "the image holds no generation parameters (no 'parameters' text)"),
+        (
+            _png(tmp_path / "bare.png"),
+            "the image holds no generation parameters (no 'parameters' text, no EXIF comment)",
+        ),
         (
             _png(tmp_path / "comfy.png", workflow="{}", prompt="{}"),
-            "the image holds no generation parameters (no 'parameters' text) (it holds a ComfyUI workflow, which is "
+            "the image holds no generation parameters (no 'parameters' text, no EXIF comment) (it holds a ComfyUI "
+            "workflow, which is "
             "no A1111 parameters text)",
         ),
         (_png(tmp_path / "steps.png", "a\nSteps: x, Seed: 1, Size: 8x8"), "its Steps 'x' cannot be read ("),
@@ -209,5 +213,77 @@ def test_what_cannot_be_read_is_one_error_line_before_anything_loads(tmp_path, c
         line = one_error(capsys, ["generate", "--parameters-from", str(png), "-o", out], 2)
         assert line.startswith(f"error: --parameters-from {png}: {message}"), line
     line = one_error(capsys, ["generate", "-o", out], 2)
-    assert line == "error: give a prompt, or --parameters-from a PNG that holds one"
+    assert line == "error: give a prompt, or --parameters-from an image that holds one"
     assert not (tmp_path / "o.png").exists()
+
+
+def _a1111_exif(text: str) -> bytes:
+    """The EXIF A1111 writes into its JPEG and WebP images: the parameters as the Exif
+    UserComment, marked UNICODE, by piexif."""
+    import piexif
+    import piexif.helper
+
+    return piexif.dump({"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(text, encoding="unicode")}})
+
+
+def test_a1111s_jpeg_and_webp_keep_the_parameters_in_exif(tmp_path) -> None:
+    import piexif
+    from PIL import features
+
+    from clipcond.pipelines.png_parameters import infotext_of_image
+
+    text = "a red circle, é 猫\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Seed: 5, Size: 32x32"
+    jpeg = tmp_path / "a1111.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    piexif.insert(_a1111_exif(text), str(jpeg))  # as A1111 saves a JPEG
+    assert infotext_of_image(jpeg) == read_infotext(text)
+    if features.check("webp"):
+        webp = tmp_path / "a1111.webp"
+        Image.new("RGB", (8, 8)).save(webp, format="WEBP", exif=_a1111_exif(text))
+        assert infotext_of_image(webp) == read_infotext(text)
+
+
+def test_an_exif_comment_is_read_in_the_encoding_its_mark_names() -> None:
+    from clipcond.pipelines.png_parameters import user_comment_text
+
+    assert user_comment_text(b"UNICODE\0" + "a é 猫".encode("utf-16-be")) == "a é 猫"
+    assert user_comment_text(b"ASCII\0\0\0Steps: 3") == "Steps: 3"
+    assert user_comment_text(b"JIS\0\0\0\0\0" + "猫".encode("shift_jis")) == "猫"
+    assert user_comment_text("no mark é".encode() + b"\xff") == "no mark é"  # UTF-8, what cannot be read left out
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_png_text_after_the_pixels_is_read_and_one_before_them_needs_no_pixels(tmp_path) -> None:
+    from clipcond.pipelines.png_parameters import infotext_of_image
+
+    text = "a cat\nSteps: 3, Seed: 5, Size: 8x8"
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    data = plain.read_bytes()
+    end = data.rindex(b"IEND") - 4  # the IEND chunk's length field
+    after = tmp_path / "after.png"
+    after.write_bytes(data[:end] + _chunk(b"tEXt", b"parameters\0" + text.encode("latin-1")) + data[end:])
+    assert infotext_of_image(after) == read_infotext(text)
+    cut = tmp_path / "cut.png"  # written as A1111 writes it, then cut inside the pixels
+    _png(cut, text)
+    cut.write_bytes(cut.read_bytes()[: cut.read_bytes().index(b"IDAT") + 8])
+    assert infotext_of_image(cut) == read_infotext(text)
+
+
+def test_an_image_of_more_pixels_than_pil_opens_is_one_error_line(tmp_path, capsys) -> None:
+    """A header claiming 20000 x 20000 pixels (PIL refuses over 2 x 89 million as a decompression bomb)."""
+    import struct
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IEND", b""))
+    line = one_error(capsys, ["generate", "--parameters-from", str(bomb), "-o", str(tmp_path / "o.png")], 2)
+    assert line.startswith(
+        f"error: --parameters-from {bomb}: cannot read it as an image (Image size (400000000 pixels)"
+    )
