@@ -45,8 +45,11 @@ from clipcond.window_splits import check_window_split
 # `GivenOption` records which of them were
 DEFAULTED_OPTIONS = ("seed", "steps", "guidance", "n")
 _NEGATIVE = "Negative prompt:"
-# a field: a name of word characters and spaces, then a JSON string or the text up to a comma
-_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's pattern of a field is `\s*([\w ]+):` then `_VALUE`: a name of word characters and
+# spaces, then a JSON string or the text up to a comma. `_field_pairs` finds what it finds.
+_VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_NAME_RUN = re.compile(r"[\w ]+")
+_SPACE_RUN = re.compile(r"\s+")
 # A1111's emphasis names -> clipcond's emphasis modes
 _A1111_EMPHASIS = {"Original": "a1111", "No norm": "multiply"}
 # where EXIF keeps a comment: its Exif IFD's UserComment, whose first 8 bytes name the encoding
@@ -92,7 +95,7 @@ def add_parameters_from_argument(parser: argparse.ArgumentParser) -> None:
 def read_infotext(text: str) -> Infotext:
     """`text` (a ``parameters`` chunk) read as A1111 reads it (see the module docstring)."""
     *lines, last = text.strip().split("\n")
-    found = _FIELD.findall(last)
+    found = _field_pairs(last)
     if len(found) < 3:  # no fields line: the last line is the prompt's or the negative's
         lines, found = [*lines, last], []
     prompt: list[str] = []
@@ -111,6 +114,47 @@ def read_infotext(text: str) -> Infotext:
                 pass  # kept as written, as A1111 keeps a value its JSON reader refuses
         fields[name.strip()] = str(value)
     return Infotext("\n".join(prompt), "\n".join(negative), fields)
+
+
+def _field_pairs(line: str) -> list[tuple[str, str]]:
+    r"""The (name, value) pairs A1111's field pattern finds in `line` (Python's ``findall`` of
+    ``\s*([\w ]+):`` + `_VALUE`), in work linear in the line's length: ``findall`` tries the
+    name part at every position, and each try runs to the end of its run of word characters and
+    spaces, so a long line of words without a colon took time quadratic in its length (an
+    80,000-character line, 79 s). Here each position's run ends are looked up instead.
+
+    At a position `p` the name part matches when, past the whitespace at `p` (to `q`), a run of
+    word characters and spaces ends at a colon (the name is that run), or when no word
+    character follows that whitespace but a space and a colon end it (the name is " ": the
+    pattern gives the whitespace back one character at a time). Then `_VALUE` reads the value
+    from after the colon, which it always can, and the search goes on where it ended.
+    """
+    size = len(line)
+    name_end = [-1] * size  # for a word character or space: where its run ends
+    for run in _NAME_RUN.finditer(line):
+        name_end[run.start() : run.end()] = [run.end()] * (run.end() - run.start())
+    space_end = list(range(size))  # for whitespace: where its run ends; else the position itself
+    for run in _SPACE_RUN.finditer(line):
+        space_end[run.start() : run.end()] = [run.end()] * (run.end() - run.start())
+    pairs, position = [], 0
+    while position < size:
+        after_space = space_end[position]
+        name = None
+        if after_space < size and name_end[after_space] != -1:
+            end = name_end[after_space]
+            if end < size and line[end] == ":":
+                name = (after_space, end)
+        elif (
+            after_space < size and line[after_space] == ":" and after_space > position and line[after_space - 1] == " "
+        ):
+            name = (after_space - 1, after_space)
+        if name is None:
+            position += 1
+            continue
+        value = _VALUE.match(line, name[1] + 1)
+        pairs.append((line[name[0] : name[1]], value.group(1)))
+        position = value.end()
+    return pairs
 
 
 def infotext_of_image(path: str | Path) -> Infotext:
