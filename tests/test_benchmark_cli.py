@@ -52,6 +52,9 @@ COMMAND_LINES: dict[str, list[tuple[list[str], dict]]] = {
             {"repeats": 3, "max_depth": 4, "output": Path("out/compel.md")},
         ),
     ],
+    "benchmarks/bench_infotext.py": [
+        (["--repeats", "3", "--output", "out/infotext.md"], {"repeats": 3, "output": Path("out/infotext.md")}),
+    ],
     "benchmarks/bench_lora_tags.py": [
         (
             ["--steps", "4", "--repeats", "3", "--output", "out/tags.md"],
@@ -187,6 +190,7 @@ REJECTED: dict[str, list[list[str]]] = {
     "benchmarks/bench_load.py": [["--rows", "sd3-small"], ["--repeats", "x"]],
     "benchmarks/bench_tokenizer_copy.py": [["--repeats", "x"]],
     "benchmarks/bench_compel_syntax.py": [["--max-depth", "x"], ["--repeats", "1.5"]],
+    "benchmarks/bench_infotext.py": [["--repeats", "x"]],
     "benchmarks/bench_lora_tags.py": [["--steps", "x"], ["--repeats", "1.5"]],
     "benchmarks/bench_pipeline.py": [
         ["--size", "huge"],
@@ -218,6 +222,7 @@ OUTPUT_DEFAULTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "benchmarks/bench_compel_syntax.py": ([], ("output",)),
     "benchmarks/bench_conditioner.py": ([], ("output",)),
     "benchmarks/bench_load.py": ([], ("output",)),
+    "benchmarks/bench_infotext.py": ([], ("output",)),
     "benchmarks/bench_lora_tags.py": ([], ("output",)),
     "benchmarks/bench_pipeline.py": ([], ("output",)),
     "benchmarks/bench_prompt_language.py": ([], ("output",)),
@@ -260,7 +265,7 @@ def option_strings(parser) -> set[str]:
 
 
 def test_the_tables_cover_every_script() -> None:
-    assert len(SCRIPTS) == 20
+    assert len(SCRIPTS) == 21
     assert set(COMMAND_LINES) == set(SCRIPTS) == set(OUTPUT_DEFAULTS)
     assert set(REJECTED) <= set(SCRIPTS)
 
