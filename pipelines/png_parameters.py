@@ -234,10 +234,10 @@ def apply_parameters(args: argparse.Namespace, read: Infotext, where: str, model
             flag = "--" + option.replace("_", "-")
             raise UsageError(f"{where}: its {name} {text!r:.80} cannot be read ({error}); give {flag}") from error
 
-    take("Steps", "steps", _whole)
+    take("Steps", "steps", _count)
     take("CFG scale", "guidance", _finite)
     take("Seed", "seed", _whole)
-    take("Batch size", "n", _whole)
+    take("Batch size", "n", _count)
     take("Sampler", "sampler", sampler_name)
     take("Schedule type", "schedule_type", schedule_type_name)
     take("Clip skip", "clip_skip", lambda text: None if _whole(text) <= 1 else _whole(text) - 1)
@@ -291,6 +291,14 @@ def _whole(text: str) -> int:
     return int(text.strip())
 
 
+def _count(text: str) -> int:
+    """`text` as an int of at least 1."""
+    value = _whole(text)
+    if value < 1:
+        raise ValueError("not at least 1")
+    return value
+
+
 def _finite(text: str) -> float:
     """`text` as a finite float."""
     value = float(text.strip())
@@ -304,9 +312,12 @@ def _size(fields: dict[str, str], where: str) -> tuple[int, int]:
     text = fields.pop("Size")
     width, _, height = text.strip().partition("x")
     try:
-        return _whole(width), _whole(height)
+        return _count(width), _count(height)
     except ValueError as error:
-        raise UsageError(f"{where}: its Size {text!r:.80} is not WIDTHxHEIGHT; give --width and --height") from error
+        raise UsageError(
+            f"{where}: its Size {text!r:.80} is not WIDTHxHEIGHT (two whole numbers of at least 1); give --width "
+            "and --height"
+        ) from error
 
 
 def _a1111_emphasis(text: str) -> str:

@@ -157,7 +157,16 @@ def test_lora_scale_and_strength_apply_only_beside_their_options() -> None:
         ),
         ("CFG scale: nan", "here: its CFG scale 'nan' cannot be read (not a finite number); give --guidance"),
         ("Sampler: DPM fast", "here: its Sampler 'DPM fast' cannot be read (no sampler is named 'DPM fast': "),
-        ("Size: 512", "here: its Size '512' is not WIDTHxHEIGHT; give --width and --height"),
+        (
+            "Size: 512",
+            "here: its Size '512' is not WIDTHxHEIGHT (two whole numbers of at least 1); give --width and --height",
+        ),
+        (
+            "Size: 0x64",
+            "here: its Size '0x64' is not WIDTHxHEIGHT (two whole numbers of at least 1); give --width and --height",
+        ),
+        ("Steps: 0", "here: its Steps '0' cannot be read (not at least 1); give --steps"),
+        ("Batch size: -2", "here: its Batch size '-2' cannot be read (not at least 1); give --n"),
         ("Emphasis: None", "here: its Emphasis 'None' cannot be read (clipcond has A1111's emphasis 'Original' and "),
         (
             "Schedule type: Polyexponential",
