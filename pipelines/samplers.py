@@ -177,7 +177,8 @@ def sampler_settings(
 def saved_scheduler_class(model: str | Path) -> type | None:
     """The diffusers scheduler class a pipeline folder `model` saved (its
     ``scheduler/scheduler_config.json`` names it); None for a hub id, a folder without that
-    file, a file that cannot be read (the load names it) or a class diffusers lacks."""
+    file, a file that cannot be read (the load names it) or a name that is no diffusers
+    scheduler."""
     import diffusers
 
     path = Path(model) / "scheduler" / "scheduler_config.json"
@@ -188,7 +189,7 @@ def saved_scheduler_class(model: str | Path) -> type | None:
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return None
     found = getattr(diffusers, named, None) if isinstance(named, str) else None
-    return found if isinstance(found, type) else None
+    return found if isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) else None
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:

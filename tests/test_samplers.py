@@ -290,7 +290,14 @@ def test_the_saved_scheduler_class_is_read_from_a_folder_only(tmp_path) -> None:
     assert saved_scheduler_class(str(tmp_path / "model")) is None  # a hub id: known once loaded
     assert saved_scheduler_class(tmp_path / "elsewhere") is None
     config = tmp_path / "model" / "scheduler" / "scheduler_config.json"
-    for written in ('{"_class_name": "NoSuchScheduler"}', '{"_class_name": "__version__"}', "[1]", "{", "\xff"):
+    for written in (
+        '{"_class_name": "NoSuchScheduler"}',
+        '{"_class_name": "__version__"}',
+        '{"_class_name": "UNet2DModel"}',
+        "[1]",
+        "{",
+        "\xff",
+    ):
         config.write_text(written, encoding="latin-1")
         assert saved_scheduler_class(tmp_path / "model") is None, written
     config.write_text('{"_class_name": "DDIMScheduler"}')
