@@ -25,7 +25,8 @@ _FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 def a1111_read(text: str) -> tuple[str, str, dict[str, str]]:
     """(prompt, negative prompt, fields) as A1111 reads a ``parameters`` text: the last line is
     the fields if the pattern finds at least 3 there; lines from one starting with
-    "Negative prompt:" on are the negative; each line stripped; a quoted value is JSON."""
+    "Negative prompt:" on are the negative; each line stripped; a quoted value is JSON (kept as
+    written when it is no JSON)."""
     *lines, last = text.strip().split("\n")
     if len(_FIELD.findall(last)) < 3:
         lines.append(last)
@@ -39,7 +40,10 @@ def a1111_read(text: str) -> tuple[str, str, dict[str, str]]:
     fields = {}
     for name, value in _FIELD.findall(last):
         if value[:1] == '"' and value[-1:] == '"':
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass  # A1111's unquote keeps a value its JSON reader refuses as written
         fields[name.strip()] = value
     return "\n".join(prompt), "\n".join(negative), fields
 

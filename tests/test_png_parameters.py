@@ -263,7 +263,7 @@ def test_what_cannot_be_read_is_one_error_line_before_anything_loads(tmp_path, c
     for png, message in cases:
         line = one_error(capsys, ["generate", "--parameters-from", str(png), "-o", out], 2)
         expected = f"error: --parameters-from {png}: {message}"
-        assert line == expected if message.endswith(("text)", "file")) else line.startswith(expected), line
+        assert line == expected if message.endswith(("text)", "comment)", "file")) else line.startswith(expected), line
     line = one_error(capsys, ["generate", "-o", out], 2)
     assert line == "error: give a prompt, or --parameters-from an image that holds one"
     assert not (tmp_path / "o.png").exists()
@@ -338,4 +338,14 @@ def test_an_image_of_more_pixels_than_pil_opens_is_one_error_line(tmp_path, caps
     line = one_error(capsys, ["generate", "--parameters-from", str(bomb), "-o", str(tmp_path / "o.png")], 2)
     assert line.startswith(
         f"error: --parameters-from {bomb}: cannot read it as an image (Image size (400000000 pixels)"
+    )
+
+
+def test_the_option_says_what_it_reads(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "[--parameters-from IMAGE]" in help_text
+    assert "--parameters-from IMAGE draw with the generation parameters an image holds (a PNG's 'parameters' text" in (
+        help_text
     )
