@@ -94,6 +94,23 @@ def test_a_long_line_without_fields_is_read_in_linear_work() -> None:
 
 def test_a_quoted_value_that_is_no_json_is_kept_as_written() -> None:
     assert read_infotext('a\nSteps: 1, Seed: 2, Odd: "a\\q"').fields["Odd"] == '"a\\q"'
+    assert read_infotext('a\nSteps: 1, Seed: 2, Empty: ""').fields["Empty"] == ""  # JSON's empty string
+
+
+def test_the_runs_model_is_the_given_one_by_its_folders_name_or_hub_id(tmp_path, capsys) -> None:
+    from clipcond.pipelines.png_parameters import take_png_parameters
+
+    png = _png(tmp_path / "a.png", "a cat\nSteps: 2, Seed: 1, Model: org/v1-5")
+    parse = lambda *argv: _args("--parameters-from", str(png), *argv)  # noqa: E731
+    take_png_parameters(parse("--model", "org/v1-5"))  # a hub id is named whole, as generate writes it
+    assert capsys.readouterr().err == ""
+    take_png_parameters(parse("--model", "v1-5"))
+    assert capsys.readouterr().err == f"warning: --parameters-from {png}: not applied: Model\n"
+    (tmp_path / "v1-5").mkdir()
+    take_png_parameters(parse("--model", str(tmp_path / "v1-5")))  # a folder by its name
+    assert capsys.readouterr().err == f"warning: --parameters-from {png}: not applied: Model\n"
+    with pytest.raises(UsageError, match=r"^--model \./missing: no such file or folder"):
+        take_png_parameters(parse("--model", "./missing"))
 
 
 def test_an_a1111_png_sets_what_applies_and_reads_the_prompt_as_a1111() -> None:
@@ -302,6 +319,7 @@ def test_an_exif_comment_is_read_in_the_encoding_its_mark_names() -> None:
     assert user_comment_text(b"ASCII\0\0\0Steps: 3") == "Steps: 3"
     assert user_comment_text(b"JIS\0\0\0\0\0" + "猫".encode("shift_jis")) == "猫"
     assert user_comment_text("no mark é".encode() + b"\xff") == "no mark é"  # UTF-8, what cannot be read left out
+    assert user_comment_text(b"UNICODE\0\x00a\x00") == "a\ufffd"  # an odd byte replaced, as piexif reads it
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
