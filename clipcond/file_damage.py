@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcond.bpe_tables import check_bpe_tables, describe_unmade, read_clip_files, unmade_in_tokenizer_json
-from clipcond.json_reading import read_json_with_collector_paused
+from clipcond.json_reading import json_object_in, read_json_with_collector_paused
 
 # The JSON files diffusers' and transformers' loaders read in a component's folder (configs,
 # tokenizer files, the index of a sharded weights file: `*.index.json`, matched apart).
@@ -102,7 +102,7 @@ def check_tables_after_load(tokenizer: Any, folder: Path | None, where: str) -> 
 def _tokenizer_class(part: Path) -> str | None:
     """The tokenizer class `part`'s `tokenizer_config.json` names; None without a readable one
     (a damaged one is named by `damaged_files`)."""
-    named = _json_object(part / "tokenizer_config.json").get("tokenizer_class")
+    named = json_object_in(part / "tokenizer_config.json").get("tokenizer_class")
     return named if isinstance(named, str) else None
 
 
@@ -259,10 +259,10 @@ def _named_special_tokens(part: Path) -> set[str]:
 
     parameters = inspect.signature(transformers.CLIPTokenizer.__init__).parameters.values()
     named = {p.default for p in parameters if p.name.endswith("_token") and isinstance(p.default, str)}
-    settings = [_json_object(part / "tokenizer_config.json"), _json_object(part / "special_tokens_map.json")]
+    settings = [json_object_in(part / "tokenizer_config.json"), json_object_in(part / "special_tokens_map.json")]
     values: list[Any] = [setting.get(key) for setting in settings for key in _SPECIAL_TOKEN_KEYS]
     values += list((settings[0].get("added_tokens_decoder") or {}).values())
-    values += list(_json_object(part / "added_tokens.json"))
+    values += list(json_object_in(part / "added_tokens.json"))
     while values:
         value = values.pop()
         if isinstance(value, str):
@@ -272,15 +272,6 @@ def _named_special_tokens(part: Path) -> set[str]:
         elif isinstance(value, list):
             values.extend(value)
     return named
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; {} when it is missing or holds anything else."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _missing_vocabulary(part: Path) -> dict[str, str]:

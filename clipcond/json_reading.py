@@ -19,6 +19,9 @@ collections) and 0.22-0.27 s in the others; paused, 0.18-0.33 s: mean 0.35 s aga
 (alternating loads in one process). So `clipcond.tokenization.load_saved_tokenizer` loads a
 tokenizer paused, and `CLIPConditionedPipeline.from_pretrained` runs diffusers' load paused.
 Anything cyclic made meanwhile is collected at the next collection after it.
+
+`json_object_in` reads a small settings file (a tokenizer's or scheduler's config) as an object,
+{} where there is none to read.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import contextlib
 import gc
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["collector_paused", "read_json_with_collector_paused"]
+__all__ = ["collector_paused", "json_object_in", "read_json_with_collector_paused"]
 
 Result = TypeVar("Result")
 
@@ -57,3 +61,14 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def json_object_in(path: Path) -> dict[str, Any]:
+    """The JSON object in the file `path`; {} when it is missing, unreadable, no UTF-8 JSON or
+    holds anything else (for reading a setting where its absence has a meaning; the loaders
+    name a damaged file themselves)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -58,6 +58,11 @@ def infotext(prompt: str, negative: str | None, fields: Mapping[str, object]) ->
     return "\n".join(lines)
 
 
+def model_name(model: str | Path) -> str:
+    """The ``Model`` field of a run on `model`: a hub id whole, a folder by its name."""
+    return model if isinstance(model, str) else Path(model).resolve().name
+
+
 def generate_parameters(
     args: Any, pipe: Any, model: str | Path, size: tuple[int, int], loras: list[Any], embeddings: list[Any]
 ) -> dict[str, object]:
@@ -82,7 +87,7 @@ def generate_parameters(
         "CFG scale": args.guidance,
         "Seed": args.seed,
         "Size": f"{size[0]}x{size[1]}",
-        "Model": model if isinstance(model, str) else Path(model).resolve().name,
+        "Model": model_name(model),
         "Clip skip": None if args.clip_skip is None else args.clip_skip + 1,
         "Denoising strength": strength,
         "Batch size": args.n if args.n > 1 else None,

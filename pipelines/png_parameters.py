@@ -35,7 +35,7 @@ from typing import Any
 
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.errors import UsageError
-from clipcond.pipelines.png_output import PARAMETERS_KEY
+from clipcond.pipelines.png_output import NEGATIVE_PREFIX, PARAMETERS_KEY, model_name
 from clipcond.pipelines.samplers import sampler_name, schedule_type_name
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, model_source
 from clipcond.prompt_syntaxes import check_syntax
@@ -44,7 +44,7 @@ from clipcond.window_splits import check_window_split
 # the options a PNG may set that argparse gives a value when they are not on the command line;
 # `GivenOption` records which of them were
 DEFAULTED_OPTIONS = ("seed", "steps", "guidance", "n")
-_NEGATIVE = "Negative prompt:"
+_NEGATIVE = NEGATIVE_PREFIX.strip()  # a line starting so, spaces after it or not
 # A1111's pattern of a field is `\s*([\w ]+):` then `_VALUE`: a name of word characters and
 # spaces, then a JSON string or the text up to a comma. `_field_pairs` finds what it finds.
 _VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -280,8 +280,7 @@ def take_png_parameters(args: argparse.Namespace) -> None:
         return
     where = f"--parameters-from {args.parameters_from}"
     model = model_source(args.model, "--model") if args.model is not None else BUNDLED_MODEL
-    model_name = model if isinstance(model, str) else Path(model).resolve().name  # as `png_output` names it
-    not_applied = apply_parameters(args, infotext_of_image(args.parameters_from), where, model_name)
+    not_applied = apply_parameters(args, infotext_of_image(args.parameters_from), where, model_name(model))
     if not_applied:
         print(f"warning: {where}: not applied: {', '.join(not_applied)}", file=sys.stderr)
 

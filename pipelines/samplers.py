@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from clipcond.json_reading import json_object_in
 
 # A1111 name -> (diffusers scheduler class, init arguments), Karras variants apart
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -181,13 +182,9 @@ def saved_scheduler_class(model: str | Path) -> type | None:
     scheduler."""
     import diffusers
 
-    path = Path(model) / "scheduler" / "scheduler_config.json"
-    if isinstance(model, str) or not path.is_file():
+    if isinstance(model, str):
         return None
-    try:
-        named = json.loads(path.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None
+    named = json_object_in(Path(model) / "scheduler" / "scheduler_config.json").get("_class_name")
     found = getattr(diffusers, named, None) if isinstance(named, str) else None
     return found if isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) else None
 
