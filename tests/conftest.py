@@ -11,6 +11,7 @@ import pytest
 import tiny_pipelines
 import torch
 from diffusers.utils import logging as diffusers_logging
+from hypothesis import settings as hypothesis_settings
 from transformers.utils import logging as transformers_logging
 
 # diffusers' and transformers' loggers get their stream handler when first asked for one, bound
@@ -20,6 +21,20 @@ from transformers.utils import logging as transformers_logging
 # later warning put a "--- Logging error ---" traceback into the stderr of another test.
 diffusers_logging.get_logger("diffusers")
 transformers_logging.get_logger("transformers")
+
+# The property tests draw the same examples on every run unless asked otherwise: a rare example
+# found by chance would fail one CI run of a change that did not cause it. `--hypothesis-profile
+# fuzz` draws new examples each run (the way to look for new failures); a failure prints the
+# blob that replays it (`@reproduce_failure`). No example database is kept in the checkout.
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
+
+
+def pytest_configure(config) -> None:
+    """The `repeatable` profile unless `--hypothesis-profile` names another."""
+    if not config.getoption("hypothesis_profile", None):
+        hypothesis_settings.load_profile("repeatable")
+
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (`pytest -n auto` starts one per core): two torch threads per worker
