@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clipcond.json_reading import json_object_in
+from clipcond.pipelines.option_names import named_by, spelled_name
 
 # A1111 name -> (diffusers scheduler class, init arguments), Karras variants apart
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -60,22 +60,6 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
 _SIGMA_KINDS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
-def _spelled(value: object, names: tuple[str, ...], what: str, listed: str) -> str:
-    """`value` as the name of `names` it spells, case and runs of spaces aside.
-
-    Raises:
-        TypeError: `value` is not a string (a `what` name should be).
-        ValueError: it spells none of `names`, listing them after `listed`.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"a {what} name must be a string, got {type(value).__name__}")
-    spelled = " ".join(value.split()).casefold()
-    for name in names:
-        if name.casefold() == spelled:
-            return name
-    raise ValueError(f"no {what} is named {value!r:.80}: {listed} are {', '.join(names)}")
-
-
 def sampler_name(value: str) -> str:
     """`value` as the A1111 sampler name of `SAMPLER_NAMES` it spells, case and runs of spaces
     aside (``"euler  a"`` -> ``"Euler a"``).
@@ -84,7 +68,7 @@ def sampler_name(value: str) -> str:
         TypeError: `value` is not a string.
         ValueError: it names no sampler of `SAMPLER_NAMES`, listing them.
     """
-    return _spelled(value, SAMPLER_NAMES, "sampler", "A1111's names that diffusers has a scheduler for")
+    return spelled_name(value, SAMPLER_NAMES, "sampler", "A1111's names that diffusers has a scheduler for")
 
 
 def schedule_type_name(value: str) -> str:
@@ -95,7 +79,9 @@ def schedule_type_name(value: str) -> str:
         TypeError: `value` is not a string.
         ValueError: it names no schedule type of `SCHEDULE_TYPES`, listing them.
     """
-    return _spelled(value, tuple(SCHEDULE_TYPES), "schedule type", "A1111's schedule types that diffusers documents")
+    return spelled_name(
+        value, tuple(SCHEDULE_TYPES), "schedule type", "A1111's schedule types that diffusers documents"
+    )
 
 
 def scheduler_for_sampler(sampler: str | None, scheduler: Any, schedule_type: str | None = None) -> Any:
@@ -194,7 +180,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     `schedule_type_name` (a name that names nothing is argparse's error, listing the names)."""
     parser.add_argument(
         "--sampler",
-        type=_named_by(sampler_name),
+        type=named_by(sampler_name),
         metavar="NAME",
         help="A1111's sampler name, run as the diffusers scheduler diffusers' documentation maps it to, made from the "
         f"model's scheduler config (clipcond.pipelines.samplers): {', '.join(SAMPLER_NAMES)}; "
@@ -202,21 +188,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--schedule-type",
-        type=_named_by(schedule_type_name),
+        type=named_by(schedule_type_name),
         metavar="NAME",
         help=f"A1111's schedule type, as diffusers' documentation maps it: {', '.join(SCHEDULE_TYPES)} "
         "(default: Automatic, the sampler's own; with no --sampler, it applies to the model's scheduler)",
     )
-
-
-def _named_by(read: Callable[[str], str]) -> Callable[[str], str]:
-    """An argparse `type` reading a value with `read` (`samplers.sampler_name`,
-    `schedule_type_name`): its ValueError becomes argparse's error for the option."""
-
-    def argument(value: str) -> str:
-        try:
-            return read(value)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-
-    return argument
