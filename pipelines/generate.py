@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from clipcond.emphasis_modes import EMPHASIS_MODES
 from clipcond.errors import RunFailed, UsageError, user_errors
 from clipcond.output_paths import check_new_file
-from clipcond.pipelines import generate_checks
+from clipcond.pipelines import generate_checks, hires_fix
 from clipcond.pipelines.generate_prompts import check_prompt_against, check_prompt_text, saved_syntax
 from clipcond.pipelines.generate_sources import (
     SourceImages,
@@ -155,6 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the model's own setting (word unless saved with another)",
     )
     add_source_arguments(parser)
+    hires_fix.add_hires_arguments(parser)
 
 
 def check_output(output: str | Path, force: bool) -> Path:
@@ -314,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
     take_png_parameters(args)
     output, model, loras, embeddings = _check_arguments(args)
     sources = read_sources(args)
+    hires = hires_fix.read_hires_fix(args)
     with user_errors(ValueError, context=f"--model {model}: "):  # a vocabulary.txt that is not UTF-8
         read_vocabulary(model)  # its warning comes once the model's tokens are known
     import torch
@@ -337,32 +339,44 @@ def run(args: argparse.Namespace) -> int:
         pipe = source_pipeline(pipe, sources)
         check_sources_against(pipe, sources, args.steps)
     generate_checks.check_against_model(args, pipe)
+    hires_size = None
+    if hires is not None:
+        first_size = generate_checks.text_to_image_size(args, pipe)
+        hires_size = hires_fix.check_hires_against(pipe, hires, args.steps, first_size)
     check_prompt_against(pipe, args.prompt, args.negative, loras, args.clip_skip)
     with user_errors(ValueError, context=f"--model {model}: "):
         warn_about_vocabulary(args.prompt, model, pipe.config.syntax, added_tokens(pipe))
-    generate_checks.check_memory(args, pipe, sources)
+    generate_checks.check_memory(args, pipe, sources, hires_size)
     # 3. Sample, stopping at the first non-finite latents (or text encoder states)
     with (
         user_errors(NonFiniteEncoding, NonFiniteLatents, error=RunFailed, context="nothing was written: "),
         _out_of_memory_is_a_failed_run(args, sources),
     ):
-        generators = [torch.Generator().manual_seed(args.seed + index) for index in range(args.n)]
-        images = pipe(
-            args.prompt,
-            negative_prompt=args.negative,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
+        seeds = [args.seed + index for index in range(args.n)]
+        arguments = {
+            "prompt": args.prompt,
+            "negative_prompt": args.negative,
+            "guidance_scale": args.guidance,
             **(
                 source_call_arguments(sources, pipe.vae_scale_factor)
                 if sources is not None
                 else {"height": args.height, "width": args.width}
             ),
-            num_images_per_prompt=args.n,
-            generator=generators,
-            clip_skip=args.clip_skip,
-            cross_attention_kwargs=None if args.lora_scale is None else {"scale": args.lora_scale},
-            callback_on_step_end=_stop_on_non_finite_latents(args.steps),
-        ).images
+            "num_images_per_prompt": args.n,
+            "clip_skip": args.clip_skip,
+            "cross_attention_kwargs": None if args.lora_scale is None else {"scale": args.lora_scale},
+        }
+        if hires is None:
+            images = pipe(
+                **arguments,
+                num_inference_steps=args.steps,
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+                callback_on_step_end=_stop_on_non_finite_latents(args.steps),
+            ).images
+        else:
+            images, first_size = hires_fix.draw_with_hires_fix(
+                pipe, hires, arguments, args.steps, seeds, _stop_on_non_finite_latents
+            )
     # 4. Write the image, or the grid (its last cells blank), atomically
     columns = math.ceil(math.sqrt(args.n))
     picture = (
@@ -376,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
     )
     parameters = None
     if not args.no_parameters:
-        fields = generate_parameters(args, pipe, model, images[0].size, loras, embeddings)
+        size = images[0].size if hires is None else first_size
+        fields = generate_parameters(args, pipe, model, size, loras, embeddings, hires)
         parameters = infotext(args.prompt, args.negative, fields)
     write_png(picture, output, args.force, parameters)
     print(f"wrote {output}")

@@ -53,10 +53,21 @@ def memory_bytes() -> int:
     return min(limits)
 
 
-def check_memory(args: argparse.Namespace, pipe: Any, sources: SourceImages | None) -> None:
+def text_to_image_size(args: argparse.Namespace, pipe: Any) -> tuple[int, int]:
+    """The (width, height) in pixels of a text-to-image run: ``--width`` / ``--height``, else
+    the UNet's sample size times the VAE's factor (as the pipeline's default)."""
+    sample = pipe.unet.config.sample_size
+    sample_height, sample_width = (sample, sample) if isinstance(sample, int) else sample
+    return args.width or sample_width * pipe.vae_scale_factor, args.height or sample_height * pipe.vae_scale_factor
+
+
+def check_memory(
+    args: argparse.Namespace, pipe: Any, sources: SourceImages | None, hires_size: tuple[int, int] | None = None
+) -> None:
     """Refuse, before anything is allocated, `--n` images whose decoded pixels alone (n x 3 x
     height x width float32, 12 bytes a pixel) need more memory than `memory_bytes`: such a
     run fails in torch's allocator (or overflows its size arithmetic) after the text encoders ran.
+    `hires_size`: the (width, height) of the hires fix's second pass, the run's largest images.
 
     Raises:
         UsageError: naming --n and the size, the bytes needed and the bytes there are.
@@ -64,11 +75,11 @@ def check_memory(args: argparse.Namespace, pipe: Any, sources: SourceImages | No
     if sources is not None:
         width, height = sources.image.size
         size, lower = f"{height} x {width} pixels (--image's height x width)", "--n or the --image size"
+    elif hires_size is not None:
+        width, height = hires_size
+        size, lower = f"{height} x {width} pixels (the hires fix's)", "--n, --hires-scale, --height or --width"
     else:
-        sample = pipe.unet.config.sample_size
-        sample_height, sample_width = (sample, sample) if isinstance(sample, int) else sample
-        height = args.height or sample_height * pipe.vae_scale_factor
-        width = args.width or sample_width * pipe.vae_scale_factor
+        width, height = text_to_image_size(args, pipe)
         size, lower = f"{height} x {width} pixels", "--n, --height or --width"
     needed, there = args.n * 3 * height * width * 4, memory_bytes()
     if needed > there:

@@ -64,17 +64,26 @@ def model_name(model: str | Path) -> str:
 
 
 def generate_parameters(
-    args: Any, pipe: Any, model: str | Path, size: tuple[int, int], loras: list[Any], embeddings: list[Any]
+    args: Any,
+    pipe: Any,
+    model: str | Path,
+    size: tuple[int, int],
+    loras: list[Any],
+    embeddings: list[Any],
+    hires: Any = None,
 ) -> dict[str, object]:
     """The fields of a `clipcond generate` run (its parsed `args`, the pipeline `pipe` that drew,
     `model` as given, one image's (width, height) in pixels, the `--lora` and `--embedding`
     values as `named_sources.NamedSource`s): A1111's ``Steps``, ``Sampler``,
     ``Schedule type`` (when given), ``CFG scale``, ``Seed`` (the first image's: image i takes seed + i), ``Size``, ``Model`` (the
     folder's name or the hub id), ``Clip skip``, ``Denoising strength`` (with ``--image``) and
-    ``Batch size`` (with ``--n`` above 1); then clipcond's: the `--lora` adapter names and their
+    ``Batch size`` (with ``--n`` above 1), the hires fix's (`hires_fix.hires_parameters` of
+    `hires`, a `hires_fix.HiresFix`; `size` is then the first pass's); then clipcond's: the `--lora` adapter names and their
     scale, the `--embedding` tokens (a folder's or hub id's as given), the emphasis, syntax and window split the pipeline read
     the prompt with, and clipcond's version. None for a field that does not apply."""
     from importlib.metadata import version
+
+    from clipcond.pipelines.hires_fix import hires_parameters
 
     strength = None
     if args.image is not None:
@@ -91,6 +100,7 @@ def generate_parameters(
         "Clip skip": None if args.clip_skip is None else args.clip_skip + 1,
         "Denoising strength": strength,
         "Batch size": args.n if args.n > 1 else None,
+        **hires_parameters(hires),
         "Lora": ", ".join(lora.name for lora in loras) or None,
         "Lora scale": args.lora_scale,
         "Embeddings": ", ".join(embedding.name or embedding.written for embedding in embeddings) or None,

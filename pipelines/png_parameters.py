@@ -12,12 +12,13 @@ stripped.
 `apply_parameters` puts what applies into `generate`'s options, where the command line did not
 give that option itself: the prompt and negative, ``Steps``, ``Sampler``, ``Schedule type``,
 ``CFG scale``, ``Seed``, ``Size`` (without ``--image``), ``Clip skip`` (A1111's count, one more
-than diffusers'), ``Batch size``, ``Denoising strength`` (with ``--image``), and how the prompt is
-read. clipcond's PNGs name the emphasis, syntax and window split; a PNG another program wrote
+than diffusers'), ``Batch size``, ``Denoising strength`` (with ``--image``, or of the hires fix),
+A1111's hires fix (``Hires upscale``, ``Hires steps``, ``Hires upscaler``; without ``--image``),
+and how the prompt is read. clipcond's PNGs name the emphasis, syntax and window split; a PNG another program wrote
 (no ``Version: clipcond ...``) was read as A1111 reads prompts: its ``Emphasis`` ("Original" by
 default; "No norm" is clipcond's "multiply") and windows cut after the last comma ("a1111"). The
-fields that would change the image but are not applied (the model, LoRAs, embeddings, A1111's
-hires fix, ...) are returned, for a warning. These are diffusers' samplers: the image is not the
+fields that would change the image but are not applied (the model, LoRAs, embeddings, the
+hires fix's ``Hires resize``, sampler or prompt, ...) are returned, for a warning. These are diffusers' samplers: the image is not the
 one A1111 drew.
 """
 
@@ -35,8 +36,9 @@ from typing import Any
 
 from clipcond.emphasis_modes import check_emphasis
 from clipcond.errors import UsageError
+from clipcond.pipelines.hires_fix import upscaler_name
 from clipcond.pipelines.png_output import NEGATIVE_PREFIX, PARAMETERS_KEY, model_name
-from clipcond.pipelines.samplers import sampler_name, schedule_type_name
+from clipcond.pipelines.samplers import sampler_name, saved_scheduler_class, schedule_type_name
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, model_source
 from clipcond.prompt_syntaxes import check_syntax
 from clipcond.window_splits import check_window_split
@@ -87,8 +89,8 @@ def add_parameters_from_argument(parser: argparse.ArgumentParser) -> None:
         metavar="IMAGE",
         help="draw with the generation parameters an image holds (a PNG's 'parameters' text, as A1111 and clipcond "
         "write it, or the EXIF comment of A1111's JPEG and WebP): its prompt, "
-        "negative, steps, sampler, schedule type, CFG scale, seed, size, clip skip and batch size, where this command "
-        "line does not give them (clipcond.pipelines.png_parameters); the fields not applied are named in a warning",
+        "negative, steps, sampler, schedule type, CFG scale, seed, size, clip skip, batch size and hires fix, where "
+        "this command line does not give them (clipcond.pipelines.png_parameters); the fields not applied are named in a warning",
     )
 
 
@@ -201,12 +203,21 @@ def user_comment_text(raw: bytes) -> str:
     return raw[8:].decode(encoding, errors="replace")
 
 
-def apply_parameters(args: argparse.Namespace, read: Infotext, where: str, model_name: str | None = None) -> list[str]:
+def apply_parameters(
+    args: argparse.Namespace,
+    read: Infotext,
+    where: str,
+    model_name: str | None = None,
+    model_scheduler: str | None = None,
+) -> list[str]:
     """Set `args` (`generate`'s options) from `read` where the command line left an option out
     (see the module docstring); returns the names of the fields that would change the image but
     were not applied, in the PNG's order: ``Model`` among them unless it is `model_name`, the
-    name the run's model has in the ``Model`` field `generate` writes. `where` names the PNG in
-    errors.
+    name the run's model has in the ``Model`` field `generate` writes. A clipcond PNG drawn
+    without ``--sampler`` names the model's scheduler class as its ``Sampler``: the run keeps
+    the model's own scheduler, and the field is among those not applied when `model_scheduler`
+    (the class name of the scheduler the run's model folder saved; None: not known before
+    loading) is another. `where` names the PNG in errors.
 
     Raises:
         UsageError: a field that applies whose value is not of its kind (a Steps that is no
@@ -238,10 +249,17 @@ def apply_parameters(args: argparse.Namespace, read: Infotext, where: str, model
     take("CFG scale", "guidance", _finite)
     take("Seed", "seed", _whole)
     take("Batch size", "n", _count)
-    take("Sampler", "sampler", sampler_name)
+    scheduler_class = ours and _names_a_scheduler_class(fields.get("Sampler"))
+    if scheduler_class and (args.sampler is not None or model_scheduler in (None, fields["Sampler"])):
+        del fields["Sampler"]  # the run's own scheduler, or --sampler's
+    take("Sampler", "sampler", sampler_name, applies=not scheduler_class)
     take("Schedule type", "schedule_type", schedule_type_name)
     take("Clip skip", "clip_skip", lambda text: None if _whole(text) <= 1 else _whole(text) - 1)
     take("Denoising strength", "strength", _finite, applies=args.image is not None)
+    take("Hires upscale", "hires_scale", _finite, applies=args.image is None)
+    take("Hires steps", "hires_steps", _count, applies=args.image is None)
+    take("Hires upscaler", "hires_upscaler", upscaler_name, applies=args.image is None)
+    take("Denoising strength", "hires_strength", _finite, applies=args.image is None and args.hires_scale is not None)
     if "Size" in fields and args.image is None:
         width, height = _size(fields, where)
         if args.width is None and args.height is None:
@@ -280,9 +298,19 @@ def take_png_parameters(args: argparse.Namespace) -> None:
         return
     where = f"--parameters-from {args.parameters_from}"
     model = model_source(args.model, "--model") if args.model is not None else BUNDLED_MODEL
-    not_applied = apply_parameters(args, infotext_of_image(args.parameters_from), where, model_name(model))
+    saved = saved_scheduler_class(model)
+    read = infotext_of_image(args.parameters_from)
+    not_applied = apply_parameters(args, read, where, model_name(model), saved and saved.__name__)
     if not_applied:
         print(f"warning: {where}: not applied: {', '.join(not_applied)}", file=sys.stderr)
+
+
+def _names_a_scheduler_class(text: str | None) -> bool:
+    """Whether `text` is the name of a diffusers scheduler class (``"DDIMScheduler"``)."""
+    import diffusers
+
+    found = getattr(diffusers, text, None) if text and text.isidentifier() else None
+    return isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin)
 
 
 def _whole(text: str) -> int:

@@ -26,7 +26,7 @@ A1111_TEXT = (
     "BREAK a blue square\n"
     "Negative prompt: lowres, blurry\n"
     "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
-    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Hires upscale: 2, Lora hashes: "style: 1a2b", '
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Hires resize: 1024x1536, Lora hashes: "style: 1a2b", '
     "Version: v1.10.1"
 )
 
@@ -127,7 +127,7 @@ def test_an_a1111_png_sets_what_applies_and_reads_the_prompt_as_a1111() -> None:
     )
     assert (args.width, args.height, args.clip_skip, args.n) == (512, 768, 1, 1)
     assert (args.emphasis, args.window_split, args.syntax) == ("a1111", "a1111", None)
-    assert not_applied == ["Model", "Hires upscale"]  # hashes and the version change nothing
+    assert not_applied == ["Model", "Hires resize"]  # hashes and the version change nothing
 
 
 def test_the_command_line_wins_even_where_it_gives_the_default() -> None:
@@ -137,9 +137,9 @@ def test_the_command_line_wins_even_where_it_gives_the_default() -> None:
     assert (args.prompt, args.negative, args.steps, args.seed, args.guidance, args.n) == ("a dog", "x", 50, 0, 3.0, 2)
     assert (args.sampler, args.schedule_type, args.width, args.height) == ("Euler", "Karras", 64, None)
     assert (args.clip_skip, args.emphasis, args.window_split) == (2, "comfy", "a1111")
-    assert not_applied == ["Model", "Hires upscale"]
+    assert not_applied == ["Model", "Hires resize"]
     args = _args("--model", "org/v1-5-pruned-emaonly")
-    assert apply_parameters(args, read_infotext(A1111_TEXT), "here", "v1-5-pruned-emaonly") == ["Hires upscale"]
+    assert apply_parameters(args, read_infotext(A1111_TEXT), "here", "v1-5-pruned-emaonly") == ["Hires resize"]
 
 
 def test_clipcond_pngs_name_how_the_prompt_was_read_and_a1111_names_are_mapped() -> None:
@@ -246,10 +246,10 @@ def test_a_png_drawn_again_from_its_parameters_has_the_same_pixels_and_parameter
 def test_the_fields_not_applied_are_one_warning(tmp_path, capsys) -> None:
     from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL
 
-    png = _png(tmp_path / "a1111.png", "a red circle\nSteps: 2, Seed: 1, Size: 32x32, Model: v1-5, Hires upscale: 2")
+    png = _png(tmp_path / "a1111.png", "a red circle\nSteps: 2, Seed: 1, Size: 32x32, Model: v1-5, Hires resize: 64x64")
     assert main(["generate", "--parameters-from", str(png), "-o", str(tmp_path / "o.png")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: --parameters-from {png}: not applied: Model, Hires upscale"]
+    assert warnings == [f"warning: --parameters-from {png}: not applied: Model, Hires resize"]
     # a --model of the PNG's model's name is that model
     png = _png(tmp_path / "ours.png", "a red circle\nSteps: 2, Seed: 1, Size: 32x32, Model: shapes-model")
     argv = ["generate", "--parameters-from", str(png), "-o", str(tmp_path / "p.png"), "--model", str(BUNDLED_MODEL)]
@@ -367,3 +367,37 @@ def test_the_option_says_what_it_reads(capsys) -> None:
     assert "--parameters-from IMAGE draw with the generation parameters an image holds (a PNG's 'parameters' text" in (
         help_text
     )
+
+
+def test_a_clipcond_png_drawn_with_the_models_own_scheduler_draws_again_with_it(tmp_path, capsys) -> None:
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    assert main(["generate", "a red circle", "--steps", "2", "--seed", "4", "-o", str(first)]) == 0  # no --sampler
+    text = Image.open(first).info["parameters"]
+    assert "Sampler: EulerAncestralDiscreteScheduler" in text  # the bundled model's scheduler, by its class
+    capsys.readouterr()
+    assert main(["generate", "--parameters-from", str(first), "-o", str(again)]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    assert Image.open(again).info["parameters"] == text
+
+
+def test_a_scheduler_class_as_sampler_is_the_models_own_scheduler_or_named_as_not_applied() -> None:
+    ours = read_infotext("a\nSteps: 2, Sampler: DDIMScheduler, Seed: 1, Version: clipcond 0.1.0")
+    for model_scheduler in ("DDIMScheduler", None):  # the same class, or not known before loading
+        args = _args()
+        assert apply_parameters(args, ours, "here", model_scheduler=model_scheduler) == []
+        assert args.sampler is None
+    args = _args()
+    assert apply_parameters(args, ours, "here", model_scheduler="PNDMScheduler") == ["Sampler"]
+    assert args.sampler is None
+    args = _args("--sampler", "euler")
+    assert apply_parameters(args, ours, "here", model_scheduler="PNDMScheduler") == []
+    assert args.sampler == "Euler"
+    # another program's PNG: a class name is no A1111 sampler
+    theirs = read_infotext("a\nSteps: 2, Sampler: DDIMScheduler, Seed: 1")
+    with pytest.raises(UsageError, match="its Sampler 'DDIMScheduler' cannot be read"):
+        apply_parameters(_args(), theirs, "here", model_scheduler="DDIMScheduler")
+    # nor is a name that is not diffusers' scheduler class
+    for name in ("DiffusionPipeline", "ddimscheduler", "DDIM Scheduler"):
+        with pytest.raises(UsageError, match=f"its Sampler '{name}' cannot be read"):
+            apply_parameters(_args(), read_infotext(f"a\nSteps: 2, Sampler: {name}, Version: clipcond 1"), "here")

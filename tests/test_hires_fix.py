@@ -1,0 +1,294 @@
+"""`clipcond generate --hires-scale` (A1111's hires fix, `clipcond.pipelines.hires_fix`): the PNG
+against diffusers' own text-to-image and img2img pipelines chained by hand as A1111's code chains
+its passes (the size, the interpolation, the schedule's length and the steps run written here from
+A1111's `processing.py` and `setup_img2img_steps`), A1111's pixel upscalers against PIL calls
+transcribed from its `resize_image` and `Upscaler.upscale`, the PNG's fields read back by
+`--parameters-from`, and every mistake refused in one line before sampling."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli_errors import one_error
+
+from clipcond.cli import main
+from clipcond.pipelines import generate
+from clipcond.pipelines.hires_fix import (
+    LATENT_UPSCALERS,
+    hires_size,
+    second_pass_schedule,
+    upscale_image,
+    upscaler_name,
+)
+from clipcond.pipelines.png_parameters import apply_parameters, read_infotext
+
+PROMPT, NEGATIVE, SEED = "a red circle", "blurry", 3
+
+
+def _a1111_schedule(steps: int, strength: float) -> tuple[int, int]:
+    """(schedule length, steps run) of A1111's hires pass: `setup_img2img_steps` with steps
+    given, then k-diffusion's `sigmas[steps - t_enc - 1:]`."""
+    length = int(steps / min(strength, 0.999))
+    t_enc = steps - 1
+    return length, len(range(length - t_enc - 1, length))
+
+
+def _diffusers_hires(folder, scale, steps, hires_steps, strength, upscale, n=1, **size) -> list[np.ndarray]:
+    """diffusers' StableDiffusionPipeline, then `upscale` of its output, then its img2img pipeline
+    over the last `hires_steps` of A1111's schedule, noise drawn again from each seed."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(folder)
+    seeds = [SEED + index for index in range(n)]
+    common = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": 3.0, "num_images_per_prompt": n}
+    latent = upscale[0] == "latent"
+    first = sd(
+        **common,
+        num_inference_steps=steps,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        output_type="latent" if latent else "np",
+        **size,
+    ).images
+    factor = sd.vae_scale_factor
+    if latent:
+        height, width = first.shape[-2] * factor, first.shape[-1] * factor
+        target = (int(width * scale) // factor, int(height * scale) // factor)
+        image = torch.nn.functional.interpolate(first, size=target[::-1], mode=upscale[1], antialias=upscale[2])
+    else:
+        height, width = first.shape[1:3]
+        target = (int(width * scale) // factor * factor, int(height * scale) // factor * factor)
+        image = [upscale[1](Image.fromarray((255 * pixels).astype(np.uint8)), target) for pixels in first]
+    length, run = _a1111_schedule(hires_steps, strength)
+    ran = []
+    images = StableDiffusionImg2ImgPipeline.from_pipe(sd)(
+        **common,
+        image=image,
+        strength=(run + 0.5) / length,  # diffusers runs int(length x strength) = run steps
+        num_inference_steps=length,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        callback_on_step_end=lambda pipe, step, timestep, tensors: ran.append(step) or {},
+    ).images
+    assert len(ran) == run
+    return [np.asarray(image) for image in images]
+
+
+def _generate(folder, output, *options: str) -> np.ndarray:
+    argv = ["generate", PROMPT, "--negative", NEGATIVE, "--seed", str(SEED), "--model", str(folder)]
+    assert main([*argv, "-o", str(output), "--steps", "4", *options]) == 0
+    return np.asarray(Image.open(output))
+
+
+def test_a_latent_hires_fix_draws_what_diffusers_pipelines_chained_as_a1111_draw(diffusers_sd_folder, tmp_path) -> None:
+    # the default upscaler (Latent) and strength (0.7): a schedule of int(3 / 0.7) = 4 steps, the last 3 run
+    options = ["--hires-scale", "1.5", "--hires-steps", "3", "--width", "32", "--height", "24"]
+    written = _generate(diffusers_sd_folder, tmp_path / "latent.png", *options)
+    expected = _diffusers_hires(diffusers_sd_folder, 1.5, 4, 3, 0.7, ("latent", "bilinear", False), width=32, height=24)
+    assert written.shape == (36, 48, 3) and np.array_equal(written, expected[0])
+    # every latent mode, and --hires-steps left to --steps, strength 0.45: int(4 / 0.45) = 8, the last 4
+    for name, (mode, antialias) in LATENT_UPSCALERS.items():
+        if name == "Latent":
+            continue  # the default, above
+        output = tmp_path / f"{mode}-{antialias}.png"
+        written = _generate(
+            diffusers_sd_folder, output, "--hires-scale", "1.25", "--hires-upscaler", name, "--hires-strength", "0.45"
+        )
+        expected = _diffusers_hires(diffusers_sd_folder, 1.25, 4, 4, 0.45, ("latent", mode, antialias))[0]
+        assert written.shape == (40, 40, 3) and np.array_equal(written, expected), name
+
+
+def test_a_pixel_hires_fix_decodes_resizes_as_a1111_and_encodes_again(diffusers_sd_folder, tmp_path) -> None:
+    def lanczos(image, size):  # A1111's "Lanczos": by the scale, then to a multiple of 8, then to the size
+        scale = max(size[0] / image.width, size[1] / image.height)
+        eighths = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
+        image = image.resize((int(image.width * scale), int(image.height * scale)), Image.Resampling.LANCZOS)
+        image = image if image.size == eighths else image.resize(eighths, Image.Resampling.LANCZOS)
+        return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+    options = ["--hires-scale", "1.7", "--hires-upscaler", "lanczos", "--n", "2", "--width", "40", "--height", "32"]
+    written = _generate(diffusers_sd_folder, tmp_path / "lanczos.png", *options)
+    expected = _diffusers_hires(diffusers_sd_folder, 1.7, 4, 4, 0.7, ("pixels", lanczos), n=2, width=40, height=32)
+    # int(40 x 1.7) = 68 by int(32 x 1.7) = 54 pixels, two of them side by side
+    assert written.shape == (54, 136, 3)
+    assert np.array_equal(written[:, :68], expected[0]) and np.array_equal(written[:, 68:], expected[1])
+
+
+@pytest.mark.parametrize(
+    ("upscaler", "first_filter"), [("Lanczos", Image.Resampling.LANCZOS), ("Nearest", Image.Resampling.NEAREST)]
+)
+@pytest.mark.parametrize(("source", "size"), [((30, 20), (57, 38)), ((32, 32), (64, 64)), ((40, 24), (40, 24))])
+def test_a_pixel_upscaler_resizes_as_a1111s_resize_image(upscaler, first_filter, source, size) -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (source[1], source[0], 3), dtype=np.uint8))
+    # A1111: resize(im, w, h) -> upscaler.upscale(im, scale) -> resized by `scale` with the
+    # upscaler's filter, then to int(side x scale // 8 * 8) with Lanczos if that differs; then to (w, h)
+    scale = max(size[0] / image.width, size[1] / image.height)
+    expected = image
+    if scale > 1.0:
+        expected = image.resize((int(image.width * scale), int(image.height * scale)), resample=first_filter)
+        eighths = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
+        if expected.size != eighths:
+            expected = expected.resize(eighths, resample=Image.Resampling.LANCZOS)
+    if expected.size != size:
+        expected = expected.resize(size, resample=Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(upscale_image(image, size, upscaler)), np.asarray(expected))
+    none = np.asarray(image.resize(size, resample=Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(upscale_image(image, size, "None")), none)
+
+
+@pytest.mark.parametrize("strength", [0.05, 0.1, 0.3, 1 / 3, 0.45, 0.5, 0.55, 0.7, 0.9, 0.999, 1.0])
+def test_the_second_pass_runs_the_last_steps_of_a1111s_schedule(strength) -> None:
+    for steps in range(1, 120):
+        length, run = _a1111_schedule(steps, strength)
+        total, diffusers_strength = second_pass_schedule(steps, strength)
+        assert (total, min(int(total * diffusers_strength), total)) == (length, run) == (length, steps)
+    assert second_pass_schedule(1000, 1.0)[0] == _a1111_schedule(1000, 1.0)[0] == 1001  # A1111 divides by 0.999 at most
+    with pytest.raises(ValueError, match="steps >= 1"):
+        second_pass_schedule(0, 0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        second_pass_schedule(3, 0.0)
+
+
+def test_the_hires_size_is_a1111s_rounded_down_to_the_vaes_factor() -> None:
+    assert hires_size(512, 768, 2.0, 8) == (1024, 1536)
+    assert hires_size(512, 512, 1.1, 8) == (560, 560)  # int(563.2) = 563 -> 560
+    assert hires_size(520, 512, 1.5, 8) == (776, 768)  # 780 -> 776
+    assert hires_size(33, 32, 1.5, 2) == (48, 48)  # int(49.5) = 49 -> 48
+
+
+def test_upscaler_names_are_spelled_as_sampler_names_are() -> None:
+    assert upscaler_name("latent  (NEAREST-exact)") == "Latent (nearest-exact)"
+    assert upscaler_name("none") == "None"
+    with pytest.raises(ValueError, match="no hires upscaler is named 'R-ESRGAN 4x\\+'.*Latent, .*Lanczos, Nearest"):
+        upscaler_name("R-ESRGAN 4x+")
+
+
+def test_the_png_holds_a1111s_hires_fields_and_draws_again_to_the_same_pixels(diffusers_sd_folder, tmp_path) -> None:
+    first = tmp_path / "first.png"
+    pixels = _generate(
+        diffusers_sd_folder, first, "--hires-scale", "1.5", "--hires-upscaler", "Nearest", "--hires-strength", "0.6"
+    )
+    text = Image.open(first).info["parameters"]
+    fields = read_infotext(text).fields
+    assert fields["Size"] == "32x32"  # the first pass's, as A1111 writes it
+    assert [fields[name] for name in ("Denoising strength", "Hires upscale", "Hires upscaler")] == [
+        "0.6",
+        "1.5",
+        "Nearest",
+    ]
+    assert "Hires steps" not in fields  # A1111 writes it when given
+    again = tmp_path / "again.png"
+    assert (
+        main(["generate", "--model", str(diffusers_sd_folder), "--parameters-from", str(first), "-o", str(again)]) == 0
+    )
+    assert np.array_equal(np.asarray(Image.open(again)), pixels)
+    assert Image.open(again).info["parameters"] == text
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+A1111_HIRES = (
+    "a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Model: v1-5, "
+    "Denoising strength: 0.55, Hires upscale: 2, Hires steps: 12, Hires upscaler: Latent (nearest-exact), "
+    "Hires sampler: DPM++ 2M, Version: v1.10.1"
+)
+
+
+def test_parameters_from_an_a1111_png_apply_its_hires_fix_unless_given() -> None:
+    args = _args()
+    not_applied = apply_parameters(args, read_infotext(A1111_HIRES), "png")
+    assert (args.hires_scale, args.hires_steps, args.hires_upscaler, args.hires_strength) == (
+        2.0,
+        12,
+        "Latent (nearest-exact)",
+        0.55,
+    )
+    assert (args.width, args.height, args.strength) == (512, 512, None)
+    assert not_applied == ["Model", "Hires sampler"]
+    given = _args(
+        "--hires-scale", "1.5", "--hires-steps", "4", "--hires-upscaler", "Lanczos", "--hires-strength", "0.3"
+    )
+    apply_parameters(given, read_infotext(A1111_HIRES), "png")
+    assert (given.hires_scale, given.hires_steps, given.hires_upscaler, given.hires_strength) == (
+        1.5,
+        4,
+        "Lanczos",
+        0.3,
+    )
+    # with --image the hires fix does not apply: its fields are named, the strength is the image's
+    with_image = _args("--image", "source.png")
+    not_applied = apply_parameters(with_image, read_infotext(A1111_HIRES), "png")
+    assert (with_image.hires_scale, with_image.strength) == (None, 0.55)
+    assert not_applied == ["Model", "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler"]
+    # a text-to-image PNG without a hires fix: its strength is no hires strength
+    plain = _args("--hires-scale", "2")
+    apply_parameters(plain, read_infotext(A1111_HIRES.replace(", Hires upscale: 2", "")), "png")
+    assert plain.hires_strength == 0.55
+    no_hires = _args()
+    not_applied = apply_parameters(no_hires, read_infotext(A1111_HIRES.replace(", Hires upscale: 2", "")), "png")
+    assert (no_hires.hires_scale, no_hires.hires_strength, no_hires.hires_steps) == (None, None, 12)
+
+
+def test_an_upscaler_clipcond_lacks_is_refused_naming_the_option_that_replaces_it(tmp_path, capsys) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    png = tmp_path / "esrgan.png"
+    chunk = PngInfo()
+    chunk.add_text("parameters", A1111_HIRES.replace("Latent (nearest-exact)", "R-ESRGAN 4x+"))
+    Image.new("RGB", (8, 8)).save(png, pnginfo=chunk)
+    line = one_error(capsys, ["generate", "--parameters-from", str(png), "-o", str(tmp_path / "o.png")], 2)
+    assert "Hires upscaler 'R-ESRGAN 4x+' cannot be read" in line and "give --hires-upscaler" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--hires-steps", "3"], "--hires-steps set the hires fix's second pass: give --hires-scale too"),
+        (
+            ["--hires-upscaler", "Lanczos", "--hires-strength", "0.5"],
+            "--hires-upscaler, --hires-strength set the hires fix's second pass: give --hires-scale too",
+        ),
+        (["--hires-scale", "0.5"], "--hires-scale must be a finite number >= 1, got 0.5"),
+        (["--hires-scale", "nan"], "--hires-scale must be a finite number >= 1, got nan"),
+        (["--hires-scale", "2", "--hires-steps", "0"], "--hires-steps must be >= 1, got 0"),
+        (["--hires-scale", "2", "--hires-strength", "0"], "--hires-strength must be in (0, 1], got 0.0"),
+        (["--hires-scale", "2", "--hires-strength", "1.5"], "--hires-strength must be in (0, 1], got 1.5"),
+        (["--hires-scale", "2", "--image", "IMAGE"], "--hires-scale does not go with --image"),
+    ],
+)
+def test_hires_options_that_cannot_run_are_refused_before_the_model_loads(tmp_path, capsys, options, message) -> None:
+    source = tmp_path / "source.png"
+    Image.new("RGB", (32, 32)).save(source)
+    options = [str(source) if option == "IMAGE" else option for option in options]
+    argv = ["generate", PROMPT, "-o", str(tmp_path / "o.png")]  # the bundled model, never loaded
+    line = one_error(capsys, [*argv, *options], 2)
+    assert message in line
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_an_unknown_upscaler_is_the_parsers_error_listing_the_names(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _args("--hires-scale", "2", "--hires-upscaler", "SwinIR 4x")
+    err = capsys.readouterr().err
+    assert "no hires upscaler is named 'SwinIR 4x'" in err and "Latent (nearest-exact), Lanczos, Nearest, None" in err
+
+
+def test_what_needs_the_model_is_refused_before_sampling(diffusers_sd_folder, tmp_path, capsys) -> None:
+    output = tmp_path / "o.png"
+    # the bundled shapes model draws in pixel space: no VAE for the second pass
+    line = one_error(capsys, ["generate", PROMPT, "-o", str(output), "--steps", "2", "--hires-scale", "2"], 2)
+    assert "--hires-scale needs a model with a VAE" in line
+    # 50 steps at strength 0.02: a schedule of 2,500 steps, more than the scheduler's 1,000
+    argv = ["generate", PROMPT, "--model", str(diffusers_sd_folder), "-o", str(output), "--steps", "50"]
+    line = one_error(capsys, [*argv, "--hires-scale", "2", "--hires-strength", "0.02"], 2)
+    assert "the hires fix's 50 steps at --hires-strength 0.02 sample 2500" in line
+    # more pixels than memory holds: named with the hires size
+    line = one_error(capsys, [*argv, "--hires-scale", "100000", "--n", "4"], 2)
+    assert "3200000 x 3200000 pixels (the hires fix's)" in line and "--hires-scale" in line
+    assert not output.exists()
