@@ -54,6 +54,7 @@ UPSCALERS = (*LATENT_UPSCALERS, *PIXEL_UPSCALERS)
 DEFAULT_UPSCALER = "Latent"  # A1111's default
 DEFAULT_STRENGTH = 0.7  # the "Denoising strength" A1111's txt2img page starts with
 _MOST_STRENGTH = 0.999  # A1111 divides by the strength, at most this
+_MOST_PIXELS = 2**31 - 1  # a PNG's most pixels a side
 _OPTIONS = ("--hires-steps", "--hires-upscaler", "--hires-strength")
 
 
@@ -213,7 +214,7 @@ def upscale_image(image: Any, size: tuple[int, int], upscaler: str) -> Any:
 def check_hires_against(pipe: Any, hires: HiresFix, steps: int, first_size: tuple[int, int]) -> tuple[int, int]:
     """The checks that need the loaded pipeline, for a first pass of `steps` steps and
     `first_size` (width, height) pixels: it has a VAE (the second pass is image to image on
-    latents) and the second pass's schedule
+    latents), the hires size fits a PNG, and the second pass's schedule
     (`second_pass_schedule`) is one its scheduler can set. Returns the hires (width, height).
 
     Raises:
@@ -226,6 +227,11 @@ def check_hires_against(pipe: Any, hires: HiresFix, steps: int, first_size: tupl
         raise UsageError(
             "--hires-scale needs a model with a VAE (the second pass is image to image on latents); this model works "
             "in pixel space, as the bundled shapes model does"
+        )
+    if max(first_size) * hires.scale > _MOST_PIXELS:
+        raise UsageError(
+            f"--hires-scale {hires.scale} gives more than {_MOST_PIXELS} pixels a side (a PNG's most) from "
+            f"{first_size[0]} x {first_size[1]}: lower it"
         )
     size = hires_size(*first_size, hires.scale, pipe.vae_scale_factor)  # at least the first size: scale >= 1
     total, _ = second_pass_schedule(hires.steps or steps, hires.strength)

@@ -488,7 +488,9 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(generate, "_load", load)
     monkeypatch.setattr(generate_checks, "check_against_model", lambda args, pipe: seen["checks"].append("model"))
     monkeypatch.setattr(generate, "check_prompt_against", lambda pipe, *texts: seen["checks"].append("prompt"))
-    monkeypatch.setattr(generate_checks, "check_memory", lambda args, pipe, sources, hires_size: seen["checks"].append("memory"))
+    monkeypatch.setattr(
+        generate_checks, "check_memory", lambda args, pipe, sources, hires_size: seen["checks"].append("memory")
+    )
     return seen
 
 

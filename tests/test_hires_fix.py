@@ -67,7 +67,7 @@ def _diffusers_hires(folder, scale, steps, hires_steps, strength, upscale, n=1, 
     images = StableDiffusionImg2ImgPipeline.from_pipe(sd)(
         **common,
         image=image,
-        strength=(run + 0.5) / length,  # diffusers runs int(length x strength) = run steps
+        strength=min((run + 0.5) / length, 1.0),  # diffusers runs int(length x strength) = run steps
         num_inference_steps=length,
         generator=[torch.Generator().manual_seed(seed) for seed in seeds],
         callback_on_step_end=lambda pipe, step, timestep, tensors: ran.append(step) or {},
@@ -98,6 +98,29 @@ def test_a_latent_hires_fix_draws_what_diffusers_pipelines_chained_as_a1111_draw
         )
         expected = _diffusers_hires(diffusers_sd_folder, 1.25, 4, 4, 0.45, ("latent", mode, antialias))[0]
         assert written.shape == (40, 40, 3) and np.array_equal(written, expected), name
+
+
+def test_an_sdxl_hires_fix_draws_what_diffusers_sdxl_pipelines_chained_draw(sdxl_pipe, tmp_path) -> None:
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    folder = tmp_path / "sdxl"
+    sdxl_pipe.save_pretrained(folder)
+    written = _generate(folder, tmp_path / "sdxl.png", "--hires-scale", "1.5", "--hires-steps", "2")
+    generator = [torch.Generator().manual_seed(SEED)]
+    common = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": 3.0}
+    first = sdxl_pipe(**common, num_inference_steps=4, generator=generator, output_type="latent").images
+    factor = sdxl_pipe.vae_scale_factor
+    size = (int(first.shape[-2] * factor * 1.5) // factor, int(first.shape[-1] * factor * 1.5) // factor)
+    latents = torch.nn.functional.interpolate(first, size=size, mode="bilinear", antialias=False)
+    length, run = _a1111_schedule(2, 0.7)  # int(2 / 0.7) = 2 steps, both run
+    expected = StableDiffusionXLImg2ImgPipeline.from_pipe(sdxl_pipe)(
+        **common,
+        image=latents,
+        strength=min((run + 0.5) / length, 1.0),
+        num_inference_steps=length,
+        generator=[torch.Generator().manual_seed(SEED)],
+    ).images[0]
+    assert written.shape == (48, 48, 3) and np.array_equal(written, np.asarray(expected))
 
 
 def test_a_pixel_hires_fix_decodes_resizes_as_a1111_and_encodes_again(diffusers_sd_folder, tmp_path) -> None:
@@ -288,6 +311,10 @@ def test_what_needs_the_model_is_refused_before_sampling(diffusers_sd_folder, tm
     argv = ["generate", PROMPT, "--model", str(diffusers_sd_folder), "-o", str(output), "--steps", "50"]
     line = one_error(capsys, [*argv, "--hires-scale", "2", "--hires-strength", "0.02"], 2)
     assert "the hires fix's 50 steps at --hires-strength 0.02 sample 2500" in line
+    # more pixels a side than a PNG holds (a scale whose size a float cannot hold among them)
+    for scale in ("1e308", "67108864"):  # 32 x 2**26 = 2**31
+        line = one_error(capsys, [*argv, "--hires-scale", scale], 2)
+        assert f"--hires-scale {float(scale)} gives more than 2147483647 pixels a side (a PNG's most)" in line
     # more pixels than memory holds: named with the hires size
     line = one_error(capsys, [*argv, "--hires-scale", "100000", "--n", "4"], 2)
     assert "3200000 x 3200000 pixels (the hires fix's)" in line and "--hires-scale" in line
