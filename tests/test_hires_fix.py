@@ -22,6 +22,7 @@ from clipcond.pipelines.hires_fix import (
     hires_size,
     second_pass_schedule,
     upscale_image,
+    upscale_latents,
     upscaler_name,
 )
 from clipcond.pipelines.png_parameters import apply_parameters, read_infotext
@@ -88,16 +89,27 @@ def test_a_latent_hires_fix_draws_what_diffusers_pipelines_chained_as_a1111_draw
     written = _generate(diffusers_sd_folder, tmp_path / "latent.png", *options)
     expected = _diffusers_hires(diffusers_sd_folder, 1.5, 4, 3, 0.7, ("latent", "bilinear", False), width=32, height=24)
     assert written.shape == (36, 48, 3) and np.array_equal(written, expected[0])
-    # every latent mode, and --hires-steps left to --steps, strength 0.45: int(4 / 0.45) = 8, the last 4
-    for name, (mode, antialias) in LATENT_UPSCALERS.items():
-        if name == "Latent":
-            continue  # the default, above
-        output = tmp_path / f"{mode}-{antialias}.png"
-        written = _generate(
-            diffusers_sd_folder, output, "--hires-scale", "1.25", "--hires-upscaler", name, "--hires-strength", "0.45"
-        )
-        expected = _diffusers_hires(diffusers_sd_folder, 1.25, 4, 4, 0.45, ("latent", mode, antialias))[0]
-        assert written.shape == (40, 40, 3) and np.array_equal(written, expected), name
+    # another mode, antialiased, with --hires-steps left to --steps and strength 0.45: int(4 / 0.45) = 8, the last 4
+    options = ["--hires-scale", "1.25", "--hires-upscaler", "latent (bicubic antialiased)", "--hires-strength", "0.45"]
+    written = _generate(diffusers_sd_folder, tmp_path / "bicubic.png", *options)
+    expected = _diffusers_hires(diffusers_sd_folder, 1.25, 4, 4, 0.45, ("latent", "bicubic", True))[0]
+    assert written.shape == (40, 40, 3) and np.array_equal(written, expected)
+
+
+def test_each_latent_upscaler_interpolates_in_a1111s_mode() -> None:
+    a1111 = {  # A1111's shared.latent_upscale_modes
+        "Latent": {"mode": "bilinear", "antialias": False},
+        "Latent (antialiased)": {"mode": "bilinear", "antialias": True},
+        "Latent (bicubic)": {"mode": "bicubic", "antialias": False},
+        "Latent (bicubic antialiased)": {"mode": "bicubic", "antialias": True},
+        "Latent (nearest)": {"mode": "nearest", "antialias": False},
+        "Latent (nearest-exact)": {"mode": "nearest-exact", "antialias": False},
+    }
+    assert list(LATENT_UPSCALERS) == list(a1111)
+    latents = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(0))
+    for name, mode in a1111.items():
+        expected = torch.nn.functional.interpolate(latents, size=(9, 13), **mode)
+        assert torch.equal(upscale_latents(latents, (26, 18), name, 2), expected), name
 
 
 def test_an_sdxl_hires_fix_draws_what_diffusers_sdxl_pipelines_chained_draw(sdxl_pipe, tmp_path) -> None:
