@@ -18,8 +18,8 @@ a file that another run wrote at ``-o`` while the images were drawn is kept (exi
 The checks that need the loaded model live in `generate_checks`, the source images' in
 `generate_sources`, the prompt's in `generate_prompts`; where `--model` and `--lora` point and
 how a pipeline folder loads, in `saved_pipelines`; the names of `--lora` and `--embedding`, in
-`named_sources`; `--sampler`, in `samplers`; the PNG and its parameters, in `png_output`; the
-vocabulary warning, in `vocabulary`.
+`named_sources`; `--sampler`, in `samplers`; `--hires-scale` (A1111's hires fix), in `hires_fix`;
+the PNG and its parameters, in `png_output`; the vocabulary warning, in `vocabulary`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ transcribed from its `resize_image` and `Upscaler.upscale`, the PNG's fields rea
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,6 +90,7 @@ def test_a_latent_hires_fix_draws_what_diffusers_pipelines_chained_as_a1111_draw
     written = _generate(diffusers_sd_folder, tmp_path / "latent.png", *options)
     expected = _diffusers_hires(diffusers_sd_folder, 1.5, 4, 3, 0.7, ("latent", "bilinear", False), width=32, height=24)
     assert written.shape == (36, 48, 3) and np.array_equal(written, expected[0])
+    assert read_infotext(Image.open(tmp_path / "latent.png").info["parameters"]).fields["Hires steps"] == "3"
     # another mode, antialiased, with --hires-steps left to --steps and strength 0.45: int(4 / 0.45) = 8, the last 4
     options = ["--hires-scale", "1.25", "--hires-upscaler", "latent (bicubic antialiased)", "--hires-strength", "0.45"]
     written = _generate(diffusers_sd_folder, tmp_path / "bicubic.png", *options)
@@ -154,7 +156,9 @@ def test_a_pixel_hires_fix_decodes_resizes_as_a1111_and_encodes_again(diffusers_
 @pytest.mark.parametrize(
     ("upscaler", "first_filter"), [("Lanczos", Image.Resampling.LANCZOS), ("Nearest", Image.Resampling.NEAREST)]
 )
-@pytest.mark.parametrize(("source", "size"), [((30, 20), (57, 38)), ((32, 32), (64, 64)), ((40, 24), (40, 24))])
+@pytest.mark.parametrize(
+    ("source", "size"), [((30, 20), (57, 38)), ((32, 32), (64, 64)), ((40, 24), (40, 24)), ((30, 20), (30, 20))]
+)
 def test_a_pixel_upscaler_resizes_as_a1111s_resize_image(upscaler, first_filter, source, size) -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (source[1], source[0], 3), dtype=np.uint8))
     # A1111: resize(im, w, h) -> upscaler.upscale(im, scale) -> resized by `scale` with the
@@ -182,8 +186,9 @@ def test_the_second_pass_runs_the_last_steps_of_a1111s_schedule(strength) -> Non
     assert second_pass_schedule(1000, 1.0)[0] == _a1111_schedule(1000, 1.0)[0] == 1001  # A1111 divides by 0.999 at most
     with pytest.raises(ValueError, match="steps >= 1"):
         second_pass_schedule(0, 0.5)
-    with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        second_pass_schedule(3, 0.0)
+    for strength in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            second_pass_schedule(3, strength)
 
 
 def test_the_hires_size_is_a1111s_rounded_down_to_the_vaes_factor() -> None:
@@ -196,8 +201,12 @@ def test_the_hires_size_is_a1111s_rounded_down_to_the_vaes_factor() -> None:
 def test_upscaler_names_are_spelled_as_sampler_names_are() -> None:
     assert upscaler_name("latent  (NEAREST-exact)") == "Latent (nearest-exact)"
     assert upscaler_name("none") == "None"
-    with pytest.raises(ValueError, match="no hires upscaler is named 'R-ESRGAN 4x\\+'.*Latent, .*Lanczos, Nearest"):
+    with pytest.raises(ValueError) as refused:
         upscaler_name("R-ESRGAN 4x+")
+    assert str(refused.value) == (
+        "no hires upscaler is named 'R-ESRGAN 4x+': A1111's upscalers clipcond has are Latent, Latent (antialiased), "
+        "Latent (bicubic), Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), Lanczos, Nearest, None"
+    )
 
 
 def test_the_png_holds_a1111s_hires_fields_and_draws_again_to_the_same_pixels(diffusers_sd_folder, tmp_path) -> None:
@@ -294,7 +303,11 @@ def test_an_upscaler_clipcond_lacks_is_refused_naming_the_option_that_replaces_i
         (["--hires-scale", "2", "--hires-steps", "0"], "--hires-steps must be >= 1, got 0"),
         (["--hires-scale", "2", "--hires-strength", "0"], "--hires-strength must be in (0, 1], got 0.0"),
         (["--hires-scale", "2", "--hires-strength", "1.5"], "--hires-strength must be in (0, 1], got 1.5"),
-        (["--hires-scale", "2", "--image", "IMAGE"], "--hires-scale does not go with --image"),
+        (
+            ["--hires-scale", "2", "--image", "IMAGE"],
+            "--hires-scale does not go with --image: the hires fix upscales an image drawn from the prompt (give "
+            "--image a larger source instead)",
+        ),
     ],
 )
 def test_hires_options_that_cannot_run_are_refused_before_the_model_loads(tmp_path, capsys, options, message) -> None:
@@ -318,16 +331,96 @@ def test_what_needs_the_model_is_refused_before_sampling(diffusers_sd_folder, tm
     output = tmp_path / "o.png"
     # the bundled shapes model draws in pixel space: no VAE for the second pass
     line = one_error(capsys, ["generate", PROMPT, "-o", str(output), "--steps", "2", "--hires-scale", "2"], 2)
-    assert "--hires-scale needs a model with a VAE" in line
+    assert line == (
+        "error: --hires-scale needs a model with a VAE (the second pass is image to image on latents); this model "
+        "works in pixel space, as the bundled shapes model does"
+    )
     # 50 steps at strength 0.02: a schedule of 2,500 steps, more than the scheduler's 1,000
     argv = ["generate", PROMPT, "--model", str(diffusers_sd_folder), "-o", str(output), "--steps", "50"]
     line = one_error(capsys, [*argv, "--hires-scale", "2", "--hires-strength", "0.02"], 2)
     assert "the hires fix's 50 steps at --hires-strength 0.02 sample 2500" in line
     # more pixels a side than a PNG holds (a scale whose size a float cannot hold among them)
-    for scale in ("1e308", "67108864"):  # 32 x 2**26 = 2**31
-        line = one_error(capsys, [*argv, "--hires-scale", scale], 2)
-        assert f"--hires-scale {float(scale)} gives more than 2147483647 pixels a side (a PNG's most)" in line
+    for scale in ("1e308", "53687091.2"):  # 40 x 53687091.2 = 2**31 + 1
+        line = one_error(capsys, [*argv, "--hires-scale", scale, "--width", "40"], 2)
+        assert line.endswith(
+            f"--hires-scale {float(scale)} gives more than 2147483647 pixels a side (a PNG's most) from 40 x 32: lower it"
+        )
+    # 32 x 67108863.96875 = 2**31 - 1 exactly: a PNG holds it (the memory does not)
+    line = one_error(capsys, [*argv, "--hires-scale", "67108863.96875"], 2)
+    assert "a side" not in line and "2147483647 x 2147483647 pixels (the hires fix's)" in line
     # more pixels than memory holds: named with the hires size
     line = one_error(capsys, [*argv, "--hires-scale", "100000", "--n", "4"], 2)
     assert "3200000 x 3200000 pixels (the hires fix's)" in line and "--hires-scale" in line
     assert not output.exists()
+
+
+class _FirstPass:
+    """A stand-in for the text-to-image pipeline: records its call, returns latents or pixels
+    of the asked size for a VAE of factor 8."""
+
+    vae_scale_factor = 8
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, **arguments):
+        self.calls.append(arguments)
+        count, height, width = len(arguments["generator"]), arguments["height"], arguments["width"]
+        if arguments["output_type"] == "latent":
+            return SimpleNamespace(images=torch.randn(count, 4, height // 8, width // 8))
+        return SimpleNamespace(images=np.random.default_rng(0).random((count, height, width, 3)))
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Nearest"])
+def test_each_pass_gets_its_steps_size_fresh_seeds_and_step_callback(monkeypatch, upscaler) -> None:
+    from clipcond.pipelines import CLIPConditionedImg2ImgPipeline
+    from clipcond.pipelines.hires_fix import HiresFix, draw_with_hires_fix
+
+    first, second = _FirstPass(), []
+    monkeypatch.setattr(
+        CLIPConditionedImg2ImgPipeline,
+        "from_pipe",
+        lambda pipe: lambda **arguments: second.append((pipe, arguments)) or SimpleNamespace(images=["drawn"]),
+    )
+    arguments = {"prompt": "p", "guidance_scale": 2.0, "height": 24, "width": 40}
+    images, first_size = draw_with_hires_fix(
+        first, HiresFix(1.5, 3, upscaler, 0.5), arguments, 4, [7, 8], lambda steps: ("callback", steps)
+    )
+    assert images == ["drawn"] and first_size == (40, 24)
+    (called,) = first.calls
+    assert {name: called[name] for name in ("prompt", "guidance_scale", "height", "width", "num_inference_steps")} == {
+        **arguments,
+        "num_inference_steps": 4,
+    }
+    assert called["callback_on_step_end"] == ("callback", 4)
+    assert [generator.initial_seed() for generator in called["generator"]] == [7, 8]
+    ((pipe, again),) = second
+    assert pipe is first and "height" not in again and "width" not in again
+    assert (again["prompt"], again["guidance_scale"]) == ("p", 2.0)
+    # 60 x 36 rounded down to 8: 56 x 32; a schedule of int(3 / 0.5) = 6 steps, the last 3
+    if upscaler == "Latent":
+        assert tuple(again["image"].shape) == (2, 4, 4, 7)
+    else:
+        assert [image.size for image in again["image"]] == [(56, 32), (56, 32)]
+    assert again["num_inference_steps"] == 6 and int(6 * again["strength"]) == 3
+    assert again["callback_on_step_end"] == ("callback", 3)
+    assert [generator.initial_seed() for generator in again["generator"]] == [7, 8]
+    assert all(generator.get_state().equal(torch.Generator().manual_seed(7 + index).get_state())
+               for index, generator in enumerate(again["generator"]))  # fmt: skip
+
+
+def test_the_options_bounds_are_inclusive_and_the_defaults_a1111s() -> None:
+    from clipcond.pipelines.hires_fix import HiresFix, hires_parameters, read_hires_fix
+
+    assert read_hires_fix(_args("--hires-scale", "2")) == HiresFix(2.0, None, "Latent", 0.7)
+    least = _args("--hires-scale", "1", "--hires-steps", "1", "--hires-strength", "1", "--hires-upscaler", "none")
+    assert read_hires_fix(least) == HiresFix(1.0, 1, "None", 1.0)
+    assert read_hires_fix(_args()) is None
+    # a whole scale is written as A1111's UI writes it ("2"), another as given
+    fields = hires_parameters(HiresFix(2.0, None, "Latent", 0.7))
+    assert fields == {"Denoising strength": 0.7, "Hires upscale": 2, "Hires steps": None, "Hires upscaler": "Latent"}
+    assert (
+        type(fields["Hires upscale"]) is int
+        and hires_parameters(HiresFix(1.25, 3, "None", 1.0))["Hires upscale"] == 1.25
+    )
+    assert hires_parameters(None) == {}
