@@ -14,12 +14,12 @@ give that option itself: the prompt and negative, ``Steps``, ``Sampler``, ``Sche
 ``CFG scale``, ``Seed``, ``Size`` (without ``--image``), ``Clip skip`` (A1111's count, one more
 than diffusers'), ``Batch size``, ``Denoising strength`` (with ``--image``, or of the hires fix),
 A1111's hires fix (``Hires upscale``, ``Hires steps``, ``Hires upscaler``; without ``--image``),
-and how the prompt is read. clipcond's PNGs name the emphasis, syntax and window split; a PNG another program wrote
-(no ``Version: clipcond ...``) was read as A1111 reads prompts: its ``Emphasis`` ("Original" by
-default; "No norm" is clipcond's "multiply") and windows cut after the last comma ("a1111"). The
-fields that would change the image but are not applied (the model, LoRAs, embeddings, the
-hires fix's ``Hires resize``, sampler or prompt, ...) are returned, for a warning. These are diffusers' samplers: the image is not the
-one A1111 drew.
+and how the prompt is read. clipcond's PNGs name the emphasis, syntax and window split; a PNG
+another program wrote (no ``Version: clipcond ...``) was read as A1111 reads prompts: its
+``Emphasis`` ("Original" by default; "No norm" is clipcond's "multiply") and windows cut after
+the last comma ("a1111"). The fields that would change the image but are not applied (the
+model, LoRAs, embeddings, the hires fix's ``Hires resize``, sampler or prompt, ...) are
+returned, for a warning. These are diffusers' samplers: the image is not the one A1111 drew.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def add_parameters_from_argument(parser: argparse.ArgumentParser) -> None:
         "--parameters-from",
         metavar="IMAGE",
         help="draw with the generation parameters an image holds (a PNG's 'parameters' text, as A1111 and clipcond "
-        "write it, or the EXIF comment of A1111's JPEG and WebP): its prompt, "
-        "negative, steps, sampler, schedule type, CFG scale, seed, size, clip skip, batch size and hires fix, where "
-        "this command line does not give them (clipcond.pipelines.png_parameters); the fields not applied are named in a warning",
+        "write it, or the EXIF comment of A1111's JPEG and WebP): its prompt, negative, steps, sampler, schedule "
+        "type, CFG scale, seed, size, clip skip, batch size and hires fix, where this command line does not give them "
+        "(clipcond.pipelines.png_parameters); the fields not applied are named in a warning",
     )
 
 
