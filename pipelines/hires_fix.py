@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clipcond.errors import UsageError
+from clipcond.errors import UsageError, user_errors
 from clipcond.pipelines.option_names import named_by, spelled_name
 
 # A1111's latent upscalers -> (torch's interpolation mode, antialias)
@@ -220,7 +220,6 @@ def check_hires_against(pipe: Any, hires: HiresFix, steps: int, first_size: tupl
     Raises:
         UsageError: saying which and what to change.
     """
-    from clipcond.errors import user_errors
     from clipcond.pipelines.argument_values import check_steps_fit_scheduler
 
     if pipe.vae is None:

@@ -38,7 +38,7 @@ from clipcond.emphasis_modes import check_emphasis
 from clipcond.errors import UsageError
 from clipcond.pipelines.hires_fix import upscaler_name
 from clipcond.pipelines.png_output import NEGATIVE_PREFIX, PARAMETERS_KEY, model_name
-from clipcond.pipelines.samplers import sampler_name, saved_scheduler_class, schedule_type_name
+from clipcond.pipelines.samplers import sampler_name, saved_scheduler_class, schedule_type_name, scheduler_class_named
 from clipcond.pipelines.saved_pipelines import BUNDLED_MODEL, model_source
 from clipcond.prompt_syntaxes import check_syntax
 from clipcond.window_splits import check_window_split
@@ -249,7 +249,7 @@ def apply_parameters(
     take("CFG scale", "guidance", _finite)
     take("Seed", "seed", _whole)
     take("Batch size", "n", _count)
-    scheduler_class = ours and _names_a_scheduler_class(fields.get("Sampler"))
+    scheduler_class = ours and scheduler_class_named(fields.get("Sampler")) is not None
     if scheduler_class and (args.sampler is not None or model_scheduler in (None, fields["Sampler"])):
         del fields["Sampler"]  # the run's own scheduler, or --sampler's
     take("Sampler", "sampler", sampler_name, applies=not scheduler_class)
@@ -303,14 +303,6 @@ def take_png_parameters(args: argparse.Namespace) -> None:
     not_applied = apply_parameters(args, read, where, model_name(model), saved and saved.__name__)
     if not_applied:
         print(f"warning: {where}: not applied: {', '.join(not_applied)}", file=sys.stderr)
-
-
-def _names_a_scheduler_class(text: str | None) -> bool:
-    """Whether `text` is the name of a diffusers scheduler class (``"DDIMScheduler"``)."""
-    import diffusers
-
-    found = getattr(diffusers, text, None) if text and text.isidentifier() else None
-    return isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin)
 
 
 def _whole(text: str) -> int:

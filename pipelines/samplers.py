@@ -166,12 +166,17 @@ def saved_scheduler_class(model: str | Path) -> type | None:
     ``scheduler/scheduler_config.json`` names it); None for a hub id, a folder without that
     file, a file that cannot be read (the load names it) or a name that is no diffusers
     scheduler."""
-    import diffusers
-
     if isinstance(model, str):
         return None
-    named = json_object_in(Path(model) / "scheduler" / "scheduler_config.json").get("_class_name")
-    found = getattr(diffusers, named, None) if isinstance(named, str) else None
+    return scheduler_class_named(json_object_in(Path(model) / "scheduler" / "scheduler_config.json").get("_class_name"))
+
+
+def scheduler_class_named(name: object) -> type | None:
+    """The diffusers scheduler class `name` names (``"DDIMScheduler"``); None for anything else
+    (not a string, no such name in diffusers, a class that is no scheduler)."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if isinstance(name, str) and name else None
     return found if isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) else None
 
 

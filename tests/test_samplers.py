@@ -302,3 +302,18 @@ def test_the_saved_scheduler_class_is_read_from_a_folder_only(tmp_path) -> None:
         assert saved_scheduler_class(tmp_path / "model") is None, written
     config.write_text('{"_class_name": "DDIMScheduler"}')
     assert saved_scheduler_class(tmp_path / "model") is DDIMScheduler
+
+
+def test_a_scheduler_class_is_named_only_by_a_string_naming_a_diffusers_scheduler(tmp_path) -> None:
+    import json
+
+    from diffusers import DDIMScheduler
+
+    from clipcond.pipelines.samplers import saved_scheduler_class, scheduler_class_named
+
+    assert scheduler_class_named("DDIMScheduler") is DDIMScheduler
+    for name in (None, 3, "", "DiffusionPipeline", "NoSuchScheduler", ["DDIMScheduler"]):
+        assert scheduler_class_named(name) is None, name
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": 3}))
+    assert saved_scheduler_class(tmp_path) is None
